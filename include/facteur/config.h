@@ -1,0 +1,176 @@
+/*
+ * The effective settings of facteur: the configuration file, then the
+ * FACTEUR_* environment on top of it (SPEC.md §3). Loading never exits: it
+ * returns every error it found, each naming the file and line (or the
+ * variable) and the key, so that callers print them all and exit 78.
+ * A reload builds a new struct and swaps it; a struct is never changed
+ * once loaded.
+ */
+#ifndef FACTEUR_CONFIG_H
+#define FACTEUR_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/socket.h>
+
+#include "facteur/route.h"
+
+#define CONFIG_EX_CONFIG 78 /* sysexits.h EX_CONFIG */
+#define CONFIG_DEFAULT_FILE "/etc/facteur/facteur.conf"
+
+enum listen_mode {
+	LISTEN_SMTP,
+	LISTEN_SUBMISSION,
+	LISTEN_SMTPS,
+	LISTEN_POP3,
+	LISTEN_POP3S,
+};
+
+enum tls_policy {
+	TLS_POLICY_NONE,
+	TLS_POLICY_MAY,
+	TLS_POLICY_ENCRYPT,
+	TLS_POLICY_VERIFY,
+};
+
+enum mailbox_format {
+	MAILBOX_MAILDIR,
+	MAILBOX_MBOX,
+};
+
+enum log_format {
+	LOG_FORMAT_LOGFMT,
+	LOG_FORMAT_JSON,
+};
+
+enum log_level {
+	LOG_LEVEL_ERROR,
+	LOG_LEVEL_WARN,
+	LOG_LEVEL_INFO,
+	LOG_LEVEL_DEBUG,
+};
+
+/* One "ADDR:PORT[/MODE]" entry, already resolved to a socket address. */
+struct listen_addr {
+	char *text; /* as written, for messages: "127.0.0.1:2525/smtp" */
+	struct sockaddr_storage addr;
+	socklen_t addrlen;
+	enum listen_mode mode;
+};
+
+/* An "IP[/PREFIX]" entry of relay_networks. */
+struct cidr {
+	int family; /* AF_INET or AF_INET6 */
+	uint8_t addr[16];
+	unsigned prefix;
+};
+
+/* A dns_servers entry: "IP[:PORT]", IPv6 as "[::1]:53". */
+struct dns_server {
+	char *text;
+	struct sockaddr_storage addr;
+	socklen_t addrlen;
+};
+
+struct string_list {
+	char **items;
+	size_t count;
+};
+
+struct config {
+	char *source;          /* the file read, or NULL when none */
+	char *hostname;
+	struct listen_addr *listen;
+	size_t listen_count;
+	struct listen_addr *pop3_listen;
+	size_t pop3_listen_count;
+	struct listen_addr *metrics_listen; /* NULL when empty */
+	char *spool_dir;
+	struct string_list local_domains; /* lower case */
+	char *users_file;                 /* NULL when empty */
+	char *aliases_file;               /* NULL when empty */
+	enum mailbox_format mailbox_format;
+	char *mailbox_path;
+	struct cidr *relay_networks;
+	size_t relay_network_count;
+	struct route_table *routes; /* never NULL; may be empty */
+	bool dns_from_resolv_conf;  /* dns_servers left at its default */
+	struct dns_server *dns_servers;
+	size_t dns_server_count;
+	uint16_t mx_port;
+	char *tls_cert; /* NULL when empty */
+	char *tls_key;
+	enum tls_policy tls_outbound;
+	char *tls_ca_file; /* NULL: the system store */
+	uint64_t max_message_size; /* octets */
+	unsigned max_recipients;
+	unsigned max_connections;
+	unsigned max_connections_per_ip;
+	unsigned smtp_timeout;   /* seconds */
+	unsigned retry_min;      /* seconds */
+	unsigned retry_max;      /* seconds */
+	unsigned queue_lifetime; /* seconds */
+	/* The account to switch to, or NULL to stay who we are: unset with
+	 * no "facteur" account, empty, "root" (any uid 0) or the account
+	 * already running. A name that does not exist is an error. */
+	char *user;
+	enum log_format log_format;
+	enum log_level log_level;
+};
+
+/* The errors a load found, in order, each a full sentence such as
+ * "/etc/facteur/facteur.conf:12: max_recipients: invalid number \"ten\"" or
+ * "FACTEUR_LISTEN: listen: invalid port in \"127.0.0.1:99999\"". */
+struct config_errors {
+	char **messages;
+	size_t count;
+};
+
+/*
+ * Load the settings. `path` is the -c/-C argument or NULL; then
+ * $FACTEUR_CONFIG, then CONFIG_DEFAULT_FILE if it exists, then none.
+ * `environ_vars` is a NULL-terminated "NAME=value" array (normally
+ * `environ`). Returns the config, or NULL with `errors` filled.
+ */
+struct config *config_load(const char *path, char *const *environ_vars,
+                           struct config_errors *errors);
+
+/* Parse settings from text as if read from a file named `name`; the
+ * environment array may be NULL. For tests and fuzzing. */
+struct config *config_load_string(const char *text, const char *name,
+                                  char *const *environ_vars,
+                                  struct config_errors *errors);
+
+void config_free(struct config *cfg);
+void config_errors_clear(struct config_errors *errors);
+/* Append one message (printf format); used by every loader of a file
+ * named in the configuration (users, aliases, routes' auth files). */
+void config_errors_add(struct config_errors *errors, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* Print the effective settings as "key = value" lines, every key of the
+ * table in SPEC.md §3 in its order, lists comma-separated. */
+void config_print(const struct config *cfg, FILE *out);
+
+/* Keys that are set to something the running build does not act on yet;
+ * returns a static NULL-terminated list of key names (may be empty). */
+const char *const *config_keys_not_in_effect(const struct config *cfg);
+
+/* Parsing helpers, public for their unit tests. Each returns 0, or -1
+ * when the text is not valid. On success config_parse_listen sets
+ * out->text to a malloc'd copy of the text (the caller frees it). */
+int config_parse_duration(const char *text, unsigned *seconds);
+int config_parse_size(const char *text, uint64_t *octets);
+int config_parse_listen(const char *text, bool pop3, struct listen_addr *out);
+int config_parse_cidr(const char *text, struct cidr *out);
+
+/* Is this address inside one of the networks? */
+bool config_cidr_match(const struct cidr *nets, size_t count,
+                       const struct sockaddr *addr);
+
+/* Is this (lower-cased) domain one of local_domains? */
+bool config_is_local_domain(const struct config *cfg, const char *domain);
+
+#endif

@@ -1,0 +1,71 @@
+/*
+ * Local delivery into mailboxes: Maildir (tmp/ -> fsync -> new/) and
+ * mbox. The message is read from its spool file in wire form and written
+ * in mailbox form (dot-stuffing undone, LF line ends) after a
+ * Return-Path and a Delivered-To header. Writes go to the page cache on
+ * the loop; every fsync goes through the iothread.
+ *
+ * A delivery is idempotent: the Maildir file name is made from the
+ * request's `unique` string, so a retry after a crash finds the file it
+ * already delivered and does not deliver it twice.
+ */
+#ifndef FACTEUR_DELIVER_H
+#define FACTEUR_DELIVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <time.h>
+
+#include "facteur/config.h"
+
+struct event_base;
+struct iothread;
+
+enum deliver_result {
+	DELIVER_OK,
+	DELIVER_TEMPFAIL, /* retry later: permission, disk full, lock busy */
+	DELIVER_PERMFAIL, /* will never work: bounce */
+};
+
+struct deliver_request {
+	enum mailbox_format format;
+	const char *mailbox;    /* the Maildir folder or mbox file */
+	const char *spool_file; /* the message in wire form */
+	const char *sender;     /* "" for the null sender */
+	const char *recipient;  /* for Delivered-To */
+	const char *unique;     /* unique per message and recipient */
+	time_t arrival;         /* first part of the Maildir name */
+	const char *hostname;   /* last part of the Maildir name */
+	bool check_existing;    /* after a restart: look in cur/ too */
+};
+
+/* `dsn` is an enhanced status code ("2.0.0", "4.3.0", "5.2.0") and
+ * `reason` a short text for logs and bounces; both live until the
+ * callback returns. */
+typedef void (*deliver_cb)(enum deliver_result result, const char *dsn,
+                           const char *reason, void *arg);
+
+/* Start a delivery; the callback runs later, on the loop, exactly once.
+ * The request's strings are copied. Returns 0, or -1 when out of memory
+ * (no callback then). Deliveries to one mbox file are serialised here;
+ * a lock held by another program is retried on a timer for a bounded
+ * time, then the delivery is deferred. */
+int deliver_start(struct event_base *base, struct iothread *io,
+                  const struct deliver_request *req, deliver_cb cb,
+                  void *arg);
+
+/* Expand a mailbox_path template: %u the local part, %d the domain (both
+ * lower-cased), %% a percent sign. malloc'd, or NULL on an unknown %x. */
+char *deliver_expand_path(const char *template_path, const char *local,
+                          size_t local_len, const char *domain);
+
+/* The Maildir file name "<arrival>.<unique>.<hostname>", with '/' and ':'
+ * in the host name written as \057 and \072. Returns the length, or -1 if
+ * it does not fit. */
+int deliver_maildir_name(char *buf, size_t len, time_t arrival,
+                         const char *unique, const char *hostname);
+
+/* mkdir -p with mode 0700 for the parts it creates. 0 or -1 (errno). */
+int deliver_mkdirs(const char *path);
+
+#endif

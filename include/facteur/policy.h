@@ -1,0 +1,85 @@
+/*
+ * Who may send what where: is a recipient domain local, does the
+ * local user exist, what do aliases expand it to, may this client relay.
+ * Pure decisions over the configuration, the users and the aliases;
+ * nothing here parses SMTP or touches a socket.
+ */
+#ifndef FACTEUR_POLICY_H
+#define FACTEUR_POLICY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/socket.h>
+
+#include "facteur/config.h"
+
+struct auth_users;
+struct policy;
+
+/* Build the policy of a configuration: reads aliases_file (errors as
+ * "FILE:LINE: ..."). `users` may be NULL (no users_file: every local part
+ * of a local domain exists); the policy does not own it. */
+struct policy *policy_new(const struct config *cfg,
+                          const struct auth_users *users,
+                          struct config_errors *errors);
+/* From the text of an aliases file, for tests and fuzzing. */
+struct policy *policy_new_with_aliases(const struct config *cfg,
+                                       const struct auth_users *users,
+                                       const char *aliases_text,
+                                       const char *name,
+                                       struct config_errors *errors);
+void policy_free(struct policy *policy);
+
+enum policy_verdict {
+	POLICY_ACCEPT,
+	POLICY_UNKNOWN_USER,  /* 550 5.1.1 */
+	POLICY_RELAY_DENIED,  /* 554 5.7.1 */
+	POLICY_BAD_MAILBOX,   /* 550 5.1.1: a local part unfit for a path */
+	POLICY_ALIAS_LOOP,    /* 554 5.4.6: aliases expand without end */
+};
+
+/* One final recipient after alias expansion. */
+struct policy_target {
+	char *address; /* canonical: domain lower case; local part lower
+	                  case when the domain is local */
+	bool local;
+};
+
+struct policy_expansion {
+	struct policy_target *targets;
+	size_t count;
+};
+
+struct policy_client {
+	const struct sockaddr *addr; /* the client's address */
+	bool authenticated;
+};
+
+/*
+ * Decide on one RCPT address (as parsed: "local@domain", or "postmaster"
+ * with no domain, which means postmaster at the first local domain).
+ * On POLICY_ACCEPT, `out` holds the final recipients, without duplicates;
+ * the caller frees it with policy_expansion_clear().
+ * Remote recipients (after expansion too) need a client that may relay;
+ * an alias in a local domain may expand to remote targets for anyone.
+ */
+enum policy_verdict policy_check_recipient(const struct policy *policy,
+                                           const struct policy_client *client,
+                                           const char *address,
+                                           struct policy_expansion *out);
+
+void policy_expansion_clear(struct policy_expansion *exp);
+
+/* May this client send to non-local domains? */
+bool policy_may_relay(const struct policy *policy,
+                      const struct policy_client *client);
+
+/* The canonical form of an address (see policy_target); malloc'd. */
+char *policy_canonical_address(const struct policy *policy,
+                               const char *address);
+
+/* A local part that can name a mailbox on disk: not empty, no '/', no
+ * NUL, not "." or "..", no leading '.'. */
+bool policy_local_part_safe(const char *local, size_t len);
+
+#endif

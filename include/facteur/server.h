@@ -1,0 +1,33 @@
+/*
+ * The daemon's shared state, handed to every module that serves
+ * sessions or deliveries. The configuration and what is built from it
+ * (users, policy) are swapped as a whole on reload: nothing may keep a
+ * pointer into them across loop turns; go through the server each time.
+ */
+#ifndef FACTEUR_SERVER_H
+#define FACTEUR_SERVER_H
+
+#include <stdbool.h>
+
+struct auth_users;
+struct config;
+struct event_base;
+struct iothread;
+struct listener;
+struct policy;
+struct scheduler;
+struct spool;
+
+struct server {
+	struct event_base *base;
+	struct config *cfg;
+	struct auth_users *users; /* NULL without users_file */
+	struct policy *policy;
+	struct iothread *io;
+	struct spool *spool;
+	struct scheduler *scheduler;
+	struct listener *listener;
+	bool stopping; /* SIGTERM seen: finish what is in flight, exit */
+};
+
+#endif

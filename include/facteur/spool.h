@@ -1,0 +1,164 @@
+/*
+ * The persistent queue: what makes "250 means never lost" true.
+ *
+ * Each message is two files in <spool_dir>/queue/: <id>.msg, the message
+ * in wire form (CRLF, dot-stuffed), written while it is received; and
+ * <id>.env, its envelope, written at the end of DATA and followed by
+ * append-only records of recipient state changes. A message is committed
+ * when both files and the directory are flushed; the fsyncs go through the
+ * iothread and the commits of one loop turn share them. docs/spool.md
+ * describes the format.
+ */
+#ifndef FACTEUR_SPOOL_H
+#define FACTEUR_SPOOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "facteur/smtp_proto.h"
+
+struct event_base;
+struct iothread;
+struct spool;
+
+#define SPOOL_ID_LEN 16
+
+enum rcpt_state {
+	RCPT_PENDING,   /* not tried yet */
+	RCPT_DEFERRED,  /* tried, failed temporarily */
+	RCPT_DELIVERED,
+	RCPT_BOUNCED,
+};
+
+struct spool_rcpt {
+	char *address;  /* final recipient, canonical */
+	char *original; /* the RCPT TO address before alias expansion */
+	char *orcpt;    /* the ORCPT parameter as sent, or NULL */
+	unsigned notify;
+	bool local;
+	enum rcpt_state state;
+	unsigned attempts;
+	time_t next_attempt; /* for RCPT_DEFERRED */
+	time_t updated;      /* when the state last changed */
+	char dsn[12];        /* last enhanced status code, "" if none */
+	char *reason;        /* last diagnostic, or NULL */
+};
+
+struct spool_envelope {
+	char id[SPOOL_ID_LEN + 1];
+	time_t arrival;
+	char *sender; /* "" for the null sender */
+	char *client_addr;
+	char *helo;
+	char *protocol; /* ESMTP, ESMTPS, ... as in Received */
+	char *auth_user; /* NULL if not authenticated */
+	uint64_t size;   /* as received: unstuffed, CRLF */
+	enum smtp_body body;
+	bool smtputf8;
+	enum smtp_ret ret;
+	char *envid; /* NULL when not given */
+	unsigned flags; /* SPOOL_FLAG_* */
+	struct spool_rcpt *rcpts;
+	size_t rcpt_count;
+};
+
+#define SPOOL_FLAG_DELAY_NOTIFIED 0x1 /* a delay DSN was sent */
+
+struct spool *spool_open(struct event_base *base, struct iothread *io,
+                         const char *dir, char *err, size_t errlen);
+void spool_close(struct spool *spool);
+const char *spool_dir(const struct spool *spool);
+
+/* "<spool_dir>/queue/<id>.msg" into buf; returns buf. */
+char *spool_msg_path(const struct spool *spool, const char *id, char *buf,
+                     size_t len);
+
+/* A message being received. */
+struct spool_incoming {
+	char id[SPOOL_ID_LEN + 1];
+	int fd;           /* the .msg file, open for writing */
+	uint64_t written; /* octets written to it */
+	int error;        /* errno of a failed write: commit is then refused */
+};
+
+/* Create a new message file with a fresh id. NULL with errno set when it
+ * cannot be created (the session answers 451 4.3.0). */
+struct spool_incoming *spool_incoming_new(struct spool *spool);
+/* Append octets; a write error is remembered in inc->error. */
+void spool_incoming_write(struct spool_incoming *inc, const void *buf,
+                          size_t len);
+/* Drop a message that will not be committed (RSET, 552, disconnect). */
+void spool_incoming_abort(struct spool *spool, struct spool_incoming *inc);
+
+/* Called on the loop once the message is durable (error 0) or not; the
+ * incoming is freed by then. On error the files are removed. */
+typedef void (*spool_commit_cb)(int error, void *arg);
+
+/* Write the envelope (its id is taken from inc) and make both files
+ * durable. The callback always runs later. */
+void spool_incoming_commit(struct spool *spool, struct spool_incoming *inc,
+                           const struct spool_envelope *env,
+                           spool_commit_cb cb, void *arg);
+
+/* Append the current state of recipient `index` to the envelope file and
+ * flush it; cb(0) once durable. A failed write is reported with its
+ * errno; the caller keeps the change in memory and retries later. */
+void spool_record_rcpt(struct spool *spool, const struct spool_envelope *env,
+                       size_t index, spool_commit_cb cb, void *arg);
+/* Likewise for env->flags. */
+void spool_record_flags(struct spool *spool, const struct spool_envelope *env,
+                        spool_commit_cb cb, void *arg);
+
+/* Remove a message whose recipients are all done. */
+void spool_remove(struct spool *spool, const char *id);
+
+/*
+ * Scan the queue at start-up: remove what was never committed, truncate a
+ * torn last record, and hand every live message to `found` (which takes
+ * ownership of the envelope). Returns the number of live messages, or -1
+ * if the directory cannot be read.
+ */
+typedef void (*spool_found_cb)(struct spool_envelope *env, void *arg);
+long spool_recover(struct spool *spool, spool_found_cb found, void *arg);
+
+/* What the last spool_recover did, for the caller to log (the spool
+ * itself does not log). */
+struct spool_recovery {
+	size_t live;            /* handed to `found` */
+	size_t uncommitted;     /* removed: never acknowledged (no envelope,
+	                           a cut one, or a short message file) */
+	size_t orphaned;        /* removed: an envelope whose message file
+	                           was missing (worth a warning) */
+	size_t done;            /* removed: every recipient done */
+	size_t truncated;       /* torn last record cut off */
+	size_t truncate_failed; /* torn record left (found all the same) */
+	size_t other;           /* removed: files of any other name */
+	size_t unreadable;      /* left in place, tried again next start */
+};
+const struct spool_recovery *spool_last_recovery(const struct spool *spool);
+
+/* A new unique queue id into buf (SPOOL_ID_LEN + 1 octets). */
+void spool_new_id(struct spool *spool, char *buf);
+
+/* Envelope text, pure and public for tests and fuzzing. format returns a
+ * malloc'd text ending in the "end" line (without state records). parse
+ * reads an envelope and its records, applying each record in turn; it
+ * returns 0 and sets *valid_len to the octets of the text that parsed
+ * (a torn record after that is to be truncated), or -1 when the envelope
+ * itself is incomplete or malformed. */
+char *spool_envelope_format(const struct spool_envelope *env, size_t *len);
+int spool_envelope_parse(const char *text, size_t len,
+                         struct spool_envelope *env, size_t *valid_len);
+/* One state record for recipient `index`, malloc'd, newline-terminated. */
+char *spool_record_format(const struct spool_envelope *env, size_t index,
+                          size_t *len);
+void spool_envelope_clear(struct spool_envelope *env);
+void spool_envelope_free(struct spool_envelope *env);
+
+bool spool_envelope_done(const struct spool_envelope *env);
+
+const char *rcpt_state_name(enum rcpt_state state);
+
+#endif

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Every test: install, build with AddressSanitizer and UBSan, run the unit
+# and integration tests (ctest), then each libFuzzer target for a short while.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+build=${FACTEUR_TEST_BUILD:-build}
+cmake -S . -B "$build" -DFACTEUR_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+cmake --build "$build" -j"$(nproc)"
+export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+
+# Fuzz smoke run: every parser's target, FUZZ_SECONDS each (0 skips).
+fuzz_seconds=${FUZZ_SECONDS:-15}
+if [ "$fuzz_seconds" -gt 0 ]; then
+	CC=clang cmake -S . -B "$build-fuzz" -DFACTEUR_FUZZ=ON -DFACTEUR_TESTS=OFF >/dev/null
+	cmake --build "$build-fuzz" -j"$(nproc)"
+	for target in "$build-fuzz"/fuzz/fuzz_*; do
+		echo "fuzz: $(basename "$target") for ${fuzz_seconds}s"
+		"$target" -max_total_time="$fuzz_seconds" -print_final_stats=0 2>&1 | tail -n 2
+	done
+fi
+
+ctest --test-dir "$build" --output-on-failure -j2

@@ -1,0 +1,264 @@
+/*
+ * The fsync helper thread (see iothread.h). The loop hands over requests
+ * under a mutex; the thread takes the whole queue at once, flushes each
+ * distinct descriptor once, and passes the finished requests back through
+ * a pipe that the loop watches. All callbacks run on the loop thread.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "facteur/iothread.h"
+#include "facteur/log.h"
+
+struct io_request {
+	struct io_request *next;
+	iothread_cb cb;
+	void *arg;
+	int error;
+	size_t nfds;
+	int fds[];
+};
+
+/* A FIFO of requests, appended at the tail. */
+struct io_list {
+	struct io_request *head;
+	struct io_request **tail;
+};
+
+struct iothread {
+	struct event_base *base;
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t wake;
+	struct io_list todo; /* loop -> thread, under lock */
+	struct io_list done; /* thread -> loop, under lock */
+	bool stopping;
+	size_t pending; /* handed over, callback not yet run (loop only) */
+	int notify[2];  /* thread writes a byte when `done` gains requests */
+	struct event *notify_event;
+};
+
+static void io_list_init(struct io_list *list)
+{
+	list->head = NULL;
+	list->tail = &list->head;
+}
+
+static void io_list_append(struct io_list *list, struct io_request *req)
+{
+	req->next = NULL;
+	*list->tail = req;
+	list->tail = &req->next;
+}
+
+static void io_list_splice(struct io_list *to, struct io_list *from)
+{
+	if (from->head == NULL)
+		return;
+	*to->tail = from->head;
+	to->tail = from->tail;
+	io_list_init(from);
+}
+
+static int compare_int(const void *a, const void *b)
+{
+	int x = *(const int *)a, y = *(const int *)b;
+	return (x > y) - (x < y);
+}
+
+/*
+ * Flush every distinct descriptor of a round once and give each request
+ * the error of any of its own descriptors. A round is small (the commits
+ * of a few loop turns), so a sorted copy is cheap.
+ */
+static void flush_round(struct io_request *round)
+{
+	size_t total = 0;
+	for (struct io_request *r = round; r != NULL; r = r->next)
+		total += r->nfds;
+	if (total == 0)
+		return;
+
+	int *fds = malloc(total * sizeof *fds);
+	int *errs = malloc(total * sizeof *errs);
+	if (fds == NULL || errs == NULL) {
+		/* No memory for the dedup table: flush one by one. */
+		for (struct io_request *r = round; r != NULL; r = r->next)
+			for (size_t i = 0; i < r->nfds; i++)
+				if (fsync(r->fds[i]) == -1 && r->error == 0)
+					r->error = errno;
+		free(fds);
+		free(errs);
+		return;
+	}
+	size_t n = 0;
+	for (struct io_request *r = round; r != NULL; r = r->next)
+		for (size_t i = 0; i < r->nfds; i++)
+			fds[n++] = r->fds[i];
+	qsort(fds, n, sizeof *fds, compare_int);
+	size_t unique = 0;
+	for (size_t i = 0; i < n; i++)
+		if (unique == 0 || fds[unique - 1] != fds[i])
+			fds[unique++] = fds[i];
+	for (size_t i = 0; i < unique; i++)
+		errs[i] = fsync(fds[i]) == -1 ? errno : 0;
+	for (struct io_request *r = round; r != NULL; r = r->next) {
+		for (size_t i = 0; i < r->nfds && r->error == 0; i++) {
+			int *at = bsearch(&r->fds[i], fds, unique, sizeof *fds,
+			                  compare_int);
+			if (at != NULL)
+				r->error = errs[at - fds];
+		}
+	}
+	free(fds);
+	free(errs);
+}
+
+static void *iothread_main(void *arg)
+{
+	struct iothread *io = arg;
+
+	pthread_mutex_lock(&io->lock);
+	for (;;) {
+		while (io->todo.head == NULL && !io->stopping)
+			pthread_cond_wait(&io->wake, &io->lock);
+		if (io->todo.head == NULL && io->stopping)
+			break;
+		struct io_list round;
+		io_list_init(&round);
+		io_list_splice(&round, &io->todo);
+		pthread_mutex_unlock(&io->lock);
+
+		flush_round(round.head);
+
+		pthread_mutex_lock(&io->lock);
+		bool was_empty = io->done.head == NULL;
+		io_list_splice(&io->done, &round);
+		if (was_empty) {
+			char byte = 0;
+			/* The pipe holds at most one unread byte per batch
+			 * of completions, so it cannot fill up. */
+			while (write(io->notify[1], &byte, 1) == -1 &&
+			       errno == EINTR)
+				;
+		}
+	}
+	pthread_mutex_unlock(&io->lock);
+	return NULL;
+}
+
+static void run_completions(struct iothread *io)
+{
+	struct io_list finished;
+	io_list_init(&finished);
+	pthread_mutex_lock(&io->lock);
+	io_list_splice(&finished, &io->done);
+	pthread_mutex_unlock(&io->lock);
+
+	struct io_request *req = finished.head;
+	while (req != NULL) {
+		struct io_request *next = req->next;
+		io->pending--;
+		req->cb(req->error, req->arg);
+		free(req);
+		req = next;
+	}
+}
+
+static void on_notify(evutil_socket_t fd, short what, void *arg)
+{
+	(void)what;
+	char buf[64];
+	while (read(fd, buf, sizeof buf) > 0)
+		;
+	run_completions(arg);
+}
+
+struct iothread *iothread_new(struct event_base *base)
+{
+	struct iothread *io = calloc(1, sizeof *io);
+	if (io == NULL)
+		return NULL;
+	io->base = base;
+	io_list_init(&io->todo);
+	io_list_init(&io->done);
+	if (pipe2(io->notify, O_CLOEXEC | O_NONBLOCK) == -1) {
+		free(io);
+		return NULL;
+	}
+	io->notify_event = event_new(base, io->notify[0], EV_READ | EV_PERSIST,
+	                             on_notify, io);
+	if (io->notify_event == NULL || event_add(io->notify_event, NULL) == -1)
+		goto fail;
+	pthread_mutex_init(&io->lock, NULL);
+	pthread_cond_init(&io->wake, NULL);
+	if (pthread_create(&io->thread, NULL, iothread_main, io) != 0) {
+		pthread_mutex_destroy(&io->lock);
+		pthread_cond_destroy(&io->wake);
+		goto fail;
+	}
+	return io;
+fail:
+	if (io->notify_event != NULL)
+		event_free(io->notify_event);
+	close(io->notify[0]);
+	close(io->notify[1]);
+	free(io);
+	return NULL;
+}
+
+void iothread_free(struct iothread *io)
+{
+	if (io == NULL)
+		return;
+	pthread_mutex_lock(&io->lock);
+	io->stopping = true;
+	pthread_cond_signal(&io->wake);
+	pthread_mutex_unlock(&io->lock);
+	pthread_join(io->thread, NULL);
+	/* Every request is finished now; their callbacks still run. */
+	while (io->pending > 0) {
+		size_t before = io->pending;
+		run_completions(io);
+		if (io->pending == before)
+			fatal("iothread: %zu requests lost", io->pending);
+	}
+	event_free(io->notify_event);
+	close(io->notify[0]);
+	close(io->notify[1]);
+	pthread_mutex_destroy(&io->lock);
+	pthread_cond_destroy(&io->wake);
+	free(io);
+}
+
+int iothread_fsync(struct iothread *io, const int *fds, size_t nfds,
+                   iothread_cb cb, void *arg)
+{
+	struct io_request *req = malloc(sizeof *req + nfds * sizeof(int));
+	if (req == NULL)
+		return -1;
+	req->cb = cb;
+	req->arg = arg;
+	req->error = 0;
+	req->nfds = nfds;
+	if (nfds > 0)
+		memcpy(req->fds, fds, nfds * sizeof(int));
+	io->pending++;
+	pthread_mutex_lock(&io->lock);
+	io_list_append(&io->todo, req);
+	pthread_cond_signal(&io->wake);
+	pthread_mutex_unlock(&io->lock);
+	return 0;
+}
+
+size_t iothread_pending(const struct iothread *io)
+{
+	return io->pending;
+}

@@ -1,0 +1,273 @@
+/*
+ * Bound SMTP sockets and the connection limits (see listener.h). The
+ * per-IP counts live in a small chained hash table keyed by the client's
+ * address bytes; an entry goes away when its last connection does.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "facteur/config.h"
+#include "facteur/listener.h"
+#include "facteur/log.h"
+#include "facteur/metrics.h"
+#include "facteur/server.h"
+#include "facteur/smtp_session.h"
+
+#define IP_BUCKETS 1024
+#define LISTEN_BACKLOG 1024
+
+struct ip_count {
+	struct ip_count *next;
+	uint8_t addr[16]; /* IPv4 as an IPv4-mapped IPv6 address */
+	unsigned count;
+};
+
+struct bound {
+	struct listener *owner;
+	struct evconnlistener *ev;
+	enum listen_mode mode;
+	char *text;
+};
+
+struct listener {
+	struct server *srv;
+	struct bound *bound;
+	size_t bound_count;
+	unsigned active;
+	struct ip_count *buckets[IP_BUCKETS];
+	struct event *resume; /* re-enables accepting after EMFILE */
+};
+
+/* Client addresses as 16 bytes, so that IPv4 and IPv4-mapped IPv6
+ * clients share one count. */
+static void address_key(const struct sockaddr *sa, uint8_t key[16])
+{
+	memset(key, 0, 16);
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
+		key[10] = key[11] = 0xff;
+		memcpy(key + 12, &sin->sin_addr, 4);
+	} else if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *sin6 =
+			(const struct sockaddr_in6 *)sa;
+		memcpy(key, &sin6->sin6_addr, 16);
+	}
+}
+
+static unsigned bucket_of(const uint8_t key[16])
+{
+	uint32_t h = 2166136261u; /* FNV-1a */
+	for (int i = 0; i < 16; i++)
+		h = (h ^ key[i]) * 16777619u;
+	return h % IP_BUCKETS;
+}
+
+static struct ip_count **find_ip(struct listener *l, const uint8_t key[16])
+{
+	struct ip_count **at = &l->buckets[bucket_of(key)];
+	while (*at != NULL && memcmp((*at)->addr, key, 16) != 0)
+		at = &(*at)->next;
+	return at;
+}
+
+/* Refuse a connection with a 421 and close it. The reply is tiny and the
+ * socket brand new, so one non-blocking send fits its buffer. */
+static void refuse(int fd, const char *reply)
+{
+	ssize_t n = send(fd, reply, strlen(reply), MSG_DONTWAIT | MSG_NOSIGNAL);
+	(void)n;
+	close(fd);
+}
+
+static void on_accept(struct evconnlistener *ev, evutil_socket_t fd,
+                      struct sockaddr *addr, int addrlen, void *arg)
+{
+	(void)ev;
+	struct bound *b = arg;
+	struct listener *l = b->owner;
+	const struct config *cfg = l->srv->cfg;
+	char reply[512];
+
+	if (l->srv->stopping) {
+		close(fd);
+		return;
+	}
+	if (l->active >= cfg->max_connections) {
+		snprintf(reply, sizeof reply,
+		         "421 4.3.2 %s Error: too many connections\r\n",
+		         cfg->hostname);
+		refuse(fd, reply);
+		log_event(LOG_LEVEL_WARN, "rejected",
+		          LOG_S("reason", "max_connections"));
+		return;
+	}
+	uint8_t key[16];
+	address_key(addr, key);
+	struct ip_count **at = find_ip(l, key);
+	if (*at != NULL && (*at)->count >= cfg->max_connections_per_ip) {
+		snprintf(reply, sizeof reply,
+		         "421 4.7.0 %s Error: too many connections from your "
+		         "address\r\n",
+		         cfg->hostname);
+		refuse(fd, reply);
+		log_event(LOG_LEVEL_WARN, "rejected",
+		          LOG_S("reason", "max_connections_per_ip"));
+		return;
+	}
+	if (*at == NULL) {
+		*at = calloc(1, sizeof **at);
+		if (*at == NULL) {
+			close(fd);
+			return;
+		}
+		memcpy((*at)->addr, key, 16);
+	}
+	(*at)->count++;
+	l->active++;
+	if (smtp_session_new(l->srv, fd, addr, (socklen_t)addrlen, b->mode) ==
+	    NULL)
+		listener_release(l, addr);
+}
+
+static void on_resume(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct listener *l = arg;
+	if (!l->srv->stopping)
+		listener_enable(l);
+}
+
+/* Out of descriptors: stop accepting for a second rather than spin. */
+static void on_accept_error(struct evconnlistener *ev, void *arg)
+{
+	(void)ev;
+	struct bound *b = arg;
+	struct listener *l = b->owner;
+	int err = EVUTIL_SOCKET_ERROR();
+	log_event(LOG_LEVEL_ERROR, "accept_error", LOG_S("listen", b->text),
+	          LOG_S("reason", strerror(err)));
+	listener_disable(l);
+	struct timeval second = {1, 0};
+	evtimer_add(l->resume, &second);
+}
+
+static int bind_one(const struct listen_addr *la, char *err, size_t errlen)
+{
+	int family = la->addr.ss_family;
+	int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd == -1) {
+		snprintf(err, errlen, "%s: socket: %s", la->text,
+		         strerror(errno));
+		return -1;
+	}
+	int one = 1;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	if (family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+	if (bind(fd, (const struct sockaddr *)&la->addr, la->addrlen) == -1 ||
+	    listen(fd, LISTEN_BACKLOG) == -1) {
+		snprintf(err, errlen, "%s: %s", la->text, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+struct listener *listener_new(struct server *srv, char *err, size_t errlen)
+{
+	const struct config *cfg = srv->cfg;
+	struct listener *l = calloc(1, sizeof *l);
+	if (l == NULL)
+		goto nomem;
+	l->srv = srv;
+	l->bound = calloc(cfg->listen_count ? cfg->listen_count : 1,
+	                  sizeof *l->bound);
+	l->resume = evtimer_new(srv->base, on_resume, l);
+	if (l->bound == NULL || l->resume == NULL)
+		goto nomem;
+	for (size_t i = 0; i < cfg->listen_count; i++) {
+		const struct listen_addr *la = &cfg->listen[i];
+		int fd = bind_one(la, err, errlen);
+		if (fd == -1)
+			goto fail;
+		struct bound *b = &l->bound[l->bound_count];
+		b->owner = l;
+		b->mode = la->mode;
+		b->text = strdup(la->text);
+		b->ev = evconnlistener_new(srv->base, on_accept, b,
+		                           LEV_OPT_CLOSE_ON_FREE |
+		                                   LEV_OPT_CLOSE_ON_EXEC |
+		                                   LEV_OPT_DISABLED,
+		                           -1, fd);
+		if (b->ev == NULL || b->text == NULL) {
+			close(fd);
+			free(b->text);
+			goto nomem;
+		}
+		evconnlistener_set_error_cb(b->ev, on_accept_error);
+		l->bound_count++;
+		log_event(LOG_LEVEL_INFO, "listening", LOG_S("listen", la->text));
+	}
+	return l;
+nomem:
+	snprintf(err, errlen, "out of memory");
+fail:
+	listener_free(l);
+	return NULL;
+}
+
+void listener_enable(struct listener *l)
+{
+	for (size_t i = 0; i < l->bound_count; i++)
+		evconnlistener_enable(l->bound[i].ev);
+}
+
+void listener_disable(struct listener *l)
+{
+	for (size_t i = 0; i < l->bound_count; i++)
+		evconnlistener_disable(l->bound[i].ev);
+}
+
+void listener_release(struct listener *l, const struct sockaddr *addr)
+{
+	uint8_t key[16];
+	address_key(addr, key);
+	struct ip_count **at = find_ip(l, key);
+	if (*at == NULL || l->active == 0)
+		fatal("listener: release of an address that holds no place");
+	l->active--;
+	if (--(*at)->count == 0) {
+		struct ip_count *gone = *at;
+		*at = gone->next;
+		free(gone);
+	}
+}
+
+void listener_free(struct listener *l)
+{
+	if (l == NULL)
+		return;
+	for (size_t i = 0; i < l->bound_count; i++) {
+		evconnlistener_free(l->bound[i].ev);
+		free(l->bound[i].text);
+	}
+	free(l->bound);
+	for (size_t i = 0; i < IP_BUCKETS; i++) {
+		while (l->buckets[i] != NULL) {
+			struct ip_count *next = l->buckets[i]->next;
+			free(l->buckets[i]);
+			l->buckets[i] = next;
+		}
+	}
+	if (l->resume != NULL)
+		event_free(l->resume);
+	free(l);
+}

@@ -1,0 +1,1071 @@
+/*
+ * The inbound SMTP session (see smtp_session.h).
+ *
+ * One bufferevent per client. session_process() is the state machine:
+ * it takes whatever input is buffered and, depending on the state, reads
+ * command lines, streams DATA or BDAT octets through the smtp_proto
+ * decoder into the spool, or waits for the spool's commit. Each command
+ * has a check step (sequence, syntax: the 5xx replies) and a proceed
+ * step (its effect). Replies are queued on the output buffer, so the
+ * answers to pipelined commands leave together.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "facteur/config.h"
+#include "facteur/listener.h"
+#include "facteur/log.h"
+#include "facteur/metrics.h"
+#include "facteur/policy.h"
+#include "facteur/scheduler.h"
+#include "facteur/server.h"
+#include "facteur/smtp_proto.h"
+#include "facteur/smtp_session.h"
+#include "facteur/spool.h"
+
+/* Enhanced status codes (RFC 3463) used in replies. */
+#define ESC_OK "2.0.0"
+#define ESC_SENDER_OK "2.1.0"
+#define ESC_RCPT_OK "2.1.5"
+#define ESC_VRFY "2.5.2"
+#define ESC_SHUTDOWN "4.3.2"
+#define ESC_LOCAL_ERROR "4.3.0"
+#define ESC_TIMEOUT "4.4.2"
+#define ESC_TOO_MANY_RCPTS "4.5.3"
+#define ESC_TOO_MANY_ERRORS "4.7.0"
+#define ESC_TLS_UNAVAILABLE "4.7.0"
+#define ESC_BAD_DEST_MAILBOX "5.1.1"
+#define ESC_BAD_DEST_SYNTAX "5.1.3"
+#define ESC_BAD_SENDER_SYNTAX "5.1.7"
+#define ESC_TOO_BIG "5.3.4"
+#define ESC_LOOP "5.4.6"
+#define ESC_BAD_COMMAND "5.5.1"
+#define ESC_SYNTAX "5.5.2"
+#define ESC_BAD_ARGS "5.5.4"
+#define ESC_AUTH_REQUIRED "5.7.0"
+#define ESC_RELAY_DENIED "5.7.1"
+
+#define MAX_PROTOCOL_ERRORS 10
+#define DATA_CHUNK 16384
+#define OUTPUT_HIGH_WATER (256 * 1024) /* stop reading past this */
+#define HELO_MAX 255
+
+enum smtp_state {
+	SMTP_STATE_COMMAND,    /* reading command lines */
+	SMTP_STATE_DATA,       /* reading DATA content up to CRLF.CRLF */
+	SMTP_STATE_BDAT,       /* reading the octets of a BDAT chunk */
+	SMTP_STATE_COMMITTING, /* waiting for the spool; input waits */
+	SMTP_STATE_CLOSING,    /* flushing the last replies */
+};
+
+static const char *const state_names[] = {
+	[SMTP_STATE_COMMAND] = "command",
+	[SMTP_STATE_DATA] = "data",
+	[SMTP_STATE_BDAT] = "bdat",
+	[SMTP_STATE_COMMITTING] = "committing",
+	[SMTP_STATE_CLOSING] = "closing",
+};
+
+/* One accepted RCPT may stand for several final recipients (aliases). */
+struct recipient {
+	char *address;  /* final, canonical */
+	char *original; /* as given in RCPT TO */
+	char *orcpt;
+	unsigned notify;
+	bool local;
+};
+
+struct transaction {
+	bool active; /* MAIL accepted */
+	struct smtp_mail mail;
+	struct recipient *rcpts;
+	size_t rcpt_count, rcpt_cap;
+	unsigned accepted_rcpt_commands;
+	char *first_rcpt; /* for Received: "for <...>" */
+	struct spool_incoming *incoming;
+	struct smtp_data data;
+	char *outbuf; /* decoder output, DATA_CHUNK's worth */
+	bool too_big;
+	bool used_bdat;
+};
+
+struct smtp_session {
+	struct smtp_session *prev, *next; /* all sessions, for shutdown */
+	struct server *srv;
+	struct bufferevent *bev;
+	enum smtp_state state;
+	enum listen_mode mode;
+	struct sockaddr_storage addr;
+	char client[INET6_ADDRSTRLEN];
+	time_t started;
+	char *helo;
+	bool esmtp;
+	bool tls;
+	char *auth_user;
+	unsigned errors;
+	bool discarding_line; /* a line over the limit is being skipped */
+	bool shutdown_pending; /* SIGTERM came during a message */
+	bool gone;   /* the client left while a commit was in flight */
+	bool paused; /* reading stopped until our replies drain */
+	struct transaction tx;
+	/* BDAT chunk in progress */
+	uint64_t bdat_remaining;
+	bool bdat_last;
+	bool bdat_discard; /* read the chunk, then give bdat_reply */
+	int bdat_reply_code;
+	const char *bdat_reply_esc;
+	const char *bdat_reply_text;
+	/* the commit in flight */
+	struct spool_envelope *committing;
+};
+
+static struct smtp_session *all_sessions;
+static size_t session_count;
+
+static void session_process(struct smtp_session *s);
+static void session_close(struct smtp_session *s);
+static void session_free(struct smtp_session *s);
+
+static const struct config *cfg_of(const struct smtp_session *s)
+{
+	return s->srv->cfg;
+}
+
+static void enter_state(struct smtp_session *s, enum smtp_state state)
+{
+	if (s->state != state)
+		log_event(LOG_LEVEL_DEBUG, "smtp_state", LOG_S("client", s->client),
+		          LOG_S("from", state_names[s->state]),
+		          LOG_S("to", state_names[state]));
+	s->state = state;
+}
+
+static void reply(struct smtp_session *s, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void reply(struct smtp_session *s, const char *fmt, ...)
+{
+	struct evbuffer *out = bufferevent_get_output(s->bev);
+	va_list ap;
+	va_start(ap, fmt);
+	evbuffer_add_vprintf(out, fmt, ap);
+	va_end(ap);
+	evbuffer_add(out, "\r\n", 2);
+}
+
+/* A protocol error (500, 501, 503): counted, and the tenth one ends the
+ * session after its own reply. */
+static void reply_error(struct smtp_session *s, int code, const char *esc,
+                        const char *text)
+{
+	reply(s, "%d %s %s", code, esc, text);
+	if (code != 500 && code != 501 && code != 503)
+		return;
+	if (++s->errors >= MAX_PROTOCOL_ERRORS) {
+		reply(s, "421 %s %s Error: too many errors", ESC_TOO_MANY_ERRORS,
+		      cfg_of(s)->hostname);
+		log_event(LOG_LEVEL_WARN, "rejected", LOG_S("client", s->client),
+		          LOG_S("reason", "too many errors"));
+		session_close(s);
+	}
+}
+
+static void log_rejected(struct smtp_session *s, const char *reason,
+                         const char *address)
+{
+	log_event(LOG_LEVEL_INFO, "rejected", LOG_S("client", s->client),
+	          LOG_S("reason", reason), LOG_S("address", address));
+}
+
+/* ---- transaction ---- */
+
+static void transaction_reset(struct smtp_session *s)
+{
+	struct transaction *tx = &s->tx;
+	for (size_t i = 0; i < tx->rcpt_count; i++) {
+		free(tx->rcpts[i].address);
+		free(tx->rcpts[i].original);
+		free(tx->rcpts[i].orcpt);
+	}
+	free(tx->rcpts);
+	free(tx->first_rcpt);
+	free(tx->outbuf);
+	if (tx->incoming != NULL)
+		spool_incoming_abort(s->srv->spool, tx->incoming);
+	memset(tx, 0, sizeof *tx);
+}
+
+static bool recipient_known(const struct transaction *tx, const char *address)
+{
+	for (size_t i = 0; i < tx->rcpt_count; i++)
+		if (strcmp(tx->rcpts[i].address, address) == 0)
+			return true;
+	return false;
+}
+
+static int recipient_add(struct transaction *tx, const struct smtp_rcpt *rcpt,
+                         const struct policy_target *target)
+{
+	if (recipient_known(tx, target->address))
+		return 0;
+	if (tx->rcpt_count == tx->rcpt_cap) {
+		size_t cap = tx->rcpt_cap ? 2 * tx->rcpt_cap : 4;
+		struct recipient *r = realloc(tx->rcpts, cap * sizeof *r);
+		if (r == NULL)
+			return -1;
+		tx->rcpts = r;
+		tx->rcpt_cap = cap;
+	}
+	struct recipient *r = &tx->rcpts[tx->rcpt_count];
+	memset(r, 0, sizeof *r);
+	r->address = strdup(target->address);
+	r->original = strdup(rcpt->to.address);
+	r->orcpt = rcpt->orcpt[0] ? strdup(rcpt->orcpt) : NULL;
+	r->notify = rcpt->notify;
+	r->local = target->local;
+	if (r->address == NULL || r->original == NULL ||
+	    (rcpt->orcpt[0] && r->orcpt == NULL)) {
+		free(r->address);
+		free(r->original);
+		free(r->orcpt);
+		return -1;
+	}
+	tx->rcpt_count++;
+	return 0;
+}
+
+/* ---- commands: HELO, EHLO ---- */
+
+static bool helo_valid(const char *arg, size_t len)
+{
+	if (len == 0 || len > HELO_MAX)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)arg[i];
+		if (c <= ' ' || c == 0x7f)
+			return false;
+	}
+	return true;
+}
+
+static void cmd_helo(struct smtp_session *s, const struct smtp_command *cmd,
+                     bool esmtp)
+{
+	const struct config *cfg = cfg_of(s);
+	if (!helo_valid(cmd->arg, cmd->arglen)) {
+		reply_error(s, 501, ESC_BAD_ARGS,
+		            esmtp ? "Syntax: EHLO hostname"
+		                  : "Syntax: HELO hostname");
+		return;
+	}
+	char *helo = strndup(cmd->arg, cmd->arglen);
+	if (helo == NULL) {
+		reply(s, "451 %s Out of memory", ESC_LOCAL_ERROR);
+		return;
+	}
+	free(s->helo);
+	s->helo = helo;
+	s->esmtp = esmtp;
+	transaction_reset(s);
+	if (!esmtp) {
+		reply(s, "250 %s", cfg->hostname);
+		return;
+	}
+	reply(s, "250-%s", cfg->hostname);
+	reply(s, "250-PIPELINING");
+	reply(s, "250-SIZE %llu", (unsigned long long)cfg->max_message_size);
+	reply(s, "250-8BITMIME");
+	reply(s, "250-ENHANCEDSTATUSCODES");
+	reply(s, "250-SMTPUTF8");
+	reply(s, "250-CHUNKING");
+	reply(s, "250 DSN");
+}
+
+/* ---- MAIL, RCPT ---- */
+
+static void cmd_mail(struct smtp_session *s, const struct smtp_command *cmd)
+{
+	const struct config *cfg = cfg_of(s);
+	if (s->helo == NULL) {
+		reply_error(s, 503, ESC_BAD_COMMAND, "Send HELO/EHLO first");
+		return;
+	}
+	if (s->tx.active) {
+		reply_error(s, 503, ESC_BAD_COMMAND, "Nested MAIL command");
+		return;
+	}
+	if (s->mode == LISTEN_SUBMISSION && s->auth_user == NULL) {
+		reply(s, "530 %s Authentication required", ESC_AUTH_REQUIRED);
+		return;
+	}
+	struct smtp_mail mail;
+	switch (smtp_parse_mail(cmd->arg, cmd->arglen, &mail)) {
+	case SMTP_PARSE_OK:
+		break;
+	case SMTP_PARSE_BAD_ADDRESS:
+		reply_error(s, 501, ESC_BAD_SENDER_SYNTAX,
+		            "Bad sender address syntax");
+		return;
+	case SMTP_PARSE_UNKNOWN_PARAM:
+		reply(s, "555 %s Unsupported MAIL parameter", ESC_BAD_ARGS);
+		return;
+	case SMTP_PARSE_BAD_PARAM:
+		reply_error(s, 501, ESC_BAD_ARGS, "Bad MAIL parameter");
+		return;
+	case SMTP_PARSE_SYNTAX:
+	default:
+		reply_error(s, 501, ESC_BAD_ARGS, "Syntax: MAIL FROM:<address>");
+		return;
+	}
+	if (mail.size_given && mail.size > cfg->max_message_size) {
+		reply(s, "552 %s Message size exceeds fixed limit",
+		      ESC_TOO_BIG);
+		log_rejected(s, "message too big", mail.from.address);
+		return;
+	}
+	s->tx.mail = mail;
+	s->tx.active = true;
+	reply(s, "250 %s Ok", ESC_SENDER_OK);
+}
+
+static void cmd_rcpt(struct smtp_session *s, const struct smtp_command *cmd)
+{
+	const struct config *cfg = cfg_of(s);
+	if (!s->tx.active) {
+		reply_error(s, 503, ESC_BAD_COMMAND, "Need MAIL before RCPT");
+		return;
+	}
+	struct smtp_rcpt rcpt;
+	switch (smtp_parse_rcpt(cmd->arg, cmd->arglen, &rcpt)) {
+	case SMTP_PARSE_OK:
+		break;
+	case SMTP_PARSE_BAD_ADDRESS:
+		reply_error(s, 501, ESC_BAD_DEST_SYNTAX,
+		            "Bad recipient address syntax");
+		return;
+	case SMTP_PARSE_UNKNOWN_PARAM:
+		reply(s, "555 %s Unsupported RCPT parameter", ESC_BAD_ARGS);
+		return;
+	case SMTP_PARSE_BAD_PARAM:
+		reply_error(s, 501, ESC_BAD_ARGS, "Bad RCPT parameter");
+		return;
+	case SMTP_PARSE_SYNTAX:
+	default:
+		reply_error(s, 501, ESC_BAD_ARGS, "Syntax: RCPT TO:<address>");
+		return;
+	}
+	if (s->tx.accepted_rcpt_commands >= cfg->max_recipients) {
+		reply(s, "452 %s Too many recipients", ESC_TOO_MANY_RCPTS);
+		return;
+	}
+	struct policy_client client = {
+		.addr = (const struct sockaddr *)&s->addr,
+		.authenticated = s->auth_user != NULL,
+	};
+	struct policy_expansion exp = {0};
+	enum policy_verdict verdict = policy_check_recipient(
+		s->srv->policy, &client, rcpt.to.address, &exp);
+	switch (verdict) {
+	case POLICY_ACCEPT:
+		break;
+	case POLICY_UNKNOWN_USER:
+	case POLICY_BAD_MAILBOX:
+		reply(s, "550 %s <%s>: Recipient address rejected: "
+		         "User unknown",
+		      ESC_BAD_DEST_MAILBOX, rcpt.to.address);
+		log_rejected(s, "unknown user", rcpt.to.address);
+		return;
+	case POLICY_RELAY_DENIED:
+		reply(s, "554 %s <%s>: Relay access denied", ESC_RELAY_DENIED,
+		      rcpt.to.address);
+		log_rejected(s, "relay access denied", rcpt.to.address);
+		return;
+	case POLICY_ALIAS_LOOP:
+	default:
+		reply(s, "554 %s <%s>: Alias expansion loops", ESC_LOOP,
+		      rcpt.to.address);
+		log_rejected(s, "alias loop", rcpt.to.address);
+		return;
+	}
+	int failed = 0;
+	for (size_t i = 0; i < exp.count && !failed; i++)
+		failed = recipient_add(&s->tx, &rcpt, &exp.targets[i]);
+	policy_expansion_clear(&exp);
+	if (failed) {
+		reply(s, "451 %s Out of memory", ESC_LOCAL_ERROR);
+		return;
+	}
+	if (s->tx.first_rcpt == NULL)
+		s->tx.first_rcpt = strdup(rcpt.to.address);
+	s->tx.accepted_rcpt_commands++;
+	reply(s, "250 %s Ok", ESC_RCPT_OK);
+}
+
+/* ---- DATA, BDAT ---- */
+
+static const char *protocol_name(const struct smtp_session *s)
+{
+	static const char *const names[2][2][2][2] = {
+		/* [utf8][esmtp][tls][auth] */
+		{{{"SMTP", "SMTPA"}, {"SMTPS", "SMTPSA"}},
+		 {{"ESMTP", "ESMTPA"}, {"ESMTPS", "ESMTPSA"}}},
+		{{{"UTF8SMTP", "UTF8SMTPA"}, {"UTF8SMTPS", "UTF8SMTPSA"}},
+		 {{"UTF8SMTP", "UTF8SMTPA"}, {"UTF8SMTPS", "UTF8SMTPSA"}}},
+	};
+	return names[s->tx.mail.smtputf8][s->esmtp][s->tls]
+	            [s->auth_user != NULL];
+}
+
+/* The RFC 5322 date of now, for Received. */
+static void format_date(char *buf, size_t len)
+{
+	time_t now = time(NULL);
+	struct tm tm;
+	localtime_r(&now, &tm);
+	strftime(buf, len, "%a, %d %b %Y %H:%M:%S %z", &tm);
+}
+
+/* Open the spool file and write our Received header (RFC 5321 §4.4). */
+static bool message_begin(struct smtp_session *s)
+{
+	struct transaction *tx = &s->tx;
+	tx->incoming = spool_incoming_new(s->srv->spool);
+	tx->outbuf = malloc(SMTP_DATA_OUT_MAX(DATA_CHUNK));
+	if (tx->incoming == NULL || tx->outbuf == NULL) {
+		log_event(LOG_LEVEL_ERROR, "spool_error",
+		          LOG_S("client", s->client),
+		          LOG_S("reason", strerror(errno)));
+		reply(s, "451 %s Local error in processing", ESC_LOCAL_ERROR);
+		free(tx->outbuf);
+		tx->outbuf = NULL;
+		if (tx->incoming != NULL)
+			spool_incoming_abort(s->srv->spool, tx->incoming);
+		tx->incoming = NULL;
+		return false;
+	}
+	char date[64];
+	format_date(date, sizeof date);
+	char for_clause[SMTP_PATH_MAX + 16] = "";
+	if (tx->accepted_rcpt_commands == 1 && tx->first_rcpt != NULL)
+		snprintf(for_clause, sizeof for_clause, "\r\n\tfor <%s>",
+		         tx->first_rcpt);
+	char *header = NULL;
+	int n = asprintf(&header,
+	                 "Received: from %s ([%s])\r\n"
+	                 "\tby %s (facteur) with %s id %s%s;\r\n"
+	                 "\t%s\r\n",
+	                 s->helo, s->client, cfg_of(s)->hostname,
+	                 protocol_name(s), tx->incoming->id, for_clause, date);
+	if (n < 0) {
+		reply(s, "451 %s Out of memory", ESC_LOCAL_ERROR);
+		spool_incoming_abort(s->srv->spool, tx->incoming);
+		tx->incoming = NULL;
+		return false;
+	}
+	spool_incoming_write(tx->incoming, header, (size_t)n);
+	free(header);
+	return true;
+}
+
+/* Run octets through the decoder into the spool file; past the size
+ * limit they are still read (to find the end) but no longer stored. */
+static size_t message_feed(struct smtp_session *s, const char *in, size_t len)
+{
+	struct transaction *tx = &s->tx;
+	size_t outlen = 0;
+	size_t used = smtp_data_feed(&tx->data, in, len, tx->outbuf, &outlen);
+	if (!tx->too_big && tx->data.size > cfg_of(s)->max_message_size)
+		tx->too_big = true;
+	if (!tx->too_big && outlen > 0)
+		spool_incoming_write(tx->incoming, tx->outbuf, outlen);
+	return used;
+}
+
+static struct spool_envelope *envelope_build(struct smtp_session *s)
+{
+	struct transaction *tx = &s->tx;
+	struct spool_envelope *env = calloc(1, sizeof *env);
+	if (env == NULL)
+		return NULL;
+	memcpy(env->id, tx->incoming->id, sizeof env->id);
+	env->arrival = time(NULL);
+	env->sender = strdup(tx->mail.from.address);
+	env->client_addr = strdup(s->client);
+	env->helo = strdup(s->helo);
+	env->protocol = strdup(protocol_name(s));
+	env->auth_user = s->auth_user ? strdup(s->auth_user) : NULL;
+	env->size = tx->data.size;
+	env->body = tx->mail.body;
+	env->smtputf8 = tx->mail.smtputf8;
+	env->ret = tx->mail.ret;
+	env->envid = tx->mail.envid[0] ? strdup(tx->mail.envid) : NULL;
+	env->rcpts = calloc(tx->rcpt_count, sizeof *env->rcpts);
+	bool ok = env->sender && env->client_addr && env->helo &&
+	          env->protocol && env->rcpts &&
+	          (s->auth_user == NULL || env->auth_user) &&
+	          (tx->mail.envid[0] == '\0' || env->envid);
+	for (size_t i = 0; ok && i < tx->rcpt_count; i++) {
+		struct spool_rcpt *r = &env->rcpts[i];
+		const struct recipient *from = &tx->rcpts[i];
+		env->rcpt_count++;
+		r->address = strdup(from->address);
+		r->original = strdup(from->original);
+		r->orcpt = from->orcpt ? strdup(from->orcpt) : NULL;
+		r->notify = from->notify;
+		r->local = from->local;
+		r->state = RCPT_PENDING;
+		r->updated = env->arrival;
+		ok = r->address && r->original && (!from->orcpt || r->orcpt);
+	}
+	if (!ok) {
+		spool_envelope_free(env);
+		return NULL;
+	}
+	return env;
+}
+
+static void on_committed(int error, void *arg)
+{
+	struct smtp_session *s = arg;
+	struct spool_envelope *env = s->committing;
+	s->committing = NULL;
+	if (error != 0) {
+		log_event(LOG_LEVEL_ERROR, "spool_error",
+		          LOG_S("client", s->client), LOG_S("queue_id", env->id),
+		          LOG_S("reason", strerror(error)));
+		spool_envelope_free(env);
+		if (!s->gone)
+			reply(s, "451 %s Local error: message not queued",
+			      ESC_LOCAL_ERROR);
+	} else {
+		metrics.messages_accepted_total++;
+		log_event(LOG_LEVEL_INFO, "accepted", LOG_S("queue_id", env->id),
+		          LOG_S("from", env->sender), LOG_I("size", env->size),
+		          LOG_I("nrcpt", env->rcpt_count),
+		          LOG_S("client", s->client),
+		          LOG_S("protocol", env->protocol));
+		if (!s->gone)
+			reply(s, "250 %s Ok: queued as %s", ESC_OK, env->id);
+		scheduler_add(s->srv->scheduler, env, false);
+	}
+	if (s->gone) {
+		session_free(s);
+		return;
+	}
+	enter_state(s, SMTP_STATE_COMMAND);
+	if (s->shutdown_pending) {
+		reply(s, "421 %s %s Service shutting down", ESC_SHUTDOWN,
+		      cfg_of(s)->hostname);
+		session_close(s);
+		return;
+	}
+	bufferevent_enable(s->bev, EV_READ);
+	session_process(s);
+}
+
+/* The last octet of the message is in: refuse it, or make it durable
+ * and answer once it is. */
+static void message_end(struct smtp_session *s)
+{
+	struct transaction *tx = &s->tx;
+	const char *refusal = NULL;
+	if (tx->too_big) {
+		reply(s, "552 %s Message size exceeds fixed limit", ESC_TOO_BIG);
+		refusal = "message too big";
+	} else if (tx->data.received_count > SMTP_RECEIVED_MAX) {
+		reply(s, "554 %s Too many Received headers: mail loop",
+		      ESC_LOOP);
+		refusal = "mail loop";
+	} else if (tx->incoming->error != 0) {
+		reply(s, "451 %s Local error writing the message",
+		      ESC_LOCAL_ERROR);
+		log_event(LOG_LEVEL_ERROR, "spool_error",
+		          LOG_S("client", s->client),
+		          LOG_S("reason", strerror(tx->incoming->error)));
+		refusal = "spool write error";
+	}
+	struct spool_envelope *env = refusal ? NULL : envelope_build(s);
+	if (refusal == NULL && env == NULL) {
+		reply(s, "451 %s Out of memory", ESC_LOCAL_ERROR);
+		refusal = "out of memory";
+	}
+	if (refusal != NULL) {
+		log_rejected(s, refusal, tx->mail.from.address);
+		transaction_reset(s);
+		enter_state(s, SMTP_STATE_COMMAND);
+		return;
+	}
+	struct spool_incoming *inc = tx->incoming;
+	tx->incoming = NULL; /* the spool owns it now */
+	transaction_reset(s);
+	s->committing = env;
+	enter_state(s, SMTP_STATE_COMMITTING);
+	bufferevent_disable(s->bev, EV_READ);
+	spool_incoming_commit(s->srv->spool, inc, env, on_committed, s);
+}
+
+static void cmd_data(struct smtp_session *s, const struct smtp_command *cmd)
+{
+	if (cmd->arglen != 0) {
+		reply_error(s, 501, ESC_BAD_ARGS, "Syntax: DATA");
+		return;
+	}
+	if (!s->tx.active) {
+		reply_error(s, 503, ESC_BAD_COMMAND, "Need MAIL command");
+		return;
+	}
+	if (s->tx.rcpt_count == 0) {
+		reply_error(s, 503, ESC_BAD_COMMAND, "Need RCPT command");
+		return;
+	}
+	if (s->tx.used_bdat) {
+		reply_error(s, 503, ESC_BAD_COMMAND, "DATA after BDAT");
+		return;
+	}
+	if (!message_begin(s))
+		return;
+	smtp_data_init(&s->tx.data, SMTP_DATA_DOTTED);
+	reply(s, "354 End data with <CR><LF>.<CR><LF>");
+	enter_state(s, SMTP_STATE_DATA);
+}
+
+static void bdat_discard(struct smtp_session *s, int code, const char *esc,
+                         const char *text)
+{
+	s->bdat_discard = true;
+	s->bdat_reply_code = code;
+	s->bdat_reply_esc = esc;
+	s->bdat_reply_text = text;
+}
+
+static void cmd_bdat(struct smtp_session *s, const struct smtp_command *cmd)
+{
+	uint64_t size;
+	bool last;
+	if (smtp_parse_bdat(cmd->arg, cmd->arglen, &size, &last) !=
+	    SMTP_PARSE_OK) {
+		/* Without a size the chunk cannot be skipped: the rest of
+		 * the stream is junk, so the session ends. */
+		reply(s, "501 %s Syntax: BDAT size [LAST]", ESC_BAD_ARGS);
+		session_close(s);
+		return;
+	}
+	s->bdat_remaining = size;
+	s->bdat_last = last;
+	s->bdat_discard = false;
+	enter_state(s, SMTP_STATE_BDAT);
+	/* The chunk is read in every case (RFC 3030 §2); an error is
+	 * given once it has been. */
+	if (!s->tx.active)
+		bdat_discard(s, 503, ESC_BAD_COMMAND, "Need MAIL command");
+	else if (s->tx.rcpt_count == 0)
+		bdat_discard(s, 503, ESC_BAD_COMMAND, "Need RCPT command");
+	else if (!s->tx.used_bdat) {
+		if (!message_begin(s)) {
+			/* the 451 is out already; skip the chunk quietly */
+			s->bdat_discard = true;
+			s->bdat_reply_code = 0;
+			transaction_reset(s);
+			return;
+		}
+		s->tx.used_bdat = true;
+		smtp_data_init(&s->tx.data, SMTP_DATA_RAW);
+	}
+}
+
+static void bdat_chunk_done(struct smtp_session *s)
+{
+	enter_state(s, SMTP_STATE_COMMAND);
+	if (s->bdat_discard) {
+		s->bdat_discard = false;
+		if (s->bdat_reply_code != 0)
+			reply_error(s, s->bdat_reply_code, s->bdat_reply_esc,
+			            s->bdat_reply_text);
+		return;
+	}
+	if (s->tx.too_big) {
+		reply(s, "552 %s Message size exceeds fixed limit", ESC_TOO_BIG);
+		log_rejected(s, "message too big", s->tx.mail.from.address);
+		transaction_reset(s);
+		return;
+	}
+	if (!s->bdat_last) {
+		reply(s, "250 %s %llu octets received", ESC_OK,
+		      (unsigned long long)s->tx.data.size);
+		return;
+	}
+	char tail[8];
+	size_t n = smtp_data_finish(&s->tx.data, tail);
+	if (n > 0 && !s->tx.too_big) {
+		if (s->tx.data.size > cfg_of(s)->max_message_size)
+			s->tx.too_big = true;
+		else
+			spool_incoming_write(s->tx.incoming, tail, n);
+	}
+	message_end(s);
+}
+
+/* ---- the rest ---- */
+
+static void cmd_rset(struct smtp_session *s, const struct smtp_command *cmd)
+{
+	(void)cmd;
+	transaction_reset(s);
+	reply(s, "250 %s Ok", ESC_OK);
+}
+
+static void cmd_quit(struct smtp_session *s)
+{
+	reply(s, "221 %s Bye", ESC_OK);
+	session_close(s);
+}
+
+static void dispatch(struct smtp_session *s, const char *line, size_t len)
+{
+	struct smtp_command cmd;
+	smtp_parse_command(line, len, &cmd);
+	switch (cmd.verb) {
+	case SMTP_VERB_HELO:
+		cmd_helo(s, &cmd, false);
+		break;
+	case SMTP_VERB_EHLO:
+		cmd_helo(s, &cmd, true);
+		break;
+	case SMTP_VERB_MAIL:
+		cmd_mail(s, &cmd);
+		break;
+	case SMTP_VERB_RCPT:
+		cmd_rcpt(s, &cmd);
+		break;
+	case SMTP_VERB_DATA:
+		cmd_data(s, &cmd);
+		break;
+	case SMTP_VERB_BDAT:
+		cmd_bdat(s, &cmd);
+		break;
+	case SMTP_VERB_RSET:
+		cmd_rset(s, &cmd);
+		break;
+	case SMTP_VERB_NOOP:
+		reply(s, "250 %s Ok", ESC_OK);
+		break;
+	case SMTP_VERB_QUIT:
+		cmd_quit(s);
+		break;
+	case SMTP_VERB_HELP:
+		reply(s, "214 %s See RFC 5321; facteur speaks HELO EHLO MAIL "
+		         "RCPT DATA BDAT RSET NOOP QUIT HELP VRFY",
+		      ESC_OK);
+		break;
+	case SMTP_VERB_VRFY:
+		reply(s, "252 %s Cannot VRFY user, but will accept message "
+		         "and attempt delivery",
+		      ESC_VRFY);
+		break;
+	case SMTP_VERB_EXPN:
+		reply(s, "502 %s EXPN is not available", ESC_BAD_COMMAND);
+		break;
+	case SMTP_VERB_STARTTLS:
+		reply(s, "454 %s TLS not available", ESC_TLS_UNAVAILABLE);
+		break;
+	case SMTP_VERB_AUTH:
+		reply(s, "503 %s Authentication not enabled", ESC_BAD_COMMAND);
+		break;
+	case SMTP_VERB_UNKNOWN:
+	default:
+		reply_error(s, 500, ESC_BAD_COMMAND, "Command unrecognized");
+		break;
+	}
+}
+
+/* ---- input ---- */
+
+/* Read one command line; false when none is complete yet. A line over
+ * the limit is answered at once and skipped up to its CRLF. */
+static bool read_command(struct smtp_session *s)
+{
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	size_t eol_len = 0;
+	struct evbuffer_ptr eol =
+		evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF_STRICT);
+	const size_t limit = SMTP_COMMAND_LINE_MAX;
+
+	if (eol.pos == -1) {
+		size_t have = evbuffer_get_length(in);
+		if (have < limit)
+			return false;
+		/* Keep a last CR: it may start the CRLF that ends it. */
+		unsigned char last = 0;
+		struct evbuffer_ptr at;
+		evbuffer_ptr_set(in, &at, have - 1, EVBUFFER_PTR_SET);
+		evbuffer_copyout_from(in, &at, &last, 1);
+		evbuffer_drain(in, last == '\r' ? have - 1 : have);
+		if (!s->discarding_line) {
+			s->discarding_line = true;
+			reply_error(s, 500, ESC_SYNTAX, "Line too long");
+		}
+		return false;
+	}
+	size_t line_len = (size_t)eol.pos;
+	if (s->discarding_line || line_len + eol_len > limit) {
+		evbuffer_drain(in, line_len + eol_len);
+		if (!s->discarding_line)
+			reply_error(s, 500, ESC_SYNTAX, "Line too long");
+		s->discarding_line = false;
+		return true;
+	}
+	char line[SMTP_COMMAND_LINE_MAX];
+	evbuffer_remove(in, line, line_len);
+	evbuffer_drain(in, eol_len);
+	dispatch(s, line, line_len);
+	return true;
+}
+
+/* Feed buffered DATA octets; true when more input may be processed. */
+static bool read_data(struct smtp_session *s)
+{
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	while (evbuffer_get_length(in) > 0) {
+		struct evbuffer_iovec vec;
+		if (evbuffer_peek(in, -1, NULL, &vec, 1) < 1)
+			break;
+		size_t take = vec.iov_len < DATA_CHUNK ? vec.iov_len : DATA_CHUNK;
+		size_t used = message_feed(s, vec.iov_base, take);
+		evbuffer_drain(in, used);
+		if (s->tx.data.done) {
+			enter_state(s, SMTP_STATE_COMMAND);
+			message_end(s);
+			return true;
+		}
+	}
+	return false;
+}
+
+static bool read_bdat(struct smtp_session *s)
+{
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	while (s->bdat_remaining > 0 && evbuffer_get_length(in) > 0) {
+		struct evbuffer_iovec vec;
+		if (evbuffer_peek(in, -1, NULL, &vec, 1) < 1)
+			break;
+		size_t take = vec.iov_len < DATA_CHUNK ? vec.iov_len : DATA_CHUNK;
+		if (take > s->bdat_remaining)
+			take = (size_t)s->bdat_remaining;
+		if (!s->bdat_discard)
+			message_feed(s, vec.iov_base, take);
+		evbuffer_drain(in, take);
+		s->bdat_remaining -= take;
+	}
+	if (s->bdat_remaining > 0)
+		return false;
+	bdat_chunk_done(s);
+	return true;
+}
+
+static void session_process(struct smtp_session *s)
+{
+	bool more = true;
+	while (more) {
+		switch (s->state) {
+		case SMTP_STATE_COMMAND:
+			if (s->shutdown_pending) {
+				reply(s, "421 %s %s Service shutting down",
+				      ESC_SHUTDOWN, cfg_of(s)->hostname);
+				session_close(s);
+				more = false;
+				break;
+			}
+			more = read_command(s);
+			break;
+		case SMTP_STATE_DATA:
+			more = read_data(s);
+			break;
+		case SMTP_STATE_BDAT:
+			more = read_bdat(s);
+			break;
+		case SMTP_STATE_COMMITTING:
+		case SMTP_STATE_CLOSING:
+			more = false;
+			break;
+		}
+	}
+	/* A client that sends without reading replies is paused. */
+	if (s->state != SMTP_STATE_CLOSING &&
+	    s->state != SMTP_STATE_COMMITTING) {
+		size_t pending = evbuffer_get_length(bufferevent_get_output(s->bev));
+		if (pending > OUTPUT_HIGH_WATER) {
+			bufferevent_disable(s->bev, EV_READ);
+			s->paused = true;
+		}
+	}
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+	(void)bev;
+	session_process(arg);
+}
+
+static void on_write(struct bufferevent *bev, void *arg)
+{
+	(void)bev;
+	struct smtp_session *s = arg;
+	if (s->state == SMTP_STATE_CLOSING) {
+		session_free(s);
+		return;
+	}
+	if (s->paused && s->state != SMTP_STATE_COMMITTING) {
+		s->paused = false;
+		bufferevent_enable(s->bev, EV_READ);
+		session_process(s);
+	}
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+	(void)bev;
+	struct smtp_session *s = arg;
+	if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) &&
+	    s->state != SMTP_STATE_CLOSING) {
+		reply(s, "421 %s %s Error: timeout exceeded", ESC_TIMEOUT,
+		      cfg_of(s)->hostname);
+		log_event(LOG_LEVEL_INFO, "timeout", LOG_S("client", s->client),
+		          LOG_S("state", state_names[s->state]));
+		session_close(s);
+		return;
+	}
+	/* EOF, error, or a write that timed out: the client is gone. */
+	if (s->state == SMTP_STATE_COMMITTING) {
+		s->gone = true;
+		bufferevent_disable(s->bev, EV_READ | EV_WRITE);
+		return;
+	}
+	session_free(s);
+}
+
+/* Stop reading and end the session once the queued replies are out. */
+static void session_close(struct smtp_session *s)
+{
+	if (s->state == SMTP_STATE_CLOSING)
+		return;
+	enter_state(s, SMTP_STATE_CLOSING);
+	bufferevent_disable(s->bev, EV_READ);
+	/* Nothing else is read now: drop the rest of the input. */
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	evbuffer_drain(in, evbuffer_get_length(in));
+	if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0) {
+		/* on_write will not come: free on the next loop turn. */
+		bufferevent_trigger(s->bev, EV_WRITE, BEV_TRIG_DEFER_CALLBACKS |
+		                                             BEV_TRIG_IGNORE_WATERMARKS);
+	}
+}
+
+static void session_free(struct smtp_session *s)
+{
+	transaction_reset(s);
+	log_event(LOG_LEVEL_INFO, "disconnect", LOG_S("client", s->client),
+	          LOG_I("duration", time(NULL) - s->started),
+	          LOG_I("errors", s->errors));
+	if (s->prev != NULL)
+		s->prev->next = s->next;
+	else
+		all_sessions = s->next;
+	if (s->next != NULL)
+		s->next->prev = s->prev;
+	session_count--;
+	metrics.connections_active--;
+	listener_release(s->srv->listener, (struct sockaddr *)&s->addr);
+	bufferevent_free(s->bev);
+	free(s->helo);
+	free(s->auth_user);
+	free(s);
+}
+
+static void client_text(const struct sockaddr *sa, char *buf, size_t len)
+{
+	if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *sin6 =
+			(const struct sockaddr_in6 *)sa;
+		inet_ntop(AF_INET6, &sin6->sin6_addr, buf, (socklen_t)len);
+	} else if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
+		inet_ntop(AF_INET, &sin->sin_addr, buf, (socklen_t)len);
+	} else {
+		snprintf(buf, len, "unknown");
+	}
+}
+
+struct smtp_session *smtp_session_new(struct server *srv, int fd,
+                                      const struct sockaddr *addr,
+                                      socklen_t addrlen,
+                                      enum listen_mode mode)
+{
+	struct smtp_session *s = calloc(1, sizeof *s);
+	if (s == NULL) {
+		close(fd);
+		return NULL;
+	}
+	s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (s->bev == NULL) {
+		close(fd);
+		free(s);
+		return NULL;
+	}
+	s->srv = srv;
+	s->mode = mode;
+	s->started = time(NULL);
+	if (addrlen > sizeof s->addr)
+		addrlen = sizeof s->addr;
+	memcpy(&s->addr, addr, addrlen);
+	client_text(addr, s->client, sizeof s->client);
+
+	s->next = all_sessions;
+	if (all_sessions != NULL)
+		all_sessions->prev = s;
+	all_sessions = s;
+	session_count++;
+	metrics.connections_active++;
+	metrics.connections_total++;
+
+	const struct config *cfg = srv->cfg;
+	struct timeval timeout = {(time_t)cfg->smtp_timeout, 0};
+	bufferevent_set_timeouts(s->bev, &timeout, &timeout);
+	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
+	bufferevent_enable(s->bev, EV_READ);
+	log_event(LOG_LEVEL_INFO, "connect", LOG_S("client", s->client));
+	reply(s, "220 %s ESMTP facteur", cfg->hostname);
+	return s;
+}
+
+void smtp_sessions_shutdown(void)
+{
+	struct smtp_session *s = all_sessions;
+	while (s != NULL) {
+		struct smtp_session *next = s->next;
+		if (s->state == SMTP_STATE_COMMAND) {
+			reply(s, "421 %s %s Service shutting down", ESC_SHUTDOWN,
+			      cfg_of(s)->hostname);
+			session_close(s);
+		} else if (s->state != SMTP_STATE_CLOSING) {
+			s->shutdown_pending = true;
+		}
+		s = next;
+	}
+}
+
+size_t smtp_sessions_count(void)
+{
+	return session_count;
+}

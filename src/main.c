@@ -23,6 +23,7 @@
 #include "facteur/auth.h"
 #include "facteur/config.h"
 #include "facteur/deliver.h"
+#include "facteur/dns.h"
 #include "facteur/iothread.h"
 #include "facteur/listener.h"
 #include "facteur/log.h"
@@ -32,6 +33,7 @@
 #include "facteur/server.h"
 #include "facteur/smtp_session.h"
 #include "facteur/spool.h"
+#include "facteur/tls.h"
 
 extern char **environ;
 
@@ -43,6 +45,7 @@ struct settings {
 	struct config *cfg;
 	struct auth_users *users;
 	struct policy *policy;
+	SSL_CTX *tls_server; /* NULL without tls_cert/tls_key */
 };
 
 static struct server srv;
@@ -55,6 +58,8 @@ static void settings_free(struct settings *st)
 	policy_free(st->policy);
 	auth_users_free(st->users);
 	config_free(st->cfg);
+	if (st->tls_server != NULL)
+		SSL_CTX_free(st->tls_server);
 }
 
 /* Load the configuration and the files it names; on failure every error
@@ -76,6 +81,17 @@ static int settings_load(struct settings *st, struct config_errors *errors)
 	if (st->policy == NULL) {
 		settings_free(st);
 		return -1;
+	}
+	if (st->cfg->tls_cert != NULL && st->cfg->tls_key != NULL) {
+		char err[512];
+		st->tls_server = tls_server_context(st->cfg->tls_cert,
+		                                    st->cfg->tls_key, err,
+		                                    sizeof err);
+		if (st->tls_server == NULL) {
+			config_errors_add(errors, "tls_cert: %s", err);
+			settings_free(st);
+			return -1;
+		}
 	}
 	return 0;
 }
@@ -110,10 +126,11 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
 		config_errors_clear(&errors);
 		return;
 	}
-	struct settings old = {srv.cfg, srv.users, srv.policy};
+	struct settings old = {srv.cfg, srv.users, srv.policy, srv.tls_server};
 	srv.cfg = st.cfg;
 	srv.users = st.users;
 	srv.policy = st.policy;
+	srv.tls_server = st.tls_server;
 	settings_free(&old);
 	log_setup(srv.cfg->log_format, srv.cfg->log_level);
 	log_event(LOG_LEVEL_INFO, "reloaded",
@@ -255,9 +272,12 @@ int main(int argc, char **argv)
 	srv.cfg = st.cfg;
 	srv.users = st.users;
 	srv.policy = st.policy;
+	srv.tls_server = st.tls_server;
 	log_setup(srv.cfg->log_format, srv.cfg->log_level);
 	raise_fd_limit();
 	signal(SIGPIPE, SIG_IGN);
+	/* A write past a file size limit must fail with EFBIG, not kill. */
+	signal(SIGXFSZ, SIG_IGN);
 
 	char err[512];
 	srv.base = event_base_new();
@@ -279,6 +299,13 @@ int main(int argc, char **argv)
 		log_event(LOG_LEVEL_ERROR, "startup_error", LOG_S("reason", err));
 		return EXIT_STARTUP;
 	}
+	srv.dns = dns_new(srv.base, srv.cfg, err, sizeof err);
+	if (srv.dns == NULL)
+		log_event(LOG_LEVEL_WARN, "dns_error", LOG_S("reason", err));
+	srv.tls_client = tls_client_context(srv.cfg->tls_ca_file, err,
+	                                    sizeof err);
+	if (srv.tls_client == NULL)
+		log_event(LOG_LEVEL_WARN, "tls_error", LOG_S("reason", err));
 	srv.scheduler = scheduler_new(&srv);
 	if (srv.scheduler == NULL)
 		fatal("out of memory");
@@ -288,6 +315,14 @@ int main(int argc, char **argv)
 		          LOG_S("reason", "cannot read the spool"));
 		return EXIT_STARTUP;
 	}
+	const struct spool_recovery *rec = spool_last_recovery(srv.spool);
+	log_event(rec->orphaned || rec->unreadable ? LOG_LEVEL_WARN
+	                                           : LOG_LEVEL_INFO,
+	          "recovered", LOG_I("live", rec->live),
+	          LOG_I("uncommitted", rec->uncommitted),
+	          LOG_I("orphaned", rec->orphaned), LOG_I("done", rec->done),
+	          LOG_I("truncated", rec->truncated),
+	          LOG_I("unreadable", rec->unreadable));
 
 	struct event *sigterm = evsignal_new(srv.base, SIGTERM, on_stop, NULL);
 	struct event *sigint = evsignal_new(srv.base, SIGINT, on_stop, NULL);
@@ -313,10 +348,13 @@ int main(int argc, char **argv)
 	if (drain_limit != NULL)
 		event_free(drain_limit);
 	scheduler_free(srv.scheduler);
+	dns_free(srv.dns);
+	if (srv.tls_client != NULL)
+		SSL_CTX_free(srv.tls_client);
 	spool_close(srv.spool);
 	iothread_free(srv.io);
 	listener_free(srv.listener);
-	struct settings last = {srv.cfg, srv.users, srv.policy};
+	struct settings last = {srv.cfg, srv.users, srv.policy, srv.tls_server};
 	settings_free(&last);
 	event_base_free(srv.base);
 	return 0;

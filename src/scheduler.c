@@ -1,45 +1,71 @@
 /*
  * The queue in memory (see scheduler.h).
  *
- * Every queued message has its envelope, a flag per recipient telling
- * whether a delivery of it is in flight, and one timer for its next
- * deferred recipient. A recipient's outcome goes to the spool (durably)
- * before the message can be forgotten: only when every recipient is done
- * and every record is on disk are its files removed.
+ * Every queued message has its envelope, a busy flag per recipient (a
+ * delivery or a record of it is in flight) and one timer for its next
+ * deferred recipient. An attempt ends in an outcome per recipient; the
+ * outcomes of one attempt are "settled" together: a DSN is queued first
+ * when one is owed (so that a crash can repeat a notice but never lose
+ * one), then each outcome is appended to the spool; only when every
+ * recipient is done and recorded are the message's files removed.
  *
- * Local deliveries run at most MAX_LOCAL_DELIVERIES at a time; messages
- * that find no free slot wait in a FIFO and are resumed as slots free up,
- * so a large queue never means a burst of open files.
+ * Local recipients are delivered at most MAX_LOCAL_DELIVERIES at a time.
+ * Remote recipients are grouped by destination (a route, or the domain's
+ * own MX hosts): one attempt carries all the recipients of a message for
+ * one destination, and each destination has at most
+ * max_connections_per_destination attempts in flight; the others wait
+ * in that destination's FIFO.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
 #include <event2/event.h>
 
+#include "facteur/bounce.h"
 #include "facteur/config.h"
 #include "facteur/deliver.h"
+#include "facteur/dns.h"
 #include "facteur/log.h"
 #include "facteur/metrics.h"
+#include "facteur/route.h"
 #include "facteur/scheduler.h"
 #include "facteur/server.h"
+#include "facteur/smtp_client.h"
 #include "facteur/spool.h"
 
 #define MAX_LOCAL_DELIVERIES 64
+#define MAX_ADDRESSES_PER_ATTEMPT 10
+#define DESTINATION_BUCKETS 256
 
 struct queued {
 	struct queued *prev, *next; /* every message */
-	struct queued *ready_next;  /* waiting for a delivery slot */
+	struct queued *ready_next;  /* waiting for a local delivery slot */
 	bool ready;
 	struct scheduler *sched;
 	struct spool_envelope *env;
-	bool *busy;          /* per recipient: delivery or record in flight */
-	unsigned in_flight;  /* deliveries and records of this message */
+	bool *busy;          /* per recipient: attempt or record in flight */
+	unsigned in_flight;  /* attempts, DSNs and records of this message */
 	bool recovered;      /* found at start-up: deliveries check first */
+	bool delay_notice_pending;
 	struct event *timer; /* the next deferred recipient is due */
+};
+
+/* Where remote recipients go: the key is "route <target>" or "mx
+ * <domain>", so that recipients and messages sharing a next hop share its
+ * connection limit. */
+struct destination {
+	struct destination *next;
+	char *key;
+	unsigned active;
+	struct relay_job *wait_head, **wait_tail;
 };
 
 struct scheduler {
@@ -48,18 +74,45 @@ struct scheduler {
 	size_t count;
 	struct queued *ready_head, **ready_tail;
 	unsigned deliveries; /* local deliveries in flight */
-	unsigned records;    /* spool records in flight */
+	unsigned relays;     /* relay attempts in flight (DNS or SMTP) */
+	unsigned records;    /* spool records and DSN commits in flight */
+	struct destination *destinations[DESTINATION_BUCKETS];
+	struct relay_job *jobs; /* every relay job, for shutdown */
 	bool stopping;
 };
 
-/* One recipient's delivery, from deliver_start to its spool record. */
-struct job {
+/* One local recipient's delivery. */
+struct local_job {
 	struct queued *q;
 	size_t index;
 	char *mailbox;
 };
 
+/* One attempt at some recipients of a message for one destination. The
+ * route's fields are copied: a reload may free the table meanwhile. */
+struct relay_job {
+	struct relay_job *next;         /* in its destination's FIFO */
+	struct relay_job *prev_job, *next_job; /* every job */
+	struct scheduler *sched;
+	struct queued *q;
+	struct destination *dest;
+	size_t *rcpts;
+	size_t rcpt_count;
+	char *domain;       /* the recipients' domain */
+	bool routed;
+	char *host;         /* route target, or the domain */
+	bool mx_lookup;
+	bool host_is_ip;
+	uint16_t port;
+	enum tls_policy tls;
+	char *auth_file;
+	struct dns_query *dns;
+	struct smtp_client *client;
+	bool started;
+};
+
 static void queued_run(struct queued *q);
+static void relay_start(struct relay_job *job);
 
 unsigned scheduler_backoff(unsigned retry_min, unsigned retry_max,
                            unsigned attempts)
@@ -84,6 +137,8 @@ static unsigned backoff_with_jitter(const struct config *cfg, unsigned attempts)
 	return delay;
 }
 
+/* ---- messages ---- */
+
 static void ready_push(struct scheduler *sched, struct queued *q)
 {
 	if (q->ready)
@@ -94,7 +149,7 @@ static void ready_push(struct scheduler *sched, struct queued *q)
 	sched->ready_tail = &q->ready_next;
 }
 
-/* Resume waiting messages while delivery slots are free. */
+/* Resume waiting messages while local delivery slots are free. */
 static void ready_drain(struct scheduler *sched)
 {
 	while (sched->ready_head != NULL && !sched->stopping &&
@@ -144,31 +199,42 @@ static bool queued_finish_if_done(struct queued *q)
 	return true;
 }
 
-struct record {
-	struct queued *q;
-	size_t index;
-};
-
-static void on_recorded(int error, void *arg)
+/* After anything of q finished: remove it or start what is due. */
+static void queued_settled(struct queued *q)
 {
-	struct record *rec = arg;
-	struct queued *q = rec->q;
 	struct scheduler *sched = q->sched;
-	if (error != 0)
-		log_event(LOG_LEVEL_ERROR, "spool_error",
-		          LOG_S("queue_id", q->env->id),
-		          LOG_S("reason", strerror(error)));
-	q->busy[rec->index] = false;
-	q->in_flight--;
-	sched->records--;
-	free(rec);
 	if (!queued_finish_if_done(q))
 		queued_run(q);
 	ready_drain(sched);
 }
 
-/* Write recipient `index`'s new state to the spool; the recipient stays
- * busy until the record is durable. */
+/* ---- outcomes ---- */
+
+struct record {
+	struct queued *q;
+	size_t index; /* a recipient, or RECORD_FLAGS */
+};
+
+#define RECORD_FLAGS SIZE_MAX
+
+static void on_recorded(int error, void *arg)
+{
+	struct record *rec = arg;
+	struct queued *q = rec->q;
+	if (error != 0)
+		log_event(LOG_LEVEL_ERROR, "spool_error",
+		          LOG_S("queue_id", q->env->id),
+		          LOG_S("reason", strerror(error)));
+	if (rec->index != RECORD_FLAGS)
+		q->busy[rec->index] = false;
+	q->in_flight--;
+	q->sched->records--;
+	free(rec);
+	queued_settled(q);
+}
+
+/* Write recipient `index`'s state to the spool; it stays busy until the
+ * record is durable. The caller has marked it busy. */
 static void record_state(struct queued *q, size_t index)
 {
 	struct record *rec = malloc(sizeof *rec);
@@ -176,75 +242,323 @@ static void record_state(struct queued *q, size_t index)
 		fatal("scheduler: out of memory for a spool record");
 	rec->q = q;
 	rec->index = index;
-	q->busy[index] = true;
 	q->in_flight++;
 	q->sched->records++;
 	spool_record_rcpt(q->sched->srv->spool, q->env, index, on_recorded,
 	                  rec);
 }
 
-static void set_outcome(struct spool_rcpt *r, enum rcpt_state state,
+static void set_outcome(const struct config *cfg, struct queued *q,
+                        struct spool_rcpt *r, enum rcpt_state state,
                         const char *dsn, const char *reason)
 {
+	time_t now = time(NULL);
+	r->attempts++;
 	r->state = state;
-	r->updated = time(NULL);
-	snprintf(r->dsn, sizeof r->dsn, "%s", dsn);
+	r->updated = now;
+	snprintf(r->dsn, sizeof r->dsn, "%s", dsn ? dsn : "");
 	free(r->reason);
-	r->reason = reason ? strdup(reason) : NULL;
+	r->reason = reason && *reason ? strdup(reason) : NULL;
+	if (state == RCPT_DEFERRED) {
+		time_t end = q->env->arrival + (time_t)cfg->queue_lifetime;
+		r->next_attempt = now + backoff_with_jitter(cfg, r->attempts);
+		/* Never wait past the end of the queue lifetime. */
+		if (r->next_attempt > end)
+			r->next_attempt = end;
+	}
 }
 
+static const char *outcome_event(enum rcpt_state state)
+{
+	switch (state) {
+	case RCPT_DELIVERED:
+		return "delivered";
+	case RCPT_BOUNCED:
+		return "bounced";
+	default:
+		return "deferred";
+	}
+}
+
+static void count_outcome(enum rcpt_state state)
+{
+	if (state == RCPT_DELIVERED)
+		metrics.deliveries_delivered++;
+	else if (state == RCPT_BOUNCED)
+		metrics.deliveries_bounced++;
+	else
+		metrics.deliveries_deferred++;
+}
+
+/* `where` is "mailbox" for local deliveries, "relay" for remote ones. */
 static void log_outcome(const char *event, const struct queued *q,
-                        const struct spool_rcpt *r, const char *mailbox)
+                        const struct spool_rcpt *r, const char *where,
+                        const char *place)
 {
 	enum log_level level = r->state == RCPT_DELIVERED ? LOG_LEVEL_INFO
 	                                                  : LOG_LEVEL_WARN;
-	log_event(level, event, LOG_S("queue_id", q->env->id),
-	          LOG_S("rcpt", r->address), LOG_S("mailbox", mailbox),
-	          LOG_S("dsn", r->dsn),
-	          LOG_I("delay", time(NULL) - q->env->arrival),
-	          LOG_I("attempts", r->attempts),
-	          LOG_S("reason", r->reason ? r->reason : ""));
+	if (r->reason != NULL)
+		log_event(level, event, LOG_S("queue_id", q->env->id),
+		          LOG_S("rcpt", r->address), LOG_S(where, place),
+		          LOG_S("dsn", r->dsn),
+		          LOG_I("delay", time(NULL) - q->env->arrival),
+		          LOG_I("attempts", r->attempts),
+		          LOG_S("reason", r->reason));
+	else
+		log_event(level, event, LOG_S("queue_id", q->env->id),
+		          LOG_S("rcpt", r->address), LOG_S(where, place),
+		          LOG_S("dsn", r->dsn),
+		          LOG_I("delay", time(NULL) - q->env->arrival),
+		          LOG_I("attempts", r->attempts));
 }
+
+/* ---- DSNs ---- */
+
+/* Recipients of one attempt whose outcome waits for a DSN to be queued
+ * before it is recorded. */
+struct settlement {
+	struct queued *q;
+	size_t *rcpts;
+	size_t count;
+	unsigned dsns_pending;
+	bool flags_changed;
+};
+
+static void settlement_finish(struct settlement *st)
+{
+	struct queued *q = st->q;
+	q->in_flight--; /* the settlement's own hold */
+	for (size_t i = 0; i < st->count; i++)
+		record_state(q, st->rcpts[i]);
+	if (st->flags_changed) {
+		q->in_flight++;
+		q->sched->records++;
+		struct record *rec = malloc(sizeof *rec);
+		if (rec == NULL)
+			fatal("scheduler: out of memory");
+		rec->q = q;
+		rec->index = RECORD_FLAGS;
+		spool_record_flags(q->sched->srv->spool, q->env, on_recorded,
+		                   rec);
+	}
+	free(st->rcpts);
+	free(st);
+	if (q->in_flight == 0)
+		queued_settled(q);
+}
+
+struct dsn_commit {
+	struct scheduler *sched;
+	struct settlement *st;
+	struct spool_envelope *env; /* the DSN's own envelope */
+};
+
+static void on_dsn_committed(int error, void *arg)
+{
+	struct dsn_commit *dc = arg;
+	struct scheduler *sched = dc->sched;
+	sched->records--;
+	if (error != 0) {
+		log_event(LOG_LEVEL_ERROR, "spool_error",
+		          LOG_S("queue_id", dc->env->id),
+		          LOG_S("reason", strerror(error)));
+		spool_envelope_free(dc->env);
+	} else {
+		metrics.messages_accepted_total++;
+		log_event(LOG_LEVEL_INFO, "accepted",
+		          LOG_S("queue_id", dc->env->id), LOG_S("from", ""),
+		          LOG_I("size", dc->env->size), LOG_I("nrcpt", 1),
+		          LOG_S("client", "local"), LOG_S("protocol", "DSN"));
+		scheduler_add(sched, dc->env, false);
+	}
+	if (--dc->st->dsns_pending == 0)
+		settlement_finish(dc->st);
+	free(dc);
+}
+
+/* Read the start of the original for the DSN: headers, and the body up
+ * to the size a DSN returns. */
+static char *read_original(struct scheduler *sched, const char *id,
+                           size_t *len)
+{
+	char path[4096];
+	spool_msg_path(sched->srv->spool, id, path, sizeof path);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd == -1)
+		return NULL;
+	char *buf = malloc(BOUNCE_ORIGINAL_MAX);
+	size_t have = 0;
+	while (buf != NULL && have < BOUNCE_ORIGINAL_MAX) {
+		ssize_t n = read(fd, buf + have, BOUNCE_ORIGINAL_MAX - have);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		have += (size_t)n;
+	}
+	close(fd);
+	*len = have;
+	return buf;
+}
+
+/* Is the null sender's recipient, the original sender, local? */
+static bool address_is_local(const struct config *cfg, const char *address)
+{
+	const char *at = strrchr(address, '@');
+	return at != NULL && config_is_local_domain(cfg, at + 1);
+}
+
+/* Queue one DSN of `kind` about `rcpts` to the sender of q. Returns true
+ * when a commit is under way (settlement_finish comes with it). */
+static bool dsn_queue(struct settlement *st, enum bounce_kind kind,
+                      const size_t *rcpts, size_t count)
+{
+	struct queued *q = st->q;
+	struct scheduler *sched = q->sched;
+	const struct config *cfg = sched->srv->cfg;
+	struct spool_incoming *inc = spool_incoming_new(sched->srv->spool);
+	if (inc == NULL) {
+		log_event(LOG_LEVEL_ERROR, "spool_error",
+		          LOG_S("queue_id", q->env->id),
+		          LOG_S("reason", strerror(errno)));
+		return false;
+	}
+	size_t original_len = 0;
+	char *original = read_original(sched, q->env->id, &original_len);
+	struct bounce_input in = {
+		.kind = kind,
+		.env = q->env,
+		.rcpts = rcpts,
+		.rcpt_count = count,
+		.hostname = cfg->hostname,
+		.id = inc->id,
+		.now = time(NULL),
+		.original = original ? original : "",
+		.original_len = original ? original_len : 0,
+		.retry_until = q->env->arrival + (time_t)cfg->queue_lifetime,
+	};
+	size_t len = 0;
+	char *text = bounce_build(&in, &len);
+	free(original);
+	struct spool_envelope *env = calloc(1, sizeof *env);
+	struct spool_rcpt *r = calloc(1, sizeof *r);
+	if (text == NULL || env == NULL || r == NULL) {
+		free(text);
+		free(env);
+		free(r);
+		spool_incoming_abort(sched->srv->spool, inc);
+		return false;
+	}
+	spool_incoming_write(inc, text, len);
+	free(text);
+	memcpy(env->id, inc->id, sizeof env->id);
+	env->arrival = in.now;
+	env->sender = strdup("");
+	env->client_addr = strdup("local");
+	env->helo = strdup(cfg->hostname);
+	env->protocol = strdup("DSN");
+	env->size = len;
+	env->body = SMTP_BODY_8BITMIME;
+	env->smtputf8 = q->env->smtputf8;
+	env->rcpts = r;
+	env->rcpt_count = 1;
+	r->address = strdup(q->env->sender);
+	r->original = strdup(q->env->sender);
+	r->local = address_is_local(cfg, q->env->sender);
+	r->state = RCPT_PENDING;
+	r->updated = in.now;
+	if (!env->sender || !env->client_addr || !env->helo || !env->protocol ||
+	    !r->address || !r->original) {
+		spool_envelope_free(env);
+		spool_incoming_abort(sched->srv->spool, inc);
+		return false;
+	}
+	struct dsn_commit *dc = malloc(sizeof *dc);
+	if (dc == NULL)
+		fatal("scheduler: out of memory");
+	dc->sched = sched;
+	dc->st = st;
+	dc->env = env;
+	st->dsns_pending++;
+	sched->records++;
+	log_event(LOG_LEVEL_INFO, "dsn", LOG_S("queue_id", q->env->id),
+	          LOG_S("dsn_id", env->id),
+	          LOG_S("kind", kind == BOUNCE_FAILURE  ? "failure"
+	                        : kind == BOUNCE_DELAY ? "delay"
+	                                               : "success"),
+	          LOG_S("to", q->env->sender), LOG_I("nrcpt", count));
+	spool_incoming_commit(sched->srv->spool, inc, env, on_dsn_committed,
+	                      dc);
+	return true;
+}
+
+/*
+ * The recipients `rcpts` of q have new outcomes (they are busy). Queue
+ * the DSNs they call for, then record them. A DSN that cannot be queued
+ * is logged and the outcomes are recorded anyway: the recipient's fate is
+ * known and must not be retried because a notice failed.
+ */
+static void settle(struct queued *q, const size_t *rcpts, size_t count,
+                   bool flags_changed, const size_t *delayed,
+                   size_t delayed_count)
+{
+	struct settlement *st = calloc(1, sizeof *st);
+	size_t *copy = malloc((count ? count : 1) * sizeof *copy);
+	size_t *failed = malloc((count ? count : 1) * sizeof *failed);
+	size_t *succeeded = malloc((count ? count : 1) * sizeof *succeeded);
+	if (st == NULL || copy == NULL || failed == NULL || succeeded == NULL)
+		fatal("scheduler: out of memory");
+	memcpy(copy, rcpts, count * sizeof *copy);
+	st->q = q;
+	st->rcpts = copy;
+	st->count = count;
+	st->flags_changed = flags_changed;
+	q->in_flight++; /* held until settlement_finish */
+
+	size_t nfailed = 0, nsucceeded = 0;
+	for (size_t i = 0; i < count; i++) {
+		const struct spool_rcpt *r = &q->env->rcpts[rcpts[i]];
+		if (r->state == RCPT_BOUNCED &&
+		    bounce_wanted(q->env->sender, r, BOUNCE_FAILURE))
+			failed[nfailed++] = rcpts[i];
+		else if (r->state == RCPT_DELIVERED &&
+		         bounce_wanted(q->env->sender, r, BOUNCE_SUCCESS))
+			succeeded[nsucceeded++] = rcpts[i];
+	}
+	if (nfailed > 0)
+		dsn_queue(st, BOUNCE_FAILURE, failed, nfailed);
+	if (nsucceeded > 0)
+		dsn_queue(st, BOUNCE_SUCCESS, succeeded, nsucceeded);
+	if (delayed_count > 0)
+		dsn_queue(st, BOUNCE_DELAY, delayed, delayed_count);
+	free(failed);
+	free(succeeded);
+	if (st->dsns_pending == 0)
+		settlement_finish(st);
+}
+
+/* ---- local delivery ---- */
 
 static void on_delivered(enum deliver_result result, const char *dsn,
                          const char *reason, void *arg)
 {
-	struct job *job = arg;
+	struct local_job *job = arg;
 	struct queued *q = job->q;
 	struct scheduler *sched = q->sched;
-	const struct config *cfg = sched->srv->cfg;
 	struct spool_rcpt *r = &q->env->rcpts[job->index];
-
+	enum rcpt_state state = result == DELIVER_OK         ? RCPT_DELIVERED
+	                        : result == DELIVER_PERMFAIL ? RCPT_BOUNCED
+	                                                     : RCPT_DEFERRED;
 	sched->deliveries--;
 	q->in_flight--;
-	r->attempts++;
-	switch (result) {
-	case DELIVER_OK:
-		set_outcome(r, RCPT_DELIVERED, dsn, NULL);
-		metrics.deliveries_delivered++;
-		log_outcome("delivered", q, r, job->mailbox);
-		break;
-	case DELIVER_PERMFAIL:
-		set_outcome(r, RCPT_BOUNCED, dsn, reason);
-		metrics.deliveries_bounced++;
-		log_outcome("bounced", q, r, job->mailbox);
-		break;
-	case DELIVER_TEMPFAIL:
-	default:
-		set_outcome(r, RCPT_DEFERRED, dsn, reason);
-		r->next_attempt = time(NULL) + backoff_with_jitter(cfg, r->attempts);
-		/* Never wait past the end of the queue lifetime. */
-		if (r->next_attempt > q->env->arrival + (time_t)cfg->queue_lifetime)
-			r->next_attempt =
-				q->env->arrival + (time_t)cfg->queue_lifetime;
-		metrics.deliveries_deferred++;
-		log_outcome("deferred", q, r, job->mailbox);
-		break;
-	}
+	set_outcome(sched->srv->cfg, q, r, state, dsn,
+	            state == RCPT_DELIVERED ? NULL : reason);
+	count_outcome(state);
+	log_outcome(outcome_event(state), q, r, "mailbox", job->mailbox);
 	size_t index = job->index;
 	free(job->mailbox);
 	free(job);
-	record_state(q, index);
+	settle(q, &index, 1, false, NULL, 0);
 }
 
 /* The mailbox of a local recipient, from mailbox_path. */
@@ -265,17 +579,17 @@ static void start_local(struct queued *q, size_t index)
 	char unique[SPOOL_ID_LEN + 32];
 	char spool_file[4096];
 
-	struct job *job = calloc(1, sizeof *job);
+	q->busy[index] = true;
 	char *mailbox = mailbox_of(cfg, r->address);
+	struct local_job *job = calloc(1, sizeof *job);
 	if (job == NULL || mailbox == NULL) {
 		free(job);
 		free(mailbox);
-		set_outcome(r, RCPT_DEFERRED, "4.3.0",
+		set_outcome(cfg, q, r, RCPT_DEFERRED, "4.3.0",
 		            "cannot name the mailbox");
-		r->attempts++;
-		r->next_attempt = time(NULL) + backoff_with_jitter(cfg, r->attempts);
-		log_outcome("deferred", q, r, "");
-		record_state(q, index);
+		count_outcome(RCPT_DEFERRED);
+		log_outcome("deferred", q, r, "mailbox", "");
+		settle(q, &index, 1, false, NULL, 0);
 		return;
 	}
 	job->q = q;
@@ -300,29 +614,438 @@ static void start_local(struct queued *q, size_t index)
 	                  job) == -1) {
 		free(job->mailbox);
 		free(job);
+		q->busy[index] = false;
 		ready_push(sched, q); /* out of memory: try again later */
 		return;
 	}
-	q->busy[index] = true;
 	q->in_flight++;
 	sched->deliveries++;
 }
 
+/* ---- relaying ---- */
+
+static unsigned hash_key(const char *key)
+{
+	uint32_t h = 2166136261u;
+	for (; *key; key++)
+		h = (h ^ (unsigned char)*key) * 16777619u;
+	return h % DESTINATION_BUCKETS;
+}
+
+static struct destination *destination_get(struct scheduler *sched,
+                                           const char *key)
+{
+	struct destination **at = &sched->destinations[hash_key(key)];
+	for (; *at != NULL; at = &(*at)->next)
+		if (strcmp((*at)->key, key) == 0)
+			return *at;
+	struct destination *d = calloc(1, sizeof *d);
+	if (d == NULL || (d->key = strdup(key)) == NULL)
+		fatal("scheduler: out of memory");
+	d->wait_tail = &d->wait_head;
+	*at = d;
+	return d;
+}
+
+/* A destination with nothing active or waiting is forgotten. */
+static void destination_release(struct scheduler *sched, struct destination *d)
+{
+	if (d->active > 0 || d->wait_head != NULL)
+		return;
+	struct destination **at = &sched->destinations[hash_key(d->key)];
+	while (*at != d)
+		at = &(*at)->next;
+	*at = d->next;
+	free(d->key);
+	free(d);
+}
+
+static void relay_job_free(struct relay_job *job)
+{
+	struct scheduler *sched = job->sched;
+	if (job->prev_job != NULL)
+		job->prev_job->next_job = job->next_job;
+	else
+		sched->jobs = job->next_job;
+	if (job->next_job != NULL)
+		job->next_job->prev_job = job->prev_job;
+	free(job->rcpts);
+	free(job->domain);
+	free(job->host);
+	free(job->auth_file);
+	free(job);
+}
+
+/* Start the next attempts waiting for this destination. */
+static void destination_drain(struct scheduler *sched, struct destination *d)
+{
+	unsigned limit = sched->srv->cfg->max_connections_per_destination;
+	while (d->wait_head != NULL && d->active < limit && !sched->stopping) {
+		struct relay_job *job = d->wait_head;
+		d->wait_head = job->next;
+		if (d->wait_head == NULL)
+			d->wait_tail = &d->wait_head;
+		d->active++;
+		relay_start(job);
+	}
+	destination_release(sched, d);
+}
+
+/* Every recipient of the attempt gets the same outcome (DNS failures,
+ * configuration trouble). */
+static void relay_finish_all(struct relay_job *job, enum rcpt_state state,
+                             const char *dsn, const char *reason,
+                             const char *relay)
+{
+	struct queued *q = job->q;
+	const struct config *cfg = job->sched->srv->cfg;
+	for (size_t i = 0; i < job->rcpt_count; i++) {
+		struct spool_rcpt *r = &q->env->rcpts[job->rcpts[i]];
+		set_outcome(cfg, q, r, state, dsn, reason);
+		count_outcome(state);
+		log_outcome(outcome_event(state), q, r, "relay", relay);
+	}
+}
+
+/* The attempt is over: its recipients' outcomes are set. */
+static void relay_done(struct relay_job *job)
+{
+	struct scheduler *sched = job->sched;
+	struct queued *q = job->q;
+	struct destination *d = job->dest;
+	sched->relays--;
+	q->in_flight--;
+	d->active--;
+	settle(q, job->rcpts, job->rcpt_count, false, NULL, 0);
+	relay_job_free(job);
+	destination_drain(sched, d);
+}
+
+static void on_client_done(const struct smtp_client_result *res, void *arg)
+{
+	struct relay_job *job = arg;
+	struct queued *q = job->q;
+	const struct config *cfg = job->sched->srv->cfg;
+	job->client = NULL;
+	for (size_t i = 0; i < job->rcpt_count && i < res->rcpt_count; i++) {
+		struct spool_rcpt *r = &q->env->rcpts[job->rcpts[i]];
+		const struct smtp_client_rcpt *out = &res->rcpts[i];
+		set_outcome(cfg, q, r, out->state, out->dsn,
+		            out->state == RCPT_DELIVERED && !out->reason[0]
+		                    ? NULL
+		                    : out->reason);
+		count_outcome(out->state);
+		log_outcome(outcome_event(out->state), q, r, "relay",
+		            res->relay[0] ? res->relay : job->host);
+	}
+	relay_done(job);
+}
+
+/* Read "user:password" from a route's auth= file. */
+static int read_auth_file(const char *path, char **user, char **password)
+{
+	FILE *f = fopen(path, "re");
+	if (f == NULL)
+		return -1;
+	char line[1024];
+	int ok = fgets(line, sizeof line, f) != NULL;
+	fclose(f);
+	if (!ok)
+		return -1;
+	line[strcspn(line, "\r\n")] = '\0';
+	char *colon = strchr(line, ':');
+	if (colon == NULL || colon == line)
+		return -1;
+	*colon = '\0';
+	*user = strdup(line);
+	*password = strdup(colon + 1);
+	explicit_bzero(line, sizeof line);
+	if (*user == NULL || *password == NULL) {
+		free(*user);
+		free(*password);
+		return -1;
+	}
+	return 0;
+}
+
+static void set_port(struct sockaddr_storage *ss, uint16_t port)
+{
+	if (ss->ss_family == AF_INET)
+		((struct sockaddr_in *)ss)->sin_port = htons(port);
+	else if (ss->ss_family == AF_INET6)
+		((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
+}
+
+static socklen_t address_length(const struct sockaddr_storage *ss)
+{
+	return ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+	                                 : sizeof(struct sockaddr_in);
+}
+
+static void relay_connect(struct relay_job *job, const struct dns_host *hosts,
+                          size_t host_count)
+{
+	struct scheduler *sched = job->sched;
+	const struct config *cfg = sched->srv->cfg;
+	struct smtp_client_address addrs[MAX_ADDRESSES_PER_ATTEMPT];
+	size_t n = 0;
+	uint16_t port = job->port ? job->port : cfg->mx_port;
+	for (size_t h = 0; h < host_count; h++) {
+		for (size_t a = 0; a < hosts[h].addr_count &&
+		                   n < MAX_ADDRESSES_PER_ATTEMPT;
+		     a++) {
+			addrs[n].host = hosts[h].name;
+			addrs[n].addr = hosts[h].addrs[a];
+			set_port(&addrs[n].addr, port);
+			addrs[n].addrlen = address_length(&addrs[n].addr);
+			n++;
+		}
+	}
+	if (n == 0) {
+		relay_finish_all(job, RCPT_DEFERRED, "4.4.3",
+		                 "no address to connect to", job->host);
+		relay_done(job);
+		return;
+	}
+	char *user = NULL, *password = NULL;
+	if (job->auth_file != NULL &&
+	    read_auth_file(job->auth_file, &user, &password) == -1) {
+		char reason[512];
+		snprintf(reason, sizeof reason, "cannot read auth file %s",
+		         job->auth_file);
+		relay_finish_all(job, RCPT_DEFERRED, "4.3.5", reason, job->host);
+		relay_done(job);
+		return;
+	}
+	char spool_file[4096];
+	struct smtp_client_request req = {
+		.env = job->q->env,
+		.rcpts = job->rcpts,
+		.rcpt_count = job->rcpt_count,
+		.spool_file = spool_msg_path(sched->srv->spool, job->q->env->id,
+		                             spool_file, sizeof spool_file),
+		.helo = cfg->hostname,
+		.addrs = addrs,
+		.addr_count = n,
+		.tls = job->tls,
+		.verify_name = job->routed && !job->mx_lookup ? job->host : NULL,
+		.tls_ctx = sched->srv->tls_client,
+		.auth_user = user,
+		.auth_password = password,
+		.timeout = cfg->smtp_timeout,
+	};
+	job->client = smtp_client_start(sched->srv->base, &req, on_client_done,
+	                                job);
+	if (password != NULL)
+		explicit_bzero(password, strlen(password));
+	free(user);
+	free(password);
+	if (job->client == NULL) {
+		relay_finish_all(job, RCPT_DEFERRED, "4.3.0", "out of memory",
+		                 job->host);
+		relay_done(job);
+	}
+}
+
+static void on_resolved(const struct dns_result *res, void *arg)
+{
+	struct relay_job *job = arg;
+	job->dns = NULL;
+	switch (res->status) {
+	case DNS_OK:
+		relay_connect(job, res->hosts, res->host_count);
+		return;
+	case DNS_NXDOMAIN:
+	case DNS_NO_HOST:
+		/* The recipients' own domain does not exist: that is final.
+		 * A route's target that does not resolve is our trouble. */
+		if (!job->routed)
+			relay_finish_all(job, RCPT_BOUNCED, "5.1.2", res->error,
+			                 job->host);
+		else
+			relay_finish_all(job, RCPT_DEFERRED, "4.4.4", res->error,
+			                 job->host);
+		break;
+	case DNS_NULL_MX:
+		relay_finish_all(job, job->routed ? RCPT_DEFERRED : RCPT_BOUNCED,
+		                 job->routed ? "4.4.4" : "5.1.10",
+		                 "the domain accepts no mail (null MX)",
+		                 job->host);
+		break;
+	case DNS_TEMPFAIL:
+	default:
+		relay_finish_all(job, RCPT_DEFERRED, "4.4.3", res->error,
+		                 job->host);
+		break;
+	}
+	relay_done(job);
+}
+
+/* A literal "[1.2.3.4]" or "[::1]" target needs no look-up. */
+static bool literal_host(const char *host, struct dns_host *out,
+                         struct sockaddr_storage *ss)
+{
+	memset(ss, 0, sizeof *ss);
+	const char *text = host;
+	if (strncasecmp(text, "IPv6:", 5) == 0)
+		text += 5;
+	struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+	struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+	if (inet_pton(AF_INET, text, &sin->sin_addr) == 1)
+		ss->ss_family = AF_INET;
+	else if (inet_pton(AF_INET6, text, &sin6->sin6_addr) == 1)
+		ss->ss_family = AF_INET6;
+	else
+		return false;
+	out->name = (char *)host;
+	out->preference = 0;
+	out->addrs = ss;
+	out->addr_count = 1;
+	return true;
+}
+
+static void relay_start(struct relay_job *job)
+{
+	struct scheduler *sched = job->sched;
+	job->started = true;
+	if (job->host_is_ip) {
+		struct dns_host host;
+		struct sockaddr_storage ss;
+		if (literal_host(job->host, &host, &ss)) {
+			relay_connect(job, &host, 1);
+			return;
+		}
+	}
+	if (sched->srv->dns == NULL) {
+		relay_finish_all(job, RCPT_DEFERRED, "4.4.3",
+		                 "no DNS resolver available", job->host);
+		relay_done(job);
+		return;
+	}
+	job->dns = job->mx_lookup
+	                   ? dns_resolve_mx(sched->srv->dns, job->host,
+	                                    on_resolved, job)
+	                   : dns_resolve_host(sched->srv->dns, job->host,
+	                                      on_resolved, job);
+	if (job->dns == NULL) {
+		relay_finish_all(job, RCPT_DEFERRED, "4.4.3",
+		                 "DNS query could not be started", job->host);
+		relay_done(job);
+	}
+}
+
+static enum tls_policy route_tls_policy(enum route_tls tls,
+                                        enum tls_policy fallback)
+{
+	switch (tls) {
+	case ROUTE_TLS_NONE:
+		return TLS_POLICY_NONE;
+	case ROUTE_TLS_MAY:
+		return TLS_POLICY_MAY;
+	case ROUTE_TLS_ENCRYPT:
+		return TLS_POLICY_ENCRYPT;
+	case ROUTE_TLS_VERIFY:
+		return TLS_POLICY_VERIFY;
+	case ROUTE_TLS_DEFAULT:
+	default:
+		return fallback;
+	}
+}
+
+static const char *domain_of(const char *address)
+{
+	const char *at = strrchr(address, '@');
+	return at ? at + 1 : "";
+}
+
+/* Group the due remote recipients of q by destination and start (or
+ * queue) one attempt per destination. */
+static void start_remote(struct queued *q, const size_t *due, size_t count)
+{
+	struct scheduler *sched = q->sched;
+	const struct config *cfg = sched->srv->cfg;
+	bool *taken = calloc(count ? count : 1, sizeof *taken);
+	if (taken == NULL)
+		fatal("scheduler: out of memory");
+	for (size_t i = 0; i < count; i++) {
+		if (taken[i])
+			continue;
+		const char *domain = domain_of(q->env->rcpts[due[i]].address);
+		const struct route *route = route_lookup(cfg->routes, domain);
+		struct relay_job *job = calloc(1, sizeof *job);
+		job->rcpts = malloc(count * sizeof *job->rcpts);
+		if (job == NULL || job->rcpts == NULL)
+			fatal("scheduler: out of memory");
+		job->sched = sched;
+		job->q = q;
+		job->domain = strdup(domain);
+		job->routed = route != NULL;
+		job->host = strdup(route ? route->host : domain);
+		job->mx_lookup = route ? route->mx_lookup : true;
+		job->host_is_ip = route ? route->host_is_ip : false;
+		job->port = route ? route->port : 0;
+		job->tls = route_tls_policy(route ? route->tls : ROUTE_TLS_DEFAULT,
+		                            cfg->tls_outbound);
+		job->auth_file = route && route->auth_file
+		                         ? strdup(route->auth_file)
+		                         : NULL;
+		if (!job->domain || !job->host ||
+		    (route && route->auth_file && !job->auth_file))
+			fatal("scheduler: out of memory");
+		/* Every due recipient with the same next hop joins. */
+		for (size_t j = i; j < count; j++) {
+			if (taken[j])
+				continue;
+			const char *other =
+				domain_of(q->env->rcpts[due[j]].address);
+			bool same = strcasecmp(other, domain) == 0;
+			if (!same && route != NULL)
+				same = route_lookup(cfg->routes, other) == route;
+			if (same) {
+				taken[j] = true;
+				job->rcpts[job->rcpt_count++] = due[j];
+				q->busy[due[j]] = true;
+			}
+		}
+		char key[600];
+		if (route != NULL)
+			snprintf(key, sizeof key, "route %s", route->text);
+		else
+			snprintf(key, sizeof key, "mx %s", domain);
+		job->dest = destination_get(sched, key);
+		job->next_job = sched->jobs;
+		if (sched->jobs != NULL)
+			sched->jobs->prev_job = job;
+		sched->jobs = job;
+		q->in_flight++;
+		sched->relays++;
+		*job->dest->wait_tail = job;
+		job->dest->wait_tail = &job->next;
+		destination_drain(sched, job->dest);
+	}
+	free(taken);
+}
+
+/* ---- the queue ---- */
+
 /* The delivery time limit is over: the recipient is bounced with the
- * last temporary status it got. */
+ * last temporary status it got (SPEC.md §8), made permanent. */
 static void expire(struct queued *q, size_t index)
 {
+	const struct config *cfg = q->sched->srv->cfg;
 	struct spool_rcpt *r = &q->env->rcpts[index];
 	char dsn[sizeof r->dsn];
 	snprintf(dsn, sizeof dsn, "%s", r->dsn[0] == '4' ? r->dsn : "4.4.7");
-	char reason[512];
+	dsn[0] = '5';
+	char reason[600];
 	snprintf(reason, sizeof reason, "delivery time expired%s%s",
 	         r->reason ? ": " : "", r->reason ? r->reason : "");
-	dsn[0] = '5';
-	set_outcome(r, RCPT_BOUNCED, dsn, reason);
-	metrics.deliveries_bounced++;
-	log_outcome("expired", q, r, "");
-	record_state(q, index);
+	q->busy[index] = true;
+	set_outcome(cfg, q, r, RCPT_BOUNCED, dsn, reason);
+	r->attempts--; /* expiry is not an attempt */
+	count_outcome(RCPT_BOUNCED);
+	log_outcome("expired", q, r, r->local ? "mailbox" : "relay", "");
+	settle(q, &index, 1, false, NULL, 0);
 }
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
@@ -332,10 +1055,36 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 	queued_run(arg);
 }
 
+/* A delay notice, once per message, to the recipients that asked for
+ * one (NOTIFY=DELAY) and are still deferred after delay_notice. */
+static void maybe_notify_delay(struct queued *q, time_t now)
+{
+	const struct config *cfg = q->sched->srv->cfg;
+	if (cfg->delay_notice == 0 ||
+	    (q->env->flags & SPOOL_FLAG_DELAY_NOTIFIED) ||
+	    now < q->env->arrival + (time_t)cfg->delay_notice)
+		return;
+	size_t *delayed = malloc(q->env->rcpt_count * sizeof *delayed);
+	if (delayed == NULL)
+		return;
+	size_t n = 0;
+	for (size_t i = 0; i < q->env->rcpt_count; i++) {
+		const struct spool_rcpt *r = &q->env->rcpts[i];
+		if (r->state == RCPT_DEFERRED && !q->busy[i] &&
+		    bounce_wanted(q->env->sender, r, BOUNCE_DELAY))
+			delayed[n++] = i;
+	}
+	if (n > 0) {
+		q->env->flags |= SPOOL_FLAG_DELAY_NOTIFIED;
+		settle(q, NULL, 0, true, delayed, n);
+	}
+	free(delayed);
+}
+
 /*
  * Start what is due in one message: pending recipients, and deferred ones
- * whose time has come. Remote recipients wait for the relay path. Then
- * arm the timer for the next deferred one.
+ * whose time has come; expire those past queue_lifetime. Then arm the
+ * timer for the next deferred one.
  */
 static void queued_run(struct queued *q)
 {
@@ -346,9 +1095,13 @@ static void queued_run(struct queued *q)
 
 	if (sched->stopping)
 		return;
+	size_t *remote = malloc(q->env->rcpt_count * sizeof *remote);
+	if (remote == NULL)
+		fatal("scheduler: out of memory");
+	size_t nremote = 0;
 	for (size_t i = 0; i < q->env->rcpt_count; i++) {
 		struct spool_rcpt *r = &q->env->rcpts[i];
-		if (q->busy[i] || !r->local)
+		if (q->busy[i])
 			continue;
 		if (r->state == RCPT_DELIVERED || r->state == RCPT_BOUNCED)
 			continue;
@@ -362,12 +1115,20 @@ static void queued_run(struct queued *q)
 			expire(q, i);
 			continue;
 		}
+		if (!r->local) {
+			remote[nremote++] = i;
+			continue;
+		}
 		if (sched->deliveries >= MAX_LOCAL_DELIVERIES) {
 			ready_push(sched, q);
-			break;
+			continue;
 		}
 		start_local(q, i);
 	}
+	if (nremote > 0)
+		start_remote(q, remote, nremote);
+	free(remote);
+	maybe_notify_delay(q, now);
 	if (next != 0) {
 		struct timeval tv = {next > now ? next - now : 0, 0};
 		evtimer_add(q->timer, &tv);
@@ -389,6 +1150,22 @@ void scheduler_free(struct scheduler *sched)
 {
 	if (sched == NULL)
 		return;
+	while (sched->jobs != NULL) {
+		struct relay_job *job = sched->jobs;
+		if (job->dns != NULL)
+			dns_cancel(job->dns);
+		if (job->client != NULL)
+			smtp_client_cancel(job->client);
+		relay_job_free(job);
+	}
+	for (size_t i = 0; i < DESTINATION_BUCKETS; i++) {
+		while (sched->destinations[i] != NULL) {
+			struct destination *d = sched->destinations[i];
+			sched->destinations[i] = d->next;
+			free(d->key);
+			free(d);
+		}
+	}
 	while (sched->messages != NULL)
 		queued_free(sched->messages);
 	free(sched);
@@ -434,14 +1211,48 @@ void scheduler_flush(struct scheduler *sched)
 	}
 }
 
+/* An attempt that has not connected yet is dropped: its recipients stay
+ * as recorded and are tried again after the restart. */
+static void relay_drop(struct relay_job *job)
+{
+	job->q->in_flight--;
+	job->sched->relays--;
+	for (size_t k = 0; k < job->rcpt_count; k++)
+		job->q->busy[job->rcpts[k]] = false;
+	relay_job_free(job);
+}
+
+/* SIGTERM: nothing new starts; attempts waiting for a connection slot or
+ * for DNS are dropped; those talking SMTP may finish. */
 void scheduler_stop(struct scheduler *sched)
 {
 	sched->stopping = true;
+	for (struct relay_job *job = sched->jobs; job != NULL;) {
+		struct relay_job *next = job->next_job;
+		if (job->dns != NULL) {
+			dns_cancel(job->dns);
+			job->dest->active--;
+			relay_drop(job);
+		}
+		job = next;
+	}
+	for (size_t i = 0; i < DESTINATION_BUCKETS; i++) {
+		for (struct destination *d = sched->destinations[i]; d != NULL;
+		     d = d->next) {
+			while (d->wait_head != NULL) {
+				struct relay_job *job = d->wait_head;
+				d->wait_head = job->next;
+				relay_drop(job);
+			}
+			d->wait_tail = &d->wait_head;
+		}
+	}
 }
 
 bool scheduler_idle(const struct scheduler *sched)
 {
-	return sched->deliveries == 0 && sched->records == 0;
+	return sched->deliveries == 0 && sched->records == 0 &&
+	       sched->relays == 0;
 }
 
 size_t scheduler_queue_size(const struct scheduler *sched)

@@ -22,8 +22,11 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <openssl/ssl.h>
 
+#include "facteur/auth.h"
 #include "facteur/config.h"
 #include "facteur/listener.h"
 #include "facteur/log.h"
@@ -37,6 +40,9 @@
 
 /* Enhanced status codes (RFC 3463) used in replies. */
 #define ESC_OK "2.0.0"
+#define ESC_AUTH_OK "2.7.0"
+#define ESC_AUTH_FAILED "5.7.8"
+#define ESC_ENCRYPTION_REQUIRED "5.7.11"
 #define ESC_SENDER_OK "2.1.0"
 #define ESC_RCPT_OK "2.1.5"
 #define ESC_VRFY "2.5.2"
@@ -61,9 +67,13 @@
 #define DATA_CHUNK 16384
 #define OUTPUT_HIGH_WATER (256 * 1024) /* stop reading past this */
 #define HELO_MAX 255
+#define AUTH_FAILURES_MAX 5 /* then 421 */
+#define AUTH_ADDRESS_MAX 320
 
 enum smtp_state {
 	SMTP_STATE_COMMAND,    /* reading command lines */
+	SMTP_STATE_AUTH,       /* reading a SASL response line */
+	SMTP_STATE_AUTH_DELAY, /* a failed login waits before its 535 */
 	SMTP_STATE_DATA,       /* reading DATA content up to CRLF.CRLF */
 	SMTP_STATE_BDAT,       /* reading the octets of a BDAT chunk */
 	SMTP_STATE_COMMITTING, /* waiting for the spool; input waits */
@@ -72,6 +82,8 @@ enum smtp_state {
 
 static const char *const state_names[] = {
 	[SMTP_STATE_COMMAND] = "command",
+	[SMTP_STATE_AUTH] = "auth",
+	[SMTP_STATE_AUTH_DELAY] = "auth_delay",
 	[SMTP_STATE_DATA] = "data",
 	[SMTP_STATE_BDAT] = "bdat",
 	[SMTP_STATE_COMMITTING] = "committing",
@@ -112,8 +124,14 @@ struct smtp_session {
 	time_t started;
 	char *helo;
 	bool esmtp;
-	bool tls;
+	bool tls;             /* TLS requested (STARTTLS or smtps) */
+	bool tls_established; /* the handshake completed */
 	char *auth_user;
+	/* SASL in progress */
+	enum { AUTH_PLAIN, AUTH_LOGIN_USER, AUTH_LOGIN_PASSWORD } auth_step;
+	char *auth_login_user;
+	unsigned auth_failures;
+	struct event *auth_timer;
 	unsigned errors;
 	bool discarding_line; /* a line over the limit is being skipped */
 	bool shutdown_pending; /* SIGTERM came during a message */
@@ -290,7 +308,240 @@ static void cmd_helo(struct smtp_session *s, const struct smtp_command *cmd,
 	reply(s, "250-ENHANCEDSTATUSCODES");
 	reply(s, "250-SMTPUTF8");
 	reply(s, "250-CHUNKING");
+	if (s->srv->tls_server != NULL && !s->tls)
+		reply(s, "250-STARTTLS");
+	if (s->tls_established && s->srv->users != NULL)
+		reply(s, "250-AUTH PLAIN LOGIN");
 	reply(s, "250 DSN");
+}
+
+/* ---- STARTTLS (RFC 3207) ---- */
+
+static void on_read(struct bufferevent *bev, void *arg);
+static void on_write(struct bufferevent *bev, void *arg);
+static void on_event(struct bufferevent *bev, short what, void *arg);
+
+static void set_callbacks(struct smtp_session *s)
+{
+	const struct config *cfg = cfg_of(s);
+	struct timeval timeout = {(time_t)cfg->smtp_timeout, 0};
+	bufferevent_set_timeouts(s->bev, &timeout, &timeout);
+	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
+	bufferevent_enable(s->bev, EV_READ);
+}
+
+static void cmd_starttls(struct smtp_session *s, const struct smtp_command *cmd)
+{
+	if (cmd->arglen != 0) {
+		reply_error(s, 501, ESC_BAD_ARGS, "Syntax: STARTTLS");
+		return;
+	}
+	if (s->tls) {
+		reply_error(s, 503, ESC_BAD_COMMAND, "TLS already active");
+		return;
+	}
+	SSL *ssl = s->srv->tls_server ? SSL_new(s->srv->tls_server) : NULL;
+	if (ssl == NULL) {
+		reply(s, "454 %s TLS not available", ESC_TLS_UNAVAILABLE);
+		return;
+	}
+	reply(s, "220 %s Ready to start TLS", ESC_OK);
+	/* Whatever the client pipelined after STARTTLS came in the clear
+	 * and must not be read as if it were protected. */
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	evbuffer_drain(in, evbuffer_get_length(in));
+	struct bufferevent *tls = bufferevent_openssl_filter_new(
+		s->srv->base, s->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
+		BEV_OPT_CLOSE_ON_FREE);
+	if (tls == NULL) {
+		SSL_free(ssl);
+		session_close(s);
+		return;
+	}
+	bufferevent_openssl_set_allow_dirty_shutdown(tls, 1);
+	s->bev = tls;
+	s->tls = true;
+	/* The session starts over: no HELO, no transaction (§4.2). */
+	free(s->helo);
+	s->helo = NULL;
+	s->esmtp = false;
+	transaction_reset(s);
+	set_callbacks(s);
+}
+
+/* ---- AUTH (RFC 4954) ---- */
+
+static void auth_succeeded(struct smtp_session *s, const char *user)
+{
+	free(s->auth_user);
+	s->auth_user = strdup(user);
+	enter_state(s, SMTP_STATE_COMMAND);
+	if (s->auth_user == NULL) {
+		reply(s, "454 %s Out of memory", ESC_LOCAL_ERROR);
+		return;
+	}
+	log_event(LOG_LEVEL_INFO, "auth", LOG_S("client", s->client),
+	          LOG_S("user", s->auth_user), LOG_S("result", "ok"));
+	reply(s, "235 %s Authentication successful", ESC_AUTH_OK);
+}
+
+static void on_auth_delay(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct smtp_session *s = arg;
+	enter_state(s, SMTP_STATE_COMMAND);
+	if (s->auth_failures >= AUTH_FAILURES_MAX) {
+		reply(s, "421 %s %s Error: too many failed logins",
+		      ESC_TOO_MANY_ERRORS, cfg_of(s)->hostname);
+		session_close(s);
+		return;
+	}
+	reply(s, "535 %s Authentication credentials invalid",
+	      ESC_AUTH_FAILED);
+	bufferevent_enable(s->bev, EV_READ);
+	session_process(s);
+}
+
+/* A failed login is answered after a delay that grows with each failure,
+ * so that guessing passwords costs time; input waits meanwhile. */
+static void auth_failed(struct smtp_session *s, const char *user)
+{
+	s->auth_failures++;
+	log_event(LOG_LEVEL_WARN, "auth", LOG_S("client", s->client),
+	          LOG_S("user", user), LOG_S("result", "failed"),
+	          LOG_I("failures", s->auth_failures));
+	if (s->auth_timer == NULL)
+		s->auth_timer = evtimer_new(s->srv->base, on_auth_delay, s);
+	if (s->auth_timer == NULL) {
+		session_close(s);
+		return;
+	}
+	enter_state(s, SMTP_STATE_AUTH_DELAY);
+	bufferevent_disable(s->bev, EV_READ);
+	struct timeval delay = {s->auth_failures < 5 ? s->auth_failures : 5, 0};
+	evtimer_add(s->auth_timer, &delay);
+}
+
+static void auth_check(struct smtp_session *s, const char *user,
+                       const char *password)
+{
+	if (auth_users_check(s->srv->users, user, password))
+		auth_succeeded(s, user);
+	else
+		auth_failed(s, user);
+}
+
+/* One SASL response (the initial one, or a line after a 334). */
+static void auth_response(struct smtp_session *s, const char *line, size_t len)
+{
+	if (len == 1 && line[0] == '*') {
+		enter_state(s, SMTP_STATE_COMMAND);
+		reply_error(s, 501, "5.7.0", "Authentication cancelled");
+		return;
+	}
+	char user[AUTH_ADDRESS_MAX + 1];
+	char password[1024];
+	unsigned char decoded[1024];
+	int n;
+	switch (s->auth_step) {
+	case AUTH_PLAIN:
+		if (auth_sasl_plain_decode(line, len, user, sizeof user, password,
+		                           sizeof password) == -1) {
+			enter_state(s, SMTP_STATE_COMMAND);
+			reply_error(s, 501, ESC_SYNTAX,
+			            "Invalid AUTH PLAIN response");
+			return;
+		}
+		auth_check(s, user, password);
+		explicit_bzero(password, sizeof password);
+		return;
+	case AUTH_LOGIN_USER:
+		n = auth_base64_decode(line, len, decoded, sizeof decoded - 1);
+		if (n < 0 || n > AUTH_ADDRESS_MAX ||
+		    memchr(decoded, '\0', (size_t)n) != NULL) {
+			enter_state(s, SMTP_STATE_COMMAND);
+			reply_error(s, 501, ESC_SYNTAX, "Invalid AUTH LOGIN response");
+			return;
+		}
+		free(s->auth_login_user);
+		s->auth_login_user = strndup((const char *)decoded, (size_t)n);
+		s->auth_step = AUTH_LOGIN_PASSWORD;
+		reply(s, "334 UGFzc3dvcmQ6"); /* "Password:" */
+		return;
+	case AUTH_LOGIN_PASSWORD:
+		n = auth_base64_decode(line, len, decoded, sizeof decoded - 1);
+		if (n < 0 || s->auth_login_user == NULL ||
+		    memchr(decoded, '\0', (size_t)n) != NULL) {
+			enter_state(s, SMTP_STATE_COMMAND);
+			reply_error(s, 501, ESC_SYNTAX, "Invalid AUTH LOGIN response");
+			return;
+		}
+		decoded[n] = '\0';
+		snprintf(user, sizeof user, "%s", s->auth_login_user);
+		free(s->auth_login_user);
+		s->auth_login_user = NULL;
+		auth_check(s, user, (const char *)decoded);
+		explicit_bzero(decoded, sizeof decoded);
+		return;
+	}
+}
+
+static void cmd_auth(struct smtp_session *s, const struct smtp_command *cmd)
+{
+	if (s->srv->users == NULL) {
+		reply(s, "502 %s Authentication not enabled", ESC_BAD_COMMAND);
+		return;
+	}
+	if (!s->tls_established) {
+		reply(s, "538 %s Encryption required for requested "
+		         "authentication mechanism",
+		      ESC_ENCRYPTION_REQUIRED);
+		return;
+	}
+	if (s->helo == NULL || !s->esmtp) {
+		reply_error(s, 503, ESC_BAD_COMMAND, "Send EHLO first");
+		return;
+	}
+	if (s->auth_user != NULL) {
+		reply_error(s, 503, ESC_BAD_COMMAND, "Already authenticated");
+		return;
+	}
+	if (s->tx.active) {
+		reply_error(s, 503, ESC_BAD_COMMAND,
+		            "AUTH not allowed during a mail transaction");
+		return;
+	}
+	const char *mech = cmd->arg;
+	size_t mech_len = 0;
+	while (mech_len < cmd->arglen && mech[mech_len] != ' ')
+		mech_len++;
+	const char *initial = NULL;
+	size_t initial_len = 0;
+	if (mech_len < cmd->arglen) {
+		initial = mech + mech_len + 1;
+		initial_len = cmd->arglen - mech_len - 1;
+	}
+	if (mech_len == 5 && strncasecmp(mech, "PLAIN", 5) == 0) {
+		s->auth_step = AUTH_PLAIN;
+	} else if (mech_len == 5 && strncasecmp(mech, "LOGIN", 5) == 0) {
+		s->auth_step = AUTH_LOGIN_USER;
+	} else {
+		reply(s, "504 5.5.4 Unrecognized authentication mechanism");
+		return;
+	}
+	enter_state(s, SMTP_STATE_AUTH);
+	if (initial != NULL) {
+		/* "=" is an empty initial response (RFC 4954 §4). */
+		if (initial_len == 1 && initial[0] == '=')
+			initial_len = 0;
+		auth_response(s, initial, initial_len);
+		return;
+	}
+	if (s->auth_step == AUTH_PLAIN)
+		reply(s, "334 ");
+	else
+		reply(s, "334 VXNlcm5hbWU6"); /* "Username:" */
 }
 
 /* ---- MAIL, RCPT ---- */
@@ -656,10 +907,9 @@ static void cmd_bdat(struct smtp_session *s, const struct smtp_command *cmd)
 	bool last;
 	if (smtp_parse_bdat(cmd->arg, cmd->arglen, &size, &last) !=
 	    SMTP_PARSE_OK) {
-		/* Without a size the chunk cannot be skipped: the rest of
-		 * the stream is junk, so the session ends. */
-		reply(s, "501 %s Syntax: BDAT size [LAST]", ESC_BAD_ARGS);
-		session_close(s);
+		/* Without a size no chunk can be skipped: what follows is
+		 * read as commands, and junk there meets the error limit. */
+		reply_error(s, 501, ESC_BAD_ARGS, "Syntax: BDAT size [LAST]");
 		return;
 	}
 	s->bdat_remaining = size;
@@ -778,10 +1028,10 @@ static void dispatch(struct smtp_session *s, const char *line, size_t len)
 		reply(s, "502 %s EXPN is not available", ESC_BAD_COMMAND);
 		break;
 	case SMTP_VERB_STARTTLS:
-		reply(s, "454 %s TLS not available", ESC_TLS_UNAVAILABLE);
+		cmd_starttls(s, &cmd);
 		break;
 	case SMTP_VERB_AUTH:
-		reply(s, "503 %s Authentication not enabled", ESC_BAD_COMMAND);
+		cmd_auth(s, &cmd);
 		break;
 	case SMTP_VERB_UNKNOWN:
 	default:
@@ -800,7 +1050,12 @@ static bool read_command(struct smtp_session *s)
 	size_t eol_len = 0;
 	struct evbuffer_ptr eol =
 		evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF_STRICT);
-	const size_t limit = SMTP_COMMAND_LINE_MAX;
+	size_t limit = SMTP_COMMAND_LINE_MAX;
+	char verb[5];
+	if (s->state == SMTP_STATE_AUTH ||
+	    (evbuffer_copyout(in, verb, 5) == 5 &&
+	     strncasecmp(verb, "AUTH ", 5) == 0))
+		limit = SMTP_AUTH_LINE_MAX;
 
 	if (eol.pos == -1) {
 		size_t have = evbuffer_get_length(in);
@@ -826,10 +1081,14 @@ static bool read_command(struct smtp_session *s)
 		s->discarding_line = false;
 		return true;
 	}
-	char line[SMTP_COMMAND_LINE_MAX];
+	char line[SMTP_AUTH_LINE_MAX];
 	evbuffer_remove(in, line, line_len);
 	evbuffer_drain(in, eol_len);
-	dispatch(s, line, line_len);
+	if (s->state == SMTP_STATE_AUTH)
+		auth_response(s, line, line_len);
+	else
+		dispatch(s, line, line_len);
+	explicit_bzero(line, line_len);
 	return true;
 }
 
@@ -889,6 +1148,9 @@ static void session_process(struct smtp_session *s)
 			}
 			more = read_command(s);
 			break;
+		case SMTP_STATE_AUTH:
+			more = read_command(s);
+			break;
 		case SMTP_STATE_DATA:
 			more = read_data(s);
 			break;
@@ -896,6 +1158,7 @@ static void session_process(struct smtp_session *s)
 			more = read_bdat(s);
 			break;
 		case SMTP_STATE_COMMITTING:
+		case SMTP_STATE_AUTH_DELAY:
 		case SMTP_STATE_CLOSING:
 			more = false;
 			break;
@@ -903,7 +1166,8 @@ static void session_process(struct smtp_session *s)
 	}
 	/* A client that sends without reading replies is paused. */
 	if (s->state != SMTP_STATE_CLOSING &&
-	    s->state != SMTP_STATE_COMMITTING) {
+	    s->state != SMTP_STATE_COMMITTING &&
+	    s->state != SMTP_STATE_AUTH_DELAY) {
 		size_t pending = evbuffer_get_length(bufferevent_get_output(s->bev));
 		if (pending > OUTPUT_HIGH_WATER) {
 			bufferevent_disable(s->bev, EV_READ);
@@ -926,7 +1190,8 @@ static void on_write(struct bufferevent *bev, void *arg)
 		session_free(s);
 		return;
 	}
-	if (s->paused && s->state != SMTP_STATE_COMMITTING) {
+	if (s->paused && s->state != SMTP_STATE_COMMITTING &&
+	    s->state != SMTP_STATE_AUTH_DELAY) {
 		s->paused = false;
 		bufferevent_enable(s->bev, EV_READ);
 		session_process(s);
@@ -937,6 +1202,27 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 {
 	(void)bev;
 	struct smtp_session *s = arg;
+	if (what & BEV_EVENT_CONNECTED) {
+		/* the TLS handshake is done */
+		s->tls_established = true;
+		metrics.tls_sessions_total++;
+		SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
+		log_event(LOG_LEVEL_INFO, "tls", LOG_S("client", s->client),
+		          LOG_S("version", ssl ? SSL_get_version(ssl) : ""),
+		          LOG_S("cipher", ssl ? SSL_get_cipher_name(ssl) : ""));
+		return;
+	}
+	if (s->tls && !s->tls_established) {
+		/* A handshake that failed or never finished: nothing can
+		 * be said to this client in the clear any more. */
+		log_event(LOG_LEVEL_INFO, "tls_failed",
+		          LOG_S("client", s->client),
+		          LOG_S("reason", (what & BEV_EVENT_TIMEOUT)
+		                                  ? "handshake timeout"
+		                                  : "handshake failed"));
+		session_free(s);
+		return;
+	}
 	if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) &&
 	    s->state != SMTP_STATE_CLOSING) {
 		reply(s, "421 %s %s Error: timeout exceeded", ESC_TIMEOUT,
@@ -990,6 +1276,9 @@ static void session_free(struct smtp_session *s)
 	bufferevent_free(s->bev);
 	free(s->helo);
 	free(s->auth_user);
+	free(s->auth_login_user);
+	if (s->auth_timer != NULL)
+		event_free(s->auth_timer);
 	free(s);
 }
 
@@ -1017,7 +1306,25 @@ struct smtp_session *smtp_session_new(struct server *srv, int fd,
 		close(fd);
 		return NULL;
 	}
-	s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (mode == LISTEN_SMTPS) {
+		/* Implicit TLS (RFC 8314): the handshake comes first; the
+		 * banner waits in the output until it is done. */
+		SSL *ssl = srv->tls_server ? SSL_new(srv->tls_server) : NULL;
+		s->bev = ssl ? bufferevent_openssl_socket_new(
+				       srv->base, fd, ssl,
+				       BUFFEREVENT_SSL_ACCEPTING,
+				       BEV_OPT_CLOSE_ON_FREE)
+		             : NULL;
+		if (s->bev == NULL && ssl != NULL)
+			SSL_free(ssl);
+		if (s->bev != NULL) {
+			bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
+			s->tls = true;
+		}
+	} else {
+		s->bev = bufferevent_socket_new(srv->base, fd,
+		                                BEV_OPT_CLOSE_ON_FREE);
+	}
 	if (s->bev == NULL) {
 		close(fd);
 		free(s);
@@ -1040,10 +1347,7 @@ struct smtp_session *smtp_session_new(struct server *srv, int fd,
 	metrics.connections_total++;
 
 	const struct config *cfg = srv->cfg;
-	struct timeval timeout = {(time_t)cfg->smtp_timeout, 0};
-	bufferevent_set_timeouts(s->bev, &timeout, &timeout);
-	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
-	bufferevent_enable(s->bev, EV_READ);
+	set_callbacks(s);
 	log_event(LOG_LEVEL_INFO, "connect", LOG_S("client", s->client));
 	reply(s, "220 %s ESMTP facteur", cfg->hostname);
 	return s;

@@ -112,6 +112,8 @@ struct config {
 	unsigned retry_min;      /* seconds */
 	unsigned retry_max;      /* seconds */
 	unsigned queue_lifetime; /* seconds */
+	unsigned delay_notice;   /* seconds; 0: no delay DSNs */
+	unsigned max_connections_per_destination;
 	/* The account to switch to, or NULL to stay who we are: unset with
 	 * no "facteur" account, empty, "root" (any uid 0) or the account
 	 * already running. A name that does not exist is an error. */

@@ -68,4 +68,21 @@ int deliver_maildir_name(char *buf, size_t len, time_t arrival,
 /* mkdir -p with mode 0700 for the parts it creates. 0 or -1 (errno). */
 int deliver_mkdirs(const char *path);
 
+/*
+ * mboxrd quoting, streaming: a line matching ^>*From  gets one more '>'.
+ * Zero-initialise the state (the input starts at a line start). `out`
+ * must hold DELIVER_MBOXRD_OUT_MAX(inlen) octets; returns the octets
+ * written. The first octets of a line that may become "From " are held
+ * back until the line decides; deliver_mboxrd_finish writes them at the
+ * end of the input (at most 4 octets).
+ */
+struct deliver_mboxrd {
+	bool mid_line;    /* private */
+	unsigned matched; /* private: octets of "From " held back */
+};
+#define DELIVER_MBOXRD_OUT_MAX(inlen) (2 * (inlen) + 8)
+size_t deliver_mboxrd_quote(struct deliver_mboxrd *q, const char *in,
+                            size_t inlen, char *out);
+size_t deliver_mboxrd_finish(struct deliver_mboxrd *q, char *out);
+
 #endif

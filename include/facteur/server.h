@@ -9,8 +9,11 @@
 
 #include <stdbool.h>
 
+#include <openssl/ssl.h>
+
 struct auth_users;
 struct config;
+struct dns;
 struct event_base;
 struct iothread;
 struct listener;
@@ -27,6 +30,9 @@ struct server {
 	struct spool *spool;
 	struct scheduler *scheduler;
 	struct listener *listener;
+	struct dns *dns;
+	SSL_CTX *tls_server; /* NULL without tls_cert/tls_key */
+	SSL_CTX *tls_client;
 	bool stopping; /* SIGTERM seen: finish what is in flight, exit */
 };
 

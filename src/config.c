@@ -1,0 +1,1894 @@
+/*
+ * The effective settings: built-in defaults, then the file, then the
+ * FACTEUR_* environment (SPEC.md §3, §8). Each value is parsed where it is
+ * read, so that its error names its file:line or variable; checks between
+ * keys run once everything is read. Every error is collected, none stops
+ * the load.
+ */
+#include "facteur/config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <pwd.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#define CONFIG_FILE_MAX (16u * 1024 * 1024) /* a config file, not a disk */
+#define CONFIG_QUOTE_MAX 120		    /* text quoted back in errors */
+#define CONFIG_DOMAIN_MAX 253
+#define CONFIG_LABEL_MAX 63
+#define CONFIG_ENV_PREFIX "FACTEUR_"
+#define CONFIG_ENV_FILE "FACTEUR_CONFIG"
+#define CONFIG_RESOLV_CONF "/etc/resolv.conf"
+#define CONFIG_DNS_PORT 53
+
+enum key {
+	KEY_HOSTNAME,
+	KEY_LISTEN,
+	KEY_POP3_LISTEN,
+	KEY_METRICS_LISTEN,
+	KEY_SPOOL_DIR,
+	KEY_LOCAL_DOMAINS,
+	KEY_USERS_FILE,
+	KEY_ALIASES_FILE,
+	KEY_MAILBOX_FORMAT,
+	KEY_MAILBOX_PATH,
+	KEY_RELAY_NETWORKS,
+	KEY_ROUTE,
+	KEY_DNS_SERVERS,
+	KEY_MX_PORT,
+	KEY_TLS_CERT,
+	KEY_TLS_KEY,
+	KEY_TLS_OUTBOUND,
+	KEY_TLS_CA_FILE,
+	KEY_MAX_MESSAGE_SIZE,
+	KEY_MAX_RECIPIENTS,
+	KEY_MAX_CONNECTIONS,
+	KEY_MAX_CONNECTIONS_PER_IP,
+	KEY_MAX_CONNECTIONS_PER_DESTINATION,
+	KEY_SMTP_TIMEOUT,
+	KEY_RETRY_MIN,
+	KEY_RETRY_MAX,
+	KEY_QUEUE_LIFETIME,
+	KEY_DELAY_NOTICE,
+	KEY_USER,
+	KEY_LOG_FORMAT,
+	KEY_LOG_LEVEL,
+	KEY_COUNT,
+};
+
+enum source {
+	SOURCE_DEFAULT,
+	SOURCE_FILE,
+	SOURCE_ENV,
+};
+
+/* The state of one load: where the value being read comes from, and where
+ * each key was last set, for the messages of the checks between keys. */
+struct loader {
+	struct config *cfg;
+	struct config_errors *errors;
+	const char *origin; /* "file:line" or "FACTEUR_X" */
+	enum key key;
+	bool file_seen[KEY_COUNT]; /* a list key's first file line drops
+				      its default */
+	char *set_at[KEY_COUNT];   /* NULL: left at its default */
+	char **listen_at;	   /* per listen entry */
+	char **pop3_listen_at;	   /* per pop3_listen entry */
+};
+
+typedef void key_set_fn(struct loader *ld, const char *value);
+typedef void key_clear_fn(struct loader *ld);
+
+struct key_def {
+	const char *name;
+	const char *default_value; /* NULL: computed (hostname, user) */
+	key_set_fn *set;	   /* a scalar's value or one list item */
+	key_clear_fn *clear;	   /* list keys only: forget every item */
+};
+
+/* A load runs at start-up and on reload; a small allocation failing there
+ * leaves nothing sensible to do but stop loudly. */
+static _Noreturn void out_of_memory(void)
+{
+	static const char msg[] = "facteur: config: out of memory\n";
+	ssize_t n = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+
+	(void)n;
+	abort();
+}
+
+static void *xreallocarray(void *p, size_t n, size_t size)
+{
+	void *q = reallocarray(p, n == 0 ? 1 : n, size);
+
+	if (q == NULL)
+		out_of_memory();
+	return q;
+}
+
+static char *xstrndup(const char *s, size_t len)
+{
+	char *d = strndup(s, len);
+
+	if (d == NULL)
+		out_of_memory();
+	return d;
+}
+
+static char *xstrdup(const char *s)
+{
+	return xstrndup(s, strlen(s));
+}
+
+static void replace_string(char **slot, const char *value)
+{
+	char *copy = value == NULL ? NULL : xstrdup(value);
+
+	free(*slot);
+	*slot = copy;
+}
+
+void config_errors_add(struct config_errors *errors, const char *fmt, ...)
+{
+	va_list ap;
+	char *msg;
+	int n;
+
+	va_start(ap, fmt);
+	n = vasprintf(&msg, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		out_of_memory();
+	errors->messages = xreallocarray(errors->messages, errors->count + 1,
+					 sizeof(*errors->messages));
+	errors->messages[errors->count++] = msg;
+}
+
+void config_errors_clear(struct config_errors *errors)
+{
+	if (errors == NULL)
+		return;
+	for (size_t i = 0; i < errors->count; i++)
+		free(errors->messages[i]);
+	free(errors->messages);
+	errors->messages = NULL;
+	errors->count = 0;
+}
+
+/* Bytes of user text quoted for a message: printable ASCII as is,
+ * anything else escaped, cut after CONFIG_QUOTE_MAX bytes. */
+#define QUOTE_BUF (CONFIG_QUOTE_MAX * 4 + 8)
+static const char *quote_n(const char *s, size_t len, char buf[QUOTE_BUF])
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t o = 0;
+
+	buf[o++] = '"';
+	for (size_t i = 0; i < len && i < CONFIG_QUOTE_MAX; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (c == '"' || c == '\\') {
+			buf[o++] = '\\';
+			buf[o++] = (char)c;
+		} else if (c >= 0x20 && c < 0x7f) {
+			buf[o++] = (char)c;
+		} else {
+			buf[o++] = '\\';
+			buf[o++] = 'x';
+			buf[o++] = hex[c >> 4];
+			buf[o++] = hex[c & 15];
+		}
+	}
+	if (len > CONFIG_QUOTE_MAX) {
+		memcpy(buf + o, "...", 3);
+		o += 3;
+	}
+	buf[o++] = '"';
+	buf[o] = '\0';
+	return buf;
+}
+
+static const char *quote(const char *s, char buf[QUOTE_BUF])
+{
+	return quote_n(s, strlen(s), buf);
+}
+
+/* An error about the value being read: "origin: key: message". */
+static void bad(struct loader *ld, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* The table of keys in SPEC.md §3 order, which is also config_print's;
+ * two keys beyond the SPEC's table (max_connections_per_destination,
+ * delay_notice) sit beside their kin. */
+static const struct key_def key_defs[KEY_COUNT];
+
+static void bad(struct loader *ld, const char *fmt, ...)
+{
+	va_list ap;
+	char *msg;
+	int n;
+
+	va_start(ap, fmt);
+	n = vasprintf(&msg, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		out_of_memory();
+	config_errors_add(ld->errors, "%s: %s: %s", ld->origin,
+			  key_defs[ld->key].name, msg);
+	free(msg);
+}
+
+static bool is_blank(char c)
+{
+	return c == ' ' || c == '\t';
+}
+
+static bool is_ldh(char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+	       (c >= '0' && c <= '9') || c == '-';
+}
+
+static char ascii_lower(char c)
+{
+	return (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+}
+
+static char ascii_upper(char c)
+{
+	return (c >= 'a' && c <= 'z') ? (char)(c - 'a' + 'A') : c;
+}
+
+/* RFC 1123 host name syntax: dot-separated labels of letters, digits and
+ * hyphens, none empty, longer than 63 or starting/ending with '-'. */
+static bool domain_valid(const char *s, size_t len)
+{
+	size_t label = 0;
+
+	if (len == 0 || len > CONFIG_DOMAIN_MAX)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		if (s[i] == '.') {
+			if (label == 0 || s[i - 1] == '-')
+				return false;
+			label = 0;
+			continue;
+		}
+		if (!is_ldh(s[i]) || (s[i] == '-' && label == 0))
+			return false;
+		if (++label > CONFIG_LABEL_MAX)
+			return false;
+	}
+	return label > 0 && s[len - 1] != '-';
+}
+
+/* Trim spaces and tabs on both ends of s[0..*len), returning the start. */
+static const char *trim(const char *s, size_t *len)
+{
+	size_t n = *len;
+
+	while (n > 0 && is_blank(*s)) {
+		s++;
+		n--;
+	}
+	while (n > 0 && is_blank(s[n - 1]))
+		n--;
+	*len = n;
+	return s;
+}
+
+/* Decimal digits only, no sign, no spaces; at most `max`. */
+static int parse_decimal(const char *s, size_t len, uint64_t max, uint64_t *out)
+{
+	uint64_t v = 0;
+
+	if (len == 0)
+		return -1;
+	for (size_t i = 0; i < len; i++) {
+		unsigned d;
+
+		if (s[i] < '0' || s[i] > '9')
+			return -1;
+		d = (unsigned)(s[i] - '0');
+		if (d > max || v > (max - d) / 10)
+			return -1;
+		v = v * 10 + d;
+	}
+	*out = v;
+	return 0;
+}
+
+int config_parse_duration(const char *text, unsigned *seconds)
+{
+	size_t len = strlen(text);
+	uint64_t unit = 1;
+	uint64_t v;
+
+	if (len > 0) {
+		switch (text[len - 1]) {
+		case 's':
+			len--;
+			break;
+		case 'm':
+			unit = 60;
+			len--;
+			break;
+		case 'h':
+			unit = 3600;
+			len--;
+			break;
+		case 'd':
+			unit = 86400;
+			len--;
+			break;
+		default:
+			break;
+		}
+	}
+	if (parse_decimal(text, len, UINT_MAX / unit, &v) < 0)
+		return -1;
+	*seconds = (unsigned)(v * unit);
+	return 0;
+}
+
+int config_parse_size(const char *text, uint64_t *octets)
+{
+	size_t len = strlen(text);
+	uint64_t unit = 1;
+	uint64_t v;
+
+	if (len > 0) {
+		switch (text[len - 1]) {
+		case 'K':
+		case 'k':
+			unit = 1024;
+			len--;
+			break;
+		case 'M':
+		case 'm':
+			unit = 1024 * 1024;
+			len--;
+			break;
+		case 'G':
+		case 'g':
+			unit = 1024 * 1024 * 1024;
+			len--;
+			break;
+		default:
+			break;
+		}
+	}
+	if (parse_decimal(text, len, UINT64_MAX / unit, &v) < 0)
+		return -1;
+	*octets = v * unit;
+	return 0;
+}
+
+static int parse_port(const char *s, size_t len, uint16_t *port)
+{
+	uint64_t v;
+
+	if (parse_decimal(s, len, 65535, &v) < 0 || v == 0)
+		return -1;
+	*port = (uint16_t)v;
+	return 0;
+}
+
+/* inet_pton on a counted string; `out` holds 16 bytes. */
+static bool parse_ip(int family, const char *s, size_t len, uint8_t *out)
+{
+	char buf[INET6_ADDRSTRLEN];
+
+	if (len == 0 || len >= sizeof(buf))
+		return false;
+	memcpy(buf, s, len);
+	buf[len] = '\0';
+	return inet_pton(family, buf, out) == 1;
+}
+
+static void fill_sockaddr(int family, const uint8_t *ip, uint16_t port,
+			  struct sockaddr_storage *ss, socklen_t *sslen)
+{
+	memset(ss, 0, sizeof(*ss));
+	if (family == AF_INET) {
+		struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+
+		sin->sin_family = AF_INET;
+		sin->sin_port = htons(port);
+		memcpy(&sin->sin_addr, ip, 4);
+		*sslen = sizeof(*sin);
+	} else {
+		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = htons(port);
+		memcpy(&sin6->sin6_addr, ip, 16);
+		*sslen = sizeof(*sin6);
+	}
+}
+
+/*
+ * "ADDR:PORT", "[IPv6]:PORT", and, when default_port is not 0, "ADDR",
+ * "[IPv6]" or a bare IPv6 address. With `names`, ADDR may also be "*"
+ * (0.0.0.0) or "localhost" (127.0.0.1). Returns NULL or the reason.
+ */
+static const char *parse_host_port(const char *s, size_t len, bool names,
+				   uint16_t default_port,
+				   struct sockaddr_storage *ss,
+				   socklen_t *sslen)
+{
+	uint8_t ip[16];
+	int family = AF_INET;
+	const char *port_text = NULL;
+	size_t port_len = 0;
+	uint16_t port = default_port;
+
+	if (len > 0 && s[0] == '[') {
+		const char *close = memchr(s, ']', len);
+		size_t rest;
+
+		if (close == NULL)
+			return "invalid address";
+		family = AF_INET6;
+		if (!parse_ip(AF_INET6, s + 1, (size_t)(close - s) - 1, ip))
+			return "invalid address";
+		rest = len - (size_t)(close + 1 - s);
+		if (rest > 0) {
+			if (close[1] != ':')
+				return "invalid address";
+			port_text = close + 2;
+			port_len = rest - 1;
+		}
+	} else if (default_port != 0 && parse_ip(AF_INET6, s, len, ip)) {
+		family = AF_INET6;
+	} else {
+		const char *colon = memchr(s, ':', len);
+		size_t addr_len = colon != NULL ? (size_t)(colon - s) : len;
+
+		if (colon != NULL) {
+			port_text = colon + 1;
+			port_len = len - addr_len - 1;
+		}
+		if (names && addr_len == 1 && s[0] == '*') {
+			memset(ip, 0, 4);
+		} else if (names && addr_len == 9 &&
+			   strncasecmp(s, "localhost", 9) == 0) {
+			memcpy(ip, "\x7f\x00\x00\x01", 4);
+		} else if (!parse_ip(AF_INET, s, addr_len, ip)) {
+			return "invalid address";
+		}
+	}
+	if (port_text != NULL) {
+		if (parse_port(port_text, port_len, &port) < 0)
+			return "invalid port";
+	} else if (default_port == 0) {
+		return "missing port";
+	}
+	fill_sockaddr(family, ip, port, ss, sslen);
+	return NULL;
+}
+
+static const char *parse_listen(const char *text, bool pop3, bool with_mode,
+				struct listen_addr *out)
+{
+	static const struct {
+		const char *name;
+		enum listen_mode mode;
+		bool pop3;
+	} modes[] = {
+	    {"smtp", LISTEN_SMTP, false},
+	    {"submission", LISTEN_SUBMISSION, false},
+	    {"smtps", LISTEN_SMTPS, false},
+	    {"pop3", LISTEN_POP3, true},
+	    {"pop3s", LISTEN_POP3S, true},
+	};
+	const char *slash = strchr(text, '/');
+	size_t len = slash != NULL ? (size_t)(slash - text) : strlen(text);
+	enum listen_mode mode = pop3 ? LISTEN_POP3 : LISTEN_SMTP;
+	const char *why;
+
+	if (slash != NULL) {
+		bool found = false;
+
+		if (!with_mode)
+			return "unexpected mode";
+		for (size_t i = 0; i < sizeof(modes) / sizeof(*modes); i++) {
+			if (modes[i].pop3 == pop3 &&
+			    strcmp(modes[i].name, slash + 1) == 0) {
+				mode = modes[i].mode;
+				found = true;
+			}
+		}
+		if (!found)
+			return pop3
+				   ? "unknown mode (pop3 or pop3s)"
+				   : "unknown mode (smtp, submission or smtps)";
+	}
+	why = parse_host_port(text, len, true, 0, &out->addr, &out->addrlen);
+	if (why != NULL)
+		return why;
+	out->mode = mode;
+	out->text = xstrdup(text);
+	return NULL;
+}
+
+int config_parse_listen(const char *text, bool pop3, struct listen_addr *out)
+{
+	return parse_listen(text, pop3, true, out) == NULL ? 0 : -1;
+}
+
+int config_parse_cidr(const char *text, struct cidr *out)
+{
+	const char *slash = strchr(text, '/');
+	size_t len = slash != NULL ? (size_t)(slash - text) : strlen(text);
+	struct cidr net = {0};
+	unsigned max;
+
+	if (parse_ip(AF_INET, text, len, net.addr)) {
+		net.family = AF_INET;
+		max = 32;
+	} else if (parse_ip(AF_INET6, text, len, net.addr)) {
+		net.family = AF_INET6;
+		max = 128;
+	} else {
+		return -1;
+	}
+	net.prefix = max;
+	if (slash != NULL) {
+		uint64_t v;
+
+		if (parse_decimal(slash + 1, strlen(slash + 1), max, &v) < 0)
+			return -1;
+		net.prefix = (unsigned)v;
+	}
+	/* "10.1.2.3/8" means 10.0.0.0/8: host bits are masked, not refused */
+	for (unsigned bit = net.prefix; bit < max; bit++)
+		net.addr[bit / 8] &= (uint8_t) ~(0x80u >> (bit % 8));
+	*out = net;
+	return 0;
+}
+
+static bool prefix_equal(const uint8_t *a, const uint8_t *b, unsigned prefix)
+{
+	unsigned full = prefix / 8;
+	unsigned rest = prefix % 8;
+
+	if (memcmp(a, b, full) != 0)
+		return false;
+	if (rest == 0)
+		return true;
+	return ((a[full] ^ b[full]) & (0xffu << (8 - rest)) & 0xffu) == 0;
+}
+
+bool config_cidr_match(const struct cidr *nets, size_t count,
+		       const struct sockaddr *addr)
+{
+	static const uint8_t mapped_prefix[12] = {0, 0, 0, 0, 0,    0,
+						  0, 0, 0, 0, 0xff, 0xff};
+	uint8_t v4[4];
+	uint8_t v6[16];
+	bool has_v4 = false;
+
+	if (addr == NULL)
+		return false;
+	/* A client is seen both ways: 1.2.3.4 and ::ffff:1.2.3.4 are one
+	 * host, whatever the family of the socket that accepted it. */
+	if (addr->sa_family == AF_INET) {
+		const struct sockaddr_in *sin =
+		    (const struct sockaddr_in *)addr;
+
+		memcpy(v4, &sin->sin_addr, 4);
+		memcpy(v6, mapped_prefix, 12);
+		memcpy(v6 + 12, v4, 4);
+		has_v4 = true;
+	} else if (addr->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *sin6 =
+		    (const struct sockaddr_in6 *)addr;
+
+		memcpy(v6, &sin6->sin6_addr, 16);
+		if (memcmp(v6, mapped_prefix, 12) == 0) {
+			memcpy(v4, v6 + 12, 4);
+			has_v4 = true;
+		}
+	} else {
+		return false;
+	}
+	for (size_t i = 0; i < count; i++) {
+		if (nets[i].family == AF_INET && has_v4 &&
+		    prefix_equal(nets[i].addr, v4, nets[i].prefix))
+			return true;
+		if (nets[i].family == AF_INET6 &&
+		    prefix_equal(nets[i].addr, v6, nets[i].prefix))
+			return true;
+	}
+	return false;
+}
+
+bool config_is_local_domain(const struct config *cfg, const char *domain)
+{
+	size_t len;
+
+	if (cfg == NULL || domain == NULL)
+		return false;
+	len = strlen(domain);
+	if (len > 1 && domain[len - 1] == '.')
+		len--;
+	for (size_t i = 0; i < cfg->local_domains.count; i++) {
+		const char *d = cfg->local_domains.items[i];
+
+		if (strlen(d) == len && strncasecmp(d, domain, len) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* Setters: each parses one value (or one item of a list key) and stores
+ * it, or reports why not and leaves the setting as it was. */
+
+static void set_hostname(struct loader *ld, const char *value)
+{
+	char q[QUOTE_BUF];
+
+	if (!domain_valid(value, strlen(value))) {
+		bad(ld, "invalid host name %s", quote(value, q));
+		return;
+	}
+	replace_string(&ld->cfg->hostname, value);
+}
+
+static void clear_listen_list(struct listen_addr **list, size_t *count,
+			      char ***origins)
+{
+	for (size_t i = 0; i < *count; i++) {
+		free((*list)[i].text);
+		free((*origins)[i]);
+	}
+	free(*list);
+	free(*origins);
+	*list = NULL;
+	*origins = NULL;
+	*count = 0;
+}
+
+static void add_listen(struct loader *ld, const char *value, bool pop3,
+		       struct listen_addr **list, size_t *count,
+		       char ***origins)
+{
+	struct listen_addr la;
+	const char *why;
+	char q[QUOTE_BUF];
+
+	why = parse_listen(value, pop3, true, &la);
+	if (why != NULL) {
+		bad(ld, "%s in %s", why, quote(value, q));
+		return;
+	}
+	*list = xreallocarray(*list, *count + 1, sizeof(**list));
+	*origins = xreallocarray(*origins, *count + 1, sizeof(**origins));
+	(*list)[*count] = la;
+	(*origins)[*count] = xstrdup(ld->origin);
+	(*count)++;
+}
+
+static void set_listen(struct loader *ld, const char *value)
+{
+	add_listen(ld, value, false, &ld->cfg->listen, &ld->cfg->listen_count,
+		   &ld->listen_at);
+}
+
+static void clear_listen(struct loader *ld)
+{
+	clear_listen_list(&ld->cfg->listen, &ld->cfg->listen_count,
+			  &ld->listen_at);
+}
+
+static void set_pop3_listen(struct loader *ld, const char *value)
+{
+	add_listen(ld, value, true, &ld->cfg->pop3_listen,
+		   &ld->cfg->pop3_listen_count, &ld->pop3_listen_at);
+}
+
+static void clear_pop3_listen(struct loader *ld)
+{
+	clear_listen_list(&ld->cfg->pop3_listen, &ld->cfg->pop3_listen_count,
+			  &ld->pop3_listen_at);
+}
+
+static void free_listen_addr(struct listen_addr *la)
+{
+	if (la == NULL)
+		return;
+	free(la->text);
+	free(la);
+}
+
+static void set_metrics_listen(struct loader *ld, const char *value)
+{
+	struct listen_addr la;
+	struct listen_addr *copy = NULL;
+	const char *why;
+	char q[QUOTE_BUF];
+
+	if (*value != '\0') {
+		why = parse_listen(value, false, false, &la);
+		if (why != NULL) {
+			bad(ld, "%s in %s", why, quote(value, q));
+			return;
+		}
+		copy = malloc(sizeof(*copy));
+		if (copy == NULL)
+			out_of_memory();
+		*copy = la;
+	}
+	free_listen_addr(ld->cfg->metrics_listen);
+	ld->cfg->metrics_listen = copy;
+}
+
+static void set_required_string(struct loader *ld, char **slot,
+				const char *value)
+{
+	if (*value == '\0') {
+		bad(ld, "must not be empty");
+		return;
+	}
+	replace_string(slot, value);
+}
+
+/* Optional file keys: an empty value means unset. */
+static void set_optional_string(char **slot, const char *value)
+{
+	replace_string(slot, *value == '\0' ? NULL : value);
+}
+
+static void set_spool_dir(struct loader *ld, const char *value)
+{
+	set_required_string(ld, &ld->cfg->spool_dir, value);
+}
+
+static void set_local_domain(struct loader *ld, const char *value)
+{
+	struct string_list *list = &ld->cfg->local_domains;
+	size_t len = strlen(value);
+	char q[QUOTE_BUF];
+	char *lower;
+
+	if (len > 1 && value[len - 1] == '.')
+		len--;
+	if (!domain_valid(value, len)) {
+		bad(ld, "invalid domain %s", quote(value, q));
+		return;
+	}
+	lower = xstrndup(value, len);
+	for (size_t i = 0; i < len; i++)
+		lower[i] = ascii_lower(lower[i]);
+	for (size_t i = 0; i < list->count; i++) {
+		if (strcmp(list->items[i], lower) == 0) {
+			free(lower); /* listed twice: once is enough */
+			return;
+		}
+	}
+	list->items =
+	    xreallocarray(list->items, list->count + 1, sizeof(*list->items));
+	list->items[list->count++] = lower;
+}
+
+static void clear_local_domains(struct loader *ld)
+{
+	struct string_list *list = &ld->cfg->local_domains;
+
+	for (size_t i = 0; i < list->count; i++)
+		free(list->items[i]);
+	free(list->items);
+	list->items = NULL;
+	list->count = 0;
+}
+
+static void set_users_file(struct loader *ld, const char *value)
+{
+	set_optional_string(&ld->cfg->users_file, value);
+}
+
+static void set_aliases_file(struct loader *ld, const char *value)
+{
+	set_optional_string(&ld->cfg->aliases_file, value);
+}
+
+/* One of `names` (count entries); its index in *out, or an error that
+ * lists the choices given in `choices`. */
+static bool set_choice(struct loader *ld, const char *value,
+		       const char *const *names, size_t count,
+		       const char *choices, int *out)
+{
+	char q[QUOTE_BUF];
+
+	for (size_t i = 0; i < count; i++) {
+		if (strcmp(value, names[i]) == 0) {
+			*out = (int)i;
+			return true;
+		}
+	}
+	bad(ld, "invalid value %s (%s)", quote(value, q), choices);
+	return false;
+}
+
+static const char *const mailbox_format_names[] = {"maildir", "mbox"};
+static const char *const tls_policy_names[] = {"none", "may", "encrypt",
+					       "verify"};
+static const char *const log_format_names[] = {"logfmt", "json"};
+static const char *const log_level_names[] = {"error", "warn", "info", "debug"};
+#define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
+
+static void set_mailbox_format(struct loader *ld, const char *value)
+{
+	int i;
+
+	if (set_choice(ld, value, mailbox_format_names,
+		       COUNT_OF(mailbox_format_names), "maildir or mbox", &i))
+		ld->cfg->mailbox_format = (enum mailbox_format)i;
+}
+
+static void set_mailbox_path(struct loader *ld, const char *value)
+{
+	char q[QUOTE_BUF];
+	char e[QUOTE_BUF];
+
+	for (const char *p = value; *p != '\0'; p++) {
+		if (*p != '%')
+			continue;
+		if (p[1] != 'u' && p[1] != 'd' && p[1] != '%') {
+			bad(ld,
+			    "invalid escape %s in %s (use %%u, %%d or %%%%)",
+			    quote_n(p, p[1] == '\0' ? 1 : 2, e),
+			    quote(value, q));
+			return;
+		}
+		p++;
+	}
+	set_required_string(ld, &ld->cfg->mailbox_path, value);
+}
+
+static void set_relay_network(struct loader *ld, const char *value)
+{
+	struct config *cfg = ld->cfg;
+	struct cidr net;
+	char q[QUOTE_BUF];
+
+	if (config_parse_cidr(value, &net) < 0) {
+		bad(ld, "invalid network %s", quote(value, q));
+		return;
+	}
+	cfg->relay_networks =
+	    xreallocarray(cfg->relay_networks, cfg->relay_network_count + 1,
+			  sizeof(*cfg->relay_networks));
+	cfg->relay_networks[cfg->relay_network_count++] = net;
+}
+
+static void clear_relay_networks(struct loader *ld)
+{
+	free(ld->cfg->relay_networks);
+	ld->cfg->relay_networks = NULL;
+	ld->cfg->relay_network_count = 0;
+}
+
+static void set_route(struct loader *ld, const char *value)
+{
+	char err[256];
+
+	if (route_table_add(ld->cfg->routes, value, err, sizeof(err)) < 0)
+		bad(ld, "%s", err);
+}
+
+static void clear_routes(struct loader *ld)
+{
+	struct route_table *fresh = route_table_new();
+
+	if (fresh == NULL)
+		out_of_memory();
+	route_table_free(ld->cfg->routes);
+	ld->cfg->routes = fresh;
+}
+
+static void set_dns_server(struct loader *ld, const char *value)
+{
+	struct config *cfg = ld->cfg;
+	struct dns_server ds = {0};
+	const char *why;
+	char q[QUOTE_BUF];
+
+	/* The default names the system's resolver configuration; it cannot
+	 * be mixed with explicit servers. */
+	if (strcmp(value, CONFIG_RESOLV_CONF) == 0) {
+		if (cfg->dns_server_count > 0)
+			bad(ld, "%s cannot be combined with servers",
+			    quote(value, q));
+		else
+			cfg->dns_from_resolv_conf = true;
+		return;
+	}
+	if (cfg->dns_from_resolv_conf) {
+		bad(ld, "%s cannot be combined with \"%s\"", quote(value, q),
+		    CONFIG_RESOLV_CONF);
+		return;
+	}
+	why = parse_host_port(value, strlen(value), false, CONFIG_DNS_PORT,
+			      &ds.addr, &ds.addrlen);
+	if (why != NULL) {
+		bad(ld, "%s in %s", why, quote(value, q));
+		return;
+	}
+	ds.text = xstrdup(value);
+	cfg->dns_servers =
+	    xreallocarray(cfg->dns_servers, cfg->dns_server_count + 1,
+			  sizeof(*cfg->dns_servers));
+	cfg->dns_servers[cfg->dns_server_count++] = ds;
+}
+
+static void clear_dns_servers(struct loader *ld)
+{
+	struct config *cfg = ld->cfg;
+
+	for (size_t i = 0; i < cfg->dns_server_count; i++)
+		free(cfg->dns_servers[i].text);
+	free(cfg->dns_servers);
+	cfg->dns_servers = NULL;
+	cfg->dns_server_count = 0;
+	cfg->dns_from_resolv_conf = false;
+}
+
+static void set_mx_port(struct loader *ld, const char *value)
+{
+	char q[QUOTE_BUF];
+
+	if (parse_port(value, strlen(value), &ld->cfg->mx_port) < 0)
+		bad(ld, "invalid port %s (1 to 65535)", quote(value, q));
+}
+
+static void set_tls_cert(struct loader *ld, const char *value)
+{
+	set_optional_string(&ld->cfg->tls_cert, value);
+}
+
+static void set_tls_key(struct loader *ld, const char *value)
+{
+	set_optional_string(&ld->cfg->tls_key, value);
+}
+
+static void set_tls_outbound(struct loader *ld, const char *value)
+{
+	int i;
+
+	if (set_choice(ld, value, tls_policy_names, COUNT_OF(tls_policy_names),
+		       "none, may, encrypt or verify", &i))
+		ld->cfg->tls_outbound = (enum tls_policy)i;
+}
+
+static void set_tls_ca_file(struct loader *ld, const char *value)
+{
+	set_optional_string(&ld->cfg->tls_ca_file, value);
+}
+
+static void set_max_message_size(struct loader *ld, const char *value)
+{
+	uint64_t v;
+	char q[QUOTE_BUF];
+
+	if (config_parse_size(value, &v) < 0)
+		bad(ld, "invalid size %s (a number with K, M or G)",
+		    quote(value, q));
+	else if (v == 0)
+		bad(ld, "must be greater than 0");
+	else
+		ld->cfg->max_message_size = v;
+}
+
+static void set_count(struct loader *ld, unsigned *slot, const char *value)
+{
+	uint64_t v;
+	char q[QUOTE_BUF];
+
+	if (parse_decimal(value, strlen(value), UINT_MAX, &v) < 0)
+		bad(ld, "invalid number %s", quote(value, q));
+	else if (v == 0)
+		bad(ld, "must be greater than 0");
+	else
+		*slot = (unsigned)v;
+}
+
+static void set_max_recipients(struct loader *ld, const char *value)
+{
+	set_count(ld, &ld->cfg->max_recipients, value);
+}
+
+static void set_max_connections(struct loader *ld, const char *value)
+{
+	set_count(ld, &ld->cfg->max_connections, value);
+}
+
+static void set_max_connections_per_ip(struct loader *ld, const char *value)
+{
+	set_count(ld, &ld->cfg->max_connections_per_ip, value);
+}
+
+static void set_max_connections_per_destination(struct loader *ld,
+						const char *value)
+{
+	set_count(ld, &ld->cfg->max_connections_per_destination, value);
+}
+
+static void set_duration(struct loader *ld, unsigned *slot, const char *value)
+{
+	unsigned v;
+	char q[QUOTE_BUF];
+
+	if (config_parse_duration(value, &v) < 0)
+		bad(ld, "invalid duration %s (a number with s, m, h or d)",
+		    quote(value, q));
+	else if (v == 0)
+		bad(ld, "must be greater than 0");
+	else
+		*slot = v;
+}
+
+static void set_smtp_timeout(struct loader *ld, const char *value)
+{
+	set_duration(ld, &ld->cfg->smtp_timeout, value);
+}
+
+static void set_retry_min(struct loader *ld, const char *value)
+{
+	set_duration(ld, &ld->cfg->retry_min, value);
+}
+
+static void set_retry_max(struct loader *ld, const char *value)
+{
+	set_duration(ld, &ld->cfg->retry_max, value);
+}
+
+static void set_queue_lifetime(struct loader *ld, const char *value)
+{
+	set_duration(ld, &ld->cfg->queue_lifetime, value);
+}
+
+/* Unlike the other durations, 0 is allowed: it turns delay notices off. */
+static void set_delay_notice(struct loader *ld, const char *value)
+{
+	unsigned v;
+	char q[QUOTE_BUF];
+
+	if (config_parse_duration(value, &v) < 0)
+		bad(ld, "invalid duration %s (a number with s, m, h or d)",
+		    quote(value, q));
+	else
+		ld->cfg->delay_notice = v;
+}
+
+/* cfg->user is the account to switch to, or NULL for "stay who we are":
+ * an empty value, "root" (or any uid 0 account), or the account we
+ * already run as. */
+static void set_user(struct loader *ld, const char *value)
+{
+	struct passwd *pw;
+	char q[QUOTE_BUF];
+
+	if (*value == '\0') {
+		replace_string(&ld->cfg->user, NULL);
+		return;
+	}
+	errno = 0;
+	pw = getpwnam(value);
+	if (pw == NULL) {
+		/* getpwnam(3): "not found" may come with any of several
+		 * errno values; these are real failures to look up */
+		if (errno == EIO || errno == EMFILE || errno == ENFILE ||
+		    errno == ENOMEM || errno == EINTR)
+			bad(ld, "cannot look up %s: %s", quote(value, q),
+			    strerror(errno));
+		else
+			bad(ld, "no such user %s", quote(value, q));
+		return;
+	}
+	if (pw->pw_uid == 0 || pw->pw_uid == geteuid())
+		replace_string(&ld->cfg->user, NULL);
+	else
+		replace_string(&ld->cfg->user, value);
+}
+
+static void set_log_format(struct loader *ld, const char *value)
+{
+	int i;
+
+	if (set_choice(ld, value, log_format_names, COUNT_OF(log_format_names),
+		       "logfmt or json", &i))
+		ld->cfg->log_format = (enum log_format)i;
+}
+
+static void set_log_level(struct loader *ld, const char *value)
+{
+	int i;
+
+	if (set_choice(ld, value, log_level_names, COUNT_OF(log_level_names),
+		       "error, warn, info or debug", &i))
+		ld->cfg->log_level = (enum log_level)i;
+}
+
+static const struct key_def key_defs[KEY_COUNT] = {
+    [KEY_HOSTNAME] = {"hostname", NULL, set_hostname, NULL},
+    [KEY_LISTEN] = {"listen", "127.0.0.1:2525", set_listen, clear_listen},
+    [KEY_POP3_LISTEN] = {"pop3_listen", "", set_pop3_listen, clear_pop3_listen},
+    [KEY_METRICS_LISTEN] = {"metrics_listen", "", set_metrics_listen, NULL},
+    [KEY_SPOOL_DIR] = {"spool_dir", "/var/spool/facteur", set_spool_dir, NULL},
+    [KEY_LOCAL_DOMAINS] = {"local_domains", "localhost", set_local_domain,
+			   clear_local_domains},
+    [KEY_USERS_FILE] = {"users_file", "", set_users_file, NULL},
+    [KEY_ALIASES_FILE] = {"aliases_file", "", set_aliases_file, NULL},
+    [KEY_MAILBOX_FORMAT] = {"mailbox_format", "maildir", set_mailbox_format,
+			    NULL},
+    [KEY_MAILBOX_PATH] = {"mailbox_path", "/var/mail/%d/%u", set_mailbox_path,
+			  NULL},
+    [KEY_RELAY_NETWORKS] = {"relay_networks", "127.0.0.0/8, ::1/128",
+			    set_relay_network, clear_relay_networks},
+    [KEY_ROUTE] = {"route", "", set_route, clear_routes},
+    [KEY_DNS_SERVERS] = {"dns_servers", CONFIG_RESOLV_CONF, set_dns_server,
+			 clear_dns_servers},
+    [KEY_MX_PORT] = {"mx_port", "25", set_mx_port, NULL},
+    [KEY_TLS_CERT] = {"tls_cert", "", set_tls_cert, NULL},
+    [KEY_TLS_KEY] = {"tls_key", "", set_tls_key, NULL},
+    [KEY_TLS_OUTBOUND] = {"tls_outbound", "may", set_tls_outbound, NULL},
+    [KEY_TLS_CA_FILE] = {"tls_ca_file", "", set_tls_ca_file, NULL},
+    [KEY_MAX_MESSAGE_SIZE] = {"max_message_size", "25M", set_max_message_size,
+			      NULL},
+    [KEY_MAX_RECIPIENTS] = {"max_recipients", "1000", set_max_recipients, NULL},
+    [KEY_MAX_CONNECTIONS] = {"max_connections", "10000", set_max_connections,
+			     NULL},
+    [KEY_MAX_CONNECTIONS_PER_IP] = {"max_connections_per_ip", "100",
+				    set_max_connections_per_ip, NULL},
+    [KEY_MAX_CONNECTIONS_PER_DESTINATION] =
+	{"max_connections_per_destination", "20",
+	 set_max_connections_per_destination, NULL},
+    [KEY_SMTP_TIMEOUT] = {"smtp_timeout", "5m", set_smtp_timeout, NULL},
+    [KEY_RETRY_MIN] = {"retry_min", "1m", set_retry_min, NULL},
+    [KEY_RETRY_MAX] = {"retry_max", "1h", set_retry_max, NULL},
+    [KEY_QUEUE_LIFETIME] = {"queue_lifetime", "5d", set_queue_lifetime, NULL},
+    [KEY_DELAY_NOTICE] = {"delay_notice", "4h", set_delay_notice, NULL},
+    [KEY_USER] = {"user", NULL, set_user, NULL},
+    [KEY_LOG_FORMAT] = {"log_format", "logfmt", set_log_format, NULL},
+    [KEY_LOG_LEVEL] = {"log_level", "info", set_log_level, NULL},
+};
+
+static bool find_key(const char *name, size_t len, enum key *out)
+{
+	for (int k = 0; k < KEY_COUNT; k++) {
+		if (strlen(key_defs[k].name) == len &&
+		    memcmp(key_defs[k].name, name, len) == 0) {
+			*out = (enum key)k;
+			return true;
+		}
+	}
+	return false;
+}
+
+/* A control character would break the one-line "key = value" form that
+ * -n prints and logs quote. */
+static bool has_control(const char *s, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if ((c < 0x20 && c != '\t') || c == 0x7f)
+			return true;
+	}
+	return false;
+}
+
+/* Apply one value (already trimmed) of `key` read from `origin`. */
+static void apply(struct loader *ld, enum key key, const char *value,
+		  size_t len, enum source src, const char *origin)
+{
+	const struct key_def *def = &key_defs[key];
+	char *copy;
+
+	ld->origin = origin;
+	ld->key = key;
+	if (src != SOURCE_DEFAULT)
+		replace_string(&ld->set_at[key], origin);
+	if (has_control(value, len)) {
+		bad(ld, "control character in value");
+		return;
+	}
+	if (def->clear == NULL) {
+		copy = xstrndup(value, len);
+		def->set(ld, copy);
+		free(copy);
+		return;
+	}
+	/* Lists: the file's first line replaces the default and later
+	 * lines append; the environment replaces everything. */
+	if (src != SOURCE_FILE || !ld->file_seen[key])
+		def->clear(ld);
+	if (src == SOURCE_FILE)
+		ld->file_seen[key] = true;
+	if (len == 0)
+		return;
+	for (;;) {
+		const char *comma = memchr(value, ',', len);
+		size_t item_len = comma != NULL ? (size_t)(comma - value) : len;
+		const char *item = trim(value, &item_len);
+
+		if (item_len == 0) {
+			bad(ld, "empty entry in list");
+		} else {
+			copy = xstrndup(item, item_len);
+			def->set(ld, copy);
+			free(copy);
+		}
+		if (comma == NULL)
+			break;
+		len -= (size_t)(comma + 1 - value);
+		value = comma + 1;
+	}
+}
+
+static void parse_line(struct loader *ld, const char *name, size_t lineno,
+		       const char *line, size_t len)
+{
+	const char *eq;
+	const char *key;
+	const char *value;
+	size_t key_len;
+	size_t value_len;
+	enum key k;
+	char *origin;
+	char q[QUOTE_BUF];
+
+	if (len > 0 && line[len - 1] == '\r')
+		len--;
+	line = trim(line, &len);
+	if (len == 0 || line[0] == '#')
+		return;
+	if (asprintf(&origin, "%s:%zu", name, lineno) < 0)
+		out_of_memory();
+	eq = memchr(line, '=', len);
+	if (eq == NULL) {
+		config_errors_add(ld->errors,
+				  "%s: expected \"key = value\", got %s",
+				  origin, quote_n(line, len, q));
+		free(origin);
+		return;
+	}
+	key_len = (size_t)(eq - line);
+	key = trim(line, &key_len);
+	value_len = len - (size_t)(eq + 1 - line);
+	value = trim(eq + 1, &value_len);
+	if (key_len == 0)
+		config_errors_add(ld->errors, "%s: missing key before \"=\"",
+				  origin);
+	else if (!find_key(key, key_len, &k))
+		config_errors_add(ld->errors, "%s: unknown key %s", origin,
+				  quote_n(key, key_len, q));
+	else
+		apply(ld, k, value, value_len, SOURCE_FILE, origin);
+	free(origin);
+}
+
+static void parse_text(struct loader *ld, const char *text, size_t len,
+		       const char *name)
+{
+	const char *p = text;
+	const char *end = text + len;
+	size_t lineno = 0;
+
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		const char *line_end = nl != NULL ? nl : end;
+
+		parse_line(ld, name, ++lineno, p, (size_t)(line_end - p));
+		p = nl != NULL ? nl + 1 : end;
+	}
+}
+
+static void read_environment(struct loader *ld, char *const *env)
+{
+	const size_t plen = strlen(CONFIG_ENV_PREFIX);
+
+	for (; env != NULL && *env != NULL; env++) {
+		const char *var = *env;
+		const char *eq = strchr(var, '=');
+		const char *suffix;
+		size_t name_len;
+		size_t suffix_len;
+		size_t value_len;
+		const char *value;
+		char *name;
+		enum key k;
+		bool found = false;
+
+		if (eq == NULL || strncmp(var, CONFIG_ENV_PREFIX, plen) != 0)
+			continue;
+		suffix = var + plen;
+		name_len = (size_t)(eq - var);
+		if (name_len == strlen(CONFIG_ENV_FILE) &&
+		    memcmp(var, CONFIG_ENV_FILE, name_len) == 0)
+			continue;
+		suffix_len = name_len - plen;
+		for (k = 0; k < KEY_COUNT; k++) {
+			const char *key = key_defs[k].name;
+			size_t i;
+
+			if (strlen(key) != suffix_len)
+				continue;
+			for (i = 0; i < suffix_len; i++)
+				if (suffix[i] != ascii_upper(key[i]))
+					break;
+			if (i == suffix_len) {
+				found = true;
+				break;
+			}
+		}
+		name = xstrndup(var, name_len);
+		if (!found) {
+			char q[QUOTE_BUF];
+			char *lower = xstrndup(suffix, suffix_len);
+
+			for (size_t i = 0; i < suffix_len; i++)
+				lower[i] = ascii_lower(lower[i]);
+			config_errors_add(ld->errors, "%s: unknown key %s",
+					  name, quote(lower, q));
+			free(lower);
+			free(name);
+			continue;
+		}
+		value_len = strlen(eq + 1);
+		value = trim(eq + 1, &value_len);
+		apply(ld, k, value, value_len, SOURCE_ENV, name);
+		free(name);
+	}
+}
+
+static void format_duration(unsigned seconds, char *buf, size_t len)
+{
+	static const struct {
+		unsigned seconds;
+		char suffix;
+	} units[] = {{86400, 'd'}, {3600, 'h'}, {60, 'm'}};
+
+	for (size_t i = 0; i < COUNT_OF(units); i++) {
+		if (seconds != 0 && seconds % units[i].seconds == 0) {
+			snprintf(buf, len, "%u%c", seconds / units[i].seconds,
+				 units[i].suffix);
+			return;
+		}
+	}
+	snprintf(buf, len, "%us", seconds);
+}
+
+static void check_tls_listeners(struct loader *ld,
+				const struct listen_addr *list, size_t count,
+				char **origins, enum key key)
+{
+	const struct config *cfg = ld->cfg;
+	char q[QUOTE_BUF];
+
+	if (cfg->tls_cert != NULL && cfg->tls_key != NULL)
+		return;
+	for (size_t i = 0; i < count; i++) {
+		if (list[i].mode != LISTEN_SUBMISSION &&
+		    list[i].mode != LISTEN_SMTPS &&
+		    list[i].mode != LISTEN_POP3S)
+			continue;
+		ld->origin = origins[i] != NULL ? origins[i] : "default";
+		ld->key = key;
+		bad(ld, "%s needs tls_cert and tls_key",
+		    quote(list[i].text, q));
+	}
+}
+
+static const char *origin_of(struct loader *ld, enum key key)
+{
+	return ld->set_at[key] != NULL ? ld->set_at[key] : "default";
+}
+
+/* Checks that involve more than one key, once every source is read. */
+static void check_keys_together(struct loader *ld)
+{
+	struct config *cfg = ld->cfg;
+
+	if (cfg->tls_cert != NULL && cfg->tls_key == NULL)
+		config_errors_add(ld->errors,
+				  "%s: tls_cert: set without tls_key",
+				  origin_of(ld, KEY_TLS_CERT));
+	if (cfg->tls_key != NULL && cfg->tls_cert == NULL)
+		config_errors_add(ld->errors,
+				  "%s: tls_key: set without tls_cert",
+				  origin_of(ld, KEY_TLS_KEY));
+	check_tls_listeners(ld, cfg->listen, cfg->listen_count, ld->listen_at,
+			    KEY_LISTEN);
+	check_tls_listeners(ld, cfg->pop3_listen, cfg->pop3_listen_count,
+			    ld->pop3_listen_at, KEY_POP3_LISTEN);
+	if (cfg->retry_min > cfg->retry_max) {
+		enum key k = ld->set_at[KEY_RETRY_MIN] != NULL ? KEY_RETRY_MIN
+							       : KEY_RETRY_MAX;
+		char min[32];
+		char max[32];
+
+		format_duration(cfg->retry_min, min, sizeof(min));
+		format_duration(cfg->retry_max, max, sizeof(max));
+		config_errors_add(ld->errors,
+				  "%s: %s: retry_min (%s) is greater than "
+				  "retry_max (%s)",
+				  origin_of(ld, k), key_defs[k].name, min, max);
+	}
+	/* An empty server list means the system's resolver, as by default. */
+	if (cfg->dns_server_count == 0)
+		cfg->dns_from_resolv_conf = true;
+}
+
+static void set_defaults(struct loader *ld)
+{
+	char host[HOST_NAME_MAX + 1];
+	struct passwd *pw;
+
+	for (int k = 0; k < KEY_COUNT; k++) {
+		const char *v = key_defs[k].default_value;
+
+		if (v != NULL)
+			apply(ld, (enum key)k, v, strlen(v), SOURCE_DEFAULT,
+			      "default");
+	}
+	if (gethostname(host, sizeof(host)) < 0 || host[0] == '\0')
+		snprintf(host, sizeof(host), "localhost");
+	host[sizeof(host) - 1] = '\0';
+	ld->cfg->hostname = xstrdup(host);
+
+	pw = getpwnam("facteur");
+	if (pw != NULL && pw->pw_uid != 0 && pw->pw_uid != geteuid())
+		ld->cfg->user = xstrdup("facteur");
+}
+
+static void loader_free(struct loader *ld)
+{
+	for (int k = 0; k < KEY_COUNT; k++)
+		free(ld->set_at[k]);
+	for (size_t i = 0; i < ld->cfg->listen_count; i++)
+		free(ld->listen_at[i]);
+	free(ld->listen_at);
+	for (size_t i = 0; i < ld->cfg->pop3_listen_count; i++)
+		free(ld->pop3_listen_at[i]);
+	free(ld->pop3_listen_at);
+}
+
+static struct config *load(const char *text, size_t len, const char *name,
+			   char *const *env, struct config_errors *errors)
+{
+	struct config_errors local = {0};
+	struct loader ld = {0};
+	size_t before;
+
+	if (errors == NULL)
+		errors = &local;
+	before = errors->count;
+	ld.errors = errors;
+	ld.cfg = calloc(1, sizeof(*ld.cfg));
+	if (ld.cfg == NULL)
+		out_of_memory();
+	ld.cfg->routes = route_table_new();
+	if (ld.cfg->routes == NULL)
+		out_of_memory();
+	if (name != NULL)
+		ld.cfg->source = xstrdup(name);
+
+	set_defaults(&ld);
+	if (text != NULL)
+		parse_text(&ld, text, len, name);
+	read_environment(&ld, env);
+	check_keys_together(&ld);
+	loader_free(&ld);
+	config_errors_clear(&local);
+	if (errors->count > before) {
+		config_free(ld.cfg);
+		return NULL;
+	}
+	return ld.cfg;
+}
+
+struct config *config_load_string(const char *text, const char *name,
+				  char *const *environ_vars,
+				  struct config_errors *errors)
+{
+	if (text == NULL)
+		text = "";
+	if (name == NULL)
+		name = "<string>";
+	return load(text, strlen(text), name, environ_vars, errors);
+}
+
+/* Read a whole file, bounded. Returns 0, 1 when it does not exist and
+ * that is allowed, -1 after adding the error. */
+static int read_file(const char *path, bool missing_ok, char **text,
+		     size_t *len, struct config_errors *errors)
+{
+	size_t cap = 4096;
+	size_t used = 0;
+	char *buf;
+	int fd;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		if (missing_ok && errno == ENOENT)
+			return 1;
+		config_errors_add(errors, "%s: cannot open: %s", path,
+				  strerror(errno));
+		return -1;
+	}
+	buf = malloc(cap);
+	if (buf == NULL)
+		out_of_memory();
+	for (;;) {
+		ssize_t n;
+
+		if (used == cap) {
+			if (cap >= CONFIG_FILE_MAX) {
+				config_errors_add(
+				    errors, "%s: file larger than %u octets",
+				    path, CONFIG_FILE_MAX);
+				goto fail;
+			}
+			cap *= 2;
+			buf = xreallocarray(buf, cap, 1);
+		}
+		n = read(fd, buf + used, cap - used);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			config_errors_add(errors, "%s: cannot read: %s", path,
+					  strerror(errno));
+			goto fail;
+		}
+		if (n == 0)
+			break;
+		used += (size_t)n;
+	}
+	if (close(fd) < 0) {
+		config_errors_add(errors, "%s: cannot read: %s", path,
+				  strerror(errno));
+		free(buf);
+		return -1;
+	}
+	*text = buf;
+	*len = used;
+	return 0;
+fail:
+	free(buf);
+	/* already failing: the first error is the one worth reporting */
+	(void)close(fd);
+	return -1;
+}
+
+static const char *env_value(char *const *env, const char *name)
+{
+	size_t len = strlen(name);
+
+	for (; env != NULL && *env != NULL; env++)
+		if (strncmp(*env, name, len) == 0 && (*env)[len] == '=')
+			return *env + len + 1;
+	return NULL;
+}
+
+struct config *config_load(const char *path, char *const *environ_vars,
+			   struct config_errors *errors)
+{
+	struct config_errors local = {0};
+	bool missing_ok = false;
+	char *text = NULL;
+	size_t len = 0;
+	struct config *cfg;
+	int rc;
+
+	if (errors == NULL)
+		errors = &local;
+	if (path == NULL) {
+		path = env_value(environ_vars, CONFIG_ENV_FILE);
+		if (path != NULL && *path == '\0')
+			path = NULL;
+	}
+	if (path == NULL) {
+		path = CONFIG_DEFAULT_FILE;
+		missing_ok = true;
+	}
+	rc = read_file(path, missing_ok, &text, &len, errors);
+	/* With the file unreadable, still read the environment so that every
+	 * error is reported at once; the load fails anyway. */
+	cfg = load(text, len, rc == 1 ? NULL : path, environ_vars, errors);
+	free(text);
+	if (rc < 0) {
+		config_free(cfg);
+		cfg = NULL;
+	}
+	config_errors_clear(&local);
+	return cfg;
+}
+
+void config_free(struct config *cfg)
+{
+	if (cfg == NULL)
+		return;
+	free(cfg->source);
+	free(cfg->hostname);
+	for (size_t i = 0; i < cfg->listen_count; i++)
+		free(cfg->listen[i].text);
+	free(cfg->listen);
+	for (size_t i = 0; i < cfg->pop3_listen_count; i++)
+		free(cfg->pop3_listen[i].text);
+	free(cfg->pop3_listen);
+	free_listen_addr(cfg->metrics_listen);
+	free(cfg->spool_dir);
+	for (size_t i = 0; i < cfg->local_domains.count; i++)
+		free(cfg->local_domains.items[i]);
+	free(cfg->local_domains.items);
+	free(cfg->users_file);
+	free(cfg->aliases_file);
+	free(cfg->mailbox_path);
+	free(cfg->relay_networks);
+	route_table_free(cfg->routes);
+	for (size_t i = 0; i < cfg->dns_server_count; i++)
+		free(cfg->dns_servers[i].text);
+	free(cfg->dns_servers);
+	free(cfg->tls_cert);
+	free(cfg->tls_key);
+	free(cfg->tls_ca_file);
+	free(cfg->user);
+	free(cfg);
+}
+
+static void print_size(uint64_t octets, FILE *out)
+{
+	static const struct {
+		uint64_t octets;
+		char suffix;
+	} units[] = {
+	    {1024ull * 1024 * 1024, 'G'}, {1024 * 1024, 'M'}, {1024, 'K'}};
+
+	for (size_t i = 0; i < COUNT_OF(units); i++) {
+		if (octets != 0 && octets % units[i].octets == 0) {
+			fprintf(out, "%llu%c",
+				(unsigned long long)(octets / units[i].octets),
+				units[i].suffix);
+			return;
+		}
+	}
+	fprintf(out, "%llu", (unsigned long long)octets);
+}
+
+static void print_cidr(const struct cidr *net, FILE *out)
+{
+	char buf[INET6_ADDRSTRLEN];
+
+	if (inet_ntop(net->family, net->addr, buf, sizeof(buf)) == NULL)
+		snprintf(buf, sizeof(buf), "?");
+	fprintf(out, "%s/%u", buf, net->prefix);
+}
+
+static void print_value(const struct config *cfg, enum key key, FILE *out)
+{
+	char buf[32];
+
+	switch (key) {
+	case KEY_HOSTNAME:
+		fputs(cfg->hostname, out);
+		break;
+	case KEY_LISTEN:
+		for (size_t i = 0; i < cfg->listen_count; i++)
+			fprintf(out, "%s%s", i ? ", " : "",
+				cfg->listen[i].text);
+		break;
+	case KEY_POP3_LISTEN:
+		for (size_t i = 0; i < cfg->pop3_listen_count; i++)
+			fprintf(out, "%s%s", i ? ", " : "",
+				cfg->pop3_listen[i].text);
+		break;
+	case KEY_METRICS_LISTEN:
+		if (cfg->metrics_listen != NULL)
+			fputs(cfg->metrics_listen->text, out);
+		break;
+	case KEY_SPOOL_DIR:
+		fputs(cfg->spool_dir, out);
+		break;
+	case KEY_LOCAL_DOMAINS:
+		for (size_t i = 0; i < cfg->local_domains.count; i++)
+			fprintf(out, "%s%s", i ? ", " : "",
+				cfg->local_domains.items[i]);
+		break;
+	case KEY_USERS_FILE:
+		fputs(cfg->users_file ? cfg->users_file : "", out);
+		break;
+	case KEY_ALIASES_FILE:
+		fputs(cfg->aliases_file ? cfg->aliases_file : "", out);
+		break;
+	case KEY_MAILBOX_FORMAT:
+		fputs(mailbox_format_names[cfg->mailbox_format], out);
+		break;
+	case KEY_MAILBOX_PATH:
+		fputs(cfg->mailbox_path, out);
+		break;
+	case KEY_RELAY_NETWORKS:
+		for (size_t i = 0; i < cfg->relay_network_count; i++) {
+			if (i > 0)
+				fputs(", ", out);
+			print_cidr(&cfg->relay_networks[i], out);
+		}
+		break;
+	case KEY_ROUTE:
+		for (size_t i = 0; i < route_table_count(cfg->routes); i++)
+			fprintf(out, "%s%s", i ? ", " : "",
+				route_table_get(cfg->routes, i)->text);
+		break;
+	case KEY_DNS_SERVERS:
+		if (cfg->dns_from_resolv_conf)
+			fputs(CONFIG_RESOLV_CONF, out);
+		for (size_t i = 0; i < cfg->dns_server_count; i++)
+			fprintf(out, "%s%s", i ? ", " : "",
+				cfg->dns_servers[i].text);
+		break;
+	case KEY_MX_PORT:
+		fprintf(out, "%u", (unsigned)cfg->mx_port);
+		break;
+	case KEY_TLS_CERT:
+		fputs(cfg->tls_cert ? cfg->tls_cert : "", out);
+		break;
+	case KEY_TLS_KEY:
+		fputs(cfg->tls_key ? cfg->tls_key : "", out);
+		break;
+	case KEY_TLS_OUTBOUND:
+		fputs(tls_policy_names[cfg->tls_outbound], out);
+		break;
+	case KEY_TLS_CA_FILE:
+		fputs(cfg->tls_ca_file ? cfg->tls_ca_file : "", out);
+		break;
+	case KEY_MAX_MESSAGE_SIZE:
+		print_size(cfg->max_message_size, out);
+		break;
+	case KEY_MAX_RECIPIENTS:
+		fprintf(out, "%u", cfg->max_recipients);
+		break;
+	case KEY_MAX_CONNECTIONS:
+		fprintf(out, "%u", cfg->max_connections);
+		break;
+	case KEY_MAX_CONNECTIONS_PER_IP:
+		fprintf(out, "%u", cfg->max_connections_per_ip);
+		break;
+	case KEY_MAX_CONNECTIONS_PER_DESTINATION:
+		fprintf(out, "%u", cfg->max_connections_per_destination);
+		break;
+	case KEY_SMTP_TIMEOUT:
+		format_duration(cfg->smtp_timeout, buf, sizeof(buf));
+		fputs(buf, out);
+		break;
+	case KEY_RETRY_MIN:
+		format_duration(cfg->retry_min, buf, sizeof(buf));
+		fputs(buf, out);
+		break;
+	case KEY_RETRY_MAX:
+		format_duration(cfg->retry_max, buf, sizeof(buf));
+		fputs(buf, out);
+		break;
+	case KEY_QUEUE_LIFETIME:
+		format_duration(cfg->queue_lifetime, buf, sizeof(buf));
+		fputs(buf, out);
+		break;
+	case KEY_DELAY_NOTICE:
+		format_duration(cfg->delay_notice, buf, sizeof(buf));
+		fputs(buf, out);
+		break;
+	case KEY_USER:
+		fputs(cfg->user ? cfg->user : "", out);
+		break;
+	case KEY_LOG_FORMAT:
+		fputs(log_format_names[cfg->log_format], out);
+		break;
+	case KEY_LOG_LEVEL:
+		fputs(log_level_names[cfg->log_level], out);
+		break;
+	case KEY_COUNT:
+		break;
+	}
+}
+
+void config_print(const struct config *cfg, FILE *out)
+{
+	for (int k = 0; k < KEY_COUNT; k++) {
+		fprintf(out, "%s = ", key_defs[k].name);
+		print_value(cfg, (enum key)k, out);
+		fputc('\n', out);
+	}
+}
+
+static bool pop3_listen_set(const struct config *cfg)
+{
+	return cfg->pop3_listen_count > 0;
+}
+
+static bool metrics_listen_set(const struct config *cfg)
+{
+	return cfg->metrics_listen != NULL;
+}
+
+static bool tls_cert_set(const struct config *cfg)
+{
+	return cfg->tls_cert != NULL;
+}
+
+static bool tls_key_set(const struct config *cfg)
+{
+	return cfg->tls_key != NULL;
+}
+
+static bool tls_ca_file_set(const struct config *cfg)
+{
+	return cfg->tls_ca_file != NULL;
+}
+
+static bool tls_outbound_set(const struct config *cfg)
+{
+	return cfg->tls_outbound != TLS_POLICY_MAY;
+}
+
+static bool route_set(const struct config *cfg)
+{
+	return route_table_count(cfg->routes) > 0;
+}
+
+static bool dns_servers_set(const struct config *cfg)
+{
+	return !cfg->dns_from_resolv_conf;
+}
+
+static bool mx_port_set(const struct config *cfg)
+{
+	return cfg->mx_port != 25;
+}
+
+static bool mailbox_format_mbox(const struct config *cfg)
+{
+	return cfg->mailbox_format == MAILBOX_MBOX;
+}
+
+/*
+ * NOT YET IN EFFECT: keys this build reads and validates but does not act
+ * on. When the feature behind one lands, set its `in_effect` to true.
+ */
+static const struct {
+	const char *key;
+	bool in_effect;
+	bool (*changed)(const struct config *cfg); /* left its default? */
+} pending_keys[] = {
+    {"pop3_listen", false, pop3_listen_set},
+    {"metrics_listen", false, metrics_listen_set},
+    {"tls_cert", true, tls_cert_set},
+    {"tls_key", true, tls_key_set},
+    {"tls_ca_file", true, tls_ca_file_set},
+    {"tls_outbound", true, tls_outbound_set},
+    {"route", true, route_set},
+    {"dns_servers", true, dns_servers_set},
+    {"mx_port", true, mx_port_set},
+    {"mailbox_format", true, mailbox_format_mbox},
+};
+
+const char *const *config_keys_not_in_effect(const struct config *cfg)
+{
+	/* Static, as the header promises: overwritten by the next call. */
+	static const char *found[COUNT_OF(pending_keys) + 1];
+	size_t n = 0;
+
+	for (size_t i = 0; i < COUNT_OF(pending_keys); i++)
+		if (cfg != NULL && !pending_keys[i].in_effect &&
+		    pending_keys[i].changed(cfg))
+			found[n++] = pending_keys[i].key;
+	found[n] = NULL;
+	return found;
+}

@@ -1,0 +1,1183 @@
+/*
+ * Local delivery (see deliver.h). Each delivery is a small state machine
+ * driven by one timer event and the iothread's completions: the work
+ * starts on the timer (never inside deliver_start), the file is written
+ * on the loop (page cache), and every fsync goes to the iothread. The
+ * callback also runs from the timer, after all descriptors are closed.
+ *
+ * mbox deliveries to one path are queued here and run one at a time, so
+ * that they never wait for a lock that this very process holds.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "facteur/deliver.h"
+#include "facteur/iothread.h"
+#include "facteur/smtp_proto.h"
+
+#define COPY_CHUNK (64 * 1024)
+/* Lock held by someone else: try again this often, this many times. */
+#define LOCK_RETRY_USEC 100000
+#define LOCK_ATTEMPTS_MAX 100
+/* A dot lock older than this was left by a crash (procmail and mutt use
+ * a few minutes too); a live writer touches it within a second or two. */
+#define DOT_LOCK_STALE_SECONDS 300
+
+enum delivery_state {
+	STATE_QUEUED,	 /* mbox: waiting behind another delivery */
+	STATE_START,	 /* the timer begins the work */
+	STATE_LOCK_WAIT, /* mbox: the timer retries the locks */
+	STATE_FILE_SYNC, /* maildir: the tmp/ file is being flushed */
+	STATE_DIR_SYNC,	 /* maildir: new/ (and new folders) being flushed */
+	STATE_MBOX_SYNC, /* mbox: the file (and new folders) being flushed */
+	STATE_DONE,	 /* the timer runs the callback */
+};
+
+struct mbox_queue;
+
+struct delivery {
+	struct event_base *base;
+	struct iothread *io;
+	struct event *timer;
+	enum delivery_state state;
+	deliver_cb cb;
+	void *arg;
+
+	enum mailbox_format format;
+	char *mailbox;
+	char *spool_file;
+	char *sender;
+	char *recipient;
+	char *unique;
+	char *hostname;
+	time_t arrival;
+	bool check_existing;
+
+	int fd; /* the tmp/ file or the mbox, -1 when closed */
+	char *tmp_path;
+	char *new_path;
+	/* Directories to flush with the message: new/ for Maildir, and
+	 * every directory whose entries changed because folders or the
+	 * mbox were created. */
+	char **sync_paths;
+	size_t sync_count;
+	int *sync_fds;
+	size_t sync_open;
+
+	/* mbox */
+	struct mbox_queue *queue;
+	struct delivery *queue_next;
+	char *lock_path;
+	bool dot_locked;
+	unsigned lock_attempts;
+	off_t start_size;
+
+	enum deliver_result result;
+	const char *dsn;
+	char *reason; /* malloc'd, or NULL: then reason_text */
+	const char *reason_text;
+};
+
+struct mbox_queue {
+	struct mbox_queue *next;
+	char *path;
+	struct delivery *head;
+	struct delivery *tail;
+};
+
+/* All mbox paths with a delivery in progress; the loop is single-threaded. */
+static struct mbox_queue *mbox_queues;
+
+static char ascii_lower(char c)
+{
+	return c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
+}
+
+char *deliver_expand_path(const char *template_path, const char *local,
+			  size_t local_len, const char *domain)
+{
+	if (template_path == NULL || local == NULL || domain == NULL ||
+	    memchr(local, '\0', local_len) != NULL)
+		return NULL;
+	size_t domain_len = strlen(domain);
+	size_t need = 1;
+	for (const char *p = template_path; *p != '\0'; p++) {
+		if (*p != '%') {
+			need++;
+			continue;
+		}
+		p++;
+		if (*p == 'u')
+			need += local_len;
+		else if (*p == 'd')
+			need += domain_len;
+		else if (*p == '%')
+			need++;
+		else
+			return NULL; /* unknown, or a lone '%' at the end */
+	}
+	char *out = malloc(need);
+	if (out == NULL)
+		return NULL;
+	size_t n = 0;
+	for (const char *p = template_path; *p != '\0'; p++) {
+		if (*p != '%') {
+			out[n++] = *p;
+			continue;
+		}
+		p++;
+		if (*p == 'u') {
+			for (size_t i = 0; i < local_len; i++)
+				out[n++] = ascii_lower(local[i]);
+		} else if (*p == 'd') {
+			for (size_t i = 0; i < domain_len; i++)
+				out[n++] = ascii_lower(domain[i]);
+		} else {
+			out[n++] = '%';
+		}
+	}
+	out[n] = '\0';
+	return out;
+}
+
+/* Append `s` with '/' and ':' written as \057 and \072 (a file name
+ * cannot hold '/', and ':' starts the Maildir info). */
+static bool append_escaped(char *buf, size_t len, size_t *n, const char *s)
+{
+	for (; *s != '\0'; s++) {
+		const char *piece = *s == '/'	? "\\057"
+				    : *s == ':' ? "\\072"
+						: NULL;
+		size_t plen = piece != NULL ? 4 : 1;
+		if (len - *n <= plen)
+			return false;
+		if (piece != NULL)
+			memcpy(buf + *n, piece, 4);
+		else
+			buf[*n] = *s;
+		*n += plen;
+	}
+	return true;
+}
+
+int deliver_maildir_name(char *buf, size_t len, time_t arrival,
+			 const char *unique, const char *hostname)
+{
+	if (buf == NULL || len == 0)
+		return -1;
+	int w = snprintf(buf, len, "%lld.", (long long)arrival);
+	if (w < 0 || (size_t)w >= len)
+		return -1;
+	size_t n = (size_t)w;
+	/* The unique part is escaped too, although the spool never puts a
+	 * '/' in it: a file name must never become a path. */
+	if (!append_escaped(buf, len, &n, unique != NULL ? unique : ""))
+		return -1;
+	if (len - n <= 1)
+		return -1;
+	buf[n++] = '.';
+	if (!append_escaped(buf, len, &n, hostname != NULL ? hostname : ""))
+		return -1;
+	buf[n] = '\0';
+	if (n > INT_MAX)
+		return -1;
+	return (int)n;
+}
+
+static int ensure_directory(const char *path)
+{
+	struct stat st;
+	if (stat(path, &st) == -1)
+		return -1;
+	if (!S_ISDIR(st.st_mode)) {
+		errno = ENOTDIR;
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * mkdir -p. *first_created is set to the length of the path of the
+ * outermost directory this call created, or 0 when it created none, so
+ * that the caller can flush the directories whose entries changed.
+ */
+static int mkdirs_tracked(const char *path, size_t *first_created)
+{
+	*first_created = 0;
+	size_t len = strlen(path);
+	while (len > 1 && path[len - 1] == '/')
+		len--;
+	if (len == 0) {
+		errno = ENOENT;
+		return -1;
+	}
+	char *copy = strndup(path, len);
+	if (copy == NULL)
+		return -1;
+	int rc = -1;
+	/* Usually the parent exists: one call. */
+	if (mkdir(copy, 0700) == 0) {
+		*first_created = len;
+		rc = 0;
+		goto out;
+	}
+	if (errno == EEXIST) {
+		rc = ensure_directory(copy);
+		goto out;
+	}
+	if (errno != ENOENT)
+		goto out;
+	for (size_t i = 1; i <= len; i++) {
+		if (i < len && copy[i] != '/')
+			continue;
+		if (copy[i - 1] == '/')
+			continue; /* "a//b" */
+		char saved = copy[i];
+		copy[i] = '\0';
+		if (mkdir(copy, 0700) == 0) {
+			if (*first_created == 0)
+				*first_created = i;
+		} else if (errno != EEXIST) {
+			goto out;
+		} else if (i == len && ensure_directory(copy) == -1) {
+			goto out;
+		}
+		copy[i] = saved;
+	}
+	rc = 0;
+out:
+	free(copy);
+	return rc;
+}
+
+int deliver_mkdirs(const char *path)
+{
+	size_t first_created;
+	return mkdirs_tracked(path, &first_created);
+}
+
+size_t deliver_mboxrd_quote(struct deliver_mboxrd *q, const char *in,
+			    size_t inlen, char *out)
+{
+	static const char from[] = "From ";
+	size_t n = 0;
+	for (size_t i = 0; i < inlen; i++) {
+		char c = in[i];
+		if (q->matched > 0) {
+			if (c == from[q->matched]) {
+				if (++q->matched == 5) {
+					out[n++] = '>';
+					memcpy(out + n, from, 5);
+					n += 5;
+					q->matched = 0;
+					q->mid_line = true;
+				}
+				continue;
+			}
+			/* Not "From ": give back what was held. */
+			memcpy(out + n, from, q->matched);
+			n += q->matched;
+			q->matched = 0;
+			q->mid_line = true;
+		}
+		if (!q->mid_line) {
+			if (c == 'F') {
+				q->matched = 1;
+				continue;
+			}
+			if (c != '>' && c != '\n')
+				q->mid_line = true;
+		}
+		out[n++] = c;
+		if (c == '\n')
+			q->mid_line = false;
+	}
+	return n;
+}
+
+size_t deliver_mboxrd_finish(struct deliver_mboxrd *q, char *out)
+{
+	size_t n = q->matched;
+	memcpy(out, "From ", n);
+	q->matched = 0;
+	q->mid_line = n > 0 || q->mid_line;
+	return n;
+}
+
+static char *dup_or_empty(const char *s)
+{
+	return strdup(s != NULL ? s : "");
+}
+
+/* For headers and the From_ line: no CR or LF from an envelope may
+ * start a header of its own. */
+static char *dup_header_value(const char *s)
+{
+	char *out = dup_or_empty(s);
+	if (out != NULL)
+		for (char *p = out; *p != '\0'; p++)
+			if (*p == '\r' || *p == '\n')
+				*p = ' ';
+	return out;
+}
+
+static void close_sync_fds(struct delivery *d)
+{
+	for (size_t i = 0; i < d->sync_open; i++)
+		(void)close(d->sync_fds[i]); /* read-only directories */
+	d->sync_open = 0;
+}
+
+static void delivery_free(struct delivery *d)
+{
+	if (d->fd != -1)
+		(void)close(d->fd);
+	close_sync_fds(d);
+	if (d->timer != NULL)
+		event_free(d->timer);
+	free(d->mailbox);
+	free(d->spool_file);
+	free(d->sender);
+	free(d->recipient);
+	free(d->unique);
+	free(d->hostname);
+	free(d->tmp_path);
+	free(d->new_path);
+	for (size_t i = 0; i < d->sync_count; i++)
+		free(d->sync_paths[i]);
+	free(d->sync_paths);
+	free(d->sync_fds);
+	free(d->lock_path);
+	free(d->reason);
+	free(d);
+}
+
+static int schedule(struct delivery *d, enum delivery_state state, long usec)
+{
+	struct timeval tv = {.tv_sec = usec / 1000000,
+			     .tv_usec = usec % 1000000};
+	d->state = state;
+	return evtimer_add(d->timer, &tv);
+}
+
+static void mbox_attempt(struct delivery *d);
+
+/* Let the next mbox delivery of this path go. */
+static void mbox_queue_release(struct delivery *d)
+{
+	struct mbox_queue *q = d->queue;
+	if (q == NULL)
+		return;
+	d->queue = NULL;
+	q->head = d->queue_next;
+	if (q->head == NULL) {
+		for (struct mbox_queue **pp = &mbox_queues; *pp != NULL;
+		     pp = &(*pp)->next) {
+			if (*pp == q) {
+				*pp = q->next;
+				break;
+			}
+		}
+		free(q->path);
+		free(q);
+		return;
+	}
+	struct delivery *next = q->head;
+	if (schedule(next, STATE_START, 0) == -1)
+		mbox_attempt(next); /* we are on the loop already */
+}
+
+static void run_callback(struct delivery *d)
+{
+	d->cb(d->result, d->dsn, d->reason != NULL ? d->reason : d->reason_text,
+	      d->arg);
+	delivery_free(d);
+}
+
+/* The result is known: release what is held, then call back from the
+ * timer. */
+static void finish(struct delivery *d, enum deliver_result result,
+		   const char *dsn, char *reason, const char *reason_text)
+{
+	d->result = result;
+	d->dsn = dsn;
+	free(d->reason);
+	d->reason = reason;
+	d->reason_text = reason != NULL ? NULL : reason_text;
+	if (d->fd != -1) {
+		(void)close(d->fd); /* only on failure paths: nothing to lose */
+		d->fd = -1;
+	}
+	close_sync_fds(d);
+	if (d->dot_locked) {
+		(void)unlink(d->lock_path); /* ours; a stale one is aged out */
+		d->dot_locked = false;
+	}
+	mbox_queue_release(d);
+	if (schedule(d, STATE_DONE, 0) == -1)
+		run_callback(d); /* never inside deliver_start: see there */
+}
+
+static void finish_ok(struct delivery *d, const char *reason)
+{
+	finish(d, DELIVER_OK, "2.0.0", NULL, reason);
+}
+
+static const char *dsn_for_errno(int err, bool mailbox)
+{
+	if (err == ENOSPC || err == EDQUOT)
+		return "4.3.1";
+	if (!mailbox)
+		return "4.3.0";
+	switch (err) {
+	case EACCES:
+	case EPERM:
+	case ENOTDIR:
+	case EISDIR:
+	case ELOOP:
+	case ENAMETOOLONG:
+	case EROFS:
+	case ENOENT:
+	case EEXIST:
+	case EMLINK:
+	case EFBIG:
+		return "4.2.0";
+	default:
+		return "4.3.0";
+	}
+}
+
+/* "open /var/mail/x/tmp/...: Permission denied" */
+static void fail_errno(struct delivery *d, int err, bool mailbox,
+		       const char *what, const char *path)
+{
+	char *reason = NULL;
+	if (asprintf(&reason, "%s %s: %s", what, path, strerror(err)) == -1)
+		reason = NULL;
+	finish(d, DELIVER_TEMPFAIL, dsn_for_errno(err, mailbox), reason,
+	       strerror(err));
+}
+
+static void fail_text(struct delivery *d, const char *dsn, const char *text)
+{
+	finish(d, DELIVER_TEMPFAIL, dsn, NULL, text);
+}
+
+static char *path_join(const char *dir, const char *sub, const char *name)
+{
+	char *out = NULL;
+	int rc = name != NULL ? asprintf(&out, "%s/%s/%s", dir, sub, name)
+			      : asprintf(&out, "%s/%s", dir, sub);
+	return rc == -1 ? NULL : out;
+}
+
+static int add_sync_path(struct delivery *d, const char *path, size_t len)
+{
+	for (size_t i = 0; i < d->sync_count; i++)
+		if (strlen(d->sync_paths[i]) == len &&
+		    memcmp(d->sync_paths[i], path, len) == 0)
+			return 0;
+	char **n = reallocarray(d->sync_paths, d->sync_count + 1, sizeof *n);
+	if (n == NULL)
+		return -1;
+	d->sync_paths = n;
+	char *copy = strndup(path, len);
+	if (copy == NULL)
+		return -1;
+	d->sync_paths[d->sync_count++] = copy;
+	return 0;
+}
+
+/* After mkdirs_tracked(dir) created directories from the prefix of
+ * length `first_created` on: flush the parent of that prefix and every
+ * created directory, so that the new entries survive a crash. */
+static int add_created_chain(struct delivery *d, const char *dir,
+			     size_t first_created)
+{
+	if (first_created == 0)
+		return 0;
+	size_t len = strlen(dir);
+	while (len > 1 && dir[len - 1] == '/')
+		len--;
+	size_t parent = first_created;
+	while (parent > 0 && dir[parent - 1] != '/')
+		parent--;
+	/* dir[0..parent) is the parent with its slash, or empty. */
+	if (parent == 0) {
+		if (add_sync_path(d, ".", 1) == -1)
+			return -1;
+	} else if (add_sync_path(d, dir, parent > 1 ? parent - 1 : 1) == -1) {
+		return -1;
+	}
+	for (size_t i = first_created; i <= len; i++) {
+		if (i < len && dir[i] != '/')
+			continue;
+		if (dir[i - 1] == '/')
+			continue;
+		if (add_sync_path(d, dir, i) == -1)
+			return -1;
+	}
+	return 0;
+}
+
+static int open_sync_fds(struct delivery *d, const char **failed)
+{
+	if (d->sync_count == 0)
+		return 0;
+	if (d->sync_fds == NULL) {
+		d->sync_fds = calloc(d->sync_count, sizeof *d->sync_fds);
+		if (d->sync_fds == NULL) {
+			*failed = NULL;
+			return -1;
+		}
+	}
+	for (size_t i = 0; i < d->sync_count; i++) {
+		int fd =
+		    open(d->sync_paths[i], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd == -1) {
+			*failed = d->sync_paths[i];
+			return -1;
+		}
+		d->sync_fds[d->sync_open++] = fd;
+	}
+	return 0;
+}
+
+static int write_all(int fd, const char *buf, size_t len)
+{
+	while (len > 0) {
+		ssize_t w = write(fd, buf, len);
+		if (w == -1) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		buf += w;
+		len -= (size_t)w;
+	}
+	return 0;
+}
+
+struct copy_error {
+	int err;
+	bool reading; /* the spool file, else the mailbox */
+};
+
+/*
+ * The spool file in mailbox form into `out`: unstuffed, LF line ends,
+ * and mboxrd-quoted for mbox. 64 KiB at a time: memory does not grow
+ * with the message. *last is the last octet written ('\n' if none).
+ */
+static int copy_message(const char *spool_path, int out, bool mboxrd,
+			char *last, struct copy_error *ce)
+{
+	int in = open(spool_path, O_RDONLY | O_CLOEXEC);
+	if (in == -1) {
+		ce->err = errno;
+		ce->reading = true;
+		return -1;
+	}
+	char *raw = malloc(COPY_CHUNK);
+	char *plain = malloc(COPY_CHUNK);
+	char *quoted =
+	    mboxrd ? malloc(DELIVER_MBOXRD_OUT_MAX(COPY_CHUNK)) : NULL;
+	int rc = -1;
+	if (raw == NULL || plain == NULL || (mboxrd && quoted == NULL)) {
+		ce->err = ENOMEM;
+		ce->reading = true;
+		goto out;
+	}
+	struct smtp_unstuff unstuff = {0};
+	struct deliver_mboxrd quote = {0};
+	for (;;) {
+		ssize_t r = read(in, raw, COPY_CHUNK);
+		if (r == -1) {
+			if (errno == EINTR)
+				continue;
+			ce->err = errno;
+			ce->reading = true;
+			goto out;
+		}
+		const char *data;
+		size_t n;
+		if (r == 0) {
+			if (!mboxrd)
+				break;
+			n = deliver_mboxrd_finish(&quote, quoted);
+			data = quoted;
+		} else {
+			n = smtp_unstuff_to_lf(&unstuff, raw, (size_t)r, plain);
+			data = plain;
+			if (mboxrd) {
+				n = deliver_mboxrd_quote(&quote, plain, n,
+							 quoted);
+				data = quoted;
+			}
+		}
+		if (n > 0) {
+			if (write_all(out, data, n) == -1) {
+				ce->err = errno;
+				ce->reading = false;
+				goto out;
+			}
+			*last = data[n - 1];
+		}
+		if (r == 0)
+			break;
+	}
+	rc = 0;
+out:
+	free(raw);
+	free(plain);
+	free(quoted);
+	(void)close(in); /* read-only */
+	return rc;
+}
+
+static int write_headers(struct delivery *d, int fd)
+{
+	char *headers = NULL;
+	int len = asprintf(&headers, "Return-Path: <%s>\nDelivered-To: %s\n",
+			   d->sender, d->recipient);
+	if (len == -1) {
+		errno = ENOMEM;
+		return -1;
+	}
+	int rc = write_all(fd, headers, (size_t)len);
+	int saved = errno;
+	free(headers);
+	errno = saved;
+	return rc;
+}
+
+/* Maildir: the message is in new/ (or was already). */
+static void maildir_on_dir_synced(int error, void *arg)
+{
+	struct delivery *d = arg;
+	close_sync_fds(d);
+	if (error != 0) {
+		/* The file is in new/: a retry finds it there (link says
+		 * EEXIST) and does not deliver it twice. */
+		fail_errno(d, error, true, "fsync", d->sync_paths[0]);
+		return;
+	}
+	finish_ok(d, "delivered");
+}
+
+static void maildir_on_file_synced(int error, void *arg)
+{
+	struct delivery *d = arg;
+	int fd = d->fd;
+	d->fd = -1;
+	if (close(fd) == -1 && error == 0)
+		error = errno;
+	if (error != 0) {
+		(void)unlink(d->tmp_path);
+		fail_errno(d, error, true, "fsync", d->tmp_path);
+		return;
+	}
+	if (link(d->tmp_path, d->new_path) == -1 && errno != EEXIST) {
+		int err = errno;
+		(void)unlink(d->tmp_path);
+		fail_errno(d, err, true, "link", d->new_path);
+		return;
+	}
+	/* The message is safe in new/; a tmp/ file left behind by a failed
+	 * unlink is only litter that readers ignore. */
+	(void)unlink(d->tmp_path);
+	const char *failed = NULL;
+	if (open_sync_fds(d, &failed) == -1) {
+		if (failed != NULL)
+			fail_errno(d, errno, true, "open", failed);
+		else
+			fail_text(d, "4.3.0", "out of memory");
+		return;
+	}
+	if (iothread_fsync(d->io, d->sync_fds, d->sync_open,
+			   maildir_on_dir_synced, d) == -1) {
+		fail_text(d, "4.3.0", "out of memory");
+		return;
+	}
+	d->state = STATE_DIR_SYNC;
+}
+
+/* Is `name` already in cur/, with or without Maildir info? */
+static int maildir_in_cur(const char *cur, const char *name, bool *found)
+{
+	*found = false;
+	DIR *dir = opendir(cur);
+	if (dir == NULL)
+		return errno == ENOENT ? 0 : -1;
+	size_t len = strlen(name);
+	for (;;) {
+		errno = 0;
+		struct dirent *e = readdir(dir);
+		if (e == NULL) {
+			int err = errno;
+			(void)closedir(dir);
+			errno = err;
+			return err == 0 ? 0 : -1;
+		}
+		if (strncmp(e->d_name, name, len) == 0 &&
+		    (e->d_name[len] == '\0' || e->d_name[len] == ':')) {
+			*found = true;
+			(void)closedir(dir);
+			return 0;
+		}
+	}
+}
+
+static void maildir_begin(struct delivery *d)
+{
+	size_t cap = 24 + 4 * strlen(d->unique) + 4 * strlen(d->hostname) + 2;
+	char *name = malloc(cap);
+	if (name == NULL) {
+		fail_text(d, "4.3.0", "out of memory");
+		return;
+	}
+	if (deliver_maildir_name(name, cap, d->arrival, d->unique,
+				 d->hostname) == -1) {
+		free(name);
+		finish(d, DELIVER_PERMFAIL, "5.3.0", NULL,
+		       "cannot make a Maildir file name");
+		return;
+	}
+	char *cur = path_join(d->mailbox, "cur", NULL);
+	char *newdir = path_join(d->mailbox, "new", NULL);
+	d->tmp_path = path_join(d->mailbox, "tmp", name);
+	d->new_path = path_join(d->mailbox, "new", name);
+	if (cur == NULL || newdir == NULL || d->tmp_path == NULL ||
+	    d->new_path == NULL ||
+	    add_sync_path(d, newdir, strlen(newdir)) == -1) {
+		fail_text(d, "4.3.0", "out of memory");
+		goto out;
+	}
+
+	size_t first_created;
+	if (mkdirs_tracked(d->mailbox, &first_created) == -1) {
+		fail_errno(d, errno, true, "mkdir", d->mailbox);
+		goto out;
+	}
+	bool created_sub = false;
+	static const char *const subs[] = {"tmp", "new", "cur"};
+	for (size_t i = 0; i < 3; i++) {
+		char *sub = path_join(d->mailbox, subs[i], NULL);
+		if (sub == NULL) {
+			fail_text(d, "4.3.0", "out of memory");
+			goto out;
+		}
+		if (mkdir(sub, 0700) == 0) {
+			created_sub = true;
+		} else if (errno != EEXIST || ensure_directory(sub) == -1) {
+			fail_errno(d, errno, true, "mkdir", sub);
+			free(sub);
+			goto out;
+		}
+		free(sub);
+	}
+	if (add_created_chain(d, d->mailbox, first_created) == -1 ||
+	    (created_sub &&
+	     add_sync_path(d, d->mailbox, strlen(d->mailbox)) == -1)) {
+		fail_text(d, "4.3.0", "out of memory");
+		goto out;
+	}
+
+	if (d->check_existing) {
+		struct stat st;
+		bool found = false;
+		if (lstat(d->new_path, &st) == 0) {
+			found = true;
+		} else if (errno != ENOENT) {
+			fail_errno(d, errno, true, "stat", d->new_path);
+			goto out;
+		} else if (maildir_in_cur(cur, name, &found) == -1) {
+			fail_errno(d, errno, true, "read", cur);
+			goto out;
+		}
+		if (found) {
+			finish_ok(d, "already delivered");
+			goto out;
+		}
+	}
+
+	d->fd =
+	    open(d->tmp_path, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600);
+	if (d->fd == -1) {
+		fail_errno(d, errno, true, "open", d->tmp_path);
+		goto out;
+	}
+	char last = '\n';
+	struct copy_error ce = {0};
+	if (write_headers(d, d->fd) == -1) {
+		ce.err = errno;
+	} else if (copy_message(d->spool_file, d->fd, false, &last, &ce) ==
+		   -1) {
+		/* ce filled */
+	}
+	if (ce.err != 0) {
+		(void)unlink(d->tmp_path);
+		if (ce.reading)
+			fail_errno(d, ce.err, false, "read", d->spool_file);
+		else
+			fail_errno(d, ce.err, true, "write", d->tmp_path);
+		goto out;
+	}
+	if (iothread_fsync(d->io, &d->fd, 1, maildir_on_file_synced, d) == -1) {
+		(void)unlink(d->tmp_path);
+		fail_text(d, "4.3.0", "out of memory");
+		goto out;
+	}
+	d->state = STATE_FILE_SYNC;
+out:
+	free(name);
+	free(cur);
+	free(newdir);
+}
+
+/* Give back the mbox locks and the descriptor. */
+static void mbox_unlock(struct delivery *d)
+{
+	if (d->fd != -1) {
+		struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET};
+		(void)fcntl(d->fd, F_SETLK, &fl); /* close releases it too */
+	}
+	if (d->dot_locked) {
+		(void)unlink(d->lock_path);
+		d->dot_locked = false;
+	}
+}
+
+/* A write or fsync failed: cut the file back to its size before this
+ * message, so that it never holds half of one. */
+static void mbox_fail(struct delivery *d, int err, bool reading,
+		      const char *what, const char *path)
+{
+	if (d->fd != -1 && ftruncate(d->fd, d->start_size) == 0)
+		(void)fsync(
+		    d->fd); /* best effort; the loop is failing anyway */
+	mbox_unlock(d);
+	fail_errno(d, err, !reading, what, path);
+}
+
+static void mbox_on_synced(int error, void *arg)
+{
+	struct delivery *d = arg;
+	close_sync_fds(d);
+	if (error != 0) {
+		mbox_fail(d, error, false, "fsync", d->mailbox);
+		return;
+	}
+	mbox_unlock(d);
+	int fd = d->fd;
+	d->fd = -1;
+	if (close(fd) == -1) {
+		/* The data was flushed; a late close error cannot unwrite
+		 * it, and reporting it would deliver the message twice. */
+	}
+	finish_ok(d, "delivered");
+}
+
+static void mbox_busy(struct delivery *d)
+{
+	if (++d->lock_attempts >= LOCK_ATTEMPTS_MAX) {
+		fail_text(d, "4.2.1", "mailbox busy");
+		return;
+	}
+	if (schedule(d, STATE_LOCK_WAIT, LOCK_RETRY_USEC) == -1)
+		fail_text(d, "4.3.0", "cannot arm a timer");
+}
+
+/* The dot lock: 1 taken, 0 busy, -1 error (errno). */
+static int take_dot_lock(struct delivery *d)
+{
+	for (int tries = 0; tries < 2; tries++) {
+		int fd = open(d->lock_path,
+			      O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		if (fd != -1) {
+			d->dot_locked = true;
+			if (close(fd) == -1)
+				return -1;
+			return 1;
+		}
+		if (errno != EEXIST)
+			return -1;
+		struct stat st;
+		if (stat(d->lock_path, &st) == -1)
+			continue; /* just removed: try again */
+		if (time(NULL) - st.st_mtime < DOT_LOCK_STALE_SECONDS)
+			return 0;
+		if (unlink(d->lock_path) == -1 && errno != ENOENT)
+			return -1;
+	}
+	return 0;
+}
+
+static const char *const weekdays[] = {"Sun", "Mon", "Tue", "Wed",
+				       "Thu", "Fri", "Sat"};
+static const char *const months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+				     "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+
+/* "From sender Thu Nov 26 14:00:00 2026\n" (asctime's date, local time,
+ * without depending on the locale). */
+static int write_from_line(struct delivery *d, int fd)
+{
+	time_t now = time(NULL);
+	struct tm tm;
+	if (localtime_r(&now, &tm) == NULL)
+		memset(&tm, 0, sizeof tm);
+	const char *sender = d->sender[0] != '\0' ? d->sender : "MAILER-DAEMON";
+	char *line = NULL;
+	int len = asprintf(&line, "From %s %s %s %2d %02d:%02d:%02d %d\n",
+			   sender, weekdays[(unsigned)tm.tm_wday % 7],
+			   months[(unsigned)tm.tm_mon % 12], tm.tm_mday,
+			   tm.tm_hour, tm.tm_min, tm.tm_sec, tm.tm_year + 1900);
+	if (len == -1) {
+		errno = ENOMEM;
+		return -1;
+	}
+	/* Readers split the From_ line at blanks: a quoted local part must
+	 * not add fields. */
+	for (int i = 5; i < 5 + (int)strlen(sender); i++)
+		if (line[i] == ' ' || line[i] == '\t')
+			line[i] = '_';
+	int rc = write_all(fd, line, (size_t)len);
+	int saved = errno;
+	free(line);
+	errno = saved;
+	return rc;
+}
+
+static void mbox_attempt(struct delivery *d)
+{
+	if (d->lock_path == NULL) {
+		/* First attempt: the folders, once. */
+		char *dir = strdup(d->mailbox);
+		if (asprintf(&d->lock_path, "%s.lock", d->mailbox) == -1)
+			d->lock_path = NULL;
+		if (dir == NULL || d->lock_path == NULL) {
+			free(dir);
+			fail_text(d, "4.3.0", "out of memory");
+			return;
+		}
+		char *slash = strrchr(dir, '/');
+		if (slash != NULL && slash != dir) {
+			*slash = '\0';
+			size_t first_created;
+			if (mkdirs_tracked(dir, &first_created) == -1) {
+				fail_errno(d, errno, true, "mkdir", dir);
+				free(dir);
+				return;
+			}
+			if (add_created_chain(d, dir, first_created) == -1) {
+				free(dir);
+				fail_text(d, "4.3.0", "out of memory");
+				return;
+			}
+		}
+		free(dir);
+	}
+
+	int locked = take_dot_lock(d);
+	if (locked == -1) {
+		fail_errno(d, errno, true, "lock", d->lock_path);
+		return;
+	}
+	if (locked == 0) {
+		mbox_busy(d);
+		return;
+	}
+
+	bool created = true;
+	d->fd = open(d->mailbox,
+		     O_WRONLY | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (d->fd == -1 && errno == EEXIST) {
+		created = false;
+		d->fd = open(d->mailbox, O_WRONLY | O_APPEND | O_CLOEXEC);
+	}
+	if (d->fd == -1) {
+		mbox_fail(d, errno, false, "open", d->mailbox);
+		return;
+	}
+	struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+	if (fcntl(d->fd, F_SETLK, &fl) == -1) {
+		if (errno != EACCES && errno != EAGAIN) {
+			mbox_fail(d, errno, false, "lock", d->mailbox);
+			return;
+		}
+		mbox_unlock(d);
+		(void)close(d->fd); /* nothing written */
+		d->fd = -1;
+		mbox_busy(d);
+		return;
+	}
+	struct stat st;
+	if (fstat(d->fd, &st) == -1) {
+		mbox_fail(d, errno, false, "stat", d->mailbox);
+		return;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		mbox_unlock(d);
+		fail_text(d, "4.2.0", "mailbox is not a regular file");
+		return;
+	}
+	d->start_size = st.st_size;
+	if (created) {
+		char *dir = strdup(d->mailbox);
+		if (dir == NULL) {
+			mbox_fail(d, ENOMEM, true, "copy", d->mailbox);
+			return;
+		}
+		char *slash = strrchr(dir, '/');
+		int rc = slash == NULL ? add_sync_path(d, ".", 1)
+			 : slash == dir
+			     ? add_sync_path(d, "/", 1)
+			     : add_sync_path(d, dir, (size_t)(slash - dir));
+		free(dir);
+		if (rc == -1) {
+			mbox_fail(d, ENOMEM, true, "copy", d->mailbox);
+			return;
+		}
+	}
+
+	char last = '\n';
+	struct copy_error ce = {0};
+	if (write_from_line(d, d->fd) == -1 || write_headers(d, d->fd) == -1) {
+		ce.err = errno;
+	} else if (copy_message(d->spool_file, d->fd, true, &last, &ce) == 0) {
+		/* A message that does not end its last line gets one, then
+		 * the blank line that separates messages. */
+		const char *tail = last == '\n' ? "\n" : "\n\n";
+		if (write_all(d->fd, tail, strlen(tail)) == -1)
+			ce.err = errno;
+	}
+	if (ce.err != 0) {
+		mbox_fail(d, ce.err, ce.reading, ce.reading ? "read" : "write",
+			  ce.reading ? d->spool_file : d->mailbox);
+		return;
+	}
+
+	const char *failed = NULL;
+	if (open_sync_fds(d, &failed) == -1) {
+		if (failed != NULL)
+			mbox_fail(d, errno, false, "open", failed);
+		else
+			mbox_fail(d, ENOMEM, true, "copy", d->mailbox);
+		return;
+	}
+	/* The file first, then the directories whose entries changed. */
+	int *fds = malloc((d->sync_open + 1) * sizeof *fds);
+	if (fds == NULL) {
+		mbox_fail(d, ENOMEM, true, "copy", d->mailbox);
+		return;
+	}
+	fds[0] = d->fd;
+	if (d->sync_open > 0)
+		memcpy(fds + 1, d->sync_fds, d->sync_open * sizeof *fds);
+	int rc =
+	    iothread_fsync(d->io, fds, d->sync_open + 1, mbox_on_synced, d);
+	free(fds);
+	if (rc == -1) {
+		mbox_fail(d, ENOMEM, true, "copy", d->mailbox);
+		return;
+	}
+	d->state = STATE_MBOX_SYNC;
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct delivery *d = arg;
+	switch (d->state) {
+	case STATE_START:
+		if (d->format == MAILBOX_MBOX)
+			mbox_attempt(d);
+		else
+			maildir_begin(d);
+		break;
+	case STATE_LOCK_WAIT:
+		mbox_attempt(d);
+		break;
+	case STATE_DONE:
+		run_callback(d);
+		break;
+	case STATE_QUEUED:
+	case STATE_FILE_SYNC:
+	case STATE_DIR_SYNC:
+	case STATE_MBOX_SYNC:
+		break; /* not armed in these states */
+	}
+}
+
+int deliver_start(struct event_base *base, struct iothread *io,
+		  const struct deliver_request *req, deliver_cb cb, void *arg)
+{
+	struct delivery *d = calloc(1, sizeof *d);
+	if (d == NULL)
+		return -1;
+	d->base = base;
+	d->io = io;
+	d->cb = cb;
+	d->arg = arg;
+	d->fd = -1;
+	d->format = req->format;
+	d->arrival = req->arrival;
+	d->check_existing = req->check_existing;
+	d->mailbox = dup_or_empty(req->mailbox);
+	d->spool_file = dup_or_empty(req->spool_file);
+	d->sender = dup_header_value(req->sender);
+	d->recipient = dup_header_value(req->recipient);
+	d->unique = dup_or_empty(req->unique);
+	d->hostname = dup_or_empty(req->hostname);
+	d->timer = evtimer_new(base, on_timer, d);
+	if (d->mailbox == NULL || d->spool_file == NULL || d->sender == NULL ||
+	    d->recipient == NULL || d->unique == NULL || d->hostname == NULL ||
+	    d->timer == NULL) {
+		delivery_free(d);
+		return -1;
+	}
+
+	if (d->format != MAILBOX_MBOX) {
+		if (schedule(d, STATE_START, 0) == -1) {
+			delivery_free(d);
+			return -1;
+		}
+		return 0;
+	}
+
+	struct mbox_queue *q = mbox_queues;
+	while (q != NULL && strcmp(q->path, d->mailbox) != 0)
+		q = q->next;
+	if (q != NULL) {
+		d->state = STATE_QUEUED;
+		d->queue = q;
+		q->tail->queue_next = d;
+		q->tail = d;
+		return 0;
+	}
+	q = calloc(1, sizeof *q);
+	if (q == NULL || (q->path = strdup(d->mailbox)) == NULL ||
+	    schedule(d, STATE_START, 0) == -1) {
+		if (q != NULL)
+			free(q->path);
+		free(q);
+		delivery_free(d);
+		return -1;
+	}
+	q->head = q->tail = d;
+	q->next = mbox_queues;
+	mbox_queues = q;
+	d->queue = q;
+	return 0;
+}

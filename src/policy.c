@@ -1,0 +1,817 @@
+/*
+ * Recipient policy (see policy.h): relay control, local existence and
+ * alias expansion. The aliases are an array sorted by lower-cased key and
+ * searched by bisection. The policy borrows the configuration and the
+ * users: it must be freed before them (a reload builds a new policy with
+ * its new configuration).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "facteur/auth.h"
+#include "facteur/policy.h"
+
+/* The recipient is level 0, its alias targets level 1, and so on; an
+ * alias whose targets would sit deeper than this is a loop. */
+#define ALIAS_DEPTH_MAX 20
+/* Aliases expanded for one recipient, and final targets it may yield:
+ * a bound on the work that a fan-out of aliases can cause. */
+#define ALIAS_EXPANSIONS_MAX 1000
+#define ALIAS_TARGETS_MAX 10000
+#define ALIASES_FILE_MAX (64u * 1024 * 1024)
+
+struct alias {
+	char *key; /* lower case: "local@domain" or a bare "local" */
+	char **targets;
+	size_t count;
+	size_t cap;
+	size_t line;
+	bool bad_target; /* reported already: no "no target" error too */
+};
+
+struct policy {
+	const struct config *cfg;
+	const struct auth_users *users;
+	struct alias *aliases; /* sorted by key */
+	size_t alias_count;
+};
+
+static char ascii_lower(char c)
+{
+	return c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
+}
+
+static void lower_in_place(char *s, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		s[i] = ascii_lower(s[i]);
+}
+
+static bool is_blank(char c)
+{
+	return c == ' ' || c == '\t' || c == '\r';
+}
+
+static void trim(const char **s, size_t *len)
+{
+	while (*len > 0 && is_blank(**s)) {
+		(*s)++;
+		(*len)--;
+	}
+	while (*len > 0 && is_blank((*s)[*len - 1]))
+		(*len)--;
+}
+
+static char *dup_range(const char *s, size_t len)
+{
+	char *out = malloc(len + 1);
+	if (out == NULL)
+		return NULL;
+	memcpy(out, s, len);
+	out[len] = '\0';
+	return out;
+}
+
+static bool has_blank_or_control(const char *s, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c <= ' ' || c == 0x7f)
+			return true;
+	}
+	return false;
+}
+
+/* Errors quote at most this much of a line. */
+#define QUOTE_MAX 200
+#define QUOTE(len) ((int)((len) > QUOTE_MAX ? QUOTE_MAX : (len)))
+
+static void aliases_free(struct alias *aliases, size_t count)
+{
+	for (size_t i = 0; i < count; i++) {
+		free(aliases[i].key);
+		for (size_t j = 0; j < aliases[i].count; j++)
+			free(aliases[i].targets[j]);
+		free(aliases[i].targets);
+	}
+	free(aliases);
+}
+
+void policy_free(struct policy *policy)
+{
+	if (policy == NULL)
+		return;
+	aliases_free(policy->aliases, policy->alias_count);
+	free(policy);
+}
+
+struct alias_parser {
+	struct policy *policy;
+	size_t cap;
+	const char *name;
+	struct config_errors *errors;
+	bool oom;
+};
+
+/* Add the comma-separated targets of `s` to the alias; blank items
+ * (as in "a,\n  b") are skipped. */
+static void parse_targets(struct alias_parser *ap, struct alias *alias,
+			  const char *s, size_t len, size_t lineno)
+{
+	const char *end = s + len;
+	while (s < end && !ap->oom) {
+		const char *comma = memchr(s, ',', (size_t)(end - s));
+		const char *item_end = comma != NULL ? comma : end;
+		const char *t = s;
+		size_t tlen = (size_t)(item_end - s);
+		s = comma != NULL ? comma + 1 : end;
+		trim(&t, &tlen);
+		if (tlen >= 2 && t[0] == '<' && t[tlen - 1] == '>') {
+			t++;
+			tlen -= 2;
+		}
+		if (tlen == 0)
+			continue;
+		if (t[0] == '|' || t[0] == '/' ||
+		    (tlen >= 9 && strncasecmp(t, ":include:", 9) == 0)) {
+			config_errors_add(ap->errors,
+					  "%s:%zu: aliases_file: unsupported "
+					  "target \"%.*s\" (only addresses)",
+					  ap->name, lineno, QUOTE(tlen), t);
+			alias->bad_target = true;
+			continue;
+		}
+		const char *at = memrchr(t, '@', tlen);
+		if (has_blank_or_control(t, tlen) || t[0] == '@' ||
+		    (at != NULL && at == t + tlen - 1)) {
+			config_errors_add(ap->errors,
+					  "%s:%zu: aliases_file: bad target "
+					  "\"%.*s\"",
+					  ap->name, lineno, QUOTE(tlen), t);
+			alias->bad_target = true;
+			continue;
+		}
+		if (alias->count == alias->cap) {
+			size_t ncap = alias->cap == 0 ? 4 : alias->cap * 2;
+			char **n =
+			    reallocarray(alias->targets, ncap, sizeof *n);
+			if (n == NULL) {
+				ap->oom = true;
+				return;
+			}
+			alias->targets = n;
+			alias->cap = ncap;
+		}
+		alias->targets[alias->count] = dup_range(t, tlen);
+		if (alias->targets[alias->count] == NULL) {
+			ap->oom = true;
+			return;
+		}
+		alias->count++;
+	}
+}
+
+/* An "address: targets" line; returns the new alias or NULL (error
+ * reported, or out of memory). */
+static struct alias *parse_entry(struct alias_parser *ap, const char *line,
+				 size_t len, size_t lineno)
+{
+	const char *colon = memchr(line, ':', len);
+	if (colon == NULL) {
+		config_errors_add(ap->errors,
+				  "%s:%zu: aliases_file: no ':' in "
+				  "line",
+				  ap->name, lineno);
+		return NULL;
+	}
+	const char *key = line;
+	size_t keylen = (size_t)(colon - line);
+	trim(&key, &keylen);
+	if (keylen == 0) {
+		config_errors_add(ap->errors,
+				  "%s:%zu: aliases_file: empty "
+				  "address",
+				  ap->name, lineno);
+		return NULL;
+	}
+	const char *at = memrchr(key, '@', keylen);
+	if (has_blank_or_control(key, keylen) ||
+	    (at != NULL && (at == key || at == key + keylen - 1))) {
+		config_errors_add(ap->errors,
+				  "%s:%zu: aliases_file: bad address \"%.*s\"",
+				  ap->name, lineno, QUOTE(keylen), key);
+		return NULL;
+	}
+	struct policy *p = ap->policy;
+	if (p->alias_count == ap->cap) {
+		size_t ncap = ap->cap == 0 ? 16 : ap->cap * 2;
+		struct alias *n = reallocarray(p->aliases, ncap, sizeof *n);
+		if (n == NULL) {
+			ap->oom = true;
+			return NULL;
+		}
+		p->aliases = n;
+		ap->cap = ncap;
+	}
+	struct alias *alias = &p->aliases[p->alias_count];
+	memset(alias, 0, sizeof *alias);
+	alias->key = dup_range(key, keylen);
+	if (alias->key == NULL) {
+		ap->oom = true;
+		return NULL;
+	}
+	lower_in_place(alias->key, keylen);
+	alias->line = lineno;
+	p->alias_count++;
+	parse_targets(ap, alias, colon + 1, len - (size_t)(colon + 1 - line),
+		      lineno);
+	return alias;
+}
+
+static int compare_aliases(const void *a, const void *b)
+{
+	const struct alias *x = a, *y = b;
+	int c = strcmp(x->key, y->key);
+	if (c != 0)
+		return c;
+	return (x->line > y->line) - (x->line < y->line);
+}
+
+static int parse_aliases(struct policy *p, const char *text, size_t len,
+			 const char *name, struct config_errors *errors)
+{
+	size_t errors_before = errors->count;
+	struct alias_parser ap = {
+	    .policy = p,
+	    .name = name,
+	    .errors = errors,
+	};
+	/* The entry that an indented line continues; NULL after a blank or
+	 * comment line, as in sendmail. `skip` swallows the continuations
+	 * of a line already reported as broken. */
+	struct alias *current = NULL;
+	bool skip = false;
+	size_t lineno = 0;
+	const char *s = text, *end = text + len;
+	while (s < end && !ap.oom) {
+		const char *nl = memchr(s, '\n', (size_t)(end - s));
+		const char *line = s;
+		size_t linelen = (size_t)((nl != NULL ? nl : end) - s);
+		s = nl != NULL ? nl + 1 : end;
+		lineno++;
+		if (memchr(line, '\0', linelen) != NULL) {
+			config_errors_add(errors,
+					  "%s:%zu: aliases_file: NUL byte in "
+					  "line",
+					  name, lineno);
+			current = NULL;
+			skip = true;
+			continue;
+		}
+		const char *body = line;
+		size_t bodylen = linelen;
+		trim(&body, &bodylen);
+		if (bodylen == 0 || body[0] == '#') {
+			current = NULL;
+			skip = false;
+			continue;
+		}
+		if (line[0] == ' ' || line[0] == '\t') {
+			if (skip)
+				continue;
+			if (current == NULL) {
+				config_errors_add(
+				    errors,
+				    "%s:%zu: aliases_file: "
+				    "continuation line without an "
+				    "address",
+				    name, lineno);
+				skip = true;
+				continue;
+			}
+			parse_targets(&ap, current, body, bodylen, lineno);
+			continue;
+		}
+		current = parse_entry(&ap, body, bodylen, lineno);
+		skip = current == NULL;
+	}
+	if (ap.oom) {
+		config_errors_add(errors, "%s: aliases_file: out of memory",
+				  name);
+		return -1;
+	}
+	for (size_t i = 0; i < p->alias_count; i++)
+		if (p->aliases[i].count == 0 && !p->aliases[i].bad_target)
+			config_errors_add(errors,
+					  "%s:%zu: aliases_file: no target for "
+					  "%s",
+					  name, p->aliases[i].line,
+					  p->aliases[i].key);
+	if (p->alias_count > 1)
+		qsort(p->aliases, p->alias_count, sizeof *p->aliases,
+		      compare_aliases);
+	for (size_t i = 1; i < p->alias_count; i++)
+		if (strcmp(p->aliases[i - 1].key, p->aliases[i].key) == 0)
+			config_errors_add(errors,
+					  "%s:%zu: aliases_file: duplicate "
+					  "address %s (first on line %zu)",
+					  name, p->aliases[i].line,
+					  p->aliases[i].key,
+					  p->aliases[i - 1].line);
+	return errors->count == errors_before ? 0 : -1;
+}
+
+static struct policy *policy_build(const struct config *cfg,
+				   const struct auth_users *users,
+				   const char *text, size_t len,
+				   const char *name,
+				   struct config_errors *errors)
+{
+	struct policy *p = calloc(1, sizeof *p);
+	if (p == NULL) {
+		config_errors_add(errors, "policy: out of memory");
+		return NULL;
+	}
+	p->cfg = cfg;
+	p->users = users;
+	if (text != NULL &&
+	    parse_aliases(p, text, len, name != NULL ? name : "aliases",
+			  errors) == -1) {
+		policy_free(p);
+		return NULL;
+	}
+	return p;
+}
+
+struct policy *policy_new_with_aliases(const struct config *cfg,
+				       const struct auth_users *users,
+				       const char *aliases_text,
+				       const char *name,
+				       struct config_errors *errors)
+{
+	return policy_build(cfg, users, aliases_text,
+			    aliases_text != NULL ? strlen(aliases_text) : 0,
+			    name, errors);
+}
+
+/* The whole file in memory, NUL-terminated; NULL with an error added. */
+static char *read_aliases_file(const char *path, size_t *lenp,
+			       struct config_errors *errors)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd == -1) {
+		config_errors_add(errors, "%s: aliases_file: cannot open: %s",
+				  path, strerror(errno));
+		return NULL;
+	}
+	char *buf = NULL;
+	size_t len = 0, cap = 0;
+	struct stat st;
+	if (fstat(fd, &st) == -1) {
+		config_errors_add(errors, "%s: aliases_file: cannot stat: %s",
+				  path, strerror(errno));
+		goto fail;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		config_errors_add(errors,
+				  "%s: aliases_file: not a regular file", path);
+		goto fail;
+	}
+	for (;;) {
+		if (cap - len < 4096) {
+			if (cap >= ALIASES_FILE_MAX) {
+				config_errors_add(errors,
+						  "%s: aliases_file: file too "
+						  "large",
+						  path);
+				goto fail;
+			}
+			size_t ncap =
+			    cap == 0 ? (size_t)st.st_size + 4096 : cap * 2;
+			char *n = realloc(buf, ncap);
+			if (n == NULL) {
+				config_errors_add(errors,
+						  "%s: aliases_file: out of "
+						  "memory",
+						  path);
+				goto fail;
+			}
+			buf = n;
+			cap = ncap;
+		}
+		ssize_t r = read(fd, buf + len, cap - len - 1);
+		if (r == -1) {
+			if (errno == EINTR)
+				continue;
+			config_errors_add(errors,
+					  "%s: aliases_file: cannot read: %s",
+					  path, strerror(errno));
+			goto fail;
+		}
+		if (r == 0)
+			break;
+		len += (size_t)r;
+	}
+	if (close(fd) == -1) {
+		config_errors_add(errors, "%s: aliases_file: cannot read: %s",
+				  path, strerror(errno));
+		free(buf);
+		return NULL;
+	}
+	buf[len] = '\0';
+	*lenp = len;
+	return buf;
+fail:
+	free(buf);
+	close(fd);
+	return NULL;
+}
+
+struct policy *policy_new(const struct config *cfg,
+			  const struct auth_users *users,
+			  struct config_errors *errors)
+{
+	if (cfg->aliases_file == NULL || cfg->aliases_file[0] == '\0')
+		return policy_build(cfg, users, NULL, 0, NULL, errors);
+	size_t len = 0;
+	char *text = read_aliases_file(cfg->aliases_file, &len, errors);
+	if (text == NULL)
+		return NULL;
+	struct policy *p =
+	    policy_build(cfg, users, text, len, cfg->aliases_file, errors);
+	free(text);
+	return p;
+}
+
+static const struct alias *find_alias(const struct policy *p, const char *key,
+				      size_t keylen)
+{
+	size_t lo = 0, hi = p->alias_count;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		const char *k = p->aliases[mid].key;
+		int c = strncmp(k, key, keylen);
+		if (c == 0 && k[keylen] != '\0')
+			c = 1;
+		if (c == 0)
+			return &p->aliases[mid];
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
+bool policy_local_part_safe(const char *local, size_t len)
+{
+	if (local == NULL || len == 0 || local[0] == '.')
+		return false;
+	/* "." and ".." start with a dot, so the rule above covers them. */
+	return memchr(local, '/', len) == NULL &&
+	       memchr(local, '\0', len) == NULL;
+}
+
+static bool is_local_domain(const struct policy *p, const char *domain)
+{
+	return config_is_local_domain(p->cfg, domain);
+}
+
+static bool is_bare_postmaster(const char *address)
+{
+	return strcasecmp(address, "postmaster") == 0;
+}
+
+/* Canonical copy of "local@domain" split at its last '@' (a quoted local
+ * part may hold another); *local_out tells whether the domain is local. */
+static char *canonical(const struct policy *p, const char *address, size_t len,
+		       bool *local_out)
+{
+	char *out = dup_range(address, len);
+	if (out == NULL)
+		return NULL;
+	char *at = memrchr(out, '@', len);
+	bool local = false;
+	if (at != NULL) {
+		lower_in_place(at + 1, strlen(at + 1));
+		local = is_local_domain(p, at + 1);
+		if (local)
+			lower_in_place(out, (size_t)(at - out));
+	}
+	if (local_out != NULL)
+		*local_out = local;
+	return out;
+}
+
+static char *postmaster_address(const struct policy *p)
+{
+	const struct string_list *domains = &p->cfg->local_domains;
+	if (domains->count == 0)
+		return NULL;
+	size_t len = strlen(domains->items[0]);
+	char *out = malloc(sizeof "postmaster@" + len);
+	if (out == NULL)
+		return NULL;
+	memcpy(out, "postmaster@", sizeof "postmaster@" - 1);
+	memcpy(out + sizeof "postmaster@" - 1, domains->items[0], len + 1);
+	lower_in_place(out, strlen(out));
+	return out;
+}
+
+char *policy_canonical_address(const struct policy *policy, const char *address)
+{
+	if (address == NULL)
+		return NULL;
+	if (strchr(address, '@') == NULL) {
+		char *pm;
+		if (is_bare_postmaster(address) &&
+		    (pm = postmaster_address(policy)) != NULL)
+			return pm;
+		return strdup(address);
+	}
+	return canonical(policy, address, strlen(address), NULL);
+}
+
+bool policy_may_relay(const struct policy *policy,
+		      const struct policy_client *client)
+{
+	if (client == NULL)
+		return false;
+	if (client->authenticated)
+		return true;
+	if (client->addr == NULL)
+		return false;
+	const struct config *cfg = policy->cfg;
+	if (config_cidr_match(cfg->relay_networks, cfg->relay_network_count,
+			      client->addr))
+		return true;
+	/* A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; they
+	 * match the IPv4 networks. */
+	if (client->addr->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *sin6 =
+		    (const struct sockaddr_in6 *)client->addr;
+		if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr)) {
+			struct sockaddr_in sin = {.sin_family = AF_INET,
+						  .sin_port = sin6->sin6_port};
+			memcpy(&sin.sin_addr, &sin6->sin6_addr.s6_addr[12], 4);
+			return config_cidr_match(cfg->relay_networks,
+						 cfg->relay_network_count,
+						 (const struct sockaddr *)&sin);
+		}
+	}
+	return false;
+}
+
+void policy_expansion_clear(struct policy_expansion *exp)
+{
+	if (exp == NULL)
+		return;
+	for (size_t i = 0; i < exp->count; i++)
+		free(exp->targets[i].address);
+	free(exp->targets);
+	exp->targets = NULL;
+	exp->count = 0;
+}
+
+struct expansion {
+	const struct policy *p;
+	struct policy_expansion *out;
+	size_t cap;
+	size_t expansions;
+	const char *path[ALIAS_DEPTH_MAX + 1]; /* addresses being expanded */
+};
+
+enum add_result { ADD_OK, ADD_FULL, ADD_NOMEM };
+
+/* Takes ownership of `address`. */
+static enum add_result add_target(struct expansion *e, char *address,
+				  bool local)
+{
+	struct policy_expansion *out = e->out;
+	if (out->count == ALIAS_TARGETS_MAX) {
+		free(address);
+		return ADD_FULL;
+	}
+	if (out->count == e->cap) {
+		size_t ncap = e->cap == 0 ? 4 : e->cap * 2;
+		struct policy_target *n =
+		    reallocarray(out->targets, ncap, sizeof *n);
+		if (n == NULL) {
+			free(address);
+			return ADD_NOMEM;
+		}
+		out->targets = n;
+		e->cap = ncap;
+	}
+	out->targets[out->count].address = address;
+	out->targets[out->count].local = local;
+	out->count++;
+	return ADD_OK;
+}
+
+static enum policy_verdict add_verdict(enum add_result r)
+{
+	/* Out of memory has no verdict of its own; refusing the recipient
+	 * for now is the safe side (the session answers, the client
+	 * retries). */
+	return r == ADD_OK     ? POLICY_ACCEPT
+	       : r == ADD_FULL ? POLICY_ALIAS_LOOP
+			       : POLICY_UNKNOWN_USER;
+}
+
+static bool on_path(const struct expansion *e, size_t level,
+		    const char *address)
+{
+	for (size_t i = 0; i <= level; i++)
+		if (strcmp(e->path[i], address) == 0)
+			return true;
+	return false;
+}
+
+/* Expand a canonical local address at `level`; takes ownership of it. */
+static enum policy_verdict expand(struct expansion *e, char *address,
+				  size_t level)
+{
+	const struct policy *p = e->p;
+	char *at = strrchr(address, '@');
+	size_t local_len = (size_t)(at - address);
+	const char *domain = at + 1;
+
+	const struct alias *alias = find_alias(p, address, strlen(address));
+	if (alias == NULL)
+		alias = find_alias(p, address, local_len);
+	if (alias == NULL) {
+		bool exists =
+		    p->users == NULL || auth_users_exists(p->users, address) ||
+		    (local_len == 10 && memcmp(address, "postmaster", 10) == 0);
+		if (!exists) {
+			free(address);
+			return POLICY_UNKNOWN_USER;
+		}
+		return add_verdict(add_target(e, address, true));
+	}
+	if (level + 1 > ALIAS_DEPTH_MAX ||
+	    ++e->expansions > ALIAS_EXPANSIONS_MAX) {
+		free(address);
+		return POLICY_ALIAS_LOOP;
+	}
+	e->path[level] = address;
+	enum policy_verdict verdict = POLICY_ACCEPT;
+	for (size_t i = 0; i < alias->count && verdict == POLICY_ACCEPT; i++) {
+		const char *t = alias->targets[i];
+		size_t tlen = strlen(t);
+		char *full;
+		if (strchr(t, '@') == NULL) {
+			/* A bare local part stays in the domain expanded. */
+			size_t dlen = strlen(domain);
+			full = malloc(tlen + 1 + dlen + 1);
+			if (full == NULL) {
+				verdict = POLICY_UNKNOWN_USER;
+				break;
+			}
+			memcpy(full, t, tlen);
+			full[tlen] = '@';
+			memcpy(full + tlen + 1, domain, dlen + 1);
+		} else {
+			full = strdup(t);
+			if (full == NULL) {
+				verdict = POLICY_UNKNOWN_USER;
+				break;
+			}
+		}
+		bool local;
+		char *target = canonical(p, full, strlen(full), &local);
+		free(full);
+		if (target == NULL) {
+			verdict = POLICY_UNKNOWN_USER;
+			break;
+		}
+		if (!local) {
+			verdict = add_verdict(add_target(e, target, false));
+			continue;
+		}
+		const char *tat = strrchr(target, '@');
+		if (!policy_local_part_safe(target, (size_t)(tat - target))) {
+			free(target);
+			verdict = POLICY_BAD_MAILBOX;
+			break;
+		}
+		/* sendmail's rule: "root: root, other" delivers to root's own
+		 * mailbox instead of looping. */
+		if (on_path(e, level, target)) {
+			verdict = add_verdict(add_target(e, target, true));
+			continue;
+		}
+		verdict = expand(e, target, level + 1);
+	}
+	free(address);
+	return verdict;
+}
+
+struct ranked_target {
+	struct policy_target target;
+	size_t rank;
+};
+
+static int compare_ranked(const void *a, const void *b)
+{
+	const struct ranked_target *x = a, *y = b;
+	int c = strcmp(x->target.address, y->target.address);
+	if (c != 0)
+		return c;
+	return (x->rank > y->rank) - (x->rank < y->rank);
+}
+
+static int compare_rank(const void *a, const void *b)
+{
+	const struct ranked_target *x = a, *y = b;
+	return (x->rank > y->rank) - (x->rank < y->rank);
+}
+
+/* Drop repeated addresses, keeping the first of each in its place. */
+static int deduplicate(struct policy_expansion *out)
+{
+	if (out->count < 2)
+		return 0;
+	struct ranked_target *r = calloc(out->count, sizeof *r);
+	if (r == NULL)
+		return -1;
+	for (size_t i = 0; i < out->count; i++) {
+		r[i].target = out->targets[i];
+		r[i].rank = i;
+	}
+	qsort(r, out->count, sizeof *r, compare_ranked);
+	size_t kept = 0;
+	for (size_t i = 0; i < out->count; i++) {
+		if (kept > 0 && strcmp(r[kept - 1].target.address,
+				       r[i].target.address) == 0) {
+			free(r[i].target.address);
+			continue;
+		}
+		r[kept++] = r[i];
+	}
+	qsort(r, kept, sizeof *r, compare_rank);
+	for (size_t i = 0; i < kept; i++)
+		out->targets[i] = r[i].target;
+	out->count = kept;
+	free(r);
+	return 0;
+}
+
+enum policy_verdict policy_check_recipient(const struct policy *policy,
+					   const struct policy_client *client,
+					   const char *address,
+					   struct policy_expansion *out)
+{
+	out->targets = NULL;
+	out->count = 0;
+	if (address == NULL)
+		return POLICY_BAD_MAILBOX;
+
+	char *canon;
+	bool local;
+	if (strchr(address, '@') == NULL) {
+		if (!is_bare_postmaster(address))
+			return POLICY_BAD_MAILBOX;
+		canon = postmaster_address(policy);
+		if (canon == NULL)
+			return POLICY_UNKNOWN_USER;
+		local = true;
+	} else {
+		canon = canonical(policy, address, strlen(address), &local);
+		if (canon == NULL)
+			return POLICY_UNKNOWN_USER;
+	}
+	char *at = strrchr(canon, '@');
+	if (at == canon || at[1] == '\0') {
+		free(canon);
+		return POLICY_BAD_MAILBOX;
+	}
+
+	struct expansion e = {.p = policy, .out = out};
+	enum policy_verdict verdict;
+	if (!local) {
+		if (!policy_may_relay(policy, client)) {
+			free(canon);
+			return POLICY_RELAY_DENIED;
+		}
+		verdict = add_verdict(add_target(&e, canon, false));
+	} else if (!policy_local_part_safe(canon, (size_t)(at - canon))) {
+		free(canon);
+		verdict = POLICY_BAD_MAILBOX;
+	} else {
+		verdict = expand(&e, canon, 0);
+	}
+	if (verdict == POLICY_ACCEPT && deduplicate(out) == -1)
+		verdict = POLICY_UNKNOWN_USER;
+	if (verdict != POLICY_ACCEPT)
+		policy_expansion_clear(out);
+	return verdict;
+}

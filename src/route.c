@@ -1,0 +1,443 @@
+/*
+ * The routing table: `route` values parsed into next hops, and the
+ * most-specific-match look-up (exact, then longest "*." suffix, then "*").
+ * Pure code: no name resolution, no sockets.
+ */
+#include "facteur/route.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+/* Longest piece of a user's text quoted back in an error message. */
+#define ROUTE_QUOTE_MAX 100
+#define ROUTE_DOMAIN_MAX 253
+#define ROUTE_LABEL_MAX 63
+
+struct route_table {
+	struct route *routes;
+	size_t count;
+	size_t cap;
+};
+
+struct route_table *route_table_new(void)
+{
+	return calloc(1, sizeof(struct route_table));
+}
+
+static void route_clear(struct route *r)
+{
+	free(r->pattern);
+	free(r->host);
+	free(r->auth_file);
+	free(r->text);
+	memset(r, 0, sizeof(*r));
+}
+
+void route_table_free(struct route_table *table)
+{
+	if (table == NULL)
+		return;
+	for (size_t i = 0; i < table->count; i++)
+		route_clear(&table->routes[i]);
+	free(table->routes);
+	free(table);
+}
+
+size_t route_table_count(const struct route_table *table)
+{
+	return table == NULL ? 0 : table->count;
+}
+
+const struct route *route_table_get(const struct route_table *table, size_t i)
+{
+	if (table == NULL || i >= table->count)
+		return NULL;
+	return &table->routes[i];
+}
+
+static bool is_space(char c)
+{
+	return c == ' ' || c == '\t';
+}
+
+static bool is_ldh(char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+	       (c >= '0' && c <= '9') || c == '-';
+}
+
+/* RFC 1123 host name syntax: dot-separated labels of letters, digits and
+ * hyphens, no label empty, longer than 63 or starting/ending with '-'. */
+static bool domain_valid(const char *s, size_t len)
+{
+	size_t label = 0;
+
+	if (len == 0 || len > ROUTE_DOMAIN_MAX)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		if (s[i] == '.') {
+			if (label == 0 || s[i - 1] == '-')
+				return false;
+			label = 0;
+			continue;
+		}
+		if (!is_ldh(s[i]) || (s[i] == '-' && label == 0))
+			return false;
+		if (++label > ROUTE_LABEL_MAX)
+			return false;
+	}
+	return label > 0 && s[len - 1] != '-';
+}
+
+static char *dup_lower(const char *s, size_t len)
+{
+	char *out = malloc(len + 1);
+
+	if (out == NULL)
+		return NULL;
+	for (size_t i = 0; i < len; i++) {
+		char c = s[i];
+		out[i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+	}
+	out[len] = '\0';
+	return out;
+}
+
+/* A decimal port, 1..65535, digits only. */
+static int parse_port(const char *s, size_t len, uint16_t *port)
+{
+	unsigned long v = 0;
+
+	if (len == 0 || len > 5)
+		return -1;
+	for (size_t i = 0; i < len; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return -1;
+		v = v * 10 + (unsigned long)(s[i] - '0');
+	}
+	if (v == 0 || v > 65535)
+		return -1;
+	*port = (uint16_t)v;
+	return 0;
+}
+
+static int oom(char *err, size_t errlen)
+{
+	if (err != NULL && errlen > 0)
+		snprintf(err, errlen, "out of memory");
+	return -1;
+}
+
+/* Set err to `what "text"`, the text cut to a readable length. */
+static int fail(char *err, size_t errlen, const char *what, const char *s,
+		size_t len)
+{
+	if (err != NULL && errlen > 0) {
+		int n = len > ROUTE_QUOTE_MAX ? ROUTE_QUOTE_MAX : (int)len;
+		snprintf(err, errlen, "%s \"%.*s\"%s", what, n, s,
+			 len > ROUTE_QUOTE_MAX ? "..." : "");
+	}
+	return -1;
+}
+
+static int parse_pattern(const char *s, size_t len, struct route *r, char *err,
+			 size_t errlen)
+{
+	const char *name = s;
+	size_t namelen = len;
+
+	if (len == 1 && s[0] == '*') {
+		r->kind = ROUTE_WILDCARD;
+		r->pattern = strdup("*");
+		return r->pattern == NULL ? oom(err, errlen) : 0;
+	}
+	r->kind = ROUTE_EXACT;
+	if (len >= 2 && s[0] == '*' && s[1] == '.') {
+		r->kind = ROUTE_SUFFIX;
+		name += 2;
+		namelen -= 2;
+	}
+	/* An absolute name ("example.com.") is the same domain. */
+	if (namelen > 1 && name[namelen - 1] == '.')
+		namelen--;
+	if (!domain_valid(name, namelen))
+		return fail(err, errlen, "invalid pattern", s, len);
+	r->pattern = dup_lower(name, namelen);
+	if (r->pattern == NULL)
+		return oom(err, errlen);
+	return 0;
+}
+
+/* "[1.2.3.4]", "[::1]", "[IPv6:2001:db8::1]" or "[host]", brackets
+ * included in s/len. */
+static int parse_bracketed(const char *s, size_t len, struct route *r)
+{
+	char buf[INET6_ADDRSTRLEN + 8];
+	unsigned char addr[sizeof(struct in6_addr)];
+	const char *in = s + 1;
+	size_t inlen = len - 2;
+	bool v6_tag = false;
+
+	if (inlen >= 5 && strncasecmp(in, "IPv6:", 5) == 0) {
+		v6_tag = true;
+		in += 5;
+		inlen -= 5;
+	}
+	if (inlen == 0)
+		return -1;
+	if (inlen < sizeof(buf)) {
+		memcpy(buf, in, inlen);
+		buf[inlen] = '\0';
+		if ((!v6_tag && inet_pton(AF_INET, buf, addr) == 1) ||
+		    inet_pton(AF_INET6, buf, addr) == 1) {
+			r->host_is_ip = true;
+			r->host = dup_lower(in, inlen);
+			return r->host == NULL ? -1 : 0;
+		}
+	}
+	if (v6_tag)
+		return -1;
+	if (inlen > 1 && in[inlen - 1] == '.')
+		inlen--;
+	if (!domain_valid(in, inlen))
+		return -1;
+	r->host = dup_lower(in, inlen);
+	return r->host == NULL ? -1 : 0;
+}
+
+static int parse_target(const char *s, size_t len, struct route *r, char *err,
+			size_t errlen)
+{
+	const char *hostpart = s;
+	size_t hostlen;
+	const char *colon = NULL;
+
+	if (s[0] == '[') {
+		const char *close = memchr(s, ']', len);
+
+		if (close == NULL)
+			return fail(err, errlen, "bad target", s, len);
+		hostlen = (size_t)(close - s) + 1;
+		if (hostlen < len) {
+			if (s[hostlen] != ':')
+				return fail(err, errlen, "bad target", s, len);
+			colon = s + hostlen;
+		}
+		r->mx_lookup = false;
+		if (parse_bracketed(s, hostlen, r) < 0)
+			return fail(err, errlen, "bad target", s, len);
+	} else {
+		unsigned char addr[sizeof(struct in_addr)];
+		char buf[INET_ADDRSTRLEN];
+
+		colon = memchr(s, ':', len);
+		hostlen = colon != NULL ? (size_t)(colon - s) : len;
+		if (hostlen > 1 && hostpart[hostlen - 1] == '.')
+			hostlen--;
+		if (!domain_valid(hostpart, hostlen))
+			return fail(err, errlen, "bad target", s, len);
+		/* MX records of "1.2.3.4" make no sense: an address is
+		 * written as a literal, "[1.2.3.4]". */
+		if (hostlen < sizeof(buf)) {
+			memcpy(buf, hostpart, hostlen);
+			buf[hostlen] = '\0';
+			if (inet_pton(AF_INET, buf, addr) == 1)
+				return fail(err, errlen,
+					    "address target needs brackets", s,
+					    len);
+		}
+		r->mx_lookup = true;
+		r->host = dup_lower(hostpart, hostlen);
+		if (r->host == NULL)
+			return oom(err, errlen);
+	}
+	if (colon != NULL) {
+		size_t portlen = len - (size_t)(colon + 1 - s);
+
+		if (parse_port(colon + 1, portlen, &r->port) < 0)
+			return fail(err, errlen, "invalid port in target", s,
+				    len);
+	}
+	return 0;
+}
+
+static int parse_option(const char *s, size_t len, struct route *r,
+			bool *seen_tls, char *err, size_t errlen)
+{
+	static const struct {
+		const char *name;
+		enum route_tls tls;
+	} tls_values[] = {
+	    {"none", ROUTE_TLS_NONE},
+	    {"may", ROUTE_TLS_MAY},
+	    {"encrypt", ROUTE_TLS_ENCRYPT},
+	    {"verify", ROUTE_TLS_VERIFY},
+	};
+
+	if (len >= 4 && strncmp(s, "tls=", 4) == 0) {
+		if (*seen_tls)
+			return fail(err, errlen, "duplicate option", s, len);
+		*seen_tls = true;
+		for (size_t i = 0; i < sizeof(tls_values) / sizeof(*tls_values);
+		     i++) {
+			if (strlen(tls_values[i].name) == len - 4 &&
+			    memcmp(tls_values[i].name, s + 4, len - 4) == 0) {
+				r->tls = tls_values[i].tls;
+				return 0;
+			}
+		}
+		return fail(err, errlen,
+			    "invalid tls value (none, may, encrypt or verify)",
+			    s, len);
+	}
+	if (len >= 5 && strncmp(s, "auth=", 5) == 0) {
+		if (r->auth_file != NULL)
+			return fail(err, errlen, "duplicate option", s, len);
+		if (len == 5)
+			return fail(err, errlen, "missing file name in", s,
+				    len);
+		r->auth_file = strndup(s + 5, len - 5);
+		if (r->auth_file == NULL)
+			return oom(err, errlen);
+		return 0;
+	}
+	return fail(err, errlen, "unknown option", s, len);
+}
+
+static int parse_route(const char *value, struct route *r, char *err,
+		       size_t errlen)
+{
+	const char *p = value;
+	const char *end;
+	size_t ntok = 0;
+	bool seen_tls = false;
+
+	while (is_space(*p))
+		p++;
+	end = p + strlen(p);
+	while (end > p && is_space(end[-1]))
+		end--;
+	r->text = strndup(p, (size_t)(end - p));
+	if (r->text == NULL)
+		return oom(err, errlen);
+
+	while (p < end) {
+		const char *tok = p;
+		size_t len;
+		int rc;
+
+		while (p < end && !is_space(*p))
+			p++;
+		len = (size_t)(p - tok);
+		while (p < end && is_space(*p))
+			p++;
+		if (ntok == 0)
+			rc = parse_pattern(tok, len, r, err, errlen);
+		else if (ntok == 1)
+			rc = parse_target(tok, len, r, err, errlen);
+		else
+			rc = parse_option(tok, len, r, &seen_tls, err, errlen);
+		if (rc < 0)
+			return -1;
+		ntok++;
+	}
+	if (ntok == 0) {
+		if (err != NULL && errlen > 0)
+			snprintf(err, errlen, "empty route");
+		return -1;
+	}
+	if (ntok == 1)
+		return fail(err, errlen, "missing target after pattern",
+			    r->text, strlen(r->text));
+	return 0;
+}
+
+int route_table_add(struct route_table *table, const char *value, char *err,
+		    size_t errlen)
+{
+	struct route r = {0};
+
+	if (err != NULL && errlen > 0)
+		err[0] = '\0';
+	if (parse_route(value, &r, err, errlen) < 0) {
+		route_clear(&r);
+		return -1;
+	}
+	for (size_t i = 0; i < table->count; i++) {
+		const struct route *old = &table->routes[i];
+
+		if (old->kind == r.kind &&
+		    strcmp(old->pattern, r.pattern) == 0) {
+			if (err != NULL && errlen > 0)
+				snprintf(err, errlen,
+					 "duplicate pattern \"%s%s\"",
+					 r.kind == ROUTE_SUFFIX ? "*." : "",
+					 r.pattern);
+			route_clear(&r);
+			return -1;
+		}
+	}
+	if (table->count == table->cap) {
+		size_t cap = table->cap == 0 ? 8 : table->cap * 2;
+		struct route *grown =
+		    reallocarray(table->routes, cap, sizeof(*grown));
+
+		if (grown == NULL) {
+			route_clear(&r);
+			return oom(err, errlen);
+		}
+		table->routes = grown;
+		table->cap = cap;
+	}
+	table->routes[table->count++] = r;
+	return 0;
+}
+
+const struct route *route_lookup(const struct route_table *table,
+				 const char *domain)
+{
+	const struct route *suffix = NULL;
+	const struct route *wildcard = NULL;
+	size_t suffix_len = 0;
+	size_t len;
+
+	if (table == NULL)
+		return NULL;
+	if (domain == NULL)
+		domain = "";
+	len = strlen(domain);
+	if (len > 1 && domain[len - 1] == '.')
+		len--;
+
+	/* A linear scan keeps the table in the operator's order; tables are
+	 * a few lines long, and the best match is independent of order. */
+	for (size_t i = 0; i < table->count; i++) {
+		const struct route *r = &table->routes[i];
+		size_t plen = strlen(r->pattern);
+
+		switch (r->kind) {
+		case ROUTE_EXACT:
+			if (plen == len &&
+			    strncasecmp(domain, r->pattern, len) == 0)
+				return r;
+			break;
+		case ROUTE_SUFFIX:
+			if (len > plen + 1 && plen > suffix_len &&
+			    domain[len - plen - 1] == '.' &&
+			    strncasecmp(domain + len - plen, r->pattern,
+					plen) == 0) {
+				suffix = r;
+				suffix_len = plen;
+			}
+			break;
+		case ROUTE_WILDCARD:
+			wildcard = r;
+			break;
+		}
+	}
+	return suffix != NULL ? suffix : wildcard;
+}

@@ -1,0 +1,1609 @@
+/*
+ * The durable queue (see spool.h and docs/spool.md). Files are written on
+ * the loop, into the page cache; every flush goes through the iothread.
+ * The requests of one loop turn form a batch that costs one iothread
+ * round, and a commit's callback runs only once its message file, its
+ * envelope and the queue directory are on disk: that is when the session
+ * may say 250.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "facteur/iothread.h"
+#include "facteur/spool.h"
+
+#define ENVELOPE_MAGIC "facteur-envelope 1"
+/* Draws of a fresh id before giving up on O_EXCL collisions. */
+#define ID_TRIES 100
+/* Most tokens on one line: a state record. */
+#define LINE_TOKENS_MAX 8
+
+struct spool_request {
+	struct spool_request *next;
+	struct spool *spool;
+	bool commit; /* its two files go away if the flush fails */
+	char id[SPOOL_ID_LEN + 1];
+	int fds[2];
+	size_t nfds;
+	int error; /* failed before the flush: reported as is */
+	spool_commit_cb cb;
+	void *arg;
+};
+
+/* An incoming message carries the request its commit will use, so that
+ * a commit never needs memory to report its outcome. */
+struct incoming {
+	struct spool_incoming pub;
+	struct spool_request req;
+};
+
+static struct incoming *incoming_of(struct spool_request *req)
+{
+	return (struct incoming *)((char *)req -
+				   offsetof(struct incoming, req));
+}
+
+struct spool {
+	struct event_base *base;
+	struct iothread *io;
+	char *dir;
+	int queue_fd;
+	struct event *flush_event;
+	/* The batch being collected during this loop turn. */
+	struct spool_request *batch_head;
+	struct spool_request **batch_tail;
+	size_t batch_fds;
+	/* Batches handed to the iothread, plus spool_close's own hold: the
+	 * spool is freed when a closed spool has none left. */
+	size_t holds;
+	bool closing;
+	uint64_t last_id;
+	unsigned counter;
+	struct spool_recovery recovery;
+};
+
+/* Errors of the envelope parser: bad data, or no memory to hold it. */
+enum parse_status {
+	PARSE_OK,
+	PARSE_BAD,
+	PARSE_NOMEM,
+};
+
+struct token {
+	const char *p;
+	size_t n;
+};
+
+/* A growing text buffer; `failed` sticks after the first ENOMEM. */
+struct text {
+	char *p;
+	size_t len;
+	size_t cap;
+	bool failed;
+};
+
+static void text_add(struct text *t, const char *s, size_t n)
+{
+	if (t->failed)
+		return;
+	if (t->cap - t->len < n + 1) {
+		size_t cap = t->cap ? t->cap : 256;
+		while (cap - t->len < n + 1) {
+			if (cap > SIZE_MAX / 2) {
+				t->failed = true;
+				return;
+			}
+			cap *= 2;
+		}
+		char *p = realloc(t->p, cap);
+		if (p == NULL) {
+			t->failed = true;
+			return;
+		}
+		t->p = p;
+		t->cap = cap;
+	}
+	memcpy(t->p + t->len, s, n);
+	t->len += n;
+	t->p[t->len] = '\0';
+}
+
+static void text_str(struct text *t, const char *s)
+{
+	text_add(t, s, strlen(s));
+}
+
+static void text_fmt(struct text *t, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Only for numbers and fixed words: 64 octets always suffice. */
+static void text_fmt(struct text *t, const char *fmt, ...)
+{
+	char buf[64];
+	va_list ap;
+
+	va_start(ap, fmt);
+	int n = vsnprintf(buf, sizeof buf, fmt, ap);
+	va_end(ap);
+	if (n < 0 || (size_t)n >= sizeof buf) {
+		t->failed = true;
+		return;
+	}
+	text_add(t, buf, (size_t)n);
+}
+
+static bool octet_needs_escape(unsigned char c)
+{
+	return c <= 0x20 || c == '+' || c == '=' || c == 0x7f;
+}
+
+/*
+ * A value as one token: "-" for NULL or empty, "+2D" for a literal "-",
+ * "+XX" for the octets that would break a line or a token (and for '+'
+ * and '=' themselves); everything else, UTF-8 included, as is.
+ */
+static void text_value(struct text *t, const char *s)
+{
+	static const char hex[] = "0123456789ABCDEF";
+
+	if (s == NULL || s[0] == '\0') {
+		text_add(t, "-", 1);
+		return;
+	}
+	if (strcmp(s, "-") == 0) {
+		text_add(t, "+2D", 3);
+		return;
+	}
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		if (octet_needs_escape(*p)) {
+			char esc[3] = {'+', hex[*p >> 4], hex[*p & 0xf]};
+			text_add(t, esc, 3);
+		} else {
+			text_add(t, (const char *)p, 1);
+		}
+	}
+}
+
+static bool id_valid(const char *id, size_t len)
+{
+	if (len != SPOOL_ID_LEN)
+		return false;
+	for (size_t i = 0; i < len; i++)
+		if (!((id[i] >= '0' && id[i] <= '9') ||
+		      (id[i] >= 'A' && id[i] <= 'F')))
+			return false;
+	return true;
+}
+
+const char *rcpt_state_name(enum rcpt_state state)
+{
+	switch (state) {
+	case RCPT_PENDING:
+		return "pending";
+	case RCPT_DEFERRED:
+		return "deferred";
+	case RCPT_DELIVERED:
+		return "delivered";
+	case RCPT_BOUNCED:
+		return "bounced";
+	}
+	return "unknown";
+}
+
+/* A state outside the enum is written as pending: retried, not lost. */
+static const char *rcpt_state_word(enum rcpt_state state)
+{
+	switch (state) {
+	case RCPT_DEFERRED:
+	case RCPT_DELIVERED:
+	case RCPT_BOUNCED:
+		return rcpt_state_name(state);
+	case RCPT_PENDING:
+		break;
+	}
+	return "pending";
+}
+
+static const char *body_word(enum smtp_body body)
+{
+	switch (body) {
+	case SMTP_BODY_7BIT:
+		return "7bit";
+	case SMTP_BODY_8BITMIME:
+		return "8bitmime";
+	case SMTP_BODY_UNSPECIFIED:
+		break;
+	}
+	return "-";
+}
+
+static const char *ret_word(enum smtp_ret ret)
+{
+	switch (ret) {
+	case SMTP_RET_FULL:
+		return "full";
+	case SMTP_RET_HDRS:
+		return "hdrs";
+	case SMTP_RET_UNSPECIFIED:
+		break;
+	}
+	return "-";
+}
+
+static void text_record(struct text *t, const struct spool_envelope *env,
+			size_t index)
+{
+	const struct spool_rcpt *r = &env->rcpts[index];
+	char dsn[sizeof r->dsn];
+
+	/* dsn may lack its NUL if a caller filled all of it. */
+	memcpy(dsn, r->dsn, sizeof dsn);
+	dsn[sizeof dsn - 1] = '\0';
+	text_fmt(t, "state %zu %s %u %" PRId64 " %" PRId64 " ", index,
+		 rcpt_state_word(r->state), r->attempts,
+		 (int64_t)r->next_attempt, (int64_t)r->updated);
+	text_value(t, dsn);
+	text_add(t, " ", 1);
+	text_value(t, r->reason);
+	text_add(t, "\n", 1);
+}
+
+static char *text_finish(struct text *t, size_t *len)
+{
+	if (t->failed) {
+		free(t->p);
+		errno = ENOMEM;
+		return NULL;
+	}
+	if (len != NULL)
+		*len = t->len;
+	return t->p;
+}
+
+/*
+ * The envelope text for `id`. `wire_size`, when given, is the length of
+ * the message file; recovery compares it with the file to tell a message
+ * that was flushed from one that was not.
+ */
+static char *envelope_format(const struct spool_envelope *env, const char *id,
+			     const uint64_t *wire_size, size_t *len)
+{
+	struct text t = {0};
+
+	if (!id_valid(id, strnlen(id, SPOOL_ID_LEN + 1))) {
+		errno = EINVAL;
+		return NULL;
+	}
+	text_str(&t, ENVELOPE_MAGIC "\nid ");
+	text_str(&t, id);
+	text_fmt(&t, "\narrival %" PRId64 "\nsender ", (int64_t)env->arrival);
+	text_value(&t, env->sender);
+	text_str(&t, "\nclient ");
+	text_value(&t, env->client_addr);
+	text_str(&t, "\nhelo ");
+	text_value(&t, env->helo);
+	text_str(&t, "\nprotocol ");
+	text_value(&t, env->protocol);
+	text_str(&t, "\nauth ");
+	text_value(&t, env->auth_user);
+	text_fmt(&t, "\nsize %" PRIu64 "\n", env->size);
+	if (wire_size != NULL)
+		text_fmt(&t, "wire %" PRIu64 "\n", *wire_size);
+	text_fmt(&t, "body %s\nsmtputf8 %d\nret %s\nenvid ",
+		 body_word(env->body), env->smtputf8 ? 1 : 0,
+		 ret_word(env->ret));
+	text_value(&t, env->envid);
+	text_fmt(&t, "\nflags %u\n", env->flags);
+	for (size_t i = 0; i < env->rcpt_count; i++) {
+		const struct spool_rcpt *r = &env->rcpts[i];
+		text_str(&t, "rcpt ");
+		text_value(&t, r->address);
+		text_add(&t, " ", 1);
+		text_value(&t, r->original);
+		text_add(&t, " ", 1);
+		text_value(&t, r->orcpt);
+		text_fmt(&t, " %u %d\n", r->notify, r->local ? 1 : 0);
+	}
+	text_str(&t, "end\n");
+	return text_finish(&t, len);
+}
+
+char *spool_envelope_format(const struct spool_envelope *env, size_t *len)
+{
+	return envelope_format(env, env->id, NULL, len);
+}
+
+char *spool_record_format(const struct spool_envelope *env, size_t index,
+			  size_t *len)
+{
+	struct text t = {0};
+
+	if (index >= env->rcpt_count) {
+		errno = EINVAL;
+		return NULL;
+	}
+	text_record(&t, env, index);
+	return text_finish(&t, len);
+}
+
+static char *flags_record_format(const struct spool_envelope *env, size_t *len)
+{
+	struct text t = {0};
+
+	text_fmt(&t, "flags %u\n", env->flags);
+	return text_finish(&t, len);
+}
+
+/* Whether a recipient differs from what a fresh envelope implies. */
+static bool rcpt_has_state(const struct spool_rcpt *r)
+{
+	return r->state != RCPT_PENDING || r->attempts != 0 ||
+	       r->next_attempt != 0 || r->updated != 0 || r->dsn[0] != '\0' ||
+	       r->reason != NULL;
+}
+
+void spool_envelope_clear(struct spool_envelope *env)
+{
+	if (env == NULL)
+		return;
+	free(env->sender);
+	free(env->client_addr);
+	free(env->helo);
+	free(env->protocol);
+	free(env->auth_user);
+	free(env->envid);
+	for (size_t i = 0; i < env->rcpt_count; i++) {
+		free(env->rcpts[i].address);
+		free(env->rcpts[i].original);
+		free(env->rcpts[i].orcpt);
+		free(env->rcpts[i].reason);
+	}
+	free(env->rcpts);
+	memset(env, 0, sizeof *env);
+}
+
+void spool_envelope_free(struct spool_envelope *env)
+{
+	spool_envelope_clear(env);
+	free(env);
+}
+
+bool spool_envelope_done(const struct spool_envelope *env)
+{
+	for (size_t i = 0; i < env->rcpt_count; i++)
+		if (env->rcpts[i].state != RCPT_DELIVERED &&
+		    env->rcpts[i].state != RCPT_BOUNCED)
+			return false;
+	return true;
+}
+
+/*
+ * Parsing. The file is untrusted: it may be cut anywhere or end in zeros
+ * after a crash. Every line must end in '\n', tokens are separated by
+ * exactly one space, and every number is range-checked.
+ */
+
+/* The next complete line at *pos (without its '\n'); false at the end
+ * of the text or when the last line is not terminated. */
+static bool next_line(const char *text, size_t len, size_t *pos,
+		      struct token *line)
+{
+	if (*pos >= len)
+		return false;
+	const char *nl = memchr(text + *pos, '\n', len - *pos);
+	if (nl == NULL)
+		return false;
+	line->p = text + *pos;
+	line->n = (size_t)(nl - line->p);
+	*pos += line->n + 1;
+	return true;
+}
+
+/* Split at single spaces; -1 on an empty token or too many of them. */
+static int split_line(struct token line, struct token *toks, int max)
+{
+	int count = 0;
+	size_t start = 0;
+
+	for (size_t i = 0; i <= line.n; i++) {
+		if (i < line.n && line.p[i] != ' ')
+			continue;
+		if (i == start || count == max)
+			return -1;
+		toks[count].p = line.p + start;
+		toks[count].n = i - start;
+		count++;
+		start = i + 1;
+	}
+	return count;
+}
+
+static bool token_is(struct token tok, const char *word)
+{
+	size_t n = strlen(word);
+	return tok.n == n && memcmp(tok.p, word, n) == 0;
+}
+
+static int hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+/*
+ * Decode a value token into a new string. "-" gives NULL when the field
+ * is optional and "" otherwise. A NUL octet cannot live in a C string,
+ * so "+00" is refused.
+ */
+static enum parse_status decode_value(struct token tok, bool optional,
+				      char **out)
+{
+	*out = NULL;
+	if (token_is(tok, "-")) {
+		if (optional)
+			return PARSE_OK;
+		*out = strdup("");
+		return *out ? PARSE_OK : PARSE_NOMEM;
+	}
+	char *s = malloc(tok.n + 1);
+	if (s == NULL)
+		return PARSE_NOMEM;
+	size_t n = 0;
+	for (size_t i = 0; i < tok.n; i++) {
+		unsigned char c = (unsigned char)tok.p[i];
+		if (c == '+') {
+			int hi = i + 2 < tok.n ? hex_digit(tok.p[i + 1]) : -1;
+			int lo = hi >= 0 ? hex_digit(tok.p[i + 2]) : -1;
+			if (lo < 0 || (hi == 0 && lo == 0)) {
+				free(s);
+				return PARSE_BAD;
+			}
+			s[n++] = (char)(hi << 4 | lo);
+			i += 2;
+		} else if (octet_needs_escape(c)) {
+			free(s);
+			return PARSE_BAD;
+		} else {
+			s[n++] = (char)c;
+		}
+	}
+	s[n] = '\0';
+	*out = s;
+	return PARSE_OK;
+}
+
+static bool parse_u64(struct token tok, uint64_t max, uint64_t *out)
+{
+	uint64_t v = 0;
+
+	if (tok.n == 0 || tok.n > 20)
+		return false;
+	for (size_t i = 0; i < tok.n; i++) {
+		if (tok.p[i] < '0' || tok.p[i] > '9')
+			return false;
+		unsigned d = (unsigned)(tok.p[i] - '0');
+		if (d > max || v > (max - d) / 10)
+			return false;
+		v = v * 10 + d;
+	}
+	*out = v;
+	return true;
+}
+
+static bool parse_unsigned(struct token tok, unsigned *out)
+{
+	uint64_t v;
+	if (!parse_u64(tok, UINT_MAX, &v))
+		return false;
+	*out = (unsigned)v;
+	return true;
+}
+
+/* A time, possibly negative (written as the caller's time_t was). */
+static bool parse_time(struct token tok, time_t *out)
+{
+	bool negative = tok.n > 0 && tok.p[0] == '-';
+	uint64_t v;
+
+	if (negative) {
+		tok.p++;
+		tok.n--;
+	}
+	if (!parse_u64(tok, negative ? (uint64_t)INT64_MAX + 1 : INT64_MAX, &v))
+		return false;
+	int64_t s = negative ? (int64_t)(0 - v) : (int64_t)v;
+	if ((int64_t)(time_t)s != s)
+		return false;
+	*out = (time_t)s;
+	return true;
+}
+
+static bool parse_bit(struct token tok, bool *out)
+{
+	if (token_is(tok, "0"))
+		*out = false;
+	else if (token_is(tok, "1"))
+		*out = true;
+	else
+		return false;
+	return true;
+}
+
+/* A "key value" line with the expected key; value in *val. */
+static bool keyed_line(const char *text, size_t len, size_t *pos,
+		       const char *key, struct token *val)
+{
+	struct token line, toks[2];
+
+	if (!next_line(text, len, pos, &line))
+		return false;
+	if (split_line(line, toks, 2) != 2 || !token_is(toks[0], key))
+		return false;
+	*val = toks[1];
+	return true;
+}
+
+static enum parse_status keyed_value(const char *text, size_t len, size_t *pos,
+				     const char *key, bool optional, char **out)
+{
+	struct token val;
+	if (!keyed_line(text, len, pos, key, &val))
+		return PARSE_BAD;
+	return decode_value(val, optional, out);
+}
+
+static enum parse_status parse_rcpt(const struct token *toks,
+				    struct spool_rcpt *r)
+{
+	enum parse_status st;
+
+	memset(r, 0, sizeof *r);
+	if (!parse_unsigned(toks[4], &r->notify) ||
+	    !parse_bit(toks[5], &r->local))
+		return PARSE_BAD;
+	if ((st = decode_value(toks[1], false, &r->address)) != PARSE_OK ||
+	    (st = decode_value(toks[2], false, &r->original)) != PARSE_OK ||
+	    (st = decode_value(toks[3], true, &r->orcpt)) != PARSE_OK) {
+		free(r->address);
+		free(r->original);
+		free(r->orcpt);
+		memset(r, 0, sizeof *r);
+		return st;
+	}
+	r->state = RCPT_PENDING;
+	return PARSE_OK;
+}
+
+static enum parse_status add_rcpt(struct spool_envelope *env, size_t *cap,
+				  const struct token *toks)
+{
+	if (env->rcpt_count == *cap) {
+		size_t ncap = *cap ? *cap * 2 : 4;
+		if (ncap > SIZE_MAX / sizeof *env->rcpts)
+			return PARSE_NOMEM;
+		struct spool_rcpt *r =
+		    realloc(env->rcpts, ncap * sizeof *env->rcpts);
+		if (r == NULL)
+			return PARSE_NOMEM;
+		env->rcpts = r;
+		*cap = ncap;
+	}
+	enum parse_status st = parse_rcpt(toks, &env->rcpts[env->rcpt_count]);
+	if (st == PARSE_OK)
+		env->rcpt_count++;
+	return st;
+}
+
+static bool parse_state_word(struct token tok, enum rcpt_state *out)
+{
+	static const enum rcpt_state states[] = {RCPT_PENDING, RCPT_DEFERRED,
+						 RCPT_DELIVERED, RCPT_BOUNCED};
+	for (size_t i = 0; i < sizeof states / sizeof states[0]; i++) {
+		if (token_is(tok, rcpt_state_name(states[i]))) {
+			*out = states[i];
+			return true;
+		}
+	}
+	return false;
+}
+
+/* Apply one record if it is whole and well-formed; nothing changes
+ * otherwise. */
+static enum parse_status apply_record(struct spool_envelope *env,
+				      struct token line)
+{
+	struct token toks[LINE_TOKENS_MAX];
+	int n = split_line(line, toks, LINE_TOKENS_MAX);
+
+	if (n == 2 && token_is(toks[0], "flags"))
+		return parse_unsigned(toks[1], &env->flags) ? PARSE_OK
+							    : PARSE_BAD;
+	if (n != 8 || !token_is(toks[0], "state"))
+		return PARSE_BAD;
+
+	uint64_t index;
+	enum rcpt_state state;
+	unsigned attempts;
+	time_t next_attempt, updated;
+	char *dsn, *reason;
+	enum parse_status st;
+
+	if (env->rcpt_count == 0 ||
+	    !parse_u64(toks[1], env->rcpt_count - 1, &index) ||
+	    !parse_state_word(toks[2], &state) ||
+	    !parse_unsigned(toks[3], &attempts) ||
+	    !parse_time(toks[4], &next_attempt) ||
+	    !parse_time(toks[5], &updated))
+		return PARSE_BAD;
+	if ((st = decode_value(toks[6], true, &dsn)) != PARSE_OK)
+		return st;
+	if (dsn != NULL && strlen(dsn) >= sizeof env->rcpts[0].dsn) {
+		free(dsn);
+		return PARSE_BAD;
+	}
+	if ((st = decode_value(toks[7], true, &reason)) != PARSE_OK) {
+		free(dsn);
+		return st;
+	}
+
+	struct spool_rcpt *r = &env->rcpts[index];
+	r->state = state;
+	r->attempts = attempts;
+	r->next_attempt = next_attempt;
+	r->updated = updated;
+	memset(r->dsn, 0, sizeof r->dsn);
+	if (dsn != NULL)
+		memcpy(r->dsn, dsn, strlen(dsn));
+	free(dsn);
+	free(r->reason);
+	r->reason = reason;
+	return PARSE_OK;
+}
+
+static enum parse_status parse_header(const char *text, size_t len, size_t *pos,
+				      struct spool_envelope *env,
+				      uint64_t *wire_size, bool *has_wire)
+{
+	struct token line, val;
+	enum parse_status st;
+	uint64_t v;
+
+	if (!next_line(text, len, pos, &line) ||
+	    !token_is(line, ENVELOPE_MAGIC))
+		return PARSE_BAD;
+	if (!keyed_line(text, len, pos, "id", &val) || !id_valid(val.p, val.n))
+		return PARSE_BAD;
+	memcpy(env->id, val.p, SPOOL_ID_LEN);
+	env->id[SPOOL_ID_LEN] = '\0';
+	if (!keyed_line(text, len, pos, "arrival", &val) ||
+	    !parse_time(val, &env->arrival))
+		return PARSE_BAD;
+	const struct {
+		const char *key;
+		bool optional;
+		char **out;
+	} strings[] = {
+	    {"sender", false, &env->sender},
+	    {"client", false, &env->client_addr},
+	    {"helo", false, &env->helo},
+	    {"protocol", false, &env->protocol},
+	    {"auth", true, &env->auth_user},
+	};
+	for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++) {
+		st = keyed_value(text, len, pos, strings[i].key,
+				 strings[i].optional, strings[i].out);
+		if (st != PARSE_OK)
+			return st;
+	}
+	if (!keyed_line(text, len, pos, "size", &val) ||
+	    !parse_u64(val, UINT64_MAX, &env->size))
+		return PARSE_BAD;
+
+	/* "wire" is optional: only the spool's own commits write it. */
+	size_t at = *pos;
+	*has_wire = false;
+	if (keyed_line(text, len, pos, "wire", &val)) {
+		if (!parse_u64(val, UINT64_MAX, wire_size))
+			return PARSE_BAD;
+		*has_wire = true;
+	} else {
+		*pos = at;
+	}
+
+	if (!keyed_line(text, len, pos, "body", &val))
+		return PARSE_BAD;
+	if (token_is(val, "-"))
+		env->body = SMTP_BODY_UNSPECIFIED;
+	else if (token_is(val, "7bit"))
+		env->body = SMTP_BODY_7BIT;
+	else if (token_is(val, "8bitmime"))
+		env->body = SMTP_BODY_8BITMIME;
+	else
+		return PARSE_BAD;
+	if (!keyed_line(text, len, pos, "smtputf8", &val) ||
+	    !parse_bit(val, &env->smtputf8))
+		return PARSE_BAD;
+	if (!keyed_line(text, len, pos, "ret", &val))
+		return PARSE_BAD;
+	if (token_is(val, "-"))
+		env->ret = SMTP_RET_UNSPECIFIED;
+	else if (token_is(val, "full"))
+		env->ret = SMTP_RET_FULL;
+	else if (token_is(val, "hdrs"))
+		env->ret = SMTP_RET_HDRS;
+	else
+		return PARSE_BAD;
+	st = keyed_value(text, len, pos, "envid", true, &env->envid);
+	if (st != PARSE_OK)
+		return st;
+	if (!keyed_line(text, len, pos, "flags", &val) ||
+	    !parse_u64(val, UINT_MAX, &v))
+		return PARSE_BAD;
+	env->flags = (unsigned)v;
+
+	size_t cap = 0;
+	for (;;) {
+		struct token toks[6];
+		if (!next_line(text, len, pos, &line))
+			return PARSE_BAD;
+		if (token_is(line, "end"))
+			return PARSE_OK;
+		if (split_line(line, toks, 6) != 6 ||
+		    !token_is(toks[0], "rcpt"))
+			return PARSE_BAD;
+		if ((st = add_rcpt(env, &cap, toks)) != PARSE_OK)
+			return st;
+	}
+}
+
+static enum parse_status envelope_parse(const char *text, size_t len,
+					struct spool_envelope *env,
+					size_t *valid_len, uint64_t *wire_size,
+					bool *has_wire)
+{
+	size_t pos = 0;
+	enum parse_status st;
+
+	memset(env, 0, sizeof *env);
+	st = parse_header(text, len, &pos, env, wire_size, has_wire);
+	if (st != PARSE_OK) {
+		spool_envelope_clear(env);
+		return st;
+	}
+	for (;;) {
+		size_t start = pos;
+		struct token line;
+		if (!next_line(text, len, &pos, &line)) {
+			*valid_len = start;
+			return PARSE_OK;
+		}
+		st = apply_record(env, line);
+		if (st == PARSE_NOMEM) {
+			spool_envelope_clear(env);
+			return st;
+		}
+		if (st == PARSE_BAD) {
+			*valid_len = start;
+			return PARSE_OK;
+		}
+	}
+}
+
+int spool_envelope_parse(const char *text, size_t len,
+			 struct spool_envelope *env, size_t *valid_len)
+{
+	uint64_t wire_size;
+	bool has_wire;
+	size_t valid;
+
+	switch (envelope_parse(text, len, env, &valid, &wire_size, &has_wire)) {
+	case PARSE_OK:
+		if (valid_len != NULL)
+			*valid_len = valid;
+		return 0;
+	case PARSE_NOMEM:
+		errno = ENOMEM;
+		return -1;
+	case PARSE_BAD:
+		break;
+	}
+	errno = EINVAL;
+	return -1;
+}
+
+/*
+ * Files and the group commit.
+ */
+
+static int write_full(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+		if (n == -1) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		if (n == 0) {
+			errno = EIO;
+			return -1;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* close(2) on a descriptor whose data is already flushed or discarded:
+ * its error changes nothing, and Linux must not retry it on EINTR. */
+static void close_fd(int fd)
+{
+	if (fd >= 0 && close(fd) == -1)
+		errno = 0;
+}
+
+static void file_name(char *buf, const char *id, const char *ext)
+{
+	/* Callers hold ids checked by id_valid: always 16 + 4 octets. */
+	memcpy(buf, id, SPOOL_ID_LEN);
+	memcpy(buf + SPOOL_ID_LEN, ext, 5);
+}
+
+static void unlink_file(const struct spool *spool, const char *id,
+			const char *ext)
+{
+	char name[SPOOL_ID_LEN + 5];
+
+	file_name(name, id, ext);
+	/* A file that is already gone is what we wanted. */
+	if (unlinkat(spool->queue_fd, name, 0) == -1)
+		errno = 0;
+}
+
+static void spool_destroy(struct spool *spool)
+{
+	if (spool->flush_event != NULL)
+		event_free(spool->flush_event);
+	close_fd(spool->queue_fd);
+	free(spool->dir);
+	free(spool);
+}
+
+static void spool_release(struct spool *spool)
+{
+	if (--spool->holds == 0 && spool->closing)
+		spool_destroy(spool);
+}
+
+/* The iothread finished a batch (or it could not be handed over). */
+static void batch_done(int error, void *arg)
+{
+	struct spool_request *req = arg;
+	struct spool *spool = req->spool;
+
+	while (req != NULL) {
+		struct spool_request *next = req->next;
+		int result = req->error != 0 ? req->error : error;
+		spool_commit_cb cb = req->cb;
+		void *cb_arg = req->arg;
+
+		for (size_t i = 0; i < req->nfds; i++)
+			close_fd(req->fds[i]);
+		if (req->commit && req->error == 0 && error != 0) {
+			/* Never acknowledged: leave nothing to recover. */
+			unlink_file(spool, req->id, ".env");
+			unlink_file(spool, req->id, ".msg");
+		}
+		if (req->commit)
+			free(incoming_of(req));
+		else
+			free(req);
+		if (cb != NULL)
+			cb(result, cb_arg);
+		req = next;
+	}
+	spool_release(spool);
+}
+
+/* Hand the collected batch to the iothread: one request with every file
+ * of the batch and the queue directory once. */
+static void spool_flush(struct spool *spool)
+{
+	struct spool_request *batch = spool->batch_head;
+	size_t nfds = spool->batch_fds + 1;
+
+	if (batch == NULL)
+		return;
+	spool->batch_head = NULL;
+	spool->batch_tail = &spool->batch_head;
+	spool->batch_fds = 0;
+	spool->holds++;
+
+	int *fds = malloc(nfds * sizeof *fds);
+	if (fds == NULL) {
+		batch_done(ENOMEM, batch);
+		return;
+	}
+	size_t n = 0;
+	for (struct spool_request *r = batch; r != NULL; r = r->next)
+		for (size_t i = 0; i < r->nfds; i++)
+			fds[n++] = r->fds[i];
+	fds[n++] = spool->queue_fd;
+	int rc = iothread_fsync(spool->io, fds, n, batch_done, batch);
+	free(fds);
+	if (rc == -1)
+		batch_done(ENOMEM, batch);
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	spool_flush(arg);
+}
+
+static void batch_add(struct spool *spool, struct spool_request *req)
+{
+	bool first = spool->batch_head == NULL;
+
+	req->next = NULL;
+	*spool->batch_tail = req;
+	spool->batch_tail = &req->next;
+	spool->batch_fds += req->nfds;
+	if (spool->closing)
+		spool_flush(spool); /* no loop turn to wait for any more */
+	else if (first)
+		event_active(spool->flush_event, EV_TIMEOUT, 1);
+}
+
+static int fsync_dir(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd == -1)
+		return -1;
+	if (fsync(fd) == -1) {
+		int saved = errno;
+		close_fd(fd);
+		errno = saved;
+		return -1;
+	}
+	close_fd(fd);
+	return 0;
+}
+
+/* Flush the directory holding `path` (which has no trailing '/'). */
+static int fsync_parent(char *path)
+{
+	char *slash = strrchr(path, '/');
+
+	if (slash == NULL)
+		return fsync_dir(".");
+	if (slash == path)
+		return fsync_dir("/");
+	*slash = '\0';
+	int rc = fsync_dir(path);
+	int err = errno;
+	*slash = '/';
+	errno = err;
+	return rc;
+}
+
+/* mkdir -p with mode 0700. Each directory made is flushed into its
+ * parent, so that a new queue/ survives a crash. */
+static int make_dirs(char *path)
+{
+	size_t len = strlen(path);
+
+	for (size_t i = 1; i <= len; i++) {
+		if ((i < len && path[i] != '/') || path[i - 1] == '/')
+			continue; /* inside a name, or "a//b", or a final '/' */
+		char saved = path[i];
+		path[i] = '\0';
+		int rc = mkdir(path, 0700);
+		if (rc == 0) {
+			rc = fsync_parent(path);
+		} else if (errno == EEXIST) {
+			rc = 0;
+		}
+		int err = errno;
+		path[i] = saved;
+		if (rc == -1) {
+			errno = err;
+			return -1;
+		}
+	}
+	return 0;
+}
+
+struct spool *spool_open(struct event_base *base, struct iothread *io,
+			 const char *dir, char *err, size_t errlen)
+{
+	struct spool *spool = calloc(1, sizeof *spool);
+	char *queue = NULL;
+
+	if (spool == NULL) {
+		snprintf(err, errlen, "spool: out of memory");
+		return NULL;
+	}
+	spool->base = base;
+	spool->io = io;
+	spool->queue_fd = -1;
+	spool->batch_tail = &spool->batch_head;
+	spool->dir = strdup(dir);
+	if (spool->dir == NULL || asprintf(&queue, "%s/queue", dir) == -1) {
+		queue = NULL;
+		snprintf(err, errlen, "spool: out of memory");
+		goto fail;
+	}
+	if (make_dirs(queue) == -1) {
+		snprintf(err, errlen, "spool: cannot create %s: %s", queue,
+			 strerror(errno));
+		goto fail;
+	}
+	spool->queue_fd = open(queue, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (spool->queue_fd == -1) {
+		snprintf(err, errlen, "spool: cannot open %s: %s", queue,
+			 strerror(errno));
+		goto fail;
+	}
+	spool->flush_event = event_new(base, -1, 0, on_flush, spool);
+	if (spool->flush_event == NULL) {
+		snprintf(err, errlen, "spool: cannot create an event");
+		goto fail;
+	}
+	free(queue);
+	return spool;
+fail:
+	free(queue);
+	spool_destroy(spool);
+	return NULL;
+}
+
+void spool_close(struct spool *spool)
+{
+	if (spool == NULL || spool->closing)
+		return;
+	spool->closing = true;
+	event_free(spool->flush_event);
+	spool->flush_event = NULL;
+	/* A batch still collecting goes to the iothread now; the spool
+	 * lives on until every batch handed over has completed. */
+	spool->holds++;
+	spool_flush(spool);
+	spool_release(spool);
+}
+
+const char *spool_dir(const struct spool *spool)
+{
+	return spool->dir;
+}
+
+char *spool_msg_path(const struct spool *spool, const char *id, char *buf,
+		     size_t len)
+{
+	int n = snprintf(buf, len, "%s/queue/%s.msg", spool->dir, id);
+	/* A cut path would name another file: give none instead. */
+	if ((n < 0 || (size_t)n >= len) && len > 0)
+		buf[0] = '\0';
+	return buf;
+}
+
+/*
+ * 64 bits: seconds (32), microseconds (20), and a per-process counter
+ * (12). Each id is forced above the last one, so ids are unique within
+ * the process even if the clock steps back, and sort in arrival order.
+ */
+void spool_new_id(struct spool *spool, char *buf)
+{
+	struct timespec ts;
+	uint64_t id = 0;
+
+	if (clock_gettime(CLOCK_REALTIME, &ts) == 0)
+		id = ((uint64_t)ts.tv_sec & 0xffffffffu) << 32 |
+		     ((uint64_t)ts.tv_nsec / 1000 & 0xfffffu) << 12 |
+		     (spool->counter++ & 0xfffu);
+	if (id <= spool->last_id)
+		id = spool->last_id + 1;
+	spool->last_id = id;
+	snprintf(buf, SPOOL_ID_LEN + 1, "%016" PRIX64, id);
+}
+
+struct spool_incoming *spool_incoming_new(struct spool *spool)
+{
+	struct incoming *in = calloc(1, sizeof *in);
+	char name[SPOOL_ID_LEN + 5];
+
+	if (in == NULL)
+		return NULL;
+	for (int tries = 0; tries < ID_TRIES; tries++) {
+		spool_new_id(spool, in->pub.id);
+		file_name(name, in->pub.id, ".msg");
+		in->pub.fd =
+		    openat(spool->queue_fd, name,
+			   O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		if (in->pub.fd >= 0)
+			return &in->pub;
+		if (errno != EEXIST)
+			break;
+	}
+	int saved = errno;
+	free(in);
+	errno = saved;
+	return NULL;
+}
+
+void spool_incoming_write(struct spool_incoming *inc, const void *buf,
+			  size_t len)
+{
+	if (inc->error != 0)
+		return;
+	if (write_full(inc->fd, buf, len) == -1) {
+		inc->error = errno != 0 ? errno : EIO;
+		return;
+	}
+	inc->written += len;
+}
+
+void spool_incoming_abort(struct spool *spool, struct spool_incoming *inc)
+{
+	struct incoming *in = (struct incoming *)inc;
+
+	close_fd(inc->fd);
+	unlink_file(spool, inc->id, ".msg");
+	free(in);
+}
+
+/* Write <id>.env; its descriptor, or -1 with errno. */
+static int write_envelope(struct spool *spool, struct spool_incoming *inc,
+			  const struct spool_envelope *env)
+{
+	struct stat st;
+	struct text t = {0};
+	char name[SPOOL_ID_LEN + 5];
+	size_t len;
+
+	/* The message file must hold what we wrote to it, or recovery
+	 * would take a short file for a flushed one. */
+	if (fstat(inc->fd, &st) == -1)
+		return -1;
+	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != inc->written) {
+		errno = EIO;
+		return -1;
+	}
+	char *head = envelope_format(env, inc->id, &inc->written, &len);
+	if (head == NULL)
+		return -1;
+	t.p = head;
+	t.len = len;
+	t.cap = len + 1;
+	/* A recipient already settled (a bounce queued for a done one,
+	 * say) keeps its state: recorded in the same write. */
+	for (size_t i = 0; i < env->rcpt_count; i++)
+		if (rcpt_has_state(&env->rcpts[i]))
+			text_record(&t, env, i);
+	char *body = text_finish(&t, &len);
+	if (body == NULL)
+		return -1;
+
+	file_name(name, inc->id, ".env");
+	int fd = openat(spool->queue_fd, name,
+			O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd == -1) {
+		free(body);
+		return -1;
+	}
+	if (write_full(fd, body, len) == -1) {
+		int saved = errno;
+		free(body);
+		close_fd(fd);
+		unlink_file(spool, inc->id, ".env");
+		errno = saved;
+		return -1;
+	}
+	free(body);
+	return fd;
+}
+
+void spool_incoming_commit(struct spool *spool, struct spool_incoming *inc,
+			   const struct spool_envelope *env, spool_commit_cb cb,
+			   void *arg)
+{
+	struct incoming *in = (struct incoming *)inc;
+	struct spool_request *req = &in->req;
+
+	memset(req, 0, sizeof *req);
+	req->spool = spool;
+	req->commit = true;
+	memcpy(req->id, inc->id, sizeof req->id);
+	req->cb = cb;
+	req->arg = arg;
+
+	int env_fd = -1;
+	if (inc->error != 0)
+		req->error = inc->error;
+	else if ((env_fd = write_envelope(spool, inc, env)) == -1)
+		req->error = errno != 0 ? errno : EIO;
+
+	if (req->error != 0) {
+		close_fd(inc->fd);
+		unlink_file(spool, inc->id, ".msg");
+	} else {
+		req->fds[0] = inc->fd;
+		req->fds[1] = env_fd;
+		req->nfds = 2;
+	}
+	batch_add(spool, req);
+}
+
+/* Append one record to <id>.env and queue its flush. */
+static void record_append(struct spool *spool, const char *id, char *record,
+			  size_t len, spool_commit_cb cb, void *arg)
+{
+	struct spool_request *req = calloc(1, sizeof *req);
+	char name[SPOOL_ID_LEN + 5];
+	struct stat st;
+	int fd = -1;
+
+	/* Without 100 octets the promised callback cannot be kept; the
+	 * queue on disk is consistent, so a restart loses nothing. */
+	if (req == NULL)
+		abort();
+	req->spool = spool;
+	req->cb = cb;
+	req->arg = arg;
+	if (record == NULL) {
+		req->error = errno != 0 ? errno : ENOMEM;
+		goto out;
+	}
+	if (!id_valid(id, strnlen(id, SPOOL_ID_LEN + 1))) {
+		req->error = EINVAL;
+		goto out;
+	}
+	file_name(name, id, ".env");
+	/* No O_CREAT: the envelope of a removed message stays removed. */
+	fd = openat(spool->queue_fd, name, O_WRONLY | O_APPEND | O_CLOEXEC);
+	if (fd == -1 || fstat(fd, &st) == -1) {
+		req->error = errno;
+		goto out;
+	}
+	if (write_full(fd, record, len) == -1) {
+		req->error = errno;
+		/* Cut a partial record, or the records after it would be
+		 * ignored at recovery. */
+		if (ftruncate(fd, st.st_size) == -1)
+			errno = 0;
+		goto out;
+	}
+	req->fds[0] = fd;
+	req->nfds = 1;
+	fd = -1;
+out:
+	close_fd(fd);
+	free(record);
+	batch_add(spool, req);
+}
+
+void spool_record_rcpt(struct spool *spool, const struct spool_envelope *env,
+		       size_t index, spool_commit_cb cb, void *arg)
+{
+	size_t len = 0;
+	char *record = spool_record_format(env, index, &len);
+	record_append(spool, env->id, record, len, cb, arg);
+}
+
+void spool_record_flags(struct spool *spool, const struct spool_envelope *env,
+			spool_commit_cb cb, void *arg)
+{
+	size_t len = 0;
+	char *record = flags_record_format(env, &len);
+	record_append(spool, env->id, record, len, cb, arg);
+}
+
+void spool_remove(struct spool *spool, const char *id)
+{
+	if (!id_valid(id, strnlen(id, SPOOL_ID_LEN + 1)))
+		return;
+	/* Envelope first: a message file alone is never recovered. */
+	unlink_file(spool, id, ".env");
+	unlink_file(spool, id, ".msg");
+}
+
+/*
+ * Recovery, before the loop runs: blocking I/O is fine here.
+ */
+
+enum entry_kind {
+	ENTRY_ENV,
+	ENTRY_MSG,
+};
+
+struct entry {
+	char id[SPOOL_ID_LEN + 1];
+	enum entry_kind kind;
+};
+
+static int compare_entries(const void *a, const void *b)
+{
+	const struct entry *x = a, *y = b;
+	int c = strcmp(x->id, y->id);
+	return c != 0 ? c : (int)x->kind - (int)y->kind;
+}
+
+static int read_file(int fd, char **out, size_t *outlen)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) == -1)
+		return -1;
+	if (st.st_size < 0 || (uint64_t)st.st_size >= SIZE_MAX) {
+		errno = EFBIG;
+		return -1;
+	}
+	size_t size = (size_t)st.st_size;
+	char *buf = malloc(size + 1);
+	if (buf == NULL)
+		return -1;
+	size_t got = 0;
+	while (got < size) {
+		ssize_t n = pread(fd, buf + got, size - got, (off_t)got);
+		if (n == -1) {
+			if (errno == EINTR)
+				continue;
+			int saved = errno;
+			free(buf);
+			errno = saved;
+			return -1;
+		}
+		if (n == 0)
+			break;
+		got += (size_t)n;
+	}
+	*out = buf;
+	*outlen = got;
+	return 0;
+}
+
+/* One message with both files: remove it, or hand it to `found`. */
+static void recover_message(struct spool *spool, const char *id,
+			    spool_found_cb found, void *arg)
+{
+	struct spool_recovery *rec = &spool->recovery;
+	char name[SPOOL_ID_LEN + 5];
+	struct spool_envelope *env = NULL;
+	char *text = NULL;
+	size_t len, valid_len;
+	uint64_t wire_size = 0;
+	bool has_wire = false;
+	struct stat st;
+
+	file_name(name, id, ".env");
+	int fd = openat(spool->queue_fd, name, O_RDWR | O_CLOEXEC);
+	if (fd == -1 || read_file(fd, &text, &len) == -1)
+		goto unreadable;
+	env = calloc(1, sizeof *env);
+	if (env == NULL)
+		goto unreadable;
+	switch (
+	    envelope_parse(text, len, env, &valid_len, &wire_size, &has_wire)) {
+	case PARSE_OK:
+		break;
+	case PARSE_NOMEM:
+		goto unreadable;
+	case PARSE_BAD:
+		/* Cut or garbage: its commit never completed. */
+		rec->uncommitted++;
+		goto remove;
+	}
+
+	file_name(name, id, ".msg");
+	if (fstatat(spool->queue_fd, name, &st, AT_SYMLINK_NOFOLLOW) == -1) {
+		if (errno != ENOENT)
+			goto unreadable;
+		rec->orphaned++;
+		goto remove;
+	}
+	if (has_wire && (uint64_t)st.st_size != wire_size) {
+		/* The envelope reached the disk, the message did not: the
+		 * flush never finished, so nobody was told 250. */
+		rec->uncommitted++;
+		goto remove;
+	}
+	/* The file name is what the records will be appended to. */
+	memcpy(env->id, id, sizeof env->id);
+	if (spool_envelope_done(env)) {
+		rec->done++;
+		goto remove;
+	}
+	if (valid_len < len) {
+		if (ftruncate(fd, (off_t)valid_len) == 0 && fsync(fd) == 0)
+			rec->truncated++;
+		else
+			rec->truncate_failed++;
+	}
+	close_fd(fd);
+	free(text);
+	rec->live++;
+	if (found != NULL)
+		found(env, arg);
+	else
+		spool_envelope_free(env);
+	return;
+
+remove:
+	unlink_file(spool, id, ".env");
+	unlink_file(spool, id, ".msg");
+	close_fd(fd);
+	free(text);
+	spool_envelope_free(env);
+	return;
+
+unreadable:
+	/* Never delete what could not be read: next start tries again. */
+	rec->unreadable++;
+	close_fd(fd);
+	free(text);
+	spool_envelope_free(env);
+}
+
+/* Classify a directory entry: an id-named .env or .msg file, something
+ * to skip (a directory), or a leftover to remove. */
+static int entry_kind_of(const struct spool *spool, const struct dirent *de,
+			 struct entry *entry)
+{
+	size_t n = strlen(de->d_name);
+	unsigned char type = de->d_type;
+
+	if (type == DT_UNKNOWN) {
+		struct stat st;
+		if (fstatat(spool->queue_fd, de->d_name, &st,
+			    AT_SYMLINK_NOFOLLOW) == -1)
+			return -1;
+		type = S_ISDIR(st.st_mode)   ? DT_DIR
+		       : S_ISREG(st.st_mode) ? DT_REG
+					     : DT_UNKNOWN;
+	}
+	if (type == DT_DIR)
+		return -1;
+	if (type == DT_REG && n == SPOOL_ID_LEN + 4 &&
+	    id_valid(de->d_name, SPOOL_ID_LEN)) {
+		const char *ext = de->d_name + SPOOL_ID_LEN;
+		if (strcmp(ext, ".env") == 0 || strcmp(ext, ".msg") == 0) {
+			memcpy(entry->id, de->d_name, SPOOL_ID_LEN);
+			entry->id[SPOOL_ID_LEN] = '\0';
+			entry->kind =
+			    strcmp(ext, ".env") == 0 ? ENTRY_ENV : ENTRY_MSG;
+			return 0;
+		}
+	}
+	return 1;
+}
+
+static int push(void **array, size_t *count, size_t *cap, size_t size,
+		const void *item)
+{
+	if (*count == *cap) {
+		size_t ncap = *cap ? *cap * 2 : 64;
+		if (ncap > SIZE_MAX / size)
+			return -1;
+		void *p = realloc(*array, ncap * size);
+		if (p == NULL)
+			return -1;
+		*array = p;
+		*cap = ncap;
+	}
+	memcpy((char *)*array + *count * size, item, size);
+	(*count)++;
+	return 0;
+}
+
+long spool_recover(struct spool *spool, spool_found_cb found, void *arg)
+{
+	struct spool_recovery *rec = &spool->recovery;
+	struct entry *entries = NULL;
+	char **others = NULL;
+	size_t nentries = 0, entries_cap = 0, nothers = 0, others_cap = 0;
+	long result = -1;
+
+	memset(rec, 0, sizeof *rec);
+	/* Read the whole directory before changing it. */
+	int fd =
+	    openat(spool->queue_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd == -1)
+		return -1;
+	DIR *d = fdopendir(fd);
+	if (d == NULL) {
+		close_fd(fd);
+		return -1;
+	}
+	for (;;) {
+		errno = 0;
+		struct dirent *de = readdir(d);
+		if (de == NULL) {
+			if (errno != 0)
+				goto out;
+			break;
+		}
+		if (strcmp(de->d_name, ".") == 0 ||
+		    strcmp(de->d_name, "..") == 0)
+			continue;
+		struct entry entry;
+		int kind = entry_kind_of(spool, de, &entry);
+		if (kind == 0) {
+			if (push((void **)&entries, &nentries, &entries_cap,
+				 sizeof entry, &entry) == -1)
+				goto out;
+		} else if (kind == 1) {
+			char *name = strdup(de->d_name);
+			if (name == NULL ||
+			    push((void **)&others, &nothers, &others_cap,
+				 sizeof name, &name) == -1) {
+				free(name);
+				goto out;
+			}
+		}
+	}
+
+	for (size_t i = 0; i < nothers; i++) {
+		if (unlinkat(spool->queue_fd, others[i], 0) == 0)
+			rec->other++;
+	}
+	/* In id order, that is in arrival order. */
+	if (nentries > 0)
+		qsort(entries, nentries, sizeof *entries, compare_entries);
+	for (size_t i = 0; i < nentries;) {
+		const char *id = entries[i].id;
+		bool has_env = false, has_msg = false;
+		size_t j = i;
+		for (; j < nentries && strcmp(entries[j].id, id) == 0; j++) {
+			if (entries[j].kind == ENTRY_ENV)
+				has_env = true;
+			else
+				has_msg = true;
+		}
+		if (has_env && has_msg) {
+			recover_message(spool, id, found, arg);
+		} else if (has_msg) {
+			/* Received but never committed. */
+			unlink_file(spool, id, ".msg");
+			rec->uncommitted++;
+		} else {
+			unlink_file(spool, id, ".env");
+			rec->orphaned++;
+		}
+		i = j;
+	}
+	result = (long)rec->live;
+out:
+	if (closedir(d) == -1)
+		errno = 0;
+	for (size_t i = 0; i < nothers; i++)
+		free(others[i]);
+	free(others);
+	free(entries);
+	return result;
+}
+
+const struct spool_recovery *spool_last_recovery(const struct spool *spool)
+{
+	return &spool->recovery;
+}

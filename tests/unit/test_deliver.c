@@ -1,0 +1,946 @@
+/* Unit tests of local delivery, with a real event loop and iothread in a
+ * temporary directory. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "facteur/deliver.h"
+#include "facteur/iothread.h"
+
+struct fixture {
+	struct event_base *base;
+	struct iothread *io;
+	char dir[64];
+};
+
+static int remove_entry(const char *path, const struct stat *st, int flag,
+			struct FTW *ftw)
+{
+	(void)st;
+	(void)flag;
+	(void)ftw;
+	return remove(path);
+}
+
+static int setup(void **state)
+{
+	struct fixture *f = calloc(1, sizeof *f);
+	if (f == NULL)
+		return -1;
+	strcpy(f->dir, "/tmp/facteur-test-deliver-XXXXXX");
+	if (mkdtemp(f->dir) == NULL)
+		return -1;
+	f->base = event_base_new();
+	if (f->base == NULL)
+		return -1;
+	f->io = iothread_new(f->base);
+	if (f->io == NULL)
+		return -1;
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+	iothread_free(f->io);
+	event_base_free(f->base);
+	if (chmod(f->dir, 0700) == -1)
+		return -1;
+	nftw(f->dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+	free(f);
+	return 0;
+}
+
+struct outcome {
+	int calls;
+	bool start_returned; /* deliver_start had returned at callback time */
+	enum deliver_result result;
+	char dsn[16];
+	char reason[1024];
+};
+
+static void on_done(enum deliver_result result, const char *dsn,
+		    const char *reason, void *arg)
+{
+	struct outcome *o = arg;
+	o->calls++;
+	o->result = result;
+	snprintf(o->dsn, sizeof o->dsn, "%s", dsn);
+	snprintf(o->reason, sizeof o->reason, "%s", reason);
+}
+
+static void on_done_checked(enum deliver_result result, const char *dsn,
+			    const char *reason, void *arg)
+{
+	struct outcome *o = arg;
+	assert_true(o->start_returned);
+	on_done(result, dsn, reason, arg);
+}
+
+/* Run the loop until every outcome has its callback (30 s at most). */
+static void wait_for(struct fixture *f, struct outcome *o, size_t n)
+{
+	time_t deadline = time(NULL) + 30;
+	for (;;) {
+		size_t done = 0;
+		for (size_t i = 0; i < n; i++)
+			done += o[i].calls > 0;
+		if (done == n)
+			break;
+		assert_true(time(NULL) < deadline);
+		assert_int_not_equal(event_base_loop(f->base, EVLOOP_ONCE), -1);
+	}
+	for (size_t i = 0; i < n; i++)
+		assert_int_equal(o[i].calls, 1);
+}
+
+static char *path_in(const struct fixture *f, const char *rel)
+{
+	char *p = NULL;
+	assert_int_not_equal(asprintf(&p, "%s/%s", f->dir, rel), -1);
+	return p;
+}
+
+static void write_file(const char *path, const char *data, size_t len)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, data, len), (ssize_t)len);
+	assert_int_equal(close(fd), 0);
+}
+
+static char *read_file(const char *path, size_t *lenp)
+{
+	int fd = open(path, O_RDONLY);
+	assert_true(fd >= 0);
+	struct stat st;
+	assert_int_equal(fstat(fd, &st), 0);
+	char *buf = malloc((size_t)st.st_size + 1);
+	assert_non_null(buf);
+	size_t len = 0;
+	for (;;) {
+		ssize_t r = read(fd, buf + len, (size_t)st.st_size - len);
+		assert_true(r >= 0);
+		if (r == 0)
+			break;
+		len += (size_t)r;
+	}
+	buf[len] = '\0';
+	assert_int_equal(close(fd), 0);
+	if (lenp != NULL)
+		*lenp = len;
+	return buf;
+}
+
+/* Entries of a directory other than . and ..; the last one's name. */
+static size_t count_entries(const char *path, char *name, size_t namelen)
+{
+	DIR *dir = opendir(path);
+	assert_non_null(dir);
+	size_t n = 0;
+	struct dirent *e;
+	while ((e = readdir(dir)) != NULL) {
+		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+			continue;
+		n++;
+		if (name != NULL)
+			snprintf(name, namelen, "%s", e->d_name);
+	}
+	assert_int_equal(closedir(dir), 0);
+	return n;
+}
+
+static struct deliver_request maildir_request(const char *mailbox,
+					      const char *spool)
+{
+	return (struct deliver_request){
+	    .format = MAILBOX_MAILDIR,
+	    .mailbox = mailbox,
+	    .spool_file = spool,
+	    .sender = "alice@example.org",
+	    .recipient = "bob@example.com",
+	    .unique = "Q1234.0",
+	    .arrival = 1700000000,
+	    .hostname = "mx.example.com",
+	};
+}
+
+static void deliver_one(struct fixture *f, const struct deliver_request *req,
+			struct outcome *o)
+{
+	memset(o, 0, sizeof *o);
+	assert_int_equal(deliver_start(f->base, f->io, req, on_done_checked, o),
+			 0);
+	o->start_returned = true;
+	wait_for(f, o, 1);
+}
+
+static void test_deliver_expand_path_substitutes_lower_case(void **state)
+{
+	(void)state;
+	char *p = deliver_expand_path("/var/mail/%d/%u", "Bob.Smith", 9,
+				      "Example.COM");
+	assert_string_equal(p, "/var/mail/example.com/bob.smith");
+	free(p);
+	p = deliver_expand_path("/m/%u+%%/%d%%", "bob+tag", 3, "x.org");
+	assert_string_equal(p, "/m/bob+%/x.org%");
+	free(p);
+	p = deliver_expand_path("/plain", "u", 1, "d");
+	assert_string_equal(p, "/plain");
+	free(p);
+	assert_null(deliver_expand_path("/m/%x", "u", 1, "d"));
+	assert_null(deliver_expand_path("/m/%U", "u", 1, "d"));
+	assert_null(deliver_expand_path("/m/%", "u", 1, "d"));
+	assert_null(deliver_expand_path("/m/%u", "a\0b", 3, "d"));
+}
+
+static void test_deliver_maildir_name_escapes_host(void **state)
+{
+	(void)state;
+	char buf[128];
+	assert_int_equal(deliver_maildir_name(buf, sizeof buf, 1700000000,
+					      "Q1.2", "mx.example.com"),
+			 (int)strlen("1700000000.Q1.2.mx.example.com"));
+	assert_string_equal(buf, "1700000000.Q1.2.mx.example.com");
+	assert_true(deliver_maildir_name(buf, sizeof buf, 5, "u", "a/b:c") > 0);
+	assert_string_equal(buf, "5.u.a\\057b\\072c");
+	/* Exactly fitting, and one octet short. */
+	assert_int_equal(deliver_maildir_name(buf, 9, 5, "u", "host"), 8);
+	assert_string_equal(buf, "5.u.host");
+	assert_int_equal(deliver_maildir_name(buf, 8, 5, "u", "host"), -1);
+	assert_int_equal(deliver_maildir_name(buf, 11, 5, "u", "hos/"), -1);
+	assert_int_equal(deliver_maildir_name(buf, 12, 5, "u", "hos/"), 11);
+	assert_string_equal(buf, "5.u.hos\\057");
+	assert_int_equal(deliver_maildir_name(buf, 2, 12345, "u", "h"), -1);
+}
+
+static void test_deliver_mkdirs_makes_parents_private(void **state)
+{
+	struct fixture *f = *state;
+	char *deep = path_in(f, "a/b//c/");
+	assert_int_equal(deliver_mkdirs(deep), 0);
+	assert_int_equal(deliver_mkdirs(deep), 0); /* exists: fine */
+	struct stat st;
+	char *mid = path_in(f, "a/b");
+	assert_int_equal(stat(mid, &st), 0);
+	assert_true(S_ISDIR(st.st_mode));
+	assert_int_equal(st.st_mode & 07777, 0700);
+	char *file = path_in(f, "a/file");
+	write_file(file, "x", 1);
+	char *under = path_in(f, "a/file/sub");
+	errno = 0;
+	assert_int_equal(deliver_mkdirs(under), -1);
+	assert_int_equal(errno, ENOTDIR);
+	assert_int_equal(deliver_mkdirs(file), -1);
+	assert_int_equal(errno, ENOTDIR);
+	free(deep);
+	free(mid);
+	free(file);
+	free(under);
+}
+
+static void quote_all(const char *in, size_t len, bool bytewise, char *out,
+		      size_t *outlen)
+{
+	struct deliver_mboxrd q = {0};
+	size_t n = 0;
+	if (bytewise) {
+		for (size_t i = 0; i < len; i++)
+			n += deliver_mboxrd_quote(&q, in + i, 1, out + n);
+	} else {
+		n = deliver_mboxrd_quote(&q, in, len, out);
+	}
+	n += deliver_mboxrd_finish(&q, out + n);
+	*outlen = n;
+}
+
+static void test_deliver_mboxrd_quotes_from_lines(void **state)
+{
+	(void)state;
+	static const char *const cases[][2] = {
+	    {"From x\n", ">From x\n"},
+	    {">From y\n>>From z\n", ">>From y\n>>>From z\n"},
+	    {"a\nFrom b\nc From d\n", "a\n>From b\nc From d\n"},
+	    {"From\nFromage\nFrom:x\nfrom y\n",
+	     "From\nFromage\nFrom:x\nfrom y\n"},
+	    {" From a\n> From b\n", " From a\n> From b\n"},
+	    {"\n\nFrom \n", "\n\n>From \n"},
+	    {"Fro", "Fro"},
+	    {">>Fr", ">>Fr"},
+	    {"From ", ">From "},
+	    {"FFrom x\n", "FFrom x\n"},
+	    {"", ""},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		const char *in = cases[i][0], *want = cases[i][1];
+		size_t len = strlen(in);
+		char out[DELIVER_MBOXRD_OUT_MAX(64)];
+		size_t n;
+		for (int bytewise = 0; bytewise < 2; bytewise++) {
+			quote_all(in, len, bytewise, out, &n);
+			out[n] = '\0';
+			if (strcmp(out, want) != 0)
+				fail_msg("quote(\"%s\") = \"%s\", want \"%s\"",
+					 in, out, want);
+		}
+	}
+}
+
+static void test_deliver_maildir_creates_folders_and_one_message(void **state)
+{
+	struct fixture *f = *state;
+	char *spool = path_in(f, "spool-msg");
+	const char wire[] = "Subject: hi\r\n"
+			    "\r\n"
+			    "..leading dot\r\n"
+			    "bare\rcr stays\r\n"
+			    "...two\r\n"
+			    "last\r\n";
+	write_file(spool, wire, sizeof wire - 1);
+	char *mailbox = path_in(f, "mail/example.com/bob");
+	struct deliver_request req = maildir_request(mailbox, spool);
+	struct outcome o;
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_OK);
+	assert_string_equal(o.dsn, "2.0.0");
+
+	char *tmp = path_in(f, "mail/example.com/bob/tmp");
+	char *new = path_in(f, "mail/example.com/bob/new");
+	char *cur = path_in(f, "mail/example.com/bob/cur");
+	char name[256];
+	assert_int_equal(count_entries(tmp, NULL, 0), 0);
+	assert_int_equal(count_entries(cur, NULL, 0), 0);
+	assert_int_equal(count_entries(new, name, sizeof name), 1);
+	assert_string_equal(name, "1700000000.Q1234.0.mx.example.com");
+	struct stat st;
+	assert_int_equal(stat(mailbox, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0700);
+
+	char *file = NULL;
+	assert_int_not_equal(asprintf(&file, "%s/%s", new, name), -1);
+	assert_int_equal(stat(file, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0600);
+	char *content = read_file(file, NULL);
+	assert_string_equal(content, "Return-Path: <alice@example.org>\n"
+				     "Delivered-To: bob@example.com\n"
+				     "Subject: hi\n"
+				     "\n"
+				     ".leading dot\n"
+				     "bare\rcr stays\n"
+				     "..two\n"
+				     "last\n");
+	free(content);
+	free(file);
+	free(spool);
+	free(mailbox);
+	free(tmp);
+	free(new);
+	free(cur);
+}
+
+static void test_deliver_maildir_null_sender_and_large_body(void **state)
+{
+	struct fixture *f = *state;
+	/* A body over several 64 KiB chunks, with dots at chunk edges. */
+	size_t lines = 20000;
+	size_t cap = lines * 12 + 64, len = 0;
+	char *wire = malloc(cap);
+	assert_non_null(wire);
+	len += (size_t)snprintf(wire, cap, "Subject: big\r\n\r\n");
+	for (size_t i = 0; i < lines; i++)
+		len +=
+		    (size_t)snprintf(wire + len, cap - len, "..%07zu\r\n", i);
+	char *spool = path_in(f, "spool-big");
+	write_file(spool, wire, len);
+	free(wire);
+
+	char *mailbox = path_in(f, "big");
+	struct deliver_request req = maildir_request(mailbox, spool);
+	req.sender = "";
+	struct outcome o;
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_OK);
+
+	char *file = path_in(f, "big/new/1700000000.Q1234.0.mx.example.com");
+	size_t got_len;
+	char *got = read_file(file, &got_len);
+	const char head[] = "Return-Path: <>\nDelivered-To: bob@example.com\n"
+			    "Subject: big\n\n";
+	assert_memory_equal(got, head, sizeof head - 1);
+	assert_int_equal(got_len, sizeof head - 1 + lines * 9);
+	char want[16];
+	for (size_t i = 0; i < lines; i += 1111) {
+		snprintf(want, sizeof want, ".%07zu\n", i);
+		assert_memory_equal(got + sizeof head - 1 + i * 9, want, 9);
+	}
+	free(got);
+	free(file);
+	free(spool);
+	free(mailbox);
+}
+
+static void
+test_deliver_maildir_same_unique_is_not_delivered_twice(void **state)
+{
+	struct fixture *f = *state;
+	char *spool = path_in(f, "spool-msg");
+	write_file(spool, "Subject: a\r\n\r\nbody\r\n", 20);
+	char *mailbox = path_in(f, "box");
+	struct deliver_request req = maildir_request(mailbox, spool);
+	struct outcome o;
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_OK);
+
+	/* The spool changes; a retry must not deliver a second copy. */
+	write_file(spool, "Subject: b\r\n\r\nother\r\n", 21);
+	req.check_existing = true;
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_OK);
+	assert_string_equal(o.dsn, "2.0.0");
+	req.check_existing = false;
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_OK);
+
+	char *new = path_in(f, "box/new");
+	char *tmp = path_in(f, "box/tmp");
+	char name[256];
+	assert_int_equal(count_entries(new, name, sizeof name), 1);
+	assert_int_equal(count_entries(tmp, NULL, 0), 0);
+	char *file = path_in(f, "box/new/1700000000.Q1234.0.mx.example.com");
+	char *content = read_file(file, NULL);
+	assert_non_null(strstr(content, "Subject: a\n"));
+	free(content);
+
+	/* A reader moved it to cur/ with flags: still delivered. */
+	char *moved =
+	    path_in(f, "box/cur/1700000000.Q1234.0.mx.example.com:2,S");
+	assert_int_equal(rename(file, moved), 0);
+	req.check_existing = true;
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_OK);
+	assert_int_equal(count_entries(new, NULL, 0), 0);
+	char *cur = path_in(f, "box/cur");
+	assert_int_equal(count_entries(cur, NULL, 0), 1);
+	assert_int_equal(count_entries(tmp, NULL, 0), 0);
+
+	/* Another unique is another message. */
+	req.unique = "Q1234.1";
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_OK);
+	assert_int_equal(count_entries(new, name, sizeof name), 1);
+	assert_string_equal(name, "1700000000.Q1234.1.mx.example.com");
+
+	free(spool);
+	free(mailbox);
+	free(new);
+	free(tmp);
+	free(cur);
+	free(file);
+	free(moved);
+}
+
+static void test_deliver_maildir_read_only_folder_defers(void **state)
+{
+	struct fixture *f = *state;
+	char *spool = path_in(f, "spool-msg");
+	write_file(spool, "Subject: a\r\n\r\nbody\r\n", 20);
+	char *mailbox = path_in(f, "ro");
+	char *tmp = path_in(f, "ro/tmp");
+	assert_int_equal(deliver_mkdirs(tmp), 0);
+	assert_int_equal(chmod(tmp, 0555), 0);
+	/* Root ignores modes: act as nobody for this delivery. */
+	uid_t euid = geteuid();
+	if (euid == 0) {
+		assert_int_equal(chmod(f->dir, 0755), 0);
+		assert_int_equal(chmod(mailbox, 0777), 0);
+		assert_int_equal(seteuid(65534), 0);
+	}
+	struct deliver_request req = maildir_request(mailbox, spool);
+	struct outcome o;
+	deliver_one(f, &req, &o);
+	if (euid == 0)
+		assert_int_equal(seteuid(0), 0);
+	assert_int_equal(o.result, DELIVER_TEMPFAIL);
+	assert_string_equal(o.dsn, "4.2.0");
+	char want[512];
+	snprintf(want, sizeof want,
+		 "open %s/1700000000.Q1234.0.mx.example.com: Permission "
+		 "denied",
+		 tmp);
+	assert_string_equal(o.reason, want);
+	assert_int_equal(count_entries(tmp, NULL, 0), 0);
+	free(spool);
+	free(mailbox);
+	free(tmp);
+}
+
+static void test_deliver_maildir_under_a_file_defers(void **state)
+{
+	struct fixture *f = *state;
+	char *spool = path_in(f, "spool-msg");
+	write_file(spool, "x\r\n", 3);
+	char *mailbox = path_in(f, "spool-msg/box");
+	struct deliver_request req = maildir_request(mailbox, spool);
+	struct outcome o;
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_TEMPFAIL);
+	assert_string_equal(o.dsn, "4.2.0");
+	assert_non_null(strstr(o.reason, "Not a directory"));
+	free(spool);
+	free(mailbox);
+}
+
+static void test_deliver_maildir_missing_spool_file_defers(void **state)
+{
+	struct fixture *f = *state;
+	char *spool = path_in(f, "no-such-spool-file");
+	char *mailbox = path_in(f, "box");
+	struct deliver_request req = maildir_request(mailbox, spool);
+	struct outcome o;
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_TEMPFAIL);
+	assert_string_equal(o.dsn, "4.3.0");
+	char want[256];
+	snprintf(want, sizeof want, "read %s: No such file or directory",
+		 spool);
+	assert_string_equal(o.reason, want);
+	char *tmp = path_in(f, "box/tmp");
+	char *new = path_in(f, "box/new");
+	assert_int_equal(count_entries(tmp, NULL, 0), 0);
+	assert_int_equal(count_entries(new, NULL, 0), 0);
+	free(spool);
+	free(mailbox);
+	free(tmp);
+	free(new);
+}
+
+/* Writes past `limit` octets in any file fail with EFBIG, as a full disk
+ * would fail them. */
+static void limit_file_size(rlim_t limit, struct rlimit *saved)
+{
+	assert_int_equal(getrlimit(RLIMIT_FSIZE, saved), 0);
+	struct rlimit rl = *saved;
+	rl.rlim_cur = limit;
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &rl), 0);
+}
+
+static void test_deliver_maildir_failed_write_leaves_nothing(void **state)
+{
+	struct fixture *f = *state;
+	char *spool = path_in(f, "spool-msg");
+	char body[8192];
+	memset(body, 'x', sizeof body);
+	memcpy(body + sizeof body - 2, "\r\n", 2);
+	write_file(spool, body, sizeof body);
+	char *mailbox = path_in(f, "full");
+	struct deliver_request req = maildir_request(mailbox, spool);
+	assert_int_equal(deliver_mkdirs(mailbox), 0);
+	struct sigaction ign = {.sa_handler = SIG_IGN}, old;
+	assert_int_equal(sigaction(SIGXFSZ, &ign, &old), 0);
+	struct rlimit saved;
+	limit_file_size(1000, &saved);
+	struct outcome o;
+	deliver_one(f, &req, &o);
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &saved), 0);
+	assert_int_equal(sigaction(SIGXFSZ, &old, NULL), 0);
+	assert_int_equal(o.result, DELIVER_TEMPFAIL);
+	assert_string_equal(o.dsn, "4.2.0");
+	assert_memory_equal(o.reason, "write ", 6);
+	assert_non_null(strstr(o.reason, "File too large"));
+	char *tmp = path_in(f, "full/tmp");
+	char *new = path_in(f, "full/new");
+	assert_int_equal(count_entries(tmp, NULL, 0), 0);
+	assert_int_equal(count_entries(new, NULL, 0), 0);
+	free(spool);
+	free(mailbox);
+	free(tmp);
+	free(new);
+}
+
+static struct deliver_request mbox_request(const char *mbox, const char *spool,
+					   const char *sender)
+{
+	return (struct deliver_request){
+	    .format = MAILBOX_MBOX,
+	    .mailbox = mbox,
+	    .spool_file = spool,
+	    .sender = sender,
+	    .recipient = "bob@example.com",
+	    .unique = "unused",
+	    .arrival = 1700000000,
+	    .hostname = "mx.example.com",
+	};
+}
+
+/* A From_ line: "From SENDER Www Mmm dd hh:mm:ss yyyy". */
+static void assert_from_line(const char *line, size_t len, const char *sender)
+{
+	size_t slen = strlen(sender);
+	assert_true(len == 5 + slen + 1 + 24);
+	assert_memory_equal(line, "From ", 5);
+	assert_memory_equal(line + 5, sender, slen);
+	const char *date = line + 5 + slen + 1;
+	assert_true(date[3] == ' ' && date[7] == ' ' && date[10] == ' ' &&
+		    date[13] == ':' && date[16] == ':' && date[19] == ' ');
+}
+
+static void test_deliver_mbox_appends_with_from_lines_and_quoting(void **state)
+{
+	struct fixture *f = *state;
+	char *spool1 = path_in(f, "spool-1");
+	char *spool2 = path_in(f, "spool-2");
+	const char wire1[] =
+	    "Subject: one\r\n\r\nFrom here\r\n>From there\r\n..dot\r\n";
+	write_file(spool1, wire1, sizeof wire1 - 1);
+	/* No final line end: the mbox still gets one, then a blank line. */
+	write_file(spool2, "Subject: two\r\n\r\nno newline", 26);
+	char *mbox = path_in(f, "var/mail/bob");
+	struct deliver_request req1 = mbox_request(mbox, spool1, "a@b.example");
+	struct deliver_request req2 = mbox_request(mbox, spool2, "");
+	struct outcome o[2] = {0};
+	assert_int_equal(deliver_start(f->base, f->io, &req1, on_done, &o[0]),
+			 0);
+	assert_int_equal(deliver_start(f->base, f->io, &req2, on_done, &o[1]),
+			 0);
+	wait_for(f, o, 2);
+	assert_int_equal(o[0].result, DELIVER_OK);
+	assert_int_equal(o[1].result, DELIVER_OK);
+	assert_string_equal(o[0].dsn, "2.0.0");
+
+	char *content = read_file(mbox, NULL);
+	/* Split off the two From_ lines, compare the rest exactly. */
+	char *nl1 = strchr(content, '\n');
+	assert_non_null(nl1);
+	assert_from_line(content, (size_t)(nl1 - content), "a@b.example");
+	const char first[] = "Return-Path: <a@b.example>\n"
+			     "Delivered-To: bob@example.com\n"
+			     "Subject: one\n\n"
+			     ">From here\n"
+			     ">>From there\n"
+			     ".dot\n"
+			     "\n";
+	assert_memory_equal(nl1 + 1, first, sizeof first - 1);
+	char *second = nl1 + sizeof first;
+	char *nl2 = strchr(second, '\n');
+	assert_non_null(nl2);
+	assert_from_line(second, (size_t)(nl2 - second), "MAILER-DAEMON");
+	assert_string_equal(nl2 + 1, "Return-Path: <>\n"
+				     "Delivered-To: bob@example.com\n"
+				     "Subject: two\n\n"
+				     "no newline\n"
+				     "\n");
+	struct stat st;
+	assert_int_equal(stat(mbox, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0600);
+	char *lock = path_in(f, "var/mail/bob.lock");
+	assert_int_equal(access(lock, F_OK), -1); /* the dot lock is gone */
+	free(content);
+	free(lock);
+	free(spool1);
+	free(spool2);
+	free(mbox);
+}
+
+static void test_deliver_mbox_twenty_at_once_each_whole_once(void **state)
+{
+	struct fixture *f = *state;
+	enum { N = 20 };
+	char *mbox = path_in(f, "mbox");
+	struct deliver_request req[N];
+	char *spools[N];
+	struct outcome o[N];
+	memset(o, 0, sizeof o);
+	/* Bodies large enough to span chunks: 100 KB each. */
+	size_t body_lines = 2000;
+	for (int i = 0; i < N; i++) {
+		char name[32];
+		snprintf(name, sizeof name, "spool-%d", i);
+		spools[i] = path_in(f, name);
+		size_t cap = 64 + body_lines * 64, len = 0;
+		char *wire = malloc(cap);
+		assert_non_null(wire);
+		len +=
+		    (size_t)snprintf(wire, cap, "Subject: msg %d\r\n\r\n", i);
+		for (size_t l = 0; l < body_lines; l++)
+			len += (size_t)snprintf(wire + len, cap - len,
+						"message %02d line %04zu "
+						"....................\r\n",
+						i, l);
+		write_file(spools[i], wire, len);
+		free(wire);
+		req[i] = mbox_request(mbox, spools[i], "sender@example.org");
+		assert_int_equal(
+		    deliver_start(f->base, f->io, &req[i], on_done, &o[i]), 0);
+	}
+	wait_for(f, o, N);
+	for (int i = 0; i < N; i++)
+		assert_int_equal(o[i].result, DELIVER_OK);
+
+	size_t len;
+	char *content = read_file(mbox, &len);
+	int seen[N] = {0};
+	size_t messages = 0;
+	char *p = content;
+	while (p < content + len) {
+		/* Each message: From_ line, two headers, Subject, blank,
+		 * body_lines lines, blank. */
+		char *eol = strchr(p, '\n');
+		assert_non_null(eol);
+		assert_memory_equal(p, "From sender@example.org ", 24);
+		p = eol + 1;
+		const char head[] = "Return-Path: <sender@example.org>\n"
+				    "Delivered-To: bob@example.com\n"
+				    "Subject: msg ";
+		assert_memory_equal(p, head, sizeof head - 1);
+		int id = atoi(p + sizeof head - 1);
+		assert_true(id >= 0 && id < N);
+		seen[id]++;
+		p = strchr(p + sizeof head - 1, '\n') + 1;
+		assert_int_equal(*p++, '\n');
+		for (size_t l = 0; l < body_lines; l++) {
+			char want[64];
+			int w = snprintf(want, sizeof want,
+					 "message %02d line %04zu "
+					 "....................\n",
+					 id, l);
+			assert_memory_equal(p, want, (size_t)w);
+			p += w;
+		}
+		assert_int_equal(*p++, '\n');
+		messages++;
+	}
+	assert_int_equal(messages, N);
+	for (int i = 0; i < N; i++) {
+		assert_int_equal(seen[i], 1);
+		free(spools[i]);
+	}
+	free(content);
+	free(mbox);
+}
+
+static void test_deliver_mbox_failed_write_truncates_back(void **state)
+{
+	struct fixture *f = *state;
+	char *mbox = path_in(f, "trunc-mbox");
+	const char before[] = "From x Thu Jan  1 00:00:00 1970\nold\n\n";
+	write_file(mbox, before, sizeof before - 1);
+	char *spool = path_in(f, "spool-big");
+	char body[8192];
+	memset(body, 'y', sizeof body);
+	memcpy(body + sizeof body - 2, "\r\n", 2);
+	write_file(spool, body, sizeof body);
+
+	struct deliver_request req = mbox_request(mbox, spool, "a@b");
+	struct sigaction ign = {.sa_handler = SIG_IGN}, old;
+	assert_int_equal(sigaction(SIGXFSZ, &ign, &old), 0);
+	struct rlimit saved;
+	limit_file_size(2000, &saved);
+	struct outcome o;
+	deliver_one(f, &req, &o);
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &saved), 0);
+	assert_int_equal(sigaction(SIGXFSZ, &old, NULL), 0);
+	assert_int_equal(o.result, DELIVER_TEMPFAIL);
+	assert_string_equal(o.dsn, "4.2.0");
+	assert_non_null(strstr(o.reason, "File too large"));
+
+	size_t len;
+	char *content = read_file(mbox, &len);
+	assert_int_equal(len, sizeof before - 1);
+	assert_string_equal(content, before);
+	free(content);
+	char *lock = path_in(f, "trunc-mbox.lock");
+	assert_int_equal(access(lock, F_OK), -1);
+
+	/* The next delivery appends after the old message. */
+	write_file(spool, "hi\r\n", 4);
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_OK);
+	content = read_file(mbox, &len);
+	assert_memory_equal(content, before, sizeof before - 1);
+	assert_non_null(strstr(content + sizeof before - 1, "\nhi\n\n"));
+	free(content);
+	free(lock);
+	free(mbox);
+	free(spool);
+}
+
+struct unlock_later {
+	char *lock;
+	bool removed;
+};
+
+static void remove_lock(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct unlock_later *u = arg;
+	assert_int_equal(unlink(u->lock), 0);
+	u->removed = true;
+}
+
+static double now_seconds(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void test_deliver_mbox_waits_for_a_dot_lock(void **state)
+{
+	struct fixture *f = *state;
+	char *mbox = path_in(f, "locked");
+	char *spool = path_in(f, "spool");
+	write_file(spool, "hi\r\n", 4);
+	struct unlock_later u = {.lock = path_in(f, "locked.lock")};
+	write_file(u.lock, "", 0);
+	struct timeval delay = {0, 350000};
+	assert_int_equal(
+	    event_base_once(f->base, -1, EV_TIMEOUT, remove_lock, &u, &delay),
+	    0);
+	struct deliver_request req = mbox_request(mbox, spool, "a@b");
+	struct outcome o;
+	double t0 = now_seconds();
+	deliver_one(f, &req, &o);
+	assert_true(u.removed);
+	assert_true(now_seconds() - t0 >= 0.3);
+	assert_int_equal(o.result, DELIVER_OK);
+	char *content = read_file(mbox, NULL);
+	assert_non_null(strstr(content, "\nhi\n\n"));
+	free(content);
+	free(u.lock);
+	free(mbox);
+	free(spool);
+}
+
+static void test_deliver_mbox_waits_for_an_fcntl_lock(void **state)
+{
+	struct fixture *f = *state;
+	char *mbox = path_in(f, "fcntl-locked");
+	char *spool = path_in(f, "spool");
+	write_file(spool, "hi\r\n", 4);
+	write_file(mbox, "", 0);
+	int ready[2];
+	assert_int_equal(pipe(ready), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		/* Another program holds the lock for half a second. */
+		int fd = open(mbox, O_WRONLY);
+		struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+		if (fd == -1 || fcntl(fd, F_SETLK, &fl) == -1)
+			_exit(1);
+		if (write(ready[1], "x", 1) != 1)
+			_exit(1);
+		usleep(500000);
+		_exit(0);
+	}
+	char c;
+	assert_int_equal(read(ready[0], &c, 1), 1);
+	struct deliver_request req = mbox_request(mbox, spool, "a@b");
+	struct outcome o;
+	double t0 = now_seconds();
+	deliver_one(f, &req, &o);
+	assert_true(now_seconds() - t0 >= 0.3);
+	int status;
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	assert_int_equal(o.result, DELIVER_OK);
+	char *content = read_file(mbox, NULL);
+	assert_memory_equal(content, "From a@b ", 9);
+	free(content);
+	close(ready[0]);
+	close(ready[1]);
+	free(mbox);
+	free(spool);
+}
+
+static void test_deliver_mbox_busy_lock_defers_after_ten_seconds(void **state)
+{
+	struct fixture *f = *state;
+	char *mbox = path_in(f, "busy");
+	char *spool = path_in(f, "spool");
+	write_file(spool, "hi\r\n", 4);
+	char *lock = path_in(f, "busy.lock");
+	write_file(lock, "", 0);
+	struct deliver_request req = mbox_request(mbox, spool, "a@b");
+	struct outcome o;
+	double t0 = now_seconds();
+	deliver_one(f, &req, &o);
+	double waited = now_seconds() - t0;
+	assert_true(waited >= 9.0 && waited < 20.0);
+	assert_int_equal(o.result, DELIVER_TEMPFAIL);
+	assert_string_equal(o.dsn, "4.2.1");
+	assert_string_equal(o.reason, "mailbox busy");
+	assert_int_equal(access(lock, F_OK), 0); /* not ours: left alone */
+	assert_int_equal(access(mbox, F_OK), -1);
+	free(lock);
+	free(mbox);
+	free(spool);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_deliver_expand_path_substitutes_lower_case),
+	    cmocka_unit_test(test_deliver_maildir_name_escapes_host),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_mkdirs_makes_parents_private, setup, teardown),
+	    cmocka_unit_test(test_deliver_mboxrd_quotes_from_lines),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_maildir_creates_folders_and_one_message, setup,
+		teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_maildir_null_sender_and_large_body, setup,
+		teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_maildir_same_unique_is_not_delivered_twice, setup,
+		teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_maildir_read_only_folder_defers, setup, teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_maildir_under_a_file_defers, setup, teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_maildir_missing_spool_file_defers, setup,
+		teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_maildir_failed_write_leaves_nothing, setup,
+		teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_mbox_appends_with_from_lines_and_quoting, setup,
+		teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_mbox_twenty_at_once_each_whole_once, setup,
+		teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_mbox_failed_write_truncates_back, setup, teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_mbox_waits_for_a_dot_lock, setup, teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_mbox_waits_for_an_fcntl_lock, setup, teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_mbox_busy_lock_defers_after_ten_seconds, setup,
+		teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,1181 @@
+/* DNS for relaying (SPEC.md §5 "Relay", RFC 5321 §5.1, RFC 7505): the
+ * module against a real dnsmasq on a loopback port, in a real event loop,
+ * and its answer parser on hand-made messages. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "facteur/dns.h"
+#include "facteur/metrics.h"
+
+#define DNSMASQ "/usr/sbin/dnsmasq"
+#define MAX_HOSTS 8
+#define MAX_ADDRS 8
+
+static struct event_base *base;
+static pid_t dnsmasq_pid = -1;
+static uint16_t dnsmasq_port;
+static int silent_fd = -1; /* bound, never read: a server that is mute */
+static uint16_t silent_port;
+static uint16_t closed_port; /* nothing bound: "port unreachable" */
+
+/* What a callback saw, copied out before the result goes away. */
+struct seen {
+	int calls;
+	enum dns_status status;
+	char error[160];
+	size_t host_count;
+	struct {
+		char name[256];
+		unsigned preference;
+		size_t addr_count;
+		char addrs[MAX_ADDRS][INET6_ADDRSTRLEN];
+	} hosts[MAX_HOSTS];
+	struct dns **free_dns; /* when set: dns_free from inside the callback */
+};
+
+static void addr_text(const struct sockaddr_storage *ss, char *out, size_t len)
+{
+	const void *a =
+	    ss->ss_family == AF_INET6
+		? (const void *)&((const struct sockaddr_in6 *)(const void *)ss)
+		      ->sin6_addr
+		: (const void *)&((const struct sockaddr_in *)(const void *)ss)
+		      ->sin_addr;
+
+	if (inet_ntop(ss->ss_family, a, out, (socklen_t)len) == NULL)
+		snprintf(out, len, "family %d", ss->ss_family);
+}
+
+static void on_result(const struct dns_result *r, void *arg)
+{
+	struct seen *s = arg;
+
+	s->calls++;
+	s->status = r->status;
+	snprintf(s->error, sizeof(s->error), "%s", r->error);
+	s->host_count = r->host_count;
+	for (size_t i = 0; i < r->host_count && i < MAX_HOSTS; i++) {
+		snprintf(s->hosts[i].name, sizeof(s->hosts[i].name), "%s",
+			 r->hosts[i].name);
+		s->hosts[i].preference = r->hosts[i].preference;
+		s->hosts[i].addr_count = r->hosts[i].addr_count;
+		for (size_t j = 0; j < r->hosts[i].addr_count && j < MAX_ADDRS;
+		     j++)
+			addr_text(&r->hosts[i].addrs[j], s->hosts[i].addrs[j],
+				  sizeof(s->hosts[i].addrs[j]));
+	}
+	if (s->free_dns != NULL) {
+		dns_free(*s->free_dns);
+		*s->free_dns = NULL;
+	}
+}
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	*(bool *)arg = true;
+}
+
+/* Run the loop until s has its callback, or seconds have passed. */
+static void run_until(struct seen *s, int seconds)
+{
+	bool late = false;
+	struct timeval tv = {.tv_sec = seconds};
+	struct event *deadline = evtimer_new(base, on_deadline, &late);
+
+	assert_non_null(deadline);
+	assert_int_equal(evtimer_add(deadline, &tv), 0);
+	while (s->calls == 0 && !late)
+		assert_true(event_base_loop(base, EVLOOP_ONCE) >= 0);
+	event_free(deadline);
+	if (s->calls == 0)
+		fail_msg("no DNS result within %d s", seconds);
+}
+
+/* Run the loop for a while, whatever happens. */
+static void run_for_ms(long ms)
+{
+	bool late = false;
+	struct timeval tv = {.tv_sec = ms / 1000,
+			     .tv_usec = (ms % 1000) * 1000};
+	struct event *deadline = evtimer_new(base, on_deadline, &late);
+
+	assert_non_null(deadline);
+	assert_int_equal(evtimer_add(deadline, &tv), 0);
+	while (!late)
+		assert_true(event_base_loop(base, EVLOOP_ONCE) >= 0);
+	event_free(deadline);
+}
+
+static struct dns *dns_at(uint16_t port)
+{
+	struct dns_server server = {.text = "127.0.0.1"};
+	struct sockaddr_in *sin = (void *)&server.addr;
+	struct config cfg = {0};
+	char err[256] = "";
+	struct dns *dns;
+
+	sin->sin_family = AF_INET;
+	sin->sin_port = htons(port);
+	sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	server.addrlen = sizeof(*sin);
+	cfg.dns_servers = &server;
+	cfg.dns_server_count = 1;
+	dns = dns_new(base, &cfg, err, sizeof(err));
+	if (dns == NULL)
+		fail_msg("dns_new: %s", err);
+	return dns;
+}
+
+static struct seen resolve_mx(struct dns *dns, const char *domain)
+{
+	struct seen s = {0};
+
+	assert_non_null(dns_resolve_mx(dns, domain, on_result, &s));
+	run_until(&s, 15);
+	assert_int_equal(s.calls, 1);
+	return s;
+}
+
+static struct seen resolve_host(struct dns *dns, const char *host)
+{
+	struct seen s = {0};
+
+	assert_non_null(dns_resolve_host(dns, host, on_result, &s));
+	run_until(&s, 15);
+	assert_int_equal(s.calls, 1);
+	return s;
+}
+
+static double now_seconds(void)
+{
+	struct timespec ts;
+
+	assert_int_equal(clock_gettime(CLOCK_MONOTONIC, &ts), 0);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Against dnsmasq. */
+
+static void test_dns_mx_hosts_sorted_by_preference(void **state)
+{
+	struct dns *dns = dns_at(dnsmasq_port);
+	struct seen s;
+
+	(void)state;
+	/* dnsmasq lists mx2 (20) before mx1 (10). */
+	s = resolve_mx(dns, "example.test");
+	assert_int_equal(s.status, DNS_OK);
+	assert_int_equal(s.host_count, 2);
+	assert_string_equal(s.hosts[0].name, "mx1.example.test");
+	assert_int_equal(s.hosts[0].preference, 10);
+	assert_int_equal(s.hosts[0].addr_count, 1);
+	assert_string_equal(s.hosts[0].addrs[0], "127.0.0.2");
+	assert_string_equal(s.hosts[1].name, "mx2.example.test");
+	assert_int_equal(s.hosts[1].preference, 20);
+	assert_int_equal(s.hosts[1].addr_count, 1);
+	assert_string_equal(s.hosts[1].addrs[0], "127.0.0.3");
+	dns_free(dns);
+}
+
+static void test_dns_domain_name_is_case_and_dot_insensitive(void **state)
+{
+	struct dns *dns = dns_at(dnsmasq_port);
+	struct seen s;
+
+	(void)state;
+	s = resolve_mx(dns, "Example.TEST.");
+	assert_int_equal(s.status, DNS_OK);
+	assert_int_equal(s.host_count, 2);
+	assert_string_equal(s.hosts[0].name, "mx1.example.test");
+	dns_free(dns);
+}
+
+static void test_dns_equal_preferences_shuffled(void **state)
+{
+	struct dns *dns = dns_at(dnsmasq_port);
+	int a_first = 0, b_first = 0;
+
+	(void)state;
+	/* Same preference 10 for mxa and mxb; mx0 at 5 always leads.
+	 * After the first run the answers come from the cache, so the
+	 * shuffle is per result, not per DNS answer. */
+	for (int i = 0; i < 64; i++) {
+		struct seen s = resolve_mx(dns, "shuffle.test");
+
+		assert_int_equal(s.status, DNS_OK);
+		assert_int_equal(s.host_count, 3);
+		assert_string_equal(s.hosts[0].name, "mx0.shuffle.test");
+		assert_int_equal(s.hosts[1].preference, 10);
+		assert_int_equal(s.hosts[2].preference, 10);
+		if (strcmp(s.hosts[1].name, "mxa.shuffle.test") == 0) {
+			assert_string_equal(s.hosts[2].name,
+					    "mxb.shuffle.test");
+			a_first++;
+		} else {
+			assert_string_equal(s.hosts[1].name,
+					    "mxb.shuffle.test");
+			assert_string_equal(s.hosts[2].name,
+					    "mxa.shuffle.test");
+			b_first++;
+		}
+	}
+	/* 2^-63 odds of a false failure. */
+	assert_true(a_first > 0);
+	assert_true(b_first > 0);
+	dns_free(dns);
+}
+
+static void test_dns_no_mx_falls_back_to_the_domain_address(void **state)
+{
+	struct dns *dns = dns_at(dnsmasq_port);
+	uint64_t failures = metrics.dns_failures_total;
+	struct seen s;
+
+	(void)state;
+	s = resolve_mx(dns, "aonly.test");
+	assert_int_equal(s.status, DNS_OK);
+	assert_int_equal(s.host_count, 1);
+	assert_string_equal(s.hosts[0].name, "aonly.test");
+	assert_int_equal(s.hosts[0].preference, 0);
+	assert_int_equal(s.hosts[0].addr_count, 1);
+	assert_string_equal(s.hosts[0].addrs[0], "127.0.0.4");
+	/* NODATA is an answer, not a failure. */
+	assert_int_equal(metrics.dns_failures_total, failures);
+	dns_free(dns);
+}
+
+static void test_dns_ipv6_only_domain(void **state)
+{
+	struct dns *dns = dns_at(dnsmasq_port);
+	struct seen s;
+
+	(void)state;
+	s = resolve_mx(dns, "six.test");
+	assert_int_equal(s.status, DNS_OK);
+	assert_int_equal(s.host_count, 1);
+	assert_int_equal(s.hosts[0].addr_count, 1);
+	assert_string_equal(s.hosts[0].addrs[0], "::1");
+	dns_free(dns);
+}
+
+static void test_dns_ipv6_addresses_before_ipv4(void **state)
+{
+	struct dns *dns = dns_at(dnsmasq_port);
+	struct seen s;
+
+	(void)state;
+	s = resolve_mx(dns, "dual.test");
+	assert_int_equal(s.status, DNS_OK);
+	assert_int_equal(s.host_count, 1);
+	assert_int_equal(s.hosts[0].addr_count, 2);
+	assert_string_equal(s.hosts[0].addrs[0], "::5");
+	assert_string_equal(s.hosts[0].addrs[1], "127.0.0.5");
+	dns_free(dns);
+}
+
+static void test_dns_nxdomain(void **state)
+{
+	struct dns *dns = dns_at(dnsmasq_port);
+	uint64_t failures = metrics.dns_failures_total;
+	struct seen s;
+
+	(void)state;
+	s = resolve_mx(dns, "nope.test");
+	assert_int_equal(s.status, DNS_NXDOMAIN);
+	assert_int_equal(s.host_count, 0);
+	assert_non_null(strstr(s.error, "nope.test"));
+	assert_non_null(strstr(s.error, "NXDOMAIN"));
+	assert_int_equal(metrics.dns_failures_total, failures);
+	dns_free(dns);
+}
+
+static void test_dns_null_mx(void **state)
+{
+	struct dns *dns = dns_at(dnsmasq_port);
+	uint64_t queries = metrics.dns_queries_total;
+	struct seen s;
+
+	(void)state;
+	s = resolve_mx(dns, "nullmx.test");
+	assert_int_equal(s.status, DNS_NULL_MX);
+	assert_int_equal(s.host_count, 0);
+	assert_non_null(strstr(s.error, "nullmx.test"));
+	/* No address look-up for the root. */
+	assert_int_equal(metrics.dns_queries_total, queries + 1);
+	dns_free(dns);
+}
+
+static void test_dns_mx_host_without_address_left_out(void **state)
+{
+	struct dns *dns = dns_at(dnsmasq_port);
+	struct seen s;
+
+	(void)state;
+	/* gone.partial.test (5) does not exist; mx1.example.test (10) does. */
+	s = resolve_mx(dns, "partial.test");
+	assert_int_equal(s.status, DNS_OK);
+	assert_int_equal(s.host_count, 1);
+	assert_string_equal(s.hosts[0].name, "mx1.example.test");
+	assert_int_equal(s.hosts[0].preference, 10);
+	dns_free(dns);
+}
+
+static void test_dns_no_mx_host_with_address_is_no_host(void **state)
+{
+	struct dns *dns = dns_at(dnsmasq_port);
+	struct seen s;
+
+	(void)state;
+	s = resolve_mx(dns, "dangling.test");
+	assert_int_equal(s.status, DNS_NO_HOST);
+	assert_int_equal(s.host_count, 0);
+	dns_free(dns);
+}
+
+static void test_dns_refused_is_tempfail_and_not_cached(void **state)
+{
+	struct dns *dns = dns_at(dnsmasq_port);
+	uint64_t failures = metrics.dns_failures_total, queries;
+	struct seen s;
+
+	(void)state;
+	/* Outside /test/ dnsmasq has no upstream and answers REFUSED. */
+	s = resolve_mx(dns, "elsewhere.example");
+	assert_int_equal(s.status, DNS_TEMPFAIL);
+	/* c-ares 1.18 reports REFUSED as ECONNREFUSED: "refused". */
+	if (strstr(s.error, "refused") == NULL &&
+	    strstr(s.error, "REFUSED") == NULL)
+		fail_msg("error: %s", s.error);
+	assert_int_equal(metrics.dns_failures_total, failures + 1);
+
+	/* A temporary failure is not cached: the next try asks again. */
+	queries = metrics.dns_queries_total;
+	s = resolve_mx(dns, "elsewhere.example");
+	assert_int_equal(s.status, DNS_TEMPFAIL);
+	assert_int_equal(metrics.dns_queries_total, queries + 1);
+	assert_int_equal(metrics.dns_failures_total, failures + 2);
+	dns_free(dns);
+}
+
+static void test_dns_silent_server_is_tempfail_within_seconds(void **state)
+{
+	struct dns *dns = dns_at(silent_port);
+	uint64_t failures = metrics.dns_failures_total;
+	double start = now_seconds(), elapsed;
+	struct seen s;
+
+	(void)state;
+	s = resolve_mx(dns, "example.test");
+	elapsed = now_seconds() - start;
+	assert_int_equal(s.status, DNS_TEMPFAIL);
+	assert_non_null(strstr(s.error, "timeout"));
+	assert_true(elapsed < 10.0);
+	assert_int_equal(metrics.dns_failures_total, failures + 1);
+	dns_free(dns);
+}
+
+static void test_dns_unreachable_server_is_tempfail(void **state)
+{
+	struct dns *dns = dns_at(closed_port);
+	double start = now_seconds();
+	struct seen s;
+
+	(void)state;
+	s = resolve_host(dns, "mx1.example.test");
+	assert_int_equal(s.status, DNS_TEMPFAIL);
+	assert_true(now_seconds() - start < 10.0);
+	dns_free(dns);
+}
+
+static void test_dns_cache_answers_without_new_query(void **state)
+{
+	struct dns *dns = dns_at(dnsmasq_port);
+	uint64_t queries = metrics.dns_queries_total;
+	struct seen s;
+
+	(void)state;
+	s = resolve_mx(dns, "example.test");
+	assert_int_equal(s.status, DNS_OK);
+	/* MX, then AAAA and A for each of the two hosts. */
+	assert_int_equal(metrics.dns_queries_total, queries + 5);
+
+	queries = metrics.dns_queries_total;
+	s = resolve_mx(dns, "example.test");
+	assert_int_equal(s.status, DNS_OK);
+	assert_int_equal(s.host_count, 2);
+	assert_string_equal(s.hosts[0].addrs[0], "127.0.0.2");
+	assert_int_equal(metrics.dns_queries_total, queries);
+
+	/* A single host shares the cached A/AAAA answers. */
+	s = resolve_host(dns, "mx2.example.test");
+	assert_int_equal(s.status, DNS_OK);
+	assert_string_equal(s.hosts[0].addrs[0], "127.0.0.3");
+	assert_int_equal(metrics.dns_queries_total, queries);
+	dns_free(dns);
+}
+
+static void test_dns_negative_answers_cached(void **state)
+{
+	struct dns *dns = dns_at(dnsmasq_port);
+	uint64_t queries = metrics.dns_queries_total;
+	struct seen s;
+
+	(void)state;
+	s = resolve_mx(dns, "nope.test");
+	assert_int_equal(s.status, DNS_NXDOMAIN);
+	assert_int_equal(metrics.dns_queries_total, queries + 1);
+	s = resolve_mx(dns, "nope.test");
+	assert_int_equal(s.status, DNS_NXDOMAIN);
+	assert_int_equal(metrics.dns_queries_total, queries + 1);
+
+	/* NODATA for MX, then A and AAAA (one of them NODATA too). */
+	queries = metrics.dns_queries_total;
+	s = resolve_mx(dns, "aonly.test");
+	assert_int_equal(metrics.dns_queries_total, queries + 3);
+	s = resolve_mx(dns, "aonly.test");
+	assert_int_equal(s.status, DNS_OK);
+	assert_string_equal(s.hosts[0].addrs[0], "127.0.0.4");
+	assert_int_equal(metrics.dns_queries_total, queries + 3);
+	dns_free(dns);
+}
+
+static void test_dns_same_question_in_flight_asked_once(void **state)
+{
+	struct dns *dns = dns_at(dnsmasq_port);
+	uint64_t queries = metrics.dns_queries_total;
+	struct seen a = {0}, b = {0};
+
+	(void)state;
+	assert_non_null(dns_resolve_mx(dns, "example.test", on_result, &a));
+	assert_non_null(dns_resolve_mx(dns, "example.test", on_result, &b));
+	run_until(&a, 15);
+	run_until(&b, 15);
+	assert_int_equal(a.status, DNS_OK);
+	assert_int_equal(b.status, DNS_OK);
+	assert_int_equal(a.host_count, 2);
+	assert_int_equal(b.host_count, 2);
+	assert_int_equal(metrics.dns_queries_total, queries + 5);
+	dns_free(dns);
+}
+
+static void test_dns_callback_never_runs_inside_resolve(void **state)
+{
+	struct dns *dns = dns_at(dnsmasq_port);
+	struct seen s = {0};
+
+	(void)state;
+	resolve_mx(dns, "example.test"); /* now cached */
+	assert_non_null(dns_resolve_mx(dns, "example.test", on_result, &s));
+	assert_int_equal(s.calls, 0);
+	assert_non_null(dns_resolve_mx(dns, "bad..name", on_result, &s));
+	assert_int_equal(s.calls, 0);
+	assert_non_null(dns_resolve_host(dns, "[127.0.0.1]", on_result, &s));
+	assert_int_equal(s.calls, 0);
+	run_for_ms(50);
+	assert_int_equal(s.calls, 3);
+	dns_free(dns);
+}
+
+static void test_dns_cancel_in_flight_and_cached(void **state)
+{
+	struct dns *dns = dns_at(dnsmasq_port);
+	struct seen cancelled = {0}, kept = {0}, cached = {0}, after;
+	struct dns_query *q;
+
+	(void)state;
+	/* Cancelled while its MX question is on the wire, which another
+	 * query shares: the other still gets its answer. */
+	q = dns_resolve_mx(dns, "example.test", on_result, &cancelled);
+	assert_non_null(dns_resolve_mx(dns, "example.test", on_result, &kept));
+	dns_cancel(q);
+	run_until(&kept, 15);
+	assert_int_equal(kept.status, DNS_OK);
+
+	/* Cancelled with its answer already waiting on the zero timer. */
+	q = dns_resolve_mx(dns, "example.test", on_result, &cached);
+	dns_cancel(q);
+	run_for_ms(100);
+	assert_int_equal(cancelled.calls, 0);
+	assert_int_equal(cached.calls, 0);
+
+	/* Cancelled between its MX answer and its address answers: dnsmasq
+	 * forwards host.slow.test to a server that never answers. */
+	{
+		uint64_t start = metrics.dns_queries_total;
+		int turns = 0;
+
+		q = dns_resolve_mx(dns, "slowmx.test", on_result, &cancelled);
+		assert_int_equal(metrics.dns_queries_total, start + 1);
+		while (metrics.dns_queries_total == start + 1 && turns++ < 1000)
+			assert_true(event_base_loop(base, EVLOOP_ONCE) >= 0);
+		/* The AAAA and A questions for host.slow.test went out. */
+		assert_int_equal(metrics.dns_queries_total, start + 3);
+		assert_int_equal(cancelled.calls, 0);
+		dns_cancel(q);
+	}
+	after = resolve_mx(dns, "aonly.test");
+	assert_int_equal(after.status, DNS_OK);
+	run_for_ms(100);
+	assert_int_equal(cancelled.calls, 0);
+	dns_free(dns);
+}
+
+static void test_dns_free_drops_queries_in_flight(void **state)
+{
+	struct dns *dns = dns_at(dnsmasq_port);
+	struct seen a = {0}, b = {0}, c = {0};
+
+	(void)state;
+	resolve_mx(dns, "nope.test");
+	assert_non_null(dns_resolve_mx(dns, "example.test", on_result, &a));
+	assert_non_null(dns_resolve_host(dns, "six.test", on_result, &b));
+	assert_non_null(dns_resolve_mx(dns, "nope.test", on_result, &c));
+	dns_free(dns);
+	run_for_ms(200);
+	assert_int_equal(a.calls, 0);
+	assert_int_equal(b.calls, 0);
+	assert_int_equal(c.calls, 0);
+}
+
+static void test_dns_free_from_inside_a_callback(void **state)
+{
+	struct dns *dns = dns_at(dnsmasq_port);
+	struct seen first = {0}, other = {0};
+
+	(void)state;
+	resolve_mx(dns, "nope.test");
+	first.free_dns = &dns;
+	assert_non_null(dns_resolve_mx(dns, "nope.test", on_result, &first));
+	assert_non_null(dns_resolve_mx(dns, "example.test", on_result, &other));
+	run_until(&first, 15);
+	assert_null(dns);
+	run_for_ms(200);
+	assert_int_equal(other.calls, 0);
+}
+
+static void test_dns_resolve_host_addresses(void **state)
+{
+	struct dns *dns = dns_at(dnsmasq_port);
+	struct seen s;
+
+	(void)state;
+	s = resolve_host(dns, "mx1.example.test");
+	assert_int_equal(s.status, DNS_OK);
+	assert_int_equal(s.host_count, 1);
+	assert_string_equal(s.hosts[0].name, "mx1.example.test");
+	assert_int_equal(s.hosts[0].preference, 0);
+	assert_string_equal(s.hosts[0].addrs[0], "127.0.0.2");
+
+	/* A "[host]" route target: no MX look-up, only the host. */
+	s = resolve_host(dns, "[aonly.test]");
+	assert_int_equal(s.status, DNS_OK);
+	assert_string_equal(s.hosts[0].name, "aonly.test");
+	assert_string_equal(s.hosts[0].addrs[0], "127.0.0.4");
+
+	s = resolve_host(dns, "nope.test");
+	assert_int_equal(s.status, DNS_NXDOMAIN);
+
+	/* It has MX records but no address of its own. */
+	s = resolve_host(dns, "example.test");
+	assert_int_equal(s.status, DNS_NO_HOST);
+	dns_free(dns);
+}
+
+static void test_dns_address_literals_need_no_query(void **state)
+{
+	struct dns *dns = dns_at(dnsmasq_port);
+	uint64_t queries = metrics.dns_queries_total;
+	struct seen s;
+
+	(void)state;
+	s = resolve_host(dns, "[127.0.0.9]");
+	assert_int_equal(s.status, DNS_OK);
+	assert_int_equal(s.host_count, 1);
+	assert_string_equal(s.hosts[0].addrs[0], "127.0.0.9");
+
+	s = resolve_host(dns, "192.0.2.1");
+	assert_int_equal(s.status, DNS_OK);
+	assert_string_equal(s.hosts[0].addrs[0], "192.0.2.1");
+
+	s = resolve_mx(dns, "[IPv6:2001:db8::1]");
+	assert_int_equal(s.status, DNS_OK);
+	assert_int_equal(s.host_count, 1);
+	assert_string_equal(s.hosts[0].addrs[0], "2001:db8::1");
+	assert_int_equal(metrics.dns_queries_total, queries);
+	dns_free(dns);
+}
+
+static void test_dns_invalid_domain_is_nxdomain_without_query(void **state)
+{
+	static const char *const bad[] = {
+	    "",
+	    ".",
+	    "a..b",
+	    "sp ace.test",
+	    "semi;colon.test",
+	    "label-of-sixty-four-characters-"
+	    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx.test",
+	};
+	struct dns *dns = dns_at(dnsmasq_port);
+	uint64_t queries = metrics.dns_queries_total;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct seen s = resolve_mx(dns, bad[i]);
+
+		if (s.status != DNS_NXDOMAIN)
+			fail_msg("\"%s\": status %d", bad[i], s.status);
+	}
+	assert_int_equal(metrics.dns_queries_total, queries);
+	dns_free(dns);
+}
+
+/* The answer parser, on hand-made messages. */
+
+struct msg {
+	unsigned char buf[4096];
+	size_t len;
+};
+
+static void put8(struct msg *m, unsigned v)
+{
+	assert_true(m->len < sizeof(m->buf));
+	m->buf[m->len++] = (unsigned char)v;
+}
+
+static void put16(struct msg *m, unsigned v)
+{
+	put8(m, v >> 8 & 0xff);
+	put8(m, v & 0xff);
+}
+
+static void put32(struct msg *m, uint32_t v)
+{
+	put16(m, v >> 16);
+	put16(m, v & 0xffff);
+}
+
+/* "a.b.c" as labels, or "" for the root. */
+static void put_name(struct msg *m, const char *name)
+{
+	while (*name != '\0') {
+		const char *dot = strchr(name, '.');
+		size_t n = dot ? (size_t)(dot - name) : strlen(name);
+
+		put8(m, (unsigned)n);
+		for (size_t i = 0; i < n; i++)
+			put8(m, (unsigned char)name[i]);
+		name += n + (dot ? 1 : 0);
+	}
+	put8(m, 0);
+}
+
+static void put_header(struct msg *m, unsigned rcode, unsigned an, unsigned ns)
+{
+	m->len = 0;
+	put16(m, 0x1234);
+	put16(m, 0x8180 | rcode);
+	put16(m, 1);
+	put16(m, an);
+	put16(m, ns);
+	put16(m, 0);
+}
+
+static size_t put_question(struct msg *m, const char *name, unsigned type)
+{
+	size_t at = m->len;
+
+	put_name(m, name);
+	put16(m, type);
+	put16(m, 1);
+	return at;
+}
+
+/* A record whose owner is a pointer to `owner`; rdata follows. */
+static void put_rr_head(struct msg *m, size_t owner, unsigned type,
+			uint32_t ttl)
+{
+	put16(m, 0xc000 | (unsigned)owner);
+	put16(m, type);
+	put16(m, 1);
+	put32(m, ttl);
+}
+
+static void test_dns_parse_mx_answer_from_dnsmasq(void **state)
+{
+	/* dnsmasq's answer for example.test MX: compressed names, mx2
+	 * listed first, glue in the additional section. */
+	static const char hex[] =
+	    "579485800001000200000002076578616d706c65047465737400000f0001"
+	    "c00c000f00010000000000140014036d7832076578616d706c6504746573"
+	    "7400c00c000f0001000000000014000a036d7831076578616d706c650474"
+	    "65737400c02c000100010000000000047f000003c04c0001000100000000"
+	    "00047f000002";
+	unsigned char buf[sizeof(hex) / 2];
+	struct dns_answer a;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(buf); i++)
+		assert_int_equal(sscanf(hex + 2 * i, "%2hhx", &buf[i]), 1);
+	assert_int_equal(dns_answer_parse(buf, sizeof(buf), DNS_TYPE_MX, &a),
+			 0);
+	assert_int_equal(a.rcode, 0);
+	assert_int_equal(a.count, 2);
+	assert_int_equal(a.records[0].preference, 20);
+	assert_string_equal(a.records[0].exchange, "mx2.example.test");
+	assert_int_equal(a.records[1].preference, 10);
+	assert_string_equal(a.records[1].exchange, "mx1.example.test");
+	assert_false(a.has_negative_ttl);
+	dns_answer_clear(&a);
+
+	/* Every truncation is refused, never read past. */
+	for (size_t len = 0; len < sizeof(buf); len++) {
+		int rc = dns_answer_parse(buf, len, DNS_TYPE_MX, &a);
+
+		/* The answers end at 94; the additional section is not read. */
+		assert_int_equal(rc, len < 94 ? -1 : 0);
+		dns_answer_clear(&a);
+	}
+}
+
+static void test_dns_parse_null_mx_gives_root_exchange(void **state)
+{
+	struct msg m;
+	size_t q;
+	struct dns_answer a;
+
+	(void)state;
+	put_header(&m, 0, 1, 0);
+	q = put_question(&m, "nullmx.test", DNS_TYPE_MX);
+	put_rr_head(&m, q, DNS_TYPE_MX, 300);
+	put16(&m, 3);
+	put16(&m, 0);
+	put8(&m, 0);
+	assert_int_equal(dns_answer_parse(m.buf, m.len, DNS_TYPE_MX, &a), 0);
+	assert_int_equal(a.count, 1);
+	assert_int_equal(a.records[0].preference, 0);
+	assert_string_equal(a.records[0].exchange, "");
+	assert_int_equal(a.ttl, 300);
+	dns_answer_clear(&a);
+}
+
+static void test_dns_parse_keeps_only_asked_type_and_smallest_ttl(void **state)
+{
+	struct msg m;
+	size_t q;
+	struct dns_answer a;
+
+	(void)state;
+	put_header(&m, 0, 3, 0);
+	q = put_question(&m, "host.test", DNS_TYPE_A);
+	put_rr_head(&m, q, 5 /* CNAME */, 10);
+	put16(&m, 2);
+	put16(&m, 0xc000 | (unsigned)q);
+	put_rr_head(&m, q, DNS_TYPE_A, 600);
+	put16(&m, 4);
+	put32(&m, 0xc0000201);
+	put_rr_head(&m, q, DNS_TYPE_A, 0x80000000u); /* top bit: zero */
+	put16(&m, 4);
+	put32(&m, 0xc0000202);
+	assert_int_equal(dns_answer_parse(m.buf, m.len, DNS_TYPE_A, &a), 0);
+	assert_int_equal(a.count, 2);
+	assert_memory_equal(a.records[0].addr, "\xc0\x00\x02\x01", 4);
+	assert_memory_equal(a.records[1].addr, "\xc0\x00\x02\x02", 4);
+	assert_int_equal(a.ttl, 0);
+	dns_answer_clear(&a);
+}
+
+static void test_dns_parse_negative_ttl_from_soa(void **state)
+{
+	struct msg m;
+	size_t q;
+	struct dns_answer a;
+
+	(void)state;
+	put_header(&m, 3, 0, 1);
+	q = put_question(&m, "nope.test", DNS_TYPE_MX);
+	put_rr_head(&m, q + 5, DNS_TYPE_SOA, 3600); /* owner "test" */
+	{
+		size_t rdlen_at = m.len, start;
+
+		put16(&m, 0);
+		start = m.len;
+		put_name(&m, "ns.test");
+		put_name(&m, "hostmaster.test");
+		put32(&m, 1); /* serial */
+		put32(&m, 7200);
+		put32(&m, 900);
+		put32(&m, 86400);
+		put32(&m, 300); /* minimum */
+		m.buf[rdlen_at] = (unsigned char)((m.len - start) >> 8);
+		m.buf[rdlen_at + 1] = (unsigned char)(m.len - start);
+	}
+	assert_int_equal(dns_answer_parse(m.buf, m.len, DNS_TYPE_MX, &a), 0);
+	assert_int_equal(a.rcode, 3);
+	assert_int_equal(a.count, 0);
+	assert_true(a.has_negative_ttl);
+	assert_int_equal(a.negative_ttl, 300);
+	dns_answer_clear(&a);
+}
+
+static void test_dns_parse_refuses_pointer_loops(void **state)
+{
+	struct msg m;
+	struct dns_answer a;
+
+	(void)state;
+	/* The question's name is a pointer to itself. */
+	put_header(&m, 0, 0, 0);
+	put16(&m, 0xc00c);
+	put16(&m, DNS_TYPE_MX);
+	put16(&m, 1);
+	assert_int_equal(dns_answer_parse(m.buf, m.len, DNS_TYPE_MX, &a), -1);
+	dns_answer_clear(&a);
+
+	/* Two pointers to each other. */
+	put_header(&m, 0, 0, 0);
+	put16(&m, 0xc00e);
+	put16(&m, 0xc00c);
+	put16(&m, DNS_TYPE_MX);
+	put16(&m, 1);
+	assert_int_equal(dns_answer_parse(m.buf, m.len, DNS_TYPE_MX, &a), -1);
+	dns_answer_clear(&a);
+
+	/* A label then a pointer back to it: grows until the 255 cap. */
+	put_header(&m, 0, 0, 0);
+	put8(&m, 3);
+	put8(&m, 'a');
+	put8(&m, 'b');
+	put8(&m, 'c');
+	put16(&m, 0xc00c);
+	put16(&m, DNS_TYPE_MX);
+	put16(&m, 1);
+	assert_int_equal(dns_answer_parse(m.buf, m.len, DNS_TYPE_MX, &a), -1);
+	dns_answer_clear(&a);
+}
+
+static void test_dns_parse_refuses_overlong_names_and_bad_rdata(void **state)
+{
+	struct msg m;
+	size_t q;
+	struct dns_answer a;
+
+	(void)state;
+	/* 5 labels of 63 octets: 320 octets on the wire. */
+	put_header(&m, 0, 0, 0);
+	for (int i = 0; i < 5; i++) {
+		put8(&m, 63);
+		for (int j = 0; j < 63; j++)
+			put8(&m, 'x');
+	}
+	put8(&m, 0);
+	put16(&m, DNS_TYPE_MX);
+	put16(&m, 1);
+	assert_int_equal(dns_answer_parse(m.buf, m.len, DNS_TYPE_MX, &a), -1);
+	dns_answer_clear(&a);
+
+	/* An A record of 5 octets. */
+	put_header(&m, 0, 1, 0);
+	q = put_question(&m, "host.test", DNS_TYPE_A);
+	put_rr_head(&m, q, DNS_TYPE_A, 60);
+	put16(&m, 5);
+	put32(&m, 0x7f000001);
+	put8(&m, 0);
+	assert_int_equal(dns_answer_parse(m.buf, m.len, DNS_TYPE_A, &a), -1);
+	assert_int_equal(a.count, 0);
+	dns_answer_clear(&a);
+
+	/* An MX whose exchange runs past its rdata. */
+	put_header(&m, 0, 1, 0);
+	q = put_question(&m, "host.test", DNS_TYPE_MX);
+	put_rr_head(&m, q, DNS_TYPE_MX, 60);
+	put16(&m, 4);
+	put16(&m, 10);
+	put_name(&m, "mx.test");
+	assert_int_equal(dns_answer_parse(m.buf, m.len, DNS_TYPE_MX, &a), -1);
+	dns_answer_clear(&a);
+
+	/* An answer count larger than what is there. */
+	put_header(&m, 0, 2, 0);
+	q = put_question(&m, "host.test", DNS_TYPE_A);
+	put_rr_head(&m, q, DNS_TYPE_A, 60);
+	put16(&m, 4);
+	put32(&m, 0x7f000001);
+	assert_int_equal(dns_answer_parse(m.buf, m.len, DNS_TYPE_A, &a), -1);
+	dns_answer_clear(&a);
+}
+
+static void test_dns_parse_odd_exchange_octets_are_marked(void **state)
+{
+	struct msg m;
+	size_t q, rdlen_at;
+	struct dns_answer a;
+
+	(void)state;
+	put_header(&m, 0, 1, 0);
+	q = put_question(&m, "host.test", DNS_TYPE_MX);
+	put_rr_head(&m, q, DNS_TYPE_MX, 60);
+	rdlen_at = m.len;
+	put16(&m, 0);
+	put16(&m, 10);
+	put8(&m, 4);
+	put8(&m, 'M');
+	put8(&m, '.');
+	put8(&m, 0);
+	put8(&m, 'x');
+	put_name(&m, "test");
+	m.buf[rdlen_at + 1] = (unsigned char)(m.len - rdlen_at - 2);
+	assert_int_equal(dns_answer_parse(m.buf, m.len, DNS_TYPE_MX, &a), 0);
+	assert_int_equal(a.count, 1);
+	assert_string_equal(a.records[0].exchange, "m??x.test");
+	dns_answer_clear(&a);
+}
+
+static void test_dns_parse_caps_the_record_count(void **state)
+{
+	struct msg m;
+	size_t q;
+	struct dns_answer a;
+
+	(void)state;
+	put_header(&m, 0, 40, 0);
+	q = put_question(&m, "many.test", DNS_TYPE_A);
+	for (unsigned i = 0; i < 40; i++) {
+		put_rr_head(&m, q, DNS_TYPE_A, 60);
+		put16(&m, 4);
+		put32(&m, 0x0a000000 | i);
+	}
+	assert_int_equal(dns_answer_parse(m.buf, m.len, DNS_TYPE_A, &a), 0);
+	assert_int_equal(a.count, DNS_ANSWER_MAX);
+	assert_int_equal(a.records[DNS_ANSWER_MAX - 1].addr[3],
+			 DNS_ANSWER_MAX - 1);
+	dns_answer_clear(&a);
+}
+
+/* dnsmasq and the loop. */
+
+/* A free port for both UDP and TCP on 127.0.0.1 (dnsmasq binds both). */
+static int free_port(uint16_t *port, int *keep_udp)
+{
+	for (int attempt = 0; attempt < 50; attempt++) {
+		struct sockaddr_in sin = {.sin_family = AF_INET};
+		socklen_t len = sizeof(sin);
+		int u = socket(AF_INET, SOCK_DGRAM, 0), t;
+
+		if (u < 0)
+			return -1;
+		sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		if (bind(u, (struct sockaddr *)&sin, sizeof(sin)) < 0 ||
+		    getsockname(u, (struct sockaddr *)&sin, &len) < 0) {
+			close(u);
+			return -1;
+		}
+		t = socket(AF_INET, SOCK_STREAM, 0);
+		if (t < 0) {
+			close(u);
+			return -1;
+		}
+		if (bind(t, (struct sockaddr *)&sin, sizeof(sin)) == 0) {
+			close(t);
+			*port = ntohs(sin.sin_port);
+			if (keep_udp != NULL)
+				*keep_udp = u;
+			else
+				close(u);
+			return 0;
+		}
+		close(t);
+		close(u);
+	}
+	return -1;
+}
+
+static int wait_for_dnsmasq(void)
+{
+	for (int i = 0; i < 100; i++) {
+		struct sockaddr_in sin = {.sin_family = AF_INET};
+		int fd, status;
+
+		if (waitpid(dnsmasq_pid, &status, WNOHANG) == dnsmasq_pid) {
+			print_error("dnsmasq exited at start-up (status %d)\n",
+				    status);
+			dnsmasq_pid = -1;
+			return -1;
+		}
+		fd = socket(AF_INET, SOCK_STREAM, 0);
+		if (fd < 0)
+			return -1;
+		sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		sin.sin_port = htons(dnsmasq_port);
+		if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0) {
+			close(fd);
+			return 0;
+		}
+		close(fd);
+		usleep(50 * 1000);
+	}
+	print_error("dnsmasq did not listen on port %u\n", dnsmasq_port);
+	return -1;
+}
+
+static int start_dnsmasq(void)
+{
+	char port_arg[32], slow_arg[64];
+	char *const argv[] = {
+	    DNSMASQ,
+	    "--no-daemon",
+	    "--no-resolv",
+	    "--no-hosts",
+	    "--bind-interfaces",
+	    "--listen-address=127.0.0.1",
+	    port_arg,
+	    "--conf-file=/dev/null",
+	    "--local=/test/",
+	    "--local-ttl=300",
+	    "--mx-host=example.test,mx1.example.test,10",
+	    "--mx-host=example.test,mx2.example.test,20",
+	    "--host-record=mx1.example.test,127.0.0.2",
+	    "--host-record=mx2.example.test,127.0.0.3",
+	    "--host-record=aonly.test,127.0.0.4",
+	    "--host-record=six.test,::1",
+	    "--host-record=dual.test,127.0.0.5,::5",
+	    "--mx-host=nullmx.test,.,0",
+	    "--mx-host=shuffle.test,mxa.shuffle.test,10",
+	    "--mx-host=shuffle.test,mxb.shuffle.test,10",
+	    "--mx-host=shuffle.test,mx0.shuffle.test,5",
+	    "--host-record=mxa.shuffle.test,127.0.0.11",
+	    "--host-record=mxb.shuffle.test,127.0.0.12",
+	    "--host-record=mx0.shuffle.test,127.0.0.10",
+	    "--mx-host=partial.test,gone.partial.test,5",
+	    "--mx-host=partial.test,mx1.example.test,10",
+	    "--mx-host=dangling.test,nothere.test,10",
+	    "--mx-host=slowmx.test,host.slow.test,10",
+	    slow_arg,
+	    NULL,
+	};
+
+	if (access(DNSMASQ, X_OK) != 0) {
+		print_error("%s is missing (Debian package dnsmasq-base): "
+			    "the DNS tests need it\n",
+			    DNSMASQ);
+		return -1;
+	}
+	if (free_port(&dnsmasq_port, NULL) < 0) {
+		print_error("no free port for dnsmasq\n");
+		return -1;
+	}
+	snprintf(port_arg, sizeof(port_arg), "--port=%u", dnsmasq_port);
+	snprintf(slow_arg, sizeof(slow_arg), "--server=/slow.test/127.0.0.1#%u",
+		 silent_port);
+	dnsmasq_pid = fork();
+	if (dnsmasq_pid < 0) {
+		print_error("fork: %s\n", strerror(errno));
+		return -1;
+	}
+	if (dnsmasq_pid == 0) {
+		int null = open("/dev/null", O_WRONLY);
+
+		if (null >= 0 && getenv("TEST_DNS_VERBOSE") == NULL) {
+			dup2(null, STDOUT_FILENO);
+			dup2(null, STDERR_FILENO);
+		}
+		execv(DNSMASQ, argv);
+		_exit(127);
+	}
+	return wait_for_dnsmasq();
+}
+
+static int group_setup(void **state)
+{
+	(void)state;
+	signal(SIGPIPE, SIG_IGN);
+	base = event_base_new();
+	if (base == NULL)
+		return -1;
+	if (free_port(&silent_port, &silent_fd) < 0 ||
+	    free_port(&closed_port, NULL) < 0) {
+		print_error("no free ports\n");
+		return -1;
+	}
+	return start_dnsmasq();
+}
+
+static int group_teardown(void **state)
+{
+	(void)state;
+	if (dnsmasq_pid > 0) {
+		int status;
+
+		if (kill(dnsmasq_pid, SIGTERM) < 0)
+			print_error("kill dnsmasq: %s\n", strerror(errno));
+		else if (waitpid(dnsmasq_pid, &status, 0) < 0)
+			print_error("waitpid dnsmasq: %s\n", strerror(errno));
+		dnsmasq_pid = -1;
+	}
+	if (silent_fd >= 0)
+		close(silent_fd);
+	if (base != NULL)
+		event_base_free(base);
+	return 0;
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_dns_parse_mx_answer_from_dnsmasq),
+	    cmocka_unit_test(test_dns_parse_null_mx_gives_root_exchange),
+	    cmocka_unit_test(
+		test_dns_parse_keeps_only_asked_type_and_smallest_ttl),
+	    cmocka_unit_test(test_dns_parse_negative_ttl_from_soa),
+	    cmocka_unit_test(test_dns_parse_refuses_pointer_loops),
+	    cmocka_unit_test(
+		test_dns_parse_refuses_overlong_names_and_bad_rdata),
+	    cmocka_unit_test(test_dns_parse_odd_exchange_octets_are_marked),
+	    cmocka_unit_test(test_dns_parse_caps_the_record_count),
+	    cmocka_unit_test(test_dns_mx_hosts_sorted_by_preference),
+	    cmocka_unit_test(test_dns_domain_name_is_case_and_dot_insensitive),
+	    cmocka_unit_test(test_dns_equal_preferences_shuffled),
+	    cmocka_unit_test(test_dns_no_mx_falls_back_to_the_domain_address),
+	    cmocka_unit_test(test_dns_ipv6_only_domain),
+	    cmocka_unit_test(test_dns_ipv6_addresses_before_ipv4),
+	    cmocka_unit_test(test_dns_nxdomain),
+	    cmocka_unit_test(test_dns_null_mx),
+	    cmocka_unit_test(test_dns_mx_host_without_address_left_out),
+	    cmocka_unit_test(test_dns_no_mx_host_with_address_is_no_host),
+	    cmocka_unit_test(test_dns_refused_is_tempfail_and_not_cached),
+	    cmocka_unit_test(test_dns_silent_server_is_tempfail_within_seconds),
+	    cmocka_unit_test(test_dns_unreachable_server_is_tempfail),
+	    cmocka_unit_test(test_dns_cache_answers_without_new_query),
+	    cmocka_unit_test(test_dns_negative_answers_cached),
+	    cmocka_unit_test(test_dns_same_question_in_flight_asked_once),
+	    cmocka_unit_test(test_dns_callback_never_runs_inside_resolve),
+	    cmocka_unit_test(test_dns_cancel_in_flight_and_cached),
+	    cmocka_unit_test(test_dns_free_drops_queries_in_flight),
+	    cmocka_unit_test(test_dns_free_from_inside_a_callback),
+	    cmocka_unit_test(test_dns_resolve_host_addresses),
+	    cmocka_unit_test(test_dns_address_literals_need_no_query),
+	    cmocka_unit_test(test_dns_invalid_domain_is_nxdomain_without_query),
+	};
+
+	return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}

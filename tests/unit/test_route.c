@@ -1,0 +1,462 @@
+/* The routing table: what a `route` value means, and which route serves
+ * a domain (SPEC.md §3, "Routes"). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <string.h>
+
+#include "facteur/route.h"
+
+#define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
+
+static struct route_table *table_of(const char *const *values, size_t n)
+{
+	struct route_table *t = route_table_new();
+	char err[256];
+
+	assert_non_null(t);
+	for (size_t i = 0; i < n; i++) {
+		if (route_table_add(t, values[i], err, sizeof(err)) != 0)
+			fail_msg("route \"%s\" refused: %s", values[i], err);
+	}
+	return t;
+}
+
+/* The SPEC's example, plus routes that compete with each other. */
+static const char *const spec_routes[] = {
+    "*.free.fr                      smtp.free.fr",
+    "*                              [smarthost.mondomaine.com]:587 "
+    "tls=verify auth=/run/secrets/smarthost",
+    "*.sousdomaine.mondomaine.com   mail.sousdomaine.mondomaine.com",
+    "example.org [10.0.0.1]",
+    "*.example.org [10.0.0.2]",
+    "*.deep.example.org [10.0.0.3]",
+    "deep.example.org [10.0.0.4]",
+    "*.org [10.0.0.5]",
+};
+
+struct lookup_case {
+	const char *domain;
+	const char *host; /* NULL: no route */
+};
+
+static void check_lookups(const struct route_table *t,
+			  const struct lookup_case *cases, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		const struct route *r = route_lookup(t, cases[i].domain);
+
+		if (cases[i].host == NULL) {
+			if (r != NULL)
+				fail_msg("%s: expected no route, got %s",
+					 cases[i].domain, r->host);
+			continue;
+		}
+		if (r == NULL)
+			fail_msg("%s: expected %s, got no route",
+				 cases[i].domain, cases[i].host);
+		if (strcmp(r->host, cases[i].host) != 0)
+			fail_msg("%s: expected %s, got %s", cases[i].domain,
+				 cases[i].host, r->host);
+	}
+}
+
+static const struct lookup_case spec_cases[] = {
+    {"free.fr", "smarthost.mondomaine.com"}, /* not its own *. */
+    {"a.free.fr", "smtp.free.fr"},
+    {"a.b.c.free.fr", "smtp.free.fr"},
+    {"A.FREE.FR", "smtp.free.fr"},
+    {"a.free.fr.", "smtp.free.fr"},
+    {"notfree.fr", "smarthost.mondomaine.com"},
+    {"free.fr.evil.com", "smarthost.mondomaine.com"},
+    {"gmail.com", "smarthost.mondomaine.com"},
+    {"mondomaine.com", "smarthost.mondomaine.com"},
+    {"sousdomaine.mondomaine.com", "smarthost.mondomaine.com"},
+    {"x.sousdomaine.mondomaine.com", "mail.sousdomaine.mondomaine.com"},
+    {"y.x.sousdomaine.mondomaine.com", "mail.sousdomaine.mondomaine.com"},
+    {"example.org", "10.0.0.1"},
+    {"EXAMPLE.org", "10.0.0.1"},
+    {"example.org.", "10.0.0.1"},
+    {"a.example.org", "10.0.0.2"},
+    {"deep.example.org", "10.0.0.4"},	/* exact beats *.example.org */
+    {"a.deep.example.org", "10.0.0.3"}, /* longest suffix wins */
+    {"b.a.deep.example.org", "10.0.0.3"},
+    {"xdeep.example.org", "10.0.0.2"},
+    {"other.org", "10.0.0.5"},
+    {"org", "smarthost.mondomaine.com"},
+    {"", "smarthost.mondomaine.com"},
+};
+
+static void test_route_spec_example_table(void **state)
+{
+	(void)state;
+	struct route_table *t = table_of(spec_routes, COUNT_OF(spec_routes));
+
+	check_lookups(t, spec_cases, COUNT_OF(spec_cases));
+	route_table_free(t);
+}
+
+static void test_route_lookup_ignores_line_order(void **state)
+{
+	(void)state;
+	const char *reversed[COUNT_OF(spec_routes)];
+
+	for (size_t i = 0; i < COUNT_OF(spec_routes); i++)
+		reversed[i] = spec_routes[COUNT_OF(spec_routes) - 1 - i];
+	struct route_table *t = table_of(reversed, COUNT_OF(reversed));
+
+	check_lookups(t, spec_cases, COUNT_OF(spec_cases));
+	route_table_free(t);
+}
+
+static void test_route_no_wildcard_means_no_route(void **state)
+{
+	(void)state;
+	static const char *const routes[] = {
+	    "*.free.fr smtp.free.fr",
+	    "example.com mx.example.com",
+	};
+	static const struct lookup_case cases[] = {
+	    {"free.fr", NULL},
+	    {"x.free.fr", "smtp.free.fr"},
+	    {"example.com", "mx.example.com"},
+	    {"www.example.com", NULL},
+	    {"example.com.au", NULL},
+	    {"gmail.com", NULL},
+	};
+	struct route_table *t = table_of(routes, COUNT_OF(routes));
+
+	check_lookups(t, cases, COUNT_OF(cases));
+	assert_null(route_lookup(t, NULL));
+	route_table_free(t);
+}
+
+static void test_route_empty_table_has_no_route(void **state)
+{
+	(void)state;
+	struct route_table *t = route_table_new();
+
+	assert_int_equal(route_table_count(t), 0);
+	assert_null(route_lookup(t, "example.com"));
+	assert_null(route_table_get(t, 0));
+	route_table_free(t);
+}
+
+static void test_route_longest_suffix_wins(void **state)
+{
+	(void)state;
+	static const char *const routes[] = {
+	    "*.com [10.0.0.1]",
+	    "*.b.c.com [10.0.0.3]",
+	    "*.c.com [10.0.0.2]",
+	};
+	static const struct lookup_case cases[] = {
+	    {"a.b.c.com", "10.0.0.3"},
+	    {"b.c.com", "10.0.0.2"},
+	    {"x.c.com", "10.0.0.2"},
+	    {"c.com", "10.0.0.1"},
+	    {"com", NULL},
+	};
+	struct route_table *t = table_of(routes, COUNT_OF(routes));
+
+	check_lookups(t, cases, COUNT_OF(cases));
+	route_table_free(t);
+}
+
+static const struct route *add_one(struct route_table *t, const char *value)
+{
+	char err[256];
+
+	if (route_table_add(t, value, err, sizeof(err)) != 0)
+		fail_msg("route \"%s\" refused: %s", value, err);
+	return route_table_get(t, route_table_count(t) - 1);
+}
+
+static void test_route_parses_mx_target(void **state)
+{
+	(void)state;
+	struct route_table *t = route_table_new();
+	const struct route *r = add_one(t, "  *.Free.FR\t Smtp.Free.FR  ");
+
+	assert_int_equal(r->kind, ROUTE_SUFFIX);
+	assert_string_equal(r->pattern, "free.fr");
+	assert_string_equal(r->host, "smtp.free.fr");
+	assert_true(r->mx_lookup);
+	assert_false(r->host_is_ip);
+	assert_int_equal(r->port, 0);
+	assert_int_equal(r->tls, ROUTE_TLS_DEFAULT);
+	assert_null(r->auth_file);
+	assert_string_equal(r->text, "*.Free.FR\t Smtp.Free.FR");
+	route_table_free(t);
+}
+
+static void test_route_parses_bracketed_host_port_and_options(void **state)
+{
+	(void)state;
+	struct route_table *t = route_table_new();
+	const struct route *r =
+	    add_one(t, "* [smarthost.mondomaine.com]:587 tls=verify "
+		       "auth=/run/secrets/smarthost");
+
+	assert_int_equal(r->kind, ROUTE_WILDCARD);
+	assert_string_equal(r->pattern, "*");
+	assert_string_equal(r->host, "smarthost.mondomaine.com");
+	assert_false(r->mx_lookup);
+	assert_false(r->host_is_ip);
+	assert_int_equal(r->port, 587);
+	assert_int_equal(r->tls, ROUTE_TLS_VERIFY);
+	assert_string_equal(r->auth_file, "/run/secrets/smarthost");
+	route_table_free(t);
+}
+
+static void test_route_parses_ip_literals(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *value;
+		const char *host;
+		uint16_t port;
+	} cases[] = {
+	    {"a.test [1.2.3.4]", "1.2.3.4", 0},
+	    {"b.test [1.2.3.4]:2525", "1.2.3.4", 2525},
+	    {"c.test [::1]", "::1", 0},
+	    {"d.test [::1]:25", "::1", 25},
+	    {"e.test [IPv6:2001:DB8::1]", "2001:db8::1", 0},
+	    {"f.test [ipv6:2001:db8::1]:465", "2001:db8::1", 465},
+	    {"g.test [IPv6:::ffff:1.2.3.4]", "::ffff:1.2.3.4", 0},
+	};
+	struct route_table *t = route_table_new();
+
+	for (size_t i = 0; i < COUNT_OF(cases); i++) {
+		const struct route *r = add_one(t, cases[i].value);
+
+		assert_string_equal(r->host, cases[i].host);
+		assert_true(r->host_is_ip);
+		assert_false(r->mx_lookup);
+		assert_int_equal(r->port, cases[i].port);
+	}
+	route_table_free(t);
+}
+
+static void test_route_parses_every_tls_value(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *value;
+		enum route_tls tls;
+	} cases[] = {
+	    {"a.test mx.test tls=none", ROUTE_TLS_NONE},
+	    {"b.test mx.test tls=may", ROUTE_TLS_MAY},
+	    {"c.test mx.test tls=encrypt", ROUTE_TLS_ENCRYPT},
+	    {"d.test mx.test tls=verify", ROUTE_TLS_VERIFY},
+	    {"e.test mx.test", ROUTE_TLS_DEFAULT},
+	    {"f.test mx.test:2525 auth=/x tls=none", ROUTE_TLS_NONE},
+	};
+	struct route_table *t = route_table_new();
+
+	for (size_t i = 0; i < COUNT_OF(cases); i++)
+		assert_int_equal(add_one(t, cases[i].value)->tls, cases[i].tls);
+	route_table_free(t);
+}
+
+static void test_route_accepts_trailing_dots(void **state)
+{
+	(void)state;
+	struct route_table *t = route_table_new();
+	const struct route *r = add_one(t, "example.com. mx.example.com.:26");
+
+	assert_string_equal(r->pattern, "example.com");
+	assert_string_equal(r->host, "mx.example.com");
+	assert_int_equal(r->port, 26);
+	r = add_one(t, "*.example.net. [relay.example.net.]");
+	assert_string_equal(r->pattern, "example.net");
+	assert_string_equal(r->host, "relay.example.net");
+	route_table_free(t);
+}
+
+static void test_route_rejects_invalid_values(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *value;
+		const char *reason; /* a part of the message */
+	} cases[] = {
+	    {"", "empty"},
+	    {"   ", "empty"},
+	    {"example.com", "missing target"},
+	    {"*.", "invalid pattern"},
+	    {"*", "missing target"},
+	    {"**.example.com mx", "invalid pattern"},
+	    {"*example.com mx", "invalid pattern"},
+	    {"a.*.com mx", "invalid pattern"},
+	    {"exa_mple.com mx", "invalid pattern"},
+	    {"-example.com mx", "invalid pattern"},
+	    {"example-.com mx", "invalid pattern"},
+	    {"example..com mx", "invalid pattern"},
+	    {".example.com mx", "invalid pattern"},
+	    {"example.com [host", "bad target"},
+	    {"example.com host]", "bad target"},
+	    {"example.com []", "bad target"},
+	    {"example.com [IPv6:1.2.3.4]", "bad target"},
+	    {"example.com [IPv6:nothost]", "bad target"},
+	    {"example.com [1.2.3.4]x", "bad target"},
+	    {"example.com [bad_host]", "bad target"},
+	    {"example.com 1.2.3.4", "brackets"},
+	    {"example.com mx:0", "invalid port"},
+	    {"example.com mx:65536", "invalid port"},
+	    {"example.com mx:", "invalid port"},
+	    {"example.com mx:25x", "invalid port"},
+	    {"example.com mx:-25", "invalid port"},
+	    {"example.com [1.2.3.4]:99999", "invalid port"},
+	    {"example.com ::1", "bad target"},
+	    {"example.com mx tls=maybe", "invalid tls"},
+	    {"example.com mx tls=", "invalid tls"},
+	    {"example.com mx tls=VERIFY", "invalid tls"},
+	    {"example.com mx tls=none tls=may", "duplicate option"},
+	    {"example.com mx auth=", "missing file"},
+	    {"example.com mx auth=/a auth=/b", "duplicate option"},
+	    {"example.com mx port=25", "unknown option"},
+	    {"example.com mx extra", "unknown option"},
+	};
+	struct route_table *t = route_table_new();
+
+	for (size_t i = 0; i < COUNT_OF(cases); i++) {
+		char err[256] = "untouched";
+
+		if (route_table_add(t, cases[i].value, err, sizeof(err)) == 0)
+			fail_msg("\"%s\" was accepted", cases[i].value);
+		if (strstr(err, cases[i].reason) == NULL)
+			fail_msg("\"%s\": error \"%s\" lacks \"%s\"",
+				 cases[i].value, err, cases[i].reason);
+	}
+	assert_int_equal(route_table_count(t), 0);
+	route_table_free(t);
+}
+
+static void test_route_error_quotes_the_offending_text(void **state)
+{
+	(void)state;
+	struct route_table *t = route_table_new();
+	char err[256];
+
+	assert_int_equal(
+	    route_table_add(t, "example.com [host", err, sizeof(err)), -1);
+	assert_string_equal(err, "bad target \"[host\"");
+	route_table_free(t);
+}
+
+static void test_route_rejects_duplicate_patterns(void **state)
+{
+	(void)state;
+	struct route_table *t = route_table_new();
+	char err[256];
+
+	add_one(t, "*.free.fr smtp.free.fr");
+	add_one(t, "free.fr mx.free.fr"); /* another pattern: exact */
+	add_one(t, "* [relay.test]");
+	assert_int_equal(
+	    route_table_add(t, "*.FREE.fr. other.test", err, sizeof(err)), -1);
+	assert_string_equal(err, "duplicate pattern \"*.free.fr\"");
+	assert_int_equal(
+	    route_table_add(t, "Free.Fr other.test", err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "duplicate pattern"));
+	assert_int_equal(route_table_add(t, "* other.test", err, sizeof(err)),
+			 -1);
+	assert_string_equal(err, "duplicate pattern \"*\"");
+	assert_int_equal(route_table_count(t), 3);
+	route_table_free(t);
+}
+
+static void test_route_small_error_buffer_is_bounded(void **state)
+{
+	(void)state;
+	struct route_table *t = route_table_new();
+	char err[8];
+
+	memset(err, 'x', sizeof(err));
+	assert_int_equal(route_table_add(t, "example.com [hostname-too-long",
+					 err, sizeof(err)),
+			 -1);
+	assert_int_equal(err[sizeof(err) - 1], '\0');
+	assert_int_equal(route_table_add(t, "bad_pattern mx", NULL, 0), -1);
+	route_table_free(t);
+}
+
+static void test_route_label_and_name_lengths(void **state)
+{
+	(void)state;
+	struct route_table *t = route_table_new();
+	char value[600];
+	char label[70];
+	char err[256];
+
+	memset(label, 'a', 63);
+	label[63] = '\0';
+	snprintf(value, sizeof(value), "%s.test mx.test", label);
+	assert_int_equal(route_table_add(t, value, err, sizeof(err)), 0);
+	label[63] = 'a';
+	label[64] = '\0';
+	snprintf(value, sizeof(value), "%s.test mx.test", label);
+	assert_int_equal(route_table_add(t, value, err, sizeof(err)), -1);
+
+	/* 254 octets: one more than a domain may hold */
+	memset(value, 0, sizeof(value));
+	for (size_t i = 0; i < 254; i++)
+		value[i] = (i % 2) ? '.' : 'a';
+	value[253] = 'a';
+	memcpy(value + 254, " mx.test", 9);
+	assert_int_equal(route_table_add(t, value, err, sizeof(err)), -1);
+	value[252] = '\0'; /* 252 octets ending in a label */
+	value[251] = 'a';
+	strcat(value, " mx.test");
+	assert_int_equal(route_table_add(t, value, err, sizeof(err)), 0);
+	route_table_free(t);
+}
+
+static void test_route_many_routes(void **state)
+{
+	(void)state;
+	struct route_table *t = route_table_new();
+	char value[64];
+	char err[256];
+
+	for (int i = 0; i < 500; i++) {
+		snprintf(value, sizeof(value), "*.d%d.test [10.0.%d.%d]", i,
+			 i / 256, i % 256);
+		assert_int_equal(route_table_add(t, value, err, sizeof(err)),
+				 0);
+	}
+	assert_int_equal(route_table_count(t), 500);
+	assert_string_equal(route_lookup(t, "x.d321.test")->host, "10.0.1.65");
+	assert_null(route_lookup(t, "d321.test"));
+	route_table_free(t);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_route_spec_example_table),
+	    cmocka_unit_test(test_route_lookup_ignores_line_order),
+	    cmocka_unit_test(test_route_no_wildcard_means_no_route),
+	    cmocka_unit_test(test_route_empty_table_has_no_route),
+	    cmocka_unit_test(test_route_longest_suffix_wins),
+	    cmocka_unit_test(test_route_parses_mx_target),
+	    cmocka_unit_test(test_route_parses_bracketed_host_port_and_options),
+	    cmocka_unit_test(test_route_parses_ip_literals),
+	    cmocka_unit_test(test_route_parses_every_tls_value),
+	    cmocka_unit_test(test_route_accepts_trailing_dots),
+	    cmocka_unit_test(test_route_rejects_invalid_values),
+	    cmocka_unit_test(test_route_error_quotes_the_offending_text),
+	    cmocka_unit_test(test_route_rejects_duplicate_patterns),
+	    cmocka_unit_test(test_route_small_error_buffer_is_bounded),
+	    cmocka_unit_test(test_route_label_and_name_lengths),
+	    cmocka_unit_test(test_route_many_routes),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -38,8 +38,10 @@ struct bound {
 
 struct listener {
 	struct server *srv;
-	struct bound *bound;
+	struct bound **bound; /* each its own allocation: accept callbacks
+	                         hold a pointer to it */
 	size_t bound_count;
+	bool enabled;
 	unsigned active;
 	struct ip_count *buckets[IP_BUCKETS];
 	struct event *resume; /* re-enables accepting after EMFILE */
@@ -155,6 +157,7 @@ static void on_accept_error(struct evconnlistener *ev, void *arg)
 	log_event(LOG_LEVEL_ERROR, "accept_error", LOG_S("listen", b->text),
 	          LOG_S("reason", strerror(err)));
 	listener_disable(l);
+	l->enabled = true; /* on_resume turns it back on */
 	struct timeval second = {1, 0};
 	evtimer_add(l->resume, &second);
 }
@@ -181,6 +184,44 @@ static int bind_one(const struct listen_addr *la, char *err, size_t errlen)
 	return fd;
 }
 
+static struct bound *bound_new(struct listener *l, const struct listen_addr *la,
+                               char *err, size_t errlen)
+{
+	int fd = bind_one(la, err, errlen);
+	if (fd == -1)
+		return NULL;
+	struct bound *b = calloc(1, sizeof *b);
+	if (b == NULL || (b->text = strdup(la->text)) == NULL) {
+		close(fd);
+		free(b);
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	b->owner = l;
+	b->mode = la->mode;
+	b->ev = evconnlistener_new(l->srv->base, on_accept, b,
+	                           LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC |
+	                                   LEV_OPT_DISABLED,
+	                           -1, fd);
+	if (b->ev == NULL) {
+		close(fd);
+		free(b->text);
+		free(b);
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	evconnlistener_set_error_cb(b->ev, on_accept_error);
+	log_event(LOG_LEVEL_INFO, "listening", LOG_S("listen", la->text));
+	return b;
+}
+
+static void bound_free(struct bound *b)
+{
+	evconnlistener_free(b->ev);
+	free(b->text);
+	free(b);
+}
+
 struct listener *listener_new(struct server *srv, char *err, size_t errlen)
 {
 	const struct config *cfg = srv->cfg;
@@ -194,27 +235,10 @@ struct listener *listener_new(struct server *srv, char *err, size_t errlen)
 	if (l->bound == NULL || l->resume == NULL)
 		goto nomem;
 	for (size_t i = 0; i < cfg->listen_count; i++) {
-		const struct listen_addr *la = &cfg->listen[i];
-		int fd = bind_one(la, err, errlen);
-		if (fd == -1)
+		struct bound *b = bound_new(l, &cfg->listen[i], err, errlen);
+		if (b == NULL)
 			goto fail;
-		struct bound *b = &l->bound[l->bound_count];
-		b->owner = l;
-		b->mode = la->mode;
-		b->text = strdup(la->text);
-		b->ev = evconnlistener_new(srv->base, on_accept, b,
-		                           LEV_OPT_CLOSE_ON_FREE |
-		                                   LEV_OPT_CLOSE_ON_EXEC |
-		                                   LEV_OPT_DISABLED,
-		                           -1, fd);
-		if (b->ev == NULL || b->text == NULL) {
-			close(fd);
-			free(b->text);
-			goto nomem;
-		}
-		evconnlistener_set_error_cb(b->ev, on_accept_error);
-		l->bound_count++;
-		log_event(LOG_LEVEL_INFO, "listening", LOG_S("listen", la->text));
+		l->bound[l->bound_count++] = b;
 	}
 	return l;
 nomem:
@@ -224,16 +248,74 @@ fail:
 	return NULL;
 }
 
+/* Is this entry (by its text, which names address, port and mode) in
+ * the configuration? */
+static const struct listen_addr *configured(const struct config *cfg,
+                                            const char *text)
+{
+	for (size_t i = 0; i < cfg->listen_count; i++)
+		if (strcmp(cfg->listen[i].text, text) == 0)
+			return &cfg->listen[i];
+	return NULL;
+}
+
+void listener_reload(struct listener *l)
+{
+	const struct config *cfg = l->srv->cfg;
+	/* Entries gone from the configuration stop; sessions they
+	 * accepted go on. */
+	size_t kept = 0;
+	for (size_t i = 0; i < l->bound_count; i++) {
+		if (configured(cfg, l->bound[i]->text) != NULL) {
+			l->bound[kept++] = l->bound[i];
+			continue;
+		}
+		log_event(LOG_LEVEL_INFO, "unlistening",
+		          LOG_S("listen", l->bound[i]->text));
+		bound_free(l->bound[i]);
+	}
+	l->bound_count = kept;
+	struct bound **grown = realloc(
+		l->bound, (kept + cfg->listen_count + 1) * sizeof *l->bound);
+	if (grown == NULL) {
+		log_event(LOG_LEVEL_ERROR, "listen_error",
+		          LOG_S("reason", "out of memory"));
+		return;
+	}
+	l->bound = grown;
+	for (size_t i = 0; i < cfg->listen_count; i++) {
+		bool have = false;
+		for (size_t j = 0; j < l->bound_count && !have; j++)
+			have = strcmp(l->bound[j]->text, cfg->listen[i].text) == 0;
+		if (have)
+			continue;
+		char err[512];
+		struct bound *b = bound_new(l, &cfg->listen[i], err, sizeof err);
+		if (b == NULL) {
+			/* Privileges may be gone: a low port needs a restart. */
+			log_event(LOG_LEVEL_ERROR, "listen_error",
+			          LOG_S("listen", cfg->listen[i].text),
+			          LOG_S("reason", err));
+			continue;
+		}
+		l->bound[l->bound_count++] = b;
+		if (l->enabled)
+			evconnlistener_enable(b->ev);
+	}
+}
+
 void listener_enable(struct listener *l)
 {
+	l->enabled = true;
 	for (size_t i = 0; i < l->bound_count; i++)
-		evconnlistener_enable(l->bound[i].ev);
+		evconnlistener_enable(l->bound[i]->ev);
 }
 
 void listener_disable(struct listener *l)
 {
+	l->enabled = false;
 	for (size_t i = 0; i < l->bound_count; i++)
-		evconnlistener_disable(l->bound[i].ev);
+		evconnlistener_disable(l->bound[i]->ev);
 }
 
 void listener_release(struct listener *l, const struct sockaddr *addr)
@@ -255,10 +337,8 @@ void listener_free(struct listener *l)
 {
 	if (l == NULL)
 		return;
-	for (size_t i = 0; i < l->bound_count; i++) {
-		evconnlistener_free(l->bound[i].ev);
-		free(l->bound[i].text);
-	}
+	for (size_t i = 0; i < l->bound_count; i++)
+		bound_free(l->bound[i]);
 	free(l->bound);
 	for (size_t i = 0; i < IP_BUCKETS; i++) {
 		while (l->buckets[i] != NULL) {

@@ -109,12 +109,20 @@ static void usage(void)
 	fprintf(stderr, "usage: facteurd [-n] [-V] [-c FILE]\n");
 }
 
-/* SIGHUP: a new configuration replaces the old one only if it is whole. */
-static void on_reload(evutil_socket_t sig, short what, void *arg)
+static bool dns_settings_equal(const struct config *a, const struct config *b)
 {
-	(void)sig;
-	(void)what;
-	(void)arg;
+	if (a->dns_from_resolv_conf != b->dns_from_resolv_conf ||
+	    a->dns_server_count != b->dns_server_count)
+		return false;
+	for (size_t i = 0; i < a->dns_server_count; i++)
+		if (strcmp(a->dns_servers[i].text, b->dns_servers[i].text) != 0)
+			return false;
+	return true;
+}
+
+/* A new configuration replaces the old one only if it is whole. */
+static int reload_settings(void)
+{
 	struct settings st;
 	struct config_errors errors = {0};
 	if (settings_load(&st, &errors) == -1) {
@@ -124,8 +132,20 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
 		log_event(LOG_LEVEL_ERROR, "reload_failed",
 		          LOG_S("reason", "configuration kept as it was"));
 		config_errors_clear(&errors);
-		return;
+		return -1;
 	}
+	char err[512];
+	SSL_CTX *client = tls_client_context(st.cfg->tls_ca_file, err, sizeof err);
+	if (client == NULL)
+		log_event(LOG_LEVEL_WARN, "tls_error", LOG_S("reason", err));
+	if (!dns_settings_equal(srv.cfg, st.cfg))
+		log_event(LOG_LEVEL_WARN, "reload",
+		          LOG_S("reason", "dns_servers changes take effect at "
+		                          "the next start"));
+	/* Attempts under way hold their own reference to the old context. */
+	if (srv.tls_client != NULL)
+		SSL_CTX_free(srv.tls_client);
+	srv.tls_client = client;
 	struct settings old = {srv.cfg, srv.users, srv.policy, srv.tls_server};
 	srv.cfg = st.cfg;
 	srv.users = st.users;
@@ -133,9 +153,18 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
 	srv.tls_server = st.tls_server;
 	settings_free(&old);
 	log_setup(srv.cfg->log_format, srv.cfg->log_level);
+	listener_reload(srv.listener);
 	log_event(LOG_LEVEL_INFO, "reloaded",
 	          LOG_S("config", srv.cfg->source ? srv.cfg->source : ""));
-	scheduler_flush(srv.scheduler);
+	return 0;
+}
+
+static void on_reload(evutil_socket_t sig, short what, void *arg)
+{
+	(void)sig;
+	(void)what;
+	(void)arg;
+	reload_settings();
 }
 
 static void on_drain_check(evutil_socket_t fd, short what, void *arg)
@@ -273,6 +302,7 @@ int main(int argc, char **argv)
 	srv.users = st.users;
 	srv.policy = st.policy;
 	srv.tls_server = st.tls_server;
+	srv.reload = reload_settings;
 	log_setup(srv.cfg->log_format, srv.cfg->log_level);
 	raise_fd_limit();
 	signal(SIGPIPE, SIG_IGN);

@@ -54,7 +54,7 @@ struct queued {
 	bool *busy;          /* per recipient: attempt or record in flight */
 	unsigned in_flight;  /* attempts, DSNs and records of this message */
 	bool recovered;      /* found at start-up: deliveries check first */
-	bool delay_notice_pending;
+	bool deleted;        /* facteurctl delete: removed once idle */
 	struct event *timer; /* the next deferred recipient is due */
 };
 
@@ -188,10 +188,11 @@ static void queued_free(struct queued *q)
 	free(q);
 }
 
-/* Forget a message once all its recipients are done and recorded. */
+/* Forget a message once all its recipients are done and recorded (or
+ * it was deleted) and nothing of it is in flight. */
 static bool queued_finish_if_done(struct queued *q)
 {
-	if (q->in_flight > 0 || !spool_envelope_done(q->env))
+	if (q->in_flight > 0 || (!q->deleted && !spool_envelope_done(q->env)))
 		return false;
 	log_event(LOG_LEVEL_DEBUG, "removed", LOG_S("queue_id", q->env->id));
 	spool_remove(q->sched->srv->spool, q->env->id);
@@ -1093,7 +1094,7 @@ static void queued_run(struct queued *q)
 	time_t now = time(NULL);
 	time_t next = 0;
 
-	if (sched->stopping)
+	if (sched->stopping || q->deleted)
 		return;
 	size_t *remote = malloc(q->env->rcpt_count * sizeof *remote);
 	if (remote == NULL)
@@ -1258,4 +1259,141 @@ bool scheduler_idle(const struct scheduler *sched)
 size_t scheduler_queue_size(const struct scheduler *sched)
 {
 	return sched->count;
+}
+
+/* ---- for the control socket ---- */
+
+static int compare_age(const void *a, const void *b)
+{
+	const struct queued *x = *(const struct queued *const *)a;
+	const struct queued *y = *(const struct queued *const *)b;
+	if (x->env->arrival != y->env->arrival)
+		return x->env->arrival < y->env->arrival ? -1 : 1;
+	return strcmp(x->env->id, y->env->id);
+}
+
+void scheduler_foreach(const struct scheduler *sched, scheduler_visit_cb visit,
+                       void *arg)
+{
+	if (sched->count == 0)
+		return;
+	const struct queued **all = malloc(sched->count * sizeof *all);
+	if (all == NULL)
+		return;
+	size_t n = 0;
+	for (const struct queued *q = sched->messages; q != NULL; q = q->next)
+		if (!q->deleted)
+			all[n++] = q;
+	qsort(all, n, sizeof *all, compare_age);
+	for (size_t i = 0; i < n; i++)
+		visit(all[i]->env, arg);
+	free(all);
+}
+
+static struct queued *find(const struct scheduler *sched, const char *id)
+{
+	for (struct queued *q = sched->messages; q != NULL; q = q->next)
+		if (!q->deleted && strcmp(q->env->id, id) == 0)
+			return q;
+	return NULL;
+}
+
+const struct spool_envelope *scheduler_find(const struct scheduler *sched,
+                                            const char *id)
+{
+	struct queued *q = find(sched, id);
+	return q ? q->env : NULL;
+}
+
+int scheduler_flush_one(struct scheduler *sched, const char *id)
+{
+	struct queued *q = find(sched, id);
+	if (q == NULL)
+		return -1;
+	time_t now = time(NULL);
+	for (size_t i = 0; i < q->env->rcpt_count; i++)
+		if (q->env->rcpts[i].state == RCPT_DEFERRED)
+			q->env->rcpts[i].next_attempt = now;
+	queued_run(q);
+	return 0;
+}
+
+static void delete_one(struct queued *q)
+{
+	q->deleted = true;
+	log_event(LOG_LEVEL_INFO, "deleted", LOG_S("queue_id", q->env->id),
+	          LOG_S("from", q->env->sender));
+	queued_finish_if_done(q);
+}
+
+int scheduler_delete(struct scheduler *sched, const char *id)
+{
+	struct queued *q = find(sched, id);
+	if (q == NULL)
+		return -1;
+	delete_one(q);
+	return 0;
+}
+
+size_t scheduler_delete_all(struct scheduler *sched)
+{
+	size_t n = 0;
+	for (struct queued *q = sched->messages; q != NULL;) {
+		struct queued *next = q->next;
+		if (!q->deleted) {
+			delete_one(q);
+			n++;
+		}
+		q = next;
+	}
+	return n;
+}
+
+int scheduler_bounce(struct scheduler *sched, const char *id)
+{
+	struct queued *q = find(sched, id);
+	if (q == NULL)
+		return -1;
+	const struct config *cfg = sched->srv->cfg;
+	size_t *now_bounced = malloc((q->env->rcpt_count + 1) * sizeof(size_t));
+	if (now_bounced == NULL)
+		return -1;
+	size_t n = 0;
+	for (size_t i = 0; i < q->env->rcpt_count; i++) {
+		struct spool_rcpt *r = &q->env->rcpts[i];
+		if (q->busy[i] || r->state == RCPT_DELIVERED ||
+		    r->state == RCPT_BOUNCED)
+			continue;
+		q->busy[i] = true;
+		set_outcome(cfg, q, r, RCPT_BOUNCED, "5.0.0",
+		            "bounced by the administrator");
+		r->attempts--; /* not a delivery attempt */
+		count_outcome(RCPT_BOUNCED);
+		log_outcome("bounced", q, r, r->local ? "mailbox" : "relay", "");
+		now_bounced[n++] = i;
+	}
+	if (n > 0)
+		settle(q, now_bounced, n, false, NULL, 0);
+	free(now_bounced);
+	return 0;
+}
+
+int scheduler_pickup(struct scheduler *sched, const char *id)
+{
+	for (struct queued *q = sched->messages; q != NULL; q = q->next)
+		if (strcmp(q->env->id, id) == 0) {
+			errno = EEXIST;
+			return -1;
+		}
+	struct spool_envelope *env = spool_load(sched->srv->spool, id);
+	if (env == NULL)
+		return -1;
+	log_event(LOG_LEVEL_INFO, "accepted", LOG_S("queue_id", env->id),
+	          LOG_S("from", env->sender), LOG_I("size", env->size),
+	          LOG_I("nrcpt", env->rcpt_count),
+	          LOG_S("client", env->client_addr),
+	          LOG_S("protocol", env->protocol));
+	metrics.messages_accepted_total++;
+	scheduler_add(sched, env, false);
+	return 0;
 }

@@ -1465,6 +1465,49 @@ unreadable:
 	spool_envelope_free(env);
 }
 
+struct spool_envelope *spool_load(struct spool *spool, const char *id)
+{
+	char name[SPOOL_ID_LEN + 5];
+	struct spool_envelope *env = NULL;
+	char *text = NULL;
+	size_t len, valid_len;
+	uint64_t wire_size = 0;
+	bool has_wire = false;
+	struct stat st;
+
+	if (!id_valid(id, strlen(id))) {
+		errno = ENOENT;
+		return NULL;
+	}
+	file_name(name, id, ".env");
+	int fd = openat(spool->queue_fd, name, O_RDONLY | O_CLOEXEC);
+	if (fd == -1)
+		return NULL;
+	int rc = read_file(fd, &text, &len);
+	close_fd(fd);
+	if (rc == -1)
+		return NULL;
+	env = calloc(1, sizeof *env);
+	if (env == NULL ||
+	    envelope_parse(text, len, env, &valid_len, &wire_size, &has_wire) !=
+	            PARSE_OK) {
+		free(text);
+		spool_envelope_free(env);
+		errno = EINVAL;
+		return NULL;
+	}
+	free(text);
+	file_name(name, id, ".msg");
+	if (fstatat(spool->queue_fd, name, &st, AT_SYMLINK_NOFOLLOW) == -1 ||
+	    (has_wire && (uint64_t)st.st_size != wire_size)) {
+		spool_envelope_free(env);
+		errno = ENOENT;
+		return NULL;
+	}
+	memcpy(env->id, id, sizeof env->id);
+	return env;
+}
+
 /* Classify a directory entry: an id-named .env or .msg file, something
  * to skip (a directory), or a leftover to remove. */
 static int entry_kind_of(const struct spool *spool, const struct dirent *de,

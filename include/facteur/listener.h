@@ -18,6 +18,10 @@ struct listener;
 struct listener *listener_new(struct server *srv, char *err, size_t errlen);
 /* Start accepting (after privileges are dropped). */
 void listener_enable(struct listener *l);
+/* After a reload: stop the entries no longer configured, bind the new
+ * ones (errors are logged; a port below 1024 after privileges were
+ * dropped needs a restart). */
+void listener_reload(struct listener *l);
 /* Stop accepting new connections (SIGTERM). */
 void listener_disable(struct listener *l);
 void listener_free(struct listener *l);

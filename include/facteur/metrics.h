@@ -27,4 +27,15 @@ extern struct metrics metrics;
  * length (truncated to len - 1 if it does not fit). */
 size_t metrics_format(char *buf, size_t len);
 
+struct event_base;
+struct metrics_http;
+struct listen_addr;
+
+/* Serve GET /metrics with evhttp on one address; NULL with err filled
+ * when it cannot be bound. */
+struct metrics_http *metrics_http_new(struct event_base *base,
+                                      const struct listen_addr *addr,
+                                      char *err, size_t errlen);
+void metrics_http_free(struct metrics_http *http);
+
 #endif

@@ -31,6 +31,38 @@ bool scheduler_idle(const struct scheduler *sched);
 
 size_t scheduler_queue_size(const struct scheduler *sched);
 
+/* ---- for the control socket (facteurctl) ---- */
+
+/* Call `visit` for every queued message, oldest first; the envelope is
+ * only valid during the call. */
+typedef void (*scheduler_visit_cb)(const struct spool_envelope *env,
+                                   void *arg);
+void scheduler_foreach(const struct scheduler *sched, scheduler_visit_cb visit,
+                       void *arg);
+
+/* The envelope of a queued message, or NULL. Valid until the loop runs
+ * again. */
+const struct spool_envelope *scheduler_find(const struct scheduler *sched,
+                                            const char *id);
+
+/* Retry the deferred recipients of one message now. -1: no such id. */
+int scheduler_flush_one(struct scheduler *sched, const char *id);
+
+/* Remove a message from the queue and the spool without a DSN; its
+ * recipients in flight finish first. -1: no such id. */
+int scheduler_delete(struct scheduler *sched, const char *id);
+/* Every message; returns how many. */
+size_t scheduler_delete_all(struct scheduler *sched);
+
+/* Give up now: every recipient not done is bounced ("5.0.0", "bounced by
+ * the administrator") and the sender gets a DSN. -1: no such id. */
+int scheduler_bounce(struct scheduler *sched, const char *id);
+
+/* A message written into the spool by another process (facteur-sendmail)
+ * joins the queue: its envelope is read from disk. 0, or -1 with errno
+ * (ENOENT: no such message; EEXIST: already queued). */
+int scheduler_pickup(struct scheduler *sched, const char *id);
+
 /* The backoff before attempt number `attempts` + 1, without jitter:
  * retry_min * 2^(attempts - 1), at most retry_max. */
 unsigned scheduler_backoff(unsigned retry_min, unsigned retry_max,

@@ -34,6 +34,9 @@ struct server {
 	SSL_CTX *tls_server; /* NULL without tls_cert/tls_key */
 	SSL_CTX *tls_client;
 	bool stopping; /* SIGTERM seen: finish what is in flight, exit */
+	/* Re-read the configuration (SIGHUP, facteurctl reload); 0 when the
+	 * new one is in effect, -1 when it was refused (errors logged). */
+	int (*reload)(void);
 };
 
 #endif

@@ -139,6 +139,12 @@ struct spool_recovery {
 };
 const struct spool_recovery *spool_last_recovery(const struct spool *spool);
 
+/* Read one committed message's envelope (and its records) from disk, as
+ * recovery would: for a message another process (facteur-sendmail)
+ * committed. NULL with errno: ENOENT (no such message, or its message
+ * file does not match), EINVAL (envelope malformed or incomplete). */
+struct spool_envelope *spool_load(struct spool *spool, const char *id);
+
 /* A new unique queue id into buf (SPOOL_ID_LEN + 1 octets). */
 void spool_new_id(struct spool *spool, char *buf);
 

@@ -1867,8 +1867,8 @@ static const struct {
 	bool in_effect;
 	bool (*changed)(const struct config *cfg); /* left its default? */
 } pending_keys[] = {
-    {"pop3_listen", false, pop3_listen_set},
-    {"metrics_listen", false, metrics_listen_set},
+    {"pop3_listen", true, pop3_listen_set},
+    {"metrics_listen", true, metrics_listen_set},
     {"tls_cert", true, tls_cert_set},
     {"tls_key", true, tls_key_set},
     {"tls_ca_file", true, tls_ca_file_set},

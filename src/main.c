@@ -22,6 +22,7 @@
 
 #include "facteur/auth.h"
 #include "facteur/config.h"
+#include "facteur/control.h"
 #include "facteur/deliver.h"
 #include "facteur/dns.h"
 #include "facteur/iothread.h"
@@ -29,6 +30,7 @@
 #include "facteur/log.h"
 #include "facteur/metrics.h"
 #include "facteur/policy.h"
+#include "facteur/pop3.h"
 #include "facteur/scheduler.h"
 #include "facteur/server.h"
 #include "facteur/smtp_session.h"
@@ -49,6 +51,9 @@ struct settings {
 };
 
 static struct server srv;
+static struct pop3_server *pop3;
+static struct control *control;
+static struct metrics_http *metrics_http;
 static const char *config_path;
 static struct event *drain_check;
 static struct event *drain_limit;
@@ -172,8 +177,8 @@ static void on_drain_check(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	(void)arg;
-	if (smtp_sessions_count() == 0 && scheduler_idle(srv.scheduler) &&
-	    iothread_pending(srv.io) == 0) {
+	if (smtp_sessions_count() == 0 && pop3_sessions_count(pop3) == 0 &&
+	    scheduler_idle(srv.scheduler) && iothread_pending(srv.io) == 0) {
 		event_base_loopexit(srv.base, NULL);
 		return;
 	}
@@ -205,6 +210,8 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
 	          LOG_S("signal", sig == SIGINT ? "INT" : "TERM"),
 	          LOG_I("sessions", smtp_sessions_count()));
 	listener_disable(srv.listener);
+	pop3_server_disable(pop3);
+	pop3_server_shutdown(pop3);
 	smtp_sessions_shutdown();
 	scheduler_stop(srv.scheduler);
 	drain_check = evtimer_new(srv.base, on_drain_check, NULL);
@@ -318,6 +325,20 @@ int main(int argc, char **argv)
 		log_event(LOG_LEVEL_ERROR, "startup_error", LOG_S("reason", err));
 		return EXIT_STARTUP;
 	}
+	pop3 = pop3_server_new(&srv, err, sizeof err);
+	if (pop3 == NULL) {
+		log_event(LOG_LEVEL_ERROR, "startup_error", LOG_S("reason", err));
+		return EXIT_STARTUP;
+	}
+	if (srv.cfg->metrics_listen != NULL) {
+		metrics_http = metrics_http_new(srv.base, srv.cfg->metrics_listen,
+		                                err, sizeof err);
+		if (metrics_http == NULL) {
+			log_event(LOG_LEVEL_ERROR, "startup_error",
+			          LOG_S("reason", err));
+			return EXIT_STARTUP;
+		}
+	}
 	if (drop_privileges(srv.cfg) == -1)
 		return EXIT_STARTUP;
 	srv.io = iothread_new(srv.base);
@@ -339,6 +360,11 @@ int main(int argc, char **argv)
 	srv.scheduler = scheduler_new(&srv);
 	if (srv.scheduler == NULL)
 		fatal("out of memory");
+	control = control_new(&srv, err, sizeof err);
+	if (control == NULL) {
+		log_event(LOG_LEVEL_ERROR, "startup_error", LOG_S("reason", err));
+		return EXIT_STARTUP;
+	}
 	long found = spool_recover(srv.spool, on_recovered, NULL);
 	if (found < 0) {
 		log_event(LOG_LEVEL_ERROR, "startup_error",
@@ -363,6 +389,7 @@ int main(int argc, char **argv)
 		fatal("cannot install signal handlers");
 
 	listener_enable(srv.listener);
+	pop3_server_enable(pop3);
 	log_event(LOG_LEVEL_INFO, "started", LOG_S("version", FACTEUR_VERSION),
 	          LOG_S("hostname", srv.cfg->hostname),
 	          LOG_I("queued", found));
@@ -377,6 +404,9 @@ int main(int argc, char **argv)
 		event_free(drain_check);
 	if (drain_limit != NULL)
 		event_free(drain_limit);
+	control_free(control);
+	metrics_http_free(metrics_http);
+	pop3_server_free(pop3);
 	scheduler_free(srv.scheduler);
 	dns_free(srv.dns);
 	if (srv.tls_client != NULL)

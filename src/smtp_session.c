@@ -77,6 +77,7 @@ enum smtp_state {
 	SMTP_STATE_DATA,       /* reading DATA content up to CRLF.CRLF */
 	SMTP_STATE_BDAT,       /* reading the octets of a BDAT chunk */
 	SMTP_STATE_COMMITTING, /* waiting for the spool; input waits */
+	SMTP_STATE_STARTTLS,   /* the 220 drains; then the handshake */
 	SMTP_STATE_CLOSING,    /* flushing the last replies */
 };
 
@@ -87,6 +88,7 @@ static const char *const state_names[] = {
 	[SMTP_STATE_DATA] = "data",
 	[SMTP_STATE_BDAT] = "bdat",
 	[SMTP_STATE_COMMITTING] = "committing",
+	[SMTP_STATE_STARTTLS] = "starttls",
 	[SMTP_STATE_CLOSING] = "closing",
 };
 
@@ -340,32 +342,54 @@ static void cmd_starttls(struct smtp_session *s, const struct smtp_command *cmd)
 		reply_error(s, 503, ESC_BAD_COMMAND, "TLS already active");
 		return;
 	}
-	SSL *ssl = s->srv->tls_server ? SSL_new(s->srv->tls_server) : NULL;
-	if (ssl == NULL) {
+	if (s->srv->tls_server == NULL) {
 		reply(s, "454 %s TLS not available", ESC_TLS_UNAVAILABLE);
 		return;
 	}
 	reply(s, "220 %s Ready to start TLS", ESC_OK);
 	/* Whatever the client pipelined after STARTTLS came in the clear
-	 * and must not be read as if it were protected. */
+	 * and must not be read as if it were protected; nothing more is
+	 * read until the handshake. */
 	struct evbuffer *in = bufferevent_get_input(s->bev);
 	evbuffer_drain(in, evbuffer_get_length(in));
-	struct bufferevent *tls = bufferevent_openssl_filter_new(
-		s->srv->base, s->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
-		BEV_OPT_CLOSE_ON_FREE);
-	if (tls == NULL) {
-		SSL_free(ssl);
-		session_close(s);
+	bufferevent_disable(s->bev, EV_READ);
+	enter_state(s, SMTP_STATE_STARTTLS);
+}
+
+/* The 220 is out: the same socket goes on under TLS. A socket-based TLS
+ * bufferevent (not a filter over the plain one) writes to the socket
+ * itself, so the last reply before a close is never lost. */
+static void starttls_begin(struct smtp_session *s)
+{
+	SSL *ssl = SSL_new(s->srv->tls_server);
+	evutil_socket_t fd = bufferevent_getfd(s->bev);
+	if (ssl == NULL || fd < 0) {
+		if (ssl != NULL)
+			SSL_free(ssl);
+		session_free(s);
 		return;
 	}
-	bufferevent_openssl_set_allow_dirty_shutdown(tls, 1);
-	s->bev = tls;
+	/* Detach the descriptor so that freeing the plain bufferevent
+	 * leaves it open. */
+	bufferevent_setfd(s->bev, -1);
+	bufferevent_free(s->bev);
+	s->bev = bufferevent_openssl_socket_new(s->srv->base, fd, ssl,
+	                                        BUFFEREVENT_SSL_ACCEPTING,
+	                                        BEV_OPT_CLOSE_ON_FREE);
+	if (s->bev == NULL) {
+		SSL_free(ssl);
+		close(fd);
+		session_free(s);
+		return;
+	}
+	bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
 	s->tls = true;
 	/* The session starts over: no HELO, no transaction (§4.2). */
 	free(s->helo);
 	s->helo = NULL;
 	s->esmtp = false;
 	transaction_reset(s);
+	enter_state(s, SMTP_STATE_COMMAND);
 	set_callbacks(s);
 }
 
@@ -1159,6 +1183,7 @@ static void session_process(struct smtp_session *s)
 			break;
 		case SMTP_STATE_COMMITTING:
 		case SMTP_STATE_AUTH_DELAY:
+		case SMTP_STATE_STARTTLS:
 		case SMTP_STATE_CLOSING:
 			more = false;
 			break;
@@ -1167,6 +1192,7 @@ static void session_process(struct smtp_session *s)
 	/* A client that sends without reading replies is paused. */
 	if (s->state != SMTP_STATE_CLOSING &&
 	    s->state != SMTP_STATE_COMMITTING &&
+	    s->state != SMTP_STATE_STARTTLS &&
 	    s->state != SMTP_STATE_AUTH_DELAY) {
 		size_t pending = evbuffer_get_length(bufferevent_get_output(s->bev));
 		if (pending > OUTPUT_HIGH_WATER) {
@@ -1188,6 +1214,10 @@ static void on_write(struct bufferevent *bev, void *arg)
 	struct smtp_session *s = arg;
 	if (s->state == SMTP_STATE_CLOSING) {
 		session_free(s);
+		return;
+	}
+	if (s->state == SMTP_STATE_STARTTLS) {
+		starttls_begin(s);
 		return;
 	}
 	if (s->paused && s->state != SMTP_STATE_COMMITTING &&
@@ -1273,7 +1303,8 @@ static void session_free(struct smtp_session *s)
 	session_count--;
 	metrics.connections_active--;
 	listener_release(s->srv->listener, (struct sockaddr *)&s->addr);
-	bufferevent_free(s->bev);
+	if (s->bev != NULL)
+		bufferevent_free(s->bev);
 	free(s->helo);
 	free(s->auth_user);
 	free(s->auth_login_user);

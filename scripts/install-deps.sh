@@ -4,7 +4,7 @@ set -euo pipefail
 packages=(
 	build-essential cmake pkg-config clang
 	libevent-dev libssl-dev libc-ares-dev libcmocka-dev libcrypt-dev
-	python3 python3-pytest swaks dnsmasq-base curl openssl procps
+	python3 python3-pytest swaks dnsmasq-base curl openssl procps fetchmail
 )
 missing=()
 for p in "${packages[@]}"; do

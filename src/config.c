@@ -827,7 +827,7 @@ static const char *const log_level_names[] = {"error", "warn", "info", "debug"};
 
 static void set_mailbox_format(struct loader *ld, const char *value)
 {
-	int i;
+	int i = 0;
 
 	if (set_choice(ld, value, mailbox_format_names,
 		       COUNT_OF(mailbox_format_names), "maildir or mbox", &i))
@@ -962,7 +962,7 @@ static void set_tls_key(struct loader *ld, const char *value)
 
 static void set_tls_outbound(struct loader *ld, const char *value)
 {
-	int i;
+	int i = 0;
 
 	if (set_choice(ld, value, tls_policy_names, COUNT_OF(tls_policy_names),
 		       "none, may, encrypt or verify", &i))
@@ -1102,7 +1102,7 @@ static void set_user(struct loader *ld, const char *value)
 
 static void set_log_format(struct loader *ld, const char *value)
 {
-	int i;
+	int i = 0;
 
 	if (set_choice(ld, value, log_format_names, COUNT_OF(log_format_names),
 		       "logfmt or json", &i))
@@ -1111,7 +1111,7 @@ static void set_log_format(struct loader *ld, const char *value)
 
 static void set_log_level(struct loader *ld, const char *value)
 {
-	int i;
+	int i = 0;
 
 	if (set_choice(ld, value, log_level_names, COUNT_OF(log_level_names),
 		       "error, warn, info or debug", &i))

@@ -34,6 +34,7 @@ struct bound {
 	struct evconnlistener *ev;
 	enum listen_mode mode;
 	char *text;
+	int metrics_slot;
 };
 
 struct listener {
@@ -106,6 +107,7 @@ static void on_accept(struct evconnlistener *ev, evutil_socket_t fd,
 		         "421 4.3.2 %s Error: too many connections\r\n",
 		         cfg->hostname);
 		refuse(fd, reply);
+		metrics.connections_refused_max++;
 		log_event(LOG_LEVEL_WARN, "rejected",
 		          LOG_S("reason", "max_connections"));
 		return;
@@ -119,6 +121,7 @@ static void on_accept(struct evconnlistener *ev, evutil_socket_t fd,
 		         "address\r\n",
 		         cfg->hostname);
 		refuse(fd, reply);
+		metrics.connections_refused_per_ip++;
 		log_event(LOG_LEVEL_WARN, "rejected",
 		          LOG_S("reason", "max_connections_per_ip"));
 		return;
@@ -133,6 +136,7 @@ static void on_accept(struct evconnlistener *ev, evutil_socket_t fd,
 	}
 	(*at)->count++;
 	l->active++;
+	metrics_listener_connection(b->metrics_slot);
 	if (smtp_session_new(l->srv, fd, addr, (socklen_t)addrlen, b->mode) ==
 	    NULL)
 		listener_release(l, addr);
@@ -199,6 +203,7 @@ static struct bound *bound_new(struct listener *l, const struct listen_addr *la,
 	}
 	b->owner = l;
 	b->mode = la->mode;
+	b->metrics_slot = metrics_listener_add(la->text);
 	b->ev = evconnlistener_new(l->srv->base, on_accept, b,
 	                           LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC |
 	                                   LEV_OPT_DISABLED,

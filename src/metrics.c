@@ -1,54 +1,274 @@
 /*
- * Counters and their Prometheus text form (see metrics.h).
+ * Counters and their Prometheus text form (see metrics.h), version 0.0.4
+ * of the exposition format: "# HELP", "# TYPE", then "name{labels} value"
+ * lines. Everything is printed from the start, zeros included, so that a
+ * scrape never has to guess whether a series is missing or just quiet.
  */
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "facteur/metrics.h"
 
+#ifndef FACTEUR_VERSION
+#define FACTEUR_VERSION "unknown"
+#endif
+
 struct metrics metrics;
+
+/* Upper bounds of the delivery delay buckets, in seconds: from a local
+ * delivery (under a second) to a relay that waited a day. */
+static const double delay_bounds[] = {1,   5,    30,    60,   300,
+                                      900, 3600, 14400, 86400};
+#define DELAY_BUCKETS (sizeof delay_bounds / sizeof delay_bounds[0])
+
+struct listener_metric {
+	char *listen;
+	uint64_t connections;
+};
+
+static struct {
+	uint64_t delay_counts[DELAY_BUCKETS + 1]; /* the last one is +Inf */
+	uint64_t delay_count;
+	double delay_sum;
+	metrics_queue_age_fn queue_age;
+	void *queue_age_arg;
+	struct listener_metric *listeners;
+	size_t listener_count;
+} extra;
+
+/* Text that may not fit: `used` counts what the whole text needs even
+ * once `buf` is full, so that a caller can size a second try. */
+struct out {
+	char *buf;
+	size_t cap;
+	size_t used;
+};
+
+static void put(struct out *o, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void put(struct out *o, const char *fmt, ...)
+{
+	char *at = NULL;
+	size_t room = 0;
+	if (o->used < o->cap) {
+		at = o->buf + o->used;
+		room = o->cap - o->used;
+	}
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(at, room, fmt, ap);
+	va_end(ap);
+	if (n > 0)
+		o->used += (size_t)n;
+}
+
+static void put_header(struct out *o, const char *name, const char *type,
+                       const char *help)
+{
+	put(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void put_value(struct out *o, const char *name, uint64_t value)
+{
+	put(o, "%s %llu\n", name, (unsigned long long)value);
+}
+
+/* A label value in the exposition format: \, " and newline escaped. */
+static void put_label_value(struct out *o, const char *value)
+{
+	for (const char *p = value; *p != '\0'; p++) {
+		if (*p == '\\')
+			put(o, "\\\\");
+		else if (*p == '"')
+			put(o, "\\\"");
+		else if (*p == '\n')
+			put(o, "\\n");
+		else
+			put(o, "%c", *p);
+	}
+}
+
+static void put_spec_metrics(struct out *o)
+{
+	const struct metrics *m = &metrics;
+	put_header(o, "facteur_connections_active", "gauge",
+	           "SMTP sessions open now.");
+	put_value(o, "facteur_connections_active", m->connections_active);
+	put_header(o, "facteur_connections_total", "counter",
+	           "SMTP sessions accepted.");
+	put_value(o, "facteur_connections_total", m->connections_total);
+	put_header(o, "facteur_messages_accepted_total", "counter",
+	           "Messages queued.");
+	put_value(o, "facteur_messages_accepted_total",
+	          m->messages_accepted_total);
+	put_header(o, "facteur_deliveries_total", "counter",
+	           "Delivery attempts by result, one per recipient.");
+	put_value(o, "facteur_deliveries_total{result=\"delivered\"}",
+	          m->deliveries_delivered);
+	put_value(o, "facteur_deliveries_total{result=\"deferred\"}",
+	          m->deliveries_deferred);
+	put_value(o, "facteur_deliveries_total{result=\"bounced\"}",
+	          m->deliveries_bounced);
+	put_header(o, "facteur_queue_messages", "gauge",
+	           "Messages in the spool.");
+	put_value(o, "facteur_queue_messages", m->queue_messages);
+	put_header(o, "facteur_dns_queries_total", "counter",
+	           "DNS look-ups made.");
+	put_value(o, "facteur_dns_queries_total", m->dns_queries_total);
+	put_header(o, "facteur_dns_failures_total", "counter",
+	           "DNS look-ups failed.");
+	put_value(o, "facteur_dns_failures_total", m->dns_failures_total);
+	put_header(o, "facteur_tls_sessions_total", "counter",
+	           "TLS handshakes completed, inbound and outbound.");
+	put_value(o, "facteur_tls_sessions_total", m->tls_sessions_total);
+}
+
+static void put_extra_metrics(struct out *o)
+{
+	put_header(o, "facteur_connections_refused_total", "counter",
+	           "SMTP connections refused at a connection limit.");
+	put_value(o,
+	          "facteur_connections_refused_total{reason=\"max_"
+	          "connections\"}",
+	          metrics.connections_refused_max);
+	put_value(o,
+	          "facteur_connections_refused_total{reason=\"max_"
+	          "connections_per_ip\"}",
+	          metrics.connections_refused_per_ip);
+
+	put_header(o, "facteur_listener_connections_total", "counter",
+	           "SMTP connections accepted, per listener.");
+	for (size_t i = 0; i < extra.listener_count; i++) {
+		put(o, "facteur_listener_connections_total{listen=\"");
+		put_label_value(o, extra.listeners[i].listen);
+		put(o, "\"} %llu\n",
+		    (unsigned long long)extra.listeners[i].connections);
+	}
+
+	double age = 0;
+	if (extra.queue_age != NULL) {
+		age = extra.queue_age(extra.queue_age_arg);
+		if (!(age > 0)) /* negative, or NaN */
+			age = 0;
+	}
+	put_header(o, "facteur_queue_oldest_seconds", "gauge",
+	           "Age of the oldest queued message.");
+	put(o, "facteur_queue_oldest_seconds %.0f\n", age);
+
+	put_header(o, "facteur_delivery_delay_seconds", "histogram",
+	           "Time from arrival to delivery, per delivered recipient.");
+	uint64_t cumulative = 0;
+	for (size_t i = 0; i < DELAY_BUCKETS; i++) {
+		cumulative += extra.delay_counts[i];
+		put(o,
+		    "facteur_delivery_delay_seconds_bucket{le=\"%g\"} %llu\n",
+		    delay_bounds[i], (unsigned long long)cumulative);
+	}
+	cumulative += extra.delay_counts[DELAY_BUCKETS];
+	put(o, "facteur_delivery_delay_seconds_bucket{le=\"+Inf\"} %llu\n",
+	    (unsigned long long)cumulative);
+	put(o, "facteur_delivery_delay_seconds_sum %.3f\n", extra.delay_sum);
+	put_value(o, "facteur_delivery_delay_seconds_count", extra.delay_count);
+
+	put_header(o, "facteur_build_info", "gauge",
+	           "The running version; always 1.");
+	put(o, "facteur_build_info{version=\"");
+	put_label_value(o, FACTEUR_VERSION);
+	put(o, "\"} 1\n");
+}
+
+static size_t format_into(char *buf, size_t len)
+{
+	struct out o = {buf, len, 0};
+	put_spec_metrics(&o);
+	put_extra_metrics(&o);
+	return o.used;
+}
 
 size_t metrics_format(char *buf, size_t len)
 {
-	const struct metrics *m = &metrics;
-	int n = snprintf(
-		buf, len,
-		"# HELP facteur_connections_active SMTP sessions open now.\n"
-		"# TYPE facteur_connections_active gauge\n"
-		"facteur_connections_active %llu\n"
-		"# HELP facteur_connections_total SMTP sessions accepted.\n"
-		"# TYPE facteur_connections_total counter\n"
-		"facteur_connections_total %llu\n"
-		"# HELP facteur_messages_accepted_total Messages queued.\n"
-		"# TYPE facteur_messages_accepted_total counter\n"
-		"facteur_messages_accepted_total %llu\n"
-		"# HELP facteur_deliveries_total Delivery attempts by result.\n"
-		"# TYPE facteur_deliveries_total counter\n"
-		"facteur_deliveries_total{result=\"delivered\"} %llu\n"
-		"facteur_deliveries_total{result=\"deferred\"} %llu\n"
-		"facteur_deliveries_total{result=\"bounced\"} %llu\n"
-		"# HELP facteur_queue_messages Messages in the spool.\n"
-		"# TYPE facteur_queue_messages gauge\n"
-		"facteur_queue_messages %llu\n"
-		"# HELP facteur_dns_queries_total DNS look-ups made.\n"
-		"# TYPE facteur_dns_queries_total counter\n"
-		"facteur_dns_queries_total %llu\n"
-		"# HELP facteur_dns_failures_total DNS look-ups failed.\n"
-		"# TYPE facteur_dns_failures_total counter\n"
-		"facteur_dns_failures_total %llu\n"
-		"# HELP facteur_tls_sessions_total TLS handshakes completed.\n"
-		"# TYPE facteur_tls_sessions_total counter\n"
-		"facteur_tls_sessions_total %llu\n",
-		(unsigned long long)m->connections_active,
-		(unsigned long long)m->connections_total,
-		(unsigned long long)m->messages_accepted_total,
-		(unsigned long long)m->deliveries_delivered,
-		(unsigned long long)m->deliveries_deferred,
-		(unsigned long long)m->deliveries_bounced,
-		(unsigned long long)m->queue_messages,
-		(unsigned long long)m->dns_queries_total,
-		(unsigned long long)m->dns_failures_total,
-		(unsigned long long)m->tls_sessions_total);
-	if (n < 0)
+	if (len == 0)
 		return 0;
-	return (size_t)n < len ? (size_t)n : len - 1;
+	size_t need = format_into(buf, len);
+	return need < len ? need : len - 1;
+}
+
+char *metrics_format_alloc(size_t *len)
+{
+	size_t cap = 4096;
+	for (;;) {
+		char *buf = malloc(cap);
+		if (buf == NULL)
+			return NULL;
+		size_t need = format_into(buf, cap);
+		if (need < cap) {
+			if (len != NULL)
+				*len = need;
+			return buf;
+		}
+		free(buf);
+		/* The queue age may grow a digit between two passes: leave
+		 * room to spare. */
+		cap = need + 64;
+	}
+}
+
+void metrics_observe_delivery_delay(double seconds)
+{
+	if (isnan(seconds))
+		return;
+	if (seconds < 0)
+		seconds = 0;
+	size_t i = 0;
+	while (i < DELAY_BUCKETS && seconds > delay_bounds[i])
+		i++;
+	extra.delay_counts[i]++;
+	extra.delay_count++;
+	extra.delay_sum += seconds;
+}
+
+void metrics_set_queue_age_source(metrics_queue_age_fn oldest_age, void *arg)
+{
+	extra.queue_age = oldest_age;
+	extra.queue_age_arg = oldest_age != NULL ? arg : NULL;
+}
+
+int metrics_listener_add(const char *listen)
+{
+	if (extra.listener_count >= (size_t)INT_MAX)
+		return -1;
+	char *copy = strdup(listen);
+	if (copy == NULL)
+		return -1;
+	struct listener_metric *grown =
+		realloc(extra.listeners,
+		        (extra.listener_count + 1) * sizeof *extra.listeners);
+	if (grown == NULL) {
+		free(copy);
+		return -1;
+	}
+	extra.listeners = grown;
+	extra.listeners[extra.listener_count].listen = copy;
+	extra.listeners[extra.listener_count].connections = 0;
+	return (int)extra.listener_count++;
+}
+
+void metrics_listener_connection(int slot)
+{
+	if (slot >= 0 && (size_t)slot < extra.listener_count)
+		extra.listeners[slot].connections++;
+}
+
+void metrics_reset(void)
+{
+	for (size_t i = 0; i < extra.listener_count; i++)
+		free(extra.listeners[i].listen);
+	free(extra.listeners);
+	memset(&extra, 0, sizeof extra);
+	memset(&metrics, 0, sizeof metrics);
 }

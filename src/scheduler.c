@@ -281,11 +281,13 @@ static const char *outcome_event(enum rcpt_state state)
 	}
 }
 
-static void count_outcome(enum rcpt_state state)
+static void count_outcome(const struct queued *q, enum rcpt_state state)
 {
-	if (state == RCPT_DELIVERED)
+	if (state == RCPT_DELIVERED) {
 		metrics.deliveries_delivered++;
-	else if (state == RCPT_BOUNCED)
+		metrics_observe_delivery_delay(
+			(double)(time(NULL) - q->env->arrival));
+	} else if (state == RCPT_BOUNCED)
 		metrics.deliveries_bounced++;
 	else
 		metrics.deliveries_deferred++;
@@ -554,7 +556,7 @@ static void on_delivered(enum deliver_result result, const char *dsn,
 	q->in_flight--;
 	set_outcome(sched->srv->cfg, q, r, state, dsn,
 	            state == RCPT_DELIVERED ? NULL : reason);
-	count_outcome(state);
+	count_outcome(q, state);
 	log_outcome(outcome_event(state), q, r, "mailbox", job->mailbox);
 	size_t index = job->index;
 	free(job->mailbox);
@@ -588,7 +590,7 @@ static void start_local(struct queued *q, size_t index)
 		free(mailbox);
 		set_outcome(cfg, q, r, RCPT_DEFERRED, "4.3.0",
 		            "cannot name the mailbox");
-		count_outcome(RCPT_DEFERRED);
+		count_outcome(q, RCPT_DEFERRED);
 		log_outcome("deferred", q, r, "mailbox", "");
 		settle(q, &index, 1, false, NULL, 0);
 		return;
@@ -703,7 +705,7 @@ static void relay_finish_all(struct relay_job *job, enum rcpt_state state,
 	for (size_t i = 0; i < job->rcpt_count; i++) {
 		struct spool_rcpt *r = &q->env->rcpts[job->rcpts[i]];
 		set_outcome(cfg, q, r, state, dsn, reason);
-		count_outcome(state);
+		count_outcome(q, state);
 		log_outcome(outcome_event(state), q, r, "relay", relay);
 	}
 }
@@ -735,7 +737,7 @@ static void on_client_done(const struct smtp_client_result *res, void *arg)
 		            out->state == RCPT_DELIVERED && !out->reason[0]
 		                    ? NULL
 		                    : out->reason);
-		count_outcome(out->state);
+		count_outcome(q, out->state);
 		log_outcome(outcome_event(out->state), q, r, "relay",
 		            res->relay[0] ? res->relay : job->host);
 	}
@@ -1044,7 +1046,7 @@ static void expire(struct queued *q, size_t index)
 	q->busy[index] = true;
 	set_outcome(cfg, q, r, RCPT_BOUNCED, dsn, reason);
 	r->attempts--; /* expiry is not an attempt */
-	count_outcome(RCPT_BOUNCED);
+	count_outcome(q, RCPT_BOUNCED);
 	log_outcome("expired", q, r, r->local ? "mailbox" : "relay", "");
 	settle(q, &index, 1, false, NULL, 0);
 }
@@ -1136,6 +1138,18 @@ static void queued_run(struct queued *q)
 	}
 }
 
+/* facteur_queue_oldest_seconds, asked at each scrape: one pass over the
+ * queue, as a scrape is rare next to the mail it watches. */
+static double oldest_age(void *arg)
+{
+	const struct scheduler *sched = arg;
+	time_t oldest = 0;
+	for (const struct queued *q = sched->messages; q != NULL; q = q->next)
+		if (oldest == 0 || q->env->arrival < oldest)
+			oldest = q->env->arrival;
+	return oldest == 0 ? 0.0 : (double)(time(NULL) - oldest);
+}
+
 struct scheduler *scheduler_new(struct server *srv)
 {
 	struct scheduler *sched = calloc(1, sizeof *sched);
@@ -1143,6 +1157,7 @@ struct scheduler *scheduler_new(struct server *srv)
 		return NULL;
 	sched->srv = srv;
 	sched->ready_tail = &sched->ready_head;
+	metrics_set_queue_age_source(oldest_age, sched);
 	srandom((unsigned)time(NULL) ^ (unsigned)getpid());
 	return sched;
 }
@@ -1151,6 +1166,7 @@ void scheduler_free(struct scheduler *sched)
 {
 	if (sched == NULL)
 		return;
+	metrics_set_queue_age_source(NULL, NULL);
 	while (sched->jobs != NULL) {
 		struct relay_job *job = sched->jobs;
 		if (job->dns != NULL)
@@ -1368,7 +1384,7 @@ int scheduler_bounce(struct scheduler *sched, const char *id)
 		set_outcome(cfg, q, r, RCPT_BOUNCED, "5.0.0",
 		            "bounced by the administrator");
 		r->attempts--; /* not a delivery attempt */
-		count_outcome(RCPT_BOUNCED);
+		count_outcome(q, RCPT_BOUNCED);
 		log_outcome("bounced", q, r, r->local ? "mailbox" : "relay", "");
 		now_bounced[n++] = i;
 	}

@@ -19,6 +19,10 @@ struct metrics {
 	uint64_t dns_queries_total;
 	uint64_t dns_failures_total;
 	uint64_t tls_sessions_total;
+	/* Beyond SPEC.md §8: SMTP connections turned away with a 421 at
+	 * max_connections and at max_connections_per_ip. */
+	uint64_t connections_refused_max;
+	uint64_t connections_refused_per_ip;
 };
 
 extern struct metrics metrics;
@@ -26,6 +30,9 @@ extern struct metrics metrics;
 /* The Prometheus text exposition of every counter into buf; returns the
  * length (truncated to len - 1 if it does not fit). */
 size_t metrics_format(char *buf, size_t len);
+/* The same text, whole, in a malloc'd string the caller frees; its length
+ * in *len when len is not NULL. NULL when out of memory. */
+char *metrics_format_alloc(size_t *len);
 
 struct event_base;
 struct metrics_http;
@@ -37,5 +44,28 @@ struct metrics_http *metrics_http_new(struct event_base *base,
                                       const struct listen_addr *addr,
                                       char *err, size_t errlen);
 void metrics_http_free(struct metrics_http *http);
+
+/* ---- metrics beyond SPEC.md §8 (all present from the start) ---- */
+
+/* facteur_delivery_delay_seconds, a histogram: the time from a message's
+ * arrival to the delivery of one recipient (result "delivered" only). */
+void metrics_observe_delivery_delay(double seconds);
+
+/* facteur_queue_oldest_seconds: the age of the oldest queued message,
+ * asked of `oldest_age` at each scrape (0 while no source is set). The
+ * function runs on the loop thread and must be cheap. NULL unsets. */
+typedef double (*metrics_queue_age_fn)(void *arg);
+void metrics_set_queue_age_source(metrics_queue_age_fn oldest_age, void *arg);
+
+/* facteur_listener_connections_total{listen="..."}: SMTP connections
+ * accepted per listener. metrics_listener_add registers one `listen`
+ * entry (its text, e.g. "127.0.0.1:2525/smtp") and returns its slot, or
+ * -1 when out of memory (the listener is then not counted);
+ * metrics_listener_connection(-1) is a no-op. */
+int metrics_listener_add(const char *listen);
+void metrics_listener_connection(int slot);
+
+/* Forget the listeners, the histogram and the counters (for tests). */
+void metrics_reset(void);
 
 #endif

@@ -217,9 +217,9 @@ def test_comments_only_at_line_start(tmp_path):
                       "    # an indented comment = not a key\n"
                       "\n"
                       "   \n" + base_conf(tmp_path) +
-                      "aliases_file = %s/aliases # not a comment\n" % tmp_path)
+                      "spool_dir = %s/spool # not a comment\n" % tmp_path)
     eff = check_n(["-c", str(conf)])
-    assert eff["aliases_file"] == "%s/aliases # not a comment" % tmp_path
+    assert eff["spool_dir"] == "%s/spool # not a comment" % tmp_path
 
 
 def test_spaces_around_key_and_value_are_trimmed(tmp_path):
@@ -420,3 +420,9 @@ def test_daemon_with_unknown_env_variable_exits_78(tmp_path):
     err = check_error(["-c", str(conf)], env={"FACTEUR_NO_SUCH_KEY": "x"})
     assert "FACTEUR_NO_SUCH_KEY" in err, err
     assert not port_is_bound(port)
+
+
+def test_user_root_means_no_switch(make_daemon):
+    d = make_daemon(config={"user": "root"})
+    d.send(subject="as root")
+    d.wait_messages("user@localhost")

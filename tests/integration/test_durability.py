@@ -98,6 +98,9 @@ def test_kill9_under_load_loses_and_duplicates_nothing(make_daemon):
     assert not any(c.is_alive() for c in clients), "a client thread hung"
 
     acked = [t for c in clients for t in c.acked]
+    print("durability: seed %d, kills at %s, %d attempts, %d acknowledged, %d failures" % (
+        SEED, ["%.1f" % k for k in kills], sum(c.attempts for c in clients), len(acked),
+        sum(c.failures for c in clients)))
     assert len(acked) == len(set(acked))
     assert len(acked) >= 20, "too little traffic got through (%d acknowledged, %d attempts)" % (
         len(acked), sum(c.attempts for c in clients))

@@ -165,3 +165,48 @@ def test_new_connections_refused_after_shutdown(make_daemon):
         s.settimeout(2)
         with pytest.raises(OSError):
             s.connect(("127.0.0.1", d.port))
+
+
+# --------------------------------------------------------------------------
+# SIGHUP
+
+def test_sighup_reloads_without_dropping_sessions(make_daemon):
+    d = make_daemon(config={"max_message_size": "1M"})
+    old = d.raw()
+    try:
+        old.ehlo()
+        assert old.cmd("MAIL FROM:<a@sender.test>").code == 250
+        d.settings["max_message_size"] = "2M"
+        d.write_config()
+        d.proc.send_signal(signal.SIGHUP)
+
+        def new_size():
+            with d.raw() as c:
+                return "SIZE 2097152" in c.ehlo().lines[1:]
+        h.wait_for(new_size, 15, what="the reloaded SIZE in EHLO\n" + d.log_tail())
+        # the session opened before the reload goes on
+        assert old.cmd("RCPT TO:<user@localhost>").code == 250
+        assert old.cmd("DATA").code == 354
+        old.send(h.dot_stuff(h.make_message("across sighup")))
+        r = old.reply()
+        assert r.code == 250, r
+    finally:
+        old.close()
+    d.wait_messages("user@localhost")
+    d.assert_alive()
+
+
+def test_sighup_with_broken_config_keeps_old_settings(make_daemon):
+    d = make_daemon(config={"max_message_size": "1M"})
+    before = len(d.log_lines())
+    d.extra_lines.append("max_recipients = lots")
+    d.write_config()
+    d.proc.send_signal(signal.SIGHUP)
+    h.wait_for(lambda: any("max_recipients" in l for l in d.log_lines()[before:]), 15,
+               what="the reload error in the log\n" + d.log_tail())
+    time.sleep(0.5)
+    d.assert_alive()
+    with d.raw() as c:
+        assert "SIZE 1048576" in c.ehlo().lines[1:]
+    d.send(subject="after broken reload")
+    d.wait_messages("user@localhost")

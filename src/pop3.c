@@ -1,0 +1,1542 @@
+/*
+ * The POP3 server (see pop3.h).
+ *
+ * One bufferevent per client and one state machine: AUTHORIZATION (USER,
+ * PASS, AUTH PLAIN, STLS), TRANSACTION once the mailbox is open and
+ * locked, UPDATE at QUIT. Logging in moves new/ into cur/ and lists cur/
+ * once; message numbers, sizes and UIDs come from that list until the
+ * session ends. RETR and TOP stream the file through pop3_stream, a
+ * chunk at a time, paced by the output's low-water mark, so that a
+ * message is never held whole in memory. The mailbox lock lives in this
+ * process only: the sessions' list is the table, keyed by the Maildir
+ * path.
+ */
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <openssl/ssl.h>
+
+#include "facteur/auth.h"
+#include "facteur/config.h"
+#include "facteur/deliver.h"
+#include "facteur/log.h"
+#include "facteur/metrics.h"
+#include "facteur/pop3.h"
+#include "facteur/pop3_proto.h"
+#include "facteur/server.h"
+
+#define IDLE_TIMEOUT_SECONDS 600 /* RFC 1939 §3: at least 10 minutes */
+#define LISTEN_BACKLOG 1024
+#define SEND_CHUNK 16384
+#define SEND_LOW_WATER (32 * 1024)     /* on_write asks for more below this */
+#define SEND_HIGH_WATER (128 * 1024)   /* a RETR stops filling above this */
+#define OUTPUT_HIGH_WATER (256 * 1024) /* stop reading commands past this */
+#define SCAN_CHUNK 65536
+#define LOGIN_FAILURES_MAX 3 /* then the connection is closed */
+#define LOGIN_DELAY_MAX 5    /* seconds */
+#define MAX_PROTOCOL_ERRORS 20
+#define ACCOUNT_MAX 320
+#define PASSWORD_MAX 1024
+#define FLUSH_CHECK_USEC (20 * 1000)
+#define FLUSH_CHECKS_MAX 250 /* 5 s */
+
+enum pop3_state {
+	POP3_STATE_AUTHORIZATION,
+	POP3_STATE_SASL,	/* AUTH PLAIN sent "+ ": the response line */
+	POP3_STATE_LOGIN_DELAY, /* a failed login waits before its -ERR */
+	POP3_STATE_TRANSACTION,
+	POP3_STATE_SENDING, /* RETR/TOP streaming a message; input waits */
+	POP3_STATE_UPDATE,  /* QUIT: removing the messages marked deleted */
+	POP3_STATE_CLOSING, /* flushing the last reply */
+};
+
+static const char *const state_names[] = {
+    [POP3_STATE_AUTHORIZATION] = "authorization",
+    [POP3_STATE_SASL] = "sasl",
+    [POP3_STATE_LOGIN_DELAY] = "login_delay",
+    [POP3_STATE_TRANSACTION] = "transaction",
+    [POP3_STATE_SENDING] = "sending",
+    [POP3_STATE_UPDATE] = "update",
+    [POP3_STATE_CLOSING] = "closing",
+};
+
+struct pop3_message {
+	char *name; /* in cur/ */
+	char uid[POP3_UID_MAX + 1];
+	uint64_t size;
+	struct timespec mtime;
+	bool deleted;
+};
+
+struct pop3_session {
+	struct pop3_session *prev, *next;
+	struct pop3_server *server;
+	struct bufferevent *bev;
+	enum pop3_state state;
+	struct sockaddr_storage addr;
+	char client[INET6_ADDRSTRLEN];
+	time_t started;
+	bool loopback;
+	bool tls;	      /* TLS requested (STLS or pop3s) */
+	bool tls_established; /* the handshake completed */
+	char *user;	      /* USER given, PASS awaited */
+	char *account;	      /* logged in as */
+	char *mailbox;	      /* the Maildir, while locked by this session */
+	char *cur;	      /* its cur/ */
+	struct pop3_message *messages;
+	size_t message_count;
+	unsigned login_failures;
+	unsigned errors;
+	unsigned retrieved;
+	bool discarding_line; /* a line over the limit is being skipped */
+	bool paused;	      /* reading stopped until our replies drain */
+	struct event *timer;  /* the login delay; the last flush under TLS */
+	unsigned flush_checks;
+	int send_fd; /* the message RETR/TOP is streaming, or -1 */
+	struct pop3_stream stream;
+	const char *end_reason; /* for the pop3_disconnect line */
+};
+
+struct bound {
+	struct pop3_server *owner;
+	struct evconnlistener *ev;
+	char *text;
+	enum listen_mode mode;
+};
+
+struct pop3_server {
+	struct server *srv;
+	struct bound *bound;
+	size_t bound_count;
+	struct pop3_session *sessions;
+	size_t session_count;
+	struct event *resume; /* re-enables accepting after EMFILE */
+	bool stopped;
+};
+
+static void session_process(struct pop3_session *s);
+static void session_close(struct pop3_session *s);
+static void session_free(struct pop3_session *s);
+
+static void enter_state(struct pop3_session *s, enum pop3_state state)
+{
+	if (s->state != state)
+		log_event(LOG_LEVEL_DEBUG, "pop3_state",
+			  LOG_S("client", s->client),
+			  LOG_S("from", state_names[s->state]),
+			  LOG_S("to", state_names[state]));
+	s->state = state;
+}
+
+static struct server *srv_of(const struct pop3_session *s)
+{
+	return s->server->srv;
+}
+
+static void reply(struct pop3_session *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void reply(struct pop3_session *s, const char *fmt, ...)
+{
+	struct evbuffer *out = bufferevent_get_output(s->bev);
+	va_list ap;
+	va_start(ap, fmt);
+	evbuffer_add_vprintf(out, fmt, ap);
+	va_end(ap);
+	evbuffer_add(out, "\r\n", 2);
+}
+
+/* A protocol error (unknown command, bad syntax, wrong state): counted,
+ * and past the limit the session ends after its reply. */
+static void reply_error(struct pop3_session *s, const char *text)
+{
+	reply(s, "-ERR %s", text);
+	if (++s->errors >= MAX_PROTOCOL_ERRORS) {
+		reply(s, "-ERR too many errors, closing");
+		s->end_reason = "too many errors";
+		session_close(s);
+	}
+}
+
+/* Passwords travel in clear only over loopback (SPEC.md §6). */
+static bool passwords_allowed(const struct pop3_session *s)
+{
+	return s->tls || s->loopback;
+}
+
+/* ---- the mailbox ---- */
+
+static bool mailbox_in_use(const struct pop3_server *p, const char *path)
+{
+	for (const struct pop3_session *o = p->sessions; o != NULL; o = o->next)
+		if (o->mailbox != NULL && strcmp(o->mailbox, path) == 0)
+			return true;
+	return false;
+}
+
+static void mailbox_release(struct pop3_session *s)
+{
+	for (size_t i = 0; i < s->message_count; i++)
+		free(s->messages[i].name);
+	free(s->messages);
+	s->messages = NULL;
+	s->message_count = 0;
+	free(s->mailbox);
+	s->mailbox = NULL;
+	free(s->cur);
+	s->cur = NULL;
+}
+
+static int compare_messages(const void *a, const void *b)
+{
+	const struct pop3_message *x = a, *y = b;
+	if (x->mtime.tv_sec != y->mtime.tv_sec)
+		return x->mtime.tv_sec < y->mtime.tv_sec ? -1 : 1;
+	if (x->mtime.tv_nsec != y->mtime.tv_nsec)
+		return x->mtime.tv_nsec < y->mtime.tv_nsec ? -1 : 1;
+	return strcmp(x->name, y->name);
+}
+
+/* The size STAT and LIST give: the file read once, counting bare LFs. */
+static int measure_file(int dirfd, const char *name, char *buf, uint64_t *size)
+{
+	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd == -1)
+		return -1;
+	struct pop3_measure m = {0};
+	for (;;) {
+		ssize_t r = read(fd, buf, SCAN_CHUNK);
+		if (r == -1) {
+			if (errno == EINTR)
+				continue;
+			int err = errno;
+			(void)close(fd); /* read-only: nothing to lose */
+			errno = err;
+			return -1;
+		}
+		if (r == 0)
+			break;
+		pop3_measure_feed(&m, buf, (size_t)r);
+	}
+	(void)close(fd); /* read-only: nothing to lose */
+	*size = pop3_measure_finish(&m);
+	return 0;
+}
+
+/* Every file of new/ goes to cur/ with the Maildir info ":2,"; its name
+ * before the ':' (the UID) does not change. */
+static int move_new_to_cur(const char *mailbox, const char *cur)
+{
+	char *newdir = NULL;
+	if (asprintf(&newdir, "%s/new", mailbox) == -1) {
+		errno = ENOMEM;
+		return -1;
+	}
+	DIR *dir = opendir(newdir);
+	free(newdir);
+	if (dir == NULL)
+		return errno == ENOENT ? 0 : -1;
+	int rc = -1;
+	int curfd = -1;
+	if (mkdir(cur, 0700) == -1 && errno != EEXIST)
+		goto out;
+	curfd = open(cur, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (curfd == -1)
+		goto out;
+	for (;;) {
+		errno = 0;
+		struct dirent *e = readdir(dir);
+		if (e == NULL) {
+			if (errno != 0)
+				goto out;
+			break;
+		}
+		if (e->d_name[0] == '.' || e->d_type == DT_DIR)
+			continue;
+		char *target = NULL;
+		int n = strchr(e->d_name, ':') != NULL
+			    ? asprintf(&target, "%s", e->d_name)
+			    : asprintf(&target, "%s:2,", e->d_name);
+		if (n == -1) {
+			errno = ENOMEM;
+			goto out;
+		}
+		int moved = renameat(dirfd(dir), e->d_name, curfd, target);
+		int err = errno;
+		free(target);
+		/* ENOENT: another reader moved it first; it is in cur/. */
+		if (moved == -1 && err != ENOENT) {
+			errno = err;
+			goto out;
+		}
+	}
+	rc = 0;
+out:;
+	int err = errno;
+	if (curfd != -1)
+		(void)close(curfd); /* a directory opened for renameat */
+	(void)closedir(dir);
+	errno = err;
+	return rc;
+}
+
+static int add_message(struct pop3_session *s, size_t *cap, const char *name,
+		       const struct stat *st, uint64_t size)
+{
+	if (s->message_count == *cap) {
+		size_t ncap = *cap ? 2 * *cap : 16;
+		struct pop3_message *m = realloc(s->messages, ncap * sizeof *m);
+		if (m == NULL)
+			return -1;
+		s->messages = m;
+		*cap = ncap;
+	}
+	struct pop3_message *m = &s->messages[s->message_count];
+	memset(m, 0, sizeof *m);
+	m->name = strdup(name);
+	if (m->name == NULL)
+		return -1;
+	pop3_uid_from_name(name, strlen(name), m->uid);
+	m->size = size;
+	m->mtime = st->st_mtim;
+	s->message_count++;
+	return 0;
+}
+
+/* List cur/ into s->messages, oldest first. */
+static int list_cur(struct pop3_session *s)
+{
+	DIR *dir = opendir(s->cur);
+	if (dir == NULL)
+		return errno == ENOENT ? 0 : -1;
+	char *buf = malloc(SCAN_CHUNK);
+	size_t cap = 0;
+	int rc = -1;
+	if (buf == NULL) {
+		errno = ENOMEM;
+		goto out;
+	}
+	for (;;) {
+		errno = 0;
+		struct dirent *e = readdir(dir);
+		if (e == NULL) {
+			if (errno != 0)
+				goto out;
+			break;
+		}
+		if (e->d_name[0] == '.')
+			continue;
+		struct stat st;
+		uint64_t size;
+		if (fstatat(dirfd(dir), e->d_name, &st, AT_SYMLINK_NOFOLLOW) ==
+		    -1) {
+			if (errno == ENOENT)
+				continue; /* gone meanwhile */
+			goto out;
+		}
+		if (!S_ISREG(st.st_mode))
+			continue;
+		if (measure_file(dirfd(dir), e->d_name, buf, &size) == -1) {
+			if (errno == ENOENT)
+				continue;
+			goto out;
+		}
+		if (add_message(s, &cap, e->d_name, &st, size) == -1) {
+			errno = ENOMEM;
+			goto out;
+		}
+	}
+	if (s->message_count > 1)
+		qsort(s->messages, s->message_count, sizeof *s->messages,
+		      compare_messages);
+	rc = 0;
+out:;
+	int err = errno;
+	free(buf);
+	(void)closedir(dir);
+	errno = err;
+	return rc;
+}
+
+static void maildrop_totals(const struct pop3_session *s, size_t *count,
+			    uint64_t *octets)
+{
+	*count = 0;
+	*octets = 0;
+	for (size_t i = 0; i < s->message_count; i++) {
+		if (s->messages[i].deleted)
+			continue;
+		(*count)++;
+		*octets += s->messages[i].size;
+	}
+}
+
+static void log_login(struct pop3_session *s, const char *user,
+		      const char *result)
+{
+	log_event(strcmp(result, "ok") == 0 ? LOG_LEVEL_INFO : LOG_LEVEL_WARN,
+		  "pop3_login", LOG_S("client", s->client), LOG_S("user", user),
+		  LOG_S("result", result));
+}
+
+/* The credentials are good: lock and open the mailbox, or say why not
+ * (the session stays in AUTHORIZATION). */
+static void mailbox_open(struct pop3_session *s, const char *account)
+{
+	const struct config *cfg = srv_of(s)->cfg;
+	if (cfg->mailbox_format == MAILBOX_MBOX) {
+		/* Only Maildir is served (SPEC.md §6). */
+		reply(s, "-ERR [SYS/PERM] mbox is not served over POP3");
+		log_login(s, account, "mbox");
+		return;
+	}
+	const char *at = strrchr(account, '@');
+	char *path = at != NULL
+			 ? deliver_expand_path(cfg->mailbox_path, account,
+					       (size_t)(at - account), at + 1)
+			 : NULL;
+	if (path == NULL) {
+		reply(s, "-ERR [SYS/PERM] no mailbox for this account");
+		log_login(s, account, "no_mailbox");
+		return;
+	}
+	if (mailbox_in_use(s->server, path)) {
+		free(path);
+		reply(s, "-ERR [IN-USE] mailbox in use");
+		log_login(s, account, "in_use");
+		return;
+	}
+	char *cur = NULL;
+	char *who = strdup(account);
+	if (asprintf(&cur, "%s/cur", path) == -1)
+		cur = NULL;
+	if (cur == NULL || who == NULL) {
+		free(path);
+		free(cur);
+		free(who);
+		reply(s, "-ERR [SYS/TEMP] out of memory");
+		return;
+	}
+	s->mailbox = path;
+	s->cur = cur;
+	if (move_new_to_cur(path, cur) == -1 || list_cur(s) == -1) {
+		int err = errno;
+		log_event(LOG_LEVEL_ERROR, "pop3_mailbox_error",
+			  LOG_S("client", s->client), LOG_S("user", account),
+			  LOG_S("mailbox", path),
+			  LOG_S("reason", strerror(err)));
+		mailbox_release(s);
+		free(who);
+		reply(s, "-ERR [SYS/TEMP] cannot open the mailbox");
+		log_login(s, account, "mailbox_error");
+		return;
+	}
+	free(s->account);
+	s->account = who;
+	enter_state(s, POP3_STATE_TRANSACTION);
+	size_t count;
+	uint64_t octets;
+	maildrop_totals(s, &count, &octets);
+	log_event(LOG_LEVEL_INFO, "pop3_login", LOG_S("client", s->client),
+		  LOG_S("user", account), LOG_S("result", "ok"),
+		  LOG_I("messages", count), LOG_I("octets", octets));
+	reply(s, "+OK maildrop has %zu messages (%llu octets)", count,
+	      (unsigned long long)octets);
+}
+
+/* ---- AUTHORIZATION: USER, PASS, AUTH, STLS ---- */
+
+static void flush_then_free(struct pop3_session *s);
+
+/* The login delay is over, or (CLOSING) time to look at the flush. */
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct pop3_session *s = arg;
+	if (s->state == POP3_STATE_CLOSING) {
+		flush_then_free(s);
+		return;
+	}
+	if (s->state != POP3_STATE_LOGIN_DELAY)
+		return;
+	enter_state(s, POP3_STATE_AUTHORIZATION);
+	if (s->login_failures >= LOGIN_FAILURES_MAX) {
+		reply(s, "-ERR [AUTH] too many failed logins, closing");
+		s->end_reason = "too many failed logins";
+		session_close(s);
+		return;
+	}
+	reply(s, "-ERR [AUTH] invalid user name or password");
+	bufferevent_enable(s->bev, EV_READ);
+	session_process(s);
+}
+
+/* A failed login is answered after a delay that grows with each failure,
+ * so that guessing passwords costs time; input waits meanwhile. */
+static void login_failed(struct pop3_session *s, const char *user)
+{
+	s->login_failures++;
+	log_event(LOG_LEVEL_WARN, "pop3_login", LOG_S("client", s->client),
+		  LOG_S("user", user), LOG_S("result", "failed"),
+		  LOG_I("failures", s->login_failures));
+	if (s->timer == NULL)
+		s->timer = evtimer_new(srv_of(s)->base, on_timer, s);
+	if (s->timer == NULL) {
+		s->end_reason = "out of memory";
+		session_close(s);
+		return;
+	}
+	enter_state(s, POP3_STATE_LOGIN_DELAY);
+	bufferevent_disable(s->bev, EV_READ);
+	unsigned seconds = s->login_failures < LOGIN_DELAY_MAX
+			       ? s->login_failures
+			       : LOGIN_DELAY_MAX;
+	struct timeval delay = {(time_t)seconds, 0};
+	evtimer_add(s->timer, &delay);
+}
+
+static void login(struct pop3_session *s, const char *user,
+		  const char *password)
+{
+	const struct auth_users *users = srv_of(s)->users;
+	if (users == NULL) {
+		reply(s, "-ERR [AUTH] no accounts on this server");
+		log_login(s, user, "no_accounts");
+		return;
+	}
+	if (!auth_users_check(users, user, password)) {
+		login_failed(s, user);
+		return;
+	}
+	mailbox_open(s, user);
+}
+
+/* USER, PASS and AUTH are refused before TLS on a non-loopback client,
+ * and when nobody has an account. */
+static bool login_possible(struct pop3_session *s)
+{
+	/* Counted as errors: a client that keeps trying gets closed. */
+	if (!passwords_allowed(s)) {
+		log_event(LOG_LEVEL_INFO, "pop3_login",
+			  LOG_S("client", s->client),
+			  LOG_S("result", "tls_required"));
+		reply_error(s, "[AUTH] TLS required: use STLS first");
+		return false;
+	}
+	if (srv_of(s)->users == NULL) {
+		log_event(LOG_LEVEL_INFO, "pop3_login",
+			  LOG_S("client", s->client),
+			  LOG_S("result", "no_accounts"));
+		reply_error(s, "[AUTH] no accounts on this server");
+		return false;
+	}
+	return true;
+}
+
+static void cmd_user(struct pop3_session *s, const struct pop3_command *cmd)
+{
+	free(s->user);
+	s->user = NULL;
+	if (!login_possible(s))
+		return;
+	if (cmd->textlen[0] > ACCOUNT_MAX) {
+		reply_error(s, "user name too long");
+		return;
+	}
+	s->user = strndup(cmd->text[0], cmd->textlen[0]);
+	if (s->user == NULL) {
+		reply(s, "-ERR [SYS/TEMP] out of memory");
+		return;
+	}
+	reply(s, "+OK send PASS");
+}
+
+static void cmd_pass(struct pop3_session *s, const struct pop3_command *cmd)
+{
+	if (s->user == NULL) {
+		reply_error(s, "send USER first");
+		return;
+	}
+	/* Whatever happens, the next try starts with USER (RFC 1939 §7). */
+	char *user = s->user;
+	s->user = NULL;
+	if (!login_possible(s)) {
+		free(user);
+		return;
+	}
+	char password[PASSWORD_MAX];
+	if (cmd->textlen[0] >= sizeof password) {
+		free(user);
+		reply_error(s, "password too long");
+		return;
+	}
+	memcpy(password, cmd->text[0], cmd->textlen[0]);
+	password[cmd->textlen[0]] = '\0';
+	login(s, user, password);
+	explicit_bzero(password, sizeof password);
+	free(user);
+}
+
+/* One SASL PLAIN response (initial, or the line after "+ "). */
+static void sasl_plain(struct pop3_session *s, const char *text, size_t len)
+{
+	enter_state(s, POP3_STATE_AUTHORIZATION);
+	if (len == 1 && text[0] == '*') {
+		reply(s, "-ERR [AUTH] authentication cancelled");
+		return;
+	}
+	char user[ACCOUNT_MAX + 1];
+	char password[PASSWORD_MAX];
+	if (auth_sasl_plain_decode(text, len, user, sizeof user, password,
+				   sizeof password) == -1) {
+		reply_error(s, "[AUTH] invalid PLAIN response");
+		return;
+	}
+	login(s, user, password);
+	explicit_bzero(password, sizeof password);
+}
+
+static void cmd_auth(struct pop3_session *s, const struct pop3_command *cmd)
+{
+	if (cmd->ntext == 0) {
+		/* The mechanisms, for clients that ask without CAPA. */
+		reply(s, "+OK");
+		reply(s, "PLAIN");
+		reply(s, ".");
+		return;
+	}
+	if (cmd->textlen[0] != 5 ||
+	    strncasecmp(cmd->text[0], "PLAIN", 5) != 0) {
+		reply(s, "-ERR [AUTH] unsupported mechanism");
+		return;
+	}
+	free(s->user);
+	s->user = NULL;
+	if (!login_possible(s))
+		return;
+	if (cmd->ntext == 2) {
+		/* "=" is an empty initial response (RFC 5034 §4). */
+		size_t len = cmd->textlen[1];
+		if (len == 1 && cmd->text[1][0] == '=')
+			len = 0;
+		sasl_plain(s, cmd->text[1], len);
+		return;
+	}
+	enter_state(s, POP3_STATE_SASL);
+	reply(s, "+ ");
+}
+
+static void on_read(struct bufferevent *bev, void *arg);
+static void on_write(struct bufferevent *bev, void *arg);
+static void on_event(struct bufferevent *bev, short what, void *arg);
+
+static void set_callbacks(struct pop3_session *s)
+{
+	struct timeval idle = {IDLE_TIMEOUT_SECONDS, 0};
+	bufferevent_set_timeouts(s->bev, &idle, &idle);
+	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
+	bufferevent_enable(s->bev, EV_READ);
+}
+
+static void cmd_stls(struct pop3_session *s)
+{
+	if (s->tls) {
+		reply_error(s, "TLS already active");
+		return;
+	}
+	SSL_CTX *ctx = srv_of(s)->tls_server;
+	SSL *ssl = ctx != NULL ? SSL_new(ctx) : NULL;
+	if (ssl == NULL) {
+		reply(s, "-ERR [SYS/TEMP] TLS not available");
+		return;
+	}
+	reply(s, "+OK begin TLS negotiation");
+	/* Whatever the client pipelined after STLS came in the clear and
+	 * must not be read as if it were protected (RFC 2595 §4). */
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	evbuffer_drain(in, evbuffer_get_length(in));
+	struct bufferevent *tls = bufferevent_openssl_filter_new(
+	    srv_of(s)->base, s->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
+	    BEV_OPT_CLOSE_ON_FREE);
+	if (tls == NULL) {
+		SSL_free(ssl);
+		s->end_reason = "out of memory";
+		session_close(s);
+		return;
+	}
+	bufferevent_openssl_set_allow_dirty_shutdown(tls, 1);
+	s->bev = tls;
+	s->tls = true;
+	free(s->user);
+	s->user = NULL;
+	set_callbacks(s);
+}
+
+static void cmd_capa(struct pop3_session *s)
+{
+	bool authz = s->state == POP3_STATE_AUTHORIZATION;
+	bool logins = authz && passwords_allowed(s) && srv_of(s)->users != NULL;
+	reply(s, "+OK capability list follows");
+	if (logins)
+		reply(s, "USER");
+	reply(s, "TOP");
+	reply(s, "UIDL");
+	reply(s, "PIPELINING");
+	reply(s, "RESP-CODES");
+	reply(s, "AUTH-RESP-CODE");
+	if (logins)
+		reply(s, "SASL PLAIN");
+	if (authz && !s->tls && srv_of(s)->tls_server != NULL)
+		reply(s, "STLS");
+	reply(s, "IMPLEMENTATION facteur");
+	reply(s, ".");
+}
+
+/* ---- TRANSACTION ---- */
+
+/* The message numbered n (from 1), or NULL with the -ERR given. */
+static struct pop3_message *message_get(struct pop3_session *s, uint64_t n)
+{
+	if (n == 0 || n > s->message_count) {
+		reply(s, "-ERR no such message");
+		return NULL;
+	}
+	struct pop3_message *m = &s->messages[n - 1];
+	if (m->deleted) {
+		reply(s, "-ERR message %llu already deleted",
+		      (unsigned long long)n);
+		return NULL;
+	}
+	return m;
+}
+
+static void cmd_stat(struct pop3_session *s)
+{
+	size_t count;
+	uint64_t octets;
+	maildrop_totals(s, &count, &octets);
+	reply(s, "+OK %zu %llu", count, (unsigned long long)octets);
+}
+
+static void cmd_list(struct pop3_session *s, const struct pop3_command *cmd,
+		     bool uidl)
+{
+	if (cmd->has_number) {
+		struct pop3_message *m = message_get(s, cmd->number);
+		if (m == NULL)
+			return;
+		if (uidl)
+			reply(s, "+OK %llu %s", (unsigned long long)cmd->number,
+			      m->uid);
+		else
+			reply(s, "+OK %llu %llu",
+			      (unsigned long long)cmd->number,
+			      (unsigned long long)m->size);
+		return;
+	}
+	size_t count;
+	uint64_t octets;
+	maildrop_totals(s, &count, &octets);
+	if (uidl)
+		reply(s, "+OK unique-id listing follows");
+	else
+		reply(s, "+OK %zu messages (%llu octets)", count,
+		      (unsigned long long)octets);
+	for (size_t i = 0; i < s->message_count; i++) {
+		const struct pop3_message *m = &s->messages[i];
+		if (m->deleted)
+			continue;
+		if (uidl)
+			reply(s, "%zu %s", i + 1, m->uid);
+		else
+			reply(s, "%zu %llu", i + 1,
+			      (unsigned long long)m->size);
+	}
+	reply(s, ".");
+}
+
+static void sending_done(struct pop3_session *s)
+{
+	if (s->send_fd != -1) {
+		(void)close(s->send_fd); /* read-only: nothing to lose */
+		s->send_fd = -1;
+	}
+	bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
+}
+
+/* The end of the message: ".\r\n", and commands are read again. */
+static void sending_finish(struct pop3_session *s)
+{
+	char tail[POP3_STREAM_FINISH_MAX];
+	size_t n = pop3_stream_finish(&s->stream, tail);
+	evbuffer_add(bufferevent_get_output(s->bev), tail, n);
+	sending_done(s);
+	enter_state(s, POP3_STATE_TRANSACTION);
+	bufferevent_enable(s->bev, EV_READ);
+}
+
+/* Fill the output from the message up to the high-water mark; on_write
+ * calls again once it drains below the low one. */
+static void send_more(struct pop3_session *s)
+{
+	struct evbuffer *out = bufferevent_get_output(s->bev);
+	char in[SEND_CHUNK];
+	while (evbuffer_get_length(out) < SEND_HIGH_WATER) {
+		ssize_t r = read(s->send_fd, in, sizeof in);
+		if (r == -1 && errno == EINTR)
+			continue;
+		if (r == -1) {
+			/* Too late for a -ERR: the client sees the answer
+			 * cut short by the close. */
+			int err = errno;
+			log_event(LOG_LEVEL_ERROR, "pop3_read_error",
+				  LOG_S("client", s->client),
+				  LOG_S("mailbox", s->mailbox),
+				  LOG_S("reason", strerror(err)));
+			sending_done(s);
+			s->end_reason = "read error";
+			session_close(s);
+			return;
+		}
+		if (r == 0) {
+			sending_finish(s);
+			return;
+		}
+		struct evbuffer_iovec vec;
+		if (evbuffer_reserve_space(
+			out, (ev_ssize_t)POP3_STREAM_OUT_MAX((size_t)r), &vec,
+			1) < 1) {
+			sending_done(s);
+			s->end_reason = "out of memory";
+			session_close(s);
+			return;
+		}
+		size_t used;
+		vec.iov_len = pop3_stream_convert(&s->stream, in, (size_t)r,
+						  vec.iov_base, &used);
+		if (evbuffer_commit_space(out, &vec, 1) == -1) {
+			sending_done(s);
+			s->end_reason = "out of memory";
+			session_close(s);
+			return;
+		}
+		if (pop3_stream_done(&s->stream)) {
+			sending_finish(s); /* TOP: the rest is not sent */
+			return;
+		}
+	}
+}
+
+/* RETR and TOP: "+OK", then the message streamed from its file. */
+static void cmd_retr(struct pop3_session *s, const struct pop3_command *cmd,
+		     bool top)
+{
+	struct pop3_message *m = message_get(s, cmd->number);
+	if (m == NULL)
+		return;
+	char *path = NULL;
+	if (asprintf(&path, "%s/%s", s->cur, m->name) == -1) {
+		reply(s, "-ERR [SYS/TEMP] out of memory");
+		return;
+	}
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	int err = errno;
+	free(path);
+	if (fd == -1) {
+		if (err == ENOENT)
+			reply(s, "-ERR message %llu is no longer available",
+			      (unsigned long long)cmd->number);
+		else
+			reply(s, "-ERR [SYS/TEMP] cannot read message %llu",
+			      (unsigned long long)cmd->number);
+		log_event(
+		    LOG_LEVEL_WARN, "pop3_read_error",
+		    LOG_S("client", s->client), LOG_S("mailbox", s->mailbox),
+		    LOG_S("message", m->name), LOG_S("reason", strerror(err)));
+		return;
+	}
+	if (top)
+		reply(s, "+OK top of message follows");
+	else
+		reply(s, "+OK %llu octets", (unsigned long long)m->size);
+	if (!top)
+		s->retrieved++;
+	pop3_stream_init(&s->stream, top, cmd->lines);
+	s->send_fd = fd;
+	enter_state(s, POP3_STATE_SENDING);
+	bufferevent_disable(s->bev, EV_READ);
+	bufferevent_setwatermark(s->bev, EV_WRITE, SEND_LOW_WATER, 0);
+	send_more(s);
+}
+
+static void cmd_dele(struct pop3_session *s, const struct pop3_command *cmd)
+{
+	struct pop3_message *m = message_get(s, cmd->number);
+	if (m == NULL)
+		return;
+	m->deleted = true;
+	reply(s, "+OK message %llu deleted", (unsigned long long)cmd->number);
+}
+
+static void cmd_rset(struct pop3_session *s)
+{
+	for (size_t i = 0; i < s->message_count; i++)
+		s->messages[i].deleted = false;
+	size_t count;
+	uint64_t octets;
+	maildrop_totals(s, &count, &octets);
+	reply(s, "+OK maildrop has %zu messages (%llu octets)", count,
+	      (unsigned long long)octets);
+}
+
+/* QUIT in TRANSACTION: UPDATE removes what was marked, then goodbye. */
+static void cmd_quit_update(struct pop3_session *s)
+{
+	enter_state(s, POP3_STATE_UPDATE);
+	unsigned removed = 0, failed = 0;
+	for (size_t i = 0; i < s->message_count; i++) {
+		const struct pop3_message *m = &s->messages[i];
+		if (!m->deleted)
+			continue;
+		char *path = NULL;
+		if (asprintf(&path, "%s/%s", s->cur, m->name) == -1) {
+			failed++;
+			continue;
+		}
+		if (unlink(path) == 0 || errno == ENOENT) {
+			removed++;
+		} else {
+			int err = errno;
+			failed++;
+			log_event(LOG_LEVEL_ERROR, "pop3_delete_error",
+				  LOG_S("client", s->client),
+				  LOG_S("mailbox", s->mailbox),
+				  LOG_S("message", m->name),
+				  LOG_S("reason", strerror(err)));
+		}
+		free(path);
+	}
+	size_t left = s->message_count - removed;
+	log_event(LOG_LEVEL_INFO, "pop3_logout", LOG_S("client", s->client),
+		  LOG_S("user", s->account), LOG_I("retrieved", s->retrieved),
+		  LOG_I("deleted", removed), LOG_I("left", left));
+	mailbox_release(s);
+	if (failed > 0)
+		reply(s, "-ERR [SYS/TEMP] %u deleted messages not removed",
+		      failed);
+	else
+		reply(s,
+		      "+OK facteur POP3 server signing off (%zu messages "
+		      "left)",
+		      left);
+	s->end_reason = "quit";
+	session_close(s);
+}
+
+static void cmd_quit(struct pop3_session *s)
+{
+	if (s->state == POP3_STATE_TRANSACTION) {
+		cmd_quit_update(s);
+		return;
+	}
+	reply(s, "+OK facteur POP3 server signing off");
+	s->end_reason = "quit";
+	session_close(s);
+}
+
+static void dispatch(struct pop3_session *s, const char *line, size_t len)
+{
+	struct pop3_command cmd;
+	enum pop3_parse_result r = pop3_parse_command(line, len, &cmd);
+	if (r == POP3_PARSE_UNKNOWN) {
+		reply_error(s, "unknown command");
+		return;
+	}
+	if (r == POP3_PARSE_SYNTAX) {
+		reply_error(s, "syntax error");
+		return;
+	}
+	bool authz = s->state == POP3_STATE_AUTHORIZATION;
+	switch (cmd.verb) {
+	case POP3_VERB_CAPA:
+		cmd_capa(s);
+		return;
+	case POP3_VERB_QUIT:
+		cmd_quit(s);
+		return;
+	case POP3_VERB_USER:
+	case POP3_VERB_PASS:
+	case POP3_VERB_AUTH:
+	case POP3_VERB_STLS:
+		if (!authz) {
+			reply_error(s, "already logged in");
+			return;
+		}
+		break;
+	default:
+		if (authz) {
+			reply_error(s, "not logged in");
+			return;
+		}
+		break;
+	}
+	switch (cmd.verb) {
+	case POP3_VERB_USER:
+		cmd_user(s, &cmd);
+		break;
+	case POP3_VERB_PASS:
+		cmd_pass(s, &cmd);
+		break;
+	case POP3_VERB_AUTH:
+		cmd_auth(s, &cmd);
+		break;
+	case POP3_VERB_STLS:
+		cmd_stls(s);
+		break;
+	case POP3_VERB_STAT:
+		cmd_stat(s);
+		break;
+	case POP3_VERB_LIST:
+		cmd_list(s, &cmd, false);
+		break;
+	case POP3_VERB_UIDL:
+		cmd_list(s, &cmd, true);
+		break;
+	case POP3_VERB_RETR:
+		cmd_retr(s, &cmd, false);
+		break;
+	case POP3_VERB_TOP:
+		cmd_retr(s, &cmd, true);
+		break;
+	case POP3_VERB_DELE:
+		cmd_dele(s, &cmd);
+		break;
+	case POP3_VERB_RSET:
+		cmd_rset(s);
+		break;
+	case POP3_VERB_NOOP:
+		reply(s, "+OK");
+		break;
+	case POP3_VERB_CAPA:
+	case POP3_VERB_QUIT:
+	case POP3_VERB_UNKNOWN:
+		break;
+	}
+}
+
+/* ---- input ---- */
+
+static void line_too_long(struct pop3_session *s)
+{
+	if (s->state == POP3_STATE_SASL)
+		enter_state(s, POP3_STATE_AUTHORIZATION);
+	reply_error(s, "line too long");
+}
+
+/* Read one line; false when none is complete yet. A line over the limit
+ * is answered at once and skipped up to its end. */
+static bool read_line(struct pop3_session *s)
+{
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	size_t eol_len = 0;
+	struct evbuffer_ptr eol =
+	    evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF);
+	size_t limit = POP3_COMMAND_LINE_MAX;
+	char head[5];
+	if (s->state == POP3_STATE_SASL ||
+	    (evbuffer_copyout(in, head, 5) == 5 &&
+	     strncasecmp(head, "AUTH ", 5) == 0))
+		limit = POP3_AUTH_LINE_MAX;
+
+	if (eol.pos == -1) {
+		size_t have = evbuffer_get_length(in);
+		if (have < limit)
+			return false;
+		/* Keep a last CR: it may start the CRLF that ends it. */
+		unsigned char last = 0;
+		struct evbuffer_ptr at;
+		evbuffer_ptr_set(in, &at, have - 1, EVBUFFER_PTR_SET);
+		evbuffer_copyout_from(in, &at, &last, 1);
+		evbuffer_drain(in, last == '\r' ? have - 1 : have);
+		if (!s->discarding_line) {
+			s->discarding_line = true;
+			line_too_long(s);
+		}
+		return false;
+	}
+	size_t line_len = (size_t)eol.pos;
+	if (s->discarding_line || line_len + eol_len > limit) {
+		evbuffer_drain(in, line_len + eol_len);
+		if (!s->discarding_line)
+			line_too_long(s);
+		s->discarding_line = false;
+		return true;
+	}
+	char line[POP3_AUTH_LINE_MAX];
+	evbuffer_remove(in, line, line_len);
+	evbuffer_drain(in, eol_len);
+	if (s->state == POP3_STATE_SASL)
+		sasl_plain(s, line, line_len);
+	else
+		dispatch(s, line, line_len);
+	explicit_bzero(line, line_len);
+	return true;
+}
+
+static bool reading_commands(const struct pop3_session *s)
+{
+	return s->state == POP3_STATE_AUTHORIZATION ||
+	       s->state == POP3_STATE_SASL ||
+	       s->state == POP3_STATE_TRANSACTION;
+}
+
+static void session_process(struct pop3_session *s)
+{
+	while (reading_commands(s) && read_line(s))
+		;
+	/* A client that sends without reading replies is paused. */
+	if (reading_commands(s) && evbuffer_get_length(bufferevent_get_output(
+				       s->bev)) > OUTPUT_HIGH_WATER) {
+		bufferevent_disable(s->bev, EV_READ);
+		s->paused = true;
+	}
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+	(void)bev;
+	session_process(arg);
+}
+
+static void on_write(struct bufferevent *bev, void *arg)
+{
+	(void)bev;
+	struct pop3_session *s = arg;
+	switch (s->state) {
+	case POP3_STATE_CLOSING:
+		flush_then_free(s);
+		return;
+	case POP3_STATE_SENDING:
+		send_more(s);
+		/* done: commands pipelined behind the RETR are waiting */
+		if (s->state == POP3_STATE_TRANSACTION)
+			session_process(s);
+		return;
+	default:
+		break;
+	}
+	if (s->paused && reading_commands(s)) {
+		s->paused = false;
+		bufferevent_enable(s->bev, EV_READ);
+		session_process(s);
+	}
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+	(void)bev;
+	struct pop3_session *s = arg;
+	if (what & BEV_EVENT_CONNECTED) {
+		/* the TLS handshake is done */
+		s->tls_established = true;
+		metrics.tls_sessions_total++;
+		SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
+		log_event(LOG_LEVEL_INFO, "pop3_tls",
+			  LOG_S("client", s->client),
+			  LOG_S("version", ssl ? SSL_get_version(ssl) : ""),
+			  LOG_S("cipher", ssl ? SSL_get_cipher_name(ssl) : ""));
+		return;
+	}
+	if (s->tls && !s->tls_established) {
+		s->end_reason = (what & BEV_EVENT_TIMEOUT)
+				    ? "tls handshake timeout"
+				    : "tls handshake failed";
+	} else if (what & BEV_EVENT_TIMEOUT) {
+		/* RFC 1939 §3: an idle session is closed without a word,
+		 * and nothing is deleted. */
+		s->end_reason = "timeout";
+	} else if (s->end_reason == NULL) {
+		s->end_reason =
+		    (what & BEV_EVENT_EOF) ? "disconnected" : "error";
+	}
+	session_free(s);
+}
+
+/* Our output is empty; after STLS the TLS filter has handed its last
+ * records to the socket's bufferevent, which may still hold them: wait
+ * for that one too (a bounded while) before the close would drop them. */
+static void flush_then_free(struct pop3_session *s)
+{
+	struct bufferevent *under = bufferevent_get_underlying(s->bev);
+	if (under != NULL &&
+	    evbuffer_get_length(bufferevent_get_output(under)) > 0 &&
+	    s->flush_checks < FLUSH_CHECKS_MAX) {
+		if (s->timer == NULL)
+			s->timer = evtimer_new(srv_of(s)->base, on_timer, s);
+		if (s->timer != NULL) {
+			s->flush_checks++;
+			struct timeval tick = {0, FLUSH_CHECK_USEC};
+			evtimer_add(s->timer, &tick);
+			return;
+		}
+	}
+	session_free(s);
+}
+
+/* Stop reading and end the session once the queued replies are out. */
+static void session_close(struct pop3_session *s)
+{
+	if (s->state == POP3_STATE_CLOSING)
+		return;
+	enter_state(s, POP3_STATE_CLOSING);
+	if (s->timer != NULL)
+		evtimer_del(s->timer);
+	bufferevent_disable(s->bev, EV_READ);
+	bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	evbuffer_drain(in, evbuffer_get_length(in));
+	if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0) {
+		/* on_write will not come: free on the next loop turn. */
+		bufferevent_trigger(s->bev, EV_WRITE,
+				    BEV_TRIG_DEFER_CALLBACKS |
+					BEV_TRIG_IGNORE_WATERMARKS);
+	}
+}
+
+static void session_free(struct pop3_session *s)
+{
+	struct pop3_server *p = s->server;
+	if (s->send_fd != -1)
+		(void)close(s->send_fd); /* read-only: nothing to lose */
+	/* A session that ends without QUIT deletes nothing (RFC 1939 §6). */
+	log_event(LOG_LEVEL_INFO, "pop3_disconnect", LOG_S("client", s->client),
+		  LOG_S("user", s->account),
+		  LOG_S("reason", s->end_reason ? s->end_reason : "closed"),
+		  LOG_I("retrieved", s->retrieved),
+		  LOG_I("duration", time(NULL) - s->started));
+	mailbox_release(s);
+	if (s->prev != NULL)
+		s->prev->next = s->next;
+	else
+		p->sessions = s->next;
+	if (s->next != NULL)
+		s->next->prev = s->prev;
+	p->session_count--;
+	bufferevent_free(s->bev);
+	if (s->timer != NULL)
+		event_free(s->timer);
+	free(s->user);
+	free(s->account);
+	free(s);
+}
+
+static void client_text(const struct sockaddr *sa, char *buf, size_t len)
+{
+	if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *sin6 =
+		    (const struct sockaddr_in6 *)sa;
+		inet_ntop(AF_INET6, &sin6->sin6_addr, buf, (socklen_t)len);
+	} else if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
+		inet_ntop(AF_INET, &sin->sin_addr, buf, (socklen_t)len);
+	} else {
+		snprintf(buf, len, "unknown");
+	}
+}
+
+static struct pop3_session *session_new(struct bound *b, int fd,
+					const struct sockaddr *addr,
+					socklen_t addrlen)
+{
+	struct pop3_server *p = b->owner;
+	struct server *srv = p->srv;
+	struct pop3_session *s = calloc(1, sizeof *s);
+	if (s == NULL) {
+		close(fd);
+		return NULL;
+	}
+	if (b->mode == LISTEN_POP3S) {
+		/* Implicit TLS: the handshake comes first; the greeting waits
+		 * in the output until it is done. */
+		SSL *ssl = srv->tls_server ? SSL_new(srv->tls_server) : NULL;
+		s->bev =
+		    ssl ? bufferevent_openssl_socket_new(
+			      srv->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+			      BEV_OPT_CLOSE_ON_FREE)
+			: NULL;
+		if (s->bev == NULL && ssl != NULL)
+			SSL_free(ssl);
+		if (s->bev != NULL) {
+			bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
+			s->tls = true;
+		}
+	} else {
+		s->bev = bufferevent_socket_new(srv->base, fd,
+						BEV_OPT_CLOSE_ON_FREE);
+	}
+	if (s->bev == NULL) {
+		close(fd);
+		free(s);
+		return NULL;
+	}
+	s->server = p;
+	s->send_fd = -1;
+	s->started = time(NULL);
+	if (addrlen > sizeof s->addr)
+		addrlen = sizeof s->addr;
+	memcpy(&s->addr, addr, addrlen);
+	client_text(addr, s->client, sizeof s->client);
+	s->loopback = pop3_client_is_loopback(addr);
+
+	s->next = p->sessions;
+	if (p->sessions != NULL)
+		p->sessions->prev = s;
+	p->sessions = s;
+	p->session_count++;
+
+	set_callbacks(s);
+	log_event(LOG_LEVEL_INFO, "pop3_connect", LOG_S("client", s->client),
+		  LOG_S("listen", b->text));
+	reply(s, "+OK facteur POP3 server ready");
+	return s;
+}
+
+/* ---- listening ---- */
+
+static bool same_address(const struct sockaddr *a,
+			 const struct sockaddr_storage *b)
+{
+	if (a->sa_family != b->ss_family)
+		return false;
+	if (a->sa_family == AF_INET)
+		return memcmp(&((const struct sockaddr_in *)a)->sin_addr,
+			      &((const struct sockaddr_in *)b)->sin_addr,
+			      sizeof(struct in_addr)) == 0;
+	if (a->sa_family == AF_INET6)
+		return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+			      &((const struct sockaddr_in6 *)b)->sin6_addr,
+			      sizeof(struct in6_addr)) == 0;
+	return false;
+}
+
+/* Refuse a connection and close it. The line is tiny and the socket
+ * brand new, so one non-blocking send fits its buffer. */
+static void refuse(int fd, const char *line)
+{
+	ssize_t n = send(fd, line, strlen(line), MSG_DONTWAIT | MSG_NOSIGNAL);
+	(void)n;
+	close(fd);
+}
+
+static void on_accept(struct evconnlistener *ev, evutil_socket_t fd,
+		      struct sockaddr *addr, int addrlen, void *arg)
+{
+	(void)ev;
+	struct bound *b = arg;
+	struct pop3_server *p = b->owner;
+	const struct config *cfg = p->srv->cfg;
+	if (p->srv->stopping || p->stopped) {
+		close(fd);
+		return;
+	}
+	/* The same limits as SMTP, counted over the POP3 sessions. */
+	if (p->session_count >= cfg->max_connections) {
+		refuse(fd, "-ERR [SYS/TEMP] too many connections\r\n");
+		log_event(LOG_LEVEL_WARN, "rejected",
+			  LOG_S("reason", "pop3 max_connections"));
+		return;
+	}
+	unsigned same = 0;
+	for (const struct pop3_session *s = p->sessions; s != NULL; s = s->next)
+		if (same_address(addr, &s->addr))
+			same++;
+	if (same >= cfg->max_connections_per_ip) {
+		refuse(fd, "-ERR [SYS/TEMP] too many connections from your "
+			   "address\r\n");
+		log_event(LOG_LEVEL_WARN, "rejected",
+			  LOG_S("reason", "pop3 max_connections_per_ip"));
+		return;
+	}
+	session_new(b, fd, addr, (socklen_t)addrlen);
+}
+
+static void on_resume(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct pop3_server *p = arg;
+	if (!p->srv->stopping && !p->stopped)
+		pop3_server_enable(p);
+}
+
+/* Out of descriptors: stop accepting for a second rather than spin. */
+static void on_accept_error(struct evconnlistener *ev, void *arg)
+{
+	(void)ev;
+	struct bound *b = arg;
+	struct pop3_server *p = b->owner;
+	int err = EVUTIL_SOCKET_ERROR();
+	log_event(LOG_LEVEL_ERROR, "accept_error", LOG_S("listen", b->text),
+		  LOG_S("reason", strerror(err)));
+	pop3_server_disable(p);
+	struct timeval second = {1, 0};
+	evtimer_add(p->resume, &second);
+}
+
+static int bind_one(const struct listen_addr *la, char *err, size_t errlen)
+{
+	int family = la->addr.ss_family;
+	int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd == -1) {
+		snprintf(err, errlen, "%s: socket: %s", la->text,
+			 strerror(errno));
+		return -1;
+	}
+	int one = 1;
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == -1 ||
+	    (family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY,
+					      &one, sizeof one) == -1) ||
+	    bind(fd, (const struct sockaddr *)&la->addr, la->addrlen) == -1 ||
+	    listen(fd, LISTEN_BACKLOG) == -1) {
+		snprintf(err, errlen, "%s: %s", la->text, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+struct pop3_server *pop3_server_new(struct server *srv, char *err,
+				    size_t errlen)
+{
+	const struct config *cfg = srv->cfg;
+	struct pop3_server *p = calloc(1, sizeof *p);
+	if (p == NULL)
+		goto nomem;
+	p->srv = srv;
+	p->bound = calloc(cfg->pop3_listen_count ? cfg->pop3_listen_count : 1,
+			  sizeof *p->bound);
+	p->resume = evtimer_new(srv->base, on_resume, p);
+	if (p->bound == NULL || p->resume == NULL)
+		goto nomem;
+	for (size_t i = 0; i < cfg->pop3_listen_count; i++) {
+		const struct listen_addr *la = &cfg->pop3_listen[i];
+		if (la->mode == LISTEN_POP3S && srv->tls_server == NULL) {
+			snprintf(err, errlen,
+				 "%s: pop3s needs tls_cert and "
+				 "tls_key",
+				 la->text);
+			goto fail;
+		}
+		int fd = bind_one(la, err, errlen);
+		if (fd == -1)
+			goto fail;
+		struct bound *b = &p->bound[p->bound_count];
+		b->owner = p;
+		b->mode = la->mode;
+		b->text = strdup(la->text);
+		b->ev = evconnlistener_new(srv->base, on_accept, b,
+					   LEV_OPT_CLOSE_ON_FREE |
+					       LEV_OPT_CLOSE_ON_EXEC |
+					       LEV_OPT_DISABLED,
+					   -1, fd);
+		if (b->ev == NULL || b->text == NULL) {
+			if (b->ev != NULL)
+				evconnlistener_free(b->ev);
+			else
+				close(fd);
+			free(b->text);
+			b->ev = NULL;
+			b->text = NULL;
+			goto nomem;
+		}
+		evconnlistener_set_error_cb(b->ev, on_accept_error);
+		p->bound_count++;
+		log_event(LOG_LEVEL_INFO, "listening",
+			  LOG_S("listen", la->text));
+	}
+	return p;
+nomem:
+	snprintf(err, errlen, "out of memory");
+fail:
+	pop3_server_free(p);
+	return NULL;
+}
+
+void pop3_server_enable(struct pop3_server *p)
+{
+	if (p == NULL)
+		return;
+	for (size_t i = 0; i < p->bound_count; i++)
+		evconnlistener_enable(p->bound[i].ev);
+}
+
+void pop3_server_disable(struct pop3_server *p)
+{
+	if (p == NULL)
+		return;
+	for (size_t i = 0; i < p->bound_count; i++)
+		evconnlistener_disable(p->bound[i].ev);
+}
+
+void pop3_server_shutdown(struct pop3_server *p)
+{
+	if (p == NULL)
+		return;
+	p->stopped = true;
+	pop3_server_disable(p);
+	struct pop3_session *s = p->sessions;
+	while (s != NULL) {
+		struct pop3_session *next = s->next;
+		if (s->state == POP3_STATE_SENDING) {
+			/* No room for a word in the middle of a message. */
+			s->end_reason = "shutdown";
+			session_free(s);
+		} else if (s->state != POP3_STATE_CLOSING) {
+			reply(s, "-ERR [SYS/TEMP] server shutting down");
+			s->end_reason = "shutdown";
+			session_close(s);
+		}
+		s = next;
+	}
+}
+
+size_t pop3_sessions_count(const struct pop3_server *p)
+{
+	return p == NULL ? 0 : p->session_count;
+}
+
+void pop3_server_free(struct pop3_server *p)
+{
+	if (p == NULL)
+		return;
+	while (p->sessions != NULL) {
+		if (p->sessions->end_reason == NULL)
+			p->sessions->end_reason = "shutdown";
+		session_free(p->sessions);
+	}
+	for (size_t i = 0; i < p->bound_count; i++) {
+		evconnlistener_free(p->bound[i].ev);
+		free(p->bound[i].text);
+	}
+	free(p->bound);
+	if (p->resume != NULL)
+		event_free(p->resume);
+	free(p);
+}

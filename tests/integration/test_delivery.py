@@ -1,10 +1,7 @@
 """Local delivery into Maildir (SPEC §4 Received/250, §5, §7 durability)."""
 
 import email.utils
-import os
 import re
-import shutil
-import smtplib
 import subprocess
 import time
 

@@ -312,7 +312,7 @@ def stats(d):
     for line in out.splitlines():
         assert not line.startswith("#"), line
         name, value = line.rsplit(" ", 1)
-        values[name] = int(value)
+        values[name] = float(value)
     return values
 
 

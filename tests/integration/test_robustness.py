@@ -5,7 +5,6 @@ fixture then checks that SIGTERM exits 0."""
 import random
 import selectors
 import socket
-import struct
 import threading
 import time
 

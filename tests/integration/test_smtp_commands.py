@@ -1,7 +1,6 @@
 """SMTP inbound, command by command (SPEC §4, §8)."""
 
 import re
-import socket
 import subprocess
 import time
 

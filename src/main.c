@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -170,6 +171,38 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
 	(void)what;
 	(void)arg;
 	reload_settings();
+}
+
+#define LAG_PROBE_NSEC 100000000L /* 100 ms */
+
+static struct event *lag_probe;
+static struct timespec lag_probe_due;
+
+static void lag_probe_arm(void)
+{
+	struct timeval period = {0, LAG_PROBE_NSEC / 1000};
+	clock_gettime(CLOCK_MONOTONIC, &lag_probe_due);
+	lag_probe_due.tv_nsec += LAG_PROBE_NSEC;
+	if (lag_probe_due.tv_nsec >= 1000000000L) {
+		lag_probe_due.tv_sec++;
+		lag_probe_due.tv_nsec -= 1000000000L;
+	}
+	evtimer_add(lag_probe, &period);
+}
+
+/* A timer due every 100 ms: how late it fires is how long the loop was
+ * busy elsewhere (issue 7: the loop must not stall). */
+static void on_lag_probe(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	double late = (double)(now.tv_sec - lag_probe_due.tv_sec) +
+	              (double)(now.tv_nsec - lag_probe_due.tv_nsec) / 1e9;
+	metrics_observe_loop_lag(late > 0 ? late : 0);
+	lag_probe_arm();
 }
 
 static void on_drain_check(evutil_socket_t fd, short what, void *arg)
@@ -388,6 +421,11 @@ int main(int argc, char **argv)
 	    evsignal_add(sighup, NULL) == -1)
 		fatal("cannot install signal handlers");
 
+	lag_probe = evtimer_new(srv.base, on_lag_probe, NULL);
+	if (lag_probe == NULL)
+		fatal("out of memory");
+	lag_probe_arm();
+
 	listener_enable(srv.listener);
 	pop3_server_enable(pop3);
 	log_event(LOG_LEVEL_INFO, "started", LOG_S("version", FACTEUR_VERSION),
@@ -397,6 +435,7 @@ int main(int argc, char **argv)
 	event_base_dispatch(srv.base);
 
 	log_event(LOG_LEVEL_INFO, "stopped", LOG_S("reason", "signal"));
+	event_free(lag_probe);
 	event_free(sigterm);
 	event_free(sigint);
 	event_free(sighup);

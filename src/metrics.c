@@ -25,6 +25,12 @@ static const double delay_bounds[] = {1,   5,    30,    60,   300,
                                       900, 3600, 14400, 86400};
 #define DELAY_BUCKETS (sizeof delay_bounds / sizeof delay_bounds[0])
 
+/* Upper bounds of the loop lag buckets, in seconds: how late a periodic
+ * timer fires tells how long the loop was busy with something else. */
+static const double lag_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025,
+                                    0.05,  0.1,    0.25,  1};
+#define LAG_BUCKETS (sizeof lag_bounds / sizeof lag_bounds[0])
+
 struct listener_metric {
 	char *listen;
 	uint64_t connections;
@@ -34,6 +40,10 @@ static struct {
 	uint64_t delay_counts[DELAY_BUCKETS + 1]; /* the last one is +Inf */
 	uint64_t delay_count;
 	double delay_sum;
+	uint64_t lag_counts[LAG_BUCKETS + 1];
+	uint64_t lag_count;
+	double lag_sum;
+	double lag_max;
 	metrics_queue_age_fn queue_age;
 	void *queue_age_arg;
 	struct listener_metric *listeners;
@@ -175,6 +185,23 @@ static void put_extra_metrics(struct out *o)
 	put(o, "facteur_delivery_delay_seconds_sum %.3f\n", extra.delay_sum);
 	put_value(o, "facteur_delivery_delay_seconds_count", extra.delay_count);
 
+	put_header(o, "facteur_loop_lag_seconds", "histogram",
+	           "How late the event loop ran a timer due every 100 ms.");
+	cumulative = 0;
+	for (size_t i = 0; i < LAG_BUCKETS; i++) {
+		cumulative += extra.lag_counts[i];
+		put(o, "facteur_loop_lag_seconds_bucket{le=\"%g\"} %llu\n",
+		    lag_bounds[i], (unsigned long long)cumulative);
+	}
+	cumulative += extra.lag_counts[LAG_BUCKETS];
+	put(o, "facteur_loop_lag_seconds_bucket{le=\"+Inf\"} %llu\n",
+	    (unsigned long long)cumulative);
+	put(o, "facteur_loop_lag_seconds_sum %.6f\n", extra.lag_sum);
+	put_value(o, "facteur_loop_lag_seconds_count", extra.lag_count);
+	put_header(o, "facteur_loop_lag_max_seconds", "gauge",
+	           "The longest loop lag seen since the start.");
+	put(o, "facteur_loop_lag_max_seconds %.6f\n", extra.lag_max);
+
 	put_header(o, "facteur_build_info", "gauge",
 	           "The running version; always 1.");
 	put(o, "facteur_build_info{version=\"");
@@ -230,6 +257,22 @@ void metrics_observe_delivery_delay(double seconds)
 	extra.delay_counts[i]++;
 	extra.delay_count++;
 	extra.delay_sum += seconds;
+}
+
+void metrics_observe_loop_lag(double seconds)
+{
+	if (isnan(seconds))
+		return;
+	if (seconds < 0)
+		seconds = 0;
+	size_t i = 0;
+	while (i < LAG_BUCKETS && seconds > lag_bounds[i])
+		i++;
+	extra.lag_counts[i]++;
+	extra.lag_count++;
+	extra.lag_sum += seconds;
+	if (seconds > extra.lag_max)
+		extra.lag_max = seconds;
 }
 
 void metrics_set_queue_age_source(metrics_queue_age_fn oldest_age, void *arg)

@@ -55,6 +55,10 @@ void metrics_observe_delivery_delay(double seconds);
  * asked of `oldest_age` at each scrape (0 while no source is set). The
  * function runs on the loop thread and must be cheap. NULL unsets. */
 typedef double (*metrics_queue_age_fn)(void *arg);
+
+/* facteur_loop_lag_seconds (histogram) and facteur_loop_lag_max_seconds:
+ * how late a periodic timer of the loop fired. */
+void metrics_observe_loop_lag(double seconds);
 void metrics_set_queue_age_source(metrics_queue_age_fn oldest_age, void *arg);
 
 /* facteur_listener_connections_total{listen="..."}: SMTP connections

@@ -210,11 +210,15 @@ static void cmd_show(struct control_session *cs, const char *id)
 /* The metrics without the HELP/TYPE comments: "name value" lines. */
 static void cmd_stats(struct control_session *cs)
 {
-	char buf[8192];
-	size_t len = metrics_format(buf, sizeof buf);
-	const char *p = buf;
-	const char *end = buf + len;
+	size_t len = 0;
+	char *text = metrics_format_alloc(&len);
+	const char *p = text;
+	const char *end = text ? text + len : NULL;
 
+	if (text == NULL) {
+		reply_end(cs, "out of memory");
+		return;
+	}
 	while (p < end) {
 		const char *nl = memchr(p, '\n', (size_t)(end - p));
 		size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
@@ -222,6 +226,7 @@ static void cmd_stats(struct control_session *cs)
 			reply_add(cs, p, n);
 		p += n + 1;
 	}
+	free(text);
 	reply_end(cs, NULL);
 }
 

@@ -696,7 +696,9 @@ struct line_reader {
 static char *reader_line(struct line_reader *r)
 {
 	for (;;) {
-		char *nl = memchr(r->buf + r->start, '\n', r->len - r->start);
+		char *nl = r->len > r->start ? memchr(r->buf + r->start, '\n',
+						      r->len - r->start)
+					     : NULL;
 		if (nl != NULL) {
 			char *line = r->buf + r->start;
 			*nl = '\0';

@@ -52,6 +52,8 @@ struct queued {
 	struct scheduler *sched;
 	struct spool_envelope *env;
 	bool *busy;          /* per recipient: attempt or record in flight */
+	char **last_relay;   /* per recipient: the relay last tried, for the
+	                        expiry log line (memory only) */
 	unsigned in_flight;  /* attempts, DSNs and records of this message */
 	bool recovered;      /* found at start-up: deliveries check first */
 	bool deleted;        /* facteurctl delete: removed once idle */
@@ -183,6 +185,9 @@ static void queued_free(struct queued *q)
 	sched->count--;
 	metrics.queue_messages = sched->count;
 	event_free(q->timer);
+	for (size_t i = 0; i < q->env->rcpt_count; i++)
+		free(q->last_relay[i]);
+	free(q->last_relay);
 	free(q->busy);
 	spool_envelope_free(q->env);
 	free(q);
@@ -738,8 +743,10 @@ static void on_client_done(const struct smtp_client_result *res, void *arg)
 		                    ? NULL
 		                    : out->reason);
 		count_outcome(q, out->state);
-		log_outcome(outcome_event(out->state), q, r, "relay",
-		            res->relay[0] ? res->relay : job->host);
+		const char *relay = res->relay[0] ? res->relay : job->host;
+		log_outcome(outcome_event(out->state), q, r, "relay", relay);
+		free(q->last_relay[job->rcpts[i]]);
+		q->last_relay[job->rcpts[i]] = strdup(relay);
 	}
 	relay_done(job);
 }
@@ -1047,7 +1054,17 @@ static void expire(struct queued *q, size_t index)
 	set_outcome(cfg, q, r, RCPT_BOUNCED, dsn, reason);
 	r->attempts--; /* expiry is not an attempt */
 	count_outcome(q, RCPT_BOUNCED);
-	log_outcome("expired", q, r, r->local ? "mailbox" : "relay", "");
+	const char *place = q->last_relay[index] ? q->last_relay[index] : "";
+	if (r->local) {
+		char mailbox_path[4096] = "";
+		char *mailbox = mailbox_of(cfg, r->address);
+		if (mailbox != NULL)
+			snprintf(mailbox_path, sizeof mailbox_path, "%s", mailbox);
+		free(mailbox);
+		log_outcome("expired", q, r, "mailbox", mailbox_path);
+	} else {
+		log_outcome("expired", q, r, "relay", place);
+	}
 	settle(q, &index, 1, false, NULL, 0);
 }
 
@@ -1194,10 +1211,13 @@ void scheduler_add(struct scheduler *sched, struct spool_envelope *env,
 	struct queued *q = calloc(1, sizeof *q);
 	bool *busy = calloc(env->rcpt_count ? env->rcpt_count : 1,
 	                    sizeof *busy);
+	char **last_relay = calloc(env->rcpt_count ? env->rcpt_count : 1,
+	                           sizeof *last_relay);
 	struct event *timer = q ? evtimer_new(sched->srv->base, on_timer, q)
 	                        : NULL;
-	if (q == NULL || busy == NULL || timer == NULL)
+	if (q == NULL || busy == NULL || last_relay == NULL || timer == NULL)
 		fatal("scheduler: out of memory for message %s", env->id);
+	q->last_relay = last_relay;
 	q->sched = sched;
 	q->env = env;
 	q->busy = busy;

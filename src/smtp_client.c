@@ -188,7 +188,7 @@ struct smtp_client {
 	char last_dsn[12];
 	char last_reason[512];
 
-	struct event *deadline; /* the absolute limit of each step */
+	struct event *deadline; /* the overall limit of each step */
 	struct event *step;	/* runs the next thing from the loop */
 };
 
@@ -209,8 +209,17 @@ static void enter_state(struct smtp_client *c, enum client_state state)
 	c->state = state;
 }
 
+/* smtp_timeout is idle time (SPEC.md §3): the bufferevent's read timeout
+ * enforces it. The step deadline only cuts off a server that keeps a
+ * reply trickling for many times that long. Connecting and the TLS
+ * handshake get smtp_timeout itself. */
+#define STEP_LIMIT_FACTOR 10
+
 static void arm_deadline(struct smtp_client *c, unsigned seconds)
 {
+	if (seconds == c->timeout && c->state != CLIENT_CONNECTING &&
+	    c->state != CLIENT_TLS_HANDSHAKE)
+		seconds *= STEP_LIMIT_FACTOR;
 	struct timeval tv = {.tv_sec = seconds, .tv_usec = 0};
 	if (evtimer_add(c->deadline, &tv) < 0)
 		fatal("smtp_client: cannot add a timer");
@@ -1194,7 +1203,8 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 			   state_doing[c->state], why);
 }
 
-/* The step deadline: a server that trickles a reply is cut off too. */
+/* The step deadline: a server that trickles a reply for ever is cut off
+ * too. */
 static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct smtp_client *c = arg;

@@ -266,6 +266,18 @@ static int recipient_add(struct transaction *tx, const struct smtp_rcpt *rcpt,
 	return 0;
 }
 
+/* Is the session encrypted? The handshake's "connected" event may come
+ * after the first bytes read under TLS, so ask OpenSSL itself. */
+static bool tls_active(const struct smtp_session *s)
+{
+	if (!s->tls)
+		return false;
+	if (s->tls_established)
+		return true;
+	SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
+	return ssl != NULL && SSL_is_init_finished(ssl);
+}
+
 /* ---- commands: HELO, EHLO ---- */
 
 static bool helo_valid(const char *arg, size_t len)
@@ -312,7 +324,7 @@ static void cmd_helo(struct smtp_session *s, const struct smtp_command *cmd,
 	reply(s, "250-CHUNKING");
 	if (s->srv->tls_server != NULL && !s->tls)
 		reply(s, "250-STARTTLS");
-	if (s->tls_established && s->srv->users != NULL)
+	if (tls_active(s) && s->srv->users != NULL)
 		reply(s, "250-AUTH PLAIN LOGIN");
 	reply(s, "250 DSN");
 }
@@ -517,7 +529,7 @@ static void cmd_auth(struct smtp_session *s, const struct smtp_command *cmd)
 		reply(s, "502 %s Authentication not enabled", ESC_BAD_COMMAND);
 		return;
 	}
-	if (!s->tls_established) {
+	if (!tls_active(s)) {
 		reply(s, "538 %s Encryption required for requested "
 		         "authentication mechanism",
 		      ESC_ENCRYPTION_REQUIRED);

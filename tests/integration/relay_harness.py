@@ -326,11 +326,13 @@ class ScriptedSMTP:
     of data with a 2xx (recorded before the reply is sent, as a real MTA
     commits first); never for DISCONNECT, HANG or a 4xx/5xx.
     `cert`/`key` make it offer STARTTLS; `auth` (a dict user -> password)
-    makes it offer AUTH PLAIN LOGIN, after TLS only unless `auth_before_tls`.
+    makes it offer AUTH `auth_mechanisms` (PLAIN and LOGIN are understood),
+    after TLS only unless `auth_before_tls`.
     """
 
     def __init__(self, host, port, name="scripted.test", replies=None, cert=None,
-                 key=None, auth=None, auth_before_tls=False, extensions=()):
+                 key=None, auth=None, auth_before_tls=False, extensions=(),
+                 auth_mechanisms="PLAIN LOGIN"):
         self.host = host
         self.port = port
         self.name = name
@@ -339,6 +341,7 @@ class ScriptedSMTP:
         self.key = key
         self.auth_users = auth
         self.auth_before_tls = auth_before_tls
+        self.auth_mechanisms = auth_mechanisms
         self.extensions = list(extensions)
         self.sessions = []
         self.messages = []
@@ -483,7 +486,7 @@ class ScriptedSMTP:
         if self.cert and not s.tls:
             lines.append("250 STARTTLS")
         if self.auth_users is not None and (s.tls or self.auth_before_tls):
-            lines.append("250 AUTH PLAIN LOGIN")
+            lines.append("250 AUTH " + self.auth_mechanisms)
         lines.extend("250 " + e for e in self.extensions)
         return "\n".join(lines)
 

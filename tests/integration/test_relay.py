@@ -385,10 +385,11 @@ def test_tls_verify_defers_on_a_certificate_for_another_name(relay):
     assert sender.events("delivered", queue_id=qid) == []
 
 
-def test_auth_to_a_scripted_smarthost_after_starttls(relay, tmp_path):
+@pytest.mark.parametrize("mechanisms", ["PLAIN LOGIN", "LOGIN"])
+def test_auth_to_a_scripted_smarthost_after_starttls(relay, tmp_path, mechanisms):
     cert, key = relay.cert("smarthost.test")
     srv = relay.scripted("127.0.0.3", name="smarthost.test", cert=cert, key=key,
-                         auth={"relay-user": "s3cret pass"})
+                         auth={"relay-user": "s3cret pass"}, auth_mechanisms=mechanisms)
     secret = tmp_path / "smarthost.secret"
     secret.write_text("relay-user:s3cret pass\n")
     sender = relay.sender(extra_lines=[
@@ -400,12 +401,33 @@ def test_auth_to_a_scripted_smarthost_after_starttls(relay, tmp_path):
     assert msgs[0].rcpts == ["far@away.test"]
     mech, user, password, over_tls = srv.auths[0]
     assert (user, password) == ("relay-user", "s3cret pass"), srv.auths
-    assert mech in ("PLAIN", "LOGIN"), srv.auths
+    assert mech in mechanisms.split(), srv.auths
     assert over_tls, "credentials sent before TLS"
     assert msgs[0].session.tls and msgs[0].session.auth is not None
     assert msgs[0].session.pre_tls_leftover == b"", "commands pipelined across STARTTLS"
     ev = rh.wait_relay_event(sender, "delivered", queue_id=qid)
     assert ev.get("relay", "").endswith("[127.0.0.3]:%d" % relay.port), ev
+
+
+def test_rejected_smarthost_credentials_defer_and_never_bounce(relay, tmp_path):
+    # like Postfix: a refused AUTH is the relay's configuration problem, the
+    # mail waits for it to be fixed
+    cert, key = relay.cert("smarthost.test")
+    srv = relay.scripted("127.0.0.3", name="smarthost.test", cert=cert, key=key,
+                         auth={"relay-user": "the right one"})
+    secret = tmp_path / "smarthost.secret"
+    secret.write_text("relay-user:a wrong one\n")
+    sender = relay.sender(extra_lines=[
+        "route = * [127.0.0.3]:%d tls=encrypt auth=%s" % (relay.port, secret)])
+
+    qid, _ = rh.inject(sender, ["far@away.test"])
+    ev = rh.wait_relay_event(sender, "deferred", queue_id=qid)
+    assert str(ev.get("dsn", "")).startswith("4."), ev
+    assert srv.auths and srv.auths[0][2] == "a wrong one", srv.auths
+    assert srv.sessions[0].transactions == 0, "MAIL sent after a refused AUTH"
+    time.sleep(2)
+    assert srv.messages == []
+    assert sender.events("bounced", queue_id=qid) == []
 
 
 def test_auth_to_a_facteurd_submission_smarthost(relay, tmp_path):

@@ -516,7 +516,8 @@ static void settle(struct queued *q, const size_t *rcpts, size_t count,
 	size_t *succeeded = malloc((count ? count : 1) * sizeof *succeeded);
 	if (st == NULL || copy == NULL || failed == NULL || succeeded == NULL)
 		fatal("scheduler: out of memory");
-	memcpy(copy, rcpts, count * sizeof *copy);
+	if (count > 0)
+		memcpy(copy, rcpts, count * sizeof *copy);
 	st->q = q;
 	st->rcpts = copy;
 	st->count = count;

@@ -1,6 +1,6 @@
 /*
- * Bound SMTP sockets and the connection limits (see listener.h). The
- * per-IP counts live in a small chained hash table keyed by the client's
+ * Bound sockets and the connection limits (see listener.h). The per-IP
+ * counts live in a small chained hash table keyed by the client's
  * address bytes; an entry goes away when its last connection does.
  */
 #include <errno.h>
@@ -22,6 +22,7 @@
 
 #define IP_BUCKETS 1024
 #define LISTEN_BACKLOG 1024
+#define REFUSAL_MAX 512
 
 struct ip_count {
 	struct ip_count *next;
@@ -34,15 +35,16 @@ struct bound {
 	struct evconnlistener *ev;
 	enum listen_mode mode;
 	char *text;
-	int metrics_slot;
+	int metrics_slot; /* -1 when not counted */
 };
 
 struct listener {
 	struct server *srv;
+	struct listener_owner owner;
 	struct bound **bound; /* each its own allocation: accept callbacks
-	                         hold a pointer to it */
+				 hold a pointer to it */
 	size_t bound_count;
-	bool enabled;
+	bool enabled; /* wanted on; may be paused for a second after EMFILE */
 	unsigned active;
 	struct ip_count *buckets[IP_BUCKETS];
 	struct event *resume; /* re-enables accepting after EMFILE */
@@ -59,7 +61,7 @@ static void address_key(const struct sockaddr *sa, uint8_t key[16])
 		memcpy(key + 12, &sin->sin_addr, 4);
 	} else if (sa->sa_family == AF_INET6) {
 		const struct sockaddr_in6 *sin6 =
-			(const struct sockaddr_in6 *)sa;
+		    (const struct sockaddr_in6 *)sa;
 		memcpy(key, &sin6->sin6_addr, 16);
 	}
 }
@@ -80,50 +82,39 @@ static struct ip_count **find_ip(struct listener *l, const uint8_t key[16])
 	return at;
 }
 
-/* Refuse a connection with a 421 and close it. The reply is tiny and the
+/* Send the owner's refusal line and close. The line is tiny and the
  * socket brand new, so one non-blocking send fits its buffer. */
-static void refuse(int fd, const char *reply)
+static void refuse(struct listener *l, int fd, enum listener_limit limit)
 {
-	ssize_t n = send(fd, reply, strlen(reply), MSG_DONTWAIT | MSG_NOSIGNAL);
-	(void)n;
+	char line[REFUSAL_MAX];
+	line[0] = '\0';
+	l->owner.refuse(l->owner.arg, limit, line, sizeof line);
+	ssize_t n = send(fd, line, strlen(line), MSG_DONTWAIT | MSG_NOSIGNAL);
+	(void)n; /* the client is turned away either way */
 	close(fd);
 }
 
 static void on_accept(struct evconnlistener *ev, evutil_socket_t fd,
-                      struct sockaddr *addr, int addrlen, void *arg)
+		      struct sockaddr *addr, int addrlen, void *arg)
 {
 	(void)ev;
 	struct bound *b = arg;
 	struct listener *l = b->owner;
 	const struct config *cfg = l->srv->cfg;
-	char reply[512];
 
-	if (l->srv->stopping) {
+	if (l->srv->stopping || !l->enabled) {
 		close(fd);
 		return;
 	}
 	if (l->active >= cfg->max_connections) {
-		snprintf(reply, sizeof reply,
-		         "421 4.3.2 %s Error: too many connections\r\n",
-		         cfg->hostname);
-		refuse(fd, reply);
-		metrics.connections_refused_max++;
-		log_event(LOG_LEVEL_WARN, "rejected",
-		          LOG_S("reason", "max_connections"));
+		refuse(l, fd, LISTENER_LIMIT_TOTAL);
 		return;
 	}
 	uint8_t key[16];
 	address_key(addr, key);
 	struct ip_count **at = find_ip(l, key);
 	if (*at != NULL && (*at)->count >= cfg->max_connections_per_ip) {
-		snprintf(reply, sizeof reply,
-		         "421 4.7.0 %s Error: too many connections from your "
-		         "address\r\n",
-		         cfg->hostname);
-		refuse(fd, reply);
-		metrics.connections_refused_per_ip++;
-		log_event(LOG_LEVEL_WARN, "rejected",
-		          LOG_S("reason", "max_connections_per_ip"));
+		refuse(l, fd, LISTENER_LIMIT_PER_IP);
 		return;
 	}
 	if (*at == NULL) {
@@ -137,9 +128,19 @@ static void on_accept(struct evconnlistener *ev, evutil_socket_t fd,
 	(*at)->count++;
 	l->active++;
 	metrics_listener_connection(b->metrics_slot);
-	if (smtp_session_new(l->srv, fd, addr, (socklen_t)addrlen, b->mode) ==
-	    NULL)
+	if (!l->owner.accept(l->owner.arg, fd, addr, (socklen_t)addrlen,
+			     b->mode, b->text))
 		listener_release(l, addr);
+}
+
+static void set_accepting(struct listener *l, bool on)
+{
+	for (size_t i = 0; i < l->bound_count; i++) {
+		if (on)
+			evconnlistener_enable(l->bound[i]->ev);
+		else
+			evconnlistener_disable(l->bound[i]->ev);
+	}
 }
 
 static void on_resume(evutil_socket_t fd, short what, void *arg)
@@ -147,8 +148,8 @@ static void on_resume(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	struct listener *l = arg;
-	if (!l->srv->stopping)
-		listener_enable(l);
+	if (!l->srv->stopping && l->enabled)
+		set_accepting(l, true);
 }
 
 /* Out of descriptors: stop accepting for a second rather than spin. */
@@ -159,9 +160,8 @@ static void on_accept_error(struct evconnlistener *ev, void *arg)
 	struct listener *l = b->owner;
 	int err = EVUTIL_SOCKET_ERROR();
 	log_event(LOG_LEVEL_ERROR, "accept_error", LOG_S("listen", b->text),
-	          LOG_S("reason", strerror(err)));
-	listener_disable(l);
-	l->enabled = true; /* on_resume turns it back on */
+		  LOG_S("reason", strerror(err)));
+	set_accepting(l, false);
 	struct timeval second = {1, 0};
 	evtimer_add(l->resume, &second);
 }
@@ -172,14 +172,14 @@ static int bind_one(const struct listen_addr *la, char *err, size_t errlen)
 	int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd == -1) {
 		snprintf(err, errlen, "%s: socket: %s", la->text,
-		         strerror(errno));
+			 strerror(errno));
 		return -1;
 	}
 	int one = 1;
-	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-	if (family == AF_INET6)
-		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
-	if (bind(fd, (const struct sockaddr *)&la->addr, la->addrlen) == -1 ||
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == -1 ||
+	    (family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY,
+					      &one, sizeof one) == -1) ||
+	    bind(fd, (const struct sockaddr *)&la->addr, la->addrlen) == -1 ||
 	    listen(fd, LISTEN_BACKLOG) == -1) {
 		snprintf(err, errlen, "%s: %s", la->text, strerror(errno));
 		close(fd);
@@ -189,7 +189,7 @@ static int bind_one(const struct listen_addr *la, char *err, size_t errlen)
 }
 
 static struct bound *bound_new(struct listener *l, const struct listen_addr *la,
-                               char *err, size_t errlen)
+			       char *err, size_t errlen)
 {
 	int fd = bind_one(la, err, errlen);
 	if (fd == -1)
@@ -203,11 +203,12 @@ static struct bound *bound_new(struct listener *l, const struct listen_addr *la,
 	}
 	b->owner = l;
 	b->mode = la->mode;
-	b->metrics_slot = metrics_listener_add(la->text);
+	b->metrics_slot =
+	    l->owner.metrics ? metrics_listener_add(la->text) : -1;
 	b->ev = evconnlistener_new(l->srv->base, on_accept, b,
-	                           LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC |
-	                                   LEV_OPT_DISABLED,
-	                           -1, fd);
+				   LEV_OPT_CLOSE_ON_FREE |
+				       LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_DISABLED,
+				   -1, fd);
 	if (b->ev == NULL) {
 		close(fd);
 		free(b->text);
@@ -227,20 +228,21 @@ static void bound_free(struct bound *b)
 	free(b);
 }
 
-struct listener *listener_new(struct server *srv, char *err, size_t errlen)
+struct listener *listener_new(struct server *srv, struct listener_owner owner,
+			      const struct listen_addr *entries, size_t count,
+			      char *err, size_t errlen)
 {
-	const struct config *cfg = srv->cfg;
 	struct listener *l = calloc(1, sizeof *l);
 	if (l == NULL)
 		goto nomem;
 	l->srv = srv;
-	l->bound = calloc(cfg->listen_count ? cfg->listen_count : 1,
-	                  sizeof *l->bound);
+	l->owner = owner;
+	l->bound = calloc(count ? count : 1, sizeof *l->bound);
 	l->resume = evtimer_new(srv->base, on_resume, l);
 	if (l->bound == NULL || l->resume == NULL)
 		goto nomem;
-	for (size_t i = 0; i < cfg->listen_count; i++) {
-		struct bound *b = bound_new(l, &cfg->listen[i], err, errlen);
+	for (size_t i = 0; i < count; i++) {
+		struct bound *b = bound_new(l, &entries[i], err, errlen);
 		if (b == NULL)
 			goto fail;
 		l->bound[l->bound_count++] = b;
@@ -253,54 +255,55 @@ fail:
 	return NULL;
 }
 
-/* Is this entry (by its text, which names address, port and mode) in
- * the configuration? */
-static const struct listen_addr *configured(const struct config *cfg,
-                                            const char *text)
+/* Is this entry (by its text, which names address, port and mode) among
+ * the entries? */
+static bool listed(const struct listen_addr *entries, size_t count,
+		   const char *text)
 {
-	for (size_t i = 0; i < cfg->listen_count; i++)
-		if (strcmp(cfg->listen[i].text, text) == 0)
-			return &cfg->listen[i];
-	return NULL;
+	for (size_t i = 0; i < count; i++)
+		if (strcmp(entries[i].text, text) == 0)
+			return true;
+	return false;
 }
 
-void listener_reload(struct listener *l)
+void listener_reload(struct listener *l, const struct listen_addr *entries,
+		     size_t count)
 {
-	const struct config *cfg = l->srv->cfg;
 	/* Entries gone from the configuration stop; sessions they
 	 * accepted go on. */
 	size_t kept = 0;
 	for (size_t i = 0; i < l->bound_count; i++) {
-		if (configured(cfg, l->bound[i]->text) != NULL) {
+		if (listed(entries, count, l->bound[i]->text)) {
 			l->bound[kept++] = l->bound[i];
 			continue;
 		}
 		log_event(LOG_LEVEL_INFO, "unlistening",
-		          LOG_S("listen", l->bound[i]->text));
+			  LOG_S("listen", l->bound[i]->text));
 		bound_free(l->bound[i]);
 	}
 	l->bound_count = kept;
-	struct bound **grown = realloc(
-		l->bound, (kept + cfg->listen_count + 1) * sizeof *l->bound);
+	struct bound **grown =
+	    realloc(l->bound, (kept + count + 1) * sizeof *l->bound);
 	if (grown == NULL) {
 		log_event(LOG_LEVEL_ERROR, "listen_error",
-		          LOG_S("reason", "out of memory"));
+			  LOG_S("reason", "out of memory"));
 		return;
 	}
 	l->bound = grown;
-	for (size_t i = 0; i < cfg->listen_count; i++) {
+	for (size_t i = 0; i < count; i++) {
 		bool have = false;
 		for (size_t j = 0; j < l->bound_count && !have; j++)
-			have = strcmp(l->bound[j]->text, cfg->listen[i].text) == 0;
+			have = strcmp(l->bound[j]->text, entries[i].text) == 0;
 		if (have)
 			continue;
 		char err[512];
-		struct bound *b = bound_new(l, &cfg->listen[i], err, sizeof err);
+		struct bound *b = bound_new(l, &entries[i], err, sizeof err);
 		if (b == NULL) {
-			/* Privileges may be gone: a low port needs a restart. */
+			/* Privileges may be gone: a low port needs a restart.
+			 */
 			log_event(LOG_LEVEL_ERROR, "listen_error",
-			          LOG_S("listen", cfg->listen[i].text),
-			          LOG_S("reason", err));
+				  LOG_S("listen", entries[i].text),
+				  LOG_S("reason", err));
 			continue;
 		}
 		l->bound[l->bound_count++] = b;
@@ -312,15 +315,13 @@ void listener_reload(struct listener *l)
 void listener_enable(struct listener *l)
 {
 	l->enabled = true;
-	for (size_t i = 0; i < l->bound_count; i++)
-		evconnlistener_enable(l->bound[i]->ev);
+	set_accepting(l, true);
 }
 
 void listener_disable(struct listener *l)
 {
 	l->enabled = false;
-	for (size_t i = 0; i < l->bound_count; i++)
-		evconnlistener_disable(l->bound[i]->ev);
+	set_accepting(l, false);
 }
 
 void listener_release(struct listener *l, const struct sockaddr *addr)
@@ -355,4 +356,47 @@ void listener_free(struct listener *l)
 	if (l->resume != NULL)
 		event_free(l->resume);
 	free(l);
+}
+
+/* ---- the SMTP side ---- */
+
+static bool smtp_accept(void *arg, int fd, const struct sockaddr *addr,
+			socklen_t addrlen, enum listen_mode mode,
+			const char *listen)
+{
+	(void)listen;
+	return smtp_session_new(arg, fd, addr, addrlen, mode) != NULL;
+}
+
+static void smtp_refuse(void *arg, enum listener_limit limit, char *line,
+			size_t size)
+{
+	const struct server *srv = arg;
+	if (limit == LISTENER_LIMIT_TOTAL) {
+		snprintf(line, size,
+			 "421 4.3.2 %s Error: too many connections\r\n",
+			 srv->cfg->hostname);
+		metrics.connections_refused_max++;
+		log_event(LOG_LEVEL_WARN, "rejected",
+			  LOG_S("reason", "max_connections"));
+	} else {
+		snprintf(line, size,
+			 "421 4.7.0 %s Error: too many connections from your "
+			 "address\r\n",
+			 srv->cfg->hostname);
+		metrics.connections_refused_per_ip++;
+		log_event(LOG_LEVEL_WARN, "rejected",
+			  LOG_S("reason", "max_connections_per_ip"));
+	}
+}
+
+struct listener_owner listener_smtp_owner(struct server *srv)
+{
+	struct listener_owner owner = {
+	    .accept = smtp_accept,
+	    .refuse = smtp_refuse,
+	    .arg = srv,
+	    .metrics = true,
+	};
+	return owner;
 }

@@ -159,7 +159,7 @@ static int reload_settings(void)
 	srv.tls_server = st.tls_server;
 	settings_free(&old);
 	log_setup(srv.cfg->log_format, srv.cfg->log_level);
-	listener_reload(srv.listener);
+	listener_reload(srv.listener, srv.cfg->listen, srv.cfg->listen_count);
 	log_event(LOG_LEVEL_INFO, "reloaded",
 	          LOG_S("config", srv.cfg->source ? srv.cfg->source : ""));
 	return 0;
@@ -353,7 +353,9 @@ int main(int argc, char **argv)
 	srv.base = event_base_new();
 	if (srv.base == NULL)
 		fatal("event_base_new failed");
-	srv.listener = listener_new(&srv, err, sizeof err);
+	srv.listener = listener_new(&srv, listener_smtp_owner(&srv),
+	                            srv.cfg->listen, srv.cfg->listen_count, err,
+	                            sizeof err);
 	if (srv.listener == NULL) {
 		log_event(LOG_LEVEL_ERROR, "startup_error", LOG_S("reason", err));
 		return EXIT_STARTUP;

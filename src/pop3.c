@@ -29,12 +29,13 @@
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
-#include <event2/listener.h>
 #include <openssl/ssl.h>
 
 #include "facteur/auth.h"
 #include "facteur/config.h"
 #include "facteur/deliver.h"
+#include "facteur/lineio.h"
+#include "facteur/listener.h"
 #include "facteur/log.h"
 #include "facteur/metrics.h"
 #include "facteur/pop3.h"
@@ -42,7 +43,6 @@
 #include "facteur/server.h"
 
 #define IDLE_TIMEOUT_SECONDS 600 /* RFC 1939 §3: at least 10 minutes */
-#define LISTEN_BACKLOG 1024
 #define SEND_CHUNK 16384
 #define SEND_LOW_WATER (32 * 1024)     /* on_write asks for more below this */
 #define SEND_HIGH_WATER (128 * 1024)   /* a RETR stops filling above this */
@@ -113,21 +113,11 @@ struct pop3_session {
 	const char *end_reason; /* for the pop3_disconnect line */
 };
 
-struct bound {
-	struct pop3_server *owner;
-	struct evconnlistener *ev;
-	char *text;
-	enum listen_mode mode;
-};
-
 struct pop3_server {
 	struct server *srv;
-	struct bound *bound;
-	size_t bound_count;
+	struct listener *listener; /* its own: POP3 connections count apart */
 	struct pop3_session *sessions;
 	size_t session_count;
-	struct event *resume; /* re-enables accepting after EMFILE */
-	bool stopped;
 };
 
 static void session_process(struct pop3_session *s);
@@ -1051,47 +1041,28 @@ static void line_too_long(struct pop3_session *s)
 }
 
 /* Read one line; false when none is complete yet. A line over the limit
- * is answered at once and skipped up to its end. */
+ * is answered at once and skipped up to its end. A LF alone ends a line
+ * too, as it always has here. */
 static bool read_line(struct pop3_session *s)
 {
 	struct evbuffer *in = bufferevent_get_input(s->bev);
-	size_t eol_len = 0;
-	struct evbuffer_ptr eol =
-	    evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF);
-	size_t limit = POP3_COMMAND_LINE_MAX;
-	char head[5];
-	if (s->state == POP3_STATE_SASL ||
-	    (evbuffer_copyout(in, head, 5) == 5 &&
-	     strncasecmp(head, "AUTH ", 5) == 0))
-		limit = POP3_AUTH_LINE_MAX;
-
-	if (eol.pos == -1) {
-		size_t have = evbuffer_get_length(in);
-		if (have < limit)
-			return false;
-		/* Keep a last CR: it may start the CRLF that ends it. */
-		unsigned char last = 0;
-		struct evbuffer_ptr at;
-		evbuffer_ptr_set(in, &at, have - 1, EVBUFFER_PTR_SET);
-		evbuffer_copyout_from(in, &at, &last, 1);
-		evbuffer_drain(in, last == '\r' ? have - 1 : have);
-		if (!s->discarding_line) {
-			s->discarding_line = true;
-			line_too_long(s);
-		}
-		return false;
-	}
-	size_t line_len = (size_t)eol.pos;
-	if (s->discarding_line || line_len + eol_len > limit) {
-		evbuffer_drain(in, line_len + eol_len);
-		if (!s->discarding_line)
-			line_too_long(s);
-		s->discarding_line = false;
-		return true;
-	}
+	bool auth =
+	    s->state == POP3_STATE_SASL || lineio_starts_with(in, "AUTH ");
+	size_t limit = auth ? POP3_AUTH_LINE_MAX : POP3_COMMAND_LINE_MAX;
 	char line[POP3_AUTH_LINE_MAX];
-	evbuffer_remove(in, line, line_len);
-	evbuffer_drain(in, eol_len);
+	size_t line_len = 0;
+	switch (lineio_read(in, LINEIO_END_CRLF_OR_LF, limit,
+			    &s->discarding_line, line, &line_len)) {
+	case LINEIO_NONE:
+		return false;
+	case LINEIO_TOO_LONG:
+		line_too_long(s);
+		return true;
+	case LINEIO_SKIPPED:
+		return true;
+	case LINEIO_LINE:
+		break;
+	}
 	if (s->state == POP3_STATE_SASL)
 		sasl_plain(s, line, line_len);
 	else
@@ -1239,6 +1210,7 @@ static void session_free(struct pop3_session *s)
 	if (s->next != NULL)
 		s->next->prev = s->prev;
 	p->session_count--;
+	listener_release(p->listener, (const struct sockaddr *)&s->addr);
 	bufferevent_free(s->bev);
 	if (s->timer != NULL)
 		event_free(s->timer);
@@ -1261,18 +1233,17 @@ static void client_text(const struct sockaddr *sa, char *buf, size_t len)
 	}
 }
 
-static struct pop3_session *session_new(struct bound *b, int fd,
-					const struct sockaddr *addr,
-					socklen_t addrlen)
+static struct pop3_session *
+session_new(struct pop3_server *p, int fd, const struct sockaddr *addr,
+	    socklen_t addrlen, enum listen_mode mode, const char *listen)
 {
-	struct pop3_server *p = b->owner;
 	struct server *srv = p->srv;
 	struct pop3_session *s = calloc(1, sizeof *s);
 	if (s == NULL) {
 		close(fd);
 		return NULL;
 	}
-	if (b->mode == LISTEN_POP3S) {
+	if (mode == LISTEN_POP3S) {
 		/* Implicit TLS: the handshake comes first; the greeting waits
 		 * in the output until it is done. */
 		SSL *ssl = srv->tls_server ? SSL_new(srv->tls_server) : NULL;
@@ -1313,193 +1284,85 @@ static struct pop3_session *session_new(struct bound *b, int fd,
 
 	set_callbacks(s);
 	log_event(LOG_LEVEL_INFO, "pop3_connect", LOG_S("client", s->client),
-		  LOG_S("listen", b->text));
+		  LOG_S("listen", listen));
 	reply(s, "+OK facteur POP3 server ready");
 	return s;
 }
 
 /* ---- listening ---- */
 
-static bool same_address(const struct sockaddr *a,
-			 const struct sockaddr_storage *b)
+static bool on_accept(void *arg, int fd, const struct sockaddr *addr,
+		      socklen_t addrlen, enum listen_mode mode,
+		      const char *listen)
 {
-	if (a->sa_family != b->ss_family)
-		return false;
-	if (a->sa_family == AF_INET)
-		return memcmp(&((const struct sockaddr_in *)a)->sin_addr,
-			      &((const struct sockaddr_in *)b)->sin_addr,
-			      sizeof(struct in_addr)) == 0;
-	if (a->sa_family == AF_INET6)
-		return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
-			      &((const struct sockaddr_in6 *)b)->sin6_addr,
-			      sizeof(struct in6_addr)) == 0;
-	return false;
+	return session_new(arg, fd, addr, addrlen, mode, listen) != NULL;
 }
 
-/* Refuse a connection and close it. The line is tiny and the socket
- * brand new, so one non-blocking send fits its buffer. */
-static void refuse(int fd, const char *line)
+/* The same limits as SMTP, counted over the POP3 sessions. */
+static void on_refuse(void *arg, enum listener_limit limit, char *line,
+		      size_t size)
 {
-	ssize_t n = send(fd, line, strlen(line), MSG_DONTWAIT | MSG_NOSIGNAL);
-	(void)n;
-	close(fd);
-}
-
-static void on_accept(struct evconnlistener *ev, evutil_socket_t fd,
-		      struct sockaddr *addr, int addrlen, void *arg)
-{
-	(void)ev;
-	struct bound *b = arg;
-	struct pop3_server *p = b->owner;
-	const struct config *cfg = p->srv->cfg;
-	if (p->srv->stopping || p->stopped) {
-		close(fd);
-		return;
-	}
-	/* The same limits as SMTP, counted over the POP3 sessions. */
-	if (p->session_count >= cfg->max_connections) {
-		refuse(fd, "-ERR [SYS/TEMP] too many connections\r\n");
-		log_event(LOG_LEVEL_WARN, "rejected",
-			  LOG_S("reason", "pop3 max_connections"));
-		return;
-	}
-	unsigned same = 0;
-	for (const struct pop3_session *s = p->sessions; s != NULL; s = s->next)
-		if (same_address(addr, &s->addr))
-			same++;
-	if (same >= cfg->max_connections_per_ip) {
-		refuse(fd, "-ERR [SYS/TEMP] too many connections from your "
-			   "address\r\n");
-		log_event(LOG_LEVEL_WARN, "rejected",
-			  LOG_S("reason", "pop3 max_connections_per_ip"));
-		return;
-	}
-	session_new(b, fd, addr, (socklen_t)addrlen);
-}
-
-static void on_resume(evutil_socket_t fd, short what, void *arg)
-{
-	(void)fd;
-	(void)what;
-	struct pop3_server *p = arg;
-	if (!p->srv->stopping && !p->stopped)
-		pop3_server_enable(p);
-}
-
-/* Out of descriptors: stop accepting for a second rather than spin. */
-static void on_accept_error(struct evconnlistener *ev, void *arg)
-{
-	(void)ev;
-	struct bound *b = arg;
-	struct pop3_server *p = b->owner;
-	int err = EVUTIL_SOCKET_ERROR();
-	log_event(LOG_LEVEL_ERROR, "accept_error", LOG_S("listen", b->text),
-		  LOG_S("reason", strerror(err)));
-	pop3_server_disable(p);
-	struct timeval second = {1, 0};
-	evtimer_add(p->resume, &second);
-}
-
-static int bind_one(const struct listen_addr *la, char *err, size_t errlen)
-{
-	int family = la->addr.ss_family;
-	int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd == -1) {
-		snprintf(err, errlen, "%s: socket: %s", la->text,
-			 strerror(errno));
-		return -1;
-	}
-	int one = 1;
-	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == -1 ||
-	    (family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY,
-					      &one, sizeof one) == -1) ||
-	    bind(fd, (const struct sockaddr *)&la->addr, la->addrlen) == -1 ||
-	    listen(fd, LISTEN_BACKLOG) == -1) {
-		snprintf(err, errlen, "%s: %s", la->text, strerror(errno));
-		close(fd);
-		return -1;
-	}
-	return fd;
+	(void)arg;
+	bool total = limit == LISTENER_LIMIT_TOTAL;
+	snprintf(line, size, "%s",
+		 total ? "-ERR [SYS/TEMP] too many connections\r\n"
+		       : "-ERR [SYS/TEMP] too many connections from your "
+			 "address\r\n");
+	log_event(LOG_LEVEL_WARN, "rejected",
+		  LOG_S("reason", total ? "pop3 max_connections"
+					: "pop3 max_connections_per_ip"));
 }
 
 struct pop3_server *pop3_server_new(struct server *srv, char *err,
 				    size_t errlen)
 {
 	const struct config *cfg = srv->cfg;
-	struct pop3_server *p = calloc(1, sizeof *p);
-	if (p == NULL)
-		goto nomem;
-	p->srv = srv;
-	p->bound = calloc(cfg->pop3_listen_count ? cfg->pop3_listen_count : 1,
-			  sizeof *p->bound);
-	p->resume = evtimer_new(srv->base, on_resume, p);
-	if (p->bound == NULL || p->resume == NULL)
-		goto nomem;
 	for (size_t i = 0; i < cfg->pop3_listen_count; i++) {
 		const struct listen_addr *la = &cfg->pop3_listen[i];
 		if (la->mode == LISTEN_POP3S && srv->tls_server == NULL) {
 			snprintf(err, errlen,
-				 "%s: pop3s needs tls_cert and "
-				 "tls_key",
+				 "%s: pop3s needs tls_cert and tls_key",
 				 la->text);
-			goto fail;
+			return NULL;
 		}
-		int fd = bind_one(la, err, errlen);
-		if (fd == -1)
-			goto fail;
-		struct bound *b = &p->bound[p->bound_count];
-		b->owner = p;
-		b->mode = la->mode;
-		b->text = strdup(la->text);
-		b->ev = evconnlistener_new(srv->base, on_accept, b,
-					   LEV_OPT_CLOSE_ON_FREE |
-					       LEV_OPT_CLOSE_ON_EXEC |
-					       LEV_OPT_DISABLED,
-					   -1, fd);
-		if (b->ev == NULL || b->text == NULL) {
-			if (b->ev != NULL)
-				evconnlistener_free(b->ev);
-			else
-				close(fd);
-			free(b->text);
-			b->ev = NULL;
-			b->text = NULL;
-			goto nomem;
-		}
-		evconnlistener_set_error_cb(b->ev, on_accept_error);
-		p->bound_count++;
-		log_event(LOG_LEVEL_INFO, "listening",
-			  LOG_S("listen", la->text));
+	}
+	struct pop3_server *p = calloc(1, sizeof *p);
+	if (p == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	p->srv = srv;
+	const struct listener_owner owner = {
+	    .accept = on_accept,
+	    .refuse = on_refuse,
+	    .arg = p,
+	    .metrics = false, /* the connection metrics are SMTP's */
+	};
+	p->listener = listener_new(srv, owner, cfg->pop3_listen,
+				   cfg->pop3_listen_count, err, errlen);
+	if (p->listener == NULL) {
+		free(p);
+		return NULL;
 	}
 	return p;
-nomem:
-	snprintf(err, errlen, "out of memory");
-fail:
-	pop3_server_free(p);
-	return NULL;
 }
 
 void pop3_server_enable(struct pop3_server *p)
 {
-	if (p == NULL)
-		return;
-	for (size_t i = 0; i < p->bound_count; i++)
-		evconnlistener_enable(p->bound[i].ev);
+	if (p != NULL)
+		listener_enable(p->listener);
 }
 
 void pop3_server_disable(struct pop3_server *p)
 {
-	if (p == NULL)
-		return;
-	for (size_t i = 0; i < p->bound_count; i++)
-		evconnlistener_disable(p->bound[i].ev);
+	if (p != NULL)
+		listener_disable(p->listener);
 }
 
 void pop3_server_shutdown(struct pop3_server *p)
 {
 	if (p == NULL)
 		return;
-	p->stopped = true;
 	pop3_server_disable(p);
 	struct pop3_session *s = p->sessions;
 	while (s != NULL) {
@@ -1531,12 +1394,6 @@ void pop3_server_free(struct pop3_server *p)
 			p->sessions->end_reason = "shutdown";
 		session_free(p->sessions);
 	}
-	for (size_t i = 0; i < p->bound_count; i++) {
-		evconnlistener_free(p->bound[i].ev);
-		free(p->bound[i].text);
-	}
-	free(p->bound);
-	if (p->resume != NULL)
-		event_free(p->resume);
+	listener_free(p->listener);
 	free(p);
 }

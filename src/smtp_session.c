@@ -28,6 +28,7 @@
 
 #include "facteur/auth.h"
 #include "facteur/config.h"
+#include "facteur/lineio.h"
 #include "facteur/listener.h"
 #include "facteur/log.h"
 #include "facteur/metrics.h"
@@ -1083,43 +1084,23 @@ static void dispatch(struct smtp_session *s, const char *line, size_t len)
 static bool read_command(struct smtp_session *s)
 {
 	struct evbuffer *in = bufferevent_get_input(s->bev);
-	size_t eol_len = 0;
-	struct evbuffer_ptr eol =
-		evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF_STRICT);
-	size_t limit = SMTP_COMMAND_LINE_MAX;
-	char verb[5];
-	if (s->state == SMTP_STATE_AUTH ||
-	    (evbuffer_copyout(in, verb, 5) == 5 &&
-	     strncasecmp(verb, "AUTH ", 5) == 0))
-		limit = SMTP_AUTH_LINE_MAX;
-
-	if (eol.pos == -1) {
-		size_t have = evbuffer_get_length(in);
-		if (have < limit)
-			return false;
-		/* Keep a last CR: it may start the CRLF that ends it. */
-		unsigned char last = 0;
-		struct evbuffer_ptr at;
-		evbuffer_ptr_set(in, &at, have - 1, EVBUFFER_PTR_SET);
-		evbuffer_copyout_from(in, &at, &last, 1);
-		evbuffer_drain(in, last == '\r' ? have - 1 : have);
-		if (!s->discarding_line) {
-			s->discarding_line = true;
-			reply_error(s, 500, ESC_SYNTAX, "Line too long");
-		}
-		return false;
-	}
-	size_t line_len = (size_t)eol.pos;
-	if (s->discarding_line || line_len + eol_len > limit) {
-		evbuffer_drain(in, line_len + eol_len);
-		if (!s->discarding_line)
-			reply_error(s, 500, ESC_SYNTAX, "Line too long");
-		s->discarding_line = false;
-		return true;
-	}
+	bool auth = s->state == SMTP_STATE_AUTH ||
+	            lineio_starts_with(in, "AUTH ");
+	size_t limit = auth ? SMTP_AUTH_LINE_MAX : SMTP_COMMAND_LINE_MAX;
 	char line[SMTP_AUTH_LINE_MAX];
-	evbuffer_remove(in, line, line_len);
-	evbuffer_drain(in, eol_len);
+	size_t line_len = 0;
+	switch (lineio_read(in, LINEIO_END_CRLF, limit, &s->discarding_line,
+	                    line, &line_len)) {
+	case LINEIO_NONE:
+		return false;
+	case LINEIO_TOO_LONG:
+		reply_error(s, 500, ESC_SYNTAX, "Line too long");
+		return true;
+	case LINEIO_SKIPPED:
+		return true;
+	case LINEIO_LINE:
+		break;
+	}
 	if (s->state == SMTP_STATE_AUTH)
 		auth_response(s, line, line_len);
 	else

@@ -1,32 +1,67 @@
 /*
- * The bound SMTP sockets, one per `listen` entry, and the connection
- * limits (max_connections in all, max_connections_per_ip), checked
- * before a session is made: past them the client gets a 421 and is
- * closed (SPEC.md §8).
+ * Bound sockets, one per `listen` entry, and the connection limits
+ * (max_connections in all, max_connections_per_ip), checked before a
+ * session is made: past them the client is sent the owner's refusal
+ * line and closed (SPEC.md §8). The SMTP and the POP3 servers each own
+ * one listener, so each counts its own connections; the owner says what
+ * a connection becomes and what a refused one is told.
  */
 #ifndef FACTEUR_LISTENER_H
 #define FACTEUR_LISTENER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/socket.h>
+
+#include "facteur/config.h"
 
 struct server;
 struct listener;
 
-/* Bind every `listen` entry of srv->cfg (SO_REUSEADDR, IPV6_V6ONLY for
- * IPv6). NULL with a message in err when one cannot be bound. */
-struct listener *listener_new(struct server *srv, char *err, size_t errlen);
+enum listener_limit {
+	LISTENER_LIMIT_TOTAL,  /* max_connections */
+	LISTENER_LIMIT_PER_IP, /* max_connections_per_ip */
+};
+
+struct listener_owner {
+	/* Make the session for an accepted socket, which it owns from now
+	 * on; `listen` is the entry's text. False when it could not (the
+	 * socket closed): the connection's place is given back. Otherwise
+	 * the session calls listener_release when it ends. */
+	bool (*accept)(void *arg, int fd, const struct sockaddr *addr,
+		       socklen_t addrlen, enum listen_mode mode,
+		       const char *listen);
+	/* A connection past a limit: write the line it is sent (CRLF
+	 * included) into line, and log and count the refusal. */
+	void (*refuse)(void *arg, enum listener_limit limit, char *line,
+		       size_t size);
+	void *arg;
+	/* Count connections per entry in the metrics (SMTP only). */
+	bool metrics;
+};
+
+/* The SMTP side: smtp_session_new, "421" refusals with the host name of
+ * the moment, connections and refusals counted in the metrics. */
+struct listener_owner listener_smtp_owner(struct server *srv);
+
+/* Bind every entry (SO_REUSEADDR, IPV6_V6ONLY for IPv6); accepting waits
+ * for listener_enable. NULL with a message in err when one cannot be
+ * bound. */
+struct listener *listener_new(struct server *srv, struct listener_owner owner,
+			      const struct listen_addr *entries, size_t count,
+			      char *err, size_t errlen);
 /* Start accepting (after privileges are dropped). */
 void listener_enable(struct listener *l);
-/* After a reload: stop the entries no longer configured, bind the new
- * ones (errors are logged; a port below 1024 after privileges were
- * dropped needs a restart). */
-void listener_reload(struct listener *l);
+/* After a reload, with the entries now configured: stop those no longer
+ * there, bind the new ones (errors are logged; a port below 1024 after
+ * privileges were dropped needs a restart). */
+void listener_reload(struct listener *l, const struct listen_addr *entries,
+		     size_t count);
 /* Stop accepting new connections (SIGTERM). */
 void listener_disable(struct listener *l);
 void listener_free(struct listener *l);
 
-/* A session ends: release its place in the per-IP count. */
+/* A session ends: release its place in the counts. */
 void listener_release(struct listener *l, const struct sockaddr *addr);
 
 #endif

@@ -3,6 +3,11 @@
  * under a mutex; the thread takes the whole queue at once, flushes each
  * distinct descriptor once, and passes the finished requests back through
  * a pipe that the loop watches. All callbacks run on the loop thread.
+ *
+ * The flushes of one round run in parallel on a few helper workers: the
+ * file system then folds concurrent fsyncs into one journal commit
+ * instead of waiting for a commit per file, which is what lets many
+ * messages become durable for the price of a few disk flushes.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -32,9 +37,26 @@ struct io_list {
 	struct io_request **tail;
 };
 
+#define FLUSH_WORKERS 7 /* besides the iothread itself */
+
+/* One round's distinct descriptors, shared with the workers. */
+struct flush_pool {
+	pthread_t threads[FLUSH_WORKERS];
+	size_t started;
+	pthread_mutex_t lock;
+	pthread_cond_t work;     /* a new round, or stop */
+	pthread_cond_t finished; /* the last flush of the round is done */
+	const int *fds;
+	int *errs;
+	size_t count, next, done;
+	unsigned round;
+	bool stopping;
+};
+
 struct iothread {
 	struct event_base *base;
 	pthread_t thread;
+	struct flush_pool pool;
 	pthread_mutex_t lock;
 	pthread_cond_t wake;
 	struct io_list todo; /* loop -> thread, under lock */
@@ -73,12 +95,94 @@ static int compare_int(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
+/* Take the round's next descriptor and flush it, until none is left;
+ * called with the pool's lock held, returns with it held. */
+static void pool_drain(struct flush_pool *pool)
+{
+	while (pool->next < pool->count) {
+		size_t i = pool->next++;
+		pthread_mutex_unlock(&pool->lock);
+		int err = fsync(pool->fds[i]) == -1 ? errno : 0;
+		pthread_mutex_lock(&pool->lock);
+		pool->errs[i] = err;
+		if (++pool->done == pool->count)
+			pthread_cond_signal(&pool->finished);
+	}
+}
+
+static void *pool_worker(void *arg)
+{
+	struct flush_pool *pool = arg;
+	unsigned seen = 0;
+	pthread_mutex_lock(&pool->lock);
+	for (;;) {
+		while (pool->round == seen && !pool->stopping)
+			pthread_cond_wait(&pool->work, &pool->lock);
+		if (pool->stopping)
+			break;
+		seen = pool->round;
+		pool_drain(pool);
+	}
+	pthread_mutex_unlock(&pool->lock);
+	return NULL;
+}
+
+/* Flush `count` descriptors with the workers' help; errs[i] gets the
+ * errno of fds[i] (or 0). */
+static void pool_flush(struct flush_pool *pool, const int *fds, int *errs,
+                       size_t count)
+{
+	if (count == 1 || pool->started == 0) {
+		for (size_t i = 0; i < count; i++)
+			errs[i] = fsync(fds[i]) == -1 ? errno : 0;
+		return;
+	}
+	pthread_mutex_lock(&pool->lock);
+	pool->fds = fds;
+	pool->errs = errs;
+	pool->count = count;
+	pool->next = 0;
+	pool->done = 0;
+	pool->round++;
+	pthread_cond_broadcast(&pool->work);
+	pool_drain(pool);
+	while (pool->done < pool->count)
+		pthread_cond_wait(&pool->finished, &pool->lock);
+	pool->count = 0;
+	pthread_mutex_unlock(&pool->lock);
+}
+
+static void pool_start(struct flush_pool *pool)
+{
+	pthread_mutex_init(&pool->lock, NULL);
+	pthread_cond_init(&pool->work, NULL);
+	pthread_cond_init(&pool->finished, NULL);
+	/* Fewer workers (even none) only means fewer parallel flushes. */
+	while (pool->started < FLUSH_WORKERS &&
+	       pthread_create(&pool->threads[pool->started], NULL, pool_worker,
+	                      pool) == 0)
+		pool->started++;
+}
+
+static void pool_stop(struct flush_pool *pool)
+{
+	pthread_mutex_lock(&pool->lock);
+	pool->stopping = true;
+	pthread_cond_broadcast(&pool->work);
+	pthread_mutex_unlock(&pool->lock);
+	for (size_t i = 0; i < pool->started; i++)
+		pthread_join(pool->threads[i], NULL);
+	pthread_mutex_destroy(&pool->lock);
+	pthread_cond_destroy(&pool->work);
+	pthread_cond_destroy(&pool->finished);
+}
+
 /*
  * Flush every distinct descriptor of a round once and give each request
  * the error of any of its own descriptors. A round is small (the commits
  * of a few loop turns), so a sorted copy is cheap.
  */
-static void flush_round(struct io_request *round)
+static void flush_round(struct iothread *io, struct io_request *round)
 {
 	size_t total = 0;
 	for (struct io_request *r = round; r != NULL; r = r->next)
@@ -107,8 +211,7 @@ static void flush_round(struct io_request *round)
 	for (size_t i = 0; i < n; i++)
 		if (unique == 0 || fds[unique - 1] != fds[i])
 			fds[unique++] = fds[i];
-	for (size_t i = 0; i < unique; i++)
-		errs[i] = fsync(fds[i]) == -1 ? errno : 0;
+	pool_flush(&io->pool, fds, errs, unique);
 	for (struct io_request *r = round; r != NULL; r = r->next) {
 		for (size_t i = 0; i < r->nfds && r->error == 0; i++) {
 			int *at = bsearch(&r->fds[i], fds, unique, sizeof *fds,
@@ -136,7 +239,7 @@ static void *iothread_main(void *arg)
 		io_list_splice(&round, &io->todo);
 		pthread_mutex_unlock(&io->lock);
 
-		flush_round(round.head);
+		flush_round(io, round.head);
 
 		pthread_mutex_lock(&io->lock);
 		bool was_empty = io->done.head == NULL;
@@ -199,7 +302,9 @@ struct iothread *iothread_new(struct event_base *base)
 		goto fail;
 	pthread_mutex_init(&io->lock, NULL);
 	pthread_cond_init(&io->wake, NULL);
+	pool_start(&io->pool);
 	if (pthread_create(&io->thread, NULL, iothread_main, io) != 0) {
+		pool_stop(&io->pool);
 		pthread_mutex_destroy(&io->lock);
 		pthread_cond_destroy(&io->wake);
 		goto fail;
@@ -223,6 +328,7 @@ void iothread_free(struct iothread *io)
 	pthread_cond_signal(&io->wake);
 	pthread_mutex_unlock(&io->lock);
 	pthread_join(io->thread, NULL);
+	pool_stop(&io->pool);
 	/* Every request is finished now; their callbacks still run. */
 	while (io->pending > 0) {
 		size_t before = io->pending;

@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,6 +129,10 @@ static void on_accept(struct evconnlistener *ev, evutil_socket_t fd,
 	(*at)->count++;
 	l->active++;
 	metrics_listener_connection(b->metrics_slot);
+	/* Replies are whole lines written once per loop turn; Nagle would
+	 * only hold a pipelined group's replies back for a delayed ACK. */
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 	if (!l->owner.accept(l->owner.arg, fd, addr, (socklen_t)addrlen,
 			     b->mode, b->text))
 		listener_release(l, addr);

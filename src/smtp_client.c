@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1141,6 +1142,12 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 		return;
 	if (what & BEV_EVENT_CONNECTED) {
 		if (c->state == CLIENT_CONNECTING) {
+			/* A command group, the body and its final dot go out
+			 * in separate writes: without this, Nagle holds each
+			 * last small write for the server's delayed ACK. */
+			int one = 1;
+			setsockopt(bufferevent_getfd(bev), IPPROTO_TCP,
+				   TCP_NODELAY, &one, sizeof one);
 			enter_state(c, CLIENT_GREETING);
 			arm_deadline(c, c->timeout);
 		} else if (c->state == CLIENT_TLS_HANDSHAKE) {

@@ -21,13 +21,14 @@ ORDER = ["accept", "maildir", "relay", "idle", "bigmsg", "lag"]
 
 COLUMNS = {
     "accept": ["mode", "run", "server", "msgs_per_s", "wall_s", "accepted", "server_cpu_pct",
-               "generator_cpu_pct", "machine_busy_pct", "load1_before", "load1_after"],
+               "generator_cpu_pct", "machine_busy_pct", "other_cpu_pct", "load1_before",
+               "load1_after"],
     "maildir": ["run", "server", "msgs_per_s", "wall_s", "delivered", "accept_msgs_per_s",
-                "server_cpu_pct", "generator_cpu_pct", "machine_busy_pct", "load1_before",
-                "load1_after"],
+                "server_cpu_pct", "generator_cpu_pct", "machine_busy_pct", "other_cpu_pct",
+                "load1_before", "load1_after"],
     "relay": ["run", "server", "msgs_per_s", "wall_s", "accept_msgs_per_s", "server_cpu_pct",
-              "generator_cpu_pct", "sink_cpu_pct", "machine_busy_pct", "load1_before",
-              "load1_after"],
+              "generator_cpu_pct", "sink_cpu_pct", "machine_busy_pct", "other_cpu_pct",
+              "load1_before", "load1_after"],
     "idle": ["run", "server", "sessions", "connected", "noop_ok", "connect_s", "noop_p99_ms",
              "idle_rss_mib", "rss_mib", "pss_mib", "kib_per_session", "pss_mib_per_10k",
              "processes", "load1_before"],
@@ -36,7 +37,7 @@ COLUMNS = {
                "load1_before"],
     "lag": ["run", "server", "msgs_per_s", "noop_count", "noop_p50_ms", "noop_p99_ms",
             "noop_max_ms", "metric_p99_le_ms", "metric_max_ms", "server_cpu_pct",
-            "generator_cpu_pct", "machine_busy_pct", "load1_before"],
+            "generator_cpu_pct", "machine_busy_pct", "other_cpu_pct", "load1_before"],
 }
 
 HEADINGS = {
@@ -51,6 +52,7 @@ HEADINGS = {
     "pss_mib_per_10k": "PSS MiB per 10k", "peak_rss_mib": "peak RSS MiB",
     "peak_over_idle": "peak/idle", "max_process_peak_mib": "largest process peak MiB",
     "connect_s": "connect time (s)", "noop_ok": "NOOP ok", "accept_s": "accept time (s)",
+    "other_cpu_pct": "other CPU % (neighbours, kernel threads)",
 }
 
 
@@ -78,7 +80,7 @@ def mount_type(path):
     return kind
 
 
-def machine():
+def machine(data):
     cpu = ""
     try:
         for line in open("/proc/cpuinfo"):
@@ -95,17 +97,16 @@ def machine():
     except OSError:
         pass
     fs = mount_type(b.WORK)
-    rev = sh(["git", "rev-parse", "--short", "HEAD"])
-    dirty = sh(["git", "status", "--porcelain", "--untracked-files=no", "--", "src",
-                "include"])
+    builds = sorted({"%s, built %s (the checkout's HEAD at run time: %s)" % (
+        d["facteurd"].get("path"), d["facteurd"].get("built", "?"),
+        d["facteurd"].get("commit", "?")) for d in data.values() if d.get("facteurd")})
     postfix = sh(["postconf", "-d", "-h", "mail_version"]) or "not installed"
     return [
         ("CPU", "%s, %d cores" % (cpu, os.cpu_count())),
         ("memory", mem),
         ("kernel", platform.release()),
         ("work directory", "%s (%s)" % (b.WORK, fs)),
-        ("facteur", "%s, commit %s%s" % (b.FACTEURD, rev or "?",
-                                          " with uncommitted changes in src/" if dirty else "")),
+        ("facteur", "; ".join(builds) or str(b.FACTEURD)),
         ("Postfix", postfix),
     ]
 
@@ -161,6 +162,13 @@ def bottlenecks(name, runs):
             if server == "facteur" and vals and b.median(vals) >= 90:
                 notes.append("%s: facteurd used %.0f%% of a core (median): its single "
                              "loop is the limit." % (where(name, case), b.median(vals)))
+            gen = [r["generator_cpu_pct"] for r in rs if r.get("generator_cpu_pct") is not None]
+            if (server == "facteur" and vals and gen and b.median(vals) < 80
+                    and b.median(gen) < 85):
+                notes.append("%s facteur: neither facteurd (%.0f%% of a core) nor the load "
+                             "generator (%.0f%%) was CPU-bound: facteur was waiting "
+                             "(see the profiles in docs/performance.md)."
+                             % (where(name, case), b.median(vals), b.median(gen)))
             busy = [r["machine_busy_pct"] for r in rs if r.get("machine_busy_pct") is not None]
             if busy and b.median(busy) >= 180:
                 notes.append("%s %s: the machine's two cores were %.0f%% busy (median of "
@@ -183,7 +191,7 @@ def main():
                  "[docs/performance.md](../docs/performance.md)."
                  % time.strftime("%Y-%m-%d %H:%M %Z"))
     lines += ["", "## Machine", ""]
-    lines += table(["", ""], machine())
+    lines += table(["", ""], machine(data))
     if not data:
         lines += ["", "No results in %s." % b.OUT]
     params = next(iter(data.values()))["params"] if data else {}
@@ -199,11 +207,13 @@ def main():
     # The machine is shared: say how quiet it was.
     loads = [r.get("load1_before") for d in data.values() for rs in d["runs"].values()
              for srv in rs.values() for r in srv if r.get("load1_before") is not None]
+    rule = next((d["quiet_rule"] for d in data.values() if d.get("quiet_rule")),
+                {"load_max": b.LOAD_MAX, "load_wait_s": b.LOAD_WAIT})
     if loads:
         lines += ["", "1-minute load average before each run: median %.2f, max %.2f "
                   "(the scripts wait for it to fall under %.1f, at most %ds%s)."
-                  % (b.median(loads), max(loads), b.LOAD_MAX, b.LOAD_WAIT,
-                     "; some runs could not get a quiet machine" if max(loads) > b.LOAD_MAX
+                  % (b.median(loads), max(loads), rule["load_max"], rule["load_wait_s"],
+                     "; some runs could not get a quiet machine" if max(loads) > rule["load_max"]
                      else "")]
 
     lines += ["", "## Summary", ""]
@@ -249,6 +259,12 @@ def main():
                 for r in rs:
                     r = dict(r)
                     r.setdefault("mode", case)
+                    if r.get("machine_busy_pct") is not None:
+                        # What neither server nor load tools used: other
+                        # people's work on the shared machine.
+                        r["other_cpu_pct"] = max(0.0, round(
+                            r["machine_busy_pct"] - sum(r.get(k) or 0 for k in (
+                                "server_cpu_pct", "generator_cpu_pct", "sink_cpu_pct")), 1))
                     flat.append(r)
         flat.sort(key=lambda r: (str(r.get("mode")), r.get("run", 0), r.get("server", "")))
         if not cols:

@@ -54,6 +54,8 @@ SESSIONS = env_int("BENCH_SESSIONS", 50)
 SIZE = env_int("BENCH_SIZE", 4096)
 LOAD_MAX = env_float("BENCH_LOAD_MAX", 1.5)
 LOAD_WAIT = env_float("BENCH_LOAD_WAIT", 300)
+# CPU busy (% of one core) over 2 s that still counts as quiet.
+BUSY_MAX = env_float("BENCH_BUSY_MAX", 40)
 # Ports below the ephemeral range (32768-60999 here) so that no outgoing
 # connection of the load generator can be holding them.
 BASE_PORT = env_int("BENCH_BASE_PORT", 24520)
@@ -129,20 +131,40 @@ def loadavg():
         return float(f.read().split()[0])
 
 
+def busy_now(seconds=2.0):
+    """Machine CPU busy over the next `seconds`, in % of one core (200 = both
+    cores of a 2-core machine)."""
+    b0 = machine_cpu()
+    time.sleep(seconds)
+    b1 = machine_cpu()
+    return 100.0 * os.cpu_count() * (b1[0] - b0[0]) / max(1, b1[1] - b0[1])
+
+
 def wait_quiet(what=""):
-    """Poll until the 1-minute load is under LOAD_MAX, at most LOAD_WAIT
-    seconds; return (load at start, seconds waited, quiet?)."""
+    """Poll until the 1-minute load is under LOAD_MAX and the CPUs are
+    mostly idle right now (the load average lags by a minute, and counts
+    tasks waiting on the disk), at most LOAD_WAIT seconds; return the load,
+    the CPU busy figure, the seconds waited and whether it was quiet."""
     start = time.monotonic()
     load = loadavg()
-    while load > LOAD_MAX and time.monotonic() - start < LOAD_WAIT:
-        time.sleep(5)
+    busy = None
+    while True:
+        if load <= LOAD_MAX:
+            busy = busy_now() if LOAD_WAIT > 0 else 0.0
+            if busy <= BUSY_MAX:
+                break
+        if time.monotonic() - start >= LOAD_WAIT:
+            break
+        time.sleep(3)
         load = loadavg()
     waited = time.monotonic() - start
-    quiet = load <= LOAD_MAX
-    if waited > 1:
-        log("waited %.0fs for a quiet machine before %s: load %.2f%s"
-            % (waited, what, load, "" if quiet else " (still busy, measuring anyway)"))
-    return {"load1": load, "waited_s": round(waited, 1), "quiet": quiet}
+    quiet = load <= LOAD_MAX and (busy is not None and busy <= BUSY_MAX)
+    if waited > 3:
+        log("waited %.0fs for a quiet machine before %s: load %.2f, CPU %s%%%s"
+            % (waited, what, load, "-" if busy is None else "%.0f" % busy,
+               "" if quiet else " (still busy, measuring anyway)"))
+    return {"load1": load, "busy_before_pct": None if busy is None else round(busy, 1),
+            "waited_s": round(waited, 1), "quiet": quiet}
 
 
 def machine_cpu():
@@ -452,6 +474,10 @@ class Facteur:
                 raise RuntimeError("port %d is busy: a server left running?" % p)
         self.log = open(self.dir / "facteurd.log", "wb")
         env = {k: v for k, v in os.environ.items() if not k.startswith("FACTEUR_")}
+        # For experiments: a library preloaded into facteurd alone (say, one
+        # that sets a socket option), to measure a change before making it.
+        if env_str("BENCH_FACTEURD_PRELOAD", ""):
+            env["LD_PRELOAD"] = os.environ["BENCH_FACTEURD_PRELOAD"]
         self.proc = subprocess.Popen([str(FACTEURD), "-c", str(conf)], env=env,
                                      stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT, cwd=str(self.dir),
@@ -610,6 +636,12 @@ class Postfix:
 
     def start(self):
         d = self.dir
+        # Postfix's daemons run as the postfix user and must reach their
+        # queue through every parent directory.
+        for parent in WORK.resolve().parents:
+            if not os.stat(parent).st_mode & 0o001:
+                raise RuntimeError("Postfix cannot reach %s: %s is not searchable by "
+                                   "others (set BENCH_WORK elsewhere)" % (WORK, parent))
         if d.exists():
             shutil.rmtree(d)
         for sub in ("etc", "queue", "data", "mail"):
@@ -782,12 +814,31 @@ def summarize(runs, key):
     return {"median": median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
 
 
+def facteurd_info():
+    """Which facteurd was measured: its path, build time and the checkout's
+    commit at the time of the run."""
+    info = {"path": str(FACTEURD)}
+    try:
+        info["built"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(FACTEURD.stat().st_mtime))
+    except OSError:
+        pass
+    try:
+        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=str(ROOT),
+                                        capture_output=True, text=True,
+                                        timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return info
+
+
 def write_result(name, data):
     OUT.mkdir(parents=True, exist_ok=True)
     data = dict(data)
     data["scenario"] = name
     data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
     data["params"] = dict(data.get("params", {}), runs=RUNS, generator=generator_kind())
+    data["facteurd"] = facteurd_info()
+    data["quiet_rule"] = {"load_max": LOAD_MAX, "load_wait_s": LOAD_WAIT, "busy_max": BUSY_MAX}
     path = OUT / (name + ".json")
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     log("wrote", path)

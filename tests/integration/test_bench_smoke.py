@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -42,11 +43,22 @@ def free_port_block(count=10):
     pytest.fail("no free block of %d ports" % count)
 
 
-def bench_env(tmp_path, **extra):
+@pytest.fixture
+def work_dir():
+    """Scratch directory for spools, queues and mailboxes. Not under pytest's
+    tmp_path, whose 0700 parents Postfix's unprivileged daemons cannot
+    cross."""
+    path = tempfile.mkdtemp(prefix="facteur-bench-smoke-", dir="/tmp")
+    os.chmod(path, 0o755)
+    yield Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def bench_env(tmp_path, work, **extra):
     env = h.clean_env(h.small_quarantine_env())
     env.update({
         "FACTEURD": str(h.FACTEURD),
-        "BENCH_WORK": str(tmp_path / "work"),
+        "BENCH_WORK": str(work),
         "BENCH_OUT": str(tmp_path / "out"),
         "BENCH_RESULTS": str(tmp_path / "RESULTS.md"),
         "BENCH_BASE_PORT": str(free_port_block()),
@@ -99,10 +111,10 @@ def all_runs(data, server):
     return [r for case in data["runs"].values() for r in case.get(server, [])]
 
 
-def test_bench_scenarios_run_end_to_end_without_postfix(tmp_path):
+def test_bench_scenarios_run_end_to_end_without_postfix(tmp_path, work_dir):
     if not h.FACTEURD.exists():
         pytest.skip("facteurd not built at %s" % h.FACTEURD)
-    env = bench_env(tmp_path, BENCH_POSTFIX="0", BENCH_GENERATOR="smtpload",
+    env = bench_env(tmp_path, work_dir, BENCH_POSTFIX="0", BENCH_GENERATOR="smtpload",
                     BENCH_SINK="smtpload")
     run_scripts(env, SCENARIOS)
 
@@ -153,10 +165,10 @@ def test_bench_scenarios_run_end_to_end_without_postfix(tmp_path):
 @pytest.mark.skipif(not (shutil.which("postfix") and os.path.exists("/usr/sbin/smtp-source")
                          and os.geteuid() == 0),
                     reason="Postfix is not installed (bench/install.sh installs it) or not root")
-def test_bench_postfix_half_runs_when_installed(tmp_path):
+def test_bench_postfix_half_runs_when_installed(tmp_path, work_dir):
     if not h.FACTEURD.exists():
         pytest.skip("facteurd not built at %s" % h.FACTEURD)
-    env = bench_env(tmp_path, BENCH_POSTFIX="1", BENCH_ACCEPT_MODES="single",
+    env = bench_env(tmp_path, work_dir, BENCH_POSTFIX="1", BENCH_ACCEPT_MODES="single",
                     BENCH_IDLE_SESSIONS="50")
     run_scripts(env, ["accept", "maildir", "relay", "idle"])
     for name in ("accept", "maildir", "relay", "idle"):

@@ -41,6 +41,7 @@
 #include "facteur/pop3.h"
 #include "facteur/pop3_proto.h"
 #include "facteur/server.h"
+#include "facteur/tls.h"
 
 #define IDLE_TIMEOUT_SECONDS 600 /* RFC 1939 §3: at least 10 minutes */
 #define SEND_CHUNK 16384
@@ -1246,18 +1247,10 @@ session_new(struct pop3_server *p, int fd, const struct sockaddr *addr,
 	if (mode == LISTEN_POP3S) {
 		/* Implicit TLS: the handshake comes first; the greeting waits
 		 * in the output until it is done. */
-		SSL *ssl = srv->tls_server ? SSL_new(srv->tls_server) : NULL;
-		s->bev =
-		    ssl ? bufferevent_openssl_socket_new(
-			      srv->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
-			      BEV_OPT_CLOSE_ON_FREE)
-			: NULL;
-		if (s->bev == NULL && ssl != NULL)
-			SSL_free(ssl);
-		if (s->bev != NULL) {
-			bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
-			s->tls = true;
-		}
+		s->bev = srv->tls_server ? tls_server_bufferevent(
+						   srv->base, srv->tls_server, fd)
+					 : NULL;
+		s->tls = s->bev != NULL;
 	} else {
 		s->bev = bufferevent_socket_new(srv->base, fd,
 						BEV_OPT_CLOSE_ON_FREE);

@@ -38,6 +38,7 @@
 #include "facteur/smtp_proto.h"
 #include "facteur/smtp_session.h"
 #include "facteur/spool.h"
+#include "facteur/tls.h"
 
 /* Enhanced status codes (RFC 3463) used in replies. */
 #define ESC_OK "2.0.0"
@@ -374,11 +375,8 @@ static void cmd_starttls(struct smtp_session *s, const struct smtp_command *cmd)
  * itself, so the last reply before a close is never lost. */
 static void starttls_begin(struct smtp_session *s)
 {
-	SSL *ssl = SSL_new(s->srv->tls_server);
 	evutil_socket_t fd = bufferevent_getfd(s->bev);
-	if (ssl == NULL || fd < 0) {
-		if (ssl != NULL)
-			SSL_free(ssl);
+	if (fd < 0) {
 		session_free(s);
 		return;
 	}
@@ -386,16 +384,12 @@ static void starttls_begin(struct smtp_session *s)
 	 * leaves it open. */
 	bufferevent_setfd(s->bev, -1);
 	bufferevent_free(s->bev);
-	s->bev = bufferevent_openssl_socket_new(s->srv->base, fd, ssl,
-	                                        BUFFEREVENT_SSL_ACCEPTING,
-	                                        BEV_OPT_CLOSE_ON_FREE);
+	s->bev = tls_server_bufferevent(s->srv->base, s->srv->tls_server, fd);
 	if (s->bev == NULL) {
-		SSL_free(ssl);
 		close(fd);
 		session_free(s);
 		return;
 	}
-	bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
 	s->tls = true;
 	/* The session starts over: no HELO, no transaction (§4.2). */
 	free(s->helo);
@@ -1333,18 +1327,10 @@ struct smtp_session *smtp_session_new(struct server *srv, int fd,
 	if (mode == LISTEN_SMTPS) {
 		/* Implicit TLS (RFC 8314): the handshake comes first; the
 		 * banner waits in the output until it is done. */
-		SSL *ssl = srv->tls_server ? SSL_new(srv->tls_server) : NULL;
-		s->bev = ssl ? bufferevent_openssl_socket_new(
-				       srv->base, fd, ssl,
-				       BUFFEREVENT_SSL_ACCEPTING,
-				       BEV_OPT_CLOSE_ON_FREE)
-		             : NULL;
-		if (s->bev == NULL && ssl != NULL)
-			SSL_free(ssl);
-		if (s->bev != NULL) {
-			bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
-			s->tls = true;
-		}
+		s->bev = srv->tls_server ? tls_server_bufferevent(
+						   srv->base, srv->tls_server, fd)
+		                         : NULL;
+		s->tls = s->bev != NULL;
 	} else {
 		s->bev = bufferevent_socket_new(srv->base, fd,
 		                                BEV_OPT_CLOSE_ON_FREE);

@@ -28,6 +28,17 @@ SSL_CTX *tls_client_context(const char *ca_file, char *err, size_t errlen);
  * (X509_VERIFY_PARAM_set1_host). 0 or -1. */
 int tls_client_prepare(SSL *ssl, const char *host, bool verify);
 
+struct event_base;
+struct bufferevent;
+
+/* A TLS bufferevent on an accepted socket, the server side of the
+ * handshake under way (smtps and pop3s, and after STARTTLS): it writes
+ * to the socket itself, so the last reply before a close is never lost,
+ * and a peer that closes without close_notify is an ordinary EOF. NULL
+ * on failure, the descriptor then still open. */
+struct bufferevent *tls_server_bufferevent(struct event_base *base,
+                                           SSL_CTX *ctx, int fd);
+
 /* The last OpenSSL error as text, for logs. */
 const char *tls_error_string(char *buf, size_t len);
 

@@ -1,6 +1,6 @@
 /*
  * libFuzzer target for lineio: feeds split at 0xff octets, a random
- * limit and end-of-line mode; ASan and the assertions inside catch any
+ * limit and end-of-line mode; ASan and the checks inside catch any
  * overrun or a line longer than the limit.
  */
 #include <stdint.h>
@@ -8,6 +8,8 @@
 #include <string.h>
 #include <event2/buffer.h>
 #include "facteur/lineio.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* First byte: mode and limit; then feeds separated by 0xff. */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

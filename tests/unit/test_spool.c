@@ -114,7 +114,7 @@ static void run_until(struct fixture *f, const int *calls, int target)
 
 static char *file_path(struct fixture *f, const char *id, const char *ext)
 {
-	static char buf[256];
+	static char buf[4096];
 	snprintf(buf, sizeof buf, "%s/%s%s", f->queue_dir, id, ext);
 	return buf;
 }

@@ -5,6 +5,7 @@ packages=(
 	build-essential cmake pkg-config clang
 	libevent-dev libssl-dev libc-ares-dev libcmocka-dev libcrypt-dev
 	python3 python3-pytest swaks dnsmasq-base curl openssl procps fetchmail
+	adduser dpkg-dev
 )
 missing=()
 for p in "${packages[@]}"; do

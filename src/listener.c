@@ -3,6 +3,7 @@
  * counts live in a small chained hash table keyed by the client's
  * address bytes; an entry goes away when its last connection does.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -11,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 
@@ -20,6 +22,7 @@
 #include "facteur/metrics.h"
 #include "facteur/server.h"
 #include "facteur/smtp_session.h"
+#include "facteur/tls.h"
 
 #define IP_BUCKETS 1024
 #define LISTEN_BACKLOG 1024
@@ -404,4 +407,31 @@ struct listener_owner listener_smtp_owner(struct server *srv)
 	    .metrics = true,
 	};
 	return owner;
+}
+
+struct bufferevent *listener_bufferevent(struct server *srv, int fd,
+                                         bool implicit_tls)
+{
+	if (!implicit_tls)
+		return bufferevent_socket_new(srv->base, fd,
+		                              BEV_OPT_CLOSE_ON_FREE);
+	/* The handshake comes first; the greeting waits in the output
+	 * until it is done (RFC 8314). */
+	return srv->tls_server ? tls_server_bufferevent(srv->base,
+	                                                srv->tls_server, fd)
+	                       : NULL;
+}
+
+void listener_address_text(const struct sockaddr *sa, char *buf, size_t len)
+{
+	if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *sin6 =
+			(const struct sockaddr_in6 *)sa;
+		inet_ntop(AF_INET6, &sin6->sin6_addr, buf, (socklen_t)len);
+	} else if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
+		inet_ntop(AF_INET, &sin->sin_addr, buf, (socklen_t)len);
+	} else {
+		snprintf(buf, len, "unknown");
+	}
 }

@@ -1220,20 +1220,6 @@ static void session_free(struct pop3_session *s)
 	free(s);
 }
 
-static void client_text(const struct sockaddr *sa, char *buf, size_t len)
-{
-	if (sa->sa_family == AF_INET6) {
-		const struct sockaddr_in6 *sin6 =
-		    (const struct sockaddr_in6 *)sa;
-		inet_ntop(AF_INET6, &sin6->sin6_addr, buf, (socklen_t)len);
-	} else if (sa->sa_family == AF_INET) {
-		const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
-		inet_ntop(AF_INET, &sin->sin_addr, buf, (socklen_t)len);
-	} else {
-		snprintf(buf, len, "unknown");
-	}
-}
-
 static struct pop3_session *
 session_new(struct pop3_server *p, int fd, const struct sockaddr *addr,
 	    socklen_t addrlen, enum listen_mode mode, const char *listen)
@@ -1244,17 +1230,8 @@ session_new(struct pop3_server *p, int fd, const struct sockaddr *addr,
 		close(fd);
 		return NULL;
 	}
-	if (mode == LISTEN_POP3S) {
-		/* Implicit TLS: the handshake comes first; the greeting waits
-		 * in the output until it is done. */
-		s->bev = srv->tls_server ? tls_server_bufferevent(
-						   srv->base, srv->tls_server, fd)
-					 : NULL;
-		s->tls = s->bev != NULL;
-	} else {
-		s->bev = bufferevent_socket_new(srv->base, fd,
-						BEV_OPT_CLOSE_ON_FREE);
-	}
+	s->bev = listener_bufferevent(srv, fd, mode == LISTEN_POP3S);
+	s->tls = s->bev != NULL && mode == LISTEN_POP3S;
 	if (s->bev == NULL) {
 		close(fd);
 		free(s);
@@ -1266,7 +1243,7 @@ session_new(struct pop3_server *p, int fd, const struct sockaddr *addr,
 	if (addrlen > sizeof s->addr)
 		addrlen = sizeof s->addr;
 	memcpy(&s->addr, addr, addrlen);
-	client_text(addr, s->client, sizeof s->client);
+	listener_address_text(addr, s->client, sizeof s->client);
 	s->loopback = pop3_client_is_loopback(addr);
 
 	s->next = p->sessions;

@@ -1300,20 +1300,6 @@ static void session_free(struct smtp_session *s)
 	free(s);
 }
 
-static void client_text(const struct sockaddr *sa, char *buf, size_t len)
-{
-	if (sa->sa_family == AF_INET6) {
-		const struct sockaddr_in6 *sin6 =
-			(const struct sockaddr_in6 *)sa;
-		inet_ntop(AF_INET6, &sin6->sin6_addr, buf, (socklen_t)len);
-	} else if (sa->sa_family == AF_INET) {
-		const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
-		inet_ntop(AF_INET, &sin->sin_addr, buf, (socklen_t)len);
-	} else {
-		snprintf(buf, len, "unknown");
-	}
-}
-
 struct smtp_session *smtp_session_new(struct server *srv, int fd,
                                       const struct sockaddr *addr,
                                       socklen_t addrlen,
@@ -1324,17 +1310,8 @@ struct smtp_session *smtp_session_new(struct server *srv, int fd,
 		close(fd);
 		return NULL;
 	}
-	if (mode == LISTEN_SMTPS) {
-		/* Implicit TLS (RFC 8314): the handshake comes first; the
-		 * banner waits in the output until it is done. */
-		s->bev = srv->tls_server ? tls_server_bufferevent(
-						   srv->base, srv->tls_server, fd)
-		                         : NULL;
-		s->tls = s->bev != NULL;
-	} else {
-		s->bev = bufferevent_socket_new(srv->base, fd,
-		                                BEV_OPT_CLOSE_ON_FREE);
-	}
+	s->bev = listener_bufferevent(srv, fd, mode == LISTEN_SMTPS);
+	s->tls = s->bev != NULL && mode == LISTEN_SMTPS;
 	if (s->bev == NULL) {
 		close(fd);
 		free(s);
@@ -1346,7 +1323,7 @@ struct smtp_session *smtp_session_new(struct server *srv, int fd,
 	if (addrlen > sizeof s->addr)
 		addrlen = sizeof s->addr;
 	memcpy(&s->addr, addr, addrlen);
-	client_text(addr, s->client, sizeof s->client);
+	listener_address_text(addr, s->client, sizeof s->client);
 
 	s->next = all_sessions;
 	if (all_sessions != NULL)

@@ -64,4 +64,17 @@ void listener_free(struct listener *l);
 /* A session ends: release its place in the counts. */
 void listener_release(struct listener *l, const struct sockaddr *addr);
 
+struct bufferevent;
+
+/* The bufferevent of an accepted socket: plain, or with implicit TLS
+ * (smtps, pop3s) the server side of the handshake under way. NULL on
+ * failure (implicit TLS without certificates, out of memory); the
+ * descriptor is then still open. */
+struct bufferevent *listener_bufferevent(struct server *srv, int fd,
+                                         bool implicit_tls);
+
+/* A client's address as text ("192.0.2.1", "2001:db8::1"), for logs and
+ * the Received header. */
+void listener_address_text(const struct sockaddr *sa, char *buf, size_t len);
+
 #endif

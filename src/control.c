@@ -151,43 +151,44 @@ static void on_queue_entry(const struct spool_envelope *env, void *arg)
 	free(record);
 }
 
-/* The header records of a queued message, from its spool file. Reading
- * a bounded piece of a regular file does not wait for the disk in any
- * way that matters (ARCHITECTURE.md: only fsync does). */
-static void reply_headers(struct control_session *cs, const char *id)
+/* The header records of a queued message, from the spool. Reading a
+ * bounded piece of a regular file does not wait for the disk in any way
+ * that matters (ARCHITECTURE.md: only fsync does). */
+static void reply_headers(struct control_session *cs,
+			  const struct spool_envelope *env)
 {
-	char path[PATH_MAX];
-	struct stat st;
+	struct spool_body body;
 	char *buf = NULL;
 	size_t len = 0;
 
-	spool_msg_path(cs->ctl->srv->spool, id, path, sizeof path);
-	int fd = path[0] ? open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW) : -1;
-	if (fd == -1 || fstat(fd, &st) == -1 || !S_ISREG(st.st_mode))
-		goto out;
+	if (spool_body_open(cs->ctl->srv->spool, env, &body) == -1) {
+		log_event(LOG_LEVEL_WARN, "control_error",
+			  LOG_S("queue_id", env->id),
+			  LOG_S("reason", strerror(errno)));
+		return;
+	}
+	size_t want = body.length < CONTROL_HEADERS_MAX
+			  ? (size_t)body.length
+			  : CONTROL_HEADERS_MAX;
 	buf = malloc(CONTROL_HEADERS_MAX);
-	if (buf == NULL)
-		goto out;
-	while (len < CONTROL_HEADERS_MAX) {
-		ssize_t n = read(fd, buf + len, CONTROL_HEADERS_MAX - len);
+	while (buf != NULL && len < want) {
+		ssize_t n = pread(body.fd, buf + len, want - len,
+				  (off_t)(body.offset + len));
 		if (n == -1 && errno == EINTR)
 			continue;
 		if (n <= 0)
 			break;
 		len += (size_t)n;
 	}
-	bool whole = len < CONTROL_HEADERS_MAX || (uint64_t)st.st_size == len;
-	size_t outlen = 0;
-	char *records = control_proto_header_records(buf, len, whole, &outlen);
-	reply_records(cs, records, outlen);
-	free(records);
-out:
-	if (fd == -1)
-		log_event(LOG_LEVEL_WARN, "control_error",
-			  LOG_S("queue_id", id),
-			  LOG_S("reason", strerror(errno)));
-	else if (close(fd) == -1)
-		errno = 0; /* read only: nothing is lost */
+	if (buf != NULL) {
+		bool whole = len == body.length;
+		size_t outlen = 0;
+		char *records =
+		    control_proto_header_records(buf, len, whole, &outlen);
+		reply_records(cs, records, outlen);
+		free(records);
+	}
+	(void)close(body.fd); /* read only: nothing is lost */
 	free(buf);
 }
 
@@ -203,7 +204,7 @@ static void cmd_show(struct control_session *cs, const char *id)
 	char *records = control_proto_show_records(env, &len);
 	reply_records(cs, records, len);
 	free(records);
-	reply_headers(cs, id);
+	reply_headers(cs, env);
 	reply_end(cs, NULL);
 }
 

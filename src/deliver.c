@@ -56,7 +56,9 @@ struct delivery {
 
 	enum mailbox_format format;
 	char *mailbox;
-	char *spool_file;
+	int body_fd; /* the queued message: a duplicate of the caller's */
+	uint64_t body_offset;
+	uint64_t body_length;
 	char *sender;
 	char *recipient;
 	char *unique;
@@ -347,7 +349,8 @@ static void delivery_free(struct delivery *d)
 	if (d->timer != NULL)
 		event_free(d->timer);
 	free(d->mailbox);
-	free(d->spool_file);
+	if (d->body_fd != -1)
+		(void)close(d->body_fd); /* read-only */
 	free(d->sender);
 	free(d->recipient);
 	free(d->unique);
@@ -575,19 +578,14 @@ struct copy_error {
 };
 
 /*
- * The spool file in mailbox form into `out`: unstuffed, LF line ends,
- * and mboxrd-quoted for mbox. 64 KiB at a time: memory does not grow
- * with the message. *last is the last octet written ('\n' if none).
+ * The queued message in mailbox form into `out`: unstuffed, LF line
+ * ends, and mboxrd-quoted for mbox. 64 KiB at a time: memory does not
+ * grow with the message. *last is the last octet written ('\n' if none).
  */
-static int copy_message(const char *spool_path, int out, bool mboxrd,
+static int copy_message(const struct delivery *d, int out, bool mboxrd,
 			char *last, struct copy_error *ce)
 {
-	int in = open(spool_path, O_RDONLY | O_CLOEXEC);
-	if (in == -1) {
-		ce->err = errno;
-		ce->reading = true;
-		return -1;
-	}
+	uint64_t done = 0;
 	char *raw = malloc(COPY_CHUNK);
 	char *plain = malloc(COPY_CHUNK);
 	char *quoted =
@@ -601,14 +599,22 @@ static int copy_message(const char *spool_path, int out, bool mboxrd,
 	struct smtp_unstuff unstuff = {0};
 	struct deliver_mboxrd quote = {0};
 	for (;;) {
-		ssize_t r = read(in, raw, COPY_CHUNK);
-		if (r == -1) {
-			if (errno == EINTR)
-				continue;
-			ce->err = errno;
+		uint64_t left = d->body_length - done;
+		ssize_t r = 0;
+		if (left > 0)
+			r = pread(d->body_fd, raw,
+				  left < COPY_CHUNK ? (size_t)left : COPY_CHUNK,
+				  (off_t)(d->body_offset + done));
+		if (r == -1 && errno == EINTR)
+			continue;
+		if (r == -1 || (r == 0 && left > 0)) {
+			/* shorter than the spool recorded: never deliver a
+			 * cut message */
+			ce->err = r == -1 ? errno : EIO;
 			ce->reading = true;
 			goto out;
 		}
+		done += (uint64_t)r;
 		const char *data;
 		size_t n;
 		if (r == 0) {
@@ -641,7 +647,6 @@ out:
 	free(raw);
 	free(plain);
 	free(quoted);
-	(void)close(in); /* read-only */
 	return rc;
 }
 
@@ -821,14 +826,15 @@ static void maildir_begin(struct delivery *d)
 	struct copy_error ce = {0};
 	if (write_headers(d, d->fd) == -1) {
 		ce.err = errno;
-	} else if (copy_message(d->spool_file, d->fd, false, &last, &ce) ==
+	} else if (copy_message(d, d->fd, false, &last, &ce) ==
 		   -1) {
 		/* ce filled */
 	}
 	if (ce.err != 0) {
 		(void)unlink(d->tmp_path);
 		if (ce.reading)
-			fail_errno(d, ce.err, false, "read", d->spool_file);
+			fail_errno(d, ce.err, false, "read",
+				   "the queued message");
 		else
 			fail_errno(d, ce.err, true, "write", d->tmp_path);
 		goto out;
@@ -1054,7 +1060,7 @@ static void mbox_attempt(struct delivery *d)
 	struct copy_error ce = {0};
 	if (write_from_line(d, d->fd) == -1 || write_headers(d, d->fd) == -1) {
 		ce.err = errno;
-	} else if (copy_message(d->spool_file, d->fd, true, &last, &ce) == 0) {
+	} else if (copy_message(d, d->fd, true, &last, &ce) == 0) {
 		/* A message that does not end its last line gets one, then
 		 * the blank line that separates messages. */
 		const char *tail = last == '\n' ? "\n" : "\n\n";
@@ -1063,7 +1069,7 @@ static void mbox_attempt(struct delivery *d)
 	}
 	if (ce.err != 0) {
 		mbox_fail(d, ce.err, ce.reading, ce.reading ? "read" : "write",
-			  ce.reading ? d->spool_file : d->mailbox);
+			  ce.reading ? "the queued message" : d->mailbox);
 		return;
 	}
 
@@ -1131,17 +1137,19 @@ int deliver_start(struct event_base *base, struct iothread *io,
 	d->cb = cb;
 	d->arg = arg;
 	d->fd = -1;
+	d->body_fd = fcntl(req->body.fd, F_DUPFD_CLOEXEC, 0);
+	d->body_offset = req->body.offset;
+	d->body_length = req->body.length;
 	d->format = req->format;
 	d->arrival = req->arrival;
 	d->check_existing = req->check_existing;
 	d->mailbox = dup_or_empty(req->mailbox);
-	d->spool_file = dup_or_empty(req->spool_file);
 	d->sender = dup_header_value(req->sender);
 	d->recipient = dup_header_value(req->recipient);
 	d->unique = dup_or_empty(req->unique);
 	d->hostname = dup_or_empty(req->hostname);
 	d->timer = evtimer_new(base, on_timer, d);
-	if (d->mailbox == NULL || d->spool_file == NULL || d->sender == NULL ||
+	if (d->mailbox == NULL || d->body_fd == -1 || d->sender == NULL ||
 	    d->recipient == NULL || d->unique == NULL || d->hostname == NULL ||
 	    d->timer == NULL) {
 		delivery_free(d);

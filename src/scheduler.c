@@ -386,25 +386,27 @@ static void on_dsn_committed(int error, void *arg)
 
 /* Read the start of the original for the DSN: headers, and the body up
  * to the size a DSN returns. */
-static char *read_original(struct scheduler *sched, const char *id,
-                           size_t *len)
+static char *read_original(struct scheduler *sched,
+                           const struct spool_envelope *env, size_t *len)
 {
-	char path[4096];
-	spool_msg_path(sched->srv->spool, id, path, sizeof path);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd == -1)
+	struct spool_body body;
+	if (spool_body_open(sched->srv->spool, env, &body) == -1)
 		return NULL;
+	size_t want = body.length < BOUNCE_ORIGINAL_MAX
+	                  ? (size_t)body.length
+	                  : BOUNCE_ORIGINAL_MAX;
 	char *buf = malloc(BOUNCE_ORIGINAL_MAX);
 	size_t have = 0;
-	while (buf != NULL && have < BOUNCE_ORIGINAL_MAX) {
-		ssize_t n = read(fd, buf + have, BOUNCE_ORIGINAL_MAX - have);
+	while (buf != NULL && have < want) {
+		ssize_t n = pread(body.fd, buf + have, want - have,
+		                  (off_t)(body.offset + have));
 		if (n == -1 && errno == EINTR)
 			continue;
 		if (n <= 0)
 			break;
 		have += (size_t)n;
 	}
-	close(fd);
+	(void)close(body.fd); /* read-only */
 	*len = have;
 	return buf;
 }
@@ -432,7 +434,7 @@ static bool dsn_queue(struct settlement *st, enum bounce_kind kind,
 		return false;
 	}
 	size_t original_len = 0;
-	char *original = read_original(sched, q->env->id, &original_len);
+	char *original = read_original(sched, q->env, &original_len);
 	struct bounce_input in = {
 		.kind = kind,
 		.env = q->env,
@@ -586,16 +588,19 @@ static void start_local(struct queued *q, size_t index)
 	const struct config *cfg = sched->srv->cfg;
 	struct spool_rcpt *r = &q->env->rcpts[index];
 	char unique[SPOOL_ID_LEN + 32];
-	char spool_file[4096];
+	struct spool_body body;
 
 	q->busy[index] = true;
 	char *mailbox = mailbox_of(cfg, r->address);
 	struct local_job *job = calloc(1, sizeof *job);
-	if (job == NULL || mailbox == NULL) {
+	if (job == NULL || mailbox == NULL ||
+	    spool_body_open(sched->srv->spool, q->env, &body) == -1) {
+		bool named = job != NULL && mailbox != NULL;
 		free(job);
 		free(mailbox);
 		set_outcome(cfg, q, r, RCPT_DEFERRED, "4.3.0",
-		            "cannot name the mailbox");
+		            named ? "cannot read the queued message"
+		                  : "cannot name the mailbox");
 		count_outcome(q, RCPT_DEFERRED);
 		log_outcome("deferred", q, r, "mailbox", "");
 		settle(q, &index, 1, false, NULL, 0);
@@ -608,8 +613,7 @@ static void start_local(struct queued *q, size_t index)
 	struct deliver_request req = {
 		.format = cfg->mailbox_format,
 		.mailbox = mailbox,
-		.spool_file = spool_msg_path(sched->srv->spool, q->env->id,
-		                             spool_file, sizeof spool_file),
+		.body = body,
 		.sender = q->env->sender,
 		.recipient = r->address,
 		.unique = unique,
@@ -619,8 +623,10 @@ static void start_local(struct queued *q, size_t index)
 		 * mailbox and before the outcome was recorded. */
 		.check_existing = q->recovered || r->attempts > 0,
 	};
-	if (deliver_start(sched->srv->base, sched->srv->io, &req, on_delivered,
-	                  job) == -1) {
+	int started = deliver_start(sched->srv->base, sched->srv->io, &req,
+	                            on_delivered, job);
+	(void)close(body.fd); /* read-only; the delivery has its own */
+	if (started == -1) {
 		free(job->mailbox);
 		free(job);
 		q->busy[index] = false;
@@ -828,13 +834,24 @@ static void relay_connect(struct relay_job *job, const struct dns_host *hosts,
 		relay_done(job);
 		return;
 	}
-	char spool_file[4096];
+	struct spool_body body;
+	if (spool_body_open(sched->srv->spool, job->q->env, &body) == -1) {
+		char reason[512];
+		snprintf(reason, sizeof reason,
+		         "cannot read the queued message: %s", strerror(errno));
+		if (password != NULL)
+			explicit_bzero(password, strlen(password));
+		free(user);
+		free(password);
+		relay_finish_all(job, RCPT_DEFERRED, "4.3.0", reason, job->host);
+		relay_done(job);
+		return;
+	}
 	struct smtp_client_request req = {
 		.env = job->q->env,
 		.rcpts = job->rcpts,
 		.rcpt_count = job->rcpt_count,
-		.spool_file = spool_msg_path(sched->srv->spool, job->q->env->id,
-		                             spool_file, sizeof spool_file),
+		.body = body,
 		.helo = cfg->hostname,
 		.addrs = addrs,
 		.addr_count = n,
@@ -847,6 +864,7 @@ static void relay_connect(struct relay_job *job, const struct dns_host *hosts,
 	};
 	job->client = smtp_client_start(sched->srv->base, &req, on_client_done,
 	                                job);
+	(void)close(body.fd); /* read-only; the client has its own */
 	if (password != NULL)
 		explicit_bzero(password, strlen(password));
 	free(user);

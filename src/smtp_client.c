@@ -157,7 +157,9 @@ struct smtp_client {
 	struct client_rcpt *rcpts;
 	struct smtp_client_rcpt *results; /* parallel to rcpts */
 	size_t rcpt_count;
-	char *spool_file;
+	uint64_t body_offset; /* the message: fd, from here, this long */
+	uint64_t body_length;
+	uint64_t body_sent;
 	char *helo;
 	struct client_address *addrs;
 	size_t addr_count;
@@ -697,17 +699,6 @@ static void start_mail(struct smtp_client *c)
 			   "bad sender address");
 		return;
 	}
-	if (c->fd < 0) {
-		c->fd = open(c->spool_file, O_RDONLY | O_CLOEXEC);
-		if (c->fd < 0) {
-			snprintf(reason, sizeof reason,
-				 "cannot open the message file %s: %s",
-				 c->spool_file, strerror(errno));
-			refuse_all(c, RCPT_DEFERRED, ESC_LOCAL_ERROR, reason);
-			return;
-		}
-	}
-
 	c->order_count = 0;
 	for (size_t i = 0; i < c->rcpt_count; i++) {
 		if (c->results[i].state != RCPT_PENDING)
@@ -956,8 +947,8 @@ static void body_read_failed(struct smtp_client *c, int err)
 	char reason[512];
 
 	/* the server has part of a message: only closing aborts it */
-	snprintf(reason, sizeof reason, "cannot read the message file %s: %s",
-		 c->spool_file, strerror(err));
+	snprintf(reason, sizeof reason, "cannot read the queued message: %s",
+		 strerror(err));
 	log_event(LOG_LEVEL_ERROR, "relay_failed",
 		  LOG_S("queue_id", c->queue_id), LOG_S("relay", c->relay),
 		  LOG_S("reason", reason));
@@ -978,14 +969,22 @@ static void fill_body(struct smtp_client *c)
 		return;
 	if (evbuffer_reserve_space(out, BODY_CHUNK, &v, 1) < 1)
 		fatal("smtp_client: evbuffer_reserve_space");
-	do
-		n = read(c->fd, v.iov_base, BODY_CHUNK);
-	while (n < 0 && errno == EINTR);
-	if (n < 0) {
-		body_read_failed(c, errno);
+	uint64_t left = c->body_length - c->body_sent;
+	n = 0;
+	if (left > 0) {
+		do
+			n = pread(c->fd, v.iov_base,
+				  left < BODY_CHUNK ? (size_t)left : BODY_CHUNK,
+				  (off_t)(c->body_offset + c->body_sent));
+		while (n < 0 && errno == EINTR);
+	}
+	if (n < 0 || (n == 0 && left > 0)) {
+		/* shorter than the spool recorded: never send a cut message */
+		body_read_failed(c, n < 0 ? errno : EIO);
 		return;
 	}
 	if (n > 0) {
+		c->body_sent += (uint64_t)n;
 		/* before the commit: a TLS filter may consume it at once */
 		c->body_last = ((char *)v.iov_base)[n - 1];
 		v.iov_len = (size_t)n;
@@ -1005,10 +1004,7 @@ static void fill_body(struct smtp_client *c)
 
 static void start_body(struct smtp_client *c)
 {
-	if (lseek(c->fd, 0, SEEK_SET) < 0) {
-		body_read_failed(c, errno);
-		return;
-	}
+	c->body_sent = 0;
 	c->body_last = '\n';
 	enter_state(c, CLIENT_BODY);
 	bufferevent_setwatermark(c->bev, EV_WRITE, BODY_LOW_WATER, 0);
@@ -1358,7 +1354,6 @@ static void client_free(struct smtp_client *c)
 	free(c->addrs);
 	free(c->sender);
 	free(c->envid);
-	free(c->spool_file);
 	free(c->helo);
 	free(c->verify_name);
 	if (c->tls_ctx)
@@ -1393,7 +1388,9 @@ struct smtp_client *smtp_client_start(struct event_base *base,
 	c->base = base;
 	c->cb = cb;
 	c->arg = arg;
-	c->fd = -1;
+	c->fd = fcntl(req->body.fd, F_DUPFD_CLOEXEC, 0);
+	c->body_offset = req->body.offset;
+	c->body_length = req->body.length;
 	c->state = CLIENT_IDLE;
 	c->timeout = req->timeout ? req->timeout : DEFAULT_TIMEOUT;
 	c->tls_policy = req->tls;
@@ -1412,7 +1409,6 @@ struct smtp_client *smtp_client_start(struct event_base *base,
 		goto fail;
 	if (!dup_opt(&c->sender, env->sender ? env->sender : "") ||
 	    !dup_opt(&c->envid, env->envid) ||
-	    !dup_opt(&c->spool_file, req->spool_file) ||
 	    !dup_opt(&c->helo, req->helo ? req->helo : "localhost") ||
 	    !dup_opt(&c->verify_name, req->verify_name) ||
 	    !dup_opt(&c->auth_user, req->auth_user) ||
@@ -1421,7 +1417,7 @@ struct smtp_client *smtp_client_start(struct event_base *base,
 			 ? (req->auth_password ? req->auth_password : "")
 			 : NULL))
 		goto fail;
-	if (c->spool_file == NULL)
+	if (c->fd < 0)
 		goto fail;
 
 	if (req->rcpt_count > 0) {

@@ -1108,6 +1108,32 @@ char *spool_msg_path(const struct spool *spool, const char *id, char *buf,
 	return buf;
 }
 
+int spool_body_open(struct spool *spool, const struct spool_envelope *env,
+		    struct spool_body *body)
+{
+	char path[PATH_MAX];
+	struct stat st;
+
+	spool_msg_path(spool, env->id, path, sizeof path);
+	if (path[0] == '\0') {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd == -1)
+		return -1;
+	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode)) {
+		int err = errno ? errno : EINVAL;
+		(void)close(fd); /* read-only */
+		errno = err;
+		return -1;
+	}
+	body->fd = fd;
+	body->offset = 0;
+	body->length = (uint64_t)st.st_size;
+	return 0;
+}
+
 /*
  * 64 bits: seconds (32), microseconds (20), and a per-process counter
  * (12). Each id is forced above the last one, so ids are unique within

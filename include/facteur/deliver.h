@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "facteur/config.h"
+#include "facteur/spool.h"
 
 struct event_base;
 struct iothread;
@@ -30,7 +31,8 @@ enum deliver_result {
 struct deliver_request {
 	enum mailbox_format format;
 	const char *mailbox;    /* the Maildir folder or mbox file */
-	const char *spool_file; /* the message in wire form */
+	struct spool_body body; /* the message in wire form; its descriptor
+	                         * is duplicated, the caller keeps its own */
 	const char *sender;     /* "" for the null sender */
 	const char *recipient;  /* for Delivered-To */
 	const char *unique;     /* unique per message and recipient */

@@ -34,7 +34,8 @@ struct smtp_client_request {
 	const struct spool_envelope *env;
 	const size_t *rcpts; /* indexes into env->rcpts */
 	size_t rcpt_count;
-	const char *spool_file; /* the message, wire form */
+	struct spool_body body; /* the message, wire form; its descriptor is
+	                         * duplicated, the caller keeps its own */
 	const char *helo;       /* our host name */
 	const struct smtp_client_address *addrs; /* tried in this order */
 	size_t addr_count;

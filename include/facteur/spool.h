@@ -75,6 +75,21 @@ const char *spool_dir(const struct spool *spool);
 char *spool_msg_path(const struct spool *spool, const char *id, char *buf,
                      size_t len);
 
+/* Where a queued message's wire form can be read: `length` octets of
+ * `fd` from `offset` on. Readers use pread and never move the file
+ * offset, so one descriptor may serve several readers. */
+struct spool_body {
+	int fd;
+	uint64_t offset;
+	uint64_t length;
+};
+
+/* Open the wire form of a live message; the caller closes body->fd.
+ * The body stays readable through that descriptor whatever the spool
+ * does with the message afterwards. -1 with errno when it cannot. */
+int spool_body_open(struct spool *spool, const struct spool_envelope *env,
+                    struct spool_body *body);
+
 /* A message being received. */
 struct spool_incoming {
 	char id[SPOOL_ID_LEN + 1];

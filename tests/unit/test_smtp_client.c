@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -554,7 +555,6 @@ static int setup(void **state)
 	f->req.env = &f->env;
 	f->req.rcpts = f->idx;
 	f->req.rcpt_count = 1;
-	f->req.spool_file = f->msg_path;
 	f->req.helo = "client.test";
 	f->req.addrs = f->addrs;
 	f->req.tls = TLS_POLICY_NONE;
@@ -642,6 +642,21 @@ static void guard_cb(evutil_socket_t fd, short what, void *arg)
 	event_base_loopbreak(f->base);
 }
 
+/* Start the client on the message file as it is now. */
+static struct smtp_client *start(struct fixture *f)
+{
+	struct stat st;
+	f->req.body.fd = open(f->msg_path, O_RDONLY | O_CLOEXEC);
+	assert_true(f->req.body.fd >= 0);
+	assert_int_equal(fstat(f->req.body.fd, &st), 0);
+	f->req.body.offset = 0;
+	f->req.body.length = (uint64_t)st.st_size;
+	struct smtp_client *c = smtp_client_start(f->base, &f->req, on_result,
+						  f);
+	assert_int_equal(close(f->req.body.fd), 0); /* the client has its own */
+	return c;
+}
+
 /* Run one attempt to its end; returns the seconds it took. */
 static double run(struct fixture *f)
 {
@@ -649,8 +664,7 @@ static double run(struct fixture *f)
 	struct timespec t0, t1;
 
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	struct smtp_client *c =
-	    smtp_client_start(f->base, &f->req, on_result, f);
+	struct smtp_client *c = start(f);
 	assert_non_null(c);
 	assert_int_equal(f->calls, 0); /* never from inside start */
 	struct event *tev = event_new(f->base, -1, EV_PERSIST, tick_cb, f);
@@ -1702,8 +1716,7 @@ static void test_client_cancel_runs_no_callback(void **state)
 	struct timeval half = {0, 300000};
 
 	add_server(f, script);
-	struct smtp_client *c =
-	    smtp_client_start(f->base, &f->req, on_result, f);
+	struct smtp_client *c = start(f);
 	assert_non_null(c);
 	event_base_loopexit(f->base, &half);
 	event_base_dispatch(f->base);
@@ -1722,7 +1735,7 @@ static void test_client_bad_recipient_index_is_refused(void **state)
 	size_t bad = 7;
 
 	f->req.rcpts = &bad;
-	assert_null(smtp_client_start(f->base, &f->req, on_result, f));
+	assert_null(start(f));
 }
 
 /* ---- tls.c ---- */

@@ -692,7 +692,7 @@ static int submit(struct submission *sub, char *id)
 		fail("cannot set up the spool");
 		goto out;
 	}
-	q.spool = spool_open(q.base, q.io, cfg->spool_dir, err, sizeof err);
+	q.spool = spool_open_drop(q.base, q.io, cfg->spool_dir, err, sizeof err);
 	if (q.spool == NULL || (q.inc = spool_incoming_new(q.spool)) == NULL) {
 		fail("cannot queue the message: %s",
 		     q.spool ? strerror(errno) : err);

@@ -80,6 +80,7 @@ struct scheduler {
 	unsigned records;    /* spool records and DSN commits in flight */
 	struct destination *destinations[DESTINATION_BUCKETS];
 	struct relay_job *jobs; /* every relay job, for shutdown */
+	struct event *compact_timer;
 	bool stopping;
 };
 
@@ -200,7 +201,10 @@ static bool queued_finish_if_done(struct queued *q)
 	if (q->in_flight > 0 || (!q->deleted && !spool_envelope_done(q->env)))
 		return false;
 	log_event(LOG_LEVEL_DEBUG, "removed", LOG_S("queue_id", q->env->id));
-	spool_remove(q->sched->srv->spool, q->env->id);
+	if (q->deleted)
+		spool_delete(q->sched->srv->spool, q->env->id);
+	else
+		spool_remove(q->sched->srv->spool, q->env->id);
 	queued_free(q);
 	return true;
 }
@@ -1186,11 +1190,44 @@ static double oldest_age(void *arg)
 	return oldest == 0 ? 0.0 : (double)(time(NULL) - oldest);
 }
 
+/* How often the spool is asked whether its oldest segment needs its live
+ * messages moved, and how many may move in one go. */
+#define COMPACT_INTERVAL 10
+#define COMPACT_BATCH 20000
+
+/* Offer the spool the messages it may move: only idle ones, whose state
+ * in memory is exactly what their records say. */
+static void on_compact(evutil_socket_t fd, short what, void *arg)
+{
+	struct scheduler *sched = arg;
+	struct spool *spool = sched->srv->spool;
+	size_t moved = 0;
+	(void)fd;
+	(void)what;
+	for (struct queued *q = sched->messages;
+	     q != NULL && moved < COMPACT_BATCH && !sched->stopping &&
+	     spool_wants_compaction(spool);
+	     q = q->next)
+		if (q->in_flight == 0 && !q->deleted &&
+		    spool_compact(spool, q->env) == 1)
+			moved++;
+}
+
 struct scheduler *scheduler_new(struct server *srv)
 {
+	static const struct timeval every = {COMPACT_INTERVAL, 0};
 	struct scheduler *sched = calloc(1, sizeof *sched);
 	if (sched == NULL)
 		return NULL;
+	sched->compact_timer =
+	    event_new(srv->base, -1, EV_PERSIST, on_compact, sched);
+	if (sched->compact_timer == NULL ||
+	    event_add(sched->compact_timer, &every) == -1) {
+		if (sched->compact_timer != NULL)
+			event_free(sched->compact_timer);
+		free(sched);
+		return NULL;
+	}
 	sched->srv = srv;
 	sched->ready_tail = &sched->ready_head;
 	metrics_set_queue_age_source(oldest_age, sched);
@@ -1203,6 +1240,7 @@ void scheduler_free(struct scheduler *sched)
 	if (sched == NULL)
 		return;
 	metrics_set_queue_age_source(NULL, NULL);
+	event_free(sched->compact_timer);
 	while (sched->jobs != NULL) {
 		struct relay_job *job = sched->jobs;
 		if (job->dns != NULL)

@@ -65,9 +65,17 @@ struct spool_envelope {
 };
 
 #define SPOOL_FLAG_DELAY_NOTIFIED 0x1 /* a delay DSN was sent */
+#define SPOOL_FLAG_DELETED 0x2 /* deleted by the operator: done */
 
+/* The daemon's spool: committed messages go to the log (log/<seq>.seg),
+ * and spool_recover reads it back. */
 struct spool *spool_open(struct event_base *base, struct iothread *io,
                          const char *dir, char *err, size_t errlen);
+/* A drop spool, for facteur-sendmail: commits write <id>.msg and
+ * <id>.env in queue/, which the daemon takes into its log at pickup or
+ * start. No log, no records, no recovery. */
+struct spool *spool_open_drop(struct event_base *base, struct iothread *io,
+                              const char *dir, char *err, size_t errlen);
 void spool_close(struct spool *spool);
 const char *spool_dir(const struct spool *spool);
 
@@ -93,13 +101,16 @@ int spool_body_open(struct spool *spool, const struct spool_envelope *env,
 /* A message being received. */
 struct spool_incoming {
 	char id[SPOOL_ID_LEN + 1];
-	int fd;           /* the .msg file, open for writing */
-	uint64_t written; /* octets written to it */
+	int fd;           /* the .msg file, or -1 while the body is small
+	                   * enough to be kept in memory */
+	uint64_t written; /* octets written */
 	int error;        /* errno of a failed write: commit is then refused */
 };
 
-/* Create a new message file with a fresh id. NULL with errno set when it
- * cannot be created (the session answers 451 4.3.0). */
+/* A new message with a fresh id. The daemon's spool keeps a small body
+ * in memory and logs it whole at commit; a larger one, and every message
+ * of a drop spool, goes to <id>.msg as it arrives. NULL with errno set
+ * when that cannot be done (the session answers 451 4.3.0). */
 struct spool_incoming *spool_incoming_new(struct spool *spool);
 /* Append octets; a write error is remembered in inc->error. */
 void spool_incoming_write(struct spool_incoming *inc, const void *buf,
@@ -126,8 +137,23 @@ void spool_record_rcpt(struct spool *spool, const struct spool_envelope *env,
 void spool_record_flags(struct spool *spool, const struct spool_envelope *env,
                         spool_commit_cb cb, void *arg);
 
+/*
+ * Compaction: the oldest log segment can only be deleted once none of its
+ * messages is live. When it is old (a minute) and still holds some, the
+ * scheduler offers its idle messages (no delivery or record in flight)
+ * to spool_compact, which logs each anew, with its current state, in the
+ * newest segment: 1 when it did, 0 when the message needs no move, -1
+ * on failure (the message stays where it is).
+ */
+bool spool_wants_compaction(const struct spool *spool);
+int spool_compact(struct spool *spool, const struct spool_envelope *env);
+
 /* Remove a message whose recipients are all done. */
 void spool_remove(struct spool *spool, const char *id);
+/* Remove a message the operator deleted, done or not: the log gets a
+ * record saying so (flushed with the next batch), so that it does not
+ * come back at the next start. */
+void spool_delete(struct spool *spool, const char *id);
 
 /*
  * Scan the queue at start-up: remove what was never committed, truncate a

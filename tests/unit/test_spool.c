@@ -1,7 +1,8 @@
 /*
  * The spool against a real event loop, the real iothread and a temporary
- * directory: envelope text, the group commit, and recovery after the
- * kinds of damage a crash leaves.
+ * directory: envelope text; the drop spool's files (facteur-sendmail);
+ * the daemon's log, its group commit, and recovery after the kinds of
+ * damage a crash leaves.
  */
 /* cmocka.h needs these first. */
 /* clang-format off */
@@ -12,9 +13,11 @@
 #include <cmocka.h>
 /* clang-format on */
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,11 +30,13 @@
 
 #include "facteur/iothread.h"
 #include "facteur/spool.h"
+#include "facteur/spool_log.h"
 
 struct fixture {
 	char tmp[64];
 	char spool_dir[128];
 	char queue_dir[160];
+	char log_dir[160];
 	struct event_base *base;
 	struct iothread *io;
 	struct spool *spool;
@@ -58,7 +63,8 @@ static int remove_entry(const char *path, const struct stat *st, int flag,
 	return remove(path);
 }
 
-static int setup(void **state)
+/* A fixture with the daemon's spool (logged) or a drop spool. */
+static int setup_spool(void **state, bool logged)
 {
 	struct fixture *f = calloc(1, sizeof *f);
 	char err[256];
@@ -68,15 +74,29 @@ static int setup(void **state)
 	assert_non_null(mkdtemp(f->tmp));
 	snprintf(f->spool_dir, sizeof f->spool_dir, "%s/a/spool", f->tmp);
 	snprintf(f->queue_dir, sizeof f->queue_dir, "%s/queue", f->spool_dir);
+	snprintf(f->log_dir, sizeof f->log_dir, "%s/log", f->spool_dir);
 	f->base = event_base_new();
 	assert_non_null(f->base);
 	f->io = iothread_new(f->base);
 	assert_non_null(f->io);
-	f->spool = spool_open(f->base, f->io, f->spool_dir, err, sizeof err);
+	f->spool =
+	    logged ? spool_open(f->base, f->io, f->spool_dir, err, sizeof err)
+		   : spool_open_drop(f->base, f->io, f->spool_dir, err,
+				     sizeof err);
 	if (f->spool == NULL)
 		fail_msg("spool_open: %s", err);
 	*state = f;
 	return 0;
+}
+
+static int setup(void **state)
+{
+	return setup_spool(state, true);
+}
+
+static int setup_drop(void **state)
+{
+	return setup_spool(state, false);
 }
 
 static int teardown(void **state)
@@ -84,7 +104,8 @@ static int teardown(void **state)
 	struct fixture *f = *state;
 
 	spool_close(f->spool);
-	iothread_free(f->io);
+	if (f->io != NULL)
+		iothread_free(f->io);
 	event_base_free(f->base);
 	nftw(f->tmp, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 	free(f);
@@ -535,7 +556,254 @@ static void test_record_format_rejects_out_of_range_index(void **state)
 	spool_envelope_free(env);
 }
 
-static void test_spool_open_creates_private_queue_dir(void **state)
+/* Helpers for the spool on disk. */
+
+/* Run the loop until every flush handed to the iothread has called back
+ * and two passes in a row found nothing more to do. */
+static void drain(struct fixture *f)
+{
+	struct timeval tick = {0, 100000};
+	struct event *timer = event_new(f->base, -1, EV_PERSIST, on_tick, NULL);
+	int quiet = 0;
+
+	assert_non_null(timer);
+	assert_int_equal(event_add(timer, &tick), 0);
+	for (int i = 0; i < 300 && quiet < 2; i++) {
+		event_base_loop(f->base, EVLOOP_NONBLOCK);
+		if (iothread_pending(f->io) == 0) {
+			quiet++;
+			continue;
+		}
+		quiet = 0;
+		event_base_loop(f->base, EVLOOP_ONCE);
+	}
+	event_free(timer);
+	assert_int_equal(iothread_pending(f->io), 0);
+}
+
+/* Close the daemon's spool as a stop would, and open a fresh one on the
+ * same directory, as at start-up (recovery is the caller's). */
+static void reopen(struct fixture *f)
+{
+	char err[256];
+
+	spool_close(f->spool);
+	f->spool = NULL;
+	drain(f);
+	f->spool = spool_open(f->base, f->io, f->spool_dir, err, sizeof err);
+	if (f->spool == NULL)
+		fail_msg("spool_open: %s", err);
+}
+
+/* Entries of dir whose name ends in suffix ("" counts all). */
+static int count_dir(const char *dir, const char *suffix)
+{
+	DIR *d = opendir(dir);
+	int n = 0;
+	struct dirent *de;
+
+	assert_non_null(d);
+	while ((de = readdir(d)) != NULL) {
+		size_t len = strlen(de->d_name), slen = strlen(suffix);
+		if (strcmp(de->d_name, ".") == 0 ||
+		    strcmp(de->d_name, "..") == 0)
+			continue;
+		if (len >= slen && strcmp(de->d_name + len - slen, suffix) == 0)
+			n++;
+	}
+	closedir(d);
+	return n;
+}
+
+/* The path of the newest segment in log/. */
+static void newest_segment(struct fixture *f, char *path, size_t len)
+{
+	DIR *d = opendir(f->log_dir);
+	char best[64] = "";
+	struct dirent *de;
+
+	assert_non_null(d);
+	while ((de = readdir(d)) != NULL) {
+		size_t n = strlen(de->d_name);
+		if (n == 20 && strcmp(de->d_name + 16, ".seg") == 0 &&
+		    strcmp(de->d_name, best) > 0)
+			memcpy(best, de->d_name, n + 1);
+	}
+	closedir(d);
+	assert_true(best[0] != '\0');
+	snprintf(path, len, "%s/%s", f->log_dir, best);
+}
+
+static bool path_exists(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0;
+}
+
+static off_t file_size(const char *path)
+{
+	struct stat st;
+	assert_int_equal(stat(path, &st), 0);
+	return st.st_size;
+}
+
+/* A live message's wire form, read as a delivery would. */
+static char *read_body(struct fixture *f, const char *id, size_t *len)
+{
+	struct spool_envelope e = {0};
+	struct spool_body body;
+
+	strcpy(e.id, id);
+	if (spool_body_open(f->spool, &e, &body) != 0)
+		fail_msg("spool_body_open %s: %s", id, strerror(errno));
+	char *buf = malloc(body.length + 1);
+	assert_non_null(buf);
+	size_t got = 0;
+	while (got < body.length) {
+		ssize_t n = pread(body.fd, buf + got, body.length - got,
+				  (off_t)(body.offset + got));
+		assert_true(n > 0);
+		got += (size_t)n;
+	}
+	/* the descriptor is the caller's and still open */
+	assert_int_equal(close(body.fd), 0);
+	*len = (size_t)body.length;
+	return buf;
+}
+
+static void assert_body(struct fixture *f, const char *id, const char *want,
+			size_t want_len)
+{
+	size_t len;
+	char *got = read_body(f, id, &len);
+	assert_int_equal(len, want_len);
+	assert_memory_equal(got, want, len);
+	free(got);
+}
+
+static const char message[] = "Subject: hi\r\n\r\n..dot\r\nbody\r\n";
+
+/* Receive `message` on spool. */
+static struct spool_incoming *receive_on(struct spool *spool, char *id)
+{
+	struct spool_incoming *inc = spool_incoming_new(spool);
+	assert_non_null(inc);
+	assert_int_equal(strlen(inc->id), SPOOL_ID_LEN);
+	strcpy(id, inc->id);
+	spool_incoming_write(inc, message, 10);
+	spool_incoming_write(inc, message + 10, sizeof message - 1 - 10);
+	assert_int_equal(inc->error, 0);
+	assert_int_equal(inc->written, sizeof message - 1);
+	return inc;
+}
+
+static struct spool_incoming *receive(struct fixture *f, char *id)
+{
+	return receive_on(f->spool, id);
+}
+
+/* A wire form of n octets, different at every offset that matters. */
+static char *big_message(size_t n)
+{
+	char *p = malloc(n);
+	assert_non_null(p);
+	for (size_t i = 0; i < n; i++)
+		p[i] = (i + 1) % 64 == 0 ? '\n' : (char)('A' + (i / 64) % 26);
+	return p;
+}
+
+/* Receive `data` in pieces of 4000 octets. */
+static struct spool_incoming *receive_data(struct fixture *f, char *id,
+					   const char *data, size_t n)
+{
+	struct spool_incoming *inc = spool_incoming_new(f->spool);
+	assert_non_null(inc);
+	strcpy(id, inc->id);
+	for (size_t at = 0; at < n; at += 4000)
+		spool_incoming_write(inc, data + at,
+				     n - at < 4000 ? n - at : 4000);
+	assert_int_equal(inc->error, 0);
+	assert_int_equal(inc->written, n);
+	return inc;
+}
+
+/* Commit on spool for real; the id into id. */
+static void commit_on(struct fixture *f, struct spool *spool,
+		      struct spool_envelope *env, char *id)
+{
+	struct result res = {0};
+	spool_incoming_commit(spool, receive_on(spool, id), env, on_done, &res);
+	run_until(f, &res.calls, 1);
+	assert_int_equal(res.error, 0);
+}
+
+static void commit_one(struct fixture *f, struct spool_envelope *env, char *id)
+{
+	commit_on(f, f->spool, env, id);
+}
+
+/* Commit a message of n octets (spilled to a file above 64 KiB). */
+static void commit_big(struct fixture *f, struct spool_envelope *env, char *id,
+		       const char *data, size_t n)
+{
+	struct result res = {0};
+	spool_incoming_commit(f->spool, receive_data(f, id, data, n), env,
+			      on_done, &res);
+	run_until(f, &res.calls, 1);
+	assert_int_equal(res.error, 0);
+}
+
+/* Record recipient `index` of env (whose id names the message); the
+ * errno reported. */
+static int record_rcpt(struct fixture *f, struct spool_envelope *env,
+		       size_t index, enum rcpt_state state)
+{
+	struct result res = {0};
+	env->rcpts[index].state = state;
+	env->rcpts[index].attempts++;
+	env->rcpts[index].updated = 1700000100 + (time_t)index;
+	spool_record_rcpt(f->spool, env, index, on_done, &res);
+	assert_int_equal(res.calls, 0);
+	run_until(f, &res.calls, 1);
+	return res.error;
+}
+
+struct found {
+	int count;
+	char ids[64][SPOOL_ID_LEN + 1];
+	struct spool_envelope *envs[64];
+};
+
+static void on_found(struct spool_envelope *env, void *arg)
+{
+	struct found *found = arg;
+	assert_true(found->count < 64);
+	strcpy(found->ids[found->count], env->id);
+	found->envs[found->count++] = env;
+}
+
+static void found_free(struct found *found)
+{
+	for (int i = 0; i < found->count; i++)
+		spool_envelope_free(found->envs[i]);
+	found->count = 0;
+}
+
+/* Restart: a fresh spool on the same directory, then its recovery. */
+static long restart(struct fixture *f, struct found *found)
+{
+	reopen(f);
+	return spool_recover(f->spool, on_found, found);
+}
+
+static uint64_t id_value(const char *id)
+{
+	return strtoull(id, NULL, 16);
+}
+
+/* Both spools. */
+
+static void test_spool_open_creates_private_dirs(void **state)
 {
 	struct fixture *f = *state;
 	struct stat st;
@@ -544,6 +812,9 @@ static void test_spool_open_creates_private_queue_dir(void **state)
 	assert_true(S_ISDIR(st.st_mode));
 	assert_int_equal(st.st_mode & 0777, 0700);
 	assert_int_equal(stat(f->spool_dir, &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0700);
+	assert_int_equal(stat(f->log_dir, &st), 0);
+	assert_true(S_ISDIR(st.st_mode));
 	assert_int_equal(st.st_mode & 0777, 0700);
 	assert_string_equal(spool_dir(f->spool), f->spool_dir);
 
@@ -555,471 +826,14 @@ static void test_spool_open_creates_private_queue_dir(void **state)
 	    "");
 }
 
-static const char message[] = "Subject: hi\r\n\r\n..dot\r\nbody\r\n";
-
-/* Receive `message` and commit it with a copy of awkward_envelope(). */
-static struct spool_incoming *receive(struct fixture *f, char *id)
-{
-	struct spool_incoming *inc = spool_incoming_new(f->spool);
-	assert_non_null(inc);
-	assert_int_equal(strlen(inc->id), SPOOL_ID_LEN);
-	strcpy(id, inc->id);
-	spool_incoming_write(inc, message, 10);
-	spool_incoming_write(inc, message + 10, sizeof message - 1 - 10);
-	assert_int_equal(inc->error, 0);
-	assert_int_equal(inc->written, sizeof message - 1);
-	return inc;
-}
-
-static void test_commit_makes_files_that_parse(void **state)
+static void test_drop_spool_has_no_log_dir(void **state)
 {
 	struct fixture *f = *state;
-	struct spool_envelope *env = awkward_envelope();
-	struct spool_envelope back;
-	struct result res = {0};
-	char id[SPOOL_ID_LEN + 1];
-	size_t len, valid_len;
+	struct stat st;
 
-	struct spool_incoming *inc = receive(f, id);
-	spool_incoming_commit(f->spool, inc, env, on_done, &res);
-	assert_int_equal(res.calls, 0); /* never inside the call */
-	run_until(f, &res.calls, 1);
-	assert_int_equal(res.error, 0);
-
-	char *text = read_all(file_path(f, id, ".msg"), &len);
-	assert_int_equal(len, sizeof message - 1);
-	assert_memory_equal(text, message, len);
-	free(text);
-
-	text = read_all(file_path(f, id, ".env"), &len);
-	assert_int_equal(spool_envelope_parse(text, len, &back, &valid_len), 0);
-	assert_int_equal(valid_len, len);
-	/* The id is the incoming's, not the one in the given envelope. */
-	assert_string_equal(back.id, id);
-	strcpy(env->id, id);
-	assert_envelopes_equal(env, &back);
-	spool_envelope_clear(&back);
-	free(text);
-	spool_envelope_free(env);
-}
-
-static void test_commit_keeps_recipient_state_given(void **state)
-{
-	struct fixture *f = *state;
-	struct spool_envelope *env = awkward_envelope();
-	struct spool_envelope back;
-	struct result res = {0};
-	char id[SPOOL_ID_LEN + 1];
-	size_t len, valid_len;
-
-	env->rcpts[2].state = RCPT_DELIVERED;
-	env->rcpts[2].updated = 1700000123;
-	struct spool_incoming *inc = receive(f, id);
-	spool_incoming_commit(f->spool, inc, env, on_done, &res);
-	run_until(f, &res.calls, 1);
-	assert_int_equal(res.error, 0);
-	char *text = read_all(file_path(f, id, ".env"), &len);
-	assert_int_equal(spool_envelope_parse(text, len, &back, &valid_len), 0);
-	strcpy(env->id, id);
-	assert_envelopes_equal(env, &back);
-	spool_envelope_clear(&back);
-	free(text);
-	spool_envelope_free(env);
-}
-
-static void test_abort_removes_message_file(void **state)
-{
-	struct fixture *f = *state;
-	char id[SPOOL_ID_LEN + 1];
-
-	struct spool_incoming *inc = receive(f, id);
-	assert_true(file_exists(f, id, ".msg"));
-	spool_incoming_abort(f->spool, inc);
-	assert_false(file_exists(f, id, ".msg"));
-	assert_false(file_exists(f, id, ".env"));
-}
-
-static void test_commit_after_failed_write_reports_error_no_files(void **state)
-{
-	struct fixture *f = *state;
-	struct spool_envelope *env = awkward_envelope();
-	struct result res = {0};
-	char id[SPOOL_ID_LEN + 1];
-
-	struct spool_incoming *inc = receive(f, id);
-	/* The descriptor now refuses writes, as a full disk would. */
-	int ro = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	assert_true(ro >= 0);
-	assert_true(dup2(ro, inc->fd) == inc->fd);
-	close(ro);
-	spool_incoming_write(inc, "more\r\n", 6);
-	assert_int_equal(inc->error, EBADF);
-	spool_incoming_write(inc, "again\r\n", 7);
-	assert_int_equal(inc->error, EBADF); /* the first errno stays */
-
-	spool_incoming_commit(f->spool, inc, env, on_done, &res);
-	assert_int_equal(res.calls, 0);
-	run_until(f, &res.calls, 1);
-	assert_int_equal(res.error, EBADF);
-	assert_false(file_exists(f, id, ".msg"));
-	assert_false(file_exists(f, id, ".env"));
-	spool_envelope_free(env);
-}
-
-static void test_commit_of_short_message_file_is_refused(void **state)
-{
-	struct fixture *f = *state;
-	struct spool_envelope *env = awkward_envelope();
-	struct result res = {0};
-	char id[SPOOL_ID_LEN + 1];
-
-	struct spool_incoming *inc = receive(f, id);
-	/* What was written is not what is there: never commit that. */
-	assert_int_equal(ftruncate(inc->fd, 3), 0);
-	spool_incoming_commit(f->spool, inc, env, on_done, &res);
-	run_until(f, &res.calls, 1);
-	assert_int_equal(res.error, EIO);
-	assert_false(file_exists(f, id, ".msg"));
-	assert_false(file_exists(f, id, ".env"));
-	spool_envelope_free(env);
-}
-
-static void test_commits_of_one_loop_turn_share_one_iothread_round(void **state)
-{
-	struct fixture *f = *state;
-	struct spool_envelope *env = awkward_envelope();
-	enum { N = 20 };
-	struct result res[N] = {{0}};
-	int total = 0;
-	char ids[N][SPOOL_ID_LEN + 1];
-
-	for (int i = 0; i < N; i++) {
-		struct spool_incoming *inc = receive(f, ids[i]);
-		spool_incoming_commit(f->spool, inc, env, on_done, &res[i]);
-	}
-	/* A state record in the same turn joins the same batch. */
-	struct result rec = {0};
-	strcpy(env->id, ids[0]);
-	spool_record_flags(f->spool, env, on_done, &rec);
-	assert_int_equal(iothread_pending(f->io), 0);
-
-	/* One pass over the active events runs the batch's flush. */
-	event_base_loop(f->base, EVLOOP_NONBLOCK);
-	assert_int_equal(iothread_pending(f->io), 1);
-
-	for (int round = 0; round < 100 && total < N + 1; round++) {
-		event_base_loop(f->base, EVLOOP_ONCE);
-		total = rec.calls;
-		for (int i = 0; i < N; i++)
-			total += res[i].calls;
-	}
-	assert_int_equal(total, N + 1);
-	assert_int_equal(iothread_pending(f->io), 0);
-	for (int i = 0; i < N; i++) {
-		assert_int_equal(res[i].error, 0);
-		assert_true(file_exists(f, ids[i], ".env"));
-	}
-	assert_int_equal(rec.error, 0);
-	spool_envelope_free(env);
-}
-
-static void test_request_after_flush_forms_next_batch(void **state)
-{
-	struct fixture *f = *state;
-	struct spool_envelope *env = awkward_envelope();
-	struct result a = {0}, b = {0};
-	char id_a[SPOOL_ID_LEN + 1], id_b[SPOOL_ID_LEN + 1];
-
-	spool_incoming_commit(f->spool, receive(f, id_a), env, on_done, &a);
-	event_base_loop(f->base, EVLOOP_NONBLOCK);
-	assert_int_equal(iothread_pending(f->io), 1);
-	spool_incoming_commit(f->spool, receive(f, id_b), env, on_done, &b);
-	run_until(f, &b.calls, 1);
-	run_until(f, &a.calls, 1);
-	assert_int_equal(a.error, 0);
-	assert_int_equal(b.error, 0);
-	spool_envelope_free(env);
-}
-
-static void test_record_rcpt_is_appended_and_parsed(void **state)
-{
-	struct fixture *f = *state;
-	struct spool_envelope *env = awkward_envelope();
-	struct spool_envelope back;
-	struct result res = {0};
-	char id[SPOOL_ID_LEN + 1];
-	size_t len, valid_len;
-
-	spool_incoming_commit(f->spool, receive(f, id), env, on_done, &res);
-	run_until(f, &res.calls, 1);
-	strcpy(env->id, id);
-
-	env->rcpts[1].state = RCPT_DEFERRED;
-	env->rcpts[1].attempts = 1;
-	strcpy(env->rcpts[1].dsn, "4.4.1");
-	spool_record_rcpt(f->spool, env, 1, on_done, &res);
-	env->flags = 0;
-	spool_record_flags(f->spool, env, on_done, &res);
-	env->rcpts[1].state = RCPT_DELIVERED;
-	env->rcpts[1].attempts = 2;
-	strcpy(env->rcpts[1].dsn, "2.0.0");
-	spool_record_rcpt(f->spool, env, 1, on_done, &res);
-	assert_int_equal(res.calls, 1);
-	run_until(f, &res.calls, 4);
-	assert_int_equal(res.error, 0);
-
-	char *text = read_all(file_path(f, id, ".env"), &len);
-	assert_int_equal(spool_envelope_parse(text, len, &back, &valid_len), 0);
-	assert_int_equal(valid_len, len);
-	assert_envelopes_equal(env, &back);
-	spool_envelope_clear(&back);
-	free(text);
-	spool_envelope_free(env);
-}
-
-static void test_record_for_removed_message_reports_enoent(void **state)
-{
-	struct fixture *f = *state;
-	struct spool_envelope *env = awkward_envelope();
-	struct result res = {0};
-	char id[SPOOL_ID_LEN + 1];
-
-	spool_incoming_commit(f->spool, receive(f, id), env, on_done, &res);
-	run_until(f, &res.calls, 1);
-	strcpy(env->id, id);
-	spool_remove(f->spool, id);
-	assert_false(file_exists(f, id, ".msg"));
-	assert_false(file_exists(f, id, ".env"));
-
-	spool_record_rcpt(f->spool, env, 0, on_done, &res);
-	run_until(f, &res.calls, 2);
-	assert_int_equal(res.error, ENOENT);
-	/* The record did not bring the envelope back. */
-	assert_false(file_exists(f, id, ".env"));
-
-	spool_record_rcpt(f->spool, env, 7, on_done, &res);
-	run_until(f, &res.calls, 3);
-	assert_int_equal(res.error, EINVAL);
-	spool_envelope_free(env);
-}
-
-static void test_record_cut_short_is_undone(void **state)
-{
-	struct fixture *f = *state;
-	struct spool_envelope *env = awkward_envelope();
-	struct spool_envelope back;
-	struct result res = {0};
-	char id[SPOOL_ID_LEN + 1];
-	struct stat before, after;
-	struct rlimit saved, small;
-	size_t len, valid_len;
-
-	spool_incoming_commit(f->spool, receive(f, id), env, on_done, &res);
-	run_until(f, &res.calls, 1);
-	strcpy(env->id, id);
-	assert_int_equal(stat(file_path(f, id, ".env"), &before), 0);
-
-	/* A file size limit makes the record's write stop part-way, as a
-	 * full disk would. */
-	assert_true(signal(SIGXFSZ, SIG_IGN) != SIG_ERR);
-	assert_int_equal(getrlimit(RLIMIT_FSIZE, &saved), 0);
-	small = saved;
-	small.rlim_cur = (rlim_t)before.st_size + 10;
-	assert_int_equal(setrlimit(RLIMIT_FSIZE, &small), 0);
-	env->rcpts[0].state = RCPT_DELIVERED;
-	spool_record_rcpt(f->spool, env, 0, on_done, &res);
-	assert_int_equal(setrlimit(RLIMIT_FSIZE, &saved), 0);
-	assert_true(signal(SIGXFSZ, SIG_DFL) != SIG_ERR);
-	run_until(f, &res.calls, 2);
-	assert_int_equal(res.error, EFBIG);
-
-	/* The partial record is gone, so the next one is read back. */
-	assert_int_equal(stat(file_path(f, id, ".env"), &after), 0);
-	assert_int_equal(after.st_size, before.st_size);
-	env->rcpts[1].state = RCPT_BOUNCED;
-	spool_record_rcpt(f->spool, env, 1, on_done, &res);
-	run_until(f, &res.calls, 3);
-	assert_int_equal(res.error, 0);
-	char *text = read_all(file_path(f, id, ".env"), &len);
-	assert_int_equal(spool_envelope_parse(text, len, &back, &valid_len), 0);
-	assert_int_equal(valid_len, len);
-	assert_int_equal(back.rcpts[0].state, RCPT_PENDING);
-	assert_int_equal(back.rcpts[1].state, RCPT_BOUNCED);
-	spool_envelope_clear(&back);
-	free(text);
-	spool_envelope_free(env);
-}
-
-static void test_close_with_commit_pending_still_calls_back(void **state)
-{
-	struct fixture *f = *state;
-	struct spool_envelope *env = awkward_envelope();
-	struct result res = {0};
-	char id[SPOOL_ID_LEN + 1];
-
-	spool_incoming_commit(f->spool, receive(f, id), env, on_done, &res);
-	spool_close(f->spool);
-	f->spool = NULL;
-	assert_int_equal(res.calls, 0);
-	/* The iothread finishes what it holds; the spool goes after. */
-	iothread_free(f->io);
-	f->io = NULL;
-	assert_int_equal(res.calls, 1);
-	assert_int_equal(res.error, 0);
-	assert_true(file_exists(f, id, ".env"));
-	spool_envelope_free(env);
-}
-
-/* Recovery. */
-
-struct found {
-	int count;
-	char ids[8][SPOOL_ID_LEN + 1];
-	struct spool_envelope *envs[8];
-};
-
-static void on_found(struct spool_envelope *env, void *arg)
-{
-	struct found *found = arg;
-	assert_true(found->count < 8);
-	strcpy(found->ids[found->count], env->id);
-	found->envs[found->count++] = env;
-}
-
-static void found_free(struct found *found)
-{
-	for (int i = 0; i < found->count; i++)
-		spool_envelope_free(found->envs[i]);
-}
-
-/* Commit a message for real and return its id. */
-static void commit_one(struct fixture *f, struct spool_envelope *env, char *id)
-{
-	struct result res = {0};
-	spool_incoming_commit(f->spool, receive(f, id), env, on_done, &res);
-	run_until(f, &res.calls, 1);
-	assert_int_equal(res.error, 0);
-}
-
-static void test_recover_sorts_out_what_a_crash_leaves(void **state)
-{
-	struct fixture *f = *state;
-	struct spool_envelope *env = awkward_envelope();
-	char live[SPOOL_ID_LEN + 1], torn[SPOOL_ID_LEN + 1];
-	char done[SPOOL_ID_LEN + 1], orphan[SPOOL_ID_LEN + 1];
-	char short_msg[SPOOL_ID_LEN + 1], garbage[SPOOL_ID_LEN + 1];
-	char cut[SPOOL_ID_LEN + 1];
-	struct found found = {0};
-	size_t len;
-
-	commit_one(f, env, live);
-	commit_one(f, env, torn);
-	commit_one(f, env, done);
-	commit_one(f, env, orphan);
-	commit_one(f, env, short_msg);
-	commit_one(f, env, garbage);
-	commit_one(f, env, cut);
-
-	/* A message still being received when the daemon died. */
-	char receiving[SPOOL_ID_LEN + 1];
-	struct spool_incoming *inc = receive(f, receiving);
-	close(inc->fd);
-	free(inc); /* leaked on purpose as a crash would: no abort */
-
-	/* torn: a good record, then half of one. */
-	const char good[] = "state 0 delivered 1 0 1700000001 2.0.0 -\n";
-	const char half[] = "state 1 bounced 1 0 1700";
-	append_all(file_path(f, torn, ".env"), good, strlen(good));
-	append_all(file_path(f, torn, ".env"), half, strlen(half));
-
-	/* done: every recipient settled, the removal never happened. */
-	for (size_t i = 0; i < 3; i++) {
-		char rec[64];
-		snprintf(rec, sizeof rec, "state %zu %s 1 0 0 - -\n", i,
-			 i == 1 ? "bounced" : "delivered");
-		append_all(file_path(f, done, ".env"), rec, strlen(rec));
-	}
-	assert_int_equal(unlink(file_path(f, orphan, ".msg")), 0);
-	/* short_msg: the envelope reached the disk, the message did not. */
-	assert_int_equal(truncate(file_path(f, short_msg, ".msg"), 5), 0);
-	write_all(file_path(f, garbage, ".env"), "\0\0\0\0\0\0\0\0", 8);
-	char *text = read_all(file_path(f, cut, ".env"), &len);
-	write_all(file_path(f, cut, ".env"), text, len / 2);
-	free(text);
-	write_all(file_path(f, "leftover", ".tmp"), "x", 1);
-	assert_int_equal(mkdir(file_path(f, "subdir", ""), 0700), 0);
-
-	/* Recovery runs on a fresh spool, as at start-up. */
-	spool_close(f->spool);
-	char err[256];
-	f->spool = spool_open(f->base, f->io, f->spool_dir, err, sizeof err);
-	assert_non_null(f->spool);
-	assert_int_equal(spool_recover(f->spool, on_found, &found), 2);
-
-	assert_int_equal(found.count, 2);
-	assert_string_equal(found.ids[0], live);
-	assert_string_equal(found.ids[1], torn);
-	assert_int_equal(found.envs[1]->rcpts[0].state, RCPT_DELIVERED);
-	assert_int_equal(found.envs[1]->rcpts[1].state, RCPT_PENDING);
-
-	text = read_all(file_path(f, torn, ".env"), &len);
-	assert_true(len > strlen(good));
-	assert_memory_equal(text + len - strlen(good), good, strlen(good));
-	free(text);
-
-	const char *gone[] = {done, orphan, short_msg, garbage, cut, receiving};
-	for (size_t i = 0; i < sizeof gone / sizeof *gone; i++) {
-		assert_false(file_exists(f, gone[i], ".msg"));
-		assert_false(file_exists(f, gone[i], ".env"));
-	}
-	assert_true(file_exists(f, live, ".msg"));
-	assert_true(file_exists(f, torn, ".msg"));
-	assert_false(file_exists(f, "leftover", ".tmp"));
-	assert_true(file_exists(f, "subdir", ""));
-
-	const struct spool_recovery *rec = spool_last_recovery(f->spool);
-	assert_int_equal(rec->live, 2);
-	assert_int_equal(rec->uncommitted, 4); /* short, garbage, cut, rx */
-	assert_int_equal(rec->orphaned, 1);
-	assert_int_equal(rec->done, 1);
-	assert_int_equal(rec->truncated, 1);
-	assert_int_equal(rec->other, 1);
-	assert_int_equal(rec->unreadable, 0);
-
-	/* A second recovery finds the same two and changes nothing. */
-	struct found again = {0};
-	assert_int_equal(spool_recover(f->spool, on_found, &again), 2);
-	assert_int_equal(spool_last_recovery(f->spool)->truncated, 0);
-	found_free(&again);
-	found_free(&found);
-	spool_envelope_free(env);
-}
-
-static void test_recovered_message_takes_new_records(void **state)
-{
-	struct fixture *f = *state;
-	struct spool_envelope *env = awkward_envelope();
-	struct found found = {0};
-	struct result res = {0};
-	char id[SPOOL_ID_LEN + 1];
-
-	commit_one(f, env, id);
-	const char half[] = "state 1 bou";
-	append_all(file_path(f, id, ".env"), half, strlen(half));
-	assert_int_equal(spool_recover(f->spool, on_found, &found), 1);
-
-	/* After the cut, an appended record is read back. */
-	struct spool_envelope *back = found.envs[0];
-	back->rcpts[1].state = RCPT_BOUNCED;
-	spool_record_rcpt(f->spool, back, 1, on_done, &res);
-	run_until(f, &res.calls, 1);
-	assert_int_equal(res.error, 0);
-	struct found again = {0};
-	assert_int_equal(spool_recover(f->spool, on_found, &again), 1);
-	assert_int_equal(again.envs[0]->rcpts[1].state, RCPT_BOUNCED);
-	found_free(&again);
-	found_free(&found);
-	spool_envelope_free(env);
+	assert_int_equal(stat(f->queue_dir, &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0700);
+	assert_false(path_exists(f->log_dir));
 }
 
 static int compare_ids(const void *a, const void *b)
@@ -1050,8 +864,1413 @@ static void test_ids_unique_over_100000_draws(void **state)
 	free(ids);
 }
 
+/*
+ * Bit 11 of an id tells the daemon's from facteur-sendmail's, even when
+ * the fallback "last id + 1" (the 11-bit counter wrapping within one
+ * microsecond) would carry into it: ...AFFF must not be followed by
+ * ...B000 in the daemon, nor ...07FF by ...0800 in a drop spool.
+ */
+static void test_daemon_and_drop_ids_never_meet(void **state)
+{
+	struct fixture *f = *state;
+	char err[256], id[SPOOL_ID_LEN + 1];
+
+	struct spool *drop =
+	    spool_open_drop(f->base, f->io, f->spool_dir, err, sizeof err);
+
+	assert_non_null(drop);
+	for (int i = 0; i < 5000; i++) {
+		spool_new_id(f->spool, id);
+		if ((id_value(id) & 0x800) == 0)
+			fail_msg("daemon id %s (draw %d) has bit 11 clear", id,
+				 i);
+		spool_new_id(drop, id);
+		if ((id_value(id) & 0x800) != 0)
+			fail_msg("drop id %s (draw %d) has bit 11 set", id, i);
+	}
+	spool_close(drop);
+	drain(f);
+}
+
+/* The drop spool: <id>.msg and <id>.env, as facteur-sendmail writes. */
+
+static void test_drop_commit_makes_files_that_parse(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	struct spool_envelope back;
+	struct result res = {0};
+	char id[SPOOL_ID_LEN + 1];
+	size_t len, valid_len;
+
+	struct spool_incoming *inc = receive(f, id);
+	assert_true(inc->fd >= 0); /* written to its file as it arrives */
+	assert_true(file_exists(f, id, ".msg"));
+	spool_incoming_commit(f->spool, inc, env, on_done, &res);
+	assert_int_equal(res.calls, 0); /* never inside the call */
+	run_until(f, &res.calls, 1);
+	assert_int_equal(res.error, 0);
+
+	char *text = read_all(file_path(f, id, ".msg"), &len);
+	assert_int_equal(len, sizeof message - 1);
+	assert_memory_equal(text, message, len);
+	free(text);
+
+	text = read_all(file_path(f, id, ".env"), &len);
+	assert_int_equal(spool_envelope_parse(text, len, &back, &valid_len), 0);
+	assert_int_equal(valid_len, len);
+	/* The id is the incoming's, not the one in the given envelope. */
+	assert_string_equal(back.id, id);
+	strcpy(env->id, id);
+	assert_envelopes_equal(env, &back);
+	spool_envelope_clear(&back);
+	free(text);
+	/* The body is the file, whole. */
+	assert_body(f, id, message, sizeof message - 1);
+	spool_envelope_free(env);
+}
+
+static void test_drop_commit_keeps_recipient_state_given(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	struct spool_envelope back;
+	struct result res = {0};
+	char id[SPOOL_ID_LEN + 1];
+	size_t len, valid_len;
+
+	env->rcpts[2].state = RCPT_DELIVERED;
+	env->rcpts[2].updated = 1700000123;
+	struct spool_incoming *inc = receive(f, id);
+	spool_incoming_commit(f->spool, inc, env, on_done, &res);
+	run_until(f, &res.calls, 1);
+	assert_int_equal(res.error, 0);
+	char *text = read_all(file_path(f, id, ".env"), &len);
+	assert_int_equal(spool_envelope_parse(text, len, &back, &valid_len), 0);
+	strcpy(env->id, id);
+	assert_envelopes_equal(env, &back);
+	spool_envelope_clear(&back);
+	free(text);
+	spool_envelope_free(env);
+}
+
+static void test_drop_abort_removes_message_file(void **state)
+{
+	struct fixture *f = *state;
+	char id[SPOOL_ID_LEN + 1];
+
+	struct spool_incoming *inc = receive(f, id);
+	assert_true(file_exists(f, id, ".msg"));
+	spool_incoming_abort(f->spool, inc);
+	assert_false(file_exists(f, id, ".msg"));
+	assert_false(file_exists(f, id, ".env"));
+}
+
+static void
+test_drop_commit_after_failed_write_reports_error_no_files(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	struct result res = {0};
+	char id[SPOOL_ID_LEN + 1];
+
+	struct spool_incoming *inc = receive(f, id);
+	/* The descriptor now refuses writes, as a full disk would. */
+	int ro = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	assert_true(ro >= 0);
+	assert_true(dup2(ro, inc->fd) == inc->fd);
+	close(ro);
+	spool_incoming_write(inc, "more\r\n", 6);
+	assert_int_equal(inc->error, EBADF);
+	spool_incoming_write(inc, "again\r\n", 7);
+	assert_int_equal(inc->error, EBADF); /* the first errno stays */
+
+	spool_incoming_commit(f->spool, inc, env, on_done, &res);
+	assert_int_equal(res.calls, 0);
+	run_until(f, &res.calls, 1);
+	assert_int_equal(res.error, EBADF);
+	assert_false(file_exists(f, id, ".msg"));
+	assert_false(file_exists(f, id, ".env"));
+	spool_envelope_free(env);
+}
+
+static void test_drop_commit_of_short_message_file_is_refused(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	struct result res = {0};
+	char id[SPOOL_ID_LEN + 1];
+
+	struct spool_incoming *inc = receive(f, id);
+	/* What was written is not what is there: never commit that. */
+	assert_int_equal(ftruncate(inc->fd, 3), 0);
+	spool_incoming_commit(f->spool, inc, env, on_done, &res);
+	run_until(f, &res.calls, 1);
+	assert_int_equal(res.error, EIO);
+	assert_false(file_exists(f, id, ".msg"));
+	assert_false(file_exists(f, id, ".env"));
+	spool_envelope_free(env);
+}
+
+static void
+test_drop_commits_of_one_loop_turn_share_one_iothread_round(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	enum { N = 20 };
+	struct result res[N] = {{0}};
+	int total = 0;
+	char ids[N][SPOOL_ID_LEN + 1];
+
+	for (int i = 0; i < N; i++) {
+		struct spool_incoming *inc = receive(f, ids[i]);
+		spool_incoming_commit(f->spool, inc, env, on_done, &res[i]);
+	}
+	/* A drop spool keeps no records: refused, in the same batch. */
+	struct result rec = {0};
+	strcpy(env->id, ids[0]);
+	spool_record_flags(f->spool, env, on_done, &rec);
+	assert_int_equal(iothread_pending(f->io), 0);
+
+	/* One pass over the active events runs the batch's flush. */
+	event_base_loop(f->base, EVLOOP_NONBLOCK);
+	assert_int_equal(iothread_pending(f->io), 1);
+
+	for (int round = 0; round < 100 && total < N + 1; round++) {
+		event_base_loop(f->base, EVLOOP_ONCE);
+		total = rec.calls;
+		for (int i = 0; i < N; i++)
+			total += res[i].calls;
+	}
+	assert_int_equal(total, N + 1);
+	assert_int_equal(iothread_pending(f->io), 0);
+	for (int i = 0; i < N; i++) {
+		assert_int_equal(res[i].error, 0);
+		assert_true(file_exists(f, ids[i], ".env"));
+	}
+	assert_int_equal(rec.error, ENOENT);
+	spool_envelope_free(env);
+}
+
+static void test_drop_request_after_flush_forms_next_batch(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	struct result a = {0}, b = {0};
+	char id_a[SPOOL_ID_LEN + 1], id_b[SPOOL_ID_LEN + 1];
+
+	spool_incoming_commit(f->spool, receive(f, id_a), env, on_done, &a);
+	event_base_loop(f->base, EVLOOP_NONBLOCK);
+	assert_int_equal(iothread_pending(f->io), 1);
+	spool_incoming_commit(f->spool, receive(f, id_b), env, on_done, &b);
+	run_until(f, &b.calls, 1);
+	run_until(f, &a.calls, 1);
+	assert_int_equal(a.error, 0);
+	assert_int_equal(b.error, 0);
+	spool_envelope_free(env);
+}
+
+static void test_drop_remove_deletes_both_files(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	char id[SPOOL_ID_LEN + 1];
+
+	commit_one(f, env, id);
+	spool_remove(f->spool, id);
+	assert_false(file_exists(f, id, ".msg"));
+	assert_false(file_exists(f, id, ".env"));
+	commit_one(f, env, id);
+	spool_delete(f->spool, id);
+	assert_false(file_exists(f, id, ".msg"));
+	assert_false(file_exists(f, id, ".env"));
+	spool_envelope_free(env);
+}
+
+static void test_drop_close_with_commit_pending_still_calls_back(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	struct result res = {0};
+	char id[SPOOL_ID_LEN + 1];
+
+	spool_incoming_commit(f->spool, receive(f, id), env, on_done, &res);
+	spool_close(f->spool);
+	f->spool = NULL;
+	assert_int_equal(res.calls, 0);
+	/* The iothread finishes what it holds; the spool goes after. */
+	iothread_free(f->io);
+	f->io = NULL;
+	assert_int_equal(res.calls, 1);
+	assert_int_equal(res.error, 0);
+	assert_true(file_exists(f, id, ".env"));
+	spool_envelope_free(env);
+}
+
+/* The daemon's spool: the log. */
+
+/* The records of a segment file, checked as recovery reads them. */
+static int segment_records(const char *path, struct spool_log_record *recs,
+			   int max, char **data, size_t *len)
+{
+	char *buf = read_all(path, len);
+	size_t pos = SPOOL_LOG_MAGIC_LEN;
+	int n = 0;
+
+	assert_true(*len >= SPOOL_LOG_MAGIC_LEN);
+	assert_memory_equal(buf, SPOOL_LOG_MAGIC, SPOOL_LOG_MAGIC_LEN);
+	while (n < max && spool_log_next(buf, *len, pos, &recs[n]) == 1)
+		pos = recs[n++].end;
+	/* The whole file is records: nothing torn, nothing extra. */
+	assert_int_equal(pos, *len);
+	*data = buf;
+	return n;
+}
+
+static void test_log_commit_reads_back_exact_wire_bytes(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	struct spool_envelope back;
+	struct result res = {0};
+	struct spool_log_record recs[4];
+	char id[SPOOL_ID_LEN + 1], seg[256], *data;
+	size_t len, valid_len;
+
+	struct spool_incoming *inc = receive(f, id);
+	assert_int_equal(inc->fd, -1); /* small: kept in memory */
+	assert_int_equal(count_dir(f->queue_dir, ""), 0);
+	spool_incoming_commit(f->spool, inc, env, on_done, &res);
+	assert_int_equal(res.calls, 0);
+	run_until(f, &res.calls, 1);
+	assert_int_equal(res.error, 0);
+
+	/* No file of its own: one record in one segment. */
+	assert_int_equal(count_dir(f->queue_dir, ""), 0);
+	assert_int_equal(count_dir(f->log_dir, ""), 1);
+	assert_int_equal(count_dir(f->log_dir, ".seg"), 1);
+	assert_body(f, id, message, sizeof message - 1);
+
+	newest_segment(f, seg, sizeof seg);
+	assert_int_equal(segment_records(seg, recs, 4, &data, &len), 1);
+	assert_int_equal(recs[0].kind, SPOOL_LOG_MESSAGE);
+	assert_string_equal(recs[0].id, id);
+	assert_int_equal(recs[0].body_len, sizeof message - 1);
+	assert_memory_equal(data + recs[0].body_off, message,
+			    sizeof message - 1);
+	assert_int_equal(spool_envelope_parse(data + recs[0].text_off,
+					      recs[0].text_len, &back,
+					      &valid_len),
+			 0);
+	assert_int_equal(valid_len, recs[0].text_len);
+	strcpy(env->id, id);
+	assert_envelopes_equal(env, &back);
+	spool_envelope_clear(&back);
+	free(data);
+	spool_envelope_free(env);
+}
+
+static void test_log_body_over_64k_goes_to_its_own_file(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	struct spool_log_record recs[4];
+	enum { LIMIT = 64 << 10 };
+	char *big = big_message(LIMIT + 1);
+	char small_id[SPOOL_ID_LEN + 1], big_id[SPOOL_ID_LEN + 1];
+	char seg[256], *data;
+	struct result res = {0};
+	size_t len;
+
+	/* Exactly 64 KiB stays inline. */
+	struct spool_incoming *inc = receive_data(f, small_id, big, LIMIT);
+	assert_int_equal(inc->fd, -1);
+	assert_false(file_exists(f, small_id, ".msg"));
+	spool_incoming_commit(f->spool, inc, env, on_done, &res);
+	run_until(f, &res.calls, 1);
+	assert_int_equal(res.error, 0);
+	assert_false(file_exists(f, small_id, ".msg"));
+
+	/* One octet more is spilled to <id>.msg as it arrives. */
+	inc = receive_data(f, big_id, big, LIMIT + 1);
+	assert_true(inc->fd >= 0);
+	assert_true(file_exists(f, big_id, ".msg"));
+	spool_incoming_commit(f->spool, inc, env, on_done, &res);
+	run_until(f, &res.calls, 2);
+	assert_int_equal(res.error, 0);
+	assert_int_equal(file_size(file_path(f, big_id, ".msg")), LIMIT + 1);
+	assert_int_equal(count_dir(f->queue_dir, ""), 1);
+
+	assert_body(f, small_id, big, LIMIT);
+	assert_body(f, big_id, big, LIMIT + 1);
+
+	newest_segment(f, seg, sizeof seg);
+	assert_int_equal(segment_records(seg, recs, 4, &data, &len), 2);
+	assert_int_equal(recs[0].kind, SPOOL_LOG_MESSAGE);
+	assert_int_equal(recs[0].body_len, LIMIT);
+	assert_int_equal(recs[1].kind, SPOOL_LOG_FILE_MESSAGE);
+	assert_string_equal(recs[1].id, big_id);
+	assert_int_equal(recs[1].body_len, 0);
+	free(data);
+
+	/* Removing the file message removes its file. */
+	spool_remove(f->spool, big_id);
+	assert_false(file_exists(f, big_id, ".msg"));
+	free(big);
+	spool_envelope_free(env);
+}
+
+static void test_log_abort_leaves_nothing(void **state)
+{
+	struct fixture *f = *state;
+	char *big = big_message(100000);
+	char id[SPOOL_ID_LEN + 1];
+
+	spool_incoming_abort(f->spool, receive(f, id));
+	struct spool_incoming *inc = receive_data(f, id, big, 100000);
+	assert_true(file_exists(f, id, ".msg"));
+	spool_incoming_abort(f->spool, inc);
+	assert_int_equal(count_dir(f->queue_dir, ""), 0);
+	drain(f);
+	/* Nothing was logged, and nothing is recovered. */
+	struct found found = {0};
+	assert_int_equal(restart(f, &found), 0);
+	free(big);
+}
+
+static void test_log_commit_after_failed_write_reports_error(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	char *big = big_message(100000);
+	struct result res = {0};
+	char id[SPOOL_ID_LEN + 1], small_id[SPOOL_ID_LEN + 1];
+	struct spool_body body;
+
+	struct spool_incoming *inc = receive_data(f, id, big, 100000);
+	int ro = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	assert_true(ro >= 0);
+	assert_true(dup2(ro, inc->fd) == inc->fd);
+	close(ro);
+	spool_incoming_write(inc, "more\r\n", 6);
+	assert_int_equal(inc->error, EBADF);
+	spool_incoming_commit(f->spool, inc, env, on_done, &res);
+	assert_int_equal(res.calls, 0);
+	run_until(f, &res.calls, 1);
+	assert_int_equal(res.error, EBADF);
+	assert_false(file_exists(f, id, ".msg"));
+	strcpy(env->id, id);
+	errno = 0;
+	assert_int_equal(spool_body_open(f->spool, env, &body), -1);
+	assert_int_equal(errno, ENOENT);
+	assert_int_equal(record_rcpt(f, env, 0, RCPT_DELIVERED), ENOENT);
+
+	/* An error remembered on an inline message is reported as is. */
+	inc = receive(f, small_id);
+	inc->error = ENOSPC;
+	spool_incoming_commit(f->spool, inc, env, on_done, &res);
+	run_until(f, &res.calls, 2);
+	assert_int_equal(res.error, ENOSPC);
+
+	struct found found = {0};
+	assert_int_equal(restart(f, &found), 0);
+	free(big);
+	spool_envelope_free(env);
+}
+
+static void test_log_commit_of_short_message_file_is_refused(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	char *big = big_message(100000);
+	struct result res = {0};
+	char id[SPOOL_ID_LEN + 1];
+
+	struct spool_incoming *inc = receive_data(f, id, big, 100000);
+	assert_int_equal(ftruncate(inc->fd, 3), 0);
+	spool_incoming_commit(f->spool, inc, env, on_done, &res);
+	run_until(f, &res.calls, 1);
+	assert_int_equal(res.error, EIO);
+	assert_false(file_exists(f, id, ".msg"));
+	struct found found = {0};
+	assert_int_equal(restart(f, &found), 0);
+	free(big);
+	spool_envelope_free(env);
+}
+
+static void
+test_log_commits_of_one_turn_share_one_round_and_segment(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	enum { N = 20 };
+	struct result res[N] = {{0}};
+	int total = 0;
+	char first[SPOOL_ID_LEN + 1], ids[N][SPOOL_ID_LEN + 1];
+
+	commit_one(f, env, first);
+	for (int i = 0; i < N; i++) {
+		struct spool_incoming *inc = receive(f, ids[i]);
+		spool_incoming_commit(f->spool, inc, env, on_done, &res[i]);
+	}
+	/* A state record in the same turn joins the same batch. */
+	struct result rec = {0};
+	strcpy(env->id, first);
+	env->flags = 5;
+	spool_record_flags(f->spool, env, on_done, &rec);
+	assert_int_equal(iothread_pending(f->io), 0);
+
+	/* One pass over the active events: one write, one flush. */
+	event_base_loop(f->base, EVLOOP_NONBLOCK);
+	assert_int_equal(iothread_pending(f->io), 1);
+
+	for (int round = 0; round < 100 && total < N + 1; round++) {
+		event_base_loop(f->base, EVLOOP_ONCE);
+		total = rec.calls;
+		for (int i = 0; i < N; i++)
+			total += res[i].calls;
+	}
+	assert_int_equal(total, N + 1);
+	assert_int_equal(iothread_pending(f->io), 0);
+	assert_int_equal(rec.error, 0);
+	for (int i = 0; i < N; i++) {
+		assert_int_equal(res[i].error, 0);
+		assert_body(f, ids[i], message, sizeof message - 1);
+	}
+	assert_int_equal(count_dir(f->log_dir, ".seg"), 1);
+	assert_int_equal(count_dir(f->queue_dir, ""), 0);
+
+	struct found found = {0};
+	assert_int_equal(restart(f, &found), N + 1);
+	assert_string_equal(found.ids[0], first);
+	assert_int_equal(found.envs[0]->flags, 5);
+	for (int i = 0; i < N; i++)
+		assert_string_equal(found.ids[i + 1], ids[i]);
+	found_free(&found);
+	spool_envelope_free(env);
+}
+
+static void test_log_request_after_flush_forms_next_batch(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	struct result a = {0}, b = {0};
+	char id_a[SPOOL_ID_LEN + 1], id_b[SPOOL_ID_LEN + 1];
+
+	spool_incoming_commit(f->spool, receive(f, id_a), env, on_done, &a);
+	event_base_loop(f->base, EVLOOP_NONBLOCK);
+	assert_int_equal(iothread_pending(f->io), 1);
+	spool_incoming_commit(f->spool, receive(f, id_b), env, on_done, &b);
+	run_until(f, &b.calls, 1);
+	run_until(f, &a.calls, 1);
+	assert_int_equal(a.error, 0);
+	assert_int_equal(b.error, 0);
+	assert_body(f, id_a, message, sizeof message - 1);
+	assert_body(f, id_b, message, sizeof message - 1);
+	spool_envelope_free(env);
+}
+
+static void test_log_records_survive_restart(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	struct spool_envelope *env_big = awkward_envelope();
+	char *big = big_message(200000);
+	char id[SPOOL_ID_LEN + 1], big_id[SPOOL_ID_LEN + 1];
+	struct result res = {0};
+
+	/* State given at commit is logged with it. */
+	env->rcpts[2].state = RCPT_DELIVERED;
+	env->rcpts[2].updated = 1700000123;
+	strcpy(env->rcpts[2].dsn, "2.0.0");
+	commit_one(f, env, id);
+	strcpy(env->id, id);
+	commit_big(f, env_big, big_id, big, 200000);
+	strcpy(env_big->id, big_id);
+
+	env->rcpts[1].next_attempt = 1700000600;
+	strcpy(env->rcpts[1].dsn, "4.4.1");
+	env->rcpts[1].reason = xstrdup("connection refused");
+	assert_int_equal(record_rcpt(f, env, 1, RCPT_DEFERRED), 0);
+	env->flags = 0;
+	spool_record_flags(f->spool, env, on_done, &res);
+	run_until(f, &res.calls, 1);
+	assert_int_equal(res.error, 0);
+	assert_int_equal(record_rcpt(f, env, 1, RCPT_DEFERRED), 0);
+	assert_int_equal(record_rcpt(f, env_big, 0, RCPT_BOUNCED), 0);
+
+	struct found found = {0};
+	assert_int_equal(restart(f, &found), 2);
+	assert_string_equal(found.ids[0], id);
+	assert_envelopes_equal(env, found.envs[0]);
+	assert_int_equal(found.envs[0]->rcpts[1].attempts, 2);
+	assert_string_equal(found.ids[1], big_id);
+	assert_envelopes_equal(env_big, found.envs[1]);
+	assert_body(f, id, message, sizeof message - 1);
+	assert_body(f, big_id, big, 200000);
+
+	const struct spool_recovery *rec = spool_last_recovery(f->spool);
+	assert_int_equal(rec->live, 2);
+	assert_int_equal(rec->truncated, 0);
+	assert_int_equal(rec->uncommitted, 0);
+	assert_int_equal(rec->orphaned, 0);
+	assert_int_equal(rec->done, 0);
+
+	/* The recovered messages take records, and a second restart reads
+	 * them back. */
+	assert_int_equal(record_rcpt(f, found.envs[0], 0, RCPT_DELIVERED), 0);
+	struct found again = {0};
+	assert_int_equal(restart(f, &again), 2);
+	assert_envelopes_equal(found.envs[0], again.envs[0]);
+	assert_envelopes_equal(found.envs[1], again.envs[1]);
+	found_free(&again);
+	found_free(&found);
+	free(big);
+	spool_envelope_free(env_big);
+	spool_envelope_free(env);
+}
+
+static void test_log_removed_message_stays_removed(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	char *big = big_message(100000);
+	char a[SPOOL_ID_LEN + 1], b[SPOOL_ID_LEN + 1], c[SPOOL_ID_LEN + 1];
+	struct spool_body body;
+	struct result res = {0};
+
+	commit_one(f, env, a);
+	commit_big(f, env, b, big, 100000);
+	commit_one(f, env, c);
+	/* Done and recorded, as the scheduler does before removing. */
+	for (size_t i = 0; i < 3; i++) {
+		strcpy(env->id, a);
+		assert_int_equal(record_rcpt(f, env, i, RCPT_DELIVERED), 0);
+		strcpy(env->id, b);
+		assert_int_equal(record_rcpt(f, env, i, RCPT_BOUNCED), 0);
+	}
+
+	/* A body opened before the removal stays readable. */
+	strcpy(env->id, b);
+	assert_int_equal(spool_body_open(f->spool, env, &body), 0);
+	spool_remove(f->spool, a);
+	spool_remove(f->spool, b);
+	assert_false(file_exists(f, b, ".msg"));
+	char buf[64];
+	assert_int_equal(pread(body.fd, buf, sizeof buf, 1000), sizeof buf);
+	assert_memory_equal(buf, big + 1000, sizeof buf);
+	close(body.fd);
+
+	/* Records for them are refused, and bring nothing back. */
+	for (size_t i = 0; i < 3; i++)
+		env->rcpts[i].state = RCPT_PENDING;
+	strcpy(env->id, a);
+	assert_int_equal(record_rcpt(f, env, 0, RCPT_DEFERRED), ENOENT);
+	strcpy(env->id, b);
+	assert_int_equal(record_rcpt(f, env, 0, RCPT_DEFERRED), ENOENT);
+	spool_record_flags(f->spool, env, on_done, &res);
+	run_until(f, &res.calls, 1);
+	assert_int_equal(res.error, ENOENT);
+	assert_false(file_exists(f, b, ".msg"));
+	/* A bad index is refused as such. */
+	strcpy(env->id, c);
+	spool_record_rcpt(f->spool, env, 7, on_done, &res);
+	run_until(f, &res.calls, 2);
+	assert_int_equal(res.error, EINVAL);
+
+	struct found found = {0};
+	assert_int_equal(restart(f, &found), 1);
+	assert_string_equal(found.ids[0], c);
+	assert_int_equal(spool_last_recovery(f->spool)->done, 2);
+	assert_int_equal(spool_last_recovery(f->spool)->orphaned, 0);
+	assert_int_equal(count_dir(f->queue_dir, ""), 0);
+	found_free(&found);
+	free(big);
+	spool_envelope_free(env);
+}
+
+/*
+ * facteurctl delete removes a message whose recipients are not done: it
+ * must not come back at the next start.
+ */
+static void test_log_deleted_message_stays_deleted(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	char *big = big_message(100000);
+	char a[SPOOL_ID_LEN + 1], b[SPOOL_ID_LEN + 1], c[SPOOL_ID_LEN + 1];
+
+	commit_one(f, env, a);
+	commit_big(f, env, b, big, 100000);
+	commit_one(f, env, c);
+	strcpy(env->id, a);
+	assert_int_equal(record_rcpt(f, env, 0, RCPT_DEFERRED), 0);
+	spool_delete(f->spool, a);
+	spool_delete(f->spool, b);
+	assert_false(file_exists(f, b, ".msg"));
+	/* Gone at once for records. */
+	assert_int_equal(record_rcpt(f, env, 1, RCPT_DEFERRED), ENOENT);
+	drain(f);
+
+	struct found found = {0};
+	assert_int_equal(restart(f, &found), 1);
+	assert_string_equal(found.ids[0], c);
+	const struct spool_recovery *rec = spool_last_recovery(f->spool);
+	assert_int_equal(rec->done, 2);
+	assert_int_equal(rec->orphaned, 0);
+	assert_int_equal(count_dir(f->queue_dir, ""), 0);
+	found_free(&found);
+
+	/* One recovered, then deleted, stays deleted too. */
+	spool_delete(f->spool, c);
+	drain(f);
+	assert_int_equal(restart(f, &found), 0);
+	free(big);
+	spool_envelope_free(env);
+}
+
+/* Two committed messages, a with a state record; the segment's path and
+ * size. */
+static void two_logged(struct fixture *f, struct spool_envelope *env, char *a,
+		       char *b, char *seg, size_t seglen, off_t *size)
+{
+	commit_one(f, env, a);
+	commit_one(f, env, b);
+	strcpy(env->id, a);
+	assert_int_equal(record_rcpt(f, env, 0, RCPT_DELIVERED), 0);
+	newest_segment(f, seg, seglen);
+	*size = file_size(seg);
+}
+
+static void test_log_torn_tail_is_cut_and_log_goes_on(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	char a[SPOOL_ID_LEN + 1], b[SPOOL_ID_LEN + 1], c[SPOOL_ID_LEN + 1];
+	char seg[256], junk[80];
+	off_t size;
+
+	two_logged(f, env, a, b, seg, sizeof seg, &size);
+	/* Half a header, as a crash in the middle of a write leaves. */
+	int n = snprintf(junk, sizeof junk, "R %s 41 0 1234", a);
+	append_all(seg, junk, (size_t)n);
+
+	struct found found = {0};
+	assert_int_equal(restart(f, &found), 2);
+	const struct spool_recovery *rec = spool_last_recovery(f->spool);
+	assert_int_equal(rec->truncated, 1);
+	assert_int_equal(rec->truncate_failed, 0);
+	assert_int_equal(file_size(seg), size);
+	assert_string_equal(found.ids[0], a);
+	assert_int_equal(found.envs[0]->rcpts[0].state, RCPT_DELIVERED);
+	assert_string_equal(found.ids[1], b);
+
+	/* What comes after the cut is read back. */
+	commit_one(f, env, c);
+	assert_int_equal(record_rcpt(f, found.envs[0], 1, RCPT_BOUNCED), 0);
+	assert_body(f, c, message, sizeof message - 1);
+	assert_body(f, a, message, sizeof message - 1);
+	struct found again = {0};
+	assert_int_equal(restart(f, &again), 3);
+	assert_int_equal(spool_last_recovery(f->spool)->truncated, 0);
+	assert_string_equal(again.ids[2], c);
+	assert_int_equal(again.envs[0]->rcpts[0].state, RCPT_DELIVERED);
+	assert_int_equal(again.envs[0]->rcpts[1].state, RCPT_BOUNCED);
+	assert_body(f, c, message, sizeof message - 1);
+	assert_body(f, b, message, sizeof message - 1);
+	found_free(&again);
+	found_free(&found);
+	spool_envelope_free(env);
+}
+
+static void test_log_cut_last_record_is_dropped(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	char a[SPOOL_ID_LEN + 1], b[SPOOL_ID_LEN + 1], seg[256];
+	off_t size;
+
+	two_logged(f, env, a, b, seg, sizeof seg, &size);
+	/* The last record (a's state) loses its final octets. */
+	assert_int_equal(truncate(seg, size - 5), 0);
+
+	struct found found = {0};
+	assert_int_equal(restart(f, &found), 2);
+	assert_int_equal(spool_last_recovery(f->spool)->truncated, 1);
+	assert_int_equal(found.envs[0]->rcpts[0].state, RCPT_PENDING);
+	assert_true(file_size(seg) < size - 5);
+	found_free(&found);
+
+	/* A flipped octet in a record's text fails its checksum: it and
+	 * everything after it are cut. */
+	size = file_size(seg);
+	char *data;
+	size_t len;
+	struct spool_log_record recs[4];
+	assert_int_equal(segment_records(seg, recs, 4, &data, &len), 2);
+	free(data);
+	int fd = open(seg, O_WRONLY);
+	assert_true(fd >= 0);
+	assert_int_equal(pwrite(fd, "#", 1, (off_t)recs[1].text_off + 3), 1);
+	assert_int_equal(close(fd), 0);
+	assert_int_equal(restart(f, &found), 1);
+	assert_string_equal(found.ids[0], a);
+	assert_int_equal(spool_last_recovery(f->spool)->truncated, 1);
+	assert_int_equal(file_size(seg), (off_t)recs[0].end);
+	found_free(&found);
+	spool_envelope_free(env);
+}
+
+static void test_log_zero_filled_tail_is_cut(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	char a[SPOOL_ID_LEN + 1], b[SPOOL_ID_LEN + 1], seg[256];
+	char zeros[4096] = {0};
+	off_t size;
+
+	two_logged(f, env, a, b, seg, sizeof seg, &size);
+	append_all(seg, zeros, sizeof zeros);
+
+	struct found found = {0};
+	assert_int_equal(restart(f, &found), 2);
+	assert_int_equal(spool_last_recovery(f->spool)->truncated, 1);
+	assert_int_equal(file_size(seg), size);
+	assert_int_equal(found.envs[0]->rcpts[0].state, RCPT_DELIVERED);
+	found_free(&found);
+	spool_envelope_free(env);
+}
+
+static void test_log_all_recipients_done_is_dropped_at_recovery(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	struct spool_envelope *env_big = awkward_envelope();
+	char *big = big_message(100000);
+	char a[SPOOL_ID_LEN + 1], b[SPOOL_ID_LEN + 1];
+
+	commit_one(f, env, a);
+	strcpy(env->id, a);
+	commit_big(f, env_big, b, big, 100000);
+	strcpy(env_big->id, b);
+	/* Every recipient settled; the crash came before the removal. */
+	assert_int_equal(record_rcpt(f, env, 0, RCPT_DELIVERED), 0);
+	assert_int_equal(record_rcpt(f, env, 1, RCPT_BOUNCED), 0);
+	assert_int_equal(record_rcpt(f, env, 2, RCPT_DELIVERED), 0);
+	assert_int_equal(record_rcpt(f, env_big, 0, RCPT_DELIVERED), 0);
+	assert_int_equal(record_rcpt(f, env_big, 2, RCPT_DELIVERED), 0);
+	/* b has one recipient left */
+
+	struct found found = {0};
+	assert_int_equal(restart(f, &found), 1);
+	assert_string_equal(found.ids[0], b);
+	assert_int_equal(spool_last_recovery(f->spool)->done, 1);
+	found_free(&found);
+
+	assert_int_equal(record_rcpt(f, env_big, 1, RCPT_BOUNCED), 0);
+	assert_int_equal(restart(f, &found), 0);
+	/* b, and a again: its records stay until their segment goes */
+	assert_int_equal(spool_last_recovery(f->spool)->done, 2);
+	assert_false(file_exists(f, b, ".msg"));
+	/* Nothing live: the segments are gone. */
+	assert_int_equal(count_dir(f->log_dir, ""), 0);
+	assert_int_equal(count_dir(f->queue_dir, ""), 0);
+	free(big);
+	spool_envelope_free(env_big);
+	spool_envelope_free(env);
+}
+
+static void test_log_file_message_without_its_file_is_orphaned(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	char *big = big_message(100000);
+	char a[SPOOL_ID_LEN + 1], b[SPOOL_ID_LEN + 1], c[SPOOL_ID_LEN + 1];
+
+	commit_big(f, env, a, big, 100000);
+	commit_big(f, env, b, big, 100000);
+	commit_one(f, env, c);
+	assert_int_equal(unlink(file_path(f, a, ".msg")), 0);
+	assert_int_equal(truncate(file_path(f, b, ".msg"), 99999), 0);
+	/* A message file nobody committed, and a stray file. */
+	write_all(file_path(f, "0000000000000ABC", ".msg"), "x", 1);
+	write_all(file_path(f, "leftover", ".tmp"), "x", 1);
+
+	struct found found = {0};
+	assert_int_equal(restart(f, &found), 1);
+	assert_string_equal(found.ids[0], c);
+	const struct spool_recovery *rec = spool_last_recovery(f->spool);
+	assert_int_equal(rec->orphaned, 2);
+	assert_int_equal(rec->uncommitted, 1);
+	assert_int_equal(rec->other, 1);
+	assert_int_equal(rec->live, 1);
+	assert_int_equal(count_dir(f->queue_dir, ""), 0);
+	found_free(&found);
+	free(big);
+	spool_envelope_free(env);
+}
+
+static void test_log_record_write_failure_is_undone(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	char a[SPOOL_ID_LEN + 1], b[SPOOL_ID_LEN + 1], seg[256];
+	struct rlimit saved, small;
+	struct result res = {0};
+
+	commit_one(f, env, a);
+	strcpy(env->id, a);
+	newest_segment(f, seg, sizeof seg);
+	off_t size = file_size(seg);
+
+	/* A file size limit makes the batch's write stop part-way, as a
+	 * full disk would; the record is refused and its part cut. */
+	assert_true(signal(SIGXFSZ, SIG_IGN) != SIG_ERR);
+	assert_int_equal(getrlimit(RLIMIT_FSIZE, &saved), 0);
+	small = saved;
+	small.rlim_cur = (rlim_t)size + 10;
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &small), 0);
+	env->rcpts[0].state = RCPT_DELIVERED;
+	spool_record_rcpt(f->spool, env, 0, on_done, &res);
+	event_base_loop(f->base, EVLOOP_NONBLOCK); /* the write */
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &saved), 0);
+	assert_true(signal(SIGXFSZ, SIG_DFL) != SIG_ERR);
+	run_until(f, &res.calls, 1);
+	assert_int_equal(res.error, EFBIG);
+	assert_int_equal(file_size(seg), size);
+
+	/* The log goes on (in a new segment): later records and commits
+	 * are durable and read back. */
+	env->rcpts[0].state = RCPT_PENDING;
+	assert_int_equal(record_rcpt(f, env, 1, RCPT_BOUNCED), 0);
+	commit_one(f, env, b);
+	assert_body(f, a, message, sizeof message - 1);
+	assert_body(f, b, message, sizeof message - 1);
+
+	struct found found = {0};
+	assert_int_equal(restart(f, &found), 2);
+	assert_int_equal(spool_last_recovery(f->spool)->truncated, 0);
+	assert_string_equal(found.ids[0], a);
+	assert_int_equal(found.envs[0]->rcpts[0].state, RCPT_PENDING);
+	assert_int_equal(found.envs[0]->rcpts[1].state, RCPT_BOUNCED);
+	found_free(&found);
+	spool_envelope_free(env);
+}
+
+static void test_log_close_with_commit_pending_still_calls_back(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	struct result res = {0};
+	char id[SPOOL_ID_LEN + 1];
+
+	spool_incoming_commit(f->spool, receive(f, id), env, on_done, &res);
+	spool_close(f->spool);
+	f->spool = NULL;
+	assert_int_equal(res.calls, 0);
+	iothread_free(f->io);
+	f->io = NULL;
+	assert_int_equal(res.calls, 1);
+	assert_int_equal(res.error, 0);
+
+	/* And it is there at the next start. */
+	char err[256];
+	struct found found = {0};
+	f->io = iothread_new(f->base);
+	assert_non_null(f->io);
+	f->spool = spool_open(f->base, f->io, f->spool_dir, err, sizeof err);
+	assert_non_null(f->spool);
+	assert_int_equal(spool_recover(f->spool, on_found, &found), 1);
+	assert_string_equal(found.ids[0], id);
+	found_free(&found);
+	spool_envelope_free(env);
+}
+
+/* One record, framed as the spool writes it, appended to *buf. */
+static void add_record(char **buf, size_t *len, enum spool_log_kind kind,
+		       const char *id, const char *text, size_t text_len,
+		       const char *body, size_t body_len)
+{
+	char header[SPOOL_LOG_HEADER_MAX];
+	uint32_t crc = spool_crc32c(0, text, text_len);
+	crc = spool_crc32c(crc, body, body_len);
+	size_t hlen =
+	    spool_log_header(header, kind, id, text_len, body_len, crc);
+	assert_true(hlen > 0);
+	*buf = realloc(*buf, *len + hlen + text_len + body_len + 1);
+	assert_non_null(*buf);
+	memcpy(*buf + *len, header, hlen);
+	memcpy(*buf + *len + hlen, text, text_len);
+	memcpy(*buf + *len + hlen + text_len, body, body_len);
+	(*buf)[*len + hlen + text_len + body_len] = '\n';
+	*len += hlen + text_len + body_len + 1;
+}
+
+/* The envelope text of env under id with a "wire" line, as the spool
+ * logs it. */
+static char *logged_text(struct spool_envelope *env, const char *id,
+			 size_t wire, size_t *len)
+{
+	size_t head_len;
+	strcpy(env->id, id);
+	char *head = spool_envelope_format(env, &head_len);
+	assert_non_null(head);
+	char *at = strstr(head, "\nbody ");
+	assert_non_null(at);
+	char *text = NULL;
+	int n = asprintf(&text, "%.*s\nwire %zu%s", (int)(at - head), head,
+			 wire, at);
+	assert_true(n > 0);
+	free(head);
+	*len = (size_t)n;
+	return text;
+}
+
+static void test_log_recovery_of_handmade_segments(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	const char x[] = "0123456789ABC800", y[] = "FFFFFFFFFFFFF800";
+	const char z[] = "0123456789ABD800";
+	char *seg = NULL, path[256];
+	size_t seg_len = 0, len;
+
+	seg = malloc(SPOOL_LOG_MAGIC_LEN);
+	assert_non_null(seg);
+	memcpy(seg, SPOOL_LOG_MAGIC, SPOOL_LOG_MAGIC_LEN);
+	seg_len = SPOOL_LOG_MAGIC_LEN;
+	char *text = logged_text(env, x, 5, &len);
+	add_record(&seg, &seg_len, SPOOL_LOG_MESSAGE, x, text, len, "hello", 5);
+	free(text);
+	/* Records of a message not in the log change nothing. */
+	const char r0[] = "state 0 delivered 1 0 0 - -\n";
+	add_record(&seg, &seg_len, SPOOL_LOG_RECORDS, y, r0, strlen(r0), "", 0);
+	const char r1[] = "state 0 deferred 1 1700000500 1700000000 4.4.1 -\n"
+			  "flags 1\n";
+	add_record(&seg, &seg_len, SPOOL_LOG_RECORDS, x, r1, strlen(r1), "", 0);
+	size_t good_len = seg_len;
+	/* Checksummed, yet no envelope: the log ends here. */
+	add_record(&seg, &seg_len, SPOOL_LOG_MESSAGE, z, "hello\n", 6, "b", 1);
+	text = logged_text(env, z, 1, &len);
+	add_record(&seg, &seg_len, SPOOL_LOG_MESSAGE, z, text, len, "b", 1);
+	free(text);
+
+	snprintf(path, sizeof path, "%s/0000000000000005.seg", f->log_dir);
+	write_all(path, seg, seg_len);
+	/* Made, and the crash came before its first write. */
+	snprintf(path, sizeof path, "%s/0000000000000003.seg", f->log_dir);
+	write_all(path, "", 0);
+	snprintf(path, sizeof path, "%s/notes.txt", f->log_dir);
+	write_all(path, "mine", 4);
+
+	struct found found = {0};
+	assert_int_equal(restart(f, &found), 1);
+	assert_string_equal(found.ids[0], x);
+	assert_int_equal(found.envs[0]->rcpts[0].state, RCPT_DEFERRED);
+	assert_int_equal(found.envs[0]->rcpts[0].next_attempt, 1700000500);
+	assert_string_equal(found.envs[0]->rcpts[0].dsn, "4.4.1");
+	assert_int_equal(found.envs[0]->flags, 1);
+	assert_string_equal(found.envs[0]->sender, env->sender);
+	assert_body(f, x, "hello", 5);
+	assert_int_equal(spool_last_recovery(f->spool)->truncated, 1);
+
+	snprintf(path, sizeof path, "%s/0000000000000005.seg", f->log_dir);
+	assert_int_equal(file_size(path), (off_t)good_len);
+	snprintf(path, sizeof path, "%s/0000000000000003.seg", f->log_dir);
+	assert_false(path_exists(path)); /* dead, at the old end */
+	snprintf(path, sizeof path, "%s/notes.txt", f->log_dir);
+	assert_true(path_exists(path)); /* not ours: left alone */
+
+	/* New records go to a new segment after the last one, and new ids
+	 * sort after every recovered one. */
+	char id[SPOOL_ID_LEN + 1];
+	commit_one(f, env, id);
+	assert_true(strcmp(id, x) > 0);
+	newest_segment(f, path, sizeof path);
+	assert_non_null(strstr(path, "/0000000000000006.seg"));
+	assert_int_equal(record_rcpt(f, found.envs[0], 1, RCPT_BOUNCED), 0);
+	struct found again = {0};
+	assert_int_equal(restart(f, &again), 2);
+	assert_envelopes_equal(found.envs[0], again.envs[0]);
+	found_free(&again);
+	found_free(&found);
+	free(seg);
+	spool_envelope_free(env);
+}
+
+/*
+ * A checksummed M record whose envelope parses but lacks the "wire"
+ * line ends the log there, and its parsed envelope is freed whole
+ * (LeakSanitizer checks).
+ */
+static void
+test_log_record_without_wire_line_ends_log_without_leak(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	const char x[] = "0123456789ABC800";
+	char *seg = NULL, path[256];
+	size_t seg_len = SPOOL_LOG_MAGIC_LEN, len;
+
+	seg = malloc(SPOOL_LOG_MAGIC_LEN);
+	assert_non_null(seg);
+	memcpy(seg, SPOOL_LOG_MAGIC, SPOOL_LOG_MAGIC_LEN);
+	strcpy(env->id, x);
+	char *text = spool_envelope_format(env, &len);
+	assert_non_null(text);
+	add_record(&seg, &seg_len, SPOOL_LOG_MESSAGE, x, text, len, "hello", 5);
+	free(text);
+	text = logged_text(env, x, 4, &len); /* wire says 4, body is 5 */
+	add_record(&seg, &seg_len, SPOOL_LOG_MESSAGE, x, text, len, "hello", 5);
+	free(text);
+	snprintf(path, sizeof path, "%s/0000000000000001.seg", f->log_dir);
+	write_all(path, seg, seg_len);
+	struct found found = {0};
+	assert_int_equal(restart(f, &found), 0);
+	assert_int_equal(spool_last_recovery(f->spool)->truncated, 1);
+	free(seg);
+	spool_envelope_free(env);
+}
+
+/* Messages of the file form (facteur-sendmail's) taken into the log. */
+
+/* Commit one message through a drop spool on the same directory. */
+static void drop_commit(struct fixture *f, struct spool_envelope *env, char *id)
+{
+	char err[256];
+	struct spool *drop =
+	    spool_open_drop(f->base, f->io, f->spool_dir, err, sizeof err);
+
+	assert_non_null(drop);
+	commit_on(f, drop, env, id);
+	spool_close(drop);
+	drain(f);
+	assert_true(file_exists(f, id, ".env"));
+	assert_true(file_exists(f, id, ".msg"));
+}
+
+static void test_import_at_recovery(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	char id[SPOOL_ID_LEN + 1];
+
+	env->rcpts[0].state = RCPT_DELIVERED;
+	drop_commit(f, env, id);
+	strcpy(env->id, id);
+
+	struct found found = {0};
+	reopen(f);
+	assert_int_equal(spool_recover(f->spool, on_found, &found), 1);
+	assert_string_equal(found.ids[0], id);
+	assert_envelopes_equal(env, found.envs[0]);
+	assert_int_equal(spool_last_recovery(f->spool)->live, 1);
+	/* The envelope file goes once its F record is flushed. */
+	assert_true(file_exists(f, id, ".env"));
+	drain(f);
+	assert_false(file_exists(f, id, ".env"));
+	assert_true(file_exists(f, id, ".msg"));
+	assert_body(f, id, message, sizeof message - 1);
+
+	/* Now a logged message: records are taken, and it survives. */
+	assert_int_equal(record_rcpt(f, found.envs[0], 1, RCPT_BOUNCED), 0);
+	struct found again = {0};
+	assert_int_equal(restart(f, &again), 1);
+	assert_envelopes_equal(found.envs[0], again.envs[0]);
+	assert_int_equal(spool_last_recovery(f->spool)->uncommitted, 0);
+	assert_true(file_exists(f, id, ".msg"));
+	assert_body(f, id, message, sizeof message - 1);
+	found_free(&again);
+	found_free(&found);
+	spool_envelope_free(env);
+}
+
+static void test_import_at_load(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	char id[SPOOL_ID_LEN + 1];
+
+	drop_commit(f, env, id);
+	strcpy(env->id, id);
+	struct spool_envelope *loaded = spool_load(f->spool, id);
+	assert_non_null(loaded);
+	assert_envelopes_equal(env, loaded);
+	/* Loaded once only. */
+	errno = 0;
+	assert_null(spool_load(f->spool, id));
+	assert_int_equal(errno, EEXIST);
+	drain(f);
+	assert_false(file_exists(f, id, ".env"));
+	errno = 0;
+	assert_null(spool_load(f->spool, id));
+	assert_int_equal(errno, ENOENT);
+	assert_body(f, id, message, sizeof message - 1);
+
+	assert_int_equal(record_rcpt(f, loaded, 2, RCPT_DELIVERED), 0);
+	struct found found = {0};
+	assert_int_equal(restart(f, &found), 1);
+	assert_envelopes_equal(loaded, found.envs[0]);
+
+	errno = 0;
+	assert_null(spool_load(f->spool, "0123456789ABCDEF"));
+	assert_int_equal(errno, ENOENT);
+	errno = 0;
+	assert_null(spool_load(f->spool, "../../etc/passwd"));
+	assert_int_equal(errno, ENOENT);
+	found_free(&found);
+	spool_envelope_free(loaded);
+	spool_envelope_free(env);
+}
+
+static void test_import_log_wins_over_leftover_env(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	char id[SPOOL_ID_LEN + 1];
+	size_t len;
+
+	drop_commit(f, env, id);
+	char *text = read_all(file_path(f, id, ".env"), &len);
+	struct spool_envelope *loaded = spool_load(f->spool, id);
+	assert_non_null(loaded);
+	drain(f);
+	assert_int_equal(record_rcpt(f, loaded, 0, RCPT_DELIVERED), 0);
+	/* The crash came between the F record's flush and the unlink. */
+	write_all(file_path(f, id, ".env"), text, len);
+
+	struct found found = {0};
+	assert_int_equal(restart(f, &found), 1);
+	assert_int_equal(found.envs[0]->rcpts[0].state, RCPT_DELIVERED);
+	assert_envelopes_equal(loaded, found.envs[0]);
+	assert_false(file_exists(f, id, ".env"));
+	assert_true(file_exists(f, id, ".msg"));
+	found_free(&found);
+	spool_envelope_free(loaded);
+	free(text);
+	spool_envelope_free(env);
+}
+
+static void test_import_sorts_out_what_a_crash_leaves(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	char live[SPOOL_ID_LEN + 1], torn[SPOOL_ID_LEN + 1];
+	char done[SPOOL_ID_LEN + 1], orphan[SPOOL_ID_LEN + 1];
+	char short_msg[SPOOL_ID_LEN + 1], garbage[SPOOL_ID_LEN + 1];
+	char cut[SPOOL_ID_LEN + 1];
+	struct found found = {0};
+	size_t len;
+
+	commit_one(f, env, live);
+	commit_one(f, env, torn);
+	commit_one(f, env, done);
+	commit_one(f, env, orphan);
+	commit_one(f, env, short_msg);
+	commit_one(f, env, garbage);
+	commit_one(f, env, cut);
+
+	/* A message still being received when sendmail died. */
+	char receiving[SPOOL_ID_LEN + 1];
+	struct spool_incoming *inc = receive(f, receiving);
+	close(inc->fd);
+	free(inc); /* leaked on purpose as a crash would: no abort */
+
+	/* torn: a good record, then half of one. */
+	const char good[] = "state 0 delivered 1 0 1700000001 2.0.0 -\n";
+	const char half[] = "state 1 bounced 1 0 1700";
+	append_all(file_path(f, torn, ".env"), good, strlen(good));
+	append_all(file_path(f, torn, ".env"), half, strlen(half));
+
+	/* done: every recipient settled, the removal never happened. */
+	for (size_t i = 0; i < 3; i++) {
+		char rec[64];
+		snprintf(rec, sizeof rec, "state %zu %s 1 0 0 - -\n", i,
+			 i == 1 ? "bounced" : "delivered");
+		append_all(file_path(f, done, ".env"), rec, strlen(rec));
+	}
+	assert_int_equal(unlink(file_path(f, orphan, ".msg")), 0);
+	/* short_msg: the envelope reached the disk, the message did not. */
+	assert_int_equal(truncate(file_path(f, short_msg, ".msg"), 5), 0);
+	write_all(file_path(f, garbage, ".env"), "\0\0\0\0\0\0\0\0", 8);
+	char *text = read_all(file_path(f, cut, ".env"), &len);
+	write_all(file_path(f, cut, ".env"), text, len / 2);
+	free(text);
+	write_all(file_path(f, "leftover", ".tmp"), "x", 1);
+	assert_int_equal(mkdir(file_path(f, "subdir", ""), 0700), 0);
+
+	/* The daemon starts on what the drop spool left. */
+	assert_int_equal(restart(f, &found), 2);
+
+	assert_int_equal(found.count, 2);
+	assert_string_equal(found.ids[0], live);
+	assert_string_equal(found.ids[1], torn);
+	assert_int_equal(found.envs[1]->rcpts[0].state, RCPT_DELIVERED);
+	assert_int_equal(found.envs[1]->rcpts[1].state, RCPT_PENDING);
+
+	const char *gone[] = {done, orphan, short_msg, garbage, cut, receiving};
+	for (size_t i = 0; i < sizeof gone / sizeof *gone; i++) {
+		assert_false(file_exists(f, gone[i], ".msg"));
+		assert_false(file_exists(f, gone[i], ".env"));
+	}
+	assert_true(file_exists(f, live, ".msg"));
+	assert_true(file_exists(f, torn, ".msg"));
+	assert_false(file_exists(f, "leftover", ".tmp"));
+	assert_true(file_exists(f, "subdir", ""));
+
+	const struct spool_recovery *rec = spool_last_recovery(f->spool);
+	assert_int_equal(rec->live, 2);
+	assert_int_equal(rec->uncommitted, 4); /* short, garbage, cut, rx */
+	assert_int_equal(rec->orphaned, 1);
+	assert_int_equal(rec->done, 1);
+	assert_int_equal(rec->other, 1);
+	assert_int_equal(rec->unreadable, 0);
+
+	/* Imported: the envelope files go, and the next start finds the
+	 * same two in the log with the torn one's state. */
+	drain(f);
+	assert_false(file_exists(f, live, ".env"));
+	assert_false(file_exists(f, torn, ".env"));
+	struct found again = {0};
+	assert_int_equal(restart(f, &again), 2);
+	assert_string_equal(again.ids[0], live);
+	assert_string_equal(again.ids[1], torn);
+	assert_envelopes_equal(found.envs[1], again.envs[1]);
+	assert_int_equal(spool_last_recovery(f->spool)->uncommitted, 0);
+	assert_body(f, torn, message, sizeof message - 1);
+	found_free(&again);
+	found_free(&found);
+	spool_envelope_free(env);
+}
+
+/* Compaction. */
+
+static void on_done_count(int error, void *arg)
+{
+	struct result *r = arg;
+	r->calls++;
+	if (error != 0)
+		r->error = error;
+}
+
+/* Fill the log with dead records (messages without recipients, which are
+ * done as soon as committed, removed at once) until a second segment has
+ * taken one batch: the log is then over 64 MiB and almost all dead. The
+ * number of such messages into *dead, those of the newest into *last. */
+static void fill_log(struct fixture *f, int *dead, int *last)
+{
+	enum { PER_TURN = 32, BODY = 64 << 10 };
+	struct spool_envelope empty = {0};
+	char *body = big_message(BODY);
+	char ids[PER_TURN][SPOOL_ID_LEN + 1];
+
+	*dead = 0;
+	for (int turn = 0; turn < 60; turn++) {
+		struct result res = {0};
+		for (int i = 0; i < PER_TURN; i++) {
+			struct spool_incoming *inc =
+			    receive_data(f, ids[i], body, BODY);
+			assert_int_equal(inc->fd, -1);
+			spool_incoming_commit(f->spool, inc, &empty,
+					      on_done_count, &res);
+		}
+		run_until(f, &res.calls, PER_TURN);
+		assert_int_equal(res.error, 0);
+		for (int i = 0; i < PER_TURN; i++)
+			spool_remove(f->spool, ids[i]);
+		*dead += PER_TURN;
+		if (count_dir(f->log_dir, ".seg") == 2)
+			break;
+	}
+	assert_int_equal(count_dir(f->log_dir, ".seg"), 2);
+	*last = PER_TURN;
+	free(body);
+}
+
+static void test_compaction_moves_live_messages_and_reaps(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	struct spool_envelope *env_big = awkward_envelope();
+	char *big = big_message(100000);
+	char a[SPOOL_ID_LEN + 1], b[SPOOL_ID_LEN + 1];
+	char old_seg[256], new_seg[256], backup[256];
+	int dead, last;
+
+	commit_one(f, env, a);
+	strcpy(env->id, a);
+	assert_int_equal(record_rcpt(f, env, 1, RCPT_DEFERRED), 0);
+	commit_big(f, env_big, b, big, 100000);
+	strcpy(env_big->id, b);
+	newest_segment(f, old_seg, sizeof old_seg);
+	assert_false(spool_wants_compaction(f->spool)); /* one segment */
+
+	fill_log(f, &dead, &last);
+	/* The first segment took batches until it reached 64 MiB, and
+	 * every batch whole. */
+	off_t full = (off_t)64 << 20;
+	assert_true(file_size(old_seg) >= full);
+	assert_true(file_size(old_seg) < full + 32 * ((64 << 10) + 1024));
+	assert_true(spool_wants_compaction(f->spool));
+	assert_int_equal(spool_compact(f->spool, env), 1);
+	/* Already on its way. */
+	assert_int_equal(spool_compact(f->spool, env), 0);
+	assert_int_equal(spool_compact(f->spool, env_big), 1);
+	/* Keep the old segment's bytes for the second part. */
+	snprintf(backup, sizeof backup, "%s/old.bak", f->tmp);
+	assert_int_equal(link(old_seg, backup), 0);
+	drain(f);
+
+	/* Moved and flushed: the old segment is deleted. */
+	assert_false(path_exists(old_seg));
+	assert_int_equal(count_dir(f->log_dir, ".seg"), 1);
+	newest_segment(f, new_seg, sizeof new_seg);
+	assert_true(strcmp(new_seg, old_seg) > 0);
+	assert_false(spool_wants_compaction(f->spool));
+	assert_int_equal(spool_compact(f->spool, env), 0);
+	assert_body(f, a, message, sizeof message - 1);
+	assert_body(f, b, big, 100000);
+	assert_true(file_exists(f, b, ".msg"));
+	assert_int_equal(record_rcpt(f, env, 2, RCPT_BOUNCED), 0);
+
+	struct found found = {0};
+	assert_int_equal(restart(f, &found), 2);
+	assert_envelopes_equal(env, found.envs[0]);
+	assert_int_equal(found.envs[0]->rcpts[1].state, RCPT_DEFERRED);
+	assert_envelopes_equal(env_big, found.envs[1]);
+	assert_int_equal(spool_last_recovery(f->spool)->done, last);
+	assert_body(f, a, message, sizeof message - 1);
+	assert_body(f, b, big, 100000);
+	found_free(&found);
+
+	/* As if the deletion of the old segment never reached the disk:
+	 * both current records of a and b are there, the newer ones win,
+	 * and the dead segment goes at recovery. */
+	spool_close(f->spool);
+	f->spool = NULL;
+	drain(f);
+	assert_int_equal(rename(backup, old_seg), 0);
+	assert_int_equal(restart(f, &found), 2);
+	assert_int_equal(found.count, 2);
+	assert_envelopes_equal(env, found.envs[0]);
+	assert_int_equal(found.envs[0]->rcpts[2].state, RCPT_BOUNCED);
+	assert_envelopes_equal(env_big, found.envs[1]);
+	assert_int_equal(spool_last_recovery(f->spool)->done, dead);
+	assert_int_equal(spool_last_recovery(f->spool)->truncated, 0);
+	assert_false(path_exists(old_seg));
+	assert_int_equal(count_dir(f->log_dir, ".seg"), 1);
+	assert_body(f, a, message, sizeof message - 1);
+	assert_body(f, b, big, 100000);
+	found_free(&found);
+	free(big);
+	spool_envelope_free(env_big);
+	spool_envelope_free(env);
+}
+
 int main(void)
 {
+#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+#define TD(name) cmocka_unit_test_setup_teardown(name, setup_drop, teardown)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_envelope_round_trip_keeps_awkward_values),
 	    cmocka_unit_test(test_envelope_null_fields_and_empty_sender),
@@ -1063,40 +2282,45 @@ int main(void)
 	    cmocka_unit_test(test_envelope_rejects_bad_header_values),
 	    cmocka_unit_test(test_envelope_done_only_when_every_rcpt_settled),
 	    cmocka_unit_test(test_record_format_rejects_out_of_range_index),
-	    cmocka_unit_test_setup_teardown(
-		test_spool_open_creates_private_queue_dir, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_commit_makes_files_that_parse,
-					    setup, teardown),
-	    cmocka_unit_test_setup_teardown(
-		test_commit_keeps_recipient_state_given, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_abort_removes_message_file,
-					    setup, teardown),
-	    cmocka_unit_test_setup_teardown(
-		test_commit_after_failed_write_reports_error_no_files, setup,
-		teardown),
-	    cmocka_unit_test_setup_teardown(
-		test_commit_of_short_message_file_is_refused, setup, teardown),
-	    cmocka_unit_test_setup_teardown(
-		test_commits_of_one_loop_turn_share_one_iothread_round, setup,
-		teardown),
-	    cmocka_unit_test_setup_teardown(
-		test_request_after_flush_forms_next_batch, setup, teardown),
-	    cmocka_unit_test_setup_teardown(
-		test_record_rcpt_is_appended_and_parsed, setup, teardown),
-	    cmocka_unit_test_setup_teardown(
-		test_record_for_removed_message_reports_enoent, setup,
-		teardown),
-	    cmocka_unit_test_setup_teardown(test_record_cut_short_is_undone,
-					    setup, teardown),
-	    cmocka_unit_test_setup_teardown(
-		test_close_with_commit_pending_still_calls_back, setup,
-		teardown),
-	    cmocka_unit_test_setup_teardown(
-		test_recover_sorts_out_what_a_crash_leaves, setup, teardown),
-	    cmocka_unit_test_setup_teardown(
-		test_recovered_message_takes_new_records, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_ids_unique_over_100000_draws,
-					    setup, teardown),
+	    T(test_spool_open_creates_private_dirs),
+	    TD(test_drop_spool_has_no_log_dir),
+	    T(test_ids_unique_over_100000_draws),
+	    T(test_daemon_and_drop_ids_never_meet),
+	    TD(test_drop_commit_makes_files_that_parse),
+	    TD(test_drop_commit_keeps_recipient_state_given),
+	    TD(test_drop_abort_removes_message_file),
+	    TD(test_drop_commit_after_failed_write_reports_error_no_files),
+	    TD(test_drop_commit_of_short_message_file_is_refused),
+	    TD(test_drop_commits_of_one_loop_turn_share_one_iothread_round),
+	    TD(test_drop_request_after_flush_forms_next_batch),
+	    TD(test_drop_remove_deletes_both_files),
+	    TD(test_drop_close_with_commit_pending_still_calls_back),
+	    T(test_log_commit_reads_back_exact_wire_bytes),
+	    T(test_log_body_over_64k_goes_to_its_own_file),
+	    T(test_log_abort_leaves_nothing),
+	    T(test_log_commit_after_failed_write_reports_error),
+	    T(test_log_commit_of_short_message_file_is_refused),
+	    T(test_log_commits_of_one_turn_share_one_round_and_segment),
+	    T(test_log_request_after_flush_forms_next_batch),
+	    T(test_log_records_survive_restart),
+	    T(test_log_removed_message_stays_removed),
+	    T(test_log_deleted_message_stays_deleted),
+	    T(test_log_torn_tail_is_cut_and_log_goes_on),
+	    T(test_log_cut_last_record_is_dropped),
+	    T(test_log_zero_filled_tail_is_cut),
+	    T(test_log_all_recipients_done_is_dropped_at_recovery),
+	    T(test_log_file_message_without_its_file_is_orphaned),
+	    T(test_log_record_write_failure_is_undone),
+	    T(test_log_close_with_commit_pending_still_calls_back),
+	    T(test_log_recovery_of_handmade_segments),
+	    T(test_log_record_without_wire_line_ends_log_without_leak),
+	    T(test_import_at_recovery),
+	    T(test_import_at_load),
+	    T(test_import_log_wins_over_leftover_env),
+	    TD(test_import_sorts_out_what_a_crash_leaves),
+	    T(test_compaction_moves_live_messages_and_reaps),
 	};
+#undef T
+#undef TD
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2433,28 +2433,39 @@ static int compare_seq(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
+/* A directory stream on dirfd's directory (dirfd itself stays open). */
+static DIR *open_dir(int dirfd)
+{
+	int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd == -1)
+		return NULL;
+	DIR *d = fdopendir(fd);
+	if (d == NULL)
+		close_fd(fd);
+	return d;
+}
+
+/* The next entry: 1 and *de, 0 at the end, -1 on a read error. */
+static int next_entry(DIR *d, struct dirent **de)
+{
+	errno = 0;
+	*de = readdir(d);
+	if (*de != NULL)
+		return 1;
+	return errno != 0 ? -1 : 0;
+}
+
 /* Open every segment of log/, oldest first, and replay it. */
 static int recover_log(struct spool *spool)
 {
 	uint64_t *seqs = NULL;
 	size_t n = 0, cap = 0;
-	int rc = -1;
-	int fd = openat(spool->log_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd == -1)
+	int rc = -1, more;
+	struct dirent *de;
+	DIR *d = open_dir(spool->log_fd);
+	if (d == NULL)
 		return -1;
-	DIR *d = fdopendir(fd);
-	if (d == NULL) {
-		close_fd(fd);
-		return -1;
-	}
-	for (;;) {
-		errno = 0;
-		struct dirent *de = readdir(d);
-		if (de == NULL) {
-			if (errno != 0)
-				goto out;
-			break;
-		}
+	while ((more = next_entry(d, &de)) == 1) {
 		uint64_t seq = 0;
 		size_t len = strlen(de->d_name);
 		if (len != 20 || strcmp(de->d_name + 16, ".seg") != 0 ||
@@ -2465,6 +2476,8 @@ static int recover_log(struct spool *spool)
 		if (push((void **)&seqs, &n, &cap, sizeof seq, &seq) == -1)
 			goto out;
 	}
+	if (more == -1)
+		goto out;
 	if (n > 0)
 		qsort(seqs, n, sizeof *seqs, compare_seq);
 	for (size_t i = 0; i < n; i++) {
@@ -2655,23 +2668,12 @@ long spool_recover(struct spool *spool, spool_found_cb found, void *arg)
 	if (spool->logged && recover_log(spool) == -1)
 		return -1;
 	/* Read the whole directory before changing it. */
-	int fd =
-	    openat(spool->queue_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd == -1)
+	struct dirent *de;
+	int more;
+	DIR *d = open_dir(spool->queue_fd);
+	if (d == NULL)
 		return -1;
-	DIR *d = fdopendir(fd);
-	if (d == NULL) {
-		close_fd(fd);
-		return -1;
-	}
-	for (;;) {
-		errno = 0;
-		struct dirent *de = readdir(d);
-		if (de == NULL) {
-			if (errno != 0)
-				goto out;
-			break;
-		}
+	while ((more = next_entry(d, &de)) == 1) {
 		if (strcmp(de->d_name, ".") == 0 ||
 		    strcmp(de->d_name, "..") == 0)
 			continue;
@@ -2691,6 +2693,8 @@ long spool_recover(struct spool *spool, spool_found_cb found, void *arg)
 			}
 		}
 	}
+	if (more == -1)
+		goto out;
 
 	for (size_t i = 0; i < nothers; i++) {
 		if (unlinkat(spool->queue_fd, others[i], 0) == 0)

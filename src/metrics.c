@@ -151,6 +151,15 @@ static void put_extra_metrics(struct out *o)
 	          "connections_per_ip\"}",
 	          metrics.connections_refused_per_ip);
 
+	put_header(o, "facteur_relay_connections_total", "counter",
+	           "Outbound SMTP connections opened.");
+	put_value(o, "facteur_relay_connections_total",
+	          metrics.relay_connections_total);
+	put_header(o, "facteur_relay_connections_reused_total", "counter",
+	           "Messages relayed over an already open connection.");
+	put_value(o, "facteur_relay_connections_reused_total",
+	          metrics.relay_connections_reused_total);
+
 	put_header(o, "facteur_listener_connections_total", "counter",
 	           "SMTP connections accepted, per listener.");
 	for (size_t i = 0; i < extra.listener_count; i++) {

@@ -15,6 +15,12 @@
  * one destination, and each destination has at most
  * max_connections_per_destination attempts in flight; the others wait
  * in that destination's FIFO.
+ *
+ * A connection whose transaction ended cleanly is kept: the next attempt
+ * for its destination goes over it (no DNS, no greeting, no EHLO), up to
+ * RELAY_MAX_TRANSACTIONS messages. With no attempt waiting it sits idle
+ * for RELAY_IDLE_SECONDS at most, counted within the destination's
+ * connection limit, then says QUIT.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -44,6 +50,8 @@
 #define MAX_LOCAL_DELIVERIES 64
 #define MAX_ADDRESSES_PER_ATTEMPT 10
 #define DESTINATION_BUCKETS 256
+#define RELAY_MAX_TRANSACTIONS 100 /* messages over one connection */
+#define RELAY_IDLE_SECONDS 5	/* an unused open connection, at most */
 
 struct queued {
 	struct queued *prev, *next; /* every message */
@@ -68,6 +76,22 @@ struct destination {
 	char *key;
 	unsigned active;
 	struct relay_job *wait_head, **wait_tail;
+	struct idle_conn *idle; /* most recently used first */
+	unsigned idle_count;
+	bool draining; /* in destination_drain: no nested run */
+};
+
+/* An open connection between attempts, with what it was opened with: a
+ * reload may change a destination's TLS or AUTH settings under the same
+ * key. Once closing (QUIT), it is on the scheduler's closing list. */
+struct idle_conn {
+	struct idle_conn *next;
+	struct scheduler *sched;
+	struct destination *dest; /* NULL once closing */
+	struct smtp_client *client;
+	struct event *timer;
+	enum tls_policy tls;
+	char *auth_file;
 };
 
 struct scheduler {
@@ -81,6 +105,8 @@ struct scheduler {
 	struct destination *destinations[DESTINATION_BUCKETS];
 	struct relay_job *jobs; /* every relay job, for shutdown */
 	struct event *compact_timer;
+	struct idle_conn *closing; /* connections saying QUIT */
+	unsigned closing_count;
 	bool stopping;
 };
 
@@ -666,10 +692,11 @@ static struct destination *destination_get(struct scheduler *sched,
 	return d;
 }
 
-/* A destination with nothing active or waiting is forgotten. */
+/* A destination with nothing active, waiting or idle is forgotten. */
 static void destination_release(struct scheduler *sched, struct destination *d)
 {
-	if (d->active > 0 || d->wait_head != NULL)
+	if (d->active > 0 || d->wait_head != NULL || d->idle != NULL ||
+	    d->draining)
 		return;
 	struct destination **at = &sched->destinations[hash_key(d->key)];
 	while (*at != d)
@@ -695,18 +722,157 @@ static void relay_job_free(struct relay_job *job)
 	free(job);
 }
 
-/* Start the next attempts waiting for this destination. */
+/* ---- open connections between attempts ---- */
+
+static void destination_drain(struct scheduler *sched, struct destination *d);
+
+static bool same_text(const char *a, const char *b)
+{
+	return a == NULL ? b == NULL : b != NULL && strcmp(a, b) == 0;
+}
+
+static void idle_conn_free(struct idle_conn *ic)
+{
+	if (ic->timer != NULL)
+		event_free(ic->timer);
+	free(ic->auth_file);
+	free(ic);
+}
+
+/* Onto its destination's idle list, for RELAY_IDLE_SECONDS at most. */
+static void idle_link(struct destination *d, struct idle_conn *ic)
+{
+	struct timeval tv = {RELAY_IDLE_SECONDS, 0};
+	ic->dest = d;
+	ic->next = d->idle;
+	d->idle = ic;
+	d->idle_count++;
+	if (evtimer_add(ic->timer, &tv) < 0)
+		fatal("scheduler: cannot add a timer");
+}
+
+static void idle_unlink(struct idle_conn *ic)
+{
+	struct destination *d = ic->dest;
+	struct idle_conn **at = &d->idle;
+	while (*at != ic)
+		at = &(*at)->next;
+	*at = ic->next;
+	d->idle_count--;
+	ic->dest = NULL;
+	ic->next = NULL;
+	evtimer_del(ic->timer);
+}
+
+static void on_conn_closed(void *arg)
+{
+	struct idle_conn *ic = arg;
+	struct scheduler *sched = ic->sched;
+	struct idle_conn **at = &sched->closing;
+	while (*at != ic)
+		at = &(*at)->next;
+	*at = ic->next;
+	sched->closing_count--;
+	idle_conn_free(ic);
+}
+
+/* QUIT: off the destination's books, on the closing list until the
+ * client is gone (a drain waits for it; QUIT takes 2 s at most). */
+static void idle_close(struct idle_conn *ic)
+{
+	struct scheduler *sched = ic->sched;
+	if (ic->dest != NULL)
+		idle_unlink(ic);
+	ic->next = sched->closing;
+	sched->closing = ic;
+	sched->closing_count++;
+	smtp_client_release(ic->client, on_conn_closed, ic);
+}
+
+static void on_idle_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct idle_conn *ic = arg;
+	struct scheduler *sched = ic->sched;
+	struct destination *d = ic->dest;
+	(void)fd;
+	(void)what;
+	idle_close(ic);
+	destination_drain(sched, d);
+}
+
+/* A client whose transaction ended cleanly waits for the next attempt to
+ * its destination (before the attempt's end lets one start). */
+static void idle_park(struct relay_job *job, struct smtp_client *client)
+{
+	struct scheduler *sched = job->sched;
+	struct idle_conn *ic = calloc(1, sizeof *ic);
+	if (ic == NULL ||
+	    (job->auth_file != NULL &&
+	     (ic->auth_file = strdup(job->auth_file)) == NULL) ||
+	    (ic->timer = evtimer_new(sched->srv->base, on_idle_timeout,
+	                             ic)) == NULL)
+		fatal("scheduler: out of memory");
+	ic->sched = sched;
+	ic->client = client;
+	ic->tls = job->tls;
+	if (sched->stopping) {
+		idle_close(ic);
+		return;
+	}
+	idle_link(job->dest, ic);
+}
+
+/* An idle connection opened with this job's settings, taken off the
+ * list; NULL if none. */
+static struct idle_conn *idle_take(struct destination *d,
+                                   const struct relay_job *job)
+{
+	for (struct idle_conn *ic = d->idle; ic != NULL; ic = ic->next) {
+		if (ic->tls == job->tls &&
+		    same_text(ic->auth_file, job->auth_file)) {
+			idle_unlink(ic);
+			return ic;
+		}
+	}
+	return NULL;
+}
+
+static void relay_reuse(struct relay_job *job, struct idle_conn *ic);
+
+/* Start the next attempts waiting for this destination: over an idle
+ * connection when one suits, else on a new one within the limit, which
+ * idle connections count towards. */
 static void destination_drain(struct scheduler *sched, struct destination *d)
 {
 	unsigned limit = sched->srv->cfg->max_connections_per_destination;
-	while (d->wait_head != NULL && d->active < limit && !sched->stopping) {
+	/* an attempt that ends at once calls us again: the loop below
+	 * carries on instead, and d stays allocated under it */
+	if (d->draining)
+		return;
+	d->draining = true;
+	while (d->wait_head != NULL && !sched->stopping) {
 		struct relay_job *job = d->wait_head;
+		struct idle_conn *ic = idle_take(d, job);
+		if (ic == NULL && d->active + d->idle_count >= limit) {
+			if (d->idle == NULL || d->active >= limit)
+				break;
+			/* idle connections of other settings (a reload
+			 * changed them): the oldest makes room */
+			struct idle_conn *old = d->idle;
+			while (old->next != NULL)
+				old = old->next;
+			idle_close(old);
+		}
 		d->wait_head = job->next;
 		if (d->wait_head == NULL)
 			d->wait_tail = &d->wait_head;
 		d->active++;
-		relay_start(job);
+		if (ic != NULL)
+			relay_reuse(job, ic);
+		else
+			relay_start(job);
 	}
+	d->draining = false;
 	destination_release(sched, d);
 }
 
@@ -745,6 +911,7 @@ static void on_client_done(const struct smtp_client_result *res, void *arg)
 	struct relay_job *job = arg;
 	struct queued *q = job->q;
 	const struct config *cfg = job->sched->srv->cfg;
+	struct smtp_client *client = job->client;
 	job->client = NULL;
 	for (size_t i = 0; i < job->rcpt_count && i < res->rcpt_count; i++) {
 		struct spool_rcpt *r = &q->env->rcpts[job->rcpts[i]];
@@ -759,6 +926,8 @@ static void on_client_done(const struct smtp_client_result *res, void *arg)
 		free(q->last_relay[job->rcpts[i]]);
 		q->last_relay[job->rcpts[i]] = strdup(relay);
 	}
+	if (res->reusable)
+		idle_park(job, client);
 	relay_done(job);
 }
 
@@ -865,6 +1034,7 @@ static void relay_connect(struct relay_job *job, const struct dns_host *hosts,
 		.auth_user = user,
 		.auth_password = password,
 		.timeout = cfg->smtp_timeout,
+		.max_transactions = RELAY_MAX_TRANSACTIONS,
 	};
 	job->client = smtp_client_start(sched->srv->base, &req, on_client_done,
 	                                job);
@@ -878,6 +1048,42 @@ static void relay_connect(struct relay_job *job, const struct dns_host *hosts,
 		                 job->host);
 		relay_done(job);
 	}
+}
+
+/* The attempt goes over an idle connection of its destination: no DNS,
+ * and the client's own addresses should it have to reconnect. */
+static void relay_reuse(struct relay_job *job, struct idle_conn *ic)
+{
+	struct scheduler *sched = job->sched;
+	struct spool_body body;
+	job->started = true;
+	if (spool_body_open(sched->srv->spool, job->q->env, &body) == -1) {
+		char reason[512];
+		snprintf(reason, sizeof reason,
+		         "cannot read the queued message: %s", strerror(errno));
+		idle_link(job->dest, ic); /* the connection is still good */
+		relay_finish_all(job, RCPT_DEFERRED, "4.3.0", reason, job->host);
+		relay_done(job);
+		return;
+	}
+	struct smtp_client *client = ic->client;
+	idle_conn_free(ic);
+	struct smtp_client_request req = {
+		.env = job->q->env,
+		.rcpts = job->rcpts,
+		.rcpt_count = job->rcpt_count,
+		.body = body,
+	};
+	int rc = smtp_client_next(client, &req, on_client_done, job);
+	(void)close(body.fd); /* read-only; the client has its own */
+	if (rc == -1) {
+		/* the client has released itself */
+		relay_finish_all(job, RCPT_DEFERRED, "4.3.0", "out of memory",
+		                 job->host);
+		relay_done(job);
+		return;
+	}
+	job->client = client;
 }
 
 static void on_resolved(const struct dns_result *res, void *arg)
@@ -1249,10 +1455,22 @@ void scheduler_free(struct scheduler *sched)
 			smtp_client_cancel(job->client);
 		relay_job_free(job);
 	}
+	while (sched->closing != NULL) {
+		struct idle_conn *ic = sched->closing;
+		sched->closing = ic->next;
+		smtp_client_cancel(ic->client);
+		idle_conn_free(ic);
+	}
 	for (size_t i = 0; i < DESTINATION_BUCKETS; i++) {
 		while (sched->destinations[i] != NULL) {
 			struct destination *d = sched->destinations[i];
 			sched->destinations[i] = d->next;
+			while (d->idle != NULL) {
+				struct idle_conn *ic = d->idle;
+				d->idle = ic->next;
+				smtp_client_cancel(ic->client);
+				idle_conn_free(ic);
+			}
 			free(d->key);
 			free(d);
 		}
@@ -1317,7 +1535,8 @@ static void relay_drop(struct relay_job *job)
 }
 
 /* SIGTERM: nothing new starts; attempts waiting for a connection slot or
- * for DNS are dropped; those talking SMTP may finish. */
+ * for DNS are dropped; those talking SMTP may finish; idle connections
+ * say QUIT. */
 void scheduler_stop(struct scheduler *sched)
 {
 	sched->stopping = true;
@@ -1339,6 +1558,8 @@ void scheduler_stop(struct scheduler *sched)
 				relay_drop(job);
 			}
 			d->wait_tail = &d->wait_head;
+			while (d->idle != NULL)
+				idle_close(d->idle);
 		}
 	}
 }
@@ -1346,7 +1567,7 @@ void scheduler_stop(struct scheduler *sched)
 bool scheduler_idle(const struct scheduler *sched)
 {
 	return sched->deliveries == 0 && sched->records == 0 &&
-	       sched->relays == 0;
+	       sched->relays == 0 && sched->closing_count == 0;
 }
 
 size_t scheduler_queue_size(const struct scheduler *sched)

@@ -12,6 +12,12 @@
  * accepted the attempt is committed to this connection: RCPT replies
  * decide recipients one by one, DATA decides the accepted ones, and
  * trouble defers whatever is still undecided.
+ *
+ * With max_transactions above one, a clean end leaves the connection
+ * open (CLIENT_READY) for smtp_client_next; a transaction left half-done
+ * is RSET first. A reused connection that fails before the reply to MAIL
+ * was closed by the server while idle: the message starts over on a
+ * fresh connection, from the first address.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -77,8 +83,11 @@ enum client_state {
 	CLIENT_MAIL,
 	CLIENT_RCPT,
 	CLIENT_DATA,
-	CLIENT_BODY, /* streaming the message */
-	CLIENT_DOT,  /* waiting for the reply to the final dot */
+	CLIENT_BODY,  /* streaming the message */
+	CLIENT_DOT,   /* waiting for the reply to the final dot */
+	CLIENT_RSET,  /* a half-done transaction, before the report */
+	CLIENT_READY, /* reported, connection kept for the next message (or
+		       * closed by the server meanwhile: bev NULL) */
 	CLIENT_QUIT,
 	CLIENT_DONE, /* reported, connection closed, being freed */
 };
@@ -100,6 +109,8 @@ static const char *const state_names[] = {
     [CLIENT_DATA] = "data",
     [CLIENT_BODY] = "body",
     [CLIENT_DOT] = "dot",
+    [CLIENT_RSET] = "rset",
+    [CLIENT_READY] = "ready",
     [CLIENT_QUIT] = "quit",
     [CLIENT_DONE] = "done",
 };
@@ -122,6 +133,8 @@ static const char *const state_doing[] = {
     [CLIENT_DATA] = "in reply to DATA",
     [CLIENT_BODY] = "while sending the message body",
     [CLIENT_DOT] = "in reply to the end of data",
+    [CLIENT_RSET] = "in reply to RSET",
+    [CLIENT_READY] = "while idle",
     [CLIENT_QUIT] = "in reply to QUIT",
     [CLIENT_DONE] = "after the end",
 };
@@ -169,6 +182,7 @@ struct smtp_client {
 	char *auth_user;
 	char *auth_password;
 	unsigned timeout;
+	unsigned max_transactions;
 
 	/* the current connection */
 	size_t next_addr;
@@ -186,6 +200,12 @@ struct smtp_client {
 	unsigned quit_replies; /* replies still due once QUIT is sent */
 	int fd;		       /* the spool file, -1 until needed */
 	char body_last;	       /* last octet of the body sent */
+	unsigned transactions; /* reported on this connection */
+	bool reused;	       /* this transaction follows one on it */
+	bool broken;	       /* a 421 or a refused RSET: never reuse */
+	bool next_pending;     /* smtp_client_next, to start from the loop */
+	void (*release_done)(void *arg);
+	void *release_arg;
 
 	/* why the last address failed, for when none is left */
 	char last_dsn[12];
@@ -368,9 +388,19 @@ static void decide_accepted_by_reply(struct smtp_client *c)
 	decide_all(c, true, state, dsn, reason);
 }
 
+/* The connection may carry another transaction: at a command boundary,
+ * no reply still due, no 421, below the cap. */
+static bool can_keep(const struct smtp_client *c, bool quit)
+{
+	return quit && c->bev != NULL && !c->broken &&
+	       c->transactions + 1 < c->max_transactions &&
+	       c->rcpt_sent == c->rcpt_replied;
+}
+
 /*
  * Every outcome is known: report, then say QUIT when the conversation is
- * at a command boundary (best effort, QUIT_WAIT seconds), else close.
+ * at a command boundary (best effort, QUIT_WAIT seconds), else close;
+ * or keep the connection for smtp_client_next.
  */
 static void finish(struct smtp_client *c, bool quit)
 {
@@ -382,13 +412,35 @@ static void finish(struct smtp_client *c, bool quit)
 			      "in state %s",
 			      i, c->queue_id, state_names[c->state]);
 
+	bool keep = can_keep(c, quit);
+	if (keep && c->mail_accepted && c->state != CLIENT_DOT) {
+		/* MAIL accepted but no final reply to the data (every RCPT
+		 * or DATA refused): the next MAIL would be out of sequence.
+		 * The report waits for the reply to RSET. */
+		send_command(c, CLIENT_RSET, "RSET");
+		return;
+	}
+	/* the body is sent: an idle connection holds no spool file */
+	if (c->fd >= 0) {
+		(void)close(c->fd);
+		c->fd = -1;
+	}
+
 	memset(&result, 0, sizeof result);
 	result.rcpts = c->results;
 	result.rcpt_count = c->rcpt_count;
 	snprintf(result.relay, sizeof result.relay, "%s", c->relay);
 	result.tls = c->tls;
+	result.reused = c->reused;
+	result.reusable = keep;
+	c->transactions++;
+	if (c->reused)
+		metrics.relay_connections_reused_total++;
 
-	if (quit && c->bev) {
+	if (keep) {
+		evtimer_del(c->deadline);
+		enter_state(c, CLIENT_READY);
+	} else if (quit && c->bev) {
 		/* replies still due to pipelined commands come first */
 		c->quit_replies =
 		    (unsigned)(c->rcpt_sent - c->rcpt_replied) + 1;
@@ -420,6 +472,21 @@ static void quit_done(struct smtp_client *c)
 static void connection_failed(struct smtp_client *c, const char *dsn,
 			      const char *reason)
 {
+	if (c->reused && !c->mail_accepted) {
+		/* the server dropped the connection while it sat idle, or is
+		 * dropping it now: nothing of this message was taken */
+		log_event(LOG_LEVEL_DEBUG, "smtp_client_stale",
+			  LOG_S("queue_id", c->queue_id),
+			  LOG_S("relay", c->relay),
+			  LOG_S("state", state_names[c->state]),
+			  LOG_S("reason", reason));
+		close_connection(c);
+		c->reused = false;
+		c->next_addr = 0;
+		enter_state(c, CLIENT_IDLE);
+		connect_next(c);
+		return;
+	}
 	log_event(LOG_LEVEL_INFO, "relay_failed",
 		  LOG_S("queue_id", c->queue_id), LOG_S("relay", c->relay),
 		  LOG_S("state", state_names[c->state]), LOG_S("dsn", dsn),
@@ -826,6 +893,9 @@ static void on_reply(struct smtp_client *c)
 	const struct smtp_reply *r = &c->reply;
 	int cls = r->code / 100;
 
+	/* RFC 5321 §3.8: the server is closing the channel */
+	if (r->code == 421)
+		c->broken = true;
 	switch (c->state) {
 	case CLIENT_GREETING:
 		if (cls == 2)
@@ -926,6 +996,13 @@ static void on_reply(struct smtp_client *c)
 			protocol_error(c, "unexpected reply");
 		}
 		break;
+	case CLIENT_RSET:
+		if (cls == 2)
+			c->mail_accepted = false;
+		else
+			c->broken = true;
+		finish(c, true);
+		break;
 	case CLIENT_QUIT:
 		if (c->quit_replies <= 1)
 			quit_done(c);
@@ -935,6 +1012,7 @@ static void on_reply(struct smtp_client *c)
 	case CLIENT_IDLE:
 	case CLIENT_CONNECTING:
 	case CLIENT_TLS_HANDSHAKE:
+	case CLIENT_READY:
 	case CLIENT_DONE:
 		fatal("smtp_client: reply in state %s", state_names[c->state]);
 	}
@@ -1019,6 +1097,7 @@ static bool awaits_reply(enum client_state state)
 	case CLIENT_IDLE:
 	case CLIENT_CONNECTING:
 	case CLIENT_TLS_HANDSHAKE:
+	case CLIENT_READY:
 	case CLIENT_DONE:
 		return false;
 	default:
@@ -1026,11 +1105,26 @@ static bool awaits_reply(enum client_state state)
 	}
 }
 
+/* An idle connection had news: EOF, an error, its timeout, or words (a
+ * 421 before closing). Whatever it was, the connection is of no more
+ * use; the client waits on, and reconnects if given a message. */
+static void idle_lost(struct smtp_client *c, const char *why)
+{
+	log_event(LOG_LEVEL_DEBUG, "smtp_client_idle_closed",
+		  LOG_S("relay", c->relay), LOG_S("reason", why));
+	close_connection(c);
+}
+
 static void read_cb(struct bufferevent *bev, void *arg)
 {
 	struct smtp_client *c = arg;
 	struct evbuffer *in = bufferevent_get_input(bev);
 	char line[REPLY_LINE_MAX + 1];
+
+	if (c->state == CLIENT_READY) {
+		idle_lost(c, "data from the server");
+		return;
+	}
 
 	/* stop when the connection is closed or replaced (STARTTLS) */
 	while (c->bev == bev) {
@@ -1144,6 +1238,7 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 			int one = 1;
 			setsockopt(bufferevent_getfd(bev), IPPROTO_TCP,
 				   TCP_NODELAY, &one, sizeof one);
+			metrics.relay_connections_total++;
 			enter_state(c, CLIENT_GREETING);
 			arm_deadline(c, c->timeout);
 		} else if (c->state == CLIENT_TLS_HANDSHAKE) {
@@ -1159,6 +1254,12 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 				  ssl ? SSL_get_cipher_name(ssl) : ""));
 			send_ehlo(c, CLIENT_EHLO_TLS);
 		}
+		return;
+	}
+	if (c->state == CLIENT_READY) {
+		idle_lost(c, what & BEV_EVENT_TIMEOUT ? "timeout"
+			     : what & BEV_EVENT_EOF   ? "closed by the server"
+						      : "connection error");
 		return;
 	}
 	if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) &&
@@ -1228,6 +1329,7 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 				   "TLS handshake with %s timed out", c->relay);
 		break;
 	case CLIENT_IDLE:
+	case CLIENT_READY:
 	case CLIENT_DONE:
 		break;
 	default:
@@ -1258,6 +1360,17 @@ static void format_relay(struct smtp_client *c, const struct client_address *a)
 		 ip, port);
 }
 
+/* Before a transaction: nothing sent, nothing accepted. */
+static void reset_transaction(struct smtp_client *c)
+{
+	c->mail_accepted = false;
+	c->rcpt_sent = c->rcpt_replied = c->accepted_count = 0;
+	c->order_count = 0;
+	for (size_t i = 0; i < c->rcpt_count; i++)
+		c->rcpts[i].accepted = false;
+	smtp_reply_init(&c->reply);
+}
+
 /* Connect to the next address; with none left, defer what is undecided
  * with the last error. */
 static void connect_next(struct smtp_client *c)
@@ -1271,12 +1384,10 @@ static void connect_next(struct smtp_client *c)
 		c->tls = false;
 		c->ext = 0;
 		c->ext_size = 0;
-		c->mail_accepted = false;
-		c->rcpt_sent = c->rcpt_replied = c->accepted_count = 0;
-		c->order_count = 0;
-		for (size_t i = 0; i < c->rcpt_count; i++)
-			c->rcpts[i].accepted = false;
-		smtp_reply_init(&c->reply);
+		c->transactions = 0;
+		c->reused = false;
+		c->broken = false;
+		reset_transaction(c);
 
 		c->bev =
 		    bufferevent_socket_new(c->base, -1, BEV_OPT_CLOSE_ON_FREE);
@@ -1317,21 +1428,68 @@ static void connect_next(struct smtp_client *c)
 	finish(c, false);
 }
 
+/* smtp_client_next, from the loop: MAIL on the open connection, or a
+ * fresh one if the server has closed it meanwhile. */
+static void begin_next(struct smtp_client *c)
+{
+	c->next_pending = false;
+	reset_transaction(c);
+	if (c->bev == NULL) {
+		c->next_addr = 0;
+		enter_state(c, CLIENT_IDLE);
+		if (c->rcpt_count == 0)
+			finish(c, false);
+		else
+			connect_next(c);
+		return;
+	}
+	c->reused = true;
+	start_mail(c);
+}
+
 static void step_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct smtp_client *c = arg;
 
 	(void)fd;
 	(void)what;
-	if (c->state == CLIENT_DONE)
+	if (c->state == CLIENT_DONE) {
+		if (c->release_done)
+			c->release_done(c->release_arg);
 		client_free(c);
-	else if (c->state == CLIENT_IDLE && c->rcpt_count == 0)
+	} else if (c->state == CLIENT_READY && c->next_pending) {
+		begin_next(c);
+	} else if (c->state == CLIENT_IDLE && c->rcpt_count == 0) {
 		finish(c, false);
-	else if (c->state == CLIENT_IDLE)
+	} else if (c->state == CLIENT_IDLE) {
 		connect_next(c);
+	}
 }
 
 /* ---- life cycle ---- */
+
+/* What belongs to one message: its spool file, sender, recipients. */
+static void free_message(struct smtp_client *c)
+{
+	if (c->fd >= 0)
+		(void)close(c->fd); /* read-only */
+	c->fd = -1;
+	for (size_t i = 0; i < c->rcpt_count; i++) {
+		free(c->rcpts[i].address);
+		free(c->rcpts[i].orcpt);
+	}
+	free(c->rcpts);
+	free(c->results);
+	free(c->order);
+	c->rcpts = NULL;
+	c->results = NULL;
+	c->order = NULL;
+	c->rcpt_count = 0;
+	free(c->sender);
+	free(c->envid);
+	c->sender = NULL;
+	c->envid = NULL;
+}
 
 static void client_free(struct smtp_client *c)
 {
@@ -1340,20 +1498,10 @@ static void client_free(struct smtp_client *c)
 		event_free(c->deadline);
 	if (c->step)
 		event_free(c->step);
-	if (c->fd >= 0)
-		close(c->fd);
-	for (size_t i = 0; i < c->rcpt_count; i++) {
-		free(c->rcpts[i].address);
-		free(c->rcpts[i].orcpt);
-	}
-	free(c->rcpts);
-	free(c->results);
-	free(c->order);
+	free_message(c);
 	for (size_t i = 0; i < c->addr_count; i++)
 		free(c->addrs[i].host);
 	free(c->addrs);
-	free(c->sender);
-	free(c->envid);
 	free(c->helo);
 	free(c->verify_name);
 	if (c->tls_ctx)
@@ -1376,11 +1524,50 @@ static bool dup_opt(char **dst, const char *src)
 	return *dst != NULL;
 }
 
+/* Copy the message part of a request; false when out of memory or a
+ * recipient index is bad (free_message cleans up). */
+static bool load_message(struct smtp_client *c,
+			 const struct smtp_client_request *req)
+{
+	const struct spool_envelope *env = req->env;
+
+	c->fd = fcntl(req->body.fd, F_DUPFD_CLOEXEC, 0);
+	c->body_offset = req->body.offset;
+	c->body_length = req->body.length;
+	snprintf(c->queue_id, sizeof c->queue_id, "%s", env->id);
+	c->size = env->size;
+	c->body = env->body;
+	c->smtputf8 = env->smtputf8;
+	c->ret = env->ret;
+	if (c->fd < 0 || !dup_opt(&c->sender, env->sender ? env->sender : "") ||
+	    !dup_opt(&c->envid, env->envid))
+		return false;
+	if (req->rcpt_count > 0) {
+		c->rcpts = calloc(req->rcpt_count, sizeof *c->rcpts);
+		c->results = calloc(req->rcpt_count, sizeof *c->results);
+		c->order = calloc(req->rcpt_count, sizeof *c->order);
+		if (c->rcpts == NULL || c->results == NULL || c->order == NULL)
+			return false;
+	}
+	c->rcpt_count = req->rcpt_count;
+	for (size_t i = 0; i < req->rcpt_count; i++) {
+		if (req->rcpts[i] >= env->rcpt_count)
+			return false;
+		const struct spool_rcpt *sr = &env->rcpts[req->rcpts[i]];
+		c->results[i].state = RCPT_PENDING;
+		c->rcpts[i].notify = sr->notify;
+		if (!dup_opt(&c->rcpts[i].address, sr->address) ||
+		    !dup_opt(&c->rcpts[i].orcpt, sr->orcpt) ||
+		    c->rcpts[i].address == NULL)
+			return false;
+	}
+	return true;
+}
+
 struct smtp_client *smtp_client_start(struct event_base *base,
 				      const struct smtp_client_request *req,
 				      smtp_client_cb cb, void *arg)
 {
-	const struct spool_envelope *env = req->env;
 	struct smtp_client *c = calloc(1, sizeof *c);
 
 	if (c == NULL)
@@ -1388,17 +1575,11 @@ struct smtp_client *smtp_client_start(struct event_base *base,
 	c->base = base;
 	c->cb = cb;
 	c->arg = arg;
-	c->fd = fcntl(req->body.fd, F_DUPFD_CLOEXEC, 0);
-	c->body_offset = req->body.offset;
-	c->body_length = req->body.length;
+	c->fd = -1;
 	c->state = CLIENT_IDLE;
 	c->timeout = req->timeout ? req->timeout : DEFAULT_TIMEOUT;
+	c->max_transactions = req->max_transactions;
 	c->tls_policy = req->tls;
-	snprintf(c->queue_id, sizeof c->queue_id, "%s", env->id);
-	c->size = env->size;
-	c->body = env->body;
-	c->smtputf8 = env->smtputf8;
-	c->ret = env->ret;
 	snprintf(c->last_dsn, sizeof c->last_dsn, "%s", ESC_NO_ANSWER);
 	snprintf(c->last_reason, sizeof c->last_reason,
 		 "no address to connect to");
@@ -1407,8 +1588,7 @@ struct smtp_client *smtp_client_start(struct event_base *base,
 	c->step = evtimer_new(base, step_cb, c);
 	if (c->deadline == NULL || c->step == NULL)
 		goto fail;
-	if (!dup_opt(&c->sender, env->sender ? env->sender : "") ||
-	    !dup_opt(&c->envid, env->envid) ||
+	if (!load_message(c, req) ||
 	    !dup_opt(&c->helo, req->helo ? req->helo : "localhost") ||
 	    !dup_opt(&c->verify_name, req->verify_name) ||
 	    !dup_opt(&c->auth_user, req->auth_user) ||
@@ -1417,28 +1597,6 @@ struct smtp_client *smtp_client_start(struct event_base *base,
 			 ? (req->auth_password ? req->auth_password : "")
 			 : NULL))
 		goto fail;
-	if (c->fd < 0)
-		goto fail;
-
-	if (req->rcpt_count > 0) {
-		c->rcpts = calloc(req->rcpt_count, sizeof *c->rcpts);
-		c->results = calloc(req->rcpt_count, sizeof *c->results);
-		c->order = calloc(req->rcpt_count, sizeof *c->order);
-		if (c->rcpts == NULL || c->results == NULL || c->order == NULL)
-			goto fail;
-	}
-	c->rcpt_count = req->rcpt_count;
-	for (size_t i = 0; i < req->rcpt_count; i++) {
-		if (req->rcpts[i] >= env->rcpt_count)
-			goto fail;
-		const struct spool_rcpt *sr = &env->rcpts[req->rcpts[i]];
-		c->results[i].state = RCPT_PENDING;
-		c->rcpts[i].notify = sr->notify;
-		if (!dup_opt(&c->rcpts[i].address, sr->address) ||
-		    !dup_opt(&c->rcpts[i].orcpt, sr->orcpt) ||
-		    c->rcpts[i].address == NULL)
-			goto fail;
-	}
 
 	if (req->addr_count > 0) {
 		c->addrs = calloc(req->addr_count, sizeof *c->addrs);
@@ -1467,6 +1625,54 @@ struct smtp_client *smtp_client_start(struct event_base *base,
 fail:
 	client_free(c);
 	return NULL;
+}
+
+/* The owner's calls that need an idle client. */
+static void assert_ready(const struct smtp_client *c, const char *what)
+{
+	if (c->state != CLIENT_READY || c->next_pending)
+		fatal("smtp_client: %s in state %s", what,
+		      state_names[c->state]);
+}
+
+int smtp_client_next(struct smtp_client *client,
+		     const struct smtp_client_request *req, smtp_client_cb cb,
+		     void *arg)
+{
+	struct smtp_client *c = client;
+
+	assert_ready(c, "smtp_client_next");
+	free_message(c);
+	c->cb = cb;
+	c->arg = arg;
+	if (!load_message(c, req)) {
+		free_message(c);
+		smtp_client_release(c, NULL, NULL);
+		return -1;
+	}
+	/* from the loop, so the callback never runs before we return */
+	c->next_pending = true;
+	schedule_step(c);
+	return 0;
+}
+
+void smtp_client_release(struct smtp_client *client, void (*done)(void *arg),
+			 void *arg)
+{
+	struct smtp_client *c = client;
+
+	assert_ready(c, "smtp_client_release");
+	c->release_done = done;
+	c->release_arg = arg;
+	if (c->bev) {
+		c->quit_replies = 1;
+		send_line(c, "QUIT");
+		enter_state(c, CLIENT_QUIT);
+		arm_deadline(c, QUIT_WAIT);
+	} else {
+		enter_state(c, CLIENT_DONE);
+		schedule_step(c);
+	}
 }
 
 void smtp_client_cancel(struct smtp_client *client)

@@ -23,6 +23,10 @@ struct metrics {
 	 * max_connections and at max_connections_per_ip. */
 	uint64_t connections_refused_max;
 	uint64_t connections_refused_per_ip;
+	/* Outbound: SMTP connections opened (TCP connected), and messages
+	 * carried over a connection that had carried one before. */
+	uint64_t relay_connections_total;
+	uint64_t relay_connections_reused_total;
 };
 
 extern struct metrics metrics;

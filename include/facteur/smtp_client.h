@@ -6,6 +6,10 @@
  * RCPT (pipelined when offered), DATA streamed from the spool file, QUIT.
  * It reports one outcome per recipient and never touches the spool's
  * state: the scheduler records what it reports.
+ *
+ * A connection may carry several transactions (max_transactions): after
+ * a clean one the client keeps it open and waits, idle, for the next
+ * message to the same server (smtp_client_next) or for its release.
  */
 #ifndef FACTEUR_SMTP_CLIENT_H
 #define FACTEUR_SMTP_CLIENT_H
@@ -47,6 +51,9 @@ struct smtp_client_request {
 	const char *auth_user; /* AUTH to a relay host; NULL: none */
 	const char *auth_password;
 	unsigned timeout; /* seconds, per step (smtp_timeout) */
+	/* transactions one connection may carry; 0 or 1: QUIT after the
+	 * first, and the client frees itself */
+	unsigned max_transactions;
 };
 
 /* The outcome for each recipient of the request, in request order. */
@@ -63,10 +70,17 @@ struct smtp_client_result {
 	 * when no connection was made */
 	char relay[320];
 	bool tls; /* the transaction ran over TLS */
+	/* the transaction ran on a connection opened for an earlier one */
+	bool reused;
+	/* the connection is open and idle: the client waits, with no timer
+	 * of its own, for smtp_client_next or smtp_client_release (one of
+	 * them is owed). false: the client frees itself. */
+	bool reusable;
 };
 
-/* Runs once, on the loop, after smtp_client_start returned; the result
- * lives until the callback returns. The client frees itself after. */
+/* Runs once, on the loop, after smtp_client_start (or smtp_client_next)
+ * returned; the result lives until the callback returns. Unless the
+ * result is reusable, the client frees itself after. */
 typedef void (*smtp_client_cb)(const struct smtp_client_result *result,
                                void *arg);
 
@@ -76,8 +90,29 @@ struct smtp_client *smtp_client_start(struct event_base *base,
                                       const struct smtp_client_request *req,
                                       smtp_client_cb cb, void *arg);
 
-/* Abandon an attempt (shutdown): the connection is closed, the callback
- * does not run. */
+/*
+ * One more transaction on a client whose last result was reusable (from
+ * inside that callback, or later): req's envelope, recipients and body
+ * replace the last ones; its addresses, TLS, AUTH, HELO and timeout are
+ * ignored, the client keeps those it started with. Should the server
+ * have closed the idle connection (EOF, a 421, any failure before the
+ * reply to MAIL), the message goes on a fresh connection to the same
+ * addresses: a stale connection is never the message's failure. The
+ * callback runs once, from the loop. -1 when out of memory or req is
+ * bad: the client is released (no callback).
+ */
+int smtp_client_next(struct smtp_client *client,
+                     const struct smtp_client_request *req, smtp_client_cb cb,
+                     void *arg);
+
+/* Done with a reusable client: QUIT (at most a couple of seconds) when
+ * the connection is still open, then free it. `done`, when not NULL,
+ * runs from the loop just before the client is freed. */
+void smtp_client_release(struct smtp_client *client, void (*done)(void *arg),
+                         void *arg);
+
+/* Abandon an attempt or an idle client (shutdown): the connection is
+ * closed at once, no callback runs. */
 void smtp_client_cancel(struct smtp_client *client);
 
 #endif

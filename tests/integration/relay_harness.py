@@ -328,11 +328,13 @@ class ScriptedSMTP:
     `cert`/`key` make it offer STARTTLS; `auth` (a dict user -> password)
     makes it offer AUTH `auth_mechanisms` (PLAIN and LOGIN are understood),
     after TLS only unless `auth_before_tls`.
+    `idle_close` (seconds): a connection silent that long gets "421 4.4.2
+    ... timeout" and is closed, as Postfix's smtpd does.
     """
 
     def __init__(self, host, port, name="scripted.test", replies=None, cert=None,
                  key=None, auth=None, auth_before_tls=False, extensions=(),
-                 auth_mechanisms="PLAIN LOGIN"):
+                 auth_mechanisms="PLAIN LOGIN", idle_close=None):
         self.host = host
         self.port = port
         self.name = name
@@ -343,6 +345,7 @@ class ScriptedSMTP:
         self.auth_before_tls = auth_before_tls
         self.auth_mechanisms = auth_mechanisms
         self.extensions = list(extensions)
+        self.idle_close = idle_close
         self.sessions = []
         self.messages = []
         self.auths = []
@@ -433,8 +436,12 @@ class ScriptedSMTP:
         return default if value is None else value
 
     def _serve(self, conn, s):
-        conn.settimeout(0.5)
+        conn.settimeout(0.25 if self.idle_close else 0.5)
         io = _LineIO(conn, self.stopping)
+        if self.idle_close:
+            io.idle_limit = self.idle_close
+            io.idle_reply = ("421 4.4.2 %s Error: timeout exceeded\r\n"
+                             % self.name).encode()
         try:
             self._dialog(io, s)
         except (_Closed, OSError, ssl.SSLError) as e:
@@ -629,6 +636,8 @@ class _LineIO:
         self.sock = sock
         self.stopping = stopping
         self.buf = b""
+        self.idle_limit = 600
+        self.idle_reply = None  # sent before closing an idle connection
 
     def _recv(self):
         idle = 0.0
@@ -639,7 +648,9 @@ class _LineIO:
                 data = self.sock.recv(65536)
             except socket.timeout:
                 idle += self.sock.gettimeout()
-                if idle > 600:
+                if idle >= self.idle_limit:
+                    if self.idle_reply:
+                        self.sendall(self.idle_reply)
                     raise _Closed("idle")
                 continue
             except ssl.SSLWantReadError:

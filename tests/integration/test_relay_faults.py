@@ -25,6 +25,13 @@ def first_session_only(value):
     return lambda s, arg: value if s.index == 0 else None
 
 
+def first_transaction_only(value):
+    """A scripted reply for the first transaction (MAIL) of the first
+    connection; the default afterwards, on that connection too: the retry
+    may come over the connection the sender kept open."""
+    return lambda s, arg: value if s.index == 0 and s.transactions == 1 else None
+
+
 # --------------------------------------------------------------------------
 # before RCPT: move on to the next MX (SPEC §8)
 
@@ -76,7 +83,8 @@ def test_every_mx_refusing_with_421_defers_and_never_bounces(relay):
 def test_451_to_rcpt_defers_that_recipient_only_and_retries_it(relay):
     srv = relay.scripted("127.0.0.4", replies={
         "rcpt": lambda s, addr: "451 4.3.0 greylisted, come back later"
-        if addr.startswith("grey@") and s.index == 0 else None})
+        if addr.startswith("grey@") and s.index == 0 and s.transactions == 1
+        else None})
     sender = relay.sender()
 
     qid, tok = rh.inject(sender, ["ok@afallback.test", "grey@afallback.test"])
@@ -95,7 +103,7 @@ def test_451_to_rcpt_defers_that_recipient_only_and_retries_it(relay):
 
 def test_4xx_after_data_defers_the_whole_transaction(relay):
     srv = relay.scripted("127.0.0.4", replies={
-        "eom": first_session_only("452 4.3.1 insufficient system storage")})
+        "eom": first_transaction_only("452 4.3.1 insufficient system storage")})
     sender = relay.sender()
 
     qid, tok = rh.inject(sender, ["a@afallback.test", "b@afallback.test"])

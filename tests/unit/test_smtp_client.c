@@ -469,6 +469,14 @@ struct fixture {
 	bool tls;
 	unsigned ticks_after;
 	bool timed_out;
+	/* several transactions over one client (run_chain) */
+	unsigned chain_want;	 /* transactions in all */
+	unsigned chain_delay_ms; /* idle time before each smtp_client_next */
+	struct smtp_client *client;
+	struct event *chain_later;
+	bool reusable[4], reused[4];
+	struct smtp_client_rcpt first[4]; /* recipient 0 of each */
+	unsigned released;		  /* smtp_client_release's done */
 };
 
 static void write_file(const char *path, const char *content, size_t len)
@@ -1707,6 +1715,381 @@ static void test_client_auth_in_clear_with_tls_none(void **state)
 	assert_rcpt(f, 0, RCPT_DELIVERED, "2.0.0", NULL);
 }
 
+/* ---- several transactions over one connection ---- */
+
+static void on_chain_result(const struct smtp_client_result *res, void *arg);
+
+static void chain_next(struct fixture *f)
+{
+	struct stat st;
+
+	f->req.body.fd = open(f->msg_path, O_RDONLY | O_CLOEXEC);
+	assert_true(f->req.body.fd >= 0);
+	assert_int_equal(fstat(f->req.body.fd, &st), 0);
+	f->req.body.offset = 0;
+	f->req.body.length = (uint64_t)st.st_size;
+	assert_int_equal(
+	    smtp_client_next(f->client, &f->req, on_chain_result, f), 0);
+	assert_int_equal(close(f->req.body.fd), 0);
+}
+
+static void chain_later_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	chain_next(arg);
+}
+
+static void on_released(void *arg)
+{
+	struct fixture *f = arg;
+
+	f->released++;
+}
+
+/* Record the outcome; while transactions are wanted, the next goes over
+ * the same client (from inside the callback, or after a pause). */
+static void on_chain_result(const struct smtp_client_result *res, void *arg)
+{
+	struct fixture *f = arg;
+	unsigned i = f->calls++;
+
+	assert_true(i < 4);
+	assert_true(res->rcpt_count >= 1);
+	f->reusable[i] = res->reusable;
+	f->reused[i] = res->reused;
+	f->first[i] = res->rcpts[0];
+	if (!res->reusable)
+		return;
+	if (f->calls >= f->chain_want) {
+		smtp_client_release(f->client, on_released, f);
+		return;
+	}
+	if (f->chain_delay_ms == 0) {
+		chain_next(f);
+		return;
+	}
+	struct timeval tv = {0, (suseconds_t)f->chain_delay_ms * 1000};
+	if (f->chain_later == NULL)
+		f->chain_later = evtimer_new(f->base, chain_later_cb, f);
+	assert_non_null(f->chain_later);
+	evtimer_add(f->chain_later, &tv);
+}
+
+static void chain_tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct fixture *f = arg;
+
+	(void)fd;
+	(void)what;
+	if (f->calls == 0)
+		return;
+	unsigned last = f->calls - 1;
+	if (f->calls < f->chain_want && f->reusable[last])
+		return;
+	if (f->reusable[last] && f->released == 0)
+		return;
+	for (size_t i = 0; i < f->nservers; i++)
+		if (f->servers[i]->open_conns > 0)
+			return;
+	if (++f->ticks_after >= 3)
+		event_base_loopbreak(f->base);
+}
+
+/* Up to `want` transactions of the message over one client; the last
+ * reusable one is released. */
+static void run_chain(struct fixture *f, unsigned want)
+{
+	struct timeval tick = {0, 10000}, guard = {30, 0};
+	struct stat st;
+
+	f->chain_want = want;
+	f->req.body.fd = open(f->msg_path, O_RDONLY | O_CLOEXEC);
+	assert_true(f->req.body.fd >= 0);
+	assert_int_equal(fstat(f->req.body.fd, &st), 0);
+	f->req.body.length = (uint64_t)st.st_size;
+	f->client = smtp_client_start(f->base, &f->req, on_chain_result, f);
+	assert_non_null(f->client);
+	assert_int_equal(close(f->req.body.fd), 0);
+	struct event *tev =
+	    event_new(f->base, -1, EV_PERSIST, chain_tick_cb, f);
+	struct event *gev = evtimer_new(f->base, guard_cb, f);
+	event_add(tev, &tick);
+	evtimer_add(gev, &guard);
+	event_base_dispatch(f->base);
+	event_free(tev);
+	event_free(gev);
+	if (f->chain_later)
+		event_free(f->chain_later);
+	assert_false(f->timed_out);
+	for (size_t i = 0; i < f->nservers; i++)
+		if (f->servers[i]->errors[0])
+			fail_msg("server %zu: %s", i, f->servers[i]->errors);
+}
+
+static void assert_first(const struct fixture *f, unsigned i,
+			 enum rcpt_state state, const char *dsn)
+{
+	const struct smtp_client_rcpt *r = &f->first[i];
+	if (r->state != state || strcmp(r->dsn, dsn) != 0)
+		fail_msg("transaction %u: %s %s \"%s\"; want %s %s", i,
+			 state_name(r->state), r->dsn, r->reason,
+			 state_name(state), dsn);
+}
+
+#define ONE_MESSAGE MAIL_OK, RCPT_OK("one@example.net"), DATA_GO, DOT_OK
+
+static void test_client_two_messages_over_one_connection(void **state)
+{
+	struct fixture *f = *state;
+	static const struct fake_step script[] = {
+	    GREET,
+	    EHLO_PLAIN,
+	    ONE_MESSAGE,
+	    ONE_MESSAGE,
+	};
+	struct fake_server *srv = add_server(f, script);
+	uint64_t opened = metrics.relay_connections_total;
+	uint64_t reused = metrics.relay_connections_reused_total;
+
+	f->req.max_transactions = 10;
+	run_chain(f, 2);
+	assert_int_equal(f->calls, 2);
+	assert_first(f, 0, RCPT_DELIVERED, "2.0.0");
+	assert_first(f, 1, RCPT_DELIVERED, "2.0.0");
+	assert_true(f->reusable[0] && f->reusable[1]);
+	assert_false(f->reused[0]);
+	assert_true(f->reused[1]);
+	/* one greeting, one EHLO; no RSET after a finished transaction */
+	assert_int_equal(srv->accepted, 1);
+	assert_string_equal(transcript(srv), "EHLO client.test\n"
+					     "MAIL FROM:<sender@example.org>\n"
+					     "RCPT TO:<one@example.net>\n"
+					     "DATA\n"
+					     "MAIL FROM:<sender@example.org>\n"
+					     "RCPT TO:<one@example.net>\n"
+					     "DATA\n"
+					     "QUIT\n");
+	assert_data(srv, MSG ".\r\n" MSG ".\r\n");
+	assert_int_equal(f->released, 1);
+	assert_int_equal(metrics.relay_connections_total - opened, 1);
+	assert_int_equal(metrics.relay_connections_reused_total - reused, 1);
+}
+
+static void test_client_reuse_keeps_tls_and_auth(void **state)
+{
+	struct fixture *f = *state;
+	static const struct fake_step script[] = {
+	    GREET,
+	    EHLO_TLS_OFFER,
+	    STARTTLS_OK,
+	    {"EHLO client.test", "250-mx.test\r\n250 AUTH PLAIN\r\n", FA_REPLY},
+	    {"AUTH PLAIN ", "235 2.7.0 Ok\r\n", FA_REPLY},
+	    ONE_MESSAGE,
+	    ONE_MESSAGE,
+	};
+	client_ctx(f, NULL);
+	f->req.tls = TLS_POLICY_ENCRYPT;
+	f->req.auth_user = "relayuser";
+	f->req.auth_password = "s3cret";
+	f->req.max_transactions = 10;
+	struct fake_server *srv = add_server(f, script);
+	run_chain(f, 2);
+	assert_first(f, 1, RCPT_DELIVERED, "2.0.0");
+	assert_true(f->reused[1]);
+	assert_int_equal(srv->accepted, 1);
+	assert_int_equal(srv->tls_handshakes, 1);
+	int auth = find_line(srv, "AUTH");
+	assert_true(auth >= 0);
+	/* EHLO STARTTLS EHLO AUTH, MAIL RCPT DATA twice, QUIT */
+	assert_int_equal(srv->nlines, 11);
+	assert_int_equal(find_line(srv, "RSET"), -1);
+}
+
+/* The server drops the idle connection before the next message comes:
+ * that message goes on a new connection, as if it were the first. */
+static void test_client_idle_connection_closed_by_server(void **state)
+{
+	struct fixture *f = *state;
+	static const struct fake_step script[] = {
+	    GREET,   EHLO_PLAIN,
+	    MAIL_OK, RCPT_OK("one@example.net"),
+	    DATA_GO, {NULL, "250 2.0.0 Ok\r\n", FA_CLOSE},
+	};
+	struct fake_server *srv = add_server(f, script);
+
+	f->req.max_transactions = 10;
+	f->chain_delay_ms = 300; /* the EOF comes first */
+	run_chain(f, 2);
+	assert_int_equal(f->calls, 2);
+	assert_first(f, 0, RCPT_DELIVERED, "2.0.0");
+	assert_first(f, 1, RCPT_DELIVERED, "2.0.0");
+	assert_false(f->reused[1]); /* it went on a fresh connection */
+	assert_int_equal(srv->accepted, 2);
+	assert_data(srv, MSG ".\r\n" MSG ".\r\n");
+}
+
+/* The server answers the next MAIL with a 421 and closes: not the
+ * message's failure either. */
+static void test_client_421_to_mail_on_reused_connection(void **state)
+{
+	struct fixture *f = *state;
+	static const struct fake_step script[] = {
+	    GREET,
+	    EHLO_PLAIN,
+	    ONE_MESSAGE,
+	    {"MAIL FROM:", "421 4.4.2 mx.test idle too long\r\n", FA_CLOSE},
+	};
+	struct fake_server *srv = add_server(f, script);
+
+	f->req.max_transactions = 10;
+	run_chain(f, 2);
+	assert_int_equal(f->calls, 2);
+	assert_first(f, 1, RCPT_DELIVERED, "2.0.0");
+	assert_false(f->reused[1]);
+	assert_int_equal(srv->accepted, 2);
+	/* the second connection ran the script from the start */
+	assert_data(srv, MSG ".\r\n" MSG ".\r\n");
+}
+
+/* Once MAIL is accepted on a reused connection, trouble is the
+ * message's as on any connection. */
+static void
+test_client_drop_after_mail_on_reused_connection_defers(void **state)
+{
+	struct fixture *f = *state;
+	static const struct fake_step script[] = {
+	    GREET,
+	    EHLO_PLAIN,
+	    ONE_MESSAGE,
+	    MAIL_OK,
+	    {"RCPT TO:", NULL, FA_CLOSE},
+	};
+	struct fake_server *srv = add_server(f, script);
+
+	f->req.max_transactions = 10;
+	run_chain(f, 2);
+	assert_int_equal(f->calls, 2);
+	assert_first(f, 1, RCPT_DEFERRED, "4.4.2");
+	assert_false(f->reusable[1]);
+	assert_int_equal(srv->accepted, 1);
+}
+
+static void test_client_rset_after_refused_transaction(void **state)
+{
+	struct fixture *f = *state;
+	static const struct fake_step script[] = {
+	    GREET,
+	    EHLO_PLAIN,
+	    MAIL_OK,
+	    {"RCPT TO:<one@example.net>", "550 5.1.1 No such user\r\n",
+	     FA_REPLY},
+	    {"RSET", "250 2.0.0 Ok\r\n", FA_REPLY},
+	    ONE_MESSAGE,
+	};
+	struct fake_server *srv = add_server(f, script);
+
+	f->req.max_transactions = 10;
+	run_chain(f, 2);
+	assert_first(f, 0, RCPT_BOUNCED, "5.1.1");
+	assert_true(f->reusable[0]);
+	assert_first(f, 1, RCPT_DELIVERED, "2.0.0");
+	assert_true(f->reused[1]);
+	assert_int_equal(srv->accepted, 1);
+	assert_string_equal(transcript(srv), "EHLO client.test\n"
+					     "MAIL FROM:<sender@example.org>\n"
+					     "RCPT TO:<one@example.net>\n"
+					     "RSET\n"
+					     "MAIL FROM:<sender@example.org>\n"
+					     "RCPT TO:<one@example.net>\n"
+					     "DATA\n"
+					     "QUIT\n");
+}
+
+/* A refused RSET: the connection is not trusted with another message. */
+static void test_client_refused_rset_ends_the_connection(void **state)
+{
+	struct fixture *f = *state;
+	static const struct fake_step script[] = {
+	    GREET,
+	    EHLO_PLAIN,
+	    MAIL_OK,
+	    RCPT_OK("one@example.net"),
+	    {"DATA", "554 5.5.1 No thanks\r\n", FA_REPLY},
+	    {"RSET", "500 5.5.1 What?\r\n", FA_REPLY},
+	};
+	struct fake_server *srv = add_server(f, script);
+
+	f->req.max_transactions = 10;
+	run_chain(f, 2);
+	assert_int_equal(f->calls, 1);
+	assert_first(f, 0, RCPT_BOUNCED, "5.5.1");
+	assert_false(f->reusable[0]);
+	assert_true(srv->quit_seen);
+}
+
+static void test_client_transactions_capped_per_connection(void **state)
+{
+	struct fixture *f = *state;
+	static const struct fake_step script[] = {
+	    GREET, EHLO_PLAIN, ONE_MESSAGE, ONE_MESSAGE, ONE_MESSAGE,
+	};
+	struct fake_server *srv = add_server(f, script);
+
+	f->req.max_transactions = 2;
+	run_chain(f, 3);
+	assert_int_equal(f->calls, 2);
+	assert_true(f->reusable[0]);
+	assert_false(f->reusable[1]); /* the second is the last */
+	assert_first(f, 1, RCPT_DELIVERED, "2.0.0");
+	assert_int_equal(f->released, 0); /* freed itself after QUIT */
+	assert_true(srv->quit_seen);
+	assert_int_equal(srv->accepted, 1);
+	assert_string_equal(transcript(srv), "EHLO client.test\n"
+					     "MAIL FROM:<sender@example.org>\n"
+					     "RCPT TO:<one@example.net>\n"
+					     "DATA\n"
+					     "MAIL FROM:<sender@example.org>\n"
+					     "RCPT TO:<one@example.net>\n"
+					     "DATA\n"
+					     "QUIT\n");
+}
+
+/* Without max_transactions the client is as it always was. */
+static void test_client_no_reuse_by_default(void **state)
+{
+	struct fixture *f = *state;
+	static const struct fake_step script[] = {
+	    GREET,
+	    EHLO_PLAIN,
+	    ONE_MESSAGE,
+	};
+	struct fake_server *srv = add_server(f, script);
+
+	run_chain(f, 2);
+	assert_int_equal(f->calls, 1);
+	assert_false(f->reusable[0]);
+	assert_true(srv->quit_seen);
+}
+
+/* A 421 at the end of data: delivered or not, the server is leaving. */
+static void test_client_421_reply_is_not_reused(void **state)
+{
+	struct fixture *f = *state;
+	static const struct fake_step script[] = {
+	    GREET,   EHLO_PLAIN,
+	    MAIL_OK, RCPT_OK("one@example.net"),
+	    DATA_GO, {NULL, "421 4.3.2 shutting down\r\n", FA_REPLY},
+	};
+	add_server(f, script);
+
+	f->req.max_transactions = 10;
+	run_chain(f, 2);
+	assert_int_equal(f->calls, 1);
+	assert_first(f, 0, RCPT_DEFERRED, "4.3.2");
+	assert_false(f->reusable[0]);
+}
+
 static void test_client_cancel_runs_no_callback(void **state)
 {
 	struct fixture *f = *state;
@@ -1871,6 +2254,16 @@ int main(void)
 	    T(test_client_auth_rejected_defers),
 	    T(test_client_auth_refused_without_tls),
 	    T(test_client_auth_in_clear_with_tls_none),
+	    T(test_client_two_messages_over_one_connection),
+	    T(test_client_reuse_keeps_tls_and_auth),
+	    T(test_client_idle_connection_closed_by_server),
+	    T(test_client_421_to_mail_on_reused_connection),
+	    T(test_client_drop_after_mail_on_reused_connection_defers),
+	    T(test_client_rset_after_refused_transaction),
+	    T(test_client_refused_rset_ends_the_connection),
+	    T(test_client_transactions_capped_per_connection),
+	    T(test_client_no_reuse_by_default),
+	    T(test_client_421_reply_is_not_reused),
 	    T(test_client_cancel_runs_no_callback),
 	    T(test_client_bad_recipient_index_is_refused),
 	};

@@ -132,10 +132,7 @@ static void on_accept(struct evconnlistener *ev, evutil_socket_t fd,
 	(*at)->count++;
 	l->active++;
 	metrics_listener_connection(b->metrics_slot);
-	/* Replies are whole lines written once per loop turn; Nagle would
-	 * only hold a pipelined group's replies back for a delayed ACK. */
-	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	/* TCP_NODELAY comes from the listening socket (bind_one). */
 	if (!l->owner.accept(l->owner.arg, fd, addr, (socklen_t)addrlen,
 			     b->mode, b->text))
 		listener_release(l, addr);
@@ -184,7 +181,11 @@ static int bind_one(const struct listen_addr *la, char *err, size_t errlen)
 		return -1;
 	}
 	int one = 1;
+	/* Replies are whole groups written once per loop turn; Nagle would
+	 * only hold one back for a delayed ACK. Accepted sockets inherit
+	 * TCP_NODELAY (Linux), which saves a setsockopt per connection. */
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == -1 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == -1 ||
 	    (family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY,
 					      &one, sizeof one) == -1) ||
 	    bind(fd, (const struct sockaddr *)&la->addr, la->addrlen) == -1 ||

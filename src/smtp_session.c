@@ -68,6 +68,13 @@
 #define MAX_PROTOCOL_ERRORS 10
 #define DATA_CHUNK 16384
 #define OUTPUT_HIGH_WATER (256 * 1024) /* stop reading past this */
+/* Decoder output gathers here with the Received header, so that a
+ * small message reaches the spool in one write; one feed always fits
+ * once it is written out. */
+#define MESSAGE_BUF_SIZE SMTP_DATA_OUT_MAX(DATA_CHUNK)
+/* Input read ahead while a commit is in flight: about one read's worth,
+ * as much as was left over when reading stopped during the commit. */
+#define COMMIT_READ_AHEAD DATA_CHUNK
 #define HELO_MAX 255
 #define AUTH_FAILURES_MAX 5 /* then 421 */
 #define AUTH_ADDRESS_MAX 320
@@ -112,7 +119,8 @@ struct transaction {
 	char *first_rcpt; /* for Received: "for <...>" */
 	struct spool_incoming *incoming;
 	struct smtp_data data;
-	char *outbuf; /* decoder output, DATA_CHUNK's worth */
+	char *outbuf;  /* MESSAGE_BUF_SIZE: what the spool is yet to get */
+	size_t outlen; /* octets in outbuf */
 	bool too_big;
 	bool used_bdat;
 };
@@ -157,6 +165,7 @@ static struct smtp_session *all_sessions;
 static size_t session_count;
 
 static void session_process(struct smtp_session *s);
+static bool session_flush(struct smtp_session *s);
 static void session_close(struct smtp_session *s);
 static void session_free(struct smtp_session *s);
 
@@ -344,6 +353,10 @@ static void set_callbacks(struct smtp_session *s)
 	bufferevent_set_timeouts(s->bev, &timeout, &timeout);
 	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
 	bufferevent_enable(s->bev, EV_READ);
+	/* A plain socket is written by session_flush; libevent's write
+	 * event only waits for room for what the socket did not take. */
+	if (!s->tls)
+		bufferevent_disable(s->bev, EV_WRITE);
 }
 
 static void cmd_starttls(struct smtp_session *s, const struct smtp_command *cmd)
@@ -426,6 +439,7 @@ static void on_auth_delay(evutil_socket_t fd, short what, void *arg)
 		reply(s, "421 %s %s Error: too many failed logins",
 		      ESC_TOO_MANY_ERRORS, cfg_of(s)->hostname);
 		session_close(s);
+		session_flush(s);
 		return;
 	}
 	reply(s, "535 %s Authentication credentials invalid",
@@ -724,7 +738,7 @@ static bool message_begin(struct smtp_session *s)
 {
 	struct transaction *tx = &s->tx;
 	tx->incoming = spool_incoming_new(s->srv->spool);
-	tx->outbuf = malloc(SMTP_DATA_OUT_MAX(DATA_CHUNK));
+	tx->outbuf = malloc(MESSAGE_BUF_SIZE);
 	if (tx->incoming == NULL || tx->outbuf == NULL) {
 		log_event(LOG_LEVEL_ERROR, "spool_error",
 		          LOG_S("client", s->client),
@@ -743,35 +757,57 @@ static bool message_begin(struct smtp_session *s)
 	if (tx->accepted_rcpt_commands == 1 && tx->first_rcpt != NULL)
 		snprintf(for_clause, sizeof for_clause, "\r\n\tfor <%s>",
 		         tx->first_rcpt);
-	char *header = NULL;
-	int n = asprintf(&header,
+	/* The header waits in outbuf for the body's first octets. */
+	int n = snprintf(tx->outbuf, MESSAGE_BUF_SIZE,
 	                 "Received: from %s ([%s])\r\n"
 	                 "\tby %s (facteur) with %s id %s%s;\r\n"
 	                 "\t%s\r\n",
 	                 s->helo, s->client, cfg_of(s)->hostname,
 	                 protocol_name(s), tx->incoming->id, for_clause, date);
-	if (n < 0) {
-		reply(s, "451 %s Out of memory", ESC_LOCAL_ERROR);
+	if (n < 0 || (size_t)n >= MESSAGE_BUF_SIZE) {
+		reply(s, "451 %s Local error in processing", ESC_LOCAL_ERROR);
 		spool_incoming_abort(s->srv->spool, tx->incoming);
 		tx->incoming = NULL;
 		return false;
 	}
-	spool_incoming_write(tx->incoming, header, (size_t)n);
-	free(header);
+	tx->outlen = (size_t)n;
 	return true;
 }
 
-/* Run octets through the decoder into the spool file; past the size
- * limit they are still read (to find the end) but no longer stored. */
+/* Hand what outbuf holds to the spool file. Past the size limit it is
+ * dropped: the message will be refused. */
+static void message_spill(struct smtp_session *s)
+{
+	struct transaction *tx = &s->tx;
+	if (tx->outlen > 0 && !tx->too_big)
+		spool_incoming_write(tx->incoming, tx->outbuf, tx->outlen);
+	tx->outlen = 0;
+}
+
+/* Add a few octets (the BDAT tail, at most 8) to outbuf. */
+static void message_store(struct smtp_session *s, const char *buf, size_t len)
+{
+	struct transaction *tx = &s->tx;
+	if (MESSAGE_BUF_SIZE - tx->outlen < len)
+		message_spill(s);
+	memcpy(tx->outbuf + tx->outlen, buf, len);
+	tx->outlen += len;
+}
+
+/* Run octets (at most DATA_CHUNK) through the decoder into outbuf, and
+ * on to the spool file when it is full; past the size limit they are
+ * still read (to find the end) but no longer stored. */
 static size_t message_feed(struct smtp_session *s, const char *in, size_t len)
 {
 	struct transaction *tx = &s->tx;
+	if (MESSAGE_BUF_SIZE - tx->outlen < SMTP_DATA_OUT_MAX(len))
+		message_spill(s);
 	size_t outlen = 0;
-	size_t used = smtp_data_feed(&tx->data, in, len, tx->outbuf, &outlen);
+	size_t used = smtp_data_feed(&tx->data, in, len,
+	                             tx->outbuf + tx->outlen, &outlen);
 	if (!tx->too_big && tx->data.size > cfg_of(s)->max_message_size)
 		tx->too_big = true;
-	if (!tx->too_big && outlen > 0)
-		spool_incoming_write(tx->incoming, tx->outbuf, outlen);
+	tx->outlen = tx->too_big ? 0 : tx->outlen + outlen;
 	return used;
 }
 
@@ -851,8 +887,13 @@ static void on_committed(int error, void *arg)
 		reply(s, "421 %s %s Service shutting down", ESC_SHUTDOWN,
 		      cfg_of(s)->hostname);
 		session_close(s);
+		session_flush(s);
 		return;
 	}
+	/* Reading is no longer bounded, and goes on if it was stopped (TLS,
+	 * or an EOF or a timeout during the commit: met again now). */
+	if (!s->tls)
+		bufferevent_setwatermark(s->bev, EV_READ, 0, 0);
 	bufferevent_enable(s->bev, EV_READ);
 	session_process(s);
 }
@@ -863,6 +904,7 @@ static void message_end(struct smtp_session *s)
 {
 	struct transaction *tx = &s->tx;
 	const char *refusal = NULL;
+	message_spill(s);
 	if (tx->too_big) {
 		reply(s, "552 %s Message size exceeds fixed limit", ESC_TOO_BIG);
 		refusal = "message too big";
@@ -894,7 +936,15 @@ static void message_end(struct smtp_session *s)
 	transaction_reset(s);
 	s->committing = env;
 	enter_state(s, SMTP_STATE_COMMITTING);
-	bufferevent_disable(s->bev, EV_READ);
+	/* Input is read on during the commit, up to a bound, and processed
+	 * after it: stopping and restarting the read event would cost two
+	 * epoll_ctl per message. Not under TLS: when a watermark stops
+	 * libevent's TLS bufferevent, decrypted input can stay in OpenSSL,
+	 * not looked at again until the socket is readable. */
+	if (s->tls)
+		bufferevent_disable(s->bev, EV_READ);
+	else
+		bufferevent_setwatermark(s->bev, EV_READ, 0, COMMIT_READ_AHEAD);
 	spool_incoming_commit(s->srv->spool, inc, env, on_committed, s);
 }
 
@@ -993,7 +1043,7 @@ static void bdat_chunk_done(struct smtp_session *s)
 		if (s->tx.data.size > cfg_of(s)->max_message_size)
 			s->tx.too_big = true;
 		else
-			spool_incoming_write(s->tx.incoming, tail, n);
+			message_store(s, tail, n);
 	}
 	message_end(s);
 }
@@ -1176,6 +1226,8 @@ static void session_process(struct smtp_session *s)
 			break;
 		}
 	}
+	if (!session_flush(s))
+		return;
 	/* A client that sends without reading replies is paused. */
 	if (s->state != SMTP_STATE_CLOSING &&
 	    s->state != SMTP_STATE_COMMITTING &&
@@ -1195,24 +1247,23 @@ static void on_read(struct bufferevent *bev, void *arg)
 	session_process(arg);
 }
 
+/* Every queued reply is out (libevent wrote what session_flush could
+ * not, or the TLS layer wrote it). */
 static void on_write(struct bufferevent *bev, void *arg)
 {
-	(void)bev;
 	struct smtp_session *s = arg;
-	if (s->state == SMTP_STATE_CLOSING) {
-		session_free(s);
-		return;
-	}
-	if (s->state == SMTP_STATE_STARTTLS) {
-		starttls_begin(s);
-		return;
-	}
+	if (!s->tls)
+		bufferevent_disable(bev, EV_WRITE); /* direct writes again */
 	if (s->paused && s->state != SMTP_STATE_COMMITTING &&
-	    s->state != SMTP_STATE_AUTH_DELAY) {
+	    s->state != SMTP_STATE_AUTH_DELAY &&
+	    s->state != SMTP_STATE_CLOSING &&
+	    s->state != SMTP_STATE_STARTTLS) {
 		s->paused = false;
 		bufferevent_enable(s->bev, EV_READ);
 		session_process(s);
+		return;
 	}
+	session_flush(s); /* a closing session ends, STARTTLS begins */
 }
 
 static void on_event(struct bufferevent *bev, short what, void *arg)
@@ -1227,6 +1278,21 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		log_event(LOG_LEVEL_INFO, "tls", LOG_S("client", s->client),
 		          LOG_S("version", ssl ? SSL_get_version(ssl) : ""),
 		          LOG_S("cipher", ssl ? SSL_get_cipher_name(ssl) : ""));
+		return;
+	}
+	if (s->state == SMTP_STATE_COMMITTING) {
+		/* (The handshake is over: a message came through it.)
+		 * Reading goes on during a commit on a plain socket.
+		 * libevent stopped it at an EOF or a read timeout:
+		 * on_committed restarts it, so that the EOF is met after the
+		 * reply, and the timeout counts from the commit's end, as
+		 * when nothing was read meanwhile. */
+		if ((what & BEV_EVENT_READING) &&
+		    (what & (BEV_EVENT_EOF | BEV_EVENT_TIMEOUT)))
+			return;
+		/* An error: the client is gone. */
+		s->gone = true;
+		bufferevent_disable(s->bev, EV_READ | EV_WRITE);
 		return;
 	}
 	if (s->tls && !s->tls_established) {
@@ -1247,18 +1313,15 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		log_event(LOG_LEVEL_INFO, "timeout", LOG_S("client", s->client),
 		          LOG_S("state", state_names[s->state]));
 		session_close(s);
+		session_flush(s);
 		return;
 	}
 	/* EOF, error, or a write that timed out: the client is gone. */
-	if (s->state == SMTP_STATE_COMMITTING) {
-		s->gone = true;
-		bufferevent_disable(s->bev, EV_READ | EV_WRITE);
-		return;
-	}
 	session_free(s);
 }
 
-/* Stop reading and end the session once the queued replies are out. */
+/* Stop reading; session_flush, which every entry point ends with, ends
+ * the session once the queued replies are out. */
 static void session_close(struct smtp_session *s)
 {
 	if (s->state == SMTP_STATE_CLOSING)
@@ -1268,11 +1331,43 @@ static void session_close(struct smtp_session *s)
 	/* Nothing else is read now: drop the rest of the input. */
 	struct evbuffer *in = bufferevent_get_input(s->bev);
 	evbuffer_drain(in, evbuffer_get_length(in));
-	if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0) {
-		/* on_write will not come: free on the next loop turn. */
-		bufferevent_trigger(s->bev, EV_WRITE, BEV_TRIG_DEFER_CALLBACKS |
-		                                             BEV_TRIG_IGNORE_WATERMARKS);
+}
+
+/* Send the queued replies. Every entry point (a callback, a new
+ * session, shutdown) ends here, so that the replies to all that one read
+ * brought leave in one write. A plain socket is written directly:
+ * through libevent's write event each reply would cost two epoll_ctl
+ * and a loop turn. What the socket does not take, or a write error, is
+ * left to that event: libevent writes the rest and calls on_write, or
+ * meets the error again and calls on_event. Once all is out, a closing
+ * session ends and STARTTLS begins. False when s is no more. */
+static bool session_flush(struct smtp_session *s)
+{
+	struct evbuffer *out = bufferevent_get_output(s->bev);
+	if (!s->tls && evbuffer_get_length(out) > 0 &&
+	    !(bufferevent_get_enabled(s->bev) & EV_WRITE)) {
+		evutil_socket_t fd = bufferevent_getfd(s->bev);
+		/* The bufferevent keeps the output's start frozen but for
+		 * its own writes: this is one of them. */
+		int n = -1;
+		if (fd >= 0 && evbuffer_unfreeze(out, 1) == 0) {
+			n = evbuffer_write(out, fd);
+			evbuffer_freeze(out, 1);
+		}
+		if (n == -1 || evbuffer_get_length(out) > 0)
+			bufferevent_enable(s->bev, EV_WRITE);
 	}
+	if (evbuffer_get_length(out) > 0)
+		return true; /* on_write comes back here */
+	if (s->state == SMTP_STATE_CLOSING) {
+		session_free(s);
+		return false;
+	}
+	if (s->state == SMTP_STATE_STARTTLS) {
+		starttls_begin(s);
+		return false;
+	}
+	return true;
 }
 
 static void session_free(struct smtp_session *s)
@@ -1337,6 +1432,7 @@ struct smtp_session *smtp_session_new(struct server *srv, int fd,
 	set_callbacks(s);
 	log_event(LOG_LEVEL_INFO, "connect", LOG_S("client", s->client));
 	reply(s, "220 %s ESMTP facteur", cfg->hostname);
+	session_flush(s);
 	return s;
 }
 
@@ -1349,6 +1445,7 @@ void smtp_sessions_shutdown(void)
 			reply(s, "421 %s %s Service shutting down", ESC_SHUTDOWN,
 			      cfg_of(s)->hostname);
 			session_close(s);
+			session_flush(s);
 		} else if (s->state != SMTP_STATE_CLOSING) {
 			s->shutdown_pending = true;
 		}

@@ -3,6 +3,7 @@ While each abuse happens, a normal client still gets a message through; the
 fixture then checks that SIGTERM exits 0."""
 
 import random
+import re
 import selectors
 import socket
 import threading
@@ -143,6 +144,70 @@ def test_reset_right_after_data_end(daemon):
     time.sleep(1)
     assert len(daemon.maildir_messages("victim@localhost")) <= 1
     daemon.assert_alive()
+
+
+@pytest.mark.parametrize("then", [b"", b"QUIT\r\n"])
+def test_half_close_after_data_end_is_answered(daemon, then):
+    """The client ends the data (and maybe pipelines QUIT), then closes
+    its sending side at once, likely while the message commits: the 250
+    still comes, and the server then closes."""
+    c = daemon.raw()
+    c.ehlo()
+    assert c.cmd("MAIL FROM:<halfclose@sender.test>").code == 250
+    assert c.cmd("RCPT TO:<halfclose@localhost>").code == 250
+    assert c.cmd("DATA").code == 354
+    c.send(h.dot_stuff(h.make_message("half-close after end")) + then)
+    c.shutdown_write()
+    data = c.wait_closed(30)
+    c.close()
+    assert re.match(rb"250 2\.0\.0 Ok: queued as \S+\r\n", data), data
+    if then:
+        assert data.endswith(b"\r\n221 2.0.0 Bye\r\n"), data
+    msgs = daemon.wait_messages("halfclose@localhost")
+    assert len(msgs) == 1 and b"Subject: half-close after end" in msgs[0]
+    daemon.assert_alive()
+
+
+def test_client_reading_late_gets_every_reply_in_order(daemon):
+    """A client with a small receive buffer pipelines megabytes of replies
+    before reading any, then QUIT: the socket fills, the server stops
+    reading until its replies drain, and every reply arrives once, in
+    order, then the close."""
+    pairs = 90000  # some 10 MB of replies: more than the socket buffers
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(120)
+    s.connect(("127.0.0.1", daemon.port))
+    sent = []
+
+    def sender():
+        try:
+            s.sendall(b"NOOP\r\nHELP\r\n" * pairs + b"QUIT\r\n")
+            sent.append(True)
+        except OSError as e:  # reported below
+            sent.append(e)
+
+    t = threading.Thread(target=sender)
+    t.start()
+    try:
+        time.sleep(1)  # replies pile up on the server's side meanwhile
+        data = b""
+        while True:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        t.join(60)
+        s.close()
+    assert sent == [True], sent
+    lines = data.split(b"\r\n")
+    assert lines[0].startswith(b"220 ") and lines[-1] == b"", (lines[:2], lines[-2:])
+    codes = [line[:4] for line in lines[1:-1]]
+    want = [b"250 ", b"214 "] * pairs + [b"221 "]
+    assert codes == want, (len(codes), next(((i, c) for i, (c, w) in
+                                             enumerate(zip(codes, want)) if c != w), None))
+    normal_delivery(daemon, "after a late reader")
 
 
 def test_one_byte_per_second_client(daemon):

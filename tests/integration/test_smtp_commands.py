@@ -554,6 +554,31 @@ def test_bdat_pipelined_with_commands(daemon):
     daemon.wait_messages("user@localhost")
 
 
+def test_next_transaction_pipelined_during_the_commit(daemon):
+    """After BDAT LAST the client sends the next transaction, larger than
+    what is read ahead while the first commits, and QUIT, before reading
+    any reply: every command is answered once, in order, and both
+    messages arrive intact."""
+    first = h.make_message("during commit one", body="first body\r\n")
+    second = h.make_message("during commit two", body="y" * 78 + "\r\n") + \
+        b"".join(b"line %05d " % i + b"z" * 60 + b"\r\n" for i in range(4000))
+    assert len(second) > 256 * 1024
+    with session(daemon) as c:
+        c.send(b"MAIL FROM:<a@sender.test>\r\nRCPT TO:<user@localhost>\r\n"
+               b"BDAT %d LAST\r\n" % len(first) + first +
+               b"MAIL FROM:<b@sender.test>\r\nRCPT TO:<other@localhost>\r\n"
+               b"BDAT %d LAST\r\n" % len(second) + second + b"QUIT\r\n")
+        replies = [c.reply() for _ in range(7)]
+        assert [r.code for r in replies] == [250, 250, 250, 250, 250, 250, 221], replies
+        assert h.queue_id_of(replies[2]) != h.queue_id_of(replies[5])
+        c.wait_closed(10)
+    got = daemon.wait_messages("other@localhost")[0].replace(b"\r\n", b"\n")
+    body = second.split(b"\r\n\r\n", 1)[1].replace(b"\r\n", b"\n")
+    assert got.endswith(b"\n\n" + body), (len(got), got[-200:])
+    got = daemon.wait_messages("user@localhost")[0]
+    assert b"Subject: during commit one" in got and b"first body" in got, got
+
+
 def test_bdat_without_rcpt_is_a_sequence_error(daemon):
     with session(daemon) as c:
         assert c.cmd("MAIL FROM:<a@sender.test>").code == 250

@@ -5,6 +5,14 @@
  * on the loop (page cache), and every fsync goes to the iothread. The
  * callback also runs from the timer, after all descriptors are closed.
  *
+ * Maildir folders that exist are remembered with their tmp/ and new/
+ * open, so that a delivery makes no mkdir and no stat: it creates its
+ * file in tmp/ and hands one request to the iothread, which flushes the
+ * file, links it into new/, removes the tmp/ name and flushes new/, that
+ * last flush shared by every delivery into the folder in the same round.
+ * The links go through the descriptors that are flushed, so what is
+ * flushed is always the directory that holds the new entry.
+ *
  * mbox deliveries to one path are queued here and run one at a time, so
  * that they never wait for a lock that this very process holds.
  */
@@ -33,18 +41,45 @@
 /* A dot lock older than this was left by a crash (procmail and mutt use
  * a few minutes too); a live writer touches it within a second or two. */
 #define DOT_LOCK_STALE_SECONDS 300
+/* Maildir folders remembered at most; the least recently used one that
+ * no delivery holds makes room. Two descriptors each. */
+#define FOLDER_CACHE_MAX 64
+/* A remembered folder is checked against its path again (one stat of
+ * new/) when it was last checked this many seconds ago or more, so that
+ * a folder renamed or replaced behind our back stops getting mail. */
+#define FOLDER_CHECK_SECONDS 1
 
 enum delivery_state {
-	STATE_QUEUED,	 /* mbox: waiting behind another delivery */
-	STATE_START,	 /* the timer begins the work */
-	STATE_LOCK_WAIT, /* mbox: the timer retries the locks */
-	STATE_FILE_SYNC, /* maildir: the tmp/ file is being flushed */
-	STATE_DIR_SYNC,	 /* maildir: new/ (and new folders) being flushed */
-	STATE_MBOX_SYNC, /* mbox: the file (and new folders) being flushed */
-	STATE_DONE,	 /* the timer runs the callback */
+	STATE_QUEUED,	    /* mbox: waiting behind another delivery */
+	STATE_START,	    /* the timer begins the work */
+	STATE_LOCK_WAIT,    /* mbox: the timer retries the locks */
+	STATE_MAILDIR_SYNC, /* maildir: with the iothread (see stage) */
+	STATE_MBOX_SYNC,    /* mbox: the file (and new folders) being flushed */
+	STATE_DONE,	    /* the timer runs the callback */
 };
 
 struct mbox_queue;
+
+/* A Maildir folder with its tmp/ and new/ open. */
+struct folder {
+	char *path; /* as the request named it */
+	int tmp_fd; /* O_DIRECTORY, read-only */
+	int new_fd;
+	dev_t dev; /* of new/ when opened */
+	ino_t ino;
+	unsigned refs;	/* the cache's, and one per delivery using it */
+	bool cached;	/* in `folders` */
+	time_t checked; /* monotonic seconds */
+	uint64_t used;	/* for eviction */
+};
+
+/* Where the Maildir request that is with the iothread stands; written
+ * by its step on the I/O thread, read by the completion on the loop. */
+enum maildir_stage {
+	STAGE_FILE_SYNC, /* the tmp/ file's flush (failed, if an error) */
+	STAGE_LINK,	 /* the link into new/ */
+	STAGE_DIR_SYNC,	 /* the flush of new/ and of created folders */
+};
 
 struct delivery {
 	struct event_base *base;
@@ -67,11 +102,14 @@ struct delivery {
 	bool check_existing;
 
 	int fd; /* the tmp/ file or the mbox, -1 when closed */
+	struct folder *folder; /* maildir: held until freed */
+	char *name;	       /* maildir: the file's name in tmp/ and new/ */
+	enum maildir_stage stage;
 	char *tmp_path;
 	char *new_path;
-	/* Directories to flush with the message: new/ for Maildir, and
-	 * every directory whose entries changed because folders or the
-	 * mbox were created. */
+	/* Directories to flush with the message (besides new/, which the
+	 * folder holds open): every directory whose entries changed because
+	 * folders or the mbox were created. */
 	char **sync_paths;
 	size_t sync_count;
 	int *sync_fds;
@@ -100,6 +138,11 @@ struct mbox_queue {
 
 /* All mbox paths with a delivery in progress; the loop is single-threaded. */
 static struct mbox_queue *mbox_queues;
+
+/* Remembered Maildir folders (loop only). */
+static struct folder *folders[FOLDER_CACHE_MAX];
+static size_t folder_count;
+static uint64_t folder_clock;
 
 static char ascii_lower(char c)
 {
@@ -269,6 +312,87 @@ int deliver_mkdirs(const char *path)
 	return mkdirs_tracked(path, &first_created);
 }
 
+static time_t monotonic_seconds(void)
+{
+	struct timespec ts;
+	if (clock_gettime(CLOCK_MONOTONIC, &ts) == -1)
+		return 0; /* cannot fail with this clock; 0 only checks more */
+	return ts.tv_sec;
+}
+
+static void folder_put(struct folder *f)
+{
+	if (f == NULL || --f->refs > 0)
+		return;
+	(void)close(f->tmp_fd); /* read-only directories */
+	(void)close(f->new_fd);
+	free(f->path);
+	free(f);
+}
+
+/* Stop remembering a folder; deliveries holding it keep it open. */
+static void folder_forget(struct folder *f)
+{
+	if (!f->cached)
+		return;
+	for (size_t i = 0; i < folder_count; i++) {
+		if (folders[i] == f) {
+			folders[i] = folders[--folder_count];
+			break;
+		}
+	}
+	f->cached = false;
+	folder_put(f);
+}
+
+/* A remembered folder for `path`, with a reference for the caller, or
+ * NULL. It is checked against the path once in a while. */
+static struct folder *folder_lookup(const char *path)
+{
+	struct folder *f = NULL;
+	for (size_t i = 0; i < folder_count && f == NULL; i++)
+		if (strcmp(folders[i]->path, path) == 0)
+			f = folders[i];
+	if (f == NULL)
+		return NULL;
+	time_t now = monotonic_seconds();
+	if (now - f->checked >= FOLDER_CHECK_SECONDS) {
+		char *newdir = NULL;
+		struct stat st;
+		if (asprintf(&newdir, "%s/new", path) == -1)
+			return NULL;
+		int rc = stat(newdir, &st);
+		free(newdir);
+		if (rc == -1 || st.st_dev != f->dev || st.st_ino != f->ino) {
+			folder_forget(f);
+			return NULL;
+		}
+		f->checked = now;
+	}
+	f->used = ++folder_clock;
+	f->refs++;
+	return f;
+}
+
+/* Remember a folder just opened (refs 1, the caller's), making room if
+ * every slot is taken; if all are in use it is simply not remembered. */
+static void folder_remember(struct folder *f)
+{
+	if (folder_count == FOLDER_CACHE_MAX) {
+		struct folder *victim = NULL;
+		for (size_t i = 0; i < folder_count; i++)
+			if (folders[i]->refs == 1 &&
+			    (victim == NULL || folders[i]->used < victim->used))
+				victim = folders[i];
+		if (victim == NULL)
+			return;
+		folder_forget(victim);
+	}
+	folders[folder_count++] = f;
+	f->cached = true;
+	f->refs++;
+}
+
 size_t deliver_mboxrd_quote(struct deliver_mboxrd *q, const char *in,
 			    size_t inlen, char *out)
 {
@@ -346,6 +470,8 @@ static void delivery_free(struct delivery *d)
 	if (d->fd != -1)
 		(void)close(d->fd);
 	close_sync_fds(d);
+	folder_put(d->folder);
+	free(d->name);
 	if (d->timer != NULL)
 		event_free(d->timer);
 	free(d->mailbox);
@@ -666,57 +792,6 @@ static int write_headers(struct delivery *d, int fd)
 	return rc;
 }
 
-/* Maildir: the message is in new/ (or was already). */
-static void maildir_on_dir_synced(int error, void *arg)
-{
-	struct delivery *d = arg;
-	close_sync_fds(d);
-	if (error != 0) {
-		/* The file is in new/: a retry finds it there (link says
-		 * EEXIST) and does not deliver it twice. */
-		fail_errno(d, error, true, "fsync", d->sync_paths[0]);
-		return;
-	}
-	finish_ok(d, "delivered");
-}
-
-static void maildir_on_file_synced(int error, void *arg)
-{
-	struct delivery *d = arg;
-	int fd = d->fd;
-	d->fd = -1;
-	if (close(fd) == -1 && error == 0)
-		error = errno;
-	if (error != 0) {
-		(void)unlink(d->tmp_path);
-		fail_errno(d, error, true, "fsync", d->tmp_path);
-		return;
-	}
-	if (link(d->tmp_path, d->new_path) == -1 && errno != EEXIST) {
-		int err = errno;
-		(void)unlink(d->tmp_path);
-		fail_errno(d, err, true, "link", d->new_path);
-		return;
-	}
-	/* The message is safe in new/; a tmp/ file left behind by a failed
-	 * unlink is only litter that readers ignore. */
-	(void)unlink(d->tmp_path);
-	const char *failed = NULL;
-	if (open_sync_fds(d, &failed) == -1) {
-		if (failed != NULL)
-			fail_errno(d, errno, true, "open", failed);
-		else
-			fail_text(d, "4.3.0", "out of memory");
-		return;
-	}
-	if (iothread_fsync(d->io, d->sync_fds, d->sync_open,
-			   maildir_on_dir_synced, d) == -1) {
-		fail_text(d, "4.3.0", "out of memory");
-		return;
-	}
-	d->state = STATE_DIR_SYNC;
-}
-
 /* Is `name` already in cur/, with or without Maildir info? */
 static int maildir_in_cur(const char *cur, const char *name, bool *found)
 {
@@ -743,36 +818,28 @@ static int maildir_in_cur(const char *cur, const char *name, bool *found)
 	}
 }
 
-static void maildir_begin(struct delivery *d)
+/* A failure that says the folder is gone or replaced: stop trusting
+ * the remembered one, so that the next delivery makes it again. */
+static void maildir_fail(struct delivery *d, int err, const char *what,
+			 const char *path)
 {
-	size_t cap = 24 + 4 * strlen(d->unique) + 4 * strlen(d->hostname) + 2;
-	char *name = malloc(cap);
-	if (name == NULL) {
-		fail_text(d, "4.3.0", "out of memory");
-		return;
-	}
-	if (deliver_maildir_name(name, cap, d->arrival, d->unique,
-				 d->hostname) == -1) {
-		free(name);
-		finish(d, DELIVER_PERMFAIL, "5.3.0", NULL,
-		       "cannot make a Maildir file name");
-		return;
-	}
-	char *cur = path_join(d->mailbox, "cur", NULL);
-	char *newdir = path_join(d->mailbox, "new", NULL);
-	d->tmp_path = path_join(d->mailbox, "tmp", name);
-	d->new_path = path_join(d->mailbox, "new", name);
-	if (cur == NULL || newdir == NULL || d->tmp_path == NULL ||
-	    d->new_path == NULL ||
-	    add_sync_path(d, newdir, strlen(newdir)) == -1) {
-		fail_text(d, "4.3.0", "out of memory");
-		goto out;
-	}
+	if (d->folder != NULL &&
+	    (err == ENOENT || err == ENOTDIR || err == ESTALE))
+		folder_forget(d->folder);
+	fail_errno(d, err, true, what, path);
+}
 
+/*
+ * The folder and its tmp/ new/ cur/, made where missing, with tmp/ and
+ * new/ opened; the directories whose entries this created are added to
+ * the ones to flush. 0, or -1 with the delivery failed.
+ */
+static int maildir_make_folder(struct delivery *d)
+{
 	size_t first_created;
 	if (mkdirs_tracked(d->mailbox, &first_created) == -1) {
 		fail_errno(d, errno, true, "mkdir", d->mailbox);
-		goto out;
+		return -1;
 	}
 	bool created_sub = false;
 	static const char *const subs[] = {"tmp", "new", "cur"};
@@ -780,14 +847,14 @@ static void maildir_begin(struct delivery *d)
 		char *sub = path_join(d->mailbox, subs[i], NULL);
 		if (sub == NULL) {
 			fail_text(d, "4.3.0", "out of memory");
-			goto out;
+			return -1;
 		}
 		if (mkdir(sub, 0700) == 0) {
 			created_sub = true;
 		} else if (errno != EEXIST || ensure_directory(sub) == -1) {
 			fail_errno(d, errno, true, "mkdir", sub);
 			free(sub);
-			goto out;
+			return -1;
 		}
 		free(sub);
 	}
@@ -795,60 +862,224 @@ static void maildir_begin(struct delivery *d)
 	    (created_sub &&
 	     add_sync_path(d, d->mailbox, strlen(d->mailbox)) == -1)) {
 		fail_text(d, "4.3.0", "out of memory");
-		goto out;
+		return -1;
 	}
 
-	if (d->check_existing) {
-		struct stat st;
-		bool found = false;
-		if (lstat(d->new_path, &st) == 0) {
-			found = true;
-		} else if (errno != ENOENT) {
-			fail_errno(d, errno, true, "stat", d->new_path);
-			goto out;
-		} else if (maildir_in_cur(cur, name, &found) == -1) {
-			fail_errno(d, errno, true, "read", cur);
-			goto out;
+	struct folder *f = calloc(1, sizeof *f);
+	if (f == NULL || (f->path = strdup(d->mailbox)) == NULL) {
+		free(f);
+		fail_text(d, "4.3.0", "out of memory");
+		return -1;
+	}
+	f->refs = 1;
+	f->new_fd = -1;
+	f->tmp_fd = -1;
+	d->folder = f; /* freed with the delivery from here on */
+	static const char *const opened[] = {"tmp", "new"};
+	for (size_t i = 0; i < 2; i++) {
+		char *sub = path_join(d->mailbox, opened[i], NULL);
+		if (sub == NULL) {
+			fail_text(d, "4.3.0", "out of memory");
+			return -1;
 		}
-		if (found) {
-			finish_ok(d, "already delivered");
-			goto out;
+		int fd = open(sub, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd == -1) {
+			maildir_fail(d, errno, "open", sub);
+			free(sub);
+			return -1;
 		}
+		free(sub);
+		*(i == 0 ? &f->tmp_fd : &f->new_fd) = fd;
+	}
+	struct stat st;
+	if (fstat(f->new_fd, &st) == -1) {
+		fail_errno(d, errno, true, "stat", d->mailbox);
+		return -1;
+	}
+	f->dev = st.st_dev;
+	f->ino = st.st_ino;
+	f->checked = monotonic_seconds();
+	f->used = ++folder_clock;
+	folder_remember(f);
+	return 0;
+}
+
+/* Maildir, on the I/O thread once the tmp/ file is flushed: into new/
+ * under the same name. An earlier copy already there (a retry after a
+ * crash) counts as delivered. */
+static int maildir_link(void *arg)
+{
+	struct delivery *d = arg;
+	const struct folder *f = d->folder;
+	d->stage = STAGE_LINK;
+	if (linkat(f->tmp_fd, d->name, f->new_fd, d->name, 0) == -1 &&
+	    errno != EEXIST) {
+		int err = errno;
+		(void)unlinkat(f->tmp_fd, d->name, 0);
+		return err;
+	}
+	/* The message is safe in new/ once new/ is flushed; a tmp/ file
+	 * left by a failed unlink is only litter that readers ignore. */
+	(void)unlinkat(f->tmp_fd, d->name, 0);
+	d->stage = STAGE_DIR_SYNC;
+	return 0;
+}
+
+/* Maildir: the file is flushed, linked and new/ flushed, or `stage`
+ * says which of these failed. */
+static void maildir_on_synced(int error, void *arg)
+{
+	struct delivery *d = arg;
+	int fd = d->fd;
+	d->fd = -1;
+	/* After a flush a close error cannot unwrite anything; before it
+	 * the flush's own error is the one to report. */
+	(void)close(fd);
+	close_sync_fds(d);
+	if (error == 0) {
+		finish_ok(d, "delivered");
+		return;
+	}
+	switch (d->stage) {
+	case STAGE_FILE_SYNC:
+		(void)unlinkat(d->folder->tmp_fd, d->name, 0);
+		maildir_fail(d, error, "fsync", d->tmp_path);
+		break;
+	case STAGE_LINK:
+		maildir_fail(d, error, "link", d->new_path);
+		break;
+	case STAGE_DIR_SYNC: {
+		/* The file is in new/: a retry finds it there (link says
+		 * EEXIST) and does not deliver it twice. */
+		char *newdir = path_join(d->mailbox, "new", NULL);
+		maildir_fail(d, error, "fsync",
+			     newdir != NULL ? newdir : "new");
+		free(newdir);
+		break;
+	}
+	}
+}
+
+/* Already in new/ or cur/? 1 yes, 0 no, -1 with the delivery failed. */
+static int maildir_delivered_before(struct delivery *d)
+{
+	struct stat st;
+	if (fstatat(d->folder->new_fd, d->name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+		return 1;
+	if (errno != ENOENT) {
+		maildir_fail(d, errno, "stat", d->new_path);
+		return -1;
+	}
+	char *cur = path_join(d->mailbox, "cur", NULL);
+	if (cur == NULL) {
+		fail_text(d, "4.3.0", "out of memory");
+		return -1;
+	}
+	bool found = false;
+	int rc = maildir_in_cur(cur, d->name, &found);
+	if (rc == -1)
+		maildir_fail(d, errno, "read", cur);
+	free(cur);
+	return rc == -1 ? -1 : found;
+}
+
+static void maildir_begin(struct delivery *d)
+{
+	size_t cap = 24 + 4 * strlen(d->unique) + 4 * strlen(d->hostname) + 2;
+	d->name = malloc(cap);
+	if (d->name == NULL) {
+		fail_text(d, "4.3.0", "out of memory");
+		return;
+	}
+	if (deliver_maildir_name(d->name, cap, d->arrival, d->unique,
+				 d->hostname) == -1) {
+		finish(d, DELIVER_PERMFAIL, "5.3.0", NULL,
+		       "cannot make a Maildir file name");
+		return;
+	}
+	d->tmp_path = path_join(d->mailbox, "tmp", d->name);
+	d->new_path = path_join(d->mailbox, "new", d->name);
+	if (d->tmp_path == NULL || d->new_path == NULL) {
+		fail_text(d, "4.3.0", "out of memory");
+		return;
 	}
 
-	d->fd =
-	    open(d->tmp_path, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600);
-	if (d->fd == -1) {
-		fail_errno(d, errno, true, "open", d->tmp_path);
-		goto out;
+	/* A remembered folder may have gone since: then once more, making
+	 * it again. */
+	for (;;) {
+		d->folder = folder_lookup(d->mailbox);
+		bool remembered = d->folder != NULL;
+		if (!remembered && maildir_make_folder(d) == -1)
+			return;
+		if (d->check_existing) {
+			int before = maildir_delivered_before(d);
+			if (before == -1)
+				return;
+			if (before == 1) {
+				finish_ok(d, "already delivered");
+				return;
+			}
+		}
+		d->fd = openat(d->folder->tmp_fd, d->name,
+			       O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600);
+		if (d->fd != -1)
+			break;
+		int err = errno;
+		if (remembered &&
+		    (err == ENOENT || err == ENOTDIR || err == ESTALE)) {
+			folder_forget(d->folder);
+			folder_put(d->folder);
+			d->folder = NULL;
+			continue;
+		}
+		maildir_fail(d, err, "open", d->tmp_path);
+		return;
 	}
-	char last = '\n';
+
 	struct copy_error ce = {0};
-	if (write_headers(d, d->fd) == -1) {
+	char last = '\n';
+	if (write_headers(d, d->fd) == -1)
 		ce.err = errno;
-	} else if (copy_message(d, d->fd, false, &last, &ce) ==
-		   -1) {
-		/* ce filled */
-	}
+	else
+		(void)copy_message(d, d->fd, false, &last, &ce); /* fills ce */
 	if (ce.err != 0) {
-		(void)unlink(d->tmp_path);
+		(void)unlinkat(d->folder->tmp_fd, d->name, 0);
 		if (ce.reading)
 			fail_errno(d, ce.err, false, "read",
 				   "the queued message");
 		else
-			fail_errno(d, ce.err, true, "write", d->tmp_path);
-		goto out;
+			maildir_fail(d, ce.err, "write", d->tmp_path);
+		return;
 	}
-	if (iothread_fsync(d->io, &d->fd, 1, maildir_on_file_synced, d) == -1) {
-		(void)unlink(d->tmp_path);
+
+	/* new/ first, then any directory made for this delivery. */
+	const char *failed = NULL;
+	if (open_sync_fds(d, &failed) == -1) {
+		(void)unlinkat(d->folder->tmp_fd, d->name, 0);
+		if (failed != NULL)
+			fail_errno(d, errno, true, "open", failed);
+		else
+			fail_text(d, "4.3.0", "out of memory");
+		return;
+	}
+	int *after = malloc((1 + d->sync_open) * sizeof *after);
+	int rc = -1;
+	if (after != NULL) {
+		after[0] = d->folder->new_fd;
+		for (size_t i = 0; i < d->sync_open; i++)
+			after[1 + i] = d->sync_fds[i];
+		d->stage = STAGE_FILE_SYNC;
+		rc =
+		    iothread_fsync_step(d->io, &d->fd, 1, maildir_link, after,
+					1 + d->sync_open, maildir_on_synced, d);
+		free(after);
+	}
+	if (rc == -1) {
+		(void)unlinkat(d->folder->tmp_fd, d->name, 0);
 		fail_text(d, "4.3.0", "out of memory");
-		goto out;
+		return;
 	}
-	d->state = STATE_FILE_SYNC;
-out:
-	free(name);
-	free(cur);
-	free(newdir);
+	d->state = STATE_MAILDIR_SYNC;
 }
 
 /* Give back the mbox locks and the descriptor. */
@@ -1119,8 +1350,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 		run_callback(d);
 		break;
 	case STATE_QUEUED:
-	case STATE_FILE_SYNC:
-	case STATE_DIR_SYNC:
+	case STATE_MAILDIR_SYNC:
 	case STATE_MBOX_SYNC:
 		break; /* not armed in these states */
 	}

@@ -4,6 +4,12 @@
  * distinct descriptor once, and passes the finished requests back through
  * a pipe that the loop watches. All callbacks run on the loop thread.
  *
+ * A request with a step (link a flushed file into a directory) and later
+ * flushes (that directory) completes within the same round: first
+ * flushes, steps, later flushes. Requests with nothing after their first
+ * flushes are handed back before the steps, so completions keep their
+ * order among requests of the same kind only.
+ *
  * The flushes of one round run in parallel on a few helper workers: the
  * file system then folds concurrent fsyncs into one journal commit
  * instead of waiting for a commit per file, which is what lets many
@@ -13,6 +19,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -25,9 +32,11 @@
 struct io_request {
 	struct io_request *next;
 	iothread_cb cb;
+	iothread_step step; /* or NULL */
 	void *arg;
 	int error;
-	size_t nfds;
+	size_t nfds;   /* flushed first */
+	size_t nafter; /* flushed after the step: fds[nfds..] */
 	int fds[];
 };
 
@@ -177,16 +186,28 @@ static void pool_stop(struct flush_pool *pool)
 	pthread_cond_destroy(&pool->finished);
 }
 
-/*
- * Flush every distinct descriptor of a round once and give each request
- * the error of any of its own descriptors. A round is small (the commits
- * of a few loop turns), so a sorted copy is cheap.
- */
-static void flush_round(struct iothread *io, struct io_request *round)
+/* The descriptors of one stage of a request. */
+static const int *stage_fds(const struct io_request *r, bool after,
+                            size_t *count)
 {
-	size_t total = 0;
+	*count = after ? r->nafter : r->nfds;
+	return after ? r->fds + r->nfds : r->fds;
+}
+
+/*
+ * Flush every distinct descriptor of one stage of a round once and give
+ * each request still without error the error of any of its own. A round
+ * is small (the commits of a few loop turns), so a sorted copy is cheap.
+ */
+static void flush_stage(struct iothread *io, struct io_request *round,
+                        bool after)
+{
+	size_t total = 0, count;
 	for (struct io_request *r = round; r != NULL; r = r->next)
-		total += r->nfds;
+		if (r->error == 0) {
+			(void)stage_fds(r, after, &count);
+			total += count;
+		}
 	if (total == 0)
 		return;
 
@@ -194,18 +215,24 @@ static void flush_round(struct iothread *io, struct io_request *round)
 	int *errs = malloc(total * sizeof *errs);
 	if (fds == NULL || errs == NULL) {
 		/* No memory for the dedup table: flush one by one. */
-		for (struct io_request *r = round; r != NULL; r = r->next)
-			for (size_t i = 0; i < r->nfds; i++)
-				if (fsync(r->fds[i]) == -1 && r->error == 0)
+		for (struct io_request *r = round; r != NULL; r = r->next) {
+			const int *own = stage_fds(r, after, &count);
+			for (size_t i = 0; i < count && r->error == 0; i++)
+				if (fsync(own[i]) == -1)
 					r->error = errno;
+		}
 		free(fds);
 		free(errs);
 		return;
 	}
 	size_t n = 0;
-	for (struct io_request *r = round; r != NULL; r = r->next)
-		for (size_t i = 0; i < r->nfds; i++)
-			fds[n++] = r->fds[i];
+	for (struct io_request *r = round; r != NULL; r = r->next) {
+		if (r->error != 0)
+			continue;
+		const int *own = stage_fds(r, after, &count);
+		for (size_t i = 0; i < count; i++)
+			fds[n++] = own[i];
+	}
 	qsort(fds, n, sizeof *fds, compare_int);
 	size_t unique = 0;
 	for (size_t i = 0; i < n; i++)
@@ -213,15 +240,79 @@ static void flush_round(struct iothread *io, struct io_request *round)
 			fds[unique++] = fds[i];
 	pool_flush(&io->pool, fds, errs, unique);
 	for (struct io_request *r = round; r != NULL; r = r->next) {
-		for (size_t i = 0; i < r->nfds && r->error == 0; i++) {
-			int *at = bsearch(&r->fds[i], fds, unique, sizeof *fds,
-			                  compare_int);
+		const int *own = stage_fds(r, after, &count);
+		for (size_t i = 0; i < count && r->error == 0; i++) {
+			int *at =
+			    bsearch(&own[i], fds, unique, sizeof *fds, compare_int);
 			if (at != NULL)
 				r->error = errs[at - fds];
 		}
 	}
 	free(fds);
 	free(errs);
+}
+
+/* Hand finished requests back to the loop; called with the lock held. */
+static void post_done(struct iothread *io, struct io_list *finished)
+{
+	if (finished->head == NULL)
+		return;
+	bool was_empty = io->done.head == NULL;
+	io_list_splice(&io->done, finished);
+	if (was_empty) {
+		char byte = 0;
+		/* The pipe holds at most one unread byte per batch of
+		 * completions, so it cannot fill up. */
+		while (write(io->notify[1], &byte, 1) == -1 && errno == EINTR)
+			;
+	}
+}
+
+/* Move the requests that have nothing left to do (failed, or without a
+ * step and later flushes) from `round` to `finished`, in order. */
+static void split_finished(struct io_list *round, struct io_list *finished)
+{
+	struct io_list rest;
+	io_list_init(&rest);
+	struct io_request *r = round->head;
+	while (r != NULL) {
+		struct io_request *next = r->next;
+		if (r->error != 0 || (r->step == NULL && r->nafter == 0))
+			io_list_append(finished, r);
+		else
+			io_list_append(&rest, r);
+		r = next;
+	}
+	io_list_init(round);
+	io_list_splice(round, &rest);
+}
+
+/*
+ * A round: the first flushes of every request; those with nothing more
+ * to do go back to the loop at once (a spool commit does not wait for
+ * the links and directory flushes of deliveries); then the steps, and
+ * the later flushes of the requests still without error.
+ */
+static void run_round(struct iothread *io, struct io_list *round)
+{
+	struct io_list early;
+	io_list_init(&early);
+	flush_stage(io, round->head, false);
+	split_finished(round, &early);
+	if (early.head != NULL) {
+		pthread_mutex_lock(&io->lock);
+		post_done(io, &early);
+		pthread_mutex_unlock(&io->lock);
+	}
+	if (round->head == NULL)
+		return;
+	for (struct io_request *r = round->head; r != NULL; r = r->next)
+		if (r->step != NULL)
+			r->error = r->step(r->arg);
+	flush_stage(io, round->head, true);
+	pthread_mutex_lock(&io->lock);
+	post_done(io, round);
+	pthread_mutex_unlock(&io->lock);
 }
 
 static void *iothread_main(void *arg)
@@ -238,20 +329,8 @@ static void *iothread_main(void *arg)
 		io_list_init(&round);
 		io_list_splice(&round, &io->todo);
 		pthread_mutex_unlock(&io->lock);
-
-		flush_round(io, round.head);
-
+		run_round(io, &round);
 		pthread_mutex_lock(&io->lock);
-		bool was_empty = io->done.head == NULL;
-		io_list_splice(&io->done, &round);
-		if (was_empty) {
-			char byte = 0;
-			/* The pipe holds at most one unread byte per batch
-			 * of completions, so it cannot fill up. */
-			while (write(io->notify[1], &byte, 1) == -1 &&
-			       errno == EINTR)
-				;
-		}
 	}
 	pthread_mutex_unlock(&io->lock);
 	return NULL;
@@ -344,24 +423,40 @@ void iothread_free(struct iothread *io)
 	free(io);
 }
 
-int iothread_fsync(struct iothread *io, const int *fds, size_t nfds,
-                   iothread_cb cb, void *arg)
+int iothread_fsync_step(struct iothread *io, const int *fds, size_t nfds,
+                        iothread_step step, const int *after, size_t nafter,
+                        iothread_cb cb, void *arg)
 {
-	struct io_request *req = malloc(sizeof *req + nfds * sizeof(int));
+	/* No count comes near this; it only keeps the size from wrapping. */
+	if (nfds > SIZE_MAX / 4 / sizeof(int) ||
+	    nafter > SIZE_MAX / 4 / sizeof(int))
+		return -1;
+	struct io_request *req =
+	    malloc(sizeof *req + (nfds + nafter) * sizeof(int));
 	if (req == NULL)
 		return -1;
 	req->cb = cb;
+	req->step = step;
 	req->arg = arg;
 	req->error = 0;
 	req->nfds = nfds;
+	req->nafter = nafter;
 	if (nfds > 0)
 		memcpy(req->fds, fds, nfds * sizeof(int));
+	if (nafter > 0)
+		memcpy(req->fds + nfds, after, nafter * sizeof(int));
 	io->pending++;
 	pthread_mutex_lock(&io->lock);
 	io_list_append(&io->todo, req);
 	pthread_cond_signal(&io->wake);
 	pthread_mutex_unlock(&io->lock);
 	return 0;
+}
+
+int iothread_fsync(struct iothread *io, const int *fds, size_t nfds,
+                   iothread_cb cb, void *arg)
+{
+	return iothread_fsync_step(io, fds, nfds, NULL, NULL, 0, cb, arg);
 }
 
 size_t iothread_pending(const struct iothread *io)

@@ -4,7 +4,9 @@
  * back to the event loop, so the loop itself never blocks on a flush.
  * Requests queued while the thread is busy are flushed together in its
  * next round (group commit), and a descriptor named by several requests
- * of one round (a spool or Maildir directory) is flushed once.
+ * of one round (a spool or Maildir directory) is flushed once. A request
+ * may carry a step run between two flushes (fsync a file, link it into
+ * a directory, fsync the directory) so that it needs one round only.
  */
 #ifndef FACTEUR_IOTHREAD_H
 #define FACTEUR_IOTHREAD_H
@@ -27,6 +29,24 @@ void iothread_free(struct iothread *io);
  * this call. Returns 0, or -1 when out of memory. */
 int iothread_fsync(struct iothread *io, const int *fds, size_t nfds,
                    iothread_cb cb, void *arg);
+
+/* Work done on the I/O thread between the two flushes of a request:
+ * returns 0 or an errno. It must not touch what the loop may use
+ * meanwhile. */
+typedef int (*iothread_step)(void *arg);
+
+/* Like iothread_fsync, in one trip: flush `fds`; if that worked, run
+ * `step(arg)` on the I/O thread (when not NULL); if that worked too,
+ * flush `after`. The `after` descriptors of one round are flushed once
+ * each after every step of the round, so deliveries into one directory
+ * that complete in the same round share its flush (group commit). error
+ * is that of the first stage that failed; later stages do not run.
+ * Requests without step and `after` (iothread_fsync) complete as soon as
+ * their round's first flushes are done, before the steps: the callbacks
+ * keep the order of the requests among each kind, not across kinds. */
+int iothread_fsync_step(struct iothread *io, const int *fds, size_t nfds,
+                        iothread_step step, const int *after, size_t nafter,
+                        iothread_cb cb, void *arg);
 
 /* Requests handed over and not yet completed. */
 size_t iothread_pending(const struct iothread *io);

@@ -598,6 +598,267 @@ static void test_deliver_maildir_failed_write_leaves_nothing(void **state)
 	free(new);
 }
 
+/* Remove a whole tree, as an administrator would behind our back. */
+static void remove_tree(const char *path)
+{
+	assert_int_equal(nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS), 0);
+}
+
+static void test_deliver_maildir_removed_folder_is_made_again(void **state)
+{
+	struct fixture *f = *state;
+	char *spool = path_in(f, "spool-msg");
+	write_file(spool, "Subject: a\r\n\r\nbody\r\n", 20);
+	char *mailbox = path_in(f, "gone");
+	char *new = path_in(f, "gone/new");
+	char *tmp = path_in(f, "gone/tmp");
+	char *cur = path_in(f, "gone/cur");
+	struct deliver_request req = maildir_request(mailbox, spool);
+	struct outcome o;
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_OK);
+
+	/* The folder is remembered now; it goes, and the next delivery
+	 * makes it again instead of failing. */
+	remove_tree(mailbox);
+	req.unique = "Q1234.1";
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_OK);
+	assert_string_equal(o.dsn, "2.0.0");
+	char name[256];
+	assert_int_equal(count_entries(new, name, sizeof name), 1);
+	assert_string_equal(name, "1700000000.Q1234.1.mx.example.com");
+	assert_int_equal(count_entries(tmp, NULL, 0), 0);
+	assert_int_equal(count_entries(cur, NULL, 0), 0);
+
+	/* Only new/ goes: that delivery may defer (the link finds no
+	 * new/), never lose the message or report it delivered when it is
+	 * not, and the next one makes new/ again. */
+	remove_tree(new);
+	req.unique = "Q1234.2";
+	deliver_one(f, &req, &o);
+	if (o.result != DELIVER_OK) {
+		assert_int_equal(o.result, DELIVER_TEMPFAIL);
+		assert_string_equal(o.dsn, "4.2.0");
+		char want[512];
+		snprintf(want, sizeof want,
+			 "link %s/1700000000.Q1234.2.mx.example.com: No such "
+			 "file or directory",
+			 new);
+		assert_string_equal(o.reason, want);
+		assert_int_equal(count_entries(tmp, NULL, 0), 0);
+	} else {
+		assert_int_equal(count_entries(new, NULL, 0), 1);
+	}
+	bool second_delivered = o.result == DELIVER_OK;
+	req.unique = "Q1234.3";
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_OK);
+	assert_int_equal(count_entries(new, NULL, 0), second_delivered ? 2 : 1);
+	char *file = path_in(f, "gone/new/1700000000.Q1234.3.mx.example.com");
+	char *content = read_file(file, NULL);
+	assert_string_equal(content, "Return-Path: <alice@example.org>\n"
+				     "Delivered-To: bob@example.com\n"
+				     "Subject: a\n\nbody\n");
+	assert_int_equal(count_entries(tmp, NULL, 0), 0);
+	free(content);
+	free(file);
+	free(spool);
+	free(mailbox);
+	free(new);
+	free(tmp);
+	free(cur);
+}
+
+static void test_deliver_maildir_renamed_folder_stops_getting_mail(void **state)
+{
+	struct fixture *f = *state;
+	char *spool = path_in(f, "spool-msg");
+	write_file(spool, "Subject: a\r\n\r\nbody\r\n", 20);
+	char *mailbox = path_in(f, "box");
+	char *old = path_in(f, "box.old");
+	struct deliver_request req = maildir_request(mailbox, spool);
+	struct outcome o;
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_OK);
+
+	/* Moved aside: the remembered descriptors still reach it, but a
+	 * remembered folder is checked against its path once a second. */
+	assert_int_equal(rename(mailbox, old), 0);
+	struct timespec pause = {1, 100 * 1000 * 1000};
+	assert_int_equal(nanosleep(&pause, NULL), 0);
+	req.unique = "Q1234.1";
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_OK);
+	char name[256];
+	char *new = path_in(f, "box/new");
+	char *old_new = path_in(f, "box.old/new");
+	assert_int_equal(count_entries(new, name, sizeof name), 1);
+	assert_string_equal(name, "1700000000.Q1234.1.mx.example.com");
+	assert_int_equal(count_entries(old_new, name, sizeof name), 1);
+	assert_string_equal(name, "1700000000.Q1234.0.mx.example.com");
+	free(spool);
+	free(mailbox);
+	free(old);
+	free(new);
+	free(old_new);
+}
+
+static void test_deliver_maildir_thirty_in_one_turn(void **state)
+{
+	struct fixture *f = *state;
+	enum { N = 30 };
+	char *mailbox = path_in(f, "many/bob");
+	char *spools[N];
+	char uniques[N][32];
+	struct deliver_request req[N];
+	struct outcome o[N];
+	memset(o, 0, sizeof o);
+	/* All started before the loop runs: the first makes the folder,
+	 * all reach the iothread together. */
+	for (int i = 0; i < N; i++) {
+		char name[32];
+		snprintf(name, sizeof name, "spool-%d", i);
+		spools[i] = path_in(f, name);
+		char wire[64];
+		int len = snprintf(wire, sizeof wire,
+				   "Subject: msg %d\r\n\r\nbody %d\r\n", i, i);
+		write_file(spools[i], wire, (size_t)len);
+		snprintf(uniques[i], sizeof uniques[i], "Q99.%d", i);
+		req[i] = maildir_request(mailbox, spools[i]);
+		req[i].unique = uniques[i];
+		assert_int_equal(
+		    deliver_start(f->base, f->io, &req[i], on_done, &o[i]), 0);
+	}
+	wait_for(f, o, N);
+	char *new = path_in(f, "many/bob/new");
+	char *tmp = path_in(f, "many/bob/tmp");
+	for (int i = 0; i < N; i++) {
+		assert_int_equal(o[i].result, DELIVER_OK);
+		assert_string_equal(o[i].dsn, "2.0.0");
+		assert_string_equal(o[i].reason, "delivered");
+		char *file = NULL;
+		assert_int_not_equal(asprintf(&file,
+					      "%s/1700000000.%s.mx.example.com",
+					      new, uniques[i]),
+				     -1);
+		char *content = read_file(file, NULL);
+		char want[256];
+		snprintf(want, sizeof want,
+			 "Return-Path: <alice@example.org>\n"
+			 "Delivered-To: bob@example.com\n"
+			 "Subject: msg %d\n\nbody %d\n",
+			 i, i);
+		assert_string_equal(content, want);
+		free(content);
+		free(file);
+		free(spools[i]);
+	}
+	assert_int_equal(count_entries(new, NULL, 0), N);
+	assert_int_equal(count_entries(tmp, NULL, 0), 0);
+	free(new);
+	free(tmp);
+	free(mailbox);
+}
+
+static size_t open_descriptors(void)
+{
+	/* Less the one that reads the directory. */
+	return count_entries("/proc/self/fd", NULL, 0) - 1;
+}
+
+static void test_deliver_maildir_many_folders_bounded(void **state)
+{
+	struct fixture *f = *state;
+	enum { FOLDERS = 70 }; /* more than are remembered */
+	char *spool = path_in(f, "spool-msg");
+	write_file(spool, "Subject: a\r\n\r\nbody\r\n", 20);
+	struct deliver_request req = maildir_request("", spool);
+	size_t before = open_descriptors();
+	char *boxes[FOLDERS];
+	struct outcome o;
+	for (int i = 0; i < FOLDERS; i++) {
+		char rel[32];
+		snprintf(rel, sizeof rel, "users/u%02d", i);
+		boxes[i] = path_in(f, rel);
+		req.mailbox = boxes[i];
+		deliver_one(f, &req, &o);
+		assert_int_equal(o.result, DELIVER_OK);
+	}
+	/* Two descriptors per remembered folder, no more. */
+	size_t after = open_descriptors();
+	assert_true(after <= before + 2 * 64);
+	/* The first were forgotten to make room, the last are remembered:
+	 * both take the next message. */
+	req.unique = "Q1234.1";
+	const int again[] = {0, 1, FOLDERS - 1};
+	for (size_t k = 0; k < sizeof again / sizeof again[0]; k++) {
+		req.mailbox = boxes[again[k]];
+		deliver_one(f, &req, &o);
+		assert_int_equal(o.result, DELIVER_OK);
+		char *new = NULL;
+		assert_int_not_equal(asprintf(&new, "%s/new", boxes[again[k]]),
+				     -1);
+		assert_int_equal(count_entries(new, NULL, 0), 2);
+		free(new);
+	}
+	assert_true(open_descriptors() <= before + 2 * 64);
+	for (int i = 0; i < FOLDERS; i++)
+		free(boxes[i]);
+	free(spool);
+}
+
+static void test_deliver_maildir_new_not_writable_defers(void **state)
+{
+	struct fixture *f = *state;
+	char *spool = path_in(f, "spool-msg");
+	write_file(spool, "Subject: a\r\n\r\nbody\r\n", 20);
+	char *mailbox = path_in(f, "rn");
+	char *tmp = path_in(f, "rn/tmp");
+	char *new = path_in(f, "rn/new");
+	char *cur = path_in(f, "rn/cur");
+	assert_int_equal(deliver_mkdirs(tmp), 0);
+	assert_int_equal(deliver_mkdirs(new), 0);
+	assert_int_equal(deliver_mkdirs(cur), 0);
+	assert_int_equal(chmod(new, 0555), 0);
+	/* Root ignores modes: act as nobody for this delivery. */
+	uid_t euid = geteuid();
+	if (euid == 0) {
+		assert_int_equal(chmod(f->dir, 0755), 0);
+		assert_int_equal(chmod(mailbox, 0777), 0);
+		assert_int_equal(chmod(tmp, 0777), 0);
+	}
+	struct deliver_request req = maildir_request(mailbox, spool);
+	if (euid == 0)
+		assert_int_equal(seteuid(65534), 0);
+	struct outcome o;
+	deliver_one(f, &req, &o);
+	if (euid == 0)
+		assert_int_equal(seteuid(0), 0);
+	assert_int_equal(o.result, DELIVER_TEMPFAIL);
+	assert_string_equal(o.dsn, "4.2.0");
+	char want[512];
+	snprintf(want, sizeof want,
+		 "link %s/1700000000.Q1234.0.mx.example.com: Permission "
+		 "denied",
+		 new);
+	assert_string_equal(o.reason, want);
+	assert_int_equal(count_entries(tmp, NULL, 0), 0);
+	assert_int_equal(count_entries(new, NULL, 0), 0);
+
+	/* Writable again: the remembered folder takes it. */
+	assert_int_equal(chmod(new, 0700), 0);
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_OK);
+	assert_int_equal(count_entries(new, NULL, 0), 1);
+	assert_int_equal(count_entries(tmp, NULL, 0), 0);
+	free(spool);
+	free(mailbox);
+	free(tmp);
+	free(new);
+	free(cur);
+}
+
 static struct deliver_request mbox_request(const char *mbox, const char *spool,
 					   const char *sender)
 {
@@ -943,11 +1204,22 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(
 		test_deliver_maildir_under_a_file_defers, setup, teardown),
 	    cmocka_unit_test_setup_teardown(
-		test_deliver_maildir_short_body_defers, setup,
-		teardown),
+		test_deliver_maildir_short_body_defers, setup, teardown),
 	    cmocka_unit_test_setup_teardown(
 		test_deliver_maildir_failed_write_leaves_nothing, setup,
 		teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_maildir_removed_folder_is_made_again, setup,
+		teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_maildir_renamed_folder_stops_getting_mail, setup,
+		teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_maildir_thirty_in_one_turn, setup, teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_maildir_new_not_writable_defers, setup, teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_maildir_many_folders_bounded, setup, teardown),
 	    cmocka_unit_test_setup_teardown(
 		test_deliver_mbox_appends_with_from_lines_and_quoting, setup,
 		teardown),

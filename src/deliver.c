@@ -76,6 +76,7 @@ struct folder {
 /* Where the Maildir request that is with the iothread stands; written
  * by its step on the I/O thread, read by the completion on the loop. */
 enum maildir_stage {
+	STAGE_WRITE,	 /* writing the tmp/ file, on the I/O thread */
 	STAGE_FILE_SYNC, /* the tmp/ file's flush (failed, if an error) */
 	STAGE_LINK,	 /* the link into new/ */
 	STAGE_DIR_SYNC,	 /* the flush of new/ and of created folders */
@@ -105,6 +106,7 @@ struct delivery {
 	struct folder *folder; /* maildir: held until freed */
 	char *name;	       /* maildir: the file's name in tmp/ and new/ */
 	enum maildir_stage stage;
+	bool write_reading; /* a STAGE_WRITE error came from the spool */
 	char *tmp_path;
 	char *new_path;
 	/* Directories to flush with the message (besides new/, which the
@@ -904,6 +906,28 @@ static int maildir_make_folder(struct delivery *d)
 	return 0;
 }
 
+/* Maildir, on the I/O thread before the flushes: the tmp/ file's
+ * content. Only this delivery's own fields are used (the loop does not
+ * touch them until the callback). */
+static int maildir_write(void *arg)
+{
+	struct delivery *d = arg;
+	struct copy_error ce = {0};
+	char last = '\n';
+
+	d->stage = STAGE_WRITE;
+	if (write_headers(d, d->fd) == -1)
+		ce.err = errno != 0 ? errno : EIO;
+	else
+		(void)copy_message(d, d->fd, false, &last, &ce); /* fills ce */
+	if (ce.err != 0) {
+		d->write_reading = ce.reading;
+		return ce.err;
+	}
+	d->stage = STAGE_FILE_SYNC;
+	return 0;
+}
+
 /* Maildir, on the I/O thread once the tmp/ file is flushed: into new/
  * under the same name. An earlier copy already there (a retry after a
  * crash) counts as delivered. */
@@ -941,6 +965,14 @@ static void maildir_on_synced(int error, void *arg)
 		return;
 	}
 	switch (d->stage) {
+	case STAGE_WRITE:
+		(void)unlinkat(d->folder->tmp_fd, d->name, 0);
+		if (d->write_reading)
+			fail_errno(d, error, false, "read",
+				   "the queued message");
+		else
+			maildir_fail(d, error, "write", d->tmp_path);
+		break;
 	case STAGE_FILE_SYNC:
 		(void)unlinkat(d->folder->tmp_fd, d->name, 0);
 		maildir_fail(d, error, "fsync", d->tmp_path);
@@ -1036,23 +1068,9 @@ static void maildir_begin(struct delivery *d)
 		return;
 	}
 
-	struct copy_error ce = {0};
-	char last = '\n';
-	if (write_headers(d, d->fd) == -1)
-		ce.err = errno;
-	else
-		(void)copy_message(d, d->fd, false, &last, &ce); /* fills ce */
-	if (ce.err != 0) {
-		(void)unlinkat(d->folder->tmp_fd, d->name, 0);
-		if (ce.reading)
-			fail_errno(d, ce.err, false, "read",
-				   "the queued message");
-		else
-			maildir_fail(d, ce.err, "write", d->tmp_path);
-		return;
-	}
-
-	/* new/ first, then any directory made for this delivery. */
+	/* The content is written on the I/O thread (maildir_write), then
+	 * flushed, linked, and new/ flushed: one trip. The directories to
+	 * flush: new/ first, then any made for this delivery. */
 	const char *failed = NULL;
 	if (open_sync_fds(d, &failed) == -1) {
 		(void)unlinkat(d->folder->tmp_fd, d->name, 0);
@@ -1068,10 +1086,10 @@ static void maildir_begin(struct delivery *d)
 		after[0] = d->folder->new_fd;
 		for (size_t i = 0; i < d->sync_open; i++)
 			after[1 + i] = d->sync_fds[i];
-		d->stage = STAGE_FILE_SYNC;
-		rc =
-		    iothread_fsync_step(d->io, &d->fd, 1, maildir_link, after,
-					1 + d->sync_open, maildir_on_synced, d);
+		d->stage = STAGE_WRITE;
+		rc = iothread_prepare_fsync_step(
+		    d->io, maildir_write, &d->fd, 1, maildir_link, after,
+		    1 + d->sync_open, maildir_on_synced, d);
 		free(after);
 	}
 	if (rc == -1) {

@@ -32,6 +32,7 @@
 struct io_request {
 	struct io_request *next;
 	iothread_cb cb;
+	iothread_step prepare; /* before the first flushes, or NULL */
 	iothread_step step; /* or NULL */
 	void *arg;
 	int error;
@@ -297,6 +298,9 @@ static void run_round(struct iothread *io, struct io_list *round)
 {
 	struct io_list early;
 	io_list_init(&early);
+	for (struct io_request *r = round->head; r != NULL; r = r->next)
+		if (r->prepare != NULL)
+			r->error = r->prepare(r->arg);
 	flush_stage(io, round->head, false);
 	split_finished(round, &early);
 	if (early.head != NULL) {
@@ -423,9 +427,10 @@ void iothread_free(struct iothread *io)
 	free(io);
 }
 
-int iothread_fsync_step(struct iothread *io, const int *fds, size_t nfds,
-                        iothread_step step, const int *after, size_t nafter,
-                        iothread_cb cb, void *arg)
+int iothread_prepare_fsync_step(struct iothread *io, iothread_step prepare,
+                                const int *fds, size_t nfds,
+                                iothread_step step, const int *after,
+                                size_t nafter, iothread_cb cb, void *arg)
 {
 	/* No count comes near this; it only keeps the size from wrapping. */
 	if (nfds > SIZE_MAX / 4 / sizeof(int) ||
@@ -436,6 +441,7 @@ int iothread_fsync_step(struct iothread *io, const int *fds, size_t nfds,
 	if (req == NULL)
 		return -1;
 	req->cb = cb;
+	req->prepare = prepare;
 	req->step = step;
 	req->arg = arg;
 	req->error = 0;
@@ -451,6 +457,14 @@ int iothread_fsync_step(struct iothread *io, const int *fds, size_t nfds,
 	pthread_cond_signal(&io->wake);
 	pthread_mutex_unlock(&io->lock);
 	return 0;
+}
+
+int iothread_fsync_step(struct iothread *io, const int *fds, size_t nfds,
+                        iothread_step step, const int *after, size_t nafter,
+                        iothread_cb cb, void *arg)
+{
+	return iothread_prepare_fsync_step(io, NULL, fds, nfds, step, after,
+	                                   nafter, cb, arg);
 }
 
 int iothread_fsync(struct iothread *io, const int *fds, size_t nfds,

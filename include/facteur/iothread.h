@@ -48,6 +48,15 @@ int iothread_fsync_step(struct iothread *io, const int *fds, size_t nfds,
                         iothread_step step, const int *after, size_t nafter,
                         iothread_cb cb, void *arg);
 
+/* Like iothread_fsync_step, with one more stage first: `prepare(arg)`
+ * runs on the I/O thread before the first flush (writing the file to be
+ * flushed, say), so that the loop does not spend its time on it. The
+ * prepares of a round run one after another, before any of its flushes. */
+int iothread_prepare_fsync_step(struct iothread *io, iothread_step prepare,
+                                const int *fds, size_t nfds,
+                                iothread_step step, const int *after,
+                                size_t nafter, iothread_cb cb, void *arg);
+
 /* Requests handed over and not yet completed. */
 size_t iothread_pending(const struct iothread *io);
 

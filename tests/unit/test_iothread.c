@@ -172,6 +172,83 @@ static void test_iothread_failed_flush_skips_the_step(void **state)
 	assert_int_equal(errno, ENOENT);
 }
 
+/* What a prepare stage saw, and what it should return. */
+struct prepared {
+	struct outcome *o;
+	int fd;          /* it appends "more\n" here */
+	int result;
+	bool on_loop_thread;
+	int steps_before; /* o->steps when it ran */
+};
+
+static int prepare(void *arg)
+{
+	struct prepared *p = arg;
+	p->on_loop_thread = pthread_equal(pthread_self(), loop_thread);
+	p->steps_before = p->o->steps;
+	if (write(p->fd, "more\n", 5) != 5)
+		return errno;
+	return p->result;
+}
+
+/* A prepared request's argument is its struct prepared: this step and
+ * callback forward to its outcome. */
+static int prepared_step(void *arg)
+{
+	return step(((struct prepared *)arg)->o);
+}
+
+static void on_prepared_done(int error, void *arg)
+{
+	on_done(error, ((struct prepared *)arg)->o);
+}
+
+static void test_iothread_prepare_runs_off_the_loop_before_the_flush(
+    void **state)
+{
+	struct fixture *f = *state;
+	struct outcome o;
+	init_outcomes(&o, 1);
+	o.step_dir_fd = f->dir_fd;
+	struct prepared p = {.o = &o, .fd = f->file_fd};
+	assert_int_equal(iothread_prepare_fsync_step(
+			     f->io, prepare, &f->file_fd, 1, prepared_step,
+			     &f->dir_fd, 1, on_prepared_done, &p),
+			 0);
+	assert_int_equal(o.calls, 0);
+	wait_for(f, &o, 1);
+	assert_int_equal(o.error, 0);
+	assert_false(p.on_loop_thread);
+	assert_int_equal(p.steps_before, 0); /* before the step */
+	assert_int_equal(o.steps, 1);
+	struct stat st;
+	assert_int_equal(fstatat(f->dir_fd, "linked", &st, 0), 0);
+	assert_int_equal(st.st_size, 10); /* "data\n" and what it wrote */
+}
+
+static void test_iothread_failed_prepare_skips_flush_and_step(void **state)
+{
+	struct fixture *f = *state;
+	struct outcome o[2];
+	init_outcomes(o, 2);
+	o[0].step_dir_fd = f->dir_fd;
+	struct prepared p = {.o = &o[0], .fd = f->file_fd, .result = ENOSPC};
+	assert_int_equal(iothread_prepare_fsync_step(
+			     f->io, prepare, &f->file_fd, 1, prepared_step,
+			     &f->dir_fd, 1, on_prepared_done, &p),
+			 0);
+	/* another request of the same round is not disturbed */
+	assert_int_equal(iothread_fsync(f->io, &f->file_fd, 1, on_done, &o[1]),
+			 0);
+	wait_for(f, o, 2);
+	assert_int_equal(o[0].error, ENOSPC);
+	assert_int_equal(o[0].steps, 0);
+	assert_int_equal(o[1].error, 0);
+	struct stat st;
+	assert_int_equal(fstatat(f->dir_fd, "linked", &st, 0), -1);
+	assert_int_equal(errno, ENOENT);
+}
+
 static void test_iothread_step_error_and_later_flush_error(void **state)
 {
 	struct fixture *f = *state;
@@ -262,6 +339,12 @@ int main(void)
 		teardown),
 	    cmocka_unit_test_setup_teardown(
 		test_iothread_failed_flush_skips_the_step, setup, teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_iothread_prepare_runs_off_the_loop_before_the_flush, setup,
+		teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_iothread_failed_prepare_skips_flush_and_step, setup,
+		teardown),
 	    cmocka_unit_test_setup_teardown(
 		test_iothread_step_error_and_later_flush_error, setup,
 		teardown),

@@ -928,12 +928,13 @@ int spool_envelope_parse(const char *text, size_t len,
  * Files and the group commit.
  */
 
-static int write_full(int fd, const void *buf, size_t len)
+/* Write all of buf, at `off` (pwrite), or at the file offset when off
+ * is -1; EIO for a write that makes no progress. */
+static int write_out(int fd, const char *buf, size_t len, off_t off)
 {
-	const char *p = buf;
-
 	while (len > 0) {
-		ssize_t n = write(fd, p, len);
+		ssize_t n = off < 0 ? write(fd, buf, len)
+				    : pwrite(fd, buf, len, off);
 		if (n == -1) {
 			if (errno == EINTR)
 				continue;
@@ -943,10 +944,17 @@ static int write_full(int fd, const void *buf, size_t len)
 			errno = EIO;
 			return -1;
 		}
-		p += n;
+		buf += n;
 		len -= (size_t)n;
+		if (off >= 0)
+			off += n;
 	}
 	return 0;
+}
+
+static int write_full(int fd, const void *buf, size_t len)
+{
+	return write_out(fd, buf, len, -1);
 }
 
 /* close(2) on a descriptor whose data is already flushed or discarded:
@@ -1229,22 +1237,7 @@ static int log_append(struct spool *spool, enum spool_log_kind kind,
 /* pwrite all of buf at off. */
 static int pwrite_full(int fd, const char *buf, size_t len, uint64_t off)
 {
-	while (len > 0) {
-		ssize_t n = pwrite(fd, buf, len, (off_t)off);
-		if (n == -1) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		if (n == 0) {
-			errno = EIO;
-			return -1;
-		}
-		buf += n;
-		len -= (size_t)n;
-		off += (uint64_t)n;
-	}
-	return 0;
+	return write_out(fd, buf, len, (off_t)off);
 }
 
 static void reap(struct spool *spool);

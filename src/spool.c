@@ -172,26 +172,46 @@ struct text {
 	bool failed;
 };
 
+/*
+ * Make *buf hold at least `need` octets: its capacity doubles from
+ * `first` until it does, and never exceeds `max`. -1 with errno ENOMEM
+ * when it cannot.
+ */
+static int buffer_grow(char **buf, size_t *cap, size_t need, size_t first,
+		       size_t max)
+{
+	if (*cap >= need)
+		return 0;
+	size_t ncap = *cap ? *cap : first;
+	while (ncap < need) {
+		if (ncap > SIZE_MAX / 2) {
+			errno = ENOMEM;
+			return -1;
+		}
+		ncap *= 2;
+	}
+	if (ncap > max)
+		ncap = max;
+	if (ncap < need) {
+		errno = ENOMEM;
+		return -1;
+	}
+	char *p = realloc(*buf, ncap);
+	if (p == NULL)
+		return -1;
+	*buf = p;
+	*cap = ncap;
+	return 0;
+}
+
 static void text_add(struct text *t, const char *s, size_t n)
 {
 	if (t->failed)
 		return;
-	if (t->cap - t->len < n + 1) {
-		size_t cap = t->cap ? t->cap : 256;
-		while (cap - t->len < n + 1) {
-			if (cap > SIZE_MAX / 2) {
-				t->failed = true;
-				return;
-			}
-			cap *= 2;
-		}
-		char *p = realloc(t->p, cap);
-		if (p == NULL) {
-			t->failed = true;
-			return;
-		}
-		t->p = p;
-		t->cap = cap;
+	if (n >= SIZE_MAX - t->len ||
+	    buffer_grow(&t->p, &t->cap, t->len + n + 1, 256, SIZE_MAX) == -1) {
+		t->failed = true;
+		return;
 	}
 	memcpy(t->p + t->len, s, n);
 	t->len += n;
@@ -1135,22 +1155,12 @@ static struct segment *segment_create(struct spool *spool)
 
 static int pending_reserve(struct spool *spool, size_t n)
 {
-	if (spool->pending_cap - spool->pending_len >= n)
-		return 0;
-	size_t cap = spool->pending_cap ? spool->pending_cap : 64 * 1024;
-	while (cap - spool->pending_len < n) {
-		if (cap > SIZE_MAX / 2) {
-			errno = ENOMEM;
-			return -1;
-		}
-		cap *= 2;
-	}
-	char *p = realloc(spool->pending, cap);
-	if (p == NULL)
+	if (n > SIZE_MAX - spool->pending_len) {
+		errno = ENOMEM;
 		return -1;
-	spool->pending = p;
-	spool->pending_cap = cap;
-	return 0;
+	}
+	return buffer_grow(&spool->pending, &spool->pending_cap,
+			   spool->pending_len + n, 64 * 1024, SIZE_MAX);
 }
 
 /*
@@ -1761,21 +1771,11 @@ void spool_incoming_write(struct spool_incoming *inc, const void *buf,
 		return;
 	if (inc->fd == -1 && in->logged != NULL) {
 		if (inc->written + len <= INLINE_MAX) {
-			size_t need = (size_t)inc->written + len;
-			if (need > in->inline_cap) {
-				size_t cap = in->inline_cap ? in->inline_cap
-							    : 8192;
-				while (cap < need)
-					cap *= 2;
-				if (cap > INLINE_MAX)
-					cap = INLINE_MAX;
-				char *p = realloc(in->inline_body, cap);
-				if (p == NULL) {
-					inc->error = ENOMEM;
-					return;
-				}
-				in->inline_body = p;
-				in->inline_cap = cap;
+			if (buffer_grow(&in->inline_body, &in->inline_cap,
+					(size_t)inc->written + len, 8192,
+					INLINE_MAX) == -1) {
+				inc->error = ENOMEM;
+				return;
 			}
 			memcpy(in->inline_body + inc->written, buf, len);
 			inc->written += len;

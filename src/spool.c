@@ -1258,35 +1258,43 @@ static void on_reaped(int error, void *arg)
 	spool->reaping = false;
 	if (error != 0)
 		spool->reap_failed = true;
-	spool->holds--;
-	if (spool->holds == 0 && spool->closing) {
-		spool_destroy(spool);
-		return;
-	}
+	/* as after a batch: the next deletion, then our hold goes */
 	reap(spool);
+	spool_release(spool);
 }
 
 /* Delete the oldest segment once nothing refers to it any more. */
-static void reap(struct spool *spool)
+/* Unlink the oldest segment's file and forget it; the caller flushes the
+ * log directory before the next one goes. -1 when the unlink failed. */
+static int segment_drop_oldest(struct spool *spool)
 {
 	struct segment *seg = spool->oldest;
 	char name[32];
 
-	if (spool->reaping || spool->reap_failed || seg == NULL ||
-	    seg == spool->active || seg->live > 0 || seg->flushing > 0 ||
-	    seg == spool->pending_seg)
-		return;
 	segment_name(name, sizeof name, seg->seq);
-	if (unlinkat(spool->log_fd, name, 0) == -1 && errno != ENOENT) {
-		spool->reap_failed = true;
-		return;
-	}
+	if (unlinkat(spool->log_fd, name, 0) == -1 && errno != ENOENT)
+		return -1;
 	spool->oldest = seg->newer;
 	if (spool->newest == seg)
 		spool->newest = NULL;
 	spool->log_bytes -= seg->size;
 	close_fd(seg->fd);
 	free(seg);
+	return 0;
+}
+
+static void reap(struct spool *spool)
+{
+	struct segment *seg = spool->oldest;
+
+	if (spool->reaping || spool->reap_failed || seg == NULL ||
+	    seg == spool->active || seg->live > 0 || seg->flushing > 0 ||
+	    seg == spool->pending_seg)
+		return;
+	if (segment_drop_oldest(spool) == -1) {
+		spool->reap_failed = true;
+		return;
+	}
 	spool->reaping = true;
 	spool->holds++;
 	if (iothread_fsync(spool->io, &spool->log_fd, 1, on_reaped, spool) ==
@@ -2571,20 +2579,10 @@ static int recover_hand_over(struct spool *spool, spool_found_cb found,
 	free(live);
 	/* Dead segments at the old end go now, in order. */
 	while (spool->oldest != NULL && spool->oldest->live == 0 &&
-	       spool->oldest != spool->active) {
-		struct segment *seg = spool->oldest;
-		char name[32];
-		segment_name(name, sizeof name, seg->seq);
-		if ((unlinkat(spool->log_fd, name, 0) == -1 && errno != ENOENT) ||
+	       spool->oldest != spool->active)
+		if (segment_drop_oldest(spool) == -1 ||
 		    fsync(spool->log_fd) == -1)
 			break;
-		spool->oldest = seg->newer;
-		if (spool->newest == seg)
-			spool->newest = NULL;
-		spool->log_bytes -= seg->size;
-		close_fd(seg->fd);
-		free(seg);
-	}
 	return 0;
 }
 

@@ -76,7 +76,8 @@ struct folder {
 /* Where the Maildir request that is with the iothread stands; written
  * by its step on the I/O thread, read by the completion on the loop. */
 enum maildir_stage {
-	STAGE_WRITE,	 /* writing the tmp/ file, on the I/O thread */
+	STAGE_OPEN,	 /* creating the tmp/ file, on the I/O thread */
+	STAGE_WRITE,	 /* writing it */
 	STAGE_FILE_SYNC, /* the tmp/ file's flush (failed, if an error) */
 	STAGE_LINK,	 /* the link into new/ */
 	STAGE_DIR_SYNC,	 /* the flush of new/ and of created folders */
@@ -106,6 +107,7 @@ struct delivery {
 	struct folder *folder; /* maildir: held until freed */
 	char *name;	       /* maildir: the file's name in tmp/ and new/ */
 	enum maildir_stage stage;
+	bool folder_was_cached; /* a failed open may mean it has gone */
 	bool write_reading; /* a STAGE_WRITE error came from the spool */
 	char *tmp_path;
 	char *new_path;
@@ -666,13 +668,14 @@ static int open_sync_fds(struct delivery *d, const char **failed)
 {
 	if (d->sync_count == 0)
 		return 0;
-	if (d->sync_fds == NULL) {
-		d->sync_fds = calloc(d->sync_count, sizeof *d->sync_fds);
-		if (d->sync_fds == NULL) {
-			*failed = NULL;
-			return -1;
-		}
+	/* Sized again each time: a retry may have made more directories. */
+	int *fds = reallocarray(d->sync_fds, d->sync_count, sizeof *fds);
+	if (fds == NULL) {
+		*failed = NULL;
+		return -1;
 	}
+	d->sync_fds = fds;
+	d->sync_open = 0;
 	for (size_t i = 0; i < d->sync_count; i++) {
 		int fd =
 		    open(d->sync_paths[i], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -906,15 +909,25 @@ static int maildir_make_folder(struct delivery *d)
 	return 0;
 }
 
-/* Maildir, on the I/O thread before the flushes: the tmp/ file's
- * content. Only this delivery's own fields are used (the loop does not
- * touch them until the callback). */
-static int maildir_write(void *arg)
+/* Maildir, on the I/O thread before the flushes: the tmp/ file, made
+ * and written; `fds` gets it, to be flushed. Only this delivery's own
+ * fields and its folder's descriptors are used (the loop does not touch
+ * them until the callback). Creating a file is the costliest step of a
+ * delivery for the file system (allocating an inode), which is why it
+ * is not done on the loop. */
+static int maildir_write(void *arg, int *fds, size_t nfds)
 {
 	struct delivery *d = arg;
 	struct copy_error ce = {0};
 	char last = '\n';
 
+	(void)nfds;
+	d->stage = STAGE_OPEN;
+	d->fd = openat(d->folder->tmp_fd, d->name,
+		       O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600);
+	if (d->fd == -1)
+		return errno;
+	fds[0] = d->fd;
 	d->stage = STAGE_WRITE;
 	if (write_headers(d, d->fd) == -1)
 		ce.err = errno != 0 ? errno : EIO;
@@ -936,6 +949,18 @@ static int maildir_link(void *arg)
 	struct delivery *d = arg;
 	const struct folder *f = d->folder;
 	d->stage = STAGE_LINK;
+	/* A rename that never replaces is one directory operation where a
+	 * link and an unlink are two; file systems without it get those. */
+	if (renameat2(f->tmp_fd, d->name, f->new_fd, d->name,
+		      RENAME_NOREPLACE) == 0) {
+		d->stage = STAGE_DIR_SYNC;
+		return 0;
+	}
+	if (errno != EINVAL && errno != ENOSYS && errno != EEXIST) {
+		int err = errno;
+		(void)unlinkat(f->tmp_fd, d->name, 0);
+		return err;
+	}
 	if (linkat(f->tmp_fd, d->name, f->new_fd, d->name, 0) == -1 &&
 	    errno != EEXIST) {
 		int err = errno;
@@ -949,6 +974,8 @@ static int maildir_link(void *arg)
 	return 0;
 }
 
+static void maildir_attempt(struct delivery *d);
+
 /* Maildir: the file is flushed, linked and new/ flushed, or `stage`
  * says which of these failed. */
 static void maildir_on_synced(int error, void *arg)
@@ -958,13 +985,28 @@ static void maildir_on_synced(int error, void *arg)
 	d->fd = -1;
 	/* After a flush a close error cannot unwrite anything; before it
 	 * the flush's own error is the one to report. */
-	(void)close(fd);
+	if (fd != -1)
+		(void)close(fd);
 	close_sync_fds(d);
 	if (error == 0) {
 		finish_ok(d, "delivered");
 		return;
 	}
 	switch (d->stage) {
+	case STAGE_OPEN:
+		/* A remembered folder may have gone since: then once more,
+		 * making it again. */
+		if (d->folder_was_cached &&
+		    (error == ENOENT || error == ENOTDIR || error == ESTALE)) {
+			folder_forget(d->folder);
+			folder_put(d->folder);
+			d->folder = NULL;
+			d->folder_was_cached = false;
+			maildir_attempt(d);
+			return;
+		}
+		maildir_fail(d, error, "open", d->tmp_path);
+		break;
 	case STAGE_WRITE:
 		(void)unlinkat(d->folder->tmp_fd, d->name, 0);
 		if (d->write_reading)
@@ -1035,45 +1077,32 @@ static void maildir_begin(struct delivery *d)
 		fail_text(d, "4.3.0", "out of memory");
 		return;
 	}
+	maildir_attempt(d);
+}
 
-	/* A remembered folder may have gone since: then once more, making
-	 * it again. */
-	for (;;) {
-		d->folder = folder_lookup(d->mailbox);
-		bool remembered = d->folder != NULL;
-		if (!remembered && maildir_make_folder(d) == -1)
-			return;
-		if (d->check_existing) {
-			int before = maildir_delivered_before(d);
-			if (before == -1)
-				return;
-			if (before == 1) {
-				finish_ok(d, "already delivered");
-				return;
-			}
-		}
-		d->fd = openat(d->folder->tmp_fd, d->name,
-			       O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600);
-		if (d->fd != -1)
-			break;
-		int err = errno;
-		if (remembered &&
-		    (err == ENOENT || err == ENOTDIR || err == ESTALE)) {
-			folder_forget(d->folder);
-			folder_put(d->folder);
-			d->folder = NULL;
-			continue;
-		}
-		maildir_fail(d, err, "open", d->tmp_path);
+/* The folder (remembered, or made now), then one trip to the I/O
+ * thread: the tmp/ file made and written (maildir_write), flushed,
+ * moved into new/, and new/ flushed. */
+static void maildir_attempt(struct delivery *d)
+{
+	d->folder = folder_lookup(d->mailbox);
+	d->folder_was_cached = d->folder != NULL;
+	if (d->folder == NULL && maildir_make_folder(d) == -1)
 		return;
+	if (d->check_existing) {
+		int before = maildir_delivered_before(d);
+		if (before == -1)
+			return;
+		if (before == 1) {
+			finish_ok(d, "already delivered");
+			return;
+		}
 	}
 
-	/* The content is written on the I/O thread (maildir_write), then
-	 * flushed, linked, and new/ flushed: one trip. The directories to
-	 * flush: new/ first, then any made for this delivery. */
+	/* The directories to flush: new/ first, then any made for this
+	 * delivery. */
 	const char *failed = NULL;
 	if (open_sync_fds(d, &failed) == -1) {
-		(void)unlinkat(d->folder->tmp_fd, d->name, 0);
 		if (failed != NULL)
 			fail_errno(d, errno, true, "open", failed);
 		else
@@ -1086,14 +1115,14 @@ static void maildir_begin(struct delivery *d)
 		after[0] = d->folder->new_fd;
 		for (size_t i = 0; i < d->sync_open; i++)
 			after[1 + i] = d->sync_fds[i];
-		d->stage = STAGE_WRITE;
+		int unopened = -1; /* maildir_write gives the file */
+		d->stage = STAGE_OPEN;
 		rc = iothread_prepare_fsync_step(
-		    d->io, maildir_write, &d->fd, 1, maildir_link, after,
+		    d->io, maildir_write, &unopened, 1, maildir_link, after,
 		    1 + d->sync_open, maildir_on_synced, d);
 		free(after);
 	}
 	if (rc == -1) {
-		(void)unlinkat(d->folder->tmp_fd, d->name, 0);
 		fail_text(d, "4.3.0", "out of memory");
 		return;
 	}

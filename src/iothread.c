@@ -32,7 +32,7 @@
 struct io_request {
 	struct io_request *next;
 	iothread_cb cb;
-	iothread_step prepare; /* before the first flushes, or NULL */
+	iothread_prepare prepare; /* before the first flushes, or NULL */
 	iothread_step step; /* or NULL */
 	void *arg;
 	int error;
@@ -300,7 +300,7 @@ static void run_round(struct iothread *io, struct io_list *round)
 	io_list_init(&early);
 	for (struct io_request *r = round->head; r != NULL; r = r->next)
 		if (r->prepare != NULL)
-			r->error = r->prepare(r->arg);
+			r->error = r->prepare(r->arg, r->fds, r->nfds);
 	flush_stage(io, round->head, false);
 	split_finished(round, &early);
 	if (early.head != NULL) {
@@ -427,7 +427,7 @@ void iothread_free(struct iothread *io)
 	free(io);
 }
 
-int iothread_prepare_fsync_step(struct iothread *io, iothread_step prepare,
+int iothread_prepare_fsync_step(struct iothread *io, iothread_prepare prepare,
                                 const int *fds, size_t nfds,
                                 iothread_step step, const int *after,
                                 size_t nafter, iothread_cb cb, void *arg)

@@ -48,11 +48,18 @@ int iothread_fsync_step(struct iothread *io, const int *fds, size_t nfds,
                         iothread_step step, const int *after, size_t nafter,
                         iothread_cb cb, void *arg);
 
+/* Work done on the I/O thread before the first flush of a request. It
+ * gets the request's own copy of its first descriptors and may set them
+ * (to the file it opened and wrote, say): those are what is flushed.
+ * Returns 0 or an errno. */
+typedef int (*iothread_prepare)(void *arg, int *fds, size_t nfds);
+
 /* Like iothread_fsync_step, with one more stage first: `prepare(arg)`
- * runs on the I/O thread before the first flush (writing the file to be
- * flushed, say), so that the loop does not spend its time on it. The
- * prepares of a round run one after another, before any of its flushes. */
-int iothread_prepare_fsync_step(struct iothread *io, iothread_step prepare,
+ * runs on the I/O thread before the first flush (opening and writing
+ * the file to be flushed, say), so that the loop does not spend its time
+ * on it. The prepares of a round run one after another, before any of
+ * its flushes. */
+int iothread_prepare_fsync_step(struct iothread *io, iothread_prepare prepare,
                                 const int *fds, size_t nfds,
                                 iothread_step step, const int *after,
                                 size_t nafter, iothread_cb cb, void *arg);

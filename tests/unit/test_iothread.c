@@ -181,13 +181,18 @@ struct prepared {
 	int steps_before; /* o->steps when it ran */
 };
 
-static int prepare(void *arg)
+/* It also names the descriptor to flush: the request was given -1,
+ * which flushed would fail with EBADF. */
+static int prepare(void *arg, int *fds, size_t nfds)
 {
 	struct prepared *p = arg;
 	p->on_loop_thread = pthread_equal(pthread_self(), loop_thread);
 	p->steps_before = p->o->steps;
+	assert_int_equal(nfds, 1);
+	assert_int_equal(fds[0], -1);
 	if (write(p->fd, "more\n", 5) != 5)
 		return errno;
+	fds[0] = p->fd;
 	return p->result;
 }
 
@@ -211,8 +216,9 @@ static void test_iothread_prepare_runs_off_the_loop_before_the_flush(
 	init_outcomes(&o, 1);
 	o.step_dir_fd = f->dir_fd;
 	struct prepared p = {.o = &o, .fd = f->file_fd};
+	int unopened = -1;
 	assert_int_equal(iothread_prepare_fsync_step(
-			     f->io, prepare, &f->file_fd, 1, prepared_step,
+			     f->io, prepare, &unopened, 1, prepared_step,
 			     &f->dir_fd, 1, on_prepared_done, &p),
 			 0);
 	assert_int_equal(o.calls, 0);
@@ -233,8 +239,9 @@ static void test_iothread_failed_prepare_skips_flush_and_step(void **state)
 	init_outcomes(o, 2);
 	o[0].step_dir_fd = f->dir_fd;
 	struct prepared p = {.o = &o[0], .fd = f->file_fd, .result = ENOSPC};
+	int unopened = -1;
 	assert_int_equal(iothread_prepare_fsync_step(
-			     f->io, prepare, &f->file_fd, 1, prepared_step,
+			     f->io, prepare, &unopened, 1, prepared_step,
 			     &f->dir_fd, 1, on_prepared_done, &p),
 			 0);
 	/* another request of the same round is not disturbed */

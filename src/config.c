@@ -60,6 +60,7 @@ enum key {
 	KEY_USER,
 	KEY_LOG_FORMAT,
 	KEY_LOG_LEVEL,
+	KEY_FLUSH_METHOD,
 	KEY_COUNT,
 };
 
@@ -823,6 +824,7 @@ static const char *const tls_policy_names[] = {"none", "may", "encrypt",
 					       "verify"};
 static const char *const log_format_names[] = {"logfmt", "json"};
 static const char *const log_level_names[] = {"error", "warn", "info", "debug"};
+static const char *const flush_method_names[] = {"fsync", "syncfs"};
 #define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
 
 static void set_mailbox_format(struct loader *ld, const char *value)
@@ -1118,6 +1120,15 @@ static void set_log_level(struct loader *ld, const char *value)
 		ld->cfg->log_level = (enum log_level)i;
 }
 
+static void set_flush_method(struct loader *ld, const char *value)
+{
+	int i = 0;
+
+	if (set_choice(ld, value, flush_method_names,
+		       COUNT_OF(flush_method_names), "fsync or syncfs", &i))
+		ld->cfg->flush_method = (enum flush_method)i;
+}
+
 static const struct key_def key_defs[KEY_COUNT] = {
     [KEY_HOSTNAME] = {"hostname", NULL, set_hostname, NULL},
     [KEY_LISTEN] = {"listen", "127.0.0.1:2525", set_listen, clear_listen},
@@ -1160,6 +1171,7 @@ static const struct key_def key_defs[KEY_COUNT] = {
     [KEY_USER] = {"user", NULL, set_user, NULL},
     [KEY_LOG_FORMAT] = {"log_format", "logfmt", set_log_format, NULL},
     [KEY_LOG_LEVEL] = {"log_level", "info", set_log_level, NULL},
+    [KEY_FLUSH_METHOD] = {"flush_method", "fsync", set_flush_method, NULL},
 };
 
 static bool find_key(const char *name, size_t len, enum key *out)
@@ -1712,6 +1724,9 @@ static void print_value(const struct config *cfg, enum key key, FILE *out)
 		break;
 	case KEY_MAILBOX_FORMAT:
 		fputs(mailbox_format_names[cfg->mailbox_format], out);
+		break;
+	case KEY_FLUSH_METHOD:
+		fputs(flush_method_names[cfg->flush_method], out);
 		break;
 	case KEY_MAILBOX_PATH:
 		fputs(cfg->mailbox_path, out);

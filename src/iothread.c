@@ -22,6 +22,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -57,6 +58,7 @@ struct flush_pool {
 	pthread_cond_t work;     /* a new round, or stop */
 	pthread_cond_t finished; /* the last flush of the round is done */
 	const int *fds;
+	const bool *whole; /* syncfs for fds[i] when whole[i]; may be NULL */
 	int *errs;
 	size_t count, next, done;
 	unsigned round;
@@ -72,6 +74,7 @@ struct iothread {
 	struct io_list todo; /* loop -> thread, under lock */
 	struct io_list done; /* thread -> loop, under lock */
 	bool stopping;
+	bool by_filesystem; /* syncfs; under lock */
 	size_t pending; /* handed over, callback not yet run (loop only) */
 	int notify[2];  /* thread writes a byte when `done` gains requests */
 	struct event *notify_event;
@@ -105,6 +108,14 @@ static int compare_int(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
+/* fsync(2) the descriptor, or syncfs(2) its whole file system; 0 or the
+ * errno. */
+static int flush_one(int fd, bool whole)
+{
+	int rc = whole ? syncfs(fd) : fsync(fd);
+	return rc == -1 ? errno : 0;
+}
+
 /* Take the round's next descriptor and flush it, until none is left;
  * called with the pool's lock held, returns with it held. */
 static void pool_drain(struct flush_pool *pool)
@@ -112,7 +123,8 @@ static void pool_drain(struct flush_pool *pool)
 	while (pool->next < pool->count) {
 		size_t i = pool->next++;
 		pthread_mutex_unlock(&pool->lock);
-		int err = fsync(pool->fds[i]) == -1 ? errno : 0;
+		int err = flush_one(pool->fds[i],
+		                    pool->whole != NULL && pool->whole[i]);
 		pthread_mutex_lock(&pool->lock);
 		pool->errs[i] = err;
 		if (++pool->done == pool->count)
@@ -137,18 +149,19 @@ static void *pool_worker(void *arg)
 	return NULL;
 }
 
-/* Flush `count` descriptors with the workers' help; errs[i] gets the
- * errno of fds[i] (or 0). */
-static void pool_flush(struct flush_pool *pool, const int *fds, int *errs,
-                       size_t count)
+/* Flush `count` descriptors with the workers' help (whole: see struct
+ * flush_pool); errs[i] gets the errno of fds[i] (or 0). */
+static void pool_flush(struct flush_pool *pool, const int *fds,
+                       const bool *whole, int *errs, size_t count)
 {
 	if (count == 1 || pool->started == 0) {
 		for (size_t i = 0; i < count; i++)
-			errs[i] = fsync(fds[i]) == -1 ? errno : 0;
+			errs[i] = flush_one(fds[i], whole != NULL && whole[i]);
 		return;
 	}
 	pthread_mutex_lock(&pool->lock);
 	pool->fds = fds;
+	pool->whole = whole;
 	pool->errs = errs;
 	pool->count = count;
 	pool->next = 0;
@@ -185,6 +198,56 @@ static void pool_stop(struct flush_pool *pool)
 	pthread_mutex_destroy(&pool->lock);
 	pthread_cond_destroy(&pool->work);
 	pthread_cond_destroy(&pool->finished);
+}
+
+/*
+ * Flush the descriptors of a stage by file system: those that share one
+ * are made durable by one syncfs(2) of it, which writes whatever else is
+ * dirty there too but costs the disk one flush instead of one per file.
+ * A descriptor alone on its file system (or that fstat refuses) gets its
+ * own fsync. -1 when out of memory (nothing done).
+ */
+static int flush_by_filesystem(struct flush_pool *pool, const int *fds,
+                               int *errs, size_t count)
+{
+	struct member {
+		dev_t dev;
+		bool known; /* fstat worked */
+		size_t group; /* index in reps */
+	} *m = malloc(count * sizeof *m);
+	int *reps = malloc(count * sizeof *reps); /* one per group */
+	bool *whole = calloc(count, sizeof *whole);
+	int *rep_errs = malloc(count * sizeof *rep_errs);
+	if (m == NULL || reps == NULL || whole == NULL || rep_errs == NULL) {
+		free(m);
+		free(reps);
+		free(whole);
+		free(rep_errs);
+		return -1;
+	}
+	size_t nreps = 0;
+	for (size_t i = 0; i < count; i++) {
+		struct stat st;
+		m[i].known = fstat(fds[i], &st) == 0;
+		m[i].dev = m[i].known ? st.st_dev : 0;
+		m[i].group = nreps;
+		for (size_t j = 0; m[i].known && j < i; j++)
+			if (m[j].known && m[j].dev == m[i].dev) {
+				m[i].group = m[j].group;
+				whole[m[j].group] = true; /* shared: syncfs */
+				break;
+			}
+		if (m[i].group == nreps)
+			reps[nreps++] = fds[i];
+	}
+	pool_flush(pool, reps, whole, rep_errs, nreps);
+	for (size_t i = 0; i < count; i++)
+		errs[i] = rep_errs[m[i].group];
+	free(m);
+	free(reps);
+	free(whole);
+	free(rep_errs);
+	return 0;
 }
 
 /* The descriptors of one stage of a request. */
@@ -239,7 +302,12 @@ static void flush_stage(struct iothread *io, struct io_request *round,
 	for (size_t i = 0; i < n; i++)
 		if (unique == 0 || fds[unique - 1] != fds[i])
 			fds[unique++] = fds[i];
-	pool_flush(&io->pool, fds, errs, unique);
+	pthread_mutex_lock(&io->lock);
+	bool by_filesystem = io->by_filesystem;
+	pthread_mutex_unlock(&io->lock);
+	if (!by_filesystem || unique == 1 ||
+	    flush_by_filesystem(&io->pool, fds, errs, unique) == -1)
+		pool_flush(&io->pool, fds, NULL, errs, unique);
 	for (struct io_request *r = round; r != NULL; r = r->next) {
 		const int *own = stage_fds(r, after, &count);
 		for (size_t i = 0; i < count && r->error == 0; i++) {
@@ -471,6 +539,13 @@ int iothread_fsync(struct iothread *io, const int *fds, size_t nfds,
                    iothread_cb cb, void *arg)
 {
 	return iothread_fsync_step(io, fds, nfds, NULL, NULL, 0, cb, arg);
+}
+
+void iothread_flush_by_filesystem(struct iothread *io, bool on)
+{
+	pthread_mutex_lock(&io->lock);
+	io->by_filesystem = on;
+	pthread_mutex_unlock(&io->lock);
 }
 
 size_t iothread_pending(const struct iothread *io)

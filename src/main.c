@@ -159,6 +159,8 @@ static int reload_settings(void)
 	srv.tls_server = st.tls_server;
 	settings_free(&old);
 	log_setup(srv.cfg->log_format, srv.cfg->log_level);
+	iothread_flush_by_filesystem(srv.io,
+	                             srv.cfg->flush_method == FLUSH_SYNCFS);
 	listener_reload(srv.listener, srv.cfg->listen, srv.cfg->listen_count);
 	log_event(LOG_LEVEL_INFO, "reloaded",
 	          LOG_S("config", srv.cfg->source ? srv.cfg->source : ""));
@@ -379,6 +381,8 @@ int main(int argc, char **argv)
 	srv.io = iothread_new(srv.base);
 	if (srv.io == NULL)
 		fatal("cannot start the I/O thread");
+	iothread_flush_by_filesystem(srv.io,
+	                             srv.cfg->flush_method == FLUSH_SYNCFS);
 	srv.spool = spool_open(srv.base, srv.io, srv.cfg->spool_dir, err,
 	                       sizeof err);
 	if (srv.spool == NULL) {

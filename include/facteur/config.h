@@ -40,6 +40,13 @@ enum mailbox_format {
 	MAILBOX_MBOX,
 };
 
+/* How the I/O thread makes a round's writes durable: each file and
+ * directory by itself, or each file system by one syncfs(2). */
+enum flush_method {
+	FLUSH_FSYNC,
+	FLUSH_SYNCFS,
+};
+
 enum log_format {
 	LOG_FORMAT_LOGFMT,
 	LOG_FORMAT_JSON,
@@ -92,6 +99,7 @@ struct config {
 	char *users_file;                 /* NULL when empty */
 	char *aliases_file;               /* NULL when empty */
 	enum mailbox_format mailbox_format;
+	enum flush_method flush_method;
 	char *mailbox_path;
 	struct cidr *relay_networks;
 	size_t relay_network_count;

@@ -11,6 +11,7 @@
 #ifndef FACTEUR_IOTHREAD_H
 #define FACTEUR_IOTHREAD_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 struct event_base;
@@ -63,6 +64,13 @@ int iothread_prepare_fsync_step(struct iothread *io, iothread_prepare prepare,
                                 const int *fds, size_t nfds,
                                 iothread_step step, const int *after,
                                 size_t nafter, iothread_cb cb, void *arg);
+
+/* Whether a round's descriptors that share a file system are made
+ * durable by one syncfs(2) of it instead of an fsync(2) each (off at
+ * first): one disk flush for many files, for file systems that hold the
+ * spool and mailboxes only, since it also writes what others left dirty
+ * there. A descriptor alone on its file system still gets its fsync. */
+void iothread_flush_by_filesystem(struct iothread *io, bool on);
 
 /* Requests handed over and not yet completed. */
 size_t iothread_pending(const struct iothread *io);

@@ -79,6 +79,20 @@ def test_smtplib_message_lands_in_maildir(daemon):
     assert dl[0].get("rcpt") in ("user@localhost", "<user@localhost>"), dl
 
 
+def test_syncfs_flush_method_delivers(make_daemon):
+    """flush_method = syncfs (here from the environment): mail is accepted
+    and delivered the same way, each message once."""
+    d = make_daemon(env={"FACTEUR_FLUSH_METHOD": "syncfs"})
+    for i in range(20):
+        d.send(subject="syncfs %d" % i, body="number %d\r\n" % i)
+    files = h.wait_for(lambda: len(d.maildir_files("user@localhost")) >= 20 or None,
+                       30, what="20 files in the Maildir")
+    assert files
+    bodies = d.maildir_messages("user@localhost")
+    assert len(bodies) == 20
+    assert sorted(int(b.rsplit(b"number ", 1)[1].split()[0]) for b in bodies) == list(range(20))
+
+
 def test_maildir_file_name_shape(daemon):
     daemon.send(subject="name shape")
     f = h.wait_for(lambda: daemon.maildir_files("user@localhost"), 30)[0]

@@ -7,6 +7,8 @@ import re
 import threading
 import time
 
+import pytest
+
 import facteur_harness as h
 
 CLIENTS = 10
@@ -72,9 +74,11 @@ def tokens_by_mailbox(d):
     return out
 
 
-def test_kill9_under_load_loses_and_duplicates_nothing(make_daemon):
+@pytest.mark.parametrize("flush_method", ["fsync", "syncfs"])
+def test_kill9_under_load_loses_and_duplicates_nothing(make_daemon, flush_method):
     d = make_daemon(config={"retry_min": "1s", "retry_max": "2s",
-                            "max_connections_per_ip": 1000})
+                            "max_connections_per_ip": 1000,
+                            "flush_method": flush_method})
     rnd = random.Random(SEED)
     kills = sorted(rnd.uniform(2.0, DURATION - 2.0) for _ in range(rnd.randint(3, 5)))
 

@@ -1007,6 +1007,25 @@ static void test_config_paths_and_optional_files(void **state)
 			"x.conf:1: spool_dir: must not be empty");
 }
 
+static void test_config_flush_method(void **state)
+{
+	(void)state;
+	struct config *cfg = load_ok("", NULL);
+	assert_int_equal(cfg->flush_method, FLUSH_FSYNC);
+	config_free(cfg);
+	cfg = load_ok("flush_method = syncfs\n", NULL);
+	assert_int_equal(cfg->flush_method, FLUSH_SYNCFS);
+	config_free(cfg);
+	/* The environment wins over the file, as for every key. */
+	cfg = load_ok("flush_method = syncfs\n",
+		      ENV("FACTEUR_FLUSH_METHOD=fsync"));
+	assert_int_equal(cfg->flush_method, FLUSH_FSYNC);
+	config_free(cfg);
+	value_fails("flush_method", "fdatasync");
+	value_fails("flush_method", "SYNCFS");
+	value_fails("flush_method", "");
+}
+
 static void test_config_mailbox_format_and_path(void **state)
 {
 	(void)state;
@@ -1199,7 +1218,8 @@ static void test_config_retry_min_above_retry_max(void **state)
 	config_free(cfg);
 }
 
-/* SPEC.md §3's keys in its order, and two more beside their kin. */
+/* SPEC.md §3's keys in its order, two more beside their kin, and
+ * flush_method (not in SPEC) last. */
 static const char *const spec_order[] = {
     "hostname",
     "listen",
@@ -1232,6 +1252,7 @@ static const char *const spec_order[] = {
     "user",
     "log_format",
     "log_level",
+    "flush_method",
 };
 
 static void test_config_print_lists_every_key_in_spec_order(void **state)
@@ -1266,6 +1287,7 @@ static void test_config_print_lists_every_key_in_spec_order(void **state)
 	assert_printed(cfg, "queue_lifetime", "5d");
 	assert_printed(cfg, "tls_cert", "");
 	assert_printed(cfg, "log_level", "info");
+	assert_printed(cfg, "flush_method", "fsync");
 	config_free(cfg);
 }
 
@@ -1328,7 +1350,8 @@ static void test_config_print_round_trips(void **state)
 	    "delay_notice = 0\n"
 	    "user = root\n"
 	    "log_format = json\n"
-	    "log_level = debug\n",
+	    "log_level = debug\n"
+	    "flush_method = syncfs\n",
 	    NULL);
 	assert_round_trip("max_message_size = 3072K\nsmtp_timeout = 86399\n",
 			  ENV("FACTEUR_LISTEN=", "FACTEUR_LOCAL_DOMAINS="));
@@ -1612,6 +1635,7 @@ int main(void)
 	    cmocka_unit_test(test_config_hostname_and_local_domains),
 	    cmocka_unit_test(test_config_paths_and_optional_files),
 	    cmocka_unit_test(test_config_mailbox_format_and_path),
+	    cmocka_unit_test(test_config_flush_method),
 	    cmocka_unit_test(test_config_enumerated_keys),
 	    cmocka_unit_test(test_config_mx_port),
 	    cmocka_unit_test(test_config_user),

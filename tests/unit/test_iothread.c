@@ -317,6 +317,49 @@ static void test_iothread_mixed_requests_all_complete_in_order(void **state)
 	}
 }
 
+/*
+ * By file system: the descriptors of a round that share one get one
+ * syncfs, a lone one its fsync. A pipe shows which was used: fsync on it
+ * fails with EINVAL, while syncfs of the pipe file system succeeds.
+ */
+static void test_iothread_flush_by_filesystem(void **state)
+{
+	struct fixture *f = *state;
+	enum { N = 4 };
+	struct outcome o[N];
+	init_outcomes(o, N);
+	o[0].step_dir_fd = f->dir_fd;
+
+	iothread_flush_by_filesystem(f->io, true);
+	/* The file and the directory share /tmp's file system: flushed and
+	 * linked as ever. */
+	assert_int_equal(iothread_fsync_step(f->io, &f->file_fd, 1, step,
+					     &f->dir_fd, 1, on_done, &o[0]),
+			 0);
+	/* Both ends of the pipe in one round: one syncfs, no error. */
+	assert_int_equal(iothread_fsync(f->io, f->pipe_fds, 2, on_done, &o[1]),
+			 0);
+	wait_for(f, o, 2);
+	assert_int_equal(o[0].error, 0);
+	assert_int_equal(o[0].steps, 1);
+	struct stat st;
+	assert_int_equal(fstatat(f->dir_fd, "linked", &st, 0), 0);
+	assert_int_equal(o[1].error, 0);
+
+	/* One end alone on its file system: fsync, and its error. */
+	assert_int_equal(
+	    iothread_fsync(f->io, &f->pipe_fds[1], 1, on_done, &o[2]), 0);
+	wait_for(f, &o[2], 1);
+	assert_int_equal(o[2].error, EINVAL);
+
+	/* Switched off: fsync for each again. */
+	iothread_flush_by_filesystem(f->io, false);
+	assert_int_equal(iothread_fsync(f->io, f->pipe_fds, 2, on_done, &o[3]),
+			 0);
+	wait_for(f, &o[3], 1);
+	assert_int_equal(o[3].error, EINVAL);
+}
+
 static void test_iothread_free_finishes_what_is_queued(void **state)
 {
 	struct fixture *f = *state;
@@ -344,6 +387,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(
 		test_iothread_step_runs_off_the_loop_between_flushes, setup,
 		teardown),
+	    cmocka_unit_test_setup_teardown(test_iothread_flush_by_filesystem,
+					    setup, teardown),
 	    cmocka_unit_test_setup_teardown(
 		test_iothread_failed_flush_skips_the_step, setup, teardown),
 	    cmocka_unit_test_setup_teardown(

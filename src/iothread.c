@@ -1,19 +1,22 @@
 /*
- * The fsync helper thread (see iothread.h). The loop hands over requests
- * under a mutex; the thread takes the whole queue at once, flushes each
- * distinct descriptor once, and passes the finished requests back through
- * a pipe that the loop watches. All callbacks run on the loop thread.
+ * The helper thread that touches the disk for the loop (see iothread.h).
+ * The loop hands over requests under a mutex; the thread takes the whole
+ * queue at once as a round, flushes each distinct descriptor once, and
+ * passes the finished requests back through a pipe that the loop
+ * watches. All callbacks run on the loop thread.
  *
- * A request with a step (link a flushed file into a directory) and later
- * flushes (that directory) completes within the same round: first
- * flushes, steps, later flushes. Requests with nothing after their first
- * flushes are handed back before the steps, so completions keep their
- * order among requests of the same kind only.
+ * A round: the prepares (create and write a Maildir file), the first
+ * flushes, the steps (move that file into new/), the later flushes (new/).
+ * Requests with nothing after their first flushes (spool commits) are
+ * handed back before the steps, so completions keep their order among
+ * requests of the same kind only.
  *
- * The flushes of one round run in parallel on a few helper workers: the
- * file system then folds concurrent fsyncs into one journal commit
- * instead of waiting for a commit per file, which is what lets many
- * messages become durable for the price of a few disk flushes.
+ * The flushes of one stage run in parallel on a few helper workers: with
+ * a journal, the file system folds concurrent fsyncs into shared commits;
+ * without one, the block layer merges concurrent cache flushes. Either
+ * way many files become durable for fewer disk flushes than files. With
+ * flush_method = syncfs a stage's descriptors are grouped by file system
+ * and each group gets one syncfs(2): one disk flush for the lot.
  */
 #include <errno.h>
 #include <fcntl.h>

@@ -1,12 +1,14 @@
 /*
  * The one place where facteur waits for the disk. A helper thread that
- * only calls fsync(2) on descriptors handed to it and posts completions
- * back to the event loop, so the loop itself never blocks on a flush.
- * Requests queued while the thread is busy are flushed together in its
- * next round (group commit), and a descriptor named by several requests
- * of one round (a spool or Maildir directory) is flushed once. A request
- * may carry a step run between two flushes (fsync a file, link it into
- * a directory, fsync the directory) so that it needs one round only.
+ * flushes descriptors handed to it (and does the file work a request
+ * carries before and between its flushes) and posts completions back to
+ * the event loop, so the loop itself never blocks on a flush. Requests
+ * queued while the thread is busy are flushed together in its next round
+ * (group commit), and a descriptor named by several requests of one
+ * round (a spool or Maildir directory) is flushed once. A request may
+ * carry a prepare run before its flush (create and write a file) and a
+ * step run between two flushes (fsync the file, move it into a
+ * directory, fsync the directory) so that it needs one round only.
  */
 #ifndef FACTEUR_IOTHREAD_H
 #define FACTEUR_IOTHREAD_H

@@ -670,6 +670,48 @@ static void test_deliver_maildir_removed_folder_is_made_again(void **state)
 	free(cur);
 }
 
+/* The file is created on the I/O thread, so several deliveries can be
+ * in flight when a remembered folder turns out to have gone: each one
+ * notices, the first makes the folder again, and none is lost or
+ * reported twice. */
+static void test_deliver_maildir_removed_folder_several_in_flight(void **state)
+{
+	struct fixture *f = *state;
+	enum { N = 5 };
+	char *spool = path_in(f, "spool-msg");
+	write_file(spool, "Subject: a\r\n\r\nbody\r\n", 20);
+	char *mailbox = path_in(f, "vanishing");
+	struct deliver_request first = maildir_request(mailbox, spool);
+	struct outcome o[N];
+	deliver_one(f, &first, &o[0]);
+	assert_int_equal(o[0].result, DELIVER_OK);
+	remove_tree(mailbox);
+
+	char uniques[N][32];
+	struct deliver_request req[N];
+	memset(o, 0, sizeof o);
+	for (int i = 0; i < N; i++) {
+		snprintf(uniques[i], sizeof uniques[i], "Q77.%d", i);
+		req[i] = maildir_request(mailbox, spool);
+		req[i].unique = uniques[i];
+		assert_int_equal(
+		    deliver_start(f->base, f->io, &req[i], on_done, &o[i]), 0);
+	}
+	wait_for(f, o, N);
+	for (int i = 0; i < N; i++) {
+		assert_int_equal(o[i].result, DELIVER_OK);
+		assert_string_equal(o[i].reason, "delivered");
+	}
+	char *new = path_in(f, "vanishing/new");
+	char *tmp = path_in(f, "vanishing/tmp");
+	assert_int_equal(count_entries(new, NULL, 0), N);
+	assert_int_equal(count_entries(tmp, NULL, 0), 0);
+	free(new);
+	free(tmp);
+	free(spool);
+	free(mailbox);
+}
+
 static void test_deliver_maildir_renamed_folder_stops_getting_mail(void **state)
 {
 	struct fixture *f = *state;
@@ -1210,6 +1252,9 @@ int main(void)
 		teardown),
 	    cmocka_unit_test_setup_teardown(
 		test_deliver_maildir_removed_folder_is_made_again, setup,
+		teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_maildir_removed_folder_several_in_flight, setup,
 		teardown),
 	    cmocka_unit_test_setup_teardown(
 		test_deliver_maildir_renamed_folder_stops_getting_mail, setup,

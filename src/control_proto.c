@@ -17,82 +17,12 @@
 
 #include "facteur/control.h"
 #include "facteur/control_proto.h"
+#include "facteur/text.h"
 
 /* A reply line the client accepts (a header line can be long). */
 #define CLIENT_LINE_MAX (1024 * 1024)
 #define CLIENT_TIMEOUT_SECONDS 60
 
-/* A growing text; `failed` sticks after the first ENOMEM. */
-struct text {
-	char *p;
-	size_t len;
-	size_t cap;
-	bool failed;
-};
-
-static void text_add(struct text *t, const char *s, size_t n)
-{
-	if (t->failed)
-		return;
-	if (t->cap - t->len < n + 1) {
-		size_t cap = t->cap ? t->cap : 128;
-		while (cap - t->len < n + 1) {
-			if (cap > SIZE_MAX / 2) {
-				t->failed = true;
-				return;
-			}
-			cap *= 2;
-		}
-		char *p = realloc(t->p, cap);
-		if (p == NULL) {
-			t->failed = true;
-			return;
-		}
-		t->p = p;
-		t->cap = cap;
-	}
-	memcpy(t->p + t->len, s, n);
-	t->len += n;
-	t->p[t->len] = '\0';
-}
-
-static void text_str(struct text *t, const char *s)
-{
-	text_add(t, s, strlen(s));
-}
-
-static void text_fmt(struct text *t, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void text_fmt(struct text *t, const char *fmt, ...)
-{
-	va_list ap;
-	char *s = NULL;
-
-	va_start(ap, fmt);
-	int n = vasprintf(&s, fmt, ap);
-	va_end(ap);
-	if (n < 0) {
-		t->failed = true;
-		return;
-	}
-	text_add(t, s, (size_t)n);
-	free(s);
-}
-
-/* The text (never NULL on success, even when empty), or NULL. */
-static char *text_finish(struct text *t, size_t *len)
-{
-	if (!t->failed && t->p == NULL)
-		text_add(t, "", 0);
-	if (t->failed) {
-		free(t->p);
-		return NULL;
-	}
-	if (len != NULL)
-		*len = t->len;
-	return t->p;
-}
 
 static bool is_wsp(char c)
 {
@@ -219,34 +149,7 @@ int control_proto_parse_request(const char *line, size_t len,
 	return 0;
 }
 
-/* ---- reply records ---- */
-
-static bool octet_needs_escape(unsigned char c)
-{
-	return c <= 0x20 || c == '+' || c == '=' || c == 0x7f;
-}
-
-static void text_value(struct text *t, const char *s)
-{
-	static const char hex[] = "0123456789ABCDEF";
-
-	if (s == NULL || s[0] == '\0') {
-		text_add(t, "-", 1);
-		return;
-	}
-	if (strcmp(s, "-") == 0) {
-		text_add(t, "+2D", 3);
-		return;
-	}
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-		if (octet_needs_escape(*p)) {
-			char esc[3] = {'+', hex[*p >> 4], hex[*p & 0xf]};
-			text_add(t, esc, 3);
-		} else {
-			text_add(t, (const char *)p, 1);
-		}
-	}
-}
+/* ---- reply records (values escaped as text_value does) ---- */
 
 static int hex_value(char c)
 {

@@ -25,6 +25,7 @@
 #include "facteur/iothread.h"
 #include "facteur/spool.h"
 #include "facteur/spool_log.h"
+#include "facteur/text.h"
 
 #define ENVELOPE_MAGIC "facteur-envelope 1"
 /* Draws of a fresh id before giving up on O_EXCL collisions. */
@@ -164,115 +165,6 @@ struct token {
 	size_t n;
 };
 
-/* A growing text buffer; `failed` sticks after the first ENOMEM. */
-struct text {
-	char *p;
-	size_t len;
-	size_t cap;
-	bool failed;
-};
-
-/*
- * Make *buf hold at least `need` octets: its capacity doubles from
- * `first` until it does, and never exceeds `max`. -1 with errno ENOMEM
- * when it cannot.
- */
-static int buffer_grow(char **buf, size_t *cap, size_t need, size_t first,
-		       size_t max)
-{
-	if (*cap >= need)
-		return 0;
-	size_t ncap = *cap ? *cap : first;
-	while (ncap < need) {
-		if (ncap > SIZE_MAX / 2) {
-			errno = ENOMEM;
-			return -1;
-		}
-		ncap *= 2;
-	}
-	if (ncap > max)
-		ncap = max;
-	if (ncap < need) {
-		errno = ENOMEM;
-		return -1;
-	}
-	char *p = realloc(*buf, ncap);
-	if (p == NULL)
-		return -1;
-	*buf = p;
-	*cap = ncap;
-	return 0;
-}
-
-static void text_add(struct text *t, const char *s, size_t n)
-{
-	if (t->failed)
-		return;
-	if (n >= SIZE_MAX - t->len ||
-	    buffer_grow(&t->p, &t->cap, t->len + n + 1, 256, SIZE_MAX) == -1) {
-		t->failed = true;
-		return;
-	}
-	memcpy(t->p + t->len, s, n);
-	t->len += n;
-	t->p[t->len] = '\0';
-}
-
-static void text_str(struct text *t, const char *s)
-{
-	text_add(t, s, strlen(s));
-}
-
-static void text_fmt(struct text *t, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-/* Only for numbers and fixed words: 64 octets always suffice. */
-static void text_fmt(struct text *t, const char *fmt, ...)
-{
-	char buf[64];
-	va_list ap;
-
-	va_start(ap, fmt);
-	int n = vsnprintf(buf, sizeof buf, fmt, ap);
-	va_end(ap);
-	if (n < 0 || (size_t)n >= sizeof buf) {
-		t->failed = true;
-		return;
-	}
-	text_add(t, buf, (size_t)n);
-}
-
-static bool octet_needs_escape(unsigned char c)
-{
-	return c <= 0x20 || c == '+' || c == '=' || c == 0x7f;
-}
-
-/*
- * A value as one token: "-" for NULL or empty, "+2D" for a literal "-",
- * "+XX" for the octets that would break a line or a token (and for '+'
- * and '=' themselves); everything else, UTF-8 included, as is.
- */
-static void text_value(struct text *t, const char *s)
-{
-	static const char hex[] = "0123456789ABCDEF";
-
-	if (s == NULL || s[0] == '\0') {
-		text_add(t, "-", 1);
-		return;
-	}
-	if (strcmp(s, "-") == 0) {
-		text_add(t, "+2D", 3);
-		return;
-	}
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-		if (octet_needs_escape(*p)) {
-			char esc[3] = {'+', hex[*p >> 4], hex[*p & 0xf]};
-			text_add(t, esc, 3);
-		} else {
-			text_add(t, (const char *)p, 1);
-		}
-	}
-}
 
 static bool id_valid(const char *id, size_t len)
 {
@@ -358,17 +250,6 @@ static void text_record(struct text *t, const struct spool_envelope *env,
 	text_add(t, "\n", 1);
 }
 
-static char *text_finish(struct text *t, size_t *len)
-{
-	if (t->failed) {
-		free(t->p);
-		errno = ENOMEM;
-		return NULL;
-	}
-	if (len != NULL)
-		*len = t->len;
-	return t->p;
-}
 
 /*
  * The envelope text for `id`. `wire_size`, when given, is the length of
@@ -577,7 +458,7 @@ static enum parse_status decode_value(struct token tok, bool optional,
 			}
 			s[n++] = (char)(hi << 4 | lo);
 			i += 2;
-		} else if (octet_needs_escape(c)) {
+		} else if (text_octet_needs_escape(c)) {
 			free(s);
 			return PARSE_BAD;
 		} else {

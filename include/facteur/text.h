@@ -1,0 +1,45 @@
+/*
+ * Growing buffers, and the text builder that the spool's envelope
+ * records and the control protocol's messages are written with. A text
+ * that fails to grow remembers it: later additions do nothing, and
+ * text_finish reports the failure once, where the result is used.
+ */
+#ifndef FACTEUR_TEXT_H
+#define FACTEUR_TEXT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* Make *buf hold at least `need` octets: its capacity doubles from
+ * `first` until it does, and never exceeds `max`. 0, or -1 with errno
+ * ENOMEM (*buf and *cap unchanged). */
+int buffer_grow(char **buf, size_t *cap, size_t need, size_t first,
+                size_t max);
+
+struct text {
+	char *p; /* NUL-terminated once anything was added */
+	size_t len;
+	size_t cap;
+	bool failed;
+};
+
+void text_add(struct text *t, const char *s, size_t n);
+void text_str(struct text *t, const char *s);
+void text_fmt(struct text *t, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/*
+ * A value as one space-free token of a line: "-" for NULL or empty,
+ * "+2D" for a literal "-", "+XX" (upper-case hex) for the octets that
+ * would break a line or a token (controls, space, DEL) and for '+' and
+ * '=' themselves; everything else, UTF-8 included, as is.
+ */
+void text_value(struct text *t, const char *s);
+/* Whether text_value writes octet c as "+XX". */
+bool text_octet_needs_escape(unsigned char c);
+
+/* The text, malloc'd and NUL-terminated (an empty one too), its length
+ * in *len when not NULL; or NULL with errno ENOMEM, the text freed. */
+char *text_finish(struct text *t, size_t *len);
+
+#endif

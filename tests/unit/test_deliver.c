@@ -215,6 +215,28 @@ static void deliver_one(struct fixture *f, const struct deliver_request *req,
 	wait_for(f, o, 1);
 }
 
+/*
+ * Deliver as an unprivileged user when the tests run as root, who
+ * ignores file modes: the fixture's directory and `open_dirs` (NULL
+ * terminated) are opened to everyone first, so that only the mode the
+ * test set matters.
+ */
+static void deliver_as_nobody(struct fixture *f, const char *const *open_dirs,
+			      const struct deliver_request *req,
+			      struct outcome *o)
+{
+	bool root = geteuid() == 0;
+	if (root) {
+		assert_int_equal(chmod(f->dir, 0755), 0);
+		for (const char *const *d = open_dirs; *d != NULL; d++)
+			assert_int_equal(chmod(*d, 0777), 0);
+		assert_int_equal(seteuid(65534), 0);
+	}
+	deliver_one(f, req, o);
+	if (root)
+		assert_int_equal(seteuid(0), 0);
+}
+
 static void test_deliver_expand_path_substitutes_lower_case(void **state)
 {
 	(void)state;
@@ -488,19 +510,9 @@ static void test_deliver_maildir_read_only_folder_defers(void **state)
 	char *tmp = path_in(f, "ro/tmp");
 	assert_int_equal(deliver_mkdirs(tmp), 0);
 	assert_int_equal(chmod(tmp, 0555), 0);
-	/* Root ignores modes: act as nobody for this delivery. */
-	uid_t euid = geteuid();
-	if (euid == 0) {
-		assert_int_equal(chmod(f->dir, 0755), 0);
-		assert_int_equal(chmod(mailbox, 0777), 0);
-	}
 	struct deliver_request req = maildir_request(mailbox, spool);
-	if (euid == 0)
-		assert_int_equal(seteuid(65534), 0);
 	struct outcome o;
-	deliver_one(f, &req, &o);
-	if (euid == 0)
-		assert_int_equal(seteuid(0), 0);
+	deliver_as_nobody(f, (const char *const[]){mailbox, NULL}, &req, &o);
 	assert_int_equal(o.result, DELIVER_TEMPFAIL);
 	assert_string_equal(o.dsn, "4.2.0");
 	char want[512];
@@ -863,20 +875,10 @@ static void test_deliver_maildir_new_not_writable_defers(void **state)
 	assert_int_equal(deliver_mkdirs(new), 0);
 	assert_int_equal(deliver_mkdirs(cur), 0);
 	assert_int_equal(chmod(new, 0555), 0);
-	/* Root ignores modes: act as nobody for this delivery. */
-	uid_t euid = geteuid();
-	if (euid == 0) {
-		assert_int_equal(chmod(f->dir, 0755), 0);
-		assert_int_equal(chmod(mailbox, 0777), 0);
-		assert_int_equal(chmod(tmp, 0777), 0);
-	}
 	struct deliver_request req = maildir_request(mailbox, spool);
-	if (euid == 0)
-		assert_int_equal(seteuid(65534), 0);
 	struct outcome o;
-	deliver_one(f, &req, &o);
-	if (euid == 0)
-		assert_int_equal(seteuid(0), 0);
+	deliver_as_nobody(f, (const char *const[]){mailbox, tmp, NULL}, &req,
+			  &o);
 	assert_int_equal(o.result, DELIVER_TEMPFAIL);
 	assert_string_equal(o.dsn, "4.2.0");
 	char want[512];

@@ -13,4 +13,4 @@ build=${FACTEUR_RUN_BUILD:-build}
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFACTEUR_SANITIZE=OFF \
 	-DFACTEUR_FUZZ=OFF -DFACTEUR_TESTS=OFF -DFACTEUR_WERROR=OFF >/dev/null
 cmake --build "$build" -j"$(nproc)" --target facteurd facteurctl facteur-sendmail
-exec "./$build/facteurd" -c conf/facteur.conf
+exec "$build/facteurd" -c conf/facteur.conf

@@ -1419,11 +1419,11 @@ static int dns_set_servers(struct dns *dns, const struct config *cfg, char *err,
 			free(csv);
 			return -1;
 		}
-		/* Without a port (0), c-ares uses 53. */
+		/* Always a port, so that an IPv6 address is always in
+		 * brackets: without them, its last group could read as one. */
 		if (port == 0)
-			n = snprintf(csv + used, size - used, "%s%s",
-				     i > 0 ? "," : "", ip);
-		else if (ss->ss_family == AF_INET6)
+			port = 53;
+		if (ss->ss_family == AF_INET6)
 			n = snprintf(csv + used, size - used, "%s[%s]:%u",
 				     i > 0 ? "," : "", ip, port);
 		else

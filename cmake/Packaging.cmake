@@ -55,6 +55,38 @@ install(FILES ${CMAKE_SOURCE_DIR}/README.md
               ${CMAKE_SOURCE_DIR}/docs/spool.md
         DESTINATION share/doc/facteur OPTIONAL)
 
+# The release notes as Debian names an upstream changelog (changelog.gz),
+# and the licence as its copyright file.
+set(FACTEUR_CHANGELOG_BUILT ${CMAKE_BINARY_DIR}/doc/changelog.gz)
+add_custom_command(OUTPUT ${FACTEUR_CHANGELOG_BUILT}
+  COMMAND ${CMAKE_COMMAND} -E make_directory ${CMAKE_BINARY_DIR}/doc
+  COMMAND sh -c "\"$0\" -9nc \"$1\" > \"$2\"" ${GZIP_PROGRAM}
+          ${CMAKE_SOURCE_DIR}/NEWS ${FACTEUR_CHANGELOG_BUILT}
+  DEPENDS ${CMAKE_SOURCE_DIR}/NEWS
+  COMMENT "Compressing NEWS"
+  VERBATIM)
+add_custom_target(changelog ALL DEPENDS ${FACTEUR_CHANGELOG_BUILT})
+install(FILES ${FACTEUR_CHANGELOG_BUILT} DESTINATION share/doc/facteur)
+if(EXISTS ${CMAKE_SOURCE_DIR}/LICENSE)
+  install(FILES ${CMAKE_SOURCE_DIR}/LICENSE DESTINATION share/doc/facteur
+          RENAME copyright)
+else()
+  message(WARNING "No LICENSE file: the package will have no copyright file")
+endif()
+
+# facteur is the system's MTA once installed (it Provides and Conflicts
+# with mail-transport-agent below), so it answers to the names programs
+# submit through: /usr/sbin/sendmail and /usr/lib/sendmail.
+file(MAKE_DIRECTORY ${CMAKE_BINARY_DIR}/links)
+file(CREATE_LINK facteur-sendmail ${CMAKE_BINARY_DIR}/links/sbin-sendmail
+     SYMBOLIC)
+file(CREATE_LINK ../sbin/sendmail ${CMAKE_BINARY_DIR}/links/lib-sendmail
+     SYMBOLIC)
+install(FILES ${CMAKE_BINARY_DIR}/links/sbin-sendmail DESTINATION sbin
+        RENAME sendmail)
+install(FILES ${CMAKE_BINARY_DIR}/links/lib-sendmail DESTINATION lib
+        RENAME sendmail)
+
 # ---- CPack: the Debian package ----
 set(CPACK_GENERATOR "DEB")
 set(CPACK_PACKAGE_NAME "facteur")
@@ -79,6 +111,11 @@ set(CPACK_DEBIAN_PACKAGE_PRIORITY "optional")
 # c-ares, libcrypt); the maintainer scripts need adduser.
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
 set(CPACK_DEBIAN_PACKAGE_DEPENDS "adduser")
+# One MTA per system (Debian Policy 11.6): installing facteur replaces
+# exim4, postfix or any other, and satisfies what depends on an MTA.
+set(CPACK_DEBIAN_PACKAGE_PROVIDES "mail-transport-agent")
+set(CPACK_DEBIAN_PACKAGE_CONFLICTS "mail-transport-agent")
+set(CPACK_DEBIAN_PACKAGE_REPLACES "mail-transport-agent")
 set(CPACK_DEBIAN_PACKAGE_CONTROL_STRICT_PERMISSION TRUE)
 # /etc/facteur/facteur.conf is a conffile: an upgrade keeps the operator's
 # edits (dpkg asks), a purge removes it.

@@ -1,12 +1,45 @@
 #!/usr/bin/env bash
-# Install what facteur needs to build, run and test, from Debian's packages.
+# Install what facteur needs from Debian's packages.
+#   scripts/install-deps.sh          build, run and test (scripts/test.sh)
+#   scripts/install-deps.sh --run    build and run only (scripts/run.sh)
+#   add --list to print the packages instead of installing them
 set -euo pipefail
-packages=(
-	build-essential cmake pkg-config clang
-	libevent-dev libssl-dev libc-ares-dev libcmocka-dev libcrypt-dev
-	python3 python3-pytest swaks dnsmasq-base curl openssl procps fetchmail
-	adduser dpkg-dev
+
+# Building and running: the compiler, CMake and the libraries facteur links.
+run_packages=(
+	build-essential cmake pkg-config
+	libevent-dev libssl-dev libc-ares-dev libcrypt-dev
+	ca-certificates
 )
+# Testing on top: clang for the fuzzers, cmocka for the unit tests, the
+# clients and servers the integration tests drive, dpkg tools for the
+# package test.
+test_packages=(
+	clang libcmocka-dev
+	python3 python3-pytest python3-yaml swaks dnsmasq-base curl openssl procps
+	fetchmail adduser dpkg-dev
+)
+
+only_run=0
+list=0
+for arg in "$@"; do
+	case $arg in
+	--run) only_run=1 ;;
+	--list) list=1 ;;
+	*)
+		echo "usage: $0 [--run] [--list]" >&2
+		exit 64
+		;;
+	esac
+done
+
+packages=("${run_packages[@]}")
+[ "$only_run" -eq 1 ] || packages+=("${test_packages[@]}")
+if [ "$list" -eq 1 ]; then
+	printf '%s\n' "${packages[@]}"
+	exit 0
+fi
+
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

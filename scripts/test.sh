@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Every test: install, build with AddressSanitizer and UBSan, run the unit
 # and integration tests (ctest), then each libFuzzer target for a short while.
+# Warnings are errors here (FACTEUR_WERROR), as in CI; the tests are switched
+# on explicitly, as scripts/run.sh may have left them off in the same build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 build=${FACTEUR_TEST_BUILD:-build}
-cmake -S . -B "$build" -DFACTEUR_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+cmake -S . -B "$build" -DFACTEUR_SANITIZE=ON -DFACTEUR_TESTS=ON -DFACTEUR_WERROR=ON \
+	-DCMAKE_BUILD_TYPE=Debug >/dev/null
 cmake --build "$build" -j"$(nproc)"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
@@ -13,7 +16,8 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 # Fuzz smoke run: every parser's target, FUZZ_SECONDS each (0 skips).
 fuzz_seconds=${FUZZ_SECONDS:-15}
 if [ "$fuzz_seconds" -gt 0 ]; then
-	CC=clang cmake -S . -B "$build-fuzz" -DFACTEUR_FUZZ=ON -DFACTEUR_TESTS=OFF >/dev/null
+	CC=clang cmake -S . -B "$build-fuzz" -DFACTEUR_FUZZ=ON -DFACTEUR_TESTS=OFF \
+		-DFACTEUR_WERROR=ON >/dev/null
 	cmake --build "$build-fuzz" -j"$(nproc)"
 	for target in "$build-fuzz"/fuzz/fuzz_*; do
 		echo "fuzz: $(basename "$target") for ${fuzz_seconds}s"

@@ -10,6 +10,11 @@
  * query, shared by every slot that asks the same thing at the same time.
  * The user's callback only ever runs from the query's own zero timer:
  * never inside c-ares, never inside dns_resolve_*.
+ *
+ * c-ares 1.28 replaced ares_query by ares_query_dnsrec (and deprecated
+ * the former): with it, the answer comes back as a record that we write
+ * out again in wire form for our parser; older versions (Debian 12 has
+ * 1.18) keep ares_query.
  */
 #include <ares.h>
 #include <arpa/inet.h>
@@ -804,6 +809,30 @@ static void on_answer(void *arg, int status, int timeouts, unsigned char *abuf,
 	free(p);
 }
 
+#if ARES_VERSION >= 0x011c00
+/* The answer as a record: back to wire form, as ares_query would give it.
+ * A record that cannot be written out is a temporary failure. */
+static void on_answer_record(void *arg, ares_status_t status, size_t timeouts,
+			     const ares_dns_record_t *record)
+{
+	unsigned char *wire = NULL;
+	size_t len = 0;
+
+	if (record != NULL) {
+		ares_status_t written = ares_dns_write(record, &wire, &len);
+
+		if (written != ARES_SUCCESS) {
+			status = written;
+			wire = NULL;
+			len = 0;
+		}
+	}
+	on_answer(arg, (int)status, (int)timeouts, wire, (int)len);
+	if (wire != NULL)
+		ares_free_string(wire);
+}
+#endif
+
 /* Answer s from the cache, or join (or start) the query on the wire. */
 static void slot_wait(struct slot *s, const char *name)
 {
@@ -842,8 +871,15 @@ static void slot_wait(struct slot *s, const char *name)
 	dns->pending = p;
 	slot_link(s, p);
 	metrics.dns_queries_total++;
-	/* on_answer may run (and free p) before ares_query returns. */
+	/* on_answer may run (and free p) before the call returns; a query
+	 * that cannot be sent is reported to it as well. */
+#if ARES_VERSION >= 0x011c00
+	(void)ares_query_dnsrec(dns->channel, p->name, ARES_CLASS_IN,
+				(ares_dns_rec_type_t)s->type, on_answer_record,
+				p, NULL);
+#else
 	ares_query(dns->channel, p->name, DNS_CLASS_IN, s->type, on_answer, p);
+#endif
 	dns_rearm(dns);
 }
 
@@ -1338,49 +1374,70 @@ void dns_cancel(struct dns_query *query)
 
 /* The resolver. */
 
+/* The servers as c-ares's "IP[:PORT],[IPv6]:PORT" text: the one way to
+ * set ports that every c-ares from 1.11 on takes without deprecation. */
 static int dns_set_servers(struct dns *dns, const struct config *cfg, char *err,
 			   size_t errlen)
 {
-	struct ares_addr_port_node *nodes;
+	/* "[" address "]:" port "," per server */
+	const size_t per_server = INET6_ADDRSTRLEN + 10;
+	size_t size = cfg->dns_server_count * per_server + 1;
+	size_t used = 0;
+	char *csv;
 	int rc;
 
-	nodes = calloc(cfg->dns_server_count, sizeof(*nodes));
-	if (nodes == NULL) {
+	csv = malloc(size);
+	if (csv == NULL) {
 		snprintf(err, errlen, "dns: out of memory");
 		return -1;
 	}
+	csv[0] = '\0';
 	for (size_t i = 0; i < cfg->dns_server_count; i++) {
 		const struct sockaddr_storage *ss = &cfg->dns_servers[i].addr;
-		struct ares_addr_port_node *n = &nodes[i];
-		unsigned port;
+		char ip[INET6_ADDRSTRLEN];
+		const char *ok = NULL;
+		unsigned port = 0;
+		int n;
 
 		if (ss->ss_family == AF_INET) {
 			const struct sockaddr_in *sin = (const void *)ss;
 
-			n->family = AF_INET;
-			n->addr.addr4 = sin->sin_addr;
+			ok = inet_ntop(AF_INET, &sin->sin_addr, ip, sizeof(ip));
 			port = ntohs(sin->sin_port);
 		} else if (ss->ss_family == AF_INET6) {
 			const struct sockaddr_in6 *sin6 = (const void *)ss;
 
-			n->family = AF_INET6;
-			memcpy(&n->addr.addr6, &sin6->sin6_addr, 16);
+			ok = inet_ntop(AF_INET6, &sin6->sin6_addr, ip,
+				       sizeof(ip));
 			port = ntohs(sin6->sin6_port);
-		} else {
+		}
+		if (ok == NULL) {
 			snprintf(
 			    err, errlen, "dns_servers: %s: not an IP address",
 			    cfg->dns_servers[i].text ? cfg->dns_servers[i].text
 						     : "?");
-			free(nodes);
+			free(csv);
 			return -1;
 		}
-		/* 0 lets c-ares use 53. */
-		n->udp_port = (int)port;
-		n->tcp_port = (int)port;
-		n->next = i + 1 < cfg->dns_server_count ? &nodes[i + 1] : NULL;
+		/* Always a port, so that an IPv6 address is always in
+		 * brackets: without them, its last group could read as one. */
+		if (port == 0)
+			port = 53;
+		if (ss->ss_family == AF_INET6)
+			n = snprintf(csv + used, size - used, "%s[%s]:%u",
+				     i > 0 ? "," : "", ip, port);
+		else
+			n = snprintf(csv + used, size - used, "%s%s:%u",
+				     i > 0 ? "," : "", ip, port);
+		if (n < 0 || (size_t)n >= size - used) {
+			snprintf(err, errlen, "dns_servers: list too long");
+			free(csv);
+			return -1;
+		}
+		used += (size_t)n;
 	}
-	rc = ares_set_servers_ports(dns->channel, nodes);
-	free(nodes);
+	rc = ares_set_servers_ports_csv(dns->channel, csv);
+	free(csv);
 	if (rc != ARES_SUCCESS) {
 		snprintf(err, errlen, "dns_servers: %s", ares_strerror(rc));
 		return -1;

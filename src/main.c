@@ -41,6 +41,11 @@
 extern char **environ;
 
 #define EXIT_STARTUP 1
+/* A listening port (SMTP, POP3 or metrics) cannot be bound: taken by
+ * another program, or not ours to bind. EX_UNAVAILABLE from sysexits(3),
+ * its own status so that a supervisor stops rather than retrying
+ * (RestartPreventExitStatus= in the systemd unit). */
+#define EXIT_CANNOT_LISTEN 69
 #define DRAIN_LIMIT_SECONDS 7 /* SPEC.md §7: exit within 10 s, with margin */
 
 /* What a configuration builds: swapped as a whole on reload. */
@@ -297,6 +302,14 @@ static int drop_privileges(const struct config *cfg)
 	return 0;
 }
 
+/* The one line an operator needs when a port cannot be bound: which
+ * entry, why, and the exit status a supervisor will see. */
+static void log_cannot_listen(const char *reason)
+{
+	log_event(LOG_LEVEL_ERROR, "startup_error", LOG_S("reason", reason),
+		  LOG_I("exit_status", EXIT_CANNOT_LISTEN));
+}
+
 int main(int argc, char **argv)
 {
 	bool check_only = false;
@@ -359,21 +372,20 @@ int main(int argc, char **argv)
 	                            srv.cfg->listen, srv.cfg->listen_count, err,
 	                            sizeof err);
 	if (srv.listener == NULL) {
-		log_event(LOG_LEVEL_ERROR, "startup_error", LOG_S("reason", err));
-		return EXIT_STARTUP;
+		log_cannot_listen(err);
+		return EXIT_CANNOT_LISTEN;
 	}
 	pop3 = pop3_server_new(&srv, err, sizeof err);
 	if (pop3 == NULL) {
-		log_event(LOG_LEVEL_ERROR, "startup_error", LOG_S("reason", err));
-		return EXIT_STARTUP;
+		log_cannot_listen(err);
+		return EXIT_CANNOT_LISTEN;
 	}
 	if (srv.cfg->metrics_listen != NULL) {
 		metrics_http = metrics_http_new(srv.base, srv.cfg->metrics_listen,
 		                                err, sizeof err);
 		if (metrics_http == NULL) {
-			log_event(LOG_LEVEL_ERROR, "startup_error",
-			          LOG_S("reason", err));
-			return EXIT_STARTUP;
+			log_cannot_listen(err);
+			return EXIT_CANNOT_LISTEN;
 		}
 	}
 	if (drop_privileges(srv.cfg) == -1)

@@ -4,19 +4,27 @@ install rules in a separate build without sanitizers, installed with
 with -n, then started as root: it must drop to the facteur account and
 deliver a message), then removed and purged.
 
-Needs root and dpkg. It refuses to touch a machine where facteur is already
-installed or configured, and it leaves nothing behind: not the package, not
-a running facteurd, not an account or a mailbox it created."""
+The package tests need root and dpkg. They refuse to touch a machine where
+facteur is already installed or configured, and they leave nothing behind:
+not the package, not a running facteurd, not an account or a mailbox they
+created.
+
+Also here: the systemd unit, the postinst's start of the daemon (run from
+the source tree with stand-ins for systemctl and its helpers, in a mount
+namespace of its own), and the compose example (issue 12, items 2 and 18)."""
 
 import grp
 import gzip
+import ipaddress
 import os
+import re
 import pwd
 import shutil
 import signal
 import smtplib
 import stat
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -38,7 +46,7 @@ WANTS_LINK = Path("/etc/systemd/system/multi-user.target.wants/facteurd.service"
 BUILD_TIMEOUT = 900
 DPKG_TIMEOUT = 300
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0,
+needs_root = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="installing a .deb with dpkg -i needs root")
 
 
@@ -162,6 +170,7 @@ def proc_uid(pid):
 
 # --------------------------------------------------------------------------
 
+@needs_root
 def test_package_metadata_and_contents(deb):
     info = run(["dpkg-deb", "--field", deb, "Package", "Version", "Depends",
                 "Section"]).stdout.decode()
@@ -192,6 +201,7 @@ def test_package_metadata_and_contents(deb):
         assert text.startswith("#!/bin/sh"), (script, text[:80])
 
 
+@needs_root
 def test_install_run_remove_purge(deb, machine, tmp_path):
     source = Path(h.SOURCE_DIR)
 
@@ -311,3 +321,342 @@ def test_install_run_remove_purge(deb, machine, tmp_path):
     assert not CONF.parent.exists()
     assert not SPOOL.exists()
     assert not WANTS_LINK.exists() and not WANTS_LINK.is_symlink()
+
+
+# --------------------------------------------------------------------------
+# issue 12, items 16 and 18: what the package declares and ships
+
+def package_listing(deb):
+    """{path: symlink target or None} of the package's files."""
+    listing = run(["dpkg-deb", "--contents", deb]).stdout.decode()
+    entries = {}
+    for line in listing.splitlines():
+        if not line.strip():
+            continue
+        name = line.split(None, 5)[5]
+        target = None
+        if " -> " in name:
+            name, target = name.split(" -> ", 1)
+        entries[name.lstrip(".")] = target
+    return entries
+
+
+@needs_root
+def test_package_is_the_system_mta(deb):
+    fields = run(["dpkg-deb", "--field", deb, "Provides", "Conflicts",
+                  "Replaces"]).stdout.decode()
+    values = dict(line.split(": ", 1) for line in fields.splitlines())
+    for field in ("Provides", "Conflicts", "Replaces"):
+        names = [v.strip() for v in values.get(field, "").split(",")]
+        assert "mail-transport-agent" in names, (field, fields)
+    # What programs submit through, once it is the only MTA.
+    files = package_listing(deb)
+    assert files.get("/usr/sbin/sendmail") == "facteur-sendmail", files
+    assert files.get("/usr/lib/sendmail") == "../sbin/sendmail", files
+
+
+@needs_root
+def test_package_ships_release_notes_and_licence(deb):
+    source = Path(h.SOURCE_DIR)
+    files = package_listing(deb)
+    assert "/usr/share/doc/facteur/changelog.gz" in files, sorted(files)
+    with tempfile.TemporaryDirectory() as tmp:
+        run(["dpkg-deb", "-x", deb, tmp])
+        doc = Path(tmp) / "usr/share/doc/facteur"
+        with gzip.open(doc / "changelog.gz") as f:
+            assert f.read() == (source / "NEWS").read_bytes()
+        if not (source / "LICENSE").exists():
+            pytest.skip("no LICENSE in the source tree: the project has "
+                        "not declared its licence yet")
+        assert (doc / "copyright").read_bytes() == \
+            (source / "LICENSE").read_bytes()
+
+
+@needs_root
+def test_package_build_does_not_treat_warnings_as_errors(deb):
+    """The package is built as an operator would (no FACTEUR_WERROR): a
+    newer compiler's new warning must not break it."""
+    build = deb.parent
+    flags = (build / "CMakeFiles/facteur_core.dir/flags.make").read_text()
+    assert "-Wall" in flags, flags
+    assert "-Werror" not in flags, flags
+
+
+# --------------------------------------------------------------------------
+# issue 12, item 18: the unit and the postinst do not hide a failed start
+
+def unit_settings(path):
+    settings = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";", "[")):
+            continue
+        key, _, value = line.partition("=")
+        settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def test_unit_does_not_restart_on_a_port_it_cannot_bind():
+    unit = unit_settings(Path(h.SOURCE_DIR) / "packaging" / "facteurd.service")
+    prevented = " ".join(unit.get("RestartPreventExitStatus", [])).split()
+    assert "69" in prevented, unit      # EX_UNAVAILABLE: a port taken
+    assert "78" in prevented, unit      # EX_CONFIG
+
+
+# The n-th "systemctl is-active" answers the n-th status of {active} (the
+# last one repeats): the daemon may be running before a restart and not
+# after it.
+STAND_IN = """#!/bin/sh
+echo "$(basename "$0") $*" >> {calls}
+case "$(basename "$0") $*" in
+"systemctl "*is-active*)
+    n=$(grep -c "^systemctl .*is-active" {calls})
+    set -- {active}
+    while [ "$n" -gt 1 ] && [ $# -gt 1 ]; do shift; n=$((n - 1)); done
+    exit "$1" ;;
+"systemctl show"*) echo {status} ;;
+"policy-rc.d "*) exit {policy} ;;
+esac
+exit 0
+"""
+
+
+def run_postinst(tmp_path, args, active, status=69, policy=0):
+    """Run packaging/debian/postinst as dpkg would, in a mount namespace
+    where systemd seems to run (/run/systemd/system) and systemctl,
+    deb-systemd-invoke, deb-systemd-helper, policy-rc.d, the account tools
+    and sleep are stand-ins that log their calls. `active`: the exit status
+    of each "systemctl is-active" in turn (0 running, 3 not), a string
+    such as "0 3"."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not available")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    calls = tmp_path / "calls"
+    calls.write_text("")
+    for name in ("systemctl", "deb-systemd-invoke", "deb-systemd-helper",
+                 "policy-rc.d", "getent", "adduser", "addgroup", "install",
+                 "sleep"):
+        tool = fake / name
+        tool.write_text(STAND_IN.format(calls=calls, active=active,
+                                        status=status, policy=policy))
+        tool.chmod(0o755)
+    postinst = Path(h.SOURCE_DIR) / "packaging" / "debian" / "postinst"
+    # Absolute paths the script tests are covered by the stand-ins too;
+    # the namespace's mounts vanish with it.
+    script = """set -e
+mount -t tmpfs tmpfs /run/systemd 2>/dev/null || mount -t tmpfs tmpfs /run
+mkdir -p /run/systemd/system
+for p in /usr/bin/deb-systemd-helper /usr/sbin/policy-rc.d; do
+    [ -e "$p" ] || continue
+    mount --bind "$FAKE/$(basename "$p")" "$p"
+done
+exec sh "$POSTINST" "$@"
+"""
+    r = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+         "postinst"] + list(args),
+        env=h.clean_env({"PATH": "%s:%s" % (fake, os.environ["PATH"]),
+                         "FAKE": str(fake), "POSTINST": str(postinst)}),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, timeout=60)
+    if r.returncode != 0 and b"unshare failed" in r.stderr:
+        pytest.skip("no mount namespace here: %s" % r.stderr.decode())
+    return r, calls.read_text()
+
+
+@needs_root
+def test_postinst_fails_when_the_daemon_does_not_start(tmp_path):
+    r, calls = run_postinst(tmp_path, ["configure", ""], active=3)
+    assert "deb-systemd-invoke start facteurd.service" in calls, calls
+    err = r.stderr.decode()
+    assert r.returncode != 0, (calls, err)
+    assert "facteurd.service did not start" in err, err
+    assert "exit status 69" in err, err
+    assert "journalctl -u facteurd.service" in err, err
+
+
+@needs_root
+def test_postinst_succeeds_when_the_daemon_runs(tmp_path):
+    r, calls = run_postinst(tmp_path, ["configure", ""], active=0)
+    assert "deb-systemd-invoke start facteurd.service" in calls, calls
+    assert r.returncode == 0, (calls, r.stderr.decode())
+    assert r.stderr == b"", r.stderr
+
+
+@needs_root
+def test_postinst_upgrade_fails_when_the_restarted_daemon_is_gone(tmp_path):
+    """On upgrade a running daemon is restarted on the new binary; if that
+    one does not come up, dpkg hears of it."""
+    r, calls = run_postinst(tmp_path, ["configure", "0.0.9"], active="0 3")
+    assert "deb-systemd-invoke try-restart facteurd.service" in calls, calls
+    assert r.returncode != 0, (calls, r.stderr.decode())
+    assert "did not start" in r.stderr.decode()
+
+
+@needs_root
+def test_postinst_upgrade_leaves_a_stopped_daemon_alone(tmp_path):
+    """A daemon the operator had stopped is not restarted (try-restart)
+    and its absence is no failure."""
+    r, calls = run_postinst(tmp_path, ["configure", "0.0.9"], active=3)
+    assert "deb-systemd-invoke try-restart facteurd.service" in calls, calls
+    assert r.returncode == 0, (calls, r.stderr.decode())
+
+
+@needs_root
+def test_postinst_respects_a_policy_that_forbids_starting(tmp_path):
+    """Where policy-rc.d forbids starting services (image builds), nothing
+    starts, and that is not a failure."""
+    r, calls = run_postinst(tmp_path, ["configure", ""], active=3, policy=101)
+    assert r.returncode == 0, (calls, r.stderr.decode())
+
+
+# --------------------------------------------------------------------------
+# issue 12, item 2: the compose example is not an open relay
+
+COMPOSE = Path(h.SOURCE_DIR) / "packaging" / "compose.yaml"
+# The ranges Docker takes its bridge networks from by default: behind its
+# userland proxy, every outside client appears from one of these.
+DOCKER_DEFAULT_POOLS = [ipaddress.ip_network("172.16.0.0/12"),
+                        ipaddress.ip_network("192.168.0.0/16")]
+
+
+def compose_file():
+    yaml = pytest.importorskip("yaml")
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def interpolate(value):
+    """Compose's ${VAR:-default} and ${VAR-default}, with VAR unset."""
+    return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-([^}]*))?\}",
+                  lambda m: m.group(1) or "", str(value))
+
+
+def compose_services():
+    services = compose_file()["services"]
+    assert services, COMPOSE
+    return services
+
+
+def service_env(service):
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) for e in env)
+    return {k: interpolate(v) for k, v in env.items()}
+
+
+def declared_subnets(compose):
+    """{subnet: gateway} of the networks the file declares."""
+    subnets = {}
+    for net in (compose.get("networks") or {}).values():
+        for cfg in ((net or {}).get("ipam") or {}).get("config") or []:
+            gateway = cfg.get("gateway")
+            subnets[ipaddress.ip_network(cfg["subnet"])] = (
+                ipaddress.ip_address(gateway) if gateway else None)
+    return subnets
+
+
+def test_compose_relay_networks_are_loopback_or_a_narrow_declared_network():
+    compose = compose_file()
+    subnets = declared_subnets(compose)
+    for name, service in compose_services().items():
+        env = service_env(service)
+        if "FACTEUR_RELAY_NETWORKS" not in env:
+            continue
+        for entry in env["FACTEUR_RELAY_NETWORKS"].split(","):
+            net = ipaddress.ip_network(entry.strip(), strict=False)
+            if net.is_loopback:
+                continue
+            for pool in DOCKER_DEFAULT_POOLS:
+                assert not net.overlaps(pool), (
+                    "%s: relay_networks trusts %s, inside Docker's bridge "
+                    "pool %s: an open relay behind the userland proxy"
+                    % (name, net, pool))
+            # Only a network this file makes, and without its gateway
+            # (the host, and the userland proxy's address on it).
+            inside = [s for s in subnets if net.version == s.version
+                      and net.subnet_of(s)]
+            assert inside, ("%s: relay_networks trusts %s, which no network "
+                            "of the file declares" % (name, net))
+            for s in inside:
+                gateway = subnets[s]
+                assert gateway is None or gateway not in net, (
+                    "%s: relay_networks %s holds the gateway %s"
+                    % (name, net, gateway))
+            assert net.prefixlen >= (24 if net.version == 4 else 64), (
+                "%s: relay_networks trusts the broad range %s" % (name, net))
+
+
+def published(service):
+    """[(host address or None, host port, container port)]."""
+    out = []
+    for port in service.get("ports") or []:
+        if isinstance(port, dict):
+            out.append((port.get("host_ip"), str(port.get("published")),
+                        str(port.get("target"))))
+            continue
+        text = interpolate(port).split("/")[0]
+        parts = text.rsplit(":", 2)
+        if len(parts) == 3:
+            out.append((parts[0].strip("[]"), parts[1], parts[2]))
+        elif len(parts) == 2:
+            out.append((None, parts[0], parts[1]))
+        else:
+            out.append((None, None, parts[0]))
+    return out
+
+
+def test_compose_publishes_ports_on_a_chosen_address_only():
+    for name, service in compose_services().items():
+        for host, host_port, target in published(service):
+            assert host, ("%s: port %s is published on every interface"
+                          % (name, target))
+            assert not ipaddress.ip_address(host).is_unspecified, (
+                "%s: port %s is published on %s" % (name, target, host))
+
+
+def test_compose_metrics_are_not_open_to_every_container():
+    for name, service in compose_services().items():
+        env = service_env(service)
+        listen = env.get("FACTEUR_METRICS_LISTEN")
+        if not listen:
+            continue
+        host, _, port = listen.rpartition(":")
+        host = ipaddress.ip_address(host.strip("[]"))
+        assert not host.is_unspecified, (
+            "%s: metrics on %s, reachable from every container of its "
+            "networks" % (name, listen))
+        for pub_host, _, target in published(service):
+            assert target != port or ipaddress.ip_address(pub_host).is_loopback, (
+                "%s: the metrics port is published on %s" % (name, pub_host))
+
+
+def test_compose_environment_is_a_valid_configuration(tmp_path):
+    """facteurd -n accepts the example's settings as they are (secrets
+    replaced by files of the same kind)."""
+    import tls_harness as t
+
+    cert, key = t.make_cert(tmp_path)
+    secrets = {
+        "/run/secrets/cert": cert,
+        "/run/secrets/key": key,
+        "/run/secrets/users": tmp_path / "users",
+        "/run/secrets/smarthost": tmp_path / "smarthost",
+    }
+    (tmp_path / "users").write_text("scanner@relay.example.org:%s\n"
+                                    % h.SECRET_HASH)
+    (tmp_path / "smarthost").write_text("relay@example.org:the-password\n")
+    (tmp_path / "smarthost").chmod(0o600)
+    for name, service in compose_services().items():
+        if "facteur" not in str(service.get("image", "")):
+            continue
+        env = service_env(service)
+        for k, v in env.items():
+            for path, local in secrets.items():
+                v = v.replace(path, str(local))
+            env[k] = v
+        env["FACTEUR_SPOOL_DIR"] = str(tmp_path / "spool")
+        r = h.run_facteurd(["-n"], env=env)
+        assert r.returncode == 0, (name, r.stderr.decode())
+        settings = r.stdout.decode()
+        assert "relay_networks = " in settings, settings

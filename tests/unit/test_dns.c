@@ -28,6 +28,7 @@
 #define DNSMASQ "/usr/sbin/dnsmasq"
 #define MAX_HOSTS 8
 #define MAX_ADDRS 8
+#define DNS_TEST_HEADER_LEN 12 /* a DNS message starts with 12 octets */
 
 static struct event_base *base;
 static pid_t dnsmasq_pid = -1;
@@ -405,6 +406,54 @@ static void test_dns_unreachable_server_is_tempfail(void **state)
 	assert_int_equal(s.status, DNS_TEMPFAIL);
 	assert_true(now_seconds() - start < 10.0);
 	dns_free(dns);
+}
+
+/* dns_servers in order, an IPv6 one with its port among them: the first
+ * receives the query (on its port) and stays mute; after its timeout the
+ * answer comes from the second. */
+static void test_dns_servers_in_order_ipv6_with_port(void **state)
+{
+	struct dns_server servers[2] = {{.text = "[::1]"},
+					{.text = "127.0.0.1"}};
+	struct sockaddr_in6 *sin6 = (void *)&servers[0].addr;
+	struct sockaddr_in *sin = (void *)&servers[1].addr;
+	socklen_t len = sizeof(*sin6);
+	struct config cfg = {0};
+	char err[256] = "";
+	unsigned char query[512];
+	struct dns *dns;
+	struct seen s;
+	int mute;
+
+	(void)state;
+	mute = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (mute < 0)
+		skip();
+	sin6->sin6_family = AF_INET6;
+	sin6->sin6_addr = in6addr_loopback;
+	if (bind(mute, (struct sockaddr *)sin6, sizeof(*sin6)) < 0) {
+		close(mute); /* no IPv6 loopback here */
+		skip();
+	}
+	assert_int_equal(getsockname(mute, (struct sockaddr *)sin6, &len), 0);
+	servers[0].addrlen = sizeof(*sin6);
+	sin->sin_family = AF_INET;
+	sin->sin_port = htons(dnsmasq_port);
+	sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	servers[1].addrlen = sizeof(*sin);
+	cfg.dns_servers = servers;
+	cfg.dns_server_count = 2;
+	dns = dns_new(base, &cfg, err, sizeof(err));
+	if (dns == NULL)
+		fail_msg("dns_new: %s", err);
+	s = resolve_host(dns, "mx1.example.test");
+	assert_true(recv(mute, query, sizeof(query), MSG_DONTWAIT) >
+		    DNS_TEST_HEADER_LEN);
+	assert_int_equal(s.status, DNS_OK);
+	assert_int_equal(s.hosts[0].addr_count, 1);
+	assert_string_equal(s.hosts[0].addrs[0], "127.0.0.2");
+	dns_free(dns);
+	close(mute);
 }
 
 static void test_dns_cache_answers_without_new_query(void **state)
@@ -1165,6 +1214,7 @@ int main(void)
 	    cmocka_unit_test(test_dns_refused_is_tempfail_and_not_cached),
 	    cmocka_unit_test(test_dns_silent_server_is_tempfail_within_seconds),
 	    cmocka_unit_test(test_dns_unreachable_server_is_tempfail),
+	    cmocka_unit_test(test_dns_servers_in_order_ipv6_with_port),
 	    cmocka_unit_test(test_dns_cache_answers_without_new_query),
 	    cmocka_unit_test(test_dns_negative_answers_cached),
 	    cmocka_unit_test(test_dns_same_question_in_flight_asked_once),

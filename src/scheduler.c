@@ -39,6 +39,7 @@
 #include "facteur/config.h"
 #include "facteur/deliver.h"
 #include "facteur/dns.h"
+#include "facteur/localaddr.h"
 #include "facteur/log.h"
 #include "facteur/metrics.h"
 #include "facteur/route.h"
@@ -107,6 +108,7 @@ struct scheduler {
 	struct event *compact_timer;
 	struct idle_conn *closing; /* connections saying QUIT */
 	unsigned closing_count;
+	struct localaddr_interfaces *interfaces; /* for the loop check */
 	bool stopping;
 };
 
@@ -972,6 +974,44 @@ static socklen_t address_length(const struct sockaddr_storage *ss)
 	                                 : sizeof(struct sockaddr_in);
 }
 
+/* Is one of the hosts this daemon itself, on the port the attempt would
+ * use? Then hosts from *cutoff's preference on are not to be tried. */
+static bool relay_self_cutoff(struct scheduler *sched,
+			      const struct dns_host *hosts, size_t host_count,
+			      uint16_t port, unsigned *cutoff)
+{
+	const struct config *cfg = sched->srv->cfg;
+	struct localaddr_self self = {
+	    .listen = cfg->listen,
+	    .listen_count = cfg->listen_count,
+	};
+	if (localaddr_needs_interfaces(cfg->listen, cfg->listen_count, port))
+		localaddr_interfaces_get(sched->interfaces, &self.interfaces,
+					 &self.interface_count);
+	return localaddr_self_cutoff(&self, hosts, host_count, port, cutoff);
+}
+
+/* Every host left would be this daemon: connecting would only hand the
+ * message back to ourselves, hop after hop. For the recipient's own
+ * domain that is final (5.4.6, as Postfix says it); a route's target is
+ * our configuration, so its recipients wait for it to be fixed. */
+static void relay_loops_back(struct relay_job *job)
+{
+	char reason[600];
+	if (job->routed) {
+		snprintf(reason, sizeof reason,
+			 "mail for %s loops back to myself (route target %s)",
+			 job->domain, job->host);
+		relay_finish_all(job, RCPT_DEFERRED, "4.4.6", reason,
+				 job->host);
+	} else {
+		snprintf(reason, sizeof reason,
+			 "mail for %s loops back to myself", job->domain);
+		relay_finish_all(job, RCPT_BOUNCED, "5.4.6", reason, job->host);
+	}
+	relay_done(job);
+}
+
 static void relay_connect(struct relay_job *job, const struct dns_host *hosts,
                           size_t host_count)
 {
@@ -980,7 +1020,17 @@ static void relay_connect(struct relay_job *job, const struct dns_host *hosts,
 	struct smtp_client_address addrs[MAX_ADDRESSES_PER_ATTEMPT];
 	size_t n = 0;
 	uint16_t port = job->port ? job->port : cfg->mx_port;
+	/* A "[host]" or "[ip]" route names its target on purpose: it is
+	 * taken as written, even when that is this daemon. */
+	unsigned cutoff = 0;
+	bool self_found =
+	    (!job->routed || job->mx_lookup) &&
+	    relay_self_cutoff(sched, hosts, host_count, port, &cutoff);
+	size_t hosts_kept = 0;
 	for (size_t h = 0; h < host_count; h++) {
+		if (self_found && hosts[h].preference >= cutoff)
+			continue;
+		hosts_kept++;
 		for (size_t a = 0; a < hosts[h].addr_count &&
 		                   n < MAX_ADDRESSES_PER_ATTEMPT;
 		     a++) {
@@ -989,6 +1039,17 @@ static void relay_connect(struct relay_job *job, const struct dns_host *hosts,
 			set_port(&addrs[n].addr, port);
 			addrs[n].addrlen = address_length(&addrs[n].addr);
 			n++;
+		}
+	}
+	if (self_found) {
+		log_event(LOG_LEVEL_DEBUG, "relay_self_skipped",
+			  LOG_S("queue_id", job->q->env->id),
+			  LOG_S("domain", job->domain),
+			  LOG_I("preference", cutoff),
+			  LOG_I("hosts_left", hosts_kept));
+		if (hosts_kept == 0) {
+			relay_loops_back(job);
+			return;
 		}
 	}
 	if (n == 0) {
@@ -1436,6 +1497,12 @@ struct scheduler *scheduler_new(struct server *srv)
 	}
 	sched->srv = srv;
 	sched->ready_tail = &sched->ready_head;
+	sched->interfaces = localaddr_interfaces_new();
+	if (sched->interfaces == NULL) {
+		event_free(sched->compact_timer);
+		free(sched);
+		return NULL;
+	}
 	metrics_set_queue_age_source(oldest_age, sched);
 	srandom((unsigned)time(NULL) ^ (unsigned)getpid());
 	return sched;
@@ -1447,6 +1514,7 @@ void scheduler_free(struct scheduler *sched)
 		return;
 	metrics_set_queue_age_source(NULL, NULL);
 	event_free(sched->compact_timer);
+	localaddr_interfaces_free(sched->interfaces);
 	while (sched->jobs != NULL) {
 		struct relay_job *job = sched->jobs;
 		if (job->dns != NULL)

@@ -13,10 +13,11 @@ run_packages=(
 )
 # Testing on top: clang for the fuzzers, cmocka for the unit tests, the
 # clients and servers the integration tests drive, dpkg tools for the
-# package test.
+# package test. swaks needs Net::SSLeay for --tls (only a Recommends).
 test_packages=(
 	clang libcmocka-dev
-	python3 python3-pytest python3-yaml swaks dnsmasq-base curl openssl procps
+	python3 python3-pytest python3-yaml swaks libnet-ssleay-perl dnsmasq-base curl
+	openssl procps
 	fetchmail adduser dpkg-dev
 )
 

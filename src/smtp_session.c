@@ -52,6 +52,7 @@
 #define ESC_LOCAL_ERROR "4.3.0"
 #define ESC_TIMEOUT "4.4.2"
 #define ESC_TOO_MANY_RCPTS "4.5.3"
+#define ESC_SYSTEM_STORAGE "4.3.1"
 #define ESC_TOO_MANY_ERRORS "4.7.0"
 #define ESC_TLS_UNAVAILABLE "4.7.0"
 #define ESC_BAD_DEST_MAILBOX "5.1.1"
@@ -101,22 +102,29 @@ static const char *const state_names[] = {
 	[SMTP_STATE_CLOSING] = "closing",
 };
 
-/* One accepted RCPT may stand for several final recipients (aliases). */
+/* One accepted RCPT may stand for several final recipients (aliases).
+ * Each is one allocation holding its strings, and the address as given
+ * is stored only when it differs from the final one: a recipient costs
+ * its text and a few octets, not three allocations. */
 struct recipient {
-	char *address;  /* final, canonical */
-	char *original; /* as given in RCPT TO */
-	char *orcpt;
 	unsigned notify;
 	bool local;
+	uint16_t original; /* offset in text of the address as given; 0:
+			      the final address itself */
+	uint16_t orcpt;	   /* offset in text of ORCPT; 0: none */
+	char text[];	   /* the final (canonical) address, then the others,
+			      each NUL-terminated */
 };
 
 struct transaction {
 	bool active; /* MAIL accepted */
 	struct smtp_mail mail;
-	struct recipient *rcpts;
+	struct recipient **rcpts;
 	size_t rcpt_count, rcpt_cap;
 	unsigned accepted_rcpt_commands;
-	char *first_rcpt; /* for Received: "for <...>" */
+	/* Octets this envelope holds (max_envelope_size), also counted in
+	 * envelope_memory (max_envelope_memory). */
+	size_t envelope_bytes;
 	struct spool_incoming *incoming;
 	struct smtp_data data;
 	char *outbuf;  /* MESSAGE_BUF_SIZE: what the spool is yet to get */
@@ -163,6 +171,8 @@ struct smtp_session {
 
 static struct smtp_session *all_sessions;
 static size_t session_count;
+/* The envelope octets of every open transaction. */
+static uint64_t envelope_memory;
 
 static void session_process(struct smtp_session *s);
 static bool session_flush(struct smtp_session *s);
@@ -225,23 +235,56 @@ static void log_rejected(struct smtp_session *s, const char *reason,
 static void transaction_reset(struct smtp_session *s)
 {
 	struct transaction *tx = &s->tx;
-	for (size_t i = 0; i < tx->rcpt_count; i++) {
-		free(tx->rcpts[i].address);
-		free(tx->rcpts[i].original);
-		free(tx->rcpts[i].orcpt);
-	}
+	for (size_t i = 0; i < tx->rcpt_count; i++)
+		free(tx->rcpts[i]);
 	free(tx->rcpts);
-	free(tx->first_rcpt);
+	envelope_memory -= tx->envelope_bytes;
 	free(tx->outbuf);
 	if (tx->incoming != NULL)
 		spool_incoming_abort(s->srv->spool, tx->incoming);
 	memset(tx, 0, sizeof *tx);
 }
 
+static const char *recipient_address(const struct recipient *r)
+{
+	return r->text;
+}
+
+static const char *recipient_original(const struct recipient *r)
+{
+	return r->text + r->original;
+}
+
+static const char *recipient_orcpt(const struct recipient *r)
+{
+	return r->orcpt != 0 ? r->text + r->orcpt : NULL;
+}
+
+/* What one final recipient of this RCPT holds: its record and its
+ * place in the list. */
+static size_t recipient_cost(const struct smtp_rcpt *rcpt,
+			     const struct policy_target *target)
+{
+	size_t size = sizeof(struct recipient) + sizeof(struct recipient *) +
+		      strlen(target->address) + 1;
+	if (strcmp(rcpt->to.address, target->address) != 0)
+		size += strlen(rcpt->to.address) + 1;
+	if (rcpt->orcpt[0] != '\0')
+		size += strlen(rcpt->orcpt) + 1;
+	return size;
+}
+
+/* Account for octets taken by (or given back from) the transaction. */
+static void envelope_charge(struct transaction *tx, size_t size)
+{
+	tx->envelope_bytes += size;
+	envelope_memory += size;
+}
+
 static bool recipient_known(const struct transaction *tx, const char *address)
 {
 	for (size_t i = 0; i < tx->rcpt_count; i++)
-		if (strcmp(tx->rcpts[i].address, address) == 0)
+		if (strcmp(recipient_address(tx->rcpts[i]), address) == 0)
 			return true;
 	return false;
 }
@@ -253,27 +296,32 @@ static int recipient_add(struct transaction *tx, const struct smtp_rcpt *rcpt,
 		return 0;
 	if (tx->rcpt_count == tx->rcpt_cap) {
 		size_t cap = tx->rcpt_cap ? 2 * tx->rcpt_cap : 4;
-		struct recipient *r = realloc(tx->rcpts, cap * sizeof *r);
-		if (r == NULL)
+		struct recipient **grown =
+		    realloc(tx->rcpts, cap * sizeof *grown);
+		if (grown == NULL)
 			return -1;
-		tx->rcpts = r;
+		tx->rcpts = grown;
 		tx->rcpt_cap = cap;
 	}
-	struct recipient *r = &tx->rcpts[tx->rcpt_count];
-	memset(r, 0, sizeof *r);
-	r->address = strdup(target->address);
-	r->original = strdup(rcpt->to.address);
-	r->orcpt = rcpt->orcpt[0] ? strdup(rcpt->orcpt) : NULL;
+	/* Addresses are at most SMTP_PATH_MAX and ORCPT SMTP_ORCPT_MAX
+	 * octets (the parser's bounds), so the offsets fit 16 bits. */
+	size_t address_len = strlen(target->address) + 1;
+	bool same = strcmp(rcpt->to.address, target->address) == 0;
+	size_t original_len = same ? 0 : strlen(rcpt->to.address) + 1;
+	size_t orcpt_len = rcpt->orcpt[0] ? strlen(rcpt->orcpt) + 1 : 0;
+	struct recipient *r =
+	    malloc(sizeof *r + address_len + original_len + orcpt_len);
+	if (r == NULL)
+		return -1;
 	r->notify = rcpt->notify;
 	r->local = target->local;
-	if (r->address == NULL || r->original == NULL ||
-	    (rcpt->orcpt[0] && r->orcpt == NULL)) {
-		free(r->address);
-		free(r->original);
-		free(r->orcpt);
-		return -1;
-	}
-	tx->rcpt_count++;
+	memcpy(r->text, target->address, address_len);
+	r->original = same ? 0 : (uint16_t)address_len;
+	memcpy(r->text + address_len, rcpt->to.address, original_len);
+	r->orcpt = orcpt_len ? (uint16_t)(address_len + original_len) : 0;
+	memcpy(r->text + address_len + original_len, rcpt->orcpt, orcpt_len);
+	tx->rcpts[tx->rcpt_count++] = r;
+	envelope_charge(tx, recipient_cost(rcpt, target));
 	return 0;
 }
 
@@ -633,7 +681,38 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_command *cmd)
 	}
 	s->tx.mail = mail;
 	s->tx.active = true;
+	envelope_charge(&s->tx, strlen(mail.from.address) + 1);
 	reply(s, "250 %s Ok", ESC_SENDER_OK);
+}
+
+/* Would this RCPT's recipients fit the session's envelope budget and
+ * the one of all sessions? If not, a 452 (RFC 5321 §4.5.3.1.10: the
+ * client sends the message to those accepted so far, and the others
+ * later); a refusal, not a protocol error. */
+static bool envelope_has_room(struct smtp_session *s,
+			      const struct smtp_rcpt *rcpt,
+			      const struct policy_expansion *exp)
+{
+	const struct config *cfg = cfg_of(s);
+	size_t need = 0;
+	for (size_t i = 0; i < exp->count; i++)
+		need += recipient_cost(rcpt, &exp->targets[i]);
+	if (s->tx.envelope_bytes + need > cfg->max_envelope_size) {
+		reply(s, "452 %s Too much envelope data", ESC_TOO_MANY_RCPTS);
+		log_rejected(s, "max_envelope_size", rcpt->to.address);
+		return false;
+	}
+	if (envelope_memory + need > cfg->max_envelope_memory) {
+		reply(s, "452 %s Insufficient system storage",
+		      ESC_SYSTEM_STORAGE);
+		log_event(LOG_LEVEL_WARN, "rejected",
+			  LOG_S("client", s->client),
+			  LOG_S("reason", "max_envelope_memory"),
+			  LOG_S("address", rcpt->to.address),
+			  LOG_I("envelope_memory", envelope_memory));
+		return false;
+	}
+	return true;
 }
 
 static void cmd_rcpt(struct smtp_session *s, const struct smtp_command *cmd)
@@ -695,6 +774,10 @@ static void cmd_rcpt(struct smtp_session *s, const struct smtp_command *cmd)
 		log_rejected(s, "alias loop", rcpt.to.address);
 		return;
 	}
+	if (!envelope_has_room(s, &rcpt, &exp)) {
+		policy_expansion_clear(&exp);
+		return;
+	}
 	int failed = 0;
 	for (size_t i = 0; i < exp.count && !failed; i++)
 		failed = recipient_add(&s->tx, &rcpt, &exp.targets[i]);
@@ -703,8 +786,6 @@ static void cmd_rcpt(struct smtp_session *s, const struct smtp_command *cmd)
 		reply(s, "451 %s Out of memory", ESC_LOCAL_ERROR);
 		return;
 	}
-	if (s->tx.first_rcpt == NULL)
-		s->tx.first_rcpt = strdup(rcpt.to.address);
 	s->tx.accepted_rcpt_commands++;
 	reply(s, "250 %s Ok", ESC_RCPT_OK);
 }
@@ -754,9 +835,10 @@ static bool message_begin(struct smtp_session *s)
 	char date[64];
 	format_date(date, sizeof date);
 	char for_clause[SMTP_PATH_MAX + 16] = "";
-	if (tx->accepted_rcpt_commands == 1 && tx->first_rcpt != NULL)
+	/* One RCPT: its first recipient holds the address as given. */
+	if (tx->accepted_rcpt_commands == 1 && tx->rcpt_count > 0)
 		snprintf(for_clause, sizeof for_clause, "\r\n\tfor <%s>",
-		         tx->first_rcpt);
+			 recipient_original(tx->rcpts[0]));
 	/* The header waits in outbuf for the body's first octets. */
 	int n = snprintf(tx->outbuf, MESSAGE_BUF_SIZE,
 	                 "Received: from %s ([%s])\r\n"
@@ -836,16 +918,17 @@ static struct spool_envelope *envelope_build(struct smtp_session *s)
 	          (tx->mail.envid[0] == '\0' || env->envid);
 	for (size_t i = 0; ok && i < tx->rcpt_count; i++) {
 		struct spool_rcpt *r = &env->rcpts[i];
-		const struct recipient *from = &tx->rcpts[i];
+		const struct recipient *from = tx->rcpts[i];
+		const char *orcpt = recipient_orcpt(from);
 		env->rcpt_count++;
-		r->address = strdup(from->address);
-		r->original = strdup(from->original);
-		r->orcpt = from->orcpt ? strdup(from->orcpt) : NULL;
+		r->address = strdup(recipient_address(from));
+		r->original = strdup(recipient_original(from));
+		r->orcpt = orcpt ? strdup(orcpt) : NULL;
 		r->notify = from->notify;
 		r->local = from->local;
 		r->state = RCPT_PENDING;
 		r->updated = env->arrival;
-		ok = r->address && r->original && (!from->orcpt || r->orcpt);
+		ok = r->address && r->original && (!orcpt || r->orcpt);
 	}
 	if (!ok) {
 		spool_envelope_free(env);

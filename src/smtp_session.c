@@ -27,6 +27,7 @@
 #include <openssl/ssl.h>
 
 #include "facteur/auth.h"
+#include "facteur/auth_limit.h"
 #include "facteur/config.h"
 #include "facteur/lineio.h"
 #include "facteur/listener.h"
@@ -39,6 +40,7 @@
 #include "facteur/smtp_session.h"
 #include "facteur/spool.h"
 #include "facteur/tls.h"
+#include "facteur/worker.h"
 
 /* Enhanced status codes (RFC 3463) used in replies. */
 #define ESC_OK "2.0.0"
@@ -55,6 +57,7 @@
 #define ESC_SYSTEM_STORAGE "4.3.1"
 #define ESC_TOO_MANY_ERRORS "4.7.0"
 #define ESC_TLS_UNAVAILABLE "4.7.0"
+#define ESC_AUTH_TEMPORARY "4.7.0"
 #define ESC_BAD_DEST_MAILBOX "5.1.1"
 #define ESC_BAD_DEST_SYNTAX "5.1.3"
 #define ESC_BAD_SENDER_SYNTAX "5.1.7"
@@ -79,10 +82,12 @@
 #define HELO_MAX 255
 #define AUTH_FAILURES_MAX 5 /* then 421 */
 #define AUTH_ADDRESS_MAX 320
+#define AUTH_PASSWORD_MAX 1024
 
 enum smtp_state {
 	SMTP_STATE_COMMAND,    /* reading command lines */
 	SMTP_STATE_AUTH,       /* reading a SASL response line */
+	SMTP_STATE_AUTH_CHECK, /* the password is checked off the loop */
 	SMTP_STATE_AUTH_DELAY, /* a failed login waits before its 535 */
 	SMTP_STATE_DATA,       /* reading DATA content up to CRLF.CRLF */
 	SMTP_STATE_BDAT,       /* reading the octets of a BDAT chunk */
@@ -94,6 +99,7 @@ enum smtp_state {
 static const char *const state_names[] = {
 	[SMTP_STATE_COMMAND] = "command",
 	[SMTP_STATE_AUTH] = "auth",
+	[SMTP_STATE_AUTH_CHECK] = "auth_check",
 	[SMTP_STATE_AUTH_DELAY] = "auth_delay",
 	[SMTP_STATE_DATA] = "data",
 	[SMTP_STATE_BDAT] = "bdat",
@@ -152,6 +158,7 @@ struct smtp_session {
 	char *auth_login_user;
 	unsigned auth_failures;
 	struct event *auth_timer;
+	struct auth_job *auth_job; /* the check on the worker, or NULL */
 	unsigned errors;
 	bool discarding_line; /* a line over the limit is being skipped */
 	bool shutdown_pending; /* SIGTERM came during a message */
@@ -463,6 +470,23 @@ static void starttls_begin(struct smtp_session *s)
 
 /* ---- AUTH (RFC 4954) ---- */
 
+static void client_key(const struct smtp_session *s, uint8_t key[16])
+{
+	listener_client_key((const struct sockaddr *)&s->addr,
+	                    cfg_of(s)->ipv6_prefix_length, key);
+}
+
+/* Has this client failed too many logins lately, in any session? */
+static bool auth_client_refused(const struct smtp_session *s)
+{
+	const struct config *cfg = cfg_of(s);
+	uint8_t key[16];
+	client_key(s, key);
+	return auth_limit_client_refused(s->srv->auth_limit, key, time(NULL),
+	                                 cfg->auth_fail_limit,
+	                                 cfg->auth_fail_window, NULL);
+}
+
 static void auth_succeeded(struct smtp_session *s, const char *user)
 {
 	free(s->auth_user);
@@ -483,7 +507,7 @@ static void on_auth_delay(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	struct smtp_session *s = arg;
 	enter_state(s, SMTP_STATE_COMMAND);
-	if (s->auth_failures >= AUTH_FAILURES_MAX) {
+	if (s->auth_failures >= AUTH_FAILURES_MAX || auth_client_refused(s)) {
 		reply(s, "421 %s %s Error: too many failed logins",
 		      ESC_TOO_MANY_ERRORS, cfg_of(s)->hostname);
 		session_close(s);
@@ -516,13 +540,96 @@ static void auth_failed(struct smtp_session *s, const char *user)
 	evtimer_add(s->auth_timer, &delay);
 }
 
+/* A password check handed to the worker: copies of what it needs, so
+ * that neither a reload nor the session's end can pull them away. */
+struct auth_job {
+	struct smtp_session *session; /* NULL once the session is gone */
+	char *hash;                   /* NULL: no such user */
+	bool ok;
+	char user[AUTH_ADDRESS_MAX + 1];
+	char password[AUTH_PASSWORD_MAX];
+};
+
+static void auth_job_free(struct auth_job *job)
+{
+	explicit_bzero(job->password, sizeof job->password);
+	free(job->hash);
+	free(job);
+}
+
+static void auth_job_run(void *arg)
+{
+	struct auth_job *job = arg;
+	job->ok = auth_password_matches(job->hash, job->password);
+}
+
+static void auth_job_done(void *arg)
+{
+	struct auth_job *job = arg;
+	struct smtp_session *s = job->session;
+	if (s == NULL) {
+		auth_job_free(job); /* the client left meanwhile */
+		return;
+	}
+	s->auth_job = NULL;
+	if (job->ok) {
+		auth_succeeded(s, job->user);
+		bufferevent_enable(s->bev, EV_READ);
+		auth_job_free(job);
+		session_process(s);
+		return;
+	}
+	const struct config *cfg = cfg_of(s);
+	uint8_t key[16];
+	client_key(s, key);
+	auth_limit_failure(s->srv->auth_limit, key, job->user, time(NULL),
+	                   cfg->auth_fail_limit, cfg->auth_fail_window);
+	auth_failed(s, job->user);
+	auth_job_free(job);
+	session_flush(s);
+}
+
+/* Check the password on the worker (crypt(3) costs milliseconds by
+ * design); input waits, other sessions go on. An account under attack
+ * is refused to clients that have failed logins themselves. */
 static void auth_check(struct smtp_session *s, const char *user,
                        const char *password)
 {
-	if (auth_users_check(s->srv->users, user, password))
-		auth_succeeded(s, user);
-	else
-		auth_failed(s, user);
+	const struct config *cfg = cfg_of(s);
+	uint8_t key[16];
+	client_key(s, key);
+	if (!auth_limit_account_open(s->srv->auth_limit, key, user, time(NULL),
+	                             cfg->auth_fail_limit,
+	                             cfg->auth_fail_window)) {
+		enter_state(s, SMTP_STATE_COMMAND);
+		log_event(LOG_LEVEL_WARN, "auth", LOG_S("client", s->client),
+		          LOG_S("user", user), LOG_S("result", "refused"),
+		          LOG_S("reason", "auth_fail_limit"));
+		reply(s, "454 %s Too many failed logins for this account, "
+		         "try again later",
+		      ESC_AUTH_TEMPORARY);
+		return;
+	}
+	struct auth_job *job = calloc(1, sizeof *job);
+	const char *hash = auth_users_hash(s->srv->users, user);
+	if (job != NULL) {
+		job->session = s;
+		job->hash = hash != NULL ? strdup(hash) : NULL;
+		snprintf(job->user, sizeof job->user, "%s", user);
+		snprintf(job->password, sizeof job->password, "%s", password);
+	}
+	if (job == NULL || (hash != NULL && job->hash == NULL) ||
+	    worker_run(s->srv->worker, auth_job_run, auth_job_done, job) == -1) {
+		if (job != NULL)
+			auth_job_free(job);
+		enter_state(s, SMTP_STATE_COMMAND);
+		reply(s, "454 %s Temporary authentication failure",
+		      ESC_LOCAL_ERROR);
+		return;
+	}
+	s->auth_job = job;
+	enter_state(s, SMTP_STATE_AUTH_CHECK);
+	bufferevent_disable(s->bev, EV_READ);
 }
 
 /* One SASL response (the initial one, or a line after a 334). */
@@ -534,8 +641,8 @@ static void auth_response(struct smtp_session *s, const char *line, size_t len)
 		return;
 	}
 	char user[AUTH_ADDRESS_MAX + 1];
-	char password[1024];
-	unsigned char decoded[1024];
+	char password[AUTH_PASSWORD_MAX];
+	unsigned char decoded[AUTH_PASSWORD_MAX];
 	int n;
 	switch (s->auth_step) {
 	case AUTH_PLAIN:
@@ -1302,6 +1409,7 @@ static void session_process(struct smtp_session *s)
 			more = read_bdat(s);
 			break;
 		case SMTP_STATE_COMMITTING:
+		case SMTP_STATE_AUTH_CHECK:
 		case SMTP_STATE_AUTH_DELAY:
 		case SMTP_STATE_STARTTLS:
 		case SMTP_STATE_CLOSING:
@@ -1315,6 +1423,7 @@ static void session_process(struct smtp_session *s)
 	if (s->state != SMTP_STATE_CLOSING &&
 	    s->state != SMTP_STATE_COMMITTING &&
 	    s->state != SMTP_STATE_STARTTLS &&
+	    s->state != SMTP_STATE_AUTH_CHECK &&
 	    s->state != SMTP_STATE_AUTH_DELAY) {
 		size_t pending = evbuffer_get_length(bufferevent_get_output(s->bev));
 		if (pending > OUTPUT_HIGH_WATER) {
@@ -1338,6 +1447,7 @@ static void on_write(struct bufferevent *bev, void *arg)
 	if (!s->tls)
 		bufferevent_disable(bev, EV_WRITE); /* direct writes again */
 	if (s->paused && s->state != SMTP_STATE_COMMITTING &&
+	    s->state != SMTP_STATE_AUTH_CHECK &&
 	    s->state != SMTP_STATE_AUTH_DELAY &&
 	    s->state != SMTP_STATE_CLOSING &&
 	    s->state != SMTP_STATE_STARTTLS) {
@@ -1475,6 +1585,8 @@ static void session_free(struct smtp_session *s)
 	free(s->auth_login_user);
 	if (s->auth_timer != NULL)
 		event_free(s->auth_timer);
+	if (s->auth_job != NULL)
+		s->auth_job->session = NULL; /* its result is dropped */
 	free(s);
 }
 
@@ -1514,6 +1626,16 @@ struct smtp_session *smtp_session_new(struct server *srv, int fd,
 	const struct config *cfg = srv->cfg;
 	set_callbacks(s);
 	log_event(LOG_LEVEL_INFO, "connect", LOG_S("client", s->client));
+	if (auth_client_refused(s)) {
+		reply(s, "421 %s %s Error: too many failed logins from your "
+		         "address, try again later",
+		      ESC_TOO_MANY_ERRORS, cfg->hostname);
+		log_event(LOG_LEVEL_WARN, "rejected", LOG_S("client", s->client),
+		          LOG_S("reason", "auth_fail_limit"));
+		session_close(s);
+		session_flush(s);
+		return s;
+	}
 	reply(s, "220 %s ESMTP facteur", cfg->hostname);
 	session_flush(s);
 	return s;

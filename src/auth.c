@@ -379,8 +379,7 @@ static bool equal_constant_time(const char *a, const char *b)
 	return diff == 0;
 }
 
-const char *auth_users_hash(const struct auth_users *users,
-			    const char *address)
+const char *auth_users_hash(const struct auth_users *users, const char *address)
 {
 	const struct auth_user *user = find_user(users, address);
 	return user != NULL ? user->hash : NULL;

@@ -135,7 +135,8 @@ static void count_one(struct auth_limit *t, const unsigned char *key,
 		}
 		struct window *w = malloc(sizeof *w + len);
 		if (w == NULL)
-			return; /* uncounted: the per-session limit still holds */
+			return; /* uncounted: the per-session limit still holds
+				 */
 		w->next = NULL;
 		w->start = now;
 		w->failures = 0;

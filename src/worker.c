@@ -37,10 +37,10 @@ struct worker {
 	size_t started;
 	pthread_mutex_t lock;
 	pthread_cond_t wake;
-	struct job_list todo;     /* loop -> threads, under lock */
+	struct job_list todo;	  /* loop -> threads, under lock */
 	struct job_list finished; /* threads -> loop, under lock */
-	bool stopping;            /* under lock */
-	size_t pending;           /* loop only */
+	bool stopping;		  /* under lock */
+	size_t pending;		  /* loop only */
 	int notify[2];
 	struct event *notify_event;
 };
@@ -91,7 +91,8 @@ static void *worker_main(void *arg)
 		if (was_empty) {
 			ssize_t n = write(w->notify[1], "", 1);
 			if (n == -1 && errno != EAGAIN)
-				fatal("worker: notify pipe: %s", strerror(errno));
+				fatal("worker: notify pipe: %s",
+				      strerror(errno));
 		}
 	}
 	pthread_mutex_unlock(&w->lock);
@@ -146,8 +147,8 @@ struct worker *worker_new(struct event_base *base)
 	}
 	pthread_mutex_init(&w->lock, NULL);
 	pthread_cond_init(&w->wake, NULL);
-	w->notify_event = event_new(base, w->notify[0], EV_READ | EV_PERSIST,
-				    on_notify, w);
+	w->notify_event =
+	    event_new(base, w->notify[0], EV_READ | EV_PERSIST, on_notify, w);
 	if (w->notify_event == NULL || event_add(w->notify_event, NULL) == -1)
 		goto fail;
 	for (; w->started < WORKER_THREADS; w->started++)

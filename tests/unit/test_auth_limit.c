@@ -11,9 +11,9 @@
 
 #include "facteur/auth_limit.h"
 
-static const uint8_t attacker[16] = {0, 0, 0, 0, 0, 0, 0, 0,
+static const uint8_t attacker[16] = {0, 0, 0,	 0,    0,   0, 0, 0,
 				     0, 0, 0xff, 0xff, 192, 0, 2, 66};
-static const uint8_t user_home[16] = {0, 0, 0, 0, 0, 0, 0, 0,
+static const uint8_t user_home[16] = {0, 0, 0,	  0,	0,   0, 0, 0,
 				      0, 0, 0xff, 0xff, 192, 0, 2, 7};
 
 #define LIMIT 3
@@ -61,8 +61,8 @@ static void test_auth_limit_refusal_ends_with_the_window(void **state)
 	auth_limit_free(t);
 }
 
-static void test_auth_limit_account_under_attack_stays_open_to_clean_clients(
-    void **state)
+static void
+test_auth_limit_account_under_attack_stays_open_to_clean_clients(void **state)
 {
 	(void)state;
 	struct auth_limit *t = auth_limit_new(100);
@@ -95,8 +95,8 @@ static void test_auth_limit_capacity_forgets_old_windows(void **state)
 	uint8_t last[16] = {9};
 	for (int i = 0; i < LIMIT - 1; i++)
 		login_failed(t, last, NULL, 1010);
-	assert_true(auth_limit_client_refused(t, last, 1010, LIMIT, WINDOW,
-					      NULL));
+	assert_true(
+	    auth_limit_client_refused(t, last, 1010, LIMIT, WINDOW, NULL));
 	auth_limit_free(t);
 }
 

@@ -97,15 +97,15 @@ enum smtp_state {
 };
 
 static const char *const state_names[] = {
-	[SMTP_STATE_COMMAND] = "command",
-	[SMTP_STATE_AUTH] = "auth",
-	[SMTP_STATE_AUTH_CHECK] = "auth_check",
-	[SMTP_STATE_AUTH_DELAY] = "auth_delay",
-	[SMTP_STATE_DATA] = "data",
-	[SMTP_STATE_BDAT] = "bdat",
-	[SMTP_STATE_COMMITTING] = "committing",
-	[SMTP_STATE_STARTTLS] = "starttls",
-	[SMTP_STATE_CLOSING] = "closing",
+    [SMTP_STATE_COMMAND] = "command",
+    [SMTP_STATE_AUTH] = "auth",
+    [SMTP_STATE_AUTH_CHECK] = "auth_check",
+    [SMTP_STATE_AUTH_DELAY] = "auth_delay",
+    [SMTP_STATE_DATA] = "data",
+    [SMTP_STATE_BDAT] = "bdat",
+    [SMTP_STATE_COMMITTING] = "committing",
+    [SMTP_STATE_STARTTLS] = "starttls",
+    [SMTP_STATE_CLOSING] = "closing",
 };
 
 /* One accepted RCPT may stand for several final recipients (aliases).
@@ -473,7 +473,7 @@ static void starttls_begin(struct smtp_session *s)
 static void client_key(const struct smtp_session *s, uint8_t key[16])
 {
 	listener_client_key((const struct sockaddr *)&s->addr,
-	                    cfg_of(s)->ipv6_prefix_length, key);
+			    cfg_of(s)->ipv6_prefix_length, key);
 }
 
 /* Has this client failed too many logins lately, in any session? */
@@ -483,8 +483,8 @@ static bool auth_client_refused(const struct smtp_session *s)
 	uint8_t key[16];
 	client_key(s, key);
 	return auth_limit_client_refused(s->srv->auth_limit, key, time(NULL),
-	                                 cfg->auth_fail_limit,
-	                                 cfg->auth_fail_window, NULL);
+					 cfg->auth_fail_limit,
+					 cfg->auth_fail_window, NULL);
 }
 
 static void auth_succeeded(struct smtp_session *s, const char *user)
@@ -544,7 +544,7 @@ static void auth_failed(struct smtp_session *s, const char *user)
  * that neither a reload nor the session's end can pull them away. */
 struct auth_job {
 	struct smtp_session *session; /* NULL once the session is gone */
-	char *hash;                   /* NULL: no such user */
+	char *hash;		      /* NULL: no such user */
 	bool ok;
 	char user[AUTH_ADDRESS_MAX + 1];
 	char password[AUTH_PASSWORD_MAX];
@@ -583,7 +583,7 @@ static void auth_job_done(void *arg)
 	uint8_t key[16];
 	client_key(s, key);
 	auth_limit_failure(s->srv->auth_limit, key, job->user, time(NULL),
-	                   cfg->auth_fail_limit, cfg->auth_fail_window);
+			   cfg->auth_fail_limit, cfg->auth_fail_window);
 	auth_failed(s, job->user);
 	auth_job_free(job);
 	session_flush(s);
@@ -599,14 +599,15 @@ static void auth_check(struct smtp_session *s, const char *user,
 	uint8_t key[16];
 	client_key(s, key);
 	if (!auth_limit_account_open(s->srv->auth_limit, key, user, time(NULL),
-	                             cfg->auth_fail_limit,
-	                             cfg->auth_fail_window)) {
+				     cfg->auth_fail_limit,
+				     cfg->auth_fail_window)) {
 		enter_state(s, SMTP_STATE_COMMAND);
 		log_event(LOG_LEVEL_WARN, "auth", LOG_S("client", s->client),
-		          LOG_S("user", user), LOG_S("result", "refused"),
-		          LOG_S("reason", "auth_fail_limit"));
-		reply(s, "454 %s Too many failed logins for this account, "
-		         "try again later",
+			  LOG_S("user", user), LOG_S("result", "refused"),
+			  LOG_S("reason", "auth_fail_limit"));
+		reply(s,
+		      "454 %s Too many failed logins for this account, "
+		      "try again later",
 		      ESC_AUTH_TEMPORARY);
 		return;
 	}
@@ -619,7 +620,8 @@ static void auth_check(struct smtp_session *s, const char *user,
 		snprintf(job->password, sizeof job->password, "%s", password);
 	}
 	if (job == NULL || (hash != NULL && job->hash == NULL) ||
-	    worker_run(s->srv->worker, auth_job_run, auth_job_done, job) == -1) {
+	    worker_run(s->srv->worker, auth_job_run, auth_job_done, job) ==
+		-1) {
 		if (job != NULL)
 			auth_job_free(job);
 		enter_state(s, SMTP_STATE_COMMAND);
@@ -1449,8 +1451,7 @@ static void on_write(struct bufferevent *bev, void *arg)
 	if (s->paused && s->state != SMTP_STATE_COMMITTING &&
 	    s->state != SMTP_STATE_AUTH_CHECK &&
 	    s->state != SMTP_STATE_AUTH_DELAY &&
-	    s->state != SMTP_STATE_CLOSING &&
-	    s->state != SMTP_STATE_STARTTLS) {
+	    s->state != SMTP_STATE_CLOSING && s->state != SMTP_STATE_STARTTLS) {
 		s->paused = false;
 		bufferevent_enable(s->bev, EV_READ);
 		session_process(s);
@@ -1627,11 +1628,13 @@ struct smtp_session *smtp_session_new(struct server *srv, int fd,
 	set_callbacks(s);
 	log_event(LOG_LEVEL_INFO, "connect", LOG_S("client", s->client));
 	if (auth_client_refused(s)) {
-		reply(s, "421 %s %s Error: too many failed logins from your "
-		         "address, try again later",
+		reply(s,
+		      "421 %s %s Error: too many failed logins from your "
+		      "address, try again later",
 		      ESC_TOO_MANY_ERRORS, cfg->hostname);
-		log_event(LOG_LEVEL_WARN, "rejected", LOG_S("client", s->client),
-		          LOG_S("reason", "auth_fail_limit"));
+		log_event(LOG_LEVEL_WARN, "rejected",
+			  LOG_S("client", s->client),
+			  LOG_S("reason", "auth_fail_limit"));
 		session_close(s);
 		session_flush(s);
 		return s;

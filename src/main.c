@@ -44,8 +44,9 @@ extern char **environ;
 
 #define EXIT_STARTUP 1
 #define DRAIN_LIMIT_SECONDS 7 /* SPEC.md §7: exit within 10 s, with margin */
-/* Clients and accounts whose failed logins are remembered: about 10 MiB
- * at most, however many addresses an attacker uses. */
+/* Clients and accounts whose failed logins are remembered: a few MiB
+ * (about 25 MiB with the longest account names), however many addresses
+ * an attacker uses. */
 #define AUTH_LIMIT_ENTRIES 65536
 
 /* What a configuration builds: swapped as a whole on reload. */

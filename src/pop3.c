@@ -458,6 +458,10 @@ static void scan_done(void *arg)
 		return;
 	}
 	s->job = NULL;
+	if (s->state == POP3_STATE_CLOSING) {
+		job_free(job); /* shutting down: the last reply is on its way */
+		return;
+	}
 	if (job->error != 0) {
 		log_event(LOG_LEVEL_ERROR, "pop3_mailbox_error",
 			  LOG_S("client", s->client), LOG_S("user", job->user),
@@ -630,6 +634,10 @@ static void check_done(void *arg)
 		return;
 	}
 	s->job = NULL;
+	if (s->state == POP3_STATE_CLOSING) {
+		job_free(job); /* shutting down: the last reply is on its way */
+		return;
+	}
 	if (!job->ok) {
 		const struct config *cfg = srv_of(s)->cfg;
 		uint8_t key[16];

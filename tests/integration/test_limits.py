@@ -68,3 +68,28 @@ def test_all_sessions_past_the_global_budget_get_452_4_3_1(make_daemon):
         a.close()
         b.close()
     assert d.events("rejected", reason="max_envelope_memory"), d.log_tail()
+
+
+def test_ipv6_clients_of_one_network_share_max_connections_per_ip(make_daemon):
+    if not h.has_ipv6_loopback():
+        import pytest
+        pytest.skip("no IPv6 loopback")
+    port6 = h.free_port("::1")
+    d = make_daemon(config={"max_connections_per_ip": 1, "ipv6_prefix_length": 64},
+                    start=False)
+    d.settings["listen"] = ["127.0.0.1:%d" % d.port, "[::1]:%d" % port6]
+    d.start()
+    first = h.RawClient("::1", port6)
+    try:
+        assert first.banner.code == 220, first.banner
+        second = h.RawClient("::1", port6)
+        try:
+            assert second.banner.code == 421 and second.banner.enhanced == "4.7.0", second.banner
+        finally:
+            second.close()
+        # IPv4 clients are counted apart.
+        with d.raw() as v4:
+            assert v4.banner.code == 220, v4.banner
+    finally:
+        first.close()
+    assert d.events("rejected", reason="max_connections_per_ip"), d.log_tail()

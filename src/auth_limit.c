@@ -152,10 +152,8 @@ static void count_one(struct auth_limit *t, const unsigned char *key,
 }
 
 void auth_limit_failure(struct auth_limit *t, const uint8_t client[16],
-			const char *account, time_t now, unsigned limit,
-			unsigned window)
+			const char *account, time_t now, unsigned window)
 {
-	(void)limit;
 	unsigned char key[KEY_MAX];
 	count_one(t, key, client_key(client, key), now, window);
 	size_t len = account_key(account, key);

@@ -642,9 +642,10 @@ static void check_done(void *arg)
 		const struct config *cfg = srv_of(s)->cfg;
 		uint8_t key[16];
 		client_key(s, key);
-		auth_limit_failure(srv_of(s)->auth_limit, key, job->user,
-				   time(NULL), cfg->auth_fail_limit,
-				   cfg->auth_fail_window);
+		/* Only accounts that exist are counted (as for SMTP). */
+		auth_limit_failure(srv_of(s)->auth_limit, key,
+				   job->hash != NULL ? job->user : NULL,
+				   time(NULL), cfg->auth_fail_window);
 		login_failed(s, job->user);
 		job_free(job);
 		return;

@@ -582,8 +582,11 @@ static void auth_job_done(void *arg)
 	const struct config *cfg = cfg_of(s);
 	uint8_t key[16];
 	client_key(s, key);
-	auth_limit_failure(s->srv->auth_limit, key, job->user, time(NULL),
-			   cfg->auth_fail_limit, cfg->auth_fail_window);
+	/* Only accounts that exist are counted: guesses at names that do
+	 * not would only crowd the table. */
+	auth_limit_failure(s->srv->auth_limit, key,
+			   job->hash != NULL ? job->user : NULL, time(NULL),
+			   cfg->auth_fail_window);
 	auth_failed(s, job->user);
 	auth_job_free(job);
 	session_flush(s);
@@ -626,7 +629,7 @@ static void auth_check(struct smtp_session *s, const char *user,
 			auth_job_free(job);
 		enter_state(s, SMTP_STATE_COMMAND);
 		reply(s, "454 %s Temporary authentication failure",
-		      ESC_LOCAL_ERROR);
+		      ESC_AUTH_TEMPORARY);
 		return;
 	}
 	s->auth_job = job;

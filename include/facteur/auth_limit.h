@@ -25,10 +25,10 @@ struct auth_limit *auth_limit_new(size_t capacity);
 void auth_limit_free(struct auth_limit *t);
 
 /* Count a failed login of `client` (a listener_client_key) on
- * `account` (case-insensitive; NULL when none was given). */
+ * `account` (case-insensitive; NULL for none, or one that does not
+ * exist). */
 void auth_limit_failure(struct auth_limit *t, const uint8_t client[16],
-			const char *account, time_t now, unsigned limit,
-			unsigned window);
+			const char *account, time_t now, unsigned window);
 
 /* Is the client past the limit in its window? Then its remaining time
  * (at least 1) in *wait, when not NULL. */

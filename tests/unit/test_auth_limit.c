@@ -22,7 +22,7 @@ static const uint8_t user_home[16] = {0, 0, 0,	  0,	0,   0, 0, 0,
 static void login_failed(struct auth_limit *t, const uint8_t *client,
 			 const char *account, time_t now)
 {
-	auth_limit_failure(t, client, account, now, LIMIT, WINDOW);
+	auth_limit_failure(t, client, account, now, WINDOW);
 }
 
 static void test_auth_limit_client_refused_at_the_limit(void **state)

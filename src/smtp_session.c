@@ -109,9 +109,10 @@ static const char *const state_names[] = {
 };
 
 /* One accepted RCPT may stand for several final recipients (aliases).
- * Each is one allocation holding its strings, and the address as given
- * is stored only when it differs from the final one: a recipient costs
- * its text and a few octets, not three allocations. */
+ * Each is one record holding its strings, packed with others in blocks,
+ * and the address as given is stored only when it differs from the
+ * final one: a recipient costs its text and a dozen octets, not three
+ * allocations (with their headers and rounding). */
 struct recipient {
 	unsigned notify;
 	bool local;
@@ -122,11 +123,22 @@ struct recipient {
 			      each NUL-terminated */
 };
 
+/* Recipient records, back to back. */
+struct recipient_block {
+	struct recipient_block *next;
+	size_t used, size;
+	_Alignas(struct recipient) char data[];
+};
+
+#define RECIPIENT_BLOCK 4096 /* octets of records; a record is ~1 KiB at most  \
+			      */
+
 struct transaction {
 	bool active; /* MAIL accepted */
 	struct smtp_mail mail;
-	struct recipient **rcpts;
+	struct recipient **rcpts; /* into blocks */
 	size_t rcpt_count, rcpt_cap;
+	struct recipient_block *blocks; /* the newest first */
 	unsigned accepted_rcpt_commands;
 	/* Octets this envelope holds (max_envelope_size), also counted in
 	 * envelope_memory (max_envelope_memory). */
@@ -242,8 +254,11 @@ static void log_rejected(struct smtp_session *s, const char *reason,
 static void transaction_reset(struct smtp_session *s)
 {
 	struct transaction *tx = &s->tx;
-	for (size_t i = 0; i < tx->rcpt_count; i++)
-		free(tx->rcpts[i]);
+	while (tx->blocks != NULL) {
+		struct recipient_block *next = tx->blocks->next;
+		free(tx->blocks);
+		tx->blocks = next;
+	}
 	free(tx->rcpts);
 	envelope_memory -= tx->envelope_bytes;
 	free(tx->outbuf);
@@ -288,6 +303,27 @@ static void envelope_charge(struct transaction *tx, size_t size)
 	envelope_memory += size;
 }
 
+/* Room for one record in the newest block, or a new block. */
+static struct recipient *recipient_alloc(struct transaction *tx, size_t size)
+{
+	size_t align = _Alignof(struct recipient);
+	size = (size + align - 1) / align * align;
+	struct recipient_block *b = tx->blocks;
+	if (b == NULL || b->size - b->used < size) {
+		size_t room = size > RECIPIENT_BLOCK ? size : RECIPIENT_BLOCK;
+		b = malloc(sizeof *b + room);
+		if (b == NULL)
+			return NULL;
+		b->used = 0;
+		b->size = room;
+		b->next = tx->blocks;
+		tx->blocks = b;
+	}
+	struct recipient *r = (struct recipient *)(b->data + b->used);
+	b->used += size;
+	return r;
+}
+
 static bool recipient_known(const struct transaction *tx, const char *address)
 {
 	for (size_t i = 0; i < tx->rcpt_count; i++)
@@ -316,8 +352,8 @@ static int recipient_add(struct transaction *tx, const struct smtp_rcpt *rcpt,
 	bool same = strcmp(rcpt->to.address, target->address) == 0;
 	size_t original_len = same ? 0 : strlen(rcpt->to.address) + 1;
 	size_t orcpt_len = rcpt->orcpt[0] ? strlen(rcpt->orcpt) + 1 : 0;
-	struct recipient *r =
-	    malloc(sizeof *r + address_len + original_len + orcpt_len);
+	struct recipient *r = recipient_alloc(tx, sizeof *r + address_len +
+						      original_len + orcpt_len);
 	if (r == NULL)
 		return -1;
 	r->notify = rcpt->notify;

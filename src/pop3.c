@@ -7,9 +7,10 @@
  * new/ into cur/ and lists cur/ once, sizing each message from its name's
  * ",W=" or by reading it: both on the worker threads, so that one large
  * mailbox or one crypt(3) never stalls the other sessions. Message
- * numbers, sizes and UIDs come from that list until the session ends. RETR and TOP stream the file through pop3_stream, a
- * chunk at a time, paced by the output's low-water mark, so that a
- * message is never held whole in memory. The mailbox lock lives in this
+ * numbers, sizes and UIDs come from that list until the session ends.
+ * RETR and TOP stream the file through pop3_stream, a chunk at a time,
+ * paced by the output's low-water mark, so that a message is never held
+ * whole in memory. The mailbox lock lives in this
  * process only: the sessions' list is the table, keyed by the Maildir
  * path.
  */

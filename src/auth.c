@@ -379,13 +379,17 @@ static bool equal_constant_time(const char *a, const char *b)
 	return diff == 0;
 }
 
-bool auth_users_check(const struct auth_users *users, const char *address,
-		      const char *password)
+const char *auth_users_hash(const struct auth_users *users, const char *address)
+{
+	const struct auth_user *user = find_user(users, address);
+	return user != NULL ? user->hash : NULL;
+}
+
+bool auth_password_matches(const char *hash, const char *password)
 {
 	if (password == NULL)
 		return false;
-	const struct auth_user *user = find_user(users, address);
-	const char *setting = user != NULL ? user->hash : dummy_hash;
+	const char *setting = hash != NULL ? hash : dummy_hash;
 
 	struct crypt_data *data = calloc(1, sizeof *data);
 	if (data == NULL)
@@ -393,11 +397,17 @@ bool auth_users_check(const struct auth_users *users, const char *address,
 	const char *result = crypt_r(password, setting, data);
 	/* A failure is NULL or a "*..." token that never equals the setting
 	 * given, but a stored "*" hash must never match anything. */
-	bool ok = user != NULL && result != NULL && result[0] != '*' &&
-		  equal_constant_time(result, user->hash);
+	bool ok = hash != NULL && result != NULL && result[0] != '*' &&
+		  equal_constant_time(result, hash);
 	explicit_bzero(data, sizeof *data);
 	free(data);
 	return ok;
+}
+
+bool auth_users_check(const struct auth_users *users, const char *address,
+		      const char *password)
+{
+	return auth_password_matches(auth_users_hash(users, address), password);
 }
 
 char *auth_hash_password(const char *password)

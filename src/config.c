@@ -61,6 +61,10 @@ enum key {
 	KEY_LOG_FORMAT,
 	KEY_LOG_LEVEL,
 	KEY_FLUSH_METHOD,
+	KEY_MAX_ENVELOPE_SIZE,
+	KEY_MAX_ENVELOPE_MEMORY,
+	KEY_IPV6_PREFIX_LENGTH,
+	KEY_AUTH_FAIL_LIMIT,
 	KEY_COUNT,
 };
 
@@ -1129,6 +1133,69 @@ static void set_flush_method(struct loader *ld, const char *value)
 		ld->cfg->flush_method = (enum flush_method)i;
 }
 
+/* Envelope budgets: 0 would refuse every recipient. */
+static void set_envelope_budget(struct loader *ld, uint64_t *slot,
+				const char *value)
+{
+	uint64_t v;
+	char q[QUOTE_BUF];
+
+	if (config_parse_size(value, &v) < 0)
+		bad(ld, "invalid size %s (a number with K, M or G)",
+		    quote(value, q));
+	else if (v == 0)
+		bad(ld, "must be greater than 0");
+	else
+		*slot = v;
+}
+
+static void set_max_envelope_size(struct loader *ld, const char *value)
+{
+	set_envelope_budget(ld, &ld->cfg->max_envelope_size, value);
+}
+
+static void set_max_envelope_memory(struct loader *ld, const char *value)
+{
+	set_envelope_budget(ld, &ld->cfg->max_envelope_memory, value);
+}
+
+static void set_ipv6_prefix_length(struct loader *ld, const char *value)
+{
+	uint64_t v;
+	char q[QUOTE_BUF];
+
+	if (parse_decimal(value, strlen(value), 128, &v) < 0 || v == 0)
+		bad(ld, "invalid prefix length %s (1 to 128)", quote(value, q));
+	else
+		ld->cfg->ipv6_prefix_length = (unsigned)v;
+}
+
+int config_parse_rate(const char *text, unsigned *count, unsigned *seconds)
+{
+	const char *slash = strchr(text, '/');
+	uint64_t n;
+
+	if (slash == NULL ||
+	    parse_decimal(text, (size_t)(slash - text), UINT_MAX, &n) < 0 ||
+	    n == 0 || config_parse_duration(slash + 1, seconds) < 0 ||
+	    *seconds == 0)
+		return -1;
+	*count = (unsigned)n;
+	return 0;
+}
+
+static void set_auth_fail_limit(struct loader *ld, const char *value)
+{
+	char q[QUOTE_BUF];
+
+	if (config_parse_rate(value, &ld->cfg->auth_fail_limit,
+			      &ld->cfg->auth_fail_window) < 0)
+		bad(ld,
+		    "invalid limit %s (N/DURATION, such as 10/15m, both "
+		    "greater than 0)",
+		    quote(value, q));
+}
+
 static const struct key_def key_defs[KEY_COUNT] = {
     [KEY_HOSTNAME] = {"hostname", NULL, set_hostname, NULL},
     [KEY_LISTEN] = {"listen", "127.0.0.1:2525", set_listen, clear_listen},
@@ -1172,6 +1239,14 @@ static const struct key_def key_defs[KEY_COUNT] = {
     [KEY_LOG_FORMAT] = {"log_format", "logfmt", set_log_format, NULL},
     [KEY_LOG_LEVEL] = {"log_level", "info", set_log_level, NULL},
     [KEY_FLUSH_METHOD] = {"flush_method", "fsync", set_flush_method, NULL},
+    [KEY_MAX_ENVELOPE_SIZE] = {"max_envelope_size", "256K",
+			       set_max_envelope_size, NULL},
+    [KEY_MAX_ENVELOPE_MEMORY] = {"max_envelope_memory", "256M",
+				 set_max_envelope_memory, NULL},
+    [KEY_IPV6_PREFIX_LENGTH] = {"ipv6_prefix_length", "64",
+				set_ipv6_prefix_length, NULL},
+    [KEY_AUTH_FAIL_LIMIT] = {"auth_fail_limit", "10/15m", set_auth_fail_limit,
+			     NULL},
 };
 
 static bool find_key(const char *name, size_t len, enum key *out)
@@ -1808,6 +1883,19 @@ static void print_value(const struct config *cfg, enum key key, FILE *out)
 		break;
 	case KEY_LOG_LEVEL:
 		fputs(log_level_names[cfg->log_level], out);
+		break;
+	case KEY_MAX_ENVELOPE_SIZE:
+		print_size(cfg->max_envelope_size, out);
+		break;
+	case KEY_MAX_ENVELOPE_MEMORY:
+		print_size(cfg->max_envelope_memory, out);
+		break;
+	case KEY_IPV6_PREFIX_LENGTH:
+		fprintf(out, "%u", cfg->ipv6_prefix_length);
+		break;
+	case KEY_AUTH_FAIL_LIMIT:
+		format_duration(cfg->auth_fail_window, buf, sizeof(buf));
+		fprintf(out, "%u/%s", cfg->auth_fail_limit, buf);
 		break;
 	case KEY_COUNT:
 		break;

@@ -1,7 +1,8 @@
 /*
  * Bound sockets and the connection limits (see listener.h). The per-IP
  * counts live in a small chained hash table keyed by the client's
- * address bytes; an entry goes away when its last connection does.
+ * address bytes (an IPv6 client by its ipv6_prefix_length network);
+ * an entry goes away when its last connection does.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -52,11 +53,13 @@ struct listener {
 	unsigned active;
 	struct ip_count *buckets[IP_BUCKETS];
 	struct event *resume; /* re-enables accepting after EMFILE */
+	/* ipv6_prefix_length as read at start: the counts are keyed by it,
+	 * so a reload must not change it under them. */
+	unsigned ipv6_prefix;
 };
 
-/* Client addresses as 16 bytes, so that IPv4 and IPv4-mapped IPv6
- * clients share one count. */
-static void address_key(const struct sockaddr *sa, uint8_t key[16])
+void listener_client_key(const struct sockaddr *sa, unsigned ipv6_prefix,
+			 uint8_t key[16])
 {
 	memset(key, 0, 16);
 	if (sa->sa_family == AF_INET) {
@@ -67,6 +70,16 @@ static void address_key(const struct sockaddr *sa, uint8_t key[16])
 		const struct sockaddr_in6 *sin6 =
 		    (const struct sockaddr_in6 *)sa;
 		memcpy(key, &sin6->sin6_addr, 16);
+		/* An IPv4 client seen through an IPv6 socket is one IPv4
+		 * address, not a share of ::ffff:0:0/96. */
+		if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr) ||
+		    ipv6_prefix >= 128)
+			return;
+		size_t whole = ipv6_prefix / 8;
+		unsigned bits = ipv6_prefix % 8;
+		if (bits != 0)
+			key[whole++] &= (uint8_t)(0xff00u >> bits);
+		memset(key + whole, 0, 16 - whole);
 	}
 }
 
@@ -115,7 +128,7 @@ static void on_accept(struct evconnlistener *ev, evutil_socket_t fd,
 		return;
 	}
 	uint8_t key[16];
-	address_key(addr, key);
+	listener_client_key(addr, l->ipv6_prefix, key);
 	struct ip_count **at = find_ip(l, key);
 	if (*at != NULL && (*at)->count >= cfg->max_connections_per_ip) {
 		refuse(l, fd, LISTENER_LIMIT_PER_IP);
@@ -246,6 +259,7 @@ struct listener *listener_new(struct server *srv, struct listener_owner owner,
 		goto nomem;
 	l->srv = srv;
 	l->owner = owner;
+	l->ipv6_prefix = srv->cfg->ipv6_prefix_length;
 	l->bound = calloc(count ? count : 1, sizeof *l->bound);
 	l->resume = evtimer_new(srv->base, on_resume, l);
 	if (l->bound == NULL || l->resume == NULL)
@@ -336,7 +350,7 @@ void listener_disable(struct listener *l)
 void listener_release(struct listener *l, const struct sockaddr *addr)
 {
 	uint8_t key[16];
-	address_key(addr, key);
+	listener_client_key(addr, l->ipv6_prefix, key);
 	struct ip_count **at = find_ip(l, key);
 	if (*at == NULL || l->active == 0)
 		fatal("listener: release of an address that holds no place");
@@ -411,23 +425,23 @@ struct listener_owner listener_smtp_owner(struct server *srv)
 }
 
 struct bufferevent *listener_bufferevent(struct server *srv, int fd,
-                                         bool implicit_tls)
+					 bool implicit_tls)
 {
 	if (!implicit_tls)
 		return bufferevent_socket_new(srv->base, fd,
-		                              BEV_OPT_CLOSE_ON_FREE);
+					      BEV_OPT_CLOSE_ON_FREE);
 	/* The handshake comes first; the greeting waits in the output
 	 * until it is done (RFC 8314). */
-	return srv->tls_server ? tls_server_bufferevent(srv->base,
-	                                                srv->tls_server, fd)
-	                       : NULL;
+	return srv->tls_server
+		   ? tls_server_bufferevent(srv->base, srv->tls_server, fd)
+		   : NULL;
 }
 
 void listener_address_text(const struct sockaddr *sa, char *buf, size_t len)
 {
 	if (sa->sa_family == AF_INET6) {
 		const struct sockaddr_in6 *sin6 =
-			(const struct sockaddr_in6 *)sa;
+		    (const struct sockaddr_in6 *)sa;
 		inet_ntop(AF_INET6, &sin6->sin6_addr, buf, (socklen_t)len);
 	} else if (sa->sa_family == AF_INET) {
 		const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;

@@ -22,6 +22,7 @@
 #include <event2/event.h>
 
 #include "facteur/auth.h"
+#include "facteur/auth_limit.h"
 #include "facteur/config.h"
 #include "facteur/control.h"
 #include "facteur/deliver.h"
@@ -37,6 +38,7 @@
 #include "facteur/smtp_session.h"
 #include "facteur/spool.h"
 #include "facteur/tls.h"
+#include "facteur/worker.h"
 
 extern char **environ;
 
@@ -47,6 +49,10 @@ extern char **environ;
  * (RestartPreventExitStatus= in the systemd unit). */
 #define EXIT_CANNOT_LISTEN 69
 #define DRAIN_LIMIT_SECONDS 7 /* SPEC.md §7: exit within 10 s, with margin */
+/* Clients and accounts whose failed logins are remembered: a few MiB
+ * (about 25 MiB with the longest account names), however many addresses
+ * an attacker uses. */
+#define AUTH_LIMIT_ENTRIES 65536
 
 /* What a configuration builds: swapped as a whole on reload. */
 struct settings {
@@ -395,6 +401,10 @@ int main(int argc, char **argv)
 		fatal("cannot start the I/O thread");
 	iothread_flush_by_filesystem(srv.io,
 	                             srv.cfg->flush_method == FLUSH_SYNCFS);
+	srv.worker = worker_new(srv.base);
+	srv.auth_limit = auth_limit_new(AUTH_LIMIT_ENTRIES);
+	if (srv.worker == NULL || srv.auth_limit == NULL)
+		fatal("cannot start the worker threads");
 	srv.spool = spool_open(srv.base, srv.io, srv.cfg->spool_dir, err,
 	                       sizeof err);
 	if (srv.spool == NULL) {
@@ -453,6 +463,9 @@ int main(int argc, char **argv)
 	event_base_dispatch(srv.base);
 
 	log_event(LOG_LEVEL_INFO, "stopped", LOG_S("reason", "signal"));
+	/* Password checks and mailbox scans still out report to their
+	 * sessions while those are still there. */
+	worker_free(srv.worker);
 	event_free(lag_probe);
 	event_free(sigterm);
 	event_free(sigint);
@@ -470,6 +483,7 @@ int main(int argc, char **argv)
 		SSL_CTX_free(srv.tls_client);
 	spool_close(srv.spool);
 	iothread_free(srv.io);
+	auth_limit_free(srv.auth_limit);
 	listener_free(srv.listener);
 	struct settings last = {srv.cfg, srv.users, srv.policy, srv.tls_server};
 	settings_free(&last);

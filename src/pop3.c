@@ -3,11 +3,14 @@
  *
  * One bufferevent per client and one state machine: AUTHORIZATION (USER,
  * PASS, AUTH PLAIN, STLS), TRANSACTION once the mailbox is open and
- * locked, UPDATE at QUIT. Logging in moves new/ into cur/ and lists cur/
- * once; message numbers, sizes and UIDs come from that list until the
- * session ends. RETR and TOP stream the file through pop3_stream, a
- * chunk at a time, paced by the output's low-water mark, so that a
- * message is never held whole in memory. The mailbox lock lives in this
+ * locked, UPDATE at QUIT. Logging in checks the password, then moves
+ * new/ into cur/ and lists cur/ once, sizing each message from its name's
+ * ",W=" or by reading it: both on the worker threads, so that one large
+ * mailbox or one crypt(3) never stalls the other sessions. Message
+ * numbers, sizes and UIDs come from that list until the session ends.
+ * RETR and TOP stream the file through pop3_stream, a chunk at a time,
+ * paced by the output's low-water mark, so that a message is never held
+ * whole in memory. The mailbox lock lives in this
  * process only: the sessions' list is the table, keyed by the Maildir
  * path.
  */
@@ -32,6 +35,7 @@
 #include <openssl/ssl.h>
 
 #include "facteur/auth.h"
+#include "facteur/auth_limit.h"
 #include "facteur/config.h"
 #include "facteur/deliver.h"
 #include "facteur/lineio.h"
@@ -42,6 +46,7 @@
 #include "facteur/pop3_proto.h"
 #include "facteur/server.h"
 #include "facteur/tls.h"
+#include "facteur/worker.h"
 
 #define IDLE_TIMEOUT_SECONDS 600 /* RFC 1939 §3: at least 10 minutes */
 #define SEND_CHUNK 16384
@@ -60,6 +65,8 @@
 enum pop3_state {
 	POP3_STATE_AUTHORIZATION,
 	POP3_STATE_SASL,	/* AUTH PLAIN sent "+ ": the response line */
+	POP3_STATE_CHECKING,	/* the password is checked on the worker */
+	POP3_STATE_OPENING,	/* the mailbox is scanned on the worker */
 	POP3_STATE_LOGIN_DELAY, /* a failed login waits before its -ERR */
 	POP3_STATE_TRANSACTION,
 	POP3_STATE_SENDING, /* RETR/TOP streaming a message; input waits */
@@ -70,6 +77,8 @@ enum pop3_state {
 static const char *const state_names[] = {
     [POP3_STATE_AUTHORIZATION] = "authorization",
     [POP3_STATE_SASL] = "sasl",
+    [POP3_STATE_CHECKING] = "checking",
+    [POP3_STATE_OPENING] = "opening",
     [POP3_STATE_LOGIN_DELAY] = "login_delay",
     [POP3_STATE_TRANSACTION] = "transaction",
     [POP3_STATE_SENDING] = "sending",
@@ -112,6 +121,23 @@ struct pop3_session {
 	int send_fd; /* the message RETR/TOP is streaming, or -1 */
 	struct pop3_stream stream;
 	const char *end_reason; /* for the pop3_disconnect line */
+	struct pop3_job *job;	/* on the worker, or NULL */
+};
+
+/* A login's slow parts, done on the worker one after the other: the
+ * password check, then (once the mailbox is locked) moving new/ into
+ * cur/ and sizing each message. The job owns copies of all it reads, so
+ * that neither a reload nor the session's end pulls anything away. */
+struct pop3_job {
+	struct pop3_session *session; /* NULL once the session is gone */
+	char *hash;		      /* NULL: no such account */
+	bool ok;
+	char user[ACCOUNT_MAX + 1];
+	char password[PASSWORD_MAX];
+	char *mailbox, *cur;
+	struct pop3_message *messages;
+	size_t count, cap;
+	int error; /* of the scan: 0 or an errno */
 };
 
 struct pop3_server {
@@ -287,18 +313,19 @@ out:;
 	return rc;
 }
 
-static int add_message(struct pop3_session *s, size_t *cap, const char *name,
+static int add_message(struct pop3_job *job, const char *name,
 		       const struct stat *st, uint64_t size)
 {
-	if (s->message_count == *cap) {
-		size_t ncap = *cap ? 2 * *cap : 16;
-		struct pop3_message *m = realloc(s->messages, ncap * sizeof *m);
+	if (job->count == job->cap) {
+		size_t ncap = job->cap ? 2 * job->cap : 16;
+		struct pop3_message *m =
+		    realloc(job->messages, ncap * sizeof *m);
 		if (m == NULL)
 			return -1;
-		s->messages = m;
-		*cap = ncap;
+		job->messages = m;
+		job->cap = ncap;
 	}
-	struct pop3_message *m = &s->messages[s->message_count];
+	struct pop3_message *m = &job->messages[job->count];
 	memset(m, 0, sizeof *m);
 	m->name = strdup(name);
 	if (m->name == NULL)
@@ -306,18 +333,18 @@ static int add_message(struct pop3_session *s, size_t *cap, const char *name,
 	pop3_uid_from_name(name, strlen(name), m->uid);
 	m->size = size;
 	m->mtime = st->st_mtim;
-	s->message_count++;
+	job->count++;
 	return 0;
 }
 
-/* List cur/ into s->messages, oldest first. */
-static int list_cur(struct pop3_session *s)
+/* List cur/ into job->messages, oldest first. A file whose name gives
+ * its size (",W=") is not read; any other is read once to size it. */
+static int list_cur(struct pop3_job *job)
 {
-	DIR *dir = opendir(s->cur);
+	DIR *dir = opendir(job->cur);
 	if (dir == NULL)
 		return errno == ENOENT ? 0 : -1;
 	char *buf = malloc(SCAN_CHUNK);
-	size_t cap = 0;
 	int rc = -1;
 	if (buf == NULL) {
 		errno = ENOMEM;
@@ -343,18 +370,19 @@ static int list_cur(struct pop3_session *s)
 		}
 		if (!S_ISREG(st.st_mode))
 			continue;
-		if (measure_file(dirfd(dir), e->d_name, buf, &size) == -1) {
+		if (!pop3_size_from_name(e->d_name, strlen(e->d_name), &size) &&
+		    measure_file(dirfd(dir), e->d_name, buf, &size) == -1) {
 			if (errno == ENOENT)
 				continue;
 			goto out;
 		}
-		if (add_message(s, &cap, e->d_name, &st, size) == -1) {
+		if (add_message(job, e->d_name, &st, size) == -1) {
 			errno = ENOMEM;
 			goto out;
 		}
 	}
-	if (s->message_count > 1)
-		qsort(s->messages, s->message_count, sizeof *s->messages,
+	if (job->count > 1)
+		qsort(job->messages, job->count, sizeof *job->messages,
 		      compare_messages);
 	rc = 0;
 out:;
@@ -363,6 +391,36 @@ out:;
 	(void)closedir(dir);
 	errno = err;
 	return rc;
+}
+
+static void job_free(struct pop3_job *job)
+{
+	explicit_bzero(job->password, sizeof job->password);
+	free(job->hash);
+	free(job->mailbox);
+	free(job->cur);
+	for (size_t i = 0; i < job->count; i++)
+		free(job->messages[i].name);
+	free(job->messages);
+	free(job);
+}
+
+/* On the worker: the mailbox's new mail into cur/, and cur/ listed. */
+static void scan_run(void *arg)
+{
+	struct pop3_job *job = arg;
+	job->error = 0;
+	if (move_new_to_cur(job->mailbox, job->cur) == -1 ||
+	    list_cur(job) == -1)
+		job->error = errno ? errno : EIO;
+}
+
+/* On the worker: the crypt(3) check. */
+static void check_run(void *arg)
+{
+	struct pop3_job *job = arg;
+	job->ok = auth_password_matches(job->hash, job->password);
+	explicit_bzero(job->password, sizeof job->password);
 }
 
 static void maildrop_totals(const struct pop3_session *s, size_t *count,
@@ -386,16 +444,81 @@ static void log_login(struct pop3_session *s, const char *user,
 		  LOG_S("result", result));
 }
 
-/* The credentials are good: lock and open the mailbox, or say why not
- * (the session stays in AUTHORIZATION). */
-static void mailbox_open(struct pop3_session *s, const char *account)
+/* Back to reading commands after the worker, or after a refusal. */
+static void resume_commands(struct pop3_session *s)
+{
+	enter_state(s, POP3_STATE_AUTHORIZATION);
+	bufferevent_enable(s->bev, EV_READ);
+	session_process(s);
+}
+
+static void scan_done(void *arg)
+{
+	struct pop3_job *job = arg;
+	struct pop3_session *s = job->session;
+	if (s == NULL) {
+		job_free(job); /* the client left meanwhile */
+		return;
+	}
+	s->job = NULL;
+	if (s->state == POP3_STATE_CLOSING) {
+		job_free(job); /* shutting down: the last reply is on its way */
+		return;
+	}
+	if (job->error != 0) {
+		log_event(LOG_LEVEL_ERROR, "pop3_mailbox_error",
+			  LOG_S("client", s->client), LOG_S("user", job->user),
+			  LOG_S("mailbox", s->mailbox),
+			  LOG_S("reason", strerror(job->error)));
+		mailbox_release(s);
+		reply(s, "-ERR [SYS/TEMP] cannot open the mailbox");
+		log_login(s, job->user, "mailbox_error");
+		job_free(job);
+		resume_commands(s);
+		return;
+	}
+	char *who = strdup(job->user);
+	if (who == NULL) {
+		mailbox_release(s);
+		reply(s, "-ERR [SYS/TEMP] out of memory");
+		job_free(job);
+		resume_commands(s);
+		return;
+	}
+	s->messages = job->messages;
+	s->message_count = job->count;
+	job->messages = NULL;
+	job->count = 0;
+	free(s->account);
+	s->account = who;
+	job_free(job);
+	size_t count;
+	uint64_t octets;
+	maildrop_totals(s, &count, &octets);
+	log_event(LOG_LEVEL_INFO, "pop3_login", LOG_S("client", s->client),
+		  LOG_S("user", s->account), LOG_S("result", "ok"),
+		  LOG_I("messages", count), LOG_I("octets", octets));
+	reply(s, "+OK maildrop has %zu messages (%llu octets)", count,
+	      (unsigned long long)octets);
+	enter_state(s, POP3_STATE_TRANSACTION);
+	bufferevent_enable(s->bev, EV_READ);
+	session_process(s);
+}
+
+/* The credentials are good: lock the mailbox and have the worker open
+ * it (reading every message to size it would stall the loop), or say
+ * why not. The job is handed on or freed; false when the session goes
+ * back to AUTHORIZATION. */
+static bool mailbox_open(struct pop3_session *s, struct pop3_job *job)
 {
 	const struct config *cfg = srv_of(s)->cfg;
+	const char *account = job->user;
 	if (cfg->mailbox_format == MAILBOX_MBOX) {
 		/* Only Maildir is served (SPEC.md §6). */
 		reply(s, "-ERR [SYS/PERM] mbox is not served over POP3");
 		log_login(s, account, "mbox");
-		return;
+		job_free(job);
+		return false;
 	}
 	const char *at = strrchr(account, '@');
 	char *path = at != NULL
@@ -405,53 +528,55 @@ static void mailbox_open(struct pop3_session *s, const char *account)
 	if (path == NULL) {
 		reply(s, "-ERR [SYS/PERM] no mailbox for this account");
 		log_login(s, account, "no_mailbox");
-		return;
+		job_free(job);
+		return false;
 	}
 	if (mailbox_in_use(s->server, path)) {
 		free(path);
 		reply(s, "-ERR [IN-USE] mailbox in use");
 		log_login(s, account, "in_use");
-		return;
+		job_free(job);
+		return false;
 	}
 	char *cur = NULL;
-	char *who = strdup(account);
 	if (asprintf(&cur, "%s/cur", path) == -1)
 		cur = NULL;
-	if (cur == NULL || who == NULL) {
+	job->mailbox = strdup(path);
+	job->cur = cur != NULL ? strdup(cur) : NULL;
+	if (cur == NULL || job->mailbox == NULL || job->cur == NULL ||
+	    worker_run(srv_of(s)->worker, scan_run, scan_done, job) == -1) {
 		free(path);
 		free(cur);
-		free(who);
+		job_free(job);
 		reply(s, "-ERR [SYS/TEMP] out of memory");
-		return;
+		return false;
 	}
+	/* Locked from now on: a second login to it gets [IN-USE]. */
 	s->mailbox = path;
 	s->cur = cur;
-	if (move_new_to_cur(path, cur) == -1 || list_cur(s) == -1) {
-		int err = errno;
-		log_event(LOG_LEVEL_ERROR, "pop3_mailbox_error",
-			  LOG_S("client", s->client), LOG_S("user", account),
-			  LOG_S("mailbox", path),
-			  LOG_S("reason", strerror(err)));
-		mailbox_release(s);
-		free(who);
-		reply(s, "-ERR [SYS/TEMP] cannot open the mailbox");
-		log_login(s, account, "mailbox_error");
-		return;
-	}
-	free(s->account);
-	s->account = who;
-	enter_state(s, POP3_STATE_TRANSACTION);
-	size_t count;
-	uint64_t octets;
-	maildrop_totals(s, &count, &octets);
-	log_event(LOG_LEVEL_INFO, "pop3_login", LOG_S("client", s->client),
-		  LOG_S("user", account), LOG_S("result", "ok"),
-		  LOG_I("messages", count), LOG_I("octets", octets));
-	reply(s, "+OK maildrop has %zu messages (%llu octets)", count,
-	      (unsigned long long)octets);
+	s->job = job;
+	enter_state(s, POP3_STATE_OPENING);
+	return true;
 }
 
 /* ---- AUTHORIZATION: USER, PASS, AUTH, STLS ---- */
+
+static void client_key(const struct pop3_session *s, uint8_t key[16])
+{
+	listener_client_key((const struct sockaddr *)&s->addr,
+			    srv_of(s)->cfg->ipv6_prefix_length, key);
+}
+
+/* Has this client failed too many logins lately, in any session? */
+static bool client_refused(const struct pop3_session *s)
+{
+	const struct config *cfg = srv_of(s)->cfg;
+	uint8_t key[16];
+	client_key(s, key);
+	return auth_limit_client_refused(srv_of(s)->auth_limit, key, time(NULL),
+					 cfg->auth_fail_limit,
+					 cfg->auth_fail_window, NULL);
+}
 
 static void flush_then_free(struct pop3_session *s);
 
@@ -468,7 +593,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 	if (s->state != POP3_STATE_LOGIN_DELAY)
 		return;
 	enter_state(s, POP3_STATE_AUTHORIZATION);
-	if (s->login_failures >= LOGIN_FAILURES_MAX) {
+	if (s->login_failures >= LOGIN_FAILURES_MAX || client_refused(s)) {
 		reply(s, "-ERR [AUTH] too many failed logins, closing");
 		s->end_reason = "too many failed logins";
 		session_close(s);
@@ -503,20 +628,78 @@ static void login_failed(struct pop3_session *s, const char *user)
 	evtimer_add(s->timer, &delay);
 }
 
+static void check_done(void *arg)
+{
+	struct pop3_job *job = arg;
+	struct pop3_session *s = job->session;
+	if (s == NULL) {
+		job_free(job); /* the client left meanwhile */
+		return;
+	}
+	s->job = NULL;
+	if (s->state == POP3_STATE_CLOSING) {
+		job_free(job); /* shutting down: the last reply is on its way */
+		return;
+	}
+	if (!job->ok) {
+		const struct config *cfg = srv_of(s)->cfg;
+		uint8_t key[16];
+		client_key(s, key);
+		/* Only accounts that exist are counted (as for SMTP). */
+		auth_limit_failure(srv_of(s)->auth_limit, key,
+				   job->hash != NULL ? job->user : NULL,
+				   time(NULL), cfg->auth_fail_window);
+		login_failed(s, job->user);
+		job_free(job);
+		return;
+	}
+	if (!mailbox_open(s, job))
+		resume_commands(s);
+}
+
+/* Check the password on the worker; input waits meanwhile, other
+ * sessions go on. An account under attack is refused to clients that
+ * have failed logins themselves. */
 static void login(struct pop3_session *s, const char *user,
 		  const char *password)
 {
-	const struct auth_users *users = srv_of(s)->users;
-	if (users == NULL) {
+	struct server *srv = srv_of(s);
+	if (srv->users == NULL) {
 		reply(s, "-ERR [AUTH] no accounts on this server");
 		log_login(s, user, "no_accounts");
 		return;
 	}
-	if (!auth_users_check(users, user, password)) {
-		login_failed(s, user);
+	uint8_t key[16];
+	client_key(s, key);
+	if (!auth_limit_account_open(srv->auth_limit, key, user, time(NULL),
+				     srv->cfg->auth_fail_limit,
+				     srv->cfg->auth_fail_window)) {
+		reply(s, "-ERR [AUTH] too many failed logins for this "
+			 "account, try again later");
+		log_event(LOG_LEVEL_WARN, "pop3_login",
+			  LOG_S("client", s->client), LOG_S("user", user),
+			  LOG_S("result", "refused"),
+			  LOG_S("reason", "auth_fail_limit"));
 		return;
 	}
-	mailbox_open(s, user);
+	struct pop3_job *job = calloc(1, sizeof *job);
+	const char *hash = auth_users_hash(srv->users, user);
+	if (job != NULL) {
+		job->session = s;
+		job->hash = hash != NULL ? strdup(hash) : NULL;
+		snprintf(job->user, sizeof job->user, "%s", user);
+		snprintf(job->password, sizeof job->password, "%s", password);
+	}
+	if (job == NULL || (hash != NULL && job->hash == NULL) ||
+	    worker_run(srv->worker, check_run, check_done, job) == -1) {
+		if (job != NULL)
+			job_free(job);
+		reply(s, "-ERR [SYS/TEMP] out of memory");
+		return;
+	}
+	s->job = job;
+	enter_state(s, POP3_STATE_CHECKING);
+	bufferevent_disable(s->bev, EV_READ);
 }
 
 /* USER, PASS and AUTH are refused before TLS on a non-loopback client,
@@ -1217,6 +1400,8 @@ static void session_free(struct pop3_session *s)
 		event_free(s->timer);
 	free(s->user);
 	free(s->account);
+	if (s->job != NULL)
+		s->job->session = NULL; /* its result is dropped */
 	free(s);
 }
 
@@ -1255,6 +1440,16 @@ session_new(struct pop3_server *p, int fd, const struct sockaddr *addr,
 	set_callbacks(s);
 	log_event(LOG_LEVEL_INFO, "pop3_connect", LOG_S("client", s->client),
 		  LOG_S("listen", listen));
+	if (client_refused(s)) {
+		reply(s, "-ERR [AUTH] too many failed logins from your "
+			 "address, try again later");
+		log_event(LOG_LEVEL_WARN, "rejected",
+			  LOG_S("client", s->client),
+			  LOG_S("reason", "auth_fail_limit"));
+		s->end_reason = "auth_fail_limit";
+		session_close(s);
+		return s;
+	}
 	reply(s, "+OK facteur POP3 server ready");
 	return s;
 }

@@ -313,6 +313,31 @@ uint64_t pop3_measure_finish(struct pop3_measure *m)
 
 /* ---- UIDs ---- */
 
+bool pop3_size_from_name(const char *name, size_t len, uint64_t *size)
+{
+	const char *colon = memchr(name, ':', len);
+	size_t base = colon != NULL ? (size_t)(colon - name) : len;
+	/* Fields follow the unique part, each ",K=V"; find ",W=". */
+	for (size_t i = 0; i + 3 <= base; i++) {
+		if (name[i] != ',' || name[i + 1] != 'W' || name[i + 2] != '=')
+			continue;
+		size_t j = i + 3;
+		uint64_t v = 0;
+		size_t digits = 0;
+		for (; j < base && name[j] >= '0' && name[j] <= '9'; j++) {
+			if (v > (UINT64_MAX - 9) / 10)
+				return false;
+			v = v * 10 + (uint64_t)(name[j] - '0');
+			digits++;
+		}
+		if (digits == 0 || (j < base && name[j] != ','))
+			continue;
+		*size = v;
+		return true;
+	}
+	return false;
+}
+
 size_t pop3_uid_from_name(const char *name, size_t len, char *uid)
 {
 	const char *colon = memchr(name, ':', len);

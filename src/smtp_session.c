@@ -27,6 +27,7 @@
 #include <openssl/ssl.h>
 
 #include "facteur/auth.h"
+#include "facteur/auth_limit.h"
 #include "facteur/config.h"
 #include "facteur/lineio.h"
 #include "facteur/listener.h"
@@ -39,6 +40,7 @@
 #include "facteur/smtp_session.h"
 #include "facteur/spool.h"
 #include "facteur/tls.h"
+#include "facteur/worker.h"
 
 /* Enhanced status codes (RFC 3463) used in replies. */
 #define ESC_OK "2.0.0"
@@ -52,8 +54,10 @@
 #define ESC_LOCAL_ERROR "4.3.0"
 #define ESC_TIMEOUT "4.4.2"
 #define ESC_TOO_MANY_RCPTS "4.5.3"
+#define ESC_SYSTEM_STORAGE "4.3.1"
 #define ESC_TOO_MANY_ERRORS "4.7.0"
 #define ESC_TLS_UNAVAILABLE "4.7.0"
+#define ESC_AUTH_TEMPORARY "4.7.0"
 #define ESC_BAD_DEST_MAILBOX "5.1.1"
 #define ESC_BAD_DEST_SYNTAX "5.1.3"
 #define ESC_BAD_SENDER_SYNTAX "5.1.7"
@@ -78,10 +82,12 @@
 #define HELO_MAX 255
 #define AUTH_FAILURES_MAX 5 /* then 421 */
 #define AUTH_ADDRESS_MAX 320
+#define AUTH_PASSWORD_MAX 1024
 
 enum smtp_state {
 	SMTP_STATE_COMMAND,    /* reading command lines */
 	SMTP_STATE_AUTH,       /* reading a SASL response line */
+	SMTP_STATE_AUTH_CHECK, /* the password is checked off the loop */
 	SMTP_STATE_AUTH_DELAY, /* a failed login waits before its 535 */
 	SMTP_STATE_DATA,       /* reading DATA content up to CRLF.CRLF */
 	SMTP_STATE_BDAT,       /* reading the octets of a BDAT chunk */
@@ -91,32 +97,52 @@ enum smtp_state {
 };
 
 static const char *const state_names[] = {
-	[SMTP_STATE_COMMAND] = "command",
-	[SMTP_STATE_AUTH] = "auth",
-	[SMTP_STATE_AUTH_DELAY] = "auth_delay",
-	[SMTP_STATE_DATA] = "data",
-	[SMTP_STATE_BDAT] = "bdat",
-	[SMTP_STATE_COMMITTING] = "committing",
-	[SMTP_STATE_STARTTLS] = "starttls",
-	[SMTP_STATE_CLOSING] = "closing",
+    [SMTP_STATE_COMMAND] = "command",
+    [SMTP_STATE_AUTH] = "auth",
+    [SMTP_STATE_AUTH_CHECK] = "auth_check",
+    [SMTP_STATE_AUTH_DELAY] = "auth_delay",
+    [SMTP_STATE_DATA] = "data",
+    [SMTP_STATE_BDAT] = "bdat",
+    [SMTP_STATE_COMMITTING] = "committing",
+    [SMTP_STATE_STARTTLS] = "starttls",
+    [SMTP_STATE_CLOSING] = "closing",
 };
 
-/* One accepted RCPT may stand for several final recipients (aliases). */
+/* One accepted RCPT may stand for several final recipients (aliases).
+ * Each is one record holding its strings, packed with others in blocks,
+ * and the address as given is stored only when it differs from the
+ * final one: a recipient costs its text and a dozen octets, not three
+ * allocations (with their headers and rounding). */
 struct recipient {
-	char *address;  /* final, canonical */
-	char *original; /* as given in RCPT TO */
-	char *orcpt;
 	unsigned notify;
 	bool local;
+	uint16_t original; /* offset in text of the address as given; 0:
+			      the final address itself */
+	uint16_t orcpt;	   /* offset in text of ORCPT; 0: none */
+	char text[];	   /* the final (canonical) address, then the others,
+			      each NUL-terminated */
 };
+
+/* Recipient records, back to back. */
+struct recipient_block {
+	struct recipient_block *next;
+	size_t used, size;
+	_Alignas(struct recipient) char data[];
+};
+
+#define RECIPIENT_BLOCK 4096 /* octets of records; a record is ~1 KiB at most  \
+			      */
 
 struct transaction {
 	bool active; /* MAIL accepted */
 	struct smtp_mail mail;
-	struct recipient *rcpts;
+	struct recipient **rcpts; /* into blocks */
 	size_t rcpt_count, rcpt_cap;
+	struct recipient_block *blocks; /* the newest first */
 	unsigned accepted_rcpt_commands;
-	char *first_rcpt; /* for Received: "for <...>" */
+	/* Octets this envelope holds (max_envelope_size), also counted in
+	 * envelope_memory (max_envelope_memory). */
+	size_t envelope_bytes;
 	struct spool_incoming *incoming;
 	struct smtp_data data;
 	char *outbuf;  /* MESSAGE_BUF_SIZE: what the spool is yet to get */
@@ -144,6 +170,7 @@ struct smtp_session {
 	char *auth_login_user;
 	unsigned auth_failures;
 	struct event *auth_timer;
+	struct auth_job *auth_job; /* the check on the worker, or NULL */
 	unsigned errors;
 	bool discarding_line; /* a line over the limit is being skipped */
 	bool shutdown_pending; /* SIGTERM came during a message */
@@ -163,6 +190,8 @@ struct smtp_session {
 
 static struct smtp_session *all_sessions;
 static size_t session_count;
+/* The envelope octets of every open transaction. */
+static uint64_t envelope_memory;
 
 static void session_process(struct smtp_session *s);
 static bool session_flush(struct smtp_session *s);
@@ -225,23 +254,80 @@ static void log_rejected(struct smtp_session *s, const char *reason,
 static void transaction_reset(struct smtp_session *s)
 {
 	struct transaction *tx = &s->tx;
-	for (size_t i = 0; i < tx->rcpt_count; i++) {
-		free(tx->rcpts[i].address);
-		free(tx->rcpts[i].original);
-		free(tx->rcpts[i].orcpt);
+	while (tx->blocks != NULL) {
+		struct recipient_block *next = tx->blocks->next;
+		free(tx->blocks);
+		tx->blocks = next;
 	}
 	free(tx->rcpts);
-	free(tx->first_rcpt);
+	envelope_memory -= tx->envelope_bytes;
 	free(tx->outbuf);
 	if (tx->incoming != NULL)
 		spool_incoming_abort(s->srv->spool, tx->incoming);
 	memset(tx, 0, sizeof *tx);
 }
 
+static const char *recipient_address(const struct recipient *r)
+{
+	return r->text;
+}
+
+static const char *recipient_original(const struct recipient *r)
+{
+	return r->text + r->original;
+}
+
+static const char *recipient_orcpt(const struct recipient *r)
+{
+	return r->orcpt != 0 ? r->text + r->orcpt : NULL;
+}
+
+/* What one final recipient of this RCPT holds: its record and its
+ * place in the list. */
+static size_t recipient_cost(const struct smtp_rcpt *rcpt,
+			     const struct policy_target *target)
+{
+	size_t size = sizeof(struct recipient) + sizeof(struct recipient *) +
+		      strlen(target->address) + 1;
+	if (strcmp(rcpt->to.address, target->address) != 0)
+		size += strlen(rcpt->to.address) + 1;
+	if (rcpt->orcpt[0] != '\0')
+		size += strlen(rcpt->orcpt) + 1;
+	return size;
+}
+
+/* Account for octets taken by (or given back from) the transaction. */
+static void envelope_charge(struct transaction *tx, size_t size)
+{
+	tx->envelope_bytes += size;
+	envelope_memory += size;
+}
+
+/* Room for one record in the newest block, or a new block. */
+static struct recipient *recipient_alloc(struct transaction *tx, size_t size)
+{
+	size_t align = _Alignof(struct recipient);
+	size = (size + align - 1) / align * align;
+	struct recipient_block *b = tx->blocks;
+	if (b == NULL || b->size - b->used < size) {
+		size_t room = size > RECIPIENT_BLOCK ? size : RECIPIENT_BLOCK;
+		b = malloc(sizeof *b + room);
+		if (b == NULL)
+			return NULL;
+		b->used = 0;
+		b->size = room;
+		b->next = tx->blocks;
+		tx->blocks = b;
+	}
+	struct recipient *r = (struct recipient *)(b->data + b->used);
+	b->used += size;
+	return r;
+}
+
 static bool recipient_known(const struct transaction *tx, const char *address)
 {
 	for (size_t i = 0; i < tx->rcpt_count; i++)
-		if (strcmp(tx->rcpts[i].address, address) == 0)
+		if (strcmp(recipient_address(tx->rcpts[i]), address) == 0)
 			return true;
 	return false;
 }
@@ -253,27 +339,32 @@ static int recipient_add(struct transaction *tx, const struct smtp_rcpt *rcpt,
 		return 0;
 	if (tx->rcpt_count == tx->rcpt_cap) {
 		size_t cap = tx->rcpt_cap ? 2 * tx->rcpt_cap : 4;
-		struct recipient *r = realloc(tx->rcpts, cap * sizeof *r);
-		if (r == NULL)
+		struct recipient **grown =
+		    realloc(tx->rcpts, cap * sizeof *grown);
+		if (grown == NULL)
 			return -1;
-		tx->rcpts = r;
+		tx->rcpts = grown;
 		tx->rcpt_cap = cap;
 	}
-	struct recipient *r = &tx->rcpts[tx->rcpt_count];
-	memset(r, 0, sizeof *r);
-	r->address = strdup(target->address);
-	r->original = strdup(rcpt->to.address);
-	r->orcpt = rcpt->orcpt[0] ? strdup(rcpt->orcpt) : NULL;
+	/* Addresses are at most SMTP_PATH_MAX and ORCPT SMTP_ORCPT_MAX
+	 * octets (the parser's bounds), so the offsets fit 16 bits. */
+	size_t address_len = strlen(target->address) + 1;
+	bool same = strcmp(rcpt->to.address, target->address) == 0;
+	size_t original_len = same ? 0 : strlen(rcpt->to.address) + 1;
+	size_t orcpt_len = rcpt->orcpt[0] ? strlen(rcpt->orcpt) + 1 : 0;
+	struct recipient *r = recipient_alloc(tx, sizeof *r + address_len +
+						      original_len + orcpt_len);
+	if (r == NULL)
+		return -1;
 	r->notify = rcpt->notify;
 	r->local = target->local;
-	if (r->address == NULL || r->original == NULL ||
-	    (rcpt->orcpt[0] && r->orcpt == NULL)) {
-		free(r->address);
-		free(r->original);
-		free(r->orcpt);
-		return -1;
-	}
-	tx->rcpt_count++;
+	memcpy(r->text, target->address, address_len);
+	r->original = same ? 0 : (uint16_t)address_len;
+	memcpy(r->text + address_len, rcpt->to.address, original_len);
+	r->orcpt = orcpt_len ? (uint16_t)(address_len + original_len) : 0;
+	memcpy(r->text + address_len + original_len, rcpt->orcpt, orcpt_len);
+	tx->rcpts[tx->rcpt_count++] = r;
+	envelope_charge(tx, recipient_cost(rcpt, target));
 	return 0;
 }
 
@@ -415,6 +506,23 @@ static void starttls_begin(struct smtp_session *s)
 
 /* ---- AUTH (RFC 4954) ---- */
 
+static void client_key(const struct smtp_session *s, uint8_t key[16])
+{
+	listener_client_key((const struct sockaddr *)&s->addr,
+			    cfg_of(s)->ipv6_prefix_length, key);
+}
+
+/* Has this client failed too many logins lately, in any session? */
+static bool auth_client_refused(const struct smtp_session *s)
+{
+	const struct config *cfg = cfg_of(s);
+	uint8_t key[16];
+	client_key(s, key);
+	return auth_limit_client_refused(s->srv->auth_limit, key, time(NULL),
+					 cfg->auth_fail_limit,
+					 cfg->auth_fail_window, NULL);
+}
+
 static void auth_succeeded(struct smtp_session *s, const char *user)
 {
 	free(s->auth_user);
@@ -435,7 +543,7 @@ static void on_auth_delay(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	struct smtp_session *s = arg;
 	enter_state(s, SMTP_STATE_COMMAND);
-	if (s->auth_failures >= AUTH_FAILURES_MAX) {
+	if (s->auth_failures >= AUTH_FAILURES_MAX || auth_client_refused(s)) {
 		reply(s, "421 %s %s Error: too many failed logins",
 		      ESC_TOO_MANY_ERRORS, cfg_of(s)->hostname);
 		session_close(s);
@@ -468,13 +576,101 @@ static void auth_failed(struct smtp_session *s, const char *user)
 	evtimer_add(s->auth_timer, &delay);
 }
 
+/* A password check handed to the worker: copies of what it needs, so
+ * that neither a reload nor the session's end can pull them away. */
+struct auth_job {
+	struct smtp_session *session; /* NULL once the session is gone */
+	char *hash;		      /* NULL: no such user */
+	bool ok;
+	char user[AUTH_ADDRESS_MAX + 1];
+	char password[AUTH_PASSWORD_MAX];
+};
+
+static void auth_job_free(struct auth_job *job)
+{
+	explicit_bzero(job->password, sizeof job->password);
+	free(job->hash);
+	free(job);
+}
+
+static void auth_job_run(void *arg)
+{
+	struct auth_job *job = arg;
+	job->ok = auth_password_matches(job->hash, job->password);
+}
+
+static void auth_job_done(void *arg)
+{
+	struct auth_job *job = arg;
+	struct smtp_session *s = job->session;
+	if (s == NULL) {
+		auth_job_free(job); /* the client left meanwhile */
+		return;
+	}
+	s->auth_job = NULL;
+	if (job->ok) {
+		auth_succeeded(s, job->user);
+		bufferevent_enable(s->bev, EV_READ);
+		auth_job_free(job);
+		session_process(s);
+		return;
+	}
+	const struct config *cfg = cfg_of(s);
+	uint8_t key[16];
+	client_key(s, key);
+	/* Only accounts that exist are counted: guesses at names that do
+	 * not would only crowd the table. */
+	auth_limit_failure(s->srv->auth_limit, key,
+			   job->hash != NULL ? job->user : NULL, time(NULL),
+			   cfg->auth_fail_window);
+	auth_failed(s, job->user);
+	auth_job_free(job);
+	session_flush(s);
+}
+
+/* Check the password on the worker (crypt(3) costs milliseconds by
+ * design); input waits, other sessions go on. An account under attack
+ * is refused to clients that have failed logins themselves. */
 static void auth_check(struct smtp_session *s, const char *user,
                        const char *password)
 {
-	if (auth_users_check(s->srv->users, user, password))
-		auth_succeeded(s, user);
-	else
-		auth_failed(s, user);
+	const struct config *cfg = cfg_of(s);
+	uint8_t key[16];
+	client_key(s, key);
+	if (!auth_limit_account_open(s->srv->auth_limit, key, user, time(NULL),
+				     cfg->auth_fail_limit,
+				     cfg->auth_fail_window)) {
+		enter_state(s, SMTP_STATE_COMMAND);
+		log_event(LOG_LEVEL_WARN, "auth", LOG_S("client", s->client),
+			  LOG_S("user", user), LOG_S("result", "refused"),
+			  LOG_S("reason", "auth_fail_limit"));
+		reply(s,
+		      "454 %s Too many failed logins for this account, "
+		      "try again later",
+		      ESC_AUTH_TEMPORARY);
+		return;
+	}
+	struct auth_job *job = calloc(1, sizeof *job);
+	const char *hash = auth_users_hash(s->srv->users, user);
+	if (job != NULL) {
+		job->session = s;
+		job->hash = hash != NULL ? strdup(hash) : NULL;
+		snprintf(job->user, sizeof job->user, "%s", user);
+		snprintf(job->password, sizeof job->password, "%s", password);
+	}
+	if (job == NULL || (hash != NULL && job->hash == NULL) ||
+	    worker_run(s->srv->worker, auth_job_run, auth_job_done, job) ==
+		-1) {
+		if (job != NULL)
+			auth_job_free(job);
+		enter_state(s, SMTP_STATE_COMMAND);
+		reply(s, "454 %s Temporary authentication failure",
+		      ESC_AUTH_TEMPORARY);
+		return;
+	}
+	s->auth_job = job;
+	enter_state(s, SMTP_STATE_AUTH_CHECK);
+	bufferevent_disable(s->bev, EV_READ);
 }
 
 /* One SASL response (the initial one, or a line after a 334). */
@@ -486,8 +682,8 @@ static void auth_response(struct smtp_session *s, const char *line, size_t len)
 		return;
 	}
 	char user[AUTH_ADDRESS_MAX + 1];
-	char password[1024];
-	unsigned char decoded[1024];
+	char password[AUTH_PASSWORD_MAX];
+	unsigned char decoded[AUTH_PASSWORD_MAX];
 	int n;
 	switch (s->auth_step) {
 	case AUTH_PLAIN:
@@ -633,7 +829,38 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_command *cmd)
 	}
 	s->tx.mail = mail;
 	s->tx.active = true;
+	envelope_charge(&s->tx, strlen(mail.from.address) + 1);
 	reply(s, "250 %s Ok", ESC_SENDER_OK);
+}
+
+/* Would this RCPT's recipients fit the session's envelope budget and
+ * the one of all sessions? If not, a 452 (RFC 5321 §4.5.3.1.10: the
+ * client sends the message to those accepted so far, and the others
+ * later); a refusal, not a protocol error. */
+static bool envelope_has_room(struct smtp_session *s,
+			      const struct smtp_rcpt *rcpt,
+			      const struct policy_expansion *exp)
+{
+	const struct config *cfg = cfg_of(s);
+	size_t need = 0;
+	for (size_t i = 0; i < exp->count; i++)
+		need += recipient_cost(rcpt, &exp->targets[i]);
+	if (s->tx.envelope_bytes + need > cfg->max_envelope_size) {
+		reply(s, "452 %s Too much envelope data", ESC_TOO_MANY_RCPTS);
+		log_rejected(s, "max_envelope_size", rcpt->to.address);
+		return false;
+	}
+	if (envelope_memory + need > cfg->max_envelope_memory) {
+		reply(s, "452 %s Insufficient system storage",
+		      ESC_SYSTEM_STORAGE);
+		log_event(LOG_LEVEL_WARN, "rejected",
+			  LOG_S("client", s->client),
+			  LOG_S("reason", "max_envelope_memory"),
+			  LOG_S("address", rcpt->to.address),
+			  LOG_I("envelope_memory", envelope_memory));
+		return false;
+	}
+	return true;
 }
 
 static void cmd_rcpt(struct smtp_session *s, const struct smtp_command *cmd)
@@ -695,6 +922,10 @@ static void cmd_rcpt(struct smtp_session *s, const struct smtp_command *cmd)
 		log_rejected(s, "alias loop", rcpt.to.address);
 		return;
 	}
+	if (!envelope_has_room(s, &rcpt, &exp)) {
+		policy_expansion_clear(&exp);
+		return;
+	}
 	int failed = 0;
 	for (size_t i = 0; i < exp.count && !failed; i++)
 		failed = recipient_add(&s->tx, &rcpt, &exp.targets[i]);
@@ -703,8 +934,6 @@ static void cmd_rcpt(struct smtp_session *s, const struct smtp_command *cmd)
 		reply(s, "451 %s Out of memory", ESC_LOCAL_ERROR);
 		return;
 	}
-	if (s->tx.first_rcpt == NULL)
-		s->tx.first_rcpt = strdup(rcpt.to.address);
 	s->tx.accepted_rcpt_commands++;
 	reply(s, "250 %s Ok", ESC_RCPT_OK);
 }
@@ -754,9 +983,10 @@ static bool message_begin(struct smtp_session *s)
 	char date[64];
 	format_date(date, sizeof date);
 	char for_clause[SMTP_PATH_MAX + 16] = "";
-	if (tx->accepted_rcpt_commands == 1 && tx->first_rcpt != NULL)
+	/* One RCPT: its first recipient holds the address as given. */
+	if (tx->accepted_rcpt_commands == 1 && tx->rcpt_count > 0)
 		snprintf(for_clause, sizeof for_clause, "\r\n\tfor <%s>",
-		         tx->first_rcpt);
+			 recipient_original(tx->rcpts[0]));
 	/* The header waits in outbuf for the body's first octets. */
 	int n = snprintf(tx->outbuf, MESSAGE_BUF_SIZE,
 	                 "Received: from %s ([%s])\r\n"
@@ -836,16 +1066,17 @@ static struct spool_envelope *envelope_build(struct smtp_session *s)
 	          (tx->mail.envid[0] == '\0' || env->envid);
 	for (size_t i = 0; ok && i < tx->rcpt_count; i++) {
 		struct spool_rcpt *r = &env->rcpts[i];
-		const struct recipient *from = &tx->rcpts[i];
+		const struct recipient *from = tx->rcpts[i];
+		const char *orcpt = recipient_orcpt(from);
 		env->rcpt_count++;
-		r->address = strdup(from->address);
-		r->original = strdup(from->original);
-		r->orcpt = from->orcpt ? strdup(from->orcpt) : NULL;
+		r->address = strdup(recipient_address(from));
+		r->original = strdup(recipient_original(from));
+		r->orcpt = orcpt ? strdup(orcpt) : NULL;
 		r->notify = from->notify;
 		r->local = from->local;
 		r->state = RCPT_PENDING;
 		r->updated = env->arrival;
-		ok = r->address && r->original && (!from->orcpt || r->orcpt);
+		ok = r->address && r->original && (!orcpt || r->orcpt);
 	}
 	if (!ok) {
 		spool_envelope_free(env);
@@ -1219,6 +1450,7 @@ static void session_process(struct smtp_session *s)
 			more = read_bdat(s);
 			break;
 		case SMTP_STATE_COMMITTING:
+		case SMTP_STATE_AUTH_CHECK:
 		case SMTP_STATE_AUTH_DELAY:
 		case SMTP_STATE_STARTTLS:
 		case SMTP_STATE_CLOSING:
@@ -1232,6 +1464,7 @@ static void session_process(struct smtp_session *s)
 	if (s->state != SMTP_STATE_CLOSING &&
 	    s->state != SMTP_STATE_COMMITTING &&
 	    s->state != SMTP_STATE_STARTTLS &&
+	    s->state != SMTP_STATE_AUTH_CHECK &&
 	    s->state != SMTP_STATE_AUTH_DELAY) {
 		size_t pending = evbuffer_get_length(bufferevent_get_output(s->bev));
 		if (pending > OUTPUT_HIGH_WATER) {
@@ -1255,9 +1488,9 @@ static void on_write(struct bufferevent *bev, void *arg)
 	if (!s->tls)
 		bufferevent_disable(bev, EV_WRITE); /* direct writes again */
 	if (s->paused && s->state != SMTP_STATE_COMMITTING &&
+	    s->state != SMTP_STATE_AUTH_CHECK &&
 	    s->state != SMTP_STATE_AUTH_DELAY &&
-	    s->state != SMTP_STATE_CLOSING &&
-	    s->state != SMTP_STATE_STARTTLS) {
+	    s->state != SMTP_STATE_CLOSING && s->state != SMTP_STATE_STARTTLS) {
 		s->paused = false;
 		bufferevent_enable(s->bev, EV_READ);
 		session_process(s);
@@ -1392,6 +1625,8 @@ static void session_free(struct smtp_session *s)
 	free(s->auth_login_user);
 	if (s->auth_timer != NULL)
 		event_free(s->auth_timer);
+	if (s->auth_job != NULL)
+		s->auth_job->session = NULL; /* its result is dropped */
 	free(s);
 }
 
@@ -1431,6 +1666,18 @@ struct smtp_session *smtp_session_new(struct server *srv, int fd,
 	const struct config *cfg = srv->cfg;
 	set_callbacks(s);
 	log_event(LOG_LEVEL_INFO, "connect", LOG_S("client", s->client));
+	if (auth_client_refused(s)) {
+		reply(s,
+		      "421 %s %s Error: too many failed logins from your "
+		      "address, try again later",
+		      ESC_TOO_MANY_ERRORS, cfg->hostname);
+		log_event(LOG_LEVEL_WARN, "rejected",
+			  LOG_S("client", s->client),
+			  LOG_S("reason", "auth_fail_limit"));
+		session_close(s);
+		session_flush(s);
+		return s;
+	}
 	reply(s, "220 %s ESMTP facteur", cfg->hostname);
 	session_flush(s);
 	return s;

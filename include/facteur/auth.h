@@ -33,6 +33,14 @@ bool auth_users_exists(const struct auth_users *users, const char *address);
 bool auth_users_check(const struct auth_users *users, const char *address,
                       const char *password);
 
+/* The same check in two steps, so that the slow one runs off the loop:
+ * the stored hash of `address` (NULL for an unknown user), looked up on
+ * the loop; then, on any thread, whether `password` matches it (with
+ * NULL: the time of one check spent, and false). */
+const char *auth_users_hash(const struct auth_users *users,
+			    const char *address);
+bool auth_password_matches(const char *hash, const char *password);
+
 /* A new SHA-512 crypt(3) hash ("$6$salt$...") of `password`, with a
  * random salt, in a malloc'd string; NULL on failure. */
 char *auth_hash_password(const char *password);

@@ -128,6 +128,18 @@ struct config {
 	char *user;
 	enum log_format log_format;
 	enum log_level log_level;
+	/* Octets an SMTP transaction's envelope may hold (sender,
+	 * recipients, their parameters and alias expansions), and all open
+	 * transactions together. */
+	uint64_t max_envelope_size;
+	uint64_t max_envelope_memory;
+	/* The leading bits of an IPv6 client's address that make one client
+	 * for max_connections_per_ip and auth_fail_limit. */
+	unsigned ipv6_prefix_length;
+	/* auth_fail_limit = N/DURATION: failed logins from one client
+	 * within the window, past which it is refused until it ends. */
+	unsigned auth_fail_limit;
+	unsigned auth_fail_window; /* seconds */
 };
 
 /* The errors a load found, in order, each a full sentence such as
@@ -175,6 +187,8 @@ int config_parse_duration(const char *text, unsigned *seconds);
 int config_parse_size(const char *text, uint64_t *octets);
 int config_parse_listen(const char *text, bool pop3, struct listen_addr *out);
 int config_parse_cidr(const char *text, struct cidr *out);
+/* "N/DURATION" (auth_fail_limit): N and the duration both above 0. */
+int config_parse_rate(const char *text, unsigned *count, unsigned *seconds);
 
 /* Is this address inside one of the networks? */
 bool config_cidr_match(const struct cidr *nets, size_t count,

@@ -11,6 +11,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 #include "facteur/config.h"
@@ -72,6 +73,13 @@ struct bufferevent;
  * descriptor is then still open. */
 struct bufferevent *listener_bufferevent(struct server *srv, int fd,
                                          bool implicit_tls);
+
+/* What counts as one client, as 16 bytes: an IPv4 address as an
+ * IPv4-mapped IPv6 one (so that both forms count together), an IPv6
+ * address with all but its first `ipv6_prefix` bits cleared (one
+ * customer's /64 is one client, as one IPv4 address is). */
+void listener_client_key(const struct sockaddr *sa, unsigned ipv6_prefix,
+			 uint8_t key[16]);
 
 /* A client's address as text ("192.0.2.1", "2001:db8::1"), for logs and
  * the Received header. */

@@ -117,6 +117,16 @@ void pop3_measure_feed(struct pop3_measure *m, const char *buf, size_t len);
 uint64_t pop3_measure_finish(struct pop3_measure *m);
 
 /*
+ * The size a Maildir file's name announces for STAT and LIST: the
+ * ",W=<octets>" field of its base name (before the ':'), which Dovecot
+ * and others write as the size with CRLF line ends. ",S=" is the size
+ * on disk (LF line ends) and is not what POP3 counts, so it is ignored.
+ * The name is trusted, as Dovecot trusts it. False when there is none
+ * (the file must then be measured).
+ */
+bool pop3_size_from_name(const char *name, size_t len, uint64_t *size);
+
+/*
  * The UIDL of a Maildir file: its name up to the first ':' (the part
  * that never changes, RFC 1939 §7 wants it stable across sessions) when
  * that is 1 to 70 octets in 0x21..0x7e; else "x" followed by a 64-bit

@@ -11,6 +11,7 @@
 
 #include <openssl/ssl.h>
 
+struct auth_limit;
 struct auth_users;
 struct config;
 struct dns;
@@ -20,6 +21,7 @@ struct listener;
 struct policy;
 struct scheduler;
 struct spool;
+struct worker;
 
 struct server {
 	struct event_base *base;
@@ -27,6 +29,9 @@ struct server {
 	struct auth_users *users; /* NULL without users_file */
 	struct policy *policy;
 	struct iothread *io;
+	struct worker *worker; /* password checks, mailbox sizing */
+	/* failed logins across sessions (auth_fail_limit) */
+	struct auth_limit *auth_limit;
 	struct spool *spool;
 	struct scheduler *scheduler;
 	struct listener *listener;

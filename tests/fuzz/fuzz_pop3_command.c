@@ -127,5 +127,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if ((unsigned char)uid[i] < 0x21 ||
 		    (unsigned char)uid[i] > 0x7e)
 			abort();
+
+	/* A size is only ever taken from a ",W=" field of the name. */
+	uint64_t announced;
+	if (pop3_size_from_name(in, size, &announced) &&
+	    memmem(in, size, ",W=", 3) == NULL)
+		abort();
 	return 0;
 }

@@ -181,6 +181,27 @@ static void test_auth_users_load_missing_file_is_an_error(void **state)
 	config_errors_clear(&errors);
 }
 
+/* The check in two steps, the slow one meant for a worker thread. */
+static void test_auth_users_hash_then_password_matches(void **state)
+{
+	(void)state;
+	char text[256];
+	snprintf(text, sizeof text, "bob@example.com:%s\n", sha256_hash);
+	struct config_errors errors = {0};
+	struct auth_users *users = auth_users_parse(text, "users", &errors);
+	assert_non_null(users);
+	const char *hash = auth_users_hash(users, "BOB@example.com");
+	assert_non_null(hash);
+	assert_string_equal(hash, sha256_hash);
+	assert_true(auth_password_matches(hash, "secret5"));
+	assert_false(auth_password_matches(hash, "secret6"));
+	assert_false(auth_password_matches(hash, NULL));
+	/* No such user: no hash, and never a match. */
+	assert_null(auth_users_hash(users, "carol@example.com"));
+	assert_false(auth_password_matches(NULL, "secret5"));
+	auth_users_free(users);
+}
+
 static void test_auth_users_hundred_thousand_lookups(void **state)
 {
 	(void)state;
@@ -473,6 +494,7 @@ int main(void)
 	    cmocka_unit_test(test_auth_users_empty_text_has_no_users),
 	    cmocka_unit_test(test_auth_users_load_reads_file),
 	    cmocka_unit_test(test_auth_users_load_missing_file_is_an_error),
+	    cmocka_unit_test(test_auth_users_hash_then_password_matches),
 	    cmocka_unit_test(test_auth_users_hundred_thousand_lookups),
 	    cmocka_unit_test(test_auth_hash_password_makes_checkable_sha512),
 	    cmocka_unit_test(test_auth_check_accepts_sha256_hash),

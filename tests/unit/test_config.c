@@ -1026,6 +1026,75 @@ static void test_config_flush_method(void **state)
 	value_fails("flush_method", "");
 }
 
+static void test_config_envelope_budgets(void **state)
+{
+	(void)state;
+	struct config *cfg = load_ok("", NULL);
+	assert_int_equal(cfg->max_envelope_size, 256 * 1024);
+	assert_int_equal(cfg->max_envelope_memory, 256 * 1024 * 1024);
+	config_free(cfg);
+	cfg = load_ok("max_envelope_size = 64K\nmax_envelope_memory = 1G\n",
+		      ENV("FACTEUR_MAX_ENVELOPE_SIZE=2048"));
+	assert_int_equal(cfg->max_envelope_size, 2048);
+	assert_int_equal(cfg->max_envelope_memory, 1024 * 1024 * 1024);
+	assert_printed(cfg, "max_envelope_size", "2K");
+	assert_printed(cfg, "max_envelope_memory", "1G");
+	config_free(cfg);
+	value_fails("max_envelope_size", "0");
+	value_fails("max_envelope_size", "lots");
+	value_fails("max_envelope_memory", "-1M");
+	value_fails("max_envelope_memory", "");
+}
+
+static void test_config_ipv6_prefix_length(void **state)
+{
+	(void)state;
+	struct config *cfg = load_ok("", NULL);
+	assert_int_equal(cfg->ipv6_prefix_length, 64);
+	config_free(cfg);
+	cfg = load_ok("ipv6_prefix_length = 128\n",
+		      ENV("FACTEUR_IPV6_PREFIX_LENGTH=56"));
+	assert_int_equal(cfg->ipv6_prefix_length, 56);
+	assert_printed(cfg, "ipv6_prefix_length", "56");
+	config_free(cfg);
+	cfg = load_ok("ipv6_prefix_length = 128\n", NULL);
+	assert_int_equal(cfg->ipv6_prefix_length, 128);
+	config_free(cfg);
+	value_fails("ipv6_prefix_length", "0");
+	value_fails("ipv6_prefix_length", "129");
+	value_fails("ipv6_prefix_length", "/64");
+	load_fails_with("ipv6_prefix_length = 200\n", NULL,
+			"x.conf:1: ipv6_prefix_length: invalid prefix length "
+			"\"200\" (1 to 128)");
+}
+
+static void test_config_auth_fail_limit(void **state)
+{
+	(void)state;
+	struct config *cfg = load_ok("", NULL);
+	assert_int_equal(cfg->auth_fail_limit, 10);
+	assert_int_equal(cfg->auth_fail_window, 15 * 60);
+	assert_printed(cfg, "auth_fail_limit", "10/15m");
+	config_free(cfg);
+	cfg = load_ok("auth_fail_limit = 5/1h\n",
+		      ENV("FACTEUR_AUTH_FAIL_LIMIT=3/90s"));
+	assert_int_equal(cfg->auth_fail_limit, 3);
+	assert_int_equal(cfg->auth_fail_window, 90);
+	assert_printed(cfg, "auth_fail_limit", "3/90s");
+	config_free(cfg);
+	cfg = load_ok("auth_fail_limit = 20/2s\n", NULL);
+	assert_int_equal(cfg->auth_fail_limit, 20);
+	assert_int_equal(cfg->auth_fail_window, 2);
+	config_free(cfg);
+	value_fails("auth_fail_limit", "10");
+	value_fails("auth_fail_limit", "0/15m");
+	value_fails("auth_fail_limit", "10/0s");
+	value_fails("auth_fail_limit", "/15m");
+	value_fails("auth_fail_limit", "10/");
+	value_fails("auth_fail_limit", "ten/15m");
+	value_fails("auth_fail_limit", "10/15x");
+}
+
 static void test_config_mailbox_format_and_path(void **state)
 {
 	(void)state;
@@ -1218,8 +1287,8 @@ static void test_config_retry_min_above_retry_max(void **state)
 	config_free(cfg);
 }
 
-/* SPEC.md §3's keys in its order, two more beside their kin, and
- * flush_method (not in SPEC) last. */
+/* SPEC.md §3's keys in its order, two more beside their kin, then
+ * flush_method and the later keys (not in SPEC) in the order they came. */
 static const char *const spec_order[] = {
     "hostname",
     "listen",
@@ -1253,6 +1322,10 @@ static const char *const spec_order[] = {
     "log_format",
     "log_level",
     "flush_method",
+    "max_envelope_size",
+    "max_envelope_memory",
+    "ipv6_prefix_length",
+    "auth_fail_limit",
 };
 
 static void test_config_print_lists_every_key_in_spec_order(void **state)
@@ -1636,6 +1709,9 @@ int main(void)
 	    cmocka_unit_test(test_config_paths_and_optional_files),
 	    cmocka_unit_test(test_config_mailbox_format_and_path),
 	    cmocka_unit_test(test_config_flush_method),
+	    cmocka_unit_test(test_config_envelope_budgets),
+	    cmocka_unit_test(test_config_ipv6_prefix_length),
+	    cmocka_unit_test(test_config_auth_fail_limit),
 	    cmocka_unit_test(test_config_enumerated_keys),
 	    cmocka_unit_test(test_config_mx_port),
 	    cmocka_unit_test(test_config_user),

@@ -518,6 +518,38 @@ static void test_pop3_measure_matches_the_stream(void **state)
 	}
 }
 
+/* ---- sizes from names ---- */
+
+static void test_pop3_size_from_name_takes_w_not_s(void **state)
+{
+	uint64_t size = 0;
+	(void)state;
+	assert_true(pop3_size_from_name(
+	    LIT("1700000000.M1P2.mx.test,S=1200,W=1234:2,S"), &size));
+	assert_int_equal(size, 1234);
+	size = 0;
+	assert_true(
+	    pop3_size_from_name(LIT("1700000000.M1P2.mx,W=7,S=5"), &size));
+	assert_int_equal(size, 7);
+	/* S= alone is the size with LF line ends: not the POP3 size. */
+	assert_false(
+	    pop3_size_from_name(LIT("1700000000.M1P2.mx,S=1200:2,"), &size));
+	assert_false(pop3_size_from_name(LIT("1700000000.M1P2.mx"), &size));
+}
+
+static void test_pop3_size_from_name_ignores_odd_fields(void **state)
+{
+	uint64_t size = 0;
+	(void)state;
+	assert_false(pop3_size_from_name(LIT("1.M1.mx,W=:2,"), &size));
+	assert_false(pop3_size_from_name(LIT("1.M1.mx,W=12x:2,"), &size));
+	assert_false(pop3_size_from_name(LIT("1.M1.mx,w=12"), &size));
+	/* after the ':' are the flags, not fields */
+	assert_false(pop3_size_from_name(LIT("1.M1.mx:2,W=12"), &size));
+	assert_false(pop3_size_from_name(
+	    LIT("1.M1.mx,W=99999999999999999999999"), &size));
+}
+
 /* ---- UIDs ---- */
 
 static void test_pop3_uid_is_the_name_before_the_info(void **state)
@@ -628,6 +660,8 @@ int main(void)
 	    cmocka_unit_test(test_pop3_measure_matches_the_stream),
 	    cmocka_unit_test(test_pop3_uid_is_the_name_before_the_info),
 	    cmocka_unit_test(test_pop3_uid_hashes_long_or_odd_names),
+	    cmocka_unit_test(test_pop3_size_from_name_takes_w_not_s),
+	    cmocka_unit_test(test_pop3_size_from_name_ignores_odd_fields),
 	    cmocka_unit_test(test_pop3_client_is_loopback_only_for_loopback),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

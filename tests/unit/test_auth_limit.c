@@ -1,0 +1,113 @@
+/*
+ * auth_limit: failed logins counted across sessions per client and per
+ * account, in windows that open at the first failure.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "facteur/auth_limit.h"
+
+static const uint8_t attacker[16] = {0, 0, 0,	 0,    0,   0, 0, 0,
+				     0, 0, 0xff, 0xff, 192, 0, 2, 66};
+static const uint8_t user_home[16] = {0, 0, 0,	  0,	0,   0, 0, 0,
+				      0, 0, 0xff, 0xff, 192, 0, 2, 7};
+
+#define LIMIT 3
+#define WINDOW 60
+
+static void login_failed(struct auth_limit *t, const uint8_t *client,
+			 const char *account, time_t now)
+{
+	auth_limit_failure(t, client, account, now, WINDOW);
+}
+
+static void test_auth_limit_client_refused_at_the_limit(void **state)
+{
+	(void)state;
+	struct auth_limit *t = auth_limit_new(100);
+	login_failed(t, attacker, "a@example.test", 1000);
+	login_failed(t, attacker, "b@example.test", 1001);
+	assert_false(
+	    auth_limit_client_refused(t, attacker, 1002, LIMIT, WINDOW, NULL));
+	login_failed(t, attacker, "c@example.test", 1002);
+	unsigned wait = 0;
+	assert_true(
+	    auth_limit_client_refused(t, attacker, 1003, LIMIT, WINDOW, &wait));
+	assert_int_equal(wait, 1000 + WINDOW - 1003);
+	/* Another client is not concerned. */
+	assert_false(
+	    auth_limit_client_refused(t, user_home, 1003, LIMIT, WINDOW, NULL));
+	auth_limit_free(t);
+}
+
+static void test_auth_limit_refusal_ends_with_the_window(void **state)
+{
+	(void)state;
+	struct auth_limit *t = auth_limit_new(100);
+	for (int i = 0; i < LIMIT; i++)
+		login_failed(t, attacker, NULL, 1000);
+	assert_true(auth_limit_client_refused(t, attacker, 1000 + WINDOW - 1,
+					      LIMIT, WINDOW, NULL));
+	assert_false(auth_limit_client_refused(t, attacker, 1000 + WINDOW,
+					       LIMIT, WINDOW, NULL));
+	/* A failure after the window opens a new one, counted from 1. */
+	login_failed(t, attacker, NULL, 1000 + WINDOW);
+	assert_false(auth_limit_client_refused(t, attacker, 1000 + WINDOW,
+					       LIMIT, WINDOW, NULL));
+	auth_limit_free(t);
+}
+
+static void
+test_auth_limit_account_under_attack_stays_open_to_clean_clients(void **state)
+{
+	(void)state;
+	struct auth_limit *t = auth_limit_new(100);
+	for (int i = 0; i < LIMIT; i++) {
+		uint8_t client[16] = {0x20, 0x01, 0x0d, 0xb8, (uint8_t)i};
+		login_failed(t, client, "User@Example.test", 1000);
+	}
+	assert_true(auth_limit_account_open(t, user_home, "user@example.test",
+					    1001, LIMIT, WINDOW));
+	login_failed(t, attacker, "someone@example.test", 1001);
+	assert_false(auth_limit_account_open(t, attacker, "USER@example.test",
+					     1002, LIMIT, WINDOW));
+	assert_true(auth_limit_account_open(t, attacker, "other@example.test",
+					    1002, LIMIT, WINDOW));
+	assert_true(auth_limit_account_open(t, attacker, "user@example.test",
+					    1000 + WINDOW, LIMIT, WINDOW));
+	auth_limit_free(t);
+}
+
+static void test_auth_limit_capacity_forgets_old_windows(void **state)
+{
+	(void)state;
+	struct auth_limit *t = auth_limit_new(4);
+	for (int i = 0; i < 10; i++) {
+		uint8_t client[16] = {(uint8_t)i};
+		login_failed(t, client, NULL, 1000 + i);
+		assert_true(auth_limit_size(t) <= 4);
+	}
+	/* The newest is still remembered. */
+	uint8_t last[16] = {9};
+	for (int i = 0; i < LIMIT - 1; i++)
+		login_failed(t, last, NULL, 1010);
+	assert_true(
+	    auth_limit_client_refused(t, last, 1010, LIMIT, WINDOW, NULL));
+	auth_limit_free(t);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_auth_limit_client_refused_at_the_limit),
+	    cmocka_unit_test(test_auth_limit_refusal_ends_with_the_window),
+	    cmocka_unit_test(
+		test_auth_limit_account_under_attack_stays_open_to_clean_clients),
+	    cmocka_unit_test(test_auth_limit_capacity_forgets_old_windows),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

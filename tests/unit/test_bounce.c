@@ -400,8 +400,39 @@ static void test_bounce_failure_status_defaults_and_class(void **state)
 	assert_header(&d, g[1].from, g[1].to, "Status", "5.0.0");
 	assert_no_header(&d, g[1].from, g[1].to, "Diagnostic-Code");
 	assert_no_header(&d, g[1].from, g[1].to, "Last-Attempt-Date");
-	assert_header(&d, g[2].from, g[2].to, "Status", "5.4.1");
+	/* Expired: the last temporary status as it was (RFC 3463 §2). */
+	assert_header(&d, g[2].from, g[2].to, "Status", "4.4.1");
 	assert_header(&d, g[3].from, g[3].to, "Status", "5.0.0");
+	dsn_free(&d);
+}
+
+static void
+test_bounce_expired_recipients_keep_their_temporary_status(void **state)
+{
+	struct fixture f;
+	struct group g[4];
+	struct dsn d;
+
+	(void)state;
+	fixture_init(&f, 3);
+	/* Given up after a refused connection, a 451, and no attempt. */
+	snprintf(f.rcpts[0].dsn, sizeof f.rcpts[0].dsn, "4.4.1");
+	f.rcpts[0].reason = "delivery time expired: connection refused";
+	snprintf(f.rcpts[1].dsn, sizeof f.rcpts[1].dsn, "4.3.2");
+	f.rcpts[1].reason = "delivery time expired: 451 4.3.2 try later";
+	snprintf(f.rcpts[2].dsn, sizeof f.rcpts[2].dsn, "4.4.7");
+	f.rcpts[2].reason = "delivery time expired";
+	f.rcpts[2].attempts = 0;
+	dsn_parse(&d, &f.in);
+	assert_header(&d, 0, d.body, "Subject",
+		      "Undelivered Mail Returned to Sender");
+	assert_int_equal(status_groups(&d, g, 4), 4);
+	for (size_t k = 1; k < 4; k++)
+		assert_header(&d, g[k].from, g[k].to, "Action", "failed");
+	assert_header(&d, g[1].from, g[1].to, "Status", "4.4.1");
+	assert_header(&d, g[2].from, g[2].to, "Status", "4.3.2");
+	assert_header(&d, g[3].from, g[3].to, "Status", "4.4.7");
+	assert_no_header(&d, g[1].from, g[1].to, "Will-Retry-Until");
 	dsn_free(&d);
 }
 
@@ -943,6 +974,8 @@ int main(void)
 		test_bounce_failure_is_multipart_report_with_three_parts),
 	    cmocka_unit_test(test_bounce_recipient_fields_are_reported),
 	    cmocka_unit_test(test_bounce_failure_status_defaults_and_class),
+	    cmocka_unit_test(
+		test_bounce_expired_recipients_keep_their_temporary_status),
 	    cmocka_unit_test(test_bounce_reports_only_the_recipients_given),
 	    cmocka_unit_test(
 		test_bounce_ret_full_returns_the_message_dot_stuffed),

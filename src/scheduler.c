@@ -4,10 +4,13 @@
  * Every queued message has its envelope, a busy flag per recipient (a
  * delivery or a record of it is in flight) and one timer for its next
  * deferred recipient. An attempt ends in an outcome per recipient; the
- * outcomes of one attempt are "settled" together: a DSN is queued first
- * when one is owed (so that a crash can repeat a notice but never lose
- * one), then each outcome is appended to the spool; only when every
- * recipient is done and recorded are the message's files removed.
+ * outcomes of one run of the message (the attempts one queued_run
+ * started) that call for a DSN are "settled" together, so that a run
+ * sends at most one notice of each kind: the DSN is queued first (so that
+ * a crash can repeat a notice but never lose one), then each outcome is
+ * appended to the spool. A DSN the spool cannot take stays owed, its
+ * recipients unrecorded, and is tried again. Only when every recipient is
+ * done and recorded are the message's files removed.
  *
  * Local recipients are delivered at most MAX_LOCAL_DELIVERIES at a time.
  * Remote recipients are grouped by destination (a route, or the domain's
@@ -810,6 +813,11 @@ static void on_notice_due(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	if (q->sched->stopping)
 		return; /* unrecorded: the next start tries them again */
+	if (q->deleted) {
+		notice_drop(n);
+		queued_settled(q);
+		return;
+	}
 	notice_unlink(n);
 	struct settlement *st = settlement_new(q, n->rcpts, n->count, false);
 	settlement_notify(st, n);

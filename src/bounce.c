@@ -852,3 +852,21 @@ bool bounce_wanted(const char *sender, const struct spool_rcpt *r,
 	}
 	return (r->notify & bit) != 0;
 }
+
+bool bounce_outcome_notice(const char *sender, const struct spool_rcpt *r,
+			   enum bounce_kind *kind)
+{
+	if (r == NULL)
+		return false;
+	if (r->state == RCPT_BOUNCED &&
+	    bounce_wanted(sender, r, BOUNCE_FAILURE)) {
+		*kind = BOUNCE_FAILURE;
+		return true;
+	}
+	if (r->state == RCPT_DELIVERED &&
+	    bounce_wanted(sender, r, BOUNCE_SUCCESS)) {
+		*kind = BOUNCE_SUCCESS;
+		return true;
+	}
+	return false;
+}

@@ -844,12 +844,13 @@ static void settle(struct queued *q, const size_t *rcpts, size_t count,
 
 	size_t nfailed = 0, nsucceeded = 0;
 	for (size_t i = 0; i < count; i++) {
-		const struct spool_rcpt *r = &q->env->rcpts[rcpts[i]];
-		if (r->state == RCPT_BOUNCED &&
-		    bounce_wanted(q->env->sender, r, BOUNCE_FAILURE))
+		enum bounce_kind kind;
+		if (!bounce_outcome_notice(q->env->sender,
+					   &q->env->rcpts[rcpts[i]], &kind))
+			continue;
+		if (kind == BOUNCE_FAILURE)
 			failed[nfailed++] = rcpts[i];
-		else if (r->state == RCPT_DELIVERED &&
-		         bounce_wanted(q->env->sender, r, BOUNCE_SUCCESS))
+		else
 			succeeded[nsucceeded++] = rcpts[i];
 	}
 	if (nfailed > 0)
@@ -904,13 +905,9 @@ static void run_settle(struct run *run, const size_t *rcpts, size_t count)
 	if (now == NULL)
 		fatal("scheduler: out of memory");
 	for (size_t i = 0; i < count; i++) {
-		const struct spool_rcpt *r = &q->env->rcpts[rcpts[i]];
-		bool notice =
-		    (r->state == RCPT_BOUNCED &&
-		     bounce_wanted(q->env->sender, r, BOUNCE_FAILURE)) ||
-		    (r->state == RCPT_DELIVERED &&
-		     bounce_wanted(q->env->sender, r, BOUNCE_SUCCESS));
-		if (notice)
+		enum bounce_kind kind;
+		if (bounce_outcome_notice(q->env->sender,
+					  &q->env->rcpts[rcpts[i]], &kind))
 			run->held[run->held_count++] = rcpts[i];
 		else
 			now[n++] = rcpts[i];

@@ -920,6 +920,45 @@ static void test_bounce_python_email_parses_the_report(void **state)
 	assert_int_equal(WEXITSTATUS(status), 0);
 }
 
+static void test_bounce_outcome_notice_by_state_and_notify(void **state)
+{
+	static const struct {
+		const char *sender;
+		enum rcpt_state rcpt_state;
+		unsigned notify;
+		bool notice;
+		enum bounce_kind kind;
+	} cases[] = {
+	    {"a@b", RCPT_BOUNCED, 0, true, BOUNCE_FAILURE},
+	    {"a@b", RCPT_DELIVERED, 0, false, 0},
+	    {"a@b", RCPT_DEFERRED, 0, false, 0},
+	    {"a@b", RCPT_PENDING, SMTP_NOTIFY_FAILURE, false, 0},
+	    {"a@b", RCPT_DEFERRED, SMTP_NOTIFY_DELAY, false, 0},
+	    {"a@b", RCPT_DELIVERED, SMTP_NOTIFY_SUCCESS, true, BOUNCE_SUCCESS},
+	    {"a@b", RCPT_BOUNCED, SMTP_NOTIFY_SUCCESS, false, 0},
+	    {"a@b", RCPT_DELIVERED, SMTP_NOTIFY_FAILURE, false, 0},
+	    {"a@b", RCPT_BOUNCED, SMTP_NOTIFY_SUCCESS | SMTP_NOTIFY_FAILURE,
+	     true, BOUNCE_FAILURE},
+	    {"a@b", RCPT_BOUNCED, SMTP_NOTIFY_NEVER, false, 0},
+	    {"", RCPT_BOUNCED, 0, false, 0},
+	    {"", RCPT_DELIVERED, SMTP_NOTIFY_SUCCESS, false, 0},
+	};
+
+	(void)state;
+	for (size_t i = 0; i < COUNT_OF(cases); i++) {
+		struct spool_rcpt r = {.address = "x@y",
+				       .notify = cases[i].notify,
+				       .state = cases[i].rcpt_state};
+		enum bounce_kind kind = BOUNCE_DELAY;
+		bool notice = bounce_outcome_notice(cases[i].sender, &r, &kind);
+		if (notice != cases[i].notice ||
+		    (notice && kind != cases[i].kind))
+			fail_msg("case %zu: notice %d kind %d", i, notice,
+				 kind);
+	}
+	assert_false(bounce_outcome_notice("a@b", NULL, NULL));
+}
+
 static void test_bounce_wanted_follows_notify(void **state)
 {
 	static const struct {
@@ -997,6 +1036,7 @@ int main(void)
 	    cmocka_unit_test(test_bounce_without_original_has_two_parts),
 	    cmocka_unit_test(test_bounce_python_email_parses_the_report),
 	    cmocka_unit_test(test_bounce_wanted_follows_notify),
+	    cmocka_unit_test(test_bounce_outcome_notice_by_state_and_notify),
 	};
 
 	/* Dates in the DSN are local time: pin it. */

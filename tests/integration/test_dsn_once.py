@@ -198,3 +198,34 @@ def test_a_notice_that_cannot_be_written_is_sent_once_space_returns(tmpfs_spool)
     d.start()
     time.sleep(2)
     assert len(dsns(d)) == 1
+
+
+def test_a_notice_owed_at_a_crash_comes_with_the_recipients_next_outcome(tmpfs_spool):
+    """kill -9 while a notice is owed: the bounce it reports was never
+    recorded, so after the restart the recipient is still queued; its
+    outcome comes again (here: expiry) and the notice with it, once."""
+    d = tmpfs_spool({"route": "remote.test [127.0.0.1]:%d" % h.free_port(),
+                     "tls_outbound": "none", "retry_min": "1s", "retry_max": "2s",
+                     "queue_lifetime": "12s"})
+    qid = send(d, ["gone@remote.test"], mail_params=" RET=FULL",
+               body="a line of the returned message\r\n" * 1300)
+    d.wait_event("deferred", queue_id=qid)
+    filler = fill(str(d.spool))
+    try:
+        r = subprocess.run([str(FACTEURCTL), "-c", str(d.conf_path), "bounce", qid],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           env=h.clean_env(), timeout=60)
+        assert r.returncode == 0, r.stderr
+        d.wait_event("dsn_owed", queue_id=qid, timeout=20)
+        d.kill9()
+    finally:
+        os.unlink(filler)
+    d.start()
+    assert d.events("recovered")[-1]["live"] == "1", d.log_tail()
+    (dsn,) = h.wait_for(lambda: dsns(d) or None, 30,
+                        what="the notice after the restart\n" + d.log_tail())
+    _, per_rcpt = report(dsn)
+    assert per_rcpt[0]["Final-Recipient"] == "rfc822; gone@remote.test"
+    assert per_rcpt[0]["Action"] == "failed"
+    time.sleep(3)
+    assert len(dsns(d)) == 1

@@ -115,6 +115,26 @@ struct scheduler {
 	bool stopping;
 };
 
+/*
+ * One DSN about some recipients of q. It is queued with the settlement of
+ * their outcomes. When its commit fails (a full disk), it stays owed: its
+ * recipients keep their outcome in memory only (busy, not recorded) and
+ * the notice is tried again with backoff. A crash meanwhile loses
+ * nothing: the spool still has those recipients as they were, so they are
+ * tried again and their notice comes with the new outcome.
+ */
+struct notice {
+	struct notice *next; /* on q->owed */
+	struct queued *q;
+	struct settlement *st; /* while its commit is under way */
+	enum bounce_kind kind;
+	size_t *rcpts;
+	size_t count;
+	unsigned failures;   /* commits that failed so far */
+	bool failed;	     /* the last try did */
+	struct event *timer; /* the next try, while owed */
+};
+
 /* One local recipient's delivery. */
 struct local_job {
 	struct queued *q;
@@ -147,14 +167,12 @@ struct relay_job {
 	bool started;
 };
 
-struct notice;
 struct run;
 
 static void queued_run(struct queued *q);
 static void relay_start(struct relay_job *job);
 static void notice_free(struct notice *n);
 static void notice_drop(struct notice *n);
-static struct notice *notice_next(const struct notice *n);
 static void run_release(struct run *run);
 
 unsigned scheduler_backoff(unsigned retry_min, unsigned retry_max,
@@ -228,7 +246,7 @@ static void queued_free(struct queued *q)
 	event_free(q->timer);
 	while (q->owed != NULL) {
 		struct notice *n = q->owed;
-		q->owed = notice_next(n);
+		q->owed = n->next;
 		notice_free(n);
 	}
 	for (size_t i = 0; i < q->env->rcpt_count; i++)
@@ -379,26 +397,6 @@ static void log_outcome(const char *event, const struct queued *q,
 
 /* ---- DSNs ---- */
 
-/*
- * One DSN about some recipients of q. It is queued with the settlement of
- * their outcomes. When its commit fails (a full disk), it stays owed: its
- * recipients keep their outcome in memory only (busy, not recorded) and
- * the notice is tried again with backoff. A crash meanwhile loses
- * nothing: the spool still has those recipients as they were, so they are
- * tried again and their notice comes with the new outcome.
- */
-struct notice {
-	struct notice *next; /* on q->owed */
-	struct queued *q;
-	struct settlement *st; /* while its commit is under way */
-	enum bounce_kind kind;
-	size_t *rcpts;
-	size_t count;
-	unsigned failures;   /* commits that failed so far */
-	bool failed;	     /* the last try did */
-	struct event *timer; /* the next try, while owed */
-};
-
 enum notice_result {
 	NOTICE_QUEUED,	/* its commit is under way */
 	NOTICE_DROPPED, /* nobody to send it to: logged, nothing owed */
@@ -442,11 +440,6 @@ static struct notice *notice_new(struct queued *q, enum bounce_kind kind,
 	n->rcpts = copy;
 	n->count = count;
 	return n;
-}
-
-static struct notice *notice_next(const struct notice *n)
-{
-	return n->next;
 }
 
 static void notice_free(struct notice *n)
@@ -662,7 +655,7 @@ static int dsn_recipients(const struct server *srv, const char *sender,
 		*why = "no such local user";
 		return -1;
 	}
-	*out = calloc(exp.count, sizeof **out);
+	*out = calloc(exp.count ? exp.count : 1, sizeof **out);
 	if (*out == NULL)
 		fatal("scheduler: out of memory for a DSN");
 	for (size_t i = 0; i < exp.count; i++)

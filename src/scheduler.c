@@ -133,6 +133,9 @@ struct notice {
 	unsigned failures;   /* commits that failed so far */
 	bool failed;	     /* the last try did */
 	struct event *timer; /* the next try, while owed */
+	unsigned waiting;    /* its commit and its records in flight */
+	bool with_records;   /* its recipients' records share its batch */
+	bool record_failed;
 };
 
 /* One local recipient's delivery. */
@@ -504,14 +507,21 @@ static void notice_drop(struct notice *n)
 static void settlement_finish(struct settlement *st)
 {
 	struct queued *q = st->q;
-	bool *owed =
-	    calloc(q->env->rcpt_count ? q->env->rcpt_count : 1, sizeof *owed);
-	if (owed == NULL)
+	/* recipients not to record here: owed, or recorded with their notice */
+	bool *skip =
+	    calloc(q->env->rcpt_count ? q->env->rcpt_count : 1, sizeof *skip);
+	if (skip == NULL)
 		fatal("scheduler: out of memory");
 	q->in_flight--; /* the settlement's own hold */
 	for (size_t k = 0; k < st->notice_count; k++) {
 		struct notice *n = st->notices[k];
 		if (!n->failed) {
+			/* Recorded with the notice: done. */
+			if (n->with_records && !n->record_failed)
+				for (size_t i = 0; i < n->count; i++) {
+					skip[n->rcpts[i]] = true;
+					q->busy[n->rcpts[i]] = false;
+				}
 			notice_free(n);
 		} else if (n->kind == BOUNCE_DELAY) {
 			/* Its recipients are still deferred: without the
@@ -521,14 +531,14 @@ static void settlement_finish(struct settlement *st)
 			notice_free(n);
 		} else {
 			for (size_t i = 0; i < n->count; i++)
-				owed[n->rcpts[i]] = true;
+				skip[n->rcpts[i]] = true;
 			notice_owe(n);
 		}
 	}
 	for (size_t i = 0; i < st->count; i++)
-		if (!owed[st->rcpts[i]])
+		if (!skip[st->rcpts[i]])
 			record_state(q, st->rcpts[i]);
-	free(owed);
+	free(skip);
 	if (st->flags_changed) {
 		q->in_flight++;
 		q->sched->records++;
@@ -552,11 +562,36 @@ struct dsn_commit {
 	struct spool_envelope *env; /* the DSN's own envelope */
 };
 
+/* The notice's commit and records are all back. */
+static void notice_wait_done(struct notice *n)
+{
+	if (--n->waiting > 0)
+		return;
+	struct settlement *st = n->st;
+	if (--st->dsns_pending == 0)
+		settlement_finish(st);
+}
+
+static void on_notice_recorded(int error, void *arg)
+{
+	struct notice *n = arg;
+	struct queued *q = n->q;
+	q->sched->records--;
+	q->in_flight--;
+	if (error != 0) {
+		log_event(LOG_LEVEL_ERROR, "spool_error",
+			  LOG_S("queue_id", q->env->id),
+			  LOG_S("reason", strerror(error)));
+		n->record_failed = true;
+	}
+	notice_wait_done(n);
+}
+
 static void on_dsn_committed(int error, void *arg)
 {
 	struct dsn_commit *dc = arg;
 	struct scheduler *sched = dc->sched;
-	struct settlement *st = dc->notice->st;
+	struct notice *n = dc->notice;
 	sched->records--;
 	if (error != 0) {
 		log_event(LOG_LEVEL_ERROR, "spool_error",
@@ -574,8 +609,7 @@ static void on_dsn_committed(int error, void *arg)
 		scheduler_add(sched, dc->env, false);
 	}
 	free(dc);
-	if (--st->dsns_pending == 0)
-		settlement_finish(st);
+	notice_wait_done(n);
 }
 
 /* Read the start of the original for the DSN: headers, and the body up
@@ -756,8 +790,22 @@ static enum notice_result dsn_queue(struct notice *n)
 	log_event(LOG_LEVEL_INFO, "dsn", LOG_S("queue_id", q->env->id),
 		  LOG_S("dsn_id", env->id), LOG_S("kind", kind_name(n->kind)),
 		  LOG_S("to", q->env->sender), LOG_I("nrcpt", n->count));
+	/* The outcomes it reports go into the same batch, after it: the log
+	 * is replayed up to its first bad record, so they are never durable
+	 * without it, and once it is committed they are too (no crash can
+	 * make it twice). A body write that already failed refuses the
+	 * commit alone: then they wait. A delay notice reports no outcome. */
+	n->waiting = 1;
+	n->with_records = inc->error == 0 && n->kind != BOUNCE_DELAY;
 	spool_incoming_commit(sched->srv->spool, inc, env, on_dsn_committed,
 	                      dc);
+	for (size_t i = 0; n->with_records && i < n->count; i++) {
+		n->waiting++;
+		q->in_flight++;
+		sched->records++;
+		spool_record_rcpt(sched->srv->spool, q->env, n->rcpts[i],
+				  on_notice_recorded, n);
+	}
 	return NOTICE_QUEUED;
 }
 
@@ -767,6 +815,8 @@ static void settlement_notify(struct settlement *st, struct notice *n)
 	st->notices[st->notice_count++] = n;
 	n->st = st;
 	n->failed = false;
+	n->with_records = false;
+	n->record_failed = false;
 	switch (dsn_queue(n)) {
 	case NOTICE_QUEUED:
 		st->dsns_pending++;

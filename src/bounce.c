@@ -312,8 +312,13 @@ static bool status_valid(const char *s)
 	return s[i] == '\0';
 }
 
-/* The Status field: the recipient's code with the class the action
- * implies (a failure is 5, a delay 4, a success 2), or x.0.0. */
+/*
+ * The Status field: the recipient's code with the class the action
+ * implies (a failure is 5, a delay 4, a success 2), or x.0.0. A failure
+ * whose code is still 4.x.x is a recipient given up on when its queue
+ * lifetime ended: RFC 3463 §2 reports that "persistent transient
+ * failure" with its last temporary status as it was.
+ */
 static void report_status(enum bounce_kind kind, const char *dsn, char *buf,
 			  size_t len)
 {
@@ -321,10 +326,12 @@ static void report_status(enum bounce_kind kind, const char *dsn, char *buf,
 		     : kind == BOUNCE_DELAY ? '4'
 					    : '2';
 
-	if (status_valid(dsn))
-		snprintf(buf, len, "%c%s", class, dsn + 1);
-	else
+	if (!status_valid(dsn))
 		snprintf(buf, len, "%c.0.0", class);
+	else if (kind == BOUNCE_FAILURE && dsn[0] == '4')
+		snprintf(buf, len, "%s", dsn);
+	else
+		snprintf(buf, len, "%c%s", class, dsn + 1);
 }
 
 /*
@@ -844,4 +851,22 @@ bool bounce_wanted(const char *sender, const struct spool_rcpt *r,
 		return false;
 	}
 	return (r->notify & bit) != 0;
+}
+
+bool bounce_outcome_notice(const char *sender, const struct spool_rcpt *r,
+			   enum bounce_kind *kind)
+{
+	if (r == NULL)
+		return false;
+	if (r->state == RCPT_BOUNCED &&
+	    bounce_wanted(sender, r, BOUNCE_FAILURE)) {
+		*kind = BOUNCE_FAILURE;
+		return true;
+	}
+	if (r->state == RCPT_DELIVERED &&
+	    bounce_wanted(sender, r, BOUNCE_SUCCESS)) {
+		*kind = BOUNCE_SUCCESS;
+		return true;
+	}
+	return false;
 }

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "facteur/auth.h"
+#include "facteur/deliver.h"
 #include "facteur/policy.h"
 
 /* The recipient is level 0, its alias targets level 1, and so on; an
@@ -477,6 +478,24 @@ bool policy_local_part_safe(const char *local, size_t len)
 	/* "." and ".." start with a dot, so the rule above covers them. */
 	return memchr(local, '/', len) == NULL &&
 	       memchr(local, '\0', len) == NULL;
+}
+
+/* A domain is checked like a local part: "%d" is a path component too. */
+char *policy_mailbox_path(const struct config *cfg, const char *address)
+{
+	const char *at = address != NULL ? strrchr(address, '@') : NULL;
+	if (at == NULL ||
+	    !policy_local_part_safe(address, (size_t)(at - address)) ||
+	    !policy_local_part_safe(at + 1, strlen(at + 1))) {
+		errno = EINVAL;
+		return NULL;
+	}
+	errno = 0;
+	char *path = deliver_expand_path(cfg->mailbox_path, address,
+					 (size_t)(at - address), at + 1);
+	if (path == NULL && errno == 0)
+		errno = EINVAL; /* a template that config.c let through */
+	return path;
 }
 
 static bool is_local_domain(const struct policy *p, const char *domain)

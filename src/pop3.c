@@ -37,11 +37,11 @@
 #include "facteur/auth.h"
 #include "facteur/auth_limit.h"
 #include "facteur/config.h"
-#include "facteur/deliver.h"
 #include "facteur/lineio.h"
 #include "facteur/listener.h"
 #include "facteur/log.h"
 #include "facteur/metrics.h"
+#include "facteur/policy.h"
 #include "facteur/pop3.h"
 #include "facteur/pop3_proto.h"
 #include "facteur/server.h"
@@ -520,11 +520,9 @@ static bool mailbox_open(struct pop3_session *s, struct pop3_job *job)
 		job_free(job);
 		return false;
 	}
-	const char *at = strrchr(account, '@');
-	char *path = at != NULL
-			 ? deliver_expand_path(cfg->mailbox_path, account,
-					       (size_t)(at - account), at + 1)
-			 : NULL;
+	/* The same check and path as local delivery: an account name from
+	 * the users file never reaches outside the mail root either. */
+	char *path = policy_mailbox_path(cfg, account);
 	if (path == NULL) {
 		reply(s, "-ERR [SYS/PERM] no mailbox for this account");
 		log_login(s, account, "no_mailbox");

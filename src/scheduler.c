@@ -4,10 +4,13 @@
  * Every queued message has its envelope, a busy flag per recipient (a
  * delivery or a record of it is in flight) and one timer for its next
  * deferred recipient. An attempt ends in an outcome per recipient; the
- * outcomes of one attempt are "settled" together: a DSN is queued first
- * when one is owed (so that a crash can repeat a notice but never lose
- * one), then each outcome is appended to the spool; only when every
- * recipient is done and recorded are the message's files removed.
+ * outcomes of one run of the message (the attempts one queued_run
+ * started) that call for a DSN are "settled" together, so that a run
+ * sends at most one notice of each kind: the DSN is queued first (so that
+ * a crash can repeat a notice but never lose one), then each outcome is
+ * appended to the spool. A DSN the spool cannot take stays owed, its
+ * recipients unrecorded, and is tried again. Only when every recipient is
+ * done and recorded are the message's files removed.
  *
  * Local recipients are delivered at most MAX_LOCAL_DELIVERIES at a time.
  * Remote recipients are grouped by destination (a route, or the domain's
@@ -42,6 +45,7 @@
 #include "facteur/localaddr.h"
 #include "facteur/log.h"
 #include "facteur/metrics.h"
+#include "facteur/policy.h"
 #include "facteur/route.h"
 #include "facteur/scheduler.h"
 #include "facteur/server.h"
@@ -67,6 +71,7 @@ struct queued {
 	bool recovered;      /* found at start-up: deliveries check first */
 	bool deleted;        /* facteurctl delete: removed once idle */
 	struct event *timer; /* the next deferred recipient is due */
+	struct notice *owed; /* DSNs not queued yet: tried again */
 };
 
 /* Where remote recipients go: the key is "route <target>" or "mx
@@ -112,9 +117,33 @@ struct scheduler {
 	bool stopping;
 };
 
+/*
+ * One DSN about some recipients of q. It is queued with the settlement of
+ * their outcomes. When its commit fails (a full disk), it stays owed: its
+ * recipients keep their outcome in memory only (busy, not recorded) and
+ * the notice is tried again with backoff. A crash meanwhile loses
+ * nothing: the spool still has those recipients as they were, so they are
+ * tried again and their notice comes with the new outcome.
+ */
+struct notice {
+	struct notice *next; /* on q->owed */
+	struct queued *q;
+	struct settlement *st; /* while its commit is under way */
+	enum bounce_kind kind;
+	size_t *rcpts;
+	size_t count;
+	unsigned failures;   /* commits that failed so far */
+	bool failed;	     /* the last try did */
+	struct event *timer; /* the next try, while owed */
+	unsigned waiting;    /* its commit and its records in flight */
+	bool with_records;   /* its recipients' records share its batch */
+	bool record_failed;
+};
+
 /* One local recipient's delivery. */
 struct local_job {
 	struct queued *q;
+	struct run *run;
 	size_t index;
 	char *mailbox;
 };
@@ -126,6 +155,7 @@ struct relay_job {
 	struct relay_job *prev_job, *next_job; /* every job */
 	struct scheduler *sched;
 	struct queued *q;
+	struct run *run;
 	struct destination *dest;
 	size_t *rcpts;
 	size_t rcpt_count;
@@ -142,8 +172,13 @@ struct relay_job {
 	bool started;
 };
 
+struct run;
+
 static void queued_run(struct queued *q);
 static void relay_start(struct relay_job *job);
+static void notice_free(struct notice *n);
+static void notice_drop(struct notice *n);
+static void run_release(struct run *run);
 
 unsigned scheduler_backoff(unsigned retry_min, unsigned retry_max,
                            unsigned attempts)
@@ -214,6 +249,11 @@ static void queued_free(struct queued *q)
 	sched->count--;
 	metrics.queue_messages = sched->count;
 	event_free(q->timer);
+	while (q->owed != NULL) {
+		struct notice *n = q->owed;
+		q->owed = n->next;
+		notice_free(n);
+	}
 	for (size_t i = 0; i < q->env->rcpt_count; i++)
 		free(q->last_relay[i]);
 	free(q->last_relay);
@@ -330,46 +370,177 @@ static void count_outcome(const struct queued *q, enum rcpt_state state)
 		metrics.deliveries_deferred++;
 }
 
-/* `where` is "mailbox" for local deliveries, "relay" for remote ones. */
-static void log_outcome(const char *event, const struct queued *q,
-                        const struct spool_rcpt *r, const char *where,
-                        const char *place)
+/* `where` is "mailbox" for local deliveries, "relay" for remote ones;
+ * `dsn` the status to log. */
+static void log_outcome_as(const char *event, const struct queued *q,
+			   const struct spool_rcpt *r, const char *dsn,
+			   const char *where, const char *place)
 {
 	enum log_level level = r->state == RCPT_DELIVERED ? LOG_LEVEL_INFO
 	                                                  : LOG_LEVEL_WARN;
 	if (r->reason != NULL)
 		log_event(level, event, LOG_S("queue_id", q->env->id),
-		          LOG_S("rcpt", r->address), LOG_S(where, place),
-		          LOG_S("dsn", r->dsn),
-		          LOG_I("delay", time(NULL) - q->env->arrival),
-		          LOG_I("attempts", r->attempts),
-		          LOG_S("reason", r->reason));
+			  LOG_S("rcpt", r->address), LOG_S(where, place),
+			  LOG_S("dsn", dsn),
+			  LOG_I("delay", time(NULL) - q->env->arrival),
+			  LOG_I("attempts", r->attempts),
+			  LOG_S("reason", r->reason));
 	else
 		log_event(level, event, LOG_S("queue_id", q->env->id),
-		          LOG_S("rcpt", r->address), LOG_S(where, place),
-		          LOG_S("dsn", r->dsn),
-		          LOG_I("delay", time(NULL) - q->env->arrival),
-		          LOG_I("attempts", r->attempts));
+			  LOG_S("rcpt", r->address), LOG_S(where, place),
+			  LOG_S("dsn", dsn),
+			  LOG_I("delay", time(NULL) - q->env->arrival),
+			  LOG_I("attempts", r->attempts));
+}
+
+static void log_outcome(const char *event, const struct queued *q,
+			const struct spool_rcpt *r, const char *where,
+			const char *place)
+{
+	log_outcome_as(event, q, r, r->dsn, where, place);
 }
 
 /* ---- DSNs ---- */
 
-/* Recipients of one attempt whose outcome waits for a DSN to be queued
- * before it is recorded. */
+enum notice_result {
+	NOTICE_QUEUED,	/* its commit is under way */
+	NOTICE_DROPPED, /* nobody to send it to: logged, nothing owed */
+	NOTICE_FAILED,	/* not queued: owed */
+};
+
+/* Recipients whose outcomes wait for their notices to be queued before
+ * they are recorded: at most one notice of each kind. */
 struct settlement {
 	struct queued *q;
 	size_t *rcpts;
 	size_t count;
+	struct notice *notices[3];
+	size_t notice_count;
 	unsigned dsns_pending;
 	bool flags_changed;
 };
 
+static void settle(struct queued *q, const size_t *rcpts, size_t count,
+		   bool flags_changed, const size_t *delayed,
+		   size_t delayed_count);
+
+static const char *kind_name(enum bounce_kind kind)
+{
+	return kind == BOUNCE_FAILURE ? "failure"
+	       : kind == BOUNCE_DELAY ? "delay"
+				      : "success";
+}
+
+static struct notice *notice_new(struct queued *q, enum bounce_kind kind,
+				 const size_t *rcpts, size_t count)
+{
+	struct notice *n = calloc(1, sizeof *n);
+	size_t *copy = malloc((count ? count : 1) * sizeof *copy);
+	if (n == NULL || copy == NULL)
+		fatal("scheduler: out of memory for a DSN");
+	if (count > 0)
+		memcpy(copy, rcpts, count * sizeof *copy);
+	n->q = q;
+	n->kind = kind;
+	n->rcpts = copy;
+	n->count = count;
+	return n;
+}
+
+static void notice_free(struct notice *n)
+{
+	if (n->timer != NULL)
+		event_free(n->timer);
+	free(n->rcpts);
+	free(n);
+}
+
+static void on_notice_due(evutil_socket_t fd, short what, void *arg);
+
+/* The notice could not be queued: it stays owed, and holds its message
+ * (and its recipients, busy and unrecorded) until it is. */
+static void notice_owe(struct notice *n)
+{
+	struct queued *q = n->q;
+	struct scheduler *sched = q->sched;
+	const struct config *cfg = sched->srv->cfg;
+	n->failures++;
+	n->st = NULL;
+	if (n->timer == NULL &&
+	    (n->timer = evtimer_new(sched->srv->base, on_notice_due, n)) ==
+		NULL)
+		fatal("scheduler: out of memory for a timer");
+	struct timeval tv = {
+	    scheduler_backoff(cfg->retry_min, cfg->retry_max, n->failures), 0};
+	n->next = q->owed;
+	q->owed = n;
+	q->in_flight++;
+	log_event(LOG_LEVEL_WARN, "dsn_owed", LOG_S("queue_id", q->env->id),
+		  LOG_S("kind", kind_name(n->kind)),
+		  LOG_S("to", q->env->sender), LOG_I("nrcpt", n->count),
+		  LOG_I("failures", n->failures),
+		  LOG_I("retry_in", (long long)tv.tv_sec));
+	if (evtimer_add(n->timer, &tv) == -1)
+		fatal("scheduler: cannot add a timer");
+}
+
+static void notice_unlink(struct notice *n)
+{
+	struct queued *q = n->q;
+	struct notice **at = &q->owed;
+	while (*at != n)
+		at = &(*at)->next;
+	*at = n->next;
+	n->next = NULL;
+	q->in_flight--;
+	evtimer_del(n->timer);
+}
+
+/* The message was deleted: its owed notice goes, and its recipients
+ * with it, unrecorded (the message is removed from the spool anyway). */
+static void notice_drop(struct notice *n)
+{
+	notice_unlink(n);
+	for (size_t i = 0; i < n->count; i++)
+		n->q->busy[n->rcpts[i]] = false;
+	notice_free(n);
+}
+
 static void settlement_finish(struct settlement *st)
 {
 	struct queued *q = st->q;
+	/* recipients not to record here: owed, or recorded with their notice */
+	bool *skip =
+	    calloc(q->env->rcpt_count ? q->env->rcpt_count : 1, sizeof *skip);
+	if (skip == NULL)
+		fatal("scheduler: out of memory");
 	q->in_flight--; /* the settlement's own hold */
+	for (size_t k = 0; k < st->notice_count; k++) {
+		struct notice *n = st->notices[k];
+		if (!n->failed) {
+			/* Recorded with the notice: done. */
+			if (n->with_records && !n->record_failed)
+				for (size_t i = 0; i < n->count; i++) {
+					skip[n->rcpts[i]] = true;
+					q->busy[n->rcpts[i]] = false;
+				}
+			notice_free(n);
+		} else if (n->kind == BOUNCE_DELAY) {
+			/* Its recipients are still deferred: without the
+			 * flag, the next run of the message sends it. */
+			q->env->flags &= ~(unsigned)SPOOL_FLAG_DELAY_NOTIFIED;
+			st->flags_changed = false;
+			notice_free(n);
+		} else {
+			for (size_t i = 0; i < n->count; i++)
+				skip[n->rcpts[i]] = true;
+			notice_owe(n);
+		}
+	}
 	for (size_t i = 0; i < st->count; i++)
-		record_state(q, st->rcpts[i]);
+		if (!skip[st->rcpts[i]])
+			record_state(q, st->rcpts[i]);
+	free(skip);
 	if (st->flags_changed) {
 		q->in_flight++;
 		q->sched->records++;
@@ -389,31 +560,58 @@ static void settlement_finish(struct settlement *st)
 
 struct dsn_commit {
 	struct scheduler *sched;
-	struct settlement *st;
+	struct notice *notice;
 	struct spool_envelope *env; /* the DSN's own envelope */
 };
+
+/* The notice's commit and records are all back. */
+static void notice_wait_done(struct notice *n)
+{
+	if (--n->waiting > 0)
+		return;
+	struct settlement *st = n->st;
+	if (--st->dsns_pending == 0)
+		settlement_finish(st);
+}
+
+static void on_notice_recorded(int error, void *arg)
+{
+	struct notice *n = arg;
+	struct queued *q = n->q;
+	q->sched->records--;
+	q->in_flight--;
+	if (error != 0) {
+		log_event(LOG_LEVEL_ERROR, "spool_error",
+			  LOG_S("queue_id", q->env->id),
+			  LOG_S("reason", strerror(error)));
+		n->record_failed = true;
+	}
+	notice_wait_done(n);
+}
 
 static void on_dsn_committed(int error, void *arg)
 {
 	struct dsn_commit *dc = arg;
 	struct scheduler *sched = dc->sched;
+	struct notice *n = dc->notice;
 	sched->records--;
 	if (error != 0) {
 		log_event(LOG_LEVEL_ERROR, "spool_error",
 		          LOG_S("queue_id", dc->env->id),
 		          LOG_S("reason", strerror(error)));
 		spool_envelope_free(dc->env);
+		dc->notice->failed = true;
 	} else {
 		metrics.messages_accepted_total++;
 		log_event(LOG_LEVEL_INFO, "accepted",
-		          LOG_S("queue_id", dc->env->id), LOG_S("from", ""),
-		          LOG_I("size", dc->env->size), LOG_I("nrcpt", 1),
-		          LOG_S("client", "local"), LOG_S("protocol", "DSN"));
+			  LOG_S("queue_id", dc->env->id), LOG_S("from", ""),
+			  LOG_I("size", dc->env->size),
+			  LOG_I("nrcpt", dc->env->rcpt_count),
+			  LOG_S("client", "local"), LOG_S("protocol", "DSN"));
 		scheduler_add(sched, dc->env, false);
 	}
-	if (--dc->st->dsns_pending == 0)
-		settlement_finish(dc->st);
 	free(dc);
+	notice_wait_done(n);
 }
 
 /* Read the start of the original for the DSN: headers, and the body up
@@ -443,58 +641,133 @@ static char *read_original(struct scheduler *sched,
 	return buf;
 }
 
-/* Is the null sender's recipient, the original sender, local? */
-static bool address_is_local(const struct config *cfg, const char *address)
+static void dsn_rcpt_set(struct spool_rcpt *r, const char *address,
+			 const char *sender, bool local, time_t now)
 {
-	const char *at = strrchr(address, '@');
-	return at != NULL && config_is_local_domain(cfg, at + 1);
+	r->address = strdup(address);
+	r->original = strdup(sender);
+	if (r->address == NULL || r->original == NULL)
+		fatal("scheduler: out of memory for a DSN");
+	r->local = local;
+	r->state = RCPT_PENDING;
+	r->updated = now;
 }
 
-/* Queue one DSN of `kind` about `rcpts` to the sender of q. Returns true
- * when a commit is under way (settlement_finish comes with it). */
-static bool dsn_queue(struct settlement *st, enum bounce_kind kind,
-                      const size_t *rcpts, size_t count)
+/*
+ * The DSN's recipients, for the original sender. A sender in a local
+ * domain goes through the policy like a local RCPT TO (aliases, the
+ * users_file, a local part fit for a path), so that a sender address
+ * can never name a mailbox that no recipient could. 0 with *out set, or
+ * -1 with *why set: nobody here to send the notice to.
+ */
+static int dsn_recipients(const struct server *srv, const char *sender,
+			  time_t now, struct spool_rcpt **out, size_t *count,
+			  const char **why)
 {
-	struct queued *q = st->q;
+	const char *at = strrchr(sender, '@');
+	if (at == NULL || !config_is_local_domain(srv->cfg, at + 1)) {
+		*out = calloc(1, sizeof **out);
+		if (*out == NULL)
+			fatal("scheduler: out of memory for a DSN");
+		dsn_rcpt_set(*out, sender, sender, false, now);
+		*count = 1;
+		return 0;
+	}
+	/* Trusted like local submission: an alias may lead off-site. */
+	struct policy_client client = {.addr = NULL, .authenticated = true};
+	struct policy_expansion exp = {0};
+	switch (policy_check_recipient(srv->policy, &client, sender, &exp)) {
+	case POLICY_ACCEPT:
+		break;
+	case POLICY_BAD_MAILBOX:
+		*why = "the sender's local part cannot name a mailbox";
+		return -1;
+	case POLICY_ALIAS_LOOP:
+		*why = "the sender's aliases expand without end";
+		return -1;
+	case POLICY_UNKNOWN_USER:
+	case POLICY_RELAY_DENIED:
+	default:
+		*why = "no such local user";
+		return -1;
+	}
+	*out = calloc(exp.count ? exp.count : 1, sizeof **out);
+	if (*out == NULL)
+		fatal("scheduler: out of memory for a DSN");
+	for (size_t i = 0; i < exp.count; i++)
+		dsn_rcpt_set(&(*out)[i], exp.targets[i].address, sender,
+			     exp.targets[i].local, now);
+	*count = exp.count;
+	policy_expansion_clear(&exp);
+	return 0;
+}
+
+static void rcpts_free(struct spool_rcpt *rcpts, size_t count)
+{
+	for (size_t i = 0; i < count; i++) {
+		free(rcpts[i].address);
+		free(rcpts[i].original);
+	}
+	free(rcpts);
+}
+
+/* Build notice n and commit it into the spool as a message from the
+ * null sender. */
+static enum notice_result dsn_queue(struct notice *n)
+{
+	struct queued *q = n->q;
 	struct scheduler *sched = q->sched;
 	const struct config *cfg = sched->srv->cfg;
+	time_t now = time(NULL);
+	struct spool_rcpt *to = NULL;
+	size_t to_count = 0;
+	const char *why = NULL;
+	if (dsn_recipients(sched->srv, q->env->sender, now, &to, &to_count,
+			   &why) == -1) {
+		log_event(LOG_LEVEL_WARN, "dsn_dropped",
+			  LOG_S("queue_id", q->env->id),
+			  LOG_S("kind", kind_name(n->kind)),
+			  LOG_S("to", q->env->sender), LOG_I("nrcpt", n->count),
+			  LOG_S("reason", why));
+		return NOTICE_DROPPED;
+	}
 	struct spool_incoming *inc = spool_incoming_new(sched->srv->spool);
 	if (inc == NULL) {
 		log_event(LOG_LEVEL_ERROR, "spool_error",
 		          LOG_S("queue_id", q->env->id),
 		          LOG_S("reason", strerror(errno)));
-		return false;
+		rcpts_free(to, to_count);
+		return NOTICE_FAILED;
 	}
 	size_t original_len = 0;
 	char *original = read_original(sched, q->env, &original_len);
 	struct bounce_input in = {
-		.kind = kind,
-		.env = q->env,
-		.rcpts = rcpts,
-		.rcpt_count = count,
-		.hostname = cfg->hostname,
-		.id = inc->id,
-		.now = time(NULL),
-		.original = original ? original : "",
-		.original_len = original ? original_len : 0,
-		.retry_until = q->env->arrival + (time_t)cfg->queue_lifetime,
+	    .kind = n->kind,
+	    .env = q->env,
+	    .rcpts = n->rcpts,
+	    .rcpt_count = n->count,
+	    .hostname = cfg->hostname,
+	    .id = inc->id,
+	    .now = now,
+	    .original = original ? original : "",
+	    .original_len = original ? original_len : 0,
+	    .retry_until = q->env->arrival + (time_t)cfg->queue_lifetime,
 	};
 	size_t len = 0;
 	char *text = bounce_build(&in, &len);
 	free(original);
 	struct spool_envelope *env = calloc(1, sizeof *env);
-	struct spool_rcpt *r = calloc(1, sizeof *r);
-	if (text == NULL || env == NULL || r == NULL) {
+	if (text == NULL || env == NULL) {
 		free(text);
 		free(env);
-		free(r);
+		rcpts_free(to, to_count);
 		spool_incoming_abort(sched->srv->spool, inc);
-		return false;
+		return NOTICE_FAILED;
 	}
 	spool_incoming_write(inc, text, len);
 	free(text);
 	memcpy(env->id, inc->id, sizeof env->id);
-	env->arrival = in.now;
+	env->arrival = now;
 	env->sender = strdup("");
 	env->client_addr = strdup("local");
 	env->helo = strdup(cfg->hostname);
@@ -502,53 +775,69 @@ static bool dsn_queue(struct settlement *st, enum bounce_kind kind,
 	env->size = len;
 	env->body = SMTP_BODY_8BITMIME;
 	env->smtputf8 = q->env->smtputf8;
-	env->rcpts = r;
-	env->rcpt_count = 1;
-	r->address = strdup(q->env->sender);
-	r->original = strdup(q->env->sender);
-	r->local = address_is_local(cfg, q->env->sender);
-	r->state = RCPT_PENDING;
-	r->updated = in.now;
-	if (!env->sender || !env->client_addr || !env->helo || !env->protocol ||
-	    !r->address || !r->original) {
+	env->rcpts = to;
+	env->rcpt_count = to_count;
+	if (!env->sender || !env->client_addr || !env->helo || !env->protocol) {
 		spool_envelope_free(env);
 		spool_incoming_abort(sched->srv->spool, inc);
-		return false;
+		return NOTICE_FAILED;
 	}
 	struct dsn_commit *dc = malloc(sizeof *dc);
 	if (dc == NULL)
 		fatal("scheduler: out of memory");
 	dc->sched = sched;
-	dc->st = st;
+	dc->notice = n;
 	dc->env = env;
-	st->dsns_pending++;
 	sched->records++;
 	log_event(LOG_LEVEL_INFO, "dsn", LOG_S("queue_id", q->env->id),
-	          LOG_S("dsn_id", env->id),
-	          LOG_S("kind", kind == BOUNCE_FAILURE  ? "failure"
-	                        : kind == BOUNCE_DELAY ? "delay"
-	                                               : "success"),
-	          LOG_S("to", q->env->sender), LOG_I("nrcpt", count));
+		  LOG_S("dsn_id", env->id), LOG_S("kind", kind_name(n->kind)),
+		  LOG_S("to", q->env->sender), LOG_I("nrcpt", n->count));
+	/* The outcomes it reports go into the same batch, after it: the log
+	 * is replayed up to its first bad record, so they are never durable
+	 * without it, and once it is committed they are too (no crash can
+	 * make it twice). A body write that already failed refuses the
+	 * commit alone: then they wait. A delay notice reports no outcome. */
+	n->waiting = 1;
+	n->with_records = inc->error == 0 && n->kind != BOUNCE_DELAY;
 	spool_incoming_commit(sched->srv->spool, inc, env, on_dsn_committed,
 	                      dc);
-	return true;
+	for (size_t i = 0; n->with_records && i < n->count; i++) {
+		n->waiting++;
+		q->in_flight++;
+		sched->records++;
+		spool_record_rcpt(sched->srv->spool, q->env, n->rcpts[i],
+				  on_notice_recorded, n);
+	}
+	return NOTICE_QUEUED;
 }
 
-/*
- * The recipients `rcpts` of q have new outcomes (they are busy). Queue
- * the DSNs they call for, then record them. A DSN that cannot be queued
- * is logged and the outcomes are recorded anyway: the recipient's fate is
- * known and must not be retried because a notice failed.
- */
-static void settle(struct queued *q, const size_t *rcpts, size_t count,
-                   bool flags_changed, const size_t *delayed,
-                   size_t delayed_count)
+/* Hand notice n to settlement st and start its commit. */
+static void settlement_notify(struct settlement *st, struct notice *n)
+{
+	st->notices[st->notice_count++] = n;
+	n->st = st;
+	n->failed = false;
+	n->with_records = false;
+	n->record_failed = false;
+	switch (dsn_queue(n)) {
+	case NOTICE_QUEUED:
+		st->dsns_pending++;
+		break;
+	case NOTICE_FAILED:
+		n->failed = true;
+		break;
+	case NOTICE_DROPPED:
+	default:
+		break;
+	}
+}
+
+static struct settlement *settlement_new(struct queued *q, const size_t *rcpts,
+					 size_t count, bool flags_changed)
 {
 	struct settlement *st = calloc(1, sizeof *st);
 	size_t *copy = malloc((count ? count : 1) * sizeof *copy);
-	size_t *failed = malloc((count ? count : 1) * sizeof *failed);
-	size_t *succeeded = malloc((count ? count : 1) * sizeof *succeeded);
-	if (st == NULL || copy == NULL || failed == NULL || succeeded == NULL)
+	if (st == NULL || copy == NULL)
 		fatal("scheduler: out of memory");
 	if (count > 0)
 		memcpy(copy, rcpts, count * sizeof *copy);
@@ -557,27 +846,142 @@ static void settle(struct queued *q, const size_t *rcpts, size_t count,
 	st->count = count;
 	st->flags_changed = flags_changed;
 	q->in_flight++; /* held until settlement_finish */
+	return st;
+}
+
+/* An owed notice's time has come: try to queue it again. */
+static void on_notice_due(evutil_socket_t fd, short what, void *arg)
+{
+	struct notice *n = arg;
+	struct queued *q = n->q;
+	(void)fd;
+	(void)what;
+	if (q->sched->stopping)
+		return; /* unrecorded: the next start tries them again */
+	if (q->deleted) {
+		notice_drop(n);
+		queued_settled(q);
+		return;
+	}
+	notice_unlink(n);
+	struct settlement *st = settlement_new(q, n->rcpts, n->count, false);
+	settlement_notify(st, n);
+	if (st->dsns_pending == 0)
+		settlement_finish(st);
+}
+
+/*
+ * The recipients `rcpts` of q have new outcomes (they are busy). Queue
+ * the DSNs they call for (one of each kind, about all of them), then
+ * record them. The recipients of a DSN that cannot be queued stay
+ * unrecorded until it is (struct notice); a DSN with nobody to go to
+ * (dsn_recipients) is dropped and its recipients recorded.
+ */
+static void settle(struct queued *q, const size_t *rcpts, size_t count,
+		   bool flags_changed, const size_t *delayed,
+		   size_t delayed_count)
+{
+	struct settlement *st = settlement_new(q, rcpts, count, flags_changed);
+	size_t *failed = malloc((count ? count : 1) * sizeof *failed);
+	size_t *succeeded = malloc((count ? count : 1) * sizeof *succeeded);
+	if (failed == NULL || succeeded == NULL)
+		fatal("scheduler: out of memory");
 
 	size_t nfailed = 0, nsucceeded = 0;
 	for (size_t i = 0; i < count; i++) {
-		const struct spool_rcpt *r = &q->env->rcpts[rcpts[i]];
-		if (r->state == RCPT_BOUNCED &&
-		    bounce_wanted(q->env->sender, r, BOUNCE_FAILURE))
+		enum bounce_kind kind;
+		if (!bounce_outcome_notice(q->env->sender,
+					   &q->env->rcpts[rcpts[i]], &kind))
+			continue;
+		if (kind == BOUNCE_FAILURE)
 			failed[nfailed++] = rcpts[i];
-		else if (r->state == RCPT_DELIVERED &&
-		         bounce_wanted(q->env->sender, r, BOUNCE_SUCCESS))
+		else
 			succeeded[nsucceeded++] = rcpts[i];
 	}
 	if (nfailed > 0)
-		dsn_queue(st, BOUNCE_FAILURE, failed, nfailed);
+		settlement_notify(
+		    st, notice_new(q, BOUNCE_FAILURE, failed, nfailed));
 	if (nsucceeded > 0)
-		dsn_queue(st, BOUNCE_SUCCESS, succeeded, nsucceeded);
+		settlement_notify(
+		    st, notice_new(q, BOUNCE_SUCCESS, succeeded, nsucceeded));
 	if (delayed_count > 0)
-		dsn_queue(st, BOUNCE_DELAY, delayed, delayed_count);
+		settlement_notify(
+		    st, notice_new(q, BOUNCE_DELAY, delayed, delayed_count));
 	free(failed);
 	free(succeeded);
 	if (st->dsns_pending == 0)
 		settlement_finish(st);
+}
+
+/* ---- runs ---- */
+
+/*
+ * The attempts that one queued_run started for a message, and the
+ * recipients it expired. Outcomes that call for a DSN wait in the run
+ * until its last attempt ends and are settled together, so that one run
+ * sends the sender at most one notice of each kind, listing every
+ * recipient it reports; other outcomes are settled at once.
+ */
+struct run {
+	struct queued *q;
+	unsigned open; /* attempts not ended, and queued_run's own hold */
+	size_t *held;  /* outcomes waiting for the run's end (busy) */
+	size_t held_count;
+};
+
+static struct run *run_new(struct queued *q)
+{
+	struct run *run = calloc(1, sizeof *run);
+	size_t n = q->env->rcpt_count ? q->env->rcpt_count : 1;
+	if (run == NULL || (run->held = malloc(n * sizeof *run->held)) == NULL)
+		fatal("scheduler: out of memory");
+	run->q = q;
+	run->open = 1;
+	return run;
+}
+
+/* Outcomes from one of the run's attempts (a recipient appears in one
+ * attempt of a run at most, so `held` has room). */
+static void run_settle(struct run *run, const size_t *rcpts, size_t count)
+{
+	struct queued *q = run->q;
+	size_t *now = malloc((count ? count : 1) * sizeof *now);
+	size_t n = 0;
+	if (now == NULL)
+		fatal("scheduler: out of memory");
+	for (size_t i = 0; i < count; i++) {
+		enum bounce_kind kind;
+		if (bounce_outcome_notice(q->env->sender,
+					  &q->env->rcpts[rcpts[i]], &kind))
+			run->held[run->held_count++] = rcpts[i];
+		else
+			now[n++] = rcpts[i];
+	}
+	if (n > 0)
+		settle(q, now, n, false, NULL, 0);
+	free(now);
+}
+
+/* At exit: an attempt abandoned; its run's held outcomes stay unrecorded
+ * (tried again at the next start). */
+static void run_forget(struct run *run)
+{
+	if (--run->open > 0)
+		return;
+	free(run->held);
+	free(run);
+}
+
+/* One of the run's attempts is over (after run_settle of its outcomes,
+ * if it had any): the last one settles what the run held. */
+static void run_release(struct run *run)
+{
+	if (--run->open > 0)
+		return;
+	if (run->held_count > 0)
+		settle(run->q, run->held, run->held_count, false, NULL, 0);
+	free(run->held);
+	free(run);
 }
 
 /* ---- local delivery ---- */
@@ -599,22 +1003,14 @@ static void on_delivered(enum deliver_result result, const char *dsn,
 	count_outcome(q, state);
 	log_outcome(outcome_event(state), q, r, "mailbox", job->mailbox);
 	size_t index = job->index;
+	struct run *run = job->run;
 	free(job->mailbox);
 	free(job);
-	settle(q, &index, 1, false, NULL, 0);
+	run_settle(run, &index, 1);
+	run_release(run);
 }
 
-/* The mailbox of a local recipient, from mailbox_path. */
-static char *mailbox_of(const struct config *cfg, const char *address)
-{
-	const char *at = strrchr(address, '@');
-	if (at == NULL)
-		return NULL;
-	return deliver_expand_path(cfg->mailbox_path, address,
-	                           (size_t)(at - address), at + 1);
-}
-
-static void start_local(struct queued *q, size_t index)
+static void start_local(struct queued *q, size_t index, struct run *run)
 {
 	struct scheduler *sched = q->sched;
 	const struct config *cfg = sched->srv->cfg;
@@ -623,7 +1019,17 @@ static void start_local(struct queued *q, size_t index)
 	struct spool_body body;
 
 	q->busy[index] = true;
-	char *mailbox = mailbox_of(cfg, r->address);
+	char *mailbox = policy_mailbox_path(cfg, r->address);
+	if (mailbox == NULL && errno == EINVAL) {
+		/* Only a spool from before every address was checked holds
+		 * such a recipient: it can never be delivered. */
+		set_outcome(cfg, q, r, RCPT_BOUNCED, "5.1.1",
+			    "the address cannot name a mailbox");
+		count_outcome(q, RCPT_BOUNCED);
+		log_outcome("bounced", q, r, "mailbox", "");
+		run_settle(run, &index, 1);
+		return;
+	}
 	struct local_job *job = calloc(1, sizeof *job);
 	if (job == NULL || mailbox == NULL ||
 	    spool_body_open(sched->srv->spool, q->env, &body) == -1) {
@@ -635,10 +1041,11 @@ static void start_local(struct queued *q, size_t index)
 		                  : "cannot name the mailbox");
 		count_outcome(q, RCPT_DEFERRED);
 		log_outcome("deferred", q, r, "mailbox", "");
-		settle(q, &index, 1, false, NULL, 0);
+		run_settle(run, &index, 1);
 		return;
 	}
 	job->q = q;
+	job->run = run;
 	job->index = index;
 	job->mailbox = mailbox;
 	snprintf(unique, sizeof unique, "F%sR%zu", q->env->id, index);
@@ -667,6 +1074,7 @@ static void start_local(struct queued *q, size_t index)
 	}
 	q->in_flight++;
 	sched->deliveries++;
+	run->open++;
 }
 
 /* ---- relaying ---- */
@@ -903,7 +1311,8 @@ static void relay_done(struct relay_job *job)
 	sched->relays--;
 	q->in_flight--;
 	d->active--;
-	settle(q, job->rcpts, job->rcpt_count, false, NULL, 0);
+	run_settle(job->run, job->rcpts, job->rcpt_count);
+	run_release(job->run);
 	relay_job_free(job);
 	destination_drain(sched, d);
 }
@@ -1260,7 +1669,8 @@ static const char *domain_of(const char *address)
 
 /* Group the due remote recipients of q by destination and start (or
  * queue) one attempt per destination. */
-static void start_remote(struct queued *q, const size_t *due, size_t count)
+static void start_remote(struct queued *q, const size_t *due, size_t count,
+			 struct run *run)
 {
 	struct scheduler *sched = q->sched;
 	const struct config *cfg = sched->srv->cfg;
@@ -1278,6 +1688,8 @@ static void start_remote(struct queued *q, const size_t *due, size_t count)
 			fatal("scheduler: out of memory");
 		job->sched = sched;
 		job->q = q;
+		job->run = run;
+		run->open++;
 		job->domain = strdup(domain);
 		job->routed = route != NULL;
 		job->host = strdup(route ? route->host : domain);
@@ -1328,15 +1740,18 @@ static void start_remote(struct queued *q, const size_t *due, size_t count)
 
 /* ---- the queue ---- */
 
-/* The delivery time limit is over: the recipient is bounced with the
- * last temporary status it got (SPEC.md §8), made permanent. */
-static void expire(struct queued *q, size_t index)
+/*
+ * The delivery time limit is over: the recipient is bounced. It keeps its
+ * last temporary status as it was (4.4.7 when it had none), which its DSN
+ * reports with Action: failed (RFC 3463 §2: a persistent transient
+ * failure that caused abandonment); the log line says it made permanent.
+ */
+static void expire(struct queued *q, size_t index, struct run *run)
 {
 	const struct config *cfg = q->sched->srv->cfg;
 	struct spool_rcpt *r = &q->env->rcpts[index];
 	char dsn[sizeof r->dsn];
 	snprintf(dsn, sizeof dsn, "%s", r->dsn[0] == '4' ? r->dsn : "4.4.7");
-	dsn[0] = '5';
 	char reason[600];
 	snprintf(reason, sizeof reason, "delivery time expired%s%s",
 	         r->reason ? ": " : "", r->reason ? r->reason : "");
@@ -1344,18 +1759,19 @@ static void expire(struct queued *q, size_t index)
 	set_outcome(cfg, q, r, RCPT_BOUNCED, dsn, reason);
 	r->attempts--; /* expiry is not an attempt */
 	count_outcome(q, RCPT_BOUNCED);
+	dsn[0] = '5';
 	const char *place = q->last_relay[index] ? q->last_relay[index] : "";
 	if (r->local) {
 		char mailbox_path[4096] = "";
-		char *mailbox = mailbox_of(cfg, r->address);
+		char *mailbox = policy_mailbox_path(cfg, r->address);
 		if (mailbox != NULL)
 			snprintf(mailbox_path, sizeof mailbox_path, "%s", mailbox);
 		free(mailbox);
-		log_outcome("expired", q, r, "mailbox", mailbox_path);
+		log_outcome_as("expired", q, r, dsn, "mailbox", mailbox_path);
 	} else {
-		log_outcome("expired", q, r, "relay", place);
+		log_outcome_as("expired", q, r, dsn, "relay", place);
 	}
-	settle(q, &index, 1, false, NULL, 0);
+	run_settle(run, &index, 1);
 }
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
@@ -1408,6 +1824,7 @@ static void queued_run(struct queued *q)
 	size_t *remote = malloc(q->env->rcpt_count * sizeof *remote);
 	if (remote == NULL)
 		fatal("scheduler: out of memory");
+	struct run *run = run_new(q);
 	size_t nremote = 0;
 	for (size_t i = 0; i < q->env->rcpt_count; i++) {
 		struct spool_rcpt *r = &q->env->rcpts[i];
@@ -1422,7 +1839,7 @@ static void queued_run(struct queued *q)
 		}
 		if (r->state == RCPT_DEFERRED &&
 		    now >= q->env->arrival + (time_t)cfg->queue_lifetime) {
-			expire(q, i);
+			expire(q, i, run);
 			continue;
 		}
 		if (!r->local) {
@@ -1433,11 +1850,12 @@ static void queued_run(struct queued *q)
 			ready_push(sched, q);
 			continue;
 		}
-		start_local(q, i);
+		start_local(q, i, run);
 	}
 	if (nremote > 0)
-		start_remote(q, remote, nremote);
+		start_remote(q, remote, nremote, run);
 	free(remote);
+	run_release(run);
 	maybe_notify_delay(q, now);
 	if (next != 0) {
 		struct timeval tv = {next > now ? next - now : 0, 0};
@@ -1521,6 +1939,7 @@ void scheduler_free(struct scheduler *sched)
 			dns_cancel(job->dns);
 		if (job->client != NULL)
 			smtp_client_cancel(job->client);
+		run_forget(job->run);
 		relay_job_free(job);
 	}
 	while (sched->closing != NULL) {
@@ -1599,6 +2018,7 @@ static void relay_drop(struct relay_job *job)
 	job->sched->relays--;
 	for (size_t k = 0; k < job->rcpt_count; k++)
 		job->q->busy[job->rcpts[k]] = false;
+	run_release(job->run);
 	relay_job_free(job);
 }
 
@@ -1703,6 +2123,8 @@ int scheduler_flush_one(struct scheduler *sched, const char *id)
 static void delete_one(struct queued *q)
 {
 	q->deleted = true;
+	while (q->owed != NULL)
+		notice_drop(q->owed);
 	log_event(LOG_LEVEL_INFO, "deleted", LOG_S("queue_id", q->env->id),
 	          LOG_S("from", q->env->sender));
 	queued_finish_if_done(q);

@@ -49,8 +49,10 @@ struct bounce_input {
  * Original-Envelope-Id, Arrival-Date; per recipient Original-Recipient
  * from ORCPT, Final-Recipient, Action, Status, Diagnostic-Code,
  * Last-Attempt-Date, Will-Retry-Until for delays) and the original:
- * text/rfc822-headers unless RET=FULL (message/rfc822). malloc'd; *len
- * set. NULL when out of memory.
+ * text/rfc822-headers unless RET=FULL (message/rfc822). Status takes the
+ * class of the kind, except that a failure keeps a 4.x.x code as it is
+ * (a recipient given up on at expiry, RFC 3463 §2). malloc'd; *len set.
+ * NULL when out of memory.
  */
 char *bounce_build(const struct bounce_input *in, size_t *len);
 
@@ -59,5 +61,12 @@ char *bounce_build(const struct bounce_input *in, size_t *len);
  * for the null sender. */
 bool bounce_wanted(const char *sender, const struct spool_rcpt *r,
                    enum bounce_kind kind);
+
+/* The notice that recipient `r`'s final outcome calls for: true with
+ * *kind set (a failure for a bounced recipient, a success for a
+ * delivered one, when wanted); false for none (not final, or not
+ * wanted). */
+bool bounce_outcome_notice(const char *sender, const struct spool_rcpt *r,
+			   enum bounce_kind *kind);
 
 #endif

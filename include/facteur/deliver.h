@@ -57,7 +57,9 @@ int deliver_start(struct event_base *base, struct iothread *io,
                   void *arg);
 
 /* Expand a mailbox_path template: %u the local part, %d the domain (both
- * lower-cased), %% a percent sign. malloc'd, or NULL on an unknown %x. */
+ * lower-cased), %% a percent sign. malloc'd, or NULL on an unknown %x.
+ * It does not judge the address: callers go through policy_mailbox_path,
+ * which refuses one that could name a path outside the mail root. */
 char *deliver_expand_path(const char *template_path, const char *local,
                           size_t local_len, const char *domain);
 

@@ -82,4 +82,14 @@ char *policy_canonical_address(const struct policy *policy,
  * NUL, not "." or "..", no leading '.'. */
 bool policy_local_part_safe(const char *local, size_t len);
 
+/*
+ * The mailbox of a local address ("local@domain"), from mailbox_path:
+ * the one place where an address becomes a path. Every caller (local
+ * delivery, DSNs to a local sender, POP3) goes through it. NULL with
+ * errno EINVAL when the local part or the domain could name something
+ * outside the mail root (see policy_local_part_safe), or when the
+ * template is bad; ENOMEM when out of memory. malloc'd.
+ */
+char *policy_mailbox_path(const struct config *cfg, const char *address);
+
 #endif

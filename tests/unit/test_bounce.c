@@ -400,8 +400,39 @@ static void test_bounce_failure_status_defaults_and_class(void **state)
 	assert_header(&d, g[1].from, g[1].to, "Status", "5.0.0");
 	assert_no_header(&d, g[1].from, g[1].to, "Diagnostic-Code");
 	assert_no_header(&d, g[1].from, g[1].to, "Last-Attempt-Date");
-	assert_header(&d, g[2].from, g[2].to, "Status", "5.4.1");
+	/* Expired: the last temporary status as it was (RFC 3463 §2). */
+	assert_header(&d, g[2].from, g[2].to, "Status", "4.4.1");
 	assert_header(&d, g[3].from, g[3].to, "Status", "5.0.0");
+	dsn_free(&d);
+}
+
+static void
+test_bounce_expired_recipients_keep_their_temporary_status(void **state)
+{
+	struct fixture f;
+	struct group g[4];
+	struct dsn d;
+
+	(void)state;
+	fixture_init(&f, 3);
+	/* Given up after a refused connection, a 451, and no attempt. */
+	snprintf(f.rcpts[0].dsn, sizeof f.rcpts[0].dsn, "4.4.1");
+	f.rcpts[0].reason = "delivery time expired: connection refused";
+	snprintf(f.rcpts[1].dsn, sizeof f.rcpts[1].dsn, "4.3.2");
+	f.rcpts[1].reason = "delivery time expired: 451 4.3.2 try later";
+	snprintf(f.rcpts[2].dsn, sizeof f.rcpts[2].dsn, "4.4.7");
+	f.rcpts[2].reason = "delivery time expired";
+	f.rcpts[2].attempts = 0;
+	dsn_parse(&d, &f.in);
+	assert_header(&d, 0, d.body, "Subject",
+		      "Undelivered Mail Returned to Sender");
+	assert_int_equal(status_groups(&d, g, 4), 4);
+	for (size_t k = 1; k < 4; k++)
+		assert_header(&d, g[k].from, g[k].to, "Action", "failed");
+	assert_header(&d, g[1].from, g[1].to, "Status", "4.4.1");
+	assert_header(&d, g[2].from, g[2].to, "Status", "4.3.2");
+	assert_header(&d, g[3].from, g[3].to, "Status", "4.4.7");
+	assert_no_header(&d, g[1].from, g[1].to, "Will-Retry-Until");
 	dsn_free(&d);
 }
 
@@ -889,6 +920,45 @@ static void test_bounce_python_email_parses_the_report(void **state)
 	assert_int_equal(WEXITSTATUS(status), 0);
 }
 
+static void test_bounce_outcome_notice_by_state_and_notify(void **state)
+{
+	static const struct {
+		const char *sender;
+		enum rcpt_state rcpt_state;
+		unsigned notify;
+		bool notice;
+		enum bounce_kind kind;
+	} cases[] = {
+	    {"a@b", RCPT_BOUNCED, 0, true, BOUNCE_FAILURE},
+	    {"a@b", RCPT_DELIVERED, 0, false, 0},
+	    {"a@b", RCPT_DEFERRED, 0, false, 0},
+	    {"a@b", RCPT_PENDING, SMTP_NOTIFY_FAILURE, false, 0},
+	    {"a@b", RCPT_DEFERRED, SMTP_NOTIFY_DELAY, false, 0},
+	    {"a@b", RCPT_DELIVERED, SMTP_NOTIFY_SUCCESS, true, BOUNCE_SUCCESS},
+	    {"a@b", RCPT_BOUNCED, SMTP_NOTIFY_SUCCESS, false, 0},
+	    {"a@b", RCPT_DELIVERED, SMTP_NOTIFY_FAILURE, false, 0},
+	    {"a@b", RCPT_BOUNCED, SMTP_NOTIFY_SUCCESS | SMTP_NOTIFY_FAILURE,
+	     true, BOUNCE_FAILURE},
+	    {"a@b", RCPT_BOUNCED, SMTP_NOTIFY_NEVER, false, 0},
+	    {"", RCPT_BOUNCED, 0, false, 0},
+	    {"", RCPT_DELIVERED, SMTP_NOTIFY_SUCCESS, false, 0},
+	};
+
+	(void)state;
+	for (size_t i = 0; i < COUNT_OF(cases); i++) {
+		struct spool_rcpt r = {.address = "x@y",
+				       .notify = cases[i].notify,
+				       .state = cases[i].rcpt_state};
+		enum bounce_kind kind = BOUNCE_DELAY;
+		bool notice = bounce_outcome_notice(cases[i].sender, &r, &kind);
+		if (notice != cases[i].notice ||
+		    (notice && kind != cases[i].kind))
+			fail_msg("case %zu: notice %d kind %d", i, notice,
+				 kind);
+	}
+	assert_false(bounce_outcome_notice("a@b", NULL, NULL));
+}
+
 static void test_bounce_wanted_follows_notify(void **state)
 {
 	static const struct {
@@ -943,6 +1013,8 @@ int main(void)
 		test_bounce_failure_is_multipart_report_with_three_parts),
 	    cmocka_unit_test(test_bounce_recipient_fields_are_reported),
 	    cmocka_unit_test(test_bounce_failure_status_defaults_and_class),
+	    cmocka_unit_test(
+		test_bounce_expired_recipients_keep_their_temporary_status),
 	    cmocka_unit_test(test_bounce_reports_only_the_recipients_given),
 	    cmocka_unit_test(
 		test_bounce_ret_full_returns_the_message_dot_stuffed),
@@ -964,6 +1036,7 @@ int main(void)
 	    cmocka_unit_test(test_bounce_without_original_has_two_parts),
 	    cmocka_unit_test(test_bounce_python_email_parses_the_report),
 	    cmocka_unit_test(test_bounce_wanted_follows_notify),
+	    cmocka_unit_test(test_bounce_outcome_notice_by_state_and_notify),
 	};
 
 	/* Dates in the DSN are local time: pin it. */

@@ -7,6 +7,7 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -421,6 +422,40 @@ static void test_policy_local_part_safe_rules(void **state)
 	assert_true(policy_local_part_safe("ab/c", 2));
 }
 
+static void test_policy_mailbox_path_refuses_what_leaves_the_root(void **state)
+{
+	struct fixture *f = *state;
+	static const char *const refused[] = {
+	    "\"/../../../escaped/pwn\"@example.com",
+	    "ghost/deep/tree@example.com",
+	    ".hidden@example.com",
+	    "..@example.com",
+	    "@example.com",
+	    "alice@../etc",
+	    "alice@a/b",
+	    "alice@",
+	    "no-domain",
+	};
+	for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+		errno = 0;
+		char *path = policy_mailbox_path(f->cfg, refused[i]);
+		if (path != NULL)
+			fail_msg("%s gave the path %s", refused[i], path);
+		assert_int_equal(errno, EINVAL);
+	}
+	assert_null(policy_mailbox_path(f->cfg, NULL));
+
+	char *path = policy_mailbox_path(f->cfg, "Alice.Smith@Example.COM");
+	assert_non_null(path);
+	assert_string_equal(path, "/var/mail/example.com/alice.smith");
+	free(path);
+	/* A quoted local part without a slash is an odd but harmless name. */
+	path = policy_mailbox_path(f->cfg, "\"a b\"@example.org");
+	assert_non_null(path);
+	assert_string_equal(path, "/var/mail/example.org/\"a b\"");
+	free(path);
+}
+
 static void test_policy_canonical_address(void **state)
 {
 	struct fixture *f = *state;
@@ -611,6 +646,8 @@ int main(void)
 	    cmocka_unit_test(test_policy_alias_to_unknown_user_is_refused),
 	    cmocka_unit_test(test_policy_unsafe_local_parts_are_bad_mailboxes),
 	    cmocka_unit_test(test_policy_local_part_safe_rules),
+	    cmocka_unit_test(
+		test_policy_mailbox_path_refuses_what_leaves_the_root),
 	    cmocka_unit_test(test_policy_canonical_address),
 	    cmocka_unit_test(test_policy_alias_chain_of_twenty_levels_is_fine),
 	    cmocka_unit_test(test_policy_alias_deeper_than_twenty_is_a_loop),

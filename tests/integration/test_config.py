@@ -399,6 +399,21 @@ def test_file_variable_errors(tmp_path):
     assert "FACTEUR_MAX_RECIPIENTS_FILE: max_recipients" in err, err
 
 
+def test_route_auth_with_tls_may_is_an_error(tmp_path):
+    secret = tmp_path / "smarthost"
+    secret.write_text("user:password\n")
+    conf = write_conf(tmp_path, base_conf(
+        tmp_path, extra="route = * [smarthost.example.net]:587 tls=may auth=%s\n" % secret))
+    err = check_error(["-n", "-c", str(conf)])
+    assert "facteur.conf:6: route: " in err and "tls=may" in err, err
+    # Without tls=, the route verifies the relay whatever tls_outbound says.
+    conf = write_conf(tmp_path, base_conf(
+        tmp_path, extra="tls_outbound = may\n"
+                        "route = * [smarthost.example.net]:587 auth=%s\n" % secret))
+    eff = check_n(["-c", str(conf)])
+    assert eff["route"] == "* [smarthost.example.net]:587 auth=%s" % secret
+
+
 def test_bad_value_in_environment_names_the_variable(tmp_path):
     conf = write_conf(tmp_path, base_conf(tmp_path))
     err = check_error(["-n", "-c", str(conf)], env={"FACTEUR_MAX_RECIPIENTS": "ten"})

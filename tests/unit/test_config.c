@@ -1165,6 +1165,17 @@ static void test_config_route_key(void **state)
 			"x.conf:2: route: bad target \"[host\"");
 	load_fails_with("route = a.test mx.test\nroute = A.test other.test\n",
 			NULL, "x.conf:2: route: duplicate pattern \"a.test\"");
+	load_fails_with("route = * [relay.test]:587 tls=may auth=/r\n", NULL,
+			"x.conf:1: route: auth= with tls=may would send the "
+			"password over an unverified connection (use "
+			"tls=verify, or tls=encrypt to accept any certificate) "
+			"in \"* [relay.test]:587 tls=may auth=/r\"");
+	cfg = load_ok("tls_outbound = none\n"
+		      "route = * [relay.test]:587 auth=/r\n",
+		      NULL);
+	assert_int_equal(route_lookup(cfg->routes, "x.test")->tls,
+			 ROUTE_TLS_VERIFY);
+	config_free(cfg);
 	load_fails_with("", ENV("FACTEUR_ROUTE=a.test mx.test tls=sometimes"),
 			"FACTEUR_ROUTE: route: invalid tls value (none, may, "
 			"encrypt or verify) \"tls=sometimes\"");

@@ -92,8 +92,10 @@ static int print_record(char *line, void *arg)
 		free(text);
 	} else {
 		/* stats, delete's count, or a record this version does not
-		 * know: shown as sent. */
-		printf("%s\n", line);
+		 * know: shown as sent, escaped. */
+		text = control_proto_shown(line);
+		printf("%s\n", text != NULL ? text : "");
+		free(text);
 	}
 	return 0;
 }

@@ -219,6 +219,25 @@ def test_show_gives_envelope_states_and_headers(make_daemon):
     assert "queued as" not in headers
 
 
+def test_show_and_queue_escape_terminal_controls_from_peers(make_daemon):
+    """A header carrying ESC [ 2 J (clear screen) and a Latin-1 octet, and
+    a remote server's reply, reach the operator's terminal escaped."""
+    d = deferring_daemon(make_daemon)
+    data = (b"From: <alice@example.org>\r\n"
+            b"To: <bob@remote.test>\r\n"
+            b"Subject: \x1b[2J\x1b]0;owned\x07 Empf\xe4nger\r\n"
+            b"\r\nbody\r\n")
+    qid = d.send(sender="alice@example.org", recipients=("bob@remote.test",),
+                 data=data)
+    d.wait_event("deferred", queue_id=qid)
+    r = ctl(d, "show", qid)
+    assert r.returncode == 0, r
+    for out in (r.stdout, ctl(d, "queue").stdout):
+        assert b"\x1b" not in out and b"\x07" not in out, out
+        out.decode("utf-8")  # strict: no stray octet reaches the terminal
+    assert b"Subject: \\x1b[2J\\x1b]0;owned\\x07 Empf\\xe4nger" in r.stdout, r.stdout
+
+
 def test_show_names_delivered_and_deferred_states(make_daemon):
     """One message, a local recipient (delivered) and a remote one
     (deferred); the lower-case id works too."""

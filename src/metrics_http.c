@@ -249,10 +249,17 @@ static void on_write(struct bufferevent *bev, void *arg)
 
 static void on_event(struct bufferevent *bev, short what, void *arg)
 {
-	(void)bev;
-	(void)what;
-	/* EOF, error or timeout: nothing left to answer. */
-	conn_free(arg);
+	struct metrics_conn *c = arg;
+
+	/* A client that shut its side after its request (printf | nc)
+	 * still gets the reply; an error or a timeout ends everything. */
+	if ((what & BEV_EVENT_EOF) && (what & BEV_EVENT_READING) &&
+	    evbuffer_get_length(bufferevent_get_output(bev)) > 0) {
+		c->closing = true;
+		bufferevent_disable(bev, EV_READ);
+		return;
+	}
+	conn_free(c);
 }
 
 static void on_accept(struct evconnlistener *listener, evutil_socket_t fd,

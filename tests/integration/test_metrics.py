@@ -464,3 +464,23 @@ def test_out_of_descriptors_pauses_accepting_without_spinning(make_daemon):
     assert "facteur_queue_messages" in samples
     d.send()
     d.wait_messages("user@localhost", 1)
+
+
+def test_request_then_half_close_still_gets_its_reply(make_daemon):
+    """A client that shuts its sending side after the request (printf |
+    nc) still reads the whole reply."""
+    d = metrics_daemon(make_daemon)
+    with socket.create_connection(("127.0.0.1", d.metrics_port), timeout=10) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), data[:200]
+    length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+    assert len(body) == length
+    parse_exposition(body.decode())

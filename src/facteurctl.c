@@ -88,8 +88,26 @@ static void restore_echo(void)
 static void on_prompt_signal(int sig)
 {
 	restore_echo();
-	signal(sig, SIG_DFL);
-	raise(sig);
+	(void)signal(sig, SIG_DFL); /* async-signal-safe, and dying anyway */
+	(void)raise(sig);
+}
+
+/* The signals that would leave the terminal without echo. */
+static const int prompt_signals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGTSTP};
+
+static int set_prompt_signals(void (*handler)(int))
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = handler;
+	if (sigemptyset(&sa.sa_mask) < 0)
+		return -1;
+	for (size_t i = 0; i < sizeof prompt_signals / sizeof *prompt_signals;
+	     i++)
+		if (sigaction(prompt_signals[i], &sa, NULL) < 0)
+			return -1;
+	return 0;
 }
 
 /* Ask on the terminal, echo off, twice (as passwd(1) does): a typing
@@ -97,8 +115,6 @@ static void on_prompt_signal(int sig)
  * why not. */
 static char *ask_password_on_terminal(size_t *cap)
 {
-	static const int signals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT,
-				      SIGTSTP};
 	struct termios quiet;
 	char *first = NULL;
 	char *second = NULL;
@@ -110,17 +126,18 @@ static char *ask_password_on_terminal(size_t *cap)
 			strerror(errno));
 		return NULL;
 	}
-	for (size_t i = 0; i < sizeof signals / sizeof *signals; i++)
-		signal(signals[i], on_prompt_signal);
 	quiet = saved_termios;
 	quiet.c_lflag &= (tcflag_t) ~(ECHO | ECHOE | ECHOK);
 	quiet.c_lflag |= ECHONL; /* the Enter key still moves on a line */
-	if (tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet) < 0) {
+	echo_off = 1; /* before the change: a signal may come at once */
+	if (set_prompt_signals(on_prompt_signal) < 0 ||
+	    tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet) < 0) {
 		fprintf(stderr, "facteurctl: passwd: terminal: %s\n",
 			strerror(errno));
+		restore_echo();
+		(void)set_prompt_signals(SIG_DFL);
 		return NULL;
 	}
-	echo_off = 1;
 	fputs("Password: ", stderr);
 	fflush(stderr);
 	first = read_password_line(&first_cap);
@@ -130,8 +147,9 @@ static char *ask_password_on_terminal(size_t *cap)
 		second = read_password_line(&second_cap);
 	}
 	restore_echo();
-	for (size_t i = 0; i < sizeof signals / sizeof *signals; i++)
-		signal(signals[i], SIG_DFL);
+	/* the defaults are back for the rest of a short life: a failure
+	 * here changes nothing that matters */
+	(void)set_prompt_signals(SIG_DFL);
 	if (first == NULL || second == NULL) {
 		fprintf(stderr, "facteurctl: passwd: no password\n");
 		wipe(first, first_cap);

@@ -412,10 +412,19 @@ bool auth_users_check(const struct auth_users *users, const char *address,
 
 char *auth_hash_password(const char *password)
 {
+	return auth_hash_password_with(password, AUTH_HASH_SHA512);
+}
+
+char *auth_hash_password_with(const char *password,
+			      enum auth_hash_method method)
+{
 	if (password == NULL)
 		return NULL;
 	char salt[CRYPT_GENSALT_OUTPUT_SIZE];
-	if (crypt_gensalt_rn("$6$", 0, NULL, 0, salt, sizeof salt) == NULL)
+	/* A NULL prefix asks libxcrypt for its preferred method, with its
+	 * default cost; the random salt comes from the system either way. */
+	const char *prefix = method == AUTH_HASH_PREFERRED ? NULL : "$6$";
+	if (crypt_gensalt_rn(prefix, 0, NULL, 0, salt, sizeof salt) == NULL)
 		return NULL;
 	struct crypt_data *data = calloc(1, sizeof *data);
 	if (data == NULL)

@@ -18,11 +18,11 @@
 #include "facteur/control.h"
 #include "facteur/control_proto.h"
 #include "facteur/text.h"
+#include "facteur/utf8.h"
 
 /* A reply line the client accepts (a header line can be long). */
 #define CLIENT_LINE_MAX (1024 * 1024)
 #define CLIENT_TIMEOUT_SECONDS 60
-
 
 static bool is_wsp(char c)
 {
@@ -370,6 +370,51 @@ char *control_proto_header_records(const char *wire, size_t len, bool whole,
 
 /* ---- the human form ---- */
 
+/*
+ * Text that came from a peer (headers, addresses, a server's reply), for
+ * a terminal: control characters other than TAB (C0, DEL and the C1
+ * range, which terminals obey as commands: "ESC [ 2 J" clears the
+ * screen), octets that are not UTF-8 and the backslash itself are
+ * written as \xHH (C1 as the two octets of its UTF-8 form), so that
+ * what is shown is what was sent and nothing in it acts on the terminal.
+ */
+static void text_shown(struct text *t, const char *s)
+{
+	static const char hex[] = "0123456789abcdef";
+	const unsigned char *p = (const unsigned char *)s;
+	size_t left = strlen(s);
+
+	while (left > 0) {
+		size_t n = utf8_sequence_length(p, left);
+		bool c1 = n == 2 && p[0] == 0xc2 && p[1] < 0xa0;
+		bool plain = n > 1 ? !c1
+				   : n == 1 && (*p >= 0x20 || *p == '\t') &&
+					 *p != 0x7f && *p != '\\';
+
+		if (n == 0)
+			n = 1;
+		if (plain) {
+			text_add(t, (const char *)p, n);
+		} else {
+			for (size_t i = 0; i < n; i++) {
+				char esc[4] = {'\\', 'x', hex[p[i] >> 4],
+					       hex[p[i] & 15]};
+				text_add(t, esc, sizeof esc);
+			}
+		}
+		p += n;
+		left -= n;
+	}
+}
+
+char *control_proto_shown(const char *s)
+{
+	struct text t = {0};
+
+	text_shown(&t, s);
+	return text_finish(&t, NULL);
+}
+
 void control_proto_format_age(time_t seconds, char *buf, size_t len)
 {
 	long long s = seconds < 0 ? 0 : (long long)seconds;
@@ -427,9 +472,12 @@ char *control_proto_format_queue_line(char *record, time_t now,
 	totals->recipients += (size_t)npending;
 
 	struct text t = {0};
-	text_fmt(&t, "%-16s  %4s  %8lld  %s  %s  %s", tok[1], age, size,
-		 tok[4][0] ? tok[4] : "<>", tok[6][0] ? tok[6] : "-",
-		 tok[7][0] ? tok[7] : "-");
+	text_fmt(&t, "%-16s  %4s  %8lld  ", tok[1], age, size);
+	text_shown(&t, tok[4][0] ? tok[4] : "<>");
+	text_str(&t, "  ");
+	text_shown(&t, tok[6][0] ? tok[6] : "-");
+	text_str(&t, "  ");
+	text_shown(&t, tok[7][0] ? tok[7] : "-");
 	return text_finish(&t, NULL);
 }
 
@@ -476,12 +524,21 @@ static char *format_rcpt(char *rest, time_t now)
 	    !parse_number(tok[5], INT64_MIN, INT64_MAX, &updated))
 		return NULL;
 	struct text t = {0};
-	text_fmt(&t, "recipient  %s %s %lld ", tok[0], tok[2], attempts);
+	text_str(&t, "recipient  ");
+	text_shown(&t, tok[0]);
+	text_str(&t, " ");
+	text_shown(&t, tok[2]);
+	text_fmt(&t, " %lld ", attempts);
 	text_time(&t, strcmp(tok[2], "deferred") == 0 ? next : 0);
-	text_fmt(&t, " %s %s", tok[6][0] ? tok[6] : "-",
-		 tok[7][0] ? tok[7] : "-");
-	if (tok[1][0] != '\0' && strcmp(tok[1], tok[0]) != 0)
-		text_fmt(&t, " (for %s)", tok[1]);
+	text_str(&t, " ");
+	text_shown(&t, tok[6][0] ? tok[6] : "-");
+	text_str(&t, " ");
+	text_shown(&t, tok[7][0] ? tok[7] : "-");
+	if (tok[1][0] != '\0' && strcmp(tok[1], tok[0]) != 0) {
+		text_str(&t, " (for ");
+		text_shown(&t, tok[1]);
+		text_str(&t, ")");
+	}
 	return text_finish(&t, NULL);
 }
 
@@ -498,8 +555,10 @@ char *control_proto_format_show_line(char *record, time_t now, bool *in_headers)
 		if (!*in_headers)
 			text_str(&t, "\n");
 		*in_headers = true;
-		text_str(&t, strcmp(key, "header") == 0 ? rest
-							: "[headers cut here]");
+		if (strcmp(key, "header") == 0)
+			text_shown(&t, rest);
+		else
+			text_str(&t, "[headers cut here]");
 		return text_finish(&t, NULL);
 	}
 	if (strcmp(key, "rcpt") == 0)
@@ -518,11 +577,13 @@ char *control_proto_format_show_line(char *record, time_t now, bool *in_headers)
 		text_time(&t, when);
 		text_fmt(&t, " (%s ago)", age);
 	} else if (strcmp(key, "sender") == 0) {
-		text_fmt(&t, "<%s>", rest);
+		text_str(&t, "<");
+		text_shown(&t, rest);
+		text_str(&t, ">");
 	} else if (strcmp(key, "smtputf8") == 0) {
 		text_str(&t, strcmp(rest, "1") == 0 ? "yes" : "no");
 	} else {
-		text_str(&t, rest[0] ? rest : "-");
+		text_shown(&t, rest[0] ? rest : "-");
 	}
 	return text_finish(&t, NULL);
 }

@@ -267,7 +267,10 @@ static int print_queue_line(char *line, void *arg)
 	struct lister *l = arg;
 	char *text = control_proto_format_queue_line(line, l->now, &l->totals);
 
-	printf("%s\n", text != NULL ? text : line);
+	/* a record this version does not know: as sent, escaped */
+	if (text == NULL)
+		text = control_proto_shown(line);
+	printf("%s\n", text != NULL ? text : "");
 	free(text);
 	return 0;
 }
@@ -692,7 +695,8 @@ static int submit(struct submission *sub, char *id)
 		fail("cannot set up the spool");
 		goto out;
 	}
-	q.spool = spool_open_drop(q.base, q.io, cfg->spool_dir, err, sizeof err);
+	q.spool =
+	    spool_open_drop(q.base, q.io, cfg->spool_dir, err, sizeof err);
 	if (q.spool == NULL || (q.inc = spool_incoming_new(q.spool)) == NULL) {
 		fail("cannot queue the message: %s",
 		     q.spool ? strerror(errno) : err);

@@ -8,11 +8,15 @@
  * refused (no such message, reload refused...); 64 usage; 78 the
  * configuration cannot be read.
  */
+#include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <termios.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "facteur/auth.h"
 #include "facteur/config.h"
@@ -24,10 +28,12 @@
 
 extern char **environ;
 
-static void usage(void)
+/* On stdout when asked for (-h, --help), on stderr after a usage error. */
+static void usage(FILE *out)
 {
-	fprintf(stderr,
-		"usage: facteurctl [-c FILE] COMMAND [ARG]\n"
+	fprintf(out,
+		"usage: facteurctl [-c FILE] [-m METHOD] COMMAND [ARG]\n"
+		"       facteurctl -h | --help | -V\n"
 		"commands:\n"
 		"  queue           list the queued messages\n"
 		"  show ID         envelope, recipients and headers of one\n"
@@ -36,29 +42,153 @@ static void usage(void)
 		"  bounce ID       return a message to its sender now\n"
 		"  stats           the counters of /metrics\n"
 		"  reload          re-read the configuration (as SIGHUP)\n"
-		"  passwd          hash a password read on standard input\n");
+		"  passwd          hash a password read on standard input\n"
+		"                  (-m sha512, the default, or -m preferred:\n"
+		"                  libxcrypt's choice, yescrypt on Debian)\n");
 }
 
-/* Read one line (the password; its newline is not part of it) and print
- * its SHA-512 crypt(3) hash. */
-static int cmd_passwd(void)
+/* A line of standard input without its newline (nor a CR before it);
+ * NULL at end of input. malloc'd: the caller wipes and frees it. */
+static char *read_password_line(size_t *cap)
 {
 	char *line = NULL;
-	size_t cap = 0;
-	ssize_t n = getline(&line, &cap, stdin);
+	ssize_t n;
+
+	*cap = 0;
+	n = getline(&line, cap, stdin);
 	if (n < 0) {
-		fprintf(stderr, "facteurctl: passwd: no password on standard "
-				"input\n");
 		free(line);
-		return 1;
+		return NULL;
 	}
 	if (n > 0 && line[n - 1] == '\n')
 		line[--n] = '\0';
 	if (n > 0 && line[n - 1] == '\r')
 		line[--n] = '\0';
-	char *hash = auth_hash_password(line);
-	explicit_bzero(line, cap);
+	return line;
+}
+
+static void wipe(char *line, size_t cap)
+{
+	if (line != NULL)
+		explicit_bzero(line, cap);
 	free(line);
+}
+
+/* The terminal's settings while echo is off, for the signal handler that
+ * puts them back if the user interrupts the prompt. */
+static struct termios saved_termios;
+static volatile sig_atomic_t echo_off;
+
+static void restore_echo(void)
+{
+	if (echo_off && tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved_termios) == 0)
+		echo_off = 0;
+}
+
+static void on_prompt_signal(int sig)
+{
+	restore_echo();
+	(void)signal(sig, SIG_DFL); /* async-signal-safe, and dying anyway */
+	(void)raise(sig);
+}
+
+/* The signals that would leave the terminal without echo. */
+static const int prompt_signals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGTSTP};
+
+static int set_prompt_signals(void (*handler)(int))
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = handler;
+	if (sigemptyset(&sa.sa_mask) < 0)
+		return -1;
+	for (size_t i = 0; i < sizeof prompt_signals / sizeof *prompt_signals;
+	     i++)
+		if (sigaction(prompt_signals[i], &sa, NULL) < 0)
+			return -1;
+	return 0;
+}
+
+/* Ask on the terminal, echo off, twice (as passwd(1) does): a typing
+ * mistake nobody saw would lock the account out. NULL after printing
+ * why not. */
+static char *ask_password_on_terminal(size_t *cap)
+{
+	struct termios quiet;
+	char *first = NULL;
+	char *second = NULL;
+	size_t first_cap = 0;
+	size_t second_cap = 0;
+
+	if (tcgetattr(STDIN_FILENO, &saved_termios) < 0) {
+		fprintf(stderr, "facteurctl: passwd: terminal: %s\n",
+			strerror(errno));
+		return NULL;
+	}
+	quiet = saved_termios;
+	quiet.c_lflag &= (tcflag_t) ~(ECHO | ECHOE | ECHOK);
+	quiet.c_lflag |= ECHONL; /* the Enter key still moves on a line */
+	echo_off = 1; /* before the change: a signal may come at once */
+	if (set_prompt_signals(on_prompt_signal) < 0 ||
+	    tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet) < 0) {
+		fprintf(stderr, "facteurctl: passwd: terminal: %s\n",
+			strerror(errno));
+		restore_echo();
+		(void)set_prompt_signals(SIG_DFL);
+		return NULL;
+	}
+	fputs("Password: ", stderr);
+	fflush(stderr);
+	first = read_password_line(&first_cap);
+	if (first != NULL) {
+		fputs("Again: ", stderr);
+		fflush(stderr);
+		second = read_password_line(&second_cap);
+	}
+	restore_echo();
+	/* the defaults are back for the rest of a short life: a failure
+	 * here changes nothing that matters */
+	(void)set_prompt_signals(SIG_DFL);
+	if (first == NULL || second == NULL) {
+		fprintf(stderr, "facteurctl: passwd: no password\n");
+		wipe(first, first_cap);
+		return NULL;
+	}
+	if (strcmp(first, second) != 0) {
+		fprintf(stderr,
+			"facteurctl: passwd: the passwords do not match\n");
+		wipe(first, first_cap);
+		wipe(second, second_cap);
+		return NULL;
+	}
+	wipe(second, second_cap);
+	*cap = first_cap;
+	return first;
+}
+
+/* Print the crypt(3) hash of a password: asked twice with echo off on a
+ * terminal, else one line of standard input (its newline is not part of
+ * it), as scripts pipe it. */
+static int cmd_passwd(enum auth_hash_method method)
+{
+	size_t cap = 0;
+	char *line;
+
+	if (isatty(STDIN_FILENO)) {
+		line = ask_password_on_terminal(&cap);
+		if (line == NULL)
+			return 1;
+	} else {
+		line = read_password_line(&cap);
+		if (line == NULL) {
+			fprintf(stderr, "facteurctl: passwd: no password on "
+					"standard input\n");
+			return 1;
+		}
+	}
+	char *hash = auth_hash_password_with(line, method);
+	wipe(line, cap);
 	if (hash == NULL) {
 		fprintf(stderr,
 			"facteurctl: passwd: cannot hash the password\n");
@@ -92,8 +222,10 @@ static int print_record(char *line, void *arg)
 		free(text);
 	} else {
 		/* stats, delete's count, or a record this version does not
-		 * know: shown as sent. */
-		printf("%s\n", line);
+		 * know: shown as sent, escaped. */
+		text = control_proto_shown(line);
+		printf("%s\n", text != NULL ? text : "");
+		free(text);
 	}
 	return 0;
 }
@@ -176,34 +308,65 @@ static int run_command(const char *config_path, char **args, int nargs)
 
 int main(int argc, char **argv)
 {
+	static const struct option long_options[] = {
+	    {"help", no_argument, NULL, 'h'},
+	    {"method", required_argument, NULL, 'm'},
+	    {"version", no_argument, NULL, 'V'},
+	    {NULL, 0, NULL, 0},
+	};
 	const char *config_path = NULL;
+	const char *method_name = NULL;
+	enum auth_hash_method method = AUTH_HASH_SHA512;
 	int opt;
 
-	while ((opt = getopt(argc, argv, "c:Vh")) != -1) {
+	while ((opt = getopt_long(argc, argv, "c:m:Vh", long_options, NULL)) !=
+	       -1) {
 		switch (opt) {
 		case 'c':
 			config_path = optarg;
 			break;
+		case 'm':
+			method_name = optarg;
+			break;
 		case 'V':
 			printf("facteurctl %s\n", FACTEUR_VERSION);
 			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
 		default:
-			usage();
-			return opt == 'h' ? 0 : EXIT_USAGE;
+			usage(stderr);
+			return EXIT_USAGE;
 		}
 	}
 	if (optind >= argc) {
-		usage();
+		usage(stderr);
 		return EXIT_USAGE;
+	}
+	if (method_name != NULL) {
+		if (strcmp(argv[optind], "passwd") != 0) {
+			fprintf(stderr, "facteurctl: -m is for passwd\n");
+			usage(stderr);
+			return EXIT_USAGE;
+		}
+		if (strcmp(method_name, "preferred") == 0) {
+			method = AUTH_HASH_PREFERRED;
+		} else if (strcmp(method_name, "sha512") != 0) {
+			fprintf(stderr,
+				"facteurctl: passwd: unknown method \"%s\" "
+				"(sha512 or preferred)\n",
+				method_name);
+			return EXIT_USAGE;
+		}
 	}
 	const char *command = argv[optind];
 	int nargs = argc - optind - 1;
 	if (strcmp(command, "passwd") == 0) {
 		if (nargs != 0) {
-			usage();
+			usage(stderr);
 			return EXIT_USAGE;
 		}
-		return cmd_passwd();
+		return cmd_passwd(method);
 	}
 	if (!arguments_fit(command, nargs)) {
 		if (arguments_fit(command, 0) || arguments_fit(command, 1))
@@ -212,7 +375,7 @@ int main(int argc, char **argv)
 		else
 			fprintf(stderr, "facteurctl: %s: unknown command\n",
 				command);
-		usage();
+		usage(stderr);
 		return EXIT_USAGE;
 	}
 	fflush(stdout);

@@ -308,6 +308,29 @@ static int parse_option(const char *s, size_t len, struct route *r,
 	return fail(err, errlen, "unknown option", s, len);
 }
 
+/*
+ * A password must not go to whoever answers: with auth= and no tls=, the
+ * route verifies the relay's certificate, whatever tls_outbound says.
+ * tls=may is refused, as it would authenticate over TLS that nobody
+ * checked while reading as the cautious choice; tls=encrypt (any
+ * certificate, stated on the line) and tls=none (no TLS, for a relay on
+ * loopback or a private link) are the operator's explicit word.
+ */
+static int check_auth_tls(struct route *r, char *err, size_t errlen)
+{
+	if (r->auth_file == NULL)
+		return 0;
+	if (r->tls == ROUTE_TLS_DEFAULT)
+		r->tls = ROUTE_TLS_VERIFY;
+	if (r->tls == ROUTE_TLS_MAY)
+		return fail(err, errlen,
+			    "auth= with tls=may would send the password "
+			    "over an unverified connection (use tls=verify, "
+			    "or tls=encrypt to accept any certificate) in",
+			    r->text, strlen(r->text));
+	return 0;
+}
+
 static int parse_route(const char *value, struct route *r, char *err,
 		       size_t errlen)
 {
@@ -353,7 +376,7 @@ static int parse_route(const char *value, struct route *r, char *err,
 	if (ntok == 1)
 		return fail(err, errlen, "missing target after pattern",
 			    r->text, strlen(r->text));
-	return 0;
+	return check_auth_tls(r, err, errlen);
 }
 
 int route_table_add(struct route_table *table, const char *value, char *err,

@@ -38,11 +38,22 @@ bool auth_users_check(const struct auth_users *users, const char *address,
  * the loop; then, on any thread, whether `password` matches it (with
  * NULL: the time of one check spent, and false). */
 const char *auth_users_hash(const struct auth_users *users,
-			    const char *address);
+                            const char *address);
 bool auth_password_matches(const char *hash, const char *password);
 
-/* A new SHA-512 crypt(3) hash ("$6$salt$...") of `password`, with a
- * random salt, in a malloc'd string; NULL on failure. */
+/* How new hashes are made: SHA-512 crypt ("$6$"), which every crypt(3)
+ * reads, or libxcrypt's preferred method (yescrypt, "$y$", on Debian 12),
+ * stronger against guessing but unknown to older systems. */
+enum auth_hash_method {
+	AUTH_HASH_SHA512,
+	AUTH_HASH_PREFERRED,
+};
+
+/* A new crypt(3) hash of `password` by `method`, with a random salt, in a
+ * malloc'd string; NULL on failure. */
+char *auth_hash_password_with(const char *password,
+                              enum auth_hash_method method);
+/* The same with AUTH_HASH_SHA512 ("$6$salt$..."). */
 char *auth_hash_password(const char *password);
 
 /* SASL PLAIN (RFC 4616): the base64 text decoded into authcid and

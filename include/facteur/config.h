@@ -1,6 +1,7 @@
 /*
  * The effective settings of facteur: the configuration file, then the
- * FACTEUR_* environment on top of it (SPEC.md §3). Loading never exits: it
+ * FACTEUR_* environment on top of it (SPEC.md §3; FACTEUR_<KEY>_FILE
+ * names a file holding KEY's value, §9.4). Loading never exits: it
  * returns every error it found, each naming the file and line (or the
  * variable) and the key, so that callers print them all and exit 78.
  * A reload builds a new struct and swaps it; a struct is never changed

@@ -91,6 +91,14 @@ char *control_proto_header_records(const char *wire, size_t len, bool whole,
 
 /* ---- the human form (facteurctl, facteur-sendmail -bp) ---- */
 
+/* Everything below escapes what came from peers (addresses, headers,
+ * replies) for a terminal: control characters but TAB, octets that are
+ * not UTF-8 and the backslash become \xHH. */
+
+/* A record this version does not know, escaped the same way. malloc'd;
+ * NULL when out of memory. */
+char *control_proto_shown(const char *s);
+
 /* "42s", "3m", "5h", "2d". */
 void control_proto_format_age(time_t seconds, char *buf, size_t len);
 

@@ -45,7 +45,8 @@ void route_table_free(struct route_table *table);
 /*
  * Parse one `route` value ("PATTERN TARGET [tls=...] [auth=FILE]") and add
  * it to the table. Returns 0, or -1 with a short reason in `err`
- * (e.g. "bad target \"[host\"").
+ * (e.g. "bad target \"[host\""). A route with auth= and no tls= gets
+ * ROUTE_TLS_VERIFY; auth= with tls=may is refused.
  */
 int route_table_add(struct route_table *table, const char *value, char *err,
                     size_t errlen);

@@ -476,7 +476,9 @@ class ScriptedSMTP:
         for i, line in enumerate(lines):
             # each line is "NNN text"; the separators are rewritten
             sep = "-" if i < len(lines) - 1 else " "
-            wire += ("%s%s%s\r\n" % (line[:3], sep, line[4:])).encode()
+            # raw octets travel as surrogate escapes ("\udce4" is 0xe4)
+            wire += ("%s%s%s\r\n" % (line[:3], sep, line[4:])).encode(
+                "utf-8", "surrogateescape")
         s.note("S: " + wire.decode(errors="replace").rstrip("\r\n").replace("\r\n", " | "))
         if slow:
             for b in wire:

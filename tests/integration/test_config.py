@@ -340,6 +340,80 @@ def test_unknown_facteur_variable_is_an_error(tmp_path):
     assert "FACTEUR_BOGUS" in err, err
 
 
+KUBERNETES_SERVICE_ENV = {
+    # What a pod gets for a Service named "facteur" with ports smtp and metrics.
+    "FACTEUR_SERVICE_HOST": "10.96.0.12",
+    "FACTEUR_SERVICE_PORT": "25",
+    "FACTEUR_SERVICE_PORT_SMTP": "25",
+    "FACTEUR_SERVICE_PORT_METRICS": "9187",
+    "FACTEUR_PORT": "tcp://10.96.0.12:25",
+    "FACTEUR_PORT_25_TCP": "tcp://10.96.0.12:25",
+    "FACTEUR_PORT_25_TCP_PROTO": "tcp",
+    "FACTEUR_PORT_25_TCP_PORT": "25",
+    "FACTEUR_PORT_25_TCP_ADDR": "10.96.0.12",
+    "FACTEUR_PORT_9187_TCP": "tcp://10.96.0.12:9187",
+    "FACTEUR_PORT_9187_TCP_PROTO": "tcp",
+    "FACTEUR_PORT_9187_TCP_PORT": "9187",
+    "FACTEUR_PORT_9187_TCP_ADDR": "10.96.0.12",
+}
+
+
+def test_kubernetes_service_variables_are_ignored(tmp_path):
+    conf = write_conf(tmp_path, base_conf(tmp_path))
+    env = dict(KUBERNETES_SERVICE_ENV, FACTEUR_MAX_RECIPIENTS="17")
+    eff = check_n(["-c", str(conf)], env=env)
+    assert eff["max_recipients"] == "17"
+    # A name of that family that Kubernetes does not make is still an error.
+    err = check_error(["-n", "-c", str(conf)],
+                      env=dict(KUBERNETES_SERVICE_ENV, FACTEUR_PORT_25_TCP_HOST="x"))
+    assert "FACTEUR_PORT_25_TCP_HOST" in err, err
+
+
+def test_file_variable_sets_the_key_without_final_newline(tmp_path):
+    conf = write_conf(tmp_path, base_conf(tmp_path))
+    secret = tmp_path / "max_recipients"
+    secret.write_text("23\n")
+    routes = tmp_path / "route"
+    routes.write_text("* [127.0.0.1]:2526 tls=none\n")
+    eff = check_n(["-c", str(conf)], env={"FACTEUR_MAX_RECIPIENTS_FILE": str(secret),
+                                          "FACTEUR_ROUTE_FILE": str(routes)})
+    assert eff["max_recipients"] == "23"
+    assert eff["route"] == "* [127.0.0.1]:2526 tls=none"
+
+
+def test_file_variable_errors(tmp_path):
+    conf = write_conf(tmp_path, base_conf(tmp_path))
+    missing = tmp_path / "absent-secret"
+    err = check_error(["-n", "-c", str(conf)],
+                      env={"FACTEUR_MAX_RECIPIENTS_FILE": str(missing)})
+    assert "FACTEUR_MAX_RECIPIENTS_FILE" in err and "absent-secret" in err, err
+    secret = tmp_path / "n"
+    secret.write_text("8\n")
+    err = check_error(["-n", "-c", str(conf)],
+                      env={"FACTEUR_MAX_RECIPIENTS_FILE": str(secret),
+                           "FACTEUR_MAX_RECIPIENTS": "8"})
+    assert "FACTEUR_MAX_RECIPIENTS_FILE" in err and "FACTEUR_MAX_RECIPIENTS;" in err, err
+    secret.write_text("eight\n")
+    err = check_error(["-n", "-c", str(conf)],
+                      env={"FACTEUR_MAX_RECIPIENTS_FILE": str(secret)})
+    assert "FACTEUR_MAX_RECIPIENTS_FILE: max_recipients" in err, err
+
+
+def test_route_auth_with_tls_may_is_an_error(tmp_path):
+    secret = tmp_path / "smarthost"
+    secret.write_text("user:password\n")
+    conf = write_conf(tmp_path, base_conf(
+        tmp_path, extra="route = * [smarthost.example.net]:587 tls=may auth=%s\n" % secret))
+    err = check_error(["-n", "-c", str(conf)])
+    assert "facteur.conf:6: route: " in err and "tls=may" in err, err
+    # Without tls=, the route verifies the relay whatever tls_outbound says.
+    conf = write_conf(tmp_path, base_conf(
+        tmp_path, extra="tls_outbound = may\n"
+                        "route = * [smarthost.example.net]:587 auth=%s\n" % secret))
+    eff = check_n(["-c", str(conf)])
+    assert eff["route"] == "* [smarthost.example.net]:587 auth=%s" % secret
+
+
 def test_bad_value_in_environment_names_the_variable(tmp_path):
     conf = write_conf(tmp_path, base_conf(tmp_path))
     err = check_error(["-n", "-c", str(conf)], env={"FACTEUR_MAX_RECIPIENTS": "ten"})

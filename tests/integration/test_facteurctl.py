@@ -6,6 +6,8 @@ so that it stays deferred (retry_min = 1h) while the tests look at it.
 """
 
 import os
+import pty
+import select
 import socket
 import stat
 import subprocess
@@ -219,6 +221,25 @@ def test_show_gives_envelope_states_and_headers(make_daemon):
     assert "queued as" not in headers
 
 
+def test_show_and_queue_escape_terminal_controls_from_peers(make_daemon):
+    """A header carrying ESC [ 2 J (clear screen) and a Latin-1 octet, and
+    a remote server's reply, reach the operator's terminal escaped."""
+    d = deferring_daemon(make_daemon)
+    data = (b"From: <alice@example.org>\r\n"
+            b"To: <bob@remote.test>\r\n"
+            b"Subject: \x1b[2J\x1b]0;owned\x07 Empf\xe4nger\r\n"
+            b"\r\nbody\r\n")
+    qid = d.send(sender="alice@example.org", recipients=("bob@remote.test",),
+                 data=data)
+    d.wait_event("deferred", queue_id=qid)
+    r = ctl(d, "show", qid)
+    assert r.returncode == 0, r
+    for out in (r.stdout, ctl(d, "queue").stdout):
+        assert b"\x1b" not in out and b"\x07" not in out, out
+        out.decode("utf-8")  # strict: no stray octet reaches the terminal
+    assert b"Subject: \\x1b[2J\\x1b]0;owned\\x07 Empf\\xe4nger" in r.stdout, r.stdout
+
+
 def test_show_names_delivered_and_deferred_states(make_daemon):
     """One message, a local recipient (delivered) and a remote one
     (deferred); the lower-case id works too."""
@@ -378,6 +399,94 @@ def test_passwd_prints_a_sha512_crypt_hash(tmp_path):
         crypt = pytest.importorskip("crypt")
     assert crypt.crypt("s3cret pass", hashed) == hashed
     assert crypt.crypt("s3cret pass\n", hashed) != hashed
+
+
+def run_on_terminal(args, typed, timeout=30):
+    """Run facteurctl with a pseudo-terminal as its standard input and
+    error, typing each of `typed` after the next prompt. Returns (exit
+    status, stdout, everything the terminal showed)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([str(FACTEURCTL)] + list(args), stdin=slave,
+                            stdout=subprocess.PIPE, stderr=slave,
+                            env=h.clean_env(), start_new_session=True)
+    os.close(slave)
+    screen = b""
+    deadline = time.monotonic() + timeout
+    try:
+        for text in typed:
+            prompts = screen.count(b": ")
+            while screen.count(b": ") == prompts:
+                assert time.monotonic() < deadline, screen
+                ready, _, _ = select.select([master], [], [], 0.5)
+                if ready:
+                    screen += os.read(master, 1024)
+            os.write(master, text.encode() + b"\r")
+        out, _ = proc.communicate(timeout=timeout)
+        while True:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if not ready:
+                break
+            try:
+                chunk = os.read(master, 1024)
+            except OSError:
+                break
+            if not chunk:
+                break
+            screen += chunk
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    return proc.returncode, out, screen
+
+
+def test_passwd_on_a_terminal_asks_twice_without_echo():
+    code, out, screen = run_on_terminal(["passwd"], ["s3cret pass", "s3cret pass"])
+    assert code == 0, (out, screen)
+    hashed = out.decode().strip()
+    assert hashed.startswith("$6$"), out
+    assert b"s3cret" not in screen, screen  # never echoed
+    assert screen.count(b"Password: ") == 1 and screen.count(b"Again: ") == 1, screen
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        crypt = pytest.importorskip("crypt")
+    assert crypt.crypt("s3cret pass", hashed) == hashed
+
+
+def test_passwd_on_a_terminal_refuses_two_different_passwords():
+    code, out, screen = run_on_terminal(["passwd"], ["one secret", "another"])
+    assert code != 0, (out, screen)
+    assert out == b""
+    assert b"do not match" in screen, screen
+    assert b"secret" not in screen and b"another" not in screen, screen
+
+
+def test_passwd_preferred_method_is_libxcrypt_choice():
+    r = subprocess.run([str(FACTEURCTL), "passwd", "-m", "preferred"],
+                       input=b"s3cret pass\n", stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, env=h.clean_env(), timeout=30)
+    assert r.returncode == 0, r
+    hashed = r.stdout.decode().strip()
+    assert hashed.startswith("$") and not hashed.startswith("$6$"), hashed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        crypt = pytest.importorskip("crypt")
+    assert crypt.crypt("s3cret pass", hashed) == hashed
+    r = subprocess.run([str(FACTEURCTL), "-m", "md5", "passwd"], input=b"x\n",
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       env=h.clean_env(), timeout=30)
+    assert r.returncode == EXIT_USAGE and r.stdout == b"", r
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_help_prints_usage_on_stdout_and_exits_0(flag):
+    r = subprocess.run([str(FACTEURCTL), flag], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, env=h.clean_env(), timeout=30)
+    assert r.returncode == 0, r
+    assert r.stdout.startswith(b"usage: facteurctl"), r
+    assert b"passwd" in r.stdout
+    assert r.stderr == b""
 
 
 def test_daemon_not_running_exits_1(make_daemon):

@@ -8,6 +8,8 @@ import time
 import pytest
 
 import facteur_harness as h
+import relay_harness as rh
+from relay_harness import relay, zone  # noqa: F401  (fixtures)
 
 TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
 LEVELS = {"error", "warn", "info", "debug"}
@@ -210,3 +212,27 @@ def test_sighup_with_broken_config_keeps_old_settings(make_daemon):
         assert "SIZE 1048576" in c.ehlo().lines[1:]
     d.send(subject="after broken reload")
     d.wait_messages("user@localhost")
+
+
+def strict_json_lines(d):
+    """Every line of the log as JSON, read as strict UTF-8."""
+    objs = []
+    for raw in d.log_bytes().split(b"\n"):
+        if raw.strip():
+            objs.append(json.loads(raw.decode("utf-8")))
+    return objs
+
+
+def test_json_lines_stay_valid_with_a_latin1_reply_from_a_peer(relay):
+    relay.scripted("127.0.0.2", replies={
+        # 0xe4 alone: "ä" in Latin-1, not UTF-8; and a terminal escape
+        "rcpt": "550 5.1.1 Empf\udce4nger \x1b[2J unbekannt"})
+    sender = relay.sender(config={"log_format": "json"}, extra_lines=[
+        "route = * [127.0.0.2]:%d tls=none" % relay.port])
+    qid, _ = rh.inject(sender, ["nobody@remote.test"])
+    ev = rh.wait_relay_event(sender, "bounced", queue_id=qid)
+    assert "Empf\ufffdnger" in ev.get("reason", ""), ev
+    objs = strict_json_lines(sender)
+    assert any(o.get("event") == "bounced" for o in objs)
+    assert b"\x1b" not in sender.log_bytes()
+

@@ -3,7 +3,9 @@ Prometheus text format, every SPEC metric present from the start, values
 that follow the mail, and an HTTP server that only answers GET /metrics."""
 
 import http.client
+import os
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -389,3 +391,96 @@ def test_metrics_port_in_use_stops_the_start(make_daemon):
         d.observed_exit = True
         assert code not in (0, None), code
         assert "127.0.0.1:%d" % port in d.log_tail(), d.log_tail()
+
+
+# --------------------------------------------------------------------------
+# limits: connections and descriptors
+
+METRICS_MAX_CONNECTIONS = 16  # docs/operations.md, "Metrics"
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process, all its threads."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def open_descriptors(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def test_connections_past_the_cap_wait_until_one_closes(make_daemon):
+    d = metrics_daemon(make_daemon)
+    idle = [socket.create_connection(("127.0.0.1", d.metrics_port), timeout=10)
+            for _ in range(METRICS_MAX_CONNECTIONS)]
+    try:
+        # Every slot is taken: a scrape is queued by the kernel, not served.
+        with pytest.raises((socket.timeout, urllib.error.URLError)):
+            urllib.request.urlopen(url_of(d), timeout=1.5).read()
+        fds_full = open_descriptors(d.pid)
+        more = [socket.create_connection(("127.0.0.1", d.metrics_port), timeout=10)
+                for _ in range(20)]
+        time.sleep(0.5)
+        # Those wait in the backlog: the daemon holds no descriptor for them.
+        assert open_descriptors(d.pid) <= fds_full + 1
+        for s in more:
+            s.close()
+        idle.pop().close()
+        samples, _, _ = scrape(d)
+        assert "facteur_connections_total" in samples
+    finally:
+        for s in idle:
+            s.close()
+    d.assert_alive()
+
+
+def test_out_of_descriptors_pauses_accepting_without_spinning(make_daemon):
+    d = metrics_daemon(make_daemon)
+    scrape(d)
+    # Leave the daemon three descriptors: the fourth connection fails to
+    # be accepted (EMFILE) and the rest wait in the backlog.
+    limit = open_descriptors(d.pid) + 3
+    old = resource.prlimit(d.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(d.pid, resource.RLIMIT_NOFILE, (limit, old[1]))
+    clients = []
+    try:
+        clients = [socket.create_connection(("127.0.0.1", d.metrics_port), timeout=10)
+                   for _ in range(10)]
+        time.sleep(0.5)
+        cpu0, t0 = cpu_seconds(d.pid), time.monotonic()
+        time.sleep(2)
+        busy = (cpu_seconds(d.pid) - cpu0) / (time.monotonic() - t0)
+        assert busy < 0.5, "facteurd used %.0f%% of a CPU while out of " \
+                           "descriptors" % (busy * 100)
+        errors = d.events("accept_error", protocol="http")
+        assert len(errors) == 1, errors
+    finally:
+        for s in clients:
+            s.close()
+        resource.prlimit(d.pid, resource.RLIMIT_NOFILE, old)
+    # Descriptors are back: scrapes and mail go on.
+    samples, _, _ = wait_scrapable(d)
+    assert "facteur_queue_messages" in samples
+    d.send()
+    d.wait_messages("user@localhost", 1)
+
+
+def test_request_then_half_close_still_gets_its_reply(make_daemon):
+    """A client that shuts its sending side after the request (printf |
+    nc) still reads the whole reply."""
+    d = metrics_daemon(make_daemon)
+    with socket.create_connection(("127.0.0.1", d.metrics_port), timeout=10) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), data[:200]
+    length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+    assert len(body) == length
+    parse_exposition(body.decode())

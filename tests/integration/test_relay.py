@@ -410,6 +410,32 @@ def test_auth_to_a_scripted_smarthost_after_starttls(relay, tmp_path, mechanisms
     assert ev.get("relay", "").endswith("[127.0.0.3]:%d" % relay.port), ev
 
 
+def test_auth_route_without_tls_verifies_the_smarthost(relay, tmp_path):
+    """auth= without tls= means tls=verify: an untrusted certificate gets no
+    password, a trusted one gets it."""
+    cert, key = relay.cert("relayhost.test")
+    srv = relay.scripted("127.0.0.5", name="relayhost.test", cert=cert, key=key,
+                         auth={"relay-user": "s3cret pass"})
+    secret = tmp_path / "smarthost.secret"
+    secret.write_text("relay-user:s3cret pass\n")
+    route = "route = * [relayhost.test]:%d auth=%s" % (relay.port, secret)
+
+    untrusting = relay.sender(extra_lines=[route])
+    qid, _ = rh.inject(untrusting, ["far@away.test"])
+    ev = rh.wait_relay_event(untrusting, "deferred", queue_id=qid)
+    assert str(ev.get("dsn", "")).startswith("4."), ev
+    assert srv.auths == [], "credentials sent to an unverified server"
+    assert srv.messages == []
+    untrusting.stop_ok()
+
+    trusting = relay.sender(config={"tls_ca_file": str(cert)}, extra_lines=[route])
+    qid, tok = rh.inject(trusting, ["far@away.test"])
+    msgs = srv.wait_messages(1, T)
+    assert rh.tokens_in([msgs[0].data]) == [tok]
+    assert [a[1:3] for a in srv.auths] == [("relay-user", "s3cret pass")], srv.auths
+    rh.wait_relay_event(trusting, "delivered", queue_id=qid)
+
+
 def test_rejected_smarthost_credentials_defer_and_never_bounce(relay, tmp_path):
     # like Postfix: a refused AUTH is the relay's configuration problem, the
     # mail waits for it to be fixed

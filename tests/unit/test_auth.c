@@ -6,6 +6,7 @@
 
 #include <cmocka.h>
 
+#include <crypt.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -227,6 +228,42 @@ static void test_auth_users_hundred_thousand_lookups(void **state)
 	assert_false(auth_users_exists(users, "user100000@example.com"));
 	assert_false(auth_users_exists(users, "user@example.com"));
 	auth_users_free(users);
+}
+
+static void test_auth_hash_password_preferred_method_is_checkable(void **state)
+{
+	(void)state;
+	char salt[CRYPT_GENSALT_OUTPUT_SIZE];
+	char *hash =
+	    auth_hash_password_with("correct horse", AUTH_HASH_PREFERRED);
+
+	/* libxcrypt's choice: yescrypt ("$y$") on Debian 12 */
+	assert_non_null(crypt_gensalt_rn(NULL, 0, NULL, 0, salt, sizeof salt));
+	assert_non_null(hash);
+	size_t prefix = strcspn(salt + 1, "$") + 2;
+	assert_memory_equal(hash, salt, prefix);
+	char *again =
+	    auth_hash_password_with("correct horse", AUTH_HASH_PREFERRED);
+	assert_non_null(again);
+	assert_string_not_equal(hash, again); /* a fresh salt each time */
+	free(again);
+
+	char text[512];
+	snprintf(text, sizeof text, "alice@example.com:%s\n", hash);
+	struct config_errors errors = {0};
+	struct auth_users *users = auth_users_parse(text, "users", &errors);
+	assert_non_null(users);
+	assert_true(
+	    auth_users_check(users, "alice@example.com", "correct horse"));
+	assert_false(
+	    auth_users_check(users, "alice@example.com", "correct horsE"));
+	auth_users_free(users);
+	free(hash);
+
+	hash = auth_hash_password_with("x", AUTH_HASH_SHA512);
+	assert_non_null(hash);
+	assert_memory_equal(hash, "$6$", 3);
+	free(hash);
 }
 
 static void test_auth_hash_password_makes_checkable_sha512(void **state)
@@ -497,6 +534,8 @@ int main(void)
 	    cmocka_unit_test(test_auth_users_hash_then_password_matches),
 	    cmocka_unit_test(test_auth_users_hundred_thousand_lookups),
 	    cmocka_unit_test(test_auth_hash_password_makes_checkable_sha512),
+	    cmocka_unit_test(
+		test_auth_hash_password_preferred_method_is_checkable),
 	    cmocka_unit_test(test_auth_check_accepts_sha256_hash),
 	    cmocka_unit_test(test_auth_check_locked_hash_never_matches),
 	    cmocka_unit_test(test_auth_check_null_users_is_false),

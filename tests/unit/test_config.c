@@ -1234,6 +1234,17 @@ static void test_config_route_key(void **state)
 			"x.conf:2: route: bad target \"[host\"");
 	load_fails_with("route = a.test mx.test\nroute = A.test other.test\n",
 			NULL, "x.conf:2: route: duplicate pattern \"a.test\"");
+	load_fails_with("route = * [relay.test]:587 tls=may auth=/r\n", NULL,
+			"x.conf:1: route: auth= with tls=may would send the "
+			"password over an unverified connection (use "
+			"tls=verify, or tls=encrypt to accept any certificate) "
+			"in \"* [relay.test]:587 tls=may auth=/r\"");
+	cfg = load_ok("tls_outbound = none\n"
+		      "route = * [relay.test]:587 auth=/r\n",
+		      NULL);
+	assert_int_equal(route_lookup(cfg->routes, "x.test")->tls,
+			 ROUTE_TLS_VERIFY);
+	config_free(cfg);
 	load_fails_with("", ENV("FACTEUR_ROUTE=a.test mx.test tls=sometimes"),
 			"FACTEUR_ROUTE: route: invalid tls value (none, may, "
 			"encrypt or verify) \"tls=sometimes\"");
@@ -1558,6 +1569,121 @@ static char *temp_file(const char *text)
 	return path;
 }
 
+static void test_config_kubernetes_service_variables_are_ignored(void **state)
+{
+	(void)state;
+	struct config *cfg = load_ok(
+	    "",
+	    ENV("FACTEUR_SERVICE_HOST=10.96.0.12", "FACTEUR_SERVICE_PORT=25",
+		"FACTEUR_SERVICE_PORT_SMTP=25",
+		"FACTEUR_SERVICE_PORT_METRICS_HTTP=9187",
+		"FACTEUR_PORT=tcp://10.96.0.12:25",
+		"FACTEUR_PORT_25_TCP=tcp://10.96.0.12:25",
+		"FACTEUR_PORT_25_TCP_PROTO=tcp", "FACTEUR_PORT_25_TCP_PORT=25",
+		"FACTEUR_PORT_25_TCP_ADDR=10.96.0.12",
+		"FACTEUR_PORT_53_UDP_ADDR=10.96.0.12",
+		"FACTEUR_PORT_9187_SCTP=sctp://10.96.0.12:9187",
+		"FACTEUR_MAX_RECIPIENTS=7"));
+
+	assert_int_equal(cfg->max_recipients, 7);
+	config_free(cfg);
+}
+
+static void test_config_near_kubernetes_names_are_unknown_keys(void **state)
+{
+	(void)state;
+	load_fails_with("", ENV("FACTEUR_SERVICE_NAME=x"),
+			"FACTEUR_SERVICE_NAME: unknown key \"service_name\"");
+	load_fails_with("", ENV("FACTEUR_SERVICE_PORT_=1"),
+			"FACTEUR_SERVICE_PORT_: unknown key \"service_port_\"");
+	load_fails_with("", ENV("FACTEUR_PORT_25=1"),
+			"FACTEUR_PORT_25: unknown key \"port_25\"");
+	load_fails_with("", ENV("FACTEUR_PORT_X_TCP=1"),
+			"FACTEUR_PORT_X_TCP: unknown key \"port_x_tcp\"");
+	load_fails_with("", ENV("FACTEUR_PORT_25_TCP_HOST=1"),
+			"FACTEUR_PORT_25_TCP_HOST: unknown key "
+			"\"port_25_tcp_host\"");
+	load_fails_with("", ENV("FACTEUR_port=1"),
+			"FACTEUR_port: unknown key \"port\"");
+}
+
+static void test_config_file_variable_sets_the_key(void **state)
+{
+	(void)state;
+	char *number = temp_file("42\n");
+	char *list = temp_file("a.test, b.test\r\n");
+	char *users = temp_file("/etc/facteur/users");
+	char *v1, *v2, *v3;
+	struct config *cfg;
+
+	assert_true(asprintf(&v1, "FACTEUR_MAX_RECIPIENTS_FILE=%s", number) >
+		    0);
+	assert_true(asprintf(&v2, "FACTEUR_LOCAL_DOMAINS_FILE=%s", list) > 0);
+	assert_true(asprintf(&v3, "FACTEUR_USERS_FILE_FILE=%s", users) > 0);
+	cfg = load_ok("max_recipients = 5\n", ENV(v1, v2, v3));
+	assert_int_equal(cfg->max_recipients, 42);
+	assert_int_equal(cfg->local_domains.count, 2);
+	assert_string_equal(cfg->local_domains.items[1], "b.test");
+	assert_string_equal(cfg->users_file, "/etc/facteur/users");
+	config_free(cfg);
+	assert_int_equal(unlink(number), 0);
+	assert_int_equal(unlink(list), 0);
+	assert_int_equal(unlink(users), 0);
+	free(number);
+	free(list);
+	free(users);
+	free(v1);
+	free(v2);
+	free(v3);
+}
+
+static void test_config_file_variable_errors_name_it(void **state)
+{
+	(void)state;
+	char *bad = temp_file("ten\n");
+	char *two_lines = temp_file("/a\n/b\n");
+	char *v1, *v2;
+
+	assert_true(asprintf(&v1, "FACTEUR_MAX_RECIPIENTS_FILE=%s", bad) > 0);
+	load_fails_with("", ENV(v1),
+			"FACTEUR_MAX_RECIPIENTS_FILE: max_recipients: "
+			"invalid number \"ten\"");
+	/* Only the final newline goes: a second line is in the value. */
+	assert_true(asprintf(&v2, "FACTEUR_SPOOL_DIR_FILE=%s", two_lines) > 0);
+	load_fails_with("", ENV(v2),
+			"FACTEUR_SPOOL_DIR_FILE: spool_dir: control character "
+			"in value");
+	load_fails_with(
+	    "", ENV("FACTEUR_SPOOL_DIR_FILE=/nonexistent/spool"),
+	    "FACTEUR_SPOOL_DIR_FILE: spool_dir: /nonexistent/spool: "
+	    "cannot open: No such file or directory");
+	load_fails_with("", ENV("FACTEUR_SPOOL_DIR_FILE="),
+			"FACTEUR_SPOOL_DIR_FILE: spool_dir: empty file name");
+	load_fails_with("", ENV("FACTEUR_BOGUS_FILE=/etc/hostname"),
+			"FACTEUR_BOGUS_FILE: unknown key \"bogus_file\"");
+	assert_int_equal(unlink(bad), 0);
+	assert_int_equal(unlink(two_lines), 0);
+	free(bad);
+	free(two_lines);
+	free(v1);
+	free(v2);
+}
+
+static void test_config_file_variable_and_plain_variable_conflict(void **state)
+{
+	(void)state;
+	char *path = temp_file("9\n");
+	char *var;
+
+	assert_true(asprintf(&var, "FACTEUR_MAX_RECIPIENTS_FILE=%s", path) > 0);
+	load_fails_with("", ENV("FACTEUR_MAX_RECIPIENTS=9", var),
+			"FACTEUR_MAX_RECIPIENTS_FILE: max_recipients: also set "
+			"by FACTEUR_MAX_RECIPIENTS; set only one of them");
+	assert_int_equal(unlink(path), 0);
+	free(path);
+	free(var);
+}
+
 static void test_config_load_reads_the_named_file(void **state)
 {
 	(void)state;
@@ -1725,6 +1851,14 @@ int main(void)
 	    cmocka_unit_test(test_config_shipped_file_loads),
 	    cmocka_unit_test(test_config_shipped_file_mentions_every_key),
 	    cmocka_unit_test(test_config_load_reads_the_named_file),
+	    cmocka_unit_test(
+		test_config_kubernetes_service_variables_are_ignored),
+	    cmocka_unit_test(
+		test_config_near_kubernetes_names_are_unknown_keys),
+	    cmocka_unit_test(test_config_file_variable_sets_the_key),
+	    cmocka_unit_test(test_config_file_variable_errors_name_it),
+	    cmocka_unit_test(
+		test_config_file_variable_and_plain_variable_conflict),
 	    cmocka_unit_test(test_config_load_missing_file_is_an_error),
 	    cmocka_unit_test(test_config_load_uses_facteur_config_variable),
 	    cmocka_unit_test(test_config_load_directory_is_an_error),

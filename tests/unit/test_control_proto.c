@@ -334,6 +334,54 @@ static void test_show_lines_are_human(void **state)
 	free(s);
 }
 
+static void test_show_lines_escape_what_peers_sent(void **state)
+{
+	bool in_headers = false;
+	char header[] = "header Subject: \x1b[2J\x1b]0;owned\x07 Empf\xe4nger "
+			"\xc3\xa4\tok \xc2\x9b\\";
+	char sender[] = "sender a+1B+5B2J@example.org";
+	char helo[] = "helo evil+07host";
+	char rcpt[] = "rcpt b+1Bc@remote.test b+1Bc@remote.test deferred 1 0 "
+		      "1100 4.4.1 550+20Empf\xe4nger+0D";
+	(void)state;
+
+	char *s = control_proto_format_show_line(header, 0, &in_headers);
+	assert_non_null(s);
+	assert_string_equal(s, "\nSubject: \\x1b[2J\\x1b]0;owned\\x07 "
+			       "Empf\\xe4nger \xc3\xa4\tok \\xc2\\x9b\\x5c");
+	free(s);
+	s = control_proto_format_show_line(sender, 0, &in_headers);
+	assert_string_equal(s, "sender     <a\\x1b[2J@example.org>");
+	free(s);
+	s = control_proto_format_show_line(helo, 0, &in_headers);
+	assert_string_equal(s, "helo       evil\\x07host");
+	free(s);
+	s = control_proto_format_show_line(rcpt, 0, &in_headers);
+	assert_non_null(s);
+	assert_string_equal(s, "recipient  b\\x1bc@remote.test deferred 1 - "
+			       "4.4.1 550 Empf\\xe4nger\\x0d");
+	free(s);
+}
+
+static void test_queue_line_escapes_what_peers_sent(void **state)
+{
+	struct control_queue_totals totals = {0};
+	char record[] = "message 65A1B2C3D4E5F607 1000 10 x+1B@example.org 1 "
+			"y+9B@remote.test 4.4.1+20Empf\xe4nger+1B[0m";
+	(void)state;
+
+	char *line = control_proto_format_queue_line(record, 1000, &totals);
+	assert_non_null(line);
+	assert_string_equal(line, "65A1B2C3D4E5F607    0s        10  "
+				  "x\\x1b@example.org  y\\x9b@remote.test  "
+				  "4.4.1 Empf\\xe4nger\\x1b[0m");
+	free(line);
+
+	char *raw = control_proto_shown("stat\x1b 1");
+	assert_string_equal(raw, "stat\\x1b 1");
+	free(raw);
+}
+
 static void test_header_records_unstuff_and_stop_at_body(void **state)
 {
 	const char wire[] = "Received: by mx\r\n\tfor <a@b>;\r\n"
@@ -705,6 +753,8 @@ int main(void)
 	    cmocka_unit_test(test_age_uses_the_largest_unit),
 	    cmocka_unit_test(test_show_records_name_every_recipient_state),
 	    cmocka_unit_test(test_show_lines_are_human),
+	    cmocka_unit_test(test_show_lines_escape_what_peers_sent),
+	    cmocka_unit_test(test_queue_line_escapes_what_peers_sent),
 	    cmocka_unit_test(test_header_records_unstuff_and_stop_at_body),
 	    cmocka_unit_test(test_header_records_mark_a_cut_file),
 	    cmocka_unit_test(test_lone_dot_ends_input_without_i),

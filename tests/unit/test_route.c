@@ -264,6 +264,25 @@ static void test_route_parses_every_tls_value(void **state)
 	route_table_free(t);
 }
 
+static void test_route_auth_without_tls_verifies_the_relay(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *value;
+		enum route_tls tls;
+	} cases[] = {
+	    {"a.test [relay.test]:587 auth=/x", ROUTE_TLS_VERIFY},
+	    {"b.test [relay.test]:587 auth=/x tls=verify", ROUTE_TLS_VERIFY},
+	    {"c.test [relay.test]:587 tls=encrypt auth=/x", ROUTE_TLS_ENCRYPT},
+	    {"d.test [127.0.0.1]:2525 tls=none auth=/x", ROUTE_TLS_NONE},
+	};
+	struct route_table *t = route_table_new();
+
+	for (size_t i = 0; i < COUNT_OF(cases); i++)
+		assert_int_equal(add_one(t, cases[i].value)->tls, cases[i].tls);
+	route_table_free(t);
+}
+
 static void test_route_accepts_trailing_dots(void **state)
 {
 	(void)state;
@@ -321,6 +340,8 @@ static void test_route_rejects_invalid_values(void **state)
 	    {"example.com mx auth=", "missing file"},
 	    {"example.com mx auth=/a auth=/b", "duplicate option"},
 	    {"example.com mx port=25", "unknown option"},
+	    {"example.com [relay.test]:587 tls=may auth=/x", "tls=may"},
+	    {"example.com [relay.test]:587 auth=/x tls=may", "tls=may"},
 	    {"example.com mx extra", "unknown option"},
 	};
 	struct route_table *t = route_table_new();
@@ -449,6 +470,7 @@ int main(void)
 	    cmocka_unit_test(test_route_parses_bracketed_host_port_and_options),
 	    cmocka_unit_test(test_route_parses_ip_literals),
 	    cmocka_unit_test(test_route_parses_every_tls_value),
+	    cmocka_unit_test(test_route_auth_without_tls_verifies_the_relay),
 	    cmocka_unit_test(test_route_accepts_trailing_dots),
 	    cmocka_unit_test(test_route_rejects_invalid_values),
 	    cmocka_unit_test(test_route_error_quotes_the_offending_text),

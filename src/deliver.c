@@ -351,6 +351,20 @@ size_t deliver_root_length(const char *template_path)
 	return slash == template_path ? 1 : (size_t)(slash - template_path);
 }
 
+/* openat for a directory that must not be a link: ELOOP if it is one
+ * (O_PATH with O_NOFOLLOW opens the link itself, and says ENOTDIR). */
+static int open_directory_at(int dirfd, const char *name, int mode)
+{
+	int fd =
+	    openat(dirfd, name, mode | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	struct stat st;
+	if (fd == -1 && errno == ENOTDIR &&
+	    fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    S_ISLNK(st.st_mode))
+		errno = ELOOP;
+	return fd;
+}
+
 /*
  * Open the directory `path` (made where missing when `create`, mode
  * 0700). Its first `root_len` octets, the mail root, are opened as they
@@ -415,16 +429,16 @@ static int walk_directory(const char *path, size_t root_len, bool create,
 			errno = EINVAL;
 			goto fail;
 		}
-		int flags = O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
-		int next = openat(fd, name, flags);
+		int next = open_directory_at(fd, name, O_PATH);
 		if (next == -1 && errno == ENOENT && create) {
 			*what = "mkdir";
 			if (mkdirat(fd, name, 0700) == 0) {
 				if (*first_created == 0)
 					*first_created = end;
-				next = openat(fd, name, flags);
+				next = open_directory_at(fd, name, O_PATH);
 			} else if (errno == EEXIST) {
-				next = openat(fd, name, flags); /* raced */
+				/* made meanwhile */
+				next = open_directory_at(fd, name, O_PATH);
 			}
 		}
 		if (next == -1) {
@@ -889,8 +903,11 @@ static const char *dsn_for_errno(int err, bool mailbox)
 static void fail_errno(struct delivery *d, int err, bool mailbox,
 		       const char *what, const char *path)
 {
+	/* ELOOP here comes from O_NOFOLLOW: a link planted in a mailbox. */
+	const char *text =
+	    err == ELOOP ? "symbolic link not followed" : strerror(err);
 	char *reason = NULL;
-	if (asprintf(&reason, "%s %s: %s", what, path, strerror(err)) == -1)
+	if (asprintf(&reason, "%s %s: %s", what, path, text) == -1)
 		reason = NULL;
 	finish(d, DELIVER_TEMPFAIL, dsn_for_errno(err, mailbox), reason,
 	       strerror(err));
@@ -1209,9 +1226,8 @@ static int maildir_make_folder(struct delivery *d)
 		what = "open";
 		/* new/ is flushed, so it is opened for reading; cur/ we
 		 * may not be allowed to read. */
-		subfds[i] = openat(dirfd, subs[i],
-				   (i == 2 ? O_PATH : O_RDONLY) | O_DIRECTORY |
-				       O_NOFOLLOW | O_CLOEXEC);
+		subfds[i] = open_directory_at(dirfd, subs[i],
+					      i == 2 ? O_PATH : O_RDONLY);
 		if (subfds[i] == -1)
 			goto failed_sub;
 		continue;

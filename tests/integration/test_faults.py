@@ -359,3 +359,55 @@ def test_mailbox_io_error_defers_then_delivers_once(eio_shim, make_daemon, tmp_p
     else:
         assert sorted(subjects(d.maildir_messages(USER))) == ["during-eio", "first"]
         assert not list((box / "tmp").iterdir())
+
+
+# (a) and (b) at once: deliveries that succeed while their outcome cannot
+# be recorded in a full spool.
+
+@pytest.mark.parametrize("crash", [False, True])
+def test_outcomes_not_recorded_in_a_full_spool_deliver_once(tmpfs, make_daemon, crash):
+    spool = tmpfs("spool", "4m")
+    root = tmpfs("mail", "1m")
+    d = make_daemon(config={"spool_dir": str(spool / "q"), "retry_min": "1s",
+                            "retry_max": "2s", "mailbox_path": str(root) + "/%d/%u"})
+    qid0 = d.send(subject="first")
+    d.wait_event("delivered", queue_id=qid0)
+    mail_filler = fill(root)
+    sent = []
+    for i in range(40):
+        sent.append("queued-%02d" % i)
+        d.send(subject=sent[-1], body=("w" * 70 + "\r\n") * 30)
+    h.wait_for(lambda: len(d.events("deferred")) >= 40, what="every one deferred\n" + d.log_tail())
+    # The spool fills, then the mailboxes get their space back: the
+    # messages can be written, their outcomes cannot be logged.
+    spool_filler = fill(spool)
+    mail_filler.unlink()
+    h.wait_for(lambda: d.events("spool_error"), what="a record refused\n" + d.log_tail())
+    time.sleep(2)
+    d.assert_alive()
+    if crash:
+        # Killed while outcomes are missing from the spool: the restart
+        # tries those recipients again and finds them delivered.
+        d.kill9()
+        spool_filler.unlink()
+        d.start()
+    else:
+        spool_filler.unlink()
+    h.wait_for(lambda: set(sent) <= set(subjects(d.maildir_messages(USER))),
+               what="every message delivered\n--- log tail:\n%s" % d.log_tail())
+    # Every outcome ends up recorded, and nothing comes twice, not even
+    # after a crash.
+    h.wait_for(lambda: not list_queue(d), what="an empty queue\n" + d.log_tail())
+    d.restart(kill=True)
+    time.sleep(2)
+    got = subjects(d.maildir_messages(USER))
+    assert sorted(got) == sorted(["first"] + sent), got
+
+
+def list_queue(d):
+    r = subprocess.run([str(h.BUILD_DIR / "facteurctl"), "-c", str(d.conf_path), "queue"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       env=h.clean_env(), timeout=60)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    return [l for l in r.stdout.decode().splitlines()
+            if l.strip() and l.strip() != "Mail queue is empty"]

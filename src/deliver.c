@@ -381,6 +381,7 @@ static int walk_directory(const char *path, size_t root_len, bool create,
 {
 	*first_created = 0;
 	*what = "open";
+	int err;
 	size_t len = strlen(path);
 	while (len > 1 && path[len - 1] == '/')
 		len--;
@@ -442,7 +443,7 @@ static int walk_directory(const char *path, size_t root_len, bool create,
 			}
 		}
 		if (next == -1) {
-			int err = errno;
+			err = errno;
 			(void)close(fd); /* read-only directory */
 			errno = err;
 			goto fail;
@@ -454,12 +455,11 @@ static int walk_directory(const char *path, size_t root_len, bool create,
 	}
 	free(copy);
 	return fd;
-fail : {
-	int err = errno;
+fail:
+	err = errno;
 	free(copy);
 	errno = err;
 	return -1;
-}
 }
 
 /* `n` random hex digits into `out` (no terminator). getrandom may be
@@ -565,6 +565,7 @@ enum deliver_dot_lock deliver_dot_lock_break(int dirfd, const char *name,
 {
 	enum deliver_dot_lock result = DOT_LOCK_ERROR;
 	char *aside = NULL;
+	int err;
 	if (file->fd != -1 && flock(file->fd, LOCK_EX | LOCK_NB) == -1) {
 		if (errno == EWOULDBLOCK) {
 			result = DOT_LOCK_BUSY; /* another breaker */
@@ -608,15 +609,14 @@ enum deliver_dot_lock deliver_dot_lock_break(int dirfd, const char *name,
 	 * that was made later, and this one is only litter. */
 	(void)unlinkat(dirfd, aside, 0);
 	result = DOT_LOCK_BUSY;
-out : {
-	int err = errno;
+out:
+	err = errno;
 	free(aside);
 	if (file->fd != -1)
 		(void)close(file->fd); /* read-only; drops the flock */
 	file->fd = -1;
 	errno = err;
 	return result;
-}
 }
 
 static time_t monotonic_seconds(void)
@@ -1193,6 +1193,21 @@ static void maildir_fail(struct delivery *d, int err, const char *what,
 	fail_errno(d, err, true, what, path);
 }
 
+/* Make `name` in `dirfd` if missing (*created then), and open it with
+ * `mode`, never through a link: the descriptor, or -1 with *what the
+ * call that failed. */
+static int make_subfolder(int dirfd, const char *name, int mode, bool *created,
+			  const char **what)
+{
+	*what = "mkdir";
+	if (mkdirat(dirfd, name, 0700) == 0)
+		*created = true;
+	else if (errno != EEXIST)
+		return -1;
+	*what = "open";
+	return open_directory_at(dirfd, name, mode);
+}
+
 /*
  * The folder and its tmp/ new/ cur/, made where missing, with tmp/ and
  * new/ opened; the directories whose entries this created are added to
@@ -1213,34 +1228,27 @@ static int maildir_make_folder(struct delivery *d)
 		return -1;
 	}
 	/* tmp/ new/ cur/, made where missing and opened without
-	 * following links: tmp/ and new/ are kept, cur/ only checked. */
+	 * following links: tmp/ and new/ are kept, cur/ only checked
+	 * (new/ is flushed, so it is opened for reading; cur/ we may not
+	 * be allowed to read). */
 	bool created_sub = false;
 	int subfds[3] = {-1, -1, -1};
 	static const char *const subs[] = {"tmp", "new", "cur"};
 	for (size_t i = 0; i < 3; i++) {
-		what = "mkdir";
-		if (mkdirat(dirfd, subs[i], 0700) == 0)
-			created_sub = true;
-		else if (errno != EEXIST)
-			goto failed_sub;
-		what = "open";
-		/* new/ is flushed, so it is opened for reading; cur/ we
-		 * may not be allowed to read. */
-		subfds[i] = open_directory_at(dirfd, subs[i],
-					      i == 2 ? O_PATH : O_RDONLY);
-		if (subfds[i] == -1)
-			goto failed_sub;
-		continue;
-	failed_sub : {
-		int err = errno;
-		char *sub = path_join(d->mailbox, subs[i], NULL);
-		fail_errno(d, err, true, what, sub != NULL ? sub : d->mailbox);
-		free(sub);
-		for (size_t k = 0; k < i; k++)
-			(void)close(subfds[k]); /* read-only directories */
-		(void)close(dirfd);
-		return -1;
-	}
+		subfds[i] =
+		    make_subfolder(dirfd, subs[i], i == 2 ? O_PATH : O_RDONLY,
+				   &created_sub, &what);
+		if (subfds[i] == -1) {
+			int err = errno;
+			char *sub = path_join(d->mailbox, subs[i], NULL);
+			fail_errno(d, err, true, what,
+				   sub != NULL ? sub : d->mailbox);
+			free(sub);
+			for (size_t k = 0; k < i; k++)
+				(void)close(subfds[k]); /* read-only */
+			(void)close(dirfd);
+			return -1;
+		}
 	}
 	(void)close(dirfd); /* read-only directories */
 	(void)close(subfds[2]);
@@ -1330,11 +1338,10 @@ static int maildir_link(void *arg)
 		return 0;
 	}
 	int err = errno;
-	if ((err == EINVAL || err == ENOSYS) &&
-	    linkat(f->tmp_fd, d->tmp_name, f->new_fd, d->name, 0) == 0)
-		err = 0;
-	else if (err == EINVAL || err == ENOSYS)
-		err = errno;
+	if (err == EINVAL || err == ENOSYS)
+		err = linkat(f->tmp_fd, d->tmp_name, f->new_fd, d->name, 0) == 0
+			  ? 0
+			  : errno;
 	if (err == EEXIST) {
 		struct stat st;
 		if (fstatat(f->new_fd, d->name, &st, AT_SYMLINK_NOFOLLOW) ==

@@ -533,7 +533,10 @@ enum deliver_dot_lock deliver_dot_lock_try(int dirfd, const char *name,
 			errno = err;
 			return DOT_LOCK_ERROR;
 		}
-		if (time(NULL) - st.st_mtime < stale_seconds) {
+		/* Only a file (or a link) is a lock that a crash can leave;
+		 * anything else there is not ours to remove. */
+		bool lockish = S_ISREG(st.st_mode) || S_ISLNK(st.st_mode);
+		if (!lockish || time(NULL) - st.st_mtime < stale_seconds) {
 			if (fd != -1)
 				(void)close(fd); /* read-only */
 			return DOT_LOCK_BUSY;

@@ -103,7 +103,13 @@ def try_send(d, subject, body):
 
 def test_spool_full_refuses_with_4xx_and_recovers(tmpfs, make_daemon, tmp_path):
     spool = tmpfs("spool", "4m")
-    d = make_daemon(config={"spool_dir": str(spool / "q")})
+    d = make_daemon(config={"spool_dir": str(spool / "q"), "retry_min": "1s",
+                            "retry_max": "2s"})
+    # Accepted mail stays in the spool for now: a file where the
+    # mailboxes' folder must go defers every delivery.
+    d.mail_root.mkdir()
+    blocker = d.mail_root / "localhost"
+    blocker.write_text("not a directory\n")
     filler = fill(spool)
     body = ("x" * 70 + "\r\n") * 300  # about 21 KB
 
@@ -129,13 +135,15 @@ def test_spool_full_refuses_with_4xx_and_recovers(tmpfs, make_daemon, tmp_path):
     assert refused, "256 KiB should not hold 30 messages of 21 KB and their records"
     d.assert_alive()
 
-    # Space comes back: new mail is accepted at once.
+    # Space comes back: new mail is accepted at once, and delivered once
+    # the mailboxes can be made.
     filler.unlink()
     for i in range(3):
         subject = "after-%d" % i
         r = try_send(d, subject, body)
         assert r.code == 250, r
         accepted.append(subject)
+    blocker.unlink()
 
     # Everything that got a 250 is delivered, once.
     h.wait_for(lambda: set(accepted) <= set(subjects(d.maildir_messages(USER))),
@@ -388,12 +396,14 @@ def test_outcomes_not_recorded_in_a_full_spool_deliver_once(tmpfs, make_daemon, 
     d.wait_event("delivered", queue_id=qid0)
     mail_filler = fill(root)
     sent = []
-    for i in range(40):
+    # Enough messages that their outcomes cannot all fit in what is left
+    # of the log's last page once the file system is full.
+    for i in range(100):
         sent.append("queued-%02d" % i)
-        d.send(subject=sent[-1], body=("w" * 70 + "\r\n") * 30)
-    h.wait_for(lambda: len(d.events("deferred")) >= 40, what="every one deferred\n" + d.log_tail())
+        d.send(subject=sent[-1], body=("w" * 70 + "\r\n") * 10)
+    h.wait_for(lambda: len(d.events("deferred")) >= 100, what="every one deferred\n" + d.log_tail())
     # The spool fills, then the mailboxes get their space back: the
-    # messages can be written, their outcomes cannot be logged.
+    # messages can be written, their outcomes cannot all be logged.
     spool_filler = fill(spool)
     mail_filler.unlink()
     h.wait_for(lambda: d.events("spool_error"), what="a record refused\n" + d.log_tail())

@@ -1654,6 +1654,31 @@ static void test_deliver_dot_lock_breakers_take_turns(void **state)
 	assert_int_equal(close(dirfd), 0);
 }
 
+/* Only a file (or a link) that a crash left is a stale lock: an old
+ * directory of that name is not ours to remove. */
+static void test_deliver_dot_lock_only_breaks_files(void **state)
+{
+	struct fixture *f = *state;
+	int dirfd = open(f->dir, O_RDONLY | O_DIRECTORY);
+	assert_true(dirfd >= 0);
+	char *lock = path_in(f, "bob.lock");
+	assert_int_equal(mkdir(lock, 0700), 0);
+	struct timespec old[2] = {{.tv_sec = time(NULL) - 3600},
+				  {.tv_sec = time(NULL) - 3600}};
+	assert_int_equal(utimensat(AT_FDCWD, lock, old, 0), 0);
+	struct deliver_lock_file file;
+	assert_int_equal(
+	    deliver_dot_lock_try(dirfd, "bob.lock", TEST_STALE_SECONDS, &file),
+	    DOT_LOCK_BUSY);
+	assert_int_equal(file.fd, -1);
+	struct stat st;
+	assert_int_equal(lstat(lock, &st), 0);
+	assert_true(S_ISDIR(st.st_mode));
+	assert_int_equal(rmdir(lock), 0);
+	free(lock);
+	assert_int_equal(close(dirfd), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1731,6 +1756,8 @@ int main(void)
 		teardown),
 	    cmocka_unit_test_setup_teardown(
 		test_deliver_dot_lock_breakers_take_turns, setup, teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_dot_lock_only_breaks_files, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -15,6 +15,13 @@
  *
  * mbox deliveries to one path are queued here and run one at a time, so
  * that they never wait for a lock that this very process holds.
+ *
+ * Below the mail root (the fixed start of mailbox_path, which may be a
+ * symbolic link of the operator's) no path is followed through a link:
+ * folders are opened one component at a time with O_NOFOLLOW, files are
+ * created with O_EXCL|O_NOFOLLOW, and the tmp/ name has a random part,
+ * so a link planted by a mailbox's owner never makes facteur write or
+ * create a file elsewhere.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -24,6 +31,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -48,6 +57,10 @@
  * new/) when it was last checked this many seconds ago or more, so that
  * a folder renamed or replaced behind our back stops getting mail. */
 #define FOLDER_CHECK_SECONDS 1
+/* The random part of a tmp/ name: 16 hex digits, fresh per attempt. */
+#define TMP_RANDOM_HEX 16
+/* Tries at a tmp/ name (or a dot lock's aside name) that is free. */
+#define NAME_ATTEMPTS 4
 
 enum delivery_state {
 	STATE_QUEUED,	    /* mbox: waiting behind another delivery */
@@ -93,7 +106,8 @@ struct delivery {
 
 	enum mailbox_format format;
 	char *mailbox;
-	int body_fd; /* the queued message: a duplicate of the caller's */
+	size_t root_len; /* mailbox[0..root_len) may hold links */
+	int body_fd;	 /* the queued message: a duplicate of the caller's */
 	uint64_t body_offset;
 	uint64_t body_length;
 	char *sender;
@@ -103,12 +117,13 @@ struct delivery {
 	time_t arrival;
 	bool check_existing;
 
-	int fd; /* the tmp/ file or the mbox, -1 when closed */
+	int fd;		       /* the tmp/ file or the mbox, -1 when closed */
 	struct folder *folder; /* maildir: held until freed */
-	char *name;	       /* maildir: the file's name in tmp/ and new/ */
+	char *name;	       /* maildir: the file's name in new/ */
+	char *tmp_name;	       /* maildir: name "." random, in tmp/ */
 	enum maildir_stage stage;
 	bool folder_was_cached; /* a failed open may mean it has gone */
-	bool write_reading; /* a STAGE_WRITE error came from the spool */
+	bool write_reading;	/* a STAGE_WRITE error came from the spool */
 	char *tmp_path;
 	char *new_path;
 	/* Directories to flush with the message (besides new/, which the
@@ -122,7 +137,11 @@ struct delivery {
 	/* mbox */
 	struct mbox_queue *queue;
 	struct delivery *queue_next;
+	int dir_fd;	 /* the mbox's directory */
+	char *base_name; /* the mbox's name in it */
 	char *lock_path;
+	char *lock_name; /* in dir_fd */
+	struct deliver_lock_file lock;
 	bool dot_locked;
 	unsigned lock_attempts;
 	off_t start_size;
@@ -316,6 +335,293 @@ int deliver_mkdirs(const char *path)
 	return mkdirs_tracked(path, &first_created);
 }
 
+size_t deliver_root_length(const char *template_path)
+{
+	if (template_path == NULL)
+		return 0;
+	const char *end = strchr(template_path, '%');
+	if (end == NULL)
+		end = template_path + strlen(template_path);
+	const char *slash = NULL;
+	for (const char *p = template_path; p < end; p++)
+		if (*p == '/')
+			slash = p;
+	if (slash == NULL)
+		return 0;
+	return slash == template_path ? 1 : (size_t)(slash - template_path);
+}
+
+/* openat for a directory that must not be a link: ELOOP if it is one
+ * (O_PATH with O_NOFOLLOW opens the link itself, and says ENOTDIR). */
+static int open_directory_at(int dirfd, const char *name, int mode)
+{
+	int fd =
+	    openat(dirfd, name, mode | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	struct stat st;
+	if (fd == -1 && errno == ENOTDIR &&
+	    fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    S_ISLNK(st.st_mode))
+		errno = ELOOP;
+	return fd;
+}
+
+/*
+ * Open the directory `path` (made where missing when `create`, mode
+ * 0700). Its first `root_len` octets, the mail root, are opened as they
+ * are: operators point /var/mail elsewhere with a link. Every component
+ * after them is opened with O_NOFOLLOW (ELOOP for a link), so that a
+ * link planted inside the root by the owner of a mailbox never takes a
+ * delivery elsewhere; "." and ".." are refused (EINVAL) for the same
+ * reason. *first_created as for mkdirs_tracked; on failure *failed_len
+ * is the length of the path that failed and *what the call.
+ */
+static int walk_directory(const char *path, size_t root_len, bool create,
+			  size_t *first_created, size_t *failed_len,
+			  const char **what)
+{
+	*first_created = 0;
+	*what = "open";
+	int err;
+	size_t len = strlen(path);
+	while (len > 1 && path[len - 1] == '/')
+		len--;
+	*failed_len = len;
+	if (len == 0) {
+		errno = ENOENT;
+		return -1;
+	}
+	if (root_len > len)
+		root_len = len;
+	char *copy = strndup(path, len);
+	if (copy == NULL)
+		return -1;
+	const char *root = copy[0] == '/' ? "/" : ".";
+	if (root_len > 0) {
+		copy[root_len] = '\0';
+		root = copy;
+	}
+	int fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (fd == -1 && errno == ENOENT && create && root == copy) {
+		*what = "mkdir";
+		if (mkdirs_tracked(copy, first_created) == 0)
+			fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	}
+	if (fd == -1) {
+		*failed_len = root == copy ? root_len : 1;
+		goto fail;
+	}
+	if (root == copy)
+		copy[root_len] = path[root_len];
+	for (size_t i = root_len; i < len;) {
+		while (i < len && copy[i] == '/')
+			i++;
+		size_t end = i;
+		while (end < len && copy[end] != '/')
+			end++;
+		if (end == i)
+			break;
+		char saved = copy[end];
+		copy[end] = '\0';
+		*failed_len = end;
+		*what = "open";
+		const char *name = copy + i;
+		if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0) {
+			(void)close(fd); /* read-only directory */
+			errno = EINVAL;
+			goto fail;
+		}
+		int next = open_directory_at(fd, name, O_PATH);
+		if (next == -1 && errno == ENOENT && create) {
+			*what = "mkdir";
+			if (mkdirat(fd, name, 0700) == 0) {
+				if (*first_created == 0)
+					*first_created = end;
+				next = open_directory_at(fd, name, O_PATH);
+			} else if (errno == EEXIST) {
+				/* made meanwhile */
+				next = open_directory_at(fd, name, O_PATH);
+			}
+		}
+		if (next == -1) {
+			err = errno;
+			(void)close(fd); /* read-only directory */
+			errno = err;
+			goto fail;
+		}
+		(void)close(fd); /* read-only directory */
+		fd = next;
+		copy[end] = saved;
+		i = end;
+	}
+	free(copy);
+	return fd;
+fail:
+	err = errno;
+	free(copy);
+	errno = err;
+	return -1;
+}
+
+/* `n` random hex digits into `out` (no terminator). getrandom may be
+ * missing or not ready; the clock and a counter still make the name
+ * unlikely to be taken, and O_EXCL makes a taken one harmless. */
+static void random_hex(char *out, size_t n)
+{
+	static const char digits[] = "0123456789abcdef";
+	static _Atomic unsigned long counter;
+	unsigned char bytes[32];
+	size_t want = (n + 1) / 2;
+	if (want > sizeof bytes)
+		want = sizeof bytes;
+	if (getrandom(bytes, want, GRND_NONBLOCK) != (ssize_t)want) {
+		struct timespec ts;
+		(void)clock_gettime(CLOCK_REALTIME, &ts); /* cannot fail */
+		unsigned long long x = (unsigned long long)ts.tv_nsec ^
+				       ((unsigned long long)ts.tv_sec << 30) ^
+				       ((unsigned long long)getpid() << 12) ^
+				       (unsigned long long)++counter;
+		for (size_t i = 0; i < want; i++) {
+			x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+			bytes[i] = (unsigned char)(x >> 56);
+		}
+	}
+	for (size_t i = 0; i < n && i / 2 < want; i++)
+		out[i] = digits[(bytes[i / 2] >> (i % 2 ? 0 : 4)) & 0xf];
+}
+
+enum deliver_dot_lock deliver_dot_lock_try(int dirfd, const char *name,
+					   time_t stale_seconds,
+					   struct deliver_lock_file *file)
+{
+	file->fd = -1;
+	for (int tries = 0; tries < 2; tries++) {
+		struct stat st;
+		int fd = openat(
+		    dirfd, name,
+		    O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+		if (fd != -1) {
+			int rc = fstat(fd, &st);
+			int err = errno;
+			if (close(fd) == -1 || rc == -1) {
+				(void)unlinkat(dirfd, name, 0);
+				errno = rc == -1 ? err : errno;
+				return DOT_LOCK_ERROR;
+			}
+			file->dev = st.st_dev;
+			file->ino = st.st_ino;
+			return DOT_LOCK_TAKEN;
+		}
+		if (errno != EEXIST)
+			return DOT_LOCK_ERROR;
+		/* A descriptor on the lock found, to break that very file
+		 * later; a lock we may not read is judged by its name. */
+		fd = openat(dirfd, name,
+			    O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+		if (fd == -1 && errno == ENOENT)
+			continue; /* just removed: try again */
+		if (fd == -1 && errno != EACCES && errno != ELOOP)
+			return DOT_LOCK_ERROR;
+		int rc = fd != -1
+			     ? fstat(fd, &st)
+			     : fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW);
+		if (rc == -1) {
+			int err = errno;
+			if (fd != -1)
+				(void)close(fd); /* read-only */
+			if (err == ENOENT)
+				continue;
+			errno = err;
+			return DOT_LOCK_ERROR;
+		}
+		/* Only a file (or a link) is a lock that a crash can leave;
+		 * anything else there is not ours to remove. */
+		bool lockish = S_ISREG(st.st_mode) || S_ISLNK(st.st_mode);
+		if (!lockish || time(NULL) - st.st_mtime < stale_seconds) {
+			if (fd != -1)
+				(void)close(fd); /* read-only */
+			return DOT_LOCK_BUSY;
+		}
+		file->fd = fd;
+		file->dev = st.st_dev;
+		file->ino = st.st_ino;
+		return DOT_LOCK_STALE;
+	}
+	return DOT_LOCK_BUSY;
+}
+
+/*
+ * Two lockers that both find a lock stale must not both remove "it":
+ * the second would remove the fresh lock the first has just made, and
+ * both would write. So a breaker removes only the file it judged:
+ * - it holds flock on that file while it breaks it, so facteur lockers
+ *   break a given stale file one at a time; a later one finds the name
+ *   on another file (the fresh lock) and leaves it;
+ * - it does not unlink the name, it renames it aside and then looks at
+ *   what it moved: the judged file is unlinked, anything else (a fresh
+ *   lock made by a program that does not take the flock, between our
+ *   look and the rename) is renamed back without replacing anything.
+ * That last window, with a third locker creating the lock while the
+ * fresh one is aside, is the only one left, and only for other programs.
+ */
+enum deliver_dot_lock deliver_dot_lock_break(int dirfd, const char *name,
+					     struct deliver_lock_file *file)
+{
+	enum deliver_dot_lock result = DOT_LOCK_ERROR;
+	char *aside = NULL;
+	int err;
+	if (file->fd != -1 && flock(file->fd, LOCK_EX | LOCK_NB) == -1) {
+		if (errno == EWOULDBLOCK) {
+			result = DOT_LOCK_BUSY; /* another breaker */
+			goto out;
+		}
+		/* No flock here (some network file systems): the rename
+		 * below still checks what it moved. */
+	}
+	struct stat st;
+	if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == -1) {
+		result = errno == ENOENT ? DOT_LOCK_STALE : DOT_LOCK_ERROR;
+		goto out;
+	}
+	if (st.st_dev != file->dev || st.st_ino != file->ino) {
+		result = DOT_LOCK_BUSY; /* broken already, and taken again */
+		goto out;
+	}
+	char hex[TMP_RANDOM_HEX + 1] = {0};
+	random_hex(hex, TMP_RANDOM_HEX);
+	if (asprintf(&aside, "%s.broken.%s", name, hex) == -1) {
+		aside = NULL;
+		errno = ENOMEM;
+		goto out;
+	}
+	if (renameat(dirfd, name, dirfd, aside) == -1) {
+		result = errno == ENOENT ? DOT_LOCK_STALE : DOT_LOCK_ERROR;
+		goto out;
+	}
+	if (fstatat(dirfd, aside, &st, AT_SYMLINK_NOFOLLOW) == -1)
+		goto out;
+	if (st.st_dev == file->dev && st.st_ino == file->ino) {
+		result = unlinkat(dirfd, aside, 0) == 0 ? DOT_LOCK_STALE
+							: DOT_LOCK_ERROR;
+		goto out;
+	}
+	/* Someone's fresh lock: give it back, never over a newer one. */
+	if (renameat2(dirfd, aside, dirfd, name, RENAME_NOREPLACE) == -1 &&
+	    errno == EINVAL)
+		(void)linkat(dirfd, aside, dirfd, name, 0); /* never replaces */
+	/* Gone if it went back; else the name is taken again, by a lock
+	 * that was made later, and this one is only litter. */
+	(void)unlinkat(dirfd, aside, 0);
+	result = DOT_LOCK_BUSY;
+out:
+	err = errno;
+	free(aside);
+	if (file->fd != -1)
+		(void)close(file->fd); /* read-only; drops the flock */
+	file->fd = -1;
+	errno = err;
+	return result;
+}
+
 static time_t monotonic_seconds(void)
 {
 	struct timespec ts;
@@ -475,7 +781,14 @@ static void delivery_free(struct delivery *d)
 		(void)close(d->fd);
 	close_sync_fds(d);
 	folder_put(d->folder);
+	if (d->dir_fd != -1)
+		(void)close(d->dir_fd); /* read-only directory */
+	if (d->lock.fd != -1)
+		(void)close(d->lock.fd); /* read-only */
 	free(d->name);
+	free(d->tmp_name);
+	free(d->base_name);
+	free(d->lock_name);
 	if (d->timer != NULL)
 		event_free(d->timer);
 	free(d->mailbox);
@@ -505,6 +818,7 @@ static int schedule(struct delivery *d, enum delivery_state state, long usec)
 }
 
 static void mbox_attempt(struct delivery *d);
+static void drop_dot_lock(struct delivery *d);
 
 /* Let the next mbox delivery of this path go. */
 static void mbox_queue_release(struct delivery *d)
@@ -553,10 +867,7 @@ static void finish(struct delivery *d, enum deliver_result result,
 		d->fd = -1;
 	}
 	close_sync_fds(d);
-	if (d->dot_locked) {
-		(void)unlink(d->lock_path); /* ours; a stale one is aged out */
-		d->dot_locked = false;
-	}
+	drop_dot_lock(d); /* ours; a stale one is aged out */
 	mbox_queue_release(d);
 	if (schedule(d, STATE_DONE, 0) == -1)
 		run_callback(d); /* never inside deliver_start: see there */
@@ -595,8 +906,11 @@ static const char *dsn_for_errno(int err, bool mailbox)
 static void fail_errno(struct delivery *d, int err, bool mailbox,
 		       const char *what, const char *path)
 {
+	/* ELOOP here comes from O_NOFOLLOW: a link planted in a mailbox. */
+	const char *text =
+	    err == ELOOP ? "symbolic link not followed" : strerror(err);
 	char *reason = NULL;
-	if (asprintf(&reason, "%s %s: %s", what, path, strerror(err)) == -1)
+	if (asprintf(&reason, "%s %s: %s", what, path, text) == -1)
 		reason = NULL;
 	finish(d, DELIVER_TEMPFAIL, dsn_for_errno(err, mailbox), reason,
 	       strerror(err));
@@ -797,13 +1111,26 @@ static int write_headers(struct delivery *d, int fd)
 	return rc;
 }
 
-/* Is `name` already in cur/, with or without Maildir info? */
-static int maildir_in_cur(const char *cur, const char *name, bool *found)
+/* `name` with nothing after it, or after it `sep` and anything. */
+static bool entry_is(const char *entry, const char *name, size_t len, char sep)
 {
-	*found = false;
-	DIR *dir = opendir(cur);
-	if (dir == NULL)
-		return errno == ENOENT ? 0 : -1;
+	return strncmp(entry, name, len) == 0 &&
+	       (entry[len] == '\0' || entry[len] == sep);
+}
+
+/* Is `name` already in cur/ (`curfd`, closed here), with or without
+ * Maildir info? 1 as a regular file, 0 not there, -1 error (errno);
+ * *link is set when the name is something else (a link, say). */
+static int maildir_in_cur(int curfd, const char *name, bool *link)
+{
+	*link = false;
+	DIR *dir = fdopendir(curfd);
+	if (dir == NULL) {
+		int err = errno;
+		(void)close(curfd); /* read-only directory */
+		errno = err;
+		return -1;
+	}
 	size_t len = strlen(name);
 	for (;;) {
 		errno = 0;
@@ -814,13 +1141,48 @@ static int maildir_in_cur(const char *cur, const char *name, bool *found)
 			errno = err;
 			return err == 0 ? 0 : -1;
 		}
-		if (strncmp(e->d_name, name, len) == 0 &&
-		    (e->d_name[len] == '\0' || e->d_name[len] == ':')) {
-			*found = true;
-			(void)closedir(dir);
-			return 0;
-		}
+		if (!entry_is(e->d_name, name, len, ':'))
+			continue;
+		struct stat st;
+		int rc =
+		    fstatat(dirfd(dir), e->d_name, &st, AT_SYMLINK_NOFOLLOW);
+		if (rc == -1 && errno == ENOENT)
+			continue; /* moved on by a reader: look further */
+		*link = rc == -1 || !S_ISREG(st.st_mode);
+		(void)closedir(dir);
+		return 1;
 	}
+}
+
+/*
+ * On a retry: remove what an earlier attempt of this very delivery left
+ * in tmp/ (a crash between the creation and the move). Only our own
+ * names go (other tmp/ files are the readers' to age out, after 36 hours
+ * as Maildir readers do), and only regular files; a failure leaves
+ * litter that readers ignore, never a lost message.
+ */
+static void maildir_remove_stale_tmp(const struct delivery *d)
+{
+	int fd =
+	    openat(d->folder->tmp_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd == -1)
+		return;
+	DIR *dir = fdopendir(fd);
+	if (dir == NULL) {
+		(void)close(fd); /* read-only directory */
+		return;
+	}
+	size_t len = strlen(d->name);
+	struct dirent *e;
+	while ((e = readdir(dir)) != NULL) {
+		struct stat st;
+		if (entry_is(e->d_name, d->name, len, '.') &&
+		    fstatat(dirfd(dir), e->d_name, &st, AT_SYMLINK_NOFOLLOW) ==
+			0 &&
+		    S_ISREG(st.st_mode))
+			(void)unlinkat(dirfd(dir), e->d_name, 0); /* litter */
+	}
+	(void)closedir(dir); /* read-only directory */
 }
 
 /* A failure that says the folder is gone or replaced: stop trusting
@@ -834,6 +1196,21 @@ static void maildir_fail(struct delivery *d, int err, const char *what,
 	fail_errno(d, err, true, what, path);
 }
 
+/* Make `name` in `dirfd` if missing (*created then), and open it with
+ * `mode`, never through a link: the descriptor, or -1 with *what the
+ * call that failed. */
+static int make_subfolder(int dirfd, const char *name, int mode, bool *created,
+			  const char **what)
+{
+	*what = "mkdir";
+	if (mkdirat(dirfd, name, 0700) == 0)
+		*created = true;
+	else if (errno != EEXIST)
+		return -1;
+	*what = "open";
+	return open_directory_at(dirfd, name, mode);
+}
+
 /*
  * The folder and its tmp/ new/ cur/, made where missing, with tmp/ and
  * new/ opened; the directories whose entries this created are added to
@@ -841,61 +1218,60 @@ static void maildir_fail(struct delivery *d, int err, const char *what,
  */
 static int maildir_make_folder(struct delivery *d)
 {
-	size_t first_created;
-	if (mkdirs_tracked(d->mailbox, &first_created) == -1) {
-		fail_errno(d, errno, true, "mkdir", d->mailbox);
+	size_t first_created, failed_len;
+	const char *what;
+	int dirfd = walk_directory(d->mailbox, d->root_len, true,
+				   &first_created, &failed_len, &what);
+	if (dirfd == -1) {
+		int err = errno;
+		char *failed = strndup(d->mailbox, failed_len);
+		fail_errno(d, err, true, what,
+			   failed != NULL ? failed : d->mailbox);
+		free(failed);
 		return -1;
 	}
+	/* tmp/ new/ cur/, made where missing and opened without
+	 * following links: tmp/ and new/ are kept, cur/ only checked
+	 * (new/ is flushed, so it is opened for reading; cur/ we may not
+	 * be allowed to read). */
 	bool created_sub = false;
+	int subfds[3] = {-1, -1, -1};
 	static const char *const subs[] = {"tmp", "new", "cur"};
 	for (size_t i = 0; i < 3; i++) {
-		char *sub = path_join(d->mailbox, subs[i], NULL);
-		if (sub == NULL) {
-			fail_text(d, "4.3.0", "out of memory");
-			return -1;
-		}
-		if (mkdir(sub, 0700) == 0) {
-			created_sub = true;
-		} else if (errno != EEXIST || ensure_directory(sub) == -1) {
-			fail_errno(d, errno, true, "mkdir", sub);
+		subfds[i] =
+		    make_subfolder(dirfd, subs[i], i == 2 ? O_PATH : O_RDONLY,
+				   &created_sub, &what);
+		if (subfds[i] == -1) {
+			int err = errno;
+			char *sub = path_join(d->mailbox, subs[i], NULL);
+			fail_errno(d, err, true, what,
+				   sub != NULL ? sub : d->mailbox);
 			free(sub);
+			for (size_t k = 0; k < i; k++)
+				(void)close(subfds[k]); /* read-only */
+			(void)close(dirfd);
 			return -1;
 		}
-		free(sub);
 	}
-	if (add_created_chain(d, d->mailbox, first_created) == -1 ||
+	(void)close(dirfd); /* read-only directories */
+	(void)close(subfds[2]);
+	struct folder *f = calloc(1, sizeof *f);
+	if (f == NULL || (f->path = strdup(d->mailbox)) == NULL ||
+	    add_created_chain(d, d->mailbox, first_created) == -1 ||
 	    (created_sub &&
 	     add_sync_path(d, d->mailbox, strlen(d->mailbox)) == -1)) {
-		fail_text(d, "4.3.0", "out of memory");
-		return -1;
-	}
-
-	struct folder *f = calloc(1, sizeof *f);
-	if (f == NULL || (f->path = strdup(d->mailbox)) == NULL) {
+		if (f != NULL)
+			free(f->path);
 		free(f);
+		(void)close(subfds[0]);
+		(void)close(subfds[1]);
 		fail_text(d, "4.3.0", "out of memory");
 		return -1;
 	}
 	f->refs = 1;
-	f->new_fd = -1;
-	f->tmp_fd = -1;
+	f->tmp_fd = subfds[0];
+	f->new_fd = subfds[1];
 	d->folder = f; /* freed with the delivery from here on */
-	static const char *const opened[] = {"tmp", "new"};
-	for (size_t i = 0; i < 2; i++) {
-		char *sub = path_join(d->mailbox, opened[i], NULL);
-		if (sub == NULL) {
-			fail_text(d, "4.3.0", "out of memory");
-			return -1;
-		}
-		int fd = open(sub, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (fd == -1) {
-			maildir_fail(d, errno, "open", sub);
-			free(sub);
-			return -1;
-		}
-		free(sub);
-		*(i == 0 ? &f->tmp_fd : &f->new_fd) = fd;
-	}
 	struct stat st;
 	if (fstat(f->new_fd, &st) == -1) {
 		fail_errno(d, errno, true, "stat", d->mailbox);
@@ -923,10 +1299,17 @@ static int maildir_write(void *arg, int *fds, size_t nfds)
 
 	(void)nfds;
 	d->stage = STAGE_OPEN;
-	d->fd = openat(d->folder->tmp_fd, d->name,
-		       O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600);
-	if (d->fd == -1)
-		return errno;
+	char *random_part = d->tmp_name + strlen(d->name) + 1;
+	for (int tries = 1;; tries++) {
+		random_hex(random_part, TMP_RANDOM_HEX);
+		d->fd = openat(
+		    d->folder->tmp_fd, d->tmp_name,
+		    O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0600);
+		if (d->fd != -1)
+			break;
+		if (errno != EEXIST || tries == NAME_ATTEMPTS)
+			return errno;
+	}
 	fds[0] = d->fd;
 	d->stage = STAGE_WRITE;
 	if (write_headers(d, d->fd) == -1)
@@ -942,8 +1325,9 @@ static int maildir_write(void *arg, int *fds, size_t nfds)
 }
 
 /* Maildir, on the I/O thread once the tmp/ file is flushed: into new/
- * under the same name. An earlier copy already there (a retry after a
- * crash) counts as delivered. */
+ * under the message's name. An earlier copy already there (a retry after
+ * a crash) counts as delivered; anything else there (a link) is left
+ * alone and the delivery fails. */
 static int maildir_link(void *arg)
 {
 	struct delivery *d = arg;
@@ -951,25 +1335,28 @@ static int maildir_link(void *arg)
 	d->stage = STAGE_LINK;
 	/* A rename that never replaces is one directory operation where a
 	 * link and an unlink are two; file systems without it get those. */
-	if (renameat2(f->tmp_fd, d->name, f->new_fd, d->name,
+	if (renameat2(f->tmp_fd, d->tmp_name, f->new_fd, d->name,
 		      RENAME_NOREPLACE) == 0) {
 		d->stage = STAGE_DIR_SYNC;
 		return 0;
 	}
-	if (errno != EINVAL && errno != ENOSYS && errno != EEXIST) {
-		int err = errno;
-		(void)unlinkat(f->tmp_fd, d->name, 0);
-		return err;
-	}
-	if (linkat(f->tmp_fd, d->name, f->new_fd, d->name, 0) == -1 &&
-	    errno != EEXIST) {
-		int err = errno;
-		(void)unlinkat(f->tmp_fd, d->name, 0);
-		return err;
+	int err = errno;
+	if (err == EINVAL || err == ENOSYS)
+		err = linkat(f->tmp_fd, d->tmp_name, f->new_fd, d->name, 0) == 0
+			  ? 0
+			  : errno;
+	if (err == EEXIST) {
+		struct stat st;
+		if (fstatat(f->new_fd, d->name, &st, AT_SYMLINK_NOFOLLOW) ==
+			0 &&
+		    S_ISREG(st.st_mode))
+			err = 0;
 	}
 	/* The message is safe in new/ once new/ is flushed; a tmp/ file
 	 * left by a failed unlink is only litter that readers ignore. */
-	(void)unlinkat(f->tmp_fd, d->name, 0);
+	(void)unlinkat(f->tmp_fd, d->tmp_name, 0);
+	if (err != 0)
+		return err;
 	d->stage = STAGE_DIR_SYNC;
 	return 0;
 }
@@ -1008,7 +1395,7 @@ static void maildir_on_synced(int error, void *arg)
 		maildir_fail(d, error, "open", d->tmp_path);
 		break;
 	case STAGE_WRITE:
-		(void)unlinkat(d->folder->tmp_fd, d->name, 0);
+		(void)unlinkat(d->folder->tmp_fd, d->tmp_name, 0);
 		if (d->write_reading)
 			fail_errno(d, error, false, "read",
 				   "the queued message");
@@ -1016,7 +1403,7 @@ static void maildir_on_synced(int error, void *arg)
 			maildir_fail(d, error, "write", d->tmp_path);
 		break;
 	case STAGE_FILE_SYNC:
-		(void)unlinkat(d->folder->tmp_fd, d->name, 0);
+		(void)unlinkat(d->folder->tmp_fd, d->tmp_name, 0);
 		maildir_fail(d, error, "fsync", d->tmp_path);
 		break;
 	case STAGE_LINK:
@@ -1034,12 +1421,29 @@ static void maildir_on_synced(int error, void *arg)
 	}
 }
 
+/* The name is taken in new/ or cur/ by something that is not a message
+ * file (a link planted there): the delivery waits, nothing is written. */
+static void maildir_refuse_taken(struct delivery *d, const char *sub)
+{
+	char *reason = NULL;
+	if (asprintf(&reason, "%s/%s/%s is not a regular file", d->mailbox, sub,
+		     d->name) == -1)
+		reason = NULL;
+	finish(d, DELIVER_TEMPFAIL, "4.2.0", reason,
+	       "the message's name is taken");
+}
+
 /* Already in new/ or cur/? 1 yes, 0 no, -1 with the delivery failed. */
 static int maildir_delivered_before(struct delivery *d)
 {
 	struct stat st;
-	if (fstatat(d->folder->new_fd, d->name, &st, AT_SYMLINK_NOFOLLOW) == 0)
-		return 1;
+	if (fstatat(d->folder->new_fd, d->name, &st, AT_SYMLINK_NOFOLLOW) ==
+	    0) {
+		if (S_ISREG(st.st_mode))
+			return 1;
+		maildir_refuse_taken(d, "new");
+		return -1;
+	}
 	if (errno != ENOENT) {
 		maildir_fail(d, errno, "stat", d->new_path);
 		return -1;
@@ -1049,12 +1453,23 @@ static int maildir_delivered_before(struct delivery *d)
 		fail_text(d, "4.3.0", "out of memory");
 		return -1;
 	}
-	bool found = false;
-	int rc = maildir_in_cur(cur, d->name, &found);
+	/* cur/ beside the new/ we hold, never through a link. */
+	int curfd = openat(d->folder->new_fd, "../cur",
+			   O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	int rc = 0;
+	bool link = false;
+	if (curfd != -1)
+		rc = maildir_in_cur(curfd, d->name, &link);
+	else if (errno != ENOENT)
+		rc = -1;
 	if (rc == -1)
 		maildir_fail(d, errno, "read", cur);
+	else if (rc == 1 && link)
+		maildir_refuse_taken(d, "cur");
 	free(cur);
-	return rc == -1 ? -1 : found;
+	if (rc == 0)
+		maildir_remove_stale_tmp(d);
+	return rc == 1 && link ? -1 : rc;
 }
 
 static void maildir_begin(struct delivery *d)
@@ -1071,9 +1486,20 @@ static void maildir_begin(struct delivery *d)
 		       "cannot make a Maildir file name");
 		return;
 	}
+	/* tmp/ gets the name, a dot and a random part, drawn again for
+	 * each attempt (maildir_write): never a name that an earlier
+	 * attempt, or someone who guessed it, could have left there. */
+	size_t len = strlen(d->name);
+	d->tmp_name = malloc(len + 1 + TMP_RANDOM_HEX + 1);
+	if (d->tmp_name != NULL) {
+		memcpy(d->tmp_name, d->name, len);
+		d->tmp_name[len] = '.';
+		memset(d->tmp_name + len + 1, '0', TMP_RANDOM_HEX);
+		d->tmp_name[len + 1 + TMP_RANDOM_HEX] = '\0';
+	}
 	d->tmp_path = path_join(d->mailbox, "tmp", d->name);
 	d->new_path = path_join(d->mailbox, "new", d->name);
-	if (d->tmp_path == NULL || d->new_path == NULL) {
+	if (d->tmp_name == NULL || d->tmp_path == NULL || d->new_path == NULL) {
 		fail_text(d, "4.3.0", "out of memory");
 		return;
 	}
@@ -1136,10 +1562,7 @@ static void mbox_unlock(struct delivery *d)
 		struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET};
 		(void)fcntl(d->fd, F_SETLK, &fl); /* close releases it too */
 	}
-	if (d->dot_locked) {
-		(void)unlink(d->lock_path);
-		d->dot_locked = false;
-	}
+	drop_dot_lock(d);
 }
 
 /* A write or fsync failed: cut the file back to its size before this
@@ -1185,26 +1608,45 @@ static void mbox_busy(struct delivery *d)
 /* The dot lock: 1 taken, 0 busy, -1 error (errno). */
 static int take_dot_lock(struct delivery *d)
 {
-	for (int tries = 0; tries < 2; tries++) {
-		int fd = open(d->lock_path,
-			      O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-		if (fd != -1) {
+	for (int tries = 0; tries < NAME_ATTEMPTS; tries++) {
+		switch (deliver_dot_lock_try(d->dir_fd, d->lock_name,
+					     DOT_LOCK_STALE_SECONDS,
+					     &d->lock)) {
+		case DOT_LOCK_TAKEN:
 			d->dot_locked = true;
-			if (close(fd) == -1)
-				return -1;
 			return 1;
-		}
-		if (errno != EEXIST)
-			return -1;
-		struct stat st;
-		if (stat(d->lock_path, &st) == -1)
-			continue; /* just removed: try again */
-		if (time(NULL) - st.st_mtime < DOT_LOCK_STALE_SECONDS)
+		case DOT_LOCK_BUSY:
 			return 0;
-		if (unlink(d->lock_path) == -1 && errno != ENOENT)
+		case DOT_LOCK_ERROR:
 			return -1;
+		case DOT_LOCK_STALE:
+			break;
+		}
+		switch (
+		    deliver_dot_lock_break(d->dir_fd, d->lock_name, &d->lock)) {
+		case DOT_LOCK_STALE:
+			break; /* removed: take it now */
+		case DOT_LOCK_ERROR:
+			return -1;
+		case DOT_LOCK_TAKEN:
+		case DOT_LOCK_BUSY:
+			return 0;
+		}
 	}
 	return 0;
+}
+
+/* Remove our dot lock, unless it is no longer ours: a delivery slower
+ * than DOT_LOCK_STALE_SECONDS may have seen it broken and taken again. */
+static void drop_dot_lock(struct delivery *d)
+{
+	if (!d->dot_locked)
+		return;
+	d->dot_locked = false;
+	struct stat st;
+	if (fstatat(d->dir_fd, d->lock_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    st.st_dev == d->lock.dev && st.st_ino == d->lock.ino)
+		(void)unlinkat(d->dir_fd, d->lock_name, 0);
 }
 
 static const char *const weekdays[] = {"Sun", "Mon", "Tue", "Wed",
@@ -1242,35 +1684,81 @@ static int write_from_line(struct delivery *d, int fd)
 	return rc;
 }
 
+/* The mbox's folders (made where missing, once) and its directory
+ * opened without following links below the mail root. 0, or -1 with
+ * the delivery failed. */
+static int mbox_open_directory(struct delivery *d)
+{
+	const char *slash = strrchr(d->mailbox, '/');
+	char *dir = slash == NULL ? strdup(".")
+		    : slash == d->mailbox
+			? strdup("/")
+			: strndup(d->mailbox, (size_t)(slash - d->mailbox));
+	d->base_name = strdup(slash != NULL ? slash + 1 : d->mailbox);
+	if (dir == NULL || d->base_name == NULL ||
+	    asprintf(&d->lock_path, "%s.lock", d->mailbox) == -1 ||
+	    asprintf(&d->lock_name, "%s.lock", d->base_name) == -1) {
+		free(dir);
+		fail_text(d, "4.3.0", "out of memory");
+		return -1;
+	}
+	if (d->base_name[0] == '\0' || strcmp(d->base_name, ".") == 0 ||
+	    strcmp(d->base_name, "..") == 0) {
+		free(dir);
+		fail_errno(d, EISDIR, true, "open", d->mailbox);
+		return -1;
+	}
+	size_t first_created, failed_len;
+	const char *what;
+	d->dir_fd = walk_directory(dir, d->root_len, true, &first_created,
+				   &failed_len, &what);
+	if (d->dir_fd == -1) {
+		int err = errno;
+		dir[failed_len] = '\0';
+		fail_errno(d, err, true, what, dir);
+		free(dir);
+		return -1;
+	}
+	if (add_created_chain(d, dir, first_created) == -1) {
+		free(dir);
+		fail_text(d, "4.3.0", "out of memory");
+		return -1;
+	}
+	free(dir);
+	return 0;
+}
+
+/* Refuse a mailbox file that a link or another owner could have put
+ * there: nothing was written to it. */
+static bool mbox_refused(struct delivery *d, const struct stat *st)
+{
+	char *reason = NULL;
+	int rc;
+	if (!S_ISREG(st->st_mode))
+		rc = asprintf(&reason, "%s is not a regular file", d->mailbox);
+	else if (st->st_nlink != 1)
+		rc = asprintf(&reason, "%s has %ju links, not 1", d->mailbox,
+			      (uintmax_t)st->st_nlink);
+	else if (st->st_uid != geteuid())
+		rc = asprintf(&reason, "%s is owned by uid %ju, not %ju",
+			      d->mailbox, (uintmax_t)st->st_uid,
+			      (uintmax_t)geteuid());
+	else
+		return false;
+	if (rc == -1)
+		reason = NULL;
+	(void)close(d->fd); /* nothing written */
+	d->fd = -1;
+	mbox_unlock(d);
+	finish(d, DELIVER_TEMPFAIL, "4.2.0", reason, "mailbox refused");
+	return true;
+}
+
 static void mbox_attempt(struct delivery *d)
 {
-	if (d->lock_path == NULL) {
-		/* First attempt: the folders, once. */
-		char *dir = strdup(d->mailbox);
-		if (asprintf(&d->lock_path, "%s.lock", d->mailbox) == -1)
-			d->lock_path = NULL;
-		if (dir == NULL || d->lock_path == NULL) {
-			free(dir);
-			fail_text(d, "4.3.0", "out of memory");
-			return;
-		}
-		char *slash = strrchr(dir, '/');
-		if (slash != NULL && slash != dir) {
-			*slash = '\0';
-			size_t first_created;
-			if (mkdirs_tracked(dir, &first_created) == -1) {
-				fail_errno(d, errno, true, "mkdir", dir);
-				free(dir);
-				return;
-			}
-			if (add_created_chain(d, dir, first_created) == -1) {
-				free(dir);
-				fail_text(d, "4.3.0", "out of memory");
-				return;
-			}
-		}
-		free(dir);
-	}
+	/* First attempt: the folders, once. */
+	if (d->dir_fd == -1 && mbox_open_directory(d) == -1)
+		return;
 
 	int locked = take_dot_lock(d);
 	if (locked == -1) {
@@ -1282,21 +1770,41 @@ static void mbox_attempt(struct delivery *d)
 		return;
 	}
 
+	/* Never through a link, never blocking on a FIFO put in its place
+	 * (O_NONBLOCK does nothing to a regular file). */
 	bool created = true;
-	d->fd = open(d->mailbox,
-		     O_WRONLY | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	d->fd = openat(d->dir_fd, d->base_name,
+		       O_WRONLY | O_APPEND | O_CREAT | O_EXCL | O_NOFOLLOW |
+			   O_CLOEXEC,
+		       0600);
 	if (d->fd == -1 && errno == EEXIST) {
 		created = false;
-		d->fd = open(d->mailbox, O_WRONLY | O_APPEND | O_CLOEXEC);
+		d->fd = openat(d->dir_fd, d->base_name,
+			       O_WRONLY | O_APPEND | O_NOFOLLOW | O_NONBLOCK |
+				   O_NOCTTY | O_CLOEXEC);
 	}
 	if (d->fd == -1) {
-		mbox_fail(d, errno, false, "open", d->mailbox);
+		int err = errno;
+		mbox_unlock(d);
+		fail_errno(d, err, true, "open", d->mailbox);
 		return;
 	}
+	struct stat st;
+	if (fstat(d->fd, &st) == -1) {
+		int err = errno;
+		mbox_unlock(d);
+		fail_errno(d, err, true, "stat", d->mailbox);
+		return;
+	}
+	if (mbox_refused(d, &st))
+		return;
 	struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
 	if (fcntl(d->fd, F_SETLK, &fl) == -1) {
 		if (errno != EACCES && errno != EAGAIN) {
-			mbox_fail(d, errno, false, "lock", d->mailbox);
+			/* Nothing written: nothing to cut back. */
+			int err = errno;
+			mbox_unlock(d);
+			fail_errno(d, err, true, "lock", d->mailbox);
 			return;
 		}
 		mbox_unlock(d);
@@ -1305,14 +1813,11 @@ static void mbox_attempt(struct delivery *d)
 		mbox_busy(d);
 		return;
 	}
-	struct stat st;
+	/* The size to cut back to is the one under the lock. */
 	if (fstat(d->fd, &st) == -1) {
-		mbox_fail(d, errno, false, "stat", d->mailbox);
-		return;
-	}
-	if (!S_ISREG(st.st_mode)) {
+		int err = errno;
 		mbox_unlock(d);
-		fail_text(d, "4.2.0", "mailbox is not a regular file");
+		fail_errno(d, err, true, "stat", d->mailbox);
 		return;
 	}
 	d->start_size = st.st_size;
@@ -1414,6 +1919,9 @@ int deliver_start(struct event_base *base, struct iothread *io,
 	d->cb = cb;
 	d->arg = arg;
 	d->fd = -1;
+	d->dir_fd = -1;
+	d->lock.fd = -1;
+	d->root_len = req->root_len;
 	d->body_fd = fcntl(req->body.fd, F_DUPFD_CLOEXEC, 0);
 	d->body_offset = req->body.offset;
 	d->body_length = req->body.length;

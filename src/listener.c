@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/bufferevent.h>
@@ -27,6 +28,9 @@
 
 #define IP_BUCKETS 1024
 #define LISTEN_BACKLOG 1024
+/* A failed accept within this many seconds of the previous one is the
+ * same shortage of descriptors going on: it is not logged again. */
+#define ACCEPT_EPISODE_SECONDS 5
 #define REFUSAL_MAX 512
 
 struct ip_count {
@@ -56,6 +60,7 @@ struct listener {
 	/* ipv6_prefix_length as read at start: the counts are keyed by it,
 	 * so a reload must not change it under them. */
 	unsigned ipv6_prefix;
+	time_t last_accept_error; /* monotonic seconds, 0 before any */
 };
 
 void listener_client_key(const struct sockaddr *sa, unsigned ipv6_prefix,
@@ -170,18 +175,27 @@ static void on_resume(evutil_socket_t fd, short what, void *arg)
 		set_accepting(l, true);
 }
 
-/* Out of descriptors: stop accepting for a second rather than spin. */
+/* Out of descriptors: stop accepting for a second rather than spin,
+ * and log once per episode rather than once a second. */
 static void on_accept_error(struct evconnlistener *ev, void *arg)
 {
 	(void)ev;
 	struct bound *b = arg;
 	struct listener *l = b->owner;
 	int err = EVUTIL_SOCKET_ERROR();
-	log_event(LOG_LEVEL_ERROR, "accept_error", LOG_S("listen", b->text),
-		  LOG_S("reason", strerror(err)));
+	struct timespec now;
+	if (clock_gettime(CLOCK_MONOTONIC, &now) == -1)
+		now.tv_sec = 0; /* cannot fail with this clock; then it logs */
+	if (l->last_accept_error == 0 || now.tv_sec == 0 ||
+	    now.tv_sec - l->last_accept_error > ACCEPT_EPISODE_SECONDS)
+		log_event(LOG_LEVEL_ERROR, "accept_error",
+			  LOG_S("listen", b->text),
+			  LOG_S("reason", strerror(err)));
+	l->last_accept_error = now.tv_sec;
 	set_accepting(l, false);
 	struct timeval second = {1, 0};
-	evtimer_add(l->resume, &second);
+	if (evtimer_add(l->resume, &second) == -1)
+		set_accepting(l, true); /* never deaf for good */
 }
 
 static int bind_one(const struct listen_addr *la, char *err, size_t errlen)

@@ -1052,6 +1052,7 @@ static void start_local(struct queued *q, size_t index, struct run *run)
 	struct deliver_request req = {
 		.format = cfg->mailbox_format,
 		.mailbox = mailbox,
+		.root_len = deliver_root_length(cfg->mailbox_path),
 		.body = body,
 		.sender = q->env->sender,
 		.recipient = r->address,

@@ -5,15 +5,22 @@
  * Return-Path and a Delivered-To header. Writes go to the page cache on
  * the loop; every fsync goes through the iothread.
  *
- * A delivery is idempotent: the Maildir file name is made from the
- * request's `unique` string, so a retry after a crash finds the file it
- * already delivered and does not deliver it twice.
+ * A delivery is idempotent: the Maildir file name in new/ is made from
+ * the request's `unique` string, so a retry after a crash finds the file
+ * it already delivered and does not deliver it twice. Its tmp/ name adds
+ * a fresh random part per attempt, and is created exclusively.
+ *
+ * Nothing below the mailbox root is reached through a symbolic link:
+ * folders are walked and made one component at a time with O_NOFOLLOW,
+ * files are created with O_EXCL|O_NOFOLLOW, and an mbox must be a
+ * regular file with one link, owned by the daemon's user.
  */
 #ifndef FACTEUR_DELIVER_H
 #define FACTEUR_DELIVER_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>
 #include <time.h>
 
 #include "facteur/config.h"
@@ -31,6 +38,8 @@ enum deliver_result {
 struct deliver_request {
 	enum mailbox_format format;
 	const char *mailbox;    /* the Maildir folder or mbox file */
+	size_t root_len;        /* mailbox[0..root_len) may hold symbolic
+	                         * links (deliver_root_length); 0: none */
 	struct spool_body body; /* the message in wire form; its descriptor
 	                         * is duplicated, the caller keeps its own */
 	const char *sender;     /* "" for the null sender */
@@ -69,6 +78,12 @@ char *deliver_expand_path(const char *template_path, const char *local,
 int deliver_maildir_name(char *buf, size_t len, time_t arrival,
                          const char *unique, const char *hostname);
 
+/* The length of the fixed directory that starts a mailbox_path template
+ * (the part before the '/' that precedes its first '%'; the directory
+ * of a template without one): the mail root, which an operator may make
+ * a symbolic link. 0 when the template starts with a '%'. */
+size_t deliver_root_length(const char *template_path);
+
 /* mkdir -p with mode 0700 for the parts it creates. 0 or -1 (errno). */
 int deliver_mkdirs(const char *path);
 
@@ -88,5 +103,35 @@ struct deliver_mboxrd {
 size_t deliver_mboxrd_quote(struct deliver_mboxrd *q, const char *in,
                             size_t inlen, char *out);
 size_t deliver_mboxrd_finish(struct deliver_mboxrd *q, char *out);
+
+/*
+ * The mbox dot lock "<mbox>.lock", in two steps so that breaking a stale
+ * one is safe when several lockers find it stale at once (see deliver.c).
+ * deliver_dot_lock_try creates the lock `name` in `dirfd`: DOT_LOCK_TAKEN
+ * with `file` naming it (fd -1). When the lock there is older than
+ * `stale_seconds` it returns DOT_LOCK_STALE with `file` holding a
+ * descriptor on that lock (or -1 if it cannot be read); then
+ * deliver_dot_lock_break removes that very file and nothing else, and
+ * closes the descriptor.
+ */
+enum deliver_dot_lock {
+	DOT_LOCK_TAKEN,
+	DOT_LOCK_BUSY,  /* a live lock, or another locker is breaking it */
+	DOT_LOCK_STALE, /* try: `file` is set, break it; break: removed */
+	DOT_LOCK_ERROR, /* errno */
+};
+struct deliver_lock_file {
+	int fd;
+	dev_t dev;
+	ino_t ino;
+};
+enum deliver_dot_lock deliver_dot_lock_try(int dirfd, const char *name,
+                                           time_t stale_seconds,
+                                           struct deliver_lock_file *file);
+/* DOT_LOCK_STALE when the stale file was removed or had gone (try
+ * again), DOT_LOCK_BUSY when another locker is breaking it or a fresh
+ * lock has replaced it, DOT_LOCK_ERROR (errno) otherwise. */
+enum deliver_dot_lock deliver_dot_lock_break(int dirfd, const char *name,
+                                             struct deliver_lock_file *file);
 
 #endif

@@ -476,3 +476,26 @@ def test_mbox_file_never_holds_half_a_message_after_restart(make_daemon):
     d.restart()
     time.sleep(2)
     assert path.read_bytes().count(b"Subject: mbox") == 5
+
+
+# --------------------------------------------------------------------------
+# links inside the mail root
+
+def test_link_below_the_mail_root_defers_and_the_root_may_be_a_link(make_daemon, tmp_path):
+    real_root = tmp_path / "real-mail"
+    real_root.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    d = make_daemon(config={"retry_min": "1h", "retry_max": "2h"})
+    # The operator's link: the root itself; then a user's, inside it.
+    d.mail_root.symlink_to(real_root)
+    (real_root / "localhost").symlink_to(elsewhere)
+    qid = d.send(subject="planted")
+    ev = d.wait_event("deferred", queue_id=qid)
+    assert ev[0]["dsn"] == "4.2.0", ev
+    assert ev[0]["reason"] == "open %s/localhost: symbolic link not followed" % d.mail_root, ev
+    assert not list(elsewhere.iterdir())
+    # The same mail root takes mail for a domain without a planted link.
+    qid = d.send(recipients=("user@example.test",), subject="plain")
+    d.wait_event("delivered", queue_id=qid)
+    assert len(list((real_root / "example.test" / "user" / "new").iterdir())) == 1

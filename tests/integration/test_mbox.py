@@ -180,3 +180,22 @@ def test_twenty_clients_delivering_at_once_leave_a_well_formed_mbox(mbox_daemon)
         assert unquote(payload).rstrip(b"\n") == body_of(i).replace("\r\n", "\n").encode().rstrip(b"\n")
     assert not d.mbox_path.with_name("user.lock").exists()
     d.assert_alive()
+
+
+def test_mbox_that_is_a_link_or_hard_link_is_left_alone(make_daemon, tmp_path):
+    d = make_daemon(config={"mailbox_format": "mbox", "retry_min": "1h", "retry_max": "2h"})
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    (d.mail_root / "localhost").mkdir(parents=True)
+    (d.mail_root / "localhost" / "user").symlink_to(victim)
+    (d.mail_root / "localhost" / "other").hardlink_to(victim)
+    qid = d.send(subject="planted")
+    ev = d.wait_event("deferred", queue_id=qid)
+    assert ev[0]["dsn"] == "4.2.0", ev
+    assert ev[0]["reason"].endswith("/localhost/user: symbolic link not followed"), ev
+    qid = d.send(recipients=("other@localhost",), subject="linked")
+    ev = d.wait_event("deferred", queue_id=qid)
+    assert ev[0]["reason"].endswith("/localhost/other has 2 links, not 1"), ev
+    assert victim.read_bytes() == b"precious\n"
+    assert not (d.mail_root / "localhost" / "user.lock").exists()
+    assert not (d.mail_root / "localhost" / "other.lock").exists()

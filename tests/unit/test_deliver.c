@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -1226,6 +1227,458 @@ static void test_deliver_mbox_busy_lock_defers_after_ten_seconds(void **state)
 	free(spool);
 }
 
+static void test_deliver_root_length_is_the_fixed_directory(void **state)
+{
+	(void)state;
+	assert_int_equal(deliver_root_length("/var/mail/%d/%u"), 9);
+	assert_int_equal(deliver_root_length("/var/mail/%u"), 9);
+	assert_int_equal(deliver_root_length("/home/%u/Maildir"), 5);
+	assert_int_equal(deliver_root_length("/var/mail/all"), 9);
+	assert_int_equal(deliver_root_length("/var/mail/u%u"), 9);
+	assert_int_equal(deliver_root_length("/%u"), 1);
+	assert_int_equal(deliver_root_length("mail/%u"), 4);
+	assert_int_equal(deliver_root_length("%u"), 0);
+}
+
+/* A file outside every mailbox that a planted link points at. */
+static char *make_victim(const struct fixture *f)
+{
+	char *victim = path_in(f, "victim");
+	write_file(victim, "precious\n", 9);
+	return victim;
+}
+
+static void assert_victim_untouched(const char *victim)
+{
+	size_t len;
+	char *content = read_file(victim, &len);
+	assert_int_equal(len, 9);
+	assert_string_equal(content, "precious\n");
+	free(content);
+}
+
+/* The tmp/ name of the old scheme (the message's own name) holds a link
+ * to another file: the delivery neither writes through it nor stops. */
+static void test_deliver_maildir_link_at_tmp_name_is_not_followed(void **state)
+{
+	struct fixture *f = *state;
+	char *spool = path_in(f, "spool-msg");
+	write_file(spool, "Subject: a\r\n\r\nbody\r\n", 20);
+	char *victim = make_victim(f);
+	char *mailbox = path_in(f, "box");
+	char *tmp = path_in(f, "box/tmp");
+	char *new = path_in(f, "box/new");
+	char *planted = path_in(f, "box/tmp/1700000000.Q1234.0.mx.example.com");
+	assert_int_equal(deliver_mkdirs(tmp), 0);
+	assert_int_equal(symlink(victim, planted), 0);
+	struct deliver_request req = maildir_request(mailbox, spool);
+	struct outcome o;
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_OK);
+	assert_victim_untouched(victim);
+	char *file = path_in(f, "box/new/1700000000.Q1234.0.mx.example.com");
+	struct stat st;
+	assert_int_equal(lstat(file, &st), 0);
+	assert_true(S_ISREG(st.st_mode));
+	char *content = read_file(file, NULL);
+	assert_non_null(strstr(content, "Subject: a\n\nbody\n"));
+	assert_int_equal(lstat(planted, &st), 0);
+	assert_true(S_ISLNK(st.st_mode)); /* not ours to remove */
+	assert_int_equal(count_entries(tmp, NULL, 0), 1);
+	assert_int_equal(count_entries(new, NULL, 0), 1);
+	free(content);
+	free(file);
+	free(planted);
+	free(new);
+	free(tmp);
+	free(mailbox);
+	free(victim);
+	free(spool);
+}
+
+/* A link planted in new/ under the message's name is neither written
+ * through nor taken for an earlier copy: the delivery waits. */
+static void test_deliver_maildir_link_at_new_name_defers(void **state)
+{
+	struct fixture *f = *state;
+	char *spool = path_in(f, "spool-msg");
+	write_file(spool, "Subject: a\r\n\r\nbody\r\n", 20);
+	char *victim = make_victim(f);
+	char *mailbox = path_in(f, "box");
+	char *tmp = path_in(f, "box/tmp");
+	char *new = path_in(f, "box/new");
+	char *planted = path_in(f, "box/new/1700000000.Q1234.0.mx.example.com");
+	assert_int_equal(deliver_mkdirs(tmp), 0);
+	assert_int_equal(deliver_mkdirs(new), 0);
+	assert_int_equal(symlink(victim, planted), 0);
+	struct deliver_request req = maildir_request(mailbox, spool);
+	struct outcome o;
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_TEMPFAIL);
+	assert_string_equal(o.dsn, "4.2.0");
+	char want[512];
+	snprintf(want, sizeof want,
+		 "link %s/1700000000.Q1234.0.mx.example.com: File exists", new);
+	assert_string_equal(o.reason, want);
+	assert_victim_untouched(victim);
+	assert_int_equal(count_entries(tmp, NULL, 0), 0);
+
+	/* A retry looks for an earlier copy first: a link is none. */
+	req.check_existing = true;
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_TEMPFAIL);
+	assert_string_equal(o.dsn, "4.2.0");
+	snprintf(want, sizeof want,
+		 "%s/new/1700000000.Q1234.0.mx.example.com is not a regular "
+		 "file",
+		 mailbox);
+	assert_string_equal(o.reason, want);
+	assert_victim_untouched(victim);
+	assert_int_equal(count_entries(tmp, NULL, 0), 0);
+
+	/* Once it is gone, the message is delivered. */
+	assert_int_equal(unlink(planted), 0);
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_OK);
+	struct stat st;
+	assert_int_equal(lstat(planted, &st), 0);
+	assert_true(S_ISREG(st.st_mode));
+	free(planted);
+	free(new);
+	free(tmp);
+	free(mailbox);
+	free(victim);
+	free(spool);
+}
+
+/* A crash between the creation in tmp/ and the move into new/ leaves a
+ * file there; the retry removes it (ours only) and delivers once. */
+static void test_deliver_maildir_retry_removes_own_tmp_leftover(void **state)
+{
+	struct fixture *f = *state;
+	char *spool = path_in(f, "spool-msg");
+	write_file(spool, "Subject: a\r\n\r\nbody\r\n", 20);
+	char *mailbox = path_in(f, "box");
+	char *tmp = path_in(f, "box/tmp");
+	char *new = path_in(f, "box/new");
+	assert_int_equal(deliver_mkdirs(tmp), 0);
+	char *ours = path_in(
+	    f, "box/tmp/1700000000.Q1234.0.mx.example.com.0123456789abcdef");
+	char *old_scheme =
+	    path_in(f, "box/tmp/1700000000.Q1234.0.mx.example.com");
+	char *other = path_in(f, "box/tmp/1700000000.Q1234.01.mx.example.com");
+	write_file(ours, "half", 4);
+	write_file(old_scheme, "half", 4);
+	write_file(other, "someone else's", 14);
+	struct deliver_request req = maildir_request(mailbox, spool);
+	req.check_existing = true;
+	struct outcome o;
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_OK);
+	assert_int_equal(access(ours, F_OK), -1);
+	assert_int_equal(access(old_scheme, F_OK), -1);
+	assert_int_equal(access(other, F_OK), 0);
+	assert_int_equal(count_entries(tmp, NULL, 0), 1);
+	assert_int_equal(count_entries(new, NULL, 0), 1);
+	free(other);
+	free(old_scheme);
+	free(ours);
+	free(new);
+	free(tmp);
+	free(mailbox);
+	free(spool);
+}
+
+/* Below the mail root a folder that is a link is not followed (the
+ * delivery waits); the root itself may be a link. */
+static void test_deliver_maildir_link_below_root_defers(void **state)
+{
+	struct fixture *f = *state;
+	char *spool = path_in(f, "spool-msg");
+	write_file(spool, "Subject: a\r\n\r\nbody\r\n", 20);
+	char *elsewhere = path_in(f, "elsewhere");
+	char *real_root = path_in(f, "real-root");
+	char *root = path_in(f, "mail");
+	char *domain = path_in(f, "mail/example.com");
+	assert_int_equal(deliver_mkdirs(elsewhere), 0);
+	assert_int_equal(deliver_mkdirs(real_root), 0);
+	assert_int_equal(symlink(real_root, root), 0);	 /* the operator's */
+	assert_int_equal(symlink(elsewhere, domain), 0); /* planted */
+	char *mailbox = path_in(f, "mail/example.com/bob");
+	struct deliver_request req = maildir_request(mailbox, spool);
+	req.root_len = strlen(root);
+	struct outcome o;
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_TEMPFAIL);
+	assert_string_equal(o.dsn, "4.2.0");
+	char want[512];
+	snprintf(want, sizeof want, "open %s: symbolic link not followed",
+		 domain);
+	assert_string_equal(o.reason, want);
+	assert_int_equal(count_entries(elsewhere, NULL, 0), 0);
+
+	/* Through the root's own link, a real folder takes mail. */
+	assert_int_equal(unlink(domain), 0);
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_OK);
+	char *new = path_in(f, "real-root/example.com/bob/new");
+	assert_int_equal(count_entries(new, NULL, 0), 1);
+
+	/* A link planted for the folder itself, or for its new/. */
+	char *other = path_in(f, "mail/example.com/carol");
+	char *other_new = path_in(f, "mail/example.com/dave/new");
+	char *dave = path_in(f, "mail/example.com/dave");
+	assert_int_equal(symlink(elsewhere, other), 0);
+	assert_int_equal(deliver_mkdirs(dave), 0);
+	assert_int_equal(symlink(elsewhere, other_new), 0);
+	req.mailbox = other;
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_TEMPFAIL);
+	snprintf(want, sizeof want, "open %s: symbolic link not followed",
+		 other);
+	assert_string_equal(o.reason, want);
+	req.mailbox = dave;
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_TEMPFAIL);
+	snprintf(want, sizeof want, "open %s: symbolic link not followed",
+		 other_new);
+	assert_string_equal(o.reason, want);
+	assert_int_equal(count_entries(elsewhere, NULL, 0), 0);
+	free(dave);
+	free(other_new);
+	free(other);
+	free(new);
+	free(mailbox);
+	free(domain);
+	free(root);
+	free(real_root);
+	free(elsewhere);
+	free(spool);
+}
+
+/* An mbox that is a link, a file with another link, or someone else's
+ * file is refused before anything is written; the delivery waits. */
+static void test_deliver_mbox_link_hard_link_or_owner_defers(void **state)
+{
+	struct fixture *f = *state;
+	char *spool = path_in(f, "spool");
+	write_file(spool, "hi\r\n", 4);
+	char *victim = make_victim(f);
+	char *mbox = path_in(f, "var/mail/bob");
+	char *dir = path_in(f, "var/mail");
+	char *lock = path_in(f, "var/mail/bob.lock");
+	assert_int_equal(deliver_mkdirs(dir), 0);
+	struct outcome o;
+	char want[512];
+
+	assert_int_equal(symlink(victim, mbox), 0);
+	struct deliver_request req = mbox_request(mbox, spool, "a@b");
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_TEMPFAIL);
+	assert_string_equal(o.dsn, "4.2.0");
+	snprintf(want, sizeof want, "open %s: symbolic link not followed",
+		 mbox);
+	assert_string_equal(o.reason, want);
+	assert_victim_untouched(victim);
+	assert_int_equal(access(lock, F_OK), -1);
+
+	assert_int_equal(unlink(mbox), 0);
+	assert_int_equal(link(victim, mbox), 0);
+	req = mbox_request(mbox, spool, "a@b");
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_TEMPFAIL);
+	assert_string_equal(o.dsn, "4.2.0");
+	snprintf(want, sizeof want, "%s has 2 links, not 1", mbox);
+	assert_string_equal(o.reason, want);
+	assert_victim_untouched(victim);
+	assert_int_equal(access(lock, F_OK), -1);
+
+	assert_int_equal(unlink(mbox), 0);
+	write_file(mbox, "precious\n", 9);
+	if (geteuid() == 0) {
+		assert_int_equal(chown(mbox, 65534, 65534), 0);
+		req = mbox_request(mbox, spool, "a@b");
+		deliver_one(f, &req, &o);
+		assert_int_equal(o.result, DELIVER_TEMPFAIL);
+		snprintf(want, sizeof want, "%s is owned by uid 65534, not 0",
+			 mbox);
+		assert_string_equal(o.reason, want);
+		assert_victim_untouched(mbox);
+		assert_int_equal(chown(mbox, 0, 0), 0);
+	}
+
+	/* Our own plain file takes the message. */
+	req = mbox_request(mbox, spool, "a@b");
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_OK);
+	char *content = read_file(mbox, NULL);
+	assert_memory_equal(content, "precious\nFrom a@b ", 18);
+	free(content);
+	free(lock);
+	free(dir);
+	free(mbox);
+	free(victim);
+	free(spool);
+}
+
+/* A link planted as a folder on the way to the mbox is not followed. */
+static void test_deliver_mbox_link_below_root_defers(void **state)
+{
+	struct fixture *f = *state;
+	char *spool = path_in(f, "spool");
+	write_file(spool, "hi\r\n", 4);
+	char *root = path_in(f, "mail");
+	char *elsewhere = path_in(f, "elsewhere");
+	char *domain = path_in(f, "mail/example.com");
+	assert_int_equal(deliver_mkdirs(root), 0);
+	assert_int_equal(deliver_mkdirs(elsewhere), 0);
+	assert_int_equal(symlink(elsewhere, domain), 0);
+	char *mbox = path_in(f, "mail/example.com/bob");
+	struct deliver_request req = mbox_request(mbox, spool, "a@b");
+	req.root_len = strlen(root);
+	struct outcome o;
+	deliver_one(f, &req, &o);
+	assert_int_equal(o.result, DELIVER_TEMPFAIL);
+	char want[512];
+	snprintf(want, sizeof want, "open %s: symbolic link not followed",
+		 domain);
+	assert_string_equal(o.reason, want);
+	assert_int_equal(count_entries(elsewhere, NULL, 0), 0);
+	free(mbox);
+	free(domain);
+	free(elsewhere);
+	free(root);
+	free(spool);
+}
+
+/* A dot lock older than this is stale in the tests below. */
+#define TEST_STALE_SECONDS 300
+
+static void make_stale_lock(const char *path)
+{
+	write_file(path, "", 0);
+	struct timespec old[2] = {{.tv_sec = time(NULL) - 3600},
+				  {.tv_sec = time(NULL) - 3600}};
+	assert_int_equal(utimensat(AT_FDCWD, path, old, 0), 0);
+}
+
+static ino_t inode_of(const char *path)
+{
+	struct stat st;
+	assert_int_equal(lstat(path, &st), 0);
+	return st.st_ino;
+}
+
+/*
+ * The race of two lockers that find the same stale lock: the first
+ * breaks it and takes the lock; the second, which judged the same stale
+ * file, must not then remove the first one's fresh lock.
+ */
+static void test_deliver_dot_lock_break_spares_a_fresh_lock(void **state)
+{
+	struct fixture *f = *state;
+	int dirfd = open(f->dir, O_RDONLY | O_DIRECTORY);
+	assert_true(dirfd >= 0);
+	char *lock = path_in(f, "bob.lock");
+	make_stale_lock(lock);
+
+	struct deliver_lock_file first, second;
+	assert_int_equal(
+	    deliver_dot_lock_try(dirfd, "bob.lock", TEST_STALE_SECONDS, &first),
+	    DOT_LOCK_STALE);
+	assert_int_equal(deliver_dot_lock_try(dirfd, "bob.lock",
+					      TEST_STALE_SECONDS, &second),
+			 DOT_LOCK_STALE);
+	/* The first breaks it and takes the lock... */
+	assert_int_equal(deliver_dot_lock_break(dirfd, "bob.lock", &first),
+			 DOT_LOCK_STALE);
+	assert_int_equal(
+	    deliver_dot_lock_try(dirfd, "bob.lock", TEST_STALE_SECONDS, &first),
+	    DOT_LOCK_TAKEN);
+	ino_t taken = inode_of(lock);
+	assert_true(first.ino == taken);
+	/* ...then the second goes on with what it judged. */
+	assert_int_equal(deliver_dot_lock_break(dirfd, "bob.lock", &second),
+			 DOT_LOCK_BUSY);
+	assert_int_equal(inode_of(lock), taken);
+	assert_int_equal(deliver_dot_lock_try(dirfd, "bob.lock",
+					      TEST_STALE_SECONDS, &second),
+			 DOT_LOCK_BUSY);
+	assert_int_equal(count_entries(f->dir, NULL, 0), 1); /* no litter */
+
+	/* The same when another program broke it and made its own lock
+	 * between our look and our break. */
+	assert_int_equal(unlink(lock), 0);
+	make_stale_lock(lock);
+	assert_int_equal(deliver_dot_lock_try(dirfd, "bob.lock",
+					      TEST_STALE_SECONDS, &second),
+			 DOT_LOCK_STALE);
+	assert_int_equal(unlink(lock), 0);
+	write_file(lock, "4242\n", 5);
+	taken = inode_of(lock);
+	assert_int_equal(deliver_dot_lock_break(dirfd, "bob.lock", &second),
+			 DOT_LOCK_BUSY);
+	assert_int_equal(inode_of(lock), taken);
+	assert_int_equal(count_entries(f->dir, NULL, 0), 1);
+	free(lock);
+	assert_int_equal(close(dirfd), 0);
+}
+
+/* While one locker breaks a stale lock (and holds flock on it), another
+ * that judged the same file waits instead of breaking it too. */
+static void test_deliver_dot_lock_breakers_take_turns(void **state)
+{
+	struct fixture *f = *state;
+	int dirfd = open(f->dir, O_RDONLY | O_DIRECTORY);
+	assert_true(dirfd >= 0);
+	char *lock = path_in(f, "bob.lock");
+	make_stale_lock(lock);
+	struct deliver_lock_file mine;
+	assert_int_equal(
+	    deliver_dot_lock_try(dirfd, "bob.lock", TEST_STALE_SECONDS, &mine),
+	    DOT_LOCK_STALE);
+	int held = open(lock, O_RDONLY);
+	assert_true(held >= 0);
+	assert_int_equal(flock(held, LOCK_EX), 0);
+	assert_int_equal(deliver_dot_lock_break(dirfd, "bob.lock", &mine),
+			 DOT_LOCK_BUSY);
+	assert_int_equal(access(lock, F_OK), 0);
+	assert_int_equal(close(held), 0);
+	assert_int_equal(
+	    deliver_dot_lock_try(dirfd, "bob.lock", TEST_STALE_SECONDS, &mine),
+	    DOT_LOCK_STALE);
+	assert_int_equal(deliver_dot_lock_break(dirfd, "bob.lock", &mine),
+			 DOT_LOCK_STALE);
+	assert_int_equal(access(lock, F_OK), -1);
+	free(lock);
+	assert_int_equal(close(dirfd), 0);
+}
+
+/* Only a file (or a link) that a crash left is a stale lock: an old
+ * directory of that name is not ours to remove. */
+static void test_deliver_dot_lock_only_breaks_files(void **state)
+{
+	struct fixture *f = *state;
+	int dirfd = open(f->dir, O_RDONLY | O_DIRECTORY);
+	assert_true(dirfd >= 0);
+	char *lock = path_in(f, "bob.lock");
+	assert_int_equal(mkdir(lock, 0700), 0);
+	struct timespec old[2] = {{.tv_sec = time(NULL) - 3600},
+				  {.tv_sec = time(NULL) - 3600}};
+	assert_int_equal(utimensat(AT_FDCWD, lock, old, 0), 0);
+	struct deliver_lock_file file;
+	assert_int_equal(
+	    deliver_dot_lock_try(dirfd, "bob.lock", TEST_STALE_SECONDS, &file),
+	    DOT_LOCK_BUSY);
+	assert_int_equal(file.fd, -1);
+	struct stat st;
+	assert_int_equal(lstat(lock, &st), 0);
+	assert_true(S_ISDIR(st.st_mode));
+	assert_int_equal(rmdir(lock), 0);
+	free(lock);
+	assert_int_equal(close(dirfd), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1282,6 +1735,29 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(
 		test_deliver_mbox_busy_lock_defers_after_ten_seconds, setup,
 		teardown),
+	    cmocka_unit_test(test_deliver_root_length_is_the_fixed_directory),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_maildir_link_at_tmp_name_is_not_followed, setup,
+		teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_maildir_link_at_new_name_defers, setup, teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_maildir_retry_removes_own_tmp_leftover, setup,
+		teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_maildir_link_below_root_defers, setup, teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_mbox_link_hard_link_or_owner_defers, setup,
+		teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_mbox_link_below_root_defers, setup, teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_dot_lock_break_spares_a_fresh_lock, setup,
+		teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_dot_lock_breakers_take_turns, setup, teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_dot_lock_only_breaks_files, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -514,16 +514,17 @@ static int scan_mailbox(struct pop3_job *job)
 	}
 	if (job->cur_fd == -1 && errno != ENOENT)
 		goto out;
-	step = NULL;
+	step = "new";
 	if (newfd != -1 && job->cur_fd != -1 &&
 	    move_new_to_cur(job, newfd) == -1)
 		goto out;
+	step = "cur";
 	if (job->cur_fd != -1 && list_cur(job) == -1)
 		goto out;
 	rc = 0;
 out:;
 	int err = errno;
-	if (rc == -1 && step != NULL &&
+	if (rc == -1 &&
 	    asprintf(&job->failed_path, "%s/%s", job->mailbox, step) == -1)
 		job->failed_path = NULL;
 	if (newfd != -1)

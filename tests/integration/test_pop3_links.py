@@ -4,29 +4,33 @@ another's mail over POP3 by planting a link (the rule local delivery keeps,
 docs/operations.md "Mailboxes and links")."""
 
 import os
-import poplib
+import stat
 
 import facteur_harness as h
 from test_pop3 import (OTHER, OTHER_PASSWORD, USER, Pop3Raw,  # noqa: F401
-                       certificate, make_pop3, users_text, wait_pop3_ready)
+                       certificate, make_pop3, users_text)
 
 SECRET = "the other user's secret"
 
 
 def snapshot(root):
     """{path below root: bytes} of every regular file under a folder, not
-    following links, and the links themselves as {path: target}."""
-    files, links = {}, {}
+    following links, and the other entries as {path: link target or
+    "fifo"}."""
+    files, others = {}, {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             p = os.path.join(dirpath, name)
             rel = os.path.relpath(p, root)
-            if os.path.islink(p):
-                links[rel] = os.readlink(p)
-            elif name in filenames:
+            mode = os.lstat(p).st_mode
+            if stat.S_ISLNK(mode):
+                others[rel] = os.readlink(p)
+            elif stat.S_ISFIFO(mode):
+                others[rel] = "fifo"
+            elif stat.S_ISREG(mode):
                 with open(p, "rb") as f:
                     files[rel] = f.read()
-    return files, links
+    return files, others
 
 
 def victim_with_mail(pop3):
@@ -146,19 +150,22 @@ def test_links_to_another_users_messages_are_skipped(make_pop3):
     (theirs_cur,) = os.listdir(victim / "cur")
     os.symlink(victim / "new" / theirs_new, mine / "new" / "1.planted.localhost")
     os.symlink(victim / "cur" / theirs_cur, mine / "cur" / "2.planted.localhost:2,")
+    # a FIFO would stall a reader that opened it
+    os.mkfifo(mine / "new" / "3.fifo.localhost")
     before = snapshot(victim)
     answer, seen = attack(pop3)
     assert answer.startswith(b"+OK maildrop has 1 messages"), answer
     assert SECRET.encode() not in seen
     assert b"my own mail" in seen
     assert snapshot(victim) == before
-    # the links are neither moved, listed nor deleted; the attacker's own
-    # message was deleted at QUIT
-    files, links = snapshot(mine)
+    # the links and the FIFO are neither moved, listed nor deleted; the
+    # attacker's own message was deleted at QUIT
+    files, others = snapshot(mine)
     assert files == {}
-    assert set(links) == {"new/1.planted.localhost", "cur/2.planted.localhost:2,"}
+    assert set(others) == {"new/1.planted.localhost", "cur/2.planted.localhost:2,",
+                           "new/3.fifo.localhost"}
     ev = pop3.d.wait_event("pop3_mailbox_skipped", user=USER)
-    assert ev[-1].get("count") == "2", ev[-1]
+    assert ev[-1].get("count") == "3", ev[-1]
 
 
 def test_the_mail_root_itself_may_be_a_link(make_pop3, tmp_path):

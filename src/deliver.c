@@ -353,7 +353,7 @@ size_t deliver_root_length(const char *template_path)
 
 /* openat for a directory that must not be a link: ELOOP if it is one
  * (O_PATH with O_NOFOLLOW opens the link itself, and says ENOTDIR). */
-static int open_directory_at(int dirfd, const char *name, int mode)
+int deliver_open_directory_at(int dirfd, const char *name, int mode)
 {
 	int fd =
 	    openat(dirfd, name, mode | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -430,16 +430,18 @@ static int walk_directory(const char *path, size_t root_len, bool create,
 			errno = EINVAL;
 			goto fail;
 		}
-		int next = open_directory_at(fd, name, O_PATH);
+		int next = deliver_open_directory_at(fd, name, O_PATH);
 		if (next == -1 && errno == ENOENT && create) {
 			*what = "mkdir";
 			if (mkdirat(fd, name, 0700) == 0) {
 				if (*first_created == 0)
 					*first_created = end;
-				next = open_directory_at(fd, name, O_PATH);
+				next =
+				    deliver_open_directory_at(fd, name, O_PATH);
 			} else if (errno == EEXIST) {
 				/* made meanwhile */
-				next = open_directory_at(fd, name, O_PATH);
+				next =
+				    deliver_open_directory_at(fd, name, O_PATH);
 			}
 		}
 		if (next == -1) {
@@ -460,6 +462,18 @@ fail:
 	free(copy);
 	errno = err;
 	return -1;
+}
+
+int deliver_open_folder(const char *path, size_t root_len, bool create,
+			size_t *failed_len)
+{
+	size_t first_created, failed;
+	const char *what;
+	int fd = walk_directory(path, root_len, create, &first_created, &failed,
+				&what);
+	if (failed_len != NULL)
+		*failed_len = failed;
+	return fd;
 }
 
 /* `n` random hex digits into `out` (no terminator). getrandom may be
@@ -1208,7 +1222,7 @@ static int make_subfolder(int dirfd, const char *name, int mode, bool *created,
 	else if (errno != EEXIST)
 		return -1;
 	*what = "open";
-	return open_directory_at(dirfd, name, mode);
+	return deliver_open_directory_at(dirfd, name, mode);
 }
 
 /*

@@ -13,6 +13,15 @@
  * whole in memory. The mailbox lock lives in this
  * process only: the sessions' list is the table, keyed by the Maildir
  * path.
+ *
+ * The mailbox is read by the rule local delivery writes by: its folder
+ * is opened below the mail root without following a link (deliver.h),
+ * new/ and cur/ with O_NOFOLLOW relative to it, and every message is
+ * then opened, moved and removed relative to those descriptors, never
+ * by a path the kernel walks again. A link at the folder, new/ or cur/
+ * fails the login; a link or other non-regular file where a message
+ * belongs is left alone. So the owner of one mailbox never reaches
+ * another's mail by planting a link.
  */
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -37,6 +46,7 @@
 #include "facteur/auth.h"
 #include "facteur/auth_limit.h"
 #include "facteur/config.h"
+#include "facteur/deliver.h"
 #include "facteur/lineio.h"
 #include "facteur/listener.h"
 #include "facteur/log.h"
@@ -108,7 +118,7 @@ struct pop3_session {
 	char *user;	      /* USER given, PASS awaited */
 	char *account;	      /* logged in as */
 	char *mailbox;	      /* the Maildir, while locked by this session */
-	char *cur;	      /* its cur/ */
+	int cur_fd;	      /* its cur/, for every message's *at call */
 	struct pop3_message *messages;
 	size_t message_count;
 	unsigned login_failures;
@@ -134,10 +144,15 @@ struct pop3_job {
 	bool ok;
 	char user[ACCOUNT_MAX + 1];
 	char password[PASSWORD_MAX];
-	char *mailbox, *cur;
+	char *mailbox;
+	size_t root_len; /* mailbox[0..root_len) may hold links */
+	int cur_fd;	 /* cur/ once scanned, handed to the session */
 	struct pop3_message *messages;
 	size_t count, cap;
-	int error; /* of the scan: 0 or an errno */
+	int error;	      /* of the scan: 0 or an errno */
+	char *failed_path;    /* the part of the mailbox that failed */
+	char *skipped;	      /* the first entry left alone, "new/NAME" */
+	size_t skipped_count; /* entries that are not regular files */
 };
 
 struct pop3_server {
@@ -216,8 +231,10 @@ static void mailbox_release(struct pop3_session *s)
 	s->message_count = 0;
 	free(s->mailbox);
 	s->mailbox = NULL;
-	free(s->cur);
-	s->cur = NULL;
+	if (s->cur_fd != -1) {
+		(void)close(s->cur_fd); /* a directory: nothing to lose */
+		s->cur_fd = -1;
+	}
 }
 
 static int compare_messages(const void *a, const void *b)
@@ -230,10 +247,43 @@ static int compare_messages(const void *a, const void *b)
 	return strcmp(x->name, y->name);
 }
 
+/* A message opened for reading relative to its folder: never through a
+ * link (ELOOP), and only a regular file (EINVAL otherwise); O_NONBLOCK
+ * so that a FIFO put in its place cannot stall the open. */
+static int open_message(int dirfd, const char *name)
+{
+	int fd =
+	    openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd == -1)
+		return -1;
+	struct stat st;
+	int err = 0;
+	if (fstat(fd, &st) == -1)
+		err = errno;
+	else if (!S_ISREG(st.st_mode))
+		err = EINVAL;
+	if (err != 0) {
+		(void)close(fd); /* read-only: nothing to lose */
+		errno = err;
+		return -1;
+	}
+	return fd;
+}
+
+/* The reason a log line gives for open_message's errno. */
+static const char *message_error(int err)
+{
+	if (err == ELOOP)
+		return "symbolic link not followed";
+	if (err == EINVAL)
+		return "not a regular file";
+	return strerror(err);
+}
+
 /* The size STAT and LIST give: the file read once, counting bare LFs. */
 static int measure_file(int dirfd, const char *name, char *buf, uint64_t *size)
 {
-	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	int fd = open_message(dirfd, name);
 	if (fd == -1)
 		return -1;
 	struct pop3_measure m = {0};
@@ -256,26 +306,45 @@ static int measure_file(int dirfd, const char *name, char *buf, uint64_t *size)
 	return 0;
 }
 
-/* Every file of new/ goes to cur/ with the Maildir info ":2,"; its name
- * before the ':' (the UID) does not change. */
-static int move_new_to_cur(const char *mailbox, const char *cur)
+/* A link, FIFO, device or folder where a message belongs: not listed,
+ * moved or deleted. Counted here and logged from the loop, since the
+ * scan runs on a worker. */
+static int skip_entry(struct pop3_job *job, const char *folder,
+		      const char *name)
 {
-	char *newdir = NULL;
-	if (asprintf(&newdir, "%s/new", mailbox) == -1) {
+	if (job->skipped_count++ == 0 &&
+	    asprintf(&job->skipped, "%s/%s", folder, name) == -1) {
+		job->skipped = NULL;
 		errno = ENOMEM;
 		return -1;
 	}
-	DIR *dir = opendir(newdir);
-	free(newdir);
+	return 0;
+}
+
+/* A listing of the folder `dirfd`, which stays open for the *at calls:
+ * the stream gets a descriptor of its own. */
+static DIR *open_listing(int dirfd)
+{
+	int fd = fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
+	if (fd == -1)
+		return NULL;
+	DIR *dir = fdopendir(fd);
+	if (dir == NULL) {
+		int err = errno;
+		(void)close(fd); /* a directory: nothing to lose */
+		errno = err;
+	}
+	return dir;
+}
+
+/* Every regular file of new/ goes to cur/ with the Maildir info ":2,";
+ * its name before the ':' (the UID) does not change. */
+static int move_new_to_cur(struct pop3_job *job, int newfd)
+{
+	DIR *dir = open_listing(newfd);
 	if (dir == NULL)
-		return errno == ENOENT ? 0 : -1;
+		return -1;
 	int rc = -1;
-	int curfd = -1;
-	if (mkdir(cur, 0700) == -1 && errno != EEXIST)
-		goto out;
-	curfd = open(cur, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (curfd == -1)
-		goto out;
 	for (;;) {
 		errno = 0;
 		struct dirent *e = readdir(dir);
@@ -284,8 +353,19 @@ static int move_new_to_cur(const char *mailbox, const char *cur)
 				goto out;
 			break;
 		}
-		if (e->d_name[0] == '.' || e->d_type == DT_DIR)
+		if (e->d_name[0] == '.')
 			continue;
+		struct stat st;
+		if (fstatat(newfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) == -1) {
+			if (errno == ENOENT)
+				continue; /* another reader moved it */
+			goto out;
+		}
+		if (!S_ISREG(st.st_mode)) {
+			if (skip_entry(job, "new", e->d_name) == -1)
+				goto out;
+			continue;
+		}
 		char *target = NULL;
 		int n = strchr(e->d_name, ':') != NULL
 			    ? asprintf(&target, "%s", e->d_name)
@@ -294,7 +374,9 @@ static int move_new_to_cur(const char *mailbox, const char *cur)
 			errno = ENOMEM;
 			goto out;
 		}
-		int moved = renameat(dirfd(dir), e->d_name, curfd, target);
+		/* A link swapped in since the fstatat moves as a link, and
+		 * cur/'s listing and every open refuse it. */
+		int moved = renameat(newfd, e->d_name, job->cur_fd, target);
 		int err = errno;
 		free(target);
 		/* ENOENT: another reader moved it first; it is in cur/. */
@@ -306,9 +388,7 @@ static int move_new_to_cur(const char *mailbox, const char *cur)
 	rc = 0;
 out:;
 	int err = errno;
-	if (curfd != -1)
-		(void)close(curfd); /* a directory opened for renameat */
-	(void)closedir(dir);
+	(void)closedir(dir); /* a directory: nothing to lose */
 	errno = err;
 	return rc;
 }
@@ -341,9 +421,9 @@ static int add_message(struct pop3_job *job, const char *name,
  * its size (",W=") is not read; any other is read once to size it. */
 static int list_cur(struct pop3_job *job)
 {
-	DIR *dir = opendir(job->cur);
+	DIR *dir = open_listing(job->cur_fd);
 	if (dir == NULL)
-		return errno == ENOENT ? 0 : -1;
+		return -1;
 	char *buf = malloc(SCAN_CHUNK);
 	int rc = -1;
 	if (buf == NULL) {
@@ -362,19 +442,27 @@ static int list_cur(struct pop3_job *job)
 			continue;
 		struct stat st;
 		uint64_t size;
-		if (fstatat(dirfd(dir), e->d_name, &st, AT_SYMLINK_NOFOLLOW) ==
+		if (fstatat(job->cur_fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) ==
 		    -1) {
 			if (errno == ENOENT)
 				continue; /* gone meanwhile */
 			goto out;
 		}
-		if (!S_ISREG(st.st_mode))
+		if (!S_ISREG(st.st_mode)) {
+			if (skip_entry(job, "cur", e->d_name) == -1)
+				goto out;
 			continue;
+		}
 		if (!pop3_size_from_name(e->d_name, strlen(e->d_name), &size) &&
-		    measure_file(dirfd(dir), e->d_name, buf, &size) == -1) {
+		    measure_file(job->cur_fd, e->d_name, buf, &size) == -1) {
 			if (errno == ENOENT)
 				continue;
-			goto out;
+			/* replaced by a link or a FIFO since the fstatat */
+			if (errno != ELOOP && errno != EINVAL)
+				goto out;
+			if (skip_entry(job, "cur", e->d_name) == -1)
+				goto out;
+			continue;
 		}
 		if (add_message(job, e->d_name, &st, size) == -1) {
 			errno = ENOMEM;
@@ -388,7 +476,60 @@ static int list_cur(struct pop3_job *job)
 out:;
 	int err = errno;
 	free(buf);
-	(void)closedir(dir);
+	(void)closedir(dir); /* a directory: nothing to lose */
+	errno = err;
+	return rc;
+}
+
+/* Open the mailbox as local delivery does (deliver_open_folder), then
+ * new/ and cur/ without following a link; move new/ into cur/ and list
+ * cur/. A mailbox never delivered to is an empty maildrop. On failure
+ * job->failed_path names the part that failed, when one did. */
+static int scan_mailbox(struct pop3_job *job)
+{
+	size_t failed_len;
+	int folder = deliver_open_folder(job->mailbox, job->root_len, false,
+					 &failed_len);
+	if (folder == -1) {
+		int err = errno;
+		if (err == ENOENT)
+			return 0;
+		job->failed_path = strndup(job->mailbox, failed_len);
+		errno = err;
+		return -1;
+	}
+	int rc = -1;
+	const char *step = "new";
+	int newfd = deliver_open_directory_at(folder, "new", O_RDONLY);
+	if (newfd == -1 && errno != ENOENT)
+		goto out;
+	step = "cur";
+	job->cur_fd = deliver_open_directory_at(folder, "cur", O_RDONLY);
+	if (job->cur_fd == -1 && errno == ENOENT && newfd != -1) {
+		/* mail in new/ and no cur/ yet: make it, as readers do */
+		if (mkdirat(folder, "cur", 0700) == -1 && errno != EEXIST)
+			goto out;
+		job->cur_fd =
+		    deliver_open_directory_at(folder, "cur", O_RDONLY);
+	}
+	if (job->cur_fd == -1 && errno != ENOENT)
+		goto out;
+	step = "new";
+	if (newfd != -1 && job->cur_fd != -1 &&
+	    move_new_to_cur(job, newfd) == -1)
+		goto out;
+	step = "cur";
+	if (job->cur_fd != -1 && list_cur(job) == -1)
+		goto out;
+	rc = 0;
+out:;
+	int err = errno;
+	if (rc == -1 &&
+	    asprintf(&job->failed_path, "%s/%s", job->mailbox, step) == -1)
+		job->failed_path = NULL;
+	if (newfd != -1)
+		(void)close(newfd); /* a directory: nothing to lose */
+	(void)close(folder);	    /* an O_PATH descriptor */
 	errno = err;
 	return rc;
 }
@@ -398,7 +539,10 @@ static void job_free(struct pop3_job *job)
 	explicit_bzero(job->password, sizeof job->password);
 	free(job->hash);
 	free(job->mailbox);
-	free(job->cur);
+	if (job->cur_fd != -1)
+		(void)close(job->cur_fd); /* a directory: nothing to lose */
+	free(job->failed_path);
+	free(job->skipped);
 	for (size_t i = 0; i < job->count; i++)
 		free(job->messages[i].name);
 	free(job->messages);
@@ -410,8 +554,7 @@ static void scan_run(void *arg)
 {
 	struct pop3_job *job = arg;
 	job->error = 0;
-	if (move_new_to_cur(job->mailbox, job->cur) == -1 ||
-	    list_cur(job) == -1)
+	if (scan_mailbox(job) == -1)
 		job->error = errno ? errno : EIO;
 }
 
@@ -469,7 +612,10 @@ static void scan_done(void *arg)
 		log_event(LOG_LEVEL_ERROR, "pop3_mailbox_error",
 			  LOG_S("client", s->client), LOG_S("user", job->user),
 			  LOG_S("mailbox", s->mailbox),
-			  LOG_S("reason", strerror(job->error)));
+			  LOG_S("path", job->failed_path),
+			  LOG_S("reason", job->error == ELOOP
+					      ? "symbolic link not followed"
+					      : strerror(job->error)));
 		mailbox_release(s);
 		reply(s, "-ERR [SYS/TEMP] cannot open the mailbox");
 		log_login(s, job->user, "mailbox_error");
@@ -485,10 +631,19 @@ static void scan_done(void *arg)
 		resume_commands(s);
 		return;
 	}
+	if (job->skipped_count > 0)
+		log_event(LOG_LEVEL_WARN, "pop3_mailbox_skipped",
+			  LOG_S("client", s->client), LOG_S("user", job->user),
+			  LOG_S("mailbox", s->mailbox),
+			  LOG_S("entry", job->skipped),
+			  LOG_I("count", job->skipped_count),
+			  LOG_S("reason", "not a regular file"));
 	s->messages = job->messages;
 	s->message_count = job->count;
 	job->messages = NULL;
 	job->count = 0;
+	s->cur_fd = job->cur_fd;
+	job->cur_fd = -1;
 	free(s->account);
 	s->account = who;
 	job_free(job);
@@ -536,22 +691,17 @@ static bool mailbox_open(struct pop3_session *s, struct pop3_job *job)
 		job_free(job);
 		return false;
 	}
-	char *cur = NULL;
-	if (asprintf(&cur, "%s/cur", path) == -1)
-		cur = NULL;
 	job->mailbox = strdup(path);
-	job->cur = cur != NULL ? strdup(cur) : NULL;
-	if (cur == NULL || job->mailbox == NULL || job->cur == NULL ||
+	job->root_len = deliver_root_length(cfg->mailbox_path);
+	if (job->mailbox == NULL ||
 	    worker_run(srv_of(s)->worker, scan_run, scan_done, job) == -1) {
 		free(path);
-		free(cur);
 		job_free(job);
 		reply(s, "-ERR [SYS/TEMP] out of memory");
 		return false;
 	}
 	/* Locked from now on: a second login to it gets [IN-USE]. */
 	s->mailbox = path;
-	s->cur = cur;
 	s->job = job;
 	enter_state(s, POP3_STATE_OPENING);
 	return true;
@@ -684,6 +834,7 @@ static void login(struct pop3_session *s, const char *user,
 	const char *hash = auth_users_hash(srv->users, user);
 	if (job != NULL) {
 		job->session = s;
+		job->cur_fd = -1;
 		job->hash = hash != NULL ? strdup(hash) : NULL;
 		snprintf(job->user, sizeof job->user, "%s", user);
 		snprintf(job->password, sizeof job->password, "%s", password);
@@ -1023,14 +1174,8 @@ static void cmd_retr(struct pop3_session *s, const struct pop3_command *cmd,
 	struct pop3_message *m = message_get(s, cmd->number);
 	if (m == NULL)
 		return;
-	char *path = NULL;
-	if (asprintf(&path, "%s/%s", s->cur, m->name) == -1) {
-		reply(s, "-ERR [SYS/TEMP] out of memory");
-		return;
-	}
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	int fd = open_message(s->cur_fd, m->name);
 	int err = errno;
-	free(path);
 	if (fd == -1) {
 		if (err == ENOENT)
 			reply(s, "-ERR message %llu is no longer available",
@@ -1038,10 +1183,11 @@ static void cmd_retr(struct pop3_session *s, const struct pop3_command *cmd,
 		else
 			reply(s, "-ERR [SYS/TEMP] cannot read message %llu",
 			      (unsigned long long)cmd->number);
-		log_event(
-		    LOG_LEVEL_WARN, "pop3_read_error",
-		    LOG_S("client", s->client), LOG_S("mailbox", s->mailbox),
-		    LOG_S("message", m->name), LOG_S("reason", strerror(err)));
+		log_event(LOG_LEVEL_WARN, "pop3_read_error",
+			  LOG_S("client", s->client),
+			  LOG_S("mailbox", s->mailbox),
+			  LOG_S("message", m->name),
+			  LOG_S("reason", message_error(err)));
 		return;
 	}
 	if (top)
@@ -1087,12 +1233,9 @@ static void cmd_quit_update(struct pop3_session *s)
 		const struct pop3_message *m = &s->messages[i];
 		if (!m->deleted)
 			continue;
-		char *path = NULL;
-		if (asprintf(&path, "%s/%s", s->cur, m->name) == -1) {
-			failed++;
-			continue;
-		}
-		if (unlink(path) == 0 || errno == ENOENT) {
+		/* Relative to cur/ as listed: a link swapped in for the
+		 * name is removed itself, never what it points at. */
+		if (unlinkat(s->cur_fd, m->name, 0) == 0 || errno == ENOENT) {
 			removed++;
 		} else {
 			int err = errno;
@@ -1103,7 +1246,6 @@ static void cmd_quit_update(struct pop3_session *s)
 				  LOG_S("message", m->name),
 				  LOG_S("reason", strerror(err)));
 		}
-		free(path);
 	}
 	size_t left = s->message_count - removed;
 	log_event(LOG_LEVEL_INFO, "pop3_logout", LOG_S("client", s->client),
@@ -1422,6 +1564,7 @@ session_new(struct pop3_server *p, int fd, const struct sockaddr *addr,
 	}
 	s->server = p;
 	s->send_fd = -1;
+	s->cur_fd = -1;
 	s->started = time(NULL);
 	if (addrlen > sizeof s->addr)
 		addrlen = sizeof s->addr;

@@ -84,6 +84,24 @@ int deliver_maildir_name(char *buf, size_t len, time_t arrival,
  * a symbolic link. 0 when the template starts with a '%'. */
 size_t deliver_root_length(const char *template_path);
 
+/*
+ * Open the folder `path` the way deliveries do, so that a mail reader
+ * (POP3) reaches no more than they write: its first `root_len` octets
+ * (deliver_root_length) are opened as they are, every component after
+ * them without following a link (ELOOP for one), and "." or ".." there
+ * is refused (EINVAL). Missing folders are made (mode 0700) when
+ * `create`. Returns an O_PATH directory descriptor, for the *at calls,
+ * or -1 (errno) with *failed_len, when not NULL, the length of the
+ * part of `path` that failed. Safe on any thread: it keeps no state.
+ */
+int deliver_open_folder(const char *path, size_t root_len, bool create,
+                        size_t *failed_len);
+
+/* openat(dirfd, name) of a directory with O_DIRECTORY|O_NOFOLLOW|
+ * O_CLOEXEC added to `mode` (O_RDONLY, O_PATH): ELOOP, never ENOTDIR,
+ * when `name` is a symbolic link. */
+int deliver_open_directory_at(int dirfd, const char *name, int mode);
+
 /* mkdir -p with mode 0700 for the parts it creates. 0 or -1 (errno). */
 int deliver_mkdirs(const char *path);
 

@@ -1456,6 +1456,98 @@ static void test_deliver_maildir_link_below_root_defers(void **state)
 	free(spool);
 }
 
+/* The folder walk that POP3 shares: the root may be a link, nothing
+ * below it may, "." and ".." are refused, and nothing is made unless
+ * asked; the length says which part failed. */
+static void test_deliver_open_folder_follows_only_the_root(void **state)
+{
+	struct fixture *f = *state;
+	char *real_root = path_in(f, "real-root");
+	char *root = path_in(f, "mail");
+	char *bob = path_in(f, "mail/example.com/bob");
+	char *carol = path_in(f, "mail/example.com/carol");
+	char *dotdot = path_in(f, "mail/example.com/../example.com/bob");
+	char *missing = path_in(f, "mail/example.com/dave");
+	assert_int_equal(deliver_mkdirs(real_root), 0);
+	assert_int_equal(symlink(real_root, root), 0); /* the operator's */
+	size_t root_len = strlen(root);
+	size_t failed = 0;
+
+	errno = 0;
+	assert_int_equal(deliver_open_folder(bob, root_len, false, &failed),
+			 -1);
+	assert_int_equal(errno, ENOENT);
+	assert_int_equal(access(bob, F_OK), -1); /* not made */
+
+	int fd = deliver_open_folder(bob, root_len, true, &failed);
+	assert_true(fd >= 0);
+	assert_int_equal(mkdirat(fd, "new", 0700), 0);
+	assert_int_equal(close(fd), 0);
+	char *made = path_in(f, "real-root/example.com/bob/new");
+	assert_int_equal(access(made, F_OK), 0);
+
+	/* carol -> bob, planted below the root */
+	assert_int_equal(symlink("bob", carol), 0);
+	errno = 0;
+	assert_int_equal(deliver_open_folder(carol, root_len, true, &failed),
+			 -1);
+	assert_int_equal(errno, ELOOP);
+	assert_int_equal(failed, strlen(carol));
+	/* the same link met as a middle component */
+	char *through = path_in(f, "mail/example.com/carol/new");
+	errno = 0;
+	assert_int_equal(deliver_open_folder(through, root_len, false, &failed),
+			 -1);
+	assert_int_equal(errno, ELOOP);
+	assert_int_equal(failed, strlen(carol));
+
+	errno = 0;
+	assert_int_equal(deliver_open_folder(dotdot, root_len, false, &failed),
+			 -1);
+	assert_int_equal(errno, EINVAL);
+	errno = 0;
+	assert_int_equal(deliver_open_folder(missing, root_len, false, NULL),
+			 -1);
+	assert_int_equal(errno, ENOENT);
+	free(through);
+	free(made);
+	free(missing);
+	free(dotdot);
+	free(carol);
+	free(bob);
+	free(root);
+	free(real_root);
+}
+
+/* A link where a directory is expected says ELOOP, for O_PATH and
+ * O_RDONLY alike, so that callers can tell it from a plain file. */
+static void test_deliver_open_directory_at_says_eloop_for_a_link(void **state)
+{
+	struct fixture *f = *state;
+	int dirfd = open(f->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	assert_true(dirfd >= 0);
+	assert_int_equal(mkdirat(dirfd, "real", 0700), 0);
+	assert_int_equal(symlinkat("real", dirfd, "link"), 0);
+	int file = openat(dirfd, "file", O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+	assert_true(file >= 0);
+	assert_int_equal(close(file), 0);
+	int modes[] = {O_PATH, O_RDONLY};
+	for (size_t i = 0; i < 2; i++) {
+		int fd = deliver_open_directory_at(dirfd, "real", modes[i]);
+		assert_true(fd >= 0);
+		assert_int_equal(close(fd), 0);
+		errno = 0;
+		assert_int_equal(
+		    deliver_open_directory_at(dirfd, "link", modes[i]), -1);
+		assert_int_equal(errno, ELOOP);
+		errno = 0;
+		assert_int_equal(
+		    deliver_open_directory_at(dirfd, "file", modes[i]), -1);
+		assert_int_equal(errno, ENOTDIR);
+	}
+	assert_int_equal(close(dirfd), 0);
+}
+
 /* An mbox that is a link, a file with another link, or someone else's
  * file is refused before anything is written; the delivery waits. */
 static void test_deliver_mbox_link_hard_link_or_owner_defers(void **state)
@@ -1746,6 +1838,12 @@ int main(void)
 		teardown),
 	    cmocka_unit_test_setup_teardown(
 		test_deliver_maildir_link_below_root_defers, setup, teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_open_folder_follows_only_the_root, setup,
+		teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_deliver_open_directory_at_says_eloop_for_a_link, setup,
+		teardown),
 	    cmocka_unit_test_setup_teardown(
 		test_deliver_mbox_link_hard_link_or_owner_defers, setup,
 		teardown),

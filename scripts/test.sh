@@ -19,10 +19,23 @@ if [ "$fuzz_seconds" -gt 0 ]; then
 	CC=clang cmake -S . -B "$build-fuzz" -DFACTEUR_FUZZ=ON -DFACTEUR_TESTS=OFF \
 		-DFACTEUR_WERROR=ON >/dev/null
 	cmake --build "$build-fuzz" -j"$(nproc)"
+	fuzz_new=$(mktemp -d)
 	for target in "$build-fuzz"/fuzz/fuzz_*; do
-		echo "fuzz: $(basename "$target") for ${fuzz_seconds}s"
-		"$target" -max_total_time="$fuzz_seconds" -print_final_stats=0 2>&1 | tail -n 2
+		name=$(basename "$target")
+		# Inputs that once crashed a target stay fixed.
+		if [ -d "tests/fuzz/regressions/$name" ]; then
+			"$target" -print_final_stats=0 "tests/fuzz/regressions/$name"/* 2>&1 | tail -n 1
+		fi
+		# From the kept corpus; what this run finds goes to a temporary
+		# folder, so a test run never changes the tree.
+		echo "fuzz: $name for ${fuzz_seconds}s"
+		mkdir -p "$fuzz_new/$name"
+		corpus=("$fuzz_new/$name")
+		[ -d "tests/fuzz/corpus/$name" ] && corpus+=("tests/fuzz/corpus/$name")
+		"$target" -max_total_time="$fuzz_seconds" -print_final_stats=0 \
+			"${corpus[@]}" 2>&1 | tail -n 2
 	done
+	rm -rf "$fuzz_new"
 fi
 
 ctest --test-dir "$build" --output-on-failure -j2

@@ -203,6 +203,16 @@ def test_haproxy_client_address_is_the_client(make_proxied, haproxy, send_proxy)
     assert not p.d.events("proxy_error")
 
 
+def test_haproxy_health_checks_keep_the_balancer_address(make_proxied, haproxy):
+    # HAProxy's checks with check-send-proxy carry a v2 LOCAL header: the
+    # session is the balancer's own, under its own address.
+    p = make_proxied(config={"proxy_networks": "127.0.0.9/32"})
+    haproxy(p.proxy_port,
+            "send-proxy-v2 source 127.0.0.9 check check-send-proxy inter 300ms")
+    p.d.wait_event("connect", client="127.0.0.9")
+    assert not p.d.events("proxy_error")
+
+
 # --------------------------------------------------------------------------
 # raw headers
 

@@ -412,3 +412,31 @@ def test_proxy_errors_are_counted(make_proxied):
     p.d.wait_event("proxy_error", client=BALANCER)
     m = th.metrics(port)
     assert m["facteur_proxy_errors_total"] == 2, m
+
+
+# --------------------------------------------------------------------------
+# the key
+
+def test_proxy_networks_from_file_environment_and_errors(tmp_path):
+    conf = tmp_path / "facteur.conf"
+    conf.write_text("listen = 127.0.0.1:2525/smtp+proxy\n"
+                    "proxy_networks = 10.0.0.0/8\n"
+                    "spool_dir = %s\n" % (tmp_path / "spool"))
+    r = h.run_facteurd(["-n", "-c", str(conf)])
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().splitlines()
+    assert "listen = 127.0.0.1:2525/smtp+proxy" in lines
+    assert lines[-1] == "proxy_networks = 10.0.0.0/8", lines[-1]
+
+    r = h.run_facteurd(["-n", "-c", str(conf)],
+                       env={"FACTEUR_PROXY_NETWORKS": "192.0.2.10, 2001:db8::/32"})
+    assert r.returncode == 0, r.stderr
+    assert "proxy_networks = 192.0.2.10/32, 2001:db8::/32" in r.stdout.decode()
+
+    r = h.run_facteurd(["-n", "-c", str(conf)],
+                       env={"FACTEUR_PROXY_NETWORKS": "10.0.0.0/33"})
+    assert r.returncode == h.EX_CONFIG, r
+    assert b"proxy_networks" in r.stderr
+    r = h.run_facteurd(["-n", "-c", str(conf)],
+                       env={"FACTEUR_LISTEN": "127.0.0.1:2525/smtp+proxi"})
+    assert r.returncode == h.EX_CONFIG, r

@@ -19,6 +19,7 @@ test_packages=(
 	python3 python3-pytest python3-yaml swaks libnet-ssleay-perl dnsmasq-base curl
 	openssl procps
 	fetchmail adduser dpkg-dev
+	haproxy
 )
 
 only_run=0

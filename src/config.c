@@ -65,6 +65,7 @@ enum key {
 	KEY_MAX_ENVELOPE_MEMORY,
 	KEY_IPV6_PREFIX_LENGTH,
 	KEY_AUTH_FAIL_LIMIT,
+	KEY_PROXY_NETWORKS,
 	KEY_COUNT,
 };
 
@@ -494,19 +495,30 @@ static const char *parse_listen(const char *text, bool pop3, bool with_mode,
 	    {"pop3", LISTEN_POP3, true},
 	    {"pop3s", LISTEN_POP3S, true},
 	};
+	static const char proxy_suffix[] = "+proxy";
 	const char *slash = strchr(text, '/');
 	size_t len = slash != NULL ? (size_t)(slash - text) : strlen(text);
 	enum listen_mode mode = pop3 ? LISTEN_POP3 : LISTEN_SMTP;
+	bool proxy = false;
 	const char *why;
 
 	if (slash != NULL) {
 		bool found = false;
+		size_t mode_len = strlen(slash + 1);
+		size_t suffix_len = sizeof(proxy_suffix) - 1;
 
 		if (!with_mode)
 			return "unexpected mode";
+		if (mode_len > suffix_len &&
+		    strcmp(slash + 1 + mode_len - suffix_len, proxy_suffix) ==
+			0) {
+			proxy = true;
+			mode_len -= suffix_len;
+		}
 		for (size_t i = 0; i < sizeof(modes) / sizeof(*modes); i++) {
 			if (modes[i].pop3 == pop3 &&
-			    strcmp(modes[i].name, slash + 1) == 0) {
+			    strlen(modes[i].name) == mode_len &&
+			    strncmp(modes[i].name, slash + 1, mode_len) == 0) {
 				mode = modes[i].mode;
 				found = true;
 			}
@@ -520,6 +532,7 @@ static const char *parse_listen(const char *text, bool pop3, bool with_mode,
 	if (why != NULL)
 		return why;
 	out->mode = mode;
+	out->proxy = proxy;
 	out->text = xstrdup(text);
 	return NULL;
 }
@@ -881,6 +894,29 @@ static void clear_relay_networks(struct loader *ld)
 	free(ld->cfg->relay_networks);
 	ld->cfg->relay_networks = NULL;
 	ld->cfg->relay_network_count = 0;
+}
+
+static void set_proxy_network(struct loader *ld, const char *value)
+{
+	struct config *cfg = ld->cfg;
+	struct cidr net;
+	char q[QUOTE_BUF];
+
+	if (config_parse_cidr(value, &net) < 0) {
+		bad(ld, "invalid network %s", quote(value, q));
+		return;
+	}
+	cfg->proxy_networks =
+	    xreallocarray(cfg->proxy_networks, cfg->proxy_network_count + 1,
+			  sizeof(*cfg->proxy_networks));
+	cfg->proxy_networks[cfg->proxy_network_count++] = net;
+}
+
+static void clear_proxy_networks(struct loader *ld)
+{
+	free(ld->cfg->proxy_networks);
+	ld->cfg->proxy_networks = NULL;
+	ld->cfg->proxy_network_count = 0;
 }
 
 static void set_route(struct loader *ld, const char *value)
@@ -1247,6 +1283,8 @@ static const struct key_def key_defs[KEY_COUNT] = {
 				set_ipv6_prefix_length, NULL},
     [KEY_AUTH_FAIL_LIMIT] = {"auth_fail_limit", "10/15m", set_auth_fail_limit,
 			     NULL},
+    [KEY_PROXY_NETWORKS] = {"proxy_networks", "127.0.0.0/8, ::1/128",
+			    set_proxy_network, clear_proxy_networks},
 };
 
 static bool find_key(const char *name, size_t len, enum key *out)
@@ -1840,6 +1878,7 @@ void config_free(struct config *cfg)
 	free(cfg->aliases_file);
 	free(cfg->mailbox_path);
 	free(cfg->relay_networks);
+	free(cfg->proxy_networks);
 	route_table_free(cfg->routes);
 	for (size_t i = 0; i < cfg->dns_server_count; i++)
 		free(cfg->dns_servers[i].text);
@@ -2014,6 +2053,13 @@ static void print_value(const struct config *cfg, enum key key, FILE *out)
 	case KEY_AUTH_FAIL_LIMIT:
 		format_duration(cfg->auth_fail_window, buf, sizeof(buf));
 		fprintf(out, "%u/%s", cfg->auth_fail_limit, buf);
+		break;
+	case KEY_PROXY_NETWORKS:
+		for (size_t i = 0; i < cfg->proxy_network_count; i++) {
+			if (i > 0)
+				fputs(", ", out);
+			print_cidr(&cfg->proxy_networks[i], out);
+		}
 		break;
 	case KEY_COUNT:
 		break;

@@ -22,6 +22,7 @@
 #include "facteur/listener.h"
 #include "facteur/log.h"
 #include "facteur/metrics.h"
+#include "facteur/proxy.h"
 #include "facteur/server.h"
 #include "facteur/smtp_session.h"
 #include "facteur/tls.h"
@@ -43,6 +44,7 @@ struct bound {
 	struct listener *owner;
 	struct evconnlistener *ev;
 	enum listen_mode mode;
+	bool proxy; /* "+proxy": a PROXY protocol header comes first */
 	char *text;
 	int metrics_slot; /* -1 when not counted */
 };
@@ -60,7 +62,8 @@ struct listener {
 	/* ipv6_prefix_length as read at start: the counts are keyed by it,
 	 * so a reload must not change it under them. */
 	unsigned ipv6_prefix;
-	time_t last_accept_error; /* monotonic seconds, 0 before any */
+	time_t last_accept_error;   /* monotonic seconds, 0 before any */
+	struct proxy_reader *proxy; /* headers awaited on "+proxy" entries */
 };
 
 void listener_client_key(const struct sockaddr *sa, unsigned ipv6_prefix,
@@ -116,22 +119,13 @@ static void refuse(struct listener *l, int fd, enum listener_limit limit)
 	close(fd);
 }
 
-static void on_accept(struct evconnlistener *ev, evutil_socket_t fd,
-		      struct sockaddr *addr, int addrlen, void *arg)
+/* Count the client and make its session, unless it is past its
+ * per-IP limit; metrics_slot is the entry's count, or -1. */
+static void admit(struct listener *l, int fd, const struct sockaddr *addr,
+		  socklen_t addrlen, enum listen_mode mode, const char *text,
+		  int metrics_slot)
 {
-	(void)ev;
-	struct bound *b = arg;
-	struct listener *l = b->owner;
 	const struct config *cfg = l->srv->cfg;
-
-	if (l->srv->stopping || !l->enabled) {
-		close(fd);
-		return;
-	}
-	if (l->active >= cfg->max_connections) {
-		refuse(l, fd, LISTENER_LIMIT_TOTAL);
-		return;
-	}
 	uint8_t key[16];
 	listener_client_key(addr, l->ipv6_prefix, key);
 	struct ip_count **at = find_ip(l, key);
@@ -149,11 +143,60 @@ static void on_accept(struct evconnlistener *ev, evutil_socket_t fd,
 	}
 	(*at)->count++;
 	l->active++;
-	metrics_listener_connection(b->metrics_slot);
+	metrics_listener_connection(metrics_slot);
 	/* TCP_NODELAY comes from the listening socket (bind_one). */
-	if (!l->owner.accept(l->owner.arg, fd, addr, (socklen_t)addrlen,
-			     b->mode, b->text))
+	if (!l->owner.accept(l->owner.arg, fd, addr, addrlen, mode, text))
 		listener_release(l, addr);
+}
+
+static void on_accept(struct evconnlistener *ev, evutil_socket_t fd,
+		      struct sockaddr *addr, int addrlen, void *arg)
+{
+	(void)ev;
+	struct bound *b = arg;
+	struct listener *l = b->owner;
+	const struct config *cfg = l->srv->cfg;
+
+	if (l->srv->stopping || !l->enabled) {
+		close(fd);
+		return;
+	}
+	if (l->active >= cfg->max_connections) {
+		refuse(l, fd, LISTENER_LIMIT_TOTAL);
+		return;
+	}
+	if (!b->proxy) {
+		admit(l, fd, addr, (socklen_t)addrlen, b->mode, b->text,
+		      b->metrics_slot);
+		return;
+	}
+	metrics_listener_connection(b->metrics_slot);
+	/* The per-IP count waits for the header, which names the client;
+	 * until then the connection holds a place in max_connections. */
+	l->active++;
+	if (!proxy_reader_start(l->proxy, fd, addr, (socklen_t)addrlen,
+				cfg->proxy_networks, cfg->proxy_network_count,
+				b->mode, b->text))
+		l->active--;
+}
+
+static void on_proxy_ready(void *arg, int fd, const struct sockaddr *client,
+			   socklen_t client_len, enum listen_mode mode,
+			   const char *listen)
+{
+	struct listener *l = arg;
+	l->active--;
+	if (l->srv->stopping) {
+		close(fd);
+		return;
+	}
+	admit(l, fd, client, client_len, mode, listen, -1);
+}
+
+static void on_proxy_failed(void *arg)
+{
+	struct listener *l = arg;
+	l->active--;
 }
 
 static void set_accepting(struct listener *l, bool on)
@@ -239,6 +282,7 @@ static struct bound *bound_new(struct listener *l, const struct listen_addr *la,
 	}
 	b->owner = l;
 	b->mode = la->mode;
+	b->proxy = la->proxy;
 	b->metrics_slot =
 	    l->owner.metrics ? metrics_listener_add(la->text) : -1;
 	b->ev = evconnlistener_new(l->srv->base, on_accept, b,
@@ -276,7 +320,13 @@ struct listener *listener_new(struct server *srv, struct listener_owner owner,
 	l->ipv6_prefix = srv->cfg->ipv6_prefix_length;
 	l->bound = calloc(count ? count : 1, sizeof *l->bound);
 	l->resume = evtimer_new(srv->base, on_resume, l);
-	if (l->bound == NULL || l->resume == NULL)
+	struct proxy_owner proxy_owner = {
+	    .ready = on_proxy_ready,
+	    .failed = on_proxy_failed,
+	    .arg = l,
+	};
+	l->proxy = proxy_reader_new(srv->base, proxy_owner);
+	if (l->bound == NULL || l->resume == NULL || l->proxy == NULL)
 		goto nomem;
 	for (size_t i = 0; i < count; i++) {
 		struct bound *b = bound_new(l, &entries[i], err, errlen);
@@ -392,6 +442,7 @@ void listener_free(struct listener *l)
 	}
 	if (l->resume != NULL)
 		event_free(l->resume);
+	proxy_reader_free(l->proxy);
 	free(l);
 }
 

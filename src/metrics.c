@@ -151,6 +151,10 @@ static void put_extra_metrics(struct out *o)
 	          "connections_per_ip\"}",
 	          metrics.connections_refused_per_ip);
 
+	put_header(o, "facteur_proxy_errors_total", "counter",
+	           "Connections closed for their PROXY protocol header.");
+	put_value(o, "facteur_proxy_errors_total", metrics.proxy_errors_total);
+
 	put_header(o, "facteur_relay_connections_total", "counter",
 	           "Outbound SMTP connections opened.");
 	put_value(o, "facteur_relay_connections_total",

@@ -66,6 +66,8 @@ struct listen_addr {
 	struct sockaddr_storage addr;
 	socklen_t addrlen;
 	enum listen_mode mode;
+	/* "+proxy": a PROXY protocol header comes first (proxy.h). */
+	bool proxy;
 };
 
 /* An "IP[/PREFIX]" entry of relay_networks. */
@@ -141,6 +143,10 @@ struct config {
 	 * within the window, past which it is refused until it ends. */
 	unsigned auth_fail_limit;
 	unsigned auth_fail_window; /* seconds */
+	/* The peers trusted to send a PROXY protocol header on a "+proxy"
+	 * listen entry. */
+	struct cidr *proxy_networks;
+	size_t proxy_network_count;
 };
 
 /* The errors a load found, in order, each a full sentence such as

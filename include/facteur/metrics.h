@@ -27,6 +27,9 @@ struct metrics {
 	 * carried over a connection that had carried one before. */
 	uint64_t relay_connections_total;
 	uint64_t relay_connections_reused_total;
+	/* Connections of "+proxy" listeners closed for their PROXY header:
+	 * an untrusted peer, a bad, late or missing header. */
+	uint64_t proxy_errors_total;
 };
 
 extern struct metrics metrics;

@@ -1095,6 +1095,75 @@ static void test_config_auth_fail_limit(void **state)
 	value_fails("auth_fail_limit", "10/15x");
 }
 
+static void test_config_proxy_modes_and_networks(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *text;
+		bool pop3;
+		enum listen_mode mode;
+		bool proxy;
+	} good[] = {
+	    {"127.0.0.1:25/smtp+proxy", false, LISTEN_SMTP, true},
+	    {"127.0.0.1:587/submission+proxy", false, LISTEN_SUBMISSION, true},
+	    {"[::1]:465/smtps+proxy", false, LISTEN_SMTPS, true},
+	    {"127.0.0.1:110/pop3+proxy", true, LISTEN_POP3, true},
+	    {"127.0.0.1:995/pop3s+proxy", true, LISTEN_POP3S, true},
+	    {"127.0.0.1:25/smtp", false, LISTEN_SMTP, false},
+	    {"127.0.0.1:25", false, LISTEN_SMTP, false},
+	};
+	for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+		struct listen_addr la = {0};
+		assert_int_equal(
+		    config_parse_listen(good[i].text, good[i].pop3, &la), 0);
+		assert_int_equal(la.mode, good[i].mode);
+		assert_int_equal(la.proxy, good[i].proxy);
+		assert_string_equal(la.text, good[i].text);
+		free(la.text);
+	}
+	static const char *const bad[] = {
+	    "127.0.0.1:25/+proxy",
+	    "127.0.0.1:25/proxy",
+	    "127.0.0.1:25/smtp+proxy+proxy",
+	    "127.0.0.1:25/smtp+PROXY",
+	    "127.0.0.1:25/smtp+",
+	    "127.0.0.1:25+proxy",
+	    "127.0.0.1:25/pop3+proxy",
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+		struct listen_addr la = {0};
+		if (config_parse_listen(bad[i], false, &la) == 0)
+			fail_msg("\"%s\" accepted", bad[i]);
+	}
+
+	struct config *cfg = load_ok("", NULL);
+	assert_int_equal(cfg->proxy_network_count, 2);
+	assert_true(matches(cfg->proxy_networks, 2, "127.0.0.1"));
+	assert_true(matches(cfg->proxy_networks, 2, "::1"));
+	assert_false(matches(cfg->proxy_networks, 2, "192.0.2.1"));
+	assert_printed(cfg, "proxy_networks", "127.0.0.0/8, ::1/128");
+	config_free(cfg);
+	/* The environment's list is comma-separated and replaces the
+	 * file's, as relay_networks'. */
+	cfg =
+	    load_ok("proxy_networks = 10.0.0.0/8\n"
+		    "proxy_networks = 10.1.0.0/16\n",
+		    ENV("FACTEUR_PROXY_NETWORKS=192.0.2.5/32, 2001:db8::/32"));
+	assert_int_equal(cfg->proxy_network_count, 2);
+	assert_true(matches(cfg->proxy_networks, 2, "192.0.2.5"));
+	assert_true(matches(cfg->proxy_networks, 2, "2001:db8::9"));
+	assert_false(matches(cfg->proxy_networks, 2, "10.0.0.1"));
+	assert_printed(cfg, "proxy_networks", "192.0.2.5/32, 2001:db8::/32");
+	config_free(cfg);
+	cfg = load_ok("proxy_networks =\n", NULL);
+	assert_int_equal(cfg->proxy_network_count, 0);
+	config_free(cfg);
+	load_fails_with("proxy_networks = 10.0.0.0/33\n", NULL,
+			"x.conf:1: proxy_networks: invalid network "
+			"\"10.0.0.0/33\"");
+	value_fails("proxy_networks", "example.com");
+}
+
 static void test_config_mailbox_format_and_path(void **state)
 {
 	(void)state;
@@ -1337,6 +1406,7 @@ static const char *const spec_order[] = {
     "max_envelope_memory",
     "ipv6_prefix_length",
     "auth_fail_limit",
+    "proxy_networks",
 };
 
 static void test_config_print_lists_every_key_in_spec_order(void **state)
@@ -1838,6 +1908,7 @@ int main(void)
 	    cmocka_unit_test(test_config_envelope_budgets),
 	    cmocka_unit_test(test_config_ipv6_prefix_length),
 	    cmocka_unit_test(test_config_auth_fail_limit),
+	    cmocka_unit_test(test_config_proxy_modes_and_networks),
 	    cmocka_unit_test(test_config_enumerated_keys),
 	    cmocka_unit_test(test_config_mx_port),
 	    cmocka_unit_test(test_config_user),

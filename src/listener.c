@@ -45,6 +45,8 @@ struct bound {
 	enum listen_mode mode;
 	char *text;
 	int metrics_slot; /* -1 when not counted */
+	int fd;		  /* the bound socket, owned by ev */
+	bool listening;	  /* listen(2) done: connects are no longer refused */
 };
 
 struct listener {
@@ -159,7 +161,7 @@ static void on_accept(struct evconnlistener *ev, evutil_socket_t fd,
 static void set_accepting(struct listener *l, bool on)
 {
 	for (size_t i = 0; i < l->bound_count; i++) {
-		if (on)
+		if (on && l->bound[i]->listening)
 			evconnlistener_enable(l->bound[i]->ev);
 		else
 			evconnlistener_disable(l->bound[i]->ev);
@@ -198,7 +200,10 @@ static void on_accept_error(struct evconnlistener *ev, void *arg)
 		set_accepting(l, true); /* never deaf for good */
 }
 
-static int bind_one(const struct listen_addr *la, char *err, size_t errlen)
+/* Bound only: until listen(2), a connect to the port is refused, so no
+ * client reaches a daemon that cannot serve it yet (bound_listen). */
+static int bind_one(const struct listen_addr *la, bool reuse_port, char *err,
+		    size_t errlen)
 {
 	int family = la->addr.ss_family;
 	int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -210,13 +215,16 @@ static int bind_one(const struct listen_addr *la, char *err, size_t errlen)
 	int one = 1;
 	/* Replies are whole groups written once per loop turn; Nagle would
 	 * only hold one back for a delayed ACK. Accepted sockets inherit
-	 * TCP_NODELAY (Linux), which saves a setsockopt per connection. */
+	 * TCP_NODELAY (Linux), which saves a setsockopt per connection.
+	 * SO_REUSEPORT (reuse_port) lets several daemons share the address,
+	 * the kernel spreading connections among those listening. */
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == -1 ||
+	    (reuse_port && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one,
+				      sizeof one) == -1) ||
 	    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == -1 ||
 	    (family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY,
 					      &one, sizeof one) == -1) ||
-	    bind(fd, (const struct sockaddr *)&la->addr, la->addrlen) == -1 ||
-	    listen(fd, LISTEN_BACKLOG) == -1) {
+	    bind(fd, (const struct sockaddr *)&la->addr, la->addrlen) == -1) {
 		snprintf(err, errlen, "%s: %s", la->text, strerror(errno));
 		close(fd);
 		return -1;
@@ -224,10 +232,26 @@ static int bind_one(const struct listen_addr *la, char *err, size_t errlen)
 	return fd;
 }
 
+/* Start listening on a bound socket. It can still fail: Linux lets two
+ * SO_REUSEADDR sockets bind one address while neither listens, and
+ * only the first to listen gets it. */
+static int bound_listen(struct bound *b, char *err, size_t errlen)
+{
+	if (b->listening)
+		return 0;
+	if (listen(b->fd, LISTEN_BACKLOG) == -1) {
+		snprintf(err, errlen, "%s: %s", b->text, strerror(errno));
+		return -1;
+	}
+	b->listening = true;
+	log_event(LOG_LEVEL_INFO, "listening", LOG_S("listen", b->text));
+	return 0;
+}
+
 static struct bound *bound_new(struct listener *l, const struct listen_addr *la,
 			       char *err, size_t errlen)
 {
-	int fd = bind_one(la, err, errlen);
+	int fd = bind_one(la, l->srv->cfg->reuse_port, err, errlen);
 	if (fd == -1)
 		return NULL;
 	struct bound *b = calloc(1, sizeof *b);
@@ -238,6 +262,7 @@ static struct bound *bound_new(struct listener *l, const struct listen_addr *la,
 		return NULL;
 	}
 	b->owner = l;
+	b->fd = fd;
 	b->mode = la->mode;
 	b->metrics_slot =
 	    l->owner.metrics ? metrics_listener_add(la->text) : -1;
@@ -253,7 +278,7 @@ static struct bound *bound_new(struct listener *l, const struct listen_addr *la,
 		return NULL;
 	}
 	evconnlistener_set_error_cb(b->ev, on_accept_error);
-	log_event(LOG_LEVEL_INFO, "listening", LOG_S("listen", la->text));
+	log_event(LOG_LEVEL_INFO, "bound", LOG_S("listen", la->text));
 	return b;
 }
 
@@ -343,16 +368,27 @@ void listener_reload(struct listener *l, const struct listen_addr *entries,
 				  LOG_S("reason", err));
 			continue;
 		}
+		if (l->enabled && bound_listen(b, err, sizeof err) == -1) {
+			log_event(LOG_LEVEL_ERROR, "listen_error",
+				  LOG_S("listen", entries[i].text),
+				  LOG_S("reason", err));
+			bound_free(b);
+			continue;
+		}
 		l->bound[l->bound_count++] = b;
 		if (l->enabled)
 			evconnlistener_enable(b->ev);
 	}
 }
 
-void listener_enable(struct listener *l)
+int listener_enable(struct listener *l, char *err, size_t errlen)
 {
+	for (size_t i = 0; i < l->bound_count; i++)
+		if (bound_listen(l->bound[i], err, errlen) == -1)
+			return -1;
 	l->enabled = true;
 	set_accepting(l, true);
+	return 0;
 }
 
 void listener_disable(struct listener *l)

@@ -266,10 +266,12 @@ static struct bound *bound_new(struct listener *l, const struct listen_addr *la,
 	b->mode = la->mode;
 	b->metrics_slot =
 	    l->owner.metrics ? metrics_listener_add(la->text) : -1;
+	/* Backlog 0: libevent must not call listen(2) itself (-1 would,
+	 * with a backlog of 128); bound_listen does, when it is time. */
 	b->ev = evconnlistener_new(l->srv->base, on_accept, b,
 				   LEV_OPT_CLOSE_ON_FREE |
 				       LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_DISABLED,
-				   -1, fd);
+				   0, fd);
 	if (b->ev == NULL) {
 		close(fd);
 		free(b->text);
@@ -331,6 +333,8 @@ static bool listed(const struct listen_addr *entries, size_t count,
 void listener_reload(struct listener *l, const struct listen_addr *entries,
 		     size_t count)
 {
+	if (l->srv->stopping)
+		return; /* closed for good (listener_disable) */
 	/* Entries gone from the configuration stop; sessions they
 	 * accepted go on. */
 	size_t kept = 0;
@@ -394,7 +398,14 @@ int listener_enable(struct listener *l, char *err, size_t errlen)
 void listener_disable(struct listener *l)
 {
 	l->enabled = false;
-	set_accepting(l, false);
+	/* Closed rather than paused: a connect is refused at once, and with
+	 * reuse_port the kernel gives it to a daemon that still listens. */
+	for (size_t i = 0; i < l->bound_count; i++) {
+		log_event(LOG_LEVEL_INFO, "unlistening",
+			  LOG_S("listen", l->bound[i]->text));
+		bound_free(l->bound[i]);
+	}
+	l->bound_count = 0;
 }
 
 void listener_release(struct listener *l, const struct sockaddr *addr)

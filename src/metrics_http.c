@@ -6,7 +6,8 @@
  * loop, so an answer is the proof); GET /readyz says whether the daemon
  * takes mail: 503 while the spool is recovered and while draining. This
  * listener listens from the start, before the mail ports, so that
- * probes get a 503 rather than a refused connection while starting.
+ * probes get a 503 rather than a refused connection while starting;
+ * /metrics then answers the same 503 (the queue is not counted yet).
  *
  * A small HTTP/1.1 server of our own rather than libevent's evhttp,
  * because evhttp (2.1) can neither cap its connections nor stop
@@ -183,7 +184,9 @@ static void serve(struct metrics_conn *c, const struct http_request *req)
 			   "ok\n");
 		return;
 	}
-	if (ready_path) {
+	/* Before recovery the queue gauge could not say what the spool
+	 * holds: a scrape then is refused rather than told a wrong 0. */
+	if (ready_path || c->mh->readiness == METRICS_STARTING) {
 		serve_readiness(c, req);
 		return;
 	}
@@ -412,10 +415,12 @@ struct metrics_http *metrics_http_new(struct event_base *base,
 		metrics_http_free(mh);
 		return NULL;
 	}
-	/* From here the listener owns the socket and closes it when freed. */
+	/* From here the listener owns the socket and closes it when freed.
+	 * Backlog 0: it listens already; -1 would make libevent listen(2)
+	 * again with its own backlog of 128. */
 	mh->listener = evconnlistener_new(
 	    base, on_accept, mh, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
-	    -1, fd);
+	    0, fd);
 	if (mh->listener == NULL) {
 		snprintf(err, errlen, "%s: out of memory", addr->text);
 		close(fd);

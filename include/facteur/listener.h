@@ -60,7 +60,8 @@ int listener_enable(struct listener *l, char *err, size_t errlen);
  * privileges were dropped needs a restart). */
 void listener_reload(struct listener *l, const struct listen_addr *entries,
 		     size_t count);
-/* Stop accepting new connections (SIGTERM). */
+/* Stop accepting new connections for good (SIGTERM): the sockets are
+ * closed, so that a connect is refused; sessions go on. */
 void listener_disable(struct listener *l);
 void listener_free(struct listener *l);
 

@@ -123,11 +123,12 @@ def test_mail_port_refuses_until_spool_recovered_and_control_answers(make_daemon
             continue
         # The first connect that succeeds: the spool is recovered and the
         # control socket answers, at once.
+        recovered = d.events("recovered", live=LOADED_MESSAGES)
         r = ctl(d, "queue", timeout=10)
         break
+    assert recovered, d.log_tail()
     assert r.returncode == 0, (r.returncode, r.stderr, d.log_tail())
     assert "-- %d messages" % LOADED_MESSAGES in r.stdout.decode()
-    assert d.events("recovered", live=LOADED_MESSAGES)
     assert refused > 0
     # /readyz said 503 while starting, then 200, never back.
     statuses = [s for s, _ in readyz]

@@ -419,6 +419,30 @@ def test_unit_is_type_notify_and_reloads_with_facteurctl():
                      cmake), "facteurctl is not installed beside facteurd"
 
 
+def test_template_unit_in_the_docs_addresses_each_instance_by_its_file(tmp_path):
+    """docs/operations.md's facteurd@.service: one configuration per
+    instance, reloaded through facteurctl on that same file, Type=notify
+    like the packaged unit."""
+    text = (Path(h.SOURCE_DIR) / "docs" / "operations.md").read_text()
+    m = re.search(r"```ini\n# /etc/systemd/system/facteurd@\.service\n(.*?)```", text, re.S)
+    assert m, "no facteurd@.service in docs/operations.md"
+    path = tmp_path / "facteurd@.service"
+    path.write_text(m.group(1))
+    unit = unit_settings(path)
+    assert unit["Type"] == ["notify"], unit
+    assert unit["ExecStart"] == ["/usr/sbin/facteurd -c /etc/facteur/%i.conf"], unit
+    assert unit["ExecReload"] == ["/usr/sbin/facteurctl -c /etc/facteur/%i.conf reload"], unit
+    prevented = " ".join(unit.get("RestartPreventExitStatus", [])).split()
+    assert "69" in prevented and "78" in prevented, unit
+    packaged = unit_settings(Path(h.SOURCE_DIR) / "packaging" / "facteurd.service")
+    for key in ("NotifyAccess", "TimeoutStartSec", "User", "LimitNOFILE"):
+        assert unit[key] == packaged[key], key
+    if shutil.which("systemd-analyze"):
+        r = subprocess.run(["systemd-analyze", "verify", str(path).replace("@", "@a")],
+                           capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+        assert "Unknown key" not in r.stderr and "Invalid" not in r.stderr, r.stderr
+
+
 # The n-th "systemctl is-active" answers the n-th status of {active} (the
 # last one repeats): the daemon may be running before a restart and not
 # after it.

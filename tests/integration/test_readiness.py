@@ -144,6 +144,52 @@ def test_mail_port_refuses_until_spool_recovered_and_control_answers(make_daemon
     assert started["queued"] == str(LOADED_MESSAGES)
 
 
+def test_sigterm_while_the_spool_is_recovered_stops_without_listening(make_daemon):
+    d = loaded_daemon(make_daemon)
+    earlier = len(d.logs())
+    d.start(wait=False)
+
+    def starting():
+        try:
+            return http_get(d, "/readyz")[0] == 503
+        except OSError:
+            return False
+    h.wait_for(starting, h.START_TIMEOUT, interval=0.005, what="/readyz 503")
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(h.STOP_TIMEOUT) == 0, d.log_tail()
+    d.observed_exit = True
+    # Recovery was let finish; the mail port never listened.
+    run = d.logs()[earlier:]
+    events = [e["event"] for e in run]
+    assert "stopping" in events and "recovered" in events, d.log_tail()
+    assert events.index("stopping") < events.index("recovered"), events
+    assert not [e for e in run if e["event"] == "listening" and "protocol" not in e], run
+    assert "started" not in events, events
+    # Nothing lost: the next start finds the whole queue.
+    d.start()
+    assert d.events("started")[-1]["queued"] == str(LOADED_MESSAGES)
+
+
+def test_health_endpoints_answer_head_and_refuse_other_methods(make_daemon):
+    d = make_daemon(config=metrics_config())
+    host, port = d.settings["metrics_listen"].rsplit(":", 1)
+    for method, path, status in (("HEAD", "/readyz", 200), ("HEAD", "/healthz", 200),
+                                 ("POST", "/readyz", 405)):
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(("%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                       "Content-Length: 0\r\n\r\n" % (method, path)).encode())
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert int(head.split(b" ", 2)[1]) == status, (method, path, data)
+        if method == "HEAD":
+            assert body == b"", data
+
+
 def test_readyz_says_draining_while_a_message_finishes(make_daemon):
     d = make_daemon(config=metrics_config())
     assert http_get(d, "/readyz") == (200, "ready\n")

@@ -66,6 +66,7 @@ enum key {
 	KEY_IPV6_PREFIX_LENGTH,
 	KEY_AUTH_FAIL_LIMIT,
 	KEY_PROXY_NETWORKS,
+	KEY_REUSE_PORT,
 	KEY_COUNT,
 };
 
@@ -1232,6 +1233,18 @@ static void set_auth_fail_limit(struct loader *ld, const char *value)
 		    quote(value, q));
 }
 
+static void set_reuse_port(struct loader *ld, const char *value)
+{
+	char q[QUOTE_BUF];
+
+	if (strcmp(value, "yes") == 0)
+		ld->cfg->reuse_port = true;
+	else if (strcmp(value, "no") == 0)
+		ld->cfg->reuse_port = false;
+	else
+		bad(ld, "invalid value %s (yes or no)", quote(value, q));
+}
+
 static const struct key_def key_defs[KEY_COUNT] = {
     [KEY_HOSTNAME] = {"hostname", NULL, set_hostname, NULL},
     [KEY_LISTEN] = {"listen", "127.0.0.1:2525", set_listen, clear_listen},
@@ -1285,6 +1298,7 @@ static const struct key_def key_defs[KEY_COUNT] = {
 			     NULL},
     [KEY_PROXY_NETWORKS] = {"proxy_networks", "127.0.0.0/8, ::1/128",
 			    set_proxy_network, clear_proxy_networks},
+    [KEY_REUSE_PORT] = {"reuse_port", "no", set_reuse_port, NULL},
 };
 
 static bool find_key(const char *name, size_t len, enum key *out)
@@ -2061,6 +2075,9 @@ static void print_value(const struct config *cfg, enum key key, FILE *out)
 			print_cidr(&cfg->proxy_networks[i], out);
 		}
 		break;
+	case KEY_REUSE_PORT:
+		fputs(cfg->reuse_port ? "yes" : "no", out);
+		break;
 	case KEY_COUNT:
 		break;
 	}
@@ -2145,6 +2162,17 @@ static const struct {
     {"mx_port", true, mx_port_set},
     {"mailbox_format", true, mailbox_format_mbox},
 };
+
+const char *config_hostname_warning(const struct config *cfg)
+{
+	/* A container's or a bare machine's name (its id, "localhost"):
+	 * remote servers see it in EHLO, and many refuse a name that is not
+	 * fully qualified. Allowed, as a test setup may want it. */
+	if (strchr(cfg->hostname, '.') == NULL)
+		return "has no dot: remote servers may refuse it in EHLO; set "
+		       "hostname to this host's fully qualified name";
+	return NULL;
+}
 
 const char *const *config_keys_not_in_effect(const struct config *cfg)
 {

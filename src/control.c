@@ -593,7 +593,8 @@ struct control *control_new(struct server *srv, char *err, size_t errlen)
 			    ? NULL
 			    : evconnlistener_new(srv->base, on_accept, ctl,
 						 LEV_OPT_CLOSE_ON_FREE |
-						     LEV_OPT_CLOSE_ON_EXEC,
+						     LEV_OPT_CLOSE_ON_EXEC |
+						     LEV_OPT_DISABLED,
 						 CONTROL_BACKLOG, fd);
 	if (ctl->listener == NULL) {
 		snprintf(err, errlen, "control socket %s: cannot listen",
@@ -609,6 +610,12 @@ struct control *control_new(struct server *srv, char *err, size_t errlen)
 	}
 	evconnlistener_set_error_cb(ctl->listener, on_accept_error);
 	return ctl;
+}
+
+void control_enable(struct control *ctl)
+{
+	if (evconnlistener_enable(ctl->listener) == -1)
+		fatal("control socket: cannot watch for connections");
 }
 
 void control_free(struct control *ctl)

@@ -47,6 +47,8 @@ struct bound {
 	bool proxy; /* "+proxy": a PROXY protocol header comes first */
 	char *text;
 	int metrics_slot; /* -1 when not counted */
+	int fd;		  /* the bound socket, owned by ev */
+	bool listening;	  /* listen(2) done: connects are no longer refused */
 };
 
 struct listener {
@@ -202,7 +204,7 @@ static void on_proxy_failed(void *arg)
 static void set_accepting(struct listener *l, bool on)
 {
 	for (size_t i = 0; i < l->bound_count; i++) {
-		if (on)
+		if (on && l->bound[i]->listening)
 			evconnlistener_enable(l->bound[i]->ev);
 		else
 			evconnlistener_disable(l->bound[i]->ev);
@@ -241,7 +243,10 @@ static void on_accept_error(struct evconnlistener *ev, void *arg)
 		set_accepting(l, true); /* never deaf for good */
 }
 
-static int bind_one(const struct listen_addr *la, char *err, size_t errlen)
+/* Bound only: until listen(2), a connect to the port is refused, so no
+ * client reaches a daemon that cannot serve it yet (bound_listen). */
+static int bind_one(const struct listen_addr *la, bool reuse_port, char *err,
+		    size_t errlen)
 {
 	int family = la->addr.ss_family;
 	int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -253,13 +258,16 @@ static int bind_one(const struct listen_addr *la, char *err, size_t errlen)
 	int one = 1;
 	/* Replies are whole groups written once per loop turn; Nagle would
 	 * only hold one back for a delayed ACK. Accepted sockets inherit
-	 * TCP_NODELAY (Linux), which saves a setsockopt per connection. */
+	 * TCP_NODELAY (Linux), which saves a setsockopt per connection.
+	 * SO_REUSEPORT (reuse_port) lets several daemons share the address,
+	 * the kernel spreading connections among those listening. */
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == -1 ||
+	    (reuse_port && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one,
+				      sizeof one) == -1) ||
 	    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == -1 ||
 	    (family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY,
 					      &one, sizeof one) == -1) ||
-	    bind(fd, (const struct sockaddr *)&la->addr, la->addrlen) == -1 ||
-	    listen(fd, LISTEN_BACKLOG) == -1) {
+	    bind(fd, (const struct sockaddr *)&la->addr, la->addrlen) == -1) {
 		snprintf(err, errlen, "%s: %s", la->text, strerror(errno));
 		close(fd);
 		return -1;
@@ -267,10 +275,26 @@ static int bind_one(const struct listen_addr *la, char *err, size_t errlen)
 	return fd;
 }
 
+/* Start listening on a bound socket. It can still fail: Linux lets two
+ * SO_REUSEADDR sockets bind one address while neither listens, and
+ * only the first to listen gets it. */
+static int bound_listen(struct bound *b, char *err, size_t errlen)
+{
+	if (b->listening)
+		return 0;
+	if (listen(b->fd, LISTEN_BACKLOG) == -1) {
+		snprintf(err, errlen, "%s: %s", b->text, strerror(errno));
+		return -1;
+	}
+	b->listening = true;
+	log_event(LOG_LEVEL_INFO, "listening", LOG_S("listen", b->text));
+	return 0;
+}
+
 static struct bound *bound_new(struct listener *l, const struct listen_addr *la,
 			       char *err, size_t errlen)
 {
-	int fd = bind_one(la, err, errlen);
+	int fd = bind_one(la, l->srv->cfg->reuse_port, err, errlen);
 	if (fd == -1)
 		return NULL;
 	struct bound *b = calloc(1, sizeof *b);
@@ -281,14 +305,17 @@ static struct bound *bound_new(struct listener *l, const struct listen_addr *la,
 		return NULL;
 	}
 	b->owner = l;
+	b->fd = fd;
 	b->mode = la->mode;
 	b->proxy = la->proxy;
 	b->metrics_slot =
 	    l->owner.metrics ? metrics_listener_add(la->text) : -1;
+	/* Backlog 0: libevent must not call listen(2) itself (-1 would,
+	 * with a backlog of 128); bound_listen does, when it is time. */
 	b->ev = evconnlistener_new(l->srv->base, on_accept, b,
 				   LEV_OPT_CLOSE_ON_FREE |
 				       LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_DISABLED,
-				   -1, fd);
+				   0, fd);
 	if (b->ev == NULL) {
 		close(fd);
 		free(b->text);
@@ -297,7 +324,7 @@ static struct bound *bound_new(struct listener *l, const struct listen_addr *la,
 		return NULL;
 	}
 	evconnlistener_set_error_cb(b->ev, on_accept_error);
-	log_event(LOG_LEVEL_INFO, "listening", LOG_S("listen", la->text));
+	log_event(LOG_LEVEL_INFO, "bound", LOG_S("listen", la->text));
 	return b;
 }
 
@@ -356,6 +383,8 @@ static bool listed(const struct listen_addr *entries, size_t count,
 void listener_reload(struct listener *l, const struct listen_addr *entries,
 		     size_t count)
 {
+	if (l->srv->stopping)
+		return; /* closed for good (listener_disable) */
 	/* Entries gone from the configuration stop; sessions they
 	 * accepted go on. */
 	size_t kept = 0;
@@ -393,22 +422,40 @@ void listener_reload(struct listener *l, const struct listen_addr *entries,
 				  LOG_S("reason", err));
 			continue;
 		}
+		if (l->enabled && bound_listen(b, err, sizeof err) == -1) {
+			log_event(LOG_LEVEL_ERROR, "listen_error",
+				  LOG_S("listen", entries[i].text),
+				  LOG_S("reason", err));
+			bound_free(b);
+			continue;
+		}
 		l->bound[l->bound_count++] = b;
 		if (l->enabled)
 			evconnlistener_enable(b->ev);
 	}
 }
 
-void listener_enable(struct listener *l)
+int listener_enable(struct listener *l, char *err, size_t errlen)
 {
+	for (size_t i = 0; i < l->bound_count; i++)
+		if (bound_listen(l->bound[i], err, errlen) == -1)
+			return -1;
 	l->enabled = true;
 	set_accepting(l, true);
+	return 0;
 }
 
 void listener_disable(struct listener *l)
 {
 	l->enabled = false;
-	set_accepting(l, false);
+	/* Closed rather than paused: a connect is refused at once, and with
+	 * reuse_port the kernel gives it to a daemon that still listens. */
+	for (size_t i = 0; i < l->bound_count; i++) {
+		log_event(LOG_LEVEL_INFO, "unlistening",
+			  LOG_S("listen", l->bound[i]->text));
+		bound_free(l->bound[i]);
+	}
+	l->bound_count = 0;
 }
 
 void listener_release(struct listener *l, const struct sockaddr *addr)

@@ -3,8 +3,12 @@
  *
  * Start-up order matters: the configuration (and every file it names)
  * is checked before any port is bound, so a broken one exits 78 having
- * touched nothing; ports are bound before privileges are dropped; the
- * spool is recovered before the first client is accepted.
+ * touched nothing; ports are bound before privileges are dropped, but
+ * the mail ports listen (a connect before is refused) only once the
+ * spool is recovered and the control socket answers, so that whoever
+ * reaches port 25 can also run facteurctl. The spool is recovered on
+ * the worker while the loop already answers /healthz and /readyz (503)
+ * and signals; the service manager hears READY=1 after that.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -34,6 +38,7 @@
 #include "facteur/policy.h"
 #include "facteur/pop3.h"
 #include "facteur/scheduler.h"
+#include "facteur/sdnotify.h"
 #include "facteur/server.h"
 #include "facteur/smtp_session.h"
 #include "facteur/spool.h"
@@ -69,6 +74,32 @@ static struct metrics_http *metrics_http;
 static const char *config_path;
 static struct event *drain_check;
 static struct event *drain_limit;
+/* $NOTIFY_SOCKET: set when a service manager waits for READY=1. */
+static const char *notify_socket;
+static enum metrics_readiness readiness = METRICS_STARTING;
+/* The status to exit with when start-up fails on the loop. */
+static int exit_status;
+
+/* Tell the service manager, if there is one. A failure is logged, not
+ * fatal: the mail is served either way. */
+static void notify(const char *state)
+{
+	if (sdnotify_send(notify_socket, state) == -1)
+		log_event(LOG_LEVEL_WARN, "notify_error",
+			  LOG_S("socket", notify_socket),
+			  LOG_S("reason", strerror(errno)));
+}
+
+static void log_cannot_listen(const char *reason);
+
+static void warn_hostname(const struct config *cfg)
+{
+	const char *why = config_hostname_warning(cfg);
+	if (why != NULL)
+		log_event(LOG_LEVEL_WARN, "config_warning",
+			  LOG_S("key", "hostname"),
+			  LOG_S("value", cfg->hostname), LOG_S("reason", why));
+}
 
 static void settings_free(struct settings *st)
 {
@@ -101,9 +132,8 @@ static int settings_load(struct settings *st, struct config_errors *errors)
 	}
 	if (st->cfg->tls_cert != NULL && st->cfg->tls_key != NULL) {
 		char err[512];
-		st->tls_server = tls_server_context(st->cfg->tls_cert,
-		                                    st->cfg->tls_key, err,
-		                                    sizeof err);
+		st->tls_server = tls_server_context(
+		    st->cfg->tls_cert, st->cfg->tls_key, err, sizeof err);
 		if (st->tls_server == NULL) {
 			config_errors_add(errors, "tls_cert: %s", err);
 			settings_free(st);
@@ -137,28 +167,55 @@ static bool dns_settings_equal(const struct config *a, const struct config *b)
 	return true;
 }
 
-/* A new configuration replaces the old one only if it is whole. */
+static int reload_settings_now(void);
+
+/* A reload (SIGHUP, facteurctl reload) told to the service manager:
+ * RELOADING=1 with the time it began, then READY=1 whatever the outcome
+ * (the old configuration goes on serving), the outcome in STATUS=. Before
+ * the first READY=1 there is nothing to tell. */
 static int reload_settings(void)
+{
+	bool tell = readiness == METRICS_READY;
+	if (tell) {
+		char state[128];
+		snprintf(state, sizeof state,
+			 "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading "
+			 "the configuration",
+			 (unsigned long long)sdnotify_monotonic_usec());
+		notify(state);
+	}
+	int rc = reload_settings_now();
+	if (tell)
+		notify(rc == 0 ? "READY=1\nSTATUS=configuration reloaded; "
+				 "accepting mail"
+			       : "READY=1\nSTATUS=new configuration refused "
+				 "(see the log); running on the previous one");
+	return rc;
+}
+
+/* A new configuration replaces the old one only if it is whole. */
+static int reload_settings_now(void)
 {
 	struct settings st;
 	struct config_errors errors = {0};
 	if (settings_load(&st, &errors) == -1) {
 		for (size_t i = 0; i < errors.count; i++)
 			log_event(LOG_LEVEL_ERROR, "reload_error",
-			          LOG_S("reason", errors.messages[i]));
+				  LOG_S("reason", errors.messages[i]));
 		log_event(LOG_LEVEL_ERROR, "reload_failed",
-		          LOG_S("reason", "configuration kept as it was"));
+			  LOG_S("reason", "configuration kept as it was"));
 		config_errors_clear(&errors);
 		return -1;
 	}
 	char err[512];
-	SSL_CTX *client = tls_client_context(st.cfg->tls_ca_file, err, sizeof err);
+	SSL_CTX *client =
+	    tls_client_context(st.cfg->tls_ca_file, err, sizeof err);
 	if (client == NULL)
 		log_event(LOG_LEVEL_WARN, "tls_error", LOG_S("reason", err));
 	if (!dns_settings_equal(srv.cfg, st.cfg))
 		log_event(LOG_LEVEL_WARN, "reload",
-		          LOG_S("reason", "dns_servers changes take effect at "
-		                          "the next start"));
+			  LOG_S("reason", "dns_servers changes take effect at "
+					  "the next start"));
 	/* Attempts under way hold their own reference to the old context. */
 	if (srv.tls_client != NULL)
 		SSL_CTX_free(srv.tls_client);
@@ -171,10 +228,11 @@ static int reload_settings(void)
 	settings_free(&old);
 	log_setup(srv.cfg->log_format, srv.cfg->log_level);
 	iothread_flush_by_filesystem(srv.io,
-	                             srv.cfg->flush_method == FLUSH_SYNCFS);
+				     srv.cfg->flush_method == FLUSH_SYNCFS);
 	listener_reload(srv.listener, srv.cfg->listen, srv.cfg->listen_count);
 	log_event(LOG_LEVEL_INFO, "reloaded",
-	          LOG_S("config", srv.cfg->source ? srv.cfg->source : ""));
+		  LOG_S("config", srv.cfg->source ? srv.cfg->source : ""));
+	warn_hostname(srv.cfg);
 	return 0;
 }
 
@@ -213,7 +271,7 @@ static void on_lag_probe(evutil_socket_t fd, short what, void *arg)
 	struct timespec now;
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	double late = (double)(now.tv_sec - lag_probe_due.tv_sec) +
-	              (double)(now.tv_nsec - lag_probe_due.tv_nsec) / 1e9;
+		      (double)(now.tv_nsec - lag_probe_due.tv_nsec) / 1e9;
 	metrics_observe_loop_lag(late > 0 ? late : 0);
 	lag_probe_arm();
 }
@@ -223,8 +281,11 @@ static void on_drain_check(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	(void)arg;
-	if (smtp_sessions_count() == 0 && pop3_sessions_count(pop3) == 0 &&
-	    scheduler_idle(srv.scheduler) && iothread_pending(srv.io) == 0) {
+	/* Recovery owns the spool until it is done: not interrupted. */
+	if (readiness != METRICS_STARTING && smtp_sessions_count() == 0 &&
+	    pop3_sessions_count(pop3) == 0 &&
+	    (srv.scheduler == NULL || scheduler_idle(srv.scheduler)) &&
+	    iothread_pending(srv.io) == 0) {
 		event_base_loopexit(srv.base, NULL);
 		return;
 	}
@@ -240,8 +301,8 @@ static void on_drain_limit(evutil_socket_t fd, short what, void *arg)
 	/* Whatever is still in flight was never acknowledged, or is in the
 	 * spool already: leaving now loses nothing. */
 	log_event(LOG_LEVEL_WARN, "stopped",
-	          LOG_S("reason", "sessions still open at the time limit"),
-	          LOG_I("sessions", smtp_sessions_count()));
+		  LOG_S("reason", "sessions still open at the time limit"),
+		  LOG_I("sessions", smtp_sessions_count()));
 	_exit(0);
 }
 
@@ -253,13 +314,18 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
 		return;
 	srv.stopping = true;
 	log_event(LOG_LEVEL_INFO, "stopping",
-	          LOG_S("signal", sig == SIGINT ? "INT" : "TERM"),
-	          LOG_I("sessions", smtp_sessions_count()));
+		  LOG_S("signal", sig == SIGINT ? "INT" : "TERM"),
+		  LOG_I("sessions", smtp_sessions_count()));
+	notify("STOPPING=1\nSTATUS=stopping: finishing the sessions under way");
+	if (readiness == METRICS_READY)
+		readiness = METRICS_DRAINING;
+	metrics_http_set_readiness(metrics_http, METRICS_DRAINING);
 	listener_disable(srv.listener);
 	pop3_server_disable(pop3);
 	pop3_server_shutdown(pop3);
 	smtp_sessions_shutdown();
-	scheduler_stop(srv.scheduler);
+	if (srv.scheduler != NULL)
+		scheduler_stop(srv.scheduler);
 	drain_check = evtimer_new(srv.base, on_drain_check, NULL);
 	drain_limit = evtimer_new(srv.base, on_drain_limit, NULL);
 	struct timeval now = {0, 0}, limit = {DRAIN_LIMIT_SECONDS, 0};
@@ -267,10 +333,115 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
 	evtimer_add(drain_limit, &limit);
 }
 
-static void on_recovered(struct spool_envelope *env, void *arg)
+/*
+ * Spool recovery, run on the worker. Until its done callback the loop
+ * leaves the spool alone: no mail port listens, the control socket does
+ * not accept and the scheduler does not exist yet, so the thread has the
+ * spool to itself. The envelopes found wait here for the loop.
+ */
+struct recovery {
+	struct spool *spool;
+	struct spool_envelope **found;
+	size_t count, cap;
+	bool out_of_memory;
+	long live; /* spool_recover's result */
+};
+
+static void recovery_keep(struct spool_envelope *env, void *arg)
 {
-	(void)arg;
-	scheduler_add(srv.scheduler, env, true);
+	struct recovery *r = arg;
+	if (r->count == r->cap) {
+		size_t cap = r->cap ? r->cap * 2 : 256;
+		struct spool_envelope **grown =
+		    realloc(r->found, cap * sizeof *grown);
+		if (grown == NULL) {
+			r->out_of_memory = true;
+			spool_envelope_free(env);
+			return;
+		}
+		r->found = grown;
+		r->cap = cap;
+	}
+	r->found[r->count++] = env;
+}
+
+static void recovery_run(void *arg)
+{
+	struct recovery *r = arg;
+	r->live = spool_recover(r->spool, recovery_keep, r);
+}
+
+static void recovery_free(struct recovery *r)
+{
+	for (size_t i = 0; i < r->count; i++)
+		if (r->found[i] != NULL)
+			spool_envelope_free(r->found[i]);
+	free(r->found);
+	free(r);
+}
+
+static void start_failed(int status)
+{
+	exit_status = status;
+	event_base_loopbreak(srv.base);
+}
+
+/* Back on the loop: hand the queue to the scheduler, then open the doors
+ * (control socket, then the mail ports) and say so. */
+static void recovery_done(void *arg)
+{
+	struct recovery *r = arg;
+	if (r->live < 0 || r->out_of_memory) {
+		log_event(
+		    LOG_LEVEL_ERROR, "startup_error",
+		    LOG_S("reason", r->out_of_memory
+					? "out of memory reading the spool"
+					: "cannot read the spool"));
+		recovery_free(r);
+		start_failed(EXIT_STARTUP);
+		return;
+	}
+	const struct spool_recovery *rec = spool_last_recovery(srv.spool);
+	log_event(rec->orphaned || rec->unreadable ? LOG_LEVEL_WARN
+						   : LOG_LEVEL_INFO,
+		  "recovered", LOG_I("live", rec->live),
+		  LOG_I("uncommitted", rec->uncommitted),
+		  LOG_I("orphaned", rec->orphaned), LOG_I("done", rec->done),
+		  LOG_I("truncated", rec->truncated),
+		  LOG_I("unreadable", rec->unreadable));
+	srv.scheduler = scheduler_new(&srv);
+	if (srv.scheduler == NULL)
+		fatal("out of memory");
+	for (size_t i = 0; i < r->count; i++) {
+		scheduler_add(srv.scheduler, r->found[i], true);
+		r->found[i] = NULL;
+	}
+	long queued = r->live;
+	recovery_free(r);
+	readiness = METRICS_READY;
+	if (srv.stopping) {
+		/* SIGTERM came during recovery: the drain ends it now. */
+		readiness = METRICS_DRAINING;
+		scheduler_stop(srv.scheduler);
+		return;
+	}
+	char err[512];
+	control_enable(control);
+	if (listener_enable(srv.listener, err, sizeof err) == -1 ||
+	    pop3_server_enable(pop3, err, sizeof err) == -1) {
+		log_cannot_listen(err);
+		start_failed(EXIT_CANNOT_LISTEN);
+		return;
+	}
+	metrics_http_set_readiness(metrics_http, METRICS_READY);
+	log_event(LOG_LEVEL_INFO, "started", LOG_S("version", FACTEUR_VERSION),
+		  LOG_S("hostname", srv.cfg->hostname),
+		  LOG_I("queued", queued));
+	char state[160];
+	snprintf(state, sizeof state,
+		 "READY=1\nSTATUS=accepting mail; %ld messages queued at start",
+		 queued);
+	notify(state);
 }
 
 /* Ten thousand sessions need ten thousand descriptors. */
@@ -292,19 +463,22 @@ static int drop_privileges(const struct config *cfg)
 		return 0;
 	struct passwd *pw = getpwnam(cfg->user);
 	if (pw == NULL) {
-		log_event(LOG_LEVEL_ERROR, "startup_error", LOG_S("user", cfg->user),
-		          LOG_S("reason", "no such user"));
+		log_event(LOG_LEVEL_ERROR, "startup_error",
+			  LOG_S("user", cfg->user),
+			  LOG_S("reason", "no such user"));
 		return -1;
 	}
 	if (deliver_mkdirs(cfg->spool_dir) == -1 ||
 	    chown(cfg->spool_dir, pw->pw_uid, pw->pw_gid) == -1 ||
 	    initgroups(pw->pw_name, pw->pw_gid) == -1 ||
 	    setgid(pw->pw_gid) == -1 || setuid(pw->pw_uid) == -1) {
-		log_event(LOG_LEVEL_ERROR, "startup_error", LOG_S("user", cfg->user),
-		          LOG_S("reason", strerror(errno)));
+		log_event(LOG_LEVEL_ERROR, "startup_error",
+			  LOG_S("user", cfg->user),
+			  LOG_S("reason", strerror(errno)));
 		return -1;
 	}
-	log_event(LOG_LEVEL_INFO, "privileges_dropped", LOG_S("user", cfg->user));
+	log_event(LOG_LEVEL_INFO, "privileges_dropped",
+		  LOG_S("user", cfg->user));
 	return 0;
 }
 
@@ -350,12 +524,16 @@ int main(int argc, char **argv)
 	}
 	if (check_only) {
 		config_print(st.cfg, stdout);
+		const char *why = config_hostname_warning(st.cfg);
+		if (why != NULL)
+			fprintf(stderr, "facteurd: warning: hostname %s %s\n",
+				st.cfg->hostname, why);
 		const char *const *later = config_keys_not_in_effect(st.cfg);
 		for (; *later != NULL; later++)
 			fprintf(stderr,
-			        "facteurd: %s: set, but not in effect in this "
-			        "version yet\n",
-			        *later);
+				"facteurd: %s: set, but not in effect in this "
+				"version yet\n",
+				*later);
 		settings_free(&st);
 		return 0;
 	}
@@ -365,6 +543,8 @@ int main(int argc, char **argv)
 	srv.tls_server = st.tls_server;
 	srv.reload = reload_settings;
 	log_setup(srv.cfg->log_format, srv.cfg->log_level);
+	warn_hostname(srv.cfg);
+	notify_socket = getenv("NOTIFY_SOCKET");
 	raise_fd_limit();
 	signal(SIGPIPE, SIG_IGN);
 	/* A write past a file size limit must fail with EFBIG, not kill. */
@@ -374,9 +554,9 @@ int main(int argc, char **argv)
 	srv.base = event_base_new();
 	if (srv.base == NULL)
 		fatal("event_base_new failed");
-	srv.listener = listener_new(&srv, listener_smtp_owner(&srv),
-	                            srv.cfg->listen, srv.cfg->listen_count, err,
-	                            sizeof err);
+	srv.listener =
+	    listener_new(&srv, listener_smtp_owner(&srv), srv.cfg->listen,
+			 srv.cfg->listen_count, err, sizeof err);
 	if (srv.listener == NULL) {
 		log_cannot_listen(err);
 		return EXIT_CANNOT_LISTEN;
@@ -387,8 +567,8 @@ int main(int argc, char **argv)
 		return EXIT_CANNOT_LISTEN;
 	}
 	if (srv.cfg->metrics_listen != NULL) {
-		metrics_http = metrics_http_new(srv.base, srv.cfg->metrics_listen,
-		                                err, sizeof err);
+		metrics_http = metrics_http_new(
+		    srv.base, srv.cfg->metrics_listen, err, sizeof err);
 		if (metrics_http == NULL) {
 			log_cannot_listen(err);
 			return EXIT_CANNOT_LISTEN;
@@ -400,52 +580,42 @@ int main(int argc, char **argv)
 	if (srv.io == NULL)
 		fatal("cannot start the I/O thread");
 	iothread_flush_by_filesystem(srv.io,
-	                             srv.cfg->flush_method == FLUSH_SYNCFS);
+				     srv.cfg->flush_method == FLUSH_SYNCFS);
 	srv.worker = worker_new(srv.base);
 	srv.auth_limit = auth_limit_new(AUTH_LIMIT_ENTRIES);
 	if (srv.worker == NULL || srv.auth_limit == NULL)
 		fatal("cannot start the worker threads");
-	srv.spool = spool_open(srv.base, srv.io, srv.cfg->spool_dir, err,
-	                       sizeof err);
+	srv.spool =
+	    spool_open(srv.base, srv.io, srv.cfg->spool_dir, err, sizeof err);
 	if (srv.spool == NULL) {
-		log_event(LOG_LEVEL_ERROR, "startup_error", LOG_S("reason", err));
+		log_event(LOG_LEVEL_ERROR, "startup_error",
+			  LOG_S("reason", err));
 		return EXIT_STARTUP;
 	}
 	srv.dns = dns_new(srv.base, srv.cfg, err, sizeof err);
 	if (srv.dns == NULL)
 		log_event(LOG_LEVEL_WARN, "dns_error", LOG_S("reason", err));
-	srv.tls_client = tls_client_context(srv.cfg->tls_ca_file, err,
-	                                    sizeof err);
+	srv.tls_client =
+	    tls_client_context(srv.cfg->tls_ca_file, err, sizeof err);
 	if (srv.tls_client == NULL)
 		log_event(LOG_LEVEL_WARN, "tls_error", LOG_S("reason", err));
-	srv.scheduler = scheduler_new(&srv);
-	if (srv.scheduler == NULL)
-		fatal("out of memory");
 	control = control_new(&srv, err, sizeof err);
 	if (control == NULL) {
-		log_event(LOG_LEVEL_ERROR, "startup_error", LOG_S("reason", err));
-		return EXIT_STARTUP;
-	}
-	long found = spool_recover(srv.spool, on_recovered, NULL);
-	if (found < 0) {
 		log_event(LOG_LEVEL_ERROR, "startup_error",
-		          LOG_S("reason", "cannot read the spool"));
+			  LOG_S("reason", err));
 		return EXIT_STARTUP;
 	}
-	const struct spool_recovery *rec = spool_last_recovery(srv.spool);
-	log_event(rec->orphaned || rec->unreadable ? LOG_LEVEL_WARN
-	                                           : LOG_LEVEL_INFO,
-	          "recovered", LOG_I("live", rec->live),
-	          LOG_I("uncommitted", rec->uncommitted),
-	          LOG_I("orphaned", rec->orphaned), LOG_I("done", rec->done),
-	          LOG_I("truncated", rec->truncated),
-	          LOG_I("unreadable", rec->unreadable));
+	struct recovery *recovery = calloc(1, sizeof *recovery);
+	if (recovery == NULL)
+		fatal("out of memory");
+	recovery->spool = srv.spool;
 
 	struct event *sigterm = evsignal_new(srv.base, SIGTERM, on_stop, NULL);
 	struct event *sigint = evsignal_new(srv.base, SIGINT, on_stop, NULL);
 	struct event *sighup = evsignal_new(srv.base, SIGHUP, on_reload, NULL);
 	if (sigterm == NULL || sigint == NULL || sighup == NULL ||
-	    evsignal_add(sigterm, NULL) == -1 || evsignal_add(sigint, NULL) == -1 ||
+	    evsignal_add(sigterm, NULL) == -1 ||
+	    evsignal_add(sigint, NULL) == -1 ||
 	    evsignal_add(sighup, NULL) == -1)
 		fatal("cannot install signal handlers");
 
@@ -454,15 +624,14 @@ int main(int argc, char **argv)
 		fatal("out of memory");
 	lag_probe_arm();
 
-	listener_enable(srv.listener);
-	pop3_server_enable(pop3);
-	log_event(LOG_LEVEL_INFO, "started", LOG_S("version", FACTEUR_VERSION),
-	          LOG_S("hostname", srv.cfg->hostname),
-	          LOG_I("queued", found));
+	notify("STATUS=recovering the spool");
+	if (worker_run(srv.worker, recovery_run, recovery_done, recovery) == -1)
+		fatal("out of memory");
 
 	event_base_dispatch(srv.base);
 
-	log_event(LOG_LEVEL_INFO, "stopped", LOG_S("reason", "signal"));
+	if (exit_status == 0)
+		log_event(LOG_LEVEL_INFO, "stopped", LOG_S("reason", "signal"));
 	/* Password checks and mailbox scans still out report to their
 	 * sessions while those are still there. */
 	worker_free(srv.worker);
@@ -488,5 +657,5 @@ int main(int argc, char **argv)
 	struct settings last = {srv.cfg, srv.users, srv.policy, srv.tls_server};
 	settings_free(&last);
 	event_base_free(srv.base);
-	return 0;
+	return exit_status;
 }

@@ -2,6 +2,12 @@
  * GET /metrics over HTTP (SPEC.md §3 metrics_listen, §8), served on the
  * daemon's loop. The text is made by metrics_format at each request: a
  * scrape sees the counters as they are at that turn of the loop.
+ * GET /healthz answers 200 whenever the loop turns (it answers from the
+ * loop, so an answer is the proof); GET /readyz says whether the daemon
+ * takes mail: 503 while the spool is recovered and while draining. This
+ * listener listens from the start, before the mail ports, so that
+ * probes get a 503 rather than a refused connection while starting;
+ * /metrics then answers the same 503 (the queue is not counted yet).
  *
  * A small HTTP/1.1 server of our own rather than libevent's evhttp,
  * because evhttp (2.1) can neither cap its connections nor stop
@@ -47,6 +53,8 @@
 #define METRICS_HTTP_PAUSE_MS 500     /* no accepting after EMFILE */
 #define METRICS_HTTP_OUTPUT_MAX 65536 /* replies waiting: stop reading */
 #define METRICS_PATH "/metrics"
+#define HEALTH_PATH "/healthz"
+#define READY_PATH "/readyz"
 #define METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
 #define TEXT_CONTENT_TYPE "text/plain; charset=utf-8"
 
@@ -65,6 +73,7 @@ struct metrics_http {
 	bool paused;	   /* out of descriptors: not accepting a while */
 	bool error_logged; /* the current outage is in the log */
 	char *text;	   /* the listen address, for the log */
+	enum metrics_readiness readiness; /* what /readyz says */
 };
 
 /* Accept while below the cap and not pausing after an error. */
@@ -130,10 +139,36 @@ static void reply_text(struct metrics_conn *c, const struct http_request *req,
 	      strlen(text));
 }
 
+/* /readyz: 200 only while the daemon takes mail. */
+static void serve_readiness(struct metrics_conn *c,
+			    const struct http_request *req)
+{
+	static const char *const no_store = "Cache-Control: no-store\r\n";
+
+	switch (c->mh->readiness) {
+	case METRICS_READY:
+		reply_text(c, req, 200, "OK", no_store, "ready\n");
+		return;
+	case METRICS_STARTING:
+		reply_text(c, req, 503, "Service Unavailable", no_store,
+			   "starting: recovering the spool\n");
+		return;
+	case METRICS_DRAINING:
+		reply_text(c, req, 503, "Service Unavailable", no_store,
+			   "draining: stopping\n");
+		return;
+	}
+}
+
 /* The answer to a complete request. */
 static void serve(struct metrics_conn *c, const struct http_request *req)
 {
-	if (req->path_too_long || strcmp(req->path, METRICS_PATH) != 0) {
+	bool metrics_path = strcmp(req->path, METRICS_PATH) == 0;
+	bool health_path = strcmp(req->path, HEALTH_PATH) == 0;
+	bool ready_path = strcmp(req->path, READY_PATH) == 0;
+
+	if (req->path_too_long ||
+	    !(metrics_path || health_path || ready_path)) {
 		reply_text(c, req, 404, "Not Found", "",
 			   "not found: try " METRICS_PATH "\n");
 		return;
@@ -142,6 +177,17 @@ static void serve(struct metrics_conn *c, const struct http_request *req)
 		reply_text(c, req, 405, "Method Not Allowed",
 			   "Allow: GET, HEAD\r\n",
 			   "method not allowed: use GET\n");
+		return;
+	}
+	if (health_path) {
+		reply_text(c, req, 200, "OK", "Cache-Control: no-store\r\n",
+			   "ok\n");
+		return;
+	}
+	/* Before recovery the queue gauge could not say what the spool
+	 * holds: a scrape then is refused rather than told a wrong 0. */
+	if (ready_path || c->mh->readiness == METRICS_STARTING) {
+		serve_readiness(c, req);
 		return;
 	}
 	size_t len = 0;
@@ -369,10 +415,12 @@ struct metrics_http *metrics_http_new(struct event_base *base,
 		metrics_http_free(mh);
 		return NULL;
 	}
-	/* From here the listener owns the socket and closes it when freed. */
+	/* From here the listener owns the socket and closes it when freed.
+	 * Backlog 0: it listens already; -1 would make libevent listen(2)
+	 * again with its own backlog of 128. */
 	mh->listener = evconnlistener_new(
 	    base, on_accept, mh, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
-	    -1, fd);
+	    0, fd);
 	if (mh->listener == NULL) {
 		snprintf(err, errlen, "%s: out of memory", addr->text);
 		close(fd);
@@ -383,6 +431,13 @@ struct metrics_http *metrics_http_new(struct event_base *base,
 	log_event(LOG_LEVEL_INFO, "listening", LOG_S("listen", addr->text),
 		  LOG_S("protocol", "http"));
 	return mh;
+}
+
+void metrics_http_set_readiness(struct metrics_http *mh,
+				enum metrics_readiness readiness)
+{
+	if (mh != NULL)
+		mh->readiness = readiness;
 }
 
 void metrics_http_free(struct metrics_http *mh)

@@ -1653,10 +1653,9 @@ struct pop3_server *pop3_server_new(struct server *srv, char *err,
 	return p;
 }
 
-void pop3_server_enable(struct pop3_server *p)
+int pop3_server_enable(struct pop3_server *p, char *err, size_t errlen)
 {
-	if (p != NULL)
-		listener_enable(p->listener);
+	return p == NULL ? 0 : listener_enable(p->listener, err, errlen);
 }
 
 void pop3_server_disable(struct pop3_server *p)

@@ -408,6 +408,25 @@ def wait_port(port, timeout=20, proc=None, what="server"):
     raise RuntimeError("%s did not listen on port %d within %ds" % (what, port, timeout))
 
 
+def wait_ready(metrics_port, timeout=60, proc=None, what="server"):
+    """Until GET /readyz answers 200: the spool recovered, every port
+    listening."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("%s exited with status %s before it was ready"
+                               % (what, proc.returncode))
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/readyz" % metrics_port,
+                                        timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError("%s not ready within %ds" % (what, timeout))
+
+
 def port_free(port):
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -424,12 +443,18 @@ def port_free(port):
 class Facteur:
     name = "facteur"
 
-    def __init__(self, tag, route_port=PORT_CLOSED, extra=None):
+    def __init__(self, tag, route_port=PORT_CLOSED, extra=None, metrics_port=PORT_METRICS,
+                 shared=False):
+        """`shared`: the SMTP port is shared with other instances
+        (reuse_port = yes), so it may be taken already and is not proof
+        that this one serves: its /readyz is."""
         self.dir = WORK / ("facteur-" + tag)
         self.route_port = route_port
         self.extra = dict(extra or {})
         self.proc = None
         self.port = PORT_FACTEUR
+        self.metrics_port = metrics_port
+        self.shared = shared
 
     @property
     def maildir_new(self):
@@ -439,7 +464,7 @@ class Facteur:
         c = {
             "hostname": HOSTNAME,
             "listen": "127.0.0.1:%d" % self.port,
-            "metrics_listen": "127.0.0.1:%d" % PORT_METRICS,
+            "metrics_listen": "127.0.0.1:%d" % self.metrics_port,
             "spool_dir": str(self.dir / "spool"),
             "mailbox_path": str(self.dir / "mail" / "%d" / "%u"),
             "local_domains": LOCAL_DOMAIN,
@@ -469,7 +494,7 @@ class Facteur:
         (self.dir / "mail").mkdir()
         conf = self.dir / "facteur.conf"
         conf.write_text("".join("%s = %s\n" % kv for kv in self.config().items()))
-        for p in (self.port, PORT_METRICS):
+        for p in ([] if self.shared else [self.port]) + [self.metrics_port]:
             if not port_free(p):
                 raise RuntimeError("port %d is busy: a server left running?" % p)
         self.log = open(self.dir / "facteurd.log", "wb")
@@ -482,7 +507,10 @@ class Facteur:
                                      stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT, cwd=str(self.dir),
                                      preexec_fn=lambda: raise_nofile(30000))
-        wait_port(self.port, proc=self.proc, what="facteurd")
+        if self.shared:
+            wait_ready(self.metrics_port, proc=self.proc, what="facteurd")
+        else:
+            wait_port(self.port, proc=self.proc, what="facteurd")
         self.pid = self.proc.pid
         return self
 
@@ -491,7 +519,7 @@ class Facteur:
 
     def metrics(self):
         """The /metrics text as {name{labels}: float}."""
-        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % PORT_METRICS,
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.metrics_port,
                                     timeout=10) as r:
             text = r.read().decode()
         out = {}

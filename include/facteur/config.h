@@ -147,6 +147,9 @@ struct config {
 	 * listen entry. */
 	struct cidr *proxy_networks;
 	size_t proxy_network_count;
+	/* SO_REUSEPORT on the SMTP and POP3 sockets: several daemons, each
+	 * with its own spool, share the listen addresses. */
+	bool reuse_port;
 };
 
 /* The errors a load found, in order, each a full sentence such as
@@ -182,6 +185,10 @@ void config_errors_add(struct config_errors *errors, const char *fmt, ...)
 /* Print the effective settings as "key = value" lines, every key of the
  * table in SPEC.md §3 in its order, lists comma-separated. */
 void config_print(const struct config *cfg, FILE *out);
+
+/* Why the host name looks wrong though valid (it has no dot), or NULL:
+ * a warning at start, at reload and in -n. */
+const char *config_hostname_warning(const struct config *cfg);
 
 /* Keys that are set to something the running build does not act on yet;
  * returns a static NULL-terminated list of key names (may be empty). */

@@ -16,9 +16,13 @@ struct control;
 
 #define CONTROL_SOCKET_NAME "control"
 
-/* Bind <spool_dir>/control (a stale socket file is replaced). NULL with
- * err filled on failure. */
+/* Bind <spool_dir>/control (a stale socket file is replaced) and listen:
+ * from here a second daemon on this spool is refused, and a client's
+ * connect waits in the backlog until control_enable. NULL with err
+ * filled on failure. */
 struct control *control_new(struct server *srv, char *err, size_t errlen);
+/* Start serving (once the spool is recovered: commands read it). */
+void control_enable(struct control *ctl);
 /* Close the socket, end every control session, remove the socket file. */
 void control_free(struct control *ctl);
 

@@ -45,20 +45,23 @@ struct listener_owner {
  * the moment, connections and refusals counted in the metrics. */
 struct listener_owner listener_smtp_owner(struct server *srv);
 
-/* Bind every entry (SO_REUSEADDR, IPV6_V6ONLY for IPv6); accepting waits
- * for listener_enable. NULL with a message in err when one cannot be
- * bound. */
+/* Bind every entry (SO_REUSEADDR, IPV6_V6ONLY for IPv6, SO_REUSEPORT with
+ * reuse_port) without listening: until listener_enable a connect is
+ * refused. NULL with a message in err when one cannot be bound. */
 struct listener *listener_new(struct server *srv, struct listener_owner owner,
 			      const struct listen_addr *entries, size_t count,
 			      char *err, size_t errlen);
-/* Start accepting (after privileges are dropped). */
-void listener_enable(struct listener *l);
+/* Listen on every entry and start accepting (once the daemon can serve:
+ * spool recovered, control socket up). -1 with a message in err when an
+ * entry cannot listen (another socket listens on its address). */
+int listener_enable(struct listener *l, char *err, size_t errlen);
 /* After a reload, with the entries now configured: stop those no longer
  * there, bind the new ones (errors are logged; a port below 1024 after
  * privileges were dropped needs a restart). */
 void listener_reload(struct listener *l, const struct listen_addr *entries,
 		     size_t count);
-/* Stop accepting new connections (SIGTERM). */
+/* Stop accepting new connections for good (SIGTERM): the sockets are
+ * closed, so that a connect is refused; sessions go on. */
 void listener_disable(struct listener *l);
 void listener_free(struct listener *l);
 

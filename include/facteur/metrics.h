@@ -45,12 +45,24 @@ struct event_base;
 struct metrics_http;
 struct listen_addr;
 
-/* Serve GET /metrics with evhttp on one address; NULL with err filled
- * when it cannot be bound. */
+/* Serve GET /metrics, /healthz and /readyz on one address, listening at
+ * once (readiness METRICS_STARTING); NULL with err filled when it cannot
+ * be bound. */
 struct metrics_http *metrics_http_new(struct event_base *base,
                                       const struct listen_addr *addr,
                                       char *err, size_t errlen);
 void metrics_http_free(struct metrics_http *http);
+
+/* What GET /readyz answers: 200 only when METRICS_READY, 503 while the
+ * daemon starts (spool recovery) and while it drains after SIGTERM. */
+enum metrics_readiness {
+	METRICS_STARTING,
+	METRICS_READY,
+	METRICS_DRAINING,
+};
+/* `http` may be NULL (no metrics_listen): nothing to tell. */
+void metrics_http_set_readiness(struct metrics_http *http,
+                                enum metrics_readiness readiness);
 
 /* ---- metrics beyond SPEC.md §8 (all present from the start) ---- */
 

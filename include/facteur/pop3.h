@@ -12,11 +12,13 @@
 struct server;
 struct pop3_server;
 
-/* Bind every pop3_listen entry of srv->cfg; NULL with err filled when one
- * cannot be bound. With no entries, a server with nothing to serve. */
+/* Bind every pop3_listen entry of srv->cfg, not listening yet; NULL with
+ * err filled when one cannot be bound. With no entries, a server with
+ * nothing to serve. */
 struct pop3_server *pop3_server_new(struct server *srv, char *err,
                                     size_t errlen);
-void pop3_server_enable(struct pop3_server *p);
+/* Listen and accept (see listener_enable); -1 with err filled. */
+int pop3_server_enable(struct pop3_server *p, char *err, size_t errlen);
 void pop3_server_disable(struct pop3_server *p);
 /* SIGTERM: end every session (no deletions: UPDATE happens only on QUIT). */
 void pop3_server_shutdown(struct pop3_server *p);

@@ -188,3 +188,26 @@ def test_bench_postfix_half_runs_when_installed(tmp_path, work_dir):
     assert "×" in report  # a facteur/Postfix ratio was computed
     # The private Postfix instances are stopped.
     assert processes_of(env["BENCH_WORK"]) == []
+
+
+def test_bench_reuseport_runs_one_and_two_instances(tmp_path, work_dir):
+    """bench/reuseport.py end to end with tiny counts: one facteurd, then two
+    sharing the port; every message accepted, both instances took some."""
+    if not h.FACTEURD.exists():
+        pytest.skip("facteurd not built at %s" % h.FACTEURD)
+    env = bench_env(tmp_path, work_dir, BENCH_POSTFIX="0", BENCH_GENERATOR="smtpload",
+                    BENCH_REUSEPORT_MODES="single")
+    r = subprocess.run([PYTHON, str(BENCH / "reuseport.py")], env=env,
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = load_results(env["BENCH_OUT"], "reuseport")
+    (one,) = data["runs"]["single"]["x1"]
+    (two,) = data["runs"]["single"]["x2"]
+    for run in (one, two):
+        assert run["accepted"] == 200 and "problem" not in run, run
+        assert run["msgs_per_s"] > 0 and run["generator_cpu_pct"] >= 0, run
+    assert len(two["accepted_per_instance"]) == 2 and min(two["accepted_per_instance"]) > 0, two
+    assert len(two["server_cpu_pct"]) == 2, two
+    assert data["summary"][0]["two_over_one"] is not None
+    assert processes_of(env["BENCH_WORK"]) == []

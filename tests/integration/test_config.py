@@ -499,3 +499,55 @@ def test_user_root_means_no_switch(make_daemon):
     d = make_daemon(config={"user": "root"})
     d.send(subject="as root")
     d.wait_messages("user@localhost")
+
+
+# --------------------------------------------------------------------------
+# reuse_port, and a host name without a dot
+
+def test_reuse_port_from_file_environment_and_check_output(tmp_path):
+    conf = write_conf(tmp_path, base_conf(tmp_path))
+    r = h.run_facteurd(["-n", "-c", str(conf)])
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().splitlines()
+    assert "reuse_port = no" in lines
+    # A key of its own after those that came before it.
+    assert lines.index("reuse_port = no") > lines.index(
+        [l for l in lines if l.startswith("auth_fail_limit =")][0])
+    conf = write_conf(tmp_path, base_conf(tmp_path, extra="reuse_port = yes\n"))
+    assert check_n(["-c", str(conf)])["reuse_port"] == "yes"
+    assert check_n(["-c", str(conf)], env={"FACTEUR_REUSE_PORT": "no"})["reuse_port"] == "no"
+
+
+@pytest.mark.parametrize("value", ["maybe", "1", "YES", ""])
+def test_reuse_port_bad_value_is_an_error(tmp_path, value):
+    conf = write_conf(tmp_path, base_conf(tmp_path, extra="reuse_port = %s\n" % value))
+    line = len(conf.read_text().splitlines())
+    err = check_error(["-n", "-c", str(conf)])
+    assert "facteur.conf:%d" % line in err and "reuse_port" in err, err
+    err = check_error(["-n", "-c", str(write_conf(tmp_path, base_conf(tmp_path), "b.conf"))],
+                      env={"FACTEUR_REUSE_PORT": "sometimes"})
+    assert "FACTEUR_REUSE_PORT" in err, err
+
+
+def test_hostname_without_a_dot_is_a_warning_in_check_output(tmp_path):
+    conf = write_conf(tmp_path, base_conf(tmp_path).replace(
+        "hostname = mx.example.test", "hostname = 3f2a9c81d0e4"))
+    r = h.run_facteurd(["-n", "-c", str(conf)])
+    assert r.returncode == 0, r.stderr
+    assert effective(r)["hostname"] == "3f2a9c81d0e4"
+    err = r.stderr.decode()
+    assert re.search(r"warning: hostname 3f2a9c81d0e4 has no dot", err), err
+    # A qualified name says nothing.
+    r = h.run_facteurd(["-n", "-c", str(write_conf(tmp_path, base_conf(tmp_path), "q.conf"))])
+    assert r.returncode == 0 and b"warning" not in r.stderr, r.stderr
+
+
+def test_hostname_without_a_dot_is_a_warning_at_start(make_daemon):
+    d = make_daemon(config={"hostname": "mailhost"})
+    warn = d.events("config_warning", key="hostname")
+    assert warn and warn[0]["value"] == "mailhost" and warn[0]["level"] == "warn", d.log_tail()
+    # Still only a warning: the daemon serves under that name.
+    with d.raw() as c:
+        assert "mailhost" in c.banner.first
+    other = make_daemon()
+    assert not other.events("config_warning")

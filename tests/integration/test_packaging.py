@@ -420,6 +420,49 @@ def test_unit_does_not_restart_on_a_port_it_cannot_bind():
     assert "78" in prevented, unit      # EX_CONFIG
 
 
+def test_unit_is_type_notify_and_reloads_with_facteurctl():
+    """READY=1 makes "systemctl start" wait for a recovered spool; the
+    reload goes through facteurctl, which fails on a refused
+    configuration, where kill -HUP would always succeed."""
+    unit = unit_settings(Path(h.SOURCE_DIR) / "packaging" / "facteurd.service")
+    assert unit["Type"] == ["notify"], unit
+    assert unit["NotifyAccess"] == ["main"], unit
+    assert "AF_UNIX" in unit["RestrictAddressFamilies"][0].split(), unit
+    reload = unit["ExecReload"][0].split()
+    start = unit["ExecStart"][0].split()
+    # The same configuration as the daemon, and facteurctl where the
+    # package installs it (beside facteurd, CMake's sbin).
+    assert reload == [str(Path(start[0]).parent / "facteurctl"),
+                      "-c", start[start.index("-c") + 1], "reload"], reload
+    cmake = (Path(h.SOURCE_DIR) / "CMakeLists.txt").read_text()
+    assert re.search(r"install\(TARGETS facteurd facteurctl .*DESTINATION sbin\)",
+                     cmake), "facteurctl is not installed beside facteurd"
+
+
+def test_template_unit_in_the_docs_addresses_each_instance_by_its_file(tmp_path):
+    """docs/operations.md's facteurd@.service: one configuration per
+    instance, reloaded through facteurctl on that same file, Type=notify
+    like the packaged unit."""
+    text = (Path(h.SOURCE_DIR) / "docs" / "operations.md").read_text()
+    m = re.search(r"```ini\n# /etc/systemd/system/facteurd@\.service\n(.*?)```", text, re.S)
+    assert m, "no facteurd@.service in docs/operations.md"
+    path = tmp_path / "facteurd@.service"
+    path.write_text(m.group(1))
+    unit = unit_settings(path)
+    assert unit["Type"] == ["notify"], unit
+    assert unit["ExecStart"] == ["/usr/sbin/facteurd -c /etc/facteur/%i.conf"], unit
+    assert unit["ExecReload"] == ["/usr/sbin/facteurctl -c /etc/facteur/%i.conf reload"], unit
+    prevented = " ".join(unit.get("RestartPreventExitStatus", [])).split()
+    assert "69" in prevented and "78" in prevented, unit
+    packaged = unit_settings(Path(h.SOURCE_DIR) / "packaging" / "facteurd.service")
+    for key in ("NotifyAccess", "TimeoutStartSec", "User", "LimitNOFILE"):
+        assert unit[key] == packaged[key], key
+    if shutil.which("systemd-analyze"):
+        r = subprocess.run(["systemd-analyze", "verify", str(path).replace("@", "@a")],
+                           capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+        assert "Unknown key" not in r.stderr and "Invalid" not in r.stderr, r.stderr
+
+
 # The n-th "systemctl is-active" answers the n-th status of {active} (the
 # last one repeats): the daemon may be running before a restart and not
 # after it.
@@ -432,19 +475,22 @@ case "$(basename "$0") $*" in
     while [ "$n" -gt 1 ] && [ $# -gt 1 ]; do shift; n=$((n - 1)); done
     exit "$1" ;;
 "systemctl show"*) echo {status} ;;
+"deb-systemd-invoke "*) exit {invoke} ;;
 "policy-rc.d "*) exit {policy} ;;
 esac
 exit 0
 """
 
 
-def run_postinst(tmp_path, args, active, status=69, policy=0):
+def run_postinst(tmp_path, args, active, status=69, policy=0, invoke=0):
     """Run packaging/debian/postinst as dpkg would, in a mount namespace
     where systemd seems to run (/run/systemd/system) and systemctl,
     deb-systemd-invoke, deb-systemd-helper, policy-rc.d, the account tools
     and sleep are stand-ins that log their calls. `active`: the exit status
     of each "systemctl is-active" in turn (0 running, 3 not), a string
-    such as "0 3"."""
+    such as "0 3". `invoke`: the exit status of deb-systemd-invoke (the
+    unit is Type=notify: a start fails when the daemon exits before
+    READY=1)."""
     if shutil.which("unshare") is None:
         pytest.skip("unshare is not available")
     fake = tmp_path / "bin"
@@ -456,7 +502,8 @@ def run_postinst(tmp_path, args, active, status=69, policy=0):
                  "sleep"):
         tool = fake / name
         tool.write_text(STAND_IN.format(calls=calls, active=active,
-                                        status=status, policy=policy))
+                                        status=status, policy=policy,
+                                        invoke=invoke))
         tool.chmod(0o755)
     postinst = Path(h.SOURCE_DIR) / "packaging" / "debian" / "postinst"
     # Absolute paths the script tests are covered by the stand-ins too;
@@ -484,7 +531,7 @@ exec sh "$POSTINST" "$@"
 
 @needs_root
 def test_postinst_fails_when_the_daemon_does_not_start(tmp_path):
-    r, calls = run_postinst(tmp_path, ["configure", ""], active=3)
+    r, calls = run_postinst(tmp_path, ["configure", ""], active=3, invoke=1)
     assert "deb-systemd-invoke start facteurd.service" in calls, calls
     err = r.stderr.decode()
     assert r.returncode != 0, (calls, err)
@@ -499,13 +546,17 @@ def test_postinst_succeeds_when_the_daemon_runs(tmp_path):
     assert "deb-systemd-invoke start facteurd.service" in calls, calls
     assert r.returncode == 0, (calls, r.stderr.decode())
     assert r.stderr == b"", r.stderr
+    # Type=notify: the start itself says whether the daemon came up; no
+    # waiting and looking again.
+    assert "sleep" not in calls and "is-active" not in calls, calls
 
 
 @needs_root
 def test_postinst_upgrade_fails_when_the_restarted_daemon_is_gone(tmp_path):
     """On upgrade a running daemon is restarted on the new binary; if that
     one does not come up, dpkg hears of it."""
-    r, calls = run_postinst(tmp_path, ["configure", "0.0.9"], active="0 3")
+    r, calls = run_postinst(tmp_path, ["configure", "0.0.9"], active="0 3",
+                            invoke=1)
     assert "deb-systemd-invoke try-restart facteurd.service" in calls, calls
     assert r.returncode != 0, (calls, r.stderr.decode())
     assert "did not start" in r.stderr.decode()

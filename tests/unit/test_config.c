@@ -1407,6 +1407,7 @@ static const char *const spec_order[] = {
     "ipv6_prefix_length",
     "auth_fail_limit",
     "proxy_networks",
+    "reuse_port",
 };
 
 static void test_config_print_lists_every_key_in_spec_order(void **state)
@@ -1863,6 +1864,49 @@ static void test_config_load_without_file_uses_defaults(void **state)
 	config_free(cfg);
 }
 
+static void test_config_reuse_port_is_yes_or_no(void **state)
+{
+	(void)state;
+	struct config *cfg = load_ok("", NULL);
+	assert_false(cfg->reuse_port);
+	config_free(cfg);
+	cfg = load_ok("reuse_port = yes\n", NULL);
+	assert_true(cfg->reuse_port);
+	config_free(cfg);
+	cfg = load_ok("reuse_port = yes\n", ENV("FACTEUR_REUSE_PORT=no"));
+	assert_false(cfg->reuse_port);
+	config_free(cfg);
+	value_fails("reuse_port", "true");
+	value_fails("reuse_port", "Yes");
+	value_fails("reuse_port", "");
+}
+
+static void test_config_reuse_port_is_printed_last(void **state)
+{
+	(void)state;
+	struct config *cfg = load_ok("reuse_port = yes\n", NULL);
+	char *text = print_config(cfg);
+	size_t len = strlen(text);
+	const char *last = "\nreuse_port = yes\n";
+	assert_true(len > strlen(last));
+	assert_string_equal(text + len - strlen(last), last);
+	free(text);
+	config_free(cfg);
+}
+
+static void test_config_hostname_without_a_dot_is_warned_about(void **state)
+{
+	(void)state;
+	struct config *cfg = load_ok("hostname = mailhost\n", NULL);
+	const char *why = config_hostname_warning(cfg);
+	assert_non_null(why);
+	assert_non_null(strstr(why, "no dot"));
+	config_free(cfg);
+	cfg = load_ok("hostname = mx.example.org\n", NULL);
+	assert_null(config_hostname_warning(cfg));
+	config_free(cfg);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1934,6 +1978,10 @@ int main(void)
 	    cmocka_unit_test(test_config_load_uses_facteur_config_variable),
 	    cmocka_unit_test(test_config_load_directory_is_an_error),
 	    cmocka_unit_test(test_config_load_without_file_uses_defaults),
+	    cmocka_unit_test(test_config_reuse_port_is_yes_or_no),
+	    cmocka_unit_test(test_config_reuse_port_is_printed_last),
+	    cmocka_unit_test(
+		test_config_hostname_without_a_dot_is_warned_about),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

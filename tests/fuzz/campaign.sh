@@ -27,7 +27,14 @@ run_one() {
 	end=$(date -u +%FT%TZ)
 	local execs result=ok
 	execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$dir/run.log" | tail -n 1)
-	if ls "$dir/crashes"/* >/dev/null 2>&1; then result=crash; fi
+	# crash-, leak-, timeout- and oom- inputs are findings; a slow-unit
+	# alone is not (a paused or starved run writes them too).
+	if ls "$dir/crashes"/crash-* "$dir/crashes"/leak-* "$dir/crashes"/timeout-* \
+		"$dir/crashes"/oom-* >/dev/null 2>&1; then
+		result=crash
+	elif ls "$dir/crashes"/slow-unit-* >/dev/null 2>&1; then
+		result=slow-units
+	fi
 	# Keep what is new, minimised: merge into a fresh folder, replace.
 	rm -rf "$dir/merged" && mkdir -p "$dir/merged"
 	"$build/fuzz/$t" -merge=1 "$dir/merged" "$corpus" "$dir/new" \

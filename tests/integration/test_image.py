@@ -109,3 +109,35 @@ def test_healthcheck_without_metrics_falls_back_to_the_banner(make_daemon):
     r = healthcheck({"FACTEUR_METRICS_LISTEN": "",
                      "FACTEUR_LISTEN": "0.0.0.0:%d" % d.port})
     assert r.returncode == 0, r.stderr
+
+
+def docker_daemon():
+    """True where a Docker daemon answers (not on the project's CI machines)."""
+    try:
+        r = subprocess.run(["docker", "info"], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
+
+
+def test_image_builds_from_a_clean_checkout(tmp_path):
+    """docker build of packaging/Dockerfile from what git tracks, nothing
+    else: a file the image needs and the checkout lacks shows here."""
+    if not docker_daemon():
+        pytest.skip("no Docker daemon on this machine")
+    tree = tmp_path / "src"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(h.SOURCE_DIR), "archive", "HEAD"],
+                             stdout=subprocess.PIPE, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    tag = "facteur-test-build:%d" % tmp_path.stat().st_ino
+    r = subprocess.run(["docker", "build", "-q", "-t", tag, "-f",
+                        "packaging/Dockerfile", "."], cwd=str(tree),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=1800)
+    try:
+        assert r.returncode == 0, r.stderr.decode(errors="replace")[-4000:]
+    finally:
+        subprocess.run(["docker", "image", "rm", "-f", tag], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=120)

@@ -431,18 +431,26 @@ static const char *kind_name(enum bounce_kind kind)
 				      : "success";
 }
 
+/* A copy of a list of recipient indexes (never NULL). */
+static size_t *indexes_copy(const size_t *rcpts, size_t count)
+{
+	size_t *copy = malloc((count ? count : 1) * sizeof *copy);
+	if (copy == NULL)
+		fatal("scheduler: out of memory");
+	if (count > 0)
+		memcpy(copy, rcpts, count * sizeof *copy);
+	return copy;
+}
+
 static struct notice *notice_new(struct queued *q, enum bounce_kind kind,
 				 const size_t *rcpts, size_t count)
 {
 	struct notice *n = calloc(1, sizeof *n);
-	size_t *copy = malloc((count ? count : 1) * sizeof *copy);
-	if (n == NULL || copy == NULL)
+	if (n == NULL)
 		fatal("scheduler: out of memory for a DSN");
-	if (count > 0)
-		memcpy(copy, rcpts, count * sizeof *copy);
 	n->q = q;
 	n->kind = kind;
-	n->rcpts = copy;
+	n->rcpts = indexes_copy(rcpts, count);
 	n->count = count;
 	return n;
 }
@@ -836,13 +844,10 @@ static struct settlement *settlement_new(struct queued *q, const size_t *rcpts,
 					 size_t count, bool flags_changed)
 {
 	struct settlement *st = calloc(1, sizeof *st);
-	size_t *copy = malloc((count ? count : 1) * sizeof *copy);
-	if (st == NULL || copy == NULL)
+	if (st == NULL)
 		fatal("scheduler: out of memory");
-	if (count > 0)
-		memcpy(copy, rcpts, count * sizeof *copy);
 	st->q = q;
-	st->rcpts = copy;
+	st->rcpts = indexes_copy(rcpts, count);
 	st->count = count;
 	st->flags_changed = flags_changed;
 	q->in_flight++; /* held until settlement_finish */

@@ -595,19 +595,30 @@ static void resume_commands(struct pop3_session *s)
 	session_process(s);
 }
 
-static void scan_done(void *arg)
+/* A worker job is back: its session, or NULL (the job freed) when the
+ * client left meanwhile or the session is closing (its last reply is on
+ * its way). */
+static struct pop3_session *job_claim(struct pop3_job *job)
 {
-	struct pop3_job *job = arg;
 	struct pop3_session *s = job->session;
 	if (s == NULL) {
-		job_free(job); /* the client left meanwhile */
-		return;
+		job_free(job);
+		return NULL;
 	}
 	s->job = NULL;
 	if (s->state == POP3_STATE_CLOSING) {
-		job_free(job); /* shutting down: the last reply is on its way */
-		return;
+		job_free(job);
+		return NULL;
 	}
+	return s;
+}
+
+static void scan_done(void *arg)
+{
+	struct pop3_job *job = arg;
+	struct pop3_session *s = job_claim(job);
+	if (s == NULL)
+		return;
 	if (job->error != 0) {
 		log_event(LOG_LEVEL_ERROR, "pop3_mailbox_error",
 			  LOG_S("client", s->client), LOG_S("user", job->user),
@@ -779,16 +790,9 @@ static void login_failed(struct pop3_session *s, const char *user)
 static void check_done(void *arg)
 {
 	struct pop3_job *job = arg;
-	struct pop3_session *s = job->session;
-	if (s == NULL) {
-		job_free(job); /* the client left meanwhile */
+	struct pop3_session *s = job_claim(job);
+	if (s == NULL)
 		return;
-	}
-	s->job = NULL;
-	if (s->state == POP3_STATE_CLOSING) {
-		job_free(job); /* shutting down: the last reply is on its way */
-		return;
-	}
 	if (!job->ok) {
 		const struct config *cfg = srv_of(s)->cfg;
 		uint8_t key[16];

@@ -27,12 +27,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <event2/event.h>
-
 #include "facteur/auth.h"
 #include "facteur/config.h"
 #include "facteur/control_proto.h"
-#include "facteur/iothread.h"
 #include "facteur/policy.h"
 #include "facteur/smtp_proto.h"
 #include "facteur/spool.h"
@@ -552,25 +549,8 @@ static void format_date(time_t now, char *buf, size_t len)
 		snprintf(buf, len, "Thu, 01 Jan 1970 00:00:00 +0000");
 }
 
-struct commit_wait {
-	bool done;
-	int error;
-	struct event_base *base;
-};
-
-static void on_committed(int error, void *arg)
-{
-	struct commit_wait *w = arg;
-
-	w->done = true;
-	w->error = error;
-	event_base_loopbreak(w->base);
-}
-
 /* Everything that lives while the message is queued. */
 struct queueing {
-	struct event_base *base;
-	struct iothread *io;
 	struct spool *spool;
 	struct spool_incoming *inc;
 	char *raw;
@@ -584,10 +564,6 @@ static void queueing_end(struct queueing *q)
 		spool_incoming_abort(q->spool, q->inc);
 	if (q->spool != NULL)
 		spool_close(q->spool);
-	if (q->io != NULL)
-		iothread_free(q->io);
-	if (q->base != NULL)
-		event_base_free(q->base);
 	free(q->raw);
 	free(q->filtered);
 	free(q->wire);
@@ -688,15 +664,13 @@ static int submit(struct submission *sub, char *id)
 
 	/* Into the spool, as facteurd's own sessions write it. */
 	char err[512];
-	if (become_spool_owner(cfg) == -1 ||
-	    (q.base = event_base_new()) == NULL ||
-	    (q.io = iothread_new(q.base)) == NULL) {
+	if (become_spool_owner(cfg) == -1) {
 		free(headers);
 		fail("cannot set up the spool");
 		goto out;
 	}
-	q.spool =
-	    spool_open_drop(q.base, q.io, cfg->spool_dir, err, sizeof err);
+	/* No loop and no iothread: one message, committed synchronously. */
+	q.spool = spool_open_drop(NULL, NULL, cfg->spool_dir, err, sizeof err);
 	if (q.spool == NULL || (q.inc = spool_incoming_new(q.spool)) == NULL) {
 		fail("cannot queue the message: %s",
 		     q.spool ? strerror(errno) : err);
@@ -762,18 +736,10 @@ static int submit(struct submission *sub, char *id)
 	memcpy(env.id, id, sizeof env.id);
 	for (size_t i = 0; i < sub->rcpt_count; i++)
 		sub->rcpts[i].updated = now;
-	struct commit_wait wait = {.base = q.base};
 	struct spool_incoming *inc = q.inc;
 	q.inc = NULL; /* the spool owns it now */
-	spool_incoming_commit(q.spool, inc, &env, on_committed, &wait);
-	/* 1: nothing left to wait for, which cannot be before the
-	 * callback; -1: the loop failed. */
-	while (!wait.done)
-		if (event_base_dispatch(q.base) != 0)
-			break;
-	if (!wait.done || wait.error != 0) {
-		fail("cannot queue the message: %s",
-		     strerror(wait.done ? wait.error : EIO));
+	if (spool_drop_commit(q.spool, inc, &env) == -1) {
+		fail("cannot queue the message: %s", strerror(errno));
 		goto out;
 	}
 	/* A daemon starting right now removes a message file that has no

@@ -303,8 +303,10 @@ static struct spool *open_spool(struct event_base *base, struct iothread *io,
 			goto fail;
 		}
 	}
-	spool->flush_event = event_new(base, -1, 0, on_flush, spool);
-	if (spool->flush_event == NULL) {
+	/* A drop spool without a loop commits only with spool_drop_commit. */
+	if (base != NULL)
+		spool->flush_event = event_new(base, -1, 0, on_flush, spool);
+	if (base != NULL && spool->flush_event == NULL) {
 		snprintf(err, errlen, "spool: cannot create an event");
 		goto fail;
 	}
@@ -335,7 +337,8 @@ void spool_close(struct spool *spool)
 	if (spool == NULL || spool->closing)
 		return;
 	spool->closing = true;
-	event_free(spool->flush_event);
+	if (spool->flush_event != NULL)
+		event_free(spool->flush_event);
 	spool->flush_event = NULL;
 	/* A batch still collecting goes to the iothread now; the spool
 	 * lives on until every batch handed over has completed. */

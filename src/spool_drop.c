@@ -4,6 +4,11 @@
  * with the queue directory before the writer says the message is queued.
  * The daemon imports such a message into its log at pickup or start
  * (spool_recover.c); until then the files are the message.
+ *
+ * Two ways to commit: spool_drop_commit, synchronous, for a process that
+ * queues one message and has no loop; and the batch of spool_batch.c
+ * (through spool_incoming_commit), which flushes the same files through
+ * the iothread.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -71,4 +76,34 @@ void spool_drop_commit_files(struct spool *spool, struct spool_incoming *inc,
 		req->fds[1] = env_fd;
 		req->nfds = 2;
 	}
+}
+
+int spool_drop_commit(struct spool *spool, struct spool_incoming *inc,
+		      const struct spool_envelope *env)
+{
+	int error = inc->error;
+	int env_fd = -1;
+
+	/* The message file first: its envelope is what makes it a message,
+	 * so the envelope never reaches the disk before it. */
+	if (error == 0 && fsync(inc->fd) == -1)
+		error = errno;
+	if (error == 0 && (env_fd = write_envelope(spool, inc, env)) == -1)
+		error = errno != 0 ? errno : EIO;
+	if (error == 0 && fsync(env_fd) == -1)
+		error = errno;
+	if (error == 0 && fsync(spool->queue_fd) == -1)
+		error = errno;
+	spool_close_fd(env_fd);
+	spool_close_fd(inc->fd);
+	if (error != 0) {
+		/* Never acknowledged: leave nothing to recover. An <id>.env
+		 * we could not create is not ours to remove. */
+		if (env_fd != -1)
+			spool_unlink_file(spool, inc->id, ".env");
+		spool_unlink_file(spool, inc->id, ".msg");
+	}
+	free((struct incoming *)inc);
+	errno = error;
+	return error != 0 ? -1 : 0;
 }

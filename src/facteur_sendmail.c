@@ -29,10 +29,12 @@
 
 #include "facteur/auth.h"
 #include "facteur/config.h"
+#include "facteur/control_client.h"
 #include "facteur/control_proto.h"
 #include "facteur/policy.h"
 #include "facteur/smtp_proto.h"
 #include "facteur/spool.h"
+#include "facteur/submission.h"
 
 /* sysexits.h */
 #define EXIT_USAGE 64
@@ -276,7 +278,7 @@ static int run_control(const struct config *cfg, enum mode mode)
 {
 	struct lister l = {.now = time(NULL)};
 	char err[512] = "";
-	enum control_call_result rc = control_proto_call(
+	enum control_call_result rc = control_client_call(
 	    cfg->spool_dir, mode == MODE_LIST ? "queue" : "flush",
 	    mode == MODE_LIST ? print_queue_line : NULL, &l, err, sizeof err);
 
@@ -454,7 +456,7 @@ static int add_recipient(struct submission *sub, const char *given)
 /* Every address of a list (a command-line argument may hold several,
  * comma-separated, with display names). */
 static int add_recipients(struct submission *sub,
-			  const struct control_addresses *list)
+			  const struct submission_addresses *list)
 {
 	for (size_t i = 0; i < list->count; i++) {
 		int rc = add_recipient(sub, list->items[i]);
@@ -496,7 +498,7 @@ static const char *invoking_user(void)
 }
 
 /* Read standard input through the lone-dot rule; 0 at the end. */
-static ssize_t read_input(struct control_input *in, char *raw, char *out,
+static ssize_t read_input(struct submission_input *in, char *raw, char *out,
 			  size_t *outlen, bool *eof)
 {
 	*outlen = 0;
@@ -510,10 +512,10 @@ static ssize_t read_input(struct control_input *in, char *raw, char *out,
 		return -1;
 	if (n == 0) {
 		*eof = true;
-		*outlen = control_proto_input_finish(in, out);
+		*outlen = submission_input_finish(in, out);
 		return (ssize_t)*outlen;
 	}
-	control_proto_input_feed(in, raw, (size_t)n, out, outlen);
+	submission_input_feed(in, raw, (size_t)n, out, outlen);
 	return (ssize_t)n;
 }
 
@@ -578,7 +580,7 @@ static int submit(struct submission *sub, char *id)
 {
 	const struct config *cfg = sub->cfg;
 	const struct options *opt = sub->opt;
-	struct control_input in = {.ignore_dots = opt->ignore_dots};
+	struct submission_input in = {.ignore_dots = opt->ignore_dots};
 	struct queueing q = {0};
 	char *head = NULL;
 	size_t head_len = 0;
@@ -587,7 +589,7 @@ static int submit(struct submission *sub, char *id)
 	int rc = EXIT_TEMPFAIL;
 
 	q.raw = malloc(READ_CHUNK);
-	q.filtered = malloc(CONTROL_INPUT_OUT_MAX(READ_CHUNK));
+	q.filtered = malloc(SUBMISSION_INPUT_OUT_MAX(READ_CHUNK));
 	q.wire = malloc(SMTP_DATA_OUT_MAX(READ_CHUNK));
 	if (q.raw == NULL || q.filtered == NULL || q.wire == NULL) {
 		fail("out of memory");
@@ -616,7 +618,7 @@ static int submit(struct submission *sub, char *id)
 		memcpy(head + head_len, q.filtered, n);
 		head_len += n;
 		header_end =
-		    control_proto_header_end(head, head_len, eof || in.done);
+		    submission_header_end(head, head_len, eof || in.done);
 	}
 
 	time_t now = time(NULL);
@@ -627,31 +629,31 @@ static int submit(struct submission *sub, char *id)
 	format_date(now, date, sizeof date);
 	snprintf(message_id, sizeof message_id, "<%lld.%016" PRIx64 "@%s>",
 		 (long long)now, random, cfg->hostname);
-	struct control_submission rewrite = {
+	struct submission_headers rewrite = {
 	    .extract_recipients = opt->extract,
 	    .from = sub->sender[0] ? sub->sender : sub->default_from,
 	    .from_name = opt->from_name,
 	    .date = date,
 	    .message_id = message_id,
 	};
-	struct control_addresses addresses = {0};
+	struct submission_addresses addresses = {0};
 	size_t headers_len = 0;
-	char *headers = control_proto_rewrite_headers(
+	char *headers = submission_rewrite_headers(
 	    head, (size_t)header_end, &rewrite, &addresses, &headers_len);
 	for (int i = 0; i < opt->rcpt_argc && headers != NULL; i++)
-		if (control_proto_parse_addresses(opt->rcpt_args[i],
-						  strlen(opt->rcpt_args[i]),
-						  &addresses) == -1) {
+		if (submission_parse_addresses(opt->rcpt_args[i],
+					       strlen(opt->rcpt_args[i]),
+					       &addresses) == -1) {
 			free(headers);
 			headers = NULL;
 		}
 	if (headers == NULL) {
-		control_addresses_clear(&addresses);
+		submission_addresses_clear(&addresses);
 		fail("out of memory");
 		goto out;
 	}
 	rc = add_recipients(sub, &addresses);
-	control_addresses_clear(&addresses);
+	submission_addresses_clear(&addresses);
 	if (rc == 0 && sub->rcpt_count == 0) {
 		fail("no recipients");
 		rc = EXIT_USAGE;
@@ -767,8 +769,8 @@ static void announce(const struct config *cfg, const char *id)
 	char err[512] = "";
 
 	snprintf(request, sizeof request, "pickup %s", id);
-	if (control_proto_call(cfg->spool_dir, request, NULL, NULL, err,
-			       sizeof err) == CONTROL_CALL_ERROR)
+	if (control_client_call(cfg->spool_dir, request, NULL, NULL, err,
+				sizeof err) == CONTROL_CALL_ERROR)
 		fail("warning: %s is queued, but facteurd did not take it "
 		     "(%s); it will at its next start",
 		     id, err);

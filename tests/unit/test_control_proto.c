@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "facteur/control_proto.h"
+#include "facteur/submission.h"
 
 static int parse(const char *line, struct control_request *req,
 		 const char **error)
@@ -419,7 +420,7 @@ static void test_header_records_mark_a_cut_file(void **state)
 /* Run text through the lone-dot filter, `step` octets at a time. */
 static char *filter(const char *text, bool ignore_dots, size_t step, bool *done)
 {
-	struct control_input in = {.ignore_dots = ignore_dots};
+	struct submission_input in = {.ignore_dots = ignore_dots};
 	size_t len = strlen(text);
 	char *result = calloc(1, 2 * len + 8);
 	size_t used = 0;
@@ -430,14 +431,14 @@ static char *filter(const char *text, bool ignore_dots, size_t step, bool *done)
 		size_t n = len - pos < step ? len - pos : step;
 		size_t outlen = 0;
 		size_t consumed =
-		    control_proto_input_feed(&in, text + pos, n, out, &outlen);
+		    submission_input_feed(&in, text + pos, n, out, &outlen);
 		assert_true(consumed <= n);
-		assert_true(outlen <= CONTROL_INPUT_OUT_MAX(n));
+		assert_true(outlen <= SUBMISSION_INPUT_OUT_MAX(n));
 		memcpy(result + used, out, outlen);
 		used += outlen;
 		pos += consumed;
 	}
-	used += control_proto_input_finish(&in, result + used);
+	used += submission_input_finish(&in, result + used);
 	result[used] = '\0';
 	*done = in.done;
 	return result;
@@ -506,7 +507,7 @@ static void test_lone_dot_at_end_without_newline_ends(void **state)
 
 static long header_end(const char *text, bool at_eof)
 {
-	return control_proto_header_end(text, strlen(text), at_eof);
+	return submission_header_end(text, strlen(text), at_eof);
 }
 
 static void test_header_end_after_empty_line(void **state)
@@ -534,14 +535,14 @@ static void test_header_end_before_a_non_header_line(void **state)
 static void check_addresses(const char *value, const char *const *expected,
 			    size_t count)
 {
-	struct control_addresses list = {0};
+	struct submission_addresses list = {0};
 
 	assert_int_equal(
-	    control_proto_parse_addresses(value, strlen(value), &list), 0);
+	    submission_parse_addresses(value, strlen(value), &list), 0);
 	assert_int_equal(list.count, count);
 	for (size_t i = 0; i < count; i++)
 		assert_string_equal(list.items[i], expected[i]);
-	control_addresses_clear(&list);
+	submission_addresses_clear(&list);
 }
 
 static void test_addresses_with_display_names(void **state)
@@ -591,18 +592,18 @@ static void test_addresses_folded_and_unusual(void **state)
 	check_addresses("bare", b, 1);
 }
 
-static const struct control_submission plain = {
+static const struct submission_headers plain = {
     .from = "user@mx.example.test",
     .date = "Mon, 01 Jan 2024 00:00:00 +0000",
     .message_id = "<1.abc@mx.example.test>",
 };
 
-static char *rewrite(const char *head, const struct control_submission *sub,
-		     struct control_addresses *rcpts)
+static char *rewrite(const char *head, const struct submission_headers *sub,
+		     struct submission_addresses *rcpts)
 {
 	size_t len = 0;
 	char *out =
-	    control_proto_rewrite_headers(head, strlen(head), sub, rcpts, &len);
+	    submission_rewrite_headers(head, strlen(head), sub, rcpts, &len);
 	assert_non_null(out);
 	assert_int_equal(len, strlen(out));
 	return out;
@@ -610,7 +611,7 @@ static char *rewrite(const char *head, const struct control_submission *sub,
 
 static void test_rewrite_adds_missing_date_message_id_from(void **state)
 {
-	struct control_addresses rcpts = {0};
+	struct submission_addresses rcpts = {0};
 	(void)state;
 
 	char *out =
@@ -627,7 +628,7 @@ static void test_rewrite_adds_missing_date_message_id_from(void **state)
 
 static void test_rewrite_keeps_present_headers(void **state)
 {
-	struct control_addresses rcpts = {0};
+	struct submission_addresses rcpts = {0};
 	(void)state;
 
 	char *out = rewrite("FROM: Me <me@example.com>\r\n"
@@ -643,8 +644,8 @@ static void test_rewrite_keeps_present_headers(void **state)
 
 static void test_rewrite_extracts_recipients_and_removes_bcc(void **state)
 {
-	struct control_addresses rcpts = {0};
-	struct control_submission sub = plain;
+	struct submission_addresses rcpts = {0};
+	struct submission_headers sub = plain;
 	(void)state;
 
 	sub.extract_recipients = true;
@@ -675,13 +676,13 @@ static void test_rewrite_extracts_recipients_and_removes_bcc(void **state)
 	assert_int_equal(rcpts.count, 8);
 	for (size_t i = 0; i < 8; i++)
 		assert_string_equal(rcpts.items[i], expected[i]);
-	control_addresses_clear(&rcpts);
+	submission_addresses_clear(&rcpts);
 	free(out);
 }
 
 static void test_rewrite_removes_bcc_without_t(void **state)
 {
-	struct control_addresses rcpts = {0};
+	struct submission_addresses rcpts = {0};
 	(void)state;
 
 	char *out = rewrite("Bcc: x@example.com\nSubject: s\n", &plain, &rcpts);
@@ -692,8 +693,8 @@ static void test_rewrite_removes_bcc_without_t(void **state)
 
 static void test_rewrite_from_with_display_name(void **state)
 {
-	struct control_addresses rcpts = {0};
-	struct control_submission sub = plain;
+	struct submission_addresses rcpts = {0};
+	struct submission_headers sub = plain;
 	(void)state;
 
 	sub.from_name = "Cron Daemon";
@@ -712,7 +713,7 @@ static void test_rewrite_from_with_display_name(void **state)
 
 static void test_rewrite_bare_cr_cannot_start_a_field(void **state)
 {
-	struct control_addresses rcpts = {0};
+	struct submission_addresses rcpts = {0};
 	(void)state;
 
 	char *out =
@@ -724,7 +725,7 @@ static void test_rewrite_bare_cr_cannot_start_a_field(void **state)
 
 static void test_rewrite_of_no_headers_gives_separator(void **state)
 {
-	struct control_addresses rcpts = {0};
+	struct submission_addresses rcpts = {0};
 	(void)state;
 
 	char *out = rewrite("", &plain, &rcpts);

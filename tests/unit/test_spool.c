@@ -966,6 +966,58 @@ static void test_drop_abort_removes_message_file(void **state)
 	assert_false(file_exists(f, id, ".env"));
 }
 
+/* facteur-sendmail's commit: synchronous, with no loop and no iothread. */
+static void
+test_drop_sync_commit_without_loop_makes_files_that_parse(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	struct spool_envelope back;
+	char err[256], id[SPOOL_ID_LEN + 1];
+	size_t len, valid_len;
+
+	struct spool *drop =
+	    spool_open_drop(NULL, NULL, f->spool_dir, err, sizeof err);
+	assert_non_null(drop);
+	struct spool_incoming *inc = receive_on(drop, id);
+	assert_int_equal(spool_drop_commit(drop, inc, env), 0);
+	spool_close(drop);
+
+	char *text = read_all(file_path(f, id, ".msg"), &len);
+	assert_int_equal(len, sizeof message - 1);
+	assert_memory_equal(text, message, len);
+	free(text);
+	text = read_all(file_path(f, id, ".env"), &len);
+	assert_int_equal(spool_envelope_parse(text, len, &back, &valid_len), 0);
+	assert_int_equal(valid_len, len);
+	strcpy(env->id, id);
+	assert_envelopes_equal(env, &back);
+	spool_envelope_clear(&back);
+	free(text);
+	spool_envelope_free(env);
+}
+
+static void
+test_drop_sync_commit_of_short_message_file_leaves_nothing(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	char err[256], id[SPOOL_ID_LEN + 1];
+
+	struct spool *drop =
+	    spool_open_drop(NULL, NULL, f->spool_dir, err, sizeof err);
+	assert_non_null(drop);
+	struct spool_incoming *inc = receive_on(drop, id);
+	assert_int_equal(ftruncate(inc->fd, 3), 0);
+	errno = 0;
+	assert_int_equal(spool_drop_commit(drop, inc, env), -1);
+	assert_int_equal(errno, EIO);
+	spool_close(drop);
+	assert_false(file_exists(f, id, ".msg"));
+	assert_false(file_exists(f, id, ".env"));
+	spool_envelope_free(env);
+}
+
 static void
 test_drop_commit_after_failed_write_reports_error_no_files(void **state)
 {
@@ -2288,6 +2340,8 @@ int main(void)
 	    T(test_daemon_and_drop_ids_never_meet),
 	    TD(test_drop_commit_makes_files_that_parse),
 	    TD(test_drop_commit_keeps_recipient_state_given),
+	    TD(test_drop_sync_commit_without_loop_makes_files_that_parse),
+	    TD(test_drop_sync_commit_of_short_message_file_leaves_nothing),
 	    TD(test_drop_abort_removes_message_file),
 	    TD(test_drop_commit_after_failed_write_reports_error_no_files),
 	    TD(test_drop_commit_of_short_message_file_is_refused),

@@ -250,32 +250,6 @@ char *control_proto_queue_record(const struct spool_envelope *env)
 	return text_finish(&t, NULL);
 }
 
-static const char *body_word(enum smtp_body body)
-{
-	switch (body) {
-	case SMTP_BODY_7BIT:
-		return "7bit";
-	case SMTP_BODY_8BITMIME:
-		return "8bitmime";
-	case SMTP_BODY_UNSPECIFIED:
-		break;
-	}
-	return NULL;
-}
-
-static const char *ret_word(enum smtp_ret ret)
-{
-	switch (ret) {
-	case SMTP_RET_FULL:
-		return "full";
-	case SMTP_RET_HDRS:
-		return "hdrs";
-	case SMTP_RET_UNSPECIFIED:
-		break;
-	}
-	return NULL;
-}
-
 static void text_keyed(struct text *t, const char *key, const char *value)
 {
 	text_str(t, key);
@@ -296,9 +270,9 @@ char *control_proto_show_records(const struct spool_envelope *env, size_t *len)
 	text_keyed(&t, "protocol", env->protocol);
 	text_keyed(&t, "auth", env->auth_user);
 	text_fmt(&t, "size %" PRIu64 "\n", env->size);
-	text_keyed(&t, "body", body_word(env->body));
+	text_keyed(&t, "body", spool_body_name(env->body));
 	text_fmt(&t, "smtputf8 %d\n", env->smtputf8 ? 1 : 0);
-	text_keyed(&t, "ret", ret_word(env->ret));
+	text_keyed(&t, "ret", spool_ret_name(env->ret));
 	text_keyed(&t, "envid", env->envid);
 	for (size_t i = 0; i < env->rcpt_count; i++) {
 		const struct spool_rcpt *r = &env->rcpts[i];

@@ -69,7 +69,12 @@ static const char *rcpt_state_word(enum rcpt_state state)
 	return "pending";
 }
 
-static const char *body_word(enum smtp_body body)
+static const char *word_or_dash(const char *word)
+{
+	return word != NULL ? word : "-";
+}
+
+const char *spool_body_name(enum smtp_body body)
 {
 	switch (body) {
 	case SMTP_BODY_7BIT:
@@ -79,10 +84,10 @@ static const char *body_word(enum smtp_body body)
 	case SMTP_BODY_UNSPECIFIED:
 		break;
 	}
-	return "-";
+	return NULL;
 }
 
-static const char *ret_word(enum smtp_ret ret)
+const char *spool_ret_name(enum smtp_ret ret)
 {
 	switch (ret) {
 	case SMTP_RET_FULL:
@@ -92,7 +97,7 @@ static const char *ret_word(enum smtp_ret ret)
 	case SMTP_RET_UNSPECIFIED:
 		break;
 	}
-	return "-";
+	return NULL;
 }
 
 static void text_record(struct text *t, const struct spool_envelope *env,
@@ -143,8 +148,8 @@ static char *envelope_format(const struct spool_envelope *env, const char *id,
 	if (wire_size != NULL)
 		text_fmt(&t, "wire %" PRIu64 "\n", *wire_size);
 	text_fmt(&t, "body %s\nsmtputf8 %d\nret %s\nenvid ",
-		 body_word(env->body), env->smtputf8 ? 1 : 0,
-		 ret_word(env->ret));
+		 word_or_dash(spool_body_name(env->body)),
+		 env->smtputf8 ? 1 : 0, word_or_dash(spool_ret_name(env->ret)));
 	text_value(&t, env->envid);
 	text_fmt(&t, "\nflags %u\n", env->flags);
 	for (size_t i = 0; i < env->rcpt_count; i++) {

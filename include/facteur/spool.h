@@ -229,5 +229,9 @@ void spool_envelope_free(struct spool_envelope *env);
 bool spool_envelope_done(const struct spool_envelope *env);
 
 const char *rcpt_state_name(enum rcpt_state state);
+/* The envelope's words for BODY= and RET= ("7bit", "full"...); NULL for
+ * a parameter that was not given. */
+const char *spool_body_name(enum smtp_body body);
+const char *spool_ret_name(enum smtp_ret ret);
 
 #endif

@@ -6,7 +6,6 @@
  * the page cache; every flush of the daemon's spool goes through the
  * iothread (spool_batch.c).
  */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>

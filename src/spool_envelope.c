@@ -5,16 +5,12 @@
  * file of the file form (spool_drop.c); docs/spool.md gives the format.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stddef.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "facteur/spool.h"
 #include "facteur/spool_internal.h"

@@ -85,7 +85,7 @@ static void spool_destroy(struct spool *spool)
 	spool_close_fd(spool->queue_fd);
 	spool_close_fd(spool->log_fd);
 	while (spool->oldest != NULL) {
-		struct segment *seg = spool->oldest;
+		struct spool_segment *seg = spool->oldest;
 		spool->oldest = seg->newer;
 		spool_close_fd(seg->fd);
 		free(seg);
@@ -122,35 +122,35 @@ static size_t slot_hash(const char *id)
 	return (size_t)h;
 }
 
-struct slot **spool_slot_find(struct spool *spool, const char *id)
+struct spool_slot **spool_slot_find(struct spool *spool, const char *id)
 {
 	if (spool->slots == NULL)
 		return NULL;
-	struct slot **p = &spool->slots[slot_hash(id) & spool->slot_mask];
+	struct spool_slot **p = &spool->slots[slot_hash(id) & spool->slot_mask];
 	while (*p != NULL && memcmp((*p)->id, id, SPOOL_ID_LEN) != 0)
 		p = &(*p)->chain;
 	return *p != NULL ? p : NULL;
 }
 
-struct slot *spool_slot_of(struct spool *spool, const char *id)
+struct spool_slot *spool_slot_of(struct spool *spool, const char *id)
 {
 	if (!spool_id_valid(id, strnlen(id, SPOOL_ID_LEN + 1)))
 		return NULL;
-	struct slot **p = spool_slot_find(spool, id);
+	struct spool_slot **p = spool_slot_find(spool, id);
 	return p != NULL ? *p : NULL;
 }
 
 static int slot_grow(struct spool *spool)
 {
 	size_t n = spool->slots == NULL ? 1024 : (spool->slot_mask + 1) * 2;
-	struct slot **table = calloc(n, sizeof *table);
+	struct spool_slot **table = calloc(n, sizeof *table);
 	if (table == NULL)
 		return -1;
 	if (spool->slots != NULL) {
 		for (size_t i = 0; i <= spool->slot_mask; i++) {
-			struct slot *sl = spool->slots[i];
+			struct spool_slot *sl = spool->slots[i];
 			while (sl != NULL) {
-				struct slot *next = sl->chain;
+				struct spool_slot *next = sl->chain;
 				size_t b = slot_hash(sl->id) & (n - 1);
 				sl->chain = table[b];
 				table[b] = sl;
@@ -165,12 +165,12 @@ static int slot_grow(struct spool *spool)
 }
 
 /* A new slot for id (not present yet), or NULL without memory. */
-struct slot *spool_slot_add(struct spool *spool, const char *id)
+struct spool_slot *spool_slot_add(struct spool *spool, const char *id)
 {
 	if ((spool->slots == NULL || spool->slot_count > spool->slot_mask) &&
 	    slot_grow(spool) == -1)
 		return NULL;
-	struct slot *sl = calloc(1, sizeof *sl);
+	struct spool_slot *sl = calloc(1, sizeof *sl);
 	if (sl == NULL)
 		return NULL;
 	memcpy(sl->id, id, SPOOL_ID_LEN);
@@ -181,9 +181,9 @@ struct slot *spool_slot_add(struct spool *spool, const char *id)
 	return sl;
 }
 
-void spool_slot_remove(struct spool *spool, struct slot **p)
+void spool_slot_remove(struct spool *spool, struct spool_slot **p)
 {
-	struct slot *sl = *p;
+	struct spool_slot *sl = *p;
 	*p = sl->chain;
 	spool->slot_count--;
 	free(sl);
@@ -364,7 +364,8 @@ char *spool_msg_path(const struct spool *spool, const char *id, char *buf,
 int spool_body_open(struct spool *spool, const struct spool_envelope *env,
 		    struct spool_body *body)
 {
-	struct slot *sl = spool->logged ? spool_slot_of(spool, env->id) : NULL;
+	struct spool_slot *sl =
+	    spool->logged ? spool_slot_of(spool, env->id) : NULL;
 	char path[PATH_MAX];
 	struct stat st;
 
@@ -427,11 +428,12 @@ void spool_remove(struct spool *spool, const char *id)
 {
 	if (!spool_id_valid(id, strnlen(id, SPOOL_ID_LEN + 1)))
 		return;
-	struct slot **p = spool->logged ? spool_slot_find(spool, id) : NULL;
+	struct spool_slot **p =
+	    spool->logged ? spool_slot_find(spool, id) : NULL;
 	if (p != NULL) {
 		/* Its last records are flushed (the caller waited for
 		 * them): the log says it is done, whatever comes. */
-		struct slot *sl = *p;
+		struct spool_slot *sl = *p;
 		if (sl->seg != NULL)
 			sl->seg->live--;
 		spool->live_bytes -= sl->log_bytes;

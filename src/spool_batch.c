@@ -45,10 +45,10 @@ void spool_segment_name(char *buf, size_t len, uint64_t seq)
 	snprintf(buf, len, "%016" PRIX64 ".seg", seq);
 }
 
-static struct segment *segment_create(struct spool *spool)
+static struct spool_segment *segment_create(struct spool *spool)
 {
 	char name[32];
-	struct segment *seg = calloc(1, sizeof *seg);
+	struct spool_segment *seg = calloc(1, sizeof *seg);
 	if (seg == NULL)
 		return NULL;
 	seg->seq = spool->next_seq++;
@@ -91,20 +91,20 @@ static int pending_reserve(struct spool *spool, size_t n)
 int spool_batch_append(struct spool *spool, enum spool_log_kind kind,
 		       const char *id, const char *text, size_t text_len,
 		       const void *body, size_t body_len, int body_fd,
-		       uint64_t body_at, struct segment **seg,
+		       uint64_t body_at, struct spool_segment **seg,
 		       uint64_t *body_off)
 {
 	char header[SPOOL_LOG_HEADER_MAX];
 
 	if (spool->pending_len == 0) {
 		/* A batch boundary: the place to start a new segment. */
-		struct segment *a = spool->active;
+		struct spool_segment *a = spool->active;
 		if ((a == NULL || a->broken || a->size >= SEGMENT_MAX) &&
 		    segment_create(spool) == NULL)
 			return -1;
 		spool->pending_seg = spool->active;
 	}
-	struct segment *s = spool->pending_seg;
+	struct spool_segment *s = spool->pending_seg;
 	if (s->broken) {
 		errno = EIO;
 		return -1;
@@ -186,7 +186,7 @@ static void on_reaped(int error, void *arg)
  * log directory before the next one goes. -1 when the unlink failed. */
 int spool_segment_drop_oldest(struct spool *spool)
 {
-	struct segment *seg = spool->oldest;
+	struct spool_segment *seg = spool->oldest;
 	char name[32];
 
 	spool_segment_name(name, sizeof name, seg->seq);
@@ -203,7 +203,7 @@ int spool_segment_drop_oldest(struct spool *spool)
 
 void spool_reap(struct spool *spool)
 {
-	struct segment *seg = spool->oldest;
+	struct spool_segment *seg = spool->oldest;
 
 	if (spool->reaping || spool->reap_failed || seg == NULL ||
 	    seg == spool->active || seg->live > 0 || seg->flushing > 0 ||
@@ -225,17 +225,17 @@ void spool_reap(struct spool *spool)
 static int request_settle(struct spool *spool, struct spool_request *req,
 			  int result)
 {
-	struct slot *sl;
+	struct spool_slot *sl;
 
 	switch (req->kind) {
-	case REQ_FILE_COMMIT:
+	case SPOOL_REQ_FILE_COMMIT:
 		if (req->error == 0 && result != 0) {
 			/* Never acknowledged: leave nothing to recover. */
 			spool_unlink_file(spool, req->id, ".env");
 			spool_unlink_file(spool, req->id, ".msg");
 		}
 		break;
-	case REQ_LOG_COMMIT:
+	case SPOOL_REQ_LOG_COMMIT:
 		if (req->seg == NULL) /* failed before its record was made */
 			break;
 		if (result != 0 ||
@@ -253,8 +253,8 @@ static int request_settle(struct spool *spool, struct spool_request *req,
 		sl->log_bytes = req->log_bytes;
 		spool->live_bytes += sl->log_bytes;
 		break;
-	case REQ_MOVE:
-	case REQ_IMPORT:
+	case SPOOL_REQ_MOVE:
+	case SPOOL_REQ_IMPORT:
 		sl = spool_slot_of(spool, req->id);
 		if (sl != NULL)
 			sl->moving = false;
@@ -270,10 +270,10 @@ static int request_settle(struct spool *spool, struct spool_request *req,
 		sl->body_off = req->body_off;
 		spool->live_bytes += req->log_bytes - sl->log_bytes;
 		sl->log_bytes = req->log_bytes;
-		if (req->kind == REQ_IMPORT)
+		if (req->kind == SPOOL_REQ_IMPORT)
 			spool_unlink_file(spool, req->id, ".env");
 		break;
-	case REQ_RECORD:
+	case SPOOL_REQ_RECORD:
 		break;
 	}
 	return result;
@@ -284,7 +284,7 @@ static void batch_done(int error, void *arg)
 {
 	struct spool_request *req = arg;
 	struct spool *spool = req->spool;
-	struct segment *seg = req->batch_seg;
+	struct spool_segment *seg = req->batch_seg;
 
 	if (seg != NULL) {
 		seg->flushing--;
@@ -306,7 +306,8 @@ static void batch_done(int error, void *arg)
 		for (size_t i = 0; i < req->nfds; i++)
 			spool_close_fd(req->fds[i]);
 		result = request_settle(spool, req, result);
-		if (req->kind == REQ_FILE_COMMIT || req->kind == REQ_LOG_COMMIT)
+		if (req->kind == SPOOL_REQ_FILE_COMMIT ||
+		    req->kind == SPOOL_REQ_LOG_COMMIT)
 			free(incoming_of(req));
 		else
 			free(req);
@@ -324,7 +325,7 @@ static void batch_done(int error, void *arg)
 void spool_batch_flush(struct spool *spool)
 {
 	struct spool_request *batch = spool->batch_head;
-	struct segment *seg = spool->pending_seg;
+	struct spool_segment *seg = spool->pending_seg;
 	size_t nfds = spool->batch_fds + 3;
 	int write_error = 0;
 
@@ -406,8 +407,9 @@ void spool_batch_add(struct spool *spool, struct spool_request *req)
 }
 
 static struct spool_request *request_new(struct spool *spool,
-					 enum request_kind kind, const char *id,
-					 spool_commit_cb cb, void *arg)
+					 enum spool_request_kind kind,
+					 const char *id, spool_commit_cb cb,
+					 void *arg)
 {
 	struct spool_request *req = calloc(1, sizeof *req);
 
@@ -427,7 +429,8 @@ static struct spool_request *request_new(struct spool *spool,
 void spool_batch_record(struct spool *spool, const char *id, char *record,
 			size_t len, spool_commit_cb cb, void *arg)
 {
-	struct spool_request *req = request_new(spool, REQ_RECORD, id, cb, arg);
+	struct spool_request *req =
+	    request_new(spool, SPOOL_REQ_RECORD, id, cb, arg);
 	uint64_t off;
 
 	if (record == NULL)
@@ -459,7 +462,7 @@ void spool_record_flags(struct spool *spool, const struct spool_envelope *env,
 
 bool spool_wants_compaction(const struct spool *spool)
 {
-	const struct segment *seg = spool->oldest;
+	const struct spool_segment *seg = spool->oldest;
 	return spool->logged && seg != NULL && seg != spool->active &&
 	       seg->live > 0 &&
 	       spool->log_bytes > 2 * spool->live_bytes + COMPACT_SLACK;
@@ -467,7 +470,7 @@ bool spool_wants_compaction(const struct spool *spool)
 
 /* A new current record for a live message, with its state now. */
 int spool_batch_relog(struct spool *spool, const struct spool_envelope *env,
-		      struct slot *sl, enum request_kind kind,
+		      struct spool_slot *sl, enum spool_request_kind kind,
 		      spool_commit_cb cb, void *arg)
 {
 	size_t len = 0;
@@ -496,12 +499,14 @@ int spool_batch_relog(struct spool *spool, const struct spool_envelope *env,
 
 int spool_compact(struct spool *spool, const struct spool_envelope *env)
 {
-	struct slot *sl = spool->logged ? spool_slot_of(spool, env->id) : NULL;
+	struct spool_slot *sl =
+	    spool->logged ? spool_slot_of(spool, env->id) : NULL;
 
 	if (sl == NULL || sl->moving || sl->seg != spool->oldest ||
 	    !spool_wants_compaction(spool))
 		return 0;
-	return spool_batch_relog(spool, env, sl, REQ_MOVE, NULL, NULL) == 0
+	return spool_batch_relog(spool, env, sl, SPOOL_REQ_MOVE, NULL, NULL) ==
+		       0
 		   ? 1
 		   : -1;
 }

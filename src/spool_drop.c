@@ -58,7 +58,7 @@ void spool_drop_commit_files(struct spool *spool, struct spool_incoming *inc,
 {
 	int env_fd = -1;
 
-	req->kind = REQ_FILE_COMMIT;
+	req->kind = SPOOL_REQ_FILE_COMMIT;
 	if (inc->error != 0)
 		req->error = inc->error;
 	else if ((env_fd = write_envelope(spool, inc, env)) == -1)

@@ -143,12 +143,12 @@ static void commit_log(struct spool *spool, struct incoming *in,
 		       struct spool_request *req)
 {
 	struct spool_incoming *inc = &in->pub;
-	struct segment *seg;
+	struct spool_segment *seg;
 	uint64_t body_off = 0;
 	size_t len = 0;
 	char *text = NULL;
 
-	req->kind = REQ_LOG_COMMIT;
+	req->kind = SPOOL_REQ_LOG_COMMIT;
 	req->file = inc->fd != -1;
 	if (inc->error != 0) {
 		req->error = inc->error;

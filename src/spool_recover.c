@@ -79,14 +79,15 @@ static int read_file(int fd, char **out, size_t *outlen)
 static int import(struct spool *spool, const struct spool_envelope *env,
 		  uint64_t wire)
 {
-	struct slot *sl = spool_slot_add(spool, env->id);
+	struct spool_slot *sl = spool_slot_add(spool, env->id);
 	if (sl == NULL)
 		return -1;
 	sl->file = true;
 	sl->body_len = wire;
 	/* A flush that fails later leaves <id>.env, and the next start
 	 * imports it again. */
-	if (spool_batch_relog(spool, env, sl, REQ_IMPORT, NULL, NULL) == -1) {
+	if (spool_batch_relog(spool, env, sl, SPOOL_REQ_IMPORT, NULL, NULL) ==
+	    -1) {
 		spool_slot_remove(spool, spool_slot_find(spool, env->id));
 		return -1;
 	}
@@ -255,7 +256,7 @@ static int push(void **array, size_t *count, size_t *cap, size_t size,
 		const void *item);
 
 /* Read one segment and apply its records to the slots. */
-static int recover_segment(struct spool *spool, struct segment *seg)
+static int recover_segment(struct spool *spool, struct spool_segment *seg)
 {
 	struct spool_recovery *rec = &spool->recovery;
 	char *buf = NULL;
@@ -270,8 +271,8 @@ static int recover_segment(struct spool *spool, struct segment *seg)
 	while (pos > 0 && spool_log_next(buf, len, pos, &r) == 1) {
 		uint64_t rec_bytes = r.end - pos;
 		const char *text = buf + r.text_off;
-		struct slot **p = spool_slot_find(spool, r.id);
-		struct slot *sl = p != NULL ? *p : NULL;
+		struct spool_slot **p = spool_slot_find(spool, r.id);
+		struct spool_slot *sl = p != NULL ? *p : NULL;
 
 		if (r.kind == SPOOL_LOG_RECORDS) {
 			if (sl != NULL && sl->env != NULL &&
@@ -388,7 +389,7 @@ static int recover_log(struct spool *spool)
 		qsort(seqs, n, sizeof *seqs, compare_seq);
 	for (size_t i = 0; i < n; i++) {
 		char name[32];
-		struct segment *seg = calloc(1, sizeof *seg);
+		struct spool_segment *seg = calloc(1, sizeof *seg);
 		if (seg == NULL)
 			goto out;
 		seg->seq = seqs[i];
@@ -417,8 +418,8 @@ out:
 
 static int compare_slots(const void *a, const void *b)
 {
-	const struct slot *x = *(struct slot *const *)a;
-	const struct slot *y = *(struct slot *const *)b;
+	const struct spool_slot *x = *(struct spool_slot *const *)a;
+	const struct spool_slot *y = *(struct spool_slot *const *)b;
 	return memcmp(x->id, y->id, SPOOL_ID_LEN);
 }
 
@@ -428,13 +429,13 @@ static int recover_hand_over(struct spool *spool, spool_found_cb found,
 			     void *arg)
 {
 	struct spool_recovery *rec = &spool->recovery;
-	struct slot **live = NULL;
+	struct spool_slot **live = NULL;
 	size_t n = 0, cap = 0;
 
 	for (size_t b = 0; spool->slots != NULL && b <= spool->slot_mask; b++) {
-		struct slot **p = &spool->slots[b];
+		struct spool_slot **p = &spool->slots[b];
 		while (*p != NULL) {
-			struct slot *sl = *p;
+			struct spool_slot *sl = *p;
 			struct stat st;
 			char name[SPOOL_ID_LEN + 5];
 			if (sl->env == NULL) { /* imported from files */
@@ -628,8 +629,8 @@ long spool_recover(struct spool *spool, spool_found_cb found, void *arg)
 	if (spool->logged) {
 		for (size_t b = 0;
 		     spool->slots != NULL && b <= spool->slot_mask; b++)
-			for (struct slot *sl = spool->slots[b]; sl != NULL;
-			     sl = sl->chain)
+			for (struct spool_slot *sl = spool->slots[b];
+			     sl != NULL; sl = sl->chain)
 				raise_last_id(spool, sl->id);
 		if (recover_hand_over(spool, found, arg) == -1)
 			goto out;

@@ -26,7 +26,6 @@
 #include "facteur/spool_log.h"
 
 struct event;
-struct text;
 
 /*
  * A log segment: <spool_dir>/log/<seq>.seg. Segments are deleted oldest
@@ -34,8 +33,8 @@ struct text;
  * message whose record survives a crash always has every later record
  * of it too (they are in the same or newer segments).
  */
-struct segment {
-	struct segment *newer;
+struct spool_segment {
+	struct spool_segment *newer;
 	uint64_t seq;
 	int fd;
 	uint64_t size;	   /* octets written, or queued to be written */
@@ -46,10 +45,10 @@ struct segment {
 };
 
 /* Where a live logged message is. */
-struct slot {
-	struct slot *chain;
+struct spool_slot {
+	struct spool_slot *chain;
 	char id[SPOOL_ID_LEN + 1];
-	struct segment *seg;	    /* holds its current M or F record */
+	struct spool_segment *seg;  /* holds its current M or F record */
 	uint64_t body_off;	    /* M: the wire form's offset in seg */
 	uint64_t body_len;	    /* the wire form's length */
 	uint64_t log_bytes;	    /* the size of that record */
@@ -58,18 +57,18 @@ struct slot {
 	struct spool_envelope *env; /* during recovery only */
 };
 
-enum request_kind {
-	REQ_FILE_COMMIT, /* <id>.msg + <id>.env (facteur-sendmail) */
-	REQ_LOG_COMMIT,	 /* an M or F record */
-	REQ_RECORD,	 /* an R record */
-	REQ_MOVE,	 /* a live message copied to the newest segment */
-	REQ_IMPORT,	 /* an F record for <id>.env, removed once flushed */
+enum spool_request_kind {
+	SPOOL_REQ_FILE_COMMIT, /* <id>.msg + <id>.env (facteur-sendmail) */
+	SPOOL_REQ_LOG_COMMIT,  /* an M or F record */
+	SPOOL_REQ_RECORD,      /* an R record */
+	SPOOL_REQ_MOVE,	       /* a live message copied to the newest segment */
+	SPOOL_REQ_IMPORT, /* an F record for <id>.env, removed once flushed */
 };
 
 struct spool_request {
 	struct spool_request *next;
 	struct spool *spool;
-	enum request_kind kind;
+	enum spool_request_kind kind;
 	char id[SPOOL_ID_LEN + 1];
 	int fds[2];
 	size_t nfds;
@@ -77,12 +76,13 @@ struct spool_request {
 	spool_commit_cb cb;
 	void *arg;
 	/* where its log record went (log requests) */
-	struct segment *seg;
+	struct spool_segment *seg;
 	uint64_t body_off;
 	uint64_t body_len;
 	uint64_t log_bytes;
 	bool file;
-	struct segment *batch_seg; /* the head of a batch: where it wrote */
+	struct spool_segment
+	    *batch_seg; /* the head of a batch: where it wrote */
 };
 
 /* An incoming message carries the request its commit will use, so that
@@ -108,18 +108,18 @@ struct spool {
 	int queue_fd;
 	bool logged; /* the daemon's spool; false: files only (a drop) */
 	int log_fd;  /* <spool_dir>/log */
-	struct segment *oldest, *newest, *active;
+	struct spool_segment *oldest, *newest, *active;
 	uint64_t next_seq;
 	/* Records appended during this loop turn, written at the flush. */
 	char *pending;
 	size_t pending_len, pending_cap;
-	struct segment *pending_seg;
+	struct spool_segment *pending_seg;
 	uint64_t
 	    last_record;    /* the size of the record spool_batch_append made */
 	uint64_t log_bytes; /* every segment's size */
 	uint64_t live_bytes; /* the current records of live messages */
 	/* live logged messages by id */
-	struct slot **slots;
+	struct spool_slot **slots;
 	size_t slot_mask; /* buckets - 1 */
 	size_t slot_count;
 	bool reaping;	  /* a segment deletion is being flushed */
@@ -175,10 +175,10 @@ void spool_unlink_file(const struct spool *spool, const char *id,
 		       const char *ext);
 /* Drop one hold; a closed spool with none left is freed. */
 void spool_release(struct spool *spool);
-struct slot **spool_slot_find(struct spool *spool, const char *id);
-struct slot *spool_slot_of(struct spool *spool, const char *id);
-struct slot *spool_slot_add(struct spool *spool, const char *id);
-void spool_slot_remove(struct spool *spool, struct slot **p);
+struct spool_slot **spool_slot_find(struct spool *spool, const char *id);
+struct spool_slot *spool_slot_of(struct spool *spool, const char *id);
+struct spool_slot *spool_slot_add(struct spool *spool, const char *id);
+void spool_slot_remove(struct spool *spool, struct spool_slot **p);
 
 /* spool_incoming.c */
 int spool_check_msg_file(const struct spool_incoming *inc);
@@ -190,7 +190,7 @@ void spool_reap(struct spool *spool);
 int spool_batch_append(struct spool *spool, enum spool_log_kind kind,
 		       const char *id, const char *text, size_t text_len,
 		       const void *body, size_t body_len, int body_fd,
-		       uint64_t body_at, struct segment **seg,
+		       uint64_t body_at, struct spool_segment **seg,
 		       uint64_t *body_off);
 void spool_batch_add(struct spool *spool, struct spool_request *req);
 /* Log state records of a live message (takes `record`) and queue their
@@ -199,7 +199,7 @@ void spool_batch_record(struct spool *spool, const char *id, char *record,
 			size_t len, spool_commit_cb cb, void *arg);
 void spool_batch_flush(struct spool *spool);
 int spool_batch_relog(struct spool *spool, const struct spool_envelope *env,
-		      struct slot *sl, enum request_kind kind,
+		      struct spool_slot *sl, enum spool_request_kind kind,
 		      spool_commit_cb cb, void *arg);
 
 /* spool_drop.c */

@@ -967,33 +967,36 @@ static void test_drop_abort_removes_message_file(void **state)
 }
 
 /* facteur-sendmail's commit: synchronous, with no loop and no iothread. */
+static struct spool *open_drop_without_loop(struct fixture *f)
+{
+	char err[256];
+	struct spool *drop =
+	    spool_open_drop(NULL, NULL, f->spool_dir, err, sizeof err);
+
+	if (drop == NULL)
+		fail_msg("spool_open_drop: %s", err);
+	return drop;
+}
+
 static void
 test_drop_sync_commit_without_loop_makes_files_that_parse(void **state)
 {
 	struct fixture *f = *state;
 	struct spool_envelope *env = awkward_envelope();
-	struct spool_envelope back;
-	char err[256], id[SPOOL_ID_LEN + 1];
-	size_t len, valid_len;
+	char id[SPOOL_ID_LEN + 1];
 
-	struct spool *drop =
-	    spool_open_drop(NULL, NULL, f->spool_dir, err, sizeof err);
-	assert_non_null(drop);
+	struct spool *drop = open_drop_without_loop(f);
 	struct spool_incoming *inc = receive_on(drop, id);
 	assert_int_equal(spool_drop_commit(drop, inc, env), 0);
 	spool_close(drop);
 
-	char *text = read_all(file_path(f, id, ".msg"), &len);
-	assert_int_equal(len, sizeof message - 1);
-	assert_memory_equal(text, message, len);
-	free(text);
-	text = read_all(file_path(f, id, ".env"), &len);
-	assert_int_equal(spool_envelope_parse(text, len, &back, &valid_len), 0);
-	assert_int_equal(valid_len, len);
+	/* What the daemon reads at pickup. */
+	assert_body(f, id, message, sizeof message - 1);
+	struct spool_envelope *back = spool_load(f->spool, id);
+	assert_non_null(back);
 	strcpy(env->id, id);
-	assert_envelopes_equal(env, &back);
-	spool_envelope_clear(&back);
-	free(text);
+	assert_envelopes_equal(env, back);
+	spool_envelope_free(back);
 	spool_envelope_free(env);
 }
 
@@ -1002,11 +1005,9 @@ test_drop_sync_commit_of_short_message_file_leaves_nothing(void **state)
 {
 	struct fixture *f = *state;
 	struct spool_envelope *env = awkward_envelope();
-	char err[256], id[SPOOL_ID_LEN + 1];
+	char id[SPOOL_ID_LEN + 1];
 
-	struct spool *drop =
-	    spool_open_drop(NULL, NULL, f->spool_dir, err, sizeof err);
-	assert_non_null(drop);
+	struct spool *drop = open_drop_without_loop(f);
 	struct spool_incoming *inc = receive_on(drop, id);
 	assert_int_equal(ftruncate(inc->fd, 3), 0);
 	errno = 0;

@@ -27,15 +27,14 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <event2/event.h>
-
 #include "facteur/auth.h"
 #include "facteur/config.h"
+#include "facteur/control_client.h"
 #include "facteur/control_proto.h"
-#include "facteur/iothread.h"
 #include "facteur/policy.h"
 #include "facteur/smtp_proto.h"
 #include "facteur/spool.h"
+#include "facteur/submission.h"
 
 /* sysexits.h */
 #define EXIT_USAGE 64
@@ -279,7 +278,7 @@ static int run_control(const struct config *cfg, enum mode mode)
 {
 	struct lister l = {.now = time(NULL)};
 	char err[512] = "";
-	enum control_call_result rc = control_proto_call(
+	enum control_call_result rc = control_client_call(
 	    cfg->spool_dir, mode == MODE_LIST ? "queue" : "flush",
 	    mode == MODE_LIST ? print_queue_line : NULL, &l, err, sizeof err);
 
@@ -457,7 +456,7 @@ static int add_recipient(struct submission *sub, const char *given)
 /* Every address of a list (a command-line argument may hold several,
  * comma-separated, with display names). */
 static int add_recipients(struct submission *sub,
-			  const struct control_addresses *list)
+			  const struct submission_addresses *list)
 {
 	for (size_t i = 0; i < list->count; i++) {
 		int rc = add_recipient(sub, list->items[i]);
@@ -499,7 +498,7 @@ static const char *invoking_user(void)
 }
 
 /* Read standard input through the lone-dot rule; 0 at the end. */
-static ssize_t read_input(struct control_input *in, char *raw, char *out,
+static ssize_t read_input(struct submission_input *in, char *raw, char *out,
 			  size_t *outlen, bool *eof)
 {
 	*outlen = 0;
@@ -513,10 +512,10 @@ static ssize_t read_input(struct control_input *in, char *raw, char *out,
 		return -1;
 	if (n == 0) {
 		*eof = true;
-		*outlen = control_proto_input_finish(in, out);
+		*outlen = submission_input_finish(in, out);
 		return (ssize_t)*outlen;
 	}
-	control_proto_input_feed(in, raw, (size_t)n, out, outlen);
+	submission_input_feed(in, raw, (size_t)n, out, outlen);
 	return (ssize_t)n;
 }
 
@@ -552,25 +551,8 @@ static void format_date(time_t now, char *buf, size_t len)
 		snprintf(buf, len, "Thu, 01 Jan 1970 00:00:00 +0000");
 }
 
-struct commit_wait {
-	bool done;
-	int error;
-	struct event_base *base;
-};
-
-static void on_committed(int error, void *arg)
-{
-	struct commit_wait *w = arg;
-
-	w->done = true;
-	w->error = error;
-	event_base_loopbreak(w->base);
-}
-
 /* Everything that lives while the message is queued. */
 struct queueing {
-	struct event_base *base;
-	struct iothread *io;
 	struct spool *spool;
 	struct spool_incoming *inc;
 	char *raw;
@@ -584,10 +566,6 @@ static void queueing_end(struct queueing *q)
 		spool_incoming_abort(q->spool, q->inc);
 	if (q->spool != NULL)
 		spool_close(q->spool);
-	if (q->io != NULL)
-		iothread_free(q->io);
-	if (q->base != NULL)
-		event_base_free(q->base);
 	free(q->raw);
 	free(q->filtered);
 	free(q->wire);
@@ -602,7 +580,7 @@ static int submit(struct submission *sub, char *id)
 {
 	const struct config *cfg = sub->cfg;
 	const struct options *opt = sub->opt;
-	struct control_input in = {.ignore_dots = opt->ignore_dots};
+	struct submission_input in = {.ignore_dots = opt->ignore_dots};
 	struct queueing q = {0};
 	char *head = NULL;
 	size_t head_len = 0;
@@ -611,7 +589,7 @@ static int submit(struct submission *sub, char *id)
 	int rc = EXIT_TEMPFAIL;
 
 	q.raw = malloc(READ_CHUNK);
-	q.filtered = malloc(CONTROL_INPUT_OUT_MAX(READ_CHUNK));
+	q.filtered = malloc(SUBMISSION_INPUT_OUT_MAX(READ_CHUNK));
 	q.wire = malloc(SMTP_DATA_OUT_MAX(READ_CHUNK));
 	if (q.raw == NULL || q.filtered == NULL || q.wire == NULL) {
 		fail("out of memory");
@@ -640,7 +618,7 @@ static int submit(struct submission *sub, char *id)
 		memcpy(head + head_len, q.filtered, n);
 		head_len += n;
 		header_end =
-		    control_proto_header_end(head, head_len, eof || in.done);
+		    submission_header_end(head, head_len, eof || in.done);
 	}
 
 	time_t now = time(NULL);
@@ -651,31 +629,31 @@ static int submit(struct submission *sub, char *id)
 	format_date(now, date, sizeof date);
 	snprintf(message_id, sizeof message_id, "<%lld.%016" PRIx64 "@%s>",
 		 (long long)now, random, cfg->hostname);
-	struct control_submission rewrite = {
+	struct submission_headers rewrite = {
 	    .extract_recipients = opt->extract,
 	    .from = sub->sender[0] ? sub->sender : sub->default_from,
 	    .from_name = opt->from_name,
 	    .date = date,
 	    .message_id = message_id,
 	};
-	struct control_addresses addresses = {0};
+	struct submission_addresses addresses = {0};
 	size_t headers_len = 0;
-	char *headers = control_proto_rewrite_headers(
+	char *headers = submission_rewrite_headers(
 	    head, (size_t)header_end, &rewrite, &addresses, &headers_len);
 	for (int i = 0; i < opt->rcpt_argc && headers != NULL; i++)
-		if (control_proto_parse_addresses(opt->rcpt_args[i],
-						  strlen(opt->rcpt_args[i]),
-						  &addresses) == -1) {
+		if (submission_parse_addresses(opt->rcpt_args[i],
+					       strlen(opt->rcpt_args[i]),
+					       &addresses) == -1) {
 			free(headers);
 			headers = NULL;
 		}
 	if (headers == NULL) {
-		control_addresses_clear(&addresses);
+		submission_addresses_clear(&addresses);
 		fail("out of memory");
 		goto out;
 	}
 	rc = add_recipients(sub, &addresses);
-	control_addresses_clear(&addresses);
+	submission_addresses_clear(&addresses);
 	if (rc == 0 && sub->rcpt_count == 0) {
 		fail("no recipients");
 		rc = EXIT_USAGE;
@@ -688,15 +666,13 @@ static int submit(struct submission *sub, char *id)
 
 	/* Into the spool, as facteurd's own sessions write it. */
 	char err[512];
-	if (become_spool_owner(cfg) == -1 ||
-	    (q.base = event_base_new()) == NULL ||
-	    (q.io = iothread_new(q.base)) == NULL) {
+	if (become_spool_owner(cfg) == -1) {
 		free(headers);
 		fail("cannot set up the spool");
 		goto out;
 	}
-	q.spool =
-	    spool_open_drop(q.base, q.io, cfg->spool_dir, err, sizeof err);
+	/* No loop and no iothread: one message, committed synchronously. */
+	q.spool = spool_open_drop(NULL, NULL, cfg->spool_dir, err, sizeof err);
 	if (q.spool == NULL || (q.inc = spool_incoming_new(q.spool)) == NULL) {
 		fail("cannot queue the message: %s",
 		     q.spool ? strerror(errno) : err);
@@ -762,18 +738,10 @@ static int submit(struct submission *sub, char *id)
 	memcpy(env.id, id, sizeof env.id);
 	for (size_t i = 0; i < sub->rcpt_count; i++)
 		sub->rcpts[i].updated = now;
-	struct commit_wait wait = {.base = q.base};
 	struct spool_incoming *inc = q.inc;
 	q.inc = NULL; /* the spool owns it now */
-	spool_incoming_commit(q.spool, inc, &env, on_committed, &wait);
-	/* 1: nothing left to wait for, which cannot be before the
-	 * callback; -1: the loop failed. */
-	while (!wait.done)
-		if (event_base_dispatch(q.base) != 0)
-			break;
-	if (!wait.done || wait.error != 0) {
-		fail("cannot queue the message: %s",
-		     strerror(wait.done ? wait.error : EIO));
+	if (spool_drop_commit(q.spool, inc, &env) == -1) {
+		fail("cannot queue the message: %s", strerror(errno));
 		goto out;
 	}
 	/* A daemon starting right now removes a message file that has no
@@ -801,8 +769,8 @@ static void announce(const struct config *cfg, const char *id)
 	char err[512] = "";
 
 	snprintf(request, sizeof request, "pickup %s", id);
-	if (control_proto_call(cfg->spool_dir, request, NULL, NULL, err,
-			       sizeof err) == CONTROL_CALL_ERROR)
+	if (control_client_call(cfg->spool_dir, request, NULL, NULL, err,
+				sizeof err) == CONTROL_CALL_ERROR)
 		fail("warning: %s is queued, but facteurd did not take it "
 		     "(%s); it will at its next start",
 		     id, err);

@@ -20,6 +20,7 @@
 
 #include "facteur/auth.h"
 #include "facteur/config.h"
+#include "facteur/control_client.h"
 #include "facteur/control_proto.h"
 
 #define EXIT_UNREACHABLE 1
@@ -280,7 +281,7 @@ static int run_command(const char *config_path, char **args, int nargs)
 
 	struct printer pr = {.command = command, .now = time(NULL)};
 	char err[512] = "";
-	enum control_call_result rc = control_proto_call(
+	enum control_call_result rc = control_client_call(
 	    cfg->spool_dir, request, print_record, &pr, err, sizeof err);
 	config_free(cfg);
 	switch (rc) {

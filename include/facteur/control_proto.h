@@ -1,11 +1,9 @@
 /*
  * The control protocol as data (docs/operations.md, "The control socket"):
- * request lines, the records of the replies and their human form, and
- * what facteur-sendmail does to a message before it is queued (lone-dot
- * input rule, -t recipients, Bcc removal, missing Date/Message-ID/From).
+ * request lines, the records of the replies and their human form.
  * Everything here is pure (text in, text out) and driven by unit tests
- * and a fuzzer, except control_proto_call(), the blocking client used by
- * facteurctl and facteur-sendmail (never by the daemon).
+ * and a fuzzer; control_client.h sends a request, submission.h holds what
+ * facteur-sendmail does to a message.
  */
 #ifndef FACTEUR_CONTROL_PROTO_H
 #define FACTEUR_CONTROL_PROTO_H
@@ -124,98 +122,5 @@ control_proto_format_queue_summary(const struct control_queue_totals *totals);
  * envelope to the headers (start with false). NULL when malformed. */
 char *control_proto_format_show_line(char *record, time_t now,
 				     bool *in_headers);
-
-/* ---- the client (facteurctl, facteur-sendmail; blocking) ---- */
-
-enum control_call_result {
-	CONTROL_CALL_OK,	  /* the reply ended in "ok" */
-	CONTROL_CALL_ERROR,	  /* "error <text>": the text is in err */
-	CONTROL_CALL_UNREACHABLE, /* no daemon: err says why */
-	CONTROL_CALL_BROKEN,	  /* the exchange failed: err says why */
-};
-
-/* Called for each reply line before the last (without its LF); a
- * non-zero return abandons the call (CONTROL_CALL_BROKEN). */
-typedef int (*control_line_cb)(char *line, void *arg);
-
-/* Connect to <spool_dir>/control, send one request line, pass every
- * record to `cb` (may be NULL), and return how the reply ended. */
-enum control_call_result control_proto_call(const char *spool_dir,
-					    const char *request,
-					    control_line_cb cb, void *arg,
-					    char *err, size_t errlen);
-
-/* ---- facteur-sendmail's message ---- */
-
-/*
- * The input on standard input: every octet is message text, except that
- * without -i/-oi (ignore_dots false) a line that is a lone "." (LF or
- * CRLF) ends the input, as sendmail does; that line and anything after it
- * is not part of the message.
- */
-struct control_input {
-	bool ignore_dots;
-	bool done; /* the lone "." line was seen */
-	int state; /* private; zero */
-};
-
-/* Room needed in `out` for a feed of `inlen` octets. */
-#define CONTROL_INPUT_OUT_MAX(inlen) ((inlen) + 2)
-
-/* Copy message octets to out; returns the octets consumed (all of them,
- * unless the end was seen). */
-size_t control_proto_input_feed(struct control_input *in, const char *buf,
-				size_t len, char *out, size_t *outlen);
-/* At the end of the input: the octets held back (at most 2). */
-size_t control_proto_input_finish(struct control_input *in, char *out);
-
-/*
- * Where the header section of a submitted message (LF or CRLF lines)
- * ends: after the empty line that closes it, or before the first line
- * that is neither a field ("Name:") nor a continuation. Returns that
- * offset, or -1 when more input is needed to tell (a partial last line,
- * and `at_eof` false). At the end of the input every field line counts.
- */
-long control_proto_header_end(const char *text, size_t len, bool at_eof);
-
-struct control_addresses {
-	char **items;
-	size_t count;
-};
-void control_addresses_clear(struct control_addresses *list);
-
-/*
- * The mailboxes of an address-list field value (RFC 5322 §3.4): display
- * names, angle addresses, comments, quoted strings, groups ("team: a@b,
- * c@d;") and legacy "a@b (Name)" forms; the value may be folded. Each
- * address is appended without brackets, source route or whitespace (a
- * quoted local part keeps its quotes). Returns 0, or -1 when out of
- * memory.
- */
-int control_proto_parse_addresses(const char *value, size_t len,
-				  struct control_addresses *out);
-
-struct control_submission {
-	bool extract_recipients; /* -t: To, Cc, Bcc */
-	const char *from;	 /* the address for a missing From: */
-	const char *from_name;	 /* -F, or NULL */
-	const char *date;	 /* RFC 5322 date for a missing Date: */
-	const char *message_id;	 /* "<...>" for a missing Message-ID: */
-};
-
-/*
- * Rewrite a header section (`len` octets, as delimited by
- * control_proto_header_end): every line ends in CRLF, Bcc: fields are
- * removed (always: a Bcc must not reach the recipients), and From:,
- * Date: and Message-ID: are appended when missing; the result ends with
- * the empty line, added when the input had none. With extract_recipients
- * the addresses of To:, Cc: and Bcc: are appended to `rcpts`.
- * Returns the malloc'd text (length in *outlen), or NULL when out of
- * memory.
- */
-char *control_proto_rewrite_headers(const char *text, size_t len,
-				    const struct control_submission *sub,
-				    struct control_addresses *rcpts,
-				    size_t *outlen);
 
 #endif

@@ -1,13 +1,23 @@
 /*
  * The persistent queue: what makes "250 means never lost" true.
  *
- * Each message is two files in <spool_dir>/queue/: <id>.msg, the message
- * in wire form (CRLF, dot-stuffed), written while it is received; and
- * <id>.env, its envelope, written at the end of DATA and followed by
- * append-only records of recipient state changes. A message is committed
- * when both files and the directory are flushed; the fsyncs go through the
- * iothread and the commits of one loop turn share them. docs/spool.md
- * describes the format.
+ * The daemon's spool is an append-only log: <spool_dir>/log/<seq>.seg
+ * segments of checksummed records (spool_log.h), written only at their
+ * end. A message is one record, its envelope and state with its wire
+ * form inline (M) or, when larger than 64 KiB, in queue/<id>.msg (F);
+ * each later change of a recipient's state or of the flags is a small R
+ * record. The records of one loop turn are written with one pwrite and
+ * flushed by one iothread request (group commit); a commit's callback,
+ * and so a 250, comes only after that flush. Segments without a live
+ * message are deleted oldest first; compaction logs the oldest segment's
+ * live messages anew so that it can go. At start-up recovery replays
+ * the segments oldest first, cuts a torn tail, imports messages of the
+ * file form, and hands every live message over in arrival order.
+ *
+ * The file form (queue/<id>.msg and <id>.env) is what another process
+ * writes, through a drop spool: facteur-sendmail commits it with
+ * spool_drop_commit, and the daemon imports it into the log at pickup
+ * or start. docs/spool.md describes both formats.
  */
 #ifndef FACTEUR_SPOOL_H
 #define FACTEUR_SPOOL_H
@@ -73,7 +83,8 @@ struct spool *spool_open(struct event_base *base, struct iothread *io,
                          const char *dir, char *err, size_t errlen);
 /* A drop spool, for facteur-sendmail: commits write <id>.msg and
  * <id>.env in queue/, which the daemon takes into its log at pickup or
- * start. No log, no records, no recovery. */
+ * start. No log, no records, no recovery. base and io may be NULL when
+ * the spool's commits are all spool_drop_commit. */
 struct spool *spool_open_drop(struct event_base *base, struct iothread *io,
                               const char *dir, char *err, size_t errlen);
 void spool_close(struct spool *spool);
@@ -122,14 +133,25 @@ void spool_incoming_abort(struct spool *spool, struct spool_incoming *inc);
  * incoming is freed by then. On error the files are removed. */
 typedef void (*spool_commit_cb)(int error, void *arg);
 
-/* Write the envelope (its id is taken from inc) and make both files
- * durable. The callback always runs later. */
+/* Log the message with its envelope (its id is taken from inc) in this
+ * loop turn's batch, or, in a drop spool, write <id>.env beside
+ * <id>.msg; cb once the batch is flushed. The callback always runs
+ * later. */
 void spool_incoming_commit(struct spool *spool, struct spool_incoming *inc,
                            const struct spool_envelope *env,
                            spool_commit_cb cb, void *arg);
 
-/* Append the current state of recipient `index` to the envelope file and
- * flush it; cb(0) once durable. A failed write is reported with its
+/*
+ * The drop path's commit, synchronous, for a process without a loop
+ * (facteur-sendmail): flush <id>.msg, write <id>.env and flush it, then
+ * the queue directory. 0 once the message is durable; -1 with errno when
+ * not, and then both files are removed. The incoming is freed either way.
+ */
+int spool_drop_commit(struct spool *spool, struct spool_incoming *inc,
+                      const struct spool_envelope *env);
+
+/* Log the current state of recipient `index` (an R record, in this loop
+ * turn's batch); cb(0) once flushed. A failed write is reported with its
  * errno; the caller keeps the change in memory and retries later. */
 void spool_record_rcpt(struct spool *spool, const struct spool_envelope *env,
                        size_t index, spool_commit_cb cb, void *arg);
@@ -207,5 +229,9 @@ void spool_envelope_free(struct spool_envelope *env);
 bool spool_envelope_done(const struct spool_envelope *env);
 
 const char *rcpt_state_name(enum rcpt_state state);
+/* The envelope's words for BODY= and RET= ("7bit", "full"...); NULL for
+ * a parameter that was not given. */
+const char *spool_body_name(enum smtp_body body);
+const char *spool_ret_name(enum smtp_ret ret);
 
 #endif

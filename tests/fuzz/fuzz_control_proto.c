@@ -13,6 +13,7 @@
 #include <strings.h>
 
 #include "facteur/control_proto.h"
+#include "facteur/submission.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -81,9 +82,9 @@ static void check_headers(const char *out, size_t len)
 static void check_message(const char *text, size_t len, bool ignore_dots,
 			  size_t step)
 {
-	struct control_input in = {.ignore_dots = ignore_dots};
+	struct submission_input in = {.ignore_dots = ignore_dots};
 	char *msg = malloc(2 * len + 8);
-	char *out = malloc(CONTROL_INPUT_OUT_MAX(step));
+	char *out = malloc(SUBMISSION_INPUT_OUT_MAX(step));
 	size_t used = 0;
 
 	if (msg == NULL || out == NULL)
@@ -92,8 +93,8 @@ static void check_message(const char *text, size_t len, bool ignore_dots,
 		size_t n = len - pos < step ? len - pos : step;
 		size_t outlen = 0;
 		size_t consumed =
-		    control_proto_input_feed(&in, text + pos, n, out, &outlen);
-		if (consumed > n || outlen > CONTROL_INPUT_OUT_MAX(n))
+		    submission_input_feed(&in, text + pos, n, out, &outlen);
+		if (consumed > n || outlen > SUBMISSION_INPUT_OUT_MAX(n))
 			abort();
 		if (consumed < n && !in.done)
 			abort();
@@ -101,24 +102,24 @@ static void check_message(const char *text, size_t len, bool ignore_dots,
 		used += outlen;
 		pos += consumed;
 	}
-	used += control_proto_input_finish(&in, msg + used);
+	used += submission_input_finish(&in, msg + used);
 	if (used > len)
 		abort();
 
-	long end = control_proto_header_end(msg, used, true);
+	long end = submission_header_end(msg, used, true);
 	if (end < 0 || (size_t)end > used)
 		abort();
-	struct control_submission sub = {
+	struct submission_headers sub = {
 	    .extract_recipients = true,
 	    .from = "user@example.test",
 	    .from_name = len % 3 == 0 ? "Name, \"quoted\"" : NULL,
 	    .date = "Mon, 01 Jan 2024 00:00:00 +0000",
 	    .message_id = "<1@example.test>",
 	};
-	struct control_addresses rcpts = {0};
+	struct submission_addresses rcpts = {0};
 	size_t outlen = 0;
-	char *head = control_proto_rewrite_headers(msg, (size_t)end, &sub,
-						   &rcpts, &outlen);
+	char *head =
+	    submission_rewrite_headers(msg, (size_t)end, &sub, &rcpts, &outlen);
 	if (head != NULL) {
 		check_headers(head, outlen);
 		free(head);
@@ -126,7 +127,7 @@ static void check_message(const char *text, size_t len, bool ignore_dots,
 	for (size_t i = 0; i < rcpts.count; i++)
 		if (rcpts.items[i][0] == '\0')
 			abort();
-	control_addresses_clear(&rcpts);
+	submission_addresses_clear(&rcpts);
 done:
 	free(msg);
 	free(out);
@@ -145,11 +146,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	check_records(text, len);
 	check_message(text, len, ignore_dots, step);
 
-	struct control_addresses list = {0};
-	if (control_proto_parse_addresses(text, len, &list) == 0)
+	struct submission_addresses list = {0};
+	if (submission_parse_addresses(text, len, &list) == 0)
 		for (size_t i = 0; i < list.count; i++)
 			if (list.items[i][0] == '\0')
 				abort();
-	control_addresses_clear(&list);
+	submission_addresses_clear(&list);
 	return 0;
 }

@@ -966,6 +966,59 @@ static void test_drop_abort_removes_message_file(void **state)
 	assert_false(file_exists(f, id, ".env"));
 }
 
+/* facteur-sendmail's commit: synchronous, with no loop and no iothread. */
+static struct spool *open_drop_without_loop(struct fixture *f)
+{
+	char err[256];
+	struct spool *drop =
+	    spool_open_drop(NULL, NULL, f->spool_dir, err, sizeof err);
+
+	if (drop == NULL)
+		fail_msg("spool_open_drop: %s", err);
+	return drop;
+}
+
+static void
+test_drop_sync_commit_without_loop_makes_files_that_parse(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	char id[SPOOL_ID_LEN + 1];
+
+	struct spool *drop = open_drop_without_loop(f);
+	struct spool_incoming *inc = receive_on(drop, id);
+	assert_int_equal(spool_drop_commit(drop, inc, env), 0);
+	spool_close(drop);
+
+	/* What the daemon reads at pickup. */
+	assert_body(f, id, message, sizeof message - 1);
+	struct spool_envelope *back = spool_load(f->spool, id);
+	assert_non_null(back);
+	strcpy(env->id, id);
+	assert_envelopes_equal(env, back);
+	spool_envelope_free(back);
+	spool_envelope_free(env);
+}
+
+static void
+test_drop_sync_commit_of_short_message_file_leaves_nothing(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	char id[SPOOL_ID_LEN + 1];
+
+	struct spool *drop = open_drop_without_loop(f);
+	struct spool_incoming *inc = receive_on(drop, id);
+	assert_int_equal(ftruncate(inc->fd, 3), 0);
+	errno = 0;
+	assert_int_equal(spool_drop_commit(drop, inc, env), -1);
+	assert_int_equal(errno, EIO);
+	spool_close(drop);
+	assert_false(file_exists(f, id, ".msg"));
+	assert_false(file_exists(f, id, ".env"));
+	spool_envelope_free(env);
+}
+
 static void
 test_drop_commit_after_failed_write_reports_error_no_files(void **state)
 {
@@ -2288,6 +2341,8 @@ int main(void)
 	    T(test_daemon_and_drop_ids_never_meet),
 	    TD(test_drop_commit_makes_files_that_parse),
 	    TD(test_drop_commit_keeps_recipient_state_given),
+	    TD(test_drop_sync_commit_without_loop_makes_files_that_parse),
+	    TD(test_drop_sync_commit_of_short_message_file_leaves_nothing),
 	    TD(test_drop_abort_removes_message_file),
 	    TD(test_drop_commit_after_failed_write_reports_error_no_files),
 	    TD(test_drop_commit_of_short_message_file_is_refused),

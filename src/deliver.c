@@ -167,58 +167,6 @@ static struct folder *folders[FOLDER_CACHE_MAX];
 static size_t folder_count;
 static uint64_t folder_clock;
 
-static char ascii_lower(char c)
-{
-	return c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
-}
-
-char *deliver_expand_path(const char *template_path, const char *local,
-			  size_t local_len, const char *domain)
-{
-	if (template_path == NULL || local == NULL || domain == NULL ||
-	    memchr(local, '\0', local_len) != NULL)
-		return NULL;
-	size_t domain_len = strlen(domain);
-	size_t need = 1;
-	for (const char *p = template_path; *p != '\0'; p++) {
-		if (*p != '%') {
-			need++;
-			continue;
-		}
-		p++;
-		if (*p == 'u')
-			need += local_len;
-		else if (*p == 'd')
-			need += domain_len;
-		else if (*p == '%')
-			need++;
-		else
-			return NULL; /* unknown, or a lone '%' at the end */
-	}
-	char *out = malloc(need);
-	if (out == NULL)
-		return NULL;
-	size_t n = 0;
-	for (const char *p = template_path; *p != '\0'; p++) {
-		if (*p != '%') {
-			out[n++] = *p;
-			continue;
-		}
-		p++;
-		if (*p == 'u') {
-			for (size_t i = 0; i < local_len; i++)
-				out[n++] = ascii_lower(local[i]);
-		} else if (*p == 'd') {
-			for (size_t i = 0; i < domain_len; i++)
-				out[n++] = ascii_lower(domain[i]);
-		} else {
-			out[n++] = '%';
-		}
-	}
-	out[n] = '\0';
-	return out;
-}
-
 /* Append `s` with '/' and ':' written as \057 and \072 (a file name
  * cannot hold '/', and ':' starts the Maildir info). */
 static bool append_escaped(char *buf, size_t len, size_t *n, const char *s)
@@ -333,22 +281,6 @@ int deliver_mkdirs(const char *path)
 {
 	size_t first_created;
 	return mkdirs_tracked(path, &first_created);
-}
-
-size_t deliver_root_length(const char *template_path)
-{
-	if (template_path == NULL)
-		return 0;
-	const char *end = strchr(template_path, '%');
-	if (end == NULL)
-		end = template_path + strlen(template_path);
-	const char *slash = NULL;
-	for (const char *p = template_path; p < end; p++)
-		if (*p == '/')
-			slash = p;
-	if (slash == NULL)
-		return 0;
-	return slash == template_path ? 1 : (size_t)(slash - template_path);
 }
 
 /* openat for a directory that must not be a link: ELOOP if it is one

@@ -688,7 +688,8 @@ static bool mailbox_open(struct pop3_session *s, struct pop3_job *job)
 	}
 	/* The same check and path as local delivery: an account name from
 	 * the users file never reaches outside the mail root either. */
-	char *path = policy_mailbox_path(cfg, account);
+	size_t root_len = 0;
+	char *path = policy_mailbox_path(cfg, account, &root_len);
 	if (path == NULL) {
 		reply(s, "-ERR [SYS/PERM] no mailbox for this account");
 		log_login(s, account, "no_mailbox");
@@ -703,7 +704,7 @@ static bool mailbox_open(struct pop3_session *s, struct pop3_job *job)
 		return false;
 	}
 	job->mailbox = strdup(path);
-	job->root_len = deliver_root_length(cfg->mailbox_path);
+	job->root_len = root_len;
 	if (job->mailbox == NULL ||
 	    worker_run(srv_of(s)->worker, scan_run, scan_done, job) == -1) {
 		free(path);

@@ -39,7 +39,7 @@ struct deliver_request {
 	enum mailbox_format format;
 	const char *mailbox;    /* the Maildir folder or mbox file */
 	size_t root_len;        /* mailbox[0..root_len) may hold symbolic
-	                         * links (deliver_root_length); 0: none */
+	                         * links (policy_mailbox_root_length) */
 	struct spool_body body; /* the message in wire form; its descriptor
 	                         * is duplicated, the caller keeps its own */
 	const char *sender;     /* "" for the null sender */
@@ -65,29 +65,16 @@ int deliver_start(struct event_base *base, struct iothread *io,
                   const struct deliver_request *req, deliver_cb cb,
                   void *arg);
 
-/* Expand a mailbox_path template: %u the local part, %d the domain (both
- * lower-cased), %% a percent sign. malloc'd, or NULL on an unknown %x.
- * It does not judge the address: callers go through policy_mailbox_path,
- * which refuses one that could name a path outside the mail root. */
-char *deliver_expand_path(const char *template_path, const char *local,
-                          size_t local_len, const char *domain);
-
 /* The Maildir file name "<arrival>.<unique>.<hostname>", with '/' and ':'
  * in the host name written as \057 and \072. Returns the length, or -1 if
  * it does not fit. */
 int deliver_maildir_name(char *buf, size_t len, time_t arrival,
                          const char *unique, const char *hostname);
 
-/* The length of the fixed directory that starts a mailbox_path template
- * (the part before the '/' that precedes its first '%'; the directory
- * of a template without one): the mail root, which an operator may make
- * a symbolic link. 0 when the template starts with a '%'. */
-size_t deliver_root_length(const char *template_path);
-
 /*
  * Open the folder `path` the way deliveries do, so that a mail reader
  * (POP3) reaches no more than they write: its first `root_len` octets
- * (deliver_root_length) are opened as they are, every component after
+ * (policy_mailbox_root_length) are opened as they are, every component after
  * them without following a link (ELOOP for one), and "." or ".." there
  * is refused (EINVAL). Missing folders are made (mode 0700) when
  * `create`. Returns an O_PATH directory descriptor, for the *at calls,

@@ -27,6 +27,7 @@
 
 #include "facteur/deliver.h"
 #include "facteur/iothread.h"
+#include "facteur/policy.h"
 
 struct fixture {
 	struct event_base *base;
@@ -241,20 +242,20 @@ static void deliver_as_nobody(struct fixture *f, const char *const *open_dirs,
 static void test_deliver_expand_path_substitutes_lower_case(void **state)
 {
 	(void)state;
-	char *p = deliver_expand_path("/var/mail/%d/%u", "Bob.Smith", 9,
-				      "Example.COM");
+	char *p = policy_expand_mailbox_path("/var/mail/%d/%u", "Bob.Smith", 9,
+					     "Example.COM");
 	assert_string_equal(p, "/var/mail/example.com/bob.smith");
 	free(p);
-	p = deliver_expand_path("/m/%u+%%/%d%%", "bob+tag", 3, "x.org");
+	p = policy_expand_mailbox_path("/m/%u+%%/%d%%", "bob+tag", 3, "x.org");
 	assert_string_equal(p, "/m/bob+%/x.org%");
 	free(p);
-	p = deliver_expand_path("/plain", "u", 1, "d");
+	p = policy_expand_mailbox_path("/plain", "u", 1, "d");
 	assert_string_equal(p, "/plain");
 	free(p);
-	assert_null(deliver_expand_path("/m/%x", "u", 1, "d"));
-	assert_null(deliver_expand_path("/m/%U", "u", 1, "d"));
-	assert_null(deliver_expand_path("/m/%", "u", 1, "d"));
-	assert_null(deliver_expand_path("/m/%u", "a\0b", 3, "d"));
+	assert_null(policy_expand_mailbox_path("/m/%x", "u", 1, "d"));
+	assert_null(policy_expand_mailbox_path("/m/%U", "u", 1, "d"));
+	assert_null(policy_expand_mailbox_path("/m/%", "u", 1, "d"));
+	assert_null(policy_expand_mailbox_path("/m/%u", "a\0b", 3, "d"));
 }
 
 static void test_deliver_maildir_name_escapes_host(void **state)
@@ -1230,14 +1231,14 @@ static void test_deliver_mbox_busy_lock_defers_after_ten_seconds(void **state)
 static void test_deliver_root_length_is_the_fixed_directory(void **state)
 {
 	(void)state;
-	assert_int_equal(deliver_root_length("/var/mail/%d/%u"), 9);
-	assert_int_equal(deliver_root_length("/var/mail/%u"), 9);
-	assert_int_equal(deliver_root_length("/home/%u/Maildir"), 5);
-	assert_int_equal(deliver_root_length("/var/mail/all"), 9);
-	assert_int_equal(deliver_root_length("/var/mail/u%u"), 9);
-	assert_int_equal(deliver_root_length("/%u"), 1);
-	assert_int_equal(deliver_root_length("mail/%u"), 4);
-	assert_int_equal(deliver_root_length("%u"), 0);
+	assert_int_equal(policy_mailbox_root_length("/var/mail/%d/%u"), 9);
+	assert_int_equal(policy_mailbox_root_length("/var/mail/%u"), 9);
+	assert_int_equal(policy_mailbox_root_length("/home/%u/Maildir"), 5);
+	assert_int_equal(policy_mailbox_root_length("/var/mail/all"), 9);
+	assert_int_equal(policy_mailbox_root_length("/var/mail/u%u"), 9);
+	assert_int_equal(policy_mailbox_root_length("/%u"), 1);
+	assert_int_equal(policy_mailbox_root_length("mail/%u"), 4);
+	assert_int_equal(policy_mailbox_root_length("%u"), 0);
 }
 
 /* A file outside every mailbox that a planted link points at. */

@@ -1069,7 +1069,7 @@ static void start_local(struct queued *q, size_t index, struct run *run)
 		 * mailbox and before the outcome was recorded. */
 		.check_existing = q->recovered || r->attempts > 0,
 	};
-	int started = deliver_start(sched->srv->base, sched->srv->io, &req,
+	int started = deliver_start(sched->srv->deliver, &req,
 	                            on_delivered, job);
 	(void)close(body.fd); /* read-only; the delivery has its own */
 	if (started == -1) {

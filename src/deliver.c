@@ -253,6 +253,17 @@ int delivery_open_sync_fds(struct delivery *d, const char **failed)
 	return 0;
 }
 
+int *delivery_flush_list(const struct delivery *d, int first)
+{
+	int *fds = malloc((1 + d->sync_open) * sizeof *fds);
+	if (fds == NULL)
+		return NULL;
+	fds[0] = first;
+	for (size_t i = 0; i < d->sync_open; i++)
+		fds[1 + i] = d->sync_fds[i];
+	return fds;
+}
+
 int delivery_write_all(int fd, const char *buf, size_t len)
 {
 	while (len > 0) {

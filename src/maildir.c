@@ -605,12 +605,9 @@ static void maildir_attempt(struct delivery *d)
 			delivery_fail_text(d, "4.3.0", "out of memory");
 		return;
 	}
-	int *after = malloc((1 + d->sync_open) * sizeof *after);
+	int *after = delivery_flush_list(d, d->folder->new_fd);
 	int rc = -1;
 	if (after != NULL) {
-		after[0] = d->folder->new_fd;
-		for (size_t i = 0; i < d->sync_open; i++)
-			after[1 + i] = d->sync_fds[i];
 		int unopened = -1; /* maildir_write gives the file */
 		d->stage = STAGE_OPEN;
 		rc = iothread_prepare_fsync_step(

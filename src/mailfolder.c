@@ -29,6 +29,20 @@ static int ensure_directory(const char *path)
 	return 0;
 }
 
+/* `path` without its trailing slashes ("/" stays), malloc'd, and its
+ * length; NULL with errno ENOENT for an empty path, or ENOMEM. */
+static char *trimmed_copy(const char *path, size_t *len)
+{
+	*len = strlen(path);
+	while (*len > 1 && path[*len - 1] == '/')
+		(*len)--;
+	if (*len == 0) {
+		errno = ENOENT;
+		return NULL;
+	}
+	return strndup(path, *len);
+}
+
 /*
  * mkdir -p. *first_created is set to the length of the path of the
  * outermost directory this call created, or 0 when it created none, so
@@ -37,14 +51,8 @@ static int ensure_directory(const char *path)
 static int mkdirs_tracked(const char *path, size_t *first_created)
 {
 	*first_created = 0;
-	size_t len = strlen(path);
-	while (len > 1 && path[len - 1] == '/')
-		len--;
-	if (len == 0) {
-		errno = ENOENT;
-		return -1;
-	}
-	char *copy = strndup(path, len);
+	size_t len;
+	char *copy = trimmed_copy(path, &len);
 	if (copy == NULL)
 		return -1;
 	int rc = -1;
@@ -120,19 +128,13 @@ int mailfolder_walk(const char *path, size_t root_len, bool create,
 	*first_created = 0;
 	*what = "open";
 	int err;
-	size_t len = strlen(path);
-	while (len > 1 && path[len - 1] == '/')
-		len--;
+	size_t len;
+	char *copy = trimmed_copy(path, &len);
 	*failed_len = len;
-	if (len == 0) {
-		errno = ENOENT;
-		return -1;
-	}
-	if (root_len > len)
-		root_len = len;
-	char *copy = strndup(path, len);
 	if (copy == NULL)
 		return -1;
+	if (root_len > len)
+		root_len = len;
 	const char *root = copy[0] == '/' ? "/" : ".";
 	if (root_len > 0) {
 		copy[root_len] = '\0';

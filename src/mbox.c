@@ -563,14 +563,11 @@ void mbox_attempt(struct delivery *d)
 		return;
 	}
 	/* The file first, then the directories whose entries changed. */
-	int *fds = malloc((d->sync_open + 1) * sizeof *fds);
+	int *fds = delivery_flush_list(d, d->fd);
 	if (fds == NULL) {
 		mbox_fail(d, ENOMEM, true, "copy", d->mailbox);
 		return;
 	}
-	fds[0] = d->fd;
-	if (d->sync_open > 0)
-		memcpy(fds + 1, d->sync_fds, d->sync_open * sizeof *fds);
 	int rc =
 	    iothread_fsync(d->io, fds, d->sync_open + 1, mbox_on_synced, d);
 	free(fds);

@@ -154,6 +154,9 @@ int delivery_add_created_chain(struct delivery *d, const char *dir,
                                size_t first_created);
 int delivery_open_sync_fds(struct delivery *d, const char **failed);
 void delivery_close_sync_fds(struct delivery *d);
+/* `first` followed by the opened sync descriptors: what one trip to the
+ * iothread flushes, malloc'd (1 + d->sync_open entries), or NULL. */
+int *delivery_flush_list(const struct delivery *d, int first);
 
 int delivery_write_all(int fd, const char *buf, size_t len);
 /* Return-Path and Delivered-To. */

@@ -2,8 +2,15 @@
  * Local delivery into mailboxes: Maildir (tmp/ -> fsync -> new/) and
  * mbox. The message is read from its spool file in wire form and written
  * in mailbox form (dot-stuffing undone, LF line ends) after a
- * Return-Path and a Delivered-To header. Writes go to the page cache on
- * the loop; every fsync goes through the iothread.
+ * Return-Path and a Delivered-To header. A Maildir file is created and
+ * written on the I/O thread, an mbox is appended to on the loop (page
+ * cache); every fsync goes through the iothread.
+ *
+ * The work is split by role: deliver.c drives a delivery (timer, trips
+ * to the iothread, message copy, callback), maildir.c and mbox.c hold
+ * the two formats (maildir.h, mbox.h), mailfolder.c the walk below the
+ * mail root (mailfolder.h), and delivery.h what those three share. The
+ * mailbox's path comes from policy_mailbox_path (policy.h).
  *
  * A delivery is idempotent: the Maildir file name in new/ is made from
  * the request's `unique` string, so a retry after a crash finds the file

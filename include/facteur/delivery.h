@@ -90,10 +90,10 @@ struct delivery {
 	time_t arrival;
 	bool check_existing;
 
-	int fd;		       /* the tmp/ file or the mbox, -1 when closed */
+	int fd; /* the tmp/ file or the mbox, -1 when closed */
 	struct maildir_folder *folder; /* maildir: held until freed */
-	char *name;	       /* maildir: the file's name in new/ */
-	char *tmp_name;	       /* maildir: name "." random, in tmp/ */
+	char *name;		       /* maildir: the file's name in new/ */
+	char *tmp_name;		       /* maildir: name "." random, in tmp/ */
 	enum maildir_stage stage;
 	bool folder_was_cached; /* a failed open may mean it has gone */
 	bool write_reading;	/* a STAGE_WRITE error came from the spool */
@@ -131,19 +131,17 @@ struct delivery_copy_error {
 };
 
 /* Arm the timer to run `state` in `usec` microseconds. 0, or -1. */
-int delivery_schedule(struct delivery *d, enum delivery_state state,
-                      long usec);
+int delivery_schedule(struct delivery *d, enum delivery_state state, long usec);
 /* The result is known: release what is held, then call back from the
  * timer. `reason` (malloc'd, taken) or else `reason_text` explains it. */
 void delivery_finish(struct delivery *d, enum deliver_result result,
-                     const char *dsn, char *reason, const char *reason_text);
+		     const char *dsn, char *reason, const char *reason_text);
 void delivery_finish_ok(struct delivery *d, const char *reason);
 /* Deferred with "<what> <path>: <error>"; `mailbox` says whether the
  * error came from the mailbox (a 4.2.x) or from our side (4.3.x). */
 void delivery_fail_errno(struct delivery *d, int err, bool mailbox,
-                         const char *what, const char *path);
-void delivery_fail_text(struct delivery *d, const char *dsn,
-                        const char *text);
+			 const char *what, const char *path);
+void delivery_fail_text(struct delivery *d, const char *dsn, const char *text);
 
 /* "dir/sub/name", or "dir/sub" when `name` is NULL; malloc'd or NULL. */
 char *delivery_path_join(const char *dir, const char *sub, const char *name);
@@ -151,7 +149,7 @@ char *delivery_path_join(const char *dir, const char *sub, const char *name);
  * (delivery_open_sync_fds) just before the trip to the iothread. */
 int delivery_add_sync_path(struct delivery *d, const char *path, size_t len);
 int delivery_add_created_chain(struct delivery *d, const char *dir,
-                               size_t first_created);
+			       size_t first_created);
 int delivery_open_sync_fds(struct delivery *d, const char **failed);
 void delivery_close_sync_fds(struct delivery *d);
 /* `first` followed by the opened sync descriptors: what one trip to the
@@ -162,7 +160,7 @@ int delivery_write_all(int fd, const char *buf, size_t len);
 /* Return-Path and Delivered-To. */
 int delivery_write_headers(struct delivery *d, int fd);
 int delivery_copy_message(const struct delivery *d, int out, bool mboxrd,
-                          char *last, struct delivery_copy_error *ce);
+			  char *last, struct delivery_copy_error *ce);
 
 /* maildir.c: the first attempt of a Maildir delivery (on the timer), and
  * the release of a folder the delivery held. */

@@ -34,6 +34,7 @@
 #include "facteur/iothread.h"
 #include "facteur/listener.h"
 #include "facteur/log.h"
+#include "facteur/mailfolder.h"
 #include "facteur/metrics.h"
 #include "facteur/policy.h"
 #include "facteur/pop3.h"
@@ -468,7 +469,7 @@ static int drop_privileges(const struct config *cfg)
 			  LOG_S("reason", "no such user"));
 		return -1;
 	}
-	if (deliver_mkdirs(cfg->spool_dir) == -1 ||
+	if (mailfolder_mkdirs(cfg->spool_dir) == -1 ||
 	    chown(cfg->spool_dir, pw->pw_uid, pw->pw_gid) == -1 ||
 	    initgroups(pw->pw_name, pw->pw_gid) == -1 ||
 	    setgid(pw->pw_gid) == -1 || setuid(pw->pw_uid) == -1) {
@@ -581,6 +582,9 @@ int main(int argc, char **argv)
 		fatal("cannot start the I/O thread");
 	iothread_flush_by_filesystem(srv.io,
 				     srv.cfg->flush_method == FLUSH_SYNCFS);
+	srv.deliver = deliver_new(srv.base, srv.io);
+	if (srv.deliver == NULL)
+		fatal("out of memory");
 	srv.worker = worker_new(srv.base);
 	srv.auth_limit = auth_limit_new(AUTH_LIMIT_ENTRIES);
 	if (srv.worker == NULL || srv.auth_limit == NULL)
@@ -652,6 +656,7 @@ int main(int argc, char **argv)
 		SSL_CTX_free(srv.tls_client);
 	spool_close(srv.spool);
 	iothread_free(srv.io);
+	deliver_free(srv.deliver); /* after the I/O thread's last completion */
 	auth_limit_free(srv.auth_limit);
 	listener_free(srv.listener);
 	struct settings last = {srv.cfg, srv.users, srv.policy, srv.tls_server};

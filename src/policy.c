@@ -16,7 +16,6 @@
 #include <unistd.h>
 
 #include "facteur/auth.h"
-#include "facteur/deliver.h"
 #include "facteur/policy.h"
 
 /* The recipient is level 0, its alias targets level 1, and so on; an
@@ -480,8 +479,72 @@ bool policy_local_part_safe(const char *local, size_t len)
 	       memchr(local, '\0', len) == NULL;
 }
 
+char *policy_expand_mailbox_path(const char *template_path, const char *local,
+				 size_t local_len, const char *domain)
+{
+	if (template_path == NULL || local == NULL || domain == NULL ||
+	    memchr(local, '\0', local_len) != NULL)
+		return NULL;
+	size_t domain_len = strlen(domain);
+	size_t need = 1;
+	for (const char *p = template_path; *p != '\0'; p++) {
+		if (*p != '%') {
+			need++;
+			continue;
+		}
+		p++;
+		if (*p == 'u')
+			need += local_len;
+		else if (*p == 'd')
+			need += domain_len;
+		else if (*p == '%')
+			need++;
+		else
+			return NULL; /* unknown, or a lone '%' at the end */
+	}
+	char *out = malloc(need);
+	if (out == NULL)
+		return NULL;
+	size_t n = 0;
+	for (const char *p = template_path; *p != '\0'; p++) {
+		if (*p != '%') {
+			out[n++] = *p;
+			continue;
+		}
+		p++;
+		if (*p == 'u') {
+			for (size_t i = 0; i < local_len; i++)
+				out[n++] = ascii_lower(local[i]);
+		} else if (*p == 'd') {
+			for (size_t i = 0; i < domain_len; i++)
+				out[n++] = ascii_lower(domain[i]);
+		} else {
+			out[n++] = '%';
+		}
+	}
+	out[n] = '\0';
+	return out;
+}
+
+size_t policy_mailbox_root_length(const char *template_path)
+{
+	if (template_path == NULL)
+		return 0;
+	const char *end = strchr(template_path, '%');
+	if (end == NULL)
+		end = template_path + strlen(template_path);
+	const char *slash = NULL;
+	for (const char *p = template_path; p < end; p++)
+		if (*p == '/')
+			slash = p;
+	if (slash == NULL)
+		return 0;
+	return slash == template_path ? 1 : (size_t)(slash - template_path);
+}
+
 /* A domain is checked like a local part: "%d" is a path component too. */
-char *policy_mailbox_path(const struct config *cfg, const char *address)
+char *policy_mailbox_path(const struct config *cfg, const char *address,
+			  size_t *root_len)
 {
 	const char *at = address != NULL ? strrchr(address, '@') : NULL;
 	if (at == NULL ||
@@ -491,10 +554,12 @@ char *policy_mailbox_path(const struct config *cfg, const char *address)
 		return NULL;
 	}
 	errno = 0;
-	char *path = deliver_expand_path(cfg->mailbox_path, address,
-					 (size_t)(at - address), at + 1);
+	char *path = policy_expand_mailbox_path(cfg->mailbox_path, address,
+						(size_t)(at - address), at + 1);
 	if (path == NULL && errno == 0)
 		errno = EINVAL; /* a template that config.c let through */
+	if (path != NULL && root_len != NULL)
+		*root_len = policy_mailbox_root_length(cfg->mailbox_path);
 	return path;
 }
 

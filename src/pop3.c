@@ -15,7 +15,7 @@
  * path.
  *
  * The mailbox is read by the rule local delivery writes by: its folder
- * is opened below the mail root without following a link (deliver.h),
+ * is opened below the mail root without following a link (mailfolder.h),
  * new/ and cur/ with O_NOFOLLOW relative to it, and every message is
  * then opened, moved and removed relative to those descriptors, never
  * by a path the kernel walks again. A link at the folder, new/ or cur/
@@ -46,10 +46,10 @@
 #include "facteur/auth.h"
 #include "facteur/auth_limit.h"
 #include "facteur/config.h"
-#include "facteur/deliver.h"
 #include "facteur/lineio.h"
 #include "facteur/listener.h"
 #include "facteur/log.h"
+#include "facteur/mailfolder.h"
 #include "facteur/metrics.h"
 #include "facteur/policy.h"
 #include "facteur/pop3.h"
@@ -481,15 +481,15 @@ out:;
 	return rc;
 }
 
-/* Open the mailbox as local delivery does (deliver_open_folder), then
+/* Open the mailbox as local delivery does (mailfolder_open), then
  * new/ and cur/ without following a link; move new/ into cur/ and list
  * cur/. A mailbox never delivered to is an empty maildrop. On failure
  * job->failed_path names the part that failed, when one did. */
 static int scan_mailbox(struct pop3_job *job)
 {
 	size_t failed_len;
-	int folder = deliver_open_folder(job->mailbox, job->root_len, false,
-					 &failed_len);
+	int folder =
+	    mailfolder_open(job->mailbox, job->root_len, false, &failed_len);
 	if (folder == -1) {
 		int err = errno;
 		if (err == ENOENT)
@@ -500,17 +500,17 @@ static int scan_mailbox(struct pop3_job *job)
 	}
 	int rc = -1;
 	const char *step = "new";
-	int newfd = deliver_open_directory_at(folder, "new", O_RDONLY);
+	int newfd = mailfolder_open_directory_at(folder, "new", O_RDONLY);
 	if (newfd == -1 && errno != ENOENT)
 		goto out;
 	step = "cur";
-	job->cur_fd = deliver_open_directory_at(folder, "cur", O_RDONLY);
+	job->cur_fd = mailfolder_open_directory_at(folder, "cur", O_RDONLY);
 	if (job->cur_fd == -1 && errno == ENOENT && newfd != -1) {
 		/* mail in new/ and no cur/ yet: make it, as readers do */
 		if (mkdirat(folder, "cur", 0700) == -1 && errno != EEXIST)
 			goto out;
 		job->cur_fd =
-		    deliver_open_directory_at(folder, "cur", O_RDONLY);
+		    mailfolder_open_directory_at(folder, "cur", O_RDONLY);
 	}
 	if (job->cur_fd == -1 && errno != ENOENT)
 		goto out;
@@ -688,7 +688,8 @@ static bool mailbox_open(struct pop3_session *s, struct pop3_job *job)
 	}
 	/* The same check and path as local delivery: an account name from
 	 * the users file never reaches outside the mail root either. */
-	char *path = policy_mailbox_path(cfg, account);
+	size_t root_len = 0;
+	char *path = policy_mailbox_path(cfg, account, &root_len);
 	if (path == NULL) {
 		reply(s, "-ERR [SYS/PERM] no mailbox for this account");
 		log_login(s, account, "no_mailbox");
@@ -703,7 +704,7 @@ static bool mailbox_open(struct pop3_session *s, struct pop3_job *job)
 		return false;
 	}
 	job->mailbox = strdup(path);
-	job->root_len = deliver_root_length(cfg->mailbox_path);
+	job->root_len = root_len;
 	if (job->mailbox == NULL ||
 	    worker_run(srv_of(s)->worker, scan_run, scan_done, job) == -1) {
 		free(path);

@@ -1024,7 +1024,8 @@ static void start_local(struct queued *q, size_t index, struct run *run)
 	struct spool_body body;
 
 	q->busy[index] = true;
-	char *mailbox = policy_mailbox_path(cfg, r->address);
+	size_t root_len = 0;
+	char *mailbox = policy_mailbox_path(cfg, r->address, &root_len);
 	if (mailbox == NULL && errno == EINVAL) {
 		/* Only a spool from before every address was checked holds
 		 * such a recipient: it can never be delivered. */
@@ -1057,7 +1058,7 @@ static void start_local(struct queued *q, size_t index, struct run *run)
 	struct deliver_request req = {
 		.format = cfg->mailbox_format,
 		.mailbox = mailbox,
-		.root_len = deliver_root_length(cfg->mailbox_path),
+		.root_len = root_len,
 		.body = body,
 		.sender = q->env->sender,
 		.recipient = r->address,
@@ -1068,7 +1069,7 @@ static void start_local(struct queued *q, size_t index, struct run *run)
 		 * mailbox and before the outcome was recorded. */
 		.check_existing = q->recovered || r->attempts > 0,
 	};
-	int started = deliver_start(sched->srv->base, sched->srv->io, &req,
+	int started = deliver_start(sched->srv->deliver, &req,
 	                            on_delivered, job);
 	(void)close(body.fd); /* read-only; the delivery has its own */
 	if (started == -1) {
@@ -1769,7 +1770,7 @@ static void expire(struct queued *q, size_t index, struct run *run)
 	const char *place = q->last_relay[index] ? q->last_relay[index] : "";
 	if (r->local) {
 		char mailbox_path[4096] = "";
-		char *mailbox = policy_mailbox_path(cfg, r->address);
+		char *mailbox = policy_mailbox_path(cfg, r->address, NULL);
 		if (mailbox != NULL)
 			snprintf(mailbox_path, sizeof mailbox_path, "%s", mailbox);
 		free(mailbox);

@@ -2,8 +2,15 @@
  * Local delivery into mailboxes: Maildir (tmp/ -> fsync -> new/) and
  * mbox. The message is read from its spool file in wire form and written
  * in mailbox form (dot-stuffing undone, LF line ends) after a
- * Return-Path and a Delivered-To header. Writes go to the page cache on
- * the loop; every fsync goes through the iothread.
+ * Return-Path and a Delivered-To header. A Maildir file is created and
+ * written on the I/O thread, an mbox is appended to on the loop (page
+ * cache); every fsync goes through the iothread.
+ *
+ * The work is split by role: deliver.c drives a delivery (timer, trips
+ * to the iothread, message copy, callback), maildir.c and mbox.c hold
+ * the two formats (maildir.h, mbox.h), mailfolder.c the walk below the
+ * mail root (mailfolder.h), and delivery.h what those three share. The
+ * mailbox's path comes from policy_mailbox_path (policy.h).
  *
  * A delivery is idempotent: the Maildir file name in new/ is made from
  * the request's `unique` string, so a retry after a crash finds the file
@@ -26,6 +33,7 @@
 #include "facteur/config.h"
 #include "facteur/spool.h"
 
+struct deliver;
 struct event_base;
 struct iothread;
 
@@ -39,7 +47,7 @@ struct deliver_request {
 	enum mailbox_format format;
 	const char *mailbox;    /* the Maildir folder or mbox file */
 	size_t root_len;        /* mailbox[0..root_len) may hold symbolic
-	                         * links (deliver_root_length); 0: none */
+	                         * links (policy_mailbox_root_length) */
 	struct spool_body body; /* the message in wire form; its descriptor
 	                         * is duplicated, the caller keeps its own */
 	const char *sender;     /* "" for the null sender */
@@ -56,100 +64,19 @@ struct deliver_request {
 typedef void (*deliver_cb)(enum deliver_result result, const char *dsn,
                            const char *reason, void *arg);
 
+/* What the deliveries of one daemon share (the mbox queues and the
+ * remembered Maildir folders); created once, used on the loop thread of
+ * `base`, whose fsyncs go through `io`. NULL when out of memory. */
+struct deliver *deliver_new(struct event_base *base, struct iothread *io);
+/* Once no delivery is in flight any more (the loop has stopped). */
+void deliver_free(struct deliver *dl);
+
 /* Start a delivery; the callback runs later, on the loop, exactly once.
  * The request's strings are copied. Returns 0, or -1 when out of memory
  * (no callback then). Deliveries to one mbox file are serialised here;
  * a lock held by another program is retried on a timer for a bounded
  * time, then the delivery is deferred. */
-int deliver_start(struct event_base *base, struct iothread *io,
-                  const struct deliver_request *req, deliver_cb cb,
-                  void *arg);
-
-/* Expand a mailbox_path template: %u the local part, %d the domain (both
- * lower-cased), %% a percent sign. malloc'd, or NULL on an unknown %x.
- * It does not judge the address: callers go through policy_mailbox_path,
- * which refuses one that could name a path outside the mail root. */
-char *deliver_expand_path(const char *template_path, const char *local,
-                          size_t local_len, const char *domain);
-
-/* The Maildir file name "<arrival>.<unique>.<hostname>", with '/' and ':'
- * in the host name written as \057 and \072. Returns the length, or -1 if
- * it does not fit. */
-int deliver_maildir_name(char *buf, size_t len, time_t arrival,
-                         const char *unique, const char *hostname);
-
-/* The length of the fixed directory that starts a mailbox_path template
- * (the part before the '/' that precedes its first '%'; the directory
- * of a template without one): the mail root, which an operator may make
- * a symbolic link. 0 when the template starts with a '%'. */
-size_t deliver_root_length(const char *template_path);
-
-/*
- * Open the folder `path` the way deliveries do, so that a mail reader
- * (POP3) reaches no more than they write: its first `root_len` octets
- * (deliver_root_length) are opened as they are, every component after
- * them without following a link (ELOOP for one), and "." or ".." there
- * is refused (EINVAL). Missing folders are made (mode 0700) when
- * `create`. Returns an O_PATH directory descriptor, for the *at calls,
- * or -1 (errno) with *failed_len, when not NULL, the length of the
- * part of `path` that failed. Safe on any thread: it keeps no state.
- */
-int deliver_open_folder(const char *path, size_t root_len, bool create,
-                        size_t *failed_len);
-
-/* openat(dirfd, name) of a directory with O_DIRECTORY|O_NOFOLLOW|
- * O_CLOEXEC added to `mode` (O_RDONLY, O_PATH): ELOOP, never ENOTDIR,
- * when `name` is a symbolic link. */
-int deliver_open_directory_at(int dirfd, const char *name, int mode);
-
-/* mkdir -p with mode 0700 for the parts it creates. 0 or -1 (errno). */
-int deliver_mkdirs(const char *path);
-
-/*
- * mboxrd quoting, streaming: a line matching ^>*From  gets one more '>'.
- * Zero-initialise the state (the input starts at a line start). `out`
- * must hold DELIVER_MBOXRD_OUT_MAX(inlen) octets; returns the octets
- * written. The first octets of a line that may become "From " are held
- * back until the line decides; deliver_mboxrd_finish writes them at the
- * end of the input (at most 4 octets).
- */
-struct deliver_mboxrd {
-	bool mid_line;    /* private */
-	unsigned matched; /* private: octets of "From " held back */
-};
-#define DELIVER_MBOXRD_OUT_MAX(inlen) (2 * (inlen) + 8)
-size_t deliver_mboxrd_quote(struct deliver_mboxrd *q, const char *in,
-                            size_t inlen, char *out);
-size_t deliver_mboxrd_finish(struct deliver_mboxrd *q, char *out);
-
-/*
- * The mbox dot lock "<mbox>.lock", in two steps so that breaking a stale
- * one is safe when several lockers find it stale at once (see deliver.c).
- * deliver_dot_lock_try creates the lock `name` in `dirfd`: DOT_LOCK_TAKEN
- * with `file` naming it (fd -1). When the lock there is older than
- * `stale_seconds` it returns DOT_LOCK_STALE with `file` holding a
- * descriptor on that lock (or -1 if it cannot be read); then
- * deliver_dot_lock_break removes that very file and nothing else, and
- * closes the descriptor.
- */
-enum deliver_dot_lock {
-	DOT_LOCK_TAKEN,
-	DOT_LOCK_BUSY,  /* a live lock, or another locker is breaking it */
-	DOT_LOCK_STALE, /* try: `file` is set, break it; break: removed */
-	DOT_LOCK_ERROR, /* errno */
-};
-struct deliver_lock_file {
-	int fd;
-	dev_t dev;
-	ino_t ino;
-};
-enum deliver_dot_lock deliver_dot_lock_try(int dirfd, const char *name,
-                                           time_t stale_seconds,
-                                           struct deliver_lock_file *file);
-/* DOT_LOCK_STALE when the stale file was removed or had gone (try
- * again), DOT_LOCK_BUSY when another locker is breaking it or a fresh
- * lock has replaced it, DOT_LOCK_ERROR (errno) otherwise. */
-enum deliver_dot_lock deliver_dot_lock_break(int dirfd, const char *name,
-                                             struct deliver_lock_file *file);
+int deliver_start(struct deliver *dl, const struct deliver_request *req,
+                  deliver_cb cb, void *arg);
 
 #endif

@@ -88,8 +88,24 @@ bool policy_local_part_safe(const char *local, size_t len);
  * delivery, DSNs to a local sender, POP3) goes through it. NULL with
  * errno EINVAL when the local part or the domain could name something
  * outside the mail root (see policy_local_part_safe), or when the
- * template is bad; ENOMEM when out of memory. malloc'd.
+ * template is bad; ENOMEM when out of memory. malloc'd. When `root_len`
+ * is not NULL it gets the length of the mail root that starts the path
+ * (policy_mailbox_root_length): the part that may hold symbolic links.
  */
-char *policy_mailbox_path(const struct config *cfg, const char *address);
+char *policy_mailbox_path(const struct config *cfg, const char *address,
+                          size_t *root_len);
+
+/* Expand a mailbox_path template: %u the local part, %d the domain (both
+ * lower-cased), %% a percent sign. malloc'd, or NULL on an unknown %x.
+ * It does not judge the address: callers go through policy_mailbox_path,
+ * which refuses one that could name a path outside the mail root. */
+char *policy_expand_mailbox_path(const char *template_path, const char *local,
+                                 size_t local_len, const char *domain);
+
+/* The length of the fixed directory that starts a mailbox_path template
+ * (the part before the '/' that precedes its first '%'; the directory
+ * of a template without one): the mail root, which an operator may make
+ * a symbolic link. 0 when the template starts with a '%'. */
+size_t policy_mailbox_root_length(const char *template_path);
 
 #endif

@@ -14,6 +14,7 @@
 struct auth_limit;
 struct auth_users;
 struct config;
+struct deliver;
 struct dns;
 struct event_base;
 struct iothread;
@@ -29,6 +30,7 @@ struct server {
 	struct auth_users *users; /* NULL without users_file */
 	struct policy *policy;
 	struct iothread *io;
+	struct deliver *deliver; /* local deliveries' shared state */
 	struct worker *worker; /* password checks, mailbox sizing */
 	/* failed logins across sessions (auth_fail_limit) */
 	struct auth_limit *auth_limit;

@@ -27,10 +27,15 @@
 
 #include "facteur/deliver.h"
 #include "facteur/iothread.h"
+#include "facteur/maildir.h"
+#include "facteur/mailfolder.h"
+#include "facteur/mbox.h"
+#include "facteur/policy.h"
 
 struct fixture {
 	struct event_base *base;
 	struct iothread *io;
+	struct deliver *deliver;
 	char dir[64];
 };
 
@@ -61,6 +66,9 @@ static int setup(void **state)
 	f->io = iothread_new(f->base);
 	if (f->io == NULL)
 		return -1;
+	f->deliver = deliver_new(f->base, f->io);
+	if (f->deliver == NULL)
+		return -1;
 	*state = f;
 	return 0;
 }
@@ -71,6 +79,7 @@ static int teardown(void **state)
 	while (body_count > 0)
 		(void)close(bodies[--body_count]);
 	iothread_free(f->io);
+	deliver_free(f->deliver);
 	event_base_free(f->base);
 	if (chmod(f->dir, 0700) == -1)
 		return -1;
@@ -210,8 +219,7 @@ static void deliver_one(struct fixture *f, const struct deliver_request *req,
 			struct outcome *o)
 {
 	memset(o, 0, sizeof *o);
-	assert_int_equal(deliver_start(f->base, f->io, req, on_done_checked, o),
-			 0);
+	assert_int_equal(deliver_start(f->deliver, req, on_done_checked, o), 0);
 	o->start_returned = true;
 	wait_for(f, o, 1);
 }
@@ -241,48 +249,48 @@ static void deliver_as_nobody(struct fixture *f, const char *const *open_dirs,
 static void test_deliver_expand_path_substitutes_lower_case(void **state)
 {
 	(void)state;
-	char *p = deliver_expand_path("/var/mail/%d/%u", "Bob.Smith", 9,
-				      "Example.COM");
+	char *p = policy_expand_mailbox_path("/var/mail/%d/%u", "Bob.Smith", 9,
+					     "Example.COM");
 	assert_string_equal(p, "/var/mail/example.com/bob.smith");
 	free(p);
-	p = deliver_expand_path("/m/%u+%%/%d%%", "bob+tag", 3, "x.org");
+	p = policy_expand_mailbox_path("/m/%u+%%/%d%%", "bob+tag", 3, "x.org");
 	assert_string_equal(p, "/m/bob+%/x.org%");
 	free(p);
-	p = deliver_expand_path("/plain", "u", 1, "d");
+	p = policy_expand_mailbox_path("/plain", "u", 1, "d");
 	assert_string_equal(p, "/plain");
 	free(p);
-	assert_null(deliver_expand_path("/m/%x", "u", 1, "d"));
-	assert_null(deliver_expand_path("/m/%U", "u", 1, "d"));
-	assert_null(deliver_expand_path("/m/%", "u", 1, "d"));
-	assert_null(deliver_expand_path("/m/%u", "a\0b", 3, "d"));
+	assert_null(policy_expand_mailbox_path("/m/%x", "u", 1, "d"));
+	assert_null(policy_expand_mailbox_path("/m/%U", "u", 1, "d"));
+	assert_null(policy_expand_mailbox_path("/m/%", "u", 1, "d"));
+	assert_null(policy_expand_mailbox_path("/m/%u", "a\0b", 3, "d"));
 }
 
 static void test_deliver_maildir_name_escapes_host(void **state)
 {
 	(void)state;
 	char buf[128];
-	assert_int_equal(deliver_maildir_name(buf, sizeof buf, 1700000000,
-					      "Q1.2", "mx.example.com"),
-			 (int)strlen("1700000000.Q1.2.mx.example.com"));
+	assert_int_equal(
+	    maildir_name(buf, sizeof buf, 1700000000, "Q1.2", "mx.example.com"),
+	    (int)strlen("1700000000.Q1.2.mx.example.com"));
 	assert_string_equal(buf, "1700000000.Q1.2.mx.example.com");
-	assert_true(deliver_maildir_name(buf, sizeof buf, 5, "u", "a/b:c") > 0);
+	assert_true(maildir_name(buf, sizeof buf, 5, "u", "a/b:c") > 0);
 	assert_string_equal(buf, "5.u.a\\057b\\072c");
 	/* Exactly fitting, and one octet short. */
-	assert_int_equal(deliver_maildir_name(buf, 9, 5, "u", "host"), 8);
+	assert_int_equal(maildir_name(buf, 9, 5, "u", "host"), 8);
 	assert_string_equal(buf, "5.u.host");
-	assert_int_equal(deliver_maildir_name(buf, 8, 5, "u", "host"), -1);
-	assert_int_equal(deliver_maildir_name(buf, 11, 5, "u", "hos/"), -1);
-	assert_int_equal(deliver_maildir_name(buf, 12, 5, "u", "hos/"), 11);
+	assert_int_equal(maildir_name(buf, 8, 5, "u", "host"), -1);
+	assert_int_equal(maildir_name(buf, 11, 5, "u", "hos/"), -1);
+	assert_int_equal(maildir_name(buf, 12, 5, "u", "hos/"), 11);
 	assert_string_equal(buf, "5.u.hos\\057");
-	assert_int_equal(deliver_maildir_name(buf, 2, 12345, "u", "h"), -1);
+	assert_int_equal(maildir_name(buf, 2, 12345, "u", "h"), -1);
 }
 
 static void test_deliver_mkdirs_makes_parents_private(void **state)
 {
 	struct fixture *f = *state;
 	char *deep = path_in(f, "a/b//c/");
-	assert_int_equal(deliver_mkdirs(deep), 0);
-	assert_int_equal(deliver_mkdirs(deep), 0); /* exists: fine */
+	assert_int_equal(mailfolder_mkdirs(deep), 0);
+	assert_int_equal(mailfolder_mkdirs(deep), 0); /* exists: fine */
 	struct stat st;
 	char *mid = path_in(f, "a/b");
 	assert_int_equal(stat(mid, &st), 0);
@@ -292,9 +300,9 @@ static void test_deliver_mkdirs_makes_parents_private(void **state)
 	write_file(file, "x", 1);
 	char *under = path_in(f, "a/file/sub");
 	errno = 0;
-	assert_int_equal(deliver_mkdirs(under), -1);
+	assert_int_equal(mailfolder_mkdirs(under), -1);
 	assert_int_equal(errno, ENOTDIR);
-	assert_int_equal(deliver_mkdirs(file), -1);
+	assert_int_equal(mailfolder_mkdirs(file), -1);
 	assert_int_equal(errno, ENOTDIR);
 	free(deep);
 	free(mid);
@@ -305,15 +313,15 @@ static void test_deliver_mkdirs_makes_parents_private(void **state)
 static void quote_all(const char *in, size_t len, bool bytewise, char *out,
 		      size_t *outlen)
 {
-	struct deliver_mboxrd q = {0};
+	struct mbox_quote_state q = {0};
 	size_t n = 0;
 	if (bytewise) {
 		for (size_t i = 0; i < len; i++)
-			n += deliver_mboxrd_quote(&q, in + i, 1, out + n);
+			n += mbox_quote(&q, in + i, 1, out + n);
 	} else {
-		n = deliver_mboxrd_quote(&q, in, len, out);
+		n = mbox_quote(&q, in, len, out);
 	}
-	n += deliver_mboxrd_finish(&q, out + n);
+	n += mbox_quote_finish(&q, out + n);
 	*outlen = n;
 }
 
@@ -337,7 +345,7 @@ static void test_deliver_mboxrd_quotes_from_lines(void **state)
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
 		const char *in = cases[i][0], *want = cases[i][1];
 		size_t len = strlen(in);
-		char out[DELIVER_MBOXRD_OUT_MAX(64)];
+		char out[MBOX_QUOTE_OUT_MAX(64)];
 		size_t n;
 		for (int bytewise = 0; bytewise < 2; bytewise++) {
 			quote_all(in, len, bytewise, out, &n);
@@ -509,7 +517,7 @@ static void test_deliver_maildir_read_only_folder_defers(void **state)
 	write_file(spool, "Subject: a\r\n\r\nbody\r\n", 20);
 	char *mailbox = path_in(f, "ro");
 	char *tmp = path_in(f, "ro/tmp");
-	assert_int_equal(deliver_mkdirs(tmp), 0);
+	assert_int_equal(mailfolder_mkdirs(tmp), 0);
 	assert_int_equal(chmod(tmp, 0555), 0);
 	struct deliver_request req = maildir_request(mailbox, spool);
 	struct outcome o;
@@ -588,7 +596,7 @@ static void test_deliver_maildir_failed_write_leaves_nothing(void **state)
 	write_file(spool, body, sizeof body);
 	char *mailbox = path_in(f, "full");
 	struct deliver_request req = maildir_request(mailbox, spool);
-	assert_int_equal(deliver_mkdirs(mailbox), 0);
+	assert_int_equal(mailfolder_mkdirs(mailbox), 0);
 	struct sigaction ign = {.sa_handler = SIG_IGN}, old;
 	assert_int_equal(sigaction(SIGXFSZ, &ign, &old), 0);
 	struct rlimit saved;
@@ -708,7 +716,7 @@ static void test_deliver_maildir_removed_folder_several_in_flight(void **state)
 		req[i] = maildir_request(mailbox, spool);
 		req[i].unique = uniques[i];
 		assert_int_equal(
-		    deliver_start(f->base, f->io, &req[i], on_done, &o[i]), 0);
+		    deliver_start(f->deliver, &req[i], on_done, &o[i]), 0);
 	}
 	wait_for(f, o, N);
 	for (int i = 0; i < N; i++) {
@@ -783,7 +791,7 @@ static void test_deliver_maildir_thirty_in_one_turn(void **state)
 		req[i] = maildir_request(mailbox, spools[i]);
 		req[i].unique = uniques[i];
 		assert_int_equal(
-		    deliver_start(f->base, f->io, &req[i], on_done, &o[i]), 0);
+		    deliver_start(f->deliver, &req[i], on_done, &o[i]), 0);
 	}
 	wait_for(f, o, N);
 	char *new = path_in(f, "many/bob/new");
@@ -872,9 +880,9 @@ static void test_deliver_maildir_new_not_writable_defers(void **state)
 	char *tmp = path_in(f, "rn/tmp");
 	char *new = path_in(f, "rn/new");
 	char *cur = path_in(f, "rn/cur");
-	assert_int_equal(deliver_mkdirs(tmp), 0);
-	assert_int_equal(deliver_mkdirs(new), 0);
-	assert_int_equal(deliver_mkdirs(cur), 0);
+	assert_int_equal(mailfolder_mkdirs(tmp), 0);
+	assert_int_equal(mailfolder_mkdirs(new), 0);
+	assert_int_equal(mailfolder_mkdirs(cur), 0);
 	assert_int_equal(chmod(new, 0555), 0);
 	struct deliver_request req = maildir_request(mailbox, spool);
 	struct outcome o;
@@ -945,10 +953,8 @@ static void test_deliver_mbox_appends_with_from_lines_and_quoting(void **state)
 	struct deliver_request req1 = mbox_request(mbox, spool1, "a@b.example");
 	struct deliver_request req2 = mbox_request(mbox, spool2, "");
 	struct outcome o[2] = {0};
-	assert_int_equal(deliver_start(f->base, f->io, &req1, on_done, &o[0]),
-			 0);
-	assert_int_equal(deliver_start(f->base, f->io, &req2, on_done, &o[1]),
-			 0);
+	assert_int_equal(deliver_start(f->deliver, &req1, on_done, &o[0]), 0);
+	assert_int_equal(deliver_start(f->deliver, &req2, on_done, &o[1]), 0);
 
 	wait_for(f, o, 2);
 	assert_int_equal(o[0].result, DELIVER_OK);
@@ -1018,7 +1024,7 @@ static void test_deliver_mbox_twenty_at_once_each_whole_once(void **state)
 		free(wire);
 		req[i] = mbox_request(mbox, spools[i], "sender@example.org");
 		assert_int_equal(
-		    deliver_start(f->base, f->io, &req[i], on_done, &o[i]), 0);
+		    deliver_start(f->deliver, &req[i], on_done, &o[i]), 0);
 	}
 	wait_for(f, o, N);
 	for (int i = 0; i < N; i++)
@@ -1230,14 +1236,14 @@ static void test_deliver_mbox_busy_lock_defers_after_ten_seconds(void **state)
 static void test_deliver_root_length_is_the_fixed_directory(void **state)
 {
 	(void)state;
-	assert_int_equal(deliver_root_length("/var/mail/%d/%u"), 9);
-	assert_int_equal(deliver_root_length("/var/mail/%u"), 9);
-	assert_int_equal(deliver_root_length("/home/%u/Maildir"), 5);
-	assert_int_equal(deliver_root_length("/var/mail/all"), 9);
-	assert_int_equal(deliver_root_length("/var/mail/u%u"), 9);
-	assert_int_equal(deliver_root_length("/%u"), 1);
-	assert_int_equal(deliver_root_length("mail/%u"), 4);
-	assert_int_equal(deliver_root_length("%u"), 0);
+	assert_int_equal(policy_mailbox_root_length("/var/mail/%d/%u"), 9);
+	assert_int_equal(policy_mailbox_root_length("/var/mail/%u"), 9);
+	assert_int_equal(policy_mailbox_root_length("/home/%u/Maildir"), 5);
+	assert_int_equal(policy_mailbox_root_length("/var/mail/all"), 9);
+	assert_int_equal(policy_mailbox_root_length("/var/mail/u%u"), 9);
+	assert_int_equal(policy_mailbox_root_length("/%u"), 1);
+	assert_int_equal(policy_mailbox_root_length("mail/%u"), 4);
+	assert_int_equal(policy_mailbox_root_length("%u"), 0);
 }
 
 /* A file outside every mailbox that a planted link points at. */
@@ -1269,7 +1275,7 @@ static void test_deliver_maildir_link_at_tmp_name_is_not_followed(void **state)
 	char *tmp = path_in(f, "box/tmp");
 	char *new = path_in(f, "box/new");
 	char *planted = path_in(f, "box/tmp/1700000000.Q1234.0.mx.example.com");
-	assert_int_equal(deliver_mkdirs(tmp), 0);
+	assert_int_equal(mailfolder_mkdirs(tmp), 0);
 	assert_int_equal(symlink(victim, planted), 0);
 	struct deliver_request req = maildir_request(mailbox, spool);
 	struct outcome o;
@@ -1308,8 +1314,8 @@ static void test_deliver_maildir_link_at_new_name_defers(void **state)
 	char *tmp = path_in(f, "box/tmp");
 	char *new = path_in(f, "box/new");
 	char *planted = path_in(f, "box/new/1700000000.Q1234.0.mx.example.com");
-	assert_int_equal(deliver_mkdirs(tmp), 0);
-	assert_int_equal(deliver_mkdirs(new), 0);
+	assert_int_equal(mailfolder_mkdirs(tmp), 0);
+	assert_int_equal(mailfolder_mkdirs(new), 0);
 	assert_int_equal(symlink(victim, planted), 0);
 	struct deliver_request req = maildir_request(mailbox, spool);
 	struct outcome o;
@@ -1361,7 +1367,7 @@ static void test_deliver_maildir_retry_removes_own_tmp_leftover(void **state)
 	char *mailbox = path_in(f, "box");
 	char *tmp = path_in(f, "box/tmp");
 	char *new = path_in(f, "box/new");
-	assert_int_equal(deliver_mkdirs(tmp), 0);
+	assert_int_equal(mailfolder_mkdirs(tmp), 0);
 	char *ours = path_in(
 	    f, "box/tmp/1700000000.Q1234.0.mx.example.com.0123456789abcdef");
 	char *old_scheme =
@@ -1400,8 +1406,8 @@ static void test_deliver_maildir_link_below_root_defers(void **state)
 	char *real_root = path_in(f, "real-root");
 	char *root = path_in(f, "mail");
 	char *domain = path_in(f, "mail/example.com");
-	assert_int_equal(deliver_mkdirs(elsewhere), 0);
-	assert_int_equal(deliver_mkdirs(real_root), 0);
+	assert_int_equal(mailfolder_mkdirs(elsewhere), 0);
+	assert_int_equal(mailfolder_mkdirs(real_root), 0);
 	assert_int_equal(symlink(real_root, root), 0);	 /* the operator's */
 	assert_int_equal(symlink(elsewhere, domain), 0); /* planted */
 	char *mailbox = path_in(f, "mail/example.com/bob");
@@ -1429,7 +1435,7 @@ static void test_deliver_maildir_link_below_root_defers(void **state)
 	char *other_new = path_in(f, "mail/example.com/dave/new");
 	char *dave = path_in(f, "mail/example.com/dave");
 	assert_int_equal(symlink(elsewhere, other), 0);
-	assert_int_equal(deliver_mkdirs(dave), 0);
+	assert_int_equal(mailfolder_mkdirs(dave), 0);
 	assert_int_equal(symlink(elsewhere, other_new), 0);
 	req.mailbox = other;
 	deliver_one(f, &req, &o);
@@ -1468,18 +1474,17 @@ static void test_deliver_open_folder_follows_only_the_root(void **state)
 	char *carol = path_in(f, "mail/example.com/carol");
 	char *dotdot = path_in(f, "mail/example.com/../example.com/bob");
 	char *missing = path_in(f, "mail/example.com/dave");
-	assert_int_equal(deliver_mkdirs(real_root), 0);
+	assert_int_equal(mailfolder_mkdirs(real_root), 0);
 	assert_int_equal(symlink(real_root, root), 0); /* the operator's */
 	size_t root_len = strlen(root);
 	size_t failed = 0;
 
 	errno = 0;
-	assert_int_equal(deliver_open_folder(bob, root_len, false, &failed),
-			 -1);
+	assert_int_equal(mailfolder_open(bob, root_len, false, &failed), -1);
 	assert_int_equal(errno, ENOENT);
 	assert_int_equal(access(bob, F_OK), -1); /* not made */
 
-	int fd = deliver_open_folder(bob, root_len, true, &failed);
+	int fd = mailfolder_open(bob, root_len, true, &failed);
 	assert_true(fd >= 0);
 	assert_int_equal(mkdirat(fd, "new", 0700), 0);
 	assert_int_equal(close(fd), 0);
@@ -1489,25 +1494,22 @@ static void test_deliver_open_folder_follows_only_the_root(void **state)
 	/* carol -> bob, planted below the root */
 	assert_int_equal(symlink("bob", carol), 0);
 	errno = 0;
-	assert_int_equal(deliver_open_folder(carol, root_len, true, &failed),
-			 -1);
+	assert_int_equal(mailfolder_open(carol, root_len, true, &failed), -1);
 	assert_int_equal(errno, ELOOP);
 	assert_int_equal(failed, strlen(carol));
 	/* the same link met as a middle component */
 	char *through = path_in(f, "mail/example.com/carol/new");
 	errno = 0;
-	assert_int_equal(deliver_open_folder(through, root_len, false, &failed),
+	assert_int_equal(mailfolder_open(through, root_len, false, &failed),
 			 -1);
 	assert_int_equal(errno, ELOOP);
 	assert_int_equal(failed, strlen(carol));
 
 	errno = 0;
-	assert_int_equal(deliver_open_folder(dotdot, root_len, false, &failed),
-			 -1);
+	assert_int_equal(mailfolder_open(dotdot, root_len, false, &failed), -1);
 	assert_int_equal(errno, EINVAL);
 	errno = 0;
-	assert_int_equal(deliver_open_folder(missing, root_len, false, NULL),
-			 -1);
+	assert_int_equal(mailfolder_open(missing, root_len, false, NULL), -1);
 	assert_int_equal(errno, ENOENT);
 	free(through);
 	free(made);
@@ -1533,16 +1535,16 @@ static void test_deliver_open_directory_at_says_eloop_for_a_link(void **state)
 	assert_int_equal(close(file), 0);
 	int modes[] = {O_PATH, O_RDONLY};
 	for (size_t i = 0; i < 2; i++) {
-		int fd = deliver_open_directory_at(dirfd, "real", modes[i]);
+		int fd = mailfolder_open_directory_at(dirfd, "real", modes[i]);
 		assert_true(fd >= 0);
 		assert_int_equal(close(fd), 0);
 		errno = 0;
 		assert_int_equal(
-		    deliver_open_directory_at(dirfd, "link", modes[i]), -1);
+		    mailfolder_open_directory_at(dirfd, "link", modes[i]), -1);
 		assert_int_equal(errno, ELOOP);
 		errno = 0;
 		assert_int_equal(
-		    deliver_open_directory_at(dirfd, "file", modes[i]), -1);
+		    mailfolder_open_directory_at(dirfd, "file", modes[i]), -1);
 		assert_int_equal(errno, ENOTDIR);
 	}
 	assert_int_equal(close(dirfd), 0);
@@ -1559,7 +1561,7 @@ static void test_deliver_mbox_link_hard_link_or_owner_defers(void **state)
 	char *mbox = path_in(f, "var/mail/bob");
 	char *dir = path_in(f, "var/mail");
 	char *lock = path_in(f, "var/mail/bob.lock");
-	assert_int_equal(deliver_mkdirs(dir), 0);
+	assert_int_equal(mailfolder_mkdirs(dir), 0);
 	struct outcome o;
 	char want[512];
 
@@ -1622,8 +1624,8 @@ static void test_deliver_mbox_link_below_root_defers(void **state)
 	char *root = path_in(f, "mail");
 	char *elsewhere = path_in(f, "elsewhere");
 	char *domain = path_in(f, "mail/example.com");
-	assert_int_equal(deliver_mkdirs(root), 0);
-	assert_int_equal(deliver_mkdirs(elsewhere), 0);
+	assert_int_equal(mailfolder_mkdirs(root), 0);
+	assert_int_equal(mailfolder_mkdirs(elsewhere), 0);
 	assert_int_equal(symlink(elsewhere, domain), 0);
 	char *mbox = path_in(f, "mail/example.com/bob");
 	struct deliver_request req = mbox_request(mbox, spool, "a@b");
@@ -1674,41 +1676,41 @@ static void test_deliver_dot_lock_break_spares_a_fresh_lock(void **state)
 	char *lock = path_in(f, "bob.lock");
 	make_stale_lock(lock);
 
-	struct deliver_lock_file first, second;
+	struct mbox_lock_file first, second;
 	assert_int_equal(
-	    deliver_dot_lock_try(dirfd, "bob.lock", TEST_STALE_SECONDS, &first),
+	    mbox_dot_lock_try(dirfd, "bob.lock", TEST_STALE_SECONDS, &first),
 	    DOT_LOCK_STALE);
-	assert_int_equal(deliver_dot_lock_try(dirfd, "bob.lock",
-					      TEST_STALE_SECONDS, &second),
-			 DOT_LOCK_STALE);
+	assert_int_equal(
+	    mbox_dot_lock_try(dirfd, "bob.lock", TEST_STALE_SECONDS, &second),
+	    DOT_LOCK_STALE);
 	/* The first breaks it and takes the lock... */
-	assert_int_equal(deliver_dot_lock_break(dirfd, "bob.lock", &first),
+	assert_int_equal(mbox_dot_lock_break(dirfd, "bob.lock", &first),
 			 DOT_LOCK_STALE);
 	assert_int_equal(
-	    deliver_dot_lock_try(dirfd, "bob.lock", TEST_STALE_SECONDS, &first),
+	    mbox_dot_lock_try(dirfd, "bob.lock", TEST_STALE_SECONDS, &first),
 	    DOT_LOCK_TAKEN);
 	ino_t taken = inode_of(lock);
 	assert_true(first.ino == taken);
 	/* ...then the second goes on with what it judged. */
-	assert_int_equal(deliver_dot_lock_break(dirfd, "bob.lock", &second),
+	assert_int_equal(mbox_dot_lock_break(dirfd, "bob.lock", &second),
 			 DOT_LOCK_BUSY);
 	assert_int_equal(inode_of(lock), taken);
-	assert_int_equal(deliver_dot_lock_try(dirfd, "bob.lock",
-					      TEST_STALE_SECONDS, &second),
-			 DOT_LOCK_BUSY);
+	assert_int_equal(
+	    mbox_dot_lock_try(dirfd, "bob.lock", TEST_STALE_SECONDS, &second),
+	    DOT_LOCK_BUSY);
 	assert_int_equal(count_entries(f->dir, NULL, 0), 1); /* no litter */
 
 	/* The same when another program broke it and made its own lock
 	 * between our look and our break. */
 	assert_int_equal(unlink(lock), 0);
 	make_stale_lock(lock);
-	assert_int_equal(deliver_dot_lock_try(dirfd, "bob.lock",
-					      TEST_STALE_SECONDS, &second),
-			 DOT_LOCK_STALE);
+	assert_int_equal(
+	    mbox_dot_lock_try(dirfd, "bob.lock", TEST_STALE_SECONDS, &second),
+	    DOT_LOCK_STALE);
 	assert_int_equal(unlink(lock), 0);
 	write_file(lock, "4242\n", 5);
 	taken = inode_of(lock);
-	assert_int_equal(deliver_dot_lock_break(dirfd, "bob.lock", &second),
+	assert_int_equal(mbox_dot_lock_break(dirfd, "bob.lock", &second),
 			 DOT_LOCK_BUSY);
 	assert_int_equal(inode_of(lock), taken);
 	assert_int_equal(count_entries(f->dir, NULL, 0), 1);
@@ -1725,21 +1727,21 @@ static void test_deliver_dot_lock_breakers_take_turns(void **state)
 	assert_true(dirfd >= 0);
 	char *lock = path_in(f, "bob.lock");
 	make_stale_lock(lock);
-	struct deliver_lock_file mine;
+	struct mbox_lock_file mine;
 	assert_int_equal(
-	    deliver_dot_lock_try(dirfd, "bob.lock", TEST_STALE_SECONDS, &mine),
+	    mbox_dot_lock_try(dirfd, "bob.lock", TEST_STALE_SECONDS, &mine),
 	    DOT_LOCK_STALE);
 	int held = open(lock, O_RDONLY);
 	assert_true(held >= 0);
 	assert_int_equal(flock(held, LOCK_EX), 0);
-	assert_int_equal(deliver_dot_lock_break(dirfd, "bob.lock", &mine),
+	assert_int_equal(mbox_dot_lock_break(dirfd, "bob.lock", &mine),
 			 DOT_LOCK_BUSY);
 	assert_int_equal(access(lock, F_OK), 0);
 	assert_int_equal(close(held), 0);
 	assert_int_equal(
-	    deliver_dot_lock_try(dirfd, "bob.lock", TEST_STALE_SECONDS, &mine),
+	    mbox_dot_lock_try(dirfd, "bob.lock", TEST_STALE_SECONDS, &mine),
 	    DOT_LOCK_STALE);
-	assert_int_equal(deliver_dot_lock_break(dirfd, "bob.lock", &mine),
+	assert_int_equal(mbox_dot_lock_break(dirfd, "bob.lock", &mine),
 			 DOT_LOCK_STALE);
 	assert_int_equal(access(lock, F_OK), -1);
 	free(lock);
@@ -1758,9 +1760,9 @@ static void test_deliver_dot_lock_only_breaks_files(void **state)
 	struct timespec old[2] = {{.tv_sec = time(NULL) - 3600},
 				  {.tv_sec = time(NULL) - 3600}};
 	assert_int_equal(utimensat(AT_FDCWD, lock, old, 0), 0);
-	struct deliver_lock_file file;
+	struct mbox_lock_file file;
 	assert_int_equal(
-	    deliver_dot_lock_try(dirfd, "bob.lock", TEST_STALE_SECONDS, &file),
+	    mbox_dot_lock_try(dirfd, "bob.lock", TEST_STALE_SECONDS, &file),
 	    DOT_LOCK_BUSY);
 	assert_int_equal(file.fd, -1);
 	struct stat st;

@@ -438,19 +438,20 @@ static void test_policy_mailbox_path_refuses_what_leaves_the_root(void **state)
 	};
 	for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
 		errno = 0;
-		char *path = policy_mailbox_path(f->cfg, refused[i]);
+		char *path = policy_mailbox_path(f->cfg, refused[i], NULL);
 		if (path != NULL)
 			fail_msg("%s gave the path %s", refused[i], path);
 		assert_int_equal(errno, EINVAL);
 	}
-	assert_null(policy_mailbox_path(f->cfg, NULL));
+	assert_null(policy_mailbox_path(f->cfg, NULL, NULL));
 
-	char *path = policy_mailbox_path(f->cfg, "Alice.Smith@Example.COM");
+	char *path =
+	    policy_mailbox_path(f->cfg, "Alice.Smith@Example.COM", NULL);
 	assert_non_null(path);
 	assert_string_equal(path, "/var/mail/example.com/alice.smith");
 	free(path);
 	/* A quoted local part without a slash is an odd but harmless name. */
-	path = policy_mailbox_path(f->cfg, "\"a b\"@example.org");
+	path = policy_mailbox_path(f->cfg, "\"a b\"@example.org", NULL);
 	assert_non_null(path);
 	assert_string_equal(path, "/var/mail/example.org/\"a b\"");
 	free(path);

@@ -39,7 +39,6 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <openssl/ssl.h>
 
@@ -55,22 +54,19 @@
 #include "facteur/pop3.h"
 #include "facteur/pop3_proto.h"
 #include "facteur/server.h"
-#include "facteur/tls.h"
+#include "facteur/transport.h"
 #include "facteur/worker.h"
 
 #define IDLE_TIMEOUT_SECONDS 600 /* RFC 1939 §3: at least 10 minutes */
 #define SEND_CHUNK 16384
 #define SEND_LOW_WATER (32 * 1024)     /* on_write asks for more below this */
 #define SEND_HIGH_WATER (128 * 1024)   /* a RETR stops filling above this */
-#define OUTPUT_HIGH_WATER (256 * 1024) /* stop reading commands past this */
 #define SCAN_CHUNK 65536
 #define LOGIN_FAILURES_MAX 3 /* then the connection is closed */
 #define LOGIN_DELAY_MAX 5    /* seconds */
 #define MAX_PROTOCOL_ERRORS 20
 #define ACCOUNT_MAX 320
 #define PASSWORD_MAX 1024
-#define FLUSH_CHECK_USEC (20 * 1000)
-#define FLUSH_CHECKS_MAX 250 /* 5 s */
 
 enum pop3_state {
 	POP3_STATE_AUTHORIZATION,
@@ -81,6 +77,7 @@ enum pop3_state {
 	POP3_STATE_TRANSACTION,
 	POP3_STATE_SENDING, /* RETR/TOP streaming a message; input waits */
 	POP3_STATE_UPDATE,  /* QUIT: removing the messages marked deleted */
+	POP3_STATE_STLS,    /* the +OK to STLS drains; then the handshake */
 	POP3_STATE_CLOSING, /* flushing the last reply */
 };
 
@@ -93,6 +90,7 @@ static const char *const state_names[] = {
     [POP3_STATE_TRANSACTION] = "transaction",
     [POP3_STATE_SENDING] = "sending",
     [POP3_STATE_UPDATE] = "update",
+    [POP3_STATE_STLS] = "stls",
     [POP3_STATE_CLOSING] = "closing",
 };
 
@@ -126,8 +124,7 @@ struct pop3_session {
 	unsigned retrieved;
 	bool discarding_line; /* a line over the limit is being skipped */
 	bool paused;	      /* reading stopped until our replies drain */
-	struct event *timer;  /* the login delay; the last flush under TLS */
-	unsigned flush_checks;
+	struct event *timer;  /* the login delay */
 	int send_fd; /* the message RETR/TOP is streaming, or -1 */
 	struct pop3_stream stream;
 	const char *end_reason; /* for the pop3_disconnect line */
@@ -737,18 +734,12 @@ static bool client_refused(const struct pop3_session *s)
 					 cfg->auth_fail_window, NULL);
 }
 
-static void flush_then_free(struct pop3_session *s);
-
-/* The login delay is over, or (CLOSING) time to look at the flush. */
+/* The login delay is over. */
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
 	struct pop3_session *s = arg;
-	if (s->state == POP3_STATE_CLOSING) {
-		flush_then_free(s);
-		return;
-	}
 	if (s->state != POP3_STATE_LOGIN_DELAY)
 		return;
 	enter_state(s, POP3_STATE_AUTHORIZATION);
@@ -988,31 +979,36 @@ static void cmd_stls(struct pop3_session *s)
 		reply_error(s, "TLS already active");
 		return;
 	}
-	SSL_CTX *ctx = srv_of(s)->tls_server;
-	SSL *ssl = ctx != NULL ? SSL_new(ctx) : NULL;
-	if (ssl == NULL) {
+	if (srv_of(s)->tls_server == NULL) {
 		reply(s, "-ERR [SYS/TEMP] TLS not available");
 		return;
 	}
 	reply(s, "+OK begin TLS negotiation");
 	/* Whatever the client pipelined after STLS came in the clear and
-	 * must not be read as if it were protected (RFC 2595 §4). */
-	struct evbuffer *in = bufferevent_get_input(s->bev);
-	evbuffer_drain(in, evbuffer_get_length(in));
-	struct bufferevent *tls = bufferevent_openssl_filter_new(
-	    srv_of(s)->base, s->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
-	    BEV_OPT_CLOSE_ON_FREE);
-	if (tls == NULL) {
-		SSL_free(ssl);
+	 * must not be read as if it were protected (RFC 2595 §4); nothing
+	 * more is read until the handshake. */
+	transport_drop_input(s->bev);
+	bufferevent_disable(s->bev, EV_READ);
+	enter_state(s, POP3_STATE_STLS);
+}
+
+/* The +OK is out: the same socket goes on under TLS, and the session
+ * starts over in AUTHORIZATION. */
+static void stls_begin(struct pop3_session *s)
+{
+	/* (A reload may have taken the certificate away meanwhile.) */
+	SSL_CTX *ctx = srv_of(s)->tls_server;
+	SSL *ssl = ctx != NULL ? SSL_new(ctx) : NULL;
+	if (ssl == NULL ||
+	    transport_start_tls(srv_of(s)->base, &s->bev, ssl, true) == -1) {
 		s->end_reason = "out of memory";
-		session_close(s);
+		session_free(s);
 		return;
 	}
-	bufferevent_openssl_set_allow_dirty_shutdown(tls, 1);
-	s->bev = tls;
 	s->tls = true;
 	free(s->user);
 	s->user = NULL;
+	enter_state(s, POP3_STATE_AUTHORIZATION);
 	set_callbacks(s);
 }
 
@@ -1411,11 +1407,8 @@ static void session_process(struct pop3_session *s)
 	while (reading_commands(s) && read_line(s))
 		;
 	/* A client that sends without reading replies is paused. */
-	if (reading_commands(s) && evbuffer_get_length(bufferevent_get_output(
-				       s->bev)) > OUTPUT_HIGH_WATER) {
-		bufferevent_disable(s->bev, EV_READ);
-		s->paused = true;
-	}
+	if (reading_commands(s))
+		transport_pause_if_backlogged(s->bev, &s->paused);
 }
 
 static void on_read(struct bufferevent *bev, void *arg)
@@ -1430,7 +1423,10 @@ static void on_write(struct bufferevent *bev, void *arg)
 	struct pop3_session *s = arg;
 	switch (s->state) {
 	case POP3_STATE_CLOSING:
-		flush_then_free(s);
+		session_free(s);
+		return;
+	case POP3_STATE_STLS:
+		stls_begin(s);
 		return;
 	case POP3_STATE_SENDING:
 		send_more(s);
@@ -1441,11 +1437,8 @@ static void on_write(struct bufferevent *bev, void *arg)
 	default:
 		break;
 	}
-	if (s->paused && reading_commands(s)) {
-		s->paused = false;
-		bufferevent_enable(s->bev, EV_READ);
+	if (reading_commands(s) && transport_resume(s->bev, &s->paused))
 		session_process(s);
-	}
 }
 
 static void on_event(struct bufferevent *bev, short what, void *arg)
@@ -1456,11 +1449,10 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		/* the TLS handshake is done */
 		s->tls_established = true;
 		metrics.tls_sessions_total++;
-		SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
 		log_event(LOG_LEVEL_INFO, "pop3_tls",
 			  LOG_S("client", s->client),
-			  LOG_S("version", ssl ? SSL_get_version(ssl) : ""),
-			  LOG_S("cipher", ssl ? SSL_get_cipher_name(ssl) : ""));
+			  LOG_S("version", transport_tls_version(s->bev)),
+			  LOG_S("cipher", transport_tls_cipher(s->bev)));
 		return;
 	}
 	if (s->tls && !s->tls_established) {
@@ -1478,27 +1470,6 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 	session_free(s);
 }
 
-/* Our output is empty; after STLS the TLS filter has handed its last
- * records to the socket's bufferevent, which may still hold them: wait
- * for that one too (a bounded while) before the close would drop them. */
-static void flush_then_free(struct pop3_session *s)
-{
-	struct bufferevent *under = bufferevent_get_underlying(s->bev);
-	if (under != NULL &&
-	    evbuffer_get_length(bufferevent_get_output(under)) > 0 &&
-	    s->flush_checks < FLUSH_CHECKS_MAX) {
-		if (s->timer == NULL)
-			s->timer = evtimer_new(srv_of(s)->base, on_timer, s);
-		if (s->timer != NULL) {
-			s->flush_checks++;
-			struct timeval tick = {0, FLUSH_CHECK_USEC};
-			evtimer_add(s->timer, &tick);
-			return;
-		}
-	}
-	session_free(s);
-}
-
 /* Stop reading and end the session once the queued replies are out. */
 static void session_close(struct pop3_session *s)
 {
@@ -1507,16 +1478,7 @@ static void session_close(struct pop3_session *s)
 	enter_state(s, POP3_STATE_CLOSING);
 	if (s->timer != NULL)
 		evtimer_del(s->timer);
-	bufferevent_disable(s->bev, EV_READ);
-	bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
-	struct evbuffer *in = bufferevent_get_input(s->bev);
-	evbuffer_drain(in, evbuffer_get_length(in));
-	if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0) {
-		/* on_write will not come: free on the next loop turn. */
-		bufferevent_trigger(s->bev, EV_WRITE,
-				    BEV_TRIG_DEFER_CALLBACKS |
-					BEV_TRIG_IGNORE_WATERMARKS);
-	}
+	transport_close(s->bev); /* on_write frees s, on a later turn */
 }
 
 static void session_free(struct pop3_session *s)
@@ -1559,7 +1521,8 @@ session_new(struct pop3_server *p, int fd, const struct sockaddr *addr,
 		close(fd);
 		return NULL;
 	}
-	s->bev = listener_bufferevent(srv, fd, mode == LISTEN_POP3S);
+	s->bev = transport_accept(srv->base, fd, mode == LISTEN_POP3S,
+				  srv->tls_server);
 	s->tls = s->bev != NULL && mode == LISTEN_POP3S;
 	if (s->bev == NULL) {
 		close(fd);
@@ -1680,6 +1643,11 @@ void pop3_server_shutdown(struct pop3_server *p)
 			/* No room for a word in the middle of a message. */
 			s->end_reason = "shutdown";
 			session_free(s);
+		} else if (s->state == POP3_STATE_STLS) {
+			/* The client awaits a handshake: not a word in the
+			 * clear after the +OK. */
+			s->end_reason = "shutdown";
+			session_close(s);
 		} else if (s->state != POP3_STATE_CLOSING) {
 			reply(s, "-ERR [SYS/TEMP] server shutting down");
 			s->end_reason = "shutdown";

@@ -22,7 +22,6 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <openssl/ssl.h>
 
@@ -39,7 +38,7 @@
 #include "facteur/smtp_proto.h"
 #include "facteur/smtp_session.h"
 #include "facteur/spool.h"
-#include "facteur/tls.h"
+#include "facteur/transport.h"
 #include "facteur/worker.h"
 
 /* Enhanced status codes (RFC 3463) used in replies. */
@@ -71,7 +70,6 @@
 
 #define MAX_PROTOCOL_ERRORS 10
 #define DATA_CHUNK 16384
-#define OUTPUT_HIGH_WATER (256 * 1024) /* stop reading past this */
 /* Decoder output gathers here with the Received header, so that a
  * small message reaches the spool in one write; one feed always fits
  * once it is written out. */
@@ -374,10 +372,7 @@ static bool tls_active(const struct smtp_session *s)
 {
 	if (!s->tls)
 		return false;
-	if (s->tls_established)
-		return true;
-	SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
-	return ssl != NULL && SSL_is_init_finished(ssl);
+	return s->tls_established || transport_tls_done(s->bev);
 }
 
 /* ---- commands: HELO, EHLO ---- */
@@ -468,29 +463,17 @@ static void cmd_starttls(struct smtp_session *s, const struct smtp_command *cmd)
 	/* Whatever the client pipelined after STARTTLS came in the clear
 	 * and must not be read as if it were protected; nothing more is
 	 * read until the handshake. */
-	struct evbuffer *in = bufferevent_get_input(s->bev);
-	evbuffer_drain(in, evbuffer_get_length(in));
+	transport_drop_input(s->bev);
 	bufferevent_disable(s->bev, EV_READ);
 	enter_state(s, SMTP_STATE_STARTTLS);
 }
 
-/* The 220 is out: the same socket goes on under TLS. A socket-based TLS
- * bufferevent (not a filter over the plain one) writes to the socket
- * itself, so the last reply before a close is never lost. */
+/* The 220 is out: the same socket goes on under TLS. */
 static void starttls_begin(struct smtp_session *s)
 {
-	evutil_socket_t fd = bufferevent_getfd(s->bev);
-	if (fd < 0) {
-		session_free(s);
-		return;
-	}
-	/* Detach the descriptor so that freeing the plain bufferevent
-	 * leaves it open. */
-	bufferevent_setfd(s->bev, -1);
-	bufferevent_free(s->bev);
-	s->bev = tls_server_bufferevent(s->srv->base, s->srv->tls_server, fd);
-	if (s->bev == NULL) {
-		close(fd);
+	SSL *ssl = SSL_new(s->srv->tls_server);
+	if (ssl == NULL ||
+	    transport_start_tls(s->srv->base, &s->bev, ssl, true) == -1) {
 		session_free(s);
 		return;
 	}
@@ -1466,11 +1449,7 @@ static void session_process(struct smtp_session *s)
 	    s->state != SMTP_STATE_STARTTLS &&
 	    s->state != SMTP_STATE_AUTH_CHECK &&
 	    s->state != SMTP_STATE_AUTH_DELAY) {
-		size_t pending = evbuffer_get_length(bufferevent_get_output(s->bev));
-		if (pending > OUTPUT_HIGH_WATER) {
-			bufferevent_disable(s->bev, EV_READ);
-			s->paused = true;
-		}
+		transport_pause_if_backlogged(s->bev, &s->paused);
 	}
 }
 
@@ -1487,12 +1466,12 @@ static void on_write(struct bufferevent *bev, void *arg)
 	struct smtp_session *s = arg;
 	if (!s->tls)
 		bufferevent_disable(bev, EV_WRITE); /* direct writes again */
-	if (s->paused && s->state != SMTP_STATE_COMMITTING &&
+	if (s->state != SMTP_STATE_COMMITTING &&
 	    s->state != SMTP_STATE_AUTH_CHECK &&
 	    s->state != SMTP_STATE_AUTH_DELAY &&
-	    s->state != SMTP_STATE_CLOSING && s->state != SMTP_STATE_STARTTLS) {
-		s->paused = false;
-		bufferevent_enable(s->bev, EV_READ);
+	    s->state != SMTP_STATE_CLOSING &&
+	    s->state != SMTP_STATE_STARTTLS &&
+	    transport_resume(s->bev, &s->paused)) {
 		session_process(s);
 		return;
 	}
@@ -1507,10 +1486,9 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		/* the TLS handshake is done */
 		s->tls_established = true;
 		metrics.tls_sessions_total++;
-		SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
 		log_event(LOG_LEVEL_INFO, "tls", LOG_S("client", s->client),
-		          LOG_S("version", ssl ? SSL_get_version(ssl) : ""),
-		          LOG_S("cipher", ssl ? SSL_get_cipher_name(ssl) : ""));
+		          LOG_S("version", transport_tls_version(s->bev)),
+		          LOG_S("cipher", transport_tls_cipher(s->bev)));
 		return;
 	}
 	if (s->state == SMTP_STATE_COMMITTING) {
@@ -1560,37 +1538,16 @@ static void session_close(struct smtp_session *s)
 	if (s->state == SMTP_STATE_CLOSING)
 		return;
 	enter_state(s, SMTP_STATE_CLOSING);
-	bufferevent_disable(s->bev, EV_READ);
-	/* Nothing else is read now: drop the rest of the input. */
-	struct evbuffer *in = bufferevent_get_input(s->bev);
-	evbuffer_drain(in, evbuffer_get_length(in));
+	transport_close(s->bev);
 }
 
 /* Send the queued replies. Every entry point (a callback, a new
  * session, shutdown) ends here, so that the replies to all that one read
- * brought leave in one write. A plain socket is written directly:
- * through libevent's write event each reply would cost two epoll_ctl
- * and a loop turn. What the socket does not take, or a write error, is
- * left to that event: libevent writes the rest and calls on_write, or
- * meets the error again and calls on_event. Once all is out, a closing
- * session ends and STARTTLS begins. False when s is no more. */
+ * brought leave in one write (transport_flush). Once all is out, a
+ * closing session ends and STARTTLS begins. False when s is no more. */
 static bool session_flush(struct smtp_session *s)
 {
-	struct evbuffer *out = bufferevent_get_output(s->bev);
-	if (!s->tls && evbuffer_get_length(out) > 0 &&
-	    !(bufferevent_get_enabled(s->bev) & EV_WRITE)) {
-		evutil_socket_t fd = bufferevent_getfd(s->bev);
-		/* The bufferevent keeps the output's start frozen but for
-		 * its own writes: this is one of them. */
-		int n = -1;
-		if (fd >= 0 && evbuffer_unfreeze(out, 1) == 0) {
-			n = evbuffer_write(out, fd);
-			evbuffer_freeze(out, 1);
-		}
-		if (n == -1 || evbuffer_get_length(out) > 0)
-			bufferevent_enable(s->bev, EV_WRITE);
-	}
-	if (evbuffer_get_length(out) > 0)
+	if (!transport_flush(s->bev, s->tls))
 		return true; /* on_write comes back here */
 	if (s->state == SMTP_STATE_CLOSING) {
 		session_free(s);
@@ -1640,7 +1597,8 @@ struct smtp_session *smtp_session_new(struct server *srv, int fd,
 		close(fd);
 		return NULL;
 	}
-	s->bev = listener_bufferevent(srv, fd, mode == LISTEN_SMTPS);
+	s->bev = transport_accept(srv->base, fd, mode == LISTEN_SMTPS,
+	                          srv->tls_server);
 	s->tls = s->bev != NULL && mode == LISTEN_SMTPS;
 	if (s->bev == NULL) {
 		close(fd);

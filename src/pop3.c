@@ -50,6 +50,7 @@
 #include "facteur/listener.h"
 #include "facteur/log.h"
 #include "facteur/metrics.h"
+#include "facteur/password_check.h"
 #include "facteur/policy.h"
 #include "facteur/pop3.h"
 #include "facteur/pop3_proto.h"
@@ -59,8 +60,8 @@
 
 #define IDLE_TIMEOUT_SECONDS 600 /* RFC 1939 §3: at least 10 minutes */
 #define SEND_CHUNK 16384
-#define SEND_LOW_WATER (32 * 1024)     /* on_write asks for more below this */
-#define SEND_HIGH_WATER (128 * 1024)   /* a RETR stops filling above this */
+#define SEND_LOW_WATER (32 * 1024)   /* on_write asks for more below this */
+#define SEND_HIGH_WATER (128 * 1024) /* a RETR stops filling above this */
 #define SCAN_CHUNK 65536
 #define LOGIN_FAILURES_MAX 3 /* then the connection is closed */
 #define LOGIN_DELAY_MAX 5    /* seconds */
@@ -125,7 +126,7 @@ struct pop3_session {
 	bool discarding_line; /* a line over the limit is being skipped */
 	bool paused;	      /* reading stopped until our replies drain */
 	struct event *timer;  /* the login delay */
-	int send_fd; /* the message RETR/TOP is streaming, or -1 */
+	int send_fd;	      /* the message RETR/TOP is streaming, or -1 */
 	struct pop3_stream stream;
 	const char *end_reason; /* for the pop3_disconnect line */
 	struct pop3_job *job;	/* on the worker, or NULL */
@@ -137,10 +138,7 @@ struct pop3_session {
  * that neither a reload nor the session's end pulls anything away. */
 struct pop3_job {
 	struct pop3_session *session; /* NULL once the session is gone */
-	char *hash;		      /* NULL: no such account */
-	bool ok;
-	char user[ACCOUNT_MAX + 1];
-	char password[PASSWORD_MAX];
+	struct password_check check;
 	char *mailbox;
 	size_t root_len; /* mailbox[0..root_len) may hold links */
 	int cur_fd;	 /* cur/ once scanned, handed to the session */
@@ -533,8 +531,7 @@ out:;
 
 static void job_free(struct pop3_job *job)
 {
-	explicit_bzero(job->password, sizeof job->password);
-	free(job->hash);
+	password_check_clear(&job->check);
 	free(job->mailbox);
 	if (job->cur_fd != -1)
 		(void)close(job->cur_fd); /* a directory: nothing to lose */
@@ -559,8 +556,7 @@ static void scan_run(void *arg)
 static void check_run(void *arg)
 {
 	struct pop3_job *job = arg;
-	job->ok = auth_password_matches(job->hash, job->password);
-	explicit_bzero(job->password, sizeof job->password);
+	password_check_run(&job->check);
 }
 
 static void maildrop_totals(const struct pop3_session *s, size_t *count,
@@ -618,7 +614,8 @@ static void scan_done(void *arg)
 		return;
 	if (job->error != 0) {
 		log_event(LOG_LEVEL_ERROR, "pop3_mailbox_error",
-			  LOG_S("client", s->client), LOG_S("user", job->user),
+			  LOG_S("client", s->client),
+			  LOG_S("user", job->check.user),
 			  LOG_S("mailbox", s->mailbox),
 			  LOG_S("path", job->failed_path),
 			  LOG_S("reason", job->error == ELOOP
@@ -626,12 +623,12 @@ static void scan_done(void *arg)
 					      : strerror(job->error)));
 		mailbox_release(s);
 		reply(s, "-ERR [SYS/TEMP] cannot open the mailbox");
-		log_login(s, job->user, "mailbox_error");
+		log_login(s, job->check.user, "mailbox_error");
 		job_free(job);
 		resume_commands(s);
 		return;
 	}
-	char *who = strdup(job->user);
+	char *who = strdup(job->check.user);
 	if (who == NULL) {
 		mailbox_release(s);
 		reply(s, "-ERR [SYS/TEMP] out of memory");
@@ -640,12 +637,12 @@ static void scan_done(void *arg)
 		return;
 	}
 	if (job->skipped_count > 0)
-		log_event(LOG_LEVEL_WARN, "pop3_mailbox_skipped",
-			  LOG_S("client", s->client), LOG_S("user", job->user),
-			  LOG_S("mailbox", s->mailbox),
-			  LOG_S("entry", job->skipped),
-			  LOG_I("count", job->skipped_count),
-			  LOG_S("reason", "not a regular file"));
+		log_event(
+		    LOG_LEVEL_WARN, "pop3_mailbox_skipped",
+		    LOG_S("client", s->client), LOG_S("user", job->check.user),
+		    LOG_S("mailbox", s->mailbox), LOG_S("entry", job->skipped),
+		    LOG_I("count", job->skipped_count),
+		    LOG_S("reason", "not a regular file"));
 	s->messages = job->messages;
 	s->message_count = job->count;
 	job->messages = NULL;
@@ -675,7 +672,7 @@ static void scan_done(void *arg)
 static bool mailbox_open(struct pop3_session *s, struct pop3_job *job)
 {
 	const struct config *cfg = srv_of(s)->cfg;
-	const char *account = job->user;
+	const char *account = job->check.user;
 	if (cfg->mailbox_format == MAILBOX_MBOX) {
 		/* Only Maildir is served (SPEC.md §6). */
 		reply(s, "-ERR [SYS/PERM] mbox is not served over POP3");
@@ -784,15 +781,16 @@ static void check_done(void *arg)
 	struct pop3_session *s = job_claim(job);
 	if (s == NULL)
 		return;
-	if (!job->ok) {
+	if (!job->check.ok) {
 		const struct config *cfg = srv_of(s)->cfg;
 		uint8_t key[16];
 		client_key(s, key);
 		/* Only accounts that exist are counted (as for SMTP). */
 		auth_limit_failure(srv_of(s)->auth_limit, key,
-				   job->hash != NULL ? job->user : NULL,
+				   job->check.hash != NULL ? job->check.user
+							   : NULL,
 				   time(NULL), cfg->auth_fail_window);
-		login_failed(s, job->user);
+		login_failed(s, job->check.user);
 		job_free(job);
 		return;
 	}
@@ -826,15 +824,13 @@ static void login(struct pop3_session *s, const char *user,
 		return;
 	}
 	struct pop3_job *job = calloc(1, sizeof *job);
-	const char *hash = auth_users_hash(srv->users, user);
 	if (job != NULL) {
 		job->session = s;
 		job->cur_fd = -1;
-		job->hash = hash != NULL ? strdup(hash) : NULL;
-		snprintf(job->user, sizeof job->user, "%s", user);
-		snprintf(job->password, sizeof job->password, "%s", password);
 	}
-	if (job == NULL || (hash != NULL && job->hash == NULL) ||
+	if (job == NULL ||
+	    password_check_init(&job->check, srv->users, user, password) ==
+		-1 ||
 	    worker_run(srv->worker, check_run, check_done, job) == -1) {
 		if (job != NULL)
 			job_free(job);

@@ -39,6 +39,7 @@
 #include <openssl/x509.h>
 
 #include "facteur/auth.h"
+#include "facteur/lineio.h"
 #include "facteur/log.h"
 #include "facteur/metrics.h"
 #include "facteur/smtp_client.h"
@@ -62,10 +63,10 @@
 #define ESC_TOO_BIG "5.3.4"
 #define ESC_NEEDS_UTF8 "5.6.7"
 
-#define REPLY_LINE_MAX 2048		 /* octets, without the line end */
-#define BODY_CHUNK (64 * 1024)		 /* read from the spool at a time */
-#define BODY_LOW_WATER (16 * 1024)	 /* refill below this */
-#define QUIT_WAIT 2			 /* seconds for the reply to QUIT */
+#define REPLY_LINE_MAX 2048	   /* octets, without the line end */
+#define BODY_CHUNK (64 * 1024)	   /* read from the spool at a time */
+#define BODY_LOW_WATER (16 * 1024) /* refill below this */
+#define QUIT_WAIT 2		   /* seconds for the reply to QUIT */
 #define DEFAULT_TIMEOUT 300
 
 enum client_state {
@@ -1049,7 +1050,8 @@ static void fill_body(struct smtp_client *c)
 	}
 	if (n > 0) {
 		c->body_sent += (uint64_t)n;
-		/* before the commit: a TLS bufferevent may consume it at once */
+		/* before the commit: a TLS bufferevent may consume it at once
+		 */
 		c->body_last = ((char *)v.iov_base)[n - 1];
 		v.iov_len = (size_t)n;
 		if (evbuffer_commit_space(out, &v, 1) < 0)
@@ -1105,7 +1107,8 @@ static void read_cb(struct bufferevent *bev, void *arg)
 {
 	struct smtp_client *c = arg;
 	struct evbuffer *in = bufferevent_get_input(bev);
-	char line[REPLY_LINE_MAX + 1];
+	/* the limit counts the line's end: a CR LF after REPLY_LINE_MAX */
+	char line[REPLY_LINE_MAX + 2];
 
 	if (c->state == CLIENT_READY) {
 		idle_lost(c, "data from the server");
@@ -1114,16 +1117,15 @@ static void read_cb(struct bufferevent *bev, void *arg)
 
 	/* stop when the connection is closed or replaced (STARTTLS) */
 	while (c->bev == bev) {
-		size_t eol_len = 0;
-		struct evbuffer_ptr p =
-		    evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF);
-		if (p.pos < 0) {
-			/* room for a CR whose LF has not come yet */
-			if (evbuffer_get_length(in) > REPLY_LINE_MAX + 1)
-				protocol_error(c, "reply line too long");
+		size_t len = 0;
+		bool discarding = false; /* a line too long ends it all */
+		enum lineio_result r =
+		    lineio_read(in, LINEIO_END_CRLF_OR_LF, sizeof line,
+				&discarding, line, &len);
+		if (r == LINEIO_NONE)
 			return;
-		}
-		if ((size_t)p.pos > REPLY_LINE_MAX) {
+		/* (a LF alone leaves room for one more octet) */
+		if (r != LINEIO_LINE || len > REPLY_LINE_MAX) {
 			protocol_error(c, "reply line too long");
 			return;
 		}
@@ -1131,10 +1133,6 @@ static void read_cb(struct bufferevent *bev, void *arg)
 			protocol_error(c, "unexpected data");
 			return;
 		}
-		size_t len = (size_t)p.pos;
-		if (evbuffer_remove(in, line, len) != (int)len ||
-		    evbuffer_drain(in, eol_len) < 0)
-			fatal("smtp_client: evbuffer_remove");
 
 		bool ehlo =
 		    c->state == CLIENT_EHLO || c->state == CLIENT_EHLO_TLS;

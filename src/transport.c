@@ -19,7 +19,7 @@
  * failure; libevent has then released ssl (BEV_OPT_CLOSE_ON_FREE), not
  * the descriptor. */
 static struct bufferevent *tls_bufferevent(struct event_base *base, int fd,
-                                           SSL *ssl, bool server)
+					   SSL *ssl, bool server)
 {
 	struct bufferevent *bev = bufferevent_openssl_socket_new(
 	    base, fd, ssl,
@@ -31,7 +31,7 @@ static struct bufferevent *tls_bufferevent(struct event_base *base, int fd,
 }
 
 struct bufferevent *transport_accept(struct event_base *base, int fd,
-                                     bool implicit_tls, SSL_CTX *tls)
+				     bool implicit_tls, SSL_CTX *tls)
 {
 	if (!implicit_tls)
 		return bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
@@ -42,7 +42,7 @@ struct bufferevent *transport_accept(struct event_base *base, int fd,
 }
 
 int transport_start_tls(struct event_base *base, struct bufferevent **bev,
-                        SSL *ssl, bool server)
+			SSL *ssl, bool server)
 {
 	evutil_socket_t fd = bufferevent_getfd(*bev);
 	if (fd < 0) {
@@ -140,6 +140,6 @@ void transport_close(struct bufferevent *bev)
 	transport_drop_input(bev);
 	if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
 		bufferevent_trigger(bev, EV_WRITE,
-		                    BEV_TRIG_DEFER_CALLBACKS |
-		                        BEV_TRIG_IGNORE_WATERMARKS);
+				    BEV_TRIG_DEFER_CALLBACKS |
+					BEV_TRIG_IGNORE_WATERMARKS);
 }

@@ -18,7 +18,7 @@
  * file and OpenSSL's reason) when they cannot be loaded or do not
  * match. */
 SSL_CTX *tls_server_context(const char *cert_file, const char *key_file,
-                            char *err, size_t errlen);
+			    char *err, size_t errlen);
 
 /* A client context; trust anchors from ca_file, or the system store when
  * NULL. Verification itself is per connection (tls_client_prepare). */

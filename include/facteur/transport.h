@@ -28,7 +28,7 @@ struct event_base;
  * queued waits for it (RFC 8314); NULL then when tls is NULL. NULL on
  * failure, the descriptor still open. */
 struct bufferevent *transport_accept(struct event_base *base, int fd,
-                                     bool implicit_tls, SSL_CTX *tls);
+				     bool implicit_tls, SSL_CTX *tls);
 
 /* STARTTLS, STLS, and the client's STARTTLS: the connection goes on
  * under TLS on the same socket. Call it once the reply that grants TLS
@@ -41,7 +41,7 @@ struct bufferevent *transport_accept(struct event_base *base, int fd,
  * record is in the kernel and a close loses nothing. -1 when out of
  * memory: *bev is unchanged. */
 int transport_start_tls(struct event_base *base, struct bufferevent **bev,
-                        SSL *ssl, bool server);
+			SSL *ssl, bool server);
 
 /* Is the connection encrypted? The handshake's "connected" event may
  * come after the first bytes read under TLS, so OpenSSL is asked. */

@@ -66,8 +66,8 @@
 #define LOGIN_FAILURES_MAX 3 /* then the connection is closed */
 #define LOGIN_DELAY_MAX 5    /* seconds */
 #define MAX_PROTOCOL_ERRORS 20
-#define ACCOUNT_MAX 320
-#define PASSWORD_MAX 1024
+#define ACCOUNT_MAX PASSWORD_CHECK_USER_MAX
+#define PASSWORD_MAX PASSWORD_CHECK_PASSWORD_MAX
 
 enum pop3_state {
 	POP3_STATE_AUTHORIZATION,

@@ -129,9 +129,8 @@ struct recipient_block {
 	_Alignas(struct recipient) char data[];
 };
 
-#define RECIPIENT_BLOCK                                                        \
-	4096 /* octets of records; a record is ~1 KiB at most                  \
-	      */
+/* Octets of records in a block; a record is ~1 KiB at most. */
+#define RECIPIENT_BLOCK 4096
 
 struct transaction {
 	bool active; /* MAIL accepted */

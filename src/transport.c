@@ -16,8 +16,9 @@
 
 /* A TLS bufferevent that owns fd and ssl. A peer that closes without
  * close_notify is an ordinary EOF: mail clients and servers do. NULL on
- * failure; libevent has then released ssl (BEV_OPT_CLOSE_ON_FREE), not
- * the descriptor. */
+ * failure, the descriptor still open; ssl is then libevent's
+ * (BEV_OPT_CLOSE_ON_FREE), which frees it on its error paths: freeing
+ * it here too could free it twice. */
 static struct bufferevent *tls_bufferevent(struct event_base *base, int fd,
 					   SSL *ssl, bool server)
 {

@@ -14,7 +14,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 
@@ -25,7 +24,6 @@
 #include "facteur/proxy.h"
 #include "facteur/server.h"
 #include "facteur/smtp_session.h"
-#include "facteur/tls.h"
 
 #define IP_BUCKETS 1024
 #define LISTEN_BACKLOG 1024
@@ -534,19 +532,6 @@ struct listener_owner listener_smtp_owner(struct server *srv)
 	    .metrics = true,
 	};
 	return owner;
-}
-
-struct bufferevent *listener_bufferevent(struct server *srv, int fd,
-					 bool implicit_tls)
-{
-	if (!implicit_tls)
-		return bufferevent_socket_new(srv->base, fd,
-					      BEV_OPT_CLOSE_ON_FREE);
-	/* The handshake comes first; the greeting waits in the output
-	 * until it is done (RFC 8314). */
-	return srv->tls_server
-		   ? tls_server_bufferevent(srv->base, srv->tls_server, fd)
-		   : NULL;
 }
 
 void listener_address_text(const struct sockaddr *sa, char *buf, size_t len)

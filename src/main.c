@@ -283,7 +283,8 @@ static void on_drain_check(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	(void)arg;
 	/* Recovery owns the spool until it is done: not interrupted. */
-	if (readiness != METRICS_STARTING && smtp_sessions_count() == 0 &&
+	if (readiness != METRICS_STARTING &&
+	    smtp_server_sessions(srv.smtp) == 0 &&
 	    pop3_sessions_count(pop3) == 0 &&
 	    (srv.scheduler == NULL || scheduler_idle(srv.scheduler)) &&
 	    iothread_pending(srv.io) == 0) {
@@ -303,7 +304,7 @@ static void on_drain_limit(evutil_socket_t fd, short what, void *arg)
 	 * spool already: leaving now loses nothing. */
 	log_event(LOG_LEVEL_WARN, "stopped",
 		  LOG_S("reason", "sessions still open at the time limit"),
-		  LOG_I("sessions", smtp_sessions_count()));
+		  LOG_I("sessions", smtp_server_sessions(srv.smtp)));
 	_exit(0);
 }
 
@@ -316,7 +317,7 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
 	srv.stopping = true;
 	log_event(LOG_LEVEL_INFO, "stopping",
 		  LOG_S("signal", sig == SIGINT ? "INT" : "TERM"),
-		  LOG_I("sessions", smtp_sessions_count()));
+		  LOG_I("sessions", smtp_server_sessions(srv.smtp)));
 	notify("STOPPING=1\nSTATUS=stopping: finishing the sessions under way");
 	if (readiness == METRICS_READY)
 		readiness = METRICS_DRAINING;
@@ -324,7 +325,7 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
 	listener_disable(srv.listener);
 	pop3_server_disable(pop3);
 	pop3_server_shutdown(pop3);
-	smtp_sessions_shutdown();
+	smtp_server_shutdown(srv.smtp);
 	if (srv.scheduler != NULL)
 		scheduler_stop(srv.scheduler);
 	drain_check = evtimer_new(srv.base, on_drain_check, NULL);
@@ -555,6 +556,9 @@ int main(int argc, char **argv)
 	srv.base = event_base_new();
 	if (srv.base == NULL)
 		fatal("event_base_new failed");
+	srv.smtp = smtp_server_new();
+	if (srv.smtp == NULL)
+		fatal("out of memory");
 	srv.listener =
 	    listener_new(&srv, listener_smtp_owner(&srv), srv.cfg->listen,
 			 srv.cfg->listen_count, err, sizeof err);
@@ -659,6 +663,7 @@ int main(int argc, char **argv)
 	deliver_free(srv.deliver); /* after the I/O thread's last completion */
 	auth_limit_free(srv.auth_limit);
 	listener_free(srv.listener);
+	smtp_server_free(srv.smtp);
 	struct settings last = {srv.cfg, srv.users, srv.policy, srv.tls_server};
 	settings_free(&last);
 	event_base_free(srv.base);

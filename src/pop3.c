@@ -39,7 +39,6 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <openssl/ssl.h>
 
@@ -51,26 +50,24 @@
 #include "facteur/log.h"
 #include "facteur/mailfolder.h"
 #include "facteur/metrics.h"
+#include "facteur/password_check.h"
 #include "facteur/policy.h"
 #include "facteur/pop3.h"
 #include "facteur/pop3_proto.h"
 #include "facteur/server.h"
-#include "facteur/tls.h"
+#include "facteur/transport.h"
 #include "facteur/worker.h"
 
 #define IDLE_TIMEOUT_SECONDS 600 /* RFC 1939 §3: at least 10 minutes */
 #define SEND_CHUNK 16384
-#define SEND_LOW_WATER (32 * 1024)     /* on_write asks for more below this */
-#define SEND_HIGH_WATER (128 * 1024)   /* a RETR stops filling above this */
-#define OUTPUT_HIGH_WATER (256 * 1024) /* stop reading commands past this */
+#define SEND_LOW_WATER (32 * 1024)   /* on_write asks for more below this */
+#define SEND_HIGH_WATER (128 * 1024) /* a RETR stops filling above this */
 #define SCAN_CHUNK 65536
 #define LOGIN_FAILURES_MAX 3 /* then the connection is closed */
 #define LOGIN_DELAY_MAX 5    /* seconds */
 #define MAX_PROTOCOL_ERRORS 20
-#define ACCOUNT_MAX 320
-#define PASSWORD_MAX 1024
-#define FLUSH_CHECK_USEC (20 * 1000)
-#define FLUSH_CHECKS_MAX 250 /* 5 s */
+#define ACCOUNT_MAX PASSWORD_CHECK_USER_MAX
+#define PASSWORD_MAX PASSWORD_CHECK_PASSWORD_MAX
 
 enum pop3_state {
 	POP3_STATE_AUTHORIZATION,
@@ -81,6 +78,7 @@ enum pop3_state {
 	POP3_STATE_TRANSACTION,
 	POP3_STATE_SENDING, /* RETR/TOP streaming a message; input waits */
 	POP3_STATE_UPDATE,  /* QUIT: removing the messages marked deleted */
+	POP3_STATE_STLS,    /* the +OK to STLS drains; then the handshake */
 	POP3_STATE_CLOSING, /* flushing the last reply */
 };
 
@@ -93,6 +91,7 @@ static const char *const state_names[] = {
     [POP3_STATE_TRANSACTION] = "transaction",
     [POP3_STATE_SENDING] = "sending",
     [POP3_STATE_UPDATE] = "update",
+    [POP3_STATE_STLS] = "stls",
     [POP3_STATE_CLOSING] = "closing",
 };
 
@@ -126,9 +125,8 @@ struct pop3_session {
 	unsigned retrieved;
 	bool discarding_line; /* a line over the limit is being skipped */
 	bool paused;	      /* reading stopped until our replies drain */
-	struct event *timer;  /* the login delay; the last flush under TLS */
-	unsigned flush_checks;
-	int send_fd; /* the message RETR/TOP is streaming, or -1 */
+	struct event *timer;  /* the login delay */
+	int send_fd;	      /* the message RETR/TOP is streaming, or -1 */
 	struct pop3_stream stream;
 	const char *end_reason; /* for the pop3_disconnect line */
 	struct pop3_job *job;	/* on the worker, or NULL */
@@ -140,10 +138,7 @@ struct pop3_session {
  * that neither a reload nor the session's end pulls anything away. */
 struct pop3_job {
 	struct pop3_session *session; /* NULL once the session is gone */
-	char *hash;		      /* NULL: no such account */
-	bool ok;
-	char user[ACCOUNT_MAX + 1];
-	char password[PASSWORD_MAX];
+	struct password_check check;
 	char *mailbox;
 	size_t root_len; /* mailbox[0..root_len) may hold links */
 	int cur_fd;	 /* cur/ once scanned, handed to the session */
@@ -536,8 +531,7 @@ out:;
 
 static void job_free(struct pop3_job *job)
 {
-	explicit_bzero(job->password, sizeof job->password);
-	free(job->hash);
+	password_check_clear(&job->check);
 	free(job->mailbox);
 	if (job->cur_fd != -1)
 		(void)close(job->cur_fd); /* a directory: nothing to lose */
@@ -562,8 +556,7 @@ static void scan_run(void *arg)
 static void check_run(void *arg)
 {
 	struct pop3_job *job = arg;
-	job->ok = auth_password_matches(job->hash, job->password);
-	explicit_bzero(job->password, sizeof job->password);
+	password_check_run(&job->check);
 }
 
 static void maildrop_totals(const struct pop3_session *s, size_t *count,
@@ -621,7 +614,8 @@ static void scan_done(void *arg)
 		return;
 	if (job->error != 0) {
 		log_event(LOG_LEVEL_ERROR, "pop3_mailbox_error",
-			  LOG_S("client", s->client), LOG_S("user", job->user),
+			  LOG_S("client", s->client),
+			  LOG_S("user", job->check.user),
 			  LOG_S("mailbox", s->mailbox),
 			  LOG_S("path", job->failed_path),
 			  LOG_S("reason", job->error == ELOOP
@@ -629,12 +623,12 @@ static void scan_done(void *arg)
 					      : strerror(job->error)));
 		mailbox_release(s);
 		reply(s, "-ERR [SYS/TEMP] cannot open the mailbox");
-		log_login(s, job->user, "mailbox_error");
+		log_login(s, job->check.user, "mailbox_error");
 		job_free(job);
 		resume_commands(s);
 		return;
 	}
-	char *who = strdup(job->user);
+	char *who = strdup(job->check.user);
 	if (who == NULL) {
 		mailbox_release(s);
 		reply(s, "-ERR [SYS/TEMP] out of memory");
@@ -643,12 +637,12 @@ static void scan_done(void *arg)
 		return;
 	}
 	if (job->skipped_count > 0)
-		log_event(LOG_LEVEL_WARN, "pop3_mailbox_skipped",
-			  LOG_S("client", s->client), LOG_S("user", job->user),
-			  LOG_S("mailbox", s->mailbox),
-			  LOG_S("entry", job->skipped),
-			  LOG_I("count", job->skipped_count),
-			  LOG_S("reason", "not a regular file"));
+		log_event(
+		    LOG_LEVEL_WARN, "pop3_mailbox_skipped",
+		    LOG_S("client", s->client), LOG_S("user", job->check.user),
+		    LOG_S("mailbox", s->mailbox), LOG_S("entry", job->skipped),
+		    LOG_I("count", job->skipped_count),
+		    LOG_S("reason", "not a regular file"));
 	s->messages = job->messages;
 	s->message_count = job->count;
 	job->messages = NULL;
@@ -678,7 +672,7 @@ static void scan_done(void *arg)
 static bool mailbox_open(struct pop3_session *s, struct pop3_job *job)
 {
 	const struct config *cfg = srv_of(s)->cfg;
-	const char *account = job->user;
+	const char *account = job->check.user;
 	if (cfg->mailbox_format == MAILBOX_MBOX) {
 		/* Only Maildir is served (SPEC.md §6). */
 		reply(s, "-ERR [SYS/PERM] mbox is not served over POP3");
@@ -738,18 +732,12 @@ static bool client_refused(const struct pop3_session *s)
 					 cfg->auth_fail_window, NULL);
 }
 
-static void flush_then_free(struct pop3_session *s);
-
-/* The login delay is over, or (CLOSING) time to look at the flush. */
+/* The login delay is over. */
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
 	struct pop3_session *s = arg;
-	if (s->state == POP3_STATE_CLOSING) {
-		flush_then_free(s);
-		return;
-	}
 	if (s->state != POP3_STATE_LOGIN_DELAY)
 		return;
 	enter_state(s, POP3_STATE_AUTHORIZATION);
@@ -794,15 +782,16 @@ static void check_done(void *arg)
 	struct pop3_session *s = job_claim(job);
 	if (s == NULL)
 		return;
-	if (!job->ok) {
+	if (!job->check.ok) {
 		const struct config *cfg = srv_of(s)->cfg;
 		uint8_t key[16];
 		client_key(s, key);
 		/* Only accounts that exist are counted (as for SMTP). */
 		auth_limit_failure(srv_of(s)->auth_limit, key,
-				   job->hash != NULL ? job->user : NULL,
+				   job->check.hash != NULL ? job->check.user
+							   : NULL,
 				   time(NULL), cfg->auth_fail_window);
-		login_failed(s, job->user);
+		login_failed(s, job->check.user);
 		job_free(job);
 		return;
 	}
@@ -836,15 +825,13 @@ static void login(struct pop3_session *s, const char *user,
 		return;
 	}
 	struct pop3_job *job = calloc(1, sizeof *job);
-	const char *hash = auth_users_hash(srv->users, user);
 	if (job != NULL) {
 		job->session = s;
 		job->cur_fd = -1;
-		job->hash = hash != NULL ? strdup(hash) : NULL;
-		snprintf(job->user, sizeof job->user, "%s", user);
-		snprintf(job->password, sizeof job->password, "%s", password);
 	}
-	if (job == NULL || (hash != NULL && job->hash == NULL) ||
+	if (job == NULL ||
+	    password_check_init(&job->check, srv->users, user, password) ==
+		-1 ||
 	    worker_run(srv->worker, check_run, check_done, job) == -1) {
 		if (job != NULL)
 			job_free(job);
@@ -989,31 +976,36 @@ static void cmd_stls(struct pop3_session *s)
 		reply_error(s, "TLS already active");
 		return;
 	}
-	SSL_CTX *ctx = srv_of(s)->tls_server;
-	SSL *ssl = ctx != NULL ? SSL_new(ctx) : NULL;
-	if (ssl == NULL) {
+	if (srv_of(s)->tls_server == NULL) {
 		reply(s, "-ERR [SYS/TEMP] TLS not available");
 		return;
 	}
 	reply(s, "+OK begin TLS negotiation");
 	/* Whatever the client pipelined after STLS came in the clear and
-	 * must not be read as if it were protected (RFC 2595 §4). */
-	struct evbuffer *in = bufferevent_get_input(s->bev);
-	evbuffer_drain(in, evbuffer_get_length(in));
-	struct bufferevent *tls = bufferevent_openssl_filter_new(
-	    srv_of(s)->base, s->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
-	    BEV_OPT_CLOSE_ON_FREE);
-	if (tls == NULL) {
-		SSL_free(ssl);
+	 * must not be read as if it were protected (RFC 2595 §4); nothing
+	 * more is read until the handshake. */
+	transport_drop_input(s->bev);
+	bufferevent_disable(s->bev, EV_READ);
+	enter_state(s, POP3_STATE_STLS);
+}
+
+/* The +OK is out: the same socket goes on under TLS, and the session
+ * starts over in AUTHORIZATION. */
+static void stls_begin(struct pop3_session *s)
+{
+	/* (A reload may have taken the certificate away meanwhile.) */
+	SSL_CTX *ctx = srv_of(s)->tls_server;
+	SSL *ssl = ctx != NULL ? SSL_new(ctx) : NULL;
+	if (ssl == NULL ||
+	    transport_start_tls(srv_of(s)->base, &s->bev, ssl, true) == -1) {
 		s->end_reason = "out of memory";
-		session_close(s);
+		session_free(s);
 		return;
 	}
-	bufferevent_openssl_set_allow_dirty_shutdown(tls, 1);
-	s->bev = tls;
 	s->tls = true;
 	free(s->user);
 	s->user = NULL;
+	enter_state(s, POP3_STATE_AUTHORIZATION);
 	set_callbacks(s);
 }
 
@@ -1412,11 +1404,8 @@ static void session_process(struct pop3_session *s)
 	while (reading_commands(s) && read_line(s))
 		;
 	/* A client that sends without reading replies is paused. */
-	if (reading_commands(s) && evbuffer_get_length(bufferevent_get_output(
-				       s->bev)) > OUTPUT_HIGH_WATER) {
-		bufferevent_disable(s->bev, EV_READ);
-		s->paused = true;
-	}
+	if (reading_commands(s))
+		transport_pause_if_backlogged(s->bev, &s->paused);
 }
 
 static void on_read(struct bufferevent *bev, void *arg)
@@ -1431,7 +1420,10 @@ static void on_write(struct bufferevent *bev, void *arg)
 	struct pop3_session *s = arg;
 	switch (s->state) {
 	case POP3_STATE_CLOSING:
-		flush_then_free(s);
+		session_free(s);
+		return;
+	case POP3_STATE_STLS:
+		stls_begin(s);
 		return;
 	case POP3_STATE_SENDING:
 		send_more(s);
@@ -1442,11 +1434,8 @@ static void on_write(struct bufferevent *bev, void *arg)
 	default:
 		break;
 	}
-	if (s->paused && reading_commands(s)) {
-		s->paused = false;
-		bufferevent_enable(s->bev, EV_READ);
+	if (reading_commands(s) && transport_resume(s->bev, &s->paused))
 		session_process(s);
-	}
 }
 
 static void on_event(struct bufferevent *bev, short what, void *arg)
@@ -1457,11 +1446,10 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		/* the TLS handshake is done */
 		s->tls_established = true;
 		metrics.tls_sessions_total++;
-		SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
 		log_event(LOG_LEVEL_INFO, "pop3_tls",
 			  LOG_S("client", s->client),
-			  LOG_S("version", ssl ? SSL_get_version(ssl) : ""),
-			  LOG_S("cipher", ssl ? SSL_get_cipher_name(ssl) : ""));
+			  LOG_S("version", transport_tls_version(s->bev)),
+			  LOG_S("cipher", transport_tls_cipher(s->bev)));
 		return;
 	}
 	if (s->tls && !s->tls_established) {
@@ -1479,27 +1467,6 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 	session_free(s);
 }
 
-/* Our output is empty; after STLS the TLS filter has handed its last
- * records to the socket's bufferevent, which may still hold them: wait
- * for that one too (a bounded while) before the close would drop them. */
-static void flush_then_free(struct pop3_session *s)
-{
-	struct bufferevent *under = bufferevent_get_underlying(s->bev);
-	if (under != NULL &&
-	    evbuffer_get_length(bufferevent_get_output(under)) > 0 &&
-	    s->flush_checks < FLUSH_CHECKS_MAX) {
-		if (s->timer == NULL)
-			s->timer = evtimer_new(srv_of(s)->base, on_timer, s);
-		if (s->timer != NULL) {
-			s->flush_checks++;
-			struct timeval tick = {0, FLUSH_CHECK_USEC};
-			evtimer_add(s->timer, &tick);
-			return;
-		}
-	}
-	session_free(s);
-}
-
 /* Stop reading and end the session once the queued replies are out. */
 static void session_close(struct pop3_session *s)
 {
@@ -1508,16 +1475,7 @@ static void session_close(struct pop3_session *s)
 	enter_state(s, POP3_STATE_CLOSING);
 	if (s->timer != NULL)
 		evtimer_del(s->timer);
-	bufferevent_disable(s->bev, EV_READ);
-	bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
-	struct evbuffer *in = bufferevent_get_input(s->bev);
-	evbuffer_drain(in, evbuffer_get_length(in));
-	if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0) {
-		/* on_write will not come: free on the next loop turn. */
-		bufferevent_trigger(s->bev, EV_WRITE,
-				    BEV_TRIG_DEFER_CALLBACKS |
-					BEV_TRIG_IGNORE_WATERMARKS);
-	}
+	transport_close(s->bev); /* on_write frees s, on a later turn */
 }
 
 static void session_free(struct pop3_session *s)
@@ -1560,7 +1518,8 @@ session_new(struct pop3_server *p, int fd, const struct sockaddr *addr,
 		close(fd);
 		return NULL;
 	}
-	s->bev = listener_bufferevent(srv, fd, mode == LISTEN_POP3S);
+	s->bev = transport_accept(srv->base, fd, mode == LISTEN_POP3S,
+				  srv->tls_server);
 	s->tls = s->bev != NULL && mode == LISTEN_POP3S;
 	if (s->bev == NULL) {
 		close(fd);
@@ -1681,6 +1640,11 @@ void pop3_server_shutdown(struct pop3_server *p)
 			/* No room for a word in the middle of a message. */
 			s->end_reason = "shutdown";
 			session_free(s);
+		} else if (s->state == POP3_STATE_STLS) {
+			/* The client awaits a handshake: not a word in the
+			 * clear after the +OK. */
+			s->end_reason = "shutdown";
+			session_close(s);
 		} else if (s->state != POP3_STATE_CLOSING) {
 			reply(s, "-ERR [SYS/TEMP] server shutting down");
 			s->end_reason = "shutdown";

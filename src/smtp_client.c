@@ -39,6 +39,7 @@
 #include <openssl/x509.h>
 
 #include "facteur/auth.h"
+#include "facteur/lineio.h"
 #include "facteur/log.h"
 #include "facteur/metrics.h"
 #include "facteur/smtp_client.h"
@@ -46,6 +47,7 @@
 #include "facteur/smtp_reply.h"
 #include "facteur/spool.h"
 #include "facteur/tls.h"
+#include "facteur/transport.h"
 
 /* Enhanced status codes (RFC 3463) of our own diagnoses. */
 #define ESC_DELIVERED "2.0.0"
@@ -61,11 +63,10 @@
 #define ESC_TOO_BIG "5.3.4"
 #define ESC_NEEDS_UTF8 "5.6.7"
 
-#define REPLY_LINE_MAX 2048		 /* octets, without the line end */
-#define BODY_CHUNK (64 * 1024)		 /* read from the spool at a time */
-#define BODY_LOW_WATER (16 * 1024)	 /* refill below this */
-#define TLS_UNDERLYING_HIGH (128 * 1024) /* ciphertext queued at most */
-#define QUIT_WAIT 2			 /* seconds for the reply to QUIT */
+#define REPLY_LINE_MAX 2048	   /* octets, without the line end */
+#define BODY_CHUNK (64 * 1024)	   /* read from the spool at a time */
+#define BODY_LOW_WATER (16 * 1024) /* refill below this */
+#define QUIT_WAIT 2		   /* seconds for the reply to QUIT */
 #define DEFAULT_TIMEOUT 300
 
 enum client_state {
@@ -561,7 +562,6 @@ static const char *tls_name(const struct smtp_client *c)
 
 static void start_tls(struct smtp_client *c)
 {
-	struct bufferevent *plain = c->bev, *tlsbev;
 	char err[256];
 	SSL *ssl;
 
@@ -580,30 +580,17 @@ static void start_tls(struct smtp_client *c)
 				   tls_error_string(err, sizeof err));
 		return;
 	}
-	/* RFC 3207 §5: nothing the server sent before the handshake counts */
-	struct evbuffer *in = bufferevent_get_input(plain);
-	if (evbuffer_drain(in, evbuffer_get_length(in)) < 0)
-		fatal("smtp_client: evbuffer_drain");
-	/* the filter times out on its own; the socket below only moves
-	 * bytes, and holds a bounded amount of ciphertext */
-	bufferevent_set_timeouts(plain, NULL, NULL);
-	bufferevent_setwatermark(plain, EV_WRITE, 0, TLS_UNDERLYING_HIGH);
-
-	tlsbev = bufferevent_openssl_filter_new(c->base, plain, ssl,
-						BUFFEREVENT_SSL_CONNECTING,
-						BEV_OPT_CLOSE_ON_FREE);
-	if (tlsbev == NULL) {
-		/* libevent has freed ssl, not the socket */
+	/* RFC 3207 §5: nothing the server sent before the handshake counts;
+	 * the plain bufferevent goes with what it buffered */
+	if (transport_start_tls(c->base, &c->bev, ssl, false) == -1) {
 		connection_failedf(c, ESC_LOCAL_ERROR,
 				   "cannot set up TLS: out of memory");
 		return;
 	}
-	c->bev = tlsbev;
-	bufferevent_openssl_set_allow_dirty_shutdown(tlsbev, 1);
-	bufferevent_setcb(tlsbev, read_cb, write_cb, event_cb, c);
+	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
 	struct timeval tv = {.tv_sec = c->timeout, .tv_usec = 0};
-	bufferevent_set_timeouts(tlsbev, &tv, &tv);
-	if (bufferevent_enable(tlsbev, EV_READ | EV_WRITE) < 0)
+	bufferevent_set_timeouts(c->bev, &tv, &tv);
+	if (bufferevent_enable(c->bev, EV_READ | EV_WRITE) < 0)
 		fatal("smtp_client: bufferevent_enable");
 	enter_state(c, CLIENT_TLS_HANDSHAKE);
 	arm_deadline(c, c->timeout);
@@ -1063,7 +1050,8 @@ static void fill_body(struct smtp_client *c)
 	}
 	if (n > 0) {
 		c->body_sent += (uint64_t)n;
-		/* before the commit: a TLS filter may consume it at once */
+		/* before the commit: a TLS bufferevent may consume it at once
+		 */
 		c->body_last = ((char *)v.iov_base)[n - 1];
 		v.iov_len = (size_t)n;
 		if (evbuffer_commit_space(out, &v, 1) < 0)
@@ -1119,7 +1107,8 @@ static void read_cb(struct bufferevent *bev, void *arg)
 {
 	struct smtp_client *c = arg;
 	struct evbuffer *in = bufferevent_get_input(bev);
-	char line[REPLY_LINE_MAX + 1];
+	/* the limit counts the line's end: a CR LF after REPLY_LINE_MAX */
+	char line[REPLY_LINE_MAX + 2];
 
 	if (c->state == CLIENT_READY) {
 		idle_lost(c, "data from the server");
@@ -1128,16 +1117,15 @@ static void read_cb(struct bufferevent *bev, void *arg)
 
 	/* stop when the connection is closed or replaced (STARTTLS) */
 	while (c->bev == bev) {
-		size_t eol_len = 0;
-		struct evbuffer_ptr p =
-		    evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF);
-		if (p.pos < 0) {
-			/* room for a CR whose LF has not come yet */
-			if (evbuffer_get_length(in) > REPLY_LINE_MAX + 1)
-				protocol_error(c, "reply line too long");
+		size_t len = 0;
+		bool discarding = false; /* a line too long ends it all */
+		enum lineio_result r =
+		    lineio_read(in, LINEIO_END_CRLF_OR_LF, sizeof line,
+				&discarding, line, &len);
+		if (r == LINEIO_NONE)
 			return;
-		}
-		if ((size_t)p.pos > REPLY_LINE_MAX) {
+		/* (a LF alone leaves room for one more octet) */
+		if (r != LINEIO_LINE || len > REPLY_LINE_MAX) {
 			protocol_error(c, "reply line too long");
 			return;
 		}
@@ -1145,10 +1133,6 @@ static void read_cb(struct bufferevent *bev, void *arg)
 			protocol_error(c, "unexpected data");
 			return;
 		}
-		size_t len = (size_t)p.pos;
-		if (evbuffer_remove(in, line, len) != (int)len ||
-		    evbuffer_drain(in, eol_len) < 0)
-			fatal("smtp_client: evbuffer_remove");
 
 		bool ehlo =
 		    c->state == CLIENT_EHLO || c->state == CLIENT_EHLO_TLS;
@@ -1242,16 +1226,13 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 			enter_state(c, CLIENT_GREETING);
 			arm_deadline(c, c->timeout);
 		} else if (c->state == CLIENT_TLS_HANDSHAKE) {
-			SSL *ssl = bufferevent_openssl_get_ssl(bev);
 			c->tls = true;
 			metrics.tls_sessions_total++;
-			log_event(
-			    LOG_LEVEL_DEBUG, "tls",
-			    LOG_S("queue_id", c->queue_id),
-			    LOG_S("relay", c->relay),
-			    LOG_S("version", ssl ? SSL_get_version(ssl) : ""),
-			    LOG_S("cipher",
-				  ssl ? SSL_get_cipher_name(ssl) : ""));
+			log_event(LOG_LEVEL_DEBUG, "tls",
+				  LOG_S("queue_id", c->queue_id),
+				  LOG_S("relay", c->relay),
+				  LOG_S("version", transport_tls_version(bev)),
+				  LOG_S("cipher", transport_tls_cipher(bev)));
 			send_ehlo(c, CLIENT_EHLO_TLS);
 		}
 		return;

@@ -22,7 +22,6 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <openssl/ssl.h>
 
@@ -33,13 +32,14 @@
 #include "facteur/listener.h"
 #include "facteur/log.h"
 #include "facteur/metrics.h"
+#include "facteur/password_check.h"
 #include "facteur/policy.h"
 #include "facteur/scheduler.h"
 #include "facteur/server.h"
 #include "facteur/smtp_proto.h"
 #include "facteur/smtp_session.h"
 #include "facteur/spool.h"
-#include "facteur/tls.h"
+#include "facteur/transport.h"
 #include "facteur/worker.h"
 
 /* Enhanced status codes (RFC 3463) used in replies. */
@@ -71,7 +71,6 @@
 
 #define MAX_PROTOCOL_ERRORS 10
 #define DATA_CHUNK 16384
-#define OUTPUT_HIGH_WATER (256 * 1024) /* stop reading past this */
 /* Decoder output gathers here with the Received header, so that a
  * small message reaches the spool in one write; one feed always fits
  * once it is written out. */
@@ -81,8 +80,8 @@
 #define COMMIT_READ_AHEAD DATA_CHUNK
 #define HELO_MAX 255
 #define AUTH_FAILURES_MAX 5 /* then 421 */
-#define AUTH_ADDRESS_MAX 320
-#define AUTH_PASSWORD_MAX 1024
+#define AUTH_ADDRESS_MAX PASSWORD_CHECK_USER_MAX
+#define AUTH_PASSWORD_MAX PASSWORD_CHECK_PASSWORD_MAX
 
 enum smtp_state {
 	SMTP_STATE_COMMAND,    /* reading command lines */
@@ -130,8 +129,8 @@ struct recipient_block {
 	_Alignas(struct recipient) char data[];
 };
 
-#define RECIPIENT_BLOCK 4096 /* octets of records; a record is ~1 KiB at most  \
-			      */
+/* Octets of records in a block; a record is ~1 KiB at most. */
+#define RECIPIENT_BLOCK 4096
 
 struct transaction {
 	bool active; /* MAIL accepted */
@@ -141,7 +140,7 @@ struct transaction {
 	struct recipient_block *blocks; /* the newest first */
 	unsigned accepted_rcpt_commands;
 	/* Octets this envelope holds (max_envelope_size), also counted in
-	 * envelope_memory (max_envelope_memory). */
+	 * the server's envelope_memory (max_envelope_memory). */
 	size_t envelope_bytes;
 	struct spool_incoming *incoming;
 	struct smtp_data data;
@@ -162,7 +161,7 @@ struct smtp_session {
 	time_t started;
 	char *helo;
 	bool esmtp;
-	bool tls;             /* TLS requested (STARTTLS or smtps) */
+	bool tls;	      /* TLS requested (STARTTLS or smtps) */
 	bool tls_established; /* the handshake completed */
 	char *auth_user;
 	/* SASL in progress */
@@ -172,7 +171,7 @@ struct smtp_session {
 	struct event *auth_timer;
 	struct auth_job *auth_job; /* the check on the worker, or NULL */
 	unsigned errors;
-	bool discarding_line; /* a line over the limit is being skipped */
+	bool discarding_line;  /* a line over the limit is being skipped */
 	bool shutdown_pending; /* SIGTERM came during a message */
 	bool gone;   /* the client left while a commit was in flight */
 	bool paused; /* reading stopped until our replies drain */
@@ -188,10 +187,14 @@ struct smtp_session {
 	struct spool_envelope *committing;
 };
 
-static struct smtp_session *all_sessions;
-static size_t session_count;
-/* The envelope octets of every open transaction. */
-static uint64_t envelope_memory;
+/* The SMTP side of one daemon: its sessions, for shutdown and the drain
+ * check, and the memory their envelopes hold together. */
+struct smtp_server {
+	struct smtp_session *sessions;
+	size_t session_count;
+	/* The envelope octets of every open transaction. */
+	uint64_t envelope_memory;
+};
 
 static void session_process(struct smtp_session *s);
 static bool session_flush(struct smtp_session *s);
@@ -206,14 +209,15 @@ static const struct config *cfg_of(const struct smtp_session *s)
 static void enter_state(struct smtp_session *s, enum smtp_state state)
 {
 	if (s->state != state)
-		log_event(LOG_LEVEL_DEBUG, "smtp_state", LOG_S("client", s->client),
-		          LOG_S("from", state_names[s->state]),
-		          LOG_S("to", state_names[state]));
+		log_event(LOG_LEVEL_DEBUG, "smtp_state",
+			  LOG_S("client", s->client),
+			  LOG_S("from", state_names[s->state]),
+			  LOG_S("to", state_names[state]));
 	s->state = state;
 }
 
 static void reply(struct smtp_session *s, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+    __attribute__((format(printf, 2, 3)));
 
 static void reply(struct smtp_session *s, const char *fmt, ...)
 {
@@ -228,25 +232,26 @@ static void reply(struct smtp_session *s, const char *fmt, ...)
 /* A protocol error (500, 501, 503): counted, and the tenth one ends the
  * session after its own reply. */
 static void reply_error(struct smtp_session *s, int code, const char *esc,
-                        const char *text)
+			const char *text)
 {
 	reply(s, "%d %s %s", code, esc, text);
 	if (code != 500 && code != 501 && code != 503)
 		return;
 	if (++s->errors >= MAX_PROTOCOL_ERRORS) {
-		reply(s, "421 %s %s Error: too many errors", ESC_TOO_MANY_ERRORS,
-		      cfg_of(s)->hostname);
-		log_event(LOG_LEVEL_WARN, "rejected", LOG_S("client", s->client),
-		          LOG_S("reason", "too many errors"));
+		reply(s, "421 %s %s Error: too many errors",
+		      ESC_TOO_MANY_ERRORS, cfg_of(s)->hostname);
+		log_event(LOG_LEVEL_WARN, "rejected",
+			  LOG_S("client", s->client),
+			  LOG_S("reason", "too many errors"));
 		session_close(s);
 	}
 }
 
 static void log_rejected(struct smtp_session *s, const char *reason,
-                         const char *address)
+			 const char *address)
 {
 	log_event(LOG_LEVEL_INFO, "rejected", LOG_S("client", s->client),
-	          LOG_S("reason", reason), LOG_S("address", address));
+		  LOG_S("reason", reason), LOG_S("address", address));
 }
 
 /* ---- transaction ---- */
@@ -260,7 +265,7 @@ static void transaction_reset(struct smtp_session *s)
 		tx->blocks = next;
 	}
 	free(tx->rcpts);
-	envelope_memory -= tx->envelope_bytes;
+	s->srv->smtp->envelope_memory -= tx->envelope_bytes;
 	free(tx->outbuf);
 	if (tx->incoming != NULL)
 		spool_incoming_abort(s->srv->spool, tx->incoming);
@@ -297,10 +302,10 @@ static size_t recipient_cost(const struct smtp_rcpt *rcpt,
 }
 
 /* Account for octets taken by (or given back from) the transaction. */
-static void envelope_charge(struct transaction *tx, size_t size)
+static void envelope_charge(struct smtp_session *s, size_t size)
 {
-	tx->envelope_bytes += size;
-	envelope_memory += size;
+	s->tx.envelope_bytes += size;
+	s->srv->smtp->envelope_memory += size;
 }
 
 /* Room for one record in the newest block, or a new block. */
@@ -332,9 +337,10 @@ static bool recipient_known(const struct transaction *tx, const char *address)
 	return false;
 }
 
-static int recipient_add(struct transaction *tx, const struct smtp_rcpt *rcpt,
-                         const struct policy_target *target)
+static int recipient_add(struct smtp_session *s, const struct smtp_rcpt *rcpt,
+			 const struct policy_target *target)
 {
+	struct transaction *tx = &s->tx;
 	if (recipient_known(tx, target->address))
 		return 0;
 	if (tx->rcpt_count == tx->rcpt_cap) {
@@ -364,7 +370,7 @@ static int recipient_add(struct transaction *tx, const struct smtp_rcpt *rcpt,
 	r->orcpt = orcpt_len ? (uint16_t)(address_len + original_len) : 0;
 	memcpy(r->text + address_len + original_len, rcpt->orcpt, orcpt_len);
 	tx->rcpts[tx->rcpt_count++] = r;
-	envelope_charge(tx, recipient_cost(rcpt, target));
+	envelope_charge(s, recipient_cost(rcpt, target));
 	return 0;
 }
 
@@ -374,10 +380,7 @@ static bool tls_active(const struct smtp_session *s)
 {
 	if (!s->tls)
 		return false;
-	if (s->tls_established)
-		return true;
-	SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
-	return ssl != NULL && SSL_is_init_finished(ssl);
+	return s->tls_established || transport_tls_done(s->bev);
 }
 
 /* ---- commands: HELO, EHLO ---- */
@@ -395,13 +398,13 @@ static bool helo_valid(const char *arg, size_t len)
 }
 
 static void cmd_helo(struct smtp_session *s, const struct smtp_command *cmd,
-                     bool esmtp)
+		     bool esmtp)
 {
 	const struct config *cfg = cfg_of(s);
 	if (!helo_valid(cmd->arg, cmd->arglen)) {
 		reply_error(s, 501, ESC_BAD_ARGS,
-		            esmtp ? "Syntax: EHLO hostname"
-		                  : "Syntax: HELO hostname");
+			    esmtp ? "Syntax: EHLO hostname"
+				  : "Syntax: HELO hostname");
 		return;
 	}
 	char *helo = strndup(cmd->arg, cmd->arglen);
@@ -468,29 +471,17 @@ static void cmd_starttls(struct smtp_session *s, const struct smtp_command *cmd)
 	/* Whatever the client pipelined after STARTTLS came in the clear
 	 * and must not be read as if it were protected; nothing more is
 	 * read until the handshake. */
-	struct evbuffer *in = bufferevent_get_input(s->bev);
-	evbuffer_drain(in, evbuffer_get_length(in));
+	transport_drop_input(s->bev);
 	bufferevent_disable(s->bev, EV_READ);
 	enter_state(s, SMTP_STATE_STARTTLS);
 }
 
-/* The 220 is out: the same socket goes on under TLS. A socket-based TLS
- * bufferevent (not a filter over the plain one) writes to the socket
- * itself, so the last reply before a close is never lost. */
+/* The 220 is out: the same socket goes on under TLS. */
 static void starttls_begin(struct smtp_session *s)
 {
-	evutil_socket_t fd = bufferevent_getfd(s->bev);
-	if (fd < 0) {
-		session_free(s);
-		return;
-	}
-	/* Detach the descriptor so that freeing the plain bufferevent
-	 * leaves it open. */
-	bufferevent_setfd(s->bev, -1);
-	bufferevent_free(s->bev);
-	s->bev = tls_server_bufferevent(s->srv->base, s->srv->tls_server, fd);
-	if (s->bev == NULL) {
-		close(fd);
+	SSL *ssl = SSL_new(s->srv->tls_server);
+	if (ssl == NULL ||
+	    transport_start_tls(s->srv->base, &s->bev, ssl, true) == -1) {
 		session_free(s);
 		return;
 	}
@@ -533,7 +524,7 @@ static void auth_succeeded(struct smtp_session *s, const char *user)
 		return;
 	}
 	log_event(LOG_LEVEL_INFO, "auth", LOG_S("client", s->client),
-	          LOG_S("user", s->auth_user), LOG_S("result", "ok"));
+		  LOG_S("user", s->auth_user), LOG_S("result", "ok"));
 	reply(s, "235 %s Authentication successful", ESC_AUTH_OK);
 }
 
@@ -550,8 +541,7 @@ static void on_auth_delay(evutil_socket_t fd, short what, void *arg)
 		session_flush(s);
 		return;
 	}
-	reply(s, "535 %s Authentication credentials invalid",
-	      ESC_AUTH_FAILED);
+	reply(s, "535 %s Authentication credentials invalid", ESC_AUTH_FAILED);
 	bufferevent_enable(s->bev, EV_READ);
 	session_process(s);
 }
@@ -562,8 +552,8 @@ static void auth_failed(struct smtp_session *s, const char *user)
 {
 	s->auth_failures++;
 	log_event(LOG_LEVEL_WARN, "auth", LOG_S("client", s->client),
-	          LOG_S("user", user), LOG_S("result", "failed"),
-	          LOG_I("failures", s->auth_failures));
+		  LOG_S("user", user), LOG_S("result", "failed"),
+		  LOG_I("failures", s->auth_failures));
 	if (s->auth_timer == NULL)
 		s->auth_timer = evtimer_new(s->srv->base, on_auth_delay, s);
 	if (s->auth_timer == NULL) {
@@ -576,27 +566,22 @@ static void auth_failed(struct smtp_session *s, const char *user)
 	evtimer_add(s->auth_timer, &delay);
 }
 
-/* A password check handed to the worker: copies of what it needs, so
- * that neither a reload nor the session's end can pull them away. */
+/* A password check on the worker, and the session it reports to. */
 struct auth_job {
 	struct smtp_session *session; /* NULL once the session is gone */
-	char *hash;		      /* NULL: no such user */
-	bool ok;
-	char user[AUTH_ADDRESS_MAX + 1];
-	char password[AUTH_PASSWORD_MAX];
+	struct password_check check;
 };
 
 static void auth_job_free(struct auth_job *job)
 {
-	explicit_bzero(job->password, sizeof job->password);
-	free(job->hash);
+	password_check_clear(&job->check);
 	free(job);
 }
 
 static void auth_job_run(void *arg)
 {
 	struct auth_job *job = arg;
-	job->ok = auth_password_matches(job->hash, job->password);
+	password_check_run(&job->check);
 }
 
 static void auth_job_done(void *arg)
@@ -608,8 +593,8 @@ static void auth_job_done(void *arg)
 		return;
 	}
 	s->auth_job = NULL;
-	if (job->ok) {
-		auth_succeeded(s, job->user);
+	if (job->check.ok) {
+		auth_succeeded(s, job->check.user);
 		bufferevent_enable(s->bev, EV_READ);
 		auth_job_free(job);
 		session_process(s);
@@ -621,9 +606,9 @@ static void auth_job_done(void *arg)
 	/* Only accounts that exist are counted: guesses at names that do
 	 * not would only crowd the table. */
 	auth_limit_failure(s->srv->auth_limit, key,
-			   job->hash != NULL ? job->user : NULL, time(NULL),
-			   cfg->auth_fail_window);
-	auth_failed(s, job->user);
+			   job->check.hash != NULL ? job->check.user : NULL,
+			   time(NULL), cfg->auth_fail_window);
+	auth_failed(s, job->check.user);
 	auth_job_free(job);
 	session_flush(s);
 }
@@ -632,7 +617,7 @@ static void auth_job_done(void *arg)
  * design); input waits, other sessions go on. An account under attack
  * is refused to clients that have failed logins themselves. */
 static void auth_check(struct smtp_session *s, const char *user,
-                       const char *password)
+		       const char *password)
 {
 	const struct config *cfg = cfg_of(s);
 	uint8_t key[16];
@@ -651,14 +636,11 @@ static void auth_check(struct smtp_session *s, const char *user,
 		return;
 	}
 	struct auth_job *job = calloc(1, sizeof *job);
-	const char *hash = auth_users_hash(s->srv->users, user);
-	if (job != NULL) {
+	if (job != NULL)
 		job->session = s;
-		job->hash = hash != NULL ? strdup(hash) : NULL;
-		snprintf(job->user, sizeof job->user, "%s", user);
-		snprintf(job->password, sizeof job->password, "%s", password);
-	}
-	if (job == NULL || (hash != NULL && job->hash == NULL) ||
+	if (job == NULL ||
+	    password_check_init(&job->check, s->srv->users, user, password) ==
+		-1 ||
 	    worker_run(s->srv->worker, auth_job_run, auth_job_done, job) ==
 		-1) {
 		if (job != NULL)
@@ -687,11 +669,11 @@ static void auth_response(struct smtp_session *s, const char *line, size_t len)
 	int n;
 	switch (s->auth_step) {
 	case AUTH_PLAIN:
-		if (auth_sasl_plain_decode(line, len, user, sizeof user, password,
-		                           sizeof password) == -1) {
+		if (auth_sasl_plain_decode(line, len, user, sizeof user,
+					   password, sizeof password) == -1) {
 			enter_state(s, SMTP_STATE_COMMAND);
 			reply_error(s, 501, ESC_SYNTAX,
-			            "Invalid AUTH PLAIN response");
+				    "Invalid AUTH PLAIN response");
 			return;
 		}
 		auth_check(s, user, password);
@@ -702,7 +684,8 @@ static void auth_response(struct smtp_session *s, const char *line, size_t len)
 		if (n < 0 || n > AUTH_ADDRESS_MAX ||
 		    memchr(decoded, '\0', (size_t)n) != NULL) {
 			enter_state(s, SMTP_STATE_COMMAND);
-			reply_error(s, 501, ESC_SYNTAX, "Invalid AUTH LOGIN response");
+			reply_error(s, 501, ESC_SYNTAX,
+				    "Invalid AUTH LOGIN response");
 			return;
 		}
 		free(s->auth_login_user);
@@ -715,7 +698,8 @@ static void auth_response(struct smtp_session *s, const char *line, size_t len)
 		if (n < 0 || s->auth_login_user == NULL ||
 		    memchr(decoded, '\0', (size_t)n) != NULL) {
 			enter_state(s, SMTP_STATE_COMMAND);
-			reply_error(s, 501, ESC_SYNTAX, "Invalid AUTH LOGIN response");
+			reply_error(s, 501, ESC_SYNTAX,
+				    "Invalid AUTH LOGIN response");
 			return;
 		}
 		decoded[n] = '\0';
@@ -735,8 +719,9 @@ static void cmd_auth(struct smtp_session *s, const struct smtp_command *cmd)
 		return;
 	}
 	if (!tls_active(s)) {
-		reply(s, "538 %s Encryption required for requested "
-		         "authentication mechanism",
+		reply(s,
+		      "538 %s Encryption required for requested "
+		      "authentication mechanism",
 		      ESC_ENCRYPTION_REQUIRED);
 		return;
 	}
@@ -750,7 +735,7 @@ static void cmd_auth(struct smtp_session *s, const struct smtp_command *cmd)
 	}
 	if (s->tx.active) {
 		reply_error(s, 503, ESC_BAD_COMMAND,
-		            "AUTH not allowed during a mail transaction");
+			    "AUTH not allowed during a mail transaction");
 		return;
 	}
 	const char *mech = cmd->arg;
@@ -808,7 +793,7 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_command *cmd)
 		break;
 	case SMTP_PARSE_BAD_ADDRESS:
 		reply_error(s, 501, ESC_BAD_SENDER_SYNTAX,
-		            "Bad sender address syntax");
+			    "Bad sender address syntax");
 		return;
 	case SMTP_PARSE_UNKNOWN_PARAM:
 		reply(s, "555 %s Unsupported MAIL parameter", ESC_BAD_ARGS);
@@ -818,7 +803,8 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_command *cmd)
 		return;
 	case SMTP_PARSE_SYNTAX:
 	default:
-		reply_error(s, 501, ESC_BAD_ARGS, "Syntax: MAIL FROM:<address>");
+		reply_error(s, 501, ESC_BAD_ARGS,
+			    "Syntax: MAIL FROM:<address>");
 		return;
 	}
 	if (mail.size_given && mail.size > cfg->max_message_size) {
@@ -829,7 +815,7 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_command *cmd)
 	}
 	s->tx.mail = mail;
 	s->tx.active = true;
-	envelope_charge(&s->tx, strlen(mail.from.address) + 1);
+	envelope_charge(s, strlen(mail.from.address) + 1);
 	reply(s, "250 %s Ok", ESC_SENDER_OK);
 }
 
@@ -850,14 +836,15 @@ static bool envelope_has_room(struct smtp_session *s,
 		log_rejected(s, "max_envelope_size", rcpt->to.address);
 		return false;
 	}
-	if (envelope_memory + need > cfg->max_envelope_memory) {
+	uint64_t memory = s->srv->smtp->envelope_memory;
+	if (memory + need > cfg->max_envelope_memory) {
 		reply(s, "452 %s Insufficient system storage",
 		      ESC_SYSTEM_STORAGE);
 		log_event(LOG_LEVEL_WARN, "rejected",
 			  LOG_S("client", s->client),
 			  LOG_S("reason", "max_envelope_memory"),
 			  LOG_S("address", rcpt->to.address),
-			  LOG_I("envelope_memory", envelope_memory));
+			  LOG_I("envelope_memory", memory));
 		return false;
 	}
 	return true;
@@ -876,7 +863,7 @@ static void cmd_rcpt(struct smtp_session *s, const struct smtp_command *cmd)
 		break;
 	case SMTP_PARSE_BAD_ADDRESS:
 		reply_error(s, 501, ESC_BAD_DEST_SYNTAX,
-		            "Bad recipient address syntax");
+			    "Bad recipient address syntax");
 		return;
 	case SMTP_PARSE_UNKNOWN_PARAM:
 		reply(s, "555 %s Unsupported RCPT parameter", ESC_BAD_ARGS);
@@ -894,19 +881,20 @@ static void cmd_rcpt(struct smtp_session *s, const struct smtp_command *cmd)
 		return;
 	}
 	struct policy_client client = {
-		.addr = (const struct sockaddr *)&s->addr,
-		.authenticated = s->auth_user != NULL,
+	    .addr = (const struct sockaddr *)&s->addr,
+	    .authenticated = s->auth_user != NULL,
 	};
 	struct policy_expansion exp = {0};
 	enum policy_verdict verdict = policy_check_recipient(
-		s->srv->policy, &client, rcpt.to.address, &exp);
+	    s->srv->policy, &client, rcpt.to.address, &exp);
 	switch (verdict) {
 	case POLICY_ACCEPT:
 		break;
 	case POLICY_UNKNOWN_USER:
 	case POLICY_BAD_MAILBOX:
-		reply(s, "550 %s <%s>: Recipient address rejected: "
-		         "User unknown",
+		reply(s,
+		      "550 %s <%s>: Recipient address rejected: "
+		      "User unknown",
 		      ESC_BAD_DEST_MAILBOX, rcpt.to.address);
 		log_rejected(s, "unknown user", rcpt.to.address);
 		return;
@@ -928,7 +916,7 @@ static void cmd_rcpt(struct smtp_session *s, const struct smtp_command *cmd)
 	}
 	int failed = 0;
 	for (size_t i = 0; i < exp.count && !failed; i++)
-		failed = recipient_add(&s->tx, &rcpt, &exp.targets[i]);
+		failed = recipient_add(s, &rcpt, &exp.targets[i]);
 	policy_expansion_clear(&exp);
 	if (failed) {
 		reply(s, "451 %s Out of memory", ESC_LOCAL_ERROR);
@@ -943,14 +931,14 @@ static void cmd_rcpt(struct smtp_session *s, const struct smtp_command *cmd)
 static const char *protocol_name(const struct smtp_session *s)
 {
 	static const char *const names[2][2][2][2] = {
-		/* [utf8][esmtp][tls][auth] */
-		{{{"SMTP", "SMTPA"}, {"SMTPS", "SMTPSA"}},
-		 {{"ESMTP", "ESMTPA"}, {"ESMTPS", "ESMTPSA"}}},
-		{{{"UTF8SMTP", "UTF8SMTPA"}, {"UTF8SMTPS", "UTF8SMTPSA"}},
-		 {{"UTF8SMTP", "UTF8SMTPA"}, {"UTF8SMTPS", "UTF8SMTPSA"}}},
+	    /* [utf8][esmtp][tls][auth] */
+	    {{{"SMTP", "SMTPA"}, {"SMTPS", "SMTPSA"}},
+	     {{"ESMTP", "ESMTPA"}, {"ESMTPS", "ESMTPSA"}}},
+	    {{{"UTF8SMTP", "UTF8SMTPA"}, {"UTF8SMTPS", "UTF8SMTPSA"}},
+	     {{"UTF8SMTP", "UTF8SMTPA"}, {"UTF8SMTPS", "UTF8SMTPSA"}}},
 	};
 	return names[s->tx.mail.smtputf8][s->esmtp][s->tls]
-	            [s->auth_user != NULL];
+		    [s->auth_user != NULL];
 }
 
 /* The RFC 5322 date of now, for Received. */
@@ -970,8 +958,8 @@ static bool message_begin(struct smtp_session *s)
 	tx->outbuf = malloc(MESSAGE_BUF_SIZE);
 	if (tx->incoming == NULL || tx->outbuf == NULL) {
 		log_event(LOG_LEVEL_ERROR, "spool_error",
-		          LOG_S("client", s->client),
-		          LOG_S("reason", strerror(errno)));
+			  LOG_S("client", s->client),
+			  LOG_S("reason", strerror(errno)));
 		reply(s, "451 %s Local error in processing", ESC_LOCAL_ERROR);
 		free(tx->outbuf);
 		tx->outbuf = NULL;
@@ -989,11 +977,11 @@ static bool message_begin(struct smtp_session *s)
 			 recipient_original(tx->rcpts[0]));
 	/* The header waits in outbuf for the body's first octets. */
 	int n = snprintf(tx->outbuf, MESSAGE_BUF_SIZE,
-	                 "Received: from %s ([%s])\r\n"
-	                 "\tby %s (facteur) with %s id %s%s;\r\n"
-	                 "\t%s\r\n",
-	                 s->helo, s->client, cfg_of(s)->hostname,
-	                 protocol_name(s), tx->incoming->id, for_clause, date);
+			 "Received: from %s ([%s])\r\n"
+			 "\tby %s (facteur) with %s id %s%s;\r\n"
+			 "\t%s\r\n",
+			 s->helo, s->client, cfg_of(s)->hostname,
+			 protocol_name(s), tx->incoming->id, for_clause, date);
 	if (n < 0 || (size_t)n >= MESSAGE_BUF_SIZE) {
 		reply(s, "451 %s Local error in processing", ESC_LOCAL_ERROR);
 		spool_incoming_abort(s->srv->spool, tx->incoming);
@@ -1034,7 +1022,7 @@ static size_t message_feed(struct smtp_session *s, const char *in, size_t len)
 		message_spill(s);
 	size_t outlen = 0;
 	size_t used = smtp_data_feed(&tx->data, in, len,
-	                             tx->outbuf + tx->outlen, &outlen);
+				     tx->outbuf + tx->outlen, &outlen);
 	if (!tx->too_big && tx->data.size > cfg_of(s)->max_message_size)
 		tx->too_big = true;
 	tx->outlen = tx->too_big ? 0 : tx->outlen + outlen;
@@ -1061,9 +1049,9 @@ static struct spool_envelope *envelope_build(struct smtp_session *s)
 	env->envid = tx->mail.envid[0] ? strdup(tx->mail.envid) : NULL;
 	env->rcpts = calloc(tx->rcpt_count, sizeof *env->rcpts);
 	bool ok = env->sender && env->client_addr && env->helo &&
-	          env->protocol && env->rcpts &&
-	          (s->auth_user == NULL || env->auth_user) &&
-	          (tx->mail.envid[0] == '\0' || env->envid);
+		  env->protocol && env->rcpts &&
+		  (s->auth_user == NULL || env->auth_user) &&
+		  (tx->mail.envid[0] == '\0' || env->envid);
 	for (size_t i = 0; ok && i < tx->rcpt_count; i++) {
 		struct spool_rcpt *r = &env->rcpts[i];
 		const struct recipient *from = tx->rcpts[i];
@@ -1092,19 +1080,20 @@ static void on_committed(int error, void *arg)
 	s->committing = NULL;
 	if (error != 0) {
 		log_event(LOG_LEVEL_ERROR, "spool_error",
-		          LOG_S("client", s->client), LOG_S("queue_id", env->id),
-		          LOG_S("reason", strerror(error)));
+			  LOG_S("client", s->client),
+			  LOG_S("queue_id", env->id),
+			  LOG_S("reason", strerror(error)));
 		spool_envelope_free(env);
 		if (!s->gone)
 			reply(s, "451 %s Local error: message not queued",
 			      ESC_LOCAL_ERROR);
 	} else {
 		metrics.messages_accepted_total++;
-		log_event(LOG_LEVEL_INFO, "accepted", LOG_S("queue_id", env->id),
-		          LOG_S("from", env->sender), LOG_I("size", env->size),
-		          LOG_I("nrcpt", env->rcpt_count),
-		          LOG_S("client", s->client),
-		          LOG_S("protocol", env->protocol));
+		log_event(
+		    LOG_LEVEL_INFO, "accepted", LOG_S("queue_id", env->id),
+		    LOG_S("from", env->sender), LOG_I("size", env->size),
+		    LOG_I("nrcpt", env->rcpt_count), LOG_S("client", s->client),
+		    LOG_S("protocol", env->protocol));
 		if (!s->gone)
 			reply(s, "250 %s Ok: queued as %s", ESC_OK, env->id);
 		scheduler_add(s->srv->scheduler, env, false);
@@ -1137,7 +1126,8 @@ static void message_end(struct smtp_session *s)
 	const char *refusal = NULL;
 	message_spill(s);
 	if (tx->too_big) {
-		reply(s, "552 %s Message size exceeds fixed limit", ESC_TOO_BIG);
+		reply(s, "552 %s Message size exceeds fixed limit",
+		      ESC_TOO_BIG);
 		refusal = "message too big";
 	} else if (tx->data.received_count > SMTP_RECEIVED_MAX) {
 		reply(s, "554 %s Too many Received headers: mail loop",
@@ -1147,8 +1137,8 @@ static void message_end(struct smtp_session *s)
 		reply(s, "451 %s Local error writing the message",
 		      ESC_LOCAL_ERROR);
 		log_event(LOG_LEVEL_ERROR, "spool_error",
-		          LOG_S("client", s->client),
-		          LOG_S("reason", strerror(tx->incoming->error)));
+			  LOG_S("client", s->client),
+			  LOG_S("reason", strerror(tx->incoming->error)));
 		refusal = "spool write error";
 	}
 	struct spool_envelope *env = refusal ? NULL : envelope_build(s);
@@ -1205,7 +1195,7 @@ static void cmd_data(struct smtp_session *s, const struct smtp_command *cmd)
 }
 
 static void bdat_discard(struct smtp_session *s, int code, const char *esc,
-                         const char *text)
+			 const char *text)
 {
 	s->bdat_discard = true;
 	s->bdat_reply_code = code;
@@ -1254,11 +1244,12 @@ static void bdat_chunk_done(struct smtp_session *s)
 		s->bdat_discard = false;
 		if (s->bdat_reply_code != 0)
 			reply_error(s, s->bdat_reply_code, s->bdat_reply_esc,
-			            s->bdat_reply_text);
+				    s->bdat_reply_text);
 		return;
 	}
 	if (s->tx.too_big) {
-		reply(s, "552 %s Message size exceeds fixed limit", ESC_TOO_BIG);
+		reply(s, "552 %s Message size exceeds fixed limit",
+		      ESC_TOO_BIG);
 		log_rejected(s, "message too big", s->tx.mail.from.address);
 		transaction_reset(s);
 		return;
@@ -1327,13 +1318,15 @@ static void dispatch(struct smtp_session *s, const char *line, size_t len)
 		cmd_quit(s);
 		break;
 	case SMTP_VERB_HELP:
-		reply(s, "214 %s See RFC 5321; facteur speaks HELO EHLO MAIL "
-		         "RCPT DATA BDAT RSET NOOP QUIT HELP VRFY",
+		reply(s,
+		      "214 %s See RFC 5321; facteur speaks HELO EHLO MAIL "
+		      "RCPT DATA BDAT RSET NOOP QUIT HELP VRFY",
 		      ESC_OK);
 		break;
 	case SMTP_VERB_VRFY:
-		reply(s, "252 %s Cannot VRFY user, but will accept message "
-		         "and attempt delivery",
+		reply(s,
+		      "252 %s Cannot VRFY user, but will accept message "
+		      "and attempt delivery",
 		      ESC_VRFY);
 		break;
 	case SMTP_VERB_EXPN:
@@ -1359,13 +1352,13 @@ static void dispatch(struct smtp_session *s, const char *line, size_t len)
 static bool read_command(struct smtp_session *s)
 {
 	struct evbuffer *in = bufferevent_get_input(s->bev);
-	bool auth = s->state == SMTP_STATE_AUTH ||
-	            lineio_starts_with(in, "AUTH ");
+	bool auth =
+	    s->state == SMTP_STATE_AUTH || lineio_starts_with(in, "AUTH ");
 	size_t limit = auth ? SMTP_AUTH_LINE_MAX : SMTP_COMMAND_LINE_MAX;
 	char line[SMTP_AUTH_LINE_MAX];
 	size_t line_len = 0;
 	switch (lineio_read(in, LINEIO_END_CRLF, limit, &s->discarding_line,
-	                    line, &line_len)) {
+			    line, &line_len)) {
 	case LINEIO_NONE:
 		return false;
 	case LINEIO_TOO_LONG:
@@ -1392,7 +1385,8 @@ static bool read_data(struct smtp_session *s)
 		struct evbuffer_iovec vec;
 		if (evbuffer_peek(in, -1, NULL, &vec, 1) < 1)
 			break;
-		size_t take = vec.iov_len < DATA_CHUNK ? vec.iov_len : DATA_CHUNK;
+		size_t take =
+		    vec.iov_len < DATA_CHUNK ? vec.iov_len : DATA_CHUNK;
 		size_t used = message_feed(s, vec.iov_base, take);
 		evbuffer_drain(in, used);
 		if (s->tx.data.done) {
@@ -1411,7 +1405,8 @@ static bool read_bdat(struct smtp_session *s)
 		struct evbuffer_iovec vec;
 		if (evbuffer_peek(in, -1, NULL, &vec, 1) < 1)
 			break;
-		size_t take = vec.iov_len < DATA_CHUNK ? vec.iov_len : DATA_CHUNK;
+		size_t take =
+		    vec.iov_len < DATA_CHUNK ? vec.iov_len : DATA_CHUNK;
 		if (take > s->bdat_remaining)
 			take = (size_t)s->bdat_remaining;
 		if (!s->bdat_discard)
@@ -1466,11 +1461,7 @@ static void session_process(struct smtp_session *s)
 	    s->state != SMTP_STATE_STARTTLS &&
 	    s->state != SMTP_STATE_AUTH_CHECK &&
 	    s->state != SMTP_STATE_AUTH_DELAY) {
-		size_t pending = evbuffer_get_length(bufferevent_get_output(s->bev));
-		if (pending > OUTPUT_HIGH_WATER) {
-			bufferevent_disable(s->bev, EV_READ);
-			s->paused = true;
-		}
+		transport_pause_if_backlogged(s->bev, &s->paused);
 	}
 }
 
@@ -1487,12 +1478,11 @@ static void on_write(struct bufferevent *bev, void *arg)
 	struct smtp_session *s = arg;
 	if (!s->tls)
 		bufferevent_disable(bev, EV_WRITE); /* direct writes again */
-	if (s->paused && s->state != SMTP_STATE_COMMITTING &&
+	if (s->state != SMTP_STATE_COMMITTING &&
 	    s->state != SMTP_STATE_AUTH_CHECK &&
 	    s->state != SMTP_STATE_AUTH_DELAY &&
-	    s->state != SMTP_STATE_CLOSING && s->state != SMTP_STATE_STARTTLS) {
-		s->paused = false;
-		bufferevent_enable(s->bev, EV_READ);
+	    s->state != SMTP_STATE_CLOSING && s->state != SMTP_STATE_STARTTLS &&
+	    transport_resume(s->bev, &s->paused)) {
 		session_process(s);
 		return;
 	}
@@ -1507,10 +1497,9 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		/* the TLS handshake is done */
 		s->tls_established = true;
 		metrics.tls_sessions_total++;
-		SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
 		log_event(LOG_LEVEL_INFO, "tls", LOG_S("client", s->client),
-		          LOG_S("version", ssl ? SSL_get_version(ssl) : ""),
-		          LOG_S("cipher", ssl ? SSL_get_cipher_name(ssl) : ""));
+			  LOG_S("version", transport_tls_version(s->bev)),
+			  LOG_S("cipher", transport_tls_cipher(s->bev)));
 		return;
 	}
 	if (s->state == SMTP_STATE_COMMITTING) {
@@ -1532,10 +1521,10 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		/* A handshake that failed or never finished: nothing can
 		 * be said to this client in the clear any more. */
 		log_event(LOG_LEVEL_INFO, "tls_failed",
-		          LOG_S("client", s->client),
-		          LOG_S("reason", (what & BEV_EVENT_TIMEOUT)
-		                                  ? "handshake timeout"
-		                                  : "handshake failed"));
+			  LOG_S("client", s->client),
+			  LOG_S("reason", (what & BEV_EVENT_TIMEOUT)
+					      ? "handshake timeout"
+					      : "handshake failed"));
 		session_free(s);
 		return;
 	}
@@ -1544,7 +1533,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		reply(s, "421 %s %s Error: timeout exceeded", ESC_TIMEOUT,
 		      cfg_of(s)->hostname);
 		log_event(LOG_LEVEL_INFO, "timeout", LOG_S("client", s->client),
-		          LOG_S("state", state_names[s->state]));
+			  LOG_S("state", state_names[s->state]));
 		session_close(s);
 		session_flush(s);
 		return;
@@ -1560,37 +1549,16 @@ static void session_close(struct smtp_session *s)
 	if (s->state == SMTP_STATE_CLOSING)
 		return;
 	enter_state(s, SMTP_STATE_CLOSING);
-	bufferevent_disable(s->bev, EV_READ);
-	/* Nothing else is read now: drop the rest of the input. */
-	struct evbuffer *in = bufferevent_get_input(s->bev);
-	evbuffer_drain(in, evbuffer_get_length(in));
+	transport_close(s->bev);
 }
 
 /* Send the queued replies. Every entry point (a callback, a new
  * session, shutdown) ends here, so that the replies to all that one read
- * brought leave in one write. A plain socket is written directly:
- * through libevent's write event each reply would cost two epoll_ctl
- * and a loop turn. What the socket does not take, or a write error, is
- * left to that event: libevent writes the rest and calls on_write, or
- * meets the error again and calls on_event. Once all is out, a closing
- * session ends and STARTTLS begins. False when s is no more. */
+ * brought leave in one write (transport_flush). Once all is out, a
+ * closing session ends and STARTTLS begins. False when s is no more. */
 static bool session_flush(struct smtp_session *s)
 {
-	struct evbuffer *out = bufferevent_get_output(s->bev);
-	if (!s->tls && evbuffer_get_length(out) > 0 &&
-	    !(bufferevent_get_enabled(s->bev) & EV_WRITE)) {
-		evutil_socket_t fd = bufferevent_getfd(s->bev);
-		/* The bufferevent keeps the output's start frozen but for
-		 * its own writes: this is one of them. */
-		int n = -1;
-		if (fd >= 0 && evbuffer_unfreeze(out, 1) == 0) {
-			n = evbuffer_write(out, fd);
-			evbuffer_freeze(out, 1);
-		}
-		if (n == -1 || evbuffer_get_length(out) > 0)
-			bufferevent_enable(s->bev, EV_WRITE);
-	}
-	if (evbuffer_get_length(out) > 0)
+	if (!transport_flush(s->bev, s->tls))
 		return true; /* on_write comes back here */
 	if (s->state == SMTP_STATE_CLOSING) {
 		session_free(s);
@@ -1607,15 +1575,16 @@ static void session_free(struct smtp_session *s)
 {
 	transaction_reset(s);
 	log_event(LOG_LEVEL_INFO, "disconnect", LOG_S("client", s->client),
-	          LOG_I("duration", time(NULL) - s->started),
-	          LOG_I("errors", s->errors));
+		  LOG_I("duration", time(NULL) - s->started),
+		  LOG_I("errors", s->errors));
+	struct smtp_server *smtp = s->srv->smtp;
 	if (s->prev != NULL)
 		s->prev->next = s->next;
 	else
-		all_sessions = s->next;
+		smtp->sessions = s->next;
 	if (s->next != NULL)
 		s->next->prev = s->prev;
-	session_count--;
+	smtp->session_count--;
 	metrics.connections_active--;
 	listener_release(s->srv->listener, (struct sockaddr *)&s->addr);
 	if (s->bev != NULL)
@@ -1631,16 +1600,16 @@ static void session_free(struct smtp_session *s)
 }
 
 struct smtp_session *smtp_session_new(struct server *srv, int fd,
-                                      const struct sockaddr *addr,
-                                      socklen_t addrlen,
-                                      enum listen_mode mode)
+				      const struct sockaddr *addr,
+				      socklen_t addrlen, enum listen_mode mode)
 {
 	struct smtp_session *s = calloc(1, sizeof *s);
 	if (s == NULL) {
 		close(fd);
 		return NULL;
 	}
-	s->bev = listener_bufferevent(srv, fd, mode == LISTEN_SMTPS);
+	s->bev = transport_accept(srv->base, fd, mode == LISTEN_SMTPS,
+				  srv->tls_server);
 	s->tls = s->bev != NULL && mode == LISTEN_SMTPS;
 	if (s->bev == NULL) {
 		close(fd);
@@ -1655,11 +1624,12 @@ struct smtp_session *smtp_session_new(struct server *srv, int fd,
 	memcpy(&s->addr, addr, addrlen);
 	listener_address_text(addr, s->client, sizeof s->client);
 
-	s->next = all_sessions;
-	if (all_sessions != NULL)
-		all_sessions->prev = s;
-	all_sessions = s;
-	session_count++;
+	struct smtp_server *smtp = srv->smtp;
+	s->next = smtp->sessions;
+	if (smtp->sessions != NULL)
+		smtp->sessions->prev = s;
+	smtp->sessions = s;
+	smtp->session_count++;
 	metrics.connections_active++;
 	metrics.connections_total++;
 
@@ -1683,14 +1653,24 @@ struct smtp_session *smtp_session_new(struct server *srv, int fd,
 	return s;
 }
 
-void smtp_sessions_shutdown(void)
+struct smtp_server *smtp_server_new(void)
 {
-	struct smtp_session *s = all_sessions;
+	return calloc(1, sizeof(struct smtp_server));
+}
+
+void smtp_server_free(struct smtp_server *smtp)
+{
+	free(smtp);
+}
+
+void smtp_server_shutdown(struct smtp_server *smtp)
+{
+	struct smtp_session *s = smtp->sessions;
 	while (s != NULL) {
 		struct smtp_session *next = s->next;
 		if (s->state == SMTP_STATE_COMMAND) {
-			reply(s, "421 %s %s Service shutting down", ESC_SHUTDOWN,
-			      cfg_of(s)->hostname);
+			reply(s, "421 %s %s Service shutting down",
+			      ESC_SHUTDOWN, cfg_of(s)->hostname);
 			session_close(s);
 			session_flush(s);
 		} else if (s->state != SMTP_STATE_CLOSING) {
@@ -1700,7 +1680,7 @@ void smtp_sessions_shutdown(void)
 	}
 }
 
-size_t smtp_sessions_count(void)
+size_t smtp_server_sessions(const struct smtp_server *smtp)
 {
-	return session_count;
+	return smtp->session_count;
 }

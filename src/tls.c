@@ -11,8 +11,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -184,21 +182,4 @@ int tls_client_prepare(SSL *ssl, const char *host, bool verify)
 	}
 	SSL_set_verify(ssl, SSL_VERIFY_PEER, NULL);
 	return 0;
-}
-
-struct bufferevent *tls_server_bufferevent(struct event_base *base,
-                                           SSL_CTX *ctx, int fd)
-{
-	SSL *ssl = SSL_new(ctx);
-	if (ssl == NULL)
-		return NULL;
-	/* Without BEV_OPT_CLOSE_ON_FREE a failure here leaves fd open. */
-	struct bufferevent *bev = bufferevent_openssl_socket_new(
-		base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
-	if (bev == NULL) {
-		SSL_free(ssl);
-		return NULL;
-	}
-	bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
-	return bev;
 }

@@ -1,10 +1,10 @@
 /*
- * Bounded command lines out of an input evbuffer, as the SMTP and POP3
- * sessions read them. The limit counts the line's end (RFC 5321
- * §4.5.3.1.4); a longer line is reported once, then skipped up to its
- * end, however many reads it spans, so that memory stays bounded and
- * its tail is never taken for a command. Only the buffer is touched:
- * the caller replies.
+ * Bounded lines out of an input evbuffer, as the SMTP and POP3 sessions
+ * read their commands and the SMTP client its replies. The limit counts
+ * the line's end (RFC 5321 §4.5.3.1.4); a longer line is reported once,
+ * then skipped up to its end, however many reads it spans, so that
+ * memory stays bounded and its tail is never taken for a command. Only
+ * the buffer is touched: the caller replies.
  */
 #ifndef FACTEUR_LINEIO_H
 #define FACTEUR_LINEIO_H

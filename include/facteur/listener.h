@@ -68,15 +68,6 @@ void listener_free(struct listener *l);
 /* A session ends: release its place in the counts. */
 void listener_release(struct listener *l, const struct sockaddr *addr);
 
-struct bufferevent;
-
-/* The bufferevent of an accepted socket: plain, or with implicit TLS
- * (smtps, pop3s) the server side of the handshake under way. NULL on
- * failure (implicit TLS without certificates, out of memory); the
- * descriptor is then still open. */
-struct bufferevent *listener_bufferevent(struct server *srv, int fd,
-                                         bool implicit_tls);
-
 /* What counts as one client, as 16 bytes: an IPv4 address as an
  * IPv4-mapped IPv6 one (so that both forms count together), an IPv6
  * address with all but its first `ipv6_prefix` bits cleared (one

@@ -21,6 +21,7 @@ struct iothread;
 struct listener;
 struct policy;
 struct scheduler;
+struct smtp_server;
 struct spool;
 struct worker;
 
@@ -37,6 +38,7 @@ struct server {
 	struct spool *spool;
 	struct scheduler *scheduler;
 	struct listener *listener;
+	struct smtp_server *smtp; /* the SMTP sessions */
 	struct dns *dns;
 	SSL_CTX *tls_server; /* NULL without tls_cert/tls_key */
 	SSL_CTX *tls_client;

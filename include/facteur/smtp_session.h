@@ -13,18 +13,24 @@
 #include "facteur/config.h"
 
 struct server;
+struct smtp_server;
 struct smtp_session;
 
-/* Take over an accepted socket; the session frees itself when it ends.
- * NULL (socket closed) when out of memory. */
+/* The SMTP side of one daemon (srv->smtp): its sessions and the memory
+ * their envelopes hold together (max_envelope_memory). NULL when out of
+ * memory. Free it once its sessions are gone, or the loop has stopped. */
+struct smtp_server *smtp_server_new(void);
+void smtp_server_free(struct smtp_server *smtp);
+
+/* Take over an accepted socket, as a session of srv->smtp; the session
+ * frees itself when it ends. NULL (socket closed) when out of memory. */
 struct smtp_session *smtp_session_new(struct server *srv, int fd,
-                                      const struct sockaddr *addr,
-                                      socklen_t addrlen,
-                                      enum listen_mode mode);
+				      const struct sockaddr *addr,
+				      socklen_t addrlen, enum listen_mode mode);
 
 /* SIGTERM: idle sessions get "421 4.3.2" now; a session in the middle of
  * a message finishes it first. */
-void smtp_sessions_shutdown(void);
-size_t smtp_sessions_count(void);
+void smtp_server_shutdown(struct smtp_server *smtp);
+size_t smtp_server_sessions(const struct smtp_server *smtp);
 
 #endif

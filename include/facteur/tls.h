@@ -3,7 +3,8 @@
  * from tls_cert/tls_key, and the client side for relaying, with the
  * verification modes of tls_outbound / a route's tls=. TLS 1.2 and later
  * only. The contexts are built from the configuration and rebuilt on
- * reload; sessions hold their own SSL objects.
+ * reload; sessions hold their own SSL objects, and put them on their
+ * connections with transport_start_tls or transport_accept.
  */
 #ifndef FACTEUR_TLS_H
 #define FACTEUR_TLS_H
@@ -17,7 +18,7 @@
  * file and OpenSSL's reason) when they cannot be loaded or do not
  * match. */
 SSL_CTX *tls_server_context(const char *cert_file, const char *key_file,
-                            char *err, size_t errlen);
+			    char *err, size_t errlen);
 
 /* A client context; trust anchors from ca_file, or the system store when
  * NULL. Verification itself is per connection (tls_client_prepare). */
@@ -27,17 +28,6 @@ SSL_CTX *tls_client_context(const char *ca_file, char *err, size_t errlen);
  * `verify`, peer verification against the trust anchors and `host`
  * (X509_VERIFY_PARAM_set1_host). 0 or -1. */
 int tls_client_prepare(SSL *ssl, const char *host, bool verify);
-
-struct event_base;
-struct bufferevent;
-
-/* A TLS bufferevent on an accepted socket, the server side of the
- * handshake under way (smtps and pop3s, and after STARTTLS): it writes
- * to the socket itself, so the last reply before a close is never lost,
- * and a peer that closes without close_notify is an ordinary EOF. NULL
- * on failure, the descriptor then still open. */
-struct bufferevent *tls_server_bufferevent(struct event_base *base,
-                                           SSL_CTX *ctx, int fd);
 
 /* The last OpenSSL error as text, for logs. */
 const char *tls_error_string(char *buf, size_t len);

@@ -19,10 +19,12 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "facteur/ascii.h"
+#include "facteur/hostname.h"
+#include "facteur/wholefile.h"
+
 #define CONFIG_FILE_MAX (16u * 1024 * 1024) /* a config file, not a disk */
 #define CONFIG_QUOTE_MAX 120		    /* text quoted back in errors */
-#define CONFIG_DOMAIN_MAX 253
-#define CONFIG_LABEL_MAX 63
 #define CONFIG_ENV_PREFIX "FACTEUR_"
 #define CONFIG_ENV_FILE "FACTEUR_CONFIG"
 #define CONFIG_RESOLV_CONF "/etc/resolv.conf"
@@ -158,6 +160,42 @@ void config_errors_add(struct config_errors *errors, const char *fmt, ...)
 	errors->messages[errors->count++] = msg;
 }
 
+char *config_read_named_file(const char *path, const char *key, size_t max,
+			     unsigned flags, size_t *len,
+			     struct config_errors *errors)
+{
+	char *text = NULL;
+	const char *why = NULL;
+
+	switch (
+	    wholefile_read(path, max, flags | WHOLEFILE_REGULAR, &text, len)) {
+	case WHOLEFILE_OK:
+		return text;
+	case WHOLEFILE_OPEN:
+		why = "cannot open";
+		break;
+	case WHOLEFILE_STAT:
+		why = "cannot stat";
+		break;
+	case WHOLEFILE_NOT_REGULAR:
+		config_errors_add(errors, "%s: %s: not a regular file", path,
+				  key);
+		return NULL;
+	case WHOLEFILE_TOO_LARGE:
+		config_errors_add(errors, "%s: %s: file too large", path, key);
+		return NULL;
+	case WHOLEFILE_NOMEM:
+		config_errors_add(errors, "%s: %s: out of memory", path, key);
+		return NULL;
+	case WHOLEFILE_READ:
+		why = "cannot read";
+		break;
+	}
+	config_errors_add(errors, "%s: %s: %s: %s", path, key, why,
+			  strerror(errno));
+	return NULL;
+}
+
 void config_errors_clear(struct config_errors *errors)
 {
 	if (errors == NULL)
@@ -235,45 +273,6 @@ static void bad(struct loader *ld, const char *fmt, ...)
 static bool is_blank(char c)
 {
 	return c == ' ' || c == '\t';
-}
-
-static bool is_ldh(char c)
-{
-	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-	       (c >= '0' && c <= '9') || c == '-';
-}
-
-static char ascii_lower(char c)
-{
-	return (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
-}
-
-static char ascii_upper(char c)
-{
-	return (c >= 'a' && c <= 'z') ? (char)(c - 'a' + 'A') : c;
-}
-
-/* RFC 1123 host name syntax: dot-separated labels of letters, digits and
- * hyphens, none empty, longer than 63 or starting/ending with '-'. */
-static bool domain_valid(const char *s, size_t len)
-{
-	size_t label = 0;
-
-	if (len == 0 || len > CONFIG_DOMAIN_MAX)
-		return false;
-	for (size_t i = 0; i < len; i++) {
-		if (s[i] == '.') {
-			if (label == 0 || s[i - 1] == '-')
-				return false;
-			label = 0;
-			continue;
-		}
-		if (!is_ldh(s[i]) || (s[i] == '-' && label == 0))
-			return false;
-		if (++label > CONFIG_LABEL_MAX)
-			return false;
-	}
-	return label > 0 && s[len - 1] != '-';
 }
 
 /* Trim spaces and tabs on both ends of s[0..*len), returning the start. */
@@ -655,7 +654,7 @@ static void set_hostname(struct loader *ld, const char *value)
 {
 	char q[QUOTE_BUF];
 
-	if (!domain_valid(value, strlen(value))) {
+	if (!hostname_valid(value, strlen(value))) {
 		bad(ld, "invalid host name %s", quote(value, q));
 		return;
 	}
@@ -780,13 +779,12 @@ static void set_local_domain(struct loader *ld, const char *value)
 
 	if (len > 1 && value[len - 1] == '.')
 		len--;
-	if (!domain_valid(value, len)) {
+	if (!hostname_valid(value, len)) {
 		bad(ld, "invalid domain %s", quote(value, q));
 		return;
 	}
 	lower = xstrndup(value, len);
-	for (size_t i = 0; i < len; i++)
-		lower[i] = ascii_lower(lower[i]);
+	ascii_lower_in_place(lower, len);
 	for (size_t i = 0; i < list->count; i++) {
 		if (strcmp(list->items[i], lower) == 0) {
 			free(lower); /* listed twice: once is enough */
@@ -1598,8 +1596,7 @@ static void read_environment(struct loader *ld, char *const *env)
 			char q[QUOTE_BUF];
 			char *lower = xstrndup(suffix, suffix_len);
 
-			for (size_t i = 0; i < suffix_len; i++)
-				lower[i] = ascii_lower(lower[i]);
+			ascii_lower_in_place(lower, suffix_len);
 			config_errors_add(ld->errors, "%s: unknown key %s",
 					  name, quote(lower, q));
 			free(lower);
@@ -1770,61 +1767,26 @@ struct config *config_load_string(const char *text, const char *name,
 static int read_file(const char *path, bool missing_ok, char **text,
 		     size_t *len, struct config_errors *errors)
 {
-	size_t cap = 4096;
-	size_t used = 0;
-	char *buf;
-	int fd;
-
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
+	switch (wholefile_read(path, CONFIG_FILE_MAX, 0, text, len)) {
+	case WHOLEFILE_OK:
+		return 0;
+	case WHOLEFILE_OPEN:
 		if (missing_ok && errno == ENOENT)
 			return 1;
 		config_errors_add(errors, "%s: cannot open: %s", path,
 				  strerror(errno));
 		return -1;
-	}
-	buf = malloc(cap);
-	if (buf == NULL)
+	case WHOLEFILE_TOO_LARGE:
+		config_errors_add(errors, "%s: file larger than %u octets",
+				  path, CONFIG_FILE_MAX);
+		return -1;
+	case WHOLEFILE_NOMEM:
 		out_of_memory();
-	for (;;) {
-		ssize_t n;
-
-		if (used == cap) {
-			if (cap >= CONFIG_FILE_MAX) {
-				config_errors_add(
-				    errors, "%s: file larger than %u octets",
-				    path, CONFIG_FILE_MAX);
-				goto fail;
-			}
-			cap *= 2;
-			buf = xreallocarray(buf, cap, 1);
-		}
-		n = read(fd, buf + used, cap - used);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			config_errors_add(errors, "%s: cannot read: %s", path,
-					  strerror(errno));
-			goto fail;
-		}
-		if (n == 0)
-			break;
-		used += (size_t)n;
-	}
-	if (close(fd) < 0) {
+	default:
 		config_errors_add(errors, "%s: cannot read: %s", path,
 				  strerror(errno));
-		free(buf);
 		return -1;
 	}
-	*text = buf;
-	*len = used;
-	return 0;
-fail:
-	free(buf);
-	/* already failing: the first error is the one worth reporting */
-	(void)close(fd);
-	return -1;
 }
 
 static const char *env_value(char *const *env, const char *name)
@@ -2092,77 +2054,6 @@ void config_print(const struct config *cfg, FILE *out)
 	}
 }
 
-static bool pop3_listen_set(const struct config *cfg)
-{
-	return cfg->pop3_listen_count > 0;
-}
-
-static bool metrics_listen_set(const struct config *cfg)
-{
-	return cfg->metrics_listen != NULL;
-}
-
-static bool tls_cert_set(const struct config *cfg)
-{
-	return cfg->tls_cert != NULL;
-}
-
-static bool tls_key_set(const struct config *cfg)
-{
-	return cfg->tls_key != NULL;
-}
-
-static bool tls_ca_file_set(const struct config *cfg)
-{
-	return cfg->tls_ca_file != NULL;
-}
-
-static bool tls_outbound_set(const struct config *cfg)
-{
-	return cfg->tls_outbound != TLS_POLICY_MAY;
-}
-
-static bool route_set(const struct config *cfg)
-{
-	return route_table_count(cfg->routes) > 0;
-}
-
-static bool dns_servers_set(const struct config *cfg)
-{
-	return !cfg->dns_from_resolv_conf;
-}
-
-static bool mx_port_set(const struct config *cfg)
-{
-	return cfg->mx_port != 25;
-}
-
-static bool mailbox_format_mbox(const struct config *cfg)
-{
-	return cfg->mailbox_format == MAILBOX_MBOX;
-}
-
-/*
- * NOT YET IN EFFECT: keys this build reads and validates but does not act
- * on. When the feature behind one lands, set its `in_effect` to true.
- */
-static const struct {
-	const char *key;
-	bool in_effect;
-	bool (*changed)(const struct config *cfg); /* left its default? */
-} pending_keys[] = {
-    {"pop3_listen", true, pop3_listen_set},
-    {"metrics_listen", true, metrics_listen_set},
-    {"tls_cert", true, tls_cert_set},
-    {"tls_key", true, tls_key_set},
-    {"tls_ca_file", true, tls_ca_file_set},
-    {"tls_outbound", true, tls_outbound_set},
-    {"route", true, route_set},
-    {"dns_servers", true, dns_servers_set},
-    {"mx_port", true, mx_port_set},
-    {"mailbox_format", true, mailbox_format_mbox},
-};
-
 const char *config_hostname_warning(const struct config *cfg)
 {
 	/* A container's or a bare machine's name (its id, "localhost"):
@@ -2172,18 +2063,4 @@ const char *config_hostname_warning(const struct config *cfg)
 		return "has no dot: remote servers may refuse it in EHLO; set "
 		       "hostname to this host's fully qualified name";
 	return NULL;
-}
-
-const char *const *config_keys_not_in_effect(const struct config *cfg)
-{
-	/* Static, as the header promises: overwritten by the next call. */
-	static const char *found[COUNT_OF(pending_keys) + 1];
-	size_t n = 0;
-
-	for (size_t i = 0; i < COUNT_OF(pending_keys); i++)
-		if (cfg != NULL && !pending_keys[i].in_effect &&
-		    pending_keys[i].changed(cfg))
-			found[n++] = pending_keys[i].key;
-	found[n] = NULL;
-	return found;
 }

@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "facteur/ascii.h"
 #include "facteur/auth.h"
 #include "facteur/deliver.h"
 #include "facteur/policy.h"
@@ -43,17 +44,6 @@ struct policy {
 	struct alias *aliases; /* sorted by key */
 	size_t alias_count;
 };
-
-static char ascii_lower(char c)
-{
-	return c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
-}
-
-static void lower_in_place(char *s, size_t len)
-{
-	for (size_t i = 0; i < len; i++)
-		s[i] = ascii_lower(s[i]);
-}
 
 static bool is_blank(char c)
 {
@@ -228,7 +218,7 @@ static struct alias *parse_entry(struct alias_parser *ap, const char *line,
 		ap->oom = true;
 		return NULL;
 	}
-	lower_in_place(alias->key, keylen);
+	ascii_lower_in_place(alias->key, keylen);
 	alias->line = lineno;
 	p->alias_count++;
 	parse_targets(ap, alias, colon + 1, len - (size_t)(colon + 1 - line),
@@ -362,79 +352,6 @@ struct policy *policy_new_with_aliases(const struct config *cfg,
 			    name, errors);
 }
 
-/* The whole file in memory, NUL-terminated; NULL with an error added. */
-static char *read_aliases_file(const char *path, size_t *lenp,
-			       struct config_errors *errors)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd == -1) {
-		config_errors_add(errors, "%s: aliases_file: cannot open: %s",
-				  path, strerror(errno));
-		return NULL;
-	}
-	char *buf = NULL;
-	size_t len = 0, cap = 0;
-	struct stat st;
-	if (fstat(fd, &st) == -1) {
-		config_errors_add(errors, "%s: aliases_file: cannot stat: %s",
-				  path, strerror(errno));
-		goto fail;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		config_errors_add(errors,
-				  "%s: aliases_file: not a regular file", path);
-		goto fail;
-	}
-	for (;;) {
-		if (cap - len < 4096) {
-			if (cap >= ALIASES_FILE_MAX) {
-				config_errors_add(errors,
-						  "%s: aliases_file: file too "
-						  "large",
-						  path);
-				goto fail;
-			}
-			size_t ncap =
-			    cap == 0 ? (size_t)st.st_size + 4096 : cap * 2;
-			char *n = realloc(buf, ncap);
-			if (n == NULL) {
-				config_errors_add(errors,
-						  "%s: aliases_file: out of "
-						  "memory",
-						  path);
-				goto fail;
-			}
-			buf = n;
-			cap = ncap;
-		}
-		ssize_t r = read(fd, buf + len, cap - len - 1);
-		if (r == -1) {
-			if (errno == EINTR)
-				continue;
-			config_errors_add(errors,
-					  "%s: aliases_file: cannot read: %s",
-					  path, strerror(errno));
-			goto fail;
-		}
-		if (r == 0)
-			break;
-		len += (size_t)r;
-	}
-	if (close(fd) == -1) {
-		config_errors_add(errors, "%s: aliases_file: cannot read: %s",
-				  path, strerror(errno));
-		free(buf);
-		return NULL;
-	}
-	buf[len] = '\0';
-	*lenp = len;
-	return buf;
-fail:
-	free(buf);
-	close(fd);
-	return NULL;
-}
-
 struct policy *policy_new(const struct config *cfg,
 			  const struct auth_users *users,
 			  struct config_errors *errors)
@@ -442,7 +359,8 @@ struct policy *policy_new(const struct config *cfg,
 	if (cfg->aliases_file == NULL || cfg->aliases_file[0] == '\0')
 		return policy_build(cfg, users, NULL, 0, NULL, errors);
 	size_t len = 0;
-	char *text = read_aliases_file(cfg->aliases_file, &len, errors);
+	char *text = config_read_named_file(cfg->aliases_file, "aliases_file",
+					    ALIASES_FILE_MAX, 0, &len, errors);
 	if (text == NULL)
 		return NULL;
 	struct policy *p =
@@ -519,10 +437,10 @@ static char *canonical(const struct policy *p, const char *address, size_t len,
 	char *at = memrchr(out, '@', len);
 	bool local = false;
 	if (at != NULL) {
-		lower_in_place(at + 1, strlen(at + 1));
+		ascii_lower_in_place(at + 1, strlen(at + 1));
 		local = is_local_domain(p, at + 1);
 		if (local)
-			lower_in_place(out, (size_t)(at - out));
+			ascii_lower_in_place(out, (size_t)(at - out));
 	}
 	if (local_out != NULL)
 		*local_out = local;
@@ -540,7 +458,7 @@ static char *postmaster_address(const struct policy *p)
 		return NULL;
 	memcpy(out, "postmaster@", sizeof "postmaster@" - 1);
 	memcpy(out + sizeof "postmaster@" - 1, domains->items[0], len + 1);
-	lower_in_place(out, strlen(out));
+	ascii_lower_in_place(out, strlen(out));
 	return out;
 }
 

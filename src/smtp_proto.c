@@ -1,7 +1,8 @@
 /*
  * SMTP as pure data (see smtp_proto.h): command lines, paths, ESMTP
- * parameters, xtext, and the DATA/BDAT stream decoder. Nothing here does
- * I/O or allocates, so every function can be driven by tests and fuzzers.
+ * parameters (their xtext decoded by text.h), and the DATA/BDAT stream
+ * decoder. Nothing here does I/O or allocates, so every function can be
+ * driven by tests and fuzzers.
  * ASCII case folding is done by hand: the locale must not change the
  * protocol.
  */
@@ -15,38 +16,8 @@
 
 #include "facteur/smtp_proto.h"
 
-static unsigned char ascii_lower(unsigned char c)
-{
-	return c >= 'A' && c <= 'Z' ? (unsigned char)(c + ('a' - 'A')) : c;
-}
-
-/* `s` (of length n) equals the lower-case literal `lit`, ignoring case. */
-static bool ascii_ieq(const char *s, size_t n, const char *lit)
-{
-	size_t i;
-
-	for (i = 0; i < n; i++) {
-		if (lit[i] == '\0' ||
-		    ascii_lower((unsigned char)s[i]) != (unsigned char)lit[i])
-			return false;
-	}
-	return lit[i] == '\0';
-}
-
-static bool ascii_is_alpha(unsigned char c)
-{
-	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-}
-
-static bool ascii_is_digit(unsigned char c)
-{
-	return c >= '0' && c <= '9';
-}
-
-static bool ascii_is_alnum(unsigned char c)
-{
-	return ascii_is_alpha(c) || ascii_is_digit(c);
-}
+#include "facteur/ascii.h"
+#include "facteur/text.h"
 
 /* RFC 5322 atext, ASCII part. */
 static bool is_atext(unsigned char c)
@@ -133,14 +104,13 @@ void smtp_parse_command(const char *line, size_t len, struct smtp_command *cmd)
 		size_t i;
 
 		for (i = 0; i < verb_len; i++)
-			lower[i] = (char)ascii_lower((unsigned char)line[i]);
+			lower[i] = ascii_lower(line[i]);
 		for (v = SMTP_VERB_HELO; v <= SMTP_VERB_AUTH; v++) {
 			const char *name = verb_names[v];
 			if (strlen(name) != verb_len)
 				continue;
 			for (i = 0; i < verb_len; i++) {
-				if (ascii_lower((unsigned char)name[i]) !=
-				    (unsigned char)lower[i])
+				if (ascii_lower(name[i]) != lower[i])
 					break;
 			}
 			if (i == verb_len) {
@@ -400,97 +370,6 @@ enum smtp_parse_result smtp_parse_path(const char *text, size_t len,
 	return SMTP_PARSE_OK;
 }
 
-/* xtext (RFC 3461 §4) */
-
-static int hexchar_value(unsigned char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
-int smtp_xtext_decode(const char *in, size_t len, char *out, size_t outlen)
-{
-	const unsigned char *p = (const unsigned char *)in;
-	size_t i = 0, o = 0;
-
-	if (out == NULL || outlen == 0 || outlen - 1 > INT_MAX)
-		return -1;
-	while (i < len) {
-		unsigned char c = p[i];
-		if (c == '+') {
-			int hi, lo;
-			if (len - i < 3)
-				return -1;
-			hi = hexchar_value(p[i + 1]);
-			lo = hexchar_value(p[i + 2]);
-			/* A NUL would silently cut the C string short. */
-			if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
-				return -1;
-			c = (unsigned char)(hi * 16 + lo);
-			i += 3;
-		} else if (c >= 33 && c <= 126 && c != '=') {
-			i++;
-		} else {
-			return -1;
-		}
-		if (o >= outlen - 1)
-			return -1;
-		out[o++] = (char)c;
-	}
-	out[o] = '\0';
-	return (int)o;
-}
-
-int smtp_xtext_encode(const char *in, size_t len, char *out, size_t outlen)
-{
-	static const char hex[] = "0123456789ABCDEF";
-	const unsigned char *p = (const unsigned char *)in;
-	size_t i, o = 0;
-
-	if (out == NULL || outlen == 0 || outlen - 1 > INT_MAX)
-		return -1;
-	for (i = 0; i < len; i++) {
-		unsigned char c = p[i];
-		if (c >= 33 && c <= 126 && c != '+' && c != '=') {
-			if (outlen - 1 - o < 1)
-				return -1;
-			out[o++] = (char)c;
-		} else {
-			if (outlen - 1 - o < 3)
-				return -1;
-			out[o++] = '+';
-			out[o++] = hex[c >> 4];
-			out[o++] = hex[c & 0xf];
-		}
-	}
-	out[o] = '\0';
-	return (int)o;
-}
-
-/* Just the syntax check, without a destination. */
-static bool xtext_valid(const char *in, size_t len)
-{
-	const unsigned char *p = (const unsigned char *)in;
-	size_t i = 0;
-
-	while (i < len) {
-		if (p[i] == '+') {
-			if (len - i < 3 || hexchar_value(p[i + 1]) < 0 ||
-			    hexchar_value(p[i + 2]) < 0)
-				return false;
-			i += 3;
-		} else if (p[i] >= 33 && p[i] <= 126 && p[i] != '=') {
-			i++;
-		} else {
-			return false;
-		}
-	}
-	return true;
-}
-
 /* MAIL and RCPT parameters */
 
 struct param {
@@ -621,7 +500,7 @@ static enum smtp_parse_result mail_param(const struct param *pm, unsigned *seen,
 		int n, k;
 		if (!first_time(seen, SEEN_ENVID) || v == NULL || vl == 0)
 			return SMTP_PARSE_BAD_PARAM;
-		n = smtp_xtext_decode(v, vl, out->envid, sizeof out->envid);
+		n = text_xtext_decode(v, vl, out->envid, sizeof out->envid, 0);
 		if (n < 0)
 			goto bad_envid;
 		/* RFC 3461 §4.4: printable US-ASCII once decoded. */
@@ -633,7 +512,7 @@ static enum smtp_parse_result mail_param(const struct param *pm, unsigned *seen,
 	} else if (ascii_ieq(pm->key, pm->keylen, "auth")) {
 		if (!first_time(seen, SEEN_AUTH) || v == NULL || vl == 0)
 			return SMTP_PARSE_BAD_PARAM;
-		if (!ascii_ieq(v, vl, "<>") && !xtext_valid(v, vl))
+		if (!ascii_ieq(v, vl, "<>") && !text_xtext_valid(v, vl))
 			return SMTP_PARSE_BAD_PARAM;
 		out->auth_given = true;
 	} else {
@@ -699,7 +578,7 @@ static bool orcpt_valid(const char *v, size_t len)
 		if (!is_atext((unsigned char)v[i]))
 			return false;
 	}
-	return xtext_valid(semi + 1, len - type_len - 1);
+	return text_xtext_valid(semi + 1, len - type_len - 1);
 }
 
 static enum smtp_parse_result rcpt_param(const struct param *pm, unsigned *seen,
@@ -876,7 +755,7 @@ static void header_match(struct smtp_data *d, const char *p, size_t n)
 		unsigned char c = (unsigned char)p[i];
 
 		if (d->line_prefix_len < HDR_AFTER_NAME) {
-			if (ascii_lower(c) ==
+			if ((unsigned char)ascii_lower((char)c) ==
 			    (unsigned char)name[d->line_prefix_len])
 				d->line_prefix_len++;
 			else

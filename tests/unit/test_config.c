@@ -1530,38 +1530,6 @@ static void test_config_print_shows_normalised_values(void **state)
 	config_free(cfg);
 }
 
-static void test_config_keys_not_in_effect(void **state)
-{
-	(void)state;
-	struct config *cfg = load_ok("", NULL);
-	const char *const *keys = config_keys_not_in_effect(cfg);
-
-	assert_non_null(keys);
-	assert_null(keys[0]);
-	config_free(cfg);
-
-	cfg = load_ok("mailbox_format = maildir\ntls_outbound = may\n"
-		      "mx_port = 25\ndns_servers = /etc/resolv.conf\n",
-		      NULL);
-	assert_null(config_keys_not_in_effect(cfg)[0]);
-	config_free(cfg);
-
-	cfg = load_ok("pop3_listen = 127.0.0.1:110\n"
-		      "metrics_listen = 127.0.0.1:9100\n"
-		      "tls_cert = /c\ntls_key = /k\ntls_ca_file = /ca\n"
-		      "tls_outbound = verify\n"
-		      "route = * [relay.test]\n"
-		      "dns_servers = 127.0.0.1\n"
-		      "mx_port = 26\n"
-		      "mailbox_format = mbox\n"
-		      "max_recipients = 3\n",
-		      NULL);
-	/* Every key is in effect in this build. */
-	keys = config_keys_not_in_effect(cfg);
-	assert_null(keys[0]);
-	config_free(cfg);
-}
-
 /* The checkout's conf/, found from this file's path. */
 static char *source_path(const char *rel)
 {
@@ -1594,7 +1562,6 @@ static void test_config_shipped_file_loads(void **state)
 	assert_int_equal(cfg->local_domains.count, 1);
 	assert_string_equal(cfg->local_domains.items[0], "localhost");
 	assert_int_equal(cfg->log_level, LOG_LEVEL_INFO);
-	assert_null(config_keys_not_in_effect(cfg)[0]);
 	config_free(cfg);
 	free(path);
 }
@@ -1962,7 +1929,6 @@ int main(void)
 	    cmocka_unit_test(test_config_print_lists_every_key_in_spec_order),
 	    cmocka_unit_test(test_config_print_round_trips),
 	    cmocka_unit_test(test_config_print_shows_normalised_values),
-	    cmocka_unit_test(test_config_keys_not_in_effect),
 	    cmocka_unit_test(test_config_shipped_file_loads),
 	    cmocka_unit_test(test_config_shipped_file_mentions_every_key),
 	    cmocka_unit_test(test_config_load_reads_the_named_file),

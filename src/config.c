@@ -872,9 +872,10 @@ static void set_mailbox_path(struct loader *ld, const char *value)
 	set_required_string(ld, &ld->cfg->mailbox_path, value);
 }
 
-static void set_relay_network(struct loader *ld, const char *value)
+/* relay_networks and proxy_networks: one CIDR more on the list. */
+static void add_network(struct loader *ld, struct cidr **nets, size_t *count,
+			const char *value)
 {
-	struct config *cfg = ld->cfg;
 	struct cidr net;
 	char q[QUOTE_BUF];
 
@@ -882,40 +883,37 @@ static void set_relay_network(struct loader *ld, const char *value)
 		bad(ld, "invalid network %s", quote(value, q));
 		return;
 	}
-	cfg->relay_networks =
-	    xreallocarray(cfg->relay_networks, cfg->relay_network_count + 1,
-			  sizeof(*cfg->relay_networks));
-	cfg->relay_networks[cfg->relay_network_count++] = net;
+	*nets = xreallocarray(*nets, *count + 1, sizeof(**nets));
+	(*nets)[(*count)++] = net;
+}
+
+static void clear_networks(struct cidr **nets, size_t *count)
+{
+	free(*nets);
+	*nets = NULL;
+	*count = 0;
+}
+
+static void set_relay_network(struct loader *ld, const char *value)
+{
+	add_network(ld, &ld->cfg->relay_networks, &ld->cfg->relay_network_count,
+		    value);
 }
 
 static void clear_relay_networks(struct loader *ld)
 {
-	free(ld->cfg->relay_networks);
-	ld->cfg->relay_networks = NULL;
-	ld->cfg->relay_network_count = 0;
+	clear_networks(&ld->cfg->relay_networks, &ld->cfg->relay_network_count);
 }
 
 static void set_proxy_network(struct loader *ld, const char *value)
 {
-	struct config *cfg = ld->cfg;
-	struct cidr net;
-	char q[QUOTE_BUF];
-
-	if (config_parse_cidr(value, &net) < 0) {
-		bad(ld, "invalid network %s", quote(value, q));
-		return;
-	}
-	cfg->proxy_networks =
-	    xreallocarray(cfg->proxy_networks, cfg->proxy_network_count + 1,
-			  sizeof(*cfg->proxy_networks));
-	cfg->proxy_networks[cfg->proxy_network_count++] = net;
+	add_network(ld, &ld->cfg->proxy_networks, &ld->cfg->proxy_network_count,
+		    value);
 }
 
 static void clear_proxy_networks(struct loader *ld)
 {
-	free(ld->cfg->proxy_networks);
-	ld->cfg->proxy_networks = NULL;
-	ld->cfg->proxy_network_count = 0;
+	clear_networks(&ld->cfg->proxy_networks, &ld->cfg->proxy_network_count);
 }
 
 static void set_route(struct loader *ld, const char *value)

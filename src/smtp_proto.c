@@ -618,60 +618,59 @@ static size_t skip_prefix(const char *arg, size_t len, const char *prefix)
 	return n;
 }
 
+/* "FROM:<path>" or "TO:<path>": the path parsed, *i set past it, where
+ * the parameters start. */
+static enum smtp_parse_result command_path(const char *arg, size_t len,
+					   const char *prefix, bool mail,
+					   struct smtp_path *path, size_t *i)
+{
+	enum smtp_parse_result r;
+	size_t used;
+
+	*i = skip_prefix(arg, len, prefix);
+	if (*i == 0)
+		return SMTP_PARSE_SYNTAX;
+	r = smtp_parse_path(arg + *i, len - *i, mail, !mail, path, &used);
+	if (r != SMTP_PARSE_OK)
+		return r;
+	*i += used;
+	if (*i < len && arg[*i] != ' ')
+		return SMTP_PARSE_BAD_ADDRESS;
+	return SMTP_PARSE_OK;
+}
+
 enum smtp_parse_result smtp_parse_mail(const char *arg, size_t len,
 				       struct smtp_mail *out)
 {
-	enum smtp_parse_result r;
 	struct param pm;
-	size_t i, used;
+	size_t i;
 	unsigned seen = 0;
 
 	memset(out, 0, sizeof *out);
-	i = skip_prefix(arg, len, "from:");
-	if (i == 0)
-		return SMTP_PARSE_SYNTAX;
-	r = smtp_parse_path(arg + i, len - i, true, false, &out->from, &used);
-	if (r != SMTP_PARSE_OK)
-		return r;
-	i += used;
-	if (i < len && arg[i] != ' ')
-		return SMTP_PARSE_BAD_ADDRESS;
-	while (next_param(arg, len, &i, &pm)) {
-		if (!keyword_valid(pm.key, pm.keylen))
-			return SMTP_PARSE_SYNTAX;
-		r = mail_param(&pm, &seen, out);
-		if (r != SMTP_PARSE_OK)
-			return r;
-	}
-	return SMTP_PARSE_OK;
+	enum smtp_parse_result r =
+	    command_path(arg, len, "from:", true, &out->from, &i);
+	while (r == SMTP_PARSE_OK && next_param(arg, len, &i, &pm))
+		r = keyword_valid(pm.key, pm.keylen)
+			? mail_param(&pm, &seen, out)
+			: SMTP_PARSE_SYNTAX;
+	return r;
 }
 
 enum smtp_parse_result smtp_parse_rcpt(const char *arg, size_t len,
 				       struct smtp_rcpt *out)
 {
-	enum smtp_parse_result r;
 	struct param pm;
-	size_t i, used;
+	size_t i;
 	unsigned seen = 0;
 
 	memset(out, 0, sizeof *out);
-	i = skip_prefix(arg, len, "to:");
-	if (i == 0)
-		return SMTP_PARSE_SYNTAX;
-	r = smtp_parse_path(arg + i, len - i, false, true, &out->to, &used);
-	if (r != SMTP_PARSE_OK)
-		return r;
-	i += used;
-	if (i < len && arg[i] != ' ')
-		return SMTP_PARSE_BAD_ADDRESS;
-	while (next_param(arg, len, &i, &pm)) {
-		if (!keyword_valid(pm.key, pm.keylen))
-			return SMTP_PARSE_SYNTAX;
-		r = rcpt_param(&pm, &seen, out);
-		if (r != SMTP_PARSE_OK)
-			return r;
-	}
-	return SMTP_PARSE_OK;
+	enum smtp_parse_result r =
+	    command_path(arg, len, "to:", false, &out->to, &i);
+	while (r == SMTP_PARSE_OK && next_param(arg, len, &i, &pm))
+		r = keyword_valid(pm.key, pm.keylen)
+			? rcpt_param(&pm, &seen, out)
+			: SMTP_PARSE_SYNTAX;
+	return r;
 }
 
 enum smtp_parse_result smtp_parse_bdat(const char *arg, size_t len,

@@ -45,8 +45,16 @@ static enum wholefile_status read_all(int fd, bool positional, size_t max,
 		return WHOLEFILE_STAT;
 	if ((flags & WHOLEFILE_REGULAR) && !S_ISREG(st.st_mode))
 		return WHOLEFILE_NOT_REGULAR;
-	if (st.st_size > 0 && (uintmax_t)st.st_size > max)
-		return fail(NULL, 0, flags, WHOLEFILE_TOO_LARGE, EFBIG);
+	/* Only a regular file's size means its length (a directory's does
+	 * not); it sizes the first buffer. */
+	size_t hint = 0;
+	if (S_ISREG(st.st_mode) && st.st_size > 0) {
+		if ((uintmax_t)st.st_size > max)
+			return fail(NULL, 0, flags, WHOLEFILE_TOO_LARGE, EFBIG);
+		hint = (size_t)st.st_size;
+	}
+	if (max > SIZE_MAX / 4)
+		max = SIZE_MAX / 4; /* so that the sums below cannot wrap */
 	for (;;) {
 		if (cap - used < 2) {
 			/* One octet to learn where the file ends, one for
@@ -55,14 +63,9 @@ static enum wholefile_status read_all(int fd, bool positional, size_t max,
 				return fail(buf, used, flags,
 					    WHOLEFILE_TOO_LARGE, EFBIG);
 			size_t ncap =
-			    cap == 0
-				? (size_t)(st.st_size > 0 ? st.st_size : 0) +
-				      WHOLEFILE_SLACK
-				: cap * 2;
+			    cap == 0 ? hint + WHOLEFILE_SLACK : cap * 2;
 			if (ncap > max + 2)
 				ncap = max + 2;
-			if (ncap <= cap)
-				ncap = cap + 2;
 			char *n = realloc(buf, ncap);
 			if (n == NULL)
 				return fail(buf, used, flags, WHOLEFILE_NOMEM,

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "facteur/auth.h"
+#include "support.h"
 
 /* "secret5" under SHA-256 crypt, made with another implementation. */
 static const char sha256_hash[] =
@@ -141,14 +142,10 @@ static void test_auth_users_empty_text_has_no_users(void **state)
 static void test_auth_users_load_reads_file(void **state)
 {
 	(void)state;
-	char path[] = "/tmp/facteur-test-users-XXXXXX";
-	int fd = mkstemp(path);
-	assert_true(fd >= 0);
 	char text[256];
-	int n = snprintf(text, sizeof text, "# users\nbob@example.com:%s\n",
-			 sha256_hash);
-	assert_int_equal(write(fd, text, (size_t)n), n);
-	assert_int_equal(close(fd), 0);
+	snprintf(text, sizeof text, "# users\nbob@example.com:%s\n",
+		 sha256_hash);
+	char *path = support_temp_file(text);
 
 	struct config_errors errors = {0};
 	struct auth_users *users = auth_users_load(path, &errors);
@@ -158,10 +155,7 @@ static void test_auth_users_load_reads_file(void **state)
 	auth_users_free(users);
 
 	/* Errors carry the path as the file name. */
-	fd = open(path, O_WRONLY | O_TRUNC);
-	assert_true(fd >= 0);
-	assert_int_equal(write(fd, "\nbroken\n", 8), 8);
-	assert_int_equal(close(fd), 0);
+	support_rewrite_file(path, "\nbroken\n");
 	assert_null(auth_users_load(path, &errors));
 	assert_int_equal(errors.count, 1);
 	char expected[128];
@@ -169,6 +163,7 @@ static void test_auth_users_load_reads_file(void **state)
 	assert_true(errors_contain(&errors, expected));
 	config_errors_clear(&errors);
 	assert_int_equal(unlink(path), 0);
+	free(path);
 }
 
 static void test_auth_users_load_missing_file_is_an_error(void **state)

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "facteur/config.h"
+#include "support.h"
 
 #define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
 #define ENV(...) ((char *const[]){__VA_ARGS__, NULL})
@@ -1594,19 +1595,6 @@ static void test_config_shipped_file_mentions_every_key(void **state)
 	free(path);
 }
 
-static char *temp_file(const char *text)
-{
-	char *path = strdup("/tmp/test_config.XXXXXX");
-	int fd;
-
-	assert_non_null(path);
-	fd = mkstemp(path);
-	assert_true(fd >= 0);
-	assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
-	assert_int_equal(close(fd), 0);
-	return path;
-}
-
 static void test_config_kubernetes_service_variables_are_ignored(void **state)
 {
 	(void)state;
@@ -1648,9 +1636,9 @@ static void test_config_near_kubernetes_names_are_unknown_keys(void **state)
 static void test_config_file_variable_sets_the_key(void **state)
 {
 	(void)state;
-	char *number = temp_file("42\n");
-	char *list = temp_file("a.test, b.test\r\n");
-	char *users = temp_file("/etc/facteur/users");
+	char *number = support_temp_file("42\n");
+	char *list = support_temp_file("a.test, b.test\r\n");
+	char *users = support_temp_file("/etc/facteur/users");
 	char *v1, *v2, *v3;
 	struct config *cfg;
 
@@ -1678,8 +1666,8 @@ static void test_config_file_variable_sets_the_key(void **state)
 static void test_config_file_variable_errors_name_it(void **state)
 {
 	(void)state;
-	char *bad = temp_file("ten\n");
-	char *two_lines = temp_file("/a\n/b\n");
+	char *bad = support_temp_file("ten\n");
+	char *two_lines = support_temp_file("/a\n/b\n");
 	char *v1, *v2;
 
 	assert_true(asprintf(&v1, "FACTEUR_MAX_RECIPIENTS_FILE=%s", bad) > 0);
@@ -1710,7 +1698,7 @@ static void test_config_file_variable_errors_name_it(void **state)
 static void test_config_file_variable_and_plain_variable_conflict(void **state)
 {
 	(void)state;
-	char *path = temp_file("9\n");
+	char *path = support_temp_file("9\n");
 	char *var;
 
 	assert_true(asprintf(&var, "FACTEUR_MAX_RECIPIENTS_FILE=%s", path) > 0);
@@ -1726,7 +1714,7 @@ static void test_config_load_reads_the_named_file(void **state)
 {
 	(void)state;
 	struct config_errors errors = {0};
-	char *path = temp_file("max_recipients = 42\nbogus = 1\n");
+	char *path = support_temp_file("max_recipients = 42\nbogus = 1\n");
 	char expected[256];
 	struct config *cfg;
 
@@ -1740,7 +1728,7 @@ static void test_config_load_reads_the_named_file(void **state)
 	assert_int_equal(unlink(path), 0);
 	free(path);
 
-	path = temp_file("max_recipients = 42\n");
+	path = support_temp_file("max_recipients = 42\n");
 	cfg = config_load(path, ENV("FACTEUR_MAX_CONNECTIONS=8"), &errors);
 	assert_non_null(cfg);
 	assert_int_equal(cfg->max_recipients, 42);
@@ -1772,7 +1760,7 @@ static void test_config_load_uses_facteur_config_variable(void **state)
 {
 	(void)state;
 	struct config_errors errors = {0};
-	char *path = temp_file("max_recipients = 43\n");
+	char *path = support_temp_file("max_recipients = 43\n");
 	char *var;
 	struct config *cfg;
 

@@ -17,6 +17,7 @@
 
 #include "facteur/auth.h"
 #include "facteur/policy.h"
+#include "support.h"
 
 static const char config_text[] =
     "local_domains = Example.COM, example.org\n"
@@ -593,13 +594,7 @@ static void test_policy_continuation_after_blank_line_is_an_error(void **state)
 static void test_policy_new_reads_aliases_file(void **state)
 {
 	(void)state;
-	char path[] = "/tmp/facteur-test-aliases-XXXXXX";
-	int fd = mkstemp(path);
-	assert_true(fd >= 0);
-	const char text[] = "info: alice, friend@remote.net\n";
-	assert_int_equal(write(fd, text, sizeof text - 1),
-			 (ssize_t)(sizeof text - 1));
-	assert_int_equal(close(fd), 0);
+	char *path = support_temp_file("info: alice, friend@remote.net\n");
 
 	char conf[512];
 	snprintf(conf, sizeof conf, "%saliases_file = %s\n", config_text, path);
@@ -613,10 +608,7 @@ static void test_policy_new_reads_aliases_file(void **state)
 	policy_free(p);
 
 	/* Errors name the file. */
-	fd = open(path, O_WRONLY | O_TRUNC);
-	assert_true(fd >= 0);
-	assert_int_equal(write(fd, "x\n", 2), 2);
-	assert_int_equal(close(fd), 0);
+	support_rewrite_file(path, "x\n");
 	assert_null(policy_new(cfg, NULL, &errors));
 	char want[128];
 	snprintf(want, sizeof want, "%s:1: aliases_file: no ':'", path);
@@ -629,6 +621,7 @@ static void test_policy_new_reads_aliases_file(void **state)
 	assert_true(errors_contain(&errors, want));
 	config_errors_clear(&errors);
 	config_free(cfg);
+	free(path);
 }
 
 int main(void)

@@ -14,6 +14,7 @@
 #include <netinet/in.h>
 #include <pwd.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -95,11 +96,23 @@ struct loader {
 typedef void key_set_fn(struct loader *ld, const char *value);
 typedef void key_clear_fn(struct loader *ld);
 
+/* Keys of one common kind need no setter of their own: the table names
+ * the kind and the field. */
+enum slot_kind {
+	SLOT_SETTER,	      /* key_def.set does it */
+	SLOT_OPTIONAL_STRING, /* char *, NULL when empty */
+	SLOT_COUNT,	      /* unsigned, above 0 */
+	SLOT_DURATION,	      /* unsigned seconds, above 0 */
+	SLOT_BUDGET,	      /* uint64_t octets, above 0 */
+};
+
 struct key_def {
 	const char *name;
 	const char *default_value; /* NULL: computed (hostname, user) */
 	key_set_fn *set;	   /* a scalar's value or one list item */
 	key_clear_fn *clear;	   /* list keys only: forget every item */
+	enum slot_kind slot;	   /* with set NULL */
+	size_t offset;		   /* of the slot in struct config */
 };
 
 /* A load runs at start-up and on reload; a small allocation failing there
@@ -989,16 +1002,6 @@ static void set_mx_port(struct loader *ld, const char *value)
 		bad(ld, "invalid port %s (1 to 65535)", quote(value, q));
 }
 
-static void set_tls_cert(struct loader *ld, const char *value)
-{
-	set_optional_string(&ld->cfg->tls_cert, value);
-}
-
-static void set_tls_key(struct loader *ld, const char *value)
-{
-	set_optional_string(&ld->cfg->tls_key, value);
-}
-
 static void set_tls_outbound(struct loader *ld, const char *value)
 {
 	int i = 0;
@@ -1006,11 +1009,6 @@ static void set_tls_outbound(struct loader *ld, const char *value)
 	if (set_choice(ld, value, tls_policy_names, COUNT_OF(tls_policy_names),
 		       "none, may, encrypt or verify", &i))
 		ld->cfg->tls_outbound = (enum tls_policy)i;
-}
-
-static void set_tls_ca_file(struct loader *ld, const char *value)
-{
-	set_optional_string(&ld->cfg->tls_ca_file, value);
 }
 
 static void set_max_message_size(struct loader *ld, const char *value)
@@ -1040,27 +1038,6 @@ static void set_count(struct loader *ld, unsigned *slot, const char *value)
 		*slot = (unsigned)v;
 }
 
-static void set_max_recipients(struct loader *ld, const char *value)
-{
-	set_count(ld, &ld->cfg->max_recipients, value);
-}
-
-static void set_max_connections(struct loader *ld, const char *value)
-{
-	set_count(ld, &ld->cfg->max_connections, value);
-}
-
-static void set_max_connections_per_ip(struct loader *ld, const char *value)
-{
-	set_count(ld, &ld->cfg->max_connections_per_ip, value);
-}
-
-static void set_max_connections_per_destination(struct loader *ld,
-						const char *value)
-{
-	set_count(ld, &ld->cfg->max_connections_per_destination, value);
-}
-
 static void set_duration(struct loader *ld, unsigned *slot, const char *value)
 {
 	unsigned v;
@@ -1073,26 +1050,6 @@ static void set_duration(struct loader *ld, unsigned *slot, const char *value)
 		bad(ld, "must be greater than 0");
 	else
 		*slot = v;
-}
-
-static void set_smtp_timeout(struct loader *ld, const char *value)
-{
-	set_duration(ld, &ld->cfg->smtp_timeout, value);
-}
-
-static void set_retry_min(struct loader *ld, const char *value)
-{
-	set_duration(ld, &ld->cfg->retry_min, value);
-}
-
-static void set_retry_max(struct loader *ld, const char *value)
-{
-	set_duration(ld, &ld->cfg->retry_max, value);
-}
-
-static void set_queue_lifetime(struct loader *ld, const char *value)
-{
-	set_duration(ld, &ld->cfg->queue_lifetime, value);
 }
 
 /* Unlike the other durations, 0 is allowed: it turns delay notices off. */
@@ -1182,16 +1139,6 @@ static void set_envelope_budget(struct loader *ld, uint64_t *slot,
 		*slot = v;
 }
 
-static void set_max_envelope_size(struct loader *ld, const char *value)
-{
-	set_envelope_budget(ld, &ld->cfg->max_envelope_size, value);
-}
-
-static void set_max_envelope_memory(struct loader *ld, const char *value)
-{
-	set_envelope_budget(ld, &ld->cfg->max_envelope_memory, value);
-}
-
 static void set_ipv6_prefix_length(struct loader *ld, const char *value)
 {
 	uint64_t v;
@@ -1261,33 +1208,45 @@ static const struct key_def key_defs[KEY_COUNT] = {
     [KEY_DNS_SERVERS] = {"dns_servers", CONFIG_RESOLV_CONF, set_dns_server,
 			 clear_dns_servers},
     [KEY_MX_PORT] = {"mx_port", "25", set_mx_port, NULL},
-    [KEY_TLS_CERT] = {"tls_cert", "", set_tls_cert, NULL},
-    [KEY_TLS_KEY] = {"tls_key", "", set_tls_key, NULL},
+    [KEY_TLS_CERT] = {"tls_cert", "", NULL, NULL, SLOT_OPTIONAL_STRING,
+		      offsetof(struct config, tls_cert)},
+    [KEY_TLS_KEY] = {"tls_key", "", NULL, NULL, SLOT_OPTIONAL_STRING,
+		     offsetof(struct config, tls_key)},
     [KEY_TLS_OUTBOUND] = {"tls_outbound", "may", set_tls_outbound, NULL},
-    [KEY_TLS_CA_FILE] = {"tls_ca_file", "", set_tls_ca_file, NULL},
+    [KEY_TLS_CA_FILE] = {"tls_ca_file", "", NULL, NULL, SLOT_OPTIONAL_STRING,
+			 offsetof(struct config, tls_ca_file)},
     [KEY_MAX_MESSAGE_SIZE] = {"max_message_size", "25M", set_max_message_size,
 			      NULL},
-    [KEY_MAX_RECIPIENTS] = {"max_recipients", "1000", set_max_recipients, NULL},
-    [KEY_MAX_CONNECTIONS] = {"max_connections", "10000", set_max_connections,
-			     NULL},
-    [KEY_MAX_CONNECTIONS_PER_IP] = {"max_connections_per_ip", "100",
-				    set_max_connections_per_ip, NULL},
+    [KEY_MAX_RECIPIENTS] = {"max_recipients", "1000", NULL, NULL, SLOT_COUNT,
+			    offsetof(struct config, max_recipients)},
+    [KEY_MAX_CONNECTIONS] = {"max_connections", "10000", NULL, NULL, SLOT_COUNT,
+			     offsetof(struct config, max_connections)},
+    [KEY_MAX_CONNECTIONS_PER_IP] = {"max_connections_per_ip", "100", NULL, NULL,
+				    SLOT_COUNT,
+				    offsetof(struct config,
+					     max_connections_per_ip)},
     [KEY_MAX_CONNECTIONS_PER_DESTINATION] =
-	{"max_connections_per_destination", "20",
-	 set_max_connections_per_destination, NULL},
-    [KEY_SMTP_TIMEOUT] = {"smtp_timeout", "5m", set_smtp_timeout, NULL},
-    [KEY_RETRY_MIN] = {"retry_min", "1m", set_retry_min, NULL},
-    [KEY_RETRY_MAX] = {"retry_max", "1h", set_retry_max, NULL},
-    [KEY_QUEUE_LIFETIME] = {"queue_lifetime", "5d", set_queue_lifetime, NULL},
+	{"max_connections_per_destination", "20", NULL, NULL, SLOT_COUNT,
+	 offsetof(struct config, max_connections_per_destination)},
+    [KEY_SMTP_TIMEOUT] = {"smtp_timeout", "5m", NULL, NULL, SLOT_DURATION,
+			  offsetof(struct config, smtp_timeout)},
+    [KEY_RETRY_MIN] = {"retry_min", "1m", NULL, NULL, SLOT_DURATION,
+		       offsetof(struct config, retry_min)},
+    [KEY_RETRY_MAX] = {"retry_max", "1h", NULL, NULL, SLOT_DURATION,
+		       offsetof(struct config, retry_max)},
+    [KEY_QUEUE_LIFETIME] = {"queue_lifetime", "5d", NULL, NULL, SLOT_DURATION,
+			    offsetof(struct config, queue_lifetime)},
     [KEY_DELAY_NOTICE] = {"delay_notice", "4h", set_delay_notice, NULL},
     [KEY_USER] = {"user", NULL, set_user, NULL},
     [KEY_LOG_FORMAT] = {"log_format", "logfmt", set_log_format, NULL},
     [KEY_LOG_LEVEL] = {"log_level", "info", set_log_level, NULL},
     [KEY_FLUSH_METHOD] = {"flush_method", "fsync", set_flush_method, NULL},
-    [KEY_MAX_ENVELOPE_SIZE] = {"max_envelope_size", "256K",
-			       set_max_envelope_size, NULL},
-    [KEY_MAX_ENVELOPE_MEMORY] = {"max_envelope_memory", "256M",
-				 set_max_envelope_memory, NULL},
+    [KEY_MAX_ENVELOPE_SIZE] = {"max_envelope_size", "256K", NULL, NULL,
+			       SLOT_BUDGET,
+			       offsetof(struct config, max_envelope_size)},
+    [KEY_MAX_ENVELOPE_MEMORY] = {"max_envelope_memory", "256M", NULL, NULL,
+				 SLOT_BUDGET,
+				 offsetof(struct config, max_envelope_memory)},
     [KEY_IPV6_PREFIX_LENGTH] = {"ipv6_prefix_length", "64",
 				set_ipv6_prefix_length, NULL},
     [KEY_AUTH_FAIL_LIMIT] = {"auth_fail_limit", "10/15m", set_auth_fail_limit,
@@ -1322,6 +1281,30 @@ static bool has_control(const char *s, size_t len)
 	return false;
 }
 
+static void set_value(struct loader *ld, const struct key_def *def,
+		      const char *value)
+{
+	void *slot = (char *)ld->cfg + def->offset;
+
+	switch (def->slot) {
+	case SLOT_SETTER:
+		def->set(ld, value);
+		break;
+	case SLOT_OPTIONAL_STRING:
+		set_optional_string(slot, value);
+		break;
+	case SLOT_COUNT:
+		set_count(ld, slot, value);
+		break;
+	case SLOT_DURATION:
+		set_duration(ld, slot, value);
+		break;
+	case SLOT_BUDGET:
+		set_envelope_budget(ld, slot, value);
+		break;
+	}
+}
+
 /* Apply one value (already trimmed) of `key` read from `origin`. */
 static void apply(struct loader *ld, enum key key, const char *value,
 		  size_t len, enum source src, const char *origin)
@@ -1339,7 +1322,7 @@ static void apply(struct loader *ld, enum key key, const char *value,
 	}
 	if (def->clear == NULL) {
 		copy = xstrndup(value, len);
-		def->set(ld, copy);
+		set_value(ld, def, copy);
 		free(copy);
 		return;
 	}
@@ -1360,7 +1343,7 @@ static void apply(struct loader *ld, enum key key, const char *value,
 			bad(ld, "empty entry in list");
 		} else {
 			copy = xstrndup(item, item_len);
-			def->set(ld, copy);
+			set_value(ld, def, copy);
 			free(copy);
 		}
 		if (comma == NULL)

@@ -103,7 +103,7 @@ enum slot_kind {
 	SLOT_OPTIONAL_STRING, /* char *, NULL when empty */
 	SLOT_COUNT,	      /* unsigned, above 0 */
 	SLOT_DURATION,	      /* unsigned seconds, above 0 */
-	SLOT_BUDGET,	      /* uint64_t octets, above 0 */
+	SLOT_SIZE,	      /* uint64_t octets, above 0 */
 };
 
 struct key_def {
@@ -1011,47 +1011,6 @@ static void set_tls_outbound(struct loader *ld, const char *value)
 		ld->cfg->tls_outbound = (enum tls_policy)i;
 }
 
-static void set_max_message_size(struct loader *ld, const char *value)
-{
-	uint64_t v;
-	char q[QUOTE_BUF];
-
-	if (config_parse_size(value, &v) < 0)
-		bad(ld, "invalid size %s (a number with K, M or G)",
-		    quote(value, q));
-	else if (v == 0)
-		bad(ld, "must be greater than 0");
-	else
-		ld->cfg->max_message_size = v;
-}
-
-static void set_count(struct loader *ld, unsigned *slot, const char *value)
-{
-	uint64_t v;
-	char q[QUOTE_BUF];
-
-	if (parse_decimal(value, strlen(value), UINT_MAX, &v) < 0)
-		bad(ld, "invalid number %s", quote(value, q));
-	else if (v == 0)
-		bad(ld, "must be greater than 0");
-	else
-		*slot = (unsigned)v;
-}
-
-static void set_duration(struct loader *ld, unsigned *slot, const char *value)
-{
-	unsigned v;
-	char q[QUOTE_BUF];
-
-	if (config_parse_duration(value, &v) < 0)
-		bad(ld, "invalid duration %s (a number with s, m, h or d)",
-		    quote(value, q));
-	else if (v == 0)
-		bad(ld, "must be greater than 0");
-	else
-		*slot = v;
-}
-
 /* Unlike the other durations, 0 is allowed: it turns delay notices off. */
 static void set_delay_notice(struct loader *ld, const char *value)
 {
@@ -1121,22 +1080,6 @@ static void set_flush_method(struct loader *ld, const char *value)
 	if (set_choice(ld, value, flush_method_names,
 		       COUNT_OF(flush_method_names), "fsync or syncfs", &i))
 		ld->cfg->flush_method = (enum flush_method)i;
-}
-
-/* Envelope budgets: 0 would refuse every recipient. */
-static void set_envelope_budget(struct loader *ld, uint64_t *slot,
-				const char *value)
-{
-	uint64_t v;
-	char q[QUOTE_BUF];
-
-	if (config_parse_size(value, &v) < 0)
-		bad(ld, "invalid size %s (a number with K, M or G)",
-		    quote(value, q));
-	else if (v == 0)
-		bad(ld, "must be greater than 0");
-	else
-		*slot = v;
 }
 
 static void set_ipv6_prefix_length(struct loader *ld, const char *value)
@@ -1215,8 +1158,8 @@ static const struct key_def key_defs[KEY_COUNT] = {
     [KEY_TLS_OUTBOUND] = {"tls_outbound", "may", set_tls_outbound, NULL},
     [KEY_TLS_CA_FILE] = {"tls_ca_file", "", NULL, NULL, SLOT_OPTIONAL_STRING,
 			 offsetof(struct config, tls_ca_file)},
-    [KEY_MAX_MESSAGE_SIZE] = {"max_message_size", "25M", set_max_message_size,
-			      NULL},
+    [KEY_MAX_MESSAGE_SIZE] = {"max_message_size", "25M", NULL, NULL, SLOT_SIZE,
+			      offsetof(struct config, max_message_size)},
     [KEY_MAX_RECIPIENTS] = {"max_recipients", "1000", NULL, NULL, SLOT_COUNT,
 			    offsetof(struct config, max_recipients)},
     [KEY_MAX_CONNECTIONS] = {"max_connections", "10000", NULL, NULL, SLOT_COUNT,
@@ -1242,10 +1185,10 @@ static const struct key_def key_defs[KEY_COUNT] = {
     [KEY_LOG_LEVEL] = {"log_level", "info", set_log_level, NULL},
     [KEY_FLUSH_METHOD] = {"flush_method", "fsync", set_flush_method, NULL},
     [KEY_MAX_ENVELOPE_SIZE] = {"max_envelope_size", "256K", NULL, NULL,
-			       SLOT_BUDGET,
+			       SLOT_SIZE,
 			       offsetof(struct config, max_envelope_size)},
     [KEY_MAX_ENVELOPE_MEMORY] = {"max_envelope_memory", "256M", NULL, NULL,
-				 SLOT_BUDGET,
+				 SLOT_SIZE,
 				 offsetof(struct config, max_envelope_memory)},
     [KEY_IPV6_PREFIX_LENGTH] = {"ipv6_prefix_length", "64",
 				set_ipv6_prefix_length, NULL},
@@ -1281,6 +1224,45 @@ static bool has_control(const char *s, size_t len)
 	return false;
 }
 
+/*
+ * A count, a duration or a size that must be above 0: none of these
+ * keys means anything at 0 (an envelope budget of 0 would refuse every
+ * recipient).
+ */
+static void set_positive(struct loader *ld, enum slot_kind kind, void *slot,
+			 const char *value)
+{
+	uint64_t v = 0;
+	unsigned u = 0;
+	const char *what;
+	int rc;
+	char q[QUOTE_BUF];
+
+	switch (kind) {
+	case SLOT_COUNT:
+		rc = parse_decimal(value, strlen(value), UINT_MAX, &v);
+		what = "invalid number %s";
+		break;
+	case SLOT_DURATION:
+		rc = config_parse_duration(value, &u);
+		v = u;
+		what = "invalid duration %s (a number with s, m, h or d)";
+		break;
+	default:
+		rc = config_parse_size(value, &v);
+		what = "invalid size %s (a number with K, M or G)";
+		break;
+	}
+	if (rc < 0)
+		bad(ld, what, quote(value, q));
+	else if (v == 0)
+		bad(ld, "must be greater than 0");
+	else if (kind == SLOT_SIZE)
+		*(uint64_t *)slot = v;
+	else
+		*(unsigned *)slot = (unsigned)v;
+}
+
 static void set_value(struct loader *ld, const struct key_def *def,
 		      const char *value)
 {
@@ -1294,13 +1276,9 @@ static void set_value(struct loader *ld, const struct key_def *def,
 		set_optional_string(slot, value);
 		break;
 	case SLOT_COUNT:
-		set_count(ld, slot, value);
-		break;
 	case SLOT_DURATION:
-		set_duration(ld, slot, value);
-		break;
-	case SLOT_BUDGET:
-		set_envelope_budget(ld, slot, value);
+	case SLOT_SIZE:
+		set_positive(ld, def->slot, slot, value);
 		break;
 	}
 }

@@ -464,8 +464,9 @@ static bool first_time(unsigned *seen, unsigned flag)
 }
 
 static enum smtp_parse_result mail_param(const struct param *pm, unsigned *seen,
-					 struct smtp_mail *out)
+					 void *arg)
 {
+	struct smtp_mail *out = arg;
 	const char *v = pm->value;
 	size_t vl = pm->valuelen;
 
@@ -582,8 +583,9 @@ static bool orcpt_valid(const char *v, size_t len)
 }
 
 static enum smtp_parse_result rcpt_param(const struct param *pm, unsigned *seen,
-					 struct smtp_rcpt *out)
+					 void *arg)
 {
+	struct smtp_rcpt *out = arg;
 	const char *v = pm->value;
 	size_t vl = pm->valuelen;
 
@@ -618,59 +620,47 @@ static size_t skip_prefix(const char *arg, size_t len, const char *prefix)
 	return n;
 }
 
-/* "FROM:<path>" or "TO:<path>": the path parsed, *i set past it, where
- * the parameters start. */
-static enum smtp_parse_result command_path(const char *arg, size_t len,
-					   const char *prefix, bool mail,
-					   struct smtp_path *path, size_t *i)
+typedef enum smtp_parse_result param_fn(const struct param *pm, unsigned *seen,
+					void *out);
+
+/* "FROM:<path>" (mail) or "TO:<path>", then each ESMTP parameter through
+ * `param`, which fills `out`. */
+static enum smtp_parse_result parse_envelope(const char *arg, size_t len,
+					     bool mail, struct smtp_path *path,
+					     param_fn *param, void *out)
 {
 	enum smtp_parse_result r;
-	size_t used;
+	struct param pm;
+	size_t i, used;
+	unsigned seen = 0;
 
-	*i = skip_prefix(arg, len, prefix);
-	if (*i == 0)
+	i = skip_prefix(arg, len, mail ? "from:" : "to:");
+	if (i == 0)
 		return SMTP_PARSE_SYNTAX;
-	r = smtp_parse_path(arg + *i, len - *i, mail, !mail, path, &used);
+	r = smtp_parse_path(arg + i, len - i, mail, !mail, path, &used);
 	if (r != SMTP_PARSE_OK)
 		return r;
-	*i += used;
-	if (*i < len && arg[*i] != ' ')
+	i += used;
+	if (i < len && arg[i] != ' ')
 		return SMTP_PARSE_BAD_ADDRESS;
-	return SMTP_PARSE_OK;
+	while (r == SMTP_PARSE_OK && next_param(arg, len, &i, &pm))
+		r = keyword_valid(pm.key, pm.keylen) ? param(&pm, &seen, out)
+						     : SMTP_PARSE_SYNTAX;
+	return r;
 }
 
 enum smtp_parse_result smtp_parse_mail(const char *arg, size_t len,
 				       struct smtp_mail *out)
 {
-	struct param pm;
-	size_t i;
-	unsigned seen = 0;
-
 	memset(out, 0, sizeof *out);
-	enum smtp_parse_result r =
-	    command_path(arg, len, "from:", true, &out->from, &i);
-	while (r == SMTP_PARSE_OK && next_param(arg, len, &i, &pm))
-		r = keyword_valid(pm.key, pm.keylen)
-			? mail_param(&pm, &seen, out)
-			: SMTP_PARSE_SYNTAX;
-	return r;
+	return parse_envelope(arg, len, true, &out->from, mail_param, out);
 }
 
 enum smtp_parse_result smtp_parse_rcpt(const char *arg, size_t len,
 				       struct smtp_rcpt *out)
 {
-	struct param pm;
-	size_t i;
-	unsigned seen = 0;
-
 	memset(out, 0, sizeof *out);
-	enum smtp_parse_result r =
-	    command_path(arg, len, "to:", false, &out->to, &i);
-	while (r == SMTP_PARSE_OK && next_param(arg, len, &i, &pm))
-		r = keyword_valid(pm.key, pm.keylen)
-			? rcpt_param(&pm, &seen, out)
-			: SMTP_PARSE_SYNTAX;
-	return r;
+	return parse_envelope(arg, len, false, &out->to, rcpt_param, out);
 }
 
 enum smtp_parse_result smtp_parse_bdat(const char *arg, size_t len,

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "facteur/config.h"
 #include "support.h"
 
 static void write_all(int fd, const char *text)
@@ -34,4 +35,27 @@ char *support_temp_file(const char *text)
 void support_rewrite_file(const char *path, const char *text)
 {
 	write_all(open(path, O_WRONLY | O_TRUNC | O_CLOEXEC), text);
+}
+
+struct config *support_load_config(const char *text, char *const *env)
+{
+	struct config_errors errors = {0};
+	struct config *cfg = config_load_string(text, "x.conf", env, &errors);
+
+	if (cfg == NULL) {
+		for (size_t i = 0; i < errors.count; i++)
+			print_message("  error: %s\n", errors.messages[i]);
+		fail_msg("configuration refused:\n%s", text);
+	}
+	assert_int_equal(errors.count, 0);
+	return cfg;
+}
+
+bool support_errors_contain(const struct config_errors *errors,
+			    const char *text)
+{
+	for (size_t i = 0; i < errors->count; i++)
+		if (strstr(errors->messages[i], text) != NULL)
+			return true;
+	return false;
 }

@@ -531,14 +531,6 @@ static void test_policy_alias_fan_out_is_bounded(void **state)
 	policy_free(p);
 }
 
-static bool errors_contain(const struct config_errors *errors, const char *text)
-{
-	for (size_t i = 0; i < errors->count; i++)
-		if (strstr(errors->messages[i], text) != NULL)
-			return true;
-	return false;
-}
-
 static void test_policy_aliases_errors_name_file_and_line(void **state)
 {
 	struct fixture *f = *state;
@@ -573,7 +565,7 @@ static void test_policy_aliases_errors_name_file_and_line(void **state)
 	    "/etc/facteur/aliases:11: aliases_file: unsupported target",
 	};
 	for (size_t i = 0; i < sizeof expected / sizeof expected[0]; i++)
-		if (!errors_contain(&errors, expected[i]))
+		if (!support_errors_contain(&errors, expected[i]))
 			fail_msg("missing error: %s", expected[i]);
 	assert_int_equal(errors.count, sizeof expected / sizeof expected[0]);
 	config_errors_clear(&errors);
@@ -586,8 +578,8 @@ static void test_policy_continuation_after_blank_line_is_an_error(void **state)
 	assert_null(policy_new_with_aliases(f->cfg, NULL, "a: b\n\n  c\n", "al",
 					    &errors));
 	assert_int_equal(errors.count, 1);
-	assert_true(errors_contain(&errors, "al:3: aliases_file: "
-					    "continuation line"));
+	assert_true(support_errors_contain(&errors, "al:3: aliases_file: "
+						    "continuation line"));
 	config_errors_clear(&errors);
 }
 
@@ -612,13 +604,13 @@ static void test_policy_new_reads_aliases_file(void **state)
 	assert_null(policy_new(cfg, NULL, &errors));
 	char want[128];
 	snprintf(want, sizeof want, "%s:1: aliases_file: no ':'", path);
-	assert_true(errors_contain(&errors, want));
+	assert_true(support_errors_contain(&errors, want));
 	config_errors_clear(&errors);
 
 	assert_int_equal(unlink(path), 0);
 	assert_null(policy_new(cfg, NULL, &errors));
 	snprintf(want, sizeof want, "%s: aliases_file: cannot open", path);
-	assert_true(errors_contain(&errors, want));
+	assert_true(support_errors_contain(&errors, want));
 	config_errors_clear(&errors);
 	config_free(cfg);
 	free(path);

@@ -6,14 +6,11 @@
  * its new configuration).
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "facteur/ascii.h"
 #include "facteur/auth.h"

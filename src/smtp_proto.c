@@ -18,51 +18,13 @@
 
 #include "facteur/ascii.h"
 #include "facteur/text.h"
+#include "facteur/utf8.h"
 
 /* RFC 5322 atext, ASCII part. */
 static bool is_atext(unsigned char c)
 {
 	return ascii_is_alnum(c) ||
 	       (c != '\0' && strchr("!#$%&'*+-/=?^_`{|}~", c));
-}
-
-/*
- * Length of the well-formed UTF-8 sequence (RFC 3629) starting with a
- * non-ASCII octet at p, or 0: no overlong forms, no surrogates, nothing
- * above U+10FFFF.
- */
-static size_t utf8_seq_len(const unsigned char *p, size_t n)
-{
-	unsigned char c = p[0];
-	unsigned char lo = 0x80, hi = 0xbf;
-	size_t need, i;
-
-	if (c < 0xc2)
-		return 0;
-	if (c < 0xe0) {
-		need = 2;
-	} else if (c < 0xf0) {
-		need = 3;
-		if (c == 0xe0)
-			lo = 0xa0;
-		else if (c == 0xed)
-			hi = 0x9f;
-	} else if (c < 0xf5) {
-		need = 4;
-		if (c == 0xf0)
-			lo = 0x90;
-		else if (c == 0xf4)
-			hi = 0x8f;
-	} else {
-		return 0;
-	}
-	if (n < need || p[1] < lo || p[1] > hi)
-		return 0;
-	for (i = 2; i < need; i++) {
-		if (p[i] < 0x80 || p[i] > 0xbf)
-			return 0;
-	}
-	return need;
 }
 
 /* Command lines */
@@ -173,7 +135,7 @@ static bool domain_name_valid(const char *d, size_t len, bool *utf8)
 				return false;
 			i++;
 		} else {
-			size_t n = utf8_seq_len(p + i, len - i);
+			size_t n = utf8_sequence_length(p + i, len - i);
 			if (n == 0)
 				return false;
 			*utf8 = true;
@@ -243,7 +205,7 @@ static bool skip_dot_string(const char *text, size_t len, size_t *i, bool *utf8)
 			need_atom = true;
 			at++;
 		} else if (p[at] >= 0x80) {
-			size_t n = utf8_seq_len(p + at, len - at);
+			size_t n = utf8_sequence_length(p + at, len - at);
 			if (n == 0)
 				return false;
 			*utf8 = true;
@@ -280,7 +242,7 @@ static bool skip_quoted_string(const char *text, size_t len, size_t *i,
 				return false;
 			at += 2;
 		} else if (c >= 0x80) {
-			size_t n = utf8_seq_len(p + at, len - at);
+			size_t n = utf8_sequence_length(p + at, len - at);
 			if (n == 0)
 				return false;
 			*utf8 = true;

@@ -1,5 +1,6 @@
 /* ASCII case folding of strings (see ascii.h). */
 #include <stdlib.h>
+#include <string.h>
 
 #include "facteur/ascii.h"
 
@@ -40,4 +41,23 @@ char *ascii_lower_dup(const char *s, size_t len)
 		out[i] = ascii_lower(s[i]);
 	out[len] = '\0';
 	return out;
+}
+
+static bool in_set(char c, const char *set)
+{
+	return c != '\0' && strchr(set, c) != NULL;
+}
+
+const char *ascii_trim(const char *s, size_t *len, const char *set)
+{
+	size_t n = *len;
+
+	while (n > 0 && in_set(*s, set)) {
+		s++;
+		n--;
+	}
+	while (n > 0 && in_set(s[n - 1], set))
+		n--;
+	*len = n;
+	return s;
 }

@@ -14,6 +14,7 @@
 #include "facteur/auth.h"
 
 #include "facteur/ascii.h"
+#include "facteur/text.h"
 #include "facteur/wholefile.h"
 
 struct auth_user {
@@ -36,31 +37,6 @@ static const char dummy_hash[] =
 /* A users file larger than this is surely a mistake (100,000 users take
  * about 15 MB). */
 #define USERS_FILE_MAX (256u * 1024 * 1024)
-
-static bool is_blank(char c)
-{
-	return c == ' ' || c == '\t' || c == '\r';
-}
-
-static char *dup_range(const char *s, size_t len)
-{
-	char *out = malloc(len + 1);
-	if (out == NULL)
-		return NULL;
-	memcpy(out, s, len);
-	out[len] = '\0';
-	return out;
-}
-
-static void trim(const char **s, size_t *len)
-{
-	while (*len > 0 && is_blank(**s)) {
-		(*s)++;
-		(*len)--;
-	}
-	while (*len > 0 && is_blank((*s)[*len - 1]))
-		(*len)--;
-}
 
 void auth_users_free(struct auth_users *users)
 {
@@ -119,8 +95,8 @@ static int parse_line(struct auth_users *users, size_t *cap, const char *line,
 	const char *addr = line, *hash = colon + 1;
 	size_t addrlen = (size_t)(colon - line);
 	size_t hashlen = len - addrlen - 1;
-	trim(&addr, &addrlen);
-	trim(&hash, &hashlen);
+	addr = ascii_trim(addr, &addrlen, ASCII_LINE_BLANKS);
+	hash = ascii_trim(hash, &hashlen, ASCII_LINE_BLANKS);
 	if (addrlen == 0) {
 		config_errors_add(errors, "%s:%zu: users_file: empty address",
 				  name, lineno);
@@ -157,7 +133,7 @@ static int parse_line(struct auth_users *users, size_t *cap, const char *line,
 	}
 	struct auth_user *u = &users->users[users->count];
 	u->address = ascii_lower_dup(addr, addrlen);
-	u->hash = dup_range(hash, hashlen);
+	u->hash = text_dup(hash, hashlen);
 	u->line = lineno;
 	if (u->address == NULL || u->hash == NULL) {
 		free(u->address);
@@ -190,7 +166,7 @@ static struct auth_users *parse_text(const char *text, size_t len,
 		size_t linelen = (size_t)(line_end - p);
 		p = nl != NULL ? nl + 1 : end;
 		lineno++;
-		trim(&line, &linelen);
+		line = ascii_trim(line, &linelen, ASCII_LINE_BLANKS);
 		if (linelen == 0 || line[0] == '#')
 			continue;
 		if (parse_line(users, &cap, line, linelen, name, lineno,

@@ -283,26 +283,6 @@ static void bad(struct loader *ld, const char *fmt, ...)
 	free(msg);
 }
 
-static bool is_blank(char c)
-{
-	return c == ' ' || c == '\t';
-}
-
-/* Trim spaces and tabs on both ends of s[0..*len), returning the start. */
-static const char *trim(const char *s, size_t *len)
-{
-	size_t n = *len;
-
-	while (n > 0 && is_blank(*s)) {
-		s++;
-		n--;
-	}
-	while (n > 0 && is_blank(s[n - 1]))
-		n--;
-	*len = n;
-	return s;
-}
-
 /* Decimal digits only, no sign, no spaces; at most `max`. */
 static int parse_decimal(const char *s, size_t len, uint64_t max, uint64_t *out)
 {
@@ -1310,7 +1290,7 @@ static void apply(struct loader *ld, enum key key, const char *value,
 	for (;;) {
 		const char *comma = memchr(value, ',', len);
 		size_t item_len = comma != NULL ? (size_t)(comma - value) : len;
-		const char *item = trim(value, &item_len);
+		const char *item = ascii_trim(value, &item_len, " \t");
 
 		if (item_len == 0) {
 			bad(ld, "empty entry in list");
@@ -1340,7 +1320,7 @@ static void parse_line(struct loader *ld, const char *name, size_t lineno,
 
 	if (len > 0 && line[len - 1] == '\r')
 		len--;
-	line = trim(line, &len);
+	line = ascii_trim(line, &len, " \t");
 	if (len == 0 || line[0] == '#')
 		return;
 	if (asprintf(&origin, "%s:%zu", name, lineno) < 0)
@@ -1354,9 +1334,9 @@ static void parse_line(struct loader *ld, const char *name, size_t lineno,
 		return;
 	}
 	key_len = (size_t)(eq - line);
-	key = trim(line, &key_len);
+	key = ascii_trim(line, &key_len, " \t");
 	value_len = len - (size_t)(eq + 1 - line);
-	value = trim(eq + 1, &value_len);
+	value = ascii_trim(eq + 1, &value_len, " \t");
 	if (key_len == 0)
 		config_errors_add(ld->errors, "%s: missing key before \"=\"",
 				  origin);
@@ -1507,7 +1487,7 @@ static void apply_env_file(struct loader *ld, char *const *env, enum key key,
 		len--;
 	if (len > 0 && text[len - 1] == '\r')
 		len--;
-	value = trim(text, &len);
+	value = ascii_trim(text, &len, " \t");
 	apply(ld, key, value, len, SOURCE_ENV, name);
 	free(text);
 }
@@ -1539,7 +1519,7 @@ static void read_environment(struct loader *ld, char *const *env)
 		name = xstrndup(var, name_len);
 		if (find_env_key(suffix, suffix_len, &k)) {
 			value_len = strlen(eq + 1);
-			value = trim(eq + 1, &value_len);
+			value = ascii_trim(eq + 1, &value_len, " \t");
 			apply(ld, k, value, value_len, SOURCE_ENV, name);
 		} else if (suffix_len > file_len &&
 			   memcmp(suffix + suffix_len - file_len, "_FILE",

@@ -16,6 +16,7 @@
 #include "facteur/auth.h"
 #include "facteur/deliver.h"
 #include "facteur/policy.h"
+#include "facteur/text.h"
 
 /* The recipient is level 0, its alias targets level 1, and so on; an
  * alias whose targets would sit deeper than this is a loop. */
@@ -41,31 +42,6 @@ struct policy {
 	struct alias *aliases; /* sorted by key */
 	size_t alias_count;
 };
-
-static bool is_blank(char c)
-{
-	return c == ' ' || c == '\t' || c == '\r';
-}
-
-static void trim(const char **s, size_t *len)
-{
-	while (*len > 0 && is_blank(**s)) {
-		(*s)++;
-		(*len)--;
-	}
-	while (*len > 0 && is_blank((*s)[*len - 1]))
-		(*len)--;
-}
-
-static char *dup_range(const char *s, size_t len)
-{
-	char *out = malloc(len + 1);
-	if (out == NULL)
-		return NULL;
-	memcpy(out, s, len);
-	out[len] = '\0';
-	return out;
-}
 
 static bool has_blank_or_control(const char *s, size_t len)
 {
@@ -120,7 +96,7 @@ static void parse_targets(struct alias_parser *ap, struct alias *alias,
 		const char *t = s;
 		size_t tlen = (size_t)(item_end - s);
 		s = comma != NULL ? comma + 1 : end;
-		trim(&t, &tlen);
+		t = ascii_trim(t, &tlen, ASCII_LINE_BLANKS);
 		if (tlen >= 2 && t[0] == '<' && t[tlen - 1] == '>') {
 			t++;
 			tlen -= 2;
@@ -157,7 +133,7 @@ static void parse_targets(struct alias_parser *ap, struct alias *alias,
 			alias->targets = n;
 			alias->cap = ncap;
 		}
-		alias->targets[alias->count] = dup_range(t, tlen);
+		alias->targets[alias->count] = text_dup(t, tlen);
 		if (alias->targets[alias->count] == NULL) {
 			ap->oom = true;
 			return;
@@ -181,7 +157,7 @@ static struct alias *parse_entry(struct alias_parser *ap, const char *line,
 	}
 	const char *key = line;
 	size_t keylen = (size_t)(colon - line);
-	trim(&key, &keylen);
+	key = ascii_trim(key, &keylen, ASCII_LINE_BLANKS);
 	if (keylen == 0) {
 		config_errors_add(ap->errors,
 				  "%s:%zu: aliases_file: empty "
@@ -210,7 +186,7 @@ static struct alias *parse_entry(struct alias_parser *ap, const char *line,
 	}
 	struct alias *alias = &p->aliases[p->alias_count];
 	memset(alias, 0, sizeof *alias);
-	alias->key = dup_range(key, keylen);
+	alias->key = text_dup(key, keylen);
 	if (alias->key == NULL) {
 		ap->oom = true;
 		return NULL;
@@ -265,7 +241,7 @@ static int parse_aliases(struct policy *p, const char *text, size_t len,
 		}
 		const char *body = line;
 		size_t bodylen = linelen;
-		trim(&body, &bodylen);
+		body = ascii_trim(body, &bodylen, ASCII_LINE_BLANKS);
 		if (bodylen == 0 || body[0] == '#') {
 			current = NULL;
 			skip = false;
@@ -428,7 +404,7 @@ static bool is_bare_postmaster(const char *address)
 static char *canonical(const struct policy *p, const char *address, size_t len,
 		       bool *local_out)
 {
-	char *out = dup_range(address, len);
+	char *out = text_dup(address, len);
 	if (out == NULL)
 		return NULL;
 	char *at = memrchr(out, '@', len);

@@ -60,11 +60,6 @@ const struct route *route_table_get(const struct route_table *table, size_t i)
 	return &table->routes[i];
 }
 
-static bool is_space(char c)
-{
-	return c == ' ' || c == '\t';
-}
-
 /* A decimal port, 1..65535, digits only. */
 static int parse_port(const char *s, size_t len, uint16_t *port)
 {
@@ -297,10 +292,10 @@ static int parse_route(const char *value, struct route *r, char *err,
 	size_t ntok = 0;
 	bool seen_tls = false;
 
-	while (is_space(*p))
+	while (ascii_is_wsp(*p))
 		p++;
 	end = p + strlen(p);
-	while (end > p && is_space(end[-1]))
+	while (end > p && ascii_is_wsp(end[-1]))
 		end--;
 	r->text = strndup(p, (size_t)(end - p));
 	if (r->text == NULL)
@@ -311,10 +306,10 @@ static int parse_route(const char *value, struct route *r, char *err,
 		size_t len;
 		int rc;
 
-		while (p < end && !is_space(*p))
+		while (p < end && !ascii_is_wsp(*p))
 			p++;
 		len = (size_t)(p - tok);
-		while (p < end && is_space(*p))
+		while (p < end && ascii_is_wsp(*p))
 			p++;
 		if (ntok == 0)
 			rc = parse_pattern(tok, len, r, err, errlen);

@@ -39,6 +39,17 @@ int buffer_grow(char **buf, size_t *cap, size_t need, size_t first, size_t max)
 	return 0;
 }
 
+char *text_dup(const char *s, size_t len)
+{
+	char *out = malloc(len + 1);
+
+	if (out == NULL)
+		return NULL;
+	memcpy(out, s, len);
+	out[len] = '\0';
+	return out;
+}
+
 void text_add(struct text *t, const char *s, size_t n)
 {
 	if (t->failed)

@@ -41,6 +41,20 @@ static inline bool ascii_is_ldh(char c)
 	return ascii_is_alnum(c) || c == '-';
 }
 
+/* Space or tab: RFC 5234's WSP. */
+static inline bool ascii_is_wsp(char c)
+{
+	return c == ' ' || c == '\t';
+}
+
+/* Blanks around a field of the users and aliases files: CR too, so
+ * that a file with CRLF lines reads as one with LF lines. */
+#define ASCII_LINE_BLANKS " \t\r"
+
+/* s[0..*len) without the octets of `set` at either end (" \t", or
+ * ASCII_LINE_BLANKS): its new start, *len shortened. */
+const char *ascii_trim(const char *s, size_t *len, const char *set);
+
 /* s (n octets) equals the NUL-terminated `lit`, ignoring ASCII case. */
 bool ascii_ieq(const char *s, size_t n, const char *lit);
 /* a (alen octets) equals b (blen octets), ignoring ASCII case. */

@@ -17,6 +17,10 @@
  * ENOMEM (*buf and *cap unchanged). */
 int buffer_grow(char **buf, size_t *cap, size_t need, size_t first, size_t max);
 
+/* A malloc'd copy of s[0..len), NUL-terminated (a NUL inside is copied
+ * too); NULL when memory runs out. */
+char *text_dup(const char *s, size_t len);
+
 struct text {
 	char *p; /* NUL-terminated once anything was added */
 	size_t len;

@@ -62,6 +62,26 @@ static void test_ascii_classes(void **state)
 	assert_false(ascii_is_alpha('0'));
 }
 
+static void test_ascii_trim_takes_the_set_off_both_ends(void **state)
+{
+	(void)state;
+	size_t len = 8;
+	const char *s = ascii_trim(" \tkey \r\n", &len, ASCII_LINE_BLANKS);
+	assert_int_equal(len, 6); /* the LF is not in the set */
+	assert_memory_equal(s, "key \r\n", 6);
+	len = 7;
+	s = ascii_trim(" \tkey \r", &len, ASCII_LINE_BLANKS);
+	assert_int_equal(len, 3);
+	assert_memory_equal(s, "key", 3);
+	len = 7;
+	s = ascii_trim("\t a b\r ", &len, " \t");
+	assert_int_equal(len, 4);
+	assert_memory_equal(s, "a b\r", 4);
+	len = 3;
+	s = ascii_trim(" \t ", &len, " \t");
+	assert_int_equal(len, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -69,6 +89,7 @@ int main(void)
 	    cmocka_unit_test(test_ascii_ieq_needs_the_whole_literal),
 	    cmocka_unit_test(test_ascii_lower_copies_and_in_place),
 	    cmocka_unit_test(test_ascii_classes),
+	    cmocka_unit_test(test_ascii_trim_takes_the_set_off_both_ends),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

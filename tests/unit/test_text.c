@@ -224,6 +224,15 @@ static void test_text_value_round_trips_through_the_8bit_decoder(void **state)
 	free(enc);
 }
 
+static void test_text_dup_copies_a_range_nul_included(void **state)
+{
+	(void)state;
+	char *s = text_dup("ab\0cd", 5);
+	assert_non_null(s);
+	assert_memory_equal(s, "ab\0cd", 6);
+	free(s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -232,6 +241,7 @@ int main(void)
 	    cmocka_unit_test(test_text_finish_of_nothing_is_empty_not_null),
 	    cmocka_unit_test(test_text_failure_sticks_and_finish_reports_it),
 	    cmocka_unit_test(test_text_value_escapes_what_breaks_a_token),
+	    cmocka_unit_test(test_text_dup_copies_a_range_nul_included),
 	    cmocka_unit_test(test_xtext_decode_edge_cases),
 	    cmocka_unit_test(test_xtext_8bit_only_when_asked),
 	    cmocka_unit_test(test_xtext_decodes_in_place),

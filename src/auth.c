@@ -6,15 +6,16 @@
  */
 #include <crypt.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "facteur/auth.h"
+
+#include "facteur/ascii.h"
+#include "facteur/text.h"
+#include "facteur/wholefile.h"
 
 struct auth_user {
 	char *address; /* lower case */
@@ -36,47 +37,6 @@ static const char dummy_hash[] =
 /* A users file larger than this is surely a mistake (100,000 users take
  * about 15 MB). */
 #define USERS_FILE_MAX (256u * 1024 * 1024)
-
-static char ascii_lower(char c)
-{
-	return c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
-}
-
-static bool is_blank(char c)
-{
-	return c == ' ' || c == '\t' || c == '\r';
-}
-
-static char *dup_lower(const char *s, size_t len)
-{
-	char *out = malloc(len + 1);
-	if (out == NULL)
-		return NULL;
-	for (size_t i = 0; i < len; i++)
-		out[i] = ascii_lower(s[i]);
-	out[len] = '\0';
-	return out;
-}
-
-static char *dup_range(const char *s, size_t len)
-{
-	char *out = malloc(len + 1);
-	if (out == NULL)
-		return NULL;
-	memcpy(out, s, len);
-	out[len] = '\0';
-	return out;
-}
-
-static void trim(const char **s, size_t *len)
-{
-	while (*len > 0 && is_blank(**s)) {
-		(*s)++;
-		(*len)--;
-	}
-	while (*len > 0 && is_blank((*s)[*len - 1]))
-		(*len)--;
-}
 
 void auth_users_free(struct auth_users *users)
 {
@@ -135,8 +95,8 @@ static int parse_line(struct auth_users *users, size_t *cap, const char *line,
 	const char *addr = line, *hash = colon + 1;
 	size_t addrlen = (size_t)(colon - line);
 	size_t hashlen = len - addrlen - 1;
-	trim(&addr, &addrlen);
-	trim(&hash, &hashlen);
+	addr = ascii_trim(addr, &addrlen, ASCII_LINE_BLANKS);
+	hash = ascii_trim(hash, &hashlen, ASCII_LINE_BLANKS);
 	if (addrlen == 0) {
 		config_errors_add(errors, "%s:%zu: users_file: empty address",
 				  name, lineno);
@@ -172,8 +132,8 @@ static int parse_line(struct auth_users *users, size_t *cap, const char *line,
 		*cap = ncap;
 	}
 	struct auth_user *u = &users->users[users->count];
-	u->address = dup_lower(addr, addrlen);
-	u->hash = dup_range(hash, hashlen);
+	u->address = ascii_lower_dup(addr, addrlen);
+	u->hash = text_dup(hash, hashlen);
 	u->line = lineno;
 	if (u->address == NULL || u->hash == NULL) {
 		free(u->address);
@@ -206,7 +166,7 @@ static struct auth_users *parse_text(const char *text, size_t len,
 		size_t linelen = (size_t)(line_end - p);
 		p = nl != NULL ? nl + 1 : end;
 		lineno++;
-		trim(&line, &linelen);
+		line = ascii_trim(line, &linelen, ASCII_LINE_BLANKS);
 		if (linelen == 0 || line[0] == '#')
 			continue;
 		if (parse_line(users, &cap, line, linelen, name, lineno,
@@ -246,88 +206,15 @@ struct auth_users *auth_users_parse(const char *text, const char *name,
 struct auth_users *auth_users_load(const char *path,
 				   struct config_errors *errors)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd == -1) {
-		config_errors_add(errors, "%s: users_file: cannot open: %s",
-				  path, strerror(errno));
+	size_t len = 0;
+	/* Password hashes: zeroed before the memory is given back. */
+	char *buf = config_read_named_file(path, "users_file", USERS_FILE_MAX,
+					   WHOLEFILE_SECRET, &len, errors);
+	if (buf == NULL)
 		return NULL;
-	}
-	struct stat st;
-	if (fstat(fd, &st) == -1) {
-		config_errors_add(errors, "%s: users_file: cannot stat: %s",
-				  path, strerror(errno));
-		close(fd);
-		return NULL;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		config_errors_add(errors, "%s: users_file: not a regular file",
-				  path);
-		close(fd);
-		return NULL;
-	}
-	if ((uintmax_t)st.st_size > USERS_FILE_MAX) {
-		config_errors_add(errors, "%s: users_file: file too large",
-				  path);
-		close(fd);
-		return NULL;
-	}
-	/* Read to the end rather than trusting st_size: the file may grow. */
-	size_t cap = (size_t)st.st_size + 1, len = 0;
-	char *buf = malloc(cap);
-	if (buf == NULL) {
-		config_errors_add(errors, "%s: users_file: out of memory",
-				  path);
-		close(fd);
-		return NULL;
-	}
-	for (;;) {
-		if (len == cap) {
-			if (cap >= USERS_FILE_MAX) {
-				config_errors_add(
-				    errors, "%s: users_file: file too large",
-				    path);
-				goto fail;
-			}
-			char *n = realloc(buf, cap * 2);
-			if (n == NULL) {
-				config_errors_add(
-				    errors, "%s: users_file: out of memory",
-				    path);
-				goto fail;
-			}
-			buf = n;
-			cap *= 2;
-		}
-		ssize_t r = read(fd, buf + len, cap - len);
-		if (r == -1) {
-			if (errno == EINTR)
-				continue;
-			config_errors_add(errors,
-					  "%s: users_file: cannot read: %s",
-					  path, strerror(errno));
-			goto fail;
-		}
-		if (r == 0)
-			break;
-		len += (size_t)r;
-	}
-	if (close(fd) == -1) {
-		fd = -1;
-		config_errors_add(errors, "%s: users_file: cannot read: %s",
-				  path, strerror(errno));
-		goto fail;
-	}
-	fd = -1;
 	struct auth_users *users = parse_text(buf, len, path, errors);
-	explicit_bzero(buf, len);
-	free(buf);
+	wholefile_free_secret(buf, len);
 	return users;
-fail:
-	explicit_bzero(buf, len);
-	free(buf);
-	if (fd != -1)
-		close(fd);
-	return NULL;
 }
 
 size_t auth_users_count(const struct auth_users *users)
@@ -524,17 +411,6 @@ int auth_base64_encode(const unsigned char *in, size_t len, char *out,
 	return (int)n;
 }
 
-static bool equal_ignore_case(const char *a, size_t alen, const char *b,
-			      size_t blen)
-{
-	if (alen != blen)
-		return false;
-	for (size_t i = 0; i < alen; i++)
-		if (ascii_lower(a[i]) != ascii_lower(b[i]))
-			return false;
-	return true;
-}
-
 /* RFC 4616: message = [authzid] NUL authcid NUL passwd, authcid and passwd
  * not empty, no further NUL. */
 int auth_sasl_plain_decode(const char *b64, size_t len, char *authcid,
@@ -571,7 +447,7 @@ int auth_sasl_plain_decode(const char *b64, size_t len, char *authcid,
 	if (cid_len == 0 || pw_len == 0 || memchr(pw, '\0', pw_len) != NULL)
 		goto out;
 	/* We do not let one account act for another. */
-	if (zid_len != 0 && !equal_ignore_case(msg, zid_len, cid, cid_len))
+	if (zid_len != 0 && !ascii_ieq_len(msg, zid_len, cid, cid_len))
 		goto out;
 	if (cid_len >= authcid_len || pw_len >= password_len)
 		goto out;

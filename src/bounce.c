@@ -15,7 +15,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "facteur/mailtime.h"
 #include "facteur/smtp_proto.h"
+#include "facteur/text.h"
 
 /* Diagnostics longer than this are cut: a DSN reports, it does not carry
  * a remote server's essays. */
@@ -228,30 +230,6 @@ static bool str_8bit(const char *s)
 	return s != NULL && has_8bit(s, strlen(s));
 }
 
-/* RFC 5322 §3.3 date, in local time like the Received header; names
- * written by hand so that the locale cannot change them. */
-static void format_date(time_t t, char *buf, size_t len)
-{
-	static const char days[7][4] = {"Sun", "Mon", "Tue", "Wed",
-					"Thu", "Fri", "Sat"};
-	static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr",
-					   "May", "Jun", "Jul", "Aug",
-					   "Sep", "Oct", "Nov", "Dec"};
-	struct tm tm;
-	long off;
-
-	if (localtime_r(&t, &tm) == NULL) {
-		snprintf(buf, len, "Thu, 1 Jan 1970 00:00:00 +0000");
-		return;
-	}
-	off = tm.tm_gmtoff / 60;
-	snprintf(buf, len, "%s, %d %s %d %02d:%02d:%02d %c%02ld%02ld",
-		 days[tm.tm_wday % 7], tm.tm_mday, months[tm.tm_mon % 12],
-		 tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec,
-		 off < 0 ? '-' : '+', (off < 0 ? -off : off) / 60,
-		 (off < 0 ? -off : off) % 60);
-}
-
 /*
  * A diagnostic made fit for one header field: CR, LF and other controls
  * become spaces, runs of spaces one, non-ASCII '?', and it is cut at
@@ -354,8 +332,8 @@ static char *original_recipient(const char *orcpt)
 		goto as_sent;
 	type_len = (size_t)(semi - orcpt);
 	memcpy(out, orcpt, type_len + 1);
-	dec = smtp_xtext_decode(semi + 1, n - type_len - 1, out + type_len + 1,
-				n - type_len);
+	dec = text_xtext_decode(semi + 1, n - type_len - 1, out + type_len + 1,
+				n - type_len, 0);
 	if (dec <= 0)
 		goto as_sent;
 	for (size_t i = 0; out[i] != '\0'; i++) {
@@ -439,7 +417,7 @@ static bool rcpt_reported(const struct bounce_input *in, size_t k)
 static void write_text_part(struct out *o, const struct report *rp)
 {
 	const struct bounce_input *in = rp->in;
-	char date[64];
+	char date[MAILTIME_BUF];
 
 	out_str(o, "This is the mail system at host ");
 	out_text(o, rp->hostname, strlen(rp->hostname), false);
@@ -457,7 +435,7 @@ static void write_text_part(struct out *o, const struct report *rp)
 		out_line(o, "Your message has not been delivered yet to the "
 			    "recipients below.");
 		if (in->retry_until != 0) {
-			format_date(in->retry_until, date, sizeof date);
+			mailtime_format(in->retry_until, date, sizeof date);
 			out_fmt(o, "The mail system will keep trying until %s;",
 				date);
 			out_eol(o);
@@ -526,7 +504,7 @@ static void write_status_part(struct out *o, const struct report *rp)
 {
 	const struct bounce_input *in = rp->in;
 	const struct spool_envelope *env = in->env;
-	char date[64], status[sizeof env->rcpts->dsn + 1];
+	char date[MAILTIME_BUF], status[sizeof env->rcpts->dsn + 1];
 
 	out_str(o, "Reporting-MTA: dns; ");
 	out_text(o, rp->hostname, strlen(rp->hostname), false);
@@ -538,7 +516,7 @@ static void write_status_part(struct out *o, const struct report *rp)
 		out_eol(o);
 	}
 	if (env->arrival != 0) {
-		format_date(env->arrival, date, sizeof date);
+		mailtime_format(env->arrival, date, sizeof date);
 		out_fmt(o, "Arrival-Date: %s", date);
 		out_eol(o);
 	}
@@ -578,13 +556,13 @@ static void write_status_part(struct out *o, const struct report *rp)
 			free(reason);
 		}
 		if (r->attempts > 0) {
-			format_date(r->updated ? r->updated : in->now, date,
-				    sizeof date);
+			mailtime_format(r->updated ? r->updated : in->now, date,
+					sizeof date);
 			out_fmt(o, "Last-Attempt-Date: %s", date);
 			out_eol(o);
 		}
 		if (in->kind == BOUNCE_DELAY && in->retry_until != 0) {
-			format_date(in->retry_until, date, sizeof date);
+			mailtime_format(in->retry_until, date, sizeof date);
 			out_fmt(o, "Will-Retry-Until: %s", date);
 			out_eol(o);
 		}
@@ -707,7 +685,7 @@ char *bounce_build(const struct bounce_input *in, size_t *len)
 	struct out parts[3] = {{0}}, msg = {0};
 	struct report rp;
 	const char *sender, *id;
-	char *boundary = NULL, date[64];
+	char *boundary = NULL, date[MAILTIME_BUF];
 	size_t nparts = 2, reported = 0;
 	bool eight_bit[3];
 
@@ -755,7 +733,7 @@ char *bounce_build(const struct bounce_input *in, size_t *len)
 	out_eol(&msg);
 	out_fmt(&msg, "Subject: %s", subjects[in->kind]);
 	out_eol(&msg);
-	format_date(in->now, date, sizeof date);
+	mailtime_format(in->now, date, sizeof date);
 	out_fmt(&msg, "Date: %s", date);
 	out_eol(&msg);
 	out_str(&msg, "Message-ID: <");

@@ -14,15 +14,18 @@
 #include <netinet/in.h>
 #include <pwd.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
 
+#include "facteur/ascii.h"
+#include "facteur/hostname.h"
+#include "facteur/wholefile.h"
+
 #define CONFIG_FILE_MAX (16u * 1024 * 1024) /* a config file, not a disk */
 #define CONFIG_QUOTE_MAX 120		    /* text quoted back in errors */
-#define CONFIG_DOMAIN_MAX 253
-#define CONFIG_LABEL_MAX 63
 #define CONFIG_ENV_PREFIX "FACTEUR_"
 #define CONFIG_ENV_FILE "FACTEUR_CONFIG"
 #define CONFIG_RESOLV_CONF "/etc/resolv.conf"
@@ -93,11 +96,23 @@ struct loader {
 typedef void key_set_fn(struct loader *ld, const char *value);
 typedef void key_clear_fn(struct loader *ld);
 
+/* Keys of one common kind need no setter of their own: the table names
+ * the kind and the field. */
+enum slot_kind {
+	SLOT_SETTER,	      /* key_def.set does it */
+	SLOT_OPTIONAL_STRING, /* char *, NULL when empty */
+	SLOT_COUNT,	      /* unsigned, above 0 */
+	SLOT_DURATION,	      /* unsigned seconds, above 0 */
+	SLOT_SIZE,	      /* uint64_t octets, above 0 */
+};
+
 struct key_def {
 	const char *name;
 	const char *default_value; /* NULL: computed (hostname, user) */
 	key_set_fn *set;	   /* a scalar's value or one list item */
 	key_clear_fn *clear;	   /* list keys only: forget every item */
+	enum slot_kind slot;	   /* with set NULL */
+	size_t offset;		   /* of the slot in struct config */
 };
 
 /* A load runs at start-up and on reload; a small allocation failing there
@@ -156,6 +171,42 @@ void config_errors_add(struct config_errors *errors, const char *fmt, ...)
 	errors->messages = xreallocarray(errors->messages, errors->count + 1,
 					 sizeof(*errors->messages));
 	errors->messages[errors->count++] = msg;
+}
+
+char *config_read_named_file(const char *path, const char *key, size_t max,
+			     unsigned flags, size_t *len,
+			     struct config_errors *errors)
+{
+	char *text = NULL;
+	const char *why = NULL;
+
+	switch (
+	    wholefile_read(path, max, flags | WHOLEFILE_REGULAR, &text, len)) {
+	case WHOLEFILE_OK:
+		return text;
+	case WHOLEFILE_OPEN:
+		why = "cannot open";
+		break;
+	case WHOLEFILE_STAT:
+		why = "cannot stat";
+		break;
+	case WHOLEFILE_NOT_REGULAR:
+		config_errors_add(errors, "%s: %s: not a regular file", path,
+				  key);
+		return NULL;
+	case WHOLEFILE_TOO_LARGE:
+		config_errors_add(errors, "%s: %s: file too large", path, key);
+		return NULL;
+	case WHOLEFILE_NOMEM:
+		config_errors_add(errors, "%s: %s: out of memory", path, key);
+		return NULL;
+	case WHOLEFILE_READ:
+		why = "cannot read";
+		break;
+	}
+	config_errors_add(errors, "%s: %s: %s: %s", path, key, why,
+			  strerror(errno));
+	return NULL;
 }
 
 void config_errors_clear(struct config_errors *errors)
@@ -230,65 +281,6 @@ static void bad(struct loader *ld, const char *fmt, ...)
 	config_errors_add(ld->errors, "%s: %s: %s", ld->origin,
 			  key_defs[ld->key].name, msg);
 	free(msg);
-}
-
-static bool is_blank(char c)
-{
-	return c == ' ' || c == '\t';
-}
-
-static bool is_ldh(char c)
-{
-	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-	       (c >= '0' && c <= '9') || c == '-';
-}
-
-static char ascii_lower(char c)
-{
-	return (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
-}
-
-static char ascii_upper(char c)
-{
-	return (c >= 'a' && c <= 'z') ? (char)(c - 'a' + 'A') : c;
-}
-
-/* RFC 1123 host name syntax: dot-separated labels of letters, digits and
- * hyphens, none empty, longer than 63 or starting/ending with '-'. */
-static bool domain_valid(const char *s, size_t len)
-{
-	size_t label = 0;
-
-	if (len == 0 || len > CONFIG_DOMAIN_MAX)
-		return false;
-	for (size_t i = 0; i < len; i++) {
-		if (s[i] == '.') {
-			if (label == 0 || s[i - 1] == '-')
-				return false;
-			label = 0;
-			continue;
-		}
-		if (!is_ldh(s[i]) || (s[i] == '-' && label == 0))
-			return false;
-		if (++label > CONFIG_LABEL_MAX)
-			return false;
-	}
-	return label > 0 && s[len - 1] != '-';
-}
-
-/* Trim spaces and tabs on both ends of s[0..*len), returning the start. */
-static const char *trim(const char *s, size_t *len)
-{
-	size_t n = *len;
-
-	while (n > 0 && is_blank(*s)) {
-		s++;
-		n--;
-	}
-	while (n > 0 && is_blank(s[n - 1]))
-		n--;
-	*len = n;
-	return s;
 }
 
 /* Decimal digits only, no sign, no spaces; at most `max`. */
@@ -655,7 +647,7 @@ static void set_hostname(struct loader *ld, const char *value)
 {
 	char q[QUOTE_BUF];
 
-	if (!domain_valid(value, strlen(value))) {
+	if (!hostname_valid(value, strlen(value))) {
 		bad(ld, "invalid host name %s", quote(value, q));
 		return;
 	}
@@ -780,13 +772,12 @@ static void set_local_domain(struct loader *ld, const char *value)
 
 	if (len > 1 && value[len - 1] == '.')
 		len--;
-	if (!domain_valid(value, len)) {
+	if (!hostname_valid(value, len)) {
 		bad(ld, "invalid domain %s", quote(value, q));
 		return;
 	}
 	lower = xstrndup(value, len);
-	for (size_t i = 0; i < len; i++)
-		lower[i] = ascii_lower(lower[i]);
+	ascii_lower_in_place(lower, len);
 	for (size_t i = 0; i < list->count; i++) {
 		if (strcmp(list->items[i], lower) == 0) {
 			free(lower); /* listed twice: once is enough */
@@ -874,9 +865,10 @@ static void set_mailbox_path(struct loader *ld, const char *value)
 	set_required_string(ld, &ld->cfg->mailbox_path, value);
 }
 
-static void set_relay_network(struct loader *ld, const char *value)
+/* relay_networks and proxy_networks: one CIDR more on the list. */
+static void add_network(struct loader *ld, struct cidr **nets, size_t *count,
+			const char *value)
 {
-	struct config *cfg = ld->cfg;
 	struct cidr net;
 	char q[QUOTE_BUF];
 
@@ -884,40 +876,37 @@ static void set_relay_network(struct loader *ld, const char *value)
 		bad(ld, "invalid network %s", quote(value, q));
 		return;
 	}
-	cfg->relay_networks =
-	    xreallocarray(cfg->relay_networks, cfg->relay_network_count + 1,
-			  sizeof(*cfg->relay_networks));
-	cfg->relay_networks[cfg->relay_network_count++] = net;
+	*nets = xreallocarray(*nets, *count + 1, sizeof(**nets));
+	(*nets)[(*count)++] = net;
+}
+
+static void clear_networks(struct cidr **nets, size_t *count)
+{
+	free(*nets);
+	*nets = NULL;
+	*count = 0;
+}
+
+static void set_relay_network(struct loader *ld, const char *value)
+{
+	add_network(ld, &ld->cfg->relay_networks, &ld->cfg->relay_network_count,
+		    value);
 }
 
 static void clear_relay_networks(struct loader *ld)
 {
-	free(ld->cfg->relay_networks);
-	ld->cfg->relay_networks = NULL;
-	ld->cfg->relay_network_count = 0;
+	clear_networks(&ld->cfg->relay_networks, &ld->cfg->relay_network_count);
 }
 
 static void set_proxy_network(struct loader *ld, const char *value)
 {
-	struct config *cfg = ld->cfg;
-	struct cidr net;
-	char q[QUOTE_BUF];
-
-	if (config_parse_cidr(value, &net) < 0) {
-		bad(ld, "invalid network %s", quote(value, q));
-		return;
-	}
-	cfg->proxy_networks =
-	    xreallocarray(cfg->proxy_networks, cfg->proxy_network_count + 1,
-			  sizeof(*cfg->proxy_networks));
-	cfg->proxy_networks[cfg->proxy_network_count++] = net;
+	add_network(ld, &ld->cfg->proxy_networks, &ld->cfg->proxy_network_count,
+		    value);
 }
 
 static void clear_proxy_networks(struct loader *ld)
 {
-	free(ld->cfg->proxy_networks);
-	ld->cfg->proxy_networks = NULL;
-	ld->cfg->proxy_network_count = 0;
+	clear_networks(&ld->cfg->proxy_networks, &ld->cfg->proxy_network_count);
 }
 
 static void set_route(struct loader *ld, const char *value)
@@ -993,16 +982,6 @@ static void set_mx_port(struct loader *ld, const char *value)
 		bad(ld, "invalid port %s (1 to 65535)", quote(value, q));
 }
 
-static void set_tls_cert(struct loader *ld, const char *value)
-{
-	set_optional_string(&ld->cfg->tls_cert, value);
-}
-
-static void set_tls_key(struct loader *ld, const char *value)
-{
-	set_optional_string(&ld->cfg->tls_key, value);
-}
-
 static void set_tls_outbound(struct loader *ld, const char *value)
 {
 	int i = 0;
@@ -1010,93 +989,6 @@ static void set_tls_outbound(struct loader *ld, const char *value)
 	if (set_choice(ld, value, tls_policy_names, COUNT_OF(tls_policy_names),
 		       "none, may, encrypt or verify", &i))
 		ld->cfg->tls_outbound = (enum tls_policy)i;
-}
-
-static void set_tls_ca_file(struct loader *ld, const char *value)
-{
-	set_optional_string(&ld->cfg->tls_ca_file, value);
-}
-
-static void set_max_message_size(struct loader *ld, const char *value)
-{
-	uint64_t v;
-	char q[QUOTE_BUF];
-
-	if (config_parse_size(value, &v) < 0)
-		bad(ld, "invalid size %s (a number with K, M or G)",
-		    quote(value, q));
-	else if (v == 0)
-		bad(ld, "must be greater than 0");
-	else
-		ld->cfg->max_message_size = v;
-}
-
-static void set_count(struct loader *ld, unsigned *slot, const char *value)
-{
-	uint64_t v;
-	char q[QUOTE_BUF];
-
-	if (parse_decimal(value, strlen(value), UINT_MAX, &v) < 0)
-		bad(ld, "invalid number %s", quote(value, q));
-	else if (v == 0)
-		bad(ld, "must be greater than 0");
-	else
-		*slot = (unsigned)v;
-}
-
-static void set_max_recipients(struct loader *ld, const char *value)
-{
-	set_count(ld, &ld->cfg->max_recipients, value);
-}
-
-static void set_max_connections(struct loader *ld, const char *value)
-{
-	set_count(ld, &ld->cfg->max_connections, value);
-}
-
-static void set_max_connections_per_ip(struct loader *ld, const char *value)
-{
-	set_count(ld, &ld->cfg->max_connections_per_ip, value);
-}
-
-static void set_max_connections_per_destination(struct loader *ld,
-						const char *value)
-{
-	set_count(ld, &ld->cfg->max_connections_per_destination, value);
-}
-
-static void set_duration(struct loader *ld, unsigned *slot, const char *value)
-{
-	unsigned v;
-	char q[QUOTE_BUF];
-
-	if (config_parse_duration(value, &v) < 0)
-		bad(ld, "invalid duration %s (a number with s, m, h or d)",
-		    quote(value, q));
-	else if (v == 0)
-		bad(ld, "must be greater than 0");
-	else
-		*slot = v;
-}
-
-static void set_smtp_timeout(struct loader *ld, const char *value)
-{
-	set_duration(ld, &ld->cfg->smtp_timeout, value);
-}
-
-static void set_retry_min(struct loader *ld, const char *value)
-{
-	set_duration(ld, &ld->cfg->retry_min, value);
-}
-
-static void set_retry_max(struct loader *ld, const char *value)
-{
-	set_duration(ld, &ld->cfg->retry_max, value);
-}
-
-static void set_queue_lifetime(struct loader *ld, const char *value)
-{
-	set_duration(ld, &ld->cfg->queue_lifetime, value);
 }
 
 /* Unlike the other durations, 0 is allowed: it turns delay notices off. */
@@ -1170,32 +1062,6 @@ static void set_flush_method(struct loader *ld, const char *value)
 		ld->cfg->flush_method = (enum flush_method)i;
 }
 
-/* Envelope budgets: 0 would refuse every recipient. */
-static void set_envelope_budget(struct loader *ld, uint64_t *slot,
-				const char *value)
-{
-	uint64_t v;
-	char q[QUOTE_BUF];
-
-	if (config_parse_size(value, &v) < 0)
-		bad(ld, "invalid size %s (a number with K, M or G)",
-		    quote(value, q));
-	else if (v == 0)
-		bad(ld, "must be greater than 0");
-	else
-		*slot = v;
-}
-
-static void set_max_envelope_size(struct loader *ld, const char *value)
-{
-	set_envelope_budget(ld, &ld->cfg->max_envelope_size, value);
-}
-
-static void set_max_envelope_memory(struct loader *ld, const char *value)
-{
-	set_envelope_budget(ld, &ld->cfg->max_envelope_memory, value);
-}
-
 static void set_ipv6_prefix_length(struct loader *ld, const char *value)
 {
 	uint64_t v;
@@ -1245,60 +1111,80 @@ static void set_reuse_port(struct loader *ld, const char *value)
 		bad(ld, "invalid value %s (yes or no)", quote(value, q));
 }
 
+/* A key set by kind (enum slot_kind) into its field of struct config. */
+#define SLOT(kind, field) NULL, NULL, kind, offsetof(struct config, field)
+
 static const struct key_def key_defs[KEY_COUNT] = {
-    [KEY_HOSTNAME] = {"hostname", NULL, set_hostname, NULL},
-    [KEY_LISTEN] = {"listen", "127.0.0.1:2525", set_listen, clear_listen},
-    [KEY_POP3_LISTEN] = {"pop3_listen", "", set_pop3_listen, clear_pop3_listen},
-    [KEY_METRICS_LISTEN] = {"metrics_listen", "", set_metrics_listen, NULL},
-    [KEY_SPOOL_DIR] = {"spool_dir", "/var/spool/facteur", set_spool_dir, NULL},
+    [KEY_HOSTNAME] = {"hostname", NULL, set_hostname, NULL, SLOT_SETTER, 0},
+    [KEY_LISTEN] = {"listen", "127.0.0.1:2525", set_listen, clear_listen,
+		    SLOT_SETTER, 0},
+    [KEY_POP3_LISTEN] = {"pop3_listen", "", set_pop3_listen, clear_pop3_listen,
+			 SLOT_SETTER, 0},
+    [KEY_METRICS_LISTEN] = {"metrics_listen", "", set_metrics_listen, NULL,
+			    SLOT_SETTER, 0},
+    [KEY_SPOOL_DIR] = {"spool_dir", "/var/spool/facteur", set_spool_dir, NULL,
+		       SLOT_SETTER, 0},
     [KEY_LOCAL_DOMAINS] = {"local_domains", "localhost", set_local_domain,
-			   clear_local_domains},
-    [KEY_USERS_FILE] = {"users_file", "", set_users_file, NULL},
-    [KEY_ALIASES_FILE] = {"aliases_file", "", set_aliases_file, NULL},
+			   clear_local_domains, SLOT_SETTER, 0},
+    [KEY_USERS_FILE] = {"users_file", "", set_users_file, NULL, SLOT_SETTER, 0},
+    [KEY_ALIASES_FILE] = {"aliases_file", "", set_aliases_file, NULL,
+			  SLOT_SETTER, 0},
     [KEY_MAILBOX_FORMAT] = {"mailbox_format", "maildir", set_mailbox_format,
-			    NULL},
+			    NULL, SLOT_SETTER, 0},
     [KEY_MAILBOX_PATH] = {"mailbox_path", "/var/mail/%d/%u", set_mailbox_path,
-			  NULL},
+			  NULL, SLOT_SETTER, 0},
     [KEY_RELAY_NETWORKS] = {"relay_networks", "127.0.0.0/8, ::1/128",
-			    set_relay_network, clear_relay_networks},
-    [KEY_ROUTE] = {"route", "", set_route, clear_routes},
+			    set_relay_network, clear_relay_networks,
+			    SLOT_SETTER, 0},
+    [KEY_ROUTE] = {"route", "", set_route, clear_routes, SLOT_SETTER, 0},
     [KEY_DNS_SERVERS] = {"dns_servers", CONFIG_RESOLV_CONF, set_dns_server,
-			 clear_dns_servers},
-    [KEY_MX_PORT] = {"mx_port", "25", set_mx_port, NULL},
-    [KEY_TLS_CERT] = {"tls_cert", "", set_tls_cert, NULL},
-    [KEY_TLS_KEY] = {"tls_key", "", set_tls_key, NULL},
-    [KEY_TLS_OUTBOUND] = {"tls_outbound", "may", set_tls_outbound, NULL},
-    [KEY_TLS_CA_FILE] = {"tls_ca_file", "", set_tls_ca_file, NULL},
-    [KEY_MAX_MESSAGE_SIZE] = {"max_message_size", "25M", set_max_message_size,
-			      NULL},
-    [KEY_MAX_RECIPIENTS] = {"max_recipients", "1000", set_max_recipients, NULL},
-    [KEY_MAX_CONNECTIONS] = {"max_connections", "10000", set_max_connections,
-			     NULL},
+			 clear_dns_servers, SLOT_SETTER, 0},
+    [KEY_MX_PORT] = {"mx_port", "25", set_mx_port, NULL, SLOT_SETTER, 0},
+    [KEY_TLS_CERT] = {"tls_cert", "", SLOT(SLOT_OPTIONAL_STRING, tls_cert)},
+    [KEY_TLS_KEY] = {"tls_key", "", SLOT(SLOT_OPTIONAL_STRING, tls_key)},
+    [KEY_TLS_OUTBOUND] = {"tls_outbound", "may", set_tls_outbound, NULL,
+			  SLOT_SETTER, 0},
+    [KEY_TLS_CA_FILE] = {"tls_ca_file", "",
+			 SLOT(SLOT_OPTIONAL_STRING, tls_ca_file)},
+    [KEY_MAX_MESSAGE_SIZE] = {"max_message_size", "25M",
+			      SLOT(SLOT_SIZE, max_message_size)},
+    [KEY_MAX_RECIPIENTS] = {"max_recipients", "1000",
+			    SLOT(SLOT_COUNT, max_recipients)},
+    [KEY_MAX_CONNECTIONS] = {"max_connections", "10000",
+			     SLOT(SLOT_COUNT, max_connections)},
     [KEY_MAX_CONNECTIONS_PER_IP] = {"max_connections_per_ip", "100",
-				    set_max_connections_per_ip, NULL},
+				    SLOT(SLOT_COUNT, max_connections_per_ip)},
     [KEY_MAX_CONNECTIONS_PER_DESTINATION] =
 	{"max_connections_per_destination", "20",
-	 set_max_connections_per_destination, NULL},
-    [KEY_SMTP_TIMEOUT] = {"smtp_timeout", "5m", set_smtp_timeout, NULL},
-    [KEY_RETRY_MIN] = {"retry_min", "1m", set_retry_min, NULL},
-    [KEY_RETRY_MAX] = {"retry_max", "1h", set_retry_max, NULL},
-    [KEY_QUEUE_LIFETIME] = {"queue_lifetime", "5d", set_queue_lifetime, NULL},
-    [KEY_DELAY_NOTICE] = {"delay_notice", "4h", set_delay_notice, NULL},
-    [KEY_USER] = {"user", NULL, set_user, NULL},
-    [KEY_LOG_FORMAT] = {"log_format", "logfmt", set_log_format, NULL},
-    [KEY_LOG_LEVEL] = {"log_level", "info", set_log_level, NULL},
-    [KEY_FLUSH_METHOD] = {"flush_method", "fsync", set_flush_method, NULL},
+	 SLOT(SLOT_COUNT, max_connections_per_destination)},
+    [KEY_SMTP_TIMEOUT] = {"smtp_timeout", "5m",
+			  SLOT(SLOT_DURATION, smtp_timeout)},
+    [KEY_RETRY_MIN] = {"retry_min", "1m", SLOT(SLOT_DURATION, retry_min)},
+    [KEY_RETRY_MAX] = {"retry_max", "1h", SLOT(SLOT_DURATION, retry_max)},
+    [KEY_QUEUE_LIFETIME] = {"queue_lifetime", "5d",
+			    SLOT(SLOT_DURATION, queue_lifetime)},
+    [KEY_DELAY_NOTICE] = {"delay_notice", "4h", set_delay_notice, NULL,
+			  SLOT_SETTER, 0},
+    [KEY_USER] = {"user", NULL, set_user, NULL, SLOT_SETTER, 0},
+    [KEY_LOG_FORMAT] = {"log_format", "logfmt", set_log_format, NULL,
+			SLOT_SETTER, 0},
+    [KEY_LOG_LEVEL] = {"log_level", "info", set_log_level, NULL, SLOT_SETTER,
+		       0},
+    [KEY_FLUSH_METHOD] = {"flush_method", "fsync", set_flush_method, NULL,
+			  SLOT_SETTER, 0},
     [KEY_MAX_ENVELOPE_SIZE] = {"max_envelope_size", "256K",
-			       set_max_envelope_size, NULL},
+			       SLOT(SLOT_SIZE, max_envelope_size)},
     [KEY_MAX_ENVELOPE_MEMORY] = {"max_envelope_memory", "256M",
-				 set_max_envelope_memory, NULL},
+				 SLOT(SLOT_SIZE, max_envelope_memory)},
     [KEY_IPV6_PREFIX_LENGTH] = {"ipv6_prefix_length", "64",
-				set_ipv6_prefix_length, NULL},
+				set_ipv6_prefix_length, NULL, SLOT_SETTER, 0},
     [KEY_AUTH_FAIL_LIMIT] = {"auth_fail_limit", "10/15m", set_auth_fail_limit,
-			     NULL},
+			     NULL, SLOT_SETTER, 0},
     [KEY_PROXY_NETWORKS] = {"proxy_networks", "127.0.0.0/8, ::1/128",
-			    set_proxy_network, clear_proxy_networks},
-    [KEY_REUSE_PORT] = {"reuse_port", "no", set_reuse_port, NULL},
+			    set_proxy_network, clear_proxy_networks,
+			    SLOT_SETTER, 0},
+    [KEY_REUSE_PORT] = {"reuse_port", "no", set_reuse_port, NULL, SLOT_SETTER,
+			0},
 };
 
 static bool find_key(const char *name, size_t len, enum key *out)
@@ -1326,6 +1212,65 @@ static bool has_control(const char *s, size_t len)
 	return false;
 }
 
+/*
+ * A count, a duration or a size that must be above 0: none of these
+ * keys means anything at 0 (an envelope budget of 0 would refuse every
+ * recipient).
+ */
+static void set_positive(struct loader *ld, enum slot_kind kind, void *slot,
+			 const char *value)
+{
+	uint64_t v = 0;
+	unsigned u = 0;
+	const char *what;
+	int rc;
+	char q[QUOTE_BUF];
+
+	switch (kind) {
+	case SLOT_COUNT:
+		rc = parse_decimal(value, strlen(value), UINT_MAX, &v);
+		what = "invalid number %s";
+		break;
+	case SLOT_DURATION:
+		rc = config_parse_duration(value, &u);
+		v = u;
+		what = "invalid duration %s (a number with s, m, h or d)";
+		break;
+	default:
+		rc = config_parse_size(value, &v);
+		what = "invalid size %s (a number with K, M or G)";
+		break;
+	}
+	if (rc < 0)
+		bad(ld, what, quote(value, q));
+	else if (v == 0)
+		bad(ld, "must be greater than 0");
+	else if (kind == SLOT_SIZE)
+		*(uint64_t *)slot = v;
+	else
+		*(unsigned *)slot = (unsigned)v;
+}
+
+static void set_value(struct loader *ld, const struct key_def *def,
+		      const char *value)
+{
+	void *slot = (char *)ld->cfg + def->offset;
+
+	switch (def->slot) {
+	case SLOT_SETTER:
+		def->set(ld, value);
+		break;
+	case SLOT_OPTIONAL_STRING:
+		set_optional_string(slot, value);
+		break;
+	case SLOT_COUNT:
+	case SLOT_DURATION:
+	case SLOT_SIZE:
+		set_positive(ld, def->slot, slot, value);
+		break;
+	}
+}
+
 /* Apply one value (already trimmed) of `key` read from `origin`. */
 static void apply(struct loader *ld, enum key key, const char *value,
 		  size_t len, enum source src, const char *origin)
@@ -1343,7 +1288,7 @@ static void apply(struct loader *ld, enum key key, const char *value,
 	}
 	if (def->clear == NULL) {
 		copy = xstrndup(value, len);
-		def->set(ld, copy);
+		set_value(ld, def, copy);
 		free(copy);
 		return;
 	}
@@ -1358,13 +1303,13 @@ static void apply(struct loader *ld, enum key key, const char *value,
 	for (;;) {
 		const char *comma = memchr(value, ',', len);
 		size_t item_len = comma != NULL ? (size_t)(comma - value) : len;
-		const char *item = trim(value, &item_len);
+		const char *item = ascii_trim(value, &item_len, " \t");
 
 		if (item_len == 0) {
 			bad(ld, "empty entry in list");
 		} else {
 			copy = xstrndup(item, item_len);
-			def->set(ld, copy);
+			set_value(ld, def, copy);
 			free(copy);
 		}
 		if (comma == NULL)
@@ -1388,7 +1333,7 @@ static void parse_line(struct loader *ld, const char *name, size_t lineno,
 
 	if (len > 0 && line[len - 1] == '\r')
 		len--;
-	line = trim(line, &len);
+	line = ascii_trim(line, &len, " \t");
 	if (len == 0 || line[0] == '#')
 		return;
 	if (asprintf(&origin, "%s:%zu", name, lineno) < 0)
@@ -1402,9 +1347,9 @@ static void parse_line(struct loader *ld, const char *name, size_t lineno,
 		return;
 	}
 	key_len = (size_t)(eq - line);
-	key = trim(line, &key_len);
+	key = ascii_trim(line, &key_len, " \t");
 	value_len = len - (size_t)(eq + 1 - line);
-	value = trim(eq + 1, &value_len);
+	value = ascii_trim(eq + 1, &value_len, " \t");
 	if (key_len == 0)
 		config_errors_add(ld->errors, "%s: missing key before \"=\"",
 				  origin);
@@ -1555,7 +1500,7 @@ static void apply_env_file(struct loader *ld, char *const *env, enum key key,
 		len--;
 	if (len > 0 && text[len - 1] == '\r')
 		len--;
-	value = trim(text, &len);
+	value = ascii_trim(text, &len, " \t");
 	apply(ld, key, value, len, SOURCE_ENV, name);
 	free(text);
 }
@@ -1587,7 +1532,7 @@ static void read_environment(struct loader *ld, char *const *env)
 		name = xstrndup(var, name_len);
 		if (find_env_key(suffix, suffix_len, &k)) {
 			value_len = strlen(eq + 1);
-			value = trim(eq + 1, &value_len);
+			value = ascii_trim(eq + 1, &value_len, " \t");
 			apply(ld, k, value, value_len, SOURCE_ENV, name);
 		} else if (suffix_len > file_len &&
 			   memcmp(suffix + suffix_len - file_len, "_FILE",
@@ -1598,8 +1543,7 @@ static void read_environment(struct loader *ld, char *const *env)
 			char q[QUOTE_BUF];
 			char *lower = xstrndup(suffix, suffix_len);
 
-			for (size_t i = 0; i < suffix_len; i++)
-				lower[i] = ascii_lower(lower[i]);
+			ascii_lower_in_place(lower, suffix_len);
 			config_errors_add(ld->errors, "%s: unknown key %s",
 					  name, quote(lower, q));
 			free(lower);
@@ -1770,61 +1714,26 @@ struct config *config_load_string(const char *text, const char *name,
 static int read_file(const char *path, bool missing_ok, char **text,
 		     size_t *len, struct config_errors *errors)
 {
-	size_t cap = 4096;
-	size_t used = 0;
-	char *buf;
-	int fd;
-
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
+	switch (wholefile_read(path, CONFIG_FILE_MAX, 0, text, len)) {
+	case WHOLEFILE_OK:
+		return 0;
+	case WHOLEFILE_OPEN:
 		if (missing_ok && errno == ENOENT)
 			return 1;
 		config_errors_add(errors, "%s: cannot open: %s", path,
 				  strerror(errno));
 		return -1;
-	}
-	buf = malloc(cap);
-	if (buf == NULL)
+	case WHOLEFILE_TOO_LARGE:
+		config_errors_add(errors, "%s: file larger than %u octets",
+				  path, CONFIG_FILE_MAX);
+		return -1;
+	case WHOLEFILE_NOMEM:
 		out_of_memory();
-	for (;;) {
-		ssize_t n;
-
-		if (used == cap) {
-			if (cap >= CONFIG_FILE_MAX) {
-				config_errors_add(
-				    errors, "%s: file larger than %u octets",
-				    path, CONFIG_FILE_MAX);
-				goto fail;
-			}
-			cap *= 2;
-			buf = xreallocarray(buf, cap, 1);
-		}
-		n = read(fd, buf + used, cap - used);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			config_errors_add(errors, "%s: cannot read: %s", path,
-					  strerror(errno));
-			goto fail;
-		}
-		if (n == 0)
-			break;
-		used += (size_t)n;
-	}
-	if (close(fd) < 0) {
+	default:
 		config_errors_add(errors, "%s: cannot read: %s", path,
 				  strerror(errno));
-		free(buf);
 		return -1;
 	}
-	*text = buf;
-	*len = used;
-	return 0;
-fail:
-	free(buf);
-	/* already failing: the first error is the one worth reporting */
-	(void)close(fd);
-	return -1;
 }
 
 static const char *env_value(char *const *env, const char *name)
@@ -2092,77 +2001,6 @@ void config_print(const struct config *cfg, FILE *out)
 	}
 }
 
-static bool pop3_listen_set(const struct config *cfg)
-{
-	return cfg->pop3_listen_count > 0;
-}
-
-static bool metrics_listen_set(const struct config *cfg)
-{
-	return cfg->metrics_listen != NULL;
-}
-
-static bool tls_cert_set(const struct config *cfg)
-{
-	return cfg->tls_cert != NULL;
-}
-
-static bool tls_key_set(const struct config *cfg)
-{
-	return cfg->tls_key != NULL;
-}
-
-static bool tls_ca_file_set(const struct config *cfg)
-{
-	return cfg->tls_ca_file != NULL;
-}
-
-static bool tls_outbound_set(const struct config *cfg)
-{
-	return cfg->tls_outbound != TLS_POLICY_MAY;
-}
-
-static bool route_set(const struct config *cfg)
-{
-	return route_table_count(cfg->routes) > 0;
-}
-
-static bool dns_servers_set(const struct config *cfg)
-{
-	return !cfg->dns_from_resolv_conf;
-}
-
-static bool mx_port_set(const struct config *cfg)
-{
-	return cfg->mx_port != 25;
-}
-
-static bool mailbox_format_mbox(const struct config *cfg)
-{
-	return cfg->mailbox_format == MAILBOX_MBOX;
-}
-
-/*
- * NOT YET IN EFFECT: keys this build reads and validates but does not act
- * on. When the feature behind one lands, set its `in_effect` to true.
- */
-static const struct {
-	const char *key;
-	bool in_effect;
-	bool (*changed)(const struct config *cfg); /* left its default? */
-} pending_keys[] = {
-    {"pop3_listen", true, pop3_listen_set},
-    {"metrics_listen", true, metrics_listen_set},
-    {"tls_cert", true, tls_cert_set},
-    {"tls_key", true, tls_key_set},
-    {"tls_ca_file", true, tls_ca_file_set},
-    {"tls_outbound", true, tls_outbound_set},
-    {"route", true, route_set},
-    {"dns_servers", true, dns_servers_set},
-    {"mx_port", true, mx_port_set},
-    {"mailbox_format", true, mailbox_format_mbox},
-};
-
 const char *config_hostname_warning(const struct config *cfg)
 {
 	/* A container's or a bare machine's name (its id, "localhost"):
@@ -2172,18 +2010,4 @@ const char *config_hostname_warning(const struct config *cfg)
 		return "has no dot: remote servers may refuse it in EHLO; set "
 		       "hostname to this host's fully qualified name";
 	return NULL;
-}
-
-const char *const *config_keys_not_in_effect(const struct config *cfg)
-{
-	/* Static, as the header promises: overwritten by the next call. */
-	static const char *found[COUNT_OF(pending_keys) + 1];
-	size_t n = 0;
-
-	for (size_t i = 0; i < COUNT_OF(pending_keys); i++)
-		if (cfg != NULL && !pending_keys[i].in_effect &&
-		    pending_keys[i].changed(cfg))
-			found[n++] = pending_keys[i].key;
-	found[n] = NULL;
-	return found;
 }

@@ -39,6 +39,7 @@
 #define DNS_RCODE_NOTIMP 4
 #define DNS_RCODE_REFUSED 5
 #define DNS_HEADER_LEN 12
+#define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
 #define DNS_NAME_BUF 256 /* a name is at most 253 characters (RFC 1035) */
 #define DNS_POINTER_HOPS_MAX 64
 
@@ -672,6 +673,47 @@ static const char *type_name(uint16_t type)
 	return "?";
 }
 
+/* A code (an answer's RCODE or c-ares's status) and what it means: a
+ * final status, or a temporary failure and why. */
+struct code_meaning {
+	int code;
+	enum lookup_status status;
+	const char *why; /* for LOOKUP_TEMPFAIL */
+};
+
+static const struct code_meaning rcode_meanings[] = {
+    {DNS_RCODE_NXDOMAIN, LOOKUP_NXDOMAIN, NULL},
+    {DNS_RCODE_SERVFAIL, LOOKUP_TEMPFAIL, "SERVFAIL"},
+    {DNS_RCODE_REFUSED, LOOKUP_TEMPFAIL, "REFUSED"},
+    {DNS_RCODE_FORMERR, LOOKUP_TEMPFAIL, "FORMERR"},
+    {DNS_RCODE_NOTIMP, LOOKUP_TEMPFAIL, "NOTIMP"},
+};
+
+/* Used only when no answer came back to read. */
+static const struct code_meaning ares_meanings[] = {
+    {ARES_ENODATA, LOOKUP_NODATA, NULL},
+    {ARES_ENOTFOUND, LOOKUP_NXDOMAIN, NULL},
+    {ARES_EBADNAME, LOOKUP_NXDOMAIN, NULL},
+    {ARES_ESERVFAIL, LOOKUP_TEMPFAIL, "SERVFAIL"},
+    {ARES_EREFUSED, LOOKUP_TEMPFAIL, "REFUSED"},
+    {ARES_ETIMEOUT, LOOKUP_TEMPFAIL, "timeout"},
+    {ARES_ECONNREFUSED, LOOKUP_TEMPFAIL, "refused"},
+};
+
+/* Set o from the row of `table` for `code`; false when there is none. */
+static bool apply_meaning(const struct code_meaning *table, size_t n, int code,
+			  struct outcome *o)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (table[i].code == code) {
+			o->status = table[i].status;
+			o->why = table[i].why;
+			return true;
+		}
+	}
+	return false;
+}
+
 /* Turn what c-ares handed us into an outcome. We read the RCODE
  * ourselves: c-ares's ENOTFOUND may mean NXDOMAIN or NODATA. */
 static void classify(int status, const unsigned char *abuf, int alen,
@@ -686,57 +728,20 @@ static void classify(int status, const unsigned char *abuf, int alen,
 			o->why = "malformed answer";
 			return;
 		}
-		switch (answer->rcode) {
-		case DNS_RCODE_NOERROR:
+		if (answer->rcode == DNS_RCODE_NOERROR) {
 			o->status =
 			    answer->count > 0 ? LOOKUP_RECORDS : LOOKUP_NODATA;
 			o->records = answer->records;
 			o->count = answer->count;
-			return;
-		case DNS_RCODE_NXDOMAIN:
-			o->status = LOOKUP_NXDOMAIN;
-			return;
-		case DNS_RCODE_SERVFAIL:
-			o->why = "SERVFAIL";
-			return;
-		case DNS_RCODE_REFUSED:
-			o->why = "REFUSED";
-			return;
-		case DNS_RCODE_FORMERR:
-			o->why = "FORMERR";
-			return;
-		case DNS_RCODE_NOTIMP:
-			o->why = "NOTIMP";
-			return;
-		default:
+		} else if (!apply_meaning(rcode_meanings,
+					  COUNT_OF(rcode_meanings),
+					  answer->rcode, o)) {
 			o->why = "unexpected RCODE";
-			return;
 		}
+		return;
 	}
-	switch (status) {
-	case ARES_ENODATA:
-		o->status = LOOKUP_NODATA;
-		break;
-	case ARES_ENOTFOUND:
-	case ARES_EBADNAME:
-		o->status = LOOKUP_NXDOMAIN;
-		break;
-	case ARES_ESERVFAIL:
-		o->why = "SERVFAIL";
-		break;
-	case ARES_EREFUSED:
-		o->why = "REFUSED";
-		break;
-	case ARES_ETIMEOUT:
-		o->why = "timeout";
-		break;
-	case ARES_ECONNREFUSED:
-		o->why = "refused";
-		break;
-	default:
+	if (!apply_meaning(ares_meanings, COUNT_OF(ares_meanings), status, o))
 		o->why = ares_strerror(status);
-		break;
-	}
 }
 
 static const char *lookup_status_name(enum lookup_status status)

@@ -17,6 +17,7 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 
+#include "facteur/accept_pause.h"
 #include "facteur/config.h"
 #include "facteur/listener.h"
 #include "facteur/log.h"
@@ -58,7 +59,7 @@ struct listener {
 	bool enabled; /* wanted on; may be paused for a second after EMFILE */
 	unsigned active;
 	struct ip_count *buckets[IP_BUCKETS];
-	struct event *resume; /* re-enables accepting after EMFILE */
+	struct accept_pause pause; /* a second without accepting after EMFILE */
 	/* ipv6_prefix_length as read at start: the counts are keyed by it,
 	 * so a reload must not change it under them. */
 	unsigned ipv6_prefix;
@@ -209,12 +210,14 @@ static void set_accepting(struct listener *l, bool on)
 	}
 }
 
-static void on_resume(evutil_socket_t fd, short what, void *arg)
+/* A pause starts (accepting stops) or ends (accepting resumes unless the
+ * daemon stops or the listener was disabled meanwhile). */
+static void on_pause_change(void *arg)
 {
-	(void)fd;
-	(void)what;
 	struct listener *l = arg;
-	if (!l->srv->stopping && l->enabled)
+	if (accept_pause_active(&l->pause))
+		set_accepting(l, false);
+	else if (!l->srv->stopping && l->enabled)
 		set_accepting(l, true);
 }
 
@@ -235,10 +238,7 @@ static void on_accept_error(struct evconnlistener *ev, void *arg)
 			  LOG_S("listen", b->text),
 			  LOG_S("reason", strerror(err)));
 	l->last_accept_error = now.tv_sec;
-	set_accepting(l, false);
-	struct timeval second = {1, 0};
-	if (evtimer_add(l->resume, &second) == -1)
-		set_accepting(l, true); /* never deaf for good */
+	accept_pause_start(&l->pause);
 }
 
 /* Bound only: until listen(2), a connect to the port is refused, so no
@@ -344,14 +344,15 @@ struct listener *listener_new(struct server *srv, struct listener_owner owner,
 	l->owner = owner;
 	l->ipv6_prefix = srv->cfg->ipv6_prefix_length;
 	l->bound = calloc(count ? count : 1, sizeof *l->bound);
-	l->resume = evtimer_new(srv->base, on_resume, l);
+	int pause_rc = accept_pause_init(
+	    &l->pause, srv->base, (struct timeval){1, 0}, on_pause_change, l);
 	struct proxy_owner proxy_owner = {
 	    .ready = on_proxy_ready,
 	    .failed = on_proxy_failed,
 	    .arg = l,
 	};
 	l->proxy = proxy_reader_new(srv->base, proxy_owner);
-	if (l->bound == NULL || l->resume == NULL || l->proxy == NULL)
+	if (l->bound == NULL || pause_rc == -1 || l->proxy == NULL)
 		goto nomem;
 	for (size_t i = 0; i < count; i++) {
 		struct bound *b = bound_new(l, &entries[i], err, errlen);
@@ -485,8 +486,7 @@ void listener_free(struct listener *l)
 			l->buckets[i] = next;
 		}
 	}
-	if (l->resume != NULL)
-		event_free(l->resume);
+	accept_pause_cleanup(&l->pause);
 	proxy_reader_free(l->proxy);
 	free(l);
 }

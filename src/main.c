@@ -530,12 +530,6 @@ int main(int argc, char **argv)
 		if (why != NULL)
 			fprintf(stderr, "facteurd: warning: hostname %s %s\n",
 				st.cfg->hostname, why);
-		const char *const *later = config_keys_not_in_effect(st.cfg);
-		for (; *later != NULL; later++)
-			fprintf(stderr,
-				"facteurd: %s: set, but not in effect in this "
-				"version yet\n",
-				*later);
 		settings_free(&st);
 		return 0;
 	}

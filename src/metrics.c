@@ -21,14 +21,14 @@ struct metrics metrics;
 
 /* Upper bounds of the delivery delay buckets, in seconds: from a local
  * delivery (under a second) to a relay that waited a day. */
-static const double delay_bounds[] = {1,   5,    30,    60,   300,
-                                      900, 3600, 14400, 86400};
+static const double delay_bounds[] = {1,   5,	 30,	60,   300,
+				      900, 3600, 14400, 86400};
 #define DELAY_BUCKETS (sizeof delay_bounds / sizeof delay_bounds[0])
 
 /* Upper bounds of the loop lag buckets, in seconds: how late a periodic
  * timer fires tells how long the loop was busy with something else. */
 static const double lag_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025,
-                                    0.05,  0.1,    0.25,  1};
+				    0.05,  0.1,	   0.25,  1};
 #define LAG_BUCKETS (sizeof lag_bounds / sizeof lag_bounds[0])
 
 struct listener_metric {
@@ -59,7 +59,7 @@ struct out {
 };
 
 static void put(struct out *o, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+    __attribute__((format(printf, 2, 3)));
 
 static void put(struct out *o, const char *fmt, ...)
 {
@@ -78,7 +78,7 @@ static void put(struct out *o, const char *fmt, ...)
 }
 
 static void put_header(struct out *o, const char *name, const char *type,
-                       const char *help)
+		       const char *help)
 {
 	put(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
@@ -107,65 +107,65 @@ static void put_spec_metrics(struct out *o)
 {
 	const struct metrics *m = &metrics;
 	put_header(o, "facteur_connections_active", "gauge",
-	           "SMTP sessions open now.");
+		   "SMTP sessions open now.");
 	put_value(o, "facteur_connections_active", m->connections_active);
 	put_header(o, "facteur_connections_total", "counter",
-	           "SMTP sessions accepted.");
+		   "SMTP sessions accepted.");
 	put_value(o, "facteur_connections_total", m->connections_total);
 	put_header(o, "facteur_messages_accepted_total", "counter",
-	           "Messages queued.");
+		   "Messages queued.");
 	put_value(o, "facteur_messages_accepted_total",
-	          m->messages_accepted_total);
+		  m->messages_accepted_total);
 	put_header(o, "facteur_deliveries_total", "counter",
-	           "Delivery attempts by result, one per recipient.");
+		   "Delivery attempts by result, one per recipient.");
 	put_value(o, "facteur_deliveries_total{result=\"delivered\"}",
-	          m->deliveries_delivered);
+		  m->deliveries_delivered);
 	put_value(o, "facteur_deliveries_total{result=\"deferred\"}",
-	          m->deliveries_deferred);
+		  m->deliveries_deferred);
 	put_value(o, "facteur_deliveries_total{result=\"bounced\"}",
-	          m->deliveries_bounced);
+		  m->deliveries_bounced);
 	put_header(o, "facteur_queue_messages", "gauge",
-	           "Messages in the spool.");
+		   "Messages in the spool.");
 	put_value(o, "facteur_queue_messages", m->queue_messages);
 	put_header(o, "facteur_dns_queries_total", "counter",
-	           "DNS look-ups made.");
+		   "DNS look-ups made.");
 	put_value(o, "facteur_dns_queries_total", m->dns_queries_total);
 	put_header(o, "facteur_dns_failures_total", "counter",
-	           "DNS look-ups failed.");
+		   "DNS look-ups failed.");
 	put_value(o, "facteur_dns_failures_total", m->dns_failures_total);
 	put_header(o, "facteur_tls_sessions_total", "counter",
-	           "TLS handshakes completed, inbound and outbound.");
+		   "TLS handshakes completed, inbound and outbound.");
 	put_value(o, "facteur_tls_sessions_total", m->tls_sessions_total);
 }
 
 static void put_extra_metrics(struct out *o)
 {
 	put_header(o, "facteur_connections_refused_total", "counter",
-	           "SMTP connections refused at a connection limit.");
+		   "SMTP connections refused at a connection limit.");
 	put_value(o,
-	          "facteur_connections_refused_total{reason=\"max_"
-	          "connections\"}",
-	          metrics.connections_refused_max);
+		  "facteur_connections_refused_total{reason=\"max_"
+		  "connections\"}",
+		  metrics.connections_refused_max);
 	put_value(o,
-	          "facteur_connections_refused_total{reason=\"max_"
-	          "connections_per_ip\"}",
-	          metrics.connections_refused_per_ip);
+		  "facteur_connections_refused_total{reason=\"max_"
+		  "connections_per_ip\"}",
+		  metrics.connections_refused_per_ip);
 
 	put_header(o, "facteur_proxy_errors_total", "counter",
-	           "Connections closed for their PROXY protocol header.");
+		   "Connections closed for their PROXY protocol header.");
 	put_value(o, "facteur_proxy_errors_total", metrics.proxy_errors_total);
 
 	put_header(o, "facteur_relay_connections_total", "counter",
-	           "Outbound SMTP connections opened.");
+		   "Outbound SMTP connections opened.");
 	put_value(o, "facteur_relay_connections_total",
-	          metrics.relay_connections_total);
+		  metrics.relay_connections_total);
 	put_header(o, "facteur_relay_connections_reused_total", "counter",
-	           "Messages relayed over an already open connection.");
+		   "Messages relayed over an already open connection.");
 	put_value(o, "facteur_relay_connections_reused_total",
-	          metrics.relay_connections_reused_total);
+		  metrics.relay_connections_reused_total);
 
 	put_header(o, "facteur_listener_connections_total", "counter",
-	           "SMTP connections accepted, per listener.");
+		   "SMTP connections accepted, per listener.");
 	for (size_t i = 0; i < extra.listener_count; i++) {
 		put(o, "facteur_listener_connections_total{listen=\"");
 		put_label_value(o, extra.listeners[i].listen);
@@ -180,11 +180,11 @@ static void put_extra_metrics(struct out *o)
 			age = 0;
 	}
 	put_header(o, "facteur_queue_oldest_seconds", "gauge",
-	           "Age of the oldest queued message.");
+		   "Age of the oldest queued message.");
 	put(o, "facteur_queue_oldest_seconds %.0f\n", age);
 
 	put_header(o, "facteur_delivery_delay_seconds", "histogram",
-	           "Time from arrival to delivery, per delivered recipient.");
+		   "Time from arrival to delivery, per delivered recipient.");
 	uint64_t cumulative = 0;
 	for (size_t i = 0; i < DELAY_BUCKETS; i++) {
 		cumulative += extra.delay_counts[i];
@@ -199,7 +199,7 @@ static void put_extra_metrics(struct out *o)
 	put_value(o, "facteur_delivery_delay_seconds_count", extra.delay_count);
 
 	put_header(o, "facteur_loop_lag_seconds", "histogram",
-	           "How late the event loop ran a timer due every 100 ms.");
+		   "How late the event loop ran a timer due every 100 ms.");
 	cumulative = 0;
 	for (size_t i = 0; i < LAG_BUCKETS; i++) {
 		cumulative += extra.lag_counts[i];
@@ -212,11 +212,11 @@ static void put_extra_metrics(struct out *o)
 	put(o, "facteur_loop_lag_seconds_sum %.6f\n", extra.lag_sum);
 	put_value(o, "facteur_loop_lag_seconds_count", extra.lag_count);
 	put_header(o, "facteur_loop_lag_max_seconds", "gauge",
-	           "The longest loop lag seen since the start.");
+		   "The longest loop lag seen since the start.");
 	put(o, "facteur_loop_lag_max_seconds %.6f\n", extra.lag_max);
 
 	put_header(o, "facteur_build_info", "gauge",
-	           "The running version; always 1.");
+		   "The running version; always 1.");
 	put(o, "facteur_build_info{version=\"");
 	put_label_value(o, FACTEUR_VERSION);
 	put(o, "\"} 1\n");
@@ -258,18 +258,27 @@ char *metrics_format_alloc(size_t *len)
 	}
 }
 
+/* One observation into a histogram: its bucket (the one past the bounds
+ * is +Inf), its count and sum; below zero counts as zero. */
+static void observe(const double *bounds, size_t nbounds, uint64_t *counts,
+		    uint64_t *count, double *sum, double seconds)
+{
+	size_t i = 0;
+	while (i < nbounds && seconds > bounds[i])
+		i++;
+	counts[i]++;
+	(*count)++;
+	*sum += seconds;
+}
+
 void metrics_observe_delivery_delay(double seconds)
 {
 	if (isnan(seconds))
 		return;
 	if (seconds < 0)
 		seconds = 0;
-	size_t i = 0;
-	while (i < DELAY_BUCKETS && seconds > delay_bounds[i])
-		i++;
-	extra.delay_counts[i]++;
-	extra.delay_count++;
-	extra.delay_sum += seconds;
+	observe(delay_bounds, DELAY_BUCKETS, extra.delay_counts,
+		&extra.delay_count, &extra.delay_sum, seconds);
 }
 
 void metrics_observe_loop_lag(double seconds)
@@ -278,12 +287,8 @@ void metrics_observe_loop_lag(double seconds)
 		return;
 	if (seconds < 0)
 		seconds = 0;
-	size_t i = 0;
-	while (i < LAG_BUCKETS && seconds > lag_bounds[i])
-		i++;
-	extra.lag_counts[i]++;
-	extra.lag_count++;
-	extra.lag_sum += seconds;
+	observe(lag_bounds, LAG_BUCKETS, extra.lag_counts, &extra.lag_count,
+		&extra.lag_sum, seconds);
 	if (seconds > extra.lag_max)
 		extra.lag_max = seconds;
 }
@@ -302,8 +307,8 @@ int metrics_listener_add(const char *listen)
 	if (copy == NULL)
 		return -1;
 	struct listener_metric *grown =
-		realloc(extra.listeners,
-		        (extra.listener_count + 1) * sizeof *extra.listeners);
+	    realloc(extra.listeners,
+		    (extra.listener_count + 1) * sizeof *extra.listeners);
 	if (grown == NULL) {
 		free(copy);
 		return -1;

@@ -39,6 +39,7 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 
+#include "facteur/accept_pause.h"
 #include "facteur/config.h"
 #include "facteur/http_proto.h"
 #include "facteur/log.h"
@@ -67,19 +68,19 @@ struct metrics_conn {
 
 struct metrics_http {
 	struct evconnlistener *listener;
-	struct event *resume; /* ends a pause after EMFILE */
+	struct accept_pause pause; /* after EMFILE */
 	struct metrics_conn *conns;
 	unsigned open;
-	bool paused;	   /* out of descriptors: not accepting a while */
-	bool error_logged; /* the current outage is in the log */
-	char *text;	   /* the listen address, for the log */
+	bool error_logged;		  /* the current outage is in the log */
+	char *text;			  /* the listen address, for the log */
 	enum metrics_readiness readiness; /* what /readyz says */
 };
 
 /* Accept while below the cap and not pausing after an error. */
 static void update_accepting(struct metrics_http *mh)
 {
-	if (mh->open < METRICS_HTTP_MAX_CONNECTIONS && !mh->paused)
+	if (mh->open < METRICS_HTTP_MAX_CONNECTIONS &&
+	    !accept_pause_active(&mh->pause))
 		evconnlistener_enable(mh->listener);
 	else
 		evconnlistener_disable(mh->listener);
@@ -339,13 +340,9 @@ static void on_accept(struct evconnlistener *listener, evutil_socket_t fd,
 		conn_free(c);
 }
 
-static void on_resume(evutil_socket_t fd, short what, void *arg)
+static void on_pause_change(void *arg)
 {
-	(void)fd;
-	(void)what;
-	struct metrics_http *mh = arg;
-	mh->paused = false;
-	update_accepting(mh);
+	update_accepting(arg);
 }
 
 /* accept(2) failed with something other than EAGAIN or EINTR: out of
@@ -355,20 +352,13 @@ static void on_accept_error(struct evconnlistener *listener, void *arg)
 	(void)listener;
 	struct metrics_http *mh = arg;
 	int err = EVUTIL_SOCKET_ERROR();
-	struct timeval pause = {0, METRICS_HTTP_PAUSE_MS * 1000};
 
 	if (!mh->error_logged)
 		log_event(LOG_LEVEL_ERROR, "accept_error",
 			  LOG_S("listen", mh->text), LOG_S("protocol", "http"),
 			  LOG_S("reason", strerror(err)));
 	mh->error_logged = true;
-	mh->paused = true;
-	update_accepting(mh);
-	if (evtimer_add(mh->resume, &pause) == -1) {
-		/* Without the timer a pause would never end: spin rather. */
-		mh->paused = false;
-		update_accepting(mh);
-	}
+	accept_pause_start(&mh->pause);
 }
 
 /* The listening socket, made here so that it gets the options of the
@@ -404,7 +394,9 @@ struct metrics_http *metrics_http_new(struct event_base *base,
 {
 	struct metrics_http *mh = calloc(1, sizeof *mh);
 	if (mh == NULL ||
-	    (mh->resume = evtimer_new(base, on_resume, mh)) == NULL ||
+	    accept_pause_init(&mh->pause, base,
+			      (struct timeval){0, METRICS_HTTP_PAUSE_MS * 1000},
+			      on_pause_change, mh) == -1 ||
 	    (mh->text = strdup(addr->text)) == NULL) {
 		snprintf(err, errlen, "%s: out of memory", addr->text);
 		metrics_http_free(mh);
@@ -449,8 +441,7 @@ void metrics_http_free(struct metrics_http *mh)
 	/* Also closes the listening socket. */
 	if (mh->listener != NULL)
 		evconnlistener_free(mh->listener);
-	if (mh->resume != NULL)
-		event_free(mh->resume);
+	accept_pause_cleanup(&mh->pause);
 	free(mh->text);
 	free(mh);
 }

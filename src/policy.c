@@ -6,17 +6,16 @@
  * its new configuration).
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
+#include "facteur/ascii.h"
 #include "facteur/auth.h"
 #include "facteur/policy.h"
+#include "facteur/text.h"
 
 /* The recipient is level 0, its alias targets level 1, and so on; an
  * alias whose targets would sit deeper than this is a loop. */
@@ -42,42 +41,6 @@ struct policy {
 	struct alias *aliases; /* sorted by key */
 	size_t alias_count;
 };
-
-static char ascii_lower(char c)
-{
-	return c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
-}
-
-static void lower_in_place(char *s, size_t len)
-{
-	for (size_t i = 0; i < len; i++)
-		s[i] = ascii_lower(s[i]);
-}
-
-static bool is_blank(char c)
-{
-	return c == ' ' || c == '\t' || c == '\r';
-}
-
-static void trim(const char **s, size_t *len)
-{
-	while (*len > 0 && is_blank(**s)) {
-		(*s)++;
-		(*len)--;
-	}
-	while (*len > 0 && is_blank((*s)[*len - 1]))
-		(*len)--;
-}
-
-static char *dup_range(const char *s, size_t len)
-{
-	char *out = malloc(len + 1);
-	if (out == NULL)
-		return NULL;
-	memcpy(out, s, len);
-	out[len] = '\0';
-	return out;
-}
 
 static bool has_blank_or_control(const char *s, size_t len)
 {
@@ -132,7 +95,7 @@ static void parse_targets(struct alias_parser *ap, struct alias *alias,
 		const char *t = s;
 		size_t tlen = (size_t)(item_end - s);
 		s = comma != NULL ? comma + 1 : end;
-		trim(&t, &tlen);
+		t = ascii_trim(t, &tlen, ASCII_LINE_BLANKS);
 		if (tlen >= 2 && t[0] == '<' && t[tlen - 1] == '>') {
 			t++;
 			tlen -= 2;
@@ -169,7 +132,7 @@ static void parse_targets(struct alias_parser *ap, struct alias *alias,
 			alias->targets = n;
 			alias->cap = ncap;
 		}
-		alias->targets[alias->count] = dup_range(t, tlen);
+		alias->targets[alias->count] = text_dup(t, tlen);
 		if (alias->targets[alias->count] == NULL) {
 			ap->oom = true;
 			return;
@@ -193,7 +156,7 @@ static struct alias *parse_entry(struct alias_parser *ap, const char *line,
 	}
 	const char *key = line;
 	size_t keylen = (size_t)(colon - line);
-	trim(&key, &keylen);
+	key = ascii_trim(key, &keylen, ASCII_LINE_BLANKS);
 	if (keylen == 0) {
 		config_errors_add(ap->errors,
 				  "%s:%zu: aliases_file: empty "
@@ -222,12 +185,12 @@ static struct alias *parse_entry(struct alias_parser *ap, const char *line,
 	}
 	struct alias *alias = &p->aliases[p->alias_count];
 	memset(alias, 0, sizeof *alias);
-	alias->key = dup_range(key, keylen);
+	alias->key = text_dup(key, keylen);
 	if (alias->key == NULL) {
 		ap->oom = true;
 		return NULL;
 	}
-	lower_in_place(alias->key, keylen);
+	ascii_lower_in_place(alias->key, keylen);
 	alias->line = lineno;
 	p->alias_count++;
 	parse_targets(ap, alias, colon + 1, len - (size_t)(colon + 1 - line),
@@ -277,7 +240,7 @@ static int parse_aliases(struct policy *p, const char *text, size_t len,
 		}
 		const char *body = line;
 		size_t bodylen = linelen;
-		trim(&body, &bodylen);
+		body = ascii_trim(body, &bodylen, ASCII_LINE_BLANKS);
 		if (bodylen == 0 || body[0] == '#') {
 			current = NULL;
 			skip = false;
@@ -361,79 +324,6 @@ struct policy *policy_new_with_aliases(const struct config *cfg,
 			    name, errors);
 }
 
-/* The whole file in memory, NUL-terminated; NULL with an error added. */
-static char *read_aliases_file(const char *path, size_t *lenp,
-			       struct config_errors *errors)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd == -1) {
-		config_errors_add(errors, "%s: aliases_file: cannot open: %s",
-				  path, strerror(errno));
-		return NULL;
-	}
-	char *buf = NULL;
-	size_t len = 0, cap = 0;
-	struct stat st;
-	if (fstat(fd, &st) == -1) {
-		config_errors_add(errors, "%s: aliases_file: cannot stat: %s",
-				  path, strerror(errno));
-		goto fail;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		config_errors_add(errors,
-				  "%s: aliases_file: not a regular file", path);
-		goto fail;
-	}
-	for (;;) {
-		if (cap - len < 4096) {
-			if (cap >= ALIASES_FILE_MAX) {
-				config_errors_add(errors,
-						  "%s: aliases_file: file too "
-						  "large",
-						  path);
-				goto fail;
-			}
-			size_t ncap =
-			    cap == 0 ? (size_t)st.st_size + 4096 : cap * 2;
-			char *n = realloc(buf, ncap);
-			if (n == NULL) {
-				config_errors_add(errors,
-						  "%s: aliases_file: out of "
-						  "memory",
-						  path);
-				goto fail;
-			}
-			buf = n;
-			cap = ncap;
-		}
-		ssize_t r = read(fd, buf + len, cap - len - 1);
-		if (r == -1) {
-			if (errno == EINTR)
-				continue;
-			config_errors_add(errors,
-					  "%s: aliases_file: cannot read: %s",
-					  path, strerror(errno));
-			goto fail;
-		}
-		if (r == 0)
-			break;
-		len += (size_t)r;
-	}
-	if (close(fd) == -1) {
-		config_errors_add(errors, "%s: aliases_file: cannot read: %s",
-				  path, strerror(errno));
-		free(buf);
-		return NULL;
-	}
-	buf[len] = '\0';
-	*lenp = len;
-	return buf;
-fail:
-	free(buf);
-	close(fd);
-	return NULL;
-}
-
 struct policy *policy_new(const struct config *cfg,
 			  const struct auth_users *users,
 			  struct config_errors *errors)
@@ -441,7 +331,8 @@ struct policy *policy_new(const struct config *cfg,
 	if (cfg->aliases_file == NULL || cfg->aliases_file[0] == '\0')
 		return policy_build(cfg, users, NULL, 0, NULL, errors);
 	size_t len = 0;
-	char *text = read_aliases_file(cfg->aliases_file, &len, errors);
+	char *text = config_read_named_file(cfg->aliases_file, "aliases_file",
+					    ALIASES_FILE_MAX, 0, &len, errors);
 	if (text == NULL)
 		return NULL;
 	struct policy *p =
@@ -578,16 +469,16 @@ static bool is_bare_postmaster(const char *address)
 static char *canonical(const struct policy *p, const char *address, size_t len,
 		       bool *local_out)
 {
-	char *out = dup_range(address, len);
+	char *out = text_dup(address, len);
 	if (out == NULL)
 		return NULL;
 	char *at = memrchr(out, '@', len);
 	bool local = false;
 	if (at != NULL) {
-		lower_in_place(at + 1, strlen(at + 1));
+		ascii_lower_in_place(at + 1, strlen(at + 1));
 		local = is_local_domain(p, at + 1);
 		if (local)
-			lower_in_place(out, (size_t)(at - out));
+			ascii_lower_in_place(out, (size_t)(at - out));
 	}
 	if (local_out != NULL)
 		*local_out = local;
@@ -605,7 +496,7 @@ static char *postmaster_address(const struct policy *p)
 		return NULL;
 	memcpy(out, "postmaster@", sizeof "postmaster@" - 1);
 	memcpy(out + sizeof "postmaster@" - 1, domains->items[0], len + 1);
-	lower_in_place(out, strlen(out));
+	ascii_lower_in_place(out, strlen(out));
 	return out;
 }
 

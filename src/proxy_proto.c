@@ -210,6 +210,35 @@ static enum proxy_proto_result v2_tlvs(const uint8_t *p, size_t len,
 	return PROXY_PROTO_OK;
 }
 
+/* The address block of an INET or INET6 stream: the source and the
+ * destination address, their two ports, then TLVs. */
+static enum proxy_proto_result v2_addresses(const uint8_t *p, size_t block,
+					    uint8_t transport, int af,
+					    struct proxy_header *out)
+{
+	size_t alen = af == AF_INET ? 4 : 16;
+	size_t need = af == AF_INET ? V2_INET_BLOCK : V2_INET6_BLOCK;
+	const uint8_t *ports = p + 2 * alen;
+
+	if (transport != V2_TRANSPORT_STREAM)
+		return invalid(out, "v2: not a stream transport");
+	if (block < need)
+		return invalid(out, "v2: address block too short");
+	uint16_t sport = (uint16_t)(ports[0] << 8 | ports[1]);
+	uint16_t dport = (uint16_t)(ports[2] << 8 | ports[3]);
+	if (af == AF_INET) {
+		fill_inet(&out->source, &out->source_len, p, sport);
+		fill_inet(&out->destination, &out->destination_len, p + alen,
+			  dport);
+	} else {
+		fill_inet6(&out->source, &out->source_len, p, sport);
+		fill_inet6(&out->destination, &out->destination_len, p + alen,
+			   dport);
+	}
+	out->command = PROXY_COMMAND_PROXY;
+	return v2_tlvs(p + need, block - need, out);
+}
+
 static enum proxy_proto_result v2_parse(const uint8_t *buf, size_t len,
 					struct proxy_header *out)
 {
@@ -248,27 +277,9 @@ static enum proxy_proto_result v2_parse(const uint8_t *buf, size_t len,
 		out->command = PROXY_COMMAND_LOCAL;
 		return PROXY_PROTO_OK;
 	case V2_FAMILY_INET:
-		if (transport != V2_TRANSPORT_STREAM)
-			return invalid(out, "v2: not a stream transport");
-		if (block < V2_INET_BLOCK)
-			return invalid(out, "v2: address block too short");
-		fill_inet(&out->source, &out->source_len, p,
-			  (uint16_t)(p[8] << 8 | p[9]));
-		fill_inet(&out->destination, &out->destination_len, p + 4,
-			  (uint16_t)(p[10] << 8 | p[11]));
-		out->command = PROXY_COMMAND_PROXY;
-		return v2_tlvs(p + V2_INET_BLOCK, block - V2_INET_BLOCK, out);
+		return v2_addresses(p, block, transport, AF_INET, out);
 	case V2_FAMILY_INET6:
-		if (transport != V2_TRANSPORT_STREAM)
-			return invalid(out, "v2: not a stream transport");
-		if (block < V2_INET6_BLOCK)
-			return invalid(out, "v2: address block too short");
-		fill_inet6(&out->source, &out->source_len, p,
-			   (uint16_t)(p[32] << 8 | p[33]));
-		fill_inet6(&out->destination, &out->destination_len, p + 16,
-			   (uint16_t)(p[34] << 8 | p[35]));
-		out->command = PROXY_COMMAND_PROXY;
-		return v2_tlvs(p + V2_INET6_BLOCK, block - V2_INET6_BLOCK, out);
+		return v2_addresses(p, block, transport, AF_INET6, out);
 	case V2_FAMILY_UNIX:
 		/* A socket path is no client address: relay control and
 		 * limits could only fall back on the balancer's, which

@@ -12,10 +12,11 @@
 #include <string.h>
 #include <strings.h>
 
+#include "facteur/ascii.h"
+#include "facteur/hostname.h"
+
 /* Longest piece of a user's text quoted back in an error message. */
 #define ROUTE_QUOTE_MAX 100
-#define ROUTE_DOMAIN_MAX 253
-#define ROUTE_LABEL_MAX 63
 
 struct route_table {
 	struct route *routes;
@@ -57,54 +58,6 @@ const struct route *route_table_get(const struct route_table *table, size_t i)
 	if (table == NULL || i >= table->count)
 		return NULL;
 	return &table->routes[i];
-}
-
-static bool is_space(char c)
-{
-	return c == ' ' || c == '\t';
-}
-
-static bool is_ldh(char c)
-{
-	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-	       (c >= '0' && c <= '9') || c == '-';
-}
-
-/* RFC 1123 host name syntax: dot-separated labels of letters, digits and
- * hyphens, no label empty, longer than 63 or starting/ending with '-'. */
-static bool domain_valid(const char *s, size_t len)
-{
-	size_t label = 0;
-
-	if (len == 0 || len > ROUTE_DOMAIN_MAX)
-		return false;
-	for (size_t i = 0; i < len; i++) {
-		if (s[i] == '.') {
-			if (label == 0 || s[i - 1] == '-')
-				return false;
-			label = 0;
-			continue;
-		}
-		if (!is_ldh(s[i]) || (s[i] == '-' && label == 0))
-			return false;
-		if (++label > ROUTE_LABEL_MAX)
-			return false;
-	}
-	return label > 0 && s[len - 1] != '-';
-}
-
-static char *dup_lower(const char *s, size_t len)
-{
-	char *out = malloc(len + 1);
-
-	if (out == NULL)
-		return NULL;
-	for (size_t i = 0; i < len; i++) {
-		char c = s[i];
-		out[i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
-	}
-	out[len] = '\0';
-	return out;
 }
 
 /* A decimal port, 1..65535, digits only. */
@@ -164,9 +117,9 @@ static int parse_pattern(const char *s, size_t len, struct route *r, char *err,
 	/* An absolute name ("example.com.") is the same domain. */
 	if (namelen > 1 && name[namelen - 1] == '.')
 		namelen--;
-	if (!domain_valid(name, namelen))
+	if (!hostname_valid(name, namelen))
 		return fail(err, errlen, "invalid pattern", s, len);
-	r->pattern = dup_lower(name, namelen);
+	r->pattern = ascii_lower_dup(name, namelen);
 	if (r->pattern == NULL)
 		return oom(err, errlen);
 	return 0;
@@ -195,7 +148,7 @@ static int parse_bracketed(const char *s, size_t len, struct route *r)
 		if ((!v6_tag && inet_pton(AF_INET, buf, addr) == 1) ||
 		    inet_pton(AF_INET6, buf, addr) == 1) {
 			r->host_is_ip = true;
-			r->host = dup_lower(in, inlen);
+			r->host = ascii_lower_dup(in, inlen);
 			return r->host == NULL ? -1 : 0;
 		}
 	}
@@ -203,9 +156,9 @@ static int parse_bracketed(const char *s, size_t len, struct route *r)
 		return -1;
 	if (inlen > 1 && in[inlen - 1] == '.')
 		inlen--;
-	if (!domain_valid(in, inlen))
+	if (!hostname_valid(in, inlen))
 		return -1;
-	r->host = dup_lower(in, inlen);
+	r->host = ascii_lower_dup(in, inlen);
 	return r->host == NULL ? -1 : 0;
 }
 
@@ -238,7 +191,7 @@ static int parse_target(const char *s, size_t len, struct route *r, char *err,
 		hostlen = colon != NULL ? (size_t)(colon - s) : len;
 		if (hostlen > 1 && hostpart[hostlen - 1] == '.')
 			hostlen--;
-		if (!domain_valid(hostpart, hostlen))
+		if (!hostname_valid(hostpart, hostlen))
 			return fail(err, errlen, "bad target", s, len);
 		/* MX records of "1.2.3.4" make no sense: an address is
 		 * written as a literal, "[1.2.3.4]". */
@@ -251,7 +204,7 @@ static int parse_target(const char *s, size_t len, struct route *r, char *err,
 					    len);
 		}
 		r->mx_lookup = true;
-		r->host = dup_lower(hostpart, hostlen);
+		r->host = ascii_lower_dup(hostpart, hostlen);
 		if (r->host == NULL)
 			return oom(err, errlen);
 	}
@@ -339,10 +292,10 @@ static int parse_route(const char *value, struct route *r, char *err,
 	size_t ntok = 0;
 	bool seen_tls = false;
 
-	while (is_space(*p))
+	while (ascii_is_wsp(*p))
 		p++;
 	end = p + strlen(p);
-	while (end > p && is_space(end[-1]))
+	while (end > p && ascii_is_wsp(end[-1]))
 		end--;
 	r->text = strndup(p, (size_t)(end - p));
 	if (r->text == NULL)
@@ -353,10 +306,10 @@ static int parse_route(const char *value, struct route *r, char *err,
 		size_t len;
 		int rc;
 
-		while (p < end && !is_space(*p))
+		while (p < end && !ascii_is_wsp(*p))
 			p++;
 		len = (size_t)(p - tok);
-		while (p < end && is_space(*p))
+		while (p < end && ascii_is_wsp(*p))
 			p++;
 		if (ntok == 0)
 			rc = parse_pattern(tok, len, r, err, errlen);

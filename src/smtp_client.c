@@ -46,6 +46,7 @@
 #include "facteur/smtp_proto.h"
 #include "facteur/smtp_reply.h"
 #include "facteur/spool.h"
+#include "facteur/text.h"
 #include "facteur/tls.h"
 #include "facteur/transport.h"
 
@@ -785,7 +786,7 @@ static void start_mail(struct smtp_client *c)
 			evbuffer_add_printf(out, " RET=HDRS");
 		if (c->envid) {
 			char xtext[SMTP_ENVID_MAX * 3 + 1];
-			if (smtp_xtext_encode(c->envid, strlen(c->envid), xtext,
+			if (text_xtext_encode(c->envid, strlen(c->envid), xtext,
 					      sizeof xtext) >= 0)
 				evbuffer_add_printf(out, " ENVID=%s", xtext);
 		}

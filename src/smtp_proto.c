@@ -1,7 +1,8 @@
 /*
  * SMTP as pure data (see smtp_proto.h): command lines, paths, ESMTP
- * parameters, xtext, and the DATA/BDAT stream decoder. Nothing here does
- * I/O or allocates, so every function can be driven by tests and fuzzers.
+ * parameters (their xtext decoded by text.h), and the DATA/BDAT stream
+ * decoder. Nothing here does I/O or allocates, so every function can be
+ * driven by tests and fuzzers.
  * ASCII case folding is done by hand: the locale must not change the
  * protocol.
  */
@@ -15,83 +16,15 @@
 
 #include "facteur/smtp_proto.h"
 
-static unsigned char ascii_lower(unsigned char c)
-{
-	return c >= 'A' && c <= 'Z' ? (unsigned char)(c + ('a' - 'A')) : c;
-}
-
-/* `s` (of length n) equals the lower-case literal `lit`, ignoring case. */
-static bool ascii_ieq(const char *s, size_t n, const char *lit)
-{
-	size_t i;
-
-	for (i = 0; i < n; i++) {
-		if (lit[i] == '\0' ||
-		    ascii_lower((unsigned char)s[i]) != (unsigned char)lit[i])
-			return false;
-	}
-	return lit[i] == '\0';
-}
-
-static bool ascii_is_alpha(unsigned char c)
-{
-	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-}
-
-static bool ascii_is_digit(unsigned char c)
-{
-	return c >= '0' && c <= '9';
-}
-
-static bool ascii_is_alnum(unsigned char c)
-{
-	return ascii_is_alpha(c) || ascii_is_digit(c);
-}
+#include "facteur/ascii.h"
+#include "facteur/text.h"
+#include "facteur/utf8.h"
 
 /* RFC 5322 atext, ASCII part. */
 static bool is_atext(unsigned char c)
 {
 	return ascii_is_alnum(c) ||
 	       (c != '\0' && strchr("!#$%&'*+-/=?^_`{|}~", c));
-}
-
-/*
- * Length of the well-formed UTF-8 sequence (RFC 3629) starting with a
- * non-ASCII octet at p, or 0: no overlong forms, no surrogates, nothing
- * above U+10FFFF.
- */
-static size_t utf8_seq_len(const unsigned char *p, size_t n)
-{
-	unsigned char c = p[0];
-	unsigned char lo = 0x80, hi = 0xbf;
-	size_t need, i;
-
-	if (c < 0xc2)
-		return 0;
-	if (c < 0xe0) {
-		need = 2;
-	} else if (c < 0xf0) {
-		need = 3;
-		if (c == 0xe0)
-			lo = 0xa0;
-		else if (c == 0xed)
-			hi = 0x9f;
-	} else if (c < 0xf5) {
-		need = 4;
-		if (c == 0xf0)
-			lo = 0x90;
-		else if (c == 0xf4)
-			hi = 0x8f;
-	} else {
-		return 0;
-	}
-	if (n < need || p[1] < lo || p[1] > hi)
-		return 0;
-	for (i = 2; i < need; i++) {
-		if (p[i] < 0x80 || p[i] > 0xbf)
-			return 0;
-	}
-	return need;
 }
 
 /* Command lines */
@@ -133,14 +66,13 @@ void smtp_parse_command(const char *line, size_t len, struct smtp_command *cmd)
 		size_t i;
 
 		for (i = 0; i < verb_len; i++)
-			lower[i] = (char)ascii_lower((unsigned char)line[i]);
+			lower[i] = ascii_lower(line[i]);
 		for (v = SMTP_VERB_HELO; v <= SMTP_VERB_AUTH; v++) {
 			const char *name = verb_names[v];
 			if (strlen(name) != verb_len)
 				continue;
 			for (i = 0; i < verb_len; i++) {
-				if (ascii_lower((unsigned char)name[i]) !=
-				    (unsigned char)lower[i])
+				if (ascii_lower(name[i]) != lower[i])
 					break;
 			}
 			if (i == verb_len) {
@@ -203,7 +135,7 @@ static bool domain_name_valid(const char *d, size_t len, bool *utf8)
 				return false;
 			i++;
 		} else {
-			size_t n = utf8_seq_len(p + i, len - i);
+			size_t n = utf8_sequence_length(p + i, len - i);
 			if (n == 0)
 				return false;
 			*utf8 = true;
@@ -273,7 +205,7 @@ static bool skip_dot_string(const char *text, size_t len, size_t *i, bool *utf8)
 			need_atom = true;
 			at++;
 		} else if (p[at] >= 0x80) {
-			size_t n = utf8_seq_len(p + at, len - at);
+			size_t n = utf8_sequence_length(p + at, len - at);
 			if (n == 0)
 				return false;
 			*utf8 = true;
@@ -310,7 +242,7 @@ static bool skip_quoted_string(const char *text, size_t len, size_t *i,
 				return false;
 			at += 2;
 		} else if (c >= 0x80) {
-			size_t n = utf8_seq_len(p + at, len - at);
+			size_t n = utf8_sequence_length(p + at, len - at);
 			if (n == 0)
 				return false;
 			*utf8 = true;
@@ -398,97 +330,6 @@ enum smtp_parse_result smtp_parse_path(const char *text, size_t len,
 	out->utf8 = utf8;
 	*consumed = gt + 1;
 	return SMTP_PARSE_OK;
-}
-
-/* xtext (RFC 3461 §4) */
-
-static int hexchar_value(unsigned char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
-int smtp_xtext_decode(const char *in, size_t len, char *out, size_t outlen)
-{
-	const unsigned char *p = (const unsigned char *)in;
-	size_t i = 0, o = 0;
-
-	if (out == NULL || outlen == 0 || outlen - 1 > INT_MAX)
-		return -1;
-	while (i < len) {
-		unsigned char c = p[i];
-		if (c == '+') {
-			int hi, lo;
-			if (len - i < 3)
-				return -1;
-			hi = hexchar_value(p[i + 1]);
-			lo = hexchar_value(p[i + 2]);
-			/* A NUL would silently cut the C string short. */
-			if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
-				return -1;
-			c = (unsigned char)(hi * 16 + lo);
-			i += 3;
-		} else if (c >= 33 && c <= 126 && c != '=') {
-			i++;
-		} else {
-			return -1;
-		}
-		if (o >= outlen - 1)
-			return -1;
-		out[o++] = (char)c;
-	}
-	out[o] = '\0';
-	return (int)o;
-}
-
-int smtp_xtext_encode(const char *in, size_t len, char *out, size_t outlen)
-{
-	static const char hex[] = "0123456789ABCDEF";
-	const unsigned char *p = (const unsigned char *)in;
-	size_t i, o = 0;
-
-	if (out == NULL || outlen == 0 || outlen - 1 > INT_MAX)
-		return -1;
-	for (i = 0; i < len; i++) {
-		unsigned char c = p[i];
-		if (c >= 33 && c <= 126 && c != '+' && c != '=') {
-			if (outlen - 1 - o < 1)
-				return -1;
-			out[o++] = (char)c;
-		} else {
-			if (outlen - 1 - o < 3)
-				return -1;
-			out[o++] = '+';
-			out[o++] = hex[c >> 4];
-			out[o++] = hex[c & 0xf];
-		}
-	}
-	out[o] = '\0';
-	return (int)o;
-}
-
-/* Just the syntax check, without a destination. */
-static bool xtext_valid(const char *in, size_t len)
-{
-	const unsigned char *p = (const unsigned char *)in;
-	size_t i = 0;
-
-	while (i < len) {
-		if (p[i] == '+') {
-			if (len - i < 3 || hexchar_value(p[i + 1]) < 0 ||
-			    hexchar_value(p[i + 2]) < 0)
-				return false;
-			i += 3;
-		} else if (p[i] >= 33 && p[i] <= 126 && p[i] != '=') {
-			i++;
-		} else {
-			return false;
-		}
-	}
-	return true;
 }
 
 /* MAIL and RCPT parameters */
@@ -585,8 +426,9 @@ static bool first_time(unsigned *seen, unsigned flag)
 }
 
 static enum smtp_parse_result mail_param(const struct param *pm, unsigned *seen,
-					 struct smtp_mail *out)
+					 void *arg)
 {
+	struct smtp_mail *out = arg;
 	const char *v = pm->value;
 	size_t vl = pm->valuelen;
 
@@ -621,7 +463,7 @@ static enum smtp_parse_result mail_param(const struct param *pm, unsigned *seen,
 		int n, k;
 		if (!first_time(seen, SEEN_ENVID) || v == NULL || vl == 0)
 			return SMTP_PARSE_BAD_PARAM;
-		n = smtp_xtext_decode(v, vl, out->envid, sizeof out->envid);
+		n = text_xtext_decode(v, vl, out->envid, sizeof out->envid, 0);
 		if (n < 0)
 			goto bad_envid;
 		/* RFC 3461 §4.4: printable US-ASCII once decoded. */
@@ -633,7 +475,7 @@ static enum smtp_parse_result mail_param(const struct param *pm, unsigned *seen,
 	} else if (ascii_ieq(pm->key, pm->keylen, "auth")) {
 		if (!first_time(seen, SEEN_AUTH) || v == NULL || vl == 0)
 			return SMTP_PARSE_BAD_PARAM;
-		if (!ascii_ieq(v, vl, "<>") && !xtext_valid(v, vl))
+		if (!ascii_ieq(v, vl, "<>") && !text_xtext_valid(v, vl))
 			return SMTP_PARSE_BAD_PARAM;
 		out->auth_given = true;
 	} else {
@@ -699,12 +541,13 @@ static bool orcpt_valid(const char *v, size_t len)
 		if (!is_atext((unsigned char)v[i]))
 			return false;
 	}
-	return xtext_valid(semi + 1, len - type_len - 1);
+	return text_xtext_valid(semi + 1, len - type_len - 1);
 }
 
 static enum smtp_parse_result rcpt_param(const struct param *pm, unsigned *seen,
-					 struct smtp_rcpt *out)
+					 void *arg)
 {
+	struct smtp_rcpt *out = arg;
 	const char *v = pm->value;
 	size_t vl = pm->valuelen;
 
@@ -739,60 +582,47 @@ static size_t skip_prefix(const char *arg, size_t len, const char *prefix)
 	return n;
 }
 
-enum smtp_parse_result smtp_parse_mail(const char *arg, size_t len,
-				       struct smtp_mail *out)
+typedef enum smtp_parse_result param_fn(const struct param *pm, unsigned *seen,
+					void *out);
+
+/* "FROM:<path>" (mail) or "TO:<path>", then each ESMTP parameter through
+ * `param`, which fills `out`. */
+static enum smtp_parse_result parse_envelope(const char *arg, size_t len,
+					     bool mail, struct smtp_path *path,
+					     param_fn *param, void *out)
 {
 	enum smtp_parse_result r;
 	struct param pm;
 	size_t i, used;
 	unsigned seen = 0;
 
-	memset(out, 0, sizeof *out);
-	i = skip_prefix(arg, len, "from:");
+	i = skip_prefix(arg, len, mail ? "from:" : "to:");
 	if (i == 0)
 		return SMTP_PARSE_SYNTAX;
-	r = smtp_parse_path(arg + i, len - i, true, false, &out->from, &used);
+	r = smtp_parse_path(arg + i, len - i, mail, !mail, path, &used);
 	if (r != SMTP_PARSE_OK)
 		return r;
 	i += used;
 	if (i < len && arg[i] != ' ')
 		return SMTP_PARSE_BAD_ADDRESS;
-	while (next_param(arg, len, &i, &pm)) {
-		if (!keyword_valid(pm.key, pm.keylen))
-			return SMTP_PARSE_SYNTAX;
-		r = mail_param(&pm, &seen, out);
-		if (r != SMTP_PARSE_OK)
-			return r;
-	}
-	return SMTP_PARSE_OK;
+	while (r == SMTP_PARSE_OK && next_param(arg, len, &i, &pm))
+		r = keyword_valid(pm.key, pm.keylen) ? param(&pm, &seen, out)
+						     : SMTP_PARSE_SYNTAX;
+	return r;
+}
+
+enum smtp_parse_result smtp_parse_mail(const char *arg, size_t len,
+				       struct smtp_mail *out)
+{
+	memset(out, 0, sizeof *out);
+	return parse_envelope(arg, len, true, &out->from, mail_param, out);
 }
 
 enum smtp_parse_result smtp_parse_rcpt(const char *arg, size_t len,
 				       struct smtp_rcpt *out)
 {
-	enum smtp_parse_result r;
-	struct param pm;
-	size_t i, used;
-	unsigned seen = 0;
-
 	memset(out, 0, sizeof *out);
-	i = skip_prefix(arg, len, "to:");
-	if (i == 0)
-		return SMTP_PARSE_SYNTAX;
-	r = smtp_parse_path(arg + i, len - i, false, true, &out->to, &used);
-	if (r != SMTP_PARSE_OK)
-		return r;
-	i += used;
-	if (i < len && arg[i] != ' ')
-		return SMTP_PARSE_BAD_ADDRESS;
-	while (next_param(arg, len, &i, &pm)) {
-		if (!keyword_valid(pm.key, pm.keylen))
-			return SMTP_PARSE_SYNTAX;
-		r = rcpt_param(&pm, &seen, out);
-		if (r != SMTP_PARSE_OK)
-			return r;
-	}
-	return SMTP_PARSE_OK;
+	return parse_envelope(arg, len, false, &out->to, rcpt_param, out);
 }
 
 enum smtp_parse_result smtp_parse_bdat(const char *arg, size_t len,
@@ -876,7 +706,7 @@ static void header_match(struct smtp_data *d, const char *p, size_t n)
 		unsigned char c = (unsigned char)p[i];
 
 		if (d->line_prefix_len < HDR_AFTER_NAME) {
-			if (ascii_lower(c) ==
+			if ((unsigned char)ascii_lower((char)c) ==
 			    (unsigned char)name[d->line_prefix_len])
 				d->line_prefix_len++;
 			else

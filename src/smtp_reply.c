@@ -11,27 +11,11 @@
 
 #include "facteur/smtp_reply.h"
 
-static unsigned char ascii_lower(unsigned char c)
-{
-	return c >= 'A' && c <= 'Z' ? (unsigned char)(c + ('a' - 'A')) : c;
-}
+#include "facteur/ascii.h"
 
 static bool is_digit(unsigned char c)
 {
 	return c >= '0' && c <= '9';
-}
-
-/* `s` (n octets) equals the upper-case literal `lit`, ignoring case. */
-static bool ascii_ieq(const char *s, size_t n, const char *lit)
-{
-	size_t i;
-
-	for (i = 0; i < n; i++) {
-		if (lit[i] == '\0' || ascii_lower((unsigned char)s[i]) !=
-					  ascii_lower((unsigned char)lit[i]))
-			return false;
-	}
-	return lit[i] == '\0';
 }
 
 void smtp_reply_init(struct smtp_reply *r)

@@ -1,5 +1,6 @@
-/* Growing buffers and the text builder (see text.h). */
+/* Growing buffers, the text builder and the "+XX" codec (see text.h). */
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -8,8 +9,7 @@
 
 #include "facteur/text.h"
 
-int buffer_grow(char **buf, size_t *cap, size_t need, size_t first,
-                size_t max)
+int buffer_grow(char **buf, size_t *cap, size_t need, size_t first, size_t max)
 {
 	if (*cap >= need)
 		return 0;
@@ -37,6 +37,17 @@ int buffer_grow(char **buf, size_t *cap, size_t need, size_t first,
 	*buf = p;
 	*cap = ncap;
 	return 0;
+}
+
+char *text_dup(const char *s, size_t len)
+{
+	char *out = malloc(len + 1);
+
+	if (out == NULL)
+		return NULL;
+	memcpy(out, s, len);
+	out[len] = '\0';
+	return out;
 }
 
 void text_add(struct text *t, const char *s, size_t n)
@@ -89,15 +100,118 @@ void text_fmt(struct text *t, const char *fmt, ...)
 	free(big);
 }
 
+static const char hex_upper[] = "0123456789ABCDEF";
+
+/* RFC 3461's hexchar takes upper-case digits only; every writer here
+ * uses them, so a lower-case one is malformed, not a variant. */
+static int hex_upper_value(unsigned char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* An octet that may stand as itself: RFC 3461's xchar ("!" to "~"
+ * but '+' and '='), and with TEXT_XTEXT_8BIT any non-ASCII octet. */
+static bool xtext_plain(unsigned char c, unsigned flags)
+{
+	if (c >= 0x80)
+		return (flags & TEXT_XTEXT_8BIT) != 0;
+	return c >= 33 && c <= 126 && c != '+' && c != '=';
+}
+
 bool text_octet_needs_escape(unsigned char c)
 {
-	return c <= 0x20 || c == '+' || c == '=' || c == 0x7f;
+	return !xtext_plain(c, TEXT_XTEXT_8BIT);
+}
+
+/* The octet that the "+XX" at p (n octets left) stands for, or -1. */
+static int plus_escape(const unsigned char *p, size_t n)
+{
+	if (n < 3)
+		return -1;
+	int hi = hex_upper_value(p[1]);
+	int lo = hex_upper_value(p[2]);
+	return hi < 0 || lo < 0 ? -1 : hi << 4 | lo;
+}
+
+int text_xtext_decode(const char *in, size_t len, char *out, size_t outlen,
+		      unsigned flags)
+{
+	const unsigned char *p = (const unsigned char *)in;
+	size_t i = 0, o = 0;
+
+	if (out == NULL || outlen == 0 || outlen - 1 > INT_MAX)
+		return -1;
+	while (i < len) {
+		int c = p[i];
+		if (c == '+') {
+			c = plus_escape(p + i, len - i);
+			/* A NUL would silently cut the C string short. */
+			if (c <= 0)
+				return -1;
+			i += 3;
+		} else if (xtext_plain((unsigned char)c, flags)) {
+			i++;
+		} else {
+			return -1;
+		}
+		if (o >= outlen - 1)
+			return -1;
+		out[o++] = (char)c; /* o <= i: decoding in place is safe */
+	}
+	out[o] = '\0';
+	return (int)o;
+}
+
+bool text_xtext_valid(const char *in, size_t len)
+{
+	const unsigned char *p = (const unsigned char *)in;
+	size_t i = 0;
+
+	while (i < len) {
+		if (p[i] == '+') {
+			if (plus_escape(p + i, len - i) < 0)
+				return false;
+			i += 3;
+		} else if (xtext_plain(p[i], 0)) {
+			i++;
+		} else {
+			return false;
+		}
+	}
+	return true;
+}
+
+int text_xtext_encode(const char *in, size_t len, char *out, size_t outlen)
+{
+	const unsigned char *p = (const unsigned char *)in;
+	size_t o = 0;
+
+	if (out == NULL || outlen == 0 || outlen - 1 > INT_MAX)
+		return -1;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = p[i];
+		if (xtext_plain(c, 0)) {
+			if (outlen - 1 - o < 1)
+				return -1;
+			out[o++] = (char)c;
+		} else {
+			if (outlen - 1 - o < 3)
+				return -1;
+			out[o++] = '+';
+			out[o++] = hex_upper[c >> 4];
+			out[o++] = hex_upper[c & 0xf];
+		}
+	}
+	out[o] = '\0';
+	return (int)o;
 }
 
 void text_value(struct text *t, const char *s)
 {
-	static const char hex[] = "0123456789ABCDEF";
-
 	if (s == NULL || s[0] == '\0') {
 		text_add(t, "-", 1);
 		return;
@@ -111,7 +225,7 @@ void text_value(struct text *t, const char *s)
 		if (!text_octet_needs_escape(*p))
 			continue;
 		text_add(t, run, (size_t)((const char *)p - run));
-		char esc[3] = {'+', hex[*p >> 4], hex[*p & 0xf]};
+		char esc[3] = {'+', hex_upper[*p >> 4], hex_upper[*p & 0xf]};
 		text_add(t, esc, 3);
 		run = (const char *)p + 1;
 	}

@@ -181,6 +181,13 @@ void config_errors_clear(struct config_errors *errors);
  * named in the configuration (users, aliases, routes' auth files). */
 void config_errors_add(struct config_errors *errors, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
+/* The regular file that setting `key` names (users_file, aliases_file),
+ * read whole and bounded by `max` (wholefile.h; flags such as
+ * WHOLEFILE_SECRET): its text, NUL-terminated, *len octets; or NULL
+ * after adding "PATH: KEY: why" to errors. */
+char *config_read_named_file(const char *path, const char *key, size_t max,
+			     unsigned flags, size_t *len,
+			     struct config_errors *errors);
 
 /* Print the effective settings as "key = value" lines, every key of the
  * table in SPEC.md §3 in its order, lists comma-separated. */
@@ -189,10 +196,6 @@ void config_print(const struct config *cfg, FILE *out);
 /* Why the host name looks wrong though valid (it has no dot), or NULL:
  * a warning at start, at reload and in -n. */
 const char *config_hostname_warning(const struct config *cfg);
-
-/* Keys that are set to something the running build does not act on yet;
- * returns a static NULL-terminated list of key names (may be empty). */
-const char *const *config_keys_not_in_effect(const struct config *cfg);
 
 /* Parsing helpers, public for their unit tests. Each returns 0, or -1
  * when the text is not valid. On success config_parse_listen sets

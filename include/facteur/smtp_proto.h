@@ -133,13 +133,6 @@ enum smtp_parse_result smtp_parse_rcpt(const char *arg, size_t len,
 enum smtp_parse_result smtp_parse_bdat(const char *arg, size_t len,
                                        uint64_t *size, bool *last);
 
-/* RFC 3461 xtext: decode into out (NUL-terminated); -1 when malformed or
- * longer than outlen - 1. */
-int smtp_xtext_decode(const char *in, size_t len, char *out, size_t outlen);
-/* Encode (for ENVID/ORCPT sent onward); returns the length written or -1
- * if it does not fit. */
-int smtp_xtext_encode(const char *in, size_t len, char *out, size_t outlen);
-
 /*
  * The message stream, from the client to the spool. In DATA mode the
  * input is dot-stuffed and ends at CRLF.CRLF, and only there: a bare LF

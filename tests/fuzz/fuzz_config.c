@@ -62,7 +62,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		struct config *again;
 		char *second;
 
-		(void)config_keys_not_in_effect(cfg);
 		again = config_load_string(first, "printed", NULL, &errors);
 		if (again == NULL) {
 			for (size_t i = 0; i < errors.count; i++)

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "facteur/smtp_proto.h"
+#include "facteur/text.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -91,15 +92,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	/* xtext: what is encoded decodes back (no NUL: it ends a C string) */
 	if (size <= 64 && memchr(line, '\0', size) == NULL) {
-		n = smtp_xtext_encode(line, size, enc, sizeof enc);
+		n = text_xtext_encode(line, size, enc, sizeof enc);
 		if (n < 0)
 			abort();
-		if (smtp_xtext_decode(enc, (size_t)n, dec, sizeof dec) !=
+		if (text_xtext_decode(enc, (size_t)n, dec, sizeof dec, 0) !=
 			(int)size ||
 		    memcmp(dec, line, size) != 0)
 			abort();
 	}
-	n = smtp_xtext_decode(line, size, dec, sizeof dec);
+	n = text_xtext_decode(line, size, dec, sizeof dec, 0);
 	if (n >= 0 && (size_t)n != strlen(dec))
 		abort();
 	return 0;

@@ -7,6 +7,8 @@ and reads back what it did: Maildir files and the event log on stderr.
 Only the Python standard library is used (Debian's /usr/bin/python3 + pytest).
 """
 
+import email
+import email.policy
 import json
 import os
 import re
@@ -690,6 +692,47 @@ def queue_id_of(reply):
 # Every facteurd process this harness started, so that the finaliser can
 # make sure none survives (killed by PID, never by name).
 _ALL_PROCS = []
+
+
+def parse_message(raw):
+    """A message read from a mailbox, parsed as sent (no re-folding)."""
+    return email.message_from_bytes(raw, policy=email.policy.compat32)
+
+
+def dsn_fields(msg):
+    """The field blocks of a DSN's message/delivery-status part: the
+    per-message block first, then one per recipient."""
+    for part in msg.walk():
+        if part.get_content_type() == "message/delivery-status":
+            return [dict(b.items()) for b in part.get_payload()]
+    raise AssertionError("no message/delivery-status part:\n%s" % msg.as_string())
+
+
+def dsns_to(daemon, sender):
+    """The notices delivered so far to the local sender's mailbox."""
+    return [parse_message(m) for m in daemon.maildir_messages(sender)]
+
+
+def send_envelope(daemon, sender, rcpts, mail_params="", rcpt_params="",
+                  subject="test", body="hello\r\n", header_from=None):
+    """One message over SMTP with the given envelope and ESMTP parameters,
+    every step expected to succeed; returns its queue id."""
+    data = make_message(subject=subject, body=body,
+                        sender=header_from or sender, to=rcpts[0])
+    with daemon.raw() as c:
+        c.ehlo()
+        r = c.cmd("MAIL FROM:<%s>%s" % (sender, mail_params))
+        assert r.code == 250, r
+        for rcpt in rcpts:
+            r = c.cmd("RCPT TO:<%s>%s" % (rcpt, rcpt_params))
+            assert r.code == 250, r
+        r = c.cmd("DATA")
+        assert r.code == 354, r
+        c.send(dot_stuff(data))
+        r = c.reply()
+        assert r.code == 250, r
+        c.cmd("QUIT")
+    return queue_id_of(r)
 
 
 def kill_leftovers():

@@ -3,8 +3,6 @@ NOTIFY=SUCCESS on local delivery, NOTIFY=DELAY once after delay_notice,
 NOTIFY=NEVER, RET, ENVID and ORCPT in the report; and SIGHUP adding and
 removing listeners (issue 6 item 5)."""
 
-import email
-import email.policy
 import signal
 import socket
 import time
@@ -19,40 +17,17 @@ def closed_port():
     return h.free_port()
 
 
-def parse(raw):
-    return email.message_from_bytes(raw, policy=email.policy.compat32)
-
-
 def report_fields(msg):
-    """The per-recipient field blocks of the message/delivery-status part."""
-    for part in msg.walk():
-        if part.get_content_type() == "message/delivery-status":
-            blocks = part.get_payload()
-            return [dict(b.items()) for b in blocks]
-    raise AssertionError("no message/delivery-status part:\n%s" % msg.as_string())
+    return h.dsn_fields(msg)
 
 
 def dsns(daemon):
-    return [parse(m) for m in daemon.maildir_messages(SENDER)]
+    return h.dsns_to(daemon, SENDER)
 
 
 def send_with(daemon, recipients, mail_params="", rcpt_params="", body="hello\r\n"):
-    data = h.make_message(subject="dsn test", body=body, sender=SENDER,
-                          to=recipients[0])
-    with daemon.raw() as c:
-        c.ehlo()
-        r = c.cmd("MAIL FROM:<%s>%s" % (SENDER, mail_params))
-        assert r.code == 250, r
-        for rcpt in recipients:
-            r = c.cmd("RCPT TO:<%s>%s" % (rcpt, rcpt_params))
-            assert r.code == 250, r
-        r = c.cmd("DATA")
-        assert r.code == 354, r
-        c.send(h.dot_stuff(data))
-        r = c.reply()
-        assert r.code == 250, r
-        c.cmd("QUIT")
-    return h.queue_id_of(r)
+    return h.send_envelope(daemon, SENDER, recipients, mail_params, rcpt_params,
+                           subject="dsn test", body=body)
 
 
 def test_notify_success_on_local_delivery(daemon):

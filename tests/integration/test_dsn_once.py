@@ -3,8 +3,6 @@ delivery run of a message make at most one DSN of each kind, listing every
 recipient it reports; a DSN that cannot be written into the spool (a full
 disk) stays owed and is sent once there is room again, once."""
 
-import email
-import email.policy
 import os
 import subprocess
 import time
@@ -17,40 +15,19 @@ SENDER = "sender@localhost"
 FACTEURCTL = h.BUILD_DIR / "facteurctl"
 
 
-def parse(raw):
-    return email.message_from_bytes(raw, policy=email.policy.compat32)
-
-
 def report(msg):
     """(per-message fields, [per-recipient fields]) of a DSN."""
-    for part in msg.walk():
-        if part.get_content_type() == "message/delivery-status":
-            blocks = [dict(b.items()) for b in part.get_payload()]
-            return blocks[0], blocks[1:]
-    raise AssertionError("no message/delivery-status part:\n%s" % msg.as_string())
+    blocks = h.dsn_fields(msg)
+    return blocks[0], blocks[1:]
 
 
 def dsns(d):
-    return [parse(m) for m in d.maildir_messages(SENDER)]
+    return h.dsns_to(d, SENDER)
 
 
 def send(d, rcpts, rcpt_params="", mail_params="", body="hello\r\n"):
-    data = h.make_message(subject="how many notices", sender=SENDER, to=rcpts[0],
-                          body=body)
-    with d.raw() as c:
-        c.ehlo()
-        r = c.cmd("MAIL FROM:<%s>%s" % (SENDER, mail_params))
-        assert r.code == 250, r
-        for rcpt in rcpts:
-            r = c.cmd("RCPT TO:<%s>%s" % (rcpt, rcpt_params))
-            assert r.code == 250, r
-        r = c.cmd("DATA")
-        assert r.code == 354, r
-        c.send(h.dot_stuff(data))
-        r = c.reply()
-        assert r.code == 250, r
-        c.cmd("QUIT")
-    return h.queue_id_of(r)
+    return h.send_envelope(d, SENDER, rcpts, mail_params, rcpt_params,
+                           subject="how many notices", body=body)
 
 
 def test_six_local_successes_make_one_notice_listing_all(daemon):

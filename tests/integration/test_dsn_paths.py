@@ -34,22 +34,8 @@ def daemon_with(make_daemon, tmp_path, users, aliases=None):
 
 
 def send_raw(d, sender, rcpts, rcpt_params=" NOTIFY=SUCCESS"):
-    data = h.make_message(subject="path probe", sender="probe@example.org",
-                          to=rcpts[0])
-    with d.raw() as c:
-        c.ehlo()
-        r = c.cmd("MAIL FROM:<%s>" % sender)
-        assert r.code == 250, r
-        for rcpt in rcpts:
-            r = c.cmd("RCPT TO:<%s>%s" % (rcpt, rcpt_params))
-            assert r.code == 250, r
-        r = c.cmd("DATA")
-        assert r.code == 354, r
-        c.send(h.dot_stuff(data))
-        r = c.reply()
-        assert r.code == 250, r
-        c.cmd("QUIT")
-    return h.queue_id_of(r)
+    return h.send_envelope(d, sender, rcpts, rcpt_params=rcpt_params,
+                           subject="path probe", header_from="probe@example.org")
 
 
 def notice_settled(d, qid):

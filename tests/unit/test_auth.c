@@ -14,18 +14,11 @@
 #include <unistd.h>
 
 #include "facteur/auth.h"
+#include "support.h"
 
 /* "secret5" under SHA-256 crypt, made with another implementation. */
 static const char sha256_hash[] =
     "$5$saltsalt$708Qd1GA5FblAgceNooXo6mCmXw7DIUSz5IHtzs/2E6";
-
-static bool errors_contain(const struct config_errors *errors, const char *text)
-{
-	for (size_t i = 0; i < errors->count; i++)
-		if (strstr(errors->messages[i], text) != NULL)
-			return true;
-	return false;
-}
 
 static void test_auth_users_parse_skips_comments_blanks_and_trims(void **state)
 {
@@ -97,21 +90,23 @@ static void test_auth_users_errors_name_file_and_line(void **state)
 			     "/etc/facteur/users", &errors);
 	assert_null(users);
 	assert_int_equal(errors.count, 6);
-	assert_true(errors_contain(&errors,
-				   "/etc/facteur/users:3: users_file: no ':'"));
-	assert_true(errors_contain(&errors, "/etc/facteur/users:4: users_file: "
-					    "address without '@'"));
-	assert_true(errors_contain(&errors,
-				   "/etc/facteur/users:5: users_file: empty "
-				   "address"));
-	assert_true(errors_contain(
+	assert_true(support_errors_contain(
+	    &errors, "/etc/facteur/users:3: users_file: no ':'"));
+	assert_true(support_errors_contain(&errors,
+					   "/etc/facteur/users:4: users_file: "
+					   "address without '@'"));
+	assert_true(support_errors_contain(
+	    &errors, "/etc/facteur/users:5: users_file: empty "
+		     "address"));
+	assert_true(support_errors_contain(
 	    &errors, "/etc/facteur/users:6: users_file: duplicate "
 		     "address a@example.com (first on line 1)"));
-	assert_true(errors_contain(&errors,
-				   "/etc/facteur/users:7: users_file: empty "
-				   "hash"));
-	assert_true(errors_contain(&errors, "/etc/facteur/users:8: users_file: "
-					    "blank or control character"));
+	assert_true(support_errors_contain(
+	    &errors, "/etc/facteur/users:7: users_file: empty "
+		     "hash"));
+	assert_true(support_errors_contain(&errors,
+					   "/etc/facteur/users:8: users_file: "
+					   "blank or control character"));
 	config_errors_clear(&errors);
 }
 
@@ -122,7 +117,8 @@ static void test_auth_users_address_needs_local_part_and_domain(void **state)
 	assert_null(auth_users_parse("@example.com:$6$x$y\n", "u", &errors));
 	assert_null(auth_users_parse("alice@:$6$x$y\n", "u", &errors));
 	assert_int_equal(errors.count, 2);
-	assert_true(errors_contain(&errors, "u:1: users_file: address needs"));
+	assert_true(
+	    support_errors_contain(&errors, "u:1: users_file: address needs"));
 	config_errors_clear(&errors);
 }
 
@@ -141,14 +137,10 @@ static void test_auth_users_empty_text_has_no_users(void **state)
 static void test_auth_users_load_reads_file(void **state)
 {
 	(void)state;
-	char path[] = "/tmp/facteur-test-users-XXXXXX";
-	int fd = mkstemp(path);
-	assert_true(fd >= 0);
 	char text[256];
-	int n = snprintf(text, sizeof text, "# users\nbob@example.com:%s\n",
-			 sha256_hash);
-	assert_int_equal(write(fd, text, (size_t)n), n);
-	assert_int_equal(close(fd), 0);
+	snprintf(text, sizeof text, "# users\nbob@example.com:%s\n",
+		 sha256_hash);
+	char *path = support_temp_file(text);
 
 	struct config_errors errors = {0};
 	struct auth_users *users = auth_users_load(path, &errors);
@@ -158,17 +150,15 @@ static void test_auth_users_load_reads_file(void **state)
 	auth_users_free(users);
 
 	/* Errors carry the path as the file name. */
-	fd = open(path, O_WRONLY | O_TRUNC);
-	assert_true(fd >= 0);
-	assert_int_equal(write(fd, "\nbroken\n", 8), 8);
-	assert_int_equal(close(fd), 0);
+	support_rewrite_file(path, "\nbroken\n");
 	assert_null(auth_users_load(path, &errors));
 	assert_int_equal(errors.count, 1);
 	char expected[128];
 	snprintf(expected, sizeof expected, "%s:2: users_file: no ':'", path);
-	assert_true(errors_contain(&errors, expected));
+	assert_true(support_errors_contain(&errors, expected));
 	config_errors_clear(&errors);
 	assert_int_equal(unlink(path), 0);
+	free(path);
 }
 
 static void test_auth_users_load_missing_file_is_an_error(void **state)
@@ -177,8 +167,9 @@ static void test_auth_users_load_missing_file_is_an_error(void **state)
 	struct config_errors errors = {0};
 	assert_null(auth_users_load("/nonexistent/facteur/users", &errors));
 	assert_int_equal(errors.count, 1);
-	assert_true(errors_contain(&errors, "/nonexistent/facteur/users: "
-					    "users_file: cannot open"));
+	assert_true(support_errors_contain(&errors,
+					   "/nonexistent/facteur/users: "
+					   "users_file: cannot open"));
 	config_errors_clear(&errors);
 }
 

@@ -17,6 +17,7 @@
 
 #include "facteur/auth.h"
 #include "facteur/policy.h"
+#include "support.h"
 
 static const char config_text[] =
     "local_domains = Example.COM, example.org\n"
@@ -531,14 +532,6 @@ static void test_policy_alias_fan_out_is_bounded(void **state)
 	policy_free(p);
 }
 
-static bool errors_contain(const struct config_errors *errors, const char *text)
-{
-	for (size_t i = 0; i < errors->count; i++)
-		if (strstr(errors->messages[i], text) != NULL)
-			return true;
-	return false;
-}
-
 static void test_policy_aliases_errors_name_file_and_line(void **state)
 {
 	struct fixture *f = *state;
@@ -573,7 +566,7 @@ static void test_policy_aliases_errors_name_file_and_line(void **state)
 	    "/etc/facteur/aliases:11: aliases_file: unsupported target",
 	};
 	for (size_t i = 0; i < sizeof expected / sizeof expected[0]; i++)
-		if (!errors_contain(&errors, expected[i]))
+		if (!support_errors_contain(&errors, expected[i]))
 			fail_msg("missing error: %s", expected[i]);
 	assert_int_equal(errors.count, sizeof expected / sizeof expected[0]);
 	config_errors_clear(&errors);
@@ -586,21 +579,15 @@ static void test_policy_continuation_after_blank_line_is_an_error(void **state)
 	assert_null(policy_new_with_aliases(f->cfg, NULL, "a: b\n\n  c\n", "al",
 					    &errors));
 	assert_int_equal(errors.count, 1);
-	assert_true(errors_contain(&errors, "al:3: aliases_file: "
-					    "continuation line"));
+	assert_true(support_errors_contain(&errors, "al:3: aliases_file: "
+						    "continuation line"));
 	config_errors_clear(&errors);
 }
 
 static void test_policy_new_reads_aliases_file(void **state)
 {
 	(void)state;
-	char path[] = "/tmp/facteur-test-aliases-XXXXXX";
-	int fd = mkstemp(path);
-	assert_true(fd >= 0);
-	const char text[] = "info: alice, friend@remote.net\n";
-	assert_int_equal(write(fd, text, sizeof text - 1),
-			 (ssize_t)(sizeof text - 1));
-	assert_int_equal(close(fd), 0);
+	char *path = support_temp_file("info: alice, friend@remote.net\n");
 
 	char conf[512];
 	snprintf(conf, sizeof conf, "%saliases_file = %s\n", config_text, path);
@@ -614,22 +601,20 @@ static void test_policy_new_reads_aliases_file(void **state)
 	policy_free(p);
 
 	/* Errors name the file. */
-	fd = open(path, O_WRONLY | O_TRUNC);
-	assert_true(fd >= 0);
-	assert_int_equal(write(fd, "x\n", 2), 2);
-	assert_int_equal(close(fd), 0);
+	support_rewrite_file(path, "x\n");
 	assert_null(policy_new(cfg, NULL, &errors));
 	char want[128];
 	snprintf(want, sizeof want, "%s:1: aliases_file: no ':'", path);
-	assert_true(errors_contain(&errors, want));
+	assert_true(support_errors_contain(&errors, want));
 	config_errors_clear(&errors);
 
 	assert_int_equal(unlink(path), 0);
 	assert_null(policy_new(cfg, NULL, &errors));
 	snprintf(want, sizeof want, "%s: aliases_file: cannot open", path);
-	assert_true(errors_contain(&errors, want));
+	assert_true(support_errors_contain(&errors, want));
 	config_errors_clear(&errors);
 	config_free(cfg);
+	free(path);
 }
 
 int main(void)

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "facteur/smtp_proto.h"
+#include "facteur/text.h"
 
 #define LIT(s) (s), (sizeof(s) - 1)
 
@@ -915,15 +916,15 @@ static void test_xtext_encode_escapes_plus_equals_and_controls(void **state)
 	char out[64];
 
 	(void)state;
-	assert_int_equal(smtp_xtext_encode(LIT("a+b=c d\xe9"), out, sizeof out),
+	assert_int_equal(text_xtext_encode(LIT("a+b=c d\xe9"), out, sizeof out),
 			 16);
 	assert_string_equal(out, "a+2Bb+3Dc+20d+E9");
-	assert_int_equal(smtp_xtext_encode(LIT(""), out, sizeof out), 0);
+	assert_int_equal(text_xtext_encode(LIT(""), out, sizeof out), 0);
 	assert_string_equal(out, "");
 	/* exactly fits: 3 octets and the NUL */
-	assert_int_equal(smtp_xtext_encode(LIT("+"), out, 4), 3);
-	assert_int_equal(smtp_xtext_encode(LIT("+"), out, 3), -1);
-	assert_int_equal(smtp_xtext_encode(LIT("ab"), out, 2), -1);
+	assert_int_equal(text_xtext_encode(LIT("+"), out, 4), 3);
+	assert_int_equal(text_xtext_encode(LIT("+"), out, 3), -1);
+	assert_int_equal(text_xtext_encode(LIT("ab"), out, 2), -1);
 }
 
 static void test_xtext_decode_rejects_malformed(void **state)
@@ -935,17 +936,17 @@ static void test_xtext_decode_rejects_malformed(void **state)
 	size_t i;
 
 	(void)state;
-	assert_int_equal(smtp_xtext_decode(LIT("a+2Bb+3D"), out, sizeof out),
+	assert_int_equal(text_xtext_decode(LIT("a+2Bb+3D"), out, sizeof out, 0),
 			 4);
 	assert_string_equal(out, "a+b=");
 	for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-		if (smtp_xtext_decode(bad[i], strlen(bad[i]), out,
-				      sizeof out) != -1)
+		if (text_xtext_decode(bad[i], strlen(bad[i]), out,
+				      sizeof out, 0) != -1)
 			fail_msg("\"%s\" decoded", bad[i]);
 	}
-	assert_int_equal(smtp_xtext_decode(LIT("abc"), out, 4), 3);
-	assert_int_equal(smtp_xtext_decode(LIT("abcd"), out, 4), -1);
-	assert_int_equal(smtp_xtext_decode(LIT("abc"), out, 0), -1);
+	assert_int_equal(text_xtext_decode(LIT("abc"), out, 4, 0), 3);
+	assert_int_equal(text_xtext_decode(LIT("abcd"), out, 4, 0), -1);
+	assert_int_equal(text_xtext_decode(LIT("abc"), out, 0, 0), -1);
 }
 
 static void test_xtext_round_trip_every_octet(void **state)
@@ -957,10 +958,10 @@ static void test_xtext_round_trip_every_octet(void **state)
 	(void)state;
 	for (i = 0; i < sizeof raw; i++)
 		raw[i] = (char)(i + 1);
-	n = smtp_xtext_encode(raw, sizeof raw, enc, sizeof enc);
+	n = text_xtext_encode(raw, sizeof raw, enc, sizeof enc);
 	assert_true(n > 0);
 	assert_int_equal(strlen(enc), (size_t)n);
-	m = smtp_xtext_decode(enc, (size_t)n, dec, sizeof dec);
+	m = text_xtext_decode(enc, (size_t)n, dec, sizeof dec, 0);
 	assert_int_equal(m, sizeof raw);
 	assert_memory_equal(dec, raw, sizeof raw);
 }

@@ -133,6 +133,106 @@ static void test_text_value_escapes_what_breaks_a_token(void **state)
 	assert_false(text_octet_needs_escape(0x80));
 }
 
+#define LIT(s) (s), (sizeof(s) - 1)
+
+static void test_xtext_decode_edge_cases(void **state)
+{
+	(void)state;
+	char out[32];
+	struct {
+		const char *in;
+		int want; /* decoded length, -1 for malformed */
+	} cases[] = {
+	    {"a+2Bb", 3},  /* upper-case hex */
+	    {"a+2bb", -1}, /* lower-case hex: RFC 3461 hexchar is upper */
+	    {"a+", -1},	   /* '+' at the end */
+	    {"a+2", -1},   /* one digit only */
+	    {"+G0", -1},   /* '+' followed by non-hex */
+	    {"+-1", -1},      {"a=b", -1}, /* '=' must be escaped */
+	    {"a b", -1},		   /* space */
+	    {"a\tb", -1},		   /* control */
+	    {"a\x7f", -1},		   /* DEL */
+	    {"+00", -1},		   /* NUL cannot live in a C string */
+	    {"+3D+20+2B", 3}, {"", 0},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		int n = text_xtext_decode(cases[i].in, strlen(cases[i].in), out,
+					  sizeof out, 0);
+		if (n != cases[i].want)
+			fail_msg("\"%s\": %d, not %d", cases[i].in, n,
+				 cases[i].want);
+	}
+	assert_int_equal(
+	    text_xtext_decode(LIT("+3D+20+2B"), out, sizeof out, 0), 3);
+	assert_string_equal(out, "= +");
+}
+
+static void test_xtext_8bit_only_when_asked(void **state)
+{
+	(void)state;
+	char out[16];
+	assert_int_equal(
+	    text_xtext_decode(LIT("caf\xc3\xa9"), out, sizeof out, 0), -1);
+	assert_int_equal(text_xtext_decode(LIT("caf\xc3\xa9+2D"), out,
+					   sizeof out, TEXT_XTEXT_8BIT),
+			 6);
+	assert_string_equal(out, "caf\xc3\xa9-");
+	/* Still no space, '=' or NUL in the 8-bit form. */
+	assert_int_equal(
+	    text_xtext_decode(LIT("a b"), out, sizeof out, TEXT_XTEXT_8BIT),
+	    -1);
+	assert_int_equal(
+	    text_xtext_decode(LIT("+00"), out, sizeof out, TEXT_XTEXT_8BIT),
+	    -1);
+}
+
+static void test_xtext_decodes_in_place(void **state)
+{
+	(void)state;
+	char buf[] = "hello+20world+2B";
+	assert_int_equal(text_xtext_decode(buf, strlen(buf), buf, sizeof buf,
+					   TEXT_XTEXT_8BIT),
+			 12);
+	assert_string_equal(buf, "hello world+");
+}
+
+static void test_xtext_valid_is_the_syntax_alone(void **state)
+{
+	(void)state;
+	assert_true(text_xtext_valid(LIT("rfc822;a+2Bb@example.org")));
+	assert_true(text_xtext_valid(LIT("+00"))); /* syntax, not a string */
+	assert_false(text_xtext_valid(LIT("+2b")));
+	assert_false(text_xtext_valid(LIT("a+")));
+	assert_false(text_xtext_valid(LIT("a=b")));
+	assert_false(text_xtext_valid(LIT("\xc3\xa9")));
+}
+
+static void test_text_value_round_trips_through_the_8bit_decoder(void **state)
+{
+	(void)state;
+	const char *raw = "a b=c+d\te\x7f\xc3\xa9-";
+	struct text t = {0};
+	text_value(&t, raw);
+	size_t len = 0;
+	char *enc = text_finish(&t, &len);
+	assert_non_null(enc);
+	char dec[64];
+	assert_int_equal(
+	    text_xtext_decode(enc, len, dec, sizeof dec, TEXT_XTEXT_8BIT),
+	    (int)strlen(raw));
+	assert_string_equal(dec, raw);
+	free(enc);
+}
+
+static void test_text_dup_copies_a_range_nul_included(void **state)
+{
+	(void)state;
+	char *s = text_dup("ab\0cd", 5);
+	assert_non_null(s);
+	assert_memory_equal(s, "ab\0cd", 6);
+	free(s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -141,6 +241,13 @@ int main(void)
 	    cmocka_unit_test(test_text_finish_of_nothing_is_empty_not_null),
 	    cmocka_unit_test(test_text_failure_sticks_and_finish_reports_it),
 	    cmocka_unit_test(test_text_value_escapes_what_breaks_a_token),
+	    cmocka_unit_test(test_text_dup_copies_a_range_nul_included),
+	    cmocka_unit_test(test_xtext_decode_edge_cases),
+	    cmocka_unit_test(test_xtext_8bit_only_when_asked),
+	    cmocka_unit_test(test_xtext_decodes_in_place),
+	    cmocka_unit_test(test_xtext_valid_is_the_syntax_alone),
+	    cmocka_unit_test(
+		test_text_value_round_trips_through_the_8bit_decoder),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

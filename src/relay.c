@@ -405,7 +405,7 @@ static void on_client_done(const struct smtp_client_result *res, void *arg)
 	}
 	if (res->reusable)
 		idle_park(job, client);
-	/* `relay` may point into the job: the callback comes first */
+	/* `relay` may be the job's host: kept past the job's free */
 	char *host = job->host;
 	job->host = NULL;
 	relay_done(job, out, count);

@@ -8,7 +8,8 @@
  * smtp_client. A connection whose transaction ended cleanly is kept for
  * the next attempt to the same destination.
  *
- * The callback always runs later, never inside the call.
+ * An attempt's callback always runs later, never inside relay_send;
+ * relay_stop and relay_free end the attempts they drop inside the call.
  */
 #ifndef FACTEUR_RELAY_H
 #define FACTEUR_RELAY_H

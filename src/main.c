@@ -38,6 +38,7 @@
 #include "facteur/metrics.h"
 #include "facteur/policy.h"
 #include "facteur/pop3.h"
+#include "facteur/relay.h"
 #include "facteur/scheduler.h"
 #include "facteur/sdnotify.h"
 #include "facteur/server.h"
@@ -234,6 +235,7 @@ static int reload_settings_now(void)
 	log_event(LOG_LEVEL_INFO, "reloaded",
 		  LOG_S("config", srv.cfg->source ? srv.cfg->source : ""));
 	warn_hostname(srv.cfg);
+	relay_read_credentials(srv.cfg->routes);
 	return 0;
 }
 
@@ -415,7 +417,8 @@ static void recovery_done(void *arg)
 	if (srv.scheduler == NULL)
 		fatal("out of memory");
 	for (size_t i = 0; i < r->count; i++) {
-		scheduler_add(srv.scheduler, r->found[i], true);
+		scheduler_enqueue(srv.scheduler, r->found[i],
+				  SCHEDULER_RECOVERED);
 		r->found[i] = NULL;
 	}
 	long queued = r->live;
@@ -540,6 +543,7 @@ int main(int argc, char **argv)
 	srv.reload = reload_settings;
 	log_setup(srv.cfg->log_format, srv.cfg->log_level);
 	warn_hostname(srv.cfg);
+	relay_read_credentials(srv.cfg->routes);
 	notify_socket = getenv("NOTIFY_SOCKET");
 	raise_fd_limit();
 	signal(SIGPIPE, SIG_IGN);

@@ -1,11 +1,13 @@
 /*
  * The routing table: `route` values parsed into next hops, and the
  * most-specific-match look-up (exact, then longest "*." suffix, then "*").
- * Pure code: no name resolution, no sockets.
+ * Pure code (no name resolution, no sockets), except the reading of the
+ * auth= files, done once per load of the settings.
  */
 #include "facteur/route.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +36,10 @@ static void route_clear(struct route *r)
 	free(r->pattern);
 	free(r->host);
 	free(r->auth_file);
+	free(r->auth_user);
+	if (r->auth_password != NULL)
+		explicit_bzero(r->auth_password, strlen(r->auth_password));
+	free(r->auth_password);
 	free(r->text);
 	memset(r, 0, sizeof(*r));
 }
@@ -46,6 +52,60 @@ void route_table_free(struct route_table *table)
 		route_clear(&table->routes[i]);
 	free(table->routes);
 	free(table);
+}
+
+/* Read "user:password" from a route's auth= file; -1 with errno set. */
+static int read_auth_file(const char *path, char **user, char **password)
+{
+	FILE *f = fopen(path, "re");
+	if (f == NULL)
+		return -1;
+	char line[1024];
+	int ok = fgets(line, sizeof line, f) != NULL;
+	(void)fclose(f); /* read-only */
+	if (!ok) {
+		errno = ENODATA;
+		return -1;
+	}
+	line[strcspn(line, "\r\n")] = '\0';
+	char *colon = strchr(line, ':');
+	if (colon == NULL || colon == line) {
+		explicit_bzero(line, sizeof line);
+		errno = EINVAL;
+		return -1;
+	}
+	*colon = '\0';
+	*user = strdup(line);
+	*password = strdup(colon + 1);
+	explicit_bzero(line, sizeof line);
+	if (*user == NULL || *password == NULL) {
+		free(*user);
+		if (*password != NULL)
+			explicit_bzero(*password, strlen(*password));
+		free(*password);
+		errno = ENOMEM;
+		return -1;
+	}
+	return 0;
+}
+
+size_t route_table_read_credentials(struct route_table *table,
+				    route_unreadable_cb unreadable, void *arg)
+{
+	size_t failures = 0;
+	for (size_t i = 0; table != NULL && i < table->count; i++) {
+		struct route *r = &table->routes[i];
+		if (r->auth_file == NULL || r->auth_user != NULL)
+			continue;
+		if (read_auth_file(r->auth_file, &r->auth_user,
+				   &r->auth_password) == -1) {
+			r->auth_user = NULL;
+			r->auth_password = NULL;
+			unreadable(r, errno, arg);
+			failures++;
+		}
+	}
+	return failures;
 }
 
 size_t route_table_count(const struct route_table *table)

@@ -1088,15 +1088,9 @@ static void on_committed(int error, void *arg)
 			reply(s, "451 %s Local error: message not queued",
 			      ESC_LOCAL_ERROR);
 	} else {
-		metrics.messages_accepted_total++;
-		log_event(
-		    LOG_LEVEL_INFO, "accepted", LOG_S("queue_id", env->id),
-		    LOG_S("from", env->sender), LOG_I("size", env->size),
-		    LOG_I("nrcpt", env->rcpt_count), LOG_S("client", s->client),
-		    LOG_S("protocol", env->protocol));
 		if (!s->gone)
 			reply(s, "250 %s Ok: queued as %s", ESC_OK, env->id);
-		scheduler_add(s->srv->scheduler, env, false);
+		scheduler_enqueue(s->srv->scheduler, env, SCHEDULER_NEW);
 	}
 	if (s->gone) {
 		session_free(s);

@@ -1,7 +1,9 @@
 /*
  * The routing table (SPEC.md §3, "Routes"): which next hop serves a
- * recipient domain. Pure code: parsing a `route` value and looking a
- * domain up; nothing here resolves names or opens sockets.
+ * recipient domain. Parsing a `route` value and looking a domain up are
+ * pure code; nothing here resolves names or opens sockets. The auth=
+ * files are read apart (route_table_read_credentials), with the rest of
+ * the settings, so that no relay attempt reads a file on the loop.
  */
 #ifndef FACTEUR_ROUTE_H
 #define FACTEUR_ROUTE_H
@@ -20,21 +22,25 @@ enum route_tls {
 };
 
 enum route_pattern_kind {
-	ROUTE_EXACT,    /* example.com */
-	ROUTE_SUFFIX,   /* *.example.com: subdomains at any depth, not itself */
+	ROUTE_EXACT,	/* example.com */
+	ROUTE_SUFFIX,	/* *.example.com: subdomains at any depth, not itself */
 	ROUTE_WILDCARD, /* * */
 };
 
 struct route {
 	enum route_pattern_kind kind;
-	char *pattern;   /* lower case; for ROUTE_SUFFIX without the "*." */
-	char *host;      /* the target host name or IP literal, no brackets */
-	bool mx_lookup;  /* "host" (true) or "[host]" / "[ip]" (false) */
+	char *pattern;	 /* lower case; for ROUTE_SUFFIX without the "*." */
+	char *host;	 /* the target host name or IP literal, no brackets */
+	bool mx_lookup;	 /* "host" (true) or "[host]" / "[ip]" (false) */
 	bool host_is_ip; /* "[1.2.3.4]" or "[IPv6:...]"/"[::1]" */
-	uint16_t port;   /* 0: use mx_port */
+	uint16_t port;	 /* 0: use mx_port */
 	enum route_tls tls;
 	char *auth_file; /* NULL when no auth= */
-	char *text;      /* the value as written, for messages and -n */
+	/* From auth_file, once route_table_read_credentials has run; NULL
+	 * when it could not be read (the relay then defers, 4.3.5). */
+	char *auth_user;
+	char *auth_password;
+	char *text; /* the value as written, for messages and -n */
 };
 
 struct route_table;
@@ -49,7 +55,18 @@ void route_table_free(struct route_table *table);
  * ROUTE_TLS_VERIFY; auth= with tls=may is refused.
  */
 int route_table_add(struct route_table *table, const char *value, char *err,
-                    size_t errlen);
+		    size_t errlen);
+
+/*
+ * Read every route's auth= file ("user:password" on its first line) into
+ * its auth_user and auth_password. A file that cannot be read leaves the
+ * route without credentials and is reported to `unreadable` with an
+ * errno value. Returns how many could not be read.
+ */
+typedef void (*route_unreadable_cb)(const struct route *route, int error,
+				    void *arg);
+size_t route_table_read_credentials(struct route_table *table,
+				    route_unreadable_cb unreadable, void *arg);
 
 size_t route_table_count(const struct route_table *table);
 const struct route *route_table_get(const struct route_table *table, size_t i);
@@ -60,6 +77,6 @@ const struct route *route_table_get(const struct route_table *table, size_t i);
  * (deliver to the domain's own MX hosts). Order of the lines is irrelevant.
  */
 const struct route *route_lookup(const struct route_table *table,
-                                 const char *domain);
+				 const char *domain);
 
 #endif

@@ -2,7 +2,9 @@
  * The in-memory view of the queue: which recipients are ready, in
  * flight, or deferred until a time; retries with exponential backoff
  * between retry_min and retry_max; expiry after queue_lifetime. Every
- * outcome is written to the spool before it is forgotten.
+ * outcome is written to the spool before it is forgotten. Local
+ * deliveries start here; relay attempts go through relay.h, DSNs
+ * through notice.h.
  */
 #ifndef FACTEUR_SCHEDULER_H
 #define FACTEUR_SCHEDULER_H
@@ -17,10 +19,19 @@ struct spool_envelope;
 struct scheduler *scheduler_new(struct server *srv);
 void scheduler_free(struct scheduler *sched);
 
-/* A committed message (new, or found by recovery) enters the queue; the
- * scheduler owns the envelope from now on. */
-void scheduler_add(struct scheduler *sched, struct spool_envelope *env,
-                   bool recovered);
+enum scheduler_origin {
+	/* just committed (SMTP, a DSN, facteur-sendmail's pickup): logged
+	 * as "accepted" and counted */
+	SCHEDULER_NEW,
+	/* found by recovery at start: a delivery checks first whether a
+	 * crash came between its link and its record */
+	SCHEDULER_RECOVERED,
+};
+
+/* A committed message joins the queue; the scheduler owns the envelope
+ * from now on. */
+void scheduler_enqueue(struct scheduler *sched, struct spool_envelope *env,
+		       enum scheduler_origin origin);
 
 /* Retry every deferred recipient now. */
 void scheduler_flush(struct scheduler *sched);
@@ -35,15 +46,14 @@ size_t scheduler_queue_size(const struct scheduler *sched);
 
 /* Call `visit` for every queued message, oldest first; the envelope is
  * only valid during the call. */
-typedef void (*scheduler_visit_cb)(const struct spool_envelope *env,
-                                   void *arg);
+typedef void (*scheduler_visit_cb)(const struct spool_envelope *env, void *arg);
 void scheduler_foreach(const struct scheduler *sched, scheduler_visit_cb visit,
-                       void *arg);
+		       void *arg);
 
 /* The envelope of a queued message, or NULL. Valid until the loop runs
  * again. */
 const struct spool_envelope *scheduler_find(const struct scheduler *sched,
-                                            const char *id);
+					    const char *id);
 
 /* Retry the deferred recipients of one message now. -1: no such id. */
 int scheduler_flush_one(struct scheduler *sched, const char *id);
@@ -66,6 +76,6 @@ int scheduler_pickup(struct scheduler *sched, const char *id);
 /* The backoff before attempt number `attempts` + 1, without jitter:
  * retry_min * 2^(attempts - 1), at most retry_max. */
 unsigned scheduler_backoff(unsigned retry_min, unsigned retry_max,
-                           unsigned attempts);
+			   unsigned attempts);
 
 #endif

@@ -7,8 +7,11 @@
 
 #include <cmocka.h>
 
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "facteur/route.h"
 
@@ -458,6 +461,99 @@ static void test_route_many_routes(void **state)
 	route_table_free(t);
 }
 
+/* Collects what route_table_read_credentials could not read. */
+struct unreadable_seen {
+	int count;
+	int error;
+	char file[256];
+};
+
+static void note_unreadable(const struct route *route, int error, void *arg)
+{
+	struct unreadable_seen *seen = arg;
+	seen->count++;
+	seen->error = error;
+	snprintf(seen->file, sizeof(seen->file), "%s", route->auth_file);
+}
+
+/* A route whose auth= is `file`, in a table of its own. */
+static struct route_table *table_with_auth_file(const char *file)
+{
+	struct route_table *t = route_table_new();
+	char value[512];
+	char err[256];
+	snprintf(value, sizeof(value), "* [relay.test]:587 tls=encrypt auth=%s",
+		 file);
+	assert_int_equal(route_table_add(t, value, err, sizeof(err)), 0);
+	return t;
+}
+
+static void write_file(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	assert_non_null(f);
+	assert_true(fputs(text, f) >= 0);
+	assert_int_equal(fclose(f), 0);
+}
+
+static void test_route_credentials_read_from_the_auth_file(void **state)
+{
+	(void)state;
+	char path[] = "/tmp/facteur-test-route-XXXXXX";
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	assert_int_equal(close(fd), 0);
+	write_file(path, "relay-user:s3cret: pass\r\nignored:line\n");
+	struct route_table *t = table_with_auth_file(path);
+	struct unreadable_seen seen = {0};
+
+	assert_int_equal(
+	    route_table_read_credentials(t, note_unreadable, &seen), 0);
+	const struct route *r = route_lookup(t, "example.com");
+	assert_string_equal(r->auth_user, "relay-user");
+	assert_string_equal(r->auth_password, "s3cret: pass");
+	assert_int_equal(seen.count, 0);
+	route_table_free(t);
+	assert_int_equal(unlink(path), 0);
+}
+
+static void test_route_credentials_unreadable_file_is_reported(void **state)
+{
+	(void)state;
+	struct route_table *t = table_with_auth_file("/nonexistent/secret");
+	struct unreadable_seen seen = {0};
+
+	assert_int_equal(
+	    route_table_read_credentials(t, note_unreadable, &seen), 1);
+	const struct route *r = route_lookup(t, "example.com");
+	assert_null(r->auth_user);
+	assert_null(r->auth_password);
+	assert_int_equal(seen.count, 1);
+	assert_int_equal(seen.error, ENOENT);
+	assert_string_equal(seen.file, "/nonexistent/secret");
+	route_table_free(t);
+}
+
+static void test_route_credentials_need_user_and_colon(void **state)
+{
+	(void)state;
+	static const char *const bad[] = {"", "no colon here\n", ":nouser\n"};
+	char path[] = "/tmp/facteur-test-route-XXXXXX";
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	assert_int_equal(close(fd), 0);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		write_file(path, bad[i]);
+		struct route_table *t = table_with_auth_file(path);
+		struct unreadable_seen seen = {0};
+		assert_int_equal(
+		    route_table_read_credentials(t, note_unreadable, &seen), 1);
+		assert_null(route_lookup(t, "example.com")->auth_user);
+		route_table_free(t);
+	}
+	assert_int_equal(unlink(path), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -478,6 +574,10 @@ int main(void)
 	    cmocka_unit_test(test_route_small_error_buffer_is_bounded),
 	    cmocka_unit_test(test_route_label_and_name_lengths),
 	    cmocka_unit_test(test_route_many_routes),
+	    cmocka_unit_test(test_route_credentials_read_from_the_auth_file),
+	    cmocka_unit_test(
+		test_route_credentials_unreadable_file_is_reported),
+	    cmocka_unit_test(test_route_credentials_need_user_and_colon),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

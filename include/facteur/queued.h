@@ -1,0 +1,66 @@
+/*
+ * A queued message as the scheduler and its notices share it: the
+ * envelope, each recipient's phase, and what of it is in flight. Only
+ * scheduler.c and notice.c include this; everyone else goes through
+ * scheduler.h.
+ */
+#ifndef FACTEUR_QUEUED_H
+#define FACTEUR_QUEUED_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct event;
+struct notice;
+struct scheduler;
+struct server;
+struct spool_envelope;
+
+/* Where a recipient is between its record in the spool and the next. */
+enum rcpt_phase {
+	RCPT_PHASE_IDLE,       /* as recorded: due, deferred, or final */
+	RCPT_PHASE_DELIVERING, /* a delivery or relay attempt is under way */
+	RCPT_PHASE_SETTLING,   /* has an outcome; its DSN and record follow */
+	RCPT_PHASE_OWED,       /* has an outcome; its DSN could not be
+				  queued yet, so it is not recorded */
+};
+
+struct queued {
+	struct queued *prev, *next; /* every message */
+	struct queued *ready_next;  /* waiting for a local delivery slot */
+	bool ready;
+	struct scheduler *sched;
+	struct server *srv;
+	struct spool_envelope *env;
+	enum rcpt_phase *phase; /* per recipient */
+	char **last_relay;	/* per recipient: the relay last tried, for
+				   the expiry log line (memory only) */
+	unsigned in_flight;	/* attempts, DSNs and records of this message */
+	bool recovered;		/* found at start-up: deliveries check first */
+	bool deleted;		/* facteurctl delete: removed once idle */
+	struct event *timer;	/* the next deferred recipient is due */
+	struct notice *owed;	/* DSNs not queued yet: tried again */
+};
+
+/* Recipient `index` moves to `phase` (logged at debug level). */
+void queued_enter_phase(struct queued *q, size_t index, enum rcpt_phase phase);
+
+/* Write recipient `index`'s state to the spool; it goes back to
+ * RCPT_PHASE_IDLE once the record is durable. */
+void queued_record_rcpt(struct queued *q, size_t index);
+
+/* Write the message's flags to the spool. */
+void queued_record_flags(struct queued *q);
+
+/* A spool write of the scheduler's (a record, a DSN's commit) starts or
+ * ends: the daemon does not exit with one in flight. */
+void queued_write_started(struct queued *q);
+void queued_write_done(struct queued *q);
+
+/* After anything of q finished: remove it, or start what is due. */
+void queued_settled(struct queued *q);
+
+/* SIGTERM was seen: nothing new starts. */
+bool queued_stopping(const struct queued *q);
+
+#endif

@@ -1,0 +1,80 @@
+/*
+ * Relay attempts: the due remote recipients of a message go to their
+ * next hop (a route, or the domain's own MX hosts). The recipients are
+ * grouped by destination, one attempt per destination; each destination
+ * has at most max_connections_per_destination attempts in flight, the
+ * others wait in its FIFO. An attempt resolves (DNS), checks that the
+ * hosts are not this daemon (the loop check), then hands the message to
+ * smtp_client. A connection whose transaction ended cleanly is kept for
+ * the next attempt to the same destination.
+ *
+ * An attempt's callback always runs later, never inside relay_send;
+ * relay_stop and relay_free end the attempts they drop inside the call.
+ */
+#ifndef FACTEUR_RELAY_H
+#define FACTEUR_RELAY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "facteur/spool.h"
+
+struct relay;
+struct server;
+
+/* What became of one recipient of an attempt. The strings are valid
+ * during the callback only. */
+struct relay_outcome {
+	size_t rcpt; /* its index in the envelope */
+	enum rcpt_state state;
+	const char *dsn;
+	const char *reason; /* NULL or "" for none */
+	const char *relay;  /* the host that answered, or the target */
+	bool answered;	    /* a server gave this outcome (not DNS, not us) */
+};
+
+enum relay_end {
+	RELAY_END_DONE,	   /* every recipient has an outcome */
+	RELAY_END_DROPPED, /* stopped before it talked SMTP: no outcome */
+	RELAY_END_FREED,   /* the relay is being freed */
+};
+
+/* Called once per attempt. RELAY_END_DONE: an outcome for each of its
+ * recipients; RELAY_END_DROPPED: its recipients, `rcpt` alone set;
+ * RELAY_END_FREED: none. */
+typedef void (*relay_done_cb)(enum relay_end end,
+			      const struct relay_outcome *outcomes,
+			      size_t count, void *arg);
+
+struct relay *relay_new(struct server *srv);
+/* Every attempt ends with RELAY_END_FREED; open connections are cut. */
+void relay_free(struct relay *relay);
+
+/*
+ * Start (or queue) attempts for the `count` recipients `due` of `env`,
+ * grouped by destination. `env` must outlive the attempts. Returns the
+ * number of attempts: `done` is called that many times with `arg`.
+ */
+size_t relay_send(struct relay *relay, const struct spool_envelope *env,
+		  const size_t *due, size_t count, relay_done_cb done,
+		  void *arg);
+
+/*
+ * Read the routes' auth= files: at start and at each reload, with the
+ * rest of the settings, never on the loop per attempt. A file that
+ * cannot be read is logged (route_auth_unreadable) and the daemon runs:
+ * the route's recipients are deferred (4.3.5, "cannot read auth file")
+ * until the file is fixed and the settings reloaded.
+ */
+struct route_table;
+void relay_read_credentials(struct route_table *routes);
+
+/* SIGTERM: nothing new starts; attempts waiting for a connection slot or
+ * for DNS end with RELAY_END_DROPPED; those talking SMTP may finish; idle
+ * connections say QUIT. */
+void relay_stop(struct relay *relay);
+
+/* No attempt and no closing connection left. */
+bool relay_idle(const struct relay *relay);
+
+#endif

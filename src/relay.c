@@ -1,0 +1,909 @@
+/*
+ * Relay attempts (see relay.h).
+ *
+ * Remote recipients are grouped by destination (a route, or the domain's
+ * own MX hosts): one attempt carries all the recipients of a message for
+ * one destination, and each destination has at most
+ * max_connections_per_destination attempts in flight; the others wait
+ * in that destination's FIFO.
+ *
+ * A connection whose transaction ended cleanly is kept: the next attempt
+ * for its destination goes over it (no DNS, no greeting, no EHLO), up to
+ * RELAY_MAX_TRANSACTIONS messages. With no attempt waiting it sits idle
+ * for RELAY_IDLE_SECONDS at most, counted within the destination's
+ * connection limit, then says QUIT.
+ *
+ * An attempt that ends before it talks to anyone (no resolver, no
+ * address, the loop check, an unreadable message) reports on the next
+ * loop turn through its own event: the caller never sees its callback
+ * inside relay_send, and starting the next waiting attempt never nests.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+#include <event2/event.h>
+
+#include "facteur/config.h"
+#include "facteur/dns.h"
+#include "facteur/localaddr.h"
+#include "facteur/log.h"
+#include "facteur/relay.h"
+#include "facteur/route.h"
+#include "facteur/server.h"
+#include "facteur/smtp_client.h"
+
+#define MAX_ADDRESSES_PER_ATTEMPT 10
+#define DESTINATION_BUCKETS 256
+#define RELAY_MAX_TRANSACTIONS 100 /* messages over one connection */
+#define RELAY_IDLE_SECONDS 5	   /* an unused open connection, at most */
+
+/* Where remote recipients go: the key is "route <target>" or "mx
+ * <domain>", so that recipients and messages sharing a next hop share its
+ * connection limit. */
+struct destination {
+	struct destination *next;
+	char *key;
+	unsigned active;
+	struct relay_job *wait_head, **wait_tail;
+	struct idle_conn *idle; /* most recently used first */
+	unsigned idle_count;
+};
+
+/* An open connection between attempts, with what it was opened with: a
+ * reload may change a destination's TLS or AUTH settings under the same
+ * key. Once closing (QUIT), it is on the relay's closing list. */
+struct idle_conn {
+	struct idle_conn *next;
+	struct relay *relay;
+	struct destination *dest; /* NULL once closing */
+	struct smtp_client *client;
+	struct event *timer;
+	enum tls_policy tls;
+	char *auth_file;
+};
+
+struct relay {
+	struct server *srv;
+	struct destination *destinations[DESTINATION_BUCKETS];
+	struct relay_job *jobs;	   /* every attempt, for shutdown */
+	struct idle_conn *closing; /* connections saying QUIT */
+	unsigned closing_count;
+	struct localaddr_interfaces *interfaces; /* for the loop check */
+	bool stopping;
+};
+
+/* One attempt at some recipients of a message for one destination. The
+ * route's fields are copied: a reload may free the table meanwhile. */
+struct relay_job {
+	struct relay_job *next;		       /* in its destination's FIFO */
+	struct relay_job *prev_job, *next_job; /* every job */
+	struct relay *relay;
+	const struct spool_envelope *env;
+	relay_done_cb done;
+	void *arg;
+	struct destination *dest;
+	size_t *rcpts;
+	size_t rcpt_count;
+	char *domain; /* the recipients' domain */
+	bool routed;
+	char *host; /* route target, or the domain */
+	bool mx_lookup;
+	bool host_is_ip;
+	uint16_t port;
+	enum tls_policy tls;
+	char *auth_file;
+	char *auth_user; /* read with the settings; NULL: unreadable */
+	char *auth_password;
+	struct dns_query *dns;
+	struct smtp_client *client;
+	/* An outcome for every recipient, reported on the next loop turn. */
+	struct event *failed;
+	enum rcpt_state fail_state;
+	char fail_dsn[16];
+	char *fail_reason;
+};
+
+static void relay_start(struct relay_job *job);
+static void relay_reuse(struct relay_job *job, struct idle_conn *ic);
+static void destination_drain(struct relay *relay, struct destination *d);
+
+static unsigned hash_key(const char *key)
+{
+	uint32_t h = 2166136261u;
+	for (; *key; key++)
+		h = (h ^ (unsigned char)*key) * 16777619u;
+	return h % DESTINATION_BUCKETS;
+}
+
+static struct destination *destination_get(struct relay *relay, const char *key)
+{
+	struct destination **at = &relay->destinations[hash_key(key)];
+	for (; *at != NULL; at = &(*at)->next)
+		if (strcmp((*at)->key, key) == 0)
+			return *at;
+	struct destination *d = calloc(1, sizeof *d);
+	if (d == NULL || (d->key = strdup(key)) == NULL)
+		fatal("relay: out of memory");
+	d->wait_tail = &d->wait_head;
+	*at = d;
+	return d;
+}
+
+/* A destination with nothing active, waiting or idle is forgotten. */
+static void destination_release(struct relay *relay, struct destination *d)
+{
+	if (d->active > 0 || d->wait_head != NULL || d->idle != NULL)
+		return;
+	struct destination **at = &relay->destinations[hash_key(d->key)];
+	while (*at != d)
+		at = &(*at)->next;
+	*at = d->next;
+	free(d->key);
+	free(d);
+}
+
+static void secret_free(char *secret)
+{
+	if (secret != NULL)
+		explicit_bzero(secret, strlen(secret));
+	free(secret);
+}
+
+/* Off the list of every job, and freed. */
+static void relay_job_free(struct relay_job *job)
+{
+	struct relay *relay = job->relay;
+	if (job->prev_job != NULL)
+		job->prev_job->next_job = job->next_job;
+	else
+		relay->jobs = job->next_job;
+	if (job->next_job != NULL)
+		job->next_job->prev_job = job->prev_job;
+	if (job->failed != NULL)
+		event_free(job->failed);
+	free(job->rcpts);
+	free(job->domain);
+	free(job->host);
+	free(job->auth_file);
+	free(job->auth_user);
+	secret_free(job->auth_password);
+	free(job->fail_reason);
+	free(job);
+}
+
+/* ---- open connections between attempts ---- */
+
+static bool same_text(const char *a, const char *b)
+{
+	return a == NULL ? b == NULL : b != NULL && strcmp(a, b) == 0;
+}
+
+static void idle_conn_free(struct idle_conn *ic)
+{
+	if (ic->timer != NULL)
+		event_free(ic->timer);
+	free(ic->auth_file);
+	free(ic);
+}
+
+/* Onto its destination's idle list, for RELAY_IDLE_SECONDS at most. */
+static void idle_link(struct destination *d, struct idle_conn *ic)
+{
+	struct timeval tv = {RELAY_IDLE_SECONDS, 0};
+	ic->dest = d;
+	ic->next = d->idle;
+	d->idle = ic;
+	d->idle_count++;
+	if (evtimer_add(ic->timer, &tv) < 0)
+		fatal("relay: cannot add a timer");
+}
+
+static void idle_unlink(struct idle_conn *ic)
+{
+	struct destination *d = ic->dest;
+	struct idle_conn **at = &d->idle;
+	while (*at != ic)
+		at = &(*at)->next;
+	*at = ic->next;
+	d->idle_count--;
+	ic->dest = NULL;
+	ic->next = NULL;
+	evtimer_del(ic->timer);
+}
+
+static void on_conn_closed(void *arg)
+{
+	struct idle_conn *ic = arg;
+	struct relay *relay = ic->relay;
+	struct idle_conn **at = &relay->closing;
+	while (*at != ic)
+		at = &(*at)->next;
+	*at = ic->next;
+	relay->closing_count--;
+	idle_conn_free(ic);
+}
+
+/* QUIT: off the destination's books, on the closing list until the
+ * client is gone (a drain waits for it; QUIT takes 2 s at most). */
+static void idle_close(struct idle_conn *ic)
+{
+	struct relay *relay = ic->relay;
+	if (ic->dest != NULL)
+		idle_unlink(ic);
+	ic->next = relay->closing;
+	relay->closing = ic;
+	relay->closing_count++;
+	smtp_client_release(ic->client, on_conn_closed, ic);
+}
+
+static void on_idle_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct idle_conn *ic = arg;
+	struct relay *relay = ic->relay;
+	struct destination *d = ic->dest;
+	(void)fd;
+	(void)what;
+	idle_close(ic);
+	destination_drain(relay, d);
+}
+
+/* A client whose transaction ended cleanly waits for the next attempt to
+ * its destination (before the attempt's end lets one start). */
+static void idle_park(struct relay_job *job, struct smtp_client *client)
+{
+	struct relay *relay = job->relay;
+	struct idle_conn *ic = calloc(1, sizeof *ic);
+	if (ic == NULL ||
+	    (job->auth_file != NULL &&
+	     (ic->auth_file = strdup(job->auth_file)) == NULL) ||
+	    (ic->timer = evtimer_new(relay->srv->base, on_idle_timeout, ic)) ==
+		NULL)
+		fatal("relay: out of memory");
+	ic->relay = relay;
+	ic->client = client;
+	ic->tls = job->tls;
+	if (relay->stopping) {
+		idle_close(ic);
+		return;
+	}
+	idle_link(job->dest, ic);
+}
+
+/* An idle connection opened with this job's settings, taken off the
+ * list; NULL if none. */
+static struct idle_conn *idle_take(struct destination *d,
+				   const struct relay_job *job)
+{
+	for (struct idle_conn *ic = d->idle; ic != NULL; ic = ic->next) {
+		if (ic->tls == job->tls &&
+		    same_text(ic->auth_file, job->auth_file)) {
+			idle_unlink(ic);
+			return ic;
+		}
+	}
+	return NULL;
+}
+
+/* Start the next attempts waiting for this destination: over an idle
+ * connection when one suits, else on a new one within the limit, which
+ * idle connections count towards. No attempt ends inside its start, so
+ * this never runs nested for the same destination. */
+static void destination_drain(struct relay *relay, struct destination *d)
+{
+	unsigned limit = relay->srv->cfg->max_connections_per_destination;
+	while (d->wait_head != NULL && !relay->stopping) {
+		struct relay_job *job = d->wait_head;
+		struct idle_conn *ic = idle_take(d, job);
+		if (ic == NULL && d->active + d->idle_count >= limit) {
+			if (d->idle == NULL || d->active >= limit)
+				break;
+			/* idle connections of other settings (a reload
+			 * changed them): the oldest makes room */
+			struct idle_conn *old = d->idle;
+			while (old->next != NULL)
+				old = old->next;
+			idle_close(old);
+		}
+		d->wait_head = job->next;
+		if (d->wait_head == NULL)
+			d->wait_tail = &d->wait_head;
+		d->active++;
+		if (ic != NULL)
+			relay_reuse(job, ic);
+		else
+			relay_start(job);
+	}
+	destination_release(relay, d);
+}
+
+/* ---- the end of an attempt ---- */
+
+/* The attempt is over: its caller learns the outcomes, then the next
+ * attempt waiting for the destination may start. */
+static void relay_done(struct relay_job *job, const struct relay_outcome *out,
+		       size_t count)
+{
+	struct relay *relay = job->relay;
+	struct destination *d = job->dest;
+	relay_done_cb done = job->done;
+	void *arg = job->arg;
+	d->active--;
+	relay_job_free(job);
+	done(RELAY_END_DONE, out, count, arg);
+	destination_drain(relay, d);
+}
+
+static void on_failed(evutil_socket_t fd, short what, void *arg)
+{
+	struct relay_job *job = arg;
+	struct relay_outcome *out =
+	    calloc(job->rcpt_count ? job->rcpt_count : 1, sizeof *out);
+	(void)fd;
+	(void)what;
+	if (out == NULL)
+		fatal("relay: out of memory");
+	/* the job is freed before the callback: keep what it reports */
+	char *reason = job->fail_reason;
+	char *host = job->host;
+	char dsn[sizeof job->fail_dsn];
+	memcpy(dsn, job->fail_dsn, sizeof dsn);
+	job->fail_reason = NULL;
+	job->host = NULL;
+	size_t count = job->rcpt_count;
+	for (size_t i = 0; i < count; i++) {
+		out[i].rcpt = job->rcpts[i];
+		out[i].state = job->fail_state;
+		out[i].dsn = dsn;
+		out[i].reason = reason;
+		out[i].relay = host;
+		out[i].answered = false;
+	}
+	relay_done(job, out, count);
+	free(out);
+	free(reason);
+	free(host);
+}
+
+/* Every recipient of the attempt gets the same outcome (DNS failures,
+ * configuration trouble), reported on the next loop turn. */
+static void relay_fail(struct relay_job *job, enum rcpt_state state,
+		       const char *dsn, const char *reason)
+{
+	job->fail_state = state;
+	snprintf(job->fail_dsn, sizeof job->fail_dsn, "%s", dsn);
+	free(job->fail_reason);
+	job->fail_reason = reason ? strdup(reason) : NULL;
+	if (reason != NULL && job->fail_reason == NULL)
+		fatal("relay: out of memory");
+	event_active(job->failed, 0, 0);
+}
+
+static void on_client_done(const struct smtp_client_result *res, void *arg)
+{
+	struct relay_job *job = arg;
+	struct smtp_client *client = job->client;
+	job->client = NULL;
+	size_t count = job->rcpt_count < res->rcpt_count ? job->rcpt_count
+							 : res->rcpt_count;
+	struct relay_outcome *out = calloc(count ? count : 1, sizeof *out);
+	if (out == NULL)
+		fatal("relay: out of memory");
+	const char *relay = res->relay[0] ? res->relay : job->host;
+	for (size_t i = 0; i < count; i++) {
+		out[i].rcpt = job->rcpts[i];
+		out[i].state = res->rcpts[i].state;
+		out[i].dsn = res->rcpts[i].dsn;
+		out[i].reason = res->rcpts[i].reason;
+		out[i].relay = relay;
+		out[i].answered = true;
+	}
+	if (res->reusable)
+		idle_park(job, client);
+	/* `relay` may be the job's host: kept past the job's free */
+	char *host = job->host;
+	job->host = NULL;
+	relay_done(job, out, count);
+	free(host);
+	free(out);
+}
+
+/* ---- connecting ---- */
+
+static void set_port(struct sockaddr_storage *ss, uint16_t port)
+{
+	if (ss->ss_family == AF_INET)
+		((struct sockaddr_in *)ss)->sin_port = htons(port);
+	else if (ss->ss_family == AF_INET6)
+		((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
+}
+
+static socklen_t address_length(const struct sockaddr_storage *ss)
+{
+	return ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+					 : sizeof(struct sockaddr_in);
+}
+
+/* Is one of the hosts this daemon itself, on the port the attempt would
+ * use? Then hosts from *cutoff's preference on are not to be tried. */
+static bool relay_self_cutoff(struct relay *relay, const struct dns_host *hosts,
+			      size_t host_count, uint16_t port,
+			      unsigned *cutoff)
+{
+	const struct config *cfg = relay->srv->cfg;
+	struct localaddr_self self = {
+	    .listen = cfg->listen,
+	    .listen_count = cfg->listen_count,
+	};
+	if (localaddr_needs_interfaces(cfg->listen, cfg->listen_count, port))
+		localaddr_interfaces_get(relay->interfaces, &self.interfaces,
+					 &self.interface_count);
+	return localaddr_self_cutoff(&self, hosts, host_count, port, cutoff);
+}
+
+/* Every host left would be this daemon: connecting would only hand the
+ * message back to ourselves, hop after hop. For the recipient's own
+ * domain that is final (5.4.6, as Postfix says it); a route's target is
+ * our configuration, so its recipients wait for it to be fixed. */
+static void relay_loops_back(struct relay_job *job)
+{
+	char reason[600];
+	if (job->routed) {
+		snprintf(reason, sizeof reason,
+			 "mail for %s loops back to myself (route target %s)",
+			 job->domain, job->host);
+		relay_fail(job, RCPT_DEFERRED, "4.4.6", reason);
+	} else {
+		snprintf(reason, sizeof reason,
+			 "mail for %s loops back to myself", job->domain);
+		relay_fail(job, RCPT_BOUNCED, "5.4.6", reason);
+	}
+}
+
+/* The hosts' addresses, in order, without those of this daemon; false
+ * when the attempt ended here. */
+static bool relay_addresses(struct relay_job *job, const struct dns_host *hosts,
+			    size_t host_count, uint16_t port,
+			    struct smtp_client_address *addrs, size_t *count)
+{
+	/* A "[host]" or "[ip]" route names its target on purpose: it is
+	 * taken as written, even when that is this daemon. */
+	unsigned cutoff = 0;
+	bool self_found =
+	    (!job->routed || job->mx_lookup) &&
+	    relay_self_cutoff(job->relay, hosts, host_count, port, &cutoff);
+	size_t hosts_kept = 0, n = 0;
+	for (size_t h = 0; h < host_count; h++) {
+		if (self_found && hosts[h].preference >= cutoff)
+			continue;
+		hosts_kept++;
+		for (size_t a = 0;
+		     a < hosts[h].addr_count && n < MAX_ADDRESSES_PER_ATTEMPT;
+		     a++) {
+			addrs[n].host = hosts[h].name;
+			addrs[n].addr = hosts[h].addrs[a];
+			set_port(&addrs[n].addr, port);
+			addrs[n].addrlen = address_length(&addrs[n].addr);
+			n++;
+		}
+	}
+	*count = n;
+	if (self_found) {
+		log_event(LOG_LEVEL_DEBUG, "relay_self_skipped",
+			  LOG_S("queue_id", job->env->id),
+			  LOG_S("domain", job->domain),
+			  LOG_I("preference", cutoff),
+			  LOG_I("hosts_left", hosts_kept));
+		if (hosts_kept == 0) {
+			relay_loops_back(job);
+			return false;
+		}
+	}
+	if (n == 0) {
+		relay_fail(job, RCPT_DEFERRED, "4.4.3",
+			   "no address to connect to");
+		return false;
+	}
+	return true;
+}
+
+/* The message's body for the client; false when the attempt ended. */
+static bool relay_body_open(struct relay_job *job, struct spool_body *body)
+{
+	if (spool_body_open(job->relay->srv->spool, job->env, body) == 0)
+		return true;
+	char reason[512];
+	snprintf(reason, sizeof reason, "cannot read the queued message: %s",
+		 strerror(errno));
+	relay_fail(job, RCPT_DEFERRED, "4.3.0", reason);
+	return false;
+}
+
+static void relay_connect(struct relay_job *job, const struct dns_host *hosts,
+			  size_t host_count)
+{
+	struct relay *relay = job->relay;
+	const struct config *cfg = relay->srv->cfg;
+	struct smtp_client_address addrs[MAX_ADDRESSES_PER_ATTEMPT];
+	size_t n = 0;
+	uint16_t port = job->port ? job->port : cfg->mx_port;
+	if (!relay_addresses(job, hosts, host_count, port, addrs, &n))
+		return;
+	if (job->auth_file != NULL && job->auth_user == NULL) {
+		/* logged when the settings were loaded; the recipients
+		 * wait for the file to be fixed and the settings reloaded */
+		char reason[512];
+		snprintf(reason, sizeof reason, "cannot read auth file %s",
+			 job->auth_file);
+		relay_fail(job, RCPT_DEFERRED, "4.3.5", reason);
+		return;
+	}
+	struct spool_body body;
+	if (!relay_body_open(job, &body))
+		return;
+	struct smtp_client_request req = {
+	    .env = job->env,
+	    .rcpts = job->rcpts,
+	    .rcpt_count = job->rcpt_count,
+	    .body = body,
+	    .helo = cfg->hostname,
+	    .addrs = addrs,
+	    .addr_count = n,
+	    .tls = job->tls,
+	    .verify_name = job->routed && !job->mx_lookup ? job->host : NULL,
+	    .tls_ctx = relay->srv->tls_client,
+	    .auth_user = job->auth_user,
+	    .auth_password = job->auth_password,
+	    .timeout = cfg->smtp_timeout,
+	    .max_transactions = RELAY_MAX_TRANSACTIONS,
+	};
+	job->client =
+	    smtp_client_start(relay->srv->base, &req, on_client_done, job);
+	(void)close(body.fd); /* read-only; the client has its own */
+	if (job->client == NULL)
+		relay_fail(job, RCPT_DEFERRED, "4.3.0", "out of memory");
+}
+
+/* The attempt goes over an idle connection of its destination: no DNS,
+ * and the client's own addresses should it have to reconnect. */
+static void relay_reuse(struct relay_job *job, struct idle_conn *ic)
+{
+	struct spool_body body;
+	if (!relay_body_open(job, &body)) {
+		idle_link(job->dest, ic); /* the connection is still good */
+		return;
+	}
+	struct smtp_client *client = ic->client;
+	idle_conn_free(ic);
+	struct smtp_client_request req = {
+	    .env = job->env,
+	    .rcpts = job->rcpts,
+	    .rcpt_count = job->rcpt_count,
+	    .body = body,
+	};
+	int rc = smtp_client_next(client, &req, on_client_done, job);
+	(void)close(body.fd); /* read-only; the client has its own */
+	if (rc == -1) {
+		/* the client has released itself */
+		relay_fail(job, RCPT_DEFERRED, "4.3.0", "out of memory");
+		return;
+	}
+	job->client = client;
+}
+
+static void on_resolved(const struct dns_result *res, void *arg)
+{
+	struct relay_job *job = arg;
+	job->dns = NULL;
+	switch (res->status) {
+	case DNS_OK:
+		relay_connect(job, res->hosts, res->host_count);
+		return;
+	case DNS_NXDOMAIN:
+	case DNS_NO_HOST:
+		/* The recipients' own domain does not exist: that is final.
+		 * A route's target that does not resolve is our trouble. */
+		if (!job->routed)
+			relay_fail(job, RCPT_BOUNCED, "5.1.2", res->error);
+		else
+			relay_fail(job, RCPT_DEFERRED, "4.4.4", res->error);
+		break;
+	case DNS_NULL_MX:
+		relay_fail(job, job->routed ? RCPT_DEFERRED : RCPT_BOUNCED,
+			   job->routed ? "4.4.4" : "5.1.10",
+			   "the domain accepts no mail (null MX)");
+		break;
+	case DNS_TEMPFAIL:
+	default:
+		relay_fail(job, RCPT_DEFERRED, "4.4.3", res->error);
+		break;
+	}
+}
+
+/* A literal "[1.2.3.4]" or "[::1]" target needs no look-up. */
+static bool literal_host(const char *host, struct dns_host *out,
+			 struct sockaddr_storage *ss)
+{
+	memset(ss, 0, sizeof *ss);
+	const char *text = host;
+	if (strncasecmp(text, "IPv6:", 5) == 0)
+		text += 5;
+	struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+	struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+	if (inet_pton(AF_INET, text, &sin->sin_addr) == 1)
+		ss->ss_family = AF_INET;
+	else if (inet_pton(AF_INET6, text, &sin6->sin6_addr) == 1)
+		ss->ss_family = AF_INET6;
+	else
+		return false;
+	out->name = (char *)host;
+	out->preference = 0;
+	out->addrs = ss;
+	out->addr_count = 1;
+	return true;
+}
+
+static void relay_start(struct relay_job *job)
+{
+	struct relay *relay = job->relay;
+	if (job->host_is_ip) {
+		struct dns_host host;
+		struct sockaddr_storage ss;
+		if (literal_host(job->host, &host, &ss)) {
+			relay_connect(job, &host, 1);
+			return;
+		}
+	}
+	if (relay->srv->dns == NULL) {
+		relay_fail(job, RCPT_DEFERRED, "4.4.3",
+			   "no DNS resolver available");
+		return;
+	}
+	job->dns = job->mx_lookup ? dns_resolve_mx(relay->srv->dns, job->host,
+						   on_resolved, job)
+				  : dns_resolve_host(relay->srv->dns, job->host,
+						     on_resolved, job);
+	if (job->dns == NULL)
+		relay_fail(job, RCPT_DEFERRED, "4.4.3",
+			   "DNS query could not be started");
+}
+
+/* ---- grouping ---- */
+
+static enum tls_policy route_tls_policy(enum route_tls tls,
+					enum tls_policy fallback)
+{
+	switch (tls) {
+	case ROUTE_TLS_NONE:
+		return TLS_POLICY_NONE;
+	case ROUTE_TLS_MAY:
+		return TLS_POLICY_MAY;
+	case ROUTE_TLS_ENCRYPT:
+		return TLS_POLICY_ENCRYPT;
+	case ROUTE_TLS_VERIFY:
+		return TLS_POLICY_VERIFY;
+	case ROUTE_TLS_DEFAULT:
+	default:
+		return fallback;
+	}
+}
+
+static const char *domain_of(const char *address)
+{
+	const char *at = strrchr(address, '@');
+	return at ? at + 1 : "";
+}
+
+static char *copy_or_null(const char *text)
+{
+	char *copy = text ? strdup(text) : NULL;
+	if (text != NULL && copy == NULL)
+		fatal("relay: out of memory");
+	return copy;
+}
+
+/* A new attempt for recipients of `env` bound for `domain`, with the
+ * route's settings (NULL: the domain's MX hosts); no recipient yet. */
+static struct relay_job *relay_job_new(struct relay *relay,
+				       const struct spool_envelope *env,
+				       const char *domain,
+				       const struct route *route, size_t room)
+{
+	const struct config *cfg = relay->srv->cfg;
+	struct relay_job *job = calloc(1, sizeof *job);
+	if (job == NULL ||
+	    (job->rcpts = malloc(room * sizeof *job->rcpts)) == NULL ||
+	    (job->failed =
+		 event_new(relay->srv->base, -1, 0, on_failed, job)) == NULL)
+		fatal("relay: out of memory");
+	job->relay = relay;
+	job->env = env;
+	job->domain = copy_or_null(domain);
+	job->routed = route != NULL;
+	job->host = copy_or_null(route ? route->host : domain);
+	job->mx_lookup = route ? route->mx_lookup : true;
+	job->host_is_ip = route ? route->host_is_ip : false;
+	job->port = route ? route->port : 0;
+	job->tls = route_tls_policy(route ? route->tls : ROUTE_TLS_DEFAULT,
+				    cfg->tls_outbound);
+	if (route != NULL) {
+		job->auth_file = copy_or_null(route->auth_file);
+		job->auth_user = copy_or_null(route->auth_user);
+		job->auth_password = copy_or_null(route->auth_password);
+	}
+	char key[600];
+	if (route != NULL)
+		snprintf(key, sizeof key, "route %s", route->text);
+	else
+		snprintf(key, sizeof key, "mx %s", domain);
+	job->dest = destination_get(relay, key);
+	job->next_job = relay->jobs;
+	if (relay->jobs != NULL)
+		relay->jobs->prev_job = job;
+	relay->jobs = job;
+	return job;
+}
+
+size_t relay_send(struct relay *relay, const struct spool_envelope *env,
+		  const size_t *due, size_t count, relay_done_cb done,
+		  void *arg)
+{
+	const struct config *cfg = relay->srv->cfg;
+	size_t attempts = 0;
+	bool *taken = calloc(count ? count : 1, sizeof *taken);
+	if (taken == NULL)
+		fatal("relay: out of memory");
+	for (size_t i = 0; i < count; i++) {
+		if (taken[i])
+			continue;
+		const char *domain = domain_of(env->rcpts[due[i]].address);
+		const struct route *route = route_lookup(cfg->routes, domain);
+		struct relay_job *job =
+		    relay_job_new(relay, env, domain, route, count);
+		job->done = done;
+		job->arg = arg;
+		/* Every due recipient with the same next hop joins. */
+		for (size_t j = i; j < count; j++) {
+			if (taken[j])
+				continue;
+			const char *other =
+			    domain_of(env->rcpts[due[j]].address);
+			bool same = strcasecmp(other, domain) == 0;
+			if (!same && route != NULL)
+				same =
+				    route_lookup(cfg->routes, other) == route;
+			if (same) {
+				taken[j] = true;
+				job->rcpts[job->rcpt_count++] = due[j];
+			}
+		}
+		attempts++;
+		*job->dest->wait_tail = job;
+		job->dest->wait_tail = &job->next;
+		destination_drain(relay, job->dest);
+	}
+	free(taken);
+	return attempts;
+}
+
+/* ---- the relay's life ---- */
+
+static void on_auth_unreadable(const struct route *route, int error, void *arg)
+{
+	(void)arg;
+	log_event(LOG_LEVEL_WARN, "route_auth_unreadable",
+		  LOG_S("route", route->text), LOG_S("file", route->auth_file),
+		  LOG_S("reason", strerror(error)));
+}
+
+void relay_read_credentials(struct route_table *routes)
+{
+	(void)route_table_read_credentials(routes, on_auth_unreadable, NULL);
+}
+
+struct relay *relay_new(struct server *srv)
+{
+	struct relay *relay = calloc(1, sizeof *relay);
+	if (relay == NULL)
+		return NULL;
+	relay->srv = srv;
+	relay->interfaces = localaddr_interfaces_new();
+	if (relay->interfaces == NULL) {
+		free(relay);
+		return NULL;
+	}
+	return relay;
+}
+
+/* An attempt that has not talked SMTP yet ends without an outcome: its
+ * recipients stay as recorded and are tried again after the restart. */
+static void relay_drop(struct relay_job *job)
+{
+	relay_done_cb done = job->done;
+	void *arg = job->arg;
+	size_t count = job->rcpt_count;
+	struct relay_outcome *out = calloc(count ? count : 1, sizeof *out);
+	if (out == NULL)
+		fatal("relay: out of memory");
+	for (size_t i = 0; i < count; i++)
+		out[i].rcpt = job->rcpts[i];
+	relay_job_free(job);
+	done(RELAY_END_DROPPED, out, count, arg);
+	free(out);
+}
+
+void relay_stop(struct relay *relay)
+{
+	relay->stopping = true;
+	for (struct relay_job *job = relay->jobs; job != NULL;) {
+		struct relay_job *next = job->next_job;
+		if (job->dns != NULL) {
+			dns_cancel(job->dns);
+			job->dest->active--;
+			relay_drop(job);
+		}
+		job = next;
+	}
+	for (size_t i = 0; i < DESTINATION_BUCKETS; i++) {
+		for (struct destination *d = relay->destinations[i]; d != NULL;
+		     d = d->next) {
+			while (d->wait_head != NULL) {
+				struct relay_job *job = d->wait_head;
+				d->wait_head = job->next;
+				relay_drop(job);
+			}
+			d->wait_tail = &d->wait_head;
+			while (d->idle != NULL)
+				idle_close(d->idle);
+		}
+	}
+}
+
+bool relay_idle(const struct relay *relay)
+{
+	return relay->jobs == NULL && relay->closing_count == 0;
+}
+
+void relay_free(struct relay *relay)
+{
+	if (relay == NULL)
+		return;
+	while (relay->jobs != NULL) {
+		struct relay_job *job = relay->jobs;
+		relay_done_cb done = job->done;
+		void *arg = job->arg;
+		if (job->dns != NULL)
+			dns_cancel(job->dns);
+		if (job->client != NULL)
+			smtp_client_cancel(job->client);
+		relay_job_free(job);
+		done(RELAY_END_FREED, NULL, 0, arg);
+	}
+	while (relay->closing != NULL) {
+		struct idle_conn *ic = relay->closing;
+		relay->closing = ic->next;
+		smtp_client_cancel(ic->client);
+		idle_conn_free(ic);
+	}
+	for (size_t i = 0; i < DESTINATION_BUCKETS; i++) {
+		while (relay->destinations[i] != NULL) {
+			struct destination *d = relay->destinations[i];
+			relay->destinations[i] = d->next;
+			while (d->idle != NULL) {
+				struct idle_conn *ic = d->idle;
+				d->idle = ic->next;
+				smtp_client_cancel(ic->client);
+				idle_conn_free(ic);
+			}
+			free(d->key);
+			free(d);
+		}
+	}
+	localaddr_interfaces_free(relay->interfaces);
+	free(relay);
+}

@@ -1,10 +1,11 @@
 /*
  * Local delivery into mailboxes: Maildir (tmp/ -> fsync -> new/) and
- * mbox. The message is read from its spool file in wire form and written
- * in mailbox form (dot-stuffing undone, LF line ends) after a
- * Return-Path and a Delivered-To header. A Maildir file is created and
- * written on the I/O thread, an mbox is appended to on the loop (page
- * cache); every fsync goes through the iothread.
+ * mbox. The message is read from the spool in wire form (spool_body_open:
+ * a range of a log segment, or its own queue file) and written in
+ * mailbox form (dot-stuffing undone, LF line ends) after a Return-Path
+ * and a Delivered-To header. A Maildir file is created and written on
+ * the I/O thread, an mbox is appended to on the loop (page cache);
+ * every fsync goes through the iothread.
  *
  * The work is split by role: deliver.c drives a delivery (timer, trips
  * to the iothread, message copy, callback), maildir.c and mbox.c hold

@@ -31,6 +31,7 @@
 #include "facteur/mailfolder.h"
 #include "facteur/mbox.h"
 #include "facteur/policy.h"
+#include "support.h"
 
 struct fixture {
 	struct event_base *base;
@@ -117,18 +118,7 @@ static void on_done_checked(enum deliver_result result, const char *dsn,
 /* Run the loop until every outcome has its callback (30 s at most). */
 static void wait_for(struct fixture *f, struct outcome *o, size_t n)
 {
-	time_t deadline = time(NULL) + 30;
-	for (;;) {
-		size_t done = 0;
-		for (size_t i = 0; i < n; i++)
-			done += o[i].calls > 0;
-		if (done == n)
-			break;
-		assert_true(time(NULL) < deadline);
-		assert_int_not_equal(event_base_loop(f->base, EVLOOP_ONCE), -1);
-	}
-	for (size_t i = 0; i < n; i++)
-		assert_int_equal(o[i].calls, 1);
+	SUPPORT_WAIT_CALLS(f->base, o, n);
 }
 
 static char *path_in(const struct fixture *f, const char *rel)

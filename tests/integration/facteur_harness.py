@@ -44,6 +44,20 @@ SPEC_KEYS = [
     "queue_lifetime", "user", "log_format", "log_level",
 ]
 
+# SPEC §8: every series a metrics scrape must show, from the first one.
+SPEC_METRICS = [
+    "facteur_connections_active",
+    "facteur_connections_total",
+    "facteur_messages_accepted_total",
+    'facteur_deliveries_total{result="delivered"}',
+    'facteur_deliveries_total{result="deferred"}',
+    'facteur_deliveries_total{result="bounced"}',
+    "facteur_queue_messages",
+    "facteur_dns_queries_total",
+    "facteur_dns_failures_total",
+    "facteur_tls_sessions_total",
+]
+
 # A SHA-512 crypt(3) hash of "secret" (openssl passwd -6 -salt saltsalt secret).
 SECRET_HASH = ("$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5"
                "knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1")

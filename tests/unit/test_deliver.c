@@ -1253,6 +1253,21 @@ static void assert_victim_untouched(const char *victim)
 	free(content);
 }
 
+/* Delivered to req, the message waits: the link at `link` is not
+ * followed. */
+static void deliver_refusing_link(struct fixture *f,
+				  const struct deliver_request *req,
+				  const char *link, struct outcome *o)
+{
+	char want[512];
+
+	deliver_one(f, req, o);
+	assert_int_equal(o->result, DELIVER_TEMPFAIL);
+	snprintf(want, sizeof want, "open %s: symbolic link not followed",
+		 link);
+	assert_string_equal(o->reason, want);
+}
+
 /* The tmp/ name of the old scheme (the message's own name) holds a link
  * to another file: the delivery neither writes through it nor stops. */
 static void test_deliver_maildir_link_at_tmp_name_is_not_followed(void **state)
@@ -1404,13 +1419,8 @@ static void test_deliver_maildir_link_below_root_defers(void **state)
 	struct deliver_request req = maildir_request(mailbox, spool);
 	req.root_len = strlen(root);
 	struct outcome o;
-	deliver_one(f, &req, &o);
-	assert_int_equal(o.result, DELIVER_TEMPFAIL);
+	deliver_refusing_link(f, &req, domain, &o);
 	assert_string_equal(o.dsn, "4.2.0");
-	char want[512];
-	snprintf(want, sizeof want, "open %s: symbolic link not followed",
-		 domain);
-	assert_string_equal(o.reason, want);
 	assert_int_equal(count_entries(elsewhere, NULL, 0), 0);
 
 	/* Through the root's own link, a real folder takes mail. */
@@ -1428,17 +1438,9 @@ static void test_deliver_maildir_link_below_root_defers(void **state)
 	assert_int_equal(mailfolder_mkdirs(dave), 0);
 	assert_int_equal(symlink(elsewhere, other_new), 0);
 	req.mailbox = other;
-	deliver_one(f, &req, &o);
-	assert_int_equal(o.result, DELIVER_TEMPFAIL);
-	snprintf(want, sizeof want, "open %s: symbolic link not followed",
-		 other);
-	assert_string_equal(o.reason, want);
+	deliver_refusing_link(f, &req, other, &o);
 	req.mailbox = dave;
-	deliver_one(f, &req, &o);
-	assert_int_equal(o.result, DELIVER_TEMPFAIL);
-	snprintf(want, sizeof want, "open %s: symbolic link not followed",
-		 other_new);
-	assert_string_equal(o.reason, want);
+	deliver_refusing_link(f, &req, other_new, &o);
 	assert_int_equal(count_entries(elsewhere, NULL, 0), 0);
 	free(dave);
 	free(other_new);
@@ -1557,12 +1559,8 @@ static void test_deliver_mbox_link_hard_link_or_owner_defers(void **state)
 
 	assert_int_equal(symlink(victim, mbox), 0);
 	struct deliver_request req = mbox_request(mbox, spool, "a@b");
-	deliver_one(f, &req, &o);
-	assert_int_equal(o.result, DELIVER_TEMPFAIL);
+	deliver_refusing_link(f, &req, mbox, &o);
 	assert_string_equal(o.dsn, "4.2.0");
-	snprintf(want, sizeof want, "open %s: symbolic link not followed",
-		 mbox);
-	assert_string_equal(o.reason, want);
 	assert_victim_untouched(victim);
 	assert_int_equal(access(lock, F_OK), -1);
 
@@ -1621,12 +1619,7 @@ static void test_deliver_mbox_link_below_root_defers(void **state)
 	struct deliver_request req = mbox_request(mbox, spool, "a@b");
 	req.root_len = strlen(root);
 	struct outcome o;
-	deliver_one(f, &req, &o);
-	assert_int_equal(o.result, DELIVER_TEMPFAIL);
-	char want[512];
-	snprintf(want, sizeof want, "open %s: symbolic link not followed",
-		 domain);
-	assert_string_equal(o.reason, want);
+	deliver_refusing_link(f, &req, domain, &o);
 	assert_int_equal(count_entries(elsewhere, NULL, 0), 0);
 	free(mbox);
 	free(domain);

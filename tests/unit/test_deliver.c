@@ -1253,6 +1253,36 @@ static void assert_victim_untouched(const char *victim)
 	free(content);
 }
 
+/* A message in the spool and the Maildir "box" it goes to, box/tmp made. */
+struct maildir_scene {
+	char *spool;
+	char *mailbox;
+	char *tmp;
+	char *new;
+};
+
+static struct maildir_scene maildir_scene(const struct fixture *f)
+{
+	struct maildir_scene sc = {
+	    .spool = path_in(f, "spool-msg"),
+	    .mailbox = path_in(f, "box"),
+	    .tmp = path_in(f, "box/tmp"),
+	    .new = path_in(f, "box/new"),
+	};
+
+	write_file(sc.spool, "Subject: a\r\n\r\nbody\r\n", 20);
+	assert_int_equal(mailfolder_mkdirs(sc.tmp), 0);
+	return sc;
+}
+
+static void maildir_scene_free(struct maildir_scene *sc)
+{
+	free(sc->new);
+	free(sc->tmp);
+	free(sc->mailbox);
+	free(sc->spool);
+}
+
 /* Delivered to req, the message waits: the link at `link` is not
  * followed. */
 static void deliver_refusing_link(struct fixture *f,
@@ -1273,16 +1303,11 @@ static void deliver_refusing_link(struct fixture *f,
 static void test_deliver_maildir_link_at_tmp_name_is_not_followed(void **state)
 {
 	struct fixture *f = *state;
-	char *spool = path_in(f, "spool-msg");
-	write_file(spool, "Subject: a\r\n\r\nbody\r\n", 20);
+	struct maildir_scene sc = maildir_scene(f);
 	char *victim = make_victim(f);
-	char *mailbox = path_in(f, "box");
-	char *tmp = path_in(f, "box/tmp");
-	char *new = path_in(f, "box/new");
 	char *planted = path_in(f, "box/tmp/1700000000.Q1234.0.mx.example.com");
-	assert_int_equal(mailfolder_mkdirs(tmp), 0);
 	assert_int_equal(symlink(victim, planted), 0);
-	struct deliver_request req = maildir_request(mailbox, spool);
+	struct deliver_request req = maildir_request(sc.mailbox, sc.spool);
 	struct outcome o;
 	deliver_one(f, &req, &o);
 	assert_int_equal(o.result, DELIVER_OK);
@@ -1295,16 +1320,13 @@ static void test_deliver_maildir_link_at_tmp_name_is_not_followed(void **state)
 	assert_non_null(strstr(content, "Subject: a\n\nbody\n"));
 	assert_int_equal(lstat(planted, &st), 0);
 	assert_true(S_ISLNK(st.st_mode)); /* not ours to remove */
-	assert_int_equal(count_entries(tmp, NULL, 0), 1);
-	assert_int_equal(count_entries(new, NULL, 0), 1);
+	assert_int_equal(count_entries(sc.tmp, NULL, 0), 1);
+	assert_int_equal(count_entries(sc.new, NULL, 0), 1);
 	free(content);
 	free(file);
 	free(planted);
-	free(new);
-	free(tmp);
-	free(mailbox);
 	free(victim);
-	free(spool);
+	maildir_scene_free(&sc);
 }
 
 /* A link planted in new/ under the message's name is neither written
@@ -1312,27 +1334,23 @@ static void test_deliver_maildir_link_at_tmp_name_is_not_followed(void **state)
 static void test_deliver_maildir_link_at_new_name_defers(void **state)
 {
 	struct fixture *f = *state;
-	char *spool = path_in(f, "spool-msg");
-	write_file(spool, "Subject: a\r\n\r\nbody\r\n", 20);
+	struct maildir_scene sc = maildir_scene(f);
 	char *victim = make_victim(f);
-	char *mailbox = path_in(f, "box");
-	char *tmp = path_in(f, "box/tmp");
-	char *new = path_in(f, "box/new");
 	char *planted = path_in(f, "box/new/1700000000.Q1234.0.mx.example.com");
-	assert_int_equal(mailfolder_mkdirs(tmp), 0);
-	assert_int_equal(mailfolder_mkdirs(new), 0);
+	assert_int_equal(mailfolder_mkdirs(sc.new), 0);
 	assert_int_equal(symlink(victim, planted), 0);
-	struct deliver_request req = maildir_request(mailbox, spool);
+	struct deliver_request req = maildir_request(sc.mailbox, sc.spool);
 	struct outcome o;
 	deliver_one(f, &req, &o);
 	assert_int_equal(o.result, DELIVER_TEMPFAIL);
 	assert_string_equal(o.dsn, "4.2.0");
 	char want[512];
 	snprintf(want, sizeof want,
-		 "link %s/1700000000.Q1234.0.mx.example.com: File exists", new);
+		 "link %s/1700000000.Q1234.0.mx.example.com: File exists",
+		 sc.new);
 	assert_string_equal(o.reason, want);
 	assert_victim_untouched(victim);
-	assert_int_equal(count_entries(tmp, NULL, 0), 0);
+	assert_int_equal(count_entries(sc.tmp, NULL, 0), 0);
 
 	/* A retry looks for an earlier copy first: a link is none. */
 	req.check_existing = true;
@@ -1342,10 +1360,10 @@ static void test_deliver_maildir_link_at_new_name_defers(void **state)
 	snprintf(want, sizeof want,
 		 "%s/new/1700000000.Q1234.0.mx.example.com is not a regular "
 		 "file",
-		 mailbox);
+		 sc.mailbox);
 	assert_string_equal(o.reason, want);
 	assert_victim_untouched(victim);
-	assert_int_equal(count_entries(tmp, NULL, 0), 0);
+	assert_int_equal(count_entries(sc.tmp, NULL, 0), 0);
 
 	/* Once it is gone, the message is delivered. */
 	assert_int_equal(unlink(planted), 0);
@@ -1355,11 +1373,8 @@ static void test_deliver_maildir_link_at_new_name_defers(void **state)
 	assert_int_equal(lstat(planted, &st), 0);
 	assert_true(S_ISREG(st.st_mode));
 	free(planted);
-	free(new);
-	free(tmp);
-	free(mailbox);
 	free(victim);
-	free(spool);
+	maildir_scene_free(&sc);
 }
 
 /* A crash between the creation in tmp/ and the move into new/ leaves a
@@ -1367,12 +1382,7 @@ static void test_deliver_maildir_link_at_new_name_defers(void **state)
 static void test_deliver_maildir_retry_removes_own_tmp_leftover(void **state)
 {
 	struct fixture *f = *state;
-	char *spool = path_in(f, "spool-msg");
-	write_file(spool, "Subject: a\r\n\r\nbody\r\n", 20);
-	char *mailbox = path_in(f, "box");
-	char *tmp = path_in(f, "box/tmp");
-	char *new = path_in(f, "box/new");
-	assert_int_equal(mailfolder_mkdirs(tmp), 0);
+	struct maildir_scene sc = maildir_scene(f);
 	char *ours = path_in(
 	    f, "box/tmp/1700000000.Q1234.0.mx.example.com.0123456789abcdef");
 	char *old_scheme =
@@ -1381,7 +1391,7 @@ static void test_deliver_maildir_retry_removes_own_tmp_leftover(void **state)
 	write_file(ours, "half", 4);
 	write_file(old_scheme, "half", 4);
 	write_file(other, "someone else's", 14);
-	struct deliver_request req = maildir_request(mailbox, spool);
+	struct deliver_request req = maildir_request(sc.mailbox, sc.spool);
 	req.check_existing = true;
 	struct outcome o;
 	deliver_one(f, &req, &o);
@@ -1389,15 +1399,12 @@ static void test_deliver_maildir_retry_removes_own_tmp_leftover(void **state)
 	assert_int_equal(access(ours, F_OK), -1);
 	assert_int_equal(access(old_scheme, F_OK), -1);
 	assert_int_equal(access(other, F_OK), 0);
-	assert_int_equal(count_entries(tmp, NULL, 0), 1);
-	assert_int_equal(count_entries(new, NULL, 0), 1);
+	assert_int_equal(count_entries(sc.tmp, NULL, 0), 1);
+	assert_int_equal(count_entries(sc.new, NULL, 0), 1);
 	free(other);
 	free(old_scheme);
 	free(ours);
-	free(new);
-	free(tmp);
-	free(mailbox);
-	free(spool);
+	maildir_scene_free(&sc);
 }
 
 /* Below the mail root a folder that is a link is not followed (the

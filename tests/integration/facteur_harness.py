@@ -86,6 +86,23 @@ def wait_for(predicate, timeout=IO_TIMEOUT, interval=0.1, what=None):
         time.sleep(interval)
 
 
+def smtp_answers(proc, port, what, log_text):
+    """A predicate for wait_for(): an SMTP server on 127.0.0.1:port answers
+    NOOP. It raises, with log_text(), once proc (`what`, which should serve
+    that port) has exited."""
+    def answers():
+        if proc.poll() is not None:
+            raise AssertionError("%s exited with %s:\n%s"
+                                 % (what, proc.returncode, log_text()))
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=5) as s:
+                s.noop()
+                return True
+        except OSError:
+            return False
+    return answers
+
+
 def free_port(host="127.0.0.1"):
     """A TCP port that was free a moment ago: bind port 0, read it, close."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

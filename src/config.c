@@ -102,7 +102,7 @@ typedef void key_print_fn(const struct config *cfg, FILE *out);
  * own: with set NULL its kind parses it, and its kind prints it for -n. */
 enum slot_kind {
 	SLOT_OTHER,    /* key_def.set and key_def.print do it */
-	SLOT_STRING,   /* char *, NULL when empty (printed empty) */
+	SLOT_STRING,   /* char *; set by kind, an empty value is NULL */
 	SLOT_COUNT,    /* unsigned, above 0 */
 	SLOT_DURATION, /* unsigned seconds, above 0 */
 	SLOT_SIZE,     /* uint64_t octets, above 0 */

@@ -95,24 +95,31 @@ struct loader {
 
 typedef void key_set_fn(struct loader *ld, const char *value);
 typedef void key_clear_fn(struct loader *ld);
+typedef void key_print_fn(const struct config *cfg, FILE *out);
 
-/* Keys of one common kind need no setter of their own: the table names
- * the kind and the field. */
+/* What a key's field of struct config holds. The table names the kind
+ * and the field, so that a key of a common kind needs no code of its
+ * own: with set NULL its kind parses it, and its kind prints it for -n. */
 enum slot_kind {
-	SLOT_SETTER,	      /* key_def.set does it */
-	SLOT_OPTIONAL_STRING, /* char *, NULL when empty */
-	SLOT_COUNT,	      /* unsigned, above 0 */
-	SLOT_DURATION,	      /* unsigned seconds, above 0 */
-	SLOT_SIZE,	      /* uint64_t octets, above 0 */
+	SLOT_OTHER,    /* key_def.set and key_def.print do it */
+	SLOT_STRING,   /* char *; set by kind, an empty value is NULL */
+	SLOT_COUNT,    /* unsigned, above 0 */
+	SLOT_DURATION, /* unsigned seconds, above 0 */
+	SLOT_SIZE,     /* uint64_t octets, above 0 */
+	SLOT_CHOICE,   /* an enum, by its index in key_def.names */
+	SLOT_YES_NO,   /* bool */
 };
 
 struct key_def {
 	const char *name;
 	const char *default_value; /* NULL: computed (hostname, user) */
-	key_set_fn *set;	   /* a scalar's value or one list item */
+	key_set_fn *set;	   /* NULL: set by slot kind */
 	key_clear_fn *clear;	   /* list keys only: forget every item */
-	enum slot_kind slot;	   /* with set NULL */
-	size_t offset;		   /* of the slot in struct config */
+	key_print_fn *print;	   /* SLOT_OTHER only */
+	enum slot_kind slot;
+	size_t offset;		  /* of the slot in struct config */
+	const char *const *names; /* SLOT_CHOICE: the values, by index */
+	size_t name_count;
 };
 
 /* A load runs at start-up and on reload; a small allocation failing there
@@ -800,34 +807,6 @@ static void clear_local_domains(struct loader *ld)
 	list->count = 0;
 }
 
-static void set_users_file(struct loader *ld, const char *value)
-{
-	set_optional_string(&ld->cfg->users_file, value);
-}
-
-static void set_aliases_file(struct loader *ld, const char *value)
-{
-	set_optional_string(&ld->cfg->aliases_file, value);
-}
-
-/* One of `names` (count entries); its index in *out, or an error that
- * lists the choices given in `choices`. */
-static bool set_choice(struct loader *ld, const char *value,
-		       const char *const *names, size_t count,
-		       const char *choices, int *out)
-{
-	char q[QUOTE_BUF];
-
-	for (size_t i = 0; i < count; i++) {
-		if (strcmp(value, names[i]) == 0) {
-			*out = (int)i;
-			return true;
-		}
-	}
-	bad(ld, "invalid value %s (%s)", quote(value, q), choices);
-	return false;
-}
-
 static const char *const mailbox_format_names[] = {"maildir", "mbox"};
 static const char *const tls_policy_names[] = {"none", "may", "encrypt",
 					       "verify"};
@@ -836,14 +815,13 @@ static const char *const log_level_names[] = {"error", "warn", "info", "debug"};
 static const char *const flush_method_names[] = {"fsync", "syncfs"};
 #define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
 
-static void set_mailbox_format(struct loader *ld, const char *value)
-{
-	int i = 0;
-
-	if (set_choice(ld, value, mailbox_format_names,
-		       COUNT_OF(mailbox_format_names), "maildir or mbox", &i))
-		ld->cfg->mailbox_format = (enum mailbox_format)i;
-}
+/* SLOT_CHOICE reads and writes these enums as int. */
+_Static_assert(sizeof(enum mailbox_format) == sizeof(int) &&
+		   sizeof(enum tls_policy) == sizeof(int) &&
+		   sizeof(enum log_format) == sizeof(int) &&
+		   sizeof(enum log_level) == sizeof(int) &&
+		   sizeof(enum flush_method) == sizeof(int),
+	       "a choice is stored as an int");
 
 static void set_mailbox_path(struct loader *ld, const char *value)
 {
@@ -982,15 +960,6 @@ static void set_mx_port(struct loader *ld, const char *value)
 		bad(ld, "invalid port %s (1 to 65535)", quote(value, q));
 }
 
-static void set_tls_outbound(struct loader *ld, const char *value)
-{
-	int i = 0;
-
-	if (set_choice(ld, value, tls_policy_names, COUNT_OF(tls_policy_names),
-		       "none, may, encrypt or verify", &i))
-		ld->cfg->tls_outbound = (enum tls_policy)i;
-}
-
 /* Unlike the other durations, 0 is allowed: it turns delay notices off. */
 static void set_delay_notice(struct loader *ld, const char *value)
 {
@@ -1035,33 +1004,6 @@ static void set_user(struct loader *ld, const char *value)
 		replace_string(&ld->cfg->user, value);
 }
 
-static void set_log_format(struct loader *ld, const char *value)
-{
-	int i = 0;
-
-	if (set_choice(ld, value, log_format_names, COUNT_OF(log_format_names),
-		       "logfmt or json", &i))
-		ld->cfg->log_format = (enum log_format)i;
-}
-
-static void set_log_level(struct loader *ld, const char *value)
-{
-	int i = 0;
-
-	if (set_choice(ld, value, log_level_names, COUNT_OF(log_level_names),
-		       "error, warn, info or debug", &i))
-		ld->cfg->log_level = (enum log_level)i;
-}
-
-static void set_flush_method(struct loader *ld, const char *value)
-{
-	int i = 0;
-
-	if (set_choice(ld, value, flush_method_names,
-		       COUNT_OF(flush_method_names), "fsync or syncfs", &i))
-		ld->cfg->flush_method = (enum flush_method)i;
-}
-
 static void set_ipv6_prefix_length(struct loader *ld, const char *value)
 {
 	uint64_t v;
@@ -1099,92 +1041,216 @@ static void set_auth_fail_limit(struct loader *ld, const char *value)
 		    quote(value, q));
 }
 
-static void set_reuse_port(struct loader *ld, const char *value)
-{
-	char q[QUOTE_BUF];
+/* Printers for -n: each prints a value in the form its key reads, so
+ * that the output loads back as the same settings. */
 
-	if (strcmp(value, "yes") == 0)
-		ld->cfg->reuse_port = true;
-	else if (strcmp(value, "no") == 0)
-		ld->cfg->reuse_port = false;
-	else
-		bad(ld, "invalid value %s (yes or no)", quote(value, q));
+static void format_duration(unsigned seconds, char *buf, size_t len)
+{
+	static const struct {
+		unsigned seconds;
+		char suffix;
+	} units[] = {{86400, 'd'}, {3600, 'h'}, {60, 'm'}};
+
+	for (size_t i = 0; i < COUNT_OF(units); i++) {
+		if (seconds != 0 && seconds % units[i].seconds == 0) {
+			snprintf(buf, len, "%u%c", seconds / units[i].seconds,
+				 units[i].suffix);
+			return;
+		}
+	}
+	snprintf(buf, len, "%us", seconds);
 }
 
-/* A key set by kind (enum slot_kind) into its field of struct config. */
-#define SLOT(kind, field) NULL, NULL, kind, offsetof(struct config, field)
+static void print_size(uint64_t octets, FILE *out)
+{
+	static const struct {
+		uint64_t octets;
+		char suffix;
+	} units[] = {
+	    {1024ull * 1024 * 1024, 'G'}, {1024 * 1024, 'M'}, {1024, 'K'}};
+
+	for (size_t i = 0; i < COUNT_OF(units); i++) {
+		if (octets != 0 && octets % units[i].octets == 0) {
+			fprintf(out, "%llu%c",
+				(unsigned long long)(octets / units[i].octets),
+				units[i].suffix);
+			return;
+		}
+	}
+	fprintf(out, "%llu", (unsigned long long)octets);
+}
+
+static void print_cidr(const struct cidr *net, FILE *out)
+{
+	char buf[INET6_ADDRSTRLEN];
+
+	if (inet_ntop(net->family, net->addr, buf, sizeof(buf)) == NULL)
+		snprintf(buf, sizeof(buf), "?");
+	fprintf(out, "%s/%u", buf, net->prefix);
+}
+
+static void print_listen_list(const struct listen_addr *list, size_t count,
+			      FILE *out)
+{
+	for (size_t i = 0; i < count; i++)
+		fprintf(out, "%s%s", i ? ", " : "", list[i].text);
+}
+
+static void print_listen(const struct config *cfg, FILE *out)
+{
+	print_listen_list(cfg->listen, cfg->listen_count, out);
+}
+
+static void print_pop3_listen(const struct config *cfg, FILE *out)
+{
+	print_listen_list(cfg->pop3_listen, cfg->pop3_listen_count, out);
+}
+
+static void print_metrics_listen(const struct config *cfg, FILE *out)
+{
+	if (cfg->metrics_listen != NULL)
+		fputs(cfg->metrics_listen->text, out);
+}
+
+static void print_local_domains(const struct config *cfg, FILE *out)
+{
+	for (size_t i = 0; i < cfg->local_domains.count; i++)
+		fprintf(out, "%s%s", i ? ", " : "",
+			cfg->local_domains.items[i]);
+}
+
+static void print_networks(const struct cidr *nets, size_t count, FILE *out)
+{
+	for (size_t i = 0; i < count; i++) {
+		if (i > 0)
+			fputs(", ", out);
+		print_cidr(&nets[i], out);
+	}
+}
+
+static void print_relay_networks(const struct config *cfg, FILE *out)
+{
+	print_networks(cfg->relay_networks, cfg->relay_network_count, out);
+}
+
+static void print_proxy_networks(const struct config *cfg, FILE *out)
+{
+	print_networks(cfg->proxy_networks, cfg->proxy_network_count, out);
+}
+
+static void print_routes(const struct config *cfg, FILE *out)
+{
+	for (size_t i = 0; i < route_table_count(cfg->routes); i++)
+		fprintf(out, "%s%s", i ? ", " : "",
+			route_table_get(cfg->routes, i)->text);
+}
+
+static void print_dns_servers(const struct config *cfg, FILE *out)
+{
+	if (cfg->dns_from_resolv_conf)
+		fputs(CONFIG_RESOLV_CONF, out);
+	for (size_t i = 0; i < cfg->dns_server_count; i++)
+		fprintf(out, "%s%s", i ? ", " : "", cfg->dns_servers[i].text);
+}
+
+static void print_mx_port(const struct config *cfg, FILE *out)
+{
+	fprintf(out, "%u", (unsigned)cfg->mx_port);
+}
+
+static void print_auth_fail_limit(const struct config *cfg, FILE *out)
+{
+	char buf[32];
+
+	format_duration(cfg->auth_fail_window, buf, sizeof(buf));
+	fprintf(out, "%u/%s", cfg->auth_fail_limit, buf);
+}
+
+/* A key whose field is of a common kind, and one of the choices. */
+#define FIELD(kind, field)                                                     \
+	.slot = kind, .offset = offsetof(struct config, field)
+#define CHOICE(field, list)                                                    \
+	FIELD(SLOT_CHOICE, field), .names = list, .name_count = COUNT_OF(list)
 
 static const struct key_def key_defs[KEY_COUNT] = {
-    [KEY_HOSTNAME] = {"hostname", NULL, set_hostname, NULL, SLOT_SETTER, 0},
-    [KEY_LISTEN] = {"listen", "127.0.0.1:2525", set_listen, clear_listen,
-		    SLOT_SETTER, 0},
-    [KEY_POP3_LISTEN] = {"pop3_listen", "", set_pop3_listen, clear_pop3_listen,
-			 SLOT_SETTER, 0},
-    [KEY_METRICS_LISTEN] = {"metrics_listen", "", set_metrics_listen, NULL,
-			    SLOT_SETTER, 0},
-    [KEY_SPOOL_DIR] = {"spool_dir", "/var/spool/facteur", set_spool_dir, NULL,
-		       SLOT_SETTER, 0},
-    [KEY_LOCAL_DOMAINS] = {"local_domains", "localhost", set_local_domain,
-			   clear_local_domains, SLOT_SETTER, 0},
-    [KEY_USERS_FILE] = {"users_file", "", set_users_file, NULL, SLOT_SETTER, 0},
-    [KEY_ALIASES_FILE] = {"aliases_file", "", set_aliases_file, NULL,
-			  SLOT_SETTER, 0},
-    [KEY_MAILBOX_FORMAT] = {"mailbox_format", "maildir", set_mailbox_format,
-			    NULL, SLOT_SETTER, 0},
-    [KEY_MAILBOX_PATH] = {"mailbox_path", "/var/mail/%d/%u", set_mailbox_path,
-			  NULL, SLOT_SETTER, 0},
+    [KEY_HOSTNAME] = {"hostname", NULL, .set = set_hostname,
+		      FIELD(SLOT_STRING, hostname)},
+    [KEY_LISTEN] = {"listen", "127.0.0.1:2525", .set = set_listen,
+		    .clear = clear_listen, .print = print_listen},
+    [KEY_POP3_LISTEN] = {"pop3_listen", "", .set = set_pop3_listen,
+			 .clear = clear_pop3_listen,
+			 .print = print_pop3_listen},
+    [KEY_METRICS_LISTEN] = {"metrics_listen", "", .set = set_metrics_listen,
+			    .print = print_metrics_listen},
+    [KEY_SPOOL_DIR] = {"spool_dir", "/var/spool/facteur", .set = set_spool_dir,
+		       FIELD(SLOT_STRING, spool_dir)},
+    [KEY_LOCAL_DOMAINS] = {"local_domains", "localhost",
+			   .set = set_local_domain,
+			   .clear = clear_local_domains,
+			   .print = print_local_domains},
+    [KEY_USERS_FILE] = {"users_file", "", FIELD(SLOT_STRING, users_file)},
+    [KEY_ALIASES_FILE] = {"aliases_file", "", FIELD(SLOT_STRING, aliases_file)},
+    [KEY_MAILBOX_FORMAT] = {"mailbox_format", "maildir",
+			    CHOICE(mailbox_format, mailbox_format_names)},
+    [KEY_MAILBOX_PATH] = {"mailbox_path", "/var/mail/%d/%u",
+			  .set = set_mailbox_path,
+			  FIELD(SLOT_STRING, mailbox_path)},
     [KEY_RELAY_NETWORKS] = {"relay_networks", "127.0.0.0/8, ::1/128",
-			    set_relay_network, clear_relay_networks,
-			    SLOT_SETTER, 0},
-    [KEY_ROUTE] = {"route", "", set_route, clear_routes, SLOT_SETTER, 0},
-    [KEY_DNS_SERVERS] = {"dns_servers", CONFIG_RESOLV_CONF, set_dns_server,
-			 clear_dns_servers, SLOT_SETTER, 0},
-    [KEY_MX_PORT] = {"mx_port", "25", set_mx_port, NULL, SLOT_SETTER, 0},
-    [KEY_TLS_CERT] = {"tls_cert", "", SLOT(SLOT_OPTIONAL_STRING, tls_cert)},
-    [KEY_TLS_KEY] = {"tls_key", "", SLOT(SLOT_OPTIONAL_STRING, tls_key)},
-    [KEY_TLS_OUTBOUND] = {"tls_outbound", "may", set_tls_outbound, NULL,
-			  SLOT_SETTER, 0},
-    [KEY_TLS_CA_FILE] = {"tls_ca_file", "",
-			 SLOT(SLOT_OPTIONAL_STRING, tls_ca_file)},
+			    .set = set_relay_network,
+			    .clear = clear_relay_networks,
+			    .print = print_relay_networks},
+    [KEY_ROUTE] = {"route", "", .set = set_route, .clear = clear_routes,
+		   .print = print_routes},
+    [KEY_DNS_SERVERS] = {"dns_servers", CONFIG_RESOLV_CONF,
+			 .set = set_dns_server, .clear = clear_dns_servers,
+			 .print = print_dns_servers},
+    [KEY_MX_PORT] = {"mx_port", "25", .set = set_mx_port,
+		     .print = print_mx_port},
+    [KEY_TLS_CERT] = {"tls_cert", "", FIELD(SLOT_STRING, tls_cert)},
+    [KEY_TLS_KEY] = {"tls_key", "", FIELD(SLOT_STRING, tls_key)},
+    [KEY_TLS_OUTBOUND] = {"tls_outbound", "may",
+			  CHOICE(tls_outbound, tls_policy_names)},
+    [KEY_TLS_CA_FILE] = {"tls_ca_file", "", FIELD(SLOT_STRING, tls_ca_file)},
     [KEY_MAX_MESSAGE_SIZE] = {"max_message_size", "25M",
-			      SLOT(SLOT_SIZE, max_message_size)},
+			      FIELD(SLOT_SIZE, max_message_size)},
     [KEY_MAX_RECIPIENTS] = {"max_recipients", "1000",
-			    SLOT(SLOT_COUNT, max_recipients)},
+			    FIELD(SLOT_COUNT, max_recipients)},
     [KEY_MAX_CONNECTIONS] = {"max_connections", "10000",
-			     SLOT(SLOT_COUNT, max_connections)},
+			     FIELD(SLOT_COUNT, max_connections)},
     [KEY_MAX_CONNECTIONS_PER_IP] = {"max_connections_per_ip", "100",
-				    SLOT(SLOT_COUNT, max_connections_per_ip)},
+				    FIELD(SLOT_COUNT, max_connections_per_ip)},
     [KEY_MAX_CONNECTIONS_PER_DESTINATION] =
 	{"max_connections_per_destination", "20",
-	 SLOT(SLOT_COUNT, max_connections_per_destination)},
+	 FIELD(SLOT_COUNT, max_connections_per_destination)},
     [KEY_SMTP_TIMEOUT] = {"smtp_timeout", "5m",
-			  SLOT(SLOT_DURATION, smtp_timeout)},
-    [KEY_RETRY_MIN] = {"retry_min", "1m", SLOT(SLOT_DURATION, retry_min)},
-    [KEY_RETRY_MAX] = {"retry_max", "1h", SLOT(SLOT_DURATION, retry_max)},
+			  FIELD(SLOT_DURATION, smtp_timeout)},
+    [KEY_RETRY_MIN] = {"retry_min", "1m", FIELD(SLOT_DURATION, retry_min)},
+    [KEY_RETRY_MAX] = {"retry_max", "1h", FIELD(SLOT_DURATION, retry_max)},
     [KEY_QUEUE_LIFETIME] = {"queue_lifetime", "5d",
-			    SLOT(SLOT_DURATION, queue_lifetime)},
-    [KEY_DELAY_NOTICE] = {"delay_notice", "4h", set_delay_notice, NULL,
-			  SLOT_SETTER, 0},
-    [KEY_USER] = {"user", NULL, set_user, NULL, SLOT_SETTER, 0},
-    [KEY_LOG_FORMAT] = {"log_format", "logfmt", set_log_format, NULL,
-			SLOT_SETTER, 0},
-    [KEY_LOG_LEVEL] = {"log_level", "info", set_log_level, NULL, SLOT_SETTER,
-		       0},
-    [KEY_FLUSH_METHOD] = {"flush_method", "fsync", set_flush_method, NULL,
-			  SLOT_SETTER, 0},
+			    FIELD(SLOT_DURATION, queue_lifetime)},
+    [KEY_DELAY_NOTICE] = {"delay_notice", "4h", .set = set_delay_notice,
+			  FIELD(SLOT_DURATION, delay_notice)},
+    [KEY_USER] = {"user", NULL, .set = set_user, FIELD(SLOT_STRING, user)},
+    [KEY_LOG_FORMAT] = {"log_format", "logfmt",
+			CHOICE(log_format, log_format_names)},
+    [KEY_LOG_LEVEL] = {"log_level", "info", CHOICE(log_level, log_level_names)},
+    [KEY_FLUSH_METHOD] = {"flush_method", "fsync",
+			  CHOICE(flush_method, flush_method_names)},
     [KEY_MAX_ENVELOPE_SIZE] = {"max_envelope_size", "256K",
-			       SLOT(SLOT_SIZE, max_envelope_size)},
+			       FIELD(SLOT_SIZE, max_envelope_size)},
     [KEY_MAX_ENVELOPE_MEMORY] = {"max_envelope_memory", "256M",
-				 SLOT(SLOT_SIZE, max_envelope_memory)},
+				 FIELD(SLOT_SIZE, max_envelope_memory)},
     [KEY_IPV6_PREFIX_LENGTH] = {"ipv6_prefix_length", "64",
-				set_ipv6_prefix_length, NULL, SLOT_SETTER, 0},
-    [KEY_AUTH_FAIL_LIMIT] = {"auth_fail_limit", "10/15m", set_auth_fail_limit,
-			     NULL, SLOT_SETTER, 0},
+				.set = set_ipv6_prefix_length,
+				FIELD(SLOT_COUNT, ipv6_prefix_length)},
+    [KEY_AUTH_FAIL_LIMIT] = {"auth_fail_limit", "10/15m",
+			     .set = set_auth_fail_limit,
+			     .print = print_auth_fail_limit},
     [KEY_PROXY_NETWORKS] = {"proxy_networks", "127.0.0.0/8, ::1/128",
-			    set_proxy_network, clear_proxy_networks,
-			    SLOT_SETTER, 0},
-    [KEY_REUSE_PORT] = {"reuse_port", "no", set_reuse_port, NULL, SLOT_SETTER,
-			0},
+			    .set = set_proxy_network,
+			    .clear = clear_proxy_networks,
+			    .print = print_proxy_networks},
+    [KEY_REUSE_PORT] = {"reuse_port", "no", FIELD(SLOT_YES_NO, reuse_port)},
 };
 
 static bool find_key(const char *name, size_t len, enum key *out)
@@ -1251,22 +1317,73 @@ static void set_positive(struct loader *ld, enum slot_kind kind, void *slot,
 		*(unsigned *)slot = (unsigned)v;
 }
 
+/* One of def->names: its index in *slot, or an error that lists the
+ * choices ("a, b or c"). */
+static void set_choice(struct loader *ld, const struct key_def *def, int *slot,
+		       const char *value)
+{
+	char q[QUOTE_BUF];
+	char choices[128];
+	size_t used = 0;
+
+	for (size_t i = 0; i < def->name_count; i++) {
+		if (strcmp(value, def->names[i]) == 0) {
+			*slot = (int)i;
+			return;
+		}
+	}
+	choices[0] = '\0';
+	for (size_t i = 0; i < def->name_count; i++) {
+		const char *sep = i == 0		    ? ""
+				  : i + 1 < def->name_count ? ", "
+							    : " or ";
+		int n = snprintf(choices + used, sizeof(choices) - used, "%s%s",
+				 sep, def->names[i]);
+
+		if (n < 0 || (size_t)n >= sizeof(choices) - used)
+			break;
+		used += (size_t)n;
+	}
+	bad(ld, "invalid value %s (%s)", quote(value, q), choices);
+}
+
+static void set_yes_no(struct loader *ld, bool *slot, const char *value)
+{
+	char q[QUOTE_BUF];
+
+	if (strcmp(value, "yes") == 0)
+		*slot = true;
+	else if (strcmp(value, "no") == 0)
+		*slot = false;
+	else
+		bad(ld, "invalid value %s (yes or no)", quote(value, q));
+}
+
 static void set_value(struct loader *ld, const struct key_def *def,
 		      const char *value)
 {
 	void *slot = (char *)ld->cfg + def->offset;
 
-	switch (def->slot) {
-	case SLOT_SETTER:
+	if (def->set != NULL) {
 		def->set(ld, value);
-		break;
-	case SLOT_OPTIONAL_STRING:
+		return;
+	}
+	switch (def->slot) {
+	case SLOT_STRING:
 		set_optional_string(slot, value);
 		break;
 	case SLOT_COUNT:
 	case SLOT_DURATION:
 	case SLOT_SIZE:
 		set_positive(ld, def->slot, slot, value);
+		break;
+	case SLOT_CHOICE:
+		set_choice(ld, def, slot, value);
+		break;
+	case SLOT_YES_NO:
+		set_yes_no(ld, slot, value);
+		break;
+	case SLOT_OTHER: /* the table gives each of these a setter */
 		break;
 	}
 }
@@ -1552,23 +1669,6 @@ static void read_environment(struct loader *ld, char *const *env)
 	}
 }
 
-static void format_duration(unsigned seconds, char *buf, size_t len)
-{
-	static const struct {
-		unsigned seconds;
-		char suffix;
-	} units[] = {{86400, 'd'}, {3600, 'h'}, {60, 'm'}};
-
-	for (size_t i = 0; i < COUNT_OF(units); i++) {
-		if (seconds != 0 && seconds % units[i].seconds == 0) {
-			snprintf(buf, len, "%u%c", seconds / units[i].seconds,
-				 units[i].suffix);
-			return;
-		}
-	}
-	snprintf(buf, len, "%us", seconds);
-}
-
 static void check_tls_listeners(struct loader *ld,
 				const struct listen_addr *list, size_t count,
 				char **origins, enum key key)
@@ -1813,181 +1913,36 @@ void config_free(struct config *cfg)
 	free(cfg);
 }
 
-static void print_size(uint64_t octets, FILE *out)
+static void print_value(const struct config *cfg, const struct key_def *def,
+			FILE *out)
 {
-	static const struct {
-		uint64_t octets;
-		char suffix;
-	} units[] = {
-	    {1024ull * 1024 * 1024, 'G'}, {1024 * 1024, 'M'}, {1024, 'K'}};
-
-	for (size_t i = 0; i < COUNT_OF(units); i++) {
-		if (octets != 0 && octets % units[i].octets == 0) {
-			fprintf(out, "%llu%c",
-				(unsigned long long)(octets / units[i].octets),
-				units[i].suffix);
-			return;
-		}
-	}
-	fprintf(out, "%llu", (unsigned long long)octets);
-}
-
-static void print_cidr(const struct cidr *net, FILE *out)
-{
-	char buf[INET6_ADDRSTRLEN];
-
-	if (inet_ntop(net->family, net->addr, buf, sizeof(buf)) == NULL)
-		snprintf(buf, sizeof(buf), "?");
-	fprintf(out, "%s/%u", buf, net->prefix);
-}
-
-static void print_value(const struct config *cfg, enum key key, FILE *out)
-{
+	const void *slot = (const char *)cfg + def->offset;
+	const char *text;
 	char buf[32];
 
-	switch (key) {
-	case KEY_HOSTNAME:
-		fputs(cfg->hostname, out);
+	switch (def->slot) {
+	case SLOT_OTHER:
+		def->print(cfg, out);
 		break;
-	case KEY_LISTEN:
-		for (size_t i = 0; i < cfg->listen_count; i++)
-			fprintf(out, "%s%s", i ? ", " : "",
-				cfg->listen[i].text);
+	case SLOT_STRING:
+		text = *(char *const *)slot;
+		fputs(text != NULL ? text : "", out);
 		break;
-	case KEY_POP3_LISTEN:
-		for (size_t i = 0; i < cfg->pop3_listen_count; i++)
-			fprintf(out, "%s%s", i ? ", " : "",
-				cfg->pop3_listen[i].text);
+	case SLOT_COUNT:
+		fprintf(out, "%u", *(const unsigned *)slot);
 		break;
-	case KEY_METRICS_LISTEN:
-		if (cfg->metrics_listen != NULL)
-			fputs(cfg->metrics_listen->text, out);
-		break;
-	case KEY_SPOOL_DIR:
-		fputs(cfg->spool_dir, out);
-		break;
-	case KEY_LOCAL_DOMAINS:
-		for (size_t i = 0; i < cfg->local_domains.count; i++)
-			fprintf(out, "%s%s", i ? ", " : "",
-				cfg->local_domains.items[i]);
-		break;
-	case KEY_USERS_FILE:
-		fputs(cfg->users_file ? cfg->users_file : "", out);
-		break;
-	case KEY_ALIASES_FILE:
-		fputs(cfg->aliases_file ? cfg->aliases_file : "", out);
-		break;
-	case KEY_MAILBOX_FORMAT:
-		fputs(mailbox_format_names[cfg->mailbox_format], out);
-		break;
-	case KEY_FLUSH_METHOD:
-		fputs(flush_method_names[cfg->flush_method], out);
-		break;
-	case KEY_MAILBOX_PATH:
-		fputs(cfg->mailbox_path, out);
-		break;
-	case KEY_RELAY_NETWORKS:
-		for (size_t i = 0; i < cfg->relay_network_count; i++) {
-			if (i > 0)
-				fputs(", ", out);
-			print_cidr(&cfg->relay_networks[i], out);
-		}
-		break;
-	case KEY_ROUTE:
-		for (size_t i = 0; i < route_table_count(cfg->routes); i++)
-			fprintf(out, "%s%s", i ? ", " : "",
-				route_table_get(cfg->routes, i)->text);
-		break;
-	case KEY_DNS_SERVERS:
-		if (cfg->dns_from_resolv_conf)
-			fputs(CONFIG_RESOLV_CONF, out);
-		for (size_t i = 0; i < cfg->dns_server_count; i++)
-			fprintf(out, "%s%s", i ? ", " : "",
-				cfg->dns_servers[i].text);
-		break;
-	case KEY_MX_PORT:
-		fprintf(out, "%u", (unsigned)cfg->mx_port);
-		break;
-	case KEY_TLS_CERT:
-		fputs(cfg->tls_cert ? cfg->tls_cert : "", out);
-		break;
-	case KEY_TLS_KEY:
-		fputs(cfg->tls_key ? cfg->tls_key : "", out);
-		break;
-	case KEY_TLS_OUTBOUND:
-		fputs(tls_policy_names[cfg->tls_outbound], out);
-		break;
-	case KEY_TLS_CA_FILE:
-		fputs(cfg->tls_ca_file ? cfg->tls_ca_file : "", out);
-		break;
-	case KEY_MAX_MESSAGE_SIZE:
-		print_size(cfg->max_message_size, out);
-		break;
-	case KEY_MAX_RECIPIENTS:
-		fprintf(out, "%u", cfg->max_recipients);
-		break;
-	case KEY_MAX_CONNECTIONS:
-		fprintf(out, "%u", cfg->max_connections);
-		break;
-	case KEY_MAX_CONNECTIONS_PER_IP:
-		fprintf(out, "%u", cfg->max_connections_per_ip);
-		break;
-	case KEY_MAX_CONNECTIONS_PER_DESTINATION:
-		fprintf(out, "%u", cfg->max_connections_per_destination);
-		break;
-	case KEY_SMTP_TIMEOUT:
-		format_duration(cfg->smtp_timeout, buf, sizeof(buf));
+	case SLOT_DURATION:
+		format_duration(*(const unsigned *)slot, buf, sizeof(buf));
 		fputs(buf, out);
 		break;
-	case KEY_RETRY_MIN:
-		format_duration(cfg->retry_min, buf, sizeof(buf));
-		fputs(buf, out);
+	case SLOT_SIZE:
+		print_size(*(const uint64_t *)slot, out);
 		break;
-	case KEY_RETRY_MAX:
-		format_duration(cfg->retry_max, buf, sizeof(buf));
-		fputs(buf, out);
+	case SLOT_CHOICE:
+		fputs(def->names[*(const int *)slot], out);
 		break;
-	case KEY_QUEUE_LIFETIME:
-		format_duration(cfg->queue_lifetime, buf, sizeof(buf));
-		fputs(buf, out);
-		break;
-	case KEY_DELAY_NOTICE:
-		format_duration(cfg->delay_notice, buf, sizeof(buf));
-		fputs(buf, out);
-		break;
-	case KEY_USER:
-		fputs(cfg->user ? cfg->user : "", out);
-		break;
-	case KEY_LOG_FORMAT:
-		fputs(log_format_names[cfg->log_format], out);
-		break;
-	case KEY_LOG_LEVEL:
-		fputs(log_level_names[cfg->log_level], out);
-		break;
-	case KEY_MAX_ENVELOPE_SIZE:
-		print_size(cfg->max_envelope_size, out);
-		break;
-	case KEY_MAX_ENVELOPE_MEMORY:
-		print_size(cfg->max_envelope_memory, out);
-		break;
-	case KEY_IPV6_PREFIX_LENGTH:
-		fprintf(out, "%u", cfg->ipv6_prefix_length);
-		break;
-	case KEY_AUTH_FAIL_LIMIT:
-		format_duration(cfg->auth_fail_window, buf, sizeof(buf));
-		fprintf(out, "%u/%s", cfg->auth_fail_limit, buf);
-		break;
-	case KEY_PROXY_NETWORKS:
-		for (size_t i = 0; i < cfg->proxy_network_count; i++) {
-			if (i > 0)
-				fputs(", ", out);
-			print_cidr(&cfg->proxy_networks[i], out);
-		}
-		break;
-	case KEY_REUSE_PORT:
-		fputs(cfg->reuse_port ? "yes" : "no", out);
-		break;
-	case KEY_COUNT:
+	case SLOT_YES_NO:
+		fputs(*(const bool *)slot ? "yes" : "no", out);
 		break;
 	}
 }
@@ -1996,7 +1951,7 @@ void config_print(const struct config *cfg, FILE *out)
 {
 	for (int k = 0; k < KEY_COUNT; k++) {
 		fprintf(out, "%s = ", key_defs[k].name);
-		print_value(cfg, (enum key)k, out);
+		print_value(cfg, &key_defs[k], out);
 		fputc('\n', out);
 	}
 }

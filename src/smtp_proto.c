@@ -425,12 +425,37 @@ static bool first_time(unsigned *seen, unsigned flag)
 	return true;
 }
 
+/* The values BODY= and RET= take, by their enum; 0 (unspecified) has
+ * none. */
+static const char *const body_names[] = {
+    [SMTP_BODY_7BIT] = "7bit", [SMTP_BODY_8BITMIME] = "8bitmime"};
+static const char *const ret_names[] = {
+    [SMTP_RET_FULL] = "full", [SMTP_RET_HDRS] = "hdrs"};
+
+/* A parameter given once whose value is one of `names` (any case): its
+ * index in *out. */
+static bool keyword_param(unsigned *seen, unsigned flag, const char *v,
+			  size_t vl, const char *const *names, size_t count,
+			  int *out)
+{
+	if (!first_time(seen, flag) || v == NULL)
+		return false;
+	for (size_t i = 0; i < count; i++) {
+		if (names[i] != NULL && ascii_ieq(v, vl, names[i])) {
+			*out = (int)i;
+			return true;
+		}
+	}
+	return false;
+}
+
 static enum smtp_parse_result mail_param(const struct param *pm, unsigned *seen,
 					 void *arg)
 {
 	struct smtp_mail *out = arg;
 	const char *v = pm->value;
 	size_t vl = pm->valuelen;
+	int i;
 
 	if (ascii_ieq(pm->key, pm->keylen, "size")) {
 		if (!first_time(seen, SEEN_SIZE) || v == NULL ||
@@ -438,27 +463,20 @@ static enum smtp_parse_result mail_param(const struct param *pm, unsigned *seen,
 			return SMTP_PARSE_BAD_PARAM;
 		out->size_given = true;
 	} else if (ascii_ieq(pm->key, pm->keylen, "body")) {
-		if (!first_time(seen, SEEN_BODY) || v == NULL)
+		if (!keyword_param(seen, SEEN_BODY, v, vl, body_names,
+				   sizeof body_names / sizeof body_names[0],
+				   &i))
 			return SMTP_PARSE_BAD_PARAM;
-		if (ascii_ieq(v, vl, "7bit"))
-			out->body = SMTP_BODY_7BIT;
-		else if (ascii_ieq(v, vl, "8bitmime"))
-			out->body = SMTP_BODY_8BITMIME;
-		else
-			return SMTP_PARSE_BAD_PARAM;
+		out->body = (enum smtp_body)i;
 	} else if (ascii_ieq(pm->key, pm->keylen, "smtputf8")) {
 		if (!first_time(seen, SEEN_SMTPUTF8) || v != NULL)
 			return SMTP_PARSE_BAD_PARAM;
 		out->smtputf8 = true;
 	} else if (ascii_ieq(pm->key, pm->keylen, "ret")) {
-		if (!first_time(seen, SEEN_RET) || v == NULL)
+		if (!keyword_param(seen, SEEN_RET, v, vl, ret_names,
+				   sizeof ret_names / sizeof ret_names[0], &i))
 			return SMTP_PARSE_BAD_PARAM;
-		if (ascii_ieq(v, vl, "full"))
-			out->ret = SMTP_RET_FULL;
-		else if (ascii_ieq(v, vl, "hdrs"))
-			out->ret = SMTP_RET_HDRS;
-		else
-			return SMTP_PARSE_BAD_PARAM;
+		out->ret = (enum smtp_ret)i;
 	} else if (ascii_ieq(pm->key, pm->keylen, "envid")) {
 		int n, k;
 		if (!first_time(seen, SEEN_ENVID) || v == NULL || vl == 0)

@@ -44,6 +44,20 @@ SPEC_KEYS = [
     "queue_lifetime", "user", "log_format", "log_level",
 ]
 
+# SPEC §8: every series a metrics scrape must show, from the first one.
+SPEC_METRICS = [
+    "facteur_connections_active",
+    "facteur_connections_total",
+    "facteur_messages_accepted_total",
+    'facteur_deliveries_total{result="delivered"}',
+    'facteur_deliveries_total{result="deferred"}',
+    'facteur_deliveries_total{result="bounced"}',
+    "facteur_queue_messages",
+    "facteur_dns_queries_total",
+    "facteur_dns_failures_total",
+    "facteur_tls_sessions_total",
+]
+
 # A SHA-512 crypt(3) hash of "secret" (openssl passwd -6 -salt saltsalt secret).
 SECRET_HASH = ("$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5"
                "knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1")
@@ -70,6 +84,23 @@ def wait_for(predicate, timeout=IO_TIMEOUT, interval=0.1, what=None):
             raise AssertionError("timed out after %.1fs waiting for %s"
                                  % (timeout, what or getattr(predicate, "__name__", "condition")))
         time.sleep(interval)
+
+
+def smtp_answers(proc, port, what, log_text):
+    """A predicate for wait_for(): an SMTP server on 127.0.0.1:port answers
+    NOOP. It raises, with log_text(), once proc (`what`, which should serve
+    that port) has exited."""
+    def answers():
+        if proc.poll() is not None:
+            raise AssertionError("%s exited with %s:\n%s"
+                                 % (what, proc.returncode, log_text()))
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=5) as s:
+                s.noop()
+                return True
+        except OSError:
+            return False
+    return answers
 
 
 def free_port(host="127.0.0.1"):

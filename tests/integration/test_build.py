@@ -12,7 +12,6 @@ import re
 import shlex
 import shutil
 import signal
-import smtplib
 import subprocess
 from pathlib import Path
 
@@ -221,16 +220,7 @@ def test_run_script_rebuilds_a_sanitizer_build(tmp_path):
     def log_text():
         return (tmp_path / "run.log").read_text(errors="replace")[-4000:]
 
-    def banner():
-        if proc.poll() is not None:
-            raise AssertionError("run.sh exited with %s:\n%s"
-                                 % (proc.returncode, log_text()))
-        try:
-            with smtplib.SMTP("127.0.0.1", port, timeout=5) as s:
-                s.noop()
-                return True
-        except OSError:
-            return False
+    banner = h.smtp_answers(proc, port, "run.sh", log_text)
 
     try:
         h.wait_for(banner, BUILD_TIMEOUT, interval=1,

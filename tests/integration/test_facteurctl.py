@@ -24,20 +24,6 @@ EXIT_UNREACHABLE = 1
 EXIT_REFUSED = 2
 EXIT_USAGE = 64
 
-SPEC_METRICS = [
-    "facteur_connections_active",
-    "facteur_connections_total",
-    "facteur_messages_accepted_total",
-    'facteur_deliveries_total{result="delivered"}',
-    'facteur_deliveries_total{result="deferred"}',
-    'facteur_deliveries_total{result="bounced"}',
-    "facteur_queue_messages",
-    "facteur_dns_queries_total",
-    "facteur_dns_failures_total",
-    "facteur_tls_sessions_total",
-]
-
-
 def ctl(d, *args, stdin=None, env=None, config=True):
     """Run facteurctl on the daemon's configuration."""
     cmd = [str(FACTEURCTL)]
@@ -339,7 +325,7 @@ def stats(d):
 
 def test_stats_has_every_metric_and_counts(daemon):
     before = stats(daemon)
-    assert set(SPEC_METRICS) <= set(before), before
+    assert set(h.SPEC_METRICS) <= set(before), before
     daemon.send(recipients=("user@localhost",))
     daemon.wait_messages("user@localhost")
     after = stats(daemon)

@@ -17,19 +17,6 @@ import pytest
 
 import facteur_harness as h
 
-# SPEC §8: every series a scrape must show, from the first one.
-SPEC_SERIES = [
-    "facteur_connections_active",
-    "facteur_connections_total",
-    "facteur_messages_accepted_total",
-    'facteur_deliveries_total{result="delivered"}',
-    'facteur_deliveries_total{result="deferred"}',
-    'facteur_deliveries_total{result="bounced"}',
-    "facteur_queue_messages",
-    "facteur_dns_queries_total",
-    "facteur_dns_failures_total",
-    "facteur_tls_sessions_total",
-]
 GAUGES = {"facteur_connections_active", "facteur_queue_messages"}
 
 SAMPLE_RE = re.compile(
@@ -153,10 +140,10 @@ def test_every_spec_metric_is_present_at_start_with_counters_at_zero(make_daemon
     ctype = r.headers["Content-Type"]
     assert ctype.startswith("text/plain"), ctype
     assert "version=0.0.4" in ctype, ctype
-    for series in SPEC_SERIES:
+    for series in h.SPEC_METRICS:
         assert series in samples, "%s missing from:\n%s" % (series, sorted(samples))
         assert samples[series] == 0, (series, samples[series])
-    for series in SPEC_SERIES:
+    for series in h.SPEC_METRICS:
         family = series.split("{")[0]
         expected = "gauge" if family in GAUGES else "counter"
         assert types.get(family) == expected, (family, types.get(family))
@@ -184,7 +171,7 @@ def test_queue_metric_at_start_counts_what_the_spool_held(make_daemon):
     # shows the two messages recovered from the spool (their next attempt
     # is an hour away, so nothing moves meanwhile).
     assert samples["facteur_queue_messages"] == 2, samples
-    for series in SPEC_SERIES:
+    for series in h.SPEC_METRICS:
         if series != "facteur_queue_messages":
             assert samples[series] == 0, (series, samples[series])
     d.wait_ready()

@@ -290,16 +290,7 @@ def test_install_run_remove_purge(deb, machine, tmp_path):
     def log_text():
         return (tmp_path / "facteurd.log").read_text(errors="replace")
 
-    def banner():
-        if proc.poll() is not None:
-            raise AssertionError("installed facteurd exited with %s:\n%s"
-                                 % (proc.returncode, log_text()))
-        try:
-            with smtplib.SMTP("127.0.0.1", port, timeout=5) as s:
-                s.noop()
-                return True
-        except OSError:
-            return False
+    banner = h.smtp_answers(proc, port, "installed facteurd", log_text)
 
     try:
         h.wait_for(banner, h.START_TIMEOUT, what="the installed facteurd's banner")

@@ -825,38 +825,35 @@ def swaks(d, *args):
                 "--from", "sender@example.org", "--to", ALICE] + list(args))
 
 
+def swaks_sends(d, subject, reply, protocol, *args):
+    """swaks sends a message with `subject`: its dialogue shows `reply`, the
+    message arrives received with `protocol`, swaks exits 0."""
+    r = swaks(d, *args, "--header", "Subject: " + subject)
+    out = r.stdout.decode("utf-8", "replace")
+    assert reply in out, out
+    m = delivered_with_subject(d, subject)
+    assert received_protocol(m) == protocol
+    assert r.returncode == 0, "swaks exit %d:\n%s" % (r.returncode, out[-1500:])
+
+
 def test_swaks_starttls(tls_daemon):
     d = tls_daemon()
-    r = swaks(d, "--port", str(d.port), "--tls", "--header", "Subject: swaks tls")
-    out = r.stdout.decode("utf-8", "replace")
-    assert "250 2.0.0 Ok: queued as" in out, out
-    m = delivered_with_subject(d, "swaks tls")
-    assert received_protocol(m) == "ESMTPS"
-    assert r.returncode == 0, "swaks exit %d:\n%s" % (r.returncode, out[-1500:])
+    swaks_sends(d, "swaks tls", "250 2.0.0 Ok: queued as", "ESMTPS",
+                "--port", str(d.port), "--tls")
 
 
 def test_swaks_smtps_with_auth_plain(tls_daemon):
     d = tls_daemon()
-    r = swaks(d, "--port", str(d.smtps_port), "--tlsc", "--auth", "PLAIN",
-              "--auth-user", ALICE, "--auth-password", PASSWORD,
-              "--header", "Subject: swaks tlsc")
-    out = r.stdout.decode("utf-8", "replace")
-    assert "235 2.7.0" in out, out
-    m = delivered_with_subject(d, "swaks tlsc")
-    assert received_protocol(m) == "ESMTPSA"
-    assert r.returncode == 0, "swaks exit %d:\n%s" % (r.returncode, out[-1500:])
+    swaks_sends(d, "swaks tlsc", "235 2.7.0", "ESMTPSA",
+                "--port", str(d.smtps_port), "--tlsc", "--auth", "PLAIN",
+                "--auth-user", ALICE, "--auth-password", PASSWORD)
 
 
 def test_swaks_submission_starttls_auth_login(tls_daemon):
     d = tls_daemon()
-    r = swaks(d, "--port", str(d.submission_port), "--tls", "--auth", "LOGIN",
-              "--auth-user", BOB, "--auth-password", PASSWORD,
-              "--header", "Subject: swaks submission")
-    out = r.stdout.decode("utf-8", "replace")
-    assert "235 2.7.0" in out, out
-    m = delivered_with_subject(d, "swaks submission")
-    assert received_protocol(m) == "ESMTPSA"
-    assert r.returncode == 0, "swaks exit %d:\n%s" % (r.returncode, out[-1500:])
+    swaks_sends(d, "swaks submission", "235 2.7.0", "ESMTPSA",
+                "--port", str(d.submission_port), "--tls", "--auth", "LOGIN",
+                "--auth-user", BOB, "--auth-password", PASSWORD)
 
 
 def test_swaks_wrong_password_and_no_auth_on_submission(tls_daemon):

@@ -468,6 +468,19 @@ static void test_bounce_reports_only_the_recipients_given(void **state)
 	dsn_free(&d);
 }
 
+/* The notice to one recipient of a message sent with `ret`: its third
+ * part, the returned content, is of `type`. */
+static const struct part *returned_part(struct fixture *f, struct dsn *d,
+					enum smtp_ret ret, const char *type)
+{
+	fixture_init(f, 1);
+	f->env.ret = ret;
+	dsn_parse(d, &f->in);
+	assert_int_equal(d->nparts, 3);
+	assert_part_type(d, 2, type);
+	return &d->parts[2];
+}
+
 static void test_bounce_ret_full_returns_the_message_dot_stuffed(void **state)
 {
 	struct fixture f;
@@ -475,12 +488,7 @@ static void test_bounce_ret_full_returns_the_message_dot_stuffed(void **state)
 	const struct part *p;
 
 	(void)state;
-	fixture_init(&f, 1);
-	f.env.ret = SMTP_RET_FULL;
-	dsn_parse(&d, &f.in);
-	assert_int_equal(d.nparts, 3);
-	assert_part_type(&d, 2, "message/rfc822");
-	p = &d.parts[2];
+	p = returned_part(&f, &d, SMTP_RET_FULL, "message/rfc822");
 	/* The original, line for line, its Received header first. */
 	assert_true(p->end - p->body >= 13);
 	assert_string_equal(d.lines[p->body],
@@ -504,12 +512,7 @@ static void test_bounce_ret_hdrs_returns_the_header_section_only(void **state)
 	const struct part *p;
 
 	(void)state;
-	fixture_init(&f, 1);
-	f.env.ret = SMTP_RET_HDRS;
-	dsn_parse(&d, &f.in);
-	assert_int_equal(d.nparts, 3);
-	assert_part_type(&d, 2, "text/rfc822-headers");
-	p = &d.parts[2];
+	p = returned_part(&f, &d, SMTP_RET_HDRS, "text/rfc822-headers");
 	assert_string_equal(d.lines[p->body],
 			    "Received: from client.example (client.example "
 			    "[192.0.2.1])");

@@ -444,13 +444,51 @@ static void test_config_long_values_are_cut_in_messages(void **state)
 	config_errors_clear(&errors);
 }
 
+/* A number and what it parses to: seconds or octets. */
+struct number_case {
+	const char *text;
+	uint64_t value;
+};
+
+typedef int number_parser(const char *text, uint64_t *out);
+
+/* config_parse_duration as a number_parser. */
+static int parse_duration_wide(const char *text, uint64_t *out)
+{
+	unsigned v = (unsigned)*out;
+	int rc = config_parse_duration(text, &v);
+
+	*out = v;
+	return rc;
+}
+
+/* Each good text parses to its value; each bad one is refused and leaves
+ * the result as it was. */
+static void check_number_parser(number_parser *parse,
+				const struct number_case *good,
+				size_t good_count, const char *const *bad,
+				size_t bad_count)
+{
+	for (size_t i = 0; i < good_count; i++) {
+		uint64_t v = 12345;
+
+		if (parse(good[i].text, &v) != 0)
+			fail_msg("\"%s\" refused", good[i].text);
+		assert_true(v == good[i].value);
+	}
+	for (size_t i = 0; i < bad_count; i++) {
+		uint64_t v = 12345;
+
+		if (parse(bad[i], &v) == 0)
+			fail_msg("\"%s\" accepted", bad[i]);
+		assert_true(v == 12345);
+	}
+}
+
 static void test_config_parse_duration(void **state)
 {
 	(void)state;
-	static const struct {
-		const char *text;
-		unsigned seconds;
-	} good[] = {
+	static const struct number_case good[] = {
 	    {"0", 0},
 	    {"30", 30},
 	    {"30s", 30},
@@ -481,29 +519,14 @@ static void test_config_parse_duration(void **state)
 	    "99999999999999999999999",
 	};
 
-	for (size_t i = 0; i < COUNT_OF(good); i++) {
-		unsigned v = 12345;
-
-		if (config_parse_duration(good[i].text, &v) != 0)
-			fail_msg("\"%s\" refused", good[i].text);
-		assert_int_equal(v, good[i].seconds);
-	}
-	for (size_t i = 0; i < COUNT_OF(bad); i++) {
-		unsigned v = 12345;
-
-		if (config_parse_duration(bad[i], &v) == 0)
-			fail_msg("\"%s\" accepted", bad[i]);
-		assert_int_equal(v, 12345);
-	}
+	check_number_parser(parse_duration_wide, good, COUNT_OF(good), bad,
+			    COUNT_OF(bad));
 }
 
 static void test_config_parse_size(void **state)
 {
 	(void)state;
-	static const struct {
-		const char *text;
-		uint64_t octets;
-	} good[] = {
+	static const struct number_case good[] = {
 	    {"0", 0},
 	    {"1", 1},
 	    {"1K", 1024},
@@ -530,20 +553,8 @@ static void test_config_parse_size(void **state)
 	    "17179869184G",
 	};
 
-	for (size_t i = 0; i < COUNT_OF(good); i++) {
-		uint64_t v = 12345;
-
-		if (config_parse_size(good[i].text, &v) != 0)
-			fail_msg("\"%s\" refused", good[i].text);
-		assert_true(v == good[i].octets);
-	}
-	for (size_t i = 0; i < COUNT_OF(bad); i++) {
-		uint64_t v = 12345;
-
-		if (config_parse_size(bad[i], &v) == 0)
-			fail_msg("\"%s\" accepted", bad[i]);
-		assert_true(v == 12345);
-	}
+	check_number_parser(config_parse_size, good, COUNT_OF(good), bad,
+			    COUNT_OF(bad));
 }
 
 static void test_config_size_and_duration_keys(void **state)

@@ -22,6 +22,16 @@ static int parse(const char *line, struct control_request *req,
 	return control_proto_parse_request(line, strlen(line), req, error);
 }
 
+/* The request line is refused with the error `want`. */
+static void assert_refused(const char *line, const char *want)
+{
+	struct control_request req;
+	const char *error = NULL;
+
+	assert_int_equal(parse(line, &req, &error), -1);
+	assert_string_equal(error, want);
+}
+
 static void test_request_commands_without_argument(void **state)
 {
 	struct control_request req;
@@ -74,24 +84,16 @@ static void test_request_delete_takes_id_or_all(void **state)
 	assert_int_equal(parse("delete 65A1B2C3D4E5F607", &req, &error), 0);
 	assert_false(req.all);
 	assert_true(req.has_id);
-	assert_int_equal(parse("delete", &req, &error), -1);
-	assert_string_equal(error, "usage: delete ID|all");
+	assert_refused("delete", "usage: delete ID|all");
 }
 
 static void test_request_bad_id_is_no_such_message(void **state)
 {
-	struct control_request req;
-	const char *error = NULL;
 	(void)state;
-
-	assert_int_equal(parse("show 123", &req, &error), -1);
-	assert_string_equal(error, "no such message");
-	assert_int_equal(parse("show 0123456789ABCDEG", &req, &error), -1);
-	assert_string_equal(error, "no such message");
-	assert_int_equal(parse("bounce ../../etc/passwd", &req, &error), -1);
-	assert_string_equal(error, "no such message");
-	assert_int_equal(parse("delete 0123456789ABCDEF0", &req, &error), -1);
-	assert_string_equal(error, "no such message");
+	assert_refused("show 123", "no such message");
+	assert_refused("show 0123456789ABCDEG", "no such message");
+	assert_refused("bounce ../../etc/passwd", "no such message");
+	assert_refused("delete 0123456789ABCDEF0", "no such message");
 }
 
 static void test_request_errors_name_the_problem(void **state)
@@ -100,16 +102,11 @@ static void test_request_errors_name_the_problem(void **state)
 	const char *error = NULL;
 	(void)state;
 
-	assert_int_equal(parse("", &req, &error), -1);
-	assert_string_equal(error, "empty request");
-	assert_int_equal(parse("frobnicate", &req, &error), -1);
-	assert_string_equal(error, "unknown command");
-	assert_int_equal(parse("queue now", &req, &error), -1);
-	assert_string_equal(error, "this command takes no argument");
-	assert_int_equal(parse("show", &req, &error), -1);
-	assert_string_equal(error, "a queue id is needed");
-	assert_int_equal(parse("show a b c d", &req, &error), -1);
-	assert_string_equal(error, "too many arguments");
+	assert_refused("", "empty request");
+	assert_refused("frobnicate", "unknown command");
+	assert_refused("queue now", "this command takes no argument");
+	assert_refused("show", "a queue id is needed");
+	assert_refused("show a b c d", "too many arguments");
 
 	char line[CONTROL_LINE_MAX + 10];
 	memset(line, 'q', sizeof line);

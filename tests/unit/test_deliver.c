@@ -31,6 +31,7 @@
 #include "facteur/mailfolder.h"
 #include "facteur/mbox.h"
 #include "facteur/policy.h"
+#include "support.h"
 
 struct fixture {
 	struct event_base *base;
@@ -117,18 +118,7 @@ static void on_done_checked(enum deliver_result result, const char *dsn,
 /* Run the loop until every outcome has its callback (30 s at most). */
 static void wait_for(struct fixture *f, struct outcome *o, size_t n)
 {
-	time_t deadline = time(NULL) + 30;
-	for (;;) {
-		size_t done = 0;
-		for (size_t i = 0; i < n; i++)
-			done += o[i].calls > 0;
-		if (done == n)
-			break;
-		assert_true(time(NULL) < deadline);
-		assert_int_not_equal(event_base_loop(f->base, EVLOOP_ONCE), -1);
-	}
-	for (size_t i = 0; i < n; i++)
-		assert_int_equal(o[i].calls, 1);
+	SUPPORT_WAIT_CALLS(f->base, o, n);
 }
 
 static char *path_in(const struct fixture *f, const char *rel)
@@ -1263,21 +1253,61 @@ static void assert_victim_untouched(const char *victim)
 	free(content);
 }
 
+/* A message in the spool and the Maildir "box" it goes to, box/tmp made. */
+struct maildir_scene {
+	char *spool;
+	char *mailbox;
+	char *tmp;
+	char *new;
+};
+
+static struct maildir_scene maildir_scene(const struct fixture *f)
+{
+	struct maildir_scene sc = {
+	    .spool = path_in(f, "spool-msg"),
+	    .mailbox = path_in(f, "box"),
+	    .tmp = path_in(f, "box/tmp"),
+	    .new = path_in(f, "box/new"),
+	};
+
+	write_file(sc.spool, "Subject: a\r\n\r\nbody\r\n", 20);
+	assert_int_equal(mailfolder_mkdirs(sc.tmp), 0);
+	return sc;
+}
+
+static void maildir_scene_free(struct maildir_scene *sc)
+{
+	free(sc->new);
+	free(sc->tmp);
+	free(sc->mailbox);
+	free(sc->spool);
+}
+
+/* Delivered to req, the message waits: the link at `link` is not
+ * followed. */
+static void deliver_refusing_link(struct fixture *f,
+				  const struct deliver_request *req,
+				  const char *link, struct outcome *o)
+{
+	char want[512];
+
+	deliver_one(f, req, o);
+	assert_int_equal(o->result, DELIVER_TEMPFAIL);
+	snprintf(want, sizeof want, "open %s: symbolic link not followed",
+		 link);
+	assert_string_equal(o->reason, want);
+}
+
 /* The tmp/ name of the old scheme (the message's own name) holds a link
  * to another file: the delivery neither writes through it nor stops. */
 static void test_deliver_maildir_link_at_tmp_name_is_not_followed(void **state)
 {
 	struct fixture *f = *state;
-	char *spool = path_in(f, "spool-msg");
-	write_file(spool, "Subject: a\r\n\r\nbody\r\n", 20);
+	struct maildir_scene sc = maildir_scene(f);
 	char *victim = make_victim(f);
-	char *mailbox = path_in(f, "box");
-	char *tmp = path_in(f, "box/tmp");
-	char *new = path_in(f, "box/new");
 	char *planted = path_in(f, "box/tmp/1700000000.Q1234.0.mx.example.com");
-	assert_int_equal(mailfolder_mkdirs(tmp), 0);
 	assert_int_equal(symlink(victim, planted), 0);
-	struct deliver_request req = maildir_request(mailbox, spool);
+	struct deliver_request req = maildir_request(sc.mailbox, sc.spool);
 	struct outcome o;
 	deliver_one(f, &req, &o);
 	assert_int_equal(o.result, DELIVER_OK);
@@ -1290,16 +1320,13 @@ static void test_deliver_maildir_link_at_tmp_name_is_not_followed(void **state)
 	assert_non_null(strstr(content, "Subject: a\n\nbody\n"));
 	assert_int_equal(lstat(planted, &st), 0);
 	assert_true(S_ISLNK(st.st_mode)); /* not ours to remove */
-	assert_int_equal(count_entries(tmp, NULL, 0), 1);
-	assert_int_equal(count_entries(new, NULL, 0), 1);
+	assert_int_equal(count_entries(sc.tmp, NULL, 0), 1);
+	assert_int_equal(count_entries(sc.new, NULL, 0), 1);
 	free(content);
 	free(file);
 	free(planted);
-	free(new);
-	free(tmp);
-	free(mailbox);
 	free(victim);
-	free(spool);
+	maildir_scene_free(&sc);
 }
 
 /* A link planted in new/ under the message's name is neither written
@@ -1307,27 +1334,23 @@ static void test_deliver_maildir_link_at_tmp_name_is_not_followed(void **state)
 static void test_deliver_maildir_link_at_new_name_defers(void **state)
 {
 	struct fixture *f = *state;
-	char *spool = path_in(f, "spool-msg");
-	write_file(spool, "Subject: a\r\n\r\nbody\r\n", 20);
+	struct maildir_scene sc = maildir_scene(f);
 	char *victim = make_victim(f);
-	char *mailbox = path_in(f, "box");
-	char *tmp = path_in(f, "box/tmp");
-	char *new = path_in(f, "box/new");
 	char *planted = path_in(f, "box/new/1700000000.Q1234.0.mx.example.com");
-	assert_int_equal(mailfolder_mkdirs(tmp), 0);
-	assert_int_equal(mailfolder_mkdirs(new), 0);
+	assert_int_equal(mailfolder_mkdirs(sc.new), 0);
 	assert_int_equal(symlink(victim, planted), 0);
-	struct deliver_request req = maildir_request(mailbox, spool);
+	struct deliver_request req = maildir_request(sc.mailbox, sc.spool);
 	struct outcome o;
 	deliver_one(f, &req, &o);
 	assert_int_equal(o.result, DELIVER_TEMPFAIL);
 	assert_string_equal(o.dsn, "4.2.0");
 	char want[512];
 	snprintf(want, sizeof want,
-		 "link %s/1700000000.Q1234.0.mx.example.com: File exists", new);
+		 "link %s/1700000000.Q1234.0.mx.example.com: File exists",
+		 sc.new);
 	assert_string_equal(o.reason, want);
 	assert_victim_untouched(victim);
-	assert_int_equal(count_entries(tmp, NULL, 0), 0);
+	assert_int_equal(count_entries(sc.tmp, NULL, 0), 0);
 
 	/* A retry looks for an earlier copy first: a link is none. */
 	req.check_existing = true;
@@ -1337,10 +1360,10 @@ static void test_deliver_maildir_link_at_new_name_defers(void **state)
 	snprintf(want, sizeof want,
 		 "%s/new/1700000000.Q1234.0.mx.example.com is not a regular "
 		 "file",
-		 mailbox);
+		 sc.mailbox);
 	assert_string_equal(o.reason, want);
 	assert_victim_untouched(victim);
-	assert_int_equal(count_entries(tmp, NULL, 0), 0);
+	assert_int_equal(count_entries(sc.tmp, NULL, 0), 0);
 
 	/* Once it is gone, the message is delivered. */
 	assert_int_equal(unlink(planted), 0);
@@ -1350,11 +1373,8 @@ static void test_deliver_maildir_link_at_new_name_defers(void **state)
 	assert_int_equal(lstat(planted, &st), 0);
 	assert_true(S_ISREG(st.st_mode));
 	free(planted);
-	free(new);
-	free(tmp);
-	free(mailbox);
 	free(victim);
-	free(spool);
+	maildir_scene_free(&sc);
 }
 
 /* A crash between the creation in tmp/ and the move into new/ leaves a
@@ -1362,12 +1382,7 @@ static void test_deliver_maildir_link_at_new_name_defers(void **state)
 static void test_deliver_maildir_retry_removes_own_tmp_leftover(void **state)
 {
 	struct fixture *f = *state;
-	char *spool = path_in(f, "spool-msg");
-	write_file(spool, "Subject: a\r\n\r\nbody\r\n", 20);
-	char *mailbox = path_in(f, "box");
-	char *tmp = path_in(f, "box/tmp");
-	char *new = path_in(f, "box/new");
-	assert_int_equal(mailfolder_mkdirs(tmp), 0);
+	struct maildir_scene sc = maildir_scene(f);
 	char *ours = path_in(
 	    f, "box/tmp/1700000000.Q1234.0.mx.example.com.0123456789abcdef");
 	char *old_scheme =
@@ -1376,7 +1391,7 @@ static void test_deliver_maildir_retry_removes_own_tmp_leftover(void **state)
 	write_file(ours, "half", 4);
 	write_file(old_scheme, "half", 4);
 	write_file(other, "someone else's", 14);
-	struct deliver_request req = maildir_request(mailbox, spool);
+	struct deliver_request req = maildir_request(sc.mailbox, sc.spool);
 	req.check_existing = true;
 	struct outcome o;
 	deliver_one(f, &req, &o);
@@ -1384,15 +1399,12 @@ static void test_deliver_maildir_retry_removes_own_tmp_leftover(void **state)
 	assert_int_equal(access(ours, F_OK), -1);
 	assert_int_equal(access(old_scheme, F_OK), -1);
 	assert_int_equal(access(other, F_OK), 0);
-	assert_int_equal(count_entries(tmp, NULL, 0), 1);
-	assert_int_equal(count_entries(new, NULL, 0), 1);
+	assert_int_equal(count_entries(sc.tmp, NULL, 0), 1);
+	assert_int_equal(count_entries(sc.new, NULL, 0), 1);
 	free(other);
 	free(old_scheme);
 	free(ours);
-	free(new);
-	free(tmp);
-	free(mailbox);
-	free(spool);
+	maildir_scene_free(&sc);
 }
 
 /* Below the mail root a folder that is a link is not followed (the
@@ -1414,13 +1426,8 @@ static void test_deliver_maildir_link_below_root_defers(void **state)
 	struct deliver_request req = maildir_request(mailbox, spool);
 	req.root_len = strlen(root);
 	struct outcome o;
-	deliver_one(f, &req, &o);
-	assert_int_equal(o.result, DELIVER_TEMPFAIL);
+	deliver_refusing_link(f, &req, domain, &o);
 	assert_string_equal(o.dsn, "4.2.0");
-	char want[512];
-	snprintf(want, sizeof want, "open %s: symbolic link not followed",
-		 domain);
-	assert_string_equal(o.reason, want);
 	assert_int_equal(count_entries(elsewhere, NULL, 0), 0);
 
 	/* Through the root's own link, a real folder takes mail. */
@@ -1438,17 +1445,9 @@ static void test_deliver_maildir_link_below_root_defers(void **state)
 	assert_int_equal(mailfolder_mkdirs(dave), 0);
 	assert_int_equal(symlink(elsewhere, other_new), 0);
 	req.mailbox = other;
-	deliver_one(f, &req, &o);
-	assert_int_equal(o.result, DELIVER_TEMPFAIL);
-	snprintf(want, sizeof want, "open %s: symbolic link not followed",
-		 other);
-	assert_string_equal(o.reason, want);
+	deliver_refusing_link(f, &req, other, &o);
 	req.mailbox = dave;
-	deliver_one(f, &req, &o);
-	assert_int_equal(o.result, DELIVER_TEMPFAIL);
-	snprintf(want, sizeof want, "open %s: symbolic link not followed",
-		 other_new);
-	assert_string_equal(o.reason, want);
+	deliver_refusing_link(f, &req, other_new, &o);
 	assert_int_equal(count_entries(elsewhere, NULL, 0), 0);
 	free(dave);
 	free(other_new);
@@ -1567,12 +1566,8 @@ static void test_deliver_mbox_link_hard_link_or_owner_defers(void **state)
 
 	assert_int_equal(symlink(victim, mbox), 0);
 	struct deliver_request req = mbox_request(mbox, spool, "a@b");
-	deliver_one(f, &req, &o);
-	assert_int_equal(o.result, DELIVER_TEMPFAIL);
+	deliver_refusing_link(f, &req, mbox, &o);
 	assert_string_equal(o.dsn, "4.2.0");
-	snprintf(want, sizeof want, "open %s: symbolic link not followed",
-		 mbox);
-	assert_string_equal(o.reason, want);
 	assert_victim_untouched(victim);
 	assert_int_equal(access(lock, F_OK), -1);
 
@@ -1631,12 +1626,7 @@ static void test_deliver_mbox_link_below_root_defers(void **state)
 	struct deliver_request req = mbox_request(mbox, spool, "a@b");
 	req.root_len = strlen(root);
 	struct outcome o;
-	deliver_one(f, &req, &o);
-	assert_int_equal(o.result, DELIVER_TEMPFAIL);
-	char want[512];
-	snprintf(want, sizeof want, "open %s: symbolic link not followed",
-		 domain);
-	assert_string_equal(o.reason, want);
+	deliver_refusing_link(f, &req, domain, &o);
 	assert_int_equal(count_entries(elsewhere, NULL, 0), 0);
 	free(mbox);
 	free(domain);

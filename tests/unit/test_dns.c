@@ -167,6 +167,16 @@ static struct seen resolve_host(struct dns *dns, const char *host)
 	return s;
 }
 
+/* Host i of what s saw: its name, its preference and its one address. */
+static void assert_host(const struct seen *s, size_t i, const char *name,
+			unsigned preference, const char *addr)
+{
+	assert_string_equal(s->hosts[i].name, name);
+	assert_int_equal(s->hosts[i].preference, preference);
+	assert_int_equal(s->hosts[i].addr_count, 1);
+	assert_string_equal(s->hosts[i].addrs[0], addr);
+}
+
 static double now_seconds(void)
 {
 	struct timespec ts;
@@ -187,14 +197,8 @@ static void test_dns_mx_hosts_sorted_by_preference(void **state)
 	s = resolve_mx(dns, "example.test");
 	assert_int_equal(s.status, DNS_OK);
 	assert_int_equal(s.host_count, 2);
-	assert_string_equal(s.hosts[0].name, "mx1.example.test");
-	assert_int_equal(s.hosts[0].preference, 10);
-	assert_int_equal(s.hosts[0].addr_count, 1);
-	assert_string_equal(s.hosts[0].addrs[0], "127.0.0.2");
-	assert_string_equal(s.hosts[1].name, "mx2.example.test");
-	assert_int_equal(s.hosts[1].preference, 20);
-	assert_int_equal(s.hosts[1].addr_count, 1);
-	assert_string_equal(s.hosts[1].addrs[0], "127.0.0.3");
+	assert_host(&s, 0, "mx1.example.test", 10, "127.0.0.2");
+	assert_host(&s, 1, "mx2.example.test", 20, "127.0.0.3");
 	dns_free(dns);
 }
 
@@ -256,10 +260,7 @@ static void test_dns_no_mx_falls_back_to_the_domain_address(void **state)
 	s = resolve_mx(dns, "aonly.test");
 	assert_int_equal(s.status, DNS_OK);
 	assert_int_equal(s.host_count, 1);
-	assert_string_equal(s.hosts[0].name, "aonly.test");
-	assert_int_equal(s.hosts[0].preference, 0);
-	assert_int_equal(s.hosts[0].addr_count, 1);
-	assert_string_equal(s.hosts[0].addrs[0], "127.0.0.4");
+	assert_host(&s, 0, "aonly.test", 0, "127.0.0.4");
 	/* NODATA is an answer, not a failure. */
 	assert_int_equal(metrics.dns_failures_total, failures);
 	dns_free(dns);

@@ -21,6 +21,7 @@
 #include <event2/event.h>
 
 #include "facteur/iothread.h"
+#include "support.h"
 
 struct fixture {
 	struct event_base *base;
@@ -109,18 +110,7 @@ static int step(void *arg)
 
 static void wait_for(struct fixture *f, struct outcome *o, size_t n)
 {
-	time_t deadline = time(NULL) + 30;
-	for (;;) {
-		size_t done = 0;
-		for (size_t i = 0; i < n; i++)
-			done += o[i].calls > 0;
-		if (done == n)
-			break;
-		assert_true(time(NULL) < deadline);
-		assert_int_not_equal(event_base_loop(f->base, EVLOOP_ONCE), -1);
-	}
-	for (size_t i = 0; i < n; i++)
-		assert_int_equal(o[i].calls, 1);
+	SUPPORT_WAIT_CALLS(f->base, o, n);
 	assert_int_equal(iothread_pending(f->io), 0);
 }
 

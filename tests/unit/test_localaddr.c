@@ -58,99 +58,132 @@ static bool is_self(const struct localaddr_self *self, const char *addr,
 	return localaddr_is_self(self, &ss, port);
 }
 
+/* A next hop and whether it is this host. */
+struct probe {
+	const char *addr;
+	uint16_t port;
+	bool self;
+};
+
+/* With the listen entries `entries` and the interface addresses
+ * `interfaces` (both NULL ended; interfaces may be NULL), each probe is
+ * this host or not, as it says. */
+static void check_probes(const char *const *entries,
+			 const char *const *interfaces,
+			 const struct probe *probes, size_t count)
+{
+	struct listen_addr la[4];
+	struct sockaddr_storage ifs[4];
+	struct localaddr_self self = {.listen = la, .interfaces = ifs};
+
+	for (; entries[self.listen_count] != NULL; self.listen_count++) {
+		assert_true(self.listen_count < COUNT_OF(la));
+		la[self.listen_count] = listen_of(entries[self.listen_count]);
+	}
+	for (; interfaces != NULL && interfaces[self.interface_count] != NULL;
+	     self.interface_count++) {
+		assert_true(self.interface_count < COUNT_OF(ifs));
+		ifs[self.interface_count] =
+		    addr_of(interfaces[self.interface_count], 0);
+	}
+	for (size_t i = 0; i < count; i++) {
+		if (is_self(&self, probes[i].addr, probes[i].port) !=
+		    probes[i].self)
+			fail_msg("%s port %u: want self %d", probes[i].addr,
+				 (unsigned)probes[i].port, probes[i].self);
+	}
+	free_listen(la, self.listen_count);
+}
+
 static void test_localaddr_exact_listen_address_and_port_is_self(void **state)
 {
-	(void)state;
-	struct listen_addr la[] = {listen_of("127.0.0.1:2525"),
-				   listen_of("[::1]:2526/submission")};
-	struct localaddr_self self = {.listen = la, .listen_count = 2};
+	static const char *const entries[] = {"127.0.0.1:2525",
+					      "[::1]:2526/submission", NULL};
+	static const struct probe probes[] = {
+	    {"127.0.0.1", 2525, true},
+	    {"::1", 2526, true},
+	    {"::ffff:127.0.0.1", 2525, true},
+	};
 
-	assert_true(is_self(&self, "127.0.0.1", 2525));
-	assert_true(is_self(&self, "::1", 2526));
-	assert_true(is_self(&self, "::ffff:127.0.0.1", 2525));
-	free_listen(la, COUNT_OF(la));
+	(void)state;
+	check_probes(entries, NULL, probes, COUNT_OF(probes));
 }
 
 static void test_localaddr_same_address_other_port_is_not_self(void **state)
 {
-	(void)state;
-	struct listen_addr la[] = {listen_of("127.0.0.1:2525")};
-	struct localaddr_self self = {.listen = la, .listen_count = 1};
+	static const char *const entries[] = {"127.0.0.1:2525", NULL};
+	static const struct probe probes[] = {
+	    {"127.0.0.1", 25, false},
+	    {"127.0.0.1", 2526, false},
+	};
 
-	assert_false(is_self(&self, "127.0.0.1", 25));
-	assert_false(is_self(&self, "127.0.0.1", 2526));
-	free_listen(la, COUNT_OF(la));
+	(void)state;
+	check_probes(entries, NULL, probes, COUNT_OF(probes));
 }
 
 /* The integration tests run several daemons on 127.0.0.2, 127.0.0.3...
  * on one port: each is another server for the others. */
 static void test_localaddr_other_loopback_address_is_not_self(void **state)
 {
-	(void)state;
-	struct listen_addr la[] = {listen_of("127.0.0.1:2525")};
-	struct localaddr_self self = {.listen = la, .listen_count = 1};
+	static const char *const entries[] = {"127.0.0.1:2525", NULL};
+	static const struct probe probes[] = {
+	    {"127.0.0.2", 2525, false},
+	    {"::1", 2525, false},
+	    {"192.0.2.1", 2525, false},
+	};
 
-	assert_false(is_self(&self, "127.0.0.2", 2525));
-	assert_false(is_self(&self, "::1", 2525));
-	assert_false(is_self(&self, "192.0.2.1", 2525));
-	free_listen(la, COUNT_OF(la));
+	(void)state;
+	check_probes(entries, NULL, probes, COUNT_OF(probes));
 }
 
 static void test_localaddr_unspecified_target_is_loopback(void **state)
 {
-	(void)state;
-	struct listen_addr la[] = {listen_of("127.0.0.1:25"),
-				   listen_of("[::1]:25")};
-	struct localaddr_self self = {.listen = la, .listen_count = 2};
+	static const char *const entries[] = {"127.0.0.1:25", "[::1]:25", NULL};
+	static const struct probe probes[] = {
+	    {"0.0.0.0", 25, true},
+	    {"::", 25, true},
+	    {"0.0.0.0", 26, false},
+	};
 
-	assert_true(is_self(&self, "0.0.0.0", 25));
-	assert_true(is_self(&self, "::", 25));
-	assert_false(is_self(&self, "0.0.0.0", 26));
-	free_listen(la, COUNT_OF(la));
+	(void)state;
+	check_probes(entries, NULL, probes, COUNT_OF(probes));
 }
 
 static void test_localaddr_wildcard_covers_loopback_and_interfaces(void **state)
 {
-	(void)state;
-	struct listen_addr la[] = {listen_of("0.0.0.0:25")};
-	struct sockaddr_storage ifs[] = {addr_of("127.0.0.1", 0),
-					 addr_of("192.0.2.10", 0),
-					 addr_of("2001:db8::10", 0)};
-	struct localaddr_self self = {.listen = la,
-				      .listen_count = 1,
-				      .interfaces = ifs,
-				      .interface_count = COUNT_OF(ifs)};
+	static const char *const entries[] = {"0.0.0.0:25", NULL};
+	static const char *const interfaces[] = {"127.0.0.1", "192.0.2.10",
+						 "2001:db8::10", NULL};
+	static const struct probe probes[] = {
+	    {"192.0.2.10", 25, true},
+	    {"127.0.0.1", 25, true},
+	    {"127.3.4.5", 25, true}, /* all of 127/8 */
+	    {"::ffff:192.0.2.10", 25, true},
+	    {"192.0.2.11", 25, false},
+	    {"192.0.2.10", 587, false},
+	    /* IPv4 wildcard: IPv6 addresses are not on this socket */
+	    {"2001:db8::10", 25, false},
+	    {"::1", 25, false},
+	};
 
-	assert_true(is_self(&self, "192.0.2.10", 25));
-	assert_true(is_self(&self, "127.0.0.1", 25));
-	assert_true(is_self(&self, "127.3.4.5", 25)); /* all of 127/8 */
-	assert_true(is_self(&self, "::ffff:192.0.2.10", 25));
-	assert_false(is_self(&self, "192.0.2.11", 25));
-	assert_false(is_self(&self, "192.0.2.10", 587));
-	/* IPv4 wildcard: IPv6 addresses are not on this socket */
-	assert_false(is_self(&self, "2001:db8::10", 25));
-	assert_false(is_self(&self, "::1", 25));
-	free_listen(la, COUNT_OF(la));
+	(void)state;
+	check_probes(entries, interfaces, probes, COUNT_OF(probes));
 }
 
 /* IPv6 listeners are IPv6 only: [::]:P does not take IPv4. */
 static void test_localaddr_ipv6_wildcard_covers_ipv6_only(void **state)
 {
-	(void)state;
-	struct listen_addr la[] = {listen_of("[::]:25")};
-	struct sockaddr_storage ifs[] = {addr_of("192.0.2.10", 0),
-					 addr_of("2001:db8::10", 0)};
-	struct localaddr_self self = {.listen = la,
-				      .listen_count = 1,
-				      .interfaces = ifs,
-				      .interface_count = COUNT_OF(ifs)};
+	static const char *const entries[] = {"[::]:25", NULL};
+	static const char *const interfaces[] = {"192.0.2.10", "2001:db8::10",
+						 NULL};
+	static const struct probe probes[] = {
+	    {"2001:db8::10", 25, true},	 {"::1", 25, true},
+	    {"2001:db8::11", 25, false}, {"192.0.2.10", 25, false},
+	    {"127.0.0.1", 25, false},
+	};
 
-	assert_true(is_self(&self, "2001:db8::10", 25));
-	assert_true(is_self(&self, "::1", 25));
-	assert_false(is_self(&self, "2001:db8::11", 25));
-	assert_false(is_self(&self, "192.0.2.10", 25));
-	assert_false(is_self(&self, "127.0.0.1", 25));
-	free_listen(la, COUNT_OF(la));
+	(void)state;
+	check_probes(entries, interfaces, probes, COUNT_OF(probes));
 }
 
 static void

@@ -246,13 +246,25 @@ static void test_route_parses_ip_literals(void **state)
 	route_table_free(t);
 }
 
+/* A route's text and the TLS policy it gets. */
+struct tls_case {
+	const char *value;
+	enum route_tls tls;
+};
+
+static void check_tls_cases(const struct tls_case *cases, size_t count)
+{
+	struct route_table *t = route_table_new();
+
+	for (size_t i = 0; i < count; i++)
+		assert_int_equal(add_one(t, cases[i].value)->tls, cases[i].tls);
+	route_table_free(t);
+}
+
 static void test_route_parses_every_tls_value(void **state)
 {
 	(void)state;
-	static const struct {
-		const char *value;
-		enum route_tls tls;
-	} cases[] = {
+	static const struct tls_case cases[] = {
 	    {"a.test mx.test tls=none", ROUTE_TLS_NONE},
 	    {"b.test mx.test tls=may", ROUTE_TLS_MAY},
 	    {"c.test mx.test tls=encrypt", ROUTE_TLS_ENCRYPT},
@@ -260,30 +272,19 @@ static void test_route_parses_every_tls_value(void **state)
 	    {"e.test mx.test", ROUTE_TLS_DEFAULT},
 	    {"f.test mx.test:2525 auth=/x tls=none", ROUTE_TLS_NONE},
 	};
-	struct route_table *t = route_table_new();
-
-	for (size_t i = 0; i < COUNT_OF(cases); i++)
-		assert_int_equal(add_one(t, cases[i].value)->tls, cases[i].tls);
-	route_table_free(t);
+	check_tls_cases(cases, COUNT_OF(cases));
 }
 
 static void test_route_auth_without_tls_verifies_the_relay(void **state)
 {
 	(void)state;
-	static const struct {
-		const char *value;
-		enum route_tls tls;
-	} cases[] = {
+	static const struct tls_case cases[] = {
 	    {"a.test [relay.test]:587 auth=/x", ROUTE_TLS_VERIFY},
 	    {"b.test [relay.test]:587 auth=/x tls=verify", ROUTE_TLS_VERIFY},
 	    {"c.test [relay.test]:587 tls=encrypt auth=/x", ROUTE_TLS_ENCRYPT},
 	    {"d.test [127.0.0.1]:2525 tls=none auth=/x", ROUTE_TLS_NONE},
 	};
-	struct route_table *t = route_table_new();
-
-	for (size_t i = 0; i < COUNT_OF(cases); i++)
-		assert_int_equal(add_one(t, cases[i].value)->tls, cases[i].tls);
-	route_table_free(t);
+	check_tls_cases(cases, COUNT_OF(cases));
 }
 
 static void test_route_accepts_trailing_dots(void **state)

@@ -484,6 +484,31 @@ static enum smtp_parse_result mail(const char *arg, struct smtp_mail *m)
 	return smtp_parse_mail(arg, strlen(arg), m);
 }
 
+static enum smtp_parse_result rcpt(const char *arg, struct smtp_rcpt *r)
+{
+	return smtp_parse_rcpt(arg, strlen(arg), r);
+}
+
+/* Each of `params` after an address, in MAIL FROM or (rcpt_to) in RCPT
+ * TO, gives `want`. */
+static void check_params(bool rcpt_to, const char *const *params, size_t count,
+			 enum smtp_parse_result want)
+{
+	char arg[200];
+
+	for (size_t i = 0; i < count; i++) {
+		struct smtp_mail m;
+		struct smtp_rcpt r;
+		enum smtp_parse_result res;
+
+		snprintf(arg, sizeof arg, "%s %s",
+			 rcpt_to ? "TO:<a@b.c>" : "FROM:<a@b.c>", params[i]);
+		res = rcpt_to ? rcpt(arg, &r) : mail(arg, &m);
+		if (res != want)
+			fail_msg("\"%s\": result %d, want %d", arg, res, want);
+	}
+}
+
 static void test_mail_plain_and_null_sender(void **state)
 {
 	struct smtp_mail m;
@@ -652,18 +677,9 @@ static void test_mail_bad_parameter_values(void **state)
 	    "ENVID=a ENVID=b",
 	    "AUTH=<> AUTH=<>",
 	};
-	struct smtp_mail m;
-	char arg[200];
-	size_t i;
-
 	(void)state;
-	for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-		enum smtp_parse_result r;
-		snprintf(arg, sizeof arg, "FROM:<a@b.c> %s", cases[i]);
-		r = mail(arg, &m);
-		if (r != SMTP_PARSE_BAD_PARAM)
-			fail_msg("\"%s\": result %d, want BAD_PARAM", arg, r);
-	}
+	check_params(false, cases, sizeof cases / sizeof cases[0],
+		     SMTP_PARSE_BAD_PARAM);
 }
 
 static void test_mail_unknown_parameters(void **state)
@@ -672,19 +688,9 @@ static void test_mail_unknown_parameters(void **state)
 	    "FOO=bar", "XFOO",	"NOTIFY=NEVER", "ORCPT=rfc822;a@b",
 	    "SIZE2=1", "X-Y=z", "SIZE=1 FOO",
 	};
-	struct smtp_mail m;
-	char arg[200];
-	size_t i;
-
 	(void)state;
-	for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-		enum smtp_parse_result r;
-		snprintf(arg, sizeof arg, "FROM:<a@b.c> %s", cases[i]);
-		r = mail(arg, &m);
-		if (r != SMTP_PARSE_UNKNOWN_PARAM)
-			fail_msg("\"%s\": result %d, want UNKNOWN_PARAM", arg,
-				 r);
-	}
+	check_params(false, cases, sizeof cases / sizeof cases[0],
+		     SMTP_PARSE_UNKNOWN_PARAM);
 }
 
 static void test_mail_malformed_keyword_is_syntax(void **state)
@@ -700,11 +706,6 @@ static void test_mail_malformed_keyword_is_syntax(void **state)
 }
 
 /* RCPT */
-
-static enum smtp_parse_result rcpt(const char *arg, struct smtp_rcpt *r)
-{
-	return smtp_parse_rcpt(arg, strlen(arg), r);
-}
 
 static void test_rcpt_addresses(void **state)
 {
@@ -818,18 +819,9 @@ static void test_rcpt_orcpt_invalid_values(void **state)
 	    "ORCPT=rfc822;\xc3\xa9",
 	    "ORCPT=rfc822;a@b ORCPT=rfc822;a@b",
 	};
-	struct smtp_rcpt r;
-	char arg[200];
-	size_t i;
-
 	(void)state;
-	for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-		enum smtp_parse_result res;
-		snprintf(arg, sizeof arg, "TO:<a@b.c> %s", bad[i]);
-		res = rcpt(arg, &r);
-		if (res != SMTP_PARSE_BAD_PARAM)
-			fail_msg("\"%s\": result %d", arg, res);
-	}
+	check_params(true, bad, sizeof bad / sizeof bad[0],
+		     SMTP_PARSE_BAD_PARAM);
 }
 
 static void test_rcpt_orcpt_length_limit(void **state)
@@ -940,8 +932,8 @@ static void test_xtext_decode_rejects_malformed(void **state)
 			 4);
 	assert_string_equal(out, "a+b=");
 	for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-		if (text_xtext_decode(bad[i], strlen(bad[i]), out,
-				      sizeof out, 0) != -1)
+		if (text_xtext_decode(bad[i], strlen(bad[i]), out, sizeof out,
+				      0) != -1)
 			fail_msg("\"%s\" decoded", bad[i]);
 	}
 	assert_int_equal(text_xtext_decode(LIT("abc"), out, 4, 0), 3);

@@ -42,6 +42,19 @@ static void job_done(void *arg)
 		event_base_loopbreak(j->base);
 }
 
+/* Hand the worker JOBS jobs that count themselves done in *done_count. */
+static void hand_over_jobs(struct worker *w, struct event_base *base,
+			   struct job jobs[JOBS], int *done_count)
+{
+	for (int i = 0; i < JOBS; i++) {
+		jobs[i].loop = pthread_self();
+		jobs[i].done_count = done_count;
+		jobs[i].base = base;
+		jobs[i].total = JOBS;
+		assert_int_equal(worker_run(w, job_run, job_done, &jobs[i]), 0);
+	}
+}
+
 static void test_worker_runs_jobs_off_the_loop_and_reports_on_it(void **state)
 {
 	(void)state;
@@ -51,13 +64,7 @@ static void test_worker_runs_jobs_off_the_loop_and_reports_on_it(void **state)
 	assert_non_null(w);
 	struct job jobs[JOBS] = {0};
 	int done_count = 0;
-	for (int i = 0; i < JOBS; i++) {
-		jobs[i].loop = pthread_self();
-		jobs[i].done_count = &done_count;
-		jobs[i].base = base;
-		jobs[i].total = JOBS;
-		assert_int_equal(worker_run(w, job_run, job_done, &jobs[i]), 0);
-	}
+	hand_over_jobs(w, base, jobs, &done_count);
 	/* Never inside the call: nothing is done before the loop runs. */
 	assert_int_equal(done_count, 0);
 	assert_int_equal(worker_pending(w), JOBS);
@@ -81,13 +88,7 @@ static void test_worker_free_finishes_what_was_handed_over(void **state)
 	assert_non_null(w);
 	struct job jobs[JOBS] = {0};
 	int done_count = 0;
-	for (int i = 0; i < JOBS; i++) {
-		jobs[i].loop = pthread_self();
-		jobs[i].done_count = &done_count;
-		jobs[i].base = base;
-		jobs[i].total = JOBS;
-		assert_int_equal(worker_run(w, job_run, job_done, &jobs[i]), 0);
-	}
+	hand_over_jobs(w, base, jobs, &done_count);
 	worker_free(w);
 	assert_int_equal(done_count, JOBS);
 	for (int i = 0; i < JOBS; i++)

@@ -358,8 +358,9 @@ static struct run *run_new(struct queued *q)
 }
 
 /* Outcomes from one of the run's attempts (a recipient appears in one
- * attempt of a run at most, so `held` has room). */
-static void run_settle(struct run *run, const size_t *rcpts, size_t count)
+ * attempt of a run at most, so `held` has room). Returns how many were
+ * settled at once (not held). */
+static size_t run_settle(struct run *run, const size_t *rcpts, size_t count)
 {
 	struct queued *q = run->q;
 	size_t *now = malloc((count ? count : 1) * sizeof *now);
@@ -378,6 +379,7 @@ static void run_settle(struct run *run, const size_t *rcpts, size_t count)
 	if (n > 0)
 		notice_settle(q, now, n, false, NULL, 0);
 	free(now);
+	return n;
 }
 
 /* At exit: an attempt abandoned; its run's held outcomes stay unrecorded
@@ -403,6 +405,16 @@ static void run_release(struct run *run)
 	free(run);
 }
 
+/* An attempt's hold on q ends once its outcomes are logged. The
+ * settlement of those outcomes found q held and left moving it on to
+ * this release. */
+static void queued_release(struct queued *q, size_t settled)
+{
+	q->in_flight--;
+	if (settled > 0 && q->in_flight == 0)
+		queued_settled(q);
+}
+
 /* ---- local delivery ---- */
 
 static void on_delivered(enum deliver_result result, const char *dsn,
@@ -416,16 +428,20 @@ static void on_delivered(enum deliver_result result, const char *dsn,
 				: result == DELIVER_PERMFAIL ? RCPT_BOUNCED
 							     : RCPT_DEFERRED;
 	sched->deliveries--;
-	q->in_flight--;
 	set_outcome(sched->srv->cfg, q, r, state, dsn,
 		    state == RCPT_DELIVERED ? NULL : reason);
 	count_outcome(q, state);
-	log_outcome(outcome_event(state), q, r, "mailbox", job->mailbox);
 	size_t index = job->index;
 	struct run *run = job->run;
+	/* The job's hold on q lasts until the outcome is logged, after its
+	 * record is written: a line saying delivered is never followed by
+	 * a second delivery after a kill -9. */
+	size_t settled = run_settle(run, &index, 1);
+	spool_write_ahead(sched->srv->spool);
+	log_outcome(outcome_event(state), q, r, "mailbox", job->mailbox);
 	free(job->mailbox);
 	free(job);
-	run_settle(run, &index, 1);
+	queued_release(q, settled);
 	run_release(run);
 }
 
@@ -483,8 +499,8 @@ static void start_local(struct queued *q, size_t index, struct run *run)
 	     * mailbox and before the outcome was recorded. */
 	    .check_existing = q->recovered || r->attempts > 0,
 	};
-	int started = deliver_start(sched->srv->deliver, &req, on_delivered,
-				    job);
+	int started =
+	    deliver_start(sched->srv->deliver, &req, on_delivered, job);
 	(void)close(body.fd); /* read-only; the delivery has its own */
 	if (started == -1) {
 		free(job->mailbox);
@@ -508,8 +524,8 @@ static void on_relayed(enum relay_end end, const struct relay_outcome *out,
 {
 	struct run *run = arg;
 	struct queued *q = run->q;
-	q->in_flight--;
 	if (end == RELAY_END_FREED) {
+		q->in_flight--;
 		run_forget(run);
 		return;
 	}
@@ -528,15 +544,24 @@ static void on_relayed(enum relay_end end, const struct relay_outcome *out,
 		struct spool_rcpt *r = &q->env->rcpts[index];
 		set_outcome(cfg, q, r, out[i].state, out[i].dsn, out[i].reason);
 		count_outcome(q, out[i].state);
-		log_outcome(outcome_event(out[i].state), q, r, "relay",
-			    out[i].relay);
 		if (out[i].answered) {
 			free(q->last_relay[index]);
 			q->last_relay[index] = strdup(out[i].relay);
 		}
 	}
-	if (end == RELAY_END_DONE)
-		run_settle(run, rcpts, count);
+	if (end == RELAY_END_DONE) {
+		/* Logged once their records are written, the attempt's hold
+		 * on q kept until then, as for a local delivery. */
+		size_t settled = run_settle(run, rcpts, count);
+		spool_write_ahead(q->srv->spool);
+		for (size_t i = 0; i < count; i++)
+			log_outcome(outcome_event(out[i].state), q,
+				    &q->env->rcpts[rcpts[i]], "relay",
+				    out[i].relay);
+		queued_release(q, settled);
+	} else {
+		q->in_flight--;
+	}
 	free(rcpts);
 	run_release(run);
 }

@@ -38,6 +38,7 @@
 #include "facteur/route.h"
 #include "facteur/server.h"
 #include "facteur/smtp_client.h"
+#include "facteur/status_code.h"
 
 #define MAX_ADDRESSES_PER_ATTEMPT 10
 #define RELAY_MAX_TRANSACTIONS 100 /* messages over one connection */
@@ -221,10 +222,11 @@ static void on_failed(evutil_socket_t fd, short what, void *arg)
 /* Every recipient of the attempt gets the same outcome (DNS failures,
  * configuration trouble), reported on the next loop turn. */
 static void relay_fail(struct relay_job *job, enum rcpt_state state,
-		       const char *dsn, const char *reason)
+		       enum status_code dsn, const char *reason)
 {
 	job->fail_state = state;
-	snprintf(job->fail_dsn, sizeof job->fail_dsn, "%s", dsn);
+	snprintf(job->fail_dsn, sizeof job->fail_dsn, "%s",
+		 status_code_str(dsn));
 	free(job->fail_reason);
 	job->fail_reason = reason ? strdup(reason) : NULL;
 	if (reason != NULL && job->fail_reason == NULL)
@@ -306,11 +308,11 @@ static void relay_loops_back(struct relay_job *job)
 		snprintf(reason, sizeof reason,
 			 "mail for %s loops back to myself (route target %s)",
 			 job->domain, job->host);
-		relay_fail(job, RCPT_DEFERRED, "4.4.6", reason);
+		relay_fail(job, RCPT_DEFERRED, STATUS_LOOP_TRANSIENT, reason);
 	} else {
 		snprintf(reason, sizeof reason,
 			 "mail for %s loops back to myself", job->domain);
-		relay_fail(job, RCPT_BOUNCED, "5.4.6", reason);
+		relay_fail(job, RCPT_BOUNCED, STATUS_LOOP, reason);
 	}
 }
 
@@ -354,7 +356,7 @@ static bool relay_addresses(struct relay_job *job, const struct dns_host *hosts,
 		}
 	}
 	if (n == 0) {
-		relay_fail(job, RCPT_DEFERRED, "4.4.3",
+		relay_fail(job, RCPT_DEFERRED, STATUS_ROUTING_FAILED,
 			   "no address to connect to");
 		return false;
 	}
@@ -369,7 +371,7 @@ static bool relay_body_open(struct relay_job *job, struct spool_body *body)
 	char reason[512];
 	snprintf(reason, sizeof reason, "cannot read the queued message: %s",
 		 strerror(errno));
-	relay_fail(job, RCPT_DEFERRED, "4.3.0", reason);
+	relay_fail(job, RCPT_DEFERRED, STATUS_LOCAL_ERROR, reason);
 	return false;
 }
 
@@ -389,7 +391,7 @@ static void relay_connect(struct relay_job *job, const struct dns_host *hosts,
 		char reason[512];
 		snprintf(reason, sizeof reason, "cannot read auth file %s",
 			 job->auth_file);
-		relay_fail(job, RCPT_DEFERRED, "4.3.5", reason);
+		relay_fail(job, RCPT_DEFERRED, STATUS_SYSTEM_CONGESTED, reason);
 		return;
 	}
 	struct spool_body body;
@@ -415,7 +417,8 @@ static void relay_connect(struct relay_job *job, const struct dns_host *hosts,
 	    smtp_client_start(relay->srv->base, &req, on_client_done, job);
 	(void)close(body.fd); /* read-only; the client has its own */
 	if (job->client == NULL)
-		relay_fail(job, RCPT_DEFERRED, "4.3.0", "out of memory");
+		relay_fail(job, RCPT_DEFERRED, STATUS_LOCAL_ERROR,
+			   "out of memory");
 }
 
 /* The attempt goes over an idle connection of its destination: no DNS,
@@ -440,7 +443,8 @@ static void relay_reuse(struct relay_job *job, struct relay_idle_conn *ic)
 	(void)close(body.fd); /* read-only; the client has its own */
 	if (rc == -1) {
 		/* the client has released itself */
-		relay_fail(job, RCPT_DEFERRED, "4.3.0", "out of memory");
+		relay_fail(job, RCPT_DEFERRED, STATUS_LOCAL_ERROR,
+			   "out of memory");
 		return;
 	}
 	job->client = client;
@@ -459,18 +463,22 @@ static void on_resolved(const struct dns_result *res, void *arg)
 		/* The recipients' own domain does not exist: that is final.
 		 * A route's target that does not resolve is our trouble. */
 		if (!job->routed)
-			relay_fail(job, RCPT_BOUNCED, "5.1.2", res->error);
+			relay_fail(job, RCPT_BOUNCED, STATUS_BAD_SYSTEM,
+				   res->error);
 		else
-			relay_fail(job, RCPT_DEFERRED, "4.4.4", res->error);
+			relay_fail(job, RCPT_DEFERRED,
+				   STATUS_ROUTING_UNAVAILABLE, res->error);
 		break;
 	case DNS_NULL_MX:
 		relay_fail(job, job->routed ? RCPT_DEFERRED : RCPT_BOUNCED,
-			   job->routed ? "4.4.4" : "5.1.10",
+			   job->routed ? STATUS_ROUTING_UNAVAILABLE
+				       : STATUS_NULL_MX,
 			   "the domain accepts no mail (null MX)");
 		break;
 	case DNS_TEMPFAIL:
 	default:
-		relay_fail(job, RCPT_DEFERRED, "4.4.3", res->error);
+		relay_fail(job, RCPT_DEFERRED, STATUS_ROUTING_FAILED,
+			   res->error);
 		break;
 	}
 }
@@ -510,7 +518,7 @@ static void relay_start(struct relay_job *job)
 		}
 	}
 	if (relay->srv->dns == NULL) {
-		relay_fail(job, RCPT_DEFERRED, "4.4.3",
+		relay_fail(job, RCPT_DEFERRED, STATUS_ROUTING_FAILED,
 			   "no DNS resolver available");
 		return;
 	}
@@ -519,7 +527,7 @@ static void relay_start(struct relay_job *job)
 				  : dns_resolve_host(relay->srv->dns, job->host,
 						     on_resolved, job);
 	if (job->dns == NULL)
-		relay_fail(job, RCPT_DEFERRED, "4.4.3",
+		relay_fail(job, RCPT_DEFERRED, STATUS_ROUTING_FAILED,
 			   "DNS query could not be started");
 }
 

@@ -34,6 +34,7 @@
 #include "facteur/scheduler.h"
 #include "facteur/server.h"
 #include "facteur/spool.h"
+#include "facteur/status_code.h"
 
 #define MAX_LOCAL_DELIVERIES 64
 
@@ -459,7 +460,8 @@ static void start_local(struct queued *q, size_t index, struct run *run)
 	if (mailbox == NULL && errno == EINVAL) {
 		/* Only a spool from before every address was checked holds
 		 * such a recipient: it can never be delivered. */
-		set_outcome(cfg, q, r, RCPT_BOUNCED, "5.1.1",
+		set_outcome(cfg, q, r, RCPT_BOUNCED,
+			    status_code_str(STATUS_BAD_MAILBOX),
 			    "the address cannot name a mailbox");
 		count_outcome(q, RCPT_BOUNCED);
 		log_outcome("bounced", q, r, "mailbox", "");
@@ -472,7 +474,8 @@ static void start_local(struct queued *q, size_t index, struct run *run)
 		bool named = job != NULL && mailbox != NULL;
 		free(job);
 		free(mailbox);
-		set_outcome(cfg, q, r, RCPT_DEFERRED, "4.3.0",
+		set_outcome(cfg, q, r, RCPT_DEFERRED,
+			    status_code_str(STATUS_LOCAL_ERROR),
 			    named ? "cannot read the queued message"
 				  : "cannot name the mailbox");
 		count_outcome(q, RCPT_DEFERRED);
@@ -592,7 +595,8 @@ static void expire(struct queued *q, size_t index, struct run *run)
 	const struct config *cfg = q->sched->srv->cfg;
 	struct spool_rcpt *r = &q->env->rcpts[index];
 	char dsn[sizeof r->dsn];
-	snprintf(dsn, sizeof dsn, "%s", r->dsn[0] == '4' ? r->dsn : "4.4.7");
+	snprintf(dsn, sizeof dsn, "%s",
+		 r->dsn[0] == '4' ? r->dsn : status_code_str(STATUS_EXPIRED));
 	char reason[600];
 	snprintf(reason, sizeof reason, "delivery time expired%s%s",
 		 r->reason ? ": " : "", r->reason ? r->reason : "");
@@ -956,7 +960,8 @@ int scheduler_bounce(struct scheduler *sched, const char *id)
 		    r->state == RCPT_DELIVERED || r->state == RCPT_BOUNCED)
 			continue;
 		queued_enter_phase(q, i, RCPT_PHASE_SETTLING);
-		set_outcome(cfg, q, r, RCPT_BOUNCED, "5.0.0",
+		set_outcome(cfg, q, r, RCPT_BOUNCED,
+			    status_code_str(STATUS_PERMANENT_ERROR),
 			    "bounced by the administrator");
 		r->attempts--; /* not a delivery attempt */
 		count_outcome(q, RCPT_BOUNCED);

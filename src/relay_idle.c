@@ -145,22 +145,23 @@ void relay_idle_close_all(struct destination *d)
 		idle_close(d->idle);
 }
 
-void relay_idle_cancel_closing(struct relay *relay)
+/* Cut every connection of a list without QUIT, and free them. */
+static void cancel_list(struct relay_idle_conn **head)
 {
-	while (relay->closing != NULL) {
-		struct relay_idle_conn *ic = relay->closing;
-		relay->closing = ic->next;
+	while (*head != NULL) {
+		struct relay_idle_conn *ic = *head;
+		*head = ic->next;
 		smtp_client_cancel(ic->client);
 		relay_idle_conn_free(ic);
 	}
 }
 
+void relay_idle_cancel_closing(struct relay *relay)
+{
+	cancel_list(&relay->closing);
+}
+
 void relay_idle_cancel_all(struct destination *d)
 {
-	while (d->idle != NULL) {
-		struct relay_idle_conn *ic = d->idle;
-		d->idle = ic->next;
-		smtp_client_cancel(ic->client);
-		relay_idle_conn_free(ic);
-	}
+	cancel_list(&d->idle);
 }

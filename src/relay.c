@@ -7,11 +7,11 @@
  * max_connections_per_destination attempts in flight; the others wait
  * in that destination's FIFO.
  *
- * A connection whose transaction ended cleanly is kept: the next attempt
- * for its destination goes over it (no DNS, no greeting, no EHLO), up to
- * RELAY_MAX_TRANSACTIONS messages. With no attempt waiting it sits idle
- * for RELAY_IDLE_SECONDS at most, counted within the destination's
- * connection limit, then says QUIT.
+ * A connection whose transaction ended cleanly is kept (relay_idle.c):
+ * the next attempt for its destination goes over it (no DNS, no greeting,
+ * no EHLO), up to RELAY_MAX_TRANSACTIONS messages. With no attempt
+ * waiting it sits idle for a few seconds at most, counted within the
+ * destination's connection limit, then says QUIT.
  *
  * An attempt that ends before it talks to anyone (no resolver, no
  * address, the loop check, an unreadable message) reports on the next
@@ -34,49 +34,14 @@
 #include "facteur/localaddr.h"
 #include "facteur/log.h"
 #include "facteur/relay.h"
+#include "facteur/relay_internal.h"
 #include "facteur/route.h"
 #include "facteur/server.h"
 #include "facteur/smtp_client.h"
+#include "facteur/status_code.h"
 
 #define MAX_ADDRESSES_PER_ATTEMPT 10
-#define DESTINATION_BUCKETS 256
 #define RELAY_MAX_TRANSACTIONS 100 /* messages over one connection */
-#define RELAY_IDLE_SECONDS 5	   /* an unused open connection, at most */
-
-/* Where remote recipients go: the key is "route <target>" or "mx
- * <domain>", so that recipients and messages sharing a next hop share its
- * connection limit. */
-struct destination {
-	struct destination *next;
-	char *key;
-	unsigned active;
-	struct relay_job *wait_head, **wait_tail;
-	struct idle_conn *idle; /* most recently used first */
-	unsigned idle_count;
-};
-
-/* An open connection between attempts, with what it was opened with: a
- * reload may change a destination's TLS or AUTH settings under the same
- * key. Once closing (QUIT), it is on the relay's closing list. */
-struct idle_conn {
-	struct idle_conn *next;
-	struct relay *relay;
-	struct destination *dest; /* NULL once closing */
-	struct smtp_client *client;
-	struct event *timer;
-	enum tls_policy tls;
-	char *auth_file;
-};
-
-struct relay {
-	struct server *srv;
-	struct destination *destinations[DESTINATION_BUCKETS];
-	struct relay_job *jobs;	   /* every attempt, for shutdown */
-	struct idle_conn *closing; /* connections saying QUIT */
-	unsigned closing_count;
-	struct localaddr_interfaces *interfaces; /* for the loop check */
-	bool stopping;
-};
 
 /* One attempt at some recipients of a message for one destination. The
  * route's fields are copied: a reload may free the table meanwhile. */
@@ -110,8 +75,7 @@ struct relay_job {
 };
 
 static void relay_start(struct relay_job *job);
-static void relay_reuse(struct relay_job *job, struct idle_conn *ic);
-static void destination_drain(struct relay *relay, struct destination *d);
+static void relay_reuse(struct relay_job *job, struct relay_idle_conn *ic);
 
 static unsigned hash_key(const char *key)
 {
@@ -177,138 +141,23 @@ static void relay_job_free(struct relay_job *job)
 	free(job);
 }
 
-/* ---- open connections between attempts ---- */
-
-static bool same_text(const char *a, const char *b)
-{
-	return a == NULL ? b == NULL : b != NULL && strcmp(a, b) == 0;
-}
-
-static void idle_conn_free(struct idle_conn *ic)
-{
-	if (ic->timer != NULL)
-		event_free(ic->timer);
-	free(ic->auth_file);
-	free(ic);
-}
-
-/* Onto its destination's idle list, for RELAY_IDLE_SECONDS at most. */
-static void idle_link(struct destination *d, struct idle_conn *ic)
-{
-	struct timeval tv = {RELAY_IDLE_SECONDS, 0};
-	ic->dest = d;
-	ic->next = d->idle;
-	d->idle = ic;
-	d->idle_count++;
-	if (evtimer_add(ic->timer, &tv) < 0)
-		fatal("relay: cannot add a timer");
-}
-
-static void idle_unlink(struct idle_conn *ic)
-{
-	struct destination *d = ic->dest;
-	struct idle_conn **at = &d->idle;
-	while (*at != ic)
-		at = &(*at)->next;
-	*at = ic->next;
-	d->idle_count--;
-	ic->dest = NULL;
-	ic->next = NULL;
-	evtimer_del(ic->timer);
-}
-
-static void on_conn_closed(void *arg)
-{
-	struct idle_conn *ic = arg;
-	struct relay *relay = ic->relay;
-	struct idle_conn **at = &relay->closing;
-	while (*at != ic)
-		at = &(*at)->next;
-	*at = ic->next;
-	relay->closing_count--;
-	idle_conn_free(ic);
-}
-
-/* QUIT: off the destination's books, on the closing list until the
- * client is gone (a drain waits for it; QUIT takes 2 s at most). */
-static void idle_close(struct idle_conn *ic)
-{
-	struct relay *relay = ic->relay;
-	if (ic->dest != NULL)
-		idle_unlink(ic);
-	ic->next = relay->closing;
-	relay->closing = ic;
-	relay->closing_count++;
-	smtp_client_release(ic->client, on_conn_closed, ic);
-}
-
-static void on_idle_timeout(evutil_socket_t fd, short what, void *arg)
-{
-	struct idle_conn *ic = arg;
-	struct relay *relay = ic->relay;
-	struct destination *d = ic->dest;
-	(void)fd;
-	(void)what;
-	idle_close(ic);
-	destination_drain(relay, d);
-}
-
-/* A client whose transaction ended cleanly waits for the next attempt to
- * its destination (before the attempt's end lets one start). */
-static void idle_park(struct relay_job *job, struct smtp_client *client)
-{
-	struct relay *relay = job->relay;
-	struct idle_conn *ic = calloc(1, sizeof *ic);
-	if (ic == NULL ||
-	    (job->auth_file != NULL &&
-	     (ic->auth_file = strdup(job->auth_file)) == NULL) ||
-	    (ic->timer = evtimer_new(relay->srv->base, on_idle_timeout, ic)) ==
-		NULL)
-		fatal("relay: out of memory");
-	ic->relay = relay;
-	ic->client = client;
-	ic->tls = job->tls;
-	if (relay->stopping) {
-		idle_close(ic);
-		return;
-	}
-	idle_link(job->dest, ic);
-}
-
-/* An idle connection opened with this job's settings, taken off the
- * list; NULL if none. */
-static struct idle_conn *idle_take(struct destination *d,
-				   const struct relay_job *job)
-{
-	for (struct idle_conn *ic = d->idle; ic != NULL; ic = ic->next) {
-		if (ic->tls == job->tls &&
-		    same_text(ic->auth_file, job->auth_file)) {
-			idle_unlink(ic);
-			return ic;
-		}
-	}
-	return NULL;
-}
-
 /* Start the next attempts waiting for this destination: over an idle
  * connection when one suits, else on a new one within the limit, which
  * idle connections count towards. No attempt ends inside its start, so
  * this never runs nested for the same destination. */
-static void destination_drain(struct relay *relay, struct destination *d)
+void relay_destination_drain(struct relay *relay, struct destination *d)
 {
 	unsigned limit = relay->srv->cfg->max_connections_per_destination;
 	while (d->wait_head != NULL && !relay->stopping) {
 		struct relay_job *job = d->wait_head;
-		struct idle_conn *ic = idle_take(d, job);
+		struct relay_idle_conn *ic =
+		    relay_idle_take(d, job->tls, job->auth_file);
 		if (ic == NULL && d->active + d->idle_count >= limit) {
 			if (d->idle == NULL || d->active >= limit)
 				break;
 			/* idle connections of other settings (a reload
 			 * changed them): the oldest makes room */
-			struct idle_conn *old = d->idle;
-			while (old->next != NULL)
-				old = old->next;
-			idle_close(old);
+			relay_idle_close_oldest(d);
 		}
 		d->wait_head = job->next;
 		if (d->wait_head == NULL)
@@ -336,7 +185,7 @@ static void relay_done(struct relay_job *job, const struct relay_outcome *out,
 	d->active--;
 	relay_job_free(job);
 	done(RELAY_END_DONE, out, count, arg);
-	destination_drain(relay, d);
+	relay_destination_drain(relay, d);
 }
 
 static void on_failed(evutil_socket_t fd, short what, void *arg)
@@ -373,10 +222,11 @@ static void on_failed(evutil_socket_t fd, short what, void *arg)
 /* Every recipient of the attempt gets the same outcome (DNS failures,
  * configuration trouble), reported on the next loop turn. */
 static void relay_fail(struct relay_job *job, enum rcpt_state state,
-		       const char *dsn, const char *reason)
+		       enum status_code dsn, const char *reason)
 {
 	job->fail_state = state;
-	snprintf(job->fail_dsn, sizeof job->fail_dsn, "%s", dsn);
+	snprintf(job->fail_dsn, sizeof job->fail_dsn, "%s",
+		 status_code_str(dsn));
 	free(job->fail_reason);
 	job->fail_reason = reason ? strdup(reason) : NULL;
 	if (reason != NULL && job->fail_reason == NULL)
@@ -404,7 +254,8 @@ static void on_client_done(const struct smtp_client_result *res, void *arg)
 		out[i].answered = true;
 	}
 	if (res->reusable)
-		idle_park(job, client);
+		relay_idle_park(job->relay, job->dest, client, job->tls,
+				job->auth_file);
 	/* `relay` may be the job's host: kept past the job's free */
 	char *host = job->host;
 	job->host = NULL;
@@ -457,11 +308,11 @@ static void relay_loops_back(struct relay_job *job)
 		snprintf(reason, sizeof reason,
 			 "mail for %s loops back to myself (route target %s)",
 			 job->domain, job->host);
-		relay_fail(job, RCPT_DEFERRED, "4.4.6", reason);
+		relay_fail(job, RCPT_DEFERRED, STATUS_LOOP_TRANSIENT, reason);
 	} else {
 		snprintf(reason, sizeof reason,
 			 "mail for %s loops back to myself", job->domain);
-		relay_fail(job, RCPT_BOUNCED, "5.4.6", reason);
+		relay_fail(job, RCPT_BOUNCED, STATUS_LOOP, reason);
 	}
 }
 
@@ -505,7 +356,7 @@ static bool relay_addresses(struct relay_job *job, const struct dns_host *hosts,
 		}
 	}
 	if (n == 0) {
-		relay_fail(job, RCPT_DEFERRED, "4.4.3",
+		relay_fail(job, RCPT_DEFERRED, STATUS_ROUTING_FAILED,
 			   "no address to connect to");
 		return false;
 	}
@@ -520,7 +371,7 @@ static bool relay_body_open(struct relay_job *job, struct spool_body *body)
 	char reason[512];
 	snprintf(reason, sizeof reason, "cannot read the queued message: %s",
 		 strerror(errno));
-	relay_fail(job, RCPT_DEFERRED, "4.3.0", reason);
+	relay_fail(job, RCPT_DEFERRED, STATUS_LOCAL_ERROR, reason);
 	return false;
 }
 
@@ -540,7 +391,7 @@ static void relay_connect(struct relay_job *job, const struct dns_host *hosts,
 		char reason[512];
 		snprintf(reason, sizeof reason, "cannot read auth file %s",
 			 job->auth_file);
-		relay_fail(job, RCPT_DEFERRED, "4.3.5", reason);
+		relay_fail(job, RCPT_DEFERRED, STATUS_SYSTEM_CONGESTED, reason);
 		return;
 	}
 	struct spool_body body;
@@ -566,20 +417,22 @@ static void relay_connect(struct relay_job *job, const struct dns_host *hosts,
 	    smtp_client_start(relay->srv->base, &req, on_client_done, job);
 	(void)close(body.fd); /* read-only; the client has its own */
 	if (job->client == NULL)
-		relay_fail(job, RCPT_DEFERRED, "4.3.0", "out of memory");
+		relay_fail(job, RCPT_DEFERRED, STATUS_LOCAL_ERROR,
+			   "out of memory");
 }
 
 /* The attempt goes over an idle connection of its destination: no DNS,
  * and the client's own addresses should it have to reconnect. */
-static void relay_reuse(struct relay_job *job, struct idle_conn *ic)
+static void relay_reuse(struct relay_job *job, struct relay_idle_conn *ic)
 {
 	struct spool_body body;
 	if (!relay_body_open(job, &body)) {
-		idle_link(job->dest, ic); /* the connection is still good */
+		relay_idle_link(job->dest,
+				ic); /* the connection is still good */
 		return;
 	}
 	struct smtp_client *client = ic->client;
-	idle_conn_free(ic);
+	relay_idle_conn_free(ic);
 	struct smtp_client_request req = {
 	    .env = job->env,
 	    .rcpts = job->rcpts,
@@ -590,7 +443,8 @@ static void relay_reuse(struct relay_job *job, struct idle_conn *ic)
 	(void)close(body.fd); /* read-only; the client has its own */
 	if (rc == -1) {
 		/* the client has released itself */
-		relay_fail(job, RCPT_DEFERRED, "4.3.0", "out of memory");
+		relay_fail(job, RCPT_DEFERRED, STATUS_LOCAL_ERROR,
+			   "out of memory");
 		return;
 	}
 	job->client = client;
@@ -609,18 +463,22 @@ static void on_resolved(const struct dns_result *res, void *arg)
 		/* The recipients' own domain does not exist: that is final.
 		 * A route's target that does not resolve is our trouble. */
 		if (!job->routed)
-			relay_fail(job, RCPT_BOUNCED, "5.1.2", res->error);
+			relay_fail(job, RCPT_BOUNCED, STATUS_BAD_SYSTEM,
+				   res->error);
 		else
-			relay_fail(job, RCPT_DEFERRED, "4.4.4", res->error);
+			relay_fail(job, RCPT_DEFERRED,
+				   STATUS_ROUTING_UNAVAILABLE, res->error);
 		break;
 	case DNS_NULL_MX:
 		relay_fail(job, job->routed ? RCPT_DEFERRED : RCPT_BOUNCED,
-			   job->routed ? "4.4.4" : "5.1.10",
+			   job->routed ? STATUS_ROUTING_UNAVAILABLE
+				       : STATUS_NULL_MX,
 			   "the domain accepts no mail (null MX)");
 		break;
 	case DNS_TEMPFAIL:
 	default:
-		relay_fail(job, RCPT_DEFERRED, "4.4.3", res->error);
+		relay_fail(job, RCPT_DEFERRED, STATUS_ROUTING_FAILED,
+			   res->error);
 		break;
 	}
 }
@@ -660,7 +518,7 @@ static void relay_start(struct relay_job *job)
 		}
 	}
 	if (relay->srv->dns == NULL) {
-		relay_fail(job, RCPT_DEFERRED, "4.4.3",
+		relay_fail(job, RCPT_DEFERRED, STATUS_ROUTING_FAILED,
 			   "no DNS resolver available");
 		return;
 	}
@@ -669,7 +527,7 @@ static void relay_start(struct relay_job *job)
 				  : dns_resolve_host(relay->srv->dns, job->host,
 						     on_resolved, job);
 	if (job->dns == NULL)
-		relay_fail(job, RCPT_DEFERRED, "4.4.3",
+		relay_fail(job, RCPT_DEFERRED, STATUS_ROUTING_FAILED,
 			   "DNS query could not be started");
 }
 
@@ -785,7 +643,7 @@ size_t relay_send(struct relay *relay, const struct spool_envelope *env,
 		attempts++;
 		*job->dest->wait_tail = job;
 		job->dest->wait_tail = &job->next;
-		destination_drain(relay, job->dest);
+		relay_destination_drain(relay, job->dest);
 	}
 	free(taken);
 	return attempts;
@@ -858,8 +716,7 @@ void relay_stop(struct relay *relay)
 				relay_drop(job);
 			}
 			d->wait_tail = &d->wait_head;
-			while (d->idle != NULL)
-				idle_close(d->idle);
+			relay_idle_close_all(d);
 		}
 	}
 }
@@ -884,22 +741,12 @@ void relay_free(struct relay *relay)
 		relay_job_free(job);
 		done(RELAY_END_FREED, NULL, 0, arg);
 	}
-	while (relay->closing != NULL) {
-		struct idle_conn *ic = relay->closing;
-		relay->closing = ic->next;
-		smtp_client_cancel(ic->client);
-		idle_conn_free(ic);
-	}
+	relay_idle_cancel_closing(relay);
 	for (size_t i = 0; i < DESTINATION_BUCKETS; i++) {
 		while (relay->destinations[i] != NULL) {
 			struct destination *d = relay->destinations[i];
 			relay->destinations[i] = d->next;
-			while (d->idle != NULL) {
-				struct idle_conn *ic = d->idle;
-				d->idle = ic->next;
-				smtp_client_cancel(ic->client);
-				idle_conn_free(ic);
-			}
+			relay_idle_cancel_all(d);
 			free(d->key);
 			free(d);
 		}

@@ -34,6 +34,7 @@
 #include "facteur/scheduler.h"
 #include "facteur/server.h"
 #include "facteur/spool.h"
+#include "facteur/status_code.h"
 
 #define MAX_LOCAL_DELIVERIES 64
 
@@ -358,8 +359,9 @@ static struct run *run_new(struct queued *q)
 }
 
 /* Outcomes from one of the run's attempts (a recipient appears in one
- * attempt of a run at most, so `held` has room). */
-static void run_settle(struct run *run, const size_t *rcpts, size_t count)
+ * attempt of a run at most, so `held` has room). Returns how many were
+ * settled at once (not held). */
+static size_t run_settle(struct run *run, const size_t *rcpts, size_t count)
 {
 	struct queued *q = run->q;
 	size_t *now = malloc((count ? count : 1) * sizeof *now);
@@ -378,6 +380,7 @@ static void run_settle(struct run *run, const size_t *rcpts, size_t count)
 	if (n > 0)
 		notice_settle(q, now, n, false, NULL, 0);
 	free(now);
+	return n;
 }
 
 /* At exit: an attempt abandoned; its run's held outcomes stay unrecorded
@@ -403,6 +406,16 @@ static void run_release(struct run *run)
 	free(run);
 }
 
+/* An attempt's hold on q ends once its outcomes are logged. The
+ * settlement of those outcomes found q held and left moving it on to
+ * this release. */
+static void queued_release(struct queued *q, size_t settled)
+{
+	q->in_flight--;
+	if (settled > 0 && q->in_flight == 0)
+		queued_settled(q);
+}
+
 /* ---- local delivery ---- */
 
 static void on_delivered(enum deliver_result result, const char *dsn,
@@ -416,16 +429,20 @@ static void on_delivered(enum deliver_result result, const char *dsn,
 				: result == DELIVER_PERMFAIL ? RCPT_BOUNCED
 							     : RCPT_DEFERRED;
 	sched->deliveries--;
-	q->in_flight--;
 	set_outcome(sched->srv->cfg, q, r, state, dsn,
 		    state == RCPT_DELIVERED ? NULL : reason);
 	count_outcome(q, state);
-	log_outcome(outcome_event(state), q, r, "mailbox", job->mailbox);
 	size_t index = job->index;
 	struct run *run = job->run;
+	/* The job's hold on q lasts until the outcome is logged, after its
+	 * record is written: a line saying delivered is never followed by
+	 * a second delivery after a kill -9. */
+	size_t settled = run_settle(run, &index, 1);
+	spool_write_ahead(sched->srv->spool);
+	log_outcome(outcome_event(state), q, r, "mailbox", job->mailbox);
 	free(job->mailbox);
 	free(job);
-	run_settle(run, &index, 1);
+	queued_release(q, settled);
 	run_release(run);
 }
 
@@ -443,7 +460,8 @@ static void start_local(struct queued *q, size_t index, struct run *run)
 	if (mailbox == NULL && errno == EINVAL) {
 		/* Only a spool from before every address was checked holds
 		 * such a recipient: it can never be delivered. */
-		set_outcome(cfg, q, r, RCPT_BOUNCED, "5.1.1",
+		set_outcome(cfg, q, r, RCPT_BOUNCED,
+			    status_code_str(STATUS_BAD_MAILBOX),
 			    "the address cannot name a mailbox");
 		count_outcome(q, RCPT_BOUNCED);
 		log_outcome("bounced", q, r, "mailbox", "");
@@ -456,7 +474,8 @@ static void start_local(struct queued *q, size_t index, struct run *run)
 		bool named = job != NULL && mailbox != NULL;
 		free(job);
 		free(mailbox);
-		set_outcome(cfg, q, r, RCPT_DEFERRED, "4.3.0",
+		set_outcome(cfg, q, r, RCPT_DEFERRED,
+			    status_code_str(STATUS_LOCAL_ERROR),
 			    named ? "cannot read the queued message"
 				  : "cannot name the mailbox");
 		count_outcome(q, RCPT_DEFERRED);
@@ -483,8 +502,8 @@ static void start_local(struct queued *q, size_t index, struct run *run)
 	     * mailbox and before the outcome was recorded. */
 	    .check_existing = q->recovered || r->attempts > 0,
 	};
-	int started = deliver_start(sched->srv->deliver, &req, on_delivered,
-				    job);
+	int started =
+	    deliver_start(sched->srv->deliver, &req, on_delivered, job);
 	(void)close(body.fd); /* read-only; the delivery has its own */
 	if (started == -1) {
 		free(job->mailbox);
@@ -508,8 +527,8 @@ static void on_relayed(enum relay_end end, const struct relay_outcome *out,
 {
 	struct run *run = arg;
 	struct queued *q = run->q;
-	q->in_flight--;
 	if (end == RELAY_END_FREED) {
+		q->in_flight--;
 		run_forget(run);
 		return;
 	}
@@ -528,15 +547,24 @@ static void on_relayed(enum relay_end end, const struct relay_outcome *out,
 		struct spool_rcpt *r = &q->env->rcpts[index];
 		set_outcome(cfg, q, r, out[i].state, out[i].dsn, out[i].reason);
 		count_outcome(q, out[i].state);
-		log_outcome(outcome_event(out[i].state), q, r, "relay",
-			    out[i].relay);
 		if (out[i].answered) {
 			free(q->last_relay[index]);
 			q->last_relay[index] = strdup(out[i].relay);
 		}
 	}
-	if (end == RELAY_END_DONE)
-		run_settle(run, rcpts, count);
+	if (end == RELAY_END_DONE) {
+		/* Logged once their records are written, the attempt's hold
+		 * on q kept until then, as for a local delivery. */
+		size_t settled = run_settle(run, rcpts, count);
+		spool_write_ahead(q->srv->spool);
+		for (size_t i = 0; i < count; i++)
+			log_outcome(outcome_event(out[i].state), q,
+				    &q->env->rcpts[rcpts[i]], "relay",
+				    out[i].relay);
+		queued_release(q, settled);
+	} else {
+		q->in_flight--;
+	}
 	free(rcpts);
 	run_release(run);
 }
@@ -567,7 +595,8 @@ static void expire(struct queued *q, size_t index, struct run *run)
 	const struct config *cfg = q->sched->srv->cfg;
 	struct spool_rcpt *r = &q->env->rcpts[index];
 	char dsn[sizeof r->dsn];
-	snprintf(dsn, sizeof dsn, "%s", r->dsn[0] == '4' ? r->dsn : "4.4.7");
+	snprintf(dsn, sizeof dsn, "%s",
+		 r->dsn[0] == '4' ? r->dsn : status_code_str(STATUS_EXPIRED));
 	char reason[600];
 	snprintf(reason, sizeof reason, "delivery time expired%s%s",
 		 r->reason ? ": " : "", r->reason ? r->reason : "");
@@ -931,7 +960,8 @@ int scheduler_bounce(struct scheduler *sched, const char *id)
 		    r->state == RCPT_DELIVERED || r->state == RCPT_BOUNCED)
 			continue;
 		queued_enter_phase(q, i, RCPT_PHASE_SETTLING);
-		set_outcome(cfg, q, r, RCPT_BOUNCED, "5.0.0",
+		set_outcome(cfg, q, r, RCPT_BOUNCED,
+			    status_code_str(STATUS_PERMANENT_ERROR),
 			    "bounced by the administrator");
 		r->attempts--; /* not a delivery attempt */
 		count_outcome(q, RCPT_BOUNCED);

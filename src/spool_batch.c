@@ -2,11 +2,12 @@
  * The log and its group commit. Committed messages and their state
  * records are appended to the newest segment, <spool_dir>/log/<seq>.seg,
  * framed by spool_log.c. What one loop turn appends is collected in
- * memory and written with one pwrite at the end of the turn; then one
- * iothread request flushes the segment, the message files of the turn
- * and the directories concerned, and every request of the batch gets its
- * callback (group commit: one flush, many commits). Requests made while
- * a batch is flushing form the next one.
+ * memory and written with one pwrite at the end of the turn (part of it
+ * earlier when a caller must not log a state before its record is
+ * written: spool_write_ahead); then one iothread request flushes the segment,
+ * the message files of the turn and the directories concerned, and every
+ * request of the batch gets its callback (group commit: one flush, many
+ * commits). Requests made while a batch is flushing form the next one.
  *
  * A segment that holds no live message is deleted, oldest first, each
  * deletion flushed before the next, so that a surviving record always
@@ -337,16 +338,22 @@ void spool_batch_flush(struct spool *spool)
 	spool->holds++;
 	if (seg != NULL) {
 		uint64_t start = seg->size - spool->pending_len;
+		bool written = spool->pending_written > 0;
 		if (seg->broken) {
 			write_error = EIO;
-		} else if (pwrite_full(seg->fd, spool->pending,
-				       spool->pending_len, start) == -1) {
+		} else if (pwrite_full(
+			       seg->fd, spool->pending + spool->pending_written,
+			       spool->pending_len - spool->pending_written,
+			       start + spool->pending_written) == -1) {
 			write_error = errno != 0 ? errno : EIO;
-			/* Cut what was written, or no record after it would
-			 * ever be read; if that fails, no more here. */
-			if (ftruncate(seg->fd, (off_t)start) == -1)
-				seg->broken = true;
+			written = true;
 		}
+		/* Cut what was written, now or ahead of the flush: its
+		 * callbacks hear of the failure, and no record after it
+		 * would ever be read; if that fails, no more here. */
+		if (write_error != 0 && written &&
+		    ftruncate(seg->fd, (off_t)start) == -1)
+			seg->broken = true;
 		if (write_error != 0) {
 			/* counted as written by spool_batch_append */
 			spool->log_bytes -= spool->pending_len;
@@ -356,6 +363,7 @@ void spool_batch_flush(struct spool *spool)
 		seg->flushing++;
 		batch->batch_seg = seg;
 		spool->pending_len = 0;
+		spool->pending_written = 0;
 		spool->pending_seg = NULL;
 	}
 	if (write_error != 0) {
@@ -389,6 +397,22 @@ void spool_batch_flush(struct spool *spool)
 	free(fds);
 	if (rc == -1)
 		batch_done(ENOMEM, batch);
+}
+
+void spool_write_ahead(struct spool *spool)
+{
+	struct spool_segment *seg = spool->pending_seg;
+
+	if (seg == NULL || seg->broken ||
+	    spool->pending_written == spool->pending_len)
+		return;
+	/* A failure here is the flush's to report: it writes this part
+	 * again, and cuts the segment back if that fails too. */
+	uint64_t start = seg->size - spool->pending_len;
+	if (pwrite_full(seg->fd, spool->pending + spool->pending_written,
+			spool->pending_len - spool->pending_written,
+			start + spool->pending_written) == 0)
+		spool->pending_written = spool->pending_len;
 }
 
 void spool_batch_add(struct spool *spool, struct spool_request *req)

@@ -159,6 +159,14 @@ void spool_record_rcpt(struct spool *spool, const struct spool_envelope *env,
 void spool_record_flags(struct spool *spool, const struct spool_envelope *env,
                         spool_commit_cb cb, void *arg);
 
+/* Write the records appended so far in this loop turn to the log now,
+ * without flushing them: from then on a kill -9 keeps them (the page
+ * cache outlives the process), where otherwise they wait for the flush
+ * at the end of the turn. For a log line that must never claim a state
+ * the spool could forget. The flush still makes them durable and
+ * reports any failure to their callbacks. */
+void spool_write_ahead(struct spool *spool);
+
 /*
  * Compaction: the oldest log segment can only be deleted once none of its
  * messages is live. When it is old (a minute) and still holds some, the

@@ -110,9 +110,10 @@ struct spool {
 	int log_fd;  /* <spool_dir>/log */
 	struct spool_segment *oldest, *newest, *active;
 	uint64_t next_seq;
-	/* Records appended during this loop turn, written at the flush. */
+	/* Records appended during this loop turn, written at the flush; the
+	 * first pending_written bytes were written ahead of it already. */
 	char *pending;
-	size_t pending_len, pending_cap;
+	size_t pending_len, pending_cap, pending_written;
 	struct spool_segment *pending_seg;
 	uint64_t
 	    last_record;    /* the size of the record spool_batch_append made */

@@ -2320,6 +2320,49 @@ static void test_compaction_moves_live_messages_and_reaps(void **state)
 	spool_envelope_free(env);
 }
 
+/* A record written ahead of its flush is in the segment at once, so a
+ * kill -9 keeps it; the flush writes what the turn appended after it and
+ * reports both. */
+static void
+test_log_record_written_ahead_is_in_the_segment_before_its_flush(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_envelope *env = awkward_envelope();
+	char id[SPOOL_ID_LEN + 1], seg[256];
+	struct result first = {0}, second = {0};
+
+	commit_one(f, env, id);
+	strcpy(env->id, id);
+	newest_segment(f, seg, sizeof seg);
+	off_t size = file_size(seg);
+
+	env->rcpts[0].state = RCPT_DELIVERED;
+	spool_record_rcpt(f->spool, env, 0, on_done, &first);
+	assert_int_equal(file_size(seg), size);
+	spool_write_ahead(f->spool);
+	off_t ahead = file_size(seg);
+	assert_true(ahead > size);
+	spool_write_ahead(f->spool); /* nothing new appended */
+	assert_int_equal(file_size(seg), ahead);
+	assert_int_equal(first.calls, 0);
+
+	env->rcpts[1].state = RCPT_BOUNCED;
+	spool_record_rcpt(f->spool, env, 1, on_done, &second);
+	run_until(f, &second.calls, 1);
+	assert_int_equal(first.calls, 1);
+	assert_int_equal(first.error, 0);
+	assert_int_equal(second.error, 0);
+	assert_true(file_size(seg) > ahead);
+
+	struct found found = {0};
+	assert_int_equal(restart(f, &found), 1);
+	assert_int_equal(spool_last_recovery(f->spool)->truncated, 0);
+	assert_int_equal(found.envs[0]->rcpts[0].state, RCPT_DELIVERED);
+	assert_int_equal(found.envs[0]->rcpts[1].state, RCPT_BOUNCED);
+	found_free(&found);
+	spool_envelope_free(env);
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -2374,6 +2417,7 @@ int main(void)
 	    T(test_import_log_wins_over_leftover_env),
 	    TD(test_import_sorts_out_what_a_crash_leaves),
 	    T(test_compaction_moves_live_messages_and_reaps),
+	    T(test_log_record_written_ahead_is_in_the_segment_before_its_flush),
 	};
 #undef T
 #undef TD

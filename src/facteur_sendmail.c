@@ -31,6 +31,7 @@
 #include "facteur/config.h"
 #include "facteur/control_client.h"
 #include "facteur/control_proto.h"
+#include "facteur/mailtime.h"
 #include "facteur/policy.h"
 #include "facteur/smtp_proto.h"
 #include "facteur/spool.h"
@@ -542,15 +543,6 @@ static void write_message(struct writer *w, const char *p, size_t n)
 	}
 }
 
-static void format_date(time_t now, char *buf, size_t len)
-{
-	struct tm tm;
-
-	if (localtime_r(&now, &tm) == NULL ||
-	    strftime(buf, len, "%a, %d %b %Y %H:%M:%S %z", &tm) == 0)
-		snprintf(buf, len, "Thu, 01 Jan 1970 00:00:00 +0000");
-}
-
 /* Everything that lives while the message is queued. */
 struct queueing {
 	struct spool *spool;
@@ -622,11 +614,11 @@ static int submit(struct submission *sub, char *id)
 	}
 
 	time_t now = time(NULL);
-	char date[64], message_id[256];
+	char date[MAILTIME_BUF], message_id[256];
 	uint64_t random = 0;
 	if (getrandom(&random, sizeof random, 0) != sizeof random)
 		random = (uint64_t)getpid() << 32 ^ (uint64_t)now;
-	format_date(now, date, sizeof date);
+	mailtime_format(now, date, sizeof date);
 	snprintf(message_id, sizeof message_id, "<%lld.%016" PRIx64 "@%s>",
 		 (long long)now, random, cfg->hostname);
 	struct submission_headers rewrite = {

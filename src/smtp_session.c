@@ -31,6 +31,7 @@
 #include "facteur/lineio.h"
 #include "facteur/listener.h"
 #include "facteur/log.h"
+#include "facteur/mailtime.h"
 #include "facteur/metrics.h"
 #include "facteur/password_check.h"
 #include "facteur/policy.h"
@@ -941,15 +942,6 @@ static const char *protocol_name(const struct smtp_session *s)
 		    [s->auth_user != NULL];
 }
 
-/* The RFC 5322 date of now, for Received. */
-static void format_date(char *buf, size_t len)
-{
-	time_t now = time(NULL);
-	struct tm tm;
-	localtime_r(&now, &tm);
-	strftime(buf, len, "%a, %d %b %Y %H:%M:%S %z", &tm);
-}
-
 /* Open the spool file and write our Received header (RFC 5321 §4.4). */
 static bool message_begin(struct smtp_session *s)
 {
@@ -968,8 +960,8 @@ static bool message_begin(struct smtp_session *s)
 		tx->incoming = NULL;
 		return false;
 	}
-	char date[64];
-	format_date(date, sizeof date);
+	char date[MAILTIME_BUF];
+	mailtime_format(time(NULL), date, sizeof date);
 	char for_clause[SMTP_PATH_MAX + 16] = "";
 	/* One RCPT: its first recipient holds the address as given. */
 	if (tx->accepted_rcpt_commands == 1 && tx->rcpt_count > 0)

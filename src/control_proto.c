@@ -142,37 +142,15 @@ int control_proto_parse_request(const char *line, size_t len,
 
 /* ---- reply records (values escaped as text_value does) ---- */
 
-static int hex_value(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1;
-}
-
 char *control_proto_decode_value(char *token)
 {
 	if (strcmp(token, "-") == 0) {
 		token[0] = '\0';
 		return token;
 	}
-	char *out = token;
-	for (const char *p = token; *p; p++) {
-		if (*p != '+') {
-			*out++ = *p;
-			continue;
-		}
-		int hi = hex_value(p[1]);
-		int lo = hi < 0 ? -1 : hex_value(p[2]);
-		if (lo < 0)
-			return NULL;
-		*out++ = (char)(hi << 4 | lo);
-		p += 2;
-	}
-	*out = '\0';
+	size_t len = strlen(token);
+	if (text_xtext_decode(token, len, token, len + 1, TEXT_XTEXT_8BIT) < 0)
+		return NULL;
 	return token;
 }
 

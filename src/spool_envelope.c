@@ -317,26 +317,11 @@ static enum spool_parse_status decode_value(struct token tok, bool optional,
 	char *s = malloc(tok.n + 1);
 	if (s == NULL)
 		return SPOOL_PARSE_NOMEM;
-	size_t n = 0;
-	for (size_t i = 0; i < tok.n; i++) {
-		unsigned char c = (unsigned char)tok.p[i];
-		if (c == '+') {
-			int hi = i + 2 < tok.n ? hex_digit(tok.p[i + 1]) : -1;
-			int lo = hi >= 0 ? hex_digit(tok.p[i + 2]) : -1;
-			if (lo < 0 || (hi == 0 && lo == 0)) {
-				free(s);
-				return SPOOL_PARSE_BAD;
-			}
-			s[n++] = (char)(hi << 4 | lo);
-			i += 2;
-		} else if (text_octet_needs_escape(c)) {
-			free(s);
-			return SPOOL_PARSE_BAD;
-		} else {
-			s[n++] = (char)c;
-		}
+	if (text_xtext_decode(tok.p, tok.n, s, tok.n + 1, TEXT_XTEXT_8BIT) <
+	    0) {
+		free(s);
+		return SPOOL_PARSE_BAD;
 	}
-	s[n] = '\0';
 	*out = s;
 	return SPOOL_PARSE_OK;
 }

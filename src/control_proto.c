@@ -11,14 +11,10 @@
 #include <string.h>
 #include <strings.h>
 
+#include "facteur/ascii.h"
 #include "facteur/control_proto.h"
 #include "facteur/text.h"
 #include "facteur/utf8.h"
-
-static bool is_wsp(char c)
-{
-	return c == ' ' || c == '\t';
-}
 
 /* ---- requests ---- */
 
@@ -39,7 +35,7 @@ struct word {
 
 static bool word_is(struct word w, const char *s)
 {
-	return w.n == strlen(s) && strncasecmp(w.p, s, w.n) == 0;
+	return ascii_ieq(w.p, w.n, s);
 }
 
 static bool parse_id(struct word w, char *id)
@@ -73,12 +69,12 @@ int control_proto_parse_request(const char *line, size_t len,
 		return -1;
 	}
 	while (i < len) {
-		while (i < len && is_wsp(line[i]))
+		while (i < len && ascii_is_wsp(line[i]))
 			i++;
 		if (i == len)
 			break;
 		size_t start = i;
-		while (i < len && !is_wsp(line[i]))
+		while (i < len && !ascii_is_wsp(line[i]))
 			i++;
 		if (count == sizeof words / sizeof words[0]) {
 			*error = "too many arguments";

@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "facteur/ascii.h"
 #include "facteur/delivery.h"
 #include "facteur/iothread.h"
 #include "facteur/mailfolder.h"
@@ -370,7 +371,7 @@ static int write_from_line(struct delivery *d, int fd)
 	/* Readers split the From_ line at blanks: a quoted local part must
 	 * not add fields. */
 	for (int i = 5; i < 5 + (int)strlen(sender); i++)
-		if (line[i] == ' ' || line[i] == '\t')
+		if (ascii_is_wsp(line[i]))
 			line[i] = '_';
 	int rc = delivery_write_all(fd, line, (size_t)len);
 	int saved = errno;

@@ -42,6 +42,7 @@
 #include <event2/event.h>
 #include <openssl/ssl.h>
 
+#include "facteur/ascii.h"
 #include "facteur/auth.h"
 #include "facteur/auth_limit.h"
 #include "facteur/config.h"
@@ -937,8 +938,7 @@ static void cmd_auth(struct pop3_session *s, const struct pop3_command *cmd)
 		reply(s, ".");
 		return;
 	}
-	if (cmd->textlen[0] != 5 ||
-	    strncasecmp(cmd->text[0], "PLAIN", 5) != 0) {
+	if (!ascii_ieq(cmd->text[0], cmd->textlen[0], "PLAIN")) {
 		reply(s, "-ERR [AUTH] unsupported mechanism");
 		return;
 	}

@@ -25,6 +25,7 @@
 #include <event2/event.h>
 #include <openssl/ssl.h>
 
+#include "facteur/ascii.h"
 #include "facteur/auth.h"
 #include "facteur/auth_limit.h"
 #include "facteur/config.h"
@@ -749,9 +750,9 @@ static void cmd_auth(struct smtp_session *s, const struct smtp_command *cmd)
 		initial = mech + mech_len + 1;
 		initial_len = cmd->arglen - mech_len - 1;
 	}
-	if (mech_len == 5 && strncasecmp(mech, "PLAIN", 5) == 0) {
+	if (ascii_ieq(mech, mech_len, "PLAIN")) {
 		s->auth_step = AUTH_PLAIN;
-	} else if (mech_len == 5 && strncasecmp(mech, "LOGIN", 5) == 0) {
+	} else if (ascii_ieq(mech, mech_len, "LOGIN")) {
 		s->auth_step = AUTH_LOGIN_USER;
 	} else {
 		reply(s, "504 5.5.4 Unrecognized authentication mechanism");

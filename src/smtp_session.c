@@ -41,35 +41,9 @@
 #include "facteur/smtp_proto.h"
 #include "facteur/smtp_session.h"
 #include "facteur/spool.h"
+#include "facteur/status_code.h"
 #include "facteur/transport.h"
 #include "facteur/worker.h"
-
-/* Enhanced status codes (RFC 3463) used in replies. */
-#define ESC_OK "2.0.0"
-#define ESC_AUTH_OK "2.7.0"
-#define ESC_AUTH_FAILED "5.7.8"
-#define ESC_ENCRYPTION_REQUIRED "5.7.11"
-#define ESC_SENDER_OK "2.1.0"
-#define ESC_RCPT_OK "2.1.5"
-#define ESC_VRFY "2.5.2"
-#define ESC_SHUTDOWN "4.3.2"
-#define ESC_LOCAL_ERROR "4.3.0"
-#define ESC_TIMEOUT "4.4.2"
-#define ESC_TOO_MANY_RCPTS "4.5.3"
-#define ESC_SYSTEM_STORAGE "4.3.1"
-#define ESC_TOO_MANY_ERRORS "4.7.0"
-#define ESC_TLS_UNAVAILABLE "4.7.0"
-#define ESC_AUTH_TEMPORARY "4.7.0"
-#define ESC_BAD_DEST_MAILBOX "5.1.1"
-#define ESC_BAD_DEST_SYNTAX "5.1.3"
-#define ESC_BAD_SENDER_SYNTAX "5.1.7"
-#define ESC_TOO_BIG "5.3.4"
-#define ESC_LOOP "5.4.6"
-#define ESC_BAD_COMMAND "5.5.1"
-#define ESC_SYNTAX "5.5.2"
-#define ESC_BAD_ARGS "5.5.4"
-#define ESC_AUTH_REQUIRED "5.7.0"
-#define ESC_RELAY_DENIED "5.7.1"
 
 #define MAX_PROTOCOL_ERRORS 10
 #define DATA_CHUNK 16384
@@ -183,7 +157,7 @@ struct smtp_session {
 	bool bdat_last;
 	bool bdat_discard; /* read the chunk, then give bdat_reply */
 	int bdat_reply_code;
-	const char *bdat_reply_esc;
+	enum status_code bdat_reply_status;
 	const char *bdat_reply_text;
 	/* the commit in flight */
 	struct spool_envelope *committing;
@@ -233,15 +207,16 @@ static void reply(struct smtp_session *s, const char *fmt, ...)
 
 /* A protocol error (500, 501, 503): counted, and the tenth one ends the
  * session after its own reply. */
-static void reply_error(struct smtp_session *s, int code, const char *esc,
-			const char *text)
+static void reply_error(struct smtp_session *s, int code,
+			enum status_code status, const char *text)
 {
-	reply(s, "%d %s %s", code, esc, text);
+	reply(s, "%d %s %s", code, status_code_str(status), text);
 	if (code != 500 && code != 501 && code != 503)
 		return;
 	if (++s->errors >= MAX_PROTOCOL_ERRORS) {
 		reply(s, "421 %s %s Error: too many errors",
-		      ESC_TOO_MANY_ERRORS, cfg_of(s)->hostname);
+		      status_code_str(STATUS_SECURITY_TRANSIENT),
+		      cfg_of(s)->hostname);
 		log_event(LOG_LEVEL_WARN, "rejected",
 			  LOG_S("client", s->client),
 			  LOG_S("reason", "too many errors"));
@@ -404,14 +379,15 @@ static void cmd_helo(struct smtp_session *s, const struct smtp_command *cmd,
 {
 	const struct config *cfg = cfg_of(s);
 	if (!helo_valid(cmd->arg, cmd->arglen)) {
-		reply_error(s, 501, ESC_BAD_ARGS,
+		reply_error(s, 501, STATUS_BAD_ARGS,
 			    esmtp ? "Syntax: EHLO hostname"
 				  : "Syntax: HELO hostname");
 		return;
 	}
 	char *helo = strndup(cmd->arg, cmd->arglen);
 	if (helo == NULL) {
-		reply(s, "451 %s Out of memory", ESC_LOCAL_ERROR);
+		reply(s, "451 %s Out of memory",
+		      status_code_str(STATUS_LOCAL_ERROR));
 		return;
 	}
 	free(s->helo);
@@ -458,18 +434,19 @@ static void set_callbacks(struct smtp_session *s)
 static void cmd_starttls(struct smtp_session *s, const struct smtp_command *cmd)
 {
 	if (cmd->arglen != 0) {
-		reply_error(s, 501, ESC_BAD_ARGS, "Syntax: STARTTLS");
+		reply_error(s, 501, STATUS_BAD_ARGS, "Syntax: STARTTLS");
 		return;
 	}
 	if (s->tls) {
-		reply_error(s, 503, ESC_BAD_COMMAND, "TLS already active");
+		reply_error(s, 503, STATUS_BAD_COMMAND, "TLS already active");
 		return;
 	}
 	if (s->srv->tls_server == NULL) {
-		reply(s, "454 %s TLS not available", ESC_TLS_UNAVAILABLE);
+		reply(s, "454 %s TLS not available",
+		      status_code_str(STATUS_SECURITY_TRANSIENT));
 		return;
 	}
-	reply(s, "220 %s Ready to start TLS", ESC_OK);
+	reply(s, "220 %s Ready to start TLS", status_code_str(STATUS_OK));
 	/* Whatever the client pipelined after STARTTLS came in the clear
 	 * and must not be read as if it were protected; nothing more is
 	 * read until the handshake. */
@@ -522,12 +499,14 @@ static void auth_succeeded(struct smtp_session *s, const char *user)
 	s->auth_user = strdup(user);
 	enter_state(s, SMTP_STATE_COMMAND);
 	if (s->auth_user == NULL) {
-		reply(s, "454 %s Out of memory", ESC_LOCAL_ERROR);
+		reply(s, "454 %s Out of memory",
+		      status_code_str(STATUS_LOCAL_ERROR));
 		return;
 	}
 	log_event(LOG_LEVEL_INFO, "auth", LOG_S("client", s->client),
 		  LOG_S("user", s->auth_user), LOG_S("result", "ok"));
-	reply(s, "235 %s Authentication successful", ESC_AUTH_OK);
+	reply(s, "235 %s Authentication successful",
+	      status_code_str(STATUS_AUTH_OK));
 }
 
 static void on_auth_delay(evutil_socket_t fd, short what, void *arg)
@@ -538,12 +517,14 @@ static void on_auth_delay(evutil_socket_t fd, short what, void *arg)
 	enter_state(s, SMTP_STATE_COMMAND);
 	if (s->auth_failures >= AUTH_FAILURES_MAX || auth_client_refused(s)) {
 		reply(s, "421 %s %s Error: too many failed logins",
-		      ESC_TOO_MANY_ERRORS, cfg_of(s)->hostname);
+		      status_code_str(STATUS_SECURITY_TRANSIENT),
+		      cfg_of(s)->hostname);
 		session_close(s);
 		session_flush(s);
 		return;
 	}
-	reply(s, "535 %s Authentication credentials invalid", ESC_AUTH_FAILED);
+	reply(s, "535 %s Authentication credentials invalid",
+	      status_code_str(STATUS_AUTH_FAILED));
 	bufferevent_enable(s->bev, EV_READ);
 	session_process(s);
 }
@@ -634,7 +615,7 @@ static void auth_check(struct smtp_session *s, const char *user,
 		reply(s,
 		      "454 %s Too many failed logins for this account, "
 		      "try again later",
-		      ESC_AUTH_TEMPORARY);
+		      status_code_str(STATUS_SECURITY_TRANSIENT));
 		return;
 	}
 	struct auth_job *job = calloc(1, sizeof *job);
@@ -649,7 +630,7 @@ static void auth_check(struct smtp_session *s, const char *user,
 			auth_job_free(job);
 		enter_state(s, SMTP_STATE_COMMAND);
 		reply(s, "454 %s Temporary authentication failure",
-		      ESC_AUTH_TEMPORARY);
+		      status_code_str(STATUS_SECURITY_TRANSIENT));
 		return;
 	}
 	s->auth_job = job;
@@ -662,7 +643,8 @@ static void auth_response(struct smtp_session *s, const char *line, size_t len)
 {
 	if (len == 1 && line[0] == '*') {
 		enter_state(s, SMTP_STATE_COMMAND);
-		reply_error(s, 501, "5.7.0", "Authentication cancelled");
+		reply_error(s, 501, STATUS_SECURITY_PERMANENT,
+			    "Authentication cancelled");
 		return;
 	}
 	char user[AUTH_ADDRESS_MAX + 1];
@@ -674,7 +656,7 @@ static void auth_response(struct smtp_session *s, const char *line, size_t len)
 		if (auth_sasl_plain_decode(line, len, user, sizeof user,
 					   password, sizeof password) == -1) {
 			enter_state(s, SMTP_STATE_COMMAND);
-			reply_error(s, 501, ESC_SYNTAX,
+			reply_error(s, 501, STATUS_SYNTAX_ERROR,
 				    "Invalid AUTH PLAIN response");
 			return;
 		}
@@ -686,7 +668,7 @@ static void auth_response(struct smtp_session *s, const char *line, size_t len)
 		if (n < 0 || n > AUTH_ADDRESS_MAX ||
 		    memchr(decoded, '\0', (size_t)n) != NULL) {
 			enter_state(s, SMTP_STATE_COMMAND);
-			reply_error(s, 501, ESC_SYNTAX,
+			reply_error(s, 501, STATUS_SYNTAX_ERROR,
 				    "Invalid AUTH LOGIN response");
 			return;
 		}
@@ -700,7 +682,7 @@ static void auth_response(struct smtp_session *s, const char *line, size_t len)
 		if (n < 0 || s->auth_login_user == NULL ||
 		    memchr(decoded, '\0', (size_t)n) != NULL) {
 			enter_state(s, SMTP_STATE_COMMAND);
-			reply_error(s, 501, ESC_SYNTAX,
+			reply_error(s, 501, STATUS_SYNTAX_ERROR,
 				    "Invalid AUTH LOGIN response");
 			return;
 		}
@@ -717,26 +699,28 @@ static void auth_response(struct smtp_session *s, const char *line, size_t len)
 static void cmd_auth(struct smtp_session *s, const struct smtp_command *cmd)
 {
 	if (s->srv->users == NULL) {
-		reply(s, "502 %s Authentication not enabled", ESC_BAD_COMMAND);
+		reply(s, "502 %s Authentication not enabled",
+		      status_code_str(STATUS_BAD_COMMAND));
 		return;
 	}
 	if (!tls_active(s)) {
 		reply(s,
 		      "538 %s Encryption required for requested "
 		      "authentication mechanism",
-		      ESC_ENCRYPTION_REQUIRED);
+		      status_code_str(STATUS_ENCRYPTION_REQUIRED));
 		return;
 	}
 	if (s->helo == NULL || !s->esmtp) {
-		reply_error(s, 503, ESC_BAD_COMMAND, "Send EHLO first");
+		reply_error(s, 503, STATUS_BAD_COMMAND, "Send EHLO first");
 		return;
 	}
 	if (s->auth_user != NULL) {
-		reply_error(s, 503, ESC_BAD_COMMAND, "Already authenticated");
+		reply_error(s, 503, STATUS_BAD_COMMAND,
+			    "Already authenticated");
 		return;
 	}
 	if (s->tx.active) {
-		reply_error(s, 503, ESC_BAD_COMMAND,
+		reply_error(s, 503, STATUS_BAD_COMMAND,
 			    "AUTH not allowed during a mail transaction");
 		return;
 	}
@@ -778,15 +762,16 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_command *cmd)
 {
 	const struct config *cfg = cfg_of(s);
 	if (s->helo == NULL) {
-		reply_error(s, 503, ESC_BAD_COMMAND, "Send HELO/EHLO first");
+		reply_error(s, 503, STATUS_BAD_COMMAND, "Send HELO/EHLO first");
 		return;
 	}
 	if (s->tx.active) {
-		reply_error(s, 503, ESC_BAD_COMMAND, "Nested MAIL command");
+		reply_error(s, 503, STATUS_BAD_COMMAND, "Nested MAIL command");
 		return;
 	}
 	if (s->mode == LISTEN_SUBMISSION && s->auth_user == NULL) {
-		reply(s, "530 %s Authentication required", ESC_AUTH_REQUIRED);
+		reply(s, "530 %s Authentication required",
+		      status_code_str(STATUS_SECURITY_PERMANENT));
 		return;
 	}
 	struct smtp_mail mail;
@@ -794,31 +779,32 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_command *cmd)
 	case SMTP_PARSE_OK:
 		break;
 	case SMTP_PARSE_BAD_ADDRESS:
-		reply_error(s, 501, ESC_BAD_SENDER_SYNTAX,
+		reply_error(s, 501, STATUS_BAD_SENDER_SYNTAX,
 			    "Bad sender address syntax");
 		return;
 	case SMTP_PARSE_UNKNOWN_PARAM:
-		reply(s, "555 %s Unsupported MAIL parameter", ESC_BAD_ARGS);
+		reply(s, "555 %s Unsupported MAIL parameter",
+		      status_code_str(STATUS_BAD_ARGS));
 		return;
 	case SMTP_PARSE_BAD_PARAM:
-		reply_error(s, 501, ESC_BAD_ARGS, "Bad MAIL parameter");
+		reply_error(s, 501, STATUS_BAD_ARGS, "Bad MAIL parameter");
 		return;
 	case SMTP_PARSE_SYNTAX:
 	default:
-		reply_error(s, 501, ESC_BAD_ARGS,
+		reply_error(s, 501, STATUS_BAD_ARGS,
 			    "Syntax: MAIL FROM:<address>");
 		return;
 	}
 	if (mail.size_given && mail.size > cfg->max_message_size) {
 		reply(s, "552 %s Message size exceeds fixed limit",
-		      ESC_TOO_BIG);
+		      status_code_str(STATUS_TOO_BIG));
 		log_rejected(s, "message too big", mail.from.address);
 		return;
 	}
 	s->tx.mail = mail;
 	s->tx.active = true;
 	envelope_charge(s, strlen(mail.from.address) + 1);
-	reply(s, "250 %s Ok", ESC_SENDER_OK);
+	reply(s, "250 %s Ok", status_code_str(STATUS_SENDER_OK));
 }
 
 /* Would this RCPT's recipients fit the session's envelope budget and
@@ -834,14 +820,15 @@ static bool envelope_has_room(struct smtp_session *s,
 	for (size_t i = 0; i < exp->count; i++)
 		need += recipient_cost(rcpt, &exp->targets[i]);
 	if (s->tx.envelope_bytes + need > cfg->max_envelope_size) {
-		reply(s, "452 %s Too much envelope data", ESC_TOO_MANY_RCPTS);
+		reply(s, "452 %s Too much envelope data",
+		      status_code_str(STATUS_TOO_MANY_RCPTS));
 		log_rejected(s, "max_envelope_size", rcpt->to.address);
 		return false;
 	}
 	uint64_t memory = s->srv->smtp->envelope_memory;
 	if (memory + need > cfg->max_envelope_memory) {
 		reply(s, "452 %s Insufficient system storage",
-		      ESC_SYSTEM_STORAGE);
+		      status_code_str(STATUS_SYSTEM_STORAGE));
 		log_event(LOG_LEVEL_WARN, "rejected",
 			  LOG_S("client", s->client),
 			  LOG_S("reason", "max_envelope_memory"),
@@ -856,7 +843,8 @@ static void cmd_rcpt(struct smtp_session *s, const struct smtp_command *cmd)
 {
 	const struct config *cfg = cfg_of(s);
 	if (!s->tx.active) {
-		reply_error(s, 503, ESC_BAD_COMMAND, "Need MAIL before RCPT");
+		reply_error(s, 503, STATUS_BAD_COMMAND,
+			    "Need MAIL before RCPT");
 		return;
 	}
 	struct smtp_rcpt rcpt;
@@ -864,22 +852,25 @@ static void cmd_rcpt(struct smtp_session *s, const struct smtp_command *cmd)
 	case SMTP_PARSE_OK:
 		break;
 	case SMTP_PARSE_BAD_ADDRESS:
-		reply_error(s, 501, ESC_BAD_DEST_SYNTAX,
+		reply_error(s, 501, STATUS_BAD_RCPT_SYNTAX,
 			    "Bad recipient address syntax");
 		return;
 	case SMTP_PARSE_UNKNOWN_PARAM:
-		reply(s, "555 %s Unsupported RCPT parameter", ESC_BAD_ARGS);
+		reply(s, "555 %s Unsupported RCPT parameter",
+		      status_code_str(STATUS_BAD_ARGS));
 		return;
 	case SMTP_PARSE_BAD_PARAM:
-		reply_error(s, 501, ESC_BAD_ARGS, "Bad RCPT parameter");
+		reply_error(s, 501, STATUS_BAD_ARGS, "Bad RCPT parameter");
 		return;
 	case SMTP_PARSE_SYNTAX:
 	default:
-		reply_error(s, 501, ESC_BAD_ARGS, "Syntax: RCPT TO:<address>");
+		reply_error(s, 501, STATUS_BAD_ARGS,
+			    "Syntax: RCPT TO:<address>");
 		return;
 	}
 	if (s->tx.accepted_rcpt_commands >= cfg->max_recipients) {
-		reply(s, "452 %s Too many recipients", ESC_TOO_MANY_RCPTS);
+		reply(s, "452 %s Too many recipients",
+		      status_code_str(STATUS_TOO_MANY_RCPTS));
 		return;
 	}
 	struct policy_client client = {
@@ -897,18 +888,18 @@ static void cmd_rcpt(struct smtp_session *s, const struct smtp_command *cmd)
 		reply(s,
 		      "550 %s <%s>: Recipient address rejected: "
 		      "User unknown",
-		      ESC_BAD_DEST_MAILBOX, rcpt.to.address);
+		      status_code_str(STATUS_BAD_MAILBOX), rcpt.to.address);
 		log_rejected(s, "unknown user", rcpt.to.address);
 		return;
 	case POLICY_RELAY_DENIED:
-		reply(s, "554 %s <%s>: Relay access denied", ESC_RELAY_DENIED,
-		      rcpt.to.address);
+		reply(s, "554 %s <%s>: Relay access denied",
+		      status_code_str(STATUS_NOT_AUTHORIZED), rcpt.to.address);
 		log_rejected(s, "relay access denied", rcpt.to.address);
 		return;
 	case POLICY_ALIAS_LOOP:
 	default:
-		reply(s, "554 %s <%s>: Alias expansion loops", ESC_LOOP,
-		      rcpt.to.address);
+		reply(s, "554 %s <%s>: Alias expansion loops",
+		      status_code_str(STATUS_LOOP), rcpt.to.address);
 		log_rejected(s, "alias loop", rcpt.to.address);
 		return;
 	}
@@ -921,11 +912,12 @@ static void cmd_rcpt(struct smtp_session *s, const struct smtp_command *cmd)
 		failed = recipient_add(s, &rcpt, &exp.targets[i]);
 	policy_expansion_clear(&exp);
 	if (failed) {
-		reply(s, "451 %s Out of memory", ESC_LOCAL_ERROR);
+		reply(s, "451 %s Out of memory",
+		      status_code_str(STATUS_LOCAL_ERROR));
 		return;
 	}
 	s->tx.accepted_rcpt_commands++;
-	reply(s, "250 %s Ok", ESC_RCPT_OK);
+	reply(s, "250 %s Ok", status_code_str(STATUS_RCPT_OK));
 }
 
 /* ---- DATA, BDAT ---- */
@@ -953,7 +945,8 @@ static bool message_begin(struct smtp_session *s)
 		log_event(LOG_LEVEL_ERROR, "spool_error",
 			  LOG_S("client", s->client),
 			  LOG_S("reason", strerror(errno)));
-		reply(s, "451 %s Local error in processing", ESC_LOCAL_ERROR);
+		reply(s, "451 %s Local error in processing",
+		      status_code_str(STATUS_LOCAL_ERROR));
 		free(tx->outbuf);
 		tx->outbuf = NULL;
 		if (tx->incoming != NULL)
@@ -976,7 +969,8 @@ static bool message_begin(struct smtp_session *s)
 			 s->helo, s->client, cfg_of(s)->hostname,
 			 protocol_name(s), tx->incoming->id, for_clause, date);
 	if (n < 0 || (size_t)n >= MESSAGE_BUF_SIZE) {
-		reply(s, "451 %s Local error in processing", ESC_LOCAL_ERROR);
+		reply(s, "451 %s Local error in processing",
+		      status_code_str(STATUS_LOCAL_ERROR));
 		spool_incoming_abort(s->srv->spool, tx->incoming);
 		tx->incoming = NULL;
 		return false;
@@ -1079,10 +1073,11 @@ static void on_committed(int error, void *arg)
 		spool_envelope_free(env);
 		if (!s->gone)
 			reply(s, "451 %s Local error: message not queued",
-			      ESC_LOCAL_ERROR);
+			      status_code_str(STATUS_LOCAL_ERROR));
 	} else {
 		if (!s->gone)
-			reply(s, "250 %s Ok: queued as %s", ESC_OK, env->id);
+			reply(s, "250 %s Ok: queued as %s",
+			      status_code_str(STATUS_OK), env->id);
 		scheduler_enqueue(s->srv->scheduler, env, SCHEDULER_NEW);
 	}
 	if (s->gone) {
@@ -1091,8 +1086,8 @@ static void on_committed(int error, void *arg)
 	}
 	enter_state(s, SMTP_STATE_COMMAND);
 	if (s->shutdown_pending) {
-		reply(s, "421 %s %s Service shutting down", ESC_SHUTDOWN,
-		      cfg_of(s)->hostname);
+		reply(s, "421 %s %s Service shutting down",
+		      status_code_str(STATUS_SHUTDOWN), cfg_of(s)->hostname);
 		session_close(s);
 		session_flush(s);
 		return;
@@ -1114,15 +1109,15 @@ static void message_end(struct smtp_session *s)
 	message_spill(s);
 	if (tx->too_big) {
 		reply(s, "552 %s Message size exceeds fixed limit",
-		      ESC_TOO_BIG);
+		      status_code_str(STATUS_TOO_BIG));
 		refusal = "message too big";
 	} else if (tx->data.received_count > SMTP_RECEIVED_MAX) {
 		reply(s, "554 %s Too many Received headers: mail loop",
-		      ESC_LOOP);
+		      status_code_str(STATUS_LOOP));
 		refusal = "mail loop";
 	} else if (tx->incoming->error != 0) {
 		reply(s, "451 %s Local error writing the message",
-		      ESC_LOCAL_ERROR);
+		      status_code_str(STATUS_LOCAL_ERROR));
 		log_event(LOG_LEVEL_ERROR, "spool_error",
 			  LOG_S("client", s->client),
 			  LOG_S("reason", strerror(tx->incoming->error)));
@@ -1130,7 +1125,8 @@ static void message_end(struct smtp_session *s)
 	}
 	struct spool_envelope *env = refusal ? NULL : envelope_build(s);
 	if (refusal == NULL && env == NULL) {
-		reply(s, "451 %s Out of memory", ESC_LOCAL_ERROR);
+		reply(s, "451 %s Out of memory",
+		      status_code_str(STATUS_LOCAL_ERROR));
 		refusal = "out of memory";
 	}
 	if (refusal != NULL) {
@@ -1159,19 +1155,19 @@ static void message_end(struct smtp_session *s)
 static void cmd_data(struct smtp_session *s, const struct smtp_command *cmd)
 {
 	if (cmd->arglen != 0) {
-		reply_error(s, 501, ESC_BAD_ARGS, "Syntax: DATA");
+		reply_error(s, 501, STATUS_BAD_ARGS, "Syntax: DATA");
 		return;
 	}
 	if (!s->tx.active) {
-		reply_error(s, 503, ESC_BAD_COMMAND, "Need MAIL command");
+		reply_error(s, 503, STATUS_BAD_COMMAND, "Need MAIL command");
 		return;
 	}
 	if (s->tx.rcpt_count == 0) {
-		reply_error(s, 503, ESC_BAD_COMMAND, "Need RCPT command");
+		reply_error(s, 503, STATUS_BAD_COMMAND, "Need RCPT command");
 		return;
 	}
 	if (s->tx.used_bdat) {
-		reply_error(s, 503, ESC_BAD_COMMAND, "DATA after BDAT");
+		reply_error(s, 503, STATUS_BAD_COMMAND, "DATA after BDAT");
 		return;
 	}
 	if (!message_begin(s))
@@ -1181,12 +1177,12 @@ static void cmd_data(struct smtp_session *s, const struct smtp_command *cmd)
 	enter_state(s, SMTP_STATE_DATA);
 }
 
-static void bdat_discard(struct smtp_session *s, int code, const char *esc,
-			 const char *text)
+static void bdat_discard(struct smtp_session *s, int code,
+			 enum status_code status, const char *text)
 {
 	s->bdat_discard = true;
 	s->bdat_reply_code = code;
-	s->bdat_reply_esc = esc;
+	s->bdat_reply_status = status;
 	s->bdat_reply_text = text;
 }
 
@@ -1198,7 +1194,8 @@ static void cmd_bdat(struct smtp_session *s, const struct smtp_command *cmd)
 	    SMTP_PARSE_OK) {
 		/* Without a size no chunk can be skipped: what follows is
 		 * read as commands, and junk there meets the error limit. */
-		reply_error(s, 501, ESC_BAD_ARGS, "Syntax: BDAT size [LAST]");
+		reply_error(s, 501, STATUS_BAD_ARGS,
+			    "Syntax: BDAT size [LAST]");
 		return;
 	}
 	s->bdat_remaining = size;
@@ -1208,9 +1205,9 @@ static void cmd_bdat(struct smtp_session *s, const struct smtp_command *cmd)
 	/* The chunk is read in every case (RFC 3030 §2); an error is
 	 * given once it has been. */
 	if (!s->tx.active)
-		bdat_discard(s, 503, ESC_BAD_COMMAND, "Need MAIL command");
+		bdat_discard(s, 503, STATUS_BAD_COMMAND, "Need MAIL command");
 	else if (s->tx.rcpt_count == 0)
-		bdat_discard(s, 503, ESC_BAD_COMMAND, "Need RCPT command");
+		bdat_discard(s, 503, STATUS_BAD_COMMAND, "Need RCPT command");
 	else if (!s->tx.used_bdat) {
 		if (!message_begin(s)) {
 			/* the 451 is out already; skip the chunk quietly */
@@ -1230,19 +1227,20 @@ static void bdat_chunk_done(struct smtp_session *s)
 	if (s->bdat_discard) {
 		s->bdat_discard = false;
 		if (s->bdat_reply_code != 0)
-			reply_error(s, s->bdat_reply_code, s->bdat_reply_esc,
+			reply_error(s, s->bdat_reply_code, s->bdat_reply_status,
 				    s->bdat_reply_text);
 		return;
 	}
 	if (s->tx.too_big) {
 		reply(s, "552 %s Message size exceeds fixed limit",
-		      ESC_TOO_BIG);
+		      status_code_str(STATUS_TOO_BIG));
 		log_rejected(s, "message too big", s->tx.mail.from.address);
 		transaction_reset(s);
 		return;
 	}
 	if (!s->bdat_last) {
-		reply(s, "250 %s %llu octets received", ESC_OK,
+		reply(s, "250 %s %llu octets received",
+		      status_code_str(STATUS_OK),
 		      (unsigned long long)s->tx.data.size);
 		return;
 	}
@@ -1263,12 +1261,12 @@ static void cmd_rset(struct smtp_session *s, const struct smtp_command *cmd)
 {
 	(void)cmd;
 	transaction_reset(s);
-	reply(s, "250 %s Ok", ESC_OK);
+	reply(s, "250 %s Ok", status_code_str(STATUS_OK));
 }
 
 static void cmd_quit(struct smtp_session *s)
 {
-	reply(s, "221 %s Bye", ESC_OK);
+	reply(s, "221 %s Bye", status_code_str(STATUS_OK));
 	session_close(s);
 }
 
@@ -1299,7 +1297,7 @@ static void dispatch(struct smtp_session *s, const char *line, size_t len)
 		cmd_rset(s, &cmd);
 		break;
 	case SMTP_VERB_NOOP:
-		reply(s, "250 %s Ok", ESC_OK);
+		reply(s, "250 %s Ok", status_code_str(STATUS_OK));
 		break;
 	case SMTP_VERB_QUIT:
 		cmd_quit(s);
@@ -1308,16 +1306,17 @@ static void dispatch(struct smtp_session *s, const char *line, size_t len)
 		reply(s,
 		      "214 %s See RFC 5321; facteur speaks HELO EHLO MAIL "
 		      "RCPT DATA BDAT RSET NOOP QUIT HELP VRFY",
-		      ESC_OK);
+		      status_code_str(STATUS_OK));
 		break;
 	case SMTP_VERB_VRFY:
 		reply(s,
 		      "252 %s Cannot VRFY user, but will accept message "
 		      "and attempt delivery",
-		      ESC_VRFY);
+		      status_code_str(STATUS_VRFY));
 		break;
 	case SMTP_VERB_EXPN:
-		reply(s, "502 %s EXPN is not available", ESC_BAD_COMMAND);
+		reply(s, "502 %s EXPN is not available",
+		      status_code_str(STATUS_BAD_COMMAND));
 		break;
 	case SMTP_VERB_STARTTLS:
 		cmd_starttls(s, &cmd);
@@ -1327,7 +1326,7 @@ static void dispatch(struct smtp_session *s, const char *line, size_t len)
 		break;
 	case SMTP_VERB_UNKNOWN:
 	default:
-		reply_error(s, 500, ESC_BAD_COMMAND, "Command unrecognized");
+		reply_error(s, 500, STATUS_BAD_COMMAND, "Command unrecognized");
 		break;
 	}
 }
@@ -1349,7 +1348,7 @@ static bool read_command(struct smtp_session *s)
 	case LINEIO_NONE:
 		return false;
 	case LINEIO_TOO_LONG:
-		reply_error(s, 500, ESC_SYNTAX, "Line too long");
+		reply_error(s, 500, STATUS_SYNTAX_ERROR, "Line too long");
 		return true;
 	case LINEIO_SKIPPED:
 		return true;
@@ -1415,7 +1414,8 @@ static void session_process(struct smtp_session *s)
 		case SMTP_STATE_COMMAND:
 			if (s->shutdown_pending) {
 				reply(s, "421 %s %s Service shutting down",
-				      ESC_SHUTDOWN, cfg_of(s)->hostname);
+				      status_code_str(STATUS_SHUTDOWN),
+				      cfg_of(s)->hostname);
 				session_close(s);
 				more = false;
 				break;
@@ -1517,7 +1517,8 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 	}
 	if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) &&
 	    s->state != SMTP_STATE_CLOSING) {
-		reply(s, "421 %s %s Error: timeout exceeded", ESC_TIMEOUT,
+		reply(s, "421 %s %s Error: timeout exceeded",
+		      status_code_str(STATUS_BAD_CONNECTION),
 		      cfg_of(s)->hostname);
 		log_event(LOG_LEVEL_INFO, "timeout", LOG_S("client", s->client),
 			  LOG_S("state", state_names[s->state]));
@@ -1627,7 +1628,8 @@ struct smtp_session *smtp_session_new(struct server *srv, int fd,
 		reply(s,
 		      "421 %s %s Error: too many failed logins from your "
 		      "address, try again later",
-		      ESC_TOO_MANY_ERRORS, cfg->hostname);
+		      status_code_str(STATUS_SECURITY_TRANSIENT),
+		      cfg->hostname);
 		log_event(LOG_LEVEL_WARN, "rejected",
 			  LOG_S("client", s->client),
 			  LOG_S("reason", "auth_fail_limit"));
@@ -1657,7 +1659,8 @@ void smtp_server_shutdown(struct smtp_server *smtp)
 		struct smtp_session *next = s->next;
 		if (s->state == SMTP_STATE_COMMAND) {
 			reply(s, "421 %s %s Service shutting down",
-			      ESC_SHUTDOWN, cfg_of(s)->hostname);
+			      status_code_str(STATUS_SHUTDOWN),
+			      cfg_of(s)->hostname);
 			session_close(s);
 			session_flush(s);
 		} else if (s->state != SMTP_STATE_CLOSING) {

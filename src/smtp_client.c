@@ -57,76 +57,52 @@
 #define QUIT_WAIT 2		   /* seconds for the reply to QUIT */
 #define DEFAULT_TIMEOUT 300
 
-enum client_state {
-	CLIENT_IDLE, /* between addresses */
-	CLIENT_CONNECTING,
-	CLIENT_GREETING,
-	CLIENT_EHLO,
-	CLIENT_HELO,
-	CLIENT_STARTTLS,
-	CLIENT_TLS_HANDSHAKE,
-	CLIENT_EHLO_TLS,
-	CLIENT_AUTH, /* AUTH PLAIN <response>, or AUTH LOGIN */
-	CLIENT_AUTH_LOGIN_USER,
-	CLIENT_AUTH_LOGIN_PASS,
-	CLIENT_MAIL,
-	CLIENT_RCPT,
-	CLIENT_DATA,
-	CLIENT_BODY,  /* streaming the message */
-	CLIENT_DOT,   /* waiting for the reply to the final dot */
-	CLIENT_RSET,  /* a half-done transaction, before the report */
-	CLIENT_READY, /* reported, connection kept for the next message (or
-		       * closed by the server meanwhile: bev NULL) */
-	CLIENT_QUIT,
-	CLIENT_DONE, /* reported, connection closed, being freed */
-};
+/* Each state once: its name in the enum and in the debug log, and what
+ * we were doing in it, for reasons ("lost connection with X while
+ * ..."). */
+#define CLIENT_STATES(X)                                                       \
+	/* between addresses */                                                \
+	X(CLIENT_IDLE, "idle", "between connections")                          \
+	X(CLIENT_CONNECTING, "connecting", "while connecting")                 \
+	X(CLIENT_GREETING, "greeting", "while waiting for the greeting")       \
+	X(CLIENT_EHLO, "ehlo", "in reply to EHLO")                             \
+	X(CLIENT_HELO, "helo", "in reply to HELO")                             \
+	X(CLIENT_STARTTLS, "starttls", "in reply to STARTTLS")                 \
+	X(CLIENT_TLS_HANDSHAKE, "tls_handshake", "during the TLS handshake")   \
+	X(CLIENT_EHLO_TLS, "ehlo_tls", "in reply to EHLO after STARTTLS")      \
+	/* AUTH PLAIN <response>, or AUTH LOGIN */                             \
+	X(CLIENT_AUTH, "auth", "in reply to AUTH")                             \
+	X(CLIENT_AUTH_LOGIN_USER, "auth_login_user",                           \
+	  "in reply to the AUTH LOGIN user name")                              \
+	X(CLIENT_AUTH_LOGIN_PASS, "auth_login_pass",                           \
+	  "in reply to the AUTH LOGIN password")                               \
+	X(CLIENT_MAIL, "mail", "in reply to MAIL FROM")                        \
+	X(CLIENT_RCPT, "rcpt", "in reply to RCPT TO")                          \
+	X(CLIENT_DATA, "data", "in reply to DATA")                             \
+	/* streaming the message */                                            \
+	X(CLIENT_BODY, "body", "while sending the message body")               \
+	/* waiting for the reply to the final dot */                           \
+	X(CLIENT_DOT, "dot", "in reply to the end of data")                    \
+	/* a half-done transaction, before the report */                       \
+	X(CLIENT_RSET, "rset", "in reply to RSET")                             \
+	/* reported, connection kept for the next message (or closed by the    \
+	 * server meanwhile: bev NULL) */                                      \
+	X(CLIENT_READY, "ready", "while idle")                                 \
+	X(CLIENT_QUIT, "quit", "in reply to QUIT")                             \
+	/* reported, connection closed, being freed */                         \
+	X(CLIENT_DONE, "done", "after the end")
 
-static const char *const state_names[] = {
-    [CLIENT_IDLE] = "idle",
-    [CLIENT_CONNECTING] = "connecting",
-    [CLIENT_GREETING] = "greeting",
-    [CLIENT_EHLO] = "ehlo",
-    [CLIENT_HELO] = "helo",
-    [CLIENT_STARTTLS] = "starttls",
-    [CLIENT_TLS_HANDSHAKE] = "tls_handshake",
-    [CLIENT_EHLO_TLS] = "ehlo_tls",
-    [CLIENT_AUTH] = "auth",
-    [CLIENT_AUTH_LOGIN_USER] = "auth_login_user",
-    [CLIENT_AUTH_LOGIN_PASS] = "auth_login_pass",
-    [CLIENT_MAIL] = "mail",
-    [CLIENT_RCPT] = "rcpt",
-    [CLIENT_DATA] = "data",
-    [CLIENT_BODY] = "body",
-    [CLIENT_DOT] = "dot",
-    [CLIENT_RSET] = "rset",
-    [CLIENT_READY] = "ready",
-    [CLIENT_QUIT] = "quit",
-    [CLIENT_DONE] = "done",
-};
+#define CLIENT_STATE_ENUM(state, name, doing) state,
+enum client_state { CLIENT_STATES(CLIENT_STATE_ENUM) };
+#undef CLIENT_STATE_ENUM
 
-/* What we were doing, for reasons: "lost connection with X while ...". */
-static const char *const state_doing[] = {
-    [CLIENT_IDLE] = "between connections",
-    [CLIENT_CONNECTING] = "while connecting",
-    [CLIENT_GREETING] = "while waiting for the greeting",
-    [CLIENT_EHLO] = "in reply to EHLO",
-    [CLIENT_HELO] = "in reply to HELO",
-    [CLIENT_STARTTLS] = "in reply to STARTTLS",
-    [CLIENT_TLS_HANDSHAKE] = "during the TLS handshake",
-    [CLIENT_EHLO_TLS] = "in reply to EHLO after STARTTLS",
-    [CLIENT_AUTH] = "in reply to AUTH",
-    [CLIENT_AUTH_LOGIN_USER] = "in reply to the AUTH LOGIN user name",
-    [CLIENT_AUTH_LOGIN_PASS] = "in reply to the AUTH LOGIN password",
-    [CLIENT_MAIL] = "in reply to MAIL FROM",
-    [CLIENT_RCPT] = "in reply to RCPT TO",
-    [CLIENT_DATA] = "in reply to DATA",
-    [CLIENT_BODY] = "while sending the message body",
-    [CLIENT_DOT] = "in reply to the end of data",
-    [CLIENT_RSET] = "in reply to RSET",
-    [CLIENT_READY] = "while idle",
-    [CLIENT_QUIT] = "in reply to QUIT",
-    [CLIENT_DONE] = "after the end",
-};
+#define CLIENT_STATE_NAME(state, name, doing) [state] = name,
+static const char *const state_names[] = {CLIENT_STATES(CLIENT_STATE_NAME)};
+#undef CLIENT_STATE_NAME
+
+#define CLIENT_STATE_DOING(state, name, doing) [state] = doing,
+static const char *const state_doing[] = {CLIENT_STATES(CLIENT_STATE_DOING)};
+#undef CLIENT_STATE_DOING
 
 struct client_rcpt {
 	char *address;

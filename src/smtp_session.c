@@ -59,29 +59,34 @@
 #define AUTH_ADDRESS_MAX PASSWORD_CHECK_USER_MAX
 #define AUTH_PASSWORD_MAX PASSWORD_CHECK_PASSWORD_MAX
 
-enum smtp_state {
-	SMTP_STATE_COMMAND,    /* reading command lines */
-	SMTP_STATE_AUTH,       /* reading a SASL response line */
-	SMTP_STATE_AUTH_CHECK, /* the password is checked off the loop */
-	SMTP_STATE_AUTH_DELAY, /* a failed login waits before its 535 */
-	SMTP_STATE_DATA,       /* reading DATA content up to CRLF.CRLF */
-	SMTP_STATE_BDAT,       /* reading the octets of a BDAT chunk */
-	SMTP_STATE_COMMITTING, /* waiting for the spool; input waits */
-	SMTP_STATE_STARTTLS,   /* the 220 drains; then the handshake */
-	SMTP_STATE_CLOSING,    /* flushing the last replies */
-};
+/* Each state once: its name in the enum and in the debug log. */
+#define SMTP_STATES(X)                                                         \
+	/* reading command lines */                                            \
+	X(SMTP_STATE_COMMAND, "command")                                       \
+	/* reading a SASL response line */                                     \
+	X(SMTP_STATE_AUTH, "auth")                                             \
+	/* the password is checked off the loop */                             \
+	X(SMTP_STATE_AUTH_CHECK, "auth_check")                                 \
+	/* a failed login waits before its 535 */                              \
+	X(SMTP_STATE_AUTH_DELAY, "auth_delay")                                 \
+	/* reading DATA content up to CRLF.CRLF */                             \
+	X(SMTP_STATE_DATA, "data")                                             \
+	/* reading the octets of a BDAT chunk */                               \
+	X(SMTP_STATE_BDAT, "bdat")                                             \
+	/* waiting for the spool; input waits */                               \
+	X(SMTP_STATE_COMMITTING, "committing")                                 \
+	/* the 220 drains; then the handshake */                               \
+	X(SMTP_STATE_STARTTLS, "starttls")                                     \
+	/* flushing the last replies */                                        \
+	X(SMTP_STATE_CLOSING, "closing")
 
-static const char *const state_names[] = {
-    [SMTP_STATE_COMMAND] = "command",
-    [SMTP_STATE_AUTH] = "auth",
-    [SMTP_STATE_AUTH_CHECK] = "auth_check",
-    [SMTP_STATE_AUTH_DELAY] = "auth_delay",
-    [SMTP_STATE_DATA] = "data",
-    [SMTP_STATE_BDAT] = "bdat",
-    [SMTP_STATE_COMMITTING] = "committing",
-    [SMTP_STATE_STARTTLS] = "starttls",
-    [SMTP_STATE_CLOSING] = "closing",
-};
+#define SMTP_STATE_ENUM(state, name) state,
+enum smtp_state { SMTP_STATES(SMTP_STATE_ENUM) };
+#undef SMTP_STATE_ENUM
+
+#define SMTP_STATE_NAME(state, name) [state] = name,
+static const char *const state_names[] = {SMTP_STATES(SMTP_STATE_NAME)};
+#undef SMTP_STATE_NAME
 
 /* One accepted RCPT may stand for several final recipients (aliases).
  * Each is one record holding its strings, packed with others in blocks,

@@ -108,6 +108,34 @@ static void fail(const char *fmt, ...)
 	fputc('\n', stderr);
 }
 
+/* The words an option takes, each with the value it stands for. */
+struct option_word {
+	const char *word; /* NULL ends a table */
+	int value;
+};
+
+static const struct option_word modes[] = {
+    {"m", MODE_SEND}, {"p", MODE_LIST}, {NULL, 0}};
+static const struct option_word returns[] = {
+    {"full", SMTP_RET_FULL}, {"hdrs", SMTP_RET_HDRS}, {NULL, 0}};
+static const struct option_word notify_words[] = {
+    {"never", SMTP_NOTIFY_NEVER},
+    {"success", SMTP_NOTIFY_SUCCESS},
+    {"failure", SMTP_NOTIFY_FAILURE},
+    {"delay", SMTP_NOTIFY_DELAY},
+    {NULL, 0}};
+
+/* The value `word` stands for in `words`; -1 when it is none of them. */
+static int option_word_value(const struct option_word *words, const char *word,
+			     bool ignore_case)
+{
+	for (; words->word != NULL; words++)
+		if ((ignore_case ? strcasecmp(word, words->word)
+				 : strcmp(word, words->word)) == 0)
+			return words->value;
+	return -1;
+}
+
 /* -N never | success,failure,delay (RFC 3461 §4.1). */
 static int parse_notify(const char *text, unsigned *out)
 {
@@ -119,16 +147,8 @@ static int parse_notify(const char *text, unsigned *out)
 		return -1;
 	for (char *w = strtok_r(copy, ",", &save); w != NULL;
 	     w = strtok_r(NULL, ",", &save)) {
-		if (strcasecmp(w, "never") == 0)
-			bits |= SMTP_NOTIFY_NEVER;
-		else if (strcasecmp(w, "success") == 0)
-			bits |= SMTP_NOTIFY_SUCCESS;
-		else if (strcasecmp(w, "failure") == 0)
-			bits |= SMTP_NOTIFY_FAILURE;
-		else if (strcasecmp(w, "delay") == 0)
-			bits |= SMTP_NOTIFY_DELAY;
-		else
-			bits = ~0u;
+		int bit = option_word_value(notify_words, w, true);
+		bits = bit == -1 ? ~0u : bits | (unsigned)bit;
 	}
 	free(copy);
 	if (bits == 0 || bits == ~0u ||
@@ -143,7 +163,7 @@ static int parse_notify(const char *text, unsigned *out)
  * ignored. Returns 0 or an exit status. */
 static int parse_options(int argc, char **argv, struct options *opt)
 {
-	int c;
+	int c, value;
 
 	opterr = 0;
 	while ((c = getopt(argc, argv,
@@ -151,14 +171,12 @@ static int parse_options(int argc, char **argv, struct options *opt)
 	       -1) {
 		switch (c) {
 		case 'b':
-			if (strcmp(optarg, "m") == 0) {
-				opt->mode = MODE_SEND;
-			} else if (strcmp(optarg, "p") == 0) {
-				opt->mode = MODE_LIST;
-			} else {
+			if ((value = option_word_value(modes, optarg, false)) ==
+			    -1) {
 				fail("-b%s is not supported", optarg);
 				return EXIT_USAGE;
 			}
+			opt->mode = (enum mode)value;
 			break;
 		case 'C':
 			opt->config_path = optarg;
@@ -200,14 +218,12 @@ static int parse_options(int argc, char **argv, struct options *opt)
 			}
 			break;
 		case 'R':
-			if (strcasecmp(optarg, "full") == 0) {
-				opt->ret = SMTP_RET_FULL;
-			} else if (strcasecmp(optarg, "hdrs") == 0) {
-				opt->ret = SMTP_RET_HDRS;
-			} else {
+			if ((value = option_word_value(returns, optarg,
+						       true)) == -1) {
 				fail("-R %s: expected full or hdrs", optarg);
 				return EXIT_USAGE;
 			}
+			opt->ret = (enum smtp_ret)value;
 			break;
 		case 'V':
 			if (strlen(optarg) > SMTP_ENVID_MAX) {

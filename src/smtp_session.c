@@ -763,6 +763,50 @@ static void cmd_auth(struct smtp_session *s, const struct smtp_command *cmd)
 
 /* ---- MAIL, RCPT ---- */
 
+/* What the refusals of a MAIL or RCPT argument say of it. */
+struct path_command {
+	const char *verb; /* in "Bad <verb> parameter" */
+	enum status_code address_status;
+	const char *address_error;
+	const char *syntax;
+};
+
+static const struct path_command mail_command = {
+    "MAIL", STATUS_BAD_SENDER_SYNTAX, "Bad sender address syntax",
+    "Syntax: MAIL FROM:<address>"};
+static const struct path_command rcpt_command = {"RCPT", STATUS_BAD_RCPT_SYNTAX,
+						 "Bad recipient address syntax",
+						 "Syntax: RCPT TO:<address>"};
+
+/* Whether the argument parsed; if not, the refusal is sent. An unknown
+ * parameter is a 555 that does not count as a protocol error. */
+static bool path_command_parsed(struct smtp_session *s,
+				const struct path_command *pc,
+				enum smtp_parse_result result)
+{
+	char text[64];
+
+	switch (result) {
+	case SMTP_PARSE_OK:
+		return true;
+	case SMTP_PARSE_BAD_ADDRESS:
+		reply_error(s, 501, pc->address_status, pc->address_error);
+		return false;
+	case SMTP_PARSE_UNKNOWN_PARAM:
+		reply(s, "555 %s Unsupported %s parameter",
+		      status_code_str(STATUS_BAD_ARGS), pc->verb);
+		return false;
+	case SMTP_PARSE_BAD_PARAM:
+		snprintf(text, sizeof text, "Bad %s parameter", pc->verb);
+		reply_error(s, 501, STATUS_BAD_ARGS, text);
+		return false;
+	case SMTP_PARSE_SYNTAX:
+	default:
+		reply_error(s, 501, STATUS_BAD_ARGS, pc->syntax);
+		return false;
+	}
+}
+
 static void cmd_mail(struct smtp_session *s, const struct smtp_command *cmd)
 {
 	const struct config *cfg = cfg_of(s);
@@ -780,26 +824,9 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_command *cmd)
 		return;
 	}
 	struct smtp_mail mail;
-	switch (smtp_parse_mail(cmd->arg, cmd->arglen, &mail)) {
-	case SMTP_PARSE_OK:
-		break;
-	case SMTP_PARSE_BAD_ADDRESS:
-		reply_error(s, 501, STATUS_BAD_SENDER_SYNTAX,
-			    "Bad sender address syntax");
+	if (!path_command_parsed(s, &mail_command,
+				 smtp_parse_mail(cmd->arg, cmd->arglen, &mail)))
 		return;
-	case SMTP_PARSE_UNKNOWN_PARAM:
-		reply(s, "555 %s Unsupported MAIL parameter",
-		      status_code_str(STATUS_BAD_ARGS));
-		return;
-	case SMTP_PARSE_BAD_PARAM:
-		reply_error(s, 501, STATUS_BAD_ARGS, "Bad MAIL parameter");
-		return;
-	case SMTP_PARSE_SYNTAX:
-	default:
-		reply_error(s, 501, STATUS_BAD_ARGS,
-			    "Syntax: MAIL FROM:<address>");
-		return;
-	}
 	if (mail.size_given && mail.size > cfg->max_message_size) {
 		reply(s, "552 %s Message size exceeds fixed limit",
 		      status_code_str(STATUS_TOO_BIG));
@@ -853,26 +880,9 @@ static void cmd_rcpt(struct smtp_session *s, const struct smtp_command *cmd)
 		return;
 	}
 	struct smtp_rcpt rcpt;
-	switch (smtp_parse_rcpt(cmd->arg, cmd->arglen, &rcpt)) {
-	case SMTP_PARSE_OK:
-		break;
-	case SMTP_PARSE_BAD_ADDRESS:
-		reply_error(s, 501, STATUS_BAD_RCPT_SYNTAX,
-			    "Bad recipient address syntax");
+	if (!path_command_parsed(s, &rcpt_command,
+				 smtp_parse_rcpt(cmd->arg, cmd->arglen, &rcpt)))
 		return;
-	case SMTP_PARSE_UNKNOWN_PARAM:
-		reply(s, "555 %s Unsupported RCPT parameter",
-		      status_code_str(STATUS_BAD_ARGS));
-		return;
-	case SMTP_PARSE_BAD_PARAM:
-		reply_error(s, 501, STATUS_BAD_ARGS, "Bad RCPT parameter");
-		return;
-	case SMTP_PARSE_SYNTAX:
-	default:
-		reply_error(s, 501, STATUS_BAD_ARGS,
-			    "Syntax: RCPT TO:<address>");
-		return;
-	}
 	if (s->tx.accepted_rcpt_commands >= cfg->max_recipients) {
 		reply(s, "452 %s Too many recipients",
 		      status_code_str(STATUS_TOO_MANY_RCPTS));

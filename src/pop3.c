@@ -56,6 +56,7 @@
 #include "facteur/pop3.h"
 #include "facteur/pop3_proto.h"
 #include "facteur/server.h"
+#include "facteur/state_list.h"
 #include "facteur/transport.h"
 #include "facteur/worker.h"
 
@@ -91,13 +92,9 @@
 	/* flushing the last reply */                                          \
 	X(POP3_STATE_CLOSING, "closing")
 
-#define POP3_STATE_ENUM(state, name) state,
-enum pop3_state { POP3_STATES(POP3_STATE_ENUM) };
-#undef POP3_STATE_ENUM
+enum pop3_state { POP3_STATES(STATE_LIST_ENUM) };
 
-#define POP3_STATE_NAME(state, name) [state] = name,
-static const char *const state_names[] = {POP3_STATES(POP3_STATE_NAME)};
-#undef POP3_STATE_NAME
+static const char *const state_names[] = {POP3_STATES(STATE_LIST_NAME)};
 
 struct pop3_message {
 	char *name; /* in cur/ */

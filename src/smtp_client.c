@@ -46,6 +46,7 @@
 #include "facteur/smtp_proto.h"
 #include "facteur/smtp_reply.h"
 #include "facteur/spool.h"
+#include "facteur/state_list.h"
 #include "facteur/status_code.h"
 #include "facteur/text.h"
 #include "facteur/tls.h"
@@ -92,13 +93,9 @@
 	/* reported, connection closed, being freed */                         \
 	X(CLIENT_DONE, "done", "after the end")
 
-#define CLIENT_STATE_ENUM(state, name, doing) state,
-enum client_state { CLIENT_STATES(CLIENT_STATE_ENUM) };
-#undef CLIENT_STATE_ENUM
+enum client_state { CLIENT_STATES(STATE_LIST_ENUM) };
 
-#define CLIENT_STATE_NAME(state, name, doing) [state] = name,
-static const char *const state_names[] = {CLIENT_STATES(CLIENT_STATE_NAME)};
-#undef CLIENT_STATE_NAME
+static const char *const state_names[] = {CLIENT_STATES(STATE_LIST_NAME)};
 
 #define CLIENT_STATE_DOING(state, name, doing) [state] = doing,
 static const char *const state_doing[] = {CLIENT_STATES(CLIENT_STATE_DOING)};

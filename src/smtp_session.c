@@ -41,6 +41,7 @@
 #include "facteur/smtp_proto.h"
 #include "facteur/smtp_session.h"
 #include "facteur/spool.h"
+#include "facteur/state_list.h"
 #include "facteur/status_code.h"
 #include "facteur/transport.h"
 #include "facteur/worker.h"
@@ -80,13 +81,9 @@
 	/* flushing the last replies */                                        \
 	X(SMTP_STATE_CLOSING, "closing")
 
-#define SMTP_STATE_ENUM(state, name) state,
-enum smtp_state { SMTP_STATES(SMTP_STATE_ENUM) };
-#undef SMTP_STATE_ENUM
+enum smtp_state { SMTP_STATES(STATE_LIST_ENUM) };
 
-#define SMTP_STATE_NAME(state, name) [state] = name,
-static const char *const state_names[] = {SMTP_STATES(SMTP_STATE_NAME)};
-#undef SMTP_STATE_NAME
+static const char *const state_names[] = {SMTP_STATES(STATE_LIST_NAME)};
 
 /* One accepted RCPT may stand for several final recipients (aliases).
  * Each is one record holding its strings, packed with others in blocks,

@@ -11,14 +11,10 @@
 #include <string.h>
 #include <strings.h>
 
+#include "facteur/ascii.h"
 #include "facteur/control_proto.h"
 #include "facteur/text.h"
 #include "facteur/utf8.h"
-
-static bool is_wsp(char c)
-{
-	return c == ' ' || c == '\t';
-}
 
 /* ---- requests ---- */
 
@@ -39,7 +35,7 @@ struct word {
 
 static bool word_is(struct word w, const char *s)
 {
-	return w.n == strlen(s) && strncasecmp(w.p, s, w.n) == 0;
+	return ascii_ieq(w.p, w.n, s);
 }
 
 static bool parse_id(struct word w, char *id)
@@ -73,12 +69,12 @@ int control_proto_parse_request(const char *line, size_t len,
 		return -1;
 	}
 	while (i < len) {
-		while (i < len && is_wsp(line[i]))
+		while (i < len && ascii_is_wsp(line[i]))
 			i++;
 		if (i == len)
 			break;
 		size_t start = i;
-		while (i < len && !is_wsp(line[i]))
+		while (i < len && !ascii_is_wsp(line[i]))
 			i++;
 		if (count == sizeof words / sizeof words[0]) {
 			*error = "too many arguments";
@@ -142,37 +138,15 @@ int control_proto_parse_request(const char *line, size_t len,
 
 /* ---- reply records (values escaped as text_value does) ---- */
 
-static int hex_value(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1;
-}
-
 char *control_proto_decode_value(char *token)
 {
 	if (strcmp(token, "-") == 0) {
 		token[0] = '\0';
 		return token;
 	}
-	char *out = token;
-	for (const char *p = token; *p; p++) {
-		if (*p != '+') {
-			*out++ = *p;
-			continue;
-		}
-		int hi = hex_value(p[1]);
-		int lo = hi < 0 ? -1 : hex_value(p[2]);
-		if (lo < 0)
-			return NULL;
-		*out++ = (char)(hi << 4 | lo);
-		p += 2;
-	}
-	*out = '\0';
+	size_t len = strlen(token);
+	if (text_xtext_decode(token, len, token, len + 1, TEXT_XTEXT_8BIT) < 0)
+		return NULL;
 	return token;
 }
 

@@ -26,6 +26,7 @@
 #include "facteur/delivery.h"
 #include "facteur/mbox.h"
 #include "facteur/smtp_proto.h"
+#include "facteur/status_code.h"
 
 #define COPY_CHUNK (64 * 1024)
 
@@ -105,10 +106,11 @@ static void delivery_run_callback(struct delivery *d)
 /* The result is known: release what is held, then call back from the
  * timer. */
 void delivery_finish(struct delivery *d, enum deliver_result result,
-		     const char *dsn, char *reason, const char *reason_text)
+		     enum status_code status, char *reason,
+		     const char *reason_text)
 {
 	d->result = result;
-	d->dsn = dsn;
+	d->dsn = status_code_str(status);
 	free(d->reason);
 	d->reason = reason;
 	d->reason_text = reason != NULL ? NULL : reason_text;
@@ -125,15 +127,15 @@ void delivery_finish(struct delivery *d, enum deliver_result result,
 
 void delivery_finish_ok(struct delivery *d, const char *reason)
 {
-	delivery_finish(d, DELIVER_OK, "2.0.0", NULL, reason);
+	delivery_finish(d, DELIVER_OK, STATUS_OK, NULL, reason);
 }
 
-static const char *dsn_for_errno(int err, bool mailbox)
+static enum status_code status_for_errno(int err, bool mailbox)
 {
 	if (err == ENOSPC || err == EDQUOT)
-		return "4.3.1";
+		return STATUS_SYSTEM_STORAGE;
 	if (!mailbox)
-		return "4.3.0";
+		return STATUS_LOCAL_ERROR;
 	switch (err) {
 	case EACCES:
 	case EPERM:
@@ -146,9 +148,9 @@ static const char *dsn_for_errno(int err, bool mailbox)
 	case EEXIST:
 	case EMLINK:
 	case EFBIG:
-		return "4.2.0";
+		return STATUS_MAILBOX_UNAVAILABLE;
 	default:
-		return "4.3.0";
+		return STATUS_LOCAL_ERROR;
 	}
 }
 
@@ -162,13 +164,14 @@ void delivery_fail_errno(struct delivery *d, int err, bool mailbox,
 	char *reason = NULL;
 	if (asprintf(&reason, "%s %s: %s", what, path, text) == -1)
 		reason = NULL;
-	delivery_finish(d, DELIVER_TEMPFAIL, dsn_for_errno(err, mailbox),
+	delivery_finish(d, DELIVER_TEMPFAIL, status_for_errno(err, mailbox),
 			reason, strerror(err));
 }
 
-void delivery_fail_text(struct delivery *d, const char *dsn, const char *text)
+void delivery_fail_text(struct delivery *d, enum status_code status,
+			const char *text)
 {
-	delivery_finish(d, DELIVER_TEMPFAIL, dsn, NULL, text);
+	delivery_finish(d, DELIVER_TEMPFAIL, status, NULL, text);
 }
 
 char *delivery_path_join(const char *dir, const char *sub, const char *name)

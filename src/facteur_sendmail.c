@@ -31,6 +31,7 @@
 #include "facteur/config.h"
 #include "facteur/control_client.h"
 #include "facteur/control_proto.h"
+#include "facteur/mailtime.h"
 #include "facteur/policy.h"
 #include "facteur/smtp_proto.h"
 #include "facteur/spool.h"
@@ -107,6 +108,34 @@ static void fail(const char *fmt, ...)
 	fputc('\n', stderr);
 }
 
+/* The words an option takes, each with the value it stands for. */
+struct option_word {
+	const char *word; /* NULL ends a table */
+	int value;
+};
+
+static const struct option_word modes[] = {
+    {"m", MODE_SEND}, {"p", MODE_LIST}, {NULL, 0}};
+static const struct option_word returns[] = {
+    {"full", SMTP_RET_FULL}, {"hdrs", SMTP_RET_HDRS}, {NULL, 0}};
+static const struct option_word notify_words[] = {
+    {"never", SMTP_NOTIFY_NEVER},
+    {"success", SMTP_NOTIFY_SUCCESS},
+    {"failure", SMTP_NOTIFY_FAILURE},
+    {"delay", SMTP_NOTIFY_DELAY},
+    {NULL, 0}};
+
+/* The value `word` stands for in `words`; -1 when it is none of them. */
+static int option_word_value(const struct option_word *words, const char *word,
+			     bool ignore_case)
+{
+	for (; words->word != NULL; words++)
+		if ((ignore_case ? strcasecmp(word, words->word)
+				 : strcmp(word, words->word)) == 0)
+			return words->value;
+	return -1;
+}
+
 /* -N never | success,failure,delay (RFC 3461 §4.1). */
 static int parse_notify(const char *text, unsigned *out)
 {
@@ -118,16 +147,8 @@ static int parse_notify(const char *text, unsigned *out)
 		return -1;
 	for (char *w = strtok_r(copy, ",", &save); w != NULL;
 	     w = strtok_r(NULL, ",", &save)) {
-		if (strcasecmp(w, "never") == 0)
-			bits |= SMTP_NOTIFY_NEVER;
-		else if (strcasecmp(w, "success") == 0)
-			bits |= SMTP_NOTIFY_SUCCESS;
-		else if (strcasecmp(w, "failure") == 0)
-			bits |= SMTP_NOTIFY_FAILURE;
-		else if (strcasecmp(w, "delay") == 0)
-			bits |= SMTP_NOTIFY_DELAY;
-		else
-			bits = ~0u;
+		int bit = option_word_value(notify_words, w, true);
+		bits = bit == -1 ? ~0u : bits | (unsigned)bit;
 	}
 	free(copy);
 	if (bits == 0 || bits == ~0u ||
@@ -142,7 +163,7 @@ static int parse_notify(const char *text, unsigned *out)
  * ignored. Returns 0 or an exit status. */
 static int parse_options(int argc, char **argv, struct options *opt)
 {
-	int c;
+	int c, value;
 
 	opterr = 0;
 	while ((c = getopt(argc, argv,
@@ -150,14 +171,12 @@ static int parse_options(int argc, char **argv, struct options *opt)
 	       -1) {
 		switch (c) {
 		case 'b':
-			if (strcmp(optarg, "m") == 0) {
-				opt->mode = MODE_SEND;
-			} else if (strcmp(optarg, "p") == 0) {
-				opt->mode = MODE_LIST;
-			} else {
+			if ((value = option_word_value(modes, optarg, false)) ==
+			    -1) {
 				fail("-b%s is not supported", optarg);
 				return EXIT_USAGE;
 			}
+			opt->mode = (enum mode)value;
 			break;
 		case 'C':
 			opt->config_path = optarg;
@@ -199,14 +218,12 @@ static int parse_options(int argc, char **argv, struct options *opt)
 			}
 			break;
 		case 'R':
-			if (strcasecmp(optarg, "full") == 0) {
-				opt->ret = SMTP_RET_FULL;
-			} else if (strcasecmp(optarg, "hdrs") == 0) {
-				opt->ret = SMTP_RET_HDRS;
-			} else {
+			if ((value = option_word_value(returns, optarg,
+						       true)) == -1) {
 				fail("-R %s: expected full or hdrs", optarg);
 				return EXIT_USAGE;
 			}
+			opt->ret = (enum smtp_ret)value;
 			break;
 		case 'V':
 			if (strlen(optarg) > SMTP_ENVID_MAX) {
@@ -542,15 +559,6 @@ static void write_message(struct writer *w, const char *p, size_t n)
 	}
 }
 
-static void format_date(time_t now, char *buf, size_t len)
-{
-	struct tm tm;
-
-	if (localtime_r(&now, &tm) == NULL ||
-	    strftime(buf, len, "%a, %d %b %Y %H:%M:%S %z", &tm) == 0)
-		snprintf(buf, len, "Thu, 01 Jan 1970 00:00:00 +0000");
-}
-
 /* Everything that lives while the message is queued. */
 struct queueing {
 	struct spool *spool;
@@ -622,11 +630,11 @@ static int submit(struct submission *sub, char *id)
 	}
 
 	time_t now = time(NULL);
-	char date[64], message_id[256];
+	char date[MAILTIME_BUF], message_id[256];
 	uint64_t random = 0;
 	if (getrandom(&random, sizeof random, 0) != sizeof random)
 		random = (uint64_t)getpid() << 32 ^ (uint64_t)now;
-	format_date(now, date, sizeof date);
+	mailtime_format(now, date, sizeof date);
 	snprintf(message_id, sizeof message_id, "<%lld.%016" PRIx64 "@%s>",
 		 (long long)now, random, cfg->hostname);
 	struct submission_headers rewrite = {

@@ -334,7 +334,7 @@ static int maildir_make_folder(struct delivery *d)
 		free(f);
 		(void)close(subfds[0]);
 		(void)close(subfds[1]);
-		delivery_fail_text(d, "4.3.0", "out of memory");
+		delivery_fail_text(d, STATUS_LOCAL_ERROR, "out of memory");
 		return -1;
 	}
 	f->refs = 1;
@@ -499,7 +499,7 @@ static void maildir_refuse_taken(struct delivery *d, const char *sub)
 	if (asprintf(&reason, "%s/%s/%s is not a regular file", d->mailbox, sub,
 		     d->name) == -1)
 		reason = NULL;
-	delivery_finish(d, DELIVER_TEMPFAIL, "4.2.0", reason,
+	delivery_finish(d, DELIVER_TEMPFAIL, STATUS_MAILBOX_UNAVAILABLE, reason,
 			"the message's name is taken");
 }
 
@@ -520,7 +520,7 @@ static int maildir_delivered_before(struct delivery *d)
 	}
 	char *cur = delivery_path_join(d->mailbox, "cur", NULL);
 	if (cur == NULL) {
-		delivery_fail_text(d, "4.3.0", "out of memory");
+		delivery_fail_text(d, STATUS_LOCAL_ERROR, "out of memory");
 		return -1;
 	}
 	/* cur/ beside the new/ we hold, never through a link. */
@@ -547,12 +547,12 @@ void maildir_begin(struct delivery *d)
 	size_t cap = 24 + 4 * strlen(d->unique) + 4 * strlen(d->hostname) + 2;
 	d->name = malloc(cap);
 	if (d->name == NULL) {
-		delivery_fail_text(d, "4.3.0", "out of memory");
+		delivery_fail_text(d, STATUS_LOCAL_ERROR, "out of memory");
 		return;
 	}
 	if (maildir_name(d->name, cap, d->arrival, d->unique, d->hostname) ==
 	    -1) {
-		delivery_finish(d, DELIVER_PERMFAIL, "5.3.0", NULL,
+		delivery_finish(d, DELIVER_PERMFAIL, STATUS_SYSTEM_FULL, NULL,
 				"cannot make a Maildir file name");
 		return;
 	}
@@ -570,7 +570,7 @@ void maildir_begin(struct delivery *d)
 	d->tmp_path = delivery_path_join(d->mailbox, "tmp", d->name);
 	d->new_path = delivery_path_join(d->mailbox, "new", d->name);
 	if (d->tmp_name == NULL || d->tmp_path == NULL || d->new_path == NULL) {
-		delivery_fail_text(d, "4.3.0", "out of memory");
+		delivery_fail_text(d, STATUS_LOCAL_ERROR, "out of memory");
 		return;
 	}
 	maildir_attempt(d);
@@ -602,7 +602,8 @@ static void maildir_attempt(struct delivery *d)
 		if (failed != NULL)
 			delivery_fail_errno(d, errno, true, "open", failed);
 		else
-			delivery_fail_text(d, "4.3.0", "out of memory");
+			delivery_fail_text(d, STATUS_LOCAL_ERROR,
+					   "out of memory");
 		return;
 	}
 	int *after = delivery_flush_list(d, d->folder->new_fd);
@@ -616,7 +617,7 @@ static void maildir_attempt(struct delivery *d)
 		free(after);
 	}
 	if (rc == -1) {
-		delivery_fail_text(d, "4.3.0", "out of memory");
+		delivery_fail_text(d, STATUS_LOCAL_ERROR, "out of memory");
 		return;
 	}
 	d->state = STATE_MAILDIR_SYNC;

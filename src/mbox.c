@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "facteur/ascii.h"
 #include "facteur/delivery.h"
 #include "facteur/iothread.h"
 #include "facteur/mailfolder.h"
@@ -294,11 +295,11 @@ static void mbox_on_synced(int error, void *arg)
 static void mbox_busy(struct delivery *d)
 {
 	if (++d->lock_attempts >= LOCK_ATTEMPTS_MAX) {
-		delivery_fail_text(d, "4.2.1", "mailbox busy");
+		delivery_fail_text(d, STATUS_MAILBOX_BUSY, "mailbox busy");
 		return;
 	}
 	if (delivery_schedule(d, STATE_LOCK_WAIT, LOCK_RETRY_USEC) == -1)
-		delivery_fail_text(d, "4.3.0", "cannot arm a timer");
+		delivery_fail_text(d, STATUS_LOCAL_ERROR, "cannot arm a timer");
 }
 
 /* The dot lock: 1 taken, 0 busy, -1 error (errno). */
@@ -370,7 +371,7 @@ static int write_from_line(struct delivery *d, int fd)
 	/* Readers split the From_ line at blanks: a quoted local part must
 	 * not add fields. */
 	for (int i = 5; i < 5 + (int)strlen(sender); i++)
-		if (line[i] == ' ' || line[i] == '\t')
+		if (ascii_is_wsp(line[i]))
 			line[i] = '_';
 	int rc = delivery_write_all(fd, line, (size_t)len);
 	int saved = errno;
@@ -394,7 +395,7 @@ static int mbox_open_directory(struct delivery *d)
 	    asprintf(&d->lock_path, "%s.lock", d->mailbox) == -1 ||
 	    asprintf(&d->lock_name, "%s.lock", d->base_name) == -1) {
 		free(dir);
-		delivery_fail_text(d, "4.3.0", "out of memory");
+		delivery_fail_text(d, STATUS_LOCAL_ERROR, "out of memory");
 		return -1;
 	}
 	if (d->base_name[0] == '\0' || strcmp(d->base_name, ".") == 0 ||
@@ -416,7 +417,7 @@ static int mbox_open_directory(struct delivery *d)
 	}
 	if (delivery_add_created_chain(d, dir, first_created) == -1) {
 		free(dir);
-		delivery_fail_text(d, "4.3.0", "out of memory");
+		delivery_fail_text(d, STATUS_LOCAL_ERROR, "out of memory");
 		return -1;
 	}
 	free(dir);
@@ -445,7 +446,7 @@ static bool mbox_refused(struct delivery *d, const struct stat *st)
 	(void)close(d->fd); /* nothing written */
 	d->fd = -1;
 	mbox_unlock(d);
-	delivery_finish(d, DELIVER_TEMPFAIL, "4.2.0", reason,
+	delivery_finish(d, DELIVER_TEMPFAIL, STATUS_MAILBOX_UNAVAILABLE, reason,
 			"mailbox refused");
 	return true;
 }

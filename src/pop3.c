@@ -42,6 +42,7 @@
 #include <event2/event.h>
 #include <openssl/ssl.h>
 
+#include "facteur/ascii.h"
 #include "facteur/auth.h"
 #include "facteur/auth_limit.h"
 #include "facteur/config.h"
@@ -55,6 +56,7 @@
 #include "facteur/pop3.h"
 #include "facteur/pop3_proto.h"
 #include "facteur/server.h"
+#include "facteur/state_list.h"
 #include "facteur/transport.h"
 #include "facteur/worker.h"
 
@@ -69,31 +71,30 @@
 #define ACCOUNT_MAX PASSWORD_CHECK_USER_MAX
 #define PASSWORD_MAX PASSWORD_CHECK_PASSWORD_MAX
 
-enum pop3_state {
-	POP3_STATE_AUTHORIZATION,
-	POP3_STATE_SASL,	/* AUTH PLAIN sent "+ ": the response line */
-	POP3_STATE_CHECKING,	/* the password is checked on the worker */
-	POP3_STATE_OPENING,	/* the mailbox is scanned on the worker */
-	POP3_STATE_LOGIN_DELAY, /* a failed login waits before its -ERR */
-	POP3_STATE_TRANSACTION,
-	POP3_STATE_SENDING, /* RETR/TOP streaming a message; input waits */
-	POP3_STATE_UPDATE,  /* QUIT: removing the messages marked deleted */
-	POP3_STATE_STLS,    /* the +OK to STLS drains; then the handshake */
-	POP3_STATE_CLOSING, /* flushing the last reply */
-};
+/* Each state once: its name in the enum and in the debug log. */
+#define POP3_STATES(X)                                                         \
+	X(POP3_STATE_AUTHORIZATION, "authorization")                           \
+	/* AUTH PLAIN sent "+ ": the response line */                          \
+	X(POP3_STATE_SASL, "sasl")                                             \
+	/* the password is checked on the worker */                            \
+	X(POP3_STATE_CHECKING, "checking")                                     \
+	/* the mailbox is scanned on the worker */                             \
+	X(POP3_STATE_OPENING, "opening")                                       \
+	/* a failed login waits before its -ERR */                             \
+	X(POP3_STATE_LOGIN_DELAY, "login_delay")                               \
+	X(POP3_STATE_TRANSACTION, "transaction")                               \
+	/* RETR/TOP streaming a message; input waits */                        \
+	X(POP3_STATE_SENDING, "sending")                                       \
+	/* QUIT: removing the messages marked deleted */                       \
+	X(POP3_STATE_UPDATE, "update")                                         \
+	/* the +OK to STLS drains; then the handshake */                       \
+	X(POP3_STATE_STLS, "stls")                                             \
+	/* flushing the last reply */                                          \
+	X(POP3_STATE_CLOSING, "closing")
 
-static const char *const state_names[] = {
-    [POP3_STATE_AUTHORIZATION] = "authorization",
-    [POP3_STATE_SASL] = "sasl",
-    [POP3_STATE_CHECKING] = "checking",
-    [POP3_STATE_OPENING] = "opening",
-    [POP3_STATE_LOGIN_DELAY] = "login_delay",
-    [POP3_STATE_TRANSACTION] = "transaction",
-    [POP3_STATE_SENDING] = "sending",
-    [POP3_STATE_UPDATE] = "update",
-    [POP3_STATE_STLS] = "stls",
-    [POP3_STATE_CLOSING] = "closing",
-};
+enum pop3_state { POP3_STATES(STATE_LIST_ENUM) };
+
+static const char *const state_names[] = {POP3_STATES(STATE_LIST_NAME)};
 
 struct pop3_message {
 	char *name; /* in cur/ */
@@ -332,11 +333,21 @@ static DIR *open_listing(int dirfd)
 	return dir;
 }
 
-/* Every regular file of new/ goes to cur/ with the Maildir info ":2,";
- * its name before the ':' (the UID) does not change. */
-static int move_new_to_cur(struct pop3_job *job, int newfd)
+/* What a folder walk does with one regular file of it; 0, or -1 with
+ * errno to stop the walk. */
+typedef int (*folder_entry_fn)(struct pop3_job *job, int dirfd,
+			       const char *name, const struct stat *st,
+			       void *arg);
+
+/* Call `each` on every regular file of the folder `dirfd` (`folder` in
+ * what a skipped entry reports), seen without following a link; names
+ * starting with '.' are not messages, an entry gone meanwhile (another
+ * reader moved it) is passed over, anything else is skipped and
+ * counted. 0, or -1 with errno. */
+static int walk_folder(struct pop3_job *job, int dirfd, const char *folder,
+		       folder_entry_fn each, void *arg)
 {
-	DIR *dir = open_listing(newfd);
+	DIR *dir = open_listing(dirfd);
 	if (dir == NULL)
 		return -1;
 	int rc = -1;
@@ -351,34 +362,18 @@ static int move_new_to_cur(struct pop3_job *job, int newfd)
 		if (e->d_name[0] == '.')
 			continue;
 		struct stat st;
-		if (fstatat(newfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) == -1) {
+		if (fstatat(dirfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) == -1) {
 			if (errno == ENOENT)
-				continue; /* another reader moved it */
+				continue;
 			goto out;
 		}
 		if (!S_ISREG(st.st_mode)) {
-			if (skip_entry(job, "new", e->d_name) == -1)
+			if (skip_entry(job, folder, e->d_name) == -1)
 				goto out;
 			continue;
 		}
-		char *target = NULL;
-		int n = strchr(e->d_name, ':') != NULL
-			    ? asprintf(&target, "%s", e->d_name)
-			    : asprintf(&target, "%s:2,", e->d_name);
-		if (n == -1) {
-			errno = ENOMEM;
+		if (each(job, dirfd, e->d_name, &st, arg) == -1)
 			goto out;
-		}
-		/* A link swapped in since the fstatat moves as a link, and
-		 * cur/'s listing and every open refuse it. */
-		int moved = renameat(newfd, e->d_name, job->cur_fd, target);
-		int err = errno;
-		free(target);
-		/* ENOENT: another reader moved it first; it is in cur/. */
-		if (moved == -1 && err != ENOENT) {
-			errno = err;
-			goto out;
-		}
 	}
 	rc = 0;
 out:;
@@ -386,6 +381,33 @@ out:;
 	(void)closedir(dir); /* a directory: nothing to lose */
 	errno = err;
 	return rc;
+}
+
+/* A file of new/ goes to cur/ with the Maildir info ":2,"; its name
+ * before the ':' (the UID) does not change. */
+static int move_to_cur(struct pop3_job *job, int newfd, const char *name,
+		       const struct stat *st, void *arg)
+{
+	(void)st;
+	(void)arg;
+	char *target = NULL;
+	int n = strchr(name, ':') != NULL ? asprintf(&target, "%s", name)
+					  : asprintf(&target, "%s:2,", name);
+	if (n == -1) {
+		errno = ENOMEM;
+		return -1;
+	}
+	/* A link swapped in since the fstatat moves as a link, and cur/'s
+	 * listing and every open refuse it. */
+	int moved = renameat(newfd, name, job->cur_fd, target);
+	int err = errno;
+	free(target);
+	/* ENOENT: another reader moved it first; it is in cur/. */
+	if (moved == -1 && err != ENOENT) {
+		errno = err;
+		return -1;
+	}
+	return 0;
 }
 
 static int add_message(struct pop3_job *job, const char *name,
@@ -412,67 +434,44 @@ static int add_message(struct pop3_job *job, const char *name,
 	return 0;
 }
 
-/* List cur/ into job->messages, oldest first. A file whose name gives
- * its size (",W=") is not read; any other is read once to size it. */
+/* One file of cur/ into job->messages. A file whose name gives its
+ * size (",W=") is not read; any other is read once (into `arg`, a
+ * SCAN_CHUNK buffer) to size it. */
+static int list_one(struct pop3_job *job, int curfd, const char *name,
+		    const struct stat *st, void *arg)
+{
+	uint64_t size;
+	if (!pop3_size_from_name(name, strlen(name), &size) &&
+	    measure_file(curfd, name, arg, &size) == -1) {
+		if (errno == ENOENT)
+			return 0;
+		/* replaced by a link or a FIFO since the fstatat */
+		if (errno != ELOOP && errno != EINVAL)
+			return -1;
+		return skip_entry(job, "cur", name);
+	}
+	if (add_message(job, name, st, size) == -1) {
+		errno = ENOMEM;
+		return -1;
+	}
+	return 0;
+}
+
+/* List cur/ into job->messages, oldest first. */
 static int list_cur(struct pop3_job *job)
 {
-	DIR *dir = open_listing(job->cur_fd);
-	if (dir == NULL)
-		return -1;
 	char *buf = malloc(SCAN_CHUNK);
-	int rc = -1;
 	if (buf == NULL) {
 		errno = ENOMEM;
-		goto out;
+		return -1;
 	}
-	for (;;) {
-		errno = 0;
-		struct dirent *e = readdir(dir);
-		if (e == NULL) {
-			if (errno != 0)
-				goto out;
-			break;
-		}
-		if (e->d_name[0] == '.')
-			continue;
-		struct stat st;
-		uint64_t size;
-		if (fstatat(job->cur_fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) ==
-		    -1) {
-			if (errno == ENOENT)
-				continue; /* gone meanwhile */
-			goto out;
-		}
-		if (!S_ISREG(st.st_mode)) {
-			if (skip_entry(job, "cur", e->d_name) == -1)
-				goto out;
-			continue;
-		}
-		if (!pop3_size_from_name(e->d_name, strlen(e->d_name), &size) &&
-		    measure_file(job->cur_fd, e->d_name, buf, &size) == -1) {
-			if (errno == ENOENT)
-				continue;
-			/* replaced by a link or a FIFO since the fstatat */
-			if (errno != ELOOP && errno != EINVAL)
-				goto out;
-			if (skip_entry(job, "cur", e->d_name) == -1)
-				goto out;
-			continue;
-		}
-		if (add_message(job, e->d_name, &st, size) == -1) {
-			errno = ENOMEM;
-			goto out;
-		}
-	}
-	if (job->count > 1)
-		qsort(job->messages, job->count, sizeof *job->messages,
-		      compare_messages);
-	rc = 0;
-out:;
+	int rc = walk_folder(job, job->cur_fd, "cur", list_one, buf);
 	int err = errno;
 	free(buf);
-	(void)closedir(dir); /* a directory: nothing to lose */
 	errno = err;
+	if (rc == 0 && job->count > 1)
+		qsort(job->messages, job->count, sizeof *job->messages,
+		      compare_messages);
 	return rc;
 }
 
@@ -511,7 +510,7 @@ static int scan_mailbox(struct pop3_job *job)
 		goto out;
 	step = "new";
 	if (newfd != -1 && job->cur_fd != -1 &&
-	    move_new_to_cur(job, newfd) == -1)
+	    walk_folder(job, newfd, "new", move_to_cur, NULL) == -1)
 		goto out;
 	step = "cur";
 	if (job->cur_fd != -1 && list_cur(job) == -1)
@@ -937,8 +936,7 @@ static void cmd_auth(struct pop3_session *s, const struct pop3_command *cmd)
 		reply(s, ".");
 		return;
 	}
-	if (cmd->textlen[0] != 5 ||
-	    strncasecmp(cmd->text[0], "PLAIN", 5) != 0) {
+	if (!ascii_ieq(cmd->text[0], cmd->textlen[0], "PLAIN")) {
 		reply(s, "-ERR [AUTH] unsupported mechanism");
 		return;
 	}

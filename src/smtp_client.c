@@ -46,23 +46,11 @@
 #include "facteur/smtp_proto.h"
 #include "facteur/smtp_reply.h"
 #include "facteur/spool.h"
+#include "facteur/state_list.h"
+#include "facteur/status_code.h"
 #include "facteur/text.h"
 #include "facteur/tls.h"
 #include "facteur/transport.h"
-
-/* Enhanced status codes (RFC 3463) of our own diagnoses. */
-#define ESC_DELIVERED "2.0.0"
-#define ESC_LOCAL_ERROR "4.3.0"
-#define ESC_NO_ANSWER "4.4.1"
-#define ESC_BAD_CONNECTION "4.4.2"
-#define ESC_AUTH_UNAVAILABLE "4.7.0"
-#define ESC_TLS_UNAVAILABLE "4.7.4"
-#define ESC_TLS_FAILED "4.7.5"
-#define ESC_AUTH_REJECTED "4.7.8"
-#define ESC_BAD_SENDER "5.1.7"
-#define ESC_BAD_RCPT "5.1.3"
-#define ESC_TOO_BIG "5.3.4"
-#define ESC_NEEDS_UTF8 "5.6.7"
 
 #define REPLY_LINE_MAX 2048	   /* octets, without the line end */
 #define BODY_CHUNK (64 * 1024)	   /* read from the spool at a time */
@@ -70,76 +58,48 @@
 #define QUIT_WAIT 2		   /* seconds for the reply to QUIT */
 #define DEFAULT_TIMEOUT 300
 
-enum client_state {
-	CLIENT_IDLE, /* between addresses */
-	CLIENT_CONNECTING,
-	CLIENT_GREETING,
-	CLIENT_EHLO,
-	CLIENT_HELO,
-	CLIENT_STARTTLS,
-	CLIENT_TLS_HANDSHAKE,
-	CLIENT_EHLO_TLS,
-	CLIENT_AUTH, /* AUTH PLAIN <response>, or AUTH LOGIN */
-	CLIENT_AUTH_LOGIN_USER,
-	CLIENT_AUTH_LOGIN_PASS,
-	CLIENT_MAIL,
-	CLIENT_RCPT,
-	CLIENT_DATA,
-	CLIENT_BODY,  /* streaming the message */
-	CLIENT_DOT,   /* waiting for the reply to the final dot */
-	CLIENT_RSET,  /* a half-done transaction, before the report */
-	CLIENT_READY, /* reported, connection kept for the next message (or
-		       * closed by the server meanwhile: bev NULL) */
-	CLIENT_QUIT,
-	CLIENT_DONE, /* reported, connection closed, being freed */
-};
+/* Each state once: its name in the enum and in the debug log, and what
+ * we were doing in it, for reasons ("lost connection with X while
+ * ..."). */
+#define CLIENT_STATES(X)                                                       \
+	/* between addresses */                                                \
+	X(CLIENT_IDLE, "idle", "between connections")                          \
+	X(CLIENT_CONNECTING, "connecting", "while connecting")                 \
+	X(CLIENT_GREETING, "greeting", "while waiting for the greeting")       \
+	X(CLIENT_EHLO, "ehlo", "in reply to EHLO")                             \
+	X(CLIENT_HELO, "helo", "in reply to HELO")                             \
+	X(CLIENT_STARTTLS, "starttls", "in reply to STARTTLS")                 \
+	X(CLIENT_TLS_HANDSHAKE, "tls_handshake", "during the TLS handshake")   \
+	X(CLIENT_EHLO_TLS, "ehlo_tls", "in reply to EHLO after STARTTLS")      \
+	/* AUTH PLAIN <response>, or AUTH LOGIN */                             \
+	X(CLIENT_AUTH, "auth", "in reply to AUTH")                             \
+	X(CLIENT_AUTH_LOGIN_USER, "auth_login_user",                           \
+	  "in reply to the AUTH LOGIN user name")                              \
+	X(CLIENT_AUTH_LOGIN_PASS, "auth_login_pass",                           \
+	  "in reply to the AUTH LOGIN password")                               \
+	X(CLIENT_MAIL, "mail", "in reply to MAIL FROM")                        \
+	X(CLIENT_RCPT, "rcpt", "in reply to RCPT TO")                          \
+	X(CLIENT_DATA, "data", "in reply to DATA")                             \
+	/* streaming the message */                                            \
+	X(CLIENT_BODY, "body", "while sending the message body")               \
+	/* waiting for the reply to the final dot */                           \
+	X(CLIENT_DOT, "dot", "in reply to the end of data")                    \
+	/* a half-done transaction, before the report */                       \
+	X(CLIENT_RSET, "rset", "in reply to RSET")                             \
+	/* reported, connection kept for the next message (or closed by the    \
+	 * server meanwhile: bev NULL) */                                      \
+	X(CLIENT_READY, "ready", "while idle")                                 \
+	X(CLIENT_QUIT, "quit", "in reply to QUIT")                             \
+	/* reported, connection closed, being freed */                         \
+	X(CLIENT_DONE, "done", "after the end")
 
-static const char *const state_names[] = {
-    [CLIENT_IDLE] = "idle",
-    [CLIENT_CONNECTING] = "connecting",
-    [CLIENT_GREETING] = "greeting",
-    [CLIENT_EHLO] = "ehlo",
-    [CLIENT_HELO] = "helo",
-    [CLIENT_STARTTLS] = "starttls",
-    [CLIENT_TLS_HANDSHAKE] = "tls_handshake",
-    [CLIENT_EHLO_TLS] = "ehlo_tls",
-    [CLIENT_AUTH] = "auth",
-    [CLIENT_AUTH_LOGIN_USER] = "auth_login_user",
-    [CLIENT_AUTH_LOGIN_PASS] = "auth_login_pass",
-    [CLIENT_MAIL] = "mail",
-    [CLIENT_RCPT] = "rcpt",
-    [CLIENT_DATA] = "data",
-    [CLIENT_BODY] = "body",
-    [CLIENT_DOT] = "dot",
-    [CLIENT_RSET] = "rset",
-    [CLIENT_READY] = "ready",
-    [CLIENT_QUIT] = "quit",
-    [CLIENT_DONE] = "done",
-};
+enum client_state { CLIENT_STATES(STATE_LIST_ENUM) };
 
-/* What we were doing, for reasons: "lost connection with X while ...". */
-static const char *const state_doing[] = {
-    [CLIENT_IDLE] = "between connections",
-    [CLIENT_CONNECTING] = "while connecting",
-    [CLIENT_GREETING] = "while waiting for the greeting",
-    [CLIENT_EHLO] = "in reply to EHLO",
-    [CLIENT_HELO] = "in reply to HELO",
-    [CLIENT_STARTTLS] = "in reply to STARTTLS",
-    [CLIENT_TLS_HANDSHAKE] = "during the TLS handshake",
-    [CLIENT_EHLO_TLS] = "in reply to EHLO after STARTTLS",
-    [CLIENT_AUTH] = "in reply to AUTH",
-    [CLIENT_AUTH_LOGIN_USER] = "in reply to the AUTH LOGIN user name",
-    [CLIENT_AUTH_LOGIN_PASS] = "in reply to the AUTH LOGIN password",
-    [CLIENT_MAIL] = "in reply to MAIL FROM",
-    [CLIENT_RCPT] = "in reply to RCPT TO",
-    [CLIENT_DATA] = "in reply to DATA",
-    [CLIENT_BODY] = "while sending the message body",
-    [CLIENT_DOT] = "in reply to the end of data",
-    [CLIENT_RSET] = "in reply to RSET",
-    [CLIENT_READY] = "while idle",
-    [CLIENT_QUIT] = "in reply to QUIT",
-    [CLIENT_DONE] = "after the end",
-};
+static const char *const state_names[] = {CLIENT_STATES(STATE_LIST_NAME)};
+
+#define CLIENT_STATE_DOING(state, name, doing) [state] = doing,
+static const char *const state_doing[] = {CLIENT_STATES(CLIENT_STATE_DOING)};
+#undef CLIENT_STATE_DOING
 
 struct client_rcpt {
 	char *address;
@@ -376,7 +336,8 @@ static void decide_accepted_by_reply(struct smtp_client *c)
 		if (r->esc[0])
 			reply_dsn(r, '2', dsn, sizeof dsn);
 		else
-			snprintf(dsn, sizeof dsn, "%s", ESC_DELIVERED);
+			snprintf(dsn, sizeof dsn, "%s",
+				 status_code_str(STATUS_OK));
 		break;
 	case 5:
 		state = RCPT_BOUNCED;
@@ -495,7 +456,8 @@ static void connection_failed(struct smtp_client *c, const char *dsn,
 		  LOG_S("reason", reason));
 	close_connection(c);
 	if (c->mail_accepted) {
-		decide_all(c, false, RCPT_DEFERRED, ESC_BAD_CONNECTION, reason);
+		decide_all(c, false, RCPT_DEFERRED,
+			   status_code_str(STATUS_BAD_CONNECTION), reason);
 		finish(c, false);
 		return;
 	}
@@ -533,8 +495,9 @@ static void reply_failed(struct smtp_client *c)
 
 static void protocol_error(struct smtp_client *c, const char *what)
 {
-	connection_failedf(c, ESC_BAD_CONNECTION, "%s from %s %s", what,
-			   c->relay, state_doing[c->state]);
+	connection_failedf(c, status_code_str(STATUS_BAD_CONNECTION),
+			   "%s from %s %s", what, c->relay,
+			   state_doing[c->state]);
 }
 
 /* Everything undecided gets one outcome before any command is sent. */
@@ -569,14 +532,15 @@ static void start_tls(struct smtp_client *c)
 	ERR_clear_error();
 	ssl = SSL_new(c->tls_ctx);
 	if (ssl == NULL) {
-		connection_failedf(c, ESC_TLS_FAILED, "cannot set up TLS: %s",
+		connection_failedf(c, status_code_str(STATUS_TLS_FAILED),
+				   "cannot set up TLS: %s",
 				   tls_error_string(err, sizeof err));
 		return;
 	}
 	if (tls_client_prepare(ssl, tls_name(c),
 			       c->tls_policy == TLS_POLICY_VERIFY) < 0) {
 		SSL_free(ssl);
-		connection_failedf(c, ESC_TLS_FAILED,
+		connection_failedf(c, status_code_str(STATUS_TLS_FAILED),
 				   "cannot set up TLS for %s: %s", tls_name(c),
 				   tls_error_string(err, sizeof err));
 		return;
@@ -584,7 +548,7 @@ static void start_tls(struct smtp_client *c)
 	/* RFC 3207 §5: nothing the server sent before the handshake counts;
 	 * the plain bufferevent goes with what it buffered */
 	if (transport_start_tls(c->base, &c->bev, ssl, false) == -1) {
-		connection_failedf(c, ESC_LOCAL_ERROR,
+		connection_failedf(c, status_code_str(STATUS_LOCAL_ERROR),
 				   "cannot set up TLS: out of memory");
 		return;
 	}
@@ -600,7 +564,7 @@ static void start_tls(struct smtp_client *c)
 static void start_auth(struct smtp_client *c)
 {
 	if (!c->tls && c->tls_policy != TLS_POLICY_NONE) {
-		connection_failed(c, ESC_AUTH_UNAVAILABLE,
+		connection_failed(c, status_code_str(STATUS_SECURITY_TRANSIENT),
 				  "will not send credentials without TLS");
 		return;
 	}
@@ -615,7 +579,9 @@ static void start_auth(struct smtp_client *c)
 		if (raw == NULL || b64 == NULL) {
 			free(raw);
 			free(b64);
-			connection_failed(c, ESC_LOCAL_ERROR, "out of memory");
+			connection_failed(c,
+					  status_code_str(STATUS_LOCAL_ERROR),
+					  "out of memory");
 			return;
 		}
 		raw[0] = '\0';
@@ -629,7 +595,7 @@ static void start_auth(struct smtp_client *c)
 			explicit_bzero(b64, b64len);
 			free(b64);
 			connection_failed(
-			    c, ESC_AUTH_REJECTED,
+			    c, status_code_str(STATUS_AUTH_REJECTED_TRANSIENT),
 			    "credentials too long for AUTH PLAIN");
 			return;
 		}
@@ -641,7 +607,8 @@ static void start_auth(struct smtp_client *c)
 		c->auth_login = true;
 		send_command(c, CLIENT_AUTH, "AUTH LOGIN");
 	} else {
-		connection_failedf(c, ESC_AUTH_UNAVAILABLE,
+		connection_failedf(c,
+				   status_code_str(STATUS_SECURITY_TRANSIENT),
 				   "AUTH PLAIN or LOGIN is required, but was "
 				   "not offered by host %s",
 				   c->relay);
@@ -657,7 +624,8 @@ static void send_auth_login(struct smtp_client *c, enum client_state state,
 	char *b64 = malloc(b64len);
 
 	if (b64 == NULL) {
-		connection_failed(c, ESC_LOCAL_ERROR, "out of memory");
+		connection_failed(c, status_code_str(STATUS_LOCAL_ERROR),
+				  "out of memory");
 		return;
 	}
 	if (auth_base64_encode((const unsigned char *)text, len, b64, b64len) <
@@ -665,8 +633,9 @@ static void send_auth_login(struct smtp_client *c, enum client_state state,
 	    b64len > SMTP_AUTH_LINE_MAX) {
 		explicit_bzero(b64, b64len);
 		free(b64);
-		connection_failed(c, ESC_AUTH_REJECTED,
-				  "credentials too long for AUTH LOGIN");
+		connection_failed(
+		    c, status_code_str(STATUS_AUTH_REJECTED_TRANSIENT),
+		    "credentials too long for AUTH LOGIN");
 		return;
 	}
 	send_command(c, state, "%s", b64);
@@ -682,7 +651,8 @@ static void auth_failed(struct smtp_client *c)
 	if (c->reply.esc[0])
 		reply_dsn(&c->reply, '4', dsn, sizeof dsn);
 	else
-		snprintf(dsn, sizeof dsn, "%s", ESC_AUTH_REJECTED);
+		snprintf(dsn, sizeof dsn, "%s",
+			 status_code_str(STATUS_AUTH_REJECTED_TRANSIENT));
 	connection_failed(c, dsn, reason);
 }
 
@@ -736,7 +706,8 @@ static void start_mail(struct smtp_client *c)
 		snprintf(reason, sizeof reason,
 			 "SMTPUTF8 is required, but was not offered by host %s",
 			 c->relay);
-		refuse_all(c, RCPT_BOUNCED, ESC_NEEDS_UTF8, reason);
+		refuse_all(c, RCPT_BOUNCED, status_code_str(STATUS_NEEDS_UTF8),
+			   reason);
 		return;
 	}
 	if ((c->ext & SMTP_EXT_SIZE) && c->ext_size > 0 &&
@@ -746,11 +717,13 @@ static void start_mail(struct smtp_client *c)
 			 "of host %s",
 			 (unsigned long long)c->size,
 			 (unsigned long long)c->ext_size, c->relay);
-		refuse_all(c, RCPT_BOUNCED, ESC_TOO_BIG, reason);
+		refuse_all(c, RCPT_BOUNCED, status_code_str(STATUS_TOO_BIG),
+			   reason);
 		return;
 	}
 	if (!address_safe(c->sender)) {
-		refuse_all(c, RCPT_BOUNCED, ESC_BAD_SENDER,
+		refuse_all(c, RCPT_BOUNCED,
+			   status_code_str(STATUS_BAD_SENDER_SYNTAX),
 			   "bad sender address");
 		return;
 	}
@@ -759,7 +732,8 @@ static void start_mail(struct smtp_client *c)
 		if (c->results[i].state != RCPT_PENDING)
 			continue;
 		if (!address_safe(c->rcpts[i].address)) {
-			decide(c, i, RCPT_BOUNCED, ESC_BAD_RCPT,
+			decide(c, i, RCPT_BOUNCED,
+			       status_code_str(STATUS_BAD_RCPT_SYNTAX),
 			       "bad recipient address");
 			continue;
 		}
@@ -812,12 +786,13 @@ static void after_greeting_done(struct smtp_client *c)
 		if (c->tls_policy == TLS_POLICY_ENCRYPT ||
 		    c->tls_policy == TLS_POLICY_VERIFY) {
 			if (!can)
-				connection_failed(c, ESC_TLS_UNAVAILABLE,
-						  "TLS is required, but no TLS "
-						  "client context is set up");
+				connection_failed(
+				    c, status_code_str(STATUS_TLS_UNAVAILABLE),
+				    "TLS is required, but no TLS "
+				    "client context is set up");
 			else
 				connection_failedf(
-				    c, ESC_TLS_UNAVAILABLE,
+				    c, status_code_str(STATUS_TLS_UNAVAILABLE),
 				    "TLS is required, but was not "
 				    "offered by host %s",
 				    c->relay);
@@ -1019,7 +994,8 @@ static void body_read_failed(struct smtp_client *c, int err)
 		  LOG_S("queue_id", c->queue_id), LOG_S("relay", c->relay),
 		  LOG_S("reason", reason));
 	close_connection(c);
-	decide_all(c, false, RCPT_DEFERRED, ESC_LOCAL_ERROR, reason);
+	decide_all(c, false, RCPT_DEFERRED, status_code_str(STATUS_LOCAL_ERROR),
+		   reason);
 	finish(c, false);
 }
 
@@ -1190,13 +1166,13 @@ static void handshake_failed(struct smtp_client *c, short what)
 	char why[256];
 
 	if (what & BEV_EVENT_TIMEOUT) {
-		connection_failedf(c, ESC_TLS_FAILED,
+		connection_failedf(c, status_code_str(STATUS_TLS_FAILED),
 				   "TLS handshake with %s timed out", c->relay);
 		return;
 	}
 	long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
 	if (c->tls_policy == TLS_POLICY_VERIFY && vr != X509_V_OK) {
-		connection_failedf(c, ESC_TLS_FAILED,
+		connection_failedf(c, status_code_str(STATUS_TLS_FAILED),
 				   "TLS certificate verification failed for %s "
 				   "(name %s): %s",
 				   c->relay, tls_name(c),
@@ -1204,7 +1180,7 @@ static void handshake_failed(struct smtp_client *c, short what)
 		return;
 	}
 	describe_io_error(c, what, why, sizeof why);
-	connection_failedf(c, ESC_TLS_FAILED,
+	connection_failedf(c, status_code_str(STATUS_TLS_FAILED),
 			   "TLS handshake with %s failed: %s", c->relay, why);
 }
 
@@ -1258,17 +1234,18 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 	case CLIENT_CONNECTING:
 		if (what & BEV_EVENT_TIMEOUT) {
 			connection_failedf(
-			    c, ESC_NO_ANSWER,
+			    c, status_code_str(STATUS_NO_ANSWER),
 			    "connect to %s: Connection timed out", c->relay);
 		} else {
 			int err = EVUTIL_SOCKET_ERROR();
 			/* libevent reports an immediate refusal without
 			 * errno */
-			connection_failedf(
-			    c, ESC_NO_ANSWER, "connect to %s: %s", c->relay,
-			    err != 0 && err != EINPROGRESS && err != EAGAIN
-				? strerror(err)
-				: strerror(ECONNREFUSED));
+			connection_failedf(c, status_code_str(STATUS_NO_ANSWER),
+					   "connect to %s: %s", c->relay,
+					   err != 0 && err != EINPROGRESS &&
+						   err != EAGAIN
+					       ? strerror(err)
+					       : strerror(ECONNREFUSED));
 		}
 		return;
 	case CLIENT_TLS_HANDSHAKE:
@@ -1278,13 +1255,13 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 		break;
 	}
 	if (what & BEV_EVENT_TIMEOUT) {
-		connection_failedf(c, ESC_BAD_CONNECTION,
+		connection_failedf(c, status_code_str(STATUS_BAD_CONNECTION),
 				   "timeout (%us) with %s %s", c->timeout,
 				   c->relay, state_doing[c->state]);
 		return;
 	}
 	describe_io_error(c, what, why, sizeof why);
-	connection_failedf(c, ESC_BAD_CONNECTION,
+	connection_failedf(c, status_code_str(STATUS_BAD_CONNECTION),
 			   "lost connection with %s %s (%s)", c->relay,
 			   state_doing[c->state], why);
 }
@@ -1302,12 +1279,12 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 		quit_done(c);
 		break;
 	case CLIENT_CONNECTING:
-		connection_failedf(c, ESC_NO_ANSWER,
+		connection_failedf(c, status_code_str(STATUS_NO_ANSWER),
 				   "connect to %s: Connection timed out",
 				   c->relay);
 		break;
 	case CLIENT_TLS_HANDSHAKE:
-		connection_failedf(c, ESC_TLS_FAILED,
+		connection_failedf(c, status_code_str(STATUS_TLS_FAILED),
 				   "TLS handshake with %s timed out", c->relay);
 		break;
 	case CLIENT_IDLE:
@@ -1315,7 +1292,7 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 	case CLIENT_DONE:
 		break;
 	default:
-		connection_failedf(c, ESC_BAD_CONNECTION,
+		connection_failedf(c, status_code_str(STATUS_BAD_CONNECTION),
 				   "timeout (%us) with %s %s", c->timeout,
 				   c->relay, state_doing[c->state]);
 		break;
@@ -1375,7 +1352,7 @@ static void connect_next(struct smtp_client *c)
 		    bufferevent_socket_new(c->base, -1, BEV_OPT_CLOSE_ON_FREE);
 		if (c->bev == NULL) {
 			snprintf(c->last_dsn, sizeof c->last_dsn, "%s",
-				 ESC_LOCAL_ERROR);
+				 status_code_str(STATUS_LOCAL_ERROR));
 			snprintf(c->last_reason, sizeof c->last_reason,
 				 "cannot create a socket: out of memory");
 			continue;
@@ -1392,7 +1369,7 @@ static void connect_next(struct smtp_client *c)
 			int err = errno;
 			close_connection(c);
 			snprintf(c->last_dsn, sizeof c->last_dsn, "%s",
-				 ESC_NO_ANSWER);
+				 status_code_str(STATUS_NO_ANSWER));
 			snprintf(c->last_reason, sizeof c->last_reason,
 				 "connect to %s: %s", c->relay, strerror(err));
 			log_event(LOG_LEVEL_INFO, "relay_failed",
@@ -1562,7 +1539,8 @@ struct smtp_client *smtp_client_start(struct event_base *base,
 	c->timeout = req->timeout ? req->timeout : DEFAULT_TIMEOUT;
 	c->max_transactions = req->max_transactions;
 	c->tls_policy = req->tls;
-	snprintf(c->last_dsn, sizeof c->last_dsn, "%s", ESC_NO_ANSWER);
+	snprintf(c->last_dsn, sizeof c->last_dsn, "%s",
+		 status_code_str(STATUS_NO_ANSWER));
 	snprintf(c->last_reason, sizeof c->last_reason,
 		 "no address to connect to");
 

@@ -25,12 +25,14 @@
 #include <event2/event.h>
 #include <openssl/ssl.h>
 
+#include "facteur/ascii.h"
 #include "facteur/auth.h"
 #include "facteur/auth_limit.h"
 #include "facteur/config.h"
 #include "facteur/lineio.h"
 #include "facteur/listener.h"
 #include "facteur/log.h"
+#include "facteur/mailtime.h"
 #include "facteur/metrics.h"
 #include "facteur/password_check.h"
 #include "facteur/policy.h"
@@ -39,35 +41,10 @@
 #include "facteur/smtp_proto.h"
 #include "facteur/smtp_session.h"
 #include "facteur/spool.h"
+#include "facteur/state_list.h"
+#include "facteur/status_code.h"
 #include "facteur/transport.h"
 #include "facteur/worker.h"
-
-/* Enhanced status codes (RFC 3463) used in replies. */
-#define ESC_OK "2.0.0"
-#define ESC_AUTH_OK "2.7.0"
-#define ESC_AUTH_FAILED "5.7.8"
-#define ESC_ENCRYPTION_REQUIRED "5.7.11"
-#define ESC_SENDER_OK "2.1.0"
-#define ESC_RCPT_OK "2.1.5"
-#define ESC_VRFY "2.5.2"
-#define ESC_SHUTDOWN "4.3.2"
-#define ESC_LOCAL_ERROR "4.3.0"
-#define ESC_TIMEOUT "4.4.2"
-#define ESC_TOO_MANY_RCPTS "4.5.3"
-#define ESC_SYSTEM_STORAGE "4.3.1"
-#define ESC_TOO_MANY_ERRORS "4.7.0"
-#define ESC_TLS_UNAVAILABLE "4.7.0"
-#define ESC_AUTH_TEMPORARY "4.7.0"
-#define ESC_BAD_DEST_MAILBOX "5.1.1"
-#define ESC_BAD_DEST_SYNTAX "5.1.3"
-#define ESC_BAD_SENDER_SYNTAX "5.1.7"
-#define ESC_TOO_BIG "5.3.4"
-#define ESC_LOOP "5.4.6"
-#define ESC_BAD_COMMAND "5.5.1"
-#define ESC_SYNTAX "5.5.2"
-#define ESC_BAD_ARGS "5.5.4"
-#define ESC_AUTH_REQUIRED "5.7.0"
-#define ESC_RELAY_DENIED "5.7.1"
 
 #define MAX_PROTOCOL_ERRORS 10
 #define DATA_CHUNK 16384
@@ -83,29 +60,30 @@
 #define AUTH_ADDRESS_MAX PASSWORD_CHECK_USER_MAX
 #define AUTH_PASSWORD_MAX PASSWORD_CHECK_PASSWORD_MAX
 
-enum smtp_state {
-	SMTP_STATE_COMMAND,    /* reading command lines */
-	SMTP_STATE_AUTH,       /* reading a SASL response line */
-	SMTP_STATE_AUTH_CHECK, /* the password is checked off the loop */
-	SMTP_STATE_AUTH_DELAY, /* a failed login waits before its 535 */
-	SMTP_STATE_DATA,       /* reading DATA content up to CRLF.CRLF */
-	SMTP_STATE_BDAT,       /* reading the octets of a BDAT chunk */
-	SMTP_STATE_COMMITTING, /* waiting for the spool; input waits */
-	SMTP_STATE_STARTTLS,   /* the 220 drains; then the handshake */
-	SMTP_STATE_CLOSING,    /* flushing the last replies */
-};
+/* Each state once: its name in the enum and in the debug log. */
+#define SMTP_STATES(X)                                                         \
+	/* reading command lines */                                            \
+	X(SMTP_STATE_COMMAND, "command")                                       \
+	/* reading a SASL response line */                                     \
+	X(SMTP_STATE_AUTH, "auth")                                             \
+	/* the password is checked off the loop */                             \
+	X(SMTP_STATE_AUTH_CHECK, "auth_check")                                 \
+	/* a failed login waits before its 535 */                              \
+	X(SMTP_STATE_AUTH_DELAY, "auth_delay")                                 \
+	/* reading DATA content up to CRLF.CRLF */                             \
+	X(SMTP_STATE_DATA, "data")                                             \
+	/* reading the octets of a BDAT chunk */                               \
+	X(SMTP_STATE_BDAT, "bdat")                                             \
+	/* waiting for the spool; input waits */                               \
+	X(SMTP_STATE_COMMITTING, "committing")                                 \
+	/* the 220 drains; then the handshake */                               \
+	X(SMTP_STATE_STARTTLS, "starttls")                                     \
+	/* flushing the last replies */                                        \
+	X(SMTP_STATE_CLOSING, "closing")
 
-static const char *const state_names[] = {
-    [SMTP_STATE_COMMAND] = "command",
-    [SMTP_STATE_AUTH] = "auth",
-    [SMTP_STATE_AUTH_CHECK] = "auth_check",
-    [SMTP_STATE_AUTH_DELAY] = "auth_delay",
-    [SMTP_STATE_DATA] = "data",
-    [SMTP_STATE_BDAT] = "bdat",
-    [SMTP_STATE_COMMITTING] = "committing",
-    [SMTP_STATE_STARTTLS] = "starttls",
-    [SMTP_STATE_CLOSING] = "closing",
-};
+enum smtp_state { SMTP_STATES(STATE_LIST_ENUM) };
+
+static const char *const state_names[] = {SMTP_STATES(STATE_LIST_NAME)};
 
 /* One accepted RCPT may stand for several final recipients (aliases).
  * Each is one record holding its strings, packed with others in blocks,
@@ -181,7 +159,7 @@ struct smtp_session {
 	bool bdat_last;
 	bool bdat_discard; /* read the chunk, then give bdat_reply */
 	int bdat_reply_code;
-	const char *bdat_reply_esc;
+	enum status_code bdat_reply_status;
 	const char *bdat_reply_text;
 	/* the commit in flight */
 	struct spool_envelope *committing;
@@ -231,15 +209,16 @@ static void reply(struct smtp_session *s, const char *fmt, ...)
 
 /* A protocol error (500, 501, 503): counted, and the tenth one ends the
  * session after its own reply. */
-static void reply_error(struct smtp_session *s, int code, const char *esc,
-			const char *text)
+static void reply_error(struct smtp_session *s, int code,
+			enum status_code status, const char *text)
 {
-	reply(s, "%d %s %s", code, esc, text);
+	reply(s, "%d %s %s", code, status_code_str(status), text);
 	if (code != 500 && code != 501 && code != 503)
 		return;
 	if (++s->errors >= MAX_PROTOCOL_ERRORS) {
 		reply(s, "421 %s %s Error: too many errors",
-		      ESC_TOO_MANY_ERRORS, cfg_of(s)->hostname);
+		      status_code_str(STATUS_SECURITY_TRANSIENT),
+		      cfg_of(s)->hostname);
 		log_event(LOG_LEVEL_WARN, "rejected",
 			  LOG_S("client", s->client),
 			  LOG_S("reason", "too many errors"));
@@ -402,14 +381,15 @@ static void cmd_helo(struct smtp_session *s, const struct smtp_command *cmd,
 {
 	const struct config *cfg = cfg_of(s);
 	if (!helo_valid(cmd->arg, cmd->arglen)) {
-		reply_error(s, 501, ESC_BAD_ARGS,
+		reply_error(s, 501, STATUS_BAD_ARGS,
 			    esmtp ? "Syntax: EHLO hostname"
 				  : "Syntax: HELO hostname");
 		return;
 	}
 	char *helo = strndup(cmd->arg, cmd->arglen);
 	if (helo == NULL) {
-		reply(s, "451 %s Out of memory", ESC_LOCAL_ERROR);
+		reply(s, "451 %s Out of memory",
+		      status_code_str(STATUS_LOCAL_ERROR));
 		return;
 	}
 	free(s->helo);
@@ -456,18 +436,19 @@ static void set_callbacks(struct smtp_session *s)
 static void cmd_starttls(struct smtp_session *s, const struct smtp_command *cmd)
 {
 	if (cmd->arglen != 0) {
-		reply_error(s, 501, ESC_BAD_ARGS, "Syntax: STARTTLS");
+		reply_error(s, 501, STATUS_BAD_ARGS, "Syntax: STARTTLS");
 		return;
 	}
 	if (s->tls) {
-		reply_error(s, 503, ESC_BAD_COMMAND, "TLS already active");
+		reply_error(s, 503, STATUS_BAD_COMMAND, "TLS already active");
 		return;
 	}
 	if (s->srv->tls_server == NULL) {
-		reply(s, "454 %s TLS not available", ESC_TLS_UNAVAILABLE);
+		reply(s, "454 %s TLS not available",
+		      status_code_str(STATUS_SECURITY_TRANSIENT));
 		return;
 	}
-	reply(s, "220 %s Ready to start TLS", ESC_OK);
+	reply(s, "220 %s Ready to start TLS", status_code_str(STATUS_OK));
 	/* Whatever the client pipelined after STARTTLS came in the clear
 	 * and must not be read as if it were protected; nothing more is
 	 * read until the handshake. */
@@ -520,12 +501,14 @@ static void auth_succeeded(struct smtp_session *s, const char *user)
 	s->auth_user = strdup(user);
 	enter_state(s, SMTP_STATE_COMMAND);
 	if (s->auth_user == NULL) {
-		reply(s, "454 %s Out of memory", ESC_LOCAL_ERROR);
+		reply(s, "454 %s Out of memory",
+		      status_code_str(STATUS_LOCAL_ERROR));
 		return;
 	}
 	log_event(LOG_LEVEL_INFO, "auth", LOG_S("client", s->client),
 		  LOG_S("user", s->auth_user), LOG_S("result", "ok"));
-	reply(s, "235 %s Authentication successful", ESC_AUTH_OK);
+	reply(s, "235 %s Authentication successful",
+	      status_code_str(STATUS_AUTH_OK));
 }
 
 static void on_auth_delay(evutil_socket_t fd, short what, void *arg)
@@ -536,12 +519,14 @@ static void on_auth_delay(evutil_socket_t fd, short what, void *arg)
 	enter_state(s, SMTP_STATE_COMMAND);
 	if (s->auth_failures >= AUTH_FAILURES_MAX || auth_client_refused(s)) {
 		reply(s, "421 %s %s Error: too many failed logins",
-		      ESC_TOO_MANY_ERRORS, cfg_of(s)->hostname);
+		      status_code_str(STATUS_SECURITY_TRANSIENT),
+		      cfg_of(s)->hostname);
 		session_close(s);
 		session_flush(s);
 		return;
 	}
-	reply(s, "535 %s Authentication credentials invalid", ESC_AUTH_FAILED);
+	reply(s, "535 %s Authentication credentials invalid",
+	      status_code_str(STATUS_AUTH_FAILED));
 	bufferevent_enable(s->bev, EV_READ);
 	session_process(s);
 }
@@ -632,7 +617,7 @@ static void auth_check(struct smtp_session *s, const char *user,
 		reply(s,
 		      "454 %s Too many failed logins for this account, "
 		      "try again later",
-		      ESC_AUTH_TEMPORARY);
+		      status_code_str(STATUS_SECURITY_TRANSIENT));
 		return;
 	}
 	struct auth_job *job = calloc(1, sizeof *job);
@@ -647,7 +632,7 @@ static void auth_check(struct smtp_session *s, const char *user,
 			auth_job_free(job);
 		enter_state(s, SMTP_STATE_COMMAND);
 		reply(s, "454 %s Temporary authentication failure",
-		      ESC_AUTH_TEMPORARY);
+		      status_code_str(STATUS_SECURITY_TRANSIENT));
 		return;
 	}
 	s->auth_job = job;
@@ -660,7 +645,8 @@ static void auth_response(struct smtp_session *s, const char *line, size_t len)
 {
 	if (len == 1 && line[0] == '*') {
 		enter_state(s, SMTP_STATE_COMMAND);
-		reply_error(s, 501, "5.7.0", "Authentication cancelled");
+		reply_error(s, 501, STATUS_SECURITY_PERMANENT,
+			    "Authentication cancelled");
 		return;
 	}
 	char user[AUTH_ADDRESS_MAX + 1];
@@ -672,7 +658,7 @@ static void auth_response(struct smtp_session *s, const char *line, size_t len)
 		if (auth_sasl_plain_decode(line, len, user, sizeof user,
 					   password, sizeof password) == -1) {
 			enter_state(s, SMTP_STATE_COMMAND);
-			reply_error(s, 501, ESC_SYNTAX,
+			reply_error(s, 501, STATUS_SYNTAX_ERROR,
 				    "Invalid AUTH PLAIN response");
 			return;
 		}
@@ -684,7 +670,7 @@ static void auth_response(struct smtp_session *s, const char *line, size_t len)
 		if (n < 0 || n > AUTH_ADDRESS_MAX ||
 		    memchr(decoded, '\0', (size_t)n) != NULL) {
 			enter_state(s, SMTP_STATE_COMMAND);
-			reply_error(s, 501, ESC_SYNTAX,
+			reply_error(s, 501, STATUS_SYNTAX_ERROR,
 				    "Invalid AUTH LOGIN response");
 			return;
 		}
@@ -698,7 +684,7 @@ static void auth_response(struct smtp_session *s, const char *line, size_t len)
 		if (n < 0 || s->auth_login_user == NULL ||
 		    memchr(decoded, '\0', (size_t)n) != NULL) {
 			enter_state(s, SMTP_STATE_COMMAND);
-			reply_error(s, 501, ESC_SYNTAX,
+			reply_error(s, 501, STATUS_SYNTAX_ERROR,
 				    "Invalid AUTH LOGIN response");
 			return;
 		}
@@ -715,26 +701,28 @@ static void auth_response(struct smtp_session *s, const char *line, size_t len)
 static void cmd_auth(struct smtp_session *s, const struct smtp_command *cmd)
 {
 	if (s->srv->users == NULL) {
-		reply(s, "502 %s Authentication not enabled", ESC_BAD_COMMAND);
+		reply(s, "502 %s Authentication not enabled",
+		      status_code_str(STATUS_BAD_COMMAND));
 		return;
 	}
 	if (!tls_active(s)) {
 		reply(s,
 		      "538 %s Encryption required for requested "
 		      "authentication mechanism",
-		      ESC_ENCRYPTION_REQUIRED);
+		      status_code_str(STATUS_ENCRYPTION_REQUIRED));
 		return;
 	}
 	if (s->helo == NULL || !s->esmtp) {
-		reply_error(s, 503, ESC_BAD_COMMAND, "Send EHLO first");
+		reply_error(s, 503, STATUS_BAD_COMMAND, "Send EHLO first");
 		return;
 	}
 	if (s->auth_user != NULL) {
-		reply_error(s, 503, ESC_BAD_COMMAND, "Already authenticated");
+		reply_error(s, 503, STATUS_BAD_COMMAND,
+			    "Already authenticated");
 		return;
 	}
 	if (s->tx.active) {
-		reply_error(s, 503, ESC_BAD_COMMAND,
+		reply_error(s, 503, STATUS_BAD_COMMAND,
 			    "AUTH not allowed during a mail transaction");
 		return;
 	}
@@ -748,9 +736,9 @@ static void cmd_auth(struct smtp_session *s, const struct smtp_command *cmd)
 		initial = mech + mech_len + 1;
 		initial_len = cmd->arglen - mech_len - 1;
 	}
-	if (mech_len == 5 && strncasecmp(mech, "PLAIN", 5) == 0) {
+	if (ascii_ieq(mech, mech_len, "PLAIN")) {
 		s->auth_step = AUTH_PLAIN;
-	} else if (mech_len == 5 && strncasecmp(mech, "LOGIN", 5) == 0) {
+	} else if (ascii_ieq(mech, mech_len, "LOGIN")) {
 		s->auth_step = AUTH_LOGIN_USER;
 	} else {
 		reply(s, "504 5.5.4 Unrecognized authentication mechanism");
@@ -772,51 +760,80 @@ static void cmd_auth(struct smtp_session *s, const struct smtp_command *cmd)
 
 /* ---- MAIL, RCPT ---- */
 
+/* What the refusals of a MAIL or RCPT argument say of it. */
+struct path_command {
+	const char *verb; /* in "Bad <verb> parameter" */
+	enum status_code address_status;
+	const char *address_error;
+	const char *syntax;
+};
+
+static const struct path_command mail_command = {
+    "MAIL", STATUS_BAD_SENDER_SYNTAX, "Bad sender address syntax",
+    "Syntax: MAIL FROM:<address>"};
+static const struct path_command rcpt_command = {"RCPT", STATUS_BAD_RCPT_SYNTAX,
+						 "Bad recipient address syntax",
+						 "Syntax: RCPT TO:<address>"};
+
+/* Whether the argument parsed; if not, the refusal is sent. An unknown
+ * parameter is a 555 that does not count as a protocol error. */
+static bool path_command_parsed(struct smtp_session *s,
+				const struct path_command *pc,
+				enum smtp_parse_result result)
+{
+	char text[64];
+
+	switch (result) {
+	case SMTP_PARSE_OK:
+		return true;
+	case SMTP_PARSE_BAD_ADDRESS:
+		reply_error(s, 501, pc->address_status, pc->address_error);
+		return false;
+	case SMTP_PARSE_UNKNOWN_PARAM:
+		reply(s, "555 %s Unsupported %s parameter",
+		      status_code_str(STATUS_BAD_ARGS), pc->verb);
+		return false;
+	case SMTP_PARSE_BAD_PARAM:
+		snprintf(text, sizeof text, "Bad %s parameter", pc->verb);
+		reply_error(s, 501, STATUS_BAD_ARGS, text);
+		return false;
+	case SMTP_PARSE_SYNTAX:
+	default:
+		reply_error(s, 501, STATUS_BAD_ARGS, pc->syntax);
+		return false;
+	}
+}
+
 static void cmd_mail(struct smtp_session *s, const struct smtp_command *cmd)
 {
 	const struct config *cfg = cfg_of(s);
 	if (s->helo == NULL) {
-		reply_error(s, 503, ESC_BAD_COMMAND, "Send HELO/EHLO first");
+		reply_error(s, 503, STATUS_BAD_COMMAND, "Send HELO/EHLO first");
 		return;
 	}
 	if (s->tx.active) {
-		reply_error(s, 503, ESC_BAD_COMMAND, "Nested MAIL command");
+		reply_error(s, 503, STATUS_BAD_COMMAND, "Nested MAIL command");
 		return;
 	}
 	if (s->mode == LISTEN_SUBMISSION && s->auth_user == NULL) {
-		reply(s, "530 %s Authentication required", ESC_AUTH_REQUIRED);
+		reply(s, "530 %s Authentication required",
+		      status_code_str(STATUS_SECURITY_PERMANENT));
 		return;
 	}
 	struct smtp_mail mail;
-	switch (smtp_parse_mail(cmd->arg, cmd->arglen, &mail)) {
-	case SMTP_PARSE_OK:
-		break;
-	case SMTP_PARSE_BAD_ADDRESS:
-		reply_error(s, 501, ESC_BAD_SENDER_SYNTAX,
-			    "Bad sender address syntax");
+	if (!path_command_parsed(s, &mail_command,
+				 smtp_parse_mail(cmd->arg, cmd->arglen, &mail)))
 		return;
-	case SMTP_PARSE_UNKNOWN_PARAM:
-		reply(s, "555 %s Unsupported MAIL parameter", ESC_BAD_ARGS);
-		return;
-	case SMTP_PARSE_BAD_PARAM:
-		reply_error(s, 501, ESC_BAD_ARGS, "Bad MAIL parameter");
-		return;
-	case SMTP_PARSE_SYNTAX:
-	default:
-		reply_error(s, 501, ESC_BAD_ARGS,
-			    "Syntax: MAIL FROM:<address>");
-		return;
-	}
 	if (mail.size_given && mail.size > cfg->max_message_size) {
 		reply(s, "552 %s Message size exceeds fixed limit",
-		      ESC_TOO_BIG);
+		      status_code_str(STATUS_TOO_BIG));
 		log_rejected(s, "message too big", mail.from.address);
 		return;
 	}
 	s->tx.mail = mail;
 	s->tx.active = true;
 	envelope_charge(s, strlen(mail.from.address) + 1);
-	reply(s, "250 %s Ok", ESC_SENDER_OK);
+	reply(s, "250 %s Ok", status_code_str(STATUS_SENDER_OK));
 }
 
 /* Would this RCPT's recipients fit the session's envelope budget and
@@ -832,14 +849,15 @@ static bool envelope_has_room(struct smtp_session *s,
 	for (size_t i = 0; i < exp->count; i++)
 		need += recipient_cost(rcpt, &exp->targets[i]);
 	if (s->tx.envelope_bytes + need > cfg->max_envelope_size) {
-		reply(s, "452 %s Too much envelope data", ESC_TOO_MANY_RCPTS);
+		reply(s, "452 %s Too much envelope data",
+		      status_code_str(STATUS_TOO_MANY_RCPTS));
 		log_rejected(s, "max_envelope_size", rcpt->to.address);
 		return false;
 	}
 	uint64_t memory = s->srv->smtp->envelope_memory;
 	if (memory + need > cfg->max_envelope_memory) {
 		reply(s, "452 %s Insufficient system storage",
-		      ESC_SYSTEM_STORAGE);
+		      status_code_str(STATUS_SYSTEM_STORAGE));
 		log_event(LOG_LEVEL_WARN, "rejected",
 			  LOG_S("client", s->client),
 			  LOG_S("reason", "max_envelope_memory"),
@@ -854,30 +872,17 @@ static void cmd_rcpt(struct smtp_session *s, const struct smtp_command *cmd)
 {
 	const struct config *cfg = cfg_of(s);
 	if (!s->tx.active) {
-		reply_error(s, 503, ESC_BAD_COMMAND, "Need MAIL before RCPT");
+		reply_error(s, 503, STATUS_BAD_COMMAND,
+			    "Need MAIL before RCPT");
 		return;
 	}
 	struct smtp_rcpt rcpt;
-	switch (smtp_parse_rcpt(cmd->arg, cmd->arglen, &rcpt)) {
-	case SMTP_PARSE_OK:
-		break;
-	case SMTP_PARSE_BAD_ADDRESS:
-		reply_error(s, 501, ESC_BAD_DEST_SYNTAX,
-			    "Bad recipient address syntax");
+	if (!path_command_parsed(s, &rcpt_command,
+				 smtp_parse_rcpt(cmd->arg, cmd->arglen, &rcpt)))
 		return;
-	case SMTP_PARSE_UNKNOWN_PARAM:
-		reply(s, "555 %s Unsupported RCPT parameter", ESC_BAD_ARGS);
-		return;
-	case SMTP_PARSE_BAD_PARAM:
-		reply_error(s, 501, ESC_BAD_ARGS, "Bad RCPT parameter");
-		return;
-	case SMTP_PARSE_SYNTAX:
-	default:
-		reply_error(s, 501, ESC_BAD_ARGS, "Syntax: RCPT TO:<address>");
-		return;
-	}
 	if (s->tx.accepted_rcpt_commands >= cfg->max_recipients) {
-		reply(s, "452 %s Too many recipients", ESC_TOO_MANY_RCPTS);
+		reply(s, "452 %s Too many recipients",
+		      status_code_str(STATUS_TOO_MANY_RCPTS));
 		return;
 	}
 	struct policy_client client = {
@@ -895,18 +900,18 @@ static void cmd_rcpt(struct smtp_session *s, const struct smtp_command *cmd)
 		reply(s,
 		      "550 %s <%s>: Recipient address rejected: "
 		      "User unknown",
-		      ESC_BAD_DEST_MAILBOX, rcpt.to.address);
+		      status_code_str(STATUS_BAD_MAILBOX), rcpt.to.address);
 		log_rejected(s, "unknown user", rcpt.to.address);
 		return;
 	case POLICY_RELAY_DENIED:
-		reply(s, "554 %s <%s>: Relay access denied", ESC_RELAY_DENIED,
-		      rcpt.to.address);
+		reply(s, "554 %s <%s>: Relay access denied",
+		      status_code_str(STATUS_NOT_AUTHORIZED), rcpt.to.address);
 		log_rejected(s, "relay access denied", rcpt.to.address);
 		return;
 	case POLICY_ALIAS_LOOP:
 	default:
-		reply(s, "554 %s <%s>: Alias expansion loops", ESC_LOOP,
-		      rcpt.to.address);
+		reply(s, "554 %s <%s>: Alias expansion loops",
+		      status_code_str(STATUS_LOOP), rcpt.to.address);
 		log_rejected(s, "alias loop", rcpt.to.address);
 		return;
 	}
@@ -919,11 +924,12 @@ static void cmd_rcpt(struct smtp_session *s, const struct smtp_command *cmd)
 		failed = recipient_add(s, &rcpt, &exp.targets[i]);
 	policy_expansion_clear(&exp);
 	if (failed) {
-		reply(s, "451 %s Out of memory", ESC_LOCAL_ERROR);
+		reply(s, "451 %s Out of memory",
+		      status_code_str(STATUS_LOCAL_ERROR));
 		return;
 	}
 	s->tx.accepted_rcpt_commands++;
-	reply(s, "250 %s Ok", ESC_RCPT_OK);
+	reply(s, "250 %s Ok", status_code_str(STATUS_RCPT_OK));
 }
 
 /* ---- DATA, BDAT ---- */
@@ -941,15 +947,6 @@ static const char *protocol_name(const struct smtp_session *s)
 		    [s->auth_user != NULL];
 }
 
-/* The RFC 5322 date of now, for Received. */
-static void format_date(char *buf, size_t len)
-{
-	time_t now = time(NULL);
-	struct tm tm;
-	localtime_r(&now, &tm);
-	strftime(buf, len, "%a, %d %b %Y %H:%M:%S %z", &tm);
-}
-
 /* Open the spool file and write our Received header (RFC 5321 §4.4). */
 static bool message_begin(struct smtp_session *s)
 {
@@ -960,7 +957,8 @@ static bool message_begin(struct smtp_session *s)
 		log_event(LOG_LEVEL_ERROR, "spool_error",
 			  LOG_S("client", s->client),
 			  LOG_S("reason", strerror(errno)));
-		reply(s, "451 %s Local error in processing", ESC_LOCAL_ERROR);
+		reply(s, "451 %s Local error in processing",
+		      status_code_str(STATUS_LOCAL_ERROR));
 		free(tx->outbuf);
 		tx->outbuf = NULL;
 		if (tx->incoming != NULL)
@@ -968,8 +966,8 @@ static bool message_begin(struct smtp_session *s)
 		tx->incoming = NULL;
 		return false;
 	}
-	char date[64];
-	format_date(date, sizeof date);
+	char date[MAILTIME_BUF];
+	mailtime_format(time(NULL), date, sizeof date);
 	char for_clause[SMTP_PATH_MAX + 16] = "";
 	/* One RCPT: its first recipient holds the address as given. */
 	if (tx->accepted_rcpt_commands == 1 && tx->rcpt_count > 0)
@@ -983,7 +981,8 @@ static bool message_begin(struct smtp_session *s)
 			 s->helo, s->client, cfg_of(s)->hostname,
 			 protocol_name(s), tx->incoming->id, for_clause, date);
 	if (n < 0 || (size_t)n >= MESSAGE_BUF_SIZE) {
-		reply(s, "451 %s Local error in processing", ESC_LOCAL_ERROR);
+		reply(s, "451 %s Local error in processing",
+		      status_code_str(STATUS_LOCAL_ERROR));
 		spool_incoming_abort(s->srv->spool, tx->incoming);
 		tx->incoming = NULL;
 		return false;
@@ -1086,10 +1085,11 @@ static void on_committed(int error, void *arg)
 		spool_envelope_free(env);
 		if (!s->gone)
 			reply(s, "451 %s Local error: message not queued",
-			      ESC_LOCAL_ERROR);
+			      status_code_str(STATUS_LOCAL_ERROR));
 	} else {
 		if (!s->gone)
-			reply(s, "250 %s Ok: queued as %s", ESC_OK, env->id);
+			reply(s, "250 %s Ok: queued as %s",
+			      status_code_str(STATUS_OK), env->id);
 		scheduler_enqueue(s->srv->scheduler, env, SCHEDULER_NEW);
 	}
 	if (s->gone) {
@@ -1098,8 +1098,8 @@ static void on_committed(int error, void *arg)
 	}
 	enter_state(s, SMTP_STATE_COMMAND);
 	if (s->shutdown_pending) {
-		reply(s, "421 %s %s Service shutting down", ESC_SHUTDOWN,
-		      cfg_of(s)->hostname);
+		reply(s, "421 %s %s Service shutting down",
+		      status_code_str(STATUS_SHUTDOWN), cfg_of(s)->hostname);
 		session_close(s);
 		session_flush(s);
 		return;
@@ -1121,15 +1121,15 @@ static void message_end(struct smtp_session *s)
 	message_spill(s);
 	if (tx->too_big) {
 		reply(s, "552 %s Message size exceeds fixed limit",
-		      ESC_TOO_BIG);
+		      status_code_str(STATUS_TOO_BIG));
 		refusal = "message too big";
 	} else if (tx->data.received_count > SMTP_RECEIVED_MAX) {
 		reply(s, "554 %s Too many Received headers: mail loop",
-		      ESC_LOOP);
+		      status_code_str(STATUS_LOOP));
 		refusal = "mail loop";
 	} else if (tx->incoming->error != 0) {
 		reply(s, "451 %s Local error writing the message",
-		      ESC_LOCAL_ERROR);
+		      status_code_str(STATUS_LOCAL_ERROR));
 		log_event(LOG_LEVEL_ERROR, "spool_error",
 			  LOG_S("client", s->client),
 			  LOG_S("reason", strerror(tx->incoming->error)));
@@ -1137,7 +1137,8 @@ static void message_end(struct smtp_session *s)
 	}
 	struct spool_envelope *env = refusal ? NULL : envelope_build(s);
 	if (refusal == NULL && env == NULL) {
-		reply(s, "451 %s Out of memory", ESC_LOCAL_ERROR);
+		reply(s, "451 %s Out of memory",
+		      status_code_str(STATUS_LOCAL_ERROR));
 		refusal = "out of memory";
 	}
 	if (refusal != NULL) {
@@ -1166,19 +1167,19 @@ static void message_end(struct smtp_session *s)
 static void cmd_data(struct smtp_session *s, const struct smtp_command *cmd)
 {
 	if (cmd->arglen != 0) {
-		reply_error(s, 501, ESC_BAD_ARGS, "Syntax: DATA");
+		reply_error(s, 501, STATUS_BAD_ARGS, "Syntax: DATA");
 		return;
 	}
 	if (!s->tx.active) {
-		reply_error(s, 503, ESC_BAD_COMMAND, "Need MAIL command");
+		reply_error(s, 503, STATUS_BAD_COMMAND, "Need MAIL command");
 		return;
 	}
 	if (s->tx.rcpt_count == 0) {
-		reply_error(s, 503, ESC_BAD_COMMAND, "Need RCPT command");
+		reply_error(s, 503, STATUS_BAD_COMMAND, "Need RCPT command");
 		return;
 	}
 	if (s->tx.used_bdat) {
-		reply_error(s, 503, ESC_BAD_COMMAND, "DATA after BDAT");
+		reply_error(s, 503, STATUS_BAD_COMMAND, "DATA after BDAT");
 		return;
 	}
 	if (!message_begin(s))
@@ -1188,12 +1189,12 @@ static void cmd_data(struct smtp_session *s, const struct smtp_command *cmd)
 	enter_state(s, SMTP_STATE_DATA);
 }
 
-static void bdat_discard(struct smtp_session *s, int code, const char *esc,
-			 const char *text)
+static void bdat_discard(struct smtp_session *s, int code,
+			 enum status_code status, const char *text)
 {
 	s->bdat_discard = true;
 	s->bdat_reply_code = code;
-	s->bdat_reply_esc = esc;
+	s->bdat_reply_status = status;
 	s->bdat_reply_text = text;
 }
 
@@ -1205,7 +1206,8 @@ static void cmd_bdat(struct smtp_session *s, const struct smtp_command *cmd)
 	    SMTP_PARSE_OK) {
 		/* Without a size no chunk can be skipped: what follows is
 		 * read as commands, and junk there meets the error limit. */
-		reply_error(s, 501, ESC_BAD_ARGS, "Syntax: BDAT size [LAST]");
+		reply_error(s, 501, STATUS_BAD_ARGS,
+			    "Syntax: BDAT size [LAST]");
 		return;
 	}
 	s->bdat_remaining = size;
@@ -1215,9 +1217,9 @@ static void cmd_bdat(struct smtp_session *s, const struct smtp_command *cmd)
 	/* The chunk is read in every case (RFC 3030 §2); an error is
 	 * given once it has been. */
 	if (!s->tx.active)
-		bdat_discard(s, 503, ESC_BAD_COMMAND, "Need MAIL command");
+		bdat_discard(s, 503, STATUS_BAD_COMMAND, "Need MAIL command");
 	else if (s->tx.rcpt_count == 0)
-		bdat_discard(s, 503, ESC_BAD_COMMAND, "Need RCPT command");
+		bdat_discard(s, 503, STATUS_BAD_COMMAND, "Need RCPT command");
 	else if (!s->tx.used_bdat) {
 		if (!message_begin(s)) {
 			/* the 451 is out already; skip the chunk quietly */
@@ -1237,19 +1239,20 @@ static void bdat_chunk_done(struct smtp_session *s)
 	if (s->bdat_discard) {
 		s->bdat_discard = false;
 		if (s->bdat_reply_code != 0)
-			reply_error(s, s->bdat_reply_code, s->bdat_reply_esc,
+			reply_error(s, s->bdat_reply_code, s->bdat_reply_status,
 				    s->bdat_reply_text);
 		return;
 	}
 	if (s->tx.too_big) {
 		reply(s, "552 %s Message size exceeds fixed limit",
-		      ESC_TOO_BIG);
+		      status_code_str(STATUS_TOO_BIG));
 		log_rejected(s, "message too big", s->tx.mail.from.address);
 		transaction_reset(s);
 		return;
 	}
 	if (!s->bdat_last) {
-		reply(s, "250 %s %llu octets received", ESC_OK,
+		reply(s, "250 %s %llu octets received",
+		      status_code_str(STATUS_OK),
 		      (unsigned long long)s->tx.data.size);
 		return;
 	}
@@ -1270,12 +1273,12 @@ static void cmd_rset(struct smtp_session *s, const struct smtp_command *cmd)
 {
 	(void)cmd;
 	transaction_reset(s);
-	reply(s, "250 %s Ok", ESC_OK);
+	reply(s, "250 %s Ok", status_code_str(STATUS_OK));
 }
 
 static void cmd_quit(struct smtp_session *s)
 {
-	reply(s, "221 %s Bye", ESC_OK);
+	reply(s, "221 %s Bye", status_code_str(STATUS_OK));
 	session_close(s);
 }
 
@@ -1306,7 +1309,7 @@ static void dispatch(struct smtp_session *s, const char *line, size_t len)
 		cmd_rset(s, &cmd);
 		break;
 	case SMTP_VERB_NOOP:
-		reply(s, "250 %s Ok", ESC_OK);
+		reply(s, "250 %s Ok", status_code_str(STATUS_OK));
 		break;
 	case SMTP_VERB_QUIT:
 		cmd_quit(s);
@@ -1315,16 +1318,17 @@ static void dispatch(struct smtp_session *s, const char *line, size_t len)
 		reply(s,
 		      "214 %s See RFC 5321; facteur speaks HELO EHLO MAIL "
 		      "RCPT DATA BDAT RSET NOOP QUIT HELP VRFY",
-		      ESC_OK);
+		      status_code_str(STATUS_OK));
 		break;
 	case SMTP_VERB_VRFY:
 		reply(s,
 		      "252 %s Cannot VRFY user, but will accept message "
 		      "and attempt delivery",
-		      ESC_VRFY);
+		      status_code_str(STATUS_VRFY));
 		break;
 	case SMTP_VERB_EXPN:
-		reply(s, "502 %s EXPN is not available", ESC_BAD_COMMAND);
+		reply(s, "502 %s EXPN is not available",
+		      status_code_str(STATUS_BAD_COMMAND));
 		break;
 	case SMTP_VERB_STARTTLS:
 		cmd_starttls(s, &cmd);
@@ -1334,7 +1338,7 @@ static void dispatch(struct smtp_session *s, const char *line, size_t len)
 		break;
 	case SMTP_VERB_UNKNOWN:
 	default:
-		reply_error(s, 500, ESC_BAD_COMMAND, "Command unrecognized");
+		reply_error(s, 500, STATUS_BAD_COMMAND, "Command unrecognized");
 		break;
 	}
 }
@@ -1356,7 +1360,7 @@ static bool read_command(struct smtp_session *s)
 	case LINEIO_NONE:
 		return false;
 	case LINEIO_TOO_LONG:
-		reply_error(s, 500, ESC_SYNTAX, "Line too long");
+		reply_error(s, 500, STATUS_SYNTAX_ERROR, "Line too long");
 		return true;
 	case LINEIO_SKIPPED:
 		return true;
@@ -1422,7 +1426,8 @@ static void session_process(struct smtp_session *s)
 		case SMTP_STATE_COMMAND:
 			if (s->shutdown_pending) {
 				reply(s, "421 %s %s Service shutting down",
-				      ESC_SHUTDOWN, cfg_of(s)->hostname);
+				      status_code_str(STATUS_SHUTDOWN),
+				      cfg_of(s)->hostname);
 				session_close(s);
 				more = false;
 				break;
@@ -1524,7 +1529,8 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 	}
 	if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) &&
 	    s->state != SMTP_STATE_CLOSING) {
-		reply(s, "421 %s %s Error: timeout exceeded", ESC_TIMEOUT,
+		reply(s, "421 %s %s Error: timeout exceeded",
+		      status_code_str(STATUS_BAD_CONNECTION),
 		      cfg_of(s)->hostname);
 		log_event(LOG_LEVEL_INFO, "timeout", LOG_S("client", s->client),
 			  LOG_S("state", state_names[s->state]));
@@ -1634,7 +1640,8 @@ struct smtp_session *smtp_session_new(struct server *srv, int fd,
 		reply(s,
 		      "421 %s %s Error: too many failed logins from your "
 		      "address, try again later",
-		      ESC_TOO_MANY_ERRORS, cfg->hostname);
+		      status_code_str(STATUS_SECURITY_TRANSIENT),
+		      cfg->hostname);
 		log_event(LOG_LEVEL_WARN, "rejected",
 			  LOG_S("client", s->client),
 			  LOG_S("reason", "auth_fail_limit"));
@@ -1664,7 +1671,8 @@ void smtp_server_shutdown(struct smtp_server *smtp)
 		struct smtp_session *next = s->next;
 		if (s->state == SMTP_STATE_COMMAND) {
 			reply(s, "421 %s %s Service shutting down",
-			      ESC_SHUTDOWN, cfg_of(s)->hostname);
+			      status_code_str(STATUS_SHUTDOWN),
+			      cfg_of(s)->hostname);
 			session_close(s);
 			session_flush(s);
 		} else if (s->state != SMTP_STATE_CLOSING) {

@@ -70,30 +70,28 @@ static const char *word_or_dash(const char *word)
 	return word != NULL ? word : "-";
 }
 
+/* The words of the body and ret lines, indexed by their enum, for
+ * writing and reading alike; NULL (written "-") when not given. */
+static const char *const body_names[] = {
+    [SMTP_BODY_UNSPECIFIED] = NULL,
+    [SMTP_BODY_7BIT] = "7bit",
+    [SMTP_BODY_8BITMIME] = "8bitmime",
+};
+static const char *const ret_names[] = {
+    [SMTP_RET_UNSPECIFIED] = NULL,
+    [SMTP_RET_FULL] = "full",
+    [SMTP_RET_HDRS] = "hdrs",
+};
+#define NAMES_COUNT(names) (sizeof(names) / sizeof(names)[0])
+
 const char *spool_body_name(enum smtp_body body)
 {
-	switch (body) {
-	case SMTP_BODY_7BIT:
-		return "7bit";
-	case SMTP_BODY_8BITMIME:
-		return "8bitmime";
-	case SMTP_BODY_UNSPECIFIED:
-		break;
-	}
-	return NULL;
+	return (size_t)body < NAMES_COUNT(body_names) ? body_names[body] : NULL;
 }
 
 const char *spool_ret_name(enum smtp_ret ret)
 {
-	switch (ret) {
-	case SMTP_RET_FULL:
-		return "full";
-	case SMTP_RET_HDRS:
-		return "hdrs";
-	case SMTP_RET_UNSPECIFIED:
-		break;
-	}
-	return NULL;
+	return (size_t)ret < NAMES_COUNT(ret_names) ? ret_names[ret] : NULL;
 }
 
 static void text_record(struct text *t, const struct spool_envelope *env,
@@ -317,26 +315,11 @@ static enum spool_parse_status decode_value(struct token tok, bool optional,
 	char *s = malloc(tok.n + 1);
 	if (s == NULL)
 		return SPOOL_PARSE_NOMEM;
-	size_t n = 0;
-	for (size_t i = 0; i < tok.n; i++) {
-		unsigned char c = (unsigned char)tok.p[i];
-		if (c == '+') {
-			int hi = i + 2 < tok.n ? hex_digit(tok.p[i + 1]) : -1;
-			int lo = hi >= 0 ? hex_digit(tok.p[i + 2]) : -1;
-			if (lo < 0 || (hi == 0 && lo == 0)) {
-				free(s);
-				return SPOOL_PARSE_BAD;
-			}
-			s[n++] = (char)(hi << 4 | lo);
-			i += 2;
-		} else if (text_octet_needs_escape(c)) {
-			free(s);
-			return SPOOL_PARSE_BAD;
-		} else {
-			s[n++] = (char)c;
-		}
+	if (text_xtext_decode(tok.p, tok.n, s, tok.n + 1, TEXT_XTEXT_8BIT) <
+	    0) {
+		free(s);
+		return SPOOL_PARSE_BAD;
 	}
-	s[n] = '\0';
 	*out = s;
 	return SPOOL_PARSE_OK;
 }
@@ -410,6 +393,20 @@ static bool keyed_line(const char *text, size_t len, size_t *pos,
 		return false;
 	*val = toks[1];
 	return true;
+}
+
+/* The line "<key> <word>" with a word of names[0..count) ("-" for a
+ * NULL one): the word's index, or -1. */
+static int keyed_word(const char *text, size_t len, size_t *pos,
+		      const char *key, const char *const *names, size_t count)
+{
+	struct token val;
+	if (!keyed_line(text, len, pos, key, &val))
+		return -1;
+	for (size_t i = 0; i < count; i++)
+		if (token_is(val, word_or_dash(names[i])))
+			return (int)i;
+	return -1;
 }
 
 static enum spool_parse_status keyed_value(const char *text, size_t len,
@@ -585,29 +582,18 @@ static enum spool_parse_status parse_header(const char *text, size_t len,
 		*pos = at;
 	}
 
-	if (!keyed_line(text, len, pos, "body", &val))
+	int word;
+	if ((word = keyed_word(text, len, pos, "body", body_names,
+			       NAMES_COUNT(body_names))) == -1)
 		return SPOOL_PARSE_BAD;
-	if (token_is(val, "-"))
-		env->body = SMTP_BODY_UNSPECIFIED;
-	else if (token_is(val, "7bit"))
-		env->body = SMTP_BODY_7BIT;
-	else if (token_is(val, "8bitmime"))
-		env->body = SMTP_BODY_8BITMIME;
-	else
-		return SPOOL_PARSE_BAD;
+	env->body = (enum smtp_body)word;
 	if (!keyed_line(text, len, pos, "smtputf8", &val) ||
 	    !parse_bit(val, &env->smtputf8))
 		return SPOOL_PARSE_BAD;
-	if (!keyed_line(text, len, pos, "ret", &val))
+	if ((word = keyed_word(text, len, pos, "ret", ret_names,
+			       NAMES_COUNT(ret_names))) == -1)
 		return SPOOL_PARSE_BAD;
-	if (token_is(val, "-"))
-		env->ret = SMTP_RET_UNSPECIFIED;
-	else if (token_is(val, "full"))
-		env->ret = SMTP_RET_FULL;
-	else if (token_is(val, "hdrs"))
-		env->ret = SMTP_RET_HDRS;
-	else
-		return SPOOL_PARSE_BAD;
+	env->ret = (enum smtp_ret)word;
 	st = keyed_value(text, len, pos, "envid", true, &env->envid);
 	if (st != SPOOL_PARSE_OK)
 		return st;

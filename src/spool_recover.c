@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -18,6 +19,7 @@
 #include "facteur/spool.h"
 #include "facteur/spool_internal.h"
 #include "facteur/spool_log.h"
+#include "facteur/wholefile.h"
 
 enum entry_kind {
 	ENTRY_ENV,
@@ -34,40 +36,6 @@ static int compare_entries(const void *a, const void *b)
 	const struct entry *x = a, *y = b;
 	int c = strcmp(x->id, y->id);
 	return c != 0 ? c : (int)x->kind - (int)y->kind;
-}
-
-static int read_file(int fd, char **out, size_t *outlen)
-{
-	struct stat st;
-
-	if (fstat(fd, &st) == -1)
-		return -1;
-	if (st.st_size < 0 || (uint64_t)st.st_size >= SIZE_MAX) {
-		errno = EFBIG;
-		return -1;
-	}
-	size_t size = (size_t)st.st_size;
-	char *buf = malloc(size + 1);
-	if (buf == NULL)
-		return -1;
-	size_t got = 0;
-	while (got < size) {
-		ssize_t n = pread(fd, buf + got, size - got, (off_t)got);
-		if (n == -1) {
-			if (errno == EINTR)
-				continue;
-			int saved = errno;
-			free(buf);
-			errno = saved;
-			return -1;
-		}
-		if (n == 0)
-			break;
-		got += (size_t)n;
-	}
-	*out = buf;
-	*outlen = got;
-	return 0;
 }
 
 /*
@@ -114,7 +82,8 @@ static void recover_message(struct spool *spool, const char *id,
 	}
 	spool_file_name(name, id, ".env");
 	int fd = openat(spool->queue_fd, name, O_RDWR | O_CLOEXEC);
-	if (fd == -1 || read_file(fd, &text, &len) == -1)
+	if (fd == -1 ||
+	    wholefile_read_fd(fd, SIZE_MAX, 0, &text, &len) != WHOLEFILE_OK)
 		goto unreadable;
 	env = calloc(1, sizeof *env);
 	if (env == NULL)
@@ -215,9 +184,10 @@ struct spool_envelope *spool_load(struct spool *spool, const char *id)
 	int fd = openat(spool->queue_fd, name, O_RDONLY | O_CLOEXEC);
 	if (fd == -1)
 		return NULL;
-	int rc = read_file(fd, &text, &len);
+	enum wholefile_status rc =
+	    wholefile_read_fd(fd, SIZE_MAX, 0, &text, &len);
 	spool_close_fd(fd);
-	if (rc == -1)
+	if (rc != WHOLEFILE_OK)
 		return NULL;
 	env = calloc(1, sizeof *env);
 	if (env == NULL ||
@@ -263,7 +233,7 @@ static int recover_segment(struct spool *spool, struct spool_segment *seg)
 	size_t len = 0, pos = SPOOL_LOG_MAGIC_LEN;
 	struct spool_log_record r;
 
-	if (read_file(seg->fd, &buf, &len) == -1)
+	if (wholefile_read_fd(seg->fd, SIZE_MAX, 0, &buf, &len) != WHOLEFILE_OK)
 		return -1;
 	if (len < SPOOL_LOG_MAGIC_LEN ||
 	    memcmp(buf, SPOOL_LOG_MAGIC, SPOOL_LOG_MAGIC_LEN) != 0)

@@ -21,6 +21,7 @@
 #include "facteur/config.h"
 #include "facteur/deliver.h"
 #include "facteur/mbox.h"
+#include "facteur/status_code.h"
 
 struct event;
 struct event_base;
@@ -135,13 +136,15 @@ int delivery_schedule(struct delivery *d, enum delivery_state state, long usec);
 /* The result is known: release what is held, then call back from the
  * timer. `reason` (malloc'd, taken) or else `reason_text` explains it. */
 void delivery_finish(struct delivery *d, enum deliver_result result,
-		     const char *dsn, char *reason, const char *reason_text);
+		     enum status_code status, char *reason,
+		     const char *reason_text);
 void delivery_finish_ok(struct delivery *d, const char *reason);
 /* Deferred with "<what> <path>: <error>"; `mailbox` says whether the
  * error came from the mailbox (a 4.2.x) or from our side (4.3.x). */
 void delivery_fail_errno(struct delivery *d, int err, bool mailbox,
 			 const char *what, const char *path);
-void delivery_fail_text(struct delivery *d, const char *dsn, const char *text);
+void delivery_fail_text(struct delivery *d, enum status_code status,
+			const char *text);
 
 /* "dir/sub/name", or "dir/sub" when `name` is NULL; malloc'd or NULL. */
 char *delivery_path_join(const char *dir, const char *sub, const char *name);

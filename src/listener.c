@@ -25,6 +25,7 @@
 #include "facteur/proxy.h"
 #include "facteur/server.h"
 #include "facteur/smtp_session.h"
+#include "facteur/status_code.h"
 
 #define IP_BUCKETS 1024
 #define LISTEN_BACKLOG 1024
@@ -507,15 +508,16 @@ static void smtp_refuse(void *arg, enum listener_limit limit, char *line,
 	const struct server *srv = arg;
 	if (limit == LISTENER_LIMIT_TOTAL) {
 		snprintf(line, size,
-			 "421 4.3.2 %s Error: too many connections\r\n",
-			 srv->cfg->hostname);
+			 "421 %s %s Error: too many connections\r\n",
+			 status_code_str(STATUS_SHUTDOWN), srv->cfg->hostname);
 		metrics.connections_refused_max++;
 		log_event(LOG_LEVEL_WARN, "rejected",
 			  LOG_S("reason", "max_connections"));
 	} else {
 		snprintf(line, size,
-			 "421 4.7.0 %s Error: too many connections from your "
+			 "421 %s %s Error: too many connections from your "
 			 "address\r\n",
+			 status_code_str(STATUS_SECURITY_TRANSIENT),
 			 srv->cfg->hostname);
 		metrics.connections_refused_per_ip++;
 		log_event(LOG_LEVEL_WARN, "rejected",

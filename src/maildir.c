@@ -552,7 +552,7 @@ void maildir_begin(struct delivery *d)
 	}
 	if (maildir_name(d->name, cap, d->arrival, d->unique, d->hostname) ==
 	    -1) {
-		delivery_finish(d, DELIVER_PERMFAIL, STATUS_SYSTEM_FULL, NULL,
+		delivery_finish(d, DELIVER_PERMFAIL, STATUS_SYSTEM_PERMANENT, NULL,
 				"cannot make a Maildir file name");
 		return;
 	}

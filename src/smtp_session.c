@@ -741,7 +741,8 @@ static void cmd_auth(struct smtp_session *s, const struct smtp_command *cmd)
 	} else if (ascii_ieq(mech, mech_len, "LOGIN")) {
 		s->auth_step = AUTH_LOGIN_USER;
 	} else {
-		reply(s, "504 5.5.4 Unrecognized authentication mechanism");
+		reply(s, "504 %s Unrecognized authentication mechanism",
+		      status_code_str(STATUS_BAD_ARGS));
 		return;
 	}
 	enter_state(s, SMTP_STATE_AUTH);

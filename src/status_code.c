@@ -60,7 +60,7 @@ static const struct status_code_def table[STATUS_CODE_COUNT] = {
 				  "Bad sender's mailbox address syntax"},
     [STATUS_NULL_MX] = {"5.1.10", STATUS_CLASS_PERMANENT,
 			"Recipient address has null MX"},
-    [STATUS_SYSTEM_FULL] = {"5.3.0", STATUS_CLASS_PERMANENT,
+    [STATUS_SYSTEM_PERMANENT] = {"5.3.0", STATUS_CLASS_PERMANENT,
 			    "Other or undefined mail system status"},
     [STATUS_TOO_BIG] = {"5.3.4", STATUS_CLASS_PERMANENT,
 			"Message too big for system"},

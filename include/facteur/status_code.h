@@ -42,7 +42,7 @@ enum status_code {
 	STATUS_BAD_RCPT_SYNTAX,		/* 5.1.3 */
 	STATUS_BAD_SENDER_SYNTAX,	/* 5.1.7 */
 	STATUS_NULL_MX,			/* 5.1.10 */
-	STATUS_SYSTEM_FULL,		/* 5.3.0 */
+	STATUS_SYSTEM_PERMANENT,		/* 5.3.0 */
 	STATUS_TOO_BIG,			/* 5.3.4 */
 	STATUS_LOOP,			/* 5.4.6 */
 	STATUS_BAD_COMMAND,		/* 5.5.1 */

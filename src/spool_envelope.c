@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "facteur/ascii.h"
 #include "facteur/spool.h"
 #include "facteur/spool_internal.h"
 #include "facteur/text.h"
@@ -30,8 +31,7 @@ bool spool_id_valid(const char *id, size_t len)
 	if (len != SPOOL_ID_LEN)
 		return false;
 	for (size_t i = 0; i < len; i++)
-		if (!((id[i] >= '0' && id[i] <= '9') ||
-		      (id[i] >= 'A' && id[i] <= 'F')))
+		if (ascii_hex_upper_value(id[i]) < 0)
 			return false;
 	return true;
 }
@@ -278,22 +278,11 @@ static bool token_is(struct token tok, const char *word)
 	return tok.n == n && memcmp(tok.p, word, n) == 0;
 }
 
-static int hex_digit(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1;
-}
-
 uint64_t spool_id_value(const char *hex)
 {
 	uint64_t v = 0;
 	for (size_t i = 0; i < SPOOL_ID_LEN; i++)
-		v = v << 4 | (uint64_t)hex_digit(hex[i]);
+		v = v << 4 | (uint64_t)ascii_hex_upper_value(hex[i]);
 	return v;
 }
 

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "facteur/ascii.h"
 #include "facteur/spool_log.h"
 
 /* Slicing-by-8 tables for CRC-32C, reflected polynomial 0x82F63B78. */
@@ -21,8 +22,9 @@ static void crc_init(void)
 	}
 	for (uint32_t n = 0; n < 256; n++)
 		for (int t = 1; t < 8; t++)
-			crc_table[t][n] = (crc_table[t - 1][n] >> 8) ^
-					  crc_table[0][crc_table[t - 1][n] & 0xff];
+			crc_table[t][n] =
+			    (crc_table[t - 1][n] >> 8) ^
+			    crc_table[0][crc_table[t - 1][n] & 0xff];
 	crc_ready = true;
 }
 
@@ -34,8 +36,9 @@ uint32_t spool_crc32c(uint32_t crc, const void *buf, size_t len)
 		crc_init();
 	crc = ~crc;
 	while (len >= 8) {
-		uint32_t lo = crc ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 |
-				     (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+		uint32_t lo =
+		    crc ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 |
+			   (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
 		crc = crc_table[7][lo & 0xff] ^ crc_table[6][(lo >> 8) & 0xff] ^
 		      crc_table[5][(lo >> 16) & 0xff] ^ crc_table[4][lo >> 24] ^
 		      crc_table[3][p[4]] ^ crc_table[2][p[5]] ^
@@ -77,15 +80,6 @@ static bool parse_len(const char *buf, size_t len, size_t *pos, uint64_t *out)
 	return true;
 }
 
-static int hex_value(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 int spool_log_next(const char *buf, size_t len, size_t pos,
 		   struct spool_log_record *rec)
 {
@@ -103,7 +97,7 @@ int spool_log_next(const char *buf, size_t len, size_t pos,
 		return 0;
 	i += 2;
 	for (size_t k = 0; k < SPOOL_ID_LEN; k++)
-		if (hex_value(buf[i + k]) < 0)
+		if (ascii_hex_upper_value(buf[i + k]) < 0)
 			return 0;
 	if (buf[i + SPOOL_ID_LEN] != ' ')
 		return 0;
@@ -118,7 +112,7 @@ int spool_log_next(const char *buf, size_t len, size_t pos,
 	if (len - i < 9)
 		return 0;
 	for (int k = 0; k < 8; k++) {
-		int h = hex_value(buf[i + (size_t)k]);
+		int h = ascii_hex_upper_value(buf[i + (size_t)k]);
 		if (h < 0)
 			return 0;
 		crc = crc << 4 | (uint32_t)h;

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "facteur/ascii.h"
 #include "facteur/text.h"
 
 int buffer_grow(char **buf, size_t *cap, size_t need, size_t first, size_t max)
@@ -102,17 +103,6 @@ void text_fmt(struct text *t, const char *fmt, ...)
 
 static const char hex_upper[] = "0123456789ABCDEF";
 
-/* RFC 3461's hexchar takes upper-case digits only; every writer here
- * uses them, so a lower-case one is malformed, not a variant. */
-static int hex_upper_value(unsigned char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 /* An octet that may stand as itself: RFC 3461's xchar ("!" to "~"
  * but '+' and '='), and with TEXT_XTEXT_8BIT any non-ASCII octet. */
 static bool xtext_plain(unsigned char c, unsigned flags)
@@ -132,8 +122,8 @@ static int plus_escape(const unsigned char *p, size_t n)
 {
 	if (n < 3)
 		return -1;
-	int hi = hex_upper_value(p[1]);
-	int lo = hex_upper_value(p[2]);
+	int hi = ascii_hex_upper_value((char)p[1]);
+	int lo = ascii_hex_upper_value((char)p[2]);
 	return hi < 0 || lo < 0 ? -1 : hi << 4 | lo;
 }
 

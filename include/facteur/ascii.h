@@ -47,6 +47,17 @@ static inline bool ascii_is_wsp(char c)
 	return c == ' ' || c == '\t';
 }
 
+/* The value of an upper-case hex digit (what facteur writes in queue
+ * ids, spool records and xtext), or -1. */
+static inline int ascii_hex_upper_value(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
 /* Blanks around a field of the users and aliases files: CR too, so
  * that a file with CRLF lines reads as one with LF lines. */
 #define ASCII_LINE_BLANKS " \t\r"

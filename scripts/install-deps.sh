@@ -8,7 +8,7 @@ set -euo pipefail
 # Building and running: the compiler, CMake and the libraries facteur links.
 run_packages=(
 	build-essential cmake pkg-config
-	libevent-dev libssl-dev libc-ares-dev libcrypt-dev
+	libevent-dev libssl-dev libc-ares-dev libcrypt-dev libhiredis-dev
 	ca-certificates
 )
 # Testing on top: clang for the fuzzers, cmocka for the unit tests, the
@@ -20,6 +20,7 @@ test_packages=(
 	openssl procps
 	fetchmail adduser dpkg-dev
 	haproxy
+	redis-server python3-dkim opendkim opendkim-tools
 )
 
 only_run=0

@@ -1289,6 +1289,44 @@ static void test_config_user(void **state)
 			"\"no-such-user-facteur\"");
 }
 
+/* sender_route: a list whose values hold spaces, hence ";" between them
+ * in the environment; its errors name the line like route's. */
+static void test_config_sender_route_key(void **state)
+{
+	(void)state;
+	struct config *cfg = support_load_config(
+	    "sender_route = a.test [r.test]:465|[10.0.0.2] tls=implicit\n",
+	    NULL);
+	const struct route *r;
+
+	assert_int_equal(route_table_count(cfg->sender_routes), 1);
+	r = route_lookup_sender(cfg->sender_routes, "x@a.test");
+	assert_non_null(r);
+	assert_int_equal(r->target_count, 2);
+	assert_int_equal(r->targets[1].port, 465);
+	assert_null(route_lookup(cfg->routes, "a.test"));
+	config_free(cfg);
+
+	cfg = support_load_config(
+	    "sender_route = a.test [r.test]\n",
+	    ENV("FACTEUR_SENDER_ROUTE=boss@a.test [s.test] tls=verify; "
+		"* [t.test]:587"));
+	assert_int_equal(route_table_count(cfg->sender_routes), 2);
+	assert_string_equal(
+	    route_lookup_sender(cfg->sender_routes, "boss@a.test")->text,
+	    "boss@a.test [s.test] tls=verify");
+	assert_string_equal(route_lookup_sender(cfg->sender_routes, "")->text,
+			    "* [t.test]:587");
+	config_free(cfg);
+
+	load_fails_with("\nsender_route = @a.test [r.test]\n", NULL,
+			"x.conf:2: sender_route: invalid address pattern "
+			"\"@a.test\"");
+	load_fails_with("route = a.test [r.test]|\n", NULL,
+			"x.conf:1: route: empty element in target "
+			"\"[r.test]|\"");
+}
+
 static void test_config_route_key(void **state)
 {
 	(void)state;
@@ -1933,6 +1971,7 @@ int main(void)
 	    cmocka_unit_test(test_config_mx_port),
 	    cmocka_unit_test(test_config_user),
 	    cmocka_unit_test(test_config_route_key),
+	    cmocka_unit_test(test_config_sender_route_key),
 	    cmocka_unit_test(test_config_tls_listeners_need_cert_and_key),
 	    cmocka_unit_test(test_config_retry_min_above_retry_max),
 	    cmocka_unit_test(test_config_print_lists_every_key_in_spec_order),

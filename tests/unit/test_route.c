@@ -17,17 +17,50 @@
 
 #define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
 
-static struct route_table *table_of(const char *const *values, size_t n)
+/* route_table_add or route_table_add_sender */
+typedef int (*add_fn)(struct route_table *table, const char *value, char *err,
+		      size_t errlen);
+
+static struct route_table *table_with(add_fn add, const char *const *values,
+				      size_t n)
 {
 	struct route_table *t = route_table_new();
 	char err[256];
 
 	assert_non_null(t);
 	for (size_t i = 0; i < n; i++) {
-		if (route_table_add(t, values[i], err, sizeof(err)) != 0)
+		if (add(t, values[i], err, sizeof(err)) != 0)
 			fail_msg("route \"%s\" refused: %s", values[i], err);
 	}
 	return t;
+}
+
+static struct route_table *table_of(const char *const *values, size_t n)
+{
+	return table_with(route_table_add, values, n);
+}
+
+struct refusal {
+	const char *value;
+	const char *reason; /* a part of the message */
+};
+
+/* Each value is refused, with its reason, and the table stays empty. */
+static void check_refusals(add_fn add, const struct refusal *cases, size_t n)
+{
+	struct route_table *t = route_table_new();
+
+	for (size_t i = 0; i < n; i++) {
+		char err[256] = "untouched";
+
+		if (add(t, cases[i].value, err, sizeof(err)) == 0)
+			fail_msg("\"%s\" was accepted", cases[i].value);
+		if (strstr(err, cases[i].reason) == NULL)
+			fail_msg("\"%s\": error \"%s\" lacks \"%s\"",
+				 cases[i].value, err, cases[i].reason);
+	}
+	assert_int_equal(route_table_count(t), 0);
+	route_table_free(t);
 }
 
 /* The SPEC's example, plus routes that compete with each other. */
@@ -306,10 +339,7 @@ static void test_route_accepts_trailing_dots(void **state)
 static void test_route_rejects_invalid_values(void **state)
 {
 	(void)state;
-	static const struct {
-		const char *value;
-		const char *reason; /* a part of the message */
-	} cases[] = {
+	static const struct refusal cases[] = {
 	    {"", "empty"},
 	    {"   ", "empty"},
 	    {"example.com", "missing target"},
@@ -360,19 +390,8 @@ static void test_route_rejects_invalid_values(void **state)
 	    {"example.com a tls=none tls=implicit", "tls=implicit excludes"},
 	    {"user@example.com mx", "invalid pattern"},
 	};
-	struct route_table *t = route_table_new();
 
-	for (size_t i = 0; i < COUNT_OF(cases); i++) {
-		char err[256] = "untouched";
-
-		if (route_table_add(t, cases[i].value, err, sizeof(err)) == 0)
-			fail_msg("\"%s\" was accepted", cases[i].value);
-		if (strstr(err, cases[i].reason) == NULL)
-			fail_msg("\"%s\": error \"%s\" lacks \"%s\"",
-				 cases[i].value, err, cases[i].reason);
-	}
-	assert_int_equal(route_table_count(t), 0);
-	route_table_free(t);
+	check_refusals(route_table_add, cases, COUNT_OF(cases));
 }
 
 static void test_route_failover_list_keeps_its_order(void **state)
@@ -424,15 +443,7 @@ static void test_route_implicit_tls_defaults_to_port_465(void **state)
 
 static struct route_table *sender_table_of(const char *const *values, size_t n)
 {
-	struct route_table *t = route_table_new();
-	char err[256];
-
-	assert_non_null(t);
-	for (size_t i = 0; i < n; i++)
-		if (route_table_add_sender(t, values[i], err, sizeof(err)) != 0)
-			fail_msg("sender route \"%s\" refused: %s", values[i],
-				 err);
-	return t;
+	return table_with(route_table_add_sender, values, n);
 }
 
 static void check_sender(const struct route_table *t, const char *sender,
@@ -504,10 +515,7 @@ static void test_route_null_sender_matches_only_the_wildcard(void **state)
 static void test_route_sender_rejects_invalid_values(void **state)
 {
 	(void)state;
-	static const struct {
-		const char *value;
-		const char *reason;
-	} cases[] = {
+	static const struct refusal cases[] = {
 	    {"@example.org [r]", "invalid address pattern"},
 	    {"user@ [r]", "invalid address pattern"},
 	    {"a@b@example.org [r]", "invalid address pattern"},
@@ -518,18 +526,9 @@ static void test_route_sender_rejects_invalid_values(void **state)
 	    {"user@example.org a||b", "empty element"},
 	    {"*.example.org [r] auth=/x tls=may", "tls=may"},
 	};
+
+	check_refusals(route_table_add_sender, cases, COUNT_OF(cases));
 	struct route_table *t = route_table_new();
-
-	for (size_t i = 0; i < COUNT_OF(cases); i++) {
-		char err[256] = "untouched";
-
-		if (route_table_add_sender(t, cases[i].value, err,
-					   sizeof(err)) == 0)
-			fail_msg("\"%s\" was accepted", cases[i].value);
-		if (strstr(err, cases[i].reason) == NULL)
-			fail_msg("\"%s\": error \"%s\" lacks \"%s\"",
-				 cases[i].value, err, cases[i].reason);
-	}
 	char err[256];
 	assert_int_equal(
 	    route_table_add_sender(t, "u@example.org [r]", err, sizeof(err)),

@@ -1,9 +1,9 @@
 /*
  * Relay attempts (see relay.h).
  *
- * Remote recipients are grouped by destination (the sender's route, a
- * route, or the domain's own MX hosts): one attempt carries all the
- * recipients of a message for one destination, and each destination has at most
+ * Remote recipients are grouped by destination (a route, or the domain's
+ * own MX hosts): one attempt carries all the recipients of a message for
+ * one destination, and each destination has at most
  * max_connections_per_destination attempts in flight; the others wait
  * in that destination's FIFO.
  *
@@ -13,7 +13,10 @@
  * waiting it sits idle for a few seconds at most, counted within the
  * destination's connection limit, then says QUIT.
  *
- * A route's failover list is resolved target after target before the
+ * A sender route that matches the message's sender is the destination of
+ * all its remote recipients, a destination of its own: its connections
+ * and their credentials never carry another sender route's mail. A
+ * route's failover list is resolved target after target before the
  * first connect; the client then tries the addresses in that order, so
  * the next target is tried exactly when the addresses before it fail.
  *

@@ -81,12 +81,18 @@ def smtps_receiver(relay, cert, key):
     return rcv
 
 
+def implicit_sender(relay, ca):
+    """A sender trusting `ca`, whose route to verified.test is implicit TLS
+    to [relayhost.test] (127.0.0.5)."""
+    return relay.sender(
+        config={"tls_ca_file": str(ca)},
+        extra_lines=["route = verified.test [relayhost.test]:%d tls=implicit" % relay.port])
+
+
 def test_implicit_tls_delivers_to_an_smtps_relay_with_a_trusted_certificate(relay):
     cert, key = relay.cert("relayhost.test")
     rcv = smtps_receiver(relay, cert, key)
-    sender = relay.sender(
-        config={"tls_ca_file": str(cert)},
-        extra_lines=["route = verified.test [relayhost.test]:%d tls=implicit" % relay.port])
+    sender = implicit_sender(relay, cert)
 
     qid, tok = rh.inject(sender, ["user@verified.test"])
     msgs = rcv.wait_messages("user@verified.test", 1, T)
@@ -100,9 +106,7 @@ def test_implicit_tls_defers_on_a_certificate_not_from_the_ca(relay):
     cert, key = relay.cert("relayhost.test")
     other, _ = relay.cert("other-ca.test")
     rcv = smtps_receiver(relay, cert, key)
-    sender = relay.sender(
-        config={"tls_ca_file": str(other)},
-        extra_lines=["route = verified.test [relayhost.test]:%d tls=implicit" % relay.port])
+    sender = implicit_sender(relay, other)
 
     qid, _ = rh.inject(sender, ["user@verified.test"])
     ev = rh.wait_relay_event(sender, "deferred", queue_id=qid)

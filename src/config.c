@@ -70,6 +70,7 @@ enum key {
 	KEY_AUTH_FAIL_LIMIT,
 	KEY_PROXY_NETWORKS,
 	KEY_REUSE_PORT,
+	KEY_SENDER_ROUTE,
 	KEY_COUNT,
 };
 
@@ -120,6 +121,9 @@ struct key_def {
 	size_t offset;		  /* of the slot in struct config */
 	const char *const *names; /* SLOT_CHOICE: the values, by index */
 	size_t name_count;
+	/* list keys whose items hold spaces: what separates them in the
+	 * environment instead of a comma */
+	char env_separator;
 };
 
 /* A load runs at start-up and on reload; a small allocation failing there
@@ -895,14 +899,33 @@ static void set_route(struct loader *ld, const char *value)
 		bad(ld, "%s", err);
 }
 
-static void clear_routes(struct loader *ld)
+static void clear_route_table(struct route_table **table)
 {
 	struct route_table *fresh = route_table_new();
 
 	if (fresh == NULL)
 		out_of_memory();
-	route_table_free(ld->cfg->routes);
-	ld->cfg->routes = fresh;
+	route_table_free(*table);
+	*table = fresh;
+}
+
+static void clear_routes(struct loader *ld)
+{
+	clear_route_table(&ld->cfg->routes);
+}
+
+static void set_sender_route(struct loader *ld, const char *value)
+{
+	char err[256];
+
+	if (route_table_add_sender(ld->cfg->sender_routes, value, err,
+				   sizeof(err)) < 0)
+		bad(ld, "%s", err);
+}
+
+static void clear_sender_routes(struct loader *ld)
+{
+	clear_route_table(&ld->cfg->sender_routes);
 }
 
 static void set_dns_server(struct loader *ld, const char *value)
@@ -1138,11 +1161,22 @@ static void print_proxy_networks(const struct config *cfg, FILE *out)
 	print_networks(cfg->proxy_networks, cfg->proxy_network_count, out);
 }
 
+/* As a file's line reads them: items between commas. */
+static void print_route_table(const struct route_table *table, FILE *out)
+{
+	for (size_t i = 0; i < route_table_count(table); i++)
+		fprintf(out, "%s%s", i ? ", " : "",
+			route_table_get(table, i)->text);
+}
+
 static void print_routes(const struct config *cfg, FILE *out)
 {
-	for (size_t i = 0; i < route_table_count(cfg->routes); i++)
-		fprintf(out, "%s%s", i ? ", " : "",
-			route_table_get(cfg->routes, i)->text);
+	print_route_table(cfg->routes, out);
+}
+
+static void print_sender_routes(const struct config *cfg, FILE *out)
+{
+	print_route_table(cfg->sender_routes, out);
 }
 
 static void print_dns_servers(const struct config *cfg, FILE *out)
@@ -1251,6 +1285,9 @@ static const struct key_def key_defs[KEY_COUNT] = {
 			    .clear = clear_proxy_networks,
 			    .print = print_proxy_networks},
     [KEY_REUSE_PORT] = {"reuse_port", "no", FIELD(SLOT_YES_NO, reuse_port)},
+    [KEY_SENDER_ROUTE] = {"sender_route", "", .set = set_sender_route,
+			  .clear = clear_sender_routes, .env_separator = ';',
+			  .print = print_sender_routes},
 };
 
 static bool find_key(const char *name, size_t len, enum key *out)
@@ -1417,8 +1454,11 @@ static void apply(struct loader *ld, enum key key, const char *value,
 		ld->file_seen[key] = true;
 	if (len == 0)
 		return;
+	char separator = src == SOURCE_ENV && def->env_separator != '\0'
+			     ? def->env_separator
+			     : ',';
 	for (;;) {
-		const char *comma = memchr(value, ',', len);
+		const char *comma = memchr(value, separator, len);
 		size_t item_len = comma != NULL ? (size_t)(comma - value) : len;
 		const char *item = ascii_trim(value, &item_len, " \t");
 
@@ -1779,7 +1819,8 @@ static struct config *load(const char *text, size_t len, const char *name,
 	if (ld.cfg == NULL)
 		out_of_memory();
 	ld.cfg->routes = route_table_new();
-	if (ld.cfg->routes == NULL)
+	ld.cfg->sender_routes = route_table_new();
+	if (ld.cfg->routes == NULL || ld.cfg->sender_routes == NULL)
 		out_of_memory();
 	if (name != NULL)
 		ld.cfg->source = xstrdup(name);
@@ -1903,6 +1944,7 @@ void config_free(struct config *cfg)
 	free(cfg->relay_networks);
 	free(cfg->proxy_networks);
 	route_table_free(cfg->routes);
+	route_table_free(cfg->sender_routes);
 	for (size_t i = 0; i < cfg->dns_server_count; i++)
 		free(cfg->dns_servers[i].text);
 	free(cfg->dns_servers);

@@ -235,7 +235,7 @@ static int reload_settings_now(void)
 	log_event(LOG_LEVEL_INFO, "reloaded",
 		  LOG_S("config", srv.cfg->source ? srv.cfg->source : ""));
 	warn_hostname(srv.cfg);
-	relay_read_credentials(srv.cfg->routes);
+	relay_read_credentials(srv.cfg);
 	return 0;
 }
 
@@ -543,7 +543,7 @@ int main(int argc, char **argv)
 	srv.reload = reload_settings;
 	log_setup(srv.cfg->log_format, srv.cfg->log_level);
 	warn_hostname(srv.cfg);
-	relay_read_credentials(srv.cfg->routes);
+	relay_read_credentials(srv.cfg);
 	notify_socket = getenv("NOTIFY_SOCKET");
 	raise_fd_limit();
 	signal(SIGPIPE, SIG_IGN);

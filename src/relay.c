@@ -13,6 +13,13 @@
  * waiting it sits idle for a few seconds at most, counted within the
  * destination's connection limit, then says QUIT.
  *
+ * A sender route that matches the message's sender is the destination of
+ * all its remote recipients, a destination of its own: its connections
+ * and their credentials never carry another sender route's mail. A
+ * route's failover list is resolved target after target before the
+ * first connect; the client then tries the addresses in that order, so
+ * the next target is tried exactly when the addresses before it fail.
+ *
  * An attempt that ends before it talks to anyone (no resolver, no
  * address, the loop check, an unreadable message) reports on the next
  * loop turn through its own event: the caller never sees its callback
@@ -57,11 +64,17 @@ struct relay_job {
 	size_t rcpt_count;
 	char *domain; /* the recipients' domain */
 	bool routed;
-	char *host; /* route target, or the domain */
-	bool mx_lookup;
-	bool host_is_ip;
-	uint16_t port;
+	char *host; /* the first target's host, or the domain: for reports */
+	/* the route's targets, or the domain's MX hosts as the only one */
+	struct route_target *targets;
+	size_t target_count;
+	size_t target_next; /* the next to resolve */
+	/* what resolving has found so far, each with its own host name */
+	struct smtp_client_address *addrs;
+	char **addr_hosts;
+	size_t addr_count;
 	enum tls_policy tls;
+	bool implicit_tls;
 	char *auth_file;
 	char *auth_user; /* read with the settings; NULL: unreadable */
 	char *auth_password;
@@ -134,6 +147,13 @@ static void relay_job_free(struct relay_job *job)
 	free(job->rcpts);
 	free(job->domain);
 	free(job->host);
+	for (size_t i = 0; i < job->target_count; i++)
+		free(job->targets[i].host);
+	free(job->targets);
+	for (size_t i = 0; i < job->addr_count; i++)
+		free(job->addr_hosts[i]);
+	free(job->addr_hosts);
+	free(job->addrs);
 	free(job->auth_file);
 	free(job->auth_user);
 	secret_free(job->auth_password);
@@ -219,10 +239,10 @@ static void on_failed(evutil_socket_t fd, short what, void *arg)
 	free(host);
 }
 
-/* Every recipient of the attempt gets the same outcome (DNS failures,
- * configuration trouble), reported on the next loop turn. */
-static void relay_fail(struct relay_job *job, enum rcpt_state state,
-		       enum status_code dsn, const char *reason)
+/* Why a target gave no address: what every recipient gets should no
+ * target give one. */
+static void relay_note_failure(struct relay_job *job, enum rcpt_state state,
+			       enum status_code dsn, const char *reason)
 {
 	job->fail_state = state;
 	snprintf(job->fail_dsn, sizeof job->fail_dsn, "%s",
@@ -231,6 +251,14 @@ static void relay_fail(struct relay_job *job, enum rcpt_state state,
 	job->fail_reason = reason ? strdup(reason) : NULL;
 	if (reason != NULL && job->fail_reason == NULL)
 		fatal("relay: out of memory");
+}
+
+/* Every recipient of the attempt gets the same outcome (DNS failures,
+ * configuration trouble), reported on the next loop turn. */
+static void relay_fail(struct relay_job *job, enum rcpt_state state,
+		       enum status_code dsn, const char *reason)
+{
+	relay_note_failure(job, state, dsn, reason);
 	event_active(job->failed, 0, 0);
 }
 
@@ -301,49 +329,60 @@ static bool relay_self_cutoff(struct relay *relay, const struct dns_host *hosts,
  * message back to ourselves, hop after hop. For the recipient's own
  * domain that is final (5.4.6, as Postfix says it); a route's target is
  * our configuration, so its recipients wait for it to be fixed. */
-static void relay_loops_back(struct relay_job *job)
+static void relay_loops_back(struct relay_job *job,
+			     const struct route_target *t)
 {
 	char reason[600];
 	if (job->routed) {
 		snprintf(reason, sizeof reason,
 			 "mail for %s loops back to myself (route target %s)",
-			 job->domain, job->host);
-		relay_fail(job, RCPT_DEFERRED, STATUS_LOOP_TRANSIENT, reason);
+			 job->domain, t->host);
+		relay_note_failure(job, RCPT_DEFERRED, STATUS_LOOP_TRANSIENT,
+				   reason);
 	} else {
 		snprintf(reason, sizeof reason,
 			 "mail for %s loops back to myself", job->domain);
-		relay_fail(job, RCPT_BOUNCED, STATUS_LOOP, reason);
+		relay_note_failure(job, RCPT_BOUNCED, STATUS_LOOP, reason);
 	}
 }
 
-/* The hosts' addresses, in order, without those of this daemon; false
- * when the attempt ended here. */
-static bool relay_addresses(struct relay_job *job, const struct dns_host *hosts,
-			    size_t host_count, uint16_t port,
-			    struct smtp_client_address *addrs, size_t *count)
+/* One target's addresses, in order, without those of this daemon, after
+ * those of the targets before it; a target that gives none notes why. */
+static void relay_add_addresses(struct relay_job *job,
+				const struct route_target *t,
+				const struct dns_host *hosts, size_t host_count)
 {
+	uint16_t port = t->port ? t->port : job->relay->srv->cfg->mx_port;
 	/* A "[host]" or "[ip]" route names its target on purpose: it is
 	 * taken as written, even when that is this daemon. */
 	unsigned cutoff = 0;
 	bool self_found =
-	    (!job->routed || job->mx_lookup) &&
+	    (!job->routed || t->mx_lookup) &&
 	    relay_self_cutoff(job->relay, hosts, host_count, port, &cutoff);
 	size_t hosts_kept = 0, n = 0;
 	for (size_t h = 0; h < host_count; h++) {
 		if (self_found && hosts[h].preference >= cutoff)
 			continue;
 		hosts_kept++;
+		/* a "[host]" target is verified against the host written */
+		const char *name =
+		    job->routed && !t->mx_lookup ? t->host : hosts[h].name;
 		for (size_t a = 0;
 		     a < hosts[h].addr_count && n < MAX_ADDRESSES_PER_ATTEMPT;
 		     a++) {
-			addrs[n].host = hosts[h].name;
-			addrs[n].addr = hosts[h].addrs[a];
-			set_port(&addrs[n].addr, port);
-			addrs[n].addrlen = address_length(&addrs[n].addr);
+			struct smtp_client_address *out =
+			    &job->addrs[job->addr_count];
+			char *host = strdup(name);
+			if (host == NULL)
+				fatal("relay: out of memory");
+			job->addr_hosts[job->addr_count++] = host;
+			out->host = host;
+			out->addr = hosts[h].addrs[a];
+			set_port(&out->addr, port);
+			out->addrlen = address_length(&out->addr);
 			n++;
 		}
 	}
-	*count = n;
 	if (self_found) {
 		log_event(LOG_LEVEL_DEBUG, "relay_self_skipped",
 			  LOG_S("queue_id", job->env->id),
@@ -351,16 +390,13 @@ static bool relay_addresses(struct relay_job *job, const struct dns_host *hosts,
 			  LOG_I("preference", cutoff),
 			  LOG_I("hosts_left", hosts_kept));
 		if (hosts_kept == 0) {
-			relay_loops_back(job);
-			return false;
+			relay_loops_back(job, t);
+			return;
 		}
 	}
-	if (n == 0) {
-		relay_fail(job, RCPT_DEFERRED, STATUS_ROUTING_FAILED,
-			   "no address to connect to");
-		return false;
-	}
-	return true;
+	if (n == 0)
+		relay_note_failure(job, RCPT_DEFERRED, STATUS_ROUTING_FAILED,
+				   "no address to connect to");
 }
 
 /* The message's body for the client; false when the attempt ended. */
@@ -375,16 +411,16 @@ static bool relay_body_open(struct relay_job *job, struct spool_body *body)
 	return false;
 }
 
-static void relay_connect(struct relay_job *job, const struct dns_host *hosts,
-			  size_t host_count)
+/* Every target resolved: connect to what they gave, or report why
+ * none gave anything (the last target's reason). */
+static void relay_connect(struct relay_job *job)
 {
 	struct relay *relay = job->relay;
 	const struct config *cfg = relay->srv->cfg;
-	struct smtp_client_address addrs[MAX_ADDRESSES_PER_ATTEMPT];
-	size_t n = 0;
-	uint16_t port = job->port ? job->port : cfg->mx_port;
-	if (!relay_addresses(job, hosts, host_count, port, addrs, &n))
+	if (job->addr_count == 0) {
+		event_active(job->failed, 0, 0);
 		return;
+	}
 	if (job->auth_file != NULL && job->auth_user == NULL) {
 		/* logged when the settings were loaded; the recipients
 		 * wait for the file to be fixed and the settings reloaded */
@@ -403,10 +439,10 @@ static void relay_connect(struct relay_job *job, const struct dns_host *hosts,
 	    .rcpt_count = job->rcpt_count,
 	    .body = body,
 	    .helo = cfg->hostname,
-	    .addrs = addrs,
-	    .addr_count = n,
+	    .addrs = job->addrs,
+	    .addr_count = job->addr_count,
 	    .tls = job->tls,
-	    .verify_name = job->routed && !job->mx_lookup ? job->host : NULL,
+	    .implicit_tls = job->implicit_tls,
 	    .tls_ctx = relay->srv->tls_client,
 	    .auth_user = job->auth_user,
 	    .auth_password = job->auth_password,
@@ -450,37 +486,42 @@ static void relay_reuse(struct relay_job *job, struct relay_idle_conn *ic)
 	job->client = client;
 }
 
+static void relay_resolve_next(struct relay_job *job);
+
 static void on_resolved(const struct dns_result *res, void *arg)
 {
 	struct relay_job *job = arg;
+	const struct route_target *t = &job->targets[job->target_next - 1];
 	job->dns = NULL;
 	switch (res->status) {
 	case DNS_OK:
-		relay_connect(job, res->hosts, res->host_count);
-		return;
+		relay_add_addresses(job, t, res->hosts, res->host_count);
+		break;
 	case DNS_NXDOMAIN:
 	case DNS_NO_HOST:
 		/* The recipients' own domain does not exist: that is final.
 		 * A route's target that does not resolve is our trouble. */
 		if (!job->routed)
-			relay_fail(job, RCPT_BOUNCED, STATUS_BAD_SYSTEM,
-				   res->error);
+			relay_note_failure(job, RCPT_BOUNCED, STATUS_BAD_SYSTEM,
+					   res->error);
 		else
-			relay_fail(job, RCPT_DEFERRED,
-				   STATUS_ROUTING_UNAVAILABLE, res->error);
+			relay_note_failure(job, RCPT_DEFERRED,
+					   STATUS_ROUTING_UNAVAILABLE,
+					   res->error);
 		break;
 	case DNS_NULL_MX:
-		relay_fail(job, job->routed ? RCPT_DEFERRED : RCPT_BOUNCED,
-			   job->routed ? STATUS_ROUTING_UNAVAILABLE
-				       : STATUS_NULL_MX,
-			   "the domain accepts no mail (null MX)");
+		relay_note_failure(
+		    job, job->routed ? RCPT_DEFERRED : RCPT_BOUNCED,
+		    job->routed ? STATUS_ROUTING_UNAVAILABLE : STATUS_NULL_MX,
+		    "the domain accepts no mail (null MX)");
 		break;
 	case DNS_TEMPFAIL:
 	default:
-		relay_fail(job, RCPT_DEFERRED, STATUS_ROUTING_FAILED,
-			   res->error);
+		relay_note_failure(job, RCPT_DEFERRED, STATUS_ROUTING_FAILED,
+				   res->error);
 		break;
 	}
+	relay_resolve_next(job);
 }
 
 /* A literal "[1.2.3.4]" or "[::1]" target needs no look-up. */
@@ -506,29 +547,43 @@ static bool literal_host(const char *host, struct dns_host *out,
 	return true;
 }
 
-static void relay_start(struct relay_job *job)
+/* Resolve the targets left, in order; connect once none is left. */
+static void relay_resolve_next(struct relay_job *job)
 {
 	struct relay *relay = job->relay;
-	if (job->host_is_ip) {
-		struct dns_host host;
-		struct sockaddr_storage ss;
-		if (literal_host(job->host, &host, &ss)) {
-			relay_connect(job, &host, 1);
-			return;
+	while (job->target_next < job->target_count) {
+		const struct route_target *t =
+		    &job->targets[job->target_next++];
+		if (t->host_is_ip) {
+			struct dns_host host;
+			struct sockaddr_storage ss;
+			if (literal_host(t->host, &host, &ss)) {
+				relay_add_addresses(job, t, &host, 1);
+				continue;
+			}
 		}
+		if (relay->srv->dns == NULL) {
+			relay_note_failure(job, RCPT_DEFERRED,
+					   STATUS_ROUTING_FAILED,
+					   "no DNS resolver available");
+			continue;
+		}
+		job->dns = t->mx_lookup
+			       ? dns_resolve_mx(relay->srv->dns, t->host,
+						on_resolved, job)
+			       : dns_resolve_host(relay->srv->dns, t->host,
+						  on_resolved, job);
+		if (job->dns != NULL)
+			return;
+		relay_note_failure(job, RCPT_DEFERRED, STATUS_ROUTING_FAILED,
+				   "DNS query could not be started");
 	}
-	if (relay->srv->dns == NULL) {
-		relay_fail(job, RCPT_DEFERRED, STATUS_ROUTING_FAILED,
-			   "no DNS resolver available");
-		return;
-	}
-	job->dns = job->mx_lookup ? dns_resolve_mx(relay->srv->dns, job->host,
-						   on_resolved, job)
-				  : dns_resolve_host(relay->srv->dns, job->host,
-						     on_resolved, job);
-	if (job->dns == NULL)
-		relay_fail(job, RCPT_DEFERRED, STATUS_ROUTING_FAILED,
-			   "DNS query could not be started");
+	relay_connect(job);
+}
+
+static void relay_start(struct relay_job *job)
+{
+	relay_resolve_next(job);
 }
 
 /* ---- grouping ---- */
@@ -544,6 +599,7 @@ static enum tls_policy route_tls_policy(enum route_tls tls,
 	case ROUTE_TLS_ENCRYPT:
 		return TLS_POLICY_ENCRYPT;
 	case ROUTE_TLS_VERIFY:
+	case ROUTE_TLS_IMPLICIT:
 		return TLS_POLICY_VERIFY;
 	case ROUTE_TLS_DEFAULT:
 	default:
@@ -565,12 +621,38 @@ static char *copy_or_null(const char *text)
 	return copy;
 }
 
+/* The job's own copy of the targets: a reload may free the route. */
+static void relay_job_targets(struct relay_job *job, const struct route *route)
+{
+	size_t count = route != NULL ? route->target_count : 1;
+	job->targets = calloc(count, sizeof *job->targets);
+	job->addrs =
+	    calloc(count * MAX_ADDRESSES_PER_ATTEMPT, sizeof *job->addrs);
+	job->addr_hosts =
+	    calloc(count * MAX_ADDRESSES_PER_ATTEMPT, sizeof *job->addr_hosts);
+	if (job->targets == NULL || job->addrs == NULL ||
+	    job->addr_hosts == NULL)
+		fatal("relay: out of memory");
+	job->target_count = count;
+	if (route == NULL) {
+		job->targets[0].host = copy_or_null(job->domain);
+		job->targets[0].mx_lookup = true;
+		return;
+	}
+	for (size_t i = 0; i < count; i++) {
+		job->targets[i] = route->targets[i];
+		job->targets[i].host = copy_or_null(route->targets[i].host);
+	}
+}
+
 /* A new attempt for recipients of `env` bound for `domain`, with the
- * route's settings (NULL: the domain's MX hosts); no recipient yet. */
+ * route's settings (NULL: the domain's MX hosts), a sender route when
+ * `by_sender`; no recipient yet. */
 static struct relay_job *relay_job_new(struct relay *relay,
 				       const struct spool_envelope *env,
 				       const char *domain,
-				       const struct route *route, size_t room)
+				       const struct route *route,
+				       bool by_sender, size_t room)
 {
 	const struct config *cfg = relay->srv->cfg;
 	struct relay_job *job = calloc(1, sizeof *job);
@@ -583,20 +665,22 @@ static struct relay_job *relay_job_new(struct relay *relay,
 	job->env = env;
 	job->domain = copy_or_null(domain);
 	job->routed = route != NULL;
-	job->host = copy_or_null(route ? route->host : domain);
-	job->mx_lookup = route ? route->mx_lookup : true;
-	job->host_is_ip = route ? route->host_is_ip : false;
-	job->port = route ? route->port : 0;
+	job->host = copy_or_null(route ? route->targets[0].host : domain);
+	relay_job_targets(job, route);
 	job->tls = route_tls_policy(route ? route->tls : ROUTE_TLS_DEFAULT,
 				    cfg->tls_outbound);
+	job->implicit_tls = route != NULL && route->tls == ROUTE_TLS_IMPLICIT;
 	if (route != NULL) {
 		job->auth_file = copy_or_null(route->auth_file);
 		job->auth_user = copy_or_null(route->auth_user);
 		job->auth_password = copy_or_null(route->auth_password);
 	}
+	/* A sender route's key differs from any route's: its connections,
+	 * with their credentials, carry its senders' mail alone. */
 	char key[600];
 	if (route != NULL)
-		snprintf(key, sizeof key, "route %s", route->text);
+		snprintf(key, sizeof key, "%s %s",
+			 by_sender ? "sender_route" : "route", route->text);
 	else
 		snprintf(key, sizeof key, "mx %s", domain);
 	job->dest = destination_get(relay, key);
@@ -616,13 +700,18 @@ size_t relay_send(struct relay *relay, const struct spool_envelope *env,
 	bool *taken = calloc(count ? count : 1, sizeof *taken);
 	if (taken == NULL)
 		fatal("relay: out of memory");
+	/* The sender's route, when one matches, takes every recipient. */
+	const struct route *by_sender =
+	    route_lookup_sender(cfg->sender_routes, env->sender);
 	for (size_t i = 0; i < count; i++) {
 		if (taken[i])
 			continue;
 		const char *domain = domain_of(env->rcpts[due[i]].address);
-		const struct route *route = route_lookup(cfg->routes, domain);
-		struct relay_job *job =
-		    relay_job_new(relay, env, domain, route, count);
+		const struct route *route =
+		    by_sender != NULL ? by_sender
+				      : route_lookup(cfg->routes, domain);
+		struct relay_job *job = relay_job_new(relay, env, domain, route,
+						      by_sender != NULL, count);
 		job->done = done;
 		job->arg = arg;
 		/* Every due recipient with the same next hop joins. */
@@ -631,7 +720,8 @@ size_t relay_send(struct relay *relay, const struct spool_envelope *env,
 				continue;
 			const char *other =
 			    domain_of(env->rcpts[due[j]].address);
-			bool same = strcasecmp(other, domain) == 0;
+			bool same =
+			    by_sender != NULL || strcasecmp(other, domain) == 0;
 			if (!same && route != NULL)
 				same =
 				    route_lookup(cfg->routes, other) == route;
@@ -659,9 +749,12 @@ static void on_auth_unreadable(const struct route *route, int error, void *arg)
 		  LOG_S("reason", strerror(error)));
 }
 
-void relay_read_credentials(struct route_table *routes)
+void relay_read_credentials(struct config *cfg)
 {
-	(void)route_table_read_credentials(routes, on_auth_unreadable, NULL);
+	(void)route_table_read_credentials(cfg->routes, on_auth_unreadable,
+					   NULL);
+	(void)route_table_read_credentials(cfg->sender_routes,
+					   on_auth_unreadable, NULL);
 }
 
 struct relay *relay_new(struct server *srv)

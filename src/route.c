@@ -1,8 +1,9 @@
 /*
- * The routing table: `route` values parsed into next hops, and the
- * most-specific-match look-up (exact, then longest "*." suffix, then "*").
- * Pure code (no name resolution, no sockets), except the reading of the
- * auth= files, done once per load of the settings.
+ * The routing tables: `route` and `sender_route` values parsed into next
+ * hops (one target, or a failover list of them), and the most-specific-
+ * match look-up (an address for senders, then exact, then longest "*."
+ * suffix, then "*"). Pure code (no name resolution, no sockets), except
+ * the reading of the auth= files, done once per load of the settings.
  */
 #include "facteur/route.h"
 
@@ -34,7 +35,8 @@ struct route_table *route_table_new(void)
 static void route_clear(struct route *r)
 {
 	free(r->pattern);
-	free(r->host);
+	for (size_t i = 0; i < r->target_count; i++)
+		free(r->targets[i].host);
 	free(r->auth_file);
 	free(r->auth_user);
 	if (r->auth_password != NULL)
@@ -157,12 +159,37 @@ static int fail(char *err, size_t errlen, const char *what, const char *s,
 	return -1;
 }
 
-static int parse_pattern(const char *s, size_t len, struct route *r, char *err,
-			 size_t errlen)
+/* "user@example.com": a local part of visible characters, one "@", a
+ * domain. Compared case-insensitively, as mail systems look senders up. */
+static int parse_address_pattern(const char *s, size_t len, struct route *r,
+				 char *err, size_t errlen)
+{
+	const char *at = memchr(s, '@', len);
+	size_t domlen = at != NULL ? len - (size_t)(at + 1 - s) : 0;
+
+	if (at == NULL || at == s || memchr(at + 1, '@', domlen) != NULL)
+		return fail(err, errlen, "invalid address pattern", s, len);
+	for (const char *p = s; p < at; p++)
+		if ((unsigned char)*p <= 0x20 || *p == 0x7f)
+			return fail(err, errlen, "invalid address pattern", s,
+				    len);
+	if (domlen > 1 && at[domlen] == '.')
+		domlen--;
+	if (!hostname_valid(at + 1, domlen))
+		return fail(err, errlen, "invalid address pattern", s, len);
+	r->kind = ROUTE_ADDRESS;
+	r->pattern = ascii_lower_dup(s, (size_t)(at + 1 - s) + domlen);
+	return r->pattern == NULL ? oom(err, errlen) : 0;
+}
+
+static int parse_pattern(const char *s, size_t len, bool sender,
+			 struct route *r, char *err, size_t errlen)
 {
 	const char *name = s;
 	size_t namelen = len;
 
+	if (sender && memchr(s, '@', len) != NULL)
+		return parse_address_pattern(s, len, r, err, errlen);
 	if (len == 1 && s[0] == '*') {
 		r->kind = ROUTE_WILDCARD;
 		r->pattern = strdup("*");
@@ -187,7 +214,7 @@ static int parse_pattern(const char *s, size_t len, struct route *r, char *err,
 
 /* "[1.2.3.4]", "[::1]", "[IPv6:2001:db8::1]" or "[host]", brackets
  * included in s/len. */
-static int parse_bracketed(const char *s, size_t len, struct route *r)
+static int parse_bracketed(const char *s, size_t len, struct route_target *r)
 {
 	char buf[INET6_ADDRSTRLEN + 8];
 	unsigned char addr[sizeof(struct in6_addr)];
@@ -222,8 +249,9 @@ static int parse_bracketed(const char *s, size_t len, struct route *r)
 	return r->host == NULL ? -1 : 0;
 }
 
-static int parse_target(const char *s, size_t len, struct route *r, char *err,
-			size_t errlen)
+static int parse_target_element(const char *s, size_t len,
+				struct route_target *r, char *err,
+				size_t errlen)
 {
 	const char *hostpart = s;
 	size_t hostlen;
@@ -278,6 +306,34 @@ static int parse_target(const char *s, size_t len, struct route *r, char *err,
 	return 0;
 }
 
+/* "T1|T2|...": each element a target of its own, kept in order. */
+static int parse_target(const char *s, size_t len, struct route *r, char *err,
+			size_t errlen)
+{
+	const char *end = s + len;
+
+	for (const char *p = s;;) {
+		const char *bar = memchr(p, '|', (size_t)(end - p));
+		size_t elen =
+		    bar != NULL ? (size_t)(bar - p) : (size_t)(end - p);
+
+		if (elen == 0)
+			return fail(err, errlen, "empty element in target", s,
+				    len);
+		if (r->target_count == ROUTE_TARGETS_MAX)
+			return fail(err, errlen,
+				    "too many failover elements (at most 8) in",
+				    s, len);
+		if (parse_target_element(p, elen,
+					 &r->targets[r->target_count++], err,
+					 errlen) < 0)
+			return -1;
+		if (bar == NULL)
+			return 0;
+		p = bar + 1;
+	}
+}
+
 static int parse_option(const char *s, size_t len, struct route *r,
 			bool *seen_tls, char *err, size_t errlen)
 {
@@ -285,13 +341,21 @@ static int parse_option(const char *s, size_t len, struct route *r,
 		const char *name;
 		enum route_tls tls;
 	} tls_values[] = {
-	    {"none", ROUTE_TLS_NONE},
-	    {"may", ROUTE_TLS_MAY},
-	    {"encrypt", ROUTE_TLS_ENCRYPT},
-	    {"verify", ROUTE_TLS_VERIFY},
+	    {"none", ROUTE_TLS_NONE},	      {"may", ROUTE_TLS_MAY},
+	    {"encrypt", ROUTE_TLS_ENCRYPT},   {"verify", ROUTE_TLS_VERIFY},
+	    {"implicit", ROUTE_TLS_IMPLICIT},
 	};
 
 	if (len >= 4 && strncmp(s, "tls=", 4) == 0) {
+		/* implicit is a way of connecting, not a level to combine */
+		if (*seen_tls &&
+		    (r->tls == ROUTE_TLS_IMPLICIT ||
+		     (len == 12 && memcmp(s + 4, "implicit", 8) == 0)))
+			return fail(err, errlen,
+				    "tls=implicit excludes any other tls= "
+				    "(it always verifies the certificate), "
+				    "in",
+				    r->text, strlen(r->text));
 		if (*seen_tls)
 			return fail(err, errlen, "duplicate option", s, len);
 		*seen_tls = true;
@@ -304,7 +368,8 @@ static int parse_option(const char *s, size_t len, struct route *r,
 			}
 		}
 		return fail(err, errlen,
-			    "invalid tls value (none, may, encrypt or verify)",
+			    "invalid tls value (none, may, encrypt, verify or "
+			    "implicit)",
 			    s, len);
 	}
 	if (len >= 5 && strncmp(s, "auth=", 5) == 0) {
@@ -344,8 +409,18 @@ static int check_auth_tls(struct route *r, char *err, size_t errlen)
 	return 0;
 }
 
-static int parse_route(const char *value, struct route *r, char *err,
-		       size_t errlen)
+/* TLS from the first byte is on port 465 unless the target says. */
+static void apply_implicit_port(struct route *r)
+{
+	if (r->tls != ROUTE_TLS_IMPLICIT)
+		return;
+	for (size_t i = 0; i < r->target_count; i++)
+		if (r->targets[i].port == 0)
+			r->targets[i].port = ROUTE_IMPLICIT_TLS_PORT;
+}
+
+static int parse_route(const char *value, bool sender, struct route *r,
+		       char *err, size_t errlen)
 {
 	const char *p = value;
 	const char *end;
@@ -372,7 +447,7 @@ static int parse_route(const char *value, struct route *r, char *err,
 		while (p < end && ascii_is_wsp(*p))
 			p++;
 		if (ntok == 0)
-			rc = parse_pattern(tok, len, r, err, errlen);
+			rc = parse_pattern(tok, len, sender, r, err, errlen);
 		else if (ntok == 1)
 			rc = parse_target(tok, len, r, err, errlen);
 		else
@@ -389,17 +464,18 @@ static int parse_route(const char *value, struct route *r, char *err,
 	if (ntok == 1)
 		return fail(err, errlen, "missing target after pattern",
 			    r->text, strlen(r->text));
+	apply_implicit_port(r);
 	return check_auth_tls(r, err, errlen);
 }
 
-int route_table_add(struct route_table *table, const char *value, char *err,
-		    size_t errlen)
+static int table_add(struct route_table *table, const char *value, bool sender,
+		     char *err, size_t errlen)
 {
 	struct route r = {0};
 
 	if (err != NULL && errlen > 0)
 		err[0] = '\0';
-	if (parse_route(value, &r, err, errlen) < 0) {
+	if (parse_route(value, sender, &r, err, errlen) < 0) {
 		route_clear(&r);
 		return -1;
 	}
@@ -431,6 +507,18 @@ int route_table_add(struct route_table *table, const char *value, char *err,
 	}
 	table->routes[table->count++] = r;
 	return 0;
+}
+
+int route_table_add(struct route_table *table, const char *value, char *err,
+		    size_t errlen)
+{
+	return table_add(table, value, false, err, errlen);
+}
+
+int route_table_add_sender(struct route_table *table, const char *value,
+			   char *err, size_t errlen)
+{
+	return table_add(table, value, true, err, errlen);
 }
 
 const struct route *route_lookup(const struct route_table *table,
@@ -473,7 +561,32 @@ const struct route *route_lookup(const struct route_table *table,
 		case ROUTE_WILDCARD:
 			wildcard = r;
 			break;
+		case ROUTE_ADDRESS:
+			break;
 		}
 	}
 	return suffix != NULL ? suffix : wildcard;
+}
+
+const struct route *route_lookup_sender(const struct route_table *table,
+					const char *sender)
+{
+	const char *at;
+
+	if (table == NULL || sender == NULL || sender[0] == '\0') {
+		/* the null sender: bounces and notices go by "*" alone */
+		for (size_t i = 0; table != NULL && i < table->count; i++)
+			if (table->routes[i].kind == ROUTE_WILDCARD)
+				return &table->routes[i];
+		return NULL;
+	}
+	for (size_t i = 0; i < table->count; i++) {
+		const struct route *r = &table->routes[i];
+
+		if (r->kind == ROUTE_ADDRESS &&
+		    strcasecmp(r->pattern, sender) == 0)
+			return r;
+	}
+	at = strrchr(sender, '@');
+	return route_lookup(table, at != NULL ? at + 1 : "");
 }

@@ -13,6 +13,9 @@
  * decide recipients one by one, DATA decides the accepted ones, and
  * trouble defers whatever is still undecided.
  *
+ * With implicit_tls, TLS starts as soon as TCP is up (RFC 8314) and the
+ * greeting is read over it; STARTTLS is then never sent.
+ *
  * With max_transactions above one, a clean end leaves the connection
  * open (CLIENT_READY) for smtp_client_next; a transaction left half-done
  * is RSET first. A reused connection that fails before the reply to MAIL
@@ -139,6 +142,7 @@ struct smtp_client {
 	struct client_address *addrs;
 	size_t addr_count;
 	enum tls_policy tls_policy;
+	bool implicit_tls;
 	char *verify_name;
 	SSL_CTX *tls_ctx; /* a reference of our own */
 	char *auth_user;
@@ -1200,6 +1204,10 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 			setsockopt(bufferevent_getfd(bev), IPPROTO_TCP,
 				   TCP_NODELAY, &one, sizeof one);
 			metrics.relay_connections_total++;
+			if (c->implicit_tls) {
+				start_tls(c);
+				return;
+			}
 			enter_state(c, CLIENT_GREETING);
 			arm_deadline(c, c->timeout);
 		} else if (c->state == CLIENT_TLS_HANDSHAKE) {
@@ -1210,7 +1218,13 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 				  LOG_S("relay", c->relay),
 				  LOG_S("version", transport_tls_version(bev)),
 				  LOG_S("cipher", transport_tls_cipher(bev)));
-			send_ehlo(c, CLIENT_EHLO_TLS);
+			if (c->implicit_tls) {
+				/* the greeting comes over TLS */
+				enter_state(c, CLIENT_GREETING);
+				arm_deadline(c, c->timeout);
+			} else {
+				send_ehlo(c, CLIENT_EHLO_TLS);
+			}
 		}
 		return;
 	}
@@ -1539,6 +1553,7 @@ struct smtp_client *smtp_client_start(struct event_base *base,
 	c->timeout = req->timeout ? req->timeout : DEFAULT_TIMEOUT;
 	c->max_transactions = req->max_transactions;
 	c->tls_policy = req->tls;
+	c->implicit_tls = req->implicit_tls;
 	snprintf(c->last_dsn, sizeof c->last_dsn, "%s",
 		 status_code_str(STATUS_NO_ANSWER));
 	snprintf(c->last_reason, sizeof c->last_reason,

@@ -107,6 +107,7 @@ struct config {
 	struct cidr *relay_networks;
 	size_t relay_network_count;
 	struct route_table *routes; /* never NULL; may be empty */
+	struct route_table *sender_routes; /* never NULL; may be empty */
 	bool dns_from_resolv_conf;  /* dns_servers left at its default */
 	struct dns_server *dns_servers;
 	size_t dns_server_count;

@@ -1,9 +1,10 @@
 /*
  * Relay attempts: the due remote recipients of a message go to their
- * next hop (a route, or the domain's own MX hosts). The recipients are
- * grouped by destination, one attempt per destination; each destination
- * has at most max_connections_per_destination attempts in flight, the
- * others wait in its FIFO. An attempt resolves (DNS), checks that the
+ * next hop (the sender's route, a route, or the domain's own MX hosts).
+ * The recipients are grouped by destination, one attempt per
+ * destination; each destination has at most
+ * max_connections_per_destination attempts in flight, the others wait in
+ * its FIFO. An attempt resolves (DNS), checks that the
  * hosts are not this daemon (the loop check), then hands the message to
  * smtp_client. A connection whose transaction ended cleanly is kept for
  * the next attempt to the same destination.
@@ -60,14 +61,15 @@ size_t relay_send(struct relay *relay, const struct spool_envelope *env,
 		  void *arg);
 
 /*
- * Read the routes' auth= files: at start and at each reload, with the
- * rest of the settings, never on the loop per attempt. A file that
- * cannot be read is logged (route_auth_unreadable) and the daemon runs:
+ * Read the auth= files of the routes and sender routes: at start and at
+ * each reload, with the rest of the settings, never on the loop per
+ * attempt. A file that cannot be read is logged (route_auth_unreadable)
+ * and the daemon runs:
  * the route's recipients are deferred (4.3.5, "cannot read auth file")
  * until the file is fixed and the settings reloaded.
  */
-struct route_table;
-void relay_read_credentials(struct route_table *routes);
+struct config;
+void relay_read_credentials(struct config *cfg);
 
 /* SIGTERM: nothing new starts; attempts waiting for a connection slot or
  * for DNS end with RELAY_END_DROPPED; those talking SMTP may finish; idle

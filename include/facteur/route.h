@@ -1,9 +1,11 @@
 /*
- * The routing table (SPEC.md §3, "Routes"): which next hop serves a
- * recipient domain. Parsing a `route` value and looking a domain up are
- * pure code; nothing here resolves names or opens sockets. The auth=
- * files are read apart (route_table_read_credentials), with the rest of
- * the settings, so that no relay attempt reads a file on the loop.
+ * The routing tables: which next hop serves a recipient domain (`route`),
+ * or every remote recipient of a sender (`sender_route`). A target may be
+ * a failover list "T1|T2|...", tried in order. Parsing a value and
+ * looking a domain or a sender up are pure code; nothing here resolves
+ * names or opens sockets. The auth= files are read apart
+ * (route_table_read_credentials), with the rest of the settings, so that
+ * no relay attempt reads a file on the loop.
  */
 #ifndef FACTEUR_ROUTE_H
 #define FACTEUR_ROUTE_H
@@ -19,21 +21,37 @@ enum route_tls {
 	ROUTE_TLS_MAY,
 	ROUTE_TLS_ENCRYPT,
 	ROUTE_TLS_VERIFY,
+	ROUTE_TLS_IMPLICIT, /* verify, with TLS from the first byte (465) */
 };
+
+/* The port of a tls=implicit target written without one (RFC 8314). */
+#define ROUTE_IMPLICIT_TLS_PORT 465
+
+/* Elements of a failover list, at most: a handful of backups is what a
+ * relay needs, and each costs a resolution before the first connect. */
+#define ROUTE_TARGETS_MAX 8
 
 enum route_pattern_kind {
 	ROUTE_EXACT,	/* example.com */
 	ROUTE_SUFFIX,	/* *.example.com: subdomains at any depth, not itself */
 	ROUTE_WILDCARD, /* * */
+	ROUTE_ADDRESS,	/* user@example.com: sender routes only */
 };
 
-struct route {
-	enum route_pattern_kind kind;
-	char *pattern;	 /* lower case; for ROUTE_SUFFIX without the "*." */
+/* One element of a TARGET. */
+struct route_target {
 	char *host;	 /* the target host name or IP literal, no brackets */
 	bool mx_lookup;	 /* "host" (true) or "[host]" / "[ip]" (false) */
 	bool host_is_ip; /* "[1.2.3.4]" or "[IPv6:...]"/"[::1]" */
 	uint16_t port;	 /* 0: use mx_port */
+};
+
+struct route {
+	enum route_pattern_kind kind;
+	char *pattern; /* lower case; for ROUTE_SUFFIX without the "*." */
+	/* in the order written; more than one: a failover list */
+	struct route_target targets[ROUTE_TARGETS_MAX];
+	size_t target_count;
 	enum route_tls tls;
 	char *auth_file; /* NULL when no auth= */
 	/* From auth_file, once route_table_read_credentials has run; NULL
@@ -57,6 +75,11 @@ void route_table_free(struct route_table *table);
 int route_table_add(struct route_table *table, const char *value, char *err,
 		    size_t errlen);
 
+/* The same for a `sender_route` value, whose PATTERN may also be an
+ * address ("user@example.com"). */
+int route_table_add_sender(struct route_table *table, const char *value,
+			   char *err, size_t errlen);
+
 /*
  * Read every route's auth= file ("user:password" on its first line) into
  * its auth_user and auth_password. A file that cannot be read leaves the
@@ -78,5 +101,13 @@ const struct route *route_table_get(const struct route_table *table, size_t i);
  */
 const struct route *route_lookup(const struct route_table *table,
 				 const char *domain);
+
+/*
+ * The sender route for an envelope sender: an address pattern equal to
+ * it (case-insensitive), else route_lookup on its domain. The null
+ * sender ("") matches only "*". NULL: no sender route.
+ */
+const struct route *route_lookup_sender(const struct route_table *table,
+					const char *sender);
 
 #endif

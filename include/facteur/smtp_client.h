@@ -44,6 +44,9 @@ struct smtp_client_request {
 	const struct smtp_client_address *addrs; /* tried in this order */
 	size_t addr_count;
 	enum tls_policy tls;
+	/* TLS from the first byte (port 465 relays), under the policy
+	 * `tls`; no STARTTLS */
+	bool implicit_tls;
 	/* verify against this name instead of each address's host (for
 	 * "[host]" targets, the host); NULL: the address's host */
 	const char *verify_name;

@@ -313,8 +313,8 @@ static void test_config_environment_replaces_file_lists(void **state)
 	assert_string_equal(cfg->local_domains.items[0], "c.test");
 	assert_string_equal(cfg->local_domains.items[1], "d.test");
 	assert_int_equal(route_table_count(cfg->routes), 1);
-	assert_string_equal(route_lookup(cfg->routes, "a.test")->host,
-			    "10.0.0.9");
+	assert_string_equal(
+	    route_lookup(cfg->routes, "a.test")->targets[0].host, "10.0.0.9");
 	assert_int_equal(cfg->listen_count, 0);
 	config_free(cfg);
 }
@@ -1289,6 +1289,44 @@ static void test_config_user(void **state)
 			"\"no-such-user-facteur\"");
 }
 
+/* sender_route: a list whose values hold spaces, hence ";" between them
+ * in the environment; its errors name the line like route's. */
+static void test_config_sender_route_key(void **state)
+{
+	(void)state;
+	struct config *cfg = support_load_config(
+	    "sender_route = a.test [r.test]:465|[10.0.0.2] tls=implicit\n",
+	    NULL);
+	const struct route *r;
+
+	assert_int_equal(route_table_count(cfg->sender_routes), 1);
+	r = route_lookup_sender(cfg->sender_routes, "x@a.test");
+	assert_non_null(r);
+	assert_int_equal(r->target_count, 2);
+	assert_int_equal(r->targets[1].port, 465);
+	assert_null(route_lookup(cfg->routes, "a.test"));
+	config_free(cfg);
+
+	cfg = support_load_config(
+	    "sender_route = a.test [r.test]\n",
+	    ENV("FACTEUR_SENDER_ROUTE=boss@a.test [s.test] tls=verify; "
+		"* [t.test]:587"));
+	assert_int_equal(route_table_count(cfg->sender_routes), 2);
+	assert_string_equal(
+	    route_lookup_sender(cfg->sender_routes, "boss@a.test")->text,
+	    "boss@a.test [s.test] tls=verify");
+	assert_string_equal(route_lookup_sender(cfg->sender_routes, "")->text,
+			    "* [t.test]:587");
+	config_free(cfg);
+
+	load_fails_with("\nsender_route = @a.test [r.test]\n", NULL,
+			"x.conf:2: sender_route: invalid address pattern "
+			"\"@a.test\"");
+	load_fails_with("route = a.test [r.test]|\n", NULL,
+			"x.conf:1: route: empty element in target "
+			"\"[r.test]|\"");
+}
+
 static void test_config_route_key(void **state)
 {
 	(void)state;
@@ -1304,11 +1342,12 @@ static void test_config_route_key(void **state)
 
 	assert_int_equal(route_table_count(cfg->routes), 3);
 	r = route_lookup(cfg->routes, "gmail.com");
-	assert_string_equal(r->host, "smarthost.mondomaine.com");
-	assert_int_equal(r->port, 587);
+	assert_string_equal(r->targets[0].host, "smarthost.mondomaine.com");
+	assert_int_equal(r->targets[0].port, 587);
 	assert_int_equal(r->tls, ROUTE_TLS_VERIFY);
-	assert_string_equal(route_lookup(cfg->routes, "a.free.fr")->host,
-			    "smtp.free.fr");
+	assert_string_equal(
+	    route_lookup(cfg->routes, "a.free.fr")->targets[0].host,
+	    "smtp.free.fr");
 	config_free(cfg);
 
 	load_fails_with("\nroute = example.com [host\n", NULL,
@@ -1328,7 +1367,7 @@ static void test_config_route_key(void **state)
 	config_free(cfg);
 	load_fails_with("", ENV("FACTEUR_ROUTE=a.test mx.test tls=sometimes"),
 			"FACTEUR_ROUTE: route: invalid tls value (none, may, "
-			"encrypt or verify) \"tls=sometimes\"");
+			"encrypt, verify or implicit) \"tls=sometimes\"");
 }
 
 static void test_config_tls_listeners_need_cert_and_key(void **state)
@@ -1422,6 +1461,7 @@ static const char *const spec_order[] = {
     "auth_fail_limit",
     "proxy_networks",
     "reuse_port",
+    "sender_route",
 };
 
 static void test_config_print_lists_every_key_in_spec_order(void **state)
@@ -1851,13 +1891,17 @@ static void test_config_reuse_port_is_yes_or_no(void **state)
 	value_fails("reuse_port", "");
 }
 
-static void test_config_reuse_port_is_printed_last(void **state)
+/* A key added later is printed after the others: -n output read by
+ * scripts keeps its order. */
+static void test_config_sender_route_is_printed_last(void **state)
 {
 	(void)state;
-	struct config *cfg = support_load_config("reuse_port = yes\n", NULL);
+	struct config *cfg = support_load_config(
+	    "reuse_port = yes\nsender_route = a.test [relay.test]\n", NULL);
 	char *text = print_config(cfg);
 	size_t len = strlen(text);
-	const char *last = "\nreuse_port = yes\n";
+	const char *last =
+	    "\nreuse_port = yes\nsender_route = a.test [relay.test]\n";
 	assert_true(len > strlen(last));
 	assert_string_equal(text + len - strlen(last), last);
 	free(text);
@@ -1927,6 +1971,7 @@ int main(void)
 	    cmocka_unit_test(test_config_mx_port),
 	    cmocka_unit_test(test_config_user),
 	    cmocka_unit_test(test_config_route_key),
+	    cmocka_unit_test(test_config_sender_route_key),
 	    cmocka_unit_test(test_config_tls_listeners_need_cert_and_key),
 	    cmocka_unit_test(test_config_retry_min_above_retry_max),
 	    cmocka_unit_test(test_config_print_lists_every_key_in_spec_order),
@@ -1948,7 +1993,7 @@ int main(void)
 	    cmocka_unit_test(test_config_load_directory_is_an_error),
 	    cmocka_unit_test(test_config_load_without_file_uses_defaults),
 	    cmocka_unit_test(test_config_reuse_port_is_yes_or_no),
-	    cmocka_unit_test(test_config_reuse_port_is_printed_last),
+	    cmocka_unit_test(test_config_sender_route_is_printed_last),
 	    cmocka_unit_test(
 		test_config_hostname_without_a_dot_is_warned_about),
 	};

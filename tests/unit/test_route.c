@@ -17,17 +17,50 @@
 
 #define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
 
-static struct route_table *table_of(const char *const *values, size_t n)
+/* route_table_add or route_table_add_sender */
+typedef int (*add_fn)(struct route_table *table, const char *value, char *err,
+		      size_t errlen);
+
+static struct route_table *table_with(add_fn add, const char *const *values,
+				      size_t n)
 {
 	struct route_table *t = route_table_new();
 	char err[256];
 
 	assert_non_null(t);
 	for (size_t i = 0; i < n; i++) {
-		if (route_table_add(t, values[i], err, sizeof(err)) != 0)
+		if (add(t, values[i], err, sizeof(err)) != 0)
 			fail_msg("route \"%s\" refused: %s", values[i], err);
 	}
 	return t;
+}
+
+static struct route_table *table_of(const char *const *values, size_t n)
+{
+	return table_with(route_table_add, values, n);
+}
+
+struct refusal {
+	const char *value;
+	const char *reason; /* a part of the message */
+};
+
+/* Each value is refused, with its reason, and the table stays empty. */
+static void check_refusals(add_fn add, const struct refusal *cases, size_t n)
+{
+	struct route_table *t = route_table_new();
+
+	for (size_t i = 0; i < n; i++) {
+		char err[256] = "untouched";
+
+		if (add(t, cases[i].value, err, sizeof(err)) == 0)
+			fail_msg("\"%s\" was accepted", cases[i].value);
+		if (strstr(err, cases[i].reason) == NULL)
+			fail_msg("\"%s\": error \"%s\" lacks \"%s\"",
+				 cases[i].value, err, cases[i].reason);
+	}
+	assert_int_equal(route_table_count(t), 0);
+	route_table_free(t);
 }
 
 /* The SPEC's example, plus routes that compete with each other. */
@@ -57,15 +90,15 @@ static void check_lookups(const struct route_table *t,
 		if (cases[i].host == NULL) {
 			if (r != NULL)
 				fail_msg("%s: expected no route, got %s",
-					 cases[i].domain, r->host);
+					 cases[i].domain, r->targets[0].host);
 			continue;
 		}
 		if (r == NULL)
 			fail_msg("%s: expected %s, got no route",
 				 cases[i].domain, cases[i].host);
-		if (strcmp(r->host, cases[i].host) != 0)
+		if (strcmp(r->targets[0].host, cases[i].host) != 0)
 			fail_msg("%s: expected %s, got %s", cases[i].domain,
-				 cases[i].host, r->host);
+				 cases[i].host, r->targets[0].host);
 	}
 }
 
@@ -188,10 +221,10 @@ static void test_route_parses_mx_target(void **state)
 
 	assert_int_equal(r->kind, ROUTE_SUFFIX);
 	assert_string_equal(r->pattern, "free.fr");
-	assert_string_equal(r->host, "smtp.free.fr");
-	assert_true(r->mx_lookup);
-	assert_false(r->host_is_ip);
-	assert_int_equal(r->port, 0);
+	assert_string_equal(r->targets[0].host, "smtp.free.fr");
+	assert_true(r->targets[0].mx_lookup);
+	assert_false(r->targets[0].host_is_ip);
+	assert_int_equal(r->targets[0].port, 0);
 	assert_int_equal(r->tls, ROUTE_TLS_DEFAULT);
 	assert_null(r->auth_file);
 	assert_string_equal(r->text, "*.Free.FR\t Smtp.Free.FR");
@@ -208,10 +241,10 @@ static void test_route_parses_bracketed_host_port_and_options(void **state)
 
 	assert_int_equal(r->kind, ROUTE_WILDCARD);
 	assert_string_equal(r->pattern, "*");
-	assert_string_equal(r->host, "smarthost.mondomaine.com");
-	assert_false(r->mx_lookup);
-	assert_false(r->host_is_ip);
-	assert_int_equal(r->port, 587);
+	assert_string_equal(r->targets[0].host, "smarthost.mondomaine.com");
+	assert_false(r->targets[0].mx_lookup);
+	assert_false(r->targets[0].host_is_ip);
+	assert_int_equal(r->targets[0].port, 587);
 	assert_int_equal(r->tls, ROUTE_TLS_VERIFY);
 	assert_string_equal(r->auth_file, "/run/secrets/smarthost");
 	route_table_free(t);
@@ -238,10 +271,10 @@ static void test_route_parses_ip_literals(void **state)
 	for (size_t i = 0; i < COUNT_OF(cases); i++) {
 		const struct route *r = add_one(t, cases[i].value);
 
-		assert_string_equal(r->host, cases[i].host);
-		assert_true(r->host_is_ip);
-		assert_false(r->mx_lookup);
-		assert_int_equal(r->port, cases[i].port);
+		assert_string_equal(r->targets[0].host, cases[i].host);
+		assert_true(r->targets[0].host_is_ip);
+		assert_false(r->targets[0].mx_lookup);
+		assert_int_equal(r->targets[0].port, cases[i].port);
 	}
 	route_table_free(t);
 }
@@ -269,6 +302,7 @@ static void test_route_parses_every_tls_value(void **state)
 	    {"b.test mx.test tls=may", ROUTE_TLS_MAY},
 	    {"c.test mx.test tls=encrypt", ROUTE_TLS_ENCRYPT},
 	    {"d.test mx.test tls=verify", ROUTE_TLS_VERIFY},
+	    {"g.test mx.test tls=implicit", ROUTE_TLS_IMPLICIT},
 	    {"e.test mx.test", ROUTE_TLS_DEFAULT},
 	    {"f.test mx.test:2525 auth=/x tls=none", ROUTE_TLS_NONE},
 	};
@@ -294,21 +328,18 @@ static void test_route_accepts_trailing_dots(void **state)
 	const struct route *r = add_one(t, "example.com. mx.example.com.:26");
 
 	assert_string_equal(r->pattern, "example.com");
-	assert_string_equal(r->host, "mx.example.com");
-	assert_int_equal(r->port, 26);
+	assert_string_equal(r->targets[0].host, "mx.example.com");
+	assert_int_equal(r->targets[0].port, 26);
 	r = add_one(t, "*.example.net. [relay.example.net.]");
 	assert_string_equal(r->pattern, "example.net");
-	assert_string_equal(r->host, "relay.example.net");
+	assert_string_equal(r->targets[0].host, "relay.example.net");
 	route_table_free(t);
 }
 
 static void test_route_rejects_invalid_values(void **state)
 {
 	(void)state;
-	static const struct {
-		const char *value;
-		const char *reason; /* a part of the message */
-	} cases[] = {
+	static const struct refusal cases[] = {
 	    {"", "empty"},
 	    {"   ", "empty"},
 	    {"example.com", "missing target"},
@@ -347,19 +378,165 @@ static void test_route_rejects_invalid_values(void **state)
 	    {"example.com [relay.test]:587 tls=may auth=/x", "tls=may"},
 	    {"example.com [relay.test]:587 auth=/x tls=may", "tls=may"},
 	    {"example.com mx extra", "unknown option"},
+	    {"example.com a|", "empty element"},
+	    {"example.com |a", "empty element"},
+	    {"example.com a||b", "empty element"},
+	    {"example.com |", "empty element"},
+	    {"example.com [a]|[b", "bad target \"[b\""},
+	    {"example.com a|1.2.3.4", "brackets"},
+	    {"example.com a:25|b:0", "invalid port in target \"b:0\""},
+	    {"example.com a|b|c|d|e|f|g|h|i", "too many failover elements"},
+	    {"example.com a tls=implicit tls=verify", "tls=implicit excludes"},
+	    {"example.com a tls=none tls=implicit", "tls=implicit excludes"},
+	    {"user@example.com mx", "invalid pattern"},
 	};
+
+	check_refusals(route_table_add, cases, COUNT_OF(cases));
+}
+
+static void test_route_failover_list_keeps_its_order(void **state)
+{
+	(void)state;
 	struct route_table *t = route_table_new();
+	const struct route *r =
+	    add_one(t, "* [10.0.0.1]:2525|[relay.test]|backup.test:26");
 
-	for (size_t i = 0; i < COUNT_OF(cases); i++) {
-		char err[256] = "untouched";
+	assert_int_equal(r->target_count, 3);
+	assert_string_equal(r->targets[0].host, "10.0.0.1");
+	assert_true(r->targets[0].host_is_ip);
+	assert_int_equal(r->targets[0].port, 2525);
+	assert_string_equal(r->targets[1].host, "relay.test");
+	assert_false(r->targets[1].mx_lookup);
+	assert_false(r->targets[1].host_is_ip);
+	assert_int_equal(r->targets[1].port, 0);
+	assert_string_equal(r->targets[2].host, "backup.test");
+	assert_true(r->targets[2].mx_lookup);
+	assert_int_equal(r->targets[2].port, 26);
+	/* written as it was: -n prints it so */
+	assert_string_equal(r->text,
+			    "* [10.0.0.1]:2525|[relay.test]|backup.test:26");
+	r = add_one(t, "a.test b|c|d|e|f|g|h|i");
+	assert_int_equal(r->target_count, ROUTE_TARGETS_MAX);
+	assert_string_equal(r->targets[7].host, "i");
+	r = add_one(t, "b.test one.test");
+	assert_int_equal(r->target_count, 1);
+	route_table_free(t);
+}
 
-		if (route_table_add(t, cases[i].value, err, sizeof(err)) == 0)
-			fail_msg("\"%s\" was accepted", cases[i].value);
-		if (strstr(err, cases[i].reason) == NULL)
-			fail_msg("\"%s\": error \"%s\" lacks \"%s\"",
-				 cases[i].value, err, cases[i].reason);
+static void test_route_implicit_tls_defaults_to_port_465(void **state)
+{
+	(void)state;
+	struct route_table *t = route_table_new();
+	const struct route *r =
+	    add_one(t, "* [relay.test]|[10.0.0.2]:1465 tls=implicit");
+
+	assert_int_equal(r->tls, ROUTE_TLS_IMPLICIT);
+	assert_int_equal(r->targets[0].port, ROUTE_IMPLICIT_TLS_PORT);
+	assert_int_equal(r->targets[1].port, 1465);
+	r = add_one(t, "a.test [relay.test] tls=implicit auth=/x");
+	assert_int_equal(r->tls, ROUTE_TLS_IMPLICIT);
+	assert_string_equal(r->auth_file, "/x");
+	r = add_one(t, "b.test [relay.test]");
+	assert_int_equal(r->targets[0].port, 0);
+	route_table_free(t);
+}
+
+static struct route_table *sender_table_of(const char *const *values, size_t n)
+{
+	return table_with(route_table_add_sender, values, n);
+}
+
+static void check_sender(const struct route_table *t, const char *sender,
+			 const char *host)
+{
+	const struct route *r = route_lookup_sender(t, sender);
+
+	if (host == NULL) {
+		if (r != NULL)
+			fail_msg("<%s>: expected no route, got %s", sender,
+				 r->targets[0].host);
+		return;
 	}
-	assert_int_equal(route_table_count(t), 0);
+	if (r == NULL)
+		fail_msg("<%s>: expected %s, got no route", sender, host);
+	if (strcmp(r->targets[0].host, host) != 0)
+		fail_msg("<%s>: expected %s, got %s", sender, host,
+			 r->targets[0].host);
+}
+
+static void test_route_sender_address_beats_domain_and_suffix(void **state)
+{
+	(void)state;
+	static const char *const values[] = {
+	    "* [default.test]",
+	    "*.example.org [suffix.test]",
+	    "example.org [domain.test]",
+	    "Boss@Example.org [boss.test]",
+	    "ceo@sub.example.org. [ceo.test]",
+	};
+	struct route_table *t = sender_table_of(values, COUNT_OF(values));
+
+	check_sender(t, "boss@example.org", "boss.test");
+	check_sender(t, "BOSS@EXAMPLE.ORG", "boss.test");
+	check_sender(t, "other@example.org", "domain.test");
+	check_sender(t, "boss@sub.example.org", "suffix.test");
+	check_sender(t, "ceo@sub.example.org", "ceo.test");
+	check_sender(t, "x@a.b.example.org", "suffix.test");
+	check_sender(t, "x@example.net", "default.test");
+	check_sender(t, "x@notexample.org", "default.test");
+	check_sender(t, "no-domain", "default.test");
+	route_table_free(t);
+}
+
+static void test_route_null_sender_matches_only_the_wildcard(void **state)
+{
+	(void)state;
+	static const char *const no_wildcard[] = {
+	    "example.org [domain.test]",
+	    "*.example.org [suffix.test]",
+	};
+	static const char *const with_wildcard[] = {
+	    "example.org [domain.test]",
+	    "* [default.test]",
+	};
+	struct route_table *t =
+	    sender_table_of(no_wildcard, COUNT_OF(no_wildcard));
+
+	check_sender(t, "", NULL);
+	check_sender(t, "x@example.org", "domain.test");
+	check_sender(t, "x@example.net", NULL);
+	route_table_free(t);
+	t = sender_table_of(with_wildcard, COUNT_OF(with_wildcard));
+	check_sender(t, "", "default.test");
+	route_table_free(t);
+	check_sender(NULL, "x@example.org", NULL);
+}
+
+static void test_route_sender_rejects_invalid_values(void **state)
+{
+	(void)state;
+	static const struct refusal cases[] = {
+	    {"@example.org [r]", "invalid address pattern"},
+	    {"user@ [r]", "invalid address pattern"},
+	    {"a@b@example.org [r]", "invalid address pattern"},
+	    {"user@exa_mple.org [r]", "invalid address pattern"},
+	    {"user@*.example.org [r]", "invalid address pattern"},
+	    {"user@example.org", "missing target"},
+	    {"user@example.org [r] tls=sometimes", "invalid tls"},
+	    {"user@example.org a||b", "empty element"},
+	    {"*.example.org [r] auth=/x tls=may", "tls=may"},
+	};
+
+	check_refusals(route_table_add_sender, cases, COUNT_OF(cases));
+	struct route_table *t = route_table_new();
+	char err[256];
+	assert_int_equal(
+	    route_table_add_sender(t, "u@example.org [r]", err, sizeof(err)),
+	    0);
+	assert_int_equal(
+	    route_table_add_sender(t, "U@EXAMPLE.org [s]", err, sizeof(err)),
+	    -1);
+	assert_non_null(strstr(err, "duplicate pattern"));
 	route_table_free(t);
 }
 
@@ -457,7 +634,8 @@ static void test_route_many_routes(void **state)
 				 0);
 	}
 	assert_int_equal(route_table_count(t), 500);
-	assert_string_equal(route_lookup(t, "x.d321.test")->host, "10.0.1.65");
+	assert_string_equal(route_lookup(t, "x.d321.test")->targets[0].host,
+			    "10.0.1.65");
 	assert_null(route_lookup(t, "d321.test"));
 	route_table_free(t);
 }
@@ -570,6 +748,11 @@ int main(void)
 	    cmocka_unit_test(test_route_auth_without_tls_verifies_the_relay),
 	    cmocka_unit_test(test_route_accepts_trailing_dots),
 	    cmocka_unit_test(test_route_rejects_invalid_values),
+	    cmocka_unit_test(test_route_failover_list_keeps_its_order),
+	    cmocka_unit_test(test_route_implicit_tls_defaults_to_port_465),
+	    cmocka_unit_test(test_route_sender_address_beats_domain_and_suffix),
+	    cmocka_unit_test(test_route_null_sender_matches_only_the_wildcard),
+	    cmocka_unit_test(test_route_sender_rejects_invalid_values),
 	    cmocka_unit_test(test_route_error_quotes_the_offending_text),
 	    cmocka_unit_test(test_route_rejects_duplicate_patterns),
 	    cmocka_unit_test(test_route_small_error_buffer_is_bounded),

@@ -69,6 +69,7 @@ struct fake_server {
 	const struct fake_step *script;
 	size_t nsteps;
 	SSL_CTX *tls_ctx;
+	bool implicit_tls; /* TLS from the first byte, greeting over it */
 	unsigned accepted, open_conns, tls_handshakes;
 	bool quit_seen;
 	struct evbuffer *transcript; /* every command line, "\n" after each */
@@ -358,6 +359,8 @@ static void fake_accept_cb(struct evconnlistener *l, evutil_socket_t fd,
 	bufferevent_enable(conn->bev, EV_READ | EV_WRITE);
 	srv->accepted++;
 	srv->open_conns++;
+	if (srv->implicit_tls)
+		fake_start_tls(conn);
 	fake_step(conn, NULL); /* the greeting */
 }
 
@@ -1598,6 +1601,50 @@ static void test_client_verify_wrong_name_defers_4_7_5(void **state)
 	assert_rcpt(f, 0, RCPT_DEFERRED, "4.7.5", "other.test");
 }
 
+/* tls=implicit: no STARTTLS, the greeting and EHLO come over TLS from the
+ * first byte, and the certificate is checked as the policy says. */
+static void test_client_implicit_tls_greets_over_tls(void **state)
+{
+	struct fixture *f = *state;
+	static const struct fake_step script[] = {
+	    GREET,   EHLO_TLS_OFFER, MAIL_OK, RCPT_OK("one@example.net"),
+	    DATA_GO, DOT_OK,
+	};
+	client_ctx(f, cert_file);
+	f->req.tls = TLS_POLICY_VERIFY;
+	f->req.implicit_tls = true;
+	struct fake_server *srv = add_server(f, script);
+	srv->implicit_tls = true;
+	run(f);
+	assert_rcpt(f, 0, RCPT_DELIVERED, "2.0.0", NULL);
+	assert_true(f->tls);
+	assert_int_equal(srv->tls_handshakes, 1);
+	assert_int_equal(find_line(srv, "STARTTLS"), -1);
+	assert_data(srv, MSG ".\r\n");
+}
+
+static void test_client_implicit_tls_untrusted_tries_next(void **state)
+{
+	struct fixture *f = *state;
+	static const struct fake_step script[] = {
+	    GREET,   EHLO_TLS_OFFER, MAIL_OK, RCPT_OK("one@example.net"),
+	    DATA_GO, DOT_OK,
+	};
+	client_ctx(f,
+		   NULL); /* the system store: our certificate is not in it */
+	f->req.tls = TLS_POLICY_VERIFY;
+	f->req.implicit_tls = true;
+	struct fake_server *s1 = add_server(f, script);
+	struct fake_server *s2 = add_server(f, script);
+	s1->implicit_tls = s2->implicit_tls = true;
+	run(f);
+	assert_rcpt(f, 0, RCPT_DEFERRED, "4.7.5", "verification failed");
+	assert_int_equal(s1->accepted, 1);
+	assert_int_equal(s2->accepted, 1);
+	assert_int_equal(find_line(s1, "EHLO"), -1);
+	assert_int_equal(find_line(s2, "EHLO"), -1);
+}
+
 static void test_client_auth_plain_over_tls(void **state)
 {
 	struct fixture *f = *state;
@@ -2246,6 +2293,8 @@ int main(void)
 	    T(test_client_verify_untrusted_certificate_defers_4_7_5),
 	    T(test_client_verify_trusted_certificate_delivers),
 	    T(test_client_verify_wrong_name_defers_4_7_5),
+	    T(test_client_implicit_tls_greets_over_tls),
+	    T(test_client_implicit_tls_untrusted_tries_next),
 	    T(test_client_auth_plain_over_tls),
 	    T(test_client_auth_login_when_plain_not_offered),
 	    T(test_client_auth_rejected_defers),

@@ -22,8 +22,11 @@ static char lower(char c)
 	return c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
 }
 
+/* Leading spaces are not kept, so that the cap counts the value only. */
 static void value_add(struct message_id_scan *scan, char c)
 {
+	if (c == ' ' && scan->value_len == 0)
+		return;
 	if (scan->value_len >= MESSAGE_ID_MAX) {
 		scan->truncated = true;
 		return;

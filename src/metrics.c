@@ -130,6 +130,33 @@ static void put_labelled(struct out *o, const char *name, const char *label,
 		    (unsigned long long)counts[i]);
 }
 
+/* A family of one counter without labels. */
+static void put_counter(struct out *o, const char *name, const char *help,
+			uint64_t value)
+{
+	put_header(o, name, "counter", help);
+	put_value(o, name, value);
+}
+
+/* A label and the values it takes, in the order of its enum. */
+struct label {
+	const char *name;
+	const char *const *values;
+	size_t count;
+};
+
+/* A family with two labels: counts[i * b->count + j] is the series of
+ * a's i-th value and b's j-th. */
+static void put_grid(struct out *o, const char *name, const struct label *a,
+		     const struct label *b, const uint64_t *counts)
+{
+	for (size_t i = 0; i < a->count; i++)
+		for (size_t j = 0; j < b->count; j++)
+			put(o, "%s{%s=\"%s\",%s=\"%s\"} %llu\n", name, a->name,
+			    a->values[i], b->name, b->values[j],
+			    (unsigned long long)counts[i * b->count + j]);
+}
+
 /* The unlabelled facteur_queue_messages stays the whole queue; the
  * states split it (a dashboard selects state=~".+"). */
 static void put_queue_states(struct out *o)
@@ -172,14 +199,12 @@ static void put_spec_metrics(struct out *o)
 	put_header(o, "facteur_dns_failures_total", "counter",
 		   "DNS look-ups failed.");
 	put_value(o, "facteur_dns_failures_total", m->dns_failures_total);
-	for (size_t r = 0; r < METRICS_DNS_REASON_COUNT; r++)
-		for (size_t t = 0; t < METRICS_DNS_TYPE_COUNT; t++)
-			put(o,
-			    "facteur_dns_failures_total{reason=\"%s\",type=\"%"
-			    "s\"}"
-			    " %llu\n",
-			    dns_reason_names[r], dns_type_names[t],
-			    (unsigned long long)m->dns_failures[r][t]);
+	put_grid(
+	    o, "facteur_dns_failures_total",
+	    &(struct label){"reason", dns_reason_names,
+			    METRICS_DNS_REASON_COUNT},
+	    &(struct label){"type", dns_type_names, METRICS_DNS_TYPE_COUNT},
+	    &m->dns_failures[0][0]);
 	put_header(o, "facteur_tls_sessions_total", "counter",
 		   "TLS handshakes completed, inbound and outbound.");
 	put_value(o, "facteur_tls_sessions_total", m->tls_sessions_total);
@@ -200,22 +225,19 @@ static void put_volume_metrics(struct out *o)
 	put_labelled(o, "facteur_auth_attempts_total", "result",
 		     auth_result_names, m->auth_attempts,
 		     METRICS_AUTH_RESULT_COUNT);
-	put_header(o, "facteur_received_bytes_total", "counter",
-		   "Octets of the messages queued from SMTP clients.");
-	put_value(o, "facteur_received_bytes_total", m->received_bytes_total);
-	put_header(o, "facteur_relayed_bytes_total", "counter",
-		   "Octets of the messages a remote server accepted.");
-	put_value(o, "facteur_relayed_bytes_total", m->relayed_bytes_total);
+	put_counter(o, "facteur_received_bytes_total",
+		    "Octets of the messages queued from SMTP clients.",
+		    m->received_bytes_total);
+	put_counter(o, "facteur_relayed_bytes_total",
+		    "Octets of the messages a remote server accepted.",
+		    m->relayed_bytes_total);
 	put_header(o, "facteur_transport_deliveries_total", "counter",
 		   "Delivery attempts by transport and result, per recipient.");
-	for (size_t t = 0; t < METRICS_TRANSPORT_COUNT; t++)
-		for (size_t r = 0; r < METRICS_RESULT_COUNT; r++)
-			put(o,
-			    "facteur_transport_deliveries_total{transport=\"%"
-			    "s\","
-			    "result=\"%s\"} %llu\n",
-			    transport_names[t], result_names[r],
-			    (unsigned long long)m->transport_deliveries[t][r]);
+	put_grid(o, "facteur_transport_deliveries_total",
+		 &(struct label){"transport", transport_names,
+				 METRICS_TRANSPORT_COUNT},
+		 &(struct label){"result", result_names, METRICS_RESULT_COUNT},
+		 &m->transport_deliveries[0][0]);
 }
 
 /* The process_* families of Prometheus' client libraries, so that the

@@ -362,7 +362,7 @@ size_t metrics_format(char *buf, size_t len)
 
 char *metrics_format_alloc(size_t *len)
 {
-	size_t cap = 4096;
+	size_t cap = 16384; /* the whole text in one pass: ~8 KiB */
 	for (;;) {
 		char *buf = malloc(cap);
 		if (buf == NULL)

@@ -757,9 +757,12 @@ static void queue_states(void *arg, uint64_t *counts)
 	const struct scheduler *sched = arg;
 	for (const struct queued *q = sched->messages; q != NULL; q = q->next) {
 		enum metrics_queue_state state = METRICS_QUEUE_PENDING;
-		for (size_t i = 0; i < q->env->rcpt_count; i++)
-			if (q->env->rcpts[i].state == RCPT_DEFERRED)
+		for (size_t i = 0; i < q->env->rcpt_count; i++) {
+			if (q->env->rcpts[i].state == RCPT_DEFERRED) {
 				state = METRICS_QUEUE_DEFERRED;
+				break;
+			}
+		}
 		counts[state]++;
 	}
 }

@@ -210,13 +210,14 @@ static void reply(struct smtp_session *s, const char *fmt, ...)
 	evbuffer_add(out, "\r\n", 2);
 }
 
-/* A protocol error (500, 501, 503): counted, and the tenth one ends the
- * session after its own reply. */
+/* facteur_smtp_rejections_total, bumped where the refusal is answered. */
 static void count_rejection(enum metrics_rejection reason)
 {
 	metrics.smtp_rejections[reason]++;
 }
 
+/* A protocol error (500, 501, 503): counted, and the tenth one ends the
+ * session after its own reply. */
 static void reply_error(struct smtp_session *s, int code,
 			enum status_code status, const char *text)
 {

@@ -120,3 +120,24 @@ def test_every_metric_the_dashboard_queries_exists(make_daemon):
             continue
         missing.append("%s (in %s)" % (name, where))
     assert not missing, "queried but not exposed: %s" % ", ".join(missing)
+
+
+def test_every_label_the_dashboard_groups_by_exists(make_daemon):
+    """A `by (label)` names a label that the metrics it sums carry (le of
+    a histogram's buckets; instance and job come from Prometheus)."""
+    d = metrics_daemon(make_daemon)
+    samples, _, _ = scrape(d)
+    labels_of = {}
+    for series in samples:
+        name, _, rest = series.partition("{")
+        labels_of.setdefault(name, set()).update(
+            re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="', rest))
+    wrong = []
+    for where, expr in exprs(load()):
+        names = metric_names(expr)
+        carried = set().union(*(labels_of.get(n, set()) for n in names))
+        for group in re.findall(r"\bby\s*\(([^)]*)\)", expr):
+            for label in (l.strip() for l in group.split(",")):
+                if label not in carried | {"instance", "job"}:
+                    wrong.append("%s: by (%s) in %s" % (where, label, expr))
+    assert not wrong, "\n".join(wrong)

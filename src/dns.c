@@ -793,7 +793,7 @@ static void on_answer(void *arg, int status, int timeouts, unsigned char *abuf,
 		  LOG_S("result", lookup_status_name(o.status)),
 		  LOG_S("reason", o.why));
 	if (o.status == LOOKUP_TEMPFAIL) {
-		metrics.dns_failures_total++;
+		metrics_dns_failure(type_name(p->type), o.why);
 	} else {
 		if (o.status == LOOKUP_RECORDS)
 			ttl =

@@ -6,9 +6,11 @@
  */
 #include <errno.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -298,6 +300,27 @@ void log_fields(enum log_level level, const char *event,
 		left -= (size_t)n;
 	}
 	errno = saved_errno;
+}
+
+/* The high half is drawn once; the low half counts. Without entropy
+ * (getrandom failing, which a running Linux does not do) the time and
+ * pid stand in: ids stay unique in the process either way. */
+void log_session_id(char id[LOG_SESSION_ID_SIZE])
+{
+	static uint32_t prefix;
+	static uint32_t counter;
+	static bool seeded;
+
+	if (!seeded) {
+		if (getrandom(&prefix, sizeof prefix, GRND_NONBLOCK) !=
+		    (ssize_t)sizeof prefix)
+			prefix =
+			    (uint32_t)time(NULL) ^ ((uint32_t)getpid() << 16);
+		seeded = true;
+	}
+	counter++;
+	snprintf(id, LOG_SESSION_ID_SIZE, "%08X%08X", (unsigned)prefix,
+		 (unsigned)counter);
 }
 
 void fatal(const char *fmt, ...)

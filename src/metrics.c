@@ -4,14 +4,18 @@
  * lines. Everything is printed from the start, zeros included, so that a
  * scrape never has to guess whether a series is missing or just quiet.
  */
+#include <dirent.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <unistd.h>
 
 #include "facteur/metrics.h"
+#include "facteur/wholefile.h"
 
 #ifndef FACTEUR_VERSION
 #define FACTEUR_VERSION "unknown"
@@ -48,7 +52,20 @@ static struct {
 	void *queue_age_arg;
 	struct listener_metric *listeners;
 	size_t listener_count;
+	metrics_queue_state_fn queue_states;
+	void *queue_states_arg;
 } extra;
+
+static const char *const rejection_names[] = {
+    METRICS_REJECTIONS(STATE_LIST_NAME)};
+static const char *const auth_result_names[] = {"success", "failure"};
+static const char *const direction_names[] = {"inbound", "outbound"};
+static const char *const transport_names[] = {"local", "relay"};
+static const char *const result_names[] = {"delivered", "deferred", "bounced"};
+static const char *const dns_reason_names[] = {"timeout", "servfail", "refused",
+					       "other"};
+static const char *const dns_type_names[] = {"mx", "a", "aaaa", "other"};
+static const char *const queue_state_names[] = {"pending", "deferred", "held"};
 
 /* Text that may not fit: `used` counts what the whole text needs even
  * once `buf` is full, so that a caller can size a second try. */
@@ -103,6 +120,54 @@ static void put_label_value(struct out *o, const char *value)
 	}
 }
 
+/* One sample per member of a label's enum: name{label="value"} count. */
+static void put_labelled(struct out *o, const char *name, const char *label,
+			 const char *const *values, const uint64_t *counts,
+			 size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		put(o, "%s{%s=\"%s\"} %llu\n", name, label, values[i],
+		    (unsigned long long)counts[i]);
+}
+
+/* A family of one counter without labels. */
+static void put_counter(struct out *o, const char *name, const char *help,
+			uint64_t value)
+{
+	put_header(o, name, "counter", help);
+	put_value(o, name, value);
+}
+
+/* A label and the values it takes, in the order of its enum. */
+struct label {
+	const char *name;
+	const char *const *values;
+	size_t count;
+};
+
+/* A family with two labels: counts[i * b->count + j] is the series of
+ * a's i-th value and b's j-th. */
+static void put_grid(struct out *o, const char *name, const struct label *a,
+		     const struct label *b, const uint64_t *counts)
+{
+	for (size_t i = 0; i < a->count; i++)
+		for (size_t j = 0; j < b->count; j++)
+			put(o, "%s{%s=\"%s\",%s=\"%s\"} %llu\n", name, a->name,
+			    a->values[i], b->name, b->values[j],
+			    (unsigned long long)counts[i * b->count + j]);
+}
+
+/* The unlabelled facteur_queue_messages stays the whole queue; the
+ * states split it (a dashboard selects state=~".+"). */
+static void put_queue_states(struct out *o)
+{
+	uint64_t counts[METRICS_QUEUE_STATE_COUNT] = {0};
+	if (extra.queue_states != NULL)
+		extra.queue_states(extra.queue_states_arg, counts);
+	put_labelled(o, "facteur_queue_messages", "state", queue_state_names,
+		     counts, METRICS_QUEUE_STATE_COUNT);
+}
+
 static void put_spec_metrics(struct out *o)
 {
 	const struct metrics *m = &metrics;
@@ -127,15 +192,69 @@ static void put_spec_metrics(struct out *o)
 	put_header(o, "facteur_queue_messages", "gauge",
 		   "Messages in the spool.");
 	put_value(o, "facteur_queue_messages", m->queue_messages);
+	put_queue_states(o);
 	put_header(o, "facteur_dns_queries_total", "counter",
 		   "DNS look-ups made.");
 	put_value(o, "facteur_dns_queries_total", m->dns_queries_total);
 	put_header(o, "facteur_dns_failures_total", "counter",
 		   "DNS look-ups failed.");
 	put_value(o, "facteur_dns_failures_total", m->dns_failures_total);
+	put_grid(
+	    o, "facteur_dns_failures_total",
+	    &(struct label){"reason", dns_reason_names,
+			    METRICS_DNS_REASON_COUNT},
+	    &(struct label){"type", dns_type_names, METRICS_DNS_TYPE_COUNT},
+	    &m->dns_failures[0][0]);
 	put_header(o, "facteur_tls_sessions_total", "counter",
 		   "TLS handshakes completed, inbound and outbound.");
 	put_value(o, "facteur_tls_sessions_total", m->tls_sessions_total);
+	put_labelled(o, "facteur_tls_sessions_total", "direction",
+		     direction_names, m->tls_sessions, METRICS_DIRECTION_COUNT);
+}
+
+static void put_volume_metrics(struct out *o)
+{
+	const struct metrics *m = &metrics;
+	put_header(o, "facteur_smtp_rejections_total", "counter",
+		   "SMTP commands and sessions refused, by reason.");
+	put_labelled(o, "facteur_smtp_rejections_total", "reason",
+		     rejection_names, m->smtp_rejections,
+		     METRICS_REJECTION_COUNT);
+	put_header(o, "facteur_auth_attempts_total", "counter",
+		   "SMTP AUTH and POP3 logins, by result.");
+	put_labelled(o, "facteur_auth_attempts_total", "result",
+		     auth_result_names, m->auth_attempts,
+		     METRICS_AUTH_RESULT_COUNT);
+	put_counter(o, "facteur_received_bytes_total",
+		    "Octets of the messages queued from SMTP clients.",
+		    m->received_bytes_total);
+	put_counter(o, "facteur_relayed_bytes_total",
+		    "Octets of the messages a remote server accepted.",
+		    m->relayed_bytes_total);
+	put_header(o, "facteur_transport_deliveries_total", "counter",
+		   "Delivery attempts by transport and result, per recipient.");
+	put_grid(o, "facteur_transport_deliveries_total",
+		 &(struct label){"transport", transport_names,
+				 METRICS_TRANSPORT_COUNT},
+		 &(struct label){"result", result_names, METRICS_RESULT_COUNT},
+		 &m->transport_deliveries[0][0]);
+}
+
+/* The process_* families of Prometheus' client libraries, so that the
+ * usual dashboards and alerts apply. */
+static void put_process_metrics(struct out *o)
+{
+	struct metrics_process p;
+	metrics_process_read(&p);
+	put_header(o, "process_start_time_seconds", "gauge",
+		   "Start time of the process since the epoch, in seconds.");
+	put(o, "process_start_time_seconds %.2f\n", p.start_time_seconds);
+	put_header(o, "process_resident_memory_bytes", "gauge",
+		   "Resident memory size in bytes.");
+	put(o, "process_resident_memory_bytes %.0f\n", p.resident_memory_bytes);
+	put_header(o, "process_open_fds", "gauge",
+		   "Number of open file descriptors.");
+	put(o, "process_open_fds %.0f\n", p.open_fds);
 }
 
 static void put_extra_metrics(struct out *o)
@@ -215,6 +334,9 @@ static void put_extra_metrics(struct out *o)
 		   "The longest loop lag seen since the start.");
 	put(o, "facteur_loop_lag_max_seconds %.6f\n", extra.lag_max);
 
+	put_volume_metrics(o);
+	put_process_metrics(o);
+
 	put_header(o, "facteur_build_info", "gauge",
 		   "The running version; always 1.");
 	put(o, "facteur_build_info{version=\"");
@@ -240,7 +362,7 @@ size_t metrics_format(char *buf, size_t len)
 
 char *metrics_format_alloc(size_t *len)
 {
-	size_t cap = 4096;
+	size_t cap = 16384; /* the whole text in one pass: ~8 KiB */
 	for (;;) {
 		char *buf = malloc(cap);
 		if (buf == NULL)
@@ -323,6 +445,126 @@ void metrics_listener_connection(int slot)
 {
 	if (slot >= 0 && (size_t)slot < extra.listener_count)
 		extra.listeners[slot].connections++;
+}
+
+void metrics_tls_session(enum metrics_direction direction)
+{
+	metrics.tls_sessions_total++;
+	if (direction < METRICS_DIRECTION_COUNT)
+		metrics.tls_sessions[direction]++;
+}
+
+enum metrics_dns_reason metrics_dns_reason_of(const char *why)
+{
+	if (why == NULL)
+		return METRICS_DNS_OTHER;
+	if (strcasecmp(why, "timeout") == 0)
+		return METRICS_DNS_TIMEOUT;
+	if (strcasecmp(why, "servfail") == 0)
+		return METRICS_DNS_SERVFAIL;
+	/* the server's REFUSED, or a refused connection to it */
+	if (strcasecmp(why, "refused") == 0)
+		return METRICS_DNS_REFUSED;
+	return METRICS_DNS_OTHER;
+}
+
+enum metrics_dns_type metrics_dns_type_of(const char *type)
+{
+	for (size_t i = 0; type != NULL && i < METRICS_DNS_TYPE_OTHER; i++)
+		if (strcasecmp(type, dns_type_names[i]) == 0)
+			return (enum metrics_dns_type)i;
+	return METRICS_DNS_TYPE_OTHER;
+}
+
+void metrics_dns_failure(const char *type, const char *why)
+{
+	metrics.dns_failures_total++;
+	metrics.dns_failures[metrics_dns_reason_of(why)]
+			    [metrics_dns_type_of(type)]++;
+}
+
+const char *metrics_rejection_name(enum metrics_rejection reason)
+{
+	return reason < METRICS_REJECTION_COUNT ? rejection_names[reason] : "?";
+}
+
+void metrics_set_queue_state_source(metrics_queue_state_fn count, void *arg)
+{
+	extra.queue_states = count;
+	extra.queue_states_arg = count != NULL ? arg : NULL;
+}
+
+/* A small /proc file, whole; NULL when it cannot be read. */
+static char *proc_read(const char *path)
+{
+	char *text = NULL;
+	size_t len = 0;
+	if (wholefile_read(path, 1 << 20, 0, &text, &len) != WHOLEFILE_OK)
+		return NULL;
+	return text;
+}
+
+/* The process's start: the boot time (/proc/stat's btime) plus its
+ * start in clock ticks after boot (/proc/self/stat's 22nd field, counted
+ * after the command name, which may hold spaces and parentheses). It
+ * never changes: read once. */
+static double process_start_time(void)
+{
+	static double start = -1;
+	if (start >= 0)
+		return start;
+	char *stat = proc_read("/proc/self/stat");
+	char *sys = proc_read("/proc/stat");
+	long ticks = sysconf(_SC_CLK_TCK);
+	const char *p = stat ? strrchr(stat, ')') : NULL;
+	const char *btime = sys ? strstr(sys, "\nbtime ") : NULL;
+	unsigned long long started = 0;
+	/* after ")": field 3 (the state) to field 22 (starttime) */
+	for (int field = 2; p != NULL && field < 22; field++)
+		p = strchr(p + 1, ' ');
+	if (p != NULL && btime != NULL && ticks > 0 &&
+	    sscanf(p, " %llu", &started) == 1)
+		start =
+		    strtod(btime + 7, NULL) + (double)started / (double)ticks;
+	free(stat);
+	free(sys);
+	return start;
+}
+
+static double process_resident_memory(void)
+{
+	char *statm = proc_read("/proc/self/statm");
+	unsigned long long size = 0, resident = 0;
+	long page = sysconf(_SC_PAGESIZE);
+	double bytes = -1;
+	if (statm != NULL && page > 0 &&
+	    sscanf(statm, "%llu %llu", &size, &resident) == 2)
+		bytes = (double)resident * (double)page;
+	free(statm);
+	return bytes;
+}
+
+/* One readdir pass; the directory's own descriptor is left out. */
+static double process_open_fds(void)
+{
+	DIR *dir = opendir("/proc/self/fd");
+	if (dir == NULL)
+		return -1;
+	double count = 0;
+	const struct dirent *e;
+	while ((e = readdir(dir)) != NULL)
+		if (e->d_name[0] != '.')
+			count++;
+	if (closedir(dir) == -1)
+		return -1;
+	return count > 0 ? count - 1 : 0;
+}
+
+void metrics_process_read(struct metrics_process *out)
+{
+	out->start_time_seconds = process_start_time();
+	out->resident_memory_bytes = process_resident_memory();
+	out->open_fds = process_open_fds();
 }
 
 void metrics_reset(void)

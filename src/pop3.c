@@ -111,6 +111,7 @@ struct pop3_session {
 	enum pop3_state state;
 	struct sockaddr_storage addr;
 	char client[INET6_ADDRSTRLEN];
+	char id[LOG_SESSION_ID_SIZE];
 	time_t started;
 	bool loopback;
 	bool tls;	      /* TLS requested (STLS or pop3s) */
@@ -165,8 +166,7 @@ static void session_free(struct pop3_session *s);
 static void enter_state(struct pop3_session *s, enum pop3_state state)
 {
 	if (s->state != state)
-		log_event(LOG_LEVEL_DEBUG, "pop3_state",
-			  LOG_S("client", s->client),
+		log_event(LOG_LEVEL_DEBUG, "pop3_state", LOG_SESSION(s),
 			  LOG_S("from", state_names[s->state]),
 			  LOG_S("to", state_names[state]));
 	s->state = state;
@@ -575,7 +575,7 @@ static void log_login(struct pop3_session *s, const char *user,
 		      const char *result)
 {
 	log_event(strcmp(result, "ok") == 0 ? LOG_LEVEL_INFO : LOG_LEVEL_WARN,
-		  "pop3_login", LOG_S("client", s->client), LOG_S("user", user),
+		  "pop3_login", LOG_SESSION(s), LOG_S("user", user),
 		  LOG_S("result", result));
 }
 
@@ -612,8 +612,7 @@ static void scan_done(void *arg)
 	if (s == NULL)
 		return;
 	if (job->error != 0) {
-		log_event(LOG_LEVEL_ERROR, "pop3_mailbox_error",
-			  LOG_S("client", s->client),
+		log_event(LOG_LEVEL_ERROR, "pop3_mailbox_error", LOG_SESSION(s),
 			  LOG_S("user", job->check.user),
 			  LOG_S("mailbox", s->mailbox),
 			  LOG_S("path", job->failed_path),
@@ -636,12 +635,12 @@ static void scan_done(void *arg)
 		return;
 	}
 	if (job->skipped_count > 0)
-		log_event(
-		    LOG_LEVEL_WARN, "pop3_mailbox_skipped",
-		    LOG_S("client", s->client), LOG_S("user", job->check.user),
-		    LOG_S("mailbox", s->mailbox), LOG_S("entry", job->skipped),
-		    LOG_I("count", job->skipped_count),
-		    LOG_S("reason", "not a regular file"));
+		log_event(LOG_LEVEL_WARN, "pop3_mailbox_skipped",
+			  LOG_SESSION(s), LOG_S("user", job->check.user),
+			  LOG_S("mailbox", s->mailbox),
+			  LOG_S("entry", job->skipped),
+			  LOG_I("count", job->skipped_count),
+			  LOG_S("reason", "not a regular file"));
 	s->messages = job->messages;
 	s->message_count = job->count;
 	job->messages = NULL;
@@ -654,7 +653,8 @@ static void scan_done(void *arg)
 	size_t count;
 	uint64_t octets;
 	maildrop_totals(s, &count, &octets);
-	log_event(LOG_LEVEL_INFO, "pop3_login", LOG_S("client", s->client),
+	metrics.auth_attempts[METRICS_AUTH_SUCCESS]++;
+	log_event(LOG_LEVEL_INFO, "pop3_login", LOG_SESSION(s),
 		  LOG_S("user", s->account), LOG_S("result", "ok"),
 		  LOG_I("messages", count), LOG_I("octets", octets));
 	reply(s, "+OK maildrop has %zu messages (%llu octets)", count,
@@ -756,7 +756,8 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 static void login_failed(struct pop3_session *s, const char *user)
 {
 	s->login_failures++;
-	log_event(LOG_LEVEL_WARN, "pop3_login", LOG_S("client", s->client),
+	metrics.auth_attempts[METRICS_AUTH_FAILURE]++;
+	log_event(LOG_LEVEL_WARN, "pop3_login", LOG_SESSION(s),
 		  LOG_S("user", user), LOG_S("result", "failed"),
 		  LOG_I("failures", s->login_failures));
 	if (s->timer == NULL)
@@ -817,9 +818,8 @@ static void login(struct pop3_session *s, const char *user,
 				     srv->cfg->auth_fail_window)) {
 		reply(s, "-ERR [AUTH] too many failed logins for this "
 			 "account, try again later");
-		log_event(LOG_LEVEL_WARN, "pop3_login",
-			  LOG_S("client", s->client), LOG_S("user", user),
-			  LOG_S("result", "refused"),
+		log_event(LOG_LEVEL_WARN, "pop3_login", LOG_SESSION(s),
+			  LOG_S("user", user), LOG_S("result", "refused"),
 			  LOG_S("reason", "auth_fail_limit"));
 		return;
 	}
@@ -848,15 +848,13 @@ static bool login_possible(struct pop3_session *s)
 {
 	/* Counted as errors: a client that keeps trying gets closed. */
 	if (!passwords_allowed(s)) {
-		log_event(LOG_LEVEL_INFO, "pop3_login",
-			  LOG_S("client", s->client),
+		log_event(LOG_LEVEL_INFO, "pop3_login", LOG_SESSION(s),
 			  LOG_S("result", "tls_required"));
 		reply_error(s, "[AUTH] TLS required: use STLS first");
 		return false;
 	}
 	if (srv_of(s)->users == NULL) {
-		log_event(LOG_LEVEL_INFO, "pop3_login",
-			  LOG_S("client", s->client),
+		log_event(LOG_LEVEL_INFO, "pop3_login", LOG_SESSION(s),
 			  LOG_S("result", "no_accounts"));
 		reply_error(s, "[AUTH] no accounts on this server");
 		return false;
@@ -1125,8 +1123,7 @@ static void send_more(struct pop3_session *s)
 			 * cut short by the close. */
 			int err = errno;
 			log_event(LOG_LEVEL_ERROR, "pop3_read_error",
-				  LOG_S("client", s->client),
-				  LOG_S("mailbox", s->mailbox),
+				  LOG_SESSION(s), LOG_S("mailbox", s->mailbox),
 				  LOG_S("reason", strerror(err)));
 			sending_done(s);
 			s->end_reason = "read error";
@@ -1178,8 +1175,7 @@ static void cmd_retr(struct pop3_session *s, const struct pop3_command *cmd,
 		else
 			reply(s, "-ERR [SYS/TEMP] cannot read message %llu",
 			      (unsigned long long)cmd->number);
-		log_event(LOG_LEVEL_WARN, "pop3_read_error",
-			  LOG_S("client", s->client),
+		log_event(LOG_LEVEL_WARN, "pop3_read_error", LOG_SESSION(s),
 			  LOG_S("mailbox", s->mailbox),
 			  LOG_S("message", m->name),
 			  LOG_S("reason", message_error(err)));
@@ -1236,14 +1232,13 @@ static void cmd_quit_update(struct pop3_session *s)
 			int err = errno;
 			failed++;
 			log_event(LOG_LEVEL_ERROR, "pop3_delete_error",
-				  LOG_S("client", s->client),
-				  LOG_S("mailbox", s->mailbox),
+				  LOG_SESSION(s), LOG_S("mailbox", s->mailbox),
 				  LOG_S("message", m->name),
 				  LOG_S("reason", strerror(err)));
 		}
 	}
 	size_t left = s->message_count - removed;
-	log_event(LOG_LEVEL_INFO, "pop3_logout", LOG_S("client", s->client),
+	log_event(LOG_LEVEL_INFO, "pop3_logout", LOG_SESSION(s),
 		  LOG_S("user", s->account), LOG_I("retrieved", s->retrieved),
 		  LOG_I("deleted", removed), LOG_I("left", left));
 	mailbox_release(s);
@@ -1443,9 +1438,8 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 	if (what & BEV_EVENT_CONNECTED) {
 		/* the TLS handshake is done */
 		s->tls_established = true;
-		metrics.tls_sessions_total++;
-		log_event(LOG_LEVEL_INFO, "pop3_tls",
-			  LOG_S("client", s->client),
+		metrics_tls_session(METRICS_INBOUND);
+		log_event(LOG_LEVEL_INFO, "pop3_tls", LOG_SESSION(s),
 			  LOG_S("version", transport_tls_version(s->bev)),
 			  LOG_S("cipher", transport_tls_cipher(s->bev)));
 		return;
@@ -1482,7 +1476,7 @@ static void session_free(struct pop3_session *s)
 	if (s->send_fd != -1)
 		(void)close(s->send_fd); /* read-only: nothing to lose */
 	/* A session that ends without QUIT deletes nothing (RFC 1939 §6). */
-	log_event(LOG_LEVEL_INFO, "pop3_disconnect", LOG_S("client", s->client),
+	log_event(LOG_LEVEL_INFO, "pop3_disconnect", LOG_SESSION(s),
 		  LOG_S("user", s->account),
 		  LOG_S("reason", s->end_reason ? s->end_reason : "closed"),
 		  LOG_I("retrieved", s->retrieved),
@@ -1532,6 +1526,7 @@ session_new(struct pop3_server *p, int fd, const struct sockaddr *addr,
 		addrlen = sizeof s->addr;
 	memcpy(&s->addr, addr, addrlen);
 	listener_address_text(addr, s->client, sizeof s->client);
+	log_session_id(s->id);
 	s->loopback = pop3_client_is_loopback(addr);
 
 	s->next = p->sessions;
@@ -1541,13 +1536,12 @@ session_new(struct pop3_server *p, int fd, const struct sockaddr *addr,
 	p->session_count++;
 
 	set_callbacks(s);
-	log_event(LOG_LEVEL_INFO, "pop3_connect", LOG_S("client", s->client),
+	log_event(LOG_LEVEL_INFO, "pop3_connect", LOG_SESSION(s),
 		  LOG_S("listen", listen));
 	if (client_refused(s)) {
 		reply(s, "-ERR [AUTH] too many failed logins from your "
 			 "address, try again later");
-		log_event(LOG_LEVEL_WARN, "rejected",
-			  LOG_S("client", s->client),
+		log_event(LOG_LEVEL_WARN, "rejected", LOG_SESSION(s),
 			  LOG_S("reason", "auth_fail_limit"));
 		s->end_reason = "auth_fail_limit";
 		session_close(s);

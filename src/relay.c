@@ -280,6 +280,7 @@ static void on_client_done(const struct smtp_client_result *res, void *arg)
 		out[i].reason = res->rcpts[i].reason;
 		out[i].relay = relay;
 		out[i].answered = true;
+		out[i].tls = res->tls_version;
 	}
 	if (res->reusable)
 		relay_idle_park(job->relay, job->dest, client, job->tls,

@@ -62,6 +62,8 @@ struct run;
 
 static void queued_run(struct queued *q);
 static void run_release(struct run *run);
+static void queued_add(struct scheduler *sched, struct spool_envelope *env,
+		       enum scheduler_origin origin);
 
 unsigned scheduler_backoff(unsigned retry_min, unsigned retry_max,
 			   unsigned attempts)
@@ -289,6 +291,16 @@ static const char *outcome_event(enum rcpt_state state)
 	}
 }
 
+/* facteur_transport_deliveries_total: what a transport's attempt gave. */
+static void count_transport(enum metrics_transport transport,
+			    enum rcpt_state state)
+{
+	enum metrics_result result = state == RCPT_DELIVERED ? METRICS_DELIVERED
+				     : state == RCPT_BOUNCED ? METRICS_BOUNCED
+							     : METRICS_DEFERRED;
+	metrics.transport_deliveries[transport][result]++;
+}
+
 static void count_outcome(const struct queued *q, enum rcpt_state state)
 {
 	if (state == RCPT_DELIVERED) {
@@ -302,26 +314,36 @@ static void count_outcome(const struct queued *q, enum rcpt_state state)
 }
 
 /* `where` is "mailbox" for local deliveries, "relay" for remote ones;
- * `dsn` the status to log. */
+ * `dsn` the status to log; `tls` the connection's TLS ("none" too) when
+ * a server answered, else NULL. */
+static void log_outcome_tls(const char *event, const struct queued *q,
+			    const struct spool_rcpt *r, const char *dsn,
+			    const char *where, const char *place,
+			    const char *tls)
+{
+	enum log_level level =
+	    r->state == RCPT_DELIVERED ? LOG_LEVEL_INFO : LOG_LEVEL_WARN;
+	struct log_field f[8] = {
+	    LOG_S("queue_id", q->env->id),
+	    LOG_S("rcpt", r->address),
+	    LOG_S(where, place),
+	    LOG_S("dsn", dsn),
+	    LOG_I("delay", time(NULL) - q->env->arrival),
+	    LOG_I("attempts", r->attempts),
+	};
+	size_t n = 6;
+	if (tls != NULL)
+		f[n++] = (struct log_field)LOG_S("tls", tls);
+	if (r->reason != NULL)
+		f[n++] = (struct log_field)LOG_S("reason", r->reason);
+	log_fields(level, event, f, n);
+}
+
 static void log_outcome_as(const char *event, const struct queued *q,
 			   const struct spool_rcpt *r, const char *dsn,
 			   const char *where, const char *place)
 {
-	enum log_level level =
-	    r->state == RCPT_DELIVERED ? LOG_LEVEL_INFO : LOG_LEVEL_WARN;
-	if (r->reason != NULL)
-		log_event(level, event, LOG_S("queue_id", q->env->id),
-			  LOG_S("rcpt", r->address), LOG_S(where, place),
-			  LOG_S("dsn", dsn),
-			  LOG_I("delay", time(NULL) - q->env->arrival),
-			  LOG_I("attempts", r->attempts),
-			  LOG_S("reason", r->reason));
-	else
-		log_event(level, event, LOG_S("queue_id", q->env->id),
-			  LOG_S("rcpt", r->address), LOG_S(where, place),
-			  LOG_S("dsn", dsn),
-			  LOG_I("delay", time(NULL) - q->env->arrival),
-			  LOG_I("attempts", r->attempts));
+	log_outcome_tls(event, q, r, dsn, where, place, NULL);
 }
 
 static void log_outcome(const char *event, const struct queued *q,
@@ -432,6 +454,7 @@ static void on_delivered(enum deliver_result result, const char *dsn,
 	set_outcome(sched->srv->cfg, q, r, state, dsn,
 		    state == RCPT_DELIVERED ? NULL : reason);
 	count_outcome(q, state);
+	count_transport(METRICS_TRANSPORT_LOCAL, state);
 	size_t index = job->index;
 	struct run *run = job->run;
 	/* The job's hold on q lasts until the outcome is logged, after its
@@ -464,6 +487,7 @@ static void start_local(struct queued *q, size_t index, struct run *run)
 			    status_code_str(STATUS_BAD_MAILBOX),
 			    "the address cannot name a mailbox");
 		count_outcome(q, RCPT_BOUNCED);
+		count_transport(METRICS_TRANSPORT_LOCAL, RCPT_BOUNCED);
 		log_outcome("bounced", q, r, "mailbox", "");
 		run_settle(run, &index, 1);
 		return;
@@ -479,6 +503,7 @@ static void start_local(struct queued *q, size_t index, struct run *run)
 			    named ? "cannot read the queued message"
 				  : "cannot name the mailbox");
 		count_outcome(q, RCPT_DEFERRED);
+		count_transport(METRICS_TRANSPORT_LOCAL, RCPT_DEFERRED);
 		log_outcome("deferred", q, r, "mailbox", "");
 		run_settle(run, &index, 1);
 		return;
@@ -547,6 +572,7 @@ static void on_relayed(enum relay_end end, const struct relay_outcome *out,
 		struct spool_rcpt *r = &q->env->rcpts[index];
 		set_outcome(cfg, q, r, out[i].state, out[i].dsn, out[i].reason);
 		count_outcome(q, out[i].state);
+		count_transport(METRICS_TRANSPORT_RELAY, out[i].state);
 		if (out[i].answered) {
 			free(q->last_relay[index]);
 			q->last_relay[index] = strdup(out[i].relay);
@@ -557,10 +583,12 @@ static void on_relayed(enum relay_end end, const struct relay_outcome *out,
 		 * on q kept until then, as for a local delivery. */
 		size_t settled = run_settle(run, rcpts, count);
 		spool_write_ahead(q->srv->spool);
-		for (size_t i = 0; i < count; i++)
-			log_outcome(outcome_event(out[i].state), q,
-				    &q->env->rcpts[rcpts[i]], "relay",
-				    out[i].relay);
+		for (size_t i = 0; i < count; i++) {
+			const struct spool_rcpt *r = &q->env->rcpts[rcpts[i]];
+			log_outcome_tls(outcome_event(out[i].state), q, r,
+					r->dsn, "relay", out[i].relay,
+					out[i].answered ? out[i].tls : NULL);
+		}
 		queued_release(q, settled);
 	} else {
 		q->in_flight--;
@@ -721,6 +749,24 @@ static double oldest_age(void *arg)
 	return oldest == 0 ? 0.0 : (double)(time(NULL) - oldest);
 }
 
+/* facteur_queue_messages{state}, one pass at each scrape like the age.
+ * A held message is to count as METRICS_QUEUE_HELD here whatever its
+ * recipients. */
+static void queue_states(void *arg, uint64_t *counts)
+{
+	const struct scheduler *sched = arg;
+	for (const struct queued *q = sched->messages; q != NULL; q = q->next) {
+		enum metrics_queue_state state = METRICS_QUEUE_PENDING;
+		for (size_t i = 0; i < q->env->rcpt_count; i++) {
+			if (q->env->rcpts[i].state == RCPT_DEFERRED) {
+				state = METRICS_QUEUE_DEFERRED;
+				break;
+			}
+		}
+		counts[state]++;
+	}
+}
+
 /* How often the spool is asked whether its oldest segment needs its live
  * messages moved, and how many may move in one go. */
 #define COMPACT_INTERVAL 10
@@ -768,6 +814,7 @@ struct scheduler *scheduler_new(struct server *srv)
 		return NULL;
 	}
 	metrics_set_queue_age_source(oldest_age, sched);
+	metrics_set_queue_state_source(queue_states, sched);
 	srandom((unsigned)time(NULL) ^ (unsigned)getpid());
 	return sched;
 }
@@ -777,6 +824,7 @@ void scheduler_free(struct scheduler *sched)
 	if (sched == NULL)
 		return;
 	metrics_set_queue_age_source(NULL, NULL);
+	metrics_set_queue_state_source(NULL, NULL);
 	event_free(sched->compact_timer);
 	relay_free(sched->relay);
 	while (sched->messages != NULL)
@@ -784,18 +832,49 @@ void scheduler_free(struct scheduler *sched)
 	free(sched);
 }
 
+/* The accepted line: the envelope's fields, then the login, session
+ * and Message-ID where there are. */
+static void log_accepted(const struct spool_envelope *env,
+			 const struct scheduler_arrival *arrival)
+{
+	struct log_field f[9] = {
+	    LOG_S("queue_id", env->id),	       LOG_S("from", env->sender),
+	    LOG_I("size", env->size),	       LOG_I("nrcpt", env->rcpt_count),
+	    LOG_S("client", env->client_addr), LOG_S("protocol", env->protocol),
+	};
+	size_t n = 6;
+	if (env->auth_user != NULL)
+		f[n++] = (struct log_field)LOG_S("auth_user", env->auth_user);
+	if (arrival != NULL && arrival->session != NULL)
+		f[n++] = (struct log_field)LOG_S("session", arrival->session);
+	if (arrival != NULL && arrival->message_id != NULL)
+		f[n++] =
+		    (struct log_field)LOG_S("message_id", arrival->message_id);
+	log_fields(LOG_LEVEL_INFO, "accepted", f, n);
+}
+
 void scheduler_enqueue(struct scheduler *sched, struct spool_envelope *env,
 		       enum scheduler_origin origin)
 {
 	if (origin == SCHEDULER_NEW) {
 		metrics.messages_accepted_total++;
-		log_event(LOG_LEVEL_INFO, "accepted",
-			  LOG_S("queue_id", env->id),
-			  LOG_S("from", env->sender), LOG_I("size", env->size),
-			  LOG_I("nrcpt", env->rcpt_count),
-			  LOG_S("client", env->client_addr),
-			  LOG_S("protocol", env->protocol));
+		log_accepted(env, NULL);
 	}
+	queued_add(sched, env, origin);
+}
+
+void scheduler_enqueue_arrival(struct scheduler *sched,
+			       struct spool_envelope *env,
+			       const struct scheduler_arrival *arrival)
+{
+	metrics.messages_accepted_total++;
+	log_accepted(env, arrival);
+	queued_add(sched, env, SCHEDULER_NEW);
+}
+
+static void queued_add(struct scheduler *sched, struct spool_envelope *env,
+		       enum scheduler_origin origin)
+{
 	struct queued *q = calloc(1, sizeof *q);
 	enum rcpt_phase *phase =
 	    calloc(env->rcpt_count ? env->rcpt_count : 1, sizeof *phase);

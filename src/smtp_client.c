@@ -155,7 +155,8 @@ struct smtp_client {
 	struct bufferevent *bev;
 	char relay[320];
 	bool tls;
-	unsigned ext; /* SMTP_EXT_* offered */
+	char tls_version[16]; /* of the handshake, for the delivered line */
+	unsigned ext;	      /* SMTP_EXT_* offered */
 	uint64_t ext_size;
 	struct smtp_reply reply;
 	bool mail_accepted;
@@ -398,6 +399,7 @@ static void finish(struct smtp_client *c, bool quit)
 	result.rcpt_count = c->rcpt_count;
 	snprintf(result.relay, sizeof result.relay, "%s", c->relay);
 	result.tls = c->tls;
+	result.tls_version = c->tls ? c->tls_version : "none";
 	result.reused = c->reused;
 	result.reusable = keep;
 	c->transactions++;
@@ -956,6 +958,8 @@ static void on_reply(struct smtp_client *c)
 		}
 		break;
 	case CLIENT_DOT:
+		if (cls == 2)
+			metrics.relayed_bytes_total += c->size;
 		if (cls == 2 || cls == 4 || cls == 5) {
 			decide_accepted_by_reply(c);
 			finish(c, true);
@@ -1212,7 +1216,9 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 			arm_deadline(c, c->timeout);
 		} else if (c->state == CLIENT_TLS_HANDSHAKE) {
 			c->tls = true;
-			metrics.tls_sessions_total++;
+			metrics_tls_session(METRICS_OUTBOUND);
+			snprintf(c->tls_version, sizeof c->tls_version, "%s",
+				 transport_tls_version(bev));
 			log_event(LOG_LEVEL_DEBUG, "tls",
 				  LOG_S("queue_id", c->queue_id),
 				  LOG_S("relay", c->relay),

@@ -33,6 +33,7 @@
 #include "facteur/listener.h"
 #include "facteur/log.h"
 #include "facteur/mailtime.h"
+#include "facteur/message_id.h"
 #include "facteur/metrics.h"
 #include "facteur/password_check.h"
 #include "facteur/policy.h"
@@ -126,6 +127,7 @@ struct transaction {
 	size_t outlen; /* octets in outbuf */
 	bool too_big;
 	bool used_bdat;
+	struct message_id_scan message_id; /* for the accepted line */
 };
 
 struct smtp_session {
@@ -136,6 +138,7 @@ struct smtp_session {
 	enum listen_mode mode;
 	struct sockaddr_storage addr;
 	char client[INET6_ADDRSTRLEN];
+	char id[LOG_SESSION_ID_SIZE];
 	time_t started;
 	char *helo;
 	bool esmtp;
@@ -161,8 +164,9 @@ struct smtp_session {
 	int bdat_reply_code;
 	enum status_code bdat_reply_status;
 	const char *bdat_reply_text;
-	/* the commit in flight */
+	/* the commit in flight, and the Message-ID it carries ("": none) */
 	struct spool_envelope *committing;
+	char committing_message_id[MESSAGE_ID_MAX + 1];
 };
 
 /* The SMTP side of one daemon: its sessions, for shutdown and the drain
@@ -187,8 +191,7 @@ static const struct config *cfg_of(const struct smtp_session *s)
 static void enter_state(struct smtp_session *s, enum smtp_state state)
 {
 	if (s->state != state)
-		log_event(LOG_LEVEL_DEBUG, "smtp_state",
-			  LOG_S("client", s->client),
+		log_event(LOG_LEVEL_DEBUG, "smtp_state", LOG_SESSION(s),
 			  LOG_S("from", state_names[s->state]),
 			  LOG_S("to", state_names[state]));
 	s->state = state;
@@ -207,6 +210,12 @@ static void reply(struct smtp_session *s, const char *fmt, ...)
 	evbuffer_add(out, "\r\n", 2);
 }
 
+/* facteur_smtp_rejections_total, bumped where the refusal is answered. */
+static void count_rejection(enum metrics_rejection reason)
+{
+	metrics.smtp_rejections[reason]++;
+}
+
 /* A protocol error (500, 501, 503): counted, and the tenth one ends the
  * session after its own reply. */
 static void reply_error(struct smtp_session *s, int code,
@@ -215,12 +224,14 @@ static void reply_error(struct smtp_session *s, int code,
 	reply(s, "%d %s %s", code, status_code_str(status), text);
 	if (code != 500 && code != 501 && code != 503)
 		return;
+	count_rejection(code == 501 ? METRICS_REJECT_SYNTAX
+				    : METRICS_REJECT_PROTOCOL);
 	if (++s->errors >= MAX_PROTOCOL_ERRORS) {
+		count_rejection(METRICS_REJECT_TOO_MANY_ERRORS);
 		reply(s, "421 %s %s Error: too many errors",
 		      status_code_str(STATUS_SECURITY_TRANSIENT),
 		      cfg_of(s)->hostname);
-		log_event(LOG_LEVEL_WARN, "rejected",
-			  LOG_S("client", s->client),
+		log_event(LOG_LEVEL_WARN, "rejected", LOG_SESSION(s),
 			  LOG_S("reason", "too many errors"));
 		session_close(s);
 	}
@@ -229,7 +240,7 @@ static void reply_error(struct smtp_session *s, int code,
 static void log_rejected(struct smtp_session *s, const char *reason,
 			 const char *address)
 {
-	log_event(LOG_LEVEL_INFO, "rejected", LOG_S("client", s->client),
+	log_event(LOG_LEVEL_INFO, "rejected", LOG_SESSION(s),
 		  LOG_S("reason", reason), LOG_S("address", address));
 }
 
@@ -505,7 +516,8 @@ static void auth_succeeded(struct smtp_session *s, const char *user)
 		      status_code_str(STATUS_LOCAL_ERROR));
 		return;
 	}
-	log_event(LOG_LEVEL_INFO, "auth", LOG_S("client", s->client),
+	metrics.auth_attempts[METRICS_AUTH_SUCCESS]++;
+	log_event(LOG_LEVEL_INFO, "auth", LOG_SESSION(s),
 		  LOG_S("user", s->auth_user), LOG_S("result", "ok"));
 	reply(s, "235 %s Authentication successful",
 	      status_code_str(STATUS_AUTH_OK));
@@ -518,6 +530,7 @@ static void on_auth_delay(evutil_socket_t fd, short what, void *arg)
 	struct smtp_session *s = arg;
 	enter_state(s, SMTP_STATE_COMMAND);
 	if (s->auth_failures >= AUTH_FAILURES_MAX || auth_client_refused(s)) {
+		count_rejection(METRICS_REJECT_AUTH_FAIL_LIMIT);
 		reply(s, "421 %s %s Error: too many failed logins",
 		      status_code_str(STATUS_SECURITY_TRANSIENT),
 		      cfg_of(s)->hostname);
@@ -536,8 +549,9 @@ static void on_auth_delay(evutil_socket_t fd, short what, void *arg)
 static void auth_failed(struct smtp_session *s, const char *user)
 {
 	s->auth_failures++;
-	log_event(LOG_LEVEL_WARN, "auth", LOG_S("client", s->client),
-		  LOG_S("user", user), LOG_S("result", "failed"),
+	metrics.auth_attempts[METRICS_AUTH_FAILURE]++;
+	log_event(LOG_LEVEL_WARN, "auth", LOG_SESSION(s), LOG_S("user", user),
+		  LOG_S("result", "failed"),
 		  LOG_I("failures", s->auth_failures));
 	if (s->auth_timer == NULL)
 		s->auth_timer = evtimer_new(s->srv->base, on_auth_delay, s);
@@ -611,7 +625,9 @@ static void auth_check(struct smtp_session *s, const char *user,
 				     cfg->auth_fail_limit,
 				     cfg->auth_fail_window)) {
 		enter_state(s, SMTP_STATE_COMMAND);
-		log_event(LOG_LEVEL_WARN, "auth", LOG_S("client", s->client),
+		metrics.auth_attempts[METRICS_AUTH_FAILURE]++;
+		count_rejection(METRICS_REJECT_AUTH_FAIL_LIMIT);
+		log_event(LOG_LEVEL_WARN, "auth", LOG_SESSION(s),
 			  LOG_S("user", user), LOG_S("result", "refused"),
 			  LOG_S("reason", "auth_fail_limit"));
 		reply(s,
@@ -706,6 +722,7 @@ static void cmd_auth(struct smtp_session *s, const struct smtp_command *cmd)
 		return;
 	}
 	if (!tls_active(s)) {
+		count_rejection(METRICS_REJECT_TLS_REQUIRED);
 		reply(s,
 		      "538 %s Encryption required for requested "
 		      "authentication mechanism",
@@ -817,6 +834,7 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_command *cmd)
 		return;
 	}
 	if (s->mode == LISTEN_SUBMISSION && s->auth_user == NULL) {
+		count_rejection(METRICS_REJECT_AUTH_REQUIRED);
 		reply(s, "530 %s Authentication required",
 		      status_code_str(STATUS_SECURITY_PERMANENT));
 		return;
@@ -829,6 +847,7 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_command *cmd)
 		reply(s, "552 %s Message size exceeds fixed limit",
 		      status_code_str(STATUS_TOO_BIG));
 		log_rejected(s, "message too big", mail.from.address);
+		count_rejection(METRICS_REJECT_SIZE);
 		return;
 	}
 	s->tx.mail = mail;
@@ -853,17 +872,18 @@ static bool envelope_has_room(struct smtp_session *s,
 		reply(s, "452 %s Too much envelope data",
 		      status_code_str(STATUS_TOO_MANY_RCPTS));
 		log_rejected(s, "max_envelope_size", rcpt->to.address);
+		count_rejection(METRICS_REJECT_ENVELOPE_LIMIT);
 		return false;
 	}
 	uint64_t memory = s->srv->smtp->envelope_memory;
 	if (memory + need > cfg->max_envelope_memory) {
 		reply(s, "452 %s Insufficient system storage",
 		      status_code_str(STATUS_SYSTEM_STORAGE));
-		log_event(LOG_LEVEL_WARN, "rejected",
-			  LOG_S("client", s->client),
+		log_event(LOG_LEVEL_WARN, "rejected", LOG_SESSION(s),
 			  LOG_S("reason", "max_envelope_memory"),
 			  LOG_S("address", rcpt->to.address),
 			  LOG_I("envelope_memory", memory));
+		count_rejection(METRICS_REJECT_ENVELOPE_LIMIT);
 		return false;
 	}
 	return true;
@@ -882,6 +902,7 @@ static void cmd_rcpt(struct smtp_session *s, const struct smtp_command *cmd)
 				 smtp_parse_rcpt(cmd->arg, cmd->arglen, &rcpt)))
 		return;
 	if (s->tx.accepted_rcpt_commands >= cfg->max_recipients) {
+		count_rejection(METRICS_REJECT_TOO_MANY_RECIPIENTS);
 		reply(s, "452 %s Too many recipients",
 		      status_code_str(STATUS_TOO_MANY_RCPTS));
 		return;
@@ -903,17 +924,20 @@ static void cmd_rcpt(struct smtp_session *s, const struct smtp_command *cmd)
 		      "User unknown",
 		      status_code_str(STATUS_BAD_MAILBOX), rcpt.to.address);
 		log_rejected(s, "unknown user", rcpt.to.address);
+		count_rejection(METRICS_REJECT_UNKNOWN_USER);
 		return;
 	case POLICY_RELAY_DENIED:
 		reply(s, "554 %s <%s>: Relay access denied",
 		      status_code_str(STATUS_NOT_AUTHORIZED), rcpt.to.address);
 		log_rejected(s, "relay access denied", rcpt.to.address);
+		count_rejection(METRICS_REJECT_RELAY_DENIED);
 		return;
 	case POLICY_ALIAS_LOOP:
 	default:
 		reply(s, "554 %s <%s>: Alias expansion loops",
 		      status_code_str(STATUS_LOOP), rcpt.to.address);
 		log_rejected(s, "alias loop", rcpt.to.address);
+		count_rejection(METRICS_REJECT_LOOP);
 		return;
 	}
 	if (!envelope_has_room(s, &rcpt, &exp)) {
@@ -955,8 +979,7 @@ static bool message_begin(struct smtp_session *s)
 	tx->incoming = spool_incoming_new(s->srv->spool);
 	tx->outbuf = malloc(MESSAGE_BUF_SIZE);
 	if (tx->incoming == NULL || tx->outbuf == NULL) {
-		log_event(LOG_LEVEL_ERROR, "spool_error",
-			  LOG_S("client", s->client),
+		log_event(LOG_LEVEL_ERROR, "spool_error", LOG_SESSION(s),
 			  LOG_S("reason", strerror(errno)));
 		reply(s, "451 %s Local error in processing",
 		      status_code_str(STATUS_LOCAL_ERROR));
@@ -1023,6 +1046,7 @@ static size_t message_feed(struct smtp_session *s, const char *in, size_t len)
 	size_t outlen = 0;
 	size_t used = smtp_data_feed(&tx->data, in, len,
 				     tx->outbuf + tx->outlen, &outlen);
+	message_id_feed(&tx->message_id, tx->outbuf + tx->outlen, outlen);
 	if (!tx->too_big && tx->data.size > cfg_of(s)->max_message_size)
 		tx->too_big = true;
 	tx->outlen = tx->too_big ? 0 : tx->outlen + outlen;
@@ -1079,8 +1103,7 @@ static void on_committed(int error, void *arg)
 	struct spool_envelope *env = s->committing;
 	s->committing = NULL;
 	if (error != 0) {
-		log_event(LOG_LEVEL_ERROR, "spool_error",
-			  LOG_S("client", s->client),
+		log_event(LOG_LEVEL_ERROR, "spool_error", LOG_SESSION(s),
 			  LOG_S("queue_id", env->id),
 			  LOG_S("reason", strerror(error)));
 		spool_envelope_free(env);
@@ -1091,7 +1114,12 @@ static void on_committed(int error, void *arg)
 		if (!s->gone)
 			reply(s, "250 %s Ok: queued as %s",
 			      status_code_str(STATUS_OK), env->id);
-		scheduler_enqueue(s->srv->scheduler, env, SCHEDULER_NEW);
+		metrics.received_bytes_total += env->size;
+		struct scheduler_arrival arrival = {
+		    s->id, s->committing_message_id[0] != '\0'
+			       ? s->committing_message_id
+			       : NULL};
+		scheduler_enqueue_arrival(s->srv->scheduler, env, &arrival);
 	}
 	if (s->gone) {
 		session_free(s);
@@ -1124,15 +1152,16 @@ static void message_end(struct smtp_session *s)
 		reply(s, "552 %s Message size exceeds fixed limit",
 		      status_code_str(STATUS_TOO_BIG));
 		refusal = "message too big";
+		count_rejection(METRICS_REJECT_SIZE);
 	} else if (tx->data.received_count > SMTP_RECEIVED_MAX) {
 		reply(s, "554 %s Too many Received headers: mail loop",
 		      status_code_str(STATUS_LOOP));
 		refusal = "mail loop";
+		count_rejection(METRICS_REJECT_LOOP);
 	} else if (tx->incoming->error != 0) {
 		reply(s, "451 %s Local error writing the message",
 		      status_code_str(STATUS_LOCAL_ERROR));
-		log_event(LOG_LEVEL_ERROR, "spool_error",
-			  LOG_S("client", s->client),
+		log_event(LOG_LEVEL_ERROR, "spool_error", LOG_SESSION(s),
 			  LOG_S("reason", strerror(tx->incoming->error)));
 		refusal = "spool write error";
 	}
@@ -1148,6 +1177,9 @@ static void message_end(struct smtp_session *s)
 		enter_state(s, SMTP_STATE_COMMAND);
 		return;
 	}
+	const char *message_id = message_id_value(&tx->message_id);
+	snprintf(s->committing_message_id, sizeof s->committing_message_id,
+		 "%s", message_id != NULL ? message_id : "");
 	struct spool_incoming *inc = tx->incoming;
 	tx->incoming = NULL; /* the spool owns it now */
 	transaction_reset(s);
@@ -1248,6 +1280,7 @@ static void bdat_chunk_done(struct smtp_session *s)
 		reply(s, "552 %s Message size exceeds fixed limit",
 		      status_code_str(STATUS_TOO_BIG));
 		log_rejected(s, "message too big", s->tx.mail.from.address);
+		count_rejection(METRICS_REJECT_SIZE);
 		transaction_reset(s);
 		return;
 	}
@@ -1496,8 +1529,8 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 	if (what & BEV_EVENT_CONNECTED) {
 		/* the TLS handshake is done */
 		s->tls_established = true;
-		metrics.tls_sessions_total++;
-		log_event(LOG_LEVEL_INFO, "tls", LOG_S("client", s->client),
+		metrics_tls_session(METRICS_INBOUND);
+		log_event(LOG_LEVEL_INFO, "tls", LOG_SESSION(s),
 			  LOG_S("version", transport_tls_version(s->bev)),
 			  LOG_S("cipher", transport_tls_cipher(s->bev)));
 		return;
@@ -1520,8 +1553,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 	if (s->tls && !s->tls_established) {
 		/* A handshake that failed or never finished: nothing can
 		 * be said to this client in the clear any more. */
-		log_event(LOG_LEVEL_INFO, "tls_failed",
-			  LOG_S("client", s->client),
+		log_event(LOG_LEVEL_INFO, "tls_failed", LOG_SESSION(s),
 			  LOG_S("reason", (what & BEV_EVENT_TIMEOUT)
 					      ? "handshake timeout"
 					      : "handshake failed"));
@@ -1533,7 +1565,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		reply(s, "421 %s %s Error: timeout exceeded",
 		      status_code_str(STATUS_BAD_CONNECTION),
 		      cfg_of(s)->hostname);
-		log_event(LOG_LEVEL_INFO, "timeout", LOG_S("client", s->client),
+		log_event(LOG_LEVEL_INFO, "timeout", LOG_SESSION(s),
 			  LOG_S("state", state_names[s->state]));
 		session_close(s);
 		session_flush(s);
@@ -1575,7 +1607,7 @@ static bool session_flush(struct smtp_session *s)
 static void session_free(struct smtp_session *s)
 {
 	transaction_reset(s);
-	log_event(LOG_LEVEL_INFO, "disconnect", LOG_S("client", s->client),
+	log_event(LOG_LEVEL_INFO, "disconnect", LOG_SESSION(s),
 		  LOG_I("duration", time(NULL) - s->started),
 		  LOG_I("errors", s->errors));
 	struct smtp_server *smtp = s->srv->smtp;
@@ -1624,6 +1656,7 @@ struct smtp_session *smtp_session_new(struct server *srv, int fd,
 		addrlen = sizeof s->addr;
 	memcpy(&s->addr, addr, addrlen);
 	listener_address_text(addr, s->client, sizeof s->client);
+	log_session_id(s->id);
 
 	struct smtp_server *smtp = srv->smtp;
 	s->next = smtp->sessions;
@@ -1636,16 +1669,16 @@ struct smtp_session *smtp_session_new(struct server *srv, int fd,
 
 	const struct config *cfg = srv->cfg;
 	set_callbacks(s);
-	log_event(LOG_LEVEL_INFO, "connect", LOG_S("client", s->client));
+	log_event(LOG_LEVEL_INFO, "connect", LOG_SESSION(s));
 	if (auth_client_refused(s)) {
 		reply(s,
 		      "421 %s %s Error: too many failed logins from your "
 		      "address, try again later",
 		      status_code_str(STATUS_SECURITY_TRANSIENT),
 		      cfg->hostname);
-		log_event(LOG_LEVEL_WARN, "rejected",
-			  LOG_S("client", s->client),
+		log_event(LOG_LEVEL_WARN, "rejected", LOG_SESSION(s),
 			  LOG_S("reason", "auth_fail_limit"));
+		count_rejection(METRICS_REJECT_AUTH_FAIL_LIMIT);
 		session_close(s);
 		session_flush(s);
 		return s;

@@ -38,6 +38,16 @@ void log_fields(enum log_level level, const char *event,
 		}                                                           \
 	} while (0)
 
+/* A session's id, 16 hex digits: unique in the process (a counter) and
+ * most likely across processes and restarts (a random start). It ties
+ * the lines of one SMTP or POP3 session together and to its messages. */
+#define LOG_SESSION_ID_SIZE 17
+void log_session_id(char id[LOG_SESSION_ID_SIZE]);
+
+/* The fields that open every line of a session: its id and its client
+ * (of any struct with `id` and `client` strings). */
+#define LOG_SESSION(s) LOG_S("session", (s)->id), LOG_S("client", (s)->client)
+
 /* A broken invariant of our own: log it and abort. */
 _Noreturn void fatal(const char *fmt, ...)
 	__attribute__((format(printf, 1, 2)));

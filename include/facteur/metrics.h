@@ -8,6 +8,82 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "facteur/state_list.h"
+
+/* Why an SMTP client was refused, facteur_smtp_rejections_total{reason}:
+ * a fixed set, so that no client text ever becomes a label. */
+#define METRICS_REJECTIONS(X)                                                  \
+	X(METRICS_REJECT_RELAY_DENIED, "relay_denied")                         \
+	X(METRICS_REJECT_UNKNOWN_USER, "unknown_user")                         \
+	X(METRICS_REJECT_SYNTAX, "syntax")                                     \
+	X(METRICS_REJECT_PROTOCOL, "protocol")                                 \
+	X(METRICS_REJECT_TOO_MANY_RECIPIENTS, "too_many_recipients")           \
+	X(METRICS_REJECT_ENVELOPE_LIMIT, "envelope_limit")                     \
+	X(METRICS_REJECT_SIZE, "size")                                         \
+	X(METRICS_REJECT_LOOP, "loop")                                         \
+	X(METRICS_REJECT_AUTH_REQUIRED, "auth_required")                       \
+	X(METRICS_REJECT_TLS_REQUIRED, "tls_required")                         \
+	X(METRICS_REJECT_AUTH_FAIL_LIMIT, "auth_fail_limit")                   \
+	X(METRICS_REJECT_TOO_MANY_ERRORS, "too_many_errors")
+
+enum metrics_rejection {
+	METRICS_REJECTIONS(STATE_LIST_ENUM) METRICS_REJECTION_COUNT
+};
+
+enum metrics_auth_result {
+	METRICS_AUTH_SUCCESS,
+	METRICS_AUTH_FAILURE,
+	METRICS_AUTH_RESULT_COUNT
+};
+
+enum metrics_direction {
+	METRICS_INBOUND,
+	METRICS_OUTBOUND,
+	METRICS_DIRECTION_COUNT
+};
+
+enum metrics_transport {
+	METRICS_TRANSPORT_LOCAL,
+	METRICS_TRANSPORT_RELAY,
+	METRICS_TRANSPORT_COUNT
+};
+
+/* A delivery attempt's result, as facteur_deliveries_total names it. */
+enum metrics_result {
+	METRICS_DELIVERED,
+	METRICS_DEFERRED,
+	METRICS_BOUNCED,
+	METRICS_RESULT_COUNT
+};
+
+/* facteur_dns_failures_total{reason,type}: what went wrong, of what a
+ * look-up asked. */
+enum metrics_dns_reason {
+	METRICS_DNS_TIMEOUT,
+	METRICS_DNS_SERVFAIL,
+	METRICS_DNS_REFUSED,
+	METRICS_DNS_OTHER,
+	METRICS_DNS_REASON_COUNT
+};
+
+enum metrics_dns_type {
+	METRICS_DNS_MX,
+	METRICS_DNS_A,
+	METRICS_DNS_AAAA,
+	METRICS_DNS_TYPE_OTHER,
+	METRICS_DNS_TYPE_COUNT
+};
+
+/* facteur_queue_messages{state}: a held message counts as held whatever
+ * its recipients; else deferred once one of them was tried and failed
+ * for now; else pending. */
+enum metrics_queue_state {
+	METRICS_QUEUE_PENDING,
+	METRICS_QUEUE_DEFERRED,
+	METRICS_QUEUE_HELD,
+	METRICS_QUEUE_STATE_COUNT
+};
+
 struct metrics {
 	uint64_t connections_active; /* SMTP sessions only */
 	uint64_t connections_total;
@@ -30,6 +106,15 @@ struct metrics {
 	/* Connections of "+proxy" listeners closed for their PROXY header:
 	 * an untrusted peer, a bad, late or missing header. */
 	uint64_t proxy_errors_total;
+	/* Operating at volume: each family indexed by its label's enum. */
+	uint64_t smtp_rejections[METRICS_REJECTION_COUNT];
+	uint64_t auth_attempts[METRICS_AUTH_RESULT_COUNT]; /* SMTP, POP3 */
+	uint64_t received_bytes_total; /* messages queued from SMTP */
+	uint64_t relayed_bytes_total;  /* messages a relay took with 250 */
+	uint64_t tls_sessions[METRICS_DIRECTION_COUNT];
+	uint64_t dns_failures[METRICS_DNS_REASON_COUNT][METRICS_DNS_TYPE_COUNT];
+	uint64_t transport_deliveries[METRICS_TRANSPORT_COUNT]
+				     [METRICS_RESULT_COUNT];
 };
 
 extern struct metrics metrics;
@@ -49,8 +134,8 @@ struct listen_addr;
  * once (readiness METRICS_STARTING); NULL with err filled when it cannot
  * be bound. */
 struct metrics_http *metrics_http_new(struct event_base *base,
-                                      const struct listen_addr *addr,
-                                      char *err, size_t errlen);
+				      const struct listen_addr *addr, char *err,
+				      size_t errlen);
 void metrics_http_free(struct metrics_http *http);
 
 /* What GET /readyz answers: 200 only when METRICS_READY, 503 while the
@@ -62,7 +147,7 @@ enum metrics_readiness {
 };
 /* `http` may be NULL (no metrics_listen): nothing to tell. */
 void metrics_http_set_readiness(struct metrics_http *http,
-                                enum metrics_readiness readiness);
+				enum metrics_readiness readiness);
 
 /* ---- metrics beyond SPEC.md §8 (all present from the start) ---- */
 
@@ -87,6 +172,35 @@ void metrics_set_queue_age_source(metrics_queue_age_fn oldest_age, void *arg);
  * metrics_listener_connection(-1) is a no-op. */
 int metrics_listener_add(const char *listen);
 void metrics_listener_connection(int slot);
+
+/* A TLS handshake completed: facteur_tls_sessions_total, whole and by
+ * direction. */
+void metrics_tls_session(enum metrics_direction direction);
+
+/* A look-up failed for now: facteur_dns_failures_total, whole and by
+ * reason and type. `type` is the record type's name ("MX", "A",
+ * "AAAA"), `why` the resolver's word for the failure ("timeout",
+ * "SERVFAIL", "REFUSED"...); anything else counts as "other". */
+void metrics_dns_failure(const char *type, const char *why);
+enum metrics_dns_reason metrics_dns_reason_of(const char *why);
+enum metrics_dns_type metrics_dns_type_of(const char *type);
+
+/* The label value of an enum member, as the exposition prints it. */
+const char *metrics_rejection_name(enum metrics_rejection reason);
+
+/* facteur_queue_messages{state}: `count` fills counts[] (zeroed by the
+ * caller) at each scrape, on the loop thread; NULL unsets (all 0). */
+typedef void (*metrics_queue_state_fn)(void *arg, uint64_t *counts);
+void metrics_set_queue_state_source(metrics_queue_state_fn count, void *arg);
+
+/* process_*: read from /proc/self at each scrape (a few small reads).
+ * Exposed for the tests; a value that cannot be read is -1. */
+struct metrics_process {
+	double start_time_seconds; /* since the epoch */
+	double resident_memory_bytes;
+	double open_fds;
+};
+void metrics_process_read(struct metrics_process *out);
 
 /* Forget the listeners, the histogram and the counters (for tests). */
 void metrics_reset(void);

@@ -32,6 +32,7 @@ struct relay_outcome {
 	const char *reason; /* NULL or "" for none */
 	const char *relay;  /* the host that answered, or the target */
 	bool answered;	    /* a server gave this outcome (not DNS, not us) */
+	const char *tls;    /* when answered: "TLSv1.3"..., or "none" */
 };
 
 enum relay_end {

@@ -33,6 +33,16 @@ enum scheduler_origin {
 void scheduler_enqueue(struct scheduler *sched, struct spool_envelope *env,
 		       enum scheduler_origin origin);
 
+/* The same for a message just received over SMTP, whose `accepted`
+ * line also names its session and its Message-ID (each NULL: none). */
+struct scheduler_arrival {
+	const char *session;
+	const char *message_id;
+};
+void scheduler_enqueue_arrival(struct scheduler *sched,
+			       struct spool_envelope *env,
+			       const struct scheduler_arrival *arrival);
+
 /* Retry every deferred recipient now. */
 void scheduler_flush(struct scheduler *sched);
 

@@ -73,6 +73,7 @@ struct smtp_client_result {
 	 * when no connection was made */
 	char relay[320];
 	bool tls; /* the transaction ran over TLS */
+	const char *tls_version; /* "TLSv1.3"..., or "none" */
 	/* the transaction ran on a connection opened for an earlier one */
 	bool reused;
 	/* the connection is open and idle: the client waits, with no timer

@@ -471,3 +471,57 @@ def test_request_then_half_close_still_gets_its_reply(make_daemon):
     length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
     assert len(body) == length
     parse_exposition(body.decode())
+
+
+# --------------------------------------------------------------------------
+# operating at volume: the families beyond SPEC §8
+
+VOLUME_FAMILIES = {
+    "facteur_smtp_rejections_total": ("counter", "reason", {
+        "relay_denied", "unknown_user", "syntax", "protocol",
+        "too_many_recipients", "envelope_limit", "size", "loop",
+        "auth_required", "tls_required", "auth_fail_limit", "too_many_errors"}),
+    "facteur_auth_attempts_total": ("counter", "result", {"success", "failure"}),
+    "facteur_tls_sessions_total": ("counter", "direction", {"inbound", "outbound"}),
+    "facteur_queue_messages": ("gauge", "state", {"pending", "deferred", "held"}),
+}
+
+
+def test_volume_families_are_present_at_start_with_bounded_labels(make_daemon):
+    d = metrics_daemon(make_daemon)
+    samples, types, _ = scrape(d)
+    for family, (kind, label, values) in VOLUME_FAMILIES.items():
+        assert types.get(family) == kind, (family, types.get(family))
+        seen = {m.group(1) for m in (
+            re.match(r'^%s\{%s="([^"]*)"\}$' % (family, label), s)
+            for s in samples) if m}
+        assert seen == values, (family, seen)
+        for v in values:
+            assert samples['%s{%s="%s"}' % (family, label, v)] == 0
+    for name in ("facteur_received_bytes_total", "facteur_relayed_bytes_total"):
+        assert types[name] == "counter" and samples[name] == 0
+    dns = [s for s in samples if s.startswith("facteur_dns_failures_total{")]
+    assert len(dns) == 4 * 4, dns
+    assert all(samples[s] == 0 for s in dns)
+    td = [s for s in samples if s.startswith("facteur_transport_deliveries_total{")]
+    assert len(td) == 2 * 3, td
+    for name in ("process_start_time_seconds", "process_resident_memory_bytes",
+                 "process_open_fds"):
+        assert types[name] == "gauge", name
+    assert abs(time.time() - samples["process_start_time_seconds"]) < 600
+    assert samples["process_resident_memory_bytes"] > 1024 * 1024
+    fds = len(os.listdir("/proc/%d/fd" % d.pid))
+    assert abs(samples["process_open_fds"] - fds) <= 2, (samples["process_open_fds"], fds)
+
+
+def test_process_open_fds_follows_open_sessions(make_daemon):
+    d = metrics_daemon(make_daemon)
+    before, _, _ = scrape(d)
+    clients = [d.raw() for _ in range(5)]
+    try:
+        s = wait_metric(d, "facteur_connections_active", lambda v: v == 5,
+                        "five sessions open")
+        assert s["process_open_fds"] >= before["process_open_fds"] + 5
+    finally:
+        for c in clients:
+            c.close()

@@ -304,6 +304,43 @@ static void test_log_short_lines_are_not_marked(void **state)
 	assert_non_null(strstr(line, "\"v\":\"\",\"w\":\"\"}\n"));
 }
 
+/* Every length around the cut, with an invalid octet and an escape at
+ * the very end of the value: the line is still one valid JSON object. */
+static void test_log_json_cut_at_every_offset_stays_valid(void **state)
+{
+	(void)state;
+	log_setup(LOG_FORMAT_JSON, LOG_LEVEL_INFO);
+	for (size_t n = LINE_MAX_OCTETS - 160; n < LINE_MAX_OCTETS + 8; n++) {
+		char *big = repeat("x", n);
+		big[n - 1] = '\xff';
+		big[n - 2] = '"';
+		big[n / 2] = '\xc3'; /* a lone lead octet */
+		size_t len;
+		begin();
+		log_event(LOG_LEVEL_INFO, "rejected", LOG_S("client", "::1"),
+			  LOG_S("address", big), LOG_I("n", n));
+		free(big);
+		const char *line = end_line(&len);
+		assert_true(len <= LINE_MAX_OCTETS);
+		if (!json_line_valid(line, len))
+			fail_msg("length %zu: invalid line ending %s", n,
+				 line + len - 40);
+	}
+}
+
+static void test_log_session_ids_are_distinct_hex(void **state)
+{
+	(void)state;
+	char a[LOG_SESSION_ID_SIZE], b[LOG_SESSION_ID_SIZE];
+	log_session_id(a);
+	log_session_id(b);
+	assert_int_equal(strlen(a), LOG_SESSION_ID_SIZE - 1);
+	assert_int_equal(strspn(a, "0123456789ABCDEF"), strlen(a));
+	assert_string_not_equal(a, b);
+	/* one process: the same random half, the count goes on */
+	assert_memory_equal(a, b, 8);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -314,6 +351,8 @@ int main(void)
 	    cmocka_unit_test(test_log_json_field_that_does_not_fit_is_left_out),
 	    cmocka_unit_test(test_log_logfmt_long_line_is_cut_and_marked),
 	    cmocka_unit_test(test_log_short_lines_are_not_marked),
+	    cmocka_unit_test(test_log_json_cut_at_every_offset_stays_valid),
+	    cmocka_unit_test(test_log_session_ids_are_distinct_hex),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -15,7 +15,10 @@
 #include "facteur/ascii.h"
 #include "facteur/auth.h"
 #include "facteur/policy.h"
+#include "facteur/senders.h"
+#include "facteur/srs.h"
 #include "facteur/text.h"
+#include "facteur/wholefile.h"
 
 /* The recipient is level 0, its alias targets level 1, and so on; an
  * alias whose targets would sit deeper than this is a loop. */
@@ -25,6 +28,8 @@
 #define ALIAS_EXPANSIONS_MAX 1000
 #define ALIAS_TARGETS_MAX 10000
 #define ALIASES_FILE_MAX (64u * 1024 * 1024)
+#define SENDERS_FILE_MAX (64u * 1024 * 1024)
+#define SRS_SECRET_FILE_MAX (64u * 1024)
 
 struct alias {
 	char *key; /* lower case: "local@domain" or a bare "local" */
@@ -40,6 +45,8 @@ struct policy {
 	const struct auth_users *users;
 	struct alias *aliases; /* sorted by key */
 	size_t alias_count;
+	struct srs *srs;	 /* NULL without srs_domain */
+	struct senders *senders; /* NULL without senders_file */
 };
 
 static bool has_blank_or_control(const char *s, size_t len)
@@ -72,6 +79,8 @@ void policy_free(struct policy *policy)
 	if (policy == NULL)
 		return;
 	aliases_free(policy->aliases, policy->alias_count);
+	srs_free(policy->srs);
+	senders_free(policy->senders);
 	free(policy);
 }
 
@@ -324,20 +333,72 @@ struct policy *policy_new_with_aliases(const struct config *cfg,
 			    name, errors);
 }
 
+static int load_senders(struct policy *p, struct config_errors *errors)
+{
+	const char *path = p->cfg->senders_file;
+	if (path == NULL || path[0] == '\0')
+		return 0;
+	size_t len = 0;
+	char *text = config_read_named_file(path, "senders_file",
+					    SENDERS_FILE_MAX, 0, &len, errors);
+	if (text == NULL)
+		return -1;
+	p->senders = senders_parse(text, len, path, errors);
+	free(text);
+	return p->senders != NULL ? 0 : -1;
+}
+
+/* The secrets are read with the settings: a reload that cannot read them
+ * is refused and the running policy keeps the old ones. */
+static int load_srs(struct policy *p, struct config_errors *errors)
+{
+	const struct config *cfg = p->cfg;
+	if (cfg->srs_domain == NULL)
+		return 0;
+	if (cfg->srs_secret_file == NULL) {
+		config_errors_add(errors, "srs_domain: srs_secret_file is "
+					  "not set");
+		return -1;
+	}
+	size_t len = 0;
+	char *text = config_read_named_file(
+	    cfg->srs_secret_file, "srs_secret_file", SRS_SECRET_FILE_MAX,
+	    WHOLEFILE_SECRET, &len, errors);
+	if (text == NULL)
+		return -1;
+	const char *why;
+	p->srs = srs_new(cfg->srs_domain, text, len, &why);
+	wholefile_free_secret(text, len);
+	if (p->srs == NULL)
+		config_errors_add(errors, "%s: srs_secret_file: %s",
+				  cfg->srs_secret_file,
+				  why != NULL ? why : "out of memory");
+	return p->srs != NULL ? 0 : -1;
+}
+
 struct policy *policy_new(const struct config *cfg,
 			  const struct auth_users *users,
 			  struct config_errors *errors)
 {
-	if (cfg->aliases_file == NULL || cfg->aliases_file[0] == '\0')
-		return policy_build(cfg, users, NULL, 0, NULL, errors);
-	size_t len = 0;
-	char *text = config_read_named_file(cfg->aliases_file, "aliases_file",
-					    ALIASES_FILE_MAX, 0, &len, errors);
-	if (text == NULL)
+	struct policy *p;
+	if (cfg->aliases_file == NULL || cfg->aliases_file[0] == '\0') {
+		p = policy_build(cfg, users, NULL, 0, NULL, errors);
+	} else {
+		size_t len = 0;
+		char *text =
+		    config_read_named_file(cfg->aliases_file, "aliases_file",
+					   ALIASES_FILE_MAX, 0, &len, errors);
+		if (text == NULL)
+			return NULL;
+		p = policy_build(cfg, users, text, len, cfg->aliases_file,
+				 errors);
+		free(text);
+	}
+	if (p != NULL &&
+	    (load_senders(p, errors) == -1 || load_srs(p, errors) == -1)) {
+		policy_free(p);
 		return NULL;
-	struct policy *p =
-	    policy_build(cfg, users, text, len, cfg->aliases_file, errors);
-	free(text);
+	}
 	return p;
 }
 
@@ -514,6 +575,25 @@ char *policy_canonical_address(const struct policy *policy, const char *address)
 	return canonical(policy, address, strlen(address), NULL);
 }
 
+int policy_forward_sender(const struct policy *policy, const char *sender,
+			  time_t now, char **out)
+{
+	*out = NULL;
+	const char *at = sender != NULL ? strrchr(sender, '@') : NULL;
+	if (policy->srs == NULL || at == NULL || at == sender ||
+	    is_local_domain(policy, at + 1))
+		return 0;
+	*out = srs_forward(policy->srs, sender, now);
+	return *out != NULL || errno != ENOMEM ? 0 : -1;
+}
+
+bool policy_sender_allowed(const struct policy *policy, const char *login,
+			   const char *sender)
+{
+	return policy->senders == NULL ||
+	       senders_allowed(policy->senders, login, sender);
+}
+
 bool policy_may_relay(const struct policy *policy,
 		      const struct policy_client *client)
 {
@@ -670,6 +750,9 @@ static enum policy_verdict expand(struct expansion *e, char *address,
 		}
 		if (!local) {
 			verdict = add_verdict(add_target(e, target, false));
+			if (verdict == POLICY_ACCEPT)
+				e->out->targets[e->out->count - 1].forwarded =
+				    true;
 			continue;
 		}
 		const char *tat = strrchr(target, '@');
@@ -747,12 +830,35 @@ enum policy_verdict policy_check_recipient(const struct policy *policy,
 {
 	out->targets = NULL;
 	out->count = 0;
+	out->srs_error = NULL;
 	if (address == NULL)
 		return POLICY_BAD_MAILBOX;
 
 	char *canon;
 	bool local;
-	if (strchr(address, '@') == NULL) {
+	char *reversed = NULL;
+	if (policy->srs != NULL) {
+		/* A bounce to an address we rewrote goes back to the one it
+		 * stands for, whoever the client: like a remote alias. */
+		enum srs_result r =
+		    srs_reverse(policy->srs, address, time(NULL), &reversed);
+		if (r == SRS_NO_MEMORY)
+			return POLICY_UNKNOWN_USER;
+		if (r != SRS_OK && r != SRS_NOT_SRS) {
+			out->srs_error = srs_result_name(r);
+			return POLICY_BAD_SRS;
+		}
+	}
+	if (reversed != NULL) {
+		canon = canonical(policy, reversed, strlen(reversed), &local);
+		free(reversed);
+		if (canon == NULL)
+			return POLICY_UNKNOWN_USER;
+		if (!local) {
+			struct expansion e = {.p = policy, .out = out};
+			return add_verdict(add_target(&e, canon, false));
+		}
+	} else if (strchr(address, '@') == NULL) {
 		if (!is_bare_postmaster(address))
 			return POLICY_BAD_MAILBOX;
 		canon = postmaster_address(policy);

@@ -607,6 +607,13 @@ static struct relay_job *relay_job_new(struct relay *relay,
 	return job;
 }
 
+static bool same_sender(const struct spool_rcpt *a, const struct spool_rcpt *b)
+{
+	if (a->sender == NULL || b->sender == NULL)
+		return a->sender == b->sender;
+	return strcmp(a->sender, b->sender) == 0;
+}
+
 size_t relay_send(struct relay *relay, const struct spool_envelope *env,
 		  const size_t *due, size_t count, relay_done_cb done,
 		  void *arg)
@@ -635,6 +642,10 @@ size_t relay_send(struct relay *relay, const struct spool_envelope *env,
 			if (!same && route != NULL)
 				same =
 				    route_lookup(cfg->routes, other) == route;
+			/* One MAIL FROM a transaction: a forwarded recipient
+			 * (SRS sender) goes apart from the others. */
+			same = same && same_sender(&env->rcpts[due[i]],
+						   &env->rcpts[due[j]]);
 			if (same) {
 				taken[j] = true;
 				job->rcpts[job->rcpt_count++] = due[j];

@@ -10,13 +10,15 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include "facteur/config.h"
 
 struct auth_users;
 struct policy;
 
-/* Build the policy of a configuration: reads aliases_file (errors as
+/* Build the policy of a configuration: reads aliases_file, senders_file
+ * and srs_secret_file (errors as
  * "FILE:LINE: ..."). `users` may be NULL (no users_file: every local part
  * of a local domain exists); the policy does not own it. */
 struct policy *policy_new(const struct config *cfg,
@@ -36,6 +38,8 @@ enum policy_verdict {
 	POLICY_RELAY_DENIED,  /* 554 5.7.1 */
 	POLICY_BAD_MAILBOX,   /* 550 5.1.1: a local part unfit for a path */
 	POLICY_ALIAS_LOOP,    /* 554 5.4.6: aliases expand without end */
+	POLICY_BAD_SRS,       /* 550 5.1.1: an SRS address of srs_domain that
+	                         is forged, broken or too old */
 };
 
 /* One final recipient after alias expansion. */
@@ -43,11 +47,16 @@ struct policy_target {
 	char *address; /* canonical: domain lower case; local part lower
 	                  case when the domain is local */
 	bool local;
+	/* reached through an alias: relayed with the sender rewritten
+	 * (policy_forward_sender) */
+	bool forwarded;
 };
 
 struct policy_expansion {
 	struct policy_target *targets;
 	size_t count;
+	/* On POLICY_BAD_SRS, why (srs_result_name): for the log. */
+	const char *srs_error;
 };
 
 struct policy_client {
@@ -69,6 +78,20 @@ enum policy_verdict policy_check_recipient(const struct policy *policy,
                                            struct policy_expansion *out);
 
 void policy_expansion_clear(struct policy_expansion *exp);
+
+/*
+ * The envelope sender for a forwarded target (policy_target.forwarded):
+ * 0 with *out the SRS address (malloc'd) when srs_domain is set and the
+ * sender is neither null nor in a local domain, 0 with *out NULL when
+ * the sender stays; -1 when out of memory.
+ */
+int policy_forward_sender(const struct policy *policy, const char *sender,
+                          time_t now, char **out);
+
+/* May an authenticated client with this login use `sender` as MAIL FROM?
+ * Always without a senders_file; see senders_allowed. */
+bool policy_sender_allowed(const struct policy *policy, const char *login,
+                           const char *sender);
 
 /* May this client send to non-local domains? */
 bool policy_may_relay(const struct policy *policy,

@@ -667,6 +667,7 @@ static enum add_result add_target(struct expansion *e, char *address,
 	}
 	out->targets[out->count].address = address;
 	out->targets[out->count].local = local;
+	out->targets[out->count].forwarded = false;
 	out->count++;
 	return ADD_OK;
 }

@@ -265,7 +265,10 @@ static char *forward_srs1(const struct srs *srs, struct span first_host,
 char *srs_forward(const struct srs *srs, const char *sender, time_t now)
 {
 	const char *at = sender != NULL ? strrchr(sender, '@') : NULL;
-	if (at == NULL || at == sender || at[1] == '\0') {
+	/* '=' separates the fields: a domain holding one (which no real
+	 * domain does) could not be read back. */
+	if (at == NULL || at == sender || at[1] == '\0' ||
+	    strchr(at + 1, '=') != NULL) {
 		errno = EINVAL;
 		return NULL;
 	}

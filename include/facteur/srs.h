@@ -46,7 +46,8 @@ size_t srs_secret_count(const struct srs *srs);
  * The forwarding address of `sender` ("local@domain") at time `now`:
  * SRS0 for an ordinary address, SRS1 for one that is already an SRS0 or
  * SRS1 address of another forwarder. malloc'd; NULL with errno EINVAL
- * for a sender without '@' or with an empty part, ENOMEM.
+ * for a sender without '@', with an empty part or with '=' in its
+ * domain, ENOMEM.
  */
 char *srs_forward(const struct srs *srs, const char *sender, time_t now);
 

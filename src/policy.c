@@ -49,16 +49,6 @@ struct policy {
 	struct senders *senders; /* NULL without senders_file */
 };
 
-static bool has_blank_or_control(const char *s, size_t len)
-{
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)s[i];
-		if (c <= ' ' || c == 0x7f)
-			return true;
-	}
-	return false;
-}
-
 /* Errors quote at most this much of a line. */
 #define QUOTE_MAX 200
 #define QUOTE(len) ((int)((len) > QUOTE_MAX ? QUOTE_MAX : (len)))
@@ -121,7 +111,7 @@ static void parse_targets(struct alias_parser *ap, struct alias *alias,
 			continue;
 		}
 		const char *at = memrchr(t, '@', tlen);
-		if (has_blank_or_control(t, tlen) || t[0] == '@' ||
+		if (ascii_has_blank_or_control(t, tlen) || t[0] == '@' ||
 		    (at != NULL && at == t + tlen - 1)) {
 			config_errors_add(ap->errors,
 					  "%s:%zu: aliases_file: bad target "
@@ -174,7 +164,7 @@ static struct alias *parse_entry(struct alias_parser *ap, const char *line,
 		return NULL;
 	}
 	const char *at = memrchr(key, '@', keylen);
-	if (has_blank_or_control(key, keylen) ||
+	if (ascii_has_blank_or_control(key, keylen) ||
 	    (at != NULL && (at == key || at == key + keylen - 1))) {
 		config_errors_add(ap->errors,
 				  "%s:%zu: aliases_file: bad address \"%.*s\"",

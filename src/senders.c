@@ -40,22 +40,13 @@ void senders_free(struct senders *senders)
 	free(senders);
 }
 
-static bool has_blank_or_control(const char *s, size_t len)
-{
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)s[i];
-		if (c <= ' ' || c == 0x7f)
-			return true;
-	}
-	return false;
-}
-
 /* "local@domain" or "@domain": one '@' (the last) with a domain after
  * it, no blank or control character. */
 static bool entry_valid(const char *s, size_t len)
 {
 	const char *at = memrchr(s, '@', len);
-	return at != NULL && at + 1 < s + len && !has_blank_or_control(s, len);
+	return at != NULL && at + 1 < s + len &&
+	       !ascii_has_blank_or_control(s, len);
 }
 
 struct parser {
@@ -75,7 +66,7 @@ static bool parse_entries(struct parser *ps, struct sender_line *sl,
 		size_t n = comma != NULL ? (size_t)(comma - s) : len;
 		const char *next = comma != NULL ? comma + 1 : s + len;
 		len -= (size_t)(next - s);
-		const char *entry = ascii_trim(s, &n, " \t\r");
+		const char *entry = ascii_trim(s, &n, ASCII_LINE_BLANKS);
 		s = next;
 		if (n == 0)
 			continue;
@@ -120,7 +111,7 @@ static bool parse_line(struct parser *ps, struct sender_line *sl,
 	}
 	size_t login_len = (size_t)(colon - line);
 	const char *login = ascii_trim(line, &login_len, " \t");
-	if (login_len == 0 || has_blank_or_control(login, login_len)) {
+	if (login_len == 0 || ascii_has_blank_or_control(login, login_len)) {
 		config_errors_add(ps->errors,
 				  "%s:%zu: senders_file: bad login \"%.*s\"",
 				  ps->name, lineno, QUOTE(login_len), login);
@@ -170,7 +161,7 @@ struct senders *senders_parse(const char *text, size_t len, const char *name,
 					  name, lineno);
 			continue;
 		}
-		line = ascii_trim(line, &n, " \t\r");
+		line = ascii_trim(line, &n, ASCII_LINE_BLANKS);
 		if (n == 0 || line[0] == '#')
 			continue;
 		if (t->count == cap) {

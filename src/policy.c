@@ -290,39 +290,6 @@ static int parse_aliases(struct policy *p, const char *text, size_t len,
 	return errors->count == errors_before ? 0 : -1;
 }
 
-static struct policy *policy_build(const struct config *cfg,
-				   const struct auth_users *users,
-				   const char *text, size_t len,
-				   const char *name,
-				   struct config_errors *errors)
-{
-	struct policy *p = calloc(1, sizeof *p);
-	if (p == NULL) {
-		config_errors_add(errors, "policy: out of memory");
-		return NULL;
-	}
-	p->cfg = cfg;
-	p->users = users;
-	if (text != NULL &&
-	    parse_aliases(p, text, len, name != NULL ? name : "aliases",
-			  errors) == -1) {
-		policy_free(p);
-		return NULL;
-	}
-	return p;
-}
-
-struct policy *policy_new_with_aliases(const struct config *cfg,
-				       const struct auth_users *users,
-				       const char *aliases_text,
-				       const char *name,
-				       struct config_errors *errors)
-{
-	return policy_build(cfg, users, aliases_text,
-			    aliases_text != NULL ? strlen(aliases_text) : 0,
-			    name, errors);
-}
-
 static int load_senders(struct policy *p, struct config_errors *errors)
 {
 	const char *path = p->cfg->senders_file;
@@ -366,29 +333,54 @@ static int load_srs(struct policy *p, struct config_errors *errors)
 	return p->srs != NULL ? 0 : -1;
 }
 
+static struct policy *policy_build(const struct config *cfg,
+				   const struct auth_users *users,
+				   const char *text, size_t len,
+				   const char *name,
+				   struct config_errors *errors)
+{
+	struct policy *p = calloc(1, sizeof *p);
+	if (p == NULL) {
+		config_errors_add(errors, "policy: out of memory");
+		return NULL;
+	}
+	p->cfg = cfg;
+	p->users = users;
+	if ((text != NULL &&
+	     parse_aliases(p, text, len, name != NULL ? name : "aliases",
+			   errors) == -1) ||
+	    load_senders(p, errors) == -1 || load_srs(p, errors) == -1) {
+		policy_free(p);
+		return NULL;
+	}
+	return p;
+}
+
+struct policy *policy_new_with_aliases(const struct config *cfg,
+				       const struct auth_users *users,
+				       const char *aliases_text,
+				       const char *name,
+				       struct config_errors *errors)
+{
+	return policy_build(cfg, users, aliases_text,
+			    aliases_text != NULL ? strlen(aliases_text) : 0,
+			    name, errors);
+}
+
 struct policy *policy_new(const struct config *cfg,
 			  const struct auth_users *users,
 			  struct config_errors *errors)
 {
-	struct policy *p;
-	if (cfg->aliases_file == NULL || cfg->aliases_file[0] == '\0') {
-		p = policy_build(cfg, users, NULL, 0, NULL, errors);
-	} else {
-		size_t len = 0;
-		char *text =
-		    config_read_named_file(cfg->aliases_file, "aliases_file",
-					   ALIASES_FILE_MAX, 0, &len, errors);
-		if (text == NULL)
-			return NULL;
-		p = policy_build(cfg, users, text, len, cfg->aliases_file,
-				 errors);
-		free(text);
-	}
-	if (p != NULL &&
-	    (load_senders(p, errors) == -1 || load_srs(p, errors) == -1)) {
-		policy_free(p);
+	if (cfg->aliases_file == NULL || cfg->aliases_file[0] == '\0')
+		return policy_build(cfg, users, NULL, 0, NULL, errors);
+	size_t len = 0;
+	char *text = config_read_named_file(cfg->aliases_file, "aliases_file",
+					    ALIASES_FILE_MAX, 0, &len, errors);
+	if (text == NULL)
 		return NULL;
-	}
+	struct policy *p =
+	    policy_build(cfg, users, text, len, cfg->aliases_file, errors);
+	free(text);
 	return p;
 }
 

@@ -24,7 +24,8 @@ struct policy;
 struct policy *policy_new(const struct config *cfg,
                           const struct auth_users *users,
                           struct config_errors *errors);
-/* From the text of an aliases file, for tests and fuzzing. */
+/* From the text of an aliases file, for tests and fuzzing (senders_file
+ * and srs_secret_file are read as by policy_new). */
 struct policy *policy_new_with_aliases(const struct config *cfg,
                                        const struct auth_users *users,
                                        const char *aliases_text,

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import re
+import subprocess
 import time
 
 import pytest
@@ -136,6 +137,20 @@ def test_rewritten_sender_survives_a_restart(relay, tmp_path):
     msgs = sink.wait_messages(1, T)
     assert_srs0_of(msgs[0].mail_from, ORIGIN)
     assert rh.tokens_in([msgs[0].data]) == [tok]
+
+
+def test_facteur_sendmail_forwards_with_the_same_srs_sender(relay, tmp_path):
+    sink = relay.scripted("127.0.0.2")
+    d = srs_sender(relay, tmp_path, "fwd: %s\n" % TARGET)
+    message = "Subject: via sendmail\n\ntoken=sm1\n"
+    r = subprocess.run([str(h.BUILD_DIR / "facteur-sendmail"), "-C", str(d.conf_path),
+                        "-f", ORIGIN, FORWARD], input=message.encode(),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       env=h.clean_env(), timeout=60)
+    assert r.returncode == 0, r.stderr
+    msgs = sink.wait_messages(1, T)
+    assert_srs0_of(msgs[0].mail_from, ORIGIN)
+    assert rh.tokens_in([msgs[0].data]) == ["sm1"]
 
 
 def test_bounce_to_an_srs_address_reaches_the_original_sender(relay, tmp_path):

@@ -1,9 +1,10 @@
 /*
  * Recipient policy (see policy.h): relay control, local existence and
- * alias expansion. The aliases are an array sorted by lower-cased key and
- * searched by bisection. The policy borrows the configuration and the
- * users: it must be freed before them (a reload builds a new policy with
- * its new configuration).
+ * alias expansion, the SRS rewriting of forwarded mail (srs.c) and the
+ * senders of each login (senders.c). The aliases are an array sorted by
+ * lower-cased key and searched by bisection. The policy borrows the
+ * configuration and the users: it must be freed before them (a reload
+ * builds a new policy with its new configuration and files).
  */
 #include <errno.h>
 #include <netinet/in.h>

@@ -2,10 +2,11 @@
  * Relay attempts (see relay.h).
  *
  * Remote recipients are grouped by destination (a route, or the domain's
- * own MX hosts): one attempt carries all the recipients of a message for
- * one destination, and each destination has at most
- * max_connections_per_destination attempts in flight; the others wait
- * in that destination's FIFO.
+ * own MX hosts) and by envelope sender (a recipient forwarded through an
+ * alias has its own, SRS, sender): one attempt carries all the recipients
+ * of a message for one destination and sender, and each destination has
+ * at most max_connections_per_destination attempts in flight; the others
+ * wait in that destination's FIFO.
  *
  * A connection whose transaction ended cleanly is kept (relay_idle.c):
  * the next attempt for its destination goes over it (no DNS, no greeting,

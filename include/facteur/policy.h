@@ -1,8 +1,10 @@
 /*
  * Who may send what where: is a recipient domain local, does the
- * local user exist, what do aliases expand it to, may this client relay.
- * Pure decisions over the configuration, the users and the aliases;
- * nothing here parses SMTP or touches a socket.
+ * local user exist, what do aliases expand it to, may this client relay,
+ * which sender does a forwarded copy carry (SRS), which senders may a
+ * login use. Pure decisions over the configuration, the users, the
+ * aliases, the SRS secrets and the senders table; nothing here parses
+ * SMTP or touches a socket.
  */
 #ifndef FACTEUR_POLICY_H
 #define FACTEUR_POLICY_H

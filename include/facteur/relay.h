@@ -1,7 +1,8 @@
 /*
  * Relay attempts: the due remote recipients of a message go to their
  * next hop (a route, or the domain's own MX hosts). The recipients are
- * grouped by destination, one attempt per destination; each destination
+ * grouped by destination and by sender (spool_rcpt.sender: SRS), one
+ * attempt per group; each destination
  * has at most max_connections_per_destination attempts in flight, the
  * others wait in its FIFO. An attempt resolves (DNS), checks that the
  * hosts are not this daemon (the loop check), then hands the message to
@@ -52,7 +53,8 @@ void relay_free(struct relay *relay);
 
 /*
  * Start (or queue) attempts for the `count` recipients `due` of `env`,
- * grouped by destination. `env` must outlive the attempts. Returns the
+ * grouped by destination and sender. `env` must outlive the attempts.
+ * Returns the
  * number of attempts: `done` is called that many times with `arg`.
  */
 size_t relay_send(struct relay *relay, const struct spool_envelope *env,

@@ -54,8 +54,8 @@ void relay_free(struct relay *relay);
 /*
  * Start (or queue) attempts for the `count` recipients `due` of `env`,
  * grouped by destination and sender. `env` must outlive the attempts.
- * Returns the
- * number of attempts: `done` is called that many times with `arg`.
+ * Returns the number of attempts: `done` is called that many times with
+ * `arg`.
  */
 size_t relay_send(struct relay *relay, const struct spool_envelope *env,
 		  const size_t *due, size_t count, relay_done_cb done,

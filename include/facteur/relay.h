@@ -2,9 +2,9 @@
  * Relay attempts: the due remote recipients of a message go to their
  * next hop (a route, or the domain's own MX hosts). The recipients are
  * grouped by destination and by sender (spool_rcpt.sender: SRS), one
- * attempt per group; each destination
- * has at most max_connections_per_destination attempts in flight, the
- * others wait in its FIFO. An attempt resolves (DNS), checks that the
+ * attempt per group; each destination has at most
+ * max_connections_per_destination attempts in flight, the others wait in
+ * its FIFO. An attempt resolves (DNS), checks that the
  * hosts are not this daemon (the loop check), then hands the message to
  * smtp_client. A connection whose transaction ended cleanly is kept for
  * the next attempt to the same destination.

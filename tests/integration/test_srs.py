@@ -10,7 +10,9 @@ records each transaction's MAIL FROM."""
 import base64
 import hashlib
 import hmac
+import os
 import re
+import signal
 import subprocess
 import time
 
@@ -194,6 +196,25 @@ def test_old_secret_still_reverses(relay, tmp_path):
         assert c.cmd("MAIL FROM:<>").code == 250
         r = c.cmd("RCPT TO:<%s>" % srs0(ORIGIN, time.time(), secret=OLD_SECRET))
         assert r.code == 250, r
+
+
+def test_new_secret_is_read_on_sighup_and_the_old_one_kept(relay, tmp_path):
+    relay.scripted("127.0.0.2")
+    d = srs_sender(relay, tmp_path, "fwd: %s\n" % TARGET)
+    new = srs0(ORIGIN, time.time(), secret="the-next-secret")
+
+    def rcpt(address):
+        with d.raw() as c:
+            c.ehlo()
+            assert c.cmd("MAIL FROM:<>").code == 250
+            return c.cmd("RCPT TO:<%s>" % address).code
+
+    assert rcpt(new) == 550
+    (tmp_path / "srs-files" / "secret").write_text("the-next-secret\n%s\n" % SECRET)
+    os.kill(d.pid, signal.SIGHUP)
+    d.wait_event("reloaded")
+    assert rcpt(new) == 250
+    assert rcpt(srs0(ORIGIN, time.time())) == 250
 
 
 @pytest.mark.parametrize("why, address", [

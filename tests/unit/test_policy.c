@@ -618,29 +618,47 @@ static void test_policy_new_reads_aliases_file(void **state)
 	free(path);
 }
 
-/* SRS with the secret of test_srs.c's vectors: at t = 1700000000,
- * alice@example.net forwards to SRS0=<h>=G3=example.net=alice@... */
-static struct policy *srs_policy(struct config **cfg, char **secret_path)
+/* SRS with the secret of test_srs.c's vectors, and an alias with a
+ * remote and a local target. */
+struct srs_fixture {
+	struct config *cfg;
+	char *secret_path;
+	struct policy *p;
+};
+
+static int srs_setup(void **state)
 {
-	*secret_path = support_temp_file("tops3cret\n");
+	struct srs_fixture *f = calloc(1, sizeof *f);
+	if (f == NULL)
+		return -1;
+	f->secret_path = support_temp_file("tops3cret\n");
 	char text[512];
 	snprintf(text, sizeof text,
 		 "%ssrs_domain = Example.ORG\nsrs_secret_file = %s\n",
-		 config_text, *secret_path);
-	*cfg = load_config(text);
-	assert_non_null(*cfg);
-	struct policy *p =
-	    make_policy(*cfg, NULL, "fwd: friend@remote.net, alice\n");
-	assert_non_null(p);
-	return p;
+		 config_text, f->secret_path);
+	f->cfg = load_config(text);
+	if (f->cfg != NULL)
+		f->p = make_policy(f->cfg, NULL,
+				   "fwd: friend@remote.net, alice\n");
+	*state = f;
+	return f->p != NULL ? 0 : -1;
+}
+
+static int srs_teardown(void **state)
+{
+	struct srs_fixture *f = *state;
+	policy_free(f->p);
+	config_free(f->cfg);
+	unlink(f->secret_path);
+	free(f->secret_path);
+	free(f);
+	return 0;
 }
 
 static void test_policy_remote_alias_targets_are_forwarded(void **state)
 {
-	(void)state;
-	struct config *cfg;
-	char *secret;
-	struct policy *p = srs_policy(&cfg, &secret);
+	struct srs_fixture *f = *state;
+	const struct policy *p = f->p;
 	struct client_storage cs;
 	struct policy_expansion exp;
 
@@ -674,18 +692,12 @@ static void test_policy_remote_alias_targets_are_forwarded(void **state)
 		assert_int_equal(policy_forward_sender(p, kept[i], 1, &out), 0);
 		assert_null(out);
 	}
-	policy_free(p);
-	config_free(cfg);
-	unlink(secret);
-	free(secret);
 }
 
 static void test_policy_srs_addresses_reverse_for_anyone(void **state)
 {
-	(void)state;
-	struct config *cfg;
-	char *secret;
-	struct policy *p = srs_policy(&cfg, &secret);
+	struct srs_fixture *f = *state;
+	const struct policy *p = f->p;
 	struct client_storage cs;
 	struct policy_expansion exp;
 	char *srs = NULL;
@@ -719,10 +731,6 @@ static void test_policy_srs_addresses_reverse_for_anyone(void **state)
 	assert_string_equal(exp.targets[0].address,
 			    "srs0=abcd=g3=example.net=alice@example.com");
 	policy_expansion_clear(&exp);
-	policy_free(p);
-	config_free(cfg);
-	unlink(secret);
-	free(secret);
 }
 
 static void test_policy_srs_needs_a_readable_secret(void **state)
@@ -746,8 +754,12 @@ static void test_policy_srs_needs_a_readable_secret(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_policy_remote_alias_targets_are_forwarded),
-	    cmocka_unit_test(test_policy_srs_addresses_reverse_for_anyone),
+	    cmocka_unit_test_setup_teardown(
+		test_policy_remote_alias_targets_are_forwarded, srs_setup,
+		srs_teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_policy_srs_addresses_reverse_for_anyone, srs_setup,
+		srs_teardown),
 	    cmocka_unit_test(test_policy_srs_needs_a_readable_secret),
 	    cmocka_unit_test(test_policy_relay_needs_network_or_authentication),
 	    cmocka_unit_test(test_policy_may_relay_per_client),

@@ -43,6 +43,16 @@ char *ascii_lower_dup(const char *s, size_t len)
 	return out;
 }
 
+bool ascii_has_blank_or_control(const char *s, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c <= ' ' || c == 0x7f)
+			return true;
+	}
+	return false;
+}
+
 static bool in_set(char c, const char *set)
 {
 	return c != '\0' && strchr(set, c) != NULL;

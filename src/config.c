@@ -71,6 +71,9 @@ enum key {
 	KEY_PROXY_NETWORKS,
 	KEY_REUSE_PORT,
 	KEY_SENDER_ROUTE,
+	KEY_SRS_DOMAIN,
+	KEY_SRS_SECRET_FILE,
+	KEY_SENDERS_FILE,
 	KEY_COUNT,
 };
 
@@ -800,6 +803,24 @@ static void set_local_domain(struct loader *ld, const char *value)
 	list->items[list->count++] = lower;
 }
 
+/* The domain of SRS addresses: a host name, kept lower case. */
+static void set_srs_domain(struct loader *ld, const char *value)
+{
+	size_t len = strlen(value);
+	char q[QUOTE_BUF];
+
+	free(ld->cfg->srs_domain);
+	ld->cfg->srs_domain = NULL;
+	if (len == 0)
+		return;
+	if (!hostname_valid(value, len)) {
+		bad(ld, "invalid domain %s", quote(value, q));
+		return;
+	}
+	ld->cfg->srs_domain = xstrndup(value, len);
+	ascii_lower_in_place(ld->cfg->srs_domain, len);
+}
+
 static void clear_local_domains(struct loader *ld)
 {
 	struct string_list *list = &ld->cfg->local_domains;
@@ -1288,6 +1309,11 @@ static const struct key_def key_defs[KEY_COUNT] = {
     [KEY_SENDER_ROUTE] = {"sender_route", "", .set = set_sender_route,
 			  .clear = clear_sender_routes, .env_separator = ';',
 			  .print = print_sender_routes},
+    [KEY_SRS_DOMAIN] = {"srs_domain", "", .set = set_srs_domain,
+			FIELD(SLOT_STRING, srs_domain)},
+    [KEY_SRS_SECRET_FILE] = {"srs_secret_file", "",
+			     FIELD(SLOT_STRING, srs_secret_file)},
+    [KEY_SENDERS_FILE] = {"senders_file", "", FIELD(SLOT_STRING, senders_file)},
 };
 
 static bool find_key(const char *name, size_t len, enum key *out)
@@ -1952,6 +1978,9 @@ void config_free(struct config *cfg)
 	free(cfg->tls_key);
 	free(cfg->tls_ca_file);
 	free(cfg->user);
+	free(cfg->srs_domain);
+	free(cfg->srs_secret_file);
+	free(cfg->senders_file);
 	free(cfg);
 }
 

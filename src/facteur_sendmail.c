@@ -419,7 +419,11 @@ static int rcpt_add(struct submission *sub, const char *original,
 	r->notify = sub->opt->notify;
 	r->local = target->local;
 	r->state = RCPT_PENDING;
-	if (r->address == NULL || r->original == NULL) {
+	/* Forwarded through an alias: the same SRS sender as by SMTP. */
+	if (r->address == NULL || r->original == NULL ||
+	    (target->forwarded &&
+	     policy_forward_sender(sub->policy, sub->sender, time(NULL),
+				   &r->sender) == -1)) {
 		free(r->address);
 		free(r->original);
 		return -1;
@@ -789,6 +793,7 @@ static void submission_clear(struct submission *sub)
 	for (size_t i = 0; i < sub->rcpt_count; i++) {
 		free(sub->rcpts[i].address);
 		free(sub->rcpts[i].original);
+		free(sub->rcpts[i].sender);
 	}
 	free(sub->rcpts);
 	free(sub->sender);

@@ -1,9 +1,10 @@
 /*
  * Recipient policy (see policy.h): relay control, local existence and
- * alias expansion. The aliases are an array sorted by lower-cased key and
- * searched by bisection. The policy borrows the configuration and the
- * users: it must be freed before them (a reload builds a new policy with
- * its new configuration).
+ * alias expansion, the SRS rewriting of forwarded mail (srs.c) and the
+ * senders of each login (senders.c). The aliases are an array sorted by
+ * lower-cased key and searched by bisection. The policy borrows the
+ * configuration and the users: it must be freed before them (a reload
+ * builds a new policy with its new configuration and files).
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -15,7 +16,10 @@
 #include "facteur/ascii.h"
 #include "facteur/auth.h"
 #include "facteur/policy.h"
+#include "facteur/senders.h"
+#include "facteur/srs.h"
 #include "facteur/text.h"
+#include "facteur/wholefile.h"
 
 /* The recipient is level 0, its alias targets level 1, and so on; an
  * alias whose targets would sit deeper than this is a loop. */
@@ -25,6 +29,8 @@
 #define ALIAS_EXPANSIONS_MAX 1000
 #define ALIAS_TARGETS_MAX 10000
 #define ALIASES_FILE_MAX (64u * 1024 * 1024)
+#define SENDERS_FILE_MAX (64u * 1024 * 1024)
+#define SRS_SECRET_FILE_MAX (64u * 1024)
 
 struct alias {
 	char *key; /* lower case: "local@domain" or a bare "local" */
@@ -40,17 +46,9 @@ struct policy {
 	const struct auth_users *users;
 	struct alias *aliases; /* sorted by key */
 	size_t alias_count;
+	struct srs *srs;	 /* NULL without srs_domain */
+	struct senders *senders; /* NULL without senders_file */
 };
-
-static bool has_blank_or_control(const char *s, size_t len)
-{
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)s[i];
-		if (c <= ' ' || c == 0x7f)
-			return true;
-	}
-	return false;
-}
 
 /* Errors quote at most this much of a line. */
 #define QUOTE_MAX 200
@@ -72,6 +70,8 @@ void policy_free(struct policy *policy)
 	if (policy == NULL)
 		return;
 	aliases_free(policy->aliases, policy->alias_count);
+	srs_free(policy->srs);
+	senders_free(policy->senders);
 	free(policy);
 }
 
@@ -112,7 +112,7 @@ static void parse_targets(struct alias_parser *ap, struct alias *alias,
 			continue;
 		}
 		const char *at = memrchr(t, '@', tlen);
-		if (has_blank_or_control(t, tlen) || t[0] == '@' ||
+		if (ascii_has_blank_or_control(t, tlen) || t[0] == '@' ||
 		    (at != NULL && at == t + tlen - 1)) {
 			config_errors_add(ap->errors,
 					  "%s:%zu: aliases_file: bad target "
@@ -165,7 +165,7 @@ static struct alias *parse_entry(struct alias_parser *ap, const char *line,
 		return NULL;
 	}
 	const char *at = memrchr(key, '@', keylen);
-	if (has_blank_or_control(key, keylen) ||
+	if (ascii_has_blank_or_control(key, keylen) ||
 	    (at != NULL && (at == key || at == key + keylen - 1))) {
 		config_errors_add(ap->errors,
 				  "%s:%zu: aliases_file: bad address \"%.*s\"",
@@ -291,6 +291,49 @@ static int parse_aliases(struct policy *p, const char *text, size_t len,
 	return errors->count == errors_before ? 0 : -1;
 }
 
+static int load_senders(struct policy *p, struct config_errors *errors)
+{
+	const char *path = p->cfg->senders_file;
+	if (path == NULL || path[0] == '\0')
+		return 0;
+	size_t len = 0;
+	char *text = config_read_named_file(path, "senders_file",
+					    SENDERS_FILE_MAX, 0, &len, errors);
+	if (text == NULL)
+		return -1;
+	p->senders = senders_parse(text, len, path, errors);
+	free(text);
+	return p->senders != NULL ? 0 : -1;
+}
+
+/* The secrets are read with the settings: a reload that cannot read them
+ * is refused and the running policy keeps the old ones. */
+static int load_srs(struct policy *p, struct config_errors *errors)
+{
+	const struct config *cfg = p->cfg;
+	if (cfg->srs_domain == NULL)
+		return 0;
+	if (cfg->srs_secret_file == NULL) {
+		config_errors_add(errors, "srs_domain: srs_secret_file is "
+					  "not set");
+		return -1;
+	}
+	size_t len = 0;
+	char *text = config_read_named_file(
+	    cfg->srs_secret_file, "srs_secret_file", SRS_SECRET_FILE_MAX,
+	    WHOLEFILE_SECRET, &len, errors);
+	if (text == NULL)
+		return -1;
+	const char *why;
+	p->srs = srs_new(cfg->srs_domain, text, len, &why);
+	wholefile_free_secret(text, len);
+	if (p->srs == NULL)
+		config_errors_add(errors, "%s: srs_secret_file: %s",
+				  cfg->srs_secret_file,
+				  why != NULL ? why : "out of memory");
+	return p->srs != NULL ? 0 : -1;
+}
+
 static struct policy *policy_build(const struct config *cfg,
 				   const struct auth_users *users,
 				   const char *text, size_t len,
@@ -304,9 +347,10 @@ static struct policy *policy_build(const struct config *cfg,
 	}
 	p->cfg = cfg;
 	p->users = users;
-	if (text != NULL &&
-	    parse_aliases(p, text, len, name != NULL ? name : "aliases",
-			  errors) == -1) {
+	if ((text != NULL &&
+	     parse_aliases(p, text, len, name != NULL ? name : "aliases",
+			   errors) == -1) ||
+	    load_senders(p, errors) == -1 || load_srs(p, errors) == -1) {
 		policy_free(p);
 		return NULL;
 	}
@@ -514,6 +558,25 @@ char *policy_canonical_address(const struct policy *policy, const char *address)
 	return canonical(policy, address, strlen(address), NULL);
 }
 
+int policy_forward_sender(const struct policy *policy, const char *sender,
+			  time_t now, char **out)
+{
+	*out = NULL;
+	const char *at = sender != NULL ? strrchr(sender, '@') : NULL;
+	if (policy->srs == NULL || at == NULL || at == sender ||
+	    is_local_domain(policy, at + 1))
+		return 0;
+	*out = srs_forward(policy->srs, sender, now);
+	return *out != NULL || errno != ENOMEM ? 0 : -1;
+}
+
+bool policy_sender_allowed(const struct policy *policy, const char *login,
+			   const char *sender)
+{
+	return policy->senders == NULL ||
+	       senders_allowed(policy->senders, login, sender);
+}
+
 bool policy_may_relay(const struct policy *policy,
 		      const struct policy_client *client)
 {
@@ -587,6 +650,7 @@ static enum add_result add_target(struct expansion *e, char *address,
 	}
 	out->targets[out->count].address = address;
 	out->targets[out->count].local = local;
+	out->targets[out->count].forwarded = false;
 	out->count++;
 	return ADD_OK;
 }
@@ -670,6 +734,9 @@ static enum policy_verdict expand(struct expansion *e, char *address,
 		}
 		if (!local) {
 			verdict = add_verdict(add_target(e, target, false));
+			if (verdict == POLICY_ACCEPT)
+				e->out->targets[e->out->count - 1].forwarded =
+				    true;
 			continue;
 		}
 		const char *tat = strrchr(target, '@');
@@ -747,12 +814,35 @@ enum policy_verdict policy_check_recipient(const struct policy *policy,
 {
 	out->targets = NULL;
 	out->count = 0;
+	out->srs_error = NULL;
 	if (address == NULL)
 		return POLICY_BAD_MAILBOX;
 
 	char *canon;
 	bool local;
-	if (strchr(address, '@') == NULL) {
+	char *reversed = NULL;
+	if (policy->srs != NULL) {
+		/* A bounce to an address we rewrote goes back to the one it
+		 * stands for, whoever the client: like a remote alias. */
+		enum srs_result r =
+		    srs_reverse(policy->srs, address, time(NULL), &reversed);
+		if (r == SRS_NO_MEMORY)
+			return POLICY_UNKNOWN_USER;
+		if (r != SRS_OK && r != SRS_NOT_SRS) {
+			out->srs_error = srs_result_name(r);
+			return POLICY_BAD_SRS;
+		}
+	}
+	if (reversed != NULL) {
+		canon = canonical(policy, reversed, strlen(reversed), &local);
+		free(reversed);
+		if (canon == NULL)
+			return POLICY_UNKNOWN_USER;
+		if (!local) {
+			struct expansion e = {.p = policy, .out = out};
+			return add_verdict(add_target(&e, canon, false));
+		}
+	} else if (strchr(address, '@') == NULL) {
 		if (!is_bare_postmaster(address))
 			return POLICY_BAD_MAILBOX;
 		canon = postmaster_address(policy);

@@ -2,10 +2,11 @@
  * Relay attempts (see relay.h).
  *
  * Remote recipients are grouped by destination (a route, or the domain's
- * own MX hosts): one attempt carries all the recipients of a message for
- * one destination, and each destination has at most
- * max_connections_per_destination attempts in flight; the others wait
- * in that destination's FIFO.
+ * own MX hosts) and by envelope sender (a recipient forwarded through an
+ * alias has its own, SRS, sender): one attempt carries all the recipients
+ * of a message for one destination and sender, and each destination has
+ * at most max_connections_per_destination attempts in flight; the others
+ * wait in that destination's FIFO.
  *
  * A connection whose transaction ended cleanly is kept (relay_idle.c):
  * the next attempt for its destination goes over it (no DNS, no greeting,
@@ -692,6 +693,13 @@ static struct relay_job *relay_job_new(struct relay *relay,
 	return job;
 }
 
+static bool same_sender(const struct spool_rcpt *a, const struct spool_rcpt *b)
+{
+	if (a->sender == NULL || b->sender == NULL)
+		return a->sender == b->sender;
+	return strcmp(a->sender, b->sender) == 0;
+}
+
 size_t relay_send(struct relay *relay, const struct spool_envelope *env,
 		  const size_t *due, size_t count, relay_done_cb done,
 		  void *arg)
@@ -726,6 +734,10 @@ size_t relay_send(struct relay *relay, const struct spool_envelope *env,
 			if (!same && route != NULL)
 				same =
 				    route_lookup(cfg->routes, other) == route;
+			/* One MAIL FROM a transaction: a forwarded recipient
+			 * (SRS sender) goes apart from the others. */
+			same = same && same_sender(&env->rcpts[due[i]],
+						   &env->rcpts[due[j]]);
 			if (same) {
 				taken[j] = true;
 				job->rcpts[job->rcpt_count++] = due[j];

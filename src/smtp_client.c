@@ -1518,7 +1518,13 @@ static bool load_message(struct smtp_client *c,
 	c->body = env->body;
 	c->smtputf8 = env->smtputf8;
 	c->ret = env->ret;
-	if (c->fd < 0 || !dup_opt(&c->sender, env->sender ? env->sender : "") ||
+	/* The relay groups recipients by sender: the first one's (an SRS
+	 * address for a forwarded recipient) is the transaction's. */
+	const char *sender = env->sender ? env->sender : "";
+	if (req->rcpt_count > 0 && req->rcpts[0] < env->rcpt_count &&
+	    env->rcpts[req->rcpts[0]].sender != NULL)
+		sender = env->rcpts[req->rcpts[0]].sender;
+	if (c->fd < 0 || !dup_opt(&c->sender, sender) ||
 	    !dup_opt(&c->envid, env->envid))
 		return false;
 	if (req->rcpt_count > 0) {

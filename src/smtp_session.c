@@ -94,6 +94,7 @@ static const char *const state_names[] = {SMTP_STATES(STATE_LIST_NAME)};
 struct recipient {
 	unsigned notify;
 	bool local;
+	bool forwarded;	   /* through an alias: the sender is rewritten */
 	uint16_t original; /* offset in text of the address as given; 0:
 			      the final address itself */
 	uint16_t orcpt;	   /* offset in text of ORCPT; 0: none */
@@ -354,6 +355,7 @@ static int recipient_add(struct smtp_session *s, const struct smtp_rcpt *rcpt,
 		return -1;
 	r->notify = rcpt->notify;
 	r->local = target->local;
+	r->forwarded = target->forwarded;
 	memcpy(r->text, target->address, address_len);
 	r->original = same ? 0 : (uint16_t)address_len;
 	memcpy(r->text + address_len, rcpt->to.address, original_len);
@@ -850,6 +852,19 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_command *cmd)
 		count_rejection(METRICS_REJECT_SIZE);
 		return;
 	}
+	if (s->auth_user != NULL &&
+	    !policy_sender_allowed(s->srv->policy, s->auth_user,
+				   mail.from.address)) {
+		reply(s, "553 %s <%s>: Sender address not owned by user %s",
+		      status_code_str(STATUS_NOT_AUTHORIZED), mail.from.address,
+		      s->auth_user);
+		log_event(LOG_LEVEL_INFO, "rejected",
+			  LOG_S("client", s->client),
+			  LOG_S("reason", "sender not owned by login"),
+			  LOG_S("address", mail.from.address),
+			  LOG_S("user", s->auth_user));
+		return;
+	}
 	s->tx.mail = mail;
 	s->tx.active = true;
 	envelope_charge(s, strlen(mail.from.address) + 1);
@@ -925,6 +940,17 @@ static void cmd_rcpt(struct smtp_session *s, const struct smtp_command *cmd)
 		      status_code_str(STATUS_BAD_MAILBOX), rcpt.to.address);
 		log_rejected(s, "unknown user", rcpt.to.address);
 		count_rejection(METRICS_REJECT_UNKNOWN_USER);
+		return;
+	case POLICY_BAD_SRS:
+		reply(s,
+		      "550 %s <%s>: Recipient address rejected: "
+		      "Invalid SRS address",
+		      status_code_str(STATUS_BAD_MAILBOX), rcpt.to.address);
+		log_event(LOG_LEVEL_INFO, "rejected",
+			  LOG_S("client", s->client),
+			  LOG_S("reason", "bad SRS address"),
+			  LOG_S("address", rcpt.to.address),
+			  LOG_S("srs", exp.srs_error));
 		return;
 	case POLICY_RELAY_DENIED:
 		reply(s, "554 %s <%s>: Relay access denied",
@@ -1089,6 +1115,10 @@ static struct spool_envelope *envelope_build(struct smtp_session *s)
 		r->state = RCPT_PENDING;
 		r->updated = env->arrival;
 		ok = r->address && r->original && (!orcpt || r->orcpt);
+		if (ok && from->forwarded)
+			ok = policy_forward_sender(s->srv->policy, env->sender,
+						   env->arrival,
+						   &r->sender) == 0;
 	}
 	if (!ok) {
 		spool_envelope_free(env);

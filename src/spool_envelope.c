@@ -20,6 +20,9 @@
 #define ENVELOPE_MAGIC "facteur-envelope 1"
 /* Most tokens on one line: a state record. */
 #define LINE_TOKENS_MAX 8
+/* The tokens of a recipient line; a forwarded recipient's sender (SRS)
+ * is one more. */
+#define RCPT_FIELDS 6
 
 struct token {
 	const char *p;
@@ -154,7 +157,14 @@ static char *envelope_format(const struct spool_envelope *env, const char *id,
 		text_value(&t, r->original);
 		text_add(&t, " ", 1);
 		text_value(&t, r->orcpt);
-		text_fmt(&t, " %u %d\n", r->notify, r->local ? 1 : 0);
+		text_fmt(&t, " %u %d", r->notify, r->local ? 1 : 0);
+		/* Only a forwarded recipient has a sender of its own; the
+		 * others keep the six fields that older spools hold. */
+		if (r->sender != NULL) {
+			text_add(&t, " ", 1);
+			text_value(&t, r->sender);
+		}
+		text_add(&t, "\n", 1);
 	}
 	text_str(&t, "end\n");
 	return text_finish(&t, len);
@@ -208,6 +218,7 @@ void spool_envelope_clear(struct spool_envelope *env)
 		free(env->rcpts[i].address);
 		free(env->rcpts[i].original);
 		free(env->rcpts[i].orcpt);
+		free(env->rcpts[i].sender);
 		free(env->rcpts[i].reason);
 	}
 	free(env->rcpts);
@@ -408,7 +419,7 @@ static enum spool_parse_status keyed_value(const char *text, size_t len,
 	return decode_value(val, optional, out);
 }
 
-static enum spool_parse_status parse_rcpt(const struct token *toks,
+static enum spool_parse_status parse_rcpt(const struct token *toks, int count,
 					  struct spool_rcpt *r)
 {
 	enum spool_parse_status st;
@@ -421,10 +432,14 @@ static enum spool_parse_status parse_rcpt(const struct token *toks,
 		SPOOL_PARSE_OK ||
 	    (st = decode_value(toks[2], false, &r->original)) !=
 		SPOOL_PARSE_OK ||
-	    (st = decode_value(toks[3], true, &r->orcpt)) != SPOOL_PARSE_OK) {
+	    (st = decode_value(toks[3], true, &r->orcpt)) != SPOOL_PARSE_OK ||
+	    (count > RCPT_FIELDS &&
+	     (st = decode_value(toks[6], false, &r->sender)) !=
+		 SPOOL_PARSE_OK)) {
 		free(r->address);
 		free(r->original);
 		free(r->orcpt);
+		free(r->sender);
 		memset(r, 0, sizeof *r);
 		return st;
 	}
@@ -433,7 +448,7 @@ static enum spool_parse_status parse_rcpt(const struct token *toks,
 }
 
 static enum spool_parse_status add_rcpt(struct spool_envelope *env, size_t *cap,
-					const struct token *toks)
+					const struct token *toks, int count)
 {
 	if (env->rcpt_count == *cap) {
 		size_t ncap = *cap ? *cap * 2 : 4;
@@ -447,7 +462,7 @@ static enum spool_parse_status add_rcpt(struct spool_envelope *env, size_t *cap,
 		*cap = ncap;
 	}
 	enum spool_parse_status st =
-	    parse_rcpt(toks, &env->rcpts[env->rcpt_count]);
+	    parse_rcpt(toks, count, &env->rcpts[env->rcpt_count]);
 	if (st == SPOOL_PARSE_OK)
 		env->rcpt_count++;
 	return st;
@@ -593,15 +608,15 @@ static enum spool_parse_status parse_header(const char *text, size_t len,
 
 	size_t cap = 0;
 	for (;;) {
-		struct token toks[6];
+		struct token toks[RCPT_FIELDS + 1];
 		if (!next_line(text, len, pos, &line))
 			return SPOOL_PARSE_BAD;
 		if (token_is(line, "end"))
 			return SPOOL_PARSE_OK;
-		if (split_line(line, toks, 6) != 6 ||
-		    !token_is(toks[0], "rcpt"))
+		int count = split_line(line, toks, RCPT_FIELDS + 1);
+		if (count < RCPT_FIELDS || !token_is(toks[0], "rcpt"))
 			return SPOOL_PARSE_BAD;
-		if ((st = add_rcpt(env, &cap, toks)) != SPOOL_PARSE_OK)
+		if ((st = add_rcpt(env, &cap, toks, count)) != SPOOL_PARSE_OK)
 			return st;
 	}
 }

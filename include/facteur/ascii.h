@@ -74,5 +74,8 @@ void ascii_lower_in_place(char *s, size_t len);
 /* A malloc'd, NUL-terminated, lower-cased copy of s[0..len); NULL when
  * memory runs out. */
 char *ascii_lower_dup(const char *s, size_t len);
+/* Whether s[0..len) holds a space, a control character or DEL: not a
+ * single token of the users, aliases or senders files. */
+bool ascii_has_blank_or_control(const char *s, size_t len);
 
 #endif

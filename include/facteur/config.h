@@ -151,6 +151,12 @@ struct config {
 	/* SO_REUSEPORT on the SMTP and POP3 sockets: several daemons, each
 	 * with its own spool, share the listen addresses. */
 	bool reuse_port;
+	/* Forwarding with SRS: the rewriting domain (lower case) and the
+	 * file of its secrets; NULL when empty. */
+	char *srs_domain;
+	char *srs_secret_file;
+	/* Who may send as whom once authenticated; NULL when empty. */
+	char *senders_file;
 };
 
 /* The errors a load found, in order, each a full sentence such as

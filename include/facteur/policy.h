@@ -1,8 +1,10 @@
 /*
  * Who may send what where: is a recipient domain local, does the
- * local user exist, what do aliases expand it to, may this client relay.
- * Pure decisions over the configuration, the users and the aliases;
- * nothing here parses SMTP or touches a socket.
+ * local user exist, what do aliases expand it to, may this client relay,
+ * which sender does a forwarded copy carry (SRS), which senders may a
+ * login use. Pure decisions over the configuration, the users, the
+ * aliases, the SRS secrets and the senders table; nothing here parses
+ * SMTP or touches a socket.
  */
 #ifndef FACTEUR_POLICY_H
 #define FACTEUR_POLICY_H
@@ -10,19 +12,22 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include "facteur/config.h"
 
 struct auth_users;
 struct policy;
 
-/* Build the policy of a configuration: reads aliases_file (errors as
+/* Build the policy of a configuration: reads aliases_file, senders_file
+ * and srs_secret_file (errors as
  * "FILE:LINE: ..."). `users` may be NULL (no users_file: every local part
  * of a local domain exists); the policy does not own it. */
 struct policy *policy_new(const struct config *cfg,
                           const struct auth_users *users,
                           struct config_errors *errors);
-/* From the text of an aliases file, for tests and fuzzing. */
+/* From the text of an aliases file, for tests and fuzzing (senders_file
+ * and srs_secret_file are read as by policy_new). */
 struct policy *policy_new_with_aliases(const struct config *cfg,
                                        const struct auth_users *users,
                                        const char *aliases_text,
@@ -36,6 +41,8 @@ enum policy_verdict {
 	POLICY_RELAY_DENIED,  /* 554 5.7.1 */
 	POLICY_BAD_MAILBOX,   /* 550 5.1.1: a local part unfit for a path */
 	POLICY_ALIAS_LOOP,    /* 554 5.4.6: aliases expand without end */
+	POLICY_BAD_SRS,       /* 550 5.1.1: an SRS address of srs_domain that
+	                         is forged, broken or too old */
 };
 
 /* One final recipient after alias expansion. */
@@ -43,11 +50,16 @@ struct policy_target {
 	char *address; /* canonical: domain lower case; local part lower
 	                  case when the domain is local */
 	bool local;
+	/* reached through an alias: relayed with the sender rewritten
+	 * (policy_forward_sender) */
+	bool forwarded;
 };
 
 struct policy_expansion {
 	struct policy_target *targets;
 	size_t count;
+	/* On POLICY_BAD_SRS, why (srs_result_name): for the log. */
+	const char *srs_error;
 };
 
 struct policy_client {
@@ -69,6 +81,20 @@ enum policy_verdict policy_check_recipient(const struct policy *policy,
                                            struct policy_expansion *out);
 
 void policy_expansion_clear(struct policy_expansion *exp);
+
+/*
+ * The envelope sender for a forwarded target (policy_target.forwarded):
+ * 0 with *out the SRS address (malloc'd) when srs_domain is set and the
+ * sender is neither null nor in a local domain, 0 with *out NULL when
+ * the sender stays; -1 when out of memory.
+ */
+int policy_forward_sender(const struct policy *policy, const char *sender,
+                          time_t now, char **out);
+
+/* May an authenticated client with this login use `sender` as MAIL FROM?
+ * Always without a senders_file; see senders_allowed. */
+bool policy_sender_allowed(const struct policy *policy, const char *login,
+                           const char *sender);
 
 /* May this client send to non-local domains? */
 bool policy_may_relay(const struct policy *policy,

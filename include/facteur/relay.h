@@ -1,10 +1,10 @@
 /*
  * Relay attempts: the due remote recipients of a message go to their
  * next hop (the sender's route, a route, or the domain's own MX hosts).
- * The recipients are grouped by destination, one attempt per
- * destination; each destination has at most
- * max_connections_per_destination attempts in flight, the others wait in
- * its FIFO. An attempt resolves (DNS), checks that the
+ * The recipients are grouped by destination and by sender
+ * (spool_rcpt.sender: SRS), one attempt per group; each destination has
+ * at most max_connections_per_destination attempts in flight, the
+ * others wait in its FIFO. An attempt resolves (DNS), checks that the
  * hosts are not this daemon (the loop check), then hands the message to
  * smtp_client. A connection whose transaction ended cleanly is kept for
  * the next attempt to the same destination.
@@ -54,8 +54,9 @@ void relay_free(struct relay *relay);
 
 /*
  * Start (or queue) attempts for the `count` recipients `due` of `env`,
- * grouped by destination. `env` must outlive the attempts. Returns the
- * number of attempts: `done` is called that many times with `arg`.
+ * grouped by destination and sender. `env` must outlive the attempts.
+ * Returns the number of attempts: `done` is called that many times with
+ * `arg`.
  */
 size_t relay_send(struct relay *relay, const struct spool_envelope *env,
 		  const size_t *due, size_t count, relay_done_cb done,

@@ -46,6 +46,8 @@ struct spool_rcpt {
 	char *address;  /* final recipient, canonical */
 	char *original; /* the RCPT TO address before alias expansion */
 	char *orcpt;    /* the ORCPT parameter as sent, or NULL */
+	char *sender;   /* MAIL FROM for this recipient when not the
+	                   envelope's (an SRS address), or NULL */
 	unsigned notify;
 	bool local;
 	enum rcpt_state state;

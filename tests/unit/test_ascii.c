@@ -82,6 +82,20 @@ static void test_ascii_trim_takes_the_set_off_both_ends(void **state)
 	assert_int_equal(len, 0);
 }
 
+static void test_ascii_has_blank_or_control(void **state)
+{
+	(void)state;
+	assert_false(ascii_has_blank_or_control("a@b.test", 8));
+	assert_false(ascii_has_blank_or_control("caf\xc3\xa9", 5));
+	assert_false(ascii_has_blank_or_control("", 0));
+	assert_true(ascii_has_blank_or_control("a b", 3));
+	assert_true(ascii_has_blank_or_control("a\tb", 3));
+	assert_true(ascii_has_blank_or_control("a\x7f", 2));
+	assert_true(ascii_has_blank_or_control("a\0b", 3));
+	/* Only the octets given count. */
+	assert_false(ascii_has_blank_or_control("ab c", 2));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -90,6 +104,7 @@ int main(void)
 	    cmocka_unit_test(test_ascii_lower_copies_and_in_place),
 	    cmocka_unit_test(test_ascii_classes),
 	    cmocka_unit_test(test_ascii_trim_takes_the_set_off_both_ends),
+	    cmocka_unit_test(test_ascii_has_blank_or_control),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

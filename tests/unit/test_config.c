@@ -1462,6 +1462,9 @@ static const char *const spec_order[] = {
     "proxy_networks",
     "reuse_port",
     "sender_route",
+    "srs_domain",
+    "srs_secret_file",
+    "senders_file",
 };
 
 static void test_config_print_lists_every_key_in_spec_order(void **state)
@@ -1900,12 +1903,34 @@ static void test_config_sender_route_is_printed_last(void **state)
 	    "reuse_port = yes\nsender_route = a.test [relay.test]\n", NULL);
 	char *text = print_config(cfg);
 	size_t len = strlen(text);
-	const char *last =
+	const char *line =
 	    "\nreuse_port = yes\nsender_route = a.test [relay.test]\n";
-	assert_true(len > strlen(last));
-	assert_string_equal(text + len - strlen(last), last);
+	assert_true(len > strlen(line));
+	/* After them come only the keys added since (srs_domain...). */
+	assert_non_null(strstr(text, line));
+	assert_null(strstr(strstr(text, line), "\nproxy_networks ="));
 	free(text);
 	config_free(cfg);
+}
+
+static void test_config_srs_and_senders_keys(void **state)
+{
+	(void)state;
+	struct config *cfg = support_load_config("", NULL);
+	assert_null(cfg->srs_domain);
+	assert_null(cfg->srs_secret_file);
+	assert_null(cfg->senders_file);
+	config_free(cfg);
+	cfg = support_load_config("srs_domain = Fwd.Example.ORG\n"
+				  "srs_secret_file = /etc/facteur/srs\n"
+				  "senders_file = /etc/facteur/senders\n",
+				  NULL);
+	assert_string_equal(cfg->srs_domain, "fwd.example.org");
+	assert_string_equal(cfg->srs_secret_file, "/etc/facteur/srs");
+	assert_string_equal(cfg->senders_file, "/etc/facteur/senders");
+	config_free(cfg);
+	value_fails("srs_domain", "not a domain");
+	value_fails("srs_domain", "a..b");
 }
 
 static void test_config_hostname_without_a_dot_is_warned_about(void **state)
@@ -1994,6 +2019,7 @@ int main(void)
 	    cmocka_unit_test(test_config_load_without_file_uses_defaults),
 	    cmocka_unit_test(test_config_reuse_port_is_yes_or_no),
 	    cmocka_unit_test(test_config_sender_route_is_printed_last),
+	    cmocka_unit_test(test_config_srs_and_senders_keys),
 	    cmocka_unit_test(
 		test_config_hostname_without_a_dot_is_warned_about),
 	};

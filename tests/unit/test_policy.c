@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "facteur/auth.h"
@@ -617,9 +618,149 @@ static void test_policy_new_reads_aliases_file(void **state)
 	free(path);
 }
 
+/* SRS with the secret of test_srs.c's vectors, and an alias with a
+ * remote and a local target. */
+struct srs_fixture {
+	struct config *cfg;
+	char *secret_path;
+	struct policy *p;
+};
+
+static int srs_setup(void **state)
+{
+	struct srs_fixture *f = calloc(1, sizeof *f);
+	if (f == NULL)
+		return -1;
+	f->secret_path = support_temp_file("tops3cret\n");
+	char text[512];
+	snprintf(text, sizeof text,
+		 "%ssrs_domain = Example.ORG\nsrs_secret_file = %s\n",
+		 config_text, f->secret_path);
+	f->cfg = load_config(text);
+	if (f->cfg != NULL)
+		f->p = make_policy(f->cfg, NULL,
+				   "fwd: friend@remote.net, alice\n");
+	*state = f;
+	return f->p != NULL ? 0 : -1;
+}
+
+static int srs_teardown(void **state)
+{
+	struct srs_fixture *f = *state;
+	policy_free(f->p);
+	config_free(f->cfg);
+	unlink(f->secret_path);
+	free(f->secret_path);
+	free(f);
+	return 0;
+}
+
+static void test_policy_remote_alias_targets_are_forwarded(void **state)
+{
+	struct srs_fixture *f = *state;
+	const struct policy *p = f->p;
+	struct client_storage cs;
+	struct policy_expansion exp;
+
+	assert_int_equal(policy_check_recipient(p, make_client(&cs, OUTSIDE_V4),
+						"fwd@example.com", &exp),
+			 POLICY_ACCEPT);
+	assert_int_equal(exp.count, 2);
+	assert_string_equal(exp.targets[0].address, "friend@remote.net");
+	assert_true(exp.targets[0].forwarded);
+	assert_false(exp.targets[1].forwarded);
+	policy_expansion_clear(&exp);
+	/* A remote recipient named by the client is not forwarded. */
+	assert_int_equal(policy_check_recipient(p, make_client(&cs, IN_NET_V4),
+						"x@remote.net", &exp),
+			 POLICY_ACCEPT);
+	assert_false(exp.targets[0].forwarded);
+	policy_expansion_clear(&exp);
+
+	/* h("tops3cret", "G3", "example.net", "alice") = "AWYB" */
+	char *out = NULL;
+	assert_int_equal(policy_forward_sender(p, "alice@example.net",
+					       (time_t)1700000000, &out),
+			 0);
+	assert_non_null(out);
+	assert_string_equal(out, "SRS0=AWYB=G3=example.net=alice@example.org");
+	free(out);
+	/* Local domains and the null sender keep their sender. */
+	const char *kept[] = {"", "bob@EXAMPLE.com", "postmaster"};
+	for (size_t i = 0; i < sizeof kept / sizeof kept[0]; i++) {
+		out = (char *)"unset";
+		assert_int_equal(policy_forward_sender(p, kept[i], 1, &out), 0);
+		assert_null(out);
+	}
+}
+
+static void test_policy_srs_addresses_reverse_for_anyone(void **state)
+{
+	struct srs_fixture *f = *state;
+	const struct policy *p = f->p;
+	struct client_storage cs;
+	struct policy_expansion exp;
+	char *srs = NULL;
+
+	assert_int_equal(
+	    policy_forward_sender(p, "Alice@Example.NET", time(NULL), &srs), 0);
+	assert_non_null(srs);
+	/* The client may not relay: the reversed address goes all the same. */
+	assert_int_equal(
+	    policy_check_recipient(p, make_client(&cs, OUTSIDE_V4), srs, &exp),
+	    POLICY_ACCEPT);
+	assert_int_equal(exp.count, 1);
+	assert_string_equal(exp.targets[0].address, "Alice@example.net");
+	assert_false(exp.targets[0].local);
+	assert_false(exp.targets[0].forwarded);
+	policy_expansion_clear(&exp);
+	/* Forged: another hash. */
+	srs[5] = srs[5] == 'A' ? 'B' : 'A';
+	assert_int_equal(
+	    policy_check_recipient(p, make_client(&cs, OUTSIDE_V4), srs, &exp),
+	    POLICY_BAD_SRS);
+	assert_string_equal(exp.srs_error, "bad_hash");
+	assert_int_equal(exp.count, 0);
+	free(srs);
+	/* Only SRS addresses of srs_domain are reversed. */
+	assert_int_equal(
+	    policy_check_recipient(p, make_client(&cs, OUTSIDE_V4),
+				   "SRS0=abcd=G3=example.net=alice@example.com",
+				   &exp),
+	    POLICY_ACCEPT);
+	assert_string_equal(exp.targets[0].address,
+			    "srs0=abcd=g3=example.net=alice@example.com");
+	policy_expansion_clear(&exp);
+}
+
+static void test_policy_srs_needs_a_readable_secret(void **state)
+{
+	(void)state;
+	struct config_errors errors = {0};
+	struct config *cfg = load_config("srs_domain = fwd.example\n");
+	assert_null(policy_new(cfg, NULL, &errors));
+	assert_true(support_errors_contain(&errors, "srs_secret_file is not"));
+	config_errors_clear(&errors);
+	config_free(cfg);
+	cfg = load_config("srs_domain = fwd.example\n"
+			  "srs_secret_file = /nonexistent/srs\n");
+	assert_null(policy_new(cfg, NULL, &errors));
+	assert_true(support_errors_contain(
+	    &errors, "/nonexistent/srs: srs_secret_file: cannot open"));
+	config_errors_clear(&errors);
+	config_free(cfg);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test_setup_teardown(
+		test_policy_remote_alias_targets_are_forwarded, srs_setup,
+		srs_teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_policy_srs_addresses_reverse_for_anyone, srs_setup,
+		srs_teardown),
+	    cmocka_unit_test(test_policy_srs_needs_a_readable_secret),
 	    cmocka_unit_test(test_policy_relay_needs_network_or_authentication),
 	    cmocka_unit_test(test_policy_may_relay_per_client),
 	    cmocka_unit_test(

@@ -245,6 +245,7 @@ static void assert_envelopes_equal(const struct spool_envelope *a,
 		assert_string_equal(x->address, y->address);
 		assert_string_equal(x->original, y->original);
 		assert_str_or_null_equal(x->orcpt, y->orcpt);
+		assert_str_or_null_equal(x->sender, y->sender);
 		assert_int_equal(x->notify, y->notify);
 		assert_int_equal(x->local, y->local);
 		assert_int_equal(x->state, y->state);
@@ -326,6 +327,55 @@ static void test_envelope_null_fields_and_empty_sender(void **state)
 	spool_envelope_clear(&back);
 	free(text);
 	spool_envelope_free(env);
+}
+
+static void test_envelope_forwarded_rcpt_keeps_its_sender(void **state)
+{
+	(void)state;
+	struct spool_envelope *env = awkward_envelope();
+	struct spool_envelope back;
+	size_t len, valid_len;
+
+	env->rcpts[1].sender = strdup("SRS0=GGBr=G3=example.org=a b@fwd.test");
+	assert_non_null(env->rcpts[1].sender);
+	char *text = spool_envelope_format(env, &len);
+	assert_non_null(text);
+	/* Only the forwarded recipient's line has a seventh field. */
+	assert_non_null(
+	    strstr(text, " SRS0+3DGGBr+3DG3+3Dexample.org+3Da+20b@fwd.test\n"));
+	assert_int_equal(spool_envelope_parse(text, len, &back, &valid_len), 0);
+	assert_int_equal(valid_len, len);
+	assert_null(back.rcpts[0].sender);
+	assert_envelopes_equal(env, &back);
+	spool_envelope_clear(&back);
+	free(text);
+	spool_envelope_free(env);
+}
+
+static void test_envelope_of_older_spools_loads(void **state)
+{
+	(void)state;
+	/* Six fields a recipient line, as written before forwarding. */
+	const char old[] = "facteur-envelope 1\nid 0123456789ABCDEF\n"
+			   "arrival 1700000000\nsender a@b.test\nclient "
+			   "127.0.0.1\nhelo h\nprotocol ESMTP\nauth -\nsize "
+			   "10\nbody -\nsmtputf8 0\nret -\nenvid -\nflags 0\n"
+			   "rcpt c@d.test c@d.test - 0 0\nend\n";
+	struct spool_envelope back;
+	size_t valid_len;
+	assert_int_equal(
+	    spool_envelope_parse(old, sizeof old - 1, &back, &valid_len), 0);
+	assert_int_equal(back.rcpt_count, 1);
+	assert_null(back.rcpts[0].sender);
+	spool_envelope_clear(&back);
+	/* An eighth field is still refused. */
+	const char more[] = "facteur-envelope 1\nid 0123456789ABCDEF\n"
+			    "arrival 1700000000\nsender a@b.test\nclient "
+			    "127.0.0.1\nhelo h\nprotocol ESMTP\nauth -\nsize "
+			    "10\nbody -\nsmtputf8 0\nret -\nenvid -\nflags 0\n"
+			    "rcpt c@d.test c@d.test - 0 0 s@x.test y\nend\n";
+	assert_int_equal(
+	    spool_envelope_parse(more, sizeof more - 1, &back, &valid_len), -1);
 }
 
 static void test_envelope_records_apply_in_order_last_wins(void **state)
@@ -2370,6 +2420,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_envelope_round_trip_keeps_awkward_values),
 	    cmocka_unit_test(test_envelope_null_fields_and_empty_sender),
+	    cmocka_unit_test(test_envelope_forwarded_rcpt_keeps_its_sender),
+	    cmocka_unit_test(test_envelope_of_older_spools_loads),
 	    cmocka_unit_test(test_envelope_records_apply_in_order_last_wins),
 	    cmocka_unit_test(
 		test_envelope_torn_record_is_ignored_with_valid_len),

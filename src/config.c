@@ -70,6 +70,7 @@ enum key {
 	KEY_AUTH_FAIL_LIMIT,
 	KEY_PROXY_NETWORKS,
 	KEY_REUSE_PORT,
+	KEY_DKIM_SIGN,
 	KEY_COUNT,
 };
 
@@ -115,6 +116,7 @@ struct key_def {
 	const char *default_value; /* NULL: computed (hostname, user) */
 	key_set_fn *set;	   /* NULL: set by slot kind */
 	key_clear_fn *clear;	   /* list keys only: forget every item */
+	char separator;		   /* list keys: between items; 0 is ',' */
 	key_print_fn *print;	   /* SLOT_OTHER only */
 	enum slot_kind slot;
 	size_t offset;		  /* of the slot in struct config */
@@ -1167,6 +1169,78 @@ static void print_auth_fail_limit(const struct config *cfg, FILE *out)
 }
 
 /* A key whose field is of a common kind, and one of the choices. */
+/* dkim_sign = DOMAIN SELECTOR KEYFILE; the key itself is read with the
+ * files the settings name (dkim.h). A path with spaces cannot be
+ * given: three words exactly. */
+static void set_dkim_sign(struct loader *ld, const char *value)
+{
+	struct config *cfg = ld->cfg;
+	const char *word[3];
+	size_t len[3], n = 0;
+	char q[QUOTE_BUF];
+
+	for (const char *p = value; *p != '\0';) {
+		size_t w = strcspn(p, " \t");
+
+		if (w > 0) {
+			if (n == 3) {
+				n++;
+				break;
+			}
+			word[n] = p;
+			len[n++] = w;
+		}
+		p += w;
+		p += strspn(p, " \t");
+	}
+	if (n != 3) {
+		bad(ld, "expected DOMAIN SELECTOR KEYFILE, got %s",
+		    quote(value, q));
+		return;
+	}
+	for (size_t i = 0; i < 2; i++) {
+		if (!hostname_valid(word[i], len[i])) {
+			bad(ld, "invalid %s %s", i == 0 ? "domain" : "selector",
+			    quote_n(word[i], len[i], q));
+			return;
+		}
+	}
+	cfg->dkim_sign = xreallocarray(cfg->dkim_sign, cfg->dkim_sign_count + 1,
+				       sizeof *cfg->dkim_sign);
+	cfg->dkim_sign[cfg->dkim_sign_count++] = (struct config_dkim_sign){
+	    .domain = xstrndup(word[0], len[0]),
+	    .selector = xstrndup(word[1], len[1]),
+	    .keyfile = xstrndup(word[2], len[2]),
+	    .origin = xstrndup(ld->origin, strlen(ld->origin)),
+	};
+}
+
+static void free_dkim_sign(struct config *cfg)
+{
+	for (size_t i = 0; i < cfg->dkim_sign_count; i++) {
+		free(cfg->dkim_sign[i].domain);
+		free(cfg->dkim_sign[i].selector);
+		free(cfg->dkim_sign[i].keyfile);
+		free(cfg->dkim_sign[i].origin);
+	}
+	free(cfg->dkim_sign);
+	cfg->dkim_sign = NULL;
+	cfg->dkim_sign_count = 0;
+}
+
+static void clear_dkim_sign(struct loader *ld)
+{
+	free_dkim_sign(ld->cfg);
+}
+
+static void print_dkim_sign(const struct config *cfg, FILE *out)
+{
+	for (size_t i = 0; i < cfg->dkim_sign_count; i++)
+		fprintf(out, "%s%s %s %s", i ? "; " : "",
+			cfg->dkim_sign[i].domain, cfg->dkim_sign[i].selector,
+			cfg->dkim_sign[i].keyfile);
+}
+
 #define FIELD(kind, field)                                                     \
 	.slot = kind, .offset = offsetof(struct config, field)
 #define CHOICE(field, list)                                                    \
@@ -1251,6 +1325,9 @@ static const struct key_def key_defs[KEY_COUNT] = {
 			    .clear = clear_proxy_networks,
 			    .print = print_proxy_networks},
     [KEY_REUSE_PORT] = {"reuse_port", "no", FIELD(SLOT_YES_NO, reuse_port)},
+    [KEY_DKIM_SIGN] = {"dkim_sign", "", .set = set_dkim_sign,
+		       .clear = clear_dkim_sign, .print = print_dkim_sign,
+		       .separator = ';'},
 };
 
 static bool find_key(const char *name, size_t len, enum key *out)
@@ -1418,7 +1495,8 @@ static void apply(struct loader *ld, enum key key, const char *value,
 	if (len == 0)
 		return;
 	for (;;) {
-		const char *comma = memchr(value, ',', len);
+		const char *comma =
+		    memchr(value, def->separator ? def->separator : ',', len);
 		size_t item_len = comma != NULL ? (size_t)(comma - value) : len;
 		const char *item = ascii_trim(value, &item_len, " \t");
 
@@ -1902,6 +1980,7 @@ void config_free(struct config *cfg)
 	free(cfg->mailbox_path);
 	free(cfg->relay_networks);
 	free(cfg->proxy_networks);
+	free_dkim_sign(cfg);
 	route_table_free(cfg->routes);
 	for (size_t i = 0; i < cfg->dns_server_count; i++)
 		free(cfg->dns_servers[i].text);

@@ -794,7 +794,8 @@ void scheduler_enqueue(struct scheduler *sched, struct spool_envelope *env,
 			  LOG_S("from", env->sender), LOG_I("size", env->size),
 			  LOG_I("nrcpt", env->rcpt_count),
 			  LOG_S("client", env->client_addr),
-			  LOG_S("protocol", env->protocol));
+			  LOG_S("protocol", env->protocol),
+			  LOG_S("dkim", env->dkim ? env->dkim : "none"));
 	}
 	struct queued *q = calloc(1, sizeof *q);
 	enum rcpt_phase *phase =

@@ -30,6 +30,11 @@ struct metrics {
 	/* Connections of "+proxy" listeners closed for their PROXY header:
 	 * an untrusted peer, a bad, late or missing header. */
 	uint64_t proxy_errors_total;
+	/* DKIM: signatures made, trusted messages left unsigned, and
+	 * signatures that failed (dkim_intake.h). */
+	uint64_t dkim_signed_total;
+	uint64_t dkim_skipped_total;
+	uint64_t dkim_error_total;
 };
 
 extern struct metrics metrics;

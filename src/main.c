@@ -28,9 +28,9 @@
 #include "facteur/auth.h"
 #include "facteur/auth_limit.h"
 #include "facteur/config.h"
-#include "facteur/dkim.h"
 #include "facteur/control.h"
 #include "facteur/deliver.h"
+#include "facteur/dkim.h"
 #include "facteur/dns.h"
 #include "facteur/iothread.h"
 #include "facteur/listener.h"
@@ -233,7 +233,7 @@ static int reload_settings_now(void)
 		SSL_CTX_free(srv.tls_client);
 	srv.tls_client = client;
 	struct settings old = {srv.cfg, srv.users, srv.policy, srv.tls_server,
-				srv.dkim};
+			       srv.dkim};
 	srv.cfg = st.cfg;
 	srv.users = st.users;
 	srv.policy = st.policy;

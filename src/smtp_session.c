@@ -1006,8 +1006,9 @@ static bool message_begin(struct smtp_session *s)
 		return false;
 	}
 	tx->outlen = (size_t)n;
+	/* NULL when out of memory: unsigned, said on the accepted line */
 	if (dkim_signs(s))
-		tx->dkim = dkim_intake_new(); /* NULL: unsigned, logged at end */
+		tx->dkim = dkim_intake_new();
 	return true;
 }
 

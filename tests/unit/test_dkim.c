@@ -18,6 +18,7 @@
 
 #include "facteur/config.h"
 #include "facteur/dkim.h"
+#include "facteur/dkim_keygen.h"
 #include "support.h"
 
 /* RFC 8463 appendix A's Ed25519 key (RFC 8032 §7.1 test 1's seed). */
@@ -344,6 +345,37 @@ static void test_dkim_good_keys_load_with_their_algorithm(void **state)
 	EVP_PKEY_free(ed);
 }
 
+/* The record's value is cut into strings of at most 255 octets, and
+ * joined again it is the value. */
+static void test_dkim_keygen_record_splits_long_values(void **state)
+{
+	(void)state;
+	char p[600];
+	char *rec;
+
+	rec = dkim_keygen_record("example.com", "ed1", "ed25519", "QUJD");
+	assert_string_equal(rec, "ed1._domainkey.example.com. IN TXT "
+				 "\"v=DKIM1; k=ed25519; p=QUJD\"");
+	free(rec);
+	memset(p, 'A', sizeof p - 1);
+	p[sizeof p - 1] = '\0';
+	rec = dkim_keygen_record("example.com", "s", "rsa", p);
+	const char *first = strchr(rec, '"');
+	size_t total = 0, strings = 0;
+	for (const char *q = first; q != NULL && *q == '"';) {
+		const char *end = strchr(q + 1, '"');
+		assert_non_null(end);
+		assert_true(end - q - 1 <= 255);
+		total += (size_t)(end - q - 1);
+		strings++;
+		q = end[1] == ' ' ? end + 2 : NULL;
+	}
+	assert_int_equal(strings, 3);
+	assert_int_equal(total, strlen("v=DKIM1; k=rsa; p=") + strlen(p));
+	assert_int_equal(strncmp(first, "\"v=DKIM1; k=rsa; p=AAA", 22), 0);
+	free(rec);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -361,6 +393,7 @@ int main(void)
 	    cmocka_unit_test(test_dkim_signature_field_is_what_dkimpy_verifies),
 	    cmocka_unit_test(test_dkim_bad_keys_are_configuration_errors),
 	    cmocka_unit_test(test_dkim_good_keys_load_with_their_algorithm),
+	    cmocka_unit_test(test_dkim_keygen_record_splits_long_values),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -110,14 +110,15 @@ void spool_incoming_write(struct spool_incoming *inc, const void *buf,
 	inc->written += len;
 }
 
-/* Write prefix then the first `len` octets of `from` into <id>.pre,
- * and move it over <id>.msg; its descriptor, or -1. */
+/* Write prefix then the first `len` octets of <id>.msg (or of body
+ * when not NULL) into <id>.pre, and move it over <id>.msg; its
+ * descriptor, or -1. */
 static int file_with_prefix(struct spool *spool, const char *id,
-			    const void *prefix, size_t prefix_len, int from,
+			    const void *prefix, size_t prefix_len,
 			    const char *body, uint64_t len)
 {
 	char name[SPOOL_ID_LEN + 5], msg[SPOOL_ID_LEN + 5];
-	int fd;
+	int fd, from = -1;
 
 	spool_file_name(name, id, ".pre");
 	spool_file_name(msg, id, ".msg");
@@ -131,8 +132,12 @@ static int file_with_prefix(struct spool *spool, const char *id,
 		if (spool_write_full(fd, body, (size_t)len) == -1)
 			goto fail;
 	} else {
-		/* in the kernel, without a trip through user space */
+		/* in the kernel, without a trip through user space; the
+		 * writer's descriptor is write-only */
 		loff_t in_off = 0;
+		from = openat(spool->queue_fd, msg, O_RDONLY | O_CLOEXEC);
+		if (from == -1)
+			goto fail;
 		while (len > 0) {
 			ssize_t n = copy_file_range(from, &in_off, fd, NULL,
 						    (size_t)len, 0);
@@ -146,9 +151,13 @@ static int file_with_prefix(struct spool *spool, const char *id,
 	}
 	if (renameat(spool->queue_fd, name, spool->queue_fd, msg) == -1)
 		goto fail;
+	if (from != -1)
+		spool_close_fd(from);
 	return fd;
 fail:;
 	int saved = errno;
+	if (from != -1)
+		spool_close_fd(from);
 	spool_close_fd(fd);
 	if (unlinkat(spool->queue_fd, name, 0) == -1 && errno != ENOENT)
 		saved = errno;
@@ -179,7 +188,7 @@ int spool_incoming_prepend(struct spool *spool, struct spool_incoming *inc,
 		inc->written += len;
 		return 0;
 	}
-	fd = file_with_prefix(spool, inc->id, buf, len, inc->fd,
+	fd = file_with_prefix(spool, inc->id, buf, len,
 			      inc->fd == -1 ? in->inline_body : NULL,
 			      inc->written);
 	if (fd == -1) {

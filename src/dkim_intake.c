@@ -90,13 +90,14 @@ static void job_run(void *arg)
 	free(text);
 }
 
-/* "signed:d/s,d/s" (or "error:..." when some failed), counted. */
-static char *job_outcome(struct dkim_job *job)
+/* "signed:d/s,d/s" (or "error:..." when some failed), counted when
+ * `count`. */
+static char *job_outcome(struct dkim_job *job, bool count)
 {
 	struct text ok = {0}, failed = {0};
 
 	if (job->count == 0) {
-		metrics.dkim_skipped_total++;
+		metrics.dkim_skipped_total += count;
 		text_fmt(&ok, "unsigned:%s", job->unsigned_reason);
 		return text_finish(&ok, NULL);
 	}
@@ -108,9 +109,9 @@ static char *job_outcome(struct dkim_job *job)
 		text_str(t, t->len == 0 ? (good ? "signed:" : "error:") : ",");
 		text_str(t, sg->label);
 		if (good)
-			metrics.dkim_signed_total++;
+			metrics.dkim_signed_total += count;
 		else
-			metrics.dkim_error_total++;
+			metrics.dkim_error_total += count;
 	}
 	if (failed.len > 0) {
 		free(ok.p);
@@ -122,7 +123,7 @@ static char *job_outcome(struct dkim_job *job)
 static void job_done(void *arg)
 {
 	struct dkim_job *job = arg;
-	char *outcome = job_outcome(job);
+	char *outcome = job_outcome(job, true);
 
 	for (size_t i = 0; i < job->count; i++)
 		if (job->signings[i].failed)
@@ -191,4 +192,24 @@ int dkim_intake_finish(struct dkim_intake *in, const struct dkim_keys *keys,
 out:
 	dkim_intake_free(in);
 	return rc;
+}
+
+char *dkim_intake_sign_now(struct dkim_intake *in, const struct dkim_keys *keys,
+			   struct spool *spool, struct spool_incoming *inc)
+{
+	struct dkim_job *job = calloc(1, sizeof *job);
+	char *outcome = NULL;
+
+	dkim_message_finish(in->message);
+	if (job != NULL) {
+		job->spool = spool;
+		job->inc = inc;
+		if (job_prepare(job, in->message, keys) == 0) {
+			job_run(job);
+			outcome = job_outcome(job, false);
+		}
+		job_free(job);
+	}
+	dkim_intake_free(in);
+	return outcome;
 }

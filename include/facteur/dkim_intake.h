@@ -41,4 +41,11 @@ int dkim_intake_finish(struct dkim_intake *in, const struct dkim_keys *keys,
 		       struct spool_incoming *inc, dkim_intake_done done,
 		       void *arg);
 
+/* The same for a process without a loop (facteur-sendmail): signed
+ * now, nothing logged or counted; the outcome (malloc'd, NULL when out
+ * of memory). Takes `in`. */
+char *dkim_intake_sign_now(struct dkim_intake *in,
+			   const struct dkim_keys *keys, struct spool *spool,
+			   struct spool_incoming *inc);
+
 #endif

@@ -374,3 +374,16 @@ def test_keygen_refuses_bad_arguments_and_existing_files(tmp_path):
     r = run("sign.test", "big", "--bits", "4096", "--out", str(tmp_path / "b.pem"))
     assert r.returncode == 0
     assert len(re.findall(rb'"[^"]*"', r.stdout)) == 3
+
+
+def test_facteur_sendmail_signs(signer, keys):
+    msg = b"From: Local <me@sign.test>\nTo: <%s>\nSubject: local\n\nfrom sendmail\n\n" \
+        % RCPT.encode()
+    r = subprocess.run([str(h.BUILD_DIR / "facteur-sendmail"), "-C",
+                        str(signer.conf_path), "-f", "me@sign.test", RCPT],
+                       input=msg, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       env=h.clean_env(), timeout=60)
+    assert r.returncode == 0, r.stderr
+    got = signer.sink.wait_messages(1, timeout=rh.RELAY_TIMEOUT)[0].data
+    assert got.count(b"DKIM-Signature:") == 2
+    keys["verify"].assert_signed(got)

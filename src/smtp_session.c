@@ -129,6 +129,7 @@ struct transaction {
 	bool too_big;
 	bool used_bdat;
 	struct dkim_intake *dkim; /* reading for a signature, or NULL */
+	bool dkim_wanted;	  /* a trusted client, dkim_sign has keys */
 };
 
 struct smtp_session {
@@ -1007,7 +1008,8 @@ static bool message_begin(struct smtp_session *s)
 	}
 	tx->outlen = (size_t)n;
 	/* NULL when out of memory: unsigned, said on the accepted line */
-	if (dkim_signs(s))
+	tx->dkim_wanted = dkim_signs(s);
+	if (tx->dkim_wanted)
 		tx->dkim = dkim_intake_new();
 	return true;
 }
@@ -1184,7 +1186,7 @@ static void message_end(struct smtp_session *s)
 	}
 	struct spool_incoming *inc = tx->incoming;
 	struct dkim_intake *dkim = tx->dkim;
-	bool sign = dkim_signs(s);
+	bool wanted = tx->dkim_wanted;
 	tx->incoming = NULL; /* the spool owns it now */
 	tx->dkim = NULL;
 	transaction_reset(s);
@@ -1207,7 +1209,7 @@ static void message_end(struct smtp_session *s)
 		s->signing = NULL;
 	}
 	/* Trusted mail that could not be read for a signature (memory). */
-	if (sign)
+	if (wanted)
 		env->dkim = strdup("error:out-of-memory");
 	else if (s->srv->dkim != NULL && s->srv->dkim->count > 0)
 		env->dkim = strdup("unsigned:untrusted");

@@ -327,6 +327,21 @@ def test_a_key_broken_at_reload_keeps_the_old_one(make_daemon, keys, tmp_path):
     assert keys["verify"].dkimpy(got) == {"rsa1": True}
 
 
+def test_rotation_by_reload_signs_with_the_new_selector(make_daemon, keys):
+    d = make_daemon(extra_lines=["dkim_sign = %s rsa1 %s" % (DOMAIN, keys["rsa"])])
+    d.send(sender="me@sign.test", recipients=["user@example.test"],
+           data=message(BASIC, "before\r\n"))
+    d.extra_lines = ["dkim_sign = %s ed1 %s" % (DOMAIN, keys["ed"])]
+    d.write_config()
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_event("reloaded")
+    d.send(sender="me@sign.test", recipients=["user@example.test"],
+           data=message(BASIC, "after\r\n"))
+    got = sorted(d.wait_messages("user@example.test", 2), key=lambda m: b"after" in m)
+    assert keys["verify"].dkimpy(got[0]) == {"rsa1": True}
+    assert keys["verify"].dkimpy(got[1]) == {"ed1": True}
+
+
 @pytest.mark.parametrize("line, why", [
     ("sign.test rsa1 /nonexistent/k.pem", "No such file"),
     ("sign.test rsa1 {junk}", "not a PEM private key"),

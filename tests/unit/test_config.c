@@ -1868,10 +1868,10 @@ static void test_config_reuse_port_is_printed(void **state)
 static void test_config_dkim_sign_lines(void **state)
 {
 	(void)state;
-	struct config *cfg = support_load_config(
-	    "dkim_sign = example.com sel1 /k/rsa,1.pem\n"
-	    "dkim_sign = Example.com  sel2\t/k/ed.pem\n",
-	    NULL);
+	struct config *cfg =
+	    support_load_config("dkim_sign = example.com sel1 /k/rsa,1.pem\n"
+				"dkim_sign = Example.com  sel2\t/k/ed.pem\n",
+				NULL);
 	assert_int_equal(cfg->dkim_sign_count, 2);
 	assert_string_equal(cfg->dkim_sign[0].keyfile, "/k/rsa,1.pem");
 	assert_string_equal(cfg->dkim_sign[1].domain, "Example.com");

@@ -74,6 +74,7 @@ enum key {
 	KEY_SRS_DOMAIN,
 	KEY_SRS_SECRET_FILE,
 	KEY_SENDERS_FILE,
+	KEY_DKIM_SIGN,
 	KEY_COUNT,
 };
 
@@ -119,14 +120,14 @@ struct key_def {
 	const char *default_value; /* NULL: computed (hostname, user) */
 	key_set_fn *set;	   /* NULL: set by slot kind */
 	key_clear_fn *clear;	   /* list keys only: forget every item */
+	/* list keys: between items, in a file line and in the environment;
+	 * 0 is ','. Keys whose items hold spaces or commas use ';'. */
+	char separator;
 	key_print_fn *print;	   /* SLOT_OTHER only */
 	enum slot_kind slot;
 	size_t offset;		  /* of the slot in struct config */
 	const char *const *names; /* SLOT_CHOICE: the values, by index */
 	size_t name_count;
-	/* list keys whose items hold spaces: what separates them in the
-	 * environment instead of a comma */
-	char env_separator;
 };
 
 /* A load runs at start-up and on reload; a small allocation failing there
@@ -1222,6 +1223,78 @@ static void print_auth_fail_limit(const struct config *cfg, FILE *out)
 }
 
 /* A key whose field is of a common kind, and one of the choices. */
+/* dkim_sign = DOMAIN SELECTOR KEYFILE; the key itself is read with the
+ * files the settings name (dkim.h). A path with spaces cannot be
+ * given: three words exactly. */
+static void set_dkim_sign(struct loader *ld, const char *value)
+{
+	struct config *cfg = ld->cfg;
+	const char *word[3];
+	size_t len[3], n = 0;
+	char q[QUOTE_BUF];
+
+	for (const char *p = value; *p != '\0';) {
+		size_t w = strcspn(p, " \t");
+
+		if (w > 0) {
+			if (n == 3) {
+				n++;
+				break;
+			}
+			word[n] = p;
+			len[n++] = w;
+		}
+		p += w;
+		p += strspn(p, " \t");
+	}
+	if (n != 3) {
+		bad(ld, "expected DOMAIN SELECTOR KEYFILE, got %s",
+		    quote(value, q));
+		return;
+	}
+	for (size_t i = 0; i < 2; i++) {
+		if (!hostname_valid(word[i], len[i])) {
+			bad(ld, "invalid %s %s", i == 0 ? "domain" : "selector",
+			    quote_n(word[i], len[i], q));
+			return;
+		}
+	}
+	cfg->dkim_sign = xreallocarray(cfg->dkim_sign, cfg->dkim_sign_count + 1,
+				       sizeof *cfg->dkim_sign);
+	cfg->dkim_sign[cfg->dkim_sign_count++] = (struct config_dkim_sign){
+	    .domain = xstrndup(word[0], len[0]),
+	    .selector = xstrndup(word[1], len[1]),
+	    .keyfile = xstrndup(word[2], len[2]),
+	    .origin = xstrndup(ld->origin, strlen(ld->origin)),
+	};
+}
+
+static void free_dkim_sign(struct config *cfg)
+{
+	for (size_t i = 0; i < cfg->dkim_sign_count; i++) {
+		free(cfg->dkim_sign[i].domain);
+		free(cfg->dkim_sign[i].selector);
+		free(cfg->dkim_sign[i].keyfile);
+		free(cfg->dkim_sign[i].origin);
+	}
+	free(cfg->dkim_sign);
+	cfg->dkim_sign = NULL;
+	cfg->dkim_sign_count = 0;
+}
+
+static void clear_dkim_sign(struct loader *ld)
+{
+	free_dkim_sign(ld->cfg);
+}
+
+static void print_dkim_sign(const struct config *cfg, FILE *out)
+{
+	for (size_t i = 0; i < cfg->dkim_sign_count; i++)
+		fprintf(out, "%s%s %s %s", i ? "; " : "",
+			cfg->dkim_sign[i].domain, cfg->dkim_sign[i].selector,
+			cfg->dkim_sign[i].keyfile);
+}
+
 #define FIELD(kind, field)                                                     \
 	.slot = kind, .offset = offsetof(struct config, field)
 #define CHOICE(field, list)                                                    \
@@ -1307,13 +1380,16 @@ static const struct key_def key_defs[KEY_COUNT] = {
 			    .print = print_proxy_networks},
     [KEY_REUSE_PORT] = {"reuse_port", "no", FIELD(SLOT_YES_NO, reuse_port)},
     [KEY_SENDER_ROUTE] = {"sender_route", "", .set = set_sender_route,
-			  .clear = clear_sender_routes, .env_separator = ';',
+			  .clear = clear_sender_routes, .separator = ';',
 			  .print = print_sender_routes},
     [KEY_SRS_DOMAIN] = {"srs_domain", "", .set = set_srs_domain,
 			FIELD(SLOT_STRING, srs_domain)},
     [KEY_SRS_SECRET_FILE] = {"srs_secret_file", "",
 			     FIELD(SLOT_STRING, srs_secret_file)},
     [KEY_SENDERS_FILE] = {"senders_file", "", FIELD(SLOT_STRING, senders_file)},
+    [KEY_DKIM_SIGN] = {"dkim_sign", "", .set = set_dkim_sign,
+		       .clear = clear_dkim_sign, .print = print_dkim_sign,
+		       .separator = ';'},
 };
 
 static bool find_key(const char *name, size_t len, enum key *out)
@@ -1480,9 +1556,7 @@ static void apply(struct loader *ld, enum key key, const char *value,
 		ld->file_seen[key] = true;
 	if (len == 0)
 		return;
-	char separator = src == SOURCE_ENV && def->env_separator != '\0'
-			     ? def->env_separator
-			     : ',';
+	char separator = def->separator != '\0' ? def->separator : ',';
 	for (;;) {
 		const char *comma = memchr(value, separator, len);
 		size_t item_len = comma != NULL ? (size_t)(comma - value) : len;
@@ -1969,6 +2043,7 @@ void config_free(struct config *cfg)
 	free(cfg->mailbox_path);
 	free(cfg->relay_networks);
 	free(cfg->proxy_networks);
+	free_dkim_sign(cfg);
 	route_table_free(cfg->routes);
 	route_table_free(cfg->sender_routes);
 	for (size_t i = 0; i < cfg->dns_server_count; i++)

@@ -31,6 +31,8 @@
 #include "facteur/config.h"
 #include "facteur/control_client.h"
 #include "facteur/control_proto.h"
+#include "facteur/dkim.h"
+#include "facteur/dkim_intake.h"
 #include "facteur/mailtime.h"
 #include "facteur/policy.h"
 #include "facteur/smtp_proto.h"
@@ -85,6 +87,7 @@ struct submission {
 	size_t rcpt_count;
 	bool smtputf8;
 	bool eight_bit;
+	const struct dkim_keys *dkim; /* NULL: nothing signed */
 };
 
 static void usage(void)
@@ -545,7 +548,16 @@ struct writer {
 	struct smtp_data data;
 	char *out; /* SMTP_DATA_OUT_MAX(READ_CHUNK + 2) */
 	bool *eight_bit;
+	struct dkim_intake *dkim; /* reading for a signature, or NULL */
 };
+
+/* Octets into the spool file, and past the signer when there is one. */
+static void store(struct writer *w, const char *p, size_t n)
+{
+	spool_incoming_write(w->inc, p, n);
+	if (w->dkim != NULL)
+		dkim_intake_feed(w->dkim, p, n);
+}
 
 /* Message octets into the spool file in wire form. */
 static void write_message(struct writer *w, const char *p, size_t n)
@@ -557,7 +569,7 @@ static void write_message(struct writer *w, const char *p, size_t n)
 			if ((unsigned char)p[i] >= 0x80)
 				*w->eight_bit = true;
 		smtp_data_feed(&w->data, p, chunk, w->out, &outlen);
-		spool_incoming_write(w->inc, w->out, outlen);
+		store(w, w->out, outlen);
 		p += chunk;
 		n -= chunk;
 	}
@@ -581,6 +593,24 @@ static void queueing_end(struct queueing *q)
 	free(q->raw);
 	free(q->filtered);
 	free(q->wire);
+}
+
+/* Put the DKIM signatures before the message (the daemon's sessions do
+ * the same on the worker); a failure leaves the message unsigned, or,
+ * when the fields could not be written, refused by the commit. */
+static void sign(const struct submission *sub, struct queueing *q,
+		 struct dkim_intake *dkim)
+{
+	char *outcome = dkim != NULL ? dkim_intake_sign_now(dkim, sub->dkim,
+							    q->spool, q->inc)
+				     : NULL;
+
+	if (outcome == NULL || strncmp(outcome, "error:", 6) == 0)
+		fprintf(stderr, "facteur-sendmail: warning: DKIM: %s\n",
+			outcome ? outcome : "out of memory, not signed");
+	else if (sub->opt->verbose)
+		fprintf(stderr, "facteur-sendmail: DKIM: %s\n", outcome);
+	free(outcome);
 }
 
 /*
@@ -700,11 +730,12 @@ static int submit(struct submission *sub, char *id)
 		fail("out of memory");
 		goto out;
 	}
-	spool_incoming_write(q.inc, received, strlen(received));
-	free(received);
-
 	struct writer w = {
 	    .inc = q.inc, .out = q.wire, .eight_bit = &sub->eight_bit};
+	if (sub->dkim != NULL && sub->dkim->count > 0)
+		w.dkim = dkim_intake_new(); /* NULL: unsigned, said below */
+	store(&w, received, strlen(received));
+	free(received);
 	smtp_data_init(&w.data, SMTP_DATA_RAW);
 	write_message(&w, headers, headers_len);
 	free(headers);
@@ -719,7 +750,12 @@ static int submit(struct submission *sub, char *id)
 		write_message(&w, q.filtered, n);
 	}
 	size_t tail = smtp_data_finish(&w.data, q.wire);
-	spool_incoming_write(q.inc, q.wire, tail);
+	store(&w, q.wire, tail);
+	if (w.data.size > cfg->max_message_size ||
+	    w.data.received_count > SMTP_RECEIVED_MAX) {
+		dkim_intake_free(w.dkim);
+		w.dkim = NULL;
+	}
 	if (w.data.size > cfg->max_message_size) {
 		fail("message larger than max_message_size (%" PRIu64
 		     " octets)",
@@ -750,6 +786,8 @@ static int submit(struct submission *sub, char *id)
 	memcpy(env.id, id, sizeof env.id);
 	for (size_t i = 0; i < sub->rcpt_count; i++)
 		sub->rcpts[i].updated = now;
+	if (sub->dkim != NULL && sub->dkim->count > 0)
+		sign(sub, &q, w.dkim);
 	struct spool_incoming *inc = q.inc;
 	q.inc = NULL; /* the spool owns it now */
 	if (spool_drop_commit(q.spool, inc, &env) == -1) {
@@ -836,7 +874,17 @@ int main(int argc, char **argv)
 		return CONFIG_EX_CONFIG;
 	}
 
-	struct submission sub = {.cfg = cfg, .policy = policy, .opt = &opt};
+	/* Keys the caller cannot read leave its mail unsigned: facteurd,
+	 * which checks them at start, signs what comes over SMTP. */
+	struct dkim_keys *dkim =
+	    dkim_keys_load(cfg->dkim_sign, cfg->dkim_sign_count, &errors);
+	for (size_t i = 0; dkim == NULL && i < errors.count; i++)
+		fprintf(stderr, "facteur-sendmail: warning: %s; not signed\n",
+			errors.messages[i]);
+	config_errors_clear(&errors);
+
+	struct submission sub = {
+	    .cfg = cfg, .policy = policy, .opt = &opt, .dkim = dkim};
 	char id[SPOOL_ID_LEN + 1] = "";
 	rc = choose_sender(&sub, &opt, invoking_user());
 	if (rc == 0)
@@ -847,6 +895,7 @@ int main(int argc, char **argv)
 			fprintf(stderr, "facteur-sendmail: queued as %s\n", id);
 	}
 	submission_clear(&sub);
+	dkim_keys_free(dkim);
 	policy_free(policy);
 	auth_users_free(users);
 	config_free(cfg);

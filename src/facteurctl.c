@@ -22,6 +22,7 @@
 #include "facteur/config.h"
 #include "facteur/control_client.h"
 #include "facteur/control_proto.h"
+#include "facteur/dkim_keygen.h"
 
 #define EXIT_UNREACHABLE 1
 #define EXIT_REFUSED 2
@@ -45,7 +46,10 @@ static void usage(FILE *out)
 		"  reload          re-read the configuration (as SIGHUP)\n"
 		"  passwd          hash a password read on standard input\n"
 		"                  (-m sha512, the default, or -m preferred:\n"
-		"                  libxcrypt's choice, yescrypt on Debian)\n");
+		"                  libxcrypt's choice, yescrypt on Debian)\n"
+		"  dkim-keygen DOMAIN SELECTOR --out FILE\n"
+		"                  [--type rsa|ed25519] [--bits N]: a DKIM\n"
+		"                  key (mode 0600) and its DNS record\n");
 }
 
 /* A line of standard input without its newline (nor a CR before it);
@@ -320,6 +324,9 @@ int main(int argc, char **argv)
 	enum auth_hash_method method = AUTH_HASH_SHA512;
 	int opt;
 
+	/* Its own options (--type, --bits, --out), none of the others. */
+	if (argc >= 2 && strcmp(argv[1], "dkim-keygen") == 0)
+		return dkim_keygen_command(argc - 1, argv + 1);
 	while ((opt = getopt_long(argc, argv, "c:m:Vh", long_options, NULL)) !=
 	       -1) {
 		switch (opt) {

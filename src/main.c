@@ -30,6 +30,7 @@
 #include "facteur/config.h"
 #include "facteur/control.h"
 #include "facteur/deliver.h"
+#include "facteur/dkim.h"
 #include "facteur/dns.h"
 #include "facteur/iothread.h"
 #include "facteur/listener.h"
@@ -67,6 +68,7 @@ struct settings {
 	struct auth_users *users;
 	struct policy *policy;
 	SSL_CTX *tls_server; /* NULL without tls_cert/tls_key */
+	struct dkim_keys *dkim;
 };
 
 static struct server srv;
@@ -110,6 +112,7 @@ static void settings_free(struct settings *st)
 	config_free(st->cfg);
 	if (st->tls_server != NULL)
 		SSL_CTX_free(st->tls_server);
+	dkim_keys_free(st->dkim);
 }
 
 /* Load the configuration and the files it names; on failure every error
@@ -141,6 +144,13 @@ static int settings_load(struct settings *st, struct config_errors *errors)
 			settings_free(st);
 			return -1;
 		}
+	}
+	/* Signing jobs on the worker hold their own key references. */
+	st->dkim = dkim_keys_load(st->cfg->dkim_sign, st->cfg->dkim_sign_count,
+				  errors);
+	if (st->dkim == NULL) {
+		settings_free(st);
+		return -1;
 	}
 	return 0;
 }
@@ -222,11 +232,13 @@ static int reload_settings_now(void)
 	if (srv.tls_client != NULL)
 		SSL_CTX_free(srv.tls_client);
 	srv.tls_client = client;
-	struct settings old = {srv.cfg, srv.users, srv.policy, srv.tls_server};
+	struct settings old = {srv.cfg, srv.users, srv.policy, srv.tls_server,
+			       srv.dkim};
 	srv.cfg = st.cfg;
 	srv.users = st.users;
 	srv.policy = st.policy;
 	srv.tls_server = st.tls_server;
+	srv.dkim = st.dkim;
 	settings_free(&old);
 	log_setup(srv.cfg->log_format, srv.cfg->log_level);
 	iothread_flush_by_filesystem(srv.io,
@@ -540,6 +552,7 @@ int main(int argc, char **argv)
 	srv.users = st.users;
 	srv.policy = st.policy;
 	srv.tls_server = st.tls_server;
+	srv.dkim = st.dkim;
 	srv.reload = reload_settings;
 	log_setup(srv.cfg->log_format, srv.cfg->log_level);
 	warn_hostname(srv.cfg);
@@ -662,7 +675,8 @@ int main(int argc, char **argv)
 	auth_limit_free(srv.auth_limit);
 	listener_free(srv.listener);
 	smtp_server_free(srv.smtp);
-	struct settings last = {srv.cfg, srv.users, srv.policy, srv.tls_server};
+	struct settings last = {srv.cfg, srv.users, srv.policy, srv.tls_server,
+				srv.dkim};
 	settings_free(&last);
 	event_base_free(srv.base);
 	return exit_status;

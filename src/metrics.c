@@ -274,6 +274,16 @@ static void put_extra_metrics(struct out *o)
 		   "Connections closed for their PROXY protocol header.");
 	put_value(o, "facteur_proxy_errors_total", metrics.proxy_errors_total);
 
+	put_header(o, "facteur_dkim_signatures_total", "counter",
+		   "DKIM signatures made, trusted messages left unsigned, "
+		   "signatures failed.");
+	put_value(o, "facteur_dkim_signatures_total{result=\"signed\"}",
+		  metrics.dkim_signed_total);
+	put_value(o, "facteur_dkim_signatures_total{result=\"skipped\"}",
+		  metrics.dkim_skipped_total);
+	put_value(o, "facteur_dkim_signatures_total{result=\"error\"}",
+		  metrics.dkim_error_total);
+
 	put_header(o, "facteur_relay_connections_total", "counter",
 		   "Outbound SMTP connections opened.");
 	put_value(o, "facteur_relay_connections_total",

@@ -837,12 +837,16 @@ void scheduler_free(struct scheduler *sched)
 static void log_accepted(const struct spool_envelope *env,
 			 const struct scheduler_arrival *arrival)
 {
-	struct log_field f[9] = {
-	    LOG_S("queue_id", env->id),	       LOG_S("from", env->sender),
-	    LOG_I("size", env->size),	       LOG_I("nrcpt", env->rcpt_count),
-	    LOG_S("client", env->client_addr), LOG_S("protocol", env->protocol),
+	struct log_field f[10] = {
+	    LOG_S("queue_id", env->id),
+	    LOG_S("from", env->sender),
+	    LOG_I("size", env->size),
+	    LOG_I("nrcpt", env->rcpt_count),
+	    LOG_S("client", env->client_addr),
+	    LOG_S("protocol", env->protocol),
+	    LOG_S("dkim", env->dkim != NULL ? env->dkim : "none"),
 	};
-	size_t n = 6;
+	size_t n = 7;
 	if (env->auth_user != NULL)
 		f[n++] = (struct log_field)LOG_S("auth_user", env->auth_user);
 	if (arrival != NULL && arrival->session != NULL)

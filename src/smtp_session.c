@@ -29,6 +29,8 @@
 #include "facteur/auth.h"
 #include "facteur/auth_limit.h"
 #include "facteur/config.h"
+#include "facteur/dkim.h"
+#include "facteur/dkim_intake.h"
 #include "facteur/lineio.h"
 #include "facteur/listener.h"
 #include "facteur/log.h"
@@ -129,6 +131,8 @@ struct transaction {
 	bool too_big;
 	bool used_bdat;
 	struct message_id_scan message_id; /* for the accepted line */
+	struct dkim_intake *dkim; /* reading for a signature, or NULL */
+	bool dkim_wanted;	  /* a trusted client, dkim_sign has keys */
 };
 
 struct smtp_session {
@@ -168,6 +172,7 @@ struct smtp_session {
 	/* the commit in flight, and the Message-ID it carries ("": none) */
 	struct spool_envelope *committing;
 	char committing_message_id[MESSAGE_ID_MAX + 1];
+	struct spool_incoming *signing; /* its message, while being signed */
 };
 
 /* The SMTP side of one daemon: its sessions, for shutdown and the drain
@@ -260,6 +265,7 @@ static void transaction_reset(struct smtp_session *s)
 	free(tx->outbuf);
 	if (tx->incoming != NULL)
 		spool_incoming_abort(s->srv->spool, tx->incoming);
+	dkim_intake_free(tx->dkim);
 	memset(tx, 0, sizeof *tx);
 }
 
@@ -998,6 +1004,18 @@ static const char *protocol_name(const struct smtp_session *s)
 		    [s->auth_user != NULL];
 }
 
+/* Mail from a relay_networks or authenticated client is signed when
+ * dkim_sign has keys. */
+static bool dkim_signs(const struct smtp_session *s)
+{
+	struct policy_client client = {
+	    .addr = (const struct sockaddr *)&s->addr,
+	    .authenticated = s->auth_user != NULL,
+	};
+	return s->srv->dkim != NULL && s->srv->dkim->count > 0 &&
+	       policy_may_relay(s->srv->policy, &client);
+}
+
 /* Open the spool file and write our Received header (RFC 5321 §4.4). */
 static bool message_begin(struct smtp_session *s)
 {
@@ -1038,6 +1056,10 @@ static bool message_begin(struct smtp_session *s)
 		return false;
 	}
 	tx->outlen = (size_t)n;
+	/* NULL when out of memory: unsigned, said on the accepted line */
+	tx->dkim_wanted = dkim_signs(s);
+	if (tx->dkim_wanted)
+		tx->dkim = dkim_intake_new();
 	return true;
 }
 
@@ -1046,8 +1068,11 @@ static bool message_begin(struct smtp_session *s)
 static void message_spill(struct smtp_session *s)
 {
 	struct transaction *tx = &s->tx;
-	if (tx->outlen > 0 && !tx->too_big)
+	if (tx->outlen > 0 && !tx->too_big) {
 		spool_incoming_write(tx->incoming, tx->outbuf, tx->outlen);
+		if (tx->dkim != NULL)
+			dkim_intake_feed(tx->dkim, tx->outbuf, tx->outlen);
+	}
 	tx->outlen = 0;
 }
 
@@ -1171,6 +1196,17 @@ static void on_committed(int error, void *arg)
 	session_process(s);
 }
 
+/* The signatures are before the message (or it goes unsigned): commit. */
+static void on_signed(char *outcome, void *arg)
+{
+	struct smtp_session *s = arg;
+	struct spool_incoming *inc = s->signing;
+	s->signing = NULL;
+	s->committing->dkim = outcome;
+	spool_incoming_commit(s->srv->spool, inc, s->committing, on_committed,
+			      s);
+}
+
 /* The last octet of the message is in: refuse it, or make it durable
  * and answer once it is. */
 static void message_end(struct smtp_session *s)
@@ -1211,7 +1247,10 @@ static void message_end(struct smtp_session *s)
 	snprintf(s->committing_message_id, sizeof s->committing_message_id,
 		 "%s", message_id != NULL ? message_id : "");
 	struct spool_incoming *inc = tx->incoming;
+	struct dkim_intake *dkim = tx->dkim;
+	bool wanted = tx->dkim_wanted;
 	tx->incoming = NULL; /* the spool owns it now */
+	tx->dkim = NULL;
 	transaction_reset(s);
 	s->committing = env;
 	enter_state(s, SMTP_STATE_COMMITTING);
@@ -1224,6 +1263,18 @@ static void message_end(struct smtp_session *s)
 		bufferevent_disable(s->bev, EV_READ);
 	else
 		bufferevent_setwatermark(s->bev, EV_READ, 0, COMMIT_READ_AHEAD);
+	if (dkim != NULL) {
+		s->signing = inc;
+		if (dkim_intake_finish(dkim, s->srv->dkim, s->srv->worker,
+				       s->srv->spool, inc, on_signed, s) == 0)
+			return;
+		s->signing = NULL;
+	}
+	/* Trusted mail that could not be read for a signature (memory). */
+	if (wanted)
+		env->dkim = strdup("error:out-of-memory");
+	else if (s->srv->dkim != NULL && s->srv->dkim->count > 0)
+		env->dkim = strdup("unsigned:untrusted");
 	spool_incoming_commit(s->srv->spool, inc, env, on_committed, s);
 }
 

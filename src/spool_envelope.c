@@ -214,6 +214,7 @@ void spool_envelope_clear(struct spool_envelope *env)
 	free(env->protocol);
 	free(env->auth_user);
 	free(env->envid);
+	free(env->dkim);
 	for (size_t i = 0; i < env->rcpt_count; i++) {
 		free(env->rcpts[i].address);
 		free(env->rcpts[i].original);

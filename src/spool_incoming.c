@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -107,6 +108,101 @@ void spool_incoming_write(struct spool_incoming *inc, const void *buf,
 		return;
 	}
 	inc->written += len;
+}
+
+/* Write prefix then the first `len` octets of <id>.msg (or of body
+ * when not NULL) into <id>.pre, and move it over <id>.msg; its
+ * descriptor, or -1. */
+static int file_with_prefix(struct spool *spool, const char *id,
+			    const void *prefix, size_t prefix_len,
+			    const char *body, uint64_t len)
+{
+	char name[SPOOL_ID_LEN + 5], msg[SPOOL_ID_LEN + 5];
+	int fd, from = -1;
+
+	spool_file_name(name, id, ".pre");
+	spool_file_name(msg, id, ".msg");
+	fd = openat(spool->queue_fd, name,
+		    O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd == -1)
+		return -1;
+	if (spool_write_full(fd, prefix, prefix_len) == -1)
+		goto fail;
+	if (body != NULL) {
+		if (spool_write_full(fd, body, (size_t)len) == -1)
+			goto fail;
+	} else {
+		/* in the kernel, without a trip through user space; the
+		 * writer's descriptor is write-only */
+		loff_t in_off = 0;
+		from = openat(spool->queue_fd, msg, O_RDONLY | O_CLOEXEC);
+		if (from == -1)
+			goto fail;
+		while (len > 0) {
+			ssize_t n = copy_file_range(from, &in_off, fd, NULL,
+						    (size_t)len, 0);
+			if (n <= 0) {
+				if (n == 0)
+					errno = EIO;
+				goto fail;
+			}
+			len -= (uint64_t)n;
+		}
+	}
+	if (renameat(spool->queue_fd, name, spool->queue_fd, msg) == -1)
+		goto fail;
+	if (from != -1)
+		spool_close_fd(from);
+	return fd;
+fail:;
+	int saved = errno;
+	if (from != -1)
+		spool_close_fd(from);
+	spool_close_fd(fd);
+	if (unlinkat(spool->queue_fd, name, 0) == -1 && errno != ENOENT)
+		saved = errno;
+	errno = saved;
+	return -1;
+}
+
+int spool_incoming_prepend(struct spool *spool, struct spool_incoming *inc,
+			   const void *buf, size_t len)
+{
+	struct incoming *in = (struct incoming *)inc;
+	int fd;
+
+	if (inc->error != 0) {
+		errno = inc->error;
+		return -1;
+	}
+	if (inc->fd == -1 && in->logged != NULL &&
+	    inc->written + len <= INLINE_MAX) {
+		if (buffer_grow(&in->inline_body, &in->inline_cap,
+				(size_t)inc->written + len, 8192,
+				INLINE_MAX) == -1) {
+			inc->error = ENOMEM;
+			return -1;
+		}
+		memmove(in->inline_body + len, in->inline_body, inc->written);
+		memcpy(in->inline_body, buf, len);
+		inc->written += len;
+		return 0;
+	}
+	fd = file_with_prefix(spool, inc->id, buf, len,
+			      inc->fd == -1 ? in->inline_body : NULL,
+			      inc->written);
+	if (fd == -1) {
+		inc->error = errno != 0 ? errno : EIO;
+		return -1;
+	}
+	if (inc->fd != -1)
+		spool_close_fd(inc->fd);
+	free(in->inline_body);
+	in->inline_body = NULL;
+	in->inline_cap = 0;
+	inc->fd = fd;
+	inc->written += len;
+	return 0;
 }
 
 void spool_incoming_abort(struct spool *spool, struct spool_incoming *inc)

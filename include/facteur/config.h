@@ -84,6 +84,15 @@ struct dns_server {
 	socklen_t addrlen;
 };
 
+/* A dkim_sign line, DOMAIN SELECTOR KEYFILE, and where it was set
+ * ("file:line" or the variable) for the key loader's errors. */
+struct config_dkim_sign {
+	char *domain;
+	char *selector;
+	char *keyfile;
+	char *origin;
+};
+
 struct string_list {
 	char **items;
 	size_t count;
@@ -157,6 +166,9 @@ struct config {
 	char *srs_secret_file;
 	/* Who may send as whom once authenticated; NULL when empty. */
 	char *senders_file;
+	/* dkim_sign: the keys that sign mail from trusted clients. */
+	struct config_dkim_sign *dkim_sign;
+	size_t dkim_sign_count;
 };
 
 /* The errors a load found, in order, each a full sentence such as

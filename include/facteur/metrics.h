@@ -115,6 +115,11 @@ struct metrics {
 	uint64_t dns_failures[METRICS_DNS_REASON_COUNT][METRICS_DNS_TYPE_COUNT];
 	uint64_t transport_deliveries[METRICS_TRANSPORT_COUNT]
 				     [METRICS_RESULT_COUNT];
+	/* DKIM: signatures made, trusted messages left unsigned, and
+	 * signatures that failed (dkim_intake.h). */
+	uint64_t dkim_signed_total;
+	uint64_t dkim_skipped_total;
+	uint64_t dkim_error_total;
 };
 
 extern struct metrics metrics;

@@ -14,6 +14,7 @@
 struct auth_limit;
 struct auth_users;
 struct config;
+struct dkim_keys;
 struct deliver;
 struct dns;
 struct event_base;
@@ -41,6 +42,7 @@ struct server {
 	struct smtp_server *smtp; /* the SMTP sessions */
 	struct dns *dns;
 	SSL_CTX *tls_server; /* NULL without tls_cert/tls_key */
+	struct dkim_keys *dkim; /* dkim_sign's keys; NULL: none */
 	SSL_CTX *tls_client;
 	bool stopping; /* SIGTERM seen: finish what is in flight, exit */
 	/* Re-read the configuration (SIGHUP, facteurctl reload); 0 when the

@@ -72,6 +72,9 @@ struct spool_envelope {
 	enum smtp_ret ret;
 	char *envid; /* NULL when not given */
 	unsigned flags; /* SPOOL_FLAG_* */
+	/* The DKIM outcome for the accepted line (dkim_intake.h), or NULL;
+	 * never stored. */
+	char *dkim;
 	struct spool_rcpt *rcpts;
 	size_t rcpt_count;
 };
@@ -128,6 +131,13 @@ struct spool_incoming *spool_incoming_new(struct spool *spool);
 /* Append octets; a write error is remembered in inc->error. */
 void spool_incoming_write(struct spool_incoming *inc, const void *buf,
                           size_t len);
+/* Put octets before what was written (a DKIM-Signature field, known
+ * only at the end). A message in a file is copied once into a new one
+ * behind it: this touches only inc and the queue directory, so it may
+ * run on a helper thread while the loop leaves inc alone. 0, or -1 with
+ * errno (inc->error is set too). */
+int spool_incoming_prepend(struct spool *spool, struct spool_incoming *inc,
+			   const void *buf, size_t len);
 /* Drop a message that will not be committed (RSET, 552, disconnect). */
 void spool_incoming_abort(struct spool *spool, struct spool_incoming *inc);
 

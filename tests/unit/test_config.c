@@ -1465,6 +1465,7 @@ static const char *const spec_order[] = {
     "srs_domain",
     "srs_secret_file",
     "senders_file",
+    "dkim_sign",
 };
 
 static void test_config_print_lists_every_key_in_spec_order(void **state)
@@ -1933,6 +1934,44 @@ static void test_config_srs_and_senders_keys(void **state)
 	value_fails("srs_domain", "a..b");
 }
 
+/* dkim_sign: lines add up in a file; the environment separates entries
+ * with ';' (a key path may hold a comma). The key files are read with
+ * the other named files, not here. */
+static void test_config_dkim_sign_lines(void **state)
+{
+	(void)state;
+	struct config *cfg =
+	    support_load_config("dkim_sign = example.com sel1 /k/rsa,1.pem\n"
+				"dkim_sign = Example.com  sel2\t/k/ed.pem\n",
+				NULL);
+	assert_int_equal(cfg->dkim_sign_count, 2);
+	assert_string_equal(cfg->dkim_sign[0].keyfile, "/k/rsa,1.pem");
+	assert_string_equal(cfg->dkim_sign[1].domain, "Example.com");
+	assert_string_equal(cfg->dkim_sign[1].selector, "sel2");
+	assert_string_equal(cfg->dkim_sign[1].origin, "x.conf:2");
+	char *text = print_config(cfg);
+	assert_non_null(strstr(text, "\ndkim_sign = example.com sel1 "
+				     "/k/rsa,1.pem; Example.com sel2 "
+				     "/k/ed.pem\n"));
+	free(text);
+	config_free(cfg);
+	cfg = support_load_config(
+	    "dkim_sign = a.org s /x\n",
+	    ENV("FACTEUR_DKIM_SIGN=b.org s1 /k1; b.org s2 /k2"));
+	assert_int_equal(cfg->dkim_sign_count, 2);
+	assert_string_equal(cfg->dkim_sign[1].keyfile, "/k2");
+	assert_string_equal(cfg->dkim_sign[1].origin, "FACTEUR_DKIM_SIGN");
+	config_free(cfg);
+	cfg = support_load_config("", NULL);
+	assert_int_equal(cfg->dkim_sign_count, 0);
+	config_free(cfg);
+	value_fails("dkim_sign", "example.com sel");
+	value_fails("dkim_sign", "example.com sel /k extra");
+	value_fails("dkim_sign", "exa_mple.com sel /k");
+	value_fails("dkim_sign", "example.com -sel /k");
+	value_fails("dkim_sign", "example.com sel..x /k");
+}
+
 static void test_config_hostname_without_a_dot_is_warned_about(void **state)
 {
 	(void)state;
@@ -2020,6 +2059,7 @@ int main(void)
 	    cmocka_unit_test(test_config_reuse_port_is_yes_or_no),
 	    cmocka_unit_test(test_config_sender_route_is_printed_last),
 	    cmocka_unit_test(test_config_srs_and_senders_keys),
+	    cmocka_unit_test(test_config_dkim_sign_lines),
 	    cmocka_unit_test(
 		test_config_hostname_without_a_dot_is_warned_about),
 	};

@@ -1533,6 +1533,51 @@ static void test_log_records_survive_restart(void **state)
 	spool_envelope_free(env);
 }
 
+/* Fields put before a message once it is all in (DKIM signatures):
+ * in memory, across the inline limit, and in a file of its own; the
+ * committed body is the prefix then the message, and no file is left
+ * behind. */
+static void prepend_and_check(struct fixture *f, const char *data, size_t n,
+			      size_t prefix_len)
+{
+	struct spool_envelope *env = awkward_envelope();
+	char id[SPOOL_ID_LEN + 1];
+	char *prefix = malloc(prefix_len);
+	char *want = malloc(prefix_len + n);
+	struct result res = {0};
+
+	assert_non_null(prefix);
+	assert_non_null(want);
+	for (size_t i = 0; i < prefix_len; i++)
+		prefix[i] = (char)('a' + i % 26);
+	memcpy(want, prefix, prefix_len);
+	memcpy(want + prefix_len, data, n);
+	struct spool_incoming *inc = receive_data(f, id, data, n);
+	assert_int_equal(
+	    spool_incoming_prepend(f->spool, inc, prefix, prefix_len), 0);
+	assert_int_equal(inc->written, prefix_len + n);
+	strcpy(env->id, id);
+	spool_incoming_commit(f->spool, inc, env, on_done, &res);
+	run_until(f, &res.calls, 1);
+	assert_int_equal(res.error, 0);
+	assert_body(f, id, want, prefix_len + n);
+	assert_false(file_exists(f, id, ".pre"));
+	free(prefix);
+	free(want);
+	spool_envelope_free(env);
+}
+
+static void test_incoming_prepend_keeps_the_message_after(void **state)
+{
+	struct fixture *f = *state;
+	char *big = big_message(300000);
+
+	prepend_and_check(f, big, 1000, 700);	 /* stays in memory */
+	prepend_and_check(f, big, 65000, 1000);	 /* pushed into a file */
+	prepend_and_check(f, big, 300000, 2000); /* copied in the file */
+	free(big);
+}
+
 static void test_log_removed_message_stays_removed(void **state)
 {
 	struct fixture *f = *state;
@@ -2454,6 +2499,7 @@ int main(void)
 	    T(test_log_request_after_flush_forms_next_batch),
 	    T(test_log_records_survive_restart),
 	    T(test_log_removed_message_stays_removed),
+	    T(test_incoming_prepend_keeps_the_message_after),
 	    T(test_log_deleted_message_stays_deleted),
 	    T(test_log_torn_tail_is_cut_and_log_goes_on),
 	    T(test_log_cut_last_record_is_dropped),

@@ -369,33 +369,42 @@ int main(int argc, char **argv)
 	enum auth_hash_method method = AUTH_HASH_SHA512;
 	int opt;
 
-	/* "+": the command's own options (queue --json) are not ours. */
-	while ((opt = getopt_long(argc, argv, "+c:m:Vh", long_options, NULL)) !=
-	       -1) {
-		switch (opt) {
-		case 'c':
-			config_path = optarg;
-			break;
-		case 'm':
-			method_name = optarg;
-			break;
-		case 'V':
-			printf("facteurctl %s\n", FACTEUR_VERSION);
-			return 0;
-		case 'h':
-			usage(stdout);
-			return 0;
-		default:
-			usage(stderr);
-			return EXIT_USAGE;
+	/* "+": stop at the command, whose own options (queue --json) are
+	 * not ours; but passwd's -m may come after it, so a second round
+	 * reads those. */
+	int passwd_at = 0;
+	for (;;) {
+		while ((opt = getopt_long(argc, argv, "+c:m:Vh", long_options,
+					  NULL)) != -1) {
+			switch (opt) {
+			case 'c':
+				config_path = optarg;
+				break;
+			case 'm':
+				method_name = optarg;
+				break;
+			case 'V':
+				printf("facteurctl %s\n", FACTEUR_VERSION);
+				return 0;
+			case 'h':
+				usage(stdout);
+				return 0;
+			default:
+				usage(stderr);
+				return EXIT_USAGE;
+			}
 		}
+		if (passwd_at != 0 || optind >= argc ||
+		    strcmp(argv[optind], "passwd") != 0)
+			break;
+		passwd_at = optind++;
 	}
-	if (optind >= argc) {
+	if (passwd_at == 0 && optind >= argc) {
 		usage(stderr);
 		return EXIT_USAGE;
 	}
 	if (method_name != NULL) {
-		if (strcmp(argv[optind], "passwd") != 0) {
+		if (passwd_at == 0) {
 			fprintf(stderr, "facteurctl: -m is for passwd\n");
 			usage(stderr);
 			return EXIT_USAGE;
@@ -410,9 +419,9 @@ int main(int argc, char **argv)
 			return EXIT_USAGE;
 		}
 	}
-	const char *command = argv[optind];
-	int nargs = argc - optind - 1;
-	if (strcmp(command, "passwd") == 0) {
+	const char *command = argv[passwd_at ? passwd_at : optind];
+	int nargs = argc - optind - (passwd_at ? 0 : 1);
+	if (passwd_at != 0) {
 		if (nargs != 0) {
 			usage(stderr);
 			return EXIT_USAGE;

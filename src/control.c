@@ -1,8 +1,9 @@
 /*
  * The control socket (see control.h; the protocol is in
  * docs/operations.md). Each connection is a bufferevent on the loop: a
- * request line in, its reply queued in the output buffer. A listing of
- * the queue (queue, summary) is streamed: a slice of the queue per loop
+ * request line in, its reply queued in the output buffer. A walk over
+ * the queue (queue, summary, and delete, bounce, hold and release by
+ * selector) is streamed: a slice of the queue per loop
  * turn, at most LISTING_SLICE_USEC of work, and no more until the
  * client has read what was written, so a listing of a million messages
  * neither stalls the loop nor fills memory. Memory stays bounded
@@ -204,12 +205,67 @@ static void listing_end(struct control_session *cs, const char *error)
 	session_process(cs);
 }
 
+/* What the operator's commands do, and their words in the reply. */
+static const struct {
+	enum control_command command;
+	enum scheduler_action action;
+	const char *verb, *done;
+} acts[] = {
+    {CONTROL_DELETE, SCHEDULER_DELETE, "delete", "deleted"},
+    {CONTROL_BOUNCE, SCHEDULER_BOUNCE, "bounce", "bounced"},
+    {CONTROL_HOLD, SCHEDULER_HOLD, "hold", "held"},
+    {CONTROL_RELEASE, SCHEDULER_RELEASE, "release", "released"},
+};
+
+static size_t act_index(enum control_command command)
+{
+	size_t a = 0;
+	while (a + 1 < sizeof acts / sizeof acts[0] &&
+	       acts[a].command != command)
+		a++;
+	return a;
+}
+
+static bool listing_acts(const struct control_listing *ls)
+{
+	return ls->req.command != CONTROL_QUEUE &&
+	       ls->req.command != CONTROL_SUMMARY;
+}
+
+/* The end of a walk that acted: "VERB N", or "would VERB N" for a dry
+ * run; a selector that picked nothing is an error. */
+static const char *listing_act_end(struct control_session *cs)
+{
+	const struct control_listing *ls = cs->listing;
+	const struct control_request *req = &ls->req;
+	size_t a = act_index(req->command);
+	char text[64];
+
+	if (ls->listed == 0 && !req->dry_run && !req->all)
+		return "no message matches";
+	snprintf(text, sizeof text, "%s%s %zu", req->dry_run ? "would " : "",
+		 req->dry_run ? acts[a].verb : acts[a].done, ls->listed);
+	reply_str(cs, text);
+	return NULL;
+}
+
 static void listing_visit(struct control_session *cs,
 			  const struct spool_envelope *env)
 {
 	struct control_listing *ls = cs->listing;
 	bool held = (env->flags & SPOOL_FLAG_HELD) != 0;
 
+	if (listing_acts(ls)) {
+		if (!ls->req.all &&
+		    !control_proto_selects(&ls->req.select, env, held, ls->now))
+			return;
+		ls->listed++;
+		if (!ls->req.dry_run)
+			scheduler_cursor_act(
+			    ls->cursor,
+			    acts[act_index(ls->req.command)].action);
+		return;
+	}
 	if (ls->summary != NULL) {
 		if (queue_summary_add(ls->summary, env) == -1)
 			cs->overflow = true;
@@ -298,7 +354,7 @@ static void listing_step(struct control_session *cs)
 			listing_row(cs);
 			continue;
 		}
-		listing_end(cs, NULL);
+		listing_end(cs, listing_acts(ls) ? listing_act_end(cs) : NULL);
 		return;
 	}
 }
@@ -469,61 +525,28 @@ static const char *command_name(enum control_command command)
 	return "?";
 }
 
-static bool request_selects(const struct spool_envelope *env, void *arg)
-{
-	const struct control_request *req = arg;
-
-	return req->all || control_proto_selects(
-			       &req->select, env,
-			       (env->flags & SPOOL_FLAG_HELD) != 0, time(NULL));
-}
-
-/* delete, bounce, hold, release: one message, every one (delete all) or
- * those the selectors pick; "VERB N" says how many ("would VERB N" for
- * a dry run). A bounce of one id answers nothing more, as it always
- * did. */
+/* delete, bounce, hold, release of one message: "VERB 1" (a bounce
+ * answers nothing more, as it always did). The other forms walk the
+ * queue as a listing does. */
 static void cmd_act(struct control_session *cs,
 		    const struct control_request *req)
 {
-	static const struct {
-		enum control_command command;
-		enum scheduler_action action;
-		const char *verb, *done;
-	} acts[] = {
-	    {CONTROL_DELETE, SCHEDULER_DELETE, "delete", "deleted"},
-	    {CONTROL_BOUNCE, SCHEDULER_BOUNCE, "bounce", "bounced"},
-	    {CONTROL_HOLD, SCHEDULER_HOLD, "hold", "held"},
-	    {CONTROL_RELEASE, SCHEDULER_RELEASE, "release", "released"},
-	};
-	struct scheduler *sched = cs->ctl->srv->scheduler;
-	size_t a = 0;
-	size_t n = 1;
+	size_t a = act_index(req->command);
 	char text[64];
 
-	while (acts[a].command != req->command)
-		a++;
-	if (req->has_id) {
-		if (scheduler_act(sched, req->id, acts[a].action) == -1) {
-			reply_end(cs, "no such message");
-			return;
-		}
-		if (req->command == CONTROL_BOUNCE) {
-			reply_end(cs, NULL);
-			return;
-		}
-	} else if (req->all && !req->dry_run) {
-		n = scheduler_delete_all(sched);
-	} else {
-		n = scheduler_act_matching(sched, request_selects, (void *)req,
-					   acts[a].action, req->dry_run);
-		if (n == 0 && !req->dry_run && !req->all) {
-			reply_end(cs, "no message matches");
-			return;
-		}
+	if (!req->has_id) {
+		listing_start(cs, req);
+		return;
 	}
-	snprintf(text, sizeof text, "%s%s %zu", req->dry_run ? "would " : "",
-		 req->dry_run ? acts[a].verb : acts[a].done, n);
-	reply_str(cs, text);
+	if (scheduler_act(cs->ctl->srv->scheduler, req->id, acts[a].action) ==
+	    -1) {
+		reply_end(cs, "no such message");
+		return;
+	}
+	if (req->command != CONTROL_BOUNCE) {
+		snprintf(text, sizeof text, "%s 1", acts[a].done);
+		reply_str(cs, text);
+	}
 	reply_end(cs, NULL);
 }
 

@@ -58,7 +58,8 @@ struct scheduler {
 /* A listing's place in the list: the next message it visits. */
 struct scheduler_cursor {
 	struct scheduler *sched;
-	struct queued *at;
+	struct queued *at;   /* the next to visit */
+	struct queued *last; /* the one last visited, while it lives */
 	struct scheduler_cursor *prev, *next;
 };
 
@@ -139,6 +140,8 @@ static void queued_free(struct queued *q)
 	     c = c->next)
 		if (c->at == q)
 			c->at = q->prev; /* the next newer one */
+		else if (c->last == q)
+			c->last = NULL;
 	if (q->prev != NULL)
 		q->prev->next = q->next;
 	else
@@ -1049,24 +1052,6 @@ int scheduler_act(struct scheduler *sched, const char *id,
 	return 0;
 }
 
-size_t scheduler_act_matching(struct scheduler *sched, scheduler_match_cb match,
-			      void *arg, enum scheduler_action action,
-			      bool dry_run)
-{
-	size_t n = 0;
-	for (struct queued *q = sched->messages; q != NULL;) {
-		/* delete may free q */
-		struct queued *next = q->next;
-		if (!q->deleted && match(q->env, arg)) {
-			n++;
-			if (!dry_run)
-				act(q, action);
-		}
-		q = next;
-	}
-	return n;
-}
-
 /* Run every message with a recipient in the domain: what was held back
  * for it starts now. */
 static void run_domain(struct scheduler *sched, const char *domain)
@@ -1133,10 +1118,19 @@ scheduler_cursor_next(struct scheduler_cursor *cursor)
 	while (cursor->at != NULL) {
 		struct queued *q = cursor->at;
 		cursor->at = q->prev;
-		if (!q->deleted)
+		if (!q->deleted) {
+			cursor->last = q;
 			return q->env;
+		}
 	}
 	return NULL;
+}
+
+void scheduler_cursor_act(struct scheduler_cursor *cursor,
+			  enum scheduler_action action)
+{
+	if (cursor->last != NULL && !cursor->last->deleted)
+		act(cursor->last, action);
 }
 
 void scheduler_cursor_free(struct scheduler_cursor *cursor)

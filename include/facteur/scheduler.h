@@ -67,17 +67,14 @@ enum scheduler_action {
 	SCHEDULER_HOLD,	   /* neither tried nor expired until released */
 	SCHEDULER_RELEASE, /* held no more, and due at once */
 };
-/* Does this message fit? */
-typedef bool (*scheduler_match_cb)(const struct spool_envelope *env, void *arg);
 /* Apply `action` to one message: -1 when no such id. */
 int scheduler_act(struct scheduler *sched, const char *id,
 		  enum scheduler_action action);
-/* To every message `match` accepts (nothing when dry_run); returns how
- * many. A hold or release of a message already so counts, changes
- * nothing. One pass over the queue. */
-size_t scheduler_act_matching(struct scheduler *sched, scheduler_match_cb match,
-			      void *arg, enum scheduler_action action,
-			      bool dry_run);
+/* To the message scheduler_cursor_next returned last (nothing when it
+ * left the queue since). A hold or release of a message already so
+ * changes nothing. */
+void scheduler_cursor_act(struct scheduler_cursor *cursor,
+			  enum scheduler_action action);
 
 /* Suspended destination domains (domain_suspend.h): until 0 means until
  * resumed. 0, or -1 with errno (the suspension file cannot be written).

@@ -64,7 +64,10 @@ struct control_listing {
 	size_t rows, row;		 /* summary rows, the next to send */
 	size_t listed;			 /* messages sent, for --limit */
 	time_t now;
-	struct event *resume; /* the next slice, at the next loop turn */
+	/* The next slice: a timer of zero, which libevent runs only after
+	 * polling the sockets again (an event made active from its own
+	 * callback would run at once, before any socket). */
+	struct event *resume;
 };
 
 struct control_session {
@@ -299,6 +302,15 @@ static void listing_row(struct control_session *cs)
 	reply_owned(cs, NULL, control_proto_summary_record(row));
 }
 
+/* Go on at the next turn of the loop, after the sockets had their turn.
+ * -1 when the timer cannot be set. */
+static int listing_later(struct control_session *cs)
+{
+	static const struct timeval now = {0, 0};
+
+	return evtimer_add(cs->listing->resume, &now);
+}
+
 static long long usec_since(const struct timespec *start)
 {
 	struct timespec now;
@@ -333,7 +345,8 @@ static void listing_step(struct control_session *cs)
 		}
 		if (++visited % LISTING_CLOCK_EVERY == 0 &&
 		    usec_since(&start) >= LISTING_SLICE_USEC) {
-			event_active(ls->resume, EV_TIMEOUT, 0);
+			if (listing_later(cs) == -1)
+				listing_end(cs, "cannot schedule the listing");
 			return;
 		}
 		const struct spool_envelope *env = NULL;
@@ -383,8 +396,7 @@ static void listing_start(struct control_session *cs,
 	ls->req = *req;
 	ls->now = time(NULL);
 	ls->cursor = scheduler_cursor_new(sched);
-	ls->resume =
-	    event_new(cs->ctl->srv->base, -1, 0, on_listing_resume, cs);
+	ls->resume = evtimer_new(cs->ctl->srv->base, on_listing_resume, cs);
 	if (req->command == CONTROL_SUMMARY)
 		ls->summary = queue_summary_new();
 	if (ls->cursor == NULL || ls->resume == NULL ||
@@ -396,7 +408,12 @@ static void listing_start(struct control_session *cs,
 	/* The first slice runs from the loop too, never inside the
 	 * request's own processing. */
 	cs->listing = ls;
-	event_active(ls->resume, EV_TIMEOUT, 0);
+	if (listing_later(cs) == -1) {
+		cs->listing = NULL;
+		listing_free(ls);
+		reply_end(cs, "cannot schedule the listing");
+		return;
+	}
 	if (bufferevent_disable(cs->bev, EV_READ) == -1)
 		cs->overflow = true; /* ends the listing at its first slice */
 }

@@ -12,6 +12,13 @@
  *
  * Local recipients are delivered here, at most MAX_LOCAL_DELIVERIES at a
  * time; remote ones go to relay.c, which groups them by destination.
+ *
+ * The operator's hand: a held message (SPOOL_FLAG_HELD, recorded like
+ * any flag) is not run at all, so neither tried nor expired; a recipient
+ * whose domain is suspended (domain_suspend.h) is skipped the same way,
+ * its message's timer set to the suspension's end when it has one.
+ * Control listings walk the list with cursors, which queued_free moves
+ * past the message it frees.
  */
 #include <errno.h>
 #include <stdio.h>

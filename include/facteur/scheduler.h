@@ -2,7 +2,8 @@
  * The in-memory view of the queue: which recipients are ready, in
  * flight, or deferred until a time; retries with exponential backoff
  * between retry_min and retry_max; expiry after queue_lifetime. Every
- * outcome is written to the spool before it is forgotten. Local
+ * outcome is written to the spool before it is forgotten. The operator
+ * may hold messages and suspend destination domains. Local
  * deliveries start here; relay attempts go through relay.h, DSNs
  * through notice.h.
  */

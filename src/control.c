@@ -284,6 +284,22 @@ static void listing_visit(struct control_session *cs,
 		reply_owned(cs, NULL, control_proto_queue_record(env));
 }
 
+/* The walk is over: the suspended domains without a message get their
+ * row too, so that what is suspended shows. */
+static void summary_finish(struct control_session *cs)
+{
+	struct control_listing *ls = cs->listing;
+	const struct domain_suspend *ds =
+	    scheduler_suspensions(cs->ctl->srv->scheduler);
+	const char *domain;
+
+	for (size_t i = 0; (domain = domain_suspend_at(ds, i)) != NULL; i++)
+		if (domain_suspend_active(ds, domain, ls->now, NULL) &&
+		    queue_summary_include(ls->summary, domain) == -1)
+			cs->overflow = true;
+	ls->rows = queue_summary_finish(ls->summary);
+}
+
 /* One summary row: its suspension from the scheduler's table. */
 static void listing_row(struct control_session *cs)
 {
@@ -361,7 +377,7 @@ static void listing_step(struct control_session *cs)
 			scheduler_cursor_free(ls->cursor);
 			ls->cursor = NULL;
 			if (ls->summary != NULL)
-				ls->rows = queue_summary_finish(ls->summary);
+				summary_finish(cs);
 		}
 		if (ls->summary != NULL && ls->row < ls->rows) {
 			listing_row(cs);

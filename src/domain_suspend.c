@@ -74,6 +74,11 @@ bool domain_suspend_active(const struct domain_suspend *ds, const char *domain,
 	return true;
 }
 
+const char *domain_suspend_at(const struct domain_suspend *ds, size_t i)
+{
+	return i < ds->count ? ds->items[i].domain : NULL;
+}
+
 /* A name the file can hold on its line: no space, control or '@'. */
 static bool domain_ok(const char *domain, size_t len)
 {

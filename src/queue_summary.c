@@ -160,6 +160,11 @@ int queue_summary_add(struct queue_summary *qs,
 	return 0;
 }
 
+int queue_summary_include(struct queue_summary *qs, const char *domain)
+{
+	return row_for(qs, domain) == NULL ? -1 : 0;
+}
+
 static int by_messages(const void *a, const void *b)
 {
 	const struct domain_row *x = a;

@@ -30,6 +30,9 @@ void domain_suspend_free(struct domain_suspend *ds);
 bool domain_suspend_active(const struct domain_suspend *ds, const char *domain,
 			   time_t now, time_t *until);
 
+/* The i-th domain of the table (in lower case), or NULL past its end. */
+const char *domain_suspend_at(const struct domain_suspend *ds, size_t i);
+
 /* Suspend (until 0: until resumed) or resume a domain, and write the
  * file durably. 0, or -1 with errno (the table is then unchanged).
  * domain_suspend_resume returns 1 when the domain was not suspended. */

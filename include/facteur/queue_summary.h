@@ -21,6 +21,10 @@ void queue_summary_free(struct queue_summary *qs);
 int queue_summary_add(struct queue_summary *qs,
 		      const struct spool_envelope *env);
 
+/* A row for this domain even without a message (a suspended domain
+ * shows). -1 when memory runs out. */
+int queue_summary_include(struct queue_summary *qs, const char *domain);
+
 /* Sort the rows, most messages first (then by name), and count them. */
 size_t queue_summary_finish(struct queue_summary *qs);
 /* Row i after queue_summary_finish; the caller may set its `suspended`

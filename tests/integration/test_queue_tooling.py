@@ -212,6 +212,8 @@ def test_suspend_until_resumed_survives_restart(make_daemon, sink):
     d = relaying_daemon(make_daemon, sink.port)
     ok(d, "suspend", "remote.test")
     d.wait_event("suspended", domain="remote.test")
+    empty = summary_json(d)["remote.test"]  # shown before any message
+    assert (empty["messages"], empty["suspended"]) == (0, True)
     qid = d.send(recipients=("u@remote.test", "v@other.test"))
     d.wait_event("delivered", queue_id=qid, rcpt="v@other.test",
                  timeout=rh.RELAY_TIMEOUT)

@@ -433,6 +433,27 @@ static void test_summary_counts_per_domain(void **state)
 	queue_summary_free(qs);
 }
 
+static void test_summary_includes_domains_without_messages(void **state)
+{
+	struct spool_envelope env;
+	struct spool_rcpt r[3];
+	struct queue_summary *qs = queue_summary_new();
+	(void)state;
+
+	make_envelope(&env, r);
+	assert_int_equal(queue_summary_add(qs, &env), 0);
+	assert_int_equal(queue_summary_include(qs, "Quiet.test"), 0);
+	assert_int_equal(queue_summary_include(qs, "remote.test"), 0);
+	assert_int_equal(queue_summary_finish(qs), 2);
+	assert_string_equal(queue_summary_row(qs, 0)->domain, "remote.test");
+	assert_int_equal(queue_summary_row(qs, 0)->messages, 1);
+	assert_int_equal(queue_summary_row(qs, 0)->recipients, 2);
+	assert_string_equal(queue_summary_row(qs, 1)->domain, "quiet.test");
+	assert_int_equal(queue_summary_row(qs, 1)->messages, 0);
+	assert_int_equal(queue_summary_row(qs, 1)->oldest, 0);
+	queue_summary_free(qs);
+}
+
 static void test_summary_many_domains_grow_the_table(void **state)
 {
 	struct spool_envelope env;
@@ -501,6 +522,9 @@ static void test_suspensions_parse_format_and_expire(void **state)
 	assert_int_equal(domain_suspend_resume(ds, "big.example"), 1);
 	assert_false(domain_suspend_active(ds, "big.example", 100, NULL));
 	assert_true(domain_suspend_active(ds, "new.example", 100, NULL));
+	assert_string_equal(domain_suspend_at(ds, 0), "new.example");
+	assert_string_equal(domain_suspend_at(ds, 1), "timed.example");
+	assert_null(domain_suspend_at(ds, 2));
 	assert_int_equal(domain_suspend_set(ds, "bad domain", 0), -1);
 	domain_suspend_free(ds);
 }
@@ -757,6 +781,7 @@ int main(void)
 	    cmocka_unit_test(test_json_string_escapes_controls_and_bad_utf8),
 	    cmocka_unit_test(test_queue_json_has_every_field),
 	    cmocka_unit_test(test_summary_counts_per_domain),
+	    cmocka_unit_test(test_summary_includes_domains_without_messages),
 	    cmocka_unit_test(test_summary_many_domains_grow_the_table),
 	    cmocka_unit_test(test_summary_line_refuses_malformed_records),
 	    cmocka_unit_test(test_suspensions_parse_format_and_expire),

@@ -1,10 +1,15 @@
 /*
  * The control socket (see control.h; the protocol is in
  * docs/operations.md). Each connection is a bufferevent on the loop: a
- * request line in, its whole reply queued in the output buffer. Memory
- * stays bounded whatever the client does: a request line is at most
- * CONTROL_LINE_MAX octets, no further request is read while a reply is
- * waiting to be read, and a client that neither sends nor reads for
+ * request line in, its reply queued in the output buffer. A walk over
+ * the queue (queue, summary, and delete, bounce, hold and release by
+ * selector) is streamed: a slice of the queue per loop
+ * turn, at most LISTING_SLICE_USEC of work, and no more until the
+ * client has read what was written, so a listing of a million messages
+ * neither stalls the loop nor fills memory. Memory stays bounded
+ * whatever the client does: a request line is at most CONTROL_LINE_MAX
+ * octets, no further request is read while a reply is waiting to be
+ * read, and a client that neither sends nor reads for
  * CONTROL_TIMEOUT_SECONDS is cut off.
  */
 #include <errno.h>
@@ -16,6 +21,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -25,8 +31,10 @@
 
 #include "facteur/control.h"
 #include "facteur/control_proto.h"
+#include "facteur/domain_suspend.h"
 #include "facteur/log.h"
 #include "facteur/metrics.h"
+#include "facteur/queue_summary.h"
 #include "facteur/scheduler.h"
 #include "facteur/server.h"
 #include "facteur/spool.h"
@@ -43,6 +51,24 @@
 #define CONTROL_OUTPUT_MAX (64 * 1024 * 1024)
 /* What `show` reads of a message file to find its headers. */
 #define CONTROL_HEADERS_MAX (64 * 1024)
+/* The work of a listing in one loop turn, and how often the clock is
+ * read to know (every so many messages visited). */
+#define LISTING_SLICE_USEC 2000
+#define LISTING_CLOCK_EVERY 64
+
+/* A listing under way (queue, summary): where it is in the queue. */
+struct control_listing {
+	struct control_request req;
+	struct scheduler_cursor *cursor; /* NULL once the walk is over */
+	struct queue_summary *summary;	 /* summary only */
+	size_t rows, row;		 /* summary rows, the next to send */
+	size_t listed;			 /* messages sent, for --limit */
+	time_t now;
+	/* The next slice: a timer of zero, which libevent runs only after
+	 * polling the sockets again (an event made active from its own
+	 * callback would run at once, before any socket). */
+	struct event *resume;
+};
 
 struct control_session {
 	struct control *ctl;
@@ -52,6 +78,7 @@ struct control_session {
 	bool eof;      /* the client sent everything it will send */
 	bool closing;  /* flush the output, then free */
 	bool overflow; /* the reply being built went past the bound */
+	struct control_listing *listing; /* a reply being streamed */
 };
 
 struct control {
@@ -63,10 +90,22 @@ struct control {
 	size_t session_count;
 };
 
+static void listing_free(struct control_listing *ls)
+{
+	if (ls == NULL)
+		return;
+	scheduler_cursor_free(ls->cursor);
+	queue_summary_free(ls->summary);
+	if (ls->resume != NULL)
+		event_free(ls->resume);
+	free(ls);
+}
+
 static void session_free(struct control_session *cs)
 {
 	struct control *ctl = cs->ctl;
 
+	listing_free(cs->listing);
 	if (cs->prev != NULL)
 		cs->prev->next = cs->next;
 	else
@@ -136,19 +175,263 @@ static void reply_records(struct control_session *cs, const char *text,
 		reply_add(cs, text, len);
 }
 
-static void on_queue_entry(const struct spool_envelope *env, void *arg)
+static void session_process(struct control_session *cs);
+
+/* A record made of a keyword and a text freed here (NULL: out of
+ * memory). */
+static void reply_owned(struct control_session *cs, const char *keyword,
+			char *text)
+{
+	struct evbuffer *out = bufferevent_get_output(cs->bev);
+
+	if (text == NULL)
+		cs->overflow = true;
+	else if (!cs->overflow && keyword != NULL &&
+		 evbuffer_add(out, keyword, strlen(keyword)) == -1)
+		cs->overflow = true;
+	else if (text != NULL)
+		reply_str(cs, text);
+	free(text);
+}
+
+/* The listing is over: its last line, then the next request. May free
+ * cs. */
+static void listing_end(struct control_session *cs, const char *error)
+{
+	listing_free(cs->listing);
+	cs->listing = NULL;
+	reply_end(cs, error);
+	if (bufferevent_enable(cs->bev, EV_READ) == -1) {
+		session_free(cs);
+		return;
+	}
+	session_process(cs);
+}
+
+/* What the operator's commands do, and their words in the reply. */
+static const struct {
+	enum control_command command;
+	enum scheduler_action action;
+	const char *verb, *done;
+} acts[] = {
+    {CONTROL_DELETE, SCHEDULER_DELETE, "delete", "deleted"},
+    {CONTROL_BOUNCE, SCHEDULER_BOUNCE, "bounce", "bounced"},
+    {CONTROL_HOLD, SCHEDULER_HOLD, "hold", "held"},
+    {CONTROL_RELEASE, SCHEDULER_RELEASE, "release", "released"},
+};
+
+static size_t act_index(enum control_command command)
+{
+	size_t a = 0;
+	while (a + 1 < sizeof acts / sizeof acts[0] &&
+	       acts[a].command != command)
+		a++;
+	return a;
+}
+
+static bool listing_acts(const struct control_listing *ls)
+{
+	return ls->req.command != CONTROL_QUEUE &&
+	       ls->req.command != CONTROL_SUMMARY;
+}
+
+/* The end of a walk that acted: "VERB N", or "would VERB N" for a dry
+ * run; a selector that picked nothing is an error. */
+static const char *listing_act_end(struct control_session *cs)
+{
+	const struct control_listing *ls = cs->listing;
+	const struct control_request *req = &ls->req;
+	size_t a = act_index(req->command);
+	char text[64];
+
+	if (ls->listed == 0 && !req->dry_run && !req->all)
+		return "no message matches";
+	snprintf(text, sizeof text, "%s%s %zu", req->dry_run ? "would " : "",
+		 req->dry_run ? acts[a].verb : acts[a].done, ls->listed);
+	reply_str(cs, text);
+	return NULL;
+}
+
+static void listing_visit(struct control_session *cs,
+			  const struct spool_envelope *env)
+{
+	struct control_listing *ls = cs->listing;
+	bool held = (env->flags & SPOOL_FLAG_HELD) != 0;
+
+	if (listing_acts(ls)) {
+		if (!ls->req.all &&
+		    !control_proto_selects(&ls->req.select, env, held, ls->now))
+			return;
+		ls->listed++;
+		if (!ls->req.dry_run)
+			scheduler_cursor_act(
+			    ls->cursor,
+			    acts[act_index(ls->req.command)].action);
+		return;
+	}
+	if (ls->summary != NULL) {
+		if (queue_summary_add(ls->summary, env) == -1)
+			cs->overflow = true;
+		return;
+	}
+	if (!control_proto_selects(&ls->req.select, env, held, ls->now))
+		return;
+	ls->listed++;
+	if (ls->req.json)
+		reply_owned(cs, "json ",
+			    control_proto_queue_json(env, held, ls->now));
+	else
+		reply_owned(cs, NULL, control_proto_queue_record(env));
+}
+
+/* The walk is over: the suspended domains without a message get their
+ * row too, so that what is suspended shows. */
+static void summary_finish(struct control_session *cs)
+{
+	struct control_listing *ls = cs->listing;
+	const struct domain_suspend *ds =
+	    scheduler_suspensions(cs->ctl->srv->scheduler);
+	const char *domain;
+
+	for (size_t i = 0; (domain = domain_suspend_at(ds, i)) != NULL; i++)
+		if (domain_suspend_active(ds, domain, ls->now, NULL) &&
+		    queue_summary_include(ls->summary, domain) == -1)
+			cs->overflow = true;
+	ls->rows = queue_summary_finish(ls->summary);
+}
+
+/* One summary row: its suspension from the scheduler's table. */
+static void listing_row(struct control_session *cs)
+{
+	struct control_listing *ls = cs->listing;
+	struct control_summary_row *row =
+	    queue_summary_row(ls->summary, ls->row++);
+	time_t until = 0;
+
+	row->suspended = domain_suspend_active(
+	    scheduler_suspensions(cs->ctl->srv->scheduler), row->domain,
+	    ls->now, &until);
+	row->suspended_until = until;
+	/* Paused by the relay's throttling: not known here yet (the relay
+	 * will say whether a destination is paused, and until when). */
+	row->paused = false;
+	reply_owned(cs, NULL, control_proto_summary_record(row));
+}
+
+/* Go on at the next turn of the loop, after the sockets had their turn.
+ * -1 when the timer cannot be set. */
+static int listing_later(struct control_session *cs)
+{
+	static const struct timeval now = {0, 0};
+
+	return evtimer_add(cs->listing->resume, &now);
+}
+
+static long long usec_since(const struct timespec *start)
+{
+	struct timespec now;
+
+	if (clock_gettime(CLOCK_MONOTONIC, &now) == -1)
+		return LISTING_SLICE_USEC; /* cannot tell: yield */
+	return (long long)(now.tv_sec - start->tv_sec) * 1000000 +
+	       (now.tv_nsec - start->tv_nsec) / 1000;
+}
+
+/*
+ * Move the listing on: visit messages until the slice's time is spent
+ * (then go on at the next loop turn, after the other events) or the
+ * output holds CONTROL_OUTPUT_LOW (then go on once the client read it:
+ * on_write). May free cs.
+ */
+static void listing_step(struct control_session *cs)
+{
+	struct control_listing *ls = cs->listing;
+	struct evbuffer *out = bufferevent_get_output(cs->bev);
+	struct timespec start;
+	size_t visited = 0;
+
+	if (clock_gettime(CLOCK_MONOTONIC, &start) == -1) {
+		listing_end(cs, strerror(errno));
+		return;
+	}
+	while (evbuffer_get_length(out) < CONTROL_OUTPUT_LOW) {
+		if (cs->overflow) {
+			listing_end(cs, "out of memory");
+			return;
+		}
+		if (++visited % LISTING_CLOCK_EVERY == 0 &&
+		    usec_since(&start) >= LISTING_SLICE_USEC) {
+			if (listing_later(cs) == -1)
+				listing_end(cs, "cannot schedule the listing");
+			return;
+		}
+		const struct spool_envelope *env = NULL;
+		if (ls->cursor != NULL &&
+		    (ls->req.limit == 0 || ls->listed < ls->req.limit))
+			env = scheduler_cursor_next(ls->cursor);
+		if (env != NULL) {
+			listing_visit(cs, env);
+			continue;
+		}
+		if (ls->cursor != NULL) {
+			scheduler_cursor_free(ls->cursor);
+			ls->cursor = NULL;
+			if (ls->summary != NULL)
+				summary_finish(cs);
+		}
+		if (ls->summary != NULL && ls->row < ls->rows) {
+			listing_row(cs);
+			continue;
+		}
+		listing_end(cs, listing_acts(ls) ? listing_act_end(cs) : NULL);
+		return;
+	}
+}
+
+static void on_listing_resume(evutil_socket_t fd, short what, void *arg)
 {
 	struct control_session *cs = arg;
 
-	if (cs->overflow)
-		return;
-	char *record = control_proto_queue_record(env);
-	if (record == NULL) {
-		cs->overflow = true;
+	(void)fd;
+	(void)what;
+	if (cs->listing != NULL)
+		listing_step(cs);
+}
+
+/* Start streaming a listing; no request is read until it is over. */
+static void listing_start(struct control_session *cs,
+			  const struct control_request *req)
+{
+	struct control_listing *ls = calloc(1, sizeof *ls);
+	struct scheduler *sched = cs->ctl->srv->scheduler;
+
+	if (ls == NULL) {
+		reply_end(cs, "out of memory");
 		return;
 	}
-	reply_str(cs, record);
-	free(record);
+	ls->req = *req;
+	ls->now = time(NULL);
+	ls->cursor = scheduler_cursor_new(sched);
+	ls->resume = evtimer_new(cs->ctl->srv->base, on_listing_resume, cs);
+	if (req->command == CONTROL_SUMMARY)
+		ls->summary = queue_summary_new();
+	if (ls->cursor == NULL || ls->resume == NULL ||
+	    (req->command == CONTROL_SUMMARY && ls->summary == NULL)) {
+		listing_free(ls);
+		reply_end(cs, "out of memory");
+		return;
+	}
+	/* The first slice runs from the loop too, never inside the
+	 * request's own processing. */
+	cs->listing = ls;
+	if (listing_later(cs) == -1) {
+		cs->listing = NULL;
+		listing_free(ls);
+		reply_end(cs, "cannot schedule the listing");
+		return;
+	}
+	if (bufferevent_disable(cs->bev, EV_READ) == -1)
+		cs->overflow = true; /* ends the listing at its first slice */
 }
 
 /* The header records of a queued message, from the spool. Reading a
@@ -167,9 +450,8 @@ static void reply_headers(struct control_session *cs,
 			  LOG_S("reason", strerror(errno)));
 		return;
 	}
-	size_t want = body.length < CONTROL_HEADERS_MAX
-			  ? (size_t)body.length
-			  : CONTROL_HEADERS_MAX;
+	size_t want = body.length < CONTROL_HEADERS_MAX ? (size_t)body.length
+							: CONTROL_HEADERS_MAX;
 	buf = malloc(CONTROL_HEADERS_MAX);
 	while (buf != NULL && len < want) {
 		ssize_t n = pread(body.fd, buf + len, want - len,
@@ -262,8 +544,65 @@ static const char *command_name(enum control_command command)
 		return "reload";
 	case CONTROL_PICKUP:
 		return "pickup";
+	case CONTROL_SUMMARY:
+		return "summary";
+	case CONTROL_HOLD:
+		return "hold";
+	case CONTROL_RELEASE:
+		return "release";
+	case CONTROL_SUSPEND:
+		return "suspend";
+	case CONTROL_RESUME:
+		return "resume";
 	}
 	return "?";
+}
+
+/* delete, bounce, hold, release of one message: "VERB 1" (a bounce
+ * answers nothing more, as it always did). The other forms walk the
+ * queue as a listing does. */
+static void cmd_act(struct control_session *cs,
+		    const struct control_request *req)
+{
+	size_t a = act_index(req->command);
+	char text[64];
+
+	if (!req->has_id) {
+		listing_start(cs, req);
+		return;
+	}
+	if (scheduler_act(cs->ctl->srv->scheduler, req->id, acts[a].action) ==
+	    -1) {
+		reply_end(cs, "no such message");
+		return;
+	}
+	if (req->command != CONTROL_BOUNCE) {
+		snprintf(text, sizeof text, "%s 1", acts[a].done);
+		reply_str(cs, text);
+	}
+	reply_end(cs, NULL);
+}
+
+static void cmd_suspend(struct control_session *cs,
+			const struct control_request *req)
+{
+	struct scheduler *sched = cs->ctl->srv->scheduler;
+	const char *domain = req->select.domain;
+	int rc;
+
+	if (req->command == CONTROL_SUSPEND)
+		rc = scheduler_suspend(sched, domain,
+				       req->seconds ? time(NULL) + req->seconds
+						    : 0);
+	else
+		rc = scheduler_resume(sched, domain);
+	if (rc == 1)
+		reply_end(cs, "that domain is not suspended");
+	else if (rc == -1)
+		reply_end(cs, errno == ENOSPC ? "too many suspended domains"
+					      : strerror(errno));
+	else
+		reply_end(cs, NULL);
 }
 
 static void session_request(struct control_session *cs, const char *line,
@@ -279,19 +618,23 @@ static void session_request(struct control_session *cs, const char *line,
 		return;
 	}
 	/* What changes the queue or the settings is worth a log line. */
-	enum log_level level = req.command == CONTROL_QUEUE ||
-				       req.command == CONTROL_SHOW ||
-				       req.command == CONTROL_STATS
-				   ? LOG_LEVEL_DEBUG
-				   : LOG_LEVEL_INFO;
-	log_event(level, "control", LOG_S("command", command_name(req.command)),
-		  LOG_S("queue_id", req.has_id ? req.id
-				    : req.all  ? "all"
-					       : NULL));
+	enum log_level level =
+	    req.command == CONTROL_QUEUE || req.command == CONTROL_SHOW ||
+		    req.command == CONTROL_STATS ||
+		    req.command == CONTROL_SUMMARY || req.dry_run
+		? LOG_LEVEL_DEBUG
+		: LOG_LEVEL_INFO;
+	log_event(
+	    level, "control", LOG_S("command", command_name(req.command)),
+	    LOG_S("queue_id", req.has_id ? req.id
+			      : req.all	 ? "all"
+					 : NULL),
+	    LOG_S("domain", req.select.has_domain ? req.select.domain : NULL),
+	    LOG_S("sender", req.select.has_sender ? req.select.sender : NULL));
 	switch (req.command) {
 	case CONTROL_QUEUE:
-		scheduler_foreach(sched, on_queue_entry, cs);
-		reply_end(cs, NULL);
+	case CONTROL_SUMMARY:
+		listing_start(cs, &req);
 		break;
 	case CONTROL_SHOW:
 		cmd_show(cs, req.id);
@@ -303,24 +646,15 @@ static void session_request(struct control_session *cs, const char *line,
 			error = "no such message";
 		reply_end(cs, error);
 		break;
-	case CONTROL_DELETE: {
-		size_t n = 1;
-		if (req.all)
-			n = scheduler_delete_all(sched);
-		else if (scheduler_delete(sched, req.id) == -1)
-			error = "no such message";
-		if (error == NULL) {
-			char text[64];
-			snprintf(text, sizeof text, "deleted %zu", n);
-			reply_str(cs, text);
-		}
-		reply_end(cs, error);
-		break;
-	}
+	case CONTROL_DELETE:
 	case CONTROL_BOUNCE:
-		if (scheduler_bounce(sched, req.id) == -1)
-			error = "no such message";
-		reply_end(cs, error);
+	case CONTROL_HOLD:
+	case CONTROL_RELEASE:
+		cmd_act(cs, &req);
+		break;
+	case CONTROL_SUSPEND:
+	case CONTROL_RESUME:
+		cmd_suspend(cs, &req);
 		break;
 	case CONTROL_STATS:
 		cmd_stats(cs);
@@ -347,7 +681,8 @@ static void session_process(struct control_session *cs)
 	struct evbuffer *out = bufferevent_get_output(cs->bev);
 	char line[CONTROL_LINE_MAX];
 
-	while (!cs->closing && evbuffer_get_length(out) < CONTROL_OUTPUT_LOW) {
+	while (!cs->closing && cs->listing == NULL &&
+	       evbuffer_get_length(out) < CONTROL_OUTPUT_LOW) {
 		size_t avail = evbuffer_get_length(in);
 		size_t eol_len = 0;
 		struct evbuffer_ptr eol =
@@ -373,7 +708,8 @@ static void session_process(struct control_session *cs)
 		}
 		session_request(cs, line, n);
 	}
-	if (!cs->closing && cs->eof && evbuffer_get_length(in) == 0)
+	if (!cs->closing && cs->listing == NULL && cs->eof &&
+	    evbuffer_get_length(in) == 0)
 		session_finish(cs);
 }
 
@@ -393,7 +729,10 @@ static void on_write(struct bufferevent *bev, void *arg)
 			session_free(cs);
 		return;
 	}
-	session_process(cs); /* the reply drained: read on */
+	if (cs->listing != NULL)
+		listing_step(cs); /* the listing drained: go on */
+	else
+		session_process(cs); /* the reply drained: read on */
 }
 
 static void on_event(struct bufferevent *bev, short what, void *arg)

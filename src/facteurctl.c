@@ -5,8 +5,8 @@
  * records it prints in human form.
  *
  * Exit status: 0 done; 1 the daemon cannot be reached; 2 the daemon
- * refused (no such message, reload refused...); 64 usage; 78 the
- * configuration cannot be read.
+ * refused (no such message, no message matches, reload refused...); 64
+ * usage; 78 the configuration cannot be read.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -23,6 +23,7 @@
 #include "facteur/control_client.h"
 #include "facteur/control_proto.h"
 #include "facteur/dkim_keygen.h"
+#include "facteur/text.h"
 
 #define EXIT_UNREACHABLE 1
 #define EXIT_REFUSED 2
@@ -33,23 +34,33 @@ extern char **environ;
 /* On stdout when asked for (-h, --help), on stderr after a usage error. */
 static void usage(FILE *out)
 {
-	fprintf(out,
-		"usage: facteurctl [-c FILE] [-m METHOD] COMMAND [ARG]\n"
-		"       facteurctl -h | --help | -V\n"
-		"commands:\n"
-		"  queue           list the queued messages\n"
-		"  show ID         envelope, recipients and headers of one\n"
-		"  flush [ID]      retry deferred deliveries now\n"
-		"  delete ID|all   remove messages without a bounce\n"
-		"  bounce ID       return a message to its sender now\n"
-		"  stats           the counters of /metrics\n"
-		"  reload          re-read the configuration (as SIGHUP)\n"
-		"  passwd          hash a password read on standard input\n"
-		"                  (-m sha512, the default, or -m preferred:\n"
-		"                  libxcrypt's choice, yescrypt on Debian)\n"
-		"  dkim-keygen DOMAIN SELECTOR --out FILE\n"
-		"                  [--type rsa|ed25519] [--bits N]: a DKIM\n"
-		"                  key (mode 0600) and its DNS record\n");
+	fprintf(
+	    out,
+	    "usage: facteurctl [-c FILE] [-m METHOD] COMMAND [ARG]\n"
+	    "       facteurctl -h | --help | -V\n"
+	    "commands (SEL: ID, or --domain D and/or --sender S):\n"
+	    "  queue [--json] [--domain D] [--sender S]\n"
+	    "        [--state pending|deferred|held] [--older-than DURATION]\n"
+	    "        [--limit N]   list the queued messages\n"
+	    "  summary [--json]    the queue by destination domain\n"
+	    "  show ID         envelope, recipients and headers of one\n"
+	    "  flush [ID]      retry deferred deliveries now\n"
+	    "  delete SEL|all [--dry-run] [--yes]\n"
+	    "                  remove messages without a bounce (all: --yes)\n"
+	    "  bounce SEL [--dry-run]\n"
+	    "                  return messages to their senders now\n"
+	    "  hold SEL        neither try nor expire until released\n"
+	    "  release SEL     held no more, and due at once\n"
+	    "  suspend DOMAIN [DURATION]   no attempt to that domain\n"
+	    "  resume DOMAIN   end a suspension\n"
+	    "  stats           the counters of /metrics\n"
+	    "  reload          re-read the configuration (as SIGHUP)\n"
+	    "  passwd          hash a password read on standard input\n"
+	    "                  (-m sha512, the default, or -m preferred:\n"
+	    "                  libxcrypt's choice, yescrypt on Debian)\n"
+	    "  dkim-keygen DOMAIN SELECTOR --out FILE\n"
+	    "                  [--type rsa|ed25519] [--bits N]: a DKIM\n"
+	    "                  key (mode 0600) and its DNS record\n");
 }
 
 /* A line of standard input without its newline (nor a CR before it);
@@ -209,16 +220,34 @@ struct printer {
 	time_t now;
 	struct control_queue_totals totals;
 	bool in_headers;
+	bool json;
+	bool rows; /* a summary row was printed */
 };
+
+/* A summary row, after the title line the first time. */
+static char *summary_line(struct printer *pr, char *line)
+{
+	char *text = control_proto_format_summary_line(line, pr->now, pr->json);
+	if (text != NULL && !pr->json && !pr->rows)
+		printf("%s\n", CONTROL_SUMMARY_TITLE);
+	pr->rows = pr->rows || text != NULL;
+	return text;
+}
 
 static int print_record(char *line, void *arg)
 {
 	struct printer *pr = arg;
 	char *text = NULL;
 
+	if (strncmp(line, "json ", 5) == 0) {
+		printf("%s\n", line + 5); /* JSON made by the daemon */
+		return 0;
+	}
 	if (strcmp(pr->command, "queue") == 0)
 		text =
 		    control_proto_format_queue_line(line, pr->now, &pr->totals);
+	else if (strcmp(pr->command, "summary") == 0)
+		text = summary_line(pr, line);
 	else if (strcmp(pr->command, "show") == 0)
 		text = control_proto_format_show_line(line, pr->now,
 						      &pr->in_headers);
@@ -235,26 +264,54 @@ static int print_record(char *line, void *arg)
 	return 0;
 }
 
-/* Which commands take which arguments; the daemon checks them again. */
-static bool arguments_fit(const char *command, int nargs)
+/*
+ * The request line from the command's words: the values of --domain and
+ * --sender written as record values ("" as "-"), everything else as
+ * typed. Checked here with the daemon's own parser, so that a usage
+ * error is one before anything is sent. 0, or -1 after saying why.
+ */
+static int build_request(char **args, int nargs, char *request, size_t size,
+			 struct control_request *req)
 {
-	static const struct {
-		const char *name;
-		int min, max;
-	} table[] = {
-	    {"queue", 0, 0},  {"show", 1, 1},	{"flush", 0, 1},
-	    {"delete", 1, 1}, {"bounce", 1, 1}, {"stats", 0, 0},
-	    {"reload", 0, 0},
-	};
-	for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
-		if (strcmp(table[i].name, command) == 0)
-			return nargs >= table[i].min && nargs <= table[i].max;
-	return false;
+	struct text t = {0};
+	const char *error = NULL;
+
+	for (int i = 0; i < nargs; i++) {
+		if (i > 0)
+			text_add(&t, " ", 1);
+		bool value = i > 0 && (strcmp(args[i - 1], "--domain") == 0 ||
+				       strcmp(args[i - 1], "--sender") == 0);
+		if (value)
+			text_value(&t, args[i]);
+		else
+			text_str(&t, args[i]);
+		if (strpbrk(args[i], "\r\n") != NULL ||
+		    (!value &&
+		     (args[i][0] == '\0' || strpbrk(args[i], " \t") != NULL)))
+			t.failed = true;
+	}
+	size_t len = 0;
+	char *line = text_finish(&t, &len);
+	if (line == NULL || len >= size) {
+		free(line);
+		fprintf(stderr, "facteurctl: bad argument\n");
+		return -1;
+	}
+	memcpy(request, line, len + 1);
+	free(line);
+	if (control_proto_parse_request(request, len, req, &error) == 0 ||
+	    strcmp(error, "no such message") == 0)
+		return req->command == CONTROL_PICKUP ? -1 : 0;
+	if (strcmp(error, "unknown command") == 0)
+		fprintf(stderr, "facteurctl: %s: unknown command\n", args[0]);
+	else
+		fprintf(stderr, "facteurctl: %s: %s\n", args[0], error);
+	return -1;
 }
 
-static int run_command(const char *config_path, char **args, int nargs)
+static int run_command(const char *config_path, const char *command,
+		       const char *request, bool json, bool selecting)
 {
-	const char *command = args[0];
 	struct config_errors errors = {0};
 
 	struct config *cfg = config_load(config_path, environ, &errors);
@@ -267,35 +324,27 @@ static int run_command(const char *config_path, char **args, int nargs)
 		return CONFIG_EX_CONFIG;
 	}
 
-	/* The request is the command line itself: words checked by the
-	 * daemon, so only their length matters here. */
-	char request[CONTROL_LINE_MAX];
-	size_t len = 0;
-	for (int i = 0; i < nargs; i++) {
-		int n = snprintf(request + len, sizeof request - len, "%s%s",
-				 i ? " " : "", args[i]);
-		if (n < 0 || (size_t)n >= sizeof request - len ||
-		    strpbrk(args[i], "\r\n") != NULL) {
-			fprintf(stderr, "facteurctl: bad argument\n");
-			config_free(cfg);
-			return EXIT_USAGE;
-		}
-		len += (size_t)n;
-	}
-
-	struct printer pr = {.command = command, .now = time(NULL)};
+	struct printer pr = {
+	    .command = command, .now = time(NULL), .json = json};
 	char err[512] = "";
 	enum control_call_result rc = control_client_call(
 	    cfg->spool_dir, request, print_record, &pr, err, sizeof err);
 	config_free(cfg);
 	switch (rc) {
 	case CONTROL_CALL_OK:
-		if (strcmp(command, "queue") == 0) {
+		if (json)
+			return 0;
+		if (strcmp(command, "queue") == 0 && selecting &&
+		    pr.totals.messages == 0) {
+			printf("No message matches\n");
+		} else if (strcmp(command, "queue") == 0) {
 			char *summary =
 			    control_proto_format_queue_summary(&pr.totals);
 			if (summary != NULL)
 				printf("%s\n", summary);
 			free(summary);
+		} else if (strcmp(command, "summary") == 0 && !pr.rows) {
+			printf("Mail queue is empty\n");
 		}
 		return 0;
 	case CONTROL_CALL_ERROR:
@@ -324,35 +373,45 @@ int main(int argc, char **argv)
 	enum auth_hash_method method = AUTH_HASH_SHA512;
 	int opt;
 
-	/* Its own options (--type, --bits, --out), none of the others. */
-	if (argc >= 2 && strcmp(argv[1], "dkim-keygen") == 0)
-		return dkim_keygen_command(argc - 1, argv + 1);
-	while ((opt = getopt_long(argc, argv, "c:m:Vh", long_options, NULL)) !=
-	       -1) {
-		switch (opt) {
-		case 'c':
-			config_path = optarg;
-			break;
-		case 'm':
-			method_name = optarg;
-			break;
-		case 'V':
-			printf("facteurctl %s\n", FACTEUR_VERSION);
-			return 0;
-		case 'h':
-			usage(stdout);
-			return 0;
-		default:
-			usage(stderr);
-			return EXIT_USAGE;
+	/* "+": stop at the command, whose own options (queue --json) are
+	 * not ours; but passwd's -m may come after it, so a second round
+	 * reads those. */
+	int passwd_at = 0;
+	for (;;) {
+		while ((opt = getopt_long(argc, argv, "+c:m:Vh", long_options,
+					  NULL)) != -1) {
+			switch (opt) {
+			case 'c':
+				config_path = optarg;
+				break;
+			case 'm':
+				method_name = optarg;
+				break;
+			case 'V':
+				printf("facteurctl %s\n", FACTEUR_VERSION);
+				return 0;
+			case 'h':
+				usage(stdout);
+				return 0;
+			default:
+				usage(stderr);
+				return EXIT_USAGE;
+			}
 		}
+		if (passwd_at != 0 || optind >= argc ||
+		    strcmp(argv[optind], "passwd") != 0)
+			break;
+		passwd_at = optind++;
 	}
-	if (optind >= argc) {
+	if (passwd_at == 0 && optind >= argc) {
 		usage(stderr);
 		return EXIT_USAGE;
 	}
+	/* Its own options (--type, --bits, --out), read by itself. */
+	if (passwd_at == 0 && strcmp(argv[optind], "dkim-keygen") == 0)
+		return dkim_keygen_command(argc - optind, argv + optind);
 	if (method_name != NULL) {
-		if (strcmp(argv[optind], "passwd") != 0) {
+		if (passwd_at == 0) {
 			fprintf(stderr, "facteurctl: -m is for passwd\n");
 			usage(stderr);
 			return EXIT_USAGE;
@@ -367,25 +426,26 @@ int main(int argc, char **argv)
 			return EXIT_USAGE;
 		}
 	}
-	const char *command = argv[optind];
-	int nargs = argc - optind - 1;
-	if (strcmp(command, "passwd") == 0) {
+	const char *command = argv[passwd_at ? passwd_at : optind];
+	int nargs = argc - optind - (passwd_at ? 0 : 1);
+	if (passwd_at != 0) {
 		if (nargs != 0) {
 			usage(stderr);
 			return EXIT_USAGE;
 		}
 		return cmd_passwd(method);
 	}
-	if (!arguments_fit(command, nargs)) {
-		if (arguments_fit(command, 0) || arguments_fit(command, 1))
-			fprintf(stderr, "facteurctl: %s: wrong arguments\n",
-				command);
-		else
-			fprintf(stderr, "facteurctl: %s: unknown command\n",
-				command);
+	char request[CONTROL_LINE_MAX];
+	struct control_request req;
+	if (build_request(argv + optind, nargs + 1, request, sizeof request,
+			  &req) == -1) {
 		usage(stderr);
 		return EXIT_USAGE;
 	}
+	const struct control_selector *sel = &req.select;
+	bool selecting = sel->has_domain || sel->has_sender ||
+			 sel->state != CONTROL_STATE_ANY ||
+			 sel->older_than >= 0;
 	fflush(stdout);
-	return run_command(config_path, argv + optind, nargs + 1);
+	return run_command(config_path, command, request, req.json, selecting);
 }

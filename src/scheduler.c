@@ -12,11 +12,19 @@
  *
  * Local recipients are delivered here, at most MAX_LOCAL_DELIVERIES at a
  * time; remote ones go to relay.c, which groups them by destination.
+ *
+ * The operator's hand: a held message (SPOOL_FLAG_HELD, recorded like
+ * any flag) is not run at all, so neither tried nor expired; a recipient
+ * whose domain is suspended (domain_suspend.h) is skipped the same way,
+ * its message's timer set to the suspension's end when it has one.
+ * Control listings walk the list with cursors, which queued_free moves
+ * past the message it frees.
  */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -24,7 +32,9 @@
 
 #include "facteur/bounce.h"
 #include "facteur/config.h"
+#include "facteur/control_proto.h"
 #include "facteur/deliver.h"
+#include "facteur/domain_suspend.h"
 #include "facteur/log.h"
 #include "facteur/metrics.h"
 #include "facteur/notice.h"
@@ -40,14 +50,25 @@
 
 struct scheduler {
 	struct server *srv;
-	struct queued *messages;
+	struct queued *messages; /* newest first */
+	struct queued *oldest;	 /* the list's tail */
 	size_t count;
+	struct scheduler_cursor *cursors; /* listings under way */
+	struct domain_suspend *suspended;
 	struct queued *ready_head, **ready_tail;
 	unsigned deliveries; /* local deliveries in flight */
 	unsigned records;    /* spool records and DSN commits in flight */
 	struct relay *relay;
 	struct event *compact_timer;
 	bool stopping;
+};
+
+/* A listing's place in the list: the next message it visits. */
+struct scheduler_cursor {
+	struct scheduler *sched;
+	struct queued *at;   /* the next to visit */
+	struct queued *last; /* the one last visited, while it lives */
+	struct scheduler_cursor *prev, *next;
 };
 
 /* One local recipient's delivery. */
@@ -125,12 +146,20 @@ static void queued_free(struct queued *q)
 		if (*at == NULL)
 			sched->ready_tail = at;
 	}
+	for (struct scheduler_cursor *c = sched->cursors; c != NULL;
+	     c = c->next)
+		if (c->at == q)
+			c->at = q->prev; /* the next newer one */
+		else if (c->last == q)
+			c->last = NULL;
 	if (q->prev != NULL)
 		q->prev->next = q->next;
 	else
 		sched->messages = q->next;
 	if (q->next != NULL)
 		q->next->prev = q->prev;
+	else
+		sched->oldest = q->prev;
 	sched->count--;
 	metrics.queue_messages = sched->count;
 	event_free(q->timer);
@@ -693,7 +722,7 @@ static void queued_run(struct queued *q)
 	time_t now = time(NULL);
 	time_t next = 0;
 
-	if (sched->stopping || q->deleted)
+	if (sched->stopping || q->deleted || (q->env->flags & SPOOL_FLAG_HELD))
 		return;
 	size_t *remote = malloc(q->env->rcpt_count * sizeof *remote);
 	if (remote == NULL)
@@ -706,9 +735,16 @@ static void queued_run(struct queued *q)
 			continue;
 		if (r->state == RCPT_DELIVERED || r->state == RCPT_BOUNCED)
 			continue;
-		if (r->state == RCPT_DEFERRED && r->next_attempt > now) {
-			if (next == 0 || r->next_attempt < next)
-				next = r->next_attempt;
+		time_t until = 0;
+		if (r->state == RCPT_DEFERRED && r->next_attempt > now)
+			until = r->next_attempt;
+		else if (domain_suspend_active(sched->suspended, r->address,
+					       now, &until) &&
+			 until == 0)
+			continue; /* until resumed */
+		if (until != 0) {
+			if (next == 0 || until < next)
+				next = until;
 			continue;
 		}
 		if (r->state == RCPT_DEFERRED &&
@@ -754,16 +790,17 @@ static double oldest_age(void *arg)
  * recipients. */
 static void queue_states(void *arg, uint64_t *counts)
 {
+	static const enum metrics_queue_state by_state[] = {
+	    [CONTROL_STATE_PENDING] = METRICS_QUEUE_PENDING,
+	    [CONTROL_STATE_DEFERRED] = METRICS_QUEUE_DEFERRED,
+	    [CONTROL_STATE_HELD] = METRICS_QUEUE_HELD,
+	};
 	const struct scheduler *sched = arg;
+	/* The listing's classification, so that the gauge and
+	 * `facteurctl queue --state` agree. */
 	for (const struct queued *q = sched->messages; q != NULL; q = q->next) {
-		enum metrics_queue_state state = METRICS_QUEUE_PENDING;
-		for (size_t i = 0; i < q->env->rcpt_count; i++) {
-			if (q->env->rcpts[i].state == RCPT_DEFERRED) {
-				state = METRICS_QUEUE_DEFERRED;
-				break;
-			}
-		}
-		counts[state]++;
+		bool held = (q->env->flags & SPOOL_FLAG_HELD) != 0;
+		counts[by_state[control_proto_state(q->env, held)]]++;
 	}
 }
 
@@ -790,6 +827,27 @@ static void on_compact(evutil_socket_t fd, short what, void *arg)
 			moved++;
 }
 
+/* The suspensions of the last run. A file that cannot be read is
+ * logged and nothing is suspended: mail keeps flowing. NULL only when
+ * memory runs out. */
+static struct domain_suspend *open_suspensions(const char *spool_dir)
+{
+	char err[512];
+	size_t skipped = 0;
+	struct domain_suspend *ds =
+	    domain_suspend_open(spool_dir, &skipped, err, sizeof err);
+	if (ds == NULL) {
+		log_event(LOG_LEVEL_ERROR, "suspend_error",
+			  LOG_S("reason", err));
+		return domain_suspend_new();
+	}
+	if (skipped > 0)
+		log_event(LOG_LEVEL_WARN, "suspend_error",
+			  LOG_S("reason", "malformed lines skipped"),
+			  LOG_I("lines", skipped));
+	return ds;
+}
+
 struct scheduler *scheduler_new(struct server *srv)
 {
 	static const struct timeval every = {COMPACT_INTERVAL, 0};
@@ -807,8 +865,10 @@ struct scheduler *scheduler_new(struct server *srv)
 	}
 	sched->srv = srv;
 	sched->ready_tail = &sched->ready_head;
-	sched->relay = relay_new(srv);
+	sched->suspended = open_suspensions(srv->cfg->spool_dir);
+	sched->relay = sched->suspended ? relay_new(srv) : NULL;
 	if (sched->relay == NULL) {
+		domain_suspend_free(sched->suspended);
 		event_free(sched->compact_timer);
 		free(sched);
 		return NULL;
@@ -829,6 +889,7 @@ void scheduler_free(struct scheduler *sched)
 	relay_free(sched->relay);
 	while (sched->messages != NULL)
 		queued_free(sched->messages);
+	domain_suspend_free(sched->suspended);
 	free(sched);
 }
 
@@ -898,6 +959,8 @@ static void queued_add(struct scheduler *sched, struct spool_envelope *env,
 	q->next = sched->messages;
 	if (sched->messages != NULL)
 		sched->messages->prev = q;
+	else
+		sched->oldest = q;
 	sched->messages = q;
 	sched->count++;
 	metrics.queue_messages = sched->count;
@@ -939,33 +1002,6 @@ size_t scheduler_queue_size(const struct scheduler *sched)
 }
 
 /* ---- for the control socket ---- */
-
-static int compare_age(const void *a, const void *b)
-{
-	const struct queued *x = *(const struct queued *const *)a;
-	const struct queued *y = *(const struct queued *const *)b;
-	if (x->env->arrival != y->env->arrival)
-		return x->env->arrival < y->env->arrival ? -1 : 1;
-	return strcmp(x->env->id, y->env->id);
-}
-
-void scheduler_foreach(const struct scheduler *sched, scheduler_visit_cb visit,
-		       void *arg)
-{
-	if (sched->count == 0)
-		return;
-	const struct queued **all = malloc(sched->count * sizeof *all);
-	if (all == NULL)
-		return;
-	size_t n = 0;
-	for (const struct queued *q = sched->messages; q != NULL; q = q->next)
-		if (!q->deleted)
-			all[n++] = q;
-	qsort(all, n, sizeof *all, compare_age);
-	for (size_t i = 0; i < n; i++)
-		visit(all[i]->env, arg);
-	free(all);
-}
 
 static struct queued *find(const struct scheduler *sched, const char *id)
 {
@@ -1027,12 +1063,9 @@ size_t scheduler_delete_all(struct scheduler *sched)
 	return n;
 }
 
-int scheduler_bounce(struct scheduler *sched, const char *id)
+static int bounce_one(struct queued *q)
 {
-	struct queued *q = find(sched, id);
-	if (q == NULL)
-		return -1;
-	const struct config *cfg = sched->srv->cfg;
+	const struct config *cfg = q->sched->srv->cfg;
 	size_t *now_bounced = malloc((q->env->rcpt_count + 1) * sizeof(size_t));
 	if (now_bounced == NULL)
 		return -1;
@@ -1056,6 +1089,154 @@ int scheduler_bounce(struct scheduler *sched, const char *id)
 		notice_settle(q, now_bounced, n, false, NULL, 0);
 	free(now_bounced);
 	return 0;
+}
+
+int scheduler_bounce(struct scheduler *sched, const char *id)
+{
+	struct queued *q = find(sched, id);
+	return q == NULL ? -1 : bounce_one(q);
+}
+
+/* Hold or release: the flag is recorded before anything moves on, and a
+ * delivery in flight ends as it would have (its outcome recorded, no
+ * second attempt); the record's end runs the message when released. */
+static void set_held(struct queued *q, bool held)
+{
+	if (held == ((q->env->flags & SPOOL_FLAG_HELD) != 0))
+		return;
+	if (held) {
+		q->env->flags |= SPOOL_FLAG_HELD;
+	} else {
+		time_t now = time(NULL);
+		q->env->flags &= ~(unsigned)SPOOL_FLAG_HELD;
+		for (size_t i = 0; i < q->env->rcpt_count; i++)
+			if (q->env->rcpts[i].state == RCPT_DEFERRED)
+				q->env->rcpts[i].next_attempt = now;
+	}
+	log_event(LOG_LEVEL_INFO, held ? "held" : "released",
+		  LOG_S("queue_id", q->env->id));
+	queued_record_flags(q);
+}
+
+static void act(struct queued *q, enum scheduler_action action)
+{
+	switch (action) {
+	case SCHEDULER_DELETE:
+		delete_one(q);
+		break;
+	case SCHEDULER_BOUNCE:
+		(void)bounce_one(q); /* out of memory: nothing bounced */
+		break;
+	case SCHEDULER_HOLD:
+	case SCHEDULER_RELEASE:
+		set_held(q, action == SCHEDULER_HOLD);
+		break;
+	}
+}
+
+int scheduler_act(struct scheduler *sched, const char *id,
+		  enum scheduler_action action)
+{
+	struct queued *q = find(sched, id);
+	if (q == NULL)
+		return -1;
+	act(q, action);
+	return 0;
+}
+
+/* Run every message with a recipient in the domain: what was held back
+ * for it starts now. */
+static void run_domain(struct scheduler *sched, const char *domain)
+{
+	for (struct queued *q = sched->messages; q != NULL;) {
+		struct queued *next = q->next;
+		for (size_t i = 0; i < q->env->rcpt_count; i++) {
+			const char *at = strrchr(q->env->rcpts[i].address, '@');
+			if (at != NULL && strcasecmp(at + 1, domain) == 0) {
+				queued_run(q);
+				break;
+			}
+		}
+		q = next;
+	}
+}
+
+int scheduler_suspend(struct scheduler *sched, const char *domain, time_t until)
+{
+	if (domain_suspend_set(sched->suspended, domain, until) == -1)
+		return -1;
+	log_event(LOG_LEVEL_INFO, "suspended", LOG_S("domain", domain),
+		  LOG_I("until", (long long)until));
+	/* A timed suspension ends by itself: the messages waiting for it
+	 * have their timer set to its end when they next run. */
+	if (until != 0)
+		run_domain(sched, domain);
+	return 0;
+}
+
+int scheduler_resume(struct scheduler *sched, const char *domain)
+{
+	int rc = domain_suspend_resume(sched->suspended, domain);
+	if (rc != 0)
+		return rc;
+	log_event(LOG_LEVEL_INFO, "resumed", LOG_S("domain", domain));
+	run_domain(sched, domain);
+	return 0;
+}
+
+const struct domain_suspend *
+scheduler_suspensions(const struct scheduler *sched)
+{
+	return sched->suspended;
+}
+
+struct scheduler_cursor *scheduler_cursor_new(struct scheduler *sched)
+{
+	struct scheduler_cursor *c = calloc(1, sizeof *c);
+	if (c == NULL)
+		return NULL;
+	c->sched = sched;
+	c->at = sched->oldest;
+	c->next = sched->cursors;
+	if (sched->cursors != NULL)
+		sched->cursors->prev = c;
+	sched->cursors = c;
+	return c;
+}
+
+const struct spool_envelope *
+scheduler_cursor_next(struct scheduler_cursor *cursor)
+{
+	while (cursor->at != NULL) {
+		struct queued *q = cursor->at;
+		cursor->at = q->prev;
+		if (!q->deleted) {
+			cursor->last = q;
+			return q->env;
+		}
+	}
+	return NULL;
+}
+
+void scheduler_cursor_act(struct scheduler_cursor *cursor,
+			  enum scheduler_action action)
+{
+	if (cursor->last != NULL && !cursor->last->deleted)
+		act(cursor->last, action);
+}
+
+void scheduler_cursor_free(struct scheduler_cursor *cursor)
+{
+	if (cursor == NULL)
+		return;
+	struct scheduler *sched = cursor->sched;
+	if (cursor->prev != NULL)
+		cursor->prev->next = cursor->next;
+	else
+		sched->cursors = cursor->next;
+	if (cursor->next != NULL)
+		cursor->next->prev = cursor->prev;
+	free(cursor);
 }
 
 int scheduler_pickup(struct scheduler *sched, const char *id)

@@ -15,19 +15,46 @@
 
 #include "facteur/spool.h"
 
+struct text;
+
 #define CONTROL_LINE_MAX 1024 /* a request line, its LF included */
 
 /* ---- requests ---- */
 
 enum control_command {
-	CONTROL_QUEUE,
+	CONTROL_QUEUE,	/* [options: see struct control_selector] */
 	CONTROL_SHOW,	/* ID */
 	CONTROL_FLUSH,	/* [ID] */
-	CONTROL_DELETE, /* ID | all */
-	CONTROL_BOUNCE, /* ID */
+	CONTROL_DELETE, /* ID | all --yes | selectors [--dry-run] */
+	CONTROL_BOUNCE, /* ID | selectors [--dry-run] */
 	CONTROL_STATS,
 	CONTROL_RELOAD,
-	CONTROL_PICKUP, /* ID */
+	CONTROL_PICKUP,	 /* ID */
+	CONTROL_SUMMARY, /* [--json] */
+	CONTROL_HOLD,	 /* ID | selectors */
+	CONTROL_RELEASE, /* ID | selectors */
+	CONTROL_SUSPEND, /* DOMAIN [DURATION] */
+	CONTROL_RESUME,	 /* DOMAIN */
+};
+
+/* A message's state as the listing filters and shows it: held by the
+ * operator, else deferred when a recipient not done was tried, else
+ * pending. */
+enum control_state {
+	CONTROL_STATE_ANY,
+	CONTROL_STATE_PENDING,
+	CONTROL_STATE_DEFERRED,
+	CONTROL_STATE_HELD,
+};
+
+/* Which messages a command applies to; every criterion given must hold. */
+struct control_selector {
+	bool has_domain; /* a recipient not done is at this domain */
+	bool has_sender; /* the sender is this address ("" the null one) */
+	char domain[CONTROL_LINE_MAX];
+	char sender[CONTROL_LINE_MAX];
+	enum control_state state;
+	long long older_than; /* seconds in the queue at least; -1: any */
 };
 
 struct control_request {
@@ -35,18 +62,37 @@ struct control_request {
 	bool has_id;
 	bool all;		   /* "delete all" */
 	char id[SPOOL_ID_LEN + 1]; /* upper case, when has_id */
+	struct control_selector select;
+	bool json;	  /* --json */
+	bool dry_run;	  /* --dry-run: count, change nothing */
+	bool yes;	  /* --yes */
+	size_t limit;	  /* --limit N; 0: no limit */
+	unsigned seconds; /* suspend's DURATION; 0: until resumed */
 };
 
 /*
  * One request line, without its LF (a CR before it is tolerated).
- * Commands are case-insensitive, words separated by spaces or tabs. An
- * argument that cannot be a queue id is "no such message", like an id
- * that is not queued. Returns 0, or -1 with *error set to the static text
- * of the "error" reply.
+ * Commands are case-insensitive, words separated by spaces or tabs;
+ * option values (--domain, --sender) are written as record values are
+ * (below), so "-" is the null sender. An argument that cannot be a queue
+ * id is "no such message", like an id that is not queued. Returns 0, or
+ * -1 with *error set to the static text of the "error" reply.
  */
 int control_proto_parse_request(const char *line, size_t len,
 				struct control_request *req,
 				const char **error);
+
+/* Does a queued message fit the selector, at time `now`? `held` is
+ * whether the operator holds it. */
+bool control_proto_selects(const struct control_selector *sel,
+			   const struct spool_envelope *env, bool held,
+			   time_t now);
+enum control_state control_proto_state(const struct spool_envelope *env,
+				       bool held);
+const char *control_proto_state_name(enum control_state state);
+
+/* The domain of an address (after its last '@'; "" when none). */
+const char *control_proto_domain(const char *address);
 
 /* ---- reply records ---- */
 
@@ -70,6 +116,43 @@ size_t control_proto_split(char *line, char **tokens, size_t max);
  * latest "DSN reason" among them. malloc'd, no newline; NULL when out of
  * memory. */
 char *control_proto_queue_record(const struct spool_envelope *env);
+
+/* The JSON form of one message, one line without its LF (docs/operations.md,
+ * "Queue tooling"): {"v":1,"id":...,"arrival":RFC 3339 UTC,"age_seconds",
+ * "size","sender","held","state","recipients":[{"address","state",
+ * "attempts","last_error","next_attempt"}]}. Strings are JSON-escaped;
+ * octets that are not UTF-8 become U+FFFD. malloc'd; NULL when out of
+ * memory. */
+#define CONTROL_JSON_VERSION 1
+char *control_proto_queue_json(const struct spool_envelope *env, bool held,
+			       time_t now);
+
+/* A JSON string (quotes included) appended to t. */
+void control_proto_json_string(struct text *t, const char *s);
+
+/* One destination domain of `summary`. */
+struct control_summary_row {
+	const char *domain;
+	size_t messages;
+	size_t recipients;
+	time_t oldest;		/* arrival of its oldest message */
+	const char *last_error; /* the latest, or NULL */
+	bool suspended;
+	time_t suspended_until; /* 0: until resumed */
+	bool paused;		/* by the relay's throttling */
+};
+
+/* "domain DOMAIN MESSAGES RECIPIENTS OLDEST-ARRIVAL SUSPENDED PAUSED
+ * LAST-ERROR" (SUSPENDED: 0, or the end time, -1 for until resumed;
+ * PAUSED 0 or 1). malloc'd, no newline; NULL when out of memory. */
+char *control_proto_summary_record(const struct control_summary_row *row);
+/* A "domain" record (modified in place) to its human line (`json`
+ * false) or its JSON object. NULL when malformed or out of memory. */
+char *control_proto_format_summary_line(char *record, time_t now, bool json);
+/* The title line of the human summary. */
+#define CONTROL_SUMMARY_TITLE                                                  \
+	"DOMAIN                          MESSAGES  RCPTS  OLDEST  STATUS     " \
+	"LAST-ERROR"
 
 /* The envelope of `show`: "id", "arrival", "sender", "client", "helo",
  * "protocol", "auth", "size", "body", "smtputf8", "ret", "envid" lines,

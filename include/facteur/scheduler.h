@@ -2,7 +2,8 @@
  * The in-memory view of the queue: which recipients are ready, in
  * flight, or deferred until a time; retries with exponential backoff
  * between retry_min and retry_max; expiry after queue_lifetime. Every
- * outcome is written to the spool before it is forgotten. Local
+ * outcome is written to the spool before it is forgotten. The operator
+ * may hold messages and suspend destination domains. Local
  * deliveries start here; relay attempts go through relay.h, DSNs
  * through notice.h.
  */
@@ -11,7 +12,9 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <time.h>
 
+struct domain_suspend;
 struct server;
 struct scheduler;
 struct spool_envelope;
@@ -54,11 +57,44 @@ size_t scheduler_queue_size(const struct scheduler *sched);
 
 /* ---- for the control socket (facteurctl) ---- */
 
-/* Call `visit` for every queued message, oldest first; the envelope is
- * only valid during the call. */
-typedef void (*scheduler_visit_cb)(const struct spool_envelope *env, void *arg);
-void scheduler_foreach(const struct scheduler *sched, scheduler_visit_cb visit,
-		       void *arg);
+/*
+ * A walk over the queue that spans loop turns (a listing streamed to a
+ * control client): oldest first, in the order messages joined the
+ * queue. A message removed meanwhile is skipped, one that joins
+ * meanwhile is not visited.
+ */
+struct scheduler_cursor;
+struct scheduler_cursor *scheduler_cursor_new(struct scheduler *sched);
+/* The next live message, or NULL at the end. Valid until the loop runs
+ * again. */
+const struct spool_envelope *
+scheduler_cursor_next(struct scheduler_cursor *cursor);
+void scheduler_cursor_free(struct scheduler_cursor *cursor);
+
+/* What the operator does to the messages a selector picks. */
+enum scheduler_action {
+	SCHEDULER_DELETE,  /* as scheduler_delete */
+	SCHEDULER_BOUNCE,  /* as scheduler_bounce */
+	SCHEDULER_HOLD,	   /* neither tried nor expired until released */
+	SCHEDULER_RELEASE, /* held no more, and due at once */
+};
+/* Apply `action` to one message: -1 when no such id. */
+int scheduler_act(struct scheduler *sched, const char *id,
+		  enum scheduler_action action);
+/* To the message scheduler_cursor_next returned last (nothing when it
+ * left the queue since). A hold or release of a message already so
+ * changes nothing. */
+void scheduler_cursor_act(struct scheduler_cursor *cursor,
+			  enum scheduler_action action);
+
+/* Suspended destination domains (domain_suspend.h): until 0 means until
+ * resumed. 0, or -1 with errno (the suspension file cannot be written).
+ * scheduler_resume returns 1 when the domain was not suspended. */
+int scheduler_suspend(struct scheduler *sched, const char *domain,
+		      time_t until);
+int scheduler_resume(struct scheduler *sched, const char *domain);
+const struct domain_suspend *
+scheduler_suspensions(const struct scheduler *sched);
 
 /* The envelope of a queued message, or NULL. Valid until the loop runs
  * again. */

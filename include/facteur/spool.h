@@ -81,6 +81,7 @@ struct spool_envelope {
 
 #define SPOOL_FLAG_DELAY_NOTIFIED 0x1 /* a delay DSN was sent */
 #define SPOOL_FLAG_DELETED 0x2 /* deleted by the operator: done */
+#define SPOOL_FLAG_HELD 0x4    /* held by the operator: not tried */
 
 /* The daemon's spool: committed messages go to the log (log/<seq>.seg),
  * and spool_recover reads it back. */

@@ -2,9 +2,11 @@
  * The control protocol's parsers and facteur-sendmail's message handling
  * on arbitrary input. The first octet picks the mode of the sendmail
  * input (-i or not) and how it is cut into reads; the rest is both a
- * request line, a reply record, and a submitted message. Checked: no
- * crash or leak, bounds kept, and a rewritten header section is whole
- * CRLF lines, ends with the empty line and holds no Bcc: field.
+ * request line, a reply record, a suspended-domains file and a submitted
+ * message. Checked: no crash or leak, bounds kept, a request's options
+ * within their ranges, JSON strings free of raw controls, the suspended
+ * domains file read back as written, and a rewritten header section is
+ * whole CRLF lines, ends with the empty line and holds no Bcc: field.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -13,7 +15,9 @@
 #include <strings.h>
 
 #include "facteur/control_proto.h"
+#include "facteur/domain_suspend.h"
 #include "facteur/submission.h"
+#include "facteur/text.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -31,6 +35,53 @@ static void check_request(const char *text, size_t len)
 		abort();
 	if (req.has_id && req.all)
 		abort();
+	if (req.select.has_domain &&
+	    (req.select.domain[0] == '\0' || strchr(req.select.domain, '@')))
+		abort();
+	if (req.all && !req.yes && !req.dry_run)
+		abort();
+	if (req.command == CONTROL_SUSPEND && !req.select.has_domain)
+		abort();
+}
+
+/* Every octet below 0x20 escaped, the string closed. */
+static void check_json(const char *text, size_t len)
+{
+	char *s = strndup(text, len);
+	struct text t = {0};
+
+	if (s == NULL)
+		return;
+	control_proto_json_string(&t, s);
+	char *out = text_finish(&t, NULL);
+	if (out != NULL) {
+		size_t n = strlen(out);
+		if (n < 2 || out[0] != '"' || out[n - 1] != '"')
+			abort();
+		for (size_t i = 0; i < n; i++)
+			if ((unsigned char)out[i] < 0x20)
+				abort();
+	}
+	free(out);
+	free(s);
+}
+
+/* What the table writes, it reads back whole. */
+static void check_suspensions(const char *text, size_t len)
+{
+	struct domain_suspend *a = domain_suspend_new();
+	struct domain_suspend *b = domain_suspend_new();
+	size_t n = 0;
+
+	if (a != NULL && b != NULL) {
+		(void)domain_suspend_parse(a, text, len);
+		char *out = domain_suspend_format(a, &n);
+		if (out != NULL && domain_suspend_parse(b, out, n) != 0)
+			abort();
+		free(out);
+	}
+	domain_suspend_free(a);
+	domain_suspend_free(b);
 }
 
 /* The human form of a record, whatever it holds. */
@@ -43,6 +94,10 @@ static void check_records(const char *text, size_t len)
 
 	if (a != NULL)
 		free(control_proto_format_queue_line(a, 0, &totals));
+	char *c = strndup(text, len);
+	if (c != NULL)
+		free(control_proto_format_summary_line(c, 0, len % 2 == 0));
+	free(c);
 	if (b != NULL)
 		free(control_proto_format_show_line(b, 0, &in_headers));
 	free(a);
@@ -144,6 +199,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	check_request(text, len);
 	check_records(text, len);
+	check_json(text, len);
+	check_suspensions(text, len);
 	check_message(text, len, ignore_dots, step);
 
 	struct submission_addresses list = {0};

@@ -300,7 +300,7 @@ def test_delete_one_then_all(make_daemon):
                20, what="the deleted message's file gone")
     r = ctl(d, "delete", ids[0])
     assert r.returncode == EXIT_REFUSED and b"no such message" in r.stderr
-    assert ok(d, "delete", "all").strip() == "deleted 2"
+    assert ok(d, "delete", "all", "--yes").strip() == "deleted 2"
     h.wait_for(lambda: queue_ids(d) == [], 20, what="an empty queue")
     h.wait_for(lambda: not list((d.spool / "queue").glob("*.msg")), 20,
                what="an empty spool")

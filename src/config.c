@@ -70,6 +70,7 @@ enum key {
 	KEY_AUTH_FAIL_LIMIT,
 	KEY_PROXY_NETWORKS,
 	KEY_REUSE_PORT,
+	KEY_SHAPE,
 	KEY_COUNT,
 };
 
@@ -120,6 +121,9 @@ struct key_def {
 	size_t offset;		  /* of the slot in struct config */
 	const char *const *names; /* SLOT_CHOICE: the values, by index */
 	size_t name_count;
+	/* A list whose values may hold commas and spaces: one value a file
+	 * line, `;` between values in the environment. */
+	bool semicolons;
 };
 
 /* A load runs at start-up and on reload; a small allocation failing there
@@ -905,6 +909,26 @@ static void clear_routes(struct loader *ld)
 	ld->cfg->routes = fresh;
 }
 
+static void set_shape(struct loader *ld, const char *value)
+{
+	struct shape_table *table = ld->cfg->shapes;
+	char err[256];
+
+	if (shape_table_add(table, value, err, sizeof(err)) < 0 ||
+	    shape_source_check(
+		shape_table_get(table, shape_table_count(table) - 1), err,
+		sizeof(err)) < 0)
+		bad(ld, "%s", err);
+}
+
+static void clear_shapes(struct loader *ld)
+{
+	shape_table_free(ld->cfg->shapes);
+	ld->cfg->shapes = shape_table_new();
+	if (ld->cfg->shapes == NULL)
+		out_of_memory();
+}
+
 static void set_dns_server(struct loader *ld, const char *value)
 {
 	struct config *cfg = ld->cfg;
@@ -1145,6 +1169,18 @@ static void print_routes(const struct config *cfg, FILE *out)
 			route_table_get(cfg->routes, i)->text);
 }
 
+/* One value a line, as the file reads them back. */
+static void print_shapes(const struct config *cfg, FILE *out)
+{
+	char line[1024];
+
+	for (size_t i = 0; i < shape_table_count(cfg->shapes); i++) {
+		shape_format(shape_table_get(cfg->shapes, i), line,
+			     sizeof(line));
+		fprintf(out, "%s%s", i ? "\nshape = " : "", line);
+	}
+}
+
 static void print_dns_servers(const struct config *cfg, FILE *out)
 {
 	if (cfg->dns_from_resolv_conf)
@@ -1251,6 +1287,8 @@ static const struct key_def key_defs[KEY_COUNT] = {
 			    .clear = clear_proxy_networks,
 			    .print = print_proxy_networks},
     [KEY_REUSE_PORT] = {"reuse_port", "no", FIELD(SLOT_YES_NO, reuse_port)},
+    [KEY_SHAPE] = {"shape", "", .set = set_shape, .clear = clear_shapes,
+		   .print = print_shapes, .semicolons = true},
 };
 
 static bool find_key(const char *name, size_t len, enum key *out)
@@ -1417,8 +1455,11 @@ static void apply(struct loader *ld, enum key key, const char *value,
 		ld->file_seen[key] = true;
 	if (len == 0)
 		return;
+	char separator = def->semicolons ? ';' : ',';
+	if (def->semicolons && src == SOURCE_FILE)
+		separator = '\0'; /* never in a line: the whole value */
 	for (;;) {
-		const char *comma = memchr(value, ',', len);
+		const char *comma = memchr(value, separator, len);
 		size_t item_len = comma != NULL ? (size_t)(comma - value) : len;
 		const char *item = ascii_trim(value, &item_len, " \t");
 
@@ -1779,7 +1820,8 @@ static struct config *load(const char *text, size_t len, const char *name,
 	if (ld.cfg == NULL)
 		out_of_memory();
 	ld.cfg->routes = route_table_new();
-	if (ld.cfg->routes == NULL)
+	ld.cfg->shapes = shape_table_new();
+	if (ld.cfg->routes == NULL || ld.cfg->shapes == NULL)
 		out_of_memory();
 	if (name != NULL)
 		ld.cfg->source = xstrdup(name);
@@ -1903,6 +1945,7 @@ void config_free(struct config *cfg)
 	free(cfg->relay_networks);
 	free(cfg->proxy_networks);
 	route_table_free(cfg->routes);
+	shape_table_free(cfg->shapes);
 	for (size_t i = 0; i < cfg->dns_server_count; i++)
 		free(cfg->dns_servers[i].text);
 	free(cfg->dns_servers);

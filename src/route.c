@@ -157,20 +157,21 @@ static int fail(char *err, size_t errlen, const char *what, const char *s,
 	return -1;
 }
 
-static int parse_pattern(const char *s, size_t len, struct route *r, char *err,
-			 size_t errlen)
+int route_pattern_parse(const char *s, size_t len,
+			enum route_pattern_kind *kind, char **pattern,
+			char *err, size_t errlen)
 {
 	const char *name = s;
 	size_t namelen = len;
 
 	if (len == 1 && s[0] == '*') {
-		r->kind = ROUTE_WILDCARD;
-		r->pattern = strdup("*");
-		return r->pattern == NULL ? oom(err, errlen) : 0;
+		*kind = ROUTE_WILDCARD;
+		*pattern = strdup("*");
+		return *pattern == NULL ? oom(err, errlen) : 0;
 	}
-	r->kind = ROUTE_EXACT;
+	*kind = ROUTE_EXACT;
 	if (len >= 2 && s[0] == '*' && s[1] == '.') {
-		r->kind = ROUTE_SUFFIX;
+		*kind = ROUTE_SUFFIX;
 		name += 2;
 		namelen -= 2;
 	}
@@ -179,10 +180,16 @@ static int parse_pattern(const char *s, size_t len, struct route *r, char *err,
 		namelen--;
 	if (!hostname_valid(name, namelen))
 		return fail(err, errlen, "invalid pattern", s, len);
-	r->pattern = ascii_lower_dup(name, namelen);
-	if (r->pattern == NULL)
+	*pattern = ascii_lower_dup(name, namelen);
+	if (*pattern == NULL)
 		return oom(err, errlen);
 	return 0;
+}
+
+static int parse_pattern(const char *s, size_t len, struct route *r, char *err,
+			 size_t errlen)
+{
+	return route_pattern_parse(s, len, &r->kind, &r->pattern, err, errlen);
 }
 
 /* "[1.2.3.4]", "[::1]", "[IPv6:2001:db8::1]" or "[host]", brackets
@@ -433,12 +440,32 @@ int route_table_add(struct route_table *table, const char *value, char *err,
 	return 0;
 }
 
+size_t route_pattern_rank(enum route_pattern_kind kind, const char *pattern,
+			  const char *domain, size_t len)
+{
+	size_t plen = strlen(pattern);
+
+	switch (kind) {
+	case ROUTE_EXACT:
+		if (plen == len && strncasecmp(domain, pattern, len) == 0)
+			return SIZE_MAX;
+		break;
+	case ROUTE_SUFFIX:
+		if (len > plen + 1 && domain[len - plen - 1] == '.' &&
+		    strncasecmp(domain + len - plen, pattern, plen) == 0)
+			return plen + 2;
+		break;
+	case ROUTE_WILDCARD:
+		return 1;
+	}
+	return 0;
+}
+
 const struct route *route_lookup(const struct route_table *table,
 				 const char *domain)
 {
-	const struct route *suffix = NULL;
-	const struct route *wildcard = NULL;
-	size_t suffix_len = 0;
+	const struct route *best = NULL;
+	size_t best_rank = 0;
 	size_t len;
 
 	if (table == NULL)
@@ -453,27 +480,13 @@ const struct route *route_lookup(const struct route_table *table,
 	 * a few lines long, and the best match is independent of order. */
 	for (size_t i = 0; i < table->count; i++) {
 		const struct route *r = &table->routes[i];
-		size_t plen = strlen(r->pattern);
+		size_t rank =
+		    route_pattern_rank(r->kind, r->pattern, domain, len);
 
-		switch (r->kind) {
-		case ROUTE_EXACT:
-			if (plen == len &&
-			    strncasecmp(domain, r->pattern, len) == 0)
-				return r;
-			break;
-		case ROUTE_SUFFIX:
-			if (len > plen + 1 && plen > suffix_len &&
-			    domain[len - plen - 1] == '.' &&
-			    strncasecmp(domain + len - plen, r->pattern,
-					plen) == 0) {
-				suffix = r;
-				suffix_len = plen;
-			}
-			break;
-		case ROUTE_WILDCARD:
-			wildcard = r;
-			break;
+		if (rank > best_rank) {
+			best = r;
+			best_rank = rank;
 		}
 	}
-	return suffix != NULL ? suffix : wildcard;
+	return best;
 }

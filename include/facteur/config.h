@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 
 #include "facteur/route.h"
+#include "facteur/shape.h"
 
 #define CONFIG_EX_CONFIG 78 /* sysexits.h EX_CONFIG */
 #define CONFIG_DEFAULT_FILE "/etc/facteur/facteur.conf"
@@ -150,6 +151,8 @@ struct config {
 	/* SO_REUSEPORT on the SMTP and POP3 sockets: several daemons, each
 	 * with its own spool, share the listen addresses. */
 	bool reuse_port;
+	/* Delivery shaping per recipient domain (shape.h); never NULL. */
+	struct shape_table *shapes;
 };
 
 /* The errors a load found, in order, each a full sentence such as

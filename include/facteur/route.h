@@ -79,4 +79,18 @@ const struct route *route_table_get(const struct route_table *table, size_t i);
 const struct route *route_lookup(const struct route_table *table,
 				 const char *domain);
 
+/*
+ * The pattern grammar and matching of routes, for other tables keyed the
+ * same way (shape). route_pattern_parse reads "example.com",
+ * "*.example.com" or "*" into a kind and a lower-case malloc'd pattern
+ * (-1 with `err` set). route_pattern_rank says how specifically `domain`
+ * (len octets, no final dot) matches: 0 not at all, higher wins; an
+ * exact name beats any suffix, a longer suffix a shorter one, "*" last.
+ */
+int route_pattern_parse(const char *s, size_t len,
+			enum route_pattern_kind *kind, char **pattern,
+			char *err, size_t errlen);
+size_t route_pattern_rank(enum route_pattern_kind kind, const char *pattern,
+			  const char *domain, size_t len);
+
 #endif

@@ -48,6 +48,10 @@ static struct {
 	void *queue_age_arg;
 	struct listener_metric *listeners;
 	size_t listener_count;
+	/* names in the order they were first paused, "other" last */
+	char *paused_names[METRICS_PAUSED_MAX + 1];
+	unsigned paused[METRICS_PAUSED_MAX + 1];
+	size_t paused_count;
 } extra;
 
 /* Text that may not fit: `used` counts what the whole text needs even
@@ -171,6 +175,14 @@ static void put_extra_metrics(struct out *o)
 		put_label_value(o, extra.listeners[i].listen);
 		put(o, "\"} %llu\n",
 		    (unsigned long long)extra.listeners[i].connections);
+	}
+
+	put_header(o, "facteur_destination_paused", "gauge",
+		   "1 while a destination that throttled us is paused.");
+	for (size_t i = 0; i < extra.paused_count; i++) {
+		put(o, "facteur_destination_paused{destination=\"");
+		put_label_value(o, extra.paused_names[i]);
+		put(o, "\"} %u\n", extra.paused[i] > 0 ? 1u : 0u);
 	}
 
 	double age = 0;
@@ -325,8 +337,31 @@ void metrics_listener_connection(int slot)
 		extra.listeners[slot].connections++;
 }
 
+void metrics_destination_paused(const char *destination, bool paused)
+{
+	size_t i = 0;
+	while (i < extra.paused_count &&
+	       strcmp(extra.paused_names[i], destination) != 0 &&
+	       i < METRICS_PAUSED_MAX)
+		i++;
+	if (i == extra.paused_count) {
+		const char *name =
+		    i < METRICS_PAUSED_MAX ? destination : "other";
+		if ((extra.paused_names[i] = strdup(name)) == NULL)
+			return; /* out of memory: not shown */
+		extra.paused_count++;
+	}
+	/* "other" counts the destinations it stands for */
+	if (paused)
+		extra.paused[i]++;
+	else if (extra.paused[i] > 0)
+		extra.paused[i]--;
+}
+
 void metrics_reset(void)
 {
+	for (size_t i = 0; i < extra.paused_count; i++)
+		free(extra.paused_names[i]);
 	for (size_t i = 0; i < extra.listener_count; i++)
 		free(extra.listeners[i].listen);
 	free(extra.listeners);

@@ -5,6 +5,7 @@
 #ifndef FACTEUR_METRICS_H
 #define FACTEUR_METRICS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -87,6 +88,13 @@ void metrics_set_queue_age_source(metrics_queue_age_fn oldest_age, void *arg);
  * metrics_listener_connection(-1) is a no-op. */
 int metrics_listener_add(const char *listen);
 void metrics_listener_connection(int slot);
+
+/* facteur_destination_paused{destination="..."}: 1 while the relay keeps
+ * away from a destination that throttled it, 0 after. The label is the
+ * shape pattern, the route or the domain; past METRICS_PAUSED_MAX names
+ * the rest share destination="other", so the series stay few. */
+#define METRICS_PAUSED_MAX 64
+void metrics_destination_paused(const char *destination, bool paused);
 
 /* Forget the listeners, the histogram and the counters (for tests). */
 void metrics_reset(void);

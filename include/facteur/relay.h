@@ -16,6 +16,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <time.h>
 
 #include "facteur/spool.h"
 
@@ -31,6 +32,9 @@ struct relay_outcome {
 	const char *reason; /* NULL or "" for none */
 	const char *relay;  /* the host that answered, or the target */
 	bool answered;	    /* a server gave this outcome (not DNS, not us) */
+	/* a deferral while the destination is paused: due again at this
+	 * time rather than after the backoff; 0 otherwise */
+	time_t retry_at;
 };
 
 enum relay_end {
@@ -73,6 +77,17 @@ void relay_read_credentials(struct route_table *routes);
  * for DNS end with RELAY_END_DROPPED; those talking SMTP may finish; idle
  * connections say QUIT. */
 void relay_stop(struct relay *relay);
+
+/*
+ * Is the destination of recipient domain `domain` paused after it
+ * throttled us (a 421, or a 4.7.x temporary reply)? Then *until, when
+ * not NULL, is when new connections may start again.
+ */
+bool relay_domain_paused(const struct relay *relay, const char *domain,
+			 time_t *until);
+
+/* facteurctl flush: every pause ends now, and what waited starts. */
+void relay_end_pauses(struct relay *relay);
 
 /* No attempt and no closing connection left. */
 bool relay_idle(const struct relay *relay);

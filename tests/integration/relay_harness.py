@@ -25,6 +25,7 @@ import ssl
 import struct
 import subprocess
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -282,6 +283,7 @@ class Message:
         self.mail_from = mail_from
         self.rcpts = list(rcpts)
         self.data = data
+        self.at = time.monotonic()  # when its end of data came in
 
     def __repr__(self):
         return "Message(from=%r rcpts=%r %d bytes)" % (self.mail_from, self.rcpts,
@@ -302,6 +304,8 @@ class Session:
         self.dialog = []            # "C: ..." / "S: ..." lines
         self.closed = False
         self.pre_tls_leftover = b""  # bytes pipelined after STARTTLS (injection)
+        self.opened = time.monotonic()
+        self.closed_at = None       # set when the connection is gone
 
     def note(self, line):
         self.dialog.append(line)
@@ -421,6 +425,18 @@ class ScriptedSMTP:
                           timeout, what="%d message(s) at %s:%d; dialogs:\n%s"
                           % (count, self.host, self.port, self.transcript()))
 
+    def max_concurrent(self):
+        """The most connections that were open at once."""
+        with self.lock:
+            marks = [(s.opened, 1) for s in self.sessions]
+            marks += [(s.closed_at if s.closed_at is not None else float("inf"), -1)
+                      for s in self.sessions]
+        most = now = 0
+        for _, step in sorted(marks):  # a close sorts before an open at a tie
+            now += step
+            most = max(most, now)
+        return most
+
     def transcript(self, last=6):
         out = []
         for s in self.sessions[-last:]:
@@ -451,6 +467,7 @@ class ScriptedSMTP:
             self.errors.append(e)
         finally:
             s.closed = True
+            s.closed_at = time.monotonic()
             try:
                 io.sock.close()
             except OSError:

@@ -71,6 +71,7 @@ enum key {
 	KEY_PROXY_NETWORKS,
 	KEY_REUSE_PORT,
 	KEY_SHAPE,
+	KEY_SHAPE_REDIS,
 	KEY_COUNT,
 };
 
@@ -921,6 +922,21 @@ static void set_shape(struct loader *ld, const char *value)
 		bad(ld, "%s", err);
 }
 
+static void set_shape_redis(struct loader *ld, const char *value)
+{
+	char host[64], err[128], q[QUOTE_BUF];
+	uint16_t port;
+	unsigned db;
+
+	if (value[0] != '\0' &&
+	    shape_parse_redis_address(value, host, sizeof(host), &port, &db,
+				      err, sizeof(err)) < 0)
+		bad(ld, "%s in %s", err, quote(value, q));
+	else
+		replace_string(&ld->cfg->shape_redis,
+			       value[0] != '\0' ? value : NULL);
+}
+
 static void clear_shapes(struct loader *ld)
 {
 	shape_table_free(ld->cfg->shapes);
@@ -1289,6 +1305,8 @@ static const struct key_def key_defs[KEY_COUNT] = {
     [KEY_REUSE_PORT] = {"reuse_port", "no", FIELD(SLOT_YES_NO, reuse_port)},
     [KEY_SHAPE] = {"shape", "", .set = set_shape, .clear = clear_shapes,
 		   .print = print_shapes, .semicolons = true},
+    [KEY_SHAPE_REDIS] = {"shape_redis", "", .set = set_shape_redis,
+			 FIELD(SLOT_STRING, shape_redis)},
 };
 
 static bool find_key(const char *name, size_t len, enum key *out)
@@ -1946,6 +1964,7 @@ void config_free(struct config *cfg)
 	free(cfg->proxy_networks);
 	route_table_free(cfg->routes);
 	shape_table_free(cfg->shapes);
+	free(cfg->shape_redis);
 	for (size_t i = 0; i < cfg->dns_server_count; i++)
 		free(cfg->dns_servers[i].text);
 	free(cfg->dns_servers);

@@ -177,6 +177,11 @@ static void put_extra_metrics(struct out *o)
 		    (unsigned long long)extra.listeners[i].connections);
 	}
 
+	put_header(
+	    o, "facteur_redis_errors_total", "counter",
+	    "Redis commands and connections of shape_redis that failed.");
+	put_value(o, "facteur_redis_errors_total", metrics.redis_errors_total);
+
 	put_header(o, "facteur_destination_paused", "gauge",
 		   "1 while a destination that throttled us is paused.");
 	for (size_t i = 0; i < extra.paused_count; i++) {

@@ -45,6 +45,7 @@
 #include "facteur/route.h"
 #include "facteur/server.h"
 #include "facteur/shape.h"
+#include "facteur/shape_redis.h"
 #include "facteur/smtp_client.h"
 #include "facteur/status_code.h"
 
@@ -81,6 +82,7 @@ struct relay_job {
 	struct sockaddr_storage source;
 	char *helo;		    /* NULL: hostname */
 	unsigned conn_transactions; /* this one included, on its connection */
+	uint64_t lease;		    /* its connection's slot in shape_redis */
 	struct dns_query *dns;
 	struct smtp_client *client;
 	/* An outcome for every recipient, reported on the next loop turn. */
@@ -177,9 +179,11 @@ static void destination_arm(struct destination *d, uint64_t us)
 static void destination_release(struct relay *relay, struct destination *d)
 {
 	if (d->active > 0 || d->wait_head != NULL || d->idle != NULL ||
-	    d->closing > 0 || d->paused_until != 0 ||
+	    d->closing > 0 || d->paused_until != 0 || d->fleet_asking ||
 	    evtimer_pending(d->timer, NULL))
 		return;
+	if (d->fleet_lease != 0) /* a yes that no attempt used */
+		shape_redis_release(relay->redis, d->key, d->fleet_lease);
 	uint64_t now = monotonic_us();
 	if (d->bucket.next_us > now) {
 		destination_arm(d, d->bucket.next_us - now);
@@ -236,6 +240,47 @@ static struct relay_job *destination_dequeue(struct destination *d)
 	return job;
 }
 
+static void on_fleet_answer(enum shape_redis_answer answer, uint64_t lease,
+			    unsigned retry_ms, void *arg)
+{
+	struct destination *d = arg;
+	d->fleet_asking = false;
+	if (answer == SHAPE_REDIS_DENIED) {
+		/* the fleet is at the limit: ask again soon */
+		destination_arm(d, (uint64_t)(retry_ms ? retry_ms : 1) * 1000u);
+		return;
+	}
+	/* yes; or Redis failed, and the local limits alone apply this time */
+	d->fleet_granted = true;
+	d->fleet_lease = lease;
+	relay_destination_drain(d->relay, d);
+}
+
+/* With shape_redis, an attempt for a shape line's destination also needs
+ * the fleet's yes (a connection slot when it opens one, a rate token):
+ * one question at a time, the drain runs again with the answer. Redis
+ * out of reach: the local limits alone. */
+static bool destination_fleet_allows(struct relay *relay, struct destination *d,
+				     const struct relay_job *job,
+				     bool new_connection, unsigned limit)
+{
+	if (relay->redis == NULL || strncmp(d->key, "shape ", 6) != 0)
+		return true;
+	if (d->fleet_granted) {
+		d->fleet_granted = false;
+		return true;
+	}
+	if (d->fleet_asking)
+		return false;
+	uint64_t interval =
+	    shape_rate_interval_us(job->rate_count, job->rate_period);
+	if (shape_redis_acquire(relay->redis, d->key, new_connection, limit,
+				interval, on_fleet_answer, d) < 0)
+		return true;
+	d->fleet_asking = true;
+	return false;
+}
+
 /* Start the next attempts waiting for this destination: over an idle
  * connection when one suits, else on a new one within the limit, which
  * idle connections count towards. No attempt ends inside its start, so
@@ -272,13 +317,29 @@ void relay_destination_drain(struct relay *relay, struct destination *d)
 			 * makes room */
 			relay_idle_close_oldest(d);
 		}
+		/* a connection opened while Redis was away has no slot */
+		if (!destination_fleet_allows(
+			relay, d, job, ic == NULL || ic->lease == 0, limit)) {
+			if (ic != NULL)
+				relay_idle_link(d, ic);
+			break;
+		}
 		job = destination_dequeue(d);
 		(void)shape_bucket_take(&d->bucket, job->rate_count,
 					job->rate_period, now);
-		if (ic != NULL)
+		uint64_t lease = d->fleet_lease;
+		d->fleet_lease = 0;
+		if (ic != NULL) {
+			if (ic->lease == 0)
+				ic->lease = lease;
+			else if (lease != 0) /* the connection has its own */
+				shape_redis_release(relay->redis, d->key,
+						    lease);
 			relay_reuse(job, ic);
-		else
+		} else {
+			job->lease = lease;
 			relay_start(job);
+		}
 	}
 	destination_release(relay, d);
 }
@@ -295,6 +356,8 @@ static void relay_done(struct relay_job *job, const struct relay_outcome *out,
 	relay_done_cb done = job->done;
 	void *arg = job->arg;
 	d->active--;
+	if (job->lease != 0) /* its connection is closed */
+		shape_redis_release(relay->redis, d->key, job->lease);
 	relay_job_free(job);
 	done(RELAY_END_DONE, out, count, arg);
 	relay_destination_drain(relay, d);
@@ -440,8 +503,10 @@ static void on_client_done(const struct smtp_client_result *res, void *arg)
 	unsigned carried = res->reused ? job->conn_transactions : 1;
 	if (res->reusable)
 		relay_idle_park(job->relay, job->dest, client, job->tls,
-				job->auth_file, job->host, carried,
+				job->auth_file, job->host, carried, job->lease,
 				carried >= job->max_msgs || throttled != NULL);
+	if (res->reusable)
+		job->lease = 0; /* the parked connection holds it */
 	/* `relay` may be the job's host: kept past the job's free */
 	char *host = job->host;
 	job->host = NULL;
@@ -622,6 +687,7 @@ static void relay_reuse(struct relay_job *job, struct relay_idle_conn *ic)
 	}
 	struct smtp_client *client = ic->client;
 	job->conn_transactions = ic->transactions + 1;
+	job->lease = ic->lease;
 	relay_idle_conn_free(ic);
 	struct smtp_client_request req = {
 	    .env = job->env,
@@ -888,6 +954,14 @@ struct relay *relay_new(struct server *srv)
 		free(relay);
 		return NULL;
 	}
+	/* read at start only: a reload keeps the Redis it started with */
+	if (srv->cfg->shape_redis != NULL &&
+	    (relay->redis =
+		 shape_redis_new(srv->base, srv->cfg->shape_redis)) == NULL) {
+		localaddr_interfaces_free(relay->interfaces);
+		free(relay);
+		return NULL;
+	}
 	return relay;
 }
 
@@ -973,6 +1047,9 @@ void relay_free(struct relay *relay)
 {
 	if (relay == NULL)
 		return;
+	/* first: no answer may come for a destination freed below */
+	shape_redis_free(relay->redis);
+	relay->redis = NULL;
 	while (relay->jobs != NULL) {
 		struct relay_job *job = relay->jobs;
 		relay_done_cb done = job->done;

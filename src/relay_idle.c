@@ -19,6 +19,7 @@
 #include "facteur/log.h"
 #include "facteur/relay_internal.h"
 #include "facteur/server.h"
+#include "facteur/shape_redis.h"
 #include "facteur/smtp_client.h"
 
 #define RELAY_IDLE_SECONDS 5 /* an unused open connection, at most */
@@ -72,6 +73,8 @@ static void on_conn_closed(void *arg)
 		at = &(*at)->next;
 	*at = ic->next;
 	relay->closing_count--;
+	if (ic->lease != 0 && relay->redis != NULL)
+		shape_redis_release(relay->redis, d->key, ic->lease);
 	relay_idle_conn_free(ic);
 	d->closing--;
 	relay_destination_drain(relay, d);
@@ -113,7 +116,7 @@ static void on_idle_timeout(evutil_socket_t fd, short what, void *arg)
 void relay_idle_park(struct relay *relay, struct destination *d,
 		     struct smtp_client *client, enum tls_policy tls,
 		     const char *auth_file, const char *host,
-		     unsigned transactions, bool last)
+		     unsigned transactions, uint64_t lease, bool last)
 {
 	struct relay_idle_conn *ic = calloc(1, sizeof *ic);
 	if (ic == NULL ||
@@ -127,6 +130,7 @@ void relay_idle_park(struct relay *relay, struct destination *d,
 	ic->client = client;
 	ic->tls = tls;
 	ic->transactions = transactions;
+	ic->lease = lease;
 	if (relay->stopping || last) {
 		idle_close_for(ic, d);
 		return;

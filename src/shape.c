@@ -396,8 +396,7 @@ int shape_source_check(const struct shape *shape, char *err, size_t errlen)
 	return 0;
 }
 
-uint64_t shape_bucket_take(struct shape_bucket *bucket, unsigned count,
-			   unsigned period, uint64_t now_us)
+uint64_t shape_rate_interval_us(unsigned count, unsigned period)
 {
 	if (count == 0 || period == 0)
 		return 0;
@@ -406,8 +405,15 @@ uint64_t shape_bucket_take(struct shape_bucket *bucket, unsigned count,
 	 * after network delays that differ from one transaction to the next,
 	 * and must never see more than the rate */
 	interval += interval / 200;
+	return interval == 0 ? 1 : interval;
+}
+
+uint64_t shape_bucket_take(struct shape_bucket *bucket, unsigned count,
+			   unsigned period, uint64_t now_us)
+{
+	uint64_t interval = shape_rate_interval_us(count, period);
 	if (interval == 0)
-		interval = 1;
+		return 0;
 	if (bucket->next_us > now_us)
 		return bucket->next_us - now_us;
 	/* A timer that fired a little late keeps the schedule; after an
@@ -415,6 +421,61 @@ uint64_t shape_bucket_take(struct shape_bucket *bucket, unsigned count,
 	if (bucket->next_us == 0 || now_us - bucket->next_us >= interval)
 		bucket->next_us = now_us;
 	bucket->next_us += interval;
+	return 0;
+}
+
+int shape_parse_redis_address(const char *text, char *host, size_t hostlen,
+			      uint16_t *port, unsigned *db, char *err,
+			      size_t errlen)
+{
+	const char *colon = strrchr(text, ':');
+	const char *h = text;
+	size_t hlen;
+	unsigned char addr[16];
+	char buf[64];
+
+	if (colon == NULL) {
+		snprintf(err, errlen, "expected HOST:PORT[/DB]");
+		return -1;
+	}
+	hlen = (size_t)(colon - text);
+	if (hlen >= 2 && h[0] == '[' && h[hlen - 1] == ']') {
+		h++;
+		hlen -= 2;
+	}
+	if (hlen == 0 || hlen >= sizeof buf || hlen >= hostlen) {
+		snprintf(err, errlen, "invalid host");
+		return -1;
+	}
+	memcpy(buf, h, hlen);
+	buf[hlen] = '\0';
+	if (strcmp(buf, "localhost") == 0)
+		snprintf(buf, sizeof buf, "127.0.0.1");
+	else if (inet_pton(AF_INET, buf, addr) != 1 &&
+		 inet_pton(AF_INET6, buf, addr) != 1) {
+		snprintf(err, errlen,
+			 "host must be an IP address or localhost");
+		return -1;
+	}
+	char *end;
+	unsigned long p = strtoul(colon + 1, &end, 10);
+	unsigned long d = 0;
+	if (end == colon + 1 || p == 0 || p > 65535 ||
+	    (*end != '\0' && *end != '/')) {
+		snprintf(err, errlen, "invalid port");
+		return -1;
+	}
+	if (*end == '/') {
+		const char *dbtext = end + 1;
+		d = strtoul(dbtext, &end, 10);
+		if (end == dbtext || *end != '\0' || d > 65535) {
+			snprintf(err, errlen, "invalid database number");
+			return -1;
+		}
+	}
+	snprintf(host, hostlen, "%s", buf);
+	*port = (uint16_t)p;
+	*db = (unsigned)d;
 	return 0;
 }
 

@@ -153,6 +153,7 @@ struct config {
 	bool reuse_port;
 	/* Delivery shaping per recipient domain (shape.h); never NULL. */
 	struct shape_table *shapes;
+	char *shape_redis; /* HOST:PORT[/DB]; NULL: limits per instance */
 };
 
 /* The errors a load found, in order, each a full sentence such as

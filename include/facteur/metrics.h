@@ -31,6 +31,8 @@ struct metrics {
 	/* Connections of "+proxy" listeners closed for their PROXY header:
 	 * an untrusted peer, a bad, late or missing header. */
 	uint64_t proxy_errors_total;
+	/* shape_redis: commands and connections that failed. */
+	uint64_t redis_errors_total;
 };
 
 extern struct metrics metrics;

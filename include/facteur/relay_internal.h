@@ -14,6 +14,7 @@
 #define FACTEUR_RELAY_INTERNAL_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "facteur/config.h"
 #include "facteur/shape.h"
@@ -48,6 +49,11 @@ struct destination {
 	char *pause_reply;	    /* the throttling reply */
 	char pause_dsn[12];
 	struct event *timer; /* the pause's end, or the next token */
+	/* shape_redis: a question to the fleet in flight, or its yes not
+	 * used yet (with the connection slot's lease, 0 for none) */
+	bool fleet_asking;
+	bool fleet_granted;
+	uint64_t fleet_lease;
 };
 
 /* An open connection between attempts, with what it was opened with: a
@@ -59,6 +65,7 @@ struct relay_idle_conn {
 	struct destination *dest;	 /* NULL once closing */
 	struct destination *closing_for; /* once closing */
 	unsigned transactions;		 /* carried so far */
+	uint64_t lease;			 /* its slot in shape_redis; 0: none */
 	struct smtp_client *client;
 	struct event *timer;
 	enum tls_policy tls;
@@ -73,6 +80,7 @@ struct relay {
 	struct relay_idle_conn *closing; /* connections saying QUIT */
 	unsigned closing_count;
 	struct localaddr_interfaces *interfaces; /* for the loop check */
+	struct shape_redis *redis;		 /* NULL: no shape_redis */
 	bool stopping;
 };
 
@@ -86,7 +94,7 @@ void relay_destination_drain(struct relay *relay, struct destination *d);
 void relay_idle_park(struct relay *relay, struct destination *d,
 		     struct smtp_client *client, enum tls_policy tls,
 		     const char *auth_file, const char *host,
-		     unsigned transactions, bool last);
+		     unsigned transactions, uint64_t lease, bool last);
 /* An idle connection of d opened with these settings for `host`, taken
  * off d's list; NULL if none. */
 struct relay_idle_conn *relay_idle_take(struct destination *d,

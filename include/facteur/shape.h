@@ -74,17 +74,27 @@ int shape_source_check(const struct shape *shape, char *err, size_t errlen);
 
 /*
  * The rate of transactions, spaced evenly (no burst): a token every
- * period/count, 0.5% more. `next_us` is when the next one is due, in the caller's
- * clock; 0 when none was taken yet.
+ * period/count, 0.5% more. `next_us` is when the next one is due, in the
+ * caller's clock; 0 when none was taken yet.
  */
 struct shape_bucket {
 	uint64_t next_us;
 };
 
+/* The time between two tokens, in microseconds; 0 for no rate. */
+uint64_t shape_rate_interval_us(unsigned count, unsigned period);
+
 /* Take a token at now_us: 0 when one was there (it is taken), else the
  * microseconds to wait for it (nothing taken). */
 uint64_t shape_bucket_take(struct shape_bucket *bucket, unsigned count,
 			   unsigned period, uint64_t now_us);
+
+/* shape_redis = "HOST:PORT[/DB]": HOST an IPv4 address, "[IPv6]" or
+ * "localhost" (no name look-up on the loop). 0, or -1 with the reason in
+ * err. */
+int shape_parse_redis_address(const char *text, char *host, size_t hostlen,
+			      uint16_t *port, unsigned *db, char *err,
+			      size_t errlen);
 
 /*
  * Is this reply a receiver throttling us: a 421 at any stage, or a 4xx

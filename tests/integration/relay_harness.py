@@ -425,12 +425,15 @@ class ScriptedSMTP:
                           timeout, what="%d message(s) at %s:%d; dialogs:\n%s"
                           % (count, self.host, self.port, self.transcript()))
 
-    def max_concurrent(self):
-        """The most connections that were open at once."""
+    def max_concurrent(self, after=0.0):
+        """The most connections that were open at once (from time.monotonic()
+        `after` on)."""
         with self.lock:
-            marks = [(s.opened, 1) for s in self.sessions]
+            sessions = [s for s in self.sessions
+                        if s.closed_at is None or s.closed_at > after]
+            marks = [(max(s.opened, after), 1) for s in sessions]
             marks += [(s.closed_at if s.closed_at is not None else float("inf"), -1)
-                      for s in self.sessions]
+                      for s in sessions]
         most = now = 0
         for _, step in sorted(marks):  # a close sorts before an open at a tie
             now += step

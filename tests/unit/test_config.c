@@ -1318,6 +1318,15 @@ static void test_config_shape_key(void **state)
 			"x.conf:2: shape: invalid value in \"rate=0/m\"");
 	load_fails_with("shape = a.test speed=3\n", NULL,
 			"x.conf:1: shape: unknown option \"speed=3\"");
+	load_fails_with("shape_redis = redis.example:6379\n", NULL,
+			"x.conf:1: shape_redis: host must be an IP address or "
+			"localhost in \"redis.example:6379\"");
+	load_fails_with("shape_redis = 127.0.0.1:6379/x\n", NULL,
+			"x.conf:1: shape_redis: invalid database number in "
+			"\"127.0.0.1:6379/x\"");
+	cfg = support_load_config("shape_redis = [::1]:6380/2\n", NULL);
+	assert_string_equal(cfg->shape_redis, "[::1]:6380/2");
+	config_free(cfg);
 	load_fails_with("shape = a.test source=192.0.2.77\n", NULL,
 			"x.conf:1: shape: source is not a local address "
 			"(Cannot assign requested address)");
@@ -1457,6 +1466,7 @@ static const char *const spec_order[] = {
     "proxy_networks",
     "reuse_port",
     "shape",
+    "shape_redis",
 };
 
 static void test_config_print_lists_every_key_in_spec_order(void **state)

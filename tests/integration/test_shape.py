@@ -244,3 +244,31 @@ def test_n_prints_the_table_as_understood(tmp_path):
     lines = [x for x in r.stdout.decode().splitlines() if x.startswith("shape = ")]
     assert lines == ["shape = a.test max_rcpt=5 max_msgs=100 pause=60s",
                      "shape = b.test max_rcpt=50 max_msgs=100 rate=1/s pause=60s"], lines
+
+
+def test_shapes_apply_to_mx_delivery_too(relay):
+    sink = relay.scripted("127.0.0.2")   # mx.one.test in the zone
+    sender = relay.sender(extra_lines=["shape = one.test max_rcpt=2 max_msgs=1"])
+    rh.inject(sender, ["r%d@one.test" % i for i in range(5)])
+    h.wait_for(lambda: len(sink.rcpts_delivered()) >= 5, T)
+    assert sorted(len(m.rcpts) for m in sink.messages) == [1, 2, 2]
+    h.wait_for(lambda: all(s.closed for s in sink.sessions), T)
+    # max_msgs=1: one message a connection
+    assert all(s.transactions <= 1 for s in sink.sessions), sink.transcript()
+
+
+def test_a_source_that_cannot_be_bound_defers_and_logs(relay):
+    if not h.has_ipv6_loopback():
+        import pytest
+        pytest.skip("no IPv6 loopback")
+    # an IPv4 source for an IPv6 server: checked at start it binds, but
+    # not for this connection
+    sender = relay.sender(extra_lines=[
+        "route = %s [::1]:%d" % (DOMAIN, relay.port),
+        "shape = %s source=127.0.0.9" % DOMAIN])
+    qid, _ = rh.inject(sender, ["a@" + DOMAIN])
+    ev = rh.wait_relay_event(sender, "relay_bind_failed")
+    assert ev["source"] == "127.0.0.9", ev
+    d = rh.wait_relay_event(sender, "deferred", queue_id=qid)
+    assert "cannot bind to source 127.0.0.9" in d["reason"], d
+    sender.assert_alive()

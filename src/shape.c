@@ -9,6 +9,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -216,76 +217,54 @@ static int parse_option(const char *tok, size_t len, struct shape *sh,
 	return 0;
 }
 
-static int parse_shape(const char *value, struct shape *sh, char *err,
-		       size_t errlen)
+struct shape_parse {
+	struct shape *sh;
+	unsigned seen;
+	char *err;
+	size_t errlen;
+};
+
+static int shape_token(const char *tok, size_t len, size_t index, void *arg)
 {
-	const char *p = value;
-	const char *end;
-	size_t ntok = 0;
-	unsigned seen = 0;
+	struct shape_parse *sp = arg;
 
-	while (ascii_is_wsp(*p))
-		p++;
-	end = p + strlen(p);
-	while (end > p && ascii_is_wsp(end[-1]))
-		end--;
-	sh->text = strndup(p, (size_t)(end - p));
-	if (sh->text == NULL)
-		return fail(err, errlen, "out of memory in", p, 0);
-	while (p < end) {
-		const char *tok = p;
-		size_t len;
-		int rc;
+	if (tok == NULL)
+		return fail(sp->err, sp->errlen, "out of memory in", "", 0);
+	if (index == 0)
+		return route_pattern_parse(tok, len, &sp->sh->kind,
+					   &sp->sh->pattern, sp->err,
+					   sp->errlen);
+	return parse_option(tok, len, sp->sh, &sp->seen, sp->err, sp->errlen);
+}
 
-		while (p < end && !ascii_is_wsp(*p))
-			p++;
-		len = (size_t)(p - tok);
-		while (p < end && ascii_is_wsp(*p))
-			p++;
-		if (ntok == 0)
-			rc = route_pattern_parse(tok, len, &sh->kind,
-						 &sh->pattern, err, errlen);
-		else
-			rc = parse_option(tok, len, sh, &seen, err, errlen);
-		if (rc < 0)
-			return -1;
-		ntok++;
-	}
-	if (ntok == 0) {
-		if (err != NULL && errlen > 0)
-			snprintf(err, errlen, "empty shape");
-		return -1;
-	}
-	if (ntok == 1)
-		return fail(err, errlen, "no option after pattern", sh->text,
-			    strlen(sh->text));
-	return 0;
+static struct route_pattern_table pattern_table(const struct shape_table *t)
+{
+	struct route_pattern_table pt = {
+	    t->shapes, t->count, sizeof(struct shape),
+	    offsetof(struct shape, kind), offsetof(struct shape, pattern)};
+	return pt;
 }
 
 int shape_table_add(struct shape_table *table, const char *value, char *err,
 		    size_t errlen)
 {
 	struct shape sh = shape_defaults;
+	struct shape_parse sp = {&sh, 0, err, errlen};
+	struct route_pattern_table pt = pattern_table(table);
+	int ntok;
 
 	if (err != NULL && errlen > 0)
 		err[0] = '\0';
-	if (parse_shape(value, &sh, err, errlen) < 0) {
+	ntok = route_split_tokens(value, &sh.text, shape_token, &sp);
+	if (ntok == 0 && err != NULL && errlen > 0)
+		snprintf(err, errlen, "empty shape");
+	else if (ntok == 1)
+		fail(err, errlen, "no option after pattern", sh.text,
+		     strlen(sh.text));
+	if (ntok < 2 ||
+	    route_pattern_unique(&pt, sh.kind, sh.pattern, err, errlen) < 0) {
 		shape_clear(&sh);
 		return -1;
-	}
-	for (size_t i = 0; i < table->count; i++) {
-		const struct shape *old = &table->shapes[i];
-
-		if (old->kind == sh.kind &&
-		    strcmp(old->pattern, sh.pattern) == 0) {
-			if (err != NULL && errlen > 0)
-				snprintf(err, errlen,
-					 "duplicate pattern \"%s%s\"",
-					 sh.kind == ROUTE_SUFFIX ? "*." : "",
-					 sh.pattern);
-			shape_clear(&sh);
-			return -1;
-		}
 	}
 	if (table->count == table->cap) {
 		size_t cap = table->cap == 0 ? 8 : table->cap * 2;
@@ -306,28 +285,11 @@ int shape_table_add(struct shape_table *table, const char *value, char *err,
 const struct shape *shape_lookup(const struct shape_table *table,
 				 const char *domain)
 {
-	const struct shape *best = &shape_defaults;
-	size_t best_rank = 0;
-	size_t len;
-
 	if (table == NULL)
-		return best;
-	if (domain == NULL)
-		domain = "";
-	len = strlen(domain);
-	if (len > 1 && domain[len - 1] == '.')
-		len--;
-	for (size_t i = 0; i < table->count; i++) {
-		const struct shape *s = &table->shapes[i];
-		size_t rank =
-		    route_pattern_rank(s->kind, s->pattern, domain, len);
-
-		if (rank > best_rank) {
-			best = s;
-			best_rank = rank;
-		}
-	}
-	return best;
+		return &shape_defaults;
+	struct route_pattern_table pt = pattern_table(table);
+	size_t i = route_pattern_best(&pt, domain);
+	return i < table->count ? &table->shapes[i] : &shape_defaults;
 }
 
 bool shape_groups(const struct shape *shape)
@@ -401,10 +363,11 @@ uint64_t shape_rate_interval_us(unsigned count, unsigned period)
 	if (count == 0 || period == 0)
 		return 0;
 	uint64_t interval = (uint64_t)period * 1000000u / count;
-	/* 0.5% slower than said: the receiver counts with its own clock,
-	 * after network delays that differ from one transaction to the next,
-	 * and must never see more than the rate */
-	interval += interval / 200;
+	/* 2% slower than said: the receiver counts with its own clock,
+	 * after delays that differ from one transaction to the next (a new
+	 * connection's handshake, a busy network), and must never see more
+	 * than the rate */
+	interval += interval / 50;
 	return interval == 0 ? 1 : interval;
 }
 

@@ -93,4 +93,31 @@ int route_pattern_parse(const char *s, size_t len,
 size_t route_pattern_rank(enum route_pattern_kind kind, const char *pattern,
 			  const char *domain, size_t len);
 
+/* A table of entries `size` bytes apart, each with its pattern kind and
+ * pattern at these offsets (the routes, the shapes). */
+struct route_pattern_table {
+	const void *entries;
+	size_t count;
+	size_t size;
+	size_t kind_offset;
+	size_t pattern_offset;
+};
+
+/* The index of the most specific entry for `domain`, count when none. */
+size_t route_pattern_best(const struct route_pattern_table *table,
+			  const char *domain);
+/* 0, or -1 with "duplicate pattern ..." in err when an entry has it. */
+int route_pattern_unique(const struct route_pattern_table *table,
+			 enum route_pattern_kind kind, const char *pattern,
+			 char *err, size_t errlen);
+
+/* Split a value at spaces and tabs: *text gets the value trimmed
+ * (malloc'd), each token goes to `token` with its index (tok NULL: out
+ * of memory, once, and nothing follows). Returns how many tokens, or -1
+ * when `token` did. */
+typedef int (*route_token_fn)(const char *tok, size_t len, size_t index,
+			      void *arg);
+int route_split_tokens(const char *value, char **text, route_token_fn token,
+		       void *arg);
+
 #endif

@@ -74,7 +74,7 @@ int shape_source_check(const struct shape *shape, char *err, size_t errlen);
 
 /*
  * The rate of transactions, spaced evenly (no burst): a token every
- * period/count, 0.5% more. `next_us` is when the next one is due, in the
+ * period/count, 2% more. `next_us` is when the next one is due, in the
  * caller's clock; 0 when none was taken yet.
  */
 struct shape_bucket {

@@ -765,6 +765,31 @@ def inject(sender_daemon, recipients, tok=None, subject=None, sender=SENDER):
     return qid, tok
 
 
+def inject_parallel(jobs, threads=4):
+    """Submit one-recipient messages from several SMTP clients at once:
+    `jobs` is a list of (sending daemon, recipient). Returns the (daemon,
+    queue id) pairs."""
+    out, errors, lock = [], [], threading.Lock()
+
+    def work(k):
+        try:
+            for d, rcpt in jobs[k::threads]:
+                qid, _ = inject(d, [rcpt])
+                with lock:
+                    out.append((d, qid))
+        except Exception as e:  # reported in the caller's thread
+            errors.append(e)
+
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    assert not errors, errors
+    assert len(out) == len(jobs)
+    return out
+
+
 def tokens_in(messages):
     """The tokens (token=<hex>) found in a list of message bytes, in order."""
     out = []

@@ -7,7 +7,6 @@ message arrived.
 """
 
 import subprocess
-import threading
 import time
 
 import facteur_harness as h
@@ -24,27 +23,11 @@ def route_to(ip, port, *shapes):
         "shape = %s" % s for s in shapes]
 
 
-def inject_parallel(sender, count, threads=4):
-    """`count` one-recipient messages for DOMAIN from several clients at
-    once; returns their queue ids."""
-    out, errors, lock = [], [], threading.Lock()
-
-    def work(k):
-        try:
-            for i in range(k, count, threads):
-                qid, _ = rh.inject(sender, ["u%d@%s" % (i, DOMAIN)])
-                with lock:
-                    out.append(qid)
-        except Exception as e:  # reported in the test's thread
-            errors.append(e)
-
-    workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(120)
-    assert not errors, errors
-    return out
+def inject_parallel(sender, count):
+    """`count` one-recipient messages for DOMAIN, from several clients at
+    once."""
+    return rh.inject_parallel([(sender, "u%d@%s" % (i, DOMAIN))
+                               for i in range(count)])
 
 
 def ctl(d, *args):

@@ -9,7 +9,6 @@ loopback port, started and stopped by PID here.
 import shutil
 import socket
 import subprocess
-import threading
 import time
 
 import pytest
@@ -79,26 +78,10 @@ def fleet(relay, redis, shape, count=2):
 
 
 def inject_all(senders, per_sender, tag):
-    """`per_sender` messages into each sender at once; their queue ids."""
-    ids, errors, lock = [], [], threading.Lock()
-
-    def work(d, k):
-        try:
-            for i in range(per_sender):
-                qid, _ = rh.inject(d, ["%s%d-%d@%s" % (tag, k, i, DOMAIN)])
-                with lock:
-                    ids.append((d, qid))
-        except Exception as e:  # reported in the test's thread
-            errors.append(e)
-
-    workers = [threading.Thread(target=work, args=(d, k))
-               for k, d in enumerate(senders)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(120)
-    assert not errors, errors
-    return ids
+    """`per_sender` messages into each sender at once; (sender, queue id)."""
+    return rh.inject_parallel([(d, "%s%d-%d@%s" % (tag, k, i, DOMAIN))
+                               for k, d in enumerate(senders)
+                               for i in range(per_sender)])
 
 
 def wait_delivered(ids):

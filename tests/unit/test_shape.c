@@ -211,7 +211,7 @@ static void test_shape_source_must_be_local(void **state)
 }
 
 #define SECOND 1000000ull
-#define TICK (SECOND + SECOND / 200) /* 60/m, with the 0.5% margin */
+#define TICK (SECOND + SECOND / 50) /* 60/m, with the 2% margin */
 
 static void test_shape_bucket_spaces_transactions_evenly(void **state)
 {

@@ -433,7 +433,9 @@ static void destination_resume(struct destination *d)
 static void destination_pause(struct destination *d, unsigned seconds,
 			      const char *dsn, const char *reply)
 {
-	time_t until = time(NULL) + (time_t)seconds;
+	/* rounded up past the timer's end: mail due at `until` finds the
+	 * pause over, never a pause that has a fraction of a second left */
+	time_t until = time(NULL) + (time_t)seconds + 1;
 	if (until <= d->paused_until)
 		return; /* another connection's reply, same pause */
 	if (d->paused_until == 0)

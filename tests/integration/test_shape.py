@@ -150,6 +150,8 @@ def test_a_421_pauses_the_destination_and_the_message_follows_the_pause(relay):
     # after the pause, long before retry_min
     assert 2.5 <= took <= 30, took
     rh.wait_relay_event(sender, "delivered", queue_id=qid)
+    # tried once more, when the pause was over: no retries during it
+    assert len(sender.events("deferred")) == 1, sender.events("deferred")
     m = t.metrics(mport)
     assert [v for k, v in m.items()
             if k.startswith("facteur_destination_paused{")] == [0], m

@@ -945,6 +945,18 @@ void relay_read_credentials(struct route_table *routes)
 	(void)route_table_read_credentials(routes, on_auth_unreadable, NULL);
 }
 
+/* Redis is back: connections opened while it was away, which hold no
+ * slot, close, so that the fleet's count is whole again. */
+static void on_redis_up(void *arg)
+{
+	struct relay *relay = arg;
+	for (size_t i = 0; i < DESTINATION_BUCKETS; i++)
+		for (struct destination *d = relay->destinations[i]; d != NULL;
+		     d = d->next)
+			if (strncmp(d->key, "shape ", 6) == 0)
+				relay_idle_close_unleased(d);
+}
+
 struct relay *relay_new(struct server *srv)
 {
 	struct relay *relay = calloc(1, sizeof *relay);
@@ -958,8 +970,8 @@ struct relay *relay_new(struct server *srv)
 	}
 	/* read at start only: a reload keeps the Redis it started with */
 	if (srv->cfg->shape_redis != NULL &&
-	    (relay->redis =
-		 shape_redis_new(srv->base, srv->cfg->shape_redis)) == NULL) {
+	    (relay->redis = shape_redis_new(srv->base, srv->cfg->shape_redis,
+					    on_redis_up, relay)) == NULL) {
 		localaddr_interfaces_free(relay->interfaces);
 		free(relay);
 		return NULL;

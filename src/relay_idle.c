@@ -167,6 +167,17 @@ void relay_idle_close_all(struct destination *d)
 		idle_close(d->idle);
 }
 
+void relay_idle_close_unleased(struct destination *d)
+{
+	struct relay_idle_conn *ic = d->idle;
+	while (ic != NULL) {
+		struct relay_idle_conn *next = ic->next; /* ic may go */
+		if (ic->lease == 0)
+			idle_close(ic);
+		ic = next;
+	}
+}
+
 /* Cut every connection of a list without QUIT, and free them. */
 static void cancel_list(struct relay_idle_conn **head)
 {

@@ -102,6 +102,8 @@ struct shape_redis {
 	struct lease *leases;
 	struct event *reconnect;
 	struct event *renew;
+	shape_redis_up_cb up_cb;
+	void *up_arg;
 };
 
 static void redis_connect(struct shape_redis *sr);
@@ -148,10 +150,13 @@ static void on_selected(redisAsyncContext *ac, void *r, void *arg)
 	}
 	sr->up = true;
 	sr->backoff_ms = RECONNECT_MIN_MS;
-	if (sr->outage_logged)
-		log_event(LOG_LEVEL_INFO, "redis_available",
-			  LOG_S("host", sr->host), LOG_I("port", sr->port));
+	if (!sr->outage_logged)
+		return;
 	sr->outage_logged = false;
+	log_event(LOG_LEVEL_INFO, "redis_available", LOG_S("host", sr->host),
+		  LOG_I("port", sr->port));
+	if (sr->up_cb != NULL)
+		sr->up_cb(sr->up_arg);
 }
 
 static void on_connected(const redisAsyncContext *ac, int status)
@@ -223,7 +228,8 @@ static void on_renew_timer(evutil_socket_t fd, short what, void *arg)
 			redis_failed(sr, "cannot send a renewal");
 }
 
-struct shape_redis *shape_redis_new(struct event_base *base, const char *text)
+struct shape_redis *shape_redis_new(struct event_base *base, const char *text,
+				    shape_redis_up_cb up, void *arg)
 {
 	char err[128];
 	char hostname[64] = "";
@@ -240,6 +246,8 @@ struct shape_redis *shape_redis_new(struct event_base *base, const char *text)
 	snprintf(sr->instance, sizeof sr->instance, "%.24s:%ld:%lld", hostname,
 		 (long)getpid(), (long long)time(NULL));
 	sr->base = base;
+	sr->up_cb = up;
+	sr->up_arg = arg;
 	sr->backoff_ms = RECONNECT_MIN_MS;
 	struct timeval every = {LEASE_TTL_MS / 3000, 0};
 	sr->reconnect = evtimer_new(base, on_reconnect, sr);

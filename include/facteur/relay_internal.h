@@ -108,6 +108,9 @@ void relay_idle_conn_free(struct relay_idle_conn *ic);
 /* QUIT on d's oldest idle connection (to make room), or on all of them. */
 void relay_idle_close_oldest(struct destination *d);
 void relay_idle_close_all(struct destination *d);
+/* QUIT on d's idle connections that hold no shape_redis slot (opened
+ * while Redis was away), once Redis is back. */
+void relay_idle_close_unleased(struct destination *d);
 /* relay_free: cut the connections saying QUIT, and d's idle ones. */
 void relay_idle_cancel_closing(struct relay *relay);
 void relay_idle_cancel_all(struct destination *d);

@@ -25,8 +25,11 @@ struct event_base;
 struct shape_redis;
 
 /* Connects at once (in the background); NULL when text is bad or out
- * of memory. */
-struct shape_redis *shape_redis_new(struct event_base *base, const char *text);
+ * of memory. `up`, when not NULL, runs from the loop each time Redis
+ * answers after an outage (not at the first connection). */
+typedef void (*shape_redis_up_cb)(void *arg);
+struct shape_redis *shape_redis_new(struct event_base *base, const char *text,
+				    shape_redis_up_cb up, void *arg);
 /* Pending answers are dropped (no callback); held leases expire. */
 void shape_redis_free(struct shape_redis *sr);
 

@@ -139,8 +139,8 @@ def test_redis_gone_then_back(relay, redis):
     redis.start()
     for d in senders:
         rh.wait_relay_event(d, "redis_available", timeout=20)
-    # connections opened alone during the outage carry nothing more
-    # without a slot; idle, they close within seconds
+    # connections opened alone during the outage hold no slot: they
+    # close once Redis answers again
     h.wait_for(lambda: all(s.closed for s in sink.sessions), 20,
                what="the outage's connections closed")
     before = time.monotonic()

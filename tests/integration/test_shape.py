@@ -103,8 +103,10 @@ def test_rate_spreads_the_transactions(relay):
     times = sorted(m.at for m in msgs)
     # one a second: 10 transactions span 9 s at least
     assert times[-1] - times[0] >= 9.0, [round(x - times[0], 3) for x in times]
+    # no burst: a transaction late on its slot (a busy machine) is
+    # followed by a shorter gap, never by two at once
     gaps = [b - a for a, b in zip(times, times[1:])]
-    assert min(gaps) > 0.9, gaps
+    assert min(gaps) > 0.5, gaps
 
 
 def test_source_address_and_helo_name(relay):

@@ -75,6 +75,8 @@ enum key {
 	KEY_SRS_SECRET_FILE,
 	KEY_SENDERS_FILE,
 	KEY_DKIM_SIGN,
+	KEY_SHAPE,
+	KEY_SHAPE_REDIS,
 	KEY_COUNT,
 };
 
@@ -120,14 +122,14 @@ struct key_def {
 	const char *default_value; /* NULL: computed (hostname, user) */
 	key_set_fn *set;	   /* NULL: set by slot kind */
 	key_clear_fn *clear;	   /* list keys only: forget every item */
-	/* list keys: between items, in a file line and in the environment;
-	 * 0 is ','. Keys whose items hold spaces or commas use ';'. */
-	char separator;
 	key_print_fn *print;	   /* SLOT_OTHER only */
 	enum slot_kind slot;
 	size_t offset;		  /* of the slot in struct config */
 	const char *const *names; /* SLOT_CHOICE: the values, by index */
 	size_t name_count;
+	/* A list whose values may hold commas and spaces: one value a file
+	 * line, `;` between values in the environment. */
+	bool semicolons;
 };
 
 /* A load runs at start-up and on reload; a small allocation failing there
@@ -950,6 +952,41 @@ static void clear_sender_routes(struct loader *ld)
 	clear_route_table(&ld->cfg->sender_routes);
 }
 
+static void set_shape(struct loader *ld, const char *value)
+{
+	struct shape_table *table = ld->cfg->shapes;
+	char err[256];
+
+	if (shape_table_add(table, value, err, sizeof(err)) < 0 ||
+	    shape_source_check(
+		shape_table_get(table, shape_table_count(table) - 1), err,
+		sizeof(err)) < 0)
+		bad(ld, "%s", err);
+}
+
+static void set_shape_redis(struct loader *ld, const char *value)
+{
+	char host[64], err[128], q[QUOTE_BUF];
+	uint16_t port;
+	unsigned db;
+
+	if (value[0] != '\0' &&
+	    shape_parse_redis_address(value, host, sizeof(host), &port, &db,
+				      err, sizeof(err)) < 0)
+		bad(ld, "%s in %s", err, quote(value, q));
+	else
+		replace_string(&ld->cfg->shape_redis,
+			       value[0] != '\0' ? value : NULL);
+}
+
+static void clear_shapes(struct loader *ld)
+{
+	shape_table_free(ld->cfg->shapes);
+	ld->cfg->shapes = shape_table_new();
+	if (ld->cfg->shapes == NULL)
+		out_of_memory();
+}
+
 static void set_dns_server(struct loader *ld, const char *value)
 {
 	struct config *cfg = ld->cfg;
@@ -1201,6 +1238,18 @@ static void print_sender_routes(const struct config *cfg, FILE *out)
 	print_route_table(cfg->sender_routes, out);
 }
 
+/* One value a line, as the file reads them back. */
+static void print_shapes(const struct config *cfg, FILE *out)
+{
+	char line[1024];
+
+	for (size_t i = 0; i < shape_table_count(cfg->shapes); i++) {
+		shape_format(shape_table_get(cfg->shapes, i), line,
+			     sizeof(line));
+		fprintf(out, "%s%s", i ? "\nshape = " : "", line);
+	}
+}
+
 static void print_dns_servers(const struct config *cfg, FILE *out)
 {
 	if (cfg->dns_from_resolv_conf)
@@ -1380,7 +1429,7 @@ static const struct key_def key_defs[KEY_COUNT] = {
 			    .print = print_proxy_networks},
     [KEY_REUSE_PORT] = {"reuse_port", "no", FIELD(SLOT_YES_NO, reuse_port)},
     [KEY_SENDER_ROUTE] = {"sender_route", "", .set = set_sender_route,
-			  .clear = clear_sender_routes, .separator = ';',
+			  .clear = clear_sender_routes, .semicolons = true,
 			  .print = print_sender_routes},
     [KEY_SRS_DOMAIN] = {"srs_domain", "", .set = set_srs_domain,
 			FIELD(SLOT_STRING, srs_domain)},
@@ -1389,7 +1438,11 @@ static const struct key_def key_defs[KEY_COUNT] = {
     [KEY_SENDERS_FILE] = {"senders_file", "", FIELD(SLOT_STRING, senders_file)},
     [KEY_DKIM_SIGN] = {"dkim_sign", "", .set = set_dkim_sign,
 		       .clear = clear_dkim_sign, .print = print_dkim_sign,
-		       .separator = ';'},
+		       .semicolons = true},
+    [KEY_SHAPE] = {"shape", "", .set = set_shape, .clear = clear_shapes,
+		   .print = print_shapes, .semicolons = true},
+    [KEY_SHAPE_REDIS] = {"shape_redis", "", .set = set_shape_redis,
+			 FIELD(SLOT_STRING, shape_redis)},
 };
 
 static bool find_key(const char *name, size_t len, enum key *out)
@@ -1556,7 +1609,9 @@ static void apply(struct loader *ld, enum key key, const char *value,
 		ld->file_seen[key] = true;
 	if (len == 0)
 		return;
-	char separator = def->separator != '\0' ? def->separator : ',';
+	char separator = def->semicolons ? ';' : ',';
+	if (def->semicolons && src == SOURCE_FILE)
+		separator = '\0'; /* never in a line: the whole value */
 	for (;;) {
 		const char *comma = memchr(value, separator, len);
 		size_t item_len = comma != NULL ? (size_t)(comma - value) : len;
@@ -1920,7 +1975,9 @@ static struct config *load(const char *text, size_t len, const char *name,
 		out_of_memory();
 	ld.cfg->routes = route_table_new();
 	ld.cfg->sender_routes = route_table_new();
-	if (ld.cfg->routes == NULL || ld.cfg->sender_routes == NULL)
+	ld.cfg->shapes = shape_table_new();
+	if (ld.cfg->routes == NULL || ld.cfg->sender_routes == NULL ||
+	    ld.cfg->shapes == NULL)
 		out_of_memory();
 	if (name != NULL)
 		ld.cfg->source = xstrdup(name);
@@ -2046,6 +2103,8 @@ void config_free(struct config *cfg)
 	free_dkim_sign(cfg);
 	route_table_free(cfg->routes);
 	route_table_free(cfg->sender_routes);
+	shape_table_free(cfg->shapes);
+	free(cfg->shape_redis);
 	for (size_t i = 0; i < cfg->dns_server_count; i++)
 		free(cfg->dns_servers[i].text);
 	free(cfg->dns_servers);

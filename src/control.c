@@ -300,7 +300,8 @@ static void summary_finish(struct control_session *cs)
 	ls->rows = queue_summary_finish(ls->summary);
 }
 
-/* One summary row: its suspension from the scheduler's table. */
+/* One summary row: its suspension from the scheduler's table, its pause
+ * from the relay. */
 static void listing_row(struct control_session *cs)
 {
 	struct control_listing *ls = cs->listing;
@@ -312,9 +313,8 @@ static void listing_row(struct control_session *cs)
 	    scheduler_suspensions(cs->ctl->srv->scheduler), row->domain,
 	    ls->now, &until);
 	row->suspended_until = until;
-	/* Paused by the relay's throttling: not known here yet (the relay
-	 * will say whether a destination is paused, and until when). */
-	row->paused = false;
+	row->paused = scheduler_domain_paused(cs->ctl->srv->scheduler,
+					      row->domain, NULL);
 	reply_owned(cs, NULL, control_proto_summary_record(row));
 }
 

@@ -54,6 +54,10 @@ static struct {
 	size_t listener_count;
 	metrics_queue_state_fn queue_states;
 	void *queue_states_arg;
+	/* names in the order they were first paused, "other" last */
+	char *paused_names[METRICS_PAUSED_MAX + 1];
+	unsigned paused[METRICS_PAUSED_MAX + 1];
+	size_t paused_count;
 } extra;
 
 static const char *const rejection_names[] = {
@@ -300,6 +304,19 @@ static void put_extra_metrics(struct out *o)
 		put_label_value(o, extra.listeners[i].listen);
 		put(o, "\"} %llu\n",
 		    (unsigned long long)extra.listeners[i].connections);
+	}
+
+	put_header(
+	    o, "facteur_redis_errors_total", "counter",
+	    "Redis commands and connections of shape_redis that failed.");
+	put_value(o, "facteur_redis_errors_total", metrics.redis_errors_total);
+
+	put_header(o, "facteur_destination_paused", "gauge",
+		   "1 while a destination that throttled us is paused.");
+	for (size_t i = 0; i < extra.paused_count; i++) {
+		put(o, "facteur_destination_paused{destination=\"");
+		put_label_value(o, extra.paused_names[i]);
+		put(o, "\"} %u\n", extra.paused[i] > 0 ? 1u : 0u);
 	}
 
 	double age = 0;
@@ -577,8 +594,31 @@ void metrics_process_read(struct metrics_process *out)
 	out->open_fds = process_open_fds();
 }
 
+void metrics_destination_paused(const char *destination, bool paused)
+{
+	size_t i = 0;
+	while (i < extra.paused_count &&
+	       strcmp(extra.paused_names[i], destination) != 0 &&
+	       i < METRICS_PAUSED_MAX)
+		i++;
+	if (i == extra.paused_count) {
+		const char *name =
+		    i < METRICS_PAUSED_MAX ? destination : "other";
+		if ((extra.paused_names[i] = strdup(name)) == NULL)
+			return; /* out of memory: not shown */
+		extra.paused_count++;
+	}
+	/* "other" counts the destinations it stands for */
+	if (paused)
+		extra.paused[i]++;
+	else if (extra.paused[i] > 0)
+		extra.paused[i]--;
+}
+
 void metrics_reset(void)
 {
+	for (size_t i = 0; i < extra.paused_count; i++)
+		free(extra.paused_names[i]);
 	for (size_t i = 0; i < extra.listener_count; i++)
 		free(extra.listeners[i].listen);
 	free(extra.listeners);

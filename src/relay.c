@@ -2,11 +2,17 @@
  * Relay attempts (see relay.h).
  *
  * Remote recipients are grouped by destination (a route, or the domain's
- * own MX hosts) and by envelope sender (a recipient forwarded through an
- * alias has its own, SRS, sender): one attempt carries all the recipients
- * of a message for one destination and sender, and each destination has
- * at most max_connections_per_destination attempts in flight; the others
- * wait in that destination's FIFO.
+ * own MX hosts, or a shape line's domains together when it sets
+ * max_connections or rate) and by envelope sender (a recipient forwarded
+ * through an alias has its own, SRS, sender): one attempt carries the
+ * recipients of a message for one destination and sender, max_rcpt of
+ * them at most (shape.h), and each destination has at most
+ * max_connections (default max_connections_per_destination) attempts in
+ * flight; the others wait in that destination's FIFO. With rate=, an
+ * attempt also waits for its token, on a timer. A throttling reply (a
+ * 421, a 4.7.x deferral) pauses the destination: what waits for it, and
+ * what comes meanwhile, is deferred with that reply, due again when the
+ * pause ends.
  *
  * A connection whose transaction ended cleanly is kept (relay_idle.c):
  * the next attempt for its destination goes over it (no DNS, no greeting,
@@ -32,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <arpa/inet.h>
@@ -41,15 +48,17 @@
 #include "facteur/dns.h"
 #include "facteur/localaddr.h"
 #include "facteur/log.h"
+#include "facteur/metrics.h"
 #include "facteur/relay.h"
 #include "facteur/relay_internal.h"
 #include "facteur/route.h"
 #include "facteur/server.h"
+#include "facteur/shape.h"
+#include "facteur/shape_redis.h"
 #include "facteur/smtp_client.h"
 #include "facteur/status_code.h"
 
 #define MAX_ADDRESSES_PER_ATTEMPT 10
-#define RELAY_MAX_TRANSACTIONS 100 /* messages over one connection */
 
 /* One attempt at some recipients of a message for one destination. The
  * route's fields are copied: a reload may free the table meanwhile. */
@@ -79,6 +88,16 @@ struct relay_job {
 	char *auth_file;
 	char *auth_user; /* read with the settings; NULL: unreadable */
 	char *auth_password;
+	/* from the shape of the recipients' domain */
+	unsigned max_connections; /* 0: max_connections_per_destination */
+	unsigned max_msgs;
+	unsigned rate_count, rate_period;
+	unsigned pause;
+	bool has_source;
+	struct sockaddr_storage source;
+	char *helo;		    /* NULL: hostname */
+	unsigned conn_transactions; /* this one included, on its connection */
+	uint64_t lease;		    /* its connection's slot in shape_redis */
 	struct dns_query *dns;
 	struct smtp_client *client;
 	/* An outcome for every recipient, reported on the next loop turn. */
@@ -86,6 +105,7 @@ struct relay_job {
 	enum rcpt_state fail_state;
 	char fail_dsn[16];
 	char *fail_reason;
+	time_t retry_at; /* deferred while its destination is paused */
 };
 
 static void relay_start(struct relay_job *job);
@@ -99,31 +119,100 @@ static unsigned hash_key(const char *key)
 	return h % DESTINATION_BUCKETS;
 }
 
+static uint64_t monotonic_us(void)
+{
+	struct timespec ts;
+	if (clock_gettime(CLOCK_MONOTONIC, &ts) < 0)
+		fatal("relay: clock_gettime: %s", strerror(errno));
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* The key of the destination of `domain`'s recipients (see
+ * relay_internal.h). */
+static void destination_key(const char *domain, const struct route *route,
+			    bool by_sender, const struct shape *shape,
+			    char *key, size_t len)
+{
+	/* A sender route's key differs from any route's: its connections,
+	 * with their credentials, carry its senders' mail alone. */
+	if (shape_groups(shape))
+		snprintf(key, len, "shape %s%s",
+			 shape->kind == ROUTE_SUFFIX ? "*." : "",
+			 shape->pattern);
+	else if (route != NULL)
+		snprintf(key, len, "%s %s",
+			 by_sender ? "sender_route" : "route", route->text);
+	else
+		snprintf(key, len, "mx %s", domain);
+}
+
+static struct destination *destination_find(const struct relay *relay,
+					    const char *key)
+{
+	struct destination *d = relay->destinations[hash_key(key)];
+	while (d != NULL && strcmp(d->key, key) != 0)
+		d = d->next;
+	return d;
+}
+
+static void on_destination_timer(evutil_socket_t fd, short what, void *arg);
+
 static struct destination *destination_get(struct relay *relay, const char *key)
 {
-	struct destination **at = &relay->destinations[hash_key(key)];
-	for (; *at != NULL; at = &(*at)->next)
-		if (strcmp((*at)->key, key) == 0)
-			return *at;
-	struct destination *d = calloc(1, sizeof *d);
-	if (d == NULL || (d->key = strdup(key)) == NULL)
+	struct destination *d = destination_find(relay, key);
+	if (d != NULL)
+		return d;
+	d = calloc(1, sizeof *d);
+	if (d == NULL || (d->key = strdup(key)) == NULL ||
+	    (d->timer = evtimer_new(relay->srv->base, on_destination_timer,
+				    d)) == NULL)
 		fatal("relay: out of memory");
+	d->relay = relay;
+	d->label = strchr(d->key, ' ') + 1;
 	d->wait_tail = &d->wait_head;
+	struct destination **at = &relay->destinations[hash_key(key)];
+	d->next = *at;
 	*at = d;
 	return d;
 }
 
-/* A destination with nothing active, waiting or idle is forgotten. */
+static void destination_free(struct destination *d)
+{
+	event_free(d->timer);
+	free(d->pause_reply);
+	free(d->key);
+	free(d);
+}
+
+static void destination_arm(struct destination *d, uint64_t us)
+{
+	struct timeval tv = {(time_t)(us / 1000000u),
+			     (suseconds_t)(us % 1000000u)};
+	if (evtimer_add(d->timer, &tv) < 0)
+		fatal("relay: cannot add a timer");
+}
+
+/* A destination with nothing active, waiting or idle is forgotten; not
+ * while paused or before its next token is due, which the timer waits
+ * for (a forgotten rate schedule would let a burst through). */
 static void destination_release(struct relay *relay, struct destination *d)
 {
-	if (d->active > 0 || d->wait_head != NULL || d->idle != NULL)
+	if (d->active > 0 || d->wait_head != NULL || d->idle != NULL ||
+	    d->closing > 0 || d->paused_until != 0 || d->fleet_asking ||
+	    evtimer_pending(d->timer, NULL))
 		return;
+	if (d->fleet_lease != 0) /* a yes that no attempt used */
+		shape_redis_release(relay->redis, d->key, d->fleet_lease);
+	uint64_t now = monotonic_us();
+	if (d->bucket.next_us > now) {
+		destination_arm(d, d->bucket.next_us - now);
+		return;
+	}
 	struct destination **at = &relay->destinations[hash_key(d->key)];
 	while (*at != d)
 		at = &(*at)->next;
 	*at = d->next;
-	free(d->key);
-	free(d);
+	destination_free(d);
 }
 
 static void secret_free(char *secret)
@@ -159,7 +248,63 @@ static void relay_job_free(struct relay_job *job)
 	free(job->auth_user);
 	secret_free(job->auth_password);
 	free(job->fail_reason);
+	free(job->helo);
 	free(job);
+}
+
+static void relay_fail_text(struct relay_job *job, enum rcpt_state state,
+			    const char *dsn, const char *reason);
+
+/* Off the head of d's FIFO, counted as active. */
+static struct relay_job *destination_dequeue(struct destination *d)
+{
+	struct relay_job *job = d->wait_head;
+	d->wait_head = job->next;
+	if (d->wait_head == NULL)
+		d->wait_tail = &d->wait_head;
+	d->active++;
+	return job;
+}
+
+static void on_fleet_answer(enum shape_redis_answer answer, uint64_t lease,
+			    unsigned retry_ms, void *arg)
+{
+	struct destination *d = arg;
+	d->fleet_asking = false;
+	if (answer == SHAPE_REDIS_DENIED) {
+		/* the fleet is at the limit: ask again soon */
+		destination_arm(d, (uint64_t)(retry_ms ? retry_ms : 1) * 1000u);
+		return;
+	}
+	/* yes; or Redis failed, and the local limits alone apply this time */
+	d->fleet_granted = true;
+	d->fleet_lease = lease;
+	relay_destination_drain(d->relay, d);
+}
+
+/* With shape_redis, an attempt for a shape line's destination also needs
+ * the fleet's yes (a connection slot when it opens one, a rate token):
+ * one question at a time, the drain runs again with the answer. Redis
+ * out of reach: the local limits alone. */
+static bool destination_fleet_allows(struct relay *relay, struct destination *d,
+				     const struct relay_job *job,
+				     bool new_connection, unsigned limit)
+{
+	if (relay->redis == NULL || strncmp(d->key, "shape ", 6) != 0)
+		return true;
+	if (d->fleet_granted) {
+		d->fleet_granted = false;
+		return true;
+	}
+	if (d->fleet_asking)
+		return false;
+	uint64_t interval =
+	    shape_rate_interval_us(job->rate_count, job->rate_period);
+	if (shape_redis_acquire(relay->redis, d->key, new_connection, limit,
+				interval, on_fleet_answer, d) < 0)
+		return true;
+	d->fleet_asking = true;
+	return false;
 }
 
 /* Start the next attempts waiting for this destination: over an idle
@@ -168,26 +313,59 @@ static void relay_job_free(struct relay_job *job)
  * this never runs nested for the same destination. */
 void relay_destination_drain(struct relay *relay, struct destination *d)
 {
-	unsigned limit = relay->srv->cfg->max_connections_per_destination;
 	while (d->wait_head != NULL && !relay->stopping) {
 		struct relay_job *job = d->wait_head;
+		if (d->paused_until != 0) {
+			/* each on the next loop turn: no nesting */
+			job = destination_dequeue(d);
+			job->retry_at = d->paused_until;
+			relay_fail_text(job, RCPT_DEFERRED, d->pause_dsn,
+					d->pause_reply);
+			continue;
+		}
+		unsigned limit =
+		    job->max_connections
+			? job->max_connections
+			: relay->srv->cfg->max_connections_per_destination;
+		uint64_t now = monotonic_us();
+		if (job->rate_period != 0 && d->bucket.next_us > now) {
+			destination_arm(d, d->bucket.next_us - now);
+			break;
+		}
 		struct relay_idle_conn *ic =
-		    relay_idle_take(d, job->tls, job->auth_file);
-		if (ic == NULL && d->active + d->idle_count >= limit) {
-			if (d->idle == NULL || d->active >= limit)
+		    relay_idle_take(d, job->tls, job->auth_file, job->host);
+		if (ic == NULL &&
+		    d->active + d->idle_count + d->closing >= limit) {
+			if (d->idle == NULL || d->active + d->closing >= limit)
 				break;
-			/* idle connections of other settings (a reload
-			 * changed them): the oldest makes room */
+			/* idle connections of other settings or hosts (a
+			 * reload, a shape over several domains): the oldest
+			 * makes room */
 			relay_idle_close_oldest(d);
 		}
-		d->wait_head = job->next;
-		if (d->wait_head == NULL)
-			d->wait_tail = &d->wait_head;
-		d->active++;
-		if (ic != NULL)
+		/* a connection opened while Redis was away has no slot */
+		if (!destination_fleet_allows(
+			relay, d, job, ic == NULL || ic->lease == 0, limit)) {
+			if (ic != NULL)
+				relay_idle_link(d, ic);
+			break;
+		}
+		job = destination_dequeue(d);
+		(void)shape_bucket_take(&d->bucket, job->rate_count,
+					job->rate_period, now);
+		uint64_t lease = d->fleet_lease;
+		d->fleet_lease = 0;
+		if (ic != NULL) {
+			if (ic->lease == 0)
+				ic->lease = lease;
+			else if (lease != 0) /* the connection has its own */
+				shape_redis_release(relay->redis, d->key,
+						    lease);
 			relay_reuse(job, ic);
-		else
+		} else {
+			job->lease = lease;
 			relay_start(job);
+		}
 	}
 	destination_release(relay, d);
 }
@@ -204,6 +382,8 @@ static void relay_done(struct relay_job *job, const struct relay_outcome *out,
 	relay_done_cb done = job->done;
 	void *arg = job->arg;
 	d->active--;
+	if (job->lease != 0) /* its connection is closed */
+		shape_redis_release(relay->redis, d->key, job->lease);
 	relay_job_free(job);
 	done(RELAY_END_DONE, out, count, arg);
 	relay_destination_drain(relay, d);
@@ -233,6 +413,7 @@ static void on_failed(evutil_socket_t fd, short what, void *arg)
 		out[i].reason = reason;
 		out[i].relay = host;
 		out[i].answered = false;
+		out[i].retry_at = job->retry_at;
 	}
 	relay_done(job, out, count);
 	free(out);
@@ -240,27 +421,95 @@ static void on_failed(evutil_socket_t fd, short what, void *arg)
 	free(host);
 }
 
-/* Why a target gave no address: what every recipient gets should no
- * target give one. */
-static void relay_note_failure(struct relay_job *job, enum rcpt_state state,
-			       enum status_code dsn, const char *reason)
+/* What every recipient of the attempt gets, recorded for later: why a
+ * target gave no address (the outcome should no target give one), or
+ * why the whole attempt fails. */
+static void relay_note_failure_text(struct relay_job *job,
+				    enum rcpt_state state, const char *dsn,
+				    const char *reason)
 {
 	job->fail_state = state;
-	snprintf(job->fail_dsn, sizeof job->fail_dsn, "%s",
-		 status_code_str(dsn));
+	snprintf(job->fail_dsn, sizeof job->fail_dsn, "%s", dsn);
 	free(job->fail_reason);
 	job->fail_reason = reason ? strdup(reason) : NULL;
 	if (reason != NULL && job->fail_reason == NULL)
 		fatal("relay: out of memory");
 }
 
+static void relay_note_failure(struct relay_job *job, enum rcpt_state state,
+			       enum status_code dsn, const char *reason)
+{
+	relay_note_failure_text(job, state, status_code_str(dsn), reason);
+}
+
 /* Every recipient of the attempt gets the same outcome (DNS failures,
- * configuration trouble), reported on the next loop turn. */
+ * configuration trouble, a pause), reported on the next loop turn. */
+static void relay_fail_text(struct relay_job *job, enum rcpt_state state,
+			    const char *dsn, const char *reason)
+{
+	relay_note_failure_text(job, state, dsn, reason);
+	event_active(job->failed, 0, 0);
+}
+
 static void relay_fail(struct relay_job *job, enum rcpt_state state,
 		       enum status_code dsn, const char *reason)
 {
-	relay_note_failure(job, state, dsn, reason);
-	event_active(job->failed, 0, 0);
+	relay_fail_text(job, state, status_code_str(dsn), reason);
+}
+
+/* ---- pauses ---- */
+
+static void destination_resume(struct destination *d)
+{
+	d->paused_until = 0;
+	free(d->pause_reply);
+	d->pause_reply = NULL;
+	evtimer_del(d->timer);
+	metrics_destination_paused(d->label, false);
+	log_event(LOG_LEVEL_INFO, "destination_resumed",
+		  LOG_S("destination", d->label));
+}
+
+/* The receiver throttles us: no new connection for `seconds`, the idle
+ * ones say QUIT, and what waits is deferred with its reply. */
+static void destination_pause(struct destination *d, unsigned seconds,
+			      const char *dsn, const char *reply)
+{
+	/* rounded up past the timer's end: mail due at `until` finds the
+	 * pause over, never a pause that has a fraction of a second left */
+	time_t until = time(NULL) + (time_t)seconds + 1;
+	if (until <= d->paused_until)
+		return; /* another connection's reply, same pause */
+	if (d->paused_until == 0)
+		metrics_destination_paused(d->label, true);
+	d->paused_until = until;
+	free(d->pause_reply);
+	d->pause_reply = strdup(reply);
+	if (d->pause_reply == NULL)
+		fatal("relay: out of memory");
+	snprintf(d->pause_dsn, sizeof d->pause_dsn, "%s", dsn);
+	destination_arm(d, (uint64_t)seconds * 1000000u);
+	relay_idle_close_all(d);
+	char when[32];
+	struct tm tm;
+	if (gmtime_r(&until, &tm) == NULL ||
+	    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+		snprintf(when, sizeof when, "%lld", (long long)until);
+	log_event(LOG_LEVEL_WARN, "destination_paused",
+		  LOG_S("destination", d->label), LOG_S("until", when),
+		  LOG_I("seconds", seconds), LOG_S("reply", reply));
+}
+
+/* The pause is over (or the next token is due, or the destination may
+ * be forgotten): what waits may start. */
+static void on_destination_timer(evutil_socket_t fd, short what, void *arg)
+{
+	struct destination *d = arg;
+	(void)fd;
+	(void)what;
+	if (d->paused_until != 0)
+		destination_resume(d);
+	relay_destination_drain(d->relay, d);
 }
 
 static void on_client_done(const struct smtp_client_result *res, void *arg)
@@ -274,6 +523,7 @@ static void on_client_done(const struct smtp_client_result *res, void *arg)
 	if (out == NULL)
 		fatal("relay: out of memory");
 	const char *relay = res->relay[0] ? res->relay : job->host;
+	const struct smtp_client_rcpt *throttled = NULL;
 	for (size_t i = 0; i < count; i++) {
 		out[i].rcpt = job->rcpts[i];
 		out[i].state = res->rcpts[i].state;
@@ -282,10 +532,26 @@ static void on_client_done(const struct smtp_client_result *res, void *arg)
 		out[i].relay = relay;
 		out[i].answered = true;
 		out[i].tls = res->tls_version;
+		if (throttled == NULL && out[i].state == RCPT_DEFERRED &&
+		    shape_reply_throttles(out[i].reason))
+			throttled = &res->rcpts[i];
 	}
+	if (throttled != NULL) {
+		destination_pause(job->dest, job->pause, throttled->dsn,
+				  throttled->reason);
+		for (size_t i = 0; i < count; i++)
+			if (out[i].state == RCPT_DEFERRED)
+				out[i].retry_at = job->dest->paused_until;
+	}
+	/* the connection's count, unless the client had to open a fresh one
+	 * for this message */
+	unsigned carried = res->reused ? job->conn_transactions : 1;
 	if (res->reusable)
 		relay_idle_park(job->relay, job->dest, client, job->tls,
-				job->auth_file);
+				job->auth_file, job->host, carried, job->lease,
+				carried >= job->max_msgs || throttled != NULL);
+	if (res->reusable)
+		job->lease = 0; /* the parked connection holds it */
 	/* `relay` may be the job's host: kept past the job's free */
 	char *host = job->host;
 	job->host = NULL;
@@ -440,7 +706,7 @@ static void relay_connect(struct relay_job *job)
 	    .rcpts = job->rcpts,
 	    .rcpt_count = job->rcpt_count,
 	    .body = body,
-	    .helo = cfg->hostname,
+	    .helo = job->helo != NULL ? job->helo : cfg->hostname,
 	    .addrs = job->addrs,
 	    .addr_count = job->addr_count,
 	    .tls = job->tls,
@@ -449,7 +715,10 @@ static void relay_connect(struct relay_job *job)
 	    .auth_user = job->auth_user,
 	    .auth_password = job->auth_password,
 	    .timeout = cfg->smtp_timeout,
-	    .max_transactions = RELAY_MAX_TRANSACTIONS,
+	    /* max_msgs is counted here, so that the QUIT after the last
+	     * one is within the destination's limit (relay_idle_park) */
+	    .max_transactions = job->max_msgs + 1,
+	    .source = job->has_source ? &job->source : NULL,
 	};
 	job->client =
 	    smtp_client_start(relay->srv->base, &req, on_client_done, job);
@@ -470,6 +739,8 @@ static void relay_reuse(struct relay_job *job, struct relay_idle_conn *ic)
 		return;
 	}
 	struct smtp_client *client = ic->client;
+	job->conn_transactions = ic->transactions + 1;
+	job->lease = ic->lease;
 	relay_idle_conn_free(ic);
 	struct smtp_client_request req = {
 	    .env = job->env,
@@ -649,12 +920,11 @@ static void relay_job_targets(struct relay_job *job, const struct route *route)
 
 /* A new attempt for recipients of `env` bound for `domain`, with the
  * route's settings (NULL: the domain's MX hosts), a sender route when
- * `by_sender`; no recipient yet. */
-static struct relay_job *relay_job_new(struct relay *relay,
-				       const struct spool_envelope *env,
-				       const char *domain,
-				       const struct route *route,
-				       bool by_sender, size_t room)
+ * `by_sender`, and the shape's; no recipient yet. */
+static struct relay_job *
+relay_job_new(struct relay *relay, const struct spool_envelope *env,
+	      const char *domain, const struct route *route, bool by_sender,
+	      const struct shape *shape, size_t room)
 {
 	const struct config *cfg = relay->srv->cfg;
 	struct relay_job *job = calloc(1, sizeof *job);
@@ -677,14 +947,16 @@ static struct relay_job *relay_job_new(struct relay *relay,
 		job->auth_user = copy_or_null(route->auth_user);
 		job->auth_password = copy_or_null(route->auth_password);
 	}
-	/* A sender route's key differs from any route's: its connections,
-	 * with their credentials, carry its senders' mail alone. */
+	job->max_connections = shape->max_connections;
+	job->max_msgs = shape->max_msgs;
+	job->rate_count = shape->rate_count;
+	job->rate_period = shape->rate_period;
+	job->pause = shape->pause;
+	job->has_source = shape->has_source;
+	job->source = shape->source;
+	job->helo = copy_or_null(shape->helo);
 	char key[600];
-	if (route != NULL)
-		snprintf(key, sizeof key, "%s %s",
-			 by_sender ? "sender_route" : "route", route->text);
-	else
-		snprintf(key, sizeof key, "mx %s", domain);
+	destination_key(domain, route, by_sender, shape, key, sizeof key);
 	job->dest = destination_get(relay, key);
 	job->next_job = relay->jobs;
 	if (relay->jobs != NULL)
@@ -707,7 +979,8 @@ size_t relay_send(struct relay *relay, const struct spool_envelope *env,
 	const struct config *cfg = relay->srv->cfg;
 	size_t attempts = 0;
 	bool *taken = calloc(count ? count : 1, sizeof *taken);
-	if (taken == NULL)
+	size_t *group = malloc((count ? count : 1) * sizeof *group);
+	if (taken == NULL || group == NULL)
 		fatal("relay: out of memory");
 	/* The sender's route, when one matches, takes every recipient. */
 	const struct route *by_sender =
@@ -719,11 +992,10 @@ size_t relay_send(struct relay *relay, const struct spool_envelope *env,
 		const struct route *route =
 		    by_sender != NULL ? by_sender
 				      : route_lookup(cfg->routes, domain);
-		struct relay_job *job = relay_job_new(relay, env, domain, route,
-						      by_sender != NULL, count);
-		job->done = done;
-		job->arg = arg;
-		/* Every due recipient with the same next hop joins. */
+		const struct shape *shape = shape_lookup(cfg->shapes, domain);
+		/* Every due recipient with the same next hop, shape and
+		 * sender joins. */
+		size_t n = 0;
 		for (size_t j = i; j < count; j++) {
 			if (taken[j])
 				continue;
@@ -734,20 +1006,38 @@ size_t relay_send(struct relay *relay, const struct spool_envelope *env,
 			if (!same && route != NULL)
 				same =
 				    route_lookup(cfg->routes, other) == route;
-			/* One MAIL FROM a transaction: a forwarded recipient
-			 * (SRS sender) goes apart from the others. */
-			same = same && same_sender(&env->rcpts[due[i]],
-						   &env->rcpts[due[j]]);
+			same = same &&
+			       shape_lookup(cfg->shapes, other) == shape &&
+			       /* one MAIL FROM a transaction: a forwarded
+				* recipient (SRS sender) goes apart */
+			       same_sender(&env->rcpts[due[i]],
+					   &env->rcpts[due[j]]);
 			if (same) {
 				taken[j] = true;
-				job->rcpts[job->rcpt_count++] = due[j];
+				group[n++] = due[j];
 			}
 		}
-		attempts++;
-		*job->dest->wait_tail = job;
-		job->dest->wait_tail = &job->next;
-		relay_destination_drain(relay, job->dest);
+		/* max_rcpt a transaction, so that the receiver never has to
+		 * answer 452 to the rest */
+		struct destination *d = NULL;
+		for (size_t at = 0; at < n; at += shape->max_rcpt) {
+			size_t take =
+			    n - at < shape->max_rcpt ? n - at : shape->max_rcpt;
+			struct relay_job *job =
+			    relay_job_new(relay, env, domain, route,
+					  by_sender != NULL, shape, take);
+			memcpy(job->rcpts, group + at, take * sizeof *group);
+			job->rcpt_count = take;
+			job->done = done;
+			job->arg = arg;
+			attempts++;
+			d = job->dest;
+			*d->wait_tail = job;
+			d->wait_tail = &job->next;
+		}
+		relay_destination_drain(relay, d);
 	}
+	free(group);
 	free(taken);
 	return attempts;
 }
@@ -770,6 +1060,18 @@ void relay_read_credentials(struct config *cfg)
 					   on_auth_unreadable, NULL);
 }
 
+/* Redis is back: connections opened while it was away, which hold no
+ * slot, close, so that the fleet's count is whole again. */
+static void on_redis_up(void *arg)
+{
+	struct relay *relay = arg;
+	for (size_t i = 0; i < DESTINATION_BUCKETS; i++)
+		for (struct destination *d = relay->destinations[i]; d != NULL;
+		     d = d->next)
+			if (strncmp(d->key, "shape ", 6) == 0)
+				relay_idle_close_unleased(d);
+}
+
 struct relay *relay_new(struct server *srv)
 {
 	struct relay *relay = calloc(1, sizeof *relay);
@@ -778,6 +1080,14 @@ struct relay *relay_new(struct server *srv)
 	relay->srv = srv;
 	relay->interfaces = localaddr_interfaces_new();
 	if (relay->interfaces == NULL) {
+		free(relay);
+		return NULL;
+	}
+	/* read at start only: a reload keeps the Redis it started with */
+	if (srv->cfg->shape_redis != NULL &&
+	    (relay->redis = shape_redis_new(srv->base, srv->cfg->shape_redis,
+					    on_redis_up, relay)) == NULL) {
+		localaddr_interfaces_free(relay->interfaces);
 		free(relay);
 		return NULL;
 	}
@@ -827,6 +1137,38 @@ void relay_stop(struct relay *relay)
 	}
 }
 
+bool relay_domain_paused(const struct relay *relay, const char *domain,
+			 time_t *until)
+{
+	const struct config *cfg = relay->srv->cfg;
+	char key[600];
+	/* the destination of the domain's own mail; a sender route's
+	 * pauses are its own */
+	destination_key(domain, route_lookup(cfg->routes, domain), false,
+			shape_lookup(cfg->shapes, domain), key, sizeof key);
+	const struct destination *d = destination_find(relay, key);
+	if (d == NULL || d->paused_until == 0)
+		return false;
+	if (until != NULL)
+		*until = d->paused_until;
+	return true;
+}
+
+void relay_end_pauses(struct relay *relay)
+{
+	for (size_t i = 0; i < DESTINATION_BUCKETS; i++) {
+		struct destination *d = relay->destinations[i];
+		while (d != NULL) {
+			struct destination *next = d->next; /* d may go */
+			if (d->paused_until != 0) {
+				destination_resume(d);
+				relay_destination_drain(relay, d);
+			}
+			d = next;
+		}
+	}
+}
+
 bool relay_idle(const struct relay *relay)
 {
 	return relay->jobs == NULL && relay->closing_count == 0;
@@ -836,6 +1178,9 @@ void relay_free(struct relay *relay)
 {
 	if (relay == NULL)
 		return;
+	/* first: no answer may come for a destination freed below */
+	shape_redis_free(relay->redis);
+	relay->redis = NULL;
 	while (relay->jobs != NULL) {
 		struct relay_job *job = relay->jobs;
 		relay_done_cb done = job->done;
@@ -853,8 +1198,7 @@ void relay_free(struct relay *relay)
 			struct destination *d = relay->destinations[i];
 			relay->destinations[i] = d->next;
 			relay_idle_cancel_all(d);
-			free(d->key);
-			free(d);
+			destination_free(d);
 		}
 	}
 	localaddr_interfaces_free(relay->interfaces);

@@ -182,22 +182,21 @@ static int parse_address_pattern(const char *s, size_t len, struct route *r,
 	return r->pattern == NULL ? oom(err, errlen) : 0;
 }
 
-static int parse_pattern(const char *s, size_t len, bool sender,
-			 struct route *r, char *err, size_t errlen)
+int route_pattern_parse(const char *s, size_t len,
+			enum route_pattern_kind *kind, char **pattern,
+			char *err, size_t errlen)
 {
 	const char *name = s;
 	size_t namelen = len;
 
-	if (sender && memchr(s, '@', len) != NULL)
-		return parse_address_pattern(s, len, r, err, errlen);
 	if (len == 1 && s[0] == '*') {
-		r->kind = ROUTE_WILDCARD;
-		r->pattern = strdup("*");
-		return r->pattern == NULL ? oom(err, errlen) : 0;
+		*kind = ROUTE_WILDCARD;
+		*pattern = strdup("*");
+		return *pattern == NULL ? oom(err, errlen) : 0;
 	}
-	r->kind = ROUTE_EXACT;
+	*kind = ROUTE_EXACT;
 	if (len >= 2 && s[0] == '*' && s[1] == '.') {
-		r->kind = ROUTE_SUFFIX;
+		*kind = ROUTE_SUFFIX;
 		name += 2;
 		namelen -= 2;
 	}
@@ -206,10 +205,18 @@ static int parse_pattern(const char *s, size_t len, bool sender,
 		namelen--;
 	if (!hostname_valid(name, namelen))
 		return fail(err, errlen, "invalid pattern", s, len);
-	r->pattern = ascii_lower_dup(name, namelen);
-	if (r->pattern == NULL)
+	*pattern = ascii_lower_dup(name, namelen);
+	if (*pattern == NULL)
 		return oom(err, errlen);
 	return 0;
+}
+
+static int parse_pattern(const char *s, size_t len, bool sender,
+			 struct route *r, char *err, size_t errlen)
+{
+	if (sender && memchr(s, '@', len) != NULL)
+		return parse_address_pattern(s, len, r, err, errlen);
+	return route_pattern_parse(s, len, &r->kind, &r->pattern, err, errlen);
 }
 
 /* "[1.2.3.4]", "[::1]", "[IPv6:2001:db8::1]" or "[host]", brackets
@@ -419,43 +426,69 @@ static void apply_implicit_port(struct route *r)
 			r->targets[i].port = ROUTE_IMPLICIT_TLS_PORT;
 }
 
-static int parse_route(const char *value, bool sender, struct route *r,
-		       char *err, size_t errlen)
+int route_split_tokens(const char *value, char **text, route_token_fn token,
+		       void *arg)
 {
 	const char *p = value;
 	const char *end;
 	size_t ntok = 0;
-	bool seen_tls = false;
 
 	while (ascii_is_wsp(*p))
 		p++;
 	end = p + strlen(p);
 	while (end > p && ascii_is_wsp(end[-1]))
 		end--;
-	r->text = strndup(p, (size_t)(end - p));
-	if (r->text == NULL)
-		return oom(err, errlen);
+	*text = strndup(p, (size_t)(end - p));
+	if (*text == NULL)
+		return token(NULL, 0, 0, arg);
 
 	while (p < end) {
 		const char *tok = p;
 		size_t len;
-		int rc;
 
 		while (p < end && !ascii_is_wsp(*p))
 			p++;
 		len = (size_t)(p - tok);
 		while (p < end && ascii_is_wsp(*p))
 			p++;
-		if (ntok == 0)
-			rc = parse_pattern(tok, len, sender, r, err, errlen);
-		else if (ntok == 1)
-			rc = parse_target(tok, len, r, err, errlen);
-		else
-			rc = parse_option(tok, len, r, &seen_tls, err, errlen);
-		if (rc < 0)
+		if (token(tok, len, ntok, arg) < 0)
 			return -1;
 		ntok++;
 	}
+	return (int)ntok;
+}
+
+struct route_parse {
+	struct route *r;
+	bool sender;
+	bool seen_tls;
+	char *err;
+	size_t errlen;
+};
+
+static int route_token(const char *tok, size_t len, size_t index, void *arg)
+{
+	struct route_parse *rp = arg;
+
+	if (tok == NULL)
+		return oom(rp->err, rp->errlen);
+	if (index == 0)
+		return parse_pattern(tok, len, rp->sender, rp->r, rp->err,
+				     rp->errlen);
+	if (index == 1)
+		return parse_target(tok, len, rp->r, rp->err, rp->errlen);
+	return parse_option(tok, len, rp->r, &rp->seen_tls, rp->err,
+			    rp->errlen);
+}
+
+static int parse_route(const char *value, bool sender, struct route *r,
+		       char *err, size_t errlen)
+{
+	struct route_parse rp = {r, sender, false, err, errlen};
+	int ntok = route_split_tokens(value, &r->text, route_token, &rp);
+
+	if (ntok < 0)
+		return -1;
 	if (ntok == 0) {
 		if (err != NULL && errlen > 0)
 			snprintf(err, errlen, "empty route");
@@ -466,6 +499,63 @@ static int parse_route(const char *value, bool sender, struct route *r,
 			    r->text, strlen(r->text));
 	apply_implicit_port(r);
 	return check_auth_tls(r, err, errlen);
+}
+
+#define ENTRY(t, i) ((const char *)(t)->entries + (i) * (t)->size)
+#define ENTRY_KIND(t, i)                                                       \
+	(*(const enum route_pattern_kind *)(ENTRY(t, i) + (t)->kind_offset))
+#define ENTRY_PATTERN(t, i)                                                    \
+	(*(char *const *)(ENTRY(t, i) + (t)->pattern_offset))
+
+int route_pattern_unique(const struct route_pattern_table *t,
+			 enum route_pattern_kind kind, const char *pattern,
+			 char *err, size_t errlen)
+{
+	for (size_t i = 0; i < t->count; i++) {
+		if (ENTRY_KIND(t, i) == kind &&
+		    strcmp(ENTRY_PATTERN(t, i), pattern) == 0) {
+			if (err != NULL && errlen > 0)
+				snprintf(
+				    err, errlen, "duplicate pattern \"%s%s\"",
+				    kind == ROUTE_SUFFIX ? "*." : "", pattern);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+size_t route_pattern_best(const struct route_pattern_table *t,
+			  const char *domain)
+{
+	size_t best = t->count;
+	size_t best_rank = 0;
+	size_t len;
+
+	if (domain == NULL)
+		domain = "";
+	len = strlen(domain);
+	if (len > 1 && domain[len - 1] == '.')
+		len--;
+	/* A linear scan keeps the table in the operator's order; tables are
+	 * a few lines long, and the best match is independent of order. */
+	for (size_t i = 0; i < t->count; i++) {
+		size_t rank = route_pattern_rank(
+		    ENTRY_KIND(t, i), ENTRY_PATTERN(t, i), domain, len);
+
+		if (rank > best_rank) {
+			best = i;
+			best_rank = rank;
+		}
+	}
+	return best;
+}
+
+static struct route_pattern_table pattern_table(const struct route_table *t)
+{
+	struct route_pattern_table pt = {
+	    t->routes, t->count, sizeof(struct route),
+	    offsetof(struct route, kind), offsetof(struct route, pattern)};
+	return pt;
 }
 
 static int table_add(struct route_table *table, const char *value, bool sender,
@@ -479,19 +569,10 @@ static int table_add(struct route_table *table, const char *value, bool sender,
 		route_clear(&r);
 		return -1;
 	}
-	for (size_t i = 0; i < table->count; i++) {
-		const struct route *old = &table->routes[i];
-
-		if (old->kind == r.kind &&
-		    strcmp(old->pattern, r.pattern) == 0) {
-			if (err != NULL && errlen > 0)
-				snprintf(err, errlen,
-					 "duplicate pattern \"%s%s\"",
-					 r.kind == ROUTE_SUFFIX ? "*." : "",
-					 r.pattern);
-			route_clear(&r);
-			return -1;
-		}
+	struct route_pattern_table pt = pattern_table(table);
+	if (route_pattern_unique(&pt, r.kind, r.pattern, err, errlen) < 0) {
+		route_clear(&r);
+		return -1;
 	}
 	if (table->count == table->cap) {
 		size_t cap = table->cap == 0 ? 8 : table->cap * 2;
@@ -521,51 +602,37 @@ int route_table_add_sender(struct route_table *table, const char *value,
 	return table_add(table, value, true, err, errlen);
 }
 
+size_t route_pattern_rank(enum route_pattern_kind kind, const char *pattern,
+			  const char *domain, size_t len)
+{
+	size_t plen = strlen(pattern);
+
+	switch (kind) {
+	case ROUTE_EXACT:
+		if (plen == len && strncasecmp(domain, pattern, len) == 0)
+			return SIZE_MAX;
+		break;
+	case ROUTE_SUFFIX:
+		if (len > plen + 1 && domain[len - plen - 1] == '.' &&
+		    strncasecmp(domain + len - plen, pattern, plen) == 0)
+			return plen + 2;
+		break;
+	case ROUTE_WILDCARD:
+		return 1;
+	case ROUTE_ADDRESS: /* sender routes: route_lookup_sender */
+		break;
+	}
+	return 0;
+}
+
 const struct route *route_lookup(const struct route_table *table,
 				 const char *domain)
 {
-	const struct route *suffix = NULL;
-	const struct route *wildcard = NULL;
-	size_t suffix_len = 0;
-	size_t len;
-
 	if (table == NULL)
 		return NULL;
-	if (domain == NULL)
-		domain = "";
-	len = strlen(domain);
-	if (len > 1 && domain[len - 1] == '.')
-		len--;
-
-	/* A linear scan keeps the table in the operator's order; tables are
-	 * a few lines long, and the best match is independent of order. */
-	for (size_t i = 0; i < table->count; i++) {
-		const struct route *r = &table->routes[i];
-		size_t plen = strlen(r->pattern);
-
-		switch (r->kind) {
-		case ROUTE_EXACT:
-			if (plen == len &&
-			    strncasecmp(domain, r->pattern, len) == 0)
-				return r;
-			break;
-		case ROUTE_SUFFIX:
-			if (len > plen + 1 && plen > suffix_len &&
-			    domain[len - plen - 1] == '.' &&
-			    strncasecmp(domain + len - plen, r->pattern,
-					plen) == 0) {
-				suffix = r;
-				suffix_len = plen;
-			}
-			break;
-		case ROUTE_WILDCARD:
-			wildcard = r;
-			break;
-		case ROUTE_ADDRESS:
-			break;
-		}
-	}
-	return suffix != NULL ? suffix : wildcard;
+	struct route_pattern_table pt = pattern_table(table);
+	size_t i = route_pattern_best(&pt, domain);
+	return i < table->count ? &table->routes[i] : NULL;
 }
 
 const struct route *route_lookup_sender(const struct route_table *table,

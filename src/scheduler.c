@@ -600,6 +600,10 @@ static void on_relayed(enum relay_end end, const struct relay_outcome *out,
 		}
 		struct spool_rcpt *r = &q->env->rcpts[index];
 		set_outcome(cfg, q, r, out[i].state, out[i].dsn, out[i].reason);
+		/* a paused destination: due when the pause ends */
+		if (r->state == RCPT_DEFERRED && out[i].retry_at != 0 &&
+		    out[i].retry_at < r->next_attempt)
+			r->next_attempt = out[i].retry_at;
 		count_outcome(q, out[i].state);
 		count_transport(METRICS_TRANSPORT_RELAY, out[i].state);
 		if (out[i].answered) {
@@ -971,6 +975,7 @@ static void queued_add(struct scheduler *sched, struct spool_envelope *env,
 void scheduler_flush(struct scheduler *sched)
 {
 	time_t now = time(NULL);
+	relay_end_pauses(sched->relay);
 	for (struct queued *q = sched->messages; q != NULL; q = q->next) {
 		for (size_t i = 0; i < q->env->rcpt_count; i++)
 			if (q->env->rcpts[i].state == RCPT_DEFERRED)
@@ -1188,6 +1193,12 @@ const struct domain_suspend *
 scheduler_suspensions(const struct scheduler *sched)
 {
 	return sched->suspended;
+}
+
+bool scheduler_domain_paused(const struct scheduler *sched,
+			     const char *domain, time_t *until)
+{
+	return relay_domain_paused(sched->relay, domain, until);
 }
 
 struct scheduler_cursor *scheduler_cursor_new(struct scheduler *sched)

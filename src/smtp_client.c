@@ -149,6 +149,8 @@ struct smtp_client {
 	char *auth_password;
 	unsigned timeout;
 	unsigned max_transactions;
+	bool has_source;
+	struct sockaddr_storage source;
 
 	/* the current connection */
 	size_t next_addr;
@@ -1352,6 +1354,46 @@ static void reset_transaction(struct smtp_client *c)
 
 /* Connect to the next address; with none left, defer what is undecided
  * with the last error. */
+/* A socket bound to the source address, for bufferevent_socket_connect;
+ * -1 with the reason in last_reason (logged) when it cannot be. */
+static int bound_socket(struct smtp_client *c, const struct client_address *a)
+{
+	socklen_t len = c->source.ss_family == AF_INET6
+			    ? sizeof(struct sockaddr_in6)
+			    : sizeof(struct sockaddr_in);
+	int fd = -1;
+	int err = EAFNOSUPPORT; /* an IPv4 source for an IPv6 address */
+
+	if (c->source.ss_family == a->addr.ss_family) {
+		fd = socket(a->addr.ss_family,
+			    SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		err = errno;
+		if (fd >= 0 &&
+		    bind(fd, (const struct sockaddr *)&c->source, len) < 0) {
+			err = errno;
+			(void)close(fd); /* never connected */
+			fd = -1;
+		}
+	}
+	if (fd >= 0)
+		return fd;
+	char source[INET6_ADDRSTRLEN] = "?";
+	const void *in =
+	    c->source.ss_family == AF_INET6
+		? (const void *)&((struct sockaddr_in6 *)&c->source)->sin6_addr
+		: (const void *)&((struct sockaddr_in *)&c->source)->sin_addr;
+	(void)inet_ntop(c->source.ss_family, in, source, sizeof source);
+	snprintf(c->last_dsn, sizeof c->last_dsn, "%s",
+		 status_code_str(STATUS_LOCAL_ERROR));
+	snprintf(c->last_reason, sizeof c->last_reason,
+		 "cannot bind to source %s for %s: %s", source, c->relay,
+		 strerror(err));
+	log_event(LOG_LEVEL_WARN, "relay_bind_failed",
+		  LOG_S("queue_id", c->queue_id), LOG_S("relay", c->relay),
+		  LOG_S("source", source), LOG_S("reason", strerror(err)));
+	return -1;
+}
+
 static void connect_next(struct smtp_client *c)
 {
 	struct timeval tv = {.tv_sec = c->timeout, .tv_usec = 0};
@@ -1368,9 +1410,14 @@ static void connect_next(struct smtp_client *c)
 		c->broken = false;
 		reset_transaction(c);
 
+		int fd = c->has_source ? bound_socket(c, a) : -1;
+		if (c->has_source && fd < 0)
+			continue;
 		c->bev =
-		    bufferevent_socket_new(c->base, -1, BEV_OPT_CLOSE_ON_FREE);
+		    bufferevent_socket_new(c->base, fd, BEV_OPT_CLOSE_ON_FREE);
 		if (c->bev == NULL) {
+			if (fd >= 0)
+				(void)close(fd); /* never connected */
 			snprintf(c->last_dsn, sizeof c->last_dsn, "%s",
 				 status_code_str(STATUS_LOCAL_ERROR));
 			snprintf(c->last_reason, sizeof c->last_reason,
@@ -1564,6 +1611,10 @@ struct smtp_client *smtp_client_start(struct event_base *base,
 	c->state = CLIENT_IDLE;
 	c->timeout = req->timeout ? req->timeout : DEFAULT_TIMEOUT;
 	c->max_transactions = req->max_transactions;
+	if (req->source != NULL) {
+		c->has_source = true;
+		c->source = *req->source;
+	}
 	c->tls_policy = req->tls;
 	c->implicit_tls = req->implicit_tls;
 	snprintf(c->last_dsn, sizeof c->last_dsn, "%s",

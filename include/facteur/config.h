@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 
 #include "facteur/route.h"
+#include "facteur/shape.h"
 
 #define CONFIG_EX_CONFIG 78 /* sysexits.h EX_CONFIG */
 #define CONFIG_DEFAULT_FILE "/etc/facteur/facteur.conf"
@@ -169,6 +170,9 @@ struct config {
 	/* dkim_sign: the keys that sign mail from trusted clients. */
 	struct config_dkim_sign *dkim_sign;
 	size_t dkim_sign_count;
+	/* Delivery shaping per recipient domain (shape.h); never NULL. */
+	struct shape_table *shapes;
+	char *shape_redis; /* HOST:PORT[/DB]; NULL: limits per instance */
 };
 
 /* The errors a load found, in order, each a full sentence such as

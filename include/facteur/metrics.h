@@ -5,6 +5,7 @@
 #ifndef FACTEUR_METRICS_H
 #define FACTEUR_METRICS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -120,6 +121,8 @@ struct metrics {
 	uint64_t dkim_signed_total;
 	uint64_t dkim_skipped_total;
 	uint64_t dkim_error_total;
+	/* shape_redis: commands and connections that failed. */
+	uint64_t redis_errors_total;
 };
 
 extern struct metrics metrics;
@@ -206,6 +209,12 @@ struct metrics_process {
 	double open_fds;
 };
 void metrics_process_read(struct metrics_process *out);
+/* facteur_destination_paused{destination="..."}: 1 while the relay keeps
+ * away from a destination that throttled it, 0 after. The label is the
+ * shape pattern, the route or the domain; past METRICS_PAUSED_MAX names
+ * the rest share destination="other", so the series stay few. */
+#define METRICS_PAUSED_MAX 64
+void metrics_destination_paused(const char *destination, bool paused);
 
 /* Forget the listeners, the histogram and the counters (for tests). */
 void metrics_reset(void);

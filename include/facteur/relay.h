@@ -17,6 +17,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <time.h>
 
 #include "facteur/spool.h"
 
@@ -33,6 +34,9 @@ struct relay_outcome {
 	const char *relay;  /* the host that answered, or the target */
 	bool answered;	    /* a server gave this outcome (not DNS, not us) */
 	const char *tls;    /* when answered: "TLSv1.3"..., or "none" */
+	/* a deferral while the destination is paused: due again at this
+	 * time rather than after the backoff; 0 otherwise */
+	time_t retry_at;
 };
 
 enum relay_end {
@@ -77,6 +81,17 @@ void relay_read_credentials(struct config *cfg);
  * for DNS end with RELAY_END_DROPPED; those talking SMTP may finish; idle
  * connections say QUIT. */
 void relay_stop(struct relay *relay);
+
+/*
+ * Is the destination of recipient domain `domain` paused after it
+ * throttled us (a 421, or a 4.7.x temporary reply)? Then *until, when
+ * not NULL, is when new connections may start again.
+ */
+bool relay_domain_paused(const struct relay *relay, const char *domain,
+			 time_t *until);
+
+/* facteurctl flush: every pause ends now, and what waited starts. */
+void relay_end_pauses(struct relay *relay);
 
 /* No attempt and no closing connection left. */
 bool relay_idle(const struct relay *relay);

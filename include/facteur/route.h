@@ -110,4 +110,45 @@ const struct route *route_lookup(const struct route_table *table,
 const struct route *route_lookup_sender(const struct route_table *table,
 					const char *sender);
 
+/*
+ * The pattern grammar and matching of routes, for other tables keyed the
+ * same way (shape). route_pattern_parse reads "example.com",
+ * "*.example.com" or "*" into a kind and a lower-case malloc'd pattern
+ * (-1 with `err` set). route_pattern_rank says how specifically `domain`
+ * (len octets, no final dot) matches: 0 not at all, higher wins; an
+ * exact name beats any suffix, a longer suffix a shorter one, "*" last.
+ */
+int route_pattern_parse(const char *s, size_t len,
+			enum route_pattern_kind *kind, char **pattern,
+			char *err, size_t errlen);
+size_t route_pattern_rank(enum route_pattern_kind kind, const char *pattern,
+			  const char *domain, size_t len);
+
+/* A table of entries `size` bytes apart, each with its pattern kind and
+ * pattern at these offsets (the routes, the shapes). */
+struct route_pattern_table {
+	const void *entries;
+	size_t count;
+	size_t size;
+	size_t kind_offset;
+	size_t pattern_offset;
+};
+
+/* The index of the most specific entry for `domain`, count when none. */
+size_t route_pattern_best(const struct route_pattern_table *table,
+			  const char *domain);
+/* 0, or -1 with "duplicate pattern ..." in err when an entry has it. */
+int route_pattern_unique(const struct route_pattern_table *table,
+			 enum route_pattern_kind kind, const char *pattern,
+			 char *err, size_t errlen);
+
+/* Split a value at spaces and tabs: *text gets the value trimmed
+ * (malloc'd), each token goes to `token` with its index (tok NULL: out
+ * of memory, once, and nothing follows). Returns how many tokens, or -1
+ * when `token` did. */
+typedef int (*route_token_fn)(const char *tok, size_t len, size_t index,
+			      void *arg);
+int route_split_tokens(const char *value, char **text, route_token_fn token,
+		       void *arg);
+
 #endif

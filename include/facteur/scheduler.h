@@ -95,6 +95,10 @@ int scheduler_suspend(struct scheduler *sched, const char *domain,
 int scheduler_resume(struct scheduler *sched, const char *domain);
 const struct domain_suspend *
 scheduler_suspensions(const struct scheduler *sched);
+/* Whether the relay keeps away from the domain's destination after a
+ * throttling reply, and until when (relay_domain_paused). */
+bool scheduler_domain_paused(const struct scheduler *sched,
+			     const char *domain, time_t *until);
 
 /* The envelope of a queued message, or NULL. Valid until the loop runs
  * again. */

@@ -57,6 +57,9 @@ struct smtp_client_request {
 	/* transactions one connection may carry; 0 or 1: QUIT after the
 	 * first, and the client frees itself */
 	unsigned max_transactions;
+	/* the local address to bind to before connecting (shape source=);
+	 * NULL: the kernel's choice. A failed bind fails that address. */
+	const struct sockaddr_storage *source;
 };
 
 /* The outcome for each recipient of the request, in request order. */

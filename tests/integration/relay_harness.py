@@ -25,6 +25,7 @@ import ssl
 import struct
 import subprocess
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -282,6 +283,7 @@ class Message:
         self.mail_from = mail_from
         self.rcpts = list(rcpts)
         self.data = data
+        self.at = time.monotonic()  # when its end of data came in
 
     def __repr__(self):
         return "Message(from=%r rcpts=%r %d bytes)" % (self.mail_from, self.rcpts,
@@ -302,6 +304,8 @@ class Session:
         self.dialog = []            # "C: ..." / "S: ..." lines
         self.closed = False
         self.pre_tls_leftover = b""  # bytes pipelined after STARTTLS (injection)
+        self.opened = time.monotonic()
+        self.closed_at = None       # set when the connection is gone
 
     def note(self, line):
         self.dialog.append(line)
@@ -421,6 +425,21 @@ class ScriptedSMTP:
                           timeout, what="%d message(s) at %s:%d; dialogs:\n%s"
                           % (count, self.host, self.port, self.transcript()))
 
+    def max_concurrent(self, after=0.0):
+        """The most connections that were open at once (from time.monotonic()
+        `after` on)."""
+        with self.lock:
+            sessions = [s for s in self.sessions
+                        if s.closed_at is None or s.closed_at > after]
+            marks = [(max(s.opened, after), 1) for s in sessions]
+            marks += [(s.closed_at if s.closed_at is not None else float("inf"), -1)
+                      for s in sessions]
+        most = now = 0
+        for _, step in sorted(marks):  # a close sorts before an open at a tie
+            now += step
+            most = max(most, now)
+        return most
+
     def transcript(self, last=6):
         out = []
         for s in self.sessions[-last:]:
@@ -451,6 +470,7 @@ class ScriptedSMTP:
             self.errors.append(e)
         finally:
             s.closed = True
+            s.closed_at = time.monotonic()
             try:
                 io.sock.close()
             except OSError:
@@ -743,6 +763,31 @@ def inject(sender_daemon, recipients, tok=None, subject=None, sender=SENDER):
                           sender=sender, to=recipients[0])
     qid = sender_daemon.send(sender=sender, recipients=list(recipients), data=data)
     return qid, tok
+
+
+def inject_parallel(jobs, threads=4):
+    """Submit one-recipient messages from several SMTP clients at once:
+    `jobs` is a list of (sending daemon, recipient). Returns the (daemon,
+    queue id) pairs."""
+    out, errors, lock = [], [], threading.Lock()
+
+    def work(k):
+        try:
+            for d, rcpt in jobs[k::threads]:
+                qid, _ = inject(d, [rcpt])
+                with lock:
+                    out.append((d, qid))
+        except Exception as e:  # reported in the caller's thread
+            errors.append(e)
+
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    assert not errors, errors
+    assert len(out) == len(jobs)
+    return out
 
 
 def tokens_in(messages):

@@ -1327,6 +1327,49 @@ static void test_config_sender_route_key(void **state)
 			"\"[r.test]|\"");
 }
 
+/* One shape value a file line (commas and all), `;` between them in the
+ * environment; -n prints each with its defaults, one a line. */
+static void test_config_shape_key(void **state)
+{
+	(void)state;
+	char *env[] = {"FACTEUR_SHAPE=a.test max_rcpt=5; *.b.test rate=2/s",
+		       NULL};
+	struct config *cfg = support_load_config(
+	    "shape = gmail.com max_connections=3 rate=60/m\n"
+	    "shape = * pause=3s\n",
+	    NULL);
+
+	assert_int_equal(shape_table_count(cfg->shapes), 2);
+	assert_int_equal(shape_lookup(cfg->shapes, "gmail.com")->rate_count,
+			 60);
+	assert_printed(cfg, "shape",
+		       "gmail.com max_connections=3 max_rcpt=50 max_msgs=100 "
+		       "rate=60/m pause=60s\nshape = * max_rcpt=50 "
+		       "max_msgs=100 pause=3s");
+	config_free(cfg);
+	cfg = support_load_config("", env);
+	assert_int_equal(shape_table_count(cfg->shapes), 2);
+	assert_int_equal(shape_lookup(cfg->shapes, "x.b.test")->rate_period, 1);
+	config_free(cfg);
+
+	load_fails_with("\nshape = a.test rate=0/m\n", NULL,
+			"x.conf:2: shape: invalid value in \"rate=0/m\"");
+	load_fails_with("shape = a.test speed=3\n", NULL,
+			"x.conf:1: shape: unknown option \"speed=3\"");
+	load_fails_with("shape_redis = redis.example:6379\n", NULL,
+			"x.conf:1: shape_redis: host must be an IP address or "
+			"localhost in \"redis.example:6379\"");
+	load_fails_with("shape_redis = 127.0.0.1:6379/x\n", NULL,
+			"x.conf:1: shape_redis: invalid database number in "
+			"\"127.0.0.1:6379/x\"");
+	cfg = support_load_config("shape_redis = [::1]:6380/2\n", NULL);
+	assert_string_equal(cfg->shape_redis, "[::1]:6380/2");
+	config_free(cfg);
+	load_fails_with("shape = a.test source=192.0.2.77\n", NULL,
+			"x.conf:1: shape: source is not a local address "
+			"(Cannot assign requested address)");
+}
+
 static void test_config_route_key(void **state)
 {
 	(void)state;
@@ -1466,6 +1509,8 @@ static const char *const spec_order[] = {
     "srs_secret_file",
     "senders_file",
     "dkim_sign",
+    "shape",
+    "shape_redis",
 };
 
 static void test_config_print_lists_every_key_in_spec_order(void **state)
@@ -2036,6 +2081,7 @@ int main(void)
 	    cmocka_unit_test(test_config_user),
 	    cmocka_unit_test(test_config_route_key),
 	    cmocka_unit_test(test_config_sender_route_key),
+	    cmocka_unit_test(test_config_shape_key),
 	    cmocka_unit_test(test_config_tls_listeners_need_cert_and_key),
 	    cmocka_unit_test(test_config_retry_min_above_retry_max),
 	    cmocka_unit_test(test_config_print_lists_every_key_in_spec_order),

@@ -21,6 +21,7 @@ test_packages=(
 	fetchmail adduser dpkg-dev
 	haproxy
 	redis-server python3-dkim opendkim opendkim-tools
+	dovecot-imapd dovecot-lmtpd
 )
 
 only_run=0

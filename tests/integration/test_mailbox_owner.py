@@ -349,3 +349,23 @@ def test_bad_owner_or_mode_exits_78(owner, tmp_path, lines, message):
         assert r.returncode == h.EX_CONFIG, (args, r.returncode, err)
         assert "%s:2: %s" % (conf, lines[0].split()[0]) in err, err
         assert message in err, err
+
+
+def test_started_as_another_account_cannot_act_as_owner(owner, base):
+    """Neither root nor the owner: facteurd could not write as the owner,
+    so it says so and stops (exit 78) instead of failing every delivery."""
+    nobody = pwd.getpwnam("nobody")
+    work = base / "nobody"
+    work.mkdir()
+    os.chown(work, nobody.pw_uid, nobody.pw_gid)
+    conf = work / "facteur.conf"
+    conf.write_text("listen = 127.0.0.1:%d\nspool_dir = %s\nmailbox_path = %s/%%d/%%u\n"
+                    "mailbox_owner = %s\n" % (h.free_port(), work / "spool", work / "mail", OWNER))
+    r = subprocess.run(["setpriv", "--reuid=%d" % nobody.pw_uid, "--regid=%d" % nobody.pw_gid,
+                        "--clear-groups", str(h.FACTEURD), "-c", str(conf)],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
+                       env=h.clean_env(), cwd=str(work))
+    err = r.stderr.decode()
+    assert r.returncode == h.EX_CONFIG, (r.returncode, err)
+    assert "event=startup_error mailbox_owner=%s" % OWNER in err, err
+    assert "cannot act as the mailbox owner" in err, err

@@ -22,6 +22,7 @@
 
 #include "facteur/ascii.h"
 #include "facteur/hostname.h"
+#include "facteur/mailowner.h"
 #include "facteur/wholefile.h"
 
 #define CONFIG_FILE_MAX (16u * 1024 * 1024) /* a config file, not a disk */
@@ -77,6 +78,8 @@ enum key {
 	KEY_DKIM_SIGN,
 	KEY_SHAPE,
 	KEY_SHAPE_REDIS,
+	KEY_MAILBOX_OWNER,
+	KEY_MAILBOX_MODE,
 	KEY_COUNT,
 };
 
@@ -979,6 +982,42 @@ static void set_shape_redis(struct loader *ld, const char *value)
 			       value[0] != '\0' ? value : NULL);
 }
 
+/* mailbox_owner = USER[:GROUP], looked up now so that a typo stops the
+ * start rather than the first delivery. */
+static void set_mailbox_owner(struct loader *ld, const char *value)
+{
+	char err[160], q[QUOTE_BUF];
+	uid_t uid;
+	gid_t gid;
+
+	if (value[0] == '\0') {
+		replace_string(&ld->cfg->mailbox_owner, NULL);
+	} else if (mailowner_lookup(value, &uid, &gid, err, sizeof(err)) < 0) {
+		bad(ld, "%s in %s", err, quote(value, q));
+	} else {
+		replace_string(&ld->cfg->mailbox_owner, value);
+		ld->cfg->mailbox_uid = uid;
+		ld->cfg->mailbox_gid = gid;
+	}
+}
+
+static void set_mailbox_mode(struct loader *ld, const char *value)
+{
+	char q[QUOTE_BUF];
+	const char *why;
+	mode_t mode;
+
+	if (mailowner_parse_mode(value, &mode, &why) < 0)
+		bad(ld, "%s: %s", quote(value, q), why);
+	else
+		ld->cfg->mailbox_mode = mode;
+}
+
+static void print_mailbox_mode(const struct config *cfg, FILE *out)
+{
+	fprintf(out, "%04o", (unsigned)cfg->mailbox_mode);
+}
+
 static void clear_shapes(struct loader *ld)
 {
 	shape_table_free(ld->cfg->shapes);
@@ -1443,6 +1482,10 @@ static const struct key_def key_defs[KEY_COUNT] = {
 		   .print = print_shapes, .semicolons = true},
     [KEY_SHAPE_REDIS] = {"shape_redis", "", .set = set_shape_redis,
 			 FIELD(SLOT_STRING, shape_redis)},
+    [KEY_MAILBOX_OWNER] = {"mailbox_owner", "", .set = set_mailbox_owner,
+			   FIELD(SLOT_STRING, mailbox_owner)},
+    [KEY_MAILBOX_MODE] = {"mailbox_mode", "0600", .set = set_mailbox_mode,
+			  .print = print_mailbox_mode},
 };
 
 static bool find_key(const char *name, size_t len, enum key *out)
@@ -2105,6 +2148,7 @@ void config_free(struct config *cfg)
 	route_table_free(cfg->sender_routes);
 	shape_table_free(cfg->shapes);
 	free(cfg->shape_redis);
+	free(cfg->mailbox_owner);
 	for (size_t i = 0; i < cfg->dns_server_count; i++)
 		free(cfg->dns_servers[i].text);
 	free(cfg->dns_servers);

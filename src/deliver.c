@@ -24,6 +24,7 @@
 
 #include "facteur/deliver.h"
 #include "facteur/delivery.h"
+#include "facteur/mailowner.h"
 #include "facteur/mbox.h"
 #include "facteur/smtp_proto.h"
 #include "facteur/status_code.h"
@@ -374,15 +375,21 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	struct delivery *d = arg;
+	/* The mailbox is touched as its owner; the callback, which writes
+	 * the spool, runs as the daemon. */
 	switch (d->state) {
 	case STATE_START:
+		mailowner_enter();
 		if (d->format == MAILBOX_MBOX)
 			mbox_attempt(d);
 		else
 			maildir_begin(d);
+		mailowner_leave();
 		break;
 	case STATE_LOCK_WAIT:
+		mailowner_enter();
 		mbox_attempt(d);
+		mailowner_leave();
 		break;
 	case STATE_DONE:
 		delivery_run_callback(d);

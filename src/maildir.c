@@ -33,6 +33,7 @@
 #include "facteur/iothread.h"
 #include "facteur/maildir.h"
 #include "facteur/mailfolder.h"
+#include "facteur/mailowner.h"
 
 /* A remembered folder is checked against its path again (one stat of
  * new/) when it was last checked this many seconds ago or more, so that
@@ -271,10 +272,13 @@ static int make_subfolder(int dirfd, const char *name, int mode, bool *created,
 			  const char **what)
 {
 	*what = "mkdir";
-	if (mkdirat(dirfd, name, 0700) == 0)
+	if (mkdirat(dirfd, name, mailowner_dir_mode()) == 0) {
 		*created = true;
-	else if (errno != EEXIST)
+		(void)mailowner_fix_dir_mode_at(dirfd,
+						name); /* as mailfolder */
+	} else if (errno != EEXIST) {
 		return -1;
+	}
 	*what = "open";
 	return mailfolder_open_directory_at(dirfd, name, mode);
 }
@@ -360,26 +364,27 @@ static int maildir_make_folder(struct delivery *d)
  * them until the callback). Creating a file is the costliest step of a
  * delivery for the file system (allocating an inode), which is why it
  * is not done on the loop. */
-static int maildir_write(void *arg, int *fds, size_t nfds)
+static int maildir_write_as_owner(struct delivery *d, int *fds)
 {
-	struct delivery *d = arg;
 	struct delivery_copy_error ce = {0};
 	char last = '\n';
 
-	(void)nfds;
 	d->stage = STAGE_OPEN;
 	char *random_part = d->tmp_name + strlen(d->name) + 1;
 	for (int tries = 1;; tries++) {
 		mailfolder_random_hex(random_part, TMP_RANDOM_HEX);
-		d->fd = openat(
-		    d->folder->tmp_fd, d->tmp_name,
-		    O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0600);
+		d->fd =
+		    openat(d->folder->tmp_fd, d->tmp_name,
+			   O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC,
+			   mailowner_file_mode());
 		if (d->fd != -1)
 			break;
 		if (errno != EEXIST || tries == NAME_ATTEMPTS)
 			return errno;
 	}
 	fds[0] = d->fd;
+	if (mailowner_fix_file_mode(d->fd) == -1)
+		return errno;
 	d->stage = STAGE_WRITE;
 	if (delivery_write_headers(d, d->fd) == -1)
 		ce.err = errno != 0 ? errno : EIO;
@@ -394,13 +399,23 @@ static int maildir_write(void *arg, int *fds, size_t nfds)
 	return 0;
 }
 
+/* The I/O thread acts as the mailbox owner for these calls only: it
+ * also flushes spool files, which stay the daemon's. */
+static int maildir_write(void *arg, int *fds, size_t nfds)
+{
+	(void)nfds;
+	mailowner_enter();
+	int rc = maildir_write_as_owner(arg, fds);
+	mailowner_leave();
+	return rc;
+}
+
 /* Maildir, on the I/O thread once the tmp/ file is flushed: into new/
  * under the message's name. An earlier copy already there (a retry after
  * a crash) counts as delivered; anything else there (a link) is left
  * alone and the delivery fails. */
-static int maildir_link(void *arg)
+static int maildir_link_as_owner(struct delivery *d)
 {
-	struct delivery *d = arg;
 	const struct maildir_folder *f = d->folder;
 	d->stage = STAGE_LINK;
 	/* A rename that never replaces is one directory operation where a
@@ -431,11 +446,19 @@ static int maildir_link(void *arg)
 	return 0;
 }
 
+static int maildir_link(void *arg)
+{
+	mailowner_enter();
+	int rc = maildir_link_as_owner(arg);
+	mailowner_leave();
+	return rc;
+}
+
 static void maildir_attempt(struct delivery *d);
 
 /* Maildir: the file is flushed, linked and new/ flushed, or `stage`
  * says which of these failed. */
-static void maildir_on_synced(int error, void *arg)
+static void maildir_on_synced_as_owner(int error, void *arg)
 {
 	struct delivery *d = arg;
 	int fd = d->fd;
@@ -542,6 +565,13 @@ static int maildir_delivered_before(struct delivery *d)
 	return rc == 1 && link ? -1 : rc;
 }
 
+static void maildir_on_synced(int error, void *arg)
+{
+	mailowner_enter();
+	maildir_on_synced_as_owner(error, arg);
+	mailowner_leave();
+}
+
 void maildir_begin(struct delivery *d)
 {
 	size_t cap = 24 + 4 * strlen(d->unique) + 4 * strlen(d->hostname) + 2;
@@ -552,8 +582,8 @@ void maildir_begin(struct delivery *d)
 	}
 	if (maildir_name(d->name, cap, d->arrival, d->unique, d->hostname) ==
 	    -1) {
-		delivery_finish(d, DELIVER_PERMFAIL, STATUS_SYSTEM_PERMANENT, NULL,
-				"cannot make a Maildir file name");
+		delivery_finish(d, DELIVER_PERMFAIL, STATUS_SYSTEM_PERMANENT,
+				NULL, "cannot make a Maildir file name");
 		return;
 	}
 	/* tmp/ gets the name, a dot and a random part, drawn again for

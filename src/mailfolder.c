@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "facteur/mailfolder.h"
+#include "facteur/mailowner.h"
 
 static int ensure_directory(const char *path)
 {
@@ -57,7 +58,9 @@ static int mkdirs_tracked(const char *path, size_t *first_created)
 		return -1;
 	int rc = -1;
 	/* Usually the parent exists: one call. */
-	if (mkdir(copy, 0700) == 0) {
+	if (mkdir(copy, mailowner_dir_mode()) == 0) {
+		/* a folder the umask narrowed is only less shared */
+		(void)mailowner_fix_dir_mode_at(AT_FDCWD, copy);
 		*first_created = len;
 		rc = 0;
 		goto out;
@@ -75,7 +78,8 @@ static int mkdirs_tracked(const char *path, size_t *first_created)
 			continue; /* "a//b" */
 		char saved = copy[i];
 		copy[i] = '\0';
-		if (mkdir(copy, 0700) == 0) {
+		if (mkdir(copy, mailowner_dir_mode()) == 0) {
+			(void)mailowner_fix_dir_mode_at(AT_FDCWD, copy);
 			if (*first_created == 0)
 				*first_created = i;
 		} else if (errno != EEXIST) {
@@ -113,10 +117,10 @@ int mailfolder_open_directory_at(int dirfd, const char *name, int mode)
 
 /*
  * Open the directory `path` (made where missing when `create`, mode
- * 0700). Its first `root_len` octets, the mail root, are opened as they
- * are: operators point /var/mail elsewhere with a link. Every component
- * after them is opened with O_NOFOLLOW (ELOOP for a link), so that a
- * link planted inside the root by the owner of a mailbox never takes a
+ * mailbox_mode's, 0700 by default). Its first `root_len` octets, the mail root,
+ * are opened as they are: operators point /var/mail elsewhere with a link.
+ * Every component after them is opened with O_NOFOLLOW (ELOOP for a link), so
+ * that a link planted inside the root by the owner of a mailbox never takes a
  * delivery elsewhere; "." and ".." are refused (EINVAL) for the same
  * reason. *first_created as for mkdirs_tracked; on failure *failed_len
  * is the length of the path that failed and *what the call.
@@ -173,7 +177,8 @@ int mailfolder_walk(const char *path, size_t root_len, bool create,
 		int next = mailfolder_open_directory_at(fd, name, O_PATH);
 		if (next == -1 && errno == ENOENT && create) {
 			*what = "mkdir";
-			if (mkdirat(fd, name, 0700) == 0) {
+			if (mkdirat(fd, name, mailowner_dir_mode()) == 0) {
+				(void)mailowner_fix_dir_mode_at(fd, name);
 				if (*first_created == 0)
 					*first_created = end;
 				next = mailfolder_open_directory_at(fd, name,

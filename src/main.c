@@ -36,6 +36,7 @@
 #include "facteur/listener.h"
 #include "facteur/log.h"
 #include "facteur/mailfolder.h"
+#include "facteur/mailowner.h"
 #include "facteur/metrics.h"
 #include "facteur/policy.h"
 #include "facteur/pop3.h"
@@ -471,6 +472,20 @@ static void raise_fd_limit(void)
 	}
 }
 
+/* Become `pw`, keeping mailbox_owner, when set, as the saved uid and gid:
+ * what lets the daemon take that account's identity for the calls that
+ * write mailboxes (mailowner.h) with no capability kept. */
+static int become(const struct config *cfg, const struct passwd *pw)
+{
+	if (cfg->mailbox_owner == NULL)
+		return setgid(pw->pw_gid) == -1 || setuid(pw->pw_uid) == -1 ? -1
+									    : 0;
+	return setresgid(pw->pw_gid, pw->pw_gid, cfg->mailbox_gid) == -1 ||
+		       setresuid(pw->pw_uid, pw->pw_uid, cfg->mailbox_uid) == -1
+		   ? -1
+		   : 0;
+}
+
 /* Started as root with `user` set: give the spool to that user, then
  * become it. Ports are bound already. */
 static int drop_privileges(const struct config *cfg)
@@ -488,7 +503,7 @@ static int drop_privileges(const struct config *cfg)
 	if (mailfolder_mkdirs(cfg->spool_dir) == -1 ||
 	    chown(cfg->spool_dir, pw->pw_uid, pw->pw_gid) == -1 ||
 	    initgroups(pw->pw_name, pw->pw_gid) == -1 ||
-	    setgid(pw->pw_gid) == -1 || setuid(pw->pw_uid) == -1) {
+	    become(cfg, pw) == -1) {
 		log_event(LOG_LEVEL_ERROR, "startup_error",
 			  LOG_S("user", cfg->user),
 			  LOG_S("reason", strerror(errno)));
@@ -592,6 +607,16 @@ int main(int argc, char **argv)
 	}
 	if (drop_privileges(srv.cfg) == -1)
 		return EXIT_STARTUP;
+	/* Before any thread: they all inherit the identity it checks. */
+	if (mailowner_init(srv.cfg->mailbox_owner != NULL, srv.cfg->mailbox_uid,
+			   srv.cfg->mailbox_gid, srv.cfg->mailbox_mode) == -1) {
+		log_event(LOG_LEVEL_ERROR, "startup_error",
+			  LOG_S("mailbox_owner", srv.cfg->mailbox_owner),
+			  LOG_S("reason", "cannot act as the mailbox owner: "
+					  "start facteurd as root or as that "
+					  "account"));
+		return CONFIG_EX_CONFIG;
+	}
 	srv.io = iothread_new(srv.base);
 	if (srv.io == NULL)
 		fatal("cannot start the I/O thread");

@@ -28,6 +28,7 @@
 #include "facteur/delivery.h"
 #include "facteur/iothread.h"
 #include "facteur/mailfolder.h"
+#include "facteur/mailowner.h"
 #include "facteur/mbox.h"
 
 /* Lock held by someone else: try again this often, this many times. */
@@ -274,7 +275,7 @@ static void mbox_fail(struct delivery *d, int err, bool reading,
 	delivery_fail_errno(d, err, !reading, what, path);
 }
 
-static void mbox_on_synced(int error, void *arg)
+static void mbox_on_synced_as_owner(int error, void *arg)
 {
 	struct delivery *d = arg;
 	delivery_close_sync_fds(d);
@@ -290,6 +291,14 @@ static void mbox_on_synced(int error, void *arg)
 		 * it, and reporting it would deliver the message twice. */
 	}
 	delivery_finish_ok(d, "delivered");
+}
+
+/* The lock is removed in the mailbox's folder: as its owner. */
+static void mbox_on_synced(int error, void *arg)
+{
+	mailowner_enter();
+	mbox_on_synced_as_owner(error, arg);
+	mailowner_leave();
 }
 
 static void mbox_busy(struct delivery *d)
@@ -435,10 +444,10 @@ static bool mbox_refused(struct delivery *d, const struct stat *st)
 	else if (st->st_nlink != 1)
 		rc = asprintf(&reason, "%s has %ju links, not 1", d->mailbox,
 			      (uintmax_t)st->st_nlink);
-	else if (st->st_uid != geteuid())
+	else if (st->st_uid != mailowner_uid())
 		rc = asprintf(&reason, "%s is owned by uid %ju, not %ju",
 			      d->mailbox, (uintmax_t)st->st_uid,
-			      (uintmax_t)geteuid());
+			      (uintmax_t)mailowner_uid());
 	else
 		return false;
 	if (rc == -1)
@@ -473,7 +482,14 @@ void mbox_attempt(struct delivery *d)
 	d->fd = openat(d->dir_fd, d->base_name,
 		       O_WRONLY | O_APPEND | O_CREAT | O_EXCL | O_NOFOLLOW |
 			   O_CLOEXEC,
-		       0600);
+		       mailowner_file_mode());
+	if (d->fd != -1 && mailowner_fix_file_mode(d->fd) == -1) {
+		int err = errno;
+		(void)close(d->fd); /* nothing written */
+		d->fd = -1;
+		(void)unlinkat(d->dir_fd, d->base_name, 0);
+		errno = err;
+	}
 	if (d->fd == -1 && errno == EEXIST) {
 		created = false;
 		d->fd = openat(d->dir_fd, d->base_name,

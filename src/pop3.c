@@ -50,6 +50,7 @@
 #include "facteur/listener.h"
 #include "facteur/log.h"
 #include "facteur/mailfolder.h"
+#include "facteur/mailowner.h"
 #include "facteur/metrics.h"
 #include "facteur/password_check.h"
 #include "facteur/policy.h"
@@ -501,7 +502,8 @@ static int scan_mailbox(struct pop3_job *job)
 	job->cur_fd = mailfolder_open_directory_at(folder, "cur", O_RDONLY);
 	if (job->cur_fd == -1 && errno == ENOENT && newfd != -1) {
 		/* mail in new/ and no cur/ yet: make it, as readers do */
-		if (mkdirat(folder, "cur", 0700) == -1 && errno != EEXIST)
+		if (mkdirat(folder, "cur", mailowner_dir_mode()) == -1 &&
+		    errno != EEXIST)
 			goto out;
 		job->cur_fd =
 		    mailfolder_open_directory_at(folder, "cur", O_RDONLY);
@@ -547,8 +549,11 @@ static void scan_run(void *arg)
 {
 	struct pop3_job *job = arg;
 	job->error = 0;
+	/* as the mailbox owner: it moves new mail into cur/ */
+	mailowner_enter();
 	if (scan_mailbox(job) == -1)
 		job->error = errno ? errno : EIO;
+	mailowner_leave();
 }
 
 /* On the worker: the crypt(3) check. */
@@ -1166,8 +1171,10 @@ static void cmd_retr(struct pop3_session *s, const struct pop3_command *cmd,
 	struct pop3_message *m = message_get(s, cmd->number);
 	if (m == NULL)
 		return;
+	mailowner_enter();
 	int fd = open_message(s->cur_fd, m->name);
 	int err = errno;
+	mailowner_leave();
 	if (fd == -1) {
 		if (err == ENOENT)
 			reply(s, "-ERR message %llu is no longer available",
@@ -1226,10 +1233,13 @@ static void cmd_quit_update(struct pop3_session *s)
 			continue;
 		/* Relative to cur/ as listed: a link swapped in for the
 		 * name is removed itself, never what it points at. */
-		if (unlinkat(s->cur_fd, m->name, 0) == 0 || errno == ENOENT) {
+		mailowner_enter();
+		int rc = unlinkat(s->cur_fd, m->name, 0);
+		int err = errno;
+		mailowner_leave();
+		if (rc == 0 || err == ENOENT) {
 			removed++;
 		} else {
-			int err = errno;
 			failed++;
 			log_event(LOG_LEVEL_ERROR, "pop3_delete_error",
 				  LOG_SESSION(s), LOG_S("mailbox", s->mailbox),

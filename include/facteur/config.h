@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 
 #include "facteur/route.h"
 #include "facteur/shape.h"
@@ -173,6 +174,12 @@ struct config {
 	/* Delivery shaping per recipient domain (shape.h); never NULL. */
 	struct shape_table *shapes;
 	char *shape_redis; /* HOST:PORT[/DB]; NULL: limits per instance */
+	/* mailbox_owner (NULL: the daemon's own account) as looked up, and
+	 * mailbox_mode, the mode of the files delivery makes (mailowner.h). */
+	char *mailbox_owner;
+	uid_t mailbox_uid;
+	gid_t mailbox_gid;
+	mode_t mailbox_mode;
 };
 
 /* The errors a load found, in order, each a full sentence such as

@@ -19,7 +19,7 @@
  * (POP3) reaches no more than they write: its first `root_len` octets
  * (policy_mailbox_root_length) are opened as they are, every component
  * after them without following a link (ELOOP for one), and "." or ".." there
- * is refused (EINVAL). Missing folders are made (mode 0700) when
+ * is refused (EINVAL). Missing folders are made (mailowner_dir_mode) when
  * `create`. Returns an O_PATH directory descriptor, for the *at calls,
  * or -1 (errno) with *failed_len, when not NULL, the length of the
  * part of `path` that failed. Safe on any thread: it keeps no state.
@@ -32,7 +32,7 @@ int mailfolder_open(const char *path, size_t root_len, bool create,
  * when `name` is a symbolic link. */
 int mailfolder_open_directory_at(int dirfd, const char *name, int mode);
 
-/* mkdir -p with mode 0700 for the parts it creates. 0 or -1 (errno). */
+/* mkdir -p, making folders mailowner_dir_mode. 0 or -1 (errno). */
 int mailfolder_mkdirs(const char *path);
 
 /*

@@ -8,6 +8,7 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <grp.h>
 #include <netinet/in.h>
 #include <pwd.h>
 #include <stdio.h>
@@ -1327,6 +1328,50 @@ static void test_config_sender_route_key(void **state)
 			"\"[r.test]|\"");
 }
 
+static void assert_round_trip(const char *text, char *const *env);
+
+/* mailbox_owner is looked up when loaded, mailbox_mode checked for what
+ * would open mail to others; -n prints both as given. */
+static void test_config_mailbox_owner_and_mode(void **state)
+{
+	(void)state;
+	struct config *cfg = support_load_config("", NULL);
+	assert_null(cfg->mailbox_owner);
+	assert_int_equal(cfg->mailbox_mode, 0600);
+	assert_printed(cfg, "mailbox_owner", "");
+	assert_printed(cfg, "mailbox_mode", "0600");
+	config_free(cfg);
+
+	struct passwd *nobody = getpwnam("nobody");
+	struct group *nogroup = getgrnam("nogroup");
+	if (nobody != NULL && nogroup != NULL) {
+		char *env[] = {"FACTEUR_MAILBOX_MODE=0640", NULL};
+		cfg = support_load_config("mailbox_owner = nobody:nogroup\n",
+					  env);
+		assert_string_equal(cfg->mailbox_owner, "nobody:nogroup");
+		assert_int_equal(cfg->mailbox_uid, nobody->pw_uid);
+		assert_int_equal(cfg->mailbox_gid, nogroup->gr_gid);
+		assert_int_equal(cfg->mailbox_mode, 0640);
+		assert_printed(cfg, "mailbox_owner", "nobody:nogroup");
+		assert_printed(cfg, "mailbox_mode", "0640");
+		config_free(cfg);
+		assert_round_trip(
+		    "mailbox_owner = nobody\nmailbox_mode = 0660\n", NULL);
+	}
+	load_fails_with("\nmailbox_owner = no-such-user-x\n", NULL,
+			"x.conf:2: mailbox_owner: no such user "
+			"\"no-such-user-x\" in \"no-such-user-x\"");
+	load_fails_with("mailbox_owner = root\n", NULL,
+			"x.conf:1: mailbox_owner: root cannot be the mailbox "
+			"owner in \"root\"");
+	load_fails_with("mailbox_mode = 0662\n", NULL,
+			"x.conf:1: mailbox_mode: \"0662\": world-writable mail "
+			"can be changed by any local user");
+	load_fails_with("mailbox_mode = 660\n", NULL,
+			"x.conf:1: mailbox_mode: \"660\": not an octal mode "
+			"with a leading 0 (0600, 0660...)");
+}
+
 /* One shape value a file line (commas and all), `;` between them in the
  * environment; -n prints each with its defaults, one a line. */
 static void test_config_shape_key(void **state)
@@ -1511,6 +1556,8 @@ static const char *const spec_order[] = {
     "dkim_sign",
     "shape",
     "shape_redis",
+    "mailbox_owner",
+    "mailbox_mode",
 };
 
 static void test_config_print_lists_every_key_in_spec_order(void **state)
@@ -2082,6 +2129,7 @@ int main(void)
 	    cmocka_unit_test(test_config_route_key),
 	    cmocka_unit_test(test_config_sender_route_key),
 	    cmocka_unit_test(test_config_shape_key),
+	    cmocka_unit_test(test_config_mailbox_owner_and_mode),
 	    cmocka_unit_test(test_config_tls_listeners_need_cert_and_key),
 	    cmocka_unit_test(test_config_retry_min_above_retry_max),
 	    cmocka_unit_test(test_config_print_lists_every_key_in_spec_order),

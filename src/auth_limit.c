@@ -1,7 +1,9 @@
 /*
  * The failed-login table (see auth_limit.h): one chained hash table of
- * windows keyed by "c" + the client's 16 octets or "a" + the account in
- * lower case. Lookups are O(1); only a full table costs a sweep, once
+ * windows keyed by "c" + the client's 16 octets, "a" + the account in
+ * lower case, or "r" + the client's 16 octets for a rate. Each window
+ * keeps its own length, so a sweep knows which are over whatever kind
+ * of key it holds. Lookups are O(1); only a full table costs a sweep, once
  * per insertion past capacity.
  */
 #include <ctype.h>
@@ -15,8 +17,9 @@
 
 struct window {
 	struct window *next;
-	time_t start; /* the first failure of the window */
-	unsigned failures;
+	time_t start;	   /* the first event of the window */
+	unsigned length;   /* seconds: kinds of keys have their own */
+	unsigned failures; /* or messages, for a rate key */
 	size_t len;
 	unsigned char key[];
 };
@@ -92,19 +95,19 @@ static struct window **find(struct auth_limit *t, const unsigned char *key,
 	return at;
 }
 
-static bool over(const struct window *w, time_t now, unsigned window)
+static bool over(const struct window *w, time_t now)
 {
-	return now - w->start >= (time_t)window || now < w->start;
+	return now - w->start >= (time_t)w->length || now < w->start;
 }
 
 /* Forget the windows that are over; if none is, the oldest one. */
-static void make_room(struct auth_limit *t, time_t now, unsigned window)
+static void make_room(struct auth_limit *t, time_t now)
 {
 	struct window **oldest = NULL;
 	for (size_t i = 0; i < BUCKETS; i++) {
 		struct window **at = &t->buckets[i];
 		while (*at != NULL) {
-			if (over(*at, now, window)) {
+			if (over(*at, now)) {
 				struct window *gone = *at;
 				*at = gone->next;
 				free(gone);
@@ -130,7 +133,7 @@ static void count_one(struct auth_limit *t, const unsigned char *key,
 	struct window **at = find(t, key, len);
 	if (*at == NULL) {
 		if (t->count >= t->capacity) {
-			make_room(t, now, window);
+			make_room(t, now);
 			at = find(t, key, len);
 		}
 		struct window *w = malloc(sizeof *w + len);
@@ -139,13 +142,15 @@ static void count_one(struct auth_limit *t, const unsigned char *key,
 				 */
 		w->next = NULL;
 		w->start = now;
+		w->length = window;
 		w->failures = 0;
 		w->len = len;
 		memcpy(w->key, key, len);
 		*at = w;
 		t->count++;
-	} else if (over(*at, now, window)) {
+	} else if (over(*at, now)) {
 		(*at)->start = now;
+		(*at)->length = window;
 		(*at)->failures = 0;
 	}
 	(*at)->failures++;
@@ -163,14 +168,13 @@ void auth_limit_failure(struct auth_limit *t, const uint8_t client[16],
 
 /* Failures in the current window of this key (0 when it is over). */
 static unsigned failures(struct auth_limit *t, const unsigned char *key,
-			 size_t len, time_t now, unsigned window,
-			 unsigned *wait)
+			 size_t len, time_t now, unsigned *wait)
 {
 	struct window **at = find(t, key, len);
-	if (*at == NULL || over(*at, now, window))
+	if (*at == NULL || over(*at, now))
 		return 0;
 	if (wait != NULL)
-		*wait = (unsigned)((*at)->start + (time_t)window - now);
+		*wait = (unsigned)((*at)->start + (time_t)(*at)->length - now);
 	return (*at)->failures;
 }
 
@@ -179,8 +183,8 @@ bool auth_limit_client_refused(struct auth_limit *t, const uint8_t client[16],
 			       unsigned *wait)
 {
 	unsigned char key[KEY_MAX];
-	return failures(t, key, client_key(client, key), now, window, wait) >=
-	       limit;
+	(void)window; /* each window keeps the length it was opened with */
+	return failures(t, key, client_key(client, key), now, wait) >= limit;
 }
 
 bool auth_limit_account_open(struct auth_limit *t, const uint8_t client[16],
@@ -189,8 +193,20 @@ bool auth_limit_account_open(struct auth_limit *t, const uint8_t client[16],
 {
 	unsigned char key[KEY_MAX];
 	size_t len = account_key(account, key);
-	if (len == 0 || failures(t, key, len, now, window, NULL) < limit)
+	(void)window;
+	if (len == 0 || failures(t, key, len, now, NULL) < limit)
 		return true;
-	return failures(t, key, client_key(client, key), now, window, NULL) ==
-	       0;
+	return failures(t, key, client_key(client, key), now, NULL) == 0;
+}
+
+bool auth_limit_rate_take(struct auth_limit *t, const uint8_t client[16],
+			  time_t now, unsigned limit, unsigned window)
+{
+	unsigned char key[KEY_MAX];
+	size_t len = client_key(client, key);
+	key[0] = 'r';
+	if (failures(t, key, len, now, NULL) >= limit)
+		return false;
+	count_one(t, key, len, now, window);
+	return true;
 }

@@ -11,6 +11,7 @@ import pytest
 
 import facteur_harness as h
 import relay_harness as r
+import tls_harness as t
 from test_auth_limit import SmtpsClient
 from test_tls_auth import (ALICE, PASSWORD, certs, ctx_for,  # noqa: F401
                            tls_daemon, user_hashes)
@@ -44,11 +45,14 @@ def zone(tmp_path):
     dns.stop()
 
 
-def dnsbl_daemon(make_daemon, dns, dnsbl, **extra):
-    cfg = {"dns_servers": dns.server, "relay_networks": TRUSTED + "/32"}
-    cfg.update(extra)
+def dnsbl_daemon(make_daemon, dns, dnsbl):
+    port = h.free_port()
+    cfg = {"dns_servers": dns.server, "relay_networks": TRUSTED + "/32",
+           "metrics_listen": "127.0.0.1:%d" % port}
     lines = ["dnsbl = %s" % z for z in dnsbl]
-    return make_daemon(config=cfg, extra_lines=lines)
+    d = make_daemon(config=cfg, extra_lines=lines)
+    d.metrics_port = port
+    return d
 
 
 def test_listed_client_gets_554_naming_the_zone(make_daemon, zone):
@@ -64,6 +68,8 @@ def test_listed_client_gets_554_naming_the_zone(make_daemon, zone):
         assert c.cmd("QUIT").code == 221
     ev = d.wait_event("rejected", reason="dnsbl")[0]
     assert ev["zone"] == "bl.test" and ev["client"] == LISTED
+    assert t.metrics(d.metrics_port)[
+        'facteur_smtp_rejections_total{reason="dnsbl"}'] == 2
 
 
 def test_first_command_waits_for_the_answer(make_daemon, zone):

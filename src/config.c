@@ -1424,7 +1424,7 @@ static void print_dnsbl(const struct config *cfg, FILE *out)
 {
 	for (size_t i = 0; i < cfg->dnsbl_count; i++) {
 		const struct config_dnsbl *e = &cfg->dnsbl[i];
-		fprintf(out, "%s%s", i ? "; " : "", e->zone);
+		fprintf(out, "%s%s", i ? "\ndnsbl = " : "", e->zone);
 		for (size_t m = 0; m < e->match_count; m++)
 			fprintf(out, "%s%u.%u.%u.%u",
 				m ? "," : " match=", e->match[m][0],

@@ -1106,6 +1106,49 @@ static void test_config_auth_fail_limit(void **state)
 	value_fails("auth_fail_limit", "10/15x");
 }
 
+static void test_config_dnsbl_and_message_rate(void **state)
+{
+	(void)state;
+	struct config *cfg =
+	    support_load_config("dnsbl = Zen.Example.ORG.\n"
+				"dnsbl = bl.test match=127.0.0.2,127.0.0.10\n"
+				"max_messages_per_ip = 30/m\n",
+				NULL);
+	assert_int_equal(cfg->dnsbl_count, 2);
+	assert_string_equal(cfg->dnsbl[0].zone, "zen.example.org");
+	assert_int_equal(cfg->dnsbl[0].match_count, 0);
+	assert_int_equal(cfg->dnsbl[1].match_count, 2);
+	assert_int_equal(cfg->dnsbl[1].match[1][3], 10);
+	assert_printed(cfg, "dnsbl",
+		       "zen.example.org\ndnsbl = bl.test "
+		       "match=127.0.0.2,127.0.0.10");
+	assert_int_equal(cfg->max_messages, 30);
+	assert_int_equal(cfg->max_messages_window, 60);
+	assert_printed(cfg, "max_messages_per_ip", "30/m");
+	config_free(cfg);
+	cfg = support_load_config(
+	    "", ENV("FACTEUR_DNSBL=a.test match=127.0.0.4; b.test",
+		    "FACTEUR_MAX_MESSAGES_PER_IP=500/h"));
+	assert_int_equal(cfg->dnsbl_count, 2);
+	assert_string_equal(cfg->dnsbl[1].zone, "b.test");
+	assert_int_equal(cfg->max_messages_window, 3600);
+	assert_printed(cfg, "max_messages_per_ip", "500/h");
+	config_free(cfg);
+	cfg = support_load_config("", NULL);
+	assert_int_equal(cfg->dnsbl_count, 0);
+	assert_int_equal(cfg->max_messages, 0);
+	config_free(cfg);
+	value_fails("dnsbl", "bad_zone!");
+	value_fails("dnsbl", "bl.test match=");
+	value_fails("dnsbl", "bl.test match=127.0.0.2,");
+	value_fails("dnsbl", "bl.test match=::1");
+	value_fails("dnsbl", "bl.test only=127.0.0.2");
+	value_fails("dnsbl", "bl.test match=127.0.0.2 extra");
+	value_fails("max_messages_per_ip", "30");
+	value_fails("max_messages_per_ip", "0/m");
+	value_fails("max_messages_per_ip", "30/x");
+}
+
 static void test_config_proxy_modes_and_networks(void **state)
 {
 	(void)state;
@@ -1511,6 +1554,8 @@ static const char *const spec_order[] = {
     "dkim_sign",
     "shape",
     "shape_redis",
+    "dnsbl",
+    "max_messages_per_ip",
 };
 
 static void test_config_print_lists_every_key_in_spec_order(void **state)
@@ -2075,6 +2120,7 @@ int main(void)
 	    cmocka_unit_test(test_config_envelope_budgets),
 	    cmocka_unit_test(test_config_ipv6_prefix_length),
 	    cmocka_unit_test(test_config_auth_fail_limit),
+	    cmocka_unit_test(test_config_dnsbl_and_message_rate),
 	    cmocka_unit_test(test_config_proxy_modes_and_networks),
 	    cmocka_unit_test(test_config_enumerated_keys),
 	    cmocka_unit_test(test_config_mx_port),

@@ -61,8 +61,8 @@ extern char **environ;
  * (about 25 MiB with the longest account names), however many addresses
  * an attacker uses. */
 #define AUTH_LIMIT_ENTRIES 65536
-/* Clients whose messages are counted (max_messages_per_ip): under 5 MiB
- * of 60-octet entries; past it the oldest windows are forgotten. */
+/* Clients whose messages are counted (max_messages_per_ip): about 4 MiB
+ * of 64-octet entries; past it the oldest windows are forgotten. */
 #define MESSAGE_RATE_ENTRIES 65536
 
 /* What a configuration builds: swapped as a whole on reload. */

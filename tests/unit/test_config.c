@@ -1138,15 +1138,19 @@ static void test_config_dnsbl_and_message_rate(void **state)
 	assert_int_equal(cfg->dnsbl_count, 0);
 	assert_int_equal(cfg->max_messages, 0);
 	config_free(cfg);
-	value_fails("dnsbl", "bad_zone!");
-	value_fails("dnsbl", "bl.test match=");
-	value_fails("dnsbl", "bl.test match=127.0.0.2,");
-	value_fails("dnsbl", "bl.test match=::1");
-	value_fails("dnsbl", "bl.test only=127.0.0.2");
-	value_fails("dnsbl", "bl.test match=127.0.0.2 extra");
-	value_fails("max_messages_per_ip", "30");
-	value_fails("max_messages_per_ip", "0/m");
-	value_fails("max_messages_per_ip", "30/x");
+	static const char *const bad[][2] = {
+	    {"dnsbl", "bad_zone!"},
+	    {"dnsbl", "bl.test match="},
+	    {"dnsbl", "bl.test match=127.0.0.2,"},
+	    {"dnsbl", "bl.test match=::1"},
+	    {"dnsbl", "bl.test only=127.0.0.2"},
+	    {"dnsbl", "bl.test match=127.0.0.2 extra"},
+	    {"max_messages_per_ip", "30"},
+	    {"max_messages_per_ip", "0/m"},
+	    {"max_messages_per_ip", "30/x"},
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+		value_fails(bad[i][0], bad[i][1]);
 }
 
 static void test_config_proxy_modes_and_networks(void **state)

@@ -139,6 +139,27 @@ def test_silent_zone_lets_mail_through_after_the_timeout(make_daemon, tmp_path):
     assert waited < 15, waited
 
 
+def test_zone_that_never_answers_costs_at_most_the_wait(make_daemon, zone):
+    """A resolver that swallows the queries: the first command waits about
+    5 s for the verdict, then the client passes."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        class Silent:
+            server = "127.0.0.1:%d" % silent.getsockname()[1]
+        d = dnsbl_daemon(make_daemon, Silent, ["bl.test"])
+        with SourceClient(d, LISTED) as c:
+            start = time.monotonic()
+            c.ehlo()
+            reply = c.cmd("MAIL FROM:<a@example.org>")
+            waited = time.monotonic() - start
+            assert reply.code == 250, reply
+        assert 3 <= waited < 20, waited
+        d.wait_event("dnsbl_timeout", client=LISTED)
+    finally:
+        silent.close()
+
+
 def test_authenticated_client_is_exempt(tls_daemon, zone):
     d = tls_daemon(config={"dns_servers": zone.server,
                            "relay_networks": TRUSTED + "/32",

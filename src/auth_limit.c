@@ -95,9 +95,10 @@ static struct window **find(struct auth_limit *t, const unsigned char *key,
 	return at;
 }
 
-static bool over(const struct window *w, time_t now)
+/* `window`: the caller's length; a sweep uses each window's own. */
+static bool over(const struct window *w, time_t now, unsigned window)
 {
-	return now - w->start >= (time_t)w->length || now < w->start;
+	return now - w->start >= (time_t)window || now < w->start;
 }
 
 /* Forget the windows that are over; if none is, the oldest one. */
@@ -107,7 +108,7 @@ static void make_room(struct auth_limit *t, time_t now)
 	for (size_t i = 0; i < BUCKETS; i++) {
 		struct window **at = &t->buckets[i];
 		while (*at != NULL) {
-			if (over(*at, now)) {
+			if (over(*at, now, (*at)->length)) {
 				struct window *gone = *at;
 				*at = gone->next;
 				free(gone);
@@ -148,7 +149,7 @@ static void count_one(struct auth_limit *t, const unsigned char *key,
 		memcpy(w->key, key, len);
 		*at = w;
 		t->count++;
-	} else if (over(*at, now)) {
+	} else if (over(*at, now, window)) {
 		(*at)->start = now;
 		(*at)->length = window;
 		(*at)->failures = 0;
@@ -168,13 +169,14 @@ void auth_limit_failure(struct auth_limit *t, const uint8_t client[16],
 
 /* Failures in the current window of this key (0 when it is over). */
 static unsigned failures(struct auth_limit *t, const unsigned char *key,
-			 size_t len, time_t now, unsigned *wait)
+			 size_t len, time_t now, unsigned window,
+			 unsigned *wait)
 {
 	struct window **at = find(t, key, len);
-	if (*at == NULL || over(*at, now))
+	if (*at == NULL || over(*at, now, window))
 		return 0;
 	if (wait != NULL)
-		*wait = (unsigned)((*at)->start + (time_t)(*at)->length - now);
+		*wait = (unsigned)((*at)->start + (time_t)window - now);
 	return (*at)->failures;
 }
 
@@ -183,8 +185,8 @@ bool auth_limit_client_refused(struct auth_limit *t, const uint8_t client[16],
 			       unsigned *wait)
 {
 	unsigned char key[KEY_MAX];
-	(void)window; /* each window keeps the length it was opened with */
-	return failures(t, key, client_key(client, key), now, wait) >= limit;
+	return failures(t, key, client_key(client, key), now, window, wait) >=
+	       limit;
 }
 
 bool auth_limit_account_open(struct auth_limit *t, const uint8_t client[16],
@@ -193,10 +195,10 @@ bool auth_limit_account_open(struct auth_limit *t, const uint8_t client[16],
 {
 	unsigned char key[KEY_MAX];
 	size_t len = account_key(account, key);
-	(void)window;
-	if (len == 0 || failures(t, key, len, now, NULL) < limit)
+	if (len == 0 || failures(t, key, len, now, window, NULL) < limit)
 		return true;
-	return failures(t, key, client_key(client, key), now, NULL) == 0;
+	return failures(t, key, client_key(client, key), now, window, NULL) ==
+	       0;
 }
 
 bool auth_limit_rate_take(struct auth_limit *t, const uint8_t client[16],
@@ -205,7 +207,7 @@ bool auth_limit_rate_take(struct auth_limit *t, const uint8_t client[16],
 	unsigned char key[KEY_MAX];
 	size_t len = client_key(client, key);
 	key[0] = 'r';
-	if (failures(t, key, len, now, NULL) >= limit)
+	if (failures(t, key, len, now, window, NULL) >= limit)
 		return false;
 	count_one(t, key, len, now, window);
 	return true;

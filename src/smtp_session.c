@@ -1905,10 +1905,10 @@ struct smtp_session *smtp_session_new(struct server *srv, int fd,
 	 * listed (dns_error was logged at start). */
 	if (cfg->dnsbl_count > 0 && srv->dns != NULL && !relay_client(s)) {
 		s->dnsbl = dnsbl_check_start(srv->dns, cfg, addr, on_dnsbl, s);
-		if (s->dnsbl == NULL)
+		if (s->dnsbl == NULL) /* the client is not looked up */
 			log_event(LOG_LEVEL_ERROR, "dnsbl_error",
 				  LOG_SESSION(s),
-				  LOG_S("reason", "out of memory"));
+				  LOG_S("reason", "cannot start the look-ups"));
 	}
 	return s;
 }

@@ -39,6 +39,7 @@ typedef void (*dnsbl_cb)(const char *zone, void *arg);
  * Ask every zone of cfg->dnsbl about addr. The callback runs once,
  * later, on the loop; the check may be freed from inside it. The
  * check copies what it needs from cfg (a reload may replace it).
+ * NULL when out of memory or addr is not an IP address.
  */
 struct dnsbl_check *dnsbl_check_start(struct dns *dns, const struct config *cfg,
 				      const struct sockaddr *addr, dnsbl_cb cb,

@@ -3,8 +3,8 @@
  * windows keyed by "c" + the client's 16 octets, "a" + the account in
  * lower case, or "r" + the client's 16 octets for a rate. Each window
  * keeps its own length, so a sweep knows which are over whatever kind
- * of key it holds. Lookups are O(1); only a full table costs a sweep, once
- * per insertion past capacity.
+ * of key it holds. Lookups are O(1); only a full table costs a sweep,
+ * which frees at least a second's worth of windows.
  */
 #include <ctype.h>
 #include <stdlib.h>
@@ -101,31 +101,39 @@ static bool over(const struct window *w, time_t now, unsigned window)
 	return now - w->start >= (time_t)window || now < w->start;
 }
 
-/* Forget the windows that are over; if none is, the oldest one. */
-static void make_room(struct auth_limit *t, time_t now)
+/* Forget the windows that opened at or before `until` (all of them
+ * when `until` is NULL) or that are over; returns the oldest start of
+ * those left. */
+static time_t sweep(struct auth_limit *t, time_t now, const time_t *until)
 {
-	struct window **oldest = NULL;
+	time_t oldest = now;
 	for (size_t i = 0; i < BUCKETS; i++) {
 		struct window **at = &t->buckets[i];
 		while (*at != NULL) {
-			if (over(*at, now, (*at)->length)) {
+			if (over(*at, now, (*at)->length) ||
+			    (until != NULL && (*at)->start <= *until)) {
 				struct window *gone = *at;
 				*at = gone->next;
 				free(gone);
 				t->count--;
 				continue;
 			}
-			if (oldest == NULL || (*at)->start < (*oldest)->start)
-				oldest = at;
+			if ((*at)->start < oldest)
+				oldest = (*at)->start;
 			at = &(*at)->next;
 		}
 	}
-	if (t->count >= t->capacity && oldest != NULL) {
-		struct window *gone = *oldest;
-		*oldest = gone->next;
-		free(gone);
-		t->count--;
-	}
+	return oldest;
+}
+
+/* Forget the windows that are over; if none is, those of the oldest
+ * second. Dropping a whole second at once keeps a flood of new clients
+ * from paying a sweep of the full table for each one of them. */
+static void make_room(struct auth_limit *t, time_t now)
+{
+	time_t oldest = sweep(t, now, NULL);
+	if (t->count >= t->capacity)
+		sweep(t, now, &oldest);
 }
 
 static void count_one(struct auth_limit *t, const unsigned char *key,

@@ -21,7 +21,8 @@
 struct auth_limit;
 
 /* At most `capacity` clients and accounts are remembered; past it the
- * windows that are over are forgotten first, then the oldest. */
+ * windows that are over are forgotten first, then those opened in the
+ * oldest second still held. */
 struct auth_limit *auth_limit_new(size_t capacity);
 void auth_limit_free(struct auth_limit *t);
 

@@ -154,6 +154,24 @@ static void test_auth_limit_rate_eviction_keeps_live_windows(void **state)
 	auth_limit_free(t);
 }
 
+/* Nothing over: the windows of the oldest second go together, so that
+ * the next clients find room without a sweep each. */
+static void test_auth_limit_full_table_drops_the_oldest_second(void **state)
+{
+	(void)state;
+	struct auth_limit *t = auth_limit_new(4);
+	for (uint8_t i = 0; i < 3; i++) {
+		uint8_t client[16] = {i};
+		assert_true(auth_limit_rate_take(t, client, 1000, 1, 3600));
+	}
+	uint8_t later[16] = {7}, next[16] = {8};
+	assert_true(auth_limit_rate_take(t, later, 1001, 1, 3600));
+	assert_true(auth_limit_rate_take(t, next, 1002, 1, 3600));
+	assert_int_equal(auth_limit_size(t), 2);
+	assert_false(auth_limit_rate_take(t, later, 1003, 1, 3600));
+	auth_limit_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -165,6 +183,8 @@ int main(void)
 	    cmocka_unit_test(test_auth_limit_rate_counts_within_the_window),
 	    cmocka_unit_test(test_auth_limit_rate_is_apart_from_failed_logins),
 	    cmocka_unit_test(test_auth_limit_rate_eviction_keeps_live_windows),
+	    cmocka_unit_test(
+		test_auth_limit_full_table_drops_the_oldest_second),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

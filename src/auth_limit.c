@@ -1,8 +1,10 @@
 /*
  * The failed-login table (see auth_limit.h): one chained hash table of
- * windows keyed by "c" + the client's 16 octets or "a" + the account in
- * lower case. Lookups are O(1); only a full table costs a sweep, once
- * per insertion past capacity.
+ * windows keyed by "c" + the client's 16 octets, "a" + the account in
+ * lower case, or "r" + the client's 16 octets for a rate. Each window
+ * keeps its own length, so a sweep knows which are over whatever kind
+ * of key it holds. Lookups are O(1); only a full table costs a sweep,
+ * which frees at least a second's worth of windows.
  */
 #include <ctype.h>
 #include <stdlib.h>
@@ -15,8 +17,9 @@
 
 struct window {
 	struct window *next;
-	time_t start; /* the first failure of the window */
-	unsigned failures;
+	time_t start;	   /* the first event of the window */
+	unsigned length;   /* seconds: kinds of keys have their own */
+	unsigned failures; /* or messages, for a rate key */
 	size_t len;
 	unsigned char key[];
 };
@@ -92,36 +95,45 @@ static struct window **find(struct auth_limit *t, const unsigned char *key,
 	return at;
 }
 
+/* `window`: the caller's length; a sweep uses each window's own. */
 static bool over(const struct window *w, time_t now, unsigned window)
 {
 	return now - w->start >= (time_t)window || now < w->start;
 }
 
-/* Forget the windows that are over; if none is, the oldest one. */
-static void make_room(struct auth_limit *t, time_t now, unsigned window)
+/* Forget the windows that opened at or before `until` (all of them
+ * when `until` is NULL) or that are over; returns the oldest start of
+ * those left. */
+static time_t sweep(struct auth_limit *t, time_t now, const time_t *until)
 {
-	struct window **oldest = NULL;
+	time_t oldest = now;
 	for (size_t i = 0; i < BUCKETS; i++) {
 		struct window **at = &t->buckets[i];
 		while (*at != NULL) {
-			if (over(*at, now, window)) {
+			if (over(*at, now, (*at)->length) ||
+			    (until != NULL && (*at)->start <= *until)) {
 				struct window *gone = *at;
 				*at = gone->next;
 				free(gone);
 				t->count--;
 				continue;
 			}
-			if (oldest == NULL || (*at)->start < (*oldest)->start)
-				oldest = at;
+			if ((*at)->start < oldest)
+				oldest = (*at)->start;
 			at = &(*at)->next;
 		}
 	}
-	if (t->count >= t->capacity && oldest != NULL) {
-		struct window *gone = *oldest;
-		*oldest = gone->next;
-		free(gone);
-		t->count--;
-	}
+	return oldest;
+}
+
+/* Forget the windows that are over; if none is, those of the oldest
+ * second. Dropping a whole second at once keeps a flood of new clients
+ * from paying a sweep of the full table for each one of them. */
+static void make_room(struct auth_limit *t, time_t now)
+{
+	time_t oldest = sweep(t, now, NULL);
+	if (t->count >= t->capacity)
+		sweep(t, now, &oldest);
 }
 
 static void count_one(struct auth_limit *t, const unsigned char *key,
@@ -130,7 +142,7 @@ static void count_one(struct auth_limit *t, const unsigned char *key,
 	struct window **at = find(t, key, len);
 	if (*at == NULL) {
 		if (t->count >= t->capacity) {
-			make_room(t, now, window);
+			make_room(t, now);
 			at = find(t, key, len);
 		}
 		struct window *w = malloc(sizeof *w + len);
@@ -139,6 +151,7 @@ static void count_one(struct auth_limit *t, const unsigned char *key,
 				 */
 		w->next = NULL;
 		w->start = now;
+		w->length = window;
 		w->failures = 0;
 		w->len = len;
 		memcpy(w->key, key, len);
@@ -146,6 +159,7 @@ static void count_one(struct auth_limit *t, const unsigned char *key,
 		t->count++;
 	} else if (over(*at, now, window)) {
 		(*at)->start = now;
+		(*at)->length = window;
 		(*at)->failures = 0;
 	}
 	(*at)->failures++;
@@ -193,4 +207,16 @@ bool auth_limit_account_open(struct auth_limit *t, const uint8_t client[16],
 		return true;
 	return failures(t, key, client_key(client, key), now, window, NULL) ==
 	       0;
+}
+
+bool auth_limit_rate_take(struct auth_limit *t, const uint8_t client[16],
+			  time_t now, unsigned limit, unsigned window)
+{
+	unsigned char key[KEY_MAX];
+	size_t len = client_key(client, key);
+	key[0] = 'r';
+	if (failures(t, key, len, now, window, NULL) >= limit)
+		return false;
+	count_one(t, key, len, now, window);
+	return true;
 }

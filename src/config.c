@@ -80,6 +80,8 @@ enum key {
 	KEY_SHAPE_REDIS,
 	KEY_MAILBOX_OWNER,
 	KEY_MAILBOX_MODE,
+	KEY_DNSBL,
+	KEY_MAX_MESSAGES_PER_IP,
 	KEY_COUNT,
 };
 
@@ -1383,6 +1385,130 @@ static void print_dkim_sign(const struct config *cfg, FILE *out)
 			cfg->dkim_sign[i].keyfile);
 }
 
+/* dnsbl = ZONE [match=A.B.C.D,...]: the zone leaves room for the 64
+ * octets of an IPv6 client's nibbles in front of it. */
+#define DNSBL_ZONE_MAX 180
+#define DNSBL_MATCH_MAX 16
+
+static bool parse_dnsbl_match(const char *p, size_t len,
+			      struct config_dnsbl *entry)
+{
+	entry->match =
+	    xreallocarray(NULL, DNSBL_MATCH_MAX, sizeof *entry->match);
+	for (;;) {
+		size_t n = strcspn(p, ",");
+		uint8_t ip[16];
+
+		if (n > len)
+			n = len;
+		if (entry->match_count == DNSBL_MATCH_MAX ||
+		    !parse_ip(AF_INET, p, n, ip))
+			return false;
+		memcpy(entry->match[entry->match_count++], ip, 4);
+		if (n == len)
+			return true;
+		p += n + 1;
+		len -= n + 1;
+	}
+}
+
+static void set_dnsbl(struct loader *ld, const char *value)
+{
+	struct config *cfg = ld->cfg;
+	struct config_dnsbl entry = {0};
+	size_t len = strcspn(value, " \t");
+	const char *opt = value + len + strspn(value + len, " \t");
+	size_t opt_len = strcspn(opt, " \t");
+	char q[QUOTE_BUF];
+
+	if (len > 1 && value[len - 1] == '.')
+		len--;
+	if (len > DNSBL_ZONE_MAX || !hostname_valid(value, len)) {
+		bad(ld, "invalid zone %s", quote_n(value, len, q));
+		return;
+	}
+	if (opt[opt_len + strspn(opt + opt_len, " \t")] != '\0' ||
+	    (opt_len > 0 &&
+	     (strncmp(opt, "match=", 6) != 0 ||
+	      !parse_dnsbl_match(opt + 6, opt_len - 6, &entry)))) {
+		free(entry.match);
+		bad(ld, "expected ZONE [match=IP,...], got %s",
+		    quote(value, q));
+		return;
+	}
+	entry.zone = xstrndup(value, len);
+	ascii_lower_in_place(entry.zone, len);
+	cfg->dnsbl =
+	    xreallocarray(cfg->dnsbl, cfg->dnsbl_count + 1, sizeof *cfg->dnsbl);
+	cfg->dnsbl[cfg->dnsbl_count++] = entry;
+}
+
+static void free_dnsbl(struct config *cfg)
+{
+	for (size_t i = 0; i < cfg->dnsbl_count; i++) {
+		free(cfg->dnsbl[i].zone);
+		free(cfg->dnsbl[i].match);
+	}
+	free(cfg->dnsbl);
+	cfg->dnsbl = NULL;
+	cfg->dnsbl_count = 0;
+}
+
+static void clear_dnsbl(struct loader *ld)
+{
+	free_dnsbl(ld->cfg);
+}
+
+static void print_dnsbl(const struct config *cfg, FILE *out)
+{
+	for (size_t i = 0; i < cfg->dnsbl_count; i++) {
+		const struct config_dnsbl *e = &cfg->dnsbl[i];
+		fprintf(out, "%s%s", i ? "\ndnsbl = " : "", e->zone);
+		for (size_t m = 0; m < e->match_count; m++)
+			fprintf(out, "%s%u.%u.%u.%u",
+				m ? "," : " match=", e->match[m][0],
+				e->match[m][1], e->match[m][2], e->match[m][3]);
+	}
+}
+
+/* max_messages_per_ip = N/m|N/h (any N/DURATION is taken); "" is none. */
+static void set_max_messages(struct loader *ld, const char *value)
+{
+	struct config *cfg = ld->cfg;
+	char rate[64], q[QUOTE_BUF];
+	const char *slash = strchr(value, '/');
+
+	cfg->max_messages = 0;
+	if (*value == '\0')
+		return;
+	/* "N/m" reads as "N/1m". */
+	if (slash != NULL &&
+	    (strcmp(slash + 1, "m") == 0 || strcmp(slash + 1, "h") == 0) &&
+	    (size_t)(slash - value) < sizeof rate - 3) {
+		snprintf(rate, sizeof rate, "%.*s/1%s", (int)(slash - value),
+			 value, slash + 1);
+		value = rate;
+	}
+	if (config_parse_rate(value, &cfg->max_messages,
+			      &cfg->max_messages_window) < 0) {
+		cfg->max_messages = 0;
+		bad(ld, "invalid rate %s (N/m or N/h, N greater than 0)",
+		    quote(value, q));
+	}
+}
+
+static void print_max_messages(const struct config *cfg, FILE *out)
+{
+	char buf[32];
+	if (cfg->max_messages == 0)
+		return;
+	format_duration(cfg->max_messages_window, buf, sizeof buf);
+	fprintf(out, "%u/%s", cfg->max_messages,
+		strcmp(buf, "1m") == 0	 ? "m"
+		: strcmp(buf, "1h") == 0 ? "h"
+					 : buf);
+}
+
 #define FIELD(kind, field)                                                     \
 	.slot = kind, .offset = offsetof(struct config, field)
 #define CHOICE(field, list)                                                    \
@@ -1486,6 +1612,11 @@ static const struct key_def key_defs[KEY_COUNT] = {
 			   FIELD(SLOT_STRING, mailbox_owner)},
     [KEY_MAILBOX_MODE] = {"mailbox_mode", "0600", .set = set_mailbox_mode,
 			  .print = print_mailbox_mode},
+    [KEY_DNSBL] = {"dnsbl", "", .set = set_dnsbl, .clear = clear_dnsbl,
+		   .print = print_dnsbl, .semicolons = true},
+    [KEY_MAX_MESSAGES_PER_IP] = {"max_messages_per_ip", "",
+				 .set = set_max_messages,
+				 .print = print_max_messages},
 };
 
 static bool find_key(const char *name, size_t len, enum key *out)
@@ -2144,6 +2275,7 @@ void config_free(struct config *cfg)
 	free(cfg->relay_networks);
 	free(cfg->proxy_networks);
 	free_dkim_sign(cfg);
+	free_dnsbl(cfg);
 	route_table_free(cfg->routes);
 	route_table_free(cfg->sender_routes);
 	shape_table_free(cfg->shapes);

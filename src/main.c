@@ -62,6 +62,9 @@ extern char **environ;
  * (about 25 MiB with the longest account names), however many addresses
  * an attacker uses. */
 #define AUTH_LIMIT_ENTRIES 65536
+/* Clients whose messages are counted (max_messages_per_ip): about 4 MiB
+ * of 64-octet entries; past it the oldest windows are forgotten. */
+#define MESSAGE_RATE_ENTRIES 65536
 
 /* What a configuration builds: swapped as a whole on reload. */
 struct settings {
@@ -627,7 +630,9 @@ int main(int argc, char **argv)
 		fatal("out of memory");
 	srv.worker = worker_new(srv.base);
 	srv.auth_limit = auth_limit_new(AUTH_LIMIT_ENTRIES);
-	if (srv.worker == NULL || srv.auth_limit == NULL)
+	srv.message_rate = auth_limit_new(MESSAGE_RATE_ENTRIES);
+	if (srv.worker == NULL || srv.auth_limit == NULL ||
+	    srv.message_rate == NULL)
 		fatal("cannot start the worker threads");
 	srv.spool =
 	    spool_open(srv.base, srv.io, srv.cfg->spool_dir, err, sizeof err);
@@ -698,6 +703,7 @@ int main(int argc, char **argv)
 	iothread_free(srv.io);
 	deliver_free(srv.deliver); /* after the I/O thread's last completion */
 	auth_limit_free(srv.auth_limit);
+	auth_limit_free(srv.message_rate);
 	listener_free(srv.listener);
 	smtp_server_free(srv.smtp);
 	struct settings last = {srv.cfg, srv.users, srv.policy, srv.tls_server,

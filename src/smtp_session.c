@@ -31,6 +31,7 @@
 #include "facteur/config.h"
 #include "facteur/dkim.h"
 #include "facteur/dkim_intake.h"
+#include "facteur/dnsbl.h"
 #include "facteur/lineio.h"
 #include "facteur/listener.h"
 #include "facteur/log.h"
@@ -60,6 +61,8 @@
 #define COMMIT_READ_AHEAD DATA_CHUNK
 #define HELO_MAX 255
 #define AUTH_FAILURES_MAX 5 /* then 421 */
+/* How long a first command waits for the blocklists before it passes. */
+#define DNSBL_WAIT_SECONDS 5
 #define AUTH_ADDRESS_MAX PASSWORD_CHECK_USER_MAX
 #define AUTH_PASSWORD_MAX PASSWORD_CHECK_PASSWORD_MAX
 
@@ -173,6 +176,11 @@ struct smtp_session {
 	struct spool_envelope *committing;
 	char committing_message_id[MESSAGE_ID_MAX + 1];
 	struct spool_incoming *signing; /* its message, while being signed */
+	/* dnsbl: the look-ups in flight (NULL once decided), the timer of
+	 * a command that waits for them, the zone that lists the client */
+	struct dnsbl_check *dnsbl;
+	struct event *dnsbl_timer;
+	char *dnsbl_zone;
 };
 
 /* The SMTP side of one daemon: its sessions, for shutdown and the drain
@@ -503,6 +511,13 @@ static void client_key(const struct smtp_session *s, uint8_t key[16])
 			    cfg_of(s)->ipv6_prefix_length, key);
 }
 
+static bool relay_client(const struct smtp_session *s)
+{
+	const struct config *cfg = cfg_of(s);
+	return config_cidr_match(cfg->relay_networks, cfg->relay_network_count,
+				 (const struct sockaddr *)&s->addr);
+}
+
 /* Has this client failed too many logins lately, in any session? */
 static bool auth_client_refused(const struct smtp_session *s)
 {
@@ -830,6 +845,27 @@ static bool path_command_parsed(struct smtp_session *s,
 	}
 }
 
+/* max_messages_per_ip: one more MAIL from this client, across
+ * sessions, or a 450 when it is past its rate. */
+static bool message_rate_allows(struct smtp_session *s, const char *sender)
+{
+	const struct config *cfg = cfg_of(s);
+	uint8_t key[16];
+	if (cfg->max_messages == 0 || relay_client(s))
+		return true;
+	client_key(s, key);
+	if (auth_limit_rate_take(s->srv->message_rate, key, time(NULL),
+				 cfg->max_messages, cfg->max_messages_window))
+		return true;
+	reply(s,
+	      "450 %s Error: too many messages from your address, try "
+	      "again later",
+	      status_code_str(STATUS_NOT_AUTHORIZED_TRANSIENT));
+	log_rejected(s, "rate", sender);
+	count_rejection(METRICS_REJECT_RATE);
+	return false;
+}
+
 static void cmd_mail(struct smtp_session *s, const struct smtp_command *cmd)
 {
 	const struct config *cfg = cfg_of(s);
@@ -871,6 +907,8 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_command *cmd)
 			  LOG_S("user", s->auth_user));
 		return;
 	}
+	if (!message_rate_allows(s, mail.from.address))
+		return;
 	s->tx.mail = mail;
 	s->tx.active = true;
 	envelope_charge(s, strlen(mail.from.address) + 1);
@@ -1397,10 +1435,39 @@ static void cmd_quit(struct smtp_session *s)
 	session_close(s);
 }
 
+/* A client listed by a dnsbl zone may still greet, start TLS and log
+ * in (an authenticated client is exempt); anything else is refused
+ * until it has logged in. */
+static bool dnsbl_refuses(struct smtp_session *s, enum smtp_verb verb)
+{
+	if (s->dnsbl_zone == NULL || s->auth_user != NULL)
+		return false;
+	switch (verb) {
+	case SMTP_VERB_HELO:
+	case SMTP_VERB_EHLO:
+	case SMTP_VERB_STARTTLS:
+	case SMTP_VERB_AUTH:
+	case SMTP_VERB_QUIT:
+	case SMTP_VERB_NOOP:
+	case SMTP_VERB_RSET:
+		return false;
+	default:
+		break;
+	}
+	reply(s, "554 %s Service unavailable; client [%s] blocked using %s",
+	      status_code_str(STATUS_NOT_AUTHORIZED), s->client, s->dnsbl_zone);
+	log_event(LOG_LEVEL_INFO, "rejected", LOG_SESSION(s),
+		  LOG_S("reason", "dnsbl"), LOG_S("zone", s->dnsbl_zone));
+	count_rejection(METRICS_REJECT_DNSBL);
+	return true;
+}
+
 static void dispatch(struct smtp_session *s, const char *line, size_t len)
 {
 	struct smtp_command cmd;
 	smtp_parse_command(line, len, &cmd);
+	if (dnsbl_refuses(s, cmd.verb))
+		return;
 	switch (cmd.verb) {
 	case SMTP_VERB_HELO:
 		cmd_helo(s, &cmd, false);
@@ -1459,6 +1526,63 @@ static void dispatch(struct smtp_session *s, const char *line, size_t len)
 }
 
 /* ---- input ---- */
+
+static void dnsbl_done(struct smtp_session *s)
+{
+	dnsbl_check_free(s->dnsbl);
+	s->dnsbl = NULL;
+	if (s->dnsbl_timer != NULL) {
+		event_free(s->dnsbl_timer);
+		s->dnsbl_timer = NULL;
+		session_process(s); /* the command that waited */
+	}
+}
+
+static void on_dnsbl(const char *zone, void *arg)
+{
+	struct smtp_session *s = arg;
+	if (zone != NULL) {
+		s->dnsbl_zone = strdup(zone);
+		if (s->dnsbl_zone == NULL)
+			log_event(LOG_LEVEL_ERROR, "dnsbl_error",
+				  LOG_SESSION(s),
+				  LOG_S("reason", "out of memory"),
+				  LOG_S("zone", zone));
+	}
+	dnsbl_done(s);
+}
+
+/* The blocklists did not answer in time: the client passes. */
+static void on_dnsbl_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct smtp_session *s = arg;
+	(void)fd;
+	(void)what;
+	log_event(LOG_LEVEL_WARN, "dnsbl_timeout", LOG_SESSION(s),
+		  LOG_I("seconds", DNSBL_WAIT_SECONDS));
+	dnsbl_done(s);
+}
+
+/* The first command waits for the blocklists' verdict, at most
+ * DNSBL_WAIT_SECONDS. False when it cannot wait (it then passes). */
+static bool dnsbl_wait(struct smtp_session *s)
+{
+	if (s->dnsbl_timer != NULL)
+		return true;
+	struct timeval wait = {DNSBL_WAIT_SECONDS, 0};
+	s->dnsbl_timer = evtimer_new(s->srv->base, on_dnsbl_timeout, s);
+	if (s->dnsbl_timer == NULL || evtimer_add(s->dnsbl_timer, &wait) < 0) {
+		log_event(LOG_LEVEL_ERROR, "dnsbl_error", LOG_SESSION(s),
+			  LOG_S("reason", "cannot arm the timer"));
+		if (s->dnsbl_timer != NULL)
+			event_free(s->dnsbl_timer);
+		s->dnsbl_timer = NULL;
+		dnsbl_check_free(s->dnsbl);
+		s->dnsbl = NULL;
+		return false;
+	}
+	return true;
+}
 
 /* Read one command line; false when none is complete yet. A line over
  * the limit is answered at once and skipped up to its CRLF. */
@@ -1544,6 +1668,13 @@ static void session_process(struct smtp_session *s)
 				      status_code_str(STATUS_SHUTDOWN),
 				      cfg_of(s)->hostname);
 				session_close(s);
+				more = false;
+				break;
+			}
+			if (s->dnsbl != NULL &&
+			    evbuffer_get_length(bufferevent_get_input(s->bev)) >
+				0 &&
+			    dnsbl_wait(s)) {
 				more = false;
 				break;
 			}
@@ -1710,6 +1841,10 @@ static void session_free(struct smtp_session *s)
 		event_free(s->auth_timer);
 	if (s->auth_job != NULL)
 		s->auth_job->session = NULL; /* its result is dropped */
+	dnsbl_check_free(s->dnsbl);
+	if (s->dnsbl_timer != NULL)
+		event_free(s->dnsbl_timer);
+	free(s->dnsbl_zone);
 	free(s);
 }
 
@@ -1766,6 +1901,15 @@ struct smtp_session *smtp_session_new(struct server *srv, int fd,
 	}
 	reply(s, "220 %s ESMTP facteur", cfg->hostname);
 	session_flush(s);
+	/* Exempt networks are not looked up; without a resolver nobody is
+	 * listed (dns_error was logged at start). */
+	if (cfg->dnsbl_count > 0 && srv->dns != NULL && !relay_client(s)) {
+		s->dnsbl = dnsbl_check_start(srv->dns, cfg, addr, on_dnsbl, s);
+		if (s->dnsbl == NULL) /* the client is not looked up */
+			log_event(LOG_LEVEL_ERROR, "dnsbl_error",
+				  LOG_SESSION(s),
+				  LOG_S("reason", "cannot start the look-ups"));
+	}
 	return s;
 }
 

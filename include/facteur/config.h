@@ -79,6 +79,14 @@ struct cidr {
 	unsigned prefix;
 };
 
+/* A dnsbl entry: a blocklist zone and the A records that list a client
+ * in it (IPv4, network order; none: any). */
+struct config_dnsbl {
+	char *zone;
+	uint8_t (*match)[4];
+	size_t match_count;
+};
+
 /* A dns_servers entry: "IP[:PORT]", IPv6 as "[::1]:53". */
 struct dns_server {
 	char *text;
@@ -180,6 +188,13 @@ struct config {
 	uid_t mailbox_uid;
 	gid_t mailbox_gid;
 	mode_t mailbox_mode;
+	/* dnsbl: blocklists asked about each client (dnsbl.h). */
+	struct config_dnsbl *dnsbl;
+	size_t dnsbl_count;
+	/* max_messages_per_ip = N/m|N/h: MAIL commands one client may give
+	 * within the window, across sessions; 0: no limit. */
+	unsigned max_messages;
+	unsigned max_messages_window; /* seconds */
 };
 
 /* The errors a load found, in order, each a full sentence such as

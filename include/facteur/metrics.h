@@ -25,7 +25,9 @@
 	X(METRICS_REJECT_AUTH_REQUIRED, "auth_required")                       \
 	X(METRICS_REJECT_TLS_REQUIRED, "tls_required")                         \
 	X(METRICS_REJECT_AUTH_FAIL_LIMIT, "auth_fail_limit")                   \
-	X(METRICS_REJECT_TOO_MANY_ERRORS, "too_many_errors")
+	X(METRICS_REJECT_TOO_MANY_ERRORS, "too_many_errors")                   \
+	X(METRICS_REJECT_DNSBL, "dnsbl")                                       \
+	X(METRICS_REJECT_RATE, "rate")
 
 enum metrics_rejection {
 	METRICS_REJECTIONS(STATE_LIST_ENUM) METRICS_REJECTION_COUNT

@@ -36,6 +36,8 @@ struct server {
 	struct worker *worker; /* password checks, mailbox sizing */
 	/* failed logins across sessions (auth_fail_limit) */
 	struct auth_limit *auth_limit;
+	/* MAIL commands per client across sessions (max_messages_per_ip) */
+	struct auth_limit *message_rate;
 	struct spool *spool;
 	struct scheduler *scheduler;
 	struct listener *listener;

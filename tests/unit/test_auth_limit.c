@@ -100,6 +100,78 @@ static void test_auth_limit_capacity_forgets_old_windows(void **state)
 	auth_limit_free(t);
 }
 
+static void test_auth_limit_rate_counts_within_the_window(void **state)
+{
+	(void)state;
+	struct auth_limit *t = auth_limit_new(100);
+	for (int i = 0; i < LIMIT; i++)
+		assert_true(
+		    auth_limit_rate_take(t, attacker, 1000 + i, LIMIT, WINDOW));
+	assert_false(auth_limit_rate_take(t, attacker, 1010, LIMIT, WINDOW));
+	/* A refused event is not counted; another client has its own. */
+	assert_false(auth_limit_rate_take(t, attacker, 1011, LIMIT, WINDOW));
+	assert_true(auth_limit_rate_take(t, user_home, 1011, LIMIT, WINDOW));
+	/* The window opened at 1000; at its end the count starts again. */
+	assert_false(auth_limit_rate_take(t, attacker, 1000 + WINDOW - 1, LIMIT,
+					  WINDOW));
+	assert_true(
+	    auth_limit_rate_take(t, attacker, 1000 + WINDOW, LIMIT, WINDOW));
+	auth_limit_free(t);
+}
+
+static void test_auth_limit_rate_is_apart_from_failed_logins(void **state)
+{
+	(void)state;
+	struct auth_limit *t = auth_limit_new(100);
+	for (int i = 0; i < LIMIT; i++)
+		assert_true(
+		    auth_limit_rate_take(t, attacker, 1000, LIMIT, WINDOW));
+	assert_false(
+	    auth_limit_client_refused(t, attacker, 1000, LIMIT, WINDOW, NULL));
+	for (int i = 0; i < LIMIT; i++)
+		login_failed(t, user_home, NULL, 1000);
+	assert_true(auth_limit_rate_take(t, user_home, 1000, LIMIT, WINDOW));
+	auth_limit_free(t);
+}
+
+/* A full table forgets the windows that are over, each by its own
+ * length, before the oldest one still running. */
+static void test_auth_limit_rate_eviction_keeps_live_windows(void **state)
+{
+	(void)state;
+	struct auth_limit *t = auth_limit_new(2);
+	uint8_t a[16] = {1}, b[16] = {2}, c[16] = {3};
+	assert_true(auth_limit_rate_take(t, a, 1000, 1, 10)); /* over at 1010 */
+	assert_true(auth_limit_rate_take(t, b, 995, 1, 3600)); /* running */
+	assert_true(auth_limit_rate_take(t, c, 1020, 1, 10));
+	assert_int_equal(auth_limit_size(t), 2);
+	assert_false(auth_limit_rate_take(t, b, 1020, 1, 3600));
+	/* Full again, nothing over: the oldest window (b's) goes. */
+	uint8_t d[16] = {4};
+	assert_true(auth_limit_rate_take(t, d, 1021, 1, 3600));
+	assert_int_equal(auth_limit_size(t), 2);
+	assert_true(auth_limit_rate_take(t, b, 1022, 1, 3600));
+	auth_limit_free(t);
+}
+
+/* Nothing over: the windows of the oldest second go together, so that
+ * the next clients find room without a sweep each. */
+static void test_auth_limit_full_table_drops_the_oldest_second(void **state)
+{
+	(void)state;
+	struct auth_limit *t = auth_limit_new(4);
+	for (uint8_t i = 0; i < 3; i++) {
+		uint8_t client[16] = {i};
+		assert_true(auth_limit_rate_take(t, client, 1000, 1, 3600));
+	}
+	uint8_t later[16] = {7}, next[16] = {8};
+	assert_true(auth_limit_rate_take(t, later, 1001, 1, 3600));
+	assert_true(auth_limit_rate_take(t, next, 1002, 1, 3600));
+	assert_int_equal(auth_limit_size(t), 2);
+	assert_false(auth_limit_rate_take(t, later, 1003, 1, 3600));
+	auth_limit_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -108,6 +180,11 @@ int main(void)
 	    cmocka_unit_test(
 		test_auth_limit_account_under_attack_stays_open_to_clean_clients),
 	    cmocka_unit_test(test_auth_limit_capacity_forgets_old_windows),
+	    cmocka_unit_test(test_auth_limit_rate_counts_within_the_window),
+	    cmocka_unit_test(test_auth_limit_rate_is_apart_from_failed_logins),
+	    cmocka_unit_test(test_auth_limit_rate_eviction_keeps_live_windows),
+	    cmocka_unit_test(
+		test_auth_limit_full_table_drops_the_oldest_second),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

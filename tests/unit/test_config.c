@@ -1107,6 +1107,53 @@ static void test_config_auth_fail_limit(void **state)
 	value_fails("auth_fail_limit", "10/15x");
 }
 
+static void test_config_dnsbl_and_message_rate(void **state)
+{
+	(void)state;
+	struct config *cfg =
+	    support_load_config("dnsbl = Zen.Example.ORG.\n"
+				"dnsbl = bl.test match=127.0.0.2,127.0.0.10\n"
+				"max_messages_per_ip = 30/m\n",
+				NULL);
+	assert_int_equal(cfg->dnsbl_count, 2);
+	assert_string_equal(cfg->dnsbl[0].zone, "zen.example.org");
+	assert_int_equal(cfg->dnsbl[0].match_count, 0);
+	assert_int_equal(cfg->dnsbl[1].match_count, 2);
+	assert_int_equal(cfg->dnsbl[1].match[1][3], 10);
+	assert_printed(cfg, "dnsbl",
+		       "zen.example.org\ndnsbl = bl.test "
+		       "match=127.0.0.2,127.0.0.10");
+	assert_int_equal(cfg->max_messages, 30);
+	assert_int_equal(cfg->max_messages_window, 60);
+	assert_printed(cfg, "max_messages_per_ip", "30/m");
+	config_free(cfg);
+	cfg = support_load_config(
+	    "", ENV("FACTEUR_DNSBL=a.test match=127.0.0.4; b.test",
+		    "FACTEUR_MAX_MESSAGES_PER_IP=500/h"));
+	assert_int_equal(cfg->dnsbl_count, 2);
+	assert_string_equal(cfg->dnsbl[1].zone, "b.test");
+	assert_int_equal(cfg->max_messages_window, 3600);
+	assert_printed(cfg, "max_messages_per_ip", "500/h");
+	config_free(cfg);
+	cfg = support_load_config("", NULL);
+	assert_int_equal(cfg->dnsbl_count, 0);
+	assert_int_equal(cfg->max_messages, 0);
+	config_free(cfg);
+	static const char *const bad[][2] = {
+	    {"dnsbl", "bad_zone!"},
+	    {"dnsbl", "bl.test match="},
+	    {"dnsbl", "bl.test match=127.0.0.2,"},
+	    {"dnsbl", "bl.test match=::1"},
+	    {"dnsbl", "bl.test only=127.0.0.2"},
+	    {"dnsbl", "bl.test match=127.0.0.2 extra"},
+	    {"max_messages_per_ip", "30"},
+	    {"max_messages_per_ip", "0/m"},
+	    {"max_messages_per_ip", "30/x"},
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+		value_fails(bad[i][0], bad[i][1]);
+}
+
 static void test_config_proxy_modes_and_networks(void **state)
 {
 	(void)state;
@@ -1558,6 +1605,8 @@ static const char *const spec_order[] = {
     "shape_redis",
     "mailbox_owner",
     "mailbox_mode",
+    "dnsbl",
+    "max_messages_per_ip",
 };
 
 static void test_config_print_lists_every_key_in_spec_order(void **state)
@@ -2122,6 +2171,7 @@ int main(void)
 	    cmocka_unit_test(test_config_envelope_budgets),
 	    cmocka_unit_test(test_config_ipv6_prefix_length),
 	    cmocka_unit_test(test_config_auth_fail_limit),
+	    cmocka_unit_test(test_config_dnsbl_and_message_rate),
 	    cmocka_unit_test(test_config_proxy_modes_and_networks),
 	    cmocka_unit_test(test_config_enumerated_keys),
 	    cmocka_unit_test(test_config_mx_port),

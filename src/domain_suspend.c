@@ -82,14 +82,9 @@ const char *domain_suspend_at(const struct domain_suspend *ds, size_t i)
 /* A name the file can hold on its line: no space, control or '@'. */
 static bool domain_ok(const char *domain, size_t len)
 {
-	if (len == 0 || len > DOMAIN_NAME_MAX)
-		return false;
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)domain[i];
-		if (c <= ' ' || c == 0x7f || c == '@')
-			return false;
-	}
-	return true;
+	return len > 0 && len <= DOMAIN_NAME_MAX &&
+	       !ascii_has_blank_or_control(domain, len) &&
+	       memchr(domain, '@', len) == NULL;
 }
 
 /* Add or update an entry in memory; -1 with errno. */

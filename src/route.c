@@ -167,12 +167,9 @@ static int parse_address_pattern(const char *s, size_t len, struct route *r,
 	const char *at = memchr(s, '@', len);
 	size_t domlen = at != NULL ? len - (size_t)(at + 1 - s) : 0;
 
-	if (at == NULL || at == s || memchr(at + 1, '@', domlen) != NULL)
+	if (at == NULL || at == s || memchr(at + 1, '@', domlen) != NULL ||
+	    ascii_has_blank_or_control(s, (size_t)(at - s)))
 		return fail(err, errlen, "invalid address pattern", s, len);
-	for (const char *p = s; p < at; p++)
-		if ((unsigned char)*p <= 0x20 || *p == 0x7f)
-			return fail(err, errlen, "invalid address pattern", s,
-				    len);
 	if (domlen > 1 && at[domlen] == '.')
 		domlen--;
 	if (!hostname_valid(at + 1, domlen))

@@ -393,14 +393,8 @@ static bool tls_active(const struct smtp_session *s)
 
 static bool helo_valid(const char *arg, size_t len)
 {
-	if (len == 0 || len > HELO_MAX)
-		return false;
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)arg[i];
-		if (c <= ' ' || c == 0x7f)
-			return false;
-	}
-	return true;
+	return len > 0 && len <= HELO_MAX &&
+	       !ascii_has_blank_or_control(arg, len);
 }
 
 static void cmd_helo(struct smtp_session *s, const struct smtp_command *cmd,

@@ -470,7 +470,8 @@ class ScriptedSMTP:
             self.errors.append(e)
         finally:
             s.closed = True
-            s.closed_at = time.monotonic()
+            if s.closed_at is None:
+                s.closed_at = time.monotonic()
             try:
                 io.sock.close()
             except OSError:
@@ -580,6 +581,9 @@ class ScriptedSMTP:
             elif verb == "NOOP":
                 self._send(io, s, self._reply_for("noop", s, None, "250 2.0.0 Ok"))
             elif verb == "QUIT":
+                # over from here: the client may connect again as soon as
+                # it reads the 221, before this thread gets to its finally
+                s.closed_at = time.monotonic()
                 self._send(io, s, self._reply_for("quit", s, None, "221 2.0.0 Bye"))
                 raise _Closed("QUIT")
             else:

@@ -412,14 +412,18 @@ static void body_out(struct dkim_message *m, const char *s, size_t n)
 	if (m->out_len + n > sizeof m->out) {
 		EVP_DigestUpdate(m->body_md, m->out, m->out_len);
 		m->out_len = 0;
+		if (n >= sizeof m->out) {
+			EVP_DigestUpdate(m->body_md, s, n);
+			return;
+		}
 	}
 	memcpy(m->out + m->out_len, s, n);
 	m->out_len += n;
 }
 
-/* A body octet that is text: the line ends and the space held before
- * it count now. */
-static void body_text(struct dkim_message *m, char c)
+/* Body text follows: the line ends and the space held before it count
+ * now. */
+static void body_text_run(struct dkim_message *m, const char *s, size_t n)
 {
 	for (; m->held_crlf > 0; m->held_crlf--)
 		body_out(m, "\r\n", 2);
@@ -427,7 +431,21 @@ static void body_text(struct dkim_message *m, char c)
 		body_out(m, " ", 1);
 	m->pending_wsp = false;
 	m->body_seen = true;
-	body_out(m, &c, 1);
+	body_out(m, s, n);
+}
+
+static void body_text(struct dkim_message *m, char c)
+{
+	body_text_run(m, &c, 1);
+}
+
+/* How many octets from s on canonicalise to themselves. */
+static size_t body_plain_run(const char *s, size_t n)
+{
+	size_t k = 0;
+	while (k < n && s[k] != '\r' && s[k] != '\n' && !ascii_is_wsp(s[k]))
+		k++;
+	return k;
 }
 
 /* Relaxed body canonicalisation (RFC 6376 §3.4.4), one octet at a time:
@@ -474,8 +492,17 @@ void dkim_message_feed(struct dkim_message *m, const char *buf, size_t len)
 	}
 	if (m->phase != PHASE_BODY)
 		return;
-	for (; i < len; i++)
-		body_octet(m, buf[i]);
+	/* most of a body is runs of plain text, passed on whole */
+	while (i < len) {
+		size_t run =
+		    m->pending_cr ? 0 : body_plain_run(buf + i, len - i);
+		if (run > 0) {
+			body_text_run(m, buf + i, run);
+			i += run;
+		} else {
+			body_octet(m, buf[i++]);
+		}
+	}
 }
 
 void dkim_message_finish(struct dkim_message *m)

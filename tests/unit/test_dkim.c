@@ -113,6 +113,21 @@ static void test_dkim_body_spaces_fold_and_trailing_lines_go(void **state)
 			 "yGIXoM91E1DiKjvCBcC8NlWyw54TdfMQ08sdtwtOO4I=");
 }
 
+/* A line longer than the hashing buffer goes to the digest whole. */
+static void test_dkim_body_long_runs_are_hashed_whole(void **state)
+{
+	(void)state;
+	size_t head = strlen(HEAD), len = head + 20000 + 5;
+	char *text = malloc(len + 1);
+
+	assert_non_null(text);
+	memcpy(text, HEAD, head);
+	memset(text + head, 'x', 20000);
+	memcpy(text + head + 20000, "  y\r\n", 6);
+	assert_body_hash(text, "zz/2CgQEnoX0DzqNRmLl6Sdfj+18kUluEJiNkQyAoRM=");
+	free(text);
+}
+
 static void test_dkim_body_keeps_inner_empty_lines(void **state)
 {
 	(void)state;
@@ -382,6 +397,7 @@ int main(void)
 	    cmocka_unit_test(test_dkim_ed25519_signs_the_rfc8463_example),
 	    cmocka_unit_test(test_dkim_empty_body_hashes_as_nothing),
 	    cmocka_unit_test(test_dkim_body_spaces_fold_and_trailing_lines_go),
+	    cmocka_unit_test(test_dkim_body_long_runs_are_hashed_whole),
 	    cmocka_unit_test(test_dkim_body_keeps_inner_empty_lines),
 	    cmocka_unit_test(test_dkim_body_without_final_line_end_gets_one),
 	    cmocka_unit_test(test_dkim_body_8bit_is_hashed_as_is),

@@ -14,11 +14,10 @@
  * process only: the sessions' list is the table, keyed by the Maildir
  * path.
  *
- * The mailbox is read by the rule local delivery writes by: its folder
- * is opened below the mail root without following a link (mailfolder.h),
- * new/ and cur/ with O_NOFOLLOW relative to it, and every message is
- * then opened, moved and removed relative to those descriptors, never
- * by a path the kernel walks again. A link at the folder, new/ or cur/
+ * The mailbox is read by the rule local delivery writes by
+ * (pop3_maildrop.h): every message is opened, moved and removed relative
+ * to the descriptors of its folders, never by a path the kernel walks
+ * again. A link at the folder, new/ or cur/
  * fails the login; a link or other non-regular file where a message
  * belongs is left alone. So the owner of one mailbox never reaches
  * another's mail by planting a link.
@@ -55,6 +54,7 @@
 #include "facteur/password_check.h"
 #include "facteur/policy.h"
 #include "facteur/pop3.h"
+#include "facteur/pop3_maildrop.h"
 #include "facteur/pop3_proto.h"
 #include "facteur/server.h"
 #include "facteur/state_list.h"
@@ -65,9 +65,8 @@
 #define SEND_CHUNK 16384
 #define SEND_LOW_WATER (32 * 1024)   /* on_write asks for more below this */
 #define SEND_HIGH_WATER (128 * 1024) /* a RETR stops filling above this */
-#define SCAN_CHUNK 65536
-#define LOGIN_FAILURES_MAX 3 /* then the connection is closed */
-#define LOGIN_DELAY_MAX 5    /* seconds */
+#define LOGIN_FAILURES_MAX 3	     /* then the connection is closed */
+#define LOGIN_DELAY_MAX 5	     /* seconds */
 #define MAX_PROTOCOL_ERRORS 20
 #define ACCOUNT_MAX PASSWORD_CHECK_USER_MAX
 #define PASSWORD_MAX PASSWORD_CHECK_PASSWORD_MAX
@@ -96,14 +95,6 @@
 enum pop3_state { POP3_STATES(STATE_LIST_ENUM) };
 
 static const char *const state_names[] = {POP3_STATES(STATE_LIST_NAME)};
-
-struct pop3_message {
-	char *name; /* in cur/ */
-	char uid[POP3_UID_MAX + 1];
-	uint64_t size;
-	struct timespec mtime;
-	bool deleted;
-};
 
 struct pop3_session {
 	struct pop3_session *prev, *next;
@@ -142,15 +133,8 @@ struct pop3_session {
 struct pop3_job {
 	struct pop3_session *session; /* NULL once the session is gone */
 	struct password_check check;
-	char *mailbox;
-	size_t root_len; /* mailbox[0..root_len) may hold links */
-	int cur_fd;	 /* cur/ once scanned, handed to the session */
-	struct pop3_message *messages;
-	size_t count, cap;
-	int error;	      /* of the scan: 0 or an errno */
-	char *failed_path;    /* the part of the mailbox that failed */
-	char *skipped;	      /* the first entry left alone, "new/NAME" */
-	size_t skipped_count; /* entries that are not regular files */
+	struct pop3_maildrop md; /* its cur/ and list handed to the session */
+	int error;		 /* of the scan: 0 or an errno */
 };
 
 struct pop3_server {
@@ -221,9 +205,7 @@ static bool mailbox_in_use(const struct pop3_server *p, const char *path)
 
 static void mailbox_release(struct pop3_session *s)
 {
-	for (size_t i = 0; i < s->message_count; i++)
-		free(s->messages[i].name);
-	free(s->messages);
+	pop3_messages_free(s->messages, s->message_count);
 	s->messages = NULL;
 	s->message_count = 0;
 	free(s->mailbox);
@@ -234,313 +216,10 @@ static void mailbox_release(struct pop3_session *s)
 	}
 }
 
-static int compare_messages(const void *a, const void *b)
-{
-	const struct pop3_message *x = a, *y = b;
-	if (x->mtime.tv_sec != y->mtime.tv_sec)
-		return x->mtime.tv_sec < y->mtime.tv_sec ? -1 : 1;
-	if (x->mtime.tv_nsec != y->mtime.tv_nsec)
-		return x->mtime.tv_nsec < y->mtime.tv_nsec ? -1 : 1;
-	return strcmp(x->name, y->name);
-}
-
-/* A message opened for reading relative to its folder: never through a
- * link (ELOOP), and only a regular file (EINVAL otherwise); O_NONBLOCK
- * so that a FIFO put in its place cannot stall the open. */
-static int open_message(int dirfd, const char *name)
-{
-	int fd =
-	    openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-	if (fd == -1)
-		return -1;
-	struct stat st;
-	int err = 0;
-	if (fstat(fd, &st) == -1)
-		err = errno;
-	else if (!S_ISREG(st.st_mode))
-		err = EINVAL;
-	if (err != 0) {
-		(void)close(fd); /* read-only: nothing to lose */
-		errno = err;
-		return -1;
-	}
-	return fd;
-}
-
-/* The reason a log line gives for open_message's errno. */
-static const char *message_error(int err)
-{
-	if (err == ELOOP)
-		return "symbolic link not followed";
-	if (err == EINVAL)
-		return "not a regular file";
-	return strerror(err);
-}
-
-/* The size STAT and LIST give: the file read once, counting bare LFs. */
-static int measure_file(int dirfd, const char *name, char *buf, uint64_t *size)
-{
-	int fd = open_message(dirfd, name);
-	if (fd == -1)
-		return -1;
-	struct pop3_measure m = {0};
-	for (;;) {
-		ssize_t r = read(fd, buf, SCAN_CHUNK);
-		if (r == -1) {
-			if (errno == EINTR)
-				continue;
-			int err = errno;
-			(void)close(fd); /* read-only: nothing to lose */
-			errno = err;
-			return -1;
-		}
-		if (r == 0)
-			break;
-		pop3_measure_feed(&m, buf, (size_t)r);
-	}
-	(void)close(fd); /* read-only: nothing to lose */
-	*size = pop3_measure_finish(&m);
-	return 0;
-}
-
-/* A link, FIFO, device or folder where a message belongs: not listed,
- * moved or deleted. Counted here and logged from the loop, since the
- * scan runs on a worker. */
-static int skip_entry(struct pop3_job *job, const char *folder,
-		      const char *name)
-{
-	if (job->skipped_count++ == 0 &&
-	    asprintf(&job->skipped, "%s/%s", folder, name) == -1) {
-		job->skipped = NULL;
-		errno = ENOMEM;
-		return -1;
-	}
-	return 0;
-}
-
-/* A listing of the folder `dirfd`, which stays open for the *at calls:
- * the stream gets a descriptor of its own. */
-static DIR *open_listing(int dirfd)
-{
-	int fd = fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
-	if (fd == -1)
-		return NULL;
-	DIR *dir = fdopendir(fd);
-	if (dir == NULL) {
-		int err = errno;
-		(void)close(fd); /* a directory: nothing to lose */
-		errno = err;
-	}
-	return dir;
-}
-
-/* What a folder walk does with one regular file of it; 0, or -1 with
- * errno to stop the walk. */
-typedef int (*folder_entry_fn)(struct pop3_job *job, int dirfd,
-			       const char *name, const struct stat *st,
-			       void *arg);
-
-/* Call `each` on every regular file of the folder `dirfd` (`folder` in
- * what a skipped entry reports), seen without following a link; names
- * starting with '.' are not messages, an entry gone meanwhile (another
- * reader moved it) is passed over, anything else is skipped and
- * counted. 0, or -1 with errno. */
-static int walk_folder(struct pop3_job *job, int dirfd, const char *folder,
-		       folder_entry_fn each, void *arg)
-{
-	DIR *dir = open_listing(dirfd);
-	if (dir == NULL)
-		return -1;
-	int rc = -1;
-	for (;;) {
-		errno = 0;
-		struct dirent *e = readdir(dir);
-		if (e == NULL) {
-			if (errno != 0)
-				goto out;
-			break;
-		}
-		if (e->d_name[0] == '.')
-			continue;
-		struct stat st;
-		if (fstatat(dirfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) == -1) {
-			if (errno == ENOENT)
-				continue;
-			goto out;
-		}
-		if (!S_ISREG(st.st_mode)) {
-			if (skip_entry(job, folder, e->d_name) == -1)
-				goto out;
-			continue;
-		}
-		if (each(job, dirfd, e->d_name, &st, arg) == -1)
-			goto out;
-	}
-	rc = 0;
-out:;
-	int err = errno;
-	(void)closedir(dir); /* a directory: nothing to lose */
-	errno = err;
-	return rc;
-}
-
-/* A file of new/ goes to cur/ with the Maildir info ":2,"; its name
- * before the ':' (the UID) does not change. */
-static int move_to_cur(struct pop3_job *job, int newfd, const char *name,
-		       const struct stat *st, void *arg)
-{
-	(void)st;
-	(void)arg;
-	char *target = NULL;
-	int n = strchr(name, ':') != NULL ? asprintf(&target, "%s", name)
-					  : asprintf(&target, "%s:2,", name);
-	if (n == -1) {
-		errno = ENOMEM;
-		return -1;
-	}
-	/* A link swapped in since the fstatat moves as a link, and cur/'s
-	 * listing and every open refuse it. */
-	int moved = renameat(newfd, name, job->cur_fd, target);
-	int err = errno;
-	free(target);
-	/* ENOENT: another reader moved it first; it is in cur/. */
-	if (moved == -1 && err != ENOENT) {
-		errno = err;
-		return -1;
-	}
-	return 0;
-}
-
-static int add_message(struct pop3_job *job, const char *name,
-		       const struct stat *st, uint64_t size)
-{
-	if (job->count == job->cap) {
-		size_t ncap = job->cap ? 2 * job->cap : 16;
-		struct pop3_message *m =
-		    realloc(job->messages, ncap * sizeof *m);
-		if (m == NULL)
-			return -1;
-		job->messages = m;
-		job->cap = ncap;
-	}
-	struct pop3_message *m = &job->messages[job->count];
-	memset(m, 0, sizeof *m);
-	m->name = strdup(name);
-	if (m->name == NULL)
-		return -1;
-	pop3_uid_from_name(name, strlen(name), m->uid);
-	m->size = size;
-	m->mtime = st->st_mtim;
-	job->count++;
-	return 0;
-}
-
-/* One file of cur/ into job->messages. A file whose name gives its
- * size (",W=") is not read; any other is read once (into `arg`, a
- * SCAN_CHUNK buffer) to size it. */
-static int list_one(struct pop3_job *job, int curfd, const char *name,
-		    const struct stat *st, void *arg)
-{
-	uint64_t size;
-	if (!pop3_size_from_name(name, strlen(name), &size) &&
-	    measure_file(curfd, name, arg, &size) == -1) {
-		if (errno == ENOENT)
-			return 0;
-		/* replaced by a link or a FIFO since the fstatat */
-		if (errno != ELOOP && errno != EINVAL)
-			return -1;
-		return skip_entry(job, "cur", name);
-	}
-	if (add_message(job, name, st, size) == -1) {
-		errno = ENOMEM;
-		return -1;
-	}
-	return 0;
-}
-
-/* List cur/ into job->messages, oldest first. */
-static int list_cur(struct pop3_job *job)
-{
-	char *buf = malloc(SCAN_CHUNK);
-	if (buf == NULL) {
-		errno = ENOMEM;
-		return -1;
-	}
-	int rc = walk_folder(job, job->cur_fd, "cur", list_one, buf);
-	int err = errno;
-	free(buf);
-	errno = err;
-	if (rc == 0 && job->count > 1)
-		qsort(job->messages, job->count, sizeof *job->messages,
-		      compare_messages);
-	return rc;
-}
-
-/* Open the mailbox as local delivery does (mailfolder_open), then
- * new/ and cur/ without following a link; move new/ into cur/ and list
- * cur/. A mailbox never delivered to is an empty maildrop. On failure
- * job->failed_path names the part that failed, when one did. */
-static int scan_mailbox(struct pop3_job *job)
-{
-	size_t failed_len;
-	int folder =
-	    mailfolder_open(job->mailbox, job->root_len, false, &failed_len);
-	if (folder == -1) {
-		int err = errno;
-		if (err == ENOENT)
-			return 0;
-		job->failed_path = strndup(job->mailbox, failed_len);
-		errno = err;
-		return -1;
-	}
-	int rc = -1;
-	const char *step = "new";
-	int newfd = mailfolder_open_directory_at(folder, "new", O_RDONLY);
-	if (newfd == -1 && errno != ENOENT)
-		goto out;
-	step = "cur";
-	job->cur_fd = mailfolder_open_directory_at(folder, "cur", O_RDONLY);
-	if (job->cur_fd == -1 && errno == ENOENT && newfd != -1) {
-		/* mail in new/ and no cur/ yet: make it, as readers do */
-		if (mkdirat(folder, "cur", mailowner_dir_mode()) == -1 &&
-		    errno != EEXIST)
-			goto out;
-		job->cur_fd =
-		    mailfolder_open_directory_at(folder, "cur", O_RDONLY);
-	}
-	if (job->cur_fd == -1 && errno != ENOENT)
-		goto out;
-	step = "new";
-	if (newfd != -1 && job->cur_fd != -1 &&
-	    walk_folder(job, newfd, "new", move_to_cur, NULL) == -1)
-		goto out;
-	step = "cur";
-	if (job->cur_fd != -1 && list_cur(job) == -1)
-		goto out;
-	rc = 0;
-out:;
-	int err = errno;
-	if (rc == -1 &&
-	    asprintf(&job->failed_path, "%s/%s", job->mailbox, step) == -1)
-		job->failed_path = NULL;
-	if (newfd != -1)
-		(void)close(newfd); /* a directory: nothing to lose */
-	(void)close(folder);	    /* an O_PATH descriptor */
-	errno = err;
-	return rc;
-}
-
 static void job_free(struct pop3_job *job)
 {
 	password_check_clear(&job->check);
-	free(job->mailbox);
-	if (job->cur_fd != -1)
-		(void)close(job->cur_fd); /* a directory: nothing to lose */
-	free(job->failed_path);
-	free(job->skipped);
-	for (size_t i = 0; i < job->count; i++)
-		free(job->messages[i].name);
-	free(job->messages);
+	pop3_maildrop_clear(&job->md);
 	free(job);
 }
 
@@ -551,7 +230,7 @@ static void scan_run(void *arg)
 	job->error = 0;
 	/* as the mailbox owner: it moves new mail into cur/ */
 	mailowner_enter();
-	if (scan_mailbox(job) == -1)
+	if (pop3_maildrop_scan(&job->md) == -1)
 		job->error = errno ? errno : EIO;
 	mailowner_leave();
 }
@@ -620,7 +299,7 @@ static void scan_done(void *arg)
 		log_event(LOG_LEVEL_ERROR, "pop3_mailbox_error", LOG_SESSION(s),
 			  LOG_S("user", job->check.user),
 			  LOG_S("mailbox", s->mailbox),
-			  LOG_S("path", job->failed_path),
+			  LOG_S("path", job->md.failed_path),
 			  LOG_S("reason", job->error == ELOOP
 					      ? "symbolic link not followed"
 					      : strerror(job->error)));
@@ -639,19 +318,19 @@ static void scan_done(void *arg)
 		resume_commands(s);
 		return;
 	}
-	if (job->skipped_count > 0)
+	if (job->md.skipped_count > 0)
 		log_event(LOG_LEVEL_WARN, "pop3_mailbox_skipped",
 			  LOG_SESSION(s), LOG_S("user", job->check.user),
 			  LOG_S("mailbox", s->mailbox),
-			  LOG_S("entry", job->skipped),
-			  LOG_I("count", job->skipped_count),
+			  LOG_S("entry", job->md.skipped),
+			  LOG_I("count", job->md.skipped_count),
 			  LOG_S("reason", "not a regular file"));
-	s->messages = job->messages;
-	s->message_count = job->count;
-	job->messages = NULL;
-	job->count = 0;
-	s->cur_fd = job->cur_fd;
-	job->cur_fd = -1;
+	s->messages = job->md.messages;
+	s->message_count = job->md.count;
+	job->md.messages = NULL;
+	job->md.count = 0;
+	s->cur_fd = job->md.cur_fd;
+	job->md.cur_fd = -1;
 	free(s->account);
 	s->account = who;
 	job_free(job);
@@ -701,9 +380,9 @@ static bool mailbox_open(struct pop3_session *s, struct pop3_job *job)
 		job_free(job);
 		return false;
 	}
-	job->mailbox = strdup(path);
-	job->root_len = root_len;
-	if (job->mailbox == NULL ||
+	job->md.mailbox = strdup(path);
+	job->md.root_len = root_len;
+	if (job->md.mailbox == NULL ||
 	    worker_run(srv_of(s)->worker, scan_run, scan_done, job) == -1) {
 		free(path);
 		job_free(job);
@@ -831,7 +510,7 @@ static void login(struct pop3_session *s, const char *user,
 	struct pop3_job *job = calloc(1, sizeof *job);
 	if (job != NULL) {
 		job->session = s;
-		job->cur_fd = -1;
+		pop3_maildrop_init(&job->md);
 	}
 	if (job == NULL ||
 	    password_check_init(&job->check, srv->users, user, password) ==
@@ -1172,7 +851,7 @@ static void cmd_retr(struct pop3_session *s, const struct pop3_command *cmd,
 	if (m == NULL)
 		return;
 	mailowner_enter();
-	int fd = open_message(s->cur_fd, m->name);
+	int fd = pop3_maildrop_open_message(s->cur_fd, m->name);
 	int err = errno;
 	mailowner_leave();
 	if (fd == -1) {
@@ -1185,7 +864,7 @@ static void cmd_retr(struct pop3_session *s, const struct pop3_command *cmd,
 		log_event(LOG_LEVEL_WARN, "pop3_read_error", LOG_SESSION(s),
 			  LOG_S("mailbox", s->mailbox),
 			  LOG_S("message", m->name),
-			  LOG_S("reason", message_error(err)));
+			  LOG_S("reason", pop3_maildrop_error(err)));
 		return;
 	}
 	if (top)

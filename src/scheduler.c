@@ -3,9 +3,10 @@
  *
  * Every queued message has its envelope, a phase per recipient
  * (queued.h: idle as recorded, delivering, settling, or its DSN owed)
- * and one timer for its next deferred recipient. An attempt ends in an
- * outcome per recipient; the outcomes of one run of the message (the
- * attempts one queued_run started) that call for a DSN are settled
+ * and its place in the due heap (due_heap.h) for its next deferred
+ * recipient: one timer serves the whole queue, armed for the earliest. An
+ * attempt ends in an outcome per recipient; the outcomes of one run of the
+ * message (the attempts one queued_run started) that call for a DSN are settled
  * together by notice.c, which queues the DSN before the outcomes are
  * recorded. Only when every recipient is done and recorded are the
  * message's files removed.
@@ -16,7 +17,7 @@
  * The operator's hand: a held message (SPOOL_FLAG_HELD, recorded like
  * any flag) is not run at all, so neither tried nor expired; a recipient
  * whose domain is suspended (domain_suspend.h) is skipped the same way,
- * its message's timer set to the suspension's end when it has one.
+ * its message due again at the suspension's end when it has one.
  * Control listings walk the list with cursors, which queued_free moves
  * past the message it frees.
  */
@@ -35,6 +36,7 @@
 #include "facteur/control_proto.h"
 #include "facteur/deliver.h"
 #include "facteur/domain_suspend.h"
+#include "facteur/due_heap.h"
 #include "facteur/log.h"
 #include "facteur/metrics.h"
 #include "facteur/notice.h"
@@ -60,6 +62,8 @@ struct scheduler {
 	unsigned records;    /* spool records and DSN commits in flight */
 	struct relay *relay;
 	struct event *compact_timer;
+	struct due_heap due;	 /* messages with a deferred recipient */
+	struct event *due_timer; /* armed for the heap's first */
 	bool stopping;
 };
 
@@ -162,7 +166,7 @@ static void queued_free(struct queued *q)
 		sched->oldest = q->prev;
 	sched->count--;
 	metrics.queue_messages = sched->count;
-	event_free(q->timer);
+	due_heap_remove(&sched->due, &q->due);
 	notice_free_owed(q);
 	for (size_t i = 0; i < q->env->rcpt_count; i++)
 		free(q->last_relay[i]);
@@ -680,11 +684,42 @@ static void expire(struct queued *q, size_t index, struct run *run)
 	run_settle(run, &index, 1);
 }
 
-static void on_timer(evutil_socket_t fd, short what, void *arg)
+static void due_timer_arm(struct scheduler *sched, time_t now)
 {
+	const struct due_entry *first = due_heap_first(&sched->due);
+	if (first == NULL)
+		return;
+	struct timeval tv = {first->due > now ? first->due - now : 0, 0};
+	if (evtimer_add(sched->due_timer, &tv) == -1)
+		fatal("scheduler: cannot add a timer");
+}
+
+/* q runs again at `when`; the timer moves if q is now the first due. */
+static void queued_due_at(struct queued *q, time_t when, time_t now)
+{
+	struct scheduler *sched = q->sched;
+	if (due_heap_set(&sched->due, &q->due, when) == -1)
+		fatal("scheduler: out of memory for message %s", q->env->id);
+	if (due_heap_first(&sched->due) == &q->due)
+		due_timer_arm(sched, now);
+}
+
+#define QUEUED_OF_DUE(e)                                                       \
+	((struct queued *)((char *)(e)-offsetof(struct queued, due)))
+
+/* Every message due by now runs; those it sets due again wait for the
+ * next turn, counted out so that one due at once cannot spin here. */
+static void on_due_timer(evutil_socket_t fd, short what, void *arg)
+{
+	struct scheduler *sched = arg;
+	time_t now = time(NULL);
+	struct due_entry *e;
 	(void)fd;
 	(void)what;
-	queued_run(arg);
+	for (size_t n = sched->due.count;
+	     n > 0 && (e = due_heap_take_due(&sched->due, now)) != NULL; n--)
+		queued_run(QUEUED_OF_DUE(e));
+	due_timer_arm(sched, now);
 }
 
 /* A delay notice, once per message, to the recipients that asked for
@@ -771,10 +806,8 @@ static void queued_run(struct queued *q)
 	free(remote);
 	run_release(run);
 	maybe_notify_delay(q, now);
-	if (next != 0) {
-		struct timeval tv = {next > now ? next - now : 0, 0};
-		evtimer_add(q->timer, &tv);
-	}
+	if (next != 0)
+		queued_due_at(q, next, now);
 }
 
 /* facteur_queue_oldest_seconds, asked at each scrape: one pass over the
@@ -860,10 +893,13 @@ struct scheduler *scheduler_new(struct server *srv)
 		return NULL;
 	sched->compact_timer =
 	    event_new(srv->base, -1, EV_PERSIST, on_compact, sched);
-	if (sched->compact_timer == NULL ||
+	sched->due_timer = evtimer_new(srv->base, on_due_timer, sched);
+	if (sched->compact_timer == NULL || sched->due_timer == NULL ||
 	    event_add(sched->compact_timer, &every) == -1) {
 		if (sched->compact_timer != NULL)
 			event_free(sched->compact_timer);
+		if (sched->due_timer != NULL)
+			event_free(sched->due_timer);
 		free(sched);
 		return NULL;
 	}
@@ -874,6 +910,7 @@ struct scheduler *scheduler_new(struct server *srv)
 	if (sched->relay == NULL) {
 		domain_suspend_free(sched->suspended);
 		event_free(sched->compact_timer);
+		event_free(sched->due_timer);
 		free(sched);
 		return NULL;
 	}
@@ -890,9 +927,11 @@ void scheduler_free(struct scheduler *sched)
 	metrics_set_queue_age_source(NULL, NULL);
 	metrics_set_queue_state_source(NULL, NULL);
 	event_free(sched->compact_timer);
+	event_free(sched->due_timer);
 	relay_free(sched->relay);
 	while (sched->messages != NULL)
 		queued_free(sched->messages);
+	due_heap_free(&sched->due);
 	domain_suspend_free(sched->suspended);
 	free(sched);
 }
@@ -949,16 +988,13 @@ static void queued_add(struct scheduler *sched, struct spool_envelope *env,
 	    calloc(env->rcpt_count ? env->rcpt_count : 1, sizeof *phase);
 	char **last_relay =
 	    calloc(env->rcpt_count ? env->rcpt_count : 1, sizeof *last_relay);
-	struct event *timer =
-	    q ? evtimer_new(sched->srv->base, on_timer, q) : NULL;
-	if (q == NULL || phase == NULL || last_relay == NULL || timer == NULL)
+	if (q == NULL || phase == NULL || last_relay == NULL)
 		fatal("scheduler: out of memory for message %s", env->id);
 	q->last_relay = last_relay;
 	q->sched = sched;
 	q->srv = sched->srv;
 	q->env = env;
 	q->phase = phase; /* calloc: RCPT_PHASE_IDLE */
-	q->timer = timer;
 	q->recovered = origin == SCHEDULER_RECOVERED;
 	q->next = sched->messages;
 	if (sched->messages != NULL)
@@ -1195,8 +1231,8 @@ scheduler_suspensions(const struct scheduler *sched)
 	return sched->suspended;
 }
 
-bool scheduler_domain_paused(const struct scheduler *sched,
-			     const char *domain, time_t *until)
+bool scheduler_domain_paused(const struct scheduler *sched, const char *domain,
+			     time_t *until)
 {
 	return relay_domain_paused(sched->relay, domain, until);
 }

@@ -10,6 +10,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "facteur/due_heap.h"
+
 struct event;
 struct notice;
 struct scheduler;
@@ -38,7 +40,7 @@ struct queued {
 	unsigned in_flight;	/* attempts, DSNs and records of this message */
 	bool recovered;		/* found at start-up: deliveries check first */
 	bool deleted;		/* facteurctl delete: removed once idle */
-	struct event *timer;	/* the next deferred recipient is due */
+	struct due_entry due;	/* when the next deferred recipient is */
 	struct notice *owed;	/* DSNs not queued yet: tried again */
 };
 

@@ -406,3 +406,166 @@ def test_bad_local_transport_exits_78(tmp_path, value, message):
     r = h.run_facteurd(["-n"], env={"FACTEUR_LOCAL_TRANSPORT": value,
                                     "FACTEUR_SPOOL_DIR": str(tmp_path / "spool")})
     assert r.returncode == h.EX_CONFIG and b"FACTEUR_LOCAL_TRANSPORT" in r.stderr
+
+
+# ---------------------------------------------------------------------------
+# A real Dovecot, configured as docs/operations.md shows (dovecot_harness).
+
+import dovecot_harness as dh  # noqa: E402
+
+POSTMASTER = "postmaster@example.com"
+SMALL = "small@example.com"  # a 1 KiB quota of its own
+
+needs_dovecot = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates an account)"),
+    pytest.mark.skipif(not dh.available(), reason="dovecot-imapd/lmtpd not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def account():
+    yield from dh.ensure_account()
+
+
+@pytest.fixture
+def base():
+    d = dh.traversable_dir("facteur-lmtp-")
+    yield d
+    import shutil
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def dovecots():
+    made = []
+    yield made
+    for dc in made:
+        dc.stop()
+
+
+def dovecot(base, account, dovecots, start=True):
+    mail_root = base / "mail"
+    mail_root.mkdir()
+    os.chown(mail_root, account[0], account[1])
+    mail_root.chmod(0o770)
+    dc = dh.Dovecot(base, "dovecot-lmtp", mail_root,
+                    ["user@example.com", POSTMASTER,
+                     (SMALL, "userdb_quota_rule=*:storage=1K")], start=start)
+    dovecots.append(dc)
+    return dc
+
+
+def facteur_for(make_daemon, dc, transport=None):
+    """facteurd with the documentation's facteur.conf block, Dovecot's
+    socket in place of /run/dovecot/lmtp."""
+    settings = dh.facteur_settings(
+        "facteur-lmtp", replace=[("/run/dovecot/lmtp", str(dc.lmtp_socket))])
+    if transport is not None:
+        settings["local_transport"] = transport
+    settings.update(retry_min="1s", retry_max="2s")
+    return make_daemon(config=settings)
+
+
+def imap_messages(dc, user):
+    m = dc.login(user)
+    assert m.select("INBOX")[0] == "OK", dc.log()
+    out = []
+    for num in dh.imap_search(m):
+        typ, data = m.fetch(num, "(RFC822)")
+        assert typ == "OK", data
+        out.append(data[0][1])
+    m.logout()
+    return out
+
+
+def wait_imap(dc, user, count):
+    return h.wait_for(lambda: (lambda m: m if len(m) >= count else None)(
+        imap_messages(dc, user)), what="%d message(s) over IMAP for %s\n%s"
+        % (count, user, dc.log()))
+
+
+def first_headers(raw):
+    """The names of the header fields, in order."""
+    return [line.split(b":", 1)[0] for line in raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+            if line and not line[:1].isspace()]
+
+
+@pytest.mark.parametrize("over", ["unix", "inet"])
+def test_dovecot_lmtp_then_imap(make_daemon, base, account, dovecots, over):
+    """facteur → Dovecot LMTP (its UNIX socket, or its TCP listener), then
+    the message read over IMAP with Dovecot's and facteur's headers."""
+    dc = dovecot(base, account, dovecots)
+    transport = ("lmtp:unix:%s" % dc.lmtp_socket if over == "unix"
+                 else "lmtp:[127.0.0.1]:%d" % dc.lmtp_port)
+    d = facteur_for(make_daemon, dc, None if over == "unix" else transport)
+    assert d.settings["local_transport"] == transport
+    for i in range(2):
+        d.send(sender=POSTMASTER, recipients=("user@example.com",),
+               subject="over %s %d" % (over, i))
+    msgs = wait_imap(dc, "user@example.com", 2)
+    evs = d.events("delivered", rcpt="user@example.com")
+    assert [ev["relay"] for ev in evs] == [transport] * 2, evs
+    raw = msgs[0]
+    assert first_headers(raw)[:3] == [b"Return-Path", b"Delivered-To", b"Received"], raw[:400]
+    msg = email.message_from_bytes(raw)
+    assert msg["Return-Path"] == "<%s>" % POSTMASTER
+    assert msg["Delivered-To"] == "user@example.com"
+    received = [r for r in msg.get_all("Received") if "(facteur)" in r]
+    assert received and h.HOSTNAME in received[0], msg.get_all("Received")
+    assert msg["Subject"] == "over %s 0" % over
+    assert b"hello" in raw
+    # Dovecot wrote the mailbox as its mail_uid; facteur wrote nothing.
+    folder = base / "mail" / "example.com" / "user"
+    assert folder.stat().st_uid == account[0]
+    assert not d.mail_root.exists()
+    values = stats(d)
+    assert lmtp_counter(values, "delivered") == 2
+
+
+def test_dovecot_refusals_bounce_with_its_reply(make_daemon, base, account, dovecots):
+    """A recipient Dovecot's userdb lacks (550 5.1.1) and one over its
+    quota (552 5.2.2) are bounced; the sender's DSN, itself delivered by
+    LMTP and read over IMAP, quotes Dovecot's reply."""
+    dc = dovecot(base, account, dovecots)
+    d = facteur_for(make_daemon, dc)
+    d.send(sender=POSTMASTER, recipients=("user@example.com", "nobody@example.com"),
+           subject="to two")
+    (ev,) = d.wait_event("bounced", rcpt="nobody@example.com")
+    assert ev["dsn"] == "5.1.1" and "doesn't exist" in ev["reason"], ev
+    d.wait_event("delivered", rcpt="user@example.com")
+    d.send(sender=POSTMASTER, recipients=(SMALL,), subject="too big",
+           body="x" * 70 + "\r\n" * 1 + ("y" * 70 + "\r\n") * 40)
+    (ev,) = d.wait_event("bounced", rcpt=SMALL)
+    assert ev["dsn"] == "5.2.2" and "Quota exceeded" in ev["reason"], ev
+    dsns = [email.message_from_bytes(m) for m in wait_imap(dc, POSTMASTER, 2)]
+    diagnostics = {}
+    for dsn in dsns:
+        for f in h.dsn_fields(dsn)[1:]:
+            diagnostics[f["Final-Recipient"]] = (f["Action"], f["Status"],
+                                                 " ".join(f["Diagnostic-Code"].split()))
+    assert diagnostics["rfc822; nobody@example.com"][:2] == ("failed", "5.1.1")
+    assert "User doesn't exist" in diagnostics["rfc822; nobody@example.com"][2]
+    assert diagnostics["rfc822; %s" % SMALL][:2] == ("failed", "5.2.2")
+    assert "Quota exceeded" in diagnostics["rfc822; %s" % SMALL][2]
+    assert len(imap_messages(dc, "user@example.com")) == 1
+    assert lmtp_counter(stats(d), "bounced") == 2
+
+
+def test_dovecot_down_then_up(make_daemon, base, account, dovecots):
+    """Dovecot not running: deferred; delivered once it starts."""
+    dc = dovecot(base, account, dovecots, start=False)
+    d = facteur_for(make_daemon, dc)
+    d.send(sender=POSTMASTER, recipients=("user@example.com",), subject="waited")
+    (ev,) = d.wait_event("deferred", rcpt="user@example.com")
+    assert ev["dsn"] == "4.4.1" and ev["relay"] == "lmtp:unix:%s" % dc.lmtp_socket, ev
+    dc.start()
+    d.wait_event("delivered", rcpt="user@example.com")
+    (raw,) = wait_imap(dc, "user@example.com", 1)
+    assert b"Subject: waited" in raw
+    assert len(d.events("delivered", rcpt="user@example.com")) == 1
+
+
+for _t in (test_dovecot_lmtp_then_imap, test_dovecot_refusals_bounce_with_its_reply,
+           test_dovecot_down_then_up):
+    for _mark in needs_dovecot:
+        _mark(_t)

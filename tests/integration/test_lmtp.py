@@ -12,12 +12,14 @@ run a real Dovecot (dovecot_harness.py) and read the mail over IMAP.
 import asyncio
 import email
 import os
+import shutil
 import subprocess
 import threading
 import time
 
 import pytest
 
+import dovecot_harness as dh
 import facteur_harness as h
 import relay_harness as rh
 
@@ -411,15 +413,14 @@ def test_bad_local_transport_exits_78(tmp_path, value, message):
 # ---------------------------------------------------------------------------
 # A real Dovecot, configured as docs/operations.md shows (dovecot_harness).
 
-import dovecot_harness as dh  # noqa: E402
-
 POSTMASTER = "postmaster@example.com"
 SMALL = "small@example.com"  # a 1 KiB quota of its own
 
-needs_dovecot = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates an account)"),
-    pytest.mark.skipif(not dh.available(), reason="dovecot-imapd/lmtpd not installed"),
-]
+def needs_dovecot(test):
+    test = pytest.mark.skipif(os.geteuid() != 0,
+                              reason="needs root (creates an account)")(test)
+    return pytest.mark.skipif(not dh.available(),
+                              reason="dovecot-imapd/lmtpd not installed")(test)
 
 
 @pytest.fixture(scope="module")
@@ -431,7 +432,6 @@ def account():
 def base():
     d = dh.traversable_dir("facteur-lmtp-")
     yield d
-    import shutil
     shutil.rmtree(d, ignore_errors=True)
 
 
@@ -490,6 +490,7 @@ def first_headers(raw):
             if line and not line[:1].isspace()]
 
 
+@needs_dovecot
 @pytest.mark.parametrize("over", ["unix", "inet"])
 def test_dovecot_lmtp_then_imap(make_daemon, base, account, dovecots, over):
     """facteur → Dovecot LMTP (its UNIX socket, or its TCP listener), then
@@ -522,6 +523,7 @@ def test_dovecot_lmtp_then_imap(make_daemon, base, account, dovecots, over):
     assert lmtp_counter(values, "delivered") == 2
 
 
+@needs_dovecot
 def test_dovecot_refusals_bounce_with_its_reply(make_daemon, base, account, dovecots):
     """A recipient Dovecot's userdb lacks (550 5.1.1) and one over its
     quota (552 5.2.2) are bounced; the sender's DSN, itself delivered by
@@ -534,7 +536,7 @@ def test_dovecot_refusals_bounce_with_its_reply(make_daemon, base, account, dove
     assert ev["dsn"] == "5.1.1" and "doesn't exist" in ev["reason"], ev
     d.wait_event("delivered", rcpt="user@example.com")
     d.send(sender=POSTMASTER, recipients=(SMALL,), subject="too big",
-           body="x" * 70 + "\r\n" * 1 + ("y" * 70 + "\r\n") * 40)
+           body=("y" * 70 + "\r\n") * 40)  # 2.8 KiB
     (ev,) = d.wait_event("bounced", rcpt=SMALL)
     assert ev["dsn"] == "5.2.2" and "Quota exceeded" in ev["reason"], ev
     dsns = [email.message_from_bytes(m) for m in wait_imap(dc, POSTMASTER, 2)]
@@ -551,6 +553,7 @@ def test_dovecot_refusals_bounce_with_its_reply(make_daemon, base, account, dove
     assert lmtp_counter(stats(d), "bounced") == 2
 
 
+@needs_dovecot
 def test_dovecot_down_then_up(make_daemon, base, account, dovecots):
     """Dovecot not running: deferred; delivered once it starts."""
     dc = dovecot(base, account, dovecots, start=False)
@@ -564,8 +567,3 @@ def test_dovecot_down_then_up(make_daemon, base, account, dovecots):
     assert b"Subject: waited" in raw
     assert len(d.events("delivered", rcpt="user@example.com")) == 1
 
-
-for _t in (test_dovecot_lmtp_then_imap, test_dovecot_refusals_bounce_with_its_reply,
-           test_dovecot_down_then_up):
-    for _mark in needs_dovecot:
-        _mark(_t)

@@ -21,6 +21,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import pytest
+
 import facteur_harness as h
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
@@ -102,12 +104,31 @@ def ensure_account(name=ACCOUNT):
         subprocess.run(["userdel", name], check=False, timeout=60)
 
 
-def traversable_dir(prefix):
+# Fixtures for the test files that start Dovecot (imported by name).
+
+@pytest.fixture(scope="module")
+def vmail():
+    """The account Dovecot runs the mail as: (uid, gid)."""
+    yield from ensure_account()
+
+
+@pytest.fixture
+def traversable():
     """A directory every account may cross (pytest's tmp_path is 0700,
     which Dovecot's mail processes could not)."""
-    d = Path(tempfile.mkdtemp(prefix=prefix))
+    d = Path(tempfile.mkdtemp(prefix="facteur-dovecot-"))
     os.chmod(d, 0o711)
-    return d
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def dovecots():
+    """The Dovecots a test started, stopped at its end."""
+    made = []
+    yield made
+    for dc in made:
+        dc.stop()
 
 
 class Dovecot:

@@ -7,7 +7,6 @@ facteur's POP3 sees the same mailbox. Runs as root (it creates an account)."""
 import os
 import poplib
 import pwd
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,6 +15,9 @@ import pytest
 import dovecot_harness as dh
 import facteur_harness as h
 from dovecot_harness import PASSWORD, imap_search, imap_subjects
+from dovecot_harness import dovecots  # noqa: F401 (fixture)
+from dovecot_harness import traversable as base  # noqa: F401 (fixture)
+from dovecot_harness import vmail as owner  # noqa: F401 (fixture)
 
 OWNER = dh.ACCOUNT
 USER = "user@localhost"
@@ -24,20 +26,6 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates an account)"),
     pytest.mark.skipif(not dh.available(), reason="dovecot-imapd not installed"),
 ]
-
-
-@pytest.fixture(scope="module")
-def owner():
-    """The account mailboxes belong to: (uid, gid), made for the module
-    with its own group and removed afterwards when this test made it."""
-    yield from dh.ensure_account(OWNER)
-
-
-@pytest.fixture
-def base():
-    d = dh.traversable_dir("facteur-owner-")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
@@ -67,14 +55,6 @@ def start_facteur(daemons, base, owner, config=None, env=None):
 def mode_owner(path):
     st = os.lstat(path)
     return st.st_mode & 0o7777, st.st_uid, st.st_gid
-
-
-@pytest.fixture
-def dovecots():
-    made = []
-    yield made
-    for d in made:
-        d.stop()
 
 
 def Dovecot(base, mail_root, users):

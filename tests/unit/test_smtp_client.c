@@ -763,36 +763,45 @@ static void relay_of(const struct fake_server *srv, char *buf, size_t len)
 
 /* ---- LMTP (RFC 2033) ---- */
 
-#define LHLO_PLAIN                                                             \
-	{                                                                      \
-		"LHLO client.test", "250-lmtp.test\r\n250 PIPELINING\r\n",     \
-		    FA_REPLY                                                   \
-	}
+/* The dialogue up to the data, for three recipients; `two` answers the
+ * second RCPT. */
+#define LMTP_UP_TO_DATA(two)                                                   \
+	GREET,                                                                 \
+	    {"LHLO client.test", "250-lmtp.test\r\n250 PIPELINING\r\n",        \
+	     FA_REPLY},                                                        \
+	    MAIL_OK, RCPT_OK("one@example.net"),                               \
+	    {"RCPT TO:<two@example.net>", two, FA_REPLY},                      \
+	    RCPT_OK("three@example.net"), DATA_GO
 
-/* LHLO, then one reply per accepted recipient after the data, each
- * deciding its own recipient in RCPT order. */
-static void test_client_lmtp_one_reply_per_recipient(void **state)
+/* Three recipients over LMTP, the server answering `after` (then
+ * closing when `close`) after the data. */
+static struct fake_server *run_lmtp(struct fixture *f, const char *two,
+				    const char *after, bool close)
 {
-	struct fixture *f = *state;
-	static const struct fake_step script[] = {
-	    GREET,
-	    LHLO_PLAIN,
-	    MAIL_OK,
-	    RCPT_OK("one@example.net"),
-	    RCPT_OK("two@example.net"),
-	    RCPT_OK("three@example.net"),
-	    DATA_GO,
-	    {NULL,
-	     "250 2.0.0 <one@example.net> Saved\r\n"
-	     "452 4.2.2 <two@example.net> Mailbox is full\r\n"
-	     "550 5.1.1 <three@example.net> User doesn't exist\r\n",
-	     FA_REPLY},
+	const struct fake_step script[] = {
+	    LMTP_UP_TO_DATA(two),
+	    {NULL, after, close ? FA_CLOSE : FA_REPLY},
 	};
 	struct fake_server *srv = add_server(f, script);
 
 	f->req.lmtp = true;
 	f->req.rcpt_count = 3;
 	run(f);
+	return srv;
+}
+
+/* LHLO, then one reply per accepted recipient after the data, each
+ * deciding its own recipient in RCPT order. */
+static void test_client_lmtp_one_reply_per_recipient(void **state)
+{
+	struct fixture *f = *state;
+	struct fake_server *srv =
+	    run_lmtp(f, "250 2.1.5 Ok\r\n",
+		     "250 2.0.0 <one@example.net> Saved\r\n"
+		     "452 4.2.2 <two@example.net> Mailbox is full\r\n"
+		     "550 5.1.1 <three@example.net> User doesn't exist\r\n",
+		     false);
+
 	assert_rcpt(f, 0, RCPT_DELIVERED, "2.0.0", "Saved");
 	assert_rcpt(f, 1, RCPT_DEFERRED, "4.2.2", "Mailbox is full");
 	assert_rcpt(f, 2, RCPT_BOUNCED, "5.1.1", "User doesn't exist");
@@ -805,21 +814,9 @@ static void test_client_lmtp_one_reply_per_recipient(void **state)
 static void test_client_lmtp_replies_skip_refused_recipients(void **state)
 {
 	struct fixture *f = *state;
-	static const struct fake_step script[] = {
-	    GREET,
-	    LHLO_PLAIN,
-	    MAIL_OK,
-	    RCPT_OK("one@example.net"),
-	    {"RCPT TO:<two@example.net>", "550 5.1.1 nope\r\n", FA_REPLY},
-	    RCPT_OK("three@example.net"),
-	    DATA_GO,
-	    {NULL, "451 4.3.0 later\r\n250 2.0.0 Saved\r\n", FA_REPLY},
-	};
-	add_server(f, script);
 
-	f->req.lmtp = true;
-	f->req.rcpt_count = 3;
-	run(f);
+	run_lmtp(f, "550 5.1.1 nope\r\n",
+		 "451 4.3.0 later\r\n250 2.0.0 Saved\r\n", false);
 	assert_rcpt(f, 0, RCPT_DEFERRED, "4.3.0", "later");
 	assert_rcpt(f, 1, RCPT_BOUNCED, "5.1.1", "nope");
 	assert_rcpt(f, 2, RCPT_DELIVERED, "2.0.0", "Saved");
@@ -830,21 +827,8 @@ static void test_client_lmtp_replies_skip_refused_recipients(void **state)
 static void test_client_lmtp_close_mid_replies_defers_the_rest(void **state)
 {
 	struct fixture *f = *state;
-	static const struct fake_step script[] = {
-	    GREET,
-	    LHLO_PLAIN,
-	    MAIL_OK,
-	    RCPT_OK("one@example.net"),
-	    RCPT_OK("two@example.net"),
-	    RCPT_OK("three@example.net"),
-	    DATA_GO,
-	    {NULL, "250 2.0.0 Saved\r\n", FA_CLOSE},
-	};
-	add_server(f, script);
 
-	f->req.lmtp = true;
-	f->req.rcpt_count = 3;
-	run(f);
+	run_lmtp(f, "250 2.1.5 Ok\r\n", "250 2.0.0 Saved\r\n", true);
 	assert_rcpt(f, 0, RCPT_DELIVERED, "2.0.0", "Saved");
 	assert_rcpt(f, 1, RCPT_DEFERRED, "4.4.2", "lost connection");
 	assert_rcpt(f, 2, RCPT_DEFERRED, "4.4.2", "lost connection");

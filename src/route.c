@@ -735,10 +735,10 @@ static int parse_inet(const char *value, const char *rest,
 	snprintf(out->host, sizeof(out->host), "%s", t.host);
 	free(t.host);
 	out->kind = LMTP_INET;
-	out->host_is_ip = t.host_is_ip;
 	out->port = t.port != 0 ? t.port : LMTP_DEFAULT_PORT;
-	if (out->host_is_ip)
-		literal_address(out);
+	/* "[127.0.0.1.]" is a name to the target grammar, an address here */
+	literal_address(out);
+	out->host_is_ip = out->addrlen != 0;
 	snprintf(out->text, sizeof(out->text), "lmtp:[%s]:%u", out->host,
 		 (unsigned)out->port);
 	return 0;

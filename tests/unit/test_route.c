@@ -791,6 +791,13 @@ static void test_route_lmtp_inet_literals_and_names(void **state)
 	assert_int_equal(t.port, 24);
 	assert_string_equal(t.text, "lmtp:[::1]:24");
 
+	/* a final dot makes a name of an address for routes, not here */
+	assert_int_equal(
+	    route_lmtp_parse("lmtp:[127.0.0.1.]:24", &t, err, sizeof err), 0);
+	assert_true(t.host_is_ip);
+	assert_string_equal(t.text, "lmtp:[127.0.0.1]:24");
+	assert_int_equal(t.addrlen, sizeof *sin);
+
 	/* a name is resolved when delivering: no address yet */
 	assert_int_equal(
 	    route_lmtp_parse("lmtp:[Mail.Example.com]:24", &t, err, sizeof err),

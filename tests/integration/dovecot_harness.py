@@ -137,10 +137,11 @@ class Dovecot:
     `users` is a list of addresses, or of (address, extra userdb fields)
     pairs: the passwd-file that the configuration names for passdb and
     userdb. The LMTP UNIX socket is `lmtp_socket`; `lmtp_port` is the
-    inet listener's port when the block has one."""
+    inet listener's port when the block has one. `extra` lines are added
+    to the block (a setting the documentation names beside it)."""
 
     def __init__(self, workdir, snippet, mail_root, users, account=ACCOUNT,
-                 start=True):
+                 start=True, extra=""):
         self.base = Path(workdir) / "dovecot"
         self.base.mkdir()
         self.imap_port = h.free_port()
@@ -154,7 +155,8 @@ class Dovecot:
                          ("vmail", account)):
             conf = conf.replace(old, new)
         conf = re.sub(r"(?m)^(\s*port = )24$", r"\g<1>%d" % self.lmtp_port, conf)
-        conf += TEST_SETTINGS.format(base=self.base, imap_port=self.imap_port)
+        # `extra`: a setting the documentation names beside its block
+        conf += extra + TEST_SETTINGS.format(base=self.base, imap_port=self.imap_port)
         self.conf = self.base / "dovecot.conf"
         self.conf.write_text(conf)
         self.proc = None

@@ -425,19 +425,20 @@ def needs_dovecot(test):
                               reason="dovecot-imapd/lmtpd not installed")(test)
 
 
-def dovecot(base, account, dovecots, start=True):
+def dovecot(base, account, dovecots, start=True, extra=""):
     mail_root = base / "mail"
     mail_root.mkdir()
     os.chown(mail_root, account[0], account[1])
     mail_root.chmod(0o770)
     dc = dh.Dovecot(base, "dovecot-lmtp", mail_root,
                     ["user@example.com", POSTMASTER,
-                     (SMALL, "userdb_quota_rule=*:storage=1K")], start=start)
+                     (SMALL, "userdb_quota_rule=*:storage=1K")], start=start,
+                    extra=extra)
     dovecots.append(dc)
     return dc
 
 
-def facteur_for(make_daemon, dc, transport=None):
+def facteur_for(make_daemon, dc, transport=None, **config):
     """facteurd with the documentation's facteur.conf block, Dovecot's
     socket in place of /run/dovecot/lmtp."""
     settings = dh.facteur_settings(
@@ -445,6 +446,7 @@ def facteur_for(make_daemon, dc, transport=None):
     if transport is not None:
         settings["local_transport"] = transport
     settings.update(retry_min="1s", retry_max="2s")
+    settings.update(config)
     return make_daemon(config=settings)
 
 
@@ -551,3 +553,21 @@ def test_dovecot_down_then_up(make_daemon, base, account, dovecots):
     assert b"Subject: waited" in raw
     assert len(d.events("delivered", rcpt="user@example.com")) == 1
 
+
+@needs_dovecot
+def test_dovecot_quota_tempfail_defers_then_expires(make_daemon, base, account, dovecots):
+    """With quota_full_tempfail = yes Dovecot says 452 4.2.2: deferred and
+    retried; at the end of queue_lifetime the DSN reports that 4.2.2."""
+    dc = dovecot(base, account, dovecots, extra="quota_full_tempfail = yes\n")
+    d = facteur_for(make_daemon, dc, queue_lifetime="5s")
+    d.send(sender=POSTMASTER, recipients=(SMALL,), subject="too big",
+           body=("y" * 70 + "\r\n") * 40)
+    (ev,) = d.wait_event("deferred", rcpt=SMALL)
+    assert ev["dsn"] == "4.2.2" and "Quota exceeded" in ev["reason"], ev
+    d.wait_event("expired", rcpt=SMALL)
+    assert len(d.events("deferred", rcpt=SMALL)) >= 2  # retried meanwhile
+    (dsn,) = [email.message_from_bytes(m) for m in wait_imap(dc, POSTMASTER, 1)]
+    f = h.dsn_fields(dsn)[1]
+    assert (f["Final-Recipient"], f["Action"], f["Status"]) == (
+        "rfc822; %s" % SMALL, "failed", "4.2.2"), f
+    assert not d.events("delivered", rcpt=SMALL)

@@ -430,7 +430,7 @@ static void finish(struct smtp_client *c, bool quit)
 	result.reused = c->reused;
 	result.reusable = keep;
 	c->transactions++;
-	if (c->reused)
+	if (c->reused && !c->lmtp) /* the relay's connections only */
 		metrics.relay_connections_reused_total++;
 
 	if (keep) {
@@ -1264,7 +1264,8 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 			int one = 1;
 			setsockopt(bufferevent_getfd(bev), IPPROTO_TCP,
 				   TCP_NODELAY, &one, sizeof one);
-			metrics.relay_connections_total++;
+			if (!c->lmtp)
+				metrics.relay_connections_total++;
 			if (c->implicit_tls) {
 				start_tls(c);
 				return;

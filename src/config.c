@@ -82,6 +82,7 @@ enum key {
 	KEY_MAILBOX_MODE,
 	KEY_DNSBL,
 	KEY_MAX_MESSAGES_PER_IP,
+	KEY_LOCAL_TRANSPORT,
 	KEY_COUNT,
 };
 
@@ -1509,6 +1510,20 @@ static void print_max_messages(const struct config *cfg, FILE *out)
 					 : buf);
 }
 
+static void set_local_transport(struct loader *ld, const char *value)
+{
+	char err[160];
+
+	if (route_lmtp_parse(value, &ld->cfg->local_transport, err,
+			     sizeof(err)) < 0)
+		bad(ld, "%s", err);
+}
+
+static void print_local_transport(const struct config *cfg, FILE *out)
+{
+	fputs(cfg->local_transport.text, out);
+}
+
 #define FIELD(kind, field)                                                     \
 	.slot = kind, .offset = offsetof(struct config, field)
 #define CHOICE(field, list)                                                    \
@@ -1617,6 +1632,8 @@ static const struct key_def key_defs[KEY_COUNT] = {
     [KEY_MAX_MESSAGES_PER_IP] = {"max_messages_per_ip", "",
 				 .set = set_max_messages,
 				 .print = print_max_messages},
+    [KEY_LOCAL_TRANSPORT] = {"local_transport", "", .set = set_local_transport,
+			     .print = print_local_transport},
 };
 
 static bool find_key(const char *name, size_t len, enum key *out)

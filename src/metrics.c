@@ -64,7 +64,7 @@ static const char *const rejection_names[] = {
     METRICS_REJECTIONS(STATE_LIST_NAME)};
 static const char *const auth_result_names[] = {"success", "failure"};
 static const char *const direction_names[] = {"inbound", "outbound"};
-static const char *const transport_names[] = {"local", "relay"};
+static const char *const transport_names[] = {"local", "relay", "lmtp"};
 static const char *const result_names[] = {"delivered", "deferred", "bounced"};
 static const char *const dns_reason_names[] = {"timeout", "servfail", "refused",
 					       "other"};

@@ -27,6 +27,10 @@
  * first connect; the client then tries the addresses in that order, so
  * the next target is tried exactly when the addresses before it fail.
  *
+ * Local recipients go the same way when local_transport names an LMTP
+ * server (relay_send_lmtp): its own destination, its connections kept
+ * and reused, smtp_client in LMTP mode.
+ *
  * An attempt that ends before it talks to anyone (no resolver, no
  * address, the loop check, an unreadable message) reports on the next
  * loop turn through its own event: the caller never sees its callback
@@ -85,6 +89,7 @@ struct relay_job {
 	size_t addr_count;
 	enum tls_policy tls;
 	bool implicit_tls;
+	bool lmtp; /* local_transport: LMTP to the mailbox server */
 	char *auth_file;
 	char *auth_user; /* read with the settings; NULL: unreadable */
 	char *auth_password;
@@ -632,9 +637,12 @@ static void relay_add_addresses(struct relay_job *job,
 		if (self_found && hosts[h].preference >= cutoff)
 			continue;
 		hosts_kept++;
-		/* a "[host]" target is verified against the host written */
-		const char *name =
-		    job->routed && !t->mx_lookup ? t->host : hosts[h].name;
+		/* a "[host]" target is verified against the host written;
+		 * an LMTP server is named by the setting */
+		const char *name = job->lmtp ? job->host
+				   : job->routed && !t->mx_lookup
+				       ? t->host
+				       : hosts[h].name;
 		for (size_t a = 0;
 		     a < hosts[h].addr_count && n < MAX_ADDRESSES_PER_ATTEMPT;
 		     a++) {
@@ -719,6 +727,7 @@ static void relay_connect(struct relay_job *job)
 	     * one is within the destination's limit (relay_idle_park) */
 	    .max_transactions = job->max_msgs + 1,
 	    .source = job->has_source ? &job->source : NULL,
+	    .lmtp = job->lmtp,
 	};
 	job->client =
 	    smtp_client_start(relay->srv->base, &req, on_client_done, job);
@@ -918,6 +927,37 @@ static void relay_job_targets(struct relay_job *job, const struct route *route)
 	}
 }
 
+/* A new attempt for recipients of `env`, for the destination `key`, with
+ * the shape's limits; no recipient, target or route setting yet. */
+static struct relay_job *relay_job_alloc(struct relay *relay,
+					 const struct spool_envelope *env,
+					 const char *key,
+					 const struct shape *shape, size_t room)
+{
+	struct relay_job *job = calloc(1, sizeof *job);
+	if (job == NULL ||
+	    (job->rcpts = malloc(room * sizeof *job->rcpts)) == NULL ||
+	    (job->failed =
+		 event_new(relay->srv->base, -1, 0, on_failed, job)) == NULL)
+		fatal("relay: out of memory");
+	job->relay = relay;
+	job->env = env;
+	job->max_connections = shape->max_connections;
+	job->max_msgs = shape->max_msgs;
+	job->rate_count = shape->rate_count;
+	job->rate_period = shape->rate_period;
+	job->pause = shape->pause;
+	job->has_source = shape->has_source;
+	job->source = shape->source;
+	job->helo = copy_or_null(shape->helo);
+	job->dest = destination_get(relay, key);
+	job->next_job = relay->jobs;
+	if (relay->jobs != NULL)
+		relay->jobs->prev_job = job;
+	relay->jobs = job;
+	return job;
+}
+
 /* A new attempt for recipients of `env` bound for `domain`, with the
  * route's settings (NULL: the domain's MX hosts), a sender route when
  * `by_sender`, and the shape's; no recipient yet. */
@@ -927,14 +967,9 @@ relay_job_new(struct relay *relay, const struct spool_envelope *env,
 	      const struct shape *shape, size_t room)
 {
 	const struct config *cfg = relay->srv->cfg;
-	struct relay_job *job = calloc(1, sizeof *job);
-	if (job == NULL ||
-	    (job->rcpts = malloc(room * sizeof *job->rcpts)) == NULL ||
-	    (job->failed =
-		 event_new(relay->srv->base, -1, 0, on_failed, job)) == NULL)
-		fatal("relay: out of memory");
-	job->relay = relay;
-	job->env = env;
+	char key[600];
+	destination_key(domain, route, by_sender, shape, key, sizeof key);
+	struct relay_job *job = relay_job_alloc(relay, env, key, shape, room);
 	job->domain = copy_or_null(domain);
 	job->routed = route != NULL;
 	job->host = copy_or_null(route ? route->targets[0].host : domain);
@@ -947,21 +982,6 @@ relay_job_new(struct relay *relay, const struct spool_envelope *env,
 		job->auth_user = copy_or_null(route->auth_user);
 		job->auth_password = copy_or_null(route->auth_password);
 	}
-	job->max_connections = shape->max_connections;
-	job->max_msgs = shape->max_msgs;
-	job->rate_count = shape->rate_count;
-	job->rate_period = shape->rate_period;
-	job->pause = shape->pause;
-	job->has_source = shape->has_source;
-	job->source = shape->source;
-	job->helo = copy_or_null(shape->helo);
-	char key[600];
-	destination_key(domain, route, by_sender, shape, key, sizeof key);
-	job->dest = destination_get(relay, key);
-	job->next_job = relay->jobs;
-	if (relay->jobs != NULL)
-		relay->jobs->prev_job = job;
-	relay->jobs = job;
 	return job;
 }
 
@@ -1039,6 +1059,72 @@ size_t relay_send(struct relay *relay, const struct spool_envelope *env,
 	}
 	free(group);
 	free(taken);
+	return attempts;
+}
+
+/* The LMTP server's address when the setting holds it (a socket path, an
+ * IP literal); a host name is resolved as a "[host]" target is. */
+static void lmtp_job_target(struct relay_job *job, const struct route_lmtp *t)
+{
+	job->addrs = calloc(MAX_ADDRESSES_PER_ATTEMPT, sizeof *job->addrs);
+	job->addr_hosts =
+	    calloc(MAX_ADDRESSES_PER_ATTEMPT, sizeof *job->addr_hosts);
+	job->targets = calloc(1, sizeof *job->targets);
+	if (job->addrs == NULL || job->addr_hosts == NULL ||
+	    job->targets == NULL)
+		fatal("relay: out of memory");
+	if (t->kind == LMTP_INET && !t->host_is_ip) {
+		job->targets[0].host = copy_or_null(t->host);
+		job->targets[0].port = t->port;
+		job->target_count = 1;
+		return;
+	}
+	job->addr_hosts[0] = copy_or_null(t->text);
+	job->addrs[0].host = job->addr_hosts[0];
+	job->addrs[0].addr = t->addr;
+	job->addrs[0].addrlen = t->addrlen;
+	job->addr_count = 1;
+}
+
+size_t relay_send_lmtp(struct relay *relay, const struct spool_envelope *env,
+		       const size_t *due, size_t count, relay_done_cb done,
+		       void *arg)
+{
+	const struct route_lmtp *t = &relay->srv->cfg->local_transport;
+	/* the default limits: no shape line matches a mailbox server */
+	static const struct shape limits = {
+	    .max_rcpt = SHAPE_DEFAULT_MAX_RCPT,
+	    .max_msgs = SHAPE_DEFAULT_MAX_MSGS,
+	    .pause = SHAPE_DEFAULT_PAUSE,
+	};
+	char key[sizeof t->text + 8];
+	size_t attempts = 0;
+
+	if (t->kind == LMTP_NONE)
+		fatal("relay: LMTP delivery without local_transport");
+	snprintf(key, sizeof key, "lmtp %s", t->text);
+	for (size_t at = 0; at < count; at += limits.max_rcpt) {
+		size_t take =
+		    count - at < limits.max_rcpt ? count - at : limits.max_rcpt;
+		struct relay_job *job =
+		    relay_job_alloc(relay, env, key, &limits, take);
+		memcpy(job->rcpts, due + at, take * sizeof *due);
+		job->rcpt_count = take;
+		job->done = done;
+		job->arg = arg;
+		job->lmtp = true;
+		/* our configuration: what fails there defers, never bounces */
+		job->routed = true;
+		job->domain = copy_or_null(t->text);
+		job->host = copy_or_null(t->text);
+		job->tls = TLS_POLICY_NONE;
+		lmtp_job_target(job, t);
+		attempts++;
+		*job->dest->wait_tail = job;
+		job->dest->wait_tail = &job->next;
+	}
+	if (attempts > 0)
+		relay_destination_drain(relay, destination_find(relay, key));
 	return attempts;
 }
 

@@ -2,8 +2,10 @@
  * The routing tables: `route` and `sender_route` values parsed into next
  * hops (one target, or a failover list of them), and the most-specific-
  * match look-up (an address for senders, then exact, then longest "*."
- * suffix, then "*"). Pure code (no name resolution, no sockets), except
- * the reading of the auth= files, done once per load of the settings.
+ * suffix, then "*"); and local_transport, the LMTP server that takes
+ * local recipients, whose [HOST]:PORT is a route target's. Pure code (no
+ * name resolution, no sockets), except the reading of the auth= files,
+ * done once per load of the settings.
  */
 #include "facteur/route.h"
 
@@ -14,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/un.h>
 
 #include "facteur/ascii.h"
 #include "facteur/hostname.h"
@@ -653,4 +656,110 @@ const struct route *route_lookup_sender(const struct route_table *table,
 	}
 	at = strrchr(sender, '@');
 	return route_lookup(table, at != NULL ? at + 1 : "");
+}
+
+/* ---- local_transport ---- */
+
+static int lmtp_fail(char *err, size_t errlen, const char *what,
+		     const char *value)
+{
+	return fail(err, errlen, what, value, strlen(value));
+}
+
+/* One target element alone, its host freed on failure. */
+static int target_parse(const char *s, size_t len, struct route_target *out,
+			char *err, size_t errlen)
+{
+	memset(out, 0, sizeof(*out));
+	if (parse_target_element(s, len, out, err, errlen) == 0)
+		return 0;
+	free(out->host);
+	out->host = NULL;
+	return -1;
+}
+
+static int parse_unix(const char *value, const char *path,
+		      struct route_lmtp *out, char *err, size_t errlen)
+{
+	struct sockaddr_un *sun = (struct sockaddr_un *)&out->addr;
+	size_t len = strlen(path);
+
+	if (path[0] != '/')
+		return lmtp_fail(err, errlen,
+				 "the socket path must be absolute in", value);
+	if (len >= sizeof(sun->sun_path))
+		return lmtp_fail(err, errlen, "socket path too long in", value);
+	if (ascii_has_blank_or_control(path, len))
+		return lmtp_fail(err, errlen, "blank or control character in",
+				 value);
+	out->kind = LMTP_UNIX;
+	sun->sun_family = AF_UNIX;
+	memcpy(sun->sun_path, path, len + 1);
+	out->addrlen =
+	    (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1);
+	snprintf(out->text, sizeof(out->text), "lmtp:unix:%s", path);
+	return 0;
+}
+
+/* An IP literal's socket address, the port set. */
+static void literal_address(struct route_lmtp *out)
+{
+	struct sockaddr_in *sin = (struct sockaddr_in *)&out->addr;
+	struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&out->addr;
+
+	if (inet_pton(AF_INET, out->host, &sin->sin_addr) == 1) {
+		sin->sin_family = AF_INET;
+		sin->sin_port = htons(out->port);
+		out->addrlen = sizeof(*sin);
+	} else if (inet_pton(AF_INET6, out->host, &sin6->sin6_addr) == 1) {
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = htons(out->port);
+		out->addrlen = sizeof(*sin6);
+	}
+}
+
+static int parse_inet(const char *value, const char *rest,
+		      struct route_lmtp *out, char *err, size_t errlen)
+{
+	struct route_target t;
+	char why[128];
+
+	if (rest[0] != '[')
+		return lmtp_fail(
+		    err, errlen,
+		    "expected lmtp:unix:PATH or lmtp:[HOST]:PORT, not", value);
+	if (target_parse(rest, strlen(rest), &t, why, sizeof(why)) < 0)
+		return lmtp_fail(err, errlen,
+				 "bad host or port (lmtp:[HOST]:PORT) in",
+				 value);
+	snprintf(out->host, sizeof(out->host), "%s", t.host);
+	free(t.host);
+	out->kind = LMTP_INET;
+	out->port = t.port != 0 ? t.port : LMTP_DEFAULT_PORT;
+	/* "[127.0.0.1.]" is a name to the target grammar, an address here */
+	literal_address(out);
+	out->host_is_ip = out->addrlen != 0;
+	snprintf(out->text, sizeof(out->text), "lmtp:[%s]:%u", out->host,
+		 (unsigned)out->port);
+	return 0;
+}
+
+int route_lmtp_parse(const char *value, struct route_lmtp *out, char *err,
+		     size_t errlen)
+{
+	memset(out, 0, sizeof(*out));
+	out->kind = LMTP_NONE;
+	if (value[0] == '\0')
+		return 0;
+	if (strlen(value) < 5 || !ascii_ieq(value, 5, "lmtp:"))
+		return lmtp_fail(
+		    err, errlen,
+		    "expected lmtp:unix:PATH or lmtp:[HOST]:PORT, not", value);
+	const char *rest = value + 5;
+	int rc = strlen(rest) >= 5 && ascii_ieq(rest, 5, "unix:")
+		     ? parse_unix(value, rest + 5, out, err, errlen)
+		     : parse_inet(value, rest, out, err, errlen);
+	if (rc < 0)
+		memset(out, 0, sizeof(*out));
+	return rc;
 }

@@ -12,7 +12,8 @@
  * message's files removed.
  *
  * Local recipients are delivered here, at most MAX_LOCAL_DELIVERIES at a
- * time; remote ones go to relay.c, which groups them by destination.
+ * time; remote ones go to relay.c, which groups them by destination, and
+ * so do local ones when local_transport names an LMTP server.
  *
  * The operator's hand: a held message (SPOOL_FLAG_HELD, recorded like
  * any flag) is not run at all, so neither tried nor expired; a recipient
@@ -609,7 +610,9 @@ static void on_relayed(enum relay_end end, const struct relay_outcome *out,
 		    out[i].retry_at < r->next_attempt)
 			r->next_attempt = out[i].retry_at;
 		count_outcome(q, out[i].state);
-		count_transport(METRICS_TRANSPORT_RELAY, out[i].state);
+		count_transport(r->local ? METRICS_TRANSPORT_LMTP
+					 : METRICS_TRANSPORT_RELAY,
+				out[i].state);
 		if (out[i].answered) {
 			free(q->last_relay[index]);
 			q->last_relay[index] = strdup(out[i].relay);
@@ -647,6 +650,19 @@ static void start_remote(struct queued *q, const size_t *due, size_t count,
 	run->open += attempts;
 }
 
+/* Hand the due local recipients of q to the LMTP server of
+ * local_transport; their outcomes come back as a relay attempt's. */
+static void start_lmtp(struct queued *q, const size_t *due, size_t count,
+		       struct run *run)
+{
+	for (size_t i = 0; i < count; i++)
+		queued_enter_phase(q, due[i], RCPT_PHASE_DELIVERING);
+	size_t attempts = relay_send_lmtp(q->sched->relay, q->env, due, count,
+					  on_relayed, run);
+	q->in_flight += attempts;
+	run->open += attempts;
+}
+
 /* ---- the queue ---- */
 
 /*
@@ -670,7 +686,7 @@ static void expire(struct queued *q, size_t index, struct run *run)
 	count_outcome(q, RCPT_BOUNCED);
 	dsn[0] = '5';
 	const char *place = q->last_relay[index] ? q->last_relay[index] : "";
-	if (r->local) {
+	if (r->local && cfg->local_transport.kind == LMTP_NONE) {
 		char mailbox_path[4096] = "";
 		char *mailbox = policy_mailbox_path(cfg, r->address, NULL);
 		if (mailbox != NULL)
@@ -764,10 +780,11 @@ static void queued_run(struct queued *q)
 	if (sched->stopping || q->deleted || (q->env->flags & SPOOL_FLAG_HELD))
 		return;
 	size_t *remote = malloc(q->env->rcpt_count * sizeof *remote);
-	if (remote == NULL)
+	size_t *lmtp = malloc(q->env->rcpt_count * sizeof *lmtp);
+	if (remote == NULL || lmtp == NULL)
 		fatal("scheduler: out of memory");
 	struct run *run = run_new(q);
-	size_t nremote = 0;
+	size_t nremote = 0, nlmtp = 0;
 	for (size_t i = 0; i < q->env->rcpt_count; i++) {
 		struct spool_rcpt *r = &q->env->rcpts[i];
 		if (q->phase[i] != RCPT_PHASE_IDLE)
@@ -795,6 +812,10 @@ static void queued_run(struct queued *q)
 			remote[nremote++] = i;
 			continue;
 		}
+		if (cfg->local_transport.kind != LMTP_NONE) {
+			lmtp[nlmtp++] = i;
+			continue;
+		}
 		if (sched->deliveries >= MAX_LOCAL_DELIVERIES) {
 			ready_push(sched, q);
 			continue;
@@ -803,7 +824,10 @@ static void queued_run(struct queued *q)
 	}
 	if (nremote > 0)
 		start_remote(q, remote, nremote, run);
+	if (nlmtp > 0)
+		start_lmtp(q, lmtp, nlmtp, run);
 	free(remote);
+	free(lmtp);
 	run_release(run);
 	maybe_notify_delay(q, now);
 	if (next != 0)

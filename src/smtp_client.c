@@ -13,6 +13,12 @@
  * decide recipients one by one, DATA decides the accepted ones, and
  * trouble defers whatever is still undecided.
  *
+ * In LMTP mode the greeting is answered with LHLO, and the final dot
+ * with one reply per accepted recipient, in RCPT order (RFC 2033 §4.2):
+ * each decides its recipient; a connection that fails before every
+ * reply came defers the recipients still undecided, so that none is
+ * delivered twice or lost.
+ *
  * With implicit_tls, TLS starts as soon as TCP is up (RFC 8314) and the
  * greeting is read over it; STARTTLS is then never sent.
  *
@@ -151,6 +157,7 @@ struct smtp_client {
 	unsigned max_transactions;
 	bool has_source;
 	struct sockaddr_storage source;
+	bool lmtp;
 
 	/* the current connection */
 	size_t next_addr;
@@ -165,7 +172,8 @@ struct smtp_client {
 	size_t *order; /* recipients in RCPT order */
 	size_t order_count;
 	size_t rcpt_sent, rcpt_replied, accepted_count;
-	bool auth_login;       /* AUTH LOGIN rather than PLAIN */
+	size_t dot_next; /* LMTP: the next in `order` to read a reply for */
+	bool auth_login; /* AUTH LOGIN rather than PLAIN */
 	unsigned quit_replies; /* replies still due once QUIT is sent */
 	int fd;		       /* the spool file, -1 until needed */
 	char body_last;	       /* last octet of the body sent */
@@ -328,34 +336,51 @@ static void decide_all(struct smtp_client *c, bool only_accepted,
 			decide(c, i, state, dsn, reason);
 }
 
+/* What a reply to DATA or to the final dot makes of a recipient. */
+static enum rcpt_state reply_outcome(const struct smtp_reply *r, char *dsn,
+				     size_t dsnlen, char *reason,
+				     size_t reasonlen)
+{
+	reply_reason(r, reason, reasonlen);
+	switch (r->code / 100) {
+	case 2:
+		if (r->esc[0])
+			reply_dsn(r, '2', dsn, dsnlen);
+		else
+			snprintf(dsn, dsnlen, "%s", status_code_str(STATUS_OK));
+		return RCPT_DELIVERED;
+	case 5:
+		reply_dsn(r, '5', dsn, dsnlen);
+		return RCPT_BOUNCED;
+	default:
+		reply_dsn(r, '4', dsn, dsnlen);
+		return RCPT_DEFERRED;
+	}
+}
+
 /* The outcome of the accepted recipients from a reply to DATA or to the
  * final dot, or from a reply that cut the data short. */
 static void decide_accepted_by_reply(struct smtp_client *c)
 {
-	const struct smtp_reply *r = &c->reply;
 	char dsn[12], reason[512];
-	enum rcpt_state state;
+	enum rcpt_state state =
+	    reply_outcome(&c->reply, dsn, sizeof dsn, reason, sizeof reason);
 
-	reply_reason(r, reason, sizeof reason);
-	switch (r->code / 100) {
-	case 2:
-		state = RCPT_DELIVERED;
-		if (r->esc[0])
-			reply_dsn(r, '2', dsn, sizeof dsn);
-		else
-			snprintf(dsn, sizeof dsn, "%s",
-				 status_code_str(STATUS_OK));
-		break;
-	case 5:
-		state = RCPT_BOUNCED;
-		reply_dsn(r, '5', dsn, sizeof dsn);
-		break;
-	default:
-		state = RCPT_DEFERRED;
-		reply_dsn(r, '4', dsn, sizeof dsn);
-		break;
-	}
 	decide_all(c, true, state, dsn, reason);
+}
+
+/* LMTP: the next accepted recipient in RCPT order, or false when every
+ * one has had its reply after the data. */
+static bool lmtp_next_accepted(struct smtp_client *c, size_t *i)
+{
+	while (c->dot_next < c->order_count) {
+		size_t k = c->order[c->dot_next++];
+		if (c->rcpts[k].accepted) {
+			*i = k;
+			return true;
+		}
+	}
+	return false;
 }
 
 /* The connection may carry another transaction: at a command boundary,
@@ -405,7 +430,7 @@ static void finish(struct smtp_client *c, bool quit)
 	result.reused = c->reused;
 	result.reusable = keep;
 	c->transactions++;
-	if (c->reused)
+	if (c->reused && !c->lmtp) /* the relay's connections only */
 		metrics.relay_connections_reused_total++;
 
 	if (keep) {
@@ -522,7 +547,7 @@ static void send_ehlo(struct smtp_client *c, enum client_state state)
 {
 	c->ext = 0;
 	c->ext_size = 0;
-	send_command(c, state, "EHLO %s", c->helo);
+	send_command(c, state, "%s %s", c->lmtp ? "LHLO" : "EHLO", c->helo);
 }
 
 static const char *tls_name(const struct smtp_client *c)
@@ -858,6 +883,32 @@ static void on_rcpt_reply(struct smtp_client *c)
 	rcpt_next(c);
 }
 
+/* LMTP, after the final dot: this reply is the next accepted
+ * recipient's; the transaction ends with the last one. */
+static void on_lmtp_dot_reply(struct smtp_client *c)
+{
+	int cls = c->reply.code / 100;
+	char dsn[12], reason[512];
+	size_t i;
+
+	if (cls != 2 && cls != 4 && cls != 5) {
+		protocol_error(c, "unexpected reply");
+		return;
+	}
+	if (!lmtp_next_accepted(c, &i))
+		fatal("smtp_client: LMTP reply with no recipient left");
+	enum rcpt_state state =
+	    reply_outcome(&c->reply, dsn, sizeof dsn, reason, sizeof reason);
+	decide(c, i, state, dsn, reason);
+	size_t left = 0;
+	for (size_t k = c->dot_next; k < c->order_count; k++)
+		left += c->rcpts[c->order[k]].accepted;
+	if (left > 0)
+		arm_deadline(c, c->timeout);
+	else
+		finish(c, true);
+}
+
 /* One complete reply, read in the state that awaited it. */
 static void on_reply(struct smtp_client *c)
 {
@@ -880,7 +931,7 @@ static void on_reply(struct smtp_client *c)
 			c->ext = r->ehlo;
 			c->ext_size = r->ehlo_size;
 			after_greeting_done(c);
-		} else if (cls == 5) {
+		} else if (cls == 5 && !c->lmtp) {
 			/* RFC 5321 §3.2: an old server; no extensions */
 			send_command(c, CLIENT_HELO, "HELO %s", c->helo);
 		} else {
@@ -960,6 +1011,10 @@ static void on_reply(struct smtp_client *c)
 		}
 		break;
 	case CLIENT_DOT:
+		if (c->lmtp) {
+			on_lmtp_dot_reply(c);
+			break;
+		}
 		if (cls == 2)
 			metrics.relayed_bytes_total += c->size;
 		if (cls == 2 || cls == 4 || cls == 5) {
@@ -1209,7 +1264,8 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 			int one = 1;
 			setsockopt(bufferevent_getfd(bev), IPPROTO_TCP,
 				   TCP_NODELAY, &one, sizeof one);
-			metrics.relay_connections_total++;
+			if (!c->lmtp)
+				metrics.relay_connections_total++;
 			if (c->implicit_tls) {
 				start_tls(c);
 				return;
@@ -1326,6 +1382,12 @@ static void format_relay(struct smtp_client *c, const struct client_address *a)
 	char ip[INET6_ADDRSTRLEN] = "?";
 	unsigned port = 0;
 
+	if (c->lmtp || a->addr.ss_family == AF_UNIX) {
+		/* "lmtp:unix:/run/dovecot/lmtp": the setting names it */
+		snprintf(c->relay, sizeof c->relay, "%s",
+			 a->host ? a->host : "");
+		return;
+	}
 	if (a->addr.ss_family == AF_INET) {
 		const struct sockaddr_in *sin =
 		    (const struct sockaddr_in *)&a->addr;
@@ -1347,6 +1409,7 @@ static void reset_transaction(struct smtp_client *c)
 	c->mail_accepted = false;
 	c->rcpt_sent = c->rcpt_replied = c->accepted_count = 0;
 	c->order_count = 0;
+	c->dot_next = 0;
 	for (size_t i = 0; i < c->rcpt_count; i++)
 		c->rcpts[i].accepted = false;
 	smtp_reply_init(&c->reply);
@@ -1394,6 +1457,31 @@ static int bound_socket(struct smtp_client *c, const struct client_address *a)
 	return -1;
 }
 
+/* A UNIX-domain socket (lmtp:unix:PATH) connects at once or not at all,
+ * so the greeting is next; -1 with the reason in last_reason (logged). */
+static int unix_connect(struct smtp_client *c, const struct client_address *a)
+{
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int err = errno;
+
+	if (fd >= 0 &&
+	    connect(fd, (const struct sockaddr *)&a->addr, a->addrlen) == 0)
+		return fd;
+	if (fd >= 0) {
+		err = errno;
+		(void)close(fd); /* never connected */
+	}
+	snprintf(c->last_dsn, sizeof c->last_dsn, "%s",
+		 status_code_str(STATUS_NO_ANSWER));
+	snprintf(c->last_reason, sizeof c->last_reason, "connect to %s: %s",
+		 c->relay, strerror(err));
+	log_event(LOG_LEVEL_INFO, "relay_failed",
+		  LOG_S("queue_id", c->queue_id), LOG_S("relay", c->relay),
+		  LOG_S("state", state_names[c->state]),
+		  LOG_S("dsn", c->last_dsn), LOG_S("reason", c->last_reason));
+	return -1;
+}
+
 static void connect_next(struct smtp_client *c)
 {
 	struct timeval tv = {.tv_sec = c->timeout, .tv_usec = 0};
@@ -1410,8 +1498,11 @@ static void connect_next(struct smtp_client *c)
 		c->broken = false;
 		reset_transaction(c);
 
-		int fd = c->has_source ? bound_socket(c, a) : -1;
-		if (c->has_source && fd < 0)
+		bool local = a->addr.ss_family == AF_UNIX;
+		int fd = local		 ? unix_connect(c, a)
+			 : c->has_source ? bound_socket(c, a)
+					 : -1;
+		if ((local || c->has_source) && fd < 0)
 			continue;
 		c->bev =
 		    bufferevent_socket_new(c->base, fd, BEV_OPT_CLOSE_ON_FREE);
@@ -1428,6 +1519,11 @@ static void connect_next(struct smtp_client *c)
 		bufferevent_set_timeouts(c->bev, &tv, &tv);
 		if (bufferevent_enable(c->bev, EV_READ | EV_WRITE) < 0)
 			fatal("smtp_client: bufferevent_enable");
+		if (local) {
+			enter_state(c, CLIENT_GREETING);
+			arm_deadline(c, c->timeout);
+			return;
+		}
 		enter_state(c, CLIENT_CONNECTING);
 		arm_deadline(c, c->timeout);
 		if (bufferevent_socket_connect(
@@ -1617,6 +1713,7 @@ struct smtp_client *smtp_client_start(struct event_base *base,
 	}
 	c->tls_policy = req->tls;
 	c->implicit_tls = req->implicit_tls;
+	c->lmtp = req->lmtp;
 	snprintf(c->last_dsn, sizeof c->last_dsn, "%s",
 		 status_code_str(STATUS_NO_ANSWER));
 	snprintf(c->last_reason, sizeof c->last_reason,

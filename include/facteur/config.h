@@ -195,6 +195,9 @@ struct config {
 	 * within the window, across sessions; 0: no limit. */
 	unsigned max_messages;
 	unsigned max_messages_window; /* seconds */
+	/* local_transport: an LMTP server for local recipients (route.h);
+	 * kind LMTP_NONE: facteur writes the mailboxes. */
+	struct route_lmtp local_transport;
 };
 
 /* The errors a load found, in order, each a full sentence such as

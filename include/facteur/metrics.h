@@ -48,6 +48,7 @@ enum metrics_direction {
 enum metrics_transport {
 	METRICS_TRANSPORT_LOCAL,
 	METRICS_TRANSPORT_RELAY,
+	METRICS_TRANSPORT_LMTP, /* local recipients to local_transport */
 	METRICS_TRANSPORT_COUNT
 };
 

@@ -67,6 +67,16 @@ size_t relay_send(struct relay *relay, const struct spool_envelope *env,
 		  void *arg);
 
 /*
+ * The same for local recipients when local_transport is set: to its LMTP
+ * server, max_rcpt (50) a transaction, over connections kept and reused
+ * as for a destination of their own ("lmtp lmtp:unix:/path"). Outcomes
+ * name the server as the setting does ("lmtp:unix:/path").
+ */
+size_t relay_send_lmtp(struct relay *relay, const struct spool_envelope *env,
+		       const size_t *due, size_t count, relay_done_cb done,
+		       void *arg);
+
+/*
  * Read the auth= files of the routes and sender routes: at start and at
  * each reload, with the rest of the settings, never on the loop per
  * attempt. A file that cannot be read is logged (route_auth_unreadable)

@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 /* The tls= option; ROUTE_TLS_DEFAULT means "as tls_outbound". */
 enum route_tls {
@@ -150,5 +151,43 @@ typedef int (*route_token_fn)(const char *tok, size_t len, size_t index,
 			      void *arg);
 int route_split_tokens(const char *value, char **text, route_token_fn token,
 		       void *arg);
+
+/*
+ * local_transport: where local recipients go instead of facteur's own
+ * Maildir and mbox writer, an LMTP server (RFC 2033) such as Dovecot's,
+ * on a UNIX-domain socket or over TCP. A next hop like a route's, its
+ * [HOST]:PORT written the same way; the conversation is smtp_client's
+ * LMTP mode, driven by relay_send_lmtp.
+ */
+#define LMTP_DEFAULT_PORT 24 /* RFC 2033's registered port */
+#define LMTP_HOST_MAX 253
+#define LMTP_TEXT_MAX 320
+
+enum route_lmtp_kind {
+	LMTP_NONE, /* facteur writes the mailboxes itself */
+	LMTP_UNIX, /* lmtp:unix:PATH */
+	LMTP_INET, /* lmtp:[HOST]:PORT */
+};
+
+struct route_lmtp {
+	enum route_lmtp_kind kind;
+	/* "lmtp:unix:/run/dovecot/lmtp", "lmtp:[127.0.0.1]:24": the
+	 * canonical form, as -n prints it and log lines name it */
+	char text[LMTP_TEXT_MAX];
+	char host[LMTP_HOST_MAX + 1]; /* LMTP_INET: no brackets */
+	bool host_is_ip;	      /* else a name to resolve */
+	uint16_t port;
+	/* LMTP_UNIX, and LMTP_INET when host_is_ip: where to connect */
+	struct sockaddr_storage addr;
+	socklen_t addrlen;
+};
+
+/*
+ * Parse a local_transport value: "" (none), "lmtp:unix:/ABSOLUTE/PATH"
+ * or "lmtp:[HOST]" with an optional ":PORT" (default 24), HOST an IPv4
+ * or IPv6 literal or a host name. 0, or -1 with the reason in `err`.
+ */
+int route_lmtp_parse(const char *value, struct route_lmtp *out, char *err,
+		     size_t errlen);
 
 #endif

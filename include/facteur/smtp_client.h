@@ -7,6 +7,10 @@
  * It reports one outcome per recipient and never touches the spool's
  * state: the scheduler records what it reports.
  *
+ * In LMTP mode (RFC 2033, local_transport) the same machine says LHLO
+ * instead of EHLO (no HELO fallback) and reads one reply per accepted
+ * recipient after the final dot; addresses may be UNIX-domain sockets.
+ *
  * A connection may carry several transactions (max_transactions): after
  * a clean one the client keeps it open and waits, idle, for the next
  * message to the same server (smtp_client_next) or for its release.
@@ -27,7 +31,9 @@ struct event_base;
 struct smtp_client;
 
 /* One address to try, with the host name it belongs to (the MX name, or
- * the host of a "[host]" route) for logs, SNI and verification. */
+ * the host of a "[host]" route) for logs, SNI and verification; in LMTP
+ * mode the local_transport text, which names the server in logs as is.
+ * An AF_UNIX address is connected at once (lmtp:unix:PATH). */
 struct smtp_client_address {
 	const char *host;
 	struct sockaddr_storage addr; /* port set */
@@ -60,6 +66,8 @@ struct smtp_client_request {
 	/* the local address to bind to before connecting (shape source=);
 	 * NULL: the kernel's choice. A failed bind fails that address. */
 	const struct sockaddr_storage *source;
+	/* LMTP (RFC 2033): LHLO, and a reply per recipient after the data */
+	bool lmtp;
 };
 
 /* The outcome for each recipient of the request, in request order. */

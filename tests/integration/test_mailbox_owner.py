@@ -4,93 +4,28 @@ server running with mail_uid set to that account lists, reads, flags and
 deletes the mail while facteur keeps delivering into the same folders, and
 facteur's POP3 sees the same mailbox. Runs as root (it creates an account)."""
 
-import grp
-import imaplib
 import os
 import poplib
 import pwd
-import shutil
-import signal
-import socket
 import subprocess
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
+import dovecot_harness as dh
 import facteur_harness as h
+from dovecot_harness import PASSWORD, imap_search, imap_subjects
+from dovecot_harness import dovecots  # noqa: F401 (fixture)
+from dovecot_harness import traversable as base  # noqa: F401 (fixture)
+from dovecot_harness import vmail as owner  # noqa: F401 (fixture)
 
-OWNER = "facteurvmail"
+OWNER = dh.ACCOUNT
 USER = "user@localhost"
-PASSWORD = "secret"  # h.SECRET_HASH is its hash
-DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates an account)"),
-    pytest.mark.skipif(not os.path.exists(DOVECOT), reason="dovecot-imapd not installed"),
+    pytest.mark.skipif(not dh.available(), reason="dovecot-imapd not installed"),
 ]
-
-# The Dovecot configuration that docs/operations.md shows, with the test's
-# directories and port filled in: each {name} below is replaced.
-DOVECOT_CONF = """\
-base_dir = {base}/run
-state_dir = {base}/state
-log_path = {base}/dovecot.log
-protocols = imap
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-first_valid_uid = 100
-mail_uid = {owner}
-mail_gid = {owner}
-mail_location = maildir:{mail_root}/%d/%n
-passdb {{
-  driver = passwd-file
-  args = scheme=CRYPT username_format=%u {base}/users
-}}
-userdb {{
-  driver = static
-  args = home={mail_root}/%d/%n
-}}
-service imap-login {{
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-"""
-
-
-@pytest.fixture(scope="module")
-def owner():
-    """The account mailboxes belong to: (uid, gid), made for the module
-    with its own group and removed afterwards when this test made it."""
-    made = False
-    try:
-        pwd.getpwnam(OWNER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
-                        "--shell", "/usr/sbin/nologin", OWNER], check=True, timeout=60)
-        made = True
-    pw = pwd.getpwnam(OWNER)
-    yield pw.pw_uid, pw.pw_gid
-    if made:
-        subprocess.run(["userdel", OWNER], check=False, timeout=60)
-
-
-@pytest.fixture
-def base():
-    """A directory every account may traverse (pytest's tmp_path is 0700,
-    which the owner and Dovecot could not cross)."""
-    d = Path(tempfile.mkdtemp(prefix="facteur-owner-"))
-    os.chmod(d, 0o711)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
@@ -122,76 +57,9 @@ def mode_owner(path):
     return st.st_mode & 0o7777, st.st_uid, st.st_gid
 
 
-class Dovecot:
-    """A Dovecot IMAP server in the foreground on its own configuration."""
-
-    def __init__(self, base, mail_root, users):
-        self.base = base / "dovecot"
-        self.base.mkdir()
-        self.port = h.free_port()
-        (self.base / "users").write_text(
-            "".join("%s:%s\n" % (u, h.SECRET_HASH) for u in users))
-        self.conf = self.base / "dovecot.conf"
-        self.conf.write_text(DOVECOT_CONF.format(
-            base=self.base, owner=OWNER, mail_root=mail_root, port=self.port))
-        self.proc = subprocess.Popen([DOVECOT, "-F", "-c", str(self.conf)],
-                                     stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL,
-                                     stderr=open(self.base / "stderr", "wb"))
-
-        def listening():
-            assert self.proc.poll() is None, self.log()
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
-                    return s.recv(100).startswith(b"* OK")
-            except OSError:
-                return False
-        h.wait_for(listening, timeout=h.START_TIMEOUT, what="dovecot on %d" % self.port)
-
-    def log(self):
-        out = ""
-        for name in ("stderr", "dovecot.log"):
-            p = self.base / name
-            if p.exists():
-                out += p.read_text(errors="replace")
-        return out
-
-    def login(self, user=USER):
-        m = imaplib.IMAP4("127.0.0.1", self.port, timeout=h.IO_TIMEOUT)
-        m.login(user, PASSWORD)
-        return m
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=h.STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=h.STOP_TIMEOUT)
-
-
-@pytest.fixture
-def dovecots():
-    made = []
-    yield made
-    for d in made:
-        d.stop()
-
-
-def imap_search(m):
-    typ, data = m.search(None, "ALL")
-    assert typ == "OK", data
-    return data[0].split()
-
-
-def imap_subjects(m):
-    subjects = []
-    for num in imap_search(m):
-        typ, data = m.fetch(num, "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-        assert typ == "OK", data
-        subjects.append(data[0][1].decode().strip())
-    return subjects
+def Dovecot(base, mail_root, users):
+    """Dovecot on the shared-Maildir configuration of docs/operations.md."""
+    return dh.Dovecot(base, "dovecot-maildir", mail_root, users, account=OWNER)
 
 
 def pop3_login(port):
@@ -223,7 +91,7 @@ def test_maildir_is_the_owners_and_shared_with_dovecot(owner, base, daemons, dov
 
     dc = Dovecot(base, d.mail_root, [USER, "fresh@localhost"])
     dovecots.append(dc)
-    m = dc.login()
+    m = dc.login(USER)
     typ, _ = m.select("INBOX")
     assert typ == "OK", dc.log()
     assert imap_subjects(m) == ["Subject: one"]
@@ -256,7 +124,7 @@ def test_maildir_is_the_owners_and_shared_with_dovecot(owner, base, daemons, dov
     assert any(b"Subject: three" in t for t in tops)
     p.dele(1)
     p.quit()
-    m = dc.login()
+    m = dc.login(USER)
     m.select("INBOX")
     assert len(imap_search(m)) == 1
     m.logout()

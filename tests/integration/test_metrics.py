@@ -505,7 +505,7 @@ def test_volume_families_are_present_at_start_with_bounded_labels(make_daemon):
     assert len(dns) == 4 * 4, dns
     assert all(samples[s] == 0 for s in dns)
     td = [s for s in samples if s.startswith("facteur_transport_deliveries_total{")]
-    assert len(td) == 2 * 3, td
+    assert len(td) == 3 * 3, td  # local, relay, lmtp
     for name in ("process_start_time_seconds", "process_resident_memory_bytes",
                  "process_open_fds"):
         assert types[name] == "gauge", name

@@ -1607,7 +1607,26 @@ static const char *const spec_order[] = {
     "mailbox_mode",
     "dnsbl",
     "max_messages_per_ip",
+    "local_transport",
 };
+
+/* local_transport: none by default, the canonical form printed, a bad
+ * form refused with its place (route's tests hold every form). */
+static void test_config_local_transport(void **state)
+{
+	(void)state;
+	struct config *cfg = support_load_config("", NULL);
+	assert_int_equal(cfg->local_transport.kind, LMTP_NONE);
+	assert_printed(cfg, "local_transport", "");
+	config_free(cfg);
+	cfg = support_load_config("local_transport = LMTP:[127.0.0.1]\n", NULL);
+	assert_int_equal(cfg->local_transport.kind, LMTP_INET);
+	assert_printed(cfg, "local_transport", "lmtp:[127.0.0.1]:24");
+	config_free(cfg);
+	load_fails_with("\nlocal_transport = lmtp:unix:dovecot-lmtp\n", NULL,
+			"x.conf:2: local_transport: the socket path must be "
+			"absolute in \"lmtp:unix:dovecot-lmtp\"");
+}
 
 static void test_config_print_lists_every_key_in_spec_order(void **state)
 {
@@ -2182,6 +2201,7 @@ int main(void)
 	    cmocka_unit_test(test_config_mailbox_owner_and_mode),
 	    cmocka_unit_test(test_config_tls_listeners_need_cert_and_key),
 	    cmocka_unit_test(test_config_retry_min_above_retry_max),
+	    cmocka_unit_test(test_config_local_transport),
 	    cmocka_unit_test(test_config_print_lists_every_key_in_spec_order),
 	    cmocka_unit_test(test_config_print_round_trips),
 	    cmocka_unit_test(test_config_print_shows_normalised_values),

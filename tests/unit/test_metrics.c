@@ -92,6 +92,8 @@ static void test_metrics_every_series_present_at_zero(void **state)
 	    "result=\"delivered\"}",
 	    "facteur_transport_deliveries_total{transport=\"relay\","
 	    "result=\"bounced\"}",
+	    "facteur_transport_deliveries_total{transport=\"lmtp\","
+	    "result=\"deferred\"}",
 	    "facteur_queue_messages{state=\"pending\"}",
 	    "facteur_queue_messages{state=\"deferred\"}",
 	    "facteur_queue_messages{state=\"held\"}",

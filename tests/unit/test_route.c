@@ -13,6 +13,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/un.h>
+
 #include "facteur/route.h"
 
 #define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
@@ -733,6 +737,133 @@ static void test_route_credentials_need_user_and_colon(void **state)
 	assert_int_equal(unlink(path), 0);
 }
 
+/* local_transport: a socket path, or [HOST]:PORT as a route target. */
+static void test_route_lmtp_unix_socket(void **state)
+{
+	struct route_lmtp t;
+	char err[160];
+	(void)state;
+
+	assert_int_equal(route_lmtp_parse("lmtp:unix:/run/dovecot/lmtp", &t,
+					  err, sizeof err),
+			 0);
+	assert_int_equal(t.kind, LMTP_UNIX);
+	assert_string_equal(t.text, "lmtp:unix:/run/dovecot/lmtp");
+	const struct sockaddr_un *sun = (const struct sockaddr_un *)&t.addr;
+	assert_int_equal(sun->sun_family, AF_UNIX);
+	assert_string_equal(sun->sun_path, "/run/dovecot/lmtp");
+	assert_int_equal(t.addrlen, offsetof(struct sockaddr_un, sun_path) +
+					strlen("/run/dovecot/lmtp") + 1);
+	/* the prefixes in any case, printed in lower case */
+	assert_int_equal(route_lmtp_parse("LMTP:Unix:/x", &t, err, sizeof err),
+			 0);
+	assert_string_equal(t.text, "lmtp:unix:/x");
+}
+
+static void test_route_lmtp_inet_literals_and_names(void **state)
+{
+	struct route_lmtp t;
+	char err[160];
+	(void)state;
+
+	assert_int_equal(
+	    route_lmtp_parse("lmtp:[127.0.0.1]:24", &t, err, sizeof err), 0);
+	assert_int_equal(t.kind, LMTP_INET);
+	assert_true(t.host_is_ip);
+	assert_string_equal(t.text, "lmtp:[127.0.0.1]:24");
+	const struct sockaddr_in *sin = (const struct sockaddr_in *)&t.addr;
+	assert_int_equal(sin->sin_family, AF_INET);
+	assert_int_equal(ntohs(sin->sin_port), 24);
+	assert_int_equal(ntohl(sin->sin_addr.s_addr), 0x7f000001);
+
+	assert_int_equal(
+	    route_lmtp_parse("lmtp:[::1]:2424", &t, err, sizeof err), 0);
+	const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)&t.addr;
+	assert_int_equal(sin6->sin6_family, AF_INET6);
+	assert_int_equal(ntohs(sin6->sin6_port), 2424);
+	assert_true(IN6_IS_ADDR_LOOPBACK(&sin6->sin6_addr));
+	assert_int_equal(t.addrlen, sizeof *sin6);
+	assert_string_equal(t.text, "lmtp:[::1]:2424");
+
+	/* no port: LMTP's own, 24 */
+	assert_int_equal(route_lmtp_parse("lmtp:[::1]", &t, err, sizeof err),
+			 0);
+	assert_int_equal(t.port, 24);
+	assert_string_equal(t.text, "lmtp:[::1]:24");
+
+	/* a final dot makes a name of an address for routes, not here */
+	assert_int_equal(
+	    route_lmtp_parse("lmtp:[127.0.0.1.]:24", &t, err, sizeof err), 0);
+	assert_true(t.host_is_ip);
+	assert_string_equal(t.text, "lmtp:[127.0.0.1]:24");
+	assert_int_equal(t.addrlen, sizeof *sin);
+
+	/* a name is resolved when delivering: no address yet */
+	assert_int_equal(
+	    route_lmtp_parse("lmtp:[Mail.Example.com]:24", &t, err, sizeof err),
+	    0);
+	assert_false(t.host_is_ip);
+	assert_string_equal(t.host, "mail.example.com");
+	assert_int_equal(t.addrlen, 0);
+}
+
+static void test_route_lmtp_empty_is_none(void **state)
+{
+	struct route_lmtp t;
+	char err[160];
+	(void)state;
+
+	assert_int_equal(route_lmtp_parse("", &t, err, sizeof err), 0);
+	assert_int_equal(t.kind, LMTP_NONE);
+	assert_string_equal(t.text, "");
+}
+
+static void test_route_lmtp_rejects_bad_forms(void **state)
+{
+	static const struct {
+		const char *value, *reason;
+	} bad[] = {
+	    {"lmtp", "expected lmtp:unix:PATH or lmtp:[HOST]:PORT"},
+	    {"smtp:[127.0.0.1]:24", "expected lmtp:unix:PATH"},
+	    {"lmtp:127.0.0.1:24", "expected lmtp:unix:PATH"},
+	    {"lmtp:inet:127.0.0.1:24", "expected lmtp:unix:PATH"},
+	    {"lmtp:unix:", "must be absolute"},
+	    {"lmtp:unix:private/dovecot-lmtp", "must be absolute"},
+	    {"lmtp:unix:/a b", "blank or control"},
+	    {"lmtp:unix:/a\tb", "blank or control"},
+	    {"lmtp:[127.0.0.1]:0", "bad host or port"},
+	    {"lmtp:[127.0.0.1]:65536", "bad host or port"},
+	    {"lmtp:[127.0.0.1]:", "bad host or port"},
+	    {"lmtp:[127.0.0.1]x", "bad host or port"},
+	    {"lmtp:[]:24", "bad host or port"},
+	    {"lmtp:[-bad-]:24", "bad host or port"},
+	    {"lmtp:[127.0.0.1", "bad host or port"},
+	    {"lmtp:[127.0.0.1]:24|[::1]:24", "bad host or port"},
+	};
+	char path[200];
+	char err[160];
+	struct route_lmtp t;
+	(void)state;
+
+	for (size_t i = 0; i < COUNT_OF(bad); i++) {
+		err[0] = '\0';
+		if (route_lmtp_parse(bad[i].value, &t, err, sizeof err) == 0)
+			fail_msg("accepted %s", bad[i].value);
+		if (strstr(err, bad[i].reason) == NULL)
+			fail_msg("%s: %s", bad[i].value, err);
+		assert_int_equal(t.kind, LMTP_NONE);
+	}
+	/* sun_path holds 107 octets and the NUL */
+	memset(path, 'a', sizeof path);
+	memcpy(path, "lmtp:unix:/", 11);
+	path[10 + 107] = '\0';
+	assert_int_equal(route_lmtp_parse(path, &t, err, sizeof err), 0);
+	path[10 + 107] = 'a';
+	path[10 + 108] = '\0';
+	assert_int_equal(route_lmtp_parse(path, &t, err, sizeof err), -1);
+	assert_non_null(strstr(err, "too long"));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -762,6 +893,10 @@ int main(void)
 	    cmocka_unit_test(
 		test_route_credentials_unreadable_file_is_reported),
 	    cmocka_unit_test(test_route_credentials_need_user_and_colon),
+	    cmocka_unit_test(test_route_lmtp_unix_socket),
+	    cmocka_unit_test(test_route_lmtp_inet_literals_and_names),
+	    cmocka_unit_test(test_route_lmtp_empty_is_none),
+	    cmocka_unit_test(test_route_lmtp_rejects_bad_forms),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

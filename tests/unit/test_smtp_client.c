@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -759,6 +760,116 @@ static void relay_of(const struct fake_server *srv, char *buf, size_t len)
 	}
 
 /* ---- the cases ---- */
+
+/* ---- LMTP (RFC 2033) ---- */
+
+/* The dialogue up to the data, for three recipients; `two` answers the
+ * second RCPT. */
+#define LMTP_UP_TO_DATA(two)                                                   \
+	GREET,                                                                 \
+	    {"LHLO client.test", "250-lmtp.test\r\n250 PIPELINING\r\n",        \
+	     FA_REPLY},                                                        \
+	    MAIL_OK, RCPT_OK("one@example.net"),                               \
+	    {"RCPT TO:<two@example.net>", two, FA_REPLY},                      \
+	    RCPT_OK("three@example.net"), DATA_GO
+
+/* Three recipients over LMTP, the server answering `after` (then
+ * closing when `close`) after the data. */
+static struct fake_server *run_lmtp(struct fixture *f, const char *two,
+				    const char *after, bool close)
+{
+	const struct fake_step script[] = {
+	    LMTP_UP_TO_DATA(two),
+	    {NULL, after, close ? FA_CLOSE : FA_REPLY},
+	};
+	struct fake_server *srv = add_server(f, script);
+
+	f->req.lmtp = true;
+	f->req.rcpt_count = 3;
+	run(f);
+	return srv;
+}
+
+/* LHLO, then one reply per accepted recipient after the data, each
+ * deciding its own recipient in RCPT order. */
+static void test_client_lmtp_one_reply_per_recipient(void **state)
+{
+	struct fixture *f = *state;
+	struct fake_server *srv =
+	    run_lmtp(f, "250 2.1.5 Ok\r\n",
+		     "250 2.0.0 <one@example.net> Saved\r\n"
+		     "452 4.2.2 <two@example.net> Mailbox is full\r\n"
+		     "550 5.1.1 <three@example.net> User doesn't exist\r\n",
+		     false);
+
+	assert_rcpt(f, 0, RCPT_DELIVERED, "2.0.0", "Saved");
+	assert_rcpt(f, 1, RCPT_DEFERRED, "4.2.2", "Mailbox is full");
+	assert_rcpt(f, 2, RCPT_BOUNCED, "5.1.1", "User doesn't exist");
+	assert_int_equal(find_line(srv, "EHLO"), -1);
+	assert_true(srv->quit_seen);
+}
+
+/* A recipient refused at RCPT has no reply after the data: the replies
+ * go to the accepted ones, in order. */
+static void test_client_lmtp_replies_skip_refused_recipients(void **state)
+{
+	struct fixture *f = *state;
+
+	run_lmtp(f, "550 5.1.1 nope\r\n",
+		 "451 4.3.0 later\r\n250 2.0.0 Saved\r\n", false);
+	assert_rcpt(f, 0, RCPT_DEFERRED, "4.3.0", "later");
+	assert_rcpt(f, 1, RCPT_BOUNCED, "5.1.1", "nope");
+	assert_rcpt(f, 2, RCPT_DELIVERED, "2.0.0", "Saved");
+}
+
+/* Fewer replies than recipients, then the connection closes: the
+ * recipients without a reply are deferred, never delivered. */
+static void test_client_lmtp_close_mid_replies_defers_the_rest(void **state)
+{
+	struct fixture *f = *state;
+
+	run_lmtp(f, "250 2.1.5 Ok\r\n", "250 2.0.0 Saved\r\n", true);
+	assert_rcpt(f, 0, RCPT_DELIVERED, "2.0.0", "Saved");
+	assert_rcpt(f, 1, RCPT_DEFERRED, "4.4.2", "lost connection");
+	assert_rcpt(f, 2, RCPT_DEFERRED, "4.4.2", "lost connection");
+}
+
+/* No HELO fallback in LMTP: a refused LHLO is that address's failure. */
+static void test_client_lmtp_refused_lhlo_is_not_followed_by_helo(void **state)
+{
+	struct fixture *f = *state;
+	static const struct fake_step script[] = {
+	    GREET,
+	    {"LHLO client.test", "500 5.5.1 Unknown command\r\n", FA_REPLY},
+	};
+	struct fake_server *srv = add_server(f, script);
+
+	f->req.lmtp = true;
+	f->req.rcpt_count = 1;
+	run(f);
+	assert_rcpt(f, 0, RCPT_DEFERRED, "4.5.1", "Unknown command");
+	assert_int_equal(find_line(srv, "HELO"), -1);
+}
+
+/* lmtp:unix:PATH with nobody listening: deferred at once with the
+ * reason, the server named as the setting names it. */
+static void test_client_lmtp_unix_socket_missing_defers(void **state)
+{
+	struct fixture *f = *state;
+	struct smtp_client_address a = {.host = "lmtp:unix:/nonexistent/lmtp"};
+	struct sockaddr_un *sun = (struct sockaddr_un *)&a.addr;
+
+	sun->sun_family = AF_UNIX;
+	snprintf(sun->sun_path, sizeof sun->sun_path, "/nonexistent/lmtp");
+	a.addrlen = sizeof *sun;
+	f->req.addrs = &a;
+	f->req.addr_count = 1;
+	f->req.lmtp = true;
+	f->req.rcpt_count = 1;
+	run(f);
+	assert_rcpt(f, 0, RCPT_DEFERRED, "4.4.1",
+		    "connect to lmtp:unix:/nonexistent/lmtp: No such file");
+}
 
 static void test_client_plain_delivery_sends_exact_data(void **state)
 {
@@ -2253,6 +2364,11 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    T(test_client_plain_delivery_sends_exact_data),
+	    T(test_client_lmtp_one_reply_per_recipient),
+	    T(test_client_lmtp_replies_skip_refused_recipients),
+	    T(test_client_lmtp_close_mid_replies_defers_the_rest),
+	    T(test_client_lmtp_refused_lhlo_is_not_followed_by_helo),
+	    T(test_client_lmtp_unix_socket_missing_defers),
 	    T(test_client_large_message_streamed_whole),
 	    T(test_client_message_without_final_crlf_gets_one),
 	    T(test_client_pipelining_sends_mail_and_rcpts_together),

@@ -82,6 +82,7 @@ enum key {
 	KEY_MAILBOX_MODE,
 	KEY_DNSBL,
 	KEY_MAX_MESSAGES_PER_IP,
+	KEY_SUBMIT_SOCKET,
 	KEY_COUNT,
 };
 
@@ -1617,6 +1618,8 @@ static const struct key_def key_defs[KEY_COUNT] = {
     [KEY_MAX_MESSAGES_PER_IP] = {"max_messages_per_ip", "",
 				 .set = set_max_messages,
 				 .print = print_max_messages},
+    [KEY_SUBMIT_SOCKET] = {"submit_socket", "",
+			   FIELD(SLOT_STRING, submit_socket)},
 };
 
 static bool find_key(const char *name, size_t len, enum key *out)
@@ -2281,6 +2284,7 @@ void config_free(struct config *cfg)
 	shape_table_free(cfg->shapes);
 	free(cfg->shape_redis);
 	free(cfg->mailbox_owner);
+	free(cfg->submit_socket);
 	for (size_t i = 0; i < cfg->dns_server_count; i++)
 		free(cfg->dns_servers[i].text);
 	free(cfg->dns_servers);

@@ -902,7 +902,7 @@ void scheduler_free(struct scheduler *sched)
 static void log_accepted(const struct spool_envelope *env,
 			 const struct scheduler_arrival *arrival)
 {
-	struct log_field f[10] = {
+	struct log_field f[12] = {
 	    LOG_S("queue_id", env->id),
 	    LOG_S("from", env->sender),
 	    LOG_I("size", env->size),
@@ -914,6 +914,10 @@ static void log_accepted(const struct spool_envelope *env,
 	size_t n = 7;
 	if (env->auth_user != NULL)
 		f[n++] = (struct log_field)LOG_S("auth_user", env->auth_user);
+	if (arrival != NULL && arrival->local_user != NULL) {
+		f[n++] = (struct log_field)LOG_I("uid", arrival->local_uid);
+		f[n++] = (struct log_field)LOG_S("user", arrival->local_user);
+	}
 	if (arrival != NULL && arrival->session != NULL)
 		f[n++] = (struct log_field)LOG_S("session", arrival->session);
 	if (arrival != NULL && arrival->message_id != NULL)
@@ -1195,8 +1199,8 @@ scheduler_suspensions(const struct scheduler *sched)
 	return sched->suspended;
 }
 
-bool scheduler_domain_paused(const struct scheduler *sched,
-			     const char *domain, time_t *until)
+bool scheduler_domain_paused(const struct scheduler *sched, const char *domain,
+			     time_t *until)
 {
 	return relay_domain_paused(sched->relay, domain, until);
 }

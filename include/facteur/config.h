@@ -195,6 +195,9 @@ struct config {
 	 * within the window, across sessions; 0: no limit. */
 	unsigned max_messages;
 	unsigned max_messages_window; /* seconds */
+	/* submit_socket: the local submission socket (submit.h); NULL: the
+	 * default beside the spool, "none": not served. */
+	char *submit_socket;
 };
 
 /* The errors a load found, in order, each a full sentence such as

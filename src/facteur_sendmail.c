@@ -309,12 +309,17 @@ static int print_queue_line(char *line, void *arg)
 	return 0;
 }
 
+/* newaliases is the daemon's reload: it reads the aliases file as it
+ * is, there is no database to rebuild. */
 static int run_control(const struct config *cfg, enum mode mode)
 {
 	struct lister l = {.now = time(NULL)};
 	char err[512] = "";
+	const char *request = mode == MODE_LIST	   ? "queue"
+			      : mode == MODE_FLUSH ? "flush"
+						   : "reload";
 	enum control_call_result rc = control_client_call(
-	    cfg->spool_dir, mode == MODE_LIST ? "queue" : "flush",
+	    cfg->spool_dir, request,
 	    mode == MODE_LIST ? print_queue_line : NULL, &l, err, sizeof err);
 
 	switch (rc) {
@@ -1150,27 +1155,6 @@ static int speak_smtp(const struct config *cfg)
 	return rc == -1 ? EXIT_TEMPFAIL : 0;
 }
 
-/* newaliases, -bi: the daemon re-reads its configuration, aliases
- * included (facteurctl reload); the aliases file is read as it is, there
- * is no database to rebuild. */
-static int reload_aliases(const struct config *cfg)
-{
-	char err[512] = "";
-	switch (control_client_call(cfg->spool_dir, "reload", NULL, NULL, err,
-				    sizeof err)) {
-	case CONTROL_CALL_OK:
-		return 0;
-	case CONTROL_CALL_ERROR:
-		fail("the aliases were not reloaded: %s", err);
-		return EXIT_REFUSED;
-	case CONTROL_CALL_UNREACHABLE:
-	case CONTROL_CALL_BROKEN:
-		break;
-	}
-	fail("%s", err);
-	return EXIT_UNREACHABLE;
-}
-
 /* mailq, newaliases and -q act on the daemon's control socket, which is
  * root's and the daemon account's only. */
 static int run_privileged(const struct config *cfg, enum mode mode)
@@ -1183,8 +1167,7 @@ static int run_privileged(const struct config *cfg, enum mode mode)
 					  : "-q");
 		return EXIT_NOPERM;
 	}
-	return mode == MODE_ALIASES ? reload_aliases(cfg)
-				    : run_control(cfg, mode);
+	return run_control(cfg, mode);
 }
 
 /* Called as mailq or newaliases (a link's name), the mode it means. */

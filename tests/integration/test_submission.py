@@ -35,31 +35,31 @@ def as_nobody():
 
 
 @pytest.fixture
-def base():
-    """A folder every account may cross (tmp_path may not be): the
-    daemon's spool is then closed by its own mode alone."""
-    path = Path(tempfile.mkdtemp(prefix="facteur-submit-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def daemons():
+def start():
+    """start(config=..., extra_lines=..., env=...) -> a started Daemon in a
+    folder every account may cross (tmp_path may not be), so that only the
+    spool's own mode keeps the callers out. Stopped (exit 0) and removed at
+    the end."""
+    base = Path(tempfile.mkdtemp(prefix="facteur-submit-", dir="/tmp"))
+    base.chmod(0o755)
     made = []
-    yield made
-    for d in made:
-        if d.alive():
-            assert d.stop() == 0, d.log_tail()
-        d.close_log()
-    h.kill_leftovers()
 
+    def factory(config=None, extra_lines=(), env=None):
+        d = h.Daemon(base / ("d%d" % len(made)), config=config,
+                     extra_lines=extra_lines, env=env)
+        made.append(d)
+        return d.start()
 
-def start(base, daemons, config=None, extra_lines=(), name="d", env=None):
-    d = h.Daemon(base / name, config=config, extra_lines=extra_lines, env=env)
-    daemons.append(d)
-    d.start()
-    return d
+    factory.base = base  # for the files a test writes beside the daemons
+    yield factory
+    try:
+        for d in made:
+            assert not d.alive() or d.stop() == 0, d.log_tail()
+    finally:
+        for d in made:
+            d.close_log()
+        h.kill_leftovers()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def sendmail(d, args, message=b"", nobody=True, program=SENDMAIL, timeout=60):
@@ -79,8 +79,8 @@ def queued_files(d):
 # --------------------------------------------------------------------------
 # -t and the identity of the caller
 
-def test_nobody_queues_with_t_and_the_accepted_line_names_it(base, daemons):
-    d = start(base, daemons)
+def test_nobody_queues_with_t_and_the_accepted_line_names_it(start):
+    d = start()
     r = sendmail(d, ["-t", "-v"], "To: user@localhost\nSubject: from nobody\n\nhello\n")
     assert r.returncode == 0, (r, d.log_tail())
     qid = re.search(rb"queued as ([0-9A-F]{16})", r.stderr).group(1).decode()
@@ -98,8 +98,8 @@ def test_nobody_queues_with_t_and_the_accepted_line_names_it(base, daemons):
     assert not d.events("sender_override")
 
 
-def test_nobody_cannot_read_the_spool(base, daemons):
-    d = start(base, daemons)
+def test_nobody_cannot_read_the_spool(start):
+    d = start()
     sendmail(d, ["user@localhost"], "Subject: x\n\nx\n")
     assert (d.spool.stat().st_mode & 0o777) == 0o700
     probe = ("import errno, os, sys\n"
@@ -119,11 +119,11 @@ def test_nobody_cannot_read_the_spool(base, daemons):
     assert sock.is_socket() and (sock.stat().st_mode & 0o777) == 0o666
 
 
-def test_users_file_is_never_read_by_the_caller(base, daemons):
-    users = base / "users"
+def test_users_file_is_never_read_by_the_caller(start):
+    users = start.base / "users"
     users.write_text("known@localhost:%s\n" % h.SECRET_HASH)
     users.chmod(0o600)  # the daemon's (root's) only
-    d = start(base, daemons, config={"users_file": str(users)})
+    d = start(config={"users_file": str(users)})
     r = sendmail(d, ["known@localhost"], "Subject: x\n\nx\n")
     assert r.returncode == 0, r
     d.wait_messages("known@localhost")
@@ -131,8 +131,8 @@ def test_users_file_is_never_read_by_the_caller(base, daemons):
     assert r.returncode == 67 and b"stranger@localhost" in r.stderr, r
 
 
-def test_f_by_nobody_is_logged_and_root_is_not(base, daemons):
-    d = start(base, daemons)
+def test_f_by_nobody_is_logged_and_root_is_not(start):
+    d = start()
     r = sendmail(d, ["-f", "other@elsewhere.example", "user@localhost"], "Subject: f\n\nx\n")
     assert r.returncode == 0, r
     ev = d.wait_event("sender_override")[0]
@@ -147,8 +147,8 @@ def test_f_by_nobody_is_logged_and_root_is_not(base, daemons):
     assert len(d.events("sender_override")) == 1
 
 
-def test_daemon_down_nobody_gets_75_and_root_still_queues(base, daemons):
-    d = start(base, daemons)
+def test_daemon_down_nobody_gets_75_and_root_still_queues(start):
+    d = start()
     d.stop_ok()
     r = sendmail(d, ["user@localhost"], "Subject: down\n\nx\n")
     assert r.returncode == EX_TEMPFAIL, r
@@ -170,12 +170,8 @@ class BsClient:
     """facteur-sendmail -bs driven the way PHP's Symfony Mailer and
     Laravel do: one command, then its whole reply."""
 
-    def __init__(self, d, nobody=True):
-        self.proc = subprocess.Popen([str(SENDMAIL), "-C", str(d.conf_path), "-bs"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE,
-                                     env=h.clean_env(h.small_quarantine_env()),
-                                     preexec_fn=as_nobody if nobody else None)
+    def __init__(self, d):
+        self.proc = popen_sendmail(d, ["-bs"])
 
     def send(self, data):
         self.proc.stdin.write(data)
@@ -204,8 +200,8 @@ class BsClient:
         return out
 
 
-def test_bs_php_style_dialogue_delivers(base, daemons):
-    d = start(base, daemons)
+def test_bs_php_style_dialogue_delivers(start):
+    d = start()
     c = BsClient(d)
     code, greeting = c.reply()
     assert code == 220 and b"ESMTP" in greeting
@@ -231,8 +227,8 @@ def test_bs_php_style_dialogue_delivers(base, daemons):
     assert d.events("sender_override", session=accepted["session"])
 
 
-def test_bs_junk_commands_get_500_and_the_session_goes_on(base, daemons):
-    d = start(base, daemons)
+def test_bs_junk_commands_get_500_and_the_session_goes_on(start):
+    d = start()
     c = BsClient(d)
     assert c.reply()[0] == 220
     for junk in (b"HELLO THERE", b"\x01\x02\x03", b"MAIL", b"DATA"):
@@ -245,8 +241,8 @@ def test_bs_junk_commands_get_500_and_the_session_goes_on(base, daemons):
     d.assert_alive()
 
 
-def test_bs_endless_line_meets_the_line_limit(base, daemons):
-    d = start(base, daemons, env=h.small_quarantine_env())
+def test_bs_endless_line_meets_the_line_limit(start):
+    d = start(env=h.small_quarantine_env())
     rss_before = d.rss_kb()
     c = BsClient(d)
     assert c.reply()[0] == 220
@@ -263,8 +259,8 @@ def test_bs_endless_line_meets_the_line_limit(base, daemons):
     assert d.rss_kb() - rss_before < 24 * 1024, (rss_before, d.rss_kb())
 
 
-def test_bs_client_without_quit_is_timed_out(base, daemons):
-    d = start(base, daemons, config={"smtp_timeout": "2s"})
+def test_bs_client_without_quit_is_timed_out(start):
+    d = start(config={"smtp_timeout": "2s"})
     c = BsClient(d)
     assert c.reply()[0] == 220
     assert c.cmd(b"EHLO app")[0] == 250
@@ -307,25 +303,44 @@ def feed(proc, head, total, tail=b""):
     return t
 
 
-def small_rss(d, args, message):
-    p = subprocess.Popen([str(SENDMAIL), "-C", str(d.conf_path)] + args,
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env=h.clean_env(h.small_quarantine_env()),
-                         preexec_fn=as_nobody)
-    p.stdin.write(message)
-    p.stdin.close()
-    return child_maxrss_kb(p)
+def popen_sendmail(d, args):
+    """facteur-sendmail as nobody, with a small ASan quarantine so that its
+    peak memory is what it holds."""
+    return subprocess.Popen([str(SENDMAIL), "-C", str(d.conf_path)] + args,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE,
+                            env=h.clean_env(h.small_quarantine_env()),
+                            preexec_fn=as_nobody)
 
 
 HUNDRED_MB = 100 << 20
 
 
-def test_100mb_over_max_message_size_through_bs_is_refused_and_streamed(base, daemons):
-    d = start(base, daemons, config={"max_message_size": "1M"},
-              env=h.small_quarantine_env())
-    base_rss = small_rss(d, ["user@localhost"], b"Subject: small\n\nx\n")
+def measured_daemon(start, small_args, small_message):
+    """A daemon with max_message_size = 1M, a small message through it to
+    learn what facteur-sendmail needs for one, and facteurd's memory then."""
+    d = start(config={"max_message_size": "1M"}, env=h.small_quarantine_env())
+    p = popen_sendmail(d, small_args)
+    p.stdin.write(small_message)
+    p.stdin.close()
+    small_rss = child_maxrss_kb(p)
     d.wait_messages("user@localhost")
-    rss_before = d.rss_kb()
+    return d, small_rss, d.rss_kb()
+
+
+def assert_refused_and_bounded(d, rss, small_rss, daemon_rss):
+    """Nothing queued or delivered from the big message, and neither program
+    held it: facteur-sendmail within 16 MiB of a small message's need,
+    facteurd within 32 MiB of its size before."""
+    assert rss - small_rss < 16 * 1024, (small_rss, rss)
+    assert d.rss_kb() - daemon_rss < 32 * 1024, (daemon_rss, d.rss_kb())
+    assert not queued_files(d)
+    assert len(d.maildir_messages("user@localhost")) == 1
+
+
+def test_100mb_over_max_message_size_through_bs_is_refused_and_streamed(start):
+    d, small_rss, daemon_rss = measured_daemon(start, ["user@localhost"],
+                                               b"Subject: small\n\nx\n")
     c = BsClient(d)
     assert c.reply()[0] == 220
     assert c.cmd(b"EHLO app")[0] == 250
@@ -340,49 +355,37 @@ def test_100mb_over_max_message_size_through_bs_is_refused_and_streamed(base, da
     c.proc.stdout.read()
     rss = child_maxrss_kb(c.proc)
     assert c.proc.returncode == 0
-    assert rss - base_rss < 16 * 1024, (base_rss, rss)
-    assert d.rss_kb() - rss_before < 32 * 1024, (rss_before, d.rss_kb())
-    assert not queued_files(d)
-    assert len(d.maildir_messages("user@localhost")) == 1
+    assert_refused_and_bounded(d, rss, small_rss, daemon_rss)
 
 
-def test_100mb_over_max_message_size_through_t_is_refused_and_streamed(base, daemons):
-    d = start(base, daemons, config={"max_message_size": "1M"},
-              env=h.small_quarantine_env())
-    base_rss = small_rss(d, ["-t"], b"To: user@localhost\nSubject: small\n\nx\n")
-    d.wait_messages("user@localhost")
-    rss_before = d.rss_kb()
-    p = subprocess.Popen([str(SENDMAIL), "-C", str(d.conf_path), "-t"],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env=h.clean_env(h.small_quarantine_env()),
-                         preexec_fn=as_nobody)
+def test_100mb_over_max_message_size_through_t_is_refused_and_streamed(start):
+    d, small_rss, daemon_rss = measured_daemon(
+        start, ["-t"], b"To: user@localhost\nSubject: small\n\nx\n")
+    p = popen_sendmail(d, ["-t"])
     writer = feed(p, b"To: user@localhost\nSubject: huge\n\n", HUNDRED_MB)
     writer.join(120)
     err = p.stderr.read()
     rss = child_maxrss_kb(p)
     assert p.returncode == 65, (p.returncode, err)
     assert b"552" in err, err
-    assert rss - base_rss < 16 * 1024, (base_rss, rss)
-    assert d.rss_kb() - rss_before < 32 * 1024, (rss_before, d.rss_kb())
-    assert not queued_files(d)
-    assert len(d.maildir_messages("user@localhost")) == 1
+    assert_refused_and_bounded(d, rss, small_rss, daemon_rss)
 
 
 # --------------------------------------------------------------------------
 # mailq and newaliases, by the name they are called
 
-def link(base, name):
-    path = base / name
+def link(d, name):
+    path = d.dir / name
     path.symlink_to(SENDMAIL)
     return path
 
 
-def test_mailq_as_a_link_lists_the_queue(base, daemons):
+def test_mailq_as_a_link_lists_the_queue(start):
     dead = h.free_port()
-    d = start(base, daemons, config={"retry_min": "1h", "retry_max": "2h",
+    d = start(config={"retry_min": "1h", "retry_max": "2h",
                                      "dns_servers": "127.0.0.1:%d" % h.free_port()},
               extra_lines=["route = * [127.0.0.1]:%d tls=none" % dead])
-    mailq = link(base, "mailq")
+    mailq = link(d, "mailq")
     r = sendmail(d, [], nobody=False, program=mailq)
     assert r.returncode == 0 and r.stdout.decode().strip() == "Mail queue is empty", r
     r = sendmail(d, ["-v", "-f", "robot@example.org", "far@remote.test"], "Subject: q\n\nx\n")
@@ -397,14 +400,14 @@ def test_mailq_as_a_link_lists_the_queue(base, daemons):
     assert r.returncode == EX_NOPERM and b"mailq is for root" in r.stderr, r
 
 
-def test_newaliases_as_a_link_reloads_the_aliases(base, daemons):
-    aliases = base / "aliases"
+def test_newaliases_as_a_link_reloads_the_aliases(start):
+    aliases = start.base / "aliases"
     aliases.write_text("team: first@localhost\n")
-    d = start(base, daemons, config={"aliases_file": str(aliases)})
+    d = start(config={"aliases_file": str(aliases)})
     assert sendmail(d, ["team@localhost"], "Subject: one\n\nx\n").returncode == 0
     d.wait_messages("first@localhost")
     aliases.write_text("team: second@localhost\n")
-    newaliases = link(base, "newaliases")
+    newaliases = link(d, "newaliases")
     r = sendmail(d, [], program=newaliases)
     assert r.returncode == EX_NOPERM and b"newaliases is for root" in r.stderr, r
     r = sendmail(d, [], nobody=False, program=newaliases)
@@ -415,8 +418,8 @@ def test_newaliases_as_a_link_reloads_the_aliases(base, daemons):
     assert len(d.maildir_messages("first@localhost")) == 1
 
 
-def test_newaliases_without_a_daemon_says_so(base, daemons):
-    d = start(base, daemons)
+def test_newaliases_without_a_daemon_says_so(start):
+    d = start()
     d.stop_ok()
     r = sendmail(d, ["-bi"], nobody=False)
     assert r.returncode == 1 and r.stderr, r

@@ -133,7 +133,15 @@ int submit_new(struct server *srv, struct submit **out, char *err,
 	}
 	if (bind_world_socket(sub, err, errlen) == -1) {
 		free(sub);
-		return -1;
+		if (srv->cfg->submit_socket != NULL)
+			return -1;
+		/* The default place beside the spool may be out of reach (a
+		 * container run as the daemon's account): local submission
+		 * is then the direct write of root and that account. */
+		log_event(LOG_LEVEL_WARN, "submit_error", LOG_S("reason", err),
+			  LOG_S("hint", "set submit_socket, or none"));
+		err[0] = '\0';
+		return 0;
 	}
 	*out = sub;
 	return 0;

@@ -24,8 +24,9 @@ int submit_socket_path(const struct config *cfg, char *buf, size_t len);
 
 /* Bind the socket (before privileges are dropped: its folder may be the
  * administrator's) without listening: a connect is refused until
- * submit_enable. *out is NULL when submit_socket is "none". -1 with a
- * message in err when it cannot be bound or another daemon serves it. */
+ * submit_enable. *out is NULL when submit_socket is "none", or when the
+ * default path cannot be bound (logged). -1 with a message in err when
+ * the configured one cannot be bound or another daemon serves it. */
 int submit_new(struct server *srv, struct submit **out, char *err,
 	       size_t errlen);
 /* Listen and accept (once the daemon serves its other listeners). */

@@ -423,3 +423,37 @@ def test_newaliases_without_a_daemon_says_so(start):
     d.stop_ok()
     r = sendmail(d, ["-bi"], nobody=False)
     assert r.returncode == 1 and r.stderr, r
+
+
+# --------------------------------------------------------------------------
+# the socket's place
+
+def test_configured_socket_that_cannot_be_made_stops_the_start(start):
+    d = start()
+    d.stop_ok()
+    d.settings["submit_socket"] = str(d.dir / "missing" / "submit")
+    d.write_config()
+    r = h.run_facteurd(["-c", str(d.conf_path)], timeout=60)
+    assert r.returncode == 69, r
+    assert b"submit_socket" in r.stderr and b"missing/submit" in r.stderr, r.stderr
+
+
+def test_default_socket_out_of_reach_is_a_warning(start):
+    d = start()
+    d.stop_ok()
+    sock = Path(str(d.spool) + ".submit")
+    assert not sock.exists()  # removed at the stop
+    sock.write_text("in the way\n")
+    d.start()
+    ev = d.wait_event("submit_error")[0]
+    assert "not a socket" in ev["reason"], ev
+    # submission by nobody: no daemon to reach through it
+    r = sendmail(d, ["user@localhost"], "Subject: x\n\nx\n")
+    assert r.returncode == EX_TEMPFAIL, r
+    # and none serves no socket, without a warning
+    d.stop_ok()
+    sock.unlink()
+    d.settings["submit_socket"] = "none"
+    d.start()
+    d.send()
+    assert not sock.exists() and not d.events("submit_error")[1:]

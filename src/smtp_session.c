@@ -517,6 +517,16 @@ static bool relay_client(const struct smtp_session *s)
 				 (const struct sockaddr *)&s->addr);
 }
 
+/* The client as the policy sees it: a local submission is trusted like
+ * an authenticated one. */
+static struct policy_client policy_client_of(const struct smtp_session *s)
+{
+	return (struct policy_client){
+	    .addr = (const struct sockaddr *)&s->addr,
+	    .authenticated = s->auth_user != NULL || s->local_peer,
+	};
+}
+
 /* Has this client failed too many logins lately, in any session? */
 static bool auth_client_refused(const struct smtp_session *s)
 {
@@ -990,10 +1000,7 @@ static void cmd_rcpt(struct smtp_session *s, const struct smtp_command *cmd)
 		      status_code_str(STATUS_TOO_MANY_RCPTS));
 		return;
 	}
-	struct policy_client client = {
-	    .addr = (const struct sockaddr *)&s->addr,
-	    .authenticated = s->auth_user != NULL || s->local_peer,
-	};
+	struct policy_client client = policy_client_of(s);
 	struct policy_expansion exp = {0};
 	enum policy_verdict verdict = policy_check_recipient(
 	    s->srv->policy, &client, rcpt.to.address, &exp);
@@ -1072,10 +1079,7 @@ static const char *protocol_name(const struct smtp_session *s)
  * dkim_sign has keys. */
 static bool dkim_signs(const struct smtp_session *s)
 {
-	struct policy_client client = {
-	    .addr = (const struct sockaddr *)&s->addr,
-	    .authenticated = s->auth_user != NULL || s->local_peer,
-	};
+	struct policy_client client = policy_client_of(s);
 	return s->srv->dkim != NULL && s->srv->dkim->count > 0 &&
 	       policy_may_relay(s->srv->policy, &client);
 }

@@ -154,6 +154,10 @@ def test_daemon_down_nobody_gets_75_and_root_still_queues(start):
     assert r.returncode == EX_TEMPFAIL, r
     assert b"cannot reach facteurd" in r.stderr and b"not sent" in r.stderr, r.stderr
     assert not queued_files(d)
+    # -bs needs the daemon's session, whoever asks
+    for nobody in (True, False):
+        r = sendmail(d, ["-bs"], b"EHLO x\r\nQUIT\r\n", nobody=nobody)
+        assert r.returncode == EX_TEMPFAIL and b"cannot reach facteurd" in r.stderr, r
     # root (who may write the spool) keeps the direct write
     r = sendmail(d, ["user@localhost"], "Subject: kept\n\nx\n", nobody=False)
     assert r.returncode == 0, r

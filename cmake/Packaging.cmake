@@ -76,16 +76,26 @@ endif()
 
 # facteur is the system's MTA once installed (it Provides and Conflicts
 # with mail-transport-agent below), so it answers to the names programs
-# submit through: /usr/sbin/sendmail and /usr/lib/sendmail.
+# submit through: /usr/sbin/sendmail and /usr/lib/sendmail, and to the
+# names of sendmail's other modes, which facteur-sendmail tells by its
+# argv[0]: /usr/bin/mailq (-bp) and /usr/bin/newaliases (-bi).
 file(MAKE_DIRECTORY ${CMAKE_BINARY_DIR}/links)
 file(CREATE_LINK facteur-sendmail ${CMAKE_BINARY_DIR}/links/sbin-sendmail
      SYMBOLIC)
 file(CREATE_LINK ../sbin/sendmail ${CMAKE_BINARY_DIR}/links/lib-sendmail
      SYMBOLIC)
+file(CREATE_LINK ../sbin/facteur-sendmail ${CMAKE_BINARY_DIR}/links/bin-mailq
+     SYMBOLIC)
+file(CREATE_LINK ../sbin/facteur-sendmail
+     ${CMAKE_BINARY_DIR}/links/bin-newaliases SYMBOLIC)
 install(FILES ${CMAKE_BINARY_DIR}/links/sbin-sendmail DESTINATION sbin
         RENAME sendmail)
 install(FILES ${CMAKE_BINARY_DIR}/links/lib-sendmail DESTINATION lib
         RENAME sendmail)
+install(FILES ${CMAKE_BINARY_DIR}/links/bin-mailq DESTINATION bin
+        RENAME mailq)
+install(FILES ${CMAKE_BINARY_DIR}/links/bin-newaliases DESTINATION bin
+        RENAME newaliases)
 
 # ---- CPack: the Debian package ----
 set(CPACK_GENERATOR "DEB")

@@ -83,6 +83,7 @@ enum key {
 	KEY_DNSBL,
 	KEY_MAX_MESSAGES_PER_IP,
 	KEY_LOCAL_TRANSPORT,
+	KEY_SUBMIT_SOCKET,
 	KEY_COUNT,
 };
 
@@ -1634,6 +1635,8 @@ static const struct key_def key_defs[KEY_COUNT] = {
 				 .print = print_max_messages},
     [KEY_LOCAL_TRANSPORT] = {"local_transport", "", .set = set_local_transport,
 			     .print = print_local_transport},
+    [KEY_SUBMIT_SOCKET] = {"submit_socket", "",
+			   FIELD(SLOT_STRING, submit_socket)},
 };
 
 static bool find_key(const char *name, size_t len, enum key *out)
@@ -2298,6 +2301,7 @@ void config_free(struct config *cfg)
 	shape_table_free(cfg->shapes);
 	free(cfg->shape_redis);
 	free(cfg->mailbox_owner);
+	free(cfg->submit_socket);
 	for (size_t i = 0; i < cfg->dns_server_count; i++)
 		free(cfg->dns_servers[i].text);
 	free(cfg->dns_servers);

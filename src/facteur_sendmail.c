@@ -1,15 +1,18 @@
 /*
- * facteur-sendmail: sendmail-compatible submission (SPEC.md §2, §8),
- * installable as /usr/sbin/sendmail for cron, PHP's mail(), git
- * send-email and the like.
+ * facteur-sendmail: sendmail-compatible submission, installable as
+ * /usr/sbin/sendmail (and as mailq and newaliases) for cron, PHP's
+ * mail(), git send-email and the like, run by any local account.
  *
- * The message goes straight into the spool, as the daemon would write
- * it: wire form (CRLF, dot-stuffed) behind a Received: header, with the
- * envelope's recipients run through the same policy (aliases, local or
- * remote). We exit 0 only once the spool's commit has flushed both files
- * and the directory; then a running daemon is told "pickup <id>" on its
- * control socket. A daemon that is not running finds the message when it
- * starts, so that case is no error.
+ * The message goes to the daemon over the local submission socket
+ * (submit.h) as one SMTP transaction: the header section rewritten here
+ * (submission), the rest streamed from standard input, and we exit 0
+ * only on the daemon's 250, once the message is in its spool. -bs hands
+ * standard input and output to the daemon's SMTP session as they are.
+ *
+ * When the daemon is not running, root and the daemon's account (who
+ * may write the spool) still queue: the message goes straight into the
+ * spool in the file form, as the daemon would write it, and the daemon
+ * finds it when it starts. Anybody else gets exit 75 (EX_TEMPFAIL).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -24,6 +27,8 @@
 #include <strings.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -38,12 +43,16 @@
 #include "facteur/smtp_proto.h"
 #include "facteur/spool.h"
 #include "facteur/submission.h"
+#include "facteur/submit.h"
+#include "facteur/submit_client.h"
+#include "facteur/text.h"
 
 /* sysexits.h */
 #define EXIT_USAGE 64
 #define EXIT_DATAERR 65
 #define EXIT_NOUSER 67
 #define EXIT_TEMPFAIL 75
+#define EXIT_NOPERM 77
 /* -bp and -q, as facteurctl */
 #define EXIT_UNREACHABLE 1
 #define EXIT_REFUSED 2
@@ -56,9 +65,11 @@
 extern char **environ;
 
 enum mode {
-	MODE_SEND,  /* -bm, the default */
-	MODE_LIST,  /* -bp */
-	MODE_FLUSH, /* -q */
+	MODE_SEND,    /* -bm, the default */
+	MODE_LIST,    /* -bp */
+	MODE_FLUSH,   /* -q */
+	MODE_SMTP,    /* -bs: SMTP on standard input and output */
+	MODE_ALIASES, /* -bi, newaliases: the daemon reloads */
 };
 
 struct options {
@@ -95,7 +106,8 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: facteur-sendmail [-t] [-i|-oi] [-f SENDER] [-F NAME] "
 		"[-C FILE] [-v] [RECIPIENT...]\n"
-		"       facteur-sendmail -bp\n");
+		"       facteur-sendmail -bp | -bs | -bi | -q\n"
+		"       mailq, newaliases\n");
 }
 
 static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -117,8 +129,11 @@ struct option_word {
 	int value;
 };
 
-static const struct option_word modes[] = {
-    {"m", MODE_SEND}, {"p", MODE_LIST}, {NULL, 0}};
+static const struct option_word modes[] = {{"m", MODE_SEND},
+					   {"p", MODE_LIST},
+					   {"s", MODE_SMTP},
+					   {"i", MODE_ALIASES},
+					   {NULL, 0}};
 static const struct option_word returns[] = {
     {"full", SMTP_RET_FULL}, {"hdrs", SMTP_RET_HDRS}, {NULL, 0}};
 static const struct option_word notify_words[] = {
@@ -294,12 +309,17 @@ static int print_queue_line(char *line, void *arg)
 	return 0;
 }
 
+/* newaliases is the daemon's reload: it reads the aliases file as it
+ * is, there is no database to rebuild. */
 static int run_control(const struct config *cfg, enum mode mode)
 {
 	struct lister l = {.now = time(NULL)};
 	char err[512] = "";
+	const char *request = mode == MODE_LIST	   ? "queue"
+			      : mode == MODE_FLUSH ? "flush"
+						   : "reload";
 	enum control_call_result rc = control_client_call(
-	    cfg->spool_dir, mode == MODE_LIST ? "queue" : "flush",
+	    cfg->spool_dir, request,
 	    mode == MODE_LIST ? print_queue_line : NULL, &l, err, sizeof err);
 
 	switch (rc) {
@@ -544,7 +564,9 @@ static ssize_t read_input(struct submission_input *in, char *raw, char *out,
 }
 
 struct writer {
-	struct spool_incoming *inc;
+	struct spool_incoming *inc;   /* into the spool, or */
+	struct submit_client *client; /* to the daemon (then the rest NULL) */
+	bool failed;		      /* the daemon's socket broke */
 	struct smtp_data data;
 	char *out; /* SMTP_DATA_OUT_MAX(READ_CHUNK + 2) */
 	bool *eight_bit;
@@ -554,6 +576,11 @@ struct writer {
 /* Octets into the spool file, and past the signer when there is one. */
 static void store(struct writer *w, const char *p, size_t n)
 {
+	if (w->client != NULL) {
+		if (!w->failed && submit_client_write(w->client, p, n) == -1)
+			w->failed = true;
+		return;
+	}
 	spool_incoming_write(w->inc, p, n);
 	if (w->dkim != NULL)
 		dkim_intake_feed(w->dkim, p, n);
@@ -613,144 +640,168 @@ static void sign(const struct submission *sub, struct queueing *q,
 	free(outcome);
 }
 
-/*
- * Read the header section, rewrite it, settle the recipients, then
- * stream the message into the spool and commit it. Returns 0 with the
- * queue id in `id`, or an exit status.
- */
-static int submit(struct submission *sub, char *id)
+/* The message's head: its header section as read (with whatever came
+ * after it in the same reads) and as rewritten, and the recipients it
+ * names with the command line's. */
+struct head {
+	struct submission_input in;
+	bool eof;
+	char *text; /* as read, lone-dot rule applied */
+	size_t len;
+	long end;      /* where the header section ends in text */
+	char *headers; /* rewritten */
+	size_t headers_len;
+	struct submission_addresses addresses;
+	time_t now;
+	char date[MAILTIME_BUF];
+};
+
+static void head_clear(struct head *h)
 {
-	const struct config *cfg = sub->cfg;
+	free(h->text);
+	free(h->headers);
+	submission_addresses_clear(&h->addresses);
+}
+
+/* Read the header section, whole, and rewrite it. 0 or an exit status. */
+static int read_head(struct submission *sub, struct queueing *q, struct head *h)
+{
 	const struct options *opt = sub->opt;
-	struct submission_input in = {.ignore_dots = opt->ignore_dots};
-	struct queueing q = {0};
-	char *head = NULL;
-	size_t head_len = 0;
-	bool eof = false;
-	long header_end = -1;
-	int rc = EXIT_TEMPFAIL;
-
-	q.raw = malloc(READ_CHUNK);
-	q.filtered = malloc(SUBMISSION_INPUT_OUT_MAX(READ_CHUNK));
-	q.wire = malloc(SMTP_DATA_OUT_MAX(READ_CHUNK));
-	if (q.raw == NULL || q.filtered == NULL || q.wire == NULL) {
-		fail("out of memory");
-		goto out;
-	}
-
-	/* The header section, whole, in memory. */
-	while (header_end < 0) {
+	h->in.ignore_dots = opt->ignore_dots;
+	h->end = -1;
+	while (h->end < 0) {
 		size_t n = 0;
-		if (read_input(&in, q.raw, q.filtered, &n, &eof) == -1) {
+		if (read_input(&h->in, q->raw, q->filtered, &n, &h->eof) ==
+		    -1) {
 			fail("reading the message: %s", strerror(errno));
-			goto out;
+			return EXIT_TEMPFAIL;
 		}
-		if (head_len + n > HEADER_MAX) {
+		if (h->len + n > HEADER_MAX) {
 			fail("header section larger than %d octets",
 			     HEADER_MAX);
-			rc = EXIT_DATAERR;
-			goto out;
+			return EXIT_DATAERR;
 		}
-		char *grown = realloc(head, head_len + n + 1);
+		char *grown = realloc(h->text, h->len + n + 1);
 		if (grown == NULL) {
 			fail("out of memory");
-			goto out;
+			return EXIT_TEMPFAIL;
 		}
-		head = grown;
-		memcpy(head + head_len, q.filtered, n);
-		head_len += n;
-		header_end =
-		    submission_header_end(head, head_len, eof || in.done);
+		h->text = grown;
+		memcpy(h->text + h->len, q->filtered, n);
+		h->len += n;
+		h->end = submission_header_end(h->text, h->len,
+					       h->eof || h->in.done);
 	}
 
-	time_t now = time(NULL);
-	char date[MAILTIME_BUF], message_id[256];
+	h->now = time(NULL);
+	char message_id[256];
 	uint64_t random = 0;
 	if (getrandom(&random, sizeof random, 0) != sizeof random)
-		random = (uint64_t)getpid() << 32 ^ (uint64_t)now;
-	mailtime_format(now, date, sizeof date);
+		random = (uint64_t)getpid() << 32 ^ (uint64_t)h->now;
+	mailtime_format(h->now, h->date, sizeof h->date);
 	snprintf(message_id, sizeof message_id, "<%lld.%016" PRIx64 "@%s>",
-		 (long long)now, random, cfg->hostname);
+		 (long long)h->now, random, sub->cfg->hostname);
 	struct submission_headers rewrite = {
 	    .extract_recipients = opt->extract,
 	    .from = sub->sender[0] ? sub->sender : sub->default_from,
 	    .from_name = opt->from_name,
-	    .date = date,
+	    .date = h->date,
 	    .message_id = message_id,
 	};
-	struct submission_addresses addresses = {0};
-	size_t headers_len = 0;
-	char *headers = submission_rewrite_headers(
-	    head, (size_t)header_end, &rewrite, &addresses, &headers_len);
-	for (int i = 0; i < opt->rcpt_argc && headers != NULL; i++)
+	h->headers = submission_rewrite_headers(
+	    h->text, (size_t)h->end, &rewrite, &h->addresses, &h->headers_len);
+	for (int i = 0; i < opt->rcpt_argc && h->headers != NULL; i++)
 		if (submission_parse_addresses(opt->rcpt_args[i],
 					       strlen(opt->rcpt_args[i]),
-					       &addresses) == -1) {
-			free(headers);
-			headers = NULL;
+					       &h->addresses) == -1) {
+			free(h->headers);
+			h->headers = NULL;
 		}
-	if (headers == NULL) {
-		submission_addresses_clear(&addresses);
+	if (h->headers == NULL) {
 		fail("out of memory");
-		goto out;
+		return EXIT_TEMPFAIL;
 	}
-	rc = add_recipients(sub, &addresses);
-	submission_addresses_clear(&addresses);
+	if (h->addresses.count == 0) {
+		fail("no recipients");
+		return EXIT_USAGE;
+	}
+	return 0;
+}
+
+/* The message, from its rewritten header section to the end of
+ * standard input, in wire form through w; reading stops early only
+ * when the spool's own file refused a write. Returns -1 when the input
+ * could not be read. */
+static int stream_message(struct writer *w, struct queueing *q, struct head *h)
+{
+	smtp_data_init(&w->data, SMTP_DATA_RAW);
+	write_message(w, h->headers, h->headers_len);
+	write_message(w, h->text + h->end, h->len - (size_t)h->end);
+	while (!h->eof && !h->in.done && !w->failed &&
+	       (w->inc == NULL || w->inc->error == 0)) {
+		size_t n = 0;
+		if (read_input(&h->in, q->raw, q->filtered, &n, &h->eof) ==
+		    -1) {
+			fail("reading the message: %s", strerror(errno));
+			return -1;
+		}
+		write_message(w, q->filtered, n);
+	}
+	size_t tail = smtp_data_finish(&w->data, q->wire);
+	store(w, q->wire, tail);
+	return 0;
+}
+
+/*
+ * Without a daemon: settle the recipients through the policy, stream
+ * the message into the spool and commit it. Returns 0 with the queue id
+ * in `id`, or an exit status.
+ */
+static int queue_in_spool(struct submission *sub, struct queueing *q,
+			  struct head *h, char *id)
+{
+	const struct config *cfg = sub->cfg;
+	const struct options *opt = sub->opt;
+	int rc = add_recipients(sub, &h->addresses);
 	if (rc == 0 && sub->rcpt_count == 0) {
 		fail("no recipients");
 		rc = EXIT_USAGE;
 	}
-	if (rc != 0) {
-		free(headers);
-		goto out;
-	}
-	rc = EXIT_TEMPFAIL;
+	if (rc != 0)
+		return rc;
 
 	/* Into the spool, as facteurd's own sessions write it. */
 	char err[512];
 	if (become_spool_owner(cfg) == -1) {
-		free(headers);
 		fail("cannot set up the spool");
-		goto out;
+		return EXIT_TEMPFAIL;
 	}
 	/* No loop and no iothread: one message, committed synchronously. */
-	q.spool = spool_open_drop(NULL, NULL, cfg->spool_dir, err, sizeof err);
-	if (q.spool == NULL || (q.inc = spool_incoming_new(q.spool)) == NULL) {
+	q->spool = spool_open_drop(NULL, NULL, cfg->spool_dir, err, sizeof err);
+	if (q->spool == NULL ||
+	    (q->inc = spool_incoming_new(q->spool)) == NULL) {
 		fail("cannot queue the message: %s",
-		     q.spool ? strerror(errno) : err);
-		free(headers);
-		goto out;
+		     q->spool ? strerror(errno) : err);
+		return EXIT_TEMPFAIL;
 	}
-	memcpy(id, q.inc->id, SPOOL_ID_LEN + 1);
+	memcpy(id, q->inc->id, SPOOL_ID_LEN + 1);
 	char *received = NULL;
 	if (asprintf(&received,
 		     "Received: by %s (facteur) with local id %s;\r\n\t%s\r\n",
-		     cfg->hostname, id, date) == -1) {
-		free(headers);
+		     cfg->hostname, id, h->date) == -1) {
 		fail("out of memory");
-		goto out;
+		return EXIT_TEMPFAIL;
 	}
 	struct writer w = {
-	    .inc = q.inc, .out = q.wire, .eight_bit = &sub->eight_bit};
+	    .inc = q->inc, .out = q->wire, .eight_bit = &sub->eight_bit};
 	if (sub->dkim != NULL && sub->dkim->count > 0)
 		w.dkim = dkim_intake_new(); /* NULL: unsigned, said below */
 	store(&w, received, strlen(received));
 	free(received);
-	smtp_data_init(&w.data, SMTP_DATA_RAW);
-	write_message(&w, headers, headers_len);
-	free(headers);
-	write_message(&w, head + header_end, head_len - (size_t)header_end);
-	while (!eof && !in.done && w.data.size <= cfg->max_message_size &&
-	       q.inc->error == 0) {
-		size_t n = 0;
-		if (read_input(&in, q.raw, q.filtered, &n, &eof) == -1) {
-			fail("reading the message: %s", strerror(errno));
-			goto out;
-		}
-		write_message(&w, q.filtered, n);
+	if (stream_message(&w, q, h) == -1) {
+		dkim_intake_free(w.dkim);
+		return EXIT_TEMPFAIL;
 	}
-	size_t tail = smtp_data_finish(&w.data, q.wire);
-	store(&w, q.wire, tail);
 	if (w.data.size > cfg->max_message_size ||
 	    w.data.received_count > SMTP_RECEIVED_MAX) {
 		dkim_intake_free(w.dkim);
@@ -760,17 +811,15 @@ static int submit(struct submission *sub, char *id)
 		fail("message larger than max_message_size (%" PRIu64
 		     " octets)",
 		     cfg->max_message_size);
-		rc = EXIT_DATAERR;
-		goto out;
+		return EXIT_DATAERR;
 	}
 	if (w.data.received_count > SMTP_RECEIVED_MAX) {
 		fail("too many Received: headers (a mail loop?)");
-		rc = EXIT_DATAERR;
-		goto out;
+		return EXIT_DATAERR;
 	}
 
 	struct spool_envelope env = {
-	    .arrival = now,
+	    .arrival = h->now,
 	    .sender = sub->sender,
 	    .client_addr = (char *)"local",
 	    .helo = cfg->hostname,
@@ -785,31 +834,158 @@ static int submit(struct submission *sub, char *id)
 	};
 	memcpy(env.id, id, sizeof env.id);
 	for (size_t i = 0; i < sub->rcpt_count; i++)
-		sub->rcpts[i].updated = now;
+		sub->rcpts[i].updated = h->now;
 	if (sub->dkim != NULL && sub->dkim->count > 0)
-		sign(sub, &q, w.dkim);
-	struct spool_incoming *inc = q.inc;
-	q.inc = NULL; /* the spool owns it now */
-	if (spool_drop_commit(q.spool, inc, &env) == -1) {
+		sign(sub, q, w.dkim);
+	struct spool_incoming *inc = q->inc;
+	q->inc = NULL; /* the spool owns it now */
+	if (spool_drop_commit(q->spool, inc, &env) == -1) {
 		fail("cannot queue the message: %s", strerror(errno));
-		goto out;
+		return EXIT_TEMPFAIL;
 	}
 	/* A daemon starting right now removes a message file that has no
 	 * envelope yet; make sure ours survived. */
 	char path[4096];
 	struct stat st;
-	spool_msg_path(q.spool, id, path, sizeof path);
+	spool_msg_path(q->spool, id, path, sizeof path);
 	if (path[0] == '\0' || stat(path, &st) == -1) {
-		spool_remove(q.spool, id);
+		spool_remove(q->spool, id);
 		fail("the message was removed from the spool while it was "
 		     "written (a daemon was starting?)");
-		goto out;
+		return EXIT_TEMPFAIL;
 	}
-	rc = 0;
-out:
-	free(head);
-	queueing_end(&q);
-	return rc;
+	return 0;
+}
+
+/* A refusal or a broken exchange as an exit status: 4xx and a broken
+ * socket are temporary (75), a 5xx is `permanent`. */
+static int refused(const struct submit_client *c, int code, int permanent,
+		   const char *what)
+{
+	if (code < 0) {
+		fail("%s: %s; the message was not sent", what, c->err);
+		return EXIT_TEMPFAIL;
+	}
+	fail("%s: %d %s%s%s", what, code, c->reply.esc,
+	     c->reply.esc[0] ? " " : "", c->reply.text);
+	return code >= 500 ? permanent : EXIT_TEMPFAIL;
+}
+
+/* MAIL FROM with the options that become its parameters. */
+static int send_mail_from(struct submission *sub, struct submit_client *c)
+{
+	const struct options *opt = sub->opt;
+	char envid[SMTP_ENVID_MAX * 3 + 1] = "";
+	if (opt->envid != NULL &&
+	    text_xtext_encode(opt->envid, strlen(opt->envid), envid,
+			      sizeof envid) < 0)
+		envid[0] = '\0';
+	char *line = NULL;
+	if (asprintf(&line, "MAIL FROM:<%s>%s%s%s%s%s", sub->sender,
+		     sub->smtputf8 ? " SMTPUTF8" : "",
+		     opt->ret == SMTP_RET_FULL	 ? " RET=FULL"
+		     : opt->ret == SMTP_RET_HDRS ? " RET=HDRS"
+						 : "",
+		     envid[0] ? " ENVID=" : "", envid, "") == -1) {
+		fail("out of memory");
+		return EXIT_TEMPFAIL;
+	}
+	int code = submit_client_command(c, line, false);
+	free(line);
+	return code == 250 ? 0 : refused(c, code, EXIT_DATAERR, "sender");
+}
+
+/* " NOTIFY=SUCCESS,DELAY" from -N's bits, or "". */
+static void notify_param(unsigned bits, char *buf, size_t len)
+{
+	static const struct option_word keywords[] = {
+	    {"NEVER", SMTP_NOTIFY_NEVER},
+	    {"SUCCESS", SMTP_NOTIFY_SUCCESS},
+	    {"FAILURE", SMTP_NOTIFY_FAILURE},
+	    {"DELAY", SMTP_NOTIFY_DELAY},
+	    {NULL, 0}};
+	const char *sep = " NOTIFY=";
+	size_t used = 0;
+	buf[0] = '\0';
+	for (const struct option_word *k = keywords; k->word != NULL; k++) {
+		if ((bits & (unsigned)k->value) == 0 || used >= len)
+			continue;
+		int n = snprintf(buf + used, len - used, "%s%s", sep, k->word);
+		if (n > 0)
+			used += (size_t)n;
+		sep = ",";
+	}
+}
+
+/* Every recipient, qualified and checked here, then by the daemon's
+ * policy (a refused one ends the submission, as a direct write does). */
+static int send_recipients(struct submission *sub, struct submit_client *c,
+			   const struct submission_addresses *list)
+{
+	char notify[64];
+	notify_param(sub->opt->notify, notify, sizeof notify);
+	for (size_t i = 0; i < list->count; i++) {
+		char *address = checked_address(
+		    list->items[i], qualify_domain(sub->cfg), "recipient");
+		if (address == NULL)
+			return EXIT_NOUSER;
+		char *line = NULL;
+		if (asprintf(&line, "RCPT TO:<%s>%s", address, notify) == -1) {
+			free(address);
+			fail("out of memory");
+			return EXIT_TEMPFAIL;
+		}
+		int code = submit_client_command(c, line, false);
+		free(line);
+		int rc = code == 250 || code == 251
+			     ? 0
+			     : refused(c, code, EXIT_NOUSER, address);
+		free(address);
+		if (rc != 0)
+			return rc;
+	}
+	return 0;
+}
+
+/*
+ * Through the daemon: one SMTP transaction on the submission socket,
+ * the message streamed as it is read. Returns 0 with the queue id in
+ * `id` once the daemon said 250, or an exit status.
+ */
+static int queue_through_daemon(struct submission *sub, struct queueing *q,
+				struct head *h, struct submit_client *c,
+				char *id)
+{
+	for (size_t i = 0; i < h->addresses.count; i++)
+		sub->smtputf8 |= has_eight_bit(h->addresses.items[i]);
+	int code = submit_client_command(c, NULL, false);
+	if (code != 220)
+		return refused(c, code, EXIT_TEMPFAIL, "facteurd's greeting");
+	char ehlo[300];
+	snprintf(ehlo, sizeof ehlo, "EHLO %s", sub->cfg->hostname);
+	if ((code = submit_client_command(c, ehlo, true)) != 250)
+		return refused(c, code, EXIT_TEMPFAIL, "EHLO");
+	int rc = send_mail_from(sub, c);
+	if (rc == 0)
+		rc = send_recipients(sub, c, &h->addresses);
+	if (rc != 0)
+		return rc;
+	if ((code = submit_client_command(c, "DATA", false)) != 354)
+		return refused(c, code, EXIT_DATAERR, "DATA");
+	struct writer w = {
+	    .client = c, .out = q->wire, .eight_bit = &sub->eight_bit};
+	if (stream_message(&w, q, h) == -1)
+		return EXIT_TEMPFAIL; /* we close without the end: discarded */
+	if (w.failed)
+		return refused(c, -1, EXIT_TEMPFAIL, "sending the message");
+	code = submit_client_command(c, ".", false);
+	if (code != 250)
+		return refused(c, code, EXIT_DATAERR, "message refused");
+	const char *queued = strstr(c->reply.text, "queued as ");
+	if (queued != NULL)
+		snprintf(id, SPOOL_ID_LEN + 1, "%s", queued + 10);
+	(void)submit_client_command(c, "QUIT", false);
+	return 0;
 }
 
 /* Tell a running daemon; one that is not running finds it at start. */
@@ -838,24 +1014,62 @@ static void submission_clear(struct submission *sub)
 	free(sub->default_from);
 }
 
-int main(int argc, char **argv)
+/* May this caller write the spool itself: root, or the account that
+ * owns it (the daemon's)? Only they get the direct write when the
+ * daemon is down, and the control socket's commands. */
+static bool may_write_spool(const struct config *cfg)
 {
-	struct options opt = {0};
-	int rc = parse_options(argc, argv, &opt);
-	if (rc != 0)
-		return rc;
-	signal(SIGPIPE, SIG_IGN);
-	signal(SIGXFSZ, SIG_IGN);
+	struct stat st;
+	if (geteuid() == 0)
+		return true;
+	return stat(cfg->spool_dir, &st) == 0 && st.st_uid == geteuid();
+}
 
-	struct config *cfg = load_config(&opt);
-	if (cfg == NULL)
-		return CONFIG_EX_CONFIG;
-	if (opt.mode != MODE_SEND) {
-		rc = run_control(cfg, opt.mode);
-		config_free(cfg);
-		return rc;
+/* The daemon's answers can wait for a flush: its own timeout, and a
+ * minute more, bounds every wait. */
+static enum submit_connect_result connect_daemon(const struct config *cfg,
+						 struct submit_client *c)
+{
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	int rc = submit_socket_path(cfg, path, sizeof path);
+	if (rc <= 0) {
+		memset(c, 0, sizeof *c);
+		c->fd = -1;
+		snprintf(c->err, sizeof c->err, "%s",
+			 rc == 0 ? "submit_socket is none"
+				 : "submit_socket: path too long for a socket");
+		return rc == 0 ? SUBMIT_NOT_RUNNING : SUBMIT_CONNECT_FAILED;
 	}
+	return submit_client_connect(c, path, cfg->smtp_timeout + 60);
+}
 
+/* The message: its head read and rewritten, then through the daemon
+ * when `c` is connected, else into the spool. 0 with the queue id, or
+ * an exit status. */
+static int submit(struct submission *sub, struct submit_client *c, char *id)
+{
+	struct queueing q = {0};
+	struct head h = {0};
+	int rc = EXIT_TEMPFAIL;
+
+	q.raw = malloc(READ_CHUNK);
+	q.filtered = malloc(SUBMISSION_INPUT_OUT_MAX(READ_CHUNK));
+	q.wire = malloc(SMTP_DATA_OUT_MAX(READ_CHUNK));
+	if (q.raw == NULL || q.filtered == NULL || q.wire == NULL)
+		fail("out of memory");
+	else if ((rc = read_head(sub, &q, &h)) == 0)
+		rc = c != NULL ? queue_through_daemon(sub, &q, &h, c, id)
+			       : queue_in_spool(sub, &q, &h, id);
+	head_clear(&h);
+	queueing_end(&q);
+	return rc;
+}
+
+/* Without a daemon, as root or the daemon's account: the policy read
+ * here (users, aliases), the keys for DKIM when readable, the message
+ * written into the spool. */
+static int submit_direct(struct config *cfg, const struct options *opt)
+{
 	/* The files named by the configuration are read as the caller,
 	 * before any change of user, like facteurd reads them as root. */
 	struct config_errors errors = {0};
@@ -870,7 +1084,6 @@ int main(int argc, char **argv)
 			fail("%s", errors.messages[i]);
 		config_errors_clear(&errors);
 		auth_users_free(users);
-		config_free(cfg);
 		return CONFIG_EX_CONFIG;
 	}
 
@@ -884,20 +1097,116 @@ int main(int argc, char **argv)
 	config_errors_clear(&errors);
 
 	struct submission sub = {
-	    .cfg = cfg, .policy = policy, .opt = &opt, .dkim = dkim};
+	    .cfg = cfg, .policy = policy, .opt = opt, .dkim = dkim};
 	char id[SPOOL_ID_LEN + 1] = "";
-	rc = choose_sender(&sub, &opt, invoking_user());
+	int rc = choose_sender(&sub, opt, invoking_user());
 	if (rc == 0)
-		rc = submit(&sub, id);
+		rc = submit(&sub, NULL, id);
 	if (rc == 0) {
 		announce(cfg, id);
-		if (opt.verbose)
+		if (opt->verbose)
 			fprintf(stderr, "facteur-sendmail: queued as %s\n", id);
 	}
 	submission_clear(&sub);
 	dkim_keys_free(dkim);
 	policy_free(policy);
 	auth_users_free(users);
+	return rc;
+}
+
+/* The usual way: through the daemon; without one, the direct write for
+ * those who may, exit 75 for the others. */
+static int send_message(struct config *cfg, const struct options *opt)
+{
+	struct submit_client c;
+	enum submit_connect_result connected = connect_daemon(cfg, &c);
+	if (connected != SUBMIT_CONNECTED) {
+		if (may_write_spool(cfg))
+			return submit_direct(cfg, opt);
+		fail("cannot reach facteurd (%s); the message was not sent, "
+		     "try again later",
+		     c.err);
+		return EXIT_TEMPFAIL;
+	}
+	struct submission sub = {.cfg = cfg, .opt = opt};
+	char id[SPOOL_ID_LEN + 1] = "";
+	int rc = choose_sender(&sub, opt, invoking_user());
+	if (rc == 0)
+		rc = submit(&sub, &c, id);
+	if (rc == 0 && opt->verbose)
+		fprintf(stderr, "facteur-sendmail: queued as %s\n", id);
+	submit_client_close(&c);
+	submission_clear(&sub);
+	return rc;
+}
+
+/* -bs: the daemon's SMTP session on standard input and output. */
+static int speak_smtp(const struct config *cfg)
+{
+	struct submit_client c;
+	if (connect_daemon(cfg, &c) != SUBMIT_CONNECTED) {
+		fail("cannot reach facteurd (%s); try again later", c.err);
+		return EXIT_TEMPFAIL;
+	}
+	int rc = submit_client_relay(&c, STDIN_FILENO, STDOUT_FILENO);
+	if (rc == -1)
+		fail("%s", c.err);
+	submit_client_close(&c);
+	return rc == -1 ? EXIT_TEMPFAIL : 0;
+}
+
+/* mailq, newaliases and -q act on the daemon's control socket, which is
+ * root's and the daemon account's only. */
+static int run_privileged(const struct config *cfg, enum mode mode)
+{
+	if (!may_write_spool(cfg)) {
+		fail("%s is for root and the account facteurd runs as "
+		     "(the queue and its control are theirs)",
+		     mode == MODE_ALIASES ? "newaliases"
+		     : mode == MODE_LIST  ? "mailq"
+					  : "-q");
+		return EXIT_NOPERM;
+	}
+	return run_control(cfg, mode);
+}
+
+/* Called as mailq or newaliases (a link's name), the mode it means. */
+static enum mode mode_of_name(const char *argv0)
+{
+	const char *slash = strrchr(argv0, '/');
+	const char *name = slash != NULL ? slash + 1 : argv0;
+	if (strcmp(name, "mailq") == 0)
+		return MODE_LIST;
+	if (strcmp(name, "newaliases") == 0)
+		return MODE_ALIASES;
+	return MODE_SEND;
+}
+
+int main(int argc, char **argv)
+{
+	struct options opt = {.mode = mode_of_name(argc > 0 ? argv[0] : "")};
+	int rc = parse_options(argc, argv, &opt);
+	if (rc != 0)
+		return rc;
+	signal(SIGPIPE, SIG_IGN);
+	signal(SIGXFSZ, SIG_IGN);
+
+	struct config *cfg = load_config(&opt);
+	if (cfg == NULL)
+		return CONFIG_EX_CONFIG;
+	switch (opt.mode) {
+	case MODE_SEND:
+		rc = send_message(cfg, &opt);
+		break;
+	case MODE_SMTP:
+		rc = speak_smtp(cfg);
+		break;
+	case MODE_LIST:
+	case MODE_FLUSH:
+	case MODE_ALIASES:
+		rc = run_privileged(cfg, opt.mode);
+		break;
+	}
 	config_free(cfg);
 	return rc;
 }

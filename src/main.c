@@ -46,6 +46,7 @@
 #include "facteur/server.h"
 #include "facteur/smtp_session.h"
 #include "facteur/spool.h"
+#include "facteur/submit.h"
 #include "facteur/tls.h"
 #include "facteur/worker.h"
 
@@ -78,6 +79,7 @@ struct settings {
 static struct server srv;
 static struct pop3_server *pop3;
 static struct control *control;
+static struct submit *submit; /* NULL: submit_socket = none */
 static struct metrics_http *metrics_http;
 static const char *config_path;
 static struct event *drain_check;
@@ -341,6 +343,7 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
 		readiness = METRICS_DRAINING;
 	metrics_http_set_readiness(metrics_http, METRICS_DRAINING);
 	listener_disable(srv.listener);
+	submit_disable(submit);
 	pop3_server_disable(pop3);
 	pop3_server_shutdown(pop3);
 	smtp_server_shutdown(srv.smtp);
@@ -449,6 +452,7 @@ static void recovery_done(void *arg)
 	char err[512];
 	control_enable(control);
 	if (listener_enable(srv.listener, err, sizeof err) == -1 ||
+	    (submit != NULL && submit_enable(submit, err, sizeof err) == -1) ||
 	    pop3_server_enable(pop3, err, sizeof err) == -1) {
 		log_cannot_listen(err);
 		start_failed(EXIT_CANNOT_LISTEN);
@@ -591,7 +595,8 @@ int main(int argc, char **argv)
 	srv.listener =
 	    listener_new(&srv, listener_smtp_owner(&srv), srv.cfg->listen,
 			 srv.cfg->listen_count, err, sizeof err);
-	if (srv.listener == NULL) {
+	if (srv.listener == NULL ||
+	    submit_new(&srv, &submit, err, sizeof err) == -1) {
 		log_cannot_listen(err);
 		return EXIT_CANNOT_LISTEN;
 	}
@@ -693,6 +698,7 @@ int main(int argc, char **argv)
 	if (drain_limit != NULL)
 		event_free(drain_limit);
 	control_free(control);
+	submit_free(submit);
 	metrics_http_free(metrics_http);
 	pop3_server_free(pop3);
 	scheduler_free(srv.scheduler);

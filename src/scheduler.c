@@ -965,7 +965,7 @@ void scheduler_free(struct scheduler *sched)
 static void log_accepted(const struct spool_envelope *env,
 			 const struct scheduler_arrival *arrival)
 {
-	struct log_field f[10] = {
+	struct log_field f[12] = {
 	    LOG_S("queue_id", env->id),
 	    LOG_S("from", env->sender),
 	    LOG_I("size", env->size),
@@ -977,6 +977,10 @@ static void log_accepted(const struct spool_envelope *env,
 	size_t n = 7;
 	if (env->auth_user != NULL)
 		f[n++] = (struct log_field)LOG_S("auth_user", env->auth_user);
+	if (arrival != NULL && arrival->local_user != NULL) {
+		f[n++] = (struct log_field)LOG_I("uid", arrival->local_uid);
+		f[n++] = (struct log_field)LOG_S("user", arrival->local_user);
+	}
 	if (arrival != NULL && arrival->session != NULL)
 		f[n++] = (struct log_field)LOG_S("session", arrival->session);
 	if (arrival != NULL && arrival->message_id != NULL)

@@ -181,6 +181,9 @@ struct smtp_session {
 	struct dnsbl_check *dnsbl;
 	struct event *dnsbl_timer;
 	char *dnsbl_zone;
+	/* a local submission (submit.h): who is on the other end */
+	bool local_peer;
+	struct smtp_local_peer local;
 };
 
 /* The SMTP side of one daemon: its sessions, for shutdown and the drain
@@ -428,7 +431,7 @@ static void cmd_helo(struct smtp_session *s, const struct smtp_command *cmd,
 	reply(s, "250-ENHANCEDSTATUSCODES");
 	reply(s, "250-SMTPUTF8");
 	reply(s, "250-CHUNKING");
-	if (s->srv->tls_server != NULL && !s->tls)
+	if (s->srv->tls_server != NULL && !s->tls && !s->local_peer)
 		reply(s, "250-STARTTLS");
 	if (tls_active(s) && s->srv->users != NULL)
 		reply(s, "250-AUTH PLAIN LOGIN");
@@ -464,7 +467,7 @@ static void cmd_starttls(struct smtp_session *s, const struct smtp_command *cmd)
 		reply_error(s, 503, STATUS_BAD_COMMAND, "TLS already active");
 		return;
 	}
-	if (s->srv->tls_server == NULL) {
+	if (s->srv->tls_server == NULL || s->local_peer) {
 		reply(s, "454 %s TLS not available",
 		      status_code_str(STATUS_SECURITY_TRANSIENT));
 		return;
@@ -508,8 +511,20 @@ static void client_key(const struct smtp_session *s, uint8_t key[16])
 static bool relay_client(const struct smtp_session *s)
 {
 	const struct config *cfg = cfg_of(s);
+	if (s->local_peer)
+		return true;
 	return config_cidr_match(cfg->relay_networks, cfg->relay_network_count,
 				 (const struct sockaddr *)&s->addr);
+}
+
+/* The client as the policy sees it: a local submission is trusted like
+ * an authenticated one. */
+static struct policy_client policy_client_of(const struct smtp_session *s)
+{
+	return (struct policy_client){
+	    .addr = (const struct sockaddr *)&s->addr,
+	    .authenticated = s->auth_user != NULL || s->local_peer,
+	};
 }
 
 /* Has this client failed too many logins lately, in any session? */
@@ -860,6 +875,25 @@ static bool message_rate_allows(struct smtp_session *s, const char *sender)
 	return false;
 }
 
+/* Is this the sender facteur-sendmail gives the caller by default, its
+ * account's name at the host name or at a local domain? Anything else
+ * from an unprivileged caller is a chosen sender (-f), logged. */
+static bool sender_is_local_user(const struct smtp_session *s,
+				 const char *address)
+{
+	const char *at = strrchr(address, '@');
+	size_t user_len = strlen(s->local.user);
+	if (at == NULL || (size_t)(at - address) != user_len ||
+	    memcmp(address, s->local.user, user_len) != 0)
+		return false;
+	char *domain = ascii_lower_dup(at + 1, strlen(at + 1));
+	bool local = domain != NULL &&
+		     (ascii_ieq(domain, strlen(domain), cfg_of(s)->hostname) ||
+		      config_is_local_domain(cfg_of(s), domain));
+	free(domain);
+	return local;
+}
+
 static void cmd_mail(struct smtp_session *s, const struct smtp_command *cmd)
 {
 	const struct config *cfg = cfg_of(s);
@@ -903,6 +937,12 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_command *cmd)
 	}
 	if (!message_rate_allows(s, mail.from.address))
 		return;
+	if (s->local_peer && !s->local.privileged &&
+	    !sender_is_local_user(s, mail.from.address))
+		log_event(LOG_LEVEL_INFO, "sender_override", LOG_SESSION(s),
+			  LOG_I("uid", s->local.uid),
+			  LOG_S("user", s->local.user),
+			  LOG_S("from", mail.from.address));
 	s->tx.mail = mail;
 	s->tx.active = true;
 	envelope_charge(s, strlen(mail.from.address) + 1);
@@ -960,10 +1000,7 @@ static void cmd_rcpt(struct smtp_session *s, const struct smtp_command *cmd)
 		      status_code_str(STATUS_TOO_MANY_RCPTS));
 		return;
 	}
-	struct policy_client client = {
-	    .addr = (const struct sockaddr *)&s->addr,
-	    .authenticated = s->auth_user != NULL,
-	};
+	struct policy_client client = policy_client_of(s);
 	struct policy_expansion exp = {0};
 	enum policy_verdict verdict = policy_check_recipient(
 	    s->srv->policy, &client, rcpt.to.address, &exp);
@@ -1032,6 +1069,8 @@ static const char *protocol_name(const struct smtp_session *s)
 	    {{{"UTF8SMTP", "UTF8SMTPA"}, {"UTF8SMTPS", "UTF8SMTPSA"}},
 	     {{"UTF8SMTP", "UTF8SMTPA"}, {"UTF8SMTPS", "UTF8SMTPSA"}}},
 	};
+	if (s->local_peer)
+		return "local";
 	return names[s->tx.mail.smtputf8][s->esmtp][s->tls]
 		    [s->auth_user != NULL];
 }
@@ -1040,10 +1079,7 @@ static const char *protocol_name(const struct smtp_session *s)
  * dkim_sign has keys. */
 static bool dkim_signs(const struct smtp_session *s)
 {
-	struct policy_client client = {
-	    .addr = (const struct sockaddr *)&s->addr,
-	    .authenticated = s->auth_user != NULL,
-	};
+	struct policy_client client = policy_client_of(s);
 	return s->srv->dkim != NULL && s->srv->dkim->count > 0 &&
 	       policy_may_relay(s->srv->policy, &client);
 }
@@ -1073,13 +1109,21 @@ static bool message_begin(struct smtp_session *s)
 	if (tx->accepted_rcpt_commands == 1 && tx->rcpt_count > 0)
 		snprintf(for_clause, sizeof for_clause, "\r\n\tfor <%s>",
 			 recipient_original(tx->rcpts[0]));
-	/* The header waits in outbuf for the body's first octets. */
-	int n = snprintf(tx->outbuf, MESSAGE_BUF_SIZE,
-			 "Received: from %s ([%s])\r\n"
-			 "\tby %s (facteur) with %s id %s%s;\r\n"
-			 "\t%s\r\n",
-			 s->helo, s->client, cfg_of(s)->hostname,
-			 protocol_name(s), tx->incoming->id, for_clause, date);
+	/* The header waits in outbuf for the body's first octets. A local
+	 * submission's has no "from" (the caller's HELO means nothing) and
+	 * no "for" (it would show a Bcc: recipient of -t). */
+	int n = s->local_peer
+		    ? snprintf(tx->outbuf, MESSAGE_BUF_SIZE,
+			       "Received: by %s (facteur) with local id %s;"
+			       "\r\n\t%s\r\n",
+			       cfg_of(s)->hostname, tx->incoming->id, date)
+		    : snprintf(tx->outbuf, MESSAGE_BUF_SIZE,
+			       "Received: from %s ([%s])\r\n"
+			       "\tby %s (facteur) with %s id %s%s;\r\n"
+			       "\t%s\r\n",
+			       s->helo, s->client, cfg_of(s)->hostname,
+			       protocol_name(s), tx->incoming->id, for_clause,
+			       date);
 	if (n < 0 || (size_t)n >= MESSAGE_BUF_SIZE) {
 		reply(s, "451 %s Local error in processing",
 		      status_code_str(STATUS_LOCAL_ERROR));
@@ -1203,9 +1247,12 @@ static void on_committed(int error, void *arg)
 			      status_code_str(STATUS_OK), env->id);
 		metrics.received_bytes_total += env->size;
 		struct scheduler_arrival arrival = {
-		    s->id, s->committing_message_id[0] != '\0'
-			       ? s->committing_message_id
-			       : NULL};
+		    .session = s->id,
+		    .message_id = s->committing_message_id[0] != '\0'
+				      ? s->committing_message_id
+				      : NULL,
+		    .local_uid = s->local_peer ? (long)s->local.uid : -1,
+		    .local_user = s->local_peer ? s->local.user : NULL};
 		scheduler_enqueue_arrival(s->srv->scheduler, env, &arrival);
 	}
 	if (s->gone) {
@@ -1825,7 +1872,10 @@ static void session_free(struct smtp_session *s)
 		s->next->prev = s->prev;
 	smtp->session_count--;
 	metrics.connections_active--;
-	listener_release(s->srv->listener, (struct sockaddr *)&s->addr);
+	if (s->local_peer)
+		s->local.release(s->local.arg);
+	else
+		listener_release(s->srv->listener, (struct sockaddr *)&s->addr);
 	if (s->bev != NULL)
 		bufferevent_free(s->bev);
 	free(s->helo);
@@ -1842,9 +1892,61 @@ static void session_free(struct smtp_session *s)
 	free(s);
 }
 
-struct smtp_session *smtp_session_new(struct server *srv, int fd,
-				      const struct sockaddr *addr,
-				      socklen_t addrlen, enum listen_mode mode)
+/* What both kinds of session share once their fields are set: join the
+ * server's sessions, greet, start the blocklist look-ups. */
+static void session_start(struct smtp_session *s)
+{
+	struct server *srv = s->srv;
+	log_session_id(s->id);
+	struct smtp_server *smtp = srv->smtp;
+	s->next = smtp->sessions;
+	if (smtp->sessions != NULL)
+		smtp->sessions->prev = s;
+	smtp->sessions = s;
+	smtp->session_count++;
+	metrics.connections_active++;
+	metrics.connections_total++;
+
+	const struct config *cfg = srv->cfg;
+	set_callbacks(s);
+	if (s->local_peer)
+		log_event(LOG_LEVEL_INFO, "connect", LOG_SESSION(s),
+			  LOG_I("uid", s->local.uid),
+			  LOG_S("user", s->local.user),
+			  LOG_I("pid", s->local.pid));
+	else
+		log_event(LOG_LEVEL_INFO, "connect", LOG_SESSION(s));
+	if (auth_client_refused(s)) {
+		reply(s,
+		      "421 %s %s Error: too many failed logins from your "
+		      "address, try again later",
+		      status_code_str(STATUS_SECURITY_TRANSIENT),
+		      cfg->hostname);
+		log_event(LOG_LEVEL_WARN, "rejected", LOG_SESSION(s),
+			  LOG_S("reason", "auth_fail_limit"));
+		count_rejection(METRICS_REJECT_AUTH_FAIL_LIMIT);
+		session_close(s);
+		session_flush(s);
+		return;
+	}
+	reply(s, "220 %s ESMTP facteur", cfg->hostname);
+	session_flush(s);
+	/* Exempt networks are not looked up; without a resolver nobody is
+	 * listed (dns_error was logged at start). */
+	if (cfg->dnsbl_count > 0 && srv->dns != NULL && !relay_client(s)) {
+		s->dnsbl = dnsbl_check_start(srv->dns, cfg,
+					     (const struct sockaddr *)&s->addr,
+					     on_dnsbl, s);
+		if (s->dnsbl == NULL) /* the client is not looked up */
+			log_event(LOG_LEVEL_ERROR, "dnsbl_error",
+				  LOG_SESSION(s),
+				  LOG_S("reason", "cannot start the look-ups"));
+	}
+}
+
+/* A session on an accepted socket, plain or with implicit TLS. */
+static struct smtp_session *session_new(struct server *srv, int fd,
+					enum listen_mode mode)
 {
 	struct smtp_session *s = calloc(1, sizeof *s);
 	if (s == NULL) {
@@ -1862,48 +1964,35 @@ struct smtp_session *smtp_session_new(struct server *srv, int fd,
 	s->srv = srv;
 	s->mode = mode;
 	s->started = time(NULL);
+	return s;
+}
+
+struct smtp_session *smtp_session_new(struct server *srv, int fd,
+				      const struct sockaddr *addr,
+				      socklen_t addrlen, enum listen_mode mode)
+{
+	struct smtp_session *s = session_new(srv, fd, mode);
+	if (s == NULL)
+		return NULL;
 	if (addrlen > sizeof s->addr)
 		addrlen = sizeof s->addr;
 	memcpy(&s->addr, addr, addrlen);
 	listener_address_text(addr, s->client, sizeof s->client);
-	log_session_id(s->id);
+	session_start(s);
+	return s;
+}
 
-	struct smtp_server *smtp = srv->smtp;
-	s->next = smtp->sessions;
-	if (smtp->sessions != NULL)
-		smtp->sessions->prev = s;
-	smtp->sessions = s;
-	smtp->session_count++;
-	metrics.connections_active++;
-	metrics.connections_total++;
-
-	const struct config *cfg = srv->cfg;
-	set_callbacks(s);
-	log_event(LOG_LEVEL_INFO, "connect", LOG_SESSION(s));
-	if (auth_client_refused(s)) {
-		reply(s,
-		      "421 %s %s Error: too many failed logins from your "
-		      "address, try again later",
-		      status_code_str(STATUS_SECURITY_TRANSIENT),
-		      cfg->hostname);
-		log_event(LOG_LEVEL_WARN, "rejected", LOG_SESSION(s),
-			  LOG_S("reason", "auth_fail_limit"));
-		count_rejection(METRICS_REJECT_AUTH_FAIL_LIMIT);
-		session_close(s);
-		session_flush(s);
-		return s;
-	}
-	reply(s, "220 %s ESMTP facteur", cfg->hostname);
-	session_flush(s);
-	/* Exempt networks are not looked up; without a resolver nobody is
-	 * listed (dns_error was logged at start). */
-	if (cfg->dnsbl_count > 0 && srv->dns != NULL && !relay_client(s)) {
-		s->dnsbl = dnsbl_check_start(srv->dns, cfg, addr, on_dnsbl, s);
-		if (s->dnsbl == NULL) /* the client is not looked up */
-			log_event(LOG_LEVEL_ERROR, "dnsbl_error",
-				  LOG_SESSION(s),
-				  LOG_S("reason", "cannot start the look-ups"));
-	}
+struct smtp_session *smtp_session_new_local(struct server *srv, int fd,
+					    const struct smtp_local_peer *peer)
+{
+	struct smtp_session *s = session_new(srv, fd, LISTEN_SMTP);
+	if (s == NULL)
+		return NULL;
+	s->local_peer = true;
+	s->local = *peer;
+	s->addr.ss_family = AF_UNIX;
+	snprintf(s->client, sizeof s->client, "local");
+	session_start(s);
 	return s;
 }
 

@@ -198,6 +198,9 @@ struct config {
 	/* local_transport: an LMTP server for local recipients (route.h);
 	 * kind LMTP_NONE: facteur writes the mailboxes. */
 	struct route_lmtp local_transport;
+	/* submit_socket: the local submission socket (submit.h); NULL: the
+	 * default beside the spool, "none": not served. */
+	char *submit_socket;
 };
 
 /* The errors a load found, in order, each a full sentence such as

@@ -41,6 +41,9 @@ void scheduler_enqueue(struct scheduler *sched, struct spool_envelope *env,
 struct scheduler_arrival {
 	const char *session;
 	const char *message_id;
+	/* a local submission's caller (submit.h); -1 and NULL otherwise */
+	long local_uid;
+	const char *local_user;
 };
 void scheduler_enqueue_arrival(struct scheduler *sched,
 			       struct spool_envelope *env,
@@ -97,8 +100,8 @@ const struct domain_suspend *
 scheduler_suspensions(const struct scheduler *sched);
 /* Whether the relay keeps away from the domain's destination after a
  * throttling reply, and until when (relay_domain_paused). */
-bool scheduler_domain_paused(const struct scheduler *sched,
-			     const char *domain, time_t *until);
+bool scheduler_domain_paused(const struct scheduler *sched, const char *domain,
+			     time_t *until);
 
 /* The envelope of a queued message, or NULL. Valid until the loop runs
  * again. */

@@ -7,8 +7,10 @@
 #ifndef FACTEUR_SMTP_SESSION_H
 #define FACTEUR_SMTP_SESSION_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 
 #include "facteur/config.h"
 
@@ -27,6 +29,24 @@ void smtp_server_free(struct smtp_server *smtp);
 struct smtp_session *smtp_session_new(struct server *srv, int fd,
 				      const struct sockaddr *addr,
 				      socklen_t addrlen, enum listen_mode mode);
+
+/* Who is on the other end of a local submission socket (submit.h), as
+ * the kernel says (SO_PEERCRED). The session is trusted like a
+ * relay_networks client, logs client=local with these fields, and calls
+ * release(arg) when it ends instead of the listener's release. */
+struct smtp_local_peer {
+	uid_t uid;
+	gid_t gid;
+	pid_t pid;
+	char user[64];	 /* the account's name, or the uid in digits */
+	bool privileged; /* root or the daemon's account: -f is not logged */
+	void (*release)(void *arg);
+	void *arg;
+};
+
+/* The same for a local submission: protocol=local, no STARTTLS. */
+struct smtp_session *smtp_session_new_local(struct server *srv, int fd,
+					    const struct smtp_local_peer *peer);
 
 /* SIGTERM: idle sessions get "421 4.3.2" now; a session in the middle of
  * a message finishes it first. */

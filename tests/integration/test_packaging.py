@@ -364,6 +364,9 @@ def test_package_is_the_system_mta(deb):
     files = package_listing(deb)
     assert files.get("/usr/sbin/sendmail") == "facteur-sendmail", files
     assert files.get("/usr/lib/sendmail") == "../sbin/sendmail", files
+    # sendmail's other modes, by the name it is called
+    assert files.get("/usr/bin/mailq") == "../sbin/facteur-sendmail", files
+    assert files.get("/usr/bin/newaliases") == "../sbin/facteur-sendmail", files
 
 
 @needs_root

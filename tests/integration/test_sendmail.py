@@ -259,7 +259,7 @@ def test_unknown_user_and_bad_address_are_refused(make_daemon, tmp_path):
 
 
 def test_unsupported_mode_exits_64(daemon):
-    r = sendmail(daemon, ["-bs"], "")
+    r = sendmail(daemon, ["-bz"], "")
     assert r.returncode == EX_USAGE, r
 
 

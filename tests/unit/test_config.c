@@ -1608,6 +1608,7 @@ static const char *const spec_order[] = {
     "dnsbl",
     "max_messages_per_ip",
     "local_transport",
+    "submit_socket",
 };
 
 /* local_transport: none by default, the canonical form printed, a bad

@@ -82,6 +82,7 @@ enum key {
 	KEY_MAILBOX_MODE,
 	KEY_DNSBL,
 	KEY_MAX_MESSAGES_PER_IP,
+	KEY_DANE,
 	KEY_COUNT,
 };
 
@@ -1617,6 +1618,7 @@ static const struct key_def key_defs[KEY_COUNT] = {
     [KEY_MAX_MESSAGES_PER_IP] = {"max_messages_per_ip", "",
 				 .set = set_max_messages,
 				 .print = print_max_messages},
+    [KEY_DANE] = {"dane", "no", FIELD(SLOT_YES_NO, dane)},
 };
 
 static bool find_key(const char *name, size_t len, enum key *out)

@@ -348,11 +348,11 @@ static void count_outcome(const struct queued *q, enum rcpt_state state)
 static void log_outcome_tls(const char *event, const struct queued *q,
 			    const struct spool_rcpt *r, const char *dsn,
 			    const char *where, const char *place,
-			    const char *tls)
+			    const struct relay_outcome *tls)
 {
 	enum log_level level =
 	    r->state == RCPT_DELIVERED ? LOG_LEVEL_INFO : LOG_LEVEL_WARN;
-	struct log_field f[8] = {
+	struct log_field f[10] = {
 	    LOG_S("queue_id", q->env->id),
 	    LOG_S("rcpt", r->address),
 	    LOG_S(where, place),
@@ -361,8 +361,12 @@ static void log_outcome_tls(const char *event, const struct queued *q,
 	    LOG_I("attempts", r->attempts),
 	};
 	size_t n = 6;
-	if (tls != NULL)
-		f[n++] = (struct log_field)LOG_S("tls", tls);
+	if (tls != NULL) {
+		f[n++] = (struct log_field)LOG_S("tls", tls->tls);
+		f[n++] = (struct log_field)LOG_S("tls_policy", tls->tls_policy);
+		f[n++] = (struct log_field)LOG_S("verified",
+						 tls->verified ? "yes" : "no");
+	}
 	if (r->reason != NULL)
 		f[n++] = (struct log_field)LOG_S("reason", r->reason);
 	log_fields(level, event, f, n);
@@ -620,7 +624,7 @@ static void on_relayed(enum relay_end end, const struct relay_outcome *out,
 			const struct spool_rcpt *r = &q->env->rcpts[rcpts[i]];
 			log_outcome_tls(outcome_event(out[i].state), q, r,
 					r->dsn, "relay", out[i].relay,
-					out[i].answered ? out[i].tls : NULL);
+					out[i].answered ? &out[i] : NULL);
 		}
 		queued_release(q, settled);
 	} else {

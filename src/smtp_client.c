@@ -115,6 +115,9 @@ struct client_address {
 	char *host;
 	struct sockaddr_storage addr;
 	socklen_t addrlen;
+	enum dane_state dane;
+	struct dns_tlsa *tlsa; /* owned, data included */
+	size_t tlsa_count;
 };
 
 struct smtp_client {
@@ -157,6 +160,7 @@ struct smtp_client {
 	struct bufferevent *bev;
 	char relay[320];
 	bool tls;
+	bool verified; /* the peer's certificate, by the CA store or DANE */
 	char tls_version[16]; /* of the handshake, for the delivered line */
 	unsigned ext;	      /* SMTP_EXT_* offered */
 	uint64_t ext_size;
@@ -185,6 +189,13 @@ struct smtp_client {
 };
 
 static void connect_next(struct smtp_client *c);
+
+/* The address of the current (or last) connection. */
+static const struct client_address *current_address(const struct smtp_client *c)
+{
+	return &c->addrs[c->next_addr - 1];
+}
+
 static void client_free(struct smtp_client *c);
 static void read_cb(struct bufferevent *bev, void *arg);
 static void write_cb(struct bufferevent *bev, void *arg);
@@ -402,6 +413,8 @@ static void finish(struct smtp_client *c, bool quit)
 	snprintf(result.relay, sizeof result.relay, "%s", c->relay);
 	result.tls = c->tls;
 	result.tls_version = c->tls ? c->tls_version : "none";
+	result.verified = c->tls && c->verified;
+	result.dane = c->next_addr > 0 && current_address(c)->dane == DANE_VERIFY;
 	result.reused = c->reused;
 	result.reusable = keep;
 	c->transactions++;
@@ -525,6 +538,30 @@ static void send_ehlo(struct smtp_client *c, enum client_state state)
 	send_command(c, state, "EHLO %s", c->helo);
 }
 
+/* TLS is required of this connection: by the policy, or by DANE for its
+ * host (RFC 7672 §2.2: TLSA records, usable or not, mean TLS) */
+static bool tls_required(const struct smtp_client *c)
+{
+	return c->tls_policy == TLS_POLICY_ENCRYPT ||
+	       c->tls_policy == TLS_POLICY_VERIFY ||
+	       current_address(c)->dane != DANE_NONE;
+}
+
+/* A delivery attempt DANE governed ended its TLS step: counted, and
+ * logged when it stopped the delivery. */
+static void dane_outcome(const struct smtp_client *c, bool success,
+			 const char *reason)
+{
+	metrics.tls_policy[METRICS_TLS_POLICY_DANE]
+			  [success ? METRICS_TLS_POLICY_SUCCESS
+				   : METRICS_TLS_POLICY_FAILURE]++;
+	if (!success)
+		log_event(LOG_LEVEL_WARN, "tls_policy_failed",
+			  LOG_S("queue_id", c->queue_id),
+			  LOG_S("relay", c->relay), LOG_S("tls_policy", "dane"),
+			  LOG_S("verified", "no"), LOG_S("reason", reason));
+}
+
 static const char *tls_name(const struct smtp_client *c)
 {
 	if (c->verify_name)
@@ -545,8 +582,13 @@ static void start_tls(struct smtp_client *c)
 				   tls_error_string(err, sizeof err));
 		return;
 	}
+	const struct client_address *a = current_address(c);
+	bool dane = a->dane == DANE_VERIFY;
 	if (tls_client_prepare(ssl, tls_name(c),
-			       c->tls_policy == TLS_POLICY_VERIFY) < 0) {
+			       !dane && c->tls_policy == TLS_POLICY_VERIFY) <
+		0 ||
+	    (dane && tls_client_dane(ssl, a->host, a->tlsa, a->tlsa_count) <
+			 0)) {
 		SSL_free(ssl);
 		connection_failedf(c, status_code_str(STATUS_TLS_FAILED),
 				   "cannot set up TLS for %s: %s", tls_name(c),
@@ -785,14 +827,16 @@ static void start_mail(struct smtp_client *c)
 /* After the last EHLO/HELO: STARTTLS, AUTH or MAIL, as the policy says. */
 static void after_greeting_done(struct smtp_client *c)
 {
-	if (!c->tls && c->tls_policy != TLS_POLICY_NONE) {
+	if (!c->tls && (c->tls_policy != TLS_POLICY_NONE || tls_required(c))) {
 		bool can = c->tls_ctx != NULL;
 		if ((c->ext & SMTP_EXT_STARTTLS) && can) {
 			send_command(c, CLIENT_STARTTLS, "STARTTLS");
 			return;
 		}
-		if (c->tls_policy == TLS_POLICY_ENCRYPT ||
-		    c->tls_policy == TLS_POLICY_VERIFY) {
+		if (tls_required(c)) {
+			if (current_address(c)->dane == DANE_VERIFY)
+				dane_outcome(c, false,
+					     "STARTTLS not offered");
 			if (!can)
 				connection_failed(
 				    c, status_code_str(STATUS_TLS_UNAVAILABLE),
@@ -1181,6 +1225,17 @@ static void handshake_failed(struct smtp_client *c, short what)
 		return;
 	}
 	long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+	if (current_address(c)->dane == DANE_VERIFY) {
+		char reason[300];
+		snprintf(reason, sizeof reason,
+			 "DANE verification failed for %s: %s", tls_name(c),
+			 vr != X509_V_OK ? X509_verify_cert_error_string(vr)
+					 : "handshake failed");
+		dane_outcome(c, false, reason);
+		connection_failed(c, status_code_str(STATUS_TLS_FAILED),
+				  reason);
+		return;
+	}
 	if (c->tls_policy == TLS_POLICY_VERIFY && vr != X509_V_OK) {
 		connection_failedf(c, status_code_str(STATUS_TLS_FAILED),
 				   "TLS certificate verification failed for %s "
@@ -1192,6 +1247,22 @@ static void handshake_failed(struct smtp_client *c, short what)
 	describe_io_error(c, what, why, sizeof why);
 	connection_failedf(c, status_code_str(STATUS_TLS_FAILED),
 			   "TLS handshake with %s failed: %s", c->relay, why);
+}
+
+/* After a handshake: was the peer verified, and how? A DANE host's
+ * handshake succeeds only with a match. */
+static bool peer_verified(const struct smtp_client *c, struct bufferevent *bev)
+{
+	SSL *ssl = bufferevent_openssl_get_ssl(bev);
+	if (ssl == NULL)
+		return false;
+	if (current_address(c)->dane == DANE_VERIFY) {
+		bool matched = SSL_get0_dane_authority(ssl, NULL, NULL) >= 0;
+		dane_outcome(c, matched, "no TLSA record matched");
+		return matched;
+	}
+	return c->tls_policy == TLS_POLICY_VERIFY &&
+	       SSL_get_verify_result(ssl) == X509_V_OK;
 }
 
 static void event_cb(struct bufferevent *bev, short what, void *arg)
@@ -1218,6 +1289,7 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 			arm_deadline(c, c->timeout);
 		} else if (c->state == CLIENT_TLS_HANDSHAKE) {
 			c->tls = true;
+			c->verified = peer_verified(c, bev);
 			metrics_tls_session(METRICS_OUTBOUND);
 			snprintf(c->tls_version, sizeof c->tls_version, "%s",
 				 transport_tls_version(bev));
@@ -1403,6 +1475,7 @@ static void connect_next(struct smtp_client *c)
 
 		format_relay(c, a);
 		c->tls = false;
+		c->verified = false;
 		c->ext = 0;
 		c->ext_size = 0;
 		c->transactions = 0;
@@ -1525,8 +1598,12 @@ static void client_free(struct smtp_client *c)
 	if (c->step)
 		event_free(c->step);
 	free_message(c);
-	for (size_t i = 0; i < c->addr_count; i++)
+	for (size_t i = 0; i < c->addr_count; i++) {
 		free(c->addrs[i].host);
+		for (size_t j = 0; j < c->addrs[i].tlsa_count; j++)
+			free((void *)c->addrs[i].tlsa[j].data);
+		free(c->addrs[i].tlsa);
+	}
 	free(c->addrs);
 	free(c->helo);
 	free(c->verify_name);
@@ -1596,6 +1673,28 @@ static bool load_message(struct smtp_client *c,
 	return true;
 }
 
+/* An address's DANE records, data and all. */
+static bool copy_tlsa(struct client_address *to,
+		      const struct smtp_client_address *from)
+{
+	to->dane = from->dane;
+	if (from->tlsa_count == 0)
+		return true;
+	to->tlsa = calloc(from->tlsa_count, sizeof *to->tlsa);
+	if (to->tlsa == NULL)
+		return false;
+	for (size_t i = 0; i < from->tlsa_count; i++) {
+		unsigned char *data = malloc(from->tlsa[i].data_len + 1);
+		if (data == NULL)
+			return false;
+		memcpy(data, from->tlsa[i].data, from->tlsa[i].data_len);
+		to->tlsa[i] = from->tlsa[i];
+		to->tlsa[i].data = data;
+		to->tlsa_count++;
+	}
+	return true;
+}
+
 struct smtp_client *smtp_client_start(struct event_base *base,
 				      const struct smtp_client_request *req,
 				      smtp_client_cb cb, void *arg)
@@ -1649,6 +1748,8 @@ struct smtp_client *smtp_client_start(struct event_base *base,
 			goto fail;
 		memcpy(&c->addrs[i].addr, &a->addr, a->addrlen);
 		c->addrs[i].addrlen = a->addrlen;
+		if (!copy_tlsa(&c->addrs[i], a))
+			goto fail;
 	}
 
 	if (req->tls_ctx) {

@@ -195,6 +195,9 @@ struct config {
 	 * within the window, across sessions; 0: no limit. */
 	unsigned max_messages;
 	unsigned max_messages_window; /* seconds */
+	/* dane = yes: TLSA records of MX hosts, from a validating resolver
+	 * in dns_servers, make TLS mandatory and authenticated (RFC 7672). */
+	bool dane;
 };
 
 /* The errors a load found, in order, each a full sentence such as

@@ -1607,6 +1607,7 @@ static const char *const spec_order[] = {
     "mailbox_mode",
     "dnsbl",
     "max_messages_per_ip",
+    "dane",
 };
 
 static void test_config_print_lists_every_key_in_spec_order(void **state)

@@ -181,7 +181,8 @@ struct dane_lookup *dane_lookup_start(struct dns *dns,
 		copy->addrs = xcalloc(h->addr_count, sizeof(*h->addrs));
 		if (copy->name == NULL)
 			fatal("dane: out of memory");
-		memcpy(copy->addrs, h->addrs, h->addr_count * sizeof(*h->addrs));
+		memcpy(copy->addrs, h->addrs,
+		       h->addr_count * sizeof(*h->addrs));
 		lookup->asking[i].lookup = lookup;
 		if (h->secure)
 			lookup->waiting++;

@@ -68,7 +68,7 @@ struct outcome {
 	enum lookup_status status;
 	const struct dns_record *records;
 	size_t count;
-	const char *why; /* LOOKUP_TEMPFAIL: a static description */
+	const char *why;    /* LOOKUP_TEMPFAIL: a static description */
 	bool authenticated; /* the answer had the AD bit */
 };
 
@@ -463,8 +463,8 @@ static struct dns_record *records_copy(const struct dns_record *records,
 		if (records[i].exchange != NULL)
 			copy[i].exchange = xstrdup(records[i].exchange);
 		if (records[i].tlsa.data != NULL)
-			copy[i].tlsa.data = copy_octets(records[i].tlsa.data,
-							records[i].tlsa.data_len);
+			copy[i].tlsa.data = copy_octets(
+			    records[i].tlsa.data, records[i].tlsa.data_len);
 	}
 	return copy;
 }
@@ -911,8 +911,7 @@ static void pending_send(struct dns *dns, struct pending *p)
 #if ARES_VERSION >= 0x011c00
 	ares_dns_record_t *question = NULL;
 
-	if (ares_dns_record_create(&question, 0,
-				   ARES_FLAG_RD | ARES_FLAG_AD,
+	if (ares_dns_record_create(&question, 0, ARES_FLAG_RD | ARES_FLAG_AD,
 				   ARES_OPCODE_QUERY,
 				   ARES_RCODE_NOERROR) != ARES_SUCCESS ||
 	    ares_dns_record_query_add(question, p->name,
@@ -1514,8 +1513,8 @@ struct dns_query *dns_resolve_host(struct dns *dns, const char *host, dns_cb cb,
 	return q;
 }
 
-struct dns_query *dns_resolve_tlsa(struct dns *dns, const char *name,
-				   dns_cb cb, void *arg)
+struct dns_query *dns_resolve_tlsa(struct dns *dns, const char *name, dns_cb cb,
+				   void *arg)
 {
 	char normal[DNS_NAME_BUF];
 	struct dns_query *q;

@@ -814,8 +814,8 @@ static bool relay_dane_start(struct relay_job *job,
 			fatal("relay: out of memory");
 	}
 	uint16_t port = t->port ? t->port : cfg->mx_port;
-	job->dane[job->target_next - 1] = dane_lookup_start(
-	    job->relay->srv->dns, res, port, on_dane, job);
+	job->dane[job->target_next - 1] =
+	    dane_lookup_start(job->relay->srv->dns, res, port, on_dane, job);
 	job->dane_waiting = true;
 	return true;
 }

@@ -414,7 +414,8 @@ static void finish(struct smtp_client *c, bool quit)
 	result.tls = c->tls;
 	result.tls_version = c->tls ? c->tls_version : "none";
 	result.verified = c->tls && c->verified;
-	result.dane = c->next_addr > 0 && current_address(c)->dane == DANE_VERIFY;
+	result.dane =
+	    c->next_addr > 0 && current_address(c)->dane == DANE_VERIFY;
 	result.reused = c->reused;
 	result.reusable = keep;
 	c->transactions++;
@@ -587,8 +588,8 @@ static void start_tls(struct smtp_client *c)
 	if (tls_client_prepare(ssl, tls_name(c),
 			       !dane && c->tls_policy == TLS_POLICY_VERIFY) <
 		0 ||
-	    (dane && tls_client_dane(ssl, a->host, a->tlsa, a->tlsa_count) <
-			 0)) {
+	    (dane &&
+	     tls_client_dane(ssl, a->host, a->tlsa, a->tlsa_count) < 0)) {
 		SSL_free(ssl);
 		connection_failedf(c, status_code_str(STATUS_TLS_FAILED),
 				   "cannot set up TLS for %s: %s", tls_name(c),
@@ -835,8 +836,7 @@ static void after_greeting_done(struct smtp_client *c)
 		}
 		if (tls_required(c)) {
 			if (current_address(c)->dane == DANE_VERIFY)
-				dane_outcome(c, false,
-					     "STARTTLS not offered");
+				dane_outcome(c, false, "STARTTLS not offered");
 			if (!can)
 				connection_failed(
 				    c, status_code_str(STATUS_TLS_UNAVAILABLE),

@@ -190,7 +190,7 @@ int tls_client_prepare(SSL *ssl, const char *host, bool verify)
 }
 
 int tls_client_dane(SSL *ssl, const char *host, const struct dns_tlsa *tlsa,
-		     size_t count)
+		    size_t count)
 {
 	size_t added = 0;
 

@@ -34,7 +34,7 @@ struct dane_host {
 	enum dane_state state;
 	struct dns_tlsa *tlsa; /* DANE_VERIFY: the usable records */
 	size_t tlsa_count;
-	size_t unusable; /* records left out */
+	size_t unusable;  /* records left out */
 	char reason[200]; /* DANE_FAILED: why */
 };
 

@@ -55,7 +55,7 @@ typedef void (*dns_cb)(const struct dns_result *result, void *arg);
 /* Servers from cfg->dns_servers, or the system's resolv.conf when
  * cfg->dns_from_resolv_conf. NULL with err filled on failure. */
 struct dns *dns_new(struct event_base *base, const struct config *cfg,
-		    char *err, size_t errlen);
+                    char *err, size_t errlen);
 void dns_free(struct dns *dns);
 
 /*
@@ -66,13 +66,13 @@ void dns_free(struct dns *dns);
  * left, DNS_TEMPFAIL if any of their look-ups failed temporarily, else
  * DNS_NO_HOST. The callback always runs later, on the loop.
  */
-struct dns_query *dns_resolve_mx(struct dns *dns, const char *domain, dns_cb cb,
-				 void *arg);
+struct dns_query *dns_resolve_mx(struct dns *dns, const char *domain,
+                                 dns_cb cb, void *arg);
 
 /* The A/AAAA addresses of one host (a "[host]" route target), as a
  * result with one host of preference 0. */
-struct dns_query *dns_resolve_host(struct dns *dns, const char *host, dns_cb cb,
-				   void *arg);
+struct dns_query *dns_resolve_host(struct dns *dns, const char *host,
+                                   dns_cb cb, void *arg);
 
 /*
  * The TLSA records of `name` ("_25._tcp.mx.example.com", RFC 6698):
@@ -81,8 +81,8 @@ struct dns_query *dns_resolve_host(struct dns *dns, const char *host, dns_cb cb,
  * what a validating resolver answers for bogus data). The callback
  * always runs later, on the loop.
  */
-struct dns_query *dns_resolve_tlsa(struct dns *dns, const char *name, dns_cb cb,
-				   void *arg);
+struct dns_query *dns_resolve_tlsa(struct dns *dns, const char *name,
+				   dns_cb cb, void *arg);
 
 /* The callback of this query will not run. */
 void dns_cancel(struct dns_query *query);
@@ -139,7 +139,7 @@ struct dns_record {
 };
 
 struct dns_answer {
-	int rcode;	    /* the header's RCODE */
+	int rcode; /* the header's RCODE */
 	bool authenticated; /* the header's AD bit (RFC 4035 §3.2.3) */
 	/* Records of the asked type, in answer order, at most
 	 * DNS_ANSWER_MAX; ttl is the smallest of their TTLs. */

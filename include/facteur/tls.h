@@ -39,7 +39,7 @@ int tls_client_prepare(SSL *ssl, const char *host, bool verify);
  * 0, or -1 when no record could be added.
  */
 int tls_client_dane(SSL *ssl, const char *host, const struct dns_tlsa *tlsa,
-		    size_t count);
+		     size_t count);
 
 /* The last OpenSSL error as text, for logs. */
 const char *tls_error_string(char *buf, size_t len);

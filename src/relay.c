@@ -1003,6 +1003,9 @@ relay_job_new(struct relay *relay, const struct spool_envelope *env,
 	job->tls = route_tls_policy(route ? route->tls : ROUTE_TLS_DEFAULT,
 				    cfg->tls_outbound);
 	job->implicit_tls = route != NULL && route->tls == ROUTE_TLS_IMPLICIT;
+	/* RFC 8689: only verified TLS (by the trust anchors or DANE) */
+	if (env->flags & SPOOL_FLAG_REQUIRETLS)
+		job->tls = TLS_POLICY_VERIFY;
 	if (route != NULL) {
 		job->auth_file = copy_or_null(route->auth_file);
 		job->auth_user = copy_or_null(route->auth_user);

@@ -906,7 +906,7 @@ void scheduler_free(struct scheduler *sched)
 static void log_accepted(const struct spool_envelope *env,
 			 const struct scheduler_arrival *arrival)
 {
-	struct log_field f[10] = {
+	struct log_field f[11] = {
 	    LOG_S("queue_id", env->id),
 	    LOG_S("from", env->sender),
 	    LOG_I("size", env->size),
@@ -923,6 +923,8 @@ static void log_accepted(const struct spool_envelope *env,
 	if (arrival != NULL && arrival->message_id != NULL)
 		f[n++] =
 		    (struct log_field)LOG_S("message_id", arrival->message_id);
+	if (env->flags & SPOOL_FLAG_REQUIRETLS)
+		f[n++] = (struct log_field)LOG_S("requiretls", "yes");
 	log_fields(LOG_LEVEL_INFO, "accepted", f, n);
 }
 

@@ -134,6 +134,7 @@ struct smtp_client {
 	uint64_t size;
 	enum smtp_body body;
 	bool smtputf8;
+	bool requiretls; /* the message's REQUIRETLS (RFC 8689) */
 	enum smtp_ret ret;
 	struct client_rcpt *rcpts;
 	struct smtp_client_rcpt *results; /* parallel to rcpts */
@@ -544,8 +545,42 @@ static void send_ehlo(struct smtp_client *c, enum client_state state)
 static bool tls_required(const struct smtp_client *c)
 {
 	return c->tls_policy == TLS_POLICY_ENCRYPT ||
-	       c->tls_policy == TLS_POLICY_VERIFY ||
+	       c->tls_policy == TLS_POLICY_VERIFY || c->requiretls ||
 	       current_address(c)->dane != DANE_NONE;
+}
+
+/* What a REQUIRETLS message lacks on this connection (RFC 8689 §4.2.1:
+ * TLS, verified, to a server that offers REQUIRETLS), or NULL. */
+static const char *requiretls_lacks(const struct smtp_client *c)
+{
+	if (!c->requiretls)
+		return NULL;
+	if (!c->tls)
+		return "no TLS";
+	if (!c->verified)
+		return "the certificate is not verified";
+	if (!(c->ext & SMTP_EXT_REQUIRETLS))
+		return "REQUIRETLS is not offered";
+	return NULL;
+}
+
+static void connection_failed(struct smtp_client *c, const char *dsn,
+			      const char *reason);
+
+/* A REQUIRETLS message cannot go over this connection: the next
+ * address, or, with none left (connect_next), a bounce with 5.7.10. */
+static void requiretls_refused(struct smtp_client *c, const char *lack)
+{
+	char reason[512];
+	snprintf(reason, sizeof reason,
+		 "REQUIRETLS: %s by host %s, the message is not sent", lack,
+		 c->relay);
+	if (c->reused)
+		refuse_all(c, RCPT_BOUNCED,
+			   status_code_str(STATUS_ENCRYPTION_NEEDED), reason);
+	else
+		connection_failed(c, status_code_str(STATUS_ENCRYPTION_NEEDED),
+				  reason);
 }
 
 /* A delivery attempt DANE governed ended its TLS step: counted, and
@@ -586,7 +621,8 @@ static void start_tls(struct smtp_client *c)
 	const struct client_address *a = current_address(c);
 	bool dane = a->dane == DANE_VERIFY;
 	if (tls_client_prepare(ssl, tls_name(c),
-			       !dane && c->tls_policy == TLS_POLICY_VERIFY) <
+			       !dane && (c->tls_policy == TLS_POLICY_VERIFY ||
+					 c->requiretls)) <
 		0 ||
 	    (dane &&
 	     tls_client_dane(ssl, a->host, a->tlsa, a->tlsa_count) < 0)) {
@@ -751,7 +787,12 @@ static void add_rcpt_command(struct smtp_client *c, size_t i)
 static void start_mail(struct smtp_client *c)
 {
 	char reason[512];
+	const char *lack = requiretls_lacks(c);
 
+	if (lack != NULL) {
+		requiretls_refused(c, lack);
+		return;
+	}
 	if (c->smtputf8 && !(c->ext & SMTP_EXT_SMTPUTF8)) {
 		/* RFC 6531 §3.2: never downgraded */
 		snprintf(reason, sizeof reason,
@@ -804,6 +845,8 @@ static void start_mail(struct smtp_client *c)
 		evbuffer_add_printf(out, " BODY=8BITMIME");
 	if (c->smtputf8)
 		evbuffer_add_printf(out, " SMTPUTF8");
+	if (c->requiretls)
+		evbuffer_add_printf(out, " REQUIRETLS");
 	if (c->ext & SMTP_EXT_DSN) {
 		if (c->ret == SMTP_RET_FULL)
 			evbuffer_add_printf(out, " RET=FULL");
@@ -832,6 +875,10 @@ static void after_greeting_done(struct smtp_client *c)
 		bool can = c->tls_ctx != NULL;
 		if ((c->ext & SMTP_EXT_STARTTLS) && can) {
 			send_command(c, CLIENT_STARTTLS, "STARTTLS");
+			return;
+		}
+		if (c->requiretls) {
+			requiretls_refused(c, "STARTTLS is not offered");
 			return;
 		}
 		if (tls_required(c)) {
@@ -1236,6 +1283,14 @@ static void handshake_failed(struct smtp_client *c, short what)
 				  reason);
 		return;
 	}
+	if (c->requiretls && vr != X509_V_OK) {
+		char lack[300];
+		snprintf(lack, sizeof lack,
+			 "the certificate (name %s) does not verify: %s",
+			 tls_name(c), X509_verify_cert_error_string(vr));
+		requiretls_refused(c, lack);
+		return;
+	}
 	if (c->tls_policy == TLS_POLICY_VERIFY && vr != X509_V_OK) {
 		connection_failedf(c, status_code_str(STATUS_TLS_FAILED),
 				   "TLS certificate verification failed for %s "
@@ -1261,7 +1316,7 @@ static bool peer_verified(const struct smtp_client *c, struct bufferevent *bev)
 		dane_outcome(c, matched, "no TLSA record matched");
 		return matched;
 	}
-	return c->tls_policy == TLS_POLICY_VERIFY &&
+	return (c->tls_policy == TLS_POLICY_VERIFY || c->requiretls) &&
 	       SSL_get_verify_result(ssl) == X509_V_OK;
 }
 
@@ -1523,7 +1578,12 @@ static void connect_next(struct smtp_client *c)
 		}
 		return;
 	}
-	decide_all(c, false, RCPT_DEFERRED, c->last_dsn, c->last_reason);
+	/* a REQUIRETLS refusal by the last host is final (RFC 8689 §4.2.1);
+	 * a host that could not be reached may be tried again */
+	bool refused = strcmp(c->last_dsn, status_code_str(
+					       STATUS_ENCRYPTION_NEEDED)) == 0;
+	decide_all(c, false, refused ? RCPT_BOUNCED : RCPT_DEFERRED,
+		   c->last_dsn, c->last_reason);
 	finish(c, false);
 }
 
@@ -1641,6 +1701,7 @@ static bool load_message(struct smtp_client *c,
 	c->size = env->size;
 	c->body = env->body;
 	c->smtputf8 = env->smtputf8;
+	c->requiretls = (env->flags & SPOOL_FLAG_REQUIRETLS) != 0;
 	c->ret = env->ret;
 	/* The relay groups recipients by sender: the first one's (an SRS
 	 * address for a forwarded recipient) is the transaction's. */

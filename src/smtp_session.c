@@ -432,6 +432,8 @@ static void cmd_helo(struct smtp_session *s, const struct smtp_command *cmd,
 		reply(s, "250-STARTTLS");
 	if (tls_active(s) && s->srv->users != NULL)
 		reply(s, "250-AUTH PLAIN LOGIN");
+	if (tls_active(s))
+		reply(s, "250-REQUIRETLS"); /* RFC 8689 §4: encrypted only */
 	reply(s, "250 DSN");
 }
 
@@ -881,6 +883,12 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_command *cmd)
 	if (!path_command_parsed(s, &mail_command,
 				 smtp_parse_mail(cmd->arg, cmd->arglen, &mail)))
 		return;
+	if (mail.requiretls && !tls_active(s)) {
+		reply(s, "530 %s REQUIRETLS needs an encrypted session",
+		      status_code_str(STATUS_ENCRYPTION_NEEDED));
+		log_rejected(s, "REQUIRETLS without TLS", mail.from.address);
+		return;
+	}
 	if (mail.size_given && mail.size > cfg->max_message_size) {
 		reply(s, "552 %s Message size exceeds fixed limit",
 		      status_code_str(STATUS_TOO_BIG));
@@ -1153,6 +1161,8 @@ static struct spool_envelope *envelope_build(struct smtp_session *s)
 	env->body = tx->mail.body;
 	env->smtputf8 = tx->mail.smtputf8;
 	env->ret = tx->mail.ret;
+	if (tx->mail.requiretls)
+		env->flags |= SPOOL_FLAG_REQUIRETLS;
 	env->envid = tx->mail.envid[0] ? strdup(tx->mail.envid) : NULL;
 	env->rcpts = calloc(tx->rcpt_count, sizeof *env->rcpts);
 	bool ok = env->sender && env->client_addr && env->helo &&

@@ -622,8 +622,7 @@ static void start_tls(struct smtp_client *c)
 	bool dane = a->dane == DANE_VERIFY;
 	if (tls_client_prepare(ssl, tls_name(c),
 			       !dane && (c->tls_policy == TLS_POLICY_VERIFY ||
-					 c->requiretls)) <
-		0 ||
+					 c->requiretls)) < 0 ||
 	    (dane &&
 	     tls_client_dane(ssl, a->host, a->tlsa, a->tlsa_count) < 0)) {
 		SSL_free(ssl);
@@ -1580,8 +1579,8 @@ static void connect_next(struct smtp_client *c)
 	}
 	/* a REQUIRETLS refusal by the last host is final (RFC 8689 §4.2.1);
 	 * a host that could not be reached may be tried again */
-	bool refused = strcmp(c->last_dsn, status_code_str(
-					       STATUS_ENCRYPTION_NEEDED)) == 0;
+	bool refused =
+	    strcmp(c->last_dsn, status_code_str(STATUS_ENCRYPTION_NEEDED)) == 0;
 	decide_all(c, false, refused ? RCPT_BOUNCED : RCPT_DEFERRED,
 		   c->last_dsn, c->last_reason);
 	finish(c, false);

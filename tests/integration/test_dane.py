@@ -196,14 +196,9 @@ class Unbound:
             return answer is not None and answer[0] == 0 and answer[1] == 1
         h.wait_for(ready, timeout, what="unbound on port %d" % self.port)
 
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    # stopped by PID as the harness stops dnsmasq
+    alive = rh.Dnsmasq.alive
+    stop = rh.Dnsmasq.stop
 
 
 @pytest.fixture(scope="module")
@@ -257,13 +252,19 @@ def dane_count(d, result):
                             % result, "-1"))
 
 
-def test_dane_ee_match_delivers_verified(world):
-    rcv = receiver(world)
+def delivered_through(world, rcpt, rcv=None):
+    """Send to `rcpt` with dane = yes; it must arrive: (sender, the
+    delivered line)."""
+    rcv = rcv or receiver(world)
     sender = dane_sender(world)
     assert dane_count(sender, "success") == 0
-    qid, tok = rh.inject(sender, ["user@ee.dane.test"])
-    assert rh.tokens_in(rcv.wait_messages("user@ee.dane.test", 1, T)) == [tok]
-    ev = rh.wait_relay_event(sender, "delivered", queue_id=qid)
+    qid, tok = rh.inject(sender, [rcpt])
+    assert rh.tokens_in(rcv.wait_messages(rcpt, 1, T)) == [tok]
+    return sender, rh.wait_relay_event(sender, "delivered", queue_id=qid)
+
+
+def test_dane_ee_match_delivers_verified(world):
+    sender, ev = delivered_through(world, "user@ee.dane.test")
     assert ev.get("tls_policy") == "dane", ev
     assert ev.get("verified") == "yes", ev
     assert ev.get("tls", "").startswith("TLSv1"), ev
@@ -273,11 +274,8 @@ def test_dane_ee_match_delivers_verified(world):
 
 
 def test_dane_ta_of_the_test_ca_delivers_verified(world):
-    rcv = receiver(world)
-    sender = dane_sender(world)
-    qid, tok = rh.inject(sender, ["user@ta.dane.test"])
-    assert rh.tokens_in(rcv.wait_messages("user@ta.dane.test", 1, T)) == [tok]
-    ev = rh.wait_relay_event(sender, "delivered", queue_id=qid)
+    sender, ev = delivered_through(world, "user@ta.dane.test")
+    assert dane_count(sender, "success") >= 1
     assert (ev.get("tls_policy"), ev.get("verified")) == ("dane", "yes"), ev
 
 
@@ -313,11 +311,7 @@ def test_dane_bogus_tlsa_defers_and_never_sends(world):
 
 
 def test_dane_tlsa_of_bad_length_is_unusable_tls_still_mandatory(world):
-    rcv = receiver(world)
-    sender = dane_sender(world)
-    qid, tok = rh.inject(sender, ["user@len.dane.test"])
-    assert rh.tokens_in(rcv.wait_messages("user@len.dane.test", 1, T)) == [tok]
-    ev = rh.wait_relay_event(sender, "delivered", queue_id=qid)
+    sender, ev = delivered_through(world, "user@len.dane.test")
     assert ev.get("tls", "").startswith("TLSv1"), ev
     assert ev.get("verified") == "no", ev
     t = sender.events("dane_tlsa", host="mx-len.dane.test")
@@ -334,21 +328,16 @@ def test_dane_bad_length_host_without_tls_is_not_sent_in_the_clear(world):
 
 
 def test_insecure_zone_is_opportunistic(world):
-    rcv = world.receiver(SINK, ", ".join(DOMAINS))   # no TLS at all
-    sender = dane_sender(world)
-    qid, tok = rh.inject(sender, ["user@insecure.test"])
-    assert rh.tokens_in(rcv.wait_messages("user@insecure.test", 1, T)) == [tok]
-    ev = rh.wait_relay_event(sender, "delivered", queue_id=qid)
+    sender, ev = delivered_through(world, "user@insecure.test",   # no TLS at all
+                                   world.receiver(SINK, ", ".join(DOMAINS)))
     assert ev.get("tls") == "none" and ev.get("tls_policy") == "none", ev
     # no look-up was made for a host whose answers were not validated
     assert not sender.events("dane_tlsa"), sender.log_tail()
 
 
 def test_signed_zone_without_tlsa_is_opportunistic(world):
-    rcv = world.receiver(SINK, ", ".join(DOMAINS))
-    sender = dane_sender(world)
-    qid, tok = rh.inject(sender, ["user@plain.dane.test"])
-    assert rh.tokens_in(rcv.wait_messages("user@plain.dane.test", 1, T)) == [tok]
+    sender, _ = delivered_through(world, "user@plain.dane.test",
+                                  world.receiver(SINK, ", ".join(DOMAINS)))
     t = sender.wait_event("dane_tlsa", host="mx-plain.dane.test")[0]
     assert t["state"] == "none", t
 

@@ -799,13 +799,15 @@ static void on_dane(const struct dns_host *hosts, const struct dane_host *dane,
 
 /* A target resolved through MX records with dane = yes: its hosts'
  * TLSA records first, when the MX answer was validated. Not for a
- * "[host]" target (its route's tls= rules), nor without TLS at all. */
+ * "[host]" target (its route's tls= rules), nor without TLS at all, nor
+ * for a message whose sender said "TLS-Required: No". */
 static bool relay_dane_start(struct relay_job *job,
 			     const struct route_target *t,
 			     const struct dns_result *res)
 {
 	const struct config *cfg = job->relay->srv->cfg;
 	if (!cfg->dane || !t->mx_lookup || job->tls == TLS_POLICY_NONE ||
+	    (job->env->flags & SPOOL_FLAG_TLS_NOT_REQUIRED) ||
 	    !dane_applies(res))
 		return false;
 	if (job->dane == NULL) {

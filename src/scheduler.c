@@ -906,7 +906,7 @@ void scheduler_free(struct scheduler *sched)
 static void log_accepted(const struct spool_envelope *env,
 			 const struct scheduler_arrival *arrival)
 {
-	struct log_field f[11] = {
+	struct log_field f[12] = {
 	    LOG_S("queue_id", env->id),
 	    LOG_S("from", env->sender),
 	    LOG_I("size", env->size),
@@ -925,6 +925,8 @@ static void log_accepted(const struct spool_envelope *env,
 		    (struct log_field)LOG_S("message_id", arrival->message_id);
 	if (env->flags & SPOOL_FLAG_REQUIRETLS)
 		f[n++] = (struct log_field)LOG_S("requiretls", "yes");
+	if (env->flags & SPOOL_FLAG_TLS_NOT_REQUIRED)
+		f[n++] = (struct log_field)LOG_S("tls_required", "no");
 	log_fields(LOG_LEVEL_INFO, "accepted", f, n);
 }
 

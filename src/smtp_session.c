@@ -134,6 +134,7 @@ struct transaction {
 	bool too_big;
 	bool used_bdat;
 	struct message_id_scan message_id; /* for the accepted line */
+	struct message_id_scan tls_required; /* the TLS-Required field */
 	struct dkim_intake *dkim; /* reading for a signature, or NULL */
 	bool dkim_wanted;	  /* a trusted client, dkim_sign has keys */
 };
@@ -1062,6 +1063,7 @@ static bool message_begin(struct smtp_session *s)
 	struct transaction *tx = &s->tx;
 	tx->incoming = spool_incoming_new(s->srv->spool);
 	tx->outbuf = malloc(MESSAGE_BUF_SIZE);
+	tx->tls_required.field = "tls-required";
 	if (tx->incoming == NULL || tx->outbuf == NULL) {
 		log_event(LOG_LEVEL_ERROR, "spool_error", LOG_SESSION(s),
 			  LOG_S("reason", strerror(errno)));
@@ -1138,10 +1140,19 @@ static size_t message_feed(struct smtp_session *s, const char *in, size_t len)
 	size_t used = smtp_data_feed(&tx->data, in, len,
 				     tx->outbuf + tx->outlen, &outlen);
 	message_id_feed(&tx->message_id, tx->outbuf + tx->outlen, outlen);
+	message_id_feed(&tx->tls_required, tx->outbuf + tx->outlen, outlen);
 	if (!tx->too_big && tx->data.size > cfg_of(s)->max_message_size)
 		tx->too_big = true;
 	tx->outlen = tx->too_big ? 0 : tx->outlen + outlen;
 	return used;
+}
+
+/* RFC 8689 §5: "TLS-Required: No" asks that the recipient domains' TLS
+ * policies be ignored (REQUIRETLS, when given, wins). */
+static bool tls_not_required(struct message_id_scan *field)
+{
+	const char *value = message_id_value(field);
+	return value != NULL && ascii_ieq(value, strlen(value), "no");
 }
 
 static struct spool_envelope *envelope_build(struct smtp_session *s)
@@ -1163,6 +1174,8 @@ static struct spool_envelope *envelope_build(struct smtp_session *s)
 	env->ret = tx->mail.ret;
 	if (tx->mail.requiretls)
 		env->flags |= SPOOL_FLAG_REQUIRETLS;
+	else if (tls_not_required(&tx->tls_required))
+		env->flags |= SPOOL_FLAG_TLS_NOT_REQUIRED;
 	env->envid = tx->mail.envid[0] ? strdup(tx->mail.envid) : NULL;
 	env->rcpts = calloc(tx->rcpt_count, sizeof *env->rcpts);
 	bool ok = env->sender && env->client_addr && env->helo &&

@@ -85,6 +85,9 @@ struct spool_envelope {
 /* MAIL FROM:<...> REQUIRETLS (RFC 8689): relayed only over verified TLS
  * to a next hop that offers REQUIRETLS, else bounced with 5.7.10 */
 #define SPOOL_FLAG_REQUIRETLS 0x8
+/* "TLS-Required: No" (RFC 8689 §5): the recipient domains' TLS policies
+ * (DANE) are not applied to this message */
+#define SPOOL_FLAG_TLS_NOT_REQUIRED 0x10
 
 /* The daemon's spool: committed messages go to the log (log/<seq>.seg),
  * and spool_recover reads it back. */

@@ -348,3 +348,20 @@ def test_dane_no_leaves_tlsa_alone(world):
     qid, tok = rh.inject(sender, ["user@bad.dane.test"])
     assert rh.tokens_in(rcv.wait_messages("user@bad.dane.test", 1, T)) == [tok]
     assert not sender.events("dane_tlsa")
+
+
+def test_tls_required_no_header_skips_dane(world):
+    """RFC 8689 §5: the sender's "TLS-Required: No" sets the recipient
+    domain's DANE policy aside (the mismatching bad.dane.test takes it)."""
+    rcv = receiver(world)
+    sender = dane_sender(world)
+    rcpt = "user@bad.dane.test"
+    tok = rh.token()
+    data = h.make_message(subject="tls-required %s" % tok, body="token=%s\r\n" % tok,
+                          sender=rh.SENDER, to=rcpt, extra_headers=["TLS-Required: No"])
+    qid = sender.send(sender=rh.SENDER, recipients=[rcpt], data=data)
+    assert sender.wait_event("accepted", queue_id=qid)[0].get("tls_required") == "no"
+    assert rh.tokens_in(rcv.wait_messages(rcpt, 1, T)) == [tok]
+    ev = rh.wait_relay_event(sender, "delivered", queue_id=qid)
+    assert ev.get("tls_policy") == "none", ev
+    assert not sender.events("dane_tlsa"), sender.log_tail()

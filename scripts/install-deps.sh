@@ -22,6 +22,7 @@ test_packages=(
 	haproxy
 	redis-server python3-dkim opendkim opendkim-tools
 	dovecot-imapd dovecot-lmtpd
+	unbound ldnsutils
 )
 
 only_run=0

@@ -84,6 +84,7 @@ enum key {
 	KEY_MAX_MESSAGES_PER_IP,
 	KEY_LOCAL_TRANSPORT,
 	KEY_SUBMIT_SOCKET,
+	KEY_DANE,
 	KEY_COUNT,
 };
 
@@ -1637,6 +1638,7 @@ static const struct key_def key_defs[KEY_COUNT] = {
 			     .print = print_local_transport},
     [KEY_SUBMIT_SOCKET] = {"submit_socket", "",
 			   FIELD(SLOT_STRING, submit_socket)},
+    [KEY_DANE] = {"dane", "no", FIELD(SLOT_YES_NO, dane)},
 };
 
 static bool find_key(const char *name, size_t len, enum key *out)

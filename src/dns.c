@@ -68,7 +68,8 @@ struct outcome {
 	enum lookup_status status;
 	const struct dns_record *records;
 	size_t count;
-	const char *why; /* LOOKUP_TEMPFAIL: a static description */
+	const char *why;    /* LOOKUP_TEMPFAIL: a static description */
+	bool authenticated; /* the answer had the AD bit */
 };
 
 struct cache_entry {
@@ -77,6 +78,7 @@ struct cache_entry {
 	uint64_t expires;		   /* monotonic milliseconds */
 	uint16_t type;
 	enum lookup_status status; /* RECORDS, NODATA or NXDOMAIN */
+	bool authenticated;
 	struct dns_record *records;
 	size_t count;
 	char name[];
@@ -114,6 +116,7 @@ struct slot {
 	struct slot *next, **pprev;
 	enum lookup_status status;
 	const char *why;
+	bool authenticated;
 };
 
 /* A host whose addresses a query looks up. */
@@ -129,6 +132,7 @@ struct target {
 enum query_state {
 	QUERY_MX,
 	QUERY_ADDRESSES,
+	QUERY_TLSA, /* dns_resolve_tlsa: one TLSA look-up, no addresses */
 	QUERY_DONE,
 };
 
@@ -137,6 +141,7 @@ enum target_source {
 	FROM_MX,     /* the domain's MX records */
 	FROM_DOMAIN, /* no MX: the domain itself (RFC 5321 §5.1) */
 	FROM_HOST,   /* dns_resolve_host */
+	FROM_TLSA,   /* dns_resolve_tlsa */
 };
 
 struct dns_query {
@@ -148,7 +153,7 @@ struct dns_query {
 	enum target_source source;
 	bool in_callback;
 	char *name;
-	struct slot mx;
+	struct slot mx; /* or the TLSA slot of dns_resolve_tlsa */
 	struct target *targets;
 	size_t target_count;
 	size_t waiting; /* address slots not answered yet */
@@ -279,6 +284,36 @@ static int read_name(const unsigned char *buf, size_t len, size_t *off,
 	return 0;
 }
 
+enum dns_tlsa_check dns_tlsa_parse(const unsigned char *rdata, size_t len,
+				   struct dns_tlsa *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (rdata == NULL || len < 4)
+		return DNS_TLSA_TOO_SHORT;
+	out->usage = rdata[0];
+	out->selector = rdata[1];
+	out->matching = rdata[2];
+	out->data = rdata + 3;
+	out->data_len = len - 3;
+	/* RFC 6698 §2.1.3: a digest has its function's size; a full
+	 * certificate or key (matching type 0) any size */
+	if ((out->matching == DNS_TLSA_MATCH_SHA256 && out->data_len != 32) ||
+	    (out->matching == DNS_TLSA_MATCH_SHA512 && out->data_len != 64))
+		return DNS_TLSA_BAD_DIGEST_SIZE;
+	return DNS_TLSA_WELL_FORMED;
+}
+
+static unsigned char *copy_octets(const unsigned char *data, size_t len)
+{
+	unsigned char *p = malloc(len == 0 ? 1 : len);
+
+	if (p == NULL)
+		fatal("dns: out of memory");
+	if (len > 0)
+		memcpy(p, data, len);
+	return p;
+}
+
 static int add_record(struct dns_answer *a, const unsigned char *buf,
 		      size_t len, size_t off, size_t rdlen, uint16_t type,
 		      uint32_t ttl)
@@ -306,6 +341,9 @@ static int add_record(struct dns_answer *a, const unsigned char *buf,
 		if (read_name(buf, len, &pos, name) < 0 || pos != off + rdlen)
 			return -1;
 		break;
+	case DNS_TYPE_TLSA:
+		r.tlsa_check = dns_tlsa_parse(buf + off, rdlen, &r.tlsa);
+		break;
 	default:
 		return 0; /* a type we never ask for */
 	}
@@ -313,6 +351,8 @@ static int add_record(struct dns_answer *a, const unsigned char *buf,
 		return 0;
 	if (type == DNS_TYPE_MX)
 		r.exchange = xstrdup(name);
+	if (type == DNS_TYPE_TLSA)
+		r.tlsa.data = copy_octets(r.tlsa.data, r.tlsa.data_len);
 	if (a->records == NULL)
 		a->records = xcalloc(DNS_ANSWER_MAX, sizeof(*a->records));
 	if (a->count == 0 || ttl < a->ttl)
@@ -352,6 +392,7 @@ int dns_answer_parse(const unsigned char *buf, size_t len, uint16_t qtype,
 	if (buf == NULL || len < DNS_HEADER_LEN)
 		return -1;
 	out->rcode = buf[3] & 0x0f;
+	out->authenticated = (buf[3] & 0x20) != 0;
 	qdcount = get16(buf + 4);
 	counts[0] = get16(buf + 6); /* answer */
 	counts[1] = get16(buf + 8); /* authority; additional is not read */
@@ -398,8 +439,10 @@ malformed:
 
 static void records_free(struct dns_record *records, size_t count)
 {
-	for (size_t i = 0; i < count; i++)
+	for (size_t i = 0; i < count; i++) {
 		free(records[i].exchange);
+		free((void *)records[i].tlsa.data);
+	}
 	free(records);
 }
 
@@ -407,6 +450,23 @@ void dns_answer_clear(struct dns_answer *answer)
 {
 	records_free(answer->records, answer->count);
 	memset(answer, 0, sizeof(*answer));
+}
+
+/* A deep copy, for the cache and for a TLSA query's result. */
+static struct dns_record *records_copy(const struct dns_record *records,
+				       size_t count)
+{
+	struct dns_record *copy = xcalloc(count, sizeof(*copy));
+
+	for (size_t i = 0; i < count; i++) {
+		copy[i] = records[i];
+		if (records[i].exchange != NULL)
+			copy[i].exchange = xstrdup(records[i].exchange);
+		if (records[i].tlsa.data != NULL)
+			copy[i].tlsa.data = copy_octets(
+			    records[i].tlsa.data, records[i].tlsa.data_len);
+	}
+	return copy;
 }
 
 /* The cache: per (name, type), positive and negative answers. */
@@ -480,14 +540,9 @@ static void cache_store(struct cache *c, const char *name, uint16_t type,
 	e->type = type;
 	e->status = o->status;
 	e->expires = now + (uint64_t)ttl * 1000;
+	e->authenticated = o->authenticated;
 	if (o->count > 0) {
-		e->records = xcalloc(o->count, sizeof(*e->records));
-		for (size_t i = 0; i < o->count; i++) {
-			e->records[i] = o->records[i];
-			if (o->records[i].exchange != NULL)
-				e->records[i].exchange =
-				    xstrdup(o->records[i].exchange);
-		}
+		e->records = records_copy(o->records, o->count);
 		e->count = o->count;
 	}
 	e->chain = c->buckets[bucket];
@@ -613,6 +668,7 @@ static void slot_unlink(struct slot *s)
 }
 
 static void query_on_mx(struct dns_query *q, const struct outcome *o);
+static void query_on_tlsa(struct dns_query *q, const struct outcome *o);
 static void query_finish(struct dns_query *q);
 
 static void target_add_addresses(struct target *t, uint16_t type,
@@ -650,8 +706,12 @@ static void slot_answer(struct slot *s, const struct outcome *o)
 
 	s->status = o->status;
 	s->why = o->why;
+	s->authenticated = o->authenticated;
 	if (s->target == NULL) {
-		query_on_mx(q, o);
+		if (q->state == QUERY_TLSA)
+			query_on_tlsa(q, o);
+		else
+			query_on_mx(q, o);
 		return;
 	}
 	if (o->status == LOOKUP_RECORDS)
@@ -669,6 +729,8 @@ static const char *type_name(uint16_t type)
 		return "AAAA";
 	case DNS_TYPE_MX:
 		return "MX";
+	case DNS_TYPE_TLSA:
+		return "TLSA";
 	}
 	return "?";
 }
@@ -728,6 +790,7 @@ static void classify(int status, const unsigned char *abuf, int alen,
 			o->why = "malformed answer";
 			return;
 		}
+		o->authenticated = answer->authenticated;
 		if (answer->rcode == DNS_RCODE_NOERROR) {
 			o->status =
 			    answer->count > 0 ? LOOKUP_RECORDS : LOOKUP_NODATA;
@@ -838,6 +901,48 @@ static void on_answer_record(void *arg, ares_status_t status, size_t timeouts,
 }
 #endif
 
+/*
+ * Send p's question with the AD bit set: RFC 6840 §5.7, the way a stub
+ * asks a validating resolver to say whether the answer is secure (DANE
+ * needs to know) without the RRSIGs that the DO bit would bring.
+ */
+static void pending_send(struct dns *dns, struct pending *p)
+{
+#if ARES_VERSION >= 0x011c00
+	ares_dns_record_t *question = NULL;
+
+	if (ares_dns_record_create(&question, 0, ARES_FLAG_RD | ARES_FLAG_AD,
+				   ARES_OPCODE_QUERY,
+				   ARES_RCODE_NOERROR) != ARES_SUCCESS ||
+	    ares_dns_record_query_add(question, p->name,
+				      (ares_dns_rec_type_t)p->type,
+				      ARES_CLASS_IN) != ARES_SUCCESS) {
+		ares_dns_record_destroy(question);
+		on_answer(p, ARES_ENOMEM, 0, NULL, 0);
+		return;
+	}
+	(void)ares_send_dnsrec(dns->channel, question, on_answer_record, p,
+			       NULL);
+	ares_dns_record_destroy(question);
+#else
+	unsigned char *question = NULL;
+	int len = 0, rc;
+
+	rc = ares_create_query(p->name, DNS_CLASS_IN, p->type, 0, 1, &question,
+			       &len, 0);
+	if (rc != ARES_SUCCESS || len < DNS_HEADER_LEN) {
+		if (question != NULL)
+			ares_free_string(question);
+		on_answer(p, rc != ARES_SUCCESS ? rc : ARES_EBADQUERY, 0, NULL,
+			  0);
+		return;
+	}
+	question[3] |= 0x20; /* AD */
+	ares_send(dns->channel, question, len, on_answer, p);
+	ares_free_string(question);
+#endif
+}
+
 /* Answer s from the cache, or join (or start) the query on the wire. */
 static void slot_wait(struct slot *s, const char *name)
 {
@@ -852,6 +957,7 @@ static void slot_wait(struct slot *s, const char *name)
 		    .status = e->status,
 		    .records = e->records,
 		    .count = e->count,
+		    .authenticated = e->authenticated,
 		};
 		slot_answer(s, &o);
 		return;
@@ -878,13 +984,7 @@ static void slot_wait(struct slot *s, const char *name)
 	metrics.dns_queries_total++;
 	/* on_answer may run (and free p) before the call returns; a query
 	 * that cannot be sent is reported to it as well. */
-#if ARES_VERSION >= 0x011c00
-	(void)ares_query_dnsrec(dns->channel, p->name, ARES_CLASS_IN,
-				(ares_dns_rec_type_t)s->type, on_answer_record,
-				p, NULL);
-#else
-	ares_query(dns->channel, p->name, DNS_CLASS_IN, s->type, on_answer, p);
-#endif
+	pending_send(dns, p);
 	dns_rearm(dns);
 }
 
@@ -1018,6 +1118,7 @@ static void query_on_mx(struct dns_query *q, const struct outcome *o)
 			   q->name);
 		return;
 	case LOOKUP_NODATA:
+		q->result.authenticated = o->authenticated;
 		q->source = FROM_DOMAIN;
 		q->targets = xcalloc(1, sizeof(*q->targets));
 		query_add_target(q, q->name, 0);
@@ -1030,6 +1131,7 @@ static void query_on_mx(struct dns_query *q, const struct outcome *o)
 				   q->name);
 			return;
 		}
+		q->result.authenticated = o->authenticated;
 		query_targets_from_mx(q, o);
 		if (q->target_count == 0) {
 			query_fail(q, DNS_NO_HOST, "%s: no usable MX host name",
@@ -1041,6 +1143,45 @@ static void query_on_mx(struct dns_query *q, const struct outcome *o)
 		fatal("dns: an MX answer without a result");
 	}
 	query_resolve_targets(q);
+}
+
+static void query_on_tlsa(struct dns_query *q, const struct outcome *o)
+{
+	q->result.authenticated = o->authenticated;
+	switch (o->status) {
+	case LOOKUP_RECORDS:
+		q->result.records = records_copy(o->records, o->count);
+		q->result.record_count = o->count;
+		query_finish(q);
+		return;
+	case LOOKUP_NODATA:
+		query_fail(q, DNS_NO_HOST, "%s: no TLSA record", q->name);
+		return;
+	case LOOKUP_NXDOMAIN:
+		query_fail(q, DNS_NXDOMAIN, "%s: no TLSA record (NXDOMAIN)",
+			   q->name);
+		return;
+	case LOOKUP_TEMPFAIL:
+		query_fail(q, DNS_TEMPFAIL, "%s: TLSA look-up failed: %s",
+			   q->name, o->why);
+		return;
+	case LOOKUP_WAITING:
+		break;
+	}
+	fatal("dns: a TLSA answer without a result");
+}
+
+/* RFC 7672 §2.2.2: a host's addresses are secure when each of its
+ * answers, records or denial, was validated. */
+static bool target_secure(const struct target *t)
+{
+	const struct slot *slots[] = {&t->aaaa, &t->a};
+
+	for (size_t i = 0; i < COUNT_OF(slots); i++)
+		if (slots[i]->status == LOOKUP_TEMPFAIL ||
+		    !slots[i]->authenticated)
+			return false;
+	return true;
 }
 
 static int target_order_cmp(const void *a, const void *b)
@@ -1095,6 +1236,7 @@ static void query_explain_no_address(struct dns_query *q)
 			 "%s: no MX and no A/AAAA record", q->name);
 		break;
 	case FROM_HOST:
+	case FROM_TLSA:
 		r->status = all_nxdomain ? DNS_NXDOMAIN : DNS_NO_HOST;
 		snprintf(r->error, sizeof(r->error), "%s: %s", q->name,
 			 all_nxdomain ? "host not found (NXDOMAIN)"
@@ -1128,6 +1270,7 @@ static void query_build_hosts(struct dns_query *q)
 
 		h->name = t->name;
 		h->preference = t->preference;
+		h->secure = target_secure(t);
 		h->addr_count = t->v6_count + t->v4_count;
 		h->addrs = xcalloc(h->addr_count, sizeof(*h->addrs));
 		if (t->v6_count > 0)
@@ -1168,6 +1311,8 @@ static void query_free(struct dns_query *q)
 	for (size_t i = 0; i < q->result.host_count; i++)
 		free(q->result.hosts[i].addrs);
 	free(q->result.hosts);
+	records_free((struct dns_record *)q->result.records,
+		     q->result.record_count);
 	if (q->done != NULL)
 		event_free(q->done);
 	free(q->name);
@@ -1183,7 +1328,7 @@ static void on_query_done(evutil_socket_t fd, short what, void *arg)
 	query_unlink(q);
 	event_free(q->done);
 	q->done = NULL;
-	if (q->result.status == DNS_OK)
+	if (q->result.status == DNS_OK && q->source != FROM_TLSA)
 		query_build_hosts(q);
 	q->in_callback = true;
 	q->cb(&q->result, q->arg);
@@ -1365,6 +1510,22 @@ struct dns_query *dns_resolve_host(struct dns *dns, const char *host, dns_cb cb,
 	q->targets = xcalloc(1, sizeof(*q->targets));
 	query_add_target(q, name, 0);
 	query_resolve_targets(q);
+	return q;
+}
+
+struct dns_query *dns_resolve_tlsa(struct dns *dns, const char *name, dns_cb cb,
+				   void *arg)
+{
+	char normal[DNS_NAME_BUF];
+	struct dns_query *q;
+
+	if (normalize_name(name, normal) < 0)
+		return query_of_bad_name(dns, name, cb, arg);
+	q = query_new(dns, normal, cb, arg);
+	q->state = QUERY_TLSA;
+	q->source = FROM_TLSA;
+	slot_init(&q->mx, q, NULL, DNS_TYPE_TLSA);
+	slot_wait(&q->mx, q->name);
 	return q;
 }
 

@@ -14,8 +14,10 @@ enum scan_state {
 	SCAN_DONE,	 /* the body, or the field kept: nothing more to see */
 };
 
-static const char field_name[] = "message-id";
-#define FIELD_NAME_LEN (sizeof field_name - 1)
+static const char *field_name(const struct message_id_scan *scan)
+{
+	return scan->field != NULL ? scan->field : "message-id";
+}
 
 static char lower(char c)
 {
@@ -51,7 +53,7 @@ static enum scan_state line_start(struct message_id_scan *scan, char c)
 		return SCAN_VALUE;
 	}
 	scan->name_len = 0;
-	if (lower(c) != field_name[0])
+	if (lower(c) != field_name(scan)[0])
 		return SCAN_SKIP;
 	scan->name_len = 1;
 	return SCAN_NAME;
@@ -61,7 +63,8 @@ static enum scan_state name_octet(struct message_id_scan *scan, char c)
 {
 	if (c == '\n')
 		return SCAN_LINE_START;
-	if (scan->name_len == FIELD_NAME_LEN) {
+	const char *name = field_name(scan);
+	if (name[scan->name_len] == '\0') {
 		if (c == ':') {
 			scan->found = true;
 			return SCAN_VALUE;
@@ -69,7 +72,7 @@ static enum scan_state name_octet(struct message_id_scan *scan, char c)
 		/* RFC 5322 obsolete syntax: spaces before the colon */
 		return c == ' ' || c == '\t' ? SCAN_NAME : SCAN_SKIP;
 	}
-	if (lower(c) != field_name[scan->name_len])
+	if (lower(c) != name[scan->name_len])
 		return SCAN_SKIP;
 	scan->name_len++;
 	return SCAN_NAME;

@@ -311,6 +311,17 @@ static void put_extra_metrics(struct out *o)
 	    "Redis commands and connections of shape_redis that failed.");
 	put_value(o, "facteur_redis_errors_total", metrics.redis_errors_total);
 
+	static const char *const tls_policy_names[] = {"sts", "dane"};
+	static const char *const tls_policy_results[] = {"success", "failure"};
+	put_header(o, "facteur_tls_policy_total", "counter",
+		   "Delivery attempts an outbound TLS policy governed.");
+	put_grid(o, "facteur_tls_policy_total",
+		 &(struct label){"policy", tls_policy_names,
+				 METRICS_TLS_POLICY_COUNT},
+		 &(struct label){"result", tls_policy_results,
+				 METRICS_TLS_POLICY_RESULT_COUNT},
+		 &metrics.tls_policy[0][0]);
+
 	put_header(o, "facteur_destination_paused", "gauge",
 		   "1 while a destination that throttled us is paused.");
 	for (size_t i = 0; i < extra.paused_count; i++) {

@@ -411,6 +411,9 @@ static enum notice_result dsn_queue(struct notice *n)
 	env->size = len;
 	env->body = SMTP_BODY_8BITMIME;
 	env->smtputf8 = q->env->smtputf8;
+	/* RFC 8689 §4.3: a notice about a REQUIRETLS message, which quotes
+	 * its headers, goes under REQUIRETLS itself */
+	env->flags = q->env->flags & SPOOL_FLAG_REQUIRETLS;
 	env->rcpts = to;
 	env->rcpt_count = to_count;
 	if (!env->sender || !env->client_addr || !env->helo || !env->protocol) {

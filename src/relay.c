@@ -49,6 +49,7 @@
 #include <event2/event.h>
 
 #include "facteur/config.h"
+#include "facteur/dane.h"
 #include "facteur/dns.h"
 #include "facteur/localaddr.h"
 #include "facteur/log.h"
@@ -104,6 +105,10 @@ struct relay_job {
 	unsigned conn_transactions; /* this one included, on its connection */
 	uint64_t lease;		    /* its connection's slot in shape_redis */
 	struct dns_query *dns;
+	/* DANE: each target's TLSA look-ups (their records back the
+	 * addresses' until the job ends), and whether one is in flight */
+	struct dane_lookup **dane;
+	bool dane_waiting;
 	struct smtp_client *client;
 	/* An outcome for every recipient, reported on the next loop turn. */
 	struct event *failed;
@@ -244,6 +249,9 @@ static void relay_job_free(struct relay_job *job)
 	free(job->host);
 	for (size_t i = 0; i < job->target_count; i++)
 		free(job->targets[i].host);
+	for (size_t i = 0; job->dane != NULL && i < job->target_count; i++)
+		dane_lookup_free(job->dane[i]);
+	free(job->dane);
 	free(job->targets);
 	for (size_t i = 0; i < job->addr_count; i++)
 		free(job->addr_hosts[i]);
@@ -537,6 +545,8 @@ static void on_client_done(const struct smtp_client_result *res, void *arg)
 		out[i].relay = relay;
 		out[i].answered = true;
 		out[i].tls = res->tls_version;
+		out[i].tls_policy = res->dane ? "dane" : "none";
+		out[i].verified = res->verified;
 		if (throttled == NULL && out[i].state == RCPT_DEFERRED &&
 		    shape_reply_throttles(out[i].reason))
 			throttled = &res->rcpts[i];
@@ -623,7 +633,8 @@ static void relay_loops_back(struct relay_job *job,
  * those of the targets before it; a target that gives none notes why. */
 static void relay_add_addresses(struct relay_job *job,
 				const struct route_target *t,
-				const struct dns_host *hosts, size_t host_count)
+				const struct dns_host *hosts,
+				const struct dane_host *dane, size_t host_count)
 {
 	uint16_t port = t->port ? t->port : job->relay->srv->cfg->mx_port;
 	/* A "[host]" or "[ip]" route names its target on purpose: it is
@@ -633,10 +644,20 @@ static void relay_add_addresses(struct relay_job *job,
 	    (!job->routed || t->mx_lookup) &&
 	    relay_self_cutoff(job->relay, hosts, host_count, port, &cutoff);
 	size_t hosts_kept = 0, n = 0;
+	bool dane_failed = false;
 	for (size_t h = 0; h < host_count; h++) {
 		if (self_found && hosts[h].preference >= cutoff)
 			continue;
 		hosts_kept++;
+		/* RFC 7672 §2.1.1: a host whose TLSA records cannot be had
+		 * is not tried, neither in the clear nor unauthenticated */
+		if (dane != NULL && dane[h].state == DANE_FAILED) {
+			dane_failed = true;
+			relay_note_failure(job, RCPT_DEFERRED,
+					   STATUS_ROUTING_FAILED,
+					   dane[h].reason);
+			continue;
+		}
 		/* a "[host]" target is verified against the host written;
 		 * an LMTP server is named by the setting */
 		const char *name = job->lmtp ? job->host
@@ -656,6 +677,9 @@ static void relay_add_addresses(struct relay_job *job,
 			out->addr = hosts[h].addrs[a];
 			set_port(&out->addr, port);
 			out->addrlen = address_length(&out->addr);
+			out->dane = dane != NULL ? dane[h].state : DANE_NONE;
+			out->tlsa = dane != NULL ? dane[h].tlsa : NULL;
+			out->tlsa_count = dane != NULL ? dane[h].tlsa_count : 0;
 			n++;
 		}
 	}
@@ -670,7 +694,7 @@ static void relay_add_addresses(struct relay_job *job,
 			return;
 		}
 	}
-	if (n == 0)
+	if (n == 0 && !dane_failed)
 		relay_note_failure(job, RCPT_DEFERRED, STATUS_ROUTING_FAILED,
 				   "no address to connect to");
 }
@@ -770,6 +794,43 @@ static void relay_reuse(struct relay_job *job, struct relay_idle_conn *ic)
 
 static void relay_resolve_next(struct relay_job *job);
 
+/* ---- DANE (RFC 7672) ---- */
+
+static void on_dane(const struct dns_host *hosts, const struct dane_host *dane,
+		    size_t count, void *arg)
+{
+	struct relay_job *job = arg;
+	const struct route_target *t = &job->targets[job->target_next - 1];
+	job->dane_waiting = false;
+	relay_add_addresses(job, t, hosts, dane, count);
+	relay_resolve_next(job);
+}
+
+/* A target resolved through MX records with dane = yes: its hosts'
+ * TLSA records first, when the MX answer was validated. Not for a
+ * "[host]" target (its route's tls= rules), nor without TLS at all, nor
+ * for a message whose sender said "TLS-Required: No". */
+static bool relay_dane_start(struct relay_job *job,
+			     const struct route_target *t,
+			     const struct dns_result *res)
+{
+	const struct config *cfg = job->relay->srv->cfg;
+	if (!cfg->dane || !t->mx_lookup || job->tls == TLS_POLICY_NONE ||
+	    (job->env->flags & SPOOL_FLAG_TLS_NOT_REQUIRED) ||
+	    !dane_applies(res))
+		return false;
+	if (job->dane == NULL) {
+		job->dane = calloc(job->target_count, sizeof *job->dane);
+		if (job->dane == NULL)
+			fatal("relay: out of memory");
+	}
+	uint16_t port = t->port ? t->port : cfg->mx_port;
+	job->dane[job->target_next - 1] =
+	    dane_lookup_start(job->relay->srv->dns, res, port, on_dane, job);
+	job->dane_waiting = true;
+	return true;
+}
+
 static void on_resolved(const struct dns_result *res, void *arg)
 {
 	struct relay_job *job = arg;
@@ -777,7 +838,9 @@ static void on_resolved(const struct dns_result *res, void *arg)
 	job->dns = NULL;
 	switch (res->status) {
 	case DNS_OK:
-		relay_add_addresses(job, t, res->hosts, res->host_count);
+		if (relay_dane_start(job, t, res))
+			return; /* on_dane goes on */
+		relay_add_addresses(job, t, res->hosts, NULL, res->host_count);
 		break;
 	case DNS_NXDOMAIN:
 	case DNS_NO_HOST:
@@ -840,7 +903,7 @@ static void relay_resolve_next(struct relay_job *job)
 			struct dns_host host;
 			struct sockaddr_storage ss;
 			if (literal_host(t->host, &host, &ss)) {
-				relay_add_addresses(job, t, &host, 1);
+				relay_add_addresses(job, t, &host, NULL, 1);
 				continue;
 			}
 		}
@@ -977,6 +1040,9 @@ relay_job_new(struct relay *relay, const struct spool_envelope *env,
 	job->tls = route_tls_policy(route ? route->tls : ROUTE_TLS_DEFAULT,
 				    cfg->tls_outbound);
 	job->implicit_tls = route != NULL && route->tls == ROUTE_TLS_IMPLICIT;
+	/* RFC 8689: only verified TLS (by the trust anchors or DANE) */
+	if (env->flags & SPOOL_FLAG_REQUIRETLS)
+		job->tls = TLS_POLICY_VERIFY;
 	if (route != NULL) {
 		job->auth_file = copy_or_null(route->auth_file);
 		job->auth_user = copy_or_null(route->auth_user);
@@ -1202,7 +1268,7 @@ void relay_stop(struct relay *relay)
 	relay->stopping = true;
 	for (struct relay_job *job = relay->jobs; job != NULL;) {
 		struct relay_job *next = job->next_job;
-		if (job->dns != NULL) {
+		if (job->dns != NULL || job->dane_waiting) {
 			dns_cancel(job->dns);
 			job->dest->active--;
 			relay_drop(job);

@@ -353,11 +353,11 @@ static void count_outcome(const struct queued *q, enum rcpt_state state)
 static void log_outcome_tls(const char *event, const struct queued *q,
 			    const struct spool_rcpt *r, const char *dsn,
 			    const char *where, const char *place,
-			    const char *tls)
+			    const struct relay_outcome *tls)
 {
 	enum log_level level =
 	    r->state == RCPT_DELIVERED ? LOG_LEVEL_INFO : LOG_LEVEL_WARN;
-	struct log_field f[8] = {
+	struct log_field f[10] = {
 	    LOG_S("queue_id", q->env->id),
 	    LOG_S("rcpt", r->address),
 	    LOG_S(where, place),
@@ -366,8 +366,12 @@ static void log_outcome_tls(const char *event, const struct queued *q,
 	    LOG_I("attempts", r->attempts),
 	};
 	size_t n = 6;
-	if (tls != NULL)
-		f[n++] = (struct log_field)LOG_S("tls", tls);
+	if (tls != NULL) {
+		f[n++] = (struct log_field)LOG_S("tls", tls->tls);
+		f[n++] = (struct log_field)LOG_S("tls_policy", tls->tls_policy);
+		f[n++] = (struct log_field)LOG_S("verified",
+						 tls->verified ? "yes" : "no");
+	}
 	if (r->reason != NULL)
 		f[n++] = (struct log_field)LOG_S("reason", r->reason);
 	log_fields(level, event, f, n);
@@ -627,7 +631,7 @@ static void on_relayed(enum relay_end end, const struct relay_outcome *out,
 			const struct spool_rcpt *r = &q->env->rcpts[rcpts[i]];
 			log_outcome_tls(outcome_event(out[i].state), q, r,
 					r->dsn, "relay", out[i].relay,
-					out[i].answered ? out[i].tls : NULL);
+					out[i].answered ? &out[i] : NULL);
 		}
 		queued_release(q, settled);
 	} else {
@@ -986,6 +990,10 @@ static void log_accepted(const struct spool_envelope *env,
 	if (arrival != NULL && arrival->message_id != NULL)
 		f[n++] =
 		    (struct log_field)LOG_S("message_id", arrival->message_id);
+	if (env->flags & SPOOL_FLAG_REQUIRETLS)
+		f[n++] = (struct log_field)LOG_S("requiretls", "yes");
+	if (env->flags & SPOOL_FLAG_TLS_NOT_REQUIRED)
+		f[n++] = (struct log_field)LOG_S("tls_required", "no");
 	log_fields(LOG_LEVEL_INFO, "accepted", f, n);
 }
 

@@ -121,6 +121,9 @@ struct client_address {
 	char *host;
 	struct sockaddr_storage addr;
 	socklen_t addrlen;
+	enum dane_state dane;
+	struct dns_tlsa *tlsa; /* owned, data included */
+	size_t tlsa_count;
 };
 
 struct smtp_client {
@@ -137,6 +140,7 @@ struct smtp_client {
 	uint64_t size;
 	enum smtp_body body;
 	bool smtputf8;
+	bool requiretls; /* the message's REQUIRETLS (RFC 8689) */
 	enum smtp_ret ret;
 	struct client_rcpt *rcpts;
 	struct smtp_client_rcpt *results; /* parallel to rcpts */
@@ -164,6 +168,7 @@ struct smtp_client {
 	struct bufferevent *bev;
 	char relay[320];
 	bool tls;
+	bool verified; /* the peer's certificate, by the CA store or DANE */
 	char tls_version[16]; /* of the handshake, for the delivered line */
 	unsigned ext;	      /* SMTP_EXT_* offered */
 	uint64_t ext_size;
@@ -193,6 +198,13 @@ struct smtp_client {
 };
 
 static void connect_next(struct smtp_client *c);
+
+/* The address of the current (or last) connection. */
+static const struct client_address *current_address(const struct smtp_client *c)
+{
+	return &c->addrs[c->next_addr - 1];
+}
+
 static void client_free(struct smtp_client *c);
 static void read_cb(struct bufferevent *bev, void *arg);
 static void write_cb(struct bufferevent *bev, void *arg);
@@ -427,6 +439,9 @@ static void finish(struct smtp_client *c, bool quit)
 	snprintf(result.relay, sizeof result.relay, "%s", c->relay);
 	result.tls = c->tls;
 	result.tls_version = c->tls ? c->tls_version : "none";
+	result.verified = c->tls && c->verified;
+	result.dane =
+	    c->next_addr > 0 && current_address(c)->dane == DANE_VERIFY;
 	result.reused = c->reused;
 	result.reusable = keep;
 	c->transactions++;
@@ -550,6 +565,64 @@ static void send_ehlo(struct smtp_client *c, enum client_state state)
 	send_command(c, state, "%s %s", c->lmtp ? "LHLO" : "EHLO", c->helo);
 }
 
+/* TLS is required of this connection: by the policy, or by DANE for its
+ * host (RFC 7672 §2.2: TLSA records, usable or not, mean TLS) */
+static bool tls_required(const struct smtp_client *c)
+{
+	return c->tls_policy == TLS_POLICY_ENCRYPT ||
+	       c->tls_policy == TLS_POLICY_VERIFY || c->requiretls ||
+	       current_address(c)->dane != DANE_NONE;
+}
+
+/* What a REQUIRETLS message lacks on this connection (RFC 8689 §4.2.1:
+ * TLS, verified, to a server that offers REQUIRETLS), or NULL. */
+static const char *requiretls_lacks(const struct smtp_client *c)
+{
+	if (!c->requiretls)
+		return NULL;
+	if (!c->tls)
+		return "no TLS";
+	if (!c->verified)
+		return "the certificate is not verified";
+	if (!(c->ext & SMTP_EXT_REQUIRETLS))
+		return "REQUIRETLS is not offered";
+	return NULL;
+}
+
+static void connection_failed(struct smtp_client *c, const char *dsn,
+			      const char *reason);
+
+/* A REQUIRETLS message cannot go over this connection: the next
+ * address, or, with none left (connect_next), a bounce with 5.7.10. */
+static void requiretls_refused(struct smtp_client *c, const char *lack)
+{
+	char reason[512];
+	snprintf(reason, sizeof reason,
+		 "REQUIRETLS: %s by host %s, the message is not sent", lack,
+		 c->relay);
+	if (c->reused)
+		refuse_all(c, RCPT_BOUNCED,
+			   status_code_str(STATUS_ENCRYPTION_NEEDED), reason);
+	else
+		connection_failed(c, status_code_str(STATUS_ENCRYPTION_NEEDED),
+				  reason);
+}
+
+/* A delivery attempt DANE governed ended its TLS step: counted, and
+ * logged when it stopped the delivery. */
+static void dane_outcome(const struct smtp_client *c, bool success,
+			 const char *reason)
+{
+	metrics.tls_policy[METRICS_TLS_POLICY_DANE]
+			  [success ? METRICS_TLS_POLICY_SUCCESS
+				   : METRICS_TLS_POLICY_FAILURE]++;
+	if (!success)
+		log_event(LOG_LEVEL_WARN, "tls_policy_failed",
+			  LOG_S("queue_id", c->queue_id),
+			  LOG_S("relay", c->relay), LOG_S("tls_policy", "dane"),
+			  LOG_S("verified", "no"), LOG_S("reason", reason));
+}
+
 static const char *tls_name(const struct smtp_client *c)
 {
 	if (c->verify_name)
@@ -570,8 +643,13 @@ static void start_tls(struct smtp_client *c)
 				   tls_error_string(err, sizeof err));
 		return;
 	}
+	const struct client_address *a = current_address(c);
+	bool dane = a->dane == DANE_VERIFY;
 	if (tls_client_prepare(ssl, tls_name(c),
-			       c->tls_policy == TLS_POLICY_VERIFY) < 0) {
+			       !dane && (c->tls_policy == TLS_POLICY_VERIFY ||
+					 c->requiretls)) < 0 ||
+	    (dane &&
+	     tls_client_dane(ssl, a->host, a->tlsa, a->tlsa_count) < 0)) {
 		SSL_free(ssl);
 		connection_failedf(c, status_code_str(STATUS_TLS_FAILED),
 				   "cannot set up TLS for %s: %s", tls_name(c),
@@ -733,7 +811,12 @@ static void add_rcpt_command(struct smtp_client *c, size_t i)
 static void start_mail(struct smtp_client *c)
 {
 	char reason[512];
+	const char *lack = requiretls_lacks(c);
 
+	if (lack != NULL) {
+		requiretls_refused(c, lack);
+		return;
+	}
 	if (c->smtputf8 && !(c->ext & SMTP_EXT_SMTPUTF8)) {
 		/* RFC 6531 §3.2: never downgraded */
 		snprintf(reason, sizeof reason,
@@ -786,6 +869,8 @@ static void start_mail(struct smtp_client *c)
 		evbuffer_add_printf(out, " BODY=8BITMIME");
 	if (c->smtputf8)
 		evbuffer_add_printf(out, " SMTPUTF8");
+	if (c->requiretls)
+		evbuffer_add_printf(out, " REQUIRETLS");
 	if (c->ext & SMTP_EXT_DSN) {
 		if (c->ret == SMTP_RET_FULL)
 			evbuffer_add_printf(out, " RET=FULL");
@@ -810,14 +895,19 @@ static void start_mail(struct smtp_client *c)
 /* After the last EHLO/HELO: STARTTLS, AUTH or MAIL, as the policy says. */
 static void after_greeting_done(struct smtp_client *c)
 {
-	if (!c->tls && c->tls_policy != TLS_POLICY_NONE) {
+	if (!c->tls && (c->tls_policy != TLS_POLICY_NONE || tls_required(c))) {
 		bool can = c->tls_ctx != NULL;
 		if ((c->ext & SMTP_EXT_STARTTLS) && can) {
 			send_command(c, CLIENT_STARTTLS, "STARTTLS");
 			return;
 		}
-		if (c->tls_policy == TLS_POLICY_ENCRYPT ||
-		    c->tls_policy == TLS_POLICY_VERIFY) {
+		if (c->requiretls) {
+			requiretls_refused(c, "STARTTLS is not offered");
+			return;
+		}
+		if (tls_required(c)) {
+			if (current_address(c)->dane == DANE_VERIFY)
+				dane_outcome(c, false, "STARTTLS not offered");
 			if (!can)
 				connection_failed(
 				    c, status_code_str(STATUS_TLS_UNAVAILABLE),
@@ -1236,6 +1326,25 @@ static void handshake_failed(struct smtp_client *c, short what)
 		return;
 	}
 	long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+	if (current_address(c)->dane == DANE_VERIFY) {
+		char reason[300];
+		snprintf(reason, sizeof reason,
+			 "DANE verification failed for %s: %s", tls_name(c),
+			 vr != X509_V_OK ? X509_verify_cert_error_string(vr)
+					 : "handshake failed");
+		dane_outcome(c, false, reason);
+		connection_failed(c, status_code_str(STATUS_TLS_FAILED),
+				  reason);
+		return;
+	}
+	if (c->requiretls && vr != X509_V_OK) {
+		char lack[300];
+		snprintf(lack, sizeof lack,
+			 "the certificate (name %s) does not verify: %s",
+			 tls_name(c), X509_verify_cert_error_string(vr));
+		requiretls_refused(c, lack);
+		return;
+	}
 	if (c->tls_policy == TLS_POLICY_VERIFY && vr != X509_V_OK) {
 		connection_failedf(c, status_code_str(STATUS_TLS_FAILED),
 				   "TLS certificate verification failed for %s "
@@ -1247,6 +1356,22 @@ static void handshake_failed(struct smtp_client *c, short what)
 	describe_io_error(c, what, why, sizeof why);
 	connection_failedf(c, status_code_str(STATUS_TLS_FAILED),
 			   "TLS handshake with %s failed: %s", c->relay, why);
+}
+
+/* After a handshake: was the peer verified, and how? A DANE host's
+ * handshake succeeds only with a match. */
+static bool peer_verified(const struct smtp_client *c, struct bufferevent *bev)
+{
+	SSL *ssl = bufferevent_openssl_get_ssl(bev);
+	if (ssl == NULL)
+		return false;
+	if (current_address(c)->dane == DANE_VERIFY) {
+		bool matched = SSL_get0_dane_authority(ssl, NULL, NULL) >= 0;
+		dane_outcome(c, matched, "no TLSA record matched");
+		return matched;
+	}
+	return (c->tls_policy == TLS_POLICY_VERIFY || c->requiretls) &&
+	       SSL_get_verify_result(ssl) == X509_V_OK;
 }
 
 static void event_cb(struct bufferevent *bev, short what, void *arg)
@@ -1274,6 +1399,7 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 			arm_deadline(c, c->timeout);
 		} else if (c->state == CLIENT_TLS_HANDSHAKE) {
 			c->tls = true;
+			c->verified = peer_verified(c, bev);
 			metrics_tls_session(METRICS_OUTBOUND);
 			snprintf(c->tls_version, sizeof c->tls_version, "%s",
 				 transport_tls_version(bev));
@@ -1491,6 +1617,7 @@ static void connect_next(struct smtp_client *c)
 
 		format_relay(c, a);
 		c->tls = false;
+		c->verified = false;
 		c->ext = 0;
 		c->ext_size = 0;
 		c->transactions = 0;
@@ -1546,7 +1673,12 @@ static void connect_next(struct smtp_client *c)
 		}
 		return;
 	}
-	decide_all(c, false, RCPT_DEFERRED, c->last_dsn, c->last_reason);
+	/* a REQUIRETLS refusal by the last host is final (RFC 8689 §4.2.1);
+	 * a host that could not be reached may be tried again */
+	bool refused =
+	    strcmp(c->last_dsn, status_code_str(STATUS_ENCRYPTION_NEEDED)) == 0;
+	decide_all(c, false, refused ? RCPT_BOUNCED : RCPT_DEFERRED,
+		   c->last_dsn, c->last_reason);
 	finish(c, false);
 }
 
@@ -1621,8 +1753,12 @@ static void client_free(struct smtp_client *c)
 	if (c->step)
 		event_free(c->step);
 	free_message(c);
-	for (size_t i = 0; i < c->addr_count; i++)
+	for (size_t i = 0; i < c->addr_count; i++) {
 		free(c->addrs[i].host);
+		for (size_t j = 0; j < c->addrs[i].tlsa_count; j++)
+			free((void *)c->addrs[i].tlsa[j].data);
+		free(c->addrs[i].tlsa);
+	}
 	free(c->addrs);
 	free(c->helo);
 	free(c->verify_name);
@@ -1660,6 +1796,7 @@ static bool load_message(struct smtp_client *c,
 	c->size = env->size;
 	c->body = env->body;
 	c->smtputf8 = env->smtputf8;
+	c->requiretls = (env->flags & SPOOL_FLAG_REQUIRETLS) != 0;
 	c->ret = env->ret;
 	/* The relay groups recipients by sender: the first one's (an SRS
 	 * address for a forwarded recipient) is the transaction's. */
@@ -1688,6 +1825,28 @@ static bool load_message(struct smtp_client *c,
 		    !dup_opt(&c->rcpts[i].orcpt, sr->orcpt) ||
 		    c->rcpts[i].address == NULL)
 			return false;
+	}
+	return true;
+}
+
+/* An address's DANE records, data and all. */
+static bool copy_tlsa(struct client_address *to,
+		      const struct smtp_client_address *from)
+{
+	to->dane = from->dane;
+	if (from->tlsa_count == 0)
+		return true;
+	to->tlsa = calloc(from->tlsa_count, sizeof *to->tlsa);
+	if (to->tlsa == NULL)
+		return false;
+	for (size_t i = 0; i < from->tlsa_count; i++) {
+		unsigned char *data = malloc(from->tlsa[i].data_len + 1);
+		if (data == NULL)
+			return false;
+		memcpy(data, from->tlsa[i].data, from->tlsa[i].data_len);
+		to->tlsa[i] = from->tlsa[i];
+		to->tlsa[i].data = data;
+		to->tlsa_count++;
 	}
 	return true;
 }
@@ -1746,6 +1905,8 @@ struct smtp_client *smtp_client_start(struct event_base *base,
 			goto fail;
 		memcpy(&c->addrs[i].addr, &a->addr, a->addrlen);
 		c->addrs[i].addrlen = a->addrlen;
+		if (!copy_tlsa(&c->addrs[i], a))
+			goto fail;
 	}
 
 	if (req->tls_ctx) {

@@ -415,6 +415,7 @@ enum {
 	SEEN_AUTH = 1 << 5,
 	SEEN_NOTIFY = 1 << 6,
 	SEEN_ORCPT = 1 << 7,
+	SEEN_REQUIRETLS = 1 << 8,
 };
 
 static bool first_time(unsigned *seen, unsigned flag)
@@ -472,6 +473,10 @@ static enum smtp_parse_result mail_param(const struct param *pm, unsigned *seen,
 		if (!first_time(seen, SEEN_SMTPUTF8) || v != NULL)
 			return SMTP_PARSE_BAD_PARAM;
 		out->smtputf8 = true;
+	} else if (ascii_ieq(pm->key, pm->keylen, "requiretls")) {
+		if (!first_time(seen, SEEN_REQUIRETLS) || v != NULL)
+			return SMTP_PARSE_BAD_PARAM;
+		out->requiretls = true;
 	} else if (ascii_ieq(pm->key, pm->keylen, "ret")) {
 		if (!keyword_param(seen, SEEN_RET, v, vl, ret_names,
 				   sizeof ret_names / sizeof ret_names[0], &i))

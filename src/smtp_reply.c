@@ -144,6 +144,7 @@ static void parse_ehlo_line(struct smtp_reply *r, const char *s, size_t n)
 	    {"DSN", SMTP_EXT_DSN},
 	    {"CHUNKING", SMTP_EXT_CHUNKING},
 	    {"ENHANCEDSTATUSCODES", SMTP_EXT_ENHANCEDSTATUSCODES},
+	    {"REQUIRETLS", SMTP_EXT_REQUIRETLS},
 	};
 	size_t kw = 0, rest;
 

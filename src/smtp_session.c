@@ -134,6 +134,7 @@ struct transaction {
 	bool too_big;
 	bool used_bdat;
 	struct message_id_scan message_id; /* for the accepted line */
+	struct message_id_scan tls_required; /* the TLS-Required field */
 	struct dkim_intake *dkim; /* reading for a signature, or NULL */
 	bool dkim_wanted;	  /* a trusted client, dkim_sign has keys */
 };
@@ -435,6 +436,8 @@ static void cmd_helo(struct smtp_session *s, const struct smtp_command *cmd,
 		reply(s, "250-STARTTLS");
 	if (tls_active(s) && s->srv->users != NULL)
 		reply(s, "250-AUTH PLAIN LOGIN");
+	if (tls_active(s))
+		reply(s, "250-REQUIRETLS"); /* RFC 8689 §4: encrypted only */
 	reply(s, "250 DSN");
 }
 
@@ -915,6 +918,12 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_command *cmd)
 	if (!path_command_parsed(s, &mail_command,
 				 smtp_parse_mail(cmd->arg, cmd->arglen, &mail)))
 		return;
+	if (mail.requiretls && !tls_active(s)) {
+		reply(s, "530 %s REQUIRETLS needs an encrypted session",
+		      status_code_str(STATUS_ENCRYPTION_NEEDED));
+		log_rejected(s, "REQUIRETLS without TLS", mail.from.address);
+		return;
+	}
 	if (mail.size_given && mail.size > cfg->max_message_size) {
 		reply(s, "552 %s Message size exceeds fixed limit",
 		      status_code_str(STATUS_TOO_BIG));
@@ -1090,6 +1099,7 @@ static bool message_begin(struct smtp_session *s)
 	struct transaction *tx = &s->tx;
 	tx->incoming = spool_incoming_new(s->srv->spool);
 	tx->outbuf = malloc(MESSAGE_BUF_SIZE);
+	tx->tls_required.field = "tls-required";
 	if (tx->incoming == NULL || tx->outbuf == NULL) {
 		log_event(LOG_LEVEL_ERROR, "spool_error", LOG_SESSION(s),
 			  LOG_S("reason", strerror(errno)));
@@ -1174,10 +1184,19 @@ static size_t message_feed(struct smtp_session *s, const char *in, size_t len)
 	size_t used = smtp_data_feed(&tx->data, in, len,
 				     tx->outbuf + tx->outlen, &outlen);
 	message_id_feed(&tx->message_id, tx->outbuf + tx->outlen, outlen);
+	message_id_feed(&tx->tls_required, tx->outbuf + tx->outlen, outlen);
 	if (!tx->too_big && tx->data.size > cfg_of(s)->max_message_size)
 		tx->too_big = true;
 	tx->outlen = tx->too_big ? 0 : tx->outlen + outlen;
 	return used;
+}
+
+/* RFC 8689 §5: "TLS-Required: No" asks that the recipient domains' TLS
+ * policies be ignored (REQUIRETLS, when given, wins). */
+static bool tls_not_required(struct message_id_scan *field)
+{
+	const char *value = message_id_value(field);
+	return value != NULL && ascii_ieq(value, strlen(value), "no");
 }
 
 static struct spool_envelope *envelope_build(struct smtp_session *s)
@@ -1197,6 +1216,10 @@ static struct spool_envelope *envelope_build(struct smtp_session *s)
 	env->body = tx->mail.body;
 	env->smtputf8 = tx->mail.smtputf8;
 	env->ret = tx->mail.ret;
+	if (tx->mail.requiretls)
+		env->flags |= SPOOL_FLAG_REQUIRETLS;
+	else if (tls_not_required(&tx->tls_required))
+		env->flags |= SPOOL_FLAG_TLS_NOT_REQUIRED;
 	env->envid = tx->mail.envid[0] ? strdup(tx->mail.envid) : NULL;
 	env->rcpts = calloc(tx->rcpt_count, sizeof *env->rcpts);
 	bool ok = env->sender && env->client_addr && env->helo &&

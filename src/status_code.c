@@ -83,6 +83,8 @@ static const struct status_code_def table[STATUS_CODE_COUNT] = {
     [STATUS_ENCRYPTION_REQUIRED] = {"5.7.11", STATUS_CLASS_PERMANENT,
 				    "Encryption required for requested "
 				    "authentication mechanism"},
+    [STATUS_ENCRYPTION_NEEDED] = {"5.7.10", STATUS_CLASS_PERMANENT,
+				  "Encryption needed"},
 };
 
 const struct status_code_def *status_code_def(enum status_code code)

@@ -201,6 +201,9 @@ struct config {
 	/* submit_socket: the local submission socket (submit.h); NULL: the
 	 * default beside the spool, "none": not served. */
 	char *submit_socket;
+	/* dane = yes: TLSA records of MX hosts, from a validating resolver
+	 * in dns_servers, make TLS mandatory and authenticated (RFC 7672). */
+	bool dane;
 };
 
 /* The errors a load found, in order, each a full sentence such as

@@ -29,6 +29,9 @@ enum dns_status {
 struct dns_host {
 	char *name;
 	unsigned preference;
+	/* every address answer of this host carried the AD bit of a
+	 * validating resolver (DNSSEC "secure"), for DANE */
+	bool secure;
 	struct sockaddr_storage *addrs;
 	size_t addr_count;
 };
@@ -38,6 +41,12 @@ struct dns_result {
 	struct dns_host *hosts; /* best first; equal preferences shuffled */
 	size_t host_count;
 	char error[160]; /* for logs and DSNs when status != DNS_OK */
+	/* The MX answer (or, with no MX, its NODATA) had the AD bit; for
+	 * dns_resolve_tlsa, the TLSA answer had it. */
+	bool authenticated;
+	/* dns_resolve_tlsa: the TLSA records, usable or not */
+	const struct dns_record *records;
+	size_t record_count;
 };
 
 /* The result lives until the callback returns. */
@@ -65,6 +74,16 @@ struct dns_query *dns_resolve_mx(struct dns *dns, const char *domain,
 struct dns_query *dns_resolve_host(struct dns *dns, const char *host,
                                    dns_cb cb, void *arg);
 
+/*
+ * The TLSA records of `name` ("_25._tcp.mx.example.com", RFC 6698):
+ * DNS_OK with records (and `authenticated` when the answer had the AD
+ * bit), DNS_NO_HOST for NODATA, DNS_NXDOMAIN, DNS_TEMPFAIL (SERVFAIL is
+ * what a validating resolver answers for bogus data). The callback
+ * always runs later, on the loop.
+ */
+struct dns_query *dns_resolve_tlsa(struct dns *dns, const char *name,
+				   dns_cb cb, void *arg);
+
 /* The callback of this query will not run. */
 void dns_cancel(struct dns_query *query);
 
@@ -77,6 +96,31 @@ void dns_cancel(struct dns_query *query);
 #define DNS_TYPE_SOA 6
 #define DNS_TYPE_MX 15
 #define DNS_TYPE_AAAA 28
+#define DNS_TYPE_TLSA 52
+
+/* The matching types of TLSA records (RFC 6698 §2.1.3). */
+#define DNS_TLSA_MATCH_FULL 0
+#define DNS_TLSA_MATCH_SHA256 1
+#define DNS_TLSA_MATCH_SHA512 2
+
+/* One TLSA record's RDATA (RFC 6698 §2.1). */
+struct dns_tlsa {
+	uint8_t usage, selector, matching;
+	const unsigned char *data; /* into the parsed buffer, or owned */
+	size_t data_len;
+};
+
+enum dns_tlsa_check {
+	DNS_TLSA_WELL_FORMED,
+	DNS_TLSA_TOO_SHORT,	  /* fewer than 4 octets: no data at all */
+	DNS_TLSA_BAD_DIGEST_SIZE, /* SHA-256 not 32 octets, SHA-512 not 64 */
+};
+
+/* Read a TLSA RDATA of `len` octets: out's data points into rdata. A
+ * record that is not well formed is unusable, never an error of the
+ * whole answer. Pure. */
+enum dns_tlsa_check dns_tlsa_parse(const unsigned char *rdata, size_t len,
+				   struct dns_tlsa *out);
 
 /* One record of the asked type from the answer section. */
 struct dns_record {
@@ -88,10 +132,15 @@ struct dns_record {
 	char *exchange;
 	/* A: the first 4 octets; AAAA: all 16. */
 	uint8_t addr[16];
+	/* TLSA: the fields, data owned by the record; `tlsa_check` says
+	 * whether it is well formed */
+	struct dns_tlsa tlsa;
+	enum dns_tlsa_check tlsa_check;
 };
 
 struct dns_answer {
 	int rcode; /* the header's RCODE */
+	bool authenticated; /* the header's AD bit (RFC 4035 §3.2.3) */
 	/* Records of the asked type, in answer order, at most
 	 * DNS_ANSWER_MAX; ttl is the smallest of their TTLs. */
 	struct dns_record *records;

@@ -16,8 +16,11 @@
  * a longer one is cut, as the log line only needs to find the message. */
 #define MESSAGE_ID_MAX 255
 
-/* A zeroed struct is a scanner at the start of a message. */
+/* A zeroed struct is a scanner at the start of a message. It looks for
+ * `field` (lower case) instead of Message-ID when that is set: the
+ * session reads TLS-Required (RFC 8689 §5) with a second one. */
 struct message_id_scan {
+	const char *field; /* NULL: "message-id" */
 	int state;	  /* private */
 	size_t name_len;  /* private: octets of the field name matched */
 	size_t value_len; /* octets in value */

@@ -52,6 +52,20 @@ enum metrics_transport {
 	METRICS_TRANSPORT_COUNT
 };
 
+/* The outbound TLS policy that governed a delivery attempt, and what came
+ * of it, as facteur_tls_policy_total names them. */
+enum metrics_tls_policy {
+	METRICS_TLS_POLICY_STS,
+	METRICS_TLS_POLICY_DANE,
+	METRICS_TLS_POLICY_COUNT
+};
+
+enum metrics_tls_policy_result {
+	METRICS_TLS_POLICY_SUCCESS, /* TLS up and verified under the policy */
+	METRICS_TLS_POLICY_FAILURE, /* the policy stopped the delivery */
+	METRICS_TLS_POLICY_RESULT_COUNT
+};
+
 /* A delivery attempt's result, as facteur_deliveries_total names it. */
 enum metrics_result {
 	METRICS_DELIVERED,
@@ -126,6 +140,9 @@ struct metrics {
 	uint64_t dkim_error_total;
 	/* shape_redis: commands and connections that failed. */
 	uint64_t redis_errors_total;
+	/* facteur_tls_policy_total{policy,result} */
+	uint64_t tls_policy[METRICS_TLS_POLICY_COUNT]
+			   [METRICS_TLS_POLICY_RESULT_COUNT];
 };
 
 extern struct metrics metrics;

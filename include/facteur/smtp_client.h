@@ -25,6 +25,7 @@
 #include <openssl/ssl.h>
 
 #include "facteur/config.h"
+#include "facteur/dane.h"
 #include "facteur/spool.h"
 
 struct event_base;
@@ -38,6 +39,12 @@ struct smtp_client_address {
 	const char *host;
 	struct sockaddr_storage addr; /* port set */
 	socklen_t addrlen;
+	/* DANE (RFC 7672) for this host: DANE_VERIFY makes TLS mandatory
+	 * and matches the peer against `tlsa` (copied), DANE_ENCRYPT makes
+	 * TLS mandatory; DANE_NONE leaves the request's policy */
+	enum dane_state dane;
+	const struct dns_tlsa *tlsa;
+	size_t tlsa_count;
 };
 
 struct smtp_client_request {
@@ -85,6 +92,10 @@ struct smtp_client_result {
 	char relay[320];
 	bool tls; /* the transaction ran over TLS */
 	const char *tls_version; /* "TLSv1.3"..., or "none" */
+	/* the peer's certificate was verified: against the trust anchors
+	 * (TLS_POLICY_VERIFY) or by DANE */
+	bool verified;
+	bool dane; /* the last connection was under DANE (DANE_VERIFY) */
 	/* the transaction ran on a connection opened for an earlier one */
 	bool reused;
 	/* the connection is open and idle: the client waits, with no timer

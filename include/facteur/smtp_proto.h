@@ -114,6 +114,7 @@ struct smtp_mail {
 	enum smtp_ret ret;
 	char envid[SMTP_ENVID_MAX + 1]; /* xtext-decoded; "" when absent */
 	bool auth_given;                /* AUTH=... (RFC 4954 §5), ignored */
+	bool requiretls;                /* REQUIRETLS (RFC 8689) */
 };
 
 struct smtp_rcpt {

@@ -36,6 +36,7 @@ struct smtp_reply {
 #define SMTP_EXT_DSN 0x080
 #define SMTP_EXT_CHUNKING 0x100
 #define SMTP_EXT_ENHANCEDSTATUSCODES 0x200
+#define SMTP_EXT_REQUIRETLS 0x400
 
 void smtp_reply_init(struct smtp_reply *r);
 

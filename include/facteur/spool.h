@@ -82,6 +82,12 @@ struct spool_envelope {
 #define SPOOL_FLAG_DELAY_NOTIFIED 0x1 /* a delay DSN was sent */
 #define SPOOL_FLAG_DELETED 0x2 /* deleted by the operator: done */
 #define SPOOL_FLAG_HELD 0x4    /* held by the operator: not tried */
+/* MAIL FROM:<...> REQUIRETLS (RFC 8689): relayed only over verified TLS
+ * to a next hop that offers REQUIRETLS, else bounced with 5.7.10 */
+#define SPOOL_FLAG_REQUIRETLS 0x8
+/* "TLS-Required: No" (RFC 8689 §5): the recipient domains' TLS policies
+ * (DANE) are not applied to this message */
+#define SPOOL_FLAG_TLS_NOT_REQUIRED 0x10
 
 /* The daemon's spool: committed messages go to the log (log/<seq>.seg),
  * and spool_recover reads it back. */

@@ -14,6 +14,8 @@
 
 #include <openssl/ssl.h>
 
+#include "facteur/dns.h"
+
 /* A server context from PEM files; NULL with err filled (naming the
  * file and OpenSSL's reason) when they cannot be loaded or do not
  * match. */
@@ -28,6 +30,16 @@ SSL_CTX *tls_client_context(const char *ca_file, char *err, size_t errlen);
  * `verify`, peer verification against the trust anchors and `host`
  * (X509_VERIFY_PARAM_set1_host). 0 or -1. */
 int tls_client_prepare(SSL *ssl, const char *host, bool verify);
+
+/*
+ * Put a client SSL under DANE for `host` (the MX host name, SNI set by
+ * the caller): the records as OpenSSL's DANE trust anchors and matches,
+ * no name check for a DANE-EE match (RFC 7672 §3.1.1), the MX host name
+ * for a DANE-TA one (§3.2.2), and a failed match fails the handshake.
+ * 0, or -1 when no record could be added.
+ */
+int tls_client_dane(SSL *ssl, const char *host, const struct dns_tlsa *tlsa,
+		     size_t count);
 
 /* The last OpenSSL error as text, for logs. */
 const char *tls_error_string(char *buf, size_t len);

@@ -1609,6 +1609,7 @@ static const char *const spec_order[] = {
     "max_messages_per_ip",
     "local_transport",
     "submit_socket",
+    "dane",
 };
 
 /* local_transport: none by default, the canonical form printed, a bad

@@ -1001,6 +1001,83 @@ static void test_dns_parse_odd_exchange_octets_are_marked(void **state)
 	dns_answer_clear(&a);
 }
 
+static void test_dns_tlsa_rdata_lengths(void **state)
+{
+	unsigned char rd[3 + 64];
+	struct dns_tlsa t;
+
+	(void)state;
+	memset(rd, 0xab, sizeof(rd));
+	rd[0] = 3, rd[1] = 1, rd[2] = DNS_TLSA_MATCH_SHA256;
+	assert_int_equal(dns_tlsa_parse(rd, 3 + 32, &t), DNS_TLSA_WELL_FORMED);
+	assert_int_equal(t.usage, 3);
+	assert_int_equal(t.selector, 1);
+	assert_int_equal(t.matching, 1);
+	assert_int_equal(t.data_len, 32);
+	assert_ptr_equal(t.data, rd + 3);
+	/* a digest one octet short or long is unusable */
+	assert_int_equal(dns_tlsa_parse(rd, 3 + 31, &t),
+			 DNS_TLSA_BAD_DIGEST_SIZE);
+	assert_int_equal(dns_tlsa_parse(rd, 3 + 33, &t),
+			 DNS_TLSA_BAD_DIGEST_SIZE);
+	rd[2] = DNS_TLSA_MATCH_SHA512;
+	assert_int_equal(dns_tlsa_parse(rd, 3 + 64, &t), DNS_TLSA_WELL_FORMED);
+	assert_int_equal(dns_tlsa_parse(rd, 3 + 32, &t),
+			 DNS_TLSA_BAD_DIGEST_SIZE);
+	/* a full certificate or key: any length but none */
+	rd[2] = DNS_TLSA_MATCH_FULL;
+	assert_int_equal(dns_tlsa_parse(rd, 3 + 1, &t), DNS_TLSA_WELL_FORMED);
+	assert_int_equal(dns_tlsa_parse(rd, 3 + 17, &t), DNS_TLSA_WELL_FORMED);
+	for (size_t len = 0; len < 4; len++)
+		assert_int_equal(dns_tlsa_parse(rd, len, &t),
+				 DNS_TLSA_TOO_SHORT);
+	assert_int_equal(dns_tlsa_parse(NULL, 0, &t), DNS_TLSA_TOO_SHORT);
+}
+
+static void test_dns_parse_tlsa_answer_keeps_bad_records_marked(void **state)
+{
+	struct msg m;
+	size_t q;
+	struct dns_answer a;
+
+	(void)state;
+	put_header(&m, 0, 3, 0);
+	m.buf[3] |= 0x20; /* AD */
+	q = put_question(&m, "_25._tcp.mx.test", DNS_TYPE_TLSA);
+	put_rr_head(&m, q, DNS_TYPE_TLSA, 300);
+	put16(&m, 3 + 32);
+	put8(&m, 3), put8(&m, 1), put8(&m, 1);
+	for (int i = 0; i < 32; i++)
+		put8(&m, (unsigned)i);
+	put_rr_head(&m, q, DNS_TYPE_TLSA, 200);
+	put16(&m, 3 + 31); /* SHA-256 one octet short */
+	put8(&m, 3), put8(&m, 1), put8(&m, 1);
+	for (int i = 0; i < 31; i++)
+		put8(&m, 0);
+	put_rr_head(&m, q, DNS_TYPE_TLSA, 300);
+	put16(&m, 2); /* not even the fields */
+	put16(&m, 0x0300);
+	assert_int_equal(dns_answer_parse(m.buf, m.len, DNS_TYPE_TLSA, &a), 0);
+	assert_true(a.authenticated);
+	assert_int_equal(a.count, 3);
+	assert_int_equal(a.ttl, 200);
+	assert_int_equal(a.records[0].tlsa_check, DNS_TLSA_WELL_FORMED);
+	assert_int_equal(a.records[0].tlsa.data_len, 32);
+	assert_int_equal(a.records[0].tlsa.data[31], 31);
+	/* the data is the record's own, not the message's */
+	assert_true(a.records[0].tlsa.data < m.buf ||
+		    a.records[0].tlsa.data >= m.buf + sizeof(m.buf));
+	assert_int_equal(a.records[1].tlsa_check, DNS_TLSA_BAD_DIGEST_SIZE);
+	assert_int_equal(a.records[2].tlsa_check, DNS_TLSA_TOO_SHORT);
+	dns_answer_clear(&a);
+
+	/* without the AD bit: not authenticated */
+	m.buf[3] &= (unsigned char)~0x20;
+	assert_int_equal(dns_answer_parse(m.buf, m.len, DNS_TYPE_TLSA, &a), 0);
+	assert_false(a.authenticated);
+	dns_answer_clear(&a);
+}
+
 static void test_dns_parse_caps_the_record_count(void **state)
 {
 	struct msg m;
@@ -1202,6 +1279,9 @@ int main(void)
 		test_dns_parse_refuses_overlong_names_and_bad_rdata),
 	    cmocka_unit_test(test_dns_parse_odd_exchange_octets_are_marked),
 	    cmocka_unit_test(test_dns_parse_caps_the_record_count),
+	    cmocka_unit_test(test_dns_tlsa_rdata_lengths),
+	    cmocka_unit_test(
+		test_dns_parse_tlsa_answer_keeps_bad_records_marked),
 	    cmocka_unit_test(test_dns_mx_hosts_sorted_by_preference),
 	    cmocka_unit_test(test_dns_domain_name_is_case_and_dot_insensitive),
 	    cmocka_unit_test(test_dns_equal_preferences_shuffled),

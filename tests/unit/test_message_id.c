@@ -25,6 +25,31 @@ static const char *scan_in_steps(struct message_id_scan *scan, const char *msg,
 	return message_id_value(scan);
 }
 
+/* Another field by name (the session reads TLS-Required this way). */
+static void test_message_id_other_field_by_name(void **state)
+{
+	(void)state;
+	const char *msg = "From: a@example.org\r\n"
+			  "TLS-Requirement: yes\r\n"
+			  "tls-required :  No \r\n"
+			  "Message-ID: <x@y>\r\n\r\n"
+			  "TLS-Required: yes\r\n";
+	struct message_id_scan scan;
+	for (size_t step = 1; step <= strlen(msg); step++) {
+		memset(&scan, 0, sizeof scan);
+		scan.field = "tls-required";
+		for (size_t at = 0; at < strlen(msg); at += step)
+			message_id_feed(
+			    &scan, msg + at,
+			    strlen(msg) - at < step ? strlen(msg) - at : step);
+		assert_string_equal(message_id_value(&scan), "No");
+	}
+	memset(&scan, 0, sizeof scan);
+	scan.field = "tls-required";
+	message_id_feed(&scan, "Subject: x\r\n\r\nTLS-Required: No\r\n", 33);
+	assert_null(message_id_value(&scan));
+}
+
 static void test_message_id_found_in_any_split(void **state)
 {
 	(void)state;
@@ -112,6 +137,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_message_id_found_in_any_split),
+	    cmocka_unit_test(test_message_id_other_field_by_name),
 	    cmocka_unit_test(test_message_id_name_is_case_insensitive),
 	    cmocka_unit_test(test_message_id_folded_value_is_unfolded),
 	    cmocka_unit_test(test_message_id_first_field_wins),

@@ -604,6 +604,13 @@ static void test_mail_all_parameters(void **state)
 	assert_int_equal(m.size, 1);
 	assert_true(m.smtputf8);
 
+	/* REQUIRETLS (RFC 8689): a flag, no value */
+	assert_int_equal(mail("FROM:<a@b.c> SIZE=1 RequireTLS", &m),
+			 SMTP_PARSE_OK);
+	assert_true(m.requiretls);
+	assert_int_equal(mail("FROM:<a@b.c> SIZE=1", &m), SMTP_PARSE_OK);
+	assert_false(m.requiretls);
+
 	assert_int_equal(mail("FROM:<a@b.c> SIZE=18446744073709551615", &m),
 			 SMTP_PARSE_OK);
 	assert_true(m.size == UINT64_MAX);
@@ -676,6 +683,8 @@ static void test_mail_bad_parameter_values(void **state)
 	    "RET=FULL RET=HDRS",
 	    "ENVID=a ENVID=b",
 	    "AUTH=<> AUTH=<>",
+	    "REQUIRETLS=yes",
+	    "REQUIRETLS requiretls",
 	};
 	(void)state;
 	check_params(false, cases, sizeof cases / sizeof cases[0],

@@ -198,7 +198,7 @@ static struct spool_envelope *awkward_envelope(void)
 	env->smtputf8 = true;
 	env->ret = SMTP_RET_HDRS;
 	env->envid = xstrdup("+2D space \x7f tab\t%");
-	env->flags = SPOOL_FLAG_DELAY_NOTIFIED;
+	env->flags = SPOOL_FLAG_DELAY_NOTIFIED | SPOOL_FLAG_REQUIRETLS;
 	env->rcpt_count = 3;
 	env->rcpts = calloc(3, sizeof *env->rcpts);
 	assert_non_null(env->rcpts);
@@ -557,7 +557,7 @@ static void test_envelope_rejects_bad_header_values(void **state)
 	    {"body 8bitmime", "body binarymime"},
 	    {"smtputf8 1", "smtputf8 2"},
 	    {"ret hdrs", "ret none"},
-	    {"flags 1", "flags 4294967296"},
+	    {"flags 9", "flags 4294967296"},
 	    {"facteur-envelope 1", "facteur-envelope 2"},
 	};
 	char *text = spool_envelope_format(env, &len);

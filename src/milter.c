@@ -503,11 +503,6 @@ static bool conn_send(struct milter_conn *c)
 	return false;
 }
 
-static bool message_phase(enum phase phase)
-{
-	return phase >= PHASE_DATA;
-}
-
 static enum milter_verdict default_verdict(const struct milter_conn *c,
 					   const char **reply)
 {
@@ -525,7 +520,7 @@ static void advance(struct milter_session *ms)
 	while (ms->current < ms->count) {
 		struct milter_conn *c = &ms->conns[ms->current];
 		bool skip = c->state == CONN_OFF ||
-			    (c->skip_message && message_phase(c->phase)) ||
+			    (c->skip_message && c->phase >= PHASE_RCPT) ||
 			    (c->state == CONN_FAILED &&
 			     c->cfg->on_error == MILTER_DEFAULT_ACCEPT);
 		if (skip) {
@@ -1200,11 +1195,14 @@ int milter_rewrite(struct milter_session *ms, struct spool *spool,
 		   void *arg)
 {
 	/* Our Received field names the queue id: the new one now */
-	if (ms->header_count > 0 &&
-	    strcasecmp(ms->headers[0].name, "Received") == 0) {
-		char *at = strstr(ms->headers[0].value, inc->id);
-		if (at != NULL && strlen(new_id) == strlen(inc->id))
+	for (size_t i = 0; i < ms->header_count; i++) {
+		char *at = strcasecmp(ms->headers[i].name, "Received") == 0
+			       ? strstr(ms->headers[i].value, inc->id)
+			       : NULL;
+		if (at != NULL && strlen(new_id) == strlen(inc->id)) {
 			memcpy(at, new_id, strlen(new_id));
+			break;
+		}
 	}
 	for (size_t i = 0; i < ms->header_count; i++) {
 		const struct header *h = &ms->headers[i];

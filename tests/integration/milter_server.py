@@ -114,11 +114,14 @@ class MilterServer:
         return self
 
     def stop(self):
-        def shut():
+        async def shut():
             if self.server is not None:
                 self.server.close()
-            self.loop.stop()
-        self.loop.call_soon_threadsafe(shut)
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+        asyncio.run_coroutine_threadsafe(shut(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
     def __enter__(self):

@@ -100,6 +100,9 @@ struct milter_session {
 	char refusal_reply[REPLY_TEXT_MAX];
 	const char *refusal_milter;
 	bool discard; /* the transaction is to be dropped */
+	/* the last milter that answered the message, and how: for the
+	 * accepted line */
+	const char *last_milter, *last_action;
 	/* the message of the step running, then its changes */
 	struct spool *spool;
 	struct spool_incoming *inc;
@@ -123,8 +126,10 @@ static void finish(struct milter_session *ms, enum milter_verdict verdict,
 	snprintf(ms->reply, sizeof ms->reply, "%s", reply ? reply : "");
 	ms->outcome.verdict = verdict;
 	ms->outcome.reply = ms->reply;
-	ms->outcome.milter = c != NULL ? c->cfg->name : NULL;
-	ms->outcome.action = action;
+	ms->outcome.milter = c != NULL ? c->cfg->name : ms->last_milter;
+	ms->outcome.action = c != NULL ? action : ms->last_action;
+	if (c == NULL && ms->changes.quarantine != NULL)
+		ms->outcome.action = "quarantine";
 	ms->busy = false;
 	event_active(ms->done_event, EV_TIMEOUT, 0);
 }
@@ -794,6 +799,10 @@ static void on_decision(struct milter_conn *c, const struct milter_reply *r)
 	const char *reply;
 	c->waiting = false;
 	evtimer_del(c->timer);
+	if (c->awaiting >= PHASE_DATA) {
+		ms->last_milter = c->cfg->name;
+		ms->last_action = name;
+	}
 	switch (r->kind) {
 	case MILTER_REPLY_CONTINUE:
 		count_action(c, METRICS_MILTER_CONTINUE);
@@ -1071,6 +1080,7 @@ void milter_mail(struct milter_session *ms, const struct milter_client *client,
 {
 	message_clear(ms);
 	ms->discard = false;
+	ms->last_milter = ms->last_action = NULL;
 	ms->sender = sender;
 	ms->args = args;
 	step_start(ms, client, PHASE_CONNECT, PHASE_MAIL, cb, arg);

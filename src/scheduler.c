@@ -902,7 +902,7 @@ void scheduler_free(struct scheduler *sched)
 static void log_accepted(const struct spool_envelope *env,
 			 const struct scheduler_arrival *arrival)
 {
-	struct log_field f[10] = {
+	struct log_field f[12] = {
 	    LOG_S("queue_id", env->id),
 	    LOG_S("from", env->sender),
 	    LOG_I("size", env->size),
@@ -919,6 +919,11 @@ static void log_accepted(const struct spool_envelope *env,
 	if (arrival != NULL && arrival->message_id != NULL)
 		f[n++] =
 		    (struct log_field)LOG_S("message_id", arrival->message_id);
+	if (arrival != NULL && arrival->milter != NULL) {
+		f[n++] = (struct log_field)LOG_S("milter", arrival->milter);
+		f[n++] =
+		    (struct log_field)LOG_S("action", arrival->milter_action);
+	}
 	log_fields(LOG_LEVEL_INFO, "accepted", f, n);
 }
 
@@ -1195,8 +1200,8 @@ scheduler_suspensions(const struct scheduler *sched)
 	return sched->suspended;
 }
 
-bool scheduler_domain_paused(const struct scheduler *sched,
-			     const char *domain, time_t *until)
+bool scheduler_domain_paused(const struct scheduler *sched, const char *domain,
+			     time_t *until)
 {
 	return relay_domain_paused(sched->relay, domain, until);
 }

@@ -1342,11 +1342,14 @@ static void on_committed(int error, void *arg)
 			      status_code_str(STATUS_OK), env->id);
 		metrics.received_bytes_total += env->size;
 		struct scheduler_arrival arrival = {
-		    s->id, s->committing_message_id[0] != '\0'
-			       ? s->committing_message_id
-			       : NULL};
+		    s->id,
+		    s->committing_message_id[0] != '\0'
+			? s->committing_message_id
+			: NULL,
+		    s->milter_name, s->milter_action};
 		scheduler_enqueue_arrival(s->srv->scheduler, env, &arrival);
 	}
+	s->milter_name = s->milter_action = NULL;
 	if (s->gone) {
 		session_free(s);
 		return;

@@ -41,6 +41,7 @@ void scheduler_enqueue(struct scheduler *sched, struct spool_envelope *env,
 struct scheduler_arrival {
 	const char *session;
 	const char *message_id;
+	const char *milter, *milter_action; /* the last milter's say, or NULL */
 };
 void scheduler_enqueue_arrival(struct scheduler *sched,
 			       struct spool_envelope *env,

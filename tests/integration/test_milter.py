@@ -73,8 +73,13 @@ def delivered(d, rcpt=RCPT):
 def test_every_step_is_told_with_its_macros(make_daemon, milter):
     s = milter()
     d = milter_daemon(make_daemon, s.address)
+    got = t.metrics(d.metrics_port)  # every series from the first scrape
+    assert got['facteur_milter_errors_total{milter="%s"}' % s.address] == 0
+    assert got['facteur_milter_actions_total{milter="%s",action="discard"}' % s.address] == 0
     final = transaction(d)[-1]
     assert final.code == 250, final
+    d.wait_event("accepted", queue_id=h.queue_id_of(final), milter=s.address,
+                 action="continue")
     assert s.offered[0] == 6
     cmds = s.commands()
     # connect, helo, mail, rcpt, data, five headers (ours first), eoh, body, eob
@@ -156,6 +161,7 @@ def test_quarantine_holds_the_message(make_daemon, milter):
     d = milter_daemon(make_daemon, s.address)
     qid = h.queue_id_of(transaction(d)[-1])
     d.wait_event("quarantined", queue_id=qid, reason="looks odd")
+    d.wait_event("accepted", queue_id=qid, milter=s.address, action="quarantine")
     time.sleep(0.5)
     assert d.maildir_messages(RCPT) == []
     assert qid in queue_ids(d)

@@ -17,7 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/un.h>
 
 #include "facteur/log.h"
 #include "facteur/metrics.h"
@@ -87,8 +86,9 @@ struct milter_session {
 	struct milter_conn *conns;
 	size_t count, current;
 	struct milter_client client;
-	const char *sender, *args, *rcpt; /* of the step running */
+	const char *sender, *rcpt; /* of the step running */
 	bool busy;
+	bool advancing; /* in advance(): a failure is seen by its loop */
 	milter_cb cb;
 	void *cb_arg;
 	struct event *done_event;
@@ -118,6 +118,7 @@ struct milter_session {
 };
 
 static void advance(struct milter_session *ms);
+static void advance_milters(struct milter_session *ms);
 
 static void finish(struct milter_session *ms, enum milter_verdict verdict,
 		   const char *reply, const struct milter_conn *c,
@@ -165,7 +166,7 @@ static void conn_fail(struct milter_conn *c, const char *reason)
 	metrics_milter_error(c->slot);
 	conn_close(c);
 	c->state = CONN_FAILED;
-	if (ms->busy && &ms->conns[ms->current] == c)
+	if (ms->busy && !ms->advancing && &ms->conns[ms->current] == c)
 		advance(ms);
 }
 
@@ -187,22 +188,36 @@ static size_t strings_size(const char *const *s, size_t n)
 	return size;
 }
 
+/* A packet of at most cap octets in a buffer of its own; false (and the
+ * milter cut off) when memory is short. */
+static bool packet_start(struct milter_conn *c, struct milter_builder *b,
+			 size_t cap, char command)
+{
+	uint8_t *buf = malloc(cap);
+	if (buf == NULL) {
+		conn_fail(c, "out of memory");
+		return false;
+	}
+	milter_begin(b, buf, cap, command);
+	return true;
+}
+
+static void packet_send(struct milter_conn *c, struct milter_builder *b)
+{
+	send_packet(c, b);
+	free(b->buf);
+}
+
 /* A command whose data is strings, each with its NUL. */
 static void send_strings(struct milter_conn *c, char command,
 			 const char *const *s, size_t n)
 {
-	size_t cap = strings_size(s, n);
 	struct milter_builder b;
-	uint8_t *buf = malloc(cap);
-	if (buf == NULL) {
-		conn_fail(c, "out of memory");
+	if (!packet_start(c, &b, strings_size(s, n), command))
 		return;
-	}
-	milter_begin(&b, buf, cap, command);
 	for (size_t i = 0; i < n; i++)
 		milter_put_string(&b, s[i]);
-	send_packet(c, &b);
-	free(buf);
+	packet_send(c, &b);
 }
 
 /* The macros of a step: name and value pairs, those without a value
@@ -218,19 +233,14 @@ static void send_macros(struct milter_conn *c, char command,
 		list[used++] = pairs[i];
 		list[used++] = pairs[i + 1];
 	}
-	size_t cap = strings_size(list, used) + 1;
 	struct milter_builder b;
-	uint8_t *buf = malloc(cap);
-	if (buf == NULL) {
-		conn_fail(c, "out of memory");
+	if (!packet_start(c, &b, strings_size(list, used) + 1,
+			  MILTER_CMD_MACRO))
 		return;
-	}
-	milter_begin(&b, buf, cap, MILTER_CMD_MACRO);
 	milter_put_bytes(&b, &command, 1);
 	for (size_t i = 0; i < used; i++)
 		milter_put_string(&b, list[i]);
-	send_packet(c, &b);
-	free(buf);
+	packet_send(c, &b);
 }
 
 static void send_connect(struct milter_conn *c)
@@ -266,7 +276,18 @@ static void send_connect(struct milter_conn *c)
 	send_packet(c, &b);
 }
 
-/* MAIL: <sender> then each ESMTP parameter as a string. */
+/* MAIL or RCPT: the address in <>, without the ESMTP parameters. */
+static void send_path(struct milter_conn *c, char command, const char *address)
+{
+	struct milter_builder b;
+	if (!packet_start(c, &b, strlen(address) + 16, command))
+		return;
+	milter_put_bytes(&b, "<", 1);
+	milter_put_bytes(&b, address, strlen(address));
+	milter_put_string(&b, ">");
+	packet_send(c, &b);
+}
+
 static void send_mail(struct milter_conn *c)
 {
 	const struct milter_client *cl = &c->ms->client;
@@ -274,48 +295,14 @@ static void send_mail(struct milter_conn *c)
 				"{auth_authen}", cl->auth_user,
 				"{tls_version}", cl->tls_version};
 	send_macros(c, MILTER_CMD_MAIL, macros, 6);
-	const char *args = c->ms->args != NULL ? c->ms->args : "";
-	size_t cap = strlen(c->ms->sender) + strlen(args) + 32;
-	uint8_t *buf = malloc(cap);
-	if (buf == NULL) {
-		conn_fail(c, "out of memory");
-		return;
-	}
-	struct milter_builder b;
-	milter_begin(&b, buf, cap, MILTER_CMD_MAIL);
-	milter_put_bytes(&b, "<", 1);
-	milter_put_bytes(&b, c->ms->sender, strlen(c->ms->sender));
-	milter_put_string(&b, ">");
-	for (const char *p = args;;) {
-		p += strspn(p, " ");
-		size_t n = strcspn(p, " ");
-		if (n == 0)
-			break;
-		milter_put_bytes(&b, p, n);
-		milter_put_bytes(&b, "", 1);
-		p += n;
-	}
-	send_packet(c, &b);
-	free(buf);
+	send_path(c, MILTER_CMD_MAIL, c->ms->sender);
 }
 
 static void send_rcpt(struct milter_conn *c)
 {
 	const char *macros[] = {"{rcpt_addr}", c->ms->rcpt};
 	send_macros(c, MILTER_CMD_RCPT, macros, 2);
-	size_t cap = strlen(c->ms->rcpt) + 16;
-	uint8_t *buf = malloc(cap);
-	if (buf == NULL) {
-		conn_fail(c, "out of memory");
-		return;
-	}
-	struct milter_builder b;
-	milter_begin(&b, buf, cap, MILTER_CMD_RCPT);
-	milter_put_bytes(&b, "<", 1);
-	milter_put_bytes(&b, c->ms->rcpt, strlen(c->ms->rcpt));
-	milter_put_string(&b, ">");
-	send_packet(c, &b);
-	free(buf);
+	send_path(c, MILTER_CMD_RCPT, c->ms->rcpt);
 }
 
 /* A header field as milters see it: the value without its leading
@@ -323,21 +310,16 @@ static void send_rcpt(struct milter_conn *c)
 static void send_header(struct milter_conn *c, const struct header *h)
 {
 	const char *v = h->value + strspn(h->value, " \t");
-	size_t cap = strlen(h->name) + strlen(v) + 16;
-	uint8_t *buf = malloc(cap);
-	if (buf == NULL) {
-		conn_fail(c, "out of memory");
-		return;
-	}
 	struct milter_builder b;
-	milter_begin(&b, buf, cap, MILTER_CMD_HEADER);
+	if (!packet_start(c, &b, strlen(h->name) + strlen(v) + 16,
+			  MILTER_CMD_HEADER))
+		return;
 	milter_put_string(&b, h->name);
 	for (const char *p = v; *p != '\0'; p++)
 		if (!(p[0] == '\r' && p[1] == '\n'))
 			milter_put_bytes(&b, p, 1);
 	milter_put_bytes(&b, "", 1);
-	send_packet(c, &b);
-	free(buf);
+	packet_send(c, &b);
 }
 
 static void send_empty(struct milter_conn *c, char command)
@@ -521,6 +503,13 @@ static enum milter_verdict default_verdict(const struct milter_conn *c,
 
 /* Ask the milters in turn until one refuses or all are through. */
 static void advance(struct milter_session *ms)
+{
+	ms->advancing = true;
+	advance_milters(ms);
+	ms->advancing = false;
+}
+
+static void advance_milters(struct milter_session *ms)
 {
 	while (ms->current < ms->count) {
 		struct milter_conn *c = &ms->conns[ms->current];
@@ -1076,13 +1065,12 @@ static void step_start(struct milter_session *ms,
 }
 
 void milter_mail(struct milter_session *ms, const struct milter_client *client,
-		 const char *sender, const char *args, milter_cb cb, void *arg)
+		 const char *sender, milter_cb cb, void *arg)
 {
 	message_clear(ms);
 	ms->discard = false;
 	ms->last_milter = ms->last_action = NULL;
 	ms->sender = sender;
-	ms->args = args;
 	step_start(ms, client, PHASE_CONNECT, PHASE_MAIL, cb, arg);
 	if (ms->refused) {
 		snprintf(ms->reply, sizeof ms->reply, "%s", ms->refusal_reply);

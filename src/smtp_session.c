@@ -1006,7 +1006,7 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_command *cmd)
 	if (s->milter != NULL) {
 		struct milter_client mc;
 		milter_wait(s, &mc);
-		milter_mail(s->milter, &mc, s->tx.mail.from.address, NULL,
+		milter_mail(s->milter, &mc, s->tx.mail.from.address,
 			    on_milter_mail, s);
 		return;
 	}

@@ -64,9 +64,9 @@ struct milter_session *milter_session_new(struct event_base *base,
 void milter_session_free(struct milter_session *ms);
 
 /* The envelope steps: connect and HELO (when not told yet) then MAIL;
- * RCPT. args: the ESMTP parameters as given (may be NULL). */
+ * RCPT. The addresses are sent without their ESMTP parameters. */
 void milter_mail(struct milter_session *ms, const struct milter_client *client,
-		 const char *sender, const char *args, milter_cb cb, void *arg);
+		 const char *sender, milter_cb cb, void *arg);
 void milter_rcpt(struct milter_session *ms, const struct milter_client *client,
 		 const char *rcpt, milter_cb cb, void *arg);
 /* The message, read from inc: headers, body, end of message, and the

@@ -109,8 +109,9 @@ struct milter_session {
 	struct header *headers;
 	size_t header_count, header_cap;
 	uint64_t body_offset;
-	bool separator; /* an empty line ends the header section */
-	char *body;	/* a replaced body */
+	bool separator;	  /* an empty line ends the header section */
+	bool headers_cut; /* longer than HEADERS_MAX: the rest went as body */
+	char *body;	  /* a replaced body */
 	size_t body_len, body_cap;
 	bool body_replaced, content_changed;
 	uint8_t *chunk;
@@ -1141,6 +1142,7 @@ static int headers_read(struct milter_session *ms)
 		at = (size_t)(end - text) + 2;
 	}
 	ms->body_offset = at;
+	ms->headers_cut = !ms->separator && (size_t)n == HEADERS_MAX - 1;
 	free(text);
 	return 0;
 }
@@ -1211,7 +1213,9 @@ int milter_rewrite(struct milter_session *ms, struct spool *spool,
 	}
 	bool has_body = ms->body_replaced ? ms->body_len > 0
 					  : inc->written > ms->body_offset;
-	if (ms->separator || has_body)
+	/* a body that followed no empty line gets one, unless it is the
+	 * rest of a header section too long to hold */
+	if (ms->separator || (has_body && !ms->headers_cut))
 		write(arg, "\r\n", 2);
 	if (ms->body_replaced) {
 		write(arg, ms->body, ms->body_len);

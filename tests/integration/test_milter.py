@@ -406,3 +406,16 @@ def test_unix_socket_milter(make_daemon, tmp_path):
     r = transaction(d)[-1]
     assert (r.code, r.text) == (550, "5.7.1 unix says no")
     srv.close()
+
+
+def test_header_section_over_the_held_limit_is_kept_whole(make_daemon, milter):
+    """Past 256 KiB of header fields the rest is sent as body; a change
+    then keeps the section whole (no empty line slipped into it)."""
+    fields = "".join("X-Filler-%05d: %s\r\n" % (i, "f" * 60) for i in range(4000))
+    s = milter(replies={"E": [m.add_header("X-Added", "yes"), m.CONTINUE]})
+    d = milter_daemon(make_daemon, s.address)
+    data = "Subject: many\r\n" + fields + "\r\nthe body\r\n"
+    assert transaction(d, data=data)[-1].code == 250
+    msg = delivered(d)
+    assert len(msg.get_all("X-Filler-03999") or []) == 1
+    assert msg["X-Added"] == "yes" and msg.get_payload() == "the body\n"

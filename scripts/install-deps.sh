@@ -20,7 +20,7 @@ test_packages=(
 	openssl procps
 	fetchmail adduser dpkg-dev
 	haproxy
-	redis-server python3-dkim opendkim opendkim-tools
+	redis-server python3-dkim opendkim opendkim-tools rspamd
 	dovecot-imapd dovecot-lmtpd
 	unbound ldnsutils
 )

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "facteur/ascii.h"
@@ -85,6 +86,7 @@ enum key {
 	KEY_LOCAL_TRANSPORT,
 	KEY_SUBMIT_SOCKET,
 	KEY_DANE,
+	KEY_MILTER,
 	KEY_COUNT,
 };
 
@@ -1526,6 +1528,110 @@ static void print_local_transport(const struct config *cfg, FILE *out)
 	fputs(cfg->local_transport.text, out);
 }
 
+/* milter = unix:PATH|inet:HOST:PORT [timeout=DURATION]
+ * [default=tempfail|accept|reject]; HOST is an address: a name would
+ * need a resolver at connect time, for every session. */
+#define MILTER_TIMEOUT_DEFAULT 30
+static const char *const milter_default_names[] = {"tempfail", "accept",
+						   "reject"};
+
+static const char *parse_milter_address(const char *s, size_t len,
+					struct config_milter *m)
+{
+	if (len > 5 && strncmp(s, "unix:", 5) == 0) {
+		struct sockaddr_un *sun = (struct sockaddr_un *)&m->addr;
+		if (s[5] != '/' || len - 5 >= sizeof sun->sun_path)
+			return "expected an absolute socket path";
+		sun->sun_family = AF_UNIX;
+		memcpy(sun->sun_path, s + 5, len - 5);
+		m->addrlen = (socklen_t)sizeof *sun;
+		return NULL;
+	}
+	if (len > 5 && strncmp(s, "inet:", 5) == 0)
+		return parse_host_port(s + 5, len - 5, true, 0, &m->addr,
+				       &m->addrlen);
+	return "expected unix:PATH or inet:HOST:PORT";
+}
+
+static bool parse_milter_option(const char *opt, size_t len,
+				struct config_milter *m)
+{
+	char text[32];
+	if (len >= sizeof text)
+		return false;
+	memcpy(text, opt, len);
+	text[len] = '\0';
+	if (strncmp(text, "timeout=", 8) == 0)
+		return config_parse_duration(text + 8, &m->timeout) == 0 &&
+		       m->timeout > 0;
+	if (strncmp(text, "default=", 8) != 0)
+		return false;
+	for (size_t i = 0; i < COUNT_OF(milter_default_names); i++) {
+		if (strcmp(text + 8, milter_default_names[i]) == 0) {
+			m->on_error = (enum milter_default)i;
+			return true;
+		}
+	}
+	return false;
+}
+
+static void set_milter(struct loader *ld, const char *value)
+{
+	struct config *cfg = ld->cfg;
+	struct config_milter m = {.timeout = MILTER_TIMEOUT_DEFAULT};
+	size_t len = strcspn(value, " \t");
+	char q[QUOTE_BUF];
+	const char *why = parse_milter_address(value, len, &m);
+	if (why != NULL) {
+		bad(ld, "%s in %s", why, quote(value, q));
+		return;
+	}
+	for (const char *opt = value + len;;) {
+		opt += strspn(opt, " \t");
+		size_t opt_len = strcspn(opt, " \t");
+		if (opt_len == 0)
+			break;
+		if (!parse_milter_option(opt, opt_len, &m)) {
+			bad(ld,
+			    "expected ADDRESS [timeout=DURATION] "
+			    "[default=tempfail|accept|reject], got %s",
+			    quote(value, q));
+			return;
+		}
+		opt += opt_len;
+	}
+	m.name = xstrndup(value, len);
+	cfg->milters = xreallocarray(cfg->milters, cfg->milter_count + 1,
+				     sizeof *cfg->milters);
+	cfg->milters[cfg->milter_count++] = m;
+}
+
+static void free_milters(struct config *cfg)
+{
+	for (size_t i = 0; i < cfg->milter_count; i++)
+		free(cfg->milters[i].name);
+	free(cfg->milters);
+	cfg->milters = NULL;
+	cfg->milter_count = 0;
+}
+
+static void clear_milters(struct loader *ld)
+{
+	free_milters(ld->cfg);
+}
+
+static void print_milters(const struct config *cfg, FILE *out)
+{
+	char buf[32];
+	for (size_t i = 0; i < cfg->milter_count; i++) {
+		const struct config_milter *m = &cfg->milters[i];
+		format_duration(m->timeout, buf, sizeof buf);
+		fprintf(out, "%s%s timeout=%s default=%s",
+			i ? "\nmilter = " : "", m->name, buf,
+			milter_default_names[m->on_error]);
+	}
+}
+
 #define FIELD(kind, field)                                                     \
 	.slot = kind, .offset = offsetof(struct config, field)
 #define CHOICE(field, list)                                                    \
@@ -1639,6 +1745,8 @@ static const struct key_def key_defs[KEY_COUNT] = {
     [KEY_SUBMIT_SOCKET] = {"submit_socket", "",
 			   FIELD(SLOT_STRING, submit_socket)},
     [KEY_DANE] = {"dane", "no", FIELD(SLOT_YES_NO, dane)},
+    [KEY_MILTER] = {"milter", "", .set = set_milter, .clear = clear_milters,
+		    .print = print_milters, .semicolons = true},
 };
 
 static bool find_key(const char *name, size_t len, enum key *out)
@@ -2298,6 +2406,7 @@ void config_free(struct config *cfg)
 	free(cfg->proxy_networks);
 	free_dkim_sign(cfg);
 	free_dnsbl(cfg);
+	free_milters(cfg);
 	route_table_free(cfg->routes);
 	route_table_free(cfg->sender_routes);
 	shape_table_free(cfg->shapes);

@@ -129,6 +129,9 @@ static int settings_load(struct settings *st, struct config_errors *errors)
 	st->cfg = config_load(config_path, environ, errors);
 	if (st->cfg == NULL)
 		return -1;
+	/* each milter's series from the first scrape */
+	for (size_t i = 0; i < st->cfg->milter_count; i++)
+		metrics_milter_slot(st->cfg->milters[i].name);
 	if (st->cfg->users_file != NULL) {
 		st->users = auth_users_load(st->cfg->users_file, errors);
 		if (st->users == NULL) {

@@ -58,7 +58,16 @@ static struct {
 	char *paused_names[METRICS_PAUSED_MAX + 1];
 	unsigned paused[METRICS_PAUSED_MAX + 1];
 	size_t paused_count;
+	struct {
+		char *name;
+		uint64_t actions[METRICS_MILTER_ACTION_COUNT];
+		uint64_t errors;
+	} milters[METRICS_MILTERS_MAX];
+	size_t milter_count;
 } extra;
+
+static const char *const milter_action_names[] = {
+    METRICS_MILTER_ACTIONS(STATE_LIST_NAME)};
 
 static const char *const rejection_names[] = {
     METRICS_REJECTIONS(STATE_LIST_NAME)};
@@ -330,6 +339,25 @@ static void put_extra_metrics(struct out *o)
 		put(o, "\"} %u\n", extra.paused[i] > 0 ? 1u : 0u);
 	}
 
+	put_header(o, "facteur_milter_actions_total", "counter",
+		   "Milter replies, by milter and action.");
+	for (size_t i = 0; i < extra.milter_count; i++)
+		for (size_t a = 0; a < METRICS_MILTER_ACTION_COUNT; a++) {
+			put(o, "facteur_milter_actions_total{milter=\"");
+			put_label_value(o, extra.milters[i].name);
+			put(o, "\",action=\"%s\"} %llu\n",
+			    milter_action_names[a],
+			    (unsigned long long)extra.milters[i].actions[a]);
+		}
+	put_header(o, "facteur_milter_errors_total", "counter",
+		   "Milters dead, slow or speaking garbage, by milter.");
+	for (size_t i = 0; i < extra.milter_count; i++) {
+		put(o, "facteur_milter_errors_total{milter=\"");
+		put_label_value(o, extra.milters[i].name);
+		put(o, "\"} %llu\n",
+		    (unsigned long long)extra.milters[i].errors);
+	}
+
 	double age = 0;
 	if (extra.queue_age != NULL) {
 		age = extra.queue_age(extra.queue_age_arg);
@@ -526,6 +554,33 @@ const char *metrics_rejection_name(enum metrics_rejection reason)
 	return reason < METRICS_REJECTION_COUNT ? rejection_names[reason] : "?";
 }
 
+int metrics_milter_slot(const char *name)
+{
+	for (size_t i = 0; i < extra.milter_count; i++)
+		if (strcmp(extra.milters[i].name, name) == 0)
+			return (int)i;
+	if (extra.milter_count == METRICS_MILTERS_MAX)
+		return -1;
+	char *copy = strdup(name);
+	if (copy == NULL)
+		return -1;
+	extra.milters[extra.milter_count].name = copy;
+	return (int)extra.milter_count++;
+}
+
+void metrics_milter_action(int slot, enum metrics_milter_action action)
+{
+	if (slot >= 0 && (size_t)slot < extra.milter_count &&
+	    action < METRICS_MILTER_ACTION_COUNT)
+		extra.milters[slot].actions[action]++;
+}
+
+void metrics_milter_error(int slot)
+{
+	if (slot >= 0 && (size_t)slot < extra.milter_count)
+		extra.milters[slot].errors++;
+}
+
 void metrics_set_queue_state_source(metrics_queue_state_fn count, void *arg)
 {
 	extra.queue_states = count;
@@ -633,6 +688,8 @@ void metrics_reset(void)
 	for (size_t i = 0; i < extra.listener_count; i++)
 		free(extra.listeners[i].listen);
 	free(extra.listeners);
+	for (size_t i = 0; i < extra.milter_count; i++)
+		free(extra.milters[i].name);
 	memset(&extra, 0, sizeof extra);
 	memset(&metrics, 0, sizeof metrics);
 }

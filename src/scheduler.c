@@ -969,7 +969,7 @@ void scheduler_free(struct scheduler *sched)
 static void log_accepted(const struct spool_envelope *env,
 			 const struct scheduler_arrival *arrival)
 {
-	struct log_field f[12] = {
+	struct log_field f[16] = {
 	    LOG_S("queue_id", env->id),
 	    LOG_S("from", env->sender),
 	    LOG_I("size", env->size),
@@ -994,6 +994,11 @@ static void log_accepted(const struct spool_envelope *env,
 		f[n++] = (struct log_field)LOG_S("requiretls", "yes");
 	if (env->flags & SPOOL_FLAG_TLS_NOT_REQUIRED)
 		f[n++] = (struct log_field)LOG_S("tls_required", "no");
+	if (arrival != NULL && arrival->milter != NULL) {
+		f[n++] = (struct log_field)LOG_S("milter", arrival->milter);
+		f[n++] =
+		    (struct log_field)LOG_S("action", arrival->milter_action);
+	}
 	log_fields(LOG_LEVEL_INFO, "accepted", f, n);
 }
 

@@ -38,6 +38,7 @@
 #include "facteur/mailtime.h"
 #include "facteur/message_id.h"
 #include "facteur/metrics.h"
+#include "facteur/milter.h"
 #include "facteur/password_check.h"
 #include "facteur/policy.h"
 #include "facteur/scheduler.h"
@@ -82,6 +83,8 @@
 	X(SMTP_STATE_BDAT, "bdat")                                             \
 	/* waiting for the spool; input waits */                               \
 	X(SMTP_STATE_COMMITTING, "committing")                                 \
+	/* waiting for the milters; input waits */                             \
+	X(SMTP_STATE_MILTER, "milter")                                         \
 	/* the 220 drains; then the handshake */                               \
 	X(SMTP_STATE_STARTTLS, "starttls")                                     \
 	/* flushing the last replies */                                        \
@@ -185,6 +188,11 @@ struct smtp_session {
 	/* a local submission (submit.h): who is on the other end */
 	bool local_peer;
 	struct smtp_local_peer local;
+	/* milter: the connections, and the RCPT they are asked about */
+	struct milter_session *milter;
+	struct smtp_rcpt milter_rcpt;
+	struct policy_expansion milter_exp;
+	const char *milter_name, *milter_action; /* for the accepted line */
 };
 
 /* The SMTP side of one daemon: its sessions, for shutdown and the drain
@@ -262,6 +270,19 @@ static void log_rejected(struct smtp_session *s, const char *reason,
 		  LOG_S("reason", reason), LOG_S("address", address));
 }
 
+/* A milter's refusal: its reply, the rejected line naming it. */
+static void milter_refused(struct smtp_session *s,
+			   const struct milter_outcome *o, const char *address)
+{
+	reply(s, "%s", o->reply);
+	log_event(LOG_LEVEL_INFO, "rejected", LOG_SESSION(s),
+		  LOG_S("reason", "milter"), LOG_S("address", address),
+		  LOG_S("milter", o->milter ? o->milter : "-"),
+		  LOG_S("action", o->action ? o->action : "-"),
+		  LOG_S("reply", o->reply));
+	count_rejection(METRICS_REJECT_MILTER);
+}
+
 /* ---- transaction ---- */
 
 static void transaction_reset(struct smtp_session *s)
@@ -279,6 +300,63 @@ static void transaction_reset(struct smtp_session *s)
 		spool_incoming_abort(s->srv->spool, tx->incoming);
 	dkim_intake_free(tx->dkim);
 	memset(tx, 0, sizeof *tx);
+	milter_abort(s->milter);
+}
+
+/* Input is read on while the session waits (a commit, the milters), up
+ * to a bound, and processed after it: stopping and restarting the read
+ * event would cost two epoll_ctl per message. Not under TLS: when a
+ * watermark stops libevent's TLS bufferevent, decrypted input can stay
+ * in OpenSSL, not looked at again until the socket is readable. */
+static void input_hold(struct smtp_session *s)
+{
+	if (s->tls)
+		bufferevent_disable(s->bev, EV_READ);
+	else
+		bufferevent_setwatermark(s->bev, EV_READ, 0, COMMIT_READ_AHEAD);
+}
+
+/* Reading is no longer bounded, and goes on if it was stopped (TLS, or
+ * an EOF or a timeout during the wait: met again now). */
+static void input_release(struct smtp_session *s)
+{
+	if (!s->tls)
+		bufferevent_setwatermark(s->bev, EV_READ, 0, 0);
+	bufferevent_enable(s->bev, EV_READ);
+}
+
+static void milter_client_of(const struct smtp_session *s,
+			     struct milter_client *mc)
+{
+	*mc = (struct milter_client){
+	    .addr = (const struct sockaddr *)&s->addr,
+	    .client = s->client,
+	    .hostname = cfg_of(s)->hostname,
+	    .helo = s->helo,
+	    .tls_version = s->tls ? transport_tls_version(s->bev) : NULL,
+	    .auth_user = s->auth_user,
+	    .queue_id = s->tx.incoming ? s->tx.incoming->id : NULL};
+}
+
+/* The session waits for the milters: no command is read meanwhile. */
+static void milter_wait(struct smtp_session *s, struct milter_client *mc)
+{
+	milter_client_of(s, mc);
+	enter_state(s, SMTP_STATE_MILTER);
+	input_hold(s);
+}
+
+/* The milters answered: true when the client left meanwhile (s is no
+ * more), else the session reads commands again. */
+static bool milter_resumed(struct smtp_session *s)
+{
+	if (s->gone) {
+		session_free(s);
+		return true;
+	}
+	enter_state(s, SMTP_STATE_COMMAND);
+	input_release(s);
+	return false;
 }
 
 static const char *recipient_address(const struct recipient *r)
@@ -897,6 +975,27 @@ static bool sender_is_local_user(const struct smtp_session *s,
 	return local;
 }
 
+static void mail_accepted(struct smtp_session *s)
+{
+	s->tx.active = true;
+	envelope_charge(s, strlen(s->tx.mail.from.address) + 1);
+	reply(s, "250 %s Ok", status_code_str(STATUS_SENDER_OK));
+}
+
+static void on_milter_mail(const struct milter_outcome *o, void *arg)
+{
+	struct smtp_session *s = arg;
+	if (milter_resumed(s))
+		return;
+	if (o->verdict == MILTER_CONTINUE) {
+		mail_accepted(s);
+	} else {
+		milter_refused(s, o, s->tx.mail.from.address);
+		transaction_reset(s);
+	}
+	session_process(s);
+}
+
 static void cmd_mail(struct smtp_session *s, const struct smtp_command *cmd)
 {
 	const struct config *cfg = cfg_of(s);
@@ -953,9 +1052,14 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_command *cmd)
 			  LOG_S("user", s->local.user),
 			  LOG_S("from", mail.from.address));
 	s->tx.mail = mail;
-	s->tx.active = true;
-	envelope_charge(s, strlen(mail.from.address) + 1);
-	reply(s, "250 %s Ok", status_code_str(STATUS_SENDER_OK));
+	if (s->milter != NULL) {
+		struct milter_client mc;
+		milter_wait(s, &mc);
+		milter_mail(s->milter, &mc, s->tx.mail.from.address,
+			    on_milter_mail, s);
+		return;
+	}
+	mail_accepted(s);
 }
 
 /* Would this RCPT's recipients fit the session's envelope budget and
@@ -989,6 +1093,25 @@ static bool envelope_has_room(struct smtp_session *s,
 		return false;
 	}
 	return true;
+}
+
+static void rcpt_accepted(struct smtp_session *s, const struct smtp_rcpt *rcpt,
+			  struct policy_expansion *exp);
+
+static void on_milter_rcpt(const struct milter_outcome *o, void *arg)
+{
+	struct smtp_session *s = arg;
+	if (s->gone)
+		policy_expansion_clear(&s->milter_exp);
+	if (milter_resumed(s))
+		return;
+	if (o->verdict == MILTER_CONTINUE) {
+		rcpt_accepted(s, &s->milter_rcpt, &s->milter_exp);
+	} else {
+		policy_expansion_clear(&s->milter_exp);
+		milter_refused(s, o, s->milter_rcpt.to.address);
+	}
+	session_process(s);
 }
 
 static void cmd_rcpt(struct smtp_session *s, const struct smtp_command *cmd)
@@ -1054,10 +1177,26 @@ static void cmd_rcpt(struct smtp_session *s, const struct smtp_command *cmd)
 		policy_expansion_clear(&exp);
 		return;
 	}
+	if (s->milter != NULL) {
+		struct milter_client mc;
+		s->milter_rcpt = rcpt;
+		s->milter_exp = exp;
+		milter_wait(s, &mc);
+		milter_rcpt(s->milter, &mc, s->milter_rcpt.to.address,
+			    on_milter_rcpt, s);
+		return;
+	}
+	rcpt_accepted(s, &rcpt, &exp);
+}
+
+/* The recipients of an accepted RCPT join the envelope. */
+static void rcpt_accepted(struct smtp_session *s, const struct smtp_rcpt *rcpt,
+			  struct policy_expansion *exp)
+{
 	int failed = 0;
-	for (size_t i = 0; i < exp.count && !failed; i++)
-		failed = recipient_add(s, &rcpt, &exp.targets[i]);
-	policy_expansion_clear(&exp);
+	for (size_t i = 0; i < exp->count && !failed; i++)
+		failed = recipient_add(s, rcpt, &exp->targets[i]);
+	policy_expansion_clear(exp);
 	if (failed) {
 		reply(s, "451 %s Out of memory",
 		      status_code_str(STATUS_LOCAL_ERROR));
@@ -1275,9 +1414,12 @@ static void on_committed(int error, void *arg)
 				      ? s->committing_message_id
 				      : NULL,
 		    .local_uid = s->local_peer ? (long)s->local.uid : -1,
-		    .local_user = s->local_peer ? s->local.user : NULL};
+		    .local_user = s->local_peer ? s->local.user : NULL,
+		    .milter = s->milter_name,
+		    .milter_action = s->milter_action};
 		scheduler_enqueue_arrival(s->srv->scheduler, env, &arrival);
 	}
+	s->milter_name = s->milter_action = NULL;
 	if (s->gone) {
 		session_free(s);
 		return;
@@ -1290,11 +1432,7 @@ static void on_committed(int error, void *arg)
 		session_flush(s);
 		return;
 	}
-	/* Reading is no longer bounded, and goes on if it was stopped (TLS,
-	 * or an EOF or a timeout during the commit: met again now). */
-	if (!s->tls)
-		bufferevent_setwatermark(s->bev, EV_READ, 0, 0);
-	bufferevent_enable(s->bev, EV_READ);
+	input_release(s);
 	session_process(s);
 }
 
@@ -1309,8 +1447,15 @@ static void on_signed(char *outcome, void *arg)
 			      s);
 }
 
-/* The last octet of the message is in: refuse it, or make it durable
- * and answer once it is. */
+static void message_commit(struct smtp_session *s, const char *refusal);
+static void on_milter_message(const struct milter_outcome *o, void *arg);
+static bool milter_envelope_apply(struct smtp_session *s,
+				  struct spool_envelope *env);
+static bool envelope_add_rcpts(struct spool_envelope *env, const char *given,
+			       const struct policy_expansion *exp);
+
+/* The last octet of the message is in: refuse it, or (once the milters
+ * agree) make it durable and answer once it is. */
 static void message_end(struct smtp_session *s)
 {
 	struct transaction *tx = &s->tx;
@@ -1333,11 +1478,32 @@ static void message_end(struct smtp_session *s)
 			  LOG_S("reason", strerror(tx->incoming->error)));
 		refusal = "spool write error";
 	}
+	if (refusal == NULL && s->milter != NULL) {
+		struct milter_client mc;
+		milter_wait(s, &mc);
+		milter_message(s->milter, &mc, s->srv->spool, tx->incoming,
+			       on_milter_message, s);
+		return;
+	}
+	message_commit(s, refusal);
+}
+
+/* Queue the message (or refuse it for `refusal`, when not NULL). */
+static void message_commit(struct smtp_session *s, const char *refusal)
+{
+	struct transaction *tx = &s->tx;
 	struct spool_envelope *env = refusal ? NULL : envelope_build(s);
 	if (refusal == NULL && env == NULL) {
 		reply(s, "451 %s Out of memory",
 		      status_code_str(STATUS_LOCAL_ERROR));
 		refusal = "out of memory";
+	}
+	if (refusal == NULL && s->milter != NULL &&
+	    !milter_envelope_apply(s, env)) {
+		spool_envelope_free(env);
+		transaction_reset(s);
+		enter_state(s, SMTP_STATE_COMMAND);
+		return;
 	}
 	if (refusal != NULL) {
 		log_rejected(s, refusal, tx->mail.from.address);
@@ -1356,15 +1522,7 @@ static void message_end(struct smtp_session *s)
 	transaction_reset(s);
 	s->committing = env;
 	enter_state(s, SMTP_STATE_COMMITTING);
-	/* Input is read on during the commit, up to a bound, and processed
-	 * after it: stopping and restarting the read event would cost two
-	 * epoll_ctl per message. Not under TLS: when a watermark stops
-	 * libevent's TLS bufferevent, decrypted input can stay in OpenSSL,
-	 * not looked at again until the socket is readable. */
-	if (s->tls)
-		bufferevent_disable(s->bev, EV_READ);
-	else
-		bufferevent_setwatermark(s->bev, EV_READ, 0, COMMIT_READ_AHEAD);
+	input_hold(s);
 	if (dkim != NULL) {
 		s->signing = inc;
 		if (dkim_intake_finish(dkim, s->srv->dkim, s->srv->worker,
@@ -1378,6 +1536,159 @@ static void message_end(struct smtp_session *s)
 	else if (s->srv->dkim != NULL && s->srv->dkim->count > 0)
 		env->dkim = strdup("unsigned:untrusted");
 	spool_incoming_commit(s->srv->spool, inc, env, on_committed, s);
+}
+
+/* The milters' changes to the envelope: the sender, recipients deleted
+ * and added (as if from a trusted client: aliases apply), a quarantine
+ * (the message is held). False when no recipient is left: the message
+ * is dropped, and the client told it was accepted. */
+static bool milter_envelope_apply(struct smtp_session *s,
+				  struct spool_envelope *env)
+{
+	const struct milter_envelope_changes *ch =
+	    milter_envelope_changes(s->milter);
+	char *sender = ch->sender ? strdup(ch->sender) : NULL;
+	if (sender != NULL) {
+		free(env->sender);
+		env->sender = sender;
+	}
+	for (size_t d = 0; d < ch->deleted_count; d++)
+		for (size_t i = 0; i < env->rcpt_count; i++) {
+			struct spool_rcpt *r = &env->rcpts[i];
+			if (strcasecmp(r->address, ch->deleted[d]) != 0 &&
+			    strcasecmp(r->original, ch->deleted[d]) != 0)
+				continue;
+			free(r->address);
+			free(r->original);
+			free(r->orcpt);
+			free(r->sender);
+			free(r->reason);
+			memmove(r, r + 1,
+				(env->rcpt_count - i - 1) * sizeof *r);
+			env->rcpt_count--;
+			i--;
+		}
+	struct policy_client trusted = {
+	    .addr = (const struct sockaddr *)&s->addr, .authenticated = true};
+	for (size_t a = 0; a < ch->added_count; a++) {
+		struct policy_expansion exp = {0};
+		if (policy_check_recipient(s->srv->policy, &trusted,
+					   ch->added[a],
+					   &exp) != POLICY_ACCEPT ||
+		    !envelope_add_rcpts(env, ch->added[a], &exp))
+			log_event(LOG_LEVEL_WARN, "milter_error",
+				  LOG_SESSION(s),
+				  LOG_S("reason", "recipient not added"),
+				  LOG_S("address", ch->added[a]));
+		policy_expansion_clear(&exp);
+	}
+	if (ch->quarantine != NULL) {
+		env->flags |= SPOOL_FLAG_HELD;
+		log_event(LOG_LEVEL_INFO, "quarantined", LOG_SESSION(s),
+			  LOG_S("queue_id", env->id),
+			  LOG_S("reason", ch->quarantine));
+	}
+	if (env->rcpt_count > 0)
+		return true;
+	reply(s, "250 %s Ok", status_code_str(STATUS_OK));
+	log_event(LOG_LEVEL_INFO, "discarded", LOG_SESSION(s),
+		  LOG_S("queue_id", env->id),
+		  LOG_S("reason", "no recipient left"));
+	return false;
+}
+
+/* A milter's added recipient, expanded, at the end of the envelope. */
+static bool envelope_add_rcpts(struct spool_envelope *env, const char *given,
+			       const struct policy_expansion *exp)
+{
+	struct spool_rcpt *grown =
+	    realloc(env->rcpts, (env->rcpt_count + exp->count) * sizeof *grown);
+	if (grown == NULL)
+		return false;
+	env->rcpts = grown;
+	for (size_t i = 0; i < exp->count; i++) {
+		struct spool_rcpt *r = &env->rcpts[env->rcpt_count];
+		*r = (struct spool_rcpt){.address =
+					     strdup(exp->targets[i].address),
+					 .original = strdup(given),
+					 .local = exp->targets[i].local,
+					 .state = RCPT_PENDING,
+					 .updated = env->arrival};
+		if (r->address == NULL || r->original == NULL) {
+			free(r->address);
+			free(r->original);
+			return false;
+		}
+		env->rcpt_count++;
+	}
+	return true;
+}
+
+/* Octets of the changed message into the new incoming (and the DKIM
+ * reader, which starts over). */
+static void milter_write(void *arg, const void *buf, size_t len)
+{
+	struct smtp_session *s = arg;
+	spool_incoming_write(s->tx.incoming, buf, len);
+	if (s->tx.dkim != NULL)
+		dkim_intake_feed(s->tx.dkim, buf, len);
+}
+
+/* The milters changed the content: it is written anew, before the
+ * commit, so that the message is durable once, as changed. */
+static bool milter_content_rewrite(struct smtp_session *s)
+{
+	struct transaction *tx = &s->tx;
+	struct spool_incoming *old = tx->incoming;
+	tx->incoming = spool_incoming_new(s->srv->spool);
+	if (tx->incoming == NULL) {
+		tx->incoming = old;
+		return false;
+	}
+	if (tx->dkim != NULL) {
+		dkim_intake_free(tx->dkim);
+		tx->dkim = dkim_intake_new();
+	}
+	int rc = milter_rewrite(s->milter, s->srv->spool, old, tx->incoming->id,
+				milter_write, s);
+	spool_incoming_abort(s->srv->spool, old);
+	tx->data.size = tx->incoming->written;
+	return rc == 0 && tx->incoming->error == 0;
+}
+
+static void on_milter_message(const struct milter_outcome *o, void *arg)
+{
+	struct smtp_session *s = arg;
+	if (milter_resumed(s))
+		return;
+	s->milter_name = o->milter;
+	s->milter_action = o->action;
+	switch (o->verdict) {
+	case MILTER_CONTINUE:
+		if (milter_content_changed(s->milter) &&
+		    !milter_content_rewrite(s)) {
+			reply(s, "451 %s Local error writing the message",
+			      status_code_str(STATUS_LOCAL_ERROR));
+			message_commit(s, "spool write error");
+			break;
+		}
+		message_commit(s, NULL);
+		break;
+	case MILTER_DISCARD:
+		reply(s, "250 %s Ok", status_code_str(STATUS_OK));
+		log_event(LOG_LEVEL_INFO, "discarded", LOG_SESSION(s),
+			  LOG_S("milter", o->milter ? o->milter : "-"),
+			  LOG_S("action", "discard"));
+		transaction_reset(s);
+		break;
+	case MILTER_REJECT:
+	case MILTER_TEMPFAIL:
+	default:
+		milter_refused(s, o, s->tx.mail.from.address);
+		transaction_reset(s);
+		break;
+	}
+	session_process(s);
 }
 
 static void cmd_data(struct smtp_session *s, const struct smtp_command *cmd)
@@ -1754,6 +2065,7 @@ static void session_process(struct smtp_session *s)
 			more = read_bdat(s);
 			break;
 		case SMTP_STATE_COMMITTING:
+		case SMTP_STATE_MILTER:
 		case SMTP_STATE_AUTH_CHECK:
 		case SMTP_STATE_AUTH_DELAY:
 		case SMTP_STATE_STARTTLS:
@@ -1767,7 +2079,7 @@ static void session_process(struct smtp_session *s)
 	/* A client that sends without reading replies is paused. */
 	if (s->state != SMTP_STATE_CLOSING &&
 	    s->state != SMTP_STATE_COMMITTING &&
-	    s->state != SMTP_STATE_STARTTLS &&
+	    s->state != SMTP_STATE_MILTER && s->state != SMTP_STATE_STARTTLS &&
 	    s->state != SMTP_STATE_AUTH_CHECK &&
 	    s->state != SMTP_STATE_AUTH_DELAY) {
 		transport_pause_if_backlogged(s->bev, &s->paused);
@@ -1788,6 +2100,7 @@ static void on_write(struct bufferevent *bev, void *arg)
 	if (!s->tls)
 		bufferevent_disable(bev, EV_WRITE); /* direct writes again */
 	if (s->state != SMTP_STATE_COMMITTING &&
+	    s->state != SMTP_STATE_MILTER &&
 	    s->state != SMTP_STATE_AUTH_CHECK &&
 	    s->state != SMTP_STATE_AUTH_DELAY &&
 	    s->state != SMTP_STATE_CLOSING && s->state != SMTP_STATE_STARTTLS &&
@@ -1811,7 +2124,8 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 			  LOG_S("cipher", transport_tls_cipher(s->bev)));
 		return;
 	}
-	if (s->state == SMTP_STATE_COMMITTING) {
+	if (s->state == SMTP_STATE_COMMITTING ||
+	    s->state == SMTP_STATE_MILTER) {
 		/* (The handshake is over: a message came through it.)
 		 * Reading goes on during a commit on a plain socket.
 		 * libevent stopped it at an EOF or a read timeout:
@@ -1912,6 +2226,7 @@ static void session_free(struct smtp_session *s)
 	if (s->dnsbl_timer != NULL)
 		event_free(s->dnsbl_timer);
 	free(s->dnsbl_zone);
+	milter_session_free(s->milter);
 	free(s);
 }
 
@@ -1954,6 +2269,11 @@ static void session_start(struct smtp_session *s)
 	}
 	reply(s, "220 %s ESMTP facteur", cfg->hostname);
 	session_flush(s);
+	if (cfg->milter_count > 0) {
+		struct milter_client mc;
+		milter_client_of(s, &mc);
+		s->milter = milter_session_new(srv->base, cfg, &mc);
+	}
 	/* Exempt networks are not looked up; without a resolver nobody is
 	 * listed (dns_error was logged at start). */
 	if (cfg->dnsbl_count > 0 && srv->dns != NULL && !relay_client(s)) {

@@ -110,6 +110,33 @@ void spool_incoming_write(struct spool_incoming *inc, const void *buf,
 	inc->written += len;
 }
 
+ssize_t spool_incoming_read(struct spool *spool,
+			    const struct spool_incoming *inc, uint64_t offset,
+			    void *buf, size_t len)
+{
+	const struct incoming *in = (const struct incoming *)inc;
+	if (offset >= inc->written)
+		return 0;
+	if (len > inc->written - offset)
+		len = (size_t)(inc->written - offset);
+	if (inc->fd == -1) {
+		memcpy(buf, in->inline_body + offset, len);
+		return (ssize_t)len;
+	}
+	/* the writer's descriptor is write-only */
+	char name[SPOOL_ID_LEN + 5];
+	spool_file_name(name, inc->id, ".msg");
+	int fd = openat(spool->queue_fd, name, O_RDONLY | O_CLOEXEC);
+	if (fd == -1)
+		return -1;
+	ssize_t n = pread(fd, buf, len, (off_t)offset);
+	int saved = errno;
+	if (close(fd) == -1 && n >= 0)
+		return -1;
+	errno = saved;
+	return n;
+}
+
 /* Write prefix then the first `len` octets of <id>.msg (or of body
  * when not NULL) into <id>.pre, and move it over <id>.msg; its
  * descriptor, or -1. */

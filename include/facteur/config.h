@@ -87,6 +87,23 @@ struct config_dnsbl {
 	size_t match_count;
 };
 
+/* What a milter's failure (dead, slow, garbage) does to the session. */
+enum milter_default {
+	MILTER_DEFAULT_TEMPFAIL,
+	MILTER_DEFAULT_ACCEPT,
+	MILTER_DEFAULT_REJECT
+};
+
+/* A milter entry: its address as written (its name in logs and metrics),
+ * the socket address (AF_UNIX or an IP), the reply timeout. */
+struct config_milter {
+	char *name;
+	struct sockaddr_storage addr;
+	socklen_t addrlen;
+	unsigned timeout; /* seconds */
+	enum milter_default on_error;
+};
+
 /* A dns_servers entry: "IP[:PORT]", IPv6 as "[::1]:53". */
 struct dns_server {
 	char *text;
@@ -204,6 +221,9 @@ struct config {
 	/* dane = yes: TLSA records of MX hosts, from a validating resolver
 	 * in dns_servers, make TLS mandatory and authenticated (RFC 7672). */
 	bool dane;
+	/* milter: the filters every SMTP session asks, in order (milter.h). */
+	struct config_milter *milters;
+	size_t milter_count;
 };
 
 /* The errors a load found, in order, each a full sentence such as

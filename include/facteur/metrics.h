@@ -27,7 +27,8 @@
 	X(METRICS_REJECT_AUTH_FAIL_LIMIT, "auth_fail_limit")                   \
 	X(METRICS_REJECT_TOO_MANY_ERRORS, "too_many_errors")                   \
 	X(METRICS_REJECT_DNSBL, "dnsbl")                                       \
-	X(METRICS_REJECT_RATE, "rate")
+	X(METRICS_REJECT_RATE, "rate")                                         \
+	X(METRICS_REJECT_MILTER, "milter")
 
 enum metrics_rejection {
 	METRICS_REJECTIONS(STATE_LIST_ENUM) METRICS_REJECTION_COUNT
@@ -237,6 +238,27 @@ void metrics_process_read(struct metrics_process *out);
 void metrics_destination_paused(const char *destination, bool paused);
 
 /* Forget the listeners, the histogram and the counters (for tests). */
+/* facteur_milter_actions_total{milter,action} and
+ * facteur_milter_errors_total{milter}: one row per milter name (its
+ * address as configured), at most METRICS_MILTERS_MAX; the slot of a
+ * name (added when new), or -1 when the table is full. */
+#define METRICS_MILTERS_MAX 32
+#define METRICS_MILTER_ACTIONS(X)                                              \
+	X(METRICS_MILTER_CONTINUE, "continue")                                 \
+	X(METRICS_MILTER_ACCEPT, "accept")                                     \
+	X(METRICS_MILTER_REJECT, "reject")                                     \
+	X(METRICS_MILTER_TEMPFAIL, "tempfail")                                 \
+	X(METRICS_MILTER_DISCARD, "discard")                                   \
+	X(METRICS_MILTER_QUARANTINE, "quarantine")
+
+enum metrics_milter_action {
+	METRICS_MILTER_ACTIONS(STATE_LIST_ENUM) METRICS_MILTER_ACTION_COUNT
+};
+
+int metrics_milter_slot(const char *name);
+void metrics_milter_action(int slot, enum metrics_milter_action action);
+void metrics_milter_error(int slot);
+
 void metrics_reset(void);
 
 #endif

@@ -44,6 +44,7 @@ struct scheduler_arrival {
 	/* a local submission's caller (submit.h); -1 and NULL otherwise */
 	long local_uid;
 	const char *local_user;
+	const char *milter, *milter_action; /* the last milter's say, or NULL */
 };
 void scheduler_enqueue_arrival(struct scheduler *sched,
 			       struct spool_envelope *env,

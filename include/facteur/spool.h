@@ -25,6 +25,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <time.h>
 
 #include "facteur/smtp_proto.h"
@@ -145,6 +146,12 @@ void spool_incoming_write(struct spool_incoming *inc, const void *buf,
  * errno (inc->error is set too). */
 int spool_incoming_prepend(struct spool *spool, struct spool_incoming *inc,
 			   const void *buf, size_t len);
+/* Read back up to len octets of what was written, from offset (a
+ * milter is shown the message at its end); the count, 0 at the end, -1
+ * with errno. */
+ssize_t spool_incoming_read(struct spool *spool,
+                            const struct spool_incoming *inc, uint64_t offset,
+                            void *buf, size_t len);
 /* Drop a message that will not be committed (RSET, 552, disconnect). */
 void spool_incoming_abort(struct spool *spool, struct spool_incoming *inc);
 

@@ -481,7 +481,7 @@ VOLUME_FAMILIES = {
         "relay_denied", "unknown_user", "syntax", "protocol",
         "too_many_recipients", "envelope_limit", "size", "loop",
         "auth_required", "tls_required", "auth_fail_limit", "too_many_errors",
-        "dnsbl", "rate"}),
+        "dnsbl", "rate", "milter"}),
     "facteur_auth_attempts_total": ("counter", "result", {"success", "failure"}),
     "facteur_tls_sessions_total": ("counter", "direction", {"inbound", "outbound"}),
     "facteur_queue_messages": ("gauge", "state", {"pending", "deferred", "held"}),

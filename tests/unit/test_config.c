@@ -1154,6 +1154,48 @@ static void test_config_dnsbl_and_message_rate(void **state)
 		value_fails(bad[i][0], bad[i][1]);
 }
 
+static void test_config_milter(void **state)
+{
+	(void)state;
+	struct config *cfg = support_load_config(
+	    "milter = inet:127.0.0.1:11332\n"
+	    "milter = unix:/run/opendkim/opendkim.sock timeout=10s "
+	    "default=accept\n",
+	    NULL);
+	assert_int_equal(cfg->milter_count, 2);
+	assert_string_equal(cfg->milters[0].name, "inet:127.0.0.1:11332");
+	assert_int_equal(cfg->milters[0].addr.ss_family, AF_INET);
+	assert_int_equal(cfg->milters[0].timeout, 30);
+	assert_int_equal(cfg->milters[0].on_error, MILTER_DEFAULT_TEMPFAIL);
+	assert_int_equal(cfg->milters[1].addr.ss_family, AF_UNIX);
+	assert_int_equal(cfg->milters[1].timeout, 10);
+	assert_int_equal(cfg->milters[1].on_error, MILTER_DEFAULT_ACCEPT);
+	assert_printed(cfg, "milter",
+		       "inet:127.0.0.1:11332 timeout=30s default=tempfail\n"
+		       "milter = unix:/run/opendkim/opendkim.sock timeout=10s "
+		       "default=accept");
+	config_free(cfg);
+	cfg = support_load_config(
+	    "", ENV("FACTEUR_MILTER=inet:[::1]:8891 default=reject; "
+		    "inet:127.0.0.1:8893"));
+	assert_int_equal(cfg->milter_count, 2);
+	assert_int_equal(cfg->milters[0].addr.ss_family, AF_INET6);
+	assert_int_equal(cfg->milters[0].on_error, MILTER_DEFAULT_REJECT);
+	config_free(cfg);
+	static const char *const bad[] = {
+	    "127.0.0.1:8891",
+	    "inet:127.0.0.1",
+	    "inet:milter.example:8891",
+	    "unix:relative.sock",
+	    "inet:127.0.0.1:8891 timeout=0s",
+	    "inet:127.0.0.1:8891 timeout=fast",
+	    "inet:127.0.0.1:8891 default=discard",
+	    "inet:127.0.0.1:8891 extra",
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+		value_fails("milter", bad[i]);
+}
+
 static void test_config_proxy_modes_and_networks(void **state)
 {
 	(void)state;
@@ -1610,6 +1652,7 @@ static const char *const spec_order[] = {
     "local_transport",
     "submit_socket",
     "dane",
+    "milter",
 };
 
 /* local_transport: none by default, the canonical form printed, a bad
@@ -2193,6 +2236,7 @@ int main(void)
 	    cmocka_unit_test(test_config_ipv6_prefix_length),
 	    cmocka_unit_test(test_config_auth_fail_limit),
 	    cmocka_unit_test(test_config_dnsbl_and_message_rate),
+	    cmocka_unit_test(test_config_milter),
 	    cmocka_unit_test(test_config_proxy_modes_and_networks),
 	    cmocka_unit_test(test_config_enumerated_keys),
 	    cmocka_unit_test(test_config_mx_port),

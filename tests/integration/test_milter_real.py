@@ -1,0 +1,195 @@
+"""Real milters from Debian, started on loopback by the tests and stopped
+by PID: rspamd's proxy worker in milter mode (a GTUBE message is
+rejected with rspamd's text, a clean one gets rspamd's headers) and
+OpenDKIM in verify mode (a message signed with a test key, its TXT
+record given to OpenDKIM by TestPublicKeys, gets Authentication-Results
+dkim=pass; the same message tampered with gets dkim=fail). The configurations written here
+are the ones docs/operations.md shows."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+import facteur_harness as h
+import relay_harness as r
+
+RSPAMD = shutil.which("rspamd") or "/usr/bin/rspamd"
+OPENDKIM = shutil.which("opendkim") or "/usr/sbin/opendkim"
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+RCPT = "user@localhost"
+
+
+def message(subject, body, msgid):
+    return ("From: Alice <alice@signed.test>\r\nTo: user@localhost\r\n"
+            "Subject: %s\r\nMessage-ID: <%s@signed.test>\r\n"
+            "Date: Mon, 07 Dec 2026 18:00:00 +0000\r\n\r\n%s" % (subject, msgid, body))
+
+
+def wait_port(port, proc, what, timeout):
+    import socket
+
+    def up():
+        if proc.poll() is not None:
+            raise h.HarnessError("%s exited with %s" % (what, proc.returncode))
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            return s.connect_ex(("127.0.0.1", port)) == 0
+    h.wait_for(up, timeout, what=what)
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ---------------------------------------------------------------- rspamd
+
+RSPAMD_OVERRIDES = {
+    "worker-proxy.inc": """milter = yes;
+timeout = 120s;
+upstream "local" {
+  default = yes;
+  self_scan = yes;
+}
+bind_socket = "127.0.0.1:%(port)d";
+count = 1;
+spam_header = "X-Spam";
+""",
+    "worker-normal.inc": "enabled = false;\n",
+    "worker-fuzzy.inc": "enabled = false;\n",
+    "worker-controller.inc": 'bind_socket = "127.0.0.1:%(controller)d";\n',
+    "logging.inc": 'type = "console";\nlevel = "notice";\n',
+    "options.inc": 'dns { nameserver = ["127.0.0.1:%(dns)d"]; timeout = 1s; '
+                   'retransmits = 1; }\n',
+    # loopback clients are "local", whose mail rspamd leaves unmarked
+    "milter_headers.conf": "extended_spam_headers = true;\nskip_local = false;\n"
+                           "skip_authenticated = false;\n",
+}
+# modules that need Redis or the Internet
+RSPAMD_OFF = ["fuzzy_check", "rbl", "surbl", "asn", "emails", "neural", "ratelimit",
+              "greylist", "phishing", "replies", "history_redis", "dkim_signing", "arc"]
+
+
+@pytest.fixture(scope="module")
+def rspamd(tmp_path_factory):
+    if not os.path.exists(RSPAMD):
+        pytest.skip("rspamd is not installed (scripts/install-deps.sh installs it)")
+    top = tmp_path_factory.mktemp("rspamd")
+    local = top / "local"
+    for d in ("override.d", "local.d", "db", "run", "log"):
+        (local / d if d.endswith(".d") else top / d).mkdir(parents=True)
+    ports = {"port": h.free_port(), "controller": h.free_port(),
+             "dns": r.free_dns_port()}
+    for name, text in RSPAMD_OVERRIDES.items():
+        (local / "override.d" / name).write_text(text % ports)
+    for name in RSPAMD_OFF:
+        (local / "override.d" / (name + ".conf")).write_text("enabled = false;\n")
+    log = open(top / "rspamd.log", "wb")
+    proc = subprocess.Popen(
+        [RSPAMD, "-f", "-i", "-u", "root", "-g", "root", "-c", "/etc/rspamd/rspamd.conf",
+         "--var=LOCAL_CONFDIR=%s" % local, "--var=DBDIR=%s" % (top / "db"),
+         "--var=RUNDIR=%s" % (top / "run"), "--var=LOGDIR=%s" % (top / "log")],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    log.close()
+    try:
+        # its regular expressions compile at start: slow on a busy machine
+        wait_port(ports["port"], proc, "rspamd", 240)
+        yield "inet:127.0.0.1:%d" % ports["port"]
+    finally:
+        stop(proc)
+
+
+def test_rspamd_rejects_gtube_with_its_text(make_daemon, rspamd):
+    d = make_daemon(extra_lines=["milter = %s timeout=60s" % rspamd])
+    with d.raw() as c:
+        reply = c.send_message("alice@signed.test", [RCPT],
+                               message("spam", GTUBE + "\r\n", "gtube").encode())
+    assert reply.code == 554 and "Gtube pattern" in reply.text, reply
+    d.wait_event("rejected", reason="milter", milter=rspamd, action="reject")
+    assert d.maildir_messages(RCPT) == []
+
+
+def test_rspamd_adds_its_headers_to_clean_mail(make_daemon, rspamd):
+    d = make_daemon(extra_lines=["milter = %s timeout=60s" % rspamd])
+    with d.raw() as c:
+        reply = c.send_message("alice@signed.test", [RCPT],
+                               message("hello", "Just a friendly note.\r\n", "clean").encode())
+    assert reply.code == 250, reply
+    msg = h.parse_message(d.wait_messages(RCPT)[0])
+    assert msg["X-Spamd-Result"] is not None, msg.keys()
+    assert msg["X-Rspamd-Server"] is not None and msg["X-Rspamd-Queue-Id"] is not None
+    assert msg.get_payload() == "Just a friendly note.\n"
+
+
+# ---------------------------------------------------------------- OpenDKIM
+
+@pytest.fixture
+def opendkim(tmp_path):
+    dkim = pytest.importorskip("dkim")
+    key = tmp_path / "key.pem"
+    subprocess.run(["openssl", "genrsa", "-traditional", "-out", str(key), "1024"],
+                   check=True, capture_output=True)
+    der = subprocess.run(["openssl", "rsa", "-in", str(key), "-pubout", "-outform", "DER"],
+                         check=True, capture_output=True).stdout
+    import base64
+    txt = "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode()
+    port = h.free_port()
+    conf = tmp_path / "opendkim.conf"
+    # The key's TXT record as OpenDKIM reads it from a file: its libunbound
+    # resolver never asked a loopback dnsmasq (forward-zone and
+    # do-not-query-localhost given through ResolverConfiguration)
+    keys = tmp_path / "keys"
+    keys.write_text("test._domainkey.signed.test %s\n" % txt)
+    conf.write_text("Mode v\nSocket inet:%d@127.0.0.1\nTestPublicKeys %s\n"
+                    "AuthservID mx.example.test\nAlwaysAddARHeader yes\n"
+                    "Syslog no\nBackground no\nPidFile %s\n"
+                    % (port, keys, tmp_path / "opendkim.pid"))
+    log = open(tmp_path / "opendkim.log", "wb")
+    proc = subprocess.Popen([OPENDKIM, "-f", "-x", str(conf)], stdin=subprocess.DEVNULL,
+                            stdout=log, stderr=log)
+    log.close()
+    try:
+        wait_port(port, proc, "opendkim", 30)
+
+        def sign(text):
+            sig = dkim.sign(text.encode(), b"test", b"signed.test", key.read_bytes(),
+                            include_headers=[b"from", b"to", b"subject"])
+            return sig.decode() + text
+        yield "inet:127.0.0.1:%d" % port, sign
+    finally:
+        stop(proc)
+
+
+def auth_results(d):
+    msg = h.parse_message(d.wait_messages(RCPT)[0])
+    return " ".join(msg.get_all("Authentication-Results") or [])
+
+
+def test_opendkim_passes_a_signed_message(make_daemon, opendkim):
+    address, sign = opendkim
+    d = make_daemon(extra_lines=["milter = %s timeout=30s" % address])
+    with d.raw() as c:
+        reply = c.send_message("alice@signed.test", [RCPT],
+                               sign(message("signed", "The body.\r\n", "ok")).encode())
+    assert reply.code == 250, reply
+    results = auth_results(d)
+    assert "mx.example.test" in results and "dkim=pass" in results, results
+
+
+def test_opendkim_fails_a_tampered_message(make_daemon, opendkim):
+    address, sign = opendkim
+    d = make_daemon(extra_lines=["milter = %s timeout=30s" % address])
+    signed = sign(message("signed", "The body.\r\n", "bad"))
+    with d.raw() as c:
+        reply = c.send_message("alice@signed.test", [RCPT],
+                               signed.replace("The body.", "The b0dy.").encode())
+    assert reply.code == 250, reply
+    results = auth_results(d)
+    assert "dkim=fail" in results, results

@@ -82,6 +82,7 @@ enum key {
 	KEY_MAILBOX_MODE,
 	KEY_DNSBL,
 	KEY_MAX_MESSAGES_PER_IP,
+	KEY_MTA_STS,
 	KEY_COUNT,
 };
 
@@ -1617,6 +1618,7 @@ static const struct key_def key_defs[KEY_COUNT] = {
     [KEY_MAX_MESSAGES_PER_IP] = {"max_messages_per_ip", "",
 				 .set = set_max_messages,
 				 .print = print_max_messages},
+    [KEY_MTA_STS] = {"mta_sts", "yes", FIELD(SLOT_YES_NO, mta_sts)},
 };
 
 static bool find_key(const char *name, size_t len, enum key *out)
@@ -2094,6 +2096,10 @@ static void check_keys_together(struct loader *ld)
 				  "retry_max (%s)",
 				  origin_of(ld, k), key_defs[k].name, min, max);
 	}
+	/* no TLS outbound at all: no MTA-STS unless asked for */
+	if (ld->set_at[KEY_MTA_STS] == NULL &&
+	    cfg->tls_outbound == TLS_POLICY_NONE)
+		cfg->mta_sts = false;
 	/* An empty server list means the system's resolver, as by default. */
 	if (cfg->dns_server_count == 0)
 		cfg->dns_from_resolv_conf = true;

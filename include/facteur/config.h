@@ -195,6 +195,9 @@ struct config {
 	 * within the window, across sessions; 0: no limit. */
 	unsigned max_messages;
 	unsigned max_messages_window; /* seconds */
+	/* mta_sts: honour the MTA-STS policies of recipient domains (MX
+	 * delivery only); default yes unless tls_outbound = none. */
+	bool mta_sts;
 };
 
 /* The errors a load found, in order, each a full sentence such as

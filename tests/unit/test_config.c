@@ -1607,7 +1607,26 @@ static const char *const spec_order[] = {
     "mailbox_mode",
     "dnsbl",
     "max_messages_per_ip",
+    "mta_sts",
 };
+
+static void test_config_mta_sts_follows_tls_outbound(void **state)
+{
+	(void)state;
+	struct config *cfg = support_load_config("", NULL);
+	assert_true(cfg->mta_sts);
+	config_free(cfg);
+	cfg = support_load_config("tls_outbound = none\n", NULL);
+	assert_false(cfg->mta_sts);
+	assert_printed(cfg, "mta_sts", "no");
+	config_free(cfg);
+	cfg = support_load_config("tls_outbound = none\nmta_sts = yes\n", NULL);
+	assert_true(cfg->mta_sts);
+	config_free(cfg);
+	cfg = support_load_config("mta_sts = no\n", NULL);
+	assert_false(cfg->mta_sts);
+	config_free(cfg);
+}
 
 static void test_config_print_lists_every_key_in_spec_order(void **state)
 {
@@ -2183,6 +2202,7 @@ int main(void)
 	    cmocka_unit_test(test_config_tls_listeners_need_cert_and_key),
 	    cmocka_unit_test(test_config_retry_min_above_retry_max),
 	    cmocka_unit_test(test_config_print_lists_every_key_in_spec_order),
+	    cmocka_unit_test(test_config_mta_sts_follows_tls_outbound),
 	    cmocka_unit_test(test_config_print_round_trips),
 	    cmocka_unit_test(test_config_print_shows_normalised_values),
 	    cmocka_unit_test(test_config_shipped_file_loads),

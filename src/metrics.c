@@ -288,6 +288,21 @@ static void put_extra_metrics(struct out *o)
 	put_value(o, "facteur_dkim_signatures_total{result=\"error\"}",
 		  metrics.dkim_error_total);
 
+	put_header(o, "facteur_tls_policy_total", "counter",
+		   "Delivery attempts a published TLS policy governed: TLS "
+		   "verified under it, or delivery stopped by it.");
+	static const char *const tls_policies[] = {"sts", "dane"};
+	static const char *const tls_policy_results[] = {"success", "failure"};
+	for (int p = 0; p < METRICS_TLS_POLICY_COUNT; p++)
+		for (int r = 0; r < METRICS_TLS_POLICY_RESULT_COUNT; r++) {
+			char name[96];
+			snprintf(name, sizeof name,
+				 "facteur_tls_policy_total{policy=\"%s\","
+				 "result=\"%s\"}",
+				 tls_policies[p], tls_policy_results[r]);
+			put_value(o, name, metrics.tls_policy[p][r]);
+		}
+
 	put_header(o, "facteur_relay_connections_total", "counter",
 		   "Outbound SMTP connections opened.");
 	put_value(o, "facteur_relay_connections_total",

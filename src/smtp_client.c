@@ -158,6 +158,7 @@ struct smtp_client {
 	char relay[320];
 	bool tls;
 	char tls_version[16]; /* of the handshake, for the delivered line */
+	bool verified;	      /* the certificate is valid for tls_name */
 	unsigned ext;	      /* SMTP_EXT_* offered */
 	uint64_t ext_size;
 	struct smtp_reply reply;
@@ -402,6 +403,7 @@ static void finish(struct smtp_client *c, bool quit)
 	snprintf(result.relay, sizeof result.relay, "%s", c->relay);
 	result.tls = c->tls;
 	result.tls_version = c->tls ? c->tls_version : "none";
+	result.verified = c->tls && c->verified;
 	result.reused = c->reused;
 	result.reusable = keep;
 	c->transactions++;
@@ -1218,6 +1220,10 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 			arm_deadline(c, c->timeout);
 		} else if (c->state == CLIENT_TLS_HANDSHAKE) {
 			c->tls = true;
+			SSL *ssl = bufferevent_openssl_get_ssl(bev);
+			c->verified = ssl != NULL &&
+				      SSL_get_verify_result(ssl) == X509_V_OK &&
+				      SSL_get0_peer_certificate(ssl) != NULL;
 			metrics_tls_session(METRICS_OUTBOUND);
 			snprintf(c->tls_version, sizeof c->tls_version, "%s",
 				 transport_tls_version(bev));

@@ -80,6 +80,21 @@ enum metrics_dns_type {
 /* facteur_queue_messages{state}: a held message counts as held whatever
  * its recipients; else deferred once one of them was tried and failed
  * for now; else pending. */
+/* facteur_tls_policy_total: a published TLS policy (MTA-STS, DANE) that
+ * governed a delivery attempt, and whether TLS was established and
+ * verified under it (success) or it stopped the delivery (failure). */
+enum metrics_tls_policy {
+	METRICS_TLS_POLICY_STS,
+	METRICS_TLS_POLICY_DANE,
+	METRICS_TLS_POLICY_COUNT
+};
+
+enum metrics_tls_policy_result {
+	METRICS_TLS_POLICY_SUCCESS,
+	METRICS_TLS_POLICY_FAILURE,
+	METRICS_TLS_POLICY_RESULT_COUNT
+};
+
 enum metrics_queue_state {
 	METRICS_QUEUE_PENDING,
 	METRICS_QUEUE_DEFERRED,
@@ -125,6 +140,8 @@ struct metrics {
 	uint64_t dkim_error_total;
 	/* shape_redis: commands and connections that failed. */
 	uint64_t redis_errors_total;
+	uint64_t tls_policy[METRICS_TLS_POLICY_COUNT]
+			   [METRICS_TLS_POLICY_RESULT_COUNT];
 };
 
 extern struct metrics metrics;

@@ -181,6 +181,23 @@ void mta_sts_policy_clear(struct mta_sts_policy *policy)
 	memset(policy, 0, sizeof *policy);
 }
 
+int mta_sts_policy_copy(struct mta_sts_policy *to,
+			const struct mta_sts_policy *from)
+{
+	memset(to, 0, sizeof *to);
+	to->mode = from->mode;
+	to->max_age = from->max_age;
+	for (size_t i = 0; i < from->mx_count; i++) {
+		to->mx[i] = strdup(from->mx[i]);
+		if (to->mx[i] == NULL) {
+			mta_sts_policy_clear(to);
+			return -1;
+		}
+		to->mx_count++;
+	}
+	return 0;
+}
+
 bool mta_sts_policy_mx_matches(const struct mta_sts_policy *policy,
 			       const char *host)
 {

@@ -44,6 +44,10 @@ struct mta_sts_policy {
 int mta_sts_policy_parse(const char *text, size_t len,
 			 struct mta_sts_policy *out, char *err, size_t errlen);
 void mta_sts_policy_clear(struct mta_sts_policy *policy);
+/* A copy of `from` into `to` (mx patterns duplicated); -1 when out of
+ * memory (`to` then empty). Clear it with mta_sts_policy_clear. */
+int mta_sts_policy_copy(struct mta_sts_policy *to,
+			const struct mta_sts_policy *from);
 
 /* Does one of the policy's mx patterns match `host` (an MX name, any
  * case, with or without its final dot)? A "*.example.net" pattern

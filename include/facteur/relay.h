@@ -34,6 +34,10 @@ struct relay_outcome {
 	const char *relay;  /* the host that answered, or the target */
 	bool answered;	    /* a server gave this outcome (not DNS, not us) */
 	const char *tls;    /* when answered: "TLSv1.3"..., or "none" */
+	/* the published TLS policy that governed the attempt: "none",
+	 * "sts-testing", "sts-enforce" */
+	const char *tls_policy;
+	bool verified; /* when answered: the certificate was valid */
 	/* a deferral while the destination is paused: due again at this
 	 * time rather than after the backoff; 0 otherwise */
 	time_t retry_at;

@@ -83,6 +83,7 @@ enum key {
 	KEY_DNSBL,
 	KEY_MAX_MESSAGES_PER_IP,
 	KEY_MTA_STS,
+	KEY_TLSRPT_FROM,
 	KEY_COUNT,
 };
 
@@ -1619,6 +1620,7 @@ static const struct key_def key_defs[KEY_COUNT] = {
 				 .set = set_max_messages,
 				 .print = print_max_messages},
     [KEY_MTA_STS] = {"mta_sts", "yes", FIELD(SLOT_YES_NO, mta_sts)},
+    [KEY_TLSRPT_FROM] = {"tlsrpt_from", "", FIELD(SLOT_STRING, tlsrpt_from)},
 };
 
 static bool find_key(const char *name, size_t len, enum key *out)
@@ -2297,6 +2299,7 @@ void config_free(struct config *cfg)
 	free(cfg->srs_domain);
 	free(cfg->srs_secret_file);
 	free(cfg->senders_file);
+	free(cfg->tlsrpt_from);
 	free(cfg);
 }
 

@@ -42,6 +42,7 @@
 #include "facteur/mta_sts.h"
 #include "facteur/server.h"
 #include "facteur/tls.h"
+#include "facteur/tlsrpt.h"
 #include "facteur/wholefile.h"
 
 #define STS_BUCKETS 1024
@@ -97,6 +98,7 @@ struct sts_fetch {
 	struct event *deadline;
 	struct event *finish;
 	bool answered; /* the request's callback ran */
+	bool webpki;   /* the certificate did not verify */
 	bool request_failed;
 	enum evhttp_request_error error;
 	bool ok;
@@ -276,13 +278,17 @@ static void fetch_free(struct sts_fetch *f)
 	free(f);
 }
 
-static void policy_failed(struct sts_domain *d, const char *type,
+/* Counted for the TLS reports as a session that found no usable policy
+ * (or, cached, the one it kept). */
+static void policy_failed(struct sts_domain *d, enum tlsrpt_result type,
 			  const char *reason)
 {
-	bool kept = current_policy(d, time(NULL)) != NULL;
+	const struct mta_sts_policy *kept = current_policy(d, time(NULL));
 	log_event(LOG_LEVEL_WARN, "mta_sts_error", LOG_S("domain", d->name),
-		  LOG_S("type", type), LOG_S("reason", reason),
-		  LOG_S("cached", kept ? "yes" : "no"));
+		  LOG_S("type", tlsrpt_result_name(type)),
+		  LOG_S("reason", reason),
+		  LOG_S("cached", kept != NULL ? "yes" : "no"));
+	tlsrpt_count(d->sts->srv->tlsrpt, d->name, kept, type);
 	domain_settled(d);
 }
 
@@ -291,14 +297,17 @@ static void fetch_done(struct sts_domain *d, struct sts_fetch *f)
 {
 	d->fetch = NULL;
 	if (!f->ok) {
-		policy_failed(d, "sts-policy-fetch-error", f->reason);
+		policy_failed(d,
+			      f->webpki ? TLSRPT_STS_WEBPKI_INVALID
+					: TLSRPT_STS_POLICY_FETCH_ERROR,
+			      f->reason);
 		return;
 	}
 	struct mta_sts_policy policy;
 	char err[160];
 	if (mta_sts_policy_parse(f->body, f->len, &policy, err, sizeof err) <
 	    0) {
-		policy_failed(d, "sts-policy-invalid", err);
+		policy_failed(d, TLSRPT_STS_POLICY_INVALID, err);
 		return;
 	}
 	mta_sts_policy_clear(&d->policy);
@@ -348,6 +357,7 @@ static void on_request_error(enum evhttp_request_error error, void *arg)
 static void describe_failure(struct sts_fetch *f)
 {
 	long vr = f->ssl != NULL ? SSL_get_verify_result(f->ssl) : X509_V_OK;
+	f->webpki = vr != X509_V_OK;
 	if (vr != X509_V_OK)
 		snprintf(f->reason, sizeof f->reason,
 			 "certificate of mta-sts.%s: %s", f->domain->name,
@@ -484,7 +494,7 @@ static void on_address(const struct dns_result *res, void *arg)
 	d->address = NULL;
 	if (res->status != DNS_OK || res->host_count == 0 ||
 	    res->hosts[0].addr_count == 0) {
-		policy_failed(d, "sts-policy-fetch-error",
+		policy_failed(d, TLSRPT_STS_POLICY_FETCH_ERROR,
 			      res->error[0] ? res->error
 					    : "mta-sts host has no address");
 		return;
@@ -495,11 +505,11 @@ static void on_address(const struct dns_result *res, void *arg)
 		? (const void *)&((const struct sockaddr_in6 *)ss)->sin6_addr
 		: (const void *)&((const struct sockaddr_in *)ss)->sin_addr;
 	if (inet_ntop(ss->ss_family, a, ip, sizeof ip) == NULL) {
-		policy_failed(d, "sts-policy-fetch-error", "bad address");
+		policy_failed(d, TLSRPT_STS_POLICY_FETCH_ERROR, "bad address");
 		return;
 	}
 	if (!fetch_start(d, ip, why, sizeof why))
-		policy_failed(d, "sts-policy-fetch-error", why);
+		policy_failed(d, TLSRPT_STS_POLICY_FETCH_ERROR, why);
 }
 
 /* ---- the TXT record ---- */
@@ -534,7 +544,7 @@ static void on_txt(const struct dns_txt_result *res, void *arg)
 	d->checked = now;
 	int found = res->status == DNS_OK ? sts_record_id(res, id) : 0;
 	if (found == -1) {
-		policy_failed(d, "sts-policy-invalid",
+		policy_failed(d, TLSRPT_STS_POLICY_INVALID,
 			      "malformed or several _mta-sts TXT records");
 		return;
 	}
@@ -550,7 +560,7 @@ static void on_txt(const struct dns_txt_result *res, void *arg)
 	d->state = STS_ADDRESS;
 	d->address = dns_resolve_host(srv->dns, host, on_address, d);
 	if (d->address == NULL)
-		policy_failed(d, "sts-policy-fetch-error",
+		policy_failed(d, TLSRPT_STS_POLICY_FETCH_ERROR,
 			      "DNS query could not be started");
 }
 

@@ -58,6 +58,7 @@
 #include "facteur/shape_redis.h"
 #include "facteur/smtp_client.h"
 #include "facteur/status_code.h"
+#include "facteur/tlsrpt.h"
 
 #define MAX_ADDRESSES_PER_ATTEMPT 10
 
@@ -426,6 +427,10 @@ static void relay_sts_count(const struct relay_job *job,
 	metrics.tls_policy[METRICS_TLS_POLICY_STS]
 			  [ok ? METRICS_TLS_POLICY_SUCCESS
 			      : METRICS_TLS_POLICY_FAILURE]++;
+	tlsrpt_count(job->relay->srv->tlsrpt, job->domain, &job->sts,
+		     ok		 ? TLSRPT_SUCCESS
+		     : !res->tls ? TLSRPT_STARTTLS_NOT_SUPPORTED
+				 : TLSRPT_VALIDATION_FAILURE);
 	if (!ok)
 		log_event(LOG_LEVEL_WARN, "mta_sts_failure",
 			  LOG_S("queue_id", job->env->id),
@@ -743,6 +748,8 @@ static void relay_add_addresses(struct relay_job *job,
 				   STATUS_SECURITY_TRANSIENT, reason);
 		metrics.tls_policy[METRICS_TLS_POLICY_STS]
 				  [METRICS_TLS_POLICY_FAILURE]++;
+		tlsrpt_count(job->relay->srv->tlsrpt, job->domain, &job->sts,
+			     TLSRPT_VALIDATION_FAILURE);
 		log_event(LOG_LEVEL_WARN, "mta_sts_failure",
 			  LOG_S("queue_id", job->env->id),
 			  LOG_S("domain", job->domain),

@@ -1608,6 +1608,7 @@ static const char *const spec_order[] = {
     "dnsbl",
     "max_messages_per_ip",
     "mta_sts",
+    "tlsrpt_from",
 };
 
 static void test_config_mta_sts_follows_tls_outbound(void **state)

@@ -314,8 +314,8 @@ static void listing_row(struct control_session *cs)
 	    scheduler_suspensions(cs->ctl->srv->scheduler), row->domain,
 	    ls->now, &until);
 	row->suspended_until = until;
-	row->paused =
-	    scheduler_domain_paused(cs->ctl->srv->scheduler, row->domain, NULL);
+	row->paused = scheduler_domain_paused(cs->ctl->srv->scheduler,
+					      row->domain, NULL);
 	reply_owned(cs, NULL, control_proto_summary_record(row));
 }
 

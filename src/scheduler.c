@@ -1202,8 +1202,8 @@ scheduler_suspensions(const struct scheduler *sched)
 	return sched->suspended;
 }
 
-bool scheduler_domain_paused(const struct scheduler *sched, const char *domain,
-			     time_t *until)
+bool scheduler_domain_paused(const struct scheduler *sched,
+			     const char *domain, time_t *until)
 {
 	return relay_domain_paused(sched->relay, domain, until);
 }

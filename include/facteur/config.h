@@ -109,7 +109,7 @@ struct string_list {
 };
 
 struct config {
-	char *source; /* the file read, or NULL when none */
+	char *source;          /* the file read, or NULL when none */
 	char *hostname;
 	struct listen_addr *listen;
 	size_t listen_count;
@@ -118,32 +118,32 @@ struct config {
 	struct listen_addr *metrics_listen; /* NULL when empty */
 	char *spool_dir;
 	struct string_list local_domains; /* lower case */
-	char *users_file;		  /* NULL when empty */
-	char *aliases_file;		  /* NULL when empty */
+	char *users_file;                 /* NULL when empty */
+	char *aliases_file;               /* NULL when empty */
 	enum mailbox_format mailbox_format;
 	enum flush_method flush_method;
 	char *mailbox_path;
 	struct cidr *relay_networks;
 	size_t relay_network_count;
-	struct route_table *routes;	   /* never NULL; may be empty */
+	struct route_table *routes; /* never NULL; may be empty */
 	struct route_table *sender_routes; /* never NULL; may be empty */
-	bool dns_from_resolv_conf;	   /* dns_servers left at its default */
+	bool dns_from_resolv_conf;  /* dns_servers left at its default */
 	struct dns_server *dns_servers;
 	size_t dns_server_count;
 	uint16_t mx_port;
 	char *tls_cert; /* NULL when empty */
 	char *tls_key;
 	enum tls_policy tls_outbound;
-	char *tls_ca_file;	   /* NULL: the system store */
+	char *tls_ca_file; /* NULL: the system store */
 	uint64_t max_message_size; /* octets */
 	unsigned max_recipients;
 	unsigned max_connections;
 	unsigned max_connections_per_ip;
-	unsigned smtp_timeout;	 /* seconds */
-	unsigned retry_min;	 /* seconds */
-	unsigned retry_max;	 /* seconds */
+	unsigned smtp_timeout;   /* seconds */
+	unsigned retry_min;      /* seconds */
+	unsigned retry_max;      /* seconds */
 	unsigned queue_lifetime; /* seconds */
-	unsigned delay_notice;	 /* seconds; 0: no delay DSNs */
+	unsigned delay_notice;   /* seconds; 0: no delay DSNs */
 	unsigned max_connections_per_destination;
 	/* The account to switch to, or NULL to stay who we are: unset with
 	 * no "facteur" account, empty, "root" (any uid 0) or the account
@@ -218,20 +218,20 @@ struct config_errors {
  * `environ`). Returns the config, or NULL with `errors` filled.
  */
 struct config *config_load(const char *path, char *const *environ_vars,
-			   struct config_errors *errors);
+                           struct config_errors *errors);
 
 /* Parse settings from text as if read from a file named `name`; the
  * environment array may be NULL. For tests and fuzzing. */
 struct config *config_load_string(const char *text, const char *name,
-				  char *const *environ_vars,
-				  struct config_errors *errors);
+                                  char *const *environ_vars,
+                                  struct config_errors *errors);
 
 void config_free(struct config *cfg);
 void config_errors_clear(struct config_errors *errors);
 /* Append one message (printf format); used by every loader of a file
  * named in the configuration (users, aliases, routes' auth files). */
 void config_errors_add(struct config_errors *errors, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+	__attribute__((format(printf, 2, 3)));
 /* The regular file that setting `key` names (users_file, aliases_file),
  * read whole and bounded by `max` (wholefile.h; flags such as
  * WHOLEFILE_SECRET): its text, NUL-terminated, *len octets; or NULL
@@ -260,7 +260,7 @@ int config_parse_rate(const char *text, unsigned *count, unsigned *seconds);
 
 /* Is this address inside one of the networks? */
 bool config_cidr_match(const struct cidr *nets, size_t count,
-		       const struct sockaddr *addr);
+                       const struct sockaddr *addr);
 
 /* Is this (lower-cased) domain one of local_domains? */
 bool config_is_local_domain(const struct config *cfg, const char *domain);

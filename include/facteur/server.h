@@ -34,7 +34,7 @@ struct server {
 	struct policy *policy;
 	struct iothread *io;
 	struct deliver *deliver; /* local deliveries' shared state */
-	struct worker *worker;	 /* password checks, mailbox sizing */
+	struct worker *worker; /* password checks, mailbox sizing */
 	/* failed logins across sessions (auth_fail_limit) */
 	struct auth_limit *auth_limit;
 	/* MAIL commands per client across sessions (max_messages_per_ip) */
@@ -44,7 +44,7 @@ struct server {
 	struct listener *listener;
 	struct smtp_server *smtp; /* the SMTP sessions */
 	struct dns *dns;
-	SSL_CTX *tls_server;	/* NULL without tls_cert/tls_key */
+	SSL_CTX *tls_server; /* NULL without tls_cert/tls_key */
 	struct dkim_keys *dkim; /* dkim_sign's keys; NULL: none */
 	SSL_CTX *tls_client;
 	struct tlsrpt *tlsrpt; /* TLS reporting's counts (tlsrpt_from) */

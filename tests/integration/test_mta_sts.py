@@ -9,7 +9,11 @@ Every domain of the zone plays one case; a test uses its own sender, so
 that nothing is cached from another test.
 """
 
+import email
+import email.policy
+import gzip
 import http.server
+import json
 import socket
 import ssl
 import subprocess
@@ -146,6 +150,11 @@ def sts_zone(workdir, ids=None, port=None):
         # down.test's mta-sts host has an address where nothing listens
         hosts.append(("mta-sts." + dom, "127.0.0.10" if dom == "down.test" else HTTPS_IP))
         txt["_mta-sts." + dom] = "v=STSv1; id=%s;" % ids.get(dom, "1")
+    # TLS reports for good.test and testing.test go to the sender's own
+    # domain; nomatch.test publishes none
+    for dom in ("good.test", "testing.test"):
+        # (dnsmasq cuts a record into strings at each comma: one URI)
+        txt["_smtp._tls." + dom] = "v=TLSRPTv1; rua=mailto:reports@%s" % rh.SENDER_DOMAIN
     return StsDnsmasq(workdir, txt, mx=mx, hosts=hosts, port=port)
 
 
@@ -413,3 +422,65 @@ def test_routes_and_mta_sts_no_ignore_policies(sts):
     e = outcome(d2, rcpt, "delivered")
     assert e["tls_policy"] == "none", e
     assert "nomatch.test" not in sts.https.fetches
+
+
+def facteurctl(d, *args):
+    return subprocess.run([str(rh.FACTEURCTL), "-c", str(d.conf_path)] + list(args),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env=h.clean_env(), timeout=60)
+
+
+def report_of(raw):
+    """(headers, the JSON report) of a TLS report mail."""
+    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    assert msg.get_content_type() == "multipart/report", raw
+    assert msg.get_param("report-type") == "tlsrpt", raw
+    parts = [p for p in msg.get_payload()
+             if p.get_content_type() == "application/tlsrpt+gzip"]
+    assert len(parts) == 1, raw
+    return msg, json.loads(gzip.decompress(parts[0].get_payload(decode=True)))
+
+
+def test_tls_report_counts_sessions_and_is_mailed(sts):
+    d = sts.sender(tlsrpt_from="tlsrpt@" + rh.SENDER_DOMAIN)
+    # tlsrpt send without tlsrpt_from is refused: another sender
+    r = facteurctl(d, "tlsrpt", "bogus")
+    assert r.returncode != 0
+    good = [rh.inject(d, ["a@good.test"])[0] for _ in range(2)]
+    bad, _ = rh.inject(d, ["b@nomatch.test"])
+    testing, _ = rh.inject(d, ["c@testing.test"])
+    h.wait_for(lambda: all(d.events("delivered", queue_id=q) for q in good + [testing])
+               and d.events("deferred", queue_id=bad), rh.RELAY_TIMEOUT,
+               what="the deliveries")
+    # the counts outlive a restart
+    d.restart()
+    h.wait_for(lambda: (d.spool / "tlsrpt").is_file(), 10, what="the counts file")
+    r = facteurctl(d, "tlsrpt", "send")
+    assert r.returncode == 0, r.stderr
+    msgs = d.wait_messages("reports@" + rh.SENDER_DOMAIN, 2, rh.RELAY_TIMEOUT)
+    reports = {}
+    for raw in msgs:
+        msg, rep = report_of(raw)
+        dom = rep["policies"][0]["policy"]["policy-domain"]
+        reports[dom] = (msg, rep)
+        assert msg["TLS-Report-Domain"] == dom
+        assert msg["TLS-Report-Submitter"] == "sender.test"
+        assert msg["Subject"].startswith(
+            "Report Domain: %s Submitter: sender.test Report-ID: <" % dom), msg["Subject"]
+        assert rep["organization-name"] == "sender.test"
+        assert rep["contact-info"] == "tlsrpt@sender.test"
+        assert set(rep["date-range"]) == {"start-datetime", "end-datetime"}
+    assert set(reports) == {"good.test", "testing.test"}
+    g = reports["good.test"][1]["policies"][0]
+    assert g["policy"]["policy-type"] == "sts"
+    assert "mode: enforce" in g["policy"]["policy-string"]
+    assert g["policy"]["mx-host"] == ["mx.good.test"]
+    assert g["summary"]["total-successful-session-count"] == 2, g
+    assert g["summary"]["total-failure-session-count"] == 0, g
+    t = reports["testing.test"][1]["policies"][0]
+    assert t["summary"]["total-failure-session-count"] == 1, t
+    assert t["failure-details"] == [{"result-type": "validation-failure",
+                                     "failed-session-count": 1}], t
+    # nomatch.test publishes no TLSRPT record: logged, not mailed
+    d.wait_event("tlsrpt_error", domain="nomatch.test")
+    assert len(d.events("tlsrpt_sent")) == 2

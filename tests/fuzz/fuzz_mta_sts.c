@@ -1,7 +1,8 @@
 /*
- * The MTA-STS policy and TXT parsers on arbitrary octets: a policy that
- * parses has a valid mode, max_age in range, and mx patterns that match
- * the names they stand for.
+ * The MTA-STS policy and TXT parsers, and the TLSRPT TXT parser, on
+ * arbitrary octets: a policy that parses has a valid mode, max_age in
+ * range, and mx patterns that match the names they stand for; a TLSRPT
+ * address has an '@' and fits.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -10,6 +11,7 @@
 #include <string.h>
 
 #include "facteur/mta_sts_policy.h"
+#include "facteur/tlsrpt_report.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -35,6 +37,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		}
 	}
 	mta_sts_policy_clear(&p);
+	char *text0 = malloc(size + 1);
+	if (text0 != NULL) {
+		memcpy(text0, data, size);
+		text0[size] = '\0';
+		char to[64];
+		if (tlsrpt_record_parse(text0, to, sizeof to) == 1 &&
+		    (strchr(to, '@') == NULL || strlen(to) >= sizeof to))
+			abort();
+		free(text0);
+	}
 	char id[MTA_STS_ID_MAX + 1];
 	if (mta_sts_txt_parse(text, size, id) == 1 &&
 	    (id[0] == '\0' || strlen(id) > MTA_STS_ID_MAX))

@@ -22,6 +22,7 @@
 
 #include <event2/event.h>
 
+#include "facteur/ascii.h"
 #include "facteur/config.h"
 #include "facteur/dns.h"
 #include "facteur/hostname.h"
@@ -205,9 +206,15 @@ void tlsrpt_count(struct tlsrpt *rpt, const char *domain,
 		  const struct mta_sts_policy *policy,
 		  enum tlsrpt_result result)
 {
-	if (rpt == NULL || result >= TLSRPT_RESULT_COUNT)
+	char name[HOSTNAME_MAX + 1];
+	size_t len = strlen(domain);
+	if (rpt == NULL || result >= TLSRPT_RESULT_COUNT ||
+	    !hostname_valid(domain, len))
 		return;
-	struct tlsrpt_entry *e = entry_get(rpt, domain);
+	/* one entry per domain, however its recipients wrote it */
+	memcpy(name, domain, len + 1);
+	ascii_lower_in_place(name, len);
+	struct tlsrpt_entry *e = entry_get(rpt, name);
 	if (e == NULL)
 		return;
 	entry_set_policy(e, policy);

@@ -29,6 +29,7 @@ import tls_harness as th
 from relay_harness import relay, zone  # noqa: F401  (fixtures)
 
 HTTPS_IP = "127.0.0.9"
+OTHER_CA_HTTPS_IP = "127.0.0.11"  # a policy server with another CA's certificate
 GOOD_MX_IP = "127.0.0.2"      # certificate of the test CA
 OTHER_CA_MX_IP = "127.0.0.3"  # certificate of another CA
 
@@ -49,6 +50,7 @@ DOMAINS = {
     "down.test": "mx.down.test",
     "slowpolicy.test": "mx.slowpolicy.test",
     "notype.test": "mx.notype.test",
+    "webpki.test": "mx.webpki.test",
 }
 MX_IP = {d: (OTHER_CA_MX_IP if d == "badca.test" else GOOD_MX_IP) for d in DOMAINS}
 
@@ -77,6 +79,7 @@ def default_answers():
         "maxage.test": ("policy", policy("enforce", "no.match.test", max_age=31557601)),
         "slowpolicy.test": ("slow", policy("enforce", "no.match.test")),
         "notype.test": ("policy-html", policy("enforce", "no.match.test")),
+        "webpki.test": ("policy", policy("enforce", "no.match.test")),
     }
 
 
@@ -122,6 +125,7 @@ def pki(tmp_path_factory):
         "ca": ca[0],
         "mx": make_leaf(d, ca, "mx", mx_names),
         "other_mx": make_leaf(d, other, "other-mx", ["mx.badca.test"]),
+        "other_https": make_leaf(d, other, "other-https", ["mta-sts.webpki.test"]),
         "https": make_leaf(d, ca, "https", ["mta-sts.%s" % dom for dom in DOMAINS]),
     }
 
@@ -148,7 +152,8 @@ def sts_zone(workdir, ids=None, port=None):
         mx.append((dom, host, 10))
         hosts.append((host, MX_IP[dom]))
         # down.test's mta-sts host has an address where nothing listens
-        hosts.append(("mta-sts." + dom, "127.0.0.10" if dom == "down.test" else HTTPS_IP))
+        hosts.append(("mta-sts." + dom, {"down.test": "127.0.0.10",
+                                         "webpki.test": OTHER_CA_HTTPS_IP}.get(dom, HTTPS_IP)))
         txt["_mta-sts." + dom] = "v=STSv1; id=%s;" % ids.get(dom, "1")
     # TLS reports for good.test and testing.test go to the sender's own
     # domain; nomatch.test publishes none
@@ -166,7 +171,7 @@ class PolicyServer:
     mta-sts.DOMAIN/.well-known/mta-sts.txt gets. `fetches` counts the
     requests per domain."""
 
-    def __init__(self, cert, key):
+    def __init__(self, cert, key, ip=HTTPS_IP):
         self.answers = default_answers()
         self.fetches = {}
         self.lock = threading.Lock()
@@ -211,7 +216,7 @@ class PolicyServer:
             daemon_threads = True
             allow_reuse_address = True
 
-        self.httpd = Server((HTTPS_IP, 443), Handler, bind_and_activate=False)
+        self.httpd = Server((ip, 443), Handler, bind_and_activate=False)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(str(cert), str(key))
         self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
@@ -240,6 +245,7 @@ class StsEnv:
         self.tmp = tmp
         self.dns = sts_zone(tmp / "dns").start()
         self.https = PolicyServer(*pki["https"])
+        self.other_ca_https = PolicyServer(*pki["other_https"], ip=OTHER_CA_HTTPS_IP)
         self.good = relay.scripted(GOOD_MX_IP, name="mx.good.test",
                                    cert=pki["mx"][0], key=pki["mx"][1])
         self.other_ca = relay.scripted(OTHER_CA_MX_IP, name="mx.badca.test",
@@ -265,6 +271,7 @@ class StsEnv:
 
     def close(self):
         self.https.stop()
+        self.other_ca_https.stop()
         self.dns.stop()
 
 
@@ -339,6 +346,7 @@ FAILING = {
     "down.test": "no HTTPS answer",
     "slowpolicy.test": "within 10 s",
     "notype.test": "text/plain",
+    "webpki.test": "certificate of mta-sts.webpki.test",
 }
 
 
@@ -355,6 +363,10 @@ def test_failed_fetch_without_a_cached_policy_means_no_policy(sts):
         err = d.wait_event("mta_sts_error", domain=dom)[0]
         assert why in err["reason"], (dom, err)
         assert err["cached"] == "no", err
+        assert err["type"] == ("sts-webpki-invalid" if dom == "webpki.test"
+                               else "sts-policy-invalid" if dom in
+                               ("latin.test", "maxage.test")
+                               else "sts-policy-fetch-error"), err
     assert not d.events("mta_sts_policy")
 
 

@@ -490,7 +490,7 @@ static void on_address(const struct dns_result *res, void *arg)
 {
 	struct sts_domain *d = arg;
 	char ip[INET6_ADDRSTRLEN] = "";
-	char why[256];
+	char why[320]; /* "cannot set up TLS for " and a host name */
 	d->address = NULL;
 	if (res->status != DNS_OK || res->host_count == 0 ||
 	    res->hosts[0].addr_count == 0) {

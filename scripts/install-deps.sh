@@ -8,7 +8,7 @@ set -euo pipefail
 # Building and running: the compiler, CMake and the libraries facteur links.
 run_packages=(
 	build-essential cmake pkg-config
-	libevent-dev libssl-dev libc-ares-dev libcrypt-dev libhiredis-dev
+	libevent-dev libssl-dev libc-ares-dev libcrypt-dev libhiredis-dev zlib1g-dev
 	ca-certificates
 )
 # Testing on top: clang for the fuzzers, cmocka for the unit tests, the

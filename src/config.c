@@ -87,6 +87,8 @@ enum key {
 	KEY_SUBMIT_SOCKET,
 	KEY_DANE,
 	KEY_MILTER,
+	KEY_MTA_STS,
+	KEY_TLSRPT_FROM,
 	KEY_COUNT,
 };
 
@@ -1747,6 +1749,8 @@ static const struct key_def key_defs[KEY_COUNT] = {
     [KEY_DANE] = {"dane", "no", FIELD(SLOT_YES_NO, dane)},
     [KEY_MILTER] = {"milter", "", .set = set_milter, .clear = clear_milters,
 		    .print = print_milters, .semicolons = true},
+    [KEY_MTA_STS] = {"mta_sts", "yes", FIELD(SLOT_YES_NO, mta_sts)},
+    [KEY_TLSRPT_FROM] = {"tlsrpt_from", "", FIELD(SLOT_STRING, tlsrpt_from)},
 };
 
 static bool find_key(const char *name, size_t len, enum key *out)
@@ -2224,6 +2228,10 @@ static void check_keys_together(struct loader *ld)
 				  "retry_max (%s)",
 				  origin_of(ld, k), key_defs[k].name, min, max);
 	}
+	/* no TLS outbound at all: no MTA-STS unless asked for */
+	if (ld->set_at[KEY_MTA_STS] == NULL &&
+	    cfg->tls_outbound == TLS_POLICY_NONE)
+		cfg->mta_sts = false;
 	/* An empty server list means the system's resolver, as by default. */
 	if (cfg->dns_server_count == 0)
 		cfg->dns_from_resolv_conf = true;
@@ -2423,6 +2431,7 @@ void config_free(struct config *cfg)
 	free(cfg->srs_domain);
 	free(cfg->srs_secret_file);
 	free(cfg->senders_file);
+	free(cfg->tlsrpt_from);
 	free(cfg);
 }
 

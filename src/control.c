@@ -38,6 +38,7 @@
 #include "facteur/scheduler.h"
 #include "facteur/server.h"
 #include "facteur/spool.h"
+#include "facteur/tlsrpt.h"
 
 #define CONTROL_SESSIONS_MAX 64
 #define CONTROL_TIMEOUT_SECONDS 30
@@ -554,6 +555,8 @@ static const char *command_name(enum control_command command)
 		return "suspend";
 	case CONTROL_RESUME:
 		return "resume";
+	case CONTROL_TLSRPT:
+		return "tlsrpt";
 	}
 	return "?";
 }
@@ -669,6 +672,13 @@ static void session_request(struct control_session *cs, const char *line,
 		break;
 	case CONTROL_PICKUP:
 		cmd_pickup(cs, req.id);
+		break;
+	case CONTROL_TLSRPT:
+		if (srv->cfg->tlsrpt_from == NULL)
+			error = "tlsrpt_from is not set";
+		else
+			tlsrpt_send_now(srv->tlsrpt);
+		reply_end(cs, error);
 		break;
 	}
 }

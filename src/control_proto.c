@@ -30,7 +30,7 @@ static const struct {
     {"reload", CONTROL_RELOAD, 0},	 {"pickup", CONTROL_PICKUP, 0},
     {"summary", CONTROL_SUMMARY, 0x1},	 {"hold", CONTROL_HOLD, 0x206},
     {"release", CONTROL_RELEASE, 0x206}, {"suspend", CONTROL_SUSPEND, 0},
-    {"resume", CONTROL_RESUME, 0},
+    {"resume", CONTROL_RESUME, 0},	 {"tlsrpt", CONTROL_TLSRPT, 0},
 };
 
 /* The options, in the order of their bits. */
@@ -235,6 +235,10 @@ static const char *check_arguments(struct control_request *req,
 	case CONTROL_SHOW:
 	case CONTROL_PICKUP:
 		return nargs == 1 ? "" : "a queue id is needed";
+	case CONTROL_TLSRPT:
+		return nargs == 1 && word_is(args[0], "send")
+			   ? NULL
+			   : "usage: tlsrpt send";
 	case CONTROL_SUSPEND:
 	case CONTROL_RESUME:
 		if (nargs < 1 ||

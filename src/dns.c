@@ -169,6 +169,7 @@ struct dns {
 	struct sock_watch *socks;
 	struct pending *pending;
 	struct dns_query *queries;
+	struct dns_txt_query *txt_queries;
 	struct cache cache;
 };
 
@@ -878,10 +879,12 @@ static void on_answer(void *arg, int status, int timeouts, unsigned char *abuf,
 }
 
 #if ARES_VERSION >= 0x011c00
-/* The answer as a record: back to wire form, as ares_query would give it.
- * A record that cannot be written out is a temporary failure. */
-static void on_answer_record(void *arg, ares_status_t status, size_t timeouts,
-			     const ares_dns_record_t *record)
+/* The answer as a record: back to wire form, as ares_query would give it,
+ * for `answer`. A record that cannot be written out is a temporary
+ * failure. */
+static void answer_as_wire(ares_callback answer, void *arg,
+			   ares_status_t status, size_t timeouts,
+			   const ares_dns_record_t *record)
 {
 	unsigned char *wire = NULL;
 	size_t len = 0;
@@ -895,9 +898,15 @@ static void on_answer_record(void *arg, ares_status_t status, size_t timeouts,
 			len = 0;
 		}
 	}
-	on_answer(arg, (int)status, (int)timeouts, wire, (int)len);
+	answer(arg, (int)status, (int)timeouts, wire, (int)len);
 	if (wire != NULL)
 		ares_free_string(wire);
+}
+
+static void on_answer_record(void *arg, ares_status_t status, size_t timeouts,
+			     const ares_dns_record_t *record)
+{
+	answer_as_wire(on_answer, arg, status, timeouts, record);
 }
 #endif
 
@@ -1538,6 +1547,239 @@ void dns_cancel(struct dns_query *query)
 	query_free(query);
 }
 
+/* TXT look-ups, apart from the MX machinery above: no slots and no
+ * cache (their users, MTA-STS and TLS reporting, keep what they learn),
+ * one c-ares query each. */
+
+/* One TXT record: its character-strings joined, a NUL octet read as '?'
+ * so that the text stays one C string. */
+static int add_txt(char ***texts, size_t *count, const unsigned char *rdata,
+		   size_t rdlen)
+{
+	char *text;
+	size_t n = 0;
+
+	if (*count >= DNS_ANSWER_MAX)
+		return 0;
+	text = malloc(rdlen + 1);
+	if (text == NULL)
+		fatal("dns: out of memory");
+	for (size_t pos = 0; pos < rdlen;) {
+		size_t part = rdata[pos++];
+
+		if (part > rdlen - pos) {
+			free(text);
+			return -1;
+		}
+		for (size_t i = 0; i < part; i++)
+			text[n++] = rdata[pos + i] ? (char)rdata[pos + i] : '?';
+		pos += part;
+	}
+	text[n] = '\0';
+	if (*texts == NULL)
+		*texts = xcalloc(DNS_ANSWER_MAX, sizeof(**texts));
+	(*texts)[(*count)++] = text;
+	return 0;
+}
+
+int dns_txt_answer_parse(const unsigned char *buf, size_t len, int *rcode,
+			 char ***texts, size_t *count)
+{
+	size_t off = DNS_HEADER_LEN;
+	unsigned qdcount, ancount;
+
+	*texts = NULL;
+	*count = 0;
+	if (buf == NULL || len < DNS_HEADER_LEN)
+		return -1;
+	*rcode = buf[3] & 0x0f;
+	qdcount = get16(buf + 4);
+	ancount = get16(buf + 6);
+	for (unsigned i = 0; i < qdcount; i++) {
+		if (read_name(buf, len, &off, NULL) < 0 || len - off < 4)
+			goto malformed;
+		off += 4;
+	}
+	for (unsigned i = 0; i < ancount; i++) {
+		uint16_t type, class, rdlen;
+
+		if (read_name(buf, len, &off, NULL) < 0 || len - off < 10)
+			goto malformed;
+		type = get16(buf + off);
+		class = get16(buf + off + 2);
+		rdlen = get16(buf + off + 8);
+		off += 10;
+		if (rdlen > len - off)
+			goto malformed;
+		if (class == DNS_CLASS_IN && type == DNS_TYPE_TXT &&
+		    add_txt(texts, count, buf + off, rdlen) < 0)
+			goto malformed;
+		off += rdlen;
+	}
+	return 0;
+
+malformed:
+	dns_txt_texts_free(*texts, *count);
+	*texts = NULL;
+	*count = 0;
+	return -1;
+}
+
+void dns_txt_texts_free(char **texts, size_t count)
+{
+	for (size_t i = 0; i < count; i++)
+		free(texts[i]);
+	free(texts);
+}
+
+struct dns_txt_query {
+	struct dns_txt_query *next, **pprev; /* dns->txt_queries */
+	struct dns *dns;
+	dns_txt_cb cb;
+	void *arg;
+	bool on_wire;	/* c-ares still holds it: freed by on_txt_answer */
+	bool cancelled; /* off the list; no callback */
+	bool in_callback;
+	struct event *done;
+	struct dns_txt_result result;
+	char name[];
+};
+
+static void txt_query_free(struct dns_txt_query *q)
+{
+	if (q->done != NULL)
+		event_free(q->done);
+	dns_txt_texts_free(q->result.texts, q->result.count);
+	free(q);
+}
+
+static void txt_query_unlink(struct dns_txt_query *q)
+{
+	*q->pprev = q->next;
+	if (q->next != NULL)
+		q->next->pprev = q->pprev;
+}
+
+/* Off the list; freed now, or by on_txt_answer when c-ares holds it. */
+static void txt_query_drop(struct dns_txt_query *q)
+{
+	txt_query_unlink(q);
+	q->cancelled = true;
+	if (!q->on_wire)
+		txt_query_free(q);
+}
+
+static void txt_fail(struct dns_txt_query *q, enum dns_status status,
+		     const char *why)
+{
+	q->result.status = status;
+	snprintf(q->result.error, sizeof(q->result.error), "%s TXT: %s",
+		 q->name, why);
+}
+
+static void on_txt_answer(void *arg, int status, int timeouts,
+			  unsigned char *abuf, int alen)
+{
+	struct dns_txt_query *q = arg;
+	int rcode = DNS_RCODE_NOERROR;
+
+	(void)timeouts;
+	q->on_wire = false;
+	if (q->cancelled) {
+		txt_query_free(q);
+		return;
+	}
+	if (abuf != NULL && alen >= DNS_HEADER_LEN) {
+		if (dns_txt_answer_parse(abuf, (size_t)alen, &rcode,
+					 &q->result.texts,
+					 &q->result.count) < 0)
+			txt_fail(q, DNS_TEMPFAIL, "malformed answer");
+		else if (rcode == DNS_RCODE_NXDOMAIN)
+			txt_fail(q, DNS_NXDOMAIN, "no such domain");
+		else if (rcode != DNS_RCODE_NOERROR)
+			txt_fail(q, DNS_TEMPFAIL, "the server failed");
+		else if (q->result.count == 0)
+			txt_fail(q, DNS_NO_HOST, "no record");
+	} else if (status == ARES_ENODATA) {
+		txt_fail(q, DNS_NO_HOST, "no record");
+	} else if (status == ARES_ENOTFOUND) {
+		txt_fail(q, DNS_NXDOMAIN, "no such domain");
+	} else {
+		txt_fail(q, DNS_TEMPFAIL, ares_strerror(status));
+	}
+	if (q->result.status == DNS_TEMPFAIL)
+		metrics_dns_failure("TXT", "failed");
+	event_active(q->done, EV_TIMEOUT, 1);
+}
+
+#if ARES_VERSION >= 0x011c00
+static void on_txt_answer_record(void *arg, ares_status_t status,
+				 size_t timeouts,
+				 const ares_dns_record_t *record)
+{
+	answer_as_wire(on_txt_answer, arg, status, timeouts, record);
+}
+#endif
+
+static void on_txt_done(evutil_socket_t fd, short what, void *arg)
+{
+	struct dns_txt_query *q = arg;
+
+	(void)fd;
+	(void)what;
+	txt_query_unlink(q);
+	q->in_callback = true;
+	q->cb(&q->result, q->arg);
+	txt_query_free(q);
+}
+
+struct dns_txt_query *dns_resolve_txt(struct dns *dns, const char *name,
+				      dns_txt_cb cb, void *arg)
+{
+	char normal[DNS_NAME_BUF];
+	size_t len = strnlen(name, DNS_NAME_BUF);
+	struct dns_txt_query *q = xcalloc(1, sizeof(*q) + len + 1);
+
+	memcpy(q->name, name, len);
+	q->dns = dns;
+	q->cb = cb;
+	q->arg = arg;
+	q->done = evtimer_new(dns->base, on_txt_done, q);
+	if (q->done == NULL)
+		fatal("dns: cannot make a query's event");
+	q->next = dns->txt_queries;
+	if (q->next != NULL)
+		q->next->pprev = &q->next;
+	q->pprev = &dns->txt_queries;
+	dns->txt_queries = q;
+	if (normalize_name(name, normal) < 0) {
+		txt_fail(q, DNS_NXDOMAIN, "not a domain name");
+		event_active(q->done, EV_TIMEOUT, 1);
+		return q;
+	}
+	metrics.dns_queries_total++;
+	/* on_txt_answer may run before the call returns; the callback
+	 * still waits for q->done */
+	q->on_wire = true;
+#if ARES_VERSION >= 0x011c00
+	(void)ares_query_dnsrec(dns->channel, normal, ARES_CLASS_IN,
+				(ares_dns_rec_type_t)DNS_TYPE_TXT,
+				on_txt_answer_record, q, NULL);
+#else
+	ares_query(dns->channel, normal, DNS_CLASS_IN, DNS_TYPE_TXT,
+		   on_txt_answer, q);
+#endif
+	dns_rearm(dns);
+	return q;
+}
+
+void dns_txt_cancel(struct dns_txt_query *query)
+{
+	if (query == NULL || query->in_callback)
+		return;
+	txt_query_drop(query);
+}
+
 /* The resolver. */
 
 /* The servers as c-ares's "IP[:PORT],[IPv6]:PORT" text: the one way to
@@ -1668,6 +1910,8 @@ void dns_free(struct dns *dns)
 		query_unlink(q);
 		query_free(q);
 	}
+	while (dns->txt_queries != NULL)
+		txt_query_drop(dns->txt_queries);
 	/* Calls on_answer with ARES_EDESTRUCTION for what is in flight,
 	 * and closes its sockets through on_sock_state. */
 	if (dns->channel_ready)

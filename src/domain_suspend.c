@@ -198,48 +198,21 @@ struct domain_suspend *domain_suspend_open(const char *spool_dir,
 	return ds;
 }
 
-/* The table to its file: a new file flushed, renamed over the old one,
- * and the directory flushed, so a crash leaves one or the other. */
+/* The table to its file, replacing the old one whole. */
 static int save(const struct domain_suspend *ds)
 {
 	if (ds->path == NULL)
 		return 0;
 	size_t len = 0;
 	char *text = domain_suspend_format(ds, &len);
-	char tmp[PATH_MAX];
-	int n = snprintf(tmp, sizeof tmp, "%s.new", ds->path);
-	if (text == NULL || n < 0 || (size_t)n >= sizeof tmp) {
-		free(text);
-		errno = text == NULL ? ENOMEM : ENAMETOOLONG;
+	if (text == NULL) {
+		errno = ENOMEM;
 		return -1;
 	}
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	FILE *f = fd == -1 ? NULL : fdopen(fd, "w");
-	int rc = f == NULL || fwrite(text, 1, len, f) != len ||
-			 fflush(f) != 0 || fsync(fd) == -1
-		     ? -1
-		     : 0;
-	if (f != NULL ? fclose(f) != 0 : (fd != -1 && close(fd) == -1))
-		rc = -1;
+	int rc = wholefile_replace(ds->path, text, len);
+	int saved = errno;
 	free(text);
-	if (rc == 0)
-		rc = rename(tmp, ds->path);
-	if (rc == -1) {
-		int saved = errno;
-		(void)unlink(tmp); /* the old file still holds */
-		errno = saved;
-		return -1;
-	}
-	char *slash = strrchr(ds->path, '/');
-	char dir[PATH_MAX];
-	snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - ds->path) : 1,
-		 slash ? ds->path : ".");
-	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dfd == -1)
-		return -1;
-	rc = fsync(dfd);
-	if (close(dfd) == -1)
-		rc = -1;
+	errno = saved;
 	return rc;
 }
 

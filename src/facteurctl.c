@@ -53,6 +53,8 @@ static void usage(FILE *out)
 	    "  release SEL     held no more, and due at once\n"
 	    "  suspend DOMAIN [DURATION]   no attempt to that domain\n"
 	    "  resume DOMAIN   end a suspension\n"
+	    "  tlsrpt send     the TLS reports (RFC 8460) now, not at "
+	    "midnight\n"
 	    "  stats           the counters of /metrics\n"
 	    "  reload          re-read the configuration (as SIGHUP)\n"
 	    "  passwd          hash a password read on standard input\n"

@@ -48,6 +48,7 @@
 #include "facteur/spool.h"
 #include "facteur/submit.h"
 #include "facteur/tls.h"
+#include "facteur/tlsrpt.h"
 #include "facteur/worker.h"
 
 extern char **environ;
@@ -436,7 +437,8 @@ static void recovery_done(void *arg)
 		  LOG_I("truncated", rec->truncated),
 		  LOG_I("unreadable", rec->unreadable));
 	srv.scheduler = scheduler_new(&srv);
-	if (srv.scheduler == NULL)
+	srv.tlsrpt = tlsrpt_new(&srv);
+	if (srv.scheduler == NULL || srv.tlsrpt == NULL)
 		fatal("out of memory");
 	for (size_t i = 0; i < r->count; i++) {
 		scheduler_enqueue(srv.scheduler, r->found[i],
@@ -704,6 +706,8 @@ int main(int argc, char **argv)
 	submit_free(submit);
 	metrics_http_free(metrics_http);
 	pop3_server_free(pop3);
+	tlsrpt_free(srv.tlsrpt); /* before the resolver it may be asking */
+	srv.tlsrpt = NULL;
 	scheduler_free(srv.scheduler);
 	dns_free(srv.dns);
 	if (srv.tls_client != NULL)

@@ -323,7 +323,8 @@ static void put_extra_metrics(struct out *o)
 	static const char *const tls_policy_names[] = {"sts", "dane"};
 	static const char *const tls_policy_results[] = {"success", "failure"};
 	put_header(o, "facteur_tls_policy_total", "counter",
-		   "Delivery attempts an outbound TLS policy governed.");
+		   "Delivery attempts a published TLS policy governed: TLS "
+		   "verified under it, or delivery stopped by it.");
 	put_grid(o, "facteur_tls_policy_total",
 		 &(struct label){"policy", tls_policy_names,
 				 METRICS_TLS_POLICY_COUNT},

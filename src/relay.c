@@ -54,6 +54,7 @@
 #include "facteur/localaddr.h"
 #include "facteur/log.h"
 #include "facteur/metrics.h"
+#include "facteur/mta_sts.h"
 #include "facteur/relay.h"
 #include "facteur/relay_internal.h"
 #include "facteur/route.h"
@@ -62,6 +63,7 @@
 #include "facteur/shape_redis.h"
 #include "facteur/smtp_client.h"
 #include "facteur/status_code.h"
+#include "facteur/tlsrpt.h"
 
 #define MAX_ADDRESSES_PER_ATTEMPT 10
 
@@ -116,6 +118,12 @@ struct relay_job {
 	char fail_dsn[16];
 	char *fail_reason;
 	time_t retry_at; /* deferred while its destination is paused */
+	/* MTA-STS (MX delivery only): the look-up in flight, then the
+	 * domain's policy (mode none: no policy), and the MX hosts it does
+	 * not name */
+	struct mta_sts_wait *sts_wait;
+	struct mta_sts_policy sts;
+	unsigned sts_mismatched;
 };
 
 static void relay_start(struct relay_job *job);
@@ -262,6 +270,7 @@ static void relay_job_free(struct relay_job *job)
 	secret_free(job->auth_password);
 	free(job->fail_reason);
 	free(job->helo);
+	mta_sts_policy_clear(&job->sts);
 	free(job);
 }
 
@@ -402,6 +411,51 @@ static void relay_done(struct relay_job *job, const struct relay_outcome *out,
 	relay_destination_drain(relay, d);
 }
 
+/* The published TLS policy that governs the attempt, for the log
+ * lines: "none" when there is none (tls_outbound or a route's tls= then
+ * say what TLS was asked for, and verified= what was had). */
+static const char *relay_tls_policy_name(const struct relay_job *job)
+{
+	switch (job->sts.mode) {
+	case MTA_STS_MODE_ENFORCE:
+		return "sts-enforce";
+	case MTA_STS_MODE_TESTING:
+		return "sts-testing";
+	case MTA_STS_MODE_NONE:
+		break;
+	}
+	return "none";
+}
+
+/* facteur_tls_policy_total for an attempt under an MTA-STS policy that
+ * talked to a server: under enforce, whether TLS was verified; under
+ * testing, whether it would have passed enforce. */
+static void relay_sts_count(const struct relay_job *job,
+			    const struct smtp_client_result *res)
+{
+	if (job->sts.mode == MTA_STS_MODE_NONE)
+		return;
+	bool ok = res->verified && (job->sts.mode == MTA_STS_MODE_ENFORCE ||
+				    job->sts_mismatched == 0);
+	metrics.tls_policy[METRICS_TLS_POLICY_STS]
+			  [ok ? METRICS_TLS_POLICY_SUCCESS
+			      : METRICS_TLS_POLICY_FAILURE]++;
+	tlsrpt_count(job->relay->srv->tlsrpt, job->domain, &job->sts,
+		     ok		 ? TLSRPT_SUCCESS
+		     : !res->tls ? TLSRPT_STARTTLS_NOT_SUPPORTED
+				 : TLSRPT_VALIDATION_FAILURE);
+	if (!ok)
+		log_event(LOG_LEVEL_WARN, "mta_sts_failure",
+			  LOG_S("queue_id", job->env->id),
+			  LOG_S("domain", job->domain),
+			  LOG_S("mode", mta_sts_mode_name(job->sts.mode)),
+			  LOG_S("relay", res->relay),
+			  LOG_S("reason", !res->tls ? "no TLS"
+					  : !res->verified
+					      ? "certificate not verified"
+					      : "MX host not in the policy"));
+}
+
 static void on_failed(evutil_socket_t fd, short what, void *arg)
 {
 	struct relay_job *job = arg;
@@ -427,6 +481,7 @@ static void on_failed(evutil_socket_t fd, short what, void *arg)
 		out[i].relay = host;
 		out[i].answered = false;
 		out[i].retry_at = job->retry_at;
+		out[i].tls_policy = relay_tls_policy_name(job);
 	}
 	relay_done(job, out, count);
 	free(out);
@@ -545,12 +600,16 @@ static void on_client_done(const struct smtp_client_result *res, void *arg)
 		out[i].relay = relay;
 		out[i].answered = true;
 		out[i].tls = res->tls_version;
-		out[i].tls_policy = res->dane ? "dane" : "none";
+		out[i].tls_policy =
+		    res->dane ? "dane" : relay_tls_policy_name(job);
 		out[i].verified = res->verified;
 		if (throttled == NULL && out[i].state == RCPT_DEFERRED &&
 		    shape_reply_throttles(out[i].reason))
 			throttled = &res->rcpts[i];
 	}
+	/* a connection under DANE was DANE's to count (RFC 8461 §2) */
+	if (res->relay[0] != '\0' && !res->dane)
+		relay_sts_count(job, res);
 	if (throttled != NULL) {
 		destination_pause(job->dest, job->pause, throttled->dsn,
 				  throttled->reason);
@@ -629,6 +688,21 @@ static void relay_loops_back(struct relay_job *job,
 	}
 }
 
+/* MTA-STS: an MX host that the policy does not name is skipped under
+ * enforce, tried but logged and counted under testing. */
+static bool relay_sts_allows(struct relay_job *job, const char *host)
+{
+	if (job->sts.mode == MTA_STS_MODE_NONE ||
+	    mta_sts_policy_mx_matches(&job->sts, host))
+		return true;
+	job->sts_mismatched++;
+	log_event(LOG_LEVEL_WARN, "mta_sts_mx_mismatch",
+		  LOG_S("queue_id", job->env->id), LOG_S("domain", job->domain),
+		  LOG_S("mx", host),
+		  LOG_S("mode", mta_sts_mode_name(job->sts.mode)));
+	return job->sts.mode == MTA_STS_MODE_TESTING;
+}
+
 /* One target's addresses, in order, without those of this daemon, after
  * those of the targets before it; a target that gives none notes why. */
 static void relay_add_addresses(struct relay_job *job,
@@ -658,6 +732,11 @@ static void relay_add_addresses(struct relay_job *job,
 					   dane[h].reason);
 			continue;
 		}
+		/* DANE comes before MTA-STS for a host it covers (RFC 8461
+		 * §2) */
+		bool under_dane = dane != NULL && dane[h].state == DANE_VERIFY;
+		if (!under_dane && !relay_sts_allows(job, hosts[h].name))
+			continue;
 		/* a "[host]" target is verified against the host written;
 		 * an LMTP server is named by the setting */
 		const char *name = job->lmtp ? job->host
@@ -694,9 +773,26 @@ static void relay_add_addresses(struct relay_job *job,
 			return;
 		}
 	}
-	if (n == 0 && !dane_failed)
+	if (n == 0 && job->sts_mismatched > 0 &&
+	    job->sts.mode == MTA_STS_MODE_ENFORCE) {
+		char reason[600];
+		snprintf(reason, sizeof reason,
+			 "no MX host of %s matches its MTA-STS policy",
+			 job->domain);
+		relay_note_failure(job, RCPT_DEFERRED,
+				   STATUS_SECURITY_TRANSIENT, reason);
+		metrics.tls_policy[METRICS_TLS_POLICY_STS]
+				  [METRICS_TLS_POLICY_FAILURE]++;
+		tlsrpt_count(job->relay->srv->tlsrpt, job->domain, &job->sts,
+			     TLSRPT_VALIDATION_FAILURE);
+		log_event(LOG_LEVEL_WARN, "mta_sts_failure",
+			  LOG_S("queue_id", job->env->id),
+			  LOG_S("domain", job->domain),
+			  LOG_S("mode", "enforce"), LOG_S("reason", reason));
+	} else if (n == 0 && !dane_failed) {
 		relay_note_failure(job, RCPT_DEFERRED, STATUS_ROUTING_FAILED,
 				   "no address to connect to");
+	}
 }
 
 /* The message's body for the client; false when the attempt ended. */
@@ -926,8 +1022,30 @@ static void relay_resolve_next(struct relay_job *job)
 	relay_connect(job);
 }
 
+static void on_sts_policy(const struct mta_sts_policy *policy, void *arg)
+{
+	struct relay_job *job = arg;
+	job->sts_wait = NULL;
+	mta_sts_policy_clear(&job->sts);
+	if (policy != NULL && policy->mode != MTA_STS_MODE_NONE &&
+	    mta_sts_policy_copy(&job->sts, policy) < 0)
+		fatal("relay: out of memory");
+	/* RFC 8461 §4.2: STARTTLS, each MX host's certificate verified */
+	if (job->sts.mode == MTA_STS_MODE_ENFORCE)
+		job->tls = TLS_POLICY_VERIFY;
+	relay_resolve_next(job);
+}
+
 static void relay_start(struct relay_job *job)
 {
+	struct relay *relay = job->relay;
+	/* MTA-STS is for the domain's own MX hosts, never a route's: the
+	 * policy comes first, the MX look-up after it */
+	if (!job->routed && relay->sts != NULL && relay->srv->cfg->mta_sts) {
+		job->sts_wait =
+		    mta_sts_lookup(relay->sts, job->domain, on_sts_policy, job);
+		return;
+	}
 	relay_resolve_next(job);
 }
 
@@ -1043,6 +1161,13 @@ relay_job_new(struct relay *relay, const struct spool_envelope *env,
 	/* RFC 8689: only verified TLS (by the trust anchors or DANE) */
 	if (env->flags & SPOOL_FLAG_REQUIRETLS)
 		job->tls = TLS_POLICY_VERIFY;
+	/* an enforced policy already known: the attempt may take an idle
+	 * connection opened under it, and no other */
+	if (route == NULL && relay->sts != NULL && cfg->mta_sts) {
+		job->sts.mode = mta_sts_known_mode(relay->sts, domain);
+		if (job->sts.mode == MTA_STS_MODE_ENFORCE)
+			job->tls = TLS_POLICY_VERIFY;
+	}
 	if (route != NULL) {
 		job->auth_file = copy_or_null(route->auth_file);
 		job->auth_user = copy_or_null(route->auth_user);
@@ -1231,7 +1356,10 @@ struct relay *relay_new(struct server *srv)
 		return NULL;
 	relay->srv = srv;
 	relay->interfaces = localaddr_interfaces_new();
-	if (relay->interfaces == NULL) {
+	relay->sts = mta_sts_new(srv);
+	if (relay->interfaces == NULL || relay->sts == NULL) {
+		localaddr_interfaces_free(relay->interfaces);
+		mta_sts_free(relay->sts);
 		free(relay);
 		return NULL;
 	}
@@ -1240,6 +1368,7 @@ struct relay *relay_new(struct server *srv)
 	    (relay->redis = shape_redis_new(srv->base, srv->cfg->shape_redis,
 					    on_redis_up, relay)) == NULL) {
 		localaddr_interfaces_free(relay->interfaces);
+		mta_sts_free(relay->sts);
 		free(relay);
 		return NULL;
 	}
@@ -1268,8 +1397,10 @@ void relay_stop(struct relay *relay)
 	relay->stopping = true;
 	for (struct relay_job *job = relay->jobs; job != NULL;) {
 		struct relay_job *next = job->next_job;
-		if (job->dns != NULL || job->dane_waiting) {
+		if (job->dns != NULL || job->dane_waiting ||
+		    job->sts_wait != NULL) {
 			dns_cancel(job->dns);
+			mta_sts_cancel(job->sts_wait);
 			job->dest->active--;
 			relay_drop(job);
 		}
@@ -1339,12 +1470,14 @@ void relay_free(struct relay *relay)
 		void *arg = job->arg;
 		if (job->dns != NULL)
 			dns_cancel(job->dns);
+		mta_sts_cancel(job->sts_wait);
 		if (job->client != NULL)
 			smtp_client_cancel(job->client);
 		relay_job_free(job);
 		done(RELAY_END_FREED, NULL, 0, arg);
 	}
 	relay_idle_cancel_closing(relay);
+	mta_sts_free(relay->sts);
 	for (size_t i = 0; i < DESTINATION_BUCKETS; i++) {
 		while (relay->destinations[i] != NULL) {
 			struct destination *d = relay->destinations[i];

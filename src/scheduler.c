@@ -349,11 +349,12 @@ static void count_outcome(const struct queued *q, enum rcpt_state state)
 
 /* `where` is "mailbox" for local deliveries, "relay" for remote ones;
  * `dsn` the status to log; `tls` the connection's TLS ("none" too) when
- * a server answered, else NULL. */
+ * a server answered, else NULL; for relay outcomes `ro` (else NULL)
+ * adds the TLS policy and whether the certificate was verified. */
 static void log_outcome_tls(const char *event, const struct queued *q,
 			    const struct spool_rcpt *r, const char *dsn,
 			    const char *where, const char *place,
-			    const struct relay_outcome *tls)
+			    const char *tls, const struct relay_outcome *ro)
 {
 	enum log_level level =
 	    r->state == RCPT_DELIVERED ? LOG_LEVEL_INFO : LOG_LEVEL_WARN;
@@ -366,12 +367,13 @@ static void log_outcome_tls(const char *event, const struct queued *q,
 	    LOG_I("attempts", r->attempts),
 	};
 	size_t n = 6;
-	if (tls != NULL) {
-		f[n++] = (struct log_field)LOG_S("tls", tls->tls);
-		f[n++] = (struct log_field)LOG_S("tls_policy", tls->tls_policy);
+	if (tls != NULL)
+		f[n++] = (struct log_field)LOG_S("tls", tls);
+	if (ro != NULL && ro->tls_policy != NULL)
+		f[n++] = (struct log_field)LOG_S("tls_policy", ro->tls_policy);
+	if (ro != NULL && tls != NULL)
 		f[n++] = (struct log_field)LOG_S("verified",
-						 tls->verified ? "yes" : "no");
-	}
+						 ro->verified ? "yes" : "no");
 	if (r->reason != NULL)
 		f[n++] = (struct log_field)LOG_S("reason", r->reason);
 	log_fields(level, event, f, n);
@@ -381,7 +383,7 @@ static void log_outcome_as(const char *event, const struct queued *q,
 			   const struct spool_rcpt *r, const char *dsn,
 			   const char *where, const char *place)
 {
-	log_outcome_tls(event, q, r, dsn, where, place, NULL);
+	log_outcome_tls(event, q, r, dsn, where, place, NULL, NULL);
 }
 
 static void log_outcome(const char *event, const struct queued *q,
@@ -631,7 +633,8 @@ static void on_relayed(enum relay_end end, const struct relay_outcome *out,
 			const struct spool_rcpt *r = &q->env->rcpts[rcpts[i]];
 			log_outcome_tls(outcome_event(out[i].state), q, r,
 					r->dsn, "relay", out[i].relay,
-					out[i].answered ? &out[i] : NULL);
+					out[i].answered ? out[i].tls : NULL,
+					&out[i]);
 		}
 		queued_release(q, settled);
 	} else {

@@ -168,9 +168,11 @@ struct smtp_client {
 	struct bufferevent *bev;
 	char relay[320];
 	bool tls;
-	bool verified; /* the peer's certificate, by the CA store or DANE */
 	char tls_version[16]; /* of the handshake, for the delivered line */
-	unsigned ext;	      /* SMTP_EXT_* offered */
+	/* the peer's certificate: matched by DANE under DANE, else valid
+	 * for tls_name */
+	bool verified;
+	unsigned ext; /* SMTP_EXT_* offered */
 	uint64_t ext_size;
 	struct smtp_reply reply;
 	bool mail_accepted;
@@ -1370,8 +1372,10 @@ static bool peer_verified(const struct smtp_client *c, struct bufferevent *bev)
 		dane_outcome(c, matched, "no TLSA record matched");
 		return matched;
 	}
-	return (c->tls_policy == TLS_POLICY_VERIFY || c->requiretls) &&
-	       SSL_get_verify_result(ssl) == X509_V_OK;
+	/* the name to check is set on every session (tls_client_prepare);
+	 * only `verify` makes the handshake fail on it */
+	return SSL_get_verify_result(ssl) == X509_V_OK &&
+	       SSL_get0_peer_certificate(ssl) != NULL;
 }
 
 static void event_cb(struct bufferevent *bev, short what, void *arg)

@@ -136,7 +136,7 @@ struct transaction {
 	size_t outlen; /* octets in outbuf */
 	bool too_big;
 	bool used_bdat;
-	struct message_id_scan message_id; /* for the accepted line */
+	struct message_id_scan message_id;   /* for the accepted line */
 	struct message_id_scan tls_required; /* the TLS-Required field */
 	struct dkim_intake *dkim; /* reading for a signature, or NULL */
 	bool dkim_wanted;	  /* a trusted client, dkim_sign has keys */

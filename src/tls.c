@@ -173,18 +173,19 @@ int tls_client_prepare(SSL *ssl, const char *host, bool verify)
 	/* RFC 6066 §3: SNI carries host names only, never addresses */
 	if (!ip && SSL_set_tlsext_host_name(ssl, name) != 1)
 		return -1;
-	if (!verify)
-		return 0;
 
+	/* The name is checked even when the handshake must not fail on it:
+	 * SSL_get_verify_result then tells whether the certificate would
+	 * have passed (the verified= of the delivery lines). */
 	X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
 	X509_VERIFY_PARAM_set_hostflags(param,
 					X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-	if (ip) {
-		if (X509_VERIFY_PARAM_set1_ip_asc(param, name) != 1)
-			return -1;
-	} else if (X509_VERIFY_PARAM_set1_host(param, name, 0) != 1) {
+	int named = ip ? X509_VERIFY_PARAM_set1_ip_asc(param, name)
+		       : X509_VERIFY_PARAM_set1_host(param, name, 0);
+	if (!verify)
+		return 0;
+	if (named != 1)
 		return -1;
-	}
 	SSL_set_verify(ssl, SSL_VERIFY_PEER, NULL);
 	return 0;
 }

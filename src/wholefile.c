@@ -1,8 +1,10 @@
-/* Bounded whole-file reads (see wholefile.h). */
+/* Bounded whole-file reads, and whole-file replacements (see wholefile.h). */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -125,4 +127,50 @@ enum wholefile_status wholefile_read(const char *path, size_t max,
 		return WHOLEFILE_READ;
 	}
 	return WHOLEFILE_OK;
+}
+
+int wholefile_replace(const char *path, const char *text, size_t len)
+{
+	char tmp[PATH_MAX];
+	int n = snprintf(tmp, sizeof tmp, "%s.new", path);
+	if (n < 0 || (size_t)n >= sizeof tmp) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd == -1)
+		return -1;
+	int rc = 0;
+	for (size_t done = 0; rc == 0 && done < len;) {
+		ssize_t w = write(fd, text + done, len - done);
+		if (w > 0)
+			done += (size_t)w;
+		else if (w == -1 && errno != EINTR)
+			rc = -1;
+	}
+	if (rc == 0 && fsync(fd) == -1)
+		rc = -1;
+	if (close(fd) == -1)
+		rc = -1;
+	if (rc == 0)
+		rc = rename(tmp, path);
+	if (rc == -1) {
+		int saved = errno;
+		(void)unlink(tmp);
+		errno = saved;
+		return -1;
+	}
+	const char *slash = strrchr(path, '/');
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) : 1,
+		 slash ? path : ".");
+	if (slash == path)
+		snprintf(dir, sizeof dir, "/");
+	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd == -1)
+		return -1;
+	rc = fsync(dfd);
+	if (close(dfd) == -1)
+		rc = -1;
+	return rc;
 }

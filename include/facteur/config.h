@@ -224,6 +224,12 @@ struct config {
 	/* milter: the filters every SMTP session asks, in order (milter.h). */
 	struct config_milter *milters;
 	size_t milter_count;
+	/* mta_sts: honour the MTA-STS policies of recipient domains (MX
+	 * delivery only); default yes unless tls_outbound = none. */
+	bool mta_sts;
+	/* tlsrpt_from: the sender of the daily TLS reports (RFC 8460);
+	 * NULL when empty: no reports. */
+	char *tlsrpt_from;
 };
 
 /* The errors a load found, in order, each a full sentence such as

@@ -35,6 +35,7 @@ enum control_command {
 	CONTROL_RELEASE, /* ID | selectors */
 	CONTROL_SUSPEND, /* DOMAIN [DURATION] */
 	CONTROL_RESUME,	 /* DOMAIN */
+	CONTROL_TLSRPT,	 /* send */
 };
 
 /* A message's state as the listing filters and shows it: held by the

@@ -87,6 +87,23 @@ struct dns_query *dns_resolve_tlsa(struct dns *dns, const char *name,
 /* The callback of this query will not run. */
 void dns_cancel(struct dns_query *query);
 
+/* TXT records (MTA-STS, TLS reporting), not cached here. */
+struct dns_txt_query;
+struct dns_txt_result {
+	/* DNS_OK: at least one record; DNS_NO_HOST: the name has no TXT
+	 * record; DNS_NXDOMAIN; DNS_TEMPFAIL */
+	enum dns_status status;
+	char **texts; /* each record's strings joined, in answer order */
+	size_t count;
+	char error[160];
+};
+typedef void (*dns_txt_cb)(const struct dns_txt_result *result, void *arg);
+/* The callback always runs later, on the loop. Cancel every query still
+ * running before dns_free. */
+struct dns_txt_query *dns_resolve_txt(struct dns *dns, const char *name,
+				      dns_txt_cb cb, void *arg);
+void dns_txt_cancel(struct dns_txt_query *query);
+
 /*
  * For tests and fuzzing only: the pure parser of DNS answers that the
  * module uses. Not part of the interface other modules code against.
@@ -95,6 +112,7 @@ void dns_cancel(struct dns_query *query);
 #define DNS_TYPE_A 1
 #define DNS_TYPE_SOA 6
 #define DNS_TYPE_MX 15
+#define DNS_TYPE_TXT 16
 #define DNS_TYPE_AAAA 28
 #define DNS_TYPE_TLSA 52
 
@@ -160,5 +178,12 @@ struct dns_answer {
 int dns_answer_parse(const unsigned char *buf, size_t len, uint16_t qtype,
 		     struct dns_answer *out);
 void dns_answer_clear(struct dns_answer *answer);
+
+/* The TXT records of a response (answer section, CLASS IN), at most
+ * DNS_ANSWER_MAX, and its RCODE. Returns 0, or -1 when malformed
+ * (*texts NULL then). Free the texts with dns_txt_texts_free. */
+int dns_txt_answer_parse(const unsigned char *buf, size_t len, int *rcode,
+			 char ***texts, size_t *count);
+void dns_txt_texts_free(char **texts, size_t count);
 
 #endif

@@ -34,8 +34,9 @@ struct relay_outcome {
 	const char *relay;  /* the host that answered, or the target */
 	bool answered;	    /* a server gave this outcome (not DNS, not us) */
 	const char *tls;    /* when answered: "TLSv1.3"..., or "none" */
-	/* when answered: the outbound TLS policy that applied ("dane",
-	 * "none") and whether the peer's certificate was verified */
+	/* when answered: the outbound TLS policy that applied ("none",
+	 * "sts-testing", "sts-enforce", "dane") and whether the peer's
+	 * certificate was valid */
 	const char *tls_policy;
 	bool verified;
 	/* a deferral while the destination is paused: due again at this

@@ -81,6 +81,7 @@ struct relay {
 	unsigned closing_count;
 	struct localaddr_interfaces *interfaces; /* for the loop check */
 	struct shape_redis *redis;		 /* NULL: no shape_redis */
+	struct mta_sts *sts;			 /* MTA-STS policies */
 	bool stopping;
 };
 

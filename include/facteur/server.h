@@ -24,6 +24,7 @@ struct policy;
 struct scheduler;
 struct smtp_server;
 struct spool;
+struct tlsrpt;
 struct worker;
 
 struct server {
@@ -46,6 +47,7 @@ struct server {
 	SSL_CTX *tls_server; /* NULL without tls_cert/tls_key */
 	struct dkim_keys *dkim; /* dkim_sign's keys; NULL: none */
 	SSL_CTX *tls_client;
+	struct tlsrpt *tlsrpt; /* TLS reporting's counts (tlsrpt_from) */
 	bool stopping; /* SIGTERM seen: finish what is in flight, exit */
 	/* Re-read the configuration (SIGHUP, facteurctl reload); 0 when the
 	 * new one is in effect, -1 when it was refused (errors logged). */

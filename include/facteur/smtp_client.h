@@ -92,8 +92,9 @@ struct smtp_client_result {
 	char relay[320];
 	bool tls; /* the transaction ran over TLS */
 	const char *tls_version; /* "TLSv1.3"..., or "none" */
-	/* the peer's certificate was verified: against the trust anchors
-	 * (TLS_POLICY_VERIFY) or by DANE */
+	/* the peer's certificate is valid: matched by DANE under DANE, else
+	 * valid for the host name (tls_ca_file, else the system's trust
+	 * store), whatever the TLS policy asked */
 	bool verified;
 	bool dane; /* the last connection was under DANE (DANE_VERIFY) */
 	/* the transaction ran on a connection opened for an earlier one */

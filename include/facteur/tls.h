@@ -26,9 +26,11 @@ SSL_CTX *tls_server_context(const char *cert_file, const char *key_file,
  * NULL. Verification itself is per connection (tls_client_prepare). */
 SSL_CTX *tls_client_context(const char *ca_file, char *err, size_t errlen);
 
-/* Set up a client SSL for `host`: SNI when host is a name, and, when
- * `verify`, peer verification against the trust anchors and `host`
- * (X509_VERIFY_PARAM_set1_host). 0 or -1. */
+/* Set up a client SSL for `host`: SNI when host is a name, the name
+ * checked against the certificate (X509_VERIFY_PARAM_set1_host), and,
+ * when `verify`, a handshake that fails unless the certificate is valid
+ * for it; without `verify`, SSL_get_verify_result tells afterwards
+ * whether it was. 0 or -1. */
 int tls_client_prepare(SSL *ssl, const char *host, bool verify);
 
 /*

@@ -2,7 +2,8 @@
  * A whole file read into memory, bounded: the configuration, the users
  * and aliases files, the secrets named by FACTEUR_<KEY>_FILE and the
  * spool's envelope files. Each caller words its own error message from
- * the step that failed, and errno says why.
+ * the step that failed, and errno says why. And the other way: a whole
+ * file replaced at once (the suspended domains, the MTA-STS cache).
  */
 #ifndef FACTEUR_WHOLEFILE_H
 #define FACTEUR_WHOLEFILE_H
@@ -36,5 +37,13 @@ enum wholefile_status wholefile_read_fd(int fd, size_t max, unsigned flags,
 					char **text, size_t *len);
 /* Free a buffer that held a secret, zeroed first. */
 void wholefile_free_secret(char *text, size_t len);
+
+/*
+ * Replace the file at `path` with `text`: written to "<path>.new" (mode
+ * 0600), flushed, renamed over the old one, and the directory flushed,
+ * so that a crash leaves one or the other whole. 0, or -1 with errno
+ * (the old file then still holds). It flushes: call it rarely.
+ */
+int wholefile_replace(const char *path, const char *text, size_t len);
 
 #endif

@@ -1,5 +1,6 @@
-/* The DNS answer parser on arbitrary bytes: never reads out of bounds,
- * never loops, and what it returns holds its promises. */
+/* The DNS answer parsers (MX/A/AAAA, and TXT) on arbitrary bytes: never
+ * read out of bounds, never loop, and what they return holds their
+ * promises. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,5 +49,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		}
 		dns_answer_clear(&a);
 	}
+
+	char **texts = NULL;
+	size_t count = 0;
+	int rcode = 0;
+	int rc = dns_txt_answer_parse(data, size, &rcode, &texts, &count);
+	if ((rc != 0 && (texts != NULL || count != 0)) ||
+	    count > DNS_ANSWER_MAX || rcode > 15)
+		abort();
+	for (size_t i = 0; i < count; i++)
+		if (strlen(texts[i]) > size)
+			abort();
+	dns_txt_texts_free(texts, count);
 	return 0;
 }

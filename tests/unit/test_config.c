@@ -1653,6 +1653,8 @@ static const char *const spec_order[] = {
     "submit_socket",
     "dane",
     "milter",
+    "mta_sts",
+    "tlsrpt_from",
 };
 
 /* local_transport: none by default, the canonical form printed, a bad
@@ -1671,6 +1673,24 @@ static void test_config_local_transport(void **state)
 	load_fails_with("\nlocal_transport = lmtp:unix:dovecot-lmtp\n", NULL,
 			"x.conf:2: local_transport: the socket path must be "
 			"absolute in \"lmtp:unix:dovecot-lmtp\"");
+}
+
+static void test_config_mta_sts_follows_tls_outbound(void **state)
+{
+	(void)state;
+	struct config *cfg = support_load_config("", NULL);
+	assert_true(cfg->mta_sts);
+	config_free(cfg);
+	cfg = support_load_config("tls_outbound = none\n", NULL);
+	assert_false(cfg->mta_sts);
+	assert_printed(cfg, "mta_sts", "no");
+	config_free(cfg);
+	cfg = support_load_config("tls_outbound = none\nmta_sts = yes\n", NULL);
+	assert_true(cfg->mta_sts);
+	config_free(cfg);
+	cfg = support_load_config("mta_sts = no\n", NULL);
+	assert_false(cfg->mta_sts);
+	config_free(cfg);
 }
 
 static void test_config_print_lists_every_key_in_spec_order(void **state)
@@ -2249,6 +2269,7 @@ int main(void)
 	    cmocka_unit_test(test_config_retry_min_above_retry_max),
 	    cmocka_unit_test(test_config_local_transport),
 	    cmocka_unit_test(test_config_print_lists_every_key_in_spec_order),
+	    cmocka_unit_test(test_config_mta_sts_follows_tls_outbound),
 	    cmocka_unit_test(test_config_print_round_trips),
 	    cmocka_unit_test(test_config_print_shows_normalised_values),
 	    cmocka_unit_test(test_config_shipped_file_loads),

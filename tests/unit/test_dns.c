@@ -1180,6 +1180,8 @@ static int start_dnsmasq(void)
 	    "--local=/test/",
 	    "--local-ttl=300",
 	    "--mx-host=example.test,mx1.example.test,10",
+	    "--txt-record=_mta-sts.example.test,v=STSv1; ,id=ab1",
+	    "--txt-record=_mta-sts.example.test,v=spf1 -all",
 	    "--mx-host=example.test,mx2.example.test,20",
 	    "--host-record=mx1.example.test,127.0.0.2",
 	    "--host-record=mx2.example.test,127.0.0.3",
@@ -1266,6 +1268,69 @@ static int group_teardown(void **state)
 	return 0;
 }
 
+struct txt_seen {
+	int calls;
+	enum dns_status status;
+	size_t count;
+	char texts[4][128];
+};
+
+static void on_txt(const struct dns_txt_result *r, void *arg)
+{
+	struct txt_seen *s = arg;
+
+	s->calls++;
+	s->status = r->status;
+	s->count = r->count;
+	for (size_t i = 0; i < r->count && i < 4; i++)
+		snprintf(s->texts[i], sizeof(s->texts[i]), "%s", r->texts[i]);
+}
+
+static struct txt_seen resolve_txt(struct dns *dns, const char *name)
+{
+	struct txt_seen s = {0};
+
+	assert_non_null(dns_resolve_txt(dns, name, on_txt, &s));
+	/* never inside the call */
+	assert_int_equal(s.calls, 0);
+	for (int i = 0; i < 100 && s.calls == 0; i++)
+		run_for_ms(50);
+	assert_int_equal(s.calls, 1);
+	return s;
+}
+
+static void test_dns_txt_records_joined_nodata_and_nxdomain(void **state)
+{
+	struct dns *dns = dns_at(dnsmasq_port);
+	struct txt_seen s;
+
+	(void)state;
+	s = resolve_txt(dns, "_MTA-STS.example.test.");
+	assert_int_equal(s.status, DNS_OK);
+	assert_int_equal(s.count, 2);
+	/* the strings of one record joined, in either order of records */
+	bool sts = strcmp(s.texts[0], "v=STSv1; id=ab1") == 0 ||
+		   strcmp(s.texts[1], "v=STSv1; id=ab1") == 0;
+	assert_true(sts);
+	s = resolve_txt(dns, "example.test");
+	assert_int_equal(s.status, DNS_NO_HOST);
+	s = resolve_txt(dns, "nothere.test");
+	assert_int_equal(s.status, DNS_NXDOMAIN);
+	s = resolve_txt(dns, "bad..name");
+	assert_int_equal(s.status, DNS_NXDOMAIN);
+
+	/* cancelled in flight: no callback, and dns_free with one pending */
+	struct txt_seen never = {0};
+	struct dns_txt_query *q =
+	    dns_resolve_txt(dns, "_mta-sts.example.test", on_txt, &never);
+	dns_txt_cancel(q);
+	run_for_ms(300);
+	assert_int_equal(never.calls, 0);
+	(void)dns_resolve_txt(dns, "_mta-sts.example.test", on_txt, &never);
+	dns_free(dns);
+	assert_int_equal(never.calls, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1306,6 +1371,7 @@ int main(void)
 	    cmocka_unit_test(test_dns_resolve_host_addresses),
 	    cmocka_unit_test(test_dns_address_literals_need_no_query),
 	    cmocka_unit_test(test_dns_invalid_domain_is_nxdomain_without_query),
+	    cmocka_unit_test(test_dns_txt_records_joined_nodata_and_nxdomain),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -7,6 +7,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -64,11 +65,33 @@ static void test_wholefile_bounds_and_failures(void **state)
 	assert_int_equal(errno, EISDIR);
 }
 
+static void test_wholefile_replace_swaps_the_whole_file(void **state)
+{
+	(void)state;
+	char *path = support_temp_file("old contents\n");
+	char *text = NULL;
+	size_t len = 0;
+	assert_int_equal(wholefile_replace(path, "new\n", 4), 0);
+	assert_int_equal(wholefile_read(path, 64, 0, &text, &len),
+			 WHOLEFILE_OK);
+	assert_string_equal(text, "new\n");
+	free(text);
+	char tmp[4096];
+	snprintf(tmp, sizeof tmp, "%s.new", path);
+	assert_int_equal(access(tmp, F_OK), -1);
+	/* a folder that does not exist: -1, nothing left behind */
+	assert_int_equal(wholefile_replace("/nonexistent/dir/f", "x", 1), -1);
+	assert_int_equal(errno, ENOENT);
+	unlink(path);
+	free(path);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_wholefile_reads_all_nul_terminated),
 	    cmocka_unit_test(test_wholefile_bounds_and_failures),
+	    cmocka_unit_test(test_wholefile_replace_swaps_the_whole_file),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,246 @@
+/*
+ * The TLS report's text (see tlsrpt_report.h): JSON written by hand (the
+ * values are host names, policy lines, counts and the operator's
+ * address, escaped as JSON strings), gzip through zlib, base64 through
+ * auth's encoder.
+ */
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <zlib.h>
+
+#include "facteur/auth.h"
+#include "facteur/hostname.h"
+#include "facteur/mailtime.h"
+#include "facteur/text.h"
+#include "facteur/tlsrpt_report.h"
+
+static const char *const result_names[TLSRPT_RESULT_COUNT] = {
+    [TLSRPT_SUCCESS] = "success",
+    [TLSRPT_STARTTLS_NOT_SUPPORTED] = "starttls-not-supported",
+    [TLSRPT_VALIDATION_FAILURE] = "validation-failure",
+    [TLSRPT_STS_POLICY_FETCH_ERROR] = "sts-policy-fetch-error",
+    [TLSRPT_STS_POLICY_INVALID] = "sts-policy-invalid",
+    [TLSRPT_STS_WEBPKI_INVALID] = "sts-webpki-invalid",
+};
+
+const char *tlsrpt_result_name(enum tlsrpt_result result)
+{
+	return result < TLSRPT_RESULT_COUNT ? result_names[result] : "?";
+}
+
+/* ---- the pure parts ---- */
+
+int tlsrpt_record_parse(const char *text, char *to, size_t tolen)
+{
+	if (strncmp(text, "v=TLSRPTv1", 10) != 0 ||
+	    (text[10] != ';' && text[10] != ' ' && text[10] != '\0'))
+		return 0;
+	const char *rua = strstr(text, "rua=");
+	if (rua == NULL)
+		return -1;
+	/* rua=URI,URI...; the first mailto: */
+	for (const char *p = rua + 4; *p != '\0' && *p != ';';) {
+		while (*p == ' ' || *p == '\t' || *p == ',')
+			p++;
+		size_t n = strcspn(p, ",; \t");
+		if (n > 7 && strncasecmp(p, "mailto:", 7) == 0) {
+			const char *addr = p + 7;
+			size_t alen = n - 7;
+			const char *at = memchr(addr, '@', alen);
+			if (at == NULL || at == addr || alen >= tolen ||
+			    !hostname_valid(at + 1,
+					    alen - (size_t)(at - addr) - 1))
+				return -1;
+			memcpy(to, addr, alen);
+			to[alen] = '\0';
+			return 1;
+		}
+		p += n;
+	}
+	return -1;
+}
+
+static void json_string(struct text *t, const char *s)
+{
+	text_str(t, "\"");
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\')
+			text_fmt(t, "\\%c", c);
+		else if (c < 0x20 || c == 0x7f)
+			text_fmt(t, "\\u%04x", c);
+		else
+			text_add(t, s, 1);
+	}
+	text_str(t, "\"");
+}
+
+static void json_time(struct text *t, time_t when)
+{
+	struct tm tm;
+	char buf[32] = "1970-01-01T00:00:00Z";
+	if (gmtime_r(&when, &tm) != NULL)
+		strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+	json_string(t, buf);
+}
+
+char *tlsrpt_report_json(const struct tlsrpt_counts *c, const char *org,
+			 const char *contact, const char *report_id,
+			 time_t start, time_t end, size_t *len)
+{
+	struct text t = {0};
+	const struct mta_sts_policy *p = c->policy;
+	bool found = p != NULL && p->mode != MTA_STS_MODE_NONE;
+	text_str(&t, "{\"organization-name\":");
+	json_string(&t, org);
+	text_str(&t, ",\"date-range\":{\"start-datetime\":");
+	json_time(&t, start);
+	text_str(&t, ",\"end-datetime\":");
+	json_time(&t, end);
+	text_str(&t, "},\"contact-info\":");
+	json_string(&t, contact);
+	text_str(&t, ",\"report-id\":");
+	json_string(&t, report_id);
+	text_str(&t, ",\"policies\":[{\"policy\":{\"policy-type\":");
+	json_string(&t, found ? "sts" : "no-policy-found");
+	if (found) {
+		text_str(&t, ",\"policy-string\":[\"version: STSv1\",");
+		text_fmt(&t, "\"mode: %s\"", mta_sts_mode_name(p->mode));
+		for (size_t i = 0; i < p->mx_count; i++) {
+			text_str(&t, ",");
+			char line[300];
+			snprintf(line, sizeof line, "mx: %s", p->mx[i]);
+			json_string(&t, line);
+		}
+		text_fmt(&t, ",\"max_age: %" PRIu32 "\"]", p->max_age);
+	}
+	text_str(&t, ",\"policy-domain\":");
+	json_string(&t, c->domain);
+	if (found) {
+		text_str(&t, ",\"mx-host\":[");
+		for (size_t i = 0; i < p->mx_count; i++) {
+			if (i > 0)
+				text_str(&t, ",");
+			json_string(&t, p->mx[i]);
+		}
+		text_str(&t, "]");
+	}
+	uint64_t failed = 0;
+	for (int r = TLSRPT_SUCCESS + 1; r < TLSRPT_RESULT_COUNT; r++)
+		failed += c->count[r];
+	text_fmt(&t,
+		 "},\"summary\":{\"total-successful-session-count\":%" PRIu64
+		 ",\"total-failure-session-count\":%" PRIu64 "}",
+		 c->count[TLSRPT_SUCCESS], failed);
+	text_str(&t, ",\"failure-details\":[");
+	bool first = true;
+	for (int r = TLSRPT_SUCCESS + 1; r < TLSRPT_RESULT_COUNT; r++) {
+		if (c->count[r] == 0)
+			continue;
+		text_fmt(&t,
+			 "%s{\"result-type\":\"%s\",\"failed-session-count\":"
+			 "%" PRIu64 "}",
+			 first ? "" : ",", result_names[r], c->count[r]);
+		first = false;
+	}
+	text_str(&t, "]}]}");
+	return text_finish(&t, len);
+}
+
+unsigned char *tlsrpt_gzip(const char *in, size_t len, size_t *outlen)
+{
+	z_stream z = {0};
+	/* 15 + 16: a gzip wrapper rather than zlib's own */
+	if (deflateInit2(&z, Z_BEST_COMPRESSION, Z_DEFLATED, 15 + 16, 8,
+			 Z_DEFAULT_STRATEGY) != Z_OK)
+		return NULL;
+	uLong bound = deflateBound(&z, (uLong)len);
+	unsigned char *out = malloc(bound);
+	if (out == NULL) {
+		deflateEnd(&z);
+		return NULL;
+	}
+	z.next_in = (Bytef *)(uintptr_t)in;
+	z.avail_in = (uInt)len;
+	z.next_out = out;
+	z.avail_out = (uInt)bound;
+	int rc = deflate(&z, Z_FINISH);
+	*outlen = z.total_out;
+	deflateEnd(&z);
+	if (rc != Z_STREAM_END) {
+		free(out);
+		return NULL;
+	}
+	return out;
+}
+
+void tlsrpt_format_stamp(time_t when, char *buf, size_t len)
+{
+	struct tm tm;
+	if (gmtime_r(&when, &tm) == NULL ||
+	    strftime(buf, len, "%Y%m%dT%H%M%SZ", &tm) == 0)
+		snprintf(buf, len, "%lld", (long long)when);
+}
+
+char *tlsrpt_mail_build(const struct tlsrpt_mail *m, size_t *len)
+{
+	struct text t = {0};
+	char date[64];
+	mailtime_format(m->now, date, sizeof date);
+	char boundary[96];
+	snprintf(boundary, sizeof boundary, "tlsrpt-%s", m->report_id);
+	/* the boundary must not hold what a report id may: keep it to
+	 * letters, digits and a few signs */
+	for (char *b = boundary; *b; b++)
+		if (!((*b >= 'a' && *b <= 'z') || (*b >= 'A' && *b <= 'Z') ||
+		      (*b >= '0' && *b <= '9')))
+			*b = '-';
+	text_fmt(&t, "From: %s\r\nTo: %s\r\n", m->from, m->to);
+	text_fmt(&t,
+		 "Subject: Report Domain: %s Submitter: %s Report-ID: <%s>\r\n",
+		 m->domain, m->submitter, m->report_id);
+	text_fmt(&t, "Date: %s\r\nMessage-ID: <%s>\r\n", date, m->report_id);
+	text_fmt(&t, "TLS-Report-Domain: %s\r\nTLS-Report-Submitter: %s\r\n",
+		 m->domain, m->submitter);
+	text_str(&t, "Auto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\n");
+	text_fmt(&t,
+		 "Content-Type: multipart/report; report-type=\"tlsrpt\";\r\n"
+		 "\tboundary=\"%s\"\r\n\r\n",
+		 boundary);
+	text_fmt(&t,
+		 "--%s\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+		 "This is an aggregate TLS report (RFC 8460) from %s\r\n"
+		 "for %s.\r\n\r\n",
+		 boundary, m->submitter, m->domain);
+	char start[32], end[32];
+	tlsrpt_format_stamp(m->start, start, sizeof start);
+	tlsrpt_format_stamp(m->end, end, sizeof end);
+	text_fmt(&t,
+		 "--%s\r\nContent-Type: application/tlsrpt+gzip\r\n"
+		 "Content-Transfer-Encoding: base64\r\n"
+		 "Content-Disposition: attachment;\r\n"
+		 "\tfilename=\"%s!%s!%s!%s.json.gz\"\r\n\r\n",
+		 boundary, m->submitter, m->domain, start, end);
+	size_t b64_len = 4 * ((m->gz_len + 2) / 3) + 1;
+	char *b64 = malloc(b64_len);
+	if (b64 == NULL ||
+	    auth_base64_encode(m->gz, m->gz_len, b64, b64_len) < 0) {
+		free(b64);
+		free(text_finish(&t, NULL));
+		return NULL;
+	}
+	size_t n = strlen(b64);
+	for (size_t at = 0; at < n; at += 76) {
+		text_add(&t, b64 + at, n - at < 76 ? n - at : 76);
+		text_str(&t, "\r\n");
+	}
+	free(b64);
+	text_fmt(&t, "--%s--\r\n", boundary);
+	return text_finish(&t, len);
+}

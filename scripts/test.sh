@@ -14,7 +14,7 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 
 # Fuzz smoke run: every parser's target, FUZZ_SECONDS each (0 skips).
-fuzz_seconds=${FUZZ_SECONDS:-15}
+fuzz_seconds=${FUZZ_SECONDS:-8}
 if [ "$fuzz_seconds" -gt 0 ]; then
 	CC=clang cmake -S . -B "$build-fuzz" -DFACTEUR_FUZZ=ON -DFACTEUR_TESTS=OFF \
 		-DFACTEUR_WERROR=ON >/dev/null

@@ -1036,12 +1036,20 @@ static void on_sts_policy(const struct mta_sts_policy *policy, void *arg)
 	relay_resolve_next(job);
 }
 
+/* MTA-STS is for the domain's own MX hosts, never a route's, and not for
+ * a message whose sender said "TLS-Required: No" (RFC 8689 §5). */
+static bool relay_sts_applies(const struct relay *relay,
+			      const struct spool_envelope *env, bool routed)
+{
+	return !routed && relay->sts != NULL && relay->srv->cfg->mta_sts &&
+	       !(env->flags & SPOOL_FLAG_TLS_NOT_REQUIRED);
+}
+
 static void relay_start(struct relay_job *job)
 {
 	struct relay *relay = job->relay;
-	/* MTA-STS is for the domain's own MX hosts, never a route's: the
-	 * policy comes first, the MX look-up after it */
-	if (!job->routed && relay->sts != NULL && relay->srv->cfg->mta_sts) {
+	/* the policy comes first, the MX look-up after it */
+	if (relay_sts_applies(relay, job->env, job->routed)) {
 		job->sts_wait =
 		    mta_sts_lookup(relay->sts, job->domain, on_sts_policy, job);
 		return;
@@ -1163,7 +1171,7 @@ relay_job_new(struct relay *relay, const struct spool_envelope *env,
 		job->tls = TLS_POLICY_VERIFY;
 	/* an enforced policy already known: the attempt may take an idle
 	 * connection opened under it, and no other */
-	if (route == NULL && relay->sts != NULL && cfg->mta_sts) {
+	if (relay_sts_applies(relay, env, route != NULL)) {
 		job->sts.mode = mta_sts_known_mode(relay->sts, domain);
 		if (job->sts.mode == MTA_STS_MODE_ENFORCE)
 			job->tls = TLS_POLICY_VERIFY;

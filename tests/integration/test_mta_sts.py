@@ -310,6 +310,22 @@ def test_enforce_without_a_matching_mx_is_deferred_and_counted(sts):
     assert not [m for m in sts.good.messages if rcpt in m.rcpts]
 
 
+def test_tls_required_no_sets_the_policy_aside(sts):
+    """RFC 8689 §5: a message whose sender wrote "TLS-Required: No" is
+    delivered as if the domain published no policy (nomatch.test's
+    enforce policy names none of its MX hosts)."""
+    d = sts.sender()
+    rcpt = "user@nomatch.test"
+    tok = rh.token()
+    data = h.make_message(subject="tls-required %s" % tok, body="token=%s\r\n" % tok,
+                          sender=rh.SENDER, to=rcpt, extra_headers=["TLS-Required: No"])
+    qid = d.send(sender=rh.SENDER, recipients=[rcpt], data=data)
+    e = rh.wait_relay_event(d, "delivered", queue_id=qid)
+    assert e["tls_policy"] == "none", e
+    assert tok in rh.tokens_in([m.data for m in sts.good.messages])
+    assert not d.events("mta_sts_policy"), d.log_tail()
+
+
 @pytest.mark.parametrize("domain", ["badca.test", "wrongname.test"])
 def test_enforce_with_a_bad_certificate_is_deferred(sts, domain):
     d = sts.sender()

@@ -644,28 +644,17 @@ static void on_relayed(enum relay_end end, const struct relay_outcome *out,
 	run_release(run);
 }
 
-/* Hand the due remote recipients of q to the relay: one attempt per
- * destination. */
-static void start_remote(struct queued *q, const size_t *due, size_t count,
-			 struct run *run)
+/* Hand due recipients of q to the relay: remote ones (relay_send, one
+ * attempt per destination) or, when local_transport names an LMTP
+ * server, local ones (relay_send_lmtp); the outcomes come back to
+ * on_relayed either way. */
+static void start_relayed(struct queued *q, const size_t *due, size_t count,
+			  struct run *run, bool lmtp)
 {
 	for (size_t i = 0; i < count; i++)
 		queued_enter_phase(q, due[i], RCPT_PHASE_DELIVERING);
-	size_t attempts =
-	    relay_send(q->sched->relay, q->env, due, count, on_relayed, run);
-	q->in_flight += attempts;
-	run->open += attempts;
-}
-
-/* Hand the due local recipients of q to the LMTP server of
- * local_transport; their outcomes come back as a relay attempt's. */
-static void start_lmtp(struct queued *q, const size_t *due, size_t count,
-		       struct run *run)
-{
-	for (size_t i = 0; i < count; i++)
-		queued_enter_phase(q, due[i], RCPT_PHASE_DELIVERING);
-	size_t attempts = relay_send_lmtp(q->sched->relay, q->env, due, count,
-					  on_relayed, run);
+	size_t attempts = (lmtp ? relay_send_lmtp : relay_send)(
+	    q->sched->relay, q->env, due, count, on_relayed, run);
 	q->in_flight += attempts;
 	run->open += attempts;
 }
@@ -830,9 +819,9 @@ static void queued_run(struct queued *q)
 		start_local(q, i, run);
 	}
 	if (nremote > 0)
-		start_remote(q, remote, nremote, run);
+		start_relayed(q, remote, nremote, run, false);
 	if (nlmtp > 0)
-		start_lmtp(q, lmtp, nlmtp, run);
+		start_relayed(q, lmtp, nlmtp, run, true);
 	free(remote);
 	free(lmtp);
 	run_release(run);

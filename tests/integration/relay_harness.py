@@ -165,8 +165,8 @@ class Dnsmasq:
         self.port = port or free_dns_port()
         self.mx = list(mx)
         self.hosts = list(hosts)
-        self.txt = [(name, list(strings)) for name, strings in txt]
-        for name, strings in self.txt:
+        self.txt_records = [(name, list(strings)) for name, strings in txt]
+        for name, strings in self.txt_records:
             # on its command line dnsmasq splits the strings at commas and
             # takes quotes literally (it honours them only in a conf file)
             assert all(len(s.encode()) <= 255 and "," not in s for s in strings), \
@@ -188,7 +188,7 @@ class Dnsmasq:
             a.append("--mx-host=%s,%s,%d" % (domain, exchange, pref))
         for name, addr in self.hosts:
             a.append("--host-record=%s,%s" % (name, addr))
-        for name, strings in self.txt:
+        for name, strings in self.txt_records:
             a.append("--txt-record=%s,%s" % (name, ",".join(strings)))
         return a
 

@@ -1,15 +1,16 @@
 """A scripted milter for the tests: the Sendmail milter protocol (version
-6) spoken from its wire format with asyncio, in a thread of its own so
-that tests stay synchronous. Each test says how it answers each command:
-the replies (packets), a delay, closing the connection, garbage, the
-version and the actions and steps it negotiates. Everything it receives
-is recorded, per connection, as (command, data) pairs."""
+6) spoken from its wire format with asyncio, in a thread of its own
+(aio_server.py) so that tests stay synchronous. Each test says how it
+answers each command: the replies (packets), a delay, closing the
+connection, garbage, the version and the actions and steps it
+negotiates. Everything it receives is recorded, per connection, as
+(command, data) pairs."""
 
 import asyncio
-import socket
 import struct
-import threading
 import time
+
+from aio_server import AioServer
 
 # commands that get no reply
 SILENT = {b"D", b"A", b"Q"}
@@ -97,46 +98,28 @@ class MilterServer:
         self.optneg = optneg
         self.connections = []  # one list of (command, data) per connection
         self.offered = None    # the MTA's (version, actions, protocol)
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.server = None
-        self.port = None
+        self.aio = AioServer(self._serve, what="milter server")
+
+    @property
+    def port(self):
+        return self.aio.port
 
     @property
     def address(self):
         return "inet:127.0.0.1:%d" % self.port
 
     def start(self):
-        self.thread.start()
-        if not self.ready.wait(10):
-            raise RuntimeError("milter server did not start")
+        self.aio.start()
         return self
 
     def stop(self):
-        async def shut():
-            if self.server is not None:
-                self.server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
-        asyncio.run_coroutine_threadsafe(shut(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        self.aio.stop()
 
     def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc):
         self.stop()
-
-    def _run(self):
-        asyncio.set_event_loop(self.loop)
-        self.server = self.loop.run_until_complete(
-            asyncio.start_server(self._serve, "127.0.0.1", 0))
-        self.port = self.server.sockets[0].getsockname()[1]
-        self.ready.set()
-        self.loop.run_forever()
 
     def commands(self, conn=-1):
         """The command letters of one connection, in order."""

@@ -20,6 +20,7 @@ import base64
 import email
 import email.policy
 import os
+import re
 import socket
 import ssl
 import struct
@@ -154,14 +155,22 @@ class Dnsmasq:
     """dnsmasq on 127.0.0.1:<port>, authoritative for *.test.
 
     `mx`: (domain, exchange, preference) triples ("." as exchange is a null
-    MX); `hosts`: (name, address) pairs giving A or AAAA records."""
+    MX); `hosts`: (name, address) pairs giving A or AAAA records; `txt`:
+    (name, [strings]) pairs giving TXT records of those strings. Every
+    query is logged to `log_path` (see `queries`)."""
 
-    def __init__(self, workdir, mx=(), hosts=(), port=None):
+    def __init__(self, workdir, mx=(), hosts=(), port=None, txt=()):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_dns_port()
         self.mx = list(mx)
         self.hosts = list(hosts)
+        self.txt_records = [(name, list(strings)) for name, strings in txt]
+        for name, strings in self.txt_records:
+            # on its command line dnsmasq splits the strings at commas and
+            # takes quotes literally (it honours them only in a conf file)
+            assert all(len(s.encode()) <= 255 and "," not in s for s in strings), \
+                (name, strings)
         self.log_path = self.dir / "dnsmasq.log"
         self.proc = None
 
@@ -179,7 +188,18 @@ class Dnsmasq:
             a.append("--mx-host=%s,%s,%d" % (domain, exchange, pref))
         for name, addr in self.hosts:
             a.append("--host-record=%s,%s" % (name, addr))
+        for name, strings in self.txt_records:
+            a.append("--txt-record=%s,%s" % (name, ",".join(strings)))
         return a
+
+    def queries(self, name, qtype="A"):
+        """How many queries for `name` of type `qtype` dnsmasq has logged."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return 0
+        line = r"\bquery\[%s\] %s from " % (re.escape(qtype), re.escape(name))
+        return len(re.findall(line, text))
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None

@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from aio_server import AioServer
 import dovecot_harness as dh
 import facteur_harness as h
 from dovecot_harness import dovecots  # noqa: F401 (fixture)
@@ -41,7 +42,7 @@ class Transaction:
 
 class ScriptedLMTP:
     """An LMTP server on a UNIX-domain socket (`path`) or on TCP
-    (`host`, `port`), in its own thread and event loop.
+    (`host`, `port`), in its own thread and event loop (aio_server.py).
 
     `rcpt(address)` gives the reply to RCPT (default 250). `after_data(tx)`
     gives the lines sent after the final dot: reply strings, then
@@ -49,52 +50,22 @@ class ScriptedLMTP:
     transaction is recorded in `transactions` with the replies it got."""
 
     def __init__(self, path=None, host=None, port=None, rcpt=None, after_data=None):
-        self.path, self.host, self.port = path, host, port
         self.rcpt = rcpt or (lambda address: "250 2.1.5 Ok")
         self.after_data = after_data or (
             lambda tx: ["250 2.0.0 <%s> Saved" % r for r in tx.rcpts])
         self.transactions = []
         self.sessions = 0
         self.lhlo = []
-        self.loop = asyncio.new_event_loop()
-        self.thread = None
-        self.server = None
         self.lock = threading.Lock()
+        self.aio = AioServer(self._session, host=host, port=port,
+                             path=path or None, what="the scripted LMTP server")
 
     def start(self):
-        ready = threading.Event()
-
-        def run():
-            asyncio.set_event_loop(self.loop)
-            if self.path:
-                coro = asyncio.start_unix_server(self._session, path=str(self.path))
-            else:
-                coro = asyncio.start_server(self._session, self.host, self.port)
-            self.server = self.loop.run_until_complete(coro)
-            ready.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        assert ready.wait(10), "the scripted LMTP server did not start"
+        self.aio.start()
         return self
 
     def stop(self):
-        if self.thread is None:
-            return
-
-        async def shut():
-            self.server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
-
-        asyncio.run_coroutine_threadsafe(shut(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.thread = None
-        if self.path and os.path.exists(self.path):
-            os.unlink(self.path)
+        self.aio.stop()
 
     def delivered(self, address):
         """How many transactions got a 2xx for this recipient."""

@@ -2,9 +2,10 @@
 by PID: rspamd's proxy worker in milter mode (a GTUBE message is
 rejected with rspamd's text, a clean one gets rspamd's headers) and
 OpenDKIM in verify mode (a message signed with a test key, its TXT
-record given to OpenDKIM by TestPublicKeys, gets Authentication-Results
-dkim=pass; the same message tampered with gets dkim=fail). The configurations written here
-are the ones docs/operations.md shows."""
+record served by dnsmasq on loopback and looked up there by OpenDKIM, gets
+Authentication-Results dkim=pass; the same message tampered with gets
+dkim=fail). The configurations written here are the ones
+docs/operations.md shows."""
 
 import os
 import shutil
@@ -130,27 +131,38 @@ def test_rspamd_adds_its_headers_to_clean_mail(make_daemon, rspamd):
 
 # ---------------------------------------------------------------- OpenDKIM
 
+SELECTOR, DOMAIN = "test", "signed.test"
+KEY_NAME = "%s._domainkey.%s" % (SELECTOR, DOMAIN)
+
+
 @pytest.fixture
 def opendkim(tmp_path):
+    """OpenDKIM verifying with its own resolver (Debian builds it with
+    libunbound) sent to a dnsmasq on loopback that serves the key's TXT
+    record; yields (milter address, sign(text), that dnsmasq)."""
     dkim = pytest.importorskip("dkim")
     key = tmp_path / "key.pem"
-    subprocess.run(["openssl", "genrsa", "-traditional", "-out", str(key), "1024"],
+    subprocess.run(["openssl", "genrsa", "-traditional", "-out", str(key), "2048"],
                    check=True, capture_output=True)
     der = subprocess.run(["openssl", "rsa", "-in", str(key), "-pubout", "-outform", "DER"],
                          check=True, capture_output=True).stdout
     import base64
     txt = "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode()
+    # a 2048-bit key's record is longer than one string (255 octets at most)
+    strings = [txt[i:i + 255] for i in range(0, len(txt), 255)]
+    assert len(strings) == 2, strings
+    dns = r.Dnsmasq(tmp_path / "dns", txt=[(KEY_NAME, strings)]).start()
+    # libunbound answers names under test. itself, as empty (RFC 6761),
+    # and never sends the query out: test domains need this one line
+    unbound = tmp_path / "unbound.conf"
+    unbound.write_text('server:\n\tlocal-zone: "test." nodefault\n')
     port = h.free_port()
     conf = tmp_path / "opendkim.conf"
-    # The key's TXT record as OpenDKIM reads it from a file: its libunbound
-    # resolver never asked a loopback dnsmasq (forward-zone and
-    # do-not-query-localhost given through ResolverConfiguration)
-    keys = tmp_path / "keys"
-    keys.write_text("test._domainkey.signed.test %s\n" % txt)
-    conf.write_text("Mode v\nSocket inet:%d@127.0.0.1\nTestPublicKeys %s\n"
+    conf.write_text("Mode v\nSocket inet:%d@127.0.0.1\n"
+                    "Nameservers 127.0.0.1@%d\nResolverConfiguration %s\n"
                     "AuthservID mx.example.test\nAlwaysAddARHeader yes\n"
                     "Syslog no\nBackground no\nPidFile %s\n"
-                    % (port, keys, tmp_path / "opendkim.pid"))
+                    % (port, dns.port, unbound, tmp_path / "opendkim.pid"))
     log = open(tmp_path / "opendkim.log", "wb")
     proc = subprocess.Popen([OPENDKIM, "-f", "-x", str(conf)], stdin=subprocess.DEVNULL,
                             stdout=log, stderr=log)
@@ -159,12 +171,13 @@ def opendkim(tmp_path):
         wait_port(port, proc, "opendkim", 30)
 
         def sign(text):
-            sig = dkim.sign(text.encode(), b"test", b"signed.test", key.read_bytes(),
-                            include_headers=[b"from", b"to", b"subject"])
+            sig = dkim.sign(text.encode(), SELECTOR.encode(), DOMAIN.encode(),
+                            key.read_bytes(), include_headers=[b"from", b"to", b"subject"])
             return sig.decode() + text
-        yield "inet:127.0.0.1:%d" % port, sign
+        yield "inet:127.0.0.1:%d" % port, sign, dns
     finally:
         stop(proc)
+        dns.stop()
 
 
 def auth_results(d):
@@ -173,7 +186,7 @@ def auth_results(d):
 
 
 def test_opendkim_passes_a_signed_message(make_daemon, opendkim):
-    address, sign = opendkim
+    address, sign, dns = opendkim
     d = make_daemon(extra_lines=["milter = %s timeout=30s" % address])
     with d.raw() as c:
         reply = c.send_message("alice@signed.test", [RCPT],
@@ -181,10 +194,11 @@ def test_opendkim_passes_a_signed_message(make_daemon, opendkim):
     assert reply.code == 250, reply
     results = auth_results(d)
     assert "mx.example.test" in results and "dkim=pass" in results, results
+    assert dns.queries(KEY_NAME, "TXT") >= 1, dns.log_tail()
 
 
 def test_opendkim_fails_a_tampered_message(make_daemon, opendkim):
-    address, sign = opendkim
+    address, sign, dns = opendkim
     d = make_daemon(extra_lines=["milter = %s timeout=30s" % address])
     signed = sign(message("signed", "The body.\r\n", "bad"))
     with d.raw() as c:
@@ -192,4 +206,6 @@ def test_opendkim_fails_a_tampered_message(make_daemon, opendkim):
                                signed.replace("The body.", "The b0dy.").encode())
     assert reply.code == 250, reply
     results = auth_results(d)
-    assert "dkim=fail" in results, results
+    # the key was found: the message, not the look-up, failed
+    assert "dkim=fail" in results and "key not found" not in results, results
+    assert dns.queries(KEY_NAME, "TXT") >= 1, dns.log_tail()

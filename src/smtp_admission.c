@@ -204,6 +204,25 @@ static bool sender_is_local_user(const struct smtp_session *s,
 	return local;
 }
 
+/* The ESMTP parameters of a MAIL or RCPT argument that parsed, as the
+ * client wrote them (what follows the path), for the milters. */
+static void path_params(const struct smtp_command *cmd, char *out, size_t size)
+{
+	const char *colon = memchr(cmd->arg, ':', cmd->arglen);
+	size_t i = colon != NULL ? (size_t)(colon - cmd->arg) + 1 : cmd->arglen;
+	while (i < cmd->arglen && cmd->arg[i] == ' ')
+		i++;
+	struct smtp_path path;
+	size_t used = 0;
+	if (smtp_parse_path(cmd->arg + i, cmd->arglen - i, true, true, &path,
+			    &used) != SMTP_PARSE_OK)
+		used = cmd->arglen - i;
+	i += used;
+	while (i < cmd->arglen && cmd->arg[i] == ' ')
+		i++;
+	snprintf(out, size, "%.*s", (int)(cmd->arglen - i), cmd->arg + i);
+}
+
 static void mail_accepted(struct smtp_session *s)
 {
 	s->tx.active = true;
@@ -290,9 +309,10 @@ void smtp_admission_cmd_mail(struct smtp_session *s,
 	s->tx.mail = mail;
 	if (s->milter != NULL) {
 		struct milter_client mc;
+		path_params(cmd, s->milter_params, sizeof s->milter_params);
 		smtp_session_milter_wait(s, &mc);
 		milter_mail(s->milter, &mc, s->tx.mail.from.address,
-			    on_milter_mail, s);
+			    s->milter_params, on_milter_mail, s);
 		return;
 	}
 	mail_accepted(s);
@@ -424,9 +444,10 @@ void smtp_admission_cmd_rcpt(struct smtp_session *s,
 		struct milter_client mc;
 		s->milter_rcpt = rcpt;
 		s->milter_exp = exp;
+		path_params(cmd, s->milter_params, sizeof s->milter_params);
 		smtp_session_milter_wait(s, &mc);
 		milter_rcpt(s->milter, &mc, s->milter_rcpt.to.address,
-			    on_milter_rcpt, s);
+			    s->milter_params, on_milter_rcpt, s);
 		return;
 	}
 	rcpt_accepted(s, &rcpt, &exp);

@@ -274,7 +274,8 @@ static void message_commit(struct smtp_session *s, const char *refusal);
 static void on_milter_message(const struct milter_outcome *o, void *arg);
 static bool milter_envelope_apply(struct smtp_session *s,
 				  struct spool_envelope *env);
-static bool envelope_add_rcpts(struct spool_envelope *env, const char *given,
+static bool envelope_add_rcpts(struct spool_envelope *env,
+			       const struct milter_added_rcpt *added,
 			       const struct policy_expansion *exp);
 
 /* The last octet of the message is in: refuse it, or (once the milters
@@ -397,13 +398,13 @@ static bool milter_envelope_apply(struct smtp_session *s,
 	for (size_t a = 0; a < ch->added_count; a++) {
 		struct policy_expansion exp = {0};
 		if (policy_check_recipient(s->srv->policy, &trusted,
-					   ch->added[a],
+					   ch->added[a].address,
 					   &exp) != POLICY_ACCEPT ||
-		    !envelope_add_rcpts(env, ch->added[a], &exp))
+		    !envelope_add_rcpts(env, &ch->added[a], &exp))
 			log_event(LOG_LEVEL_WARN, "milter_error",
 				  LOG_SESSION(s),
 				  LOG_S("reason", "recipient not added"),
-				  LOG_S("address", ch->added[a]));
+				  LOG_S("address", ch->added[a].address));
 		policy_expansion_clear(&exp);
 	}
 	if (ch->quarantine != NULL) {
@@ -421,8 +422,10 @@ static bool milter_envelope_apply(struct smtp_session *s,
 	return false;
 }
 
-/* A milter's added recipient, expanded, at the end of the envelope. */
-static bool envelope_add_rcpts(struct spool_envelope *env, const char *given,
+/* A milter's added recipient, expanded, at the end of the envelope;
+ * its NOTIFY and ORCPT go to each address it stands for. */
+static bool envelope_add_rcpts(struct spool_envelope *env,
+			       const struct milter_added_rcpt *added,
 			       const struct policy_expansion *exp)
 {
 	struct spool_rcpt *grown =
@@ -432,15 +435,19 @@ static bool envelope_add_rcpts(struct spool_envelope *env, const char *given,
 	env->rcpts = grown;
 	for (size_t i = 0; i < exp->count; i++) {
 		struct spool_rcpt *r = &env->rcpts[env->rcpt_count];
-		*r = (struct spool_rcpt){.address =
-					     strdup(exp->targets[i].address),
-					 .original = strdup(given),
-					 .local = exp->targets[i].local,
-					 .state = RCPT_PENDING,
-					 .updated = env->arrival};
-		if (r->address == NULL || r->original == NULL) {
+		*r = (struct spool_rcpt){
+		    .address = strdup(exp->targets[i].address),
+		    .original = strdup(added->address),
+		    .orcpt = added->orcpt ? strdup(added->orcpt) : NULL,
+		    .notify = added->notify,
+		    .local = exp->targets[i].local,
+		    .state = RCPT_PENDING,
+		    .updated = env->arrival};
+		if (r->address == NULL || r->original == NULL ||
+		    (added->orcpt != NULL && r->orcpt == NULL)) {
 			free(r->address);
 			free(r->original);
+			free(r->orcpt);
 			return false;
 		}
 		env->rcpt_count++;

@@ -173,10 +173,12 @@ struct smtp_session {
 	/* a local submission (submit.h): who is on the other end */
 	bool local_peer;
 	struct smtp_local_peer local;
-	/* milter: the connections, and the RCPT they are asked about */
+	/* milter: the connections, the RCPT they are asked about, and the
+	 * ESMTP parameters of that RCPT or MAIL as the client wrote them */
 	struct milter_session *milter;
 	struct smtp_rcpt milter_rcpt;
 	struct policy_expansion milter_exp;
+	char milter_params[SMTP_COMMAND_LINE_MAX];
 	const char *milter_name, *milter_action; /* for the accepted line */
 };
 

@@ -87,6 +87,7 @@ struct milter_session {
 	size_t count, current;
 	struct milter_client client;
 	const char *sender, *rcpt; /* of the step running */
+	const char *params;	   /* their ESMTP parameters */
 	bool busy;
 	bool advancing; /* in advance(): a failure is seen by its loop */
 	milter_cb cb;
@@ -277,15 +278,20 @@ static void send_connect(struct milter_conn *c)
 	send_packet(c, &b);
 }
 
-/* MAIL or RCPT: the address in <>, without the ESMTP parameters. */
-static void send_path(struct milter_conn *c, char command, const char *address)
+/* MAIL or RCPT: the address in <>, then each ESMTP parameter. */
+static void send_path(struct milter_conn *c, char command)
 {
+	const char *address =
+	    command == MILTER_CMD_MAIL ? c->ms->sender : c->ms->rcpt;
+	const char *params = c->ms->params ? c->ms->params : "";
 	struct milter_builder b;
-	if (!packet_start(c, &b, strlen(address) + 16, command))
+	if (!packet_start(c, &b, strlen(address) + strlen(params) + 16,
+			  command))
 		return;
 	milter_put_bytes(&b, "<", 1);
 	milter_put_bytes(&b, address, strlen(address));
 	milter_put_string(&b, ">");
+	milter_put_params(&b, params);
 	packet_send(c, &b);
 }
 
@@ -296,14 +302,14 @@ static void send_mail(struct milter_conn *c)
 				"{auth_authen}", cl->auth_user,
 				"{tls_version}", cl->tls_version};
 	send_macros(c, MILTER_CMD_MAIL, macros, 6);
-	send_path(c, MILTER_CMD_MAIL, c->ms->sender);
+	send_path(c, MILTER_CMD_MAIL);
 }
 
 static void send_rcpt(struct milter_conn *c)
 {
 	const char *macros[] = {"{rcpt_addr}", c->ms->rcpt};
 	send_macros(c, MILTER_CMD_RCPT, macros, 2);
-	send_path(c, MILTER_CMD_RCPT, c->ms->rcpt);
+	send_path(c, MILTER_CMD_RCPT);
 }
 
 /* A header field as milters see it: the value without its leading
@@ -644,21 +650,70 @@ static int header_change(struct milter_session *ms, uint32_t index,
 	return 0;
 }
 
-static int list_add(char ***list, size_t *count, const char *address)
+/* An address as a milter gives it, without its <> if it has them. */
+static char *address_dup(const char *address)
 {
 	size_t len = strlen(address);
 	if (len >= 2 && address[0] == '<' && address[len - 1] == '>') {
 		address++;
 		len -= 2;
 	}
+	return strndup(address, len);
+}
+
+static int list_add(char ***list, size_t *count, const char *address)
+{
 	char **grown = realloc(*list, (*count + 1) * sizeof **list);
 	if (grown == NULL)
 		return -1;
 	*list = grown;
-	grown[*count] = strndup(address, len);
+	grown[*count] = address_dup(address);
 	if (grown[*count] == NULL)
 		return -1;
 	(*count)++;
+	return 0;
+}
+
+/* A recipient added (ADDRCPT, or ADDRCPT_PAR with its parameters):
+ * NOTIFY and ORCPT apply to it; another parameter is ignored, and a
+ * malformed one refused and logged: the recipient is added without it. */
+static int added_rcpt_add(struct milter_conn *c, const char *address,
+			  const char *args)
+{
+	struct milter_envelope_changes *ch = &c->ms->changes;
+	struct milter_rcpt_params params = {0};
+	const char *param;
+	size_t len, at = 0;
+	enum milter_rcpt_param_result result;
+	while (
+	    milter_rcpt_param_next(args, &at, &param, &len, &params, &result)) {
+		if (result == MILTER_RCPT_PARAM_APPLIED)
+			continue;
+		char text[256];
+		snprintf(text, sizeof text, "%.*s", (int)len, param);
+		bool bad = result == MILTER_RCPT_PARAM_BAD;
+		log_event(bad ? LOG_LEVEL_WARN : LOG_LEVEL_INFO, "milter_param",
+			  LOG_S("milter", c->cfg->name),
+			  LOG_S("queue_id", c->ms->client.queue_id),
+			  LOG_S("address", address), LOG_S("param", text),
+			  LOG_S("result", bad ? "refused" : "ignored"));
+	}
+	struct milter_added_rcpt *grown =
+	    realloc(ch->added, (ch->added_count + 1) * sizeof *grown);
+	if (grown == NULL)
+		return -1;
+	ch->added = grown;
+	struct milter_added_rcpt *r = &grown[ch->added_count];
+	*r = (struct milter_added_rcpt){
+	    .address = address_dup(address),
+	    .notify = params.notify,
+	    .orcpt = params.orcpt[0] ? strdup(params.orcpt) : NULL};
+	if (r->address == NULL || (params.orcpt[0] && r->orcpt == NULL)) {
+		free(r->address);
+		free(r->orcpt);
+		return -1;
+	}
+	ch->added_count++;
 	return 0;
 }
 
@@ -727,7 +782,9 @@ static int apply_change(struct milter_conn *c, const struct milter_reply *r)
 	case MILTER_REPLY_ADDRCPT_PAR:
 		if (!(a & (MILTER_ACTION_ADDRCPT | MILTER_ACTION_ADDRCPT_PAR)))
 			return -1;
-		return list_add(&ch->added, &ch->added_count, r->name);
+		return added_rcpt_add(
+		    c, r->name,
+		    r->kind == MILTER_REPLY_ADDRCPT_PAR ? r->value : NULL);
 	case MILTER_REPLY_DELRCPT:
 		if (!(a & MILTER_ACTION_DELRCPT))
 			return -1;
@@ -1019,8 +1076,10 @@ static void message_clear(struct milter_session *ms)
 	struct milter_envelope_changes *ch = &ms->changes;
 	free((char *)ch->sender);
 	free((char *)ch->quarantine);
-	for (size_t i = 0; i < ch->added_count; i++)
-		free(ch->added[i]);
+	for (size_t i = 0; i < ch->added_count; i++) {
+		free(ch->added[i].address);
+		free(ch->added[i].orcpt);
+	}
 	for (size_t i = 0; i < ch->deleted_count; i++)
 		free(ch->deleted[i]);
 	free(ch->added);
@@ -1066,12 +1125,14 @@ static void step_start(struct milter_session *ms,
 }
 
 void milter_mail(struct milter_session *ms, const struct milter_client *client,
-		 const char *sender, milter_cb cb, void *arg)
+		 const char *sender, const char *params, milter_cb cb,
+		 void *arg)
 {
 	message_clear(ms);
 	ms->discard = false;
 	ms->last_milter = ms->last_action = NULL;
 	ms->sender = sender;
+	ms->params = params;
 	step_start(ms, client, PHASE_CONNECT, PHASE_MAIL, cb, arg);
 	if (ms->refused) {
 		snprintf(ms->reply, sizeof ms->reply, "%s", ms->refusal_reply);
@@ -1086,9 +1147,10 @@ void milter_mail(struct milter_session *ms, const struct milter_client *client,
 }
 
 void milter_rcpt(struct milter_session *ms, const struct milter_client *client,
-		 const char *rcpt, milter_cb cb, void *arg)
+		 const char *rcpt, const char *params, milter_cb cb, void *arg)
 {
 	ms->rcpt = rcpt;
+	ms->params = params;
 	step_start(ms, client, PHASE_RCPT, PHASE_RCPT, cb, arg);
 	if (ms->discard) {
 		finish(ms, MILTER_CONTINUE, NULL, NULL, NULL);

@@ -48,6 +48,18 @@ void milter_put_string(struct milter_builder *b, const char *s)
 	milter_put_bytes(b, s, strlen(s) + 1);
 }
 
+void milter_put_params(struct milter_builder *b, const char *params)
+{
+	for (const char *p = params; p != NULL && *p != '\0';) {
+		size_t n = strcspn(p, " ");
+		if (n > 0) {
+			milter_put_bytes(b, p, n);
+			milter_put_bytes(b, "", 1);
+		}
+		p += n + strspn(p + n, " ");
+	}
+}
+
 size_t milter_end(struct milter_builder *b)
 {
 	if (b->overflow || b->len < 5)
@@ -225,6 +237,58 @@ enum milter_parse_result milter_parse_reply(const uint8_t *in, size_t len,
 	if (r == MILTER_PARSE_OK)
 		*used = 4 + (size_t)n;
 	return r;
+}
+
+/* One parameter of an added recipient, parsed as the only parameter of
+ * a RCPT whose address always passes, so that the syntax of RCPT
+ * parameters has one home (smtp_proto). */
+static enum milter_rcpt_param_result
+rcpt_param_apply(const char *param, size_t len, struct milter_rcpt_params *out)
+{
+	static const char prefix[] = "TO:<postmaster> ";
+	char line[sizeof prefix + sizeof "ORCPT=" + SMTP_ORCPT_MAX];
+	size_t prefix_len = sizeof prefix - 1;
+	/* longer than the longest a recipient takes (ORCPT) */
+	if (len > sizeof line - prefix_len)
+		return MILTER_RCPT_PARAM_BAD;
+	memcpy(line, prefix, prefix_len);
+	memcpy(line + prefix_len, param, len);
+	struct smtp_rcpt rcpt;
+	switch (smtp_parse_rcpt(line, prefix_len + len, &rcpt)) {
+	case SMTP_PARSE_OK:
+		break;
+	case SMTP_PARSE_UNKNOWN_PARAM:
+		return MILTER_RCPT_PARAM_IGNORED;
+	default:
+		return MILTER_RCPT_PARAM_BAD;
+	}
+	if (rcpt.notify != 0) {
+		if (out->notify != 0)
+			return MILTER_RCPT_PARAM_BAD;
+		out->notify = rcpt.notify;
+	} else {
+		if (out->orcpt[0] != '\0')
+			return MILTER_RCPT_PARAM_BAD;
+		memcpy(out->orcpt, rcpt.orcpt, sizeof out->orcpt);
+	}
+	return MILTER_RCPT_PARAM_APPLIED;
+}
+
+bool milter_rcpt_param_next(const char *args, size_t *at, const char **param,
+			    size_t *len, struct milter_rcpt_params *out,
+			    enum milter_rcpt_param_result *result)
+{
+	if (args == NULL)
+		return false;
+	size_t i = *at + strspn(args + *at, " ");
+	*at = i;
+	if (args[i] == '\0')
+		return false;
+	*param = args + i;
+	*len = strcspn(args + i, " ");
+	*at = i + *len;
+	*result = rcpt_param_apply(*param, *len, out);
+	return true;
 }
 
 const char *milter_reply_name(enum milter_reply_kind kind)

@@ -27,10 +27,10 @@ struct milter_session;
 
 /* What the milters decided about a step. */
 enum milter_verdict {
-	MILTER_CONTINUE,   /* go on */
-	MILTER_REJECT,	   /* 5xx: reply holds it */
-	MILTER_TEMPFAIL,   /* 4xx: reply holds it */
-	MILTER_DISCARD,	   /* 250 to the client, the message dropped */
+	MILTER_CONTINUE, /* go on */
+	MILTER_REJECT,	 /* 5xx: reply holds it */
+	MILTER_TEMPFAIL, /* 4xx: reply holds it */
+	MILTER_DISCARD,	 /* 250 to the client, the message dropped */
 };
 
 /* The session facts the milters are told (as macros and arguments). */
@@ -64,11 +64,15 @@ struct milter_session *milter_session_new(struct event_base *base,
 void milter_session_free(struct milter_session *ms);
 
 /* The envelope steps: connect and HELO (when not told yet) then MAIL;
- * RCPT. The addresses are sent without their ESMTP parameters. */
+ * RCPT. The address goes with the command's ESMTP parameters as the
+ * client wrote them (`params`, separated by spaces; NULL or "": none),
+ * each sent as a string of its own. The strings must stay valid until
+ * the callback. */
 void milter_mail(struct milter_session *ms, const struct milter_client *client,
-		 const char *sender, milter_cb cb, void *arg);
+		 const char *sender, const char *params, milter_cb cb,
+		 void *arg);
 void milter_rcpt(struct milter_session *ms, const struct milter_client *client,
-		 const char *rcpt, milter_cb cb, void *arg);
+		 const char *rcpt, const char *params, milter_cb cb, void *arg);
 /* The message, read from inc: headers, body, end of message, and the
  * milters' changes kept for milter_rewrite and the envelope. */
 void milter_message(struct milter_session *ms,
@@ -88,12 +92,21 @@ int milter_rewrite(struct milter_session *ms, struct spool *spool,
 		   struct spool_incoming *inc, const char *new_id,
 		   void (*write)(void *arg, const void *buf, size_t len),
 		   void *arg);
+/* A recipient a milter added, and what the ESMTP parameters it gave
+ * (ADDRCPT_PAR) mean for it; others were ignored, malformed ones refused
+ * (and logged). */
+struct milter_added_rcpt {
+	char *address;	 /* without <> */
+	unsigned notify; /* SMTP_NOTIFY_* bits; 0: not given */
+	char *orcpt;	 /* "rfc822;..."; NULL: not given */
+};
+
 /* The envelope changes: the new sender (NULL: unchanged), recipients
  * added and deleted (addresses without <>), the quarantine reason
  * (NULL: not quarantined). Valid until the next step. */
 struct milter_envelope_changes {
 	const char *sender;
-	char **added;
+	struct milter_added_rcpt *added;
 	size_t added_count;
 	char **deleted;
 	size_t deleted_count;

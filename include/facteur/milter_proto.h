@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "facteur/smtp_proto.h"
+
 #define MILTER_VERSION 6
 #define MILTER_VERSION_MIN 2
 /* A body chunk sent, at most (libmilter's MILTER_CHUNK_SIZE). */
@@ -116,6 +118,11 @@ void milter_put_u32(struct milter_builder *b, uint32_t v);
 void milter_put_bytes(struct milter_builder *b, const void *data, size_t len);
 /* A string and its NUL; NULL is put as "". */
 void milter_put_string(struct milter_builder *b, const char *s);
+/* Each space-separated word of `params` as a string of its own: the
+ * ESMTP parameters of a MAIL or RCPT command as the client wrote them
+ * ("SIZE=10 BODY=8BITMIME"), sent after the address as Sendmail and
+ * Postfix send them. NULL or "" puts nothing. */
+void milter_put_params(struct milter_builder *b, const char *params);
 /* Fill in the length; the packet's size, or 0 when it overflowed. */
 size_t milter_end(struct milter_builder *b);
 
@@ -150,6 +157,32 @@ struct milter_reply {
 enum milter_parse_result milter_parse_reply(const uint8_t *in, size_t len,
 					    size_t *used,
 					    struct milter_reply *out);
+
+/* What the ESMTP parameters of an added recipient (ADDRCPT_PAR) mean
+ * for it: NOTIFY and ORCPT, each with the syntax a client's RCPT must
+ * follow. */
+struct milter_rcpt_params {
+	unsigned notify;		/* SMTP_NOTIFY_* bits; 0: not given */
+	char orcpt[SMTP_ORCPT_MAX + 1]; /* "rfc822;..."; "": not given */
+};
+
+/* What became of one parameter. */
+enum milter_rcpt_param_result {
+	MILTER_RCPT_PARAM_APPLIED, /* NOTIFY or ORCPT, now in the params */
+	MILTER_RCPT_PARAM_IGNORED, /* a keyword that means nothing for a
+				      recipient (SIZE=, BODY=, ...) */
+	MILTER_RCPT_PARAM_BAD,	   /* malformed, or given twice: refused */
+};
+
+/*
+ * The next parameter of `args` (ADDRCPT_PAR's second string, its
+ * parameters separated by spaces) from *at: false at its end; else *param
+ * and *len name the parameter, *at moves past it, and *result says what
+ * became of it. Start with *at = 0 and `out` zeroed.
+ */
+bool milter_rcpt_param_next(const char *args, size_t *at, const char **param,
+			    size_t *len, struct milter_rcpt_params *out,
+			    enum milter_rcpt_param_result *result);
 
 /* The reply's one-letter name for logs ("accept", "reject", ...). */
 const char *milter_reply_name(enum milter_reply_kind kind);

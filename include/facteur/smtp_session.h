@@ -1,8 +1,8 @@
 /*
- * The inbound SMTP state machine (SPEC.md §4): greeting, EHLO, MAIL/RCPT
- * policy, DATA and BDAT streamed into the spool, the 250 after the
- * commit. One struct per connection; every transition happens in
- * smtp_session.c's input handler.
+ * The inbound SMTP state machine: greeting, EHLO, MAIL/RCPT policy,
+ * DATA and BDAT streamed into the spool, the 250 after the commit. One
+ * struct per connection; every transition happens in its input handler
+ * (smtp_session_process). Its files share smtp_session_internal.h.
  */
 #ifndef FACTEUR_SMTP_SESSION_H
 #define FACTEUR_SMTP_SESSION_H

@@ -2,7 +2,9 @@
  * Octets from a milter through milter_parse_reply, packet after packet
  * as the client reads them, with checks on what it returns: a packet
  * within the input and the bound, strings that end inside it, reply
- * codes of 4xx or 5xx, and "need more" only when the packet is cut.
+ * codes of 4xx or 5xx, and "need more" only when the packet is cut;
+ * the ESMTP parameters of an added recipient through
+ * milter_rcpt_param_next, each within its string.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -21,6 +23,22 @@ static void check_string(const char *s, const uint8_t *start, size_t used)
 	if (p < start || p >= start + used)
 		abort();
 	if (memchr(p, '\0', (size_t)(start + used - p)) == NULL)
+		abort();
+}
+
+static void check_rcpt_params(const char *args)
+{
+	struct milter_rcpt_params params = {0};
+	const char *param;
+	size_t at = 0, len, end = strlen(args);
+	enum milter_rcpt_param_result result;
+	while (
+	    milter_rcpt_param_next(args, &at, &param, &len, &params, &result)) {
+		if (len == 0 || param < args || param + len > args + end ||
+		    at > end || memchr(param, ' ', len) != NULL)
+			abort();
+	}
+	if (memchr(params.orcpt, '\0', sizeof params.orcpt) == NULL)
 		abort();
 }
 
@@ -49,6 +67,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 		if (r.data != NULL && r.data + r.data_len > data + used)
 			abort();
+		if (r.kind == MILTER_REPLY_ADDRCPT_PAR && r.value != NULL)
+			check_rcpt_params(r.value);
 		(void)milter_reply_name(r.kind);
 		data += used;
 		size -= used;

@@ -231,6 +231,54 @@ def test_envelope_changes(make_daemon, milter):
     assert d.maildir_messages(RCPT) == []
 
 
+def test_mail_and_rcpt_parameters_are_told_as_the_client_wrote_them(make_daemon, milter):
+    s = milter()
+    d = milter_daemon(make_daemon, s.address)
+    with d.raw() as c:
+        c.ehlo()
+        assert c.cmd("MAIL FROM:<a@example.org> SIZE=1234  body=8BITMIME").code == 250
+        r = c.cmd("RCPT TO:<user@localhost> NOTIFY=SUCCESS,FAILURE "
+                  "ORCPT=rfc822;user@localhost")
+        assert r.code == 250, r
+        assert c.cmd("RCPT TO:<other@localhost>").code == 250
+        c.cmd("QUIT")
+    assert s.data_of("M") == [b"<a@example.org>\0SIZE=1234\0body=8BITMIME\0"]
+    assert s.data_of("R") == [
+        b"<user@localhost>\0NOTIFY=SUCCESS,FAILURE\0ORCPT=rfc822;user@localhost\0",
+        b"<other@localhost>\0"]
+
+
+def test_added_recipient_takes_its_notify_and_orcpt(make_daemon, milter):
+    sender = "sender@localhost"
+    s = milter(replies={"E": [
+        m.add_rcpt("<other@localhost>", "NOTIFY=SUCCESS ORCPT=rfc822;given@example.org"),
+        m.add_rcpt("<third@localhost>", "NOTIFY=SOMETIMES SIZE=10"),
+        m.CONTINUE]})
+    d = milter_daemon(make_daemon, s.address)
+    final = transaction(d, sender=sender)[-1]
+    assert final.code == 250, final
+    qid = h.queue_id_of(final)
+    # the malformed parameter is refused, the one that means nothing for
+    # a recipient ignored; the recipient is added all the same
+    d.wait_event("milter_param", milter=s.address, queue_id=qid,
+                 address="<third@localhost>", param="NOTIFY=SOMETIMES", result="refused")
+    d.wait_event("milter_param", milter=s.address, queue_id=qid,
+                 address="<third@localhost>", param="SIZE=10", result="ignored")
+    for rcpt in (RCPT, "other@localhost", "third@localhost"):
+        d.wait_event("delivered", rcpt=rcpt)
+    # NOTIFY=SUCCESS: a success notice for the added recipient only, with
+    # the ORCPT the milter gave
+    (dsn,) = h.wait_for(lambda: h.dsns_to(d, sender) or None, h.IO_TIMEOUT,
+                        what="a success DSN")
+    per_recipient = h.dsn_fields(dsn)[1:]
+    assert len(per_recipient) == 1, per_recipient
+    assert per_recipient[0]["Action"] == "delivered"
+    assert per_recipient[0]["Final-Recipient"] == "rfc822; other@localhost"
+    assert per_recipient[0]["Original-Recipient"] == "rfc822;given@example.org"
+    time.sleep(1)
+    assert len(h.dsns_to(d, sender)) == 1
+
+
 def test_a_change_not_negotiated_cuts_the_milter(make_daemon, milter):
     s = milter(actions=0, replies={"E": [m.add_header("X-No", "x"), m.CONTINUE]})
     d = milter_daemon(make_daemon, s.address)

@@ -7,6 +7,7 @@
 
 #include <cmocka.h>
 
+#include <stdio.h>
 #include <string.h>
 
 #include "facteur/milter_proto.h"
@@ -212,6 +213,130 @@ static void test_milter_parse_replaced_body(void **state)
 	assert_memory_equal(r.data, "a\0b", 3);
 }
 
+static void test_milter_builder_puts_each_param_as_a_string(void **state)
+{
+	(void)state;
+	uint8_t buf[64];
+	struct milter_builder b;
+	milter_begin(&b, buf, sizeof buf, MILTER_CMD_MAIL);
+	milter_put_string(&b, "<a@b>");
+	milter_put_params(&b, " SIZE=1234  BODY=8BITMIME ");
+	size_t n = milter_end(&b);
+	static const char want[] = "\0\0\0\x1fM<a@b>\0SIZE=1234\0BODY=8BITMIME";
+	assert_int_equal(n, sizeof want);
+	assert_memory_equal(buf, want, n);
+}
+
+static void test_milter_builder_puts_no_params_for_none(void **state)
+{
+	(void)state;
+	uint8_t buf[32];
+	struct milter_builder b;
+	milter_begin(&b, buf, sizeof buf, MILTER_CMD_RCPT);
+	milter_put_string(&b, "<a@b>");
+	milter_put_params(&b, NULL);
+	milter_put_params(&b, "");
+	milter_put_params(&b, "   ");
+	assert_int_equal(milter_end(&b), 4 + 1 + 6);
+}
+
+/* Every parameter of args through the iterator: what became of each, as
+ * one letter (a: applied, i: ignored, b: refused). */
+static void rcpt_params(const char *args, struct milter_rcpt_params *out,
+			char *results)
+{
+	memset(out, 0, sizeof *out);
+	size_t at = 0, len = 0, n = 0;
+	const char *param = NULL;
+	enum milter_rcpt_param_result result;
+	while (milter_rcpt_param_next(args, &at, &param, &len, out, &result)) {
+		assert_true(len > 0 && param[0] != ' ');
+		results[n++] = result == MILTER_RCPT_PARAM_APPLIED   ? 'a'
+			       : result == MILTER_RCPT_PARAM_IGNORED ? 'i'
+								     : 'b';
+	}
+	results[n] = '\0';
+}
+
+static void test_milter_rcpt_params_notify_and_orcpt_apply(void **state)
+{
+	(void)state;
+	struct milter_rcpt_params p;
+	char results[16];
+	rcpt_params("NOTIFY=SUCCESS,FAILURE  ORCPT=rfc822;x+2By@example.org",
+		    &p, results);
+	assert_string_equal(results, "aa");
+	assert_int_equal(p.notify, SMTP_NOTIFY_SUCCESS | SMTP_NOTIFY_FAILURE);
+	assert_string_equal(p.orcpt, "rfc822;x+2By@example.org");
+	rcpt_params("notify=never", &p, results);
+	assert_string_equal(results, "a");
+	assert_int_equal(p.notify, SMTP_NOTIFY_NEVER);
+	assert_string_equal(p.orcpt, "");
+}
+
+static void test_milter_rcpt_params_other_keywords_are_ignored(void **state)
+{
+	(void)state;
+	struct milter_rcpt_params p;
+	char results[16];
+	rcpt_params("SIZE=10 NOTIFY=DELAY X-OURS=1", &p, results);
+	assert_string_equal(results, "iai");
+	assert_int_equal(p.notify, SMTP_NOTIFY_DELAY);
+}
+
+static void test_milter_rcpt_params_malformed_ones_are_refused(void **state)
+{
+	(void)state;
+	struct milter_rcpt_params p;
+	char results[16];
+	/* a bad value, NEVER with another, no value, no keyword, a bad
+	 * keyword, ORCPT without its type or with a bad xtext */
+	rcpt_params("NOTIFY=SOMETIMES NOTIFY=NEVER,DELAY NOTIFY =x "
+		    "BAD_KEY=1 ORCPT=user@example.org ORCPT=rfc822;a+zz",
+		    &p, results);
+	assert_string_equal(results, "bbbbbbb");
+	assert_int_equal(p.notify, 0);
+	assert_string_equal(p.orcpt, "");
+	/* the second of a kind is refused, the first stays */
+	rcpt_params("NOTIFY=FAILURE NOTIFY=SUCCESS ORCPT=rfc822;a@b "
+		    "ORCPT=rfc822;c@d",
+		    &p, results);
+	assert_string_equal(results, "abab");
+	assert_int_equal(p.notify, SMTP_NOTIFY_FAILURE);
+	assert_string_equal(p.orcpt, "rfc822;a@b");
+}
+
+static void test_milter_rcpt_params_longer_than_any_are_refused(void **state)
+{
+	(void)state;
+	char args[2 * SMTP_ORCPT_MAX];
+	snprintf(args, sizeof args, "ORCPT=rfc822;");
+	size_t n = strlen(args);
+	memset(args + n, 'a', sizeof args - n - 1);
+	args[sizeof args - 1] = '\0';
+	struct milter_rcpt_params p;
+	char results[16];
+	rcpt_params(args, &p, results);
+	assert_string_equal(results, "b");
+	assert_string_equal(p.orcpt, "");
+}
+
+static void test_milter_rcpt_params_none(void **state)
+{
+	(void)state;
+	struct milter_rcpt_params p;
+	char results[16];
+	rcpt_params("", &p, results);
+	assert_string_equal(results, "");
+	rcpt_params("   ", &p, results);
+	assert_string_equal(results, "");
+	size_t at = 0, len;
+	const char *param;
+	enum milter_rcpt_param_result result;
+	assert_false(
+	    milter_rcpt_param_next(NULL, &at, &param, &len, &p, &result));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -227,6 +352,16 @@ int main(void)
 	    cmocka_unit_test(test_milter_parse_header_changes),
 	    cmocka_unit_test(test_milter_parse_envelope_changes),
 	    cmocka_unit_test(test_milter_parse_replaced_body),
+	    cmocka_unit_test(test_milter_builder_puts_each_param_as_a_string),
+	    cmocka_unit_test(test_milter_builder_puts_no_params_for_none),
+	    cmocka_unit_test(test_milter_rcpt_params_notify_and_orcpt_apply),
+	    cmocka_unit_test(
+		test_milter_rcpt_params_other_keywords_are_ignored),
+	    cmocka_unit_test(
+		test_milter_rcpt_params_malformed_ones_are_refused),
+	    cmocka_unit_test(
+		test_milter_rcpt_params_longer_than_any_are_refused),
+	    cmocka_unit_test(test_milter_rcpt_params_none),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -94,17 +94,24 @@ void config_replace_string(char **slot, const char *value)
 	*slot = copy;
 }
 
+/* A message of a printf format, malloc'd. */
+static char *format_message(const char *fmt, va_list ap)
+{
+	char *msg;
+
+	if (vasprintf(&msg, fmt, ap) < 0)
+		config_out_of_memory();
+	return msg;
+}
+
 void config_errors_add(struct config_errors *errors, const char *fmt, ...)
 {
 	va_list ap;
 	char *msg;
-	int n;
 
 	va_start(ap, fmt);
-	n = vasprintf(&msg, fmt, ap);
+	msg = format_message(fmt, ap);
 	va_end(ap);
-	if (n < 0)
-		config_out_of_memory();
 	errors->messages = config_xreallocarray(
 	    errors->messages, errors->count + 1, sizeof(*errors->messages));
 	errors->messages[errors->count++] = msg;
@@ -202,13 +209,10 @@ void config_bad_value(struct loader *ld, const char *fmt, ...)
 {
 	va_list ap;
 	char *msg;
-	int n;
 
 	va_start(ap, fmt);
-	n = vasprintf(&msg, fmt, ap);
+	msg = format_message(fmt, ap);
 	va_end(ap);
-	if (n < 0)
-		config_out_of_memory();
 	config_errors_add(ld->errors, "%s: %s: %s", ld->origin,
 			  key_defs[ld->key].name, msg);
 	free(msg);

@@ -153,6 +153,45 @@ char *config_read_named_file(const char *path, const char *key, size_t max,
 	return NULL;
 }
 
+void config_lines_start(struct config_lines *lines, const char *text,
+			size_t len, const char *name, const char *key,
+			struct config_errors *errors)
+{
+	*lines = (struct config_lines){
+	    .next = text,
+	    .end = text + len,
+	    .name = name,
+	    .key = key,
+	    .errors = errors,
+	};
+}
+
+enum config_line config_lines_next(struct config_lines *lines,
+				   const char **line, size_t *len)
+{
+	const char *start = lines->next;
+	const char *nl;
+	size_t n;
+
+	if (start >= lines->end)
+		return CONFIG_LINE_END;
+	nl = memchr(start, '\n', (size_t)(lines->end - start));
+	n = (size_t)((nl != NULL ? nl : lines->end) - start);
+	lines->next = nl != NULL ? nl + 1 : lines->end;
+	lines->lineno++;
+	if (memchr(start, '\0', n) != NULL) {
+		config_errors_add(lines->errors, "%s:%zu: %s: NUL byte in line",
+				  lines->name, lines->lineno, lines->key);
+		return CONFIG_LINE_BROKEN;
+	}
+	*line = ascii_trim(start, &n, ASCII_LINE_BLANKS);
+	*len = n;
+	if (n == 0 || **line == '#')
+		return CONFIG_LINE_EMPTY;
+	return start[0] == ' ' || start[0] == '\t' ? CONFIG_LINE_INDENTED
+						   : CONFIG_LINE_ENTRY;
+}
+
 void config_errors_clear(struct config_errors *errors)
 {
 	if (errors == NULL)

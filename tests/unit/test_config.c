@@ -2302,6 +2302,60 @@ static void test_config_dkim_sign_lines(void **state)
 	value_fails("dkim_sign", "example.com sel..x /k");
 }
 
+/* The lines of a named file: numbered, trimmed, comments and blanks told
+ * apart from entries and indented lines, a NUL byte reported once. */
+static void test_config_lines_of_a_named_file(void **state)
+{
+	(void)state;
+	static const char text[] = "first: a\r\n  \n# comment\n\tcont \n"
+				   "  # indented comment\nmid\0dle\nlast";
+	static const struct {
+		enum config_line kind;
+		const char *text;
+	} want[] = {
+	    {CONFIG_LINE_ENTRY, "first: a"}, {CONFIG_LINE_EMPTY, NULL},
+	    {CONFIG_LINE_EMPTY, NULL},	     {CONFIG_LINE_INDENTED, "cont"},
+	    {CONFIG_LINE_EMPTY, NULL},	     {CONFIG_LINE_BROKEN, NULL},
+	    {CONFIG_LINE_ENTRY, "last"},
+	};
+	struct config_errors errors = {0};
+	struct config_lines lines;
+	const char *line;
+	size_t len;
+
+	config_lines_start(&lines, text, sizeof(text) - 1, "f", "users_file",
+			   &errors);
+	for (size_t i = 0; i < COUNT_OF(want); i++) {
+		assert_int_equal(config_lines_next(&lines, &line, &len),
+				 want[i].kind);
+		assert_int_equal(lines.lineno, i + 1);
+		if (want[i].text != NULL) {
+			assert_int_equal(len, strlen(want[i].text));
+			assert_memory_equal(line, want[i].text, len);
+		}
+	}
+	assert_int_equal(config_lines_next(&lines, &line, &len),
+			 CONFIG_LINE_END);
+	assert_int_equal(config_lines_next(&lines, &line, &len),
+			 CONFIG_LINE_END);
+	assert_int_equal(errors.count, 1);
+	assert_string_equal(errors.messages[0],
+			    "f:6: users_file: NUL byte in line");
+	config_errors_clear(&errors);
+
+	config_lines_start(&lines, "", 0, "f", "users_file", &errors);
+	assert_int_equal(config_lines_next(&lines, &line, &len),
+			 CONFIG_LINE_END);
+	assert_int_equal(lines.lineno, 0);
+	config_lines_start(&lines, "a\n", 2, "f", "users_file", &errors);
+	assert_int_equal(config_lines_next(&lines, &line, &len),
+			 CONFIG_LINE_ENTRY);
+	assert_int_equal(config_lines_next(&lines, &line, &len),
+			 CONFIG_LINE_END);
+	assert_int_equal(lines.lineno, 1);
+	assert_int_equal(errors.count, 0);
+}
+
 static void test_config_hostname_without_a_dot_is_warned_about(void **state)
 {
 	(void)state;
@@ -2377,6 +2431,7 @@ int main(void)
 	    cmocka_unit_test(test_config_mta_sts_follows_tls_outbound),
 	    cmocka_unit_test(test_config_print_round_trips),
 	    cmocka_unit_test(test_config_print_round_trips_every_key),
+	    cmocka_unit_test(test_config_lines_of_a_named_file),
 	    cmocka_unit_test(test_config_print_shows_normalised_values),
 	    cmocka_unit_test(test_config_shipped_file_loads),
 	    cmocka_unit_test(test_config_shipped_file_mentions_every_key),

@@ -1,13 +1,13 @@
 /*
  * The effective settings: built-in defaults, then the file, then the
- * FACTEUR_* environment (SPEC.md §3, §8). Each value is parsed where it is
- * read, so that its error names its file:line or variable; checks between
- * keys run once everything is read. Every error is collected, none stops
- * the load. This file holds the table of keys, the reading of the file,
- * the checks, and -n's printout; the values of special keys are parsed
- * and printed by area in config_net.c, config_local.c, config_route.c
- * and config_filter.c, the common ones in config_value.c, and the
- * environment is read in config_env.c.
+ * FACTEUR_* environment. Each value is parsed where it is read, so that
+ * its error names its file:line or variable; checks between keys run
+ * once everything is read. Every error is collected, none stops the load.
+ * This file holds the table of keys, the reading of the file, the checks,
+ * -n's printout, and the line reader of the files the settings name; the
+ * values of special keys are parsed and printed by area in config_net.c,
+ * config_local.c, config_route.c and config_filter.c, the common ones in
+ * config_value.c, and the environment is read in config_env.c.
  */
 #include "facteur/config.h"
 

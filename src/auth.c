@@ -115,13 +115,6 @@ static int parse_line(struct auth_users *users, size_t *cap, const char *line,
 		    lineno, (int)(addrlen > 200 ? 200 : addrlen), addr);
 		return 0;
 	}
-	if (memchr(hash, '\0', hashlen) != NULL ||
-	    memchr(addr, '\0', addrlen) != NULL) {
-		config_errors_add(errors,
-				  "%s:%zu: users_file: NUL byte in line", name,
-				  lineno);
-		return 0;
-	}
 	if (users->count == *cap) {
 		size_t ncap = *cap == 0 ? 64 : *cap * 2;
 		struct auth_user *n =
@@ -157,19 +150,17 @@ static struct auth_users *parse_text(const char *text, size_t len,
 				  name);
 		return NULL;
 	}
-	size_t cap = 0, lineno = 0;
-	const char *p = text, *end = text + len;
-	while (p < end) {
-		const char *nl = memchr(p, '\n', (size_t)(end - p));
-		const char *line_end = nl != NULL ? nl : end;
-		const char *line = p;
-		size_t linelen = (size_t)(line_end - p);
-		p = nl != NULL ? nl + 1 : end;
-		lineno++;
-		line = ascii_trim(line, &linelen, ASCII_LINE_BLANKS);
-		if (linelen == 0 || line[0] == '#')
+	size_t cap = 0;
+	struct config_lines lines;
+	enum config_line kind;
+	const char *line;
+	size_t linelen;
+	config_lines_start(&lines, text, len, name, "users_file", errors);
+	while ((kind = config_lines_next(&lines, &line, &linelen)) !=
+	       CONFIG_LINE_END) {
+		if (kind != CONFIG_LINE_ENTRY && kind != CONFIG_LINE_INDENTED)
 			continue;
-		if (parse_line(users, &cap, line, linelen, name, lineno,
+		if (parse_line(users, &cap, line, linelen, name, lines.lineno,
 			       errors) == -1) {
 			config_errors_add(
 			    errors, "%s: users_file: out of memory", name);

@@ -221,34 +221,26 @@ static int parse_aliases(struct policy *p, const char *text, size_t len,
 	 * of a line already reported as broken. */
 	struct alias *current = NULL;
 	bool skip = false;
-	size_t lineno = 0;
-	const char *s = text, *end = text + len;
-	while (s < end && !ap.oom) {
-		const char *nl = memchr(s, '\n', (size_t)(end - s));
-		const char *line = s;
-		size_t linelen = (size_t)((nl != NULL ? nl : end) - s);
-		s = nl != NULL ? nl + 1 : end;
-		lineno++;
-		if (memchr(line, '\0', linelen) != NULL) {
-			config_errors_add(errors,
-					  "%s:%zu: aliases_file: NUL byte in "
-					  "line",
-					  name, lineno);
+	struct config_lines lines;
+	enum config_line kind;
+	const char *body;
+	size_t bodylen;
+	config_lines_start(&lines, text, len, name, "aliases_file", errors);
+	while (!ap.oom && (kind = config_lines_next(&lines, &body, &bodylen)) !=
+			      CONFIG_LINE_END) {
+		size_t lineno = lines.lineno;
+		switch (kind) {
+		case CONFIG_LINE_BROKEN:
 			current = NULL;
 			skip = true;
-			continue;
-		}
-		const char *body = line;
-		size_t bodylen = linelen;
-		body = ascii_trim(body, &bodylen, ASCII_LINE_BLANKS);
-		if (bodylen == 0 || body[0] == '#') {
+			break;
+		case CONFIG_LINE_EMPTY:
 			current = NULL;
 			skip = false;
-			continue;
-		}
-		if (line[0] == ' ' || line[0] == '\t') {
+			break;
+		case CONFIG_LINE_INDENTED:
 			if (skip)
-				continue;
+				break;
 			if (current == NULL) {
 				config_errors_add(
 				    errors,
@@ -257,13 +249,17 @@ static int parse_aliases(struct policy *p, const char *text, size_t len,
 				    "address",
 				    name, lineno);
 				skip = true;
-				continue;
+				break;
 			}
 			parse_targets(&ap, current, body, bodylen, lineno);
-			continue;
+			break;
+		case CONFIG_LINE_ENTRY:
+			current = parse_entry(&ap, body, bodylen, lineno);
+			skip = current == NULL;
+			break;
+		case CONFIG_LINE_END:
+			break;
 		}
-		current = parse_entry(&ap, body, bodylen, lineno);
-		skip = current == NULL;
 	}
 	if (ap.oom) {
 		config_errors_add(errors, "%s: aliases_file: out of memory",

@@ -146,23 +146,15 @@ struct senders *senders_parse(const char *text, size_t len, const char *name,
 				  name);
 		return NULL;
 	}
-	size_t cap = 0, lineno = 0;
-	const char *s = text, *end = text + len;
-	while (s < end && !ps.oom) {
-		const char *nl = memchr(s, '\n', (size_t)(end - s));
-		size_t n = (size_t)((nl != NULL ? nl : end) - s);
-		const char *line = s;
-		s = nl != NULL ? nl + 1 : end;
-		lineno++;
-		if (memchr(line, '\0', n) != NULL) {
-			config_errors_add(errors,
-					  "%s:%zu: senders_file: NUL byte in "
-					  "line",
-					  name, lineno);
-			continue;
-		}
-		line = ascii_trim(line, &n, ASCII_LINE_BLANKS);
-		if (n == 0 || line[0] == '#')
+	size_t cap = 0;
+	struct config_lines lines;
+	enum config_line kind;
+	const char *line;
+	size_t n;
+	config_lines_start(&lines, text, len, name, "senders_file", errors);
+	while (!ps.oom && (kind = config_lines_next(&lines, &line, &n)) !=
+			      CONFIG_LINE_END) {
+		if (kind != CONFIG_LINE_ENTRY && kind != CONFIG_LINE_INDENTED)
 			continue;
 		if (t->count == cap) {
 			size_t ncap = cap ? cap * 2 : 16;
@@ -177,7 +169,7 @@ struct senders *senders_parse(const char *text, size_t len, const char *name,
 		}
 		struct sender_line *sl = &t->lines[t->count++];
 		memset(sl, 0, sizeof *sl);
-		(void)parse_line(&ps, sl, line, n, lineno);
+		(void)parse_line(&ps, sl, line, n, lines.lineno);
 	}
 	if (ps.oom)
 		config_errors_add(errors, "%s: senders_file: out of memory",

@@ -269,6 +269,39 @@ char *config_read_named_file(const char *path, const char *key, size_t max,
 			     unsigned flags, size_t *len,
 			     struct config_errors *errors);
 
+/*
+ * The lines of a file the settings name (users_file, aliases_file,
+ * senders_file), one at a time: numbered from 1, blanks (space, tab, CR)
+ * trimmed around them. A line holding a NUL byte is reported as
+ * "NAME:LINE: KEY: NUL byte in line" and comes back as
+ * CONFIG_LINE_BROKEN, whatever else it holds.
+ */
+enum config_line {
+	CONFIG_LINE_END,      /* no line left */
+	CONFIG_LINE_ENTRY,    /* text from the line's first column */
+	CONFIG_LINE_INDENTED, /* text after a space or tab in the first
+				 column (an alias' continuation) */
+	CONFIG_LINE_EMPTY,    /* blank, or a comment ('#' first) */
+	CONFIG_LINE_BROKEN,   /* a NUL byte, already reported */
+};
+
+struct config_lines {
+	const char *next;
+	const char *end;
+	const char *name; /* the file, for messages */
+	const char *key;  /* the setting that names it */
+	struct config_errors *errors;
+	size_t lineno; /* of the line last returned */
+};
+
+void config_lines_start(struct config_lines *lines, const char *text,
+			size_t len, const char *name, const char *key,
+			struct config_errors *errors);
+/* The next line's kind; for an entry or an indented line, its text
+ * (trimmed, not NUL-terminated) in *line and *len. */
+enum config_line config_lines_next(struct config_lines *lines,
+				   const char **line, size_t *len);
+
 /* Print the effective settings as "key = value" lines, every key of the
  * table in SPEC.md §3 in its order, lists comma-separated. */
 void config_print(const struct config *cfg, FILE *out);

@@ -161,6 +161,32 @@ static void test_auth_users_load_reads_file(void **state)
 	free(path);
 }
 
+/* A NUL byte refuses its line wherever it is, a comment's included, as
+ * in the aliases and senders files. */
+static void test_auth_users_load_refuses_a_nul_byte_in_any_line(void **state)
+{
+	(void)state;
+	char text[256];
+	int len = snprintf(text, sizeof text, "# a%cb\nbob@example.com:%s\n",
+			   '\0', sha256_hash);
+	char *path = support_temp_file("");
+	FILE *f = fopen(path, "w");
+	assert_non_null(f);
+	assert_int_equal(fwrite(text, 1, (size_t)len, f), (size_t)len);
+	assert_int_equal(fclose(f), 0);
+
+	struct config_errors errors = {0};
+	assert_null(auth_users_load(path, &errors));
+	assert_int_equal(errors.count, 1);
+	char expected[128];
+	snprintf(expected, sizeof expected,
+		 "%s:1: users_file: NUL byte in line", path);
+	assert_string_equal(errors.messages[0], expected);
+	config_errors_clear(&errors);
+	assert_int_equal(unlink(path), 0);
+	free(path);
+}
+
 static void test_auth_users_load_missing_file_is_an_error(void **state)
 {
 	(void)state;
@@ -522,6 +548,8 @@ int main(void)
 	    cmocka_unit_test(test_auth_users_empty_text_has_no_users),
 	    cmocka_unit_test(test_auth_users_load_reads_file),
 	    cmocka_unit_test(test_auth_users_load_missing_file_is_an_error),
+	    cmocka_unit_test(
+		test_auth_users_load_refuses_a_nul_byte_in_any_line),
 	    cmocka_unit_test(test_auth_users_hash_then_password_matches),
 	    cmocka_unit_test(test_auth_users_hundred_thousand_lookups),
 	    cmocka_unit_test(test_auth_hash_password_makes_checkable_sha512),

@@ -1795,6 +1795,111 @@ static void test_config_print_round_trips(void **state)
 			  ENV("FACTEUR_LISTEN=", "FACTEUR_LOCAL_DOMAINS="));
 }
 
+/* A file that sets every key away from its default; sender_route and
+ * dkim_sign have one value each, as -n prints several of theirs on one
+ * line, which a file reads as one value. */
+static const char every_key_text[] =
+    "hostname = mx.example.test\n"
+    "listen = 127.0.0.1:2525, [::1]:2587/submission, *:2465/smtps+proxy\n"
+    "pop3_listen = 127.0.0.1:2110/pop3, [::1]:2995/pop3s\n"
+    "metrics_listen = 127.0.0.1:9100\n"
+    "spool_dir = /srv/spool\n"
+    "local_domains = Example.test, example.org.\n"
+    "users_file = /etc/facteur/users\n"
+    "aliases_file = /etc/facteur/aliases\n"
+    "mailbox_format = mbox\n"
+    "mailbox_path = /srv/mail/%d/%u%%\n"
+    "relay_networks = 10.1.2.3/8, 2001:db8::/32, 192.0.2.1\n"
+    "route = *.free.fr smtp.free.fr\n"
+    "route = * [smarthost.example.net]:587 tls=verify auth=/run/s/relay\n"
+    "dns_servers = 127.0.0.1:5353, [::1]\n"
+    "mx_port = 2525\n"
+    "tls_cert = /c.pem\n"
+    "tls_key = /k.pem\n"
+    "tls_outbound = verify\n"
+    "tls_ca_file = /ca.pem\n"
+    "max_message_size = 3072K\n"
+    "max_recipients = 5\n"
+    "max_connections = 6\n"
+    "max_connections_per_ip = 7\n"
+    "max_connections_per_destination = 2\n"
+    "smtp_timeout = 90\n"
+    "retry_min = 120\n"
+    "retry_max = 1d\n"
+    "queue_lifetime = 3h\n"
+    "delay_notice = 0\n"
+    "user = nobody\n"
+    "log_format = json\n"
+    "log_level = debug\n"
+    "flush_method = syncfs\n"
+    "max_envelope_size = 2K\n"
+    "max_envelope_memory = 1G\n"
+    "ipv6_prefix_length = 56\n"
+    "auth_fail_limit = 3/90s\n"
+    "proxy_networks = 192.0.2.5, 2001:db8::/48\n"
+    "reuse_port = yes\n"
+    "sender_route = example.org [smtp.a.example]:465 tls=implicit "
+    "auth=/run/s/a\n"
+    "srs_domain = Fwd.Example.org\n"
+    "srs_secret_file = /etc/facteur/srs\n"
+    "senders_file = /etc/facteur/senders\n"
+    "dkim_sign = example.test sel1 /k/dkim.pem\n"
+    "shape = gmail.com max_connections=3 rate=60/m\n"
+    "shape = * pause=3s\n"
+    "shape_redis = 127.0.0.1:6379/3\n"
+    "mailbox_owner = nobody:nogroup\n"
+    "mailbox_mode = 0640\n"
+    "dnsbl = zen.example.test match=127.0.0.2,127.0.0.3\n"
+    "dnsbl = bl.example.org.\n"
+    "max_messages_per_ip = 30/m\n"
+    "local_transport = lmtp:unix:/run/dovecot/lmtp\n"
+    "submit_socket = /run/facteur.submit\n"
+    "dane = yes\n"
+    "milter = inet:127.0.0.1:8891 timeout=10s default=accept\n"
+    "milter = unix:/run/milter.sock\n"
+    "mta_sts = no\n"
+    "tlsrpt_from = tlsrpt@example.org\n";
+
+/* -n's printout of a file that sets every key loads back as the same
+ * printout; and no line of it is a default's, so every key's printer
+ * and parser is in the loop. */
+static void test_config_print_round_trips_every_key(void **state)
+{
+	(void)state;
+	struct passwd *nobody = getpwnam("nobody");
+
+	if (nobody == NULL || getgrnam("nogroup") == NULL ||
+	    nobody->pw_uid == geteuid())
+		skip(); /* user and mailbox_owner need these accounts */
+	assert_round_trip(every_key_text, NULL);
+
+	struct config *defaults = support_load_config("", NULL);
+	struct config *every = support_load_config(every_key_text, NULL);
+	char *default_text = print_config(defaults);
+	char *every_text = print_config(every);
+	char *lines = NULL;
+	size_t keys = 0;
+
+	assert_true(asprintf(&lines, "\n%s", every_text) > 0);
+	for (char *line = default_text, *nl; *line != '\0'; line = nl + 1) {
+		char wanted[1024];
+
+		nl = strchr(line, '\n');
+		assert_non_null(nl);
+		snprintf(wanted, sizeof(wanted), "\n%.*s\n", (int)(nl - line),
+			 line);
+		if (strstr(lines, wanted) != NULL)
+			fail_msg("left at its default: %s", wanted + 1);
+		keys++;
+	}
+	assert_int_equal(keys, 55);
+	free(lines);
+	free(default_text);
+	free(every_text);
+	config_free(defaults);
+	config_free(every);
+}
+
 static void test_config_print_shows_normalised_values(void **state)
 {
 	(void)state;
@@ -2197,6 +2302,60 @@ static void test_config_dkim_sign_lines(void **state)
 	value_fails("dkim_sign", "example.com sel..x /k");
 }
 
+/* The lines of a named file: numbered, trimmed, comments and blanks told
+ * apart from entries and indented lines, a NUL byte reported once. */
+static void test_config_lines_of_a_named_file(void **state)
+{
+	(void)state;
+	static const char text[] = "first: a\r\n  \n# comment\n\tcont \n"
+				   "  # indented comment\nmid\0dle\nlast";
+	static const struct {
+		enum config_line kind;
+		const char *text;
+	} want[] = {
+	    {CONFIG_LINE_ENTRY, "first: a"}, {CONFIG_LINE_EMPTY, NULL},
+	    {CONFIG_LINE_EMPTY, NULL},	     {CONFIG_LINE_INDENTED, "cont"},
+	    {CONFIG_LINE_EMPTY, NULL},	     {CONFIG_LINE_BROKEN, NULL},
+	    {CONFIG_LINE_ENTRY, "last"},
+	};
+	struct config_errors errors = {0};
+	struct config_lines lines;
+	const char *line;
+	size_t len;
+
+	config_lines_start(&lines, text, sizeof(text) - 1, "f", "users_file",
+			   &errors);
+	for (size_t i = 0; i < COUNT_OF(want); i++) {
+		assert_int_equal(config_lines_next(&lines, &line, &len),
+				 want[i].kind);
+		assert_int_equal(lines.lineno, i + 1);
+		if (want[i].text != NULL) {
+			assert_int_equal(len, strlen(want[i].text));
+			assert_memory_equal(line, want[i].text, len);
+		}
+	}
+	assert_int_equal(config_lines_next(&lines, &line, &len),
+			 CONFIG_LINE_END);
+	assert_int_equal(config_lines_next(&lines, &line, &len),
+			 CONFIG_LINE_END);
+	assert_int_equal(errors.count, 1);
+	assert_string_equal(errors.messages[0],
+			    "f:6: users_file: NUL byte in line");
+	config_errors_clear(&errors);
+
+	config_lines_start(&lines, "", 0, "f", "users_file", &errors);
+	assert_int_equal(config_lines_next(&lines, &line, &len),
+			 CONFIG_LINE_END);
+	assert_int_equal(lines.lineno, 0);
+	config_lines_start(&lines, "a\n", 2, "f", "users_file", &errors);
+	assert_int_equal(config_lines_next(&lines, &line, &len),
+			 CONFIG_LINE_ENTRY);
+	assert_int_equal(config_lines_next(&lines, &line, &len),
+			 CONFIG_LINE_END);
+	assert_int_equal(lines.lineno, 1);
+	assert_int_equal(errors.count, 0);
+}
+
 static void test_config_hostname_without_a_dot_is_warned_about(void **state)
 {
 	(void)state;
@@ -2271,6 +2430,8 @@ int main(void)
 	    cmocka_unit_test(test_config_print_lists_every_key_in_spec_order),
 	    cmocka_unit_test(test_config_mta_sts_follows_tls_outbound),
 	    cmocka_unit_test(test_config_print_round_trips),
+	    cmocka_unit_test(test_config_print_round_trips_every_key),
+	    cmocka_unit_test(test_config_lines_of_a_named_file),
 	    cmocka_unit_test(test_config_print_shows_normalised_values),
 	    cmocka_unit_test(test_config_shipped_file_loads),
 	    cmocka_unit_test(test_config_shipped_file_mentions_every_key),

@@ -262,6 +262,19 @@ void smtp_client_finish(struct smtp_client *c, bool quit)
 	result.dane = c->next_addr > 0 &&
 		      smtp_client_current_address(c)->dane == DANE_VERIFY;
 	result.reused = c->reused;
+	if (c->next_addr > 0) {
+		const struct client_address *a = smtp_client_current_address(c);
+		result.host = a->host;
+		if (a->dane == DANE_VERIFY) {
+			result.tlsa = a->tlsa;
+			result.tlsa_count = a->tlsa_count;
+		}
+	}
+	snprintf(result.peer_ip, sizeof result.peer_ip, "%s", c->peer_ip);
+	snprintf(result.local_ip, sizeof result.local_ip, "%s", c->local_ip);
+	result.tls_step = c->tls_step;
+	result.tls_handshake = c->tls_handshake;
+	result.verify_result = c->verify_result;
 	result.reusable = keep;
 	c->transactions++;
 	if (c->reused && !c->lmtp) /* the relay's connections only */
@@ -647,6 +660,7 @@ static void start_mail(struct smtp_client *c)
 static void after_greeting_done(struct smtp_client *c)
 {
 	if (!c->tls && (c->tls_policy != TLS_POLICY_NONE || tls_required(c))) {
+		c->tls_step = true;
 		bool can = c->tls_ctx != NULL;
 		if ((c->ext & SMTP_EXT_STARTTLS) && can) {
 			send_command(c, CLIENT_STARTTLS, "STARTTLS");

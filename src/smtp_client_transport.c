@@ -138,6 +138,8 @@ void smtp_client_start_tls(struct smtp_client *c)
 	bufferevent_set_timeouts(c->bev, &tv, &tv);
 	if (bufferevent_enable(c->bev, EV_READ | EV_WRITE) < 0)
 		fatal("smtp_client: bufferevent_enable");
+	c->tls_step = true;
+	c->tls_handshake = true;
 	smtp_client_enter_state(c, CLIENT_TLS_HANDSHAKE);
 	smtp_client_arm_deadline(c, c->timeout);
 }
@@ -230,6 +232,30 @@ static void write_cb(struct bufferevent *bev, void *arg)
 		smtp_client_fill_body(c);
 }
 
+/* An IP address as text, "" for another family. */
+static void address_text(const struct sockaddr_storage *ss, char *buf,
+			 size_t len)
+{
+	buf[0] = '\0';
+	if (ss->ss_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr,
+			  buf, (socklen_t)len);
+	else if (ss->ss_family == AF_INET6)
+		inet_ntop(AF_INET6,
+			  &((const struct sockaddr_in6 *)ss)->sin6_addr, buf,
+			  (socklen_t)len);
+}
+
+/* Our end of a connection, for TLS reports. */
+static void local_address(struct smtp_client *c, evutil_socket_t fd)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof ss;
+	c->local_ip[0] = '\0';
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) == 0)
+		address_text(&ss, c->local_ip, sizeof c->local_ip);
+}
+
 /* Why the connection ended, in words. */
 static void describe_io_error(struct smtp_client *c, short what, char *buf,
 			      size_t len)
@@ -261,6 +287,7 @@ static void handshake_failed(struct smtp_client *c, short what)
 		return;
 	}
 	long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+	c->verify_result = vr;
 	if (smtp_client_current_address(c)->dane == DANE_VERIFY) {
 		char reason[300];
 		snprintf(reason, sizeof reason,
@@ -296,11 +323,12 @@ static void handshake_failed(struct smtp_client *c, short what)
 
 /* After a handshake: was the peer verified, and how? A DANE host's
  * handshake succeeds only with a match. */
-static bool peer_verified(const struct smtp_client *c, struct bufferevent *bev)
+static bool peer_verified(struct smtp_client *c, struct bufferevent *bev)
 {
 	SSL *ssl = bufferevent_openssl_get_ssl(bev);
 	if (ssl == NULL)
 		return false;
+	c->verify_result = SSL_get_verify_result(ssl);
 	if (smtp_client_current_address(c)->dane == DANE_VERIFY) {
 		bool matched = SSL_get0_dane_authority(ssl, NULL, NULL) >= 0;
 		smtp_client_dane_outcome(c, matched, "no TLSA record matched");
@@ -327,6 +355,7 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 			int one = 1;
 			setsockopt(bufferevent_getfd(bev), IPPROTO_TCP,
 				   TCP_NODELAY, &one, sizeof one);
+			local_address(c, bufferevent_getfd(bev));
 			if (!c->lmtp)
 				metrics.relay_connections_total++;
 			if (c->implicit_tls) {
@@ -548,6 +577,11 @@ void smtp_client_connect_next(struct smtp_client *c)
 		format_relay(c, a);
 		c->tls = false;
 		c->verified = false;
+		c->tls_step = false;
+		c->tls_handshake = false;
+		c->verify_result = X509_V_OK;
+		c->local_ip[0] = '\0';
+		address_text(&a->addr, c->peer_ip, sizeof c->peer_ip);
 		c->ext = 0;
 		c->ext_size = 0;
 		c->transactions = 0;

@@ -141,6 +141,12 @@ struct smtp_client {
 	/* the peer's certificate: matched by DANE under DANE, else valid
 	 * for tls_name */
 	bool verified;
+	/* for the report (smtp_client_result) */
+	char peer_ip[SMTP_CLIENT_IP_MAX];
+	char local_ip[SMTP_CLIENT_IP_MAX];
+	bool tls_step;
+	bool tls_handshake;
+	long verify_result;
 	unsigned ext; /* SMTP_EXT_* offered */
 	uint64_t ext_size;
 	struct smtp_reply reply;

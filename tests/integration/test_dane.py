@@ -388,6 +388,9 @@ def test_dane_sessions_are_reported_under_tlsa_policies(world):
                and sender.events("deferred", queue_id=bad)
                and sender.events("deferred", queue_id=bogus), T,
                what="the deliveries")
+    # the tlsa policies and the failure details outlive a restart
+    sender.restart()
+    h.wait_for(lambda: (sender.spool / "tlsrpt").is_file(), 10, what="the counts file")
     r = th.facteurctl(sender, "tlsrpt", "send")
     assert r.returncode == 0, r.stderr
     msgs = sender.wait_messages("reports@" + rh.SENDER_DOMAIN, 3, T)

@@ -248,13 +248,13 @@ class StsEnv:
                                        cert=pki["other_mx"][0], key=pki["other_mx"][1])
         self.metrics_port = None
 
-    def sender(self, **config):
+    def sender(self, start=True, **config):
         self.metrics_port = h.free_port()
         cfg = {"tls_outbound": "may", "tls_ca_file": str(self.pki["ca"]),
                "metrics_listen": "127.0.0.1:%d" % self.metrics_port,
                "retry_min": "2s", "retry_max": "4s"}
         cfg.update(config)
-        return self.relay.sender(config=cfg, dns=self.dns)
+        return self.relay.sender(config=cfg, dns=self.dns, start=start)
 
     def restart_dns(self, ids):
         port = self.dns.port
@@ -530,3 +530,30 @@ def test_tls_report_names_the_certificate_trouble(sts):
         assert f["sending-mta-ip"].startswith("127."), p
         assert f["failed-session-count"] == failed, p
     assert seen == set(want)
+
+
+def test_tls_report_reads_counts_of_the_earlier_form(sts):
+    """A counts file written before policies had lines of their own
+    ("DOMAIN C0 ... C5 MODE MAX_AGE MX", six counts in the order of then:
+    success, starttls-not-supported, validation-failure and the three
+    sts-* types) is read and reported."""
+    d = sts.sender(tlsrpt_from="tlsrpt@" + rh.SENDER_DOMAIN, start=False)
+    d.spool.mkdir(parents=True, exist_ok=True)
+    (d.spool / "tlsrpt").write_text(
+        "start 1796601600\ngood.test 3 1 2 0 4 0 enforce 86400 mx.good.test\n")
+    d.start()
+    r = th.facteurctl(d, "tlsrpt", "send")
+    assert r.returncode == 0, r.stderr
+    [raw] = d.wait_messages("reports@" + rh.SENDER_DOMAIN, 1, rh.RELAY_TIMEOUT)
+    _, rep = th.tlsrpt_report_of(raw)
+    [p] = rep["policies"]
+    assert p["policy"]["policy-type"] == "sts", p
+    assert p["policy"]["mx-host"] == ["mx.good.test"], p
+    assert p["summary"] == {"total-successful-session-count": 3,
+                            "total-failure-session-count": 7}, p
+    assert p["failure-details"] == [
+        {"result-type": "starttls-not-supported", "failed-session-count": 1},
+        {"result-type": "validation-failure", "failed-session-count": 2},
+        {"result-type": "sts-policy-invalid", "failed-session-count": 4},
+    ], p
+    assert not d.events("tlsrpt_error", reason="bad line in the counts")

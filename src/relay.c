@@ -47,6 +47,7 @@
 
 #include <arpa/inet.h>
 #include <event2/event.h>
+#include <openssl/x509_vfy.h>
 
 #include "facteur/config.h"
 #include "facteur/dane.h"
@@ -427,6 +428,40 @@ static const char *relay_tls_policy_name(const struct relay_job *job)
 	return "none";
 }
 
+/* The RFC 8460 result type of a connection whose TLS failed a policy:
+ * the certificate's trouble, STARTTLS missing, or validation-failure
+ * (a handshake that failed otherwise, an MX host the policy does not
+ * name). */
+static enum tlsrpt_result
+relay_tls_failure(const struct smtp_client_result *res)
+{
+	if (res->verify_result != X509_V_OK)
+		return tlsrpt_result_of_verify(res->verify_result);
+	if (!res->tls && !res->tls_handshake)
+		return TLSRPT_STARTTLS_NOT_SUPPORTED;
+	return TLSRPT_VALIDATION_FAILURE;
+}
+
+/* A connection under DANE that got as far as TLS, for the TLS report:
+ * its MX host's TLSA records are the policy. */
+static void relay_dane_count(const struct relay_job *job,
+			     const struct smtp_client_result *res)
+{
+	if (!res->tls_step || res->host == NULL)
+		return;
+	struct tlsrpt_session s = {
+	    .type = TLSRPT_POLICY_TLSA,
+	    .mx_host = res->host,
+	    .tlsa = res->tlsa,
+	    .tlsa_count = res->tlsa_count,
+	    .result = res->verified ? TLSRPT_SUCCESS : relay_tls_failure(res),
+	    .sending_ip = res->local_ip,
+	    .receiving_ip = res->peer_ip,
+	    .receiving_mx = res->host,
+	};
+	tlsrpt_count_session(job->relay->srv->tlsrpt, job->domain, &s);
+}
+
 /* facteur_tls_policy_total for an attempt under an MTA-STS policy that
  * talked to a server: under enforce, whether TLS was verified; under
  * testing, whether it would have passed enforce. */
@@ -440,10 +475,15 @@ static void relay_sts_count(const struct relay_job *job,
 	metrics.tls_policy[METRICS_TLS_POLICY_STS]
 			  [ok ? METRICS_TLS_POLICY_SUCCESS
 			      : METRICS_TLS_POLICY_FAILURE]++;
-	tlsrpt_count(job->relay->srv->tlsrpt, job->domain, &job->sts,
-		     ok		 ? TLSRPT_SUCCESS
-		     : !res->tls ? TLSRPT_STARTTLS_NOT_SUPPORTED
-				 : TLSRPT_VALIDATION_FAILURE);
+	struct tlsrpt_session s = {
+	    .type = TLSRPT_POLICY_STS,
+	    .sts = &job->sts,
+	    .result = ok ? TLSRPT_SUCCESS : relay_tls_failure(res),
+	    .sending_ip = res->local_ip,
+	    .receiving_ip = res->peer_ip,
+	    .receiving_mx = res->host,
+	};
+	tlsrpt_count_session(job->relay->srv->tlsrpt, job->domain, &s);
 	if (!ok)
 		log_event(LOG_LEVEL_WARN, "mta_sts_failure",
 			  LOG_S("queue_id", job->env->id),
@@ -610,6 +650,8 @@ static void on_client_done(const struct smtp_client_result *res, void *arg)
 	/* a connection under DANE was DANE's to count (RFC 8461 §2) */
 	if (res->relay[0] != '\0' && !res->dane)
 		relay_sts_count(job, res);
+	else if (res->relay[0] != '\0')
+		relay_dane_count(job, res);
 	if (throttled != NULL) {
 		destination_pause(job->dest, job->pause, throttled->dsn,
 				  throttled->reason);
@@ -727,6 +769,14 @@ static void relay_add_addresses(struct relay_job *job,
 		 * is not tried, neither in the clear nor unauthenticated */
 		if (dane != NULL && dane[h].state == DANE_FAILED) {
 			dane_failed = true;
+			struct tlsrpt_session s = {
+			    .type = TLSRPT_POLICY_TLSA,
+			    .mx_host = hosts[h].name,
+			    .result = TLSRPT_DNSSEC_INVALID,
+			    .receiving_mx = hosts[h].name,
+			};
+			tlsrpt_count_session(job->relay->srv->tlsrpt,
+					     job->domain, &s);
 			relay_note_failure(job, RCPT_DEFERRED,
 					   STATUS_ROUTING_FAILED,
 					   dane[h].reason);

@@ -9,15 +9,26 @@
  * `_smtp._tls` TXT record, and its report is queued when the answer
  * comes.
  *
- * The counts file holds "start UNIXTIME", then one line per domain:
- * "DOMAIN C0 C1 ... MODE MAX_AGE MX,MX" (the counts in enum order; MODE
- * "-" when no policy was found, MX "-" for none).
+ * A domain's counts are per policy: its MTA-STS policy (or none found),
+ * and the TLSA records of each MX host DANE governed, at most
+ * TLSRPT_POLICIES_MAX; each with at most TLSRPT_FAILURES_MAX failure
+ * details (result type and addresses), the failures beyond counted
+ * without addresses.
+ *
+ * The counts file holds "start UNIXTIME", then for each policy a line
+ * "policy DOMAIN sts MODE MAX_AGE MX,MX" (MODE "-" when no policy was
+ * found, MX "-" for none) or "policy DOMAIN tlsa MXHOST U:S:M:HEX,..."
+ * followed by its "count RESULT N" and "failure RESULT N SENDING_IP
+ * RECEIVING_IP RECEIVING_MX" lines ("-" for what is not known). A line
+ * "DOMAIN C0 ... C5 MODE MAX_AGE MX" of the earlier form (six counts of
+ * an MTA-STS policy) is read too.
  */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <event2/event.h>
@@ -35,7 +46,9 @@
 #include "facteur/wholefile.h"
 
 #define TLSRPT_DOMAINS_MAX 4096
-#define TLSRPT_SAVE_EVERY 60 /* seconds: what a crash may lose */
+#define TLSRPT_POLICIES_MAX 16 /* per domain: STS, and TLSA per MX host */
+#define TLSRPT_FAILURES_MAX 32 /* failure details per policy */
+#define TLSRPT_SAVE_EVERY 60   /* seconds: what a crash may lose */
 #define TLSRPT_FILE_MAX (4u << 20)
 #define TLSRPT_ADDRESS_MAX 320
 
@@ -45,8 +58,8 @@ struct tlsrpt_entry {
 	struct tlsrpt_entry *next;
 	struct tlsrpt *rpt;
 	char *domain;
-	struct mta_sts_policy policy; /* mode none: no policy found */
-	uint64_t count[TLSRPT_RESULT_COUNT];
+	struct tlsrpt_policy_counts *policies;
+	size_t policy_count;
 	time_t start, end;	   /* while sending */
 	struct dns_txt_query *txt; /* while sending */
 };
@@ -61,10 +74,24 @@ struct tlsrpt {
 	struct event *save_timer, *day_timer;
 };
 
+static void tlsa_clear(struct tlsrpt_policy_counts *pc)
+{
+	for (size_t i = 0; i < pc->tlsa_count; i++)
+		free(pc->tlsa[i]);
+	free(pc->tlsa);
+	pc->tlsa = NULL;
+	pc->tlsa_count = 0;
+}
+
 static void entry_free(struct tlsrpt_entry *e)
 {
 	dns_txt_cancel(e->txt);
-	mta_sts_policy_clear(&e->policy);
+	for (size_t i = 0; i < e->policy_count; i++) {
+		mta_sts_policy_clear(&e->policies[i].sts);
+		tlsa_clear(&e->policies[i]);
+		free(e->policies[i].failures);
+	}
+	free(e->policies);
 	free(e->domain);
 	free(e);
 }
@@ -95,14 +122,138 @@ static struct tlsrpt_entry *entry_get(struct tlsrpt *rpt, const char *domain)
 	return e;
 }
 
-static void entry_set_policy(struct tlsrpt_entry *e,
-			     const struct mta_sts_policy *policy)
+/* A new policy of e, empty; NULL when e has as many as it may. */
+static struct tlsrpt_policy_counts *policy_add(struct tlsrpt_entry *e,
+					       enum tlsrpt_policy_type type)
 {
-	if (policy == NULL)
-		return;
-	mta_sts_policy_clear(&e->policy);
-	if (mta_sts_policy_copy(&e->policy, policy) < 0)
+	if (e->policy_count >= TLSRPT_POLICIES_MAX)
+		return NULL;
+	struct tlsrpt_policy_counts *grown =
+	    realloc(e->policies, (e->policy_count + 1) * sizeof *grown);
+	if (grown == NULL)
 		fatal("tlsrpt: out of memory");
+	e->policies = grown;
+	struct tlsrpt_policy_counts *pc = &grown[e->policy_count++];
+	memset(pc, 0, sizeof *pc);
+	pc->type = type;
+	return pc;
+}
+
+/* The policy of e a session counts under: its MTA-STS one (the newest
+ * policy text kept), or the TLSA records of its MX host (the newest
+ * records kept). NULL when there is no room for another. */
+static struct tlsrpt_policy_counts *policy_get(struct tlsrpt_entry *e,
+					       const struct tlsrpt_session *s)
+{
+	struct tlsrpt_policy_counts *pc = NULL;
+	for (size_t i = 0; i < e->policy_count && pc == NULL; i++)
+		if (e->policies[i].type == s->type &&
+		    (s->type == TLSRPT_POLICY_STS ||
+		     strcasecmp(e->policies[i].mx_host, s->mx_host) == 0))
+			pc = &e->policies[i];
+	if (pc == NULL && (pc = policy_add(e, s->type)) == NULL)
+		return NULL;
+	if (s->type == TLSRPT_POLICY_STS) {
+		if (s->sts != NULL) {
+			mta_sts_policy_clear(&pc->sts);
+			if (mta_sts_policy_copy(&pc->sts, s->sts) < 0)
+				fatal("tlsrpt: out of memory");
+		}
+		return pc;
+	}
+	snprintf(pc->mx_host, sizeof pc->mx_host, "%s", s->mx_host);
+	tlsa_clear(pc);
+	if (s->tlsa_count > 0 &&
+	    (pc->tlsa = calloc(s->tlsa_count, sizeof *pc->tlsa)) == NULL)
+		fatal("tlsrpt: out of memory");
+	for (size_t i = 0; i < s->tlsa_count; i++)
+		if ((pc->tlsa[pc->tlsa_count++] =
+			 tlsrpt_tlsa_string(&s->tlsa[i])) == NULL)
+			fatal("tlsrpt: out of memory");
+	return pc;
+}
+
+static const char *or_empty(const char *s)
+{
+	return s != NULL ? s : "";
+}
+
+/* The failure detail of these addresses, n sessions more; beyond
+ * TLSRPT_FAILURES_MAX details the count alone says them. */
+static void failure_add(struct tlsrpt_policy_counts *pc,
+			enum tlsrpt_result result, const char *sending_ip,
+			const char *receiving_ip, const char *receiving_mx,
+			uint64_t n)
+{
+	sending_ip = or_empty(sending_ip);
+	receiving_ip = or_empty(receiving_ip);
+	receiving_mx = or_empty(receiving_mx);
+	if (!*sending_ip && !*receiving_ip && !*receiving_mx)
+		return;
+	for (size_t i = 0; i < pc->failure_count; i++) {
+		struct tlsrpt_failure *f = &pc->failures[i];
+		if (f->result == result &&
+		    strcmp(f->sending_ip, sending_ip) == 0 &&
+		    strcmp(f->receiving_ip, receiving_ip) == 0 &&
+		    strcasecmp(f->receiving_mx, receiving_mx) == 0) {
+			f->count += n;
+			return;
+		}
+	}
+	if (pc->failure_count >= TLSRPT_FAILURES_MAX)
+		return;
+	struct tlsrpt_failure *grown = realloc(
+	    pc->failures, (pc->failure_count + 1) * sizeof *pc->failures);
+	if (grown == NULL)
+		fatal("tlsrpt: out of memory");
+	pc->failures = grown;
+	struct tlsrpt_failure *f = &grown[pc->failure_count++];
+	memset(f, 0, sizeof *f);
+	f->result = result;
+	snprintf(f->sending_ip, sizeof f->sending_ip, "%s", sending_ip);
+	snprintf(f->receiving_ip, sizeof f->receiving_ip, "%s", receiving_ip);
+	snprintf(f->receiving_mx, sizeof f->receiving_mx, "%s", receiving_mx);
+	f->count = n;
+}
+
+/* "-" for what is empty, in the counts file. */
+static const char *or_dash(const char *s)
+{
+	return *s ? s : "-";
+}
+
+static void save_policy(struct text *t, const char *domain,
+			const struct tlsrpt_policy_counts *pc)
+{
+	if (pc->type == TLSRPT_POLICY_TLSA) {
+		text_fmt(t, "policy %s tlsa %s ", domain, pc->mx_host);
+		/* "3 1 1 HEX" as "3:1:1:HEX": one field */
+		for (size_t i = 0; i < pc->tlsa_count; i++) {
+			text_str(t, i ? "," : "");
+			for (const char *c = pc->tlsa[i]; *c; c++)
+				text_add(t, *c == ' ' ? ":" : c, 1);
+		}
+		text_str(t, pc->tlsa_count ? "\n" : "-\n");
+	} else {
+		const struct mta_sts_policy *p = &pc->sts;
+		bool found = p->mode != MTA_STS_MODE_NONE;
+		text_fmt(t, "policy %s sts %s %" PRIu32 " ", domain,
+			 found ? mta_sts_mode_name(p->mode) : "-", p->max_age);
+		for (size_t i = 0; i < p->mx_count; i++)
+			text_fmt(t, "%s%s", i ? "," : "", p->mx[i]);
+		text_str(t, p->mx_count ? "\n" : "-\n");
+	}
+	for (int r = 0; r < TLSRPT_RESULT_COUNT; r++)
+		if (pc->count[r] > 0)
+			text_fmt(t, "count %s %" PRIu64 "\n",
+				 tlsrpt_result_name(r), pc->count[r]);
+	for (size_t i = 0; i < pc->failure_count; i++) {
+		const struct tlsrpt_failure *f = &pc->failures[i];
+		text_fmt(t, "failure %s %" PRIu64 " %s %s %s\n",
+			 tlsrpt_result_name(f->result), f->count,
+			 or_dash(f->sending_ip), or_dash(f->receiving_ip),
+			 or_dash(f->receiving_mx));
+	}
 }
 
 static void save(struct tlsrpt *rpt)
@@ -111,18 +262,9 @@ static void save(struct tlsrpt *rpt)
 		return;
 	struct text t = {0};
 	text_fmt(&t, "start %lld\n", (long long)rpt->start);
-	for (struct tlsrpt_entry *e = rpt->entries; e != NULL; e = e->next) {
-		text_str(&t, e->domain);
-		for (int r = 0; r < TLSRPT_RESULT_COUNT; r++)
-			text_fmt(&t, " %" PRIu64, e->count[r]);
-		bool found = e->policy.mode != MTA_STS_MODE_NONE;
-		text_fmt(&t, " %s %" PRIu32 " ",
-			 found ? mta_sts_mode_name(e->policy.mode) : "-",
-			 e->policy.max_age);
-		for (size_t i = 0; i < e->policy.mx_count; i++)
-			text_fmt(&t, "%s%s", i ? "," : "", e->policy.mx[i]);
-		text_str(&t, e->policy.mx_count ? "\n" : "-\n");
-	}
+	for (struct tlsrpt_entry *e = rpt->entries; e != NULL; e = e->next)
+		for (size_t i = 0; i < e->policy_count; i++)
+			save_policy(&t, e->domain, &e->policies[i]);
 	size_t len = 0;
 	char *text = text_finish(&t, &len);
 	if (text == NULL)
@@ -137,26 +279,13 @@ static void save(struct tlsrpt *rpt)
 	free(text);
 }
 
-/* One line of the counts file back into an entry; false when it is not
- * one. The policy is rebuilt as the parser would read it. */
-static bool load_line(struct tlsrpt *rpt, char *line)
+/* An MTA-STS policy from the counts file, rebuilt as the parser would
+ * read it; mode none when there is none or it does not parse. */
+static void load_sts(struct mta_sts_policy *policy, const char *mode,
+		     unsigned max_age, char *mx)
 {
-	char domain[HOSTNAME_MAX + 1], mode[16], mx[4096];
-	uint64_t c[TLSRPT_RESULT_COUNT];
-	unsigned max_age;
-	if (sscanf(line,
-		   "%253s %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64
-		   " %" SCNu64 " %" SCNu64 " %15s %u %4095s",
-		   domain, &c[0], &c[1], &c[2], &c[3], &c[4], &c[5], mode,
-		   &max_age, mx) != 10 ||
-	    !hostname_valid(domain, strlen(domain)))
-		return false;
-	struct tlsrpt_entry *e = entry_get(rpt, domain);
-	if (e == NULL)
-		return true;
-	memcpy(e->count, c, sizeof c);
 	if (strcmp(mode, "-") == 0)
-		return true;
+		return;
 	struct text t = {0};
 	text_fmt(&t, "version: STSv1\nmode: %s\nmax_age: %u\n", mode, max_age);
 	for (char *save_ptr = NULL, *p = strtok_r(mx, ",", &save_ptr);
@@ -167,10 +296,126 @@ static bool load_line(struct tlsrpt *rpt, char *line)
 	char *text = text_finish(&t, &len);
 	char err[160];
 	if (text != NULL &&
-	    mta_sts_policy_parse(text, len, &e->policy, err, sizeof err) < 0)
-		mta_sts_policy_clear(&e->policy);
+	    mta_sts_policy_parse(text, len, policy, err, sizeof err) < 0)
+		mta_sts_policy_clear(policy);
 	free(text);
+}
+
+/* A line of the earlier form: "DOMAIN C0 ... C5 MODE MAX_AGE MX", the
+ * counts in the order results had then. */
+static bool load_old_line(struct tlsrpt *rpt, char *line)
+{
+	static const enum tlsrpt_result old_order[6] = {
+	    TLSRPT_SUCCESS,
+	    TLSRPT_STARTTLS_NOT_SUPPORTED,
+	    TLSRPT_VALIDATION_FAILURE,
+	    TLSRPT_STS_POLICY_FETCH_ERROR,
+	    TLSRPT_STS_POLICY_INVALID,
+	    TLSRPT_STS_WEBPKI_INVALID,
+	};
+	char domain[HOSTNAME_MAX + 1], mode[16], mx[4096];
+	uint64_t c[6];
+	unsigned max_age;
+	if (sscanf(line,
+		   "%253s %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64
+		   " %" SCNu64 " %" SCNu64 " %15s %u %4095s",
+		   domain, &c[0], &c[1], &c[2], &c[3], &c[4], &c[5], mode,
+		   &max_age, mx) != 10 ||
+	    !hostname_valid(domain, strlen(domain)))
+		return false;
+	struct tlsrpt_entry *e = entry_get(rpt, domain);
+	struct tlsrpt_policy_counts *pc =
+	    e != NULL ? policy_add(e, TLSRPT_POLICY_STS) : NULL;
+	if (pc == NULL)
+		return true;
+	for (int i = 0; i < 6; i++)
+		pc->count[old_order[i]] = c[i];
+	load_sts(&pc->sts, mode, max_age, mx);
 	return true;
+}
+
+/* A "policy" line: the policy its "count" and "failure" lines (*pc)
+ * belong to. */
+static bool load_policy(struct tlsrpt *rpt, const char *line,
+			struct tlsrpt_policy_counts **pc)
+{
+	char domain[HOSTNAME_MAX + 1], type[8], a[HOSTNAME_MAX + 1];
+	unsigned max_age;
+	int n = 0;
+	*pc = NULL;
+	if (sscanf(line, "policy %253s %7s %253s %n", domain, type, a, &n) !=
+		3 ||
+	    n == 0 || !hostname_valid(domain, strlen(domain)))
+		return false;
+	size_t rest_len = strlen(line + n);
+	char *rest = strdup(line + n);
+	if (rest == NULL)
+		fatal("tlsrpt: out of memory");
+	bool ok = true;
+	struct tlsrpt_entry *e = entry_get(rpt, domain);
+	if (strcmp(type, "sts") == 0) {
+		char mx[4096];
+		ok = sscanf(rest, "%u %4095s", &max_age, mx) == 2;
+		if (ok && e != NULL &&
+		    (*pc = policy_add(e, TLSRPT_POLICY_STS)) != NULL)
+			load_sts(&(*pc)->sts, a, max_age, mx);
+	} else if (strcmp(type, "tlsa") == 0 && rest_len > 0) {
+		ok = hostname_valid(a, strlen(a));
+		if (ok && e != NULL &&
+		    (*pc = policy_add(e, TLSRPT_POLICY_TLSA)) != NULL) {
+			snprintf((*pc)->mx_host, sizeof(*pc)->mx_host, "%s", a);
+			size_t records = 1;
+			for (const char *c = rest; *c; c++)
+				records += *c == ',';
+			(*pc)->tlsa = calloc(records, sizeof *(*pc)->tlsa);
+			if ((*pc)->tlsa == NULL)
+				fatal("tlsrpt: out of memory");
+			for (char *save_ptr = NULL,
+				  *r = strtok_r(rest, ",", &save_ptr);
+			     r != NULL && strcmp(r, "-") != 0;
+			     r = strtok_r(NULL, ",", &save_ptr)) {
+				for (char *c = r; *c; c++)
+					if (*c == ':')
+						*c = ' ';
+				char *copy = strdup(r);
+				if (copy == NULL)
+					fatal("tlsrpt: out of memory");
+				(*pc)->tlsa[(*pc)->tlsa_count++] = copy;
+			}
+		}
+	} else {
+		ok = false;
+	}
+	free(rest);
+	return ok;
+}
+
+/* A "count" or "failure" line of policy pc (NULL: one not kept). */
+static bool load_count(struct tlsrpt_policy_counts *pc, const char *line)
+{
+	char name[32], sending[TLSRPT_IP_MAX], receiving[TLSRPT_IP_MAX];
+	char mx[HOSTNAME_MAX + 1];
+	uint64_t n;
+	if (sscanf(line, "count %31s %" SCNu64, name, &n) == 2) {
+		enum tlsrpt_result r = tlsrpt_result_from_name(name);
+		if (r == TLSRPT_RESULT_COUNT)
+			return false;
+		if (pc != NULL)
+			pc->count[r] = n;
+		return true;
+	}
+	if (sscanf(line, "failure %31s %" SCNu64 " %45s %45s %253s", name, &n,
+		   sending, receiving, mx) == 5) {
+		enum tlsrpt_result r = tlsrpt_result_from_name(name);
+		if (r == TLSRPT_RESULT_COUNT)
+			return false;
+		if (pc != NULL)
+			failure_add(pc, r, strcmp(sending, "-") ? sending : "",
+				    strcmp(receiving, "-") ? receiving : "",
+				    strcmp(mx, "-") ? mx : "", n);
+		return true;
+	}
+	return false;
 }
 
 static void load(struct tlsrpt *rpt)
@@ -190,11 +435,22 @@ static void load(struct tlsrpt *rpt)
 	}
 	long long start = 0;
 	char *save_ptr = NULL;
+	struct tlsrpt_policy_counts *pc = NULL;
 	for (char *line = strtok_r(text, "\n", &save_ptr); line != NULL;
 	     line = strtok_r(NULL, "\n", &save_ptr)) {
-		if (sscanf(line, "start %lld", &start) == 1)
+		bool ok;
+		if (sscanf(line, "start %lld", &start) == 1) {
 			rpt->start = (time_t)start;
-		else if (!load_line(rpt, line))
+			ok = true;
+		} else if (strncmp(line, "policy ", 7) == 0) {
+			ok = load_policy(rpt, line, &pc);
+		} else if (strncmp(line, "count ", 6) == 0 ||
+			   strncmp(line, "failure ", 8) == 0) {
+			ok = load_count(pc, line);
+		} else {
+			ok = load_old_line(rpt, line);
+		}
+		if (!ok)
 			log_event(LOG_LEVEL_WARN, "tlsrpt_error",
 				  LOG_S("reason", "bad line in the counts"),
 				  LOG_S("path", rpt->path));
@@ -202,24 +458,37 @@ static void load(struct tlsrpt *rpt)
 	free(text);
 }
 
-void tlsrpt_count(struct tlsrpt *rpt, const char *domain,
-		  const struct mta_sts_policy *policy,
-		  enum tlsrpt_result result)
+void tlsrpt_count_session(struct tlsrpt *rpt, const char *domain,
+			  const struct tlsrpt_session *s)
 {
 	char name[HOSTNAME_MAX + 1];
 	size_t len = strlen(domain);
-	if (rpt == NULL || result >= TLSRPT_RESULT_COUNT ||
-	    !hostname_valid(domain, len))
+	if (rpt == NULL || s->result >= TLSRPT_RESULT_COUNT ||
+	    !hostname_valid(domain, len) ||
+	    (s->type == TLSRPT_POLICY_TLSA &&
+	     (s->mx_host == NULL || strlen(s->mx_host) > HOSTNAME_MAX)))
 		return;
 	/* one entry per domain, however its recipients wrote it */
 	memcpy(name, domain, len + 1);
 	ascii_lower_in_place(name, len);
 	struct tlsrpt_entry *e = entry_get(rpt, name);
-	if (e == NULL)
+	struct tlsrpt_policy_counts *pc = e != NULL ? policy_get(e, s) : NULL;
+	if (pc == NULL)
 		return;
-	entry_set_policy(e, policy);
-	e->count[result]++;
+	pc->count[s->result]++;
+	if (s->result != TLSRPT_SUCCESS)
+		failure_add(pc, s->result, s->sending_ip, s->receiving_ip,
+			    s->receiving_mx, 1);
 	rpt->dirty = true;
+}
+
+void tlsrpt_count(struct tlsrpt *rpt, const char *domain,
+		  const struct mta_sts_policy *policy,
+		  enum tlsrpt_result result)
+{
+	struct tlsrpt_session s = {
+	    .type = TLSRPT_POLICY_STS, .sts = policy, .result = result};
+	tlsrpt_count_session(rpt, domain, &s);
 }
 
 /* ---- sending ---- */
@@ -260,11 +529,15 @@ static void report_queue(struct tlsrpt_entry *e, const char *to)
 	tlsrpt_format_stamp(e->start, stamp, sizeof stamp);
 	snprintf(report_id, sizeof report_id, "%s.%s@%s", stamp, e->domain,
 		 cfg->hostname);
-	struct tlsrpt_counts c = {.domain = e->domain, .policy = &e->policy};
-	memcpy(c.count, e->count, sizeof c.count);
-	uint64_t failed = 0;
-	for (int r = TLSRPT_SUCCESS + 1; r < TLSRPT_RESULT_COUNT; r++)
-		failed += e->count[r];
+	struct tlsrpt_counts c = {.domain = e->domain,
+				  .policies = e->policies,
+				  .policy_count = e->policy_count};
+	uint64_t succeeded = 0, failed = 0;
+	for (size_t i = 0; i < e->policy_count; i++) {
+		succeeded += e->policies[i].count[TLSRPT_SUCCESS];
+		for (int r = TLSRPT_SUCCESS + 1; r < TLSRPT_RESULT_COUNT; r++)
+			failed += e->policies[i].count[r];
+	}
 	size_t json_len = 0, gz_len = 0, len = 0;
 	char *json = tlsrpt_report_json(&c, cfg->hostname, cfg->tlsrpt_from,
 					report_id, e->start, e->end, &json_len);
@@ -327,8 +600,7 @@ static void report_queue(struct tlsrpt_entry *e, const char *to)
 	rc->env = env;
 	log_event(LOG_LEVEL_INFO, "tlsrpt_sent", LOG_S("domain", e->domain),
 		  LOG_S("to", to), LOG_S("report_id", report_id),
-		  LOG_S("queue_id", env->id),
-		  LOG_I("success", e->count[TLSRPT_SUCCESS]),
+		  LOG_S("queue_id", env->id), LOG_I("success", succeeded),
 		  LOG_I("failure", failed));
 	spool_incoming_commit(srv->spool, inc, env, on_report_committed, rc);
 }

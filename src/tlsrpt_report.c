@@ -12,6 +12,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include <openssl/x509_vfy.h>
 #include <zlib.h>
 
 #include "facteur/auth.h"
@@ -23,7 +24,13 @@
 static const char *const result_names[TLSRPT_RESULT_COUNT] = {
     [TLSRPT_SUCCESS] = "success",
     [TLSRPT_STARTTLS_NOT_SUPPORTED] = "starttls-not-supported",
+    [TLSRPT_CERTIFICATE_HOST_MISMATCH] = "certificate-host-mismatch",
+    [TLSRPT_CERTIFICATE_EXPIRED] = "certificate-expired",
+    [TLSRPT_CERTIFICATE_NOT_TRUSTED] = "certificate-not-trusted",
     [TLSRPT_VALIDATION_FAILURE] = "validation-failure",
+    [TLSRPT_TLSA_INVALID] = "tlsa-invalid",
+    [TLSRPT_DNSSEC_INVALID] = "dnssec-invalid",
+    [TLSRPT_DANE_REQUIRED] = "dane-required",
     [TLSRPT_STS_POLICY_FETCH_ERROR] = "sts-policy-fetch-error",
     [TLSRPT_STS_POLICY_INVALID] = "sts-policy-invalid",
     [TLSRPT_STS_WEBPKI_INVALID] = "sts-webpki-invalid",
@@ -32,6 +39,54 @@ static const char *const result_names[TLSRPT_RESULT_COUNT] = {
 const char *tlsrpt_result_name(enum tlsrpt_result result)
 {
 	return result < TLSRPT_RESULT_COUNT ? result_names[result] : "?";
+}
+
+enum tlsrpt_result tlsrpt_result_from_name(const char *name)
+{
+	for (int r = 0; r < TLSRPT_RESULT_COUNT; r++)
+		if (strcmp(result_names[r], name) == 0)
+			return (enum tlsrpt_result)r;
+	return TLSRPT_RESULT_COUNT;
+}
+
+enum tlsrpt_result tlsrpt_result_of_verify(long verify_result)
+{
+	switch (verify_result) {
+	case X509_V_ERR_HOSTNAME_MISMATCH:
+		return TLSRPT_CERTIFICATE_HOST_MISMATCH;
+	case X509_V_ERR_CERT_HAS_EXPIRED:
+		return TLSRPT_CERTIFICATE_EXPIRED;
+	/* no chain to a root we trust */
+	case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+	case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+	case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+	case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+	case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+	case X509_V_ERR_CERT_UNTRUSTED:
+		return TLSRPT_CERTIFICATE_NOT_TRUSTED;
+	case X509_V_ERR_DANE_NO_MATCH:
+		return TLSRPT_TLSA_INVALID;
+	default:
+		return TLSRPT_VALIDATION_FAILURE;
+	}
+}
+
+char *tlsrpt_tlsa_string(const struct dns_tlsa *tlsa)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	size_t len = 16 + 2 * tlsa->data_len;
+	char *out = malloc(len);
+	if (out == NULL)
+		return NULL;
+	int n = snprintf(out, len, "%u %u %u ", tlsa->usage, tlsa->selector,
+			 tlsa->matching);
+	char *p = out + n;
+	for (size_t i = 0; i < tlsa->data_len; i++) {
+		*p++ = hex[tlsa->data[i] >> 4];
+		*p++ = hex[tlsa->data[i] & 0x0f];
+	}
+	*p = '\0';
+	return out;
 }
 
 /* ---- the pure parts ---- */
@@ -90,13 +145,86 @@ static void json_time(struct text *t, time_t when)
 	json_string(t, buf);
 }
 
+/* The "policy" object of one element of "policies". */
+static void json_policy(struct text *t, const char *domain,
+			const struct tlsrpt_policy_counts *pc)
+{
+	const struct mta_sts_policy *p = &pc->sts;
+	bool tlsa = pc->type == TLSRPT_POLICY_TLSA;
+	bool sts = !tlsa && p->mode != MTA_STS_MODE_NONE;
+	text_str(t, "{\"policy\":{\"policy-type\":");
+	json_string(t, tlsa ? "tlsa" : sts ? "sts" : "no-policy-found");
+	if (sts) {
+		text_str(t, ",\"policy-string\":[\"version: STSv1\",");
+		text_fmt(t, "\"mode: %s\"", mta_sts_mode_name(p->mode));
+		for (size_t i = 0; i < p->mx_count; i++) {
+			text_str(t, ",");
+			char line[300];
+			snprintf(line, sizeof line, "mx: %s", p->mx[i]);
+			json_string(t, line);
+		}
+		text_fmt(t, ",\"max_age: %" PRIu32 "\"]", p->max_age);
+	} else if (tlsa) {
+		text_str(t, ",\"policy-string\":[");
+		for (size_t i = 0; i < pc->tlsa_count; i++) {
+			if (i > 0)
+				text_str(t, ",");
+			json_string(t, pc->tlsa[i]);
+		}
+		text_str(t, "]");
+	}
+	text_str(t, ",\"policy-domain\":");
+	json_string(t, domain);
+	if (sts) {
+		text_str(t, ",\"mx-host\":[");
+		for (size_t i = 0; i < p->mx_count; i++) {
+			if (i > 0)
+				text_str(t, ",");
+			json_string(t, p->mx[i]);
+		}
+		text_str(t, "]");
+	} else if (tlsa) {
+		text_str(t, ",\"mx-host\":[");
+		json_string(t, pc->mx_host);
+		text_str(t, "]");
+	}
+	text_str(t, "}");
+}
+
+/* The failed sessions of result type r that no failure detail holds. */
+static uint64_t undetailed(const struct tlsrpt_policy_counts *pc, int r)
+{
+	uint64_t n = pc->count[r];
+	for (size_t i = 0; i < pc->failure_count; i++)
+		if ((int)pc->failures[i].result == r)
+			n -= n < pc->failures[i].count ? n
+						       : pc->failures[i].count;
+	return n;
+}
+
+static void json_failure(struct text *t, const struct tlsrpt_failure *f)
+{
+	text_fmt(t, "{\"result-type\":\"%s\"", result_names[f->result]);
+	if (f->sending_ip[0]) {
+		text_str(t, ",\"sending-mta-ip\":");
+		json_string(t, f->sending_ip);
+	}
+	if (f->receiving_mx[0]) {
+		text_str(t, ",\"receiving-mx-hostname\":");
+		json_string(t, f->receiving_mx);
+	}
+	if (f->receiving_ip[0]) {
+		text_str(t, ",\"receiving-ip\":");
+		json_string(t, f->receiving_ip);
+	}
+	text_fmt(t, ",\"failed-session-count\":%" PRIu64 "}", f->count);
+}
+
 char *tlsrpt_report_json(const struct tlsrpt_counts *c, const char *org,
 			 const char *contact, const char *report_id,
 			 time_t start, time_t end, size_t *len)
 {
 	struct text t = {0};
-	const struct mta_sts_policy *p = c->policy;
-	bool found = p != NULL && p->mode != MTA_STS_MODE_NONE;
 	text_str(&t, "{\"organization-name\":");
 	json_string(&t, org);
 	text_str(&t, ",\"date-range\":{\"start-datetime\":");
@@ -107,49 +235,45 @@ char *tlsrpt_report_json(const struct tlsrpt_counts *c, const char *org,
 	json_string(&t, contact);
 	text_str(&t, ",\"report-id\":");
 	json_string(&t, report_id);
-	text_str(&t, ",\"policies\":[{\"policy\":{\"policy-type\":");
-	json_string(&t, found ? "sts" : "no-policy-found");
-	if (found) {
-		text_str(&t, ",\"policy-string\":[\"version: STSv1\",");
-		text_fmt(&t, "\"mode: %s\"", mta_sts_mode_name(p->mode));
-		for (size_t i = 0; i < p->mx_count; i++) {
+	text_str(&t, ",\"policies\":[");
+	for (size_t k = 0; k < c->policy_count; k++) {
+		const struct tlsrpt_policy_counts *pc = &c->policies[k];
+		if (k > 0)
 			text_str(&t, ",");
-			char line[300];
-			snprintf(line, sizeof line, "mx: %s", p->mx[i]);
-			json_string(&t, line);
-		}
-		text_fmt(&t, ",\"max_age: %" PRIu32 "\"]", p->max_age);
-	}
-	text_str(&t, ",\"policy-domain\":");
-	json_string(&t, c->domain);
-	if (found) {
-		text_str(&t, ",\"mx-host\":[");
-		for (size_t i = 0; i < p->mx_count; i++) {
-			if (i > 0)
-				text_str(&t, ",");
-			json_string(&t, p->mx[i]);
-		}
-		text_str(&t, "]");
-	}
-	uint64_t failed = 0;
-	for (int r = TLSRPT_SUCCESS + 1; r < TLSRPT_RESULT_COUNT; r++)
-		failed += c->count[r];
-	text_fmt(&t,
-		 "},\"summary\":{\"total-successful-session-count\":%" PRIu64
-		 ",\"total-failure-session-count\":%" PRIu64 "}",
-		 c->count[TLSRPT_SUCCESS], failed);
-	text_str(&t, ",\"failure-details\":[");
-	bool first = true;
-	for (int r = TLSRPT_SUCCESS + 1; r < TLSRPT_RESULT_COUNT; r++) {
-		if (c->count[r] == 0)
-			continue;
+		json_policy(&t, c->domain, pc);
+		uint64_t failed = 0;
+		for (int r = TLSRPT_SUCCESS + 1; r < TLSRPT_RESULT_COUNT; r++)
+			failed += pc->count[r];
 		text_fmt(&t,
-			 "%s{\"result-type\":\"%s\",\"failed-session-count\":"
-			 "%" PRIu64 "}",
-			 first ? "" : ",", result_names[r], c->count[r]);
-		first = false;
+			 ",\"summary\":{\"total-successful-session-count\":"
+			 "%" PRIu64 ",\"total-failure-session-count\":%" PRIu64
+			 "}",
+			 pc->count[TLSRPT_SUCCESS], failed);
+		text_str(&t, ",\"failure-details\":[");
+		bool first = true;
+		/* by result type; the sessions of a type beyond what the
+		 * details hold (they are bounded) in one line without
+		 * addresses */
+		for (int r = TLSRPT_SUCCESS + 1; r < TLSRPT_RESULT_COUNT; r++) {
+			for (size_t i = 0; i < pc->failure_count; i++) {
+				if ((int)pc->failures[i].result != r ||
+				    pc->failures[i].count == 0)
+					continue;
+				text_str(&t, first ? "" : ",");
+				json_failure(&t, &pc->failures[i]);
+				first = false;
+			}
+			uint64_t rest = undetailed(pc, r);
+			if (rest == 0)
+				continue;
+			struct tlsrpt_failure f = {.result = r, .count = rest};
+			text_str(&t, first ? "" : ",");
+			json_failure(&t, &f);
+			first = false;
+		}
+		text_str(&t, "]}");
 	}
-	text_str(&t, "]}]}");
+	text_str(&t, "]}");
 	return text_finish(&t, len);
 }
 

@@ -52,8 +52,8 @@ struct smtp_client_request {
 	const size_t *rcpts; /* indexes into env->rcpts */
 	size_t rcpt_count;
 	struct spool_body body; /* the message, wire form; its descriptor is
-	                         * duplicated, the caller keeps its own */
-	const char *helo;       /* our host name */
+				 * duplicated, the caller keeps its own */
+	const char *helo;	/* our host name */
 	const struct smtp_client_address *addrs; /* tried in this order */
 	size_t addr_count;
 	enum tls_policy tls;
@@ -77,10 +77,12 @@ struct smtp_client_request {
 	bool lmtp;
 };
 
+#define SMTP_CLIENT_IP_MAX 46 /* INET6_ADDRSTRLEN */
+
 /* The outcome for each recipient of the request, in request order. */
 struct smtp_client_rcpt {
 	enum rcpt_state state; /* RCPT_DELIVERED, RCPT_DEFERRED, RCPT_BOUNCED */
-	char dsn[12];          /* enhanced status code, e.g. "5.1.1" */
+	char dsn[12];	       /* enhanced status code, e.g. "5.1.1" */
 	char reason[512];      /* the server's reply or our diagnosis */
 };
 
@@ -90,7 +92,7 @@ struct smtp_client_result {
 	/* the last server talked to, "mx1.example.com[192.0.2.1]:25", or ""
 	 * when no connection was made */
 	char relay[320];
-	bool tls; /* the transaction ran over TLS */
+	bool tls;		 /* the transaction ran over TLS */
 	const char *tls_version; /* "TLSv1.3"..., or "none" */
 	/* the peer's certificate is valid: matched by DANE under DANE, else
 	 * valid for the host name (tls_ca_file, else the system's trust
@@ -99,6 +101,20 @@ struct smtp_client_result {
 	bool dane; /* the last connection was under DANE (DANE_VERIFY) */
 	/* the transaction ran on a connection opened for an earlier one */
 	bool reused;
+	/* For TLS reports (RFC 8460), of the last connection: its host
+	 * (NULL when none was tried), its address and ours ("" when not
+	 * known); whether it got as far as TLS was due (tls_step: STARTTLS
+	 * offered or not, or implicit TLS) and a handshake started; the
+	 * OpenSSL verify result of that handshake, finished or failed
+	 * (X509_V_OK: verified, or none); its TLSA records under DANE. */
+	const char *host;
+	char peer_ip[SMTP_CLIENT_IP_MAX];
+	char local_ip[SMTP_CLIENT_IP_MAX];
+	bool tls_step;
+	bool tls_handshake;
+	long verify_result;
+	const struct dns_tlsa *tlsa;
+	size_t tlsa_count;
 	/* the connection is open and idle: the client waits, with no timer
 	 * of its own, for smtp_client_next or smtp_client_release (one of
 	 * them is owed). false: the client frees itself. */
@@ -109,13 +125,13 @@ struct smtp_client_result {
  * returned; the result lives until the callback returns. Unless the
  * result is reusable, the client frees itself after. */
 typedef void (*smtp_client_cb)(const struct smtp_client_result *result,
-                               void *arg);
+			       void *arg);
 
 /* Start an attempt; the request's strings and arrays are copied. NULL
  * when out of memory (no callback then). */
 struct smtp_client *smtp_client_start(struct event_base *base,
-                                      const struct smtp_client_request *req,
-                                      smtp_client_cb cb, void *arg);
+				      const struct smtp_client_request *req,
+				      smtp_client_cb cb, void *arg);
 
 /*
  * One more transaction on a client whose last result was reusable (from
@@ -129,14 +145,14 @@ struct smtp_client *smtp_client_start(struct event_base *base,
  * bad: the client is released (no callback).
  */
 int smtp_client_next(struct smtp_client *client,
-                     const struct smtp_client_request *req, smtp_client_cb cb,
-                     void *arg);
+		     const struct smtp_client_request *req, smtp_client_cb cb,
+		     void *arg);
 
 /* Done with a reusable client: QUIT (at most a couple of seconds) when
  * the connection is still open, then free it. `done`, when not NULL,
  * runs from the loop just before the client is freed. */
 void smtp_client_release(struct smtp_client *client, void (*done)(void *arg),
-                         void *arg);
+			 void *arg);
 
 /* Abandon an attempt or an idle client (shutdown): the connection is
  * closed at once, no callback runs. */

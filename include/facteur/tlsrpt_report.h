@@ -1,8 +1,8 @@
 /*
  * SMTP TLS reporting (RFC 8460), the pure part: the `_smtp._tls` TXT
- * record, the JSON report (§4.4), its gzip, and the mail that carries it
- * (§5.3). Data in, text out, no I/O: unit-tested apart from the loop
- * (tlsrpt.h).
+ * record, the JSON report (§4.4) of MTA-STS and DANE (TLSA) policies,
+ * its gzip, and the mail that carries it (§5.3). Data in, text out, no I/O:
+ * unit-tested apart from the loop (tlsrpt.h).
  */
 #ifndef FACTEUR_TLSRPT_REPORT_H
 #define FACTEUR_TLSRPT_REPORT_H
@@ -11,14 +11,24 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "facteur/dns.h"
+#include "facteur/hostname.h"
 #include "facteur/mta_sts_policy.h"
 
-/* RFC 8460 §4.3 result types facteur can tell, and success. */
+/* RFC 8460 §4.3 result types facteur can tell, and success. The
+ * counts file names them, so the order may change. */
 enum tlsrpt_result {
 	TLSRPT_SUCCESS,
 	TLSRPT_STARTTLS_NOT_SUPPORTED,
-	TLSRPT_VALIDATION_FAILURE, /* a certificate that did not verify, or
-				    * an MX host the policy does not name */
+	TLSRPT_CERTIFICATE_HOST_MISMATCH,
+	TLSRPT_CERTIFICATE_EXPIRED,
+	TLSRPT_CERTIFICATE_NOT_TRUSTED,
+	/* any other certificate trouble, or an MX host the policy does
+	 * not name */
+	TLSRPT_VALIDATION_FAILURE,
+	TLSRPT_TLSA_INVALID,   /* no TLSA record matched the peer */
+	TLSRPT_DNSSEC_INVALID, /* the TLSA look-up failed (bogus, SERVFAIL) */
+	TLSRPT_DANE_REQUIRED,
 	TLSRPT_STS_POLICY_FETCH_ERROR,
 	TLSRPT_STS_POLICY_INVALID,
 	TLSRPT_STS_WEBPKI_INVALID,
@@ -26,13 +36,52 @@ enum tlsrpt_result {
 };
 
 const char *tlsrpt_result_name(enum tlsrpt_result result);
+/* The result named `name`, or TLSRPT_RESULT_COUNT for none. */
+enum tlsrpt_result tlsrpt_result_from_name(const char *name);
+
+/* The failure an OpenSSL verify result (X509_V_ERR_*, not X509_V_OK)
+ * stands for: a name mismatch, an expired certificate, one that does
+ * not chain to a trusted root, no TLSA match, or validation-failure. */
+enum tlsrpt_result tlsrpt_result_of_verify(long verify_result);
+
+/* One TLSA record in presentation form, "3 1 1 0A1B...", malloc'd; NULL
+ * when out of memory. */
+char *tlsrpt_tlsa_string(const struct dns_tlsa *tlsa);
+
+#define TLSRPT_IP_MAX 46 /* INET6_ADDRSTRLEN */
+
+/* One line of failure-details (§4.4): failed sessions of one result
+ * type between the same addresses. An empty string is not known. */
+struct tlsrpt_failure {
+	enum tlsrpt_result result;
+	char sending_ip[TLSRPT_IP_MAX];
+	char receiving_ip[TLSRPT_IP_MAX];
+	char receiving_mx[HOSTNAME_MAX + 1];
+	uint64_t count;
+};
+
+enum tlsrpt_policy_type {
+	TLSRPT_POLICY_STS, /* MTA-STS; mode none: no-policy-found */
+	TLSRPT_POLICY_TLSA /* DANE: the TLSA records of one MX host */
+};
+
+/* One element of the report's "policies": the policy and its counts. */
+struct tlsrpt_policy_counts {
+	enum tlsrpt_policy_type type;
+	struct mta_sts_policy sts;	/* TLSRPT_POLICY_STS */
+	char mx_host[HOSTNAME_MAX + 1]; /* TLSRPT_POLICY_TLSA */
+	char **tlsa; /* TLSRPT_POLICY_TLSA: presentation form */
+	size_t tlsa_count;
+	uint64_t count[TLSRPT_RESULT_COUNT];
+	struct tlsrpt_failure *failures;
+	size_t failure_count;
+};
 
 /* What one policy domain's report says. */
 struct tlsrpt_counts {
 	const char *domain;
-	/* the policy the sessions ran under; mode none: no policy found */
-	const struct mta_sts_policy *policy;
-	uint64_t count[TLSRPT_RESULT_COUNT];
+	const struct tlsrpt_policy_counts *policies;
+	size_t policy_count;
 };
 
 /* One TXT record of `_smtp._tls.DOMAIN`: 1 when it is a TLSRPTv1 record

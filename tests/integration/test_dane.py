@@ -27,6 +27,7 @@ import pytest
 
 import facteur_harness as h
 import relay_harness as rh
+import tls_harness as th
 
 UNBOUND = shutil.which("unbound") or "/usr/sbin/unbound"
 LDNS_KEYGEN = shutil.which("ldns-keygen") or "/usr/bin/ldns-keygen"
@@ -110,6 +111,7 @@ class Unbound:
 
     def _zones(self, port, leaf, ca):
         ee = hashlib.sha256(spki_of_cert(leaf)).hexdigest()
+        self.ee = ee
         ta = hashlib.sha256(der_of_cert(ca)).hexdigest()
         other = hashlib.sha256(b"some other key").hexdigest()
         tlsa = "_%d._tcp" % port
@@ -130,6 +132,10 @@ class Unbound:
             "%s.mx-len IN TLSA 3 1 1 %s" % (tlsa, ee[:62]),
             "%s.mx-bogus IN TLSA 3 1 1 %s" % (tlsa, ee),
         ]
+        # TLS reports (RFC 8460) of these go to the sender's own domain
+        for label in ("ee", "bad", "bogus"):
+            lines.append('_smtp._tls.%s IN TXT "v=TLSRPTv1; rua=mailto:reports@%s"'
+                         % (label, rh.SENDER_DOMAIN))
         zone = self.dir / "dane.test.zone"
         zone.write_text("\n".join(lines) + "\n")
         ksk = run([LDNS_KEYGEN, "-a", "ECDSAP256SHA256", "-k", "dane.test"],
@@ -365,3 +371,54 @@ def test_tls_required_no_header_skips_dane(world):
     ev = rh.wait_relay_event(sender, "delivered", queue_id=qid)
     assert ev.get("tls_policy") == "none", ev
     assert not sender.events("dane_tlsa"), sender.log_tail()
+
+
+def test_dane_sessions_are_reported_under_tlsa_policies(world):
+    """`facteurctl tlsrpt send` mails a report per DANE domain: the
+    policy is the MX host's TLSA records; a match is a success, a
+    mismatch tlsa-invalid, a bogus TLSA answer dnssec-invalid, each
+    failure with the MX host and the addresses."""
+    ub = world.zone
+    receiver(world)
+    sender = dane_sender(world, tlsrpt_from="tlsrpt@" + rh.SENDER_DOMAIN)
+    good = [rh.inject(sender, ["user@ee.dane.test"])[0] for _ in range(2)]
+    bad, _ = rh.inject(sender, ["user@bad.dane.test"])
+    bogus, _ = rh.inject(sender, ["user@bogus.dane.test"])
+    h.wait_for(lambda: all(sender.events("delivered", queue_id=q) for q in good)
+               and sender.events("deferred", queue_id=bad)
+               and sender.events("deferred", queue_id=bogus), T,
+               what="the deliveries")
+    # the tlsa policies and the failure details outlive a restart
+    sender.restart()
+    h.wait_for(lambda: (sender.spool / "tlsrpt").is_file(), 10, what="the counts file")
+    r = th.facteurctl(sender, "tlsrpt", "send")
+    assert r.returncode == 0, r.stderr
+    msgs = sender.wait_messages("reports@" + rh.SENDER_DOMAIN, 3, T)
+    reports = {}
+    for raw in msgs:
+        _, rep = th.tlsrpt_report_of(raw)
+        [p] = rep["policies"]
+        reports[p["policy"]["policy-domain"]] = p
+    assert set(reports) == {"ee.dane.test", "bad.dane.test", "bogus.dane.test"}
+    for dom, p in reports.items():
+        assert p["policy"]["policy-type"] == "tlsa", p
+        assert p["policy"]["mx-host"] == [DOMAINS[dom]], p
+    ee = reports["ee.dane.test"]
+    assert ee["policy"]["policy-string"] == ["3 1 1 " + ub.ee.upper()], ee
+    assert ee["summary"] == {"total-successful-session-count": 2,
+                             "total-failure-session-count": 0}, ee
+    assert ee["failure-details"] == [], ee
+    b = reports["bad.dane.test"]
+    assert len(b["policy"]["policy-string"]) == 1, b
+    assert b["policy"]["policy-string"][0].startswith("3 1 1 "), b
+    assert b["summary"]["total-successful-session-count"] == 0, b
+    assert b["summary"]["total-failure-session-count"] >= 1, b
+    [f] = b["failure-details"]
+    assert f["result-type"] == "tlsa-invalid", b
+    assert f["receiving-mx-hostname"] == "mx-bad.dane.test", b
+    assert f["receiving-ip"] == SINK, b
+    assert f["sending-mta-ip"].startswith("127."), b
+    g = reports["bogus.dane.test"]
+    assert g["summary"]["total-failure-session-count"] >= 1, g
+    assert [f["result-type"] for f in g["failure-details"]] == ["dnssec-invalid"], g
+    assert g["failure-details"][0]["receiving-mx-hostname"] == "mx-bogus.dane.test", g

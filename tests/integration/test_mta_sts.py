@@ -9,11 +9,7 @@ Every domain of the zone plays one case; a test uses its own sender, so
 that nothing is cached from another test.
 """
 
-import email
-import email.policy
-import gzip
 import http.server
-import json
 import socket
 import ssl
 import subprocess
@@ -155,9 +151,9 @@ def sts_zone(workdir, ids=None, port=None):
         hosts.append(("mta-sts." + dom, {"down.test": "127.0.0.10",
                                          "webpki.test": OTHER_CA_HTTPS_IP}.get(dom, HTTPS_IP)))
         txt["_mta-sts." + dom] = "v=STSv1; id=%s;" % ids.get(dom, "1")
-    # TLS reports for good.test and testing.test go to the sender's own
-    # domain; nomatch.test publishes none
-    for dom in ("good.test", "testing.test"):
+    # TLS reports for these go to the sender's own domain; nomatch.test
+    # publishes none
+    for dom in ("good.test", "testing.test", "badca.test", "wrongname.test"):
         # (dnsmasq cuts a record into strings at each comma: one URI)
         txt["_smtp._tls." + dom] = "v=TLSRPTv1; rua=mailto:reports@%s" % rh.SENDER_DOMAIN
     return StsDnsmasq(workdir, txt, mx=mx, hosts=hosts, port=port)
@@ -252,13 +248,13 @@ class StsEnv:
                                        cert=pki["other_mx"][0], key=pki["other_mx"][1])
         self.metrics_port = None
 
-    def sender(self, **config):
+    def sender(self, start=True, **config):
         self.metrics_port = h.free_port()
         cfg = {"tls_outbound": "may", "tls_ca_file": str(self.pki["ca"]),
                "metrics_listen": "127.0.0.1:%d" % self.metrics_port,
                "retry_min": "2s", "retry_max": "4s"}
         cfg.update(config)
-        return self.relay.sender(config=cfg, dns=self.dns)
+        return self.relay.sender(config=cfg, dns=self.dns, start=start)
 
     def restart_dns(self, ids):
         port = self.dns.port
@@ -452,27 +448,10 @@ def test_routes_and_mta_sts_no_ignore_policies(sts):
     assert "nomatch.test" not in sts.https.fetches
 
 
-def facteurctl(d, *args):
-    return subprocess.run([str(rh.FACTEURCTL), "-c", str(d.conf_path)] + list(args),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          env=h.clean_env(), timeout=60)
-
-
-def report_of(raw):
-    """(headers, the JSON report) of a TLS report mail."""
-    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
-    assert msg.get_content_type() == "multipart/report", raw
-    assert msg.get_param("report-type") == "tlsrpt", raw
-    parts = [p for p in msg.get_payload()
-             if p.get_content_type() == "application/tlsrpt+gzip"]
-    assert len(parts) == 1, raw
-    return msg, json.loads(gzip.decompress(parts[0].get_payload(decode=True)))
-
-
 def test_tls_report_counts_sessions_and_is_mailed(sts):
     d = sts.sender(tlsrpt_from="tlsrpt@" + rh.SENDER_DOMAIN)
     # tlsrpt send without tlsrpt_from is refused: another sender
-    r = facteurctl(d, "tlsrpt", "bogus")
+    r = th.facteurctl(d, "tlsrpt", "bogus")
     assert r.returncode != 0
     good = [rh.inject(d, ["a@good.test"])[0] for _ in range(2)]
     bad, _ = rh.inject(d, ["b@nomatch.test"])
@@ -483,12 +462,12 @@ def test_tls_report_counts_sessions_and_is_mailed(sts):
     # the counts outlive a restart
     d.restart()
     h.wait_for(lambda: (d.spool / "tlsrpt").is_file(), 10, what="the counts file")
-    r = facteurctl(d, "tlsrpt", "send")
+    r = th.facteurctl(d, "tlsrpt", "send")
     assert r.returncode == 0, r.stderr
     msgs = d.wait_messages("reports@" + rh.SENDER_DOMAIN, 2, rh.RELAY_TIMEOUT)
     reports = {}
     for raw in msgs:
-        msg, rep = report_of(raw)
+        msg, rep = th.tlsrpt_report_of(raw)
         dom = rep["policies"][0]["policy"]["policy-domain"]
         reports[dom] = (msg, rep)
         assert msg["TLS-Report-Domain"] == dom
@@ -507,8 +486,74 @@ def test_tls_report_counts_sessions_and_is_mailed(sts):
     assert g["summary"]["total-failure-session-count"] == 0, g
     t = reports["testing.test"][1]["policies"][0]
     assert t["summary"]["total-failure-session-count"] == 1, t
-    assert t["failure-details"] == [{"result-type": "validation-failure",
-                                     "failed-session-count": 1}], t
+    # the certificate is good, the MX host is not in the policy
+    [f] = t["failure-details"]
+    assert f["result-type"] == "validation-failure", t
+    assert f["receiving-mx-hostname"] == "mx.testing.test", t
+    assert f["receiving-ip"] == GOOD_MX_IP, t
+    assert f["sending-mta-ip"].startswith("127."), t
+    assert f["failed-session-count"] == 1, t
     # nomatch.test publishes no TLSRPT record: logged, not mailed
     d.wait_event("tlsrpt_error", domain="nomatch.test")
     assert len(d.events("tlsrpt_sent")) == 2
+
+
+def test_tls_report_names_the_certificate_trouble(sts):
+    """Under enforce, a certificate of another CA is reported as
+    certificate-not-trusted, one that does not name the MX host as
+    certificate-host-mismatch, with the addresses of the sessions."""
+    d = sts.sender(tlsrpt_from="tlsrpt@" + rh.SENDER_DOMAIN)
+    rcpts = {"badca.test": "a@badca.test", "wrongname.test": "b@wrongname.test"}
+    qids = {dom: rh.inject(d, [r])[0] for dom, r in rcpts.items()}
+    h.wait_for(lambda: all(d.events("deferred", queue_id=q) for q in qids.values()),
+               rh.RELAY_TIMEOUT, what="the deferrals")
+    r = th.facteurctl(d, "tlsrpt", "send")
+    assert r.returncode == 0, r.stderr
+    msgs = d.wait_messages("reports@" + rh.SENDER_DOMAIN, 2, rh.RELAY_TIMEOUT)
+    want = {"badca.test": ("certificate-not-trusted", OTHER_CA_MX_IP),
+            "wrongname.test": ("certificate-host-mismatch", GOOD_MX_IP)}
+    seen = set()
+    for raw in msgs:
+        _, rep = th.tlsrpt_report_of(raw)
+        [p] = rep["policies"]
+        dom = p["policy"]["policy-domain"]
+        seen.add(dom)
+        assert p["policy"]["policy-type"] == "sts", p
+        assert p["summary"]["total-successful-session-count"] == 0, p
+        failed = p["summary"]["total-failure-session-count"]
+        assert failed >= 1, p
+        result, ip = want[dom]
+        assert [f["result-type"] for f in p["failure-details"]] == [result], p
+        [f] = p["failure-details"]
+        assert f["receiving-mx-hostname"] == DOMAINS[dom], p
+        assert f["receiving-ip"] == ip, p
+        assert f["sending-mta-ip"].startswith("127."), p
+        assert f["failed-session-count"] == failed, p
+    assert seen == set(want)
+
+
+def test_tls_report_reads_counts_of_the_earlier_form(sts):
+    """A counts file written before policies had lines of their own
+    ("DOMAIN C0 ... C5 MODE MAX_AGE MX", six counts in the order of then:
+    success, starttls-not-supported, validation-failure and the three
+    sts-* types) is read and reported."""
+    d = sts.sender(tlsrpt_from="tlsrpt@" + rh.SENDER_DOMAIN, start=False)
+    d.spool.mkdir(parents=True, exist_ok=True)
+    (d.spool / "tlsrpt").write_text(
+        "start 1796601600\ngood.test 3 1 2 0 4 0 enforce 86400 mx.good.test\n")
+    d.start()
+    r = th.facteurctl(d, "tlsrpt", "send")
+    assert r.returncode == 0, r.stderr
+    [raw] = d.wait_messages("reports@" + rh.SENDER_DOMAIN, 1, rh.RELAY_TIMEOUT)
+    _, rep = th.tlsrpt_report_of(raw)
+    [p] = rep["policies"]
+    assert p["policy"]["policy-type"] == "sts", p
+    assert p["policy"]["mx-host"] == ["mx.good.test"], p
+    assert p["summary"] == {"total-successful-session-count": 3,
+                            "total-failure-session-count": 7}, p
+    assert p["failure-details"] == [
+        {"result-type": "starttls-not-supported", "failed-session-count": 1},
+        {"result-type": "validation-failure", "failed-session-count": 2},
+        {"result-type": "sts-policy-invalid", "failed-session-count": 4},
+    ], p
+    assert not d.events("tlsrpt_error", reason="bad line in the counts")

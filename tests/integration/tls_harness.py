@@ -1,4 +1,5 @@
-"""Helpers for the inbound TLS and authentication tests (test_tls_auth.py).
+"""Helpers for the inbound TLS and authentication tests (test_tls_auth.py),
+and for the outbound TLS policies' reports (test_mta_sts.py, test_dane.py).
 
 Certificates are made with the openssl CLI, password hashes with libcrypt
 (through ctypes, so that $y$ works where libcrypt has it) or with
@@ -9,6 +10,10 @@ is wrapped by Python's ssl module after STARTTLS (or at once for smtps).
 import base64
 import ctypes
 import ctypes.util
+import email
+import email.policy
+import gzip
+import json
 import shutil
 import socket
 import ssl
@@ -236,3 +241,24 @@ def metrics(port, host="127.0.0.1", timeout=h.IO_TIMEOUT):
         except ValueError:
             pass
     return out
+
+
+# --------------------------------------------------------------------------
+# TLS reports (RFC 8460)
+
+def facteurctl(d, *args):
+    """`facteurctl ARGS` against daemon d, run to its end."""
+    return subprocess.run([str(FACTEURCTL), "-c", str(d.conf_path)] + list(args),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env=h.clean_env(), timeout=60)
+
+
+def tlsrpt_report_of(raw):
+    """(headers, the JSON report) of a TLS report mail."""
+    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    assert msg.get_content_type() == "multipart/report", raw
+    assert msg.get_param("report-type") == "tlsrpt", raw
+    parts = [p for p in msg.get_payload()
+             if p.get_content_type() == "application/tlsrpt+gzip"]
+    assert len(parts) == 1, raw
+    return msg, json.loads(gzip.decompress(parts[0].get_payload(decode=True)))

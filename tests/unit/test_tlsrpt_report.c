@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/x509_vfy.h>
 #include <zlib.h>
 
 #include "facteur/auth.h"
@@ -48,10 +49,10 @@ static void test_tlsrpt_record_takes_the_first_mailto(void **state)
 			 -1);
 }
 
-static char *report(const struct mta_sts_policy *p, const uint64_t *counts)
+static char *report_of(const struct tlsrpt_policy_counts *pcs, size_t n)
 {
-	struct tlsrpt_counts c = {.domain = "example.test", .policy = p};
-	memcpy(c.count, counts, sizeof c.count);
+	struct tlsrpt_counts c = {
+	    .domain = "example.test", .policies = pcs, .policy_count = n};
 	size_t len = 0;
 	char *json =
 	    tlsrpt_report_json(&c, "mx.sender.test", "tls\"rpt@sender.test",
@@ -59,6 +60,23 @@ static char *report(const struct mta_sts_policy *p, const uint64_t *counts)
 	assert_non_null(json);
 	assert_int_equal(strlen(json), len);
 	return json;
+}
+
+/* One MTA-STS policy (NULL: none found) and its counts. */
+static char *report(const struct mta_sts_policy *p, const uint64_t *counts)
+{
+	struct tlsrpt_policy_counts pc = {.type = TLSRPT_POLICY_STS};
+	if (p != NULL)
+		pc.sts = *p;
+	memcpy(pc.count, counts, sizeof pc.count);
+	return report_of(&pc, 1);
+}
+
+static void expect_all(const char *json, const char *const *expect, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strstr(json, expect[i]) == NULL)
+			fail_msg("missing %s in\n%s", expect[i], json);
 }
 
 static void test_tlsrpt_json_report_fields(void **state)
@@ -104,6 +122,144 @@ static void test_tlsrpt_json_report_fields(void **state)
 				     "\"policy-domain\":\"example.test\"}"));
 	assert_null(strstr(json, "policy-string"));
 	free(json);
+}
+
+static void test_tlsrpt_json_tlsa_policy_beside_sts(void **state)
+{
+	(void)state;
+	char *mx[] = {"mx.example.test"};
+	char *records[] = {"3 1 1 0A0B", "2 0 1 FF00"};
+	struct tlsrpt_failure failures[] = {
+	    {.result = TLSRPT_TLSA_INVALID,
+	     .sending_ip = "192.0.2.1",
+	     .receiving_ip = "198.51.100.7",
+	     .receiving_mx = "mx.example.test",
+	     .count = 2},
+	};
+	struct tlsrpt_policy_counts pcs[2] = {
+	    {.type = TLSRPT_POLICY_STS,
+	     .sts = {.mode = MTA_STS_MODE_TESTING,
+		     .max_age = 600,
+		     .mx_count = 1}},
+	    {.type = TLSRPT_POLICY_TLSA,
+	     .mx_host = "mx.example.test",
+	     .tlsa = records,
+	     .tlsa_count = 2,
+	     .failures = failures,
+	     .failure_count = 1},
+	};
+	pcs[0].sts.mx[0] = mx[0];
+	pcs[0].count[TLSRPT_SUCCESS] = 1;
+	pcs[1].count[TLSRPT_SUCCESS] = 5;
+	/* two with details, one beyond them */
+	pcs[1].count[TLSRPT_TLSA_INVALID] = 3;
+	char *json = report_of(pcs, 2);
+	const char *expect[] = {
+	    "\"policies\":[{\"policy\":{\"policy-type\":\"sts\",",
+	    "\"total-successful-session-count\":1,"
+	    "\"total-failure-session-count\":0},\"failure-details\":[]},"
+	    "{\"policy\":{\"policy-type\":\"tlsa\",\"policy-string\":["
+	    "\"3 1 1 0A0B\",\"2 0 1 FF00\"],\"policy-domain\":"
+	    "\"example.test\",\"mx-host\":[\"mx.example.test\"]},"
+	    "\"summary\":{\"total-successful-session-count\":5,"
+	    "\"total-failure-session-count\":3},\"failure-details\":["
+	    "{\"result-type\":\"tlsa-invalid\",\"sending-mta-ip\":"
+	    "\"192.0.2.1\",\"receiving-mx-hostname\":\"mx.example.test\","
+	    "\"receiving-ip\":\"198.51.100.7\",\"failed-session-count\":2},"
+	    "{\"result-type\":\"tlsa-invalid\",\"failed-session-count\":1}"
+	    "]}]}",
+	};
+	expect_all(json, expect, sizeof expect / sizeof expect[0]);
+	free(json);
+}
+
+/* Every result type has its RFC 8460 name, read back by name, and is
+ * a failure in the summary and the details. */
+static void test_tlsrpt_each_result_type_in_the_report(void **state)
+{
+	(void)state;
+	const char *names[TLSRPT_RESULT_COUNT] = {
+	    [TLSRPT_SUCCESS] = "success",
+	    [TLSRPT_STARTTLS_NOT_SUPPORTED] = "starttls-not-supported",
+	    [TLSRPT_CERTIFICATE_HOST_MISMATCH] = "certificate-host-mismatch",
+	    [TLSRPT_CERTIFICATE_EXPIRED] = "certificate-expired",
+	    [TLSRPT_CERTIFICATE_NOT_TRUSTED] = "certificate-not-trusted",
+	    [TLSRPT_VALIDATION_FAILURE] = "validation-failure",
+	    [TLSRPT_TLSA_INVALID] = "tlsa-invalid",
+	    [TLSRPT_DNSSEC_INVALID] = "dnssec-invalid",
+	    [TLSRPT_DANE_REQUIRED] = "dane-required",
+	    [TLSRPT_STS_POLICY_FETCH_ERROR] = "sts-policy-fetch-error",
+	    [TLSRPT_STS_POLICY_INVALID] = "sts-policy-invalid",
+	    [TLSRPT_STS_WEBPKI_INVALID] = "sts-webpki-invalid",
+	};
+	for (int r = 0; r < TLSRPT_RESULT_COUNT; r++) {
+		assert_string_equal(tlsrpt_result_name(r), names[r]);
+		assert_int_equal(tlsrpt_result_from_name(names[r]), r);
+		if (r == TLSRPT_SUCCESS)
+			continue;
+		uint64_t counts[TLSRPT_RESULT_COUNT] = {0};
+		counts[r] = 4;
+		char *json = report(NULL, counts);
+		char want[160];
+		snprintf(want, sizeof want,
+			 "\"total-failure-session-count\":4},\"failure-details"
+			 "\":[{\"result-type\":\"%s\",\"failed-session-count\":"
+			 "4}]",
+			 names[r]);
+		if (strstr(json, want) == NULL)
+			fail_msg("missing %s in\n%s", want, json);
+		free(json);
+	}
+	assert_int_equal(tlsrpt_result_from_name("validation"),
+			 TLSRPT_RESULT_COUNT);
+}
+
+static void test_tlsrpt_result_of_openssl_verify(void **state)
+{
+	(void)state;
+	assert_int_equal(tlsrpt_result_of_verify(X509_V_ERR_HOSTNAME_MISMATCH),
+			 TLSRPT_CERTIFICATE_HOST_MISMATCH);
+	assert_int_equal(tlsrpt_result_of_verify(X509_V_ERR_CERT_HAS_EXPIRED),
+			 TLSRPT_CERTIFICATE_EXPIRED);
+	const long untrusted[] = {
+	    X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
+	    X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT,
+	    X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE,
+	    X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT,
+	    X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN,
+	    X509_V_ERR_CERT_UNTRUSTED,
+	};
+	for (size_t i = 0; i < sizeof untrusted / sizeof untrusted[0]; i++)
+		assert_int_equal(tlsrpt_result_of_verify(untrusted[i]),
+				 TLSRPT_CERTIFICATE_NOT_TRUSTED);
+	assert_int_equal(tlsrpt_result_of_verify(X509_V_ERR_DANE_NO_MATCH),
+			 TLSRPT_TLSA_INVALID);
+	assert_int_equal(tlsrpt_result_of_verify(X509_V_ERR_CERT_NOT_YET_VALID),
+			 TLSRPT_VALIDATION_FAILURE);
+	assert_int_equal(tlsrpt_result_of_verify(X509_V_ERR_CERT_REVOKED),
+			 TLSRPT_VALIDATION_FAILURE);
+}
+
+static void test_tlsrpt_tlsa_in_presentation_form(void **state)
+{
+	(void)state;
+	const unsigned char data[] = {0x1f, 0x85, 0x0a, 0x00};
+	struct dns_tlsa t = {.usage = 3,
+			     .selector = 1,
+			     .matching = 1,
+			     .data = data,
+			     .data_len = sizeof data};
+	char *s = tlsrpt_tlsa_string(&t);
+	assert_non_null(s);
+	assert_string_equal(s, "3 1 1 1F850A00");
+	free(s);
+	t.usage = 2;
+	t.selector = 0;
+	t.matching = 2;
+	t.data_len = 0;
+	s = tlsrpt_tlsa_string(&t);
+	assert_string_equal(s, "2 0 2 ");
+	free(s);
 }
 
 static void test_tlsrpt_gzip_inflates_back(void **state)
@@ -199,6 +355,10 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_tlsrpt_record_takes_the_first_mailto),
 	    cmocka_unit_test(test_tlsrpt_json_report_fields),
+	    cmocka_unit_test(test_tlsrpt_json_tlsa_policy_beside_sts),
+	    cmocka_unit_test(test_tlsrpt_each_result_type_in_the_report),
+	    cmocka_unit_test(test_tlsrpt_result_of_openssl_verify),
+	    cmocka_unit_test(test_tlsrpt_tlsa_in_presentation_form),
 	    cmocka_unit_test(test_tlsrpt_gzip_inflates_back),
 	    cmocka_unit_test(test_tlsrpt_mail_headers_and_attachment),
 	};

@@ -93,9 +93,13 @@ void config_print_routes(const struct config *cfg, FILE *out)
 	print_route_table(cfg->routes, out);
 }
 
+/* One value a line, as the file reads them back: a sender route's items
+ * are not separated by commas. */
 void config_print_sender_routes(const struct config *cfg, FILE *out)
 {
-	print_route_table(cfg->sender_routes, out);
+	for (size_t i = 0; i < route_table_count(cfg->sender_routes); i++)
+		fprintf(out, "%s%s", i ? "\nsender_route = " : "",
+			route_table_get(cfg->sender_routes, i)->text);
 }
 
 /* One value a line, as the file reads them back. */
@@ -174,10 +178,11 @@ void config_clear_dkim_sign(struct loader *ld)
 	config_free_dkim_sign(ld->cfg);
 }
 
+/* One value a line, as the file reads them back. */
 void config_print_dkim_sign(const struct config *cfg, FILE *out)
 {
 	for (size_t i = 0; i < cfg->dkim_sign_count; i++)
-		fprintf(out, "%s%s %s %s", i ? "; " : "",
+		fprintf(out, "%s%s %s %s", i ? "\ndkim_sign = " : "",
 			cfg->dkim_sign[i].domain, cfg->dkim_sign[i].selector,
 			cfg->dkim_sign[i].keyfile);
 }

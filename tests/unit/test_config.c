@@ -1795,9 +1795,8 @@ static void test_config_print_round_trips(void **state)
 			  ENV("FACTEUR_LISTEN=", "FACTEUR_LOCAL_DOMAINS="));
 }
 
-/* A file that sets every key away from its default; sender_route and
- * dkim_sign have one value each, as -n prints several of theirs on one
- * line, which a file reads as one value. */
+/* A file that sets every key away from its default, the list keys with
+ * several values. */
 static const char every_key_text[] =
     "hostname = mx.example.test\n"
     "listen = 127.0.0.1:2525, [::1]:2587/submission, *:2465/smtps+proxy\n"
@@ -1840,10 +1839,12 @@ static const char every_key_text[] =
     "reuse_port = yes\n"
     "sender_route = example.org [smtp.a.example]:465 tls=implicit "
     "auth=/run/s/a\n"
+    "sender_route = boss@example.test [10.0.0.9]:25\n"
     "srs_domain = Fwd.Example.org\n"
     "srs_secret_file = /etc/facteur/srs\n"
     "senders_file = /etc/facteur/senders\n"
     "dkim_sign = example.test sel1 /k/dkim.pem\n"
+    "dkim_sign = example.org sel2 /k/ed.pem\n"
     "shape = gmail.com max_connections=3 rate=60/m\n"
     "shape = * pause=3s\n"
     "shape_redis = 127.0.0.1:6379/3\n"
@@ -2281,8 +2282,8 @@ static void test_config_dkim_sign_lines(void **state)
 	assert_string_equal(cfg->dkim_sign[1].origin, "x.conf:2");
 	char *text = print_config(cfg);
 	assert_non_null(strstr(text, "\ndkim_sign = example.com sel1 "
-				     "/k/rsa,1.pem; Example.com sel2 "
-				     "/k/ed.pem\n"));
+				     "/k/rsa,1.pem\ndkim_sign = Example.com "
+				     "sel2 /k/ed.pem\n"));
 	free(text);
 	config_free(cfg);
 	cfg = support_load_config(

@@ -661,7 +661,7 @@ struct dns *dns_new(struct event_base *base, const struct config *cfg,
 {
 	struct ares_options opts;
 	struct dns *dns;
-	int rc;
+	int optmask, rc;
 
 	rc = ares_library_init(ARES_LIB_INIT_ALL);
 	if (rc != ARES_SUCCESS) {
@@ -685,9 +685,15 @@ struct dns *dns_new(struct event_base *base, const struct config *cfg,
 	opts.sock_state_cb_data = dns;
 	opts.timeout = DNS_TIMEOUT_MS;
 	opts.tries = DNS_TRIES;
-	rc = ares_init_options(&dns->channel, &opts,
-			       ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS |
-				   ARES_OPT_TRIES);
+	optmask = ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES;
+#ifdef ARES_OPT_QUERY_CACHE
+	/* c-ares 1.31 and later cache answers by default. Ours is the one
+	 * cache, with its own bounds, and TXT answers are not cached at all:
+	 * a second one would keep a changed MTA-STS id from being seen. */
+	opts.qcache_max_ttl = 0;
+	optmask |= ARES_OPT_QUERY_CACHE;
+#endif
+	rc = ares_init_options(&dns->channel, &opts, optmask);
 	if (rc != ARES_SUCCESS) {
 		snprintf(err, errlen, "c-ares: %s", ares_strerror(rc));
 		goto fail;

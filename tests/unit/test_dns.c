@@ -42,6 +42,7 @@ struct seen {
 	int calls;
 	enum dns_status status;
 	char error[160];
+	bool authenticated;
 	size_t host_count;
 	struct {
 		char name[256];
@@ -72,6 +73,7 @@ static void on_result(const struct dns_result *r, void *arg)
 	s->calls++;
 	s->status = r->status;
 	snprintf(s->error, sizeof(s->error), "%s", r->error);
+	s->authenticated = r->authenticated;
 	s->host_count = r->host_count;
 	for (size_t i = 0; i < r->host_count && i < MAX_HOSTS; i++) {
 		snprintf(s->hosts[i].name, sizeof(s->hosts[i].name), "%s",
@@ -1331,6 +1333,116 @@ static void test_dns_txt_records_joined_nodata_and_nxdomain(void **state)
 	assert_int_equal(never.calls, 0);
 }
 
+/* A DNS server of the test's own on a loopback UDP port: it counts the
+ * questions it receives, and those with the AD bit, and answers each with
+ * one TXT record ("hello", TTL 300), the AD bit as the question had it. */
+struct counting_server {
+	int fd;
+	uint16_t port;
+	int questions, ad_questions;
+	struct event *ev;
+};
+
+static void on_counting_server_question(evutil_socket_t fd, short what,
+					void *arg)
+{
+	/* owner: the question's name (offset 12); TXT, IN, TTL 300, RDATA */
+	static const char txt[] = "\xc0\x0c\x00\x10\x00\x01"
+				  "\x00\x00\x01\x2c\x00\x06\x05hello";
+	struct counting_server *srv = arg;
+	struct sockaddr_storage from;
+	socklen_t fromlen = sizeof(from);
+	unsigned char buf[512];
+	size_t pos = DNS_TEST_HEADER_LEN;
+	ssize_t n;
+
+	(void)what;
+	n = recvfrom(fd, buf, sizeof(buf), 0, (struct sockaddr *)&from,
+		     &fromlen);
+	if (n < DNS_TEST_HEADER_LEN)
+		return;
+	srv->questions++;
+	if (buf[3] & 0x20)
+		srv->ad_questions++;
+	/* The one question, kept; what follows it (EDNS) dropped. */
+	while (pos < (size_t)n && buf[pos] != 0)
+		pos += (size_t)buf[pos] + 1;
+	pos += 1 + 4;
+	if (pos > (size_t)n || pos + sizeof(txt) - 1 > sizeof(buf))
+		return;
+	buf[2] = (unsigned char)(0x80 | (buf[2] & 0x01)); /* QR, RD kept */
+	buf[3] = (unsigned char)(0x80 | (buf[3] & 0x20)); /* RA, AD kept */
+	buf[6] = 0, buf[7] = 1;				  /* ANCOUNT */
+	buf[8] = buf[9] = buf[10] = buf[11] = 0;
+	memcpy(buf + pos, txt, sizeof(txt) - 1);
+	pos += sizeof(txt) - 1;
+	assert_int_equal(
+	    sendto(fd, buf, pos, 0, (struct sockaddr *)&from, fromlen),
+	    (ssize_t)pos);
+}
+
+static void counting_server_start(struct counting_server *srv)
+{
+	memset(srv, 0, sizeof(*srv));
+	assert_int_equal(free_port(&srv->port, &srv->fd), 0);
+	srv->ev = event_new(base, srv->fd, EV_READ | EV_PERSIST,
+			    on_counting_server_question, srv);
+	assert_non_null(srv->ev);
+	assert_int_equal(event_add(srv->ev, NULL), 0);
+}
+
+static void counting_server_stop(struct counting_server *srv)
+{
+	event_free(srv->ev);
+	close(srv->fd);
+}
+
+/* TXT answers are not cached (their users keep what they learn), by c-ares
+ * either, which caches by default from 1.31 on: each look-up is asked. */
+static void test_dns_txt_asked_on_the_wire_each_time(void **state)
+{
+	struct counting_server srv;
+	struct dns *dns;
+	struct txt_seen s;
+
+	(void)state;
+	counting_server_start(&srv);
+	dns = dns_at(srv.port);
+	for (int i = 1; i <= 2; i++) {
+		s = resolve_txt(dns, "_mta-sts.counted.test");
+		assert_int_equal(s.status, DNS_OK);
+		assert_int_equal(s.count, 1);
+		assert_string_equal(s.texts[0], "hello");
+		assert_int_equal(srv.questions, i);
+	}
+	dns_free(dns);
+	counting_server_stop(&srv);
+}
+
+/* RFC 6840 §5.7: the question carries the AD bit, and the answer's AD bit
+ * reaches the result, whichever way c-ares sends and returns messages. */
+static void
+test_dns_questions_carry_the_ad_bit_and_answers_keep_it(void **state)
+{
+	struct counting_server srv;
+	struct seen s = {0};
+	struct dns *dns;
+
+	(void)state;
+	counting_server_start(&srv);
+	dns = dns_at(srv.port);
+	assert_non_null(
+	    dns_resolve_tlsa(dns, "_25._tcp.mx.counted.test", on_result, &s));
+	run_until(&s, 15);
+	assert_int_equal(srv.questions, 1);
+	assert_int_equal(srv.ad_questions, 1);
+	/* a TXT record answers no TLSA question: NODATA, validated */
+	assert_int_equal(s.status, DNS_NO_HOST);
+	assert_true(s.authenticated);
+	dns_free(dns);
+	counting_server_stop(&srv);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1372,6 +1484,9 @@ int main(void)
 	    cmocka_unit_test(test_dns_address_literals_need_no_query),
 	    cmocka_unit_test(test_dns_invalid_domain_is_nxdomain_without_query),
 	    cmocka_unit_test(test_dns_txt_records_joined_nodata_and_nxdomain),
+	    cmocka_unit_test(test_dns_txt_asked_on_the_wire_each_time),
+	    cmocka_unit_test(
+		test_dns_questions_carry_the_ad_bit_and_answers_keep_it),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -25,7 +25,7 @@ struct dane_lookup_host {
 struct dane_lookup {
 	dane_cb cb;
 	void *arg;
-	struct dns_host *hosts; /* the copy handed to the callback */
+	struct dns_result *mx; /* a copy: its hosts go to the callback */
 	struct dane_host *dane;
 	struct dane_lookup_host *asking;
 	size_t count;
@@ -144,7 +144,7 @@ static void on_tlsa(const struct dns_result *answer, void *arg)
 		metrics.tls_policy[METRICS_TLS_POLICY_DANE]
 				  [METRICS_TLS_POLICY_FAILURE]++;
 	struct log_field f[5] = {
-	    LOG_S("host", lookup->hosts[i].name),
+	    LOG_S("host", lookup->mx->hosts[i].name),
 	    LOG_S("state", dane_state_name(host->state)),
 	    LOG_I("usable", host->tlsa_count),
 	    LOG_I("unusable", host->unusable),
@@ -155,7 +155,7 @@ static void on_tlsa(const struct dns_result *answer, void *arg)
 	log_fields(host->state == DANE_FAILED ? LOG_LEVEL_WARN : LOG_LEVEL_INFO,
 		   "dane_tlsa", f, n);
 	if (--lookup->waiting == 0)
-		lookup->cb(lookup->hosts, lookup->dane, lookup->count,
+		lookup->cb(lookup->mx->hosts, lookup->dane, lookup->count,
 			   lookup->arg);
 }
 
@@ -169,22 +169,12 @@ struct dane_lookup *dane_lookup_start(struct dns *dns,
 	lookup->cb = cb;
 	lookup->arg = arg;
 	lookup->count = n;
-	lookup->hosts = xcalloc(n, sizeof(*lookup->hosts));
+	lookup->mx = dns_result_copy(mx);
 	lookup->dane = xcalloc(n, sizeof(*lookup->dane));
 	lookup->asking = xcalloc(n, sizeof(*lookup->asking));
 	for (size_t i = 0; i < n; i++) {
-		const struct dns_host *h = &mx->hosts[i];
-		struct dns_host *copy = &lookup->hosts[i];
-
-		*copy = *h;
-		copy->name = strdup(h->name);
-		copy->addrs = xcalloc(h->addr_count, sizeof(*h->addrs));
-		if (copy->name == NULL)
-			fatal("dane: out of memory");
-		memcpy(copy->addrs, h->addrs,
-		       h->addr_count * sizeof(*h->addrs));
 		lookup->asking[i].lookup = lookup;
-		if (h->secure)
+		if (mx->hosts[i].secure)
 			lookup->waiting++;
 	}
 	if (lookup->waiting == 0)
@@ -194,10 +184,10 @@ struct dane_lookup *dane_lookup_start(struct dns *dns,
 	for (size_t i = 0; i < n; i++) {
 		char name[DANE_NAME_MAX];
 
-		if (!lookup->hosts[i].secure)
+		if (!lookup->mx->hosts[i].secure)
 			continue;
 		snprintf(name, sizeof(name), "_%u._tcp.%s", (unsigned)port,
-			 lookup->hosts[i].name);
+			 lookup->mx->hosts[i].name);
 		lookup->asking[i].query =
 		    dns_resolve_tlsa(dns, name, on_tlsa, &lookup->asking[i]);
 	}
@@ -211,11 +201,9 @@ void dane_lookup_free(struct dane_lookup *lookup)
 	for (size_t i = 0; i < lookup->count; i++) {
 		dns_cancel(lookup->asking[i].query);
 		dane_host_clear(&lookup->dane[i]);
-		free(lookup->hosts[i].name);
-		free(lookup->hosts[i].addrs);
 	}
+	dns_result_free(lookup->mx);
 	free(lookup->asking);
 	free(lookup->dane);
-	free(lookup->hosts);
 	free(lookup);
 }

@@ -4,7 +4,8 @@
  * no libevent, so that the fuzzers and the parser tests link this file
  * alone. We read answers ourselves rather than through c-ares because
  * we need what its parsers hide: the RCODE (NXDOMAIN and NODATA are
- * different answers), the AD bit and the TTLs (the cache).
+ * different answers), the AD bit and the TTLs (the cache). The copies
+ * of records and results, pure as well, live here too.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -296,6 +297,49 @@ struct dns_record *dns_records_copy(const struct dns_record *records,
 			    records[i].tlsa.data, records[i].tlsa.data_len);
 	}
 	return copy;
+}
+
+struct dns_result *dns_result_copy(const struct dns_result *result)
+{
+	struct dns_result *copy = dns_xcalloc(1, sizeof(*copy));
+
+	*copy = *result;
+	copy->hosts = NULL;
+	copy->records = NULL;
+	if (result->host_count > 0) {
+		copy->hosts =
+		    dns_xcalloc(result->host_count, sizeof(*copy->hosts));
+		for (size_t i = 0; i < result->host_count; i++) {
+			const struct dns_host *h = &result->hosts[i];
+			struct dns_host *c = &copy->hosts[i];
+
+			*c = *h;
+			c->name = dns_xstrdup(h->name);
+			c->addrs =
+			    dns_xcalloc(h->addr_count, sizeof(*c->addrs));
+			if (h->addr_count > 0)
+				memcpy(c->addrs, h->addrs,
+				       h->addr_count * sizeof(*h->addrs));
+		}
+	}
+	if (result->record_count > 0)
+		copy->records =
+		    dns_records_copy(result->records, result->record_count);
+	return copy;
+}
+
+void dns_result_free(struct dns_result *result)
+{
+	if (result == NULL)
+		return;
+	for (size_t i = 0; i < result->host_count; i++) {
+		free(result->hosts[i].name);
+		free(result->hosts[i].addrs);
+	}
+	free(result->hosts);
+	dns_records_free((struct dns_record *)result->records,
+			 result->record_count);
+	free(result);
 }
 
 int dns_name_normalize(const char *in, char *out)

@@ -125,6 +125,9 @@ struct relay_job {
 	struct mta_sts_wait *sts_wait;
 	struct mta_sts_policy sts;
 	unsigned sts_mismatched;
+	/* the MX answer, when it came before the policy: kept until the
+	 * policy says which of its hosts count, and how */
+	struct dns_result *mx_held;
 };
 
 static void relay_start(struct relay_job *job);
@@ -272,6 +275,7 @@ static void relay_job_free(struct relay_job *job)
 	free(job->fail_reason);
 	free(job->helo);
 	mta_sts_policy_clear(&job->sts);
+	dns_result_free(job->mx_held);
 	free(job);
 }
 
@@ -977,11 +981,12 @@ static bool relay_dane_start(struct relay_job *job,
 	return true;
 }
 
-static void on_resolved(const struct dns_result *res, void *arg)
+/* The answer of the target being resolved: its addresses, or why it
+ * gives none; then the targets after it. */
+static void relay_take_answer(struct relay_job *job,
+			      const struct dns_result *res)
 {
-	struct relay_job *job = arg;
 	const struct route_target *t = &job->targets[job->target_next - 1];
-	job->dns = NULL;
 	switch (res->status) {
 	case DNS_OK:
 		if (relay_dane_start(job, t, res))
@@ -1013,6 +1018,19 @@ static void on_resolved(const struct dns_result *res, void *arg)
 		break;
 	}
 	relay_resolve_next(job);
+}
+
+static void on_resolved(const struct dns_result *res, void *arg)
+{
+	struct relay_job *job = arg;
+	job->dns = NULL;
+	/* the policy decides which hosts count and how (DANE, TLS): the
+	 * answer waits for it, in a copy, since res ends with this call */
+	if (job->sts_wait != NULL) {
+		job->mx_held = dns_result_copy(res);
+		return;
+	}
+	relay_take_answer(job, res);
 }
 
 /* A literal "[1.2.3.4]" or "[::1]" target needs no look-up. */
@@ -1069,6 +1087,9 @@ static void relay_resolve_next(struct relay_job *job)
 		relay_note_failure(job, RCPT_DEFERRED, STATUS_ROUTING_FAILED,
 				   "DNS query could not be started");
 	}
+	/* no MX look-up to wait for: on_sts_policy connects */
+	if (job->sts_wait != NULL)
+		return;
 	relay_connect(job);
 }
 
@@ -1083,6 +1104,16 @@ static void on_sts_policy(const struct mta_sts_policy *policy, void *arg)
 	/* RFC 8461 §4.2: STARTTLS, each MX host's certificate verified */
 	if (job->sts.mode == MTA_STS_MODE_ENFORCE)
 		job->tls = TLS_POLICY_VERIFY;
+	if (job->dns != NULL)
+		return; /* on_resolved goes on */
+	if (job->mx_held != NULL) {
+		struct dns_result *mx = job->mx_held;
+		job->mx_held = NULL;
+		relay_take_answer(job, mx);
+		dns_result_free(mx);
+		return;
+	}
+	/* the MX look-up could not start: relay_resolve_next noted why */
 	relay_resolve_next(job);
 }
 
@@ -1095,15 +1126,16 @@ static bool relay_sts_applies(const struct relay *relay,
 	       !(env->flags & SPOOL_FLAG_TLS_NOT_REQUIRED);
 }
 
+/* The MTA-STS policy and the MX look-up start together, so that a first
+ * message to a domain pays one DNS round trip, not two in series; the
+ * one answered first waits for the other (on_resolved, on_sts_policy).
+ * Both callbacks run later, never inside this call. */
 static void relay_start(struct relay_job *job)
 {
 	struct relay *relay = job->relay;
-	/* the policy comes first, the MX look-up after it */
-	if (relay_sts_applies(relay, job->env, job->routed)) {
+	if (relay_sts_applies(relay, job->env, job->routed))
 		job->sts_wait =
 		    mta_sts_lookup(relay->sts, job->domain, on_sts_policy, job);
-		return;
-	}
 	relay_resolve_next(job);
 }
 

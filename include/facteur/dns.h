@@ -49,8 +49,15 @@ struct dns_result {
 	size_t record_count;
 };
 
-/* The result lives until the callback returns. */
+/* The result lives until the callback returns; to keep it longer, take
+ * a dns_result_copy. */
 typedef void (*dns_cb)(const struct dns_result *result, void *arg);
+
+/* A deep copy of a result (its hosts with their names and addresses, its
+ * records), owned by the caller until dns_result_free. Never NULL: out
+ * of memory stops the process. */
+struct dns_result *dns_result_copy(const struct dns_result *result);
+void dns_result_free(struct dns_result *result);
 
 /* Servers from cfg->dns_servers, or the system's resolv.conf when
  * cfg->dns_from_resolv_conf. NULL with err filled on failure. */

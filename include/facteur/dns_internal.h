@@ -7,8 +7,9 @@
  *                 the servers, dns_new and dns_free
  *   dns_query.c   MX, host and TLSA queries: slots, targets, the result
  *   dns_cache.c   the TTL cache of answers, per (name, type)
- *   dns_answer.c  the answer parsers and name rules (pure: no c-ares, no
- *                 libevent, what the fuzzers and parser tests link)
+ *   dns_answer.c  the answer parsers and name rules, the copies of
+ *                 records and results (pure: no c-ares, no libevent, what
+ *                 the fuzzers and parser tests link)
  */
 #ifndef FACTEUR_DNS_INTERNAL_H
 #define FACTEUR_DNS_INTERNAL_H

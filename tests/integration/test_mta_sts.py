@@ -47,7 +47,13 @@ DOMAINS = {
     "slowpolicy.test": "mx.slowpolicy.test",
     "notype.test": "mx.notype.test",
     "webpki.test": "mx.webpki.test",
+    "slowfetch.test": "mx.slowfetch.test",
+    "txtfail.test": "mx.txtfail.test",
 }
+# the _mta-sts TXT question of these goes to a server that never answers
+TXT_FAILS = {"txtfail.test"}
+# seconds the policy server takes over a "delay" answer
+FETCH_DELAY = 2
 MX_IP = {d: (OTHER_CA_MX_IP if d == "badca.test" else GOOD_MX_IP) for d in DOMAINS}
 
 
@@ -76,6 +82,7 @@ def default_answers():
         "slowpolicy.test": ("slow", policy("enforce", "no.match.test")),
         "notype.test": ("policy-html", policy("enforce", "no.match.test")),
         "webpki.test": ("policy", policy("enforce", "no.match.test")),
+        "slowfetch.test": ("delay", policy("enforce", "mx.slowfetch.test")),
     }
 
 
@@ -130,18 +137,21 @@ def pki(tmp_path_factory):
 # the zone: MX and A records, and the _mta-sts TXT records
 
 class StsDnsmasq(rh.Dnsmasq):
-    def __init__(self, workdir, txt, **kw):
+    def __init__(self, workdir, txt, forward=(), **kw):
         super().__init__(workdir, **kw)
         self.txt = dict(txt)
+        self.forward = list(forward)
 
     def args(self):
         a = super().args()
         for name, text in self.txt.items():
             a.append("--txt-record=%s,%s" % (name, text))
+        for name, server in self.forward:
+            a.append("--server=/%s/%s" % (name, server))
         return a
 
 
-def sts_zone(workdir, ids=None, port=None):
+def sts_zone(workdir, mute_port, ids=None, port=None):
     ids = dict(ids or {})
     mx, hosts, txt = [], [], {}
     for dom, host in DOMAINS.items():
@@ -150,13 +160,15 @@ def sts_zone(workdir, ids=None, port=None):
         # down.test's mta-sts host has an address where nothing listens
         hosts.append(("mta-sts." + dom, {"down.test": "127.0.0.10",
                                          "webpki.test": OTHER_CA_HTTPS_IP}.get(dom, HTTPS_IP)))
-        txt["_mta-sts." + dom] = "v=STSv1; id=%s;" % ids.get(dom, "1")
+        if dom not in TXT_FAILS:
+            txt["_mta-sts." + dom] = "v=STSv1; id=%s;" % ids.get(dom, "1")
     # TLS reports for these go to the sender's own domain; nomatch.test
     # publishes none
     for dom in ("good.test", "testing.test", "badca.test", "wrongname.test"):
         # (dnsmasq cuts a record into strings at each comma: one URI)
         txt["_smtp._tls." + dom] = "v=TLSRPTv1; rua=mailto:reports@%s" % rh.SENDER_DOMAIN
-    return StsDnsmasq(workdir, txt, mx=mx, hosts=hosts, port=port)
+    forward = [("_mta-sts." + dom, "127.0.0.1#%d" % mute_port) for dom in TXT_FAILS]
+    return StsDnsmasq(workdir, txt, forward=forward, mx=mx, hosts=hosts, port=port)
 
 
 # --------------------------------------------------------------------------
@@ -165,11 +177,13 @@ def sts_zone(workdir, ids=None, port=None):
 class PolicyServer:
     """HTTPS on HTTPS_IP:443; `answers` maps a domain to what
     mta-sts.DOMAIN/.well-known/mta-sts.txt gets. `fetches` counts the
-    requests per domain."""
+    requests per domain. A "delay" answer comes after FETCH_DELAY seconds,
+    when `before_answer(domain)`, if set, has run."""
 
     def __init__(self, cert, key, ip=HTTPS_IP):
         self.answers = default_answers()
         self.fetches = {}
+        self.before_answer = None
         self.lock = threading.Lock()
         outer = self
 
@@ -198,6 +212,10 @@ class PolicyServer:
                     return
                 if kind == "slow":
                     time.sleep(13)
+                if kind == "delay":
+                    time.sleep(FETCH_DELAY)
+                    if outer.before_answer is not None:
+                        outer.before_answer(dom)
                 ctype = "text/html" if kind == "policy-html" else "text/plain; charset=utf-8"
                 self.send_response(200)
                 self.send_header("Content-Type", ctype)
@@ -239,7 +257,10 @@ class StsEnv:
         self.relay = relay
         self.pki = pki
         self.tmp = tmp
-        self.dns = sts_zone(tmp / "dns").start()
+        # bound and never read: a DNS server that does not answer
+        self.mute = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.mute.bind(("127.0.0.1", 0))
+        self.dns = sts_zone(tmp / "dns", self.mute.getsockname()[1]).start()
         self.https = PolicyServer(*pki["https"])
         self.other_ca_https = PolicyServer(*pki["other_https"], ip=OTHER_CA_HTTPS_IP)
         self.good = relay.scripted(GOOD_MX_IP, name="mx.good.test",
@@ -259,7 +280,8 @@ class StsEnv:
     def restart_dns(self, ids):
         port = self.dns.port
         self.dns.stop()
-        self.dns = sts_zone(self.tmp / "dns", ids=ids, port=port).start()
+        self.dns = sts_zone(self.tmp / "dns", self.mute.getsockname()[1], ids=ids,
+                            port=port).start()
 
     def metric(self, result):
         m = th.metrics(self.metrics_port)
@@ -269,6 +291,7 @@ class StsEnv:
         self.https.stop()
         self.other_ca_https.stop()
         self.dns.stop()
+        self.mute.close()
 
 
 def outcome(d, rcpt, event, timeout=rh.RELAY_TIMEOUT):
@@ -291,6 +314,57 @@ def test_enforce_matching_mx_with_valid_certificate_is_delivered(sts):
     assert sts.metric("success") >= 1
     # cached on disk, for the next run
     assert (d.spool / "mta-sts" / "good.test").is_file()
+
+
+def test_mx_lookup_overlaps_a_slow_policy_fetch(sts):
+    """The MX look-up goes out with the _mta-sts TXT one, not after the
+    policy: when the policy server answers, FETCH_DELAY seconds after the
+    request, dnsmasq has already logged the MX question; the mail then
+    goes under the policy."""
+    mx_queries = {}
+    sts.https.before_answer = lambda dom: mx_queries.setdefault(
+        dom, sts.dns.queries(dom, "MX"))
+    d = sts.sender()
+    rcpt = "user@slowfetch.test"
+    rh.inject(d, [rcpt])
+    e = outcome(d, rcpt, "delivered")
+    assert e["tls_policy"] == "sts-enforce", e
+    assert e["verified"] == "yes", e
+    assert sts.https.fetches["slowfetch.test"] == 1
+    assert mx_queries.get("slowfetch.test", 0) >= 1, (mx_queries, sts.dns.log_tail())
+
+
+def test_failed_txt_lookup_means_no_policy_and_the_mail_goes(sts):
+    """The TXT question gets no answer (c-ares gives up after about 6 s):
+    the MX answer, there long before, waits for the policy look-up to end
+    without a policy, then the mail goes as without MTA-STS."""
+    d = sts.sender()
+    rcpt = "user@txtfail.test"
+    rh.inject(d, [rcpt])
+    h.wait_for(lambda: sts.dns.queries("txtfail.test", "MX") >= 1, 5,
+               what="the MX question, before the TXT look-up fails")
+    assert sts.dns.queries("_mta-sts.txtfail.test", "TXT") >= 1
+    assert not d.events("delivered", rcpt=rcpt), d.log_tail()
+    e = outcome(d, rcpt, "delivered")
+    assert e["tls_policy"] == "none", e
+    assert "txtfail.test" not in sts.https.fetches
+    assert [m for m in sts.good.messages if rcpt in m.rcpts]
+
+
+def test_stop_while_the_mx_answer_waits_for_the_policy(sts):
+    """SIGTERM while the MX answer is kept for a policy look-up still
+    running: the attempt is dropped cleanly (exit status 0, nothing left
+    for the leak checker) and the mail goes after the restart."""
+    d = sts.sender()
+    rcpt = "user@txtfail.test"
+    rh.inject(d, [rcpt])
+    h.wait_for(lambda: sts.dns.queries("mx.txtfail.test", "A") >= 1, 5,
+               what="the MX host's address question")
+    time.sleep(0.3)  # its answer, and so the whole MX answer, is in
+    assert not d.events("delivered", rcpt=rcpt), d.log_tail()
+    d.restart()
+    e = outcome(d, rcpt, "delivered")
+    assert e["tls_policy"] == "none", e
 
 
 def test_enforce_without_a_matching_mx_is_deferred_and_counted(sts):

@@ -702,6 +702,108 @@ static void test_dns_invalid_domain_is_nxdomain_without_query(void **state)
 	dns_free(dns);
 }
 
+/* Copies of results, kept past the callback. */
+
+static void on_result_copy(const struct dns_result *r, void *arg)
+{
+	struct dns_result **copy = arg;
+
+	*copy = dns_result_copy(r);
+}
+
+static void test_dns_result_copy_outlives_the_query(void **state)
+{
+	struct dns *dns = dns_at(dnsmasq_port);
+	struct dns_result *copy = NULL;
+	char addr[INET6_ADDRSTRLEN];
+	bool late = false;
+	struct timeval tv = {.tv_sec = 15};
+	struct event *deadline = evtimer_new(base, on_deadline, &late);
+
+	(void)state;
+	assert_non_null(deadline);
+	assert_non_null(
+	    dns_resolve_mx(dns, "example.test", on_result_copy, &copy));
+	assert_int_equal(evtimer_add(deadline, &tv), 0);
+	while (copy == NULL && !late)
+		assert_true(event_base_loop(base, EVLOOP_ONCE) >= 0);
+	event_free(deadline);
+	assert_non_null(copy);
+	/* the query and every answer it held are gone */
+	dns_free(dns);
+	assert_int_equal(copy->status, DNS_OK);
+	assert_int_equal(copy->host_count, 2);
+	assert_string_equal(copy->hosts[0].name, "mx1.example.test");
+	assert_int_equal(copy->hosts[0].preference, 10);
+	assert_int_equal(copy->hosts[0].addr_count, 1);
+	addr_text(&copy->hosts[0].addrs[0], addr, sizeof(addr));
+	assert_string_equal(addr, "127.0.0.2");
+	assert_string_equal(copy->hosts[1].name, "mx2.example.test");
+	assert_int_equal(copy->hosts[1].preference, 20);
+	addr_text(&copy->hosts[1].addrs[0], addr, sizeof(addr));
+	assert_string_equal(addr, "127.0.0.3");
+	assert_null(copy->records);
+	dns_result_free(copy);
+}
+
+static void test_dns_result_copy_is_deep(void **state)
+{
+	unsigned char data[32] = {0xab};
+	char name[] = "mx.copy.test";
+	struct sockaddr_storage addrs[2] = {{.ss_family = AF_INET6},
+					    {.ss_family = AF_INET}};
+	struct dns_host host = {
+	    .name = name,
+	    .preference = 5,
+	    .secure = true,
+	    .addrs = addrs,
+	    .addr_count = 2,
+	};
+	struct dns_record record = {
+	    .type = DNS_TYPE_TLSA,
+	    .ttl = 300,
+	    .tlsa = {.usage = 3,
+		     .selector = 1,
+		     .matching = 1,
+		     .data = data,
+		     .data_len = sizeof(data)},
+	};
+	struct dns_result r = {
+	    .status = DNS_TEMPFAIL,
+	    .hosts = &host,
+	    .host_count = 1,
+	    .error = "copy.test: timeout",
+	    .authenticated = true,
+	    .records = &record,
+	    .record_count = 1,
+	};
+	struct dns_result *copy = dns_result_copy(&r);
+
+	(void)state;
+	/* what the copy holds is its own: the original's change later */
+	name[0] = 'X';
+	data[0] = 0;
+	addrs[0].ss_family = AF_UNSPEC;
+	assert_int_equal(copy->status, DNS_TEMPFAIL);
+	assert_string_equal(copy->error, "copy.test: timeout");
+	assert_true(copy->authenticated);
+	assert_int_equal(copy->host_count, 1);
+	assert_ptr_not_equal(copy->hosts, &host);
+	assert_string_equal(copy->hosts[0].name, "mx.copy.test");
+	assert_int_equal(copy->hosts[0].preference, 5);
+	assert_true(copy->hosts[0].secure);
+	assert_int_equal(copy->hosts[0].addr_count, 2);
+	assert_int_equal(copy->hosts[0].addrs[0].ss_family, AF_INET6);
+	assert_int_equal(copy->hosts[0].addrs[1].ss_family, AF_INET);
+	assert_int_equal(copy->record_count, 1);
+	assert_int_equal(copy->records[0].type, DNS_TYPE_TLSA);
+	assert_int_equal(copy->records[0].tlsa.usage, 3);
+	assert_int_equal(copy->records[0].tlsa.data_len, sizeof(data));
+	assert_int_equal(copy->records[0].tlsa.data[0], 0xab);
+	dns_result_free(copy);
+	dns_result_free(NULL);
+}
+
 /* dnsmasq and the loop. */
 
 /* A free port for both UDP and TCP on 127.0.0.1 (dnsmasq binds both). */
@@ -1071,6 +1173,8 @@ int main(void)
 	    cmocka_unit_test(test_dns_resolve_host_addresses),
 	    cmocka_unit_test(test_dns_address_literals_need_no_query),
 	    cmocka_unit_test(test_dns_invalid_domain_is_nxdomain_without_query),
+	    cmocka_unit_test(test_dns_result_copy_outlives_the_query),
+	    cmocka_unit_test(test_dns_result_copy_is_deep),
 	    cmocka_unit_test(test_dns_txt_records_joined_nodata_and_nxdomain),
 	    cmocka_unit_test(test_dns_txt_asked_on_the_wire_each_time),
 	    cmocka_unit_test(

@@ -209,3 +209,145 @@ def test_opendkim_fails_a_tampered_message(make_daemon, opendkim):
     # the key was found: the message, not the look-up, failed
     assert "dkim=fail" in results and "key not found" not in results, results
     assert dns.queries(KEY_NAME, "TXT") >= 1, dns.log_tail()
+
+
+# ---------------------------------------------------------------- clamav-milter
+
+CLAMD = shutil.which("clamd") or "/usr/sbin/clamd"
+CLAMAV_MILTER = shutil.which("clamav-milter") or "/usr/sbin/clamav-milter"
+# the anti-virus test file: 68 octets that every scanner reports
+EICAR = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+# no signature download offline: clamd loads this one body signature
+# (name:any target type:any offset:the octets in hex), reported by clamd
+# as "Facteur.Test.EICAR.UNOFFICIAL"
+EICAR_NDB = "Facteur.Test.EICAR:0:*:%s\n" % EICAR.encode().hex()
+
+
+def wait_socket(path, proc, what, timeout):
+    import socket
+
+    def up():
+        if proc.poll() is not None:
+            raise h.HarnessError("%s exited with %s" % (what, proc.returncode))
+        with socket.socket(socket.AF_UNIX) as s:
+            return s.connect_ex(str(path)) == 0
+    h.wait_for(up, timeout, what=what)
+
+
+def start_logged(args, log_path):
+    log = open(log_path, "wb")
+    try:
+        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    finally:
+        log.close()
+
+
+@pytest.fixture
+def clamav(tmp_path_factory):
+    """clamd with a database of one signature (EICAR's) on a UNIX socket and
+    clamav-milter on a loopback port handing it the messages (both start in
+    a second or two); yields (milter address, clamd's process, the milter's
+    process) for a test to stop them."""
+    if not (os.path.exists(CLAMD) and os.path.exists(CLAMAV_MILTER)):
+        pytest.skip("clamav-daemon and clamav-milter are not installed "
+                    "(scripts/install-deps.sh installs them)")
+    top = tmp_path_factory.mktemp("clamav")
+    (top / "db").mkdir()
+    (top / "db" / "eicar.ndb").write_text(EICAR_NDB)
+    sock = top / "clamd.sock"
+    (top / "clamd.conf").write_text(
+        "Foreground yes\nLocalSocket %s\nDatabaseDirectory %s\nTemporaryDirectory %s\n"
+        "LogFile %s\nPidFile %s\n"
+        % (sock, top / "db", top, top / "clamd.log", top / "clamd.pid"))
+    port = h.free_port()
+    (top / "clamav-milter.conf").write_text(
+        "Foreground yes\nMilterSocket inet:%d@127.0.0.1\nClamdSocket unix:%s\n"
+        "OnInfected Reject\nRejectMsg Virus found: %%v\nAddHeader Replace\n"
+        "TemporaryDirectory %s\n"
+        "LogFile %s\nLogInfected Basic\nPidFile %s\n"
+        % (port, sock, top, top / "clamav-milter.log", top / "clamav-milter.pid"))
+    clamd = start_logged([CLAMD, "-c", str(top / "clamd.conf")], top / "clamd.out")
+    milter = None
+    try:
+        wait_socket(sock, clamd, "clamd", 60)
+        milter = start_logged([CLAMAV_MILTER, "-c", str(top / "clamav-milter.conf")],
+                              top / "clamav-milter.out")
+        wait_port(port, milter, "clamav-milter", 30)
+        yield "inet:127.0.0.1:%d" % port, clamd, milter
+    finally:
+        if milter is not None:
+            stop(milter)
+        stop(clamd)
+
+
+def with_attachment(name, content, msgid):
+    import base64
+    return ("From: Alice <alice@signed.test>\r\nTo: user@localhost\r\n"
+            "Subject: a file\r\nMessage-ID: <%s@signed.test>\r\n"
+            "Date: Mon, 07 Dec 2026 18:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+            'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+            "--b1\r\nContent-Type: text/plain\r\n\r\nSee the file.\r\n"
+            "--b1\r\nContent-Type: application/octet-stream\r\n"
+            'Content-Disposition: attachment; filename="%s"\r\n'
+            "Content-Transfer-Encoding: base64\r\n\r\n%s\r\n--b1--\r\n"
+            % (msgid, name, base64.b64encode(content.encode()).decode()))
+
+
+def first_refusal(d, text):
+    """The first refusal of a transaction, or its last reply: a milter
+    that cannot be reached refuses the MAIL command already."""
+    with d.raw() as c:
+        c.ehlo()
+        for cmd in ("MAIL FROM:<alice@signed.test>", "RCPT TO:<%s>" % RCPT, "DATA"):
+            reply = c.cmd(cmd)
+            if reply.code >= 400:
+                return reply
+        c.send(h.dot_stuff(text.encode()))
+        return c.reply()
+
+
+def test_clamav_rejects_eicar(make_daemon, clamav):
+    address, _, _ = clamav
+    d = make_daemon(extra_lines=["milter = %s timeout=60s" % address])
+    with d.raw() as c:
+        reply = c.send_message("alice@signed.test", [RCPT],
+                               with_attachment("eicar.com", EICAR, "virus").encode())
+    assert 500 <= reply.code < 600, reply
+    # the milter's own text, naming what clamd found
+    assert "Virus found: Facteur.Test.EICAR" in reply.text, reply
+    d.wait_event("rejected", reason="milter", milter=address, action="reject")
+    assert d.maildir_messages(RCPT) == []
+
+
+def test_clamav_passes_clean_mail_with_its_header(make_daemon, clamav):
+    address, _, _ = clamav
+    d = make_daemon(extra_lines=["milter = %s timeout=60s" % address])
+    with d.raw() as c:
+        reply = c.send_message("alice@signed.test", [RCPT],
+                               with_attachment("notes.txt", "Nothing to see.\n",
+                                               "clean").encode())
+    assert reply.code == 250, reply
+    msg = h.parse_message(d.wait_messages(RCPT)[0])
+    assert "clean" in (msg["X-Virus-Status"] or "").lower(), msg.items()
+    assert "clamav-milter" in (msg["X-Virus-Scanned"] or ""), msg.items()
+    assert "See the file." in msg.get_payload()[0].get_payload()
+
+
+def test_clamav_without_clamd_defers_then_default_decides(make_daemon, clamav):
+    address, clamd, milter = clamav
+    d = make_daemon(extra_lines=["milter = %s timeout=60s" % address])
+    stop(clamd)
+    # clamav-milter answers, without a scanner: its OnFail (Defer) tempfails
+    with d.raw() as c:
+        reply = c.send_message("alice@signed.test", [RCPT],
+                               with_attachment("notes.txt", "Nothing.\n", "noscan").encode())
+    assert reply.code == 451, reply
+    d.wait_event("rejected", reason="milter", milter=address, action="tempfail")
+    assert d.events("milter_error", milter=address) == []
+    # clamav-milter down too: facteurd's default= decides, tempfail unless set
+    stop(milter)
+    for default, code in (("", 451), (" default=accept", 250)):
+        d = make_daemon(extra_lines=["milter = %s timeout=10s%s" % (address, default)])
+        reply = first_refusal(d, with_attachment("notes.txt", "Nothing.\n", "down"))
+        assert reply.code == code, (default, reply)
+        d.wait_event("milter_error", milter=address)

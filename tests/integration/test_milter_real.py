@@ -40,6 +40,25 @@ def wait_port(port, proc, what, timeout):
     h.wait_for(up, timeout, what=what)
 
 
+def wait_socket(path, proc, what, timeout):
+    import socket
+
+    def up():
+        if proc.poll() is not None:
+            raise h.HarnessError("%s exited with %s" % (what, proc.returncode))
+        with socket.socket(socket.AF_UNIX) as s:
+            return s.connect_ex(str(path)) == 0
+    h.wait_for(up, timeout, what=what)
+
+
+def start_logged(args, log_path):
+    log = open(log_path, "wb")
+    try:
+        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    finally:
+        log.close()
+
+
 def stop(proc):
     if proc.poll() is None:
         proc.terminate()
@@ -135,12 +154,9 @@ SELECTOR, DOMAIN = "test", "signed.test"
 KEY_NAME = "%s._domainkey.%s" % (SELECTOR, DOMAIN)
 
 
-@pytest.fixture
-def opendkim(tmp_path):
-    """OpenDKIM verifying with its own resolver (Debian builds it with
-    libunbound) sent to a dnsmasq on loopback that serves the key's TXT
-    record; yields (milter address, sign(text), that dnsmasq)."""
-    dkim = pytest.importorskip("dkim")
+def dkim_key(tmp_path):
+    """A 2048-bit key for SELECTOR and DOMAIN: (its PEM file, the strings of
+    its TXT record)."""
     key = tmp_path / "key.pem"
     subprocess.run(["openssl", "genrsa", "-traditional", "-out", str(key), "2048"],
                    check=True, capture_output=True)
@@ -151,7 +167,13 @@ def opendkim(tmp_path):
     # a 2048-bit key's record is longer than one string (255 octets at most)
     strings = [txt[i:i + 255] for i in range(0, len(txt), 255)]
     assert len(strings) == 2, strings
-    dns = r.Dnsmasq(tmp_path / "dns", txt=[(KEY_NAME, strings)]).start()
+    return key, strings
+
+
+def start_opendkim(tmp_path, dns_host, dns_port):
+    """OpenDKIM verifying with its own resolver (Debian builds it with
+    libunbound) sent to the DNS server at dns_host, dns_port; returns (its
+    process, its milter address)."""
     # libunbound answers names under test. itself, as empty (RFC 6761),
     # and never sends the query out: test domains need this one line
     unbound = tmp_path / "unbound.conf"
@@ -159,24 +181,43 @@ def opendkim(tmp_path):
     port = h.free_port()
     conf = tmp_path / "opendkim.conf"
     conf.write_text("Mode v\nSocket inet:%d@127.0.0.1\n"
-                    "Nameservers 127.0.0.1@%d\nResolverConfiguration %s\n"
+                    "Nameservers %s@%d\nResolverConfiguration %s\n"
                     "AuthservID mx.example.test\nAlwaysAddARHeader yes\n"
                     "Syslog no\nBackground no\nPidFile %s\n"
-                    % (port, dns.port, unbound, tmp_path / "opendkim.pid"))
-    log = open(tmp_path / "opendkim.log", "wb")
-    proc = subprocess.Popen([OPENDKIM, "-f", "-x", str(conf)], stdin=subprocess.DEVNULL,
-                            stdout=log, stderr=log)
-    log.close()
+                    % (port, dns_host, dns_port, unbound, tmp_path / "opendkim.pid"))
+    proc = start_logged([OPENDKIM, "-f", "-x", str(conf)], tmp_path / "opendkim.log")
     try:
         wait_port(port, proc, "opendkim", 30)
-
-        def sign(text):
-            sig = dkim.sign(text.encode(), SELECTOR.encode(), DOMAIN.encode(),
-                            key.read_bytes(), include_headers=[b"from", b"to", b"subject"])
-            return sig.decode() + text
-        yield "inet:127.0.0.1:%d" % port, sign, dns
-    finally:
+    except BaseException:
         stop(proc)
+        raise
+    return proc, "inet:127.0.0.1:%d" % port
+
+
+def signer(key):
+    dkim = pytest.importorskip("dkim")
+
+    def sign(text):
+        sig = dkim.sign(text.encode(), SELECTOR.encode(), DOMAIN.encode(),
+                        key.read_bytes(), include_headers=[b"from", b"to", b"subject"])
+        return sig.decode() + text
+    return sign
+
+
+@pytest.fixture
+def opendkim(tmp_path):
+    """OpenDKIM verifying, the key's TXT record served by a dnsmasq on
+    loopback; yields (milter address, sign(text), that dnsmasq)."""
+    pytest.importorskip("dkim")
+    key, strings = dkim_key(tmp_path)
+    dns = r.Dnsmasq(tmp_path / "dns", txt=[(KEY_NAME, strings)]).start()
+    proc = None
+    try:
+        proc, address = start_opendkim(tmp_path, "127.0.0.1", dns.port)
+        yield address, signer(key), dns
+    finally:
+        if proc is not None:
+            stop(proc)
         dns.stop()
 
 
@@ -221,25 +262,6 @@ EICAR = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 # (name:any target type:any offset:the octets in hex), reported by clamd
 # as "Facteur.Test.EICAR.UNOFFICIAL"
 EICAR_NDB = "Facteur.Test.EICAR:0:*:%s\n" % EICAR.encode().hex()
-
-
-def wait_socket(path, proc, what, timeout):
-    import socket
-
-    def up():
-        if proc.poll() is not None:
-            raise h.HarnessError("%s exited with %s" % (what, proc.returncode))
-        with socket.socket(socket.AF_UNIX) as s:
-            return s.connect_ex(str(path)) == 0
-    h.wait_for(up, timeout, what=what)
-
-
-def start_logged(args, log_path):
-    log = open(log_path, "wb")
-    try:
-        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    finally:
-        log.close()
 
 
 @pytest.fixture
@@ -351,3 +373,123 @@ def test_clamav_without_clamd_defers_then_default_decides(make_daemon, clamav):
         reply = first_refusal(d, with_attachment("notes.txt", "Nothing.\n", "down"))
         assert reply.code == code, (default, reply)
         d.wait_event("milter_error", milter=address)
+
+
+# ---------------------------------------------------------------- OpenDMARC
+
+OPENDMARC = shutil.which("opendmarc") or "/usr/sbin/opendmarc"
+DMARC_NAME = "_dmarc." + DOMAIN
+
+
+class Port53Dnsmasq(r.Dnsmasq):
+    """dnsmasq on port 53 of an address of its own in 127.0.0.0/8.
+    OpenDMARC looks records up with libc's resolver (libresolv), whose
+    /etc/resolv.conf names servers without a port: the test gives
+    OpenDMARC a resolv.conf of its own (in a mount namespace) naming this
+    address."""
+
+    def __init__(self, workdir, **kw):
+        import random
+        for _ in range(100):
+            host = "127.53.%d.%d" % (random.randrange(256), random.randrange(1, 255))
+            if r._can_bind(host, 53, r.socket.SOCK_DGRAM) and \
+                    r._can_bind(host, 53, r.socket.SOCK_STREAM):
+                break
+        else:
+            raise h.HarnessError("no 127.53.x.y address free on port 53")
+        self.host = host
+        super().__init__(workdir, port=53, **kw)
+
+    def args(self):
+        return ["--listen-address=" + self.host if a == "--listen-address=127.0.0.1" else a
+                for a in super().args()]
+
+    def start(self, timeout=15.0):
+        self.proc = start_logged(self.args(), self.log_path)
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise h.HarnessError("dnsmasq exited with %s:\n%s"
+                                     % (self.proc.returncode, self.log_tail()))
+            return r.dns_query(self.port, "ready-probe.test", "A", host=self.host,
+                               timeout=0.3)
+        try:
+            h.wait_for(ready, timeout, what="dnsmasq on %s:53" % self.host)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+
+@pytest.fixture
+def opendmarc(tmp_path):
+    """OpenDKIM then OpenDMARC (RejectFailures true), the key's record and
+    DOMAIN's DMARC record (p=reject) served by one dnsmasq; yields (the two
+    milter addresses, sign(text), that dnsmasq)."""
+    if not os.path.exists(OPENDMARC):
+        pytest.skip("opendmarc is not installed (scripts/install-deps.sh installs it)")
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("OpenDMARC's own resolv.conf needs a mount namespace (root)")
+    pytest.importorskip("dkim")
+    key, strings = dkim_key(tmp_path)
+    dns = Port53Dnsmasq(tmp_path / "dns", txt=[(KEY_NAME, strings),
+                                               (DMARC_NAME, ["v=DMARC1; p=reject"])]).start()
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver %s\noptions timeout:2 attempts:2\n" % dns.host)
+    # OpenDMARC skips mail from its IgnoreHosts, 127.0.0.1 unless set
+    ignore = tmp_path / "ignore.hosts"
+    ignore.write_text("192.0.2.1\n")
+    port = h.free_port()
+    conf = tmp_path / "opendmarc.conf"
+    conf.write_text("Socket inet:%d@127.0.0.1\nAuthservID mx.example.test\n"
+                    "TrustedAuthservIDs mx.example.test\nRejectFailures true\n"
+                    "IgnoreHosts %s\nSPFSelfValidate false\nSyslog false\n"
+                    "Background false\nPidFile %s\n"
+                    % (port, ignore, tmp_path / "opendmarc.pid"))
+    dkim_proc = dmarc_proc = None
+    try:
+        dkim_proc, dkim_address = start_opendkim(tmp_path, dns.host, 53)
+        # its own view of /etc/resolv.conf, the machine's left alone; exec
+        # keeps the PID
+        dmarc_proc = start_logged(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+             'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(resolv),
+             OPENDMARC, "-f", "-c", str(conf)], tmp_path / "opendmarc.log")
+        wait_port(port, dmarc_proc, "opendmarc", 30)
+        yield (dkim_address, "inet:127.0.0.1:%d" % port), signer(key), dns
+    finally:
+        for proc in (dmarc_proc, dkim_proc):
+            if proc is not None:
+                stop(proc)
+        dns.stop()
+
+
+def dmarc_daemon(make_daemon, milters):
+    dkim_address, dmarc_address = milters
+    return make_daemon(extra_lines=["milter = %s timeout=30s default=accept" % dkim_address,
+                                    "milter = %s timeout=30s" % dmarc_address])
+
+
+def test_opendmarc_rejects_unsigned_mail_of_a_reject_domain(make_daemon, opendmarc):
+    milters, _, dns = opendmarc
+    d = dmarc_daemon(make_daemon, milters)
+    with d.raw() as c:
+        reply = c.send_message("alice@signed.test", [RCPT],
+                               message("unsigned", "The body.\r\n", "nodkim").encode())
+    assert reply.code == 550 and "DMARC" in reply.text, reply
+    d.wait_event("rejected", reason="milter", milter=milters[1], action="reject")
+    assert dns.queries(DMARC_NAME, "TXT") >= 1, dns.log_tail()
+    assert d.maildir_messages(RCPT) == []
+
+
+def test_opendmarc_passes_signed_mail(make_daemon, opendmarc):
+    milters, sign, dns = opendmarc
+    d = dmarc_daemon(make_daemon, milters)
+    with d.raw() as c:
+        reply = c.send_message("alice@signed.test", [RCPT],
+                               sign(message("signed", "The body.\r\n", "dkim")).encode())
+    assert reply.code == 250, reply
+    results = auth_results(d)
+    # OpenDMARC read OpenDKIM's result, added by the milter before it
+    assert "dkim=pass" in results and "dmarc=pass" in results, results
+    assert dns.queries(DMARC_NAME, "TXT") >= 1, dns.log_tail()

@@ -59,9 +59,13 @@ def start_logged(args, log_path):
         log.close()
 
 
-def stop(proc):
-    if proc.poll() is None:
+def stop(*procs):
+    """SIGTERM to each, then wait for each: libmilter's milters look at
+    their stop flag every 5 seconds, in parallel that is 5 seconds in all."""
+    live = [p for p in procs if p is not None and p.poll() is None]
+    for proc in live:
         proc.terminate()
+    for proc in live:
         try:
             proc.wait(15)
         except subprocess.TimeoutExpired:
@@ -216,8 +220,7 @@ def opendkim(tmp_path):
         proc, address = start_opendkim(tmp_path, "127.0.0.1", dns.port)
         yield address, signer(key), dns
     finally:
-        if proc is not None:
-            stop(proc)
+        stop(proc)
         dns.stop()
 
 
@@ -264,16 +267,14 @@ EICAR = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 EICAR_NDB = "Facteur.Test.EICAR:0:*:%s\n" % EICAR.encode().hex()
 
 
-@pytest.fixture
-def clamav(tmp_path_factory):
+def start_clamav(top):
     """clamd with a database of one signature (EICAR's) on a UNIX socket and
     clamav-milter on a loopback port handing it the messages (both start in
-    a second or two); yields (milter address, clamd's process, the milter's
-    process) for a test to stop them."""
+    a second or two); returns (milter address, clamd's process, the
+    milter's process)."""
     if not (os.path.exists(CLAMD) and os.path.exists(CLAMAV_MILTER)):
         pytest.skip("clamav-daemon and clamav-milter are not installed "
                     "(scripts/install-deps.sh installs them)")
-    top = tmp_path_factory.mktemp("clamav")
     (top / "db").mkdir()
     (top / "db" / "eicar.ndb").write_text(EICAR_NDB)
     sock = top / "clamd.sock"
@@ -295,11 +296,19 @@ def clamav(tmp_path_factory):
         milter = start_logged([CLAMAV_MILTER, "-c", str(top / "clamav-milter.conf")],
                               top / "clamav-milter.out")
         wait_port(port, milter, "clamav-milter", 30)
-        yield "inet:127.0.0.1:%d" % port, clamd, milter
+    except BaseException:
+        stop(milter, clamd)
+        raise
+    return "inet:127.0.0.1:%d" % port, clamd, milter
+
+
+@pytest.fixture(scope="module")
+def clamav(tmp_path_factory):
+    address, clamd, milter = start_clamav(tmp_path_factory.mktemp("clamav"))
+    try:
+        yield address
     finally:
-        if milter is not None:
-            stop(milter)
-        stop(clamd)
+        stop(milter, clamd)
 
 
 def with_attachment(name, content, msgid):
@@ -329,7 +338,7 @@ def first_refusal(d, text):
 
 
 def test_clamav_rejects_eicar(make_daemon, clamav):
-    address, _, _ = clamav
+    address = clamav
     d = make_daemon(extra_lines=["milter = %s timeout=60s" % address])
     with d.raw() as c:
         reply = c.send_message("alice@signed.test", [RCPT],
@@ -342,7 +351,7 @@ def test_clamav_rejects_eicar(make_daemon, clamav):
 
 
 def test_clamav_passes_clean_mail_with_its_header(make_daemon, clamav):
-    address, _, _ = clamav
+    address = clamav
     d = make_daemon(extra_lines=["milter = %s timeout=60s" % address])
     with d.raw() as c:
         reply = c.send_message("alice@signed.test", [RCPT],
@@ -355,8 +364,15 @@ def test_clamav_passes_clean_mail_with_its_header(make_daemon, clamav):
     assert "See the file." in msg.get_payload()[0].get_payload()
 
 
-def test_clamav_without_clamd_defers_then_default_decides(make_daemon, clamav):
-    address, clamd, milter = clamav
+def test_clamav_without_clamd_defers_then_default_decides(make_daemon, tmp_path):
+    address, clamd, milter = start_clamav(tmp_path)
+    try:
+        clamd_down(make_daemon, address, clamd, milter)
+    finally:
+        stop(milter, clamd)
+
+
+def clamd_down(make_daemon, address, clamd, milter):
     d = make_daemon(extra_lines=["milter = %s timeout=60s" % address])
     stop(clamd)
     # clamav-milter answers, without a scanner: its OnFail (Defer) tempfails
@@ -458,9 +474,7 @@ def opendmarc(tmp_path):
         wait_port(port, dmarc_proc, "opendmarc", 30)
         yield (dkim_address, "inet:127.0.0.1:%d" % port), signer(key), dns
     finally:
-        for proc in (dmarc_proc, dkim_proc):
-            if proc is not None:
-                stop(proc)
+        stop(dmarc_proc, dkim_proc)
         dns.stop()
 
 

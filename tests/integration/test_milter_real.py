@@ -1,10 +1,15 @@
 """Real milters from Debian, started on loopback by the tests and stopped
 by PID: rspamd's proxy worker in milter mode (a GTUBE message is
-rejected with rspamd's text, a clean one gets rspamd's headers) and
+rejected with rspamd's text, a clean one gets rspamd's headers);
 OpenDKIM in verify mode (a message signed with a test key, its TXT
 record served by dnsmasq on loopback and looked up there by OpenDKIM, gets
 Authentication-Results dkim=pass; the same message tampered with gets
-dkim=fail). The configurations written here are the ones
+dkim=fail); OpenDMARC after OpenDKIM (an unsigned message from a domain
+publishing p=reject is refused, a signed one gets dmarc=pass); and
+clamav-milter with clamd, offline, its database one signature of the EICAR
+test file (an infected attachment is refused with clamav-milter's text, a
+clean message gets its X-Virus headers, clamd down or the milter down
+tempfail). The configurations written here are the ones
 docs/operations.md shows."""
 
 import os

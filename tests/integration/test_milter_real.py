@@ -64,6 +64,13 @@ def start_logged(args, log_path):
         log.close()
 
 
+def conf_file(path, settings):
+    """A "Key value" a line configuration file of (key, value) pairs, the
+    format of OpenDKIM's, OpenDMARC's, clamd's and clamav-milter's."""
+    path.write_text("".join("%s %s\n" % kv for kv in settings))
+    return path
+
+
 def stop(*procs):
     """SIGTERM to each, then wait for each: libmilter's milters look at
     their stop flag every 5 seconds, in parallel that is 5 seconds in all."""
@@ -188,12 +195,11 @@ def start_opendkim(tmp_path, dns_host, dns_port):
     unbound = tmp_path / "unbound.conf"
     unbound.write_text('server:\n\tlocal-zone: "test." nodefault\n')
     port = h.free_port()
-    conf = tmp_path / "opendkim.conf"
-    conf.write_text("Mode v\nSocket inet:%d@127.0.0.1\n"
-                    "Nameservers %s@%d\nResolverConfiguration %s\n"
-                    "AuthservID mx.example.test\nAlwaysAddARHeader yes\n"
-                    "Syslog no\nBackground no\nPidFile %s\n"
-                    % (port, dns_host, dns_port, unbound, tmp_path / "opendkim.pid"))
+    conf = conf_file(tmp_path / "opendkim.conf", [
+        ("Mode", "v"), ("Socket", "inet:%d@127.0.0.1" % port),
+        ("Nameservers", "%s@%d" % (dns_host, dns_port)), ("ResolverConfiguration", unbound),
+        ("AuthservID", "mx.example.test"), ("AlwaysAddARHeader", "yes"),
+        ("Syslog", "no"), ("Background", "no"), ("PidFile", tmp_path / "opendkim.pid")])
     proc = start_logged([OPENDKIM, "-f", "-x", str(conf)], tmp_path / "opendkim.log")
     try:
         wait_port(port, proc, "opendkim", 30)
@@ -283,22 +289,22 @@ def start_clamav(top):
     (top / "db").mkdir()
     (top / "db" / "eicar.ndb").write_text(EICAR_NDB)
     sock = top / "clamd.sock"
-    (top / "clamd.conf").write_text(
-        "Foreground yes\nLocalSocket %s\nDatabaseDirectory %s\nTemporaryDirectory %s\n"
-        "LogFile %s\nPidFile %s\n"
-        % (sock, top / "db", top, top / "clamd.log", top / "clamd.pid"))
+    clamd_conf = conf_file(top / "clamd.conf", [
+        ("Foreground", "yes"), ("LocalSocket", sock), ("DatabaseDirectory", top / "db"),
+        ("TemporaryDirectory", top), ("LogFile", top / "clamd.log"),
+        ("PidFile", top / "clamd.pid")])
     port = h.free_port()
-    (top / "clamav-milter.conf").write_text(
-        "Foreground yes\nMilterSocket inet:%d@127.0.0.1\nClamdSocket unix:%s\n"
-        "OnInfected Reject\nRejectMsg Virus found: %%v\nAddHeader Replace\n"
-        "TemporaryDirectory %s\n"
-        "LogFile %s\nLogInfected Basic\nPidFile %s\n"
-        % (port, sock, top, top / "clamav-milter.log", top / "clamav-milter.pid"))
-    clamd = start_logged([CLAMD, "-c", str(top / "clamd.conf")], top / "clamd.out")
+    milter_conf = conf_file(top / "clamav-milter.conf", [
+        ("Foreground", "yes"), ("MilterSocket", "inet:%d@127.0.0.1" % port),
+        ("ClamdSocket", "unix:%s" % sock), ("OnInfected", "Reject"),
+        ("RejectMsg", "Virus found: %v"), ("AddHeader", "Replace"),
+        ("TemporaryDirectory", top), ("LogFile", top / "clamav-milter.log"),
+        ("LogInfected", "Basic"), ("PidFile", top / "clamav-milter.pid")])
+    clamd = start_logged([CLAMD, "-c", str(clamd_conf)], top / "clamd.out")
     milter = None
     try:
         wait_socket(sock, clamd, "clamd", 60)
-        milter = start_logged([CLAMAV_MILTER, "-c", str(top / "clamav-milter.conf")],
+        milter = start_logged([CLAMAV_MILTER, "-c", str(milter_conf)],
                               top / "clamav-milter.out")
         wait_port(port, milter, "clamav-milter", 30)
     except BaseException:
@@ -461,12 +467,11 @@ def opendmarc(tmp_path):
     ignore = tmp_path / "ignore.hosts"
     ignore.write_text("192.0.2.1\n")
     port = h.free_port()
-    conf = tmp_path / "opendmarc.conf"
-    conf.write_text("Socket inet:%d@127.0.0.1\nAuthservID mx.example.test\n"
-                    "TrustedAuthservIDs mx.example.test\nRejectFailures true\n"
-                    "IgnoreHosts %s\nSPFSelfValidate false\nSyslog false\n"
-                    "Background false\nPidFile %s\n"
-                    % (port, ignore, tmp_path / "opendmarc.pid"))
+    conf = conf_file(tmp_path / "opendmarc.conf", [
+        ("Socket", "inet:%d@127.0.0.1" % port), ("AuthservID", "mx.example.test"),
+        ("TrustedAuthservIDs", "mx.example.test"), ("RejectFailures", "true"),
+        ("IgnoreHosts", ignore), ("SPFSelfValidate", "false"), ("Syslog", "false"),
+        ("Background", "false"), ("PidFile", tmp_path / "opendmarc.pid")])
     dkim_proc = dmarc_proc = None
     try:
         dkim_proc, dkim_address = start_opendkim(tmp_path, dns.host, 53)

@@ -21,6 +21,7 @@ test_packages=(
 	fetchmail adduser dpkg-dev
 	haproxy
 	redis-server python3-dkim opendkim opendkim-tools rspamd
+	clamav-daemon clamav-milter opendmarc
 	dovecot-imapd dovecot-lmtpd
 	unbound ldnsutils
 )

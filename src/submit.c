@@ -64,6 +64,37 @@ static bool served_by_another(const struct sockaddr_un *sun)
 	return answered;
 }
 
+/* The socket's own folder is made when it is missing (0755, searchable by
+ * all), as a service manager's runtime folder would be: /run is emptied
+ * at boot, and a host without systemd, or facteurd started by hand, has
+ * nobody else to make /run/facteur. Only that last level: a missing
+ * parent is a mistake in the path, not a folder to invent. */
+static int make_folder(const char *path, char *err, size_t errlen)
+{
+	char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	const char *slash = strrchr(path, '/');
+	if (slash == NULL || slash == path)
+		return 0;
+	size_t len = (size_t)(slash - path);
+	memcpy(dir, path, len);
+	dir[len] = '\0';
+	if (mkdir(dir, 0755) == 0) {
+		/* the umask may have taken bits the callers need */
+		if (chmod(dir, 0755) == -1) {
+			snprintf(err, errlen, "submit_socket %s: %s", dir,
+				 strerror(errno));
+			return -1;
+		}
+		log_event(LOG_LEVEL_INFO, "submit_folder_made",
+			  LOG_S("path", dir));
+	} else if (errno != EEXIST) {
+		snprintf(err, errlen, "submit_socket %s: cannot make %s: %s",
+			 path, dir, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
 static int bind_world_socket(struct submit *sub, char *err, size_t errlen)
 {
 	const char *path = sub->sun.sun_path;
@@ -91,6 +122,8 @@ static int bind_world_socket(struct submit *sub, char *err, size_t errlen)
 			 strerror(errno));
 		return -1;
 	}
+	if (make_folder(path, err, errlen) == -1)
+		return -1;
 	sub->fd =
 	    socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (sub->fd == -1) {

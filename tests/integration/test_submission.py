@@ -7,6 +7,7 @@ import os
 import pwd
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -433,13 +434,37 @@ def test_newaliases_without_a_daemon_says_so(start):
 # the socket's place
 
 def test_configured_socket_that_cannot_be_made_stops_the_start(start):
+    """Only the socket's own folder is made: a missing parent is a
+    mistake in the path."""
     d = start()
     d.stop_ok()
-    d.settings["submit_socket"] = str(d.dir / "missing" / "submit")
+    d.settings["submit_socket"] = str(d.dir / "missing" / "deeper" / "submit")
     d.write_config()
     r = h.run_facteurd(["-c", str(d.conf_path)], timeout=60)
     assert r.returncode == 69, r
-    assert b"submit_socket" in r.stderr and b"missing/submit" in r.stderr, r.stderr
+    assert b"submit_socket" in r.stderr and b"missing/deeper" in r.stderr, r.stderr
+    assert not (d.dir / "missing").exists()
+
+
+def test_missing_socket_folder_is_made_as_a_runtime_folder(start):
+    """/run/facteur/submit on a host where no service manager made
+    /run/facteur: facteurd makes the folder, searchable by all."""
+    d = start()
+    d.stop_ok()
+    folder = d.dir / "run-facteur"
+    d.settings["submit_socket"] = str(folder / "submit")
+    d.start()
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755, oct(folder.stat().st_mode)
+    assert stat.S_ISSOCK((folder / "submit").stat().st_mode)
+    assert d.wait_event("submit_folder_made")[0]["path"] == str(folder)
+    r = sendmail(d, ["user@localhost"], "Subject: runtime folder\n\nx\n")
+    assert r.returncode == 0, r
+    d.wait_event("delivered")
+    # the next start finds it there and says nothing
+    d.stop_ok()
+    d.start()
+    d.send()
+    assert len(d.events("submit_folder_made")) <= 1
 
 
 def test_default_socket_out_of_reach_is_a_warning(start):

@@ -510,6 +510,18 @@ static void on_delivered(enum deliver_result result, const char *dsn,
 	run_release(run);
 }
 
+/* An outcome start_local reached without a delivery: settled, its
+ * record written ahead, then logged, as a delivery's outcome is. The
+ * run's hold keeps q. */
+static void settle_then_log(struct run *run, size_t index, const char *event,
+			    const char *where, const char *place)
+{
+	struct queued *q = run->q;
+	run_settle(run, &index, 1);
+	spool_write_ahead(q->srv->spool);
+	log_outcome(event, q, &q->env->rcpts[index], where, place);
+}
+
 static void start_local(struct queued *q, size_t index, struct run *run)
 {
 	struct scheduler *sched = q->sched;
@@ -529,8 +541,7 @@ static void start_local(struct queued *q, size_t index, struct run *run)
 			    "the address cannot name a mailbox");
 		count_outcome(q, RCPT_BOUNCED);
 		count_transport(METRICS_TRANSPORT_LOCAL, RCPT_BOUNCED);
-		log_outcome("bounced", q, r, "mailbox", "");
-		run_settle(run, &index, 1);
+		settle_then_log(run, index, "bounced", "mailbox", "");
 		return;
 	}
 	struct local_job *job = calloc(1, sizeof *job);
@@ -545,8 +556,7 @@ static void start_local(struct queued *q, size_t index, struct run *run)
 				  : "cannot name the mailbox");
 		count_outcome(q, RCPT_DEFERRED);
 		count_transport(METRICS_TRANSPORT_LOCAL, RCPT_DEFERRED);
-		log_outcome("deferred", q, r, "mailbox", "");
-		run_settle(run, &index, 1);
+		settle_then_log(run, index, "deferred", "mailbox", "");
 		return;
 	}
 	job->q = q;
@@ -686,6 +696,9 @@ static void expire(struct queued *q, size_t index, struct run *run)
 	dsn[0] = '5';
 	const char *place =
 	    q->rcpt[index].last_relay ? q->rcpt[index].last_relay : "";
+	/* Logged once its record is written, as an attempt's outcome. */
+	run_settle(run, &index, 1);
+	spool_write_ahead(q->srv->spool);
 	if (r->local && cfg->local_transport.kind == LMTP_NONE) {
 		char mailbox_path[4096] = "";
 		char *mailbox = policy_mailbox_path(cfg, r->address, NULL);
@@ -697,7 +710,6 @@ static void expire(struct queued *q, size_t index, struct run *run)
 	} else {
 		log_outcome_as("expired", q, r, dsn, "relay", place);
 	}
-	run_settle(run, &index, 1);
 }
 
 static void due_timer_arm(struct scheduler *sched, time_t now)
@@ -1162,12 +1174,21 @@ static int bounce_one(struct queued *q)
 			    "bounced by the administrator");
 		r->attempts--; /* not a delivery attempt */
 		count_outcome(q, RCPT_BOUNCED);
-		log_outcome("bounced", q, r, r->local ? "mailbox" : "relay",
-			    "");
 		now_bounced[n++] = i;
 	}
-	if (n > 0)
-		notice_settle(q, now_bounced, n, false, NULL, 0);
+	if (n == 0) {
+		free(now_bounced);
+		return 0;
+	}
+	/* Logged once their records are written, as attempts' outcomes;
+	 * q stays while they are in flight. */
+	notice_settle(q, now_bounced, n, false, NULL, 0);
+	spool_write_ahead(q->srv->spool);
+	for (size_t k = 0; k < n; k++) {
+		const struct spool_rcpt *r = &q->env->rcpts[now_bounced[k]];
+		log_outcome("bounced", q, r, r->local ? "mailbox" : "relay",
+			    "");
+	}
 	free(now_bounced);
 	return 0;
 }

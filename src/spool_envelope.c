@@ -723,8 +723,18 @@ static enum spool_parse_status parse_header(const char *text, size_t len,
 		struct token toks[RCPT_FIELDS + 1];
 		if (!next_line(text, len, pos, &line))
 			return SPOOL_PARSE_BAD;
-		if (token_is(line, "end"))
+		if (token_is(line, "end")) {
+			/* No room left over: recovery holds every live
+			 * envelope at once before the scheduler packs them. */
+			if (cap > env->rcpt_count && env->rcpt_count > 0) {
+				struct spool_rcpt *r =
+				    realloc(env->rcpts,
+					    env->rcpt_count * sizeof *r);
+				if (r != NULL)
+					env->rcpts = r;
+			}
 			return SPOOL_PARSE_OK;
+		}
 		int count = split_line(line, toks, RCPT_FIELDS + 1);
 		if (count < RCPT_FIELDS || !token_is(toks[0], "rcpt"))
 			return SPOOL_PARSE_BAD;

@@ -65,7 +65,7 @@ struct scheduler {
 	struct relay *relay;
 	struct event *compact_timer;
 	struct due_heap due;	 /* messages with a deferred recipient */
-	struct spool_strings *strings; /* the envelopes' shared texts */
+	struct spool_strings *strings; /* the spool's: shared texts */
 	struct event *due_timer; /* armed for the heap's first */
 	bool stopping;
 };
@@ -941,12 +941,10 @@ struct scheduler *scheduler_new(struct server *srv)
 	}
 	sched->srv = srv;
 	sched->ready_tail = &sched->ready_head;
-	sched->strings = spool_strings_new();
-	sched->suspended =
-	    sched->strings ? open_suspensions(srv->cfg->spool_dir) : NULL;
+	sched->strings = spool_strings_table(srv->spool);
+	sched->suspended = open_suspensions(srv->cfg->spool_dir);
 	sched->relay = sched->suspended ? relay_new(srv) : NULL;
 	if (sched->relay == NULL) {
-		spool_strings_free(sched->strings);
 		domain_suspend_free(sched->suspended);
 		event_free(sched->compact_timer);
 		event_free(sched->due_timer);
@@ -971,7 +969,6 @@ void scheduler_free(struct scheduler *sched)
 	while (sched->messages != NULL)
 		queued_free(sched->messages);
 	due_heap_free(&sched->due);
-	spool_strings_free(sched->strings);
 	domain_suspend_free(sched->suspended);
 	free(sched);
 }

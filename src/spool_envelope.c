@@ -279,8 +279,8 @@ static bool intern(struct spool_strings *t, char **field, const char *s)
 struct spool_envelope *spool_envelope_pack(struct spool_envelope *env,
 					   struct spool_strings *strings)
 {
-	if (env->interned != NULL)
-		return env;
+	if (env->interned != NULL || strings == NULL)
+		return env->interned != NULL ? env : NULL;
 	size_t n = env->rcpt_count;
 	size_t size = sizeof *env + n * sizeof *env->rcpts +
 		      text_size(env->sender) + text_size(env->envid);
@@ -641,6 +641,11 @@ static enum spool_parse_status apply_record(struct spool_envelope *env,
 	if (dsn != NULL)
 		memcpy(r->dsn, dsn, strlen(dsn));
 	free(dsn);
+	if (env->interned != NULL) {
+		int rc = spool_envelope_set_reason(env, (size_t)index, reason);
+		free(reason);
+		return rc == -1 ? SPOOL_PARSE_NOMEM : SPOOL_PARSE_OK;
+	}
 	free(r->reason);
 	r->reason = reason;
 	return SPOOL_PARSE_OK;

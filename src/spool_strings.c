@@ -4,6 +4,7 @@
  * bucket; a text shared by n messages saves n - 1 allocations.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,7 @@ struct spool_strings {
 	struct entry **buckets;
 	size_t mask; /* buckets - 1, a power of two less one */
 	size_t count;
+	bool closing; /* freed: goes with its last text */
 };
 
 #define FIRST_BUCKETS 64
@@ -55,12 +57,9 @@ void spool_strings_free(struct spool_strings *t)
 {
 	if (t == NULL)
 		return;
-	for (size_t i = 0; i <= t->mask; i++)
-		while (t->buckets[i] != NULL) {
-			struct entry *e = t->buckets[i];
-			t->buckets[i] = e->chain;
-			free(e);
-		}
+	t->closing = true;
+	if (t->count > 0)
+		return;
 	free(t->buckets);
 	free(t);
 }
@@ -126,6 +125,8 @@ void spool_strings_put(struct spool_strings *t, const char *s)
 	*at = e->chain;
 	t->count--;
 	free(e);
+	if (t->count == 0 && t->closing)
+		spool_strings_free(t);
 }
 
 size_t spool_strings_count(const struct spool_strings *t)

@@ -107,6 +107,11 @@ struct spool *spool_open_drop(struct event_base *base, struct iothread *io,
                               const char *dir, char *err, size_t errlen);
 void spool_close(struct spool *spool);
 const char *spool_dir(const struct spool *spool);
+/* The table the daemon's spool interns the envelopes it recovers in
+ * (spool_envelope_pack); packing a queued envelope into it too keeps one
+ * copy of each shared text. Freed with the spool, so that its envelopes
+ * go first. NULL for a drop spool. */
+struct spool_strings *spool_strings_table(struct spool *spool);
 
 /* "<spool_dir>/queue/<id>.msg" into buf; returns buf. */
 char *spool_msg_path(const struct spool *spool, const char *id, char *buf,
@@ -271,8 +276,9 @@ void spool_envelope_free(struct spool_envelope *env);
  * addresses), and the texts many messages share (protocol, client
  * address, HELO, login, each recipient's last reason) are interned in
  * `strings` (spool_strings.h). The DKIM outcome, which only the accepted
- * line uses, is dropped. Returns the packed envelope and frees env; NULL
- * when out of memory, env then unchanged and still usable. Every
+ * line uses, is dropped. Returns the packed envelope and frees env (env
+ * itself when packed already, in the same table); NULL when out of
+ * memory or strings is NULL, env then unchanged and still usable. Every
  * function here takes both forms alike; spool_envelope_free releases
  * what a packed one holds.
  */

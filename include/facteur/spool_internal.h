@@ -137,6 +137,10 @@ struct spool {
 	uint64_t last_id;
 	unsigned counter;
 	struct spool_recovery recovery;
+	/* The texts queued envelopes share (logged spool only): recovery
+	 * packs each envelope as it reads it, and the scheduler packs into
+	 * the same table afterwards. */
+	struct spool_strings *strings;
 };
 
 /* Errors of the envelope parser: bad data, or no memory to hold it. */

@@ -3,8 +3,9 @@
  * a count of its references. A dead destination leaves thousands of
  * queued messages with the same protocol, client address, HELO, last
  * reason and last relay; each of those is kept once here instead of once
- * a message (spool_envelope_pack). One table belongs to the scheduler and
- * is used on the loop only.
+ * a message (spool_envelope_pack). The daemon's spool owns one table,
+ * used by one thread at a time: recovery's worker at start-up, then the
+ * loop (the scheduler) once recovery has handed the queue over.
  */
 #ifndef FACTEUR_SPOOL_STRINGS_H
 #define FACTEUR_SPOOL_STRINGS_H
@@ -14,7 +15,9 @@
 struct spool_strings;
 
 struct spool_strings *spool_strings_new(void);
-/* Every reference must have been put back. */
+/* Free the table now, or, while texts of it are still referenced (the
+ * envelopes a test keeps past its spool's close), when the last one is
+ * put back; nothing more is got from it. */
 void spool_strings_free(struct spool_strings *strings);
 
 /* A reference to the interned copy of s (NULL for NULL); NULL with

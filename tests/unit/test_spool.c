@@ -1647,6 +1647,13 @@ static void test_log_records_survive_restart(void **state)
 	assert_envelopes_equal(env_big, found.envs[1]);
 	assert_body(f, id, message, sizeof message - 1);
 	assert_body(f, big_id, big, 200000);
+	/* Recovered packed, in the spool's table, sharing their texts. */
+	for (size_t i = 0; i < 2; i++)
+		assert_ptr_equal(found.envs[i]->interned,
+				 spool_strings_table(f->spool));
+	assert_ptr_equal(found.envs[0]->protocol, found.envs[1]->protocol);
+	assert_ptr_equal(found.envs[0]->client_addr,
+			 found.envs[1]->client_addr);
 
 	const struct spool_recovery *rec = spool_last_recovery(f->spool);
 	assert_int_equal(rec->live, 2);

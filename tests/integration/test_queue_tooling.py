@@ -404,14 +404,17 @@ def _blocked_writing_stderr(pid):
     return fields[0] == "1" and int(fields[1], 16) == 2
 
 
-def test_admin_bounce_is_recorded_before_it_is_logged(make_daemon):
+@pytest.mark.parametrize("outcome", ["bounce", "expire"])
+def test_outcome_is_recorded_before_it_is_logged(make_daemon, outcome):
     """The daemon's log is a pipe the test fills, so that the daemon stops
-    in the write of its `bounced` line: by then the recipient's record is
-    in the log segment (written ahead), as for a delivery's outcome."""
-    d = make_daemon(config={"retry_min": "1h", "retry_max": "2h",
-                            "log_level": "warn",
-                            "dns_servers": "127.0.0.1:%d" % h.free_port()},
-                    start=False)
+    in the write of its `bounced` (facteurctl bounce) or `expired` (queue
+    lifetime over) line: by then the recipient's record is in the log
+    segment (written ahead), as for a delivery's outcome."""
+    cfg = {"retry_min": "1h", "retry_max": "2h", "log_level": "warn",
+           "dns_servers": "127.0.0.1:%d" % h.free_port()}
+    if outcome == "expire":
+        cfg["queue_lifetime"] = "4s"
+    d = make_daemon(config=cfg, start=False)
     d.extra_lines.append("route = * [127.0.0.1]:%d tls=none" % h.free_port())
     d.write_config()
     r, w = os.pipe()
@@ -465,22 +468,32 @@ def test_admin_bounce_is_recorded_before_it_is_logged(make_daemon):
                     os.write(filler, b"." * size)
             except BlockingIOError:
                 pass
-        bounce = subprocess.Popen([str(FACTEURCTL), "-c", str(d.conf_path),
-                                   "bounce", qid], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, env=h.clean_env())
+        bounce = None
+        if outcome == "bounce":
+            bounce = subprocess.Popen([str(FACTEURCTL), "-c", str(d.conf_path),
+                                       "bounce", qid], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, env=h.clean_env())
         h.wait_for(lambda: _blocked_writing_stderr(proc.pid) is not False,
-                   timeout=10, what="the daemon stopped in its log write")
+                   timeout=15, what="the daemon stopped in its log write")
         time.sleep(0.5)  # whatever would come after the line has not come
-        assert bounce.poll() is None  # its answer waits behind the line
+        assert _blocked_writing_stderr(proc.pid) is not False
+        if bounce is not None:
+            assert bounce.poll() is None  # its answer waits behind the line
         assert _segments_hold(d, record), "logged before recorded"
         draining.set()
         t = threading.Thread(target=drainer)
         t.start()
-        out, err = bounce.communicate(timeout=30)
-        assert bounce.returncode == 0, (out, err)
-        h.wait_for(lambda: b"bounced" in log, timeout=10, what="the bounced line")
+        if bounce is not None:
+            out, err = bounce.communicate(timeout=30)
+            assert bounce.returncode == 0, (out, err)
+        event = b"bounced" if outcome == "bounce" else b"expired"
+        h.wait_for(lambda: event in log, timeout=10, what="the outcome line")
     finally:
         d.expected_dead = True
+        if not t.is_alive():  # the daemon's exit logs too
+            draining.set()
+            t = threading.Thread(target=drainer)
+            t.start()
         proc.terminate()
         proc.wait(timeout=30)
         draining.clear()

@@ -1,8 +1,10 @@
 /*
  * The queue in memory (see scheduler.h).
  *
- * Every queued message has its envelope, a phase per recipient
- * (queued.h: idle as recorded, delivering, settling, or its DSN owed)
+ * Every queued message has its envelope, packed (spool_envelope_pack:
+ * one allocation, shared texts interned in the spool's table), a phase
+ * per recipient (queued.h: idle as recorded, delivering, settling, or
+ * its DSN owed)
  * and its place in the due heap (due_heap.h) for its next deferred
  * recipient: one timer serves the whole queue, armed for the earliest. An
  * attempt ends in an outcome per recipient; the outcomes of one run of the
@@ -64,9 +66,9 @@ struct scheduler {
 	unsigned records;    /* spool records and DSN commits in flight */
 	struct relay *relay;
 	struct event *compact_timer;
-	struct due_heap due;	 /* messages with a deferred recipient */
+	struct due_heap due;	       /* messages with a deferred recipient */
 	struct spool_strings *strings; /* the spool's: shared texts */
-	struct event *due_timer; /* armed for the heap's first */
+	struct event *due_timer;       /* armed for the heap's first */
 	bool stopping;
 };
 
@@ -1039,7 +1041,8 @@ static void queued_add(struct scheduler *sched, struct spool_envelope *env,
 		fatal("scheduler: out of memory for message %s", env->id);
 	/* Out of memory for the packed form: the envelope as it is serves
 	 * as well, only larger. */
-	struct spool_envelope *packed = spool_envelope_pack(env, sched->strings);
+	struct spool_envelope *packed =
+	    spool_envelope_pack(env, sched->strings);
 	q->sched = sched;
 	q->srv = sched->srv;
 	q->env = packed != NULL ? packed : env;

@@ -732,9 +732,8 @@ static enum spool_parse_status parse_header(const char *text, size_t len,
 			/* No room left over: recovery holds every live
 			 * envelope at once before the scheduler packs them. */
 			if (cap > env->rcpt_count && env->rcpt_count > 0) {
-				struct spool_rcpt *r =
-				    realloc(env->rcpts,
-					    env->rcpt_count * sizeof *r);
+				struct spool_rcpt *r = realloc(
+				    env->rcpts, env->rcpt_count * sizeof *r);
 				if (r != NULL)
 					env->rcpts = r;
 			}

@@ -43,12 +43,12 @@ struct queued {
 	struct scheduler *sched;
 	struct server *srv;
 	struct spool_envelope *env;
-	struct due_entry due;	/* when the next deferred recipient is */
-	struct notice *owed;	/* DSNs not queued yet: tried again */
-	unsigned in_flight;	/* attempts, DSNs and records of this message */
+	struct due_entry due; /* when the next deferred recipient is */
+	struct notice *owed;  /* DSNs not queued yet: tried again */
+	unsigned in_flight;   /* attempts, DSNs and records of this message */
 	bool ready;
-	bool recovered;		/* found at start-up: deliveries check first */
-	bool deleted;		/* facteurctl delete: removed once idle */
+	bool recovered; /* found at start-up: deliveries check first */
+	bool deleted;	/* facteurctl delete: removed once idle */
 	struct queued_rcpt rcpt[]; /* env->rcpt_count of them */
 };
 

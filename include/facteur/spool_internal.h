@@ -13,6 +13,8 @@
  *                     and one iothread round per loop turn; compaction
  *   spool_recover.c   recovery at start-up, and imports of the file form
  *   spool_drop.c      the file form other processes write (facteur-sendmail)
+ *   spool_strings.c   the texts queued envelopes share, interned
+ *                     (spool_strings.h; packing is in spool_envelope.c)
  */
 #ifndef FACTEUR_SPOOL_INTERNAL_H
 #define FACTEUR_SPOOL_INTERNAL_H

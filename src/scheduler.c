@@ -1,8 +1,10 @@
 /*
  * The queue in memory (see scheduler.h).
  *
- * Every queued message has its envelope, a phase per recipient
- * (queued.h: idle as recorded, delivering, settling, or its DSN owed)
+ * Every queued message has its envelope, packed (spool_envelope_pack:
+ * one allocation, shared texts interned in the spool's table), a phase
+ * per recipient (queued.h: idle as recorded, delivering, settling, or
+ * its DSN owed)
  * and its place in the due heap (due_heap.h) for its next deferred
  * recipient: one timer serves the whole queue, armed for the earliest. An
  * attempt ends in an outcome per recipient; the outcomes of one run of the
@@ -47,6 +49,7 @@
 #include "facteur/scheduler.h"
 #include "facteur/server.h"
 #include "facteur/spool.h"
+#include "facteur/spool_strings.h"
 #include "facteur/status_code.h"
 
 #define MAX_LOCAL_DELIVERIES 64
@@ -63,8 +66,9 @@ struct scheduler {
 	unsigned records;    /* spool records and DSN commits in flight */
 	struct relay *relay;
 	struct event *compact_timer;
-	struct due_heap due;	 /* messages with a deferred recipient */
-	struct event *due_timer; /* armed for the heap's first */
+	struct due_heap due;	       /* messages with a deferred recipient */
+	struct spool_strings *strings; /* the spool's: shared texts */
+	struct event *due_timer;       /* armed for the heap's first */
 	bool stopping;
 };
 
@@ -170,9 +174,7 @@ static void queued_free(struct queued *q)
 	due_heap_remove(&sched->due, &q->due);
 	notice_free_owed(q);
 	for (size_t i = 0; i < q->env->rcpt_count; i++)
-		free(q->last_relay[i]);
-	free(q->last_relay);
-	free(q->phase);
+		spool_strings_put(sched->strings, q->rcpt[i].last_relay);
 	spool_envelope_free(q->env);
 	free(q);
 }
@@ -284,13 +286,13 @@ static const char *phase_name(enum rcpt_phase phase)
 
 void queued_enter_phase(struct queued *q, size_t index, enum rcpt_phase phase)
 {
-	if (q->phase[index] == phase)
+	if (q->rcpt[index].phase == phase)
 		return;
 	log_event(LOG_LEVEL_DEBUG, "rcpt_phase", LOG_S("queue_id", q->env->id),
 		  LOG_I("rcpt", (long long)index),
-		  LOG_S("from", phase_name(q->phase[index])),
+		  LOG_S("from", phase_name(q->rcpt[index].phase)),
 		  LOG_S("to", phase_name(phase)));
-	q->phase[index] = phase;
+	q->rcpt[index].phase = phase;
 }
 
 static void set_outcome(const struct config *cfg, struct queued *q,
@@ -302,8 +304,9 @@ static void set_outcome(const struct config *cfg, struct queued *q,
 	r->state = state;
 	r->updated = now;
 	snprintf(r->dsn, sizeof r->dsn, "%s", dsn ? dsn : "");
-	free(r->reason);
-	r->reason = reason && *reason ? strdup(reason) : NULL;
+	/* out of memory: the outcome stands without its diagnostic */
+	(void)spool_envelope_set_reason(q->env, (size_t)(r - q->env->rcpts),
+					reason);
 	if (state == RCPT_DEFERRED) {
 		time_t end = q->env->arrival + (time_t)cfg->queue_lifetime;
 		r->next_attempt = now + backoff_with_jitter(cfg, r->attempts);
@@ -509,6 +512,18 @@ static void on_delivered(enum deliver_result result, const char *dsn,
 	run_release(run);
 }
 
+/* An outcome start_local reached without a delivery: settled, its
+ * record written ahead, then logged, as a delivery's outcome is. The
+ * run's hold keeps q. */
+static void settle_then_log(struct run *run, size_t index, const char *event,
+			    const char *where, const char *place)
+{
+	struct queued *q = run->q;
+	run_settle(run, &index, 1);
+	spool_write_ahead(q->srv->spool);
+	log_outcome(event, q, &q->env->rcpts[index], where, place);
+}
+
 static void start_local(struct queued *q, size_t index, struct run *run)
 {
 	struct scheduler *sched = q->sched;
@@ -528,8 +543,7 @@ static void start_local(struct queued *q, size_t index, struct run *run)
 			    "the address cannot name a mailbox");
 		count_outcome(q, RCPT_BOUNCED);
 		count_transport(METRICS_TRANSPORT_LOCAL, RCPT_BOUNCED);
-		log_outcome("bounced", q, r, "mailbox", "");
-		run_settle(run, &index, 1);
+		settle_then_log(run, index, "bounced", "mailbox", "");
 		return;
 	}
 	struct local_job *job = calloc(1, sizeof *job);
@@ -544,8 +558,7 @@ static void start_local(struct queued *q, size_t index, struct run *run)
 				  : "cannot name the mailbox");
 		count_outcome(q, RCPT_DEFERRED);
 		count_transport(METRICS_TRANSPORT_LOCAL, RCPT_DEFERRED);
-		log_outcome("deferred", q, r, "mailbox", "");
-		run_settle(run, &index, 1);
+		settle_then_log(run, index, "deferred", "mailbox", "");
 		return;
 	}
 	job->q = q;
@@ -620,8 +633,10 @@ static void on_relayed(enum relay_end end, const struct relay_outcome *out,
 					 : METRICS_TRANSPORT_RELAY,
 				out[i].state);
 		if (out[i].answered) {
-			free(q->last_relay[index]);
-			q->last_relay[index] = strdup(out[i].relay);
+			struct spool_strings *strings = q->sched->strings;
+			spool_strings_put(strings, q->rcpt[index].last_relay);
+			q->rcpt[index].last_relay =
+			    spool_strings_get(strings, out[i].relay);
 		}
 	}
 	if (end == RELAY_END_DONE) {
@@ -681,7 +696,11 @@ static void expire(struct queued *q, size_t index, struct run *run)
 	r->attempts--; /* expiry is not an attempt */
 	count_outcome(q, RCPT_BOUNCED);
 	dsn[0] = '5';
-	const char *place = q->last_relay[index] ? q->last_relay[index] : "";
+	const char *place =
+	    q->rcpt[index].last_relay ? q->rcpt[index].last_relay : "";
+	/* Logged once its record is written, as an attempt's outcome. */
+	run_settle(run, &index, 1);
+	spool_write_ahead(q->srv->spool);
 	if (r->local && cfg->local_transport.kind == LMTP_NONE) {
 		char mailbox_path[4096] = "";
 		char *mailbox = policy_mailbox_path(cfg, r->address, NULL);
@@ -693,7 +712,6 @@ static void expire(struct queued *q, size_t index, struct run *run)
 	} else {
 		log_outcome_as("expired", q, r, dsn, "relay", place);
 	}
-	run_settle(run, &index, 1);
 }
 
 static void due_timer_arm(struct scheduler *sched, time_t now)
@@ -750,7 +768,7 @@ static void maybe_notify_delay(struct queued *q, time_t now)
 	for (size_t i = 0; i < q->env->rcpt_count; i++) {
 		const struct spool_rcpt *r = &q->env->rcpts[i];
 		if (r->state == RCPT_DEFERRED &&
-		    q->phase[i] == RCPT_PHASE_IDLE &&
+		    q->rcpt[i].phase == RCPT_PHASE_IDLE &&
 		    bounce_wanted(q->env->sender, r, BOUNCE_DELAY))
 			delayed[n++] = i;
 	}
@@ -783,7 +801,7 @@ static void queued_run(struct queued *q)
 	size_t nremote = 0, nlmtp = 0;
 	for (size_t i = 0; i < q->env->rcpt_count; i++) {
 		struct spool_rcpt *r = &q->env->rcpts[i];
-		if (q->phase[i] != RCPT_PHASE_IDLE)
+		if (q->rcpt[i].phase != RCPT_PHASE_IDLE)
 			continue;
 		if (r->state == RCPT_DELIVERED || r->state == RCPT_BOUNCED)
 			continue;
@@ -925,6 +943,7 @@ struct scheduler *scheduler_new(struct server *srv)
 	}
 	sched->srv = srv;
 	sched->ready_tail = &sched->ready_head;
+	sched->strings = spool_strings_table(srv->spool);
 	sched->suspended = open_suspensions(srv->cfg->spool_dir);
 	sched->relay = sched->suspended ? relay_new(srv) : NULL;
 	if (sched->relay == NULL) {
@@ -1016,18 +1035,18 @@ void scheduler_enqueue_arrival(struct scheduler *sched,
 static void queued_add(struct scheduler *sched, struct spool_envelope *env,
 		       enum scheduler_origin origin)
 {
-	struct queued *q = calloc(1, sizeof *q);
-	enum rcpt_phase *phase =
-	    calloc(env->rcpt_count ? env->rcpt_count : 1, sizeof *phase);
-	char **last_relay =
-	    calloc(env->rcpt_count ? env->rcpt_count : 1, sizeof *last_relay);
-	if (q == NULL || phase == NULL || last_relay == NULL)
+	struct queued *q =
+	    calloc(1, sizeof *q + env->rcpt_count * sizeof *q->rcpt);
+	if (q == NULL)
 		fatal("scheduler: out of memory for message %s", env->id);
-	q->last_relay = last_relay;
+	/* Out of memory for the packed form: the envelope as it is serves
+	 * as well, only larger. */
+	struct spool_envelope *packed =
+	    spool_envelope_pack(env, sched->strings);
 	q->sched = sched;
 	q->srv = sched->srv;
-	q->env = env;
-	q->phase = phase; /* calloc: RCPT_PHASE_IDLE */
+	q->env = packed != NULL ? packed : env;
+	/* calloc: every recipient RCPT_PHASE_IDLE, no relay tried */
 	q->recovered = origin == SCHEDULER_RECOVERED;
 	q->next = sched->messages;
 	if (sched->messages != NULL)
@@ -1146,7 +1165,7 @@ static int bounce_one(struct queued *q)
 	size_t n = 0;
 	for (size_t i = 0; i < q->env->rcpt_count; i++) {
 		struct spool_rcpt *r = &q->env->rcpts[i];
-		if (q->phase[i] != RCPT_PHASE_IDLE ||
+		if (q->rcpt[i].phase != RCPT_PHASE_IDLE ||
 		    r->state == RCPT_DELIVERED || r->state == RCPT_BOUNCED)
 			continue;
 		queued_enter_phase(q, i, RCPT_PHASE_SETTLING);
@@ -1155,12 +1174,21 @@ static int bounce_one(struct queued *q)
 			    "bounced by the administrator");
 		r->attempts--; /* not a delivery attempt */
 		count_outcome(q, RCPT_BOUNCED);
-		log_outcome("bounced", q, r, r->local ? "mailbox" : "relay",
-			    "");
 		now_bounced[n++] = i;
 	}
-	if (n > 0)
-		notice_settle(q, now_bounced, n, false, NULL, 0);
+	if (n == 0) {
+		free(now_bounced);
+		return 0;
+	}
+	/* Logged once their records are written, as attempts' outcomes;
+	 * q stays while they are in flight. */
+	notice_settle(q, now_bounced, n, false, NULL, 0);
+	spool_write_ahead(q->srv->spool);
+	for (size_t k = 0; k < n; k++) {
+		const struct spool_rcpt *r = &q->env->rcpts[now_bounced[k]];
+		log_outcome("bounced", q, r, r->local ? "mailbox" : "relay",
+			    "");
+	}
 	free(now_bounced);
 	return 0;
 }

@@ -22,6 +22,7 @@
 
 #include "facteur/spool.h"
 #include "facteur/spool_internal.h"
+#include "facteur/spool_strings.h"
 
 /* Write all of buf, at `off` (pwrite), or at the file offset when off
  * is -1; EIO for a write that makes no progress. */
@@ -98,6 +99,7 @@ static void spool_destroy(struct spool *spool)
 			}
 		free(spool->slots);
 	}
+	spool_strings_free(spool->strings);
 	free(spool->pending);
 	free(spool->dir);
 	free(spool);
@@ -294,6 +296,10 @@ static struct spool *open_spool(struct event_base *base, struct iothread *io,
 			 strerror(errno));
 		goto fail;
 	}
+	if (logged && (spool->strings = spool_strings_new()) == NULL) {
+		snprintf(err, errlen, "spool: out of memory");
+		goto fail;
+	}
 	if (logged) {
 		spool->log_fd = open(log, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		if (spool->log_fd == -1) {
@@ -344,6 +350,11 @@ void spool_close(struct spool *spool)
 	spool->holds++;
 	spool_batch_flush(spool);
 	spool_release(spool);
+}
+
+struct spool_strings *spool_strings_table(struct spool *spool)
+{
+	return spool->strings;
 }
 
 const char *spool_dir(const struct spool *spool)

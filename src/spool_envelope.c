@@ -15,6 +15,7 @@
 #include "facteur/ascii.h"
 #include "facteur/spool.h"
 #include "facteur/spool_internal.h"
+#include "facteur/spool_strings.h"
 #include "facteur/text.h"
 
 #define ENVELOPE_MAGIC "facteur-envelope 1"
@@ -204,10 +205,28 @@ static bool rcpt_has_state(const struct spool_rcpt *r)
 	       r->reason != NULL;
 }
 
+/* What a packed envelope holds in its table; its own strings go with
+ * its one allocation. */
+static void release_interned(struct spool_envelope *env)
+{
+	struct spool_strings *t = env->interned;
+	spool_strings_put(t, env->client_addr);
+	spool_strings_put(t, env->helo);
+	spool_strings_put(t, env->protocol);
+	spool_strings_put(t, env->auth_user);
+	for (size_t i = 0; i < env->rcpt_count; i++)
+		spool_strings_put(t, env->rcpts[i].reason);
+}
+
 void spool_envelope_clear(struct spool_envelope *env)
 {
 	if (env == NULL)
 		return;
+	if (env->interned != NULL) {
+		release_interned(env);
+		memset(env, 0, sizeof *env);
+		return;
+	}
 	free(env->sender);
 	free(env->client_addr);
 	free(env->helo);
@@ -230,6 +249,98 @@ void spool_envelope_free(struct spool_envelope *env)
 {
 	spool_envelope_clear(env);
 	free(env);
+}
+
+static size_t text_size(const char *s)
+{
+	return s != NULL ? strlen(s) + 1 : 0;
+}
+
+/* A copy of s at *at, which moves past it; NULL stays NULL. */
+static char *put_text(char **at, const char *s)
+{
+	if (s == NULL)
+		return NULL;
+	size_t n = strlen(s) + 1;
+	char *copy = memcpy(*at, s, n);
+	*at += n;
+	return copy;
+}
+
+/* An interned copy for a packed envelope's char * field: its text is
+ * never written through the field. false when one was wanted and none
+ * could be had. */
+static bool intern(struct spool_strings *t, char **field, const char *s)
+{
+	*field = (char *)spool_strings_get(t, s);
+	return s == NULL || *field != NULL;
+}
+
+struct spool_envelope *spool_envelope_pack(struct spool_envelope *env,
+					   struct spool_strings *strings)
+{
+	if (env->interned != NULL || strings == NULL)
+		return env->interned != NULL ? env : NULL;
+	size_t n = env->rcpt_count;
+	size_t size = sizeof *env + n * sizeof *env->rcpts +
+		      text_size(env->sender) + text_size(env->envid);
+	for (size_t i = 0; i < n; i++) {
+		const struct spool_rcpt *r = &env->rcpts[i];
+		size += text_size(r->address) + text_size(r->original) +
+			text_size(r->orcpt) + text_size(r->sender);
+	}
+	struct spool_envelope *p = malloc(size);
+	if (p == NULL)
+		return NULL;
+	*p = *env;
+	p->rcpts = n > 0 ? (struct spool_rcpt *)(void *)(p + 1) : NULL;
+	char *at = (char *)(p + 1) + n * sizeof *env->rcpts;
+	p->sender = put_text(&at, env->sender);
+	p->envid = put_text(&at, env->envid);
+	p->dkim = NULL;
+	p->interned = strings;
+	/* & rather than &&: every field is set, to NULL when it failed, so
+	 * that release_interned gives back exactly what was taken. */
+	bool ok = intern(strings, &p->client_addr, env->client_addr) &
+		  intern(strings, &p->helo, env->helo) &
+		  intern(strings, &p->protocol, env->protocol) &
+		  intern(strings, &p->auth_user, env->auth_user);
+	for (size_t i = 0; i < n; i++) {
+		const struct spool_rcpt *r = &env->rcpts[i];
+		struct spool_rcpt *c = &p->rcpts[i];
+		*c = *r;
+		c->address = put_text(&at, r->address);
+		c->original = put_text(&at, r->original);
+		c->orcpt = put_text(&at, r->orcpt);
+		c->sender = put_text(&at, r->sender);
+		ok &= intern(strings, &c->reason, r->reason);
+	}
+	if (!ok) {
+		release_interned(p);
+		free(p);
+		return NULL;
+	}
+	spool_envelope_free(env);
+	return p;
+}
+
+int spool_envelope_set_reason(struct spool_envelope *env, size_t index,
+			      const char *reason)
+{
+	struct spool_rcpt *r = &env->rcpts[index];
+	char *copy = NULL;
+	/* reason may be r->reason itself: copied before it goes */
+	bool wanted = reason != NULL && *reason != '\0';
+	if (wanted)
+		copy = env->interned != NULL
+			   ? (char *)spool_strings_get(env->interned, reason)
+			   : strdup(reason);
+	if (env->interned != NULL)
+		spool_strings_put(env->interned, r->reason);
+	else
+		free(r->reason);
+	r->reason = copy;
+	return wanted && copy == NULL ? -1 : 0;
 }
 
 bool spool_envelope_done(const struct spool_envelope *env)
@@ -530,6 +641,11 @@ static enum spool_parse_status apply_record(struct spool_envelope *env,
 	if (dsn != NULL)
 		memcpy(r->dsn, dsn, strlen(dsn));
 	free(dsn);
+	if (env->interned != NULL) {
+		int rc = spool_envelope_set_reason(env, (size_t)index, reason);
+		free(reason);
+		return rc == -1 ? SPOOL_PARSE_NOMEM : SPOOL_PARSE_OK;
+	}
 	free(r->reason);
 	r->reason = reason;
 	return SPOOL_PARSE_OK;
@@ -612,8 +728,17 @@ static enum spool_parse_status parse_header(const char *text, size_t len,
 		struct token toks[RCPT_FIELDS + 1];
 		if (!next_line(text, len, pos, &line))
 			return SPOOL_PARSE_BAD;
-		if (token_is(line, "end"))
+		if (token_is(line, "end")) {
+			/* No room left over: recovery holds every live
+			 * envelope at once before the scheduler packs them. */
+			if (cap > env->rcpt_count && env->rcpt_count > 0) {
+				struct spool_rcpt *r = realloc(
+				    env->rcpts, env->rcpt_count * sizeof *r);
+				if (r != NULL)
+					env->rcpts = r;
+			}
 			return SPOOL_PARSE_OK;
+		}
 		int count = split_line(line, toks, RCPT_FIELDS + 1);
 		if (count < RCPT_FIELDS || !token_is(toks[0], "rcpt"))
 			return SPOOL_PARSE_BAD;

@@ -270,6 +270,13 @@ static int recover_segment(struct spool *spool, struct spool_segment *seg)
 			break; /* checksummed, yet not ours: stop here */
 		}
 		memcpy(env->id, r.id, sizeof env->id);
+		/* Packed at once: every live envelope is held until the
+		 * replay ends, and only one form of each should be. Out of
+		 * memory for it, the plain one serves. */
+		struct spool_envelope *packed =
+		    spool_envelope_pack(env, spool->strings);
+		if (packed != NULL)
+			env = packed;
 		if (sl == NULL && (sl = spool_slot_add(spool, r.id)) == NULL) {
 			spool_envelope_free(env);
 			goto nomem;

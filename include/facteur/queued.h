@@ -27,21 +27,29 @@ enum rcpt_phase {
 				  queued yet, so it is not recorded */
 };
 
+/* What the scheduler keeps of a recipient beside its envelope. */
+struct queued_rcpt {
+	const char *last_relay; /* the relay last tried, for the expiry log
+				   line (memory only; interned) */
+	enum rcpt_phase phase;
+};
+
+/* One allocation a message, with its recipients' part at its end; the
+ * envelope is packed (spool_envelope_pack), so that a queued message
+ * costs a few hundred octets at a million of them. */
 struct queued {
 	struct queued *prev, *next; /* every message */
 	struct queued *ready_next;  /* waiting for a local delivery slot */
-	bool ready;
 	struct scheduler *sched;
 	struct server *srv;
 	struct spool_envelope *env;
-	enum rcpt_phase *phase; /* per recipient */
-	char **last_relay;	/* per recipient: the relay last tried, for
-				   the expiry log line (memory only) */
-	unsigned in_flight;	/* attempts, DSNs and records of this message */
-	bool recovered;		/* found at start-up: deliveries check first */
-	bool deleted;		/* facteurctl delete: removed once idle */
-	struct due_entry due;	/* when the next deferred recipient is */
-	struct notice *owed;	/* DSNs not queued yet: tried again */
+	struct due_entry due; /* when the next deferred recipient is */
+	struct notice *owed;  /* DSNs not queued yet: tried again */
+	unsigned in_flight;   /* attempts, DSNs and records of this message */
+	bool ready;
+	bool recovered; /* found at start-up: deliveries check first */
+	bool deleted;	/* facteurctl delete: removed once idle */
+	struct queued_rcpt rcpt[]; /* env->rcpt_count of them */
 };
 
 /* Recipient `index` moves to `phase` (logged at debug level). */

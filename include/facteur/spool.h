@@ -33,6 +33,7 @@
 struct event_base;
 struct iothread;
 struct spool;
+struct spool_strings;
 
 #define SPOOL_ID_LEN 16
 
@@ -49,14 +50,15 @@ struct spool_rcpt {
 	char *orcpt;    /* the ORCPT parameter as sent, or NULL */
 	char *sender;   /* MAIL FROM for this recipient when not the
 	                   envelope's (an SRS address), or NULL */
-	unsigned notify;
-	bool local;
-	enum rcpt_state state;
-	unsigned attempts;
+	char *reason;   /* last diagnostic, or NULL; set it with
+	                   spool_envelope_set_reason */
 	time_t next_attempt; /* for RCPT_DEFERRED */
 	time_t updated;      /* when the state last changed */
-	char dsn[12];        /* last enhanced status code, "" if none */
-	char *reason;        /* last diagnostic, or NULL */
+	unsigned notify;
+	enum rcpt_state state;
+	unsigned attempts;
+	bool local;
+	char dsn[12]; /* last enhanced status code, "" if none */
 };
 
 struct spool_envelope {
@@ -78,6 +80,9 @@ struct spool_envelope {
 	char *dkim;
 	struct spool_rcpt *rcpts;
 	size_t rcpt_count;
+	/* Packed (spool_envelope_pack): the table its shared strings are
+	 * interned in; NULL for an envelope of separate allocations. */
+	struct spool_strings *interned;
 };
 
 #define SPOOL_FLAG_DELAY_NOTIFIED 0x1 /* a delay DSN was sent */
@@ -102,6 +107,11 @@ struct spool *spool_open_drop(struct event_base *base, struct iothread *io,
                               const char *dir, char *err, size_t errlen);
 void spool_close(struct spool *spool);
 const char *spool_dir(const struct spool *spool);
+/* The table the daemon's spool interns the envelopes it recovers in
+ * (spool_envelope_pack); packing a queued envelope into it too keeps one
+ * copy of each shared text. Freed with the spool, so that its envelopes
+ * go first. NULL for a drop spool. */
+struct spool_strings *spool_strings_table(struct spool *spool);
 
 /* "<spool_dir>/queue/<id>.msg" into buf; returns buf. */
 char *spool_msg_path(const struct spool *spool, const char *id, char *buf,
@@ -259,6 +269,26 @@ char *spool_record_format(const struct spool_envelope *env, size_t index,
                           size_t *len);
 void spool_envelope_clear(struct spool_envelope *env);
 void spool_envelope_free(struct spool_envelope *env);
+
+/*
+ * An envelope for a long stay in the queue: one allocation holds the
+ * envelope, its recipients and their own strings (sender, envid,
+ * addresses), and the texts many messages share (protocol, client
+ * address, HELO, login, each recipient's last reason) are interned in
+ * `strings` (spool_strings.h). The DKIM outcome, which only the accepted
+ * line uses, is dropped. Returns the packed envelope and frees env (env
+ * itself when packed already, in the same table); NULL when out of
+ * memory or strings is NULL, env then unchanged and still usable. Every
+ * function here takes both forms alike; spool_envelope_free releases
+ * what a packed one holds.
+ */
+struct spool_envelope *spool_envelope_pack(struct spool_envelope *env,
+                                           struct spool_strings *strings);
+/* Recipient `index`'s last diagnostic becomes a copy of reason (NULL or
+ * "" for none), interned in a packed envelope. -1 when out of memory,
+ * the reason then NULL. */
+int spool_envelope_set_reason(struct spool_envelope *env, size_t index,
+                              const char *reason);
 
 bool spool_envelope_done(const struct spool_envelope *env);
 

@@ -13,6 +13,8 @@
  *                     and one iothread round per loop turn; compaction
  *   spool_recover.c   recovery at start-up, and imports of the file form
  *   spool_drop.c      the file form other processes write (facteur-sendmail)
+ *   spool_strings.c   the texts queued envelopes share, interned
+ *                     (spool_strings.h; packing is in spool_envelope.c)
  */
 #ifndef FACTEUR_SPOOL_INTERNAL_H
 #define FACTEUR_SPOOL_INTERNAL_H
@@ -137,6 +139,10 @@ struct spool {
 	uint64_t last_id;
 	unsigned counter;
 	struct spool_recovery recovery;
+	/* The texts queued envelopes share (logged spool only): recovery
+	 * packs each envelope as it reads it, and the scheduler packs into
+	 * the same table afterwards. */
+	struct spool_strings *strings;
 };
 
 /* Errors of the envelope parser: bad data, or no memory to hold it. */

@@ -3,7 +3,9 @@
  * Whatever parses must survive the trip back: the text cut at valid_len
  * parses to the same values (that is what recovery truncates to), and
  * formatting the values with one record per recipient parses to them
- * again.
+ * again. Packed for the queue (spool_envelope_pack), the envelope keeps
+ * its values and formats to the same text, and gives back every interned
+ * text when freed.
  */
 #include <stdbool.h>
 #include <stddef.h>
@@ -12,6 +14,7 @@
 #include <string.h>
 
 #include "facteur/spool.h"
+#include "facteur/spool_strings.h"
 
 static bool same_str(const char *a, const char *b)
 {
@@ -102,6 +105,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	    again_len != len || !same_envelope(&env, &again))
 		abort();
 	spool_envelope_clear(&again);
+
+	struct spool_strings *strings = spool_strings_new();
+	struct spool_envelope *plain = calloc(1, sizeof *plain);
+	if (strings == NULL || plain == NULL ||
+	    spool_envelope_parse(text, len, plain, NULL) != 0)
+		abort();
+	struct spool_envelope *packed = spool_envelope_pack(plain, strings);
+	if (packed == NULL || !same_envelope(&env, packed))
+		abort();
+	size_t packed_len;
+	char *packed_text = format_all(packed, &packed_len);
+	if (packed_text == NULL || packed_len != len ||
+	    memcmp(packed_text, text, len) != 0)
+		abort();
+	free(packed_text);
+	spool_envelope_free(packed);
+	if (spool_strings_count(strings) != 0)
+		abort();
+	spool_strings_free(strings);
+
 	free(text);
 	spool_envelope_clear(&env);
 	return 0;

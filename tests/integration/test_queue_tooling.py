@@ -8,6 +8,7 @@ scripted SMTP server (to see every attempt).
 """
 
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -17,7 +18,7 @@ import pytest
 
 import facteur_harness as h
 import relay_harness as rh
-from test_facteurctl import (EXIT_REFUSED, EXIT_USAGE, ctl, deferring_daemon,
+from test_facteurctl import (EXIT_REFUSED, EXIT_USAGE, FACTEURCTL, ctl, deferring_daemon,
                              ok, send_deferred)
 
 
@@ -381,3 +382,121 @@ def test_listing_streams_to_a_slow_reader(make_daemon):
     assert len(listed) >= 300
     assert all(line.startswith(b"json ") for line in lines[:-1])
     assert qid in [m["id"] for m in queue_json(d)]
+
+
+# --------------------------------------------------------------------------
+# logged means recorded
+
+def _segments_hold(d, text):
+    return any(text in p.read_bytes() for p in (d.spool / "log").glob("*.seg"))
+
+
+def _blocked_writing_stderr(pid):
+    """Whether the process sleeps in write(2) on descriptor 2 (the log),
+    from /proc/PID/syscall: "1 0x2 ..." on x86-64; None when that cannot
+    be read here."""
+    try:
+        fields = open("/proc/%d/syscall" % pid).read().split()
+    except OSError:
+        return None
+    if not fields or fields[0] == "running":
+        return False
+    return fields[0] == "1" and int(fields[1], 16) == 2
+
+
+@pytest.mark.parametrize("outcome", ["bounce", "expire"])
+def test_outcome_is_recorded_before_it_is_logged(make_daemon, outcome):
+    """The daemon's log is a pipe the test fills, so that the daemon stops
+    in the write of its `bounced` (facteurctl bounce) or `expired` (queue
+    lifetime over) line: by then the recipient's record is in the log
+    segment (written ahead), as for a delivery's outcome."""
+    cfg = {"retry_min": "1h", "retry_max": "2h", "log_level": "warn",
+           "dns_servers": "127.0.0.1:%d" % h.free_port()}
+    if outcome == "expire":
+        cfg["queue_lifetime"] = "4s"
+    d = make_daemon(config=cfg, start=False)
+    d.extra_lines.append("route = * [127.0.0.1]:%d tls=none" % h.free_port())
+    d.write_config()
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    # A description of our own on the pipe, non-blocking; the daemon's
+    # stays blocking.
+    filler = os.open("/proc/self/fd/%d" % w, os.O_WRONLY | os.O_NONBLOCK)
+    proc = subprocess.Popen([str(h.FACTEURD), "-c", str(d.conf_path)],
+                            stdin=subprocess.DEVNULL, stdout=w, stderr=w,
+                            env=h.clean_env(d.env), cwd=str(d.dir))
+    os.close(w)
+    log = bytearray()
+
+    def drain():
+        while True:
+            try:
+                chunk = os.read(r, 65536)
+            except BlockingIOError:
+                return
+            if not chunk:
+                return
+            log.extend(chunk)
+
+    draining = threading.Event()
+    draining.set()
+
+    def drainer():
+        while draining.is_set():
+            drain()
+            time.sleep(0.01)
+
+    t = threading.Thread(target=drainer)
+    t.start()
+    try:
+        d.proc = proc
+        d.wait_ready()
+        # The null sender: no DSN, so the record is written in the turn.
+        qid = d.send(sender="", recipients=("someone@remote.test",))
+        h.wait_for(lambda: b"deferred" in log and qid.encode() in log,
+                   timeout=30, what="the deferral")
+        h.wait_for(lambda: _segments_hold(d, b"state 0 deferred"), timeout=10,
+                   what="the deferral's record")
+        record = b"state 0 bounced"
+        assert not _segments_hold(d, record)
+        draining.clear()
+        t.join()
+        drain()
+        for size in (4096, 1):
+            try:
+                while True:
+                    os.write(filler, b"." * size)
+            except BlockingIOError:
+                pass
+        bounce = None
+        if outcome == "bounce":
+            bounce = subprocess.Popen([str(FACTEURCTL), "-c", str(d.conf_path),
+                                       "bounce", qid], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, env=h.clean_env())
+        h.wait_for(lambda: _blocked_writing_stderr(proc.pid) is not False,
+                   timeout=15, what="the daemon stopped in its log write")
+        time.sleep(0.5)  # whatever would come after the line has not come
+        assert _blocked_writing_stderr(proc.pid) is not False
+        if bounce is not None:
+            assert bounce.poll() is None  # its answer waits behind the line
+        assert _segments_hold(d, record), "logged before recorded"
+        draining.set()
+        t = threading.Thread(target=drainer)
+        t.start()
+        if bounce is not None:
+            out, err = bounce.communicate(timeout=30)
+            assert bounce.returncode == 0, (out, err)
+        event = b"bounced" if outcome == "bounce" else b"expired"
+        h.wait_for(lambda: event in log, timeout=10, what="the outcome line")
+    finally:
+        d.expected_dead = True
+        if not t.is_alive():  # the daemon's exit logs too
+            draining.set()
+            t = threading.Thread(target=drainer)
+            t.start()
+        proc.terminate()
+        proc.wait(timeout=30)
+        draining.clear()
+        t.join()
+        os.close(filler)
+        os.close(r)

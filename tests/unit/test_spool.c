@@ -31,6 +31,7 @@
 #include "facteur/iothread.h"
 #include "facteur/spool.h"
 #include "facteur/spool_log.h"
+#include "facteur/spool_strings.h"
 
 struct fixture {
 	char tmp[64];
@@ -297,6 +298,141 @@ static void test_envelope_round_trip_keeps_awkward_values(void **state)
 	spool_envelope_clear(&back);
 	free(text);
 	spool_envelope_free(env);
+}
+
+/* The awkward envelope with a reason, a forwarded recipient and a DKIM
+ * outcome: every kind of string a packed envelope holds. */
+static struct spool_envelope *awkward_envelope_with_state(void)
+{
+	struct spool_envelope *env = awkward_envelope();
+	env->rcpts[0].reason = xstrdup("connect to mx.example.org: refused");
+	env->rcpts[0].state = RCPT_DEFERRED;
+	strcpy(env->rcpts[0].dsn, "4.4.1");
+	env->rcpts[2].sender = xstrdup("SRS0=abcd=xy=example.org=c@fwd.test");
+	env->dkim = xstrdup("pass");
+	return env;
+}
+
+static void test_envelope_packed_keeps_every_field(void **state)
+{
+	(void)state;
+	struct spool_strings *strings = spool_strings_new();
+	assert_non_null(strings);
+	struct spool_envelope *plain = awkward_envelope_with_state();
+	struct spool_envelope *packed =
+	    spool_envelope_pack(awkward_envelope_with_state(), strings);
+	assert_non_null(packed);
+	assert_ptr_equal(packed->interned, strings);
+	assert_envelopes_equal(plain, packed);
+	assert_null(packed->dkim); /* for the accepted line only */
+	/* The same text in the log either way. */
+	size_t plain_len, packed_len;
+	char *a = spool_envelope_format(plain, &plain_len);
+	char *b = spool_envelope_format(packed, &packed_len);
+	assert_non_null(a);
+	assert_non_null(b);
+	assert_int_equal(plain_len, packed_len);
+	assert_memory_equal(a, b, plain_len);
+	free(a);
+	free(b);
+	for (size_t i = 0; i < plain->rcpt_count; i++) {
+		a = spool_record_format(plain, i, &plain_len);
+		b = spool_record_format(packed, i, &packed_len);
+		assert_int_equal(plain_len, packed_len);
+		assert_memory_equal(a, b, plain_len);
+		free(a);
+		free(b);
+	}
+	/* client, HELO, protocol, login and the reason */
+	assert_int_equal(spool_strings_count(strings), 5);
+	assert_true(spool_envelope_pack(packed, strings) == packed);
+	spool_envelope_free(packed);
+	assert_int_equal(spool_strings_count(strings), 0);
+	spool_envelope_free(plain);
+	spool_strings_free(strings);
+}
+
+static void test_envelope_packed_share_their_common_texts(void **state)
+{
+	(void)state;
+	struct spool_strings *strings = spool_strings_new();
+	assert_non_null(strings);
+	struct spool_envelope *x =
+	    spool_envelope_pack(awkward_envelope_with_state(), strings);
+	struct spool_envelope *y =
+	    spool_envelope_pack(awkward_envelope_with_state(), strings);
+	assert_non_null(x);
+	assert_non_null(y);
+	assert_ptr_equal(x->protocol, y->protocol);
+	assert_ptr_equal(x->helo, y->helo);
+	assert_ptr_equal(x->rcpts[0].reason, y->rcpts[0].reason);
+	/* what is a message's own is not shared */
+	assert_ptr_not_equal(x->sender, y->sender);
+	assert_ptr_not_equal(x->rcpts[0].address, y->rcpts[0].address);
+	assert_int_equal(spool_strings_count(strings), 5);
+	spool_envelope_free(x);
+	assert_int_equal(spool_strings_count(strings), 5);
+	assert_string_equal(y->rcpts[0].reason,
+			    "connect to mx.example.org: refused");
+	spool_envelope_free(y);
+	assert_int_equal(spool_strings_count(strings), 0);
+	spool_strings_free(strings);
+}
+
+static void test_envelope_packed_without_recipients(void **state)
+{
+	(void)state;
+	struct spool_strings *strings = spool_strings_new();
+	struct spool_envelope *env = calloc(1, sizeof *env);
+	assert_non_null(strings);
+	assert_non_null(env);
+	env->sender = xstrdup("");
+	struct spool_envelope *packed = spool_envelope_pack(env, strings);
+	assert_non_null(packed);
+	assert_null(packed->rcpts);
+	assert_string_equal(packed->sender, "");
+	assert_null(packed->protocol);
+	assert_int_equal(spool_strings_count(strings), 0);
+	spool_envelope_free(packed);
+	spool_strings_free(strings);
+}
+
+/* A new reason replaces the old in either form, the old one's text
+ * given as the new too; NULL and "" leave none. */
+static void test_envelope_set_reason_in_both_forms(void **state)
+{
+	(void)state;
+	struct spool_strings *strings = spool_strings_new();
+	assert_non_null(strings);
+	struct spool_envelope *forms[2] = {
+	    awkward_envelope_with_state(),
+	    spool_envelope_pack(awkward_envelope_with_state(), strings),
+	};
+	assert_non_null(forms[1]);
+	for (size_t f = 0; f < 2; f++) {
+		struct spool_envelope *env = forms[f];
+		assert_int_equal(spool_envelope_set_reason(env, 1, "busy"), 0);
+		assert_string_equal(env->rcpts[1].reason, "busy");
+		assert_int_equal(spool_envelope_set_reason(
+				     env, 1, env->rcpts[1].reason),
+				 0);
+		assert_string_equal(env->rcpts[1].reason, "busy");
+		assert_int_equal(spool_envelope_set_reason(env, 0, "busy"), 0);
+		assert_int_equal(spool_envelope_set_reason(env, 1, ""), 0);
+		assert_null(env->rcpts[1].reason);
+		assert_int_equal(spool_envelope_set_reason(env, 2, NULL), 0);
+		assert_null(env->rcpts[2].reason);
+	}
+	/* The packed one's "busy" is interned, its old reason gone:
+	 * client, HELO, protocol, login and "busy". */
+	assert_int_equal(spool_strings_count(strings), 5);
+	assert_ptr_equal(spool_strings_get(strings, "busy"),
+			 forms[1]->rcpts[0].reason);
+	spool_strings_put(strings, forms[1]->rcpts[0].reason);
+	spool_envelope_free(forms[0]);
+	spool_envelope_free(forms[1]);
+	assert_int_equal(spool_strings_count(strings), 0);
+	spool_strings_free(strings);
 }
 
 static void test_envelope_null_fields_and_empty_sender(void **state)
@@ -1511,6 +1647,13 @@ static void test_log_records_survive_restart(void **state)
 	assert_envelopes_equal(env_big, found.envs[1]);
 	assert_body(f, id, message, sizeof message - 1);
 	assert_body(f, big_id, big, 200000);
+	/* Recovered packed, in the spool's table, sharing their texts. */
+	for (size_t i = 0; i < 2; i++)
+		assert_ptr_equal(found.envs[i]->interned,
+				 spool_strings_table(f->spool));
+	assert_ptr_equal(found.envs[0]->protocol, found.envs[1]->protocol);
+	assert_ptr_equal(found.envs[0]->client_addr,
+			 found.envs[1]->client_addr);
 
 	const struct spool_recovery *rec = spool_last_recovery(f->spool);
 	assert_int_equal(rec->live, 2);
@@ -2464,6 +2607,10 @@ int main(void)
 #define TD(name) cmocka_unit_test_setup_teardown(name, setup_drop, teardown)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_envelope_round_trip_keeps_awkward_values),
+	    cmocka_unit_test(test_envelope_packed_keeps_every_field),
+	    cmocka_unit_test(test_envelope_packed_share_their_common_texts),
+	    cmocka_unit_test(test_envelope_packed_without_recipients),
+	    cmocka_unit_test(test_envelope_set_reason_in_both_forms),
 	    cmocka_unit_test(test_envelope_null_fields_and_empty_sender),
 	    cmocka_unit_test(test_envelope_forwarded_rcpt_keeps_its_sender),
 	    cmocka_unit_test(test_envelope_of_older_spools_loads),

@@ -299,12 +299,13 @@ struct spool_envelope *spool_envelope_pack(struct spool_envelope *env,
 	p->envid = put_text(&at, env->envid);
 	p->dkim = NULL;
 	p->interned = strings;
-	/* & rather than &&: every field is set, to NULL when it failed, so
-	 * that release_interned gives back exactly what was taken. */
-	bool ok = intern(strings, &p->client_addr, env->client_addr) &
-		  intern(strings, &p->helo, env->helo) &
-		  intern(strings, &p->protocol, env->protocol) &
-		  intern(strings, &p->auth_user, env->auth_user);
+	/* Every field is set, to NULL when it failed, so that
+	 * release_interned gives back exactly what was taken: no
+	 * short-circuit. */
+	bool ok = intern(strings, &p->client_addr, env->client_addr);
+	ok = intern(strings, &p->helo, env->helo) && ok;
+	ok = intern(strings, &p->protocol, env->protocol) && ok;
+	ok = intern(strings, &p->auth_user, env->auth_user) && ok;
 	for (size_t i = 0; i < n; i++) {
 		const struct spool_rcpt *r = &env->rcpts[i];
 		struct spool_rcpt *c = &p->rcpts[i];

@@ -17,10 +17,18 @@ import facteur_harness as h
 from dovecot_harness import PASSWORD, imap_search, imap_subjects
 from dovecot_harness import dovecots  # noqa: F401 (fixture)
 from dovecot_harness import traversable as base  # noqa: F401 (fixture)
-from dovecot_harness import vmail as owner  # noqa: F401 (fixture)
 
-OWNER = dh.ACCOUNT
+# An account of this file's own: test_lmtp.py, which may run at the same
+# time, makes and removes dovecot_harness.ACCOUNT, and removing an account
+# another test file still uses makes that file fail.
+OWNER = "facteurowner"
 USER = "user@localhost"
+
+
+@pytest.fixture(scope="module")
+def owner():
+    """The account the mailboxes belong to: (uid, gid)."""
+    yield from dh.ensure_account(OWNER)
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates an account)"),

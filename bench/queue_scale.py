@@ -2,9 +2,12 @@
 """Queue tooling at volume: BENCH_MESSAGES messages (default 100000) to a
 dead destination (a closed port, retry in an hour), then the time of
 `facteurctl summary`, `queue --domain D --limit 100`, a whole `queue
---json` and `hold`/`release --domain D`, and the loop's lag meanwhile (a
-NOOP every BENCH_PROBE_MS on an open session, as lag.py); RSS per queued
-message; the restart time with the queue full. facteur alone.
+--json`, a /metrics scrape, `hold`/`release --domain D`, `suspend` and
+`resume D`, and `flush`, and the loop's lag meanwhile (a NOOP every
+BENCH_PROBE_MS on an open session, as lag.py); for release, resume and
+flush the lag over BENCH_AFTER_S seconds (default 10) after the command
+too, while the messages they made due run; RSS per queued message; the
+restart time with the queue full. facteur alone.
 
 Environment: BENCH_MESSAGES, BENCH_SESSIONS, BENCH_SIZE (default 300),
 BENCH_PROBE_MS (5), FACTEURD (a release build is meant).
@@ -92,6 +95,7 @@ def ctl(server, *args, out=subprocess.PIPE):
 
 
 REPEAT = b.env_int("BENCH_QUEUE_REPEAT", 5)
+AFTER_S = b.env_float("BENCH_AFTER_S", 10)
 
 
 def timed(probe, server, name, *args, out=subprocess.PIPE, repeat=REPEAT):
@@ -106,6 +110,35 @@ def timed(probe, server, name, *args, out=subprocess.PIPE, repeat=REPEAT):
           % (name, wall, walls[-1], repeat, lag))
     return dict(wall_s=round(wall, 3), wall_max_s=round(walls[-1], 3),
                 runs=repeat, **lag), runs[-1][1]
+
+
+def timed_after(probe, server, name, *args):
+    """The command once, then AFTER_S seconds more: its time, and the lag
+    over the command and what it set going."""
+    def run():
+        r = ctl(server, *args)
+        time.sleep(AFTER_S)
+        return r
+    (wall, _), lag = probe.measure(run)
+    b.log("%s: %.3f s, lag over it and %.0f s after: %s" % (name, wall, AFTER_S, lag))
+    return dict(wall_s=round(wall, 3), after_s=AFTER_S, **lag)
+
+
+def timed_scrape(probe, server, repeat=REPEAT):
+    """GET /metrics `repeat` times: the median time and the lag."""
+    def run():
+        walls = []
+        for _ in range(repeat):
+            t0 = time.monotonic()
+            server.metrics()
+            walls.append(time.monotonic() - t0)
+        return walls
+    walls, lag = probe.measure(run)
+    walls.sort()
+    b.log("/metrics: median %.3f s (max %.3f), lag %s"
+          % (statistics.median(walls), walls[-1], lag))
+    return dict(wall_s=round(statistics.median(walls), 3),
+                wall_max_s=round(walls[-1], 3), runs=repeat, **lag)
 
 
 def rss_kib(pid):
@@ -150,13 +183,23 @@ def main():
         results["delete_dry_run"], _ = timed(probe, server, "delete --domain --dry-run",
                                            "delete", "--domain", "remote.test",
                                            "--dry-run")
+        results["metrics_scrape"] = timed_scrape(probe, server)
         results["hold_domain"], _ = timed(probe, server, "hold --domain",
                                           "hold", "--domain", "remote.test", repeat=1)
-        results["release_domain"], _ = timed(probe, server, "release --domain",
-                                             "release", "--domain", "remote.test",
-                                             repeat=1)
+        results["release_domain"] = timed_after(probe, server, "release --domain",
+                                                "release", "--domain", "remote.test")
+        # Every message made due by the release is tried again (refused)
+        # and deferred for an hour; then suspend, resume, and flush.
+        deadline = time.monotonic() + 1800
+        while (server.metrics().get("facteur_deliveries_total{result=\"deferred\"}", 0)
+               < 2 * MESSAGES and time.monotonic() < deadline):
+            time.sleep(1)
+        ctl(server, "suspend", "remote.test")
+        results["resume_domain"] = timed_after(probe, server, "resume", "resume",
+                                               "remote.test")
+        results["flush"] = timed_after(probe, server, "flush", "flush")
         probe.close()
-        # The release made every message due: let the attempts settle.
+        # The flush made every message due: let the attempts settle.
         time.sleep(5)
         server.proc.send_signal(15)
         t_stop = time.monotonic()

@@ -115,11 +115,12 @@ static void on_notice_due(evutil_socket_t fd, short what, void *arg);
 static void notice_owe(struct notice *n)
 {
 	struct queued *q = n->q;
-	const struct config *cfg = q->srv->cfg;
+	const struct config *cfg = queued_server(q)->cfg;
 	n->failures++;
 	n->st = NULL;
 	if (n->timer == NULL &&
-	    (n->timer = evtimer_new(q->srv->base, on_notice_due, n)) == NULL)
+	    (n->timer =
+		 evtimer_new(queued_server(q)->base, on_notice_due, n)) == NULL)
 		fatal("notice: out of memory for a timer");
 	struct timeval tv = {
 	    scheduler_backoff(cfg->retry_min, cfg->retry_max, n->failures), 0};
@@ -352,7 +353,7 @@ static void rcpts_free(struct spool_rcpt *rcpts, size_t count)
 static enum notice_result dsn_queue(struct notice *n)
 {
 	struct queued *q = n->q;
-	struct server *srv = q->srv;
+	struct server *srv = queued_server(q);
 	const struct config *cfg = srv->cfg;
 	time_t now = time(NULL);
 	struct spool_rcpt *to = NULL;

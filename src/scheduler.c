@@ -60,13 +60,17 @@ struct scheduler {
 	struct queued *oldest;	 /* the list's tail */
 	size_t count;
 	struct scheduler_cursor *cursors; /* listings under way */
+	struct sweep *sweeps;		  /* flushes and resumes under way */
 	struct domain_suspend *suspended;
 	struct queued *ready_head, **ready_tail;
 	unsigned deliveries; /* local deliveries in flight */
 	unsigned records;    /* spool records and DSN commits in flight */
 	struct relay *relay;
 	struct event *compact_timer;
-	struct due_heap due;	       /* messages with a deferred recipient */
+	struct due_heap due;	  /* messages with a deferred recipient */
+	struct due_heap arrivals; /* every message, by arrival */
+	/* facteur_queue_messages{state}, kept as messages change */
+	uint64_t state_counts[METRICS_QUEUE_STATE_COUNT];
 	struct spool_strings *strings; /* the spool's: shared texts */
 	struct event *due_timer;       /* armed for the heap's first */
 	bool stopping;
@@ -80,6 +84,23 @@ struct scheduler_cursor {
 	struct scheduler_cursor *prev, *next;
 };
 
+/* A run over the whole queue that the operator asked for (a flush, or
+ * the messages of a domain resumed): a slice of it a loop turn, so that
+ * a million queued messages never hold the sessions up. */
+struct sweep {
+	struct scheduler *sched;
+	struct scheduler_cursor *cursor;
+	char *domain; /* NULL: every message, its deferred recipients due */
+	time_t since; /* a flush's deferred recipients are due from then */
+	struct event *slice;
+	struct sweep *prev, *next;
+};
+
+/* At most this much of the loop's time a turn for a sweep or for the
+ * messages that fall due together, checked every few messages. */
+#define SLICE_USEC 1000
+#define SLICE_CHECK_EVERY 16
+
 /* One local recipient's delivery. */
 struct local_job {
 	struct queued *q;
@@ -91,6 +112,7 @@ struct local_job {
 struct run;
 
 static void queued_run(struct queued *q);
+static void sweep_free(struct sweep *sw);
 static void run_release(struct run *run);
 static void queued_add(struct scheduler *sched, struct spool_envelope *env,
 		       enum scheduler_origin origin);
@@ -144,6 +166,56 @@ static void ready_drain(struct scheduler *sched)
 	}
 }
 
+static long long monotonic_usec(void)
+{
+	struct timespec ts;
+	if (clock_gettime(CLOCK_MONOTONIC, &ts) == -1)
+		return 0;
+	return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Has a slice that started at `start` and did `done` things spent its
+ * time? Checked every SLICE_CHECK_EVERY things only. */
+static bool slice_spent(long long start, size_t done)
+{
+	if (done % SLICE_CHECK_EVERY != 0)
+		return false;
+	long long now = monotonic_usec();
+	return now == 0 || now - start >= SLICE_USEC;
+}
+
+struct server *queued_server(const struct queued *q)
+{
+	return q->sched->srv;
+}
+
+/* The state facteur_queue_messages{state} counts q under: the listing's
+ * classification, so that the gauge and `facteurctl queue --state`
+ * agree; a held message is held whatever its recipients. */
+static enum metrics_queue_state gauge_state(const struct queued *q)
+{
+	static const enum metrics_queue_state by_state[] = {
+	    [CONTROL_STATE_PENDING] = METRICS_QUEUE_PENDING,
+	    [CONTROL_STATE_DEFERRED] = METRICS_QUEUE_DEFERRED,
+	    [CONTROL_STATE_HELD] = METRICS_QUEUE_HELD,
+	};
+	bool held = (q->env->flags & SPOOL_FLAG_HELD) != 0;
+	return by_state[control_proto_state(q->env, held)];
+}
+
+/* q is counted again after its recipients' states or its flags changed
+ * (or first, as it joins the queue), so that a scrape reads the counts
+ * instead of walking the queue. */
+static void queued_count(struct queued *q)
+{
+	struct scheduler *sched = q->sched;
+	enum metrics_queue_state state = gauge_state(q);
+	if (q->counted != 0)
+		sched->state_counts[q->counted - 1]--;
+	sched->state_counts[state]++;
+	q->counted = (uint8_t)(state + 1);
+}
+
 static void queued_free(struct queued *q)
 {
 	struct scheduler *sched = q->sched;
@@ -171,7 +243,10 @@ static void queued_free(struct queued *q)
 		sched->oldest = q->prev;
 	sched->count--;
 	metrics.queue_messages = sched->count;
+	if (q->counted != 0)
+		sched->state_counts[q->counted - 1]--;
 	due_heap_remove(&sched->due, &q->due);
+	due_heap_remove(&sched->arrivals, &q->arrival);
 	notice_free_owed(q);
 	for (size_t i = 0; i < q->env->rcpt_count; i++)
 		spool_strings_put(sched->strings, q->rcpt[i].last_relay);
@@ -202,6 +277,20 @@ void queued_settled(struct queued *q)
 	ready_drain(sched);
 }
 
+static void queued_due_at(struct queued *q, time_t when, time_t now);
+
+/* As queued_settled, but q runs from the due timer, in its slice: a
+ * flags record ends by the thousand when the operator releases a
+ * domain's million messages. */
+static void queued_settled_soon(struct queued *q)
+{
+	struct scheduler *sched = q->sched;
+	time_t now = time(NULL);
+	if (!queued_finish_if_done(q))
+		queued_due_at(q, now, now);
+	ready_drain(sched);
+}
+
 /* ---- outcomes ---- */
 
 struct record {
@@ -219,12 +308,16 @@ static void on_recorded(int error, void *arg)
 		log_event(LOG_LEVEL_ERROR, "spool_error",
 			  LOG_S("queue_id", q->env->id),
 			  LOG_S("reason", strerror(error)));
-	if (rec->index != RECORD_FLAGS)
+	bool flags = rec->index == RECORD_FLAGS;
+	if (!flags)
 		queued_enter_phase(q, rec->index, RCPT_PHASE_IDLE);
 	q->in_flight--;
 	q->sched->records--;
 	free(rec);
-	queued_settled(q);
+	if (flags)
+		queued_settled_soon(q);
+	else
+		queued_settled(q);
 }
 
 static void record_start(struct queued *q, size_t index)
@@ -237,10 +330,11 @@ static void record_start(struct queued *q, size_t index)
 	q->in_flight++;
 	q->sched->records++;
 	if (index == RECORD_FLAGS)
-		spool_record_flags(q->srv->spool, q->env, on_recorded, rec);
+		spool_record_flags(q->sched->srv->spool, q->env, on_recorded,
+				   rec);
 	else
-		spool_record_rcpt(q->srv->spool, q->env, index, on_recorded,
-				  rec);
+		spool_record_rcpt(q->sched->srv->spool, q->env, index,
+				  on_recorded, rec);
 }
 
 void queued_record_rcpt(struct queued *q, size_t index)
@@ -303,6 +397,7 @@ static void set_outcome(const struct config *cfg, struct queued *q,
 	r->attempts++;
 	r->state = state;
 	r->updated = now;
+	queued_count(q);
 	snprintf(r->dsn, sizeof r->dsn, "%s", dsn ? dsn : "");
 	/* out of memory: the outcome stands without its diagnostic */
 	(void)spool_envelope_set_reason(q->env, (size_t)(r - q->env->rcpts),
@@ -520,7 +615,7 @@ static void settle_then_log(struct run *run, size_t index, const char *event,
 {
 	struct queued *q = run->q;
 	run_settle(run, &index, 1);
-	spool_write_ahead(q->srv->spool);
+	spool_write_ahead(q->sched->srv->spool);
 	log_outcome(event, q, &q->env->rcpts[index], where, place);
 }
 
@@ -610,7 +705,7 @@ static void on_relayed(enum relay_end end, const struct relay_outcome *out,
 		run_forget(run);
 		return;
 	}
-	const struct config *cfg = q->srv->cfg;
+	const struct config *cfg = q->sched->srv->cfg;
 	size_t *rcpts = malloc((count ? count : 1) * sizeof *rcpts);
 	if (rcpts == NULL)
 		fatal("scheduler: out of memory");
@@ -643,7 +738,7 @@ static void on_relayed(enum relay_end end, const struct relay_outcome *out,
 		/* Logged once their records are written, the attempt's hold
 		 * on q kept until then, as for a local delivery. */
 		size_t settled = run_settle(run, rcpts, count);
-		spool_write_ahead(q->srv->spool);
+		spool_write_ahead(q->sched->srv->spool);
 		for (size_t i = 0; i < count; i++) {
 			const struct spool_rcpt *r = &q->env->rcpts[rcpts[i]];
 			log_outcome_tls(outcome_event(out[i].state), q, r,
@@ -700,7 +795,7 @@ static void expire(struct queued *q, size_t index, struct run *run)
 	    q->rcpt[index].last_relay ? q->rcpt[index].last_relay : "";
 	/* Logged once its record is written, as an attempt's outcome. */
 	run_settle(run, &index, 1);
-	spool_write_ahead(q->srv->spool);
+	spool_write_ahead(q->sched->srv->spool);
 	if (r->local && cfg->local_transport.kind == LMTP_NONE) {
 		char mailbox_path[4096] = "";
 		char *mailbox = policy_mailbox_path(cfg, r->address, NULL);
@@ -737,18 +832,25 @@ static void queued_due_at(struct queued *q, time_t when, time_t now)
 #define QUEUED_OF_DUE(e)                                                       \
 	((struct queued *)((char *)(e)-offsetof(struct queued, due)))
 
-/* Every message due by now runs; those it sets due again wait for the
- * next turn, counted out so that one due at once cannot spin here. */
+/* Every message due by now runs, a slice of them a loop turn (the rest
+ * on the next, after the sessions' I/O); those it sets due again wait
+ * for the next turn, counted out so that one due at once cannot spin
+ * here. */
 static void on_due_timer(evutil_socket_t fd, short what, void *arg)
 {
 	struct scheduler *sched = arg;
 	time_t now = time(NULL);
+	long long start = monotonic_usec();
+	size_t ran = 0;
 	struct due_entry *e;
 	(void)fd;
 	(void)what;
 	for (size_t n = sched->due.count;
-	     n > 0 && (e = due_heap_take_due(&sched->due, now)) != NULL; n--)
+	     n > 0 && (e = due_heap_take_due(&sched->due, now)) != NULL; n--) {
 		queued_run(QUEUED_OF_DUE(e));
+		if (slice_spent(start, ++ran))
+			break;
+	}
 	due_timer_arm(sched, now);
 }
 
@@ -848,35 +950,35 @@ static void queued_run(struct queued *q)
 		queued_due_at(q, next, now);
 }
 
-/* facteur_queue_oldest_seconds, asked at each scrape: one pass over the
- * queue, as a scrape is rare next to the mail it watches. */
+/* facteur_queue_oldest_seconds, asked at each scrape: the first of the
+ * arrival heap. */
 static double oldest_age(void *arg)
 {
 	const struct scheduler *sched = arg;
-	time_t oldest = 0;
-	for (const struct queued *q = sched->messages; q != NULL; q = q->next)
-		if (oldest == 0 || q->env->arrival < oldest)
-			oldest = q->env->arrival;
-	return oldest == 0 ? 0.0 : (double)(time(NULL) - oldest);
+	const struct due_entry *first = due_heap_first(&sched->arrivals);
+	return first == NULL ? 0.0 : (double)(time(NULL) - first->due);
 }
 
-/* facteur_queue_messages{state}, one pass at each scrape like the age.
- * A held message is to count as METRICS_QUEUE_HELD here whatever its
- * recipients. */
+/* facteur_queue_messages{state}, asked at each scrape: the counts kept
+ * as messages change. A build with assertions checks them against a
+ * walk of the queue, so that a change of state the counts missed fails
+ * the tests that scrape. */
 static void queue_states(void *arg, uint64_t *counts)
 {
-	static const enum metrics_queue_state by_state[] = {
-	    [CONTROL_STATE_PENDING] = METRICS_QUEUE_PENDING,
-	    [CONTROL_STATE_DEFERRED] = METRICS_QUEUE_DEFERRED,
-	    [CONTROL_STATE_HELD] = METRICS_QUEUE_HELD,
-	};
 	const struct scheduler *sched = arg;
-	/* The listing's classification, so that the gauge and
-	 * `facteurctl queue --state` agree. */
-	for (const struct queued *q = sched->messages; q != NULL; q = q->next) {
-		bool held = (q->env->flags & SPOOL_FLAG_HELD) != 0;
-		counts[by_state[control_proto_state(q->env, held)]]++;
-	}
+	for (size_t i = 0; i < METRICS_QUEUE_STATE_COUNT; i++)
+		counts[i] = sched->state_counts[i];
+#ifndef NDEBUG
+	uint64_t walked[METRICS_QUEUE_STATE_COUNT] = {0};
+	for (const struct queued *q = sched->messages; q != NULL; q = q->next)
+		walked[gauge_state(q)]++;
+	for (size_t i = 0; i < METRICS_QUEUE_STATE_COUNT; i++)
+		if (walked[i] != counts[i])
+			fatal("scheduler: queue state %zu counted %llu, "
+			      "walked %llu",
+			      i, (unsigned long long)counts[i],
+			      (unsigned long long)walked[i]);
+#endif
 }
 
 /* How often the spool is asked whether its oldest segment needs its live
@@ -965,12 +1067,15 @@ void scheduler_free(struct scheduler *sched)
 		return;
 	metrics_set_queue_age_source(NULL, NULL);
 	metrics_set_queue_state_source(NULL, NULL);
+	while (sched->sweeps != NULL)
+		sweep_free(sched->sweeps);
 	event_free(sched->compact_timer);
 	event_free(sched->due_timer);
 	relay_free(sched->relay);
 	while (sched->messages != NULL)
 		queued_free(sched->messages);
 	due_heap_free(&sched->due);
+	due_heap_free(&sched->arrivals);
 	domain_suspend_free(sched->suspended);
 	free(sched);
 }
@@ -1044,7 +1149,6 @@ static void queued_add(struct scheduler *sched, struct spool_envelope *env,
 	struct spool_envelope *packed =
 	    spool_envelope_pack(env, sched->strings);
 	q->sched = sched;
-	q->srv = sched->srv;
 	q->env = packed != NULL ? packed : env;
 	/* calloc: every recipient RCPT_PHASE_IDLE, no relay tried */
 	q->recovered = origin == SCHEDULER_RECOVERED;
@@ -1056,24 +1160,114 @@ static void queued_add(struct scheduler *sched, struct spool_envelope *env,
 	sched->messages = q;
 	sched->count++;
 	metrics.queue_messages = sched->count;
+	if (due_heap_set(&sched->arrivals, &q->arrival, q->env->arrival) == -1)
+		fatal("scheduler: out of memory for message %s", q->env->id);
+	queued_count(q);
 	if (!queued_finish_if_done(q))
 		queued_run(q);
 }
 
+/* ---- sweeps ---- */
+
+static void sweep_free(struct sweep *sw)
+{
+	struct scheduler *sched = sw->sched;
+	if (sw->prev != NULL)
+		sw->prev->next = sw->next;
+	else
+		sched->sweeps = sw->next;
+	if (sw->next != NULL)
+		sw->next->prev = sw->prev;
+	scheduler_cursor_free(sw->cursor);
+	event_free(sw->slice);
+	free(sw->domain);
+	free(sw);
+}
+
+static bool has_rcpt_in(const struct spool_envelope *env, const char *domain)
+{
+	for (size_t i = 0; i < env->rcpt_count; i++) {
+		const char *at = strrchr(env->rcpts[i].address, '@');
+		if (at != NULL && strcasecmp(at + 1, domain) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* One message of the sweep. It may be freed inside queued_run: the
+ * cursor is already past it. */
+static void sweep_visit(struct sweep *sw, struct queued *q)
+{
+	struct spool_envelope *env = q->env;
+	if (sw->domain != NULL) {
+		if (has_rcpt_in(env, sw->domain))
+			queued_run(q);
+		return;
+	}
+	for (size_t i = 0; i < env->rcpt_count; i++)
+		if (env->rcpts[i].state == RCPT_DEFERRED &&
+		    env->rcpts[i].next_attempt > sw->since)
+			env->rcpts[i].next_attempt = sw->since;
+	queued_run(q);
+}
+
+static void on_sweep_slice(evutil_socket_t fd, short what, void *arg)
+{
+	static const struct timeval zero = {0, 0};
+	struct sweep *sw = arg;
+	struct scheduler *sched = sw->sched;
+	long long start = monotonic_usec();
+	size_t visited = 0;
+	(void)fd;
+	(void)what;
+	while (!sched->stopping && scheduler_cursor_next(sw->cursor) != NULL) {
+		sweep_visit(sw, sw->cursor->last);
+		if (slice_spent(start, ++visited)) {
+			if (evtimer_add(sw->slice, &zero) == -1)
+				fatal("scheduler: cannot add a timer");
+			return;
+		}
+	}
+	sweep_free(sw);
+}
+
+/* A sweep over the queue from its oldest message; its first slice runs
+ * from the loop, never inside the caller. -1 when out of memory. */
+static int sweep_start(struct scheduler *sched, const char *domain)
+{
+	static const struct timeval zero = {0, 0};
+	struct sweep *sw = calloc(1, sizeof *sw);
+	if (sw == NULL)
+		return -1;
+	sw->sched = sched;
+	sw->since = time(NULL);
+	sw->cursor = scheduler_cursor_new(sched);
+	sw->domain = domain != NULL ? strdup(domain) : NULL;
+	sw->slice = evtimer_new(sched->srv->base, on_sweep_slice, sw);
+	if (sw->cursor == NULL || (domain != NULL && sw->domain == NULL) ||
+	    sw->slice == NULL || evtimer_add(sw->slice, &zero) == -1) {
+		scheduler_cursor_free(sw->cursor);
+		if (sw->slice != NULL)
+			event_free(sw->slice);
+		free(sw->domain);
+		free(sw);
+		return -1;
+	}
+	sw->next = sched->sweeps;
+	if (sched->sweeps != NULL)
+		sched->sweeps->prev = sw;
+	sched->sweeps = sw;
+	return 0;
+}
+
+/* Every deferred recipient due now: the destinations' pauses end at
+ * once, the messages run a slice a loop turn. */
 void scheduler_flush(struct scheduler *sched)
 {
-	time_t now = time(NULL);
 	relay_end_pauses(sched->relay);
-	for (struct queued *q = sched->messages; q != NULL; q = q->next) {
-		for (size_t i = 0; i < q->env->rcpt_count; i++)
-			if (q->env->rcpts[i].state == RCPT_DEFERRED)
-				q->env->rcpts[i].next_attempt = now;
-	}
-	for (struct queued *q = sched->messages; q != NULL;) {
-		struct queued *next = q->next;
-		queued_run(q);
-		q = next;
-	}
+	if (sweep_start(sched, NULL) == -1)
+		log_event(LOG_LEVEL_ERROR, "flush_error",
+			  LOG_S("reason", "out of memory"));
 }
 
 /* SIGTERM: nothing new starts; see relay_stop for relay attempts. */
@@ -1183,7 +1377,7 @@ static int bounce_one(struct queued *q)
 	/* Logged once their records are written, as attempts' outcomes;
 	 * q stays while they are in flight. */
 	notice_settle(q, now_bounced, n, false, NULL, 0);
-	spool_write_ahead(q->srv->spool);
+	spool_write_ahead(q->sched->srv->spool);
 	for (size_t k = 0; k < n; k++) {
 		const struct spool_rcpt *r = &q->env->rcpts[now_bounced[k]];
 		log_outcome("bounced", q, r, r->local ? "mailbox" : "relay",
@@ -1215,6 +1409,7 @@ static void set_held(struct queued *q, bool held)
 			if (q->env->rcpts[i].state == RCPT_DEFERRED)
 				q->env->rcpts[i].next_attempt = now;
 	}
+	queued_count(q);
 	log_event(LOG_LEVEL_INFO, held ? "held" : "released",
 		  LOG_S("queue_id", q->env->id));
 	queued_record_flags(q);
@@ -1246,23 +1441,6 @@ int scheduler_act(struct scheduler *sched, const char *id,
 	return 0;
 }
 
-/* Run every message with a recipient in the domain: what was held back
- * for it starts now. */
-static void run_domain(struct scheduler *sched, const char *domain)
-{
-	for (struct queued *q = sched->messages; q != NULL;) {
-		struct queued *next = q->next;
-		for (size_t i = 0; i < q->env->rcpt_count; i++) {
-			const char *at = strrchr(q->env->rcpts[i].address, '@');
-			if (at != NULL && strcasecmp(at + 1, domain) == 0) {
-				queued_run(q);
-				break;
-			}
-		}
-		q = next;
-	}
-}
-
 int scheduler_suspend(struct scheduler *sched, const char *domain, time_t until)
 {
 	if (domain_suspend_set(sched->suspended, domain, until) == -1)
@@ -1271,8 +1449,8 @@ int scheduler_suspend(struct scheduler *sched, const char *domain, time_t until)
 		  LOG_I("until", (long long)until));
 	/* A timed suspension ends by itself: the messages waiting for it
 	 * have their timer set to its end when they next run. */
-	if (until != 0)
-		run_domain(sched, domain);
+	if (until != 0 && sweep_start(sched, domain) == -1)
+		return -1;
 	return 0;
 }
 
@@ -1282,8 +1460,7 @@ int scheduler_resume(struct scheduler *sched, const char *domain)
 	if (rc != 0)
 		return rc;
 	log_event(LOG_LEVEL_INFO, "resumed", LOG_S("domain", domain));
-	run_domain(sched, domain);
-	return 0;
+	return sweep_start(sched, domain);
 }
 
 const struct domain_suspend *

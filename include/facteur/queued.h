@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "facteur/due_heap.h"
 
@@ -41,16 +42,22 @@ struct queued {
 	struct queued *prev, *next; /* every message */
 	struct queued *ready_next;  /* waiting for a local delivery slot */
 	struct scheduler *sched;
-	struct server *srv;
 	struct spool_envelope *env;
-	struct due_entry due; /* when the next deferred recipient is */
-	struct notice *owed;  /* DSNs not queued yet: tried again */
-	unsigned in_flight;   /* attempts, DSNs and records of this message */
+	struct due_entry due;	  /* when the next deferred recipient is */
+	struct due_entry arrival; /* its arrival: the queue's oldest first */
+	struct notice *owed;	  /* DSNs not queued yet: tried again */
+	unsigned in_flight; /* attempts, DSNs and records of this message */
 	bool ready;
 	bool recovered; /* found at start-up: deliveries check first */
 	bool deleted;	/* facteurctl delete: removed once idle */
+	/* the state facteur_queue_messages{state} counts it under, plus
+	 * one (0: not counted) */
+	uint8_t counted;
 	struct queued_rcpt rcpt[]; /* env->rcpt_count of them */
 };
+
+/* The daemon's shared state, the scheduler's. */
+struct server *queued_server(const struct queued *q);
 
 /* Recipient `index` moves to `phase` (logged at debug level). */
 void queued_enter_phase(struct queued *q, size_t index, enum rcpt_phase phase);

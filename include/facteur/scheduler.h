@@ -50,7 +50,9 @@ void scheduler_enqueue_arrival(struct scheduler *sched,
 			       struct spool_envelope *env,
 			       const struct scheduler_arrival *arrival);
 
-/* Retry every deferred recipient now. */
+/* Retry every deferred recipient now: the destinations' pauses end, and
+ * the messages run from the next loop turn on, a slice of the queue a
+ * turn (as for the messages of a domain resumed). */
 void scheduler_flush(struct scheduler *sched);
 
 /* Stop starting deliveries (SIGTERM); true once none is in flight. */

@@ -19,7 +19,7 @@ import pytest
 import facteur_harness as h
 import relay_harness as rh
 from test_facteurctl import (EXIT_REFUSED, EXIT_USAGE, FACTEURCTL, ctl, deferring_daemon,
-                             ok, send_deferred)
+                             ok, queue_ids, send_deferred)
 
 
 def queue_json(d, *args):
@@ -204,6 +204,93 @@ def test_hold_and_release_by_selector_with_no_match(make_daemon):
         r = ctl(d, verb, "--domain", "nowhere.test")
         assert r.returncode == EXIT_REFUSED, (verb, r)
         assert b"no message matches" in r.stderr
+
+
+# --------------------------------------------------------------------------
+# the queue's gauges
+
+def queue_gauges(d):
+    """facteur_queue_messages by state and the oldest message's age, as
+    facteurctl stats gives them (the same numbers as /metrics)."""
+    values = {}
+    for line in ok(d, "stats").splitlines():
+        name, _, value = line.rpartition(" ")
+        values[name] = float(value)
+    states = {st: values['facteur_queue_messages{state="%s"}' % st]
+              for st in ("pending", "deferred", "held")}
+    return states, values["facteur_queue_oldest_seconds"]
+
+
+def listed_states(d):
+    return {st: len(queue_json(d, "--state", st))
+            for st in ("pending", "deferred", "held")}
+
+
+def test_queue_gauges_follow_every_change(make_daemon):
+    """The gauges are kept as messages change, not counted at each
+    scrape: each step of a message's life moves them as the listing
+    sees it, and a restart counts what the spool held."""
+    d = deferring_daemon(make_daemon)
+    assert queue_gauges(d) == ({"pending": 0, "deferred": 0, "held": 0}, 0)
+    a = send_deferred(d, rcpt="x@one.test")
+    time.sleep(1.1)  # a's age in whole seconds is then at least 1
+    b = send_deferred(d, rcpt="y@two.test")
+    c = send_deferred(d, rcpt="z@two.test")
+    states, oldest = queue_gauges(d)
+    assert states == {"pending": 0, "deferred": 3, "held": 0} == listed_states(d)
+    assert oldest >= 1
+    ok(d, "hold", b)
+    d.wait_event("held", queue_id=b)
+    assert queue_gauges(d)[0] == {"pending": 0, "deferred": 2, "held": 1} \
+        == listed_states(d)
+    ok(d, "delete", a)
+    h.wait_for(lambda: a not in queue_ids(d), 10, what="a deleted")
+    states, oldest = queue_gauges(d)
+    assert states == {"pending": 0, "deferred": 1, "held": 1} == listed_states(d)
+    assert oldest < 60
+    d.restart()
+    assert queue_gauges(d)[0] == {"pending": 0, "deferred": 1, "held": 1} \
+        == listed_states(d)
+    ok(d, "release", b)
+    d.wait_event("released", queue_id=b)
+    # released, b is tried at once and deferred again
+    h.wait_for(lambda: len(d.events("deferred", queue_id=b)) >= 2, 30,
+               what="b tried again after its release")
+    assert queue_gauges(d)[0] == {"pending": 0, "deferred": 2, "held": 0} \
+        == listed_states(d)
+    ok(d, "bounce", c)
+    h.wait_for(lambda: c not in queue_ids(d), 10, what="c bounced")
+    # the DSN to the remote sender is deferred in its place
+    h.wait_for(lambda: len(d.events("deferred")) >= 5, 30, what="the DSN tried")
+    assert queue_gauges(d)[0] == {"pending": 0, "deferred": 2, "held": 0} \
+        == listed_states(d)
+
+
+def test_flush_and_resume_run_a_large_queue_in_slices(make_daemon, sink):
+    """flush and resume walk the queue a slice a loop turn: every message
+    of a queue larger than a slice is run, and sessions are served
+    meanwhile."""
+    d = relaying_daemon(make_daemon, sink.port,
+                        config={"retry_min": "1h", "retry_max": "2h"})
+    ok(d, "suspend", "remote.test")
+    d.wait_event("suspended", domain="remote.test")
+    ids = [d.send(recipients=("u%d@remote.test" % i,)) for i in range(300)]
+    ok(d, "resume", "remote.test")
+    probe = d.send(recipients=("p@other.test",))
+    d.wait_event("delivered", queue_id=probe, timeout=rh.RELAY_TIMEOUT)
+    h.wait_for(lambda: len(d.events("delivered")) >= 301, 120,
+               what="every message delivered after the resume")
+    assert {e["queue_id"] for e in d.events("delivered")} >= set(ids)
+    # flush: the sink defers once, then the flush runs them all again
+    sink.replies["rcpt"] = "451 4.3.0 try again"
+    more = [d.send(recipients=("v%d@remote.test" % i,)) for i in range(300)]
+    h.wait_for(lambda: len(d.events("deferred")) >= 300, 120,
+               what="300 deferrals")
+    del sink.replies["rcpt"]
+    ok(d, "flush")
+    h.wait_for(lambda: len(d.events("delivered")) >= 601, 120,
+               what="every deferred message delivered after the flush")
+    assert {e["queue_id"] for e in d.events("delivered")} >= set(more)
 
 
 # --------------------------------------------------------------------------

@@ -286,7 +286,8 @@ static void queued_settled_soon(struct queued *q)
 {
 	struct scheduler *sched = q->sched;
 	time_t now = time(NULL);
-	if (!queued_finish_if_done(q))
+	/* a held message would not run: nothing to make due */
+	if (!queued_finish_if_done(q) && !(q->env->flags & SPOOL_FLAG_HELD))
 		queued_due_at(q, now, now);
 	ready_drain(sched);
 }

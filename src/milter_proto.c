@@ -239,22 +239,16 @@ enum milter_parse_result milter_parse_reply(const uint8_t *in, size_t len,
 	return r;
 }
 
-/* One parameter of an added recipient, parsed as the only parameter of
- * a RCPT whose address always passes, so that the syntax of RCPT
- * parameters has one home (smtp_proto). */
+/* One parameter of an added recipient, read as RCPT reads its own
+ * (smtp_proto), on top of those before it. */
 static enum milter_rcpt_param_result
 rcpt_param_apply(const char *param, size_t len, struct milter_rcpt_params *out)
 {
-	static const char prefix[] = "TO:<postmaster> ";
-	char line[sizeof prefix + sizeof "ORCPT=" + SMTP_ORCPT_MAX];
-	size_t prefix_len = sizeof prefix - 1;
-	/* longer than the longest a recipient takes (ORCPT) */
-	if (len > sizeof line - prefix_len)
-		return MILTER_RCPT_PARAM_BAD;
-	memcpy(line, prefix, prefix_len);
-	memcpy(line + prefix_len, param, len);
 	struct smtp_rcpt rcpt;
-	switch (smtp_parse_rcpt(line, prefix_len + len, &rcpt)) {
+	memset(&rcpt, 0, sizeof rcpt);
+	rcpt.notify = out->notify;
+	memcpy(rcpt.orcpt, out->orcpt, sizeof rcpt.orcpt);
+	switch (smtp_parse_rcpt_param(param, len, &rcpt)) {
 	case SMTP_PARSE_OK:
 		break;
 	case SMTP_PARSE_UNKNOWN_PARAM:
@@ -262,15 +256,8 @@ rcpt_param_apply(const char *param, size_t len, struct milter_rcpt_params *out)
 	default:
 		return MILTER_RCPT_PARAM_BAD;
 	}
-	if (rcpt.notify != 0) {
-		if (out->notify != 0)
-			return MILTER_RCPT_PARAM_BAD;
-		out->notify = rcpt.notify;
-	} else {
-		if (out->orcpt[0] != '\0')
-			return MILTER_RCPT_PARAM_BAD;
-		memcpy(out->orcpt, rcpt.orcpt, sizeof out->orcpt);
-	}
+	out->notify = rcpt.notify;
+	memcpy(out->orcpt, rcpt.orcpt, sizeof out->orcpt);
 	return MILTER_RCPT_PARAM_APPLIED;
 }
 

@@ -648,6 +648,27 @@ enum smtp_parse_result smtp_parse_rcpt(const char *arg, size_t len,
 	return parse_envelope(arg, len, false, &out->to, rcpt_param, out);
 }
 
+enum smtp_parse_result smtp_parse_rcpt_param(const char *param, size_t len,
+					     struct smtp_rcpt *out)
+{
+	struct param pm;
+	size_t i = 0;
+	unsigned seen = (out->notify != 0 ? SEEN_NOTIFY : 0) |
+			(out->orcpt[0] != '\0' ? SEEN_ORCPT : 0);
+
+	if (param == NULL || len == 0 || memchr(param, ' ', len) != NULL ||
+	    !next_param(param, len, &i, &pm))
+		return SMTP_PARSE_SYNTAX;
+	if (!keyword_valid(pm.key, pm.keylen))
+		return SMTP_PARSE_SYNTAX;
+	/* a value refused leaves out as it was */
+	struct smtp_rcpt was = *out;
+	enum smtp_parse_result r = rcpt_param(&pm, &seen, out);
+	if (r != SMTP_PARSE_OK)
+		*out = was;
+	return r;
+}
+
 enum smtp_parse_result smtp_parse_bdat(const char *arg, size_t len,
 				       uint64_t *size, bool *last)
 {

@@ -130,6 +130,14 @@ enum smtp_parse_result smtp_parse_mail(const char *arg, size_t len,
 enum smtp_parse_result smtp_parse_rcpt(const char *arg, size_t len,
                                        struct smtp_rcpt *out);
 
+/* One ESMTP parameter of RCPT, alone ("NOTIFY=SUCCESS,DELAY",
+ * "ORCPT=rfc822;a@b.example"), read as smtp_parse_rcpt reads it, into
+ * `out` on top of what it already holds: a parameter `out` already has
+ * is a repeat (SMTP_PARSE_BAD_PARAM), a keyword RCPT does not know is
+ * SMTP_PARSE_UNKNOWN_PARAM. `out` is unchanged unless SMTP_PARSE_OK. */
+enum smtp_parse_result smtp_parse_rcpt_param(const char *param, size_t len,
+                                             struct smtp_rcpt *out);
+
 /* "BDAT <size> [LAST]". */
 enum smtp_parse_result smtp_parse_bdat(const char *arg, size_t len,
                                        uint64_t *size, bool *last);

@@ -75,6 +75,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (strnlen(rcpt.orcpt, sizeof rcpt.orcpt) > SMTP_ORCPT_MAX)
 			abort();
 	}
+	/* the argument as one RCPT parameter alone (a milter's added
+	 * recipient): on top of a NOTIFY already given, never changed
+	 * unless accepted */
+	memset(&rcpt, 0, sizeof rcpt);
+	rcpt.notify = SMTP_NOTIFY_FAILURE;
+	enum smtp_parse_result pr =
+	    smtp_parse_rcpt_param(cmd.arg, cmd.arglen, &rcpt);
+	if (pr != SMTP_PARSE_OK &&
+	    (rcpt.notify != SMTP_NOTIFY_FAILURE || rcpt.orcpt[0] != '\0'))
+		abort();
+	if (pr == SMTP_PARSE_OK &&
+	    (rcpt.notify != SMTP_NOTIFY_FAILURE ||
+	     strnlen(rcpt.orcpt, sizeof rcpt.orcpt) > SMTP_ORCPT_MAX))
+		abort();
 	if (smtp_parse_bdat(cmd.arg, cmd.arglen, &bdat_size, &last) !=
 		SMTP_PARSE_OK &&
 	    (bdat_size != 0 || last))

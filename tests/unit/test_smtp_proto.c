@@ -864,6 +864,45 @@ static void test_rcpt_mail_parameters_are_unknown(void **state)
 	assert_int_equal(rcpt("TO:<a@b.c> FOO", &r), SMTP_PARSE_UNKNOWN_PARAM);
 }
 
+static enum smtp_parse_result rcpt_param(const char *param,
+					 struct smtp_rcpt *r)
+{
+	return smtp_parse_rcpt_param(param, strlen(param), r);
+}
+
+static void test_rcpt_param_alone(void **state)
+{
+	struct smtp_rcpt r;
+
+	(void)state;
+	memset(&r, 0, sizeof r);
+	assert_int_equal(rcpt_param("notify=SUCCESS,DELAY", &r), SMTP_PARSE_OK);
+	assert_int_equal(r.notify, SMTP_NOTIFY_SUCCESS | SMTP_NOTIFY_DELAY);
+	assert_int_equal(rcpt_param("ORCPT=rfc822;a@b.example", &r),
+			 SMTP_PARSE_OK);
+	assert_string_equal(r.orcpt, "rfc822;a@b.example");
+	/* a repeat of what r holds, refused, r unchanged */
+	assert_int_equal(rcpt_param("NOTIFY=NEVER", &r), SMTP_PARSE_BAD_PARAM);
+	assert_int_equal(r.notify, SMTP_NOTIFY_SUCCESS | SMTP_NOTIFY_DELAY);
+	assert_int_equal(rcpt_param("ORCPT=rfc822;c@d.example", &r),
+			 SMTP_PARSE_BAD_PARAM);
+	assert_string_equal(r.orcpt, "rfc822;a@b.example");
+	/* bad values and shapes leave r as it was */
+	memset(&r, 0, sizeof r);
+	assert_int_equal(rcpt_param("NOTIFY=NEVER,SUCCESS", &r),
+			 SMTP_PARSE_BAD_PARAM);
+	assert_int_equal(r.notify, 0);
+	assert_int_equal(rcpt_param("ORCPT=nosemicolon", &r),
+			 SMTP_PARSE_BAD_PARAM);
+	assert_int_equal(rcpt_param("SIZE=10", &r), SMTP_PARSE_UNKNOWN_PARAM);
+	assert_int_equal(rcpt_param("NOTIFY=SUCCESS ORCPT=rfc822;a@b", &r),
+			 SMTP_PARSE_SYNTAX);
+	assert_int_equal(rcpt_param("", &r), SMTP_PARSE_SYNTAX);
+	assert_int_equal(rcpt_param("=SUCCESS", &r), SMTP_PARSE_SYNTAX);
+	assert_int_equal(r.notify, 0);
+	assert_string_equal(r.orcpt, "");
+}
+
 /* BDAT */
 
 static void test_bdat_arguments(void **state)
@@ -1666,6 +1705,7 @@ int main(void)
 	    cmocka_unit_test(test_rcpt_orcpt_invalid_values),
 	    cmocka_unit_test(test_rcpt_orcpt_length_limit),
 	    cmocka_unit_test(test_rcpt_mail_parameters_are_unknown),
+	    cmocka_unit_test(test_rcpt_param_alone),
 	    cmocka_unit_test(test_bdat_arguments),
 	    cmocka_unit_test(
 		test_xtext_encode_escapes_plus_equals_and_controls),

@@ -3,20 +3,17 @@
  *
  * One record per recipient domain asked about, in a hash table bounded
  * at STS_DOMAINS_MAX (an idle one, used longest ago, makes room). A
- * domain moves idle → TXT → address (of mta-sts.DOMAIN, through c-ares)
- * → fetch → idle; the look-ups that arrive meanwhile wait on it, each
- * answered through its own event. The fetch is libevent's HTTP client
- * over an OpenSSL bufferevent to port 443 of the address c-ares gave (so
- * that libevent never resolves a name itself, which would block), with
- * SNI and verification for mta-sts.DOMAIN; it ends on the next loop turn
- * after its last callback, never inside libevent's HTTP code.
+ * domain moves idle → TXT → fetch (the address of mta-sts.DOMAIN, then
+ * the policy) → idle; the look-ups that arrive meanwhile wait on it, each
+ * answered through its own event. The fetch is https_client's (the
+ * address of mta-sts.DOMAIN through c-ares, then port 443 with SNI and
+ * verification for that name); it ends on a loop turn of its own.
  *
  * The cache file of a domain holds "id=ID fetched=UNIXTIME" on its first
  * line, then the policy text as served; it is read the first time the
  * domain is asked about, and replaced (new file, flush, rename) at each
  * successful fetch: rare, so on the loop.
  */
-#include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -26,22 +23,16 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include <event2/buffer.h>
-#include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
-#include <event2/http.h>
-#include <openssl/ssl.h>
-#include <openssl/x509.h>
 
 #include "facteur/ascii.h"
 #include "facteur/config.h"
 #include "facteur/dns.h"
 #include "facteur/hostname.h"
+#include "facteur/https_client.h"
 #include "facteur/log.h"
 #include "facteur/mta_sts.h"
 #include "facteur/server.h"
-#include "facteur/tls.h"
 #include "facteur/tlsrpt.h"
 #include "facteur/wholefile.h"
 
@@ -58,9 +49,8 @@
 
 enum sts_state {
 	STS_IDLE,
-	STS_TXT,     /* the _mta-sts TXT record asked */
-	STS_ADDRESS, /* the address of mta-sts.DOMAIN asked */
-	STS_FETCH,   /* the HTTPS request in flight */
+	STS_TXT,   /* the _mta-sts TXT record asked */
+	STS_FETCH, /* the policy asked of mta-sts.DOMAIN */
 };
 
 struct mta_sts_wait {
@@ -70,8 +60,6 @@ struct mta_sts_wait {
 	void *arg;
 	struct event *ready;
 };
-
-struct sts_fetch;
 
 struct sts_domain {
 	struct sts_domain *next; /* same bucket */
@@ -87,24 +75,7 @@ struct sts_domain {
 	char new_id[MTA_STS_ID_MAX + 1]; /* the id being fetched */
 	struct mta_sts_wait *waiters;
 	struct dns_txt_query *txt;
-	struct dns_query *address;
-	struct sts_fetch *fetch;
-};
-
-struct sts_fetch {
-	struct sts_domain *domain;
-	struct evhttp_connection *conn; /* owns the bufferevent and SSL */
-	SSL *ssl;
-	struct event *deadline;
-	struct event *finish;
-	bool answered; /* the request's callback ran */
-	bool webpki;   /* the certificate did not verify */
-	bool request_failed;
-	enum evhttp_request_error error;
-	bool ok;
-	char *body;
-	size_t len;
-	char reason[256];
+	struct https_exchange *fetch;
 };
 
 struct mta_sts {
@@ -268,16 +239,6 @@ static void cache_save(const struct sts_domain *d, const char *body, size_t len)
 
 /* ---- the fetch ---- */
 
-static void fetch_free(struct sts_fetch *f)
-{
-	if (f->conn != NULL)
-		evhttp_connection_free(f->conn); /* no callback then */
-	event_free(f->deadline);
-	event_free(f->finish);
-	free(f->body);
-	free(f);
-}
-
 /* Counted for the TLS reports as a session that found no usable policy
  * (or, cached, the one it kept). */
 static void policy_failed(struct sts_domain *d, enum tlsrpt_result type,
@@ -292,21 +253,67 @@ static void policy_failed(struct sts_domain *d, enum tlsrpt_result type,
 	domain_settled(d);
 }
 
-/* What the fetch brought, parsed; a failure keeps the policy cached. */
-static void fetch_done(struct sts_domain *d, struct sts_fetch *f)
+/* Why a fetch brought no policy to parse (RFC 8461 §3.3: a 200 of type
+ * text/plain, nothing else; no redirect is followed); NULL when it did. */
+static const char *fetch_failure(const struct sts_domain *d,
+				 const struct https_response *res,
+				 enum tlsrpt_result *type, char *why,
+				 size_t whylen)
 {
+	const char *ctype = res->content_type;
+	*type = TLSRPT_STS_POLICY_FETCH_ERROR;
+	switch (res->failure) {
+	case HTTPS_ANSWERED:
+		break;
+	case HTTPS_CERTIFICATE:
+		*type = TLSRPT_STS_WEBPKI_INVALID;
+		return res->reason;
+	case HTTPS_TOO_LARGE:
+		snprintf(why, whylen, "policy larger than %u octets",
+			 MTA_STS_POLICY_SIZE_MAX);
+		return why;
+	case HTTPS_TIMEOUT:
+		snprintf(why, whylen, "no policy within %d s",
+			 STS_FETCH_DEADLINE);
+		return why;
+	case HTTPS_NO_ANSWER:
+		snprintf(why, whylen, "no HTTPS answer from mta-sts.%s",
+			 d->name);
+		return why;
+	case HTTPS_NO_ADDRESS:
+	default:
+		return res->reason;
+	}
+	if (res->code >= 300 && res->code < 400)
+		snprintf(why, whylen, "HTTP %d: a redirect, not followed",
+			 res->code);
+	else if (res->code != 200)
+		snprintf(why, whylen, "HTTP %d", res->code);
+	else if (ctype == NULL || strncasecmp(ctype, "text/plain", 10) != 0 ||
+		 (ctype[10] != '\0' && ctype[10] != ';' && ctype[10] != ' '))
+		snprintf(why, whylen, "Content-Type is %s, not text/plain",
+			 ctype != NULL ? ctype : "missing");
+	else
+		return NULL;
+	return why;
+}
+
+/* What the fetch brought, parsed; a failure keeps the policy cached. */
+static void on_fetched(const struct https_response *res, void *arg)
+{
+	struct sts_domain *d = arg;
+	enum tlsrpt_result type;
+	char why[320];
 	d->fetch = NULL;
-	if (!f->ok) {
-		policy_failed(d,
-			      f->webpki ? TLSRPT_STS_WEBPKI_INVALID
-					: TLSRPT_STS_POLICY_FETCH_ERROR,
-			      f->reason);
+	const char *failure = fetch_failure(d, res, &type, why, sizeof why);
+	if (failure != NULL) {
+		policy_failed(d, type, failure);
 		return;
 	}
 	struct mta_sts_policy policy;
 	char err[160];
-	if (mta_sts_policy_parse(f->body, f->len, &policy, err, sizeof err) <
-	    0) {
+	if (mta_sts_policy_parse(res->body, res->len, &policy, err,
+				 sizeof err) < 0) {
 		policy_failed(d, TLSRPT_STS_POLICY_INVALID, err);
 		return;
 	}
@@ -315,201 +322,12 @@ static void fetch_done(struct sts_domain *d, struct sts_fetch *f)
 	d->has_policy = true;
 	d->fetched = time(NULL);
 	memcpy(d->id, d->new_id, sizeof d->id);
-	cache_save(d, f->body, f->len);
+	cache_save(d, res->body, res->len);
 	log_event(LOG_LEVEL_INFO, "mta_sts_policy", LOG_S("domain", d->name),
 		  LOG_S("mode", mta_sts_mode_name(policy.mode)),
 		  LOG_S("id", d->id), LOG_I("max_age", policy.max_age),
 		  LOG_I("mx", policy.mx_count));
 	domain_settled(d);
-}
-
-static void on_fetch_finish(evutil_socket_t fd, short what, void *arg)
-{
-	struct sts_fetch *f = arg;
-	struct sts_domain *d = f->domain;
-	(void)fd;
-	(void)what;
-	fetch_done(d, f);
-	fetch_free(f);
-}
-
-static void on_fetch_deadline(evutil_socket_t fd, short what, void *arg)
-{
-	struct sts_fetch *f = arg;
-	(void)fd;
-	(void)what;
-	if (f->answered)
-		return;
-	f->ok = false;
-	snprintf(f->reason, sizeof f->reason, "no policy within %d s",
-		 STS_FETCH_DEADLINE);
-	on_fetch_finish(-1, 0, f);
-}
-
-static void on_request_error(enum evhttp_request_error error, void *arg)
-{
-	struct sts_fetch *f = arg;
-	f->request_failed = true;
-	f->error = error;
-}
-
-/* Why the request got no usable answer, when libevent gave none. */
-static void describe_failure(struct sts_fetch *f)
-{
-	long vr = f->ssl != NULL ? SSL_get_verify_result(f->ssl) : X509_V_OK;
-	f->webpki = vr != X509_V_OK;
-	if (vr != X509_V_OK)
-		snprintf(f->reason, sizeof f->reason,
-			 "certificate of mta-sts.%s: %s", f->domain->name,
-			 X509_verify_cert_error_string(vr));
-	else if (f->request_failed && f->error == EVREQ_HTTP_DATA_TOO_LONG)
-		snprintf(f->reason, sizeof f->reason,
-			 "policy larger than %u octets",
-			 MTA_STS_POLICY_SIZE_MAX);
-	else if (f->request_failed && f->error == EVREQ_HTTP_TIMEOUT)
-		snprintf(f->reason, sizeof f->reason, "no policy within %d s",
-			 STS_FETCH_DEADLINE);
-	else
-		snprintf(f->reason, sizeof f->reason,
-			 "no HTTPS answer from mta-sts.%s", f->domain->name);
-}
-
-/* RFC 8461 §3.3: a 200 of type text/plain, nothing else (no redirect
- * is followed). */
-static void on_response(struct evhttp_request *req, void *arg)
-{
-	struct sts_fetch *f = arg;
-	if (f->answered)
-		return;
-	f->answered = true;
-	evtimer_del(f->deadline);
-	int code = req != NULL ? evhttp_request_get_response_code(req) : 0;
-	const char *type =
-	    req != NULL
-		? evhttp_find_header(evhttp_request_get_input_headers(req),
-				     "Content-Type")
-		: NULL;
-	struct evbuffer *in =
-	    req != NULL ? evhttp_request_get_input_buffer(req) : NULL;
-	size_t len = in != NULL ? evbuffer_get_length(in) : 0;
-	if (code == 0)
-		describe_failure(f);
-	else if (code >= 300 && code < 400)
-		snprintf(f->reason, sizeof f->reason,
-			 "HTTP %d: a redirect, not followed", code);
-	else if (code != 200)
-		snprintf(f->reason, sizeof f->reason, "HTTP %d", code);
-	else if (type == NULL || strncasecmp(type, "text/plain", 10) != 0 ||
-		 (type[10] != '\0' && type[10] != ';' && type[10] != ' '))
-		snprintf(f->reason, sizeof f->reason,
-			 "Content-Type is %s, not text/plain",
-			 type != NULL ? type : "missing");
-	else if (len > MTA_STS_POLICY_SIZE_MAX)
-		snprintf(f->reason, sizeof f->reason,
-			 "policy larger than %u octets",
-			 MTA_STS_POLICY_SIZE_MAX);
-	else {
-		f->body = malloc(len + 1);
-		if (f->body == NULL)
-			fatal("mta_sts: out of memory");
-		if (evbuffer_remove(in, f->body, len) != (int)len)
-			snprintf(f->reason, sizeof f->reason,
-				 "cannot read the policy");
-		else
-			f->ok = true;
-		f->len = len;
-	}
-	/* the connection is freed outside libevent's HTTP code */
-	event_active(f->finish, EV_TIMEOUT, 1);
-}
-
-/* GET https://mta-sts.DOMAIN/.well-known/mta-sts.txt from `ip`. */
-static bool fetch_start(struct sts_domain *d, const char *ip, char *why,
-			size_t whylen)
-{
-	struct server *srv = d->sts->srv;
-	char host[HOSTNAME_MAX + 16];
-	snprintf(host, sizeof host, "mta-sts.%s", d->name);
-	if (srv->tls_client == NULL) {
-		snprintf(why, whylen, "no TLS client context");
-		return false;
-	}
-	struct sts_fetch *f = xcalloc(1, sizeof *f);
-	f->domain = d;
-	f->deadline = evtimer_new(srv->base, on_fetch_deadline, f);
-	f->finish = evtimer_new(srv->base, on_fetch_finish, f);
-	SSL *ssl = SSL_new(srv->tls_client);
-	if (f->deadline == NULL || f->finish == NULL || ssl == NULL)
-		fatal("mta_sts: out of memory");
-	if (tls_client_prepare(ssl, host, true) < 0) {
-		SSL_free(ssl);
-		fetch_free(f);
-		snprintf(why, whylen, "cannot set up TLS for %s", host);
-		return false;
-	}
-	struct bufferevent *bev = bufferevent_openssl_socket_new(
-	    srv->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
-	    BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-	if (bev == NULL)
-		fatal("mta_sts: out of memory");
-	/* many HTTPS servers close without close_notify; the policy's own
-	 * required fields tell a cut one */
-	bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
-	f->ssl = ssl;
-	f->conn = evhttp_connection_base_bufferevent_new(srv->base, NULL, bev,
-							 ip, STS_HTTPS_PORT);
-	if (f->conn == NULL)
-		fatal("mta_sts: out of memory");
-	evhttp_connection_set_max_body_size(f->conn, MTA_STS_POLICY_SIZE_MAX);
-	evhttp_connection_set_timeout(f->conn, STS_FETCH_DEADLINE);
-	evhttp_connection_set_retries(f->conn, 0);
-	struct evhttp_request *req = evhttp_request_new(on_response, f);
-	if (req == NULL)
-		fatal("mta_sts: out of memory");
-	evhttp_request_set_error_cb(req, on_request_error);
-	struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
-	if (evhttp_add_header(headers, "Host", host) < 0 ||
-	    evhttp_add_header(headers, "Connection", "close") < 0)
-		fatal("mta_sts: out of memory");
-	struct timeval tv = {.tv_sec = STS_FETCH_DEADLINE};
-	if (evtimer_add(f->deadline, &tv) < 0)
-		fatal("mta_sts: cannot add a timer");
-	d->fetch = f;
-	d->state = STS_FETCH;
-	if (evhttp_make_request(f->conn, req, EVHTTP_REQ_GET, STS_PATH) < 0) {
-		/* libevent has freed the request */
-		f->answered = true;
-		snprintf(f->reason, sizeof f->reason,
-			 "cannot send the request");
-		event_active(f->finish, EV_TIMEOUT, 1);
-	}
-	return true;
-}
-
-static void on_address(const struct dns_result *res, void *arg)
-{
-	struct sts_domain *d = arg;
-	char ip[INET6_ADDRSTRLEN] = "";
-	char why[320]; /* "cannot set up TLS for " and a host name */
-	d->address = NULL;
-	if (res->status != DNS_OK || res->host_count == 0 ||
-	    res->hosts[0].addr_count == 0) {
-		policy_failed(d, TLSRPT_STS_POLICY_FETCH_ERROR,
-			      res->error[0] ? res->error
-					    : "mta-sts host has no address");
-		return;
-	}
-	const struct sockaddr_storage *ss = &res->hosts[0].addrs[0];
-	const void *a =
-	    ss->ss_family == AF_INET6
-		? (const void *)&((const struct sockaddr_in6 *)ss)->sin6_addr
-		: (const void *)&((const struct sockaddr_in *)ss)->sin_addr;
-	if (inet_ntop(ss->ss_family, a, ip, sizeof ip) == NULL) {
-		policy_failed(d, TLSRPT_STS_POLICY_FETCH_ERROR, "bad address");
-		return;
-	}
-	if (!fetch_start(d, ip, why, sizeof why))
-		policy_failed(d, TLSRPT_STS_POLICY_FETCH_ERROR, why);
 }
 
 /* ---- the TXT record ---- */
@@ -557,11 +375,18 @@ static void on_txt(const struct dns_txt_result *res, void *arg)
 	memcpy(d->new_id, id, sizeof id);
 	char host[HOSTNAME_MAX + 16];
 	snprintf(host, sizeof host, "mta-sts.%s", d->name);
-	d->state = STS_ADDRESS;
-	d->address = dns_resolve_host(srv->dns, host, on_address, d);
-	if (d->address == NULL)
-		policy_failed(d, TLSRPT_STS_POLICY_FETCH_ERROR,
-			      "DNS query could not be started");
+	struct https_request req = {
+	    .host = host,
+	    .port = STS_HTTPS_PORT,
+	    .path = STS_PATH,
+	    .max_answer = MTA_STS_POLICY_SIZE_MAX,
+	    .deadline = STS_FETCH_DEADLINE,
+	};
+	char why[320];
+	d->state = STS_FETCH;
+	d->fetch = https_start(srv, &req, on_fetched, d, why, sizeof why);
+	if (d->fetch == NULL)
+		policy_failed(d, TLSRPT_STS_POLICY_FETCH_ERROR, why);
 }
 
 /* ---- domains ---- */
@@ -571,10 +396,7 @@ static void domain_free(struct sts_domain *d)
 	while (d->waiters != NULL)
 		wait_free(d->waiters);
 	dns_txt_cancel(d->txt);
-	if (d->address != NULL)
-		dns_cancel(d->address);
-	if (d->fetch != NULL)
-		fetch_free(d->fetch);
+	https_cancel(d->fetch);
 	mta_sts_policy_clear(&d->policy);
 	free(d->name);
 	free(d);

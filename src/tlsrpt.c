@@ -37,6 +37,7 @@
 #include "facteur/config.h"
 #include "facteur/dns.h"
 #include "facteur/hostname.h"
+#include "facteur/https_client.h"
 #include "facteur/log.h"
 #include "facteur/scheduler.h"
 #include "facteur/server.h"
@@ -50,7 +51,10 @@
 #define TLSRPT_FAILURES_MAX 32 /* failure details per policy */
 #define TLSRPT_SAVE_EVERY 60   /* seconds: what a crash may lose */
 #define TLSRPT_FILE_MAX (4u << 20)
-#define TLSRPT_ADDRESS_MAX 320
+/* a POST's answer is read up to this, then dropped; the whole exchange
+ * within this many seconds */
+#define TLSRPT_POST_ANSWER_MAX 4096
+#define TLSRPT_POST_DEADLINE 30
 
 /* ---- the counts ---- */
 
@@ -68,6 +72,7 @@ struct tlsrpt {
 	struct server *srv;
 	char *path; /* NULL: no file */
 	struct tlsrpt_entry *entries, *sending;
+	struct report_post *posting; /* reports on their way to https: */
 	size_t count;
 	time_t start; /* of the counts in `entries` */
 	bool dirty;
@@ -520,43 +525,59 @@ static void on_report_committed(int error, void *arg)
 	free(rc);
 }
 
-/* The report of e, queued to `to` like a DSN. */
-static void report_queue(struct tlsrpt_entry *e, const char *to)
+/* One domain's report, built once for every rua it goes to. */
+struct report {
+	char id[HOSTNAME_MAX * 2 + 64];
+	uint64_t succeeded, failed;
+	unsigned char *gz;
+	size_t gz_len;
+};
+
+/* e's report, gzip'd; false when out of memory. */
+static bool report_build(const struct tlsrpt_entry *e, struct report *r)
 {
-	struct server *srv = e->rpt->srv;
-	const struct config *cfg = srv->cfg;
-	char stamp[32], report_id[HOSTNAME_MAX * 2 + 64];
+	const struct config *cfg = e->rpt->srv->cfg;
+	char stamp[32];
 	tlsrpt_format_stamp(e->start, stamp, sizeof stamp);
-	snprintf(report_id, sizeof report_id, "%s.%s@%s", stamp, e->domain,
+	snprintf(r->id, sizeof r->id, "%s.%s@%s", stamp, e->domain,
 		 cfg->hostname);
 	struct tlsrpt_counts c = {.domain = e->domain,
 				  .policies = e->policies,
 				  .policy_count = e->policy_count};
-	uint64_t succeeded = 0, failed = 0;
+	r->succeeded = r->failed = 0;
 	for (size_t i = 0; i < e->policy_count; i++) {
-		succeeded += e->policies[i].count[TLSRPT_SUCCESS];
-		for (int r = TLSRPT_SUCCESS + 1; r < TLSRPT_RESULT_COUNT; r++)
-			failed += e->policies[i].count[r];
+		r->succeeded += e->policies[i].count[TLSRPT_SUCCESS];
+		for (int k = TLSRPT_SUCCESS + 1; k < TLSRPT_RESULT_COUNT; k++)
+			r->failed += e->policies[i].count[k];
 	}
-	size_t json_len = 0, gz_len = 0, len = 0;
+	size_t json_len = 0;
 	char *json = tlsrpt_report_json(&c, cfg->hostname, cfg->tlsrpt_from,
-					report_id, e->start, e->end, &json_len);
-	unsigned char *gz = json ? tlsrpt_gzip(json, json_len, &gz_len) : NULL;
+					r->id, e->start, e->end, &json_len);
+	r->gz = json ? tlsrpt_gzip(json, json_len, &r->gz_len) : NULL;
+	free(json);
+	return r->gz != NULL;
+}
+
+/* The report of e, queued to `to` like a DSN (RFC 8460 §5.3). */
+static void report_mail(const struct tlsrpt_entry *e, const struct report *r,
+			const char *to)
+{
+	struct server *srv = e->rpt->srv;
+	const struct config *cfg = srv->cfg;
+	size_t len = 0;
 	struct tlsrpt_mail m = {
 	    .from = cfg->tlsrpt_from,
 	    .to = to,
 	    .domain = e->domain,
 	    .submitter = cfg->hostname,
-	    .report_id = report_id,
+	    .report_id = r->id,
 	    .start = e->start,
 	    .end = e->end,
 	    .now = time(NULL),
-	    .gz = gz,
-	    .gz_len = gz_len,
+	    .gz = r->gz,
+	    .gz_len = r->gz_len,
 	};
-	char *text = gz ? tlsrpt_mail_build(&m, &len) : NULL;
-	free(json);
-	free(gz);
+	char *text = tlsrpt_mail_build(&m, &len);
 	struct spool_incoming *inc =
 	    text ? spool_incoming_new(srv->spool) : NULL;
 	struct spool_envelope *env = calloc(1, sizeof *env);
@@ -599,32 +620,131 @@ static void report_queue(struct tlsrpt_entry *e, const char *to)
 	rc->srv = srv;
 	rc->env = env;
 	log_event(LOG_LEVEL_INFO, "tlsrpt_sent", LOG_S("domain", e->domain),
-		  LOG_S("to", to), LOG_S("report_id", report_id),
-		  LOG_S("queue_id", env->id), LOG_I("success", succeeded),
-		  LOG_I("failure", failed));
+		  LOG_S("to", to), LOG_S("report_id", r->id),
+		  LOG_S("queue_id", env->id), LOG_I("success", r->succeeded),
+		  LOG_I("failure", r->failed));
 	spool_incoming_commit(srv->spool, inc, env, on_report_committed, rc);
+}
+
+/* A report on its way to an https: rua. */
+struct report_post {
+	struct report_post *next;
+	struct tlsrpt *rpt;
+	struct https_exchange *x;
+	char *domain;
+	char uri[TLSRPT_PATH_MAX + HOSTNAME_MAX + 16];
+	char id[HOSTNAME_MAX * 2 + 64];
+	uint64_t succeeded, failed;
+};
+
+static void post_free(struct report_post *p)
+{
+	struct report_post **at = &p->rpt->posting;
+	while (*at != p)
+		at = &(*at)->next;
+	*at = p->next;
+	https_cancel(p->x);
+	free(p->domain);
+	free(p);
+}
+
+/* RFC 8460 §5.4: any 2xx is a delivered report; nothing is retried. */
+static void on_posted(const struct https_response *res, void *arg)
+{
+	struct report_post *p = arg;
+	p->x = NULL;
+	if (res->failure == HTTPS_ANSWERED && res->code >= 200 &&
+	    res->code < 300) {
+		log_event(LOG_LEVEL_INFO, "tlsrpt_sent",
+			  LOG_S("domain", p->domain), LOG_S("to", p->uri),
+			  LOG_S("report_id", p->id), LOG_I("status", res->code),
+			  LOG_I("success", p->succeeded),
+			  LOG_I("failure", p->failed));
+	} else {
+		char why[400];
+		if (res->failure == HTTPS_ANSWERED)
+			snprintf(why, sizeof why, "HTTP %d", res->code);
+		else
+			snprintf(why, sizeof why, "%s", res->reason);
+		log_event(LOG_LEVEL_WARN, "tlsrpt_error",
+			  LOG_S("domain", p->domain), LOG_S("to", p->uri),
+			  LOG_S("reason", why));
+	}
+	post_free(p);
+}
+
+/* The report of e, POSTed gzip'd to the rua's https: URI (§5.4). */
+static void report_post(const struct tlsrpt_entry *e, const struct report *r,
+			const struct tlsrpt_rua *rua)
+{
+	struct tlsrpt *rpt = e->rpt;
+	struct report_post *p = calloc(1, sizeof *p);
+	if (p == NULL || (p->domain = strdup(e->domain)) == NULL)
+		fatal("tlsrpt: out of memory");
+	p->rpt = rpt;
+	if (rua->https_port == 443)
+		snprintf(p->uri, sizeof p->uri, "https://%s%s", rua->https_host,
+			 rua->https_path);
+	else
+		snprintf(p->uri, sizeof p->uri, "https://%s:%u%s",
+			 rua->https_host, (unsigned)rua->https_port,
+			 rua->https_path);
+	memcpy(p->id, r->id, sizeof p->id);
+	p->succeeded = r->succeeded;
+	p->failed = r->failed;
+	struct https_request req = {
+	    .host = rua->https_host,
+	    .port = rua->https_port,
+	    .path = rua->https_path,
+	    .content_type = "application/tlsrpt+gzip",
+	    .body = r->gz,
+	    .body_len = r->gz_len,
+	    .max_answer = TLSRPT_POST_ANSWER_MAX,
+	    .deadline = TLSRPT_POST_DEADLINE,
+	};
+	char why[320];
+	p->next = rpt->posting;
+	rpt->posting = p;
+	p->x = https_start(rpt->srv, &req, on_posted, p, why, sizeof why);
+	if (p->x == NULL) {
+		log_event(LOG_LEVEL_WARN, "tlsrpt_error",
+			  LOG_S("domain", e->domain), LOG_S("to", p->uri),
+			  LOG_S("reason", why));
+		post_free(p);
+	}
 }
 
 static void on_rua(const struct dns_txt_result *res, void *arg)
 {
 	struct tlsrpt_entry *e = arg;
-	char to[TLSRPT_ADDRESS_MAX];
+	struct tlsrpt_rua rua;
 	int found = 0;
 	e->txt = NULL;
 	for (size_t i = 0; res->status == DNS_OK && i < res->count; i++) {
-		found = tlsrpt_record_parse(res->texts[i], to, sizeof to);
+		found = tlsrpt_record_parse(res->texts[i], &rua);
 		if (found != 0)
 			break;
 	}
-	if (found == 1)
-		report_queue(e, to);
-	else
+	struct report r;
+	if (found != 1) {
 		log_event(LOG_LEVEL_INFO, "tlsrpt_error",
 			  LOG_S("domain", e->domain),
 			  LOG_S("reason", found == -1
-					      ? "no mailto: rua in the TLSRPT "
+					      ? "no usable rua in the TLSRPT "
 						"record"
 					      : "no _smtp._tls TLSRPT record"));
+	} else if (!report_build(e, &r)) {
+		log_event(LOG_LEVEL_ERROR, "tlsrpt_error",
+			  LOG_S("domain", e->domain),
+			  LOG_S("reason", "cannot build the report"));
+	} else {
+		/* every rua the record names that facteur can use */
+		if (rua.mailto[0] != '\0')
+			report_mail(e, &r, rua.mailto);
+		if (rua.https_host[0] != '\0')
+			report_post(e, &r, &rua);
+		free(r.gz);
+	}
 	sending_unlink(e);
 	entry_free(e);
 }
@@ -716,6 +836,8 @@ void tlsrpt_free(struct tlsrpt *rpt)
 		save(rpt);
 	entries_free(rpt->entries);
 	entries_free(rpt->sending);
+	while (rpt->posting != NULL)
+		post_free(rpt->posting);
 	if (rpt->save_timer != NULL)
 		event_free(rpt->save_timer);
 	if (rpt->day_timer != NULL)

@@ -91,34 +91,94 @@ char *tlsrpt_tlsa_string(const struct dns_tlsa *tlsa)
 
 /* ---- the pure parts ---- */
 
-int tlsrpt_record_parse(const char *text, char *to, size_t tolen)
+/* "mailto:ADDRESS": the address, when its domain is a host name. */
+static bool rua_mailto(const char *uri, size_t n, struct tlsrpt_rua *out)
 {
+	const char *addr = uri + 7;
+	size_t alen = n - 7;
+	const char *at = memchr(addr, '@', alen);
+	if (at == NULL || at == addr || alen >= sizeof out->mailto ||
+	    !hostname_valid(at + 1, alen - (size_t)(at - addr) - 1))
+		return false;
+	memcpy(out->mailto, addr, alen);
+	out->mailto[alen] = '\0';
+	return true;
+}
+
+/* "https://HOST[:PORT][/PATH]": a host name (no user information, no IP
+ * address: the certificate is checked against the name), a port from 1
+ * to 65535, a path of printable characters without a fragment. */
+static bool rua_https(const char *uri, size_t n, struct tlsrpt_rua *out)
+{
+	const char *host = uri + 8, *end = uri + n;
+	const char *slash = memchr(host, '/', (size_t)(end - host));
+	const char *auth_end = slash != NULL ? slash : end;
+	const char *colon = memchr(host, ':', (size_t)(auth_end - host));
+	const char *host_end = colon != NULL ? colon : auth_end;
+	size_t hlen = (size_t)(host_end - host);
+	unsigned long port = 443;
+	if (hlen == 0 || hlen > HOSTNAME_MAX || !hostname_valid(host, hlen) ||
+	    memchr(host, '@', (size_t)(auth_end - host)) != NULL)
+		return false;
+	/* a top label of digits alone is an IPv4 address, not a name */
+	const char *top = host + hlen;
+	while (top > host && top[-1] != '.')
+		top--;
+	if (strspn(top, "0123456789") >= (size_t)(host_end - top))
+		return false;
+	if (colon != NULL) {
+		if (colon + 1 == auth_end || auth_end - colon > 6)
+			return false;
+		port = 0;
+		for (const char *p = colon + 1; p < auth_end; p++) {
+			if (*p < '0' || *p > '9')
+				return false;
+			port = port * 10 + (unsigned long)(*p - '0');
+		}
+		if (port == 0 || port > 65535)
+			return false;
+	}
+	size_t plen = slash != NULL ? (size_t)(end - slash) : 0;
+	if (plen >= sizeof out->https_path)
+		return false;
+	for (size_t i = 0; i < plen; i++)
+		if (slash[i] <= ' ' || slash[i] >= 0x7f || slash[i] == '#')
+			return false;
+	memcpy(out->https_host, host, hlen);
+	out->https_host[hlen] = '\0';
+	out->https_port = (uint16_t)port;
+	if (plen == 0)
+		snprintf(out->https_path, sizeof out->https_path, "/");
+	else {
+		memcpy(out->https_path, slash, plen);
+		out->https_path[plen] = '\0';
+	}
+	return true;
+}
+
+int tlsrpt_record_parse(const char *text, struct tlsrpt_rua *out)
+{
+	memset(out, 0, sizeof *out);
 	if (strncmp(text, "v=TLSRPTv1", 10) != 0 ||
 	    (text[10] != ';' && text[10] != ' ' && text[10] != '\0'))
 		return 0;
 	const char *rua = strstr(text, "rua=");
 	if (rua == NULL)
 		return -1;
-	/* rua=URI,URI...; the first mailto: */
+	/* rua=URI,URI...: the first usable of each scheme */
 	for (const char *p = rua + 4; *p != '\0' && *p != ';';) {
 		while (*p == ' ' || *p == '\t' || *p == ',')
 			p++;
 		size_t n = strcspn(p, ",; \t");
-		if (n > 7 && strncasecmp(p, "mailto:", 7) == 0) {
-			const char *addr = p + 7;
-			size_t alen = n - 7;
-			const char *at = memchr(addr, '@', alen);
-			if (at == NULL || at == addr || alen >= tolen ||
-			    !hostname_valid(at + 1,
-					    alen - (size_t)(at - addr) - 1))
-				return -1;
-			memcpy(to, addr, alen);
-			to[alen] = '\0';
-			return 1;
-		}
+		if (out->mailto[0] == '\0' && n > 7 &&
+		    strncasecmp(p, "mailto:", 7) == 0)
+			(void)rua_mailto(p, n, out);
+		else if (out->https_host[0] == '\0' && n > 8 &&
+			 strncasecmp(p, "https://", 8) == 0)
+			(void)rua_https(p, n, out);
 		p += n;
 	}
-	return -1;
+	return out->mailto[0] != '\0' || out->https_host[0] != '\0' ? 1 : -1;
 }
 
 static void json_string(struct text *t, const char *s)

@@ -84,11 +84,26 @@ struct tlsrpt_counts {
 	size_t policy_count;
 };
 
+#define TLSRPT_ADDRESS_MAX 320
+#define TLSRPT_PATH_MAX 512
+
+/* Where a domain's report goes (RFC 8460 §3, rua): the first mailto:
+ * URI and the first https: URI of its record that are usable; "" for
+ * none of a kind. */
+struct tlsrpt_rua {
+	char mailto[TLSRPT_ADDRESS_MAX]; /* the address */
+	char https_host[HOSTNAME_MAX + 1];
+	uint16_t https_port;		  /* 443 unless the URI names one */
+	char https_path[TLSRPT_PATH_MAX]; /* from its "/", "/" at least */
+};
+
 /* One TXT record of `_smtp._tls.DOMAIN`: 1 when it is a TLSRPTv1 record
- * with a mailto: rua, whose address is copied into `to` (tolen octets);
- * 0 when it is another record; -1 when a TLSRPTv1 record has no usable
- * mailto: (an https: rua alone is not sent). */
-int tlsrpt_record_parse(const char *text, char *to, size_t tolen);
+ * with at least one usable rua (written into *out); 0 when it is another
+ * record; -1 when a TLSRPTv1 record has none. A URI of another scheme,
+ * or a malformed one (a mailto: without a valid domain, an https: with
+ * user information, an IP address, a bad port, a fragment or a space),
+ * is passed over. */
+int tlsrpt_record_parse(const char *text, struct tlsrpt_rua *out);
 
 /* The RFC 8460 §4.4 JSON report, malloc'd (*len set); NULL when out of
  * memory. */

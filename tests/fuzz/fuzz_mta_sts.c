@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "facteur/hostname.h"
 #include "facteur/mta_sts_policy.h"
 #include "facteur/tlsrpt_report.h"
 
@@ -41,9 +42,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (text0 != NULL) {
 		memcpy(text0, data, size);
 		text0[size] = '\0';
-		char to[64];
-		if (tlsrpt_record_parse(text0, to, sizeof to) == 1 &&
-		    (strchr(to, '@') == NULL || strlen(to) >= sizeof to))
+		struct tlsrpt_rua rua;
+		int found = tlsrpt_record_parse(text0, &rua);
+		if (found == 1 && rua.mailto[0] == '\0' &&
+		    rua.https_host[0] == '\0')
+			abort();
+		if (rua.mailto[0] != '\0' && strchr(rua.mailto, '@') == NULL)
+			abort();
+		if (rua.https_host[0] != '\0' &&
+		    (rua.https_port == 0 || rua.https_path[0] != '/' ||
+		     !hostname_valid(rua.https_host, strlen(rua.https_host)) ||
+		     strchr(rua.https_path, '#') != NULL))
 			abort();
 		free(text0);
 	}

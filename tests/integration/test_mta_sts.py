@@ -9,7 +9,9 @@ Every domain of the zone plays one case; a test uses its own sender, so
 that nothing is cached from another test.
 """
 
+import gzip
 import http.server
+import json
 import socket
 import ssl
 import subprocess
@@ -151,7 +153,7 @@ class StsDnsmasq(rh.Dnsmasq):
         return a
 
 
-def sts_zone(workdir, mute_port, ids=None, port=None):
+def sts_zone(workdir, mute_port, ids=None, port=None, rua=None):
     ids = dict(ids or {})
     mx, hosts, txt = [], [], {}
     for dom, host in DOMAINS.items():
@@ -166,7 +168,8 @@ def sts_zone(workdir, mute_port, ids=None, port=None):
     # publishes none
     for dom in ("good.test", "testing.test", "badca.test", "wrongname.test"):
         # (dnsmasq cuts a record into strings at each comma: one URI)
-        txt["_smtp._tls." + dom] = "v=TLSRPTv1; rua=mailto:reports@%s" % rh.SENDER_DOMAIN
+        txt["_smtp._tls." + dom] = "v=TLSRPTv1; rua=%s" % (
+            (rua or {}).get(dom) or "mailto:reports@%s" % rh.SENDER_DOMAIN)
     forward = [("_mta-sts." + dom, "127.0.0.1#%d" % mute_port) for dom in TXT_FAILS]
     return StsDnsmasq(workdir, txt, forward=forward, mx=mx, hosts=hosts, port=port)
 
@@ -183,6 +186,7 @@ class PolicyServer:
     def __init__(self, cert, key, ip=HTTPS_IP):
         self.answers = default_answers()
         self.fetches = {}
+        self.posts = []  # (path, headers, body) of each POST
         self.before_answer = None
         self.lock = threading.Lock()
         outer = self
@@ -225,6 +229,14 @@ class PolicyServer:
                     self.wfile.write(value)
                 except OSError:
                     pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with outer.lock:
+                    outer.posts.append((self.path, dict(self.headers), body))
+                self.send_response(500 if self.path == "/fail" else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
         class Server(http.server.ThreadingHTTPServer):
             daemon_threads = True
@@ -277,11 +289,11 @@ class StsEnv:
         cfg.update(config)
         return self.relay.sender(config=cfg, dns=self.dns, start=start)
 
-    def restart_dns(self, ids):
+    def restart_dns(self, ids, rua=None):
         port = self.dns.port
         self.dns.stop()
         self.dns = sts_zone(self.tmp / "dns", self.mute.getsockname()[1], ids=ids,
-                            port=port).start()
+                            port=port, rua=rua).start()
 
     def metric(self, result):
         m = th.metrics(self.metrics_port)
@@ -570,6 +582,41 @@ def test_tls_report_counts_sessions_and_is_mailed(sts):
     # nomatch.test publishes no TLSRPT record: logged, not mailed
     d.wait_event("tlsrpt_error", domain="nomatch.test")
     assert len(d.events("tlsrpt_sent")) == 2
+
+
+def test_tls_report_is_posted_to_an_https_rua(sts):
+    """An https: rua gets the report POSTed, gzip'd, over verified TLS
+    (RFC 8460 §5.4); an answer other than 2xx is logged, not retried."""
+    d = sts.sender(tlsrpt_from="tlsrpt@" + rh.SENDER_DOMAIN)
+    sts.restart_dns({}, rua={"good.test": "https://mta-sts.good.test/v1/tlsrpt",
+                             "testing.test": "https://mta-sts.good.test/fail"})
+    good, _ = rh.inject(d, ["a@good.test"])
+    testing, _ = rh.inject(d, ["c@testing.test"])
+    h.wait_for(lambda: d.events("delivered", queue_id=good)
+               and d.events("delivered", queue_id=testing), rh.RELAY_TIMEOUT,
+               what="the deliveries")
+    r = th.facteurctl(d, "tlsrpt", "send")
+    assert r.returncode == 0, r.stderr
+    [sent] = d.wait_event("tlsrpt_sent", domain="good.test", timeout=rh.RELAY_TIMEOUT)
+    assert sent["to"] == "https://mta-sts.good.test/v1/tlsrpt", sent
+    assert sent["status"] == "200", sent
+    [err] = d.wait_event("tlsrpt_error", domain="testing.test", timeout=rh.RELAY_TIMEOUT)
+    assert err["to"] == "https://mta-sts.good.test/fail" and err["reason"] == "HTTP 500", err
+    with sts.https.lock:
+        posts = {path: (headers, body) for path, headers, body in sts.https.posts}
+    assert set(posts) == {"/v1/tlsrpt", "/fail"}, posts.keys()
+    headers, body = posts["/v1/tlsrpt"]
+    assert headers["Content-Type"] == "application/tlsrpt+gzip", headers
+    assert headers["Host"] == "mta-sts.good.test", headers
+    rep = json.loads(gzip.decompress(body))
+    [p] = rep["policies"]
+    assert p["policy"]["policy-domain"] == "good.test", rep
+    assert p["summary"]["total-successful-session-count"] == 1, rep
+    assert rep["contact-info"] == "tlsrpt@sender.test"
+    # nothing mailed, nothing retried
+    time.sleep(2)
+    assert len(sts.https.posts) == 2
+    assert not d.events("tlsrpt_sent", domain="testing.test")
 
 
 def test_tls_report_names_the_certificate_trouble(sts):

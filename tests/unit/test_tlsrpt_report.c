@@ -18,35 +18,81 @@
 #include "facteur/auth.h"
 #include "facteur/tlsrpt_report.h"
 
+static int rua_of(const char *text, struct tlsrpt_rua *rua)
+{
+	return tlsrpt_record_parse(text, rua);
+}
+
 static void test_tlsrpt_record_takes_the_first_mailto(void **state)
 {
 	(void)state;
-	char to[64];
+	struct tlsrpt_rua r;
+	assert_int_equal(rua_of("v=TLSRPTv1;rua=mailto:a@b.test;", &r), 1);
+	assert_string_equal(r.mailto, "a@b.test");
+	assert_string_equal(r.https_host, "");
 	assert_int_equal(
-	    tlsrpt_record_parse("v=TLSRPTv1; rua=https://r.example/x,"
-				"mailto:tls@Reports.example.test",
-				to, sizeof to),
+	    rua_of("v=TLSRPTv1; rua=mailto:tls@Reports.example.test,"
+		   "mailto:second@example.test",
+		   &r),
 	    1);
-	assert_string_equal(to, "tls@Reports.example.test");
-	assert_int_equal(tlsrpt_record_parse("v=TLSRPTv1;rua=mailto:a@b.test;",
-					     to, sizeof to),
+	assert_string_equal(r.mailto, "tls@Reports.example.test");
+	assert_int_equal(rua_of("v=spf1 -all", &r), 0);
+	assert_int_equal(rua_of("v=TLSRPTv10; rua=mailto:a@b.test", &r), 0);
+	assert_int_equal(rua_of("v=TLSRPTv1;", &r), -1);
+	assert_int_equal(rua_of("v=TLSRPTv1; rua=mailto:nobody", &r), -1);
+	assert_int_equal(rua_of("v=TLSRPTv1; rua=mailto:a@bad..d", &r), -1);
+	/* a malformed one is passed over for the next */
+	assert_int_equal(
+	    rua_of("v=TLSRPTv1; rua=mailto:nobody,mailto:c@d.test", &r), 1);
+	assert_string_equal(r.mailto, "c@d.test");
+}
+
+static void test_tlsrpt_record_takes_the_first_https(void **state)
+{
+	(void)state;
+	struct tlsrpt_rua r;
+	assert_int_equal(rua_of("v=TLSRPTv1; rua=https://r.example/x,"
+				"mailto:tls@reports.example.test",
+				&r),
 			 1);
-	assert_string_equal(to, "a@b.test");
-	assert_int_equal(tlsrpt_record_parse("v=spf1 -all", to, sizeof to), 0);
-	assert_int_equal(tlsrpt_record_parse("v=TLSRPTv10; rua=mailto:a@b.test",
-					     to, sizeof to),
-			 0);
+	assert_string_equal(r.https_host, "r.example");
+	assert_int_equal(r.https_port, 443);
+	assert_string_equal(r.https_path, "/x");
+	assert_string_equal(r.mailto, "tls@reports.example.test");
+	assert_int_equal(rua_of("v=TLSRPTv1; rua=HTTPS://R.example", &r), 1);
+	assert_string_equal(r.https_host, "R.example");
+	assert_string_equal(r.https_path, "/");
 	assert_int_equal(
-	    tlsrpt_record_parse("v=TLSRPTv1; rua=https://r.example/", to,
-				sizeof to),
-	    -1);
-	assert_int_equal(tlsrpt_record_parse("v=TLSRPTv1;", to, sizeof to), -1);
-	assert_int_equal(
-	    tlsrpt_record_parse("v=TLSRPTv1; rua=mailto:nobody", to, sizeof to),
-	    -1);
-	assert_int_equal(tlsrpt_record_parse("v=TLSRPTv1; rua=mailto:a@bad..d",
-					     to, sizeof to),
-			 -1);
+	    rua_of("v=TLSRPTv1; rua=https://r.example:8443/v1/tlsrpt?k=1", &r),
+	    1);
+	assert_int_equal(r.https_port, 8443);
+	assert_string_equal(r.https_path, "/v1/tlsrpt?k=1");
+	assert_string_equal(r.mailto, "");
+	/* passed over: user information, an address, bad ports, a
+	 * fragment, another scheme, no host */
+	static const char *const bad[] = {
+	    "v=TLSRPTv1; rua=https://u@r.example/",
+	    "v=TLSRPTv1; rua=https://192.0.2.1/",
+	    "v=TLSRPTv1; rua=https://[2001:db8::1]/",
+	    "v=TLSRPTv1; rua=https://r.example:0/",
+	    "v=TLSRPTv1; rua=https://r.example:65536/",
+	    "v=TLSRPTv1; rua=https://r.example:/",
+	    "v=TLSRPTv1; rua=https://r.example:44a/",
+	    "v=TLSRPTv1; rua=https://r.example/a#b",
+	    "v=TLSRPTv1; rua=http://r.example/",
+	    "v=TLSRPTv1; rua=https:///x",
+	    "v=TLSRPTv1; rua=https://bad..host/",
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		assert_int_equal(rua_of(bad[i], &r), -1);
+		assert_string_equal(r.https_host, "");
+	}
+	/* the first usable https: */
+	assert_int_equal(rua_of("v=TLSRPTv1; rua=https://u@a.example/,"
+				"https://b.example/r,https://c.example/",
+				&r),
+			 1);
+	assert_string_equal(r.https_host, "b.example");
 }
 
 static char *report_of(const struct tlsrpt_policy_counts *pcs, size_t n)
@@ -354,6 +400,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_tlsrpt_record_takes_the_first_mailto),
+	    cmocka_unit_test(test_tlsrpt_record_takes_the_first_https),
 	    cmocka_unit_test(test_tlsrpt_json_report_fields),
 	    cmocka_unit_test(test_tlsrpt_json_tlsa_policy_beside_sts),
 	    cmocka_unit_test(test_tlsrpt_each_result_type_in_the_report),

@@ -537,6 +537,14 @@ static bool relay_body_open(struct relay_job *job, struct spool_body *body)
 	return false;
 }
 
+/* A connection the client gave up for the next address is a TLS session
+ * of its own for the reports (RFC 8460 counts sessions, not messages). */
+static void on_connection_given_up(const struct smtp_client_result *session,
+				   void *arg)
+{
+	relay_tls_count(arg, session);
+}
+
 /* Every target resolved: connect to what they gave, or report why
  * none gave anything (the last target's reason). */
 void relay_connect(struct relay_job *job)
@@ -578,6 +586,7 @@ void relay_connect(struct relay_job *job)
 	    .max_transactions = job->max_msgs + 1,
 	    .source = job->has_source ? &job->source : NULL,
 	    .lmtp = job->lmtp,
+	    .connection_given_up = on_connection_given_up,
 	};
 	job->client =
 	    smtp_client_start(relay->srv->base, &req, on_client_done, job);

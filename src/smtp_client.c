@@ -222,6 +222,30 @@ static bool can_keep(const struct smtp_client *c, bool quit)
 	       c->rcpt_sent == c->rcpt_replied;
 }
 
+void smtp_client_describe_connection(const struct smtp_client *c,
+				     struct smtp_client_result *r)
+{
+	snprintf(r->relay, sizeof r->relay, "%s", c->relay);
+	r->tls = c->tls;
+	r->tls_version = c->tls ? c->tls_version : "none";
+	r->verified = c->tls && c->verified;
+	r->dane = c->next_addr > 0 &&
+		  smtp_client_current_address(c)->dane == DANE_VERIFY;
+	if (c->next_addr > 0) {
+		const struct client_address *a = smtp_client_current_address(c);
+		r->host = a->host;
+		if (a->dane == DANE_VERIFY) {
+			r->tlsa = a->tlsa;
+			r->tlsa_count = a->tlsa_count;
+		}
+	}
+	snprintf(r->peer_ip, sizeof r->peer_ip, "%s", c->peer_ip);
+	snprintf(r->local_ip, sizeof r->local_ip, "%s", c->local_ip);
+	r->tls_step = c->tls_step;
+	r->tls_handshake = c->tls_handshake;
+	r->verify_result = c->verify_result;
+}
+
 /*
  * Every outcome is known: report, then say QUIT when the conversation is
  * at a command boundary (best effort, QUIT_WAIT seconds), else close;
@@ -255,26 +279,9 @@ void smtp_client_finish(struct smtp_client *c, bool quit)
 	memset(&result, 0, sizeof result);
 	result.rcpts = c->results;
 	result.rcpt_count = c->rcpt_count;
-	snprintf(result.relay, sizeof result.relay, "%s", c->relay);
-	result.tls = c->tls;
-	result.tls_version = c->tls ? c->tls_version : "none";
-	result.verified = c->tls && c->verified;
-	result.dane = c->next_addr > 0 &&
-		      smtp_client_current_address(c)->dane == DANE_VERIFY;
+	smtp_client_describe_connection(c, &result);
+	c->connection_reported = true;
 	result.reused = c->reused;
-	if (c->next_addr > 0) {
-		const struct client_address *a = smtp_client_current_address(c);
-		result.host = a->host;
-		if (a->dane == DANE_VERIFY) {
-			result.tlsa = a->tlsa;
-			result.tlsa_count = a->tlsa_count;
-		}
-	}
-	snprintf(result.peer_ip, sizeof result.peer_ip, "%s", c->peer_ip);
-	snprintf(result.local_ip, sizeof result.local_ip, "%s", c->local_ip);
-	result.tls_step = c->tls_step;
-	result.tls_handshake = c->tls_handshake;
-	result.verify_result = c->verify_result;
 	result.reusable = keep;
 	c->transactions++;
 	if (c->reused && !c->lmtp) /* the relay's connections only */

@@ -571,6 +571,15 @@ void smtp_client_connect_next(struct smtp_client *c)
 {
 	struct timeval tv = {.tv_sec = c->timeout, .tv_usec = 0};
 
+	/* the connection given up, for the TLS reports */
+	if (c->next_addr > 0 && c->tls_step && !c->connection_reported &&
+	    c->connection_given_up) {
+		struct smtp_client_result session;
+		memset(&session, 0, sizeof session);
+		smtp_client_describe_connection(c, &session);
+		c->connection_given_up(&session, c->arg);
+	}
+
 	while (c->next_addr < c->addr_count) {
 		const struct client_address *a = &c->addrs[c->next_addr++];
 
@@ -579,6 +588,7 @@ void smtp_client_connect_next(struct smtp_client *c)
 		c->verified = false;
 		c->tls_step = false;
 		c->tls_handshake = false;
+		c->connection_reported = false;
 		c->verify_result = X509_V_OK;
 		c->local_ip[0] = '\0';
 		address_text(&a->addr, c->peer_ip, sizeof c->peer_ip);
@@ -819,6 +829,7 @@ struct smtp_client *smtp_client_start(struct event_base *base,
 	c->tls_policy = req->tls;
 	c->implicit_tls = req->implicit_tls;
 	c->lmtp = req->lmtp;
+	c->connection_given_up = req->connection_given_up;
 	snprintf(c->last_dsn, sizeof c->last_dsn, "%s",
 		 status_code_str(STATUS_NO_ANSWER));
 	snprintf(c->last_reason, sizeof c->last_reason,

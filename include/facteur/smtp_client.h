@@ -30,6 +30,7 @@
 
 struct event_base;
 struct smtp_client;
+struct smtp_client_result;
 
 /* One address to try, with the host name it belongs to (the MX name, or
  * the host of a "[host]" route) for logs, SNI and verification; in LMTP
@@ -75,6 +76,14 @@ struct smtp_client_request {
 	const struct sockaddr_storage *source;
 	/* LMTP (RFC 2033): LHLO, and a reply per recipient after the data */
 	bool lmtp;
+	/* each connection that got as far as TLS was due (tls_step) and is
+	 * given up for the next address, for the TLS reports: called with a
+	 * result that describes that connection alone (no recipients; the
+	 * same fields as the final result's last connection), and the
+	 * callback's arg; NULL: not told. The final result still describes
+	 * the last connection. */
+	void (*connection_given_up)(const struct smtp_client_result *session,
+				    void *arg);
 };
 
 #define SMTP_CLIENT_IP_MAX 46 /* INET6_ADDRSTRLEN */

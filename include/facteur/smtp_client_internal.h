@@ -100,6 +100,11 @@ struct smtp_client {
 	enum client_state state;
 	smtp_client_cb cb;
 	void *arg;
+	void (*connection_given_up)(const struct smtp_client_result *session,
+				    void *arg);
+	/* the current connection is described in a result already (a
+	 * transaction ended on it): not reported again when given up */
+	bool connection_reported;
 
 	/* the request, copied: the scheduler may change its envelope
 	 * while we run */
@@ -211,5 +216,11 @@ void smtp_client_connect_next(struct smtp_client *c);
 void smtp_client_start_tls(struct smtp_client *c);
 void smtp_client_dane_outcome(const struct smtp_client *c, bool success,
 			      const char *reason);
+
+/* smtp_client.c: the fields of `r` that describe the connection now
+ * ending (relay, TLS, verification, DANE, addresses), for the final
+ * result and for connection_given_up. */
+void smtp_client_describe_connection(const struct smtp_client *c,
+				     struct smtp_client_result *r);
 
 #endif

@@ -125,6 +125,8 @@ class Unbound:
                 label = domain[:-len(".dane.test")]
                 host = mx[:-len(".dane.test")]
                 lines += ["%s IN MX 10 %s." % (label, mx), "%s IN A %s" % (host, SINK)]
+        # two.dane.test: the mismatching host first, then the matching one
+        lines += ["two IN MX 5 mx-bad.dane.test.", "two IN MX 10 mx-ee.dane.test."]
         lines += [
             "%s.mx-ee IN TLSA 3 1 1 %s" % (tlsa, ee),
             "%s.mx-bad IN TLSA 3 1 1 %s" % (tlsa, other),
@@ -133,7 +135,7 @@ class Unbound:
             "%s.mx-bogus IN TLSA 3 1 1 %s" % (tlsa, ee),
         ]
         # TLS reports (RFC 8460) of these go to the sender's own domain
-        for label in ("ee", "bad", "bogus"):
+        for label in ("ee", "bad", "bogus", "two"):
             lines.append('_smtp._tls.%s IN TXT "v=TLSRPTv1; rua=mailto:reports@%s"'
                          % (label, rh.SENDER_DOMAIN))
         zone = self.dir / "dane.test.zone"
@@ -231,7 +233,7 @@ def world(make_daemon, tmp_path, dane_world):
 
 
 def receiver(world):
-    return world.receiver(SINK, ", ".join(DOMAINS),
+    return world.receiver(SINK, ", ".join(list(DOMAINS) + ["two.dane.test"]),
                           config={"tls_cert": str(world.chain), "tls_key": str(world.key)})
 
 
@@ -422,3 +424,26 @@ def test_dane_sessions_are_reported_under_tlsa_policies(world):
     assert g["summary"]["total-failure-session-count"] >= 1, g
     assert [f["result-type"] for f in g["failure-details"]] == ["dnssec-invalid"], g
     assert g["failure-details"][0]["receiving-mx-hostname"] == "mx-bogus.dane.test", g
+
+
+def test_each_connection_of_an_attempt_is_reported(world):
+    """A host given up for the next is a session of its own in the TLS
+    report: two.dane.test's first MX host mismatches its TLSA records
+    (tlsa-invalid under that host's policy), its second delivers
+    (success under its own), both within the one attempt."""
+    rcv = receiver(world)
+    sender = dane_sender(world, tlsrpt_from="tlsrpt@" + rh.SENDER_DOMAIN)
+    qid, tok = rh.inject(sender, ["user@two.dane.test"])
+    assert rh.tokens_in(rcv.wait_messages("user@two.dane.test", 1, T)) == [tok]
+    r = th.facteurctl(sender, "tlsrpt", "send")
+    assert r.returncode == 0, r.stderr
+    [raw] = sender.wait_messages("reports@" + rh.SENDER_DOMAIN, 1, T)
+    _, rep = th.tlsrpt_report_of(raw)
+    policies = {p["policy"]["mx-host"][0]: p for p in rep["policies"]}
+    assert set(policies) == {"mx-bad.dane.test", "mx-ee.dane.test"}, rep
+    bad, ee = policies["mx-bad.dane.test"], policies["mx-ee.dane.test"]
+    assert bad["summary"] == {"total-successful-session-count": 0,
+                              "total-failure-session-count": 1}, bad
+    assert [f["result-type"] for f in bad["failure-details"]] == ["tlsa-invalid"], bad
+    assert ee["summary"] == {"total-successful-session-count": 1,
+                             "total-failure-session-count": 0}, ee

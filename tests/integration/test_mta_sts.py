@@ -51,6 +51,8 @@ DOMAINS = {
     "webpki.test": "mx.webpki.test",
     "slowfetch.test": "mx.slowfetch.test",
     "txtfail.test": "mx.txtfail.test",
+    # and mx.badca.test before it (see sts_zone)
+    "twomx.test": "mx.twomx.test",
 }
 # the _mta-sts TXT question of these goes to a server that never answers
 TXT_FAILS = {"txtfail.test"}
@@ -85,6 +87,7 @@ def default_answers():
         "notype.test": ("policy-html", policy("enforce", "no.match.test")),
         "webpki.test": ("policy", policy("enforce", "no.match.test")),
         "slowfetch.test": ("delay", policy("enforce", "mx.slowfetch.test")),
+        "twomx.test": ("policy", policy("enforce", "mx.badca.test", "mx.twomx.test")),
     }
 
 
@@ -156,6 +159,8 @@ class StsDnsmasq(rh.Dnsmasq):
 def sts_zone(workdir, mute_port, ids=None, port=None, rua=None):
     ids = dict(ids or {})
     mx, hosts, txt = [], [], {}
+    # twomx.test's first MX host has another CA's certificate
+    mx.append(("twomx.test", "mx.badca.test", 5))
     for dom, host in DOMAINS.items():
         mx.append((dom, host, 10))
         hosts.append((host, MX_IP[dom]))
@@ -166,7 +171,8 @@ def sts_zone(workdir, mute_port, ids=None, port=None, rua=None):
             txt["_mta-sts." + dom] = "v=STSv1; id=%s;" % ids.get(dom, "1")
     # TLS reports for these go to the sender's own domain; nomatch.test
     # publishes none
-    for dom in ("good.test", "testing.test", "badca.test", "wrongname.test"):
+    for dom in ("good.test", "testing.test", "badca.test", "wrongname.test",
+                "twomx.test"):
         # (dnsmasq cuts a record into strings at each comma: one URI)
         txt["_smtp._tls." + dom] = "v=TLSRPTv1; rua=%s" % (
             (rua or {}).get(dom) or "mailto:reports@%s" % rh.SENDER_DOMAIN)
@@ -617,6 +623,30 @@ def test_tls_report_is_posted_to_an_https_rua(sts):
     time.sleep(2)
     assert len(sts.https.posts) == 2
     assert not d.events("tlsrpt_sent", domain="testing.test")
+
+
+def test_tls_report_counts_each_connection_of_an_attempt(sts):
+    """A connection given up for the next MX host is a session of its own
+    in the report (RFC 8460 counts sessions): the first MX host's
+    untrusted certificate is a failure, the second host's delivery a
+    success, both of the one attempt."""
+    d = sts.sender(tlsrpt_from="tlsrpt@" + rh.SENDER_DOMAIN)
+    qid, _ = rh.inject(d, ["a@twomx.test"])
+    e = outcome(d, "a@twomx.test", "delivered")
+    assert e["relay"].startswith("mx.twomx.test["), e
+    r = th.facteurctl(d, "tlsrpt", "send")
+    assert r.returncode == 0, r.stderr
+    [raw] = d.wait_messages("reports@" + rh.SENDER_DOMAIN, 1, rh.RELAY_TIMEOUT)
+    _, rep = th.tlsrpt_report_of(raw)
+    [p] = rep["policies"]
+    assert p["policy"]["policy-domain"] == "twomx.test", rep
+    assert p["summary"] == {"total-successful-session-count": 1,
+                            "total-failure-session-count": 1}, p
+    [f] = p["failure-details"]
+    assert f["result-type"] == "certificate-not-trusted", f
+    assert f["receiving-mx-hostname"] == "mx.badca.test", f
+    assert f["receiving-ip"] == OTHER_CA_MX_IP, f
+    assert f["failed-session-count"] == 1, f
 
 
 def test_tls_report_names_the_certificate_trouble(sts):

@@ -67,6 +67,11 @@ struct scheduler {
 	unsigned records;    /* spool records and DSN commits in flight */
 	struct relay *relay;
 	struct event *compact_timer;
+	/* a compaction pass under way: its walk, its next slice, and how
+	 * many messages it moved */
+	struct scheduler_cursor *compacting;
+	struct event *compact_slice;
+	size_t compact_moved;
 	struct due_heap due;	  /* messages with a deferred recipient */
 	struct due_heap arrivals; /* every message, by arrival */
 	/* facteur_queue_messages{state}, kept as messages change */
@@ -983,26 +988,58 @@ static void queue_states(void *arg, uint64_t *counts)
 }
 
 /* How often the spool is asked whether its oldest segment needs its live
- * messages moved, and how many may move in one go. */
+ * messages moved, and how many one pass may move. */
 #define COMPACT_INTERVAL 10
 #define COMPACT_BATCH 20000
 
+static void compact_end(struct scheduler *sched)
+{
+	scheduler_cursor_free(sched->compacting);
+	sched->compacting = NULL;
+}
+
 /* Offer the spool the messages it may move: only idle ones, whose state
- * in memory is exactly what their records say. */
+ * in memory is exactly what their records say; oldest first, as the
+ * oldest segment holds the oldest messages; a slice a loop turn. */
+static void on_compact_slice(evutil_socket_t fd, short what, void *arg)
+{
+	static const struct timeval zero = {0, 0};
+	struct scheduler *sched = arg;
+	struct spool *spool = sched->srv->spool;
+	long long start = monotonic_usec();
+	size_t visited = 0;
+	(void)fd;
+	(void)what;
+	while (!sched->stopping && sched->compact_moved < COMPACT_BATCH &&
+	       spool_wants_compaction(spool) &&
+	       scheduler_cursor_next(sched->compacting) != NULL) {
+		struct queued *q = sched->compacting->last;
+		if (q->in_flight == 0 && spool_compact(spool, q->env) == 1)
+			sched->compact_moved++;
+		if (slice_spent(start, ++visited)) {
+			if (evtimer_add(sched->compact_slice, &zero) == -1)
+				fatal("scheduler: cannot add a timer");
+			return;
+		}
+	}
+	compact_end(sched);
+}
+
+/* Every COMPACT_INTERVAL seconds: a pass, when the spool wants one and
+ * none is under way. */
 static void on_compact(evutil_socket_t fd, short what, void *arg)
 {
 	struct scheduler *sched = arg;
-	struct spool *spool = sched->srv->spool;
-	size_t moved = 0;
 	(void)fd;
 	(void)what;
-	for (struct queued *q = sched->messages;
-	     q != NULL && moved < COMPACT_BATCH && !sched->stopping &&
-	     spool_wants_compaction(spool);
-	     q = q->next)
-		if (q->in_flight == 0 && !q->deleted &&
-		    spool_compact(spool, q->env) == 1)
-			moved++;
+	if (sched->compacting != NULL || sched->stopping ||
+	    !spool_wants_compaction(sched->srv->spool))
+		return;
+	sched->compacting = scheduler_cursor_new(sched);
+	if (sched->compacting == NULL)
+		return; /* out of memory: the next tick tries again */
+	sched->compact_moved = 0;
+	on_compact_slice(-1, 0, sched);
 }
 
 /* The suspensions of the last run. A file that cannot be read is
@@ -1035,12 +1072,16 @@ struct scheduler *scheduler_new(struct server *srv)
 	sched->compact_timer =
 	    event_new(srv->base, -1, EV_PERSIST, on_compact, sched);
 	sched->due_timer = evtimer_new(srv->base, on_due_timer, sched);
+	sched->compact_slice = evtimer_new(srv->base, on_compact_slice, sched);
 	if (sched->compact_timer == NULL || sched->due_timer == NULL ||
+	    sched->compact_slice == NULL ||
 	    event_add(sched->compact_timer, &every) == -1) {
 		if (sched->compact_timer != NULL)
 			event_free(sched->compact_timer);
 		if (sched->due_timer != NULL)
 			event_free(sched->due_timer);
+		if (sched->compact_slice != NULL)
+			event_free(sched->compact_slice);
 		free(sched);
 		return NULL;
 	}
@@ -1053,6 +1094,7 @@ struct scheduler *scheduler_new(struct server *srv)
 		domain_suspend_free(sched->suspended);
 		event_free(sched->compact_timer);
 		event_free(sched->due_timer);
+		event_free(sched->compact_slice);
 		free(sched);
 		return NULL;
 	}
@@ -1070,6 +1112,8 @@ void scheduler_free(struct scheduler *sched)
 	metrics_set_queue_state_source(NULL, NULL);
 	while (sched->sweeps != NULL)
 		sweep_free(sched->sweeps);
+	compact_end(sched);
+	event_free(sched->compact_slice);
 	event_free(sched->compact_timer);
 	event_free(sched->due_timer);
 	relay_free(sched->relay);

@@ -17,11 +17,12 @@
  * time; remote ones go to relay.c, which groups them by destination, and
  * so do local ones when local_transport names an LMTP server.
  *
- * The operator's hand: a held message (SPOOL_FLAG_HELD, recorded like
- * any flag) is not run at all, so neither tried nor expired; a recipient
- * whose domain is suspended (domain_suspend.h) is skipped the same way,
- * its message due again at the suspension's end when it has one.
- * Control listings walk the list with cursors, which queued_free moves
+ * The operator's hand (scheduler_control.c): a held message
+ * (SPOOL_FLAG_HELD, recorded like any flag) is not run at all, so neither
+ * tried nor expired; a recipient whose domain is suspended
+ * (domain_suspend.h) is skipped the same way, its message due again at
+ * the suspension's end when it has one. Control listings, sweeps and the
+ * compaction pass walk the list with cursors, which queued_free moves
  * past the message it frees.
  */
 #include <errno.h>
@@ -47,64 +48,13 @@
 #include "facteur/queued.h"
 #include "facteur/relay.h"
 #include "facteur/scheduler.h"
+#include "facteur/scheduler_internal.h"
 #include "facteur/server.h"
 #include "facteur/spool.h"
 #include "facteur/spool_strings.h"
 #include "facteur/status_code.h"
 
 #define MAX_LOCAL_DELIVERIES 64
-
-struct scheduler {
-	struct server *srv;
-	struct queued *messages; /* newest first */
-	struct queued *oldest;	 /* the list's tail */
-	size_t count;
-	struct scheduler_cursor *cursors; /* listings under way */
-	struct sweep *sweeps;		  /* flushes and resumes under way */
-	struct domain_suspend *suspended;
-	struct queued *ready_head, **ready_tail;
-	unsigned deliveries; /* local deliveries in flight */
-	unsigned records;    /* spool records and DSN commits in flight */
-	struct relay *relay;
-	struct event *compact_timer;
-	/* a compaction pass under way: its walk, its next slice, and how
-	 * many messages it moved */
-	struct scheduler_cursor *compacting;
-	struct event *compact_slice;
-	size_t compact_moved;
-	struct due_heap due;	  /* messages with a deferred recipient */
-	struct due_heap arrivals; /* every message, by arrival */
-	/* facteur_queue_messages{state}, kept as messages change */
-	uint64_t state_counts[METRICS_QUEUE_STATE_COUNT];
-	struct spool_strings *strings; /* the spool's: shared texts */
-	struct event *due_timer;       /* armed for the heap's first */
-	bool stopping;
-};
-
-/* A listing's place in the list: the next message it visits. */
-struct scheduler_cursor {
-	struct scheduler *sched;
-	struct queued *at;   /* the next to visit */
-	struct queued *last; /* the one last visited, while it lives */
-	struct scheduler_cursor *prev, *next;
-};
-
-/* A run over the whole queue that the operator asked for (a flush, or
- * the messages of a domain resumed): a slice of it a loop turn, so that
- * a million queued messages never hold the sessions up. */
-struct sweep {
-	struct scheduler *sched;
-	struct scheduler_cursor *cursor;
-	char *domain; /* NULL: every message, its deferred recipients due */
-	time_t since; /* a flush's deferred recipients are due from then */
-	struct event *slice;
-	struct sweep *prev, *next;
-};
-
-/* At most this much of the loop's time a turn for a sweep or for the
- * messages that fall due together, checked every few messages. */
-#define SLICE_USEC 1000
-#define SLICE_CHECK_EVERY 16
 
 /* One local recipient's delivery. */
 struct local_job {
@@ -116,8 +66,7 @@ struct local_job {
 
 struct run;
 
-static void queued_run(struct queued *q);
-static void sweep_free(struct sweep *sw);
+void queued_run(struct queued *q);
 static void run_release(struct run *run);
 static void queued_add(struct scheduler *sched, struct spool_envelope *env,
 		       enum scheduler_origin origin);
@@ -171,7 +120,12 @@ static void ready_drain(struct scheduler *sched)
 	}
 }
 
-static long long monotonic_usec(void)
+/* At most this much of the loop's time a turn for a sweep or for the
+ * messages that fall due together, checked every few messages. */
+#define SLICE_USEC 1000
+#define SLICE_CHECK_EVERY 16
+
+long long scheduler_monotonic_usec(void)
 {
 	struct timespec ts;
 	if (clock_gettime(CLOCK_MONOTONIC, &ts) == -1)
@@ -181,11 +135,11 @@ static long long monotonic_usec(void)
 
 /* Has a slice that started at `start` and did `done` things spent its
  * time? Checked every SLICE_CHECK_EVERY things only. */
-static bool slice_spent(long long start, size_t done)
+bool scheduler_slice_spent(long long start, size_t done)
 {
 	if (done % SLICE_CHECK_EVERY != 0)
 		return false;
-	long long now = monotonic_usec();
+	long long now = scheduler_monotonic_usec();
 	return now == 0 || now - start >= SLICE_USEC;
 }
 
@@ -211,7 +165,7 @@ static enum metrics_queue_state gauge_state(const struct queued *q)
 /* q is counted again after its recipients' states or its flags changed
  * (or first, as it joins the queue), so that a scrape reads the counts
  * instead of walking the queue. */
-static void queued_count(struct queued *q)
+void queued_count(struct queued *q)
 {
 	struct scheduler *sched = q->sched;
 	enum metrics_queue_state state = gauge_state(q);
@@ -261,7 +215,7 @@ static void queued_free(struct queued *q)
 
 /* Forget a message once all its recipients are done and recorded (or
  * it was deleted) and nothing of it is in flight. */
-static bool queued_finish_if_done(struct queued *q)
+bool queued_finish_if_done(struct queued *q)
 {
 	if (q->in_flight > 0 || (!q->deleted && !spool_envelope_done(q->env)))
 		return false;
@@ -395,7 +349,7 @@ void queued_enter_phase(struct queued *q, size_t index, enum rcpt_phase phase)
 	q->rcpt[index].phase = phase;
 }
 
-static void set_outcome(const struct config *cfg, struct queued *q,
+void queued_set_outcome(const struct config *cfg, struct queued *q,
 			struct spool_rcpt *r, enum rcpt_state state,
 			const char *dsn, const char *reason)
 {
@@ -439,7 +393,7 @@ static void count_transport(enum metrics_transport transport,
 	metrics.transport_deliveries[transport][result]++;
 }
 
-static void count_outcome(const struct queued *q, enum rcpt_state state)
+void queued_count_outcome(const struct queued *q, enum rcpt_state state)
 {
 	if (state == RCPT_DELIVERED) {
 		metrics.deliveries_delivered++;
@@ -490,7 +444,7 @@ static void log_outcome_as(const char *event, const struct queued *q,
 	log_outcome_tls(event, q, r, dsn, where, place, NULL, NULL);
 }
 
-static void log_outcome(const char *event, const struct queued *q,
+void queued_log_outcome(const char *event, const struct queued *q,
 			const struct spool_rcpt *r, const char *where,
 			const char *place)
 {
@@ -595,9 +549,9 @@ static void on_delivered(enum deliver_result result, const char *dsn,
 				: result == DELIVER_PERMFAIL ? RCPT_BOUNCED
 							     : RCPT_DEFERRED;
 	sched->deliveries--;
-	set_outcome(sched->srv->cfg, q, r, state, dsn,
-		    state == RCPT_DELIVERED ? NULL : reason);
-	count_outcome(q, state);
+	queued_set_outcome(sched->srv->cfg, q, r, state, dsn,
+			   state == RCPT_DELIVERED ? NULL : reason);
+	queued_count_outcome(q, state);
 	count_transport(METRICS_TRANSPORT_LOCAL, state);
 	size_t index = job->index;
 	struct run *run = job->run;
@@ -606,7 +560,7 @@ static void on_delivered(enum deliver_result result, const char *dsn,
 	 * a second delivery after a kill -9. */
 	size_t settled = run_settle(run, &index, 1);
 	spool_write_ahead(sched->srv->spool);
-	log_outcome(outcome_event(state), q, r, "mailbox", job->mailbox);
+	queued_log_outcome(outcome_event(state), q, r, "mailbox", job->mailbox);
 	free(job->mailbox);
 	free(job);
 	queued_release(q, settled);
@@ -622,7 +576,7 @@ static void settle_then_log(struct run *run, size_t index, const char *event,
 	struct queued *q = run->q;
 	run_settle(run, &index, 1);
 	spool_write_ahead(q->sched->srv->spool);
-	log_outcome(event, q, &q->env->rcpts[index], where, place);
+	queued_log_outcome(event, q, &q->env->rcpts[index], where, place);
 }
 
 static void start_local(struct queued *q, size_t index, struct run *run)
@@ -639,10 +593,10 @@ static void start_local(struct queued *q, size_t index, struct run *run)
 	if (mailbox == NULL && errno == EINVAL) {
 		/* Only a spool from before every address was checked holds
 		 * such a recipient: it can never be delivered. */
-		set_outcome(cfg, q, r, RCPT_BOUNCED,
-			    status_code_str(STATUS_BAD_MAILBOX),
-			    "the address cannot name a mailbox");
-		count_outcome(q, RCPT_BOUNCED);
+		queued_set_outcome(cfg, q, r, RCPT_BOUNCED,
+				   status_code_str(STATUS_BAD_MAILBOX),
+				   "the address cannot name a mailbox");
+		queued_count_outcome(q, RCPT_BOUNCED);
 		count_transport(METRICS_TRANSPORT_LOCAL, RCPT_BOUNCED);
 		settle_then_log(run, index, "bounced", "mailbox", "");
 		return;
@@ -653,11 +607,11 @@ static void start_local(struct queued *q, size_t index, struct run *run)
 		bool named = job != NULL && mailbox != NULL;
 		free(job);
 		free(mailbox);
-		set_outcome(cfg, q, r, RCPT_DEFERRED,
-			    status_code_str(STATUS_LOCAL_ERROR),
-			    named ? "cannot read the queued message"
-				  : "cannot name the mailbox");
-		count_outcome(q, RCPT_DEFERRED);
+		queued_set_outcome(cfg, q, r, RCPT_DEFERRED,
+				   status_code_str(STATUS_LOCAL_ERROR),
+				   named ? "cannot read the queued message"
+					 : "cannot name the mailbox");
+		queued_count_outcome(q, RCPT_DEFERRED);
 		count_transport(METRICS_TRANSPORT_LOCAL, RCPT_DEFERRED);
 		settle_then_log(run, index, "deferred", "mailbox", "");
 		return;
@@ -724,12 +678,13 @@ static void on_relayed(enum relay_end end, const struct relay_outcome *out,
 			continue;
 		}
 		struct spool_rcpt *r = &q->env->rcpts[index];
-		set_outcome(cfg, q, r, out[i].state, out[i].dsn, out[i].reason);
+		queued_set_outcome(cfg, q, r, out[i].state, out[i].dsn,
+				   out[i].reason);
 		/* a paused destination: due when the pause ends */
 		if (r->state == RCPT_DEFERRED && out[i].retry_at != 0 &&
 		    out[i].retry_at < r->next_attempt)
 			r->next_attempt = out[i].retry_at;
-		count_outcome(q, out[i].state);
+		queued_count_outcome(q, out[i].state);
 		count_transport(r->local ? METRICS_TRANSPORT_LMTP
 					 : METRICS_TRANSPORT_RELAY,
 				out[i].state);
@@ -793,9 +748,9 @@ static void expire(struct queued *q, size_t index, struct run *run)
 	char reason[600];
 	snprintf(reason, sizeof reason, "delivery time expired%s%s",
 		 r->reason ? ": " : "", r->reason ? r->reason : "");
-	set_outcome(cfg, q, r, RCPT_BOUNCED, dsn, reason);
+	queued_set_outcome(cfg, q, r, RCPT_BOUNCED, dsn, reason);
 	r->attempts--; /* expiry is not an attempt */
-	count_outcome(q, RCPT_BOUNCED);
+	queued_count_outcome(q, RCPT_BOUNCED);
 	dsn[0] = '5';
 	const char *place =
 	    q->rcpt[index].last_relay ? q->rcpt[index].last_relay : "";
@@ -846,7 +801,7 @@ static void on_due_timer(evutil_socket_t fd, short what, void *arg)
 {
 	struct scheduler *sched = arg;
 	time_t now = time(NULL);
-	long long start = monotonic_usec();
+	long long start = scheduler_monotonic_usec();
 	size_t ran = 0;
 	struct due_entry *e;
 	(void)fd;
@@ -854,7 +809,7 @@ static void on_due_timer(evutil_socket_t fd, short what, void *arg)
 	for (size_t n = sched->due.count;
 	     n > 0 && (e = due_heap_take_due(&sched->due, now)) != NULL; n--) {
 		queued_run(QUEUED_OF_DUE(e));
-		if (slice_spent(start, ++ran))
+		if (scheduler_slice_spent(start, ++ran))
 			break;
 	}
 	due_timer_arm(sched, now);
@@ -892,7 +847,7 @@ static void maybe_notify_delay(struct queued *q, time_t now)
  * whose time has come; expire those past queue_lifetime. Then arm the
  * timer for the next deferred one.
  */
-static void queued_run(struct queued *q)
+void queued_run(struct queued *q)
 {
 	struct scheduler *sched = q->sched;
 	const struct config *cfg = sched->srv->cfg;
@@ -1006,7 +961,7 @@ static void on_compact_slice(evutil_socket_t fd, short what, void *arg)
 	static const struct timeval zero = {0, 0};
 	struct scheduler *sched = arg;
 	struct spool *spool = sched->srv->spool;
-	long long start = monotonic_usec();
+	long long start = scheduler_monotonic_usec();
 	size_t visited = 0;
 	(void)fd;
 	(void)what;
@@ -1016,7 +971,7 @@ static void on_compact_slice(evutil_socket_t fd, short what, void *arg)
 		struct queued *q = sched->compacting->last;
 		if (q->in_flight == 0 && spool_compact(spool, q->env) == 1)
 			sched->compact_moved++;
-		if (slice_spent(start, ++visited)) {
+		if (scheduler_slice_spent(start, ++visited)) {
 			if (evtimer_add(sched->compact_slice, &zero) == -1)
 				fatal("scheduler: cannot add a timer");
 			return;
@@ -1110,8 +1065,7 @@ void scheduler_free(struct scheduler *sched)
 		return;
 	metrics_set_queue_age_source(NULL, NULL);
 	metrics_set_queue_state_source(NULL, NULL);
-	while (sched->sweeps != NULL)
-		sweep_free(sched->sweeps);
+	scheduler_sweeps_free(sched);
 	compact_end(sched);
 	event_free(sched->compact_slice);
 	event_free(sched->compact_timer);
@@ -1212,109 +1166,6 @@ static void queued_add(struct scheduler *sched, struct spool_envelope *env,
 		queued_run(q);
 }
 
-/* ---- sweeps ---- */
-
-static void sweep_free(struct sweep *sw)
-{
-	struct scheduler *sched = sw->sched;
-	if (sw->prev != NULL)
-		sw->prev->next = sw->next;
-	else
-		sched->sweeps = sw->next;
-	if (sw->next != NULL)
-		sw->next->prev = sw->prev;
-	scheduler_cursor_free(sw->cursor);
-	event_free(sw->slice);
-	free(sw->domain);
-	free(sw);
-}
-
-static bool has_rcpt_in(const struct spool_envelope *env, const char *domain)
-{
-	for (size_t i = 0; i < env->rcpt_count; i++) {
-		const char *at = strrchr(env->rcpts[i].address, '@');
-		if (at != NULL && strcasecmp(at + 1, domain) == 0)
-			return true;
-	}
-	return false;
-}
-
-/* One message of the sweep. It may be freed inside queued_run: the
- * cursor is already past it. */
-static void sweep_visit(struct sweep *sw, struct queued *q)
-{
-	struct spool_envelope *env = q->env;
-	if (sw->domain != NULL) {
-		if (has_rcpt_in(env, sw->domain))
-			queued_run(q);
-		return;
-	}
-	for (size_t i = 0; i < env->rcpt_count; i++)
-		if (env->rcpts[i].state == RCPT_DEFERRED &&
-		    env->rcpts[i].next_attempt > sw->since)
-			env->rcpts[i].next_attempt = sw->since;
-	queued_run(q);
-}
-
-static void on_sweep_slice(evutil_socket_t fd, short what, void *arg)
-{
-	static const struct timeval zero = {0, 0};
-	struct sweep *sw = arg;
-	struct scheduler *sched = sw->sched;
-	long long start = monotonic_usec();
-	size_t visited = 0;
-	(void)fd;
-	(void)what;
-	while (!sched->stopping && scheduler_cursor_next(sw->cursor) != NULL) {
-		sweep_visit(sw, sw->cursor->last);
-		if (slice_spent(start, ++visited)) {
-			if (evtimer_add(sw->slice, &zero) == -1)
-				fatal("scheduler: cannot add a timer");
-			return;
-		}
-	}
-	sweep_free(sw);
-}
-
-/* A sweep over the queue from its oldest message; its first slice runs
- * from the loop, never inside the caller. -1 when out of memory. */
-static int sweep_start(struct scheduler *sched, const char *domain)
-{
-	static const struct timeval zero = {0, 0};
-	struct sweep *sw = calloc(1, sizeof *sw);
-	if (sw == NULL)
-		return -1;
-	sw->sched = sched;
-	sw->since = time(NULL);
-	sw->cursor = scheduler_cursor_new(sched);
-	sw->domain = domain != NULL ? strdup(domain) : NULL;
-	sw->slice = evtimer_new(sched->srv->base, on_sweep_slice, sw);
-	if (sw->cursor == NULL || (domain != NULL && sw->domain == NULL) ||
-	    sw->slice == NULL || evtimer_add(sw->slice, &zero) == -1) {
-		scheduler_cursor_free(sw->cursor);
-		if (sw->slice != NULL)
-			event_free(sw->slice);
-		free(sw->domain);
-		free(sw);
-		return -1;
-	}
-	sw->next = sched->sweeps;
-	if (sched->sweeps != NULL)
-		sched->sweeps->prev = sw;
-	sched->sweeps = sw;
-	return 0;
-}
-
-/* Every deferred recipient due now: the destinations' pauses end at
- * once, the messages run a slice a loop turn. */
-void scheduler_flush(struct scheduler *sched)
-{
-	relay_end_pauses(sched->relay);
-	if (sweep_start(sched, NULL) == -1)
-		log_event(LOG_LEVEL_ERROR, "flush_error",
-			  LOG_S("reason", "out of memory"));
-}
-
 /* SIGTERM: nothing new starts; see relay_stop for relay attempts. */
 void scheduler_stop(struct scheduler *sched)
 {
@@ -1331,254 +1182,4 @@ bool scheduler_idle(const struct scheduler *sched)
 size_t scheduler_queue_size(const struct scheduler *sched)
 {
 	return sched->count;
-}
-
-/* ---- for the control socket ---- */
-
-static struct queued *find(const struct scheduler *sched, const char *id)
-{
-	for (struct queued *q = sched->messages; q != NULL; q = q->next)
-		if (!q->deleted && strcmp(q->env->id, id) == 0)
-			return q;
-	return NULL;
-}
-
-const struct spool_envelope *scheduler_find(const struct scheduler *sched,
-					    const char *id)
-{
-	struct queued *q = find(sched, id);
-	return q ? q->env : NULL;
-}
-
-int scheduler_flush_one(struct scheduler *sched, const char *id)
-{
-	struct queued *q = find(sched, id);
-	if (q == NULL)
-		return -1;
-	time_t now = time(NULL);
-	for (size_t i = 0; i < q->env->rcpt_count; i++)
-		if (q->env->rcpts[i].state == RCPT_DEFERRED)
-			q->env->rcpts[i].next_attempt = now;
-	queued_run(q);
-	return 0;
-}
-
-static void delete_one(struct queued *q)
-{
-	q->deleted = true;
-	notice_drop_owed(q);
-	log_event(LOG_LEVEL_INFO, "deleted", LOG_S("queue_id", q->env->id),
-		  LOG_S("from", q->env->sender));
-	queued_finish_if_done(q);
-}
-
-int scheduler_delete(struct scheduler *sched, const char *id)
-{
-	struct queued *q = find(sched, id);
-	if (q == NULL)
-		return -1;
-	delete_one(q);
-	return 0;
-}
-
-size_t scheduler_delete_all(struct scheduler *sched)
-{
-	size_t n = 0;
-	for (struct queued *q = sched->messages; q != NULL;) {
-		struct queued *next = q->next;
-		if (!q->deleted) {
-			delete_one(q);
-			n++;
-		}
-		q = next;
-	}
-	return n;
-}
-
-static int bounce_one(struct queued *q)
-{
-	const struct config *cfg = q->sched->srv->cfg;
-	size_t *now_bounced = malloc((q->env->rcpt_count + 1) * sizeof(size_t));
-	if (now_bounced == NULL)
-		return -1;
-	size_t n = 0;
-	for (size_t i = 0; i < q->env->rcpt_count; i++) {
-		struct spool_rcpt *r = &q->env->rcpts[i];
-		if (q->rcpt[i].phase != RCPT_PHASE_IDLE ||
-		    r->state == RCPT_DELIVERED || r->state == RCPT_BOUNCED)
-			continue;
-		queued_enter_phase(q, i, RCPT_PHASE_SETTLING);
-		set_outcome(cfg, q, r, RCPT_BOUNCED,
-			    status_code_str(STATUS_PERMANENT_ERROR),
-			    "bounced by the administrator");
-		r->attempts--; /* not a delivery attempt */
-		count_outcome(q, RCPT_BOUNCED);
-		now_bounced[n++] = i;
-	}
-	if (n == 0) {
-		free(now_bounced);
-		return 0;
-	}
-	/* Logged once their records are written, as attempts' outcomes;
-	 * q stays while they are in flight. */
-	notice_settle(q, now_bounced, n, false, NULL, 0);
-	spool_write_ahead(q->sched->srv->spool);
-	for (size_t k = 0; k < n; k++) {
-		const struct spool_rcpt *r = &q->env->rcpts[now_bounced[k]];
-		log_outcome("bounced", q, r, r->local ? "mailbox" : "relay",
-			    "");
-	}
-	free(now_bounced);
-	return 0;
-}
-
-int scheduler_bounce(struct scheduler *sched, const char *id)
-{
-	struct queued *q = find(sched, id);
-	return q == NULL ? -1 : bounce_one(q);
-}
-
-/* Hold or release: the flag is recorded before anything moves on, and a
- * delivery in flight ends as it would have (its outcome recorded, no
- * second attempt); the record's end runs the message when released. */
-static void set_held(struct queued *q, bool held)
-{
-	if (held == ((q->env->flags & SPOOL_FLAG_HELD) != 0))
-		return;
-	if (held) {
-		q->env->flags |= SPOOL_FLAG_HELD;
-	} else {
-		time_t now = time(NULL);
-		q->env->flags &= ~(unsigned)SPOOL_FLAG_HELD;
-		for (size_t i = 0; i < q->env->rcpt_count; i++)
-			if (q->env->rcpts[i].state == RCPT_DEFERRED)
-				q->env->rcpts[i].next_attempt = now;
-	}
-	queued_count(q);
-	log_event(LOG_LEVEL_INFO, held ? "held" : "released",
-		  LOG_S("queue_id", q->env->id));
-	queued_record_flags(q);
-}
-
-static void act(struct queued *q, enum scheduler_action action)
-{
-	switch (action) {
-	case SCHEDULER_DELETE:
-		delete_one(q);
-		break;
-	case SCHEDULER_BOUNCE:
-		(void)bounce_one(q); /* out of memory: nothing bounced */
-		break;
-	case SCHEDULER_HOLD:
-	case SCHEDULER_RELEASE:
-		set_held(q, action == SCHEDULER_HOLD);
-		break;
-	}
-}
-
-int scheduler_act(struct scheduler *sched, const char *id,
-		  enum scheduler_action action)
-{
-	struct queued *q = find(sched, id);
-	if (q == NULL)
-		return -1;
-	act(q, action);
-	return 0;
-}
-
-int scheduler_suspend(struct scheduler *sched, const char *domain, time_t until)
-{
-	if (domain_suspend_set(sched->suspended, domain, until) == -1)
-		return -1;
-	log_event(LOG_LEVEL_INFO, "suspended", LOG_S("domain", domain),
-		  LOG_I("until", (long long)until));
-	/* A timed suspension ends by itself: the messages waiting for it
-	 * have their timer set to its end when they next run. */
-	if (until != 0 && sweep_start(sched, domain) == -1)
-		return -1;
-	return 0;
-}
-
-int scheduler_resume(struct scheduler *sched, const char *domain)
-{
-	int rc = domain_suspend_resume(sched->suspended, domain);
-	if (rc != 0)
-		return rc;
-	log_event(LOG_LEVEL_INFO, "resumed", LOG_S("domain", domain));
-	return sweep_start(sched, domain);
-}
-
-const struct domain_suspend *
-scheduler_suspensions(const struct scheduler *sched)
-{
-	return sched->suspended;
-}
-
-bool scheduler_domain_paused(const struct scheduler *sched, const char *domain,
-			     time_t *until)
-{
-	return relay_domain_paused(sched->relay, domain, until);
-}
-
-struct scheduler_cursor *scheduler_cursor_new(struct scheduler *sched)
-{
-	struct scheduler_cursor *c = calloc(1, sizeof *c);
-	if (c == NULL)
-		return NULL;
-	c->sched = sched;
-	c->at = sched->oldest;
-	c->next = sched->cursors;
-	if (sched->cursors != NULL)
-		sched->cursors->prev = c;
-	sched->cursors = c;
-	return c;
-}
-
-const struct spool_envelope *
-scheduler_cursor_next(struct scheduler_cursor *cursor)
-{
-	while (cursor->at != NULL) {
-		struct queued *q = cursor->at;
-		cursor->at = q->prev;
-		if (!q->deleted) {
-			cursor->last = q;
-			return q->env;
-		}
-	}
-	return NULL;
-}
-
-void scheduler_cursor_act(struct scheduler_cursor *cursor,
-			  enum scheduler_action action)
-{
-	if (cursor->last != NULL && !cursor->last->deleted)
-		act(cursor->last, action);
-}
-
-void scheduler_cursor_free(struct scheduler_cursor *cursor)
-{
-	if (cursor == NULL)
-		return;
-	struct scheduler *sched = cursor->sched;
-	if (cursor->prev != NULL)
-		cursor->prev->next = cursor->next;
-	else
-		sched->cursors = cursor->next;
-	if (cursor->next != NULL)
-		cursor->next->prev = cursor->prev;
-	free(cursor);
-}
-
-int scheduler_pickup(struct scheduler *sched, const char *id)
-{
-	for (struct queued *q = sched->messages; q != NULL; q = q->next)
-		if (strcmp(q->env->id, id) == 0) {
-			errno = EEXIST;
-			return -1;
-		}
-	struct spool_envelope *env = spool_load(sched->srv->spool, id);
-	if (env == NULL)
-		return -1;
-	scheduler_enqueue(sched, env, SCHEDULER_NEW);
-	return 0;
 }
